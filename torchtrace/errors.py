@@ -1,0 +1,57 @@
+"""The one error family torchtrace raises for user-facing problems.
+
+Every message says what was expected, what was found, where, and how to fix it,
+so the CLI can print it as ``error: …`` without a traceback.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = ["TorchtraceError", "IRError", "RenderError", "UsageError"]
+
+
+class TorchtraceError(Exception):
+    """Base class: a problem the user can act on.
+
+    ``expected``/``found``/``where``/``fix`` are kept as attributes so tools can
+    show them separately; ``str(err)`` joins them into one readable message.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        expected: Optional[str] = None,
+        found: Optional[str] = None,
+        where: Optional[str] = None,
+        fix: Optional[str] = None,
+    ) -> None:
+        self.problem = problem
+        self.expected = expected
+        self.found = found
+        self.where = where
+        self.fix = fix
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        parts = [self.problem if self.where is None else f"{self.where}: {self.problem}"]
+        if self.expected is not None:
+            parts.append(f"expected {self.expected}")
+        if self.found is not None:
+            parts.append(f"found {self.found}")
+        msg = "; ".join(parts)
+        if self.fix is not None:
+            msg += f". Fix: {self.fix}"
+        return msg
+
+
+class IRError(TorchtraceError):
+    """A graph file or dict does not follow the torchtrace.graph format."""
+
+
+class RenderError(TorchtraceError):
+    """A graph cannot be drawn as asked (unknown format, missing binary, …)."""
+
+
+class UsageError(TorchtraceError):
+    """An API or CLI argument is not valid (unknown option, bad value, …)."""

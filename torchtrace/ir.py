@@ -1,0 +1,269 @@
+"""The torchtrace IR: one recorded pass as small frozen dataclasses.
+
+Schema ``torchtrace.graph``, version ``VERSION``. The JSON field names are a
+contract other tools read (see ``schema/graph.v1.json``): add fields freely with
+defaults and bump the minor version; renaming or removing one bumps the major.
+
+Vocabulary (closed; ``Graph.validate`` checks it):
+
+* ``Value.role``: ``input`` (argument of the traced call), ``param``,
+  ``buffer``, ``constant`` (a tensor from outside the pass that is none of the
+  former), ``activation`` (produced by an op of the pass).
+* ``Node.kind``: ``op`` (one aten/prims/c10d overload that ran).
+* ``Node.phase``: ``forward``, ``backward`` (run by the autograd engine),
+  ``recompute`` (forward ops re-run by activation checkpointing during
+  backward), ``optimizer`` (inside ``Optimizer.step``).
+* ``Node.tags``: see ``TAGS``.
+
+Ids are ``v<k>``, ``n<k>``, ``m<k>``, ``a<k>`` in order of first appearance.
+Nothing in here imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+
+from .errors import IRError
+
+FORMAT = "torchtrace.graph"
+VERSION: Tuple[int, int] = (1, 0)
+
+ROLES = ("input", "param", "buffer", "constant", "activation")
+PHASES = ("forward", "backward", "recompute", "optimizer")
+GRAD_MODES = ("train", "no_grad", "inference")
+TAGS = {
+    "view": "the output aliases an input's storage without writing it",
+    "inplace": "writes an input in place (its outputs are new versions of it)",
+    "out": "an out= variant: writes the tensor passed as out",
+    "random": "draws from an RNG (nondeterministic_seeded)",
+    "factory": "creates a tensor from no tensor input",
+    "collective": "a c10d / functional collective",
+    "autograd_internal": "autograd bookkeeping (detach of saved outputs, AccumulateGrad)",
+    "witness": "hands tensor data to Python or has a data-dependent output shape",
+    "annotation": "a torch.profiler.record_function marker",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleCall:
+    """One call of an ``nn.Module``: ``path`` is its name under the traced
+    root (``""`` is the root), ``call`` counts calls of that module object
+    (0 for the first), ``parent`` is the enclosing module call id."""
+
+    id: str
+    path: str
+    type: str
+    call: int = 0
+    parent: Optional[str] = None
+    phase: str = "forward"
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A tensor (one version of it): metadata copied when it was seen.
+
+    ``alias_of`` names the value whose storage a view shares (its base);
+    ``version_of`` names the value an in-place write replaced."""
+
+    id: str
+    shape: Tuple[int, ...]
+    dtype: str
+    device: str = "cpu"
+    requires_grad: bool = False
+    role: str = "activation"
+    name: Optional[str] = None
+    alias_of: Optional[str] = None
+    version_of: Optional[str] = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    file: str
+    line: int
+    function: str
+
+    def short(self) -> str:
+        return f"{self.file.rsplit('/', 1)[-1]}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """What Python read from tensor data: a scalar ``value`` (bool/int/float,
+    the result of ``.item()``/``bool(t)``) or a data-dependent output ``shape``."""
+
+    value: Any = None
+    shape: Optional[Tuple[int, ...]] = None
+
+    def describe(self) -> str:
+        return f"shape {list(self.shape)}" if self.shape is not None else repr(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    op: str
+    inputs: Tuple[str, ...] = ()
+    outputs: Tuple[str, ...] = ()
+    phase: str = "forward"
+    module: Optional[str] = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+    source: Optional[Source] = None
+    tags: Tuple[str, ...] = ()
+    witness: Optional[Witness] = None
+    grad_fn: Optional[str] = None
+    kind: str = "op"
+
+    @property
+    def short_op(self) -> str:
+        """``aten.addmm.default`` -> ``addmm``; ``aten.add.Tensor`` -> ``add.Tensor``."""
+        parts = self.op.split(".")
+        if len(parts) >= 3:
+            name, overload = parts[1], ".".join(parts[2:])
+            return name if overload == "default" else f"{name}.{overload}"
+        return parts[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class AutogradNode:
+    """An autograd graph Node reachable from the pass: ``op`` is the forward
+    node that created it, ``next`` its ``next_functions`` (non-None) in order,
+    ``param`` the qualified name of the tensor an ``AccumulateGrad`` feeds."""
+
+    id: str
+    name: str
+    op: Optional[str] = None
+    next: Tuple[str, ...] = ()
+    saved_bytes: int = 0
+    param: Optional[str] = None
+    value: Optional[str] = None
+
+
+@dataclass(frozen=True, slots=True)
+class GradInfo:
+    """The gradient a tensor held after the backward of this pass."""
+
+    value: str
+    name: Optional[str]
+    shape: Tuple[int, ...]
+    dtype: str
+    norm: float
+
+
+@dataclass(frozen=True, slots=True)
+class Autograd:
+    nodes: Tuple[AutogradNode, ...] = ()
+    executed: Tuple[str, ...] = ()
+    grads: Tuple[GradInfo, ...] = ()
+    no_grad_params: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Graph:
+    """One recorded pass. ``str(graph)`` is the canonical text form."""
+
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    modules: Tuple[ModuleCall, ...] = ()
+    values: Tuple[Value, ...] = ()
+    nodes: Tuple[Node, ...] = ()
+    outputs: Tuple[str, ...] = ()
+    autograd: Autograd = field(default_factory=Autograd)
+    fingerprints: Mapping[str, str] = field(default_factory=dict)
+    _index: Dict[str, Dict[str, Any]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {})
+        if not self.fingerprints:
+            from .fingerprint import fingerprints
+
+            object.__setattr__(self, "fingerprints", fingerprints(self))
+
+    # -- lookups ---------------------------------------------------------
+    def _table(self, name: str) -> Dict[str, Any]:
+        table = self._index.get(name)
+        if table is None:
+            items = {"values": self.values, "nodes": self.nodes, "modules": self.modules,
+                     "autograd": self.autograd.nodes}[name]
+            table = self._index[name] = {x.id: x for x in items}
+        return table
+
+    def value(self, vid: str) -> Value:
+        return self._table("values")[vid]
+
+    def node(self, nid: str) -> Node:
+        return self._table("nodes")[nid]
+
+    def module(self, mid: str) -> ModuleCall:
+        return self._table("modules")[mid]
+
+    def autograd_node(self, aid: str) -> AutogradNode:
+        return self._table("autograd")[aid]
+
+    def producers(self) -> Dict[str, str]:
+        """value id -> id of the node that produced it."""
+        table = self._index.get("producers")
+        if table is None:
+            table = self._index["producers"] = {v: n.id for n in self.nodes for v in n.outputs}
+        return table
+
+    def module_path(self, mid: Optional[str]) -> str:
+        return "" if mid is None else self.module(mid).path
+
+    def witnesses(self) -> Iterator[Node]:
+        return (n for n in self.nodes if n.witness is not None)
+
+    # -- equality and text -----------------------------------------------
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Graph):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __str__(self) -> str:
+        from .textform import format_graph
+
+        return format_graph(self)
+
+    def __repr__(self) -> str:
+        label = self.meta.get("label")
+        return (f"<torchtrace.Graph{' ' + repr(label) if label else ''}: {len(self.nodes)} ops, "
+                f"{len(self.values)} values, {len(self.modules)} module calls>")
+
+    # -- (de)serialisation ----------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        from .serialize import graph_to_dict
+
+        return graph_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "graph") -> "Graph":
+        from .serialize import graph_from_dict
+
+        return graph_from_dict(data, where=where)
+
+    def validate(self) -> "Graph":
+        """Check the invariants the schema cannot express (ids, references,
+        order, vocabulary). Raises ``IRError`` naming the first problem."""
+        from .validate import validate_graph
+
+        validate_graph(self)
+        return self
+
+    # -- Jupyter -----------------------------------------------------------
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Dict[str, Any]:
+        from .renderers.notebook import mimebundle
+
+        return mimebundle(self)
+
+
+def check_version(version: Any, where: str) -> Tuple[int, int]:
+    """Accept ``[major, minor]`` with a known major; say how to fix anything else."""
+    if (not isinstance(version, (list, tuple)) or len(version) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in version)):
+        raise IRError("bad version", where=f"{where}.version", expected="[major, minor] integers",
+                      found=repr(version), fix="write the version as a two-integer list such as [1, 0]")
+    if version[0] != VERSION[0]:
+        raise IRError(
+            "unsupported major version", where=f"{where}.version",
+            expected=f"major version {VERSION[0]} (this torchtrace reads {FORMAT} {VERSION[0]}.x)",
+            found=f"{version[0]}.{version[1]}",
+            fix="upgrade torchtrace to read newer files, or re-record the graph with this version")
+    return (version[0], version[1])

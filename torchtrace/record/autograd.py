@@ -1,0 +1,127 @@
+"""The autograd graph of a pass: Nodes, edges, saved-tensor bytes, and the
+order in which backward ran them.
+
+The graph is walked through ``next_functions`` when backward starts (before
+any Node has released its saved tensors) and again when the pass ends. Saved
+tensors are read through ``_raw_saved_*`` without unpacking: a saved tensor
+that has pack/unpack hooks (activation checkpointing, offloading) is never
+unpacked, because unpacking would run the user's hook (e.g. recompute).
+Execution order comes from pre-hooks on the walked Nodes, removed when the
+pass ends. Node wrappers are held only until the pass is built.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+
+import torch
+
+_SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}
+
+
+def node_key(node: Any) -> tuple:
+    """Identity of a C++ Node that survives re-wrapping: (sequence nr, name),
+    or the leaf tensor for AccumulateGrad (whose sequence nr is UINT64_MAX)."""
+    name = node.name()
+    if name.endswith("AccumulateGrad"):
+        return ("acc", id(node.variable))
+    return (node._sequence_nr(), name)
+
+
+def _saved_storages(node: Any) -> List[Tuple[int, int]]:
+    """(data_ptr, nbytes) of each storage the Node holds for backward."""
+    attrs = _SAVED_ATTRS.get(type(node))
+    if attrs is None:
+        attrs = _SAVED_ATTRS[type(node)] = tuple(a for a in dir(node) if a.startswith("_raw_saved_"))
+    out: List[Tuple[int, int]] = []
+    for attr in attrs:
+        try:
+            raw = getattr(node, attr)
+        except RuntimeError:  # already released by a backward
+            continue
+        for saved in raw if isinstance(raw, (list, tuple)) else (raw,):
+            if saved is None or getattr(saved, "unpack_hook", True) is not None:
+                continue  # hooked (checkpoint/offload) or unknown: its memory is not an activation here
+            try:
+                data = saved.data
+            except RuntimeError:
+                continue
+            if isinstance(data, torch.Tensor) and data.layout == torch.strided and data.numel():
+                st = data.untyped_storage()
+                out.append((st.data_ptr(), st.nbytes()))
+    return out
+
+
+class Entry:
+    __slots__ = ("node", "key", "name", "seq", "next", "storages", "variable", "hooked", "order")
+
+    def __init__(self, node: Any, key: tuple, order: int) -> None:
+        self.node = node
+        self.key = key
+        self.name = key[1] if key[0] != "acc" else "torch::autograd::AccumulateGrad"
+        self.seq: Optional[int] = None if key[0] == "acc" else key[0]
+        self.next: List[tuple] = []
+        self.storages: List[Tuple[int, int]] = []
+        self.variable = getattr(node, "variable", None) if key[0] == "acc" else None
+        self.hooked = False
+        self.order = order
+
+
+class AutogradTracker:
+    """Collects the Nodes reachable from a pass's outputs and backward roots."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.entries: Dict[tuple, Entry] = {}
+        self.executed: List[tuple] = []
+        self.handles: List[Any] = []
+        self.backward_ran = False
+
+    def walk(self, roots: Iterable[Any], hook: bool) -> None:
+        stack = [r for r in roots if r is not None]
+        seen: Set[tuple] = set()
+        entries = self.entries
+        while stack:
+            node = stack.pop()
+            key = node_key(node)
+            if key in seen:
+                continue
+            seen.add(key)
+            e = entries.get(key)
+            if e is None:
+                e = entries[key] = Entry(node, key, len(entries))
+                e.storages = _saved_storages(node)
+                nexts = [n for n, _ in node.next_functions if n is not None]
+                e.next = [node_key(n) for n in nexts]
+                stack.extend(reversed(nexts))
+            else:
+                stack.extend(n for n, _ in node.next_functions if n is not None)
+            if hook and not e.hooked:
+                e.hooked = True
+                self.handles.append(node.register_prehook(self._make_prehook(key)))
+
+    def _make_prehook(self, key: tuple) -> Any:
+        executed = self.executed
+
+        def prehook(grad_outputs: Any) -> None:
+            executed.append(key)
+            return None
+
+        return prehook
+
+    def on_backward_start(self, current: Any, roots: List[Any]) -> None:
+        """Called from the first backward op of a graph task, while the first
+        Node runs: nothing has been released yet, so saved bytes are exact."""
+        self.backward_ran = True
+        key = node_key(current)
+        was_hooked = key in self.entries and self.entries[key].hooked
+        self.walk([current, *roots], hook=True)
+        if not was_hooked:  # its pre-hook time has passed: it is running now
+            self.executed.append(key)
+
+    def close(self) -> None:
+        """Remove every pre-hook; nothing of ours stays on the user's graph."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []

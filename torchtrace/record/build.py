@@ -1,0 +1,214 @@
+"""Turn one pass's raw event tuples into an IR ``Graph``.
+
+Everything the hot path deferred happens here: ids, names, JSON-safe args,
+source lines, view/version links, tags that need context (autograd
+bookkeeping, optimizer phase), and the join of ops to autograd Nodes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
+from .frames import is_autograd_engine
+from .linking import build_autograd
+from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
+                   E_LINE, E_MOD, E_OUTS, E_PHASE, E_SEQ, RECOMPUTE)
+from .opinfo import NONTENSOR, TENSOR
+
+PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
+_OPTIMIZER_PREFIX = "Optimizer.step#"
+
+
+def jsonable(x: Any) -> Any:
+    """A JSON-safe rendering of a non-tensor op argument."""
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else str(x)
+    if isinstance(x, (list, tuple)):
+        return [jsonable(i) for i in x]
+    if isinstance(x, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+        return str(x)
+    if isinstance(x, torch.Tensor):
+        return f"<tensor {str(x.dtype).replace('torch.', '')}{list(x.shape)}>"
+    if isinstance(x, complex):
+        return str(x)
+    if isinstance(x, torch.ScriptObject):
+        return _script_object(x)
+    text = repr(x)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _script_object(x: Any) -> Any:
+    try:  # a c10d ProcessGroup: what a rank report needs
+        import torch.distributed as dist
+
+        pg = dist.ProcessGroup.unbox(x)
+        return {"group_size": pg.size(), "group_rank": pg.rank(), "group_name": getattr(pg, "group_name", "")}
+    except Exception:
+        return f"<{x._type().qualified_name() if hasattr(x, '_type') else type(x).__name__}>"
+
+
+def _dtype(d: Any) -> str:
+    return str(d).replace("torch.", "")
+
+
+def _args(info: Any, argv: List[Any], kw: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for name, kind, a in zip(info.arg_names, info.kinds, argv):
+        if kind == NONTENSOR or (kind == TENSOR and a is not None):  # tensors are None here
+            out[name] = jsonable(a)
+    if kw:
+        for name, a in kw.items():
+            out[name] = jsonable(a)
+    return out
+
+
+class _Sources:
+    """Source objects shared per (code, line)."""
+
+    def __init__(self) -> None:
+        self.cache: Dict[Tuple[Any, int], Source] = {}
+
+    def get(self, code: Any, line: int) -> Optional[Source]:
+        if code is None:
+            return None
+        key = (code, line)
+        s = self.cache.get(key)
+        if s is None:
+            s = self.cache[key] = Source(code.co_filename, line or 0,
+                                         getattr(code, "co_qualname", code.co_name))
+        return s
+
+
+def _bookkeeping(events: List[tuple], i: int, created: Any) -> bool:
+    """Is event i autograd's own ``detach`` (saving an output, unpacking it,
+    or AccumulateGrad) rather than a user's ``.detach()``?"""
+    ev = events[i]
+    if not ev[E_INFO].is_detach:
+        return False
+    if ev[E_PHASE] == BACKWARD:
+        return is_autograd_engine(ev[E_ICODE])
+    if i == 0:
+        return False
+    prev = events[i - 1]
+    if prev[E_INFO].name.startswith("aten.lift_fresh") and ev[E_INS][:1] == prev[E_OUTS][:1]:
+        return True  # torch.tensor(...) makes its result a leaf (seen under inference_mode)
+    # issued inside the autograd kernel of an earlier op of the same Python
+    # instruction (saving its outputs), detaching one of that op's fresh outputs
+    j = i - 1
+    while j > 0 and events[j][E_INFO].is_detach and events[j][E_ICODE] is ev[E_ICODE]:
+        j -= 1
+    src = events[j]
+    return (src[E_ICODE] is ev[E_ICODE] and src[E_ILASTI] == ev[E_ILASTI]
+            and bool(ev[E_INS]) and ev[E_INS][0] in src[E_OUTS] and j in created)
+
+
+def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
+    events = mode.events
+    vmeta = mode.vmeta
+    sources = _Sources()
+
+    # -- value links: views alias their input's base; versions keep the base --
+    alias_root: Dict[int, int] = {}
+    producer: Dict[int, int] = {}
+    for i, ev in enumerate(events):
+        info, ins, outs = ev[E_INFO], ev[E_INS], ev[E_OUTS]
+        for v in outs:
+            producer[v] = i
+        if info.view and ins:
+            root = alias_root.get(ins[0], ins[0])
+            for v in outs:
+                alias_root[v] = root
+    for vid, (shape, dtype, device, origin) in enumerate(vmeta):
+        if origin is not None and origin[0] == "ver" and origin[1] in alias_root:
+            alias_root[vid] = alias_root[origin[1]]
+
+    alive = {e[1]: e[0]() for e in mode.vmap.values()}
+    ag = build_autograd(capture, mode, events, producer)
+    created = ag.created_by_op
+
+    values: List[Value] = []
+    version_role: Dict[int, Tuple[str, Optional[str]]] = {}
+    for vid, (shape, dtype, device, origin) in enumerate(vmeta):
+        role, name, version_of = "activation", None, None
+        t = alive.get(vid)
+        if origin is None:
+            i = producer.get(vid)
+            rg = t.requires_grad if t is not None else (
+                i is not None and i in created and (dtype.is_floating_point or dtype.is_complex))
+        elif origin[0] == "ext":
+            role, name, rg = origin[1], origin[2], origin[3]
+            version_role[vid] = (role, name)
+        else:  # a new version written in place: keeps the identity of what it overwrote
+            version_of = origin[1]
+            role, name = version_role.get(version_of, ("activation", None))
+            version_role[vid] = (role, name)
+            rg = t.requires_grad if t is not None else bool(
+                values[version_of].requires_grad if 0 <= version_of < len(values) else False)
+        values.append(Value(f"v{vid}", tuple(shape), _dtype(dtype), str(device), bool(rg), role, name,
+                            None if vid not in alias_root else f"v{alias_root[vid]}",
+                            None if version_of is None or version_of < 0 else f"v{version_of}"))
+
+    # -- nodes ---------------------------------------------------------------
+    nodes: List[Node] = []
+    annotations: List[str] = []
+    for i, ev in enumerate(events):
+        info = ev[E_INFO]
+        phase = PHASE_NAMES[ev[E_PHASE]]
+        module = ev[E_MOD]
+        source = sources.get(ev[E_CODE], ev[E_LINE])
+        fwd = ag.forward_op_of(ev[E_ANODE]) if ev[E_PHASE] == BACKWARD else None
+        if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
+            module = events[fwd][E_MOD]
+            source = sources.get(events[fwd][E_CODE], events[fwd][E_LINE])
+        args = _args(info, ev[E_ARGS], ev[E_KW])
+        if "annotation" in info.tags:
+            if info.name.startswith("profiler._record_function_enter"):
+                annotations.append(str(args.get("name", "")))
+            elif annotations:
+                annotations.pop()
+        elif phase == "forward" and any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations):
+            phase = "optimizer"
+        tags = list(info.tags)
+        if _bookkeeping(events, i, created) or (ev[E_PHASE] == BACKWARD and ag.is_accumulate(ev[E_ANODE])
+                                        and info.is_detach):
+            tags.append("autograd_internal")
+        witness = None
+        if info.witness == "value":
+            witness = Witness(value=jsonable(ev[E_EXTRA]))
+        elif info.witness == "shape" and ev[E_OUTS]:
+            witness = Witness(shape=tuple(vmeta[ev[E_OUTS][0]][0]))
+        if info.witness is not None and witness is None:
+            tags.remove("witness")
+        nodes.append(Node(
+            id=f"n{i}", op=info.name,
+            inputs=tuple(f"v{v}" for v in ev[E_INS] if v >= 0),
+            outputs=tuple(f"v{v}" for v in ev[E_OUTS]),
+            phase=phase, module=None if module is None else f"m{module}", args=args, source=source,
+            tags=tuple(tags), witness=witness, grad_fn=ag.grad_fn_of.get(i)))
+
+    modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase)
+                    for k, (path, typ, call, parent, phase) in enumerate(mode.mcalls))
+    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive))
+    return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
+                 autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
+                                   no_grad_params=ag.no_grad_params))
+
+
+def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any]) -> List[int]:
+    """What the traced call returned; for plain tensor code, the values still
+    alive at the end that no later op consumed."""
+    if mode.outputs:
+        seen, out = set(), []
+        for v in mode.outputs:
+            if v not in seen:
+                seen.add(v)
+                out.append(v)
+        return out
+    consumed = {v for ev in events for v in ev[E_INS]}
+    produced = [v for ev in events if ev[E_PHASE] == 0 for v in ev[E_OUTS]]
+    return [v for v in produced if v not in consumed and alive.get(v) is not None]

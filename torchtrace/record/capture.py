@@ -1,0 +1,294 @@
+"""One recording session: the dispatch mode, the module hooks, the names of
+params/buffers/inputs, and the turn of raw buffers into a Graph per pass.
+
+``start()`` installs the hooks (and the mode, unless told not to); ``stop()``
+removes everything it installed, whatever happened in between.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import inspect
+import platform
+import sys
+import threading
+import weakref
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+from ..ir import Graph
+from .autograd import AutogradTracker
+from .build import build_graph
+from .frames import FrameFilter
+from .mode import RecordingMode
+from .modules import ModuleScope
+
+_SIGNATURES: Dict[Any, Optional[inspect.Signature]] = {}
+
+
+def grad_mode() -> str:
+    if torch.is_inference_mode_enabled():
+        return "inference"
+    return "train" if torch.is_grad_enabled() else "no_grad"
+
+
+def _signature(fn: Any) -> Optional[inspect.Signature]:
+    key = getattr(fn, "__func__", fn)
+    if key not in _SIGNATURES:
+        try:
+            _SIGNATURES[key] = inspect.signature(fn)
+        except (TypeError, ValueError):
+            _SIGNATURES[key] = None
+    return _SIGNATURES[key]
+
+
+class Capture:
+    def __init__(self, model: Optional[torch.nn.Module] = None, *, skip: Iterable[str] = (),
+                 max_ops: Optional[int] = None) -> None:
+        self.frames = FrameFilter(skip)
+        self.skip = tuple(str(s) for s in skip)
+        self.max_ops = max_ops if max_ops is not None and max_ops > 0 else sys.maxsize
+        self.tid = threading.get_ident()
+        self.names: Dict[int, Tuple[Any, str, str]] = {}      # id -> (tensor, qualified name, role)
+        self.input_names: Dict[int, Tuple[Any, str]] = {}     # id -> (weakref, name)
+        self.module_paths: Dict[int, List[str]] = {}
+        self.root_paths: Dict[int, str] = {}
+        self._held: List[Any] = []  # modules whose ids key the tables above
+        self.mode = RecordingMode(self)
+        self.scope = ModuleScope(self)
+        self.autograd = AutogradTracker()
+        self.on_root: Optional[Callable[[torch.nn.Module], None]] = None  # pass boundaries (Recorder)
+        self._mode_pushed = False
+        self._installed = False
+        self.new_pass()
+        if model is not None:
+            self.register_root(model, "")
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, *, with_mode: bool = True) -> None:
+        self.scope.install()
+        self._installed = True
+        if with_mode:
+            self.push_mode()
+
+    def push_mode(self) -> None:
+        if not self._mode_pushed:
+            self.mode.__enter__()
+            self._mode_pushed = True
+
+    def pop_mode(self) -> None:
+        if self._mode_pushed:
+            self._mode_pushed = False
+            self.mode.__exit__(None, None, None)
+
+    def stop(self) -> None:
+        """Remove the mode, the module hooks and any autograd pre-hooks."""
+        try:
+            self.pop_mode()
+        finally:
+            if self._installed:
+                self.scope.remove()
+                self._installed = False
+            self.autograd.close()
+
+    def new_pass(self) -> None:
+        self.mode.reset()
+        self.autograd.close()
+        self.autograd.reset()
+        self.seeds: List[Any] = []
+        self.truncated = False
+        self.compiled = False
+        self.had_root_call = False
+        self.pass_grad_mode = grad_mode()
+        self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    def finish_pass(self, **meta: Any) -> Graph:
+        """Build the pass recorded so far into a Graph and start a fresh one."""
+        full = self.meta()
+        full.update(meta)
+        with _disable_current_modes():  # building issues no op of the user's program
+            graph = build_graph(self, self.mode, full)
+        self.new_pass()
+        return graph
+
+    def meta(self) -> Dict[str, Any]:
+        from .. import __version__
+
+        rank = world = None
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                rank, world = dist.get_rank(), dist.get_world_size()
+        except Exception:  # pragma: no cover
+            pass
+        return {"torch": torch.__version__, "torchtrace": __version__, "python": platform.python_version(),
+                "created": self.created, "label": None, "step": None, "rank": rank, "world_size": world,
+                "grad_mode": self.pass_grad_mode, "compiled_regions_ran_eager": self.compiled,
+                "truncated": self.truncated, "skip": list(self.skip)}
+
+    # -- module roots and names ------------------------------------------------------
+    def register_root(self, module: torch.nn.Module, path: Optional[str] = None) -> str:
+        """Name ``module`` and everything under it; returns its path."""
+        orig = getattr(module, "_orig_mod", None)  # a torch.compile wrapper names nothing itself
+        if isinstance(orig, torch.nn.Module):
+            module = orig
+        if id(module) in self.root_paths:
+            return self.root_paths[id(module)]
+        if path is None:
+            if not self.root_paths:
+                path = ""
+            else:
+                base = type(module).__name__
+                taken = set(self.root_paths.values())
+                path = base if base not in taken else next(
+                    f"{base}#{k}" for k in range(1, 10**6) if f"{base}#{k}" not in taken)
+        self.root_paths[id(module)] = path
+        prefix = f"{path}." if path else ""
+        for name, m in module.named_modules(remove_duplicate=False):
+            full = f"{prefix}{name}" if name else path
+            self.module_paths.setdefault(id(m), []).append(full)
+            self._held.append(m)
+        for name, p in module.named_parameters(remove_duplicate=False):
+            self.names.setdefault(id(p), (p, prefix + name, "param"))
+        for name, b in module.named_buffers(remove_duplicate=False):
+            self.names.setdefault(id(b), (b, prefix + name, "buffer"))
+        return path
+
+    def on_root_call(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any) -> None:
+        if self.on_root is not None:
+            self.on_root(module)
+        if self.mode.off:
+            return
+        self.register_root(module)
+        if not self.had_root_call:
+            self.had_root_call = True
+            self.pass_grad_mode = grad_mode()
+        kwargs = {}
+        if frame is not None and frame.f_code.co_name in ("_call_impl", "inner"):
+            # global pre-hooks get no kwargs; Module._call_impl (or its inner()) holds them
+            kwargs = frame.f_locals.get("kwargs") or {}
+            if not isinstance(kwargs, dict):
+                kwargs = {}
+        sig = _signature(module.forward)
+        try:
+            bound = sig.bind_partial(*args, **kwargs).arguments if sig is not None else None
+        except TypeError:
+            bound = None
+        if bound is None:
+            bound = {f"arg{i}": a for i, a in enumerate(args)}
+            bound.update(kwargs)
+        for name, value in bound.items():
+            self._name_inputs(value, name, 0)
+
+    def _name_inputs(self, value: Any, name: str, depth: int) -> None:
+        if isinstance(value, torch.Tensor):
+            self.input_names.setdefault(id(value), (weakref.ref(value), name))
+        elif depth < 3 and isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                self._name_inputs(v, f"{name}[{i}]", depth + 1)
+        elif depth < 3 and isinstance(value, dict):
+            for k, v in value.items():
+                self._name_inputs(v, f"{name}.{k}", depth + 1)
+
+    def on_root_return(self, output: Any) -> None:
+        if self.mode.off:
+            return
+        vget = self.mode.vmap.get
+        for t in _tensors(output):
+            e = vget(id(t))
+            if e is not None and e[0]() is t:
+                self.mode.outputs.append(e[1])
+                self.mode.output_refs.append(e[0])
+
+    # -- lookups used by the mode and the builder ------------------------------------------
+    def classify_external(self, t: torch.Tensor, frame: Any, info: Any) -> Tuple[str, Optional[str]]:
+        e = self.names.get(id(t))
+        if e is not None and e[0] is t:
+            return e[2], e[1]
+        e2 = self.input_names.get(id(t))
+        if e2 is not None and e2[0]() is t:
+            return "input", e2[1]
+        if isinstance(t, torch.nn.Parameter):
+            return "param", _local_name(t, frame)
+        if self.had_root_call or (info is not None and info.name.startswith("aten.lift_fresh")):
+            return "constant", self._attribute_name(t) or _local_name(t, frame)
+        name = _local_name(t, frame)
+        if name is None:
+            name = f"input{self.mode.n_inputs}"
+            self.mode.n_inputs += 1
+        return "input", name
+
+    def _attribute_name(self, t: torch.Tensor) -> Optional[str]:
+        stack = self.mode.stack
+        if not stack:
+            return None
+        _, module, path = stack[-1]
+        for k, v in vars(module).items():
+            if v is t:
+                return f"{path}.{k}" if path else k
+        return None
+
+    def backward_roots(self) -> List[Any]:
+        """grad_fns of the pass outputs and of tensors backward was called on."""
+        refs = list(self.seeds) + list(self.mode.output_refs)
+        if not self.mode.output_refs:  # plain tensor code: every live result
+            refs += [e[0] for e in self.mode.vmap.values()]
+        roots, seen = [], set()
+        for r in refs:
+            t = r()
+            fn = getattr(t, "grad_fn", None) if t is not None else None
+            if fn is not None and id(fn) not in seen:
+                seen.add(id(fn))
+                roots.append(fn)
+        return roots
+
+    def vid_of(self, t: Any) -> Optional[int]:
+        e = self.mode.vmap.get(id(t))
+        return e[1] if e is not None and e[0]() is t else None
+
+    def name_of(self, t: Any) -> Optional[str]:
+        e = self.names.get(id(t))
+        if e is not None and e[0] is t:
+            return e[1]
+        vid = self.vid_of(t)
+        if vid is not None:
+            origin = self.mode.vmeta[vid][3]
+            if origin is not None and origin[0] == "ext":
+                return origin[2]
+        return None
+
+    def param_storages(self) -> set:
+        return {p.untyped_storage().data_ptr() for p, _, role in self.names.values() if role == "param"}
+
+    def trainable_params(self) -> List[Tuple[Any, str]]:
+        seen, out = set(), []
+        for p, name, role in self.names.values():
+            if role == "param" and p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append((p, name))
+        return out
+
+
+def _local_name(t: Any, frame: Any) -> Optional[str]:
+    if frame is None:
+        return None
+    try:
+        for k, v in frame.f_locals.items():
+            if v is t:
+                return k
+    except Exception:  # pragma: no cover - exotic frames
+        return None
+    return None
+
+
+def _tensors(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif depth < 4 and isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _tensors(v, depth + 1)
+    elif depth < 4 and isinstance(x, dict):
+        for v in x.values():
+            yield from _tensors(v, depth + 1)

@@ -1,0 +1,151 @@
+"""Join recorded ops to the autograd Nodes they created, and build the
+``autograd`` part of the IR.
+
+An op that creates a Node bumps the thread's autograd sequence counter before
+it reaches the dispatch mode, so the Node of op ``i`` has
+``_sequence_nr() == seq_i - 1`` where ``seq_i`` was read in the handler and
+differs from the previous op's. An in-place op on a view is then wrapped in
+``CopySlices`` (one more number). Every join is checked against the Node's
+name (``AddmmBackward0`` <-> ``aten.addmm``): a Node whose name does not
+match its candidate op stays unlinked instead of being guessed.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+from ..ir import AutogradNode, GradInfo
+from .autograd import node_key
+from .mode import BACKWARD, E_INFO, E_PHASE, E_SEQ
+
+_BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
+
+
+def _stem(s: str) -> str:
+    return s.replace("_", "").lower()
+
+
+def names_match(op: str, node_name: str, inplace_on_view: bool) -> bool:
+    if node_name == "CopySlices":
+        return inplace_on_view
+    parts = op.split(".")
+    base = _stem(parts[1] if len(parts) > 1 else parts[0])
+    stem = _stem(_BACKWARD_SUFFIX.sub("", node_name.rsplit("::", 1)[-1]))
+    return bool(stem) and (base.startswith(stem) or stem.startswith(base))
+
+
+class AutogradPart:
+    """Result of the join; read by build.py."""
+
+    def __init__(self) -> None:
+        self.created_by_op: Set[int] = set()
+        self.grad_fn_of: Dict[int, str] = {}
+        self.nodes: Tuple[AutogradNode, ...] = ()
+        self.executed: Tuple[str, ...] = ()
+        self.grads: Tuple[GradInfo, ...] = ()
+        self.no_grad_params: Tuple[str, ...] = ()
+        self._op_of_key: Dict[tuple, int] = {}
+        self._key_of_obj: Dict[int, tuple] = {}
+
+    def _key(self, anode: Any) -> tuple:
+        k = self._key_of_obj.get(id(anode))
+        if k is None:
+            k = self._key_of_obj[id(anode)] = node_key(anode)
+        return k
+
+    def forward_op_of(self, anode: Any) -> Optional[int]:
+        return None if anode is None else self._op_of_key.get(self._key(anode))
+
+    def is_accumulate(self, anode: Any) -> bool:
+        return anode is not None and self._key(anode)[0] == "acc"
+
+
+def _created(mode: Any, events: List[tuple]) -> Tuple[Dict[int, int], Set[int], Set[int]]:
+    """seq of the Node each op created -> op index; ops that created one;
+    in-place-on-view ops (CopySlices)."""
+    by_seq: Dict[int, int] = {}
+    created: Set[int] = set()
+    on_view: Set[int] = set()
+    prev = mode.start_seq
+    for i, ev in enumerate(events):
+        s = ev[E_SEQ]
+        if s != prev:
+            created.add(i)
+            if ev[E_PHASE] != BACKWARD:
+                by_seq[s - 1] = i
+            if i in mode.inplace_on_view:  # wrote a view: autograd wraps the Node in CopySlices
+                on_view.add(i)
+                by_seq[s] = i
+                s += 1
+        prev = s
+    return by_seq, created, on_view
+
+
+def _grad_info(var: Any, vid: int, name: Optional[str]) -> Optional[GradInfo]:
+    g = getattr(var, "grad", None)
+    if not isinstance(g, torch.Tensor):
+        return None
+    with _disable_current_modes(), torch.no_grad():
+        norm = float(torch.linalg.vector_norm(g.detach().to(torch.float64) if g.is_floating_point() else g.float()))
+    return GradInfo(f"v{vid}", name, tuple(g.shape), str(g.dtype).replace("torch.", ""),
+                    norm if norm == norm and norm not in (float("inf"), float("-inf")) else str(norm))
+
+
+def build_autograd(capture: Any, mode: Any, events: List[tuple], producer: Dict[int, int]) -> AutogradPart:
+    part = AutogradPart()
+    tracker = capture.autograd
+    tracker.walk(capture.backward_roots(), hook=False)
+    by_seq, part.created_by_op, on_view = _created(mode, events)
+
+    entries = list(tracker.entries.values())
+    linked: Dict[tuple, int] = {}
+    for e in entries:
+        if e.seq is None:
+            continue
+        i = by_seq.get(e.seq)
+        if i is not None and names_match(events[i][E_INFO].name, e.name, i in on_view):
+            linked[e.key] = i
+    entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
+    ids = {e.key: f"a{k}" for k, e in enumerate(entries)}
+    part._op_of_key = linked
+
+    params = capture.param_storages()
+    owner: Dict[int, str] = {}
+    saved: Dict[str, int] = {}
+    for e in entries:
+        aid = ids[e.key]
+        for ptr, nbytes in e.storages:
+            if ptr not in params and ptr not in owner:
+                owner[ptr] = aid
+                saved[aid] = saved.get(aid, 0) + nbytes
+
+    vid_of = capture.vid_of
+    nodes: List[AutogradNode] = []
+    grads: List[GradInfo] = []
+    executed_keys = set(tracker.executed)
+    for e in entries:
+        aid = ids[e.key]
+        op = linked.get(e.key)
+        if op is not None:
+            part.grad_fn_of.setdefault(op, aid)
+        param = value = None
+        if e.variable is not None:
+            vid = vid_of(e.variable)
+            value = None if vid is None else f"v{vid}"
+            param = capture.name_of(e.variable)
+            if tracker.backward_ran and e.key in executed_keys and vid is not None:
+                gi = _grad_info(e.variable, vid, param)
+                if gi is not None:
+                    grads.append(gi)
+        nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
+                                  tuple(ids[k] for k in e.next if k in ids), saved.get(aid, 0), param, value))
+    part.nodes = tuple(nodes)
+    part.executed = tuple(ids[k] for k in tracker.executed if k in ids)
+    part.grads = tuple(grads)
+    if tracker.backward_ran:
+        got = {id(e.variable) for e in entries if e.variable is not None and e.key in executed_keys}
+        part.no_grad_params = tuple(name for p, name in capture.trainable_params() if id(p) not in got)
+    return part

@@ -1,0 +1,261 @@
+"""The per-op hot path: a TorchDispatchMode that appends one tuple per op.
+
+Nothing is formatted or resolved here. Each op costs: one cached OpInfo
+lookup, a frame walk to the first user frame (cached per code object), one
+identity-checked lookup per input tensor, and a weak reference plus
+shape/dtype/device per output. Names, args, links and JSON happen after the
+pass (``build.py``).
+
+Tensor identity: ``vmap`` maps ``id(t)`` to ``[weakref(t), value id]`` and every
+hit is confirmed with ``ref() is t`` -- the semantics of
+``torch.utils.weak.WeakIdKeyDictionary`` (which also hashes by ``id``), without
+its Python-level key objects (~1 µs per access, measured in
+bench/README.md). A recycled ``id`` can therefore never produce a false edge:
+a dead or different object fails the identity check and is treated as new.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+import weakref
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .frames import is_autograd_engine
+from .opinfo import _CACHE as _INFOS
+from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, op_info
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .capture import Capture
+
+FORWARD, BACKWARD, RECOMPUTE = 0, 1, 2
+
+_get_seq = torch._C._autograd._get_sequence_nr
+_current_node = torch._C._current_autograd_node
+_task_id = torch._C._current_graph_task_id
+_grad_enabled = torch.is_grad_enabled
+_getframe = sys._getframe
+_ref = weakref.ref
+_Tensor = torch.Tensor
+_CIA = torch._C.DispatchKey.CompositeImplicitAutograd
+
+# Event tuple fields (see build.py)
+E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
+
+
+class RecordingMode(TorchDispatchMode):
+    """Appends ``(info, ins, args, kwargs, outs, seq, code, line, icode, ilasti,
+    module_call, autograd_node, phase, extra)`` per op to ``self.events``."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # The default wraps __torch_dispatch__ in torch._disable_dynamo (~1 µs per
+        # op). Dynamo already refuses to compile while this (non-infra) mode is
+        # active, so the wrapper buys nothing here.
+        return False
+
+    def __init__(self, capture: "Capture") -> None:
+        super().__init__()
+        self.capture = capture
+        self.filter_cache = capture.frames.cache
+        self.classify = capture.frames.internal
+        self.off = False
+        self.engine_codes: Dict[Any, bool] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Start empty buffers for a new pass (old ones belong to the builder)."""
+        self.events: List[tuple] = []
+        self.vmeta: List[tuple] = []   # per value id: (shape, dtype, device, origin)
+        self.vmap: Dict[int, list] = {}  # id(tensor) -> [weakref, value id]
+        self.stack: List[tuple] = []   # open module calls: (call id, module, path)
+        self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase)
+        self.call_counts: Dict[int, int] = {}
+        self.outputs: List[int] = []   # value ids returned by root module calls
+        self.output_refs: List[Any] = []
+        self.inplace_on_view: set = set()  # events that wrote a view (autograd wraps them in CopySlices)
+        self.n_inputs = 0
+        self.task = -1
+        self.start_seq = _get_seq()
+
+    # -- the hot path ------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if kwargs is None:
+            kwargs = {}
+        info = _INFOS.get(func)
+        if info is None:
+            info = op_info(func)
+        if self.off:
+            return func(*args, **kwargs)
+        if info.decompose:
+            # composite op that skipped autograd (inference_mode): record its pieces
+            # (the C++ kernel, as eager runs it: OpOverload.decompose would prefer
+            # Python decompositions, e.g. dropout(train=False) -> clone)
+            with self:
+                return func._op_dk(_CIA, *args, **kwargs)
+
+        f = _getframe(1)
+        icode = f.f_code
+        ilasti = f.f_lasti
+        cache = self.filter_cache
+        while f is not None:
+            c = f.f_code
+            internal = cache.get(c)
+            if internal is None:
+                internal = self.classify(c)
+            if not internal:
+                break
+            f = f.f_back
+        if f is not None:
+            code, line = f.f_code, f.f_lineno
+        else:
+            code, line = None, 0
+
+        anode = _current_node()
+        phase = FORWARD if anode is None else self._backward_phase(anode, icode)
+
+        vget = self.vmap.get
+        ins: List[int] = []
+        argv: List[Any] = []
+        kinds = info.kinds
+        for i, a in enumerate(args):
+            k = kinds[i]
+            if k == NONTENSOR:
+                argv.append(a)
+                continue
+            if k == TENSOR:
+                e = vget(id(a))
+                if e is not None and e[0]() is a:
+                    ins.append(e[1])
+                    argv.append(None)
+                elif isinstance(a, _Tensor):
+                    ins.append(self._external(a, f, info))
+                    argv.append(None)
+                else:  # None, or a Python number in a Tensor slot (mul(x, 2))
+                    argv.append(a)
+            else:
+                argv.append(None)
+                for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
+                    if t is not None:
+                        e = vget(id(t))
+                        ins.append(e[1] if e is not None and e[0]() is t else self._external(t, f, info))
+        kw = None
+        if kwargs:
+            kw = {}
+            kw_kinds = info.kw_kinds
+            for name, a in kwargs.items():
+                if kw_kinds.get(name, NONTENSOR) == NONTENSOR:
+                    kw[name] = a
+                elif isinstance(a, _Tensor):
+                    e = vget(id(a))
+                    ins.append(e[1] if e is not None and e[0]() is a else self._external(a, f, info))
+        if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
+            phase = BACKWARD  # ones_like(loss) from torch.autograd: the gradient seed
+            self.capture.seeds.append(_ref(args[0]))
+
+        seq = _get_seq()
+        out = func(*args, **kwargs)
+
+        extra = None
+        outs: List[int] = []
+        if info.mutates:
+            mutated = self._versions(info, args, kwargs, outs)
+        else:
+            mutated = ()
+        vmeta = self.vmeta
+        vmap = self.vmap
+        if isinstance(out, _Tensor):
+            if not (mutated and any(out is m for m in mutated)):  # never `in`: it would call Tensor.__eq__
+                vid = len(vmeta)
+                vmeta.append((out.shape, out.dtype, out.device, None))
+                vmap[id(out)] = [_ref(out), vid]
+                outs.append(vid)
+        elif type(out) is tuple or type(out) is list:
+            for o in out:
+                if isinstance(o, _Tensor):
+                    if mutated and any(o is m for m in mutated):
+                        continue
+                    vid = len(vmeta)
+                    vmeta.append((o.shape, o.dtype, o.device, None))
+                    vmap[id(o)] = [_ref(o), vid]
+                    outs.append(vid)
+                elif type(o) is list:  # c10d: Tensor[][] results
+                    for x in o:
+                        if isinstance(x, _Tensor) and not any(x is m for m in mutated):
+                            vid = len(vmeta)
+                            vmeta.append((x.shape, x.dtype, x.device, None))
+                            vmap[id(x)] = [_ref(x), vid]
+                            outs.append(vid)
+        elif info.witness is not None:
+            extra = out
+
+        stack = self.stack
+        events = self.events
+        events.append((info, ins, argv, kw, outs, seq, code, line, icode, ilasti,
+                       stack[-1][0] if stack else None, anode, phase, extra))
+        if len(events) >= self.capture.max_ops:
+            self._truncate()
+        return out
+
+    # -- slow paths ----------------------------------------------------------
+    def _external(self, t: Any, frame: Any, info: Any) -> int:
+        """First sight of a tensor no op of this pass produced."""
+        if not isinstance(t, _Tensor):
+            return -1
+        role, name = self.capture.classify_external(t, frame, info)
+        vid = len(self.vmeta)
+        self.vmeta.append((t.shape, t.dtype, t.device, ("ext", role, name, t.requires_grad)))
+        self.vmap[id(t)] = [_ref(t), vid]
+        return vid
+
+    def _bump(self, t: Any, outs: List[int]) -> None:
+        e = self.vmap.get(id(t))
+        old = e[1] if e is not None and e[0]() is t else self._external(t, None, None)
+        vid = len(self.vmeta)
+        self.vmeta.append((t.shape, t.dtype, t.device, ("ver", old)))
+        self.vmap[id(t)] = [_ref(t), vid]
+        outs.append(vid)
+
+    def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int]) -> tuple:
+        """In-place / out= / collective writes: each written tensor gets a new
+        value version (and so does the base of a written view)."""
+        written: List[Any] = []
+        names = info.arg_names
+        for i in info.mutates:
+            a = args[i] if i < len(args) else kwargs.get(names[i])
+            if isinstance(a, _Tensor):
+                written.append(a)
+            elif isinstance(a, (list, tuple)):
+                for x in a:
+                    if isinstance(x, _Tensor):
+                        written.append(x)
+                    elif isinstance(x, (list, tuple)):
+                        written.extend(y for y in x if isinstance(y, _Tensor))
+        for t in written:
+            self._bump(t, outs)
+            base = t._base
+            if base is not None:  # the write is visible through the base too
+                self._bump(base, outs)
+                self.inplace_on_view.add(len(self.events))
+        return tuple(written)
+
+    def _backward_phase(self, anode: Any, icode: Any) -> int:
+        task = _task_id()
+        if task != self.task:
+            self.task = task
+            self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
+        engine = self.engine_codes.get(icode)
+        if engine is None:
+            engine = self.engine_codes[icode] = is_autograd_engine(icode)
+        # checkpoint re-runs forward code with grad enabled from inside a Node
+        return RECOMPUTE if not engine and _grad_enabled() else BACKWARD
+
+    def _truncate(self) -> None:
+        self.off = True
+        self.capture.truncated = True
+        warnings.warn(
+            f"torchtrace: stopped recording after max_ops={self.capture.max_ops} ops; the graph is "
+            "marked truncated (meta.truncated). Raise max_ops to record the whole pass.",
+            RuntimeWarning, stacklevel=3)

@@ -1,0 +1,109 @@
+"""Module scope: our own stack of module *calls* on global forward hooks.
+
+Each pre-hook pushes ``(call id, module, path)``; the post-hook
+(``always_call=True``, so exceptions pop too) pops back to that module.
+Paths are real paths in this call: a module is named by the attribute under
+which its *calling* parent holds it, falling back to the ``named_modules``
+path closest to the caller. ``ModuleTracker``/``ModTracker`` are not used: they
+keep a set of class-derived names and lose call multiplicity.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+
+import torch
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .capture import Capture
+
+_MISSING = object()
+_task_id = torch._C._current_graph_task_id
+_get_ident = threading.get_ident
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a.split("."), b.split(".")):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class ModuleScope:
+    def __init__(self, capture: "Capture") -> None:
+        self.capture = capture
+        self.depth = 0  # open module calls, kept even while not recording
+        self.handles: List[Any] = []
+        self.child_names: dict = {}
+
+    def install(self) -> None:
+        self.handles = [register_module_forward_pre_hook(self._pre),
+                        register_module_forward_hook(self._post, always_call=True)]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    # -- hooks -----------------------------------------------------------------
+    def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...]) -> None:
+        cap = self.capture
+        if _get_ident() != cap.tid:
+            return None
+        if type(module).__name__ == "OptimizedModule":  # torch.compile wrapper: transparent
+            cap.compiled = True
+            return None
+        if self.depth == 0:
+            cap.on_root_call(module, args, sys._getframe(1))
+        self.depth += 1
+        mode = cap.mode
+        if mode.off:
+            return None
+        stack = mode.stack
+        parent = stack[-1] if stack else None
+        path = self.path_of(module, parent)
+        counts = mode.call_counts
+        k = counts.get(id(module), 0)
+        counts[id(module)] = k + 1
+        mid = len(mode.mcalls)
+        phase = "forward" if _task_id() == -1 else "recompute"
+        mode.mcalls.append((path, type(module).__name__, k, parent[0] if parent else None, phase))
+        stack.append((mid, module, path))
+        return None
+
+    def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+        cap = self.capture
+        if _get_ident() != cap.tid or type(module).__name__ == "OptimizedModule":
+            return None
+        self.depth = max(0, self.depth - 1)
+        stack = cap.mode.stack
+        for j in range(len(stack) - 1, -1, -1):
+            if stack[j][1] is module:
+                del stack[j:]
+                if j == 0:
+                    cap.on_root_return(output)
+                break
+        return None
+
+    # -- names -----------------------------------------------------------------
+    def path_of(self, module: torch.nn.Module, parent: Optional[tuple]) -> str:
+        cap = self.capture
+        if parent is not None:
+            pmod, ppath = parent[1], parent[2]
+            key = (id(pmod), id(module))
+            name = self.child_names.get(key, _MISSING)
+            if name is _MISSING:
+                name = next((n for n, c in pmod._modules.items() if c is module), None)
+                self.child_names[key] = name
+            if name is not None:
+                return f"{ppath}.{name}" if ppath else name
+        paths = cap.module_paths.get(id(module))
+        if paths is None:
+            return cap.register_root(module)
+        if parent is None or len(paths) == 1:
+            return paths[0]
+        return max(paths, key=lambda p: _common_prefix(p, parent[2]))

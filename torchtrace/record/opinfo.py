@@ -1,0 +1,105 @@
+"""What the recorder needs to know about one aten overload, computed once.
+
+Everything is read from the schema and tags (``func._schema``, ``func.tags``)
+the first time an overload is seen and cached on the overload object, so the
+per-op hot path does a single dict lookup.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+
+# Argument kinds, aligned with the schema: how to find tensors in an argument.
+NONTENSOR, TENSOR, TENSOR_LIST, TENSOR_LIST_LIST = 0, 1, 2, 3
+
+_COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional", "_dtensor")
+_ANNOTATION_NAMESPACES = ("profiler",)
+
+
+def _tag(name: str) -> Optional[object]:
+    return getattr(torch.Tag, name, None)  # feature-detect: tags come and go between releases
+
+
+_DATA_DEPENDENT = _tag("data_dependent_output")
+_DYNAMIC_SHAPE = _tag("dynamic_output_shape")
+_RANDOM = _tag("nondeterministic_seeded")
+_INPLACE = _tag("inplace")
+
+
+def _kind(type_str: str) -> int:
+    if "Tensor" not in type_str:
+        return NONTENSOR
+    depth = type_str.count("List[") + type_str.count("[]")
+    return (TENSOR, TENSOR_LIST, TENSOR_LIST_LIST)[min(depth, 2)]
+
+
+class OpInfo:
+    """Facts about one overload; slots for fast attribute access on the hot path."""
+
+    __slots__ = ("func", "name", "arg_names", "kinds", "kw_kinds", "mutates", "mutates_kw",
+                 "view", "tags", "decompose", "witness", "collective", "is_detach", "is_seed",
+                 "returns_alias")
+
+    def __init__(self, func: "torch._ops.OpOverload") -> None:
+        schema = func._schema
+        self.func = func
+        self.name = str(func)
+        namespace = getattr(func, "namespace", self.name.split(".", 1)[0])
+        args = schema.arguments
+        self.arg_names: Tuple[str, ...] = tuple(a.name for a in args)
+        self.kinds: Tuple[int, ...] = tuple(_kind(str(a.type)) for a in args)
+        self.kw_kinds: Dict[str, int] = {a.name: k for a, k in zip(args, self.kinds)}
+        written = [i for i, a in enumerate(args) if a.alias_info is not None and a.alias_info.is_write]
+        self.collective = namespace in _COLLECTIVE_NAMESPACES
+        if self.collective and namespace == "c10d" and not written:
+            # c10d ops write their tensor arguments but carry no alias annotation
+            written = [i for i, k in enumerate(self.kinds) if k != NONTENSOR][:1]
+        self.mutates: Tuple[int, ...] = tuple(written)
+        self.mutates_kw: Tuple[str, ...] = tuple(args[i].name for i in written if args[i].kwarg_only)
+        # a return that aliases an input without writing it: a view (view, t, select, split, detach)
+        self.returns_alias = any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+        self.view = self.returns_alias and not written
+        tags = []
+        if self.view:
+            tags.append("view")
+        if written and not any(a.is_out for a in args) and (_INPLACE in func.tags or 0 in written):
+            tags.append("inplace")
+        if any(a.is_out for a in args):
+            tags.append("out")
+        if _RANDOM is not None and _RANDOM in func.tags:
+            tags.append("random")
+        if all(k == NONTENSOR for k in self.kinds):
+            tags.append("factory")
+        if self.collective:
+            tags.append("collective")
+        if namespace in _ANNOTATION_NAMESPACES:
+            tags.append("annotation")
+        self.witness: Optional[str] = None
+        if (_DATA_DEPENDENT is not None and _DATA_DEPENDENT in func.tags) or self.name == "aten.is_nonzero.default":
+            self.witness = "value"
+        elif _DYNAMIC_SHAPE is not None and _DYNAMIC_SHAPE in func.tags:
+            self.witness = "shape"
+        if self.witness is not None:
+            tags.append("witness")
+        self.tags: Tuple[str, ...] = tuple(tags)
+        # Under inference_mode composite ops reach us undecomposed; decompose
+        # them so every grad mode records the same vocabulary.
+        try:
+            self.decompose = bool(torch._C._dispatch_has_kernel_for_dispatch_key(
+                func.name(), "CompositeImplicitAutograd"))
+        except Exception:  # pragma: no cover - very old torch
+            self.decompose = False
+        self.is_detach = self.name in ("aten.detach.default", "aten.detach_.default")
+        # autograd seeds backward with ones_like(loss) from torch.autograd._make_grads
+        self.is_seed = self.name == "aten.ones_like.default"
+
+
+_CACHE: Dict[object, OpInfo] = {}
+
+
+def op_info(func: "torch._ops.OpOverload") -> OpInfo:
+    info = _CACHE.get(func)
+    if info is None:
+        info = _CACHE[func] = OpInfo(func)
+    return info

@@ -1,0 +1,200 @@
+"""JSON form of the IR: ``Graph`` <-> dict, and ``save``/``load`` for files.
+
+Loading parses JSON only (never pickle, never code), checks the committed
+schema and the version, then the semantic invariants (``Graph.validate``).
+Writes are atomic: a temporary file in the target folder, fsync, rename.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any, Dict, Union
+
+from . import _jsonschema
+from .errors import IRError
+from .ir import (FORMAT, VERSION, Autograd, AutogradNode, GradInfo, Graph, ModuleCall, Node, Source,
+                 Value, Witness, check_version)
+
+PathLike = Union[str, "os.PathLike[str]"]
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _opt(d: Dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        d[key] = value
+
+
+def graph_to_dict(g: Graph) -> Dict[str, Any]:
+    modules = []
+    for m in g.modules:
+        d = {"id": m.id, "path": m.path, "type": m.type, "call": m.call, "parent": m.parent}
+        if m.phase != "forward":
+            d["phase"] = m.phase
+        modules.append(d)
+    values = []
+    for v in g.values:
+        d = {"id": v.id, "shape": list(v.shape), "dtype": v.dtype, "device": v.device,
+             "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of}
+        _opt(d, "version_of", v.version_of)
+        values.append(d)
+    nodes = []
+    for n in g.nodes:
+        d = {"id": n.id, "kind": n.kind, "op": n.op, "phase": n.phase, "module": n.module,
+             "inputs": list(n.inputs), "outputs": list(n.outputs), "args": dict(n.args),
+             "source": None if n.source is None else
+             {"file": n.source.file, "line": n.source.line, "function": n.source.function},
+             "tags": list(n.tags)}
+        if n.witness is not None:
+            d["witness"] = ({"shape": list(n.witness.shape)} if n.witness.shape is not None
+                            else {"value": n.witness.value})
+        _opt(d, "grad_fn", n.grad_fn)
+        nodes.append(d)
+    ag = g.autograd
+    autograd_nodes = []
+    for a in ag.nodes:
+        d = {"id": a.id, "name": a.name, "op": a.op, "next": list(a.next), "saved_bytes": a.saved_bytes}
+        _opt(d, "param", a.param)
+        _opt(d, "value", a.value)
+        autograd_nodes.append(d)
+    return {
+        "format": FORMAT,
+        "version": list(VERSION),
+        "meta": dict(g.meta),
+        "modules": modules,
+        "values": values,
+        "nodes": nodes,
+        "outputs": list(g.outputs),
+        "autograd": {
+            "nodes": autograd_nodes,
+            "executed": list(ag.executed),
+            "grads": [{"value": x.value, "name": x.name, "shape": list(x.shape), "dtype": x.dtype,
+                       "norm": x.norm} for x in ag.grads],
+            "no_grad_params": list(ag.no_grad_params),
+        },
+        "fingerprints": dict(g.fingerprints),
+    }
+
+
+def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
+    if not isinstance(data, dict):
+        raise IRError("not a torchtrace graph", where=where, expected="a JSON object",
+                      found=type(data).__name__, fix="pass the object written by torchtrace.save()")
+    if data.get("format") != FORMAT:
+        raise IRError("not a torchtrace graph", where=f"{where}.format", expected=repr(FORMAT),
+                      found=repr(data.get("format", "<missing>")),
+                      fix="load a file written by torchtrace.save() or `torchtrace export`")
+    check_version(data.get("version"), where)
+    _jsonschema.check(data, where)
+    ag = data["autograd"]
+    graph = Graph(
+        meta=dict(data["meta"]),
+        modules=tuple(ModuleCall(m["id"], m["path"], m["type"], m["call"], m["parent"],
+                                 m.get("phase", "forward")) for m in data["modules"]),
+        values=tuple(Value(v["id"], tuple(v["shape"]), v["dtype"], v["device"], v["requires_grad"],
+                           v["role"], v["name"], v["alias_of"], v.get("version_of"))
+                     for v in data["values"]),
+        nodes=tuple(
+            Node(id=n["id"], op=n["op"], inputs=tuple(n["inputs"]), outputs=tuple(n["outputs"]),
+                 phase=n["phase"], module=n["module"], args=dict(n["args"]),
+                 source=None if n["source"] is None else
+                 Source(n["source"]["file"], n["source"]["line"], n["source"]["function"]),
+                 tags=tuple(n["tags"]), witness=_witness(n.get("witness")), grad_fn=n.get("grad_fn"),
+                 kind=n["kind"])
+            for n in data["nodes"]),
+        outputs=tuple(data["outputs"]),
+        autograd=Autograd(
+            nodes=tuple(AutogradNode(a["id"], a["name"], a["op"], tuple(a["next"]), a["saved_bytes"],
+                                     a.get("param"), a.get("value")) for a in ag["nodes"]),
+            executed=tuple(ag["executed"]),
+            grads=tuple(GradInfo(x["value"], x["name"], tuple(x["shape"]), x["dtype"], x["norm"])
+                        for x in ag.get("grads", ())),
+            no_grad_params=tuple(ag.get("no_grad_params", ())),
+        ),
+        fingerprints=dict(data["fingerprints"]),
+    )
+    return graph.validate()
+
+
+def _witness(d: Any) -> Any:
+    if d is None:
+        return None
+    if "shape" in d:
+        return Witness(shape=tuple(d["shape"]))
+    return Witness(value=d.get("value"))
+
+
+# -- files ---------------------------------------------------------------
+def dumps(g: Graph) -> str:
+    return json.dumps(g.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def atomic_write(path: PathLike, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the new one, never half."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def encode(g: Graph, gz: bool = False) -> bytes:
+    raw = dumps(g).encode("utf-8")
+    return gzip.compress(raw, mtime=0) if gz else raw
+
+
+def save(graph: Graph, path: PathLike) -> Path:
+    """Write ``graph`` as JSON (``.json``) or gzipped JSON (``.json.gz``), atomically."""
+    if not isinstance(graph, Graph):
+        raise IRError("cannot save this object", expected="a torchtrace.Graph",
+                      found=type(graph).__name__, fix="pass trace.graph (from `with torchtrace.trace() as t`)")
+    target = Path(path)
+    atomic_write(target, encode(graph, gz=target.name.endswith(".gz")))
+    return target
+
+
+def decode(raw: bytes, where: str) -> Graph:
+    if raw[:2] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise IRError("corrupt gzip data", where=where, expected="a complete .json.gz file",
+                          found=str(e), fix="re-export the graph; the file was cut short or damaged") from None
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise IRError("not UTF-8 text", where=where, expected="a JSON file (UTF-8)",
+                      found=f"undecodable byte at offset {e.start}",
+                      fix="pass a .json or .json.gz file written by torchtrace.save()") from None
+    except json.JSONDecodeError as e:
+        raise IRError("not valid JSON", where=f"{where}:{e.lineno}:{e.colno}", expected="a JSON document",
+                      found=e.msg, fix="pass a .json or .json.gz file written by torchtrace.save()") from None
+    return graph_from_dict(data, where=where)
+
+
+def load(path: PathLike) -> Graph:
+    """Read a graph written by ``save`` (JSON or gzipped JSON); never runs code."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise IRError("no such file", where=str(p), expected="a graph file (.json or .json.gz)",
+                      found="nothing at that path", fix="check the path") from None
+    except IsADirectoryError:
+        raise IRError("is a folder", where=str(p), expected="a graph file (.json or .json.gz)",
+                      found="a directory", fix="pass one of the .json files inside it") from None
+    return decode(raw, str(p))

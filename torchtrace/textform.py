@@ -1,0 +1,85 @@
+"""The canonical text form of a Graph: one line per op, like a jaxpr.
+
+    n1  v3:f32[2,3] = aten.addmm v2 v0 v1 {beta=1}        # fc  model.py:12
+
+Also the short names used by every renderer (``f32[2,3]``).
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Iterable, List
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ir import Graph, Node, Value
+
+DTYPE_SHORT = {
+    "float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16",
+    "int64": "i64", "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "u8",
+    "bool": "b8", "complex64": "c64", "complex128": "c128",
+    "float8_e4m3fn": "f8e4m3", "float8_e5m2": "f8e5m2",
+}
+
+
+def dtype_short(dtype: str) -> str:
+    return DTYPE_SHORT.get(dtype, dtype)
+
+
+def shape_str(shape: Iterable[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def type_str(v: "Value") -> str:
+    """``f32[2,3]``"""
+    return f"{dtype_short(v.dtype)}{shape_str(v.shape)}"
+
+
+def op_str(op: str) -> str:
+    """``aten.addmm.default`` -> ``aten.addmm``; other overloads stay."""
+    return op[: -len(".default")] if op.endswith(".default") else op
+
+
+def args_str(args: Any) -> str:
+    if not args:
+        return ""
+    return "{" + ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items()) + "}"
+
+
+def node_line(g: "Graph", n: "Node") -> str:
+    outs = ", ".join(f"{v}:{type_str(g.value(v))}" for v in n.outputs)
+    lhs = f"{outs} = " if outs else ""
+    rhs = " ".join([op_str(n.op), *n.inputs])
+    extra = args_str(n.args)
+    if extra:
+        rhs += " " + extra
+    if n.witness is not None:
+        rhs += f" -> {n.witness.describe()}"
+    flags = [n.phase] if n.phase != "forward" else []
+    flags += [t for t in n.tags if t != "witness"] + (["witness"] if n.witness is not None else [])
+    if flags:
+        rhs += "  [" + ",".join(flags) + "]"
+    where = []
+    if n.module is not None:
+        where.append(g.module(n.module).path or "<root>")
+    if n.source is not None:
+        where.append(n.source.short())
+    line = f"{n.id:<5} {lhs}{rhs}"
+    return f"{line:<72}  # {'  '.join(where)}" if where else line
+
+
+def format_graph(g: "Graph") -> str:
+    meta = g.meta
+    head = [f"torchtrace.graph {len(g.nodes)} ops"]
+    for key in ("label", "step", "rank", "grad_mode"):
+        if meta.get(key) is not None:
+            head.append(f"{key}={meta[key]}")
+    if meta.get("truncated"):
+        head.append("TRUNCATED")
+    lines: List[str] = ["# " + " ".join(head)]
+    for v in g.values:
+        if v.role != "activation" and v.version_of is None:
+            name = f" {v.name}" if v.name else ""
+            lines.append(f"{v.role:<8} {v.id}:{type_str(v)}{name}")
+    lines.extend(node_line(g, n) for n in g.nodes)
+    if g.outputs:
+        lines.append("return " + " ".join(g.outputs))
+    return "\n".join(lines)
