@@ -111,9 +111,13 @@ class AutogradTracker:
         return prehook
 
     def on_backward_start(self, current: Any, roots: List[Any]) -> None:
-        """Called from the first backward op of a graph task, while the first
-        Node runs: nothing has been released yet, so saved bytes are exact."""
+        """Called at the gradient seed (``current`` is None) and at the first
+        backward op of each graph task (``current`` is the Node running): no
+        Node has released its saved tensors yet, so saved bytes are exact."""
         self.backward_ran = True
+        if current is None:  # called at the gradient seed, before the engine starts
+            self.walk(roots, hook=True)
+            return
         key = node_key(current)
         was_hooked = key in self.entries and self.entries[key].hooked
         self.walk([current, *roots], hook=True)

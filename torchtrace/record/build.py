@@ -12,11 +12,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
-from .frames import is_autograd_engine
+from .frames import is_torch_internal
 from .linking import build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, E_SEQ, RECOMPUTE)
-from .opinfo import NONTENSOR, TENSOR
+from .opinfo import BY_INDEX, NONTENSOR, TENSOR
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
 _OPTIMIZER_PREFIX = "Optimizer.step#"
@@ -84,23 +84,23 @@ class _Sources:
         return s
 
 
-def _bookkeeping(events: List[tuple], i: int, created: Any) -> bool:
+def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) -> bool:
     """Is event i autograd's own ``detach`` (saving an output, unpacking it,
     or AccumulateGrad) rather than a user's ``.detach()``?"""
     ev = events[i]
-    if not ev[E_INFO].is_detach:
+    if not infos[i].is_detach:
         return False
-    if ev[E_PHASE] == BACKWARD:
-        return is_autograd_engine(ev[E_ICODE])
+    if ev[E_PHASE] == BACKWARD:  # the engine's or torch's own (checkpoint) detaches
+        return is_torch_internal(ev[E_ICODE])
     if i == 0:
         return False
     prev = events[i - 1]
-    if prev[E_INFO].name.startswith("aten.lift_fresh") and ev[E_INS][:1] == prev[E_OUTS][:1]:
+    if infos[i - 1].name.startswith("aten.lift_fresh") and ev[E_INS][:1] == prev[E_OUTS][:1]:
         return True  # torch.tensor(...) makes its result a leaf (seen under inference_mode)
     # issued inside the autograd kernel of an earlier op of the same Python
     # instruction (saving its outputs), detaching one of that op's fresh outputs
     j = i - 1
-    while j > 0 and events[j][E_INFO].is_detach and events[j][E_ICODE] is ev[E_ICODE]:
+    while j > 0 and infos[j].is_detach and events[j][E_ICODE] is ev[E_ICODE]:
         j -= 1
     src = events[j]
     return (src[E_ICODE] is ev[E_ICODE] and src[E_ILASTI] == ev[E_ILASTI]
@@ -109,6 +109,7 @@ def _bookkeeping(events: List[tuple], i: int, created: Any) -> bool:
 
 def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     events = mode.events
+    infos = [BY_INDEX[ev[E_INFO]] for ev in events]
     vmeta = mode.vmeta
     sources = _Sources()
 
@@ -116,7 +117,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     alias_root: Dict[int, int] = {}
     producer: Dict[int, int] = {}
     for i, ev in enumerate(events):
-        info, ins, outs = ev[E_INFO], ev[E_INS], ev[E_OUTS]
+        info, ins, outs = infos[i], ev[E_INS], ev[E_OUTS]
         for v in outs:
             producer[v] = i
         if info.view and ins:
@@ -128,7 +129,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             alias_root[vid] = alias_root[origin[1]]
 
     alive = {e[1]: e[0]() for e in mode.vmap.values()}
-    ag = build_autograd(capture, mode, events, producer)
+    ag = build_autograd(capture, mode, events, infos)
     created = ag.created_by_op
 
     values: List[Value] = []
@@ -157,7 +158,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     nodes: List[Node] = []
     annotations: List[str] = []
     for i, ev in enumerate(events):
-        info = ev[E_INFO]
+        info = infos[i]
         phase = PHASE_NAMES[ev[E_PHASE]]
         module = ev[E_MOD]
         source = sources.get(ev[E_CODE], ev[E_LINE])
@@ -174,7 +175,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         elif phase == "forward" and any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations):
             phase = "optimizer"
         tags = list(info.tags)
-        if _bookkeeping(events, i, created) or (ev[E_PHASE] == BACKWARD and ag.is_accumulate(ev[E_ANODE])
+        if _bookkeeping(events, infos, i, created) or (ev[E_PHASE] == BACKWARD and ag.is_accumulate(ev[E_ANODE])
                                         and info.is_detach):
             tags.append("autograd_internal")
         witness = None

@@ -46,6 +46,10 @@ class FrameFilter:
         return hit
 
 
+def is_torch_internal(code: CodeType) -> bool:
+    return code.co_filename.startswith(_TORCH_DIR)
+
+
 def is_autograd_engine(code: CodeType) -> bool:
     """Frames of torch.autograd itself: a backward op issued with one of these
     innermost runs a derivative formula (not user code inside backward)."""

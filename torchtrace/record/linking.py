@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from ..ir import AutogradNode, GradInfo
 from .autograd import node_key
-from .mode import BACKWARD, E_INFO, E_PHASE, E_SEQ
+from .mode import BACKWARD, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 
@@ -94,7 +94,7 @@ def _grad_info(var: Any, vid: int, name: Optional[str]) -> Optional[GradInfo]:
                     norm if norm == norm and norm not in (float("inf"), float("-inf")) else str(norm))
 
 
-def build_autograd(capture: Any, mode: Any, events: List[tuple], producer: Dict[int, int]) -> AutogradPart:
+def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any]) -> AutogradPart:
     part = AutogradPart()
     tracker = capture.autograd
     tracker.walk(capture.backward_roots(), hook=False)
@@ -106,7 +106,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], producer: Dict[
         if e.seq is None:
             continue
         i = by_seq.get(e.seq)
-        if i is not None and names_match(events[i][E_INFO].name, e.name, i in on_view):
+        if i is not None and names_match(infos[i].name, e.name, i in on_view):
             linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
     ids = {e.key: f"a{k}" for k, e in enumerate(entries)}

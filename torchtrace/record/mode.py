@@ -6,7 +6,7 @@ identity-checked lookup per input tensor, and a weak reference plus
 shape/dtype/device per output. Names, args, links and JSON happen after the
 pass (``build.py``).
 
-Tensor identity: ``vmap`` maps ``id(t)`` to ``[weakref(t), value id]`` and every
+Tensor identity: ``vmap`` maps ``id(t)`` to ``(weakref(t), value id)`` and every
 hit is confirmed with ``ref() is t`` -- the semantics of
 ``torch.utils.weak.WeakIdKeyDictionary`` (which also hashes by ``id``), without
 its Python-level key objects (~1 µs per access, measured in
@@ -45,16 +45,27 @@ _CIA = torch._C.DispatchKey.CompositeImplicitAutograd
 E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
 
 
+def _mark_dynamo_skip(code: Any) -> bool:
+    try:
+        from torch._C._dynamo.eval_frame import _FrameAction, _FrameExecStrategy, set_code_exec_strategy
+
+        set_code_exec_strategy(code, _FrameExecStrategy(_FrameAction.SKIP, _FrameAction.SKIP))
+        return True
+    except Exception:  # older/newer torch without it: keep torch's own wrapper
+        return False
+
+
 class RecordingMode(TorchDispatchMode):
-    """Appends ``(info, ins, args, kwargs, outs, seq, code, line, icode, ilasti,
-    module_call, autograd_node, phase, extra)`` per op to ``self.events``."""
+    """Appends ``(op info index, ins, args, kwargs, outs, seq, code, line, icode,
+    ilasti, module_call, autograd_node, phase, extra)`` per op to ``self.events``."""
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
-        # The default wraps __torch_dispatch__ in torch._disable_dynamo (~1 µs per
-        # op). Dynamo already refuses to compile while this (non-infra) mode is
-        # active, so the wrapper buys nothing here.
-        return False
+        # By default torch wraps __torch_dispatch__ in torch._disable_dynamo (~1 µs
+        # per op, measured in bench/). Marking the handler's code object "skip,
+        # recursively" in Dynamo's eval-frame hook gives the same protection for
+        # free; fall back to the wrapper where that private API is missing.
+        return not cls._dynamo_skip_marked
 
     def __init__(self, capture: "Capture") -> None:
         super().__init__()
@@ -69,7 +80,7 @@ class RecordingMode(TorchDispatchMode):
         """Start empty buffers for a new pass (old ones belong to the builder)."""
         self.events: List[tuple] = []
         self.vmeta: List[tuple] = []   # per value id: (shape, dtype, device, origin)
-        self.vmap: Dict[int, list] = {}  # id(tensor) -> [weakref, value id]
+        self.vmap: Dict[int, tuple] = {}  # id(tensor) -> (weakref, value id)
         self.stack: List[tuple] = []   # open module calls: (call id, module, path)
         self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase)
         self.call_counts: Dict[int, int] = {}
@@ -152,8 +163,12 @@ class RecordingMode(TorchDispatchMode):
                     e = vget(id(a))
                     ins.append(e[1] if e is not None and e[0]() is a else self._external(a, f, info))
         if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
-            phase = BACKWARD  # ones_like(loss) from torch.autograd: the gradient seed
-            self.capture.seeds.append(_ref(args[0]))
+            # ones_like(loss) from torch.autograd: backward starts now; walk the
+            # graph before any Node runs (and releases its saved tensors)
+            phase = BACKWARD
+            capture = self.capture
+            capture.seeds.append(_ref(args[0]))
+            capture.autograd.on_backward_start(None, capture.backward_roots())
 
         seq = _get_seq()
         out = func(*args, **kwargs)
@@ -169,8 +184,8 @@ class RecordingMode(TorchDispatchMode):
         if isinstance(out, _Tensor):
             if not (mutated and any(out is m for m in mutated)):  # never `in`: it would call Tensor.__eq__
                 vid = len(vmeta)
-                vmeta.append((out.shape, out.dtype, out.device, None))
-                vmap[id(out)] = [_ref(out), vid]
+                vmeta.append((tuple(out.shape), out.dtype, out.device, None))
+                vmap[id(out)] = (_ref(out), vid)
                 outs.append(vid)
         elif type(out) is tuple or type(out) is list:
             for o in out:
@@ -178,26 +193,28 @@ class RecordingMode(TorchDispatchMode):
                     if mutated and any(o is m for m in mutated):
                         continue
                     vid = len(vmeta)
-                    vmeta.append((o.shape, o.dtype, o.device, None))
-                    vmap[id(o)] = [_ref(o), vid]
+                    vmeta.append((tuple(o.shape), o.dtype, o.device, None))
+                    vmap[id(o)] = (_ref(o), vid)
                     outs.append(vid)
                 elif type(o) is list:  # c10d: Tensor[][] results
                     for x in o:
                         if isinstance(x, _Tensor) and not any(x is m for m in mutated):
                             vid = len(vmeta)
-                            vmeta.append((x.shape, x.dtype, x.device, None))
-                            vmap[id(x)] = [_ref(x), vid]
+                            vmeta.append((tuple(x.shape), x.dtype, x.device, None))
+                            vmap[id(x)] = (_ref(x), vid)
                             outs.append(vid)
         elif info.witness is not None:
             extra = out
 
         stack = self.stack
         events = self.events
-        events.append((info, ins, argv, kw, outs, seq, code, line, icode, ilasti,
+        events.append((info.index, tuple(ins), tuple(argv), kw, tuple(outs), seq, code, line, icode, ilasti,
                        stack[-1][0] if stack else None, anode, phase, extra))
         if len(events) >= self.capture.max_ops:
             self._truncate()
         return out
+
+    _dynamo_skip_marked = _mark_dynamo_skip(__torch_dispatch__.__code__)
 
     # -- slow paths ----------------------------------------------------------
     def _external(self, t: Any, frame: Any, info: Any) -> int:
@@ -206,16 +223,16 @@ class RecordingMode(TorchDispatchMode):
             return -1
         role, name = self.capture.classify_external(t, frame, info)
         vid = len(self.vmeta)
-        self.vmeta.append((t.shape, t.dtype, t.device, ("ext", role, name, t.requires_grad)))
-        self.vmap[id(t)] = [_ref(t), vid]
+        self.vmeta.append((tuple(t.shape), t.dtype, t.device, ("ext", role, name, t.requires_grad)))
+        self.vmap[id(t)] = (_ref(t), vid)
         return vid
 
     def _bump(self, t: Any, outs: List[int]) -> None:
         e = self.vmap.get(id(t))
         old = e[1] if e is not None and e[0]() is t else self._external(t, None, None)
         vid = len(self.vmeta)
-        self.vmeta.append((t.shape, t.dtype, t.device, ("ver", old)))
-        self.vmap[id(t)] = [_ref(t), vid]
+        self.vmeta.append((tuple(t.shape), t.dtype, t.device, ("ver", old)))
+        self.vmap[id(t)] = (_ref(t), vid)
         outs.append(vid)
 
     def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int]) -> tuple:

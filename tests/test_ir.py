@@ -1,0 +1,197 @@
+"""The IR contract: round trips, the committed schema, and clear errors for bad files."""
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+
+import torchtrace
+from torchtrace.ir import VERSION
+from zoo import Branchy, gpt2, token_ids
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "torchtrace" / "schema" / "graph.v1.json"
+
+
+@pytest.fixture(scope="module")
+def graph() -> torchtrace.Graph:
+    m = Branchy()
+    x = torch.randn(2, 4)
+    with torchtrace.trace(m, label="branchy") as t:
+        m(x).sum().backward()
+    return t.graph
+
+
+@pytest.fixture(scope="module")
+def gpt2_graph() -> torchtrace.Graph:
+    m = gpt2()
+    with torchtrace.trace(m) as t:
+        m(token_ids())
+    return t.graph
+
+
+@pytest.mark.parametrize("suffix", [".json", ".json.gz"])
+def test_save_load_round_trip(graph, gpt2_graph, tmp_path, suffix):
+    for g in (graph, gpt2_graph):
+        path = torchtrace.save(g, tmp_path / f"g{suffix}")
+        loaded = torchtrace.load(path)
+        assert loaded == g
+        assert loaded.to_dict() == g.to_dict()
+        assert str(loaded) == str(g)
+        assert loaded.fingerprints == g.fingerprints
+    raw = (tmp_path / f"g{suffix}").read_bytes()
+    assert raw[:2] == (b"\x1f\x8b" if suffix.endswith(".gz") else b'{"')
+
+
+def test_from_dict_to_dict_is_identity(gpt2_graph):
+    d = gpt2_graph.to_dict()
+    assert torchtrace.Graph.from_dict(json.loads(json.dumps(d))).to_dict() == d
+
+
+def test_files_match_committed_schema(graph, gpt2_graph):
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for g in (graph, gpt2_graph):
+        jsonschema.validate(g.to_dict(), schema)  # independent validator as oracle
+
+
+def test_schema_change_requires_version_bump():
+    lock = json.loads((ROOT / "tests" / "schema_lock.json").read_text())
+    schema = json.loads(SCHEMA.read_text())
+    digest = hashlib.sha256(SCHEMA.read_bytes()).hexdigest()
+    assert tuple(schema["x-torchtrace-version"]) == VERSION, "schema file and ir.VERSION disagree"
+    if digest != lock["sha256"]:
+        assert tuple(lock["version"]) != VERSION, (
+            "graph.v1.json changed but ir.VERSION was not bumped: bump the minor version for added "
+            "fields (major for renames/removals), then update tests/schema_lock.json")
+
+
+def test_ids_are_deterministic_and_in_order(graph):
+    assert [v.id for v in graph.values] == [f"v{i}" for i in range(len(graph.values))]
+    assert [n.id for n in graph.nodes] == [f"n{i}" for i in range(len(graph.nodes))]
+    assert [m.id for m in graph.modules] == [f"m{i}" for i in range(len(graph.modules))]
+    assert [a.id for a in graph.autograd.nodes] == [f"a{i}" for i in range(len(graph.autograd.nodes))]
+    # values appear in order of first use: each node mentions ids not above the next fresh one
+    fresh = 0
+    for n in graph.nodes:
+        for v in (*n.inputs, *n.outputs):
+            k = int(v[1:])
+            assert k <= fresh, f"{n.id} mentions {v} before v{fresh}"
+            fresh = max(fresh, k + 1)
+
+
+def test_two_recordings_are_identical_but_for_time():
+    m, x = Branchy(), torch.randn(2, 4)
+    dicts = []
+    for _ in range(2):
+        with torchtrace.trace(m) as t:
+            m(x)
+        d = t.graph.to_dict()
+        d["meta"].pop("created")
+        dicts.append(d)
+    assert dicts[0] == dicts[1]
+
+
+def _write(tmp_path, data, name="bad.json") -> Path:
+    p = tmp_path / name
+    p.write_bytes(data if isinstance(data, bytes) else json.dumps(data).encode())
+    return p
+
+
+def _broken(graph, edit):
+    d = copy.deepcopy(graph.to_dict())
+    edit(d)
+    return d
+
+
+BAD = {
+    "unknown major": (lambda d: d.update(version=[VERSION[0] + 1, 0]), ["major version", "upgrade"]),
+    "missing field": (lambda d: d.pop("nodes"), ["missing field", "'nodes'"]),
+    "missing node field": (lambda d: d["nodes"][3].pop("op"), ["nodes[3]", "'op'"]),
+    "dangling input": (lambda d: d["nodes"][2]["inputs"].append("v9999"), ["dangling value id", "v9999", "nodes[2]"]),
+    "dangling module": (lambda d: d["nodes"][0].update(module="m77"), ["dangling module call id", "m77"]),
+    "wrong type": (lambda d: d["values"][0].update(shape="2x4"), ["values[0].shape", "array", "string"]),
+    "bad role": (lambda d: d["values"][0].update(role="weights"), ["values[0].role", "weights"]),
+    "wrong format": (lambda d: d.update(format="torchviz"), ["not a torchtrace graph", "torchviz"]),
+    "duplicate id": (lambda d: d["values"][1].update(id=d["values"][0]["id"]), ["duplicate id"]),
+    "bad tag": (lambda d: d["nodes"][0].update(tags=["fancy"]), ["unknown tag", "fancy"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_graph_errors_name_the_problem(graph, tmp_path, case):
+    edit, words = BAD[case]
+    path = _write(tmp_path, _broken(graph, edit))
+    with pytest.raises(torchtrace.TorchtraceError) as info:
+        torchtrace.load(path)
+    msg = str(info.value)
+    for w in words:
+        assert w in msg, f"{case}: {w!r} not in {msg!r}"
+    assert "Fix:" in msg and "expected" in msg
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"{not json", ["not valid JSON", ":1:2"]),
+    (b"", ["not valid JSON"]),
+    (gzip.compress(b"[1, 2]"), ["not a torchtrace graph", "JSON object"]),
+    (b"\x1f\x8b\x08garbage", ["corrupt gzip"]),
+    (pickle.dumps({"format": "torchtrace.graph"}), ["not"]),
+    (b"\xff\xfe\x00", ["UTF-8"]),
+])
+def test_unreadable_files(tmp_path, data, words):
+    with pytest.raises(torchtrace.TorchtraceError) as info:
+        torchtrace.load(_write(tmp_path, data))
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_missing_path_and_directory(tmp_path):
+    with pytest.raises(torchtrace.TorchtraceError, match="no such file"):
+        torchtrace.load(tmp_path / "nope.json")
+    with pytest.raises(torchtrace.TorchtraceError, match="folder"):
+        torchtrace.load(tmp_path)
+
+
+def test_save_is_atomic(graph, tmp_path, monkeypatch):
+    target = tmp_path / "g.json"
+    torchtrace.save(graph, target)
+    before = target.read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        torchtrace.save(graph, target)
+    assert target.read_bytes() == before  # the old file survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["g.json"]  # no temp file left behind
+
+
+def test_save_rejects_non_graph(tmp_path):
+    with pytest.raises(torchtrace.TorchtraceError, match="torchtrace.Graph"):
+        torchtrace.save({"format": "x"}, tmp_path / "x.json")
+
+
+def test_text_form_is_one_line_per_op(graph):
+    text = str(graph)
+    op_lines = [line for line in text.splitlines() if line.startswith("n")]
+    assert len(op_lines) == len(graph.nodes)
+    addmm = next(line for line in op_lines if "aten.addmm" in line)
+    # jaxpr-like: v<k>:f32[shape] = aten.op inputs ... # module  file:line
+    assert addmm.split()[1].startswith("v") and ":f32[" in addmm
+    assert "# fc" in addmm and "zoo.py:" in addmm
+    assert "-> True" in text or "-> False" in text  # the witness of `if h.sum() > 0`
+
+
+def test_validate_rejects_use_before_definition(graph):
+    d = graph.to_dict()
+    d["nodes"][0]["inputs"] = [d["nodes"][5]["outputs"][0]]
+    with pytest.raises(torchtrace.TorchtraceError, match="before it is produced"):
+        torchtrace.Graph.from_dict(d)

@@ -1,0 +1,390 @@
+"""The recorder against independent oracles: make_fx aten graphs, values
+computed by hand, and the state torch is left in."""
+from __future__ import annotations
+
+import difflib
+import gc
+import json
+import warnings
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.nn.modules import module as nn_module
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+import torchtrace
+import zoo
+
+BOOKKEEPING = {"<built-in function getitem>", "aten.detach.default"}
+
+
+def _first(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "to_tuple"):
+        return out.to_tuple()[0]
+    return out[0]
+
+
+def _norm(ops):
+    # make_fx lifts constants with lift_fresh_copy where eager runs lift_fresh
+    return [o.replace("lift_fresh_copy", "lift_fresh") for o in ops if o not in BOOKKEEPING]
+
+
+CASES = {
+    "gpt2": lambda: (zoo.gpt2(), (zoo.token_ids(),), {}),
+    "bert": lambda: (zoo.bert(), (zoo.token_ids(),), {}),
+    "t5": lambda: (zoo.t5(), (), {"input_ids": zoo.token_ids(), "decoder_input_ids": zoo.token_ids(4)}),
+    "llama": lambda: (zoo.llama(), (zoo.token_ids(),), {}),
+    "transformer_encoder": lambda: (zoo.transformer_encoder(), (torch.randn(2, 5, 32),), {}),
+    "lstm": lambda: (zoo.lstm(), (torch.randn(2, 5, 8),), {}),
+    "resnet_block": lambda: (zoo.resnet_block(), (torch.randn(2, 8, 16, 16),), {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_ops_equal_make_fx(name):
+    model, args, kwargs = CASES[name]()
+    with torchtrace.trace(model) as t:
+        model(*args, **kwargs)
+    fx = make_fx(lambda *a: _first(model(*a, **kwargs)))(*args)
+    ours = _norm(n.op for n in t.graph.nodes)
+    oracle = _norm(str(n.target) for n in fx.graph.nodes if n.op == "call_function")
+    assert ours == oracle, "\n".join(difflib.unified_diff(oracle, ours, "make_fx", "torchtrace", lineterm=""))
+    assert len(ours) > 10
+
+
+def test_dataflow_of_a_linear_layer_by_hand():
+    lin = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with torchtrace.trace(lin) as t:
+        lin(x)
+    g = t.graph
+    t_op, addmm = g.nodes
+    assert (t_op.op, addmm.op) == ("aten.t.default", "aten.addmm.default")
+    names = [g.value(v).name for v in addmm.inputs]
+    assert names == ["bias", "input", None]           # addmm(bias, x, weight.t())
+    assert addmm.inputs[2] == t_op.outputs[0]          # the edge t -> addmm
+    assert g.value(t_op.outputs[0]).alias_of == t_op.inputs[0]  # t is a view of the weight
+    assert [g.value(v).role for v in addmm.inputs] == ["param", "input", "activation"]
+    assert g.value(addmm.outputs[0]).shape == (4, 2)
+    assert g.outputs == addmm.outputs
+
+
+def test_inplace_views_and_out_variants():
+    a = torch.zeros(4)
+    b = torch.ones(4)
+    out = torch.empty(4)
+    with torchtrace.trace() as t:
+        v = a[1:3]          # view
+        v.add_(1)           # in-place on a view: a new version of v and of a
+        torch.add(a, b, out=out)
+        c = a * 2
+    g = t.graph
+    ops = [n.op for n in g.nodes]
+    slice_n = g.nodes[ops.index("aten.slice.Tensor")]
+    add_ = g.nodes[ops.index("aten.add_.Tensor")]
+    add_out = g.nodes[ops.index("aten.add.out")]
+    mul = g.nodes[ops.index("aten.mul.Tensor")]
+    assert "view" in slice_n.tags and g.value(slice_n.outputs[0]).alias_of == slice_n.inputs[0]
+    assert "inplace" in add_.tags
+    new_v, new_a = (g.value(x) for x in add_.outputs)
+    assert new_v.version_of == slice_n.outputs[0]
+    assert new_a.version_of == slice_n.inputs[0]        # the base got a new version too
+    assert "out" in add_out.tags and g.value(add_out.outputs[0]).version_of is not None
+    assert mul.inputs[0] == new_a.id                    # later reads see the written version
+    assert c.shape == (4,) and json.dumps(g.to_dict())  # all args are JSON-safe
+
+
+def test_args_are_recorded_json_safe():
+    x = torch.randn(2, 3, 4)
+    with torchtrace.trace() as t:
+        x.view(6, 4).sum(dim=1, keepdim=True).to(torch.float64)
+        torch.zeros(2, dtype=torch.int64, device="cpu")
+        x * 2.5
+    g = t.graph
+    by_op = {n.op: n for n in g.nodes}
+    assert by_op["aten.view.default"].args == {"size": [6, 4]}
+    assert by_op["aten.sum.dim_IntList"].args == {"dim": [1], "keepdim": True}
+    assert by_op["aten._to_copy.default"].args["dtype"] == "torch.float64"
+    assert by_op["aten.zeros.default"].args["dtype"] == "torch.int64"
+    assert "factory" in by_op["aten.zeros.default"].tags
+    assert by_op["aten.mul.Tensor"].args == {"other": 2.5}
+    json.dumps(g.to_dict(), allow_nan=False)
+
+
+def test_witnesses_values_and_lines():
+    m = zoo.Branchy()
+    x = torch.full((2, 4), 0.5)  # fc output sum decides the `if`; |x|.sum() = 4 -> item() = 4
+    with torch.no_grad():
+        expected_if = bool(m.fc(x).sum() > 0)
+    with torchtrace.trace(m) as t:
+        m(x)
+    ws = [(n.witness.value, n.source.line) for n in t.graph.witnesses()]
+    assert ws == [
+        (expected_if, zoo.marker_line("if")),
+        (4.0, zoo.marker_line("item")),
+        (True, zoo.marker_line("while")),
+        (True, zoo.marker_line("while")),
+        (False, zoo.marker_line("while")),
+    ]
+    assert all(n.source.file == zoo.__file__ and "witness" in n.tags for n in t.graph.witnesses())
+
+
+def test_data_dependent_shapes_are_witnesses():
+    x = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0])
+    with torchtrace.trace() as t:
+        x[x > 0]
+        torch.nonzero(x < 0)
+        torch.equal(x, x)
+    ws = {n.op: n.witness for n in t.graph.witnesses()}
+    assert ws["aten.nonzero.default"].shape == (2, 1)
+    assert ws["aten.equal.default"].value is True
+    assert any(w.shape == (3,) for w in ws.values() if w.shape is not None)  # boolean indexing
+
+
+def test_shared_module_called_twice_and_module_under_two_parents():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.shared(self.shared(x))
+
+    class TwoParents(nn.Module):
+        def __init__(self):
+            super().__init__()
+            blk = nn.Linear(3, 3)
+            self.a = blk
+            self.b = nn.Sequential(nn.ReLU(), blk)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    m, x = Twice(), torch.randn(1, 3)
+    with torchtrace.trace(m) as t:
+        m(x)
+    calls = [(c.path, c.type, c.call, c.parent) for c in t.graph.modules]
+    assert calls == [("", "Twice", 0, None), ("shared", "Linear", 0, "m0"), ("shared", "Linear", 1, "m0")]
+    assert [t.graph.module_path(n.module) for n in t.graph.nodes] == ["shared"] * 4
+
+    m2 = TwoParents()
+    with torchtrace.trace(m2) as t:
+        m2(x)
+    calls = [(c.path, c.call, c.parent) for c in t.graph.modules]
+    assert calls == [("", 0, None), ("a", 0, "m0"), ("b", 0, "m0"), ("b.0", 0, "m2"), ("b.1", 1, "m2")]
+
+
+def test_module_dict_keys_with_spaces_and_transformer_paths():
+    m, ids = zoo.gpt2(), zoo.token_ids()
+    with torchtrace.trace(m) as t:
+        m(ids)
+    paths = {c.path for c in t.graph.modules}
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj", "lm_head"} <= paths
+    params = {v.name for v in t.graph.values if v.role == "param"}
+    assert "transformer.h.1.attn.c_attn.weight" in params
+    assert [v.name for v in t.graph.values if v.role == "input"] == ["input_ids"]
+
+    d, x = nn.ModuleDict({"my layer": nn.Linear(2, 2)}), torch.randn(1, 2)
+    with torchtrace.trace(d) as t:
+        d["my layer"](x)
+    assert t.graph.modules[0].path == "my layer"
+
+
+GRAD_MODES = {"train": torch.enable_grad, "no_grad": torch.no_grad, "inference": torch.inference_mode}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "mlp", "lstm"])
+def test_grad_modes_record_the_same_ops(name):
+    model, args = {
+        "gpt2": lambda: (zoo.gpt2(), (zoo.token_ids(),)),
+        "bert": lambda: (zoo.bert(), (zoo.token_ids(),)),
+        "mlp": lambda: (nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.LayerNorm(8), nn.Dropout(0.1),
+                                      nn.Linear(8, 2)).eval(), (torch.randn(3, 4),)),
+        "lstm": lambda: (zoo.lstm(), (torch.randn(2, 5, 8),)),
+    }[name]()
+    seqs = {}
+    for mode, ctx in GRAD_MODES.items():
+        with ctx():
+            with torchtrace.trace(model) as t:
+                model(*args)
+        assert t.graph.meta["grad_mode"] == mode
+        seqs[mode] = [n.op for n in t.graph.nodes if "autograd_internal" not in n.tags]
+    assert seqs["train"] == seqs["no_grad"] == seqs["inference"]
+
+
+def test_fused_kernels_are_recorded_as_they_ran():
+    enc = zoo.transformer_encoder()
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad(), torchtrace.trace(enc) as t:
+        enc(x)
+    # eval + no_grad takes PyTorch's fast path: one fused op per layer, not a fake decomposition
+    assert [n.op for n in t.graph.nodes] == ["aten._transformer_encoder_layer_fwd.default"] * 2
+
+
+def test_source_lines_and_skip_prefixes():
+    m = zoo.gpt2()
+    ids = zoo.token_ids()
+    with torchtrace.trace(m) as t:
+        m(ids)
+    files = {n.source.file for n in t.graph.nodes}
+    assert any("/transformers/" in f for f in files)
+    assert not any("/torch/" in f.replace("\\", "/") for f in files)
+    with torchtrace.trace(m, skip=["transformers/"]) as t:
+        line = __import__("inspect").currentframe().f_lineno + 1
+        m(ids)
+    assert {(n.source.file, n.source.line) for n in t.graph.nodes} == {(__file__, line)}
+
+
+def test_block_exception_leaves_nothing_behind():
+    hooks_before = (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks))
+
+    class Bad(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            y = self.fc(x)
+            raise ValueError("boom")
+
+    m, x = Bad(), torch.randn(1, 2)
+    with pytest.raises(ValueError, match="boom"):
+        with torchtrace.trace(m) as t:
+            m(x)
+    assert _get_current_dispatch_mode_stack() == []
+    assert (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks)) == hooks_before
+    g = t.graph  # the finished ops are kept
+    assert [n.op for n in g.nodes] == ["aten.t.default", "aten.addmm.default"]
+    assert g.meta["error"] == "ValueError"
+
+
+def test_outputs_and_grads_bitwise_equal_with_and_without_tracing():
+    m = zoo.gpt2(resid_pdrop=0.1).train()   # dropout: RNG use must not change either
+    ids = zoo.token_ids(12, batch=2)
+
+    def run(traced):
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(123)
+        if traced:
+            with torchtrace.trace(m):
+                out = m(ids, labels=ids)
+                out.loss.backward()
+        else:
+            out = m(ids, labels=ids)
+            out.loss.backward()
+        return out.logits.detach().clone(), {k: p.grad.clone() for k, p in m.named_parameters()}
+
+    plain_logits, plain_grads = run(False)
+    traced_logits, traced_grads = run(True)
+    assert torch.equal(plain_logits, traced_logits)
+    assert plain_grads.keys() == traced_grads.keys()
+    assert all(torch.equal(plain_grads[k], traced_grads[k]) for k in plain_grads)
+
+
+def test_trace_keeps_no_tensor_alive():
+    m = zoo.MLP(8, 16)
+    x = torch.randn(4, 8)
+    with torchtrace.trace(m) as t:
+        y = m(x)
+        z = torch.randn(100) * 2
+        refs = [weakref.ref(y), weakref.ref(z)]
+    del y, z
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+    assert len(t.graph.nodes) > 0
+
+
+def test_max_ops_truncates_with_a_clear_message():
+    m = zoo.gpt2()
+    with pytest.warns(RuntimeWarning, match="max_ops=10"):
+        with torchtrace.trace(m, max_ops=10) as t:
+            out = m(zoo.token_ids())
+    assert len(t.graph.nodes) == 10 and t.graph.meta["truncated"] is True
+    assert out.logits.shape == (1, 8, 100)  # the model itself ran to the end
+
+
+def test_no_ops_from_torchtrace_itself():
+    m = nn.Sequential(nn.Identity(), nn.Identity())
+    x = torch.randn(3, requires_grad=True)
+    with torchtrace.trace(m) as t:
+        m(x)
+    assert t.graph.nodes == () and len(t.graph.modules) == 3
+
+
+def test_tags_random_and_factory():
+    drop = nn.Dropout(0.5).train()
+    with torchtrace.trace(drop) as t:
+        drop(torch.randn(4, requires_grad=True))
+        torch.arange(3)
+    tags = {n.op: n.tags for n in t.graph.nodes}
+    assert any("random" in tg for tg in tags.values())
+    assert "factory" in tags["aten.arange.default"]
+
+
+def test_collectives_are_tagged_with_group_args(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.ones(3)
+        with torchtrace.trace() as t:
+            dist.all_reduce(x)
+            y = x * 2
+    finally:
+        dist.destroy_process_group()
+    g = t.graph
+    coll = [n for n in g.nodes if "collective" in n.tags]
+    assert [n.op for n in coll] == ["c10d.allreduce_.default"]
+    group = next(v for v in coll[0].args.values() if isinstance(v, dict))
+    assert group["group_size"] == 1 and group["group_rank"] == 0
+    assert g.nodes[-1].inputs[0] == coll[0].outputs[0]  # the collective wrote x: y reads that version
+    assert g.meta["rank"] == 0 and g.meta["world_size"] == 1
+    assert torch.equal(y, torch.full((3,), 2.0))
+
+
+def test_compiled_module_runs_eagerly_and_says_so():
+    m = nn.Sequential(nn.Linear(4, 4), nn.GELU())
+    cm = torch.compile(m, backend="eager")
+    x = torch.randn(2, 4)
+    expected = m(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about global hooks + compiled modules
+        with torchtrace.trace(cm) as t:
+            out = cm(x)
+    assert torch.equal(out, expected)
+    assert t.graph.meta["compiled_regions_ran_eager"] is True
+    assert [n.op for n in t.graph.nodes] == ["aten.t.default", "aten.addmm.default", "aten.gelu.default"]
+    assert t.graph.module_path(t.graph.nodes[1].module) == "0"
+
+
+def test_threads_are_not_mixed_in():
+    import threading
+
+    m = nn.Linear(2, 2)
+    done = []
+
+    def other():
+        m(torch.randn(1, 2))
+        done.append(1)
+
+    x = torch.randn(1, 2)
+    with torchtrace.trace(m) as t:
+        th = threading.Thread(target=other)
+        th.start()
+        th.join()
+        m(x)
+    assert done == [1]
+    assert len(t.graph.modules) == 1 and len(t.graph.nodes) == 2
+
+
+def test_usage_errors_are_clear():
+    with pytest.raises(torchtrace.TorchtraceError, match="nn.Module"):
+        torchtrace.trace("model")
+    t = torchtrace.trace()
+    with pytest.raises(torchtrace.TorchtraceError, match="after the `with` block"):
+        t.graph

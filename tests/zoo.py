@@ -1,0 +1,135 @@
+"""Models the tests run: transformers models built from tiny configs with
+random weights (never downloaded), torch.nn reference modules, and small hand
+models with data-dependent control flow."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+
+def _hf():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def gpt2(n_layer: int = 2, **kw) -> nn.Module:
+    t = _hf()
+    cfg = t.GPT2Config(n_layer=n_layer, n_embd=32, n_head=2, vocab_size=100, n_positions=64,
+                       bos_token_id=0, eos_token_id=0, **kw)
+    torch.manual_seed(0)
+    return t.GPT2LMHeadModel(cfg).eval()
+
+
+def bert(n_layer: int = 2) -> nn.Module:
+    t = _hf()
+    cfg = t.BertConfig(num_hidden_layers=n_layer, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                       vocab_size=100, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return t.BertModel(cfg).eval()
+
+
+def llama(n_layer: int = 2) -> nn.Module:
+    t = _hf()
+    cfg = t.LlamaConfig(num_hidden_layers=n_layer, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=100, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return t.LlamaForCausalLM(cfg).eval()
+
+
+def t5(n_layer: int = 2) -> nn.Module:
+    t = _hf()
+    cfg = t.T5Config(num_layers=n_layer, d_model=32, d_ff=64, num_heads=2, d_kv=16, vocab_size=100,
+                     decoder_start_token_id=0)
+    torch.manual_seed(0)
+    return t.T5ForConditionalGeneration(cfg).eval()
+
+
+def token_ids(n: int = 8, batch: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 100, (batch, n), generator=g)
+
+
+def transformer_encoder() -> nn.Module:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 2, 64, batch_first=True)
+    return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+
+
+def lstm() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.LSTM(8, 16, num_layers=2, batch_first=True)
+
+
+class ResNetBlock(nn.Module):
+    """A torchvision-style BasicBlock with a downsampling shortcut."""
+
+    def __init__(self, cin: int = 8, cout: int = 16, stride: int = 2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+def resnet_block() -> nn.Module:
+    torch.manual_seed(0)
+    return ResNetBlock()
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: an `if` on a reduction and a `while` on `.item()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.extra = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if h.sum() > 0:  # WITNESS:if
+            h = self.extra(h).relu()
+        n = int(x.abs().sum().item())  # WITNESS:item
+        while n > 0:  # plain Python int: no witness
+            h = h * 0.5
+            n -= 4
+        k = torch.tensor(2)
+        while k > 0:  # WITNESS:while
+            h = h + 1
+            k = k - 1
+        return h
+
+
+def marker_line(marker: str) -> int:
+    """Line number in this file of the `# WITNESS:<marker>` comment."""
+    with open(__file__, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if f"# WITNESS:{marker}" in line:
+                return i
+    raise LookupError(marker)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in: int = 256, d_hidden: int = 1024) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, d_hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(d_hidden, d_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
