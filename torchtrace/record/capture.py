@@ -15,7 +15,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
 from ..ir import Graph
 from .autograd import AutogradTracker
@@ -59,6 +59,7 @@ class Capture:
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
         self.on_root: Optional[Callable[[torch.nn.Module], None]] = None  # pass boundaries (Recorder)
+        self.after_root: Optional[Callable[[], None]] = None
         self._mode_pushed = False
         self._installed = False
         self.new_pass()
@@ -79,6 +80,11 @@ class Capture:
 
     def pop_mode(self) -> None:
         if self._mode_pushed:
+            if _get_current_dispatch_mode() is not self.mode:
+                # someone entered a mode inside ours: popping would remove theirs.
+                # Stay on the stack, recording nothing, until they leave.
+                self.mode.off = True
+                return
             self._mode_pushed = False
             self.mode.__exit__(None, None, None)
 
@@ -195,6 +201,13 @@ class Capture:
     def on_root_return(self, output: Any) -> None:
         if self.mode.off:
             return
+        try:
+            self._root_outputs(output)
+        finally:
+            if self.after_root is not None:
+                self.after_root()
+
+    def _root_outputs(self, output: Any) -> None:
         vget = self.mode.vmap.get
         roots = []
         for t in _tensors(output):

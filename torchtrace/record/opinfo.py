@@ -69,7 +69,7 @@ class OpInfo:
             tags.append("out")
         if _RANDOM is not None and _RANDOM in func.tags:
             tags.append("random")
-        if all(k == NONTENSOR for k in self.kinds):
+        if all(k == NONTENSOR for k in self.kinds) and namespace not in _ANNOTATION_NAMESPACES:
             tags.append("factory")
         if self.collective:
             tags.append("collective")

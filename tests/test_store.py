@@ -1,0 +1,190 @@
+"""The trace store and the training-loop Recorder."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.nn.modules import module as nn_module
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+import torchtrace
+from torchtrace.store import Store, open_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Probe(nn.Module):
+    """Linear layer that notes whether a dispatch mode was active in its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(len(_get_current_dispatch_mode_stack()))
+        h = self.fc(x)
+        if h.mean().item() > 10:  # a witness whose value changes from step to step
+            h = h * 0
+        return h
+
+
+def _train(rec, model, steps=6):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    for step in range(steps):
+        rec.step(step)
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+
+
+def test_recorder_records_one_pass_per_step_with_phases(tmp_path):
+    model = Probe()
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        _train(rec, model)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert [p.idx for p in passes] == list(range(6))
+        assert [p.step for p in passes] == list(range(6))
+        assert all(p.root == "Probe" for p in passes)
+        g = store.graph(2)
+        phases = {n.phase for n in g.nodes}
+        assert phases == {"forward", "backward", "optimizer"}
+        assert len({p.structure_fp for p in passes}) == 1
+        # one shared graph row, but each pass keeps its own witness values
+        rows = store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0]
+        assert rows == 1
+        means = [next(n.witness.value for n in store.graph(i).witnesses()) for i in range(6)]
+        assert len(set(means)) == 6
+
+
+def test_sampling_every_and_max_passes(tmp_path):
+    model = Probe()
+    with torchtrace.Recorder(tmp_path / "t.db", every=3, max_passes=2) as rec:
+        _train(rec, model, steps=9)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [p.step for p in store.passes()] == [0, 3]
+    # forward of the sampled steps ran under our mode; the others under none
+    assert model.modes == [1, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert _get_current_dispatch_mode_stack() == []
+    assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
+
+
+def test_no_backward_records_forward_only(tmp_path):
+    with torchtrace.Recorder(tmp_path / "t.db", backward=False) as rec:
+        _train(rec, Probe(), steps=2)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        g = store.graph(1)
+        assert {n.phase for n in g.nodes} == {"forward"}
+        assert g.nodes[-1].op != "aten.add_.Tensor"
+
+
+def test_plain_tensor_code_is_one_pass_and_mark_step_splits(tmp_path):
+    with torchtrace.Recorder(tmp_path / "a.db"):
+        w = torch.randn(3, requires_grad=True)
+        y = (w * 2).sum()
+        y.backward()
+    with Store(tmp_path / "a.db", readonly=True) as store:
+        assert len(store.passes()) == 1
+        assert [n.op for n in store.graph(0).nodes][:2] == ["aten.randn.default", "aten.mul.Tensor"]
+
+    with torchtrace.Recorder(tmp_path / "b.db"):
+        for i in range(3):
+            torch.ones(2) * i
+            torchtrace.mark_step()
+    with Store(tmp_path / "b.db", readonly=True) as store:
+        assert len(store.passes()) == 3
+    torchtrace.mark_step()  # no recorder active: a no-op
+
+
+def test_setup_before_the_first_forward_is_not_a_pass(tmp_path):
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        model = nn.Linear(4, 4)          # init ops run here
+        x = torch.randn(2, 4)
+        model(x)
+        model(x)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [p.n_ops for p in store.passes()] == [2, 2]
+
+
+def test_exception_keeps_finished_passes(tmp_path):
+    model = nn.Linear(2, 2)
+    x = torch.randn(1, 2)
+    with pytest.raises(RuntimeError, match="late"):
+        with torchtrace.Recorder(tmp_path / "t.db"):
+            for _ in range(3):
+                model(x)
+            raise RuntimeError("late")
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) == 3 and passes[-1].error == "RuntimeError"
+    assert _get_current_dispatch_mode_stack() == []
+
+
+def test_store_references_and_errors(tmp_path):
+    model = nn.Linear(2, 2)
+    x = torch.randn(1, 2)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            model(x)
+    db = tmp_path / "t.db"
+    assert open_graph(f"{db}:1").meta["pass_index"] == 1
+    assert open_graph(f"{db}:0:2").meta["pass_index"] == 2
+    assert open_graph(str(db)).meta["pass_index"] == 2
+    assert open_graph(f"{db}:-3").meta["pass_index"] == 0
+    with pytest.raises(torchtrace.TorchtraceError, match="bad pass reference"):
+        open_graph(f"{db}:first")
+    with pytest.raises(torchtrace.TorchtraceError, match="no such pass"):
+        open_graph(f"{db}:7")
+    with pytest.raises(torchtrace.TorchtraceError, match="no trace store"):
+        open_graph(str(tmp_path / "missing.db"))
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(torchtrace.TorchtraceError, match="not a trace store"):
+        Store(tmp_path / "junk.db", readonly=True)
+    # any SQLite client can read it
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*), MIN(idx), MAX(idx) FROM passes").fetchone() == (3, 0, 2)
+
+
+def test_killed_process_keeps_committed_passes(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, torch, torchtrace
+        m = torch.nn.Linear(4, 4)
+        x = torch.randn(2, 4)
+        with torchtrace.Recorder({str(tmp_path / 't.db')!r}):
+            for i in range(10_000):
+                m(x).sum().backward()
+                if i == 3:
+                    print("ready", flush=True)
+                time.sleep(0.002)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) >= 4
+        for p in passes:
+            g = store.graph(p.idx)
+            assert len(g.nodes) == p.n_ops and g.validate()
+
+
+def test_recorder_rejects_bad_options(tmp_path):
+    with pytest.raises(torchtrace.TorchtraceError, match="every"):
+        torchtrace.Recorder(tmp_path / "t.db", every=0)
+    with pytest.raises(torchtrace.TorchtraceError, match="max_passes"):
+        torchtrace.Recorder(tmp_path / "t.db", max_passes=-1)

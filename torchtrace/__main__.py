@@ -1,0 +1,4 @@
+"""``python -m torchtrace`` is the ``torchtrace`` command."""
+from .cli import main
+
+main()

@@ -1,0 +1,218 @@
+"""The ``torchtrace`` command: thin typer commands over the library.
+
+``show``, ``render``, ``diff``, ``variants`` and ``export`` work on saved graphs
+and never import torch; only ``run`` does. A user mistake prints
+``error: …`` to stderr and exits 2 (usage) or 1 (failure), without a traceback.
+"""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from . import __version__
+from .errors import TorchtraceError, UsageError
+
+app = typer.Typer(
+    name="torchtrace", no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
+    help="Record, show and explain the graphs PyTorch actually builds.",
+    context_settings={"help_option_names": ["-h", "--help"]})
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)
+
+
+class Phase(str, Enum):
+    forward = "forward"
+    backward = "backward"
+    both = "both"
+
+
+class Fmt(str, Enum):
+    text = "text"
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+    pdf = "pdf"
+    mermaid = "mermaid"
+    markdown = "markdown"
+    json = "json"
+
+
+REF_HELP = "a graph: FILE.json[.gz], STORE.db (last pass), STORE.db:IDX or STORE.db:RANK:IDX"
+DepthOpt = typer.Option(None, "--depth", "-d", help="module depth to expand (deeper calls become one box)")
+FoldOpt = typer.Option(True, "--fold/--no-fold", help="fold repeated blocks and loop iterations")
+PhaseOpt = typer.Option(None, "--phase", "-p", help="which ops to show")
+FocusOpt = typer.Option(None, "--focus", help="show only this module path, e.g. transformer.h.0")
+
+
+def _fail(e: TorchtraceError) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", str(e)), soft_wrap=True)
+    raise typer.Exit(2 if isinstance(e, UsageError) else 1)
+
+
+def _view(depth: Optional[int], fold: bool, phase: Optional[Phase], focus: Optional[str]) -> dict:
+    opts: dict = {"fold": fold}
+    if depth is not None:
+        opts["depth"] = depth
+    if phase is not None:
+        opts["phase"] = phase.value
+    if focus is not None:
+        opts["focus"] = focus
+    return opts
+
+
+def _emit(data: Any, output: Optional[Path], fmt: str) -> None:
+    if output is not None:
+        from .serialize import atomic_write
+
+        atomic_write(output, data if isinstance(data, bytes) else data.encode("utf-8"))
+        err.print(f"wrote {output}")
+    elif isinstance(data, bytes):
+        if sys.stdout.isatty():
+            raise UsageError(f"{fmt} is binary", expected="--output FILE (or a pipe)", found="a terminal",
+                             fix=f"add -o graph.{fmt}")
+        sys.stdout.buffer.write(data)
+    else:
+        sys.stdout.write(data if data.endswith("\n") else data + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"torchtrace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="print the version and exit")) -> None:
+    """Record with `torchtrace run script.py`; look with show, render, diff, variants."""
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+def run(ctx: typer.Context,
+        script: str = typer.Argument(..., help="the Python script to run (its own arguments follow it)"),
+        out_dir: Path = typer.Option(Path("torchtrace-out"), "--out", "-o", help="folder for trace.db and renders"),
+        max_passes: Optional[int] = typer.Option(None, "--max-passes", min=0, help="stop recording after N passes"),
+        every: int = typer.Option(1, "--every", min=1, help="record every K-th pass"),
+        backward: bool = typer.Option(True, "--backward/--no-backward", help="record backward and optimizer ops"),
+        skip: List[str] = typer.Option([], "--skip", help="source prefix to skip for lines, e.g. transformers/"),
+        render_fmt: Optional[Fmt] = typer.Option(None, "--render", help="also write a render of each new variant"),
+        max_ops: Optional[int] = typer.Option(None, "--max-ops", min=1, help="cap on ops recorded per pass")) -> None:
+    """Run SCRIPT like `python SCRIPT ARGS...` and record every forward pass of its models."""
+    from .launch import RunOptions, run_script
+
+    if render_fmt is Fmt.json:
+        _fail(UsageError("--render json is not a render", expected="text, dot, svg, png, pdf, mermaid or markdown",
+                         found="json", fix="graphs are in trace.db already; use `torchtrace export`"))
+    options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
+                         render=None if render_fmt is None else render_fmt.value, max_ops=max_ops)
+    try:
+        code = run_script(script, list(ctx.args), options, console=err)
+    except TorchtraceError as e:
+        _fail(e)
+    raise typer.Exit(code)
+
+
+@app.command()
+def show(ref: str = typer.Argument(..., help=REF_HELP), depth: Optional[int] = DepthOpt,
+         phase: Optional[Phase] = PhaseOpt, focus: Optional[str] = FocusOpt) -> None:
+    """Show a graph in the terminal: module tree, op histogram, witnesses."""
+    from .renderers.terminal import terminal_view
+    from .store import open_graph
+
+    try:
+        graph = open_graph(ref)
+        out.print(terminal_view(graph, **_view(depth, True, phase, focus)))
+    except TorchtraceError as e:
+        _fail(e)
+
+
+@app.command()
+def render(ref: str = typer.Argument(..., help=REF_HELP),
+           fmt: Fmt = typer.Option(Fmt.svg, "--format", "-f", help="output format"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of stdout"),
+           depth: Optional[int] = DepthOpt, fold: bool = FoldOpt, phase: Optional[Phase] = PhaseOpt,
+           focus: Optional[str] = FocusOpt) -> None:
+    """Draw a graph as DOT/SVG/PNG/PDF, Mermaid, Markdown, text or JSON."""
+    from .store import open_graph
+
+    try:
+        graph = open_graph(ref)
+        if fmt is Fmt.json:
+            from .serialize import dumps
+
+            _emit(dumps(graph), output, "json")
+            return
+        from .renderers import render as draw
+
+        _emit(draw(graph, fmt.value, **_view(depth, fold, phase, focus)), output, fmt.value)
+    except TorchtraceError as e:
+        _fail(e)
+
+
+@app.command()
+def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
+         b: str = typer.Argument(..., help="graph B"),
+         fmt: Fmt = typer.Option(Fmt.text, "--format", "-f", help="text, dot, svg, mermaid or markdown"),
+         output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of stdout")) -> None:
+    """Explain why two passes built different graphs."""
+    from .compare import diff as compare
+    from .store import open_graph
+
+    try:
+        d = compare(open_graph(a), open_graph(b))
+        if fmt is Fmt.text and output is None:
+            from .renderers import render as draw
+
+            out.print(draw(d, "text"), markup=False)
+            return
+        from .renderers import render as draw
+
+        _emit(draw(d, fmt.value), output, fmt.value)
+    except TorchtraceError as e:
+        _fail(e)
+
+
+@app.command()
+def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
+             rank: Optional[int] = typer.Option(None, "--rank", help="only this rank")) -> None:
+    """Group a store's passes by graph structure and explain each switch."""
+    from .families import variants as group
+    from .store import Store
+
+    try:
+        with Store(store, readonly=True) as st:
+            records = st.passes(rank)
+            graphs = [st.graph(p.idx, p.rank) for p in records]
+        result = group(graphs)
+        out.print(result.table() if hasattr(result, "table") else str(result))
+    except TorchtraceError as e:
+        _fail(e)
+
+
+@app.command()
+def export(ref: str = typer.Argument(..., help=REF_HELP),
+           output: Path = typer.Option(..., "--output", "-o", help="FILE.json or FILE.json.gz")) -> None:
+    """Write one pass as a torchtrace.graph JSON file."""
+    from .serialize import save
+    from .store import open_graph
+
+    try:
+        save(open_graph(ref), output)
+        err.print(f"wrote {output}")
+    except TorchtraceError as e:
+        _fail(e)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

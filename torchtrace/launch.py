@@ -1,0 +1,157 @@
+"""``torchtrace run``: run a script as ``__main__`` under a Recorder.
+
+The script sees exactly what ``python script.py args`` gives it (``sys.argv``,
+``sys.path[0]``, ``__name__ == "__main__"``); its exit status is ours. Every
+pass is committed as it finishes, so a script that raises, exits or is
+interrupted keeps all finished passes.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import UsageError
+from .ir import Graph
+
+STORE_NAME = "trace.db"
+
+
+@dataclass
+class RunOptions:
+    out: Path = Path("torchtrace-out")
+    max_passes: Optional[int] = None
+    every: int = 1
+    backward: bool = True
+    skip: Sequence[str] = ()
+    render: Optional[str] = None
+    max_ops: Optional[int] = None
+
+
+@dataclass
+class _Progress:
+    """Counts passes and variants as they are stored; writes variant renders."""
+
+    options: RunOptions
+    console: Console
+    passes: int = 0
+    variants: Dict[str, List[int]] = field(default_factory=dict)   # structure fp -> pass indices
+    renders: List[Path] = field(default_factory=list)
+    status: Any = None
+
+    def on_pass(self, graph: Graph, index: int) -> None:
+        self.passes += 1
+        fp = graph.fingerprints["structure"]
+        new = fp not in self.variants
+        self.variants.setdefault(fp, []).append(index)
+        if new and self.options.render:
+            self.renders.append(self._render(graph, len(self.variants) - 1))
+        if self.status is not None:
+            self.status.update(f"torchtrace: {self.passes} passes, {len(self.variants)} variants "
+                               f"(last: {graph.meta.get('label') or 'pass'}, {len(graph.nodes)} ops)")
+
+    def _render(self, graph: Graph, k: int) -> Path:
+        from .renderers import render
+
+        fmt = self.options.render
+        ext = {"markdown": "md", "mermaid": "mmd", "text": "txt"}.get(fmt, fmt)
+        data = render(graph, fmt)
+        path = self.options.out / f"variant-{k}.{ext}"
+        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        return path
+
+
+def _prepare_store(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / STORE_NAME
+    if path.exists():  # keep the previous run once, never append to it
+        prev = out / "trace.prev.db"
+        for suffix in ("", "-wal", "-shm"):
+            old = Path(str(path) + suffix)
+            if old.exists():
+                os.replace(old, Path(str(prev) + suffix))
+    return path
+
+
+def _exit_code(e: SystemExit, console: Console) -> int:
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):
+        return e.code
+    console.print(str(e.code), markup=False, highlight=False)  # sys.exit("message") prints and returns 1
+    return 1
+
+
+def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None) -> int:
+    """Run ``script`` like ``python script argv...`` while recording; returns its exit status."""
+    from .record.recorder import Recorder
+
+    console = console or Console(stderr=True, emoji=False)
+    path = Path(script)
+    if not path.is_file():
+        raise UsageError("no such script", where=script, expected="a Python file to run",
+                         found="nothing there" if not path.exists() else "a folder",
+                         fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
+    store_path = _prepare_store(options.out)
+    progress = _Progress(options, console)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [str(path), *argv]
+    sys.path.insert(0, str(path.resolve().parent))
+    code = 0
+    status = console.status("torchtrace: starting") if console.is_terminal else None
+    try:
+        if status is not None:
+            progress.status = status
+            status.start()
+        with Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
+                      skip=options.skip, on_pass=progress.on_pass,
+                      **({} if options.max_ops is None else {"max_ops": options.max_ops})):
+            runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        code = _exit_code(e, console)
+    except KeyboardInterrupt:
+        code = 130
+        console.print("KeyboardInterrupt", style="bold red")
+    except BaseException:  # the script's own error: show it as python would, without our frames
+        code = 1
+        etype, value, tb = sys.exc_info()
+        while tb is not None and not _is_script_frame(tb, path):
+            tb = tb.tb_next
+        traceback.print_exception(etype, value, tb or value.__traceback__)
+    finally:
+        if status is not None:
+            status.stop()
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    _summary(console, progress, store_path, path, code)
+    return code
+
+
+def _is_script_frame(tb: Any, script: Path) -> bool:
+    return Path(tb.tb_frame.f_code.co_filename).resolve() == script.resolve()
+
+
+def _summary(console: Console, progress: _Progress, store: Path, script: Path, code: int) -> None:
+    n = progress.passes
+    console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
+                  f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
+                  f"{escape(script.name)} (exit {code}) -> {escape(str(store))}", highlight=False, soft_wrap=True)
+    if progress.variants:
+        table = Table(box=None, show_header=True, pad_edge=False)
+        for col in ("variant", "structure", "passes", "first", "last"):
+            table.add_column(col)
+        for k, (fp, idx) in enumerate(progress.variants.items()):
+            table.add_row(str(k), fp, str(len(idx)), str(idx[0]), str(idx[-1]))
+        console.print(table)
+    for p in progress.renders:
+        console.print(f"  wrote {p}", highlight=False, markup=False, soft_wrap=True)
+    if n:
+        console.print(f"  next: torchtrace variants {store}  |  torchtrace show {store}:0  |  "
+                      f"torchtrace diff {store}:0 {store}:-1", highlight=False, markup=False, soft_wrap=True)

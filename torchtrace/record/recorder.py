@@ -1,0 +1,154 @@
+"""``torchtrace.Recorder``: record the passes of a training loop or script.
+
+A pass starts at each call of a root module (a module with parameters that
+is not called from inside another module) and runs until the next one, so
+loss, backward and optimizer ops belong to the pass of the forward before
+them. Code that never calls such a module is one pass from start to exit;
+``torchtrace.mark_step()`` sets boundaries by hand. Every finished pass is
+committed to the store at once. Passes that are not sampled (``every``,
+``max_passes``) run with no dispatch mode at all.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Union
+
+import torch
+
+from ..errors import UsageError
+from ..ir import Graph
+from ..store import Store
+from .capture import Capture
+
+_ACTIVE = threading.local()
+DEFAULT_MAX_OPS = 500_000
+
+
+def _has_params(module: torch.nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+class Recorder:
+    """Context manager recording every root pass into a trace store.
+
+    ``store``: a path (created with its folder) or an open ``Store``.
+    ``every``: record every k-th pass; ``max_passes``: stop after n recorded;
+    ``backward=False``: record only up to the root module's return.
+    ``on_pass(graph, index)`` is called after each pass is stored.
+    """
+
+    def __init__(self, store: Union[str, Path, Store] = "torchtrace-out/trace.db", *, every: int = 1,
+                 max_passes: Optional[int] = None, backward: bool = True, skip: Iterable[str] = (),
+                 max_ops: Optional[int] = DEFAULT_MAX_OPS,
+                 on_pass: Optional[Callable[[Graph, int], None]] = None) -> None:
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise UsageError("bad `every`", expected="an integer >= 1 (record every k-th pass)",
+                             found=repr(every), fix="use every=1 to record all passes")
+        if max_passes is not None and (not isinstance(max_passes, int) or max_passes < 0):
+            raise UsageError("bad `max_passes`", expected="None or an integer >= 0", found=repr(max_passes),
+                             fix="use max_passes=None for no limit")
+        self._store_arg = store
+        self.every, self.max_passes, self.backward = every, max_passes, backward
+        self._skip = (skip,) if isinstance(skip, str) else tuple(skip)
+        self._max_ops = max_ops
+        self.on_pass = on_pass
+        self.store: Optional[Store] = None
+        self.capture: Optional[Capture] = None
+        self.recorded = 0         # passes stored
+        self._step: Optional[int] = None
+
+    # -- lifecycle ----------------------------------------------------------------
+    def __enter__(self) -> "Recorder":
+        if getattr(_ACTIVE, "recorder", None) is not None:
+            raise UsageError("a Recorder is already active in this thread", fix="nest no Recorders")
+        self.store = self._store_arg if isinstance(self._store_arg, Store) else Store(self._store_arg)
+        self.capture = Capture(skip=self._skip, max_ops=self._max_ops)
+        self.capture.on_root = self._on_root
+        self.capture.after_root = self._after_root
+        self.index = 0            # the pass in flight, in the sampling schedule
+        self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
+        self._begin(root=None)
+        self.capture.start(with_mode=self._sampled)
+        _ACTIVE.recorder = self
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        _ACTIVE.recorder = None
+        assert self.capture is not None
+        try:
+            # a run that never called a root module is one pass from start to exit
+            self._finish(error=None if exc_type is None else exc_type.__name__)
+        finally:
+            self.capture.stop()
+            if not isinstance(self._store_arg, Store) and self.store is not None:
+                self.store.close()
+        return False
+
+    # -- public -------------------------------------------------------------------
+    def step(self, n: int) -> None:
+        """Label the passes that start from now on with training step ``n``."""
+        self._step = int(n)
+
+    def mark_step(self) -> None:
+        """End the current pass here and start the next one."""
+        self._prelude = False
+        self._boundary(root=None)
+
+    # -- passes -------------------------------------------------------------------
+    def _begin(self, root: Optional[str]) -> None:
+        cap = self.capture
+        assert cap is not None
+        cap.new_pass()
+        self._sampled = (self.index % self.every == 0
+                         and (self.max_passes is None or self.recorded < self.max_passes))
+        self._root = root
+        self._pass_step = self._step
+        self._t_start = time.perf_counter()
+        cap.mode.off = not self._sampled
+        if cap._installed:
+            if self._sampled:
+                cap.push_mode()
+            else:
+                cap.pop_mode()
+
+    def _finish(self, *, error: Optional[str] = None) -> None:
+        cap = self.capture
+        assert cap is not None and self.store is not None
+        if not self._sampled or (not cap.mode.events and self._root is None):
+            return
+        wall = time.perf_counter() - self._t_start
+        label = f"{self._root or 'pass'} {self.index}"
+        graph = cap.finish_pass(step=self._pass_step, root=self._root, error=error, label=label)
+        stored = self.store.add(graph, wall_s=wall)
+        self.recorded += 1
+        if self.on_pass is not None:
+            self.on_pass(graph, stored)
+
+    def _boundary(self, root: Optional[str]) -> None:
+        self._finish()
+        self.index += 1
+        self._begin(root)
+
+    def _on_root(self, module: torch.nn.Module) -> None:
+        if not _has_params(module):  # a loss function or a wrapper without weights: part of the pass
+            return
+        if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
+            self._prelude = False
+            self._begin(root=type(module).__name__)
+            return
+        self._boundary(root=type(module).__name__)
+
+    def _after_root(self) -> None:
+        if not self.backward and self._sampled and self.capture is not None:
+            self.capture.mode.off = True
+            self.capture.pop_mode()
+
+
+def mark_step() -> None:
+    """End the current pass of the active Recorder (or `torchtrace run`) here.
+    Does nothing when no Recorder is active, so scripts may call it always."""
+    rec = getattr(_ACTIVE, "recorder", None)
+    if rec is not None:
+        rec.mark_step()

@@ -1,0 +1,219 @@
+"""Many passes in one SQLite file (stdlib ``sqlite3``, WAL journal).
+
+Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``), readable by any client::
+
+    graphs(shapes_fp TEXT PRIMARY KEY, structure_fp TEXT, n_ops INTEGER,
+           created TEXT, ir BLOB)          -- gzipped IR JSON, one per shapes fingerprint
+    passes(id INTEGER PRIMARY KEY, rank INTEGER, idx INTEGER, step INTEGER,
+           label TEXT, root TEXT, started TEXT, wall_s REAL, n_ops INTEGER,
+           n_forward INTEGER, n_backward INTEGER, truncated INTEGER,
+           error TEXT, structure_fp TEXT, shapes_fp TEXT, witnesses TEXT,
+           UNIQUE(rank, idx))
+
+A pass row points at the graph with its shapes fingerprint; ``witnesses``
+keeps that pass's own witness values (JSON ``{node id: value or shape}``),
+which ``graph()`` puts back on the shared graph. Each pass is one
+transaction: a process killed mid-run loses at most the pass in flight.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+from .errors import IRError, UsageError
+from .ir import Graph, Witness
+from .serialize import decode, encode
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS graphs(
+    shapes_fp TEXT PRIMARY KEY, structure_fp TEXT NOT NULL, n_ops INTEGER NOT NULL,
+    created TEXT, ir BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS passes(
+    id INTEGER PRIMARY KEY, rank INTEGER NOT NULL DEFAULT 0, idx INTEGER NOT NULL,
+    step INTEGER, label TEXT, root TEXT, started TEXT, wall_s REAL,
+    n_ops INTEGER NOT NULL, n_forward INTEGER, n_backward INTEGER, truncated INTEGER,
+    error TEXT, structure_fp TEXT NOT NULL, shapes_fp TEXT NOT NULL REFERENCES graphs(shapes_fp),
+    witnesses TEXT, UNIQUE(rank, idx));
+CREATE INDEX IF NOT EXISTS passes_structure ON passes(structure_fp);
+"""
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    """One row of ``passes``."""
+
+    id: int
+    rank: int
+    idx: int
+    step: Optional[int]
+    label: Optional[str]
+    root: Optional[str]
+    started: Optional[str]
+    wall_s: Optional[float]
+    n_ops: int
+    n_forward: int
+    n_backward: int
+    truncated: bool
+    error: Optional[str]
+    structure_fp: str
+    shapes_fp: str
+
+
+_COLUMNS = ("id, rank, idx, step, label, root, started, wall_s, n_ops, n_forward, n_backward, truncated, "
+            "error, structure_fp, shapes_fp")
+
+
+class Store:
+    """A trace store file. ``Store(path)`` opens or creates it; ``readonly=True``
+    requires it to exist and never writes."""
+
+    def __init__(self, path: Union[str, Path], *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly and not self.path.is_file():
+            raise UsageError("no trace store here", where=str(self.path), expected="a .db file written by "
+                             "`torchtrace run` or torchtrace.Recorder", found="no such file",
+                             fix="check the path (the default is ./torchtrace-out/trace.db)")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        try:
+            self.db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+                with self._transaction():
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as e:
+            raise IRError("not a trace store", where=str(self.path), expected="an SQLite file written by torchtrace",
+                          found=str(e), fix="pass the trace.db from `torchtrace run --out DIR`") from None
+        if version != SCHEMA_VERSION or not {"graphs", "passes"} <= tables:
+            raise IRError("not a torchtrace store (or a newer one)", where=str(self.path),
+                          expected=f"store schema {SCHEMA_VERSION} with tables graphs and passes",
+                          found=f"schema {version}, tables {sorted(tables)}",
+                          fix="open it with the torchtrace version that wrote it, or re-record")
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self.db)
+
+    # -- writing ---------------------------------------------------------------
+    def add(self, graph: Graph, *, idx: Optional[int] = None, wall_s: Optional[float] = None) -> int:
+        """Store one pass atomically; returns its pass index (per rank)."""
+        meta = graph.meta
+        rank = int(meta.get("rank") or 0)
+        fp = graph.fingerprints
+        witnesses = {n.id: ({"shape": list(n.witness.shape)} if n.witness.shape is not None
+                            else {"value": n.witness.value}) for n in graph.witnesses()}
+        n_bwd = sum(1 for n in graph.nodes if n.phase != "forward")
+        with self._transaction():
+            if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ?", (fp["shapes"],)).fetchone() is None:
+                self.db.execute("INSERT INTO graphs VALUES (?, ?, ?, ?, ?)",
+                                (fp["shapes"], fp["structure"], len(graph.nodes), meta.get("created"),
+                                 encode(graph, gz=True)))
+            if idx is None:
+                row = self.db.execute("SELECT MAX(idx) FROM passes WHERE rank = ?", (rank,)).fetchone()
+                idx = 0 if row[0] is None else row[0] + 1
+            self.db.execute(
+                "INSERT INTO passes (rank, idx, step, label, root, started, wall_s, n_ops, n_forward, n_backward,"
+                " truncated, error, structure_fp, shapes_fp, witnesses) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rank, idx, meta.get("step"), meta.get("label"), meta.get("root"), meta.get("created"), wall_s,
+                 len(graph.nodes), len(graph.nodes) - n_bwd, n_bwd, int(bool(meta.get("truncated"))),
+                 meta.get("error"), fp["structure"], fp["shapes"], json.dumps(witnesses)))
+        return idx
+
+    # -- reading ---------------------------------------------------------------
+    def passes(self, rank: Optional[int] = None) -> List[PassRecord]:
+        sql = f"SELECT {_COLUMNS} FROM passes"
+        rows = (self.db.execute(sql + " ORDER BY rank, idx") if rank is None else
+                self.db.execute(sql + " WHERE rank = ? ORDER BY idx", (rank,)))
+        return [PassRecord(*r[:11], bool(r[11]), *r[12:]) for r in rows]
+
+    def ranks(self) -> List[int]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT rank FROM passes ORDER BY rank")]
+
+    def graph(self, idx: int, rank: int = 0) -> Graph:
+        """The graph of pass ``idx`` (on ``rank``), with that pass's own meta and witness values."""
+        row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
+                              "JOIN graphs g ON g.shapes_fp = p.shapes_fp WHERE p.rank = ? AND p.idx = ?",
+                              (rank, idx)).fetchone()
+        if row is None:
+            have = [p.idx for p in self.passes(rank)]
+            raise UsageError("no such pass", where=f"{self.path}:{idx}",
+                             expected=f"a pass index of rank {rank}: " + (f"0..{max(have)}" if have else "none stored"),
+                             found=str(idx), fix="list the passes with `torchtrace variants STORE`")
+        step, label, started, error, witnesses, blob = row
+        g = decode(blob, f"{self.path}:{idx}")
+        own = json.loads(witnesses or "{}")
+        nodes = tuple(replace(n, witness=_witness(own[n.id])) if n.id in own else n for n in g.nodes)
+        meta = dict(g.meta, step=step, label=label, created=started, error=error, pass_index=idx)
+        return Graph(meta=meta, modules=g.modules, values=g.values, nodes=nodes, outputs=g.outputs,
+                     autograd=g.autograd, fingerprints=g.fingerprints)
+
+    def graphs(self, rank: Optional[int] = None) -> Iterator[Tuple[PassRecord, Graph]]:
+        for p in self.passes(rank):
+            yield p, self.graph(p.idx, p.rank)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _witness(d: Dict[str, Any]) -> Witness:
+    return Witness(shape=tuple(d["shape"])) if "shape" in d else Witness(value=d.get("value"))
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+_REF = re.compile(r"(?P<path>.+?\.db)(?::(?P<a>[^:]*))?(?::(?P<b>[^:]*))?")
+
+
+def open_graph(ref: str) -> Graph:
+    """A graph from a CLI reference: ``file.json[.gz]``, ``store.db`` (its last
+    pass), ``store.db:IDX`` or ``store.db:RANK:IDX`` (negative IDX counts back)."""
+    m = _REF.fullmatch(ref)
+    if m is None:
+        from .serialize import load
+
+        return load(ref)
+    parts = [p for p in (m.group("a"), m.group("b")) if p is not None]
+    if not all(re.fullmatch(r"-?\d+", p) for p in parts):
+        raise UsageError("bad pass reference", where=ref, expected="STORE.db, STORE.db:IDX or STORE.db:RANK:IDX",
+                         found=":".join(parts), fix="use a pass index such as trace.db:3")
+    rank = int(parts[0]) if len(parts) == 2 else 0
+    with Store(m.group("path"), readonly=True) as store:
+        passes = store.passes(rank)
+        if not passes:
+            raise UsageError("the store holds no pass", where=f"{m.group('path')} (rank {rank})",
+                             expected="at least one recorded pass", found="none",
+                             fix="record one with `torchtrace run script.py`")
+        idx = int(parts[-1]) if parts else -1
+        if idx < 0:
+            if -idx > len(passes):
+                raise UsageError("no such pass", where=ref, expected=f"-1..-{len(passes)}", found=str(idx),
+                                 fix="list the passes with `torchtrace variants STORE`")
+            idx = passes[idx].idx
+        return store.graph(idx, rank)
