@@ -1,32 +1,45 @@
 """Canonical hashes of a Graph, stable across processes and machines.
 
 * ``structure``: ops, phases, module paths and the dataflow topology (which
-  earlier output or which named param/input each op reads). Not shapes, not
-  args, not source lines, not ids.
+  earlier output or which named param/buffer, or which input in order of
+  first use, each op reads) and the returned values. Not shapes, not args,
+  not source lines, not ids, not devices.
 * ``shapes``: ``structure`` plus every value's shape and dtype and the ops'
   non-tensor args.
 
 Two passes with equal ``structure`` ran the same program; equal ``shapes``
-means they also ran it on the same tensor types.
+means they also ran it on the same tensor types. Autograd bookkeeping ops
+(tag ``autograd_internal``) are left out, as in ``torchtrace.diff``: a value
+such an op returns stands for its input. What Python read from tensor data
+(witness values) is not hashed: it decides the graph, it is not part of it.
+
+Only ``hashlib.sha256`` over text built from positions and names: no
+``hash()`` (salted per process), no ``id()``, no set order.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Dict
+import re
+from typing import TYPE_CHECKING, Any, Dict, Mapping
+
+from .align import is_bookkeeping
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph
 
+__all__ = ["fingerprints", "canonical_args", "canonical_json"]
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
 
 def _refs(g: "Graph") -> Dict[str, str]:
-    """A position-based name for every value: ``3.0`` = node #3 output #0;
-    external values by role and name (or order of first use)."""
+    """A position-based name for every value: ``3.0`` = op #3 output #0;
+    params and buffers by name, other tensors from outside the pass by role
+    and order of first use; bookkeeping outputs by their input's name."""
     refs: Dict[str, str] = {}
-    for k, n in enumerate(g.nodes):
-        for j, v in enumerate(n.outputs):
-            refs[v] = f"{k}.{j}"
     seen = 0
+    k = 0
     for n in g.nodes:
         for v in n.inputs:
             if v not in refs:
@@ -34,31 +47,52 @@ def _refs(g: "Graph") -> Dict[str, str]:
                 refs[v] = (f"{val.role}:{val.name}" if val.role in ("param", "buffer") and val.name
                            else f"{val.role}#{seen}")
                 seen += 1
+        if is_bookkeeping(n):
+            for v in n.outputs:
+                refs[v] = refs[n.inputs[0]] if n.inputs else f"{n.op}#{seen}"
+            continue
+        for j, v in enumerate(n.outputs):
+            refs[v] = f"{k}.{j}"
+        k += 1
     for v in g.outputs:
-        refs.setdefault(v, f"out#{seen}")
+        if v not in refs:
+            refs[v] = f"out#{seen}"
+            seen += 1
     return refs
 
 
 def fingerprints(g: "Graph") -> Dict[str, str]:
+    """``{"structure": 16 hex digits, "shapes": 16 hex digits}``."""
+    nodes = [n for n in g.nodes if not is_bookkeeping(n)]
     refs = _refs(g)
     structure = hashlib.sha256()
     shapes = hashlib.sha256()
     mod_path = {m.id: m.path for m in g.modules}
-    for n in g.nodes:
+    for n in nodes:
         token = "|".join((n.op, n.phase, mod_path.get(n.module, "") if n.module else "-",
                           ",".join(refs[v] for v in n.inputs), str(len(n.outputs))))
         structure.update(token.encode())
         structure.update(b"\n")
         shape_token = ";".join(_type(g, v) for v in (*n.inputs, *n.outputs))
         shapes.update(token.encode() + b"#" + shape_token.encode() + b"#"
-                      + json.dumps(n.args, sort_keys=True, default=str).encode() + b"\n")
+                      + canonical_args(n.args).encode() + b"\n")
     tail = ("out:" + ",".join(refs[v] for v in g.outputs)).encode()
     structure.update(tail)
     shapes.update(tail + b"#" + ";".join(_type(g, v) for v in g.outputs).encode())
     return {"structure": structure.hexdigest()[:16], "shapes": shapes.hexdigest()[:16]}
 
 
+def canonical_json(value: Any) -> str:
+    """An arg value as canonical JSON, with memory addresses (``<Generator
+    object at 0x7f…>``, the repr of an object the recorder could not name)
+    removed: they differ in every process."""
+    return _ADDRESS.sub("", json.dumps(value, sort_keys=True, default=str))
+
+
+def canonical_args(args: Mapping[str, Any]) -> str:
+    return canonical_json(dict(args))
+
+
 def _type(g: "Graph", vid: str) -> str:
     v = g.value(vid)
     return f"{v.dtype}{list(v.shape)}"
-

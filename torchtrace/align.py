@@ -1,0 +1,152 @@
+"""Sequence alignment of two graphs' ops in execution order, by op signature.
+
+An op's signature is ``(phase, module path, op, source file name, line)``:
+never ids, never shapes. Two passes of the same program have the same
+signature sequence; an ``if`` that took the other branch shows as a run of
+ops only in A or only in B.
+
+The alignment is symmetric by construction (``align(b, a)`` is the mirror of
+``align(a, b)``): signatures are numbered in sorted order and the pair is
+always aligned in one canonical orientation, then swapped back. Pure
+insertions or deletions inside a repeated region (a loop that ran 3x in A and
+5x in B) can sit at several equally long positions; we pick the one that
+pairs the most witness reads with equal values (the loop's exit read in A
+with the exit read in B), then the latest.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any, Hashable, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ir import Graph, Node
+
+Pair = Tuple[Optional[int], Optional[int]]
+Sig = Tuple[str, str, str, str, int]
+
+BOOKKEEPING = "autograd_internal"
+
+
+def is_bookkeeping(n: "Node") -> bool:
+    """Autograd bookkeeping (detach of saved outputs): left out of diffs and fingerprints."""
+    return BOOKKEEPING in n.tags
+
+
+def signature(g: "Graph", n: "Node") -> Sig:
+    src = n.source
+    file = src.file.replace("\\", "/").rsplit("/", 1)[-1] if src is not None else ""
+    return (n.phase, g.module_path(n.module), n.op, file, src.line if src is not None else 0)
+
+
+def witness_key(n: "Node") -> Any:
+    """What a witness read, as a comparable key; ``None`` for other ops."""
+    w = n.witness
+    if w is None:
+        return None
+    if w.shape is not None:
+        return ("shape", tuple(w.shape))
+    v = w.value
+    if isinstance(v, float) and v != v:  # NaN reads equal NaN
+        return ("nan",)
+    return (type(v).__name__, v)
+
+
+def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
+          wa: Sequence[Any] = (), wb: Sequence[Any] = ()) -> List[Pair]:
+    """Align two signature sequences; ``wa``/``wb`` are the witness keys
+    (``None`` for ops that read nothing), used to place insertions in loops.
+
+    Returns ``(i, j)`` pairs in merged order: ``(i, None)`` only in A,
+    ``(None, j)`` only in B, ``(i, j)`` aligned.
+    """
+    wa = list(wa) or [None] * len(sa)
+    wb = list(wb) or [None] * len(sb)
+    order = {s: k for k, s in enumerate(sorted(set(sa) | set(sb), key=repr))}
+    ca = [order[s] for s in sa]
+    cb = [order[s] for s in sb]
+    if ca <= cb:
+        return _align(ca, cb, wa, wb)
+    return [(i, j) for j, i in _align(cb, ca, wb, wa)]
+
+
+def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pair]:
+    n, m = len(a), len(b)
+    pre = 0
+    while pre < n and pre < m and a[pre] == b[pre]:
+        pre += 1
+    suf = 0
+    while suf < n - pre and suf < m - pre and a[n - 1 - suf] == b[m - 1 - suf]:
+        suf += 1
+    pairs: List[Pair] = [(k, k) for k in range(pre)]
+    sm = difflib.SequenceMatcher(None, a[pre:n - suf], b[pre:m - suf], autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        i1, i2, j1, j2 = i1 + pre, i2 + pre, j1 + pre, j2 + pre
+        if tag == "equal":
+            pairs.extend(zip(range(i1, i2), range(j1, j2)))
+        else:
+            pairs.extend((i, None) for i in range(i1, i2))
+            pairs.extend((None, j) for j in range(j1, j2))
+    pairs.extend((n - suf + k, m - suf + k) for k in range(suf))
+    _slide(pairs, b, wa, wb, side=1)
+    _slide(pairs, a, wb, wa, side=0)
+    return pairs
+
+
+def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int) -> None:
+    """Move each run of ops only on ``side`` (1: only in B, 0: only in A) to
+    the best of its equally long positions (see the module docstring)."""
+    other = 1 - side
+    k = 0
+    while k < len(pairs):
+        if not (pairs[k][other] is None and pairs[k][side] is not None):
+            k += 1
+            continue
+        k1 = k
+        while k1 < len(pairs) and pairs[k1][other] is None and pairs[k1][side] is not None:
+            k1 += 1
+        j0 = pairs[k][side]
+        j1 = j0 + (k1 - k)
+        length = j1 - j0
+
+        def matched(e: int) -> bool:
+            return 0 <= e < len(pairs) and pairs[e][0] is not None and pairs[e][1] is not None
+
+        up = 0
+        while matched(k - 1 - up) and pairs[k - 1 - up][side] == j0 - 1 - up and seq[j0 - 1 - up] == seq[j1 - 1 - up]:
+            up += 1
+        down = 0
+        while matched(k1 + down) and pairs[k1 + down][side] == j1 + down and j1 + down < len(seq) \
+                and seq[j0 + down] == seq[j1 + down]:
+            down += 1
+        if up or down:
+            start = k - up
+            o_idx = [pairs[start + t][other] for t in range(up)] + [pairs[k1 + t][other] for t in range(down)]
+            s0 = j0 - up  # first self index of the region
+
+            def cost(o_i: Any, s_i: int) -> int:
+                x, y = w_other[o_i], w_self[s_i]
+                return int(x is not None and y is not None and x != y)
+
+            n_m = up + down
+            # matched entry t pairs with s0 + t before the run, with s0 + t + length after it
+            before = [0] * (n_m + 1)
+            for t in range(n_m):
+                before[t + 1] = before[t] + cost(o_idx[t], s0 + t)
+            after = [0] * (n_m + 1)
+            for t in range(n_m - 1, -1, -1):
+                after[t] = after[t + 1] + cost(o_idx[t], s0 + t + length)
+            best = min(range(n_m + 1), key=lambda c: (before[c] + after[c], -c))
+            region: List[Pair] = []
+            for t in range(best):
+                region.append(_pair(o_idx[t], s0 + t, side))
+            for t in range(length):
+                region.append(_pair(None, s0 + best + t, side))
+            for t in range(best, n_m):
+                region.append(_pair(o_idx[t], s0 + t + length, side))
+            pairs[start:k1 + down] = region
+            k1 = k1 + down
+        k = k1
+
+
+def _pair(o: Optional[int], s: int, side: int) -> Pair:
+    return (o, s) if side == 1 else (s, o)

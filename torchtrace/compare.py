@@ -1,0 +1,455 @@
+"""``torchtrace.diff(a, b)``: two recorded passes aligned op by op, every op
+classified, and each run of differences (a hunk) explained by the witness
+that decided it.
+
+    d = torchtrace.diff(a, b)
+    d.is_empty, d.kind              # "identical" | "shapes" | "structural"
+    for h in d.hunks:
+        h.only_a, h.only_b, h.changed, h.module, h.explanation
+    print(d)                        # unified-diff-like text, explanation first
+
+Ops are aligned by signature (``align.py``); autograd bookkeeping ops are
+left out. An aligned op is ``changed`` when its tensors' shapes or dtypes,
+its non-tensor args, or where its inputs come from differ; a witness that
+read another value is ``changed`` with ``what == ("value",)`` and explains
+hunks rather than forming one. The result is symmetric: ``diff(b, a)`` is
+``diff(a, b).mirror()``. Works on loaded graphs, without torch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .align import align, is_bookkeeping
+from .errors import UsageError
+from .explain import (ArgChange, Causes, InputChange, LoopChange, Side, TypeChange, WitnessChange, arg_changes,
+                      common_module, input_changes, plural, type_changes)
+from .fingerprint import canonical_args
+from .ir import Graph, Node
+
+__all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
+
+STATUSES = ("same", "only_a", "only_b", "changed")
+CONTEXT = 3  # unchanged ops shown around a hunk; changed runs closer than 2x this merge
+Row = Tuple[Optional[int], Optional[int]]
+Made = Tuple[Dict[str, int], Dict[str, int]]  # value id -> merged row of its producer, per side
+Shape = Tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class OpPair:
+    """One row of the alignment. ``status``: ``same``, ``only_a``, ``only_b``
+    or ``changed``; ``what`` (for changed) lists ``shape``, ``dtype``,
+    ``args``, ``wiring`` (an input comes from another op) and ``value``
+    (a witness read other data)."""
+
+    a: Optional[Node]
+    b: Optional[Node]
+    status: str
+    what: Tuple[str, ...] = ()
+
+    def mirror(self) -> "OpPair":
+        status = {"only_a": "only_b", "only_b": "only_a"}.get(self.status, self.status)
+        return OpPair(self.b, self.a, status, self.what)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"a": self.a.id if self.a else None, "b": self.b.id if self.b else None,
+                             "status": self.status}
+        if self.what:
+            d["what"] = list(self.what)
+        return d
+
+
+@dataclass(frozen=True)
+class Hunk:
+    """A run of differences. ``kind`` "structural": ops only in A and/or B
+    (``witness``/``loop`` say why); "changed": aligned ops whose tensors or
+    args differ (``types``/``args`` summarise how). ``module`` is the module
+    path the hunk sits in (``""`` = the root); ``span`` its rows in
+    ``GraphDiff.ops``."""
+
+    index: int
+    kind: str
+    module: str
+    only_a: Tuple[Node, ...]
+    only_b: Tuple[Node, ...]
+    changed: Tuple[OpPair, ...]
+    span: Tuple[int, int]
+    witness: Optional[WitnessChange] = None
+    loop: Optional[LoopChange] = None
+    types: Tuple[TypeChange, ...] = ()
+    args: Tuple[ArgChange, ...] = ()
+
+    @property
+    def cause(self) -> str:
+        """The first half of :attr:`explanation`: why, without the counts."""
+        if self.kind == "changed":
+            return self.detail()
+        if self.loop is not None and self.loop.via == "witness":
+            return self.loop.describe()
+        if self.witness is not None:
+            text = self.witness.describe()
+            return f"{text}; {self.loop.describe()}" if self.loop is not None else text
+        if self.loop is not None:
+            return f"{self.loop.describe()} (no tensor read decided it)"
+        return "no tensor read differs before it (Python state decided: arguments, flags, caches)"
+
+    @property
+    def counts(self) -> str:
+        if self.kind == "changed":
+            return plural(len(self.changed), "op") + " changed"
+        parts = []
+        if self.only_a:
+            parts.append(plural(len(self.only_a), "op") + " only in A")
+        if self.only_b:
+            parts.append(plural(len(self.only_b), "op") + " only in B")
+        return ", ".join(parts)
+
+    @property
+    def explanation(self) -> str:
+        """"`model.py:42` read True in A, False in B → 14 ops only in B (in `encoder.layer.3`)"."""
+        return f"{self.cause} \u2192 {self.counts} (in `{self.module or '<root>'}`)"
+
+    def detail(self) -> str:
+        parts = [t.describe() for t in self.types[:3]]
+        parts += [a.describe() for a in self.args[:3]]
+        if any("wiring" in p.what for p in self.changed):
+            parts.append("inputs come from other ops")
+        more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
+        if more > 0:
+            parts.append(f"{more} more")
+        return "; ".join(parts) or "changed"
+
+    def mirror(self) -> "Hunk":
+        return replace(self, only_a=self.only_b, only_b=self.only_a,
+                       changed=tuple(p.mirror() for p in self.changed),
+                       witness=self.witness.mirror() if self.witness else None,
+                       loop=self.loop.mirror() if self.loop else None,
+                       types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"index": self.index, "kind": self.kind, "module": self.module,
+                "only_a": [n.id for n in self.only_a], "only_b": [n.id for n in self.only_b],
+                "changed": [p.to_dict() for p in self.changed], "span": list(self.span),
+                "witness": self.witness.to_dict() if self.witness else None,
+                "loop": self.loop.to_dict() if self.loop else None,
+                "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
+                "explanation": self.explanation}
+
+
+@dataclass(frozen=True, eq=False)
+class GraphDiff:
+    """Two passes compared. ``ops`` is the whole alignment in merged
+    execution order; ``hunks`` the runs of differences. ``types``/``args``/
+    ``inputs`` summarise every shape, dtype, argument and input change;
+    ``witnesses`` every aligned read that returned other data; ``ignored``
+    the bookkeeping ops left out on each side."""
+
+    a: Graph
+    b: Graph
+    ops: Tuple[OpPair, ...]
+    hunks: Tuple[Hunk, ...]
+    witnesses: Tuple[WitnessChange, ...] = ()
+    types: Tuple[TypeChange, ...] = ()
+    args: Tuple[ArgChange, ...] = ()
+    inputs: Tuple[InputChange, ...] = ()
+    ignored: Tuple[int, int] = (0, 0)
+    _counts: Dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        counts = {s: 0 for s in STATUSES}
+        for p in self.ops:
+            counts[p.status] += 1
+        object.__setattr__(self, "_counts", counts)
+
+    # -- verdicts --------------------------------------------------------
+    @property
+    def structure_equal(self) -> bool:
+        return self.a.fingerprints.get("structure") == self.b.fingerprints.get("structure")
+
+    @property
+    def shapes_equal(self) -> bool:
+        return self.a.fingerprints.get("shapes") == self.b.fingerprints.get("shapes")
+
+    @property
+    def is_empty(self) -> bool:
+        """No op differs and both fingerprints match (witness reads may differ)."""
+        return not self.hunks and self.structure_equal and self.shapes_equal
+
+    @property
+    def kind(self) -> str:
+        """``identical``; ``shapes`` (same program, other shapes/dtypes/args);
+        or ``structural`` (ops added, removed or rewired)."""
+        if self.structural_hunks or not self.structure_equal or any(
+                "wiring" in p.what for p in self.ops if p.status == "changed"):
+            return "structural"
+        return "identical" if self.is_empty else "shapes"
+
+    @property
+    def structural_hunks(self) -> Tuple[Hunk, ...]:
+        return tuple(h for h in self.hunks if h.kind == "structural")
+
+    @property
+    def changed_hunks(self) -> Tuple[Hunk, ...]:
+        return tuple(h for h in self.hunks if h.kind == "changed")
+
+    @property
+    def only_a(self) -> int:
+        return self._counts["only_a"]
+
+    @property
+    def only_b(self) -> int:
+        return self._counts["only_b"]
+
+    @property
+    def changed(self) -> int:
+        return sum(1 for p in self.ops if p.status == "changed" and p.what != ("value",))
+
+    @property
+    def loops(self) -> Tuple[LoopChange, ...]:
+        return tuple(h.loop for h in self.hunks if h.loop is not None)
+
+    def summary(self) -> str:
+        """One line: what kind of difference, and how big."""
+        if self.kind == "identical":
+            return "identical" + (f" ({plural(len(self.witnesses), 'witness read')} differ)" if self.witnesses else "")
+        if self.kind == "shapes":
+            what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
+            return f"same structure, shapes differ: {plural(self.changed, 'op')} changed ({what})"
+        hunks = plural(len(self.structural_hunks), "hunk")
+        return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
+               f"{self.changed} changed"
+
+    def mirror(self) -> "GraphDiff":
+        """The same comparison seen from B: ``diff(b, a)``."""
+        return GraphDiff(self.b, self.a, _a_first([p.mirror() for p in self.ops]),
+                         tuple(h.mirror() for h in self.hunks),
+                         tuple(w.mirror() for w in self.witnesses), tuple(t.mirror() for t in self.types),
+                         tuple(x.mirror() for x in self.args), tuple(i.mirror() for i in self.inputs),
+                         (self.ignored[1], self.ignored[0]))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "summary": self.summary(),
+                "a": {"label": self.a.meta.get("label"), "ops": len(self.a.nodes), **dict(self.a.fingerprints)},
+                "b": {"label": self.b.meta.get("label"), "ops": len(self.b.nodes), **dict(self.b.fingerprints)},
+                "counts": {"only_a": self.only_a, "only_b": self.only_b, "changed": self.changed,
+                           "same": self._counts["same"]},
+                "hunks": [h.to_dict() for h in self.hunks], "ops": [p.to_dict() for p in self.ops],
+                "witnesses": [w.to_dict() for w in self.witnesses], "types": [t.to_dict() for t in self.types],
+                "args": [x.to_dict() for x in self.args], "inputs": [i.to_dict() for i in self.inputs],
+                "ignored": list(self.ignored)}
+
+    def __iter__(self) -> Iterator[Hunk]:
+        return iter(self.hunks)
+
+    def __len__(self) -> int:
+        return len(self.hunks)
+
+    def __str__(self) -> str:
+        from .renderers.diffs import render_diff
+
+        return str(render_diff(self, "text"))
+
+    def __repr__(self) -> str:
+        return f"<torchtrace.GraphDiff {self.summary()}>"
+
+
+GraphLike = Union[Graph, Dict[str, Any], str, "os.PathLike[str]"]
+
+
+def diff(a: GraphLike, b: GraphLike) -> GraphDiff:
+    """Compare two passes (``Graph``, IR dicts or file paths); see :class:`GraphDiff`."""
+    ga, gb = _graph(a, "a"), _graph(b, "b")
+    sa, sb = Side(ga), Side(gb)
+    if _orientation(sa) <= _orientation(sb):
+        return _diff(sa, sb)
+    return _diff(sb, sa).mirror()
+
+
+def _orientation(s: Side) -> Tuple[Any, ...]:
+    return (s.sigs, s.graph.fingerprints.get("shapes", ""), s.graph.fingerprints.get("structure", ""))
+
+
+def _graph(x: GraphLike, name: str) -> Graph:
+    if isinstance(x, Graph):
+        return x
+    if isinstance(x, dict):
+        return Graph.from_dict(x, where=name)
+    if isinstance(x, (str, os.PathLike)):
+        from .serialize import load
+
+        return load(x)
+    raise UsageError(f"diff() got {type(x).__name__} for {name}", expected="a torchtrace.Graph, an IR dict or a path",
+                     found=type(x).__name__, fix="pass t.graph from torchtrace.trace() or a saved .json file")
+
+
+def _diff(A: Side, B: Side) -> GraphDiff:
+    pairs = align(A.sigs, B.sigs, A.wkeys, B.wkeys)
+    made = (_producers(A, pairs, 0), _producers(B, pairs, 1))
+    ops = _a_first([_classify(A, B, pairs[e], made) for e in range(len(pairs))])
+    causes = Causes(A, B, pairs)
+    hunks: List[Hunk] = []
+    for kind, k0, k1 in _runs(ops):
+        rows = ops[k0:k1]
+        module = common_module(_module_path(g, n) for p in rows
+                               for g, n in ((A.graph, p.a), (B.graph, p.b)) if n is not None)
+        if kind == "structural":
+            witness, loop = causes.explain(k0, k1)
+            hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
+                              tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop))
+        else:
+            changed = tuple(p for p in rows if _significant(p))
+            hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1),
+                              types=type_changes(_value_pairs(A, B, changed)),
+                              args=arg_changes(_args_only(changed), _reshaped(changed))))
+    matched = [p for p in ops if p.a is not None and p.b is not None]
+    witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
+    return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
+                     type_changes(_value_pairs(A, B, matched)), arg_changes(_args_only(matched), _reshaped(matched)),
+                     input_changes(A.graph, B.graph), (A.ignored, B.ignored))
+
+
+def _a_first(ops: List[OpPair]) -> Tuple[OpPair, ...]:
+    """Within each run of ops only in A or B, A's come first (like ``-``
+    before ``+`` in a unified diff), whichever orientation aligned them."""
+    out: List[OpPair] = []
+    k = 0
+    while k < len(ops):
+        if ops[k].status not in ("only_a", "only_b"):
+            out.append(ops[k])
+            k += 1
+            continue
+        k1 = k
+        while k1 < len(ops) and ops[k1].status in ("only_a", "only_b"):
+            k1 += 1
+        out.extend(p for p in ops[k:k1] if p.status == "only_a")
+        out.extend(p for p in ops[k:k1] if p.status == "only_b")
+        k = k1
+    return tuple(out)
+
+
+def _module_path(g: Graph, n: Node) -> str:
+    return g.module_path(n.module)
+
+
+def _significant(p: OpPair) -> bool:
+    return p.status == "changed" and p.what != ("value",)
+
+
+def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
+    """Structural hunks: maximal runs of ops only in A or B. Changed hunks:
+    runs of changed ops, merged across up to ``2 * CONTEXT`` unchanged ones."""
+    k, n = 0, len(ops)
+    while k < n:
+        status = ops[k].status
+        if status in ("only_a", "only_b"):
+            k1 = k
+            while k1 < n and ops[k1].status in ("only_a", "only_b"):
+                k1 += 1
+            yield "structural", k, k1
+            k = k1
+        elif _significant(ops[k]):
+            last = k
+            k1 = k + 1
+            while k1 < n and ops[k1].status not in ("only_a", "only_b") and k1 - last <= 2 * CONTEXT:
+                if _significant(ops[k1]):
+                    last = k1
+                k1 += 1
+            yield "changed", k, last + 1
+            k = last + 1
+        else:
+            k += 1
+
+
+def _classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
+    i, j = row
+    if j is None:
+        return OpPair(A.nodes[i], None, "only_a")
+    if i is None:
+        return OpPair(None, B.nodes[j], "only_b")
+    na, nb = A.nodes[i], B.nodes[j]
+    what: List[str] = []
+    va = [A.graph.value(v) for v in (*na.inputs, *na.outputs)]
+    vb = [B.graph.value(v) for v in (*nb.inputs, *nb.outputs)]
+    if len(va) != len(vb) or any(x.shape != y.shape for x, y in zip(va, vb)):
+        what.append("shape")
+    if any(x.dtype != y.dtype for x, y in zip(va, vb)):
+        what.append("dtype")
+    if na.args != nb.args and canonical_args(na.args) != canonical_args(nb.args):
+        what.append("args")
+    if _rewired(A, B, made, na, nb):
+        what.append("wiring")
+    if A.wkeys[i] != B.wkeys[j]:
+        what.append("value")
+    return OpPair(na, nb, "changed" if what else "same", tuple(what))
+
+
+def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:
+    """An input whose producers are both aligned, but not with each other
+    (or two external tensors of another role/name). Inputs made by ops only
+    on one side are the hunk's doing, not a separate change."""
+    if len(na.inputs) != len(nb.inputs):
+        return True
+    pa, pb = made
+    for x, y in zip(na.inputs, nb.inputs):
+        ra, rb = pa.get(x), pb.get(y)
+        if ra is None and rb is None:
+            if _external(A.graph, x) != _external(B.graph, y):
+                return True
+        elif ra is not None and rb is not None:
+            if ra != rb and ra >= 0 and rb >= 0:
+                return True
+        else:
+            known = ra if ra is not None else rb
+            if known is not None and known >= 0:
+                return True
+    return False
+
+
+def _producers(side: Side, pairs: Sequence[Row], k: int) -> Dict[str, int]:
+    """value id -> merged row of the op that made it (-1: an op only on this
+    side); bookkeeping ops pass their input through."""
+    row_of = {x[k]: e for e, x in enumerate(pairs) if x[k] is not None}
+    pos = {n.id: i for i, n in enumerate(side.nodes)}
+    table: Dict[str, int] = {}
+    for n in side.graph.nodes:
+        if is_bookkeeping(n):
+            src = table.get(n.inputs[0]) if n.inputs else None
+            if src is not None:
+                table.update((v, src) for v in n.outputs)
+            continue
+        e = row_of[pos[n.id]]
+        table.update((v, e if pairs[e][1 - k] is not None else -1) for v in n.outputs)
+    return table
+
+
+def _external(g: Graph, vid: str) -> Tuple[str, Optional[str]]:
+    v = g.value(vid)
+    return (v.role, v.name if v.role in ("param", "buffer", "input") else None)
+
+
+def _value_pairs(A: Side, B: Side, rows: Iterable[OpPair]) -> Iterator[Tuple[str, str, Shape, Shape]]:
+    """(dtype, dtype, shape, shape) of each aligned tensor, once."""
+    seen = set()
+    for p in rows:
+        if p.a is None or p.b is None:
+            continue
+        for x, y in zip((*p.a.inputs, *p.a.outputs), (*p.b.inputs, *p.b.outputs)):
+            if x in seen:
+                continue
+            seen.add(x)
+            va, vb = A.graph.value(x), B.graph.value(y)
+            yield va.dtype, vb.dtype, va.shape, vb.shape
+
+
+def _args_only(rows: Iterable[OpPair]) -> Iterator[Tuple[Node, Node]]:
+    """Ops whose args differ; ``arg_changes`` leaves out the integer args of
+    ops whose shapes changed too (a ``view``'s size just follows its input)."""
+    for p in rows:
+        if p.a is not None and p.b is not None and "args" in p.what:
+            yield p.a, p.b
+
+
+def _reshaped(rows: Iterable[OpPair]) -> set:
+    return {p.a.id for p in rows if p.a is not None and "shape" in p.what}

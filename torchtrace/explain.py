@@ -1,0 +1,450 @@
+"""Why two aligned graphs differ: the witness that decided a hunk, loop counts,
+and compact summaries of shape, dtype and argument changes.
+
+Every record here is a frozen dataclass with a ``mirror()`` (A and B swapped)
+and a ``describe()`` that writes the sentence shown to users; the sentences
+are built from the fields, so a mirrored diff reads correctly.
+
+Rules (DESIGN.md, "diff"):
+
+* a hunk whose ops contain reads at one line that ran a different number of
+  times (``while k > 0`` reading True 3x then False, against 5x) is a loop
+  count change: "`while` at `model.py:57` ran 3x in A, 5x in B";
+* otherwise the nearest aligned witness before the hunk whose value differs
+  explains it: "`model.py:42` read True in A, False in B";
+* a run of ops that repeats a block just before it, without a witness at
+  its line, is a Python-level loop ("the block at `m.py:9` ran 2x in A, 3x in B").
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import linecache
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .align import Pair, Sig, is_bookkeeping, signature, witness_key
+from .fingerprint import canonical_json
+from .textform import dtype_short, op_str, shape_str
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ir import Graph, Node, Witness
+
+ARROW = "\u2192"
+TIMES = "\u00d7"
+
+
+class _Absent:
+    """An argument one side does not pass."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+    def __reduce__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+class Side:
+    """One graph as the diff sees it: its ops in order without bookkeeping
+    ops, their signatures and witness keys."""
+
+    def __init__(self, g: "Graph") -> None:
+        self.graph = g
+        self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
+        self.sigs: List[Sig] = [signature(g, n) for n in self.nodes]
+        self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
+        self.ignored = len(g.nodes) - len(self.nodes)
+        self.reads: Dict[Sig, List[int]] = {}
+        for i, k in enumerate(self.wkeys):
+            if k is not None:
+                self.reads.setdefault(self.sigs[i], []).append(i)
+
+
+# -- records ---------------------------------------------------------------
+
+def plural(k: int, word: str) -> str:
+    """``1 op``, ``2 ops``, ``3 hunks``, ``2 witness reads``."""
+    return f"{k} {word}{'' if k == 1 else ('es' if word.endswith(('ch', 'sh', 's', 'x')) else 's')}"
+
+
+def where(file: str, line: int) -> str:
+    return f"`{file.replace(chr(92), '/').rsplit('/', 1)[-1]}:{line}`"
+
+
+def read_str(w: "Witness") -> str:
+    if w.shape is not None:
+        return "shape " + shape_str(w.shape)
+    v = w.value
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return repr(v)
+
+
+@dataclass(frozen=True)
+class WitnessChange:
+    """A data read at the same line (the same aligned op) that returned
+    different data in A and B: the branch it steered went different ways."""
+
+    file: str
+    line: int
+    function: str
+    a: "Witness"
+    b: "Witness"
+    node_a: str
+    node_b: str
+
+    @property
+    def where(self) -> str:
+        return where(self.file, self.line)
+
+    def describe(self) -> str:
+        return f"{self.where} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+
+    def mirror(self) -> "WitnessChange":
+        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"file": self.file, "line": self.line, "function": self.function,
+                "a": _witness_dict(self.a), "b": _witness_dict(self.b),
+                "node_a": self.node_a, "node_b": self.node_b}
+
+
+@dataclass(frozen=True)
+class LoopChange:
+    """A loop that ran a different number of times. ``via="witness"``: the
+    loop condition read tensor data at ``line`` (``count`` = reads before the
+    exit read); ``via="repeat"``: a block of ``period`` ops starting at ``line``
+    repeats (a Python-level loop, no tensor read at its condition)."""
+
+    file: str
+    line: int
+    function: str
+    a: int
+    b: int
+    via: str
+    period: int
+    keyword: Optional[str] = None
+
+    def describe(self) -> str:
+        if self.via == "witness":
+            head = f"`{self.keyword}` at {where(self.file, self.line)}" if self.keyword else \
+                f"the loop at {where(self.file, self.line)}"
+        else:
+            head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
+        return f"{head} ran {self.a}{TIMES} in A, {self.b}{TIMES} in B"
+
+    def mirror(self) -> "LoopChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
+                "via": self.via, "period": self.period, "keyword": self.keyword}
+
+
+@dataclass(frozen=True)
+class TypeChange:
+    """``kind`` "size": one dimension ``a`` became ``b``; "rank": the number of
+    dimensions; "dtype": the element type. ``count`` values changed so."""
+
+    kind: str
+    a: Any
+    b: Any
+    count: int
+
+    def describe(self) -> str:
+        a, b = (dtype_short(self.a), dtype_short(self.b)) if self.kind == "dtype" else (self.a, self.b)
+        what = "" if self.kind == "dtype" else f"{self.kind} "
+        return f"{what}{a} {ARROW} {b} in {plural(self.count, 'value')}"
+
+    def mirror(self) -> "TypeChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "a": self.a, "b": self.b, "count": self.count}
+
+
+@dataclass(frozen=True)
+class ArgChange:
+    """A non-tensor argument of ``op`` that differs on ops whose tensors
+    did not change (``is_causal``, a Python scalar...)."""
+
+    op: str
+    key: str
+    a: Any
+    b: Any
+    count: int
+
+    def describe(self) -> str:
+        change = f"{_arg_str(self.a)} {ARROW} {_arg_str(self.b)}"
+        return f"{op_str(self.op)} {self.key}={change} ({plural(self.count, 'op')})"
+
+    def mirror(self) -> "ArgChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"op": self.op, "key": self.key, "count": self.count}
+        if self.a is not ABSENT:
+            d["a"] = self.a
+        if self.b is not ABSENT:
+            d["b"] = self.b
+        return d
+
+
+@dataclass(frozen=True)
+class InputChange:
+    """A named input of the traced call whose type differs (``None``: absent)."""
+
+    name: str
+    a: Optional[str]
+    b: Optional[str]
+
+    def describe(self) -> str:
+        if self.a is None:
+            return f"input `{self.name}` only in B ({self.b})"
+        if self.b is None:
+            return f"input `{self.name}` only in A ({self.a})"
+        return f"input `{self.name}` {self.a} {ARROW} {self.b}"
+
+    def mirror(self) -> "InputChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "a": self.a, "b": self.b}
+
+
+def _arg_str(v: Any) -> str:
+    return repr(v) if v is ABSENT else json.dumps(v, ensure_ascii=False)
+
+
+def _witness_dict(w: "Witness") -> Dict[str, Any]:
+    return {"shape": list(w.shape)} if w.shape is not None else {"value": w.value}
+
+
+# -- causes of a structural hunk -------------------------------------------
+
+class Causes:
+    """Finds the witness and loop behind each hunk of one alignment."""
+
+    def __init__(self, A: Side, B: Side, pairs: Sequence[Pair]) -> None:
+        self.A, self.B, self.pairs = A, B, pairs
+        # merged positions of aligned witness pairs whose reads differ, ascending
+        self.differing: List[int] = [
+            e for e, (i, j) in enumerate(pairs)
+            if i is not None and j is not None and A.wkeys[i] is not None and A.wkeys[i] != B.wkeys[j]]
+        # the index each side has reached at each merged position (next op of that side)
+        self.next_a: List[int] = []
+        self.next_b: List[int] = []
+        ia = ib = 0
+        for i, j in pairs:
+            self.next_a.append(ia)
+            self.next_b.append(ib)
+            ia += i is not None
+            ib += j is not None
+        self.next_a.append(ia)
+        self.next_b.append(ib)
+
+    def witness_change(self, i: int, j: int) -> WitnessChange:
+        na, nb = self.A.nodes[i], self.B.nodes[j]
+        src = na.source or nb.source
+        return WitnessChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
+                             na.witness, nb.witness, na.id, nb.id)
+
+    def explain(self, k0: int, k1: int) -> Tuple[Optional[WitnessChange], Optional[LoopChange]]:
+        found = self._loop_by_witness(k0, k1)
+        if found is not None:
+            return found
+        witness = self._nearest_before(k0) or self._inside(k0, k1)
+        return witness, self._loop_by_repeat(k0, k1)
+
+    def _nearest_before(self, k0: int) -> Optional[WitnessChange]:
+        at = bisect.bisect_left(self.differing, k0)
+        if at == 0:
+            return None
+        i, j = self.pairs[self.differing[at - 1]]
+        assert i is not None and j is not None
+        return self.witness_change(i, j)
+
+    def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
+        """Reads at the same line on both sides of the hunk that the alignment
+        did not pair: the k-th read in A against the k-th read in B."""
+        reads_a: Dict[Sig, List[int]] = {}
+        reads_b: Dict[Sig, List[int]] = {}
+        for i, j in self.pairs[k0:k1]:
+            if i is not None and self.A.wkeys[i] is not None:
+                reads_a.setdefault(self.A.sigs[i], []).append(i)
+            if j is not None and self.B.wkeys[j] is not None:
+                reads_b.setdefault(self.B.sigs[j], []).append(j)
+        for sig, ia in reads_a.items():
+            for i, j in zip(ia, reads_b.get(sig, ())):
+                if self.A.wkeys[i] != self.B.wkeys[j]:
+                    return self.witness_change(i, j)
+        return None
+
+    def _loop_by_witness(self, k0: int, k1: int) -> Optional[Tuple[WitnessChange, LoopChange]]:
+        first: Dict[Sig, Any] = {}
+        for i, j in self.pairs[k0:k1]:
+            for side, x in ((self.A, i), (self.B, j)):
+                if x is not None and side.wkeys[x] is not None:
+                    first.setdefault(side.sigs[x], side.wkeys[x])
+        for sig, rep in first.items():
+            ra, exit_a = _run(self.A, sig, self.next_a[k0], rep)
+            rb, exit_b = _run(self.B, sig, self.next_b[k0], rep)
+            if len(ra) == len(rb):
+                continue
+            k = min(len(ra), len(rb))
+            # the read that differs: a repeat on the longer side, the exit on the shorter
+            ia = ra[k] if k < len(ra) else exit_a
+            ib = rb[k] if k < len(rb) else exit_b
+            if ia is None or ib is None:
+                continue
+            w = self.witness_change(ia, ib)
+            loop = LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0,
+                              _keyword(w.file, w.line))
+            return w, loop
+        return None
+
+    def _loop_by_repeat(self, k0: int, k1: int) -> Optional[LoopChange]:
+        ia = [i for i, _ in self.pairs[k0:k1] if i is not None]
+        ib = [j for _, j in self.pairs[k0:k1] if j is not None]
+        if ia and ib:
+            return None
+        X, Y, xs, y = ((self.A, self.B, ia, self.next_b[k0]) if ia else (self.B, self.A, ib, self.next_a[k0]))
+        unit_len = _period(X.sigs[xs[0]:xs[-1] + 1])
+        unit = X.sigs[xs[0]:xs[0] + unit_len]
+        inside = len(xs) // unit_len
+        cx = _copies_before(X.sigs, xs[0], unit) + inside + _copies_after(X.sigs, xs[-1] + 1, unit)
+        cy = _copies_before(Y.sigs, y, unit) + _copies_after(Y.sigs, y, unit)
+        if cy == 0 and inside < 2:
+            return None
+        src = X.nodes[xs[0]].source
+        a, b = (cx, cy) if X is self.A else (cy, cx)
+        return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
+                          a, b, "repeat", unit_len)
+
+
+def _run(side: Side, sig: Sig, pos: int, rep: Any) -> Tuple[List[int], Optional[int]]:
+    """The reads at ``sig`` that repeated ``rep`` up to the loop exit at or
+    after ``pos`` (the first read there with another value), within one
+    module call: ``while k > 0`` reading True, True, True, False gives 3.
+    Returns the run and the exit read (``None`` when the graph ends first)."""
+    reads = side.reads.get(sig, [])
+    at = bisect.bisect_left(reads, pos)
+    while at < len(reads) and side.wkeys[reads[at]] == rep:
+        at += 1
+    exit_ = reads[at] if at < len(reads) else None
+    mod = side.nodes[exit_].module if exit_ is not None else (side.nodes[reads[at - 1]].module if at else None)
+    run: List[int] = []
+    k = at - 1
+    while k >= 0 and side.wkeys[reads[k]] == rep and side.nodes[reads[k]].module == mod:
+        run.append(reads[k])
+        k -= 1
+    run.reverse()
+    return run, exit_
+
+def _period(seq: Sequence[Any]) -> int:
+    n = len(seq)
+    for p in range(1, n + 1):
+        if n % p == 0 and all(seq[t] == seq[t % p] for t in range(p, n)):
+            return p
+    return n
+
+
+def _copies_before(seq: Sequence[Any], end: int, unit: Sequence[Any]) -> int:
+    p, c = len(unit), 0
+    while end - p * (c + 1) >= 0 and list(seq[end - p * (c + 1):end - p * c]) == list(unit):
+        c += 1
+    return c
+
+
+def _copies_after(seq: Sequence[Any], start: int, unit: Sequence[Any]) -> int:
+    p, c = len(unit), 0
+    while start + p * (c + 1) <= len(seq) and list(seq[start + p * c:start + p * (c + 1)]) == list(unit):
+        c += 1
+    return c
+
+
+def _keyword(file: str, line: int) -> Optional[str]:
+    """``while``/``for``/``if`` when the source line is readable here, for wording only."""
+    text = linecache.getline(file, line).strip()
+    word = text.split(" ", 1)[0].rstrip(":") if text else ""
+    return word if word in ("while", "for", "if", "elif", "assert") else None
+
+
+# -- summaries of changed tensors and args ----------------------------------
+
+def type_changes(pairs: Iterable[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]]) -> Tuple[TypeChange, ...]:
+    """Summarise ``(dtype_a, dtype_b, shape_a, shape_b)`` of paired values."""
+    counts: Counter = Counter()
+    for da, db, sa, sb in pairs:
+        if da != db:
+            counts[("dtype", da, db)] += 1
+        if len(sa) != len(sb):
+            counts[("rank", len(sa), len(sb))] += 1
+        else:
+            for key in sorted({(x, y) for x, y in zip(sa, sb) if x != y}):
+                counts[("size",) + key] += 1
+    return tuple(TypeChange(k, a, b, c) for (k, a, b), c in
+                 sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0], repr(kv[0][1:]))))
+
+
+def arg_changes(nodes: Iterable[Tuple["Node", "Node"]], reshaped: Any = None) -> Tuple[ArgChange, ...]:
+    """Summarise differing args of aligned ops. Integer args of ops in
+    ``reshaped`` (a set of A node ids whose tensors changed shape) are left
+    out: they are sizes that follow the shapes; flags, floats and args that
+    one side lacks are kept (``is_causal=True`` in prefill, absent in decode)."""
+    counts: Counter = Counter()
+    for na, nb in nodes:
+        for key in sorted(set(na.args) | set(nb.args)):
+            va, vb = na.args.get(key, ABSENT), nb.args.get(key, ABSENT)
+            if reshaped and na.id in reshaped and _sizes(va) and _sizes(vb):
+                continue
+            if _canon(va) != _canon(vb):
+                counts[(na.op, key, _canon(va), _canon(vb))] += 1
+    out = []
+    for (op, key, ca, cb), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        out.append(ArgChange(op, key, _uncanon(ca), _uncanon(cb), c))
+    return tuple(out)
+
+
+def _sizes(v: Any) -> bool:
+    ints = v if isinstance(v, list) else [v]
+    return all(isinstance(x, int) and not isinstance(x, bool) for x in ints)
+
+
+def _canon(v: Any) -> str:
+    return "\0absent" if v is ABSENT else canonical_json(v)
+
+
+def _uncanon(s: str) -> Any:
+    return ABSENT if s == "\0absent" else json.loads(s)
+
+
+def input_changes(a: "Graph", b: "Graph") -> Tuple[InputChange, ...]:
+    def named(g: "Graph") -> Dict[str, str]:
+        from .textform import type_str
+
+        return {v.name: type_str(v) for v in g.values if v.role == "input" and v.name and v.version_of is None}
+
+    ta, tb = named(a), named(b)
+    out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]
+           if ta.get(k) != tb.get(k)]
+    return tuple(out)
+
+
+def common_module(paths: Iterable[str]) -> str:
+    """The deepest module path that contains all ``paths`` (``""`` = root)."""
+    parts: Optional[List[str]] = None
+    for p in paths:
+        ps = p.split(".") if p else []
+        if parts is None:
+            parts = ps
+        else:
+            k = 0
+            while k < len(parts) and k < len(ps) and parts[k] == ps[k]:
+                k += 1
+            parts = parts[:k]
+    return ".".join(parts or [])

@@ -1,0 +1,212 @@
+"""``torchtrace.variants(graphs)``: many passes grouped into the few programs
+they ran.
+
+Graphs with equal ``fingerprints["structure"]`` form a variant; inside it,
+equal ``fingerprints["shapes"]`` form a shape variant (the decode steps of a
+KV-cache model: one variant, one shape variant per cache length). Each new
+variant is explained against the graph just before its first appearance
+(``diff(graphs[first - 1], graphs[first])``): the witness or loop that made
+step 812 take another path.
+
+    vs = torchtrace.variants(graphs)
+    for v in vs: v.index, v.count, v.first, v.last, v.graph, v.why, v.witness
+    print(vs)          # a text table; rich.print(vs) draws a rich Table
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from .compare import GraphDiff, diff
+from .errors import UsageError
+from .explain import LoopChange, WitnessChange, plural
+from .fingerprint import fingerprints
+from .ir import Graph
+
+__all__ = ["variants", "Variants", "Variant", "ShapeVariant"]
+
+
+@dataclass(frozen=True)
+class ShapeVariant:
+    """Graphs of one variant that also ran on the same tensor types.
+    ``why`` says what changed against the graph before its first one."""
+
+    shapes: str
+    indices: Tuple[int, ...]
+    graph: Graph
+    why: Optional[str] = None
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+    @property
+    def first(self) -> int:
+        return self.indices[0]
+
+    @property
+    def last(self) -> int:
+        return self.indices[-1]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Graphs that ran the same program (equal structure fingerprint), in
+    order of first appearance. ``graph`` is the first of them. ``previous``
+    is the index of the graph just before the first one (``None`` for the
+    very first graph); ``why``/``witness``/``loop`` explain the difference
+    from it, ``against`` is that graph's variant index."""
+
+    index: int
+    structure: str
+    indices: Tuple[int, ...]
+    shapes: Tuple[ShapeVariant, ...]
+    graph: Graph
+    previous: Optional[int] = None
+    against: Optional[int] = None
+    why: Optional[str] = None
+    witness: Optional[WitnessChange] = None
+    loop: Optional[LoopChange] = None
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+    @property
+    def first(self) -> int:
+        return self.indices[0]
+
+    @property
+    def last(self) -> int:
+        return self.indices[-1]
+
+
+@dataclass(frozen=True)
+class Variants:
+    """The result of :func:`variants`: a sequence of :class:`Variant`."""
+
+    variants: Tuple[Variant, ...]
+    total: int
+    of: Tuple[int, ...]  # variant index of each input graph
+
+    def __iter__(self) -> Iterator[Variant]:
+        return iter(self.variants)
+
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    def __getitem__(self, k: int) -> Variant:
+        return self.variants[k]
+
+    def variant_of(self, graph_index: int) -> Variant:
+        return self.variants[self.of[graph_index]]
+
+    def rows(self) -> List[Tuple[str, ...]]:
+        """The summary table as text cells, header first."""
+        out = [("variant", "structure", "graphs", "first", "last", "shapes", "why (vs the graph before its first)")]
+        for v in self.variants:
+            why = "" if v.previous is None else f"vs graph {v.previous} (variant {v.against}): {v.why}"
+            out.append((str(v.index), v.structure, str(v.count), str(v.first), str(v.last), str(len(v.shapes)), why))
+        return out
+
+    def __str__(self) -> str:
+        rows = self.rows()
+        head = (f"{plural(len(self.variants), 'variant')} in {plural(self.total, 'graph')}"
+                f" ({sum(len(v.shapes) for v in self.variants)} shape variants)")
+        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+        lines = [head]
+        for r in rows:
+            cells = [r[c].rjust(widths[c]) if c != 1 else r[c].ljust(widths[c]) for c in range(len(widths))]
+            lines.append(("  ".join(cells) + "  " + r[-1]).rstrip())
+        for v in self.variants:
+            if len(v.shapes) > 1:
+                lines.append(f"variant {v.index} shapes:")
+                for s in v.shapes:
+                    why = f"  {s.why}" if s.why else ""
+                    lines.append(f"  {s.shapes}  {s.count} graphs, first {s.first}, last {s.last}{why}")
+        return "\n".join(lines)
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        rows = self.rows()
+        table = Table(title=f"{plural(len(self.variants), 'variant')} in {plural(self.total, 'graph')}")
+        for c, name in enumerate(rows[0]):
+            table.add_column(name, justify="right" if c in (0, 2, 3, 4, 5) else "left",
+                             overflow="fold", no_wrap=c == 1)
+        for r in rows[1:]:
+            table.add_row(*(Text(c) for c in r))  # Text: "[...]" in shapes is not markup
+        return table
+
+
+GraphLike = Union[Graph, Dict[str, Any], str, "os.PathLike[str]"]
+
+
+def variants(graphs: Iterable[GraphLike]) -> Variants:
+    """Group passes by fingerprint; see :class:`Variants`."""
+    gs = [_graph(g, k) for k, g in enumerate(graphs)]
+    keys = [_fps(g) for g in gs]
+    order: Dict[str, List[int]] = {}
+    for k, (structure, _) in enumerate(keys):
+        order.setdefault(structure, []).append(k)
+    of = [0] * len(gs)
+    for vi, idx in enumerate(order.values()):
+        for k in idx:
+            of[k] = vi
+    out: List[Variant] = []
+    for vi, (structure, idx) in enumerate(order.items()):
+        shapes: Dict[str, List[int]] = {}
+        for k in idx:
+            shapes.setdefault(keys[k][1], []).append(k)
+        svs = []
+        for fp, sidx in shapes.items():
+            prev = _previous_in(sidx[0], idx)
+            why = diff(gs[prev], gs[sidx[0]]).summary() if prev is not None else None
+            svs.append(ShapeVariant(fp, tuple(sidx), gs[sidx[0]], why))
+        first = idx[0]
+        v = Variant(vi, structure, tuple(idx), tuple(svs), gs[first])
+        if first > 0:
+            d = diff(gs[first - 1], gs[first])
+            why, witness, loop = _explain(d)
+            v = Variant(vi, structure, tuple(idx), tuple(svs), gs[first], first - 1, of[first - 1], why, witness, loop)
+        out.append(v)
+    return Variants(tuple(out), len(gs), tuple(of))
+
+
+def _previous_in(k: int, idx: Sequence[int]) -> Optional[int]:
+    """The last graph of the same variant before graph ``k``."""
+    before = [i for i in idx if i < k]
+    return before[-1] if before else None
+
+
+def _explain(d: GraphDiff) -> Tuple[str, Optional[WitnessChange], Optional[LoopChange]]:
+    """The hunk that best says why: the first one a witness or loop explains,
+    else the first structural one, else the summary."""
+    hunks = d.structural_hunks
+    for h in hunks:
+        if h.witness is not None or h.loop is not None:
+            return h.explanation, h.witness, h.loop
+    if hunks:
+        return hunks[0].explanation, None, None
+    return d.summary(), None, None
+
+
+def _fps(g: Graph) -> Tuple[str, str]:
+    fp = g.fingerprints or fingerprints(g)
+    return fp["structure"], fp["shapes"]
+
+
+def _graph(x: GraphLike, k: int) -> Graph:
+    if isinstance(x, Graph):
+        return x
+    if isinstance(x, dict):
+        return Graph.from_dict(x, where=f"graphs[{k}]")
+    if isinstance(x, (str, os.PathLike)):
+        from .serialize import load
+
+        return load(x)
+    raise UsageError(f"variants() got {type(x).__name__} at graphs[{k}]",
+                     expected="torchtrace.Graph objects, IR dicts or paths", found=type(x).__name__,
+                     fix="pass a list of recorded graphs (t.graph) or saved .json files")
