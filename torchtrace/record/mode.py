@@ -73,6 +73,7 @@ class RecordingMode(TorchDispatchMode):
         self.filter_cache = capture.frames.cache
         self.classify = capture.frames.internal
         self.off = False
+        self.max_ops = capture.max_ops
         self.engine_codes: Dict[Any, bool] = {}
         self.reset()
 
@@ -130,9 +131,7 @@ class RecordingMode(TorchDispatchMode):
         vget = self.vmap.get
         ins: List[int] = []
         argv: List[Any] = []
-        kinds = info.kinds
-        for i, a in enumerate(args):
-            k = kinds[i]
+        for a, k in zip(args, info.kinds):
             if k == NONTENSOR:
                 argv.append(a)
                 continue
@@ -174,11 +173,31 @@ class RecordingMode(TorchDispatchMode):
         out = func(*args, **kwargs)
 
         extra = None
-        outs: List[int] = []
-        if info.mutates:
-            mutated = self._versions(info, args, kwargs, outs)
+        vmeta = self.vmeta
+        vmap = self.vmap
+        if not info.mutates and isinstance(out, _Tensor):  # the common case: one fresh tensor
+            vid = len(vmeta)
+            vmeta.append((tuple(out.shape), out.dtype, out.device, None))
+            vmap[id(out)] = (_ref(out), vid)
+            outs = (vid,)
         else:
-            mutated = ()
+            outs = self._outputs(info, args, kwargs, out)
+            if info.witness is not None and not isinstance(out, (_Tensor, tuple, list)):
+                extra = out
+
+        stack = self.stack
+        events = self.events
+        events.append((info.index, tuple(ins), tuple(argv), kw, outs, seq, code, line, icode, ilasti,
+                       stack[-1][0] if stack else None, anode, phase, extra))
+        if len(events) >= self.max_ops:
+            self._truncate()
+        return out
+
+    def _outputs(self, info: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
+        """Value ids for the outputs of an op that writes, returns several
+        tensors, or returns no tensor."""
+        outs: List[int] = []
+        mutated = self._versions(info, args, kwargs, outs) if info.mutates else ()
         vmeta = self.vmeta
         vmap = self.vmap
         if isinstance(out, _Tensor):
@@ -203,16 +222,7 @@ class RecordingMode(TorchDispatchMode):
                             vmeta.append((tuple(x.shape), x.dtype, x.device, None))
                             vmap[id(x)] = (_ref(x), vid)
                             outs.append(vid)
-        elif info.witness is not None:
-            extra = out
-
-        stack = self.stack
-        events = self.events
-        events.append((info.index, tuple(ins), tuple(argv), kw, tuple(outs), seq, code, line, icode, ilasti,
-                       stack[-1][0] if stack else None, anode, phase, extra))
-        if len(events) >= self.capture.max_ops:
-            self._truncate()
-        return out
+        return tuple(outs)
 
     _dynamo_skip_marked = _mark_dynamo_skip(__torch_dispatch__.__code__)
 

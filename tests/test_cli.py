@@ -1,0 +1,168 @@
+"""The `torchtrace` command: typer CliRunner tests for every command, real
+subprocesses of the console script, exit codes, and commands that must run
+without torch."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import torchtrace
+from torchtrace.cli import app
+from torchtrace.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+EXE = shutil.which("torchtrace") or str(Path(sys.executable).parent / "torchtrace")
+runner = CliRunner()
+
+SCRIPT = """
+import sys, torch, torch.nn as nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+x = torch.randn(3, 4)
+for step in range(int(sys.argv[1])):
+    out = model(x)
+    if out.sum() > 100:   # never true: a witness in every pass
+        out = out * 0
+    out.pow(2).mean().backward()
+print("done", sys.argv[1:], __name__)
+"""
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    script = d / "train.py"
+    script.write_text(SCRIPT)
+    res = subprocess.run([EXE, "run", "--out", str(d / "out"), str(script), "4", "--flag"],
+                         capture_output=True, text=True, timeout=300, cwd=d)
+    assert res.returncode == 0, res.stderr
+    return d, res
+
+
+def test_run_is_like_python_and_records_every_pass(recorded):
+    d, res = recorded
+    assert "done ['4', '--flag'] __main__" in res.stdout  # argv and __name__ as with `python`
+    assert "recorded 4 passes" in res.stderr
+    with Store(d / "out" / "trace.db", readonly=True) as store:
+        passes = store.passes()
+        assert [p.idx for p in passes] == [0, 1, 2, 3]
+        g = store.graph(1)
+        assert {n.phase for n in g.nodes} == {"forward", "backward"}
+        assert any(n.witness is not None for n in g.nodes)
+
+
+def test_python_dash_m_works(recorded):
+    res = subprocess.run([sys.executable, "-m", "torchtrace", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == f"torchtrace {torchtrace.__version__}"
+
+
+def test_export_and_render_json_round_trip(recorded, tmp_path):
+    d, _ = recorded
+    db = d / "out" / "trace.db"
+    res = runner.invoke(app, ["export", f"{db}:2", "-o", str(tmp_path / "p2.json.gz")])
+    assert res.exit_code == 0, res.output
+    g = torchtrace.load(tmp_path / "p2.json.gz")
+    assert g.meta["pass_index"] == 2
+    res = runner.invoke(app, ["render", f"{db}:2", "--format", "json"])
+    assert res.exit_code == 0
+    assert torchtrace.Graph.from_dict(json.loads(res.stdout)) == g
+
+
+def _script(tmp_path, body: str) -> Path:
+    p = tmp_path / "s.py"
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def test_script_that_raises_keeps_its_passes(tmp_path):
+    s = _script(tmp_path, """
+        import torch
+        m = torch.nn.Linear(2, 2)
+        x = torch.randn(1, 2)
+        for i in range(3):
+            m(x)
+        raise ValueError("after three passes")
+    """)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 1
+    assert "ValueError: after three passes" in res.stderr
+    assert "torchtrace/" not in res.stderr.split("Traceback")[1].split("ValueError")[0]  # the script's frames only
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 3
+
+
+def test_exit_code_is_propagated(tmp_path):
+    s = _script(tmp_path, """
+        import sys, torch
+        torch.nn.Linear(2, 2)(torch.randn(1, 2))
+        sys.exit(3)
+    """)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 3
+    res = runner.invoke(app, ["run", "--out", str(tmp_path / "o2"), str(s)])
+    assert res.exit_code == 3
+
+
+def test_sigkill_mid_run_keeps_committed_passes(tmp_path):
+    s = _script(tmp_path, """
+        import time, torch
+        m = torch.nn.Linear(4, 4)
+        x = torch.randn(2, 4)
+        for i in range(100000):
+            m(x).sum().backward()
+            if i == 5:
+                print("ready", flush=True)
+            time.sleep(0.001)
+    """)
+    proc = subprocess.Popen([EXE, "run", "--out", str(tmp_path / "o"), str(s)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) >= 5
+        for p in passes:
+            assert len(store.graph(p.idx).nodes) == p.n_ops
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["run", "missing_script.py"], 2, ["no such script", "Fix:"]),
+    (["show", "nowhere.json"], 1, ["no such file"]),
+    (["render", "x.db:abc"], 2, ["bad pass reference"]),
+    (["export", "nowhere.db:1", "-o", "x.json"], 2, ["no trace store"]),
+    (["render", "nowhere.json", "--format", "gif"], 2, ["gif"]),
+    (["run", "--every", "0", "s.py"], 2, ["every"]),
+])
+def test_user_mistakes_give_clear_errors_without_traceback(args, code, words, tmp_path):
+    res = subprocess.run([EXE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == code, res.stderr
+    assert "Traceback" not in res.stderr
+    for w in words:
+        assert w in res.stderr
+
+
+def test_bad_graph_file_is_reported(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "torchtrace.graph", "version": [9, 0]}')
+    res = runner.invoke(app, ["show", str(bad)])
+    assert res.exit_code == 1 and "major version" in res.output
+
+
+def test_help_everywhere():
+    for cmd in ([], ["run"], ["show"], ["render"], ["diff"], ["variants"], ["export"]):
+        res = runner.invoke(app, [*cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output
