@@ -1,0 +1,156 @@
+"""Graphviz output: DOT source built with the ``graphviz`` package, and
+SVG/PNG/PDF laid out by the ``dot`` binary.
+
+Module calls are nested clusters; op boxes show the op and its output type;
+edges between ops carry the tensor types; inputs, parameters and outputs
+have shapes of their own; witnesses are red with the value Python read;
+backward ops are orange. ``digraph(view)`` is the building block other
+renderers (diffs) reuse: it accepts per-box extra attributes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import graphviz
+
+from ..errors import RenderError, UsageError
+from ..views import SOURCE_KINDS, Box, Cluster, View
+from ._escape import IdMaker, dot_html, dot_text, shorten
+from ._style import CLUSTER, MUTED, PALETTE, box_style, cluster_style, edge_color
+
+IMAGE_FORMATS = ("svg", "png", "pdf")
+DIRECTIONS = ("TB", "LR", "BT", "RL")
+OPTIONS = ("direction",)
+LINE_WIDTH = 48        # characters per label line before it is cut with …
+BIG_GRAPH = 400        # boxes; above this, bound dot's network-simplex passes
+INSTALL_FIX = ("install Graphviz so the `dot` program is on PATH: apt-get install graphviz / "
+               "brew install graphviz / conda install graphviz; or render fmt='dot' (text) or 'mermaid'")
+
+SHAPES = {"op": "box", "module": "box3d", "chunk": "folder", "input": "invhouse", "output": "house",
+          "param": "note", "buffer": "note", "constant": "note"}
+
+Extra = Callable[[Any], Mapping[str, str]]
+
+
+class DotMissing(RenderError):
+    """The Graphviz ``dot`` program is not installed (SVG/PNG/PDF need it)."""
+
+
+def check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise UsageError("bad value for direction", expected="one of " + ", ".join(DIRECTIONS),
+                         found=repr(direction), fix="pass direction='TB' (top to bottom) or 'LR'")
+    return direction
+
+
+def html_label(title: str, lines: tuple = (), *, title_size: Optional[int] = None) -> str:
+    """An HTML-like label: bold title, smaller muted lines; all text escaped."""
+    head = dot_html(shorten(title, LINE_WIDTH))
+    head = f'<FONT POINT-SIZE="{title_size}">{head}</FONT>' if title_size else head
+    parts = [f"<B>{head}</B>"]
+    for line in lines:
+        parts.append(f'<FONT POINT-SIZE="9" COLOR="{MUTED}">{dot_html(shorten(line, LINE_WIDTH))}</FONT>')
+    return "<" + "<BR/>".join(parts) + ">"
+
+
+def box_attrs(b: Box) -> Dict[str, str]:
+    fill, border, text = PALETTE[box_style(b)]
+    attrs = {"label": html_label(b.title, b.lines), "shape": SHAPES[b.kind], "fillcolor": fill, "color": border,
+             "fontcolor": text, "style": "filled" if b.kind != "op" else "rounded,filled",
+             "tooltip": dot_text(b.tooltip or b.title)}
+    if b.kind in SOURCE_KINDS and b.kind != "input":
+        attrs["fontsize"] = "9"
+    if b.repeat > 1:
+        attrs["peripheries"] = "2"
+    if b.witness:
+        attrs["penwidth"] = "2"
+    if b.phase != "forward" and b.kind in ("op", "module"):
+        attrs["style"] += ",dashed"
+    return attrs
+
+
+def cluster_attrs(c: Cluster) -> Dict[str, str]:
+    fill, border = CLUSTER[cluster_style(c)]
+    style = "rounded,filled" + (",dashed" if c.kind == "loop" or c.phase != "forward" else "")
+    return {"label": html_label(c.title, title_size=10), "style": style, "fillcolor": fill, "color": border,
+            "penwidth": "2" if c.repeat > 1 else "1", "labeljust": "l", "fontcolor": MUTED,
+            "tooltip": dot_text(c.tooltip or c.title)}
+
+
+def digraph(view: View, *, direction: str = "TB", name: str = "torchtrace",
+            extra_box: Optional[Extra] = None, extra_edge: Optional[Extra] = None) -> graphviz.Digraph:
+    """The view as a ``graphviz.Digraph``. ``extra_box(box)``/``extra_edge(edge)``
+    may return attributes that override the defaults (used by diff renderers)."""
+    check_direction(direction)
+    node_id, cluster_id = IdMaker("n"), IdMaker("cluster")
+    graph_attr = {"rankdir": direction, "fontname": "Helvetica", "fontsize": "10", "nodesep": "0.25",
+                  "ranksep": "0.3", "newrank": "true"}
+    if len(view.boxes) > BIG_GRAPH:
+        graph_attr.update(nslimit="2", mclimit="0.5")
+    comment = "torchtrace view: " + "; ".join(view.notes) if view.notes else "torchtrace view"
+    dot = graphviz.Digraph(name=name, comment=comment.replace("\n", " "), graph_attr=graph_attr,
+                           node_attr={"fontname": "Helvetica", "fontsize": "10", "margin": "0.12,0.04",
+                                      "height": "0.3"},
+                           edge_attr={"fontname": "Helvetica", "fontsize": "8", "fontcolor": MUTED,
+                                      "arrowsize": "0.6"})
+    kids = view.children()
+
+    def fill(sub: graphviz.Digraph, cid: Optional[str]) -> None:
+        clusters, boxes = kids.get(cid, ([], []))
+        for item in sorted([*clusters, *boxes], key=lambda x: x.order):
+            if isinstance(item, Box):
+                attrs = box_attrs(item)
+                if extra_box is not None:
+                    attrs.update(extra_box(item))
+                sub.node(node_id(item.id), **attrs)
+            else:
+                with sub.subgraph(name=cluster_id(item.id)) as inner:
+                    inner.attr(**cluster_attrs(item))
+                    fill(inner, item.id)
+
+    fill(dot, None)
+    kinds = {b.id: b.kind for b in view.boxes}
+    phases = {b.id: b.phase for b in view.boxes}
+    for e in view.edges:
+        from_source = kinds[e.src] in SOURCE_KINDS
+        attrs = {"color": edge_color(e.phase, from_source)}
+        if not from_source and kinds[e.dst] != "output" and e.label and phases[e.src] == phases[e.dst]:
+            attrs["label"] = dot_text(shorten(e.label, LINE_WIDTH))
+        if e.phase != "forward":
+            attrs["style"] = "dashed"
+        if extra_edge is not None:
+            attrs.update(extra_edge(e))
+        dot.edge(node_id(e.src), node_id(e.dst), **attrs)
+    return dot
+
+
+def to_dot(view: View, *, direction: str = "TB") -> str:
+    return digraph(view, direction=direction).source
+
+
+def layout(dot: graphviz.Digraph, fmt: str) -> bytes:
+    """Run the ``dot`` binary; a clear error when it is missing or fails."""
+    if fmt not in IMAGE_FORMATS:
+        raise RenderError("unknown image format", expected="one of " + ", ".join(IMAGE_FORMATS),
+                          found=repr(fmt), fix="pick one of the listed formats")
+    try:
+        return dot.pipe(format=fmt)
+    except graphviz.ExecutableNotFound:
+        raise DotMissing(f"rendering {fmt} needs the Graphviz `dot` program", expected="`dot` on PATH",
+                          found="no `dot` executable", fix=INSTALL_FIX) from None
+    except graphviz.CalledProcessError as err:
+        stderr = err.stderr.decode(errors="replace") if isinstance(err.stderr, bytes) else str(err.stderr)
+        raise RenderError(f"`dot` failed to lay out the graph as {fmt}", expected="exit status 0",
+                          found=f"exit status {err.returncode}: {shorten(stderr.strip(), 400)}",
+                          fix="report this as a torchtrace bug with the DOT source (fmt='dot')") from None
+
+
+def render_graphviz(graph: Any, fmt: str, options: Any, *, direction: str = "TB") -> Any:
+    """``fmt`` "dot": DOT source (str); "svg": str; "png"/"pdf": bytes."""
+    from ..views import build_view
+
+    dot = digraph(build_view(graph, options), direction=direction)
+    if fmt == "dot":
+        return dot.source
+    data = layout(dot, fmt)
+    return data.decode("utf-8") if fmt == "svg" else data

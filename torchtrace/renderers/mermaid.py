@@ -1,0 +1,171 @@
+"""Mermaid flowcharts that render on GitHub (Mermaid 11) and Mermaid 12.
+
+Nested ``subgraph`` per expanded module call, ids from ``_escape.IdMaker``
+(``n0``/``s0``: never a reserved word, never a node/subgraph clash), every
+label through ``_escape.mermaid_label``. The layout is pinned to dagre so 11
+and 12 draw alike. Mermaid refuses more than 500 edges or 50,000 characters
+and a Markdown host cannot raise that: ``fit`` drops edge labels, then
+parameters, then collapses depth, until the diagram fits, and says so in a
+``%%`` comment.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..errors import UsageError
+from ..ir import Graph
+from ..views import SOURCE_KINDS, Box, View, ViewOptions, build_view
+from ._escape import IdMaker, mermaid_comment, mermaid_label, shorten
+from ._style import CLUSTER, EDGE, PALETTE, box_style, cluster_style
+from .dot import LINE_WIDTH, check_direction
+
+MAX_EDGES = 500      # mermaid's maxEdges default; the 501st edge is a parse error
+MAX_CHARS = 50_000   # mermaid's maxTextSize default; above it a placeholder is drawn
+FRONTMATTER = ("---", "config:", "  layout: dagre", "  look: classic", "---")
+SHAPES = {"op": ('("', '")'), "module": ('[["', '"]]'), "chunk": ('[["', '"]]'), "input": ('(["', '"])'),
+          "output": ('(["', '"])'), "param": ('[("', '")]'), "buffer": ('[("', '")]'),
+          "constant": ('[("', '")]')}
+WITNESS_SHAPE = ('{{"', '"}}')
+
+Extra = Callable[[Any], Optional[str]]
+
+
+def _label(title: str, lines: Tuple[str, ...] = ()) -> str:
+    return mermaid_label("\n".join(shorten(x, LINE_WIDTH) for x in (title, *lines)))
+
+
+def flowchart(view: View, *, direction: str = "TB", edge_labels: bool = True,
+              comments: Tuple[str, ...] = (), class_of: Optional[Extra] = None,
+              class_defs: Optional[Dict[str, str]] = None) -> str:
+    """The view as Mermaid text. ``class_of(box)`` may name an extra classDef
+    (from ``class_defs``: name -> CSS) for a box, e.g. for diffs."""
+    check_direction(direction)
+    node_id, sub_id = IdMaker("n"), IdMaker("s")
+    out: List[str] = list(FRONTMATTER)
+    out += [mermaid_comment(c) for c in comments]
+    out.append(f"flowchart {direction}")
+    defs = {key: f"fill:{f},stroke:{s},color:{t}" for key, (f, s, t) in PALETTE.items()}
+    defs.update(class_defs or {})
+    used: Dict[str, List[str]] = {}
+    kids = view.children()
+    styles: List[str] = []
+
+    def emit(cid: Optional[str], indent: str) -> None:
+        clusters, boxes = kids.get(cid, ([], []))
+        for item in sorted([*clusters, *boxes], key=lambda x: x.order):
+            if isinstance(item, Box):
+                nid = node_id(item.id)
+                left, right = WITNESS_SHAPE if item.witness else SHAPES[item.kind]
+                out.append(f"{indent}{nid}{left}{_label(item.title, item.lines)}{right}")
+                key = (class_of(item) if class_of else None) or box_style(item)
+                used.setdefault(key, []).append(nid)
+            else:
+                sid = sub_id(item.id)
+                out.append(f'{indent}subgraph {sid} ["{_label(item.title)}"]')
+                emit(item.id, indent + "  ")
+                out.append(f"{indent}end")
+                fill, stroke = CLUSTER[cluster_style(item)]
+                dash = ",stroke-dasharray:5 5" if item.kind == "loop" or item.phase != "forward" else ""
+                width = ",stroke-width:2px" if item.repeat > 1 else ""
+                styles.append(f"style {sid} fill:{fill},stroke:{stroke}{dash}{width}")
+
+    emit(None, "  ")
+    kinds = {b.id: b.kind for b in view.boxes}
+    phases = {b.id: b.phase for b in view.boxes}
+    for e in view.edges:
+        arrow = "-->" if e.phase == "forward" else "-.->"
+        plain = (not edge_labels or kinds[e.src] in SOURCE_KINDS or kinds[e.dst] == "output" or not e.label
+                 or phases[e.src] != phases[e.dst])  # tensors saved for backward: many, long, unlabelled
+        text = "" if plain else f'|"{mermaid_label(shorten(e.label, LINE_WIDTH))}"|'
+        out.append(f"  {node_id(e.src)} {arrow}{text} {node_id(e.dst)}")
+    for key, ids in used.items():
+        out.append(f"  classDef {key} {defs[key]}")
+        out.append(f"  class {','.join(ids)} {key}")
+    out += ["  " + s for s in styles]
+    return "\n".join(out) + "\n"
+
+
+def text_size(text: str) -> int:
+    """What mermaid compares with maxTextSize: UTF-16 length without the
+    frontmatter and ``%%`` comment lines."""
+    lines = text.split("\n")
+    if lines and lines[0] == "---":
+        lines = lines[lines.index("---", 1) + 1:]
+    body = "\n".join(x for x in lines if not x.lstrip().startswith("%%"))
+    return sum(2 if ord(c) > 0xFFFF else 1 for c in body)
+
+
+def fit(graph: Graph, options: ViewOptions, *, direction: str = "TB", edge_labels: bool = True,
+        max_edges: int = MAX_EDGES, max_chars: int = MAX_CHARS) -> str:
+    """The most detailed diagram of ``graph`` within the limits."""
+    for name, value in (("max_edges", max_edges), ("max_chars", max_chars)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f"bad value for {name}", expected="a positive integer", found=repr(value),
+                             fix=f"leave {name} out to use Mermaid's default limit")
+    view = build_view(graph, options)
+    changes: Dict[str, str] = {}
+    for step, (key, what, opts, labels) in enumerate(_attempts(options, view.options["depth"], edge_labels)):
+        if step:
+            changes[key] = what
+            view = build_view(graph, opts)
+        head = _header(view, list(changes.values()), max_edges, max_chars)
+        text = flowchart(view, direction=direction, edge_labels=labels, comments=head)
+        if len(view.edges) <= max_edges and text_size(text) <= max_chars:
+            return text
+    return _placeholder(graph, max_edges, max_chars)
+
+
+Attempt = Tuple[str, str, ViewOptions, bool]
+
+
+def _attempts(o: ViewOptions, depth: int, edge_labels: bool) -> List[Attempt]:
+    """Ever smaller versions of the view: (what changed, its text, options, edge labels)."""
+    steps: List[Attempt] = [("", "", o, edge_labels)]
+    if edge_labels:
+        steps.append(("labels", "edge labels dropped", o, False))
+    if not o.fold:
+        o = o.with_(fold=True)
+        steps.append(("fold", "fold turned on", o, False))
+    if o.params:
+        o = o.with_(params=False)
+        steps.append(("params", "parameters not drawn", o, False))
+    for d in range(depth - 1, 0, -1):
+        steps.append(("depth", f"depth {depth} -> {d}", o.with_(depth=d), False))
+    budget = o.max_boxes or 400
+    while budget > 2:  # automatic depth (1 at most here) chunks long runs of ops
+        budget //= 2
+        steps.append(("chunk", f"ops grouped into chunks (max_boxes={budget})",
+                      o.with_(depth=None, max_boxes=budget), False))
+    if depth > 0:
+        steps.append(("depth", f"depth {depth} -> 0", o.with_(depth=0, max_boxes=2), False))
+    return steps
+
+
+def _header(view: View, changes: List[str], max_edges: int, max_chars: int) -> Tuple[str, ...]:
+    head = [f"torchtrace view: {view.stats['shown']} of {view.stats['ops']} ops, "
+            f"{len(view.boxes)} boxes, {len(view.edges)} edges"]
+    if changes:
+        head.append(f"collapsed to fit Mermaid limits ({max_edges} edges, {max_chars} chars): "
+                    + "; ".join(changes))
+    head += list(view.notes)
+    return tuple(head)
+
+
+def _placeholder(graph: Graph, max_edges: int, max_chars: int) -> str:
+    """Last resort (a pathological graph): one box that says why."""
+    msg = f"graph too large for Mermaid: {len(graph.nodes)} ops; render fmt='svg' instead"
+    return flowchart(View((Box("x", "chunk", msg),), (), ()),
+                     comments=(f"no view fits {max_edges} edges / {max_chars} chars",))
+
+
+def render_mermaid(graph: Graph, options: ViewOptions, *, markdown: bool = False, direction: str = "TB",
+                   edge_labels: bool = True, max_edges: int = MAX_EDGES, max_chars: int = MAX_CHARS) -> str:
+    if not isinstance(edge_labels, bool):
+        raise UsageError("bad value for edge_labels", expected="True or False", found=repr(edge_labels),
+                         fix="pass edge_labels=False to leave tensor types off the arrows")
+    text = fit(graph, options, direction=direction, edge_labels=edge_labels, max_edges=max_edges,
+               max_chars=max_chars)
+    return f"```mermaid\n{text}```\n" if markdown else text
+
+
+__all__ = ["flowchart", "fit", "render_mermaid", "text_size", "MAX_EDGES", "MAX_CHARS", "EDGE"]

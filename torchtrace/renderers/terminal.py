@@ -1,0 +1,173 @@
+"""The terminal report (``torchtrace show``): a rich tree of module calls
+with op counts, parameters, output types and saved-for-backward bytes;
+an op histogram; the witnesses with the values Python read and where.
+
+``renderable(graph, **view_options)`` returns a rich renderable; all text
+goes into ``rich.text.Text`` objects, never markup, so names like
+``[bold]`` or ``a]b`` print as they are.
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter
+from typing import Any, List, Optional, Sequence
+
+from rich.console import Console, Group as RichGroup, RenderableType
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from ..errors import UsageError
+from ..ir import Graph, Node
+from ..views import Prepared, ViewOptions, view_options
+from ..views import labels as L
+from ..views.facts import boundary, param_count, saved_bytes
+from ..views.fold import item_nodes
+from ..views.groups import Group
+from ._escape import clean
+
+HISTOGRAM_ROWS = 15
+
+
+def renderable(graph: Graph, options: Optional[ViewOptions] = None, **opts: Any) -> RenderableType:
+    """Header, module tree, op histogram and witness table, as one rich Group.
+    View options: ``depth`` limits the tree (default: all levels), ``fold``,
+    ``phase``, ``focus``, ``hide`` as for the diagrams."""
+    o = options if options is not None else view_options(**opts)
+    prep = Prepared(graph, o.with_(max_boxes=None))
+    parts: List[RenderableType] = [_header(prep), _tree(prep, o.depth), _histogram(prep.sel.nodes, prep.sel.phase)]
+    wit = [n for n in prep.sel.nodes if n.witness is not None]
+    if wit:
+        parts.append(_witnesses(graph, wit))
+    return RichGroup(*parts)
+
+
+terminal_view = renderable  # the name `torchtrace show` imports
+
+
+def _header(prep: Prepared) -> Text:
+    g, sel = prep.graph, prep.sel
+    phases = Counter(n.phase for n in g.nodes)
+    label = g.meta.get("label")
+    t = Text()
+    t.append("torchtrace graph", style="bold")
+    if label:
+        t.append(f" {clean(label)}", style="bold cyan")
+    t.append(f" · {len(g.nodes)} ops (" + ", ".join(f"{c} {p}" for p, c in phases.items()) + ")\n")
+    facts = [f"{len(g.values)} values", f"{len(g.modules)} module calls"]
+    facts += [f"{key} {clean(g.meta[key])}" for key in ("grad_mode", "step", "rank") if g.meta.get(key) is not None]
+    total_saved = sum(a.saved_bytes for a in g.autograd.nodes)
+    if total_saved:
+        facts.append(f"saved for backward {L.human_bytes(total_saved)}")
+    t.append(" · ".join(facts))
+    t.append(f"\nshowing phase {sel.phase}: {len(sel.nodes)} ops")
+    if sel.hidden:
+        t.append(f" ({len(sel.hidden)} bookkeeping ops hidden)", style="dim")
+    return t
+
+
+def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
+    sel, g = prep.sel, prep.graph
+    saved = saved_bytes(g)
+    root = Tree(Text("module calls", style="bold"), guide_style="dim")
+
+    def describe(grp: Group, parent: Group, names: Sequence[str], repeat: int) -> Text:
+        name = L.range_name(list(names)) if names else L.relative_path(grp.path, parent.path if parent.call else None)
+        t = Text()
+        t.append(clean(name or "<root>"), style="bold")
+        t.append(f" {clean(grp.type)}", style="cyan")
+        if repeat > 1:
+            t.append(f" × {repeat}", style="bold magenta")
+        if grp.phase != "forward":
+            t.append(f" [{grp.phase}]", style="yellow")
+        facts = [L.ops_word(len(grp.nodes))]
+        params = param_count(g, grp.nodes)
+        if params:
+            facts.append(f"{L.human(params)} params")
+        outs = L.type_list(g, boundary(sel, grp.nodes)[1])
+        if outs:
+            facts.append(f"→ {outs}")
+        nbytes = sum(saved.get(n.id, 0) for n in grp.nodes)
+        if nbytes:
+            facts.append(f"saved {L.human_bytes(nbytes)}")
+        wit = sum(1 for n in grp.nodes if n.witness is not None)
+        if wit:
+            facts.append(f"{wit} witness" + ("es" if wit > 1 else ""))
+        t.append("  " + clean(" · ".join(facts)) + (" each" if repeat > 1 else ""), style="dim")
+        return t
+
+    def add(tree: Tree, grp: Group) -> None:
+        if depth is not None and grp.depth + 1 > depth:
+            return
+        items = grp.items
+        runs = {r.start: r for r in prep.folder.runs(items, cache_key=grp.key)} if prep.opts.fold else {}
+        i = 0
+        while i < len(items):
+            r = runs.get(i)
+            if r is not None and r.period == 1 and isinstance(items[i], Group):
+                first = items[i]
+                names = [L.relative_path(items[i + k].path, grp.path if grp.call else None) for k in range(r.reps)]
+                add(tree.add(describe(first, grp, names, r.reps)), first)
+                i = r.stop
+                continue
+            if r is not None:  # a loop over several items: its first iteration, marked
+                body = items[i: i + r.period]
+                nodes = [n for it in body for n in item_nodes(it)]
+                loop = tree.add(Text(f"loop {L.line_span(nodes)} × {r.reps}", style="bold magenta")
+                                + Text(f"  {L.ops_word(len(nodes))} each", style="dim"))
+                for it in body:
+                    if isinstance(it, Group):
+                        add(loop.add(describe(it, grp, (), 1)), it)
+                i = r.stop
+                continue
+            if isinstance(items[i], Group):
+                add(tree.add(describe(items[i], grp, (), 1)), items[i])
+            i += 1
+
+    add(root, prep.top)
+    return root
+
+
+def _histogram(nodes: Sequence[Node], phase: str) -> Table:
+    counts = Counter(n.short_op for n in nodes)
+    table = Table(title=f"ops ({phase})", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("op")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    total = max(len(nodes), 1)
+    for op, c in counts.most_common(HISTOGRAM_ROWS):
+        table.add_row(Text(clean(op)), str(c), f"{100 * c / total:.1f}%")
+    rest = counts.most_common()[HISTOGRAM_ROWS:]
+    if rest:
+        n = sum(c for _, c in rest)
+        table.add_row(Text(f"… {len(rest)} more ops", style="dim"), str(n), f"{100 * n / total:.1f}%")
+    return table
+
+
+def _witnesses(g: Graph, nodes: Sequence[Node]) -> Table:
+    table = Table(title="witnesses (tensor data read by Python)", title_justify="left", show_edge=False,
+                  pad_edge=False)
+    for col in ("op", "read", "where", "module"):
+        table.add_column(col)
+    for n in nodes:
+        assert n.witness is not None
+        where = f"{n.source.short()} in {n.source.function}" if n.source is not None else "?"
+        table.add_row(Text(clean(n.short_op)), Text(clean(n.witness.describe()), style="bold red"),
+                      Text(clean(where)), Text(clean(g.module_path(n.module) or "<root>")))
+    return table
+
+
+def render_terminal(graph: Graph, options: ViewOptions, *, width: int = 100) -> str:
+    """The report as plain text, ``width`` columns wide."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 40:
+        raise UsageError("bad value for width", expected="an integer >= 40", found=repr(width),
+                         fix="pass width=100")
+    console = Console(file=io.StringIO(), width=width, color_system=None, record=True, force_terminal=False,
+                      legacy_windows=False)
+    console.print(renderable(graph, options))
+    return console.export_text()
+
+
+def print_graph(graph: Graph, console: Optional[Console] = None, **opts: Any) -> None:
+    """Print the report to ``console`` (default: a new rich Console on stdout)."""
+    (console or Console()).print(renderable(graph, **opts))

@@ -1,0 +1,285 @@
+"""Assemble a ``View`` from a selection, its group tree and the folds found:
+one walk decides every box and frame, then dataflow becomes edges."""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from ..ir import Node
+from ..textform import node_line, type_str
+from . import labels as L
+from .facts import boundary, param_count
+from .fold import Folder, Item, Run, item_nodes
+from .groups import Group
+from .model import Box, Cluster, Edge
+from .options import ViewOptions
+from .select import Selection
+
+Unit = Union[Run, Item, Tuple[Node, ...]]  # a fold, one item, or a chunk of ops
+
+
+class Assembler:
+    """One view at one depth. ``chunk``: at most this many op boxes per
+    container (longer runs of ops become chunk boxes); None: no limit."""
+
+    def __init__(self, sel: Selection, top: Group, folder: Folder, opts: ViewOptions, depth: int,
+                 chunk: Optional[int] = None) -> None:
+        self.sel, self.g, self.top, self.folder = sel, sel.graph, top, folder
+        self.opts, self.depth, self.chunk = opts, depth, chunk
+        self.boxes: Dict[str, Box] = {}
+        self.clusters: List[Cluster] = []
+        self.cluster_parent: Dict[str, Optional[str]] = {}
+        self.box_of: Dict[str, str] = {}          # representative node id -> box id
+        self.alias: Dict[str, str] = {}           # folded node id -> node it maps onto
+        self.runs_of: Dict[str, Dict[int, int]] = {}  # node id -> {fold number: piece index}
+        self.folds: List[str] = []
+        self.rep_names: Dict[str, List[str]] = {}  # group key -> names of the calls a loop fold drew as it
+        self.collapsed = 0
+        self.chunked = 0
+        self._edges: Optional[Tuple[List[Edge], List[Box]]] = None
+
+    # -- walk ---------------------------------------------------------------
+    def run(self) -> "Assembler":
+        self._container(self.top, None)
+        return self
+
+    def _container(self, grp: Group, cluster: Optional[str]) -> None:
+        runs = self.folder.runs(grp.items, cache_key=grp.key) if self.opts.fold else []
+        self._items(grp.items, runs, cluster, grp)
+
+    def _items(self, items: Sequence[Item], runs: Sequence[Run], cluster: Optional[str], parent: Group) -> None:
+        for unit in self._units(items, runs):
+            if isinstance(unit, Run):
+                self._fold(items, unit, cluster, parent)
+            elif isinstance(unit, tuple):
+                self._chunk(unit, cluster)
+            elif isinstance(unit, Group):
+                self._group(unit, cluster, parent)
+            else:
+                self._op(unit, cluster)
+
+    def _units(self, items: Sequence[Item], runs: Sequence[Run]) -> List[Unit]:
+        run_at = {r.start: r for r in runs}
+        units: List[Unit] = []
+        i = 0
+        while i < len(items):
+            r = run_at.get(i)
+            units.append(r if r is not None else items[i])
+            i = r.stop if r is not None else i + 1
+        n_ops = sum(1 for u in units if isinstance(u, Node))
+        if self.chunk is None or n_ops <= self.chunk:
+            return units
+        size = -(-n_ops // self.chunk)
+        out: List[Unit] = []
+        for u in units:
+            last = out[-1] if out else None
+            if isinstance(u, Node) and isinstance(last, tuple) and len(last) < size:
+                out[-1] = last + (u,)
+            else:
+                out.append((u,) if isinstance(u, Node) else u)
+        self.chunked += sum(len(u) for u in out if isinstance(u, tuple) and len(u) > 1)
+        return [u[0] if isinstance(u, tuple) and len(u) == 1 else u for u in out]
+
+    def _fold(self, items: Sequence[Item], r: Run, cluster: Optional[str], parent: Group) -> None:
+        pieces = [items[r.start + k * r.period: r.start + (k + 1) * r.period] for k in range(r.reps)]
+        rep_nodes = [n for it in pieces[0] for n in item_nodes(it)]
+        fold_no = len(self.folds)
+        for k, piece in enumerate(pieces):
+            nodes = [n for it in piece for n in item_nodes(it)]
+            for n, n0 in zip(nodes, rep_nodes):
+                self.runs_of.setdefault(n.id, {})[fold_no] = k
+                if k:
+                    self.alias[n.id] = n0.id
+        first = pieces[0][0]
+        if r.period == 1 and isinstance(first, Group):
+            names = [L.relative_path(p[0].path, parent.path) for p in pieces]  # type: ignore[union-attr]
+            self.folds.append(f"{L.range_name(names)} {first.type} × {r.reps}")
+            self._group(first, cluster, parent, r.reps, names)
+        elif r.period == 1:
+            assert isinstance(first, Node)
+            self.folds.append(f"{first.short_op} × {r.reps} ({L.line_span([first])})")
+            self._op(first, cluster, r.reps)
+        else:
+            for j, it in enumerate(pieces[0]):  # modules that differ per iteration: name them all
+                if isinstance(it, Group):
+                    names = [L.relative_path(p[j].path, parent.path) for p in pieces]  # type: ignore[union-attr]
+                    if len(set(names)) > 1:
+                        self.rep_names[it.key] = names
+            cid = f"loop.{rep_nodes[0].id}"
+            span = L.line_span(rep_nodes)
+            title = f"loop {span} × {r.reps}" if span else f"loop × {r.reps}"
+            self.folds.append(title)
+            self._cluster(Cluster(cid, "loop", title, cluster, rep_nodes[0].phase, r.reps,
+                                  tooltip=f"{r.reps} iterations of {len(rep_nodes)} ops; one is drawn",
+                                  order=self._order(rep_nodes[0])))
+            self._items(pieces[0], self.folder.runs(pieces[0]), cid, parent)
+
+    def _cluster(self, c: Cluster) -> None:
+        self.clusters.append(c)
+        self.cluster_parent[c.id] = c.parent
+
+    def _order(self, n: Node) -> int:
+        return 2 * self.sel.pos[n.id]
+
+    def _op(self, n: Node, cluster: Optional[str], repeat: int = 1, module: str = "") -> None:
+        """An op box; ``module`` names the one-op module call it stands for."""
+        shapes = L.type_list(self.g, n.outputs)
+        lines = [f"{n.short_op} → {shapes}" if module and shapes else n.short_op if module else shapes]
+        if n.witness is not None:
+            lines.append(f"read {n.witness.describe()}")
+            if n.source is not None:
+                lines.append(n.source.short())
+        title = (module or n.short_op) + (f" × {repeat}" if repeat > 1 else "")
+        self.boxes[n.id] = Box(n.id, "op", title, tuple(x for x in lines if x), cluster, n.phase, repeat,
+                               n.witness is not None, node_line(self.g, n), (n.id,), self._order(n))
+        self.box_of[n.id] = n.id
+
+    def _chunk(self, nodes: Tuple[Node, ...], cluster: Optional[str]) -> None:
+        bid = f"chunk.{nodes[0].id}"
+        lines = [L.op_mix(nodes), L.line_span(nodes), *L.witness_lines(nodes)]
+        self.boxes[bid] = Box(bid, "chunk", L.ops_word(len(nodes)), tuple(x for x in lines if x), cluster,
+                              nodes[0].phase, 1, any(n.witness is not None for n in nodes),
+                              f"ops {nodes[0].id}…{nodes[-1].id}", tuple(n.id for n in nodes), self._order(nodes[0]))
+        for n in nodes:
+            self.box_of[n.id] = bid
+
+    def _group(self, grp: Group, cluster: Optional[str], parent: Group, repeat: int = 1,
+               names: Optional[List[str]] = None) -> None:
+        names = names or self.rep_names.get(grp.key)
+        name = L.range_name(names) if names else L.relative_path(grp.path, parent.path if parent.call else None)
+        name_type = " · ".join(x for x in (name, grp.type) if x)
+        title = name_type + (f" × {repeat}" if repeat > 1 else "")
+        phase_note = "" if grp.phase == "forward" else grp.phase
+        tip = f"{grp.path or '<root>'} ({grp.type}, call {grp.call.call if grp.call else 0}, {grp.phase})"
+        if len(grp.items) == 1 and isinstance(grp.items[0], Node):
+            # a frame around one op says nothing the op box cannot say
+            self._op(grp.items[0], cluster, repeat, module=name_type)
+            return
+        if grp.depth >= self.depth:
+            self.collapsed += 1
+            ins, outs = boundary(self.sel, grp.nodes)
+            params = param_count(self.g, grp.nodes)
+            counts = L.ops_word(len(grp.nodes)) + (f" · {L.human(params)} params" if params else "")
+            flow = " → ".join(x for x in (L.type_list(self.g, ins), L.type_list(self.g, outs)) if x)
+            lines = [counts, flow, *L.witness_lines(grp.nodes), phase_note]
+            self.boxes[grp.key] = Box(grp.key, "module", title, tuple(x for x in lines if x), cluster, grp.phase,
+                                      repeat, any(n.witness is not None for n in grp.nodes),
+                                      tip + "\n" + L.op_mix(grp.nodes, 6), tuple(n.id for n in grp.nodes),
+                                      self._order(grp.nodes[0]))
+            for n in grp.nodes:
+                self.box_of[n.id] = grp.key
+            return
+        if phase_note:
+            title += f" · {phase_note}"
+        self._cluster(Cluster(grp.key, "module", title, cluster, grp.phase, repeat, tip, self._order(grp.nodes[0])))
+        self._container(grp, grp.key)
+
+    # -- edges ----------------------------------------------------------------
+    def final(self, nid: str) -> str:
+        while nid in self.alias:
+            nid = self.alias[nid]
+        return nid
+
+    def _runs_path(self, nid: str) -> Dict[int, int]:
+        chain = [nid]
+        while chain[-1] in self.alias:
+            chain.append(self.alias[chain[-1]])
+        out: Dict[int, int] = {}
+        for x in reversed(chain):
+            out.update(self.runs_of.get(x, {}))
+        return out
+
+    def edges(self) -> Tuple[List[Edge], List[Box]]:
+        """Edges between boxes, plus the source and output boxes they need."""
+        if self._edges is None:
+            self._edges = self._make_edges()
+        return self._edges
+
+    def size(self) -> int:
+        """Boxes drawn, sources and outputs included."""
+        return len(self.boxes) + len(self.edges()[1])
+
+    def _make_edges(self) -> Tuple[List[Edge], List[Box]]:
+        flows: Dict[Tuple[str, str], List[str]] = {}
+        phase_of: Dict[Tuple[str, str], str] = {}
+        sources: Dict[str, List[str]] = {}  # value id -> consumer box ids
+        for n in self.sel.nodes:
+            dst = self.box_of[self.final(n.id)]
+            path_n: Optional[Dict[int, int]] = None
+            for nid, vid in self.sel.inputs(n):
+                if path_n is None:
+                    path_n = self._runs_path(n.id)
+                if nid is not None:
+                    pu = self._runs_path(nid)
+                    if any(r in path_n and path_n[r] != k for r, k in pu.items()):
+                        continue  # between two iterations of one fold: drawn once as the fold
+                    src = self.box_of[self.final(nid)]
+                else:
+                    if any(path_n.values()) or not self._wants_source(vid, dst):
+                        continue
+                    src = "v:" + vid
+                    sources.setdefault(vid, []).append(dst)
+                if src != dst:
+                    flows.setdefault((src, dst), []).append(vid)
+                    phase_of.setdefault((src, dst), n.phase)
+        extra = [self._source_box(vid, consumers) for vid, consumers in sources.items()]
+        for k, vid in enumerate(self.g.outputs):
+            for nid, v in self.sel.origins(vid):
+                if nid is None:
+                    continue
+                oid = f"out:{vid}"
+                val = self.g.value(vid)
+                extra.append(Box(oid, "output", val.name or "output", (type_str(val),), None, "forward",
+                                 tooltip=f"output {vid}: {type_str(val)}", order=10**9 + k))
+                flows.setdefault((self.box_of[self.final(nid)], oid), []).append(v)
+                break
+        edges = [Edge(s, d, tuple(dict.fromkeys(vs)), L.type_list(self.g, dict.fromkeys(vs)),
+                      phase_of.get((s, d), "forward")) for (s, d), vs in flows.items()]
+        return edges, list({b.id: b for b in extra}.values())
+
+    def _wants_source(self, vid: str, consumer: str) -> bool:
+        val = self.g.value(vid)
+        if val.role == "input" or (val.role == "activation" and self.sel.other_phase(vid) is None):
+            return True  # a traced input, or an input of the focused module
+        return self.opts.params and self.boxes[consumer].kind == "op"
+
+    def _source_box(self, vid: str, consumers: List[str]) -> Box:
+        val = self.g.value(vid)
+        clusters = [self.boxes[c].cluster for c in consumers]
+        order = min(self.boxes[c].order for c in consumers) - 1
+        kind = val.role if val.role in ("input", "param", "buffer", "constant") else "input"
+        if val.role == "activation":
+            ph = self.sel.other_phase(vid)
+            title = f"{ph} value" if ph else "input"
+            cluster = None
+        elif val.role == "input":
+            title, cluster = val.name or "input", None
+            order -= 10**9  # traced inputs come first
+        else:
+            cluster = self._common_cluster(clusters)
+            title = L.relative_path(val.name or val.role, self._cluster_path(cluster)) if val.name else val.role
+        return Box("v:" + vid, kind, title, (type_str(val),), cluster, "forward",
+                   tooltip=f"{val.role} {vid}: {type_str(val)}" + (f" {val.name}" if val.name else ""), order=order)
+
+    def _cluster_path(self, cid: Optional[str]) -> Optional[str]:
+        while cid is not None and cid.startswith("loop."):
+            cid = self.cluster_parent.get(cid)
+        if cid is None:
+            return None
+        mid = cid.split(".", 1)[0]
+        return self.g.module(mid).path
+
+    def _common_cluster(self, clusters: List[Optional[str]]) -> Optional[str]:
+        def chain(c: Optional[str]) -> List[Optional[str]]:
+            out: List[Optional[str]] = []
+            while c is not None:
+                out.append(c)
+                c = self.cluster_parent.get(c)
+            return out[::-1]
+
+        chains = [chain(c) for c in clusters]
+        common: Optional[str] = None
+        for level in zip(*chains):
+            if len(set(level)) != 1:
+                break
+            common = level[0]
+        return common

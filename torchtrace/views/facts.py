@@ -1,0 +1,56 @@
+"""Facts about a set of ops that boxes, frames and the terminal tree show:
+the tensors crossing its boundary, its parameter count, the bytes autograd
+saved for backward."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Set, Tuple
+
+from ..ir import Graph, Node
+from .labels import numel
+from .select import Selection
+
+NOT_FLOW = ("param", "buffer", "constant")
+
+
+def boundary(sel: Selection, nodes: Sequence[Node]) -> Tuple[List[str], List[str]]:
+    """(value ids entering, value ids leaving) ``nodes``; parameters, buffers
+    and constants are internal, not inputs. A set whose results nobody reads
+    reports its last op's first output."""
+    g = sel.graph
+    inside = {n.id for n in nodes}
+    ins: Dict[str, None] = {}
+    for n in nodes:
+        for nid, vid in sel.inputs(n):
+            if nid not in inside and g.value(vid).role not in NOT_FLOW:
+                ins.setdefault(vid, None)
+    # outputs are what the same pass reads outside; in phase "both", tensors
+    # saved for backward would otherwise count as outputs of every forward box
+    used_outside = {vid for n in nodes for reader, vid in sel.readers(n.id)
+                    if reader not in inside and g.node(reader).phase == n.phase}
+    used_outside.update(vid for o in g.outputs for nid, vid in sel.origins(o) if nid in inside)
+    outs = [v for n in nodes for v in n.outputs if v in used_outside]
+    if not outs and nodes and nodes[-1].outputs:
+        outs = [nodes[-1].outputs[0]]
+    return list(ins), outs
+
+
+def param_count(g: Graph, nodes: Sequence[Node]) -> int:
+    """Elements of the distinct parameters ``nodes`` read."""
+    seen: Set[str] = set()
+    total = 0
+    for n in nodes:
+        for v in n.inputs:
+            val = g.value(v)
+            if val.role == "param" and v not in seen:
+                seen.add(v)
+                total += numel(val.shape)
+    return total
+
+
+def saved_bytes(g: Graph) -> Dict[str, int]:
+    """forward node id -> bytes its autograd Node saved for backward."""
+    out: Dict[str, int] = {}
+    for a in g.autograd.nodes:
+        if a.op is not None and a.saved_bytes:
+            out[a.op] = out.get(a.op, 0) + a.saved_bytes
+    return out

@@ -1,0 +1,105 @@
+"""The words on boxes and frames: names, counts, type lists, witness lines.
+Plain text only; renderers escape it."""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Iterable, List, Optional, Sequence
+
+from ..ir import Graph, Node
+from ..textform import type_str
+
+_INDEXED = re.compile(r"^(.*?)(\d+)$")
+
+
+def human(n: int) -> str:
+    """``1234`` -> ``1.2k``; ``3_100_000`` -> ``3.1M``."""
+    for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            v = n / size
+            return f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def numel(shape: Sequence[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def type_list(g: Graph, vids: Iterable[str], limit: int = 2) -> str:
+    """``f32[1,8,32], i64[8] +3``: distinct types in order."""
+    types: List[str] = []
+    for v in vids:
+        t = type_str(g.value(v))
+        if t not in types:
+            types.append(t)
+    if not types:
+        return ""
+    more = f" +{len(types) - limit}" if len(types) > limit else ""
+    return ", ".join(types[:limit]) + more
+
+
+def relative_path(path: str, parent_path: Optional[str]) -> str:
+    """``transformer.h.0.attn`` under ``transformer.h.0`` -> ``attn``."""
+    if parent_path and path.startswith(parent_path + "."):
+        return path[len(parent_path) + 1:]
+    return path
+
+
+def range_name(names: Sequence[str]) -> str:
+    """Names of folded instances: ``h.0``…``h.47`` -> ``h.0…47``; equal names
+    (one module called in a loop) stay one name."""
+    if not names:
+        return ""
+    if len(set(names)) == 1:
+        return names[0]
+    parts = [_INDEXED.match(n) for n in names]
+    if all(parts) and len({m.group(1) for m in parts}) == 1:  # type: ignore[union-attr]
+        idx = [int(m.group(2)) for m in parts]  # type: ignore[union-attr]
+        step = 1 if len(idx) < 2 or idx[1] > idx[0] else -1  # backward runs count down
+        if idx == list(range(idx[0], idx[0] + step * len(idx), step)):
+            return f"{names[0]}…{idx[-1]}"
+    return f"{names[0]} (+{len(names) - 1} more)"
+
+
+def witness_line(n: Node) -> str:
+    where = f" at {n.source.short()}" if n.source is not None else ""
+    assert n.witness is not None
+    return f"read {n.witness.describe()}{where}"
+
+
+def witness_lines(nodes: Iterable[Node], limit: int = 1) -> List[str]:
+    ws = [n for n in nodes if n.witness is not None]
+    lines = [witness_line(n) for n in ws[:limit]]
+    if len(ws) > limit:
+        lines.append(f"+{len(ws) - limit} more witnesses")
+    return lines
+
+
+def op_mix(nodes: Sequence[Node], limit: int = 3) -> str:
+    """The most frequent ops: ``mm ×4, add, tanh…``."""
+    counts = Counter(n.short_op for n in nodes)
+    top = [f"{op} ×{c}" if c > 1 else op for op, c in counts.most_common(limit)]
+    return ", ".join(top) + ("…" if len(counts) > limit else "")
+
+
+def line_span(nodes: Sequence[Node]) -> str:
+    """``model.py:16`` or ``model.py:16–18`` for ops from one file."""
+    srcs = [n.source for n in nodes if n.source is not None]
+    if not srcs:
+        return ""
+    first = srcs[0]
+    lines = sorted({s.line for s in srcs if s.file == first.file})
+    name = first.short().rsplit(":", 1)[0]
+    return f"{name}:{lines[0]}" if len(lines) == 1 else f"{name}:{lines[0]}–{lines[-1]}"
+
+
+def ops_word(n: int) -> str:
+    return f"{n} op" if n == 1 else f"{n} ops"
