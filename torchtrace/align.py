@@ -87,65 +87,108 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pai
             pairs.extend((i, None) for i in range(i1, i2))
             pairs.extend((None, j) for j in range(j1, j2))
     pairs.extend((n - suf + k, m - suf + k) for k in range(suf))
-    _slide(pairs, b, wa, wb, side=1)
-    _slide(pairs, a, wb, wa, side=0)
+    for side, seq, w_other, w_self in ((1, b, wa, wb), (0, a, wb, wa)):
+        for down in (True, False):
+            _group(pairs, side, last=down)
+            _slide(pairs, seq, w_other, w_self, side, down)
+    _group(pairs, 0, last=False)
     return pairs
 
 
-def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int) -> None:
-    """Move each run of ops only on ``side`` (1: only in B, 0: only in A) to
-    the best of its equally long positions (see the module docstring)."""
-    other = 1 - side
+def _group(pairs: List[Pair], side: int, last: bool) -> None:
+    """Within each run of one-sided entries, put ``side``'s entries last
+    (or first), keeping their order: the tail (head) of a one-sided run
+    then touches the aligned block below (above) it."""
     k = 0
     while k < len(pairs):
-        if not (pairs[k][other] is None and pairs[k][side] is not None):
+        if pairs[k][0] is not None and pairs[k][1] is not None:
             k += 1
             continue
         k1 = k
-        while k1 < len(pairs) and pairs[k1][other] is None and pairs[k1][side] is not None:
+        while k1 < len(pairs) and (pairs[k1][0] is None or pairs[k1][1] is None):
             k1 += 1
-        j0 = pairs[k][side]
-        j1 = j0 + (k1 - k)
-        length = j1 - j0
-
-        def matched(e: int) -> bool:
-            return 0 <= e < len(pairs) and pairs[e][0] is not None and pairs[e][1] is not None
-
-        up = 0
-        while matched(k - 1 - up) and pairs[k - 1 - up][side] == j0 - 1 - up and seq[j0 - 1 - up] == seq[j1 - 1 - up]:
-            up += 1
-        down = 0
-        while matched(k1 + down) and pairs[k1 + down][side] == j1 + down and j1 + down < len(seq) \
-                and seq[j0 + down] == seq[j1 + down]:
-            down += 1
-        if up or down:
-            start = k - up
-            o_idx = [pairs[start + t][other] for t in range(up)] + [pairs[k1 + t][other] for t in range(down)]
-            s0 = j0 - up  # first self index of the region
-
-            def cost(o_i: Any, s_i: int) -> int:
-                x, y = w_other[o_i], w_self[s_i]
-                return int(x is not None and y is not None and x != y)
-
-            n_m = up + down
-            # matched entry t pairs with s0 + t before the run, with s0 + t + length after it
-            before = [0] * (n_m + 1)
-            for t in range(n_m):
-                before[t + 1] = before[t] + cost(o_idx[t], s0 + t)
-            after = [0] * (n_m + 1)
-            for t in range(n_m - 1, -1, -1):
-                after[t] = after[t + 1] + cost(o_idx[t], s0 + t + length)
-            best = min(range(n_m + 1), key=lambda c: (before[c] + after[c], -c))
-            region: List[Pair] = []
-            for t in range(best):
-                region.append(_pair(o_idx[t], s0 + t, side))
-            for t in range(length):
-                region.append(_pair(None, s0 + best + t, side))
-            for t in range(best, n_m):
-                region.append(_pair(o_idx[t], s0 + t + length, side))
-            pairs[start:k1 + down] = region
-            k1 = k1 + down
+        mine = [p for p in pairs[k:k1] if p[side] is not None]
+        theirs = [p for p in pairs[k:k1] if p[side] is None]
+        pairs[k:k1] = theirs + mine if last else mine + theirs
         k = k1
+
+
+def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int,
+           down: bool) -> None:
+    """Move runs of ops only on ``side`` (1: only in B, 0: only in A) to the
+    best of their equally long positions (see the module docstring). A run
+    that touches the other side's run is split: its longest tail (``down``)
+    or head that repeats the aligned ops next to it may move on its own, as
+    the extra iterations of a loop that follows (or precedes) a branch."""
+    other = 1 - side
+
+    def only(e: int) -> bool:
+        return 0 <= e < len(pairs) and pairs[e][other] is None and pairs[e][side] is not None
+
+    def matched(e: int) -> bool:
+        return 0 <= e < len(pairs) and pairs[e][0] is not None and pairs[e][1] is not None
+
+    k = 0
+    while k < len(pairs):
+        if not only(k):
+            k += 1
+            continue
+        k1 = k
+        while only(k1):
+            k1 += 1
+        end = k1
+        if down and not matched(k - 1) and matched(k1):  # a tail may move down
+            nxt = seq[pairs[k1][side]]
+            k = next((e for e in range(k, k1) if seq[pairs[e][side]] == nxt), k1)
+        elif not down and matched(k - 1) and not matched(k1):  # a head may move up
+            prev = seq[pairs[k - 1][side]]
+            k1 = next((e + 1 for e in range(k1 - 1, k - 1, -1) if seq[pairs[e][side]] == prev), k)
+        if k < k1:
+            k1 = _move(pairs, seq, w_other, w_self, side, k, k1)
+        k = max(k1, end)
+
+
+def _move(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int,
+          k: int, k1: int) -> int:
+    """Place the one-sided run ``pairs[k:k1]``; returns the entry after it."""
+    other = 1 - side
+
+    def matched(e: int) -> bool:
+        return 0 <= e < len(pairs) and pairs[e][0] is not None and pairs[e][1] is not None
+
+    j0 = pairs[k][side]
+    j1 = j0 + (k1 - k)
+    length = j1 - j0
+    up = 0
+    while matched(k - 1 - up) and pairs[k - 1 - up][side] == j0 - 1 - up and seq[j0 - 1 - up] == seq[j1 - 1 - up]:
+        up += 1
+    down = 0
+    while matched(k1 + down) and pairs[k1 + down][side] == j1 + down and seq[j0 + down] == seq[j1 + down]:
+        down += 1
+    if not up and not down:
+        return k1
+    start = k - up
+    o_idx = [pairs[start + t][other] for t in range(up)] + [pairs[k1 + t][other] for t in range(down)]
+    s0 = j0 - up  # first self index of the region
+
+    def cost(o_i: Any, s_i: int) -> int:
+        x, y = w_other[o_i], w_self[s_i]
+        return int(x is not None and y is not None and x != y)
+
+    n_m = up + down
+    # aligned entry t pairs with s0 + t before the run, with s0 + t + length after it
+    before = [0] * (n_m + 1)
+    for t in range(n_m):
+        before[t + 1] = before[t] + cost(o_idx[t], s0 + t)
+    after = [0] * (n_m + 1)
+    for t in range(n_m - 1, -1, -1):
+        after[t] = after[t + 1] + cost(o_idx[t], s0 + t + length)
+    best = min(range(n_m + 1), key=lambda c: (before[c] + after[c], -c))
+    region: List[Pair] = [_pair(o_idx[t], s0 + t, side) for t in range(best)]
+    region += [_pair(None, s0 + best + t, side) for t in range(length)]
+    region += [_pair(o_idx[t], s0 + t + length, side) for t in range(best, n_m)]
+    pairs[start:k1 + down] = region
+    return start + best + length
 
 
 def _pair(o: Optional[int], s: int, side: int) -> Pair:

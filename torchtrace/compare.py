@@ -12,7 +12,8 @@ Ops are aligned by signature (``align.py``); autograd bookkeeping ops are
 left out. An aligned op is ``changed`` when its tensors' shapes or dtypes,
 its non-tensor args, or where its inputs come from differ; a witness that
 read another value is ``changed`` with ``what == ("value",)`` and explains
-hunks rather than forming one. The result is symmetric: ``diff(b, a)`` is
+hunks rather than forming one (so is an op called from another source line,
+``"line"``). The result is symmetric: ``diff(b, a)`` is
 ``diff(a, b).mirror()``. Works on loaded graphs, without torch.
 """
 from __future__ import annotations
@@ -41,8 +42,9 @@ Shape = Tuple[int, ...]
 class OpPair:
     """One row of the alignment. ``status``: ``same``, ``only_a``, ``only_b``
     or ``changed``; ``what`` (for changed) lists ``shape``, ``dtype``,
-    ``args``, ``wiring`` (an input comes from another op) and ``value``
-    (a witness read other data)."""
+    ``args``, ``wiring`` (an input comes from another op), ``value`` (a
+    witness read other data) and ``line`` (the same op called from another
+    source line: the code was edited between the runs)."""
 
     a: Optional[Node]
     b: Optional[Node]
@@ -93,7 +95,7 @@ class Hunk:
             return f"{text}; {self.loop.describe()}" if self.loop is not None else text
         if self.loop is not None:
             return f"{self.loop.describe()} (no tensor read decided it)"
-        return "no tensor read differs before it (Python state decided: arguments, flags, caches)"
+        return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
 
     @property
     def counts(self) -> str:
@@ -204,7 +206,13 @@ class GraphDiff:
 
     @property
     def changed(self) -> int:
-        return sum(1 for p in self.ops if p.status == "changed" and p.what != ("value",))
+        """Aligned ops whose tensors, args or inputs differ."""
+        return sum(1 for p in self.ops if _significant(p))
+
+    @property
+    def moved(self) -> int:
+        """Aligned ops recorded at another source line."""
+        return sum(1 for p in self.ops if "line" in p.what)
 
     @property
     def loops(self) -> Tuple[LoopChange, ...]:
@@ -213,13 +221,34 @@ class GraphDiff:
     def summary(self) -> str:
         """One line: what kind of difference, and how big."""
         if self.kind == "identical":
-            return "identical" + (f" ({plural(len(self.witnesses), 'witness read')} differ)" if self.witnesses else "")
+            notes = [f"{plural(len(self.witnesses), 'witness')} read other data"] if self.witnesses else []
+            notes += [f"{plural(self.moved, 'op')} at other source lines"] if self.moved else []
+            return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
             return f"same structure, shapes differ: {plural(self.changed, 'op')} changed ({what})"
         hunks = plural(len(self.structural_hunks), "hunk")
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
+
+    def why(self) -> List[str]:
+        """The explanation, one line per distinct cause: hunks that share a
+        cause and a count are grouped ("... each, 12 hunks (in `h.0.attn`, ...)").
+        A shapes-only diff gets one line saying what changed."""
+        groups: Dict[Tuple[str, str], List[str]] = {}
+        for h in self.structural_hunks:
+            groups.setdefault((h.cause, h.counts), []).append(h.module or "<root>")
+        lines = []
+        if not groups and self.kind == "shapes":
+            what = [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
+            what += [i.describe() for i in self.inputs[:2]]
+            lines.append(f"same ops, other shapes ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
+        for (cause, counts), modules in groups.items():
+            where = ", ".join(f"`{m}`" for m in modules[:4])
+            where += f" and {len(modules) - 4} more" if len(modules) > 4 else ""
+            each = f" each, {len(modules)} hunks" if len(modules) > 1 else ""
+            lines.append(f"{cause} \u2192 {counts}{each} (in {where})")
+        return lines
 
     def mirror(self) -> "GraphDiff":
         """The same comparison seen from B: ``diff(b, a)``."""
@@ -285,7 +314,11 @@ def _graph(x: GraphLike, name: str) -> Graph:
 
 
 def _diff(A: Side, B: Side) -> GraphDiff:
-    pairs = align(A.sigs, B.sigs, A.wkeys, B.wkeys)
+    if A.sigs != B.sigs and [s[:3] for s in A.sigs] == [s[:3] for s in B.sigs]:
+        # the same ops in the same modules, from other source lines (the code was edited): pair them
+        pairs: List[Row] = [(k, k) for k in range(len(A.sigs))]
+    else:
+        pairs = align(A.sigs, B.sigs, A.wkeys, B.wkeys)
     made = (_producers(A, pairs, 0), _producers(B, pairs, 1))
     ops = _a_first([_classify(A, B, pairs[e], made) for e in range(len(pairs))])
     causes = Causes(A, B, pairs)
@@ -334,7 +367,8 @@ def _module_path(g: Graph, n: Node) -> str:
 
 
 def _significant(p: OpPair) -> bool:
-    return p.status == "changed" and p.what != ("value",)
+    """A change worth a hunk: not only a witness value or a source line."""
+    return p.status == "changed" and not set(p.what) <= {"value", "line"}
 
 
 def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
@@ -382,6 +416,8 @@ def _classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
         what.append("wiring")
     if A.wkeys[i] != B.wkeys[j]:
         what.append("value")
+    if A.sigs[i] != B.sigs[j]:
+        what.append("line")
     return OpPair(na, nb, "changed" if what else "same", tuple(what))
 
 

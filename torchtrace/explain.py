@@ -96,13 +96,15 @@ class WitnessChange:
     b: "Witness"
     node_a: str
     node_b: str
+    weak: bool = False
 
     @property
     def where(self) -> str:
         return where(self.file, self.line)
 
     def describe(self) -> str:
-        return f"{self.where} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+        text = f"{self.where} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+        return text + " (a float: the nearest read that differs, maybe not the cause)" if self.weak else text
 
     def mirror(self) -> "WitnessChange":
         return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a)
@@ -110,7 +112,16 @@ class WitnessChange:
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": _witness_dict(self.a), "b": _witness_dict(self.b),
-                "node_a": self.node_a, "node_b": self.node_b}
+                "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak}
+
+
+def decisive(w: "Witness") -> bool:
+    """A read that steers control flow by itself: a bool (``if``/``while``),
+    an int or an integral float (a count), a data-dependent shape. Other
+    floats (a logged loss) differ every step and decide nothing on their own."""
+    if w.shape is not None or not isinstance(w.value, float):
+        return True
+    return w.value.is_integer()
 
 
 @dataclass(frozen=True)
@@ -235,6 +246,8 @@ class Causes:
         self.differing: List[int] = [
             e for e, (i, j) in enumerate(pairs)
             if i is not None and j is not None and A.wkeys[i] is not None and A.wkeys[i] != B.wkeys[j]]
+        self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
+                                    and decisive(B.nodes[pairs[e][1]].witness)]
         # the index each side has reached at each merged position (next op of that side)
         self.next_a: List[int] = []
         self.next_b: List[int] = []
@@ -261,12 +274,16 @@ class Causes:
         return witness, self._loop_by_repeat(k0, k1)
 
     def _nearest_before(self, k0: int) -> Optional[WitnessChange]:
-        at = bisect.bisect_left(self.differing, k0)
-        if at == 0:
-            return None
-        i, j = self.pairs[self.differing[at - 1]]
-        assert i is not None and j is not None
-        return self.witness_change(i, j)
+        """The nearest aligned read before the hunk that returned other data:
+        a decisive one (see ``decisive``) if any, else the nearest float read,
+        marked ``weak``."""
+        for rows, weak in ((self.decisive, False), (self.differing, True)):
+            at = bisect.bisect_left(rows, k0)
+            if at:
+                i, j = self.pairs[rows[at - 1]]
+                assert i is not None and j is not None
+                return replace(self.witness_change(i, j), weak=weak)
+        return None
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment

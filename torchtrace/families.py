@@ -124,10 +124,14 @@ class Variants:
                 lines.append(f"variant {v.index} shapes:")
                 for s in v.shapes:
                     why = f"  {s.why}" if s.why else ""
-                    lines.append(f"  {s.shapes}  {s.count} graphs, first {s.first}, last {s.last}{why}")
+                    lines.append(f"  {s.shapes}  {plural(s.count, 'graph')}, first {s.first}, last {s.last}{why}")
         return "\n".join(lines)
 
     def __rich__(self) -> Any:
+        return self.table()
+
+    def table(self) -> Any:
+        """The summary as a ``rich.table.Table`` (what ``torchtrace variants`` prints)."""
         from rich.table import Table
         from rich.text import Text
 
@@ -182,15 +186,13 @@ def _previous_in(k: int, idx: Sequence[int]) -> Optional[int]:
 
 
 def _explain(d: GraphDiff) -> Tuple[str, Optional[WitnessChange], Optional[LoopChange]]:
-    """The hunk that best says why: the first one a witness or loop explains,
-    else the first structural one, else the summary."""
-    hunks = d.structural_hunks
-    for h in hunks:
+    """The diff's explanation lines, and the witness (or loop) of the first
+    hunk that has one."""
+    why = "; ".join(d.why()) or d.summary()
+    for h in d.structural_hunks:
         if h.witness is not None or h.loop is not None:
-            return h.explanation, h.witness, h.loop
-    if hunks:
-        return hunks[0].explanation, None, None
-    return d.summary(), None, None
+            return why, h.witness, h.loop
+    return why, None, None
 
 
 def _fps(g: Graph) -> Tuple[str, str]:

@@ -1,8 +1,8 @@
 """Canonical hashes of a Graph, stable across processes and machines.
 
 * ``structure``: ops, phases, module paths and the dataflow topology (which
-  earlier output or which named param/buffer, or which input in order of
-  first use, each op reads) and the returned values. Not shapes, not args,
+  earlier output, which named param, buffer or input, or which other outside
+  tensor in order of first use each op reads) and the returned values. Not shapes, not args,
   not source lines, not ids, not devices.
 * ``shapes``: ``structure`` plus every value's shape and dtype and the ops'
   non-tensor args.
@@ -35,8 +35,9 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 def _refs(g: "Graph") -> Dict[str, str]:
     """A position-based name for every value: ``3.0`` = op #3 output #0;
-    params and buffers by name, other tensors from outside the pass by role
-    and order of first use; bookkeeping outputs by their input's name."""
+    params, buffers and the traced call's inputs by name (``x - y`` is not
+    ``y - x``), other tensors from outside the pass by role and order of
+    first use; bookkeeping outputs by their input's name."""
     refs: Dict[str, str] = {}
     seen = 0
     k = 0
@@ -44,7 +45,7 @@ def _refs(g: "Graph") -> Dict[str, str]:
         for v in n.inputs:
             if v not in refs:
                 val = g.value(v)
-                refs[v] = (f"{val.role}:{val.name}" if val.role in ("param", "buffer") and val.name
+                refs[v] = (f"{val.role}:{val.name}" if val.role in ("param", "buffer", "input") and val.name
                            else f"{val.role}#{seen}")
                 seen += 1
         if is_bookkeeping(n):

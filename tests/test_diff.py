@@ -1,0 +1,388 @@
+"""torchtrace.diff on real PyTorch models: alignment, classification, and the
+witness or loop count that explains each hunk."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import pytest
+
+import torchtrace
+import zoo
+from torchtrace.compare import GraphDiff
+from torchtrace.errors import UsageError
+from torchtrace.explain import InputChange, TypeChange
+from torchtrace.ir import Graph
+
+FILE = "test_diff.py"
+
+
+def line_of(marker: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.rstrip().endswith(f"# LINE:{marker}"):
+                return i
+    raise LookupError(marker)
+
+
+class BranchLoop(nn.Module):
+    """An `if` on the input's sign, then a `while` on a tensor counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Linear(4, 4)
+        self.pos = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+        self.neg = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        h = self.enc(x)
+        if x.sum() > 0:  # LINE:branch
+            h = self.pos(h)
+        else:
+            h = self.neg(h)
+        while k > 0:  # LINE:while
+            h = h * 0.5 + 1
+            k = k - 1
+        return self.out(h)
+
+
+class Stack(nn.Module):
+    """Four layers; ``extra`` (a Python flag, no tensor read) inserts one in the middle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(4))
+        self.extra = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+        self.use_extra = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = torch.relu(layer(x))
+            if i == 1 and self.use_extra:
+                x = self.extra(x)
+        return x
+
+
+class Repeat(nn.Module):
+    """A Python-level loop: ``times`` is a plain int, nothing reads tensor data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.times = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        for _ in range(self.times):
+            h = torch.sigmoid(h) * h
+        return h.sum(-1)
+
+
+def record(model: nn.Module, *args: object, train: bool = False, label: str = None) -> Graph:
+    with torch.set_grad_enabled(train), torchtrace.trace(model, label=label) as t:
+        model(*args)
+    return t.graph
+
+
+@pytest.fixture(scope="module")
+def model() -> BranchLoop:
+    torch.manual_seed(0)
+    return BranchLoop().eval()
+
+
+POS, NEG = torch.ones(2, 4), -torch.ones(2, 4)
+
+
+def test_identical_runs_give_an_empty_diff_and_equal_fingerprints(model):
+    for train in (False, True):
+        a = record(model, POS, torch.tensor(2), train=train)
+        b = record(model, POS.clone(), torch.tensor(2), train=train)
+        d = torchtrace.diff(a, b)
+        assert d.is_empty and d.kind == "identical" and not d.hunks
+        assert a.fingerprints == b.fingerprints
+        assert {p.status for p in d.ops} == {"same"}
+        assert d.summary() == "identical"
+        assert str(d).splitlines()[2] == "identical"
+
+
+def test_branch_hunk_is_explained_by_the_witness_line_and_values(model):
+    a = record(model, NEG, torch.tensor(2))
+    b = record(model, POS, torch.tensor(2))
+    d = torchtrace.diff(a, b)
+    assert d.kind == "structural" and not d.structure_equal
+    [h] = d.hunks
+    assert h.kind == "structural"
+    assert (h.witness.line, h.witness.a.value, h.witness.b.value) == (line_of("branch"), False, True)
+    assert h.witness.file == __file__
+    assert {a.module_path(n.module) for n in h.only_a} == {"neg"}
+    assert {b.module_path(n.module) for n in h.only_b} == {"pos.0", "pos.1", "pos.2"}
+    assert [n.short_op for n in h.only_b] == ["t", "addmm", "relu", "t", "addmm"]
+    assert h.loop is None and not h.changed
+    assert h.explanation == (f"`{FILE}:{line_of('branch')}` read False in A, True in B "
+                             "\u2192 2 ops only in A, 5 ops only in B (in `<root>`)")
+    assert d.changed == 0 and d.witnesses == (h.witness,)
+    text = str(d)
+    assert text.index("why:") < text.index("@@")  # the explanation comes first
+    assert h.explanation in text
+
+
+def test_diff_b_a_mirrors_diff_a_b(model):
+    a = record(model, NEG, torch.tensor(1))
+    b = record(model, POS, torch.tensor(3))
+    ab, ba = torchtrace.diff(a, b), torchtrace.diff(b, a)
+    assert ba.to_dict() == ab.mirror().to_dict()
+    assert ab.to_dict() == ba.mirror().to_dict()
+    branch, loop = f"`{FILE}:{line_of('branch')}`", f"`while` at `{FILE}:{line_of('while')}`"
+    assert [h.explanation for h in ab.hunks] == [
+        f"{branch} read False in A, True in B \u2192 2 ops only in A, 5 ops only in B (in `<root>`)",
+        f"{loop} ran 1\u00d7 in A, 3\u00d7 in B \u2192 10 ops only in B (in `<root>`)"]
+    assert [h.explanation for h in ba.hunks] == [
+        f"{branch} read True in A, False in B \u2192 5 ops only in A, 2 ops only in B (in `<root>`)",
+        f"{loop} ran 3\u00d7 in A, 1\u00d7 in B \u2192 10 ops only in A (in `<root>`)"]
+    for h, m in zip(ab.hunks, ba.hunks):
+        assert [n.id for n in h.only_a] == [n.id for n in m.only_b]
+        assert [n.id for n in h.only_b] == [n.id for n in m.only_a]
+    assert (ab.only_a, ab.only_b) == (ba.only_b, ba.only_a)
+
+
+def test_a_loop_that_runs_3_vs_5_times_is_a_loop_count_difference(model):
+    a = record(model, POS, torch.tensor(3))
+    b = record(model, POS, torch.tensor(5))
+    d = torchtrace.diff(a, b)
+    [h] = d.hunks
+    assert h.loop is not None and h.loop.via == "witness" and h.loop.keyword == "while"
+    assert (h.loop.line, h.loop.a, h.loop.b) == (line_of("while"), 3, 5)
+    # the read that differs: A's 4th read of the condition (the exit) against B's 4th
+    assert (h.witness.a.value, h.witness.b.value) == (False, True)
+    iteration = ["gt.Scalar", "_local_scalar_dense", "mul.Tensor", "add.Tensor", "sub.Tensor"]
+    assert sorted(n.short_op for n in h.only_b) == sorted(iteration * 2)
+    assert not h.only_a and d.changed == 0
+    assert h.explanation == (f"`while` at `{FILE}:{line_of('while')}` ran 3\u00d7 in A, 5\u00d7 in B "
+                             "\u2192 10 ops only in B (in `<root>`)")
+    # every read of the loop condition is paired with a read of the same value
+    assert not d.witnesses
+    assert torchtrace.diff(b, a).hunks[0].loop.describe().endswith("ran 5\u00d7 in A, 3\u00d7 in B")
+
+
+def test_a_loop_that_did_not_run_at_all(model):
+    d = torchtrace.diff(record(model, POS, torch.tensor(0)), record(model, POS, torch.tensor(2)))
+    [h] = d.hunks
+    assert (h.loop.a, h.loop.b) == (0, 2) and len(h.only_b) == 10
+
+
+def test_branch_and_loop_change_together_give_two_explained_hunks(model):
+    d = torchtrace.diff(record(model, NEG, torch.tensor(3)), record(model, POS, torch.tensor(5)))
+    assert [h.kind for h in d.hunks] == ["structural", "structural"]
+    first, second = d.hunks
+    assert first.witness.line == line_of("branch") and first.loop is None
+    assert (second.loop.line, second.loop.a, second.loop.b) == (line_of("while"), 3, 5)
+    assert d.why() == [first.explanation, second.explanation]
+
+
+def test_a_python_level_loop_is_reported_as_a_repeated_block():
+    torch.manual_seed(0)
+    m = Repeat()
+    a = record(m, torch.ones(2, 4))
+    m.times = 4
+    b = record(m, torch.ones(2, 4))
+    d = torchtrace.diff(a, b)
+    [h] = d.hunks
+    assert h.witness is None
+    assert (h.loop.via, h.loop.a, h.loop.b, h.loop.period) == ("repeat", 2, 4, 2)
+    assert [n.short_op for n in h.only_b] == ["sigmoid", "mul.Tensor"] * 2
+    assert "ran 2\u00d7 in A, 4\u00d7 in B" in h.explanation and "no tensor read decided it" in h.explanation
+
+
+def test_an_item_read_that_steers_a_python_loop_is_named_with_the_loop():
+    torch.manual_seed(0)
+    m = zoo.Branchy()
+    x = torch.full((2, 4), 0.5)  # sum |x| = 4 -> the int loop runs once, 2x -> twice
+    d = torchtrace.diff(record(m, x), record(m, 2 * x))
+    loops = [h for h in d.structural_hunks if h.loop is not None]
+    assert loops, str(d)
+    h = loops[-1]
+    assert h.witness.line == zoo.marker_line("item") and (h.witness.a.value, h.witness.b.value) == (4.0, 8.0)
+    assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 1, 2)
+    assert h.explanation.startswith(f"`zoo.py:{zoo.marker_line('item')}` read 4 in A, 8 in B; the block at")
+
+
+class Logged(nn.Module):
+    """A branch on the input's sign, a logged float read, then a Python flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.extra = False
+        self.log = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if x.sum() > 0:  # LINE:decisive
+            h = h + 1
+        self.log.append(h.mean().item())  # LINE:logged
+        if self.extra:
+            h = torch.tanh(h)
+        return h
+
+
+def test_a_float_read_is_blamed_only_when_nothing_decisive_differs():
+    torch.manual_seed(0)
+    m = Logged()
+    a = record(m, torch.ones(2, 4))
+    m.extra = True
+    # same branch, other logged value: the float read is named, marked as a guess
+    [h] = torchtrace.diff(a, record(m, 2 * torch.ones(2, 4))).hunks
+    assert h.witness.line == line_of("logged") and h.witness.weak
+    assert "(a float: the nearest read that differs, maybe not the cause)" in h.explanation
+    # the branch read differs too: it explains the tanh, though the float read is nearer
+    d = torchtrace.diff(a, record(m, -torch.ones(2, 4)))
+    branch, flag = d.hunks
+    assert branch.witness.line == flag.witness.line == line_of("decisive")
+    assert not flag.witness.weak and [n.short_op for n in flag.only_b] == ["tanh"]
+
+
+def test_an_inserted_block_is_one_hunk_and_the_rest_aligns():
+    torch.manual_seed(0)
+    m = Stack()
+    a = record(m, torch.ones(2, 4))
+    m.use_extra = True
+    b = record(m, torch.ones(2, 4))
+    d = torchtrace.diff(a, b)
+    [h] = d.hunks
+    assert not h.only_a and [n.short_op for n in h.only_b] == ["t", "addmm", "tanh"]
+    assert {b.module_path(n.module) for n in h.only_b} == {"extra.0", "extra.1"}
+    assert h.module == "extra"
+    assert h.witness is None and h.loop is None
+    assert h.explanation.startswith("no tensor read differs before it")
+    assert d.only_b == 3 and d.changed == 0 and d.ops[-1].status == "same"
+    assert sum(p.status == "same" for p in d.ops) == len(a.nodes)
+    removed = torchtrace.diff(b, a)
+    assert [n.id for n in removed.hunks[0].only_a] == [n.id for n in h.only_b]
+
+
+def test_a_different_batch_size_is_a_shapes_only_diff(model):
+    d = torchtrace.diff(record(model, torch.ones(2, 4), torch.tensor(1)),
+                        record(model, torch.ones(3, 4), torch.tensor(1)))
+    assert d.kind == "shapes" and d.structure_equal and not d.shapes_equal
+    assert not d.structural_hunks and d.changed > 0
+    assert TypeChange("size", 2, 3, d.types[0].count) == d.types[0]
+    assert d.inputs == (InputChange("x", "f32[2,4]", "f32[3,4]"),)
+    assert all(set(p.what) <= {"shape", "args"} for p in d.ops if p.status == "changed")
+    assert d.why()[0].startswith(f"same ops, other shapes ({d.changed} ops changed): size 2 \u2192 3 in")
+    assert d.summary().startswith("same structure, shapes differ")
+
+
+def test_a_different_dtype_is_reported_as_a_dtype_change():
+    torch.manual_seed(0)
+    m = Repeat()
+    a = record(m, torch.ones(2, 4))
+    b = record(m.double(), torch.ones(2, 4, dtype=torch.float64))
+    d = torchtrace.diff(a, b)
+    assert d.kind == "shapes"
+    assert d.types[0].kind == "dtype" and (d.types[0].a, d.types[0].b) == ("float32", "float64")
+    assert "f32 \u2192 f64 in" in d.types[0].describe()
+    assert all("dtype" in p.what for p in d.ops if p.status == "changed")
+
+
+def test_swapped_inputs_are_a_wiring_change():
+    class Sub(nn.Module):
+        swap = False
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return (y - x if self.swap else x - y) * 2
+
+    m = Sub()
+    a = record(m, torch.ones(3), torch.zeros(3))
+    m.swap = True
+    b = record(m, torch.ones(3), torch.zeros(3))
+    d = torchtrace.diff(a, b)
+    assert a.fingerprints["structure"] != b.fingerprints["structure"]
+    assert d.kind == "structural" and not d.structural_hunks
+    [h] = d.hunks
+    assert [p.what for p in h.changed] == [("wiring",)] and h.changed[0].a.short_op == "sub.Tensor"
+    assert "inputs come from other ops" in h.explanation
+
+
+def test_a_witness_that_read_other_data_without_effect_keeps_the_diff_empty():
+    class Same(nn.Module):
+        positive = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.positive = bool(x.sum() > 0)  # LINE:noop
+            return x * 2
+
+    m = Same()
+    d = torchtrace.diff(record(m, torch.ones(3)), record(m, -torch.ones(3)))
+    assert d.is_empty and d.kind == "identical"
+    [w] = d.witnesses
+    assert (w.line, w.a.value, w.b.value) == (line_of("noop"), True, False)
+    assert d.summary() == "identical (1 witness read other data)"
+    assert f"other reads that differ: `{FILE}:{line_of('noop')}` read True in A, False in B" in str(d)
+
+
+def test_bookkeeping_ops_do_not_create_noise(model):
+    a = record(model, POS, torch.tensor(1), train=True)
+    internal = [n for n in a.nodes if "autograd_internal" in n.tags]
+    assert internal, "expected autograd bookkeeping (detach) in a train-mode graph"
+    used = {v for n in a.nodes for v in n.inputs} | set(a.outputs)
+    assert not any(v in used for n in internal for v in n.outputs)
+    b = Graph(meta=a.meta, modules=a.modules, values=a.values,
+              nodes=tuple(n for n in a.nodes if n not in internal), outputs=a.outputs)
+    assert b.fingerprints == a.fingerprints
+    d = torchtrace.diff(a, b)
+    assert d.is_empty and d.ignored == (len(internal), 0)
+
+
+def test_code_edited_between_runs_pairs_ops_at_other_lines(model):
+    a = record(model, POS, torch.tensor(1))
+    shifted = tuple(n if n.source is None else
+                    type(n)(**{**{f: getattr(n, f) for f in n.__slots__},
+                               "source": type(n.source)(n.source.file, n.source.line + 3, n.source.function)})
+                    for n in a.nodes)
+    b = Graph(meta=a.meta, modules=a.modules, values=a.values, nodes=shifted, outputs=a.outputs)
+    d = torchtrace.diff(a, b)
+    assert d.is_empty and d.moved == len(a.nodes)
+    assert d.summary() == f"identical ({len(a.nodes)} ops at other source lines)"
+
+
+def test_gpt2_prefill_vs_decode_is_a_structural_diff(gpt2_kv_graphs):
+    prefill, decode = gpt2_kv_graphs[0], gpt2_kv_graphs[1]
+    d = torchtrace.diff(prefill, decode)
+    assert d.kind == "structural" and not d.structure_equal
+    assert d.structural_hunks and all(h.module.startswith("transformer.h.") for h in d.structural_hunks)
+    assert d.only_a > 0 and d.changed > 0
+    assert any(t.kind == "size" and (t.a, t.b) == (8, 1) for t in d.types)
+    assert InputChange("input_ids", "i64[1,8]", "i64[1,1]") in d.inputs
+    # prefill runs causal attention, decode attends to the whole cache
+    assert any(x.key == "is_causal" and x.a is True for x in d.args)
+    assert torchtrace.diff(decode, prefill).to_dict() == d.mirror().to_dict()
+
+
+def test_gpt2_decode_steps_at_different_cache_lengths_differ_only_in_shapes(gpt2_kv_graphs):
+    d1, d2, d3 = gpt2_kv_graphs[1:]
+    for a, b, length in ((d1, d2, 9), (d2, d3, 10)):
+        d = torchtrace.diff(a, b)
+        assert d.kind == "shapes" and d.structure_equal and not d.shapes_equal
+        assert not d.structural_hunks and not d.only_a and not d.only_b
+        assert TypeChange("size", length, length + 1, 4) in d.types  # the cat of k and v, 2 layers
+        assert all(set(p.what) <= {"shape", "args"} for p in d.ops if p.status == "changed")
+
+
+def test_diff_accepts_saved_files_and_dicts(model, tmp_path):
+    a = record(model, NEG, torch.tensor(1))
+    b = record(model, POS, torch.tensor(1))
+    pa = torchtrace.save(a, tmp_path / "a.json")
+    expected = torchtrace.diff(a, b).to_dict()
+    assert torchtrace.diff(pa, b.to_dict()).to_dict() == expected
+    assert torchtrace.diff(str(pa), b).to_dict() == expected
+    assert isinstance(torchtrace.diff(a, b), torchtrace.GraphDiff) and torchtrace.GraphDiff is GraphDiff
+    with pytest.raises(UsageError, match="diff\\(\\) got int"):
+        torchtrace.diff(a, 3)
+
+
+def test_the_diff_is_deterministic(model):
+    a = record(model, NEG, torch.tensor(1))
+    b = record(model, POS, torch.tensor(4))
+    assert str(torchtrace.diff(a, b)) == str(torchtrace.diff(a, b))
+    assert torchtrace.diff(a, b).to_dict() == torchtrace.diff(Graph.from_dict(a.to_dict()), b).to_dict()

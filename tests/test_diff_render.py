@@ -1,0 +1,257 @@
+"""Renderings of a diff: golden files for text, Markdown, DOT and Mermaid (on
+graphs built by hand, so they pin the renderer, not the recorder), the real
+`dot` and `mermaid` parsers on real models' diffs, Mermaid's limits, and a
+process without torch."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import pytest
+
+import torchtrace
+from torchtrace.errors import UsageError
+from torchtrace.ir import Graph, ModuleCall, Node, Source, Value, Witness
+from torchtrace.renderers.diffs import render_diff
+
+TESTS = Path(__file__).resolve().parent
+GOLDEN = TESTS / "golden" / "diff"
+MERMAID = TESTS / "mermaid"
+
+
+class Builder:
+    """A graph by hand: ``op(...)`` appends one op; values and module calls
+    get ids in order of first appearance, as the recorder gives them."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.values: List[Value] = []
+        self.nodes: List[Node] = []
+        self.modules: List[ModuleCall] = [ModuleCall("m0", "", "Router")]
+        self.named: Dict[str, str] = {}
+
+    def tensor(self, name: str, shape: Sequence[int], role: str = "param", dtype: str = "float32") -> str:
+        if name not in self.named:
+            vid = f"v{len(self.values)}"
+            self.values.append(Value(vid, tuple(shape), dtype, role=role, name=name))
+            self.named[name] = vid
+        return self.named[name]
+
+    def module(self, path: str, type_: str) -> str:
+        for m in self.modules:
+            if m.path == path:
+                return m.id
+        parent = self.module(path.rsplit(".", 1)[0], "Sequential") if "." in path else "m0"
+        mid = f"m{len(self.modules)}"
+        self.modules.append(ModuleCall(mid, path, type_, 0, parent))
+        return mid
+
+    def op(self, op: str, ins: Sequence[str], outs: Sequence[Tuple[int, ...]], line: int, module: str = "",
+           args: Optional[Dict[str, Any]] = None, read: Any = None, dtype: str = "float32") -> Optional[str]:
+        mid = "m0" if not module else self.module(module, "Linear")
+        out_ids = []
+        for shape in outs:
+            out_ids.append(f"v{len(self.values)}")
+            self.values.append(Value(out_ids[-1], tuple(shape), "bool" if op.startswith("aten.gt") else dtype))
+        nid = f"n{len(self.nodes)}"
+        self.nodes.append(Node(nid, op, tuple(ins), tuple(out_ids), module=mid, args=args or {},
+                               source=Source("/src/router.py", line, "forward"),
+                               tags=("witness",) if read is not None else (),
+                               witness=Witness(value=read) if read is not None else None))
+        return out_ids[0] if out_ids else None
+
+    def linear(self, path: str, x: str, n_in: int, n_out: int, rows: int, line: int) -> str:
+        w = self.tensor(f"{path}.weight", (n_out, n_in))
+        b = self.tensor(f"{path}.bias", (n_out,))
+        wt = self.op("aten.t.default", [w], [(n_in, n_out)], line, path)
+        return self.op("aten.addmm.default", [b, x, wt], [(rows, n_out)], line, path)
+
+    def graph(self, out: str) -> Graph:
+        return Graph(meta={"label": self.label}, modules=tuple(self.modules), values=tuple(self.values),
+                     nodes=tuple(self.nodes), outputs=(out,)).validate()
+
+
+def router(label: str, spiky: bool, steps: int, rows: int = 2) -> Graph:
+    """examples/branching.py's Router, by hand: `if` at line 31, `while` at 35."""
+    g = Builder(label)
+    x = g.tensor("x", (rows, 8), role="input")
+    n = g.tensor("steps", (), role="input", dtype="int64")
+    h = g.linear("embed", x, 8, 8, rows, 30)
+    peak = g.op("aten.amax.default", [g.op("aten.abs.default", [x], [(rows, 8)], 31)], [()], 31)
+    g.op("aten._local_scalar_dense.default", [g.op("aten.gt.Scalar", [peak], [()], 31, args={"other": 3.0})], [], 31,
+         read=spiky)
+    if spiky:
+        h = g.linear("large.2", g.op("aten.gelu.default", [g.linear("large.0", h, 8, 16, rows, 32)], [(rows, 16)], 32,
+                                     "large.1"), 16, 8, rows, 32)
+    else:
+        h = g.linear("small", h, 8, 8, rows, 34)
+    for k in range(steps + 1):
+        g.op("aten._local_scalar_dense.default", [g.op("aten.gt.Scalar", [n], [()], 35, args={"other": 0})], [], 35,
+             read=k < steps)
+        if k < steps:
+            h = g.op("aten.add.Tensor", [g.op("aten.tanh.default", [h], [(rows, 8)], 36), h], [(rows, 8)], 36)
+            n = g.op("aten.sub.Tensor", [n], [()], 37, args={"other": 1}, dtype="int64")
+    return g.graph(g.linear("head", h, 8, 2, rows, 38))
+
+
+@pytest.fixture(scope="module")
+def structural():
+    return torchtrace.diff(router("calm", False, 3), router("spiky", True, 5))
+
+
+@pytest.fixture(scope="module")
+def shapes_only():
+    return torchtrace.diff(router("batch 2", False, 1, rows=2), router("batch 3", False, 1, rows=3))
+
+
+def check_golden(name: str, text: str, update: bool) -> None:
+    path = GOLDEN / name
+    if update:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return
+    assert path.exists(), f"no golden file {path}: run pytest --update-golden"
+    expected = path.read_text(encoding="utf-8")
+    assert text == expected, f"{name} differs from its golden file; if the change is right: pytest --update-golden"
+
+
+@pytest.mark.parametrize("fmt,ext", [("text", "txt"), ("markdown", "md"), ("dot", "dot"), ("mermaid", "mmd")])
+def test_golden_renderings(structural, shapes_only, update_golden, fmt, ext):
+    check_golden(f"router.{ext}", render_diff(structural, fmt), update_golden)
+    check_golden(f"router_shapes.{ext}", render_diff(shapes_only, fmt), update_golden)
+
+
+def test_the_text_reads_like_a_unified_diff_with_the_explanation_first(structural):
+    text = str(structural)
+    lines = text.splitlines()
+    assert lines[0].startswith("--- A calm (") and lines[1].startswith("+++ B spiky (")
+    assert lines[2] == "structure differs: 2 hunks; 2 ops only in A, 15 only in B, 0 changed"
+    assert lines[4:7] == [
+        "why:",
+        "  `router.py:31` read False in A, True in B \u2192 2 ops only in A, 5 ops only in B (in `<root>`)",
+        "  `while` at `router.py:35` ran 3\u00d7 in A, 5\u00d7 in B \u2192 10 ops only in B (in `<root>`)"
+        if _readable("/src/router.py") else
+        "  the loop at `router.py:35` ran 3\u00d7 in A, 5\u00d7 in B \u2192 10 ops only in B (in `<root>`)"]
+    minus = [x for x in lines if x.startswith("- ")]
+    plus = [x for x in lines if x.startswith("+ ")]
+    assert len(minus) == 2 and len(plus) == 15
+    assert all("# small" in x for x in minus)
+    assert text.index("why:") < text.index("@@")
+    assert torchtrace.render(structural, "text") == text
+
+
+def _readable(path: str) -> bool:
+    return Path(path).exists()
+
+
+def test_markdown_escapes_outside_code_spans(structural):
+    md = render_diff(structural, "markdown", diagram=False)
+    assert "- `router.py:31` read False in A, True in B" in md
+    assert "```diff\n@@ A " in md and "```mermaid" not in md
+    assert "(in `<root>`)" in md  # inside a code span: left alone
+    from torchtrace.renderers.diffs import _md
+
+    assert _md("a_b `c_d` <e>") == "a\\_b `c_d` \\<e\\>"
+    assert _md("one ` tick_") == "one \\` tick\\_"
+
+
+def test_drawings_color_added_removed_and_changed(structural, shapes_only):
+    dot = render_diff(structural, "dot")
+    assert dot.count('fillcolor="#d4f7d4"') == 15 and dot.count('fillcolor="#fbd5d5"') == 2
+    assert "read False in A, True in B" in dot  # the witness that decided the branch
+    assert "unchanged op" in dot  # unchanged runs are collapsed
+    mmd = render_diff(shapes_only, "mermaid")
+    assert "classDef changed" in mmd and "classDef added" not in mmd
+    assert "f32#91;2,8#93; \u2192 f32#91;3,8#93;" in mmd  # a changed op shows both types
+
+
+def test_mermaid_collapses_until_it_fits(structural):
+    full = render_diff(structural, "mermaid")
+    small = render_diff(structural, "mermaid", max_edges=8)
+    assert full.count("-->") + full.count("-.->") > 8
+    assert small.count("-->") + small.count("-.->") <= 8 and "collapsed to level" in small
+    with pytest.raises(torchtrace.TorchtraceError, match="does not fit"):
+        render_diff(structural, "mermaid", max_edges=1, max_chars=100)
+
+
+def test_bad_formats_and_options_are_usage_errors(structural):
+    with pytest.raises(UsageError, match="did you mean 'mermaid'"):
+        render_diff(structural, "mermaid2")
+    with pytest.raises(UsageError, match="did you mean 'context'"):
+        torchtrace.render(structural, "text", contxt=2)
+    with pytest.raises(UsageError, match="level"):
+        render_diff(structural, "dot", level=9)
+
+
+# -- real tools on real models --------------------------------------------------------------------
+
+def _real_diffs(gpt2_kv_graphs) -> Dict[str, Any]:
+    sys.path.insert(0, str(TESTS.parent / "examples"))
+    try:
+        import branching
+    finally:
+        sys.path.pop(0)
+    return {"branching": torchtrace.diff(*branching.graphs()),
+            "prefill_decode": torchtrace.diff(gpt2_kv_graphs[0], gpt2_kv_graphs[1]),
+            "decode_decode": torchtrace.diff(gpt2_kv_graphs[1], gpt2_kv_graphs[2])}
+
+
+@pytest.mark.dot
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs the Graphviz `dot` binary")
+def test_dot_lays_out_every_diff(gpt2_kv_graphs):
+    for name, d in _real_diffs(gpt2_kv_graphs).items():
+        svg = render_diff(d, "svg")
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg, name
+        png = render_diff(d, "png")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def _mermaid_parse(texts: List[str], pkg: str) -> List[dict]:
+    proc = subprocess.run(["node", str(MERMAID / "check.mjs"), "--mermaid", pkg], input=json.dumps(texts),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)["results"]
+
+
+@pytest.mark.mermaid
+@pytest.mark.skipif(shutil.which("node") is None or not (MERMAID / "node_modules" / "mermaid").is_dir(),
+                    reason="needs Node.js and `npm ci` in tests/mermaid")
+def test_mermaid_parses_in_mermaid_11_and_12(gpt2_kv_graphs, structural, shapes_only):
+    diffs = {**_real_diffs(gpt2_kv_graphs), "router": structural, "router_shapes": shapes_only}
+    texts = [render_diff(d, "mermaid") for d in diffs.values()]
+    texts.append(render_diff(structural, "mermaid", max_edges=8))
+    for pkg in ("mermaid", "mermaid-v11"):
+        for name, res in zip([*diffs, "router max_edges=8"], _mermaid_parse(texts, pkg)):
+            assert res["ok"], (pkg, name, res.get("problems"), res.get("error"))
+            assert res["model"]["edges"] <= 500 and res["textSize"] <= 50_000
+
+
+def test_render_diff_and_variants_without_torch(tmp_path, gpt2_kv_graphs):
+    """Loaded JSON files: diff, every text format and variants in a process that cannot import torch."""
+    paths = [str(torchtrace.save(g, tmp_path / f"g{k}.json")) for k, g in enumerate(gpt2_kv_graphs)]
+    script = r"""
+import sys, importlib.abc
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, NoTorch())
+import torchtrace
+from torchtrace.renderers.diffs import render_diff
+paths = sys.argv[1:]
+d = torchtrace.diff(paths[0], paths[1])
+for fmt in ("text", "markdown", "dot", "mermaid"):
+    assert render_diff(d, fmt)
+print(torchtrace.variants(paths))
+print(d.kind, torchtrace.diff(paths[1], paths[2]).kind)
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, *paths], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "structural shapes"
+    assert proc.stdout.startswith("2 variants in 4 graphs")

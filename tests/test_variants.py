@@ -1,0 +1,73 @@
+"""torchtrace.variants: many passes grouped by fingerprint, each new variant
+explained by the witness that made it."""
+from __future__ import annotations
+
+import io
+
+import torch
+from rich.console import Console
+
+import torchtrace
+from torchtrace.families import Variants
+from test_diff import BranchLoop, line_of, record
+
+SIGNS = [1, 1, -1, 1, -1, -1, 1]  # the sign of each step's input
+
+
+def _steps():
+    torch.manual_seed(0)
+    m = BranchLoop().eval()
+    return [record(m, s * torch.ones(2, 4), torch.tensor(2)) for s in SIGNS]
+
+
+def test_passes_group_into_variants_with_counts_and_first_last():
+    graphs = _steps()
+    vs = torchtrace.variants(graphs)
+    assert isinstance(vs, Variants) and len(vs) == 2 and vs.total == 7
+    pos, neg = vs
+    assert (pos.indices, pos.count, pos.first, pos.last) == ((0, 1, 3, 6), 4, 0, 6)
+    assert (neg.indices, neg.count, neg.first, neg.last) == ((2, 4, 5), 3, 2, 5)
+    assert vs.of == (0, 0, 1, 0, 1, 1, 0) and vs.variant_of(4) is neg
+    assert pos.graph is graphs[0] and neg.graph is graphs[2]
+    assert pos.structure == graphs[0].fingerprints["structure"] and len(pos.shapes) == 1
+    assert pos.previous is None and pos.why is None and pos.witness is None
+    # the new variant is explained against the pass just before it (step 1, variant 0)
+    assert (neg.previous, neg.against) == (1, 0)
+    assert (neg.witness.line, neg.witness.a.value, neg.witness.b.value) == (line_of("branch"), True, False)
+    assert neg.why.startswith(f"`test_diff.py:{line_of('branch')}` read True in A, False in B")
+
+
+def test_decode_steps_form_one_variant_with_one_shape_variant_per_cache_length(gpt2_kv_graphs):
+    vs = torchtrace.variants(gpt2_kv_graphs)
+    prefill, decode = vs
+    assert prefill.indices == (0,) and decode.indices == (1, 2, 3)
+    assert [s.indices for s in decode.shapes] == [(1,), (2,), (3,)]
+    assert [s.shapes for s in decode.shapes] == [g.fingerprints["shapes"] for g in gpt2_kv_graphs[1:]]
+    assert decode.shapes[0].why is None
+    assert "size 9 \u2192 10" in decode.shapes[1].why and "size 10 \u2192 11" in decode.shapes[2].why
+    assert decode.witness is None and decode.why.startswith("no tensor read differs before it")
+    # the same decode step twice is the same shape variant
+    again = torchtrace.variants(gpt2_kv_graphs[1:] + gpt2_kv_graphs[1:2])
+    assert len(again) == 1 and again[0].shapes[0].indices == (0, 3)
+
+
+def test_the_summary_prints_as_text_and_as_a_rich_table():
+    vs = torchtrace.variants(_steps())
+    text = str(vs)
+    lines = text.splitlines()
+    assert lines[0] == "2 variants in 7 graphs (2 shape variants)"
+    assert lines[1].split()[:6] == ["variant", "structure", "graphs", "first", "last", "shapes"]
+    assert lines[3].startswith("      1  ") and f"test_diff.py:{line_of('branch')}" in lines[3]
+    console = Console(file=io.StringIO(), width=250, record=True, color_system=None)
+    console.print(vs.table())
+    drawn = console.export_text()
+    assert vs[1].structure in drawn and "vs graph 1 (variant 0)" in drawn
+    assert "[" not in vs[1].structure and "read True in A, False in B" in drawn
+
+
+def test_identical_passes_are_one_variant_and_paths_are_accepted(tmp_path):
+    graphs = _steps()[:2]
+    paths = [torchtrace.save(g, tmp_path / f"g{k}.json") for k, g in enumerate(graphs)]
+    vs = torchtrace.variants(paths)
+    assert len(vs) == 1 and vs[0].count == 2 and len(vs[0].shapes) == 1
+    assert torchtrace.variants([]).variants == ()
