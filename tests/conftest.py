@@ -15,6 +15,22 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
 
 
+@pytest.fixture
+def golden(update_golden: bool):
+    """``golden(path, text)``: assert ``text`` equals the file, or (with
+    ``--update-golden``) write it there."""
+    def check(path, actual: str) -> None:
+        if update_golden:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(actual, encoding="utf-8")
+            return
+        assert path.exists(), f"{path} is missing: run pytest --update-golden"
+        expected = path.read_text(encoding="utf-8")
+        assert actual == expected, f"{path.name} differs; if the change is intended, run pytest --update-golden"
+
+    return check
+
+
 # -- diff / variants: GPT-2 tiny with a KV cache --------------------------------------------------
 @pytest.fixture(scope="session")
 def gpt2_kv_graphs():

@@ -108,21 +108,10 @@ def shapes_only():
     return torchtrace.diff(router("batch 2", False, 1, rows=2), router("batch 3", False, 1, rows=3))
 
 
-def check_golden(name: str, text: str, update: bool) -> None:
-    path = GOLDEN / name
-    if update:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        return
-    assert path.exists(), f"no golden file {path}: run pytest --update-golden"
-    expected = path.read_text(encoding="utf-8")
-    assert text == expected, f"{name} differs from its golden file; if the change is right: pytest --update-golden"
-
-
 @pytest.mark.parametrize("fmt,ext", [("text", "txt"), ("markdown", "md"), ("dot", "dot"), ("mermaid", "mmd")])
-def test_golden_renderings(structural, shapes_only, update_golden, fmt, ext):
-    check_golden(f"router.{ext}", render_diff(structural, fmt), update_golden)
-    check_golden(f"router_shapes.{ext}", render_diff(shapes_only, fmt), update_golden)
+def test_golden_renderings(structural, shapes_only, golden, fmt, ext):
+    golden(GOLDEN / f"router.{ext}", render_diff(structural, fmt))
+    golden(GOLDEN / f"router_shapes.{ext}", render_diff(shapes_only, fmt))
 
 
 def test_the_text_reads_like_a_unified_diff_with_the_explanation_first(structural):

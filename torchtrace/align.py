@@ -16,7 +16,7 @@ with the exit read in B), then the latest.
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any, Hashable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node
@@ -49,6 +49,22 @@ def witness_key(n: "Node") -> Any:
     if isinstance(v, float) and v != v:  # NaN reads equal NaN
         return ("nan",)
     return (type(v).__name__, v)
+
+
+class Side:
+    """One graph as the diff sees it: its ops in order without bookkeeping
+    ops, their signatures and witness keys."""
+
+    def __init__(self, g: "Graph") -> None:
+        self.graph = g
+        self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
+        self.sigs: List[Sig] = [signature(g, n) for n in self.nodes]
+        self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
+        self.ignored = len(g.nodes) - len(self.nodes)
+        self.reads: Dict[Sig, List[int]] = {}
+        for i, k in enumerate(self.wkeys):
+            if k is not None:
+                self.reads.setdefault(self.sigs[i], []).append(i)
 
 
 def align(sa: Sequence[Hashable], sb: Sequence[Hashable],

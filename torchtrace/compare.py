@@ -20,47 +20,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .align import align, is_bookkeeping
+from .align import Side, align
+from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, TypeChange, a_first, arg_changes, args_only,
+                       classify, input_changes, producers, reshaped, significant, type_changes, value_pairs)
 from .errors import UsageError
-from .explain import (ArgChange, Causes, InputChange, LoopChange, Side, TypeChange, WitnessChange, arg_changes,
-                      common_module, input_changes, plural, type_changes)
-from .fingerprint import canonical_args
+from .explain import Causes, LoopChange, WitnessChange, common_module, plural
 from .ir import Graph, Node
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
 
-STATUSES = ("same", "only_a", "only_b", "changed")
 CONTEXT = 3  # unchanged ops shown around a hunk; changed runs closer than 2x this merge
-Row = Tuple[Optional[int], Optional[int]]
-Made = Tuple[Dict[str, int], Dict[str, int]]  # value id -> merged row of its producer, per side
-Shape = Tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class OpPair:
-    """One row of the alignment. ``status``: ``same``, ``only_a``, ``only_b``
-    or ``changed``; ``what`` (for changed) lists ``shape``, ``dtype``,
-    ``args``, ``wiring`` (an input comes from another op), ``value`` (a
-    witness read other data) and ``line`` (the same op called from another
-    source line: the code was edited between the runs)."""
-
-    a: Optional[Node]
-    b: Optional[Node]
-    status: str
-    what: Tuple[str, ...] = ()
-
-    def mirror(self) -> "OpPair":
-        status = {"only_a": "only_b", "only_b": "only_a"}.get(self.status, self.status)
-        return OpPair(self.b, self.a, status, self.what)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d: Dict[str, Any] = {"a": self.a.id if self.a else None, "b": self.b.id if self.b else None,
-                             "status": self.status}
-        if self.what:
-            d["what"] = list(self.what)
-        return d
 
 
 @dataclass(frozen=True)
@@ -207,7 +178,7 @@ class GraphDiff:
     @property
     def changed(self) -> int:
         """Aligned ops whose tensors, args or inputs differ."""
-        return sum(1 for p in self.ops if _significant(p))
+        return sum(1 for p in self.ops if significant(p))
 
     @property
     def moved(self) -> int:
@@ -244,15 +215,16 @@ class GraphDiff:
             what += [i.describe() for i in self.inputs[:2]]
             lines.append(f"same ops, other shapes ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), modules in groups.items():
-            where = ", ".join(f"`{m}`" for m in modules[:4])
-            where += f" and {len(modules) - 4} more" if len(modules) > 4 else ""
+            names = list(dict.fromkeys(modules))
+            where = ", ".join(f"`{m}`" for m in names[:4])
+            where += f" and {len(names) - 4} more" if len(names) > 4 else ""
             each = f" each, {len(modules)} hunks" if len(modules) > 1 else ""
             lines.append(f"{cause} \u2192 {counts}{each} (in {where})")
         return lines
 
     def mirror(self) -> "GraphDiff":
         """The same comparison seen from B: ``diff(b, a)``."""
-        return GraphDiff(self.b, self.a, _a_first([p.mirror() for p in self.ops]),
+        return GraphDiff(self.b, self.a, a_first([p.mirror() for p in self.ops]),
                          tuple(h.mirror() for h in self.hunks),
                          tuple(w.mirror() for w in self.witnesses), tuple(t.mirror() for t in self.types),
                          tuple(x.mirror() for x in self.args), tuple(i.mirror() for i in self.inputs),
@@ -319,8 +291,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
         pairs: List[Row] = [(k, k) for k in range(len(A.sigs))]
     else:
         pairs = align(A.sigs, B.sigs, A.wkeys, B.wkeys)
-    made = (_producers(A, pairs, 0), _producers(B, pairs, 1))
-    ops = _a_first([_classify(A, B, pairs[e], made) for e in range(len(pairs))])
+    made = (producers(A, pairs, 0), producers(B, pairs, 1))
+    ops = a_first([classify(A, B, pairs[e], made) for e in range(len(pairs))])
     causes = Causes(A, B, pairs)
     hunks: List[Hunk] = []
     for kind, k0, k1 in _runs(ops):
@@ -332,43 +304,19 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop))
         else:
-            changed = tuple(p for p in rows if _significant(p))
+            changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1),
-                              types=type_changes(_value_pairs(A, B, changed)),
-                              args=arg_changes(_args_only(changed), _reshaped(changed))))
+                              types=type_changes(value_pairs(A, B, changed)),
+                              args=arg_changes(args_only(changed), reshaped(changed))))
     matched = [p for p in ops if p.a is not None and p.b is not None]
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
-                     type_changes(_value_pairs(A, B, matched)), arg_changes(_args_only(matched), _reshaped(matched)),
+                     type_changes(value_pairs(A, B, matched)), arg_changes(args_only(matched), reshaped(matched)),
                      input_changes(A.graph, B.graph), (A.ignored, B.ignored))
-
-
-def _a_first(ops: List[OpPair]) -> Tuple[OpPair, ...]:
-    """Within each run of ops only in A or B, A's come first (like ``-``
-    before ``+`` in a unified diff), whichever orientation aligned them."""
-    out: List[OpPair] = []
-    k = 0
-    while k < len(ops):
-        if ops[k].status not in ("only_a", "only_b"):
-            out.append(ops[k])
-            k += 1
-            continue
-        k1 = k
-        while k1 < len(ops) and ops[k1].status in ("only_a", "only_b"):
-            k1 += 1
-        out.extend(p for p in ops[k:k1] if p.status == "only_a")
-        out.extend(p for p in ops[k:k1] if p.status == "only_b")
-        k = k1
-    return tuple(out)
 
 
 def _module_path(g: Graph, n: Node) -> str:
     return g.module_path(n.module)
-
-
-def _significant(p: OpPair) -> bool:
-    """A change worth a hunk: not only a witness value or a source line."""
-    return p.status == "changed" and not set(p.what) <= {"value", "line"}
 
 
 def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
@@ -383,11 +331,11 @@ def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
                 k1 += 1
             yield "structural", k, k1
             k = k1
-        elif _significant(ops[k]):
+        elif significant(ops[k]):
             last = k
             k1 = k + 1
             while k1 < n and ops[k1].status not in ("only_a", "only_b") and k1 - last <= 2 * CONTEXT:
-                if _significant(ops[k1]):
+                if significant(ops[k1]):
                     last = k1
                 k1 += 1
             yield "changed", k, last + 1
@@ -396,96 +344,3 @@ def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
             k += 1
 
 
-def _classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
-    i, j = row
-    if j is None:
-        return OpPair(A.nodes[i], None, "only_a")
-    if i is None:
-        return OpPair(None, B.nodes[j], "only_b")
-    na, nb = A.nodes[i], B.nodes[j]
-    what: List[str] = []
-    va = [A.graph.value(v) for v in (*na.inputs, *na.outputs)]
-    vb = [B.graph.value(v) for v in (*nb.inputs, *nb.outputs)]
-    if len(va) != len(vb) or any(x.shape != y.shape for x, y in zip(va, vb)):
-        what.append("shape")
-    if any(x.dtype != y.dtype for x, y in zip(va, vb)):
-        what.append("dtype")
-    if na.args != nb.args and canonical_args(na.args) != canonical_args(nb.args):
-        what.append("args")
-    if _rewired(A, B, made, na, nb):
-        what.append("wiring")
-    if A.wkeys[i] != B.wkeys[j]:
-        what.append("value")
-    if A.sigs[i] != B.sigs[j]:
-        what.append("line")
-    return OpPair(na, nb, "changed" if what else "same", tuple(what))
-
-
-def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:
-    """An input whose producers are both aligned, but not with each other
-    (or two external tensors of another role/name). Inputs made by ops only
-    on one side are the hunk's doing, not a separate change."""
-    if len(na.inputs) != len(nb.inputs):
-        return True
-    pa, pb = made
-    for x, y in zip(na.inputs, nb.inputs):
-        ra, rb = pa.get(x), pb.get(y)
-        if ra is None and rb is None:
-            if _external(A.graph, x) != _external(B.graph, y):
-                return True
-        elif ra is not None and rb is not None:
-            if ra != rb and ra >= 0 and rb >= 0:
-                return True
-        else:
-            known = ra if ra is not None else rb
-            if known is not None and known >= 0:
-                return True
-    return False
-
-
-def _producers(side: Side, pairs: Sequence[Row], k: int) -> Dict[str, int]:
-    """value id -> merged row of the op that made it (-1: an op only on this
-    side); bookkeeping ops pass their input through."""
-    row_of = {x[k]: e for e, x in enumerate(pairs) if x[k] is not None}
-    pos = {n.id: i for i, n in enumerate(side.nodes)}
-    table: Dict[str, int] = {}
-    for n in side.graph.nodes:
-        if is_bookkeeping(n):
-            src = table.get(n.inputs[0]) if n.inputs else None
-            if src is not None:
-                table.update((v, src) for v in n.outputs)
-            continue
-        e = row_of[pos[n.id]]
-        table.update((v, e if pairs[e][1 - k] is not None else -1) for v in n.outputs)
-    return table
-
-
-def _external(g: Graph, vid: str) -> Tuple[str, Optional[str]]:
-    v = g.value(vid)
-    return (v.role, v.name if v.role in ("param", "buffer", "input") else None)
-
-
-def _value_pairs(A: Side, B: Side, rows: Iterable[OpPair]) -> Iterator[Tuple[str, str, Shape, Shape]]:
-    """(dtype, dtype, shape, shape) of each aligned tensor, once."""
-    seen = set()
-    for p in rows:
-        if p.a is None or p.b is None:
-            continue
-        for x, y in zip((*p.a.inputs, *p.a.outputs), (*p.b.inputs, *p.b.outputs)):
-            if x in seen:
-                continue
-            seen.add(x)
-            va, vb = A.graph.value(x), B.graph.value(y)
-            yield va.dtype, vb.dtype, va.shape, vb.shape
-
-
-def _args_only(rows: Iterable[OpPair]) -> Iterator[Tuple[Node, Node]]:
-    """Ops whose args differ; ``arg_changes`` leaves out the integer args of
-    ops whose shapes changed too (a ``view``'s size just follows its input)."""
-    for p in rows:
-        if p.a is not None and p.b is not None and "args" in p.what:
-            yield p.a, p.b
-
-
-def _reshaped(rows: Iterable[OpPair]) -> set:
-    return {p.a.id for p in rows if p.a is not None and "shape" in p.what}

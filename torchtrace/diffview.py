@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
 from .align import is_bookkeeping
-from .explain import ARROW, plural
+from .explain import ARROW, common_module, plural
 from .textform import op_str, type_str
 from .views import Box, Cluster, Edge, View
 
@@ -117,8 +117,6 @@ class _Builder:
                rows: Optional[List[int]] = None) -> None:
         rows = rows if rows is not None else list(range(k0, k1))
         paths = [self._path(k) for k in rows]
-        from .explain import common_module
-
         box = Box(id=f"c{k0}", kind="chunk", title=title, lines=tuple(x for x in lines if x),
                   cluster=self._cluster(common_module(paths), k0), tooltip=title, order=k0)
         self._add(box, status, rows)

@@ -1,5 +1,5 @@
-"""Why two aligned graphs differ: the witness that decided a hunk, loop counts,
-and compact summaries of shape, dtype and argument changes.
+"""Why two aligned graphs differ: the witness that decided a hunk, and loop
+counts.
 
 Every record here is a frozen dataclass with a ``mirror()`` (A and B swapped)
 and a ``describe()`` that writes the sentence shown to users; the sentences
@@ -18,50 +18,18 @@ Rules (DESIGN.md, "diff"):
 from __future__ import annotations
 
 import bisect
-import json
 import linecache
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .align import Pair, Sig, is_bookkeeping, signature, witness_key
-from .fingerprint import canonical_json
-from .textform import dtype_short, op_str, shape_str
+from .align import Pair, Side, Sig
+from .textform import shape_str
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Node, Witness
+    from .ir import Witness
 
 ARROW = "\u2192"
 TIMES = "\u00d7"
-
-
-class _Absent:
-    """An argument one side does not pass."""
-
-    def __repr__(self) -> str:
-        return "(absent)"
-
-    def __reduce__(self) -> str:
-        return "ABSENT"
-
-
-ABSENT: Any = _Absent()
-
-
-class Side:
-    """One graph as the diff sees it: its ops in order without bookkeeping
-    ops, their signatures and witness keys."""
-
-    def __init__(self, g: "Graph") -> None:
-        self.graph = g
-        self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
-        self.sigs: List[Sig] = [signature(g, n) for n in self.nodes]
-        self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
-        self.ignored = len(g.nodes) - len(self.nodes)
-        self.reads: Dict[Sig, List[int]] = {}
-        for i, k in enumerate(self.wkeys):
-            if k is not None:
-                self.reads.setdefault(self.sigs[i], []).append(i)
 
 
 # -- records ---------------------------------------------------------------
@@ -154,81 +122,6 @@ class LoopChange:
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
                 "via": self.via, "period": self.period, "keyword": self.keyword}
-
-
-@dataclass(frozen=True)
-class TypeChange:
-    """``kind`` "size": one dimension ``a`` became ``b``; "rank": the number of
-    dimensions; "dtype": the element type. ``count`` values changed so."""
-
-    kind: str
-    a: Any
-    b: Any
-    count: int
-
-    def describe(self) -> str:
-        a, b = (dtype_short(self.a), dtype_short(self.b)) if self.kind == "dtype" else (self.a, self.b)
-        what = "" if self.kind == "dtype" else f"{self.kind} "
-        return f"{what}{a} {ARROW} {b} in {plural(self.count, 'value')}"
-
-    def mirror(self) -> "TypeChange":
-        return replace(self, a=self.b, b=self.a)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "a": self.a, "b": self.b, "count": self.count}
-
-
-@dataclass(frozen=True)
-class ArgChange:
-    """A non-tensor argument of ``op`` that differs on ops whose tensors
-    did not change (``is_causal``, a Python scalar...)."""
-
-    op: str
-    key: str
-    a: Any
-    b: Any
-    count: int
-
-    def describe(self) -> str:
-        change = f"{_arg_str(self.a)} {ARROW} {_arg_str(self.b)}"
-        return f"{op_str(self.op)} {self.key}={change} ({plural(self.count, 'op')})"
-
-    def mirror(self) -> "ArgChange":
-        return replace(self, a=self.b, b=self.a)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d: Dict[str, Any] = {"op": self.op, "key": self.key, "count": self.count}
-        if self.a is not ABSENT:
-            d["a"] = self.a
-        if self.b is not ABSENT:
-            d["b"] = self.b
-        return d
-
-
-@dataclass(frozen=True)
-class InputChange:
-    """A named input of the traced call whose type differs (``None``: absent)."""
-
-    name: str
-    a: Optional[str]
-    b: Optional[str]
-
-    def describe(self) -> str:
-        if self.a is None:
-            return f"input `{self.name}` only in B ({self.b})"
-        if self.b is None:
-            return f"input `{self.name}` only in A ({self.a})"
-        return f"input `{self.name}` {self.a} {ARROW} {self.b}"
-
-    def mirror(self) -> "InputChange":
-        return replace(self, a=self.b, b=self.a)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "a": self.a, "b": self.b}
-
-
-def _arg_str(v: Any) -> str:
-    return repr(v) if v is ABSENT else json.dumps(v, ensure_ascii=False)
 
 
 def _witness_dict(w: "Witness") -> Dict[str, Any]:
@@ -335,8 +228,8 @@ class Causes:
         inside = len(xs) // unit_len
         cx = _copies_before(X.sigs, xs[0], unit) + inside + _copies_after(X.sigs, xs[-1] + 1, unit)
         cy = _copies_before(Y.sigs, y, unit) + _copies_after(Y.sigs, y, unit)
-        if cy == 0 and inside < 2:
-            return None
+        if cy == 0 and (inside < 2 or unit_len < 2):
+            return None  # one op twice where the other side has none: not evidence of a loop
         src = X.nodes[xs[0]].source
         a, b = (cx, cy) if X is self.A else (cy, cx)
         return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
@@ -389,67 +282,6 @@ def _keyword(file: str, line: int) -> Optional[str]:
     text = linecache.getline(file, line).strip()
     word = text.split(" ", 1)[0].rstrip(":") if text else ""
     return word if word in ("while", "for", "if", "elif", "assert") else None
-
-
-# -- summaries of changed tensors and args ----------------------------------
-
-def type_changes(pairs: Iterable[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]]) -> Tuple[TypeChange, ...]:
-    """Summarise ``(dtype_a, dtype_b, shape_a, shape_b)`` of paired values."""
-    counts: Counter = Counter()
-    for da, db, sa, sb in pairs:
-        if da != db:
-            counts[("dtype", da, db)] += 1
-        if len(sa) != len(sb):
-            counts[("rank", len(sa), len(sb))] += 1
-        else:
-            for key in sorted({(x, y) for x, y in zip(sa, sb) if x != y}):
-                counts[("size",) + key] += 1
-    return tuple(TypeChange(k, a, b, c) for (k, a, b), c in
-                 sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0], repr(kv[0][1:]))))
-
-
-def arg_changes(nodes: Iterable[Tuple["Node", "Node"]], reshaped: Any = None) -> Tuple[ArgChange, ...]:
-    """Summarise differing args of aligned ops. Integer args of ops in
-    ``reshaped`` (a set of A node ids whose tensors changed shape) are left
-    out: they are sizes that follow the shapes; flags, floats and args that
-    one side lacks are kept (``is_causal=True`` in prefill, absent in decode)."""
-    counts: Counter = Counter()
-    for na, nb in nodes:
-        for key in sorted(set(na.args) | set(nb.args)):
-            va, vb = na.args.get(key, ABSENT), nb.args.get(key, ABSENT)
-            if reshaped and na.id in reshaped and _sizes(va) and _sizes(vb):
-                continue
-            if _canon(va) != _canon(vb):
-                counts[(na.op, key, _canon(va), _canon(vb))] += 1
-    out = []
-    for (op, key, ca, cb), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        out.append(ArgChange(op, key, _uncanon(ca), _uncanon(cb), c))
-    return tuple(out)
-
-
-def _sizes(v: Any) -> bool:
-    ints = v if isinstance(v, list) else [v]
-    return all(isinstance(x, int) and not isinstance(x, bool) for x in ints)
-
-
-def _canon(v: Any) -> str:
-    return "\0absent" if v is ABSENT else canonical_json(v)
-
-
-def _uncanon(s: str) -> Any:
-    return ABSENT if s == "\0absent" else json.loads(s)
-
-
-def input_changes(a: "Graph", b: "Graph") -> Tuple[InputChange, ...]:
-    def named(g: "Graph") -> Dict[str, str]:
-        from .textform import type_str
-
-        return {v.name: type_str(v) for v in g.values if v.role == "input" and v.name and v.version_of is None}
-
-    ta, tb = named(a), named(b)
-    out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]
-           if ta.get(k) != tb.get(k)]
-    return tuple(out)
 
 
 def common_module(paths: Iterable[str]) -> str:

@@ -19,7 +19,8 @@ import json
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import RenderError, UsageError
-from ..explain import ABSENT
+from ..classify import ABSENT
+from ..fingerprint import canonical_json
 from ..textform import node_line, op_str, type_str
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -198,7 +199,7 @@ def _changed_line(diff: "GraphDiff", p: "OpPair") -> str:
     if "args" in p.what:
         for k in sorted(set(a.args) | set(b.args)):
             va, vb = a.args.get(k, ABSENT), b.args.get(k, ABSENT)
-            if va != vb:
+            if (va is ABSENT) != (vb is ABSENT) or va is not ABSENT and canonical_json(va) != canonical_json(vb):
                 parts.append(f"{k}={_arg(va)} {ARROW} {_arg(vb)}")
     if "wiring" in p.what:
         parts.append(f"inputs {' '.join(a.inputs)} {ARROW} B {' '.join(b.inputs)}")

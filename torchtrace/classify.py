@@ -1,0 +1,318 @@
+"""What changed in each aligned op, and compact summaries of those changes.
+
+An aligned pair of ops is ``same`` or ``changed``; ``what`` names how:
+``shape``, ``dtype``, ``args``, ``wiring`` (an input comes from another op),
+``value`` (a witness read other data), ``line`` (another call site). The
+summaries count paired tensors by dimension change ("size 8 -> 9 in 40
+values"), args by key, and the traced call's named inputs.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from .align import Side, is_bookkeeping
+from .explain import ARROW, plural
+from .fingerprint import canonical_args, canonical_json
+from .textform import dtype_short, op_str, type_str
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ir import Graph, Node
+
+STATUSES = ("same", "only_a", "only_b", "changed")
+Row = Tuple[Optional[int], Optional[int]]
+Made = Tuple[Dict[str, int], Dict[str, int]]  # value id -> merged row of its producer, per side
+Shape = Tuple[int, ...]
+
+
+class _Absent:
+    """An argument one side does not pass."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+    def __reduce__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+@dataclass(frozen=True)
+class OpPair:
+    """One row of the alignment. ``status``: ``same``, ``only_a``, ``only_b``
+    or ``changed``; ``what`` (for changed) lists ``shape``, ``dtype``,
+    ``args``, ``wiring`` (an input comes from another op), ``value`` (a
+    witness read other data) and ``line`` (the same op called from another
+    source line: the code was edited between the runs)."""
+
+    a: Optional[Node]
+    b: Optional[Node]
+    status: str
+    what: Tuple[str, ...] = ()
+
+    def mirror(self) -> "OpPair":
+        status = {"only_a": "only_b", "only_b": "only_a"}.get(self.status, self.status)
+        return OpPair(self.b, self.a, status, self.what)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"a": self.a.id if self.a else None, "b": self.b.id if self.b else None,
+                             "status": self.status}
+        if self.what:
+            d["what"] = list(self.what)
+        return d
+
+
+@dataclass(frozen=True)
+class TypeChange:
+    """``kind`` "size": one dimension ``a`` became ``b``; "rank": the number of
+    dimensions; "dtype": the element type. ``count`` values changed so."""
+
+    kind: str
+    a: Any
+    b: Any
+    count: int
+
+    def describe(self) -> str:
+        a, b = (dtype_short(self.a), dtype_short(self.b)) if self.kind == "dtype" else (self.a, self.b)
+        what = "" if self.kind == "dtype" else f"{self.kind} "
+        return f"{what}{a} {ARROW} {b} in {plural(self.count, 'value')}"
+
+    def mirror(self) -> "TypeChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "a": self.a, "b": self.b, "count": self.count}
+
+
+@dataclass(frozen=True)
+class ArgChange:
+    """A non-tensor argument of ``op`` that differs on ops whose tensors
+    did not change (``is_causal``, a Python scalar...)."""
+
+    op: str
+    key: str
+    a: Any
+    b: Any
+    count: int
+
+    def describe(self) -> str:
+        change = f"{_arg_str(self.a)} {ARROW} {_arg_str(self.b)}"
+        return f"{op_str(self.op)} {self.key}={change} ({plural(self.count, 'op')})"
+
+    def mirror(self) -> "ArgChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"op": self.op, "key": self.key, "count": self.count}
+        if self.a is not ABSENT:
+            d["a"] = self.a
+        if self.b is not ABSENT:
+            d["b"] = self.b
+        return d
+
+
+@dataclass(frozen=True)
+class InputChange:
+    """A named input of the traced call whose type differs (``None``: absent)."""
+
+    name: str
+    a: Optional[str]
+    b: Optional[str]
+
+    def describe(self) -> str:
+        if self.a is None:
+            return f"input `{self.name}` only in B ({self.b})"
+        if self.b is None:
+            return f"input `{self.name}` only in A ({self.a})"
+        return f"input `{self.name}` {self.a} {ARROW} {self.b}"
+
+    def mirror(self) -> "InputChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "a": self.a, "b": self.b}
+
+
+def _arg_str(v: Any) -> str:
+    return repr(v) if v is ABSENT else json.dumps(v, ensure_ascii=False)
+
+
+def a_first(ops: List[OpPair]) -> Tuple[OpPair, ...]:
+    """Within each run of ops only in A or B, A's come first (like ``-``
+    before ``+`` in a unified diff), whichever orientation aligned them."""
+    out: List[OpPair] = []
+    k = 0
+    while k < len(ops):
+        if ops[k].status not in ("only_a", "only_b"):
+            out.append(ops[k])
+            k += 1
+            continue
+        k1 = k
+        while k1 < len(ops) and ops[k1].status in ("only_a", "only_b"):
+            k1 += 1
+        out.extend(p for p in ops[k:k1] if p.status == "only_a")
+        out.extend(p for p in ops[k:k1] if p.status == "only_b")
+        k = k1
+    return tuple(out)
+
+
+def significant(p: OpPair) -> bool:
+    """A change worth a hunk: not only a witness value or a source line."""
+    return p.status == "changed" and not set(p.what) <= {"value", "line"}
+
+
+def classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
+    i, j = row
+    if j is None:
+        return OpPair(A.nodes[i], None, "only_a")
+    if i is None:
+        return OpPair(None, B.nodes[j], "only_b")
+    na, nb = A.nodes[i], B.nodes[j]
+    what: List[str] = []
+    va = [A.graph.value(v) for v in (*na.inputs, *na.outputs)]
+    vb = [B.graph.value(v) for v in (*nb.inputs, *nb.outputs)]
+    if len(va) != len(vb) or any(x.shape != y.shape for x, y in zip(va, vb)):
+        what.append("shape")
+    if any(x.dtype != y.dtype for x, y in zip(va, vb)):
+        what.append("dtype")
+    if na.args != nb.args and canonical_args(na.args) != canonical_args(nb.args):
+        what.append("args")
+    if _rewired(A, B, made, na, nb):
+        what.append("wiring")
+    if A.wkeys[i] != B.wkeys[j]:
+        what.append("value")
+    if A.sigs[i] != B.sigs[j]:
+        what.append("line")
+    return OpPair(na, nb, "changed" if what else "same", tuple(what))
+
+
+def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:
+    """An input whose producers are both aligned, but not with each other
+    (or two external tensors of another role/name). Inputs made by ops only
+    on one side are the hunk's doing, not a separate change."""
+    if len(na.inputs) != len(nb.inputs):
+        return True
+    pa, pb = made
+    for x, y in zip(na.inputs, nb.inputs):
+        ra, rb = pa.get(x), pb.get(y)
+        if ra is None and rb is None:
+            if _external(A.graph, x) != _external(B.graph, y):
+                return True
+        elif ra is not None and rb is not None:
+            if ra != rb and ra >= 0 and rb >= 0:
+                return True
+        else:
+            known = ra if ra is not None else rb
+            if known is not None and known >= 0:
+                return True
+    return False
+
+
+def producers(side: Side, pairs: Sequence[Row], k: int) -> Dict[str, int]:
+    """value id -> merged row of the op that made it (-1: an op only on this
+    side); bookkeeping ops pass their input through."""
+    row_of = {x[k]: e for e, x in enumerate(pairs) if x[k] is not None}
+    pos = {n.id: i for i, n in enumerate(side.nodes)}
+    table: Dict[str, int] = {}
+    for n in side.graph.nodes:
+        if is_bookkeeping(n):
+            src = table.get(n.inputs[0]) if n.inputs else None
+            if src is not None:
+                table.update((v, src) for v in n.outputs)
+            continue
+        e = row_of[pos[n.id]]
+        table.update((v, e if pairs[e][1 - k] is not None else -1) for v in n.outputs)
+    return table
+
+
+def _external(g: Graph, vid: str) -> Tuple[str, Optional[str]]:
+    v = g.value(vid)
+    return (v.role, v.name if v.role in ("param", "buffer", "input") else None)
+
+
+def value_pairs(A: Side, B: Side, rows: Iterable[OpPair]) -> Iterator[Tuple[str, str, Shape, Shape]]:
+    """(dtype, dtype, shape, shape) of each aligned tensor, once."""
+    seen = set()
+    for p in rows:
+        if p.a is None or p.b is None:
+            continue
+        for x, y in zip((*p.a.inputs, *p.a.outputs), (*p.b.inputs, *p.b.outputs)):
+            if x in seen:
+                continue
+            seen.add(x)
+            va, vb = A.graph.value(x), B.graph.value(y)
+            yield va.dtype, vb.dtype, va.shape, vb.shape
+
+
+def args_only(rows: Iterable[OpPair]) -> Iterator[Tuple[Node, Node]]:
+    """Ops whose args differ; ``arg_changes`` leaves out the integer args of
+    ops whose shapes changed too (a ``view``'s size just follows its input)."""
+    for p in rows:
+        if p.a is not None and p.b is not None and "args" in p.what:
+            yield p.a, p.b
+
+
+def reshaped(rows: Iterable[OpPair]) -> set:
+    return {p.a.id for p in rows if p.a is not None and "shape" in p.what}
+
+
+def type_changes(pairs: Iterable[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]]) -> Tuple[TypeChange, ...]:
+    """Summarise ``(dtype_a, dtype_b, shape_a, shape_b)`` of paired values."""
+    counts: Counter = Counter()
+    for da, db, sa, sb in pairs:
+        if da != db:
+            counts[("dtype", da, db)] += 1
+        if len(sa) != len(sb):
+            counts[("rank", len(sa), len(sb))] += 1
+        else:
+            for key in sorted({(x, y) for x, y in zip(sa, sb) if x != y}):
+                counts[("size",) + key] += 1
+    return tuple(TypeChange(k, a, b, c) for (k, a, b), c in
+                 sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0], repr(kv[0][1:]))))
+
+
+def arg_changes(nodes: Iterable[Tuple["Node", "Node"]], resized: Any = None) -> Tuple[ArgChange, ...]:
+    """Summarise differing args of aligned ops. Integer args of ops in
+    ``resized`` (a set of A node ids whose tensors changed shape) are left
+    out: they are sizes that follow the shapes; flags, floats and args that
+    one side lacks are kept (``is_causal=True`` in prefill, absent in decode)."""
+    counts: Counter = Counter()
+    for na, nb in nodes:
+        for key in sorted(set(na.args) | set(nb.args)):
+            va, vb = na.args.get(key, ABSENT), nb.args.get(key, ABSENT)
+            if resized and na.id in resized and _sizes(va) and _sizes(vb):
+                continue
+            if _canon(va) != _canon(vb):
+                counts[(na.op, key, _canon(va), _canon(vb))] += 1
+    out = []
+    for (op, key, ca, cb), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        out.append(ArgChange(op, key, _uncanon(ca), _uncanon(cb), c))
+    return tuple(out)
+
+
+def _sizes(v: Any) -> bool:
+    ints = v if isinstance(v, list) else [v]
+    return all(isinstance(x, int) and not isinstance(x, bool) for x in ints)
+
+
+def _canon(v: Any) -> str:
+    return "\0absent" if v is ABSENT else canonical_json(v)
+
+
+def _uncanon(s: str) -> Any:
+    return ABSENT if s == "\0absent" else json.loads(s)
+
+
+def input_changes(a: "Graph", b: "Graph") -> Tuple[InputChange, ...]:
+    def named(g: "Graph") -> Dict[str, str]:
+        return {v.name: type_str(v) for v in g.values if v.role == "input" and v.name and v.version_of is None}
+
+    ta, tb = named(a), named(b)
+    out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]
+           if ta.get(k) != tb.get(k)]
+    return tuple(out)
+
+
