@@ -4,8 +4,9 @@ Every renderer (and ``renderers/diffs.py``) gets label text and ids from here
 and from nowhere else, so one table of hostile inputs (tests/test_escape.py)
 covers them all. The rules, each checked against the real tools:
 
-* DOT escString (edge labels, tooltips): backslashes doubled, quotes
-  escaped, newlines become ``\\n``; python-graphviz adds the quotes.
+* DOT escString (edge labels, tooltips): ``&`` as ``&amp;`` (dot decodes
+  entities there too), backslashes doubled, newlines ``\\n``;
+  python-graphviz adds the quotes and escapes the quotes.
 * DOT HTML-like labels: ``& < > "`` as entities, newlines as ``<BR/>``.
 * Mermaid: every ASCII character outside ``[A-Za-z0-9 ,=]`` becomes
   ``#<decimal>;``; line breaks are raw newlines inside the quotes (not
@@ -57,7 +58,7 @@ def dot_text(text: object) -> str:
 
     Returned as ``graphviz.nohtml`` so ``<…>`` is never taken for an HTML label;
     python-graphviz quotes it and escapes the quotes."""
-    s = clean(text).replace("\\", "\\\\").replace("\n", "\\n")
+    s = clean(text).replace("&", "&amp;").replace("\\", "\\\\").replace("\n", "\\n")
     return nohtml(s)
 
 
@@ -85,9 +86,9 @@ def mermaid_label(text: object) -> str:
 
 
 def mermaid_comment(text: object) -> str:
-    """One ``%%`` comment line. Braces and ``%%`` are defused so a comment can
-    never turn into a ``%%{…}%%`` directive."""
-    s = clean(text).replace("\n", " ").replace("%", "pct ").replace("{", "(").replace("}", ")")
+    """One ``%%`` comment line. Braces become parentheses so a comment can
+    never turn into a ``%%{…}%%`` directive (which mermaid finds anywhere)."""
+    s = clean(text).replace("\n", " ").replace("{", "(").replace("}", ")")
     return "%% " + s
 
 

@@ -45,11 +45,12 @@ def check_direction(direction: str) -> str:
 
 def html_label(title: str, lines: tuple = (), *, title_size: Optional[int] = None) -> str:
     """An HTML-like label: bold title, smaller muted lines; all text escaped."""
-    head = dot_html(shorten(title, LINE_WIDTH))
+    head = dot_html(shorten(title, LINE_WIDTH)) or " "  # dot rejects an empty <B></B>
     head = f'<FONT POINT-SIZE="{title_size}">{head}</FONT>' if title_size else head
     parts = [f"<B>{head}</B>"]
     for line in lines:
-        parts.append(f'<FONT POINT-SIZE="9" COLOR="{MUTED}">{dot_html(shorten(line, LINE_WIDTH))}</FONT>')
+        text = dot_html(shorten(line, LINE_WIDTH)) or " "
+        parts.append(f'<FONT POINT-SIZE="9" COLOR="{MUTED}">{text}</FONT>')
     return "<" + "<BR/>".join(parts) + ">"
 
 

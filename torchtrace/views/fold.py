@@ -111,7 +111,8 @@ class Folder:
                 p = j - i
                 if p > MAX_PERIOD or i + 2 * p > n:
                     break
-                if i and tok[i - 1] == tok[i + p - 1]:
+                if i and tok[i - 1] == tok[i + p - 1] and self._piece_sig(items[i - 1:i]) == self._piece_sig(
+                        items[i + p - 1:i + p]):
                     continue  # a rotation of the pattern at i-1, which was not a loop (q/k/v reshapes)
                 reps = 1
                 while i + (reps + 1) * p <= n and tok[i + reps * p: i + (reps + 1) * p] == tok[i: i + p]:

@@ -1,0 +1,92 @@
+"""Graphviz output: every DOT the suite produces goes through the real `dot`
+with no error or warning; SVG/PNG/PDF come out; a missing `dot` says how to
+install it."""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import torchtrace
+from torchtrace.errors import RenderError
+from torchtrace.renderers.dot import DotMissing, digraph
+from torchtrace.views import build_view
+
+pytestmark = pytest.mark.dot
+
+MODELS = ["gpt2_2", "gpt2_12", "bert", "llama", "t5", "transformer_encoder", "lstm", "resnet_block", "branchy",
+          "cell_loop", "rnn", "hostile"]
+VARIANTS = {"default": {}, "both": {"phase": "both"}, "unfolded": {"fold": False}, "depth1": {"depth": 1},
+            "lr": {"direction": "LR"}}
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", MODELS)
+def test_dot_accepts_every_view(viz_graph, dot_check, name, variant):
+    src = torchtrace.render(viz_graph(name), "dot", **VARIANTS[variant])
+    svg = dot_check(src)
+    view = build_view(viz_graph(name), **{k: v for k, v in VARIANTS[variant].items() if k != "direction"})
+    root = ET.fromstring(svg)
+    drawn = [g for g in root.iter(SVG + "g") if g.get("class") == "node"]
+    assert len(drawn) == len(view.boxes)
+    assert len([g for g in root.iter(SVG + "g") if g.get("class") == "cluster"]) == len(view.clusters)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["default", "both"])
+def test_48_layer_default_view_is_small_and_lays_out(viz_graph, dot_check, variant):
+    g = viz_graph("gpt2_48")
+    view = build_view(g, **VARIANTS[variant])
+    assert len(view.boxes) <= 50 and len(view.edges) <= 80
+    dot_check(digraph(view).source)
+
+
+def test_svg_png_pdf(viz_graph):
+    g = viz_graph("cell_loop")
+    svg = torchtrace.render(g, "svg")
+    assert isinstance(svg, str) and ET.fromstring(svg).tag == SVG + "svg"
+    png = torchtrace.render(g, "png")
+    assert isinstance(png, bytes) and png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width > 100 and height > 100
+    pdf = torchtrace.render(g, "pdf")
+    assert isinstance(pdf, bytes) and pdf.startswith(b"%PDF-") and b"/Type /Page" in pdf
+
+
+def test_drawing_conventions(viz_graph):
+    src = torchtrace.render(viz_graph("branchy"), "dot")
+    witness = [ln for ln in src.splitlines() if "read True" in ln or "read False" in ln]
+    assert witness and all('fillcolor="#ffe1e1"' in ln and "penwidth=2" in ln for ln in witness)
+    assert re.search(r'shape=invhouse[^\n]*tooltip="input', src)  # the traced input
+    assert "shape=house" in src  # the output
+    assert "shape=note" in src  # parameters
+    both = torchtrace.render(viz_graph("gpt2_2"), "dot", phase="both")
+    assert re.search(r'fillcolor="#fdebd3"[^\n]*style="rounded,filled,dashed"', both)  # backward op
+    assert 'label="f32[1,8,32]"' in torchtrace.render(viz_graph("gpt2_2"), "dot")  # tensor types on edges
+
+
+def test_hostile_module_names_are_drawn_verbatim(viz_graph, dot_check):
+    from conftest import HOSTILE_KEYS
+
+    svg = dot_check(torchtrace.render(viz_graph("hostile"), "dot", fold=False, depth=2))
+    texts = ["".join(t.itertext()) for t in ET.fromstring(svg).iter(SVG + "text")]
+    for key in HOSTILE_KEYS:
+        first_line = f"blocks.{key} · Linear".split("\n")[0]
+        assert any(t.strip() == first_line.strip() for t in texts), key
+    assert 'Weird<T> & "Q"' in " ".join(texts)
+
+
+def test_missing_dot_says_how_to_install(viz_graph, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(DotMissing) as err:
+        torchtrace.render(viz_graph("cell_loop"), "svg")
+    assert isinstance(err.value, RenderError)
+    assert "apt-get install graphviz" in str(err.value) and "brew install graphviz" in str(err.value)
+    assert torchtrace.render(viz_graph("cell_loop"), "dot").startswith("//")  # DOT text needs no binary
+
+
+def test_big_graphs_bound_dot_layout(viz_graph):
+    src = torchtrace.render(viz_graph("gpt2_12"), "dot", fold=False, depth=9)
+    assert "nslimit=2" in src and "mclimit=0.5" in src

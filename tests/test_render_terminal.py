@@ -1,0 +1,63 @@
+"""The rich terminal report (`torchtrace show`): module tree, op histogram,
+witnesses; names are printed verbatim, never as rich markup."""
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+import torchtrace
+import zoo
+from torchtrace.errors import UsageError
+from torchtrace.renderers.terminal import print_graph, renderable, terminal_view
+
+
+def test_tree_counts_and_folds(viz_graph):
+    out = torchtrace.render(viz_graph("gpt2_12"), "terminal")
+    assert "h.0…11 GPT2Block × 12  39 ops · 12.7k params · → f32[1,8,32] · saved" in out
+    assert out.count("GPT2Block") == 1
+    assert "attn GPT2Attention" in out and "c_attn Conv1D" in out  # all levels by default
+    assert "saved for backward" in out.splitlines()[1]
+    assert "ops (forward)" in out and "│" in out
+
+
+def test_depth_limits_the_tree(viz_graph):
+    out = torchtrace.render(viz_graph("gpt2_12"), "terminal", depth=1)  # depth 1: the root's children
+    assert "GPT2Block" not in out and "transformer GPT2Model" in out
+    assert "h.0…11 GPT2Block × 12" in torchtrace.render(viz_graph("gpt2_12"), "terminal", depth=2)
+
+
+def test_backward_tree(viz_graph):
+    out = torchtrace.render(viz_graph("gpt2_2"), "terminal", phase="both")
+    assert "GPT2Block × 2 [backward]" in out and "h.1…0" in out
+
+
+def test_histogram_and_witnesses(viz_graph):
+    out = torchtrace.render(viz_graph("branchy"), "terminal")
+    hist = out[out.index("ops (forward)"):]
+    assert "_local_scalar_dense" in hist
+    wit = out[out.index("witnesses"):]
+    rows = [ln for ln in wit.splitlines() if "in Branchy.forward" in ln]
+    lines = {zoo.marker_line(m) for m in ("if", "item", "while")}
+    assert {int(re.search(r"zoo\.py:(\d+) in", ln).group(1)) for ln in rows} == lines
+    assert any("True" in r for r in rows) and any("False" in r for r in rows)
+
+
+def test_names_are_not_markup(viz_graph):
+    out = torchtrace.render(viz_graph("hostile"), "terminal", fold=False)
+    assert "blocks.[red]x[/red] Linear" in out
+    assert 'weird Weird<T> & "Q"' in out
+
+
+def test_renderable_prints_to_a_console(viz_graph):
+    buf = io.StringIO()
+    print_graph(viz_graph("cell_loop"), Console(file=buf, width=120, color_system=None))
+    assert "loop conftest.py:" in buf.getvalue() and "× 6" in buf.getvalue()
+    assert terminal_view is renderable
+
+
+def test_bad_width():
+    with pytest.raises(UsageError, match="width"):
+        torchtrace.render(torchtrace.Graph(), "terminal", width=10)

@@ -1,0 +1,269 @@
+"""views: collapse to a depth, fold repeated blocks and loops, phase filter,
+hidden bookkeeping, focus -- on recorded models and on small hand-built graphs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import pytest
+
+import torchtrace
+from torchtrace.errors import UsageError
+from torchtrace.ir import Graph, ModuleCall, Node, Source, Value
+from torchtrace.views import Box, Cluster, build_view
+
+
+# -- hand-built graphs (no torch) ----------------------------------------------------------------
+def make_graph(ops: Sequence[Tuple[str, Sequence[int], int]], *, modules: Sequence[Tuple[str, str, Optional[str]]] = (),
+               module_of: Optional[Sequence[Optional[str]]] = None, tags: Optional[Sequence[Tuple[str, ...]]] = None,
+               phases: Optional[Sequence[str]] = None) -> Graph:
+    """ops[k] = (op, input op indices (-1: the graph input), source line); op k makes value v{k+1}."""
+    values = [Value("v0", (2, 3), "float32", role="input", name="x")]
+    nodes = []
+    for k, (op, ins, line) in enumerate(ops):
+        values.append(Value(f"v{k + 1}", (2, 3), "float32"))
+        nodes.append(Node(f"n{k}", f"aten.{op}.default", tuple(f"v{i + 1}" for i in ins), (f"v{k + 1}",),
+                          phase=phases[k] if phases else "forward",
+                          module=module_of[k] if module_of else None, source=Source("/x/model.py", line, "f"),
+                          tags=tags[k] if tags else ()))
+    mods = tuple(ModuleCall(mid, path, typ, 0, parent) for mid, (path, typ, parent) in
+                 zip([f"m{i}" for i in range(len(modules))], modules))
+    return Graph(meta={}, modules=mods, values=tuple(values), nodes=tuple(nodes), outputs=(f"v{len(ops)}",))
+
+
+def titles(view) -> List[str]:
+    return [b.title for b in view.boxes] + [c.title for c in view.clusters]
+
+
+# -- folding ---------------------------------------------------------------------------------------
+def test_12_layer_default_view_shows_the_block_once(viz_graph):
+    view = build_view(viz_graph("gpt2_12"))
+    blocks = [t for t in titles(view) if "GPT2Block" in t]
+    assert blocks == ["h.0…11 · GPT2Block × 12"]
+    drawn = [ln for ln in torchtrace.render(viz_graph("gpt2_12"), "text").splitlines() if not ln.startswith("#")]
+    assert sum("GPT2Block" in ln for ln in drawn) == 1
+    assert any(n == "folded h.0…11 GPT2Block × 12" for n in view.notes)
+
+
+def test_default_view_does_not_grow_with_layers(viz_graph):
+    sizes = {n: (len(v.boxes), len(v.edges)) for n in (2, 12, 48)
+             for v in [build_view(viz_graph(f"gpt2_{n}"))]}
+    assert sizes[2] == sizes[12] == sizes[48]
+    assert sizes[48][0] <= 50
+
+
+def test_fold_off_draws_every_block(viz_graph):
+    view = build_view(viz_graph("gpt2_12"), fold=False, depth=2)
+    blocks = [b for b in view.boxes if b.kind == "module" and "GPT2Block" in b.title]
+    assert [b.title for b in blocks] == [f"h.{k} · GPT2Block" for k in range(12)]
+    assert not view.stats["folds"]
+
+
+def test_backward_blocks_fold_in_reverse_order(viz_graph):
+    view = build_view(viz_graph("gpt2_12"), phase="backward", depth=2)
+    assert [b.title for b in view.boxes if "GPT2Block" in b.title] == ["h.11…0 · GPT2Block × 12"]
+
+
+def test_python_loop_over_a_module_folds(viz_graph):
+    view = build_view(viz_graph("cell_loop"))
+    loops = [c for c in view.clusters if c.kind == "loop"]
+    assert len(loops) == 1 and loops[0].repeat == 6 and loops[0].title.endswith("× 6")
+    assert sum("LSTMCell" in t for t in titles(view)) == 1
+    [wit] = [b for b in view.boxes if b.witness]
+    assert wit.lines[0] in ("read True", "read False") and wit.lines[1].startswith("conftest.py:")
+
+
+def test_loop_of_plain_ops_folds(viz_graph):
+    view = build_view(viz_graph("rnn"))
+    [loop] = [c for c in view.clusters if c.kind == "loop"]
+    assert loop.repeat == 50
+    assert sorted(b.title for b in view.boxes if b.kind == "op" and b.cluster == loop.id) == [
+        "add.Tensor", "mm", "mm", "select.int", "tanh"]
+
+
+def test_equal_neighbours_that_are_not_chained_stay_apart():
+    # q/k/v-like: three independent (view, transpose) pairs at one line: not a loop
+    ops = [("view", [-1], 5), ("transpose", [0], 5), ("view", [-1], 5), ("transpose", [2], 5),
+           ("view", [-1], 5), ("transpose", [4], 5), ("cat", [1, 3, 5], 6)]
+    view = build_view(make_graph(ops))
+    assert not view.clusters and not view.stats["folds"]
+
+
+def test_attention_qkv_reshapes_are_not_a_loop(viz_graph):
+    # nn.MultiheadAttention: every op has the caller's line; q/k/v look alike but are not a loop
+    view = build_view(viz_graph("transformer_encoder"), depth=5)
+    assert [c.title for c in view.clusters if c.kind == "loop"] == []
+    assert "layers.0…1 · TransformerEncoderLayer × 2" in titles(view)
+
+
+def test_four_independent_repeats_fold():
+    ops = [(("view", "transpose")[k % 2], [-1] if k % 2 == 0 else [k - 1], 5) for k in range(8)]
+    ops.append(("cat", [1, 3, 5, 7], 6))
+    view = build_view(make_graph(ops))
+    [loop] = view.clusters
+    assert loop.kind == "loop" and loop.repeat == 4
+
+
+def test_chained_op_repeats_fold_into_one_box():
+    ops = [("add", [k - 1], 9) for k in range(10)]
+    view = build_view(make_graph(ops))
+    [op] = [b for b in view.boxes if b.kind == "op"]
+    assert op.title == "add × 10" and op.repeat == 10
+
+
+def test_fold_keeps_edges_from_outside_into_every_iteration():
+    # x feeds every iteration; the recurrence is drawn once, not as a back edge
+    ops = [("zeros", [], 2)] + [("mul", [-1, k], 3) for k in range(5)]
+    view = build_view(make_graph(ops))
+    assert [b.title for b in view.boxes if b.kind == "op"] == ["zeros", "mul × 5"]
+    assert {(e.src, e.dst) for e in view.edges} == {("n0", "n1"), ("v:v0", "n1"), ("n1", "out:v6")}
+
+
+# -- depth ---------------------------------------------------------------------------------------
+def test_depth_zero_is_one_box(viz_graph):
+    view = build_view(viz_graph("bert"), depth=0)
+    [mod] = [b for b in view.boxes if b.kind == "module"]
+    assert mod.title == "BertModel" and not view.clusters
+    assert mod.lines[0].startswith(f"{len(view_nodes(viz_graph('bert')))} ops")
+
+
+def view_nodes(g):
+    return [n for n in g.nodes if "autograd_internal" not in n.tags and n.phase == "forward"]
+
+
+def test_depth_counts_from_the_root(viz_graph):
+    g = viz_graph("bert")
+    one = build_view(g, depth=1)
+    assert [c.title for c in one.clusters] == ["BertModel"]
+    assert {b.title for b in one.boxes if b.kind == "module"} == {
+        "embeddings · BertEmbeddings", "encoder · BertEncoder", "pooler · BertPooler"}
+    sizes = [len(build_view(g, depth=d, fold=False).boxes) for d in range(6)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_collapsed_box_says_what_is_inside(viz_graph):
+    view = build_view(viz_graph("gpt2_2"), depth=2)
+    [block] = [b for b in view.boxes if "GPT2Block" in b.title]
+    assert block.kind == "module" and block.repeat == 2
+    assert block.lines[0] == "39 ops · 12.7k params"  # eval mode: no dropout
+    assert block.lines[1] == "f32[1,8,32] → f32[1,8,32]"
+    assert len(block.nodes) == 39
+
+
+def test_auto_depth_fits_the_budget(viz_graph):
+    for name in ("gpt2_2", "bert", "t5", "transformer_encoder", "resnet_block", "cell_loop"):
+        view = build_view(viz_graph(name))
+        assert len(view.boxes) <= 50, name
+        bigger = build_view(viz_graph(name), depth=view.options["depth"] + 1)
+        assert len(bigger.boxes) > 50 or bigger.boxes == view.boxes or view.options["depth"] >= 5, name
+
+
+def test_one_op_module_is_one_box_not_a_frame(viz_graph):
+    view = build_view(viz_graph("gpt2_2"))
+    [wte] = [b for b in view.boxes if b.title == "wte · Embedding"]
+    assert wte.kind == "op" and wte.lines == ("embedding → f32[1,8,32]",)
+    assert "wte · Embedding" not in [c.title for c in view.clusters]
+
+
+def test_huge_flat_graph_is_chunked():
+    ops = [("add" if k % 3 else "mul", [k - 1], 10 + k) for k in range(3000)]
+    view = build_view(make_graph(ops))
+    assert len(view.boxes) <= 50
+    chunks = [b for b in view.boxes if b.kind == "chunk"]
+    assert chunks and sum(len(b.nodes) for b in chunks) >= 2900
+    assert any("chunk" in n for n in view.notes)
+    assert len(build_view(make_graph(ops), depth=0).boxes) > 3000  # an explicit depth is honoured
+
+
+# -- phase, hide, focus ----------------------------------------------------------------------------
+def test_phase_filter(viz_graph):
+    g = viz_graph("gpt2_2")
+    fwd, bwd, both = (build_view(g, phase=p) for p in ("forward", "backward", "both"))
+    drawn = lambda v: {b.phase for b in v.boxes if b.kind in ("op", "module")}  # noqa: E731
+    assert drawn(fwd) == {"forward"} and drawn(bwd) == {"backward"} and drawn(both) == {"forward", "backward"}
+    n_bwd = sum(n.phase != "forward" for n in g.nodes)
+    assert f"phase forward: {n_bwd} ops of other phases not shown" in fwd.notes
+    assert build_view(g).options["phase"] == "forward"
+    assert {c.title for c in both.clusters if c.phase == "backward"} >= {"GPT2LMHeadModel · backward"}
+
+
+def test_backward_view_marks_forward_values():
+    ops = [("mul", [-1], 1), ("mul_backward", [0], 1)]
+    g = make_graph(ops, phases=["forward", "backward"])
+    view = build_view(g, phase="backward")
+    assert [b.title for b in view.boxes if b.kind == "input"] == ["forward value"]
+
+
+def test_bookkeeping_is_hidden_but_dataflow_kept():
+    ops = [("tanh", [-1], 1), ("detach", [0], 1), ("mul", [1], 2)]
+    g = make_graph(ops, tags=[(), ("view", "autograd_internal"), ()])
+    view = build_view(g)
+    assert [b.title for b in view.boxes if b.kind == "op"] == ["tanh", "mul"]
+    assert ("n0", "n2") in {(e.src, e.dst) for e in view.edges}
+    assert [b.title for b in build_view(g, hide=()).boxes if b.kind == "op"] == ["tanh", "detach", "mul"]
+
+
+def test_focus_on_a_module(viz_graph):
+    g = viz_graph("gpt2_2")
+    view = build_view(g, focus="transformer.h.1.attn", depth=1)
+    attn = {m.id for m in g.modules if m.path.startswith("transformer.h.1.attn")}
+    shown = {nid for b in view.boxes for nid in b.nodes}
+    assert shown and all(g.node(nid).module in attn for nid in shown)
+    assert [b.title for b in view.boxes if b.kind == "input"] == ["input"]
+    assert view.clusters[0].title == "transformer.h.1.attn · GPT2Attention"
+
+
+def test_unknown_focus_lists_paths(viz_graph):
+    with pytest.raises(UsageError) as err:
+        build_view(viz_graph("gpt2_2"), focus="transformer.h.9.atn")
+    assert "transformer.h.0.attn" in str(err.value) or "transformer.h.1.attn" in str(err.value)
+
+
+@pytest.mark.parametrize("opts, words", [
+    ({"dpeth": 2}, ["unknown view option 'dpeth'", "depth", "did you mean 'depth'"]),
+    ({"depth": -1}, ["depth", ">= 0"]),
+    ({"depth": "2"}, ["depth"]),
+    ({"phase": "fwd"}, ["phase", "forward, backward, optimizer, both"]),
+    ({"hide": ["detach"]}, ["hide", "autograd_internal"]),
+    ({"fold": "yes"}, ["fold", "True or False"]),
+    ({"max_boxes": 0}, ["max_boxes", ">= 1"]),
+])
+def test_bad_options_say_what_is_valid(opts, words):
+    with pytest.raises(UsageError) as err:
+        build_view(make_graph([("relu", [-1], 1)]), **opts)
+    for w in words:
+        assert w in str(err.value)
+
+
+# -- determinism and the no-torch rule -------------------------------------------------------------
+def test_views_are_deterministic(viz_graph):
+    g = viz_graph("hostile")
+    assert build_view(g) == build_view(g)
+    again = Graph.from_dict(json.loads(json.dumps(g.to_dict())))
+    assert torchtrace.render(again, "dot") == torchtrace.render(g, "dot")
+
+
+def test_every_box_and_edge_is_consistent(viz_graph):
+    for name in ("gpt2_2", "bert", "cell_loop", "branchy", "hostile"):
+        for opts in ({}, {"phase": "both"}, {"fold": False}, {"depth": 1}):
+            view = build_view(viz_graph(name), **opts)
+            ids = [b.id for b in view.boxes]
+            assert len(ids) == len(set(ids))
+            cids = {c.id for c in view.clusters}
+            assert all(b.cluster is None or b.cluster in cids for b in view.boxes)
+            assert all(c.parent is None or c.parent in cids for c in view.clusters)
+            assert all(e.src in ids and e.dst in ids and e.src != e.dst for e in view.edges)
+            assert all(isinstance(x, (Box, Cluster)) for _, x in view.walk())
+
+
+def test_rendering_a_saved_graph_never_imports_torch(viz_graph, tmp_path):
+    path = tmp_path / "g.json"
+    torchtrace.save(viz_graph("cell_loop"), path)
+    code = ("import sys, torchtrace; g = torchtrace.load(sys.argv[1]); "
+            "[torchtrace.render(g, f) for f in ('text', 'dot', 'mermaid', 'markdown', 'terminal')]; "
+            "g._repr_mimebundle_(); "
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)
