@@ -171,3 +171,22 @@ def test_inputs_are_portable():
     for path in INPUTS.glob("*.json"):
         data = json.loads(path.read_text(encoding="utf-8"))
         assert all("/" not in (n.get("source") or {}).get("file", "") for n in data["nodes"]), path
+
+
+@pytest.mark.dot
+def test_golden_dot_files_pass_dot(dot_check):
+    files = sorted(HERE.glob("*.dot"))
+    assert len(files) == len(CASES)
+    for path in files:
+        dot_check(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.mermaid
+@pytest.mark.parametrize("version", ["mermaid", "mermaid-v11"])
+def test_golden_mermaid_files_parse(mermaid_check, version):
+    texts = [p.read_text(encoding="utf-8") for p in sorted(HERE.glob("*.mmd"))]
+    md = (HERE / "mlp.default.md").read_text(encoding="utf-8")
+    texts.append(md[len("```mermaid\n"):-len("```\n")])
+    assert len(texts) == len(CASES) + 1
+    results = mermaid_check(texts, version)
+    assert all(r["ok"] for r in results), [r["problems"] for r in results if not r["ok"]]

@@ -109,3 +109,11 @@ def test_bad_mermaid_options(viz_graph, opts, word):
     with pytest.raises(UsageError) as err:
         torchtrace.render(viz_graph("cell_loop"), "mermaid", **opts)
     assert word in str(err.value)
+
+
+def test_an_empty_view_still_draws(mermaid_check):
+    text = torchtrace.render(Graph(), "mermaid")
+    assert "nothing to draw" in text
+    for version in ("mermaid", "mermaid-v11"):
+        [res] = mermaid_check([text], version)
+        assert res["ok"], res["problems"]

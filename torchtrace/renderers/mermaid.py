@@ -70,6 +70,8 @@ def flowchart(view: View, *, direction: str = "TB", edge_labels: bool = True,
                 styles.append(f"style {sid} fill:{fill},stroke:{stroke}{dash}{width}")
 
     emit(None, "  ")
+    if not view.boxes:  # a flowchart without nodes is refused (and `click --> b` parses to nothing)
+        out.append(f'  {node_id("empty")}["{mermaid_label("nothing to draw: no ops in this view")}"]')
     kinds = {b.id: b.kind for b in view.boxes}
     phases = {b.id: b.phase for b in view.boxes}
     for e in view.edges:

@@ -53,7 +53,8 @@ def _header(prep: Prepared) -> Text:
     t.append("torchtrace graph", style="bold")
     if label:
         t.append(f" {clean(label)}", style="bold cyan")
-    t.append(f" · {len(g.nodes)} ops (" + ", ".join(f"{c} {p}" for p, c in phases.items()) + ")\n")
+    split = " (" + ", ".join(f"{c} {p}" for p, c in phases.items()) + ")" if phases else ""
+    t.append(f" · {len(g.nodes)} ops{split}\n")
     facts = [f"{len(g.values)} values", f"{len(g.modules)} module calls"]
     facts += [f"{key} {clean(g.meta[key])}" for key in ("grad_mode", "step", "rank") if g.meta.get(key) is not None]
     total_saved = sum(a.saved_bytes for a in g.autograd.nodes)
