@@ -269,8 +269,30 @@ def test_a_different_batch_size_is_a_shapes_only_diff(model):
     assert TypeChange("size", 2, 3, d.types[0].count) == d.types[0]
     assert d.inputs == (InputChange("x", "f32[2,4]", "f32[3,4]"),)
     assert all(set(p.what) <= {"shape", "args"} for p in d.ops if p.status == "changed")
-    assert d.why()[0].startswith(f"same ops, other shapes ({d.changed} ops changed): size 2 \u2192 3 in")
+    assert d.why()[0].startswith(f"same ops, other shapes ({d.changed} ops changed): input `x` f32[2,4] \u2192 "
+                                 "f32[3,4]; size 2 \u2192 3 in")
     assert d.summary().startswith("same structure, shapes differ")
+
+
+def test_a_data_dependent_shape_explains_a_shapes_only_diff():
+    class Picker(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            idx = (x > 0).nonzero()  # LINE:nonzero
+            return self.fc(idx.float()).sum()
+
+    m = Picker()
+    d = torchtrace.diff(record(m, torch.tensor([[1.0, -1.0], [1.0, 1.0]])),
+                        record(m, torch.tensor([[1.0, -1.0], [-1.0, -1.0]])))
+    assert d.kind == "shapes" and not d.inputs
+    [h] = d.changed_hunks
+    assert (h.witness.line, h.witness.a.shape, h.witness.b.shape) == (line_of("nonzero"), (3, 2), (1, 2))
+    assert h.explanation.startswith(f"`{FILE}:{line_of('nonzero')}` read shape [3,2] in A, shape [1,2] in B; "
+                                    "size 3 \u2192 1 in")
+    assert f"read shape [3,2] in A, shape [1,2] in B; size 3" in d.why()[0]
 
 
 def test_a_different_dtype_is_reported_as_a_dtype_change():
@@ -366,6 +388,8 @@ def test_gpt2_decode_steps_at_different_cache_lengths_differ_only_in_shapes(gpt2
         assert d.kind == "shapes" and d.structure_equal and not d.shapes_equal
         assert not d.structural_hunks and not d.only_a and not d.only_b
         assert TypeChange("size", length, length + 1, 4) in d.types  # the cat of k and v, 2 layers
+        # the cache reaches the pass inside a Cache object: its tensors are constants
+        assert InputChange("", f"f32[1,2,{length - 1},16]", f"f32[1,2,{length},16]", "constant", 4) in d.inputs
         assert all(set(p.what) <= {"shape", "args"} for p in d.ops if p.status == "changed")
 
 

@@ -116,13 +116,20 @@ class ArgChange:
 
 @dataclass(frozen=True)
 class InputChange:
-    """A named input of the traced call whose type differs (``None``: absent)."""
+    """A tensor from outside the pass whose type differs: a named input of
+    the traced call (``None``: absent on that side), or -- ``name`` empty --
+    ``count`` unnamed tensors of ``role`` (a KV cache passed in an object
+    shows as constants)."""
 
     name: str
     a: Optional[str]
     b: Optional[str]
+    role: str = "input"
+    count: int = 1
 
     def describe(self) -> str:
+        if not self.name:
+            return f"{plural(self.count, self.role)} {self.a} {ARROW} {self.b}"
         if self.a is None:
             return f"input `{self.name}` only in B ({self.b})"
         if self.b is None:
@@ -133,7 +140,7 @@ class InputChange:
         return replace(self, a=self.b, b=self.a)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "a": self.a, "b": self.b}
+        return {"name": self.name, "a": self.a, "b": self.b, "role": self.role, "count": self.count}
 
 
 def _arg_str(v: Any) -> str:
@@ -306,13 +313,30 @@ def _uncanon(s: str) -> Any:
     return ABSENT if s == "\0absent" else json.loads(s)
 
 
-def input_changes(a: "Graph", b: "Graph") -> Tuple[InputChange, ...]:
+def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange, ...]:
+    """Named inputs of the traced call whose type differs, then the unnamed
+    tensors from outside the pass that aligned ops read with other types,
+    counted by role and types."""
     def named(g: "Graph") -> Dict[str, str]:
         return {v.name: type_str(v) for v in g.values if v.role == "input" and v.name and v.version_of is None}
 
-    ta, tb = named(a), named(b)
+    ta, tb = named(A.graph), named(B.graph)
     out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]
            if ta.get(k) != tb.get(k)]
+    counts: Counter = Counter()
+    seen = set()
+    for p in rows:
+        if p.a is None or p.b is None:
+            continue
+        for x, y in zip(p.a.inputs, p.b.inputs):
+            va, vb = A.graph.value(x), B.graph.value(y)
+            if x in seen or va.role in ("activation", "input") or va.role != vb.role:
+                continue
+            seen.add(x)
+            if type_str(va) != type_str(vb):
+                counts[(va.role, type_str(va), type_str(vb))] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    out += [InputChange("", a, b, role, c) for (role, a, b), c in ranked]
     return tuple(out)
 
 

@@ -38,7 +38,8 @@ CONTEXT = 3  # unchanged ops shown around a hunk; changed runs closer than 2x th
 class Hunk:
     """A run of differences. ``kind`` "structural": ops only in A and/or B
     (``witness``/``loop`` say why); "changed": aligned ops whose tensors or
-    args differ (``types``/``args`` summarise how). ``module`` is the module
+    args differ (``types``/``args`` summarise how; ``witness`` is the
+    data-dependent shape read behind them, if one differs). ``module`` is the module
     path the hunk sits in (``""`` = the root); ``span`` its rows in
     ``GraphDiff.ops``."""
 
@@ -58,7 +59,7 @@ class Hunk:
     def cause(self) -> str:
         """The first half of :attr:`explanation`: why, without the counts."""
         if self.kind == "changed":
-            return self.detail()
+            return f"{self.witness.describe()}; {self.detail()}" if self.witness is not None else self.detail()
         if self.loop is not None and self.loop.via == "witness":
             return self.loop.describe()
         if self.witness is not None:
@@ -211,8 +212,9 @@ class GraphDiff:
             groups.setdefault((h.cause, h.counts), []).append(h.module or "<root>")
         lines = []
         if not groups and self.kind == "shapes":
-            what = [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
-            what += [i.describe() for i in self.inputs[:2]]
+            reads = dict.fromkeys(h.witness.describe() for h in self.changed_hunks if h.witness is not None)
+            what = list(reads) + [i.describe() for i in self.inputs[:2]]
+            what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
             lines.append(f"same ops, other shapes ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), modules in groups.items():
             names = list(dict.fromkeys(modules))
@@ -305,14 +307,14 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop))
         else:
             changed = tuple(p for p in rows if significant(p))
-            hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1),
+            hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
                               types=type_changes(value_pairs(A, B, changed)),
                               args=arg_changes(args_only(changed), reshaped(changed))))
     matched = [p for p in ops if p.a is not None and p.b is not None]
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      type_changes(value_pairs(A, B, matched)), arg_changes(args_only(matched), reshaped(matched)),
-                     input_changes(A.graph, B.graph), (A.ignored, B.ignored))
+                     input_changes(A, B, matched), (A.ignored, B.ignored))
 
 
 def _module_path(g: Graph, n: Node) -> str:

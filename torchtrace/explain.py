@@ -166,6 +166,19 @@ class Causes:
         witness = self._nearest_before(k0) or self._inside(k0, k1)
         return witness, self._loop_by_repeat(k0, k1)
 
+    def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
+        """For a hunk of changed shapes: the data-dependent shape read
+        (``nonzero``, boolean indexing...) that differs, inside the hunk or
+        the nearest before it."""
+        inside = [e for e in self.differing if k0 <= e < k1] + \
+            list(reversed([e for e in self.differing if e < k0]))
+        for e in inside:
+            i, j = self.pairs[e]
+            assert i is not None and j is not None
+            if self.A.nodes[i].witness.shape is not None and self.B.nodes[j].witness.shape is not None:
+                return self.witness_change(i, j)
+        return None
+
     def _nearest_before(self, k0: int) -> Optional[WitnessChange]:
         """The nearest aligned read before the hunk that returned other data:
         a decisive one (see ``decisive``) if any, else the nearest float read,

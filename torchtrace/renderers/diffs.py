@@ -96,7 +96,7 @@ def detail_lines(diff: "GraphDiff") -> List[str]:
                      + (f"; {len(diff.args) - 6} more" if len(diff.args) > 6 else ""))
     if diff.inputs:
         lines.append("inputs: " + "; ".join(i.describe() for i in diff.inputs))
-    explained = {(h.witness.node_a, h.witness.node_b) for h in diff.structural_hunks if h.witness is not None}
+    explained = {(h.witness.node_a, h.witness.node_b) for h in diff.hunks if h.witness is not None}
     other = [w for w in diff.witnesses if (w.node_a, w.node_b) not in explained]
     if other:
         lines.append("other reads that differ: " + "; ".join(w.describe() for w in other[:4])
