@@ -167,6 +167,13 @@ def test_mermaid_collapses_until_it_fits(structural):
         render_diff(structural, "mermaid", max_edges=1, max_chars=100)
 
 
+def test_a_diff_shows_itself_in_jupyter(structural):
+    bundle = structural._repr_mimebundle_()
+    assert bundle["text/plain"] == str(structural)
+    assert bundle["text/markdown"] == torchtrace.render(structural, "markdown")
+    assert "```mermaid" in bundle["text/markdown"]
+
+
 def test_bad_formats_and_options_are_usage_errors(structural):
     with pytest.raises(UsageError, match="did you mean 'mermaid'"):
         render_diff(structural, "mermaid2")

@@ -257,6 +257,12 @@ class GraphDiff:
     def __repr__(self) -> str:
         return f"<torchtrace.GraphDiff {self.summary()}>"
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Dict[str, Any]:
+        """Jupyter: the explained diff as Markdown (with its Mermaid drawing) and as text."""
+        from .renderers.diffs import render_diff
+
+        return {"text/plain": str(self), "text/markdown": render_diff(self, "markdown")}
+
 
 GraphLike = Union[Graph, Dict[str, Any], str, "os.PathLike[str]"]
 

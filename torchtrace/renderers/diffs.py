@@ -79,11 +79,13 @@ def render_diff(diff: "GraphDiff", fmt: str = "text", **opts: Any) -> Union[str,
 
 # -- text ------------------------------------------------------------------
 
-def _label(g: "Graph", name: str) -> str:
+def _label(g: "Graph", name: str = "") -> str:
+    """``A calm (28 ops, structure 93a6…, shapes 06f5…)``; without ``name``: from the label on."""
     label = g.meta.get("label")
     fp = g.fingerprints
-    head = f"{name}" + (f" {label}" if label is not None else "")
-    return f"{head} ({len(g.nodes)} ops, structure {fp.get('structure', '?')}, shapes {fp.get('shapes', '?')})"
+    head = " ".join(x for x in (name, None if label is None else str(label)) if x)
+    counts = f"({len(g.nodes)} ops, structure {fp.get('structure', '?')}, shapes {fp.get('shapes', '?')})"
+    return f"{head} {counts}" if head else counts
 
 
 def detail_lines(diff: "GraphDiff") -> List[str]:
@@ -221,8 +223,8 @@ def _arg(v: Any) -> str:
 def render_markdown(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, max_changed: int = 8,
                     diagram: bool = True, **opts: Any) -> str:
     out = [f"**torchtrace diff**: {diff.summary()}", ""]
-    out.append(f"- A: {_md(_label(diff.a, 'A')[2:])}")
-    out.append(f"- B: {_md(_label(diff.b, 'B')[2:])}")
+    out.append(f"- A: {_md(_label(diff.a))}")
+    out.append(f"- B: {_md(_label(diff.b))}")
     why = diff.why()
     if why:
         out += ["", "**Why**", ""]
