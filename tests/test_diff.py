@@ -292,7 +292,7 @@ def test_a_data_dependent_shape_explains_a_shapes_only_diff():
     assert (h.witness.line, h.witness.a.shape, h.witness.b.shape) == (line_of("nonzero"), (3, 2), (1, 2))
     assert h.explanation.startswith(f"`{FILE}:{line_of('nonzero')}` read shape [3,2] in A, shape [1,2] in B; "
                                     "size 3 \u2192 1 in")
-    assert f"read shape [3,2] in A, shape [1,2] in B; size 3" in d.why()[0]
+    assert "read shape [3,2] in A, shape [1,2] in B; size 3" in d.why()[0]
 
 
 def test_a_different_dtype_is_reported_as_a_dtype_change():
@@ -410,3 +410,33 @@ def test_the_diff_is_deterministic(model):
     b = record(model, POS, torch.tensor(4))
     assert str(torchtrace.diff(a, b)) == str(torchtrace.diff(a, b))
     assert torchtrace.diff(a, b).to_dict() == torchtrace.diff(Graph.from_dict(a.to_dict()), b).to_dict()
+
+
+def test_alignment_is_an_optimal_lcs_and_stays_fast_on_long_loops():
+    import random
+    import time
+
+    from torchtrace.align import align, lcs
+
+    def lcs_length(a, b):  # the textbook table, as the oracle
+        row = [0] * (len(b) + 1)
+        for x in a:
+            prev, row = row, [0]
+            for j, y in enumerate(b):
+                row.append(prev[j] + 1 if x == y else max(prev[j + 1], row[j]))
+        return row[-1]
+
+    rng = random.Random(0)
+    for _ in range(200):
+        a = [rng.randint(0, 3) for _ in range(rng.randint(0, 150))]
+        b = [rng.randint(0, 3) for _ in range(rng.randint(0, 150))]
+        pairs = lcs(a, b)
+        assert len(pairs) == lcs_length(a, b)
+        assert all(a[i] == b[j] for i, j in pairs)
+        assert all(p < q for (p, _), (q, _) in zip(pairs, pairs[1:]))
+        assert all(p < q for (_, p), (_, q) in zip(pairs, pairs[1:]))
+    # a loop body that gained an op, 2000 iterations against 1500: quadratic in difflib
+    start = time.perf_counter()
+    pairs = align(["x", "y", "z"] * 2000, ["x", "y", "w", "z"] * 1500)
+    assert time.perf_counter() - start < 5
+    assert sum(i is not None and j is not None for i, j in pairs) == 4500

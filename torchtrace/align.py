@@ -5,9 +5,11 @@ never ids, never shapes. Two passes of the same program have the same
 signature sequence; an ``if`` that took the other branch shows as a run of
 ops only in A or only in B.
 
-The alignment is symmetric by construction (``align(b, a)`` is the mirror of
-``align(a, b)``): signatures are numbered in sorted order and the pair is
-always aligned in one canonical orientation, then swapped back. Pure
+The alignment is a longest common subsequence of the signatures (after the
+common prefix and suffix), computed bit-parallel (``lcs``). It is symmetric
+by construction (``align(b, a)`` is the mirror of ``align(a, b)``):
+signatures are numbered in sorted order and the pair is always aligned in
+one canonical orientation, then swapped back. Pure
 insertions or deletions inside a repeated region (a loop that ran 3x in A and
 5x in B) can sit at several equally long positions; we pick the one that
 pairs the most witness reads with equal values (the loop's exit read in A
@@ -15,7 +17,6 @@ with the exit read in B), then the latest.
 """
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,14 +95,15 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pai
     while suf < n - pre and suf < m - pre and a[n - 1 - suf] == b[m - 1 - suf]:
         suf += 1
     pairs: List[Pair] = [(k, k) for k in range(pre)]
-    sm = difflib.SequenceMatcher(None, a[pre:n - suf], b[pre:m - suf], autojunk=False)
-    for tag, i1, i2, j1, j2 in sm.get_opcodes():
-        i1, i2, j1, j2 = i1 + pre, i2 + pre, j1 + pre, j2 + pre
-        if tag == "equal":
-            pairs.extend(zip(range(i1, i2), range(j1, j2)))
-        else:
-            pairs.extend((i, None) for i in range(i1, i2))
-            pairs.extend((None, j) for j in range(j1, j2))
+    ia = jb = pre
+    for i, j in lcs(a[pre:n - suf], b[pre:m - suf]):
+        i, j = i + pre, j + pre
+        pairs.extend((x, None) for x in range(ia, i))
+        pairs.extend((None, y) for y in range(jb, j))
+        pairs.append((i, j))
+        ia, jb = i + 1, j + 1
+    pairs.extend((x, None) for x in range(ia, n - suf))
+    pairs.extend((None, y) for y in range(jb, m - suf))
     pairs.extend((n - suf + k, m - suf + k) for k in range(suf))
     for side, seq, w_other, w_self in ((1, b, wa, wb), (0, a, wb, wa)):
         for down in (True, False):
@@ -109,6 +111,69 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pai
             _slide(pairs, seq, w_other, w_self, side, down)
     _group(pairs, 0, last=False)
     return pairs
+
+
+CHECKPOINT = 64  # LCS rows kept: every 64th, the others recomputed a block at a time
+
+
+def lcs(a: Sequence[int], b: Sequence[int]) -> List[Tuple[int, int]]:
+    """A longest common subsequence of ``a`` and ``b`` as ``(i, j)`` pairs.
+
+    Bit-parallel (Hyyro 2004): one row of the LCS table is an ``len(b)``-bit
+    integer whose zero bits mark where the row steps up, so a row costs a
+    few big-integer operations, and ``L[i][j]`` is the number of zero bits
+    below ``j`` in row ``i``. Loops that differ in every iteration make
+    ``difflib`` quadratic in Python; this stays at ``len(a) * len(b) / 64``
+    machine words. Every ``CHECKPOINT``-th row is kept; the traceback
+    recomputes the rows of one block at a time. Ties prefer a match, then
+    leaving an op of ``a`` unmatched (deletions before insertions)."""
+    n, m = len(a), len(b)
+    if not n or not m:
+        return []
+    masks: Dict[int, int] = {}
+    for j, c in enumerate(b):
+        masks[c] = masks.get(c, 0) | (1 << j)
+    full = (1 << m) - 1
+
+    def step(v: int, c: int) -> int:
+        u = v & masks.get(c, 0)
+        return ((v + u) | (v - u)) & full
+
+    saved = [full]  # row i * CHECKPOINT
+    v = full
+    for i, c in enumerate(a, 1):
+        v = step(v, c)
+        if i % CHECKPOINT == 0:
+            saved.append(v)
+    block: Dict[int, int] = {}
+
+    def row(i: int) -> int:
+        if i not in block:
+            block.clear()
+            base = (i // CHECKPOINT) * CHECKPOINT
+            v = saved[i // CHECKPOINT]
+            block[base] = v
+            for k in range(base, min(base + CHECKPOINT, n)):
+                v = step(v, a[k])
+                block[k + 1] = v
+        return block[i]
+
+    def length(i: int, j: int) -> int:
+        return (~row(i) & ((1 << j) - 1)).bit_count()
+
+    out: List[Tuple[int, int]] = []
+    i, j = n, m
+    here = length(i, j)
+    while i and j and here:
+        if a[i - 1] == b[j - 1] and length(i - 1, j - 1) == here - 1:
+            out.append((i - 1, j - 1))
+            i, j, here = i - 1, j - 1, here - 1
+        elif length(i, j - 1) == here:
+            j -= 1
+        else:
+            i -= 1
+    out.reverse()
+    return out
 
 
 def _group(pairs: List[Pair], side: int, last: bool) -> None:
