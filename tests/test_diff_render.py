@@ -167,6 +167,20 @@ def test_mermaid_collapses_until_it_fits(structural):
         render_diff(structural, "mermaid", max_edges=1, max_chars=100)
 
 
+def test_rich_prints_the_text_in_colour(structural):
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=300, force_terminal=True, color_system="standard")
+    console.print(structural)
+    drawn = console.file.getvalue()
+    assert "\x1b[32m+ n6" in drawn and "\x1b[31m- n6" in drawn  # green added, red removed
+    plain = Console(file=io.StringIO(), width=300, color_system=None)
+    plain.print(structural)
+    assert plain.file.getvalue() == str(structural)
+
+
 def test_a_diff_shows_itself_in_jupyter(structural):
     bundle = structural._repr_mimebundle_()
     assert bundle["text/plain"] == str(structural)

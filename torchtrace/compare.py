@@ -257,6 +257,12 @@ class GraphDiff:
     def __repr__(self) -> str:
         return f"<torchtrace.GraphDiff {self.summary()}>"
 
+    def __rich__(self) -> Any:
+        """``rich.print(diff)``: the text rendering, in colour."""
+        from .renderers.diffs import render_rich
+
+        return render_rich(self)
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Dict[str, Any]:
         """Jupyter: the explained diff as Markdown (with its Mermaid drawing) and as text."""
         from .renderers.diffs import render_diff

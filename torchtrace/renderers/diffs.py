@@ -126,6 +126,22 @@ def render_text(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, max_c
     return "\n".join(out) + "\n"
 
 
+STYLES = {"+": "green", "-": "red", "~": "yellow", "!": "bold yellow", "#": "bold", "@": "cyan"}
+
+
+def render_rich(diff: "GraphDiff", **opts: Any) -> Any:
+    """The text rendering as a ``rich.text.Text``: added lines green, removed
+    red, changed amber, explanations bold (what ``rich.print(diff)`` shows)."""
+    from rich.text import Text
+
+    out = Text()
+    for line in render_text(diff, **opts).splitlines():
+        header = line.startswith(("--- ", "+++ ")) or line == "why:"
+        out.append(line + "\n", style="bold" if header else STYLES.get(line[:1], ""))
+    out.rstrip()  # print() adds the last newline
+    return out
+
+
 def _span(nodes: Sequence[Optional["Node"]]) -> str:
     ids = [n.id for n in nodes if n is not None]
     if not ids:
