@@ -27,15 +27,10 @@ from .ir import Graph
 __all__ = ["variants", "Variants", "Variant", "ShapeVariant"]
 
 
-@dataclass(frozen=True)
-class ShapeVariant:
-    """Graphs of one variant that also ran on the same tensor types.
-    ``why`` says what changed against the graph before its first one."""
+class _Indexed:
+    """``count``, ``first`` and ``last`` of the input positions in ``indices``."""
 
-    shapes: str
     indices: Tuple[int, ...]
-    graph: Graph
-    why: Optional[str] = None
 
     @property
     def count(self) -> int:
@@ -51,7 +46,18 @@ class ShapeVariant:
 
 
 @dataclass(frozen=True)
-class Variant:
+class ShapeVariant(_Indexed):
+    """Graphs of one variant that also ran on the same tensor types.
+    ``why`` says what changed against the graph before its first one."""
+
+    shapes: str
+    indices: Tuple[int, ...]
+    graph: Graph
+    why: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Variant(_Indexed):
     """Graphs that ran the same program (equal structure fingerprint), in
     order of first appearance. ``graph`` is the first of them. ``previous``
     is the index of the graph just before the first one (``None`` for the
@@ -68,18 +74,6 @@ class Variant:
     why: Optional[str] = None
     witness: Optional[WitnessChange] = None
     loop: Optional[LoopChange] = None
-
-    @property
-    def count(self) -> int:
-        return len(self.indices)
-
-    @property
-    def first(self) -> int:
-        return self.indices[0]
-
-    @property
-    def last(self) -> int:
-        return self.indices[-1]
 
 
 @dataclass(frozen=True)
