@@ -40,6 +40,7 @@ class Fmt(str, Enum):
     pdf = "pdf"
     mermaid = "mermaid"
     markdown = "markdown"
+    terminal = "terminal"
     json = "json"
 
 
@@ -120,15 +121,16 @@ def run(ctx: typer.Context,
 
 
 @app.command()
-def show(ref: str = typer.Argument(..., help=REF_HELP), depth: Optional[int] = DepthOpt,
+def show(ref: str = typer.Argument(..., help=REF_HELP), depth: Optional[int] = DepthOpt, fold: bool = FoldOpt,
          phase: Optional[Phase] = PhaseOpt, focus: Optional[str] = FocusOpt) -> None:
     """Show a graph in the terminal: module tree, op histogram, witnesses."""
-    from .renderers.terminal import terminal_view
     from .store import open_graph
 
     try:
         graph = open_graph(ref)
-        out.print(terminal_view(graph, **_view(depth, True, phase, focus)))
+        from .renderers.terminal import renderable
+
+        out.print(renderable(graph, **_view(depth, fold, phase, focus)))
     except TorchtraceError as e:
         _fail(e)
 
