@@ -142,10 +142,10 @@ def test_markdown_escapes_outside_code_spans(structural):
     assert "- `router.py:31` read False in A, True in B" in md
     assert "```diff\n@@ A " in md and "```mermaid" not in md
     assert "(in `<root>`)" in md  # inside a code span: left alone
-    from torchtrace.renderers.diffs import _md
+    from torchtrace.renderers._escape import markdown_text
 
-    assert _md("a_b `c_d` <e>") == "a\\_b `c_d` \\<e\\>"
-    assert _md("one ` tick_") == "one \\` tick\\_"
+    assert markdown_text("a_b `c_d` <e>") == "a\\_b `c_d` \\<e\\>"
+    assert markdown_text("one ` tick_") == "one \\` tick\\_"
 
 
 def test_drawings_color_added_removed_and_changed(structural, shapes_only):

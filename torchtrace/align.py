@@ -29,8 +29,10 @@ BOOKKEEPING = "autograd_internal"
 
 
 def is_bookkeeping(n: "Node") -> bool:
-    """Autograd bookkeeping (detach of saved outputs): left out of diffs and fingerprints."""
-    return BOOKKEEPING in n.tags
+    """Autograd bookkeeping (detach of saved outputs) and profiler markers
+    (``record_function``, e.g. ``Optimizer.zero_grad#SGD.zero_grad``): they
+    compute nothing, so they are left out of diffs and fingerprints."""
+    return BOOKKEEPING in n.tags or "annotation" in n.tags
 
 
 def signature(g: "Graph", n: "Node") -> Sig:

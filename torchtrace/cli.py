@@ -170,9 +170,7 @@ def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
     try:
         d = compare(open_graph(a), open_graph(b))
         if fmt is Fmt.text and output is None:
-            from .renderers import render as draw
-
-            out.print(draw(d, "text"), markup=False)
+            out.print(d, soft_wrap=True)  # GraphDiff.__rich__: the text form in colour
             return
         from .renderers import render as draw
 

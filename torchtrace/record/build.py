@@ -7,6 +7,7 @@ bookkeeping, optimizer phase), and the join of ops to autograd Nodes.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -19,6 +20,7 @@ from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI
 from .opinfo import BY_INDEX, NONTENSOR, TENSOR
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _OPTIMIZER_PREFIX = "Optimizer.step#"
 
 
@@ -38,7 +40,9 @@ def jsonable(x: Any) -> Any:
         return str(x)
     if isinstance(x, torch.ScriptObject):
         return _script_object(x)
-    text = repr(x)
+    if isinstance(x, torch.Generator):
+        return f"<Generator {x.device}>"
+    text = _ADDRESS.sub("", repr(x))  # no memory addresses: the IR is deterministic
     return text if len(text) <= 200 else text[:197] + "..."
 
 

@@ -24,7 +24,7 @@ from typing import Dict, Hashable
 
 from graphviz.quoting import nohtml
 
-__all__ = ["clean", "shorten", "dot_text", "dot_html", "mermaid_label", "mermaid_comment",
+__all__ = ["clean", "shorten", "dot_text", "dot_html", "mermaid_label", "mermaid_comment", "markdown_text",
            "html_text", "IdMaker", "safe_id"]
 
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85]")
@@ -93,6 +93,18 @@ def mermaid_comment(text: object) -> str:
 
 
 # -- HTML -----------------------------------------------------------------
+def markdown_text(text: str) -> str:
+    """Text for a Markdown paragraph or list item: Markdown characters outside
+    `code spans` are backslash-escaped; code spans are kept as they are (with
+    an unpaired backtick there are none, and it is escaped too)."""
+    special = "\\*_[]<>|#"
+    parts = text.split("`")
+    if len(parts) % 2 == 0:
+        return "".join("\\" + c if c in special + "`" else c for c in text)
+    return "`".join(p if k % 2 else "".join("\\" + c if c in special else c for c in p)
+                    for k, p in enumerate(parts))
+
+
 def html_text(text: object) -> str:
     """Text for HTML element content or a quoted attribute value."""
     return html.escape(clean(text), quote=True).replace("\n", "<br>")

@@ -22,6 +22,7 @@ from ..errors import RenderError, UsageError
 from ..classify import ABSENT
 from ..fingerprint import canonical_json
 from ..textform import node_line, op_str, type_str
+from ._escape import markdown_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compare import GraphDiff, Hunk, OpPair
@@ -239,16 +240,16 @@ def _arg(v: Any) -> str:
 def render_markdown(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, max_changed: int = 8,
                     diagram: bool = True, **opts: Any) -> str:
     out = [f"**torchtrace diff**: {diff.summary()}", ""]
-    out.append(f"- A: {_md(_label(diff.a))}")
-    out.append(f"- B: {_md(_label(diff.b))}")
+    out.append(f"- A: {markdown_text(_label(diff.a))}")
+    out.append(f"- B: {markdown_text(_label(diff.b))}")
     why = diff.why()
     if why:
         out += ["", "**Why**", ""]
-        out.extend(f"- {_md(line)}" for line in why)
+        out.extend(f"- {markdown_text(line)}" for line in why)
     details = detail_lines(diff)
     if details:
         out += ["", "**Details**", ""]
-        out.extend(f"- {_md(line)}" for line in details)
+        out.extend(f"- {markdown_text(line)}" for line in details)
     if diff.hunks:
         text = "\n".join(body_lines(diff, context=context, max_ops=max_ops, max_changed=max_changed)).strip("\n")
         fence = "```"
@@ -258,18 +259,6 @@ def render_markdown(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, m
         if diagram:
             out += ["", "```mermaid", render_mermaid(diff, context=context, **opts).rstrip("\n"), "```"]
     return "\n".join(out) + "\n"
-
-
-def _md(text: str) -> str:
-    """Text for a Markdown list item: Markdown characters outside `code
-    spans` are backslash-escaped; code spans are kept as they are (with an
-    unpaired backtick there are none, and it is escaped too)."""
-    special = "\\*_[]<>|#"
-    parts = text.split("`")
-    if len(parts) % 2 == 0:
-        return "".join("\\" + c if c in special + "`" else c for c in text)
-    return "`".join(p if k % 2 else "".join("\\" + c if c in special else c for c in p)
-                    for k, p in enumerate(parts))
 
 
 # -- drawings ------------------------------------------------------------------
