@@ -166,3 +166,48 @@ def test_help_everywhere():
     for cmd in ([], ["run"], ["show"], ["render"], ["diff"], ["variants"], ["export"]):
         res = runner.invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_show_render_diff_variants_on_a_store(recorded, tmp_path):
+    d, _ = recorded
+    db = d / "out" / "trace.db"
+    res = runner.invoke(app, ["show", f"{db}:1", "--depth", "1"])
+    assert res.exit_code == 0 and "Sequential" in res.output and "witness" in res.output
+    res = runner.invoke(app, ["render", f"{db}:1", "-f", "mermaid", "--phase", "both"])
+    assert res.exit_code == 0 and res.output.startswith("---\nconfig:") and "flowchart" in res.output
+    res = runner.invoke(app, ["render", f"{db}:1", "-f", "svg", "-o", str(tmp_path / "g.svg")])
+    assert res.exit_code == 0 and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+    res = runner.invoke(app, ["diff", f"{db}:1", f"{db}:2"])
+    assert res.exit_code == 0 and "identical" in res.output
+    res = runner.invoke(app, ["variants", str(db)])
+    # pass 0 creates .grad; later passes accumulate into it (the script never zeroes them)
+    assert res.exit_code == 0 and "2 variants in 4 passes" in res.output
+    assert "variant 1 from pass 1, vs pass 0" in res.output
+
+
+def test_train_loop_example_reports_the_switch(tmp_path):
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(ROOT / "examples" / "train_loop.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "in 2 variants" in res.stderr
+    res = runner.invoke(app, ["variants", str(tmp_path / "o" / "trace.db")])
+    assert res.exit_code == 0
+    line = next(x for x in res.output.splitlines() if x.startswith("variant 1 from pass"))
+    src = (ROOT / "examples" / "train_loop.py").read_text().splitlines()
+    if_line = next(i for i, x in enumerate(src, 1) if "if self.loss_ema > 0.25" in x)
+    assert f"`train_loop.py:{if_line}` read True in A, False in B" in line
+
+
+NO_TORCH = "import sys; sys.modules['torch'] = None; from torchtrace.cli import main; sys.argv = {argv!r}; main()"
+
+
+@pytest.mark.parametrize("cmd", [["show", "{db}:0"], ["render", "{db}:0", "-f", "mermaid"],
+                                 ["render", "{db}:0", "-f", "dot"], ["diff", "{db}:0", "{db}:1"],
+                                 ["variants", "{db}"], ["export", "{db}:0", "-o", "{tmp}/x.json"]])
+def test_commands_on_saved_graphs_never_import_torch(recorded, tmp_path, cmd):
+    d, _ = recorded
+    argv = ["torchtrace", *(c.format(db=d / "out" / "trace.db", tmp=tmp_path) for c in cmd)]
+    res = subprocess.run([sys.executable, "-c", NO_TORCH.format(argv=argv)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "torch" not in res.stderr.lower() or "torchtrace" in res.stderr.lower()

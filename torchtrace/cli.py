@@ -181,8 +181,10 @@ def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
 
 @app.command()
 def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
-             rank: Optional[int] = typer.Option(None, "--rank", help="only this rank")) -> None:
+             rank: int = typer.Option(0, "--rank", help="which rank's passes")) -> None:
     """Group a store's passes by graph structure and explain each switch."""
+    from rich.table import Table
+
     from .families import variants as group
     from .store import Store
 
@@ -190,10 +192,28 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
         with Store(store, readonly=True) as st:
             records = st.passes(rank)
             graphs = [st.graph(p.idx, p.rank) for p in records]
-        result = group(graphs)
-        out.print(result.table() if hasattr(result, "table") else str(result))
     except TorchtraceError as e:
         _fail(e)
+    if not records:
+        _fail(UsageError("the store holds no pass", where=f"{store} (rank {rank})", expected="recorded passes",
+                         found="none", fix="record with `torchtrace run script.py`"))
+    vs = group(graphs)
+    table = Table(title=f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} passes of {store}",
+                  title_justify="left", box=None, pad_edge=False)
+    for col in ("variant", "structure", "passes", "pass range", "steps", "shape variants"):
+        table.add_column(col, justify="right" if col in ("variant", "passes") else "left")
+    for v in vs:
+        idx = [records[i].idx for i in v.indices]
+        steps = [records[i].step for i in v.indices if records[i].step is not None]
+        table.add_row(str(v.index), v.structure, str(v.count), f"{idx[0]}–{idx[-1]}" if len(idx) > 1 else str(idx[0]),
+                      f"{min(steps)}–{max(steps)}" if steps else "-", str(len(v.shapes)))
+    out.print(table)
+    for v in vs:
+        if v.why:
+            first = records[v.first]
+            when = f"pass {first.idx}" + (f" (step {first.step})" if first.step is not None else "")
+            out.print(Text.assemble((f"variant {v.index}", "bold"), f" from {when}, vs pass "
+                                    f"{records[v.previous].idx}: {v.why}"), soft_wrap=True)
 
 
 @app.command()
