@@ -4,8 +4,6 @@ graphs built by hand, so they pin the renderer, not the recorder), the real
 process without torch."""
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -211,7 +209,6 @@ def _real_diffs(gpt2_kv_graphs) -> Dict[str, Any]:
 
 
 @pytest.mark.dot
-@pytest.mark.skipif(shutil.which("dot") is None, reason="needs the Graphviz `dot` binary")
 def test_dot_lays_out_every_diff(gpt2_kv_graphs):
     for name, d in _real_diffs(gpt2_kv_graphs).items():
         svg = render_diff(d, "svg")
@@ -220,22 +217,13 @@ def test_dot_lays_out_every_diff(gpt2_kv_graphs):
         assert png[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def _mermaid_parse(texts: List[str], pkg: str) -> List[dict]:
-    proc = subprocess.run(["node", str(MERMAID / "check.mjs"), "--mermaid", pkg], input=json.dumps(texts),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode in (0, 1), proc.stderr
-    return json.loads(proc.stdout)["results"]
-
-
 @pytest.mark.mermaid
-@pytest.mark.skipif(shutil.which("node") is None or not (MERMAID / "node_modules" / "mermaid").is_dir(),
-                    reason="needs Node.js and `npm ci` in tests/mermaid")
-def test_mermaid_parses_in_mermaid_11_and_12(gpt2_kv_graphs, structural, shapes_only):
+def test_mermaid_parses_in_mermaid_11_and_12(gpt2_kv_graphs, structural, shapes_only, mermaid_check):
     diffs = {**_real_diffs(gpt2_kv_graphs), "router": structural, "router_shapes": shapes_only}
     texts = [render_diff(d, "mermaid") for d in diffs.values()]
     texts.append(render_diff(structural, "mermaid", max_edges=8))
     for pkg in ("mermaid", "mermaid-v11"):
-        for name, res in zip([*diffs, "router max_edges=8"], _mermaid_parse(texts, pkg)):
+        for name, res in zip([*diffs, "router max_edges=8"], mermaid_check(texts, pkg)):
             assert res["ok"], (pkg, name, res.get("problems"), res.get("error"))
             assert res["model"]["edges"] <= 500 and res["textSize"] <= 50_000
 

@@ -16,7 +16,7 @@ from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
 from .linking import build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
-                   E_LINE, E_MOD, E_OUTS, E_PHASE, E_SEQ, RECOMPUTE)
+                   E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE)
 from .opinfo import BY_INDEX, NONTENSOR, TENSOR
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
