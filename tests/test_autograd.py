@@ -75,7 +75,7 @@ def test_saved_bytes_exact_for_an_mlp():
     m = zoo.MLP(256, 1024)
     x = torch.randn(64, 256)
     with torchtrace.trace(m) as t:
-        m(x)
+        out = m(x)  # kept: the autograd graph lives as long as its outputs
     g = t.graph
     by_name = {a.name: a.saved_bytes for a in g.autograd.nodes if a.op and g.node(a.op).module}
     per_module = {g.module(m_id).path: b for m_id, b in saved_bytes_by_module(g, inclusive=False).items()}
@@ -84,6 +84,7 @@ def test_saved_bytes_exact_for_an_mlp():
     assert by_name["GeluBackward0"] == 64 * 1024 * 4
     total = sum(a.saved_bytes for a in g.autograd.nodes)
     assert total == 589_824 == saved_bytes_by_module(g)[g.modules[0].id]
+    assert out.grad_fn.name() == "AddmmBackward0"
 
 
 def test_storage_shared_by_two_nodes_counts_once():
@@ -134,7 +135,7 @@ def test_executed_order_matches_prehooks_and_grads_are_reported():
     assert set(grads) == {n for n, _ in m.named_parameters()}
     for name, p in m.named_parameters():
         assert grads[name].shape == tuple(p.grad.shape) and grads[name].dtype == "float32"
-        assert grads[name].norm == pytest.approx(p.grad.double().norm().item(), rel=1e-12)
+        assert grads[name].norm == pytest.approx(p.grad.double().norm().item(), rel=1e-6)  # computed in fp32
     assert g.autograd.no_grad_params == ()
 
 

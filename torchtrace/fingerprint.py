@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Any, Dict, Mapping
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping
 
 from .align import is_bookkeeping
 
@@ -64,30 +64,32 @@ def _refs(g: "Graph") -> Dict[str, str]:
 
 def fingerprints(g: "Graph") -> Dict[str, str]:
     """``{"structure": 16 hex digits, "shapes": 16 hex digits}``."""
-    nodes = [n for n in g.nodes if not is_bookkeeping(n)]
     refs = _refs(g)
-    structure = hashlib.sha256()
-    shapes = hashlib.sha256()
     mod_path = {m.id: m.path for m in g.modules}
-    for n in nodes:
+    types = {v.id: f"{v.dtype}{list(v.shape)}" for v in g.values}
+    structure: List[str] = []
+    shapes: List[str] = []
+    for n in g.nodes:
+        if is_bookkeeping(n):
+            continue
         token = "|".join((n.op, n.phase, mod_path.get(n.module, "") if n.module else "-",
-                          ",".join(refs[v] for v in n.inputs), str(len(n.outputs))))
-        structure.update(token.encode())
-        structure.update(b"\n")
-        shape_token = ";".join(_type(g, v) for v in (*n.inputs, *n.outputs))
-        shapes.update(token.encode() + b"#" + shape_token.encode() + b"#"
-                      + canonical_args(n.args).encode() + b"\n")
-    tail = ("out:" + ",".join(refs[v] for v in g.outputs)).encode()
-    structure.update(tail)
-    shapes.update(tail + b"#" + ";".join(_type(g, v) for v in g.outputs).encode())
-    return {"structure": structure.hexdigest()[:16], "shapes": shapes.hexdigest()[:16]}
+                          ",".join([refs[v] for v in n.inputs]), str(len(n.outputs))))
+        structure.append(token)
+        shapes.append(f"{token}#{';'.join([types[v] for v in (*n.inputs, *n.outputs)])}#"
+                      f"{canonical_args(n.args) if n.args else '{}'}")
+    tail = "out:" + ",".join([refs[v] for v in g.outputs])
+    s_text = "".join([t + "\n" for t in structure]) + tail
+    h_text = "".join([t + "\n" for t in shapes]) + tail + "#" + ";".join([types[v] for v in g.outputs])
+    return {"structure": hashlib.sha256(s_text.encode()).hexdigest()[:16],
+            "shapes": hashlib.sha256(h_text.encode()).hexdigest()[:16]}
 
 
 def canonical_json(value: Any) -> str:
     """An arg value as canonical JSON, with memory addresses (``<Generator
     object at 0x7f…>``, the repr of an object the recorder could not name)
     removed: they differ in every process."""
-    return _ADDRESS.sub("", json.dumps(value, sort_keys=True, default=str))
+    text = json.dumps(value, sort_keys=True, default=str)
+    return _ADDRESS.sub("", text) if " at 0x" in text else text
 
 
 def canonical_args(args: Mapping[str, Any]) -> str:

@@ -2,7 +2,9 @@
 order in which backward ran them.
 
 The graph is walked through ``next_functions`` when backward starts (before
-any Node has released its saved tensors) and again when the pass ends. Saved
+any Node has released its saved tensors) and when the pass is built, from the
+pass's outputs (held weakly: a graph whose outputs were dropped is gone) and
+the tensors backward was called on. Saved
 tensors are read through ``_raw_saved_*`` without unpacking: a saved tensor
 that has pack/unpack hooks (activation checkpointing, offloading) is never
 unpacked, because unpacking would run the user's hook (e.g. recompute).
@@ -79,12 +81,13 @@ class AutogradTracker:
         self.backward_ran = False
 
     def walk(self, roots: Iterable[Any], hook: bool) -> None:
-        stack = [r for r in roots if r is not None]
-        seen: Set[tuple] = set()
+        nk = node_key
         entries = self.entries
+        # each Node's key is computed once: children are pushed with theirs
+        stack = [(r, nk(r)) for r in roots if r is not None]
+        seen: Set[tuple] = set()
         while stack:
-            node = stack.pop()
-            key = node_key(node)
+            node, key = stack.pop()
             if key in seen:
                 continue
             seen.add(key)
@@ -92,11 +95,17 @@ class AutogradTracker:
             if e is None:
                 e = entries[key] = Entry(node, key, len(entries))
                 e.storages = _saved_storages(node)
-                nexts = [n for n, _ in node.next_functions if n is not None]
-                e.next = [node_key(n) for n in nexts]
-                stack.extend(reversed(nexts))
-            else:
-                stack.extend(n for n, _ in node.next_functions if n is not None)
+                nexts = [(n, nk(n)) for n, _ in node.next_functions if n is not None]
+                e.next = [k for _, k in nexts]
+                stack.extend([p for p in reversed(nexts) if p[1] not in seen])
+            else:  # walked before: its children have Entries (no next_functions, no keys)
+                for k in reversed(e.next):
+                    if k not in seen:
+                        c = entries.get(k)
+                        if c is None:  # an earlier walk was cut short: read the edges again
+                            stack.extend([(n, nk(n)) for n, _ in node.next_functions if n is not None])
+                            break
+                        stack.append((c.node, k))
             if hook and not e.hooked:
                 e.hooked = True
                 self.handles.append(node.register_prehook(self._make_prehook(key)))

@@ -6,8 +6,10 @@ bookkeeping, optimizer phase), and the join of ops to autograd Nodes.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import re
+import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -17,7 +19,7 @@ from .frames import is_torch_internal
 from .linking import build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE)
-from .opinfo import BY_INDEX, NONTENSOR, TENSOR
+from .opinfo import BY_INDEX
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -56,34 +58,57 @@ def _script_object(x: Any) -> Any:
         return f"<{x._type().qualified_name() if hasattr(x, '_type') else type(x).__name__}>"
 
 
-def _dtype(d: Any) -> str:
-    return str(d).replace("torch.", "")
-
-
-def _args(info: Any, argv: List[Any], kw: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _args(info: Any, argv: tuple, kw: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Non-tensor arguments by schema name (tensor positions hold None in ``argv``)."""
     out: Dict[str, Any] = {}
-    for name, kind, a in zip(info.arg_names, info.kinds, argv):
-        if kind == NONTENSOR or (kind == TENSOR and a is not None):  # tensors are None here
-            out[name] = jsonable(a)
+    n = len(argv)
+    for i, name in info.scalar_args:
+        if i < n:
+            a = argv[i]
+            if a is not None:
+                out[name] = a if type(a) in _PLAIN else jsonable(a)
     if kw:
         for name, a in kw.items():
-            out[name] = jsonable(a)
+            out[name] = a if type(a) in _PLAIN else jsonable(a)
     return out
 
 
+_PLAIN = {int, str, bool}
+
+
+_LINE_TABLES: "weakref.WeakKeyDictionary[Any, Tuple[List[int], List[int]]]" = weakref.WeakKeyDictionary()
+
+
+def line_of(code: Any, lasti: int) -> int:
+    """The line of the instruction at byte offset ``lasti`` (what ``f_lineno``
+    gives for a frame stopped there), from ``co_lines()`` (Python 3.10+),
+    bisected in a table kept per code object."""
+    if lasti < 0:
+        return 0
+    table = _LINE_TABLES.get(code)
+    if table is None:
+        starts, lines = [], []
+        for start, _end, line in code.co_lines():
+            starts.append(start)
+            lines.append(line if line is not None else 0)
+        table = _LINE_TABLES[code] = (starts, lines)
+    k = bisect.bisect_right(table[0], lasti) - 1
+    return table[1][k] if k >= 0 else code.co_firstlineno
+
+
 class _Sources:
-    """Source objects shared per (code, line)."""
+    """Source objects shared per (code, f_lasti) recorded by the hot path."""
 
     def __init__(self) -> None:
         self.cache: Dict[Tuple[Any, int], Source] = {}
 
-    def get(self, code: Any, line: int) -> Optional[Source]:
+    def get(self, code: Any, lasti: int) -> Optional[Source]:
         if code is None:
             return None
-        key = (code, line)
+        key = (code, lasti)
         s = self.cache.get(key)
         if s is None:
-            s = self.cache[key] = Source(code.co_filename, line or 0,
+            s = self.cache[key] = Source(code.co_filename, line_of(code, lasti),
                                          getattr(code, "co_qualname", code.co_name))
         return s
 
@@ -136,6 +161,15 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     ag = build_autograd(capture, mode, events, infos)
     created = ag.created_by_op
 
+    vid_str = [f"v{i}" for i in range(len(vmeta))]
+    names: Dict[Any, str] = {}  # dtype/device object -> its string
+
+    def text(x: Any) -> str:
+        t = names.get(x)
+        if t is None:
+            t = names[x] = str(x).replace("torch.", "")
+        return t
+
     values: List[Value] = []
     version_role: Dict[int, Tuple[str, Optional[str]]] = {}
     for vid, (shape, dtype, device, origin) in enumerate(vmeta):
@@ -154,47 +188,55 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             version_role[vid] = (role, name)
             rg = t.requires_grad if t is not None else bool(
                 values[version_of].requires_grad if 0 <= version_of < len(values) else False)
-        values.append(Value(f"v{vid}", tuple(shape), _dtype(dtype), str(device), bool(rg), role, name,
-                            None if vid not in alias_root else f"v{alias_root[vid]}",
-                            None if version_of is None or version_of < 0 else f"v{version_of}"))
+        root = alias_root.get(vid)
+        values.append(Value(vid_str[vid], shape, text(dtype), text(device), bool(rg), role, name,
+                            None if root is None else vid_str[root],
+                            None if version_of is None or version_of < 0 else vid_str[version_of]))
 
     # -- nodes ---------------------------------------------------------------
     nodes: List[Node] = []
     annotations: List[str] = []
+    in_optimizer = False
+    grad_fn_of = ag.grad_fn_of
     for i, ev in enumerate(events):
         info = infos[i]
-        phase = PHASE_NAMES[ev[E_PHASE]]
+        ph = ev[E_PHASE]
+        phase = PHASE_NAMES[ph]
         module = ev[E_MOD]
-        source = sources.get(ev[E_CODE], ev[E_LINE])
-        fwd = ag.forward_op_of(ev[E_ANODE]) if ev[E_PHASE] == BACKWARD else None
-        if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
-            module = events[fwd][E_MOD]
-            source = sources.get(events[fwd][E_CODE], events[fwd][E_LINE])
-        args = _args(info, ev[E_ARGS], ev[E_KW])
-        if "annotation" in info.tags:
+        if ph == BACKWARD:
+            fwd = ag.forward_op_of(ev[E_ANODE])
+            if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
+                module = events[fwd][E_MOD]
+                source = sources.get(events[fwd][E_CODE], events[fwd][E_LINE])
+            else:
+                source = sources.get(ev[E_CODE], ev[E_LINE])
+        else:
+            source = sources.get(ev[E_CODE], ev[E_LINE])
+        args = _args(info, ev[E_ARGS], ev[E_KW]) if info.scalar_args or ev[E_KW] else {}
+        if info.annotation:
             if info.name.startswith("profiler._record_function_enter"):
                 annotations.append(str(args.get("name", "")))
             elif annotations:
                 annotations.pop()
-        elif phase == "forward" and any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations):
+            in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
+        elif in_optimizer and ph == 0:
             phase = "optimizer"
-        tags = list(info.tags)
-        if _bookkeeping(events, infos, i, created) or (ev[E_PHASE] == BACKWARD and ag.is_accumulate(ev[E_ANODE])
-                                        and info.is_detach):
-            tags.append("autograd_internal")
+        tags = info.tags
+        if info.is_detach and (_bookkeeping(events, infos, i, created)
+                               or (ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]))):
+            tags = (*tags, "autograd_internal")
         witness = None
-        if info.witness == "value":
-            witness = Witness(value=jsonable(ev[E_EXTRA]))
-        elif info.witness == "shape" and ev[E_OUTS]:
-            witness = Witness(shape=tuple(vmeta[ev[E_OUTS][0]][0]))
-        if info.witness is not None and witness is None:
-            tags.remove("witness")
-        nodes.append(Node(
-            id=f"n{i}", op=info.name,
-            inputs=tuple(f"v{v}" for v in ev[E_INS] if v >= 0),
-            outputs=tuple(f"v{v}" for v in ev[E_OUTS]),
-            phase=phase, module=None if module is None else f"m{module}", args=args, source=source,
-            tags=tuple(tags), witness=witness, grad_fn=ag.grad_fn_of.get(i)))
+        if info.witness is not None:
+            if info.witness == "value":
+                witness = Witness(value=jsonable(ev[E_EXTRA]))
+            elif ev[E_OUTS]:
+                witness = Witness(shape=vmeta[ev[E_OUTS][0]][0])
+            else:
+                tags = tuple(t for t in tags if t != "witness")
+        nodes.append(Node(f"n{i}", info.name, tuple([vid_str[v] for v in ev[E_INS] if v >= 0]),
+                          tuple([vid_str[v] for v in ev[E_OUTS]]), phase,
+                          None if module is None else f"m{module}", args, source, tags, witness,
+                          grad_fn_of.get(i)))
 
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase)
                     for k, (path, typ, call, parent, phase) in enumerate(mode.mcalls))

@@ -209,16 +209,11 @@ class Capture:
 
     def _root_outputs(self, output: Any) -> None:
         vget = self.mode.vmap.get
-        roots = []
         for t in _tensors(output):
             e = vget(id(t))
             if e is not None and e[0]() is t:
                 self.mode.outputs.append(e[1])
                 self.mode.output_refs.append(e[0])
-                if t.grad_fn is not None:
-                    roots.append(t.grad_fn)
-        # the outputs are alive now (the caller may drop them): read the graph they built
-        self.autograd.walk(roots, hook=False)
 
     # -- lookups used by the mode and the builder ------------------------------------------
     def classify_external(self, t: torch.Tensor, frame: Any, info: Any) -> Tuple[str, Optional[str]]:

@@ -41,7 +41,7 @@ _ref = weakref.ref
 _Tensor = torch.Tensor
 _CIA = torch._C.DispatchKey.CompositeImplicitAutograd
 
-# Event tuple fields (see build.py)
+# Event tuple fields (see build.py); E_LINE holds the user frame's f_lasti, not a line
 E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
 
 
@@ -120,10 +120,10 @@ class RecordingMode(TorchDispatchMode):
             if not internal:
                 break
             f = f.f_back
-        if f is not None:
-            code, line = f.f_code, f.f_lineno
+        if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
+            code, line = f.f_code, f.f_lasti
         else:
-            code, line = None, 0
+            code, line = None, -1
 
         anode = _current_node()
         phase = FORWARD if anode is None else self._backward_phase(anode, icode)

@@ -39,7 +39,7 @@ class OpInfo:
 
     __slots__ = ("index", "func", "name", "arg_names", "kinds", "kw_kinds", "mutates", "mutates_kw",
                  "view", "tags", "decompose", "witness", "collective", "is_detach", "is_seed",
-                 "returns_alias")
+                 "returns_alias", "annotation", "scalar_args")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
@@ -83,6 +83,10 @@ class OpInfo:
         if self.witness is not None:
             tags.append("witness")
         self.tags: Tuple[str, ...] = tuple(tags)
+        self.annotation = "annotation" in tags
+        # (position, name) of arguments that may hold a non-tensor (for the IR's args)
+        self.scalar_args: Tuple[Tuple[int, str], ...] = tuple(
+            (i, a.name) for i, (a, k) in enumerate(zip(args, self.kinds)) if k in (NONTENSOR, TENSOR))
         # Under inference_mode composite ops reach us undecomposed; decompose
         # them so every grad mode records the same vocabulary.
         try:
