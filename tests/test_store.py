@@ -29,9 +29,11 @@ class Probe(nn.Module):
         super().__init__()
         self.fc = nn.Linear(4, 4)
         self.modes = []
+        self.hooks = []
 
     def forward(self, x):
         self.modes.append(len(_get_current_dispatch_mode_stack()))
+        self.hooks.append(len(nn_module._global_forward_pre_hooks))
         h = self.fc(x)
         if h.mean().item() > 10:  # a witness whose value changes from step to step
             h = h * 0
@@ -75,8 +77,10 @@ def test_sampling_every_and_max_passes(tmp_path):
         _train(rec, model, steps=9)
     with Store(tmp_path / "t.db", readonly=True) as store:
         assert [p.step for p in store.passes()] == [0, 3]
-    # forward of the sampled steps ran under our mode; the others under none
+    # forward of the sampled steps ran under our mode; the others under none, and
+    # without global module hooks (only a pre-hook on the root marks the boundary)
     assert model.modes == [1, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert model.hooks == [1, 0, 0, 1, 0, 0, 0, 0, 0]
     assert _get_current_dispatch_mode_stack() == []
     assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
 

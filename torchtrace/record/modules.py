@@ -50,7 +50,7 @@ class ModuleScope:
         self.handles = []
 
     # -- hooks -----------------------------------------------------------------
-    def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...]) -> None:
+    def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
         cap = self.capture
         if _get_ident() != cap.tid:
             return None
@@ -58,7 +58,7 @@ class ModuleScope:
             cap.compiled = True
             return None
         if self.depth == 0:
-            cap.on_root_call(module, args, sys._getframe(1))
+            cap.on_root_call(module, args, frame if frame is not None else sys._getframe(1))
         self.depth += 1
         mode = cap.mode
         if mode.off:

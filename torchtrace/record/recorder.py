@@ -10,10 +10,12 @@ committed to the store at once. Passes that are not sampled (``every``,
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -58,6 +60,11 @@ class Recorder:
         self.capture: Optional[Capture] = None
         self.recorded = 0         # passes stored
         self._step: Optional[int] = None
+        # modules seen as roots: id -> (weakref, has parameters). While a pass is
+        # not sampled, a pre-hook on each of them replaces the global module hooks,
+        # so every other module call keeps torch's hook-free fast path.
+        self._roots: Dict[int, Tuple[Any, bool]] = {}
+        self._root_handles: List[Any] = []
 
     # -- lifecycle ----------------------------------------------------------------
     def __enter__(self) -> "Recorder":
@@ -81,6 +88,7 @@ class Recorder:
             # a run that never called a root module is one pass from start to exit
             self._finish(error=None if exc_type is None else exc_type.__name__)
         finally:
+            self._unwatch()
             self.capture.stop()
             if not isinstance(self._store_arg, Store) and self.store is not None:
                 self.store.close()
@@ -100,9 +108,10 @@ class Recorder:
     def _begin(self, root: Optional[str]) -> None:
         cap = self.capture
         assert cap is not None
-        cap.new_pass()
         self._sampled = (self.index % self.every == 0
                          and (self.max_passes is None or self.recorded < self.max_passes))
+        if self._sampled:
+            cap.new_pass()
         self._root = root
         self._pass_step = self._step
         self._t_start = time.perf_counter()
@@ -110,8 +119,10 @@ class Recorder:
         if cap._installed:
             if self._sampled:
                 cap.push_mode()
+                self._unwatch()
             else:
                 cap.pop_mode()
+                self._watch()
 
     def _finish(self, *, error: Optional[str] = None) -> None:
         cap = self.capture
@@ -132,7 +143,10 @@ class Recorder:
         self._begin(root)
 
     def _on_root(self, module: torch.nn.Module) -> None:
-        if not _has_params(module):  # a loss function or a wrapper without weights: part of the pass
+        e = self._roots.get(id(module))
+        if e is None or e[0]() is not module:
+            e = self._roots[id(module)] = (weakref.ref(module), _has_params(module))
+        if not e[1]:  # a loss function or a wrapper without weights: part of the pass
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
@@ -144,6 +158,36 @@ class Recorder:
         if not self.backward and self._sampled and self.capture is not None:
             self.capture.mode.off = True
             self.capture.pop_mode()
+
+    # -- passes that are not sampled: no global module hooks ------------------------
+    def _watch(self) -> None:
+        cap = self.capture
+        assert cap is not None
+        roots = [r() for r, has in self._roots.values() if has]
+        roots = [m for m in roots if m is not None]
+        if not roots or self._root_handles:
+            return  # nothing known to watch yet: keep the global hooks
+        cap.scope.remove()
+        self._root_handles = [m.register_forward_pre_hook(self._root_pre) for m in roots]
+
+    def _unwatch(self) -> None:
+        for h in self._root_handles:
+            h.remove()
+        self._root_handles = []
+        cap = self.capture
+        if cap is not None and cap._installed and not cap.scope.handles:
+            cap.scope.install()
+
+    def _root_pre(self, module: torch.nn.Module, args: Any) -> None:
+        cap = self.capture
+        if cap is None or threading.get_ident() != cap.tid:
+            return None
+        scope = cap.scope
+        scope.depth = 0
+        scope._pre(module, args, sys._getframe(1))  # a pass boundary; opens the call if now sampled
+        if not self._sampled:
+            scope.depth = 0  # no global post-hook will close it
+        return None
 
 
 def mark_step() -> None:
