@@ -39,6 +39,8 @@ class ModuleScope:
         self.depth = 0  # open module calls, kept even while not recording
         self.handles: List[Any] = []
         self.child_names: dict = {}
+        self.paths: dict = {}   # (parent path, id(module)) -> path
+        self.kinds: dict = {}   # id(module) -> (module, type name, is OptimizedModule)
 
     def install(self) -> None:
         self.handles = [register_module_forward_pre_hook(self._pre),
@@ -50,11 +52,20 @@ class ModuleScope:
         self.handles = []
 
     # -- hooks -----------------------------------------------------------------
+    def _kind(self, module: torch.nn.Module) -> Tuple[Any, str, bool]:
+        """(module, type name, is a torch.compile wrapper), cached per module object."""
+        k = self.kinds.get(id(module))
+        if k is None or k[0] is not module:
+            name = type(module).__name__
+            k = self.kinds[id(module)] = (module, name, name == "OptimizedModule")
+        return k
+
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
         cap = self.capture
         if _get_ident() != cap.tid:
             return None
-        if type(module).__name__ == "OptimizedModule":  # torch.compile wrapper: transparent
+        kind = self._kind(module)
+        if kind[2]:  # torch.compile wrapper: transparent
             cap.compiled = True
             return None
         if self.depth == 0:
@@ -64,24 +75,34 @@ class ModuleScope:
         if mode.off:
             return None
         stack = mode.stack
-        parent = stack[-1] if stack else None
-        path = self.path_of(module, parent)
+        if stack:
+            parent = stack[-1]
+            path = self.paths.get((parent[2], id(module)))
+            if path is None:
+                path = self.paths[(parent[2], id(module))] = self.path_of(module, parent)
+        else:
+            parent = None
+            path = self.path_of(module, None)
         counts = mode.call_counts
         k = counts.get(id(module), 0)
         counts[id(module)] = k + 1
-        mid = len(mode.mcalls)
-        phase = "forward" if _task_id() == -1 else "recompute"
-        mode.mcalls.append((path, type(module).__name__, k, parent[0] if parent else None, phase))
-        stack.append((mid, module, path))
+        mode.mcalls.append((path, kind[1], k, parent[0] if parent else None,
+                            "forward" if _task_id() == -1 else "recompute"))
+        stack.append((len(mode.mcalls) - 1, module, path))
         return None
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture
-        if _get_ident() != cap.tid or type(module).__name__ == "OptimizedModule":
+        if _get_ident() != cap.tid or self._kind(module)[2]:
             return None
         self.depth = max(0, self.depth - 1)
         stack = cap.mode.stack
-        for j in range(len(stack) - 1, -1, -1):
+        if stack and stack[-1][1] is module:  # the usual case: the innermost call returns
+            del stack[-1]
+            if not stack:
+                cap.on_root_return(output)
+            return None
+        for j in range(len(stack) - 1, -1, -1):  # an exception skipped some post-hooks
             if stack[j][1] is module:
                 del stack[j:]
                 if j == 0:
