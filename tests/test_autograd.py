@@ -231,3 +231,33 @@ def test_seed_example_prints_true_gradients():
     for word in ("aten.mul.Tensor", "aten.add.Tensor", "MulBackward0", "AddBackward0",
                  "feeds w", "feeds b", "w.grad = 1.0 (== x = 1.0)", "b.grad = 1.0"):
         assert word in out, word
+
+
+def test_inplace_on_a_view_is_linked_to_copyslices():
+    x = torch.randn(4, 4, requires_grad=True)
+    with torchtrace.trace() as t:
+        y = x * 1          # a non-leaf
+        y[0].mul_(2)       # in-place on a view: autograd wraps its Node in CopySlices
+        z = y.sum()
+    g = t.graph
+    walked, distinct = _oracle_pairs(g, [z])
+    assert walked == distinct == len(g.autograd.nodes)
+    cs = next(a for a in g.autograd.nodes if a.name.endswith("CopySlices"))
+    assert g.node(cs.op).op == "aten.mul_.Tensor" and "inplace" in g.node(cs.op).tags
+    assert g.node(cs.op).grad_fn == cs.id
+    non_leaf = [a for a in g.autograd.nodes if not a.name.endswith("AccumulateGrad")]
+    assert all(a.op is not None for a in non_leaf)
+
+
+def test_ops_that_create_no_node_are_not_linked():
+    x = torch.randn(3, requires_grad=True)
+    with torchtrace.trace() as t:
+        y = x * 2
+        z = y.detach() + 1       # detach and what follows build no Node
+        w = (y * z).sum()
+    g = t.graph
+    linked_ops = {g.node(a.op).op for a in g.autograd.nodes if a.op}
+    assert "aten.add.Tensor" not in linked_ops  # z = detach + 1 has no Node
+    add = next(n for n in g.nodes if n.op == "aten.add.Tensor")
+    assert add.grad_fn is None and not g.value(add.outputs[0]).requires_grad
+    assert w.requires_grad and g.value(g.outputs[-1]).requires_grad

@@ -104,9 +104,11 @@ def run(ctx: typer.Context,
         backward: bool = typer.Option(True, "--backward/--no-backward", help="record backward and optimizer ops"),
         skip: List[str] = typer.Option([], "--skip", help="source prefix to skip for lines, e.g. transformers/"),
         render_fmt: Optional[Fmt] = typer.Option(None, "--render", help="also write a render of each new variant"),
-        max_ops: Optional[int] = typer.Option(None, "--max-ops", min=1, help="cap on ops recorded per pass")) -> None:
+        max_ops: Optional[int] = typer.Option(None, "--max-ops", min=1, help="cap on ops recorded per pass"),
+        nproc: Optional[int] = typer.Option(None, "--nproc-per-node", min=1,
+                                            help="start N ranks with torchrun; all record into one store")) -> None:
     """Run SCRIPT like `python SCRIPT ARGS...` and record every forward pass of its models."""
-    from .launch import RunOptions, run_script
+    from .launch import RunOptions, run_distributed, run_script
 
     if render_fmt is Fmt.json:
         _fail(UsageError("--render json is not a render", expected="text, dot, svg, png, pdf, mermaid or markdown",
@@ -114,7 +116,10 @@ def run(ctx: typer.Context,
     options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
                          render=None if render_fmt is None else render_fmt.value, max_ops=max_ops)
     try:
-        code = run_script(script, list(ctx.args), options, console=err)
+        if nproc is not None:
+            code = run_distributed(script, list(ctx.args), options, nproc, console=err)
+        else:
+            code = run_script(script, list(ctx.args), options, console=err)
     except TorchtraceError as e:
         _fail(e)
     raise typer.Exit(code)
@@ -214,6 +219,20 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
             when = f"pass {first.idx}" + (f" (step {first.step})" if first.step is not None else "")
             out.print(Text.assemble((f"variant {v.index}", "bold"), f" from {when}, vs pass "
                                     f"{records[v.previous].idx}: {v.why}"), soft_wrap=True)
+
+
+@app.command()
+def ranks(store: Path = typer.Argument(..., help="the trace store of a distributed run")) -> None:
+    """Compare the ranks of a distributed run: the first pass and collective where they part ways."""
+    from .ranks import rank_report
+    from .store import Store
+
+    try:
+        with Store(store, readonly=True) as st:
+            report = rank_report(st)
+    except TorchtraceError as e:
+        _fail(e)
+    out.print(str(report), markup=False, soft_wrap=True)
 
 
 @app.command()

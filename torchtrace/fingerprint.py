@@ -5,7 +5,8 @@
   tensor in order of first use each op reads) and the returned values. Not shapes, not args,
   not source lines, not ids, not devices.
 * ``shapes``: ``structure`` plus every value's shape and dtype and the ops'
-  non-tensor args.
+  non-tensor args (but the rank inside a process-group argument: two ranks
+  that run the same program on the same shapes have equal fingerprints).
 
 Two passes with equal ``structure`` ran the same program; equal ``shapes``
 means they also ran it on the same tensor types. Autograd bookkeeping ops
@@ -93,7 +94,10 @@ def canonical_json(value: Any) -> str:
 
 
 def canonical_args(args: Mapping[str, Any]) -> str:
-    return canonical_json(dict(args))
+    """Args as canonical JSON; a process group's ``group_rank`` is left out
+    (every rank runs the same program: ranks compare by fingerprint)."""
+    return canonical_json({k: ({g: x for g, x in v.items() if g != "group_rank"} if isinstance(v, dict) else v)
+                           for k, v in args.items()})
 
 
 def _type(g: "Graph", vid: str) -> str:

@@ -7,9 +7,13 @@ interrupted keeps all finished passes.
 """
 from __future__ import annotations
 
+import json
 import os
 import runpy
+import signal
+import subprocess
 import sys
+import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,23 +94,35 @@ def _exit_code(e: SystemExit, console: Console) -> int:
     return 1
 
 
-def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None) -> int:
-    """Run ``script`` like ``python script argv...`` while recording; returns its exit status."""
-    from .record.recorder import Recorder
-
-    console = console or Console(stderr=True, emoji=False)
+def _check_script(script: str) -> Path:
     path = Path(script)
     if not path.is_file():
         raise UsageError("no such script", where=script, expected="a Python file to run",
                          found="nothing there" if not path.exists() else "a folder",
                          fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
-    store_path = _prepare_store(options.out)
+    return path
+
+
+def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None,
+               worker: bool = False) -> int:
+    """Run ``script`` like ``python script argv...`` while recording; returns its
+    exit status. ``worker``: one rank of a distributed run (the launcher made
+    the store and prints the summary)."""
+    from .record.recorder import Recorder
+
+    console = console or Console(stderr=True, emoji=False)
+    path = _check_script(script)
+    store_path = options.out / STORE_NAME if worker else _prepare_store(options.out)
     progress = _Progress(options, console)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *argv]
     sys.path.insert(0, str(path.resolve().parent))
     code = 0
-    status = console.status("torchtrace: starting") if console.is_terminal else None
+    status = console.status("torchtrace: starting") if console.is_terminal and not worker else None
+    # SIGTERM (a scheduler, or torchrun stopping the other ranks) ends the
+    # script like an exception, so the pass in flight is stored too
+    old_term = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         if status is not None:
             progress.status = status
@@ -127,11 +143,54 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
             tb = tb.tb_next
         traceback.print_exception(etype, value, tb or value.__traceback__)
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         if status is not None:
             status.stop()
         sys.argv, sys.path[:] = saved_argv, saved_path
-    _summary(console, progress, store_path, path, code)
+    if not worker:
+        _summary(console, progress, store_path, path, code)
     return code
+
+
+def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc: int, *,
+                    console: Optional[Console] = None) -> int:
+    """``torchtrace run --nproc-per-node N``: start N ranks through
+    ``torch.distributed.run`` (torchrun); every rank records into one store."""
+    console = console or Console(stderr=True, emoji=False)
+    _check_script(script)
+    store_path = _prepare_store(options.out)
+    spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
+                       "backward": options.backward, "skip": list(options.skip), "render": options.render,
+                       "max_ops": options.max_ops})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "torchtrace.launch", spec, script, *argv]
+    code = subprocess.call(cmd)
+    from .ranks import rank_report
+    from .store import Store
+
+    with Store(store_path, readonly=True) as store:
+        report = rank_report(store)
+    console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} (exit {code}) -> "
+                  f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
+    console.print(str(report), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"  next: torchtrace ranks {store_path}  |  torchtrace variants {store_path} --rank 1",
+                  markup=False, highlight=False, soft_wrap=True)
+    return code
+
+
+def _worker_main(args: Sequence[str]) -> int:
+    """Entry of each rank: ``python -m torchtrace.launch SPEC script args...``."""
+    spec = json.loads(args[0])
+    options = RunOptions(out=Path(spec["out"]), max_passes=spec["max_passes"], every=spec["every"],
+                         backward=spec["backward"], skip=tuple(spec["skip"]), render=None,
+                         max_ops=spec["max_ops"])
+    return run_script(args[1], list(args[2:]), options, worker=True)
+
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _is_script_frame(tb: Any, script: Path) -> bool:
@@ -155,3 +214,7 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
     if n:
         console.print(f"  next: torchtrace variants {store}  |  torchtrace show {store}:0  |  "
                       f"torchtrace diff {store}:0 {store}:-1", highlight=False, markup=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

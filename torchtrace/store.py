@@ -2,15 +2,16 @@
 
 Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``), readable by any client::
 
-    graphs(shapes_fp TEXT PRIMARY KEY, structure_fp TEXT, n_ops INTEGER,
-           created TEXT, ir BLOB)          -- gzipped IR JSON, one per shapes fingerprint
+    graphs(shapes_fp TEXT, rank INTEGER, structure_fp TEXT, n_ops INTEGER,
+           created TEXT, ir BLOB, PRIMARY KEY(shapes_fp, rank))
+                                           -- gzipped IR JSON, one per shapes fingerprint and rank
     passes(id INTEGER PRIMARY KEY, rank INTEGER, idx INTEGER, step INTEGER,
            label TEXT, root TEXT, started TEXT, wall_s REAL, n_ops INTEGER,
            n_forward INTEGER, n_backward INTEGER, truncated INTEGER,
            error TEXT, structure_fp TEXT, shapes_fp TEXT, witnesses TEXT,
            UNIQUE(rank, idx))
 
-A pass row points at the graph with its shapes fingerprint; ``witnesses``
+A pass row points at the graph of its rank with its shapes fingerprint; ``witnesses``
 keeps that pass's own witness values (JSON ``{node id: value or shape}``),
 which ``graph()`` puts back on the shared graph. Each pass is one
 transaction: a process killed mid-run loses at most the pass in flight.
@@ -31,13 +32,13 @@ from .serialize import decode, encode
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS graphs(
-    shapes_fp TEXT PRIMARY KEY, structure_fp TEXT NOT NULL, n_ops INTEGER NOT NULL,
-    created TEXT, ir BLOB NOT NULL);
+    shapes_fp TEXT NOT NULL, rank INTEGER NOT NULL DEFAULT 0, structure_fp TEXT NOT NULL,
+    n_ops INTEGER NOT NULL, created TEXT, ir BLOB NOT NULL, PRIMARY KEY(shapes_fp, rank));
 CREATE TABLE IF NOT EXISTS passes(
     id INTEGER PRIMARY KEY, rank INTEGER NOT NULL DEFAULT 0, idx INTEGER NOT NULL,
     step INTEGER, label TEXT, root TEXT, started TEXT, wall_s REAL,
     n_ops INTEGER NOT NULL, n_forward INTEGER, n_backward INTEGER, truncated INTEGER,
-    error TEXT, structure_fp TEXT NOT NULL, shapes_fp TEXT NOT NULL REFERENCES graphs(shapes_fp),
+    error TEXT, structure_fp TEXT NOT NULL, shapes_fp TEXT NOT NULL,
     witnesses TEXT, UNIQUE(rank, idx));
 CREATE INDEX IF NOT EXISTS passes_structure ON passes(structure_fp);
 """
@@ -116,9 +117,10 @@ class Store:
                             else {"value": n.witness.value}) for n in graph.witnesses()}
         n_bwd = sum(1 for n in graph.nodes if n.phase != "forward")
         with self._transaction():
-            if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ?", (fp["shapes"],)).fetchone() is None:
-                self.db.execute("INSERT INTO graphs VALUES (?, ?, ?, ?, ?)",
-                                (fp["shapes"], fp["structure"], len(graph.nodes), meta.get("created"),
+            if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ? AND rank = ?",
+                               (fp["shapes"], rank)).fetchone() is None:
+                self.db.execute("INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?)",
+                                (fp["shapes"], rank, fp["structure"], len(graph.nodes), meta.get("created"),
                                  encode(graph, gz=True)))
             if idx is None:
                 row = self.db.execute("SELECT MAX(idx) FROM passes WHERE rank = ?", (rank,)).fetchone()
@@ -144,7 +146,8 @@ class Store:
     def graph(self, idx: int, rank: int = 0) -> Graph:
         """The graph of pass ``idx`` (on ``rank``), with that pass's own meta and witness values."""
         row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
-                              "JOIN graphs g ON g.shapes_fp = p.shapes_fp WHERE p.rank = ? AND p.idx = ?",
+                              "JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
+                              "WHERE p.rank = ? AND p.idx = ?",
                               (rank, idx)).fetchone()
         if row is None:
             have = [p.idx for p in self.passes(rank)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import inspect
+import os
 import platform
 import sys
 import threading
@@ -121,14 +122,7 @@ class Capture:
     def meta(self) -> Dict[str, Any]:
         from .. import __version__
 
-        rank = world = None
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                rank, world = dist.get_rank(), dist.get_world_size()
-        except Exception:  # pragma: no cover
-            pass
+        rank, world = _rank()
         return {"torch": torch.__version__, "torchtrace": __version__, "python": platform.python_version(),
                 "created": self.created, "label": None, "step": None, "rank": rank, "world_size": world,
                 "grad_mode": self.pass_grad_mode, "compiled_regions_ran_eager": self.compiled,
@@ -282,6 +276,22 @@ class Capture:
                 seen.add(id(p))
                 out.append((p, name))
         return out
+
+
+def _rank() -> Tuple[Optional[int], Optional[int]]:
+    """(rank, world size): from torch.distributed once initialized, else from
+    the launcher's environment (torchrun sets RANK and WORLD_SIZE)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except Exception:  # pragma: no cover
+        pass
+    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if env_rank is not None and env_rank.isdigit():
+        return int(env_rank), int(env_world) if env_world and env_world.isdigit() else None
+    return None, None
 
 
 def _local_name(t: Any, frame: Any) -> Optional[str]:

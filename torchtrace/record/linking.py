@@ -28,6 +28,7 @@ def _stem(s: str) -> str:
 
 
 def names_match(op: str, node_name: str, inplace_on_view: bool) -> bool:
+    node_name = node_name.rsplit("::", 1)[-1]  # torch::autograd::CopySlices
     if node_name == "CopySlices":
         return inplace_on_view
     parts = op.split(".")

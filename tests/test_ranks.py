@@ -1,0 +1,73 @@
+"""Distributed runs: every rank records into one store; the rank report names
+the first pass and collective where ranks part ways, and why."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from torchtrace.cli import app
+from torchtrace.ranks import rank_report
+from torchtrace.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+EXE = shutil.which("torchtrace") or str(Path(sys.executable).parent / "torchtrace")
+
+
+def test_two_ranks_diverge_and_the_report_says_where_and_why(tmp_path):
+    script = ROOT / "examples" / "ranks_diverge.py"
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), "--nproc-per-node", "2", str(script)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # rank 1 ends up waiting in an all_reduce rank 0 never joins: gloo reports the lost peer
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "called different collectives in pass 2" in res.stderr
+    db = tmp_path / "o" / "trace.db"
+    with Store(db, readonly=True) as store:
+        assert store.ranks() == [0, 1]
+        assert [len(store.passes(r)) for r in (0, 1)] == [4, 4]
+        g = store.graph(0, 1)
+        assert g.meta["rank"] == 1 and g.meta["world_size"] == 2
+        assert sum("collective" in n.tags for n in g.nodes) == 1  # one all_reduce per step
+        assert store.passes(1)[-1].error == "RuntimeError"
+        report = rank_report(store)
+    first = report.divergences[0]
+    assert (first.idx, first.ref, first.other, first.kind) == (2, 0, 1, "collectives")
+    assert "#2: rank 0 calls nothing more; rank 1 calls c10d.allreduce_(float32[49], group of 2)" in first.collective
+    src = script.read_text().splitlines()
+    line = next(i for i, x in enumerate(src, 1) if "if x.max() > 2.5" in x)
+    assert any(f"`ranks_diverge.py:{line}` read False on rank 0, True on rank 1" in w for w in first.why)
+    out = CliRunner().invoke(app, ["ranks", str(db)])
+    assert out.exit_code == 0 and "called different collectives in pass 2" in out.output
+
+
+def _as_rank(g, rank):
+    from torchtrace.ir import Graph
+
+    return Graph(meta=dict(g.meta, rank=rank, world_size=2), modules=g.modules, values=g.values, nodes=g.nodes,
+                 outputs=g.outputs, autograd=g.autograd)
+
+
+def test_ranks_that_agree_and_a_rank_that_stopped(tmp_path):
+    import torch
+    import torchtrace
+
+    m, x = torch.nn.Linear(3, 3), torch.randn(2, 3)
+    with torchtrace.trace(m) as t:
+        m(x).sum().backward()
+    with Store(tmp_path / "t.db") as store:
+        for idx in range(3):
+            store.add(_as_rank(t.graph, 0), idx=idx)
+            if idx < 2:
+                store.add(_as_rank(t.graph, 1), idx=idx)
+        report = rank_report(store)
+    assert report.passes == {0: 3, 1: 2}
+    [d] = report.divergences
+    assert (d.kind, d.idx, d.other) == ("missing", 2, 1)
+    assert "rank 1 has no pass 2: it stopped (crashed or hung)" in str(report)
+    with Store(tmp_path / "u.db") as store:
+        for r in (0, 1):
+            store.add(_as_rank(t.graph, r), idx=0)
+        assert rank_report(store).agree

@@ -1,0 +1,130 @@
+"""Compare the ranks of a distributed run, pass by pass.
+
+Ranks that build different graphs, or call collectives in a different order
+or on different shapes, are what hangs NCCL jobs. ``rank_report(store)``
+finds the first pass where the ranks part ways, the first collective where
+their sequences differ, and the witness (the ``if`` that read tensor data)
+that sent one rank elsewhere. Works on a store; never imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .compare import diff
+from .ir import Graph, Node
+from .store import PassRecord, Store
+
+Collective = Tuple[str, str, str]  # (op, group, input types)
+
+
+def collectives(g: Graph) -> List[Tuple[Collective, Node]]:
+    """The collective calls of a pass, in order, with what must match across ranks."""
+    out = []
+    for n in g.nodes:
+        if "collective" in n.tags:
+            group = next((f"group of {v['group_size']}" for v in n.args.values()
+                          if isinstance(v, dict) and "group_size" in v), "")
+            types = ", ".join(f"{g.value(v).dtype}{list(g.value(v).shape)}" for v in n.inputs)
+            out.append(((n.op, group, types), n))
+    return out
+
+
+def _where(n: Node) -> str:
+    return f" at {n.source.short()}" if n.source is not None else ""
+
+
+def _call(c: Collective, n: Node) -> str:
+    op = c[0][:-len(".default")] if c[0].endswith(".default") else c[0]
+    return f"{op}({c[2]}{', ' + c[1] if c[1] else ''}){_where(n)}"
+
+
+@dataclass
+class Divergence:
+    """Where rank ``other`` parts from rank ``ref``."""
+
+    idx: int
+    step: Optional[int]
+    ref: int
+    other: int
+    kind: str                      # "structure", "collectives", "missing"
+    collective: str = ""           # the first differing collective call, described
+    why: List[str] = field(default_factory=list)
+
+    def lines(self) -> List[str]:
+        at = f"pass {self.idx}" + (f" (step {self.step})" if self.step is not None else "")
+        head = {"missing": f"rank {self.other} has no {at}: it stopped (crashed or hung) before rank {self.ref}",
+                "structure": f"ranks {self.ref} and {self.other} built different graphs in {at} "
+                             "(same collectives)",
+                "collectives": f"ranks {self.ref} and {self.other} called different collectives in {at}: "
+                               "this is where a job hangs"}[self.kind]
+        out = [head]
+        if self.collective:
+            out.append(f"  first differing collective: {self.collective}")
+        out.extend(f"  why: {w}" for w in self.why)
+        return out
+
+
+@dataclass
+class RankReport:
+    ranks: List[int]
+    passes: Dict[int, int]
+    divergences: List[Divergence]
+
+    @property
+    def agree(self) -> bool:
+        return not self.divergences
+
+    def __str__(self) -> str:
+        counts = ", ".join(f"rank {r}: {self.passes[r]}" for r in self.ranks)
+        lines = [f"{len(self.ranks)} ranks; passes recorded: {counts}"]
+        if self.agree:
+            lines.append("every rank built the same graphs and called the same collectives")
+        for d in self.divergences:
+            lines.extend(d.lines())
+        return "\n".join(lines)
+
+
+def _first_difference(a: Sequence[Tuple[Collective, Node]], b: Sequence[Tuple[Collective, Node]],
+                      ra: int, rb: int) -> str:
+    for k in range(max(len(a), len(b))):
+        ca = a[k] if k < len(a) else None
+        cb = b[k] if k < len(b) else None
+        if ca is None or cb is None or ca[0] != cb[0]:
+            sa = _call(*ca) if ca else "nothing more"
+            sb = _call(*cb) if cb else "nothing more"
+            return f"#{k + 1}: rank {ra} calls {sa}; rank {rb} calls {sb}"
+    return ""
+
+
+def rank_report(store: Store) -> RankReport:
+    """Each rank against the lowest rank, pass by pass: the first pass it is
+    missing, the first pass whose collectives differ (what hangs a job), and
+    the first pass whose graph differs with the same collectives."""
+    ranks = store.ranks()
+    by_rank: Dict[int, Dict[int, PassRecord]] = {r: {p.idx: p for p in store.passes(r)} for r in ranks}
+    counts = {r: len(by_rank[r]) for r in ranks}
+    divergences: List[Divergence] = []
+    reported: set = set()
+    for idx in sorted({i for passes in by_rank.values() for i in passes}):
+        present = [r for r in ranks if idx in by_rank[r]]
+        ref = present[0]
+        for r in ranks:
+            if r not in present and ("missing", r) not in reported:
+                reported.add(("missing", r))
+                divergences.append(Divergence(idx, by_rank[ref][idx].step, ref, r, "missing"))
+        for r in present[1:]:
+            a, b = by_rank[ref][idx], by_rank[r][idx]
+            if a.shapes_fp == b.shapes_fp or {("collectives", r), ("structure", r)} <= reported:
+                continue
+            ga, gb = store.graph(idx, ref), store.graph(idx, r)
+            first = _first_difference(collectives(ga), collectives(gb), ref, r)
+            kind = "collectives" if first else "structure" if a.structure_fp != b.structure_fp else ""
+            if not kind or (kind, r) in reported:
+                continue
+            reported.add((kind, r))
+            why = [w.replace(" in A", f" on rank {ref}").replace(" in B", f" on rank {r}")
+                   for w in diff(ga, gb).why()]
+            divergences.append(Divergence(idx, a.step, ref, r, kind, first, why))
+    divergences.sort(key=lambda d: (d.kind != "collectives", d.idx))
+    return RankReport(ranks, counts, divergences)
