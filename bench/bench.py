@@ -323,8 +323,7 @@ def bench_steps(w: models.Workload, opts: argparse.Namespace, tmpdir: str,
     ``Recorder(store, every=K)``. Blocks rotate: B plain steps, then a
     Recorder block of B+2 steps (step 0 sampled, step 1 stores it at its root
     call, steps 2.. not sampled). Every step is one sample. ``recorders``
-    (name -> Recorder class) adds blocks for other recorder implementations
-    (bench/hotpath.py uses it for the Recorder proposal)."""
+    (name -> Recorder class) adds blocks for other recorder implementations."""
     from torchtrace.store import Store
 
     model = w.model
