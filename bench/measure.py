@@ -1,0 +1,278 @@
+"""Timed sections of bench.py that run in this process: overhead (plain /
+empty mode / capture / trace, with the IR build) and memory after a trace."""
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import os
+import sys
+import time
+import tracemalloc
+import weakref
+from typing import Any, Callable, Dict, List, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import models  # noqa: E402
+from harness import Empty, Stats, Timed, Variant, count_ops, interleave, plan_reps  # noqa: E402
+
+import torchtrace  # noqa: E402
+from torchtrace.record.capture import Capture  # noqa: E402
+from torchtrace.serialize import encode, save  # noqa: E402
+
+_perf = time.perf_counter
+
+# ---------------------------------------------------------------------------------------------
+# variants
+# ---------------------------------------------------------------------------------------------
+def _phase_fn(w: models.Workload, phase: str) -> Callable[[], Any]:
+    if phase == "fwd":
+        return w.forward
+    loss = w.loss
+
+    def fwdbwd() -> None:
+        loss().backward()
+
+    return fwdbwd
+
+
+class CaptureVariant(Variant):
+    """``Capture(model)`` made untimed; timed: ``start()``, the pass, ``stop()``.
+    After each sample (untimed for the ratio, timed on its own): the IR build
+    (``finish_pass``), ``serialize.encode`` and ``torchtrace.save`` to a file."""
+
+    name = "capture"
+
+    def __init__(self, w: models.Workload, fn: Callable[[], Any], zero: Callable[[], None], tmpdir: str,
+                 collect: bool) -> None:
+        self.w, self.fn, self.zero, self.collect = w, fn, zero, collect
+        self.path = os.path.join(tmpdir, f"{w.name}.json")
+        self.build, self.encode, self.save = Stats(), Stats(), Stats()
+        self.bytes: List[int] = []
+        self.nodes: List[int] = []
+        self.gz_bytes: Optional[int] = None
+        self.c: Optional[Capture] = None
+        self.out: Any = None
+
+    def before(self) -> None:
+        self.zero()
+        self.c = Capture(self.w.model)
+
+    def run(self) -> float:
+        c, fn = self.c, self.fn
+        assert c is not None
+        t0 = _perf()
+        c.start()
+        try:
+            out = fn()
+        finally:
+            c.stop()
+        t = _perf() - t0
+        self.out = out  # alive during the build, as in `with trace(m): out = m(x)`
+        return t
+
+    def after(self) -> None:
+        c = self.c
+        assert c is not None
+        if self.collect:
+            gc.collect()
+        t0 = _perf()
+        g = c.finish_pass()
+        t1 = _perf()
+        data = encode(g)
+        t2 = _perf()
+        save(g, self.path)
+        t3 = _perf()
+        self.build.samples.append(t1 - t0)
+        self.encode.samples.append(t2 - t1)
+        self.save.samples.append(t3 - t2)
+        self.bytes.append(len(data))
+        self.nodes.append(len(g.nodes))
+        if self.gz_bytes is None:
+            self.gz_bytes = len(gzip.compress(data, mtime=0))
+        self.c = self.out = None
+
+
+class TraceVariant(Variant):
+    """End to end: ``with torchtrace.trace(model): <pass>`` (IR build included)."""
+
+    name = "trace"
+
+    def __init__(self, w: models.Workload, fn: Callable[[], Any], zero: Callable[[], None]) -> None:
+        self.w, self.fn, self.zero = w, fn, zero
+        self.t: Any = None
+
+    def before(self) -> None:
+        self.zero()
+
+    def run(self) -> float:
+        fn, model = self.fn, self.w.model
+        t0 = _perf()
+        with torchtrace.trace(model) as t:
+            out = fn()
+        dt = _perf() - t0
+        del out
+        self.t = t
+        return dt
+
+    def after(self) -> None:
+        self.t = None
+
+
+class EmptyVariant(Variant):
+    name = "empty"
+
+    def __init__(self, fn: Callable[[], Any], zero: Callable[[], None]) -> None:
+        self.fn, self.zero = fn, zero
+
+    def before(self) -> None:
+        self.zero()
+
+    def run(self) -> float:
+        fn = self.fn
+        t0 = _perf()
+        with Empty():
+            fn()
+        return _perf() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+# ---------------------------------------------------------------------------------------------
+def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmpdir: str) -> Dict[str, Any]:
+    fn = _phase_fn(w, phase)
+    zero = (lambda: w.model.zero_grad(set_to_none=True)) if phase == "fwdbwd" else (lambda: None)
+    zero()
+    n_ops = count_ops(fn)
+    zero()
+    cap = CaptureVariant(w, fn, zero, tmpdir, opts.collect)
+    variants: List[Variant] = [Timed("plain", fn, zero), EmptyVariant(fn, zero), cap, TraceVariant(w, fn, zero)]
+    budget = opts.budget * (1.5 if phase == "fwdbwd" else 1.0)
+    reps = plan_reps(variants, budget, opts.min_reps, opts.max_reps)
+    deadline = _perf() + 3 * budget
+    stats = interleave(variants, reps, warmup=opts.warmup, collect=opts.collect, deadline=deadline)
+    # keep only the IR samples of the timed rounds (the first ones came from warm-up/probe)
+    k = len(stats["capture"].samples)
+    for s in (cap.build, cap.encode, cap.save):
+        s.samples[:] = s.samples[-k:]
+    plain, empty = stats["plain"].median, stats["empty"].median
+    res: Dict[str, Any] = {"model": w.name, "phase": phase, "ops": n_ops, "reps": k,
+                           "times": {name: s.as_dict() for name, s in stats.items()}}
+    for name in ("empty", "capture", "trace"):
+        m = stats[name].median
+        res[f"{name}_x_plain"] = m / plain
+        res[f"{name}_us_per_op_vs_plain"] = (m - plain) / n_ops * 1e6
+        if name != "empty":
+            res[f"{name}_x_empty"] = m / empty
+            res[f"{name}_us_per_op_vs_empty"] = (m - empty) / n_ops * 1e6
+    res["plain_us_per_op"] = plain / n_ops * 1e6
+    nodes = cap.nodes[-1] if cap.nodes else n_ops
+    res["ir"] = {"nodes": nodes, "build": cap.build.as_dict(), "encode": cap.encode.as_dict(),
+                 "save": cap.save.as_dict(), "json_bytes": cap.bytes[-1] if cap.bytes else None,
+                 "gz_bytes": cap.gz_bytes,
+                 "build_us_per_op": cap.build.median / nodes * 1e6,
+                 "encode_us_per_op": cap.encode.median / nodes * 1e6,
+                 "build_encode_us_per_op": (cap.build.median + cap.encode.median) / nodes * 1e6,
+                 "save_us_per_op": cap.save.median / nodes * 1e6,
+                 "json_bytes_per_op": (cap.bytes[-1] / nodes) if cap.bytes else None,
+                 "gz_bytes_per_op": (cap.gz_bytes / nodes) if cap.gz_bytes else None}
+    if nodes != n_ops:
+        res["note"] = f"graph has {nodes} nodes, the empty mode saw {n_ops} ops"
+    return res
+
+
+class Probe(TorchDispatchMode):
+    """Weak references to every tensor an op returns (entered outside the trace)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: List[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(o, torch.Tensor):
+                self.refs.append((weakref.ref(o), o.untyped_storage().nbytes(), str(func)))
+        return out
+
+
+def _alive(refs: List[tuple], keep: set) -> List[tuple]:
+    out = []
+    for r, nbytes, op in refs:
+        t = r()
+        if t is not None and id(t) not in keep:
+            out.append((nbytes, op))
+    return out
+
+
+def bench_memory(w: models.Workload, opts: argparse.Namespace) -> Dict[str, Any]:
+    """Tensors produced inside a trace block that are still alive after it
+    (the graph kept, the outputs dropped), against the same pass untraced."""
+    model = w.model
+    keep = {id(t) for t in list(model.parameters()) + list(model.buffers())}
+    res: Dict[str, Any] = {"model": w.name}
+    for phase in ("fwd", "fwdbwd"):
+        fn = _phase_fn(w, phase)
+        counts = {}
+        for traced in (False, True):
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            p = Probe()
+            with p:
+                if traced:
+                    with torchtrace.trace(model) as t:
+                        out = fn()
+                else:
+                    out = fn()
+            del out
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            alive = _alive(p.refs, keep)
+            counts[traced] = (len(alive), sum(b for b, _ in alive), sorted({op for _, op in alive})[:5],
+                              len(p.refs))
+            if traced:
+                graph_nodes = len(t.graph.nodes)  # the graph itself stays alive during the check
+        res[phase] = {"produced": counts[True][3], "alive_untraced": counts[False][0],
+                      "alive_traced": counts[True][0], "retained_tensors": counts[True][0] - counts[False][0],
+                      "retained_bytes": counts[True][1] - counts[False][1], "alive_ops": counts[True][2],
+                      "graph_nodes": graph_nodes}
+    # Python heap growth per pass after a long warm-up: trace blocks (graph dropped)
+    # against the same passes under the empty mode (torch's own caches grow a little too)
+    t0 = _perf()
+    w.forward()
+    if _perf() - t0 < 0.02:
+        def traced() -> None:
+            with torchtrace.trace(model):
+                w.forward()
+
+        def empty() -> None:
+            with Empty():
+                w.forward()
+
+        res["heap_growth_bytes_per_trace"] = _heap_growth(traced, 50, opts.heap_traces)
+        res["heap_growth_bytes_per_empty_pass"] = _heap_growth(empty, 50, opts.heap_traces)
+        res["heap_traces"] = opts.heap_traces
+    return res
+
+
+def _heap_growth(fn: Callable[[], None], warm: int, n: int) -> float:
+    for _ in range(warm):
+        fn()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(n):
+            fn()
+        gc.collect()
+        return (tracemalloc.get_traced_memory()[0] - base) / n
+    finally:
+        tracemalloc.stop()
+
+
