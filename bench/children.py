@@ -29,6 +29,14 @@ import torchtrace  # noqa: E402
 
 _perf = time.perf_counter
 
+def _sample(step: Any, collect: bool) -> float:
+    if collect:
+        gc.collect()
+    t0 = _perf()
+    step()
+    return _perf() - t0
+
+
 def bench_steps(w: models.Workload, opts: argparse.Namespace, tmpdir: str,
                 recorders: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A training step (zero_grad, forward, loss, backward, SGD step) under
@@ -70,22 +78,14 @@ def bench_steps(w: models.Workload, opts: argparse.Namespace, tmpdir: str,
             kind = kinds[(b + j) % len(kinds)]
             if kind == "plain":
                 for _ in range(B):
-                    if opts.collect:
-                        gc.collect()
-                    t0 = _perf()
-                    step()
-                    dt = _perf() - t0
+                    dt = _sample(step, opts.collect)
                     if b:
                         plain.samples.append(dt)
             else:
                 rec = recs[kind](store, every=B + 10)
                 with rec:
                     for i in range(B + 2):
-                        if opts.collect:
-                            gc.collect()
-                        t0 = _perf()
-                        step()
-                        dt = _perf() - t0
+                        dt = _sample(step, opts.collect)
                         if b:
                             st[kind]["sampled" if i == 0 else "storing" if i == 1 else "nonsampled"].samples.append(dt)
                 assert rec.recorded == 1, rec.recorded

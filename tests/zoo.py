@@ -68,7 +68,7 @@ def lstm() -> nn.Module:
 
 
 class ResNetBlock(nn.Module):
-    """A torchvision-style BasicBlock with a downsampling shortcut."""
+    """A torchvision-style BasicBlock (a downsampling shortcut when the shape changes)."""
 
     def __init__(self, cin: int = 8, cout: int = 16, stride: int = 2) -> None:
         super().__init__()
@@ -77,10 +77,12 @@ class ResNetBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = self.downsample(x)
+        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         out += identity
