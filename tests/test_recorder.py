@@ -388,3 +388,27 @@ def test_usage_errors_are_clear():
     t = torchtrace.trace()
     with pytest.raises(torchtrace.TorchtraceError, match="after the `with` block"):
         t.graph
+
+
+def test_a_mode_entered_inside_the_block_and_left_open_keeps_working():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.n += 1
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(3)
+    user_mode = Counter()
+    t = torchtrace.trace()
+    t.__enter__()
+    user_mode.__enter__()    # the user's mode goes on top of ours ...
+    x + 1
+    t.__exit__(None, None, None)   # ... and is still open when the trace ends
+    assert _get_current_dispatch_mode_stack() == [user_mode]
+    x * 2
+    user_mode.__exit__(None, None, None)
+    assert _get_current_dispatch_mode_stack() == []
+    assert Counter.n == 2 and [n.op for n in t.graph.nodes] == ["aten.add.Tensor"]

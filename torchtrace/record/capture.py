@@ -16,7 +16,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode
 
 from ..ir import Graph
 from .autograd import AutogradTracker
@@ -79,20 +79,28 @@ class Capture:
             self.mode.__enter__()
             self._mode_pushed = True
 
-    def pop_mode(self) -> None:
-        if self._mode_pushed:
-            if _get_current_dispatch_mode() is not self.mode:
-                # someone entered a mode inside ours: popping would remove theirs.
-                # Stay on the stack, recording nothing, until they leave.
+    def pop_mode(self, *, force: bool = False) -> None:
+        if not self._mode_pushed:
+            return
+        above = []
+        if _get_current_dispatch_mode() is not self.mode:
+            # someone entered a mode inside ours and is still in it
+            if not force:  # stay on the stack, recording nothing, until a pass boundary
                 self.mode.off = True
                 return
-            self._mode_pushed = False
+            while _get_current_dispatch_mode() is not self.mode:  # take theirs off, ours out, theirs back
+                above.append(_pop_mode())
+        self._mode_pushed = False
+        try:
             self.mode.__exit__(None, None, None)
+        finally:
+            for m in reversed(above):
+                _push_mode(m)
 
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""
         try:
-            self.pop_mode()
+            self.pop_mode(force=True)
         finally:
             if self._installed:
                 self.scope.remove()

@@ -37,13 +37,12 @@ def _kind(type_str: str) -> int:
 class OpInfo:
     """Facts about one overload; slots for fast attribute access on the hot path."""
 
-    __slots__ = ("index", "func", "name", "arg_names", "kinds", "kw_kinds", "mutates", "mutates_kw",
-                 "view", "tags", "decompose", "witness", "collective", "is_detach", "is_seed",
-                 "returns_alias", "annotation", "scalar_args")
+    __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "decompose",
+                 "witness", "is_detach", "is_seed", "annotation", "scalar_args")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
-        self.func = func
+        self.index = -1  # set by op_info()
         self.name = str(func)
         namespace = getattr(func, "namespace", self.name.split(".", 1)[0])
         args = schema.arguments
@@ -51,15 +50,14 @@ class OpInfo:
         self.kinds: Tuple[int, ...] = tuple(_kind(str(a.type)) for a in args)
         self.kw_kinds: Dict[str, int] = {a.name: k for a, k in zip(args, self.kinds)}
         written = [i for i, a in enumerate(args) if a.alias_info is not None and a.alias_info.is_write]
-        self.collective = namespace in _COLLECTIVE_NAMESPACES
-        if self.collective and namespace == "c10d" and not written:
+        collective = namespace in _COLLECTIVE_NAMESPACES
+        if collective and namespace == "c10d" and not written:
             # c10d ops write their tensor arguments but carry no alias annotation
             written = [i for i, k in enumerate(self.kinds) if k != NONTENSOR][:1]
         self.mutates: Tuple[int, ...] = tuple(written)
-        self.mutates_kw: Tuple[str, ...] = tuple(args[i].name for i in written if args[i].kwarg_only)
         # a return that aliases an input without writing it: a view (view, t, select, split, detach)
-        self.returns_alias = any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
-        self.view = self.returns_alias and not written
+        self.view = not written and any(r.alias_info is not None and not r.alias_info.is_write
+                                        for r in schema.returns)
         tags = []
         if self.view:
             tags.append("view")
@@ -71,7 +69,7 @@ class OpInfo:
             tags.append("random")
         if all(k == NONTENSOR for k in self.kinds) and namespace not in _ANNOTATION_NAMESPACES:
             tags.append("factory")
-        if self.collective:
+        if collective:
             tags.append("collective")
         if namespace in _ANNOTATION_NAMESPACES:
             tags.append("annotation")
