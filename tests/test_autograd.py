@@ -50,6 +50,8 @@ MODELS = {
     "gpt2": lambda: (zoo.gpt2(), (zoo.token_ids(),), lambda o: [o.logits]),
     "bert": lambda: (zoo.bert(), (zoo.token_ids(),), lambda o: [o.last_hidden_state, o.pooler_output]),
     "resnet_block": lambda: (zoo.resnet_block().train(), (torch.randn(2, 8, 16, 16),), lambda o: [o]),
+    # in-place gates: autograd clones an input between the Node and the op
+    "gru": lambda: (torch.nn.GRU(8, 16, 2, batch_first=True), (torch.randn(2, 5, 8),), lambda o: list(o)),
 }
 
 
@@ -261,3 +263,24 @@ def test_ops_that_create_no_node_are_not_linked():
     add = next(n for n in g.nodes if n.op == "aten.add.Tensor")
     assert add.grad_fn is None and not g.value(add.outputs[0]).requires_grad
     assert w.requires_grad and g.value(g.outputs[-1]).requires_grad
+
+
+def test_a_custom_function_node_is_not_guessed():
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    x = torch.randn(3, requires_grad=True)
+    with torchtrace.trace() as t:
+        y = Double.apply(x).sin()
+    g = t.graph
+    names = {a.name: a for a in g.autograd.nodes}
+    assert names["DoubleBackward"].op is None          # no aten op made it: left unlinked
+    assert g.node(names["SinBackward0"].op).op == "aten.sin.default"
+    assert [n.op for n in g.nodes] == ["aten.mul.Tensor", "aten.sin.default"]
+    assert y.requires_grad

@@ -2,15 +2,17 @@
 ``autograd`` part of the IR.
 
 An op that creates a Node bumps the thread's autograd sequence counter before
-it reaches the dispatch mode, so the Node of op ``i`` has
-``_sequence_nr() == seq_i - 1`` where ``seq_i`` was read in the handler and
-differs from the previous op's. An in-place op on a view is then wrapped in
-``CopySlices`` (one more number). Every join is checked against the Node's
-name (``AddmmBackward0`` <-> ``aten.addmm``): a Node whose name does not
-match its candidate op stays unlinked instead of being guessed.
+it reaches the dispatch mode, so the Node with ``_sequence_nr() == s`` belongs
+to the first op whose counter (read in the handler) is past ``s`` -- or to one
+of the next few ops, when autograd itself runs an op in between (the
+``clone`` of an in-place op's input it must save). An in-place op on a view
+is then wrapped in ``CopySlices`` (the number after the op's). Every join is
+checked against the Node's name (``AddmmBackward0`` <-> ``aten.addmm``): a
+Node whose name matches no candidate stays unlinked instead of being guessed.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -27,10 +29,7 @@ def _stem(s: str) -> str:
     return s.replace("_", "").lower()
 
 
-def names_match(op: str, node_name: str, inplace_on_view: bool) -> bool:
-    node_name = node_name.rsplit("::", 1)[-1]  # torch::autograd::CopySlices
-    if node_name == "CopySlices":
-        return inplace_on_view
+def names_match(op: str, node_name: str) -> bool:
     parts = op.split(".")
     base = _stem(parts[1] if len(parts) > 1 else parts[0])
     stem = _stem(_BACKWARD_SUFFIX.sub("", node_name.rsplit("::", 1)[-1]))
@@ -63,25 +62,41 @@ class AutogradPart:
         return anode is not None and self._key(anode)[0] == "acc"
 
 
-def _created(mode: Any, events: List[tuple]) -> Tuple[Dict[int, int], Set[int], Set[int]]:
-    """seq of the Node each op created -> op index; ops that created one;
-    in-place-on-view ops (CopySlices)."""
-    by_seq: Dict[int, int] = {}
+def _created(mode: Any, events: List[tuple]) -> Tuple[Set[int], Dict[int, int]]:
+    """Ops after which the sequence counter moved (they, or autograd work
+    just before them, made a Node); the in-place-on-view ops by the sequence
+    number of the CopySlices autograd wraps them in (made after the op)."""
     created: Set[int] = set()
-    on_view: Set[int] = set()
+    copy_slices: Dict[int, int] = {}
     prev = mode.start_seq
     for i, ev in enumerate(events):
         s = ev[E_SEQ]
         if s != prev:
             created.add(i)
-            if ev[E_PHASE] != BACKWARD:
-                by_seq[s - 1] = i
-            if i in mode.inplace_on_view:  # wrote a view: autograd wraps the Node in CopySlices
-                on_view.add(i)
-                by_seq[s] = i
+            if i in mode.inplace_on_view:
+                copy_slices[s] = i
                 s += 1
         prev = s
-    return by_seq, created, on_view
+    return created, copy_slices
+
+
+_WINDOW = 4  # ops to look at after the counter passed a Node's number
+
+
+def _op_of(seq: int, name: str, seqs: List[int], events: List[tuple], infos: List[Any],
+           copy_slices: Dict[int, int]) -> Optional[int]:
+    """The forward op that made Node ``seq``: the first op the counter reached
+    after the Node, or one of the next few (autograd may run a ``clone`` of an
+    in-place op's input in between), whose name matches the Node's."""
+    if name.rsplit("::", 1)[-1] == "CopySlices":
+        return copy_slices.get(seq)
+    i = bisect.bisect_right(seqs, seq)
+    for j in range(i, min(i + _WINDOW, len(events))):
+        if seqs[j] - seq > _WINDOW:
+            break
+        if events[j][E_PHASE] != BACKWARD and names_match(infos[j].name, name):
+            return j
+    return None
 
 
 def _grad_info(var: Any, vid: int, name: Optional[str]) -> Optional[GradInfo]:
@@ -98,16 +113,16 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     part = AutogradPart()
     tracker = capture.autograd
     tracker.walk(capture.backward_roots(), hook=False)
-    by_seq, part.created_by_op, on_view = _created(mode, events)
+    part.created_by_op, copy_slices = _created(mode, events)
+    seqs = [ev[E_SEQ] for ev in events]
 
     entries = list(tracker.entries.values())
     linked: Dict[tuple, int] = {}
     for e in entries:
-        if e.seq is None:
-            continue
-        i = by_seq.get(e.seq)
-        if i is not None and names_match(infos[i].name, e.name, i in on_view):
-            linked[e.key] = i
+        if e.seq is not None:
+            i = _op_of(e.seq, e.name, seqs, events, infos, copy_slices)
+            if i is not None:
+                linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
     ids = {e.key: f"a{k}" for k, e in enumerate(entries)}
     part._op_of_key = linked
