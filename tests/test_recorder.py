@@ -412,3 +412,20 @@ def test_a_mode_entered_inside_the_block_and_left_open_keeps_working():
     user_mode.__exit__(None, None, None)
     assert _get_current_dispatch_mode_stack() == []
     assert Counter.n == 2 and [n.op for n in t.graph.nodes] == ["aten.add.Tensor"]
+
+
+def test_exotic_tensors_never_break_the_users_program():
+    x = torch.randn(4, 3, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torchtrace.trace() as t:
+            nt = torch.nested.nested_tensor([torch.randn(2), torch.randn(3)])   # no sizes to read
+            gx = torch.func.grad(lambda r: r.sin().sum())(x)                    # functorch wrappers
+            m = torch.nn.Linear(3, 2, device="meta")                             # no data at all
+            m(torch.randn(4, 3, device="meta", requires_grad=True)).sum().backward()
+    assert nt.is_nested and torch.allclose(gx, x.cos())
+    g = t.graph.validate()
+    assert "aten.cos.default" in {n.op for n in g.nodes}
+    assert g.meta["record_errors"]["count"] >= 1 and "nested" in g.meta["record_errors"]["first"]
+    assert any("could not record" in str(w.message) for w in caught)
+    assert {gi.norm for gi in g.autograd.grads} == {"unknown"}  # meta gradients hold no numbers

@@ -47,9 +47,12 @@ def _saved_storages(node: Any) -> List[Tuple[int, int]]:
                 data = saved.data
             except RuntimeError:
                 continue
-            if isinstance(data, torch.Tensor) and data.layout == torch.strided and data.numel():
-                st = data.untyped_storage()
-                out.append((st.data_ptr(), st.nbytes()))
+            try:
+                if isinstance(data, torch.Tensor) and data.layout == torch.strided and data.numel():
+                    st = data.untyped_storage()
+                    out.append((st.data_ptr(), st.nbytes()))
+            except (RuntimeError, NotImplementedError):  # no storage to count (functorch wrappers, meta)
+                continue
     return out
 
 

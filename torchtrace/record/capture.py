@@ -113,6 +113,8 @@ class Capture:
         self.autograd.reset()
         self.seeds: List[Any] = []
         self.truncated = False
+        self.faults = 0
+        self.first_fault: Optional[str] = None
         self.compiled = False
         self.had_root_call = False
         self.pass_grad_mode = grad_mode()
@@ -134,7 +136,8 @@ class Capture:
         return {"torch": torch.__version__, "torchtrace": __version__, "python": platform.python_version(),
                 "created": self.created, "label": None, "step": None, "rank": rank, "world_size": world,
                 "grad_mode": self.pass_grad_mode, "compiled_regions_ran_eager": self.compiled,
-                "truncated": self.truncated, "skip": list(self.skip)}
+                "truncated": self.truncated, "skip": list(self.skip),
+                **({"record_errors": {"count": self.faults, "first": self.first_fault}} if self.faults else {})}
 
     # -- module roots and names ------------------------------------------------------
     def register_root(self, module: torch.nn.Module, path: Optional[str] = None) -> str:

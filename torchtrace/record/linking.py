@@ -103,10 +103,13 @@ def _grad_info(var: Any, vid: int, name: Optional[str]) -> Optional[GradInfo]:
     g = getattr(var, "grad", None)
     if not isinstance(g, torch.Tensor):
         return None
-    with torch.no_grad():  # (the builder runs with every dispatch mode disabled) in fp32: a float64 copy costs ~10x
-        norm = float(torch.linalg.vector_norm(g.detach(), dtype=torch.float32))
-    return GradInfo(f"v{vid}", name, tuple(g.shape), str(g.dtype).replace("torch.", ""),
-                    norm if norm == norm and norm not in (float("inf"), float("-inf")) else str(norm))
+    try:  # (the builder runs with every dispatch mode disabled) in fp32: a float64 copy costs ~10x
+        with torch.no_grad():
+            value = float(torch.linalg.vector_norm(g.detach(), dtype=torch.float32))
+        norm: Any = value if value == value and abs(value) != float("inf") else str(value)
+    except (RuntimeError, NotImplementedError):  # a meta or wrapper tensor holds no numbers
+        norm = "unknown"
+    return GradInfo(f"v{vid}", name, tuple(g.shape), str(g.dtype).replace("torch.", ""), norm)
 
 
 def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any]) -> AutogradPart:

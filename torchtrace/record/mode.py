@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -40,6 +40,7 @@ _getframe = sys._getframe
 _ref = weakref.ref
 _Tensor = torch.Tensor
 _CIA = torch._C.DispatchKey.CompositeImplicitAutograd
+_DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
 
 # Event tuple fields (see build.py); E_LINE holds the user frame's f_lasti, not a line
 E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
@@ -108,82 +109,89 @@ class RecordingMode(TorchDispatchMode):
             with self:
                 return func._op_dk(_CIA, *args, **kwargs)
 
-        f = _getframe(1)
-        icode = f.f_code
-        ilasti = f.f_lasti
-        cache = self.filter_cache
-        while f is not None:
-            c = f.f_code
-            internal = cache.get(c)
-            if internal is None:
-                internal = self.classify(c)
-            if not internal:
-                break
-            f = f.f_back
-        if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
-            code, line = f.f_code, f.f_lasti
-        else:
-            code, line = None, -1
-
-        anode = _current_node()
-        phase = FORWARD if anode is None else self._backward_phase(anode, icode)
-
-        vget = self.vmap.get
-        ins: List[int] = []
-        argv: List[Any] = []
-        for a, k in zip(args, info.kinds):
-            if k == NONTENSOR:
-                argv.append(a)
-                continue
-            if k == TENSOR:
-                e = vget(id(a))
-                if e is not None and e[0]() is a:
-                    ins.append(e[1])
-                    argv.append(None)
-                elif isinstance(a, _Tensor):
-                    ins.append(self._external(a, f, info))
-                    argv.append(None)
-                else:  # None, or a Python number in a Tensor slot (mul(x, 2))
-                    argv.append(a)
+        try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
+            f = _getframe(1)
+            icode = f.f_code
+            ilasti = f.f_lasti
+            cache = self.filter_cache
+            while f is not None:
+                c = f.f_code
+                internal = cache.get(c)
+                if internal is None:
+                    internal = self.classify(c)
+                if not internal:
+                    break
+                f = f.f_back
+            if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
+                code, line = f.f_code, f.f_lasti
             else:
-                argv.append(None)
-                for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
-                    if t is not None:
-                        e = vget(id(t))
-                        ins.append(e[1] if e is not None and e[0]() is t else self._external(t, f, info))
-        kw = None
-        if kwargs:
-            kw = {}
-            kw_kinds = info.kw_kinds
-            for name, a in kwargs.items():
-                if kw_kinds.get(name, NONTENSOR) == NONTENSOR:
-                    kw[name] = a
-                elif isinstance(a, _Tensor):
+                code, line = None, -1
+
+            anode = _current_node()
+            phase = FORWARD if anode is None else self._backward_phase(anode, icode)
+
+            vget = self.vmap.get
+            ins: List[int] = []
+            argv: List[Any] = []
+            for a, k in zip(args, info.kinds):
+                if k == NONTENSOR:
+                    argv.append(a)
+                    continue
+                if k == TENSOR:
                     e = vget(id(a))
-                    ins.append(e[1] if e is not None and e[0]() is a else self._external(a, f, info))
-        if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
-            # ones_like(loss) from torch.autograd: backward starts now; walk the
-            # graph before any Node runs (and releases its saved tensors)
-            phase = BACKWARD
-            capture = self.capture
-            capture.seeds.append(_ref(args[0]))
-            capture.autograd.on_backward_start(None, capture.backward_roots())
+                    if e is not None and e[0]() is a:
+                        ins.append(e[1])
+                        argv.append(None)
+                    elif isinstance(a, _Tensor):
+                        ins.append(self._external(a, f, info))
+                        argv.append(None)
+                    else:  # None, or a Python number in a Tensor slot (mul(x, 2))
+                        argv.append(a)
+                else:
+                    argv.append(None)
+                    for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
+                        if t is not None:
+                            e = vget(id(t))
+                            ins.append(e[1] if e is not None and e[0]() is t else self._external(t, f, info))
+            kw = None
+            if kwargs:
+                kw = {}
+                kw_kinds = info.kw_kinds
+                for name, a in kwargs.items():
+                    if kw_kinds.get(name, NONTENSOR) == NONTENSOR:
+                        kw[name] = a
+                    elif isinstance(a, _Tensor):
+                        e = vget(id(a))
+                        ins.append(e[1] if e is not None and e[0]() is a else self._external(a, f, info))
+            if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
+                # ones_like(loss) from torch.autograd: backward starts now; walk the
+                # graph before any Node runs (and releases its saved tensors)
+                phase = BACKWARD
+                capture = self.capture
+                capture.seeds.append(_ref(args[0]))
+                capture.autograd.on_backward_start(None, capture.backward_roots())
+        except Exception as e:
+            self._fault(info, e)
+            return func(*args, **kwargs)
 
         seq = _get_seq()
         out = func(*args, **kwargs)
 
         extra = None
         vmeta = self.vmeta
-        vmap = self.vmap
-        if not info.mutates and isinstance(out, _Tensor):  # the common case: one fresh tensor
-            vid = len(vmeta)
-            vmeta.append((tuple(out.shape), out.dtype, out.device, None))
-            vmap[id(out)] = (_ref(out), vid)
-            outs = (vid,)
-        else:
-            outs = self._outputs(info, args, kwargs, out)
-            if info.witness is not None and not isinstance(out, (_Tensor, tuple, list)):
-                extra = out
+        n_values = len(vmeta)
+        try:
+            if not info.mutates and isinstance(out, _Tensor):  # the common case: one fresh tensor
+                vmeta.append((tuple(out.shape), out.dtype, out.device, None))
+                self.vmap[id(out)] = (_ref(out), n_values)
+                outs = (n_values,)
+            else:
+                outs = self._outputs(info, args, kwargs, out)
+                if info.witness is not None and not isinstance(out, (_Tensor, tuple, list)):
+                    extra = out
+        except Exception as e:  # e.g. a nested tensor has no sizes: the op is kept, its outputs are not
+            self._fault(info, e, n_values)
+            outs = ()
 
         stack = self.stack
         events = self.events
@@ -272,12 +280,29 @@ class RecordingMode(TorchDispatchMode):
         task = _task_id()
         if task != self.task:
             self.task = task
-            self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
+            try:
+                self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
+            except Exception as e:  # the ops are still recorded; the autograd part is what is missing
+                self._fault(op_info(_DETACH), e)
         engine = self.engine_codes.get(icode)
         if engine is None:
             engine = self.engine_codes[icode] = is_autograd_engine(icode)
         # checkpoint re-runs forward code with grad enabled from inside a Node
         return RECOMPUTE if not engine and _grad_enabled() else BACKWARD
+
+    def _fault(self, info: Any, error: Exception, n_values: Optional[int] = None) -> None:
+        """Something torchtrace could not read (an exotic tensor, a private API
+        that changed): drop what this op half-recorded, say so once, go on."""
+        if n_values is not None and len(self.vmeta) > n_values:
+            del self.vmeta[n_values:]
+            for key in [k for k, e in self.vmap.items() if e[1] >= n_values]:
+                del self.vmap[key]
+        capture = self.capture
+        capture.faults += 1
+        if capture.faults == 1:
+            capture.first_fault = f"{info.name}: {type(error).__name__}: {error}"
+            warnings.warn(f"torchtrace: could not record all of {capture.first_fault}; the graph misses "
+                          "that part (meta.record_errors)", RuntimeWarning, stacklevel=3)
 
     def _truncate(self) -> None:
         self.off = True
