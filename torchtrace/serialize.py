@@ -48,18 +48,16 @@ def graph_to_dict(g: Graph) -> Dict[str, Any]:
              "source": None if n.source is None else
              {"file": n.source.file, "line": n.source.line, "function": n.source.function},
              "tags": list(n.tags)}
-        if n.witness is not None:
-            d["witness"] = ({"shape": list(n.witness.shape)} if n.witness.shape is not None
-                            else {"value": n.witness.value})
-        _opt(d, "grad_fn", n.grad_fn)
+        # witness and grad_fn are always written (null when absent): readers index them
+        d["witness"] = (None if n.witness is None else {"shape": list(n.witness.shape)}
+                        if n.witness.shape is not None else {"value": n.witness.value})
+        d["grad_fn"] = n.grad_fn
         nodes.append(d)
     ag = g.autograd
     autograd_nodes = []
     for a in ag.nodes:
-        d = {"id": a.id, "name": a.name, "op": a.op, "next": list(a.next), "saved_bytes": a.saved_bytes}
-        _opt(d, "param", a.param)
-        _opt(d, "value", a.value)
-        autograd_nodes.append(d)
+        autograd_nodes.append({"id": a.id, "name": a.name, "op": a.op, "next": list(a.next),
+                               "saved_bytes": a.saved_bytes, "param": a.param, "value": a.value})
     return {
         "format": FORMAT,
         "version": list(VERSION),
