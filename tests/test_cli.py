@@ -211,3 +211,17 @@ def test_commands_on_saved_graphs_never_import_torch(recorded, tmp_path, cmd):
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert "torch" not in res.stderr.lower() or "torchtrace" in res.stderr.lower()
+
+
+def test_run_renders_each_new_variant(tmp_path):
+    s = _script(tmp_path, """
+        import torch
+        m = torch.nn.Linear(2, 2)
+        for n in (1, 1, 3):
+            m(torch.randn(n, 2))
+    """)
+    res = runner.invoke(app, ["run", "--out", str(tmp_path / "o"), "--render", "mermaid", str(s)])
+    assert res.exit_code == 0, res.output
+    files = sorted(p.name for p in (tmp_path / "o").glob("variant-*"))
+    assert files == ["variant-0.mmd"]  # batch size 3 is a shape variant, not a new structure
+    assert (tmp_path / "o" / "variant-0.mmd").read_text().startswith("---\nconfig:")

@@ -429,3 +429,19 @@ def test_exotic_tensors_never_break_the_users_program():
     assert g.meta["record_errors"]["count"] >= 1 and "nested" in g.meta["record_errors"]["first"]
     assert any("could not record" in str(w.message) for w in caught)
     assert {gi.norm for gi in g.autograd.grads} == {"unknown"}  # meta gradients hold no numbers
+
+
+def test_while_loop_on_item_is_one_witness_per_check():
+    def shrink(h):
+        while h.abs().max().item() > 1.0:  # WHILE-ITEM
+            h = h / 2
+        return h
+
+    x = torch.tensor([5.0, -3.0])
+    with torchtrace.trace() as t:
+        shrink(x)
+    line = next(i for i, s in enumerate(open(__file__).read().splitlines(), 1) if "# WHILE-ITEM" in s
+                and "while" in s)
+    reads = [(n.witness.value, n.source.line) for n in t.graph.witnesses()]
+    # 5 -> 2.5 -> 1.25 -> 0.625: three True reads, then the False that ends the loop
+    assert reads == [(5.0, line), (2.5, line), (1.25, line), (0.625, line)]

@@ -192,3 +192,23 @@ def test_recorder_rejects_bad_options(tmp_path):
         torchtrace.Recorder(tmp_path / "t.db", every=0)
     with pytest.raises(torchtrace.TorchtraceError, match="max_passes"):
         torchtrace.Recorder(tmp_path / "t.db", max_passes=-1)
+
+
+def test_input_preparation_opens_the_next_pass(tmp_path):
+    """Ops that only build the next call's inputs belong to no finished pass:
+    every step records the same graph, the last one included."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        x = torch.randn(2, 4)
+        for _ in range(4):
+            out = model(x)
+            x = out.detach() * 0.5 + torch.randn(2, 4)   # the next input, built from this output
+            if out.sum() > 1e9:  # a witness on the output: stays in this pass
+                break
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) == 4 and len({p.structure_fp for p in passes}) == 1
+        g = store.graph(1)
+        assert [n.op for n in g.nodes if n.module is None][-2:] == ["aten.gt.Scalar", "aten._local_scalar_dense.default"]
+        assert not any(n.op == "aten.randn.default" for n in g.nodes)
+        assert [v.name for v in g.values if v.role == "input"] == ["input"]

@@ -59,7 +59,7 @@ class Capture:
         self.mode = RecordingMode(self)
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
-        self.on_root: Optional[Callable[[torch.nn.Module], None]] = None  # pass boundaries (Recorder)
+        self.on_root: Optional[Callable[[torch.nn.Module, tuple, dict], None]] = None  # pass boundaries (Recorder)
         self.after_root: Optional[Callable[[], None]] = None
         self._mode_pushed = False
         self._installed = False
@@ -168,20 +168,20 @@ class Capture:
         return path
 
     def on_root_call(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any) -> None:
-        if self.on_root is not None:
-            self.on_root(module)
-        if self.mode.off:
-            return
-        self.register_root(module)
-        if not self.had_root_call:
-            self.had_root_call = True
-            self.pass_grad_mode = grad_mode()
         kwargs = {}
         if frame is not None and frame.f_code.co_name in ("_call_impl", "inner"):
             # global pre-hooks get no kwargs; Module._call_impl (or its inner()) holds them
             kwargs = frame.f_locals.get("kwargs") or {}
             if not isinstance(kwargs, dict):
                 kwargs = {}
+        if self.on_root is not None:
+            self.on_root(module, args, kwargs)
+        if self.mode.off:
+            return
+        self.register_root(module)
+        if not self.had_root_call:
+            self.had_root_call = True
+            self.pass_grad_mode = grad_mode()
         sig = _signature(module.forward)
         try:
             bound = sig.bind_partial(*args, **kwargs).arguments if sig is not None else None
@@ -195,7 +195,9 @@ class Capture:
 
     def _name_inputs(self, value: Any, name: str, depth: int) -> None:
         if isinstance(value, torch.Tensor):
-            self.input_names.setdefault(id(value), (weakref.ref(value), name))
+            e = self.input_names.get(id(value))
+            if e is None or e[0]() is not value:  # new, or an entry left by a dead tensor with this id
+                self.input_names[id(value)] = (weakref.ref(value), name)
         elif depth < 3 and isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
                 self._name_inputs(v, f"{name}[{i}]", depth + 1)
@@ -214,7 +216,7 @@ class Capture:
 
     def _root_outputs(self, output: Any) -> None:
         vget = self.mode.vmap.get
-        for t in _tensors(output):
+        for t in tensors_in(output):
             e = vget(id(t))
             if e is not None and e[0]() is t:
                 self.mode.outputs.append(e[1])
@@ -317,12 +319,12 @@ def _local_name(t: Any, frame: Any) -> Optional[str]:
     return None
 
 
-def _tensors(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
+def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         yield x
     elif depth < 4 and isinstance(x, (list, tuple)):
         for v in x:
-            yield from _tensors(v, depth + 1)
+            yield from tensors_in(v, depth + 1)
     elif depth < 4 and isinstance(x, dict):
         for v in x.values():
-            yield from _tensors(v, depth + 1)
+            yield from tensors_in(v, depth + 1)

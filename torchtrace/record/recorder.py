@@ -22,7 +22,8 @@ import torch
 from ..errors import UsageError
 from ..ir import Graph
 from ..store import Store
-from .capture import Capture
+from .boundary import drop_events, input_prep, repeated_prep, signature
+from .capture import Capture, tensors_in
 
 _ACTIVE = threading.local()
 DEFAULT_MAX_OPS = 500_000
@@ -64,6 +65,7 @@ class Recorder:
         # not sampled, a pre-hook on each of them replaces the global module hooks,
         # so every other module call keeps torch's hook-free fast path.
         self._roots: Dict[int, Tuple[Any, bool]] = {}
+        self._prep: frozenset = frozenset()  # the last input preparation dropped at a boundary
         self._root_handles: List[Any] = []
 
     # -- lifecycle ----------------------------------------------------------------
@@ -85,6 +87,8 @@ class Recorder:
         _ACTIVE.recorder = None
         assert self.capture is not None
         try:
+            if self._prep and self._sampled:  # no next call: drop what repeats the last preparation
+                drop_events(self.capture.mode, repeated_prep(self.capture.mode, self._prep))
             # a run that never called a root module is one pass from start to exit
             self._finish(error=None if exc_type is None else exc_type.__name__)
         finally:
@@ -137,12 +141,17 @@ class Recorder:
         if self.on_pass is not None:
             self.on_pass(graph, stored)
 
-    def _boundary(self, root: Optional[str]) -> None:
+    def _boundary(self, root: Optional[str], inputs: Iterable[Any] = ()) -> None:
+        if self._sampled and inputs:
+            # the ops that only built the next call's inputs open the next step, not this one
+            prep = input_prep(self.capture.mode, inputs)
+            self._prep = signature(self.capture.mode, prep)
+            drop_events(self.capture.mode, prep)
         self._finish()
         self.index += 1
         self._begin(root)
 
-    def _on_root(self, module: torch.nn.Module) -> None:
+    def _on_root(self, module: torch.nn.Module, args: tuple = (), kwargs: Optional[dict] = None) -> None:
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
             e = self._roots[id(module)] = (weakref.ref(module), _has_params(module))
@@ -152,7 +161,7 @@ class Recorder:
             self._prelude = False
             self._begin(root=type(module).__name__)
             return
-        self._boundary(root=type(module).__name__)
+        self._boundary(root=type(module).__name__, inputs=tensors_in((args, kwargs or {})))
 
     def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:

@@ -1,0 +1,120 @@
+"""Where one recorded pass ends and the next begins.
+
+A Recorder pass runs from a root module call to the next one. The ops just
+before the next call that only build that call's inputs (``x =
+torch.randn(...)``, ``ids = logits.argmax(-1)``, a collate's ``stack``) are
+the next step's input preparation, not this step's work: left in, they make
+the last pass of every run look different from the others. ``input_prep``
+finds them (and ``repeated_prep`` the same preparation at the end of a run,
+where no next call exists); ``drop_events`` removes them from the pass's
+buffers (the next pass then sees those tensors as its named inputs).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, FrozenSet, Iterable, List, Set, Tuple
+
+from .mode import E_CODE, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD
+from .opinfo import BY_INDEX
+
+
+def _tail(events: List[tuple]) -> int:
+    """Index after the last op inside a module call or outside the forward phase."""
+    tail = len(events)
+    while tail > 0:
+        ev = events[tail - 1]
+        if ev[E_MOD] is not None or ev[E_PHASE] != FORWARD:
+            break
+        tail -= 1
+    return tail
+
+
+def _consumers(events: List[tuple], start: int) -> Dict[int, List[int]]:
+    consumers: Dict[int, List[int]] = {}
+    for i in range(start, len(events)):
+        for v in events[i][E_INS]:
+            consumers.setdefault(v, []).append(i)
+    return consumers
+
+
+def signature(mode: Any, events: Iterable[int]) -> FrozenSet[Tuple[int, Any, int]]:
+    """What the preparation ops were: (op, code, instruction) of each."""
+    return frozenset((mode.events[i][E_INFO], mode.events[i][E_CODE], mode.events[i][E_LINE]) for i in events)
+
+
+def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
+    """At the end of a run there is no next call to read inputs from: the tail
+    ops that repeat the previous step's input preparation exactly (same ops,
+    same lines, feeding nothing else) are dropped the same way."""
+    events = mode.events
+    tail = _tail(events)
+    outputs = set(mode.outputs)
+    cands = {i for i in range(tail, len(events))
+             if (events[i][E_INFO], events[i][E_CODE], events[i][E_LINE]) in sig
+             and not any(v in outputs for v in events[i][E_OUTS])}
+    consumers = _consumers(events, tail)
+    changed = True
+    while changed:
+        keep = {i for i in cands if all(c in cands for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
+        changed, cands = keep != cands, keep
+    return cands if len(cands) == len(sig) else set()
+
+
+def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
+    """Indices of the tail events whose outputs serve only to build ``tensors``
+    (the next root call's arguments): after the last op inside a module call
+    or outside the forward phase, outside any module, never a witness, every
+    output consumed only by other such events (or being one of ``tensors``)."""
+    events = mode.events
+    vget = mode.vmap.get
+    needed: Set[int] = set()
+    for t in tensors:
+        e = vget(id(t))
+        if e is not None and e[0]() is t:
+            needed.add(e[1])
+    if not needed:
+        return set()
+    tail = _tail(events)
+    consumers = _consumers(events, tail)
+    outputs = set(mode.outputs)
+    prep: Set[int] = set()
+    for i in range(len(events) - 1, tail - 1, -1):
+        ev = events[i]
+        outs = ev[E_OUTS]
+        if (not outs or BY_INDEX[ev[E_INFO]].witness is not None
+                or not any(v in needed for v in outs) or any(v in outputs for v in outs)):
+            continue
+        if all(c in prep for v in outs for c in consumers.get(v, ())):
+            prep.add(i)
+            needed.update(ev[E_INS])
+    return prep
+
+
+def drop_events(mode: Any, drop: Set[int]) -> None:
+    """Remove events from the pass buffers, with the values only they used;
+    ids are renumbered so they stay in order of first appearance."""
+    if not drop:
+        return
+    events = [ev for i, ev in enumerate(mode.events) if i not in drop]
+    used: Set[int] = {v for ev in events for v in (*ev[E_INS], *ev[E_OUTS])} | set(mode.outputs)
+    for v in list(used):
+        origin = mode.vmeta[v][3]
+        while origin is not None and origin[0] == "ver" and origin[1] >= 0 and origin[1] not in used:
+            used.add(origin[1])
+            origin = mode.vmeta[origin[1]][3]
+    new_vid = {old: new for new, old in enumerate(sorted(used))}
+    new_event = {old: new for new, old in enumerate(i for i in range(len(mode.events)) if i not in drop)}
+
+    def remap(vs: tuple) -> tuple:
+        return tuple(new_vid[v] for v in vs if v in new_vid)
+
+    mode.events = [(ev[0], remap(ev[E_INS]), *ev[2:E_OUTS], remap(ev[E_OUTS]), *ev[E_OUTS + 1:]) for ev in events]
+    vmeta = []
+    for old in sorted(used):
+        shape, dtype, device, origin = mode.vmeta[old]
+        if origin is not None and origin[0] == "ver" and origin[1] >= 0:
+            origin = ("ver", new_vid[origin[1]])
+        vmeta.append((shape, dtype, device, origin))
+    mode.vmeta = vmeta
+    mode.vmap = {k: (e[0], new_vid[e[1]]) for k, e in mode.vmap.items() if e[1] in new_vid}
+    mode.outputs = [new_vid[v] for v in mode.outputs]
+    mode.inplace_on_view = {new_event[i] for i in mode.inplace_on_view if i in new_event}
