@@ -50,6 +50,7 @@ class Divergence:
     kind: str                      # "structure", "collectives", "missing"
     collective: str = ""           # the first differing collective call, described
     why: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)  # "rank 1's pass ended with RuntimeError"
 
     def lines(self) -> List[str]:
         at = f"pass {self.idx}" + (f" (step {self.step})" if self.step is not None else "")
@@ -61,6 +62,7 @@ class Divergence:
         out = [head]
         if self.collective:
             out.append(f"  first differing collective: {self.collective}")
+        out.extend(f"  {e}" for e in self.errors)
         out.extend(f"  why: {w}" for w in self.why)
         return out
 
@@ -125,6 +127,7 @@ def rank_report(store: Store) -> RankReport:
             reported.add((kind, r))
             why = [w.replace(" in A", f" on rank {ref}").replace(" in B", f" on rank {r}")
                    for w in diff(ga, gb).why()]
-            divergences.append(Divergence(idx, a.step, ref, r, kind, first, why))
+            errors = [f"rank {p.rank}'s pass ended with {p.error}" for p in (a, b) if p.error]
+            divergences.append(Divergence(idx, a.step, ref, r, kind, first, why, errors))
     divergences.sort(key=lambda d: (d.kind != "collectives", d.idx))
     return RankReport(ranks, counts, divergences)
