@@ -27,3 +27,17 @@ def test_readme_commands_exist():
     assert "make test" in ci
     for example in re.findall(r"examples/(\w+\.py)", README):
         assert (ROOT / "examples" / example).is_file(), example
+
+
+def test_readme_diagram_is_what_torchtrace_draws_today():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import figures
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    import torchtrace
+
+    drawn = torchtrace.render(figures.curriculum_pass(), "markdown").strip()
+    assert drawn in README, "README's diagram is out of date: run `python docs/figures.py` and paste docs/curriculum.md"
