@@ -34,6 +34,11 @@ __all__ = ["fingerprints", "canonical_args", "canonical_json"]
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
+def strip_addresses(text: str) -> str:
+    """``<Generator object at 0x7f…>`` -> ``<Generator object>``: addresses differ in every process."""
+    return _ADDRESS.sub("", text) if " at 0x" in text else text
+
+
 def _refs(g: "Graph") -> Dict[str, str]:
     """A position-based name for every value: ``3.0`` = op #3 output #0;
     params, buffers and the traced call's inputs by name (``x - y`` is not
@@ -89,8 +94,7 @@ def canonical_json(value: Any) -> str:
     """An arg value as canonical JSON, with memory addresses (``<Generator
     object at 0x7f…>``, the repr of an object the recorder could not name)
     removed: they differ in every process."""
-    text = json.dumps(value, sort_keys=True, default=str)
-    return _ADDRESS.sub("", text) if " at 0x" in text else text
+    return strip_addresses(json.dumps(value, sort_keys=True, default=str))
 
 
 def canonical_args(args: Mapping[str, Any]) -> str:

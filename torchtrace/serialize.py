@@ -23,11 +23,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _opt(d: Dict[str, Any], key: str, value: Any) -> None:
-    if value is not None:
-        d[key] = value
-
-
 def graph_to_dict(g: Graph) -> Dict[str, Any]:
     modules = []
     for m in g.modules:
@@ -39,7 +34,8 @@ def graph_to_dict(g: Graph) -> Dict[str, Any]:
     for v in g.values:
         d = {"id": v.id, "shape": list(v.shape), "dtype": v.dtype, "device": v.device,
              "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of}
-        _opt(d, "version_of", v.version_of)
+        if v.version_of is not None:
+            d["version_of"] = v.version_of
         values.append(d)
     nodes = []
     for n in g.nodes:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
 from .linking import build_autograd
@@ -22,7 +22,6 @@ from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI
 from .opinfo import BY_INDEX
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _OPTIMIZER_PREFIX = "Optimizer.step#"
 
 
@@ -44,7 +43,7 @@ def jsonable(x: Any) -> Any:
         return _script_object(x)
     if isinstance(x, torch.Generator):
         return f"<Generator {x.device}>"
-    text = _ADDRESS.sub("", repr(x))  # no memory addresses: the IR is deterministic
+    text = strip_addresses(repr(x))  # the IR is deterministic
     return text if len(text) <= 200 else text[:197] + "..."
 
 

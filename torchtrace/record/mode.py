@@ -151,8 +151,7 @@ class RecordingMode(TorchDispatchMode):
                     argv.append(None)
                     for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
                         if t is not None:
-                            e = vget(id(t))
-                            ins.append(e[1] if e is not None and e[0]() is t else self._external(t, f, info))
+                            ins.append(self._vid(t, f, info))
             kw = None
             if kwargs:
                 kw = {}
@@ -161,8 +160,7 @@ class RecordingMode(TorchDispatchMode):
                     if kw_kinds.get(name, NONTENSOR) == NONTENSOR:
                         kw[name] = a
                     elif isinstance(a, _Tensor):
-                        e = vget(id(a))
-                        ins.append(e[1] if e is not None and e[0]() is a else self._external(a, f, info))
+                        ins.append(self._vid(a, f, info))
             if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
                 # ones_like(loss) from torch.autograd: backward starts now; walk the
                 # graph before any Node runs (and releases its saved tensors)
@@ -206,30 +204,13 @@ class RecordingMode(TorchDispatchMode):
         tensors, or returns no tensor."""
         outs: List[int] = []
         mutated = self._versions(info, args, kwargs, outs) if info.mutates else ()
-        vmeta = self.vmeta
-        vmap = self.vmap
-        if isinstance(out, _Tensor):
-            if not (mutated and any(out is m for m in mutated)):  # never `in`: it would call Tensor.__eq__
-                vid = len(vmeta)
-                vmeta.append((tuple(out.shape), out.dtype, out.device, None))
-                vmap[id(out)] = (_ref(out), vid)
-                outs.append(vid)
-        elif type(out) is tuple or type(out) is list:
-            for o in out:
-                if isinstance(o, _Tensor):
-                    if mutated and any(o is m for m in mutated):
-                        continue
-                    vid = len(vmeta)
-                    vmeta.append((tuple(o.shape), o.dtype, o.device, None))
-                    vmap[id(o)] = (_ref(o), vid)
-                    outs.append(vid)
-                elif type(o) is list:  # c10d: Tensor[][] results
-                    for x in o:
-                        if isinstance(x, _Tensor) and not any(x is m for m in mutated):
-                            vid = len(vmeta)
-                            vmeta.append((tuple(x.shape), x.dtype, x.device, None))
-                            vmap[id(x)] = (_ref(x), vid)
-                            outs.append(vid)
+        tensors = [out] if isinstance(out, _Tensor) else [
+            x for o in out for x in (o if type(o) is list else (o,))  # c10d returns Tensor[][]
+        ] if type(out) is tuple or type(out) is list else []
+        for t in tensors:
+            # written tensors already got their new version; never `in`: it would call Tensor.__eq__
+            if isinstance(t, _Tensor) and not any(t is m for m in mutated):
+                outs.append(self._add_value(t, None))
         return tuple(outs)
 
     _dynamo_skip_marked = _mark_dynamo_skip(__torch_dispatch__.__code__)
@@ -240,18 +221,22 @@ class RecordingMode(TorchDispatchMode):
         if not isinstance(t, _Tensor):
             return -1
         role, name = self.capture.classify_external(t, frame, info)
+        return self._add_value(t, ("ext", role, name, t.requires_grad))
+
+    def _add_value(self, t: Any, origin: Any) -> int:
+        """A new value for tensor ``t`` (the hot path inlines this for fresh outputs)."""
         vid = len(self.vmeta)
-        self.vmeta.append((tuple(t.shape), t.dtype, t.device, ("ext", role, name, t.requires_grad)))
+        self.vmeta.append((tuple(t.shape), t.dtype, t.device, origin))
         self.vmap[id(t)] = (_ref(t), vid)
         return vid
 
-    def _bump(self, t: Any, outs: List[int]) -> None:
+    def _vid(self, t: Any, frame: Any, info: Any) -> int:
+        """The value id of tensor ``t`` (the hot path inlines this for plain args)."""
         e = self.vmap.get(id(t))
-        old = e[1] if e is not None and e[0]() is t else self._external(t, None, None)
-        vid = len(self.vmeta)
-        self.vmeta.append((tuple(t.shape), t.dtype, t.device, ("ver", old)))
-        self.vmap[id(t)] = (_ref(t), vid)
-        outs.append(vid)
+        return e[1] if e is not None and e[0]() is t else self._external(t, frame, info)
+
+    def _bump(self, t: Any, outs: List[int]) -> None:
+        outs.append(self._add_value(t, ("ver", self._vid(t, None, None))))
 
     def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int]) -> tuple:
         """In-place / out= / collective writes: each written tensor gets a new
