@@ -195,3 +195,40 @@ def test_validate_rejects_use_before_definition(graph):
     d["nodes"][0]["inputs"] = [d["nodes"][5]["outputs"][0]]
     with pytest.raises(torchtrace.TorchtraceError, match="before it is produced"):
         torchtrace.Graph.from_dict(d)
+
+
+def _reference_json(g: torchtrace.Graph) -> str:
+    return json.dumps(g.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def test_fast_encoder_writes_what_json_dumps_writes(graph, gpt2_graph):
+    from types import MappingProxyType
+
+    from torchtrace.ir import Autograd, AutogradNode, GradInfo, Graph, ModuleCall, Node, Source, Value, Witness
+    from torchtrace.serialize import dumps
+
+    odd = 'q"u\\o\nte\t é 字 \u2028 \x01'
+    hostile = Graph(
+        meta={"label": odd, "step": 3, "nested": {"x": [1, 2.5, None, True]}},
+        modules=(ModuleCall("m0", "", odd, 0, None), ModuleCall("m1", "a.b", "Linear", 2, "m0", "backward")),
+        values=(Value("v0", (2, 3), "float32", "cpu", True, "input", odd, None),
+                Value("v1", (), "bfloat16", "meta", False, "activation", None, "v0", "v0"),
+                Value("v2", (0, 1), "int64", "cuda:0", False, "constant", None, None)),
+        nodes=(Node("n0", "aten.add_.Tensor", ("v0", "v2"), ("v1",), "forward", "m1",
+                    MappingProxyType({"alpha": 1.5, "name": odd, "size": [1, -1], "flag": False}),
+                    Source(f"/tmp/{odd}.py", 7, "<lambda>"), ("inplace", "witness"), Witness(value=odd), "a0"),
+               Node("n1", "aten.nonzero.default", ("v1",), ("v2",), "backward", None, {},
+                    None, ("witness",), Witness(shape=(4, 1)), None)),
+        outputs=("v2",),
+        autograd=Autograd(nodes=(AutogradNode("a0", "AddBackward0", "n0", ("a1",), 96, None, None),
+                                 AutogradNode("a1", "torch::autograd::AccumulateGrad", None, (), 0, odd, "v0")),
+                          executed=("a0", "a1"),
+                          grads=(GradInfo("v0", odd, (2, 3), "float32", 0.25),
+                                 GradInfo("v1", None, (), "float32", "nan")),
+                          no_grad_params=(odd, "w")),
+    )
+    for g in (graph, gpt2_graph, hostile):
+        assert dumps(g) == _reference_json(g)
+    assert json.loads(dumps(hostile))["nodes"][0]["args"]["name"] == odd
+    with pytest.raises(ValueError):  # NaN is not JSON, as with json.dumps(allow_nan=False)
+        dumps(Graph(meta={"x": float("nan")}))

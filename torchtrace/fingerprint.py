@@ -39,22 +39,23 @@ def strip_addresses(text: str) -> str:
     return _ADDRESS.sub("", text) if " at 0x" in text else text
 
 
-def _refs(g: "Graph") -> Dict[str, str]:
+def _refs(g: "Graph", skip: List[bool]) -> Dict[str, str]:
     """A position-based name for every value: ``3.0`` = op #3 output #0;
     params, buffers and the traced call's inputs by name (``x - y`` is not
     ``y - x``), other tensors from outside the pass by role and order of
     first use; bookkeeping outputs by their input's name."""
     refs: Dict[str, str] = {}
+    value = g.value
     seen = 0
     k = 0
-    for n in g.nodes:
+    for n, bookkeeping in zip(g.nodes, skip):
         for v in n.inputs:
             if v not in refs:
-                val = g.value(v)
-                refs[v] = (f"{val.role}:{val.name}" if val.role in ("param", "buffer", "input") and val.name
+                val = value(v)
+                refs[v] = (f"{val.role}:{val.name}" if val.role in _NAMED and val.name
                            else f"{val.role}#{seen}")
                 seen += 1
-        if is_bookkeeping(n):
+        if bookkeeping:
             for v in n.outputs:
                 refs[v] = refs[n.inputs[0]] if n.inputs else f"{n.op}#{seen}"
             continue
@@ -68,24 +69,50 @@ def _refs(g: "Graph") -> Dict[str, str]:
     return refs
 
 
+_NAMED = ("param", "buffer", "input")
+
+
+class _Memo(dict):
+    """key -> text, made once per ``fingerprints`` call."""
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: Any) -> str:
+        t = self[key] = self.make(key)
+        return t
+
+
 def fingerprints(g: "Graph") -> Dict[str, str]:
     """``{"structure": 16 hex digits, "shapes": 16 hex digits}``."""
-    refs = _refs(g)
+    skip = [is_bookkeeping(n) for n in g.nodes]
+    refs = _refs(g, skip)
     mod_path = {m.id: m.path for m in g.modules}
-    types = {v.id: f"{v.dtype}{list(v.shape)}" for v in g.values}
+    mod_path[None] = "-"
+    type_text = _Memo(lambda key: f"{key[0]}{list(key[1])}")
+    types = {v.id: type_text[v.dtype, v.shape] for v in g.values}
+    args_by_repr: Dict[str, str] = {}  # equal reprs of JSON-safe values are equal canonical JSON
+    ref, typ = refs.__getitem__, types.__getitem__
     structure: List[str] = []
     shapes: List[str] = []
-    for n in g.nodes:
-        if is_bookkeeping(n):
+    for n, bookkeeping in zip(g.nodes, skip):
+        if bookkeeping:
             continue
-        token = "|".join((n.op, n.phase, mod_path.get(n.module, "") if n.module else "-",
-                          ",".join([refs[v] for v in n.inputs]), str(len(n.outputs))))
+        token = f"{n.op}|{n.phase}|{mod_path.get(n.module, '')}|{','.join(map(ref, n.inputs))}|{len(n.outputs)}"
         structure.append(token)
-        shapes.append(f"{token}#{';'.join([types[v] for v in (*n.inputs, *n.outputs)])}#"
-                      f"{canonical_args(n.args) if n.args else '{}'}")
-    tail = "out:" + ",".join([refs[v] for v in g.outputs])
+        if n.args:
+            key = repr(n.args)
+            a = args_by_repr.get(key)
+            if a is None:
+                a = args_by_repr[key] = canonical_args(n.args)
+        else:
+            a = "{}"
+        shapes.append(f"{token}#{';'.join(map(typ, n.inputs))}{';' if n.inputs and n.outputs else ''}"
+                      f"{';'.join(map(typ, n.outputs))}#{a}")
+    tail = "out:" + ",".join(map(ref, g.outputs))
     s_text = "".join([t + "\n" for t in structure]) + tail
-    h_text = "".join([t + "\n" for t in shapes]) + tail + "#" + ";".join([types[v] for v in g.outputs])
+    h_text = "".join([t + "\n" for t in shapes]) + tail + "#" + ";".join(map(typ, g.outputs))
     return {"structure": hashlib.sha256(s_text.encode()).hexdigest()[:16],
             "shapes": hashlib.sha256(h_text.encode()).hexdigest()[:16]}
 

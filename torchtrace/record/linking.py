@@ -103,9 +103,9 @@ def _grad_info(var: Any, vid: int, name: Optional[str]) -> Optional[GradInfo]:
     g = getattr(var, "grad", None)
     if not isinstance(g, torch.Tensor):
         return None
-    try:  # (the builder runs with every dispatch mode disabled) in fp32: a float64 copy costs ~10x
-        with torch.no_grad():
-            value = float(torch.linalg.vector_norm(g.detach(), dtype=torch.float32))
+    try:  # (the builder runs with every dispatch mode disabled) in fp32: a float64 copy costs ~10x;
+        # of a detached grad: no autograd graph is built, even after create_graph=True
+        value = float(torch.linalg.vector_norm(g.detach(), dtype=torch.float32))
         norm: Any = value if value == value and abs(value) != float("inf") else str(value)
     except (RuntimeError, NotImplementedError):  # a meta or wrapper tensor holds no numbers
         norm = "unknown"
