@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 from .ir import FORMAT, VERSION, Graph
 

@@ -65,12 +65,11 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     or outside the forward phase, outside any module, never a witness, every
     output consumed only by other such events (or being one of ``tensors``)."""
     events = mode.events
-    vget = mode.vmap.get
     needed: Set[int] = set()
     for t in tensors:
-        e = vget(id(t))
-        if e is not None and e[0]() is t:
-            needed.add(e[1])
+        vid = mode.vid_of(t)
+        if vid is not None:
+            needed.add(vid)
     if not needed:
         return set()
     tail = _tail(events)
@@ -115,6 +114,7 @@ def drop_events(mode: Any, drop: Set[int]) -> None:
             origin = ("ver", new_vid[origin[1]])
         vmeta.append((shape, dtype, device, origin))
     mode.vmeta = vmeta
-    mode.vmap = {k: (e[0], new_vid[e[1]]) for k, e in mode.vmap.items() if e[1] in new_vid}
+    mode.vrefs = [mode.vrefs[old] for old in sorted(used)]
+    mode.vmap = {k: new_vid[v] for k, v in mode.vmap.items() if v in new_vid}
     mode.outputs = [new_vid[v] for v in mode.outputs]
     mode.inplace_on_view = {new_event[i] for i in mode.inplace_on_view if i in new_event}

@@ -164,7 +164,7 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if origin is not None and origin[0] == "ver" and origin[1] in alias_root:
             alias_root[vid] = alias_root[origin[1]]
 
-    alive = {e[1]: e[0]() for e in mode.vmap.values()}
+    alive = mode.live()
     ag = build_autograd(capture, mode, events, infos)
     created = ag.created_by_op
 

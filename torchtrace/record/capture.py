@@ -215,12 +215,12 @@ class Capture:
                 self.after_root()
 
     def _root_outputs(self, output: Any) -> None:
-        vget = self.mode.vmap.get
+        mode = self.mode
         for t in tensors_in(output):
-            e = vget(id(t))
-            if e is not None and e[0]() is t:
-                self.mode.outputs.append(e[1])
-                self.mode.output_refs.append(e[0])
+            vid = mode.vid_of(t)
+            if vid is not None:
+                mode.outputs.append(vid)
+                mode.output_refs.append(mode.vrefs[vid])
 
     # -- lookups used by the mode and the builder ------------------------------------------
     def classify_external(self, t: torch.Tensor, frame: Any, info: Any) -> Tuple[str, Optional[str]]:
@@ -254,7 +254,7 @@ class Capture:
         """grad_fns of the pass outputs and of tensors backward was called on."""
         refs = list(self.seeds) + list(self.mode.output_refs)
         if not self.mode.output_refs:  # plain tensor code: every live result
-            refs += [e[0] for e in self.mode.vmap.values()]
+            refs += [self.mode.vrefs[v] for v in self.mode.vmap.values()]
         roots, seen = [], set()
         for r in refs:
             t = r()
@@ -265,8 +265,7 @@ class Capture:
         return roots
 
     def vid_of(self, t: Any) -> Optional[int]:
-        e = self.mode.vmap.get(id(t))
-        return e[1] if e is not None and e[0]() is t else None
+        return self.mode.vid_of(t)
 
     def name_of(self, t: Any) -> Optional[str]:
         e = self.names.get(id(t))

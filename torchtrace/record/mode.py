@@ -6,8 +6,9 @@ identity-checked lookup per input tensor, and a weak reference plus
 shape/dtype/device per output. Names, args, links and JSON happen after the
 pass (``build.py``).
 
-Tensor identity: ``vmap`` maps ``id(t)`` to ``(weakref(t), value id)`` and every
-hit is confirmed with ``ref() is t`` -- the semantics of
+Tensor identity: ``vmap`` maps ``id(t)`` to a value id, ``vrefs[vid]`` holds a
+weak reference to that value's tensor, and every hit is confirmed with
+``vrefs[vid]() is t`` -- the semantics of
 ``torch.utils.weak.WeakIdKeyDictionary`` (which also hashes by ``id``), without
 its Python-level key objects (~1 µs per access, measured in
 bench/README.md). A recycled ``id`` can therefore never produce a false edge:
@@ -76,13 +77,15 @@ class RecordingMode(TorchDispatchMode):
         self.off = False
         self.max_ops = capture.max_ops
         self.engine_codes: Dict[Any, bool] = {}
+        self.names = capture.names  # id(tensor) -> (tensor, qualified name, role)
         self.reset()
 
     def reset(self) -> None:
         """Start empty buffers for a new pass (old ones belong to the builder)."""
         self.events: List[tuple] = []
         self.vmeta: List[tuple] = []   # per value id: (shape, dtype, device, origin)
-        self.vmap: Dict[int, tuple] = {}  # id(tensor) -> (weakref, value id)
+        self.vmap: Dict[int, int] = {}  # id(tensor) -> value id (of its latest version)
+        self.vrefs: List[Any] = []  # per value id: weakref to its tensor (plain ints in vmap: fewer GC-tracked objects)
         self.stack: List[tuple] = []   # open module calls: (call id, module, path)
         self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase)
         self.call_counts: Dict[int, int] = {}
@@ -97,11 +100,11 @@ class RecordingMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if kwargs is None:
             kwargs = {}
-        info = _INFOS.get(func)
+        info = _INFOS.get(id(func))
         if info is None:
             info = op_info(func)
         if self.off:
-            return func(*args, **kwargs)
+            return info.call(*args, **kwargs)
         if info.decompose:
             # composite op that skipped autograd (inference_mode): record its pieces
             # (the C++ kernel, as eager runs it: OpOverload.decompose would prefer
@@ -111,42 +114,43 @@ class RecordingMode(TorchDispatchMode):
 
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
             f = _getframe(1)
-            icode = f.f_code
-            ilasti = f.f_lasti
+            code = icode = f.f_code
+            line = ilasti = f.f_lasti
             cache = self.filter_cache
-            while f is not None:
-                c = f.f_code
-                internal = cache.get(c)
-                if internal is None:
-                    internal = self.classify(c)
-                if not internal:
-                    break
-                f = f.f_back
-            if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
-                code, line = f.f_code, f.f_lasti
-            else:
-                code, line = None, -1
+            if cache.get(icode) is not False:  # the op was not issued by user code itself: walk out
+                while f is not None:
+                    c = f.f_code
+                    internal = cache.get(c)
+                    if internal is None:
+                        internal = self.classify(c)
+                    if not internal:
+                        break
+                    f = f.f_back
+                if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
+                    code, line = f.f_code, f.f_lasti
+                else:
+                    code, line = None, -1
 
             anode = _current_node()
             phase = FORWARD if anode is None else self._backward_phase(anode, icode)
 
             vget = self.vmap.get
+            vrefs = self.vrefs
             ins: List[int] = []
             argv: List[Any] = []
             for a, k in zip(args, info.kinds):
-                if k == NONTENSOR:
-                    argv.append(a)
-                    continue
                 if k == TENSOR:
-                    e = vget(id(a))
-                    if e is not None and e[0]() is a:
-                        ins.append(e[1])
+                    v = vget(id(a))
+                    if v is not None and vrefs[v]() is a:
+                        ins.append(v)
                         argv.append(None)
                     elif isinstance(a, _Tensor):
                         ins.append(self._external(a, f, info))
                         argv.append(None)
                     else:  # None, or a Python number in a Tensor slot (mul(x, 2))
                         argv.append(a)
+                elif k == NONTENSOR:  # a list (int[] sizes) as a tuple: events of atomic values leave the GC's scans
+                    argv.append(tuple(a) if type(a) is list else a)
                 else:
                     argv.append(None)
                     for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
@@ -170,10 +174,10 @@ class RecordingMode(TorchDispatchMode):
                 capture.autograd.on_backward_start(None, capture.backward_roots())
         except Exception as e:
             self._fault(info, e)
-            return func(*args, **kwargs)
+            return info.call(*args, **kwargs)
 
         seq = _get_seq()
-        out = func(*args, **kwargs)
+        out = info.call(*args, **kwargs)
 
         extra = None
         vmeta = self.vmeta
@@ -181,7 +185,8 @@ class RecordingMode(TorchDispatchMode):
         try:
             if not info.mutates and isinstance(out, _Tensor):  # the common case: one fresh tensor
                 vmeta.append((tuple(out.shape), out.dtype, out.device, None))
-                self.vmap[id(out)] = (_ref(out), n_values)
+                vrefs.append(_ref(out))
+                self.vmap[id(out)] = n_values
                 outs = (n_values,)
             else:
                 outs = self._outputs(info, args, kwargs, out)
@@ -220,23 +225,36 @@ class RecordingMode(TorchDispatchMode):
         """First sight of a tensor no op of this pass produced."""
         if not isinstance(t, _Tensor):
             return -1
-        role, name = self.capture.classify_external(t, frame, info)
+        e = self.names.get(id(t))  # a param or buffer of a traced module: the common case
+        role, name = (e[2], e[1]) if e is not None and e[0] is t else self.capture.classify_external(t, frame, info)
         return self._add_value(t, ("ext", role, name, t.requires_grad))
 
-    def _add_value(self, t: Any, origin: Any) -> int:
+    def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
         """A new value for tensor ``t`` (the hot path inlines this for fresh outputs)."""
         vid = len(self.vmeta)
         self.vmeta.append((tuple(t.shape), t.dtype, t.device, origin))
-        self.vmap[id(t)] = (_ref(t), vid)
+        self.vrefs.append(ref if ref is not None else _ref(t))
+        self.vmap[id(t)] = vid
         return vid
 
     def _vid(self, t: Any, frame: Any, info: Any) -> int:
         """The value id of tensor ``t`` (the hot path inlines this for plain args)."""
-        e = self.vmap.get(id(t))
-        return e[1] if e is not None and e[0]() is t else self._external(t, frame, info)
+        v = self.vmap.get(id(t))
+        return v if v is not None and self.vrefs[v]() is t else self._external(t, frame, info)
+
+    def vid_of(self, t: Any) -> Optional[int]:
+        """The value id of tensor ``t`` if this pass has seen it, else None."""
+        v = self.vmap.get(id(t))
+        return v if v is not None and self.vrefs[v]() is t else None
+
+    def live(self) -> Dict[int, Any]:
+        """value id -> its tensor (None if dead), for the latest version of every tensor seen."""
+        vrefs = self.vrefs
+        return {v: vrefs[v]() for v in self.vmap.values()}
 
     def _bump(self, t: Any, outs: List[int]) -> None:
-        outs.append(self._add_value(t, ("ver", self._vid(t, None, None))))
+        old = self._vid(t, None, None)
+        outs.append(self._add_value(t, ("ver", old), self.vrefs[old] if old >= 0 else None))
 
     def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int]) -> tuple:
         """In-place / out= / collective writes: each written tensor gets a new
@@ -280,7 +298,8 @@ class RecordingMode(TorchDispatchMode):
         that changed): drop what this op half-recorded, say so once, go on."""
         if n_values is not None and len(self.vmeta) > n_values:
             del self.vmeta[n_values:]
-            for key in [k for k, e in self.vmap.items() if e[1] >= n_values]:
+            del self.vrefs[n_values:]
+            for key in [k for k, v in self.vmap.items() if v >= n_values]:
                 del self.vmap[key]
         capture = self.capture
         capture.faults += 1

@@ -64,7 +64,9 @@ class ModuleScope:
         cap = self.capture
         if _get_ident() != cap.tid:
             return None
-        kind = self._kind(module)
+        kind = self.kinds.get(id(module))
+        if kind is None or kind[0] is not module:
+            kind = self._kind(module)
         if kind[2]:  # torch.compile wrapper: transparent
             cap.compiled = True
             return None
@@ -93,7 +95,10 @@ class ModuleScope:
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture
-        if _get_ident() != cap.tid or self._kind(module)[2]:
+        if _get_ident() != cap.tid:
+            return None
+        kind = self.kinds.get(id(module))
+        if (kind[2] if kind is not None and kind[0] is module else self._kind(module)[2]):
             return None
         self.depth = max(0, self.depth - 1)
         stack = cap.mode.stack

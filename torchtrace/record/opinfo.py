@@ -17,6 +17,11 @@ _COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional", "_dtens
 _ANNOTATION_NAMESPACES = ("profiler",)
 
 
+_OpOverload = torch._ops.OpOverload
+# OpOverload.__call__ is `return self._op(*args, **kwargs)` (torch 2.x); check rather than assume
+_CALL_IS_OP = getattr(getattr(_OpOverload.__call__, "__code__", None), "co_names", None) == ("_op",)
+
+
 def _tag(name: str) -> Optional[object]:
     return getattr(torch.Tag, name, None)  # feature-detect: tags come and go between releases
 
@@ -38,10 +43,13 @@ class OpInfo:
     """Facts about one overload; slots for fast attribute access on the hot path."""
 
     __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "decompose",
-                 "witness", "is_detach", "is_seed", "annotation", "scalar_args")
+                 "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
+        self.func = func  # held: _CACHE is keyed by id(func), which must not be reused
+        # what func(*args) runs, minus OpOverload.__call__'s Python frame (`return self._op(...)`)
+        self.call = func._op if type(func) is _OpOverload and _CALL_IS_OP else func
         self.index = -1  # set by op_info()
         self.name = str(func)
         namespace = getattr(func, "namespace", self.name.split(".", 1)[0])
@@ -97,7 +105,9 @@ class OpInfo:
         self.is_seed = self.name == "aten.ones_like.default"
 
 
-_CACHE: Dict[object, OpInfo] = {}
+# Keyed by id(func): OpOverload.__hash__ is a Python method (hash(self._op)),
+# an int key skips that call on every op. The OpInfo holds func alive.
+_CACHE: Dict[int, OpInfo] = {}
 # Events store ``info.index`` (an int) rather than the object: records made only
 # of ints/tuples are untracked by the cyclic GC, whose scans otherwise cost
 # ~3.5 µs per recorded op (measured; see bench/README.md).
@@ -105,9 +115,9 @@ BY_INDEX: List[OpInfo] = []
 
 
 def op_info(func: "torch._ops.OpOverload") -> OpInfo:
-    info = _CACHE.get(func)
+    info = _CACHE.get(id(func))
     if info is None:
-        info = _CACHE[func] = OpInfo(func)
+        info = _CACHE[id(func)] = OpInfo(func)
         info.index = len(BY_INDEX)
         BY_INDEX.append(info)
     return info
