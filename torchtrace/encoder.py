@@ -1,9 +1,10 @@
 """Graph -> JSON text, fast: the same bytes as ``json.dumps(graph.to_dict())``.
 
 A pass repeats itself: the same ids, op names, source lines, shapes and args
-come back on many nodes. Each such object is encoded once per document and
-its JSON fragment reused, so a node costs one string join instead of a dict
-build plus a walk of ``json``'s encoder. Key order and spacing follow
+come back on many nodes, and a training loop repeats them every step. Each
+such object is encoded once per document (sources and args once per process,
+in a bounded memo) and its JSON fragment reused, so a node costs one string
+join instead of a dict build plus a walk of ``json``'s encoder. Key order and spacing follow
 ``serialize.graph_to_dict`` with ``separators=(",", ":")``,
 ``ensure_ascii=False`` and ``allow_nan=False``; ``tests/test_ir.py`` checks the
 two give equal text.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import json.encoder
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .ir import FORMAT, VERSION, Graph
 
@@ -40,19 +41,32 @@ class _Shapes(dict):
         return t
 
 
-class _Shared(dict):
-    """id(object) -> JSON text for objects shared between nodes (sources,
-    args dicts); the graph keeps them alive while it is encoded."""
+class _Texts:
+    """JSON text of objects that nodes share (sources, args dicts): per object
+    within one document (the graph holds them alive meanwhile), then per value
+    across documents, since a training loop repeats its sources and args every
+    step. The cross-document memo is bounded (cleared when full)."""
 
-    def __init__(self, make: Callable[[Any], str]) -> None:
-        super().__init__()
-        self.make = make
+    def __init__(self, key: Callable[[Any], Any], make: Callable[[Any], str], memo: Dict[Any, str]) -> None:
+        self.by_id: Dict[int, str] = {}
+        self.key, self.make, self.memo = key, make, memo
 
-    def get_text(self, x: Any) -> str:
-        t = self.get(id(x))
+    def text(self, x: Any) -> str:
+        t = self.by_id.get(id(x))
         if t is None:
-            t = self[id(x)] = self.make(x)
+            k = self.key(x)
+            t = self.memo.get(k)
+            if t is None:
+                if len(self.memo) >= _MEMO_MAX:
+                    self.memo.clear()
+                t = self.memo[k] = self.make(x)
+            self.by_id[id(x)] = t
         return t
+
+
+_MEMO_MAX = 8192
+_SOURCE_TEXT: Dict[Any, str] = {}  # Source (frozen, hashable) -> JSON
+_ARGS_TEXT: Dict[Any, str] = {}    # repr(args) -> JSON: equal reprs of JSON-safe values are equal JSON
 
 
 def _source(src: Any) -> str:
@@ -68,16 +82,8 @@ def _int(x: Any) -> str:
     return str(x) if type(x) is int else _dump(x)
 
 
-class _Args(dict):
-    """An args dict's ``repr`` -> its JSON text: equal reprs of JSON-safe
-    values are equal JSON, and repr is far cheaper than the encoder."""
-
-    def text(self, a: Any) -> str:
-        key = repr(a)
-        t = self.get(key)
-        if t is None:
-            t = self[key] = _dump(a if type(a) is dict else dict(a))
-        return t
+def _args(a: Any) -> str:
+    return _dump(a if type(a) is dict else dict(a))
 
 
 def _witness(w: Any) -> str:
@@ -101,7 +107,8 @@ def encode_graph(g: Graph) -> str:
         _ids(s, [x.id for x in table])
     S = s.__getitem__
     shape = _Shapes()
-    src, args = _Shared(_source).get_text, _Args().text
+    src = _Texts(lambda x: x, _source, _SOURCE_TEXT).text
+    args = _Texts(repr, _args, _ARGS_TEXT).text
     out: List[str] = [f'{{"format":{_dump(FORMAT)},"version":{_dump(list(VERSION))},"meta":{_dump(dict(g.meta))}'
                       ',"modules":[']
     out.append(",".join([

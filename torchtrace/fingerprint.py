@@ -70,6 +70,11 @@ def _refs(g: "Graph", skip: List[bool]) -> Dict[str, str]:
 
 
 _NAMED = ("param", "buffer", "input")
+# repr(args) -> canonical_args(args), kept across graphs (a training loop
+# repeats its sizes and flags every step): equal reprs of JSON-safe values are
+# equal canonical JSON. Bounded: cleared when full.
+_CANONICAL: Dict[str, str] = {}
+_CANONICAL_MAX = 8192
 
 
 class _Memo(dict):
@@ -92,7 +97,7 @@ def fingerprints(g: "Graph") -> Dict[str, str]:
     mod_path[None] = "-"
     type_text = _Memo(lambda key: f"{key[0]}{list(key[1])}")
     types = {v.id: type_text[v.dtype, v.shape] for v in g.values}
-    args_by_repr: Dict[str, str] = {}  # equal reprs of JSON-safe values are equal canonical JSON
+    args_by_id: Dict[int, str] = {}  # g keeps its args dicts alive meanwhile
     ref, typ = refs.__getitem__, types.__getitem__
     structure: List[str] = []
     shapes: List[str] = []
@@ -102,10 +107,15 @@ def fingerprints(g: "Graph") -> Dict[str, str]:
         token = f"{n.op}|{n.phase}|{mod_path.get(n.module, '')}|{','.join(map(ref, n.inputs))}|{len(n.outputs)}"
         structure.append(token)
         if n.args:
-            key = repr(n.args)
-            a = args_by_repr.get(key)
+            a = args_by_id.get(id(n.args))  # the builder shares equal args dicts between nodes
             if a is None:
-                a = args_by_repr[key] = canonical_args(n.args)
+                key = repr(n.args)
+                a = _CANONICAL.get(key)
+                if a is None:
+                    if len(_CANONICAL) >= _CANONICAL_MAX:
+                        _CANONICAL.clear()
+                    a = _CANONICAL[key] = canonical_args(n.args)
+                args_by_id[id(n.args)] = a
         else:
             a = "{}"
         shapes.append(f"{token}#{';'.join(map(typ, n.inputs))}{';' if n.inputs and n.outputs else ''}"

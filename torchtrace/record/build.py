@@ -77,6 +77,20 @@ def _args(info: Any, argv: tuple, kw: Optional[Dict[str, Any]]) -> Dict[str, Any
 _PLAIN = {int, str, bool}
 
 
+class _ArgsCache(dict):
+    """One args dict per distinct (op, argument values) in a pass: most ops
+    repeat their non-tensor arguments (sizes, dims, flags). Keyed by ``repr``,
+    which tells ``2`` from ``2.0`` and ``True`` (equal as dict keys); the
+    nodes share the dict, read-only like the rest of the IR."""
+
+    def get_args(self, info: Any, argv: tuple, kw: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        key = (info.index, repr(argv), repr(kw) if kw else "")
+        a = self.get(key)
+        if a is None:
+            a = self[key] = _args(info, argv, kw)
+        return a
+
+
 _LINE_TABLES: "weakref.WeakKeyDictionary[Any, Tuple[List[int], List[int]]]" = weakref.WeakKeyDictionary()
 
 
@@ -207,6 +221,8 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     grad_fn_of = ag.grad_fn_of
     vid_at = vid_str.__getitem__
     mod_str = [f"m{k}" for k in range(len(mode.mcalls))]
+    args_of = _ArgsCache().get_args
+    no_args: Dict[str, Any] = {}  # shared by this pass's ops without non-tensor arguments
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
@@ -221,7 +237,7 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                 source = sources[ev[E_CODE], ev[E_LINE]]
         else:
             source = sources[ev[E_CODE], ev[E_LINE]]
-        args = _args(info, ev[E_ARGS], ev[E_KW]) if info.scalar_args or ev[E_KW] else {}
+        args = args_of(info, ev[E_ARGS], ev[E_KW]) if info.scalar_args or ev[E_KW] else no_args
         if info.annotation:
             if info.name.startswith("profiler._record_function_enter"):
                 annotations.append(str(args.get("name", "")))
