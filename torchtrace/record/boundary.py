@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, FrozenSet, Iterable, List, Set, Tuple
 
-from .mode import E_CODE, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD
+from .mode import E_CODE, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_ORIGIN
 from .opinfo import BY_INDEX
 
 
@@ -96,10 +96,10 @@ def drop_events(mode: Any, drop: Set[int]) -> None:
     events = [ev for i, ev in enumerate(mode.events) if i not in drop]
     used: Set[int] = {v for ev in events for v in (*ev[E_INS], *ev[E_OUTS])} | set(mode.outputs)
     for v in list(used):
-        origin = mode.vmeta[v][3]
+        origin = mode.vmeta[v][V_ORIGIN]
         while origin is not None and origin[0] == "ver" and origin[1] >= 0 and origin[1] not in used:
             used.add(origin[1])
-            origin = mode.vmeta[origin[1]][3]
+            origin = mode.vmeta[origin[1]][V_ORIGIN]
     new_vid = {old: new for new, old in enumerate(sorted(used))}
     new_event = {old: new for new, old in enumerate(i for i in range(len(mode.events)) if i not in drop)}
 
@@ -109,10 +109,11 @@ def drop_events(mode: Any, drop: Set[int]) -> None:
     mode.events = [(ev[0], remap(ev[E_INS]), *ev[2:E_OUTS], remap(ev[E_OUTS]), *ev[E_OUTS + 1:]) for ev in events]
     vmeta = []
     for old in sorted(used):
-        shape, dtype, device, origin = mode.vmeta[old]
+        rec = mode.vmeta[old]
+        origin = rec[V_ORIGIN]
         if origin is not None and origin[0] == "ver" and origin[1] >= 0:
-            origin = ("ver", new_vid[origin[1]])
-        vmeta.append((shape, dtype, device, origin))
+            rec = (*rec[:V_ORIGIN], ("ver", new_vid[origin[1]]), *rec[V_ORIGIN + 1:])
+        vmeta.append(rec)
     mode.vmeta = vmeta
     mode.vrefs = [mode.vrefs[old] for old in sorted(used)]
     mode.vmap = {k: new_vid[v] for k, v in mode.vmap.items() if v in new_vid}

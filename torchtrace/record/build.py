@@ -15,12 +15,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from ..fingerprint import strip_addresses
-from .. import ir
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
 from .linking import build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
-                   E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE)
+                   E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
 from .opinfo import BY_INDEX
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
@@ -111,6 +110,14 @@ def line_of(code: Any, lasti: int) -> int:
     return table[1][k] if k >= 0 else code.co_firstlineno
 
 
+class _Names(dict):
+    """dtype / device -> its IR string (``float32``, ``cuda:0``)."""
+
+    def __missing__(self, x: Any) -> str:
+        t = self[x] = str(x).replace("torch.", "")
+        return t
+
+
 class _Sources(dict):
     """(code, f_lasti) -> Source, shared by every op recorded there."""
 
@@ -174,7 +181,8 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             root = alias_root.get(ins[0], ins[0])
             for v in outs:
                 alias_root[v] = root
-    for vid, (shape, dtype, device, origin) in enumerate(vmeta):
+    for vid, rec in enumerate(vmeta):
+        origin = rec[V_ORIGIN]
         if origin is not None and origin[0] == "ver" and origin[1] in alias_root:
             alias_root[vid] = alias_root[origin[1]]
 
@@ -183,17 +191,11 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     created = ag.created_by_op
 
     vid_str = [f"v{i}" for i in range(len(vmeta))]
-    names: Dict[Any, str] = {}  # dtype/device object -> its string
-
-    def text(x: Any) -> str:
-        t = names.get(x)
-        if t is None:
-            t = names[x] = str(x).replace("torch.", "")
-        return t
-
+    text = _Names()
     values: List[Value] = []
     version_role: Dict[int, Tuple[str, Optional[str]]] = {}
-    for vid, (shape, dtype, device, origin) in enumerate(vmeta):
+    for vid, rec in enumerate(vmeta):
+        dtype, origin = rec[V_DTYPE], rec[V_ORIGIN]
         role, name, version_of = "activation", None, None
         t = alive.get(vid)
         if origin is None:
@@ -210,7 +212,7 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             rg = t.requires_grad if t is not None else bool(
                 values[version_of].requires_grad if 0 <= version_of < len(values) else False)
         root = alias_root.get(vid)
-        values.append(Value(vid_str[vid], shape, text(dtype), text(device), bool(rg), role, name,
+        values.append(Value(vid_str[vid], rec[V_SHAPE:], text[dtype], text[rec[V_DEVICE]], bool(rg), role, name,
                             None if root is None else vid_str[root],
                             None if version_of is None or version_of < 0 else vid_str[version_of]))
 
@@ -255,7 +257,7 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             if info.witness == "value":
                 witness = Witness(value=jsonable(ev[E_EXTRA]))
             elif ev[E_OUTS]:
-                witness = Witness(shape=vmeta[ev[E_OUTS][0]][0])
+                witness = Witness(shape=vmeta[ev[E_OUTS][0]][V_SHAPE:])
             else:
                 tags = tuple(t for t in tags if t != "witness")
         ins = ev[E_INS]
@@ -269,7 +271,7 @@ def _build(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase)
                     for k, (path, typ, call, parent, phase) in enumerate(mode.mcalls))
     outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive))
-    return ir.Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
+    return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))
 

@@ -22,7 +22,7 @@ from ..ir import Graph
 from .autograd import AutogradTracker
 from .build import build_graph
 from .frames import FrameFilter
-from .mode import RecordingMode
+from .mode import V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 
 _SIGNATURES: Dict[Any, Optional[inspect.Signature]] = {}
@@ -273,7 +273,7 @@ class Capture:
             return e[1]
         vid = self.vid_of(t)
         if vid is not None:
-            origin = self.mode.vmeta[vid][3]
+            origin = self.mode.vmeta[vid][V_ORIGIN]
             if origin is not None and origin[0] == "ext":
                 return origin[2]
         return None

@@ -30,6 +30,19 @@ def _stem(s: str) -> str:
 
 
 def names_match(op: str, node_name: str) -> bool:
+    """Could a Node named ``node_name`` (``AddmmBackward0``) come from ``op``
+    (``aten.addmm.default``)? A pure function of two names: memoised."""
+    key = (op, node_name)
+    hit = _MATCHES.get(key)
+    if hit is None:
+        hit = _MATCHES[key] = _names_match(op, node_name)
+    return hit
+
+
+_MATCHES: Dict[Tuple[str, str], bool] = {}  # (op, Node name) pairs: a few hundred in practice
+
+
+def _names_match(op: str, node_name: str) -> bool:
     parts = op.split(".")
     base = _stem(parts[1] if len(parts) > 1 else parts[0])
     stem = _stem(_BACKWARD_SUFFIX.sub("", node_name.rsplit("::", 1)[-1]))

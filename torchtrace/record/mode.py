@@ -43,6 +43,8 @@ _Tensor = torch.Tensor
 _CIA = torch._C.DispatchKey.CompositeImplicitAutograd
 _DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
 
+# Value record fields: (dtype, device, origin, *shape) -- flat, one tuple per value
+V_DTYPE, V_DEVICE, V_ORIGIN, V_SHAPE = range(4)  # shape = record[V_SHAPE:]
 # Event tuple fields (see build.py); E_LINE holds the user frame's f_lasti, not a line
 E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
 
@@ -83,7 +85,7 @@ class RecordingMode(TorchDispatchMode):
     def reset(self) -> None:
         """Start empty buffers for a new pass (old ones belong to the builder)."""
         self.events: List[tuple] = []
-        self.vmeta: List[tuple] = []   # per value id: (shape, dtype, device, origin)
+        self.vmeta: List[tuple] = []   # per value id: (dtype, device, origin, *shape), see V_*
         self.vmap: Dict[int, int] = {}  # id(tensor) -> value id (of its latest version)
         self.vrefs: List[Any] = []  # per value id: weakref to its tensor (plain ints in vmap: fewer GC-tracked objects)
         self.stack: List[tuple] = []   # open module calls: (call id, module, path)
@@ -138,6 +140,7 @@ class RecordingMode(TorchDispatchMode):
             vrefs = self.vrefs
             ins: List[int] = []
             argv: List[Any] = []
+            scalars = False  # any non-tensor argument? (else the event stores the shared empty tuple)
             for a, k in zip(args, info.kinds):
                 if k == TENSOR:
                     v = vget(id(a))
@@ -149,8 +152,10 @@ class RecordingMode(TorchDispatchMode):
                         argv.append(None)
                     else:  # None, or a Python number in a Tensor slot (mul(x, 2))
                         argv.append(a)
+                        scalars = True
                 elif k == NONTENSOR:  # a list (int[] sizes) as a tuple: events of atomic values leave the GC's scans
                     argv.append(tuple(a) if type(a) is list else a)
+                    scalars = True
                 else:
                     argv.append(None)
                     for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
@@ -184,7 +189,7 @@ class RecordingMode(TorchDispatchMode):
         n_values = len(vmeta)
         try:
             if not info.mutates and isinstance(out, _Tensor):  # the common case: one fresh tensor
-                vmeta.append((tuple(out.shape), out.dtype, out.device, None))
+                vmeta.append((out.dtype, out.device, None, *out.shape))
                 vrefs.append(_ref(out))
                 self.vmap[id(out)] = n_values
                 outs = (n_values,)
@@ -198,7 +203,7 @@ class RecordingMode(TorchDispatchMode):
 
         stack = self.stack
         events = self.events
-        events.append((info.index, tuple(ins), tuple(argv), kw, outs, seq, code, line, icode, ilasti,
+        events.append((info.index, tuple(ins), tuple(argv) if scalars else (), kw, outs, seq, code, line, icode, ilasti,
                        stack[-1][0] if stack else None, anode, phase, extra))
         if len(events) >= self.max_ops:
             self._truncate()
@@ -232,7 +237,7 @@ class RecordingMode(TorchDispatchMode):
     def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
         """A new value for tensor ``t`` (the hot path inlines this for fresh outputs)."""
         vid = len(self.vmeta)
-        self.vmeta.append((tuple(t.shape), t.dtype, t.device, origin))
+        self.vmeta.append((t.dtype, t.device, origin, *t.shape))
         self.vrefs.append(ref if ref is not None else _ref(t))
         self.vmap[id(t)] = vid
         return vid
