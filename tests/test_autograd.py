@@ -114,6 +114,23 @@ def test_backward_ops_join_their_forward_op_module_and_line():
     assert g.module_path(gelu_bwd.module) == "act"
 
 
+def test_engine_ops_of_two_backward_calls_keep_their_own_lines():
+    # AccumulateGrad's ops belong to no forward op: they get the line that called backward
+    m = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with torchtrace.trace(m) as t:
+        y = m(x)
+        y.sum().backward(retain_graph=True)
+        first = sys._getframe().f_lineno - 1
+        y.mean().backward()
+        second = sys._getframe().f_lineno - 1
+    accumulate = [n for n in t.graph.nodes if n.phase == "backward" and n.op in
+                  ("aten.detach.default", "aten.add_.Tensor")]
+    assert [n.op for n in accumulate] == ["aten.detach.default"] * 2 + ["aten.add_.Tensor"] * 2
+    assert [n.source.line for n in accumulate] == [first, first, second, second]
+    assert all(n.source.file == __file__ for n in accumulate)
+
+
 def test_executed_order_matches_prehooks_and_grads_are_reported():
     m = zoo.MLP(8, 16)
     x = torch.randn(4, 8)

@@ -43,6 +43,8 @@ _Tensor = torch.Tensor
 _CIA = torch._C.DispatchKey.CompositeImplicitAutograd
 _DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
 
+# torch.autograd's Python frames that call into the engine: alive for a whole graph task
+_ENGINE_ENTRIES = frozenset({"_engine_run_backward", "backward", "grad"})
 # Value record fields: (dtype, device, origin, *shape) -- flat, one tuple per value
 V_DTYPE, V_DEVICE, V_ORIGIN, V_SHAPE = range(4)  # shape = record[V_SHAPE:]
 # Event tuple fields (see build.py); E_LINE holds the user frame's f_lasti, not a line
@@ -96,6 +98,8 @@ class RecordingMode(TorchDispatchMode):
         self.inplace_on_view: set = set()  # events that wrote a view (autograd wraps them in CopySlices)
         self.n_inputs = 0
         self.task = -1
+        self.engine_frame: Optional[tuple] = None  # (id, f_lasti) of the engine's frame in this graph task
+        self.engine_user: tuple = (None, -1)     # ... and the user frame it was called from
         self.start_seq = _get_seq()
 
     # -- the hot path ------------------------------------------------------
@@ -118,23 +122,30 @@ class RecordingMode(TorchDispatchMode):
             f = _getframe(1)
             code = icode = f.f_code
             line = ilasti = f.f_lasti
-            cache = self.filter_cache
-            if cache.get(icode) is not False:  # the op was not issued by user code itself: walk out
-                while f is not None:
-                    c = f.f_code
-                    internal = cache.get(c)
-                    if internal is None:
-                        internal = self.classify(c)
-                    if not internal:
-                        break
-                    f = f.f_back
-                if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
-                    code, line = f.f_code, f.f_lasti
-                else:
-                    code, line = None, -1
-
             anode = _current_node()
             phase = FORWARD if anode is None else self._backward_phase(anode, icode)
+            cache = self.filter_cache
+            if cache.get(icode) is not False:  # the op was not issued by user code itself: walk out
+                key = (id(f), ilasti)
+                if anode is not None and key == self.engine_frame:
+                    # issued by the autograd engine for this graph task (its frame is alive until
+                    # the task ends, so its id cannot be reused meanwhile): the same user line
+                    code, line = self.engine_user
+                else:
+                    while f is not None:
+                        c = f.f_code
+                        internal = cache.get(c)
+                        if internal is None:
+                            internal = self.classify(c)
+                        if not internal:
+                            break
+                        f = f.f_back
+                    if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
+                        code, line = f.f_code, f.f_lasti
+                    else:
+                        code, line = None, -1
+                    if anode is not None and icode.co_name in _ENGINE_ENTRIES and self.engine_codes.get(icode):
+                        self.engine_frame, self.engine_user = key, (code, line)
 
             vget = self.vmap.get
             vrefs = self.vrefs
@@ -288,6 +299,7 @@ class RecordingMode(TorchDispatchMode):
         task = _task_id()
         if task != self.task:
             self.task = task
+            self.engine_frame = None
             try:
                 self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
             except Exception as e:  # the ops are still recorded; the autograd part is what is missing
