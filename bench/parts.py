@@ -1,25 +1,37 @@
 """Where a capture's cost goes, measured on the real recorder (not a test).
 
-    python bench/parts.py [--models mlp,gpt2-tiny] [--reps 40]
+    python bench/parts.py [--models mlp,gpt2-tiny] [--reps 40] [--sections fwd,bwd,ir,micro]
 
-Variants of one forward pass (train mode, grad on), interleaved:
+fwd -- variants of one forward pass (train mode, grad on), interleaved:
 
   plain        the pass
   empty        an empty TorchDispatchMode (torch wraps it in _disable_dynamo)
   empty-skip   the same without that wrapper (the trick RecordingMode uses)
+  torch-hooks  global module pre/post hooks that do nothing: what torch's
+               hook dispatch costs by itself (module scope needs these hooks)
   hooks        torchtrace's global module hooks only (no dispatch mode)
   mode         torchtrace's dispatch mode only (no module hooks)
   capture      both: Capture.start() .. stop(), no IR build
   capture-nogc the same with the cyclic GC off (for scale only: torchtrace
-               never turns the GC off)
+               never turns the GC off while user code runs)
 
-and micro-benchmarks (ns) of the per-op building blocks that decided the
-design (identity maps, tensor metadata, sequence numbers, line numbers).
+bwd -- forward + loss + backward: plain, empty, capture, and capture without
+  the execution-order pre-hooks (one per autograd Node) or without the
+  autograd graph walk (Nodes, edges, saved bytes) altogether.
+
+ir -- µs per op of the IR build and of the JSON encoder, next to
+  ``json.dumps`` of the graph's already built dict (the C encoder, the dict
+  construction not counted), and bytes per op, of which field names and
+  punctuation alone (every string emptied, every number 0).
+
+micro -- ns per call of the per-op building blocks that decided the design
+  (identity maps, tensor metadata, sequence numbers, line numbers).
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import timeit
@@ -31,12 +43,15 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import harness  # noqa: E402
 import models  # noqa: E402
 from harness import Empty, Timed, count_ops, interleave  # noqa: E402
 
+from torchtrace import serialize  # noqa: E402
+from torchtrace.record import autograd as tracker  # noqa: E402
 from torchtrace.record.capture import Capture  # noqa: E402
 from torchtrace.record.mode import _mark_dynamo_skip  # noqa: E402
 
@@ -63,6 +78,15 @@ def variants(fwd: Callable[[], object], model: torch.nn.Module) -> List[Timed]:
             with mode_cls():
                 fwd()
         return run
+
+    def torch_hooks() -> None:
+        handles = [register_module_forward_pre_hook(lambda m, a: None),
+                   register_module_forward_hook(lambda m, a, o: None, always_call=True)]
+        try:
+            fwd()
+        finally:
+            for h in handles:
+                h.remove()
 
     def hooks() -> None:
         c.scope.install()
@@ -96,21 +120,95 @@ def variants(fwd: Callable[[], object], model: torch.nn.Module) -> List[Timed]:
 
     reset = c.new_pass
     return [Timed("plain", fwd), Timed("empty", in_mode(Empty)), Timed("empty-skip", in_mode(EmptySkip)),
-            Timed("hooks", hooks), Timed("mode", mode_only, before=reset), Timed("capture", capture, before=reset),
+            Timed("torch-hooks", torch_hooks), Timed("hooks", hooks), Timed("mode", mode_only, before=reset), Timed("capture", capture, before=reset),
             Timed("capture-nogc", capture_nogc, before=reset)]
 
 
-def parts(name: str, reps: int) -> None:
-    w = getattr(models, name.replace("-", "_"))()
-    fwd = w.forward
-    n = count_ops(fwd)
-    harness.freeze_heap()
-    stats = interleave(variants(fwd, w.model), reps)
-    med: Dict[str, float] = {k: s.median for k, s in stats.items()}
-    print(f"\n[{name}] forward, {n} ops, {reps} rounds; median ms, µs/op over plain, ratio to the empty mode")
+def _report(title: str, n: int, reps: int, med: Dict[str, float]) -> None:
+    print(f"\n{title}, {n} ops, {reps} rounds; median ms, µs/op over plain, ratio to the empty mode")
     for k, m in med.items():
         print(f"  {k:<13} {m * 1e3:8.3f} ms  {(m - med['plain']) / n * 1e6:+7.2f} µs/op  "
               f"x{m / med['empty']:.3f} empty")
+
+
+def forward_parts(name: str, w: models.Workload, reps: int) -> None:
+    stats = interleave(variants(w.forward, w.model), reps)
+    _report(f"[{name}] forward", count_ops(w.forward), reps, {k: s.median for k, s in stats.items()})
+
+
+def backward_parts(name: str, w: models.Workload, reps: int) -> None:
+    """What the autograd half costs: the walk (Nodes, edges, saved bytes) and
+    the pre-hooks that record the order backward ran the Nodes in."""
+    def step() -> None:
+        w.loss().backward()
+
+    c = Capture(w.model)
+    walk = tracker.AutogradTracker.walk
+
+    def capture(patched: Callable) -> Callable[[], None]:
+        def run() -> None:
+            tracker.AutogradTracker.walk = patched
+            c.start()
+            try:
+                step()
+            finally:
+                c.stop()
+                tracker.AutogradTracker.walk = walk
+        return run
+
+    def reset() -> None:
+        c.new_pass()
+        w.model.zero_grad(set_to_none=True)
+
+    def empty() -> None:
+        with Empty():
+            step()
+
+    variants_ = [Timed("plain", step, before=reset), Timed("empty", empty, before=reset),
+                 Timed("capture", capture(walk), before=reset),
+                 Timed("no-prehooks", capture(lambda self, roots, hook: walk(self, roots, False)), before=reset),
+                 Timed("no-walk", capture(lambda self, roots, hook: None), before=reset)]
+    stats = interleave(variants_, reps)
+    _report(f"[{name}] forward+backward", count_ops(step), reps, {k: s.median for k, s in stats.items()})
+
+
+def _skeleton(x: object) -> object:
+    if isinstance(x, dict):
+        return {k: _skeleton(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_skeleton(v) for v in x]
+    return "" if isinstance(x, str) else x if x is None or isinstance(x, bool) else 0
+
+
+def ir_parts(name: str, w: models.Workload, reps: int) -> None:
+    """The IR build and the JSON next to their floors in this Python."""
+    for label, step in (("forward", w.forward), ("forward+backward", lambda: w.loss().backward())):
+        caps = []
+        for _ in range(reps):
+            c = Capture(w.model)
+            c.start()
+            step()
+            c.stop()
+            caps.append(c)
+        t0 = timeit.default_timer()
+        graphs = [c.finish_pass() for c in caps]
+        build = timeit.default_timer() - t0
+        n = len(graphs[0].nodes)
+        t0 = timeit.default_timer()
+        texts = [serialize.dumps(g) for g in graphs]
+        encode = timeit.default_timer() - t0
+        dicts = [g.to_dict() for g in graphs]
+        t0 = timeit.default_timer()
+        for d in dicts:
+            json.dumps(d, separators=(",", ":"), ensure_ascii=False)
+        c_json = timeit.default_timer() - t0
+        skeleton = len(json.dumps(_skeleton(dicts[0]), separators=(",", ":")))
+        us = 1e6 / (reps * n)
+        print(f"\n[{name}] IR, {label}: {n} ops, {reps} graphs")
+        print(f"  build {build * us:6.1f} µs/op   encoder {encode * us:5.1f} µs/op   "
+              f"json.dumps of the built dict {c_json * us:5.1f} µs/op")
+        print(f"  JSON {len(texts[0].encode()) / n:5.0f} B/op, of which field names and punctuation "
+              f"{skeleton / n:5.0f} B/op; {len(graphs[0].values) / n:.2f} values per op")
 
 
 def micro() -> None:
@@ -142,11 +240,21 @@ def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mlp,gpt2-tiny")
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--sections", default="fwd,bwd,ir,micro")
     opts = ap.parse_args(argv)
+    sections = set(opts.sections.split(","))
     harness.setup_process()
     for name in opts.models.split(","):
-        parts(name, opts.reps)
-    micro()
+        w = getattr(models, name.replace("-", "_"))()
+        harness.freeze_heap()
+        if "fwd" in sections:
+            forward_parts(name, w, opts.reps)
+        if "bwd" in sections:
+            backward_parts(name, w, opts.reps)
+        if "ir" in sections:
+            ir_parts(name, w, min(opts.reps, 20))
+    if "micro" in sections:
+        micro()
     return 0
 
 
