@@ -59,7 +59,8 @@ class Capture:
         self.mode = RecordingMode(self)
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
-        self.on_root: Optional[Callable[[torch.nn.Module, tuple, dict], None]] = None  # pass boundaries (Recorder)
+        # pass boundaries (Recorder): (root module, args, the frame holding its kwargs: see call_kwargs)
+        self.on_root: Optional[Callable[[torch.nn.Module, tuple, Any], None]] = None
         self.after_root: Optional[Callable[[], None]] = None
         self._mode_pushed = False
         self._installed = False
@@ -168,16 +169,11 @@ class Capture:
         return path
 
     def on_root_call(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any) -> None:
-        kwargs = {}
-        if frame is not None and frame.f_code.co_name in ("_call_impl", "inner"):
-            # global pre-hooks get no kwargs; Module._call_impl (or its inner()) holds them
-            kwargs = frame.f_locals.get("kwargs") or {}
-            if not isinstance(kwargs, dict):
-                kwargs = {}
         if self.on_root is not None:
-            self.on_root(module, args, kwargs)
+            self.on_root(module, args, frame)
         if self.mode.off:
             return
+        kwargs = call_kwargs(frame)
         self.register_root(module)
         if not self.had_root_call:
             self.had_root_call = True
@@ -316,6 +312,17 @@ def _local_name(t: Any, frame: Any) -> Optional[str]:
     except Exception:  # pragma: no cover - exotic frames
         return None
     return None
+
+
+def call_kwargs(frame: Any) -> dict:
+    """The keyword arguments of a module call, from the frame of
+    ``Module._call_impl`` (or its ``inner()``) that runs the hooks: global
+    pre-hooks get no kwargs. Read only when needed (``f_locals`` builds a dict)."""
+    if frame is not None and frame.f_code.co_name in ("_call_impl", "inner"):
+        kwargs = frame.f_locals.get("kwargs")
+        if isinstance(kwargs, dict):
+            return kwargs
+    return {}
 
 
 def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:

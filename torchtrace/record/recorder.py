@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..ir import Graph
 from ..store import Store
 from .boundary import drop_events, input_prep, repeated_prep, signature
-from .capture import Capture, tensors_in
+from .capture import Capture, call_kwargs, tensors_in
 
 _ACTIVE = threading.local()
 DEFAULT_MAX_OPS = 500_000
@@ -151,7 +151,7 @@ class Recorder:
         self.index += 1
         self._begin(root)
 
-    def _on_root(self, module: torch.nn.Module, args: tuple = (), kwargs: Optional[dict] = None) -> None:
+    def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
             e = self._roots[id(module)] = (weakref.ref(module), _has_params(module))
@@ -161,7 +161,9 @@ class Recorder:
             self._prelude = False
             self._begin(root=type(module).__name__)
             return
-        self._boundary(root=type(module).__name__, inputs=tensors_in((args, kwargs or {})))
+        # the next call's inputs matter only to trim a recorded pass (kwargs cost an f_locals)
+        self._boundary(root=type(module).__name__,
+                       inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else ())
 
     def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:
@@ -172,9 +174,11 @@ class Recorder:
     def _watch(self) -> None:
         cap = self.capture
         assert cap is not None
+        if self._root_handles:
+            return  # already watching
         roots = [r() for r, has in self._roots.values() if has]
         roots = [m for m in roots if m is not None]
-        if not roots or self._root_handles:
+        if not roots:
             return  # nothing known to watch yet: keep the global hooks
         cap.scope.remove()
         self._root_handles = [m.register_forward_pre_hook(self._root_pre) for m in roots]
