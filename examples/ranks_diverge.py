@@ -13,7 +13,6 @@ lost peer and the run fails. torchtrace names the pass, the first collective
 where the ranks differ, and the `if` that sent rank 1 there.
 """
 import datetime
-import time
 
 import torch
 import torch.distributed as dist
@@ -36,11 +35,7 @@ def main(steps: int = 4) -> None:
             dist.all_reduce(flat)
         model.zero_grad()
     # no destroy_process_group(): with a collective still pending on rank 1 it
-    # would block rank 0; exiting closes the connections and rank 1 sees that.
-    # First a moment for rank 1 to finish its side of the last all_reduce they
-    # shared (gloo may return on rank 0 before rank 1 has all of its data).
-    if rank == 0:
-        time.sleep(1.0)
+    # would block rank 0; exiting closes the connections and rank 1 sees that
 
 
 if __name__ == "__main__":

@@ -212,3 +212,29 @@ def test_input_preparation_opens_the_next_pass(tmp_path):
         assert [n.op for n in g.nodes if n.module is None][-2:] == ["aten.gt.Scalar", "aten._local_scalar_dense.default"]
         assert not any(n.op == "aten.randn.default" for n in g.nodes)
         assert [v.name for v in g.values if v.role == "input"] == ["input"]
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from torchtrace.ir import Graph
+from torchtrace.store import Store
+path, start = sys.argv[1], float(sys.argv[2])
+assert time.time() < start, "started too late to race"
+time.sleep(start - time.time())
+with Store(path) as store:
+    store.add(Graph(meta={"rank": int(sys.argv[3]), "world_size": 8}))
+"""
+
+
+def test_ranks_opening_a_new_store_at_once_all_get_in(tmp_path):
+    # like torchrun ranks that each open the same fresh store: SQLite does not
+    # wait for the lock that switching a new file to WAL takes
+    for attempt in range(3):
+        path = tmp_path / f"t{attempt}.db"
+        start = time.time() + 1.5  # all processes are up and waiting by then
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(path), str(start), str(r)],
+                                  stderr=subprocess.PIPE, text=True) for r in range(8)]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 8, "\n".join(e for e in errors if e)[-3000:]
+        with Store(path, readonly=True) as store:
+            assert store.ranks() == list(range(8))

@@ -160,6 +160,9 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
     console = console or Console(stderr=True, emoji=False)
     _check_script(script)
     store_path = _prepare_store(options.out)
+    from .store import Store
+
+    Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
     spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
                        "backward": options.backward, "skip": list(options.skip), "render": options.render,
                        "max_ops": options.max_ops})
@@ -167,7 +170,6 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
            "-m", "torchtrace.launch", spec, script, *argv]
     code = subprocess.call(cmd)
     from .ranks import rank_report
-    from .store import Store
 
     with Store(store_path, readonly=True) as store:
         report = rank_report(store)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError
 from .ir import Graph, Witness
@@ -85,16 +86,7 @@ class Store:
         try:
             self.db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
             self.db.execute("PRAGMA busy_timeout = 30000")
-            if not readonly:
-                self.db.execute("PRAGMA journal_mode = WAL")
-                self.db.execute("PRAGMA synchronous = NORMAL")
-                with self._transaction():
-                    for statement in _SCHEMA.split(";"):
-                        if statement.strip():
-                            self.db.execute(statement)
-                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            version, tables = _retry_locked(lambda: self._setup(readonly))
         except sqlite3.DatabaseError as e:
             raise IRError("not a trace store", where=str(self.path), expected="an SQLite file written by torchtrace",
                           found=str(e), fix="pass the trace.db from `torchtrace run --out DIR`") from None
@@ -103,6 +95,22 @@ class Store:
                           expected=f"store schema {SCHEMA_VERSION} with tables graphs and passes",
                           found=f"schema {version}, tables {sorted(tables)}",
                           fix="open it with the torchtrace version that wrote it, or re-record")
+
+    def _setup(self, readonly: bool) -> Tuple[int, set]:
+        if not readonly:
+            # switching to WAL takes an exclusive lock that SQLite does not wait for
+            # (no busy handler): ranks that open a new store at once must not all try
+            if self.db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = NORMAL")
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return version, tables
 
     def _transaction(self) -> "_Tx":
         return _Tx(self.db)
@@ -178,6 +186,21 @@ class Store:
 
 def _witness(d: Dict[str, Any]) -> Witness:
     return Witness(shape=tuple(d["shape"])) if "shape" in d else Witness(value=d.get("value"))
+
+
+def _retry_locked(fn: Callable[[], Any], wait_s: float = 30.0) -> Any:
+    """``fn()``, retried while SQLite answers "database is locked" without
+    waiting itself (opening a new WAL store while another process sets it up)."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.01
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
 
 class _Tx:
