@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import json.encoder
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
+from ._memo import Lazy, TextMemo
 from .ir import FORMAT, VERSION, Graph
 
 __all__ = ["encode_graph"]
@@ -24,49 +25,10 @@ _dump: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_asc
 _str: Callable[[str], str] = json.encoder.encode_basestring  # what that encoder does for a str
 
 
-class _Strings(dict):
-    """str | None -> its JSON text, made on first use."""
-
-    def __missing__(self, x: Optional[str]) -> str:
-        t = self[x] = _dump(x)
-        return t
-
-
-class _Shapes(dict):
-    """A tuple of ints -> its JSON text."""
-
-    def __missing__(self, xs: tuple) -> str:
-        t = self[xs] = ("[" + ",".join(map(str, xs)) + "]" if all(type(x) is int for x in xs)
-                        else _dump(list(xs)))
-        return t
-
-
-class _Texts:
-    """JSON text of objects that nodes share (sources, args dicts): per object
-    within one document (the graph holds them alive meanwhile), then per value
-    across documents, since a training loop repeats its sources and args every
-    step. The cross-document memo is bounded (cleared when full)."""
-
-    def __init__(self, key: Callable[[Any], Any], make: Callable[[Any], str], memo: Dict[Any, str]) -> None:
-        self.by_id: Dict[int, str] = {}
-        self.key, self.make, self.memo = key, make, memo
-
-    def text(self, x: Any) -> str:
-        t = self.by_id.get(id(x))
-        if t is None:
-            k = self.key(x)
-            t = self.memo.get(k)
-            if t is None:
-                if len(self.memo) >= _MEMO_MAX:
-                    self.memo.clear()
-                t = self.memo[k] = self.make(x)
-            self.by_id[id(x)] = t
-        return t
-
-
-_MEMO_MAX = 8192
-_SOURCE_TEXT: Dict[Any, str] = {}  # Source (frozen, hashable) -> JSON
-_ARGS_TEXT: Dict[Any, str] = {}    # repr(args) -> JSON: equal reprs of JSON-safe values are equal JSON
+# cross-graph memos for TextMemo: Source (frozen, hashable) / repr(args) -> JSON
+# (equal reprs of JSON-safe values are equal JSON)
+_SOURCE_TEXT: Dict[Any, str] = {}
+_ARGS_TEXT: Dict[Any, str] = {}
 
 
 def _source(src: Any) -> str:
@@ -82,6 +44,10 @@ def _int(x: Any) -> str:
     return str(x) if type(x) is int else _dump(x)
 
 
+def _shape(xs: tuple) -> str:
+    return "[" + ",".join(map(_int, xs)) + "]"
+
+
 def _args(a: Any) -> str:
     return _dump(a if type(a) is dict else dict(a))
 
@@ -94,21 +60,20 @@ def _witness(w: Any) -> str:
     return '{"value":' + _dump(w.value) + "}"
 
 
-def _ids(s: _Strings, ids: List[str]) -> None:
+def _ids(s: Lazy, ids: List[str]) -> None:
     """Put a table's ids into the string cache in one pass (each is used
     two or three times: its own entry, then references)."""
     s.update(zip(ids, map(_str, ids)))
 
 
 def encode_graph(g: Graph) -> str:
-    s = _Strings()
-    s[None] = "null"
+    s = Lazy(_dump)  # str | None -> its JSON text
     for table in (g.modules, g.values, g.nodes, g.autograd.nodes):
         _ids(s, [x.id for x in table])
     S = s.__getitem__
-    shape = _Shapes()
-    src = _Texts(lambda x: x, _source, _SOURCE_TEXT).text
-    args = _Texts(repr, _args, _ARGS_TEXT).text
+    shape = Lazy(_shape)
+    src = TextMemo(lambda x: x, _source, _SOURCE_TEXT).text
+    args = TextMemo(repr, _args, _ARGS_TEXT).text
     out: List[str] = [f'{{"format":{_dump(FORMAT)},"version":{_dump(list(VERSION))},"meta":{_dump(dict(g.meta))}'
                       ',"modules":[']
     out.append(",".join([

@@ -24,6 +24,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping
 
+from ._memo import Lazy, TextMemo
 from .align import is_bookkeeping
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,23 +71,8 @@ def _refs(g: "Graph", skip: List[bool]) -> Dict[str, str]:
 
 
 _NAMED = ("param", "buffer", "input")
-# repr(args) -> canonical_args(args), kept across graphs (a training loop
-# repeats its sizes and flags every step): equal reprs of JSON-safe values are
-# equal canonical JSON. Bounded: cleared when full.
+# repr(args) -> canonical_args(args), kept across graphs (see _memo.TextMemo)
 _CANONICAL: Dict[str, str] = {}
-_CANONICAL_MAX = 8192
-
-
-class _Memo(dict):
-    """key -> text, made once per ``fingerprints`` call."""
-
-    def __init__(self, make: Any) -> None:
-        super().__init__()
-        self.make = make
-
-    def __missing__(self, key: Any) -> str:
-        t = self[key] = self.make(key)
-        return t
 
 
 def fingerprints(g: "Graph") -> Dict[str, str]:
@@ -95,9 +81,9 @@ def fingerprints(g: "Graph") -> Dict[str, str]:
     refs = _refs(g, skip)
     mod_path = {m.id: m.path for m in g.modules}
     mod_path[None] = "-"
-    type_text = _Memo(lambda key: f"{key[0]}{list(key[1])}")
+    type_text = Lazy(lambda key: f"{key[0]}{list(key[1])}")
     types = {v.id: type_text[v.dtype, v.shape] for v in g.values}
-    args_by_id: Dict[int, str] = {}  # g keeps its args dicts alive meanwhile
+    canonical = TextMemo(repr, canonical_args, _CANONICAL).text  # the builder shares equal args dicts
     ref, typ = refs.__getitem__, types.__getitem__
     structure: List[str] = []
     shapes: List[str] = []
@@ -106,18 +92,7 @@ def fingerprints(g: "Graph") -> Dict[str, str]:
             continue
         token = f"{n.op}|{n.phase}|{mod_path.get(n.module, '')}|{','.join(map(ref, n.inputs))}|{len(n.outputs)}"
         structure.append(token)
-        if n.args:
-            a = args_by_id.get(id(n.args))  # the builder shares equal args dicts between nodes
-            if a is None:
-                key = repr(n.args)
-                a = _CANONICAL.get(key)
-                if a is None:
-                    if len(_CANONICAL) >= _CANONICAL_MAX:
-                        _CANONICAL.clear()
-                    a = _CANONICAL[key] = canonical_args(n.args)
-                args_by_id[id(n.args)] = a
-        else:
-            a = "{}"
+        a = canonical(n.args) if n.args else "{}"
         shapes.append(f"{token}#{';'.join(map(typ, n.inputs))}{';' if n.inputs and n.outputs else ''}"
                       f"{';'.join(map(typ, n.outputs))}#{a}")
     tail = "out:" + ",".join(map(ref, g.outputs))
@@ -139,8 +114,3 @@ def canonical_args(args: Mapping[str, Any]) -> str:
     (every rank runs the same program: ranks compare by fingerprint)."""
     return canonical_json({k: ({g: x for g, x in v.items() if g != "group_rank"} if isinstance(v, dict) else v)
                            for k, v in args.items()})
-
-
-def _type(g: "Graph", vid: str) -> str:
-    v = g.value(vid)
-    return f"{v.dtype}{list(v.shape)}"

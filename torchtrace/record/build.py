@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .._memo import Lazy
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
@@ -109,22 +110,16 @@ def line_of(code: Any, lasti: int) -> int:
     return table[1][k] if k >= 0 else code.co_firstlineno
 
 
-class _Names(dict):
+def _ir_name(x: Any) -> str:
     """dtype / device -> its IR string (``float32``, ``cuda:0``)."""
-
-    def __missing__(self, x: Any) -> str:
-        t = self[x] = str(x).replace("torch.", "")
-        return t
+    return str(x).replace("torch.", "")
 
 
-class _Sources(dict):
-    """(code, f_lasti) -> Source, shared by every op recorded there."""
-
-    def __missing__(self, key: Tuple[Any, int]) -> Optional[Source]:
-        code, lasti = key
-        s = self[key] = None if code is None else Source(code.co_filename, line_of(code, lasti),
-                                                         getattr(code, "co_qualname", code.co_name))
-        return s
+def _source(key: Tuple[Any, int]) -> Optional[Source]:
+    """(code, f_lasti) -> Source; one object shared by every op recorded there."""
+    code, lasti = key
+    return None if code is None else Source(code.co_filename, line_of(code, lasti),
+                                            getattr(code, "co_qualname", code.co_name))
 
 
 def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) -> bool:
@@ -157,7 +152,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     events = mode.events
     infos = [BY_INDEX[ev[E_INFO]] for ev in events]
     vmeta = mode.vmeta
-    sources = _Sources()
+    sources = Lazy(_source)
 
     # -- value links: views alias their input's base; versions keep the base --
     alias_root: Dict[int, int] = {}
@@ -180,7 +175,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     created = ag.created_by_op
 
     vid_str = [f"v{i}" for i in range(len(vmeta))]
-    text = _Names()
+    text = Lazy(_ir_name)
     values: List[Value] = []
     version_role: Dict[int, Tuple[str, Optional[str]]] = {}
     for vid, rec in enumerate(vmeta):
