@@ -260,14 +260,11 @@ class Capture:
                 roots.append(fn)
         return roots
 
-    def vid_of(self, t: Any) -> Optional[int]:
-        return self.mode.vid_of(t)
-
     def name_of(self, t: Any) -> Optional[str]:
         e = self.names.get(id(t))
         if e is not None and e[0] is t:
             return e[1]
-        vid = self.vid_of(t)
+        vid = self.mode.vid_of(t)
         if vid is not None:
             origin = self.mode.vmeta[vid][V_ORIGIN]
             if origin is not None and origin[0] == "ext":

@@ -153,7 +153,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                 owner[ptr] = aid
                 saved[aid] = saved.get(aid, 0) + nbytes
 
-    vid_of = capture.vid_of
+    vid_of = mode.vid_of
     nodes: List[AutogradNode] = []
     grads: List[GradInfo] = []
     executed_keys = set(tracker.executed)

@@ -81,7 +81,6 @@ class RecordingMode(TorchDispatchMode):
         self.off = False
         self.max_ops = capture.max_ops
         self.engine_codes: Dict[Any, bool] = {}
-        self.names = capture.names  # id(tensor) -> (tensor, qualified name, role)
         self.reset()
 
     def reset(self) -> None:
@@ -241,8 +240,7 @@ class RecordingMode(TorchDispatchMode):
         """First sight of a tensor no op of this pass produced."""
         if not isinstance(t, _Tensor):
             return -1
-        e = self.names.get(id(t))  # a param or buffer of a traced module: the common case
-        role, name = (e[2], e[1]) if e is not None and e[0] is t else self.capture.classify_external(t, frame, info)
+        role, name = self.capture.classify_external(t, frame, info)
         return self._add_value(t, ("ext", role, name, t.requires_grad))
 
     def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
@@ -253,15 +251,16 @@ class RecordingMode(TorchDispatchMode):
         self.vmap[id(t)] = vid
         return vid
 
-    def _vid(self, t: Any, frame: Any, info: Any) -> int:
-        """The value id of tensor ``t`` (the hot path inlines this for plain args)."""
-        v = self.vmap.get(id(t))
-        return v if v is not None and self.vrefs[v]() is t else self._external(t, frame, info)
-
     def vid_of(self, t: Any) -> Optional[int]:
-        """The value id of tensor ``t`` if this pass has seen it, else None."""
+        """The value id of tensor ``t`` if this pass has seen it, else None
+        (the hot path inlines this for plain args)."""
         v = self.vmap.get(id(t))
         return v if v is not None and self.vrefs[v]() is t else None
+
+    def _vid(self, t: Any, frame: Any, info: Any) -> int:
+        """The value id of tensor ``t``, a new external value if unseen."""
+        v = self.vid_of(t)
+        return v if v is not None else self._external(t, frame, info)
 
     def live(self) -> Dict[int, Any]:
         """value id -> its tensor (None if dead), for the latest version of every tensor seen."""
