@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 import torch
@@ -19,7 +20,6 @@ from torch.nn.modules.module import register_module_forward_hook, register_modul
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
 
-_MISSING = object()
 _task_id = torch._C._current_graph_task_id
 _get_ident = threading.get_ident
 
@@ -38,9 +38,10 @@ class ModuleScope:
         self.capture = capture
         self.depth = 0  # open module calls, kept even while not recording
         self.handles: List[Any] = []
-        self.child_names: dict = {}
-        self.paths: dict = {}   # (parent path, id(module)) -> path
-        self.kinds: dict = {}   # id(module) -> (module, type name, is OptimizedModule)
+        # id-keyed caches confirm the module through a weak reference (a recycled id
+        # never hits; a module made on the fly is not kept alive by them)
+        self.paths: dict = {}   # (parent path, id(module)) -> (weakref, path)
+        self.kinds: dict = {}   # id(module) -> (weakref, type name, is OptimizedModule)
 
     def install(self) -> None:
         self.handles = [register_module_forward_pre_hook(self._pre),
@@ -55,18 +56,16 @@ class ModuleScope:
     def _kind(self, module: torch.nn.Module) -> Tuple[Any, str, bool]:
         """(module, type name, is a torch.compile wrapper), cached per module object."""
         k = self.kinds.get(id(module))
-        if k is None or k[0] is not module:
+        if k is None or k[0]() is not module:
             name = type(module).__name__
-            k = self.kinds[id(module)] = (module, name, name == "OptimizedModule")
+            k = self.kinds[id(module)] = (weakref.ref(module), name, name == "OptimizedModule")
         return k
 
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
         cap = self.capture
         if _get_ident() != cap.tid:
             return None
-        kind = self.kinds.get(id(module))
-        if kind is None or kind[0] is not module:
-            kind = self._kind(module)
+        kind = self._kind(module)
         if kind[2]:  # torch.compile wrapper: transparent
             cap.compiled = True
             return None
@@ -79,9 +78,11 @@ class ModuleScope:
         stack = mode.stack
         if stack:
             parent = stack[-1]
-            path = self.paths.get((parent[2], id(module)))
-            if path is None:
-                path = self.paths[(parent[2], id(module))] = self.path_of(module, parent)
+            key = (parent[2], id(module))
+            e = self.paths.get(key)
+            if e is None or e[0]() is not module:
+                e = self.paths[key] = (weakref.ref(module), self.path_of(module, parent))
+            path = e[1]
         else:
             parent = None
             path = self.path_of(module, None)
@@ -95,10 +96,7 @@ class ModuleScope:
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture
-        if _get_ident() != cap.tid:
-            return None
-        kind = self.kinds.get(id(module))
-        if (kind[2] if kind is not None and kind[0] is module else self._kind(module)[2]):
+        if _get_ident() != cap.tid or self._kind(module)[2]:
             return None
         self.depth = max(0, self.depth - 1)
         stack = cap.mode.stack
@@ -120,11 +118,7 @@ class ModuleScope:
         cap = self.capture
         if parent is not None:
             pmod, ppath = parent[1], parent[2]
-            key = (id(pmod), id(module))
-            name = self.child_names.get(key, _MISSING)
-            if name is _MISSING:
-                name = next((n for n, c in pmod._modules.items() if c is module), None)
-                self.child_names[key] = name
+            name = next((n for n, c in pmod._modules.items() if c is module), None)
             if name is not None:
                 return f"{ppath}.{name}" if ppath else name
         paths = cap.module_paths.get(id(module))
