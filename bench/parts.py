@@ -70,6 +70,33 @@ class EmptySkip(TorchDispatchMode):
 _mark_dynamo_skip(EmptySkip.__torch_dispatch__.__code__)
 
 
+def _between(setup: Callable[[], object], body: Callable[[], object],
+             teardown: Callable[[object], None]) -> Callable[[], None]:
+    """``setup(); body(); teardown(setup's result)``, teardown even if body raises."""
+    def run() -> None:
+        state = setup()
+        try:
+            body()
+        finally:
+            teardown(state)
+    return run
+
+
+def _global_noop_hooks() -> list:
+    return [register_module_forward_pre_hook(lambda m, a: None),
+            register_module_forward_hook(lambda m, a, o: None, always_call=True)]
+
+
+def _our_hooks_alone(c: Capture) -> None:
+    c.scope.install()
+    c.mode.off = True
+
+
+def _remove_our_hooks(c: Capture) -> None:
+    c.scope.remove()
+    c.mode.off = False
+
+
 def variants(fwd: Callable[[], object], model: torch.nn.Module) -> List[Timed]:
     c = Capture(model)
 
@@ -79,49 +106,14 @@ def variants(fwd: Callable[[], object], model: torch.nn.Module) -> List[Timed]:
                 fwd()
         return run
 
-    def torch_hooks() -> None:
-        handles = [register_module_forward_pre_hook(lambda m, a: None),
-                   register_module_forward_hook(lambda m, a, o: None, always_call=True)]
-        try:
-            fwd()
-        finally:
-            for h in handles:
-                h.remove()
-
-    def hooks() -> None:
-        c.scope.install()
-        c.mode.off = True
-        try:
-            fwd()
-        finally:
-            c.scope.remove()
-            c.mode.off = False
-
-    def mode_only() -> None:
-        c.push_mode()
-        try:
-            fwd()
-        finally:
-            c.pop_mode()
-
-    def capture() -> None:
-        c.start()
-        try:
-            fwd()
-        finally:
-            c.stop()
-
-    def capture_nogc() -> None:
-        gc.disable()
-        try:
-            capture()
-        finally:
-            gc.enable()
-
+    capture = _between(c.start, fwd, lambda _: c.stop())
     reset = c.new_pass
     return [Timed("plain", fwd), Timed("empty", in_mode(Empty)), Timed("empty-skip", in_mode(EmptySkip)),
-            Timed("torch-hooks", torch_hooks), Timed("hooks", hooks), Timed("mode", mode_only, before=reset), Timed("capture", capture, before=reset),
-            Timed("capture-nogc", capture_nogc, before=reset)]
+            Timed("torch-hooks", _between(_global_noop_hooks, fwd, lambda hs: [h.remove() for h in hs])),
+            Timed("hooks", _between(lambda: _our_hooks_alone(c), fwd, lambda _: _remove_our_hooks(c))),
+            Timed("mode", _between(c.push_mode, fwd, lambda _: c.pop_mode()), before=reset),
+            Timed("capture", capture, before=reset),
+            Timed("capture-nogc", _between(gc.disable, capture, lambda _: gc.enable()), before=reset)]
 
 
 def _report(title: str, n: int, reps: int, med: Dict[str, float]) -> None:
@@ -145,16 +137,16 @@ def backward_parts(name: str, w: models.Workload, reps: int) -> None:
     c = Capture(w.model)
     walk = tracker.AutogradTracker.walk
 
+    def patch(walk_: Callable) -> None:
+        tracker.AutogradTracker.walk = walk_
+        c.start()
+
+    def unpatch(_: object) -> None:
+        c.stop()
+        tracker.AutogradTracker.walk = walk
+
     def capture(patched: Callable) -> Callable[[], None]:
-        def run() -> None:
-            tracker.AutogradTracker.walk = patched
-            c.start()
-            try:
-                step()
-            finally:
-                c.stop()
-                tracker.AutogradTracker.walk = walk
-        return run
+        return _between(lambda: patch(patched), step, unpatch)
 
     def reset() -> None:
         c.new_pass()

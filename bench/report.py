@@ -1,7 +1,7 @@
 """Tables and target checks for bench.py results."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 TARGETS = {
     "capture_vs_empty_fwd": {"mlp": 1.3, "gpt2-tiny": 1.3, "gpt2-small": 1.05},
@@ -26,6 +26,45 @@ def _ms(d: Dict[str, float]) -> str:
     return f"{d['median_s'] * 1e3:.3g} ± {d['iqr_s'] * 1e3:.2g}"
 
 
+def _table(L: List[str], title: str, head: str, sep: str, rows: Iterable[str]) -> None:
+    """A markdown section: title, header, alignment row, rows, blank line."""
+    L.extend([title, head, sep, *rows, ""])
+
+
+def _pass(r: Dict[str, Any]) -> str:
+    return "fwd" if r["phase"] == "fwd" else "fwd+bwd"
+
+
+def _overhead_row(r: Dict[str, Any], ext: Dict[str, Any]) -> str:
+    e = ext.get(r["model"], {}) if r["phase"] == "fwd" else {}
+    tv = _f(e.get("torchview_x_empty"), "{:.1f}") if r["phase"] == "fwd" else "—"
+    tl = _f(e.get("torchlens_x_empty"), "{:.0f}") if r["phase"] == "fwd" else "—"
+    return (f"| {r['model']} | {_pass(r)} | {r['ops']} "
+            f"| {_ms(r['times']['plain'])} | {r['empty_x_plain']:.2f} | {r['capture_x_plain']:.2f} "
+            f"| **{r['capture_x_empty']:.2f}** | {r['trace_x_plain']:.2f} "
+            f"| +{r['empty_us_per_op_vs_plain']:.1f} | +{r['capture_us_per_op_vs_plain']:.1f} "
+            f"| +{r['capture_us_per_op_vs_empty']:.1f} | {tv} | {tl} |")
+
+
+def _external_row(m: str, e: Dict[str, Any]) -> str:
+    if "error" in e:
+        return f"| {m} | error: {e['error'][-120:]!r} | | | |"
+    t = e["times"]
+    cells = [f"{_ms(t[tool])} ({e[f'{tool}_x_plain']:.1f}, {e[f'{tool}_x_empty']:.1f})" if tool in t
+             else "n/a (" + e.get(f"{tool}_error", "not installed")[:60] + ")" for tool in ("torchview", "torchlens")]
+    return f"| {m} | {_ms(t['plain'])} | {_ms(t['empty'])} | {cells[0]} | {cells[1]} |"
+
+
+def _memory_row(r: Dict[str, Any], ph: str) -> str:
+    d = r[ph]
+    heap = "n/a (slow model)"
+    if "heap_growth_bytes_per_trace" in r:
+        heap = (f"{r['heap_growth_bytes_per_trace']:.0f} B "
+                f"({r['heap_growth_bytes_per_empty_pass']:.0f} B) over {r['heap_traces']}")
+    return (f"| {r['model']} | {ph} | {d['produced']} | {d['alive_untraced']} | {d['alive_traced']} "
+            f"| **{d['retained_tensors']} ({d['retained_bytes']} B)** | {heap} |")
+
+
 def report(results: Dict[str, Any]) -> str:
     L: List[str] = []
     env = results["env"]
@@ -34,88 +73,50 @@ def report(results: Dict[str, Any]) -> str:
     ov = results.get("overhead", [])
     ext = {e["model"]: e for e in results.get("external", [])}
     if ov:
-        L.append("### Capture overhead (train mode, grad on)\n")
-        L.append("| model | pass | ops | plain ms | empty mode ×plain | capture ×plain | **capture ×empty** "
-                 "| trace() e2e ×plain | empty µs/op | capture µs/op (vs plain) | capture µs/op (vs empty) "
-                 "| torchview ×empty | torchlens ×empty |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in ov:
-            e = ext.get(r["model"], {}) if r["phase"] == "fwd" else {}
-            tv = _f(e.get("torchview_x_empty"), "{:.1f}") if r["phase"] == "fwd" else "—"
-            tl = _f(e.get("torchlens_x_empty"), "{:.0f}") if r["phase"] == "fwd" else "—"
-            L.append(f"| {r['model']} | {'fwd' if r['phase'] == 'fwd' else 'fwd+bwd'} | {r['ops']} "
-                     f"| {_ms(r['times']['plain'])} | {r['empty_x_plain']:.2f} | {r['capture_x_plain']:.2f} "
-                     f"| **{r['capture_x_empty']:.2f}** | {r['trace_x_plain']:.2f} "
-                     f"| +{r['empty_us_per_op_vs_plain']:.1f} | +{r['capture_us_per_op_vs_plain']:.1f} "
-                     f"| +{r['capture_us_per_op_vs_empty']:.1f} | {tv} | {tl} |")
-        L.append("")
-        L.append("### IR build and JSON (per recorded op)\n")
-        L.append("| model | pass | nodes | build µs/op | encode µs/op | **build+encode µs/op** | file save µs/op "
-                 "| **JSON B/op** | gzip B/op |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-        for r in ov:
-            ir = r["ir"]
-            L.append(f"| {r['model']} | {'fwd' if r['phase'] == 'fwd' else 'fwd+bwd'} | {ir['nodes']} "
-                     f"| {ir['build_us_per_op']:.1f} | {ir['encode_us_per_op']:.1f} "
-                     f"| **{ir['build_encode_us_per_op']:.1f}** | {ir['save_us_per_op']:.1f} "
-                     f"| **{_f(ir['json_bytes_per_op'], '{:.0f}')}** | {_f(ir['gz_bytes_per_op'], '{:.0f}')} |")
-        L.append("")
+        _table(L, "### Capture overhead (train mode, grad on)\n",
+               "| model | pass | ops | plain ms | empty mode ×plain | capture ×plain | **capture ×empty** "
+               "| trace() e2e ×plain | empty µs/op | capture µs/op (vs plain) | capture µs/op (vs empty) "
+               "| torchview ×empty | torchlens ×empty |",
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", (_overhead_row(r, ext) for r in ov))
+        _table(L, "### IR build and JSON (per recorded op)\n",
+               "| model | pass | nodes | build µs/op | encode µs/op | **build+encode µs/op** | file save µs/op "
+               "| **JSON B/op** | gzip B/op |",
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+               (f"| {r['model']} | {_pass(r)} | {r['ir']['nodes']} "
+                f"| {r['ir']['build_us_per_op']:.1f} | {r['ir']['encode_us_per_op']:.1f} "
+                f"| **{r['ir']['build_encode_us_per_op']:.1f}** | {r['ir']['save_us_per_op']:.1f} "
+                f"| **{_f(r['ir']['json_bytes_per_op'], '{:.0f}')}** | {_f(r['ir']['gz_bytes_per_op'], '{:.0f}')} |"
+                for r in ov))
     if ext:
-        L.append("### torchview / torchlens (forward, child process)\n")
-        L.append("| model | plain ms | empty ms | torchview ms (×plain, ×empty) | torchlens ms (×plain, ×empty) |")
-        L.append("|---|---:|---:|---:|---:|")
-        for m, e in ext.items():
-            if "error" in e:
-                L.append(f"| {m} | error: {e['error'][-120:]!r} | | | |")
-                continue
-            t = e["times"]
-            cells = []
-            for tool in ("torchview", "torchlens"):
-                if tool in t:
-                    cells.append(f"{_ms(t[tool])} ({e[f'{tool}_x_plain']:.1f}, {e[f'{tool}_x_empty']:.1f})")
-                else:
-                    cells.append("n/a (" + e.get(f"{tool}_error", "not installed")[:60] + ")")
-            L.append(f"| {m} | {_ms(t['plain'])} | {_ms(t['empty'])} | {cells[0]} | {cells[1]} |")
-        L.append("")
+        _table(L, "### torchview / torchlens (forward, child process)\n",
+               "| model | plain ms | empty ms | torchview ms (×plain, ×empty) | torchlens ms (×plain, ×empty) |",
+               "|---|---:|---:|---:|---:|", (_external_row(m, e) for m, e in ext.items()))
     st = results.get("steps", [])
     if st:
-        L.append("### Training step under Recorder(every=K)\n")
-        L.append("| model | plain step ms | **non-sampled ×plain** | sampled step ×plain | "
-                 "next step (build + store) ×plain | samples |")
-        L.append("|---|---:|---:|---:|---:|---:|")
-        for r in st:
-            L.append(f"| {r['model']} | {_ms(r['plain'])} | **{r['nonsampled_x_plain']:.3f}** "
-                     f"| {r['sampled_x_plain']:.2f} | {r['storing_x_plain']:.2f} | {r['nonsampled']['n']} |")
-        L.append("")
+        _table(L, "### Training step under Recorder(every=K)\n",
+               "| model | plain step ms | **non-sampled ×plain** | sampled step ×plain | "
+               "next step (build + store) ×plain | samples |",
+               "|---|---:|---:|---:|---:|---:|",
+               (f"| {r['model']} | {_ms(r['plain'])} | **{r['nonsampled_x_plain']:.3f}** "
+                f"| {r['sampled_x_plain']:.2f} | {r['storing_x_plain']:.2f} | {r['nonsampled']['n']} |" for r in st))
     pt = results.get("posttrace", [])
     if pt:
-        L.append("### Plain forward after a trace ended (three processes, interleaved)\n")
-        L.append("| model | never-traced ms | after-trace ms | **after ×never** | 2nd never-traced ×never "
-                 "| objects left | hooks/modes left |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|")
-        for r in pt:
-            cs = r["child_state"]["traced"]
-            L.append(f"| {r['model']} | {_ms(r['times']['never'])} | {_ms(r['times']['traced'])} "
-                     f"| **{r['traced_x_never_both']:.3f}** | {r['never2_x_never']:.3f} "
-                     f"| {cs['objects_delta'] - r['child_state']['never']['objects_delta']:+d} "
-                     f"| {cs['global_hooks']}/{cs['dispatch_modes']} |")
-        L.append("")
+        _table(L, "### Plain forward after a trace ended (three processes, interleaved)\n",
+               "| model | never-traced ms | after-trace ms | **after ×never** | 2nd never-traced ×never "
+               "| objects left | hooks/modes left |",
+               "|---|---:|---:|---:|---:|---:|---:|",
+               (f"| {r['model']} | {_ms(r['times']['never'])} | {_ms(r['times']['traced'])} "
+                f"| **{r['traced_x_never_both']:.3f}** | {r['never2_x_never']:.3f} "
+                f"| {r['child_state']['traced']['objects_delta'] - r['child_state']['never']['objects_delta']:+d} "
+                f"| {r['child_state']['traced']['global_hooks']}/{r['child_state']['traced']['dispatch_modes']} |"
+                for r in pt))
     mem = results.get("memory", [])
     if mem:
-        L.append("### Memory after a trace block (graph kept, outputs dropped)\n")
-        L.append("| model | pass | tensors produced | alive untraced | alive traced | **retained** | "
-                 "heap growth / trace (/ empty-mode pass) |")
-        L.append("|---|---|---:|---:|---:|---:|---:|")
-        for r in mem:
-            for ph in ("fwd", "fwdbwd"):
-                d = r[ph]
-                heap = "n/a (slow model)"
-                if "heap_growth_bytes_per_trace" in r:
-                    heap = (f"{r['heap_growth_bytes_per_trace']:.0f} B "
-                            f"({r['heap_growth_bytes_per_empty_pass']:.0f} B) over {r['heap_traces']}")
-                L.append(f"| {r['model']} | {ph} | {d['produced']} | {d['alive_untraced']} | {d['alive_traced']} "
-                         f"| **{d['retained_tensors']} ({d['retained_bytes']} B)** | {heap} |")
-        L.append("")
+        _table(L, "### Memory after a trace block (graph kept, outputs dropped)\n",
+               "| model | pass | tensors produced | alive untraced | alive traced | **retained** | "
+               "heap growth / trace (/ empty-mode pass) |",
+               "|---|---|---:|---:|---:|---:|---:|",
+               (_memory_row(r, ph) for r in mem for ph in ("fwd", "fwdbwd")))
     rd = results.get("render")
     if rd is not None:
         L.append("### Render (bench/bench_render.py)\n")
@@ -133,13 +134,9 @@ def report(results: Dict[str, Any]) -> str:
             L.append("")
     tg = results.get("targets")
     if tg:
-        L.append("### Targets (issue #7)\n")
-        L.append("| target | measured | limit | met |")
-        L.append("|---|---:|---:|---|")
-        for t in tg:
-            L.append(f"| {t['what']} | {_f(t['value'], '{:.3g}')} | {t['limit']} "
-                     f"| {'yes' if t['met'] else ('n/a' if t['met'] is None else '**no**')} |")
-        L.append("")
+        _table(L, "### Targets (issue #7)\n", "| target | measured | limit | met |", "|---|---:|---:|---|",
+               (f"| {t['what']} | {_f(t['value'], '{:.3g}')} | {t['limit']} "
+                f"| {'yes' if t['met'] else ('n/a' if t['met'] is None else '**no**')} |" for t in tg))
     return "\n".join(L)
 
 
