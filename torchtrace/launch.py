@@ -157,20 +157,18 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                     console: Optional[Console] = None) -> int:
     """``torchtrace run --nproc-per-node N``: start N ranks through
     ``torch.distributed.run`` (torchrun); every rank records into one store."""
+    from .ranks import rank_report
+    from .store import Store
+
     console = console or Console(stderr=True, emoji=False)
     _check_script(script)
     store_path = _prepare_store(options.out)
-    from .store import Store
-
     Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
     spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
-                       "backward": options.backward, "skip": list(options.skip), "render": options.render,
-                       "max_ops": options.max_ops})
+                       "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "torchtrace.launch", spec, script, *argv]
     code = subprocess.call(cmd)
-    from .ranks import rank_report
-
     with Store(store_path, readonly=True) as store:
         report = rank_report(store)
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} (exit {code}) -> "
@@ -188,7 +186,6 @@ def _worker_main(args: Sequence[str]) -> int:
                          backward=spec["backward"], skip=tuple(spec["skip"]), render=None,
                          max_ops=spec["max_ops"])
     return run_script(args[1], list(args[2:]), options, worker=True)
-
 
 
 def _terminate(signum: int, frame: Any) -> None:
