@@ -445,3 +445,28 @@ def test_while_loop_on_item_is_one_witness_per_check():
     reads = [(n.witness.value, n.source.line) for n in t.graph.witnesses()]
     # 5 -> 2.5 -> 1.25 -> 0.625: three True reads, then the False that ends the loop
     assert reads == [(5.0, line), (2.5, line), (1.25, line), (0.625, line)]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "lstm", "resnet_block", "transformer_encoder"])
+def test_generated_arg_readers_record_what_the_general_loop_records(name, monkeypatch):
+    """The per-schema readers (OpInfo.reader) are a shortcut of RecordingMode._read_args:
+    with them turned off, forward+backward gives the same IR, field for field."""
+    from torchtrace.record import opinfo
+
+    def record():
+        torch.manual_seed(0)
+        model, args, kwargs = CASES[name]()
+        with torchtrace.trace(model) as t:
+            _first(model(*args, **kwargs)).float().sum().backward()
+        d = t.graph.to_dict()
+        d["meta"].pop("created", None)
+        return d, t.graph
+
+    fast, g = record()
+    calls = []
+    monkeypatch.setattr(opinfo.OpInfo, "reader", lambda self, n: calls.append(n) or False)
+    monkeypatch.setattr(opinfo.OpInfo, "readers", property(lambda self: {}))
+    slow, _ = record()
+    assert calls, "the general loop was not used"
+    assert fast == slow
+    assert any(n.args for n in g.nodes) and any(len(n.inputs) > 1 for n in g.nodes)

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import _disable_current_modes, _get_current_di
 from ..ir import Graph
 from .autograd import AutogradTracker
 from .build import build_graph
-from .frames import FrameFilter
+from .frames import frame_filter
 from .mode import V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 
@@ -47,7 +47,7 @@ def _signature(fn: Any) -> Optional[inspect.Signature]:
 class Capture:
     def __init__(self, model: Optional[torch.nn.Module] = None, *, skip: Iterable[str] = (),
                  max_ops: Optional[int] = None) -> None:
-        self.frames = FrameFilter(skip)
+        self.frames = frame_filter(skip)
         self.skip = tuple(str(s) for s in skip)
         self.max_ops = max_ops if max_ops is not None and max_ops > 0 else sys.maxsize
         self.tid = threading.get_ident()

@@ -124,7 +124,7 @@ class RecordingMode(TorchDispatchMode):
             anode = _current_node()
             phase = FORWARD if anode is None else self._backward_phase(anode, icode)
             cache = self.filter_cache
-            if cache.get(icode) is not False:  # the op was not issued by user code itself: walk out
+            if cache.get(id(icode)) is not False:  # the op was not issued by user code itself: walk out
                 key = (id(f), ilasti)
                 if anode is not None and key == self.engine_frame:
                     # issued by the autograd engine for this graph task (its frame is alive until
@@ -133,7 +133,7 @@ class RecordingMode(TorchDispatchMode):
                 else:
                     while f is not None:
                         c = f.f_code
-                        internal = cache.get(c)
+                        internal = cache.get(id(c))
                         if internal is None:
                             internal = self.classify(c)
                         if not internal:
@@ -148,29 +148,11 @@ class RecordingMode(TorchDispatchMode):
 
             vget = self.vmap.get
             vrefs = self.vrefs
-            ins: List[int] = []
-            argv: List[Any] = []
-            scalars = False  # any non-tensor argument? (else the event stores the shared empty tuple)
-            for a, k in zip(args, info.kinds):
-                if k == TENSOR:
-                    v = vget(id(a))
-                    if v is not None and vrefs[v]() is a:
-                        ins.append(v)
-                        argv.append(None)
-                    elif isinstance(a, _Tensor):
-                        ins.append(self._external(a, f, info))
-                        argv.append(None)
-                    else:  # None, or a Python number in a Tensor slot (mul(x, 2))
-                        argv.append(a)
-                        scalars = True
-                elif k == NONTENSOR:  # a list (int[] sizes) as a tuple: events of atomic values leave the GC's scans
-                    argv.append(tuple(a) if type(a) is list else a)
-                    scalars = True
-                else:
-                    argv.append(None)
-                    for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
-                        if t is not None:
-                            ins.append(self._vid(t, f, info))
+            read = info.readers.get(len(args))
+            if read is None:
+                read = info.reader(len(args))
+            r = read(args, vget, vrefs) if read else None
+            ins, argv = r if r is not None else self._read_args(info, args, f)
             kw = None
             if kwargs:
                 kw = {}
@@ -179,7 +161,7 @@ class RecordingMode(TorchDispatchMode):
                     if kw_kinds.get(name, NONTENSOR) == NONTENSOR:
                         kw[name] = a
                     elif isinstance(a, _Tensor):
-                        ins.append(self._vid(a, f, info))
+                        ins += (self._vid(a, f, info),)
             if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
                 # ones_like(loss) from torch.autograd: backward starts now; walk the
                 # graph before any Node runs (and releases its saved tensors)
@@ -213,11 +195,43 @@ class RecordingMode(TorchDispatchMode):
 
         stack = self.stack
         events = self.events
-        events.append((info.index, tuple(ins), tuple(argv) if scalars else (), kw, outs, seq, code, line, icode, ilasti,
+        events.append((info.index, ins, argv, kw, outs, seq, code, line, icode, ilasti,
                        stack[-1][0] if stack else None, anode, phase, extra))
         if len(events) >= self.max_ops:
             self._truncate()
         return out
+
+    def _read_args(self, info: Any, args: tuple, frame: Any) -> tuple:
+        """(input value ids, args with None in tensor slots -- or () when every
+        slot holds tensors): the general case of the generated readers
+        (``OpInfo.reader``), for unseen tensors, None or numbers in Tensor
+        slots, and tensor lists."""
+        vget = self.vmap.get
+        vrefs = self.vrefs
+        ins: List[int] = []
+        argv: List[Any] = []
+        scalars = False  # any non-tensor argument? (else the event stores the shared empty tuple)
+        for a, k in zip(args, info.kinds):
+            if k == TENSOR:
+                v = vget(id(a))
+                if v is not None and vrefs[v]() is a:
+                    ins.append(v)
+                    argv.append(None)
+                elif isinstance(a, _Tensor):
+                    ins.append(self._external(a, frame, info))
+                    argv.append(None)
+                else:  # None, or a Python number in a Tensor slot (mul(x, 2))
+                    argv.append(a)
+                    scalars = True
+            elif k == NONTENSOR:  # a list (int[] sizes) as a tuple: events of atomic values leave the GC's scans
+                argv.append(tuple(a) if type(a) is list else a)
+                scalars = True
+            else:
+                argv.append(None)
+                for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
+                    if t is not None:
+                        ins.append(self._vid(t, frame, info))
+        return tuple(ins), tuple(argv) if scalars else ()
 
     def _outputs(self, info: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
         """Value ids for the outputs of an op that writes, returns several

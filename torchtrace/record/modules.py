@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
@@ -22,6 +22,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _task_id = torch._C._current_graph_task_id
 _get_ident = threading.get_ident
+
+
+# Shared by every trace (a fresh trace would otherwise pay ~0.1 ms to name a GPT-2's
+# modules, bench/): id-keyed, each entry confirms its modules through weak references
+# (a recycled id never hits, no module is kept alive), cleared when large.
+_KINDS: Dict[int, tuple] = {}         # id(module) -> (weakref, type name, is OptimizedModule)
+_CHILD_PATHS: Dict[tuple, tuple] = {}  # (id(parent), parent path, id(module)) -> (ref, parent ref, path)
+_MAX_ENTRIES = 50000
+
+
+def _remember(table: Dict[Any, tuple], key: Any, entry: tuple) -> tuple:
+    if len(table) >= _MAX_ENTRIES:
+        table.clear()
+    table[key] = entry
+    return entry
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -38,10 +53,6 @@ class ModuleScope:
         self.capture = capture
         self.depth = 0  # open module calls, kept even while not recording
         self.handles: List[Any] = []
-        # id-keyed caches confirm the module through a weak reference (a recycled id
-        # never hits; a module made on the fly is not kept alive by them)
-        self.paths: dict = {}   # (parent path, id(module)) -> (weakref, path)
-        self.kinds: dict = {}   # id(module) -> (weakref, type name, is OptimizedModule)
 
     def install(self) -> None:
         self.handles = [register_module_forward_pre_hook(self._pre),
@@ -55,10 +66,10 @@ class ModuleScope:
     # -- hooks -----------------------------------------------------------------
     def _kind(self, module: torch.nn.Module) -> Tuple[Any, str, bool]:
         """(module, type name, is a torch.compile wrapper), cached per module object."""
-        k = self.kinds.get(id(module))
+        k = _KINDS.get(id(module))
         if k is None or k[0]() is not module:
             name = type(module).__name__
-            k = self.kinds[id(module)] = (weakref.ref(module), name, name == "OptimizedModule")
+            k = _remember(_KINDS, id(module), (weakref.ref(module), name, name == "OptimizedModule"))
         return k
 
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
@@ -78,11 +89,9 @@ class ModuleScope:
         stack = mode.stack
         if stack:
             parent = stack[-1]
-            key = (parent[2], id(module))
-            e = self.paths.get(key)
-            if e is None or e[0]() is not module:
-                e = self.paths[key] = (weakref.ref(module), self.path_of(module, parent))
-            path = e[1]
+            key = (id(parent[1]), parent[2], id(module))
+            e = _CHILD_PATHS.get(key)
+            path = e[2] if e is not None and e[0]() is module and e[1]() is parent[1] else self._path(key, module, parent)
         else:
             parent = None
             path = self.path_of(module, None)
@@ -96,15 +105,18 @@ class ModuleScope:
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture
-        if _get_ident() != cap.tid or self._kind(module)[2]:
+        if _get_ident() != cap.tid:
             return None
-        self.depth = max(0, self.depth - 1)
         stack = cap.mode.stack
         if stack and stack[-1][1] is module:  # the usual case: the innermost call returns
+            self.depth -= 1
             del stack[-1]
             if not stack:
                 cap.on_root_return(output)
             return None
+        if self._kind(module)[2]:  # a torch.compile wrapper was never pushed
+            return None
+        self.depth = max(0, self.depth - 1)
         for j in range(len(stack) - 1, -1, -1):  # an exception skipped some post-hooks
             if stack[j][1] is module:
                 del stack[j:]
@@ -114,6 +126,15 @@ class ModuleScope:
         return None
 
     # -- names -----------------------------------------------------------------
+    def _path(self, key: tuple, module: torch.nn.Module, parent: tuple) -> str:
+        """``path_of`` for a call under ``parent``, remembered by every trace when
+        the parent holds the module as a child (a pure function of the two modules
+        and the parent's path; other answers depend on this trace's roots)."""
+        path = self.path_of(module, parent)
+        if any(c is module for c in parent[1]._modules.values()):
+            _remember(_CHILD_PATHS, key, (weakref.ref(module), weakref.ref(parent[1]), path))
+        return path
+
     def path_of(self, module: torch.nn.Module, parent: Optional[tuple]) -> str:
         cap = self.capture
         if parent is not None:

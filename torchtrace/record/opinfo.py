@@ -6,7 +6,7 @@ per-op hot path does a single dict lookup.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -43,7 +43,7 @@ class OpInfo:
     """Facts about one overload; slots for fast attribute access on the hot path."""
 
     __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "decompose",
-                 "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call")
+                 "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call", "readers")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
@@ -103,6 +103,46 @@ class OpInfo:
         self.is_detach = self.name in ("aten.detach.default", "aten.detach_.default")
         # autograd seeds backward with ones_like(loss) from torch.autograd._make_grads
         self.is_seed = self.name == "aten.ones_like.default"
+        self.readers: Dict[int, Any] = {}  # len(args) -> generated reader, or False (see reader())
+
+    def reader(self, n: int) -> Any:
+        """The positional-argument reader for calls with ``n`` args, made once."""
+        r = self.readers.get(n)
+        if r is None:
+            r = self.readers[n] = _make_reader(self.kinds[:n]) if n <= len(self.kinds) else False
+        return r
+
+
+def _make_reader(kinds: Tuple[int, ...]) -> Any:
+    """Straight-line code for the common call: every Tensor slot holds a tensor
+    this pass has seen, every other slot a plain value. ``read(args, vget,
+    vrefs)`` returns ``(input value ids, args with None in Tensor slots)`` --
+    what ``RecordingMode._read_args`` returns -- or None when a Tensor slot
+    holds anything else (an unseen tensor, None, a number): the general loop
+    takes over. False for schemas with tensor lists (always the general loop).
+
+    Like torch.fx's generated ``forward``: per schema, not per op, so the
+    loop over kinds, its branches and the list appends are paid once."""
+    if any(k not in (NONTENSOR, TENSOR) for k in kinds):
+        return False
+    n = len(kinds)
+    names = [f"a{i}" for i in range(n)]
+    body = [f"    {', '.join(names)}{',' if n == 1 else ''} = args"] if n else []
+    ins, argv = [], []
+    for i, k in enumerate(kinds):
+        if k == TENSOR:
+            body += [f"    v{i} = vget(id(a{i}))",
+                     f"    if v{i} is None or vrefs[v{i}]() is not a{i}:",
+                     "        return None"]
+            ins.append(f"v{i}")
+            argv.append("None")
+        else:  # a list (int[] sizes) as a tuple: events of atomic values leave the GC's scans
+            argv.append(f"(tuple(a{i}) if type(a{i}) is list else a{i})")
+    scalars = f"({', '.join(argv)},)" if NONTENSOR in kinds else "()"
+    body.append(f"    return ({', '.join(ins)}{',' if ins else ''}), {scalars}")
+    ns: Dict[str, Any] = {}
+    exec(compile("def read(args, vget, vrefs):\n" + "\n".join(body), "<torchtrace reader>", "exec"), {}, ns)
+    return ns["read"]
 
 
 # Keyed by id(func): OpOverload.__hash__ is a Python method (hash(self._op)),
