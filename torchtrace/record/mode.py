@@ -76,6 +76,7 @@ class RecordingMode(TorchDispatchMode):
     def __init__(self, capture: "Capture") -> None:
         super().__init__()
         self.capture = capture
+        self.names = capture.names  # id -> (tensor, qualified name, role) of registered params and buffers
         self.filter_cache = capture.frames.cache
         self.classify = capture.frames.internal
         self.off = False
@@ -243,7 +244,7 @@ class RecordingMode(TorchDispatchMode):
         ] if type(out) is tuple or type(out) is list else []
         for t in tensors:
             # written tensors already got their new version; never `in`: it would call Tensor.__eq__
-            if isinstance(t, _Tensor) and not any(t is m for m in mutated):
+            if isinstance(t, _Tensor) and not (mutated and any(t is m for m in mutated)):
                 outs.append(self._add_value(t, None))
         return tuple(outs)
 
@@ -254,6 +255,9 @@ class RecordingMode(TorchDispatchMode):
         """First sight of a tensor no op of this pass produced."""
         if not isinstance(t, _Tensor):
             return -1
+        known = self.names.get(id(t))  # params and buffers: most outside tensors
+        if known is not None and known[0] is t:
+            return self._add_value(t, ("ext", known[2], known[1], t.requires_grad))
         role, name = self.capture.classify_external(t, frame, info)
         return self._add_value(t, ("ext", role, name, t.requires_grad))
 
