@@ -101,14 +101,22 @@ class Timed(Variant):
     def run(self) -> float:
         fn = self.fn
         t0 = _perf()
-        fn()
+        self.out = fn()  # freed after the clock stops, in every variant (see interleave)
         return _perf() - t0
+
+    def after(self) -> None:
+        self.out = None
 
 
 def interleave(variants: Sequence[Variant], reps: int, warmup: int = 3, collect: bool = True,
                deadline: Optional[float] = None) -> Dict[str, Stats]:
     """Run every variant ``warmup`` times, then ``reps`` rounds with one
-    sample of each variant per round, in a rotating order."""
+    sample of each variant per round, in a rotating order.
+
+    A variant whose pass returns something (a forward's output) keeps it until
+    the clock has stopped and frees it in ``after()``: freeing an output frees
+    its autograd graph, and every variant must count that the same way (the
+    capture keeps its output alive for the IR build)."""
     for v in variants:
         for _ in range(warmup):
             v.before()

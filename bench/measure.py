@@ -138,8 +138,11 @@ class EmptyVariant(Variant):
         fn = self.fn
         t0 = _perf()
         with Empty():
-            fn()
+            self.out = fn()
         return _perf() - t0
+
+    def after(self) -> None:
+        self.out = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,12 +71,13 @@ _mark_dynamo_skip(EmptySkip.__torch_dispatch__.__code__)
 
 
 def _between(setup: Callable[[], object], body: Callable[[], object],
-             teardown: Callable[[object], None]) -> Callable[[], None]:
-    """``setup(); body(); teardown(setup's result)``, teardown even if body raises."""
-    def run() -> None:
+             teardown: Callable[[object], None]) -> Callable[[], object]:
+    """``setup(); body(); teardown(setup's result)``, teardown even if body raises;
+    returns what body returned (``Timed`` frees it after the clock stops)."""
+    def run() -> object:
         state = setup()
         try:
-            body()
+            return body()
         finally:
             teardown(state)
     return run
@@ -100,10 +101,10 @@ def _remove_our_hooks(c: Capture) -> None:
 def variants(fwd: Callable[[], object], model: torch.nn.Module) -> List[Timed]:
     c = Capture(model)
 
-    def in_mode(mode_cls: type) -> Callable[[], None]:
-        def run() -> None:
+    def in_mode(mode_cls: type) -> Callable[[], object]:
+        def run() -> object:
             with mode_cls():
-                fwd()
+                return fwd()
         return run
 
     capture = _between(c.start, fwd, lambda _: c.stop())
