@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import bisect
 import math
-import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .._memo import Lazy
+from .._memo import MEMO_MAX, Lazy
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
@@ -90,24 +89,17 @@ class _ArgsCache(dict):
         return a
 
 
-_LINE_TABLES: "weakref.WeakKeyDictionary[Any, Tuple[List[int], List[int]]]" = weakref.WeakKeyDictionary()
-
-
 def line_of(code: Any, lasti: int) -> int:
     """The line of the instruction at byte offset ``lasti`` (what ``f_lineno``
-    gives for a frame stopped there), from ``co_lines()`` (Python 3.10+),
-    bisected in a table kept per code object."""
+    gives for a frame stopped there), from ``co_lines()`` (Python 3.10+)."""
     if lasti < 0:
         return 0
-    table = _LINE_TABLES.get(code)
-    if table is None:
-        starts, lines = [], []
-        for start, _end, line in code.co_lines():
-            starts.append(start)
-            lines.append(line if line is not None else 0)
-        table = _LINE_TABLES[code] = (starts, lines)
-    k = bisect.bisect_right(table[0], lasti) - 1
-    return table[1][k] if k >= 0 else code.co_firstlineno
+    starts, lines = [], []
+    for start, _end, line in code.co_lines():
+        starts.append(start)
+        lines.append(line if line is not None else 0)
+    k = bisect.bisect_right(starts, lasti) - 1
+    return lines[k] if k >= 0 else code.co_firstlineno
 
 
 def _ir_name(x: Any) -> str:
@@ -115,11 +107,24 @@ def _ir_name(x: Any) -> str:
     return str(x).replace("torch.", "")
 
 
+# (id(code), f_lasti) -> (code, Source), kept across passes (a training loop records
+# the same lines every step); holding the code keeps its id from being reused
+_SOURCES: Dict[Tuple[int, int], Tuple[Any, Source]] = {}
+
+
 def _source(key: Tuple[Any, int]) -> Optional[Source]:
-    """(code, f_lasti) -> Source; one object shared by every op recorded there."""
+    """(code, f_lasti) -> Source; one immutable object shared by every op recorded there."""
     code, lasti = key
-    return None if code is None else Source(code.co_filename, line_of(code, lasti),
-                                            getattr(code, "co_qualname", code.co_name))
+    if code is None:
+        return None
+    hit = _SOURCES.get((id(code), lasti))
+    if hit is not None and hit[0] is code:
+        return hit[1]
+    src = Source(code.co_filename, line_of(code, lasti), getattr(code, "co_qualname", code.co_name))
+    if len(_SOURCES) >= MEMO_MAX:
+        _SOURCES.clear()
+    _SOURCES[id(code), lasti] = (code, src)
+    return src
 
 
 def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) -> bool:
