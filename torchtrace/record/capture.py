@@ -25,7 +25,7 @@ from .frames import frame_filter
 from .mode import V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 
-_SIGNATURES: Dict[Any, Optional[inspect.Signature]] = {}
+_SIGNATURES: Dict[Any, Optional[Tuple[inspect.Signature, Tuple[str, ...]]]] = {}
 
 
 def grad_mode() -> str:
@@ -34,14 +34,38 @@ def grad_mode() -> str:
     return "train" if torch.is_grad_enabled() else "no_grad"
 
 
-def _signature(fn: Any) -> Optional[inspect.Signature]:
+def _signature(fn: Any) -> Optional[Tuple[inspect.Signature, Tuple[str, ...]]]:
+    """(signature, names of the leading plain positional parameters), per function."""
     key = getattr(fn, "__func__", fn)
     if key not in _SIGNATURES:
         try:
-            _SIGNATURES[key] = inspect.signature(fn)
+            sig = inspect.signature(fn)
+            plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            names = []
+            for p in sig.parameters.values():
+                if p.kind not in plain:
+                    break
+                names.append(p.name)
+            _SIGNATURES[key] = (sig, tuple(names))
         except (TypeError, ValueError):
             _SIGNATURES[key] = None
     return _SIGNATURES[key]
+
+
+def _bind(fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Argument name -> value for a call of ``fn``, as ``Signature.bind_partial``
+    (positional-only calls, the usual root call, skip it: ~1.5 µs per pass)."""
+    sig = _signature(fn)
+    if sig is not None:
+        if not kwargs and len(args) <= len(sig[1]):
+            return dict(zip(sig[1], args))
+        try:
+            return dict(sig[0].bind_partial(*args, **kwargs).arguments)
+        except TypeError:
+            pass
+    bound = {f"arg{i}": a for i, a in enumerate(args)}
+    bound.update(kwargs)
+    return bound
 
 
 class Capture:
@@ -178,15 +202,7 @@ class Capture:
         if not self.had_root_call:
             self.had_root_call = True
             self.pass_grad_mode = grad_mode()
-        sig = _signature(module.forward)
-        try:
-            bound = sig.bind_partial(*args, **kwargs).arguments if sig is not None else None
-        except TypeError:
-            bound = None
-        if bound is None:
-            bound = {f"arg{i}": a for i, a in enumerate(args)}
-            bound.update(kwargs)
-        for name, value in bound.items():
+        for name, value in _bind(module.forward, args, kwargs).items():
             self._name_inputs(value, name, 0)
 
     def _name_inputs(self, value: Any, name: str, depth: int) -> None:

@@ -82,6 +82,7 @@ class RecordingMode(TorchDispatchMode):
         self.off = False
         self.max_ops = capture.max_ops
         self.engine_codes: Dict[Any, bool] = {}
+        self.external = self._external  # bound once: the generated readers call it for unseen tensors
         self.reset()
 
     def reset(self) -> None:
@@ -152,7 +153,7 @@ class RecordingMode(TorchDispatchMode):
             read = info.readers.get(len(args))
             if read is None:
                 read = info.reader(len(args))
-            r = read(args, vget, vrefs) if read else None
+            r = read(args, vget, vrefs, self.external, f, info) if read else None
             ins, argv = r if r is not None else self._read_args(info, args, f)
             kw = None
             if kwargs:
@@ -205,8 +206,7 @@ class RecordingMode(TorchDispatchMode):
     def _read_args(self, info: Any, args: tuple, frame: Any) -> tuple:
         """(input value ids, args with None in tensor slots -- or () when every
         slot holds tensors): the general case of the generated readers
-        (``OpInfo.reader``), for unseen tensors, None or numbers in Tensor
-        slots, and tensor lists."""
+        (``OpInfo.reader``), for None or numbers in Tensor slots and tensor lists."""
         vget = self.vmap.get
         vrefs = self.vrefs
         ins: List[int] = []

@@ -53,6 +53,9 @@ class ModuleScope:
         self.capture = capture
         self.depth = 0  # open module calls, kept even while not recording
         self.handles: List[Any] = []
+        # paths of calls whose parent does not hold the module (a ModuleList's items called
+        # by the list's owner): they depend on this trace's roots, so they are kept here
+        self.other_paths: Dict[tuple, tuple] = {}
 
     def install(self) -> None:
         self.handles = [register_module_forward_pre_hook(self._pre),
@@ -130,9 +133,12 @@ class ModuleScope:
         """``path_of`` for a call under ``parent``, remembered by every trace when
         the parent holds the module as a child (a pure function of the two modules
         and the parent's path; other answers depend on this trace's roots)."""
+        e = self.other_paths.get(key)
+        if e is not None and e[0]() is module and e[1]() is parent[1]:
+            return e[2]
         path = self.path_of(module, parent)
-        if any(c is module for c in parent[1]._modules.values()):
-            _remember(_CHILD_PATHS, key, (weakref.ref(module), weakref.ref(parent[1]), path))
+        table = _CHILD_PATHS if any(c is module for c in parent[1]._modules.values()) else self.other_paths
+        _remember(table, key, (weakref.ref(module), weakref.ref(parent[1]), path))
         return path
 
     def path_of(self, module: torch.nn.Module, parent: Optional[tuple]) -> str:

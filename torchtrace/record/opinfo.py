@@ -114,12 +114,14 @@ class OpInfo:
 
 
 def _make_reader(kinds: Tuple[int, ...]) -> Any:
-    """Straight-line code for the common call: every Tensor slot holds a tensor
-    this pass has seen, every other slot a plain value. ``read(args, vget,
-    vrefs)`` returns ``(input value ids, args with None in Tensor slots)`` --
+    """Straight-line code for the common call: every Tensor slot holds a tensor,
+    every other slot a plain value. ``read(args, vget, vrefs, ext, frame,
+    info)`` returns ``(input value ids, args with None in Tensor slots)`` --
     what ``RecordingMode._read_args`` returns -- or None when a Tensor slot
-    holds anything else (an unseen tensor, None, a number): the general loop
-    takes over. False for schemas with tensor lists (always the general loop).
+    holds anything else (None, a number): the general loop takes over. A
+    tensor this pass has not seen yet gets its value from ``ext(tensor,
+    frame, info)`` (``RecordingMode._external``), in argument order as in the
+    general loop. False for schemas with tensor lists (always the general loop).
 
     Like torch.fx's generated ``forward``: per schema, not per op, so the
     loop over kinds, its branches and the list appends are paid once."""
@@ -133,7 +135,9 @@ def _make_reader(kinds: Tuple[int, ...]) -> Any:
         if k == TENSOR:
             body += [f"    v{i} = vget(id(a{i}))",
                      f"    if v{i} is None or vrefs[v{i}]() is not a{i}:",
-                     "        return None"]
+                     f"        if not isinstance(a{i}, Tensor):",
+                     "            return None",
+                     f"        v{i} = ext(a{i}, frame, info)"]
             ins.append(f"v{i}")
             argv.append("None")
         else:  # a list (int[] sizes) as a tuple: events of atomic values leave the GC's scans
@@ -141,7 +145,8 @@ def _make_reader(kinds: Tuple[int, ...]) -> Any:
     scalars = f"({', '.join(argv)},)" if NONTENSOR in kinds else "()"
     body.append(f"    return ({', '.join(ins)}{',' if ins else ''}), {scalars}")
     ns: Dict[str, Any] = {}
-    exec(compile("def read(args, vget, vrefs):\n" + "\n".join(body), "<torchtrace reader>", "exec"), {}, ns)
+    code = "def read(args, vget, vrefs, ext, frame, info):\n" + "\n".join(body)
+    exec(compile(code, "<torchtrace reader>", "exec"), {"Tensor": torch.Tensor}, ns)
     return ns["read"]
 
 
