@@ -470,3 +470,31 @@ def test_generated_arg_readers_record_what_the_general_loop_records(name, monkey
     assert calls, "the general loop was not used"
     assert fast == slow
     assert any(n.args for n in g.nodes) and any(len(n.inputs) > 1 for n in g.nodes)
+
+
+def test_module_paths_follow_the_model_between_traces():
+    """Module paths are remembered across traces; renaming a child, or moving it
+    into a ModuleList, must show in the next trace."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(x) if hasattr(self, "a") else self.b(x) if hasattr(self, "b") else self.items[0](x)
+
+    net, x = Net(), torch.randn(2, 4)
+
+    def paths():
+        with torchtrace.trace(net) as t:
+            net(x)
+        return [m.path for m in t.graph.modules]
+
+    assert paths() == ["", "a"]
+    lin = net.a
+    del net.a
+    net.b = lin
+    assert paths() == ["", "b"]
+    del net.b
+    net.items = nn.ModuleList([lin])
+    assert paths() == ["", "items.0"]

@@ -28,7 +28,8 @@ _get_ident = threading.get_ident
 # modules, bench/): id-keyed, each entry confirms its modules through weak references
 # (a recycled id never hits, no module is kept alive), cleared when large.
 _KINDS: Dict[int, tuple] = {}         # id(module) -> (weakref, type name, is OptimizedModule)
-_CHILD_PATHS: Dict[tuple, tuple] = {}  # (id(parent), parent path, id(module)) -> (ref, parent ref, path)
+# (id(parent), parent path, id(module)) -> (ref, parent ref, path, attribute name)
+_CHILD_PATHS: Dict[tuple, tuple] = {}
 _MAX_ENTRIES = 50000
 
 
@@ -93,8 +94,9 @@ class ModuleScope:
         if stack:
             parent = stack[-1]
             key = (id(parent[1]), parent[2], id(module))
-            e = _CHILD_PATHS.get(key)
-            path = e[2] if e is not None and e[0]() is module and e[1]() is parent[1] else self._path(key, module, parent)
+            e = _CHILD_PATHS.get(key)  # hit: still the same two modules, still under that attribute
+            path = (e[2] if e is not None and e[0]() is module and e[1]() is parent[1]
+                    and parent[1]._modules.get(e[3]) is module else self._path(key, module, parent))
         else:
             parent = None
             path = self.path_of(module, None)
@@ -131,26 +133,42 @@ class ModuleScope:
     # -- names -----------------------------------------------------------------
     def _path(self, key: tuple, module: torch.nn.Module, parent: tuple) -> str:
         """``path_of`` for a call under ``parent``, remembered by every trace when
-        the parent holds the module as a child (a pure function of the two modules
-        and the parent's path; other answers depend on this trace's roots)."""
+        the parent holds the module as a child (a pure function of the two modules,
+        the attribute and the parent's path; other answers depend on this trace's roots)."""
+        pmod = parent[1]
+        name = _attribute_of(pmod, module)
+        if name is not None:
+            path = _join(parent[2], name)
+            _remember(_CHILD_PATHS, key, (weakref.ref(module), weakref.ref(pmod), path, name))
+            return path
         e = self.other_paths.get(key)
-        if e is not None and e[0]() is module and e[1]() is parent[1]:
+        if e is not None and e[0]() is module and e[1]() is pmod:
             return e[2]
-        path = self.path_of(module, parent)
-        table = _CHILD_PATHS if any(c is module for c in parent[1]._modules.values()) else self.other_paths
-        _remember(table, key, (weakref.ref(module), weakref.ref(parent[1]), path))
+        path = self._registered_path(module, parent)
+        _remember(self.other_paths, key, (weakref.ref(module), weakref.ref(pmod), path))
         return path
 
     def path_of(self, module: torch.nn.Module, parent: Optional[tuple]) -> str:
-        cap = self.capture
         if parent is not None:
-            pmod, ppath = parent[1], parent[2]
-            name = next((n for n, c in pmod._modules.items() if c is module), None)
+            name = _attribute_of(parent[1], module)
             if name is not None:
-                return f"{ppath}.{name}" if ppath else name
-        paths = cap.module_paths.get(id(module))
+                return _join(parent[2], name)
+        return self._registered_path(module, parent)
+
+    def _registered_path(self, module: torch.nn.Module, parent: Optional[tuple]) -> str:
+        """The ``named_modules`` path closest to the caller's (registering an unknown root)."""
+        paths = self.capture.module_paths.get(id(module))
         if paths is None:
-            return cap.register_root(module)
+            return self.capture.register_root(module)
         if parent is None or len(paths) == 1:
             return paths[0]
         return max(paths, key=lambda p: _common_prefix(p, parent[2]))
+
+
+def _attribute_of(parent: torch.nn.Module, module: torch.nn.Module) -> Optional[str]:
+    """The name under which ``parent`` holds ``module``, if it does."""
+    return next((n for n, c in parent._modules.items() if c is module), None)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
