@@ -15,10 +15,6 @@ fwd -- variants of one forward pass (train mode, grad on), interleaved:
                is built untimed before it (as trace() and Recorder always do)
   capture-nogc the same with the cyclic GC off (for scale only: torchtrace
                never turns the GC off while user code runs)
-  capture-discard  ``capture`` whose previous records are thrown away unbuilt
-               just before the sample (no public API does this): the same
-               timed work reads ~0.1 of the empty mode higher on GPT-2 tiny,
-               from the state freeing them leaves the allocator in
 
 bwd -- forward + loss + backward: plain, empty, capture, and capture without
   the execution-order pre-hooks (one per autograd Node) or without the
@@ -119,8 +115,7 @@ def variants(fwd: Callable[[], object], model: torch.nn.Module) -> List[Timed]:
             Timed("hooks", _between(lambda: _our_hooks_alone(c), fwd, lambda _: _remove_our_hooks(c))),
             Timed("mode", _between(c.push_mode, fwd, lambda _: c.pop_mode()), before=reset),
             Timed("capture", capture, before=reset),
-            Timed("capture-nogc", _between(gc.disable, capture, lambda _: gc.enable()), before=reset),
-            Timed("capture-discard", capture, before=c.new_pass)]
+            Timed("capture-nogc", _between(gc.disable, capture, lambda _: gc.enable()), before=reset)]
 
 
 def _report(title: str, n: int, reps: int, med: Dict[str, float]) -> None:
