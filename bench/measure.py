@@ -49,8 +49,9 @@ class CaptureVariant(Variant):
 
     The next sample's ``Capture`` is made right after that, not just before the
     sample: making one walks the model's modules and parameters, which warms
-    the caches the pass then reads (measured: GPT-2 tiny forward ×empty 1.23-1.26
-    with the Capture made just before the clock, 1.27-1.30 made earlier)."""
+    the caches the pass then reads (two same-process comparisons, GPT-2 tiny
+    forward: ×empty 1.23 and 1.24 with the Capture made just before the clock,
+    1.27 and 1.30 made earlier)."""
 
     name = "capture"
 
