@@ -103,7 +103,7 @@ class CaptureVariant(Variant):
         self.nodes.append(len(g.nodes))
         if self.gz_bytes is None:
             self.gz_bytes = len(gzip.compress(data, mtime=0))
-        self.c = self.out = None
+        self.out = None
         self.c = Capture(self.w.model)
 
 

@@ -2,6 +2,7 @@
 
 * ``Lazy(make)``: a dict that fills a missing key with ``make(key)``; a hit
   is one C-level lookup (``lazy[key]``), as in the per-op loops.
+* ``remember(table, key, value)``: the bound every cross-graph table uses.
 * ``TextMemo(key, make, memo)``: the text of objects that nodes share (args
   dicts, sources): per object for one graph (the graph holds them alive
   meanwhile), then per ``key(obj)`` in ``memo``, a dict kept across graphs
@@ -13,6 +14,16 @@ from __future__ import annotations
 from typing import Any, Callable, Dict
 
 MEMO_MAX = 8192
+
+
+def remember(table: Dict[Any, Any], key: Any, value: Any, limit: int = MEMO_MAX) -> Any:
+    """``table[key] = value`` in a cache kept across graphs or traces, cleared
+    when it holds ``limit`` entries (code made on the fly, models built in a
+    loop: none of these tables may grow without bound); returns ``value``."""
+    if len(table) >= limit:
+        table.clear()
+    table[key] = value
+    return value
 
 
 class Lazy(dict):
@@ -36,8 +47,6 @@ class TextMemo:
             k = self.key(x)
             t = self.memo.get(k)
             if t is None:
-                if len(self.memo) >= MEMO_MAX:
-                    self.memo.clear()
-                t = self.memo[k] = self.make(x)
+                t = remember(self.memo, k, self.make(x))
             self.by_id[id(x)] = t
         return t

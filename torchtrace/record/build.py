@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from .._memo import MEMO_MAX, Lazy
+from .._memo import Lazy, remember
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
@@ -118,13 +118,10 @@ def _source(key: Tuple[Any, int]) -> Optional[Source]:
     if code is None:
         return None
     hit = _SOURCES.get((id(code), lasti))
-    if hit is not None and hit[0] is code:
-        return hit[1]
-    src = Source(code.co_filename, line_of(code, lasti), getattr(code, "co_qualname", code.co_name))
-    if len(_SOURCES) >= MEMO_MAX:
-        _SOURCES.clear()
-    _SOURCES[id(code), lasti] = (code, src)
-    return src
+    if hit is None:
+        src = Source(code.co_filename, line_of(code, lasti), getattr(code, "co_qualname", code.co_name))
+        hit = remember(_SOURCES, (id(code), lasti), (code, src))
+    return hit[1]
 
 
 def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) -> bool:

@@ -236,9 +236,8 @@ class Capture:
 
     # -- lookups used by the mode and the builder ------------------------------------------
     def classify_external(self, t: torch.Tensor, frame: Any, info: Any) -> Tuple[str, Optional[str]]:
-        e = self.names.get(id(t))
-        if e is not None and e[0] is t:
-            return e[2], e[1]
+        """(role, name) of an outside tensor that is not a registered param or
+        buffer (``RecordingMode._external`` looks those up in ``names`` first)."""
         e2 = self.input_names.get(id(t))
         if e2 is not None and e2[0]() is t:
             return "input", e2[1]

@@ -12,6 +12,8 @@ from typing import Dict, Iterable, List, Tuple
 
 import torch
 
+from .._memo import remember
+
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _AUTOGRAD_DIR = os.path.join(_TORCH_DIR, "autograd") + os.sep
@@ -63,11 +65,7 @@ def frame_filter(skip: Iterable[str] = ()) -> FrameFilter:
     cache costs a trace of a transformers GPT-2 ~0.2 ms of classifying (bench/)."""
     key = tuple(str(s) for s in skip)
     f = _FILTERS.get(key)
-    if f is None:
-        if len(_FILTERS) >= 64:
-            _FILTERS.clear()
-        f = _FILTERS[key] = FrameFilter(key)
-    return f
+    return f if f is not None else remember(_FILTERS, key, FrameFilter(key), limit=64)
 
 
 def is_torch_internal(code: CodeType) -> bool:

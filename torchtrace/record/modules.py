@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
+from .._memo import remember
+
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
 
@@ -30,14 +32,7 @@ _get_ident = threading.get_ident
 _KINDS: Dict[int, tuple] = {}         # id(module) -> (weakref, type name, is OptimizedModule)
 # (id(parent), parent path, id(module)) -> (ref, parent ref, path, attribute name)
 _CHILD_PATHS: Dict[tuple, tuple] = {}
-_MAX_ENTRIES = 50000
-
-
-def _remember(table: Dict[Any, tuple], key: Any, entry: tuple) -> tuple:
-    if len(table) >= _MAX_ENTRIES:
-        table.clear()
-    table[key] = entry
-    return entry
+_MAX_ENTRIES = 50000  # above any model's module count: a bound, not an eviction policy
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -73,7 +68,7 @@ class ModuleScope:
         k = _KINDS.get(id(module))
         if k is None or k[0]() is not module:
             name = type(module).__name__
-            k = _remember(_KINDS, id(module), (weakref.ref(module), name, name == "OptimizedModule"))
+            k = remember(_KINDS, id(module), (weakref.ref(module), name, name == "OptimizedModule"), _MAX_ENTRIES)
         return k
 
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
@@ -132,43 +127,30 @@ class ModuleScope:
 
     # -- names -----------------------------------------------------------------
     def _path(self, key: tuple, module: torch.nn.Module, parent: tuple) -> str:
-        """``path_of`` for a call under ``parent``, remembered by every trace when
-        the parent holds the module as a child (a pure function of the two modules,
-        the attribute and the parent's path; other answers depend on this trace's roots)."""
-        pmod = parent[1]
-        name = _attribute_of(pmod, module)
+        """The path of a call under ``parent``: the attribute under which the parent
+        holds the module, remembered by every trace (a pure function of the two
+        modules, the attribute and the parent's path); else ``path_of``, which
+        depends on this trace's roots and is remembered by this trace only."""
+        pmod, ppath = parent[1], parent[2]
+        name = next((n for n, c in pmod._modules.items() if c is module), None)
         if name is not None:
-            path = _join(parent[2], name)
-            _remember(_CHILD_PATHS, key, (weakref.ref(module), weakref.ref(pmod), path, name))
+            path = f"{ppath}.{name}" if ppath else name
+            remember(_CHILD_PATHS, key, (weakref.ref(module), weakref.ref(pmod), path, name), _MAX_ENTRIES)
             return path
         e = self.other_paths.get(key)
         if e is not None and e[0]() is module and e[1]() is pmod:
             return e[2]
-        path = self._registered_path(module, parent)
-        _remember(self.other_paths, key, (weakref.ref(module), weakref.ref(pmod), path))
+        path = self.path_of(module, parent)
+        remember(self.other_paths, key, (weakref.ref(module), weakref.ref(pmod), path), _MAX_ENTRIES)
         return path
 
     def path_of(self, module: torch.nn.Module, parent: Optional[tuple]) -> str:
-        if parent is not None:
-            name = _attribute_of(parent[1], module)
-            if name is not None:
-                return _join(parent[2], name)
-        return self._registered_path(module, parent)
-
-    def _registered_path(self, module: torch.nn.Module, parent: Optional[tuple]) -> str:
-        """The ``named_modules`` path closest to the caller's (registering an unknown root)."""
+        """A root call's path, or that of a call whose caller does not hold the
+        module: the ``named_modules`` path closest to the caller's (registering
+        an unknown root)."""
         paths = self.capture.module_paths.get(id(module))
         if paths is None:
             return self.capture.register_root(module)
         if parent is None or len(paths) == 1:
             return paths[0]
         return max(paths, key=lambda p: _common_prefix(p, parent[2]))
-
-
-def _attribute_of(parent: torch.nn.Module, module: torch.nn.Module) -> Optional[str]:
-    """The name under which ``parent`` holds ``module``, if it does."""
-    return next((n for n, c in parent._modules.items() if c is module), None)
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
