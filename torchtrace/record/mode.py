@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -89,7 +89,7 @@ class RecordingMode(TorchDispatchMode):
         self.classify = capture.frames.internal
         self.off = False
         self.max_ops = capture.max_ops
-        self.engine_codes: Dict[Any, bool] = {}
+        self.engine_codes: Dict[int, Tuple[Any, bool]] = {}  # id(code) -> (code, is it torch.autograd's)
         self.external = self._external  # bound once: the generated readers call it for unseen tensors
         self.reset()
 
@@ -153,7 +153,7 @@ class RecordingMode(TorchDispatchMode):
                         code, line = f.f_code, f.f_lasti
                     else:
                         code, line = None, -1
-                    if anode is not None and icode.co_name in _ENGINE_ENTRIES and self.engine_codes.get(icode):
+                    if anode is not None and icode.co_name in _ENGINE_ENTRIES and self._is_engine(icode):
                         self.engine_frame, self.engine_user = key, (code, line)
 
             vget = self.vmap.get
@@ -329,11 +329,17 @@ class RecordingMode(TorchDispatchMode):
                 self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
             except Exception as e:  # the ops are still recorded; the autograd part is what is missing
                 self._fault(op_info(_DETACH), e)
-        engine = self.engine_codes.get(icode)
-        if engine is None:
-            engine = self.engine_codes[icode] = is_autograd_engine(icode)
+        engine = self._is_engine(icode)
         # checkpoint re-runs forward code with grad enabled from inside a Node
         return RECOMPUTE if not engine and _grad_enabled() else BACKWARD
+
+    def _is_engine(self, code: Any) -> bool:
+        """Is ``code`` torch.autograd's own? Keyed by id (a code object's hash is
+        recomputed on every lookup); the held code keeps its id from being reused."""
+        hit = self.engine_codes.get(id(code))
+        if hit is None:
+            hit = self.engine_codes[id(code)] = (code, is_autograd_engine(code))
+        return hit[1]
 
     def _fault(self, info: Any, error: Exception, n_values: Optional[int] = None) -> None:
         """Something torchtrace could not read (an exotic tensor, a private API
