@@ -1,6 +1,6 @@
 """torchtrace overhead benchmark (issue #7).
 
-    python bench/bench.py                 # full run (all models, ~15-25 min on 2 cores)
+    python bench/bench.py                 # full run (all models, ~14 min on 2 cores)
     python bench/bench.py --quick         # mlp + gpt2-tiny, small budgets (~3 min)
     python bench/bench.py --models mlp,gpt2-tiny --sections overhead,ir --json out.json
 
@@ -9,6 +9,8 @@ Sections (``--sections``, default all):
               ``torchtrace.trace``, forward and forward+backward, interleaved
   ir          IR build (``Capture.finish_pass``), JSON encode, file save, bytes
               per op -- measured on the capture samples of ``overhead``
+  startstate  the overhead ratios of the small models (mlp, gpt2-tiny) from
+              each start state in turn (``--start-state``: warm, cold, as-left)
   memory      tensors alive after a trace block (weakrefs from a probe mode)
               and Python heap growth per trace (tracemalloc)
   steps       a training step under ``Recorder(every=K)``: non-sampled steps
@@ -43,11 +45,11 @@ import harness  # noqa: E402
 import models  # noqa: E402
 from children import (bench_external, bench_posttrace, bench_render_rows, bench_steps,  # noqa: E402
                       bench_steps_child, child_external, child_posttrace)
-from measure import bench_memory, bench_overhead  # noqa: E402
+from measure import bench_memory, bench_overhead, bench_start_states  # noqa: E402
 from report import _f, check_targets, report  # noqa: E402
 
 _perf = time.perf_counter
-SECTIONS = ("overhead", "ir", "memory", "steps", "posttrace", "external", "render")
+SECTIONS = ("overhead", "ir", "startstate", "memory", "steps", "posttrace", "external", "render")
 QUICK_MODELS = ("mlp", "gpt2-tiny")
 
 
@@ -66,6 +68,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--step-block", type=int, default=16, help="non-sampled steps per Recorder block")
     ap.add_argument("--heap-traces", type=int, default=200, help="passes for the heap-growth check")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--start-state", choices=harness.START_STATES, default="warm",
+                    help="what runs untimed before every overhead sample (default warm: one plain run)")
     ap.add_argument("--no-gc-collect", dest="collect", action="store_false",
                     help="do not gc.collect() before each sample")
     ap.add_argument("--report-from", metavar="JSON", help="print the tables of a saved --json run and exit")
@@ -116,7 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     harness.setup_process(opts.threads)
     results: Dict[str, Any] = {"env": {"torch": torch.__version__, "python": platform.python_version(),
                                        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                                       "threads": opts.threads, "collect": opts.collect,
+                                       "threads": opts.threads, "collect": opts.collect, "start_state": opts.start_state,
                                        "quick": opts.quick, "models": names, "sections": sections}}
     t_start = _perf()
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
@@ -137,6 +141,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         f"x{r['capture_x_plain']:.2f} plain, +{r['capture_us_per_op_vs_empty']:.1f} us/op; "
                         f"IR {r['ir']['build_encode_us_per_op']:.1f} us/op, "
                         f"{_f(r['ir']['json_bytes_per_op'], '{:.0f}')} B/op")
+        if "startstate" in sections:
+            results["startstate"] = []
+            for n in names:
+                if n not in QUICK_MODELS:  # a pass of tens of ms does not feel what ran before it
+                    continue
+                for phase in ("fwd", "fwdbwd"):
+                    log(f"[startstate] {n} {phase}")
+                    results["startstate"].append(bench_start_states(built[n], phase, opts, tmpdir))
         if "memory" in sections:
             results["memory"] = []
             for n in names:

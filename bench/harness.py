@@ -109,9 +109,13 @@ class Timed(Variant):
 
 
 def interleave(variants: Sequence[Variant], reps: int, warmup: int = 3, collect: bool = True,
-               deadline: Optional[float] = None) -> Dict[str, Stats]:
+               deadline: Optional[float] = None, prepare: Optional[Callable[[], None]] = None) -> Dict[str, Stats]:
     """Run every variant ``warmup`` times, then ``reps`` rounds with one
     sample of each variant per round, in a rotating order.
+
+    ``prepare`` (see ``start_state``) runs untimed before every sample of
+    every variant, so each sample starts from the same cache state whatever
+    the variant's own untimed work (an IR build, making a Capture) left.
 
     A variant whose pass returns something (a forward's output) keeps it until
     the clock has stopped and frees it in ``after()``: freeing an output frees
@@ -127,6 +131,8 @@ def interleave(variants: Sequence[Variant], reps: int, warmup: int = 3, collect:
     for r in range(reps):
         for k in range(n):
             v = variants[(r + k) % n]
+            if prepare is not None:
+                prepare()
             v.before()
             if collect:
                 gc.collect()
@@ -137,16 +143,48 @@ def interleave(variants: Sequence[Variant], reps: int, warmup: int = 3, collect:
     return stats
 
 
-def plan_reps(variants: Sequence[Variant], budget_s: float, lo: int, hi: int) -> int:
+def plan_reps(variants: Sequence[Variant], budget_s: float, lo: int, hi: int,
+              prepare: Optional[Callable[[], None]] = None) -> int:
     """Repetitions that fit ``budget_s`` (one untimed probe of each variant)."""
     total = 0.0
     for v in variants:
+        if prepare is not None:
+            prepare()
         v.before()
         t0 = _perf()
         v.run()
         v.after()
         total += _perf() - t0
     return max(lo, min(hi, int(budget_s / max(total, 1e-9))))
+
+
+START_STATES = ("warm", "cold", "as-left")
+_FLUSH_BYTES = 64 << 20  # twice this machine's L3 (32 MiB)
+
+
+def start_state(kind: str, workload: Callable[[], object]) -> Optional[Callable[[], None]]:
+    """What runs untimed before every sample (``interleave``'s ``prepare``):
+
+    * ``warm``: one plain run of the workload, its result freed -- the state of
+      a training loop, where the model has just run;
+    * ``cold``: a 64 MiB copy, which evicts L2 and L3;
+    * ``as-left``: nothing: each sample starts from whatever the variant's own
+      untimed work left, which differs between variants (a Capture made just
+      before warms the model's modules and parameters, an IR build evicts them).
+    """
+    if kind == "warm":
+        def warm() -> None:
+            workload()
+        return warm
+    if kind == "cold":
+        dst, src = bytearray(_FLUSH_BYTES), bytes(_FLUSH_BYTES)
+
+        def cold() -> None:
+            dst[:] = src
+        return cold
+    if kind == "as-left":
+        return None
+    raise ValueError(f"start state {kind!r}: choose from {', '.join(START_STATES)}")
 
 
 def setup_process(threads: int = 1) -> None:

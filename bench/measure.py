@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import models  # noqa: E402
-from harness import Empty, Stats, Timed, Variant, count_ops, interleave, plan_reps  # noqa: E402
+from harness import START_STATES, Empty, Stats, Timed, Variant, count_ops, interleave, plan_reps, start_state  # noqa: E402
 
 import torchtrace  # noqa: E402
 from torchtrace.record.capture import Capture  # noqa: E402
@@ -51,7 +51,8 @@ class CaptureVariant(Variant):
     sample: making one walks the model's modules and parameters, which warms
     the caches the pass then reads (two same-process comparisons, GPT-2 tiny
     forward: ×empty 1.23 and 1.24 with the Capture made just before the clock,
-    1.27 and 1.30 made earlier)."""
+    1.27 and 1.30 made earlier). The start-state step (``harness.start_state``)
+    runs between the two, so every variant's sample starts from the same state."""
 
     name = "capture"
 
@@ -173,7 +174,12 @@ class EmptyVariant(Variant):
 # ---------------------------------------------------------------------------------------------
 # sections
 # ---------------------------------------------------------------------------------------------
-def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmpdir: str) -> Dict[str, Any]:
+def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmpdir: str,
+                   state: Optional[str] = None, budget: Optional[float] = None) -> Dict[str, Any]:
+    """plain / empty / capture / reused / trace() interleaved; every sample
+    starts from ``state`` (``opts.start_state`` unless given, see
+    ``harness.start_state``)."""
+    state = state or opts.start_state
     fn = _phase_fn(w, phase)
     zero = (lambda: w.model.zero_grad(set_to_none=True)) if phase == "fwdbwd" else (lambda: None)
     zero()
@@ -182,16 +188,17 @@ def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmp
     cap = CaptureVariant(w, fn, zero, tmpdir, opts.collect)
     variants: List[Variant] = [Timed("plain", fn, zero), EmptyVariant(fn, zero), cap, ReusedVariant(w, fn, zero, tmpdir),
                                TraceVariant(w, fn, zero)]
-    budget = opts.budget * (1.5 if phase == "fwdbwd" else 1.0)
-    reps = plan_reps(variants, budget, opts.min_reps, opts.max_reps)
+    budget = (budget or opts.budget) * (1.5 if phase == "fwdbwd" else 1.0)
+    prepare = start_state(state, fn)
+    reps = plan_reps(variants, budget, opts.min_reps, opts.max_reps, prepare)
     deadline = _perf() + 3 * budget
-    stats = interleave(variants, reps, warmup=opts.warmup, collect=opts.collect, deadline=deadline)
+    stats = interleave(variants, reps, warmup=opts.warmup, collect=opts.collect, deadline=deadline, prepare=prepare)
     # keep only the IR samples of the timed rounds (the first ones came from warm-up/probe)
     k = len(stats["capture"].samples)
     for s in (cap.build, cap.encode, cap.save):
         s.samples[:] = s.samples[-k:]
     plain, empty = stats["plain"].median, stats["empty"].median
-    res: Dict[str, Any] = {"model": w.name, "phase": phase, "ops": n_ops, "reps": k,
+    res: Dict[str, Any] = {"model": w.name, "phase": phase, "ops": n_ops, "reps": k, "start_state": state,
                            "times": {name: s.as_dict() for name, s in stats.items()}}
     for name in ("empty", "capture", "reused", "trace"):
         m = stats[name].median
@@ -214,6 +221,16 @@ def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmp
     if nodes != n_ops:
         res["note"] = f"graph has {nodes} nodes, the empty mode saw {n_ops} ops"
     return res
+
+
+def bench_start_states(w: models.Workload, phase: str, opts: argparse.Namespace, tmpdir: str) -> Dict[str, Any]:
+    """The same comparison from each start state in turn (half the budget each):
+    how much the ratios depend on what ran just before a sample."""
+    rows = {s: bench_overhead(w, phase, opts, tmpdir, state=s, budget=opts.budget / 2) for s in START_STATES}
+    keys = ("capture_x_empty", "reused_x_empty", "empty_x_plain")
+    return {"model": w.name, "phase": phase,
+            "states": {s: {"plain": r["times"]["plain"], "reps": r["reps"], **{k: r[k] for k in keys}}
+                       for s, r in rows.items()}}
 
 
 class Probe(TorchDispatchMode):

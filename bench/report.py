@@ -69,7 +69,8 @@ def report(results: Dict[str, Any]) -> str:
     L: List[str] = []
     env = results["env"]
     L.append(f"torch {env['torch']}, python {env['python']}, {env['machine']}, threads={env['threads']}, "
-             f"gc.collect per sample={env['collect']}; times are medians ± IQR (ms)\n")
+             f"gc.collect per sample={env['collect']}, start state={env.get('start_state', 'as-left')}; "
+             "times are medians ± IQR (ms)\n")
     ov = results.get("overhead", [])
     ext = {e["model"]: e for e in results.get("external", [])}
     if ov:
@@ -88,6 +89,15 @@ def report(results: Dict[str, Any]) -> str:
                 f"| **{r['ir']['build_encode_us_per_op']:.1f}** | {r['ir']['save_us_per_op']:.1f} "
                 f"| **{_f(r['ir']['json_bytes_per_op'], '{:.0f}')}** | {_f(r['ir']['gz_bytes_per_op'], '{:.0f}')} |"
                 for r in ov))
+    ss = results.get("startstate", [])
+    if ss:
+        states = list(ss[0]["states"])
+        _table(L, "### Start state before each sample (capture ×empty / one Capture reused ×empty)\n",
+               "| model | pass | " + " | ".join(f"{s}: plain ms | {s}: capture | {s}: reused" for s in states) + " |",
+               "|---|---|" + "---:|" * (3 * len(states)),
+               (f"| {r['model']} | {_pass(r)} | " + " | ".join(
+                   f"{_ms(d['plain'])} | {d['capture_x_empty']:.2f} | {d['reused_x_empty']:.2f}"
+                   for d in r["states"].values()) + " |" for r in ss))
     if ext:
         _table(L, "### torchview / torchlens (forward, child process)\n",
                "| model | plain ms | empty ms | torchview ms (×plain, ×empty) | torchlens ms (×plain, ×empty) |",
@@ -156,6 +166,12 @@ def check_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 add(f"{label} ×empty, {r['model']} fwd", r[key], TARGETS["capture_vs_empty_fwd"][r["model"]])
             if r["phase"] == "fwdbwd":
                 add(f"{label} ×empty, {r['model']} fwd+bwd", r[key], TARGETS["capture_vs_empty_fwdbwd"])
+    for r in results.get("startstate", []):
+        limit = (TARGETS["capture_vs_empty_fwd"].get(r["model"]) if r["phase"] == "fwd"
+                 else TARGETS["capture_vs_empty_fwdbwd"])
+        for state, d in r["states"].items() if limit is not None else ():
+            for key, label in (("capture_x_empty", "capture"), ("reused_x_empty", "reused")):
+                add(f"{label} ×empty, {r['model']} {_pass(r)}, start state {state}", d[key], limit)
     for r in results.get("overhead", []):
         tag = f"{r['model']} {'fwd' if r['phase'] == 'fwd' else 'fwd+bwd'}"
         add(f"IR build+encode µs/op, {tag}", r["ir"]["build_encode_us_per_op"], TARGETS["ir_us_per_op"])
