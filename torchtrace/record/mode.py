@@ -16,6 +16,7 @@ a dead or different object fails the identity check and is treated as new.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import warnings
 import weakref
@@ -41,6 +42,20 @@ _getframe = sys._getframe
 _ref = weakref.ref
 _Tensor = torch.Tensor
 _CIA = torch._C.DispatchKey.CompositeImplicitAutograd
+_FORCE_KEYS = getattr(torch._C, "_ForceDispatchKeyGuard", None)
+
+
+def _eager_views() -> Any:
+    """While a composite op runs its pieces under the mode: dispatch them as
+    eager does. A mode's handler runs with ADInplaceOrView excluded, so views
+    made inside a composite kernel lose their autograd metadata there, and
+    kernels that read it take another path: ``matmul`` inside ``gru`` or
+    ``multi_head_attention`` folds to ``mm`` when its weight requires grad,
+    and runs ``bmm`` instead (different bits) when that flag is lost."""
+    if _FORCE_KEYS is None:  # pragma: no cover - torch < 2.1
+        return contextlib.nullcontext()
+    return _FORCE_KEYS(torch._C._dispatch_tls_local_include_set(),
+                       torch._C._dispatch_tls_local_exclude_set().remove(torch._C.DispatchKey.ADInplaceOrView))
 _DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
 
 # torch.autograd's Python frames that call into the engine: alive for a whole graph task
@@ -124,7 +139,7 @@ class RecordingMode(TorchDispatchMode):
             # composite op that skipped autograd (inference_mode): record its pieces
             # (the C++ kernel, as eager runs it: OpOverload.decompose would prefer
             # Python decompositions, e.g. dropout(train=False) -> clone)
-            with self:
+            with self, _eager_views():
                 return func._op_dk(_CIA, *args, **kwargs)
 
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
