@@ -1,6 +1,7 @@
 """Where a capture's cost goes, measured on the real recorder (not a test).
 
     python bench/parts.py [--models mlp,gpt2-tiny] [--reps 40] [--sections fwd,bwd,ir,micro]
+                           [--start-state warm|cold|as-left]   (before every fwd/bwd sample, as bench.py)
 
 fwd -- variants of one forward pass (train mode, grad on), interleaved:
 
@@ -125,12 +126,12 @@ def _report(title: str, n: int, reps: int, med: Dict[str, float]) -> None:
               f"x{m / med['empty']:.3f} empty")
 
 
-def forward_parts(name: str, w: models.Workload, reps: int) -> None:
-    stats = interleave(variants(w.forward, w.model), reps)
+def forward_parts(name: str, w: models.Workload, reps: int, state: str = "warm") -> None:
+    stats = interleave(variants(w.forward, w.model), reps, prepare=harness.start_state(state, w.forward))
     _report(f"[{name}] forward", count_ops(w.forward), reps, {k: s.median for k, s in stats.items()})
 
 
-def backward_parts(name: str, w: models.Workload, reps: int) -> None:
+def backward_parts(name: str, w: models.Workload, reps: int, state: str = "warm") -> None:
     """What the autograd half costs: the walk (Nodes, edges, saved bytes) and
     the pre-hooks that record the order backward ran the Nodes in."""
     def step() -> None:
@@ -162,7 +163,7 @@ def backward_parts(name: str, w: models.Workload, reps: int) -> None:
                  Timed("capture", capture(walk), before=reset),
                  Timed("no-prehooks", capture(lambda self, roots, hook: walk(self, roots, False)), before=reset),
                  Timed("no-walk", capture(lambda self, roots, hook: None), before=reset)]
-    stats = interleave(variants_, reps)
+    stats = interleave(variants_, reps, prepare=harness.start_state(state, step))
     _report(f"[{name}] forward+backward", count_ops(step), reps, {k: s.median for k, s in stats.items()})
 
 
@@ -235,6 +236,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--models", default="mlp,gpt2-tiny")
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--sections", default="fwd,bwd,ir,micro")
+    ap.add_argument("--start-state", choices=harness.START_STATES, default="warm",
+                    help="what runs untimed before every fwd/bwd sample (as in bench.py)")
     opts = ap.parse_args(argv)
     sections = set(opts.sections.split(","))
     harness.setup_process()
@@ -242,9 +245,9 @@ def main(argv: List[str] = None) -> int:
         w = getattr(models, name.replace("-", "_"))()
         harness.freeze_heap()
         if "fwd" in sections:
-            forward_parts(name, w, opts.reps)
+            forward_parts(name, w, opts.reps, opts.start_state)
         if "bwd" in sections:
-            backward_parts(name, w, opts.reps)
+            backward_parts(name, w, opts.reps, opts.start_state)
         if "ir" in sections:
             ir_parts(name, w, min(opts.reps, 20))
     if "micro" in sections:
