@@ -2,6 +2,7 @@
 computed by hand, and the state torch is left in."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
 import json
@@ -263,8 +264,11 @@ def test_block_exception_leaves_nothing_behind():
     assert g.meta["error"] == "ValueError"
 
 
-def test_outputs_and_grads_bitwise_equal_with_and_without_tracing():
-    m = zoo.gpt2(resid_pdrop=0.1).train()   # dropout: RNG use must not change either
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_outputs_and_grads_bitwise_equal_with_and_without_tracing(name):
+    # gpt2 with dropout: RNG use must not change either; llama: SiLU, whose backward
+    # op has a CPU kernel of its own besides a composite one (see the next test)
+    m = (zoo.gpt2(resid_pdrop=0.1) if name == "gpt2" else zoo.llama()).train()
     ids = zoo.token_ids(12, batch=2)
 
     def run(traced):
@@ -284,6 +288,25 @@ def test_outputs_and_grads_bitwise_equal_with_and_without_tracing():
     assert torch.equal(plain_logits, traced_logits)
     assert plain_grads.keys() == traced_grads.keys()
     assert all(torch.equal(plain_grads[k], traced_grads[k]) for k in plain_grads)
+
+
+def test_ops_with_a_kernel_for_their_backend_are_not_decomposed():
+    # silu_backward has a CPU kernel and a CompositeImplicitAutograd one for other
+    # backends; eager runs the CPU kernel, and the composite one rounds differently
+    torch.manual_seed(0)
+    m, x = nn.Sequential(nn.Linear(8, 16), nn.SiLU(), nn.Linear(16, 1)), torch.randn(32, 8)
+
+    def grads(traced):
+        m.zero_grad(set_to_none=True)
+        with (torchtrace.trace(m) if traced else contextlib.nullcontext()) as t:
+            m(x).sum().backward()
+        return [p.grad.clone() for p in m.parameters()], t
+
+    plain, _ = grads(False)
+    traced, t = grads(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, traced))
+    backward = [n.op for n in t.graph.nodes if n.phase == "backward"]
+    assert "aten.silu_backward.default" in backward and "aten.sigmoid.default" not in backward
 
 
 @pytest.mark.parametrize("name", ["gru", "transformer"])

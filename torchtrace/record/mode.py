@@ -135,7 +135,7 @@ class RecordingMode(TorchDispatchMode):
             info = op_info(func)
         if self.off:
             return info.call(*args, **kwargs)
-        if info.decompose:
+        if info.decompose and info.runs_composite(args):
             # composite op that skipped autograd (inference_mode): record its pieces
             # (the C++ kernel, as eager runs it: OpOverload.decompose would prefer
             # Python decompositions, e.g. dropout(train=False) -> clone)

@@ -30,6 +30,8 @@ _DATA_DEPENDENT = _tag("data_dependent_output")
 _DYNAMIC_SHAPE = _tag("dynamic_output_shape")
 _RANDOM = _tag("nondeterministic_seeded")
 _INPLACE = _tag("inplace")
+# dispatch keys below a mode's: the backend (CPU, CUDA, SparseCPU, ...) is the highest of them
+_BELOW_PYTHON = torch._C._dispatch_keyset_full_after(torch._C.DispatchKey.Python)
 
 
 def _kind(type_str: str) -> int:
@@ -43,7 +45,8 @@ class OpInfo:
     """Facts about one overload; slots for fast attribute access on the hot path."""
 
     __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "decompose",
-                 "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call", "readers")
+                 "composite_for", "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call",
+                 "readers")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
@@ -94,16 +97,35 @@ class OpInfo:
         self.scalar_args: Tuple[Tuple[int, str], ...] = tuple(
             (i, a.name) for i, (a, k) in enumerate(zip(args, self.kinds)) if k in (NONTENSOR, TENSOR))
         # Under inference_mode composite ops reach us undecomposed; decompose
-        # them so every grad mode records the same vocabulary.
+        # them so every grad mode records the same vocabulary (see runs_composite).
         try:
             self.decompose = bool(torch._C._dispatch_has_kernel_for_dispatch_key(
                 func.name(), "CompositeImplicitAutograd"))
         except Exception:  # pragma: no cover - very old torch
             self.decompose = False
+        self.composite_for: Dict[Any, bool] = {}  # backend dispatch key -> does eager run the composite?
         self.is_detach = self.name in ("aten.detach.default", "aten.detach_.default")
         # autograd seeds backward with ones_like(loss) from torch.autograd._make_grads
         self.is_seed = self.name == "aten.ones_like.default"
         self.readers: Dict[int, Any] = {}  # len(args) -> generated reader, or False (see reader())
+
+    def runs_composite(self, args: tuple) -> bool:
+        """Would eager run this op's CompositeImplicitAutograd kernel for these
+        arguments? Only where the op has no kernel of its own for their backend:
+        ``silu_backward`` has a CPU kernel and a composite one for the other
+        backends, and the two round differently."""
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if t is None:  # no tensor to tell the backend: a factory op
+            return True
+        key = (torch._C._dispatch_keys(t) & _BELOW_PYTHON).highestPriorityTypeId()
+        hit = self.composite_for.get(key)
+        if hit is None:
+            try:
+                hit = not torch._C._dispatch_has_kernel_for_dispatch_key(self.func.name(), key)
+            except Exception:  # pragma: no cover - a key torch cannot look up: run the op as it is
+                hit = False
+            self.composite_for[key] = hit
+        return hit
 
     def reader(self, n: int) -> Any:
         """The positional-argument reader for calls with ``n`` args, made once."""
