@@ -290,6 +290,27 @@ def test_outputs_and_grads_bitwise_equal_with_and_without_tracing(name):
     assert all(torch.equal(plain_grads[k], traced_grads[k]) for k in plain_grads)
 
 
+@pytest.mark.parametrize("arch", sorted(zoo.ARCHS))
+def test_more_architectures_give_bitwise_equal_results(arch):
+    # forward+backward in train mode (outputs and every gradient), and inference_mode
+    m = zoo.causal_lm(arch).train()
+    ids = zoo.token_ids(8, batch=2)
+
+    def run(traced, ctx):
+        m.zero_grad(set_to_none=True)
+        with ctx(), (torchtrace.trace(m) if traced else contextlib.nullcontext()):
+            logits = m(ids).logits
+            if torch.is_grad_enabled():
+                logits.float().square().mean().backward()
+        return logits.detach().clone(), [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    for ctx, backward in ((torch.enable_grad, True), (torch.inference_mode, False)):
+        (plain, plain_grads), (traced, traced_grads) = run(False, ctx), run(True, ctx)
+        assert torch.equal(plain, traced)
+        assert len(plain_grads) == len(traced_grads) and bool(plain_grads) == backward
+        assert all(torch.equal(a, b) for a, b in zip(plain_grads, traced_grads))
+
+
 def test_ops_with_a_kernel_for_their_backend_are_not_decomposed():
     # silu_backward has a CPU kernel and a CompositeImplicitAutograd one for other
     # backends; eager runs the CPU kernel, and the composite one rounds differently

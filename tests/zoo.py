@@ -51,6 +51,29 @@ def t5(n_layer: int = 2) -> nn.Module:
     return t.T5ForConditionalGeneration(cfg).eval()
 
 
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+# more architectures, each its own kernels: rotary embeddings and SiLU (Mistral, Qwen2),
+# mixture-of-experts routing on data (Mixtral), a selective scan in plain torch (Mamba),
+# parallel attention + MLP (GPT-NeoX)
+ARCHS = {
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(_SMALL, num_key_value_heads=2)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(_SMALL, num_key_value_heads=2)),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM",
+                dict(_SMALL, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
+    "mamba": ("MambaConfig", "MambaForCausalLM",
+              dict(hidden_size=32, num_hidden_layers=2, vocab_size=100, state_size=4, expand=2)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(_SMALL)),
+}
+
+
+def causal_lm(arch: str) -> nn.Module:
+    """A tiny random-weight causal LM of architecture ``arch`` (a key of ``ARCHS``)."""
+    t = _hf()
+    config, model, kw = ARCHS[arch]
+    torch.manual_seed(0)
+    return getattr(t, model)(getattr(t, config)(**kw)).eval()
+
+
 def token_ids(n: int = 8, batch: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 100, (batch, n), generator=g)
