@@ -311,6 +311,63 @@ def test_more_architectures_give_bitwise_equal_results(arch):
         assert all(torch.equal(a, b) for a, b in zip(plain_grads, traced_grads))
 
 
+class _CondNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def up(self, x):
+        return self.lin(x).sin()
+
+    def down(self, x):
+        return self.lin(x).cos()
+
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, self.up, self.down, (x,))
+
+
+def test_torch_cond_records_the_branch_that_ran():
+    torch.manual_seed(0)
+    m = _CondNet()
+    for sign, branch, read in ((1, "aten.sin.default", True), (-1, "aten.cos.default", False)):
+        x = torch.rand(3, 4) * sign
+        torch._dynamo.reset()  # eager torch.cond compiles; its recompile for the other branch fails in torch
+        with torch.no_grad():
+            plain = m(x)
+            with torchtrace.trace(m) as t:
+                traced = m(x)
+        assert torch.equal(plain, traced)
+        g = t.graph
+        ops = [n.op for n in g.nodes]
+        assert ops[-3:] == ["aten.t.default", "aten.addmm.default", branch]
+        assert [n.witness.value for n in g.witnesses()] == [read]  # reading the predicate, as for an `if`
+        assert g.module_path(g.nodes[-2].module) == "lin"
+
+
+def test_higher_order_ops_under_autograd_get_a_clear_error_and_leave_nothing():
+    m = _CondNet()
+    hooks_before = len(nn_module._global_forward_pre_hooks)
+    with pytest.raises(torchtrace.TorchtraceError, match="torch.no_grad"):
+        with torchtrace.trace(m):
+            m(torch.rand(3, 4))
+    assert _get_current_dispatch_mode_stack() == [] and len(nn_module._global_forward_pre_hooks) == hooks_before
+
+
+def test_other_higher_order_ops_run_unchanged_and_say_what_is_missing():
+    from torch._higher_order_ops.while_loop import while_loop
+
+    def body(i, x):
+        return i + 1, x * 2
+
+    x = torch.randn(2)
+    with torch.no_grad():
+        plain = while_loop(lambda i, x: i < 3, body, (torch.tensor(0), x))
+        with pytest.warns(RuntimeWarning, match="while_loop"), torchtrace.trace() as t:
+            traced = while_loop(lambda i, x: i < 3, body, (torch.tensor(0), x))
+    assert all(torch.equal(a, b) for a, b in zip(plain, traced))
+    assert "higher_order.while_loop" in t.graph.meta["record_errors"]["first"]
+
+
 def test_ops_with_a_kernel_for_their_backend_are_not_decomposed():
     # silu_backward has a CPU kernel and a CompositeImplicitAutograd one for other
     # backends; eager runs the CPU kernel, and the composite one rounds differently

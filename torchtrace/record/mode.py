@@ -16,7 +16,6 @@ a dead or different object fails the identity check and is treated as new.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 import warnings
 import weakref
@@ -25,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .composite import eager_views, run_higher_order
 from .frames import is_autograd_engine
 from .opinfo import _CACHE as _INFOS
-from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, op_info
+from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, HigherOrderInfo, op_info
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -42,20 +42,6 @@ _getframe = sys._getframe
 _ref = weakref.ref
 _Tensor = torch.Tensor
 _CIA = torch._C.DispatchKey.CompositeImplicitAutograd
-_FORCE_KEYS = getattr(torch._C, "_ForceDispatchKeyGuard", None)
-
-
-def _eager_views() -> Any:
-    """While a composite op runs its pieces under the mode: dispatch them as
-    eager does. A mode's handler runs with ADInplaceOrView excluded, so views
-    made inside a composite kernel lose their autograd metadata there, and
-    kernels that read it take another path: ``matmul`` inside ``gru`` or
-    ``multi_head_attention`` folds to ``mm`` when its weight requires grad,
-    and runs ``bmm`` instead (different bits) when that flag is lost."""
-    if _FORCE_KEYS is None:  # pragma: no cover - torch < 2.1
-        return contextlib.nullcontext()
-    return _FORCE_KEYS(torch._C._dispatch_tls_local_include_set(),
-                       torch._C._dispatch_tls_local_exclude_set().remove(torch._C.DispatchKey.ADInplaceOrView))
 _DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
 
 # torch.autograd's Python frames that call into the engine: alive for a whole graph task
@@ -79,6 +65,8 @@ def _mark_dynamo_skip(code: Any) -> bool:
 class RecordingMode(TorchDispatchMode):
     """Appends ``(op info index, ins, args, kwargs, outs, seq, code, line, icode,
     ilasti, module_call, autograd_node, phase, extra)`` per op to ``self.events``."""
+
+    supports_higher_order_operators = True  # torch.cond & co. reach the handler (see composite.py)
 
     # Slots, not the instance dict: TorchDispatchMode.__exit__ reads ``self.__dict__``,
     # and on Python 3.11 an object whose dict was once read that way loads every
@@ -136,10 +124,12 @@ class RecordingMode(TorchDispatchMode):
         if self.off:
             return info.call(*args, **kwargs)
         if info.decompose and info.runs_composite(args):
+            if type(info) is HigherOrderInfo:
+                return run_higher_order(self, info, args, kwargs)
             # composite op that skipped autograd (inference_mode): record its pieces
             # (the C++ kernel, as eager runs it: OpOverload.decompose would prefer
             # Python decompositions, e.g. dropout(train=False) -> clone)
-            with self, _eager_views():
+            with self, eager_views():
                 return func._op_dk(_CIA, *args, **kwargs)
 
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway

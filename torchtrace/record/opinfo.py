@@ -181,10 +181,28 @@ _CACHE: Dict[int, OpInfo] = {}
 BY_INDEX: List[OpInfo] = []
 
 
-def op_info(func: "torch._ops.OpOverload") -> OpInfo:
+class HigherOrderInfo:
+    """A higher-order operator (``torch.cond``, ``while_loop``, ...): it reaches
+    the mode whole; ``RecordingMode`` runs what it stands for (see there)."""
+
+    __slots__ = ("index", "name", "func", "call", "decompose", "op_name")
+
+    def __init__(self, func: Any) -> None:
+        self.func = self.call = func
+        self.op_name = func.name()
+        self.name = f"higher_order.{self.op_name}"
+        self.index = -1
+        self.decompose = True  # the handler's one check for ops that are not plain overloads
+
+    def runs_composite(self, args: tuple) -> bool:
+        return True
+
+
+def op_info(func: "torch._ops.OpOverload") -> Any:
     info = _CACHE.get(id(func))
     if info is None:
-        info = _CACHE[id(func)] = OpInfo(func)
+        info = _CACHE[id(func)] = (HigherOrderInfo(func) if isinstance(func, torch._ops.HigherOrderOperator)
+                                   else OpInfo(func))
         info.index = len(BY_INDEX)
         BY_INDEX.append(info)
     return info
