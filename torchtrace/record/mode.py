@@ -121,16 +121,18 @@ class RecordingMode(TorchDispatchMode):
         info = _INFOS.get(id(func))
         if info is None:
             info = op_info(func)
-        if self.off:
-            return info.call(*args, **kwargs)
         if info.decompose and info.runs_composite(args):
-            if type(info) is HigherOrderInfo:
+            if type(info) is HigherOrderInfo:  # even when off: see run_higher_order
                 return run_higher_order(self, info, args, kwargs)
+            if self.off:
+                return info.call(*args, **kwargs)
             # composite op that skipped autograd (inference_mode): record its pieces
             # (the C++ kernel, as eager runs it: OpOverload.decompose would prefer
             # Python decompositions, e.g. dropout(train=False) -> clone)
             with self, eager_views():
                 return func._op_dk(_CIA, *args, **kwargs)
+        if self.off:
+            return info.call(*args, **kwargs)
 
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
             f = _getframe(1)
