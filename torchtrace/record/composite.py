@@ -16,20 +16,66 @@ import torch
 
 from ..errors import UsageError
 
-_FORCE_KEYS = getattr(torch._C, "_ForceDispatchKeyGuard", None)
+_C = torch._C
+_FORCE_KEYS = getattr(_C, "_ForceDispatchKeyGuard", None)
+_SNAPSHOT = getattr(_C, "_RestorePythonTLSSnapshot", None)
+_AUTOCAST_KEYS = tuple(getattr(_C.DispatchKey, n) for n in (
+    "AutocastCPU", "AutocastCUDA", "AutocastXPU", "AutocastMPS", "AutocastHPU", "AutocastXLA", "AutocastIPU",
+    "AutocastMTIA", "AutocastPrivateUse1") if hasattr(_C.DispatchKey, n))
 
 
-def eager_views() -> Any:
-    """While a composite op runs its pieces under the mode: dispatch them as
-    eager does. A mode's handler runs with ADInplaceOrView excluded, so views
-    made inside a composite kernel lose their autograd metadata there, and
-    kernels that read it take another path: ``matmul`` inside ``gru`` or
-    ``multi_head_attention`` folds to ``mm`` when its weight requires grad,
-    and runs ``bmm`` instead (different bits) when that flag is lost."""
-    if _FORCE_KEYS is None:  # pragma: no cover - torch < 2.1
+def any_autocast() -> bool:
+    """Is autocast on for some device? (Outside a mode's handler only: inside,
+    torch has excluded every autocast key.)"""
+    return _C._is_any_autocast_enabled()
+
+
+def autocast_on(mode: Any) -> tuple:
+    """The autocast keys that are on where the op being handled was called:
+    inside a composite op the mode runs in pieces, what ``run_composite`` set;
+    else what the user's call entered the dispatcher with."""
+    if mode.autocast_on is not None:
+        return mode.autocast_on
+    with _SNAPSHOT():
+        excluded = _C._dispatch_tls_local_exclude_set()
+    return tuple(k for k in _AUTOCAST_KEYS if not excluded.has(k))
+
+
+def eager_keys(info: Any, views: bool, on: tuple) -> Any:
+    """Dispatch the ops that ``info``'s kernel calls with the keys eager gives them.
+
+    A mode's handler runs with every key above Python excluded. ``views``:
+    ADInplaceOrView back on (composite ops under inference_mode): views made
+    inside a composite kernel otherwise lose their autograd metadata, and
+    kernels that read it take another path (``matmul`` inside ``gru`` folds to
+    ``mm`` when its weight requires grad and runs ``bmm`` otherwise: different
+    bits). ``on``: the autocast keys on at the call (``autocast_on``); those
+    autocast passes this op through for are on for the ops its kernel calls, as
+    in eager (``nn.Transformer``'s fused layer calls ``linear``, which autocast
+    casts); an op with an autocast kernel runs its own ops with autocast off."""
+    if _FORCE_KEYS is None or _SNAPSHOT is None:  # pragma: no cover - torch < 2.1
         return contextlib.nullcontext()
-    return _FORCE_KEYS(torch._C._dispatch_tls_local_include_set(),
-                       torch._C._dispatch_tls_local_exclude_set().remove(torch._C.DispatchKey.ADInplaceOrView))
+    keys = tuple(k for k in on if info.lacks_kernel(k))
+    if not keys and not views:
+        return contextlib.nullcontext()
+    excluded = _C._dispatch_tls_local_exclude_set()
+    for k in keys + ((_C.DispatchKey.ADInplaceOrView,) if views else ()):
+        excluded = excluded.remove(k)
+    return _FORCE_KEYS(_C._dispatch_tls_local_include_set(), excluded)
+
+
+def run_composite(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) -> Any:
+    """Run a composite op's CompositeImplicitAutograd kernel (the C++ one eager
+    runs: ``OpOverload.decompose`` would prefer Python decompositions, e.g.
+    ``dropout(train=False) -> clone``) with the mode re-entered, so its pieces
+    are recorded, under the keys eager gives them."""
+    on = autocast_on(mode) if mode.autocast else ()
+    outer, mode.autocast_on = mode.autocast_on, tuple(k for k in on if info.lacks_kernel(k))
+    try:
+        with mode, eager_keys(info, True, on):
+            return func._op_dk(_C.DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
+    finally:
+        mode.autocast_on = outer
 
 
 def run_higher_order(mode: Any, info: Any, args: tuple, kwargs: dict) -> Any:

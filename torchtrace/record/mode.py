@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .composite import eager_views, run_higher_order
+from .composite import autocast_on, eager_keys, run_composite, run_higher_order
 from .frames import is_autograd_engine
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, HigherOrderInfo, op_info
@@ -41,7 +41,6 @@ _grad_enabled = torch.is_grad_enabled
 _getframe = sys._getframe
 _ref = weakref.ref
 _Tensor = torch.Tensor
-_CIA = torch._C.DispatchKey.CompositeImplicitAutograd
 _DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
 
 # torch.autograd's Python frames that call into the engine: alive for a whole graph task
@@ -72,7 +71,7 @@ class RecordingMode(TorchDispatchMode):
     # and on Python 3.11 an object whose dict was once read that way loads every
     # attribute slower from then on (~17 ns each, measured; the handler loads ~15
     # per op), which a mode reused for pass after pass (Recorder's) would pay.
-    __slots__ = ("capture", "names", "filter_cache", "classify", "off", "max_ops", "engine_codes", "external",
+    __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops", "engine_codes", "external",
                  "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts", "outputs", "output_refs",
                  "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user", "start_seq")
 
@@ -91,6 +90,8 @@ class RecordingMode(TorchDispatchMode):
         self.filter_cache = capture.frames.cache
         self.classify = capture.frames.internal
         self.off = False
+        self.autocast = False  # autocast seen on during this capture (see composite.eager_keys)
+        self.autocast_on: Optional[tuple] = None  # inside run_composite: the autocast keys on for its pieces
         self.max_ops = capture.max_ops
         self.engine_codes: Dict[int, Tuple[Any, bool]] = {}  # id(code) -> (code, is it torch.autograd's)
         self.external = self._external  # bound once: the generated readers call it for unseen tensors
@@ -127,10 +128,7 @@ class RecordingMode(TorchDispatchMode):
             if self.off:
                 return info.call(*args, **kwargs)
             # composite op that skipped autograd (inference_mode): record its pieces
-            # (the C++ kernel, as eager runs it: OpOverload.decompose would prefer
-            # Python decompositions, e.g. dropout(train=False) -> clone)
-            with self, eager_views():
-                return func._op_dk(_CIA, *args, **kwargs)
+            return run_composite(self, info, func, args, kwargs)
         if self.off:
             return info.call(*args, **kwargs)
 
@@ -191,7 +189,11 @@ class RecordingMode(TorchDispatchMode):
             return info.call(*args, **kwargs)
 
         seq = _get_seq()
-        out = info.call(*args, **kwargs)
+        if self.autocast:  # the ops this op's kernel calls get the user's autocast, as in eager
+            with eager_keys(info, False, autocast_on(self)):
+                out = info.call(*args, **kwargs)
+        else:
+            out = info.call(*args, **kwargs)
 
         extra = None
         vmeta = self.vmeta

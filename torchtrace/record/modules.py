@@ -18,6 +18,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from .._memo import remember
+from .composite import any_autocast
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -85,6 +86,8 @@ class ModuleScope:
         mode = cap.mode
         if mode.off:
             return None
+        if not mode.autocast and any_autocast():  # read here: a mode's handler cannot see it
+            mode.autocast = True
         stack = mode.stack
         if stack:
             parent = stack[-1]

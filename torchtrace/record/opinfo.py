@@ -45,7 +45,7 @@ class OpInfo:
     """Facts about one overload; slots for fast attribute access on the hot path."""
 
     __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "decompose",
-                 "composite_for", "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call",
+                 "no_kernel", "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call",
                  "readers")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
@@ -103,11 +103,23 @@ class OpInfo:
                 func.name(), "CompositeImplicitAutograd"))
         except Exception:  # pragma: no cover - very old torch
             self.decompose = False
-        self.composite_for: Dict[Any, bool] = {}  # backend dispatch key -> does eager run the composite?
+        self.no_kernel: Dict[Any, bool] = {}  # dispatch key -> no kernel of its own for it (lacks_kernel)
         self.is_detach = self.name in ("aten.detach.default", "aten.detach_.default")
         # autograd seeds backward with ones_like(loss) from torch.autograd._make_grads
         self.is_seed = self.name == "aten.ones_like.default"
         self.readers: Dict[int, Any] = {}  # len(args) -> generated reader, or False (see reader())
+
+    def lacks_kernel(self, key: Any) -> bool:
+        """Has this op no kernel of its own for dispatch key ``key``? For an
+        autocast key: autocast passes the op through. (Memoised per key.)"""
+        hit = self.no_kernel.get(key)
+        if hit is None:
+            try:
+                hit = not torch._C._dispatch_has_kernel_for_dispatch_key(self.func.name(), key)
+            except Exception:  # pragma: no cover - a key torch cannot look up: leave the op as it runs
+                hit = False
+            self.no_kernel[key] = hit
+        return hit
 
     def runs_composite(self, args: tuple) -> bool:
         """Would eager run this op's CompositeImplicitAutograd kernel for these
@@ -117,15 +129,7 @@ class OpInfo:
         t = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if t is None:  # no tensor to tell the backend: a factory op
             return True
-        key = (torch._C._dispatch_keys(t) & _BELOW_PYTHON).highestPriorityTypeId()
-        hit = self.composite_for.get(key)
-        if hit is None:
-            try:
-                hit = not torch._C._dispatch_has_kernel_for_dispatch_key(self.func.name(), key)
-            except Exception:  # pragma: no cover - a key torch cannot look up: run the op as it is
-                hit = False
-            self.composite_for[key] = hit
-        return hit
+        return self.lacks_kernel((torch._C._dispatch_keys(t) & _BELOW_PYTHON).highestPriorityTypeId())
 
     def reader(self, n: int) -> Any:
         """The positional-argument reader for calls with ``n`` args, made once."""
