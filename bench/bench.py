@@ -120,8 +120,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     harness.setup_process(opts.threads)
     results: Dict[str, Any] = {"env": {"torch": torch.__version__, "python": platform.python_version(),
                                        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-                                       "threads": opts.threads, "collect": opts.collect, "start_state": opts.start_state,
-                                       "quick": opts.quick, "models": names, "sections": sections}}
+                                       "threads": opts.threads, "collect": opts.collect,
+                                       "start_state": opts.start_state, "quick": opts.quick, "models": names,
+                                       "sections": sections}}
     t_start = _perf()
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="torchtrace-bench-") as tmpdir:

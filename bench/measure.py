@@ -20,7 +20,8 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import models  # noqa: E402
-from harness import START_STATES, Empty, Stats, Timed, Variant, count_ops, interleave, plan_reps, start_state  # noqa: E402
+from harness import (START_STATES, Empty, Stats, Timed, Variant, count_ops, interleave,  # noqa: E402
+                     plan_reps, start_state)
 
 import torchtrace  # noqa: E402
 from torchtrace.record.capture import Capture  # noqa: E402
@@ -186,8 +187,8 @@ def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmp
     n_ops = count_ops(fn)
     zero()
     cap = CaptureVariant(w, fn, zero, tmpdir, opts.collect)
-    variants: List[Variant] = [Timed("plain", fn, zero), EmptyVariant(fn, zero), cap, ReusedVariant(w, fn, zero, tmpdir),
-                               TraceVariant(w, fn, zero)]
+    variants: List[Variant] = [Timed("plain", fn, zero), EmptyVariant(fn, zero), cap,
+                               ReusedVariant(w, fn, zero, tmpdir), TraceVariant(w, fn, zero)]
     budget = (budget or opts.budget) * (1.5 if phase == "fwdbwd" else 1.0)
     prepare = start_state(state, fn)
     reps = plan_reps(variants, budget, opts.min_reps, opts.max_reps, prepare)

@@ -36,8 +36,13 @@ def autocast_on(mode: Any) -> tuple:
     else what the user's call entered the dispatcher with."""
     if mode.autocast_on is not None:
         return mode.autocast_on
-    with _SNAPSHOT():
-        excluded = _C._dispatch_tls_local_exclude_set()
+    if _SNAPSHOT is None:  # pragma: no cover - torch < 2.1
+        return ()
+    try:
+        with _SNAPSHOT():
+            excluded = _C._dispatch_tls_local_exclude_set()
+    except RuntimeError:  # no snapshot for this call (not entered through the dispatcher): leave it as it runs
+        return ()
     return tuple(k for k in _AUTOCAST_KEYS if not excluded.has(k))
 
 

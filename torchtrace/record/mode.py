@@ -71,9 +71,10 @@ class RecordingMode(TorchDispatchMode):
     # and on Python 3.11 an object whose dict was once read that way loads every
     # attribute slower from then on (~17 ns each, measured; the handler loads ~15
     # per op), which a mode reused for pass after pass (Recorder's) would pay.
-    __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops", "engine_codes", "external",
-                 "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts", "outputs", "output_refs",
-                 "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user", "start_seq")
+    __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops",
+                 "engine_codes", "external", "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts",
+                 "outputs", "output_refs", "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user",
+                 "start_seq")
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
