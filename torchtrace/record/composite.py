@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
+from .opinfo import HigherOrderInfo
 
 _C = torch._C
 _FORCE_KEYS = getattr(_C, "_ForceDispatchKeyGuard", None)
@@ -30,7 +31,7 @@ def any_autocast() -> bool:
     return _C._is_any_autocast_enabled()
 
 
-def autocast_on(mode: Any) -> tuple:
+def _autocast_on(mode: Any) -> tuple:
     """The autocast keys that are on where the op being handled was called:
     inside a composite op the mode runs in pieces, what ``run_composite`` set;
     else what the user's call entered the dispatcher with."""
@@ -46,27 +47,53 @@ def autocast_on(mode: Any) -> tuple:
     return tuple(k for k in _AUTOCAST_KEYS if not excluded.has(k))
 
 
-def eager_keys(info: Any, views: bool, on: tuple) -> Any:
-    """Dispatch the ops that ``info``'s kernel calls with the keys eager gives them.
-
-    A mode's handler runs with every key above Python excluded. ``views``:
-    ADInplaceOrView back on (composite ops under inference_mode): views made
-    inside a composite kernel otherwise lose their autograd metadata, and
-    kernels that read it take another path (``matmul`` inside ``gru`` folds to
-    ``mm`` when its weight requires grad and runs ``bmm`` otherwise: different
-    bits). ``on``: the autocast keys on at the call (``autocast_on``); those
-    autocast passes this op through for are on for the ops its kernel calls, as
-    in eager (``nn.Transformer``'s fused layer calls ``linear``, which autocast
+def _passed_through(info: Any, on: tuple) -> tuple:
+    """Of the autocast keys ``on``, those autocast passes this op through (it
+    has no autocast kernel): they stay on for the ops its kernel calls, as in
+    eager (``nn.Transformer``'s fused layer calls ``linear``, which autocast
     casts); an op with an autocast kernel runs its own ops with autocast off."""
-    if _FORCE_KEYS is None or _SNAPSHOT is None:  # pragma: no cover - torch < 2.1
-        return contextlib.nullcontext()
-    keys = tuple(k for k in on if info.lacks_kernel(k))
-    if not keys and not views:
+    return tuple(k for k in on if info.lacks_kernel(k))
+
+
+def _eager_keys(autocast: tuple, views: bool) -> Any:
+    """Dispatch the ops a kernel calls with the keys eager gives them.
+
+    A mode's handler runs with every key above Python excluded: turn the
+    ``autocast`` keys back on, and with ``views`` ADInplaceOrView (composite
+    ops under inference_mode): views made inside a composite kernel otherwise
+    lose their autograd metadata, and kernels that read it take another path
+    (``matmul`` inside ``gru`` folds to ``mm`` when its weight requires grad
+    and runs ``bmm`` otherwise: different bits)."""
+    if _FORCE_KEYS is None or not (autocast or views):  # (no guard: torch < 2.1)
         return contextlib.nullcontext()
     excluded = _C._dispatch_tls_local_exclude_set()
-    for k in keys + ((_C.DispatchKey.ADInplaceOrView,) if views else ()):
+    for k in autocast + ((_C.DispatchKey.ADInplaceOrView,) if views else ()):
         excluded = excluded.remove(k)
     return _FORCE_KEYS(_C._dispatch_tls_local_include_set(), excluded)
+
+
+def call_under_autocast(mode: Any, info: Any, args: tuple, kwargs: dict) -> Any:
+    """Run an op (once the pass has seen autocast on) so that the ops its
+    kernel calls get the user's autocast, as in eager."""
+    with _eager_keys(_passed_through(info, _autocast_on(mode)), False):
+        return info.call(*args, **kwargs)
+
+
+NOT_WHOLE = object()  # run_whole's answer for an op eager runs as its own kernel
+
+
+def run_whole(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) -> Any:
+    """An op that may reach the mode whole (``info.whole``): a higher-order op,
+    or a composite op that skipped autograd (inference_mode), whose pieces are
+    recorded. ``NOT_WHOLE`` where eager runs the op's own kernel for these
+    arguments (see ``OpInfo.runs_composite``): the mode records it as any op."""
+    if type(info) is HigherOrderInfo:  # even when the mode is off: see run_higher_order
+        return run_higher_order(mode, info, args, kwargs)
+    if not info.runs_composite(args):
+        return NOT_WHOLE
+    if mode.off:
+        return info.call(*args, **kwargs)
+    return run_composite(mode, info, func, args, kwargs)
 
 
 def run_composite(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) -> Any:
@@ -74,10 +101,10 @@ def run_composite(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) ->
     runs: ``OpOverload.decompose`` would prefer Python decompositions, e.g.
     ``dropout(train=False) -> clone``) with the mode re-entered, so its pieces
     are recorded, under the keys eager gives them."""
-    on = autocast_on(mode) if mode.autocast else ()
-    outer, mode.autocast_on = mode.autocast_on, tuple(k for k in on if info.lacks_kernel(k))
+    inner = _passed_through(info, _autocast_on(mode)) if mode.autocast else ()
+    outer, mode.autocast_on = mode.autocast_on, inner  # the autocast keys on for its pieces
     try:
-        with mode, eager_keys(info, True, on):
+        with mode, _eager_keys(inner, True):
             return func._op_dk(_C.DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
     finally:
         mode.autocast_on = outer

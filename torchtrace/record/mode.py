@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .composite import autocast_on, eager_keys, run_composite, run_higher_order
+from .composite import NOT_WHOLE, call_under_autocast, run_whole
 from .frames import is_autograd_engine
 from .opinfo import _CACHE as _INFOS
-from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, HigherOrderInfo, op_info
+from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, op_info
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -91,7 +91,7 @@ class RecordingMode(TorchDispatchMode):
         self.filter_cache = capture.frames.cache
         self.classify = capture.frames.internal
         self.off = False
-        self.autocast = False  # autocast seen on during this capture (see composite.eager_keys)
+        self.autocast = False  # autocast seen on during this capture (see composite.call_under_autocast)
         self.autocast_on: Optional[tuple] = None  # inside run_composite: the autocast keys on for its pieces
         self.max_ops = capture.max_ops
         self.engine_codes: Dict[int, Tuple[Any, bool]] = {}  # id(code) -> (code, is it torch.autograd's)
@@ -123,13 +123,10 @@ class RecordingMode(TorchDispatchMode):
         info = _INFOS.get(id(func))
         if info is None:
             info = op_info(func)
-        if info.decompose and info.runs_composite(args):
-            if type(info) is HigherOrderInfo:  # even when off: see run_higher_order
-                return run_higher_order(self, info, args, kwargs)
-            if self.off:
-                return info.call(*args, **kwargs)
-            # composite op that skipped autograd (inference_mode): record its pieces
-            return run_composite(self, info, func, args, kwargs)
+        if info.whole:  # a composite or higher-order op: see composite.run_whole
+            out = run_whole(self, info, func, args, kwargs)
+            if out is not NOT_WHOLE:
+                return out
         if self.off:
             return info.call(*args, **kwargs)
 
@@ -191,8 +188,7 @@ class RecordingMode(TorchDispatchMode):
 
         seq = _get_seq()
         if self.autocast:  # the ops this op's kernel calls get the user's autocast, as in eager
-            with eager_keys(info, False, autocast_on(self)):
-                out = info.call(*args, **kwargs)
+            out = call_under_autocast(self, info, args, kwargs)
         else:
             out = info.call(*args, **kwargs)
 

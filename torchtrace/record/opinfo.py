@@ -44,7 +44,7 @@ def _kind(type_str: str) -> int:
 class OpInfo:
     """Facts about one overload; slots for fast attribute access on the hot path."""
 
-    __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "decompose",
+    __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "whole",
                  "no_kernel", "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call",
                  "readers")
 
@@ -96,13 +96,13 @@ class OpInfo:
         # (position, name) of arguments that may hold a non-tensor (for the IR's args)
         self.scalar_args: Tuple[Tuple[int, str], ...] = tuple(
             (i, a.name) for i, (a, k) in enumerate(zip(args, self.kinds)) if k in (NONTENSOR, TENSOR))
-        # Under inference_mode composite ops reach us undecomposed; decompose
-        # them so every grad mode records the same vocabulary (see runs_composite).
+        # Under inference_mode composite ops reach us whole; the mode runs them in
+        # pieces so every grad mode records the same vocabulary (composite.run_whole).
         try:
-            self.decompose = bool(torch._C._dispatch_has_kernel_for_dispatch_key(
+            self.whole = bool(torch._C._dispatch_has_kernel_for_dispatch_key(
                 func.name(), "CompositeImplicitAutograd"))
         except Exception:  # pragma: no cover - very old torch
-            self.decompose = False
+            self.whole = False
         self.no_kernel: Dict[Any, bool] = {}  # dispatch key -> no kernel of its own for it (lacks_kernel)
         self.is_detach = self.name in ("aten.detach.default", "aten.detach_.default")
         # autograd seeds backward with ones_like(loss) from torch.autograd._make_grads
@@ -187,19 +187,16 @@ BY_INDEX: List[OpInfo] = []
 
 class HigherOrderInfo:
     """A higher-order operator (``torch.cond``, ``while_loop``, ...): it reaches
-    the mode whole; ``RecordingMode`` runs what it stands for (see there)."""
+    the mode whole; ``composite.run_higher_order`` runs what it stands for."""
 
-    __slots__ = ("index", "name", "func", "call", "decompose", "op_name")
+    __slots__ = ("index", "name", "func", "call", "whole", "op_name")
 
     def __init__(self, func: Any) -> None:
         self.func = self.call = func
         self.op_name = func.name()
         self.name = f"higher_order.{self.op_name}"
         self.index = -1
-        self.decompose = True  # the handler's one check for ops that are not plain overloads
-
-    def runs_composite(self, args: tuple) -> bool:
-        return True
+        self.whole = True  # reaches the mode whole (composite.run_whole)
 
 
 def op_info(func: "torch._ops.OpOverload") -> Any:
