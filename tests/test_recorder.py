@@ -387,14 +387,22 @@ def test_ops_with_a_kernel_for_their_backend_are_not_decomposed():
     assert "aten.silu_backward.default" in backward and "aten.sigmoid.default" not in backward
 
 
-def _fused(name):
-    """Modules whose kernels call other ops: a GRU, nn.Transformer's fused fast path."""
+def _fused(name, *contexts):
+    """Run a module whose kernels call other ops (a GRU, nn.Transformer's fused fast
+    path) untraced and traced under ``contexts``: (plain output, traced output, graph)."""
     torch.manual_seed(0)
-    return {
+    model, args = {
         "gru": lambda: (nn.GRU(8, 16, num_layers=2, bidirectional=True, batch_first=True), (torch.randn(2, 5, 8),)),
         "transformer": lambda: (nn.Transformer(32, 4, 1, 1, 64, batch_first=True).eval(),
                                 (torch.randn(2, 5, 32), torch.randn(2, 3, 32))),
     }[name]()
+    with contextlib.ExitStack() as stack:
+        for ctx in contexts:
+            stack.enter_context(ctx)
+        plain = model(*args)
+        with torchtrace.trace(model) as t:
+            traced = model(*args)
+    return (plain[0], traced[0], t.graph) if name == "gru" else (plain, traced, t.graph)
 
 
 @pytest.mark.parametrize("name,grad_mode", [("transformer", "no_grad"), ("transformer", "inference"),
@@ -402,12 +410,7 @@ def _fused(name):
 def test_autocast_outputs_bitwise_equal(name, grad_mode):
     # a mode's handler runs with every autocast key excluded, so the ops a kernel calls
     # lost autocast where eager keeps it (an empty mode changes these outputs, torch 2.13)
-    model, args = _fused(name)
-    with GRAD_MODES[grad_mode](), torch.autocast("cpu", dtype=torch.bfloat16):
-        plain = model(*args)
-        with torchtrace.trace(model):
-            traced = model(*args)
-    plain, traced = (plain[0], traced[0]) if name == "gru" else (plain, traced)
+    plain, traced, _ = _fused(name, GRAD_MODES[grad_mode](), torch.autocast("cpu", dtype=torch.bfloat16))
     assert plain.dtype == traced.dtype and torch.equal(plain, traced)
 
 
@@ -417,17 +420,12 @@ def test_inference_mode_outputs_bitwise_equal(name):
     # them in pieces. A mode's handler runs with ADInplaceOrView excluded: views made
     # there lose requires_grad and matmul takes bmm instead of mm (measured with an
     # empty TorchDispatchMode on torch 2.13: both outputs differ by ~6e-8).
-    model, args = _fused(name)
-    with torch.inference_mode():
-        plain = model(*args)
-        with torchtrace.trace(model) as t:
-            traced = model(*args)
-    plain, traced = (plain[0], traced[0]) if name == "gru" else (plain, traced)
+    plain, traced, graph = _fused(name, torch.inference_mode())
     assert torch.equal(plain, traced)
     if name == "gru":  # eager folds the input projections to mm (the weights require grad)
-        ops = {n.op for n in t.graph.nodes}
+        ops = {n.op for n in graph.nodes}
         assert "aten.mm.default" in ops and "aten.bmm.default" not in ops
-    assert len(t.graph.nodes) > 20  # recorded in pieces, not as one opaque op
+    assert len(graph.nodes) > 20  # recorded in pieces, not as one opaque op
 
 
 def test_trace_keeps_no_tensor_alive():
