@@ -57,16 +57,17 @@ def _saved_storages(node: Any) -> List[Tuple[int, int]]:
 
 
 class Entry:
-    __slots__ = ("node", "key", "name", "seq", "next", "storages", "variable", "hooked", "order")
+    __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order")
 
     def __init__(self, node: Any, key: tuple, order: int) -> None:
-        self.node = node
+        self.node = node  # held: while it lives, torch hands out this same wrapper for the Node
         self.key = key
-        self.name = key[1] if key[0] != "acc" else "torch::autograd::AccumulateGrad"
-        self.seq: Optional[int] = None if key[0] == "acc" else key[0]
-        self.next: List[tuple] = []
-        self.storages: List[Tuple[int, int]] = []
-        self.variable = getattr(node, "variable", None) if key[0] == "acc" else None
+        acc = key[0] == "acc"
+        self.name = "torch::autograd::AccumulateGrad" if acc else key[1]
+        self.seq: Optional[int] = None if acc else key[0]
+        self.kids: List[Any] = [n for n, _ in node.next_functions if n is not None]  # held too
+        self.storages = _saved_storages(node)
+        self.variable = getattr(node, "variable", None) if acc else None
         self.hooked = False
         self.order = order
 
@@ -79,39 +80,45 @@ class AutogradTracker:
 
     def reset(self) -> None:
         self.entries: Dict[tuple, Entry] = {}
+        # id(wrapper) -> its Entry, for the wrappers the Entries hold (torch keeps one
+        # Python wrapper per Node while it is alive): no key is computed for a Node twice
+        self.by_obj: Dict[int, Entry] = {}
         self.executed: List[tuple] = []
         self.handles: List[Any] = []
         self.backward_ran = False
 
+    def entry(self, node: Any) -> Entry:
+        """The Entry of ``node``, made (and its edges and saved tensors read) on first sight."""
+        e = self.by_obj.get(id(node))
+        if e is not None and e.node is node:
+            return e
+        key = node_key(node)
+        e = self.entries.get(key)
+        if e is None:
+            e = self.entries[key] = Entry(node, key, len(self.entries))
+            self.by_obj[id(node)] = e
+        return e  # (a second wrapper of a walked Node is not cached: nothing holds it)
+
+    def key_of(self, node: Any) -> tuple:
+        e = self.by_obj.get(id(node))
+        return e.key if e is not None and e.node is node else node_key(node)
+
+    def next_keys(self, e: Entry) -> List[tuple]:
+        return [self.key_of(k) for k in e.kids]
+
     def walk(self, roots: Iterable[Any], hook: bool) -> None:
-        nk = node_key
-        entries = self.entries
-        # each Node's key is computed once: children are pushed with theirs
-        stack = [(r, nk(r)) for r in roots if r is not None]
-        seen: Set[tuple] = set()
+        entry = self.entry
+        stack = [r for r in roots if r is not None]
+        seen: Set[int] = set()  # Entry orders visited by this walk
         while stack:
-            node, key = stack.pop()
-            if key in seen:
+            e = entry(stack.pop())
+            if e.order in seen:
                 continue
-            seen.add(key)
-            e = entries.get(key)
-            if e is None:
-                e = entries[key] = Entry(node, key, len(entries))
-                e.storages = _saved_storages(node)
-                nexts = [(n, nk(n)) for n, _ in node.next_functions if n is not None]
-                e.next = [k for _, k in nexts]
-                stack.extend([p for p in reversed(nexts) if p[1] not in seen])
-            else:  # walked before: its children have Entries (no next_functions, no keys)
-                for k in reversed(e.next):
-                    if k not in seen:
-                        c = entries.get(k)
-                        if c is None:  # an earlier walk was cut short: read the edges again
-                            stack.extend([(n, nk(n)) for n, _ in node.next_functions if n is not None])
-                            break
-                        stack.append((c.node, k))
+            seen.add(e.order)
+            stack.extend(reversed(e.kids))
             if hook and not e.hooked:
                 e.hooked = True
-                self.handles.append(node.register_prehook(self._make_prehook(key)))
+                self.handles.append(e.node.register_prehook(self._make_prehook(e.key)))
 
     def _make_prehook(self, key: tuple) -> Any:
         executed = self.executed
@@ -130,7 +137,7 @@ class AutogradTracker:
         if current is None:  # called at the gradient seed, before the engine starts
             self.walk(roots, hook=True)
             return
-        key = node_key(current)
+        key = self.key_of(current)
         was_hooked = key in self.entries and self.entries[key].hooked
         self.walk([current, *roots], hook=True)
         if not was_hooked:  # its pre-hook time has passed: it is running now

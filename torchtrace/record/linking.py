@@ -172,7 +172,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                 if gi is not None:
                     grads.append(gi)
         nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
-                                  tuple(ids[k] for k in e.next if k in ids), saved.get(aid, 0), param, value))
+                                  tuple(ids[k] for k in tracker.next_keys(e) if k in ids), saved.get(aid, 0), param, value))
     part.nodes = tuple(nodes)
     part.executed = tuple(ids[k] for k in tracker.executed if k in ids)
     part.grads = tuple(grads)
