@@ -232,3 +232,45 @@ def test_fast_encoder_writes_what_json_dumps_writes(graph, gpt2_graph):
     assert json.loads(dumps(hostile))["nodes"][0]["args"]["name"] == odd
     with pytest.raises(ValueError):  # NaN is not JSON, as with json.dumps(allow_nan=False)
         dumps(Graph(meta={"x": float("nan")}))
+
+
+def _mutations(d):
+    """Single-field corruptions of a graph dict: each field of a few entries of
+    every table dropped or set to a value of another JSON type."""
+    tables = [d["modules"], d["values"], d["nodes"], d["autograd"]["nodes"], d["autograd"]["grads"]]
+    for t, rows in enumerate(tables):
+        for r in sorted({0, len(rows) - 1}) if rows else ():
+            for key in list(rows[r]):
+                yield t, r, key, "drop"
+                for bad in (12345, "x", None, ["x"], True):
+                    yield t, r, key, bad
+    for key in list(d):
+        yield None, None, key, "drop"
+        for bad in (None, [], {}, 3):
+            yield None, None, key, bad
+
+
+def test_fast_schema_check_accepts_exactly_what_the_oracle_accepts(graph):
+    """The loader's compiled schema predicate against jsonschema (the oracle)
+    and against the path that writes the error message, on every single-field
+    corruption of a real graph: a looser predicate would load a broken file."""
+    from torchtrace import _jsonschema
+
+    oracle = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    root = _jsonschema.graph_schema()
+    fast = _jsonschema._fast()
+    d = graph.to_dict()
+    assert d["autograd"]["grads"] and fast(d) and oracle.is_valid(d)
+    tables = [d["modules"], d["values"], d["nodes"], d["autograd"]["nodes"], d["autograd"]["grads"]]
+    rejected = 0
+    for t, r, key, bad in _mutations(d):
+        row = d if t is None else tables[t][r]
+        old = row.pop(key)
+        if bad != "drop":
+            row[key] = bad
+        want = oracle.is_valid(d)
+        assert fast(d) == want, (t, r, key, bad)
+        assert (_jsonschema._error(root, d, "graph", root) is None) == want, (t, r, key, bad)
+        rejected += not want
+        row[key] = old
+    assert fast(d) and rejected > 300  # restored; and the corruptions do reach the checks
