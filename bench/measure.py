@@ -25,7 +25,7 @@ from harness import (START_STATES, Empty, Stats, Timed, Variant, count_ops, inte
 
 import torchtrace  # noqa: E402
 from torchtrace.record.capture import Capture  # noqa: E402
-from torchtrace.serialize import encode, save  # noqa: E402
+from torchtrace.serialize import encode, load, save  # noqa: E402
 
 _perf = time.perf_counter
 
@@ -61,7 +61,7 @@ class CaptureVariant(Variant):
                  collect: bool) -> None:
         self.w, self.fn, self.zero, self.collect = w, fn, zero, collect
         self.path = os.path.join(tmpdir, f"{w.name}.json")
-        self.build, self.encode, self.save = Stats(), Stats(), Stats()
+        self.build, self.encode, self.save, self.load = Stats(), Stats(), Stats(), Stats()
         self.bytes: List[int] = []
         self.nodes: List[int] = []
         self.gz_bytes: Optional[int] = None
@@ -98,9 +98,12 @@ class CaptureVariant(Variant):
         t2 = _perf()
         save(g, self.path)
         t3 = _perf()
+        load(self.path)
+        t4 = _perf()
         self.build.samples.append(t1 - t0)
         self.encode.samples.append(t2 - t1)
         self.save.samples.append(t3 - t2)
+        self.load.samples.append(t4 - t3)
         self.bytes.append(len(data))
         self.nodes.append(len(g.nodes))
         if self.gz_bytes is None:
@@ -196,7 +199,7 @@ def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmp
     stats = interleave(variants, reps, warmup=opts.warmup, collect=opts.collect, deadline=deadline, prepare=prepare)
     # keep only the IR samples of the timed rounds (the first ones came from warm-up/probe)
     k = len(stats["capture"].samples)
-    for s in (cap.build, cap.encode, cap.save):
+    for s in (cap.build, cap.encode, cap.save, cap.load):
         s.samples[:] = s.samples[-k:]
     plain, empty = stats["plain"].median, stats["empty"].median
     res: Dict[str, Any] = {"model": w.name, "phase": phase, "ops": n_ops, "reps": k, "start_state": state,
@@ -217,6 +220,7 @@ def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmp
                  "encode_us_per_op": cap.encode.median / nodes * 1e6,
                  "build_encode_us_per_op": (cap.build.median + cap.encode.median) / nodes * 1e6,
                  "save_us_per_op": cap.save.median / nodes * 1e6,
+                 "load_us_per_op": cap.load.median / nodes * 1e6,
                  "json_bytes_per_op": (cap.bytes[-1] / nodes) if cap.bytes else None,
                  "gz_bytes_per_op": (cap.gz_bytes / nodes) if cap.gz_bytes else None}
     if nodes != n_ops:

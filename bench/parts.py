@@ -21,10 +21,14 @@ bwd -- forward + loss + backward: plain, empty, capture, and capture without
   the execution-order pre-hooks (one per autograd Node) or without the
   autograd graph walk (Nodes, edges, saved bytes) altogether.
 
-ir -- µs per op of the IR build and of the JSON encoder, next to
+ir -- µs per op of the IR build and of the JSON encoder, next to floors:
   ``json.dumps`` of the graph's already built dict (the C encoder, the dict
-  construction not counted), and bytes per op, of which field names and
-  punctuation alone (every string emptied, every number 0).
+  construction not counted), ``orjson.dumps`` of it when orjson is installed,
+  and what torch itself charges for the data the build reads (forward: a first
+  walk of the autograd Nodes with their edges and saved tensors, no
+  torchtrace code; forward+backward: a norm of every gradient); bytes per op,
+  of which field names and punctuation alone (every string emptied, every
+  number 0) and the source records' text.
 
 micro -- ns per call of the per-op building blocks that decided the design
   (identity maps, tensor metadata, sequence numbers, line numbers).
@@ -175,14 +179,36 @@ def _skeleton(x: object) -> object:
     return "" if isinstance(x, str) else x if x is None or isinstance(x, bool) else 0
 
 
+def _first_walk(roots: List[object]) -> None:
+    """What any recorder of the autograd graph pays torch: a Node's name,
+    sequence number, edges and saved tensors, read for the first time
+    (torch makes a Python wrapper for each Node and tensor then), and no
+    torchtrace bookkeeping."""
+    stack, seen = [r for r in roots if r is not None], set()
+    while stack:
+        node = stack.pop()
+        key = (node._sequence_nr(), node.name())
+        if key in seen:
+            continue
+        seen.add(key)
+        tracker._saved_storages(node)
+        stack.extend([n for n, _ in node.next_functions if n is not None])
+
+
+def _grad_norms(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        if p.grad is not None:
+            float(torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32))
+
+
 def ir_parts(name: str, w: models.Workload, reps: int) -> None:
     """The IR build and the JSON next to their floors in this Python."""
     for label, step in (("forward", w.forward), ("forward+backward", lambda: w.loss().backward())):
-        caps = []
+        caps, outs = [], []
         for _ in range(reps):
             c = Capture(w.model)
             c.start()
-            step()
+            outs.append(step())  # alive during the build, as in `with trace(m): out = m(x)`
             c.stop()
             caps.append(c)
         t0 = timeit.default_timer()
@@ -197,13 +223,42 @@ def ir_parts(name: str, w: models.Workload, reps: int) -> None:
         for d in dicts:
             json.dumps(d, separators=(",", ":"), ensure_ascii=False)
         c_json = timeit.default_timer() - t0
+        floors = {}
+        try:
+            import orjson
+        except ImportError:
+            orjson = None
+        if orjson is not None:
+            t0 = timeit.default_timer()
+            for d in dicts:
+                orjson.dumps(d)
+            floors["orjson.dumps of the built dict"] = timeit.default_timer() - t0
+        if label == "forward":
+            fresh = [w.forward() for _ in range(reps)]
+            roots = [[o.grad_fn] if isinstance(o, torch.Tensor) else [o.logits.grad_fn] for o in fresh]
+            t0 = timeit.default_timer()
+            for r in roots:
+                _first_walk(r)
+            floors["torch: first read of the autograd Nodes, edges, saved tensors"] = timeit.default_timer() - t0
+            del fresh, roots
+        else:
+            t0 = timeit.default_timer()
+            for _ in range(reps):
+                _grad_norms(w.model)
+            floors["torch: a norm of every gradient"] = timeit.default_timer() - t0
+        del outs
         skeleton = len(json.dumps(_skeleton(dicts[0]), separators=(",", ":")))
+        sources = sum(len(json.dumps(d["source"], ensure_ascii=False)) - len('{"file":"","line":0,"function":""}')
+                      for d in dicts[0]["nodes"] if d["source"])
         us = 1e6 / (reps * n)
         print(f"\n[{name}] IR, {label}: {n} ops, {reps} graphs")
         print(f"  build {build * us:6.1f} µs/op   encoder {encode * us:5.1f} µs/op   "
               f"json.dumps of the built dict {c_json * us:5.1f} µs/op")
+        for what, t in floors.items():
+            print(f"  {what}: {t * us:5.1f} µs/op")
         print(f"  JSON {len(texts[0].encode()) / n:5.0f} B/op, of which field names and punctuation "
-              f"{skeleton / n:5.0f} B/op; {len(graphs[0].values) / n:.2f} values per op")
+              f"{skeleton / n:5.0f} B/op and the source records' file/function text {sources / n:5.0f} B/op; "
+              f"{len(graphs[0].values) / n:.2f} values per op")
 
 
 def micro() -> None:

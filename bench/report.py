@@ -82,12 +82,12 @@ def report(results: Dict[str, Any]) -> str:
                (_overhead_row(r, ext) for r in ov))
         _table(L, "### IR build and JSON (per recorded op)\n",
                "| model | pass | nodes | build µs/op | encode µs/op | **build+encode µs/op** | file save µs/op "
-               "| **JSON B/op** | gzip B/op |",
-               "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+               "| load µs/op | **JSON B/op** | gzip B/op |",
+               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
                (f"| {r['model']} | {_pass(r)} | {r['ir']['nodes']} "
                 f"| {r['ir']['build_us_per_op']:.1f} | {r['ir']['encode_us_per_op']:.1f} "
                 f"| **{r['ir']['build_encode_us_per_op']:.1f}** | {r['ir']['save_us_per_op']:.1f} "
-                f"| **{_f(r['ir']['json_bytes_per_op'], '{:.0f}')}** | {_f(r['ir']['gz_bytes_per_op'], '{:.0f}')} |"
+                f"| {_f(r['ir'].get('load_us_per_op'), '{:.1f}')} | **{_f(r['ir']['json_bytes_per_op'], '{:.0f}')}** | {_f(r['ir']['gz_bytes_per_op'], '{:.0f}')} |"
                 for r in ov))
     ss = results.get("startstate", [])
     if ss:
