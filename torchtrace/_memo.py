@@ -3,8 +3,8 @@
 * ``Lazy(make)``: a dict that fills a missing key with ``make(key)``; a hit
   is one C-level lookup (``lazy[key]``), as in the per-op loops.
 * ``remember(table, key, value)``: the bound every cross-graph table uses.
-* ``TextMemo(key, make, memo)``: the text of objects that nodes share (args
-  dicts, sources): per object for one graph (the graph holds them alive
+* ``TextMemo(key, make, memo)``: the text of objects that nodes share (the
+  fingerprint's canonical args): per object for one graph (the graph holds them alive
   meanwhile), then per ``key(obj)`` in ``memo``, a dict kept across graphs
   because a training loop repeats its args and lines every step. ``memo`` is
   bounded: cleared when full.

@@ -12,10 +12,11 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Callable, Dict, Union
+
+import orjson
 
 from . import _jsonschema
-from .encoder import encode_graph
 from .errors import IRError
 from .ir import (FORMAT, VERSION, Autograd, AutogradNode, GradInfo, Graph, ModuleCall, Node, Source,
                  Value, Witness, check_version)
@@ -25,36 +26,48 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def graph_to_dict(g: Graph) -> Dict[str, Any]:
+    """The JSON form of ``g`` as plain dicts and lists (a fresh tree: the
+    caller may edit it)."""
+    return _tree(g, list, share=False)
+
+
+def _tree(g: Graph, arr: Callable[[Any], Any], share: bool) -> Dict[str, Any]:
+    """The JSON form with sequences made by ``arr``: ``list`` for
+    ``graph_to_dict``; ``tuple`` for the encoder (no copy: the IR's tuples
+    as they are), which also shares one dict per source record."""
     modules = []
     for m in g.modules:
         d = {"id": m.id, "path": m.path, "type": m.type, "call": m.call, "parent": m.parent}
         if m.phase != "forward":
             d["phase"] = m.phase
         modules.append(d)
-    values = []
-    for v in g.values:
-        d = {"id": v.id, "shape": list(v.shape), "dtype": v.dtype, "device": v.device,
-             "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of}
-        if v.version_of is not None:
-            d["version_of"] = v.version_of
-        values.append(d)
-    nodes = []
-    for n in g.nodes:
-        d = {"id": n.id, "kind": n.kind, "op": n.op, "phase": n.phase, "module": n.module,
-             "inputs": list(n.inputs), "outputs": list(n.outputs), "args": dict(n.args),
-             "source": None if n.source is None else
-             {"file": n.source.file, "line": n.source.line, "function": n.source.function},
-             "tags": list(n.tags)}
-        # witness and grad_fn are always written (null when absent): readers index them
-        d["witness"] = (None if n.witness is None else {"shape": list(n.witness.shape)}
-                        if n.witness.shape is not None else {"value": n.witness.value})
-        d["grad_fn"] = n.grad_fn
-        nodes.append(d)
+    values = [{"id": v.id, "shape": arr(v.shape), "dtype": v.dtype, "device": v.device,
+               "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of}
+              if v.version_of is None else
+              {"id": v.id, "shape": arr(v.shape), "dtype": v.dtype, "device": v.device,
+               "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of,
+               "version_of": v.version_of} for v in g.values]
+    sources: Dict[int, Any] = {}
+
+    def source(src: Any) -> Any:
+        if src is None:
+            return None
+        d = sources.get(id(src)) if share else None
+        if d is None:
+            d = {"file": src.file, "line": src.line, "function": src.function}
+            if share:
+                sources[id(src)] = d  # the graph holds src alive meanwhile: its id stays its own
+        return d
+
+    # witness and grad_fn are always written (null when absent): readers index them
+    nodes = [{"id": n.id, "kind": n.kind, "op": n.op, "phase": n.phase, "module": n.module,
+              "inputs": arr(n.inputs), "outputs": arr(n.outputs),
+              "args": n.args if share and type(n.args) is dict else dict(n.args),
+              "source": source(n.source), "tags": arr(n.tags),
+              "witness": None if n.witness is None else {"shape": arr(n.witness.shape)}
+              if n.witness.shape is not None else {"value": n.witness.value},
+              "grad_fn": n.grad_fn} for n in g.nodes]
     ag = g.autograd
-    autograd_nodes = []
-    for a in ag.nodes:
-        autograd_nodes.append({"id": a.id, "name": a.name, "op": a.op, "next": list(a.next),
-                               "saved_bytes": a.saved_bytes, "param": a.param, "value": a.value})
     return {
         "format": FORMAT,
         "version": list(VERSION),
@@ -62,13 +75,14 @@ def graph_to_dict(g: Graph) -> Dict[str, Any]:
         "modules": modules,
         "values": values,
         "nodes": nodes,
-        "outputs": list(g.outputs),
+        "outputs": arr(g.outputs),
         "autograd": {
-            "nodes": autograd_nodes,
-            "executed": list(ag.executed),
-            "grads": [{"value": x.value, "name": x.name, "shape": list(x.shape), "dtype": x.dtype,
+            "nodes": [{"id": a.id, "name": a.name, "op": a.op, "next": arr(a.next), "saved_bytes": a.saved_bytes,
+                       "param": a.param, "value": a.value} for a in ag.nodes],
+            "executed": arr(ag.executed),
+            "grads": [{"value": x.value, "name": x.name, "shape": arr(x.shape), "dtype": x.dtype,
                        "norm": x.norm} for x in ag.grads],
-            "no_grad_params": list(ag.no_grad_params),
+            "no_grad_params": arr(ag.no_grad_params),
         },
         "fingerprints": dict(g.fingerprints),
     }
@@ -124,9 +138,8 @@ def _witness(d: Any) -> Any:
 
 # -- files ---------------------------------------------------------------
 def dumps(g: Graph) -> str:
-    """Compact JSON text: ``json.dumps(g.to_dict(), separators=(",", ":"),
-    ensure_ascii=False, allow_nan=False)``, built by the faster ``encoder``."""
-    return encode_graph(g)
+    """Compact JSON text (``separators=(",", ":")``, UTF-8, not ASCII-escaped)."""
+    return encode(g).decode("utf-8")
 
 
 def atomic_write(path: PathLike, data: bytes) -> None:
@@ -149,7 +162,15 @@ def atomic_write(path: PathLike, data: bytes) -> None:
 
 
 def encode(g: Graph, gz: bool = False) -> bytes:
-    raw = dumps(g).encode("utf-8")
+    """The graph's JSON bytes, gzipped if ``gz``. orjson writes them (C; 3-5x
+    less time per op than ``json``); what it refuses (an integer past 64 bits
+    or a non-string key in ``meta``) goes through ``json``, which writes
+    the same document."""
+    try:
+        raw = orjson.dumps(_tree(g, tuple, share=True))
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        raw = json.dumps(graph_to_dict(g), separators=(",", ":"), ensure_ascii=False,
+                         allow_nan=False).encode("utf-8")
     return gzip.compress(raw, mtime=0) if gz else raw
 
 
