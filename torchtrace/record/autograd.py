@@ -57,7 +57,7 @@ def _saved_storages(node: Any) -> List[Tuple[int, int]]:
 
 
 class Entry:
-    __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order")
+    __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order", "aid")
 
     def __init__(self, node: Any, key: tuple, order: int) -> None:
         self.node = node  # held: while it lives, torch hands out this same wrapper for the Node
@@ -70,6 +70,7 @@ class Entry:
         self.variable = getattr(node, "variable", None) if acc else None
         self.hooked = False
         self.order = order
+        self.aid = ""  # its IR id, given when the pass is built
 
 
 class AutogradTracker:
@@ -103,8 +104,16 @@ class AutogradTracker:
         e = self.by_obj.get(id(node))
         return e.key if e is not None and e.node is node else node_key(node)
 
-    def next_keys(self, e: Entry) -> List[tuple]:
-        return [self.key_of(k) for k in e.kids]
+    def next_aids(self, e: Entry) -> Tuple[str, ...]:
+        """The IR ids of ``e``'s children that have an Entry, in edge order."""
+        by_obj, out = self.by_obj, []
+        for kid in e.kids:
+            c = by_obj.get(id(kid))
+            if c is None or c.node is not kid:  # a second wrapper of a walked Node, or not walked
+                c = self.entries.get(node_key(kid))
+            if c is not None:
+                out.append(c.aid)
+        return tuple(out)
 
     def walk(self, roots: Iterable[Any], hook: bool) -> None:
         entry = self.entry

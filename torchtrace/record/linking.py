@@ -140,7 +140,9 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
             if i is not None:
                 linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
-    ids = {e.key: f"a{k}" for k, e in enumerate(entries)}
+    ids = {}
+    for k, e in enumerate(entries):
+        e.aid = ids[e.key] = f"a{k}"
     part._op_of_key = linked
 
     params = capture.param_storages()
@@ -172,7 +174,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                 if gi is not None:
                     grads.append(gi)
         nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
-                                  tuple(ids[k] for k in tracker.next_keys(e) if k in ids), saved.get(aid, 0), param, value))
+                                  tracker.next_aids(e), saved.get(aid, 0), param, value))
     part.nodes = tuple(nodes)
     part.executed = tuple(ids[k] for k in tracker.executed if k in ids)
     part.grads = tuple(grads)
