@@ -13,6 +13,7 @@ lost peer and the run fails. torchtrace names the pass, the first collective
 where the ranks differ, and the `if` that sent rank 1 there.
 """
 import datetime
+import time
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,11 @@ def main(steps: int = 4) -> None:
             dist.all_reduce(flat)
         model.zero_grad()
     # no destroy_process_group(): with a collective still pending on rank 1 it
-    # would block rank 0; exiting closes the connections and rank 1 sees that
+    # would block rank 0; exiting closes the connections and rank 1 sees that.
+    # Rank 0 lingers first: closing them while a loaded rank 1 still reads the
+    # last exchange they shared would make rank 1 fail one collective earlier.
+    if rank == 0:
+        time.sleep(1.0)
 
 
 if __name__ == "__main__":
