@@ -88,10 +88,15 @@ class AutogradTracker:
         self.handles: List[Any] = []
         self.backward_ran = False
 
+    def _held(self, node: Any) -> Optional[Entry]:
+        """The Entry that holds this very wrapper, if any (no key computed)."""
+        e = self.by_obj.get(id(node))
+        return e if e is not None and e.node is node else None
+
     def entry(self, node: Any) -> Entry:
         """The Entry of ``node``, made (and its edges and saved tensors read) on first sight."""
-        e = self.by_obj.get(id(node))
-        if e is not None and e.node is node:
+        e = self._held(node)
+        if e is not None:
             return e
         key = node_key(node)
         e = self.entries.get(key)
@@ -101,19 +106,13 @@ class AutogradTracker:
         return e  # (a second wrapper of a walked Node is not cached: nothing holds it)
 
     def key_of(self, node: Any) -> tuple:
-        e = self.by_obj.get(id(node))
-        return e.key if e is not None and e.node is node else node_key(node)
+        e = self._held(node)
+        return e.key if e is not None else node_key(node)
 
     def next_aids(self, e: Entry) -> Tuple[str, ...]:
         """The IR ids of ``e``'s children that have an Entry, in edge order."""
-        by_obj, out = self.by_obj, []
-        for kid in e.kids:
-            c = by_obj.get(id(kid))
-            if c is None or c.node is not kid:  # a second wrapper of a walked Node, or not walked
-                c = self.entries.get(node_key(kid))
-            if c is not None:
-                out.append(c.aid)
-        return tuple(out)
+        kids = [self._held(k) or self.entries.get(node_key(k)) for k in e.kids]
+        return tuple(c.aid for c in kids if c is not None)
 
     def walk(self, roots: Iterable[Any], hook: bool) -> None:
         entry = self.entry

@@ -22,7 +22,7 @@ from ..ir import Graph
 from .autograd import AutogradTracker
 from .build import build_graph
 from .frames import frame_filter
-from .composite import any_autocast
+from .composite import see_autocast
 from .mode import V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 
@@ -102,7 +102,7 @@ class Capture:
 
     def push_mode(self) -> None:
         if not self._mode_pushed:
-            self.mode.autocast = self.mode.autocast or any_autocast()
+            see_autocast(self.mode)
             self.mode.__enter__()
             self._mode_pushed = True
 

@@ -25,10 +25,12 @@ _AUTOCAST_KEYS = tuple(getattr(_C.DispatchKey, n) for n in (
     "AutocastMTIA", "AutocastPrivateUse1") if hasattr(_C.DispatchKey, n))
 
 
-def any_autocast() -> bool:
-    """Is autocast on for some device? (Outside a mode's handler only: inside,
-    torch has excluded every autocast key.)"""
-    return _C._is_any_autocast_enabled()
+def see_autocast(mode: Any) -> None:
+    """Note on ``mode`` that autocast is on for some device, if it is: from then
+    on its ops go through ``call_under_autocast``. Read outside the handler
+    (module pre-hooks, mode push): inside it torch has excluded every autocast key."""
+    if not mode.autocast and _C._is_any_autocast_enabled():
+        mode.autocast = True
 
 
 def _autocast_on(mode: Any) -> tuple:

@@ -19,7 +19,6 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 
 from ..ir import AutogradNode, GradInfo
-from .autograd import node_key
 from .mode import BACKWARD, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
@@ -52,7 +51,8 @@ def _names_match(op: str, node_name: str) -> bool:
 class AutogradPart:
     """Result of the join; read by build.py."""
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: Any) -> None:
+        self._key = tracker.key_of  # a Node wrapper -> its key (cached by the Entries that hold them)
         self.created_by_op: Set[int] = set()
         self.grad_fn_of: Dict[int, str] = {}
         self.nodes: Tuple[AutogradNode, ...] = ()
@@ -60,13 +60,6 @@ class AutogradPart:
         self.grads: Tuple[GradInfo, ...] = ()
         self.no_grad_params: Tuple[str, ...] = ()
         self._op_of_key: Dict[tuple, int] = {}
-        self._key_of_obj: Dict[int, tuple] = {}
-
-    def _key(self, anode: Any) -> tuple:
-        k = self._key_of_obj.get(id(anode))
-        if k is None:
-            k = self._key_of_obj[id(anode)] = node_key(anode)
-        return k
 
     def forward_op_of(self, anode: Any) -> Optional[int]:
         return None if anode is None else self._op_of_key.get(self._key(anode))
@@ -126,8 +119,8 @@ def _grad_info(var: Any, vid: int, name: Optional[str]) -> Optional[GradInfo]:
 
 
 def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any]) -> AutogradPart:
-    part = AutogradPart()
     tracker = capture.autograd
+    part = AutogradPart(tracker)
     tracker.walk(capture.backward_roots(), hook=False)
     part.created_by_op, copy_slices = _created(mode, events)
     seqs = [ev[E_SEQ] for ev in events]
@@ -140,16 +133,15 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
             if i is not None:
                 linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
-    ids = {}
     for k, e in enumerate(entries):
-        e.aid = ids[e.key] = f"a{k}"
+        e.aid = f"a{k}"
     part._op_of_key = linked
 
     params = capture.param_storages()
     owner: Dict[int, str] = {}
     saved: Dict[str, int] = {}
     for e in entries:
-        aid = ids[e.key]
+        aid = e.aid
         for ptr, nbytes in e.storages:
             if ptr not in params and ptr not in owner:
                 owner[ptr] = aid
@@ -160,7 +152,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     grads: List[GradInfo] = []
     executed_keys = set(tracker.executed)
     for e in entries:
-        aid = ids[e.key]
+        aid = e.aid
         op = linked.get(e.key)
         if op is not None:
             part.grad_fn_of.setdefault(op, aid)
@@ -176,7 +168,8 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
         nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
                                   tracker.next_aids(e), saved.get(aid, 0), param, value))
     part.nodes = tuple(nodes)
-    part.executed = tuple(ids[k] for k in tracker.executed if k in ids)
+    by_key = tracker.entries
+    part.executed = tuple(by_key[k].aid for k in tracker.executed if k in by_key)
     part.grads = tuple(grads)
     if tracker.backward_ran:
         got = {id(e.variable) for e in entries if e.variable is not None and e.key in executed_keys}

@@ -18,7 +18,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from .._memo import remember
-from .composite import any_autocast
+from .composite import see_autocast
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -86,8 +86,8 @@ class ModuleScope:
         mode = cap.mode
         if mode.off:
             return None
-        if not mode.autocast and any_autocast():  # read here: a mode's handler cannot see it
-            mode.autocast = True
+        if not mode.autocast:  # read here: a mode's handler cannot see it
+            see_autocast(mode)
         stack = mode.stack
         if stack:
             parent = stack[-1]
