@@ -61,7 +61,7 @@ class CaptureVariant(Variant):
                  collect: bool) -> None:
         self.w, self.fn, self.zero, self.collect = w, fn, zero, collect
         self.path = os.path.join(tmpdir, f"{w.name}.json")
-        self.build, self.encode, self.save, self.load = Stats(), Stats(), Stats(), Stats()
+        self.build, self.encode, self.save = Stats(), Stats(), Stats()
         self.bytes: List[int] = []
         self.nodes: List[int] = []
         self.gz_bytes: Optional[int] = None
@@ -200,10 +200,11 @@ def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmp
         s.samples[:] = s.samples[-k:]
     # loading the last saved file: timed apart, after the rounds (between samples, the
     # objects a load makes and frees would set the state of the next sample)
+    loads = Stats()
     for _ in range(max(5, min(k, 30))):
         t0 = _perf()
         load(cap.path)
-        cap.load.samples.append(_perf() - t0)
+        loads.samples.append(_perf() - t0)
     plain, empty = stats["plain"].median, stats["empty"].median
     res: Dict[str, Any] = {"model": w.name, "phase": phase, "ops": n_ops, "reps": k, "start_state": state,
                            "times": {name: s.as_dict() for name, s in stats.items()}}
@@ -223,7 +224,7 @@ def bench_overhead(w: models.Workload, phase: str, opts: argparse.Namespace, tmp
                  "encode_us_per_op": cap.encode.median / nodes * 1e6,
                  "build_encode_us_per_op": (cap.build.median + cap.encode.median) / nodes * 1e6,
                  "save_us_per_op": cap.save.median / nodes * 1e6,
-                 "load_us_per_op": cap.load.median / nodes * 1e6,
+                 "load_us_per_op": loads.median / nodes * 1e6,
                  "json_bytes_per_op": (cap.bytes[-1] / nodes) if cap.bytes else None,
                  "gz_bytes_per_op": (cap.gz_bytes / nodes) if cap.gz_bytes else None}
     if nodes != n_ops:

@@ -237,19 +237,19 @@ def test_encoder_writes_the_json_form(graph, gpt2_graph):
 
 
 def _mutations(d):
-    """Single-field corruptions of a graph dict: each field of a few entries of
-    every table dropped or set to a value of another JSON type."""
-    tables = [d["modules"], d["values"], d["nodes"], d["autograd"]["nodes"], d["autograd"]["grads"]]
-    for t, rows in enumerate(tables):
+    """Single-field corruptions of a graph dict, as (where, row, key, bad): each
+    field of the first and last entry of every table dropped ("drop") or set to
+    a value of another JSON type."""
+    tables = {"modules": d["modules"], "values": d["values"], "nodes": d["nodes"],
+              "autograd.nodes": d["autograd"]["nodes"], "autograd.grads": d["autograd"]["grads"]}
+    for name, rows in tables.items():
         for r in sorted({0, len(rows) - 1}) if rows else ():
             for key in list(rows[r]):
-                yield t, r, key, "drop"
-                for bad in (12345, "x", None, ["x"], True):
-                    yield t, r, key, bad
+                for bad in ("drop", 12345, "x", None, ["x"], True):
+                    yield f"{name}[{r}]", rows[r], key, bad
     for key in list(d):
-        yield None, None, key, "drop"
-        for bad in (None, [], {}, 3):
-            yield None, None, key, bad
+        for bad in ("drop", None, [], {}, 3):
+            yield "graph", d, key, bad
 
 
 def test_fast_schema_check_accepts_exactly_what_the_oracle_accepts(graph):
@@ -263,16 +263,14 @@ def test_fast_schema_check_accepts_exactly_what_the_oracle_accepts(graph):
     fast = _jsonschema._fast()
     d = graph.to_dict()
     assert d["autograd"]["grads"] and fast(d) and oracle.is_valid(d)
-    tables = [d["modules"], d["values"], d["nodes"], d["autograd"]["nodes"], d["autograd"]["grads"]]
     rejected = 0
-    for t, r, key, bad in _mutations(d):
-        row = d if t is None else tables[t][r]
+    for where, row, key, bad in _mutations(d):
         old = row.pop(key)
         if bad != "drop":
             row[key] = bad
         want = oracle.is_valid(d)
-        assert fast(d) == want, (t, r, key, bad)
-        assert (_jsonschema._error(root, d, "graph", root) is None) == want, (t, r, key, bad)
+        assert fast(d) == want, (where, key, bad)
+        assert (_jsonschema._error(root, d, "graph", root) is None) == want, (where, key, bad)
         rejected += not want
         row[key] = old
     assert fast(d) and rejected > 300  # restored; and the corruptions do reach the checks

@@ -99,16 +99,16 @@ def _error(schema: Dict[str, Any], data: Any, where: str, root: Dict[str, Any]) 
 def _compile(schema: Dict[str, Any], ref: Callable[[str], Callable[[Any], bool]]) -> Callable[[Any], bool]:
     """``schema`` as one predicate that accepts exactly what ``_error`` accepts:
     the loader's fast path (``_error`` builds an IRError for every branch of an
-    ``anyOf`` that fails: 40x slower on a valid file); ``_error`` then runs only
+    ``anyOf`` that fails: 8x slower on a valid file, measured); ``_error`` then runs only
     for data that fails, to say where and why."""
     if "$ref" in schema:
         return ref(schema["$ref"].rsplit("/", 1)[-1])
     if "anyOf" in schema:
-        alts = [_compile(s, ref) for s in schema["anyOf"] if s != {"type": "null"}]
-        if len(alts) == 1 and len(schema["anyOf"]) == 2:  # "X or null", the common case
-            alt = alts[0]
+        subs = schema["anyOf"]
+        alts = [_compile(s, ref) for s in subs]
+        if len(subs) == 2 and {"type": "null"} in subs:  # "X or null", the common case
+            alt = alts[1 - subs.index({"type": "null"})]
             return lambda x: x is None or alt(x)
-        alts = [_compile(s, ref) for s in schema["anyOf"]]
         return lambda x: any(a(x) for a in alts)
     checks: List[Callable[[Any], bool]] = []
     if "const" in schema:

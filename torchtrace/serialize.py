@@ -41,12 +41,13 @@ def _tree(g: Graph, arr: Callable[[Any], Any], share: bool) -> Dict[str, Any]:
         if m.phase != "forward":
             d["phase"] = m.phase
         modules.append(d)
-    values = [{"id": v.id, "shape": arr(v.shape), "dtype": v.dtype, "device": v.device,
-               "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of}
-              if v.version_of is None else
-              {"id": v.id, "shape": arr(v.shape), "dtype": v.dtype, "device": v.device,
-               "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of,
-               "version_of": v.version_of} for v in g.values]
+    values = []
+    for v in g.values:
+        d = {"id": v.id, "shape": arr(v.shape), "dtype": v.dtype, "device": v.device,
+             "requires_grad": v.requires_grad, "role": v.role, "name": v.name, "alias_of": v.alias_of}
+        if v.version_of is not None:
+            d["version_of"] = v.version_of
+        values.append(d)
     sources: Dict[int, Any] = {}
 
     def source(src: Any) -> Any:
