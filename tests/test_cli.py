@@ -225,3 +225,61 @@ def test_run_renders_each_new_variant(tmp_path):
     files = sorted(p.name for p in (tmp_path / "o").glob("variant-*"))
     assert files == ["variant-0.mmd"]  # batch size 3 is a shape variant, not a new structure
     assert (tmp_path / "o" / "variant-0.mmd").read_text().startswith("---\nconfig:")
+
+
+def test_every_view_phase_is_a_cli_choice(tmp_path):
+    """`--phase` takes what the views take: the optimizer's ops of a training
+    step shown alone, no forward or backward op among them."""
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with torchtrace.trace(model) as t:
+        model(torch.randn(3, 4)).sum().backward()
+        opt.step()
+    g = t.graph
+    assert {n.phase for n in g.nodes} == {"forward", "backward", "optimizer"}
+    path = tmp_path / "step.json"
+    torchtrace.save(g, path)
+    res = runner.invoke(app, ["render", str(path), "-f", "text", "--phase", "optimizer"])
+    assert res.exit_code == 0, res.output
+    assert "phase=optimizer" in res.output and "ops of other phases not shown" in res.output
+    shown = [line for line in res.output.splitlines() if "[optimizer]" in line]
+    assert any("add_" in line for line in shown), res.output  # SGD's parameter update
+    assert "addmm" not in res.output and "randn" not in res.output, res.output
+    res = runner.invoke(app, ["show", str(path), "--phase", "optimizer"])
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["run", "--out", "s.py", "s.py"], 2, ["--out names a file", "Fix:"]),
+    (["run", "--out", "s.py/deeper", "s.py"], 1, ["cannot write here", "s.py/deeper", "Fix:"]),
+    (["export", "g.json", "-o", "s.py/x.json"], 1, ["cannot write here", "Fix:"]),
+    (["render", "g.json", "-f", "mermaid", "-o", "."], 1, ["is a folder", "name a file"]),
+])
+def test_unwritable_outputs_give_clear_errors_without_traceback(args, code, words, tmp_path):
+    import torch
+
+    (tmp_path / "s.py").write_text("print('never runs')\n")
+    with torchtrace.trace() as t:
+        torch.ones(2).add(1)
+    torchtrace.save(t.graph, tmp_path / "g.json")
+    res = subprocess.run([EXE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == code, res.stderr
+    assert "Traceback" not in res.stderr and "never runs" not in res.stdout
+    for w in words:
+        assert w in res.stderr, res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "s.py"]  # no temporary file left
+
+
+def test_a_failed_save_is_an_oserror_and_a_torchtrace_error(tmp_path):
+    import torch
+
+    with torchtrace.trace() as t:
+        torch.ones(2).add(1)
+    for target in (tmp_path, tmp_path / "file.txt" / "g.json"):
+        (tmp_path / "file.txt").write_text("")
+        with pytest.raises(OSError) as err:
+            torchtrace.save(t.graph, target)
+        assert isinstance(err.value, torchtrace.TorchtraceError) and "Fix:" in str(err.value)

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from . import __version__
 from .errors import TorchtraceError, UsageError
+from .views.options import PHASE_CHOICES
 
 app = typer.Typer(
     name="torchtrace", no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
@@ -26,11 +27,7 @@ err = Console(stderr=True, highlight=False, emoji=False)
 out = Console(highlight=False, emoji=False)
 
 
-class Phase(str, Enum):
-    forward = "forward"
-    backward = "backward"
-    both = "both"
-
+Phase = Enum("Phase", {p: p for p in PHASE_CHOICES}, type=str)  # the views' own list
 
 class Fmt(str, Enum):
     text = "text"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["TorchtraceError", "IRError", "RenderError", "UsageError"]
+__all__ = ["TorchtraceError", "IRError", "RenderError", "UsageError", "WriteError"]
 
 
 class TorchtraceError(Exception):
@@ -55,3 +55,16 @@ class RenderError(TorchtraceError):
 
 class UsageError(TorchtraceError):
     """An API or CLI argument is not valid (unknown option, bad value, …)."""
+
+
+class WriteError(TorchtraceError, OSError):
+    """A file or folder torchtrace was asked to write cannot be written (also
+    an ``OSError``, as the failed write itself was)."""
+
+    @classmethod
+    def of(cls, path: object, error: OSError) -> "WriteError":
+        reason = error.strerror or type(error).__name__
+        bad = getattr(error, "filename", None)
+        return cls("cannot write here", where=str(path), expected="a path whose folder exists or can be created",
+                   found=f"{reason}{f' ({bad})' if bad and str(bad) != str(path) else ''}",
+                   fix="choose another path (-o / --out), or create the folder and check its permissions")

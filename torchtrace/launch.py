@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import UsageError
+from .errors import UsageError, WriteError
 from .ir import Graph
 
 STORE_NAME = "trace.db"
@@ -67,21 +67,29 @@ class _Progress:
 
         fmt = self.options.render
         ext = {"markdown": "md", "mermaid": "mmd", "text": "txt"}.get(fmt, fmt)
+        from .serialize import atomic_write
+
         data = render(graph, fmt)
         path = self.options.out / f"variant-{k}.{ext}"
-        path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        atomic_write(path, data if isinstance(data, bytes) else data.encode("utf-8"))
         return path
 
 
 def _prepare_store(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
     path = out / STORE_NAME
-    if path.exists():  # keep the previous run once, never append to it
-        prev = out / "trace.prev.db"
-        for suffix in ("", "-wal", "-shm"):
-            old = Path(str(path) + suffix)
-            if old.exists():
-                os.replace(old, Path(str(prev) + suffix))
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
+                         found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if path.exists():  # keep the previous run once, never append to it
+            prev = out / "trace.prev.db"
+            for suffix in ("", "-wal", "-shm"):
+                old = Path(str(path) + suffix)
+                if old.exists():
+                    os.replace(old, Path(str(prev) + suffix))
+    except OSError as e:  # --out names a file, or a folder that cannot be made
+        raise WriteError.of(out, e) from None
     return path
 
 

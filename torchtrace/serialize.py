@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Union
 import orjson
 
 from . import _jsonschema
-from .errors import IRError
+from .errors import IRError, WriteError
 from .ir import (FORMAT, VERSION, Autograd, AutogradNode, GradInfo, Graph, ModuleCall, Node, Source,
                  Value, Witness, check_version)
 
@@ -146,19 +146,27 @@ def dumps(g: Graph) -> str:
 def atomic_write(path: PathLike, data: bytes) -> None:
     """Write ``data`` so that readers see the old file or the new one, never half."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise WriteError("is a folder", where=str(target), expected="a file path to write", found="a folder",
+                         fix="name a file inside it")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise WriteError.of(target, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):  # e.g. the target is a folder, or the disk is full
+            raise WriteError.of(target, e) from None
         raise
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import IRError, UsageError
+from .errors import IRError, UsageError, WriteError
 from .ir import Graph, Witness
 from .serialize import decode, encode
 
@@ -70,6 +70,9 @@ _COLUMNS = ("id, rank, idx, step, label, root, started, wall_s, n_ops, n_forward
             "error, structure_fp, shapes_fp")
 
 
+_CANTOPEN = 14  # SQLITE_CANTOPEN
+
+
 class Store:
     """A trace store file. ``Store(path)`` opens or creates it; ``readonly=True``
     requires it to exist and never writes."""
@@ -81,13 +84,20 @@ class Store:
                              "`torchtrace run` or torchtrace.Recorder", found="no such file",
                              fix="check the path (the default is ./torchtrace-out/trace.db)")
         if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteError.of(self.path, e) from None
         uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
         try:
             self.db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
             self.db.execute("PRAGMA busy_timeout = 30000")
             version, tables = _retry_locked(lambda: self._setup(readonly))
         except sqlite3.DatabaseError as e:
+            if not readonly and getattr(e, "sqlite_errorcode", None) == _CANTOPEN:  # e.g. the path is a folder
+                raise WriteError("cannot write a trace store here", where=str(self.path),
+                                 expected="a path for a new or existing trace.db", found=str(e),
+                                 fix="choose another path (--out DIR), or check the folder's permissions") from None
             raise IRError("not a trace store", where=str(self.path), expected="an SQLite file written by torchtrace",
                           found=str(e), fix="pass the trace.db from `torchtrace run --out DIR`") from None
         if version != SCHEMA_VERSION or not {"graphs", "passes"} <= tables:
