@@ -192,6 +192,32 @@ def test_recorder_rejects_bad_options(tmp_path):
         torchtrace.Recorder(tmp_path / "t.db", every=0)
     with pytest.raises(torchtrace.TorchtraceError, match="max_passes"):
         torchtrace.Recorder(tmp_path / "t.db", max_passes=-1)
+    for bad in (0, -5, "10", True):
+        with pytest.raises(torchtrace.TorchtraceError, match="max_ops"):
+            torchtrace.Recorder(tmp_path / "t.db", max_ops=bad)
+    with pytest.raises(torchtrace.TorchtraceError, match="skip"):
+        torchtrace.Recorder(tmp_path / "t.db", skip=[3])
+
+
+def test_api_mistakes_are_torchtrace_errors_before_anything_runs(tmp_path):
+    """trace(), variants() and load() say what they expected instead of a
+    TypeError from deep inside (or, for max_ops=0, silently recording without a cap)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    for kw, word in (({"max_ops": 0}, "max_ops"), ({"max_ops": "100"}, "max_ops"), ({"skip": 7}, "skip"),
+                     ({"skip": ["ok/", None]}, "skip")):
+        with pytest.raises(torchtrace.TorchtraceError, match=word):
+            with torchtrace.trace(**kw):
+                pass
+        assert _get_current_dispatch_mode() is None
+    with torchtrace.trace(skip="transformers/") as t:  # one prefix as a str: not its characters
+        torch.ones(2).add(1)
+    assert t.graph.meta["skip"] == ["transformers/"]
+    for bad in (t.graph, "trace.db", tmp_path, 3):
+        with pytest.raises(torchtrace.TorchtraceError, match="list of passes"):
+            torchtrace.variants(bad)
+    with pytest.raises(torchtrace.TorchtraceError, match="takes a path"):
+        torchtrace.load(3)
 
 
 def test_input_preparation_opens_the_next_pass(tmp_path):

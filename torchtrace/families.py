@@ -15,6 +15,7 @@ step 812 take another path.
 from __future__ import annotations
 
 import os
+from pathlib import PurePath
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -144,6 +145,10 @@ GraphLike = Union[Graph, Dict[str, Any], str, "os.PathLike[str]"]
 
 def variants(graphs: Iterable[GraphLike]) -> Variants:
     """Group passes by fingerprint; see :class:`Variants`."""
+    if isinstance(graphs, (Graph, str, PurePath, dict)) or not isinstance(graphs, Iterable):
+        raise UsageError("variants() takes a list of passes", expected="a list of torchtrace.Graph objects, "
+                         "IR dicts or paths", found=f"one {type(graphs).__name__}",
+                         fix="pass e.g. variants([g1, g2, g3]); for a trace store use `torchtrace variants trace.db`")
     gs = [_graph(g, k) for k, g in enumerate(graphs)]
     keys = [_fps(g) for g in gs]
     order: Dict[str, List[int]] = {}

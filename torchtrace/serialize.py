@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Union
 import orjson
 
 from . import _jsonschema
-from .errors import IRError, WriteError
+from .errors import IRError, UsageError, WriteError
 from .ir import (FORMAT, VERSION, Autograd, AutogradNode, GradInfo, Graph, ModuleCall, Node, Source,
                  Value, Witness, check_version)
 
@@ -215,6 +215,10 @@ def decode(raw: bytes, where: str) -> Graph:
 
 def load(path: PathLike) -> Graph:
     """Read a graph written by ``save`` (JSON or gzipped JSON); never runs code."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError("load() takes a path", expected="a str or os.PathLike naming a .json or .json.gz file",
+                         found=type(path).__name__, fix="pass the path given to torchtrace.save(); for an "
+                         "IR dict use torchtrace.Graph.from_dict(d)")
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -224,4 +228,7 @@ def load(path: PathLike) -> Graph:
     except IsADirectoryError:
         raise IRError("is a folder", where=str(p), expected="a graph file (.json or .json.gz)",
                       found="a directory", fix="pass one of the .json files inside it") from None
+    except OSError as e:  # permissions, a broken mount, ...
+        raise IRError("cannot read", where=str(p), expected="a readable graph file", found=e.strerror or str(e),
+                      fix="check the file's permissions") from None
     return decode(raw, str(p))

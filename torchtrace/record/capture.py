@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode
 
+from ..errors import UsageError
 from ..ir import Graph
 from .autograd import AutogradTracker
 from .build import build_graph
@@ -67,6 +68,24 @@ def _bind(fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, A
     bound = {f"arg{i}": a for i, a in enumerate(args)}
     bound.update(kwargs)
     return bound
+
+
+def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[int]]:
+    """``skip`` and ``max_ops`` as ``trace()`` and ``Recorder`` take them, checked
+    before anything is installed: one prefix or an iterable of them; None or >= 1."""
+    if isinstance(skip, str):
+        skip = (skip,)
+    try:
+        prefixes = tuple(skip)
+    except TypeError:
+        prefixes = (None,)
+    if not all(isinstance(s, str) for s in prefixes):
+        raise UsageError("bad `skip`", expected="a source-path prefix or a list of them", found=repr(skip),
+                         fix="pass e.g. skip=['transformers/'] (or leave it out)")
+    if max_ops is not None and (not isinstance(max_ops, int) or isinstance(max_ops, bool) or max_ops < 1):
+        raise UsageError("bad `max_ops`", expected="None (no cap) or an integer >= 1", found=repr(max_ops),
+                         fix="pass e.g. max_ops=1_000_000, or None for no cap")
+    return prefixes, max_ops
 
 
 class Capture:

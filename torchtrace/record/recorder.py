@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..ir import Graph
 from ..store import Store
 from .boundary import drop_events, input_prep, repeated_prep, signature
-from .capture import Capture, call_kwargs, tensors_in
+from .capture import Capture, call_kwargs, capture_options, tensors_in
 
 _ACTIVE = threading.local()
 DEFAULT_MAX_OPS = 500_000
@@ -54,8 +54,7 @@ class Recorder:
                              fix="use max_passes=None for no limit")
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
-        self._skip = (skip,) if isinstance(skip, str) else tuple(skip)
-        self._max_ops = max_ops
+        self._skip, self._max_ops = capture_options(skip, max_ops)
         self.on_pass = on_pass
         self.store: Optional[Store] = None
         self.capture: Optional[Capture] = None

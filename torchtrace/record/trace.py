@@ -7,7 +7,7 @@ import torch
 
 from ..errors import UsageError
 from ..ir import Graph
-from .capture import Capture
+from .capture import Capture, capture_options
 
 
 class Trace:
@@ -21,9 +21,8 @@ class Trace:
             raise UsageError("trace() got a model that is not an nn.Module", expected="an nn.Module or None",
                              found=type(model).__name__,
                              fix="pass the module whose params/inputs should be named, or nothing")
-        if isinstance(skip, str):
-            skip = (skip,)
-        self._options = dict(model=model, skip=tuple(skip), max_ops=max_ops)
+        skip, max_ops = capture_options(skip, max_ops)
+        self._options = dict(model=model, skip=skip, max_ops=max_ops)
         self._label = label
         self._capture: Optional[Capture] = None
         self._graph: Optional[Graph] = None
