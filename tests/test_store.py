@@ -264,3 +264,49 @@ def test_ranks_opening_a_new_store_at_once_all_get_in(tmp_path):
         assert [p.returncode for p in procs] == [0] * 8, "\n".join(e for e in errors if e)[-3000:]
         with Store(path, readonly=True) as store:
             assert store.ranks() == list(range(8))
+
+
+class _WorkerSees(torch.utils.data.Dataset):
+    """A dataset whose items run a module with weights (a root module, in the worker)
+    and say what the worker process saw of torchtrace: dispatch modes, global hooks."""
+
+    def __init__(self) -> None:
+        self.augment = nn.Linear(4, 4)
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        seen = len(_get_current_dispatch_mode_stack()) + len(nn_module._global_forward_pre_hooks) \
+            + len(nn_module._global_forward_hooks)
+        with torch.no_grad():
+            x = self.augment(torch.full((4,), float(i)))
+        return x, torch.tensor(seen)
+
+
+def test_forked_dataloader_workers_record_nothing_and_store_nothing(tmp_path):
+    """A DataLoader worker forked inside a trace or Recorder inherits the mode stack
+    and the global hooks: it must drop them (its ops are not the traced program's),
+    and a module it calls must not write passes into the parent's store."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    loader = torch.utils.data.DataLoader(_WorkerSees(), batch_size=2, num_workers=1,
+                                         multiprocessing_context="fork")
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        seen = []
+        for x, s in loader:
+            model(x).sum().backward()
+            seen.append(s)
+    assert rec.recorded == 2
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert [p.root for p in passes] == ["Linear", "Linear"] and len(passes) == 2, passes
+        for p in passes:  # the parent's passes, whole: forward, backward
+            assert {n.phase for n in store.graph(p.idx).nodes} >= {"forward", "backward"}
+    assert torch.cat(seen).tolist() == [0, 0, 0, 0]
+    with torchtrace.trace(model) as t:
+        seen = [s for x, s in loader]
+        model(x).sum().backward()
+    assert torch.cat(seen).tolist() == [0, 0, 0, 0]
+    assert any(n.op == "aten.addmm.default" for n in t.graph.nodes)
+    assert not _get_current_dispatch_mode_stack() and not nn_module._global_forward_pre_hooks

@@ -88,6 +88,30 @@ def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[
     return prefixes, max_ops
 
 
+# Captures started and not yet stopped. A forked child (a DataLoader worker) stops
+# them at once: it inherits the mode stack and the global hooks, but its ops are
+# not the traced program's and nothing it recorded would ever be stored. The
+# at-fork callback stays registered for the process (os.register_at_fork has no
+# removal); with no capture started it does nothing.
+_STARTED: "weakref.WeakSet[Capture]" = weakref.WeakSet()
+
+
+def _stop_in_forked_child() -> None:
+    for cap in list(_STARTED):
+        cap.mode.off = True
+        if cap.tid != threading.get_ident():  # its mode is on a thread the child does not have
+            cap._mode_pushed = False
+        try:
+            cap.stop()  # the mode (on the forking thread), the global hooks, autograd pre-hooks
+        except Exception:  # pragma: no cover - never break the child over this
+            pass
+    _STARTED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_stop_in_forked_child)
+
+
 class Capture:
     def __init__(self, model: Optional[torch.nn.Module] = None, *, skip: Iterable[str] = (),
                  max_ops: Optional[int] = None) -> None:
@@ -114,6 +138,7 @@ class Capture:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, *, with_mode: bool = True) -> None:
+        _STARTED.add(self)
         self.scope.install()
         self._installed = True
         if with_mode:
@@ -145,6 +170,7 @@ class Capture:
 
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""
+        _STARTED.discard(self)
         try:
             self.pop_mode(force=True)
         finally:

@@ -10,6 +10,7 @@ committed to the store at once. Passes that are not sampled (``every``,
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -27,6 +28,23 @@ from .capture import Capture, call_kwargs, capture_options, tensors_in
 
 _ACTIVE = threading.local()
 DEFAULT_MAX_OPS = 500_000
+# Recorders inside their `with`. In a forked child (a DataLoader worker) each one goes
+# inert: its Capture is stopped (capture.py), it stores nothing, and it never closes the
+# store connection it inherited (SQLite forbids using one across fork; closing the last
+# connection checkpoints and removes the WAL file the parent still writes to).
+_OPEN: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
+_INHERITED: List[Any] = []
+
+
+def _inert_in_forked_child() -> None:
+    for rec in list(_OPEN):
+        rec._detach_after_fork()
+    _OPEN.clear()
+    _ACTIVE.recorder = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_inert_in_forked_child)
 
 
 def _has_params(module: torch.nn.Module) -> bool:
@@ -80,11 +98,14 @@ class Recorder:
         self._begin(root=None)
         self.capture.start(with_mode=self._sampled)
         _ACTIVE.recorder = self
+        _OPEN.add(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         _ACTIVE.recorder = None
-        assert self.capture is not None
+        _OPEN.discard(self)
+        if self.capture is None:  # a forked child's copy (_detach_after_fork): nothing to store
+            return False
         try:
             if self._prep and self._sampled:  # no next call: drop what repeats the last preparation
                 drop_events(self.capture.mode, repeated_prep(self.capture.mode, self._prep))
@@ -104,6 +125,8 @@ class Recorder:
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""
+        if self.capture is None:  # a forked child's copy
+            return
         self._prelude = False
         self._boundary(root=None)
 
@@ -168,6 +191,14 @@ class Recorder:
         if not self.backward and self._sampled and self.capture is not None:
             self.capture.mode.off = True
             self.capture.pop_mode()
+
+    def _detach_after_fork(self) -> None:
+        for h in self._root_handles:  # the child's copies of the root modules' hook dicts
+            h.remove()
+        self._root_handles = []
+        if not isinstance(self._store_arg, Store):
+            _INHERITED.append(self.store)  # kept referenced: never closed by the child
+        self.store = self.capture = None
 
     # -- passes that are not sampled: no global module hooks ------------------------
     def _watch(self) -> None:
