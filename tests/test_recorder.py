@@ -241,6 +241,38 @@ def test_source_lines_and_skip_prefixes():
     assert {(n.source.file, n.source.line) for n in t.graph.nodes} == {(__file__, line)}
 
 
+def test_standard_library_frames_are_not_the_users_line():
+    """`copy.deepcopy` (stdlib) calls Tensor.__deepcopy__ (torch): its ops belong
+    to the line that called deepcopy, as torch's own frames do."""
+    import copy
+    import inspect
+
+    m = nn.Linear(3, 2)
+    with torchtrace.trace() as t:
+        line = inspect.currentframe().f_lineno + 1
+        twin = copy.deepcopy(m)
+        twin(torch.ones(1, 3))
+    ops = [n for n in t.graph.nodes if n.source is not None]
+    assert ops and not any("copy.py" in n.source.file for n in ops)
+    copies = [n for n in ops if n.source.line == line]
+    assert copies and {n.source.file for n in copies} == {__file__}, [(n.op, n.source) for n in ops]
+
+
+def test_storage_arguments_are_described_not_printed():
+    """An op taking a storage (how a DataLoader worker's batch is rebuilt) records its
+    size, not its repr: that prints the bytes, which would make the args (and the
+    shapes fingerprint) depend on the data."""
+    graphs = []
+    for fill in (1.0, 2.0):
+        src = torch.full((3,), fill).untyped_storage()
+        with torchtrace.trace() as t:
+            torch.empty(0).set_(src, 0, (3,), (1,))
+        graphs.append(t.graph)
+    args = [n.args for n in graphs[0].nodes if n.op.startswith("aten.set_")]
+    assert args == [{"source": "<storage 12 bytes cpu>", "storage_offset": 0, "size": [3], "stride": [1]}]
+    assert graphs[0].fingerprints == graphs[1].fingerprints
+
+
 def test_block_exception_leaves_nothing_behind():
     hooks_before = (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks))
 

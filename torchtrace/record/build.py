@@ -37,6 +37,8 @@ def jsonable(x: Any) -> Any:
         return str(x)
     if isinstance(x, torch.Tensor):
         return f"<tensor {str(x.dtype).replace('torch.', '')}{list(x.shape)}>"
+    if isinstance(x, (torch.UntypedStorage, torch.TypedStorage)):  # its repr prints the data
+        return f"<storage {x.nbytes()} bytes {x.device}>"
     if isinstance(x, complex):
         return str(x)
     if isinstance(x, torch.ScriptObject):

@@ -1,5 +1,6 @@
 """Which Python frames are "user code": the first frame outside torch/,
-torchtrace/ and any prefix the user adds (e.g. ``transformers/``).
+torchtrace/, the standard library and any prefix the user adds (e.g.
+``transformers/``).
 
 The answer is cached per code object, so the per-op walk costs a few dict
 lookups; ``traceback.extract_stack`` would cost 40-100 µs per op.
@@ -7,6 +8,7 @@ lookups; ``traceback.extract_stack`` would cost 40-100 µs per op.
 from __future__ import annotations
 
 import os
+import sysconfig
 from types import CodeType
 from typing import Dict, Iterable, List, Tuple
 
@@ -17,8 +19,17 @@ from .._memo import remember
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _AUTOGRAD_DIR = os.path.join(_TORCH_DIR, "autograd") + os.sep
-# stdlib plumbing that never is the line a user wants to see
-_PLUMBING = ("contextlib.py", "functools.py", "<frozen ")
+# The standard library (copy, contextlib, functools, multiprocessing, ...) is never the
+# line a user wants to see: `copy.deepcopy(model)` belongs to the line that called it.
+# Third-party packages installed under it (site-packages) are user code unless skipped.
+_STDLIB = tuple(sorted({os.path.abspath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")}))
+_PACKAGES = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+_FROZEN = "<frozen "  # frozen stdlib modules (runpy, importlib)
+
+
+def _stdlib(filename: str) -> bool:
+    return (filename.startswith(_FROZEN)
+            or (filename.startswith(_STDLIB) and not any(p in filename for p in _PACKAGES)))
 
 
 def _normalise(prefix: str) -> str:
@@ -46,8 +57,7 @@ class FrameFilter:
         hit = self.cache.get(id(code))
         if hit is None:
             name = code.co_filename
-            hit = (name.startswith(self.absolute) or any(s in name for s in self.segments)
-                   or any(p in name for p in _PLUMBING))
+            hit = name.startswith(self.absolute) or any(s in name for s in self.segments) or _stdlib(name)
             if len(self.held) >= _MAX_CODES:  # code made on the fly (exec, recompiles): start over
                 self.cache.clear()
                 self.held.clear()
