@@ -283,3 +283,19 @@ def test_a_failed_save_is_an_oserror_and_a_torchtrace_error(tmp_path):
         with pytest.raises(OSError) as err:
             torchtrace.save(t.graph, target)
         assert isinstance(err.value, torchtrace.TorchtraceError) and "Fix:" in str(err.value)
+
+
+def test_run_writes_into_out_even_when_the_script_changes_directory(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "s.py").write_text(textwrap.dedent("""
+        import os, torch
+        os.chdir("sub")
+        m = torch.nn.Linear(2, 2)
+        m(torch.ones(1, 2)).sum().backward()
+    """))
+    res = subprocess.run([EXE, "run", "--out", "o", "--render", "mermaid", "s.py"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "o" / "variant-0.mmd").read_text().startswith("---")
+    assert not (tmp_path / "sub" / "o").exists()
+    assert "wrote o/variant-0.mmd" in res.stderr  # the path as the user's shell sees it

@@ -51,6 +51,9 @@ class _Progress:
     renders: List[Path] = field(default_factory=list)
     status: Any = None
 
+    def __post_init__(self) -> None:
+        self.folder = self.options.out.absolute()  # the script may chdir
+
     def on_pass(self, graph: Graph, index: int) -> None:
         self.passes += 1
         fp = graph.fingerprints["structure"]
@@ -70,9 +73,9 @@ class _Progress:
         from .serialize import atomic_write
 
         data = render(graph, fmt)
-        path = self.options.out / f"variant-{k}.{ext}"
-        atomic_write(path, data if isinstance(data, bytes) else data.encode("utf-8"))
-        return path
+        name = f"variant-{k}.{ext}"
+        atomic_write(self.folder / name, data if isinstance(data, bytes) else data.encode("utf-8"))
+        return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
 
 
 def _prepare_store(out: Path) -> Path:
