@@ -273,6 +273,48 @@ def test_storage_arguments_are_described_not_printed():
     assert graphs[0].fingerprints == graphs[1].fingerprints
 
 
+def test_wrapper_subclass_parameters_are_traced():
+    """A parameter that is a wrapper tensor subclass (as DTensor is) has no storage
+    of its own: torch raises on its data pointer. The trace reads the storages it
+    wraps instead, records the pass and leaves the results unchanged."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    torch.manual_seed(0)
+    m = nn.Linear(3, 2)
+    m.weight = nn.Parameter(TwoTensor(torch.randn(2, 3), torch.randn(2, 3)))
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError):
+        m.weight.untyped_storage().data_ptr()
+    plain = m(x)
+    with torchtrace.trace(m) as t:
+        traced = m(x)
+        traced.sum().backward()
+    assert torch.equal(plain.a, traced.a) and torch.equal(plain.b, traced.b)
+    g = t.graph
+    assert "record_errors" not in g.meta
+    assert any(n.op == "aten.addmm.default" for n in g.nodes)
+    assert {a.name for a in g.autograd.nodes} >= {"AddmmBackward0", "torch::autograd::AccumulateGrad"}
+
+
+def test_a_failed_read_of_the_autograd_graph_keeps_the_ops(monkeypatch):
+    """If torch refuses a read while the graph is built, the block still exits
+    normally: the ops are kept, the autograd part is empty and meta says why."""
+    from torchtrace.record import autograd as tracker
+
+    def refuse(node):
+        raise RuntimeError("cannot read this Node")
+
+    monkeypatch.setattr(tracker, "_saved_storages", refuse)
+    m = nn.Linear(3, 2)
+    with pytest.warns(RuntimeWarning, match="the autograd graph"):
+        with torchtrace.trace(m) as t:
+            y = m(torch.ones(1, 3))  # alive at the block's end: its graph is walked then
+    g = t.graph.validate()
+    assert torch.equal(y, m(torch.ones(1, 3)))
+    assert [n.op for n in g.nodes if n.op == "aten.addmm.default"] and g.autograd.nodes == ()
+    assert g.meta["record_errors"]["first"] == "the autograd graph: RuntimeError: cannot read this Node"
+
+
 def test_block_exception_leaves_nothing_behind():
     hooks_before = (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks))
 

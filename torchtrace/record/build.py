@@ -16,7 +16,7 @@ from .._memo import Lazy, remember
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
-from .linking import build_autograd
+from .linking import AutogradPart, build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
 from .opinfo import BY_INDEX
@@ -175,7 +175,12 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             alias_root[vid] = alias_root[origin[1]]
 
     alive = mode.live()
-    ag = build_autograd(capture, mode, events, infos)
+    try:
+        ag = build_autograd(capture, mode, events, infos)
+    except Exception as e:  # torch refused a read (an exotic tensor): keep the ops, say what is missing
+        capture.note_fault("the autograd graph", e, stacklevel=5)
+        meta.update(capture.fault_meta())
+        ag = AutogradPart(capture.autograd)
     created = ag.created_by_op
 
     vid_str = [f"v{i}" for i in range(len(vmeta))]

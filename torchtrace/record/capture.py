@@ -12,11 +12,13 @@ import os
 import platform
 import sys
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode
+from torch.utils._python_dispatch import (_disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode,
+                                          is_traceable_wrapper_subclass)
 
 from ..errors import UsageError
 from ..ir import Graph
@@ -209,7 +211,19 @@ class Capture:
                 "created": self.created, "label": None, "step": None, "rank": rank, "world_size": world,
                 "grad_mode": self.pass_grad_mode, "compiled_regions_ran_eager": self.compiled,
                 "truncated": self.truncated, "skip": list(self.skip),
-                **({"record_errors": {"count": self.faults, "first": self.first_fault}} if self.faults else {})}
+                **self.fault_meta()}
+
+    def note_fault(self, what: str, error: BaseException, stacklevel: int = 2) -> None:
+        """Something torchtrace could not read (an exotic tensor, a private API that
+        changed): count it for ``meta.record_errors``, warn once, go on."""
+        self.faults += 1
+        if self.faults == 1:
+            self.first_fault = f"{what}: {type(error).__name__}: {error}"
+            warnings.warn(f"torchtrace: could not record all of {self.first_fault}; the graph misses "
+                          "that part (meta.record_errors)", RuntimeWarning, stacklevel=stacklevel)
+
+    def fault_meta(self) -> Dict[str, Any]:
+        return {"record_errors": {"count": self.faults, "first": self.first_fault}} if self.faults else {}
 
     # -- module roots and names ------------------------------------------------------
     def register_root(self, module: torch.nn.Module, path: Optional[str] = None) -> str:
@@ -334,7 +348,7 @@ class Capture:
         return None
 
     def param_storages(self) -> set:
-        return {p.untyped_storage().data_ptr() for p, _, role in self.names.values() if role == "param"}
+        return {ptr for p, _, role in self.names.values() if role == "param" for ptr in storage_ptrs(p)}
 
     def trainable_params(self) -> List[Tuple[Any, str]]:
         seen, out = set(), []
@@ -371,6 +385,23 @@ def _local_name(t: Any, frame: Any) -> Optional[str]:
     except Exception:  # pragma: no cover - exotic frames
         return None
     return None
+
+
+def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
+    """Data pointers of the storages behind ``t``: its own, or for a wrapper
+    subclass with no storage of its own (DTensor, quantized wrappers) those of
+    the tensors it wraps (``__tensor_flatten__``)."""
+    if not isinstance(t, torch.Tensor):
+        return []
+    try:
+        return [t.untyped_storage().data_ptr()]
+    except (RuntimeError, NotImplementedError, TypeError):
+        pass
+    try:
+        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]] if is_traceable_wrapper_subclass(t) else []
+    except Exception:  # a subclass whose flatten fails: its storage is unknown
+        return []
+    return [p for x in inner for p in storage_ptrs(x, depth + 1)] if depth < 4 else []
 
 
 def call_kwargs(frame: Any) -> dict:

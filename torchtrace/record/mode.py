@@ -355,12 +355,7 @@ class RecordingMode(TorchDispatchMode):
             del self.vrefs[n_values:]
             for key in [k for k, v in self.vmap.items() if v >= n_values]:
                 del self.vmap[key]
-        capture = self.capture
-        capture.faults += 1
-        if capture.faults == 1:
-            capture.first_fault = f"{info.name}: {type(error).__name__}: {error}"
-            warnings.warn(f"torchtrace: could not record all of {capture.first_fault}; the graph misses "
-                          "that part (meta.record_errors)", RuntimeWarning, stacklevel=3)
+        self.capture.note_fault(info.name, error, stacklevel=4)
 
     def _truncate(self) -> None:
         self.off = True
