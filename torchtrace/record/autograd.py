@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 _SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}
 
@@ -54,6 +55,23 @@ def _saved_storages(node: Any) -> List[Tuple[int, int]]:
             except (RuntimeError, NotImplementedError):  # no storage to count (functorch wrappers, meta)
                 continue
     return out
+
+
+def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
+    """Data pointers of the storages behind ``t``: its own, or for a wrapper
+    subclass with no storage of its own (DTensor, quantized wrappers) those of
+    the tensors it wraps (``__tensor_flatten__``)."""
+    if not isinstance(t, torch.Tensor):
+        return []
+    try:
+        return [t.untyped_storage().data_ptr()]
+    except (RuntimeError, NotImplementedError, TypeError):
+        pass
+    try:
+        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]] if is_traceable_wrapper_subclass(t) else []
+    except Exception:  # a subclass whose flatten fails: its storage is unknown
+        return []
+    return [p for x in inner for p in storage_ptrs(x, depth + 1)] if depth < 4 else []
 
 
 class Entry:

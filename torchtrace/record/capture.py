@@ -7,7 +7,6 @@ removes everything it installed, whatever happened in between.
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import os
 import platform
 import sys
@@ -17,59 +16,22 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from torch.utils._python_dispatch import (_disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode,
-                                          is_traceable_wrapper_subclass)
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode
 
 from ..errors import UsageError
 from ..ir import Graph
-from .autograd import AutogradTracker
+from .autograd import AutogradTracker, storage_ptrs
 from .build import build_graph
-from .frames import frame_filter
+from .calls import bind_args, call_kwargs, tensors_in
 from .composite import see_autocast
+from .frames import frame_filter
 from .mode import V_ORIGIN, RecordingMode
 from .modules import ModuleScope
-
-_SIGNATURES: Dict[Any, Optional[Tuple[inspect.Signature, Tuple[str, ...]]]] = {}
-
 
 def grad_mode() -> str:
     if torch.is_inference_mode_enabled():
         return "inference"
     return "train" if torch.is_grad_enabled() else "no_grad"
-
-
-def _signature(fn: Any) -> Optional[Tuple[inspect.Signature, Tuple[str, ...]]]:
-    """(signature, names of the leading plain positional parameters), per function."""
-    key = getattr(fn, "__func__", fn)
-    if key not in _SIGNATURES:
-        try:
-            sig = inspect.signature(fn)
-            plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            names = []
-            for p in sig.parameters.values():
-                if p.kind not in plain:
-                    break
-                names.append(p.name)
-            _SIGNATURES[key] = (sig, tuple(names))
-        except (TypeError, ValueError):
-            _SIGNATURES[key] = None
-    return _SIGNATURES[key]
-
-
-def _bind(fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Argument name -> value for a call of ``fn``, as ``Signature.bind_partial``
-    (positional-only calls, the usual root call, skip it: ~1.5 µs per pass)."""
-    sig = _signature(fn)
-    if sig is not None:
-        if not kwargs and len(args) <= len(sig[1]):
-            return dict(zip(sig[1], args))
-        try:
-            return dict(sig[0].bind_partial(*args, **kwargs).arguments)
-        except TypeError:
-            pass
-    bound = {f"arg{i}": a for i, a in enumerate(args)}
-    bound.update(kwargs)
-    return bound
 
 
 def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[int]]:
@@ -263,7 +225,7 @@ class Capture:
         if not self.had_root_call:
             self.had_root_call = True
             self.pass_grad_mode = grad_mode()
-        for name, value in _bind(module.forward, args, kwargs).items():
+        for name, value in bind_args(module.forward, args, kwargs).items():
             self._name_inputs(value, name, 0)
 
     def _name_inputs(self, value: Any, name: str, depth: int) -> None:
@@ -385,42 +347,3 @@ def _local_name(t: Any, frame: Any) -> Optional[str]:
     except Exception:  # pragma: no cover - exotic frames
         return None
     return None
-
-
-def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
-    """Data pointers of the storages behind ``t``: its own, or for a wrapper
-    subclass with no storage of its own (DTensor, quantized wrappers) those of
-    the tensors it wraps (``__tensor_flatten__``)."""
-    if not isinstance(t, torch.Tensor):
-        return []
-    try:
-        return [t.untyped_storage().data_ptr()]
-    except (RuntimeError, NotImplementedError, TypeError):
-        pass
-    try:
-        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]] if is_traceable_wrapper_subclass(t) else []
-    except Exception:  # a subclass whose flatten fails: its storage is unknown
-        return []
-    return [p for x in inner for p in storage_ptrs(x, depth + 1)] if depth < 4 else []
-
-
-def call_kwargs(frame: Any) -> dict:
-    """The keyword arguments of a module call, from the frame of
-    ``Module._call_impl`` (or its ``inner()``) that runs the hooks: global
-    pre-hooks get no kwargs. Read only when needed (``f_locals`` builds a dict)."""
-    if frame is not None and frame.f_code.co_name in ("_call_impl", "inner"):
-        kwargs = frame.f_locals.get("kwargs")
-        if isinstance(kwargs, dict):
-            return kwargs
-    return {}
-
-
-def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        yield x
-    elif depth < 4 and isinstance(x, (list, tuple)):
-        for v in x:
-            yield from tensors_in(v, depth + 1)
-    elif depth < 4 and isinstance(x, dict):
-        for v in x.values():
-            yield from tensors_in(v, depth + 1)

@@ -24,7 +24,8 @@ from ..errors import UsageError
 from ..ir import Graph
 from ..store import Store
 from .boundary import drop_events, input_prep, repeated_prep, signature
-from .capture import Capture, call_kwargs, capture_options, tensors_in
+from .calls import call_kwargs, tensors_in
+from .capture import Capture, capture_options
 
 _ACTIVE = threading.local()
 DEFAULT_MAX_OPS = 500_000

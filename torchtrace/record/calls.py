@@ -1,0 +1,67 @@
+"""What a module call passed and returned, as the recorder reads it: arguments
+by parameter name, keyword arguments from the hook's frame, the tensors in a
+nested output."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import torch
+
+_SIGNATURES: Dict[Any, Optional[Tuple[inspect.Signature, Tuple[str, ...]]]] = {}
+
+
+def _signature(fn: Any) -> Optional[Tuple[inspect.Signature, Tuple[str, ...]]]:
+    """(signature, names of the leading plain positional parameters), per function."""
+    key = getattr(fn, "__func__", fn)
+    if key not in _SIGNATURES:
+        try:
+            sig = inspect.signature(fn)
+            plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            names = []
+            for p in sig.parameters.values():
+                if p.kind not in plain:
+                    break
+                names.append(p.name)
+            _SIGNATURES[key] = (sig, tuple(names))
+        except (TypeError, ValueError):
+            _SIGNATURES[key] = None
+    return _SIGNATURES[key]
+
+
+def bind_args(fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Argument name -> value for a call of ``fn``, as ``Signature.bind_partial``
+    (positional-only calls, the usual root call, skip it: ~1.5 µs per pass)."""
+    sig = _signature(fn)
+    if sig is not None:
+        if not kwargs and len(args) <= len(sig[1]):
+            return dict(zip(sig[1], args))
+        try:
+            return dict(sig[0].bind_partial(*args, **kwargs).arguments)
+        except TypeError:
+            pass
+    bound = {f"arg{i}": a for i, a in enumerate(args)}
+    bound.update(kwargs)
+    return bound
+
+
+def call_kwargs(frame: Any) -> dict:
+    """The keyword arguments of a module call, from the frame of
+    ``Module._call_impl`` (or its ``inner()``) that runs the hooks: global
+    pre-hooks get no kwargs. Read only when needed (``f_locals`` builds a dict)."""
+    if frame is not None and frame.f_code.co_name in ("_call_impl", "inner"):
+        kwargs = frame.f_locals.get("kwargs")
+        if isinstance(kwargs, dict):
+            return kwargs
+    return {}
+
+
+def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif depth < 4 and isinstance(x, (list, tuple)):
+        for v in x:
+            yield from tensors_in(v, depth + 1)
+    elif depth < 4 and isinstance(x, dict):
+        for v in x.values():
+            yield from tensors_in(v, depth + 1)
