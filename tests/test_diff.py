@@ -194,6 +194,35 @@ def test_a_python_level_loop_is_reported_as_a_repeated_block():
     assert "ran 2\u00d7 in A, 4\u00d7 in B" in h.explanation and "no tensor read decided it" in h.explanation
 
 
+class Stack(nn.Module):
+    """``for block in self.blocks[:depth]``: each pass of the loop is a call of
+    another ModuleList item, so its ops repeat under ``blocks.0``, ``blocks.1``..."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(5))
+        self.depth = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks[:self.depth]:
+            x = x + block(x)
+        return x
+
+
+def test_a_loop_over_modulelist_items_is_reported_as_a_repeated_block():
+    torch.manual_seed(0)
+    m = Stack()
+    a = record(m, torch.ones(2, 4))
+    m.depth = 3
+    b = record(m, torch.ones(2, 4))
+    [h] = torchtrace.diff(a, b).hunks
+    assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 2, 3), h.explanation
+    assert {b.module_path(n.module) for n in h.only_b} == {"", "blocks.2.0", "blocks.2.1"}  # the add is the root's
+    assert "ran 2\u00d7 in A, 3\u00d7 in B" in h.explanation
+    [h] = torchtrace.diff(b, a).hunks
+    assert (h.loop.a, h.loop.b) == (3, 2)
+
+
 def test_an_item_read_that_steers_a_python_loop_is_named_with_the_loop():
     torch.manual_seed(0)
     m = zoo.Branchy()

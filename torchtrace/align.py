@@ -17,6 +17,7 @@ with the exit read in B), then the latest.
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,6 +42,16 @@ def signature(g: "Graph", n: "Node") -> Sig:
     return (n.phase, g.module_path(n.module), n.op, file, src.line if src is not None else 0)
 
 
+_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a path component that is a number: a ModuleList item
+
+
+def loop_signature(sig: Sig) -> Sig:
+    """``sig`` with the ModuleList indices of its module path made one (``h.0.attn``
+    and ``h.1.attn`` -> ``h.#.attn``): the ops of ``for block in self.h`` repeat
+    under this signature from one block to the next."""
+    return (sig[0], _INDEX.sub("#", sig[1]), *sig[2:]) if any(c.isdigit() for c in sig[1]) else sig
+
+
 def witness_key(n: "Node") -> Any:
     """What a witness read, as a comparable key; ``None`` for other ops."""
     w = n.witness
@@ -62,12 +73,20 @@ class Side:
         self.graph = g
         self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
         self.sigs: List[Sig] = [signature(g, n) for n in self.nodes]
+        self._loop_sigs: Optional[List[Sig]] = None
         self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
         self.ignored = len(g.nodes) - len(self.nodes)
         self.reads: Dict[Sig, List[int]] = {}
         for i, k in enumerate(self.wkeys):
             if k is not None:
                 self.reads.setdefault(self.sigs[i], []).append(i)
+
+
+def loop_sigs(side: Side) -> List[Sig]:
+    """``side``'s signatures as loops repeat them (``loop_signature``), made on first use."""
+    if side._loop_sigs is None:
+        side._loop_sigs = [loop_signature(s) for s in side.sigs]
+    return side._loop_sigs
 
 
 def align(sa: Sequence[Hashable], sb: Sequence[Hashable],

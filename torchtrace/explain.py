@@ -22,7 +22,7 @@ import linecache
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .align import Pair, Side, Sig
+from .align import Pair, Side, Sig, loop_sigs
 from .textform import shape_str
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -236,11 +236,12 @@ class Causes:
         if ia and ib:
             return None
         X, Y, xs, y = ((self.A, self.B, ia, self.next_b[k0]) if ia else (self.B, self.A, ib, self.next_a[k0]))
-        unit_len = _period(X.sigs[xs[0]:xs[-1] + 1])
-        unit = X.sigs[xs[0]:xs[0] + unit_len]
+        sx, sy = loop_sigs(X), loop_sigs(Y)  # the blocks of a ModuleList loop repeat too
+        unit_len = _period(sx[xs[0]:xs[-1] + 1])
+        unit = sx[xs[0]:xs[0] + unit_len]
         inside = len(xs) // unit_len
-        cx = _copies_before(X.sigs, xs[0], unit) + inside + _copies_after(X.sigs, xs[-1] + 1, unit)
-        cy = _copies_before(Y.sigs, y, unit) + _copies_after(Y.sigs, y, unit)
+        cx = _copies_before(sx, xs[0], unit) + inside + _copies_after(sx, xs[-1] + 1, unit)
+        cy = _copies_before(sy, y, unit) + _copies_after(sy, y, unit)
         if cy == 0 and (inside < 2 or unit_len < 2):
             return None  # one op twice where the other side has none: not evidence of a loop
         src = X.nodes[xs[0]].source
