@@ -194,7 +194,7 @@ def test_a_python_level_loop_is_reported_as_a_repeated_block():
     assert "ran 2\u00d7 in A, 4\u00d7 in B" in h.explanation and "no tensor read decided it" in h.explanation
 
 
-class Stack(nn.Module):
+class Blocks(nn.Module):
     """``for block in self.blocks[:depth]``: each pass of the loop is a call of
     another ModuleList item, so its ops repeat under ``blocks.0``, ``blocks.1``..."""
 
@@ -211,7 +211,7 @@ class Stack(nn.Module):
 
 def test_a_loop_over_modulelist_items_is_reported_as_a_repeated_block():
     torch.manual_seed(0)
-    m = Stack()
+    m = Blocks()
     a = record(m, torch.ones(2, 4))
     m.depth = 3
     b = record(m, torch.ones(2, 4))
