@@ -190,6 +190,9 @@ class Capture:
     # -- module roots and names ------------------------------------------------------
     def register_root(self, module: torch.nn.Module, path: Optional[str] = None) -> str:
         """Name ``module`` and everything under it; returns its path."""
+        known = self.root_paths.get(id(module))  # every root call after the first (the modules are held)
+        if known is not None:
+            return known
         orig = getattr(module, "_orig_mod", None)  # a torch.compile wrapper names nothing itself
         if isinstance(orig, torch.nn.Module):
             module = orig

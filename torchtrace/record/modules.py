@@ -24,13 +24,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
 
 _task_id = torch._C._current_graph_task_id
+_COMPILED = "OptimizedModule"  # torch.compile's wrapper module: its calls are not module calls of the model
 _get_ident = threading.get_ident
 
 
 # Shared by every trace (a fresh trace would otherwise pay ~0.1 ms to name a GPT-2's
 # modules, bench/): id-keyed, each entry confirms its modules through weak references
-# (a recycled id never hits, no module is kept alive), cleared when large.
-_KINDS: Dict[int, tuple] = {}         # id(module) -> (weakref, type name, is OptimizedModule)
+# (a recycled id never hits, no module is kept alive), cleared when large:
 # (id(parent), parent path, id(module)) -> (ref, parent ref, path, attribute name)
 _CHILD_PATHS: Dict[tuple, tuple] = {}
 _MAX_ENTRIES = 50000  # above any model's module count: a bound, not an eviction policy
@@ -64,20 +64,12 @@ class ModuleScope:
         self.handles = []
 
     # -- hooks -----------------------------------------------------------------
-    def _kind(self, module: torch.nn.Module) -> Tuple[Any, str, bool]:
-        """(module, type name, is a torch.compile wrapper), cached per module object."""
-        k = _KINDS.get(id(module))
-        if k is None or k[0]() is not module:
-            name = type(module).__name__
-            k = remember(_KINDS, id(module), (weakref.ref(module), name, name == "OptimizedModule"), _MAX_ENTRIES)
-        return k
-
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
         cap = self.capture
         if _get_ident() != cap.tid:
             return None
-        kind = self._kind(module)
-        if kind[2]:  # torch.compile wrapper: transparent
+        typ = type(module).__name__  # (a read per call: cheaper than any cache of it)
+        if typ == _COMPILED:  # torch.compile wrapper: transparent
             cap.compiled = True
             return None
         if self.depth == 0:
@@ -101,7 +93,7 @@ class ModuleScope:
         counts = mode.call_counts
         k = counts.get(id(module), 0)
         counts[id(module)] = k + 1
-        mode.mcalls.append((path, kind[1], k, parent[0] if parent else None,
+        mode.mcalls.append((path, typ, k, parent[0] if parent else None,
                             "forward" if _task_id() == -1 else "recompute"))
         stack.append((len(mode.mcalls) - 1, module, path))
         return None
@@ -117,7 +109,7 @@ class ModuleScope:
             if not stack:
                 cap.on_root_return(output)
             return None
-        if self._kind(module)[2]:  # a torch.compile wrapper was never pushed
+        if type(module).__name__ == _COMPILED:  # a torch.compile wrapper was never pushed
             return None
         self.depth = max(0, self.depth - 1)
         for j in range(len(stack) - 1, -1, -1):  # an exception skipped some post-hooks
@@ -135,14 +127,14 @@ class ModuleScope:
         modules, the attribute and the parent's path); else ``path_of``, which
         depends on this trace's roots and is remembered by this trace only."""
         pmod, ppath = parent[1], parent[2]
+        e = self.other_paths.get(key)  # a call seen before in this trace (a ModuleList item: every pass)
+        if e is not None and e[0]() is module and e[1]() is pmod:
+            return e[2]
         name = next((n for n, c in pmod._modules.items() if c is module), None)
         if name is not None:
             path = f"{ppath}.{name}" if ppath else name
             remember(_CHILD_PATHS, key, (weakref.ref(module), weakref.ref(pmod), path, name), _MAX_ENTRIES)
             return path
-        e = self.other_paths.get(key)
-        if e is not None and e[0]() is module and e[1]() is pmod:
-            return e[2]
         path = self.path_of(module, parent)
         remember(self.other_paths, key, (weakref.ref(module), weakref.ref(pmod), path), _MAX_ENTRIES)
         return path
