@@ -310,3 +310,17 @@ def test_forked_dataloader_workers_record_nothing_and_store_nothing(tmp_path):
     assert torch.cat(seen).tolist() == [0, 0, 0, 0]
     assert any(n.op == "aten.addmm.default" for n in t.graph.nodes)
     assert not _get_current_dispatch_mode_stack() and not nn_module._global_forward_pre_hooks
+
+
+def test_a_store_in_a_folder_with_uri_characters_reads_back(tmp_path):
+    """The read-only store is opened by URI: '#', '?', '%' and spaces in a folder
+    name must not cut the path short (it read an empty database before)."""
+    path = tmp_path / "run #3 50% ?x" / "trace.db"
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(path):
+        m(torch.ones(1, 2)).sum().backward()
+    with Store(path, readonly=True) as store:
+        [record] = store.passes()
+    g = open_graph(f"{path}:0")
+    assert record.root == "Linear" and len(g.nodes) == record.n_ops
+    assert any(n.op == "aten.addmm.default" for n in g.nodes)

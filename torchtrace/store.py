@@ -88,7 +88,8 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise WriteError.of(self.path, e) from None
-        uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        # as_uri() escapes what a URI would read as syntax: '?', '#', '%' in folder names
+        uri = f"{self.path.absolute().as_uri()}?mode=ro" if readonly else str(self.path)
         try:
             self.db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
             self.db.execute("PRAGMA busy_timeout = 30000")
