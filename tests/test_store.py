@@ -324,3 +324,23 @@ def test_a_store_in_a_folder_with_uri_characters_reads_back(tmp_path):
     g = open_graph(f"{path}:0")
     assert record.root == "Linear" and len(g.nodes) == record.n_ops
     assert any(n.op == "aten.addmm.default" for n in g.nodes)
+
+
+def test_a_store_under_another_name_is_still_a_store(tmp_path):
+    """References to a store not named *.db (run.sqlite, run.sqlite:IDX, a folder
+    with ':' in its name) open the store, not the JSON loader."""
+    import shutil
+
+    path = tmp_path / "runs:a" / "trace.db"
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(path):
+        for _ in range(2):
+            m(torch.ones(1, 2)).sum().backward()
+    other = tmp_path / "runs:a" / "run.sqlite"
+    shutil.copy(path, other)
+    assert open_graph(str(other)) == open_graph(f"{path}:1")
+    assert open_graph(f"{other}:0") == open_graph(f"{path}:0") == open_graph(f"{other}:0:0")
+    with pytest.raises(torchtrace.TorchtraceError, match="bad pass reference"):
+        open_graph(f"{other}:1:2:3")
+    torchtrace.save(open_graph(f"{other}:-1"), tmp_path / "g.json")
+    assert open_graph(str(tmp_path / "g.json")) == open_graph(f"{path}:1")  # JSON files still load

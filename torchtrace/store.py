@@ -228,23 +228,45 @@ class _Tx:
 _REF = re.compile(r"(?P<path>.+?\.db)(?::(?P<a>[^:]*))?(?::(?P<b>[^:]*))?")
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
+    """A store under another name than ``*.db`` (``run.sqlite``, ``run.sqlite:3``):
+    (path, [rank,] idx parts) when the file is an SQLite database, else None."""
+    pieces = ref.split(":")
+    for k in range(len(pieces), 0, -1):  # the longest prefix that is a file is the path
+        path = ":".join(pieces[:k])
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
+                    return path, pieces[k:]
+        except OSError:
+            continue
+    return None
+
+
 def open_graph(ref: str) -> Graph:
     """A graph from a CLI reference: ``file.json[.gz]``, ``store.db`` (its last
     pass), ``store.db:IDX`` or ``store.db:RANK:IDX`` (negative IDX counts back)."""
     m = _REF.fullmatch(ref)
-    if m is None:
-        from .serialize import load
+    if m is not None:
+        path, parts = m.group("path"), [p for p in (m.group("a"), m.group("b")) if p is not None]
+    else:
+        found = _sqlite_ref(ref)
+        if found is None:
+            from .serialize import load
 
-        return load(ref)
-    parts = [p for p in (m.group("a"), m.group("b")) if p is not None]
-    if not all(re.fullmatch(r"-?\d+", p) for p in parts):
+            return load(ref)
+        path, parts = found
+    if len(parts) > 2 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
         raise UsageError("bad pass reference", where=ref, expected="STORE.db, STORE.db:IDX or STORE.db:RANK:IDX",
                          found=":".join(parts), fix="use a pass index such as trace.db:3")
     rank = int(parts[0]) if len(parts) == 2 else 0
-    with Store(m.group("path"), readonly=True) as store:
+    with Store(path, readonly=True) as store:
         passes = store.passes(rank)
         if not passes:
-            raise UsageError("the store holds no pass", where=f"{m.group('path')} (rank {rank})",
+            raise UsageError("the store holds no pass", where=f"{path} (rank {rank})",
                              expected="at least one recorded pass", found="none",
                              fix="record one with `torchtrace run script.py`")
         idx = int(parts[-1]) if parts else -1
