@@ -73,6 +73,27 @@ def test_autograd_graph_equals_grad_fn_walk(name):
     assert leaves and all(a.param and g.value(a.value).role == "param" for a in leaves)
 
 
+@pytest.mark.parametrize("name", ["gru", "resnet_block"])
+def test_the_graph_is_reached_from_a_loss_when_the_output_is_dropped(name):
+    """`loss = model(x).sum()` in the block: the model's output dies at once, the
+    loss keeps the autograd graph alive, and the trace walks it from the loss
+    (it recorded no autograd node at all before). The GRU also keeps clones
+    alive as saved tensors, on branches no output leads to: they stay out."""
+    model, args, pick = MODELS[name]()
+    with torchtrace.trace(model) as t:
+        loss = pick(model(*args))[0].sum()
+    g = t.graph
+    seen, stack = set(), [loss.grad_fn]
+    while stack:  # the oracle: every Node reachable from the loss, once
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            stack.extend(n for n, _ in node.next_functions)
+    assert len(g.autograd.nodes) == len(seen) > 10
+    [sum_op] = [n for n in g.nodes if n.op == "aten.sum.default" and g.module_path(n.module) == ""]
+    assert g.autograd_node(sum_op.grad_fn).name == loss.grad_fn.name() == "SumBackward0"
+
+
 def test_saved_bytes_exact_for_an_mlp():
     m = zoo.MLP(256, 1024)
     x = torch.randn(64, 256)

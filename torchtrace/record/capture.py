@@ -25,7 +25,7 @@ from .build import build_graph
 from .calls import bind_args, call_kwargs, tensors_in
 from .composite import see_autocast
 from .frames import frame_filter
-from .mode import V_ORIGIN, RecordingMode
+from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 
 def grad_mode() -> str:
@@ -288,10 +288,15 @@ class Capture:
         return None
 
     def backward_roots(self) -> List[Any]:
-        """grad_fns of the pass outputs and of tensors backward was called on."""
-        refs = list(self.seeds) + list(self.mode.output_refs)
-        if not self.mode.output_refs:  # plain tensor code: every live result
-            refs += [self.mode.vrefs[v] for v in self.mode.vmap.values()]
+        """grad_fns of the tensors backward was called on, of the root modules'
+        outputs, and of the results of ops run outside any module call that are
+        still alive: `loss = model(x).sum()` drops the model's output, and the graph
+        is reached from `loss`. (Not every live result: a module's internal results
+        can be alive only as saved tensors, on a branch no output leads to.)"""
+        mode = self.mode
+        vrefs = mode.vrefs
+        refs = list(self.seeds) + list(mode.output_refs)
+        refs += [vrefs[v] for ev in mode.events if ev[E_MOD] is None for v in ev[E_OUTS]]
         roots, seen = [], set()
         for r in refs:
             t = r()
