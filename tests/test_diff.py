@@ -180,14 +180,19 @@ def test_branch_and_loop_change_together_give_two_explained_hunks(model):
     assert d.why() == [first.explanation, second.explanation]
 
 
-def test_a_python_level_loop_is_reported_as_a_repeated_block():
+def _before_after(make: type, **change: object):
+    """Graphs of a seeded ``make()`` on the same input before and after setting ``change``."""
     torch.manual_seed(0)
-    m = Repeat()
-    a = record(m, torch.ones(2, 4))
-    m.times = 4
-    b = record(m, torch.ones(2, 4))
-    d = torchtrace.diff(a, b)
-    [h] = d.hunks
+    model = make()
+    a = record(model, torch.ones(2, 4))
+    for name, value in change.items():
+        setattr(model, name, value)
+    return a, record(model, torch.ones(2, 4))
+
+
+def test_a_python_level_loop_is_reported_as_a_repeated_block():
+    a, b = _before_after(Repeat, times=4)
+    [h] = torchtrace.diff(a, b).hunks
     assert h.witness is None
     assert (h.loop.via, h.loop.a, h.loop.b, h.loop.period) == ("repeat", 2, 4, 2)
     assert [n.short_op for n in h.only_b] == ["sigmoid", "mul.Tensor"] * 2
@@ -210,11 +215,7 @@ class Blocks(nn.Module):
 
 
 def test_a_loop_over_modulelist_items_is_reported_as_a_repeated_block():
-    torch.manual_seed(0)
-    m = Blocks()
-    a = record(m, torch.ones(2, 4))
-    m.depth = 3
-    b = record(m, torch.ones(2, 4))
+    a, b = _before_after(Blocks, depth=3)
     [h] = torchtrace.diff(a, b).hunks
     assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 2, 3), h.explanation
     assert {b.module_path(n.module) for n in h.only_b} == {"", "blocks.2.0", "blocks.2.1"}  # the add is the root's

@@ -18,6 +18,7 @@ with the exit read in B), then the latest.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,7 +74,6 @@ class Side:
         self.graph = g
         self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
         self.sigs: List[Sig] = [signature(g, n) for n in self.nodes]
-        self._loop_sigs: Optional[List[Sig]] = None
         self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
         self.ignored = len(g.nodes) - len(self.nodes)
         self.reads: Dict[Sig, List[int]] = {}
@@ -81,12 +81,10 @@ class Side:
             if k is not None:
                 self.reads.setdefault(self.sigs[i], []).append(i)
 
-
-def loop_sigs(side: Side) -> List[Sig]:
-    """``side``'s signatures as loops repeat them (``loop_signature``), made on first use."""
-    if side._loop_sigs is None:
-        side._loop_sigs = [loop_signature(s) for s in side.sigs]
-    return side._loop_sigs
+    @cached_property
+    def loop_sigs(self) -> List[Sig]:
+        """The signatures as loops repeat them (``loop_signature``), made on first use."""
+        return [loop_signature(s) for s in self.sigs]
 
 
 def align(sa: Sequence[Hashable], sb: Sequence[Hashable],

@@ -22,7 +22,7 @@ import linecache
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .align import Pair, Side, Sig, loop_sigs
+from .align import Pair, Side, Sig
 from .textform import shape_str
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -236,7 +236,7 @@ class Causes:
         if ia and ib:
             return None
         X, Y, xs, y = ((self.A, self.B, ia, self.next_b[k0]) if ia else (self.B, self.A, ib, self.next_a[k0]))
-        sx, sy = loop_sigs(X), loop_sigs(Y)  # the blocks of a ModuleList loop repeat too
+        sx, sy = X.loop_sigs, Y.loop_sigs  # the blocks of a ModuleList loop repeat too
         unit_len = _period(sx[xs[0]:xs[-1] + 1])
         unit = sx[xs[0]:xs[0] + unit_len]
         inside = len(xs) // unit_len

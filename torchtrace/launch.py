@@ -91,7 +91,7 @@ def _prepare_store(out: Path) -> Path:
                 old = Path(str(path) + suffix)
                 if old.exists():
                     os.replace(old, Path(str(prev) + suffix))
-    except OSError as e:  # --out names a file, or a folder that cannot be made
+    except OSError as e:  # a folder that cannot be made, or a store that cannot be moved aside
         raise WriteError.of(out, e) from None
     return path
 

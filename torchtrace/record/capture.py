@@ -54,9 +54,10 @@ def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[
 
 # Captures started and not yet stopped. A forked child (a DataLoader worker) stops
 # them at once: it inherits the mode stack and the global hooks, but its ops are
-# not the traced program's and nothing it recorded would ever be stored. The
-# at-fork callback stays registered for the process (os.register_at_fork has no
-# removal); with no capture started it does nothing.
+# not the traced program's and nothing it recorded would ever be stored. Then each
+# capture's ``after_fork`` runs (the Recorder's goes inert there). The at-fork
+# callback stays registered for the process (os.register_at_fork has no removal);
+# with no capture started it does nothing.
 _STARTED: "weakref.WeakSet[Capture]" = weakref.WeakSet()
 
 
@@ -67,6 +68,8 @@ def _stop_in_forked_child() -> None:
             cap._mode_pushed = False
         try:
             cap.stop()  # the mode (on the forking thread), the global hooks, autograd pre-hooks
+            if cap.after_fork is not None:
+                cap.after_fork()
         except Exception:  # pragma: no cover - never break the child over this
             pass
     _STARTED.clear()
@@ -94,6 +97,7 @@ class Capture:
         # pass boundaries (Recorder): (root module, args, the frame holding its kwargs: see call_kwargs)
         self.on_root: Optional[Callable[[torch.nn.Module, tuple, Any], None]] = None
         self.after_root: Optional[Callable[[], None]] = None
+        self.after_fork: Optional[Callable[[], None]] = None  # in a forked child, after stop()
         self._mode_pushed = False
         self._installed = False
         self.new_pass()
@@ -191,13 +195,13 @@ class Capture:
     def register_root(self, module: torch.nn.Module, path: Optional[str] = None) -> str:
         """Name ``module`` and everything under it; returns its path."""
         known = self.root_paths.get(id(module))  # every root call after the first (the modules are held)
+        if known is None:
+            orig = getattr(module, "_orig_mod", None)  # a torch.compile wrapper names nothing itself
+            if isinstance(orig, torch.nn.Module):
+                module = orig
+                known = self.root_paths.get(id(module))
         if known is not None:
             return known
-        orig = getattr(module, "_orig_mod", None)  # a torch.compile wrapper names nothing itself
-        if isinstance(orig, torch.nn.Module):
-            module = orig
-        if id(module) in self.root_paths:
-            return self.root_paths[id(module)]
         if path is None:
             if not self.root_paths:
                 path = ""

@@ -10,7 +10,6 @@ committed to the store at once. Passes that are not sampled (``every``,
 """
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -29,23 +28,10 @@ from .capture import Capture, capture_options
 
 _ACTIVE = threading.local()
 DEFAULT_MAX_OPS = 500_000
-# Recorders inside their `with`. In a forked child (a DataLoader worker) each one goes
-# inert: its Capture is stopped (capture.py), it stores nothing, and it never closes the
-# store connection it inherited (SQLite forbids using one across fork; closing the last
-# connection checkpoints and removes the WAL file the parent still writes to).
-_OPEN: "weakref.WeakSet[Recorder]" = weakref.WeakSet()
+# Store connections a forked child inherited from a Recorder: kept referenced, never
+# closed (SQLite forbids using one across fork; closing the last connection
+# checkpoints and removes the WAL file the parent still writes to).
 _INHERITED: List[Any] = []
-
-
-def _inert_in_forked_child() -> None:
-    for rec in list(_OPEN):
-        rec._detach_after_fork()
-    _OPEN.clear()
-    _ACTIVE.recorder = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_inert_in_forked_child)
 
 
 def _has_params(module: torch.nn.Module) -> bool:
@@ -94,17 +80,16 @@ class Recorder:
         self.capture = Capture(skip=self._skip, max_ops=self._max_ops)
         self.capture.on_root = self._on_root
         self.capture.after_root = self._after_root
+        self.capture.after_fork = self._detach_after_fork
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
         self._begin(root=None)
         self.capture.start(with_mode=self._sampled)
         _ACTIVE.recorder = self
-        _OPEN.add(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         _ACTIVE.recorder = None
-        _OPEN.discard(self)
         if self.capture is None:  # a forked child's copy (_detach_after_fork): nothing to store
             return False
         try:
@@ -194,6 +179,8 @@ class Recorder:
             self.capture.pop_mode()
 
     def _detach_after_fork(self) -> None:
+        """In a forked child (its Capture already stopped): store nothing, ever."""
+        _ACTIVE.recorder = None
         for h in self._root_handles:  # the child's copies of the root modules' hook dicts
             h.remove()
         self._root_handles = []
