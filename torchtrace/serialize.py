@@ -165,7 +165,7 @@ def atomic_write(path: PathLike, data: bytes) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        if isinstance(e, OSError):  # e.g. the target is a folder, or the disk is full
+        if isinstance(e, OSError):  # e.g. the disk is full, or the rename is refused
             raise WriteError.of(target, e) from None
         raise
 
