@@ -24,8 +24,9 @@ bwd -- forward + loss + backward: plain, empty, capture, and capture without
 ir -- µs per op of the IR build and of the JSON encoder, next to floors:
   ``json.dumps`` of the graph's already built dict (the C encoder, the dict
   construction not counted), ``orjson.dumps`` of it when orjson is installed,
-  and what torch itself charges for the data the build reads (forward: a first
-  walk of the autograd Nodes with their edges and saved tensors, no
+  the IR's objects made again from their ready fields (what any builder of them
+  pays), and what torch itself charges for the data the build reads (forward: a
+  first walk of the autograd Nodes with their edges and saved tensors, no
   torchtrace code; forward+backward: a norm of every gradient); bytes per op,
   of which field names and punctuation alone (every string emptied, every
   number 0) and the source records' text.
@@ -171,6 +172,22 @@ def backward_parts(name: str, w: models.Workload, reps: int, state: str = "warm"
     _report(f"[{name}] forward+backward", count_ops(step), reps, {k: s.median for k, s in stats.items()})
 
 
+def _object_floor(graphs: List[object]) -> float:
+    """Seconds to make every graph's Values, Nodes and autograd Nodes again from
+    their already computed fields: what any builder of these objects pays."""
+    import dataclasses
+
+    def fields(objs: object) -> List[tuple]:
+        return [tuple(getattr(o, f.name) for f in dataclasses.fields(o)) for o in objs]
+
+    ready = [[(type(xs[0]), fields(xs)) for xs in (g.values, g.nodes, g.autograd.nodes) if xs] for g in graphs]
+    t0 = timeit.default_timer()
+    for parts_ in ready:
+        for cls, rows in parts_:
+            [cls(*row) for row in rows]
+    return timeit.default_timer() - t0
+
+
 def _skeleton(x: object) -> object:
     if isinstance(x, dict):
         return {k: _skeleton(v) for k, v in x.items()}
@@ -233,6 +250,7 @@ def ir_parts(name: str, w: models.Workload, reps: int) -> None:
             for d in dicts:
                 orjson.dumps(d)
             floors["orjson.dumps of the built dict"] = timeit.default_timer() - t0
+        floors["the IR's objects made from ready fields (Value, Node, autograd Node)"] = _object_floor(graphs)
         if label == "forward":
             fresh = [w.forward() for _ in range(reps)]
             roots = [[o.grad_fn] if isinstance(o, torch.Tensor) else [o.logits.grad_fn] for o in fresh]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from ._memo import Lazy, TextMemo
 from .align import is_bookkeeping
@@ -79,7 +79,7 @@ def fingerprints(g: "Graph") -> Dict[str, str]:
     """``{"structure": 16 hex digits, "shapes": 16 hex digits}``."""
     skip = [is_bookkeeping(n) for n in g.nodes]
     refs = _refs(g, skip)
-    mod_path = {m.id: m.path for m in g.modules}
+    mod_path: Dict[Optional[str], str] = {m.id: m.path for m in g.modules}
     mod_path[None] = "-"
     type_text = Lazy(lambda key: f"{key[0]}{list(key[1])}")
     types = {v.id: type_text[v.dtype, v.shape] for v in g.values}

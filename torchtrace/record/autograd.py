@@ -13,7 +13,7 @@ pass ends. Node wrappers are held only until the pass is built.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
@@ -68,7 +68,8 @@ def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
     except (RuntimeError, NotImplementedError, TypeError):
         pass
     try:
-        inner = [getattr(t, name) for name in t.__tensor_flatten__()[0]] if is_traceable_wrapper_subclass(t) else []
+        inner: List[Any] = ([getattr(t, name) for name in cast(Any, t).__tensor_flatten__()[0]]
+                            if is_traceable_wrapper_subclass(t) else [])
     except Exception:  # a subclass whose flatten fails: its storage is unknown
         return []
     return [p for x in inner for p in storage_ptrs(x, depth + 1)] if depth < 4 else []

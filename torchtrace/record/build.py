@@ -192,9 +192,9 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         role, name, version_of = "activation", None, None
         t = alive.get(vid)
         if origin is None:
-            i = producer.get(vid)
+            op = producer.get(vid)
             rg = t.requires_grad if t is not None else (
-                i is not None and i in created and (dtype.is_floating_point or dtype.is_complex))
+                op is not None and op in created and (dtype.is_floating_point or dtype.is_complex))
         elif origin[0] == "ext":
             role, name, rg = origin[1], origin[2], origin[3]
             version_role[vid] = (role, name)
