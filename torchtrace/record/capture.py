@@ -23,6 +23,7 @@ from ..ir import Graph
 from .autograd import AutogradTracker, storage_ptrs
 from .build import build_graph
 from .calls import bind_args, call_kwargs, tensors_in
+from .compiled import force_eager, restore
 from .composite import see_autocast
 from .frames import frame_filter
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
@@ -98,7 +99,9 @@ class Capture:
         self.on_root: Optional[Callable[[torch.nn.Module, tuple, Any], None]] = None
         self.after_root: Optional[Callable[[], None]] = None
         self.after_fork: Optional[Callable[[], None]] = None  # in a forked child, after stop()
+        self.on_compiled: Optional[Callable[[torch.nn.Module], None]] = None  # a compiled module's call
         self._mode_pushed = False
+        self._stance: Any = None  # the compiler stance to restore when the mode comes off (compiled.py)
         self._installed = False
         self.new_pass()
         if model is not None:
@@ -115,7 +118,12 @@ class Capture:
     def push_mode(self) -> None:
         if not self._mode_pushed:
             see_autocast(self.mode)
-            self.mode.__enter__()
+            self._stance = force_eager()
+            try:
+                self.mode.__enter__()
+            except BaseException:
+                restore(self._stance)
+                raise
             self._mode_pushed = True
 
     def pop_mode(self, *, force: bool = False) -> None:
@@ -135,6 +143,8 @@ class Capture:
         finally:
             for m in reversed(above):
                 _push_mode(m)
+            restore(self._stance)
+            self._stance = None
 
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""

@@ -1,0 +1,127 @@
+"""torch.compile under torchtrace: compiled code runs eagerly while it is
+recorded (and the graph says so), and runs compiled again afterwards.
+
+On torch builds without pytorch/pytorch#190286, Dynamo marks every frame it
+skips under a dispatch mode "skip" for good. Without torchtrace's stance
+switch (record/compiled.py), one traced call would leave the compiled model
+running eagerly for the rest of the process. That is what these tests catch.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import torchtrace
+from torchtrace.store import Store
+
+
+class Counted:
+    """A Dynamo backend that counts how often its compiled graphs run."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        def run(*args: object) -> object:
+            self.runs += 1
+            return gm.forward(*args)
+
+        return run
+
+    def ran(self, fn: object, *args: object) -> bool:
+        before = self.runs
+        fn(*args)  # type: ignore[operator]
+        return self.runs > before
+
+
+class Block(nn.Module):  # defined here, not in torch.nn: Dynamo compiles user code
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def _scale(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x @ w) * 2
+
+
+def _compiled(kind: str, backend: Counted) -> tuple:
+    """(callable, eager reference callable, args, traced root or None)"""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    if kind == "function":
+        w = torch.randn(4, 4)
+        return torch.compile(_scale, backend=backend), _scale, (x, w), None
+    m = Block()
+    if kind == "wrapper":
+        cm = torch.compile(m, backend=backend)
+        return cm, m, (x,), cm
+    m.compile(backend=backend)  # in place: nn.Module.compile()
+    return m, m.forward, (x,), m
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about global hooks and compiled modules
+        yield
+
+
+@pytest.mark.parametrize("kind", ["wrapper", "in place", "function"])
+def test_compiled_code_runs_eagerly_in_a_trace_and_compiled_after_it(kind: str) -> None:
+    backend = Counted()
+    fn, eager, args, root = _compiled(kind, backend)
+    assert backend.ran(fn, *args)  # compiled (and warm) before the trace
+    expected = eager(*args)
+
+    with torchtrace.trace(root) as t:
+        before = backend.runs
+        out = fn(*args)
+    assert backend.runs == before  # the compiled graph did not run: the ops were recorded eagerly
+    assert torch.equal(out, expected)
+    assert t.graph.meta["compiled_regions_ran_eager"] is (kind != "function")  # compiled.py: functions are not told apart
+    assert {"aten.tanh.default", "aten.relu.default"} & {n.op for n in t.graph.nodes}
+
+    assert backend.ran(fn, *args)  # compiled again: nothing marked it "skip" for good
+    assert backend.ran(fn, *args)
+
+
+def test_an_uncompiled_instance_is_not_called_compiled() -> None:
+    backend = Counted()
+    fn, _, args, _ = _compiled("in place", backend)
+    fn(*args)  # Dynamo has compiled Block.forward's code object
+    m = Block()
+    with torchtrace.trace(m) as t:
+        m(*args)
+    assert t.graph.meta["compiled_regions_ran_eager"] is False
+
+
+@pytest.mark.parametrize("kind", ["wrapper", "in place"])
+def test_recorder_records_compiled_models_and_gives_them_back(tmp_path: object, kind: str) -> None:
+    from torch._dynamo import eval_frame
+
+    backend = Counted()
+    fn, _, args, _ = _compiled(kind, backend)
+    assert backend.ran(fn, *args)
+    prior = torch.compiler.set_stance("eager_on_recompile")  # the user's own stance
+    try:
+        with Store(tmp_path / "t.db") as store:
+            with torchtrace.Recorder(store, every=2):
+                ran = [backend.ran(fn, *args) for _ in range(4)]
+            assert len(store.passes()) == 2  # steps 0 and 2: every sampled pass, none missed
+        assert ran == [False] * 4  # eager while the Recorder is open (its boundaries need the hooks)
+        # the thread's dispatch keys agree with the (empty) mode stack: a pass boundary inside
+        # Dynamo's wrapper, which restores the keys on return, once left the Python key on
+        assert not torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Python)
+        assert torch.empty(2).shape == (2,)  # failed: "Hit Python dispatch key but no arguments had PyInterpreter"
+        assert eval_frame._stance.stance == "eager_on_recompile"
+    finally:
+        torch.compiler.set_stance("default")
+    assert prior is not None and eval_frame._stance.stance == "default"
+    assert backend.ran(fn, *args)

@@ -1,0 +1,80 @@
+"""torch.compile under a trace.
+
+With a dispatch mode on the stack Dynamo does not compile: compiled code runs
+eagerly, and that is what the trace records (``meta.compiled_regions_ran_eager``).
+But on torch builds without the fix of pytorch/pytorch#190286 Dynamo also marks
+every code object it skipped because of the mode as "skip" *for good*: after one
+traced pass a compiled model ran eagerly for the rest of the process (slower, and
+with other numerics). So while a Capture records, the compiler stance is
+``"force_eager"``: compiled regions run eagerly without Dynamo seeing their
+frames, and the user's own stance comes back when recording stops.
+
+The module hooks tell compiled modules apart: a ``torch.compile`` wrapper
+(``OptimizedModule``) and a module compiled in place (``nn.Module.compile()``).
+A compiled *function* is not told apart: Dynamo keeps its cache on the code
+object, which every uncompiled call of the same function (or every instance of
+a compiled module's class) shares, so that cache would name them too.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+_EVAL_FRAME = "torch._dynamo.eval_frame"
+
+
+def force_eager() -> Optional[Any]:
+    """Set the stance ``"force_eager"``; returns what to hand to ``restore``
+    (None: nothing was changed)."""
+    ef = sys.modules.get(_EVAL_FRAME)
+    if ef is None:  # Dynamo never loaded: nothing in this process was compiled
+        return None
+    try:
+        return ef._set_stance(ef.DynamoStance("force_eager"))
+    except Exception:  # torch < 2.6 (no stances), or called inside a compiled region
+        return None
+
+
+def restore(prior: Optional[Any]) -> None:
+    if prior is None:
+        return
+    try:
+        sys.modules[_EVAL_FRAME]._set_stance(prior)
+    except Exception:  # pragma: no cover - only inside a compiled region, which force_eager keeps out
+        pass
+
+
+def is_compiled_in_place(module: Any) -> bool:
+    """Was ``module.compile()`` called on it (torch >= 2.2)?"""
+    return module.__dict__.get("_compiled_call_impl") is not None
+
+
+class Uncompiled:
+    """Compiled modules a Recorder runs uncompiled while it is open.
+
+    A compiled call runs the module inside Dynamo's wrapper, which restores the
+    thread's dispatch keys when it returns. A pass boundary inside it (the
+    Recorder takes its dispatch mode off or puts it on at a root call) would
+    leave the keys out of step with the mode stack: the next op then fails in
+    torch ("Hit Python dispatch key but no arguments had PyInterpreter"). So
+    the first time the hooks see a compiled module, its next calls go straight
+    to the module (they would run eagerly anyway); ``restore`` undoes that."""
+
+    def __init__(self) -> None:
+        self.saved: list = []  # (module, attribute in its __dict__, value)
+
+    def add(self, module: Any) -> None:
+        d = module.__dict__
+        if any(m is module for m, _, _ in self.saved):
+            return
+        if type(module).__name__ == "OptimizedModule" and "forward" in d:  # torch.compile(module)
+            self.saved.append((module, "forward", d["forward"]))
+            d["forward"] = d["_modules"]["_orig_mod"].__call__
+        elif d.get("_compiled_call_impl") is not None:  # module.compile()
+            self.saved.append((module, "_compiled_call_impl", d["_compiled_call_impl"]))
+            d["_compiled_call_impl"] = None
+
+    def restore(self) -> None:
+        for module, attr, value in reversed(self.saved):
+            module.__dict__[attr] = value
+        self.saved = []
