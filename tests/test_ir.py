@@ -5,6 +5,7 @@ import copy
 import gzip
 import hashlib
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -172,6 +173,23 @@ def test_save_is_atomic(graph, tmp_path, monkeypatch):
         torchtrace.save(graph, target)
     assert target.read_bytes() == before  # the old file survives a failed write
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"]  # no temp file left behind
+
+
+def test_saved_files_get_the_mode_open_would_give(graph, tmp_path):
+    """Not mkstemp's 0600: the umask for a new file, the old mode for a file written over."""
+    old = os.umask(0o022)
+    try:
+        torchtrace.save(graph, tmp_path / "new.json")
+        (tmp_path / "shared.json").write_text("{}")
+        os.chmod(tmp_path / "shared.json", 0o664)
+        torchtrace.save(graph, tmp_path / "shared.json")
+        os.umask(0o077)
+        torchtrace.save(graph, tmp_path / "private.json")
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "new.json").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "shared.json").stat().st_mode & 0o777) == oct(0o664)
+    assert oct((tmp_path / "private.json").stat().st_mode & 0o777) == oct(0o600)
 
 
 def test_save_rejects_non_graph(tmp_path):

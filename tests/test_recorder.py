@@ -647,6 +647,28 @@ def test_exotic_tensors_never_break_the_users_program():
     assert {gi.norm for gi in g.autograd.grads} == {"unknown"}  # meta gradients hold no numbers
 
 
+def test_jagged_nested_tensors_save_and_record(tmp_path):
+    """A jagged NestedTensor's shape holds a symbolic size (j0): saved as -1, and a
+    Recorder's pass boundary no longer raises JSON's TypeError into the user's loop."""
+    lin = nn.Linear(8, 4)
+
+    def step():
+        nt = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)], layout=torch.jagged)
+        return lin(nt).values().sum()
+
+    with torchtrace.trace(lin) as t:
+        step()
+    jagged = [v for v in t.graph.values if not all(isinstance(d, int) for d in v.shape)]
+    assert jagged  # torch hands the recorder symbolic sizes
+    loaded = torchtrace.load(torchtrace.save(t.graph, tmp_path / "g.json"))
+    shapes = {v.id: v.shape for v in loaded.values}
+    assert all(shapes[v.id] == tuple(-1 if not isinstance(d, int) else d for d in v.shape) for v in jagged)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for _ in range(3):
+            step()
+    assert rec.recorded == 3
+
+
 def test_while_loop_on_item_is_one_witness_per_check():
     def shrink(h):
         while h.abs().max().item() > 1.0:  # WHILE-ITEM

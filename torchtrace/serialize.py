@@ -159,6 +159,7 @@ def atomic_write(path: PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            os.chmod(tmp, _file_mode(target))  # mkstemp makes it 0600
         os.replace(tmp, target)
     except BaseException as e:
         try:
@@ -170,6 +171,16 @@ def atomic_write(path: PathLike, data: bytes) -> None:
         raise
 
 
+def _file_mode(target: Path) -> int:
+    """The mode ``open(target, "w")`` would give: an existing file's own, else 0666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)  # read it: there is no getter
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def encode(g: Graph, gz: bool = False) -> bytes:
     """The graph's JSON bytes, gzipped if ``gz``. orjson writes them (C: with
     the dict tree built, about a third of ``json.dumps``'s time, bench/parts.py);
@@ -179,8 +190,20 @@ def encode(g: Graph, gz: bool = False) -> bytes:
         raw = orjson.dumps(_tree(g, tuple, share=True))
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         raw = json.dumps(graph_to_dict(g), separators=(",", ":"), ensure_ascii=False,
-                         allow_nan=False).encode("utf-8")
+                         allow_nan=False, default=_symbolic).encode("utf-8")
     return gzip.compress(raw, mtime=0) if gz else raw
+
+
+def _symbolic(x: Any) -> Any:
+    """A symbolic size (``torch.SymInt``: a jagged NestedTensor's shape holds one):
+    its number where it has one, else -1, "no fixed size" (found without importing torch)."""
+    kind = type(x).__name__
+    if kind not in ("SymInt", "SymFloat", "SymBool"):
+        raise TypeError(f"Object of type {kind} is not JSON serializable")
+    try:
+        return {"SymInt": int, "SymFloat": float, "SymBool": bool}[kind](x)
+    except Exception:  # a nested int (j0): no number
+        return -1 if kind == "SymInt" else None
 
 
 def save(graph: Graph, path: PathLike) -> Path:
