@@ -253,3 +253,26 @@ assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "structural shapes"
     assert proc.stdout.startswith("2 variants in 4 graphs")
+
+
+def test_dot_diff_is_bounded_unless_a_level_is_asked_for():
+    """Two unrelated long graphs: every op differs. At level 0 that is more
+    edges than `dot` lays out in reasonable time (minutes for ~2,000)."""
+    import torch
+
+    from torchtrace.renderers.diffs import DOT_MAX_EDGES
+
+    def chain(op: Any, n: int) -> Graph:
+        x = torch.randn(3)
+        with torchtrace.trace() as t:
+            for _ in range(n):
+                x = op(x)
+        return t.graph
+
+    d = torchtrace.diff(chain(torch.sin, 300), chain(torch.cos, 300))
+    full = render_diff(d, "dot", level=0)
+    auto = render_diff(d, "dot")
+    assert full.count(" -> ") > DOT_MAX_EDGES >= auto.count(" -> ")
+    assert "collapsed to level" in auto and "collapsed to level" not in full
+    svg = render_diff(d, "svg")  # laid out by the real `dot` (seconds; minutes at level 0)
+    assert "<svg" in svg and "collapsed to level" in svg

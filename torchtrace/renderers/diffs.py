@@ -6,7 +6,8 @@ amber, unchanged runs collapsed into one box).
 ``GraphDiff``. Options: ``context`` (unchanged ops kept around each hunk,
 default 3); text/markdown: ``max_ops`` and ``max_changed`` (rows shown per
 structural / changed hunk); dot/svg/mermaid: ``direction``, ``level`` (how
-much to collapse, see ``diffview``); mermaid: ``max_edges``, ``max_chars``
+much to collapse, see ``diffview``; dot/svg without it: collapsed until at most
+``DOT_MAX_EDGES`` edges); mermaid: ``max_edges``, ``max_chars``
 (collapse further until the diagram fits); markdown: ``diagram`` (include
 the Mermaid drawing, default True). The drawings are a ``views.View``
 (``diffview``) drawn by ``dot.digraph`` and ``mermaid.flowchart``; all DOT
@@ -270,14 +271,28 @@ def _title(diff: "GraphDiff", notes: Sequence[str] = ()) -> List[str]:
     return lines + list(notes)
 
 
-def digraph(diff: "GraphDiff", *, context: int = 3, direction: str = "TB", level: int = 0, **_: Any) -> Any:
+# edges a diff drawn by `dot` may have unless a level is asked for (as many as Mermaid
+# allows): a diff of two unrelated 2,000-op graphs at level 0 is ~2,000 edges, which
+# `dot` lays out for minutes; at this size it takes under a second
+DOT_MAX_EDGES = 500
+
+
+def digraph(diff: "GraphDiff", *, context: int = 3, direction: str = "TB", level: Optional[int] = None,
+            **_: Any) -> Any:
     """The diff as a ``graphviz.Digraph``: ops only in B green, only in A
-    red (dashed edges), changed amber, unchanged runs as grey folders."""
-    from ..diffview import build_diff_view
+    red (dashed edges), changed amber, unchanged runs as grey folders. Without
+    a ``level``, the most detailed level with at most ``DOT_MAX_EDGES`` edges."""
+    from ..diffview import LEVELS, build_diff_view
     from ._escape import dot_text
     from .dot import digraph as view_digraph
 
-    dv = build_diff_view(diff, context=context, level=_level(level))
+    if level is None:  # (the view's notes say how far it collapsed)
+        for lv in range(LEVELS):
+            dv = build_diff_view(diff, context=context, level=lv)
+            if len(dv.view.edges) <= DOT_MAX_EDGES:
+                break
+    else:
+        dv = build_diff_view(diff, context=context, level=_level(level))
 
     def box(b: Any) -> Dict[str, str]:
         status = dv.status[b.id]
