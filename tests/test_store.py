@@ -71,6 +71,56 @@ def test_recorder_records_one_pass_per_step_with_phases(tmp_path):
         assert len(set(means)) == 6
 
 
+class _Encoder(torch.nn.Module):
+    def __init__(self, emb):
+        super().__init__()
+        self.emb = emb  # shared with the model that holds it as `shared`
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, ids):
+        return self.proj(self.emb(ids))
+
+
+class _Seq2Seq(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = torch.nn.Embedding(10, 8)
+        self.encoder = _Encoder(self.shared)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, ids, enc=None):
+        if enc is None:
+            enc = self.encoder(ids)
+        return self.head(enc + self.shared(ids))
+
+
+@pytest.mark.parametrize("encoder_first", [False, True])
+def test_pass_names_are_relative_to_the_pass_root(tmp_path, encoder_first):
+    """generate() of an encoder-decoder calls the encoder first: the model's own
+    passes must still be named from the model ('', 'shared.weight'), not from
+    the encoder that happened to be the run's first root."""
+    torch.manual_seed(0)
+    m, ids = _Seq2Seq(), torch.randint(0, 10, (2, 4))
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db") as rec:
+        if not encoder_first:
+            m(ids)
+        enc = m.encoder(ids)
+        m(ids, enc=enc)
+        m(ids, enc=enc)
+    assert rec.recorded == (4 if not encoder_first else 3)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        by_root = {}
+        for p, g in store.graphs():
+            by_root.setdefault(p.root, []).append(g)
+    enc_g = by_root["_Encoder"][0]
+    assert [c.path for c in enc_g.modules] == ["", "emb", "proj"]
+    assert {v.name for v in enc_g.values if v.role == "param"} == {"emb.weight", "proj.weight", "proj.bias"}
+    for g in by_root["_Seq2Seq"][-2:]:  # the passes called with enc: one structure whatever came first
+        assert [c.path for c in g.modules] == ["", "shared", "head"]
+        assert {v.name for v in g.values if v.role == "param"} == {"shared.weight", "head.weight", "head.bias"}
+    assert len({g.fingerprints["structure"] for g in by_root["_Seq2Seq"][-2:]}) == 1
+
+
 def test_sampling_every_and_max_passes(tmp_path):
     model = Probe()
     with torchtrace.Recorder(tmp_path / "t.db", every=3, max_passes=2) as rec:

@@ -92,6 +92,7 @@ class Capture:
         self.module_paths: Dict[int, List[str]] = {}
         self.root_paths: Dict[int, str] = {}
         self._held: List[Any] = []  # modules whose ids key the tables above
+        self._fixed_root = model is not None  # trace(model): names relative to it in every pass
         self.mode = RecordingMode(self)
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
@@ -167,6 +168,7 @@ class Capture:
         self.first_fault: Optional[str] = None
         self.compiled = False
         self.had_root_call = False
+        self._rename_at_root = not self._fixed_root  # names relative to this pass's first root
         self.pass_grad_mode = grad_mode()
         self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -205,11 +207,16 @@ class Capture:
     def register_root(self, module: torch.nn.Module, path: Optional[str] = None) -> str:
         """Name ``module`` and everything under it; returns its path."""
         known = self.root_paths.get(id(module))  # every root call after the first (the modules are held)
-        if known is None:
+        if known is None or self._rename_at_root:
             orig = getattr(module, "_orig_mod", None)  # a torch.compile wrapper names nothing itself
             if isinstance(orig, torch.nn.Module):
                 module = orig
                 known = self.root_paths.get(id(module))
+        if self._rename_at_root:
+            self._rename_at_root = False
+            if known != "" or len(self.root_paths) > 1:  # another root named the modules: start over
+                self._forget_names()
+                known = None
         if known is not None:
             return known
         if path is None:
@@ -231,6 +238,16 @@ class Capture:
         for name, b in module.named_buffers(remove_duplicate=False):
             self.names.setdefault(id(b), (b, prefix + name, "buffer"))
         return path
+
+    def _forget_names(self) -> None:
+        """Drop every root's names: a pass's paths and parameter names are relative
+        to its own first root (a Recorder's pass of a model whose encoder was called
+        first as a pass of its own, as ``generate()`` does)."""
+        self.root_paths.clear()
+        self.module_paths.clear()
+        self.names.clear()  # in place: the mode holds this dict
+        self._held.clear()
+        self.scope.other_paths.clear()
 
     def on_root_call(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any) -> None:
         if self.on_root is not None:
