@@ -141,7 +141,7 @@ def test_sigkill_mid_run_keeps_committed_passes(tmp_path):
 
 @pytest.mark.parametrize("args, code, words", [
     (["run", "missing_script.py"], 2, ["no such script", "Fix:"]),
-    (["show", "nowhere.json"], 1, ["no such file"]),
+    (["show", "nowhere.json"], 2, ["no such file"]),
     (["render", "x.db:abc"], 2, ["bad pass reference"]),
     (["export", "nowhere.db:1", "-o", "x.json"], 2, ["no trace store"]),
     (["render", "nowhere.json", "--format", "gif"], 2, ["gif"]),
@@ -159,7 +159,18 @@ def test_bad_graph_file_is_reported(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "torchtrace.graph", "version": [9, 0]}')
     res = runner.invoke(app, ["show", str(bad)])
-    assert res.exit_code == 1 and "major version" in res.output
+    assert res.exit_code == 2 and "major version" in res.output
+
+
+@pytest.mark.parametrize("argv", [["show", "{d}"], ["show", "{py}"], ["variants", "{py}"], ["diff", "{py}", "{py}"],
+                                  ["render", "{d}", "-f", "text"], ["show", "{d}/none.json"], ["show", "{d}/none.db"]])
+def test_paths_that_are_not_graphs_exit_2(tmp_path, argv):
+    """What the command line named is the user's mistake: exit 2, as a bad option does."""
+    py = tmp_path / "script.py"
+    py.write_text("print('hi')\n")
+    res = runner.invoke(app, [a.format(d=tmp_path, py=py) for a in argv])
+    assert res.exit_code == 2, res.output
+    assert "error:" in res.output and "Traceback" not in res.output
 
 
 def test_help_everywhere():

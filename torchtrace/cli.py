@@ -1,8 +1,10 @@
 """The ``torchtrace`` command: thin typer commands over the library.
 
 ``show``, ``render``, ``diff``, ``variants`` and ``export`` work on saved graphs
-and never import torch; only ``run`` does. A user mistake prints
-``error: …`` to stderr and exits 2 (usage) or 1 (failure), without a traceback.
+and never import torch; only ``run`` does. Errors print ``error: …`` to stderr,
+without a traceback, and exit 2 for what the command line named (a bad option,
+or a path that is not a graph or store this version reads) or 1 for a failure
+(a file that cannot be written, ``dot`` missing).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import __version__
-from .errors import TorchtraceError, UsageError
+from .errors import IRError, TorchtraceError, UsageError
 from .views.options import PHASE_CHOICES
 
 app = typer.Typer(
@@ -50,7 +52,7 @@ FocusOpt = typer.Option(None, "--focus", help="show only this module path, e.g. 
 
 def _fail(e: TorchtraceError) -> None:
     err.print(Text.assemble(("error:", "bold red"), " ", str(e)), soft_wrap=True)
-    raise typer.Exit(2 if isinstance(e, UsageError) else 1)
+    raise typer.Exit(2 if isinstance(e, (UsageError, IRError)) else 1)
 
 
 def _view(depth: Optional[int], fold: bool, phase: Optional[Phase], focus: Optional[str]) -> dict:
