@@ -49,6 +49,7 @@ def test_names_are_not_markup(viz_graph):
     out = torchtrace.render(viz_graph("hostile"), "terminal", fold=False)
     assert "blocks.[red]x[/red] Linear" in out
     assert 'weird Weird<T> & "Q"' in out
+    assert "blocks.new\u23celine Linear" in out  # a line break in a name keeps the tree on one line per call
 
 
 def test_renderable_prints_to_a_console(viz_graph):

@@ -47,6 +47,12 @@ def clean(text: object) -> str:
     return "".join(out)
 
 
+def one_line(text: object) -> str:
+    """``clean`` text for one line of a terminal tree or table cell: a line break
+    (a ``ModuleDict`` key may hold one) shows as ⏎ instead of breaking the layout."""
+    return clean(text).replace("\n", "\u23ce")
+
+
 def shorten(text: str, limit: int) -> str:
     """Cut ``text`` to at most ``limit`` characters, marking the cut with ``…``."""
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"

@@ -24,7 +24,7 @@ from ..views import labels as L
 from ..views.facts import boundary, param_count, saved_bytes
 from ..views.fold import item_nodes
 from ..views.groups import Group
-from ._escape import clean
+from ._escape import one_line
 
 HISTOGRAM_ROWS = 15
 
@@ -52,11 +52,11 @@ def _header(prep: Prepared) -> Text:
     t = Text()
     t.append("torchtrace graph", style="bold")
     if label:
-        t.append(f" {clean(label)}", style="bold cyan")
+        t.append(f" {one_line(label)}", style="bold cyan")
     split = " (" + ", ".join(f"{c} {p}" for p, c in phases.items()) + ")" if phases else ""
     t.append(f" · {len(g.nodes)} ops{split}\n")
     facts = [f"{len(g.values)} values", f"{len(g.modules)} module calls"]
-    facts += [f"{key} {clean(g.meta[key])}" for key in ("grad_mode", "step", "rank") if g.meta.get(key) is not None]
+    facts += [f"{key} {one_line(g.meta[key])}" for key in ("grad_mode", "step", "rank") if g.meta.get(key) is not None]
     total_saved = sum(a.saved_bytes for a in g.autograd.nodes)
     if total_saved:
         facts.append(f"saved for backward {L.human_bytes(total_saved)}")
@@ -75,8 +75,8 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
     def describe(grp: Group, parent: Group, names: Sequence[str], repeat: int) -> Text:
         name = L.range_name(list(names)) if names else L.relative_path(grp.path, parent.path if parent.call else None)
         t = Text()
-        t.append(clean(name or "<root>"), style="bold")
-        t.append(f" {clean(grp.type)}", style="cyan")
+        t.append(one_line(name or "<root>"), style="bold")
+        t.append(f" {one_line(grp.type)}", style="cyan")
         if repeat > 1:
             t.append(f" × {repeat}", style="bold magenta")
         if grp.phase != "forward":
@@ -94,7 +94,7 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
         wit = sum(1 for n in grp.nodes if n.witness is not None)
         if wit:
             facts.append(f"{wit} witness" + ("es" if wit > 1 else ""))
-        t.append("  " + clean(" · ".join(facts)) + (" each" if repeat > 1 else ""), style="dim")
+        t.append("  " + one_line(" · ".join(facts)) + (" each" if repeat > 1 else ""), style="dim")
         return t
 
     def add(tree: Tree, grp: Group) -> None:
@@ -137,7 +137,7 @@ def _histogram(nodes: Sequence[Node], phase: str) -> Table:
     table.add_column("share", justify="right")
     total = max(len(nodes), 1)
     for op, c in counts.most_common(HISTOGRAM_ROWS):
-        table.add_row(Text(clean(op)), str(c), f"{100 * c / total:.1f}%")
+        table.add_row(Text(one_line(op)), str(c), f"{100 * c / total:.1f}%")
     rest = counts.most_common()[HISTOGRAM_ROWS:]
     if rest:
         n = sum(c for _, c in rest)
@@ -153,8 +153,8 @@ def _witnesses(g: Graph, nodes: Sequence[Node]) -> Table:
     for n in nodes:
         assert n.witness is not None
         where = f"{n.source.short()} in {n.source.function}" if n.source is not None else "?"
-        table.add_row(Text(clean(n.short_op)), Text(clean(n.witness.describe()), style="bold red"),
-                      Text(clean(where)), Text(clean(g.module_path(n.module) or "<root>")))
+        table.add_row(Text(one_line(n.short_op)), Text(one_line(n.witness.describe()), style="bold red"),
+                      Text(one_line(where)), Text(one_line(g.module_path(n.module) or "<root>")))
     return table
 
 
