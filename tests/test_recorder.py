@@ -563,6 +563,35 @@ def test_collectives_are_tagged_with_group_args(tmp_path):
     assert torch.equal(y, torch.full((3,), 2.0))
 
 
+def test_recorded_collectives_hold_no_process_group(tmp_path):
+    """A pass's records keep a description of the group, never the object: a
+    Recorder freeing the last reference to a ProcessGroupGloo at its next pass
+    boundary (after the user's destroy_process_group, with the GIL held) joined
+    gloo's threads while one of them waited for the GIL: a deadlock."""
+    import torch.distributed as dist
+    from torchtrace.record.capture import Capture
+    from torchtrace.record.mode import E_ARGS, E_KW
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    cap = Capture()
+    try:
+        cap.start()
+        try:
+            x = torch.ones(3)
+            dist.all_reduce(x)
+            dist.broadcast(x, src=0)
+        finally:
+            cap.stop()
+        held = [a for ev in cap.mode.events for a in (*(ev[E_ARGS] or ()), *((ev[E_KW] or {}).values()))
+                if isinstance(a, torch.ScriptObject)]
+        assert len(cap.mode.events) >= 2 and held == []
+        g = cap.finish_pass()
+    finally:
+        dist.destroy_process_group()
+    groups = [v for n in g.nodes if "collective" in n.tags for v in n.args.values() if isinstance(v, dict)]
+    assert len(groups) == 2 and all(gr["group_size"] == 1 for gr in groups)
+
+
 def test_compiled_module_runs_eagerly_and_says_so():
     m = nn.Sequential(nn.Linear(4, 4), nn.GELU())
     cm = torch.compile(m, backend="eager")

@@ -19,7 +19,7 @@ from .frames import is_torch_internal
 from .linking import AutogradPart, build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
-from .opinfo import BY_INDEX
+from .opinfo import BY_INDEX, describe_object
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
 _OPTIMIZER_PREFIX = "Optimizer.step#"
@@ -41,22 +41,14 @@ def jsonable(x: Any) -> Any:
         return f"<storage {x.nbytes()} bytes {x.device}>"
     if isinstance(x, complex):
         return str(x)
+    if isinstance(x, dict):  # a process group's description (opinfo.describe_objects)
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, torch.ScriptObject):
-        return _script_object(x)
+        return describe_object(x)
     if isinstance(x, torch.Generator):
         return f"<Generator {x.device}>"
     text = strip_addresses(repr(x))  # the IR is deterministic
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _script_object(x: Any) -> Any:
-    try:  # a c10d ProcessGroup: what a rank report needs
-        import torch.distributed as dist
-
-        pg = dist.ProcessGroup.unbox(x)
-        return {"group_size": pg.size(), "group_rank": pg.rank(), "group_name": getattr(pg, "group_name", "")}
-    except Exception:
-        return f"<{x._type().qualified_name() if hasattr(x, '_type') else type(x).__name__}>"
 
 
 def _args(info: Any, argv: tuple, kw: Optional[Dict[str, Any]]) -> Dict[str, Any]:

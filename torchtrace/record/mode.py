@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .composite import NOT_WHOLE, call_under_autocast, run_whole
 from .frames import is_autograd_engine
 from .opinfo import _CACHE as _INFOS
-from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, op_info
+from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -175,6 +175,10 @@ class RecordingMode(TorchDispatchMode):
                         kw[name] = a
                     elif isinstance(a, _Tensor):
                         ins += (self._vid(a, f, info),)
+            if info.objects:  # a collective's process group: keep its description, not the object
+                argv = describe_objects(argv)
+                if kw:
+                    kw = describe_objects(kw)
             if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
                 # ones_like(loss) from torch.autograd: backward starts now; walk the
                 # graph before any Node runs (and releases its saved tensors)

@@ -46,7 +46,7 @@ class OpInfo:
 
     __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "whole",
                  "no_kernel", "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call",
-                 "readers")
+                 "readers", "objects")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
@@ -108,6 +108,9 @@ class OpInfo:
         # autograd seeds backward with ones_like(loss) from torch.autograd._make_grads
         self.is_seed = self.name == "aten.ones_like.default"
         self.readers: Dict[int, Any] = {}  # len(args) -> generated reader, or False (see reader())
+        # an argument of a TorchScript class (a c10d ProcessGroup): the event keeps its description,
+        # never the object (freeing a ProcessGroupGloo late, under the GIL, deadlocks with its threads)
+        self.objects = any("__torch__" in str(a.type) for a in args)
 
     def lacks_kernel(self, key: Any) -> bool:
         """Has this op no kernel of its own for dispatch key ``key``? For an
@@ -207,3 +210,21 @@ def op_info(func: "torch._ops.OpOverload") -> Any:
         info.index = len(BY_INDEX)
         BY_INDEX.append(info)
     return info
+
+
+def describe_objects(values: Any) -> Any:
+    """``values`` (a tuple or a dict of op arguments) with each TorchScript object
+    replaced by what the IR keeps of it: a process group's size, rank and name."""
+    if isinstance(values, dict):
+        return {k: describe_object(v) if isinstance(v, torch.ScriptObject) else v for k, v in values.items()}
+    return tuple(describe_object(v) if isinstance(v, torch.ScriptObject) else v for v in values)
+
+
+def describe_object(x: Any) -> Any:
+    try:  # a c10d ProcessGroup: what a rank report needs
+        import torch.distributed as dist
+
+        pg = dist.ProcessGroup.unbox(x)
+        return {"group_size": pg.size(), "group_rank": pg.rank(), "group_name": getattr(pg, "group_name", "")}
+    except Exception:
+        return f"<{x._type().qualified_name() if hasattr(x, '_type') else type(x).__name__}>"
