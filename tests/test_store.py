@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -394,3 +395,33 @@ def test_a_store_under_another_name_is_still_a_store(tmp_path):
         open_graph(f"{other}:1:2:3")
     torchtrace.save(open_graph(f"{other}:-1"), tmp_path / "g.json")
     assert open_graph(str(tmp_path / "g.json")) == open_graph(f"{path}:1")  # JSON files still load
+
+
+def test_a_damaged_store_is_an_error_not_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from torchtrace.cli import app
+
+    m = torch.nn.Linear(4, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(20):
+            m(torch.randn(2, 4)).sum().backward()
+    c = sqlite3.connect(tmp_path / "t.db")
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    c.close()
+    data = bytearray((tmp_path / "t.db").read_bytes())
+    for i in range(4096, min(len(data), 3 * 4096)):  # pages 2-3 scribbled over (a disk or copy error)
+        data[i] = (data[i] * 7 + 3) % 256
+    (tmp_path / "garbled.db").write_bytes(bytes(data))
+    shutil.copy(tmp_path / "t.db", tmp_path / "badwit.db")
+    c = sqlite3.connect(tmp_path / "badwit.db")
+    c.execute("UPDATE passes SET witnesses = 'not json'")
+    c.commit()
+    c.close()
+    for name in ("garbled.db", "badwit.db"):
+        for argv in (["show"], ["variants"], ["render", "-f", "text"]):
+            res = CliRunner().invoke(app, [*argv, str(tmp_path / name)])
+            assert res.exit_code == 2, (name, argv, res.output)
+            assert "damaged trace store" in res.output and "Traceback" not in res.output
+    with pytest.raises(torchtrace.TorchtraceError, match="damaged"):
+        Store(tmp_path / "badwit.db", readonly=True).graph(0)
