@@ -146,6 +146,33 @@ def test_diff_b_a_mirrors_diff_a_b(model):
     assert (ab.only_a, ab.only_b) == (ba.only_b, ba.only_a)
 
 
+class EarlyExit(nn.Module):
+    """Stops after the first layer whose check passes: the `if` reads the same
+    line again each layer, but it is a branch, not a loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(4)])
+
+    def forward(self, x):
+        score = x.sum()
+        for i, layer in enumerate(self.layers):
+            x = torch.tanh(layer(x))
+            if score > (3.0, 2.0, 1.0, -1e9)[i]:  # LINE:exit
+                return x
+        return x
+
+
+def test_an_early_exit_is_explained_by_the_read_not_as_a_loop():
+    m = EarlyExit()
+    a = record(m, torch.full((1, 4), 2.0))  # exits after layer 0 (read True at once)
+    b = record(m, torch.full((1, 4), 0.1))  # reads False 3 times, exits after layer 3
+    [h] = torchtrace.diff(a, b).hunks
+    assert h.loop is None  # was "`if` at ... ran 0x in A, 3x in B"
+    assert (h.witness.line, h.witness.a.value, h.witness.b.value) == (line_of("exit"), True, False)
+    assert h.explanation.startswith(f"`{FILE}:{line_of('exit')}` read True in A, False in B")
+
+
 def test_a_loop_that_runs_3_vs_5_times_is_a_loop_count_difference(model):
     a = record(model, POS, torch.tensor(3))
     b = record(model, POS, torch.tensor(5))

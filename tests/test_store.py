@@ -64,6 +64,9 @@ def test_recorder_records_one_pass_per_step_with_phases(tmp_path):
         g = store.graph(2)
         phases = {n.phase for n in g.nodes}
         assert phases == {"forward", "backward", "optimizer"}
+        # the counts are of their own phase (optimizer ops were counted as backward)
+        assert passes[2].n_forward == sum(n.phase == "forward" for n in g.nodes)
+        assert passes[2].n_backward == sum(n.phase == "backward" for n in g.nodes)
         assert len({p.structure_fp for p in passes}) == 1
         # one shared graph row, but each pass keeps its own witness values
         rows = store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0]
@@ -269,6 +272,41 @@ def test_api_mistakes_are_torchtrace_errors_before_anything_runs(tmp_path):
             torchtrace.variants(bad)
     with pytest.raises(torchtrace.TorchtraceError, match="takes a path"):
         torchtrace.load(3)
+
+
+def test_more_api_mistakes_are_torchtrace_errors(tmp_path):
+    """Each of these raised a raw TypeError/AttributeError/ValueError/KeyError from inside."""
+    import numpy as np
+
+    from torchtrace.memory import saved_bytes_by_module
+
+    m = nn.Linear(4, 2)
+    with torchtrace.trace(m) as t:
+        m(torch.randn(3, 4)).sum().backward()
+    g = t.graph
+    cases = [(lambda: torchtrace.render(g, "text", hide=5), "hide"),
+             (lambda: torchtrace.render(g, "text", hide={"view": 1}), "hide"),
+             (lambda: torchtrace.save(g, 3), "file path"),
+             (lambda: saved_bytes_by_module(None), "needs a Graph"),
+             (lambda: saved_bytes_by_module(torchtrace.diff(g, g)), "needs a Graph"),
+             (lambda: saved_bytes_by_module(g, inclusive="no"), "inclusive"),
+             (lambda: torchtrace.Recorder(3), "store"),
+             (lambda: torchtrace.Recorder(None), "store"),
+             (lambda: g.node("zz"), "no such id"),
+             (lambda: g.value(["unhashable"]), "no such id")]
+    for fn, word in cases:
+        with pytest.raises(torchtrace.TorchtraceError, match=word):
+            fn()
+    with pytest.raises(KeyError):  # a failed lookup is still a KeyError
+        g.module("m99")
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        with pytest.raises(torchtrace.TorchtraceError, match="step"):
+            rec.step("a")
+        rec.step(np.int64(3))  # NumPy and tensor integers are integers
+        rec.step(torch.tensor(4))
+        m(torch.randn(1, 4))
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [p.step for p in store.passes()] == [4]
 
 
 def test_input_preparation_opens_the_next_pass(tmp_path):

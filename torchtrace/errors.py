@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-__all__ = ["TorchtraceError", "IRError", "RenderError", "UsageError", "WriteError"]
+__all__ = ["TorchtraceError", "IRError", "RenderError", "UsageError", "WriteError", "NotInGraphError"]
 
 
 class TorchtraceError(Exception):
@@ -68,3 +68,10 @@ class WriteError(TorchtraceError, OSError):
         return cls("cannot write here", where=str(path), expected="a path whose folder exists or can be created",
                    found=f"{reason}{f' ({bad})' if bad and str(bad) != str(path) else ''}",
                    fix="choose another path (-o / --out), or create the folder and check its permissions")
+
+
+class NotInGraphError(UsageError, KeyError):
+    """An id a graph does not hold (``graph.node("n99")``); also a ``KeyError``,
+    as a failed lookup is."""
+
+    __str__ = Exception.__str__  # the message, not KeyError's repr of it

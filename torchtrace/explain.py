@@ -162,6 +162,8 @@ class Causes:
     def explain(self, k0: int, k1: int) -> Tuple[Optional[WitnessChange], Optional[LoopChange]]:
         found = self._loop_by_witness(k0, k1)
         if found is not None:
+            if found[1].keyword in _BRANCHES:  # an `if` does not loop: a loop around it ran on (an early
+                return found[0], None          # exit read True at once in A, False first in B): the read
             return found
         witness = self._nearest_before(k0) or self._inside(k0, k1)
         return witness, self._loop_by_repeat(k0, k1)
@@ -289,6 +291,9 @@ def _copies_after(seq: Sequence[Any], start: int, unit: Sequence[Any]) -> int:
     while start + p * (c + 1) <= len(seq) and list(seq[start + p * c:start + p * (c + 1)]) == list(unit):
         c += 1
     return c
+
+
+_BRANCHES = ("if", "elif", "assert")
 
 
 def _keyword(file: str, line: int) -> Optional[str]:

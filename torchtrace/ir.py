@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
-from .errors import IRError
+from .errors import IRError, NotInGraphError
 
 FORMAT = "torchtrace.graph"
 VERSION: Tuple[int, int] = (1, 0)
@@ -194,16 +194,28 @@ class Graph:
         return table
 
     def value(self, vid: str) -> Value:
-        return self._table("values")[vid]
+        return self._get("values", vid)
 
     def node(self, nid: str) -> Node:
-        return self._table("nodes")[nid]
+        return self._get("nodes", nid)
 
     def module(self, mid: str) -> ModuleCall:
-        return self._table("modules")[mid]
+        return self._get("modules", mid)
 
     def autograd_node(self, aid: str) -> AutogradNode:
-        return self._table("autograd")[aid]
+        return self._get("autograd", aid)
+
+    def _get(self, table: str, key: str) -> Any:
+        try:
+            return self._table(table)[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable key
+            raise self._missing(table, key) from None
+
+    def _missing(self, table: str, key: object) -> NotInGraphError:
+        ids = list(self._table(table))
+        sample = ", ".join(ids[:3]) + (f" … {ids[-1]}" if len(ids) > 3 else "")
+        return NotInGraphError(f"no such id in {table}", expected=f"one of this graph's ids ({sample or 'none'})",
+                               found=repr(key), fix="take ids from the graph itself (node.inputs, node.module, …)")
 
     def producers(self) -> Dict[str, str]:
         """value id -> id of the node that produced it."""

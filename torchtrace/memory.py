@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Dict
 
+from .errors import UsageError
 from .ir import Graph
 
 
@@ -15,6 +16,13 @@ def saved_bytes_by_module(graph: Graph, *, inclusive: bool = True) -> Dict[str, 
     """module call id -> bytes saved for backward by the ops it ran.
 
     ``inclusive`` adds each call's children (so the root holds the total)."""
+    if not isinstance(graph, Graph):
+        raise UsageError("saved_bytes_by_module() needs a Graph", expected="a torchtrace.Graph",
+                         found=type(graph).__name__, fix="pass t.graph (from `with torchtrace.trace() as t`) "
+                         "or torchtrace.load(path)")
+    if not isinstance(inclusive, bool):
+        raise UsageError("bad value for inclusive", expected="True or False", found=repr(inclusive),
+                         fix="pass inclusive=False for each call's own bytes")
     own: Dict[str, int] = {}
     for a in graph.autograd.nodes:
         if a.saved_bytes and a.op is not None:

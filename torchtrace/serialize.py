@@ -211,6 +211,9 @@ def save(graph: Graph, path: PathLike) -> Path:
     if not isinstance(graph, Graph):
         raise IRError("cannot save this object", expected="a torchtrace.Graph",
                       found=type(graph).__name__, fix="pass trace.graph (from `with torchtrace.trace() as t`)")
+    if not isinstance(path, (str, os.PathLike)):
+        raise UsageError("cannot save to this", expected="a file path (str or pathlib.Path)", found=repr(path),
+                         fix="pass e.g. 'graph.json' or 'graph.json.gz'")
     target = Path(path)
     atomic_write(target, encode(graph, gz=target.name.endswith(".gz")))
     return target

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import sqlite3
 import time
 from dataclasses import dataclass, replace
@@ -134,7 +135,7 @@ class Store:
         fp = graph.fingerprints
         witnesses = {n.id: ({"shape": list(n.witness.shape)} if n.witness.shape is not None
                             else {"value": n.witness.value}) for n in graph.witnesses()}
-        n_bwd = sum(1 for n in graph.nodes if n.phase != "forward")
+        phases = Counter(n.phase for n in graph.nodes)  # (optimizer and recompute ops are neither)
         with self._transaction():
             if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ? AND rank = ?",
                                (fp["shapes"], rank)).fetchone() is None:
@@ -148,7 +149,7 @@ class Store:
                 "INSERT INTO passes (rank, idx, step, label, root, started, wall_s, n_ops, n_forward, n_backward,"
                 " truncated, error, structure_fp, shapes_fp, witnesses) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (rank, idx, meta.get("step"), meta.get("label"), meta.get("root"), meta.get("created"), wall_s,
-                 len(graph.nodes), len(graph.nodes) - n_bwd, n_bwd, int(bool(meta.get("truncated"))),
+                 len(graph.nodes), phases["forward"], phases["backward"], int(bool(meta.get("truncated"))),
                  meta.get("error"), fp["structure"], fp["shapes"], json.dumps(witnesses)))
         return idx
 

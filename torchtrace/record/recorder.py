@@ -10,6 +10,7 @@ committed to the store at once. Passes that are not sampled (``every``,
 """
 from __future__ import annotations
 
+import operator
 import sys
 import threading
 import time
@@ -52,6 +53,9 @@ class Recorder:
                  max_passes: Optional[int] = None, backward: bool = True, skip: Iterable[str] = (),
                  max_ops: Optional[int] = DEFAULT_MAX_OPS,
                  on_pass: Optional[Callable[[Graph, int], None]] = None) -> None:
+        if not isinstance(store, (str, Path, Store)) and not hasattr(store, "__fspath__"):
+            raise UsageError("bad store", expected="a path to a .db file (str or pathlib.Path) or a Store",
+                             found=repr(store), fix="pass e.g. 'runs/trace.db' (or leave it out)")
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise UsageError("bad `every`", expected="an integer >= 1 (record every k-th pass)",
                              found=repr(every), fix="use every=1 to record all passes")
@@ -122,7 +126,11 @@ class Recorder:
     # -- public -------------------------------------------------------------------
     def step(self, n: int) -> None:
         """Label the passes that start from now on with training step ``n``."""
-        self._step = int(n)
+        try:
+            self._step = operator.index(n)  # an int, a NumPy integer, a 0-dim integer tensor
+        except TypeError:
+            raise UsageError("bad step", expected="an integer (the training step)", found=repr(n),
+                             fix="pass the loop counter, e.g. rec.step(i)") from None
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""

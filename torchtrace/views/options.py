@@ -88,6 +88,9 @@ def view_options(**opts: Any) -> ViewOptions:
     if o.focus is not None and not isinstance(o.focus, str):
         raise UsageError("bad value for focus", expected="a module path such as 'transformer.h.0'",
                          found=repr(o.focus), fix="pass the dotted path of a module call")
+    if o.hide is not None and not isinstance(o.hide, (str, list, tuple, set, frozenset)):
+        raise UsageError("bad value for hide", expected="a node tag or a list of them: " + ", ".join(TAGS),
+                         found=repr(o.hide), fix="pass e.g. hide=['view'], or hide=() to show every op")
     hide = (o.hide,) if isinstance(o.hide, str) else tuple(o.hide or ())
     for tag in hide:
         if tag not in TAGS:
