@@ -310,3 +310,35 @@ def test_run_writes_into_out_even_when_the_script_changes_directory(tmp_path):
     assert (tmp_path / "o" / "variant-0.mmd").read_text().startswith("---")
     assert not (tmp_path / "sub" / "o").exists()
     assert "wrote o/variant-0.mmd" in res.stderr  # the path as the user's shell sees it
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_records(tmp_path):
+    """It moved the first run's open store aside (to trace.prev.db) under it, and the
+    first run then told the user to open trace.db, which held the second run."""
+    flag = tmp_path / "go"
+    s = _script(tmp_path, f"""
+        import os, time, torch
+        m = torch.nn.Linear(2, 2)
+        m(torch.randn(1, 2))
+        while not os.path.exists({str(flag)!r}):
+            time.sleep(0.05)
+        m(torch.randn(1, 2))
+    """)
+    out = tmp_path / "o"
+    first = subprocess.Popen([EXE, "run", "--out", str(out), str(s)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "trace.db").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2 and "another torchtrace run is recording into this folder" in second.stderr
+        assert not (out / "trace.prev.db").exists()
+    finally:
+        flag.write_text("")
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0 and "recorded 2 passes" in err, err
+    again = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0  # the lock went with the first run
+    assert (out / "trace.prev.db").exists()

@@ -17,7 +17,7 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.markup import escape
@@ -78,13 +78,18 @@ class _Progress:
         return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
 
 
-def _prepare_store(out: Path) -> Path:
+def _prepare_store(out: Path) -> Tuple[Path, Optional[int]]:
+    """The store path, with the previous run's store moved aside, and the folder's
+    lock (held until ``_unlock``): a second run into the same folder would move the
+    first run's open store aside under it."""
     path = out / STORE_NAME
     if out.exists() and not out.is_dir():
         raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
                          found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
+    lock = None
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock = _lock(out)
         if path.exists():  # keep the previous run once, never append to it
             prev = out / "trace.prev.db"
             for suffix in ("", "-wal", "-shm"):
@@ -92,8 +97,30 @@ def _prepare_store(out: Path) -> Path:
                 if old.exists():
                     os.replace(old, Path(str(prev) + suffix))
     except OSError as e:  # a folder that cannot be made, or a store that cannot be moved aside
+        _unlock(lock)
         raise WriteError.of(out, e) from None
-    return path
+    return path, lock
+
+
+def _lock(out: Path) -> Optional[int]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return None
+    fd = os.open(out / ".torchtrace.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError("another torchtrace run is recording into this folder", where=str(out),
+                         expected="an --out folder no other run is using", found="its lock held",
+                         fix="pass another --out, or wait until that run ends") from None
+    return fd
+
+
+def _unlock(fd: Optional[int]) -> None:
+    if fd is not None:
+        os.close(fd)  # releases the flock
 
 
 def _exit_code(e: SystemExit, console: Console) -> int:
@@ -119,11 +146,19 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
     """Run ``script`` like ``python script argv...`` while recording; returns its
     exit status. ``worker``: one rank of a distributed run (the launcher made
     the store and prints the summary)."""
-    from .record.recorder import Recorder
-
     console = console or Console(stderr=True, emoji=False)
     path = _check_script(script)
-    store_path = options.out / STORE_NAME if worker else _prepare_store(options.out)
+    store_path, lock = (options.out / STORE_NAME, None) if worker else _prepare_store(options.out)
+    try:
+        return _run_locked(path, argv, options, console, worker, store_path)
+    finally:
+        _unlock(lock)
+
+
+def _run_locked(path: Path, argv: Sequence[str], options: RunOptions, console: Console, worker: bool,
+                store_path: Path) -> int:
+    from .record.recorder import Recorder
+
     progress = _Progress(options, console)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *argv]
@@ -173,15 +208,18 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
 
     console = console or Console(stderr=True, emoji=False)
     _check_script(script)
-    store_path = _prepare_store(options.out)
-    Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
-    spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
-                       "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "torchtrace.launch", spec, script, *argv]
-    code = subprocess.call(cmd)
-    with Store(store_path, readonly=True) as store:
-        report = rank_report(store)
+    store_path, lock = _prepare_store(options.out)
+    try:
+        Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
+        spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
+                           "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops})
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "torchtrace.launch", spec, script, *argv]
+        code = subprocess.call(cmd)
+        with Store(store_path, readonly=True) as store:
+            report = rank_report(store)
+    finally:
+        _unlock(lock)
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} (exit {code}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
     console.print(str(report), markup=False, highlight=False, soft_wrap=True)
