@@ -225,6 +225,19 @@ def test_checkpoint_recompute_is_tagged_with_right_scopes():
     assert torch.equal(x.grad, x.grad)  # backward completed
 
 
+def test_reentrant_checkpoint_grads_are_the_named_tensors_only():
+    """Reentrant checkpoint runs backward on detached copies of its inputs: leaves
+    nothing names. The gradients listed are the parameters' and the input's."""
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(2, 4, requires_grad=True)
+    with torchtrace.trace(m) as t:
+        checkpoint(m, x, use_reentrant=True).sum().backward()
+    names = [gi.name for gi in t.graph.autograd.grads]
+    assert None not in names  # three detached copies were listed as None
+    assert set(names) == {"0.weight", "0.bias", "2.weight", "2.bias", "input"}  # x, as the model calls it
+    assert {n.phase for n in t.graph.nodes} >= {"forward", "backward", "recompute"}
+
+
 def test_autograd_grad_and_double_backward():
     x = torch.randn(3, requires_grad=True)
     with torchtrace.trace() as t:

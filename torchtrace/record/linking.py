@@ -161,7 +161,8 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
             vid = vid_of(e.variable)
             value = None if vid is None else f"v{vid}"
             param = capture.name_of(e.variable)
-            if tracker.backward_ran and e.key in executed_keys and vid is not None:
+            # (not for leaves nothing names: reentrant checkpoint's detached copies of its inputs)
+            if tracker.backward_ran and e.key in executed_keys and vid is not None and param is not None:
                 gi = _grad_info(e.variable, vid, param)
                 if gi is not None:
                     grads.append(gi)
