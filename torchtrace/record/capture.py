@@ -191,6 +191,12 @@ class Capture:
                 "truncated": self.truncated, "skip": list(self.skip),
                 **self.fault_meta()}
 
+    def saw_compiled(self, module: torch.nn.Module) -> None:
+        """A torch.compile'd module was called (it runs eagerly while recorded)."""
+        self.compiled = True
+        if self.on_compiled is not None:
+            self.on_compiled(module)
+
     def note_fault(self, what: str, error: BaseException, stacklevel: int = 2) -> None:
         """Something torchtrace could not read (an exotic tensor, a private API that
         changed): count it for ``meta.record_errors``, warn once, go on."""

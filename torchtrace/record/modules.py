@@ -71,14 +71,10 @@ class ModuleScope:
             return None
         typ = type(module).__name__  # (a read per call: cheaper than any cache of it)
         if typ == _COMPILED:  # torch.compile wrapper: transparent
-            cap.compiled = True
-            if cap.on_compiled is not None:
-                cap.on_compiled(module)
+            cap.saw_compiled(module)
             return None
         if is_compiled_in_place(module):  # nn.Module.compile(): runs eagerly under the mode too
-            cap.compiled = True
-            if cap.on_compiled is not None:
-                cap.on_compiled(module)
+            cap.saw_compiled(module)
         if self.depth == 0:
             cap.on_root_call(module, args, frame if frame is not None else sys._getframe(1))
         self.depth += 1

@@ -99,8 +99,7 @@ class Recorder:
             self.capture.start(with_mode=self._sampled)
         except BaseException:
             self.capture.stop()
-            restore(self._stance)
-            self._uncompiled.restore()
+            self._give_back_compiled()
             raise
         _ACTIVE.recorder = self
         return self
@@ -117,11 +116,15 @@ class Recorder:
         finally:
             self._unwatch()
             self.capture.stop()
-            restore(self._stance)
-            self._uncompiled.restore()
+            self._give_back_compiled()
             if not isinstance(self._store_arg, Store) and self.store is not None:
                 self.store.close()
         return False
+
+    def _give_back_compiled(self) -> None:
+        """The user's compiler stance, and the compiled modules run uncompiled meanwhile."""
+        restore(self._stance)
+        self._uncompiled.restore()
 
     # -- public -------------------------------------------------------------------
     def step(self, n: int) -> None:
@@ -207,8 +210,7 @@ class Recorder:
         for h in self._root_handles:  # the child's copies of the root modules' hook dicts
             h.remove()
         self._root_handles = []
-        restore(self._stance)
-        self._uncompiled.restore()
+        self._give_back_compiled()
         if not isinstance(self._store_arg, Store):
             _INHERITED.append(self.store)  # kept referenced: never closed by the child
         self.store = self.capture = None
