@@ -267,3 +267,39 @@ def test_rendering_a_saved_graph_never_imports_torch(viz_graph, tmp_path):
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+
+
+def test_a_repeated_backward_is_not_called_a_loop():
+    """Reentrant checkpoint recomputes each block inside backward: the three
+    recompute-then-backward pieces fold, named for what they are. Their ops carry
+    the forward's lines (`Blk.forward`'s return), where no loop is."""
+    import torch
+    import torch.nn as nn
+    from torch.utils.checkpoint import checkpoint
+
+    class Blk(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return x + self.b(torch.tanh(self.a(x)))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList(Blk() for _ in range(3))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = checkpoint(b, x, use_reentrant=True)
+            return x
+
+    torch.manual_seed(0)
+    m = Net()
+    with torchtrace.trace(m) as t:
+        m(torch.randn(2, 8, requires_grad=True)).sum().backward()
+    titles = [c.title for c in build_view(t.graph, phase="backward", depth=3).clusters if c.kind == "loop"]
+    assert titles and all(x.startswith("backward of test_views.py:") and x.endswith("× 3") for x in titles), titles
+    fwd = [c.title for c in build_view(t.graph, phase="forward", depth=0).clusters if c.kind == "loop"]
+    assert all(x.startswith("loop ") for x in fwd)

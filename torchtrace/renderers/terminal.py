@@ -114,7 +114,7 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
             if r is not None:  # a loop over several items: its first iteration, marked
                 body = items[i: i + r.period]
                 nodes = [n for it in body for n in item_nodes(it)]
-                loop = tree.add(Text(f"loop {L.line_span(nodes)} × {r.reps}", style="bold magenta")
+                loop = tree.add(Text(L.loop_title(nodes, r.reps), style="bold magenta")
                                 + Text(f"  {L.ops_word(len(nodes))} each", style="dim"))
                 for it in body:
                     if isinstance(it, Group):

@@ -105,8 +105,7 @@ class Assembler:
                     if len(set(names)) > 1:
                         self.rep_names[it.key] = names
             cid = f"loop.{rep_nodes[0].id}"
-            span = L.line_span(rep_nodes)
-            title = f"loop {span} × {r.reps}" if span else f"loop × {r.reps}"
+            title = L.loop_title(rep_nodes, r.reps)
             self.folds.append(title)
             self._cluster(Cluster(cid, "loop", title, cluster, rep_nodes[0].phase, r.reps,
                                   tooltip=f"{r.reps} iterations of {len(rep_nodes)} ops; one is drawn",

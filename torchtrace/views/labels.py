@@ -90,6 +90,17 @@ def op_mix(nodes: Sequence[Node], limit: int = 3) -> str:
     return ", ".join(top) + ("…" if len(counts) > limit else "")
 
 
+def loop_title(nodes: Sequence[Node], reps: int) -> str:
+    """``loop model.py:31 × 50``; a repeat of backward (and recompute) ops is the
+    backward of that code run again, not a loop at its lines: ``backward of
+    model.py:7 × 3`` (reentrant checkpoint's recompute-then-backward per block,
+    or the backward of a forward loop)."""
+    span = line_span(nodes)
+    if not any(n.phase in ("backward", "recompute") for n in nodes):
+        return f"loop {span} × {reps}" if span else f"loop × {reps}"
+    return f"backward of {span} × {reps}" if span else f"backward × {reps}"
+
+
 def line_span(nodes: Sequence[Node]) -> str:
     """``model.py:16`` or ``model.py:16–18`` for ops from one file."""
     srcs = [n.source for n in nodes if n.source is not None]
