@@ -329,6 +329,34 @@ def test_input_preparation_opens_the_next_pass(tmp_path):
         assert [v.name for v in g.values if v.role == "input"] == ["input"]
 
 
+def test_a_dataloader_loop_records_one_graph_per_step(tmp_path):
+    """`for x, y in loader` collates x and y in one statement; only x is the model's
+    input. The labels' collate ops (a select per sample, a stack) stayed at the end of
+    the step before: the last pass differed, and the select indices kept every step
+    out of the shared graph."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 2)), batch_size=16)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for x, y in loader:
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) == 4
+        assert len({p.structure_fp for p in passes}) == 1 and len({p.shapes_fp for p in passes}) == 1
+        assert store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0] == 1
+        g = store.graph(0)
+        assert not any(n.op in ("aten.select.int", "aten.stack.default") for n in g.nodes)
+        names = {(v.role, v.name) for v in g.values}
+        assert ("input", "input") in names and ("constant", "y") in names  # y: read from outside the call
+
+
 _OPEN_AT_ONCE = """
 import sys, time
 from torchtrace.ir import Graph

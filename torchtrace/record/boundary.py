@@ -85,6 +85,25 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
         if all(c in prep for v in outs for c in consumers.get(v, ())):
             prep.add(i)
             needed.update(ev[E_INS])
+    return _same_statements(events, tail, prep, consumers, outputs)
+
+
+def _same_statements(events: List[tuple], tail: int, prep: Set[int], consumers: Dict[int, List[int]],
+                     outputs: Set[int]) -> Set[int]:
+    """``prep`` plus the other tail ops of the same statements that feed nothing
+    else in this pass: ``for x, y in loader`` collates the labels ``y`` with ``x``
+    (the loss reads ``y`` in the next step, outside the model call)."""
+    stmts = {(id(events[i][E_CODE]), events[i][E_LINE]) for i in prep}
+    if not stmts:
+        return prep
+    prep = set(prep)
+    for i in range(len(events) - 1, tail - 1, -1):
+        ev = events[i]
+        if (i in prep or (id(ev[E_CODE]), ev[E_LINE]) not in stmts or not ev[E_OUTS]
+                or BY_INDEX[ev[E_INFO]].witness is not None or any(v in outputs for v in ev[E_OUTS])):
+            continue
+        if all(c in prep for v in ev[E_OUTS] for c in consumers.get(v, ())):
+            prep.add(i)
     return prep
 
 
