@@ -497,3 +497,26 @@ def test_alignment_is_an_optimal_lcs_and_stays_fast_on_long_loops():
     pairs = align(["x", "y", "z"] * 2000, ["x", "y", "w", "z"] * 1500)
     assert time.perf_counter() - start < 5
     assert sum(i is not None and j is not None for i, j in pairs) == 4500
+
+
+def test_steps_whose_floats_differ_are_an_args_difference():
+    """Adam's bias correction is a float argument that changes every step: the
+    shapes fingerprint differs, and the diff says args, not shapes."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    x = torch.randn(3, 4)
+    m(x).pow(2).mean().backward()
+    opt.step()  # the first step makes the optimizer's state: another structure
+    graphs = []
+    for _ in range(2):
+        with torchtrace.trace(m) as t:
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    assert d.kind == "shapes" and not d.types and d.args
+    assert d.summary().startswith("same structure, args differ:")
+    assert d.why()[0].startswith("same ops, other args (")
+

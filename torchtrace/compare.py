@@ -198,7 +198,8 @@ class GraphDiff:
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
-            return f"same structure, shapes differ: {plural(self.changed, 'op')} changed ({what})"
+            differ = "shapes differ" if self.types or self.inputs else "args differ"  # (Adam's step-size floats)
+            return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
         hunks = plural(len(self.structural_hunks), "hunk")
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
@@ -215,7 +216,8 @@ class GraphDiff:
             reads = dict.fromkeys(h.witness.describe() for h in self.changed_hunks if h.witness is not None)
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
             what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
-            lines.append(f"same ops, other shapes ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
+            other = "other shapes" if self.types or self.inputs else "other args"
+            lines.append(f"same ops, {other} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), modules in groups.items():
             names = list(dict.fromkeys(modules))
             where = ", ".join(f"`{m}`" for m in names[:4])
