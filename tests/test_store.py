@@ -329,6 +329,31 @@ def test_input_preparation_opens_the_next_pass(tmp_path):
         assert [v.name for v in g.values if v.role == "input"] == ["input"]
 
 
+def test_lbfgs_steps_are_optimizer_ops_in_every_pass(tmp_path):
+    """LBFGS calls the model from its closure inside opt.step: each call starts a
+    pass after the Optimizer.step marker, which is open from the pass before."""
+    torch.manual_seed(0)
+    m = nn.Linear(8, 1)
+    x = torch.randn(4, 8)
+    opt = torch.optim.LBFGS(m.parameters(), max_iter=3)
+
+    def closure():
+        opt.zero_grad()
+        loss = m(x).pow(2).mean()
+        loss.backward()
+        return loss
+
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        opt.step(closure)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        graphs = [store.graph(p.idx) for p in store.passes()]
+    assert len(graphs) == 3
+    for g in graphs[:2]:  # (the last call's step ends without another update)
+        assert {n.phase for n in g.nodes if n.op == "aten.add_.Tensor"} == {"optimizer"}
+    for g in graphs:
+        assert {n.phase for n in g.nodes if n.op == "aten.addmm.default"} == {"forward"}  # the model, in step
+
+
 def test_a_dataloader_loop_records_one_graph_per_step(tmp_path):
     """`for x, y in loader` collates x and y in one statement; only x is the model's
     input. The labels' collate ops (a select per sample, a stack) stayed at the end of

@@ -203,8 +203,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
 
     # -- nodes ---------------------------------------------------------------
     nodes: List[Node] = []
-    annotations: List[str] = []
-    in_optimizer = False
+    annotations = list(capture.open_annotations)  # a pass can start inside opt.step (LBFGS's closure)
+    in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
     grad_fn_of = ag.grad_fn_of
     vid_at = vid_str.__getitem__
     mod_str = [f"m{k}" for k in range(len(mode.mcalls))]
@@ -226,12 +226,9 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             source = _source(ev[E_CODE], ev[E_LINE])
         args = args_of(info, ev[E_ARGS], ev[E_KW]) if info.scalar_args or ev[E_KW] else no_args
         if info.annotation:
-            if info.name.startswith("profiler._record_function_enter"):
-                annotations.append(str(args.get("name", "")))
-            elif annotations:
-                annotations.pop()
+            _annotate(annotations, info, args)
             in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
-        elif in_optimizer and ph == 0:
+        elif in_optimizer and ph == 0 and module is None:  # (a closure's model call inside step: forward)
             phase = "optimizer"
         tags = info.tags
         if info.is_detach and (_bookkeeping(events, infos, i, created)
@@ -253,12 +250,32 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                           None if module is None else mod_str[module], args, source, tags, witness,
                           grad_fn_of.get(i)))
 
+    capture.open_annotations = tuple(annotations)  # where the next pass starts
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase)
                     for k, (path, typ, call, parent, phase) in enumerate(mode.mcalls))
     outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive))
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))
+
+
+def _annotate(stack: List[str], info: Any, args: Dict[str, Any]) -> None:
+    """A ``record_function`` marker: enter pushes its name, exit pops."""
+    if info.name.startswith("profiler._record_function_enter"):
+        stack.append(str(args.get("name", "")))
+    elif stack:
+        stack.pop()
+
+
+def open_annotations(events: List[tuple], stack: Tuple[str, ...]) -> Tuple[str, ...]:
+    """The ``record_function`` markers open after ``events`` (a pass dropped
+    unbuilt: the setup before a Recorder's first pass), from those open before."""
+    out = list(stack)
+    for ev in events:
+        info = BY_INDEX[ev[E_INFO]]
+        if info.annotation:
+            _annotate(out, info, _args(info, ev[E_ARGS], ev[E_KW]))
+    return tuple(out)
 
 
 def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any]) -> List[int]:

@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import _disable_current_modes, _get_current_di
 from ..errors import UsageError
 from ..ir import Graph
 from .autograd import AutogradTracker, storage_ptrs
-from .build import build_graph
+from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, tensors_in
 from .compiled import force_eager, restore
 from .composite import see_autocast
@@ -93,6 +93,7 @@ class Capture:
         self.root_paths: Dict[int, str] = {}
         self._held: List[Any] = []  # modules whose ids key the tables above
         self._fixed_root = model is not None  # trace(model): names relative to it in every pass
+        self.open_annotations: Tuple[str, ...] = ()  # record_function markers open when a pass starts
         self.mode = RecordingMode(self)
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
@@ -158,7 +159,10 @@ class Capture:
                 self._installed = False
             self.autograd.close()
 
-    def new_pass(self) -> None:
+    def new_pass(self, *, built: bool = False) -> None:
+        """Start a fresh pass; the records so far are dropped unless ``built``."""
+        if not built and self.mode.events:  # record_function markers still open carry over
+            self.open_annotations = open_annotations(self.mode.events, self.open_annotations)
         self.mode.reset()
         self.autograd.close()
         self.autograd.reset()
@@ -178,7 +182,7 @@ class Capture:
         full.update(meta)
         with _disable_current_modes():  # building issues no op of the user's program
             graph = build_graph(self, self.mode, full)
-        self.new_pass()
+        self.new_pass(built=True)
         return graph
 
     def meta(self) -> Dict[str, Any]:
