@@ -189,19 +189,17 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
     """Group a store's passes by graph structure and explain each switch."""
     from rich.table import Table
 
-    from .families import variants as group
+    from .families import store_variants
     from .store import Store
 
     try:
         with Store(store, readonly=True) as st:
-            records = st.passes(rank)
-            graphs = [st.graph(p.idx, p.rank) for p in records]
+            if not st.passes(rank):
+                _fail(UsageError("the store holds no pass", where=f"{store} (rank {rank})",
+                                 expected="recorded passes", found="none", fix="record with `torchtrace run script.py`"))
+            records, vs = store_variants(st, rank)  # reads only the graphs the explanations need
     except TorchtraceError as e:
         _fail(e)
-    if not records:
-        _fail(UsageError("the store holds no pass", where=f"{store} (rank {rank})", expected="recorded passes",
-                         found="none", fix="record with `torchtrace run script.py`"))
-    vs = group(graphs)
     table = Table(title=f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} passes of {store}",
                   title_justify="left", box=None, pad_edge=False)
     for col in ("variant", "structure", "passes", "pass range", "steps", "shape variants"):

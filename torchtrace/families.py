@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from pathlib import PurePath
-from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .compare import GraphDiff, diff
 from .errors import UsageError
@@ -49,12 +50,23 @@ class _Indexed:
 @dataclass(frozen=True)
 class ShapeVariant(_Indexed):
     """Graphs of one variant that also ran on the same tensor types.
-    ``why`` says what changed against the graph before its first one."""
+    ``graph`` is the first of them; ``why`` says what changed against the graph
+    before its first one. Both are made on first access: a training run with
+    Adam has a shape variant per step (its floats), and a store's graphs are
+    read only when asked for."""
 
     shapes: str
     indices: Tuple[int, ...]
-    graph: Graph
-    why: Optional[str] = None
+    _graph: Callable[[], Graph] = field(repr=False, compare=False)
+    _why: Callable[[], Optional[str]] = field(repr=False, compare=False)
+
+    @cached_property
+    def graph(self) -> Graph:
+        return self._graph()
+
+    @cached_property
+    def why(self) -> Optional[str]:
+        return self._why()
 
 
 @dataclass(frozen=True)
@@ -150,11 +162,31 @@ def variants(graphs: Iterable[GraphLike]) -> Variants:
                          "IR dicts or paths", found=f"one {type(graphs).__name__}",
                          fix="pass e.g. variants([g1, g2, g3]); for a trace store use `torchtrace variants trace.db`")
     gs = [_graph(g, k) for k, g in enumerate(graphs)]
-    keys = [_fps(g) for g in gs]
+    return grouped([_fps(g) for g in gs], gs.__getitem__)
+
+
+def store_variants(store: Any, rank: int = 0) -> Tuple[List[Any], Variants]:
+    """A store's passes of ``rank`` and their variants, grouped by the
+    fingerprints the store keeps: only the graphs an explanation needs are read."""
+    records = store.passes(rank)
+    cache: Dict[int, Graph] = {}
+
+    def graph_at(k: int) -> Graph:
+        g = cache.get(k)
+        if g is None:
+            g = cache[k] = store.graph(records[k].idx, records[k].rank)
+        return g
+
+    return records, grouped([(p.structure_fp, p.shapes_fp) for p in records], graph_at)
+
+
+def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph]) -> Variants:
+    """Variants from each graph's (structure, shapes) fingerprints; ``graph_at(k)``
+    gives graph ``k`` when an explanation needs it."""
     order: Dict[str, List[int]] = {}
     for k, (structure, _) in enumerate(keys):
         order.setdefault(structure, []).append(k)
-    of = [0] * len(gs)
+    of = [0] * len(keys)
     for vi, idx in enumerate(order.values()):
         for k in idx:
             of[k] = vi
@@ -163,19 +195,22 @@ def variants(graphs: Iterable[GraphLike]) -> Variants:
         shapes: Dict[str, List[int]] = {}
         for k in idx:
             shapes.setdefault(keys[k][1], []).append(k)
-        svs = []
-        for fp, sidx in shapes.items():
-            prev = _previous_in(sidx[0], idx)
-            why = diff(gs[prev], gs[sidx[0]]).summary() if prev is not None else None
-            svs.append(ShapeVariant(fp, tuple(sidx), gs[sidx[0]], why))
+        svs = [ShapeVariant(fp, tuple(sidx), partial(graph_at, sidx[0]),
+                            partial(_shape_why, graph_at, _previous_in(sidx[0], idx), sidx[0]))
+               for fp, sidx in shapes.items()]
         first = idx[0]
-        v = Variant(vi, structure, tuple(idx), tuple(svs), gs[first])
+        v = Variant(vi, structure, tuple(idx), tuple(svs), graph_at(first))
         if first > 0:
-            d = diff(gs[first - 1], gs[first])
+            d = diff(graph_at(first - 1), graph_at(first))
             why, witness, loop = _explain(d)
-            v = Variant(vi, structure, tuple(idx), tuple(svs), gs[first], first - 1, of[first - 1], why, witness, loop)
+            v = Variant(vi, structure, tuple(idx), tuple(svs), graph_at(first), first - 1, of[first - 1], why,
+                        witness, loop)
         out.append(v)
-    return Variants(tuple(out), len(gs), tuple(of))
+    return Variants(tuple(out), len(keys), tuple(of))
+
+
+def _shape_why(graph_at: Callable[[int], Graph], prev: Optional[int], k: int) -> Optional[str]:
+    return diff(graph_at(prev), graph_at(k)).summary() if prev is not None else None
 
 
 def _previous_in(k: int, idx: Sequence[int]) -> Optional[int]:
