@@ -76,33 +76,23 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     consumers = _consumers(events, tail)
     outputs = set(mode.outputs)
     prep: Set[int] = set()
+
+    def feeds_only_prep(ev: tuple) -> bool:  # a result, no witness, not returned, read only by prep
+        outs = ev[E_OUTS]
+        return (bool(outs) and BY_INDEX[ev[E_INFO]].witness is None and not any(v in outputs for v in outs)
+                and all(c in prep for v in outs for c in consumers.get(v, ())))
+
     for i in range(len(events) - 1, tail - 1, -1):
         ev = events[i]
-        outs = ev[E_OUTS]
-        if (not outs or BY_INDEX[ev[E_INFO]].witness is not None
-                or not any(v in needed for v in outs) or any(v in outputs for v in outs)):
-            continue
-        if all(c in prep for v in outs for c in consumers.get(v, ())):
+        if any(v in needed for v in ev[E_OUTS]) and feeds_only_prep(ev):
             prep.add(i)
             needed.update(ev[E_INS])
-    return _same_statements(events, tail, prep, consumers, outputs)
-
-
-def _same_statements(events: List[tuple], tail: int, prep: Set[int], consumers: Dict[int, List[int]],
-                     outputs: Set[int]) -> Set[int]:
-    """``prep`` plus the other tail ops of the same statements that feed nothing
-    else in this pass: ``for x, y in loader`` collates the labels ``y`` with ``x``
-    (the loss reads ``y`` in the next step, outside the model call)."""
+    # and the other ops of those statements that feed nothing else: `for x, y in loader`
+    # collates the labels y with x (the loss reads y in the next step, outside the call)
     stmts = {(id(events[i][E_CODE]), events[i][E_LINE]) for i in prep}
-    if not stmts:
-        return prep
-    prep = set(prep)
     for i in range(len(events) - 1, tail - 1, -1):
         ev = events[i]
-        if (i in prep or (id(ev[E_CODE]), ev[E_LINE]) not in stmts or not ev[E_OUTS]
-                or BY_INDEX[ev[E_INFO]].witness is not None or any(v in outputs for v in ev[E_OUTS])):
-            continue
-        if all(c in prep for v in ev[E_OUTS] for c in consumers.get(v, ())):
+        if i not in prep and (id(ev[E_CODE]), ev[E_LINE]) in stmts and feeds_only_prep(ev):
             prep.add(i)
     return prep
 

@@ -103,7 +103,7 @@ class Capture:
         self.after_fork: Optional[Callable[[], None]] = None  # in a forked child, after stop()
         self.on_compiled: Optional[Callable[[torch.nn.Module], None]] = None  # a compiled module's call
         self._mode_pushed = False
-        self._stance: Any = None  # the compiler stance to restore when the mode comes off (compiled.py)
+        self._stance: Any = None  # the compiler stance to restore at stop() (compiled.py)
         self._installed = False
         self.new_pass()
         if model is not None:
@@ -112,6 +112,7 @@ class Capture:
     # -- lifecycle ---------------------------------------------------------------
     def start(self, *, with_mode: bool = True) -> None:
         _STARTED.add(self)
+        self._stance = force_eager()  # until stop(), sampled pass or not (compiled.py)
         self.scope.install()
         self._installed = True
         if with_mode:
@@ -120,12 +121,7 @@ class Capture:
     def push_mode(self) -> None:
         if not self._mode_pushed:
             see_autocast(self.mode)
-            self._stance = force_eager()
-            try:
-                self.mode.__enter__()
-            except BaseException:
-                restore(self._stance)
-                raise
+            self.mode.__enter__()
             self._mode_pushed = True
 
     def pop_mode(self, *, force: bool = False) -> None:
@@ -145,8 +141,6 @@ class Capture:
         finally:
             for m in reversed(above):
                 _push_mode(m)
-            restore(self._stance)
-            self._stance = None
 
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""
@@ -158,6 +152,8 @@ class Capture:
                 self.scope.remove()
                 self._installed = False
             self.autograd.close()
+            restore(self._stance)
+            self._stance = None
 
     def new_pass(self, *, built: bool = False) -> None:
         """Start a fresh pass; the records so far are dropped unless ``built``."""

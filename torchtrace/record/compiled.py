@@ -21,6 +21,7 @@ import sys
 from typing import Any, Optional
 
 _EVAL_FRAME = "torch._dynamo.eval_frame"
+COMPILED_WRAPPER = "OptimizedModule"  # the type name of torch.compile(module)'s wrapper
 
 
 def force_eager() -> Optional[Any]:
@@ -67,12 +68,12 @@ class Uncompiled:
         d = module.__dict__
         if any(m is module for m, _, _ in self.saved):
             return
-        if type(module).__name__ == "OptimizedModule" and "forward" in d:  # torch.compile(module)
+        if type(module).__name__ == COMPILED_WRAPPER and "forward" in d:  # torch.compile(module)
             self.saved.append((module, "forward", d["forward"]))
             d["forward"] = d["_modules"]["_orig_mod"].__call__
-        elif d.get("_compiled_call_impl") is not None:  # module.compile()
+        elif is_compiled_in_place(module):  # module.compile()
             self.saved.append((module, "_compiled_call_impl", d["_compiled_call_impl"]))
-            d["_compiled_call_impl"] = None
+            d["_compiled_call_impl"] = module._call_impl  # still "compiled" for the hooks: meta says so
 
     def restore(self) -> None:
         for module, attr, value in reversed(self.saved):

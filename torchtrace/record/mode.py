@@ -175,9 +175,7 @@ class RecordingMode(TorchDispatchMode):
                         kw[name] = a
                     elif isinstance(a, _Tensor):
                         ins += (self._vid(a, f, info),)
-            if info.objects:  # a collective's process group: keep its description, not the object
-                argv = describe_objects(argv)
-                if kw:
+                if info.objects:  # a process group: its description, not the object (see _read_args)
                     kw = describe_objects(kw)
             if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
                 # ones_like(loss) from torch.autograd: backward starts now; walk the
@@ -250,6 +248,8 @@ class RecordingMode(TorchDispatchMode):
                 for t in (a if k == TENSOR_LIST else [x for sub in a for x in sub]):
                     if t is not None:
                         ins.append(self._vid(t, frame, info))
+        if info.objects:  # a collective's process group: keep its description, never the object
+            argv = describe_objects(argv)  # (freeing a ProcessGroupGloo late, under the GIL, deadlocks)
         return tuple(ins), tuple(argv) if scalars else ()
 
     def _outputs(self, info: Any, args: tuple, kwargs: dict, out: Any) -> tuple:

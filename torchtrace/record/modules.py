@@ -18,6 +18,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from .._memo import remember
+from .compiled import COMPILED_WRAPPER as _COMPILED
 from .compiled import is_compiled_in_place
 from .composite import see_autocast
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
 
 _task_id = torch._C._current_graph_task_id
-_COMPILED = "OptimizedModule"  # torch.compile's wrapper module: its calls are not module calls of the model
 _get_ident = threading.get_ident
 
 

@@ -109,7 +109,7 @@ class OpInfo:
         self.is_seed = self.name == "aten.ones_like.default"
         self.readers: Dict[int, Any] = {}  # len(args) -> generated reader, or False (see reader())
         # an argument of a TorchScript class (a c10d ProcessGroup): the event keeps its description,
-        # never the object (freeing a ProcessGroupGloo late, under the GIL, deadlocks with its threads)
+        # never the object (RecordingMode._read_args)
         self.objects = any("__torch__" in str(a.type) for a in args)
 
     def lacks_kernel(self, key: Any) -> bool:
@@ -137,8 +137,8 @@ class OpInfo:
     def reader(self, n: int) -> Any:
         """The positional-argument reader for calls with ``n`` args, made once."""
         r = self.readers.get(n)
-        if r is None:
-            r = self.readers[n] = _make_reader(self.kinds[:n]) if n <= len(self.kinds) else False
+        if r is None:  # (none for TorchScript-object arguments: _read_args describes them)
+            r = self.readers[n] = _make_reader(self.kinds[:n]) if n <= len(self.kinds) and not self.objects else False
         return r
 
 

@@ -26,7 +26,7 @@ from ..store import Store
 from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture, capture_options
-from .compiled import Uncompiled, force_eager, restore
+from .compiled import Uncompiled
 
 _ACTIVE = threading.local()
 DEFAULT_MAX_OPS = 500_000
@@ -86,10 +86,9 @@ class Recorder:
         self.capture.on_root = self._on_root
         self.capture.after_root = self._after_root
         self.capture.after_fork = self._detach_after_fork
-        # compiled code runs eagerly while the Recorder is open, sampled or not: a pass
-        # boundary inside a compiled region is invisible to hooks, and Dynamo would mark
-        # the code it skipped under the mode "skip" for good (compiled.py)
-        self._stance = force_eager()
+        # compiled code runs eagerly while the Recorder is open, sampled or not (its Capture is
+        # started throughout): a pass boundary inside Dynamo's wrapper would leave the
+        # thread's dispatch keys out of step with the mode stack (compiled.py)
         self._uncompiled = Uncompiled()
         self.capture.on_compiled = self._uncompiled.add
         self.index = 0            # the pass in flight, in the sampling schedule
@@ -99,7 +98,7 @@ class Recorder:
             self.capture.start(with_mode=self._sampled)
         except BaseException:
             self.capture.stop()
-            self._give_back_compiled()
+            self._uncompiled.restore()
             raise
         _ACTIVE.recorder = self
         return self
@@ -116,15 +115,10 @@ class Recorder:
         finally:
             self._unwatch()
             self.capture.stop()
-            self._give_back_compiled()
+            self._uncompiled.restore()
             if not isinstance(self._store_arg, Store) and self.store is not None:
                 self.store.close()
         return False
-
-    def _give_back_compiled(self) -> None:
-        """The user's compiler stance, and the compiled modules run uncompiled meanwhile."""
-        restore(self._stance)
-        self._uncompiled.restore()
 
     # -- public -------------------------------------------------------------------
     def step(self, n: int) -> None:
@@ -210,7 +204,7 @@ class Recorder:
         for h in self._root_handles:  # the child's copies of the root modules' hook dicts
             h.remove()
         self._root_handles = []
-        self._give_back_compiled()
+        self._uncompiled.restore()
         if not isinstance(self._store_arg, Store):
             _INHERITED.append(self.store)  # kept referenced: never closed by the child
         self.store = self.capture = None
