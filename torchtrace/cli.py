@@ -194,12 +194,12 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
 
     try:
         with Store(store, readonly=True) as st:
-            if not st.passes(rank):
-                _fail(UsageError("the store holds no pass", where=f"{store} (rank {rank})",
-                                 expected="recorded passes", found="none", fix="record with `torchtrace run script.py`"))
             records, vs = store_variants(st, rank)  # reads only the graphs the explanations need
     except TorchtraceError as e:
         _fail(e)
+    if not records:
+        _fail(UsageError("the store holds no pass", where=f"{store} (rank {rank})", expected="recorded passes",
+                         found="none", fix="record with `torchtrace run script.py`"))
     table = Table(title=f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} passes of {store}",
                   title_justify="left", box=None, pad_edge=False)
     for col in ("variant", "structure", "passes", "pass range", "steps", "shape variants"):

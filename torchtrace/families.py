@@ -15,11 +15,12 @@ step 812 take another path.
 from __future__ import annotations
 
 import os
-from pathlib import PurePath
 from dataclasses import dataclass, field
 from functools import cached_property, partial
+from pathlib import PurePath
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ._memo import Lazy
 from .compare import GraphDiff, diff
 from .errors import UsageError
 from .explain import LoopChange, WitnessChange, plural
@@ -167,17 +168,12 @@ def variants(graphs: Iterable[GraphLike]) -> Variants:
 
 def store_variants(store: Any, rank: int = 0) -> Tuple[List[Any], Variants]:
     """A store's passes of ``rank`` and their variants, grouped by the
-    fingerprints the store keeps: only the graphs an explanation needs are read."""
+    fingerprints the store keeps: only the graphs an explanation needs are read
+    (a shape variant's ``graph`` and ``why`` read the store when first asked for:
+    while it is open)."""
     records = store.passes(rank)
-    cache: Dict[int, Graph] = {}
-
-    def graph_at(k: int) -> Graph:
-        g = cache.get(k)
-        if g is None:
-            g = cache[k] = store.graph(records[k].idx, records[k].rank)
-        return g
-
-    return records, grouped([(p.structure_fp, p.shapes_fp) for p in records], graph_at)
+    graphs = Lazy(lambda k: store.graph(records[k].idx, records[k].rank))
+    return records, grouped([(p.structure_fp, p.shapes_fp) for p in records], graphs.__getitem__)
 
 
 def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph]) -> Variants:

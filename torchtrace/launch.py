@@ -15,9 +15,10 @@ import subprocess
 import sys
 import threading
 import traceback
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -78,49 +79,50 @@ class _Progress:
         return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
 
 
-def _prepare_store(out: Path) -> Tuple[Path, Optional[int]]:
-    """The store path, with the previous run's store moved aside, and the folder's
-    lock (held until ``_unlock``): a second run into the same folder would move the
-    first run's open store aside under it."""
+@contextmanager
+def _store_in(out: Path) -> Iterator[Path]:
+    """The store path in ``out``, with the previous run's store moved aside,
+    while this process holds the folder's lock: a second run into the same
+    folder would move the first run's open store aside under it."""
     path = out / STORE_NAME
     if out.exists() and not out.is_dir():
         raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
                          found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
-    lock = None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = _lock(out)
+        fd = os.open(out / ".torchtrace.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a folder that cannot be made
+        raise WriteError.of(out, e) from None
+    try:
+        _lock(fd, out)
         if path.exists():  # keep the previous run once, never append to it
             prev = out / "trace.prev.db"
             for suffix in ("", "-wal", "-shm"):
                 old = Path(str(path) + suffix)
                 if old.exists():
                     os.replace(old, Path(str(prev) + suffix))
-    except OSError as e:  # a folder that cannot be made, or a store that cannot be moved aside
-        _unlock(lock)
-        raise WriteError.of(out, e) from None
-    return path, lock
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):  # a store that cannot be moved aside
+            raise WriteError.of(out, e) from None
+        raise
+    try:
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _lock(out: Path) -> Optional[int]:
+def _lock(fd: int, out: Path) -> None:
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
-        return None
-    fd = os.open(out / ".torchtrace.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        os.close(fd)
         raise UsageError("another torchtrace run is recording into this folder", where=str(out),
                          expected="an --out folder no other run is using", found="its lock held",
                          fix="pass another --out, or wait until that run ends") from None
-    return fd
-
-
-def _unlock(fd: Optional[int]) -> None:
-    if fd is not None:
-        os.close(fd)  # releases the flock
 
 
 def _exit_code(e: SystemExit, console: Console) -> int:
@@ -148,15 +150,12 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
     the store and prints the summary)."""
     console = console or Console(stderr=True, emoji=False)
     path = _check_script(script)
-    store_path, lock = (options.out / STORE_NAME, None) if worker else _prepare_store(options.out)
-    try:
-        return _run_locked(path, argv, options, console, worker, store_path)
-    finally:
-        _unlock(lock)
+    with nullcontext(options.out / STORE_NAME) if worker else _store_in(options.out) as store_path:
+        return _run(path, argv, options, console, worker, store_path)
 
 
-def _run_locked(path: Path, argv: Sequence[str], options: RunOptions, console: Console, worker: bool,
-                store_path: Path) -> int:
+def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console, worker: bool,
+         store_path: Path) -> int:
     from .record.recorder import Recorder
 
     progress = _Progress(options, console)
@@ -208,8 +207,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
 
     console = console or Console(stderr=True, emoji=False)
     _check_script(script)
-    store_path, lock = _prepare_store(options.out)
-    try:
+    with _store_in(options.out) as store_path:
         Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
         spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
                            "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops})
@@ -218,8 +216,6 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
         code = subprocess.call(cmd)
         with Store(store_path, readonly=True) as store:
             report = rank_report(store)
-    finally:
-        _unlock(lock)
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} (exit {code}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
     console.print(str(report), markup=False, highlight=False, soft_wrap=True)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 import sqlite3
 import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -154,35 +155,34 @@ class Store:
         return idx
 
     # -- reading ---------------------------------------------------------------
-    def _damaged(self, e: Exception) -> IRError:
-        return IRError("damaged trace store", where=str(self.path), expected="a store as torchtrace wrote it",
-                       found=f"{type(e).__name__}: {e}",
-                       fix="record it again; SQLite's `.recover` may save the passes that are intact")
+    @contextmanager
+    def _reading(self, *errors: type) -> Iterator[None]:
+        """Damaged pages (or ``errors``, a pass's damaged witness values): an IRError."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, *errors) as e:
+            raise IRError("damaged trace store", where=str(self.path), expected="a store as torchtrace wrote it",
+                          found=f"{type(e).__name__}: {e}",
+                          fix="record it again; SQLite's `.recover` may save the passes that are intact") from None
 
     def passes(self, rank: Optional[int] = None) -> List[PassRecord]:
         sql = f"SELECT {_COLUMNS} FROM passes"
-        try:
+        with self._reading():
             rows = (self.db.execute(sql + " ORDER BY rank, idx") if rank is None else
                     self.db.execute(sql + " WHERE rank = ? ORDER BY idx", (rank,))).fetchall()
-        except sqlite3.DatabaseError as e:  # damaged pages
-            raise self._damaged(e) from None
         return [PassRecord(*r[:11], bool(r[11]), *r[12:]) for r in rows]
 
     def ranks(self) -> List[int]:
-        try:
+        with self._reading():
             return [r[0] for r in self.db.execute("SELECT DISTINCT rank FROM passes ORDER BY rank")]
-        except sqlite3.DatabaseError as e:
-            raise self._damaged(e) from None
 
     def graph(self, idx: int, rank: int = 0) -> Graph:
         """The graph of pass ``idx`` (on ``rank``), with that pass's own meta and witness values."""
-        try:
+        with self._reading():
             row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
                                   "JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
                                   "WHERE p.rank = ? AND p.idx = ?",
                                   (rank, idx)).fetchone()
-        except sqlite3.DatabaseError as e:
-            raise self._damaged(e) from None
         if row is None:
             have = [p.idx for p in self.passes(rank)]
             raise UsageError("no such pass", where=f"{self.path}:{idx}",
@@ -190,11 +190,9 @@ class Store:
                              found=str(idx), fix="list the passes with `torchtrace variants STORE`")
         step, label, started, error, witnesses, blob = row
         g = decode(blob, f"{self.path}:{idx}")
-        try:
+        with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")
             nodes = tuple(replace(n, witness=_witness(own[n.id])) if n.id in own else n for n in g.nodes)
-        except (ValueError, TypeError, KeyError, AttributeError) as e:  # this pass's witness values
-            raise self._damaged(e) from None
         meta = dict(g.meta, step=step, label=label, created=started, error=error, pass_index=idx)
         return Graph(meta=meta, modules=g.modules, values=g.values, nodes=nodes, outputs=g.outputs,
                      autograd=g.autograd, fingerprints=g.fingerprints)
