@@ -179,6 +179,23 @@ def test_executed_order_matches_prehooks_and_grads_are_reported():
     assert g.autograd.no_grad_params == ()
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_grad_norms_of_every_dtype_and_of_sparse_grads(dtype):
+    """Gradient norms are numbers for fp64 (they were "unknown": an fp32 reduction
+    refuses fp64 input), bf16 (summed in fp32) and a sparse embedding's gradient."""
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"emb": nn.Embedding(10, 4, sparse=True), "lin": nn.Linear(4, 3)}).to(dtype)
+    with torchtrace.trace(m) as t:
+        m["lin"](m["emb"](torch.tensor([1, 2, 2, 7]))).sum().backward()
+    grads = {gi.name: gi for gi in t.graph.autograd.grads}
+    assert set(grads) == {"emb.weight", "lin.weight", "lin.bias"}
+    assert m["emb"].weight.grad.is_sparse
+    for name, p in m.named_parameters():
+        want = p.grad.to_dense().double().norm().item()  # (uncoalesced: index 2 twice)
+        assert grads[name].dtype == str(dtype).replace("torch.", "")
+        assert grads[name].norm == pytest.approx(want, rel=1e-6 if dtype == torch.float64 else 1e-2)
+
+
 def test_unused_parameter_is_reported():
     class WithUnused(nn.Module):
         def __init__(self):

@@ -315,6 +315,38 @@ def test_a_failed_read_of_the_autograd_graph_keeps_the_ops(monkeypatch):
     assert g.meta["record_errors"]["first"] == "the autograd graph: RuntimeError: cannot read this Node"
 
 
+def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatch):
+    """On CUDA the autograd engine runs backward in its device thread, where the
+    mode's handler is the bottom Python frame (sys._getframe(1) raises: every
+    backward op was a record error). Emulated on CPU: the handler run directly
+    as a new thread's target, inside a graph task, while the recording thread
+    waits at a known line. The op is recorded as backward, at that line."""
+    import _thread
+    import time
+
+    from torchtrace.record import mode as mode_mod
+
+    m = nn.Linear(3, 2)
+    y = m(torch.ones(1, 3)).sum()  # (a Node made before the block: no op of the pass to take a line from)
+    with torchtrace.trace(m) as t:
+        args = (torch.ones(2), torch.full((2,), 3.0))
+        rec = _get_current_dispatch_mode_stack()[-1]
+        monkeypatch.setattr(mode_mod, "_current_node", lambda: y.grad_fn)  # as inside backward's task
+        monkeypatch.setattr(mode_mod, "_task_id", lambda: 7)
+        n = len(rec.events)
+        _thread.start_new_thread(rec.__torch_dispatch__, (torch.ops.aten.mul.Tensor, (), args, None))
+        deadline = time.monotonic() + 10  # (where the handler fails, no event comes)
+        while len(rec.events) == n and time.monotonic() < deadline:
+            time.sleep(0.001)  # LINE:wait
+        monkeypatch.undo()
+    g = t.graph.validate()
+    assert "record_errors" not in g.meta
+    mul = [nd for nd in g.nodes if nd.op == "aten.mul.Tensor"]
+    assert len(mul) == 1 and mul[0].phase == "backward"
+    wait = next(i for i, s in enumerate(open(__file__, encoding="utf-8"), 1) if "# LINE:" + "wait" in s)
+    assert (mul[0].source.file.endswith("test_recorder.py"), mul[0].source.line) == (True, wait)
+
+
 def test_block_exception_leaves_nothing_behind():
     hooks_before = (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks))
 

@@ -126,7 +126,7 @@ def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) ->
     if not infos[i].is_detach:
         return False
     if ev[E_PHASE] == BACKWARD:  # the engine's or torch's own (checkpoint) detaches
-        return is_torch_internal(ev[E_ICODE])
+        return ev[E_ICODE] is None or is_torch_internal(ev[E_ICODE])  # (None: from the engine's C++ thread)
     if i == 0:
         return False
     prev = events[i - 1]

@@ -131,13 +131,20 @@ class RecordingMode(TorchDispatchMode):
             return info.call(*args, **kwargs)
 
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
-            f = _getframe(1)
-            code = icode = f.f_code
-            line = ilasti = f.f_lasti
+            try:
+                f = _getframe(1)
+            except ValueError:  # no Python frame below the handler: see _frameless
+                f = None
             anode = _current_node()
-            phase = FORWARD if anode is None else self._backward_phase(anode, icode)
+            if f is None:
+                code, line, phase = self._frameless(anode)
+                icode, ilasti = None, -1
+            else:
+                code = icode = f.f_code
+                line = ilasti = f.f_lasti
+                phase = FORWARD if anode is None else self._backward_phase(anode, icode)
             cache = self.filter_cache
-            if cache.get(id(icode)) is not False:  # the op was not issued by user code itself: walk out
+            if f is not None and cache.get(id(icode)) is not False:  # not issued by user code itself: walk out
                 key = (id(f), ilasti)
                 if anode is not None and key == self.engine_frame:
                     # issued by the autograd engine for this graph task (its frame is alive until
@@ -330,6 +337,31 @@ class RecordingMode(TorchDispatchMode):
                 self.inplace_on_view.add(len(self.events))
         return tuple(written)
 
+    def _frameless(self, anode: Any) -> tuple:
+        """(code, f_lasti, phase) of an op whose handler is its thread's bottom
+        frame: issued from C++ in a thread that runs no Python code -- the
+        autograd engine's device threads, where CUDA runs backward (the engine
+        carries the mode stack there). Its line is the user line that started
+        the graph task in the thread that records, found once per task."""
+        if anode is None:  # no graph task: nothing to attribute it to
+            return None, -1, FORWARD
+        phase = self._backward_phase(anode, None)
+        key = ("frameless", self.task)
+        if self.engine_frame != key:
+            self.engine_frame = key
+            self.engine_user = (None, -1)
+            f = sys._current_frames().get(self.capture.tid)
+            cache = self.filter_cache
+            while f is not None:
+                internal = cache.get(id(f.f_code))
+                if internal is None:
+                    internal = self.classify(f.f_code)
+                if not internal:
+                    self.engine_user = (f.f_code, f.f_lasti)
+                    break
+                f = f.f_back
+        return (*self.engine_user, phase)
+
     def _backward_phase(self, anode: Any, icode: Any) -> int:
         task = _task_id()
         if task != self.task:
@@ -339,7 +371,7 @@ class RecordingMode(TorchDispatchMode):
                 self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
             except Exception as e:  # the ops are still recorded; the autograd part is what is missing
                 self._fault(op_info(_DETACH), e)
-        engine = self._is_engine(icode)
+        engine = icode is None or self._is_engine(icode)  # (None: issued by the engine's own C++)
         # checkpoint re-runs forward code with grad enabled from inside a Node
         return RECOMPUTE if not engine and _grad_enabled() else BACKWARD
 
