@@ -341,6 +341,38 @@ def _() -> str:
     return f"{len(passes)} passes, steps 1-4 one structure"
 
 
+@check("checkpoint_recompute_in_the_engine_thread")
+def _() -> str:
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(nn.Module):
+        def __init__(self, reentrant: bool) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+            self.head = nn.Linear(8, 1)
+            self.reentrant = reentrant
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(checkpoint(self.block, x, use_reentrant=self.reentrant))
+
+    def scopes(dev: torch.device, reentrant: bool) -> List[tuple]:
+        torch.manual_seed(0)
+        m = Net(reentrant).to(dev)
+        x = torch.randn(4, 8, device=dev, requires_grad=True)
+        with torchtrace.trace(m) as t:
+            m(x).sum().backward()
+        g = t.graph
+        assert "record_errors" not in g.meta, g.meta["record_errors"]
+        return sorted({(n.phase, g.module_path(n.module)) for n in g.nodes if n.phase != "forward"})
+
+    out = []
+    for reentrant in (False, True):
+        here, cpu = scopes(DEV, reentrant), scopes(torch.device("cpu"), reentrant)
+        assert here == cpu, f"reentrant={reentrant}: {here} on {DEV}, {cpu} on cpu"
+        out.append(f"reentrant={reentrant}: {[s for s in here if s[0] == 'recompute']}")
+    return "; ".join(out)
+
+
 @check("save_load_render")
 def _() -> str:
     m = zoo.gpt2().to(DEV).train()

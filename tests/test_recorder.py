@@ -147,6 +147,23 @@ def test_data_dependent_shapes_are_witnesses():
     assert any(w.shape == (3,) for w in ws.values() if w.shape is not None)  # boolean indexing
 
 
+def test_index_is_a_witness_only_with_a_boolean_index():
+    """torch tags index.Tensor 'dynamic output shape' whatever its indices; an int
+    index (an embedding table's rows, cos[position_ids]) reads no data: no
+    witness, so diffs never blame it."""
+    x = torch.arange(12.0).reshape(3, 4)
+    rows, mask = torch.tensor([2, 0]), torch.tensor([True, False, True])
+    with torchtrace.trace() as t:
+        x[rows]                                       # int index: shape from the index's shape
+        x[mask]                                       # bool mask: shape from the data
+        x[rows, torch.tensor([1, 3])]                 # int indices in two dims
+        x[:, torch.tensor([0, 1, 1, 0], dtype=torch.bool)]
+    got = [(n.short_op, "witness" in n.tags, n.witness.shape if n.witness else None)
+           for n in t.graph.nodes if n.short_op == "index.Tensor"]
+    assert got == [("index.Tensor", False, None), ("index.Tensor", True, (2, 4)),
+                   ("index.Tensor", False, None), ("index.Tensor", True, (3, 2))]
+
+
 def test_shared_module_called_twice_and_module_under_two_parents():
     class Twice(nn.Module):
         def __init__(self):
@@ -345,6 +362,34 @@ def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatc
     assert len(mul) == 1 and mul[0].phase == "backward"
     wait = next(i for i, s in enumerate(open(__file__, encoding="utf-8"), 1) if "# LINE:" + "wait" in s)
     assert (mul[0].source.file.endswith("test_recorder.py"), mul[0].source.line) == (True, wait)
+
+
+def test_module_calls_in_a_thread_that_carries_the_mode_are_scoped():
+    """The autograd engine's device threads carry the recording thread's mode
+    (CUDA runs backward, and checkpoint's recompute, there): module calls in such
+    a thread get their module path. A thread without the mode records nothing."""
+    import threading
+
+    from torch.utils._python_dispatch import _pop_mode, _push_mode
+
+    m = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    x = torch.randn(2, 3)
+
+    def carried(mode):
+        _push_mode(mode)
+        try:
+            m[0](x)
+        finally:
+            _pop_mode()
+
+    with torchtrace.trace(m) as t:
+        rec = _get_current_dispatch_mode_stack()[-1]
+        for target, args in ((carried, (rec,)), (m, (x,))):
+            th = threading.Thread(target=target, args=args)
+            th.start()
+            th.join()
+    g = t.graph
+    assert [(n.short_op, g.module_path(n.module)) for n in g.nodes if n.short_op == "addmm"] == [("addmm", "0")]
 
 
 def test_block_exception_leaves_nothing_behind():

@@ -176,6 +176,72 @@ def test_setup_before_the_first_forward_is_not_a_pass(tmp_path):
         assert [p.n_ops for p in store.passes()] == [2, 2]
 
 
+@pytest.mark.parametrize("how", ["reentrant", "non-reentrant", "gpt2"])
+def test_checkpoint_recompute_in_backward_is_part_of_the_step(tmp_path, how):
+    """Modules that backward re-runs (activation checkpointing, transformers'
+    gradient_checkpointing_enable()) are called with no module open, but they are
+    the step's recompute, not new passes: one pass per step, each recording its
+    recompute ops under the same module paths as trace() does."""
+    from torch.utils.checkpoint import checkpoint
+
+    import zoo
+
+    if how == "gpt2":
+        m = zoo.gpt2().train()
+        m.gradient_checkpointing_enable({"use_reentrant": False})
+        x = zoo.token_ids(8)
+        step = lambda: m(x, labels=x).loss.backward()  # noqa: E731
+    else:
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+                self.head = nn.Linear(4, 1)
+
+            def forward(self, x):
+                return self.head(checkpoint(self.block, x, use_reentrant=how == "reentrant"))
+
+        m = Net()
+        x = torch.randn(3, 4, requires_grad=True)
+        step = lambda: m(x).sum().backward()  # noqa: E731
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for i in range(3):
+            rec.step(i)
+            step()
+            opt.step()
+            opt.zero_grad()
+    with torchtrace.trace(m) as t:
+        step()
+
+    def recompute(g):
+        return sorted({(n.phase, g.module_path(n.module)) for n in g.nodes if n.phase == "recompute"})
+
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert [p.step for p in passes] == [0, 1, 2]
+        assert passes[1].structure_fp == passes[2].structure_fp
+        got = recompute(store.graph(1))
+    assert got and got == recompute(t.graph)
+
+
+def test_reading_a_parametrized_weight_is_not_a_pass(tmp_path):
+    """weight_norm's ParametrizationList is a module with parameters, called with
+    no module open whenever the weight is read: at init and in logging between
+    steps. Neither is a model call."""
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(2, 2, 3))
+    x = torch.randn(1, 2, 8)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        nn.init.normal_(conv.weight)
+        for i in range(3):
+            rec.step(i)
+            conv(x).sum().backward()
+            norm = conv.weight.norm().item()  # logging
+    assert norm > 0
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [(p.step, p.root) for p in store.passes()] == [(i, type(conv).__name__) for i in range(3)]
+
+
 def test_exception_keeps_finished_passes(tmp_path):
     model = nn.Linear(2, 2)
     x = torch.randn(1, 2)

@@ -119,6 +119,18 @@ def _source(code: Any, lasti: int) -> Optional[Source]:
     return hit[1]
 
 
+_MASKS = (torch.bool, torch.uint8)
+
+
+def _reads_data(op: str, ev: tuple, vmeta: List[tuple]) -> bool:
+    """Did this op's output shape depend on tensor data? torch tags ``index.Tensor``
+    so whatever its indices: only a boolean (or uint8) index makes it so, not an
+    int one (an embedding table's rows, ``cos[position_ids]``)."""
+    if op == "aten.index.Tensor":
+        return any(v >= 0 and vmeta[v][V_DTYPE] in _MASKS for v in ev[E_INS][1:])
+    return True
+
+
 def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) -> bool:
     """Is event i autograd's own ``detach`` (saving an output, unpacking it,
     or AccumulateGrad) rather than a user's ``.detach()``?"""
@@ -238,7 +250,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if info.witness is not None:
             if info.witness == "value":
                 witness = Witness(value=jsonable(ev[E_EXTRA]))
-            elif ev[E_OUTS]:
+            elif ev[E_OUTS] and _reads_data(info.name, ev, vmeta):
                 witness = Witness(shape=vmeta[ev[E_OUTS][0]][V_SHAPE:])
             else:
                 tags = tuple(t for t in tags if t != "witness")

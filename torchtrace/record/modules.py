@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from .._memo import remember
 from .compiled import COMPILED_WRAPPER as _COMPILED
@@ -67,7 +68,7 @@ class ModuleScope:
     # -- hooks -----------------------------------------------------------------
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
         cap = self.capture
-        if _get_ident() != cap.tid:
+        if _get_ident() != cap.tid and not self._carried():
             return None
         typ = type(module).__name__  # (a read per call: cheaper than any cache of it)
         if typ == _COMPILED:  # torch.compile wrapper: transparent
@@ -103,7 +104,7 @@ class ModuleScope:
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture
-        if _get_ident() != cap.tid:
+        if _get_ident() != cap.tid and not self._carried():
             return None
         stack = cap.mode.stack
         if stack and stack[-1][1] is module:  # the usual case: the innermost call returns
@@ -122,6 +123,12 @@ class ModuleScope:
                     cap.on_root_return(output)
                 break
         return None
+
+    def _carried(self) -> bool:
+        """Does this other thread run our recording? The autograd engine's device
+        threads (where CUDA runs backward) carry the recording thread's mode stack,
+        and checkpoint's recompute calls modules there; other threads are not ours."""
+        return self.capture.mode in _get_current_dispatch_mode_stack()
 
     # -- names -----------------------------------------------------------------
     def _path(self, key: tuple, module: torch.nn.Module, parent: tuple) -> str:

@@ -1,7 +1,7 @@
 """``torchtrace.Recorder``: record the passes of a training loop or script.
 
 A pass starts at each call of a root module (a module with parameters that
-is not called from inside another module) and runs until the next one, so
+is not called from inside another module, nor by backward) and runs until the next one, so
 loss, backward and optimizer ops belong to the pass of the forward before
 them. Code that never calls such a module is one pass from start to exit;
 ``torchtrace.mark_step()`` sets boundaries by hand. Every finished pass is
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
+from torch.nn.utils.parametrize import ParametrizationList
 
 from ..errors import UsageError
 from ..ir import Graph
@@ -29,6 +30,7 @@ from .capture import Capture, capture_options
 from .compiled import Uncompiled
 
 _ACTIVE = threading.local()
+_task_id = torch._C._current_graph_task_id
 DEFAULT_MAX_OPS = 500_000
 # Store connections a forked child inherited from a Recorder: kept referenced, never
 # closed (SQLite forbids using one across fork; closing the last connection
@@ -36,8 +38,11 @@ DEFAULT_MAX_OPS = 500_000
 _INHERITED: List[Any] = []
 
 
-def _has_params(module: torch.nn.Module) -> bool:
-    return next(module.parameters(), None) is not None
+def _is_model_call(module: torch.nn.Module) -> bool:
+    """Can a call of ``module`` outside any other start a pass? It must hold
+    weights, and not be a ``ParametrizationList`` (reading a parametrized
+    ``weight`` -- weight_norm, an init, logging its norm -- calls one)."""
+    return not isinstance(module, ParametrizationList) and next(module.parameters(), None) is not None
 
 
 class Recorder:
@@ -182,8 +187,10 @@ class Recorder:
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
-            e = self._roots[id(module)] = (weakref.ref(module), _has_params(module))
-        if not e[1]:  # a loss function or a wrapper without weights: part of the pass
+            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
+        if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
+            return
+        if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
