@@ -144,7 +144,8 @@ def _() -> str:
     bwd = {n.op for n in g.nodes if n.phase == "backward" and "attention" in n.op and "backward" in n.op}
     assert fwd, "no fused attention op recorded"
     joined = [n for n in g.nodes if n.op in fwd and n.grad_fn is not None]
-    assert joined, f"{fwd} not joined to an autograd Node"
+    unjoined = sorted({a.name for a in g.autograd.nodes if a.op is None and "Attention" in a.name})
+    assert joined, f"{fwd} not joined to an autograd Node; unjoined attention Nodes: {unjoined}"
     if DEV.type == "cuda":
         assert bwd, "no fused attention backward recorded"
     return f"forward {sorted(fwd)}, backward {sorted(bwd)}, joined {g.autograd_node(joined[0].grad_fn).name}"

@@ -303,6 +303,39 @@ def test_seed_example_prints_true_gradients():
         assert word in out, word
 
 
+def test_sequence_numbers_of_two_threads_are_joined_apart():
+    """Each thread has its own autograd sequence counter. On CUDA backward (and
+    checkpoint's recompute) runs in the engine's device thread, whose events hold
+    ~seq: the recording thread's events stay sorted for the join (the device
+    thread's small numbers appended after forward broke the bisection, and fused
+    attention went unjoined), and a Node made on the device thread joins its op there."""
+    from types import SimpleNamespace
+
+    from torchtrace.record import linking
+    from torchtrace.record.mode import BACKWARD, E_PHASE, E_SEQ, FORWARD, RECOMPUTE
+
+    def ev(seq, phase):
+        e = [None] * 14
+        e[E_SEQ], e[E_PHASE] = seq, phase
+        return tuple(e)
+
+    names = ["aten.mm.default", "aten.relu.default", "aten.mm.default", "aten.relu.default",
+             "aten.mm.default", "aten.mm.default"]
+    # forward on the recording thread (counter 100..), recompute + backward on a device thread (5..)
+    events = [ev(101, FORWARD), ev(102, FORWARD), ev(~6, RECOMPUTE), ev(~7, RECOMPUTE), ev(~7, BACKWARD),
+              ev(103, FORWARD)]
+    infos = [SimpleNamespace(name=n) for n in names]
+    mode = SimpleNamespace(start_seq=100, inplace_on_view=set())
+    created, _ = linking._created(mode, events)
+    assert created == {0, 1, 3, 5}  # the switch of threads is no Node; 4 made none
+    threads = linking._counters(events)
+    assert linking._op_of(101, "ReluBackward0", threads, events, infos, {}) == 1
+    assert linking._op_of(102, "MmBackward0", threads, events, infos, {}) == 5
+    assert linking._op_of(6, "ReluBackward0", threads, events, infos, {}) == 3  # made on the device thread
+    assert linking._op_of(5, "MmBackward0", threads, events, infos, {}) == 2
+    assert linking._op_of(100, "MmBackward0", threads, events, infos, {}) == 0
+
+
 def test_inplace_on_a_view_is_linked_to_copyslices():
     x = torch.randn(4, 4, requires_grad=True)
     with torchtrace.trace() as t:

@@ -69,14 +69,23 @@ class AutogradPart:
 
 
 def _created(mode: Any, events: List[tuple]) -> Tuple[Set[int], Dict[int, int]]:
-    """Ops after which the sequence counter moved (they, or autograd work
-    just before them, made a Node); the in-place-on-view ops by the sequence
-    number of the CopySlices autograd wraps them in (made after the op)."""
+    """Ops after which their thread's sequence counter moved (they, or autograd
+    work just before them, made a Node); the in-place-on-view ops by the sequence
+    number of the CopySlices autograd wraps them in (made after the op). Events
+    from another thread (the engine's device thread: CUDA's backward) hold ``~seq``
+    of that thread's counter."""
     created: Set[int] = set()
     copy_slices: Dict[int, int] = {}
     prev = mode.start_seq
+    prev_other = None
     for i, ev in enumerate(events):
         s = ev[E_SEQ]
+        if s < 0:
+            s = ~s
+            if prev_other is not None and s != prev_other:
+                created.add(i)
+            prev_other = s
+            continue
         if s != prev:
             created.add(i)
             if i in mode.inplace_on_view:
@@ -89,19 +98,46 @@ def _created(mode: Any, events: List[tuple]) -> Tuple[Set[int], Dict[int, int]]:
 _WINDOW = 4  # ops to look at after the counter passed a Node's number
 
 
-def _op_of(seq: int, name: str, seqs: List[int], events: List[tuple], infos: List[Any],
+class _Counter:
+    """One thread's events in order, with the sequence number each read."""
+
+    def __init__(self, pairs: List[Tuple[int, int]]) -> None:
+        self.seqs = [s for s, _ in pairs]
+        self.index = [i for _, i in pairs]
+
+
+def _counters(events: List[tuple]) -> Tuple[_Counter, _Counter]:
+    """The recording thread's events, and those of the engine's device thread."""
+    mine: List[Tuple[int, int]] = []
+    other: List[Tuple[int, int]] = []
+    for i, ev in enumerate(events):
+        s = ev[E_SEQ]
+        if s >= 0:
+            mine.append((s, i))
+        else:
+            other.append((~s, i))
+    other.sort()
+    return _Counter(mine), _Counter(other)
+
+
+def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tuple], infos: List[Any],
            copy_slices: Dict[int, int]) -> Optional[int]:
-    """The forward op that made Node ``seq``: the first op the counter reached
-    after the Node, or one of the next few (autograd may run a ``clone`` of an
-    in-place op's input in between), whose name matches the Node's."""
+    """The forward op that made Node ``seq``: the first op its thread's counter
+    reached after the Node, or one of the next few (autograd may run a ``clone``
+    of an in-place op's input in between), whose name matches the Node's. A Node
+    does not say which thread made it: the recording thread's ops are tried first
+    (only checkpoint's recompute on a device thread makes Nodes elsewhere)."""
     if name.rsplit("::", 1)[-1] == "CopySlices":
         return copy_slices.get(seq)
-    i = bisect.bisect_right(seqs, seq)
-    for j in range(i, min(i + _WINDOW, len(events))):
-        if seqs[j] - seq > _WINDOW:
-            break
-        if events[j][E_PHASE] != BACKWARD and names_match(infos[j].name, name):
-            return j
+    for th in threads:
+        seqs = th.seqs
+        i = bisect.bisect_right(seqs, seq)
+        for j in range(i, min(i + _WINDOW, len(seqs))):
+            if seqs[j] - seq > _WINDOW:
+                break
+            k = th.index[j]
+            if events[k][E_PHASE] != BACKWARD and names_match(infos[k].name, name):
+                return k
     return None
 
 
@@ -150,13 +186,13 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     part = AutogradPart(tracker)
     tracker.walk(capture.backward_roots(), hook=False)
     part.created_by_op, copy_slices = _created(mode, events)
-    seqs = [ev[E_SEQ] for ev in events]
+    threads = _counters(events)
 
     entries = list(tracker.entries.values())
     linked: Dict[tuple, int] = {}
     for e in entries:
         if e.seq is not None:
-            i = _op_of(e.seq, e.name, seqs, events, infos, copy_slices)
+            i = _op_of(e.seq, e.name, threads, events, infos, copy_slices)
             if i is not None:
                 linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))

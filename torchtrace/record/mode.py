@@ -17,6 +17,7 @@ a dead or different object fails the identity check and is treated as new.
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
@@ -39,6 +40,7 @@ _current_node = torch._C._current_autograd_node
 _task_id = torch._C._current_graph_task_id
 _grad_enabled = torch.is_grad_enabled
 _getframe = sys._getframe
+_get_ident = threading.get_ident
 _ref = weakref.ref
 _Tensor = torch.Tensor
 _DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
@@ -74,7 +76,7 @@ class RecordingMode(TorchDispatchMode):
     __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops",
                  "engine_codes", "external", "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts",
                  "outputs", "output_refs", "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user",
-                 "start_seq")
+                 "start_seq", "foreign")
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -115,6 +117,7 @@ class RecordingMode(TorchDispatchMode):
         self.engine_frame: Optional[tuple] = None  # (id, f_lasti) of the engine's frame in this graph task
         self.engine_user: tuple = (None, -1)     # ... and the user frame it was called from
         self.start_seq = _get_seq()
+        self.foreign = False  # is the op in flight inside a graph task run by another thread?
 
     # -- the hot path ------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -188,6 +191,7 @@ class RecordingMode(TorchDispatchMode):
                 # ones_like(loss) from torch.autograd: backward starts now; walk the
                 # graph before any Node runs (and releases its saved tensors)
                 phase = BACKWARD
+                self.foreign = False
                 capture = self.capture
                 capture.seeds.append(_ref(args[0]))
                 capture.autograd.on_backward_start(None, capture.backward_roots())
@@ -196,6 +200,8 @@ class RecordingMode(TorchDispatchMode):
             return info.call(*args, **kwargs)
 
         seq = _get_seq()
+        if phase and self.foreign:  # another thread's sequence counter: kept apart (linking.py)
+            seq = ~seq
         if self.autocast:  # the ops this op's kernel calls get the user's autocast, as in eager
             out = call_under_autocast(self, info, args, kwargs)
         else:
@@ -371,6 +377,7 @@ class RecordingMode(TorchDispatchMode):
                 self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
             except Exception as e:  # the ops are still recorded; the autograd part is what is missing
                 self._fault(op_info(_DETACH), e)
+        self.foreign = _get_ident() != self.capture.tid  # an engine device thread (CUDA's backward)
         engine = icode is None or self._is_engine(icode)  # (None: issued by the engine's own C++)
         # checkpoint re-runs forward code with grad enabled from inside a Node
         return RECOMPUTE if not engine and _grad_enabled() else BACKWARD
