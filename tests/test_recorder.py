@@ -392,6 +392,36 @@ def test_module_calls_in_a_thread_that_carries_the_mode_are_scoped():
     assert [(n.short_op, g.module_path(n.module)) for n in g.nodes if n.short_op == "addmm"] == [("addmm", "0")]
 
 
+def test_an_op_that_raised_is_recorded_with_its_inputs_and_error(tmp_path):
+    """The op the user's code broke on is the one most worth seeing: it is a node
+    (inputs, line, no outputs) and meta.raised names it with the error; the
+    exception reaches the user unchanged. A raise caught by the code is kept too."""
+    m = nn.Linear(4, 4)
+    x, w = torch.randn(2, 4), torch.randn(6, 4)
+    with pytest.raises(RuntimeError) as plain:
+        m(x) @ w
+    with pytest.raises(RuntimeError) as traced:
+        with torchtrace.trace(m) as t:
+            try:
+                torch.cat([x, w.t()])  # caught: the code goes on
+            except RuntimeError:
+                pass
+            y = m(x)
+            y @ w  # LINE:raise
+    assert type(traced.value) is type(plain.value) and str(traced.value) == str(plain.value)
+    g = t.graph.validate()
+    raised = g.meta["raised"]
+    assert [g.node(r["node"]).short_op for r in raised] == ["cat", "mm"]
+    mm = g.node(raised[1]["node"])
+    assert raised[1]["error"] == f"RuntimeError: {plain.value}"
+    assert mm.outputs == () and [g.value(v).shape for v in mm.inputs] == [(2, 4), (6, 4)]
+    assert mm.inputs[0] in g.node(g.producers()[mm.inputs[0]]).outputs  # wired to m's output
+    line = next(i for i, s in enumerate(open(__file__, encoding="utf-8"), 1) if "# LINE:" + "raise" in s)
+    assert mm.source.line == line and g.meta["error"] == "RuntimeError"
+    assert f"{mm.id}    aten.mm" in str(g) and "!! raised RuntimeError: mat1 and mat2" in str(g)
+    assert torchtrace.load(torchtrace.save(g, tmp_path / "g.json")).meta["raised"] == raised
+
+
 def test_block_exception_leaves_nothing_behind():
     hooks_before = (len(nn_module._global_forward_pre_hooks), len(nn_module._global_forward_hooks))
 

@@ -18,7 +18,7 @@ from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from .frames import is_torch_internal
 from .linking import AutogradPart, build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
-                   E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
+                   E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE, Raised)
 from .opinfo import BY_INDEX, describe_object
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
@@ -222,6 +222,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     mod_str = [f"m{k}" for k in range(len(mode.mcalls))]
     args_of = _ArgsCache().get_args
     no_args: Dict[str, Any] = {}  # shared by this pass's ops without non-tensor arguments
+    raised: List[Dict[str, str]] = []
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
@@ -247,7 +248,10 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                                or (ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]))):
             tags = (*tags, "autograd_internal")
         witness = None
-        if info.witness is not None:
+        if type(ev[E_EXTRA]) is Raised:  # the op raised: no output, no read
+            raised.append({"node": f"n{i}", "error": str(ev[E_EXTRA])})
+            tags = tuple(t for t in tags if t != "witness")
+        elif info.witness is not None:
             if info.witness == "value":
                 witness = Witness(value=jsonable(ev[E_EXTRA]))
             elif ev[E_OUTS] and _reads_data(info.name, ev, vmeta):
@@ -262,6 +266,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                           None if module is None else mod_str[module], args, source, tags, witness,
                           grad_fn_of.get(i)))
 
+    if raised:  # ops that raised (the last one, if the block ended by it): node and error
+        meta["raised"] = raised
     capture.open_annotations = tuple(annotations)  # where the next pass starts
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase)
                     for k, (path, typ, call, parent, phase) in enumerate(mode.mcalls))

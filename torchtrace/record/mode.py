@@ -53,6 +53,14 @@ V_DTYPE, V_DEVICE, V_ORIGIN, V_SHAPE = range(4)  # shape = record[V_SHAPE:]
 E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
 
 
+class Raised(str):
+    """An event's ``extra`` when its op raised: ``"RuntimeError: <first line>"``."""
+
+    def __new__(cls, error: BaseException) -> "Raised":
+        text = str(error).strip().splitlines()
+        return super().__new__(cls, f"{type(error).__name__}: {text[0][:300] if text else ''}".rstrip(": "))
+
+
 def _mark_dynamo_skip(code: Any) -> bool:
     try:
         from torch._C._dynamo.eval_frame import _FrameAction, _FrameExecStrategy, set_code_exec_strategy
@@ -202,10 +210,16 @@ class RecordingMode(TorchDispatchMode):
         seq = _get_seq()
         if phase and self.foreign:  # another thread's sequence counter: kept apart (linking.py)
             seq = ~seq
-        if self.autocast:  # the ops this op's kernel calls get the user's autocast, as in eager
-            out = call_under_autocast(self, info, args, kwargs)
-        else:
-            out = info.call(*args, **kwargs)
+        try:
+            if self.autocast:  # the ops this op's kernel calls get the user's autocast, as in eager
+                out = call_under_autocast(self, info, args, kwargs)
+            else:
+                out = info.call(*args, **kwargs)
+        except Exception as e:  # the op failed: it ran, with these inputs; kept, then raised as it was
+            stack = self.stack
+            self.events.append((info.index, ins, argv, kw, (), seq, code, line, icode, ilasti,
+                                stack[-1][0] if stack else None, anode, phase, Raised(e)))
+            raise
 
         extra = None
         vmeta = self.vmeta
