@@ -364,6 +364,52 @@ def test_a_different_dtype_is_reported_as_a_dtype_change():
     assert all("dtype" in p.what for p in d.ops if p.status == "changed")
 
 
+class ByBatch(nn.Module):
+    """``if x.shape[0] > 4`` and ``for _ in range(x.shape[1])``: Python tests
+    the input's type, no tensor data is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.big = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x[:, :4])
+        if x.shape[0] > 4:
+            h = self.big(h)
+        for _ in range(x.shape[1] - 3):
+            h = torch.sigmoid(h) * h
+        return h.sum()
+
+
+def test_a_branch_on_the_input_shape_names_the_input_change():
+    torch.manual_seed(0)
+    m = ByBatch().eval()
+    d = torchtrace.diff(record(m, torch.ones(2, 4)), record(m, torch.ones(8, 4)))
+    [h] = d.structural_hunks
+    assert h.witness is None and h.loop is None and h.inputs == d.inputs
+    assert h.cause == ("no tensor read differs before it; input `x` f32[2,4] \u2192 f32[8,4] "
+                       "(Python saw another shape or dtype)")
+    assert d.why() == [f"{h.cause} \u2192 5 ops only in B (in `big`)"]
+    assert torchtrace.diff(record(m, torch.ones(8, 4)), record(m, torch.ones(2, 4))).why() == [
+        "no tensor read differs before it; input `x` f32[8,4] \u2192 f32[2,4] (Python saw another shape or dtype)"
+        " \u2192 5 ops only in A (in `big`)"]
+    # a Python loop whose count comes from the shape: the block count, and the input
+    [h] = torchtrace.diff(record(m, torch.ones(2, 5)), record(m, torch.ones(2, 7))).structural_hunks
+    assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 2, 4)
+    assert h.cause.endswith("ran 2\u00d7 in A, 4\u00d7 in B (no tensor read decided it; input `x` f32[2,5] "
+                            "\u2192 f32[2,7]: Python saw another shape or dtype)")
+
+
+def test_a_python_flag_with_the_same_inputs_is_still_python_state():
+    torch.manual_seed(0)
+    m = Stack()
+    a = record(m, torch.ones(2, 4))
+    m.use_extra = True
+    [h] = torchtrace.diff(a, record(m, torch.ones(2, 4))).hunks
+    assert not h.inputs and "decided by Python state" in h.cause
+
+
 def test_swapped_inputs_are_a_wiring_change():
     class Sub(nn.Module):
         swap = False

@@ -54,6 +54,7 @@ class Hunk:
     loop: Optional[LoopChange] = None
     types: Tuple[TypeChange, ...] = ()
     args: Tuple[ArgChange, ...] = ()
+    inputs: Tuple[InputChange, ...] = ()
 
     @property
     def cause(self) -> str:
@@ -65,6 +66,14 @@ class Hunk:
         if self.witness is not None:
             text = self.witness.describe()
             return f"{text}; {self.loop.describe()}" if self.loop is not None else text
+        if self.inputs:  # `if x.shape[0] > 4`, `x.float()`: Python looked at the inputs' types, not their data
+            what = "; ".join(i.describe() for i in self.inputs[:2])
+            what += f"; {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
+            seen = "Python saw other inputs" if any(i.a is None or i.b is None for i in self.inputs) \
+                else "Python saw another shape or dtype"
+            if self.loop is not None:
+                return f"{self.loop.describe()} (no tensor read decided it; {what}: {seen})"
+            return f"no tensor read differs before it; {what} ({seen})"
         if self.loop is not None:
             return f"{self.loop.describe()} (no tensor read decided it)"
         return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
@@ -100,7 +109,8 @@ class Hunk:
                        changed=tuple(p.mirror() for p in self.changed),
                        witness=self.witness.mirror() if self.witness else None,
                        loop=self.loop.mirror() if self.loop else None,
-                       types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args))
+                       types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args),
+                       inputs=tuple(i.mirror() for i in self.inputs))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -109,7 +119,7 @@ class Hunk:
                 "witness": self.witness.to_dict() if self.witness else None,
                 "loop": self.loop.to_dict() if self.loop else None,
                 "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
-                "explanation": self.explanation}
+                "inputs": [i.to_dict() for i in self.inputs], "explanation": self.explanation}
 
 
 @dataclass(frozen=True, eq=False)
@@ -310,6 +320,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     made = (producers(A, pairs, 0), producers(B, pairs, 1))
     ops = a_first([classify(A, B, pairs[e], made) for e in range(len(pairs))])
     causes = Causes(A, B, pairs)
+    matched = [p for p in ops if p.a is not None and p.b is not None]
+    inputs = input_changes(A, B, matched)
     hunks: List[Hunk] = []
     for kind, k0, k1 in _runs(ops):
         rows = ops[k0:k1]
@@ -318,17 +330,17 @@ def _diff(A: Side, B: Side) -> GraphDiff:
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
-                              tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop))
+                              tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
+                              inputs=inputs if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
                               types=type_changes(value_pairs(A, B, changed)),
                               args=arg_changes(args_only(changed), reshaped(changed))))
-    matched = [p for p in ops if p.a is not None and p.b is not None]
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      type_changes(value_pairs(A, B, matched)), arg_changes(args_only(matched), reshaped(matched)),
-                     input_changes(A, B, matched), (A.ignored, B.ignored))
+                     inputs, (A.ignored, B.ignored))
 
 
 def _module_path(g: Graph, n: Node) -> str:
