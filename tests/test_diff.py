@@ -299,6 +299,52 @@ def test_a_float_read_is_blamed_only_when_nothing_decisive_differs():
     assert not flag.witness.weak and [n.short_op for n in flag.only_b] == ["tanh"]
 
 
+class Checked(nn.Module):
+    """An ``assert`` on the activations, and a Python flag that raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 4)
+        self.fail = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        assert torch.isfinite(h).all()  # LINE:assert
+        if self.fail:
+            raise ValueError("stop")
+        return self.out(h).relu()
+
+
+def _raising(m: nn.Module, x: torch.Tensor) -> Graph:
+    with pytest.raises(Exception) as e, torchtrace.trace(m) as t:
+        m(x)
+    assert t.graph.meta["error"] == e.type.__name__
+    return t.graph
+
+
+def test_a_pass_that_raised_is_said_first():
+    torch.manual_seed(0)
+    m = Checked()
+    ok, bad = record(m, torch.ones(2, 4)), _raising(m, torch.full((2, 4), float("nan")))
+    d = torchtrace.diff(ok, bad)
+    [h] = d.hunks
+    assert d.errors == ("B's pass ended with AssertionError",)
+    assert d.why() == ["B's pass ended with AssertionError: the ops after the raise are missing", h.explanation]
+    assert h.witness.line == line_of("assert") and (h.witness.a.value, h.witness.b.value) == (True, False)
+    assert d.why(errors=False) == [h.explanation]
+    assert torchtrace.diff(bad, ok).why()[0] == "A's pass ended with AssertionError: the ops after the raise are missing"
+    # no read differs: the ops B never ran are explained by its exception, not by Python state
+    m.fail = True
+    d = torchtrace.diff(ok, _raising(m, torch.ones(2, 4)))
+    [h] = d.hunks
+    assert h.witness is None and h.stopped == "B's pass ended with ValueError"
+    assert [n.short_op for n in h.only_a] == ["t", "addmm", "relu"]
+    assert d.why() == ["B's pass ended with ValueError: the ops after the raise are missing",
+                       "B's pass ended with ValueError before them \u2192 3 ops only in A (in `<root>`)"]
+    assert torchtrace.diff(d.b, ok).to_dict() == d.mirror().to_dict()
+
+
 def test_an_inserted_block_is_one_hunk_and_the_rest_aligns():
     torch.manual_seed(0)
     m = Stack()
