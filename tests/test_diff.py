@@ -265,7 +265,8 @@ def test_an_item_read_that_steers_a_python_loop_is_named_with_the_loop():
 
 
 class Logged(nn.Module):
-    """A branch on the input's sign, a logged float read, then a Python flag."""
+    """A bool read on the input's sign, a logged float read, then the branch the
+    bool decides and one a Python flag decides."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -275,9 +276,10 @@ class Logged(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        if x.sum() > 0:  # LINE:decisive
-            h = h + 1
+        positive = bool(x.sum() > 0)  # LINE:decisive
         self.log.append(h.mean().item())  # LINE:logged
+        if positive:
+            h = h + 1
         if self.extra:
             h = torch.tanh(h)
         return h
@@ -292,11 +294,44 @@ def test_a_float_read_is_blamed_only_when_nothing_decisive_differs():
     [h] = torchtrace.diff(a, record(m, 2 * torch.ones(2, 4))).hunks
     assert h.witness.line == line_of("logged") and h.witness.weak
     assert "(a float: the nearest read that differs, maybe not the cause)" in h.explanation
-    # the branch read differs too: it explains the tanh, though the float read is nearer
-    d = torchtrace.diff(a, record(m, -torch.ones(2, 4)))
-    branch, flag = d.hunks
-    assert branch.witness.line == flag.witness.line == line_of("decisive")
-    assert not flag.witness.weak and [n.short_op for n in flag.only_b] == ["tanh"]
+    # the bool read differs too, and nothing came of it before the float read: it explains
+    # the branch after the logged value, though the float read is nearer
+    [h] = torchtrace.diff(a, record(m, -torch.ones(2, 4))).hunks
+    assert h.witness.line == line_of("decisive") and not h.witness.weak
+    assert [n.short_op for n in h.only_a] == ["add.Tensor"] and [n.short_op for n in h.only_b] == ["tanh"]
+
+
+class TwoBranches(nn.Module):
+    """A branch on a bool read, then one on a float read compared in Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # LINE:sign
+            x = x + 1
+        h = self.fc(x)
+        peak = h.abs().max().item()  # LINE:peak
+        if peak > 1.5:
+            h = torch.tanh(h)
+        return h
+
+
+def test_a_float_read_after_an_earlier_branch_is_blamed_for_the_next_one():
+    torch.manual_seed(0)
+    m = TwoBranches()
+    a, b = torch.full((1, 4), -0.05), torch.full((1, 4), 2.0)
+    assert m(a).abs().max() <= 1.5 < (m.fc(b + 1)).abs().max()
+    d = torchtrace.diff(record(m, a), record(m, b))
+    sign, peak = d.hunks
+    assert (sign.witness.line, sign.witness.weak) == (line_of("sign"), False)
+    assert [n.short_op for n in sign.only_b] == ["add.Tensor"]
+    # the bool read's branch showed already (the add): the float read right before the tanh decides it
+    assert (peak.witness.line, peak.witness.weak) == (line_of("peak"), True)
+    assert [n.short_op for n in peak.only_b] == ["tanh"]
+    assert [h.witness.line for h in torchtrace.diff(record(m, b), record(m, a)).hunks] == [line_of("sign"),
+                                                                                           line_of("peak")]
 
 
 class Checked(nn.Module):

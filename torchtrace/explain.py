@@ -11,7 +11,11 @@ Rules (DESIGN.md, "diff"):
   times (``while k > 0`` reading True 3x then False, against 5x) is a loop
   count change: "`while` at `model.py:57` ran 3x in A, 5x in B";
 * otherwise the nearest aligned witness before the hunk whose value differs
-  explains it: "`model.py:42` read True in A, False in B";
+  explains it: "`model.py:42` read True in A, False in B". A float read (a
+  logged loss differs every step) gives way to an earlier decisive read
+  (``decisive``), unless that read's branch already showed as ops only in A
+  or B before the float read: then the float read, compared in Python
+  (``if peak > 1.5``), is the nearer cause;
 * a run of ops that repeats a block just before it, without a witness at
   its line, is a Python-level loop ("the block at `m.py:9` ran 2x in A, 3x in B").
 """
@@ -141,17 +145,22 @@ class Causes:
             if i is not None and j is not None and A.wkeys[i] is not None and A.wkeys[i] != B.wkeys[j]]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness)]
-        # the index each side has reached at each merged position (next op of that side)
+        # the index each side has reached at each merged position (next op of that side), and how
+        # many ops before it are only in A or B
         self.next_a: List[int] = []
         self.next_b: List[int] = []
-        ia = ib = 0
+        self.one_sided: List[int] = []
+        ia = ib = lone = 0
         for i, j in pairs:
             self.next_a.append(ia)
             self.next_b.append(ib)
+            self.one_sided.append(lone)
             ia += i is not None
             ib += j is not None
+            lone += i is None or j is None
         self.next_a.append(ia)
         self.next_b.append(ib)
+        self.one_sided.append(lone)
 
     def witness_change(self, i: int, j: int) -> WitnessChange:
         na, nb = self.A.nodes[i], self.B.nodes[j]
@@ -183,15 +192,19 @@ class Causes:
 
     def _nearest_before(self, k0: int) -> Optional[WitnessChange]:
         """The nearest aligned read before the hunk that returned other data:
-        a decisive one (see ``decisive``) if any, else the nearest float read,
-        marked ``weak``."""
-        for rows, weak in ((self.decisive, False), (self.differing, True)):
-            at = bisect.bisect_left(rows, k0)
-            if at:
-                i, j = self.pairs[rows[at - 1]]
-                assert i is not None and j is not None
-                return replace(self.witness_change(i, j), weak=weak)
-        return None
+        a decisive one (see ``decisive``), unless ops only in A or B lie
+        between it and a nearer float read; else that float read, marked
+        ``weak``."""
+        at = bisect.bisect_left(self.decisive, k0)
+        e = self.decisive[at - 1] if at else None
+        nearest = self.differing[bisect.bisect_left(self.differing, k0) - 1] if self.differing and \
+            self.differing[0] < k0 else None
+        if nearest is None:
+            return None
+        weak = e is None or (e != nearest and self.one_sided[nearest] > self.one_sided[e])
+        i, j = self.pairs[nearest if weak else e]
+        assert i is not None and j is not None
+        return replace(self.witness_change(i, j), weak=weak)
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment
