@@ -207,6 +207,72 @@ def test_branch_and_loop_change_together_give_two_explained_hunks(model):
     assert d.why() == [first.explanation, second.explanation]
 
 
+class LoopBranch(nn.Module):
+    """A `while` on a tensor counter with an `if` on tensor data inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(4, 4)
+        self.down = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while k > 0:  # LINE:outer
+            if flips[i] > 0:  # LINE:inner
+                x = self.up(x)
+            else:
+                x = self.down(x)
+            k = k - 1
+            i += 1
+        return x.sum()
+
+
+def test_a_loop_that_ran_once_more_with_an_if_inside_names_both():
+    m = LoopBranch()
+    x = torch.ones(1, 4)
+    a = record(m, x, torch.tensor(3), torch.tensor([1, 1, 1, 1]))
+    b = record(m, x, torch.tensor(4), torch.tensor([1, -1, 1, 1]))  # one more iteration, and it went down
+    [h] = torchtrace.diff(a, b).structural_hunks
+    assert (h.loop.line, h.loop.keyword, h.loop.a, h.loop.b) == (line_of("outer"), "while", 3, 4)
+    assert (h.witness.line, h.witness.a.value, h.witness.b.value) == (line_of("inner"), True, False)
+    assert h.cause == (f"`while` at `{FILE}:{line_of('outer')}` ran 3\u00d7 in A, 4\u00d7 in B; "
+                       f"`{FILE}:{line_of('inner')}` read True in A, False in B")
+    assert "down" in {b.module_path(n.module) for n in h.only_b}
+    [h] = torchtrace.diff(b, a).structural_hunks
+    assert (h.loop.a, h.loop.b, h.witness.a.value) == (4, 3, False)
+
+
+class Experts(nn.Module):
+    """Top-1 routing: each expert runs on the tokens routed to it, if any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = nn.Linear(3, 3, bias=False)
+        self.experts = nn.ModuleList(nn.Linear(3, 3) for _ in range(3))
+        with torch.no_grad():
+            self.router.weight.copy_(torch.eye(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = self.router(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            mask = choice == e
+            if mask.any():  # LINE:any
+                out[mask] = expert(x[mask])  # LINE:index
+        return out
+
+
+def test_shape_reads_at_one_line_are_not_a_loop():
+    m = Experts().eval()
+    eye = torch.eye(3)
+    d = torchtrace.diff(record(m, eye[[0, 1]]), record(m, eye[[1, 1]]))  # experts {0, 1} vs {1, 1}
+    first = d.structural_hunks[0]
+    assert "experts.0" in {d.a.module_path(n.module) for n in first.only_a}
+    assert first.loop is None  # was "the loop at :index ran 2x in A, 0x in B"
+    assert (first.witness.line, first.witness.a.value, first.witness.b.value) == (line_of("any"), True, False)
+    assert all(h.loop is None for h in d.hunks)
+
+
 def _before_after(make: type, **change: object):
     """Graphs of a seeded ``make()`` on the same input before and after setting ``change``."""
     torch.manual_seed(0)

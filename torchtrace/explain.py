@@ -7,9 +7,10 @@ are built from the fields, so a mirrored diff reads correctly.
 
 Rules (DESIGN.md, "diff"):
 
-* a hunk whose ops contain reads at one line that ran a different number of
-  times (``while k > 0`` reading True 3x then False, against 5x) is a loop
-  count change: "`while` at `model.py:57` ran 3x in A, 5x in B";
+* a hunk whose ops contain scalar reads at one line that ran a different
+  number of times (``while k > 0`` reading True 3x then False, against 5x) is
+  a loop count change: "`while` at `model.py:57` ran 3x in A, 5x in B"; an
+  `if` read inside it that differs is named with it;
 * otherwise the nearest aligned witness before the hunk whose value differs
   explains it: "`model.py:42` read True in A, False in B". A float read (a
   logged loss differs every step) gives way to an earlier decisive read
@@ -24,7 +25,7 @@ from __future__ import annotations
 import bisect
 import linecache
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .align import Pair, Side, Sig
 from .textform import shape_str
@@ -169,11 +170,18 @@ class Causes:
                              na.witness, nb.witness, na.id, nb.id)
 
     def explain(self, k0: int, k1: int) -> Tuple[Optional[WitnessChange], Optional[LoopChange]]:
-        found = self._loop_by_witness(k0, k1)
-        if found is not None:
-            if found[1].keyword in _BRANCHES:  # an `if` does not loop: a loop around it ran on (an early
-                return found[0], None          # exit read True at once in A, False first in B): the read
-            return found
+        """The witness and the loop behind hunk ``k0:k1``. An `if` read inside
+        the hunk is not a loop (a loop around it ran on: an early exit read True
+        at once in A, False first in B): it is the witness, and a `while` read
+        inside the same hunk, if any, the loop (an iteration more, whose `if`
+        went the other way)."""
+        branch: Optional[WitnessChange] = None
+        for w, loop in self._loops_by_witness(k0, k1):
+            if loop.keyword not in _BRANCHES:
+                return branch or w, loop
+            branch = branch or w
+        if branch is not None:
+            return branch, None
         witness = self._nearest_before(k0) or self._inside(k0, k1)
         return witness, self._loop_by_repeat(k0, k1)
 
@@ -222,11 +230,15 @@ class Causes:
                     return self.witness_change(i, j)
         return None
 
-    def _loop_by_witness(self, k0: int, k1: int) -> Optional[Tuple[WitnessChange, LoopChange]]:
+    def _loops_by_witness(self, k0: int, k1: int) -> Iterator[Tuple[WitnessChange, LoopChange]]:
+        """Lines inside the hunk whose scalar reads repeated a different number
+        of times before their exit read. A data-dependent shape is no loop
+        condition: ``out[mask] = expert(x[mask])`` reads [1,3] in two
+        iterations of a loop whose `if mask.any()` decides them."""
         first: Dict[Sig, Any] = {}
         for i, j in self.pairs[k0:k1]:
             for side, x in ((self.A, i), (self.B, j)):
-                if x is not None and side.wkeys[x] is not None:
+                if x is not None and side.wkeys[x] is not None and side.nodes[x].witness.shape is None:
                     first.setdefault(side.sigs[x], side.wkeys[x])
         for sig, rep in first.items():
             ra, exit_a = _run(self.A, sig, self.next_a[k0], rep)
@@ -240,10 +252,7 @@ class Causes:
             if ia is None or ib is None:
                 continue
             w = self.witness_change(ia, ib)
-            loop = LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0,
-                              _keyword(w.file, w.line))
-            return w, loop
-        return None
+            yield w, LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0, _keyword(w.file, w.line))
 
     def _loop_by_repeat(self, k0: int, k1: int) -> Optional[LoopChange]:
         ia = [i for i, _ in self.pairs[k0:k1] if i is not None]

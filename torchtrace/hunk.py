@@ -48,7 +48,9 @@ class Hunk:
         if self.kind == "changed":
             return f"{self.witness.describe()}; {self.detail()}" if self.witness is not None else self.detail()
         if self.loop is not None and self.loop.via == "witness":
-            return self.loop.describe()
+            text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
+            at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
+            return text if at_loop else f"{text}; {self.witness.describe()}"
         if self.witness is not None:
             text = self.witness.describe()
             return f"{text}; {self.loop.describe()}" if self.loop is not None else text
