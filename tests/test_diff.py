@@ -273,6 +273,34 @@ def test_shape_reads_at_one_line_are_not_a_loop():
     assert all(h.loop is None for h in d.hunks)
 
 
+class PerClass(nn.Module):
+    """A Python loop over the classes ``torch.unique`` finds, indexing each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(3, 3)
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.emb(feats)
+        out = []
+        for c in torch.unique(labels):  # LINE:unique
+            out.append(h[labels == c].mean(0))  # LINE:per-class
+        return torch.stack(out).sum()
+
+
+def test_a_loop_over_unique_values_is_blamed_on_the_read_before_it():
+    torch.manual_seed(0)
+    m, f = PerClass(), torch.randn(6, 3)
+    a = record(m, f, torch.tensor([0, 0, 1, 1, 2, 2]))
+    b = record(m, f, torch.tensor([0, 0, 0, 1, 1, 1]))
+    [h] = torchtrace.diff(a, b).structural_hunks
+    assert (h.loop.via, h.loop.a, h.loop.b, h.loop.line) == ("repeat", 3, 2, line_of("per-class"))
+    # not the index read of the earlier passes (shape [2,3] in A, [3,3] in B): the unique that set the count
+    assert (h.witness.line, h.witness.a.shape, h.witness.b.shape) == (line_of("unique"), (3,), (2,))
+    [h] = torchtrace.diff(b, a).structural_hunks
+    assert (h.witness.line, h.loop.a, h.loop.b) == (line_of("unique"), 2, 3)
+
+
 def _before_after(make: type, **change: object):
     """Graphs of a seeded ``make()`` on the same input before and after setting ``change``."""
     torch.manual_seed(0)

@@ -18,7 +18,8 @@ Rules (DESIGN.md, "diff"):
   or B before the float read: then the float read, compared in Python
   (``if peak > 1.5``), is the nearer cause;
 * a run of ops that repeats a block just before it, without a witness at
-  its line, is a Python-level loop ("the block at `m.py:9` ran 2x in A, 3x in B").
+  its line, is a Python-level loop ("the block at `m.py:9` ran 2x in A, 3x in B");
+  the read that explains it is the nearest one before the loop's first pass.
 """
 from __future__ import annotations
 
@@ -182,8 +183,11 @@ class Causes:
             branch = branch or w
         if branch is not None:
             return branch, None
-        witness = self._nearest_before(k0) or self._inside(k0, k1)
-        return witness, self._loop_by_repeat(k0, k1)
+        loop, start = self._loop_by_repeat(k0, k1)
+        # a loop's count is decided before its first pass (``for c in torch.unique(y)``), not by the
+        # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
+        witness = self._nearest_before(min(start, k0)) or self._nearest_before(k0) or self._inside(k0, k1)
+        return witness, loop
 
     def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """For a hunk of changed shapes: the data-dependent shape read
@@ -254,24 +258,29 @@ class Causes:
             w = self.witness_change(ia, ib)
             yield w, LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0, _keyword(w.file, w.line))
 
-    def _loop_by_repeat(self, k0: int, k1: int) -> Optional[LoopChange]:
+    def _loop_by_repeat(self, k0: int, k1: int) -> Tuple[Optional[LoopChange], int]:
+        """A block that repeats more times on one side, and the merged row
+        where its first copy starts (``k0`` when there is none)."""
         ia = [i for i, _ in self.pairs[k0:k1] if i is not None]
         ib = [j for _, j in self.pairs[k0:k1] if j is not None]
         if ia and ib:
-            return None
+            return None, k0
         X, Y, xs, y = ((self.A, self.B, ia, self.next_b[k0]) if ia else (self.B, self.A, ib, self.next_a[k0]))
         sx, sy = X.loop_sigs, Y.loop_sigs  # the blocks of a ModuleList loop repeat too
         unit_len = _period(sx[xs[0]:xs[-1] + 1])
         unit = sx[xs[0]:xs[0] + unit_len]
         inside = len(xs) // unit_len
-        cx = _copies_before(sx, xs[0], unit) + inside + _copies_after(sx, xs[-1] + 1, unit)
+        before = _copies_before(sx, xs[0], unit)
+        cx = before + inside + _copies_after(sx, xs[-1] + 1, unit)
         cy = _copies_before(sy, y, unit) + _copies_after(sy, y, unit)
         if cy == 0 and (inside < 2 or unit_len < 2):
-            return None  # one op twice where the other side has none: not evidence of a loop
+            return None, k0  # one op twice where the other side has none: not evidence of a loop
         src = X.nodes[xs[0]].source
         a, b = (cx, cy) if X is self.A else (cy, cx)
+        reached = self.next_a if X is self.A else self.next_b
+        start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
         return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                          a, b, "repeat", unit_len)
+                          a, b, "repeat", unit_len), start
 
 
 def _run(side: Side, sig: Sig, pos: int, rep: Any) -> Tuple[List[int], Optional[int]]:
