@@ -301,6 +301,44 @@ def test_a_loop_over_unique_values_is_blamed_on_the_read_before_it():
     assert (h.witness.line, h.loop.a, h.loop.b) == (line_of("unique"), 2, 3)
 
 
+class Gate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.extra = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # LINE:gate
+            x = self.extra(x)
+        return self.fc(x)
+
+
+class Siamese(nn.Module):
+    """One submodule called twice per pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = Gate()
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return (self.gate(x1) - self.gate(x2)).sum()
+
+
+def test_a_read_in_a_module_called_twice_says_which_call():
+    torch.manual_seed(0)
+    m = Siamese()
+    pos, neg = torch.ones(1, 4), -torch.ones(1, 4)
+    d = torchtrace.diff(record(m, pos, neg), record(m, neg, pos))
+    first, second = d.hunks
+    assert (first.witness.call, second.witness.call) == (("gate", 0, 0), ("gate", 1, 1))
+    at = f"`{FILE}:{line_of('gate')}`"
+    assert d.why() == [f"{at} (1st call of `gate`) read True in A, False in B \u2192 2 ops only in A (in `gate.extra`)",
+                       f"{at} (2nd call of `gate`) read False in A, True in B \u2192 2 ops only in B (in `gate.extra`)"]
+    # a module called once says nothing more
+    [h] = torchtrace.diff(record(m.gate, pos), record(m.gate, neg)).hunks
+    assert h.witness.call is None and h.explanation.startswith(f"{at} read True in A")
+
+
 def _before_after(make: type, **change: object):
     """Graphs of a seeded ``make()`` on the same input before and after setting ``change``."""
     torch.manual_seed(0)

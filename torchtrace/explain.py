@@ -32,7 +32,7 @@ from .align import Pair, Side, Sig
 from .textform import shape_str
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Witness
+    from .ir import Graph, Witness
 
 ARROW = "\u2192"
 TIMES = "\u00d7"
@@ -71,22 +71,50 @@ class WitnessChange:
     node_a: str
     node_b: str
     weak: bool = False
+    call: Optional[Tuple[str, int, int]] = None  # a module called more than once: (path, call in A, call in B)
 
     @property
     def where(self) -> str:
         return where(self.file, self.line)
 
     def describe(self) -> str:
-        text = f"{self.where} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+        text = f"{self.where}{self._call()} read {read_str(self.a)} in A, {read_str(self.b)} in B"
         return text + " (a float: the nearest read that differs, maybe not the cause)" if self.weak else text
 
+    def _call(self) -> str:
+        """" (2nd call of `gate`)": which call of a module called several times per pass read it."""
+        if self.call is None:
+            return ""
+        path, a, b = self.call
+        path = path or "<root>"
+        if a == b:
+            return f" ({_ordinal(a + 1)} call of `{path}`)"
+        return f" (call {a + 1} of `{path}` in A, {b + 1} in B)"
+
     def mirror(self) -> "WitnessChange":
-        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a)
+        call = (self.call[0], self.call[2], self.call[1]) if self.call else None
+        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": _witness_dict(self.a), "b": _witness_dict(self.b),
-                "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak}
+                "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak,
+                "call": list(self.call) if self.call else None}
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
+    """The innermost module call around ``mid`` whose module the pass called
+    more than once (``calls``: calls per path), as (path, call index)."""
+    while mid is not None:
+        m = g.module(mid)
+        if calls.get(m.path, 0) > 1:
+            return m.path, m.call
+        mid = m.parent
+    return None
 
 
 def decisive(w: "Witness") -> bool:
@@ -167,8 +195,14 @@ class Causes:
     def witness_change(self, i: int, j: int) -> WitnessChange:
         na, nb = self.A.nodes[i], self.B.nodes[j]
         src = na.source or nb.source
+        ca = repeated_call(self.A.graph, na.module, self.A.calls)
+        cb = repeated_call(self.B.graph, nb.module, self.B.calls)
+        call = None
+        if ca is not None or cb is not None:
+            path = (ca or cb)[0]
+            call = (path, ca[1] if ca and ca[0] == path else 0, cb[1] if cb and cb[0] == path else 0)
         return WitnessChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                             na.witness, nb.witness, na.id, nb.id)
+                             na.witness, nb.witness, na.id, nb.id, call=call)
 
     def explain(self, k0: int, k1: int) -> Tuple[Optional[WitnessChange], Optional[LoopChange]]:
         """The witness and the loop behind hunk ``k0:k1``. An `if` read inside
