@@ -240,6 +240,10 @@ def test_a_loop_that_ran_once_more_with_an_if_inside_names_both():
     assert "down" in {b.module_path(n.module) for n in h.only_b}
     [h] = torchtrace.diff(b, a).structural_hunks
     assert (h.loop.a, h.loop.b, h.witness.a.value) == (4, 3, False)
+    # two iterations whose `if` went down instead of up: one cause, one count, two hunks
+    d = torchtrace.diff(a, record(m, x, torch.tensor(2), torch.tensor([-1, -1, 1, 1])))
+    inner = f"`{FILE}:{line_of('inner')}` read True in A, False in B"
+    assert d.why()[0] == f"{inner} \u2192 2 hunks, each 2 ops only in A, 2 ops only in B (in `<root>`)"
 
 
 class Experts(nn.Module):

@@ -134,7 +134,7 @@ class GraphDiff:
 
     def why(self, *, errors: bool = True) -> List[str]:
         """The explanation, one line per distinct cause: hunks that share a
-        cause and a count are grouped ("... each, 12 hunks (in `h.0.attn`, ...)").
+        cause and a count are grouped ("... → 12 hunks, each 3 ops only in B (in `h.0.attn`, ...)").
         A shapes-only diff gets one line saying what changed. A pass that ended
         with an exception is said first (``errors=False`` leaves that out)."""
         groups: Dict[Tuple[str, str], List[str]] = {}
@@ -151,8 +151,8 @@ class GraphDiff:
             names = list(dict.fromkeys(modules))
             where = ", ".join(f"`{m}`" for m in names[:4])
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
-            each = f" each, {len(modules)} hunks" if len(modules) > 1 else ""
-            lines.append(f"{cause} \u2192 {counts}{each} (in {where})")
+            counts = f"{len(modules)} hunks, each {counts}" if len(modules) > 1 else counts
+            lines.append(f"{cause} \u2192 {counts} (in {where})")
         return lines
 
     def mirror(self) -> "GraphDiff":
