@@ -207,6 +207,142 @@ def test_branch_and_loop_change_together_give_two_explained_hunks(model):
     assert d.why() == [first.explanation, second.explanation]
 
 
+class LoopBranch(nn.Module):
+    """A `while` on a tensor counter with an `if` on tensor data inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(4, 4)
+        self.down = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while k > 0:  # LINE:outer
+            if flips[i] > 0:  # LINE:inner
+                x = self.up(x)
+            else:
+                x = self.down(x)
+            k = k - 1
+            i += 1
+        return x.sum()
+
+
+def test_a_loop_that_ran_once_more_with_an_if_inside_names_both():
+    m = LoopBranch()
+    x = torch.ones(1, 4)
+    a = record(m, x, torch.tensor(3), torch.tensor([1, 1, 1, 1]))
+    b = record(m, x, torch.tensor(4), torch.tensor([1, -1, 1, 1]))  # one more iteration, and it went down
+    [h] = torchtrace.diff(a, b).structural_hunks
+    assert (h.loop.line, h.loop.keyword, h.loop.a, h.loop.b) == (line_of("outer"), "while", 3, 4)
+    assert (h.witness.line, h.witness.a.value, h.witness.b.value) == (line_of("inner"), True, False)
+    assert h.cause == (f"`while` at `{FILE}:{line_of('outer')}` ran 3\u00d7 in A, 4\u00d7 in B; "
+                       f"`{FILE}:{line_of('inner')}` read True in A, False in B")
+    assert "down" in {b.module_path(n.module) for n in h.only_b}
+    [h] = torchtrace.diff(b, a).structural_hunks
+    assert (h.loop.a, h.loop.b, h.witness.a.value) == (4, 3, False)
+    # two iterations whose `if` went down instead of up: one cause, one count, two hunks
+    d = torchtrace.diff(a, record(m, x, torch.tensor(2), torch.tensor([-1, -1, 1, 1])))
+    inner = f"`{FILE}:{line_of('inner')}` read True in A, False in B"
+    assert d.why()[0] == f"{inner} \u2192 2 hunks, each 2 ops only in A, 2 ops only in B (in `<root>`)"
+
+
+class Experts(nn.Module):
+    """Top-1 routing: each expert runs on the tokens routed to it, if any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = nn.Linear(3, 3, bias=False)
+        self.experts = nn.ModuleList(nn.Linear(3, 3) for _ in range(3))
+        with torch.no_grad():
+            self.router.weight.copy_(torch.eye(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = self.router(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            mask = choice == e
+            if mask.any():  # LINE:any
+                out[mask] = expert(x[mask])  # LINE:index
+        return out
+
+
+def test_shape_reads_at_one_line_are_not_a_loop():
+    m = Experts().eval()
+    eye = torch.eye(3)
+    d = torchtrace.diff(record(m, eye[[0, 1]]), record(m, eye[[1, 1]]))  # experts {0, 1} vs {1, 1}
+    first = d.structural_hunks[0]
+    assert "experts.0" in {d.a.module_path(n.module) for n in first.only_a}
+    assert first.loop is None  # was "the loop at :index ran 2x in A, 0x in B"
+    assert (first.witness.line, first.witness.a.value, first.witness.b.value) == (line_of("any"), True, False)
+    assert all(h.loop is None for h in d.hunks)
+
+
+class PerClass(nn.Module):
+    """A Python loop over the classes ``torch.unique`` finds, indexing each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(3, 3)
+
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        h = self.emb(feats)
+        out = []
+        for c in torch.unique(labels):  # LINE:unique
+            out.append(h[labels == c].mean(0))  # LINE:per-class
+        return torch.stack(out).sum()
+
+
+def test_a_loop_over_unique_values_is_blamed_on_the_read_before_it():
+    torch.manual_seed(0)
+    m, f = PerClass(), torch.randn(6, 3)
+    a = record(m, f, torch.tensor([0, 0, 1, 1, 2, 2]))
+    b = record(m, f, torch.tensor([0, 0, 0, 1, 1, 1]))
+    [h] = torchtrace.diff(a, b).structural_hunks
+    assert (h.loop.via, h.loop.a, h.loop.b, h.loop.line) == ("repeat", 3, 2, line_of("per-class"))
+    # not the index read of the earlier passes (shape [2,3] in A, [3,3] in B): the unique that set the count
+    assert (h.witness.line, h.witness.a.shape, h.witness.b.shape) == (line_of("unique"), (3,), (2,))
+    [h] = torchtrace.diff(b, a).structural_hunks
+    assert (h.witness.line, h.loop.a, h.loop.b) == (line_of("unique"), 2, 3)
+
+
+class Gate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.extra = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # LINE:gate
+            x = self.extra(x)
+        return self.fc(x)
+
+
+class Siamese(nn.Module):
+    """One submodule called twice per pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = Gate()
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return (self.gate(x1) - self.gate(x2)).sum()
+
+
+def test_a_read_in_a_module_called_twice_says_which_call():
+    torch.manual_seed(0)
+    m = Siamese()
+    pos, neg = torch.ones(1, 4), -torch.ones(1, 4)
+    d = torchtrace.diff(record(m, pos, neg), record(m, neg, pos))
+    first, second = d.hunks
+    assert (first.witness.call, second.witness.call) == (("gate", 0, 0), ("gate", 1, 1))
+    at = f"`{FILE}:{line_of('gate')}`"
+    assert d.why() == [f"{at} (1st call of `gate`) read True in A, False in B \u2192 2 ops only in A (in `gate.extra`)",
+                       f"{at} (2nd call of `gate`) read False in A, True in B \u2192 2 ops only in B (in `gate.extra`)"]
+    # a module called once says nothing more
+    [h] = torchtrace.diff(record(m.gate, pos), record(m.gate, neg)).hunks
+    assert h.witness.call is None and h.explanation.startswith(f"{at} read True in A")
+
+
 def _before_after(make: type, **change: object):
     """Graphs of a seeded ``make()`` on the same input before and after setting ``change``."""
     torch.manual_seed(0)
@@ -265,7 +401,8 @@ def test_an_item_read_that_steers_a_python_loop_is_named_with_the_loop():
 
 
 class Logged(nn.Module):
-    """A branch on the input's sign, a logged float read, then a Python flag."""
+    """A bool read on the input's sign, a logged float read, then the branch the
+    bool decides and one a Python flag decides."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -275,9 +412,10 @@ class Logged(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        if x.sum() > 0:  # LINE:decisive
-            h = h + 1
+        positive = bool(x.sum() > 0)  # LINE:decisive
         self.log.append(h.mean().item())  # LINE:logged
+        if positive:
+            h = h + 1
         if self.extra:
             h = torch.tanh(h)
         return h
@@ -292,11 +430,90 @@ def test_a_float_read_is_blamed_only_when_nothing_decisive_differs():
     [h] = torchtrace.diff(a, record(m, 2 * torch.ones(2, 4))).hunks
     assert h.witness.line == line_of("logged") and h.witness.weak
     assert "(a float: the nearest read that differs, maybe not the cause)" in h.explanation
-    # the branch read differs too: it explains the tanh, though the float read is nearer
-    d = torchtrace.diff(a, record(m, -torch.ones(2, 4)))
-    branch, flag = d.hunks
-    assert branch.witness.line == flag.witness.line == line_of("decisive")
-    assert not flag.witness.weak and [n.short_op for n in flag.only_b] == ["tanh"]
+    # the bool read differs too, and nothing came of it before the float read: it explains
+    # the branch after the logged value, though the float read is nearer
+    [h] = torchtrace.diff(a, record(m, -torch.ones(2, 4))).hunks
+    assert h.witness.line == line_of("decisive") and not h.witness.weak
+    assert [n.short_op for n in h.only_a] == ["add.Tensor"] and [n.short_op for n in h.only_b] == ["tanh"]
+
+
+class TwoBranches(nn.Module):
+    """A branch on a bool read, then one on a float read compared in Python."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # LINE:sign
+            x = x + 1
+        h = self.fc(x)
+        peak = h.abs().max().item()  # LINE:peak
+        if peak > 1.5:
+            h = torch.tanh(h)
+        return h
+
+
+def test_a_float_read_after_an_earlier_branch_is_blamed_for_the_next_one():
+    torch.manual_seed(0)
+    m = TwoBranches()
+    a, b = torch.full((1, 4), -0.05), torch.full((1, 4), 2.0)
+    assert m(a).abs().max() <= 1.5 < (m.fc(b + 1)).abs().max()
+    d = torchtrace.diff(record(m, a), record(m, b))
+    sign, peak = d.hunks
+    assert (sign.witness.line, sign.witness.weak) == (line_of("sign"), False)
+    assert [n.short_op for n in sign.only_b] == ["add.Tensor"]
+    # the bool read's branch showed already (the add): the float read right before the tanh decides it
+    assert (peak.witness.line, peak.witness.weak) == (line_of("peak"), True)
+    assert [n.short_op for n in peak.only_b] == ["tanh"]
+    assert [h.witness.line for h in torchtrace.diff(record(m, b), record(m, a)).hunks] == [line_of("sign"),
+                                                                                           line_of("peak")]
+
+
+class Checked(nn.Module):
+    """An ``assert`` on the activations, and a Python flag that raises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 4)
+        self.fail = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        assert torch.isfinite(h).all()  # LINE:assert
+        if self.fail:
+            raise ValueError("stop")
+        return self.out(h).relu()
+
+
+def _raising(m: nn.Module, x: torch.Tensor) -> Graph:
+    with pytest.raises(Exception) as e, torchtrace.trace(m) as t:
+        m(x)
+    assert t.graph.meta["error"] == e.type.__name__
+    return t.graph
+
+
+def test_a_pass_that_raised_is_said_first():
+    torch.manual_seed(0)
+    m = Checked()
+    ok, bad = record(m, torch.ones(2, 4)), _raising(m, torch.full((2, 4), float("nan")))
+    d = torchtrace.diff(ok, bad)
+    [h] = d.hunks
+    assert d.errors == ("B's pass ended with AssertionError",)
+    assert d.why() == ["B's pass ended with AssertionError: the ops after the raise are missing", h.explanation]
+    assert h.witness.line == line_of("assert") and (h.witness.a.value, h.witness.b.value) == (True, False)
+    assert d.why(errors=False) == [h.explanation]
+    assert torchtrace.diff(bad, ok).why()[0] == "A's pass ended with AssertionError: the ops after the raise are missing"
+    # no read differs: the ops B never ran are explained by its exception, not by Python state
+    m.fail = True
+    d = torchtrace.diff(ok, _raising(m, torch.ones(2, 4)))
+    [h] = d.hunks
+    assert h.witness is None and h.stopped == "B's pass ended with ValueError"
+    assert [n.short_op for n in h.only_a] == ["t", "addmm", "relu"]
+    assert d.why() == ["B's pass ended with ValueError: the ops after the raise are missing",
+                       "B's pass ended with ValueError before them \u2192 3 ops only in A (in `<root>`)"]
+    assert torchtrace.diff(d.b, ok).to_dict() == d.mirror().to_dict()
 
 
 def test_an_inserted_block_is_one_hunk_and_the_rest_aligns():
@@ -362,6 +579,52 @@ def test_a_different_dtype_is_reported_as_a_dtype_change():
     assert d.types[0].kind == "dtype" and (d.types[0].a, d.types[0].b) == ("float32", "float64")
     assert "f32 \u2192 f64 in" in d.types[0].describe()
     assert all("dtype" in p.what for p in d.ops if p.status == "changed")
+
+
+class ByBatch(nn.Module):
+    """``if x.shape[0] > 4`` and ``for _ in range(x.shape[1])``: Python tests
+    the input's type, no tensor data is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.big = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x[:, :4])
+        if x.shape[0] > 4:
+            h = self.big(h)
+        for _ in range(x.shape[1] - 3):
+            h = torch.sigmoid(h) * h
+        return h.sum()
+
+
+def test_a_branch_on_the_input_shape_names_the_input_change():
+    torch.manual_seed(0)
+    m = ByBatch().eval()
+    d = torchtrace.diff(record(m, torch.ones(2, 4)), record(m, torch.ones(8, 4)))
+    [h] = d.structural_hunks
+    assert h.witness is None and h.loop is None and h.inputs == d.inputs
+    assert h.cause == ("no tensor read differs before it; input `x` f32[2,4] \u2192 f32[8,4] "
+                       "(Python saw another shape or dtype)")
+    assert d.why() == [f"{h.cause} \u2192 5 ops only in B (in `big`)"]
+    assert torchtrace.diff(record(m, torch.ones(8, 4)), record(m, torch.ones(2, 4))).why() == [
+        "no tensor read differs before it; input `x` f32[8,4] \u2192 f32[2,4] (Python saw another shape or dtype)"
+        " \u2192 5 ops only in A (in `big`)"]
+    # a Python loop whose count comes from the shape: the block count, and the input
+    [h] = torchtrace.diff(record(m, torch.ones(2, 5)), record(m, torch.ones(2, 7))).structural_hunks
+    assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 2, 4)
+    assert h.cause.endswith("ran 2\u00d7 in A, 4\u00d7 in B (no tensor read decided it; input `x` f32[2,5] "
+                            "\u2192 f32[2,7]: Python saw another shape or dtype)")
+
+
+def test_a_python_flag_with_the_same_inputs_is_still_python_state():
+    torch.manual_seed(0)
+    m = Stack()
+    a = record(m, torch.ones(2, 4))
+    m.use_extra = True
+    [h] = torchtrace.diff(a, record(m, torch.ones(2, 4))).hunks
+    assert not h.inputs and "decided by Python state" in h.cause
 
 
 def test_swapped_inputs_are_a_wiring_change():

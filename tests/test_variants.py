@@ -67,6 +67,7 @@ def test_the_summary_prints_as_text_and_as_a_rich_table():
 
 def test_identical_passes_are_one_variant_and_paths_are_accepted(tmp_path):
     graphs = _steps()[:2]
+    assert str(torchtrace.variants(graphs)).splitlines()[0] == "1 variant in 2 graphs (1 shape variant)"
     paths = [torchtrace.save(g, tmp_path / f"g{k}.json") for k, g in enumerate(graphs)]
     vs = torchtrace.variants(paths)
     assert len(vs) == 1 and vs[0].count == 2 and len(vs[0].shapes) == 1

@@ -82,6 +82,14 @@ class Side:
                 self.reads.setdefault(self.sigs[i], []).append(i)
 
     @cached_property
+    def calls(self) -> Dict[str, int]:
+        """How many times the pass called each module path."""
+        out: Dict[str, int] = {}
+        for m in self.graph.modules:
+            out[m.path] = out.get(m.path, 0) + 1
+        return out
+
+    @cached_property
     def loop_sigs(self) -> List[Sig]:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
         return [loop_signature(s) for s in self.sigs]

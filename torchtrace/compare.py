@@ -19,97 +19,20 @@ hunks rather than forming one (so is an op called from another source line,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, TypeChange, a_first, arg_changes, args_only,
                        classify, input_changes, producers, reshaped, significant, type_changes, value_pairs)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
+from .hunk import Hunk, ended, stopped
 from .ir import Graph, Node
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
 
 CONTEXT = 3  # unchanged ops shown around a hunk; changed runs closer than 2x this merge
-
-
-@dataclass(frozen=True)
-class Hunk:
-    """A run of differences. ``kind`` "structural": ops only in A and/or B
-    (``witness``/``loop`` say why); "changed": aligned ops whose tensors or
-    args differ (``types``/``args`` summarise how; ``witness`` is the
-    data-dependent shape read behind them, if one differs). ``module`` is the module
-    path the hunk sits in (``""`` = the root); ``span`` its rows in
-    ``GraphDiff.ops``."""
-
-    index: int
-    kind: str
-    module: str
-    only_a: Tuple[Node, ...]
-    only_b: Tuple[Node, ...]
-    changed: Tuple[OpPair, ...]
-    span: Tuple[int, int]
-    witness: Optional[WitnessChange] = None
-    loop: Optional[LoopChange] = None
-    types: Tuple[TypeChange, ...] = ()
-    args: Tuple[ArgChange, ...] = ()
-
-    @property
-    def cause(self) -> str:
-        """The first half of :attr:`explanation`: why, without the counts."""
-        if self.kind == "changed":
-            return f"{self.witness.describe()}; {self.detail()}" if self.witness is not None else self.detail()
-        if self.loop is not None and self.loop.via == "witness":
-            return self.loop.describe()
-        if self.witness is not None:
-            text = self.witness.describe()
-            return f"{text}; {self.loop.describe()}" if self.loop is not None else text
-        if self.loop is not None:
-            return f"{self.loop.describe()} (no tensor read decided it)"
-        return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
-
-    @property
-    def counts(self) -> str:
-        if self.kind == "changed":
-            return plural(len(self.changed), "op") + " changed"
-        parts = []
-        if self.only_a:
-            parts.append(plural(len(self.only_a), "op") + " only in A")
-        if self.only_b:
-            parts.append(plural(len(self.only_b), "op") + " only in B")
-        return ", ".join(parts)
-
-    @property
-    def explanation(self) -> str:
-        """"`model.py:42` read True in A, False in B → 14 ops only in B (in `encoder.layer.3`)"."""
-        return f"{self.cause} \u2192 {self.counts} (in `{self.module or '<root>'}`)"
-
-    def detail(self) -> str:
-        parts = [t.describe() for t in self.types[:3]]
-        parts += [a.describe() for a in self.args[:3]]
-        if any("wiring" in p.what for p in self.changed):
-            parts.append("inputs come from other ops")
-        more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
-        if more > 0:
-            parts.append(f"{more} more")
-        return "; ".join(parts) or "changed"
-
-    def mirror(self) -> "Hunk":
-        return replace(self, only_a=self.only_b, only_b=self.only_a,
-                       changed=tuple(p.mirror() for p in self.changed),
-                       witness=self.witness.mirror() if self.witness else None,
-                       loop=self.loop.mirror() if self.loop else None,
-                       types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"index": self.index, "kind": self.kind, "module": self.module,
-                "only_a": [n.id for n in self.only_a], "only_b": [n.id for n in self.only_b],
-                "changed": [p.to_dict() for p in self.changed], "span": list(self.span),
-                "witness": self.witness.to_dict() if self.witness else None,
-                "loop": self.loop.to_dict() if self.loop else None,
-                "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
-                "explanation": self.explanation}
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,14 +127,20 @@ class GraphDiff:
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
 
-    def why(self) -> List[str]:
+    @property
+    def errors(self) -> Tuple[str, ...]:
+        """"B's pass ended with AssertionError": each pass that the code ended by raising."""
+        return tuple(ended(side, g) for side, g in (("A", self.a), ("B", self.b)) if g.meta.get("error"))
+
+    def why(self, *, errors: bool = True) -> List[str]:
         """The explanation, one line per distinct cause: hunks that share a
-        cause and a count are grouped ("... each, 12 hunks (in `h.0.attn`, ...)").
-        A shapes-only diff gets one line saying what changed."""
+        cause and a count are grouped ("... → 12 hunks, each 3 ops only in B (in `h.0.attn`, ...)").
+        A shapes-only diff gets one line saying what changed. A pass that ended
+        with an exception is said first (``errors=False`` leaves that out)."""
         groups: Dict[Tuple[str, str], List[str]] = {}
         for h in self.structural_hunks:
             groups.setdefault((h.cause, h.counts), []).append(h.module or "<root>")
-        lines = []
+        lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         if not groups and self.kind == "shapes":
             reads = dict.fromkeys(h.witness.describe() for h in self.changed_hunks if h.witness is not None)
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
@@ -222,8 +151,8 @@ class GraphDiff:
             names = list(dict.fromkeys(modules))
             where = ", ".join(f"`{m}`" for m in names[:4])
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
-            each = f" each, {len(modules)} hunks" if len(modules) > 1 else ""
-            lines.append(f"{cause} \u2192 {counts}{each} (in {where})")
+            counts = f"{len(modules)} hunks, each {counts}" if len(modules) > 1 else counts
+            lines.append(f"{cause} \u2192 {counts} (in {where})")
         return lines
 
     def mirror(self) -> "GraphDiff":
@@ -310,6 +239,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     made = (producers(A, pairs, 0), producers(B, pairs, 1))
     ops = a_first([classify(A, B, pairs[e], made) for e in range(len(pairs))])
     causes = Causes(A, B, pairs)
+    matched = [p for p in ops if p.a is not None and p.b is not None]
+    inputs = input_changes(A, B, matched)
     hunks: List[Hunk] = []
     for kind, k0, k1 in _runs(ops):
         rows = ops[k0:k1]
@@ -318,17 +249,18 @@ def _diff(A: Side, B: Side) -> GraphDiff:
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
-                              tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop))
+                              tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
+                              inputs=inputs if witness is None else (),
+                              stopped=stopped(A, B, rows) if k1 == len(ops) else None))
         else:
             changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
                               types=type_changes(value_pairs(A, B, changed)),
                               args=arg_changes(args_only(changed), reshaped(changed))))
-    matched = [p for p in ops if p.a is not None and p.b is not None]
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      type_changes(value_pairs(A, B, matched)), arg_changes(args_only(matched), reshaped(matched)),
-                     input_changes(A, B, matched), (A.ignored, B.ignored))
+                     inputs, (A.ignored, B.ignored))
 
 
 def _module_path(g: Graph, n: Node) -> str:

@@ -121,7 +121,7 @@ class Variants:
     def __str__(self) -> str:
         rows = self.rows()
         head = (f"{plural(len(self.variants), 'variant')} in {plural(self.total, 'graph')}"
-                f" ({sum(len(v.shapes) for v in self.variants)} shape variants)")
+                f" ({plural(sum(len(v.shapes) for v in self.variants), 'shape variant')})")
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
         lines = [head]
         for r in rows:

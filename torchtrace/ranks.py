@@ -126,7 +126,7 @@ def rank_report(store: Store) -> RankReport:
                 continue
             reported.add((kind, r))
             why = [w.replace(" in A", f" on rank {ref}").replace(" in B", f" on rank {r}")
-                   for w in diff(ga, gb).why()]
+                   for w in diff(ga, gb).why(errors=False)]  # said below, by rank
             errors = [f"rank {p.rank}'s pass ended with {p.error}" for p in (a, b) if p.error]
             divergences.append(Divergence(idx, a.step, ref, r, kind, first, why, errors))
     divergences.sort(key=lambda d: (d.kind != "collectives", d.idx))

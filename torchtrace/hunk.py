@@ -1,0 +1,133 @@
+"""A hunk of a ``GraphDiff``: one run of ops only in A or B (or of changed
+ops), what explains it, and the sentence that says so.
+
+The cause, most specific first: a loop whose condition read other data; the
+witness before the hunk whose value differs; the pass on the other side
+having ended with an exception first; the traced call's inputs having other
+types (``if x.shape[0] > 4``); a Python-level loop; else Python state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from .align import Side
+from .classify import ArgChange, InputChange, OpPair, TypeChange
+from .explain import LoopChange, WitnessChange, plural
+from .ir import Graph, Node
+
+
+@dataclass(frozen=True)
+class Hunk:
+    """A run of differences. ``kind`` "structural": ops only in A and/or B
+    (``witness``/``loop`` say why; else ``stopped``, the other side's pass
+    having raised before them, or ``inputs``, the traced call's inputs whose
+    types differ); "changed": aligned ops whose tensors or
+    args differ (``types``/``args`` summarise how; ``witness`` is the
+    data-dependent shape read behind them, if one differs). ``module`` is the module
+    path the hunk sits in (``""`` = the root); ``span`` its rows in
+    ``GraphDiff.ops``."""
+
+    index: int
+    kind: str
+    module: str
+    only_a: Tuple[Node, ...]
+    only_b: Tuple[Node, ...]
+    changed: Tuple[OpPair, ...]
+    span: Tuple[int, int]
+    witness: Optional[WitnessChange] = None
+    loop: Optional[LoopChange] = None
+    types: Tuple[TypeChange, ...] = ()
+    args: Tuple[ArgChange, ...] = ()
+    inputs: Tuple[InputChange, ...] = ()
+    stopped: Optional[str] = None  # "B's pass ended with ValueError": the hunk is what the other side ran after
+
+    @property
+    def cause(self) -> str:
+        """The first half of :attr:`explanation`: why, without the counts."""
+        if self.kind == "changed":
+            return f"{self.witness.describe()}; {self.detail()}" if self.witness is not None else self.detail()
+        if self.loop is not None and self.loop.via == "witness":
+            text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
+            at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
+            return text if at_loop else f"{text}; {self.witness.describe()}"
+        if self.witness is not None:
+            text = self.witness.describe()
+            return f"{text}; {self.loop.describe()}" if self.loop is not None else text
+        if self.stopped is not None:
+            return f"{self.stopped} before them"
+        if self.inputs:  # `if x.shape[0] > 4`, `x.float()`: Python looked at the inputs' types, not their data
+            what = "; ".join(i.describe() for i in self.inputs[:2])
+            what += f"; {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
+            seen = "Python saw other inputs" if any(i.a is None or i.b is None for i in self.inputs) \
+                else "Python saw another shape or dtype"
+            if self.loop is not None:
+                return f"{self.loop.describe()} (no tensor read decided it; {what}: {seen})"
+            return f"no tensor read differs before it; {what} ({seen})"
+        if self.loop is not None:
+            return f"{self.loop.describe()} (no tensor read decided it)"
+        return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
+
+    @property
+    def counts(self) -> str:
+        if self.kind == "changed":
+            return plural(len(self.changed), "op") + " changed"
+        parts = []
+        if self.only_a:
+            parts.append(plural(len(self.only_a), "op") + " only in A")
+        if self.only_b:
+            parts.append(plural(len(self.only_b), "op") + " only in B")
+        return ", ".join(parts)
+
+    @property
+    def explanation(self) -> str:
+        """"`model.py:42` read True in A, False in B → 14 ops only in B (in `encoder.layer.3`)"."""
+        return f"{self.cause} \u2192 {self.counts} (in `{self.module or '<root>'}`)"
+
+    def detail(self) -> str:
+        parts = [t.describe() for t in self.types[:3]]
+        parts += [a.describe() for a in self.args[:3]]
+        if any("wiring" in p.what for p in self.changed):
+            parts.append("inputs come from other ops")
+        more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
+        if more > 0:
+            parts.append(f"{more} more")
+        return "; ".join(parts) or "changed"
+
+    def mirror(self) -> "Hunk":
+        return replace(self, only_a=self.only_b, only_b=self.only_a,
+                       changed=tuple(p.mirror() for p in self.changed),
+                       witness=self.witness.mirror() if self.witness else None,
+                       loop=self.loop.mirror() if self.loop else None,
+                       types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args),
+                       inputs=tuple(i.mirror() for i in self.inputs), stopped=_swap_sides(self.stopped))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"index": self.index, "kind": self.kind, "module": self.module,
+                "only_a": [n.id for n in self.only_a], "only_b": [n.id for n in self.only_b],
+                "changed": [p.to_dict() for p in self.changed], "span": list(self.span),
+                "witness": self.witness.to_dict() if self.witness else None,
+                "loop": self.loop.to_dict() if self.loop else None,
+                "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
+                "inputs": [i.to_dict() for i in self.inputs], "stopped": self.stopped,
+                "explanation": self.explanation}
+
+
+def ended(side: str, g: Graph) -> str:
+    return f"{side}'s pass ended with {g.meta.get('error')}"
+
+
+def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """The side that raised, when ``rows`` run to the end of the diff with ops
+    only on the other side: they ran after the point where it stopped."""
+    if rows and all(p.status == "only_a" for p in rows) and B.graph.meta.get("error"):
+        return ended("B", B.graph)
+    if rows and all(p.status == "only_b" for p in rows) and A.graph.meta.get("error"):
+        return ended("A", A.graph)
+    return None
+
+
+def _swap_sides(text: Optional[str]) -> Optional[str]:
+    if text is None:
+        return None
+    return ("B" if text[0] == "A" else "A") + text[1:]
