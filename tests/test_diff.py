@@ -489,7 +489,7 @@ class Checked(nn.Module):
 
 def _raising(m: nn.Module, x: torch.Tensor) -> Graph:
     with pytest.raises(Exception) as e, torchtrace.trace(m) as t:
-        m(x)
+        m(x)  # LINE:raising
     assert t.graph.meta["error"] == e.type.__name__
     return t.graph
 
@@ -514,6 +514,21 @@ def test_a_pass_that_raised_is_said_first():
     assert d.why() == ["B's pass ended with ValueError: the ops after the raise are missing",
                        "B's pass ended with ValueError before them \u2192 3 ops only in A (in `<root>`)"]
     assert torchtrace.diff(d.b, ok).to_dict() == d.mirror().to_dict()
+
+
+def test_a_pass_an_op_ended_names_the_op_and_its_error():
+    """A shape error: the failing op is recorded (meta.raised), and the diff says
+    which op, where, and the error's text."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    ok = record(m, torch.ones(2, 4))
+    bad = _raising(m, torch.ones(2, 5))
+    d = torchtrace.diff(ok, bad)
+    err = bad.meta["raised"][-1]["error"]
+    assert err.startswith("RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x5 and 4x6)")
+    assert d.errors == (f"B's pass ended with RuntimeError in `addmm` at `test_diff.py:{line_of('raising')}` "
+                        f"({err[len('RuntimeError: '):]})",)
+    assert d.why()[0] == d.errors[0] + ": the ops after the raise are missing"
 
 
 def test_an_inserted_block_is_one_hunk_and_the_rest_aligns():

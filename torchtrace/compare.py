@@ -129,8 +129,10 @@ class GraphDiff:
 
     @property
     def errors(self) -> Tuple[str, ...]:
-        """"B's pass ended with AssertionError": each pass that the code ended by raising."""
-        return tuple(ended(side, g) for side, g in (("A", self.a), ("B", self.b)) if g.meta.get("error"))
+        """"B's pass ended with AssertionError": each pass that the code ended by raising
+        (with the op, line and message when an op raised it)."""
+        return tuple(ended(side, g, detail=True) for side, g in (("A", self.a), ("B", self.b))
+                     if g.meta.get("error"))
 
     def why(self, *, errors: bool = True) -> List[str]:
         """The explanation, one line per distinct cause: hunks that share a

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .align import Side
 from .classify import ArgChange, InputChange, OpPair, TypeChange
-from .explain import LoopChange, WitnessChange, plural
+from .explain import LoopChange, WitnessChange, plural, where
 from .ir import Graph, Node
 
 
@@ -113,8 +113,22 @@ class Hunk:
                 "explanation": self.explanation}
 
 
-def ended(side: str, g: Graph) -> str:
-    return f"{side}'s pass ended with {g.meta.get('error')}"
+def ended(side: str, g: Graph, detail: bool = False) -> str:
+    """"B's pass ended with RuntimeError"; with ``detail``, and when an op raised
+    it (``meta.raised``), the op, its line and the error's text too."""
+    error = g.meta.get("error")
+    text = f"{side}'s pass ended with {error}"
+    raised = g.meta.get("raised") or ()
+    last = raised[-1] if detail and raised and isinstance(raised[-1], dict) else {}
+    message = str(last.get("error", ""))
+    if not message.startswith(f"{error}: "):
+        return text
+    try:
+        n = g.node(last.get("node"))
+    except KeyError:
+        return text
+    at = f" at {where(n.source.file, n.source.line)}" if n.source is not None else ""
+    return f"{text} in `{n.short_op}`{at} ({message[len(error) + 2:]})"
 
 
 def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
