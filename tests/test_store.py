@@ -242,6 +242,32 @@ def test_reading_a_parametrized_weight_is_not_a_pass(tmp_path):
         assert [(p.step, p.root) for p in store.passes()] == [(i, type(conv).__name__) for i in range(3)]
 
 
+def test_a_generator_forward_is_one_pass_per_step(tmp_path):
+    """A root whose forward yields (streaming outputs) returns at once; its
+    submodules run later, as the caller iterates, with no module open. They are
+    the same step, not a pass each."""
+    class Streaming(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+                yield x
+
+    m, x = Streaming(), torch.randn(2, 4)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:  # unsampled steps watch the roots only
+        for i in range(4):
+            rec.step(i)
+            sum(o.sum() for o in m(x)).backward()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert [(p.step, p.root) for p in passes] == [(0, "Streaming"), (2, "Streaming")]
+        g = store.graph(passes[1].idx)
+    assert [g.module_path(n.module) for n in g.nodes if n.short_op == "addmm"] == ["layers.0", "layers.1", "layers.2"]
+
+
 def test_exception_keeps_finished_passes(tmp_path):
     model = nn.Linear(2, 2)
     x = torch.randn(1, 2)
