@@ -431,7 +431,7 @@ def test_block_exception_leaves_nothing_behind():
             self.fc = nn.Linear(2, 2)
 
         def forward(self, x):
-            y = self.fc(x)
+            self.fc(x)
             raise ValueError("boom")
 
     m, x = Bad(), torch.randn(1, 2)

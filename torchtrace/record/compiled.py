@@ -79,3 +79,16 @@ class Uncompiled:
         for module, attr, value in reversed(self.saved):
             module.__dict__[attr] = value
         self.saved = []
+
+
+def mark_dynamo_skip(code: Any) -> bool:
+    """Mark ``code`` "skip, recursively" in Dynamo's eval-frame hook (what
+    torch._disable_dynamo's wrapper gives, without its per-call cost); False
+    where that private API is missing."""
+    try:
+        from torch._C._dynamo.eval_frame import _FrameAction, _FrameExecStrategy, set_code_exec_strategy
+
+        set_code_exec_strategy(code, _FrameExecStrategy(_FrameAction.SKIP, _FrameAction.SKIP))
+        return True
+    except Exception:  # older/newer torch without it: keep torch's own wrapper
+        return False

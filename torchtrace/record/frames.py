@@ -8,9 +8,10 @@ lookups; ``traceback.extract_stack`` would cost 40-100 µs per op.
 from __future__ import annotations
 
 import os
+import sys
 import sysconfig
 from types import CodeType
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -64,6 +65,14 @@ class FrameFilter:
             self.held.append(code)
             self.cache[id(code)] = hit
         return hit
+
+
+    def user_frame_of(self, thread: int) -> Tuple[Optional[CodeType], int]:
+        """(code, f_lasti) of thread ``thread``'s innermost user frame now, or (None, -1)."""
+        f = sys._current_frames().get(thread)
+        while f is not None and self.internal(f.f_code):
+            f = f.f_back
+        return (f.f_code, f.f_lasti) if f is not None else (None, -1)
 
 
 _MAX_CODES = 20000

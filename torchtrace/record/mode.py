@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .compiled import mark_dynamo_skip
 from .composite import NOT_WHOLE, call_under_autocast, run_whole
 from .frames import is_autograd_engine
 from .opinfo import _CACHE as _INFOS
@@ -59,16 +60,6 @@ class Raised(str):
     def __new__(cls, error: BaseException) -> "Raised":
         text = str(error).strip().splitlines()
         return super().__new__(cls, f"{type(error).__name__}: {text[0][:300] if text else ''}".rstrip(": "))
-
-
-def _mark_dynamo_skip(code: Any) -> bool:
-    try:
-        from torch._C._dynamo.eval_frame import _FrameAction, _FrameExecStrategy, set_code_exec_strategy
-
-        set_code_exec_strategy(code, _FrameExecStrategy(_FrameAction.SKIP, _FrameAction.SKIP))
-        return True
-    except Exception:  # older/newer torch without it: keep torch's own wrapper
-        return False
 
 
 class RecordingMode(TorchDispatchMode):
@@ -293,7 +284,7 @@ class RecordingMode(TorchDispatchMode):
                 outs.append(self._add_value(t, None))
         return tuple(outs)
 
-    _dynamo_skip_marked = _mark_dynamo_skip(__torch_dispatch__.__code__)
+    _dynamo_skip_marked = mark_dynamo_skip(__torch_dispatch__.__code__)
 
     # -- slow paths ----------------------------------------------------------
     def _external(self, t: Any, frame: Any, info: Any) -> int:
@@ -369,17 +360,7 @@ class RecordingMode(TorchDispatchMode):
         key = ("frameless", self.task)
         if self.engine_frame != key:
             self.engine_frame = key
-            self.engine_user = (None, -1)
-            f = sys._current_frames().get(self.capture.tid)
-            cache = self.filter_cache
-            while f is not None:
-                internal = cache.get(id(f.f_code))
-                if internal is None:
-                    internal = self.classify(f.f_code)
-                if not internal:
-                    self.engine_user = (f.f_code, f.f_lasti)
-                    break
-                f = f.f_back
+            self.engine_user = self.capture.frames.user_frame_of(self.capture.tid)
         return (*self.engine_user, phase)
 
     def _backward_phase(self, anode: Any, icode: Any) -> int:
