@@ -196,6 +196,33 @@ def test_grad_norms_of_every_dtype_and_of_sparse_grads(dtype):
         assert grads[name].norm == pytest.approx(want, rel=1e-6 if dtype == torch.float64 else 1e-2)
 
 
+def test_functional_call_parameters_keep_their_names_and_grads():
+    """torch.func.functional_call swaps the module's parameters for the call
+    (ensembles, meta-learning): the swapped-in tensors are the parameters of that
+    pass, with the names a plain call gives, their gradients are reported, and
+    the module's own parameters are not listed as having got no gradient."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    params = {k: v.detach().clone().requires_grad_() for k, v in m.named_parameters()}
+    x = torch.randn(2, 3)
+    with torchtrace.trace(m) as plain:
+        m(x).sum().backward()
+    with torchtrace.trace(m) as t:
+        functional_call(m, params, (x,)).sum().backward()
+
+    def named(g):
+        return sorted((v.role, v.name, v.shape) for v in g.values if v.role == "param")
+
+    g = t.graph
+    assert named(g) == named(plain.graph) and len(named(g)) == 4
+    grads = {gi.name: gi.norm for gi in g.autograd.grads}
+    assert grads.keys() == params.keys() and g.autograd.no_grad_params == ()
+    for k, p in params.items():
+        assert grads[k] == pytest.approx(p.grad.double().norm().item(), rel=1e-6)
+
+
 def test_unused_parameter_is_reported():
     class WithUnused(nn.Module):
         def __init__(self):

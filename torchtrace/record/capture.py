@@ -304,24 +304,32 @@ class Capture:
         e2 = self.input_names.get(id(t))
         if e2 is not None and e2[0]() is t:
             return "input", e2[1]
+        held = self._held_by_module(t)
+        if held is not None and held[0] != "constant":
+            return held
         if isinstance(t, torch.nn.Parameter):
             return "param", _local_name(t, frame)
         if self.had_root_call or (info is not None and info.name.startswith("aten.lift_fresh")):
-            return "constant", self._attribute_name(t) or _local_name(t, frame)
+            return "constant", held[1] if held is not None else _local_name(t, frame)
         name = _local_name(t, frame)
         if name is None:
             name = f"input{self.mode.n_inputs}"
             self.mode.n_inputs += 1
         return "input", name
 
-    def _attribute_name(self, t: torch.Tensor) -> Optional[str]:
+    def _held_by_module(self, t: torch.Tensor) -> Optional[Tuple[str, str]]:
+        """(role, qualified name) of a tensor the module being called holds: in a
+        parameter or buffer slot though not registered ("param"/"buffer":
+        ``torch.func.functional_call`` swaps the module's tensors for the call),
+        or as a plain attribute ("constant")."""
         stack = self.mode.stack
         if not stack:
             return None
         _, module, path = stack[-1]
-        for k, v in vars(module).items():
-            if v is t:
-                return f"{path}.{k}" if path else k
+        for role, slots in (("param", module._parameters), ("buffer", module._buffers), ("constant", vars(module))):
+            for k, v in slots.items():
+                if v is t:
+                    return role, f"{path}.{k}" if path else k
         return None
 
     def backward_roots(self) -> List[Any]:

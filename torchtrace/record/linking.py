@@ -239,5 +239,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                        for (vid, name, g), n in zip(with_grad, norms))
     if tracker.backward_ran:
         got = {id(e.variable) for e in entries if e.variable is not None and e.key in executed_keys}
-        part.no_grad_params = tuple(name for p, name in capture.trainable_params() if id(p) not in got)
+        named = {gi.name for gi in part.grads}  # (a swapped-in tensor of that name: functional_call)
+        part.no_grad_params = tuple(name for p, name in capture.trainable_params()
+                                    if id(p) not in got and name not in named)
     return part
