@@ -223,6 +223,16 @@ def test_checkpoint_recompute_in_backward_is_part_of_the_step(tmp_path, how):
         assert passes[1].structure_fp == passes[2].structure_fp
         got = recompute(store.graph(1))
     assert got and got == recompute(t.graph)
+    # sampled every other step: the steps between watch the roots only, and a block that a
+    # sampled step's backward recomputed is no root (it was: every block call opened a pass)
+    with torchtrace.Recorder(tmp_path / "t2.db", every=2) as rec:
+        for i in range(4):
+            rec.step(i)
+            step()
+            opt.step()
+            opt.zero_grad()
+    with Store(tmp_path / "t2.db", readonly=True) as store:
+        assert [(p.step, p.root) for p in store.passes()] == [(0, type(m).__name__), (2, type(m).__name__)]
 
 
 def test_reading_a_parametrized_weight_is_not_a_pass(tmp_path):
@@ -419,6 +429,34 @@ def test_input_preparation_opens_the_next_pass(tmp_path):
         assert [n.op for n in g.nodes if n.module is None][-2:] == ["aten.gt.Scalar", "aten._local_scalar_dense.default"]
         assert not any(n.op == "aten.randn.default" for n in g.nodes)
         assert [v.name for v in g.values if v.role == "input"] == ["input"]
+
+
+@pytest.mark.parametrize("how", ["slice", "index"])
+def test_batches_and_labels_gathered_for_the_next_step_leave_every_step_the_same(tmp_path, how):
+    """`xb, yb = X[idx], Y[idx]` (an int index is no data read) and `X[a:b], Y[a:b]`
+    (the labels: another instruction of the same line) build the next step's
+    inputs: no pass holds them, so all steps, the last one too, record one graph."""
+    torch.manual_seed(0)
+    X, Y, perm = torch.randn(40, 8), torch.randn(40, 1), torch.randperm(40)
+    m = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for i in range(5):
+            rec.step(i)
+            if how == "slice":
+                xb, yb = X[i * 8:(i + 1) * 8], Y[i * 8:(i + 1) * 8]
+            else:
+                idx = perm[i * 8:(i + 1) * 8]
+                xb, yb = X[idx], Y[idx]
+            nn.functional.mse_loss(m(xb), yb).backward()
+            opt.step()
+            opt.zero_grad()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) == 5 and len({p.structure_fp for p in passes}) == 1
+        g = store.graph(2)
+    assert not [n for n in g.nodes if n.short_op in ("index.Tensor", "slice.Tensor")]
+    assert not [n for n in g.nodes if n.witness is not None]
 
 
 def test_lbfgs_steps_are_optimizer_ops_in_every_pass(tmp_path):

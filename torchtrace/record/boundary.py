@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, FrozenSet, Iterable, List, Set, Tuple
 
-from .mode import E_CODE, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_ORIGIN
+import torch
+
+from .frames import line_of
+from .mode import E_CODE, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_DTYPE, V_ORIGIN
 from .opinfo import BY_INDEX
 
 
@@ -59,6 +62,21 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
     return cands if len(cands) == len(sig) else set()
 
 
+_MASKS = (torch.bool, torch.uint8)
+
+
+def reads_data(info: Any, ev: tuple, vmeta: List[tuple]) -> bool:
+    """Is event ``ev`` a read of tensor data (a witness)? torch tags ``index.Tensor``
+    "dynamic output shape" whatever its indices: only a boolean (or uint8) index
+    makes its shape data-dependent, not an int one (an embedding table's rows,
+    ``cos[position_ids]``, a batch gathered by ``X[idx]``)."""
+    if info.witness is None:
+        return False
+    if info.name == "aten.index.Tensor":
+        return any(v >= 0 and vmeta[v][V_DTYPE] in _MASKS for v in ev[E_INS][1:])
+    return True
+
+
 def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     """Indices of the tail events whose outputs serve only to build ``tensors``
     (the next root call's arguments): after the last op inside a module call
@@ -79,22 +97,33 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
 
     def feeds_only_prep(ev: tuple) -> bool:  # a result, no witness, not returned, read only by prep
         outs = ev[E_OUTS]
-        return (bool(outs) and BY_INDEX[ev[E_INFO]].witness is None and not any(v in outputs for v in outs)
+        return (bool(outs) and not reads_data(BY_INDEX[ev[E_INFO]], ev, mode.vmeta)
+                and not any(v in outputs for v in outs)
                 and all(c in prep for v in outs for c in consumers.get(v, ())))
 
-    for i in range(len(events) - 1, tail - 1, -1):
-        ev = events[i]
-        if any(v in needed for v in ev[E_OUTS]) and feeds_only_prep(ev):
-            prep.add(i)
-            needed.update(ev[E_INS])
-    # and the other ops of those statements that feed nothing else: `for x, y in loader`
-    # collates the labels y with x (the loss reads y in the next step, outside the call)
-    stmts = {(id(events[i][E_CODE]), events[i][E_LINE]) for i in prep}
-    for i in range(len(events) - 1, tail - 1, -1):
-        ev = events[i]
-        if i not in prep and (id(ev[E_CODE]), ev[E_LINE]) in stmts and feeds_only_prep(ev):
-            prep.add(i)
+    # the ops that made the inputs, and the other ops of those statements that feed nothing
+    # else (`for x, y in loader` collates the labels y with x: the loss reads y in the next
+    # step, outside the call), until none is added (`idx = perm[a:b]` feeds both X[idx] and
+    # Y[idx]); a statement is a code object's line (`xb, yb = X[i], Y[i]` is two instructions)
+    size = -1
+    while len(prep) != size:
+        size = len(prep)
+        for i in range(len(events) - 1, tail - 1, -1):
+            ev = events[i]
+            if i not in prep and any(v in needed for v in ev[E_OUTS]) and feeds_only_prep(ev):
+                prep.add(i)
+                needed.update(ev[E_INS])
+        stmts = {(id(events[i][E_CODE]), _line(events[i])) for i in prep}
+        for i in range(len(events) - 1, tail - 1, -1):
+            ev = events[i]
+            if i not in prep and (id(ev[E_CODE]), _line(ev)) in stmts and feeds_only_prep(ev):
+                prep.add(i)
+                needed.update(ev[E_INS])
     return prep
+
+
+def _line(ev: tuple) -> int:
+    return line_of(ev[E_CODE], ev[E_LINE]) if ev[E_CODE] is not None else -1
 
 
 def drop_events(mode: Any, drop: Set[int]) -> None:

@@ -6,7 +6,6 @@ bookkeeping, optimizer phase), and the join of ops to autograd Nodes.
 """
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -15,7 +14,8 @@ import torch
 from .._memo import Lazy, remember
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
-from .frames import is_torch_internal
+from .boundary import reads_data
+from .frames import is_torch_internal, line_of
 from .linking import AutogradPart, build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE, Raised)
@@ -83,19 +83,6 @@ class _ArgsCache(dict):
         return a
 
 
-def line_of(code: Any, lasti: int) -> int:
-    """The line of the instruction at byte offset ``lasti`` (what ``f_lineno``
-    gives for a frame stopped there), from ``co_lines()`` (Python 3.10+)."""
-    if lasti < 0:
-        return 0
-    starts, lines = [], []
-    for start, _end, line in code.co_lines():
-        starts.append(start)
-        lines.append(line if line is not None else 0)
-    k = bisect.bisect_right(starts, lasti) - 1
-    return lines[k] if k >= 0 else code.co_firstlineno
-
-
 def _ir_name(x: Any) -> str:
     """dtype / device -> its IR string (``float32``, ``cuda:0``)."""
     return str(x).replace("torch.", "")
@@ -117,18 +104,6 @@ def _source(code: Any, lasti: int) -> Optional[Source]:
         src = Source(code.co_filename, line_of(code, lasti), getattr(code, "co_qualname", code.co_name))
         hit = remember(_SOURCES, (id(code), lasti), (code, src))
     return hit[1]
-
-
-_MASKS = (torch.bool, torch.uint8)
-
-
-def _reads_data(op: str, ev: tuple, vmeta: List[tuple]) -> bool:
-    """Did this op's output shape depend on tensor data? torch tags ``index.Tensor``
-    so whatever its indices: only a boolean (or uint8) index makes it so, not an
-    int one (an embedding table's rows, ``cos[position_ids]``)."""
-    if op == "aten.index.Tensor":
-        return any(v >= 0 and vmeta[v][V_DTYPE] in _MASKS for v in ev[E_INS][1:])
-    return True
 
 
 def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) -> bool:
@@ -254,7 +229,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         elif info.witness is not None:
             if info.witness == "value":
                 witness = Witness(value=jsonable(ev[E_EXTRA]))
-            elif ev[E_OUTS] and _reads_data(info.name, ev, vmeta):
+            elif ev[E_OUTS] and reads_data(info, ev, vmeta):
                 witness = Witness(shape=vmeta[ev[E_OUTS][0]][V_SHAPE:])
             else:
                 tags = tuple(t for t in tags if t != "witness")

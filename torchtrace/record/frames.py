@@ -7,11 +7,12 @@ lookups; ``traceback.extract_stack`` would cost 40-100 µs per op.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import sys
 import sysconfig
 from types import CodeType
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -95,3 +96,16 @@ def is_autograd_engine(code: CodeType) -> bool:
     """Frames of torch.autograd itself: a backward op issued with one of these
     innermost runs a derivative formula (not user code inside backward)."""
     return code.co_filename.startswith(_AUTOGRAD_DIR)
+
+
+def line_of(code: Any, lasti: int) -> int:
+    """The line of the instruction at byte offset ``lasti`` (what ``f_lineno``
+    gives for a frame stopped there), from ``co_lines()`` (Python 3.10+)."""
+    if lasti < 0:
+        return 0
+    starts, lines = [], []
+    for start, _end, line in code.co_lines():
+        starts.append(start)
+        lines.append(line if line is not None else 0)
+    k = bisect.bisect_right(starts, lasti) - 1
+    return lines[k] if k >= 0 else code.co_firstlineno

@@ -179,7 +179,7 @@ class Recorder:
 
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = ()) -> None:
         if self._sampled and inputs:
-            # the ops that only built the next call's inputs open the next step, not this one
+            # the ops that only built the next call's inputs (data loading) are left out of this step
             prep = input_prep(self.capture.mode, inputs)
             self._prep = signature(self.capture.mode, prep)
             drop_events(self.capture.mode, prep)
@@ -194,12 +194,12 @@ class Recorder:
                 caller = caller.f_back
             if caller is not None and caller.f_code in self._generators:
                 return  # called by a root whose forward is a generator, as it yields: the same step
+        if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
+            return
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
             e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
         if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
-            return
-        if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
