@@ -100,6 +100,19 @@ def test_inplace_views_and_out_variants():
     assert c.shape == (4,) and json.dumps(g.to_dict())  # all args are JSON-safe
 
 
+def test_an_input_read_before_the_call_is_named_by_the_forward():
+    """`m(ids, labels=ids.clone())` reads ids (the clone) before the call: it was
+    `input0`, so the same model with and without labels differed in its inputs."""
+    m = zoo.gpt2()
+    ids = zoo.token_ids(8)
+    with torchtrace.trace(m) as t:
+        m(ids, labels=ids.clone())
+    with torchtrace.trace(m) as t2:
+        m(input_ids=ids)
+    for g in (t.graph, t2.graph):
+        assert [(v.name, v.shape) for v in g.values if v.role == "input"] == [("input_ids", (1, 8))]
+
+
 def test_args_are_recorded_json_safe():
     x = torch.randn(2, 3, 4)
     with torchtrace.trace() as t:

@@ -37,9 +37,18 @@ def bind_args(fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[st
         if not kwargs and len(args) <= len(sig[1]):
             return dict(zip(sig[1], args))
         try:
-            return dict(sig[0].bind_partial(*args, **kwargs).arguments)
+            bound = sig[0].bind_partial(*args, **kwargs).arguments
         except TypeError:
             pass
+        else:  # `**kwargs` by their own names (transformers passes past_key_values so)
+            params = sig[0].parameters
+            out: Dict[str, Any] = {}
+            for k, v in bound.items():
+                if params[k].kind is inspect.Parameter.VAR_KEYWORD and isinstance(v, dict):
+                    out.update(v)
+                else:
+                    out[k] = v
+            return out
     bound = {f"arg{i}": a for i, a in enumerate(args)}
     bound.update(kwargs)
     return bound
@@ -65,3 +74,26 @@ def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
     elif depth < 4 and isinstance(x, dict):
         for v in x.values():
             yield from tensors_in(v, depth + 1)
+
+
+_PLAIN_MODULES = frozenset({"builtins", "torch", "numpy", "enum"})  # no tensors to name inside
+
+
+def named_tensors(value: Any, name: str, depth: int = 0) -> Iterable[Tuple[torch.Tensor, str]]:
+    """The tensors in an argument, by path: in lists, tuples and dicts, and in the
+    public attributes of other objects (a transformers Cache: ``past_key_values.layers[0].keys``),
+    three levels deep."""
+    if isinstance(value, torch.Tensor):
+        yield value, name
+    elif depth >= 3:
+        return
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from named_tensors(v, f"{name}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from named_tensors(v, f"{name}.{k}", depth + 1)
+    elif type(value).__module__ not in _PLAIN_MODULES and not isinstance(value, torch.nn.Module):
+        for k, v in list(getattr(value, "__dict__", {}).items())[:64]:
+            if not k.startswith("_"):
+                yield from named_tensors(v, f"{name}.{k}", depth + 1)

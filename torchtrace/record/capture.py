@@ -22,7 +22,7 @@ from ..errors import UsageError
 from ..ir import Graph
 from .autograd import AutogradTracker, storage_ptrs
 from .build import build_graph, open_annotations
-from .calls import bind_args, call_kwargs, tensors_in
+from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import force_eager, restore
 from .composite import see_autocast
 from .frames import frame_filter
@@ -265,20 +265,19 @@ class Capture:
         if not self.had_root_call:
             self.had_root_call = True
             self.pass_grad_mode = grad_mode()
-        for name, value in bind_args(module.forward, args, kwargs).items():
-            self._name_inputs(value, name, 0)
-
-    def _name_inputs(self, value: Any, name: str, depth: int) -> None:
-        if isinstance(value, torch.Tensor):
-            e = self.input_names.get(id(value))
-            if e is None or e[0]() is not value:  # new, or an entry left by a dead tensor with this id
-                self.input_names[id(value)] = (weakref.ref(value), name)
-        elif depth < 3 and isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                self._name_inputs(v, f"{name}[{i}]", depth + 1)
-        elif depth < 3 and isinstance(value, dict):
-            for k, v in value.items():
-                self._name_inputs(v, f"{name}.{k}", depth + 1)
+        mode = self.mode
+        bound = bind_args(module.forward, args, kwargs)
+        for t, path in (x for name, value in bound.items() for x in named_tensors(value, name)):
+            e = self.input_names.get(id(t))
+            if e is None or e[0]() is not t:  # new, or an entry left by a dead tensor with this id
+                self.input_names[id(t)] = (weakref.ref(t), path)
+            vid = mode.vid_of(t)
+            if vid is not None:  # read before the call (`m(ids, labels=ids.clone())`): named by the forward
+                rec = mode.vmeta[vid]
+                origin = rec[V_ORIGIN]
+                if origin is not None and origin[0] == "ext" and origin[1] == "input" and len(origin) == 4:
+                    mode.vmeta[vid] = (*rec[:V_ORIGIN], (*origin[:2], path, origin[3], "signature"),
+                                       *rec[V_ORIGIN + 1:])
 
     def on_root_return(self, output: Any) -> None:
         if self.mode.off:
