@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, TypeChange, a_first, arg_changes, args_only,
-                       classify, input_changes, producers, reshaped, significant, type_changes, value_pairs)
+                       classify, input_changes, producers, reshaped, rewires, significant, type_changes, value_pairs)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, ended, stopped
@@ -123,6 +123,8 @@ class GraphDiff:
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
             differ = "shapes differ" if self.types or self.inputs else "args differ"  # (Adam's step-size floats)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
+        if not self.structural_hunks:
+            return f"structure differs: same ops, other dataflow: {plural(self.changed, 'op')} changed"
         hunks = plural(len(self.structural_hunks), "hunk")
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
@@ -140,7 +142,8 @@ class GraphDiff:
         A shapes-only diff gets one line saying what changed. A pass that ended
         with an exception is said first (``errors=False`` leaves that out)."""
         groups: Dict[Tuple[str, str], List[str]] = {}
-        for h in self.structural_hunks:
+        # ops only in A or B; else (the same ops, another dataflow) the ops that read from elsewhere
+        for h in self.structural_hunks or (self.changed_hunks if self.kind == "structural" else ()):
             groups.setdefault((h.cause, h.counts), []).append(h.module or "<root>")
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         if not groups and self.kind == "shapes":
@@ -155,7 +158,7 @@ class GraphDiff:
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
             counts = f"{len(modules)} hunks, each {counts}" if len(modules) > 1 else counts
             lines.append(f"{cause} \u2192 {counts} (in {where})")
-        return lines
+        return lines or ([] if self.is_empty else [self.summary()])
 
     def mirror(self) -> "GraphDiff":
         """The same comparison seen from B: ``diff(b, a)``."""
@@ -258,7 +261,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
                               types=type_changes(value_pairs(A, B, changed)),
-                              args=arg_changes(args_only(changed), reshaped(changed))))
+                              args=arg_changes(args_only(changed), reshaped(changed)), rewires=rewires(A, B, changed)))
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      type_changes(value_pairs(A, B, matched)), arg_changes(args_only(matched), reshaped(matched)),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .align import Side
-from .classify import ArgChange, InputChange, OpPair, TypeChange
+from .classify import ArgChange, InputChange, OpPair, Rewire, TypeChange
 from .explain import LoopChange, WitnessChange, plural, where
 from .ir import Graph, Node
 
@@ -40,6 +40,7 @@ class Hunk:
     types: Tuple[TypeChange, ...] = ()
     args: Tuple[ArgChange, ...] = ()
     inputs: Tuple[InputChange, ...] = ()
+    rewires: Tuple[Rewire, ...] = ()  # changed ops that read other named inputs (``m(x, x)`` vs ``m(x, y)``)
     stopped: Optional[str] = None  # "B's pass ended with ValueError": the hunk is what the other side ran after
 
     @property
@@ -87,7 +88,8 @@ class Hunk:
     def detail(self) -> str:
         parts = [t.describe() for t in self.types[:3]]
         parts += [a.describe() for a in self.args[:3]]
-        if any("wiring" in p.what for p in self.changed):
+        parts += [r.describe() for r in self.rewires]
+        if sum("wiring" in p.what for p in self.changed) > len(self.rewires):
             parts.append("inputs come from other ops")
         more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
         if more > 0:
@@ -100,7 +102,8 @@ class Hunk:
                        witness=self.witness.mirror() if self.witness else None,
                        loop=self.loop.mirror() if self.loop else None,
                        types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args),
-                       inputs=tuple(i.mirror() for i in self.inputs), stopped=_swap_sides(self.stopped))
+                       inputs=tuple(i.mirror() for i in self.inputs),
+                       rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -109,7 +112,8 @@ class Hunk:
                 "witness": self.witness.to_dict() if self.witness else None,
                 "loop": self.loop.to_dict() if self.loop else None,
                 "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
-                "inputs": [i.to_dict() for i in self.inputs], "stopped": self.stopped,
+                "inputs": [i.to_dict() for i in self.inputs], "rewires": [r.to_dict() for r in self.rewires],
+                "stopped": self.stopped,
                 "explanation": self.explanation}
 
 
