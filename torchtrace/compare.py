@@ -27,7 +27,7 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, TypeChange
                        classify, input_changes, producers, reshaped, rewires, significant, type_changes, value_pairs)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import Hunk, ended, stopped
+from .hunk import ACCUMULATE, Hunk, accumulated, ended, stopped
 from .ir import Graph, Node
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
@@ -256,7 +256,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (),
-                              stopped=stopped(A, B, rows) if k1 == len(ops) else None))
+                              stopped=stopped(A, B, rows) if k1 == len(ops) else None,
+                              grads=accumulated(A, B, rows)))
         else:
             changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
@@ -272,6 +273,11 @@ def _module_path(g: Graph, n: Node) -> str:
     return g.module_path(n.module)
 
 
+def _accumulates(p: OpPair) -> bool:
+    n = p.a if p.a is not None else p.b
+    return n is not None and ACCUMULATE in n.tags
+
+
 def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
     """Structural hunks: maximal runs of ops only in A or B. Changed hunks:
     runs of changed ops, merged across up to ``2 * CONTEXT`` unchanged ones."""
@@ -279,8 +285,8 @@ def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
     while k < n:
         status = ops[k].status
         if status in ("only_a", "only_b"):
-            k1 = k
-            while k1 < n and ops[k1].status in ("only_a", "only_b"):
+            k1 = k  # (AccumulateGrad's ops into a .grad that existed form hunks of their own)
+            while k1 < n and ops[k1].status in ("only_a", "only_b") and _accumulates(ops[k1]) == _accumulates(ops[k]):
                 k1 += 1
             yield "structural", k, k1
             k = k1
