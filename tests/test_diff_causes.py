@@ -1,5 +1,5 @@
 """torchtrace.diff: causes that are not a tensor read before the hunk --
-autograd state (a .grad that existed), recursion, nested loops."""
+autograd state (a .grad that existed), recursion."""
 from __future__ import annotations
 
 import torch
@@ -61,3 +61,46 @@ def test_accumulating_into_an_existing_grad_is_not_blamed_on_a_branch():
     assert sorted(g for h in d.hunks for g in h.grads) == ["fc.bias.grad", "fc.weight.grad"]
     assert torchtrace.diff(b, a).why()[1] == accumulated.replace("in B", "in A") + \
         " \u2192 2 hunks, each 1 op only in A (in `<root>`)"
+
+
+class Tree(nn.Module):
+    """Splits its rows in two while they are large: the recursion's shape is data-dependent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaf = nn.Linear(2, 2)
+        self.merge = nn.Linear(4, 2)
+
+    def node(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 or x.abs().sum() < 3:  # LINE:stop
+            return self.leaf(x).sum(0, keepdim=True)
+        half = x.shape[0] // 2
+        return self.merge(torch.cat([self.node(x[:half]), self.node(x[half:])], -1))  # LINE:merge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.node(x)
+
+
+def _record(m: nn.Module, *args: torch.Tensor) -> Graph:
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(*args)
+    return t.graph
+
+
+def test_recursion_that_ran_a_block_as_often_is_no_loop_count():
+    torch.manual_seed(0)
+    m = Tree()
+    right, left = torch.full((4, 2), 0.1), torch.full((4, 2), 0.1)
+    right[3], left[0] = 5.0, 5.0  # the right half splits again; the left one
+    a, b = _record(m, right), _record(m, left)
+    merges = [sum(g.module_path(n.module) == "merge" and n.short_op == "addmm" for n in g.nodes) for g in (a, b)]
+    assert merges == [2, 2]  # both merged twice: in A one after the other, in B apart
+    d = torchtrace.diff(a, b)
+    assert d.structural_hunks and not d.loops
+    stop = f"`test_diff_causes.py:{line_of('stop')}`"
+    assert all(h.cause.startswith(stop) for h in d.structural_hunks)
+    # a block that did run more often is still one
+    flat = _record(m, torch.full((4, 2), 0.1))
+    [loop] = torchtrace.diff(flat, a).loops
+    assert (loop.line, loop.a, loop.b, loop.via) == (line_of("merge"), 0, 2, "repeat")
+
