@@ -1,5 +1,5 @@
 """torchtrace.diff: causes that are not a tensor read before the hunk --
-autograd state (a .grad that existed), recursion."""
+autograd state (a .grad that existed), recursion, nested loops."""
 from __future__ import annotations
 
 import torch
@@ -104,3 +104,29 @@ def test_recursion_that_ran_a_block_as_often_is_no_loop_count():
     [loop] = torchtrace.diff(flat, a).loops
     assert (loop.line, loop.a, loop.b, loop.via) == (line_of("merge"), 0, 2, "repeat")
 
+
+class PerLayer(nn.Module):
+    """A `while` inside a `for`: each layer runs as many times as its budget says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(2, 2, bias=False) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            n = budget[i]
+            while n > 0:  # LINE:inner
+                x = layer(x)
+                n = n - 1
+        return x
+
+
+def test_a_nested_loop_names_the_run_whose_count_changed():
+    m, x = PerLayer(), torch.ones(1, 2)
+    a, b = _record(m, x, torch.tensor([2, 1])), _record(m, x, torch.tensor([1, 2]))
+    d = torchtrace.diff(a, b)
+    inner = f"`while` at `test_diff_causes.py:{line_of('inner')}`"
+    assert [h.cause for h in d.structural_hunks] == [f"{inner} ran 2\u00d7 in A, 1\u00d7 in B (the 1st of its 2 runs)",
+                                                     f"{inner} ran 1\u00d7 in A, 2\u00d7 in B (the 2nd of its 2 runs)"]
+    assert [(loop.a, loop.b, loop.run) for loop in d.loops] == [(2, 1, (0, 2)), (1, 2, (1, 2))]
+    assert [(loop.a, loop.b, loop.run) for loop in torchtrace.diff(b, a).loops] == [(1, 2, (0, 2)), (2, 1, (1, 2))]

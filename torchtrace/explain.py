@@ -19,7 +19,9 @@ Rules (DESIGN.md, "diff"):
   (``if peak > 1.5``), is the nearer cause;
 * a run of ops that repeats a block just before it, without a witness at
   its line, is a Python-level loop ("the block at `m.py:9` ran 2x in A, 3x in B");
-  the read that explains it is the nearest one before the loop's first pass.
+  the read that explains it is the nearest one before the loop's first pass;
+* a hunk with no read inside it, in the k-th run of a loop statement that
+  runs several times a pass, is that run's count change (``loops.by_runs``).
 """
 from __future__ import annotations
 
@@ -177,6 +179,10 @@ class Causes:
         # a loop's count is decided before its first pass (``for c in torch.unique(y)``), not by the
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
         witness = self._nearest_before(min(start, k0)) or self._nearest_before(k0) or self._inside(k0, k1)
+        if loop is None:  # the k-th run of a nested loop, when its own condition is the read that differs
+            run = self.loops.by_runs(k0, k1)
+            if run is not None and (witness is None or (witness.file, witness.line) == (run.file, run.line)):
+                loop = run
         return witness, loop
 
     def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:

@@ -1,6 +1,6 @@
 """Loops that ran a different number of times in two aligned passes.
 
-Two kinds of evidence, each a ``LoopFinder`` method:
+Three kinds of evidence, each a ``LoopFinder`` method:
 
 * ``by_witness``: scalar reads at one line inside the hunk that repeated a
   different number of times before their exit read (``while k > 0`` reading
@@ -8,17 +8,21 @@ Two kinds of evidence, each a ``LoopFinder`` method:
 * ``by_repeat``: a block of ops that repeats more times on one side, without a
   read at its line (a Python-level loop): "the block at `m.py:9` ran 2x in A,
   3x in B". A block that runs as often in all on both sides, only in another
-  order (recursion: two merges in a row in A, apart in B), is no loop count.
+  order (recursion: two merges in a row in A, apart in B), is no loop count;
+* ``by_runs``: a loop statement run several times per pass (a `while` inside a
+  `for`): its k-th run, the one the hunk's ops sit in, against the other
+  side's k-th run: "`while` at `m.py:18` ran 2x in A, 1x in B (the 1st of its 2 runs)".
 """
 from __future__ import annotations
 
 import bisect
 import linecache
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .align import Pair, Side, Sig
-from .textform import plural, where
+from .textform import ordinal, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
     from .explain import WitnessChange
@@ -41,6 +45,7 @@ class LoopChange:
     via: str
     period: int
     keyword: Optional[str] = None
+    run: Optional[Tuple[int, int]] = None  # (k, runs): the loop statement's k-th run of ``runs`` in the pass
 
     def describe(self) -> str:
         if self.via == "witness":
@@ -48,14 +53,16 @@ class LoopChange:
                 f"the loop at {where(self.file, self.line)}"
         else:
             head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
-        return f"{head} ran {self.a}{TIMES} in A, {self.b}{TIMES} in B"
+        run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
+        return f"{head} ran {self.a}{TIMES} in A, {self.b}{TIMES} in B{run}"
 
     def mirror(self) -> "LoopChange":
         return replace(self, a=self.b, b=self.a)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
-                "via": self.via, "period": self.period, "keyword": self.keyword}
+                "via": self.via, "period": self.period, "keyword": self.keyword,
+                "run": list(self.run) if self.run else None}
 
 
 class LoopFinder:
@@ -118,6 +125,55 @@ class LoopFinder:
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
         return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
                           a, b, "repeat", unit_len), start
+
+    def by_runs(self, k0: int, k1: int) -> Optional[LoopChange]:
+        """The loop whose k-th run (of the runs its statement made in the pass:
+        a `while` inside a `for`) holds the hunk's ops on one side, when the
+        k-th runs of A and B took other counts. Runs are told apart by their
+        exit reads, so both sides must have as many."""
+        for col, X, Y in ((0, self.A, self.B), (1, self.B, self.A)):
+            xs = [p[col] for p in self.pairs[k0:k1] if p[col] is not None]
+            if not xs:
+                continue
+            for sig in X.reads:
+                rx, ry = self._runs(X, sig), self._runs(Y, sig)
+                k = next((k for k, (first, exit_, _) in enumerate(rx)
+                          if first <= xs[0] and (exit_ is None or xs[-1] < exit_)), None)
+                if k is None or len(rx) != len(ry) or rx[k][2] == ry[k][2]:
+                    continue
+                src = X.nodes[rx[k][0]].source
+                file, line = (src.file, src.line) if src else ("?", 0)
+                a, b = (rx[k][2], ry[k][2]) if col == 0 else (ry[k][2], rx[k][2])
+                return LoopChange(file, line, src.function if src else "?", a, b, "witness", 0,
+                                  _keyword(file, line), (k, len(rx)) if len(rx) > 1 else None)
+        return None
+
+    def _runs(self, side: Side, sig: Sig) -> List[Tuple[int, Optional[int], int]]:
+        """The runs of the scalar reads at ``sig``: (first read, exit read, repeats
+        before it), the exit being a read of the other value than the one that
+        both sides read most there (``while``'s True); cached."""
+        key = (id(side), sig)
+        if key not in self._cache:
+            reads = side.reads.get(sig, [])
+            if not reads or side.nodes[reads[0]].witness.shape is not None:
+                self._cache[key] = []
+                return []
+            seen = Counter(side.wkeys[i] for i in reads) + Counter(
+                o.wkeys[i] for o in (self.A, self.B) if o is not side for i in o.reads.get(sig, []))
+            rep = seen.most_common(1)[0][0]
+            runs: List[Tuple[int, Optional[int], int]] = []
+            first, count = None, 0
+            for i in reads:
+                first = i if first is None else first
+                if side.wkeys[i] == rep:
+                    count += 1
+                    continue
+                runs.append((first, i, count))
+                first, count = None, 0
+            if first is not None:
+                runs.append((first, None, count))
+            self._cache[key] = runs
+        return self._cache[key]
 
     def _total(self, side: Side, scope: Optional[Tuple[str, int]], unit: Sequence[Sig]) -> int:
         """Copies of ``unit`` (one after another or apart) among the ops inside
