@@ -658,7 +658,32 @@ def test_swapped_inputs_are_a_wiring_change():
     assert d.kind == "structural" and not d.structural_hunks
     [h] = d.hunks
     assert [p.what for p in h.changed] == [("wiring",)] and h.changed[0].a.short_op == "sub.Tensor"
-    assert "inputs come from other ops" in h.explanation
+    assert h.explanation == "`sub.Tensor` reads `x`, `y` in A, `y`, `x` in B \u2192 1 op changed (in `<root>`)"
+    assert d.why() == [h.explanation]
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return (self.fc(x1) - self.fc(x2)).pow(2).sum()
+
+
+def test_one_tensor_passed_as_two_arguments_is_explained():
+    m, x = Pair(), torch.ones(1, 4)
+    a, b = record(m, x, x), record(m, x, x.clone())
+    d = torchtrace.diff(a, b)
+    assert d.kind == "structural" and not d.structural_hunks and not d.is_empty
+    assert d.summary() == "structure differs: same ops, other dataflow: 1 op changed"
+    why = ("A passed one tensor as both `x1` and `x2`, B passed two: `addmm` reads `x1` in A, `x2` in B "
+           "\u2192 1 op changed (in `fc`)")
+    assert d.why() == [why]
+    assert torchtrace.diff(b, a).why() == [
+        "B passed one tensor as both `x1` and `x2`, A passed two: `addmm` reads `x2` in A, `x1` in B "
+        "\u2192 1 op changed (in `fc`)"]
+    assert torchtrace.variants([a, b])[1].why == why
 
 
 def test_a_witness_that_read_other_data_without_effect_keeps_the_diff_empty():

@@ -24,10 +24,10 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, TypeChange, a_first, arg_changes, args_only,
-                       classify, input_changes, producers, reshaped, significant, type_changes, value_pairs)
+                       classify, input_changes, producers, reshaped, rewires, significant, type_changes, value_pairs)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import Hunk, ended, stopped
+from .hunk import ACCUMULATE, Hunk, accumulated, ended, stopped
 from .ir import Graph, Node
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
@@ -123,6 +123,8 @@ class GraphDiff:
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
             differ = "shapes differ" if self.types or self.inputs else "args differ"  # (Adam's step-size floats)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
+        if not self.structural_hunks:
+            return f"structure differs: same ops, other dataflow: {plural(self.changed, 'op')} changed"
         hunks = plural(len(self.structural_hunks), "hunk")
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
@@ -140,7 +142,8 @@ class GraphDiff:
         A shapes-only diff gets one line saying what changed. A pass that ended
         with an exception is said first (``errors=False`` leaves that out)."""
         groups: Dict[Tuple[str, str], List[str]] = {}
-        for h in self.structural_hunks:
+        # ops only in A or B; else (the same ops, another dataflow) the ops that read from elsewhere
+        for h in self.structural_hunks or (self.changed_hunks if self.kind == "structural" else ()):
             groups.setdefault((h.cause, h.counts), []).append(h.module or "<root>")
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         if not groups and self.kind == "shapes":
@@ -155,7 +158,7 @@ class GraphDiff:
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
             counts = f"{len(modules)} hunks, each {counts}" if len(modules) > 1 else counts
             lines.append(f"{cause} \u2192 {counts} (in {where})")
-        return lines
+        return lines or ([] if self.is_empty else [self.summary()])
 
     def mirror(self) -> "GraphDiff":
         """The same comparison seen from B: ``diff(b, a)``."""
@@ -253,12 +256,13 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (),
-                              stopped=stopped(A, B, rows) if k1 == len(ops) else None))
+                              stopped=stopped(A, B, rows) if k1 == len(ops) else None,
+                              grads=accumulated(A, B, rows)))
         else:
             changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
                               types=type_changes(value_pairs(A, B, changed)),
-                              args=arg_changes(args_only(changed), reshaped(changed))))
+                              args=arg_changes(args_only(changed), reshaped(changed)), rewires=rewires(A, B, changed)))
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      type_changes(value_pairs(A, B, matched)), arg_changes(args_only(matched), reshaped(matched)),
@@ -269,6 +273,11 @@ def _module_path(g: Graph, n: Node) -> str:
     return g.module_path(n.module)
 
 
+def _accumulates(p: OpPair) -> bool:
+    n = p.a if p.a is not None else p.b
+    return n is not None and ACCUMULATE in n.tags
+
+
 def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
     """Structural hunks: maximal runs of ops only in A or B. Changed hunks:
     runs of changed ops, merged across up to ``2 * CONTEXT`` unchanged ones."""
@@ -276,8 +285,8 @@ def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
     while k < n:
         status = ops[k].status
         if status in ("only_a", "only_b"):
-            k1 = k
-            while k1 < n and ops[k1].status in ("only_a", "only_b"):
+            k1 = k  # (AccumulateGrad's ops into a .grad that existed form hunks of their own)
+            while k1 < n and ops[k1].status in ("only_a", "only_b") and _accumulates(ops[k1]) == _accumulates(ops[k]):
                 k1 += 1
             yield "structural", k, k1
             k = k1

@@ -1,5 +1,5 @@
-"""Why two aligned graphs differ: the witness that decided a hunk, and loop
-counts.
+"""Why two aligned graphs differ: the witness that decided a hunk (loop
+counts are found by ``loops.py``).
 
 Every record here is a frozen dataclass with a ``mirror()`` (A and B swapped)
 and a ``describe()`` that writes the sentence shown to users; the sentences
@@ -19,35 +19,28 @@ Rules (DESIGN.md, "diff"):
   (``if peak > 1.5``), is the nearer cause;
 * a run of ops that repeats a block just before it, without a witness at
   its line, is a Python-level loop ("the block at `m.py:9` ran 2x in A, 3x in B");
-  the read that explains it is the nearest one before the loop's first pass.
+  the read that explains it is the nearest one before the loop's first pass;
+* a hunk with no read inside it, in the k-th run of a loop statement that
+  runs several times a pass, is that run's count change (``loops.by_runs``).
 """
 from __future__ import annotations
 
 import bisect
-import linecache
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .align import Pair, Side, Sig
-from .textform import shape_str
+from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
+from .textform import ordinal, plural, shape_str, where
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Witness
 
 ARROW = "\u2192"
-TIMES = "\u00d7"
+__all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "plural", "where"]
 
 
 # -- records ---------------------------------------------------------------
-
-def plural(k: int, word: str) -> str:
-    """``1 op``, ``2 ops``, ``3 hunks``, ``2 witness reads``."""
-    return f"{k} {word}{'' if k == 1 else ('es' if word.endswith(('ch', 'sh', 's', 'x')) else 's')}"
-
-
-def where(file: str, line: int) -> str:
-    return f"`{file.replace(chr(92), '/').rsplit('/', 1)[-1]}:{line}`"
-
 
 def read_str(w: "Witness") -> str:
     if w.shape is not None:
@@ -88,7 +81,7 @@ class WitnessChange:
         path, a, b = self.call
         path = path or "<root>"
         if a == b:
-            return f" ({_ordinal(a + 1)} call of `{path}`)"
+            return f" ({ordinal(a + 1)} call of `{path}`)"
         return f" (call {a + 1} of `{path}` in A, {b + 1} in B)"
 
     def mirror(self) -> "WitnessChange":
@@ -100,10 +93,6 @@ class WitnessChange:
                 "a": _witness_dict(self.a), "b": _witness_dict(self.b),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak,
                 "call": list(self.call) if self.call else None}
-
-
-def _ordinal(k: int) -> str:
-    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
@@ -124,38 +113,6 @@ def decisive(w: "Witness") -> bool:
     if w.shape is not None or not isinstance(w.value, float):
         return True
     return w.value.is_integer()
-
-
-@dataclass(frozen=True)
-class LoopChange:
-    """A loop that ran a different number of times. ``via="witness"``: the
-    loop condition read tensor data at ``line`` (``count`` = reads before the
-    exit read); ``via="repeat"``: a block of ``period`` ops starting at ``line``
-    repeats (a Python-level loop, no tensor read at its condition)."""
-
-    file: str
-    line: int
-    function: str
-    a: int
-    b: int
-    via: str
-    period: int
-    keyword: Optional[str] = None
-
-    def describe(self) -> str:
-        if self.via == "witness":
-            head = f"`{self.keyword}` at {where(self.file, self.line)}" if self.keyword else \
-                f"the loop at {where(self.file, self.line)}"
-        else:
-            head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
-        return f"{head} ran {self.a}{TIMES} in A, {self.b}{TIMES} in B"
-
-    def mirror(self) -> "LoopChange":
-        return replace(self, a=self.b, b=self.a)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
-                "via": self.via, "period": self.period, "keyword": self.keyword}
 
 
 def _witness_dict(w: "Witness") -> Dict[str, Any]:
@@ -191,6 +148,7 @@ class Causes:
         self.next_a.append(ia)
         self.next_b.append(ib)
         self.one_sided.append(lone)
+        self.loops = LoopFinder(A, B, pairs, self.next_a, self.next_b, self.witness_change)
 
     def witness_change(self, i: int, j: int) -> WitnessChange:
         na, nb = self.A.nodes[i], self.B.nodes[j]
@@ -211,16 +169,20 @@ class Causes:
         inside the same hunk, if any, the loop (an iteration more, whose `if`
         went the other way)."""
         branch: Optional[WitnessChange] = None
-        for w, loop in self._loops_by_witness(k0, k1):
-            if loop.keyword not in _BRANCHES:
+        for w, loop in self.loops.by_witness(k0, k1):
+            if loop.keyword not in BRANCHES:
                 return branch or w, loop
             branch = branch or w
         if branch is not None:
             return branch, None
-        loop, start = self._loop_by_repeat(k0, k1)
+        loop, start = self.loops.by_repeat(k0, k1)
         # a loop's count is decided before its first pass (``for c in torch.unique(y)``), not by the
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
         witness = self._nearest_before(min(start, k0)) or self._nearest_before(k0) or self._inside(k0, k1)
+        if loop is None:  # the k-th run of a nested loop, when its own condition is the read that differs
+            run = self.loops.by_runs(k0, k1)
+            if run is not None and (witness is None or (witness.file, witness.line) == (run.file, run.line)):
+                loop = run
         return witness, loop
 
     def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
@@ -267,106 +229,6 @@ class Causes:
                 if self.A.wkeys[i] != self.B.wkeys[j]:
                     return self.witness_change(i, j)
         return None
-
-    def _loops_by_witness(self, k0: int, k1: int) -> Iterator[Tuple[WitnessChange, LoopChange]]:
-        """Lines inside the hunk whose scalar reads repeated a different number
-        of times before their exit read. A data-dependent shape is no loop
-        condition: ``out[mask] = expert(x[mask])`` reads [1,3] in two
-        iterations of a loop whose `if mask.any()` decides them."""
-        first: Dict[Sig, Any] = {}
-        for i, j in self.pairs[k0:k1]:
-            for side, x in ((self.A, i), (self.B, j)):
-                if x is not None and side.wkeys[x] is not None and side.nodes[x].witness.shape is None:
-                    first.setdefault(side.sigs[x], side.wkeys[x])
-        for sig, rep in first.items():
-            ra, exit_a = _run(self.A, sig, self.next_a[k0], rep)
-            rb, exit_b = _run(self.B, sig, self.next_b[k0], rep)
-            if len(ra) == len(rb):
-                continue
-            k = min(len(ra), len(rb))
-            # the read that differs: a repeat on the longer side, the exit on the shorter
-            ia = ra[k] if k < len(ra) else exit_a
-            ib = rb[k] if k < len(rb) else exit_b
-            if ia is None or ib is None:
-                continue
-            w = self.witness_change(ia, ib)
-            yield w, LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0, _keyword(w.file, w.line))
-
-    def _loop_by_repeat(self, k0: int, k1: int) -> Tuple[Optional[LoopChange], int]:
-        """A block that repeats more times on one side, and the merged row
-        where its first copy starts (``k0`` when there is none)."""
-        ia = [i for i, _ in self.pairs[k0:k1] if i is not None]
-        ib = [j for _, j in self.pairs[k0:k1] if j is not None]
-        if ia and ib:
-            return None, k0
-        X, Y, xs, y = ((self.A, self.B, ia, self.next_b[k0]) if ia else (self.B, self.A, ib, self.next_a[k0]))
-        sx, sy = X.loop_sigs, Y.loop_sigs  # the blocks of a ModuleList loop repeat too
-        unit_len = _period(sx[xs[0]:xs[-1] + 1])
-        unit = sx[xs[0]:xs[0] + unit_len]
-        inside = len(xs) // unit_len
-        before = _copies_before(sx, xs[0], unit)
-        cx = before + inside + _copies_after(sx, xs[-1] + 1, unit)
-        cy = _copies_before(sy, y, unit) + _copies_after(sy, y, unit)
-        if cy == 0 and (inside < 2 or unit_len < 2):
-            return None, k0  # one op twice where the other side has none: not evidence of a loop
-        src = X.nodes[xs[0]].source
-        a, b = (cx, cy) if X is self.A else (cy, cx)
-        reached = self.next_a if X is self.A else self.next_b
-        start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
-        return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                          a, b, "repeat", unit_len), start
-
-
-def _run(side: Side, sig: Sig, pos: int, rep: Any) -> Tuple[List[int], Optional[int]]:
-    """The reads at ``sig`` that repeated ``rep`` up to the loop exit at or
-    after ``pos`` (the first read there with another value), within one
-    module call: ``while k > 0`` reading True, True, True, False gives 3.
-    Returns the run and the exit read (``None`` when the graph ends first)."""
-    reads = side.reads.get(sig, [])
-    at = bisect.bisect_left(reads, pos)
-    while at < len(reads) and side.wkeys[reads[at]] == rep:
-        at += 1
-    exit_ = reads[at] if at < len(reads) else None
-    mod = side.nodes[exit_].module if exit_ is not None else (side.nodes[reads[at - 1]].module if at else None)
-    run: List[int] = []
-    k = at - 1
-    while k >= 0 and side.wkeys[reads[k]] == rep and side.nodes[reads[k]].module == mod:
-        run.append(reads[k])
-        k -= 1
-    run.reverse()
-    return run, exit_
-
-def _period(seq: Sequence[Any]) -> int:
-    n = len(seq)
-    for p in range(1, n + 1):
-        if n % p == 0 and all(seq[t] == seq[t % p] for t in range(p, n)):
-            return p
-    return n
-
-
-def _copies_before(seq: Sequence[Any], end: int, unit: Sequence[Any]) -> int:
-    p, c = len(unit), 0
-    while end - p * (c + 1) >= 0 and list(seq[end - p * (c + 1):end - p * c]) == list(unit):
-        c += 1
-    return c
-
-
-def _copies_after(seq: Sequence[Any], start: int, unit: Sequence[Any]) -> int:
-    p, c = len(unit), 0
-    while start + p * (c + 1) <= len(seq) and list(seq[start + p * c:start + p * (c + 1)]) == list(unit):
-        c += 1
-    return c
-
-
-_BRANCHES = ("if", "elif", "assert")
-
-
-def _keyword(file: str, line: int) -> Optional[str]:
-    """``while``/``for``/``if`` when the source line is readable here, for wording only."""
-    text = linecache.getline(file, line).strip()
-    word = text.split(" ", 1)[0].rstrip(":") if text else ""
-    return word if word in ("while", "for", "if", "elif", "assert") else None
-
 
 def common_module(paths: Iterable[str]) -> str:
     """The deepest module path that contains all ``paths`` (``""`` = root)."""

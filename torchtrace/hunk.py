@@ -12,9 +12,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .align import Side
-from .classify import ArgChange, InputChange, OpPair, TypeChange
+from .classify import ArgChange, InputChange, OpPair, Rewire, TypeChange
 from .explain import LoopChange, WitnessChange, plural, where
 from .ir import Graph, Node
+
+ACCUMULATE = "accumulate_grad"  # the tag of AccumulateGrad's add_ into a .grad that existed
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,19 @@ class Hunk:
     types: Tuple[TypeChange, ...] = ()
     args: Tuple[ArgChange, ...] = ()
     inputs: Tuple[InputChange, ...] = ()
+    rewires: Tuple[Rewire, ...] = ()  # changed ops that read other named inputs (``m(x, x)`` vs ``m(x, y)``)
     stopped: Optional[str] = None  # "B's pass ended with ValueError": the hunk is what the other side ran after
+    grads: Tuple[str, ...] = ()  # the hunk is AccumulateGrad adding into these .grads, which existed on one side
 
     @property
     def cause(self) -> str:
         """The first half of :attr:`explanation`: why, without the counts."""
         if self.kind == "changed":
             return f"{self.witness.describe()}; {self.detail()}" if self.witness is not None else self.detail()
+        if self.grads:
+            side = " and ".join(x for x, ops in (("A", self.only_a), ("B", self.only_b)) if ops)
+            return f"gradient accumulated into an existing .grad in {side} " \
+                   "(AccumulateGrad: autograd state, not a branch)"
         if self.loop is not None and self.loop.via == "witness":
             text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
@@ -87,7 +95,8 @@ class Hunk:
     def detail(self) -> str:
         parts = [t.describe() for t in self.types[:3]]
         parts += [a.describe() for a in self.args[:3]]
-        if any("wiring" in p.what for p in self.changed):
+        parts += [r.describe() for r in self.rewires]
+        if sum("wiring" in p.what for p in self.changed) > len(self.rewires):
             parts.append("inputs come from other ops")
         more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
         if more > 0:
@@ -100,7 +109,8 @@ class Hunk:
                        witness=self.witness.mirror() if self.witness else None,
                        loop=self.loop.mirror() if self.loop else None,
                        types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args),
-                       inputs=tuple(i.mirror() for i in self.inputs), stopped=_swap_sides(self.stopped))
+                       inputs=tuple(i.mirror() for i in self.inputs),
+                       rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -109,7 +119,8 @@ class Hunk:
                 "witness": self.witness.to_dict() if self.witness else None,
                 "loop": self.loop.to_dict() if self.loop else None,
                 "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
-                "inputs": [i.to_dict() for i in self.inputs], "stopped": self.stopped,
+                "inputs": [i.to_dict() for i in self.inputs], "rewires": [r.to_dict() for r in self.rewires],
+                "stopped": self.stopped, "grads": list(self.grads),
                 "explanation": self.explanation}
 
 
@@ -139,6 +150,16 @@ def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     if rows and all(p.status == "only_b" for p in rows) and A.graph.meta.get("error"):
         return ended("A", A.graph)
     return None
+
+
+def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
+    """The .grads (``fc.weight.grad``) that ``rows``, when they are all
+    AccumulateGrad's ops (tag ``accumulate_grad``), added into."""
+    nodes = [(A.graph, p.a) if p.a is not None else (B.graph, p.b) for p in rows]
+    if not nodes or any(ACCUMULATE not in n.tags for _, n in nodes):
+        return ()
+    names = (g.value(n.inputs[0]).name if n.inputs else None for g, n in nodes)
+    return tuple(dict.fromkeys(x or ".grad" for x in names))
 
 
 def _swap_sides(text: Optional[str]) -> Optional[str]:

@@ -20,6 +20,21 @@ DTYPE_SHORT = {
 }
 
 
+def plural(k: int, word: str) -> str:
+    """``1 op``, ``2 ops``, ``3 hunks``, ``2 witness reads``."""
+    return f"{k} {word}{'' if k == 1 else ('es' if word.endswith(('ch', 'sh', 's', 'x')) else 's')}"
+
+
+def where(file: str, line: int) -> str:
+    """```model.py:42```: a source line, by its file's name."""
+    return f"`{file.replace(chr(92), '/').rsplit('/', 1)[-1]}:{line}`"
+
+
+def ordinal(k: int) -> str:
+    """``1st``, ``2nd``, ``11th``."""
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
 def dtype_short(dtype: str) -> str:
     return DTYPE_SHORT.get(dtype, dtype)
 

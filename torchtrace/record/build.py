@@ -162,6 +162,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         ag = AutogradPart(capture.autograd)
     created = ag.created_by_op
 
+    grads = _grad_names(events, infos, ag)
     vid_str = [f"v{i}" for i in range(len(vmeta))]
     text = Lazy(_ir_name)
     values: List[Value] = []
@@ -176,6 +177,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                 op is not None and op in created and (dtype.is_floating_point or dtype.is_complex))
         elif origin[0] == "ext":
             role, name, rg = origin[1], origin[2], origin[3]
+            name = name or grads.get(vid)
             version_role[vid] = (role, name)
         else:  # a new version written in place: keeps the identity of what it overwrote
             version_of = origin[1]
@@ -222,6 +224,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if info.is_detach and (_bookkeeping(events, infos, i, created)
                                or (ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]))):
             tags = (*tags, "autograd_internal")
+        elif ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]):
+            tags = (*tags, "accumulate_grad")
         witness = None
         if type(ev[E_EXTRA]) is Raised:  # the op raised: no output, no read
             raised.append({"node": f"n{i}", "error": str(ev[E_EXTRA])})
@@ -250,6 +254,18 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))
+
+
+def _grad_names(events: List[tuple], infos: List[Any], ag: AutogradPart) -> Dict[int, str]:
+    """``fc.weight.grad``: the .grad tensors that AccumulateGrad added into (the
+    first input of its ops other than its bookkeeping detach), by value id."""
+    out: Dict[int, str] = {}
+    for i, ev in enumerate(events):
+        if ev[E_PHASE] == BACKWARD and ev[E_INS] and not infos[i].is_detach and ag.is_accumulate(ev[E_ANODE]):
+            param = ag.param_of(ev[E_ANODE])
+            if param is not None and ev[E_INS][0] >= 0:
+                out.setdefault(ev[E_INS][0], f"{param}.grad")
+    return out
 
 
 def _annotate(stack: List[str], info: Any, args: Dict[str, Any]) -> None:

@@ -60,12 +60,17 @@ class AutogradPart:
         self.grads: Tuple[GradInfo, ...] = ()
         self.no_grad_params: Tuple[str, ...] = ()
         self._op_of_key: Dict[tuple, int] = {}
+        self._param_of_key: Dict[tuple, str] = {}
 
     def forward_op_of(self, anode: Any) -> Optional[int]:
         return None if anode is None else self._op_of_key.get(self._key(anode))
 
     def is_accumulate(self, anode: Any) -> bool:
         return anode is not None and self._key(anode)[0] == "acc"
+
+    def param_of(self, anode: Any) -> Optional[str]:
+        """The name of the parameter an AccumulateGrad Node accumulates into."""
+        return self._param_of_key.get(self._key(anode))
 
 
 def _created(mode: Any, events: List[tuple]) -> Tuple[Set[int], Dict[int, int]]:
@@ -224,6 +229,8 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
             vid = vid_of(e.variable)
             value = None if vid is None else f"v{vid}"
             param = capture.name_of(e.variable)
+            if param is not None:
+                part._param_of_key[e.key] = param
             # (not for leaves nothing names: reentrant checkpoint's detached copies of its inputs)
             if tracker.backward_ran and e.key in executed_keys and vid is not None and param is not None:
                 g = getattr(e.variable, "grad", None)

@@ -1,0 +1,132 @@
+"""torchtrace.diff: causes that are not a tensor read before the hunk --
+autograd state (a .grad that existed), recursion, nested loops."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import torchtrace
+from torchtrace.ir import Graph
+
+
+def line_of(marker: str) -> int:
+    with open(__file__, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.rstrip().endswith(f"# LINE:{marker}"):
+                return i
+    raise LookupError(marker)
+
+
+class Clip(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        if g.abs().max() > 1.0:  # LINE:clip
+            g = g / g.abs().max()
+        return g
+
+
+class Clipped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Clip.apply(self.fc(x))
+
+
+def _step(m: nn.Module, scale: float) -> Graph:
+    with torchtrace.trace(m) as t:
+        (m(torch.ones(2, 4)).sum() * scale).backward()
+    return t.graph
+
+
+def test_accumulating_into_an_existing_grad_is_not_blamed_on_a_branch():
+    torch.manual_seed(0)
+    m = Clipped()
+    a = _step(m, 0.1)  # creates .grad
+    b = _step(m, 10.0)  # adds into it; the backward branch flips too
+    adds = [n for n in b.nodes if "accumulate_grad" in n.tags]
+    assert [n.short_op for n in adds] == ["add_.Tensor"] * 2
+    assert sorted(b.value(n.inputs[0]).name for n in adds) == ["fc.bias.grad", "fc.weight.grad"]
+    assert not any("accumulate_grad" in n.tags for n in a.nodes)
+    d = torchtrace.diff(a, b)
+    accumulated = "gradient accumulated into an existing .grad in B (AccumulateGrad: autograd state, not a branch)"
+    assert d.why() == [f"`test_diff_causes.py:{line_of('clip')}` read False in A, True in B "
+                       "\u2192 3 ops only in B (in `<root>`)",
+                       f"{accumulated} \u2192 2 hunks, each 1 op only in B (in `<root>`)"]
+    assert sorted(g for h in d.hunks for g in h.grads) == ["fc.bias.grad", "fc.weight.grad"]
+    assert torchtrace.diff(b, a).why()[1] == accumulated.replace("in B", "in A") + \
+        " \u2192 2 hunks, each 1 op only in A (in `<root>`)"
+
+
+class Tree(nn.Module):
+    """Splits its rows in two while they are large: the recursion's shape is data-dependent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaf = nn.Linear(2, 2)
+        self.merge = nn.Linear(4, 2)
+
+    def node(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] == 1 or x.abs().sum() < 3:  # LINE:stop
+            return self.leaf(x).sum(0, keepdim=True)
+        half = x.shape[0] // 2
+        return self.merge(torch.cat([self.node(x[:half]), self.node(x[half:])], -1))  # LINE:merge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.node(x)
+
+
+def _record(m: nn.Module, *args: torch.Tensor) -> Graph:
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(*args)
+    return t.graph
+
+
+def test_recursion_that_ran_a_block_as_often_is_no_loop_count():
+    torch.manual_seed(0)
+    m = Tree()
+    right, left = torch.full((4, 2), 0.1), torch.full((4, 2), 0.1)
+    right[3], left[0] = 5.0, 5.0  # the right half splits again; the left one
+    a, b = _record(m, right), _record(m, left)
+    merges = [sum(g.module_path(n.module) == "merge" and n.short_op == "addmm" for n in g.nodes) for g in (a, b)]
+    assert merges == [2, 2]  # both merged twice: in A one after the other, in B apart
+    d = torchtrace.diff(a, b)
+    assert d.structural_hunks and not d.loops
+    stop = f"`test_diff_causes.py:{line_of('stop')}`"
+    assert all(h.cause.startswith(stop) for h in d.structural_hunks)
+    # a block that did run more often is still one
+    flat = _record(m, torch.full((4, 2), 0.1))
+    [loop] = torchtrace.diff(flat, a).loops
+    assert (loop.line, loop.a, loop.b, loop.via) == (line_of("merge"), 0, 2, "repeat")
+
+
+class PerLayer(nn.Module):
+    """A `while` inside a `for`: each layer runs as many times as its budget says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(2, 2, bias=False) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            n = budget[i]
+            while n > 0:  # LINE:inner
+                x = layer(x)
+                n = n - 1
+        return x
+
+
+def test_a_nested_loop_names_the_run_whose_count_changed():
+    m, x = PerLayer(), torch.ones(1, 2)
+    a, b = _record(m, x, torch.tensor([2, 1])), _record(m, x, torch.tensor([1, 2]))
+    d = torchtrace.diff(a, b)
+    inner = f"`while` at `test_diff_causes.py:{line_of('inner')}`"
+    assert [h.cause for h in d.structural_hunks] == [f"{inner} ran 2\u00d7 in A, 1\u00d7 in B (the 1st of its 2 runs)",
+                                                     f"{inner} ran 1\u00d7 in A, 2\u00d7 in B (the 2nd of its 2 runs)"]
+    assert [(loop.a, loop.b, loop.run) for loop in d.loops] == [(2, 1, (0, 2)), (1, 2, (1, 2))]
+    assert [(loop.a, loop.b, loop.run) for loop in torchtrace.diff(b, a).loops] == [(1, 2, (0, 2)), (2, 1, (1, 2))]

@@ -1,0 +1,279 @@
+"""Loops that ran a different number of times in two aligned passes.
+
+Three kinds of evidence, each a ``LoopFinder`` method:
+
+* ``by_witness``: scalar reads at one line inside the hunk that repeated a
+  different number of times before their exit read (``while k > 0`` reading
+  True 3x then False, against 5x): "`while` at `model.py:57` ran 3x in A, 5x in B";
+* ``by_repeat``: a block of ops that repeats more times on one side, without a
+  read at its line (a Python-level loop): "the block at `m.py:9` ran 2x in A,
+  3x in B". A block that runs as often in all on both sides, only in another
+  order (recursion: two merges in a row in A, apart in B), is no loop count;
+* ``by_runs``: a loop statement run several times per pass (a `while` inside a
+  `for`): its k-th run, the one the hunk's ops sit in, against the other
+  side's k-th run: "`while` at `m.py:18` ran 2x in A, 1x in B (the 1st of its 2 runs)".
+"""
+from __future__ import annotations
+
+import bisect
+import linecache
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+from .align import Pair, Side, Sig
+from .textform import ordinal, plural, where
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .explain import WitnessChange
+
+TIMES = "\u00d7"
+BRANCHES = ("if", "elif", "assert")
+
+@dataclass(frozen=True)
+class LoopChange:
+    """A loop that ran a different number of times. ``via="witness"``: the
+    loop condition read tensor data at ``line`` (``count`` = reads before the
+    exit read); ``via="repeat"``: a block of ``period`` ops starting at ``line``
+    repeats (a Python-level loop, no tensor read at its condition)."""
+
+    file: str
+    line: int
+    function: str
+    a: int
+    b: int
+    via: str
+    period: int
+    keyword: Optional[str] = None
+    run: Optional[Tuple[int, int]] = None  # (k, runs): the loop statement's k-th run of ``runs`` in the pass
+
+    def describe(self) -> str:
+        if self.via == "witness":
+            head = f"`{self.keyword}` at {where(self.file, self.line)}" if self.keyword else \
+                f"the loop at {where(self.file, self.line)}"
+        else:
+            head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
+        run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
+        return f"{head} ran {self.a}{TIMES} in A, {self.b}{TIMES} in B{run}"
+
+    def mirror(self) -> "LoopChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
+                "via": self.via, "period": self.period, "keyword": self.keyword,
+                "run": list(self.run) if self.run else None}
+
+
+class LoopFinder:
+    """Finds the loop behind a hunk of one alignment; ``witness(i, j)`` makes
+    the WitnessChange of A's read ``i`` against B's read ``j``."""
+
+    def __init__(self, A: Side, B: Side, pairs: Sequence[Pair], next_a: List[int], next_b: List[int],
+                 witness: Callable[[int, int], "WitnessChange"]) -> None:
+        self.A, self.B, self.pairs, self.next_a, self.next_b = A, B, pairs, next_a, next_b
+        self.witness_change = witness
+        self._cache: Dict[Any, Any] = {}
+
+    def by_witness(self, k0: int, k1: int) -> Iterator[Tuple["WitnessChange", LoopChange]]:
+        """Lines inside the hunk whose scalar reads repeated a different number
+        of times before their exit read. A data-dependent shape is no loop
+        condition: ``out[mask] = expert(x[mask])`` reads [1,3] in two
+        iterations of a loop whose `if mask.any()` decides them."""
+        first: Dict[Sig, Any] = {}
+        for i, j in self.pairs[k0:k1]:
+            for side, x in ((self.A, i), (self.B, j)):
+                if x is not None and side.wkeys[x] is not None and side.nodes[x].witness.shape is None:
+                    first.setdefault(side.sigs[x], side.wkeys[x])
+        for sig, rep in first.items():
+            ra, exit_a = _run(self.A, sig, self.next_a[k0], rep)
+            rb, exit_b = _run(self.B, sig, self.next_b[k0], rep)
+            if len(ra) == len(rb):
+                continue
+            k = min(len(ra), len(rb))
+            # the read that differs: a repeat on the longer side, the exit on the shorter
+            ia = ra[k] if k < len(ra) else exit_a
+            ib = rb[k] if k < len(rb) else exit_b
+            if ia is None or ib is None:
+                continue
+            w = self.witness_change(ia, ib)
+            yield w, LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0, _keyword(w.file, w.line))
+
+    def by_repeat(self, k0: int, k1: int) -> Tuple[Optional[LoopChange], int]:
+        """A block that repeats more times on one side, and the merged row
+        where its first copy starts (``k0`` when there is none)."""
+        ia = [i for i, _ in self.pairs[k0:k1] if i is not None]
+        ib = [j for _, j in self.pairs[k0:k1] if j is not None]
+        if ia and ib:
+            return None, k0
+        X, Y, xs, y = ((self.A, self.B, ia, self.next_b[k0]) if ia else (self.B, self.A, ib, self.next_a[k0]))
+        sx, sy = X.loop_sigs, Y.loop_sigs  # the blocks of a ModuleList loop repeat too
+        unit_len = _period(sx[xs[0]:xs[-1] + 1])
+        unit = sx[xs[0]:xs[0] + unit_len]
+        inside = len(xs) // unit_len
+        before = _copies_before(sx, xs[0], unit)
+        cx = before + inside + _copies_after(sx, xs[-1] + 1, unit)
+        cy = _copies_before(sy, y, unit) + _copies_after(sy, y, unit)
+        if cy == 0 and (inside < 2 or unit_len < 2):
+            return None, k0  # one op twice where the other side has none: not evidence of a loop
+        scope = _scope(X, range(xs[0], xs[0] + unit_len))
+        if self._total(X, scope, unit) == self._total(Y, scope, unit):
+            return None, k0  # as many copies in all, in another order (recursion): no loop ran more times
+        src = X.nodes[xs[0]].source
+        a, b = (cx, cy) if X is self.A else (cy, cx)
+        reached = self.next_a if X is self.A else self.next_b
+        start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
+        return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
+                          a, b, "repeat", unit_len), start
+
+    def by_runs(self, k0: int, k1: int) -> Optional[LoopChange]:
+        """The loop whose k-th run (of the runs its statement made in the pass:
+        a `while` inside a `for`) holds the hunk's ops on one side, when the
+        k-th runs of A and B took other counts. Runs are told apart by their
+        exit reads, so both sides must have as many."""
+        for col, X, Y in ((0, self.A, self.B), (1, self.B, self.A)):
+            xs = [p[col] for p in self.pairs[k0:k1] if p[col] is not None]
+            if not xs:
+                continue
+            for sig in X.reads:
+                rx, ry = self._runs(X, sig), self._runs(Y, sig)
+                k = next((k for k, (first, exit_, _) in enumerate(rx)
+                          if first <= xs[0] and (exit_ is None or xs[-1] < exit_)), None)
+                if k is None or len(rx) != len(ry) or rx[k][2] == ry[k][2]:
+                    continue
+                src = X.nodes[rx[k][0]].source
+                file, line = (src.file, src.line) if src else ("?", 0)
+                a, b = (rx[k][2], ry[k][2]) if col == 0 else (ry[k][2], rx[k][2])
+                return LoopChange(file, line, src.function if src else "?", a, b, "witness", 0,
+                                  _keyword(file, line), (k, len(rx)) if len(rx) > 1 else None)
+        return None
+
+    def _runs(self, side: Side, sig: Sig) -> List[Tuple[int, Optional[int], int]]:
+        """The runs of the scalar reads at ``sig``: (first read, exit read, repeats
+        before it), the exit being a read of the other value than the one that
+        both sides read most there (``while``'s True); cached."""
+        key = (id(side), sig)
+        if key not in self._cache:
+            reads = side.reads.get(sig, [])
+            if not reads or side.nodes[reads[0]].witness.shape is not None:
+                self._cache[key] = []
+                return []
+            seen = Counter(side.wkeys[i] for i in reads) + Counter(
+                o.wkeys[i] for o in (self.A, self.B) if o is not side for i in o.reads.get(sig, []))
+            rep = seen.most_common(1)[0][0]
+            runs: List[Tuple[int, Optional[int], int]] = []
+            first, count = None, 0
+            for i in reads:
+                first = i if first is None else first
+                if side.wkeys[i] == rep:
+                    count += 1
+                    continue
+                runs.append((first, i, count))
+                first, count = None, 0
+            if first is not None:
+                runs.append((first, None, count))
+            self._cache[key] = runs
+        return self._cache[key]
+
+    def _total(self, side: Side, scope: Optional[Tuple[str, int]], unit: Sequence[Sig]) -> int:
+        """Copies of ``unit`` (one after another or apart) among the ops inside
+        the module call ``scope`` (path, call; ``None``: the whole pass)."""
+        key = (id(side), scope, tuple(unit))
+        if key not in self._cache:
+            inside = _calls_under(side, scope)
+            seq = [s for s, n in zip(side.loop_sigs, side.nodes) if inside is None or n.module in inside]
+            count, t, p = 0, 0, len(unit)
+            while t + p <= len(seq):
+                if seq[t] == unit[0] and list(seq[t:t + p]) == list(unit):
+                    count, t = count + 1, t + p
+                else:
+                    t += 1
+            self._cache[key] = count
+        return self._cache[key]
+
+
+def _scope(side: Side, ops: Iterable[int]) -> Optional[Tuple[str, int]]:
+    """(path, call) of the innermost module call around all of ``ops``."""
+    g = side.graph
+    common: Optional[List[str]] = None
+    for i in ops:
+        chain: List[str] = []
+        mid = side.nodes[i].module
+        while mid is not None:
+            chain.append(mid)
+            mid = g.module(mid).parent
+        chain.reverse()
+        if common is None:
+            common = chain
+        else:
+            k = 0
+            while k < min(len(common), len(chain)) and common[k] == chain[k]:
+                k += 1
+            common = common[:k]
+    if not common:
+        return None
+    m = g.module(common[-1])
+    return m.path, m.call
+
+
+def _calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[str]]:
+    """The ids of the module call ``scope`` and the calls inside it (``None``:
+    no scope; empty: no such call on this side)."""
+    if scope is None:
+        return None
+    out: Set[str] = set()
+    for m in side.graph.modules:  # (parents come before their children)
+        if (m.path, m.call) == scope or m.parent in out:
+            out.add(m.id)
+    return out
+
+
+
+def _run(side: Side, sig: Sig, pos: int, rep: Any) -> Tuple[List[int], Optional[int]]:
+    """The reads at ``sig`` that repeated ``rep`` up to the loop exit at or
+    after ``pos`` (the first read there with another value), within one
+    module call: ``while k > 0`` reading True, True, True, False gives 3.
+    Returns the run and the exit read (``None`` when the graph ends first)."""
+    reads = side.reads.get(sig, [])
+    at = bisect.bisect_left(reads, pos)
+    while at < len(reads) and side.wkeys[reads[at]] == rep:
+        at += 1
+    exit_ = reads[at] if at < len(reads) else None
+    mod = side.nodes[exit_].module if exit_ is not None else (side.nodes[reads[at - 1]].module if at else None)
+    run: List[int] = []
+    k = at - 1
+    while k >= 0 and side.wkeys[reads[k]] == rep and side.nodes[reads[k]].module == mod:
+        run.append(reads[k])
+        k -= 1
+    run.reverse()
+    return run, exit_
+
+
+def _period(seq: Sequence[Any]) -> int:
+    n = len(seq)
+    for p in range(1, n + 1):
+        if n % p == 0 and all(seq[t] == seq[t % p] for t in range(p, n)):
+            return p
+    return n
+
+
+def _copies_before(seq: Sequence[Any], end: int, unit: Sequence[Any]) -> int:
+    p, c = len(unit), 0
+    while end - p * (c + 1) >= 0 and list(seq[end - p * (c + 1):end - p * c]) == list(unit):
+        c += 1
+    return c
+
+
+def _copies_after(seq: Sequence[Any], start: int, unit: Sequence[Any]) -> int:
+    p, c = len(unit), 0
+    while start + p * (c + 1) <= len(seq) and list(seq[start + p * c:start + p * (c + 1)]) == list(unit):
+        c += 1
+    return c
+
+
+def _keyword(file: str, line: int) -> Optional[str]:
+    """``while``/``for``/``if`` when the source line is readable here, for wording only."""
+    text = linecache.getline(file, line).strip()
+    word = text.split(" ", 1)[0].rstrip(":") if text else ""
+    return word if word in ("while", "for", "if", "elif", "assert") else None
+
