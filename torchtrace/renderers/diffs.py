@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import textwrap
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..errors import RenderError, UsageError
@@ -354,8 +355,7 @@ def _mermaid(diff: "GraphDiff", dv: Any, direction: str, edge_labels: bool) -> s
     from ..views import Box, View
     from .mermaid import flowchart
 
-    why = diff.why()
-    note = Box(id="why", kind="chunk", title=diff.summary(), lines=tuple(why[:4]), order=-1)
+    note = Box(id="why", kind="chunk", title=diff.summary(), lines=_wrapped(diff.why()[:4]), order=-1)
     view = View((note, *dv.view.boxes), dv.view.edges, dv.view.clusters, dv.view.notes)
 
     def class_of(b: Any) -> str:
@@ -375,6 +375,16 @@ def _mermaid(diff: "GraphDiff", dv: Any, direction: str, edge_labels: bool) -> s
         dash = ",stroke-dasharray:4 3" if status == "only_a" else ""
         text += f"  linkStyle {','.join(idx)} stroke:{COLORS[status][1]},stroke-width:2px{dash}\n"
     return text
+
+
+def _wrapped(lines: Sequence[str], most: int = 12) -> Tuple[str, ...]:
+    """Lines of at most LINE_WIDTH characters (a label cuts longer ones), the
+    continuation indented; at most ``most`` of them."""
+    from .dot import LINE_WIDTH
+
+    out = [piece for line in lines for piece in
+           (textwrap.wrap(line, LINE_WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""])]
+    return tuple(out if len(out) <= most else out[: most - 1] + ["…"])
 
 
 def _positive(name: str, value: Any) -> int:
