@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
-from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, TypeChange, a_first, arg_changes, args_only,
-                       classify, input_changes, producers, reshaped, rewires, significant, type_changes, value_pairs)
+from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only, classify,
+                       input_changes, producers, reshaped, rewires, significant)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import ACCUMULATE, Hunk, accumulated, ended, stopped
 from .ir import Graph, Node
+from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
 
@@ -121,11 +122,13 @@ class GraphDiff:
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
-            differ = "shapes differ" if self.types or self.inputs else "args differ"  # (Adam's step-size floats)
+            differ = f"{changed_what(self.types)} differ" if self.types or self.inputs else "args differ"  # (Adam's lr)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
         if not self.structural_hunks:
             return f"structure differs: same ops, other dataflow: {plural(self.changed, 'op')} changed"
-        hunks = plural(len(self.structural_hunks), "hunk")
+        hunks = plural(len(self.hunks), "hunk")  # as many as the text numbers: "# 1." .. "# 5."
+        if self.changed_hunks:
+            hunks += f" ({len(self.structural_hunks)} structural, {len(self.changed_hunks)} changed)"
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
 
@@ -150,7 +153,7 @@ class GraphDiff:
             reads = dict.fromkeys(h.witness.describe() for h in self.changed_hunks if h.witness is not None)
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
             what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
-            other = "other shapes" if self.types or self.inputs else "other args"
+            other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
             lines.append(f"same ops, {other} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), modules in groups.items():
             names = list(dict.fromkeys(modules))

@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .align import Side
-from .classify import ArgChange, InputChange, OpPair, Rewire, TypeChange
+from .classify import ArgChange, InputChange, OpPair, Rewire
 from .explain import LoopChange, WitnessChange, plural, where
 from .ir import Graph, Node
+from .typechange import TypeChange
 
 ACCUMULATE = "accumulate_grad"  # the tag of AccumulateGrad's add_ into a .grad that existed
 
@@ -96,7 +97,8 @@ class Hunk:
         parts = [t.describe() for t in self.types[:3]]
         parts += [a.describe() for a in self.args[:3]]
         parts += [r.describe() for r in self.rewires]
-        if sum("wiring" in p.what for p in self.changed) > len(self.rewires):
+        # (an op given one more input says so in ``types``; its wiring is that input)
+        if sum("wiring" in p.what and _arity(p) for p in self.changed) > len(self.rewires):
             parts.append("inputs come from other ops")
         more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
         if more > 0:
@@ -160,6 +162,11 @@ def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
         return ()
     names = (g.value(n.inputs[0]).name if n.inputs else None for g, n in nodes)
     return tuple(dict.fromkeys(x or ".grad" for x in names))
+
+
+def _arity(p: OpPair) -> bool:
+    """The op has as many inputs on both sides."""
+    return p.a is not None and p.b is not None and len(p.a.inputs) == len(p.b.inputs)
 
 
 def _swap_sides(text: Optional[str]) -> Optional[str]:
