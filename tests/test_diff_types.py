@@ -70,3 +70,25 @@ def test_a_dtype_only_change_says_dtypes():
     assert "\ndtypes: " in str(d)
     both = torchtrace.diff(_record(m, x), _record(half, torch.ones(3, 4, dtype=torch.bfloat16)))
     assert both.why()[0].startswith(f"same ops, other shapes and dtypes ({both.changed} ops changed): ")
+
+
+class Upcast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x).float().relu()  # .float() copies only when the dtype differs
+        return self.out(h.to(x.dtype)) + h.to(x.dtype).sum()
+
+
+def test_casts_that_run_only_when_the_dtype_differs_are_said_to_be_that():
+    torch.manual_seed(0)
+    m = Upcast()
+    half = copy.deepcopy(m).to(torch.bfloat16)
+    x = torch.ones(2, 4)
+    d = torchtrace.diff(_record(m, x), _record(half, x.to(torch.bfloat16)))
+    casts = "dtype casts run only in B: .to()/.float() copy only when the dtype differs (inputs/params f32 \u2192 bf16)"
+    assert d.why() == [f"{casts} \u2192 3 ops only in B in 3 hunks (in `<root>`)"]
+    assert d.mirror().why()[0].startswith("dtype casts run only in A: ") and "bf16 \u2192 f32" in d.mirror().why()[0]

@@ -26,6 +26,7 @@ STATUSES = ("same", "only_a", "only_b", "changed")
 Row = Tuple[Optional[int], Optional[int]]
 Made = Tuple[Dict[str, int], Dict[str, int]]  # value id -> merged row of its producer, per side
 Shape = Tuple[int, ...]
+RECOMPUTED = -2  # producer row of a tensor recomputed (activation checkpointing) on one side only
 
 
 class _Absent:
@@ -239,8 +240,10 @@ def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:
     pa, pb = made
     for x, y in zip(na.inputs, nb.inputs):
         ra, rb = pa.get(x), pb.get(y)
+        if RECOMPUTED in (ra, rb):  # backward reads the checkpoint's recomputed copy: the same tensor
+            continue
         if ra is None and rb is None:
-            if _external(A.graph, x) != _external(B.graph, y):
+            if _external(A.graph, A.sources.get(x, x)) != _external(B.graph, B.sources.get(y, y)):
                 return True
         elif ra is not None and rb is not None:
             if ra != rb and ra >= 0 and rb >= 0:
@@ -254,7 +257,8 @@ def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:
 
 def producers(side: Side, pairs: Sequence[Row], k: int) -> Dict[str, int]:
     """value id -> merged row of the op that made it (-1: an op only on this
-    side); bookkeeping ops pass their input through."""
+    side; -2: a recompute op only on this side, whose outputs stand for the
+    forward's: reading them is no rewiring); bookkeeping ops pass their input through."""
     row_of = {x[k]: e for e, x in enumerate(pairs) if x[k] is not None}
     pos = {n.id: i for i, n in enumerate(side.nodes)}
     table: Dict[str, int] = {}
@@ -265,7 +269,8 @@ def producers(side: Side, pairs: Sequence[Row], k: int) -> Dict[str, int]:
                 table.update((v, src) for v in n.outputs)
             continue
         e = row_of[pos[n.id]]
-        table.update((v, e if pairs[e][1 - k] is not None else -1) for v in n.outputs)
+        lone = RECOMPUTED if n.phase == "recompute" else -1
+        table.update((v, e if pairs[e][1 - k] is not None else lone) for v in n.outputs)
     return table
 
 
