@@ -11,7 +11,8 @@ import torchtrace
 import zoo
 from torchtrace.compare import GraphDiff
 from torchtrace.errors import UsageError
-from torchtrace.classify import InputChange, TypeChange
+from torchtrace.classify import InputChange
+from torchtrace.typechange import TypeChange
 from torchtrace.ir import Graph
 
 FILE = "test_diff.py"

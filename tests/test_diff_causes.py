@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 import torchtrace
 from torchtrace.ir import Graph
@@ -130,3 +131,33 @@ def test_a_nested_loop_names_the_run_whose_count_changed():
                                                      f"{inner} ran 1\u00d7 in A, 2\u00d7 in B (the 2nd of its 2 runs)"]
     assert [(loop.a, loop.b, loop.run) for loop in d.loops] == [(2, 1, (0, 2)), (1, 2, (1, 2))]
     assert [(loop.a, loop.b, loop.run) for loop in torchtrace.diff(b, a).loops] == [(1, 2, (0, 2)), (2, 1, (1, 2))]
+
+
+class Blocks(nn.Module):
+    def __init__(self, checkpointed: bool) -> None:
+        super().__init__()
+        self.checkpointed = checkpointed
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:
+            x = checkpoint(b, x, use_reentrant=False) if self.checkpointed else b(x)
+        return x
+
+
+def test_activation_checkpointing_is_said_to_be_that_in_the_recomputed_modules():
+    torch.manual_seed(0)
+    plain = Blocks(False)
+    ckpt = Blocks(True)
+    ckpt.load_state_dict(plain.state_dict())
+    graphs = []
+    for m in (plain, ckpt):
+        with torchtrace.trace(m) as t:
+            m(torch.ones(2, 4, requires_grad=True)).sum().backward()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    assert {n.phase for h in d.hunks for n in h.only_b} == {"recompute"}
+    assert [h.module for h in d.hunks] == ["blocks.1", "blocks.0"]  # backward's order; no hunk of rewired ops
+    assert d.why() == ["activation checkpointing in B recomputed the forward during backward (phase recompute; "
+                       f"backward reads the recomputed tensors) \u2192 2 hunks, each {len(d.hunks[0].only_b)} ops "
+                       "only in B (in `blocks.1`, `blocks.0`)"]

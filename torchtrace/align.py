@@ -90,6 +90,17 @@ class Side:
         return out
 
     @cached_property
+    def sources(self) -> Dict[str, str]:
+        """value id -> the value bookkeeping ops (a chain of detaches) passed
+        through to it: checkpoint's recompute reads ``detach(weight)``."""
+        out: Dict[str, str] = {}
+        for n in self.graph.nodes:
+            if is_bookkeeping(n) and n.inputs:
+                src = out.get(n.inputs[0], n.inputs[0])
+                out.update((v, src) for v in n.outputs)
+        return out
+
+    @cached_property
     def loop_sigs(self) -> List[Sig]:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
         return [loop_signature(s) for s in self.sigs]

@@ -3,8 +3,8 @@
 An aligned pair of ops is ``same`` or ``changed``; ``what`` names how:
 ``shape``, ``dtype``, ``args``, ``wiring`` (an input comes from another op),
 ``value`` (a witness read other data), ``line`` (another call site). The
-summaries count paired tensors by dimension change ("size 8 -> 9 in 40
-values"), args by key, and the traced call's named inputs.
+summaries count args by key and the traced call's named inputs (tensor
+types: ``typechange.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional,
 from .align import Side, is_bookkeeping
 from .explain import ARROW, plural
 from .fingerprint import canonical_args, canonical_json
-from .textform import dtype_short, op_str, type_str
+from .textform import op_str, type_str
+from .typechange import paired_types_differ
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node
@@ -25,6 +26,7 @@ STATUSES = ("same", "only_a", "only_b", "changed")
 Row = Tuple[Optional[int], Optional[int]]
 Made = Tuple[Dict[str, int], Dict[str, int]]  # value id -> merged row of its producer, per side
 Shape = Tuple[int, ...]
+RECOMPUTED = -2  # producer row of a tensor recomputed (activation checkpointing) on one side only
 
 
 class _Absent:
@@ -63,28 +65,6 @@ class OpPair:
         if self.what:
             d["what"] = list(self.what)
         return d
-
-
-@dataclass(frozen=True)
-class TypeChange:
-    """``kind`` "size": one dimension ``a`` became ``b``; "rank": the number of
-    dimensions; "dtype": the element type. ``count`` values changed so."""
-
-    kind: str
-    a: Any
-    b: Any
-    count: int
-
-    def describe(self) -> str:
-        a, b = (dtype_short(self.a), dtype_short(self.b)) if self.kind == "dtype" else (self.a, self.b)
-        what = "" if self.kind == "dtype" else f"{self.kind} "
-        return f"{what}{a} {ARROW} {b} in {plural(self.count, 'value')}"
-
-    def mirror(self) -> "TypeChange":
-        return replace(self, a=self.b, b=self.a)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "a": self.a, "b": self.b, "count": self.count}
 
 
 @dataclass(frozen=True)
@@ -233,11 +213,12 @@ def classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
         return OpPair(None, B.nodes[j], "only_b")
     na, nb = A.nodes[i], B.nodes[j]
     what: List[str] = []
-    va = [A.graph.value(v) for v in (*na.inputs, *na.outputs)]
-    vb = [B.graph.value(v) for v in (*nb.inputs, *nb.outputs)]
-    if len(va) != len(vb) or any(x.shape != y.shape for x, y in zip(va, vb)):
+    # inputs with inputs, outputs with outputs (an input only one side passes is wiring, not a shape)
+    shape_in, dtype_in = paired_types_differ(A, B, na.inputs[:len(nb.inputs)], nb.inputs[:len(na.inputs)])
+    shape_out, dtype_out = paired_types_differ(A, B, na.outputs, nb.outputs)
+    if shape_in or shape_out:
         what.append("shape")
-    if any(x.dtype != y.dtype for x, y in zip(va, vb)):
+    if dtype_in or dtype_out:
         what.append("dtype")
     if na.args != nb.args and canonical_args(na.args) != canonical_args(nb.args):
         what.append("args")
@@ -259,8 +240,10 @@ def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:
     pa, pb = made
     for x, y in zip(na.inputs, nb.inputs):
         ra, rb = pa.get(x), pb.get(y)
+        if RECOMPUTED in (ra, rb):  # backward reads the checkpoint's recomputed copy: the same tensor
+            continue
         if ra is None and rb is None:
-            if _external(A.graph, x) != _external(B.graph, y):
+            if _external(A.graph, A.sources.get(x, x)) != _external(B.graph, B.sources.get(y, y)):
                 return True
         elif ra is not None and rb is not None:
             if ra != rb and ra >= 0 and rb >= 0:
@@ -274,7 +257,8 @@ def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:
 
 def producers(side: Side, pairs: Sequence[Row], k: int) -> Dict[str, int]:
     """value id -> merged row of the op that made it (-1: an op only on this
-    side); bookkeeping ops pass their input through."""
+    side; -2: a recompute op only on this side, whose outputs stand for the
+    forward's: reading them is no rewiring); bookkeeping ops pass their input through."""
     row_of = {x[k]: e for e, x in enumerate(pairs) if x[k] is not None}
     pos = {n.id: i for i, n in enumerate(side.nodes)}
     table: Dict[str, int] = {}
@@ -285,27 +269,14 @@ def producers(side: Side, pairs: Sequence[Row], k: int) -> Dict[str, int]:
                 table.update((v, src) for v in n.outputs)
             continue
         e = row_of[pos[n.id]]
-        table.update((v, e if pairs[e][1 - k] is not None else -1) for v in n.outputs)
+        lone = RECOMPUTED if n.phase == "recompute" else -1
+        table.update((v, e if pairs[e][1 - k] is not None else lone) for v in n.outputs)
     return table
 
 
 def _external(g: Graph, vid: str) -> Tuple[str, Optional[str]]:
     v = g.value(vid)
     return (v.role, v.name if v.role in ("param", "buffer", "input") else None)
-
-
-def value_pairs(A: Side, B: Side, rows: Iterable[OpPair]) -> Iterator[Tuple[str, str, Shape, Shape]]:
-    """(dtype, dtype, shape, shape) of each aligned tensor, once."""
-    seen = set()
-    for p in rows:
-        if p.a is None or p.b is None:
-            continue
-        for x, y in zip((*p.a.inputs, *p.a.outputs), (*p.b.inputs, *p.b.outputs)):
-            if x in seen:
-                continue
-            seen.add(x)
-            va, vb = A.graph.value(x), B.graph.value(y)
-            yield va.dtype, vb.dtype, va.shape, vb.shape
 
 
 def args_only(rows: Iterable[OpPair]) -> Iterator[Tuple[Node, Node]]:
@@ -318,21 +289,6 @@ def args_only(rows: Iterable[OpPair]) -> Iterator[Tuple[Node, Node]]:
 
 def reshaped(rows: Iterable[OpPair]) -> set:
     return {p.a.id for p in rows if p.a is not None and "shape" in p.what}
-
-
-def type_changes(pairs: Iterable[Tuple[str, str, Tuple[int, ...], Tuple[int, ...]]]) -> Tuple[TypeChange, ...]:
-    """Summarise ``(dtype_a, dtype_b, shape_a, shape_b)`` of paired values."""
-    counts: Counter = Counter()
-    for da, db, sa, sb in pairs:
-        if da != db:
-            counts[("dtype", da, db)] += 1
-        if len(sa) != len(sb):
-            counts[("rank", len(sa), len(sb))] += 1
-        else:
-            for key in sorted({(x, y) for x, y in zip(sa, sb) if x != y}):
-                counts[("size",) + key] += 1
-    return tuple(TypeChange(k, a, b, c) for (k, a, b), c in
-                 sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0], repr(kv[0][1:]))))
 
 
 def arg_changes(nodes: Iterable[Tuple["Node", "Node"]], resized: Any = None) -> Tuple[ArgChange, ...]:

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
-from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, TypeChange, a_first, arg_changes, args_only,
-                       classify, input_changes, producers, reshaped, rewires, significant, type_changes, value_pairs)
+from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only, classify,
+                       input_changes, producers, reshaped, rewires, significant)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import ACCUMULATE, Hunk, accumulated, ended, stopped
+from .hunk import ACCUMULATE, Hunk, accumulated, casts, ended, recomputed, stopped
 from .ir import Graph, Node
+from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
 
@@ -121,11 +122,13 @@ class GraphDiff:
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
-            differ = "shapes differ" if self.types or self.inputs else "args differ"  # (Adam's step-size floats)
+            differ = f"{changed_what(self.types)} differ" if self.types or self.inputs else "args differ"  # (Adam's lr)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
         if not self.structural_hunks:
             return f"structure differs: same ops, other dataflow: {plural(self.changed, 'op')} changed"
-        hunks = plural(len(self.structural_hunks), "hunk")
+        hunks = plural(len(self.hunks), "hunk")  # as many as the text numbers: "# 1." .. "# 5."
+        if self.changed_hunks:
+            hunks += f" ({len(self.structural_hunks)} structural, {len(self.changed_hunks)} changed)"
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
 
@@ -141,22 +144,28 @@ class GraphDiff:
         cause and a count are grouped ("... → 12 hunks, each 3 ops only in B (in `h.0.attn`, ...)").
         A shapes-only diff gets one line saying what changed. A pass that ended
         with an exception is said first (``errors=False`` leaves that out)."""
-        groups: Dict[Tuple[str, str], List[str]] = {}
+        groups: Dict[Tuple[str, str], List[Hunk]] = {}
         # ops only in A or B; else (the same ops, another dataflow) the ops that read from elsewhere
         for h in self.structural_hunks or (self.changed_hunks if self.kind == "structural" else ()):
-            groups.setdefault((h.cause, h.counts), []).append(h.module or "<root>")
+            # (dtype casts, one op here and three there, are one cause: counted together)
+            groups.setdefault((h.cause, "" if h.casts else h.counts), []).append(h)
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         if not groups and self.kind == "shapes":
             reads = dict.fromkeys(h.witness.describe() for h in self.changed_hunks if h.witness is not None)
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
             what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
-            other = "other shapes" if self.types or self.inputs else "other args"
+            other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
             lines.append(f"same ops, {other} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
-        for (cause, counts), modules in groups.items():
-            names = list(dict.fromkeys(modules))
+        for (cause, counts), hunks in groups.items():
+            names = list(dict.fromkeys(h.module or "<root>" for h in hunks))
             where = ", ".join(f"`{m}`" for m in names[:4])
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
-            counts = f"{len(modules)} hunks, each {counts}" if len(modules) > 1 else counts
+            if not counts:  # casts: the ops of all its hunks
+                a, b = sum(len(h.only_a) for h in hunks), sum(len(h.only_b) for h in hunks)
+                counts = plural(a, "op") + " only in A" if a else plural(b, "op") + " only in B"
+                counts += f" in {len(hunks)} hunks" if len(hunks) > 1 else ""
+            else:
+                counts = f"{len(hunks)} hunks, each {counts}" if len(hunks) > 1 else counts
             lines.append(f"{cause} \u2192 {counts} (in {where})")
         return lines or ([] if self.is_empty else [self.summary()])
 
@@ -246,18 +255,22 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     causes = Causes(A, B, pairs)
     matched = [p for p in ops if p.a is not None and p.b is not None]
     inputs = input_changes(A, B, matched)
+    types = type_changes(value_pairs(A, B, matched))
     hunks: List[Hunk] = []
     for kind, k0, k1 in _runs(ops):
         rows = ops[k0:k1]
-        module = common_module(_module_path(g, n) for p in rows
-                               for g, n in ((A.graph, p.a), (B.graph, p.b)) if n is not None)
+        recompute = kind == "structural" and recomputed(rows)
+        # (a checkpointed block's own ops are recomputed outside any module call: not the root's)
+        module = common_module(path for p in rows for g, n in ((A.graph, p.a), (B.graph, p.b))
+                               if n is not None for path in [_module_path(g, n)] if path or not recompute)
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (),
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
-                              grads=accumulated(A, B, rows)))
+                              grads=accumulated(A, B, rows), recompute=recompute,
+                              casts=casts(rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
@@ -265,7 +278,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               args=arg_changes(args_only(changed), reshaped(changed)), rewires=rewires(A, B, changed)))
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
-                     type_changes(value_pairs(A, B, matched)), arg_changes(args_only(matched), reshaped(matched)),
+                     types, arg_changes(args_only(matched), reshaped(matched)),
                      inputs, (A.ignored, B.ignored))
 
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .align import Side
-from .classify import ArgChange, InputChange, OpPair, Rewire, TypeChange
-from .explain import LoopChange, WitnessChange, plural, where
+from .classify import ArgChange, InputChange, OpPair, Rewire
+from .explain import ARROW, LoopChange, WitnessChange, plural, where
+from .textform import dtype_short
 from .ir import Graph, Node
+from .typechange import TypeChange
 
 ACCUMULATE = "accumulate_grad"  # the tag of AccumulateGrad's add_ into a .grad that existed
 
@@ -45,6 +47,8 @@ class Hunk:
     rewires: Tuple[Rewire, ...] = ()  # changed ops that read other named inputs (``m(x, x)`` vs ``m(x, y)``)
     stopped: Optional[str] = None  # "B's pass ended with ValueError": the hunk is what the other side ran after
     grads: Tuple[str, ...] = ()  # the hunk is AccumulateGrad adding into these .grads, which existed on one side
+    recompute: bool = False  # the hunk is activation checkpointing's recompute (phase ``recompute``), on one side
+    casts: Tuple[TypeChange, ...] = ()  # the hunk is dtype casts (``.float()``) only on one side: the dtype changes
 
     @property
     def cause(self) -> str:
@@ -55,6 +59,14 @@ class Hunk:
             side = " and ".join(x for x, ops in (("A", self.only_a), ("B", self.only_b)) if ops)
             return f"gradient accumulated into an existing .grad in {side} " \
                    "(AccumulateGrad: autograd state, not a branch)"
+        if self.recompute:
+            side = "A" if self.only_a else "B"
+            return f"activation checkpointing in {side} recomputed the forward during backward " \
+                   "(phase recompute; backward reads the recomputed tensors)"
+        if self.casts:
+            side = "A" if self.only_a else "B"
+            return f"dtype casts run only in {side}: .to()/.float() copy only when the dtype differs " \
+                   f"(inputs/params {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
         if self.loop is not None and self.loop.via == "witness":
             text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
@@ -96,7 +108,8 @@ class Hunk:
         parts = [t.describe() for t in self.types[:3]]
         parts += [a.describe() for a in self.args[:3]]
         parts += [r.describe() for r in self.rewires]
-        if sum("wiring" in p.what for p in self.changed) > len(self.rewires):
+        # (an op given one more input says so in ``types``; its wiring is that input)
+        if sum("wiring" in p.what and _arity(p) for p in self.changed) > len(self.rewires):
             parts.append("inputs come from other ops")
         more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
         if more > 0:
@@ -110,7 +123,8 @@ class Hunk:
                        loop=self.loop.mirror() if self.loop else None,
                        types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args),
                        inputs=tuple(i.mirror() for i in self.inputs),
-                       rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped))
+                       rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped),
+                       casts=tuple(t.mirror() for t in self.casts))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -120,7 +134,8 @@ class Hunk:
                 "loop": self.loop.to_dict() if self.loop else None,
                 "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
                 "inputs": [i.to_dict() for i in self.inputs], "rewires": [r.to_dict() for r in self.rewires],
-                "stopped": self.stopped, "grads": list(self.grads),
+                "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
+                "casts": [t.to_dict() for t in self.casts],
                 "explanation": self.explanation}
 
 
@@ -160,6 +175,32 @@ def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
         return ()
     names = (g.value(n.inputs[0]).name if n.inputs else None for g, n in nodes)
     return tuple(dict.fromkeys(x or ".grad" for x in names))
+
+
+def recomputed(rows: Sequence[OpPair]) -> bool:
+    """``rows`` are all activation checkpointing's recompute, on one side."""
+    nodes = [p.a if p.a is not None else p.b for p in rows]
+    sides = {p.a is None for p in rows}
+    return bool(nodes) and len(sides) == 1 and all(n is not None and n.phase == "recompute" for n in nodes)
+
+
+CASTS = ("aten._to_copy", "aten.to", "aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout",
+         "prims.convert_element_type", "prims.convert_element_type.default")
+
+
+def casts(rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[str, ...]:
+    """When ``rows`` are all dtype conversions on one side and aligned tensors
+    changed dtype (``types``): those changes ("f32 → bf16"). ``x.float()`` on
+    a tensor that already is f32 records no op."""
+    nodes = [p.a if p.a is not None else p.b for p in rows]
+    if not nodes or len({p.a is None for p in rows}) != 1 or any(n is None or n.op not in CASTS for n in nodes):
+        return ()
+    return tuple(t for t in types if t.kind == "dtype")
+
+
+def _arity(p: OpPair) -> bool:
+    """The op has as many inputs on both sides."""
+    return p.a is not None and p.b is not None and len(p.a.inputs) == len(p.b.inputs)
 
 
 def _swap_sides(text: Optional[str]) -> Optional[str]:

@@ -24,6 +24,7 @@ from ..errors import RenderError, UsageError
 from ..classify import ABSENT
 from ..fingerprint import canonical_json
 from ..textform import node_line, op_str, type_str
+from ..typechange import changed_what
 from ._escape import markdown_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -94,7 +95,7 @@ def _label(g: "Graph", name: str = "") -> str:
 def detail_lines(diff: "GraphDiff") -> List[str]:
     lines = []
     if diff.types:
-        lines.append("shapes: " + "; ".join(t.describe() for t in diff.types[:6])
+        lines.append(f"{changed_what(diff.types)}: " + "; ".join(t.describe() for t in diff.types[:6])
                      + (f"; {len(diff.types) - 6} more" if len(diff.types) > 6 else ""))
     if diff.args:
         lines.append("args: " + "; ".join(a.describe() for a in diff.args[:6])

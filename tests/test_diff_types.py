@@ -1,0 +1,94 @@
+"""torchtrace.diff: how aligned ops' tensors differ in type -- inputs paired
+with inputs and outputs with outputs, dtype-only changes, hunk counts."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchtrace
+from torchtrace.ir import Graph
+
+
+class Norm(nn.Module):
+    """A layer norm with or without its weight: native_layer_norm gets one more input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.w = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor, relu: bool, weighted: bool) -> torch.Tensor:
+        if relu:
+            x = x.relu()
+        h = self.fc(self.fc(self.fc(x)))
+        h = h * 2
+        h = h + 1
+        h = h - 1
+        return F.layer_norm(h, (4,), self.w if weighted else None)
+
+
+def _record(m: nn.Module, *args: object) -> Graph:
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(*args)
+    return t.graph
+
+
+def test_an_op_given_one_more_input_is_no_shape_change():
+    m = Norm()
+    x = torch.ones(2, 4)
+    d = torchtrace.diff(_record(m, x, False, False), _record(m, x, False, True))
+    (h,) = d.hunks
+    (p,) = h.changed
+    assert p.a.short_op.startswith("native_layer_norm") and "shape" not in p.what
+    assert [t.describe() for t in h.types] == ["B passes one more input, f32[4]"]
+    assert [t.describe() for t in d.types] == ["B passes one more input, f32[4]"]
+    assert h.explanation.startswith("B passes one more input, f32[4] \u2192 1 op changed")
+    assert [t.describe() for t in d.mirror().types] == ["A passes one more input, f32[4]"]
+
+
+def test_the_hunk_count_counts_every_numbered_hunk():
+    m = Norm()
+    x = torch.ones(2, 4)
+    d = torchtrace.diff(_record(m, x, False, False), _record(m, x, True, True))
+    assert [h.kind for h in d.hunks] == ["structural", "changed"]
+    assert d.summary() == "structure differs: 2 hunks (1 structural, 1 changed); 0 ops only in A, 1 only in B, 1 changed"
+    assert "# 2. " in str(d)
+
+
+def test_a_dtype_only_change_says_dtypes():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    half = copy.deepcopy(m).to(torch.bfloat16)
+    x = torch.ones(2, 4)
+    d = torchtrace.diff(_record(m, x), _record(half, x.to(torch.bfloat16)))
+    assert d.kind == "shapes"
+    assert d.summary().startswith("same structure, dtypes differ: ")
+    assert d.why()[0].startswith(f"same ops, other dtypes ({d.changed} ops changed): input `")
+    assert "\ndtypes: " in str(d)
+    both = torchtrace.diff(_record(m, x), _record(half, torch.ones(3, 4, dtype=torch.bfloat16)))
+    assert both.why()[0].startswith(f"same ops, other shapes and dtypes ({both.changed} ops changed): ")
+
+
+class Upcast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x).float().relu()  # .float() copies only when the dtype differs
+        return self.out(h.to(x.dtype)) + h.to(x.dtype).sum()
+
+
+def test_casts_that_run_only_when_the_dtype_differs_are_said_to_be_that():
+    torch.manual_seed(0)
+    m = Upcast()
+    half = copy.deepcopy(m).to(torch.bfloat16)
+    x = torch.ones(2, 4)
+    d = torchtrace.diff(_record(m, x), _record(half, x.to(torch.bfloat16)))
+    casts = "dtype casts run only in B: .to()/.float() copy only when the dtype differs (inputs/params f32 \u2192 bf16)"
+    assert d.why() == [f"{casts} \u2192 3 ops only in B in 3 hunks (in `<root>`)"]
+    assert d.mirror().why()[0].startswith("dtype casts run only in A: ") and "bf16 \u2192 f32" in d.mirror().why()[0]

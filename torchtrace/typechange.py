@@ -1,0 +1,114 @@
+"""How the tensors of aligned ops differ in type: each dimension change
+("size 8 -> 9 in 40 values"), rank and dtype changes, and a tensor one side
+passes or returns that the other does not ("B passes one more input,
+f32[2,1,8,8]": SDPA given a padding mask).
+
+Inputs are paired with inputs and outputs with outputs, by position; an op
+with more inputs on one side has that many extra values, not shifted pairs.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from itertools import zip_longest
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+
+from .explain import ARROW, plural
+from .textform import dtype_short, shape_str
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .align import Side
+    from .classify import OpPair
+
+Shape = Tuple[int, ...]
+# (dtype, dtype, shape, shape, "input"/"output") of a value pair; None on the side that lacks the value
+ValuePair = Tuple[Optional[str], Optional[str], Optional[Shape], Optional[Shape], str]
+EXTRA = ("input", "output")  # kinds of a value only one side has
+
+
+@dataclass(frozen=True)
+class TypeChange:
+    """``kind`` "size": one dimension ``a`` became ``b``; "rank": the number of
+    dimensions; "dtype": the element type; "input"/"output": a tensor only
+    one side passes to (returns from) an aligned op, ``a`` or ``b`` its type
+    (``f32[2,1,8,8]``) and the other ``None``. ``count`` values changed so
+    (for "input"/"output": ops)."""
+
+    kind: str
+    a: Any
+    b: Any
+    count: int
+
+    def describe(self) -> str:
+        if self.kind in EXTRA:
+            side, t = ("B", self.b) if self.a is None else ("A", self.a)
+            verb = "passes one more input" if self.kind == "input" else "returns one more output"
+            return f"{side} {verb}, {t}" + (f" ({plural(self.count, 'op')})" if self.count > 1 else "")
+        a, b = (dtype_short(self.a), dtype_short(self.b)) if self.kind == "dtype" else (self.a, self.b)
+        what = "" if self.kind == "dtype" else f"{self.kind} "
+        return f"{what}{a} {ARROW} {b} in {plural(self.count, 'value')}"
+
+    def mirror(self) -> "TypeChange":
+        return replace(self, a=self.b, b=self.a)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "a": self.a, "b": self.b, "count": self.count}
+
+
+def value_pairs(A: "Side", B: "Side", rows: Iterable["OpPair"]) -> Iterator[ValuePair]:
+    """Each aligned tensor once: inputs with inputs, outputs with outputs;
+    a tensor only one side has is yielded with ``None`` for the other side
+    (once per op)."""
+    seen = set()
+    for p in rows:
+        if p.a is None or p.b is None:
+            continue
+        for role, xs, ys in (("input", p.a.inputs, p.b.inputs), ("output", p.a.outputs, p.b.outputs)):
+            for x, y in zip_longest(xs, ys):
+                if x is not None and y is not None:
+                    if x in seen:
+                        continue
+                    seen.add(x)
+                va = A.graph.value(x) if x is not None else None
+                vb = B.graph.value(y) if y is not None else None
+                yield (va.dtype if va else None, vb.dtype if vb else None,
+                       va.shape if va else None, vb.shape if vb else None, role)
+
+
+def paired_types_differ(A: "Side", B: "Side", xs: Sequence[str], ys: Sequence[str]) -> Tuple[bool, bool]:
+    """(shape differs, dtype differs) over the values ``xs``/``ys`` paired by
+    position (a count mismatch is a shape difference)."""
+    va, vb = [A.graph.value(v) for v in xs], [B.graph.value(v) for v in ys]
+    shape = len(va) != len(vb) or any(x.shape != y.shape for x, y in zip(va, vb))
+    return shape, any(x.dtype != y.dtype for x, y in zip(va, vb))
+
+
+def type_changes(pairs: Iterable[ValuePair]) -> Tuple[TypeChange, ...]:
+    """Summarise the ``value_pairs`` of aligned ops."""
+    counts: Counter = Counter()
+    for da, db, sa, sb, role in pairs:
+        if sa is None or sb is None:
+            counts[(role,) + _extra(da, sa, db, sb)] += 1
+            continue
+        if da != db:
+            counts[("dtype", da, db)] += 1
+        if len(sa) != len(sb):
+            counts[("rank", len(sa), len(sb))] += 1
+        else:
+            for key in sorted({(x, y) for x, y in zip(sa, sb) if x != y}):
+                counts[("size",) + key] += 1
+    return tuple(TypeChange(k, a, b, c) for (k, a, b), c in
+                 sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][0], repr(kv[0][1:]))))
+
+
+def _extra(da: Optional[str], sa: Optional[Shape], db: Optional[str], sb: Optional[Shape]) -> Tuple[Any, Any]:
+    a = None if sa is None else f"{dtype_short(da or '?')}{shape_str(sa)}"
+    b = None if sb is None else f"{dtype_short(db or '?')}{shape_str(sb)}"
+    return a, b
+
+
+def changed_what(types: Sequence[TypeChange]) -> str:
+    """"shapes", "dtypes" or "shapes and dtypes": what ``types`` say changed."""
+    dtypes = any(t.kind == "dtype" for t in types)
+    shapes = any(t.kind != "dtype" for t in types)
+    return "shapes and dtypes" if dtypes and shapes else "dtypes" if dtypes else "shapes"
