@@ -278,6 +278,40 @@ def test_a_generator_forward_is_one_pass_per_step(tmp_path):
     assert [g.module_path(n.module) for n in g.nodes if n.short_op == "addmm"] == ["layers.0", "layers.1", "layers.2"]
 
 
+@pytest.mark.parametrize("order", ["zero_grad first", "zero_grad after step"])
+def test_every_pass_reports_the_gradients_its_backward_made(tmp_path, order):
+    """Gradients are read when backward ends: by the time a pass is built the
+    optimizer has dropped every .grad (zero_grad at the top of the next step
+    runs before the forward that ends the pass), and every pass reported none."""
+    def train(rec):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        x, norms = torch.randn(6, 4), []
+        for i in range(3):
+            if rec is not None:
+                rec.step(i)
+            if order == "zero_grad first":
+                opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            if rec is None:  # the oracle: norms right after backward, untraced
+                norms.append({k: p.grad.double().norm().item() for k, p in m.named_parameters()})
+            opt.step()
+            if order != "zero_grad first":
+                opt.zero_grad()
+        return norms
+
+    want = train(None)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        train(rec)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        got = [{gi.name: gi.norm for gi in store.graph(p.idx).autograd.grads} for p in store.passes()]
+    assert [sorted(g) for g in got] == [sorted(w) for w in want]
+    for g, w in zip(got, want):
+        for k in w:
+            assert g[k] == pytest.approx(w[k], rel=1e-6)
+
+
 def test_exception_keeps_finished_passes(tmp_path):
     model = nn.Linear(2, 2)
     x = torch.randn(1, 2)

@@ -134,8 +134,10 @@ class Store:
         meta = graph.meta
         rank = int(meta.get("rank") or 0)
         fp = graph.fingerprints
-        witnesses = {n.id: ({"shape": list(n.witness.shape)} if n.witness.shape is not None
-                            else {"value": n.witness.value}) for n in graph.witnesses()}
+        witnesses: Dict[str, Any] = {n.id: ({"shape": list(n.witness.shape)} if n.witness.shape is not None
+                                            else {"value": n.witness.value}) for n in graph.witnesses()}
+        if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
+            witnesses["grads"] = [gi.norm for gi in graph.autograd.grads]
         phases = Counter(n.phase for n in graph.nodes)  # (optimizer and recompute ops are neither)
         with self._transaction():
             if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ? AND rank = ?",
@@ -192,10 +194,14 @@ class Store:
         g = decode(blob, f"{self.path}:{idx}")
         with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")
+            norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
             nodes = tuple(replace(n, witness=_witness(own[n.id])) if n.id in own else n for n in g.nodes)
+            autograd = g.autograd
+            if isinstance(norms, list) and len(norms) == len(autograd.grads):
+                autograd = replace(autograd, grads=tuple(replace(gi, norm=x) for gi, x in zip(autograd.grads, norms)))
         meta = dict(g.meta, step=step, label=label, created=started, error=error, pass_index=idx)
         return Graph(meta=meta, modules=g.modules, values=g.values, nodes=nodes, outputs=g.outputs,
-                     autograd=g.autograd, fingerprints=g.fingerprints)
+                     autograd=autograd, fingerprints=g.fingerprints)
 
     def graphs(self, rank: Optional[int] = None) -> Iterator[Tuple[PassRecord, Graph]]:
         for p in self.passes(rank):

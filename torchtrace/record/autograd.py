@@ -16,7 +16,11 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import torch
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+from torch.utils._python_dispatch import _disable_current_modes, is_traceable_wrapper_subclass
+
+from .gradnorms import grad_info
+
+_ENGINE = torch.autograd.Variable._execution_engine
 
 _SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}
 
@@ -106,6 +110,7 @@ class AutogradTracker:
         self.executed: List[tuple] = []
         self.handles: List[Any] = []
         self.backward_ran = False
+        self.grads: Dict[tuple, tuple] = {}  # AccumulateGrad key -> grad_info when backward ended
 
     def _held(self, node: Any) -> Optional[Entry]:
         """The Entry that holds this very wrapper, if any (no key computed)."""
@@ -169,6 +174,19 @@ class AutogradTracker:
         self.walk([current, *roots], hook=True)
         if not was_hooked:  # its pre-hook time has passed: it is running now
             self.executed.append(key)
+        try:  # (inside the graph task: the engine runs it when the task ends)
+            _ENGINE.queue_callback(self._at_backward_end)
+        except RuntimeError:  # not inside one after all: the gradients are read when the pass is built
+            pass
+
+    def _at_backward_end(self) -> None:
+        """The gradients as this backward left them (``gradnorms``)."""
+        with _disable_current_modes():  # its reads are not ops of the pass
+            leaves = [(k, self.entries[k].variable) for k in dict.fromkeys(self.executed)
+                      if k[0] == "acc" and k in self.entries]
+            got = [(k, v.grad) for k, v in leaves if isinstance(getattr(v, "grad", None), torch.Tensor)]
+            for (k, _), info in zip(got, grad_info([g for _, g in got])):
+                self.grads[k] = info
 
     def close(self) -> None:
         """Remove every pre-hook; nothing of ours stays on the user's graph."""

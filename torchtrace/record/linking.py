@@ -16,9 +16,8 @@ import bisect
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-import torch
-
 from ..ir import AutogradNode, GradInfo
+from .gradnorms import grad_now, read_norms
 from .mode import BACKWARD, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
@@ -146,46 +145,6 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
-def _norm_one(g: Any) -> Any:
-    """One gradient's 2-norm, or ``"unknown"`` where it holds no numbers (meta,
-    a wrapper subclass) or no kernel computes it."""
-    try:
-        if g.layout is torch.sparse_coo:  # (nn.Embedding(sparse=True)): its values' norm
-            g = g.coalesce().values()
-        return _finite(float(torch.linalg.vector_norm(g, dtype=_accumulate(g.dtype))))
-    except (RuntimeError, NotImplementedError):
-        return "unknown"
-
-
-def _accumulate(dtype: torch.dtype) -> Optional[torch.dtype]:
-    """fp16/bf16/fp8 gradients are summed in fp32; fp32, fp64 and complex in their own type."""
-    return torch.float32 if dtype.is_floating_point and dtype.itemsize < 4 else None
-
-
-def _finite(x: float) -> Any:
-    return x if x == x and abs(x) != float("inf") else str(x)
-
-
-def grad_norms(grads: List[Any]) -> List[Any]:
-    """The 2-norm of each gradient (detached: no autograd graph is built, even
-    after ``create_graph=True``). Dense gradients are reduced with one
-    ``_foreach_norm`` per (device, dtype) and read with one ``tolist()``: on an
-    accelerator one synchronisation per group, not one per parameter."""
-    out: List[Any] = [None] * len(grads)
-    groups: Dict[tuple, List[int]] = {}
-    for i, g in enumerate(grads):
-        if type(g) is torch.Tensor and g.layout is torch.strided and not g.is_meta:
-            groups.setdefault((g.device, g.dtype), []).append(i)
-    for (_, dtype), idx in groups.items():
-        try:
-            norms = torch._foreach_norm([grads[i].detach() for i in idx], 2, dtype=_accumulate(dtype))
-            for i, x in zip(idx, torch.stack(norms).tolist()):
-                out[i] = _finite(x)
-        except (RuntimeError, NotImplementedError, TypeError):  # a dtype or torch without the fused kernel
-            pass
-    return [_norm_one(g.detach()) if x is None else x for g, x in zip(grads, out)]
-
-
 def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any]) -> AutogradPart:
     tracker = capture.autograd
     part = AutogradPart(tracker)
@@ -217,7 +176,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
 
     vid_of = mode.vid_of
     nodes: List[AutogradNode] = []
-    with_grad: List[Tuple[int, str, torch.Tensor]] = []
+    with_grad: List[Tuple[int, str, tuple]] = []
     executed_keys = set(tracker.executed)
     for e in entries:
         aid = e.aid
@@ -233,17 +192,16 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                 part._param_of_key[e.key] = param
             # (not for leaves nothing names: reentrant checkpoint's detached copies of its inputs)
             if tracker.backward_ran and e.key in executed_keys and vid is not None and param is not None:
-                g = getattr(e.variable, "grad", None)
-                if isinstance(g, torch.Tensor):
-                    with_grad.append((vid, param, g))
+                got_grad = tracker.grads.get(e.key) or grad_now(e.variable)  # (taken when backward ended)
+                if got_grad is not None:
+                    with_grad.append((vid, param, got_grad))
         nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
                                   tracker.next_aids(e), saved.get(aid, 0), param, value))
     part.nodes = tuple(nodes)
     by_key = tracker.entries
     part.executed = tuple(by_key[k].aid for k in tracker.executed if k in by_key)
-    norms = grad_norms([g for _, _, g in with_grad])
-    part.grads = tuple(GradInfo(f"v{vid}", name, tuple(g.shape), str(g.dtype).replace("torch.", ""), n)
-                       for (vid, name, g), n in zip(with_grad, norms))
+    norms = read_norms([g[2] for _, _, g in with_grad])
+    part.grads = tuple(GradInfo(f"v{vid}", name, g[0], g[1], n) for (vid, name, g), n in zip(with_grad, norms))
     if tracker.backward_ran:
         got = {id(e.variable) for e in entries if e.variable is not None and e.key in executed_keys}
         named = {gi.name for gi in part.grads}  # (a swapped-in tensor of that name: functional_call)

@@ -1,0 +1,74 @@
+"""Gradient norms for the IR's ``autograd.grads``, taken when backward ends.
+
+The gradients are read by a callback the autograd engine runs when each graph
+task finishes, not when the pass is built: in the usual loop the optimizer's
+``zero_grad()`` (after ``step()``, or at the top of the next step, before the
+forward that starts the next pass) has dropped every ``.grad`` by then. Dense
+gradients are reduced with one ``_foreach_norm`` per (device, dtype); the 0-d
+results stay where they are (backward gains no synchronisation) and are read
+with one ``tolist()`` per device when the pass is built.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+
+def grad_info(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any]]:
+    """(shape, dtype, pending norm) per gradient: a 0-d tensor still to read, or
+    a finished value (a float, its str when not finite, ``"unknown"`` where the
+    gradient holds no numbers)."""
+    pending: List[Any] = [None] * len(grads)
+    groups: Dict[tuple, List[int]] = {}
+    for i, g in enumerate(grads):
+        if type(g) is torch.Tensor and g.layout is torch.strided and not g.is_meta:
+            groups.setdefault((g.device, g.dtype), []).append(i)
+    for (_, dtype), idx in groups.items():
+        try:
+            norms = torch._foreach_norm([grads[i].detach() for i in idx], 2, dtype=_accumulate(dtype))
+        except (RuntimeError, NotImplementedError, TypeError):  # a dtype or torch without the fused kernel
+            continue
+        for i, n in zip(idx, norms):
+            pending[i] = n
+    return [(tuple(g.shape), str(g.dtype).replace("torch.", ""), _norm_one(g.detach()) if p is None else p)
+            for g, p in zip(grads, pending)]
+
+
+def grad_now(variable: Any) -> Optional[Tuple[Tuple[int, ...], str, Any]]:
+    """``grad_info`` of a leaf's ``.grad`` as it is now (backward ran with no callback)."""
+    g = getattr(variable, "grad", None)
+    return grad_info([g])[0] if isinstance(g, torch.Tensor) else None
+
+
+def read_norms(pending: List[Any]) -> List[Any]:
+    """The values of ``grad_info``'s pending norms: one ``tolist()`` per device."""
+    out = list(pending)
+    by_device: Dict[Any, List[int]] = {}
+    for i, p in enumerate(pending):
+        if isinstance(p, torch.Tensor):
+            by_device.setdefault(p.device, []).append(i)
+    for idx in by_device.values():
+        for i, x in zip(idx, torch.stack([pending[i].float() for i in idx]).tolist()):
+            out[i] = _finite(x)
+    return out
+
+
+def _norm_one(g: Any) -> Any:
+    """One gradient's 2-norm, or ``"unknown"`` where it holds no numbers (meta,
+    a wrapper subclass) or no kernel computes it."""
+    try:
+        if g.layout is torch.sparse_coo:  # (nn.Embedding(sparse=True)): its values' norm
+            g = g.coalesce().values()
+        return _finite(float(torch.linalg.vector_norm(g, dtype=_accumulate(g.dtype))))
+    except (RuntimeError, NotImplementedError):
+        return "unknown"
+
+
+def _accumulate(dtype: torch.dtype) -> Optional[torch.dtype]:
+    """fp16/bf16/fp8 gradients are summed in fp32; fp32, fp64 and complex in their own type."""
+    return torch.float32 if dtype.is_floating_point and dtype.itemsize < 4 else None
+
+
+def _finite(x: float) -> Any:
+    return x if x == x and abs(x) != float("inf") else str(x)
