@@ -194,6 +194,9 @@ def test_show_render_diff_variants_on_a_store(recorded, tmp_path):
     # pass 0 creates .grad; later passes accumulate into it (the script never zeroes them)
     assert res.exit_code == 0 and "2 variants in 4 passes" in res.output
     assert "variant 1 from pass 1, vs pass 0" in res.output
+    res = runner.invoke(app, ["variants", f"{db}:1"])  # a pass, where the store is wanted
+    assert res.exit_code == 2 and "a pass reference (STORE:N), not a store" in res.output
+    assert f"pass the store itself: {db}" in res.output
 
 
 def test_train_loop_example_reports_the_switch(tmp_path):

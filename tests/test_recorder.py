@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import gc
 import json
+import sys
 import warnings
 import weakref
 
@@ -111,6 +112,46 @@ def test_an_input_read_before_the_call_is_named_by_the_forward():
         m(input_ids=ids)
     for g in (t.graph, t2.graph):
         assert [(v.name, v.shape) for v in g.values if v.role == "input"] == [("input_ids", (1, 8))]
+
+
+def test_tensors_inside_argument_objects_are_named_inputs():
+    """An encoder-decoder's cache is four levels deep: past_key_values
+    .self_attention_cache.layers[0].keys. Its tensors were unnamed constants."""
+    class Layer:
+        def __init__(self, t):
+            self.keys, self._private = t, t * 0
+
+    class Inner:
+        def __init__(self, t):
+            self.layers = [Layer(t)]
+
+    class Outer:
+        def __init__(self, t):
+            self.self_attention_cache = Inner(t)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x, **kwargs):
+            return self.fc(x) + kwargs["cache"].self_attention_cache.layers[0].keys
+
+    m, x, kv = M(), torch.randn(2, 4), torch.randn(2, 4)
+    with torchtrace.trace(m) as t:
+        m(x, cache=Outer(kv))
+    assert sorted((v.role, v.name) for v in t.graph.values if v.role == "input") == [
+        ("input", "cache.self_attention_cache.layers[0].keys"), ("input", "x")]
+
+
+@pytest.mark.parametrize("code,error", [(0, None), (None, None), (3, "SystemExit"), ("bye", "SystemExit")])
+def test_a_clean_sys_exit_is_no_error(code, error):
+    m = nn.Linear(2, 2)
+    with pytest.raises(SystemExit):
+        with torchtrace.trace(m) as t:
+            m(torch.ones(1, 2))
+            sys.exit(code)
+    assert t.graph.meta["error"] == error
 
 
 def test_args_are_recorded_json_safe():
@@ -432,6 +473,8 @@ def test_an_op_that_raised_is_recorded_with_its_inputs_and_error(tmp_path):
     line = next(i for i, s in enumerate(open(__file__, encoding="utf-8"), 1) if "# LINE:" + "raise" in s)
     assert mm.source.line == line and g.meta["error"] == "RuntimeError"
     assert f"{mm.id}    aten.mm" in str(g) and "!! raised RuntimeError: mat1 and mat2" in str(g)
+    for text in (torchtrace.render(g, "text"), torchtrace.render(g, "terminal", width=300)):
+        assert "!! raised RuntimeError: mat1 and mat2" in text  # the drawings say it on the op's box too
     assert torchtrace.load(torchtrace.save(g, tmp_path / "g.json")).meta["raised"] == raised
 
 

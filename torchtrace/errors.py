@@ -5,7 +5,7 @@ so the CLI can print it as ``error: …`` without a traceback.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = ["TorchtraceError", "IRError", "RenderError", "UsageError", "WriteError", "NotInGraphError"]
 
@@ -75,3 +75,11 @@ class NotInGraphError(UsageError, KeyError):
     as a failed lookup is."""
 
     __str__ = Exception.__str__  # the message, not KeyError's repr of it
+
+
+def exit_error(exc_type: Any, exc: Any) -> Optional[str]:
+    """The name of the exception that ended a traced block or script, for
+    ``meta.error``: None when none did, or a clean ``sys.exit()`` (code 0 or None)."""
+    if exc_type is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+        return None
+    return exc_type.__name__

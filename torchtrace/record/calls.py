@@ -4,7 +4,7 @@ nested output."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -79,21 +79,26 @@ def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
 _PLAIN_MODULES = frozenset({"builtins", "torch", "numpy", "enum"})  # no tensors to name inside
 
 
-def named_tensors(value: Any, name: str, depth: int = 0) -> Iterable[Tuple[torch.Tensor, str]]:
+def named_tensors(value: Any, name: str, depth: int = 0, budget: Optional[List[int]] = None
+                  ) -> Iterable[Tuple[torch.Tensor, str]]:
     """The tensors in an argument, by path: in lists, tuples and dicts, and in the
-    public attributes of other objects (a transformers Cache: ``past_key_values.layers[0].keys``),
-    three levels deep."""
+    public attributes of other objects (a transformers Cache:
+    ``past_key_values.self_attention_cache.layers[0].keys``), four levels deep,
+    at most 512 objects looked into."""
+    if budget is None:
+        budget = [512]
+    budget[0] -= 1
     if isinstance(value, torch.Tensor):
         yield value, name
-    elif depth >= 3:
+    elif depth >= 4 or budget[0] < 0:
         return
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            yield from named_tensors(v, f"{name}[{i}]", depth + 1)
+            yield from named_tensors(v, f"{name}[{i}]", depth + 1, budget)
     elif isinstance(value, dict):
         for k, v in value.items():
-            yield from named_tensors(v, f"{name}.{k}", depth + 1)
+            yield from named_tensors(v, f"{name}.{k}", depth + 1, budget)
     elif type(value).__module__ not in _PLAIN_MODULES and not isinstance(value, torch.nn.Module):
         for k, v in list(getattr(value, "__dict__", {}).items())[:64]:
             if not k.startswith("_"):
-                yield from named_tensors(v, f"{name}.{k}", depth + 1)
+                yield from named_tensors(v, f"{name}.{k}", depth + 1, budget)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Un
 import torch
 from torch.nn.utils.parametrize import ParametrizationList
 
-from ..errors import UsageError
+from ..errors import UsageError, exit_error
 from ..ir import Graph
 from ..store import Store
 from .boundary import drop_events, input_prep, repeated_prep, signature
@@ -119,7 +119,7 @@ class Recorder:
             if self._prep and self._sampled:  # no next call: drop what repeats the last preparation
                 drop_events(self.capture.mode, repeated_prep(self.capture.mode, self._prep))
             # a run that never called a root module is one pass from start to exit
-            self._finish(error=None if exc_type is None else exc_type.__name__)
+            self._finish(error=exit_error(exc_type, exc))
         finally:
             self._unwatch()
             self.capture.stop()

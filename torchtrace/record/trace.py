@@ -5,7 +5,7 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, exit_error
 from ..ir import Graph
 from .capture import Capture, capture_options
 
@@ -46,7 +46,7 @@ class Trace:
             capture.stop()
         finally:
             self._graph = capture.finish_pass(label=self._label,
-                                              error=None if exc_type is None else exc_type.__name__)
+                                              error=exit_error(exc_type, exc))
         return False
 
     @property

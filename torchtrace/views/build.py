@@ -34,6 +34,7 @@ class Assembler:
         self.folds: List[str] = []
         self.rep_names: Dict[str, List[str]] = {}  # group key -> names of the calls a loop fold drew as it
         self.collapsed = 0
+        self.raised = {r.get("node"): r.get("error") for r in self.g.meta.get("raised") or () if isinstance(r, dict)}
         self.chunked = 0
         self._edges: Optional[Tuple[List[Edge], List[Box]]] = None
 
@@ -125,8 +126,10 @@ class Assembler:
         lines = [f"{n.short_op} → {shapes}" if module and shapes else n.short_op if module else shapes]
         if n.witness is not None:
             lines.append(f"read {n.witness.describe()}")
-            if n.source is not None:
-                lines.append(n.source.short())
+        if n.id in self.raised:  # the op that failed: what it said
+            lines.append(f"!! raised {self.raised[n.id]}")
+        if (n.witness is not None or n.id in self.raised) and n.source is not None:
+            lines.append(n.source.short())
         title = (module or n.short_op) + (f" × {repeat}" if repeat > 1 else "")
         self.boxes[n.id] = Box(n.id, "op", title, tuple(x for x in lines if x), cluster, n.phase, repeat,
                                n.witness is not None, node_line(self.g, n), (n.id,), self._order(n))
