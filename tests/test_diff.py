@@ -757,6 +757,21 @@ def test_gpt2_decode_steps_at_different_cache_lengths_differ_only_in_shapes(gpt2
         assert all(set(p.what) <= {"shape", "args"} for p in d.ops if p.status == "changed")
 
 
+def test_grad_modes_give_the_same_ops_and_the_summary_says_so():
+    """train, no_grad and inference_mode record the same ops: identical, and the
+    summary names the grad modes (the autograd graph is what differs)."""
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    x = torch.randn(2, 4)
+    graphs = []
+    for mode in (torch.enable_grad, torch.no_grad):
+        with mode(), torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    assert d.is_empty and d.summary() == "identical (grad mode train in A, no_grad in B)"
+    assert torchtrace.diff(graphs[0], graphs[0]).summary() == "identical"
+
+
 def test_diff_accepts_saved_files_and_dicts(model, tmp_path):
     a = record(model, NEG, torch.tensor(1))
     b = record(model, POS, torch.tensor(1))

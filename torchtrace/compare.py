@@ -119,6 +119,9 @@ class GraphDiff:
         if self.kind == "identical":
             notes = [f"{plural(len(self.witnesses), 'witness')} read other data"] if self.witnesses else []
             notes += [f"{plural(self.moved, 'op')} at other source lines"] if self.moved else []
+            modes = (self.a.meta.get("grad_mode"), self.b.meta.get("grad_mode"))
+            # (train, no_grad and inference_mode run the same ops; only the autograd graph differs)
+            notes += [f"grad mode {modes[0]} in A, {modes[1]} in B"] if None not in modes and len(set(modes)) > 1 else []
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])

@@ -53,10 +53,14 @@ def render(obj: Any, fmt: str = "text", **opts: Any) -> Union[str, bytes]:
 
     Formats: text, dot, svg, png, pdf (bytes for png/pdf), mermaid, markdown
     (a fenced Mermaid block), terminal (the rich report as plain text).
-    View options (any format): depth, fold, phase, focus, hide, params,
-    max_boxes -- see ``torchtrace.views.ViewOptions``. Format options:
+    A Graph's view options (any format): depth, fold, phase, focus, hide,
+    params, max_boxes -- see ``torchtrace.views.ViewOptions``. Format options:
     ``direction`` ("TB"/"LR"/…; dot and mermaid), ``edge_labels``,
     ``max_edges``, ``max_chars`` (mermaid limits to fit), ``width`` (terminal).
+    A GraphDiff takes its own options instead (``renderers.diffs.OPTIONS``):
+    ``context`` (unchanged ops around a hunk), ``level`` (how far unchanged
+    runs collapse), ``max_ops``/``max_changed`` (text), ``direction``,
+    ``max_edges``/``max_chars`` (mermaid), ``diagram`` (markdown).
     """
     if type(obj).__name__ == "GraphDiff":
         from .diffs import render_diff
