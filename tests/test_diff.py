@@ -770,6 +770,10 @@ def test_grad_modes_give_the_same_ops_and_the_summary_says_so():
     d = torchtrace.diff(*graphs)
     assert d.is_empty and d.summary() == "identical (grad mode train in A, no_grad in B)"
     assert torchtrace.diff(graphs[0], graphs[0]).summary() == "identical"
+    with torchtrace.trace(m) as t:  # a training pass against the validation pass: said first
+        m(x).sum().backward()
+    d = torchtrace.diff(t.graph, graphs[1])
+    assert d.why()[0] == "grad mode train in A, no_grad in B: backward and optimizer ops run only under train"
 
 
 def test_diff_accepts_saved_files_and_dicts(model, tmp_path):

@@ -493,6 +493,25 @@ def test_batches_and_labels_gathered_for_the_next_step_leave_every_step_the_same
     assert not [n for n in g.nodes if n.witness is not None]
 
 
+def test_an_optimizer_step_on_the_line_of_the_next_batch_stays_in_its_step(tmp_path):
+    """`opt.step(); x = torch.randn(...)` on one line: the step's in-place
+    updates of the parameters are no input preparation (they were dropped with it)."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, foreach=False)
+    x = torch.randn(3, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            m(x).sum().backward()
+            opt.step(); opt.zero_grad(); x = torch.randn(3, 4)  # noqa: E702
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        graphs = [store.graph(p.idx) for p in passes]
+        assert len({p.structure_fp for p in passes}) == 1
+    assert [[n.short_op for n in g.nodes if n.phase == "optimizer"] for g in graphs] == [["add_.Tensor"] * 2] * 3
+    assert not any(n.short_op == "randn" for g in graphs for n in g.nodes)  # the next batch: in no pass
+
+
 def test_lbfgs_steps_are_optimizer_ops_in_every_pass(tmp_path):
     """LBFGS calls the model from its closure inside opt.step: each call starts a
     pass after the Optimizer.step marker, which is open from the pass before."""

@@ -119,9 +119,8 @@ class GraphDiff:
         if self.kind == "identical":
             notes = [f"{plural(len(self.witnesses), 'witness')} read other data"] if self.witnesses else []
             notes += [f"{plural(self.moved, 'op')} at other source lines"] if self.moved else []
-            modes = (self.a.meta.get("grad_mode"), self.b.meta.get("grad_mode"))
             # (train, no_grad and inference_mode run the same ops; only the autograd graph differs)
-            notes += [f"grad mode {modes[0]} in A, {modes[1]} in B"] if None not in modes and len(set(modes)) > 1 else []
+            notes += [self.grad_modes] if self.grad_modes else []
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
@@ -134,6 +133,12 @@ class GraphDiff:
             hunks += f" ({len(self.structural_hunks)} structural, {len(self.changed_hunks)} changed)"
         return f"structure differs: {hunks}; {plural(self.only_a, 'op')} only in A, {self.only_b} only in B, " \
                f"{self.changed} changed"
+
+    @property
+    def grad_modes(self) -> str:
+        """"grad mode train in A, no_grad in B" when the passes ran under different ones."""
+        modes = (self.a.meta.get("grad_mode"), self.b.meta.get("grad_mode"))
+        return f"grad mode {modes[0]} in A, {modes[1]} in B" if None not in modes and modes[0] != modes[1] else ""
 
     @property
     def errors(self) -> Tuple[str, ...]:
@@ -153,6 +158,9 @@ class GraphDiff:
             # (dtype casts, one op here and three there, are one cause: counted together)
             groups.setdefault((h.cause, "" if h.casts else h.counts), []).append(h)
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
+        trained = any(n.phase in ("backward", "optimizer") for g in (self.a, self.b) for n in g.nodes)
+        if self.grad_modes and trained:  # (a validation pass against a training one)
+            lines.append(f"{self.grad_modes}: backward and optimizer ops run only under train")
         if not groups and self.kind == "shapes":
             reads = dict.fromkeys(h.witness.describe() for h in self.changed_hunks if h.witness is not None)
             what = list(reads) + [i.describe() for i in self.inputs[:2]]

@@ -95,10 +95,10 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     outputs = set(mode.outputs)
     prep: Set[int] = set()
 
-    def feeds_only_prep(ev: tuple) -> bool:  # a result, no witness, not returned, read only by prep
+    def feeds_only_prep(ev: tuple) -> bool:  # a result, no witness, no update of state, not returned, read only by prep
         outs = ev[E_OUTS]
         return (bool(outs) and not reads_data(BY_INDEX[ev[E_INFO]], ev, mode.vmeta)
-                and not any(v in outputs for v in outs)
+                and not _writes_state(ev, mode.vmeta) and not any(v in outputs for v in outs)
                 and all(c in prep for v in outs for c in consumers.get(v, ())))
 
     # the ops that made the inputs, and the other ops of those statements that feed nothing
@@ -120,6 +120,21 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
                 prep.add(i)
                 needed.update(ev[E_INS])
     return prep
+
+
+def _writes_state(ev: tuple, vmeta: List[tuple]) -> bool:
+    """Does the op write in place to a tensor the pass did not make (a parameter
+    in ``opt.step()``, a buffer, an input)? Such a write is never input preparation,
+    even on the line that also builds the next batch (``opt.step(); x = next(it)``)."""
+    if not BY_INDEX[ev[E_INFO]].mutates:
+        return False
+    for v in ev[E_OUTS]:
+        origin = vmeta[v][V_ORIGIN]
+        while origin is not None and origin[0] == "ver" and origin[1] >= 0:
+            origin = vmeta[origin[1]][V_ORIGIN]
+        if origin is not None and origin[0] == "ext":
+            return True
+    return False
 
 
 def _line(ev: tuple) -> int:
