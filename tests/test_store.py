@@ -312,6 +312,30 @@ def test_every_pass_reports_the_gradients_its_backward_made(tmp_path, order):
             assert g[k] == pytest.approx(w[k], rel=1e-6)
 
 
+def test_chained_top_level_models_report_both_gradients(tmp_path):
+    """`loss = B(A(x))` with A and B separate roots: B's pass runs A's backward.
+    A's parameters are named there as a further root (`Linear.weight`), and
+    their gradients are reported (they were unnamed and left out)."""
+    torch.manual_seed(0)
+    A, B = nn.Linear(4, 3), nn.Linear(3, 1)
+    opt = torch.optim.SGD([*A.parameters(), *B.parameters()], lr=0.1)
+    x = torch.randn(5, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(2):
+            loss = B(A(x)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            want = {**{f"Linear.{k}": p.grad.norm().item() for k, p in A.named_parameters()},
+                    **{k: p.grad.norm().item() for k, p in B.named_parameters()}}
+            opt.step()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        g = store.graph(store.passes()[-1].idx)
+    got = {gi.name: gi.norm for gi in g.autograd.grads}
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
+    assert {v.name for v in g.values if v.role == "param"} == set(want)
+
+
 def test_exception_keeps_finished_passes(tmp_path):
     model = nn.Linear(2, 2)
     x = torch.randn(1, 2)

@@ -25,15 +25,10 @@ from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import force_eager, restore
 from .composite import see_autocast
-from .frames import frame_filter
+from .frames import frame_filter, local_name
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
 from .modules import ModuleScope
-
-def grad_mode() -> str:
-    if torch.is_inference_mode_enabled():
-        return "inference"
-    return "train" if torch.is_grad_enabled() else "no_grad"
-
+from .process import grad_mode, process_rank
 
 def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[int]]:
     """``skip`` and ``max_ops`` as ``trace()`` and ``Recorder`` take them, checked
@@ -92,6 +87,7 @@ class Capture:
         self.module_paths: Dict[int, List[str]] = {}
         self.root_paths: Dict[int, str] = {}
         self._held: List[Any] = []  # modules whose ids key the tables above
+        self._roots_seen: Dict[int, Any] = {}  # id -> weakref of every root module named so far
         self._fixed_root = model is not None  # trace(model): names relative to it in every pass
         self.open_annotations: Tuple[str, ...] = ()  # record_function markers open when a pass starts
         self.mode = RecordingMode(self)
@@ -184,7 +180,7 @@ class Capture:
     def meta(self) -> Dict[str, Any]:
         from .. import __version__
 
-        rank, world = _rank()
+        rank, world = process_rank()
         return {"torch": torch.__version__, "torchtrace": __version__, "python": platform.python_version(),
                 "created": self.created, "label": None, "step": None, "rank": rank, "world_size": world,
                 "grad_mode": self.pass_grad_mode, "compiled_regions_ran_eager": self.compiled,
@@ -234,6 +230,7 @@ class Capture:
                 path = base if base not in taken else next(
                     f"{base}#{k}" for k in range(1, 10**6) if f"{base}#{k}" not in taken)
         self.root_paths[id(module)] = path
+        self._roots_seen[id(module)] = weakref.ref(module)
         prefix = f"{path}." if path else ""
         for name, m in module.named_modules(remove_duplicate=False):
             full = f"{prefix}{name}" if name else path
@@ -244,6 +241,18 @@ class Capture:
         for name, b in module.named_buffers(remove_duplicate=False):
             self.names.setdefault(id(b), (b, prefix + name, "buffer"))
         return path
+
+    def _adopt_root_of(self, t: torch.Tensor) -> Optional[str]:
+        """The name of a parameter of a root seen in an earlier pass, named now as a
+        further root of this one (``Linear.weight``): ``loss = B(A(x))`` runs A's
+        backward in B's pass."""
+        for ref in list(self._roots_seen.values()):
+            m = ref()
+            if m is not None and id(m) not in self.root_paths and any(p is t for p in m.parameters()):
+                self.register_root(m)
+                e = self.names.get(id(t))
+                return e[1] if e is not None and e[0] is t else None
+        return None
 
     def _forget_names(self) -> None:
         """Drop every root's names: a pass's paths and parameter names are relative
@@ -307,10 +316,10 @@ class Capture:
         if held is not None and held[0] != "constant":
             return held
         if isinstance(t, torch.nn.Parameter):
-            return "param", _local_name(t, frame)
+            return "param", self._adopt_root_of(t) or local_name(t, frame)
         if self.had_root_call or (info is not None and info.name.startswith("aten.lift_fresh")):
-            return "constant", held[1] if held is not None else _local_name(t, frame)
-        name = _local_name(t, frame)
+            return "constant", held[1] if held is not None else local_name(t, frame)
+        name = local_name(t, frame)
         if name is None:
             name = f"input{self.mode.n_inputs}"
             self.mode.n_inputs += 1
@@ -354,6 +363,10 @@ class Capture:
         e = self.names.get(id(t))
         if e is not None and e[0] is t:
             return e[1]
+        if isinstance(t, torch.nn.Parameter):
+            adopted = self._adopt_root_of(t)
+            if adopted is not None:
+                return adopted
         vid = self.mode.vid_of(t)
         if vid is not None:
             origin = self.mode.vmeta[vid][V_ORIGIN]
@@ -371,31 +384,3 @@ class Capture:
                 seen.add(id(p))
                 out.append((p, name))
         return out
-
-
-def _rank() -> Tuple[Optional[int], Optional[int]]:
-    """(rank, world size): from torch.distributed once initialized, else from
-    the launcher's environment (torchrun sets RANK and WORLD_SIZE)."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except Exception:  # pragma: no cover
-        pass
-    env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
-    if env_rank is not None and env_rank.isdigit():
-        return int(env_rank), int(env_world) if env_world and env_world.isdigit() else None
-    return None, None
-
-
-def _local_name(t: Any, frame: Any) -> Optional[str]:
-    if frame is None:
-        return None
-    try:
-        for k, v in frame.f_locals.items():
-            if v is t:
-                return k
-    except Exception:  # pragma: no cover - exotic frames
-        return None
-    return None

@@ -109,3 +109,16 @@ def line_of(code: Any, lasti: int) -> int:
         lines.append(line if line is not None else 0)
     k = bisect.bisect_right(starts, lasti) - 1
     return lines[k] if k >= 0 else code.co_firstlineno
+
+
+def local_name(t: Any, frame: Any) -> Optional[str]:
+    """The name a frame's local variable gives ``t``, if any."""
+    if frame is None:
+        return None
+    try:
+        for k, v in frame.f_locals.items():
+            if v is t:
+                return k
+    except Exception:  # pragma: no cover - exotic frames
+        return None
+    return None
