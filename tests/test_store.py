@@ -1,6 +1,7 @@
 """The trace store and the training-loop Recorder."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import shutil
@@ -334,6 +335,23 @@ def test_chained_top_level_models_report_both_gradients(tmp_path):
     assert got.keys() == want.keys()
     assert all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
     assert {v.name for v in g.values if v.role == "param"} == set(want)
+
+
+def test_a_trace_inside_a_recorder_leaves_the_recorders_pass_as_it_was(tmp_path):
+    """The inner trace's mode hands its ops on to the Recorder's: the backward seed
+    must still read as backward there (it read forward: its own fingerprint)."""
+    m = nn.Linear(4, 2)
+    x = torch.randn(3, 4)
+    inner = torchtrace.trace(m)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for i in range(3):
+            with inner if i == 1 else contextlib.nullcontext():
+                m(x).sum().backward()
+    assert [n.phase for n in inner.graph.nodes if n.short_op == "ones_like"] == ["backward"]
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+    assert [p.n_backward for p in passes][1:] == [passes[-1].n_backward] * 2
+    assert passes[1].structure_fp == passes[2].structure_fp
 
 
 def test_exception_keeps_finished_passes(tmp_path):

@@ -92,6 +92,17 @@ def is_torch_internal(code: CodeType) -> bool:
     return code.co_filename.startswith(_TORCH_DIR)
 
 
+def engine_under_modes(frame: Any) -> bool:
+    """Is ``frame`` -- past the frames of other dispatch modes (a ``trace()``
+    inside a Recorder hands its ops on to the Recorder's mode) -- torch.autograd's?"""
+    while frame is not None and frame.f_code.co_filename.startswith(_MODE_DIRS):
+        frame = frame.f_back
+    return frame is not None and is_autograd_engine(frame.f_code)
+
+
+_MODE_DIRS = (_OWN_DIR, os.path.join(_TORCH_DIR, "utils") + os.sep, os.path.join(_TORCH_DIR, "_ops.py"))
+
+
 def is_autograd_engine(code: CodeType) -> bool:
     """Frames of torch.autograd itself: a backward op issued with one of these
     innermost runs a derivative formula (not user code inside backward)."""

@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .compiled import mark_dynamo_skip
 from .composite import NOT_WHOLE, call_under_autocast, run_whole
-from .frames import is_autograd_engine
+from .frames import engine_under_modes, is_autograd_engine
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
 
@@ -186,7 +186,7 @@ class RecordingMode(TorchDispatchMode):
                         ins += (self._vid(a, f, info),)
                 if info.objects:  # a process group: its description, not the object (see _read_args)
                     kw = describe_objects(kw)
-            if info.is_seed and phase == FORWARD and is_autograd_engine(icode):
+            if info.is_seed and phase == FORWARD and f is not None and engine_under_modes(_getframe(1)):
                 # ones_like(loss) from torch.autograd: backward starts now; walk the
                 # graph before any Node runs (and releases its saved tensors)
                 phase = BACKWARD
