@@ -223,6 +223,22 @@ def test_functional_call_parameters_keep_their_names_and_grads():
         assert grads[k] == pytest.approx(p.grad.double().norm().item(), rel=1e-6)
 
 
+def test_a_failing_gradient_read_at_backward_end_never_reaches_the_user(monkeypatch):
+    """The norms are taken inside the user's backward (an engine callback): if
+    that read fails, backward still returns normally and the build reads .grad."""
+    from torchtrace.record import autograd as tracker
+
+    def boom(grads):
+        raise ValueError("an exotic gradient")
+
+    monkeypatch.setattr(tracker, "grad_info", boom)
+    m = nn.Linear(3, 2)
+    with torchtrace.trace(m) as t:
+        m(torch.ones(1, 3)).sum().backward()
+    assert {gi.name: gi.norm for gi in t.graph.autograd.grads} == {
+        k: pytest.approx(p.grad.norm().item()) for k, p in m.named_parameters()}
+
+
 def test_unused_parameter_is_reported():
     class WithUnused(nn.Module):
         def __init__(self):

@@ -180,13 +180,17 @@ class AutogradTracker:
             pass
 
     def _at_backward_end(self) -> None:
-        """The gradients as this backward left them (``gradnorms``)."""
-        with _disable_current_modes():  # its reads are not ops of the pass
-            leaves = [(k, self.entries[k].variable) for k in dict.fromkeys(self.executed)
-                      if k[0] == "acc" and k in self.entries]
-            got = [(k, v.grad) for k, v in leaves if isinstance(getattr(v, "grad", None), torch.Tensor)]
-            for (k, _), info in zip(got, grad_info([g for _, g in got])):
-                self.grads[k] = info
+        """The gradients as this backward left them (``gradnorms``). It runs inside
+        the user's backward: nothing may escape it (the build then reads ``.grad``)."""
+        try:
+            with _disable_current_modes():  # its reads are not ops of the pass
+                leaves = [(k, self.entries[k].variable) for k in dict.fromkeys(self.executed)
+                          if k[0] == "acc" and k in self.entries]
+                got = [(k, v.grad) for k, v in leaves if isinstance(getattr(v, "grad", None), torch.Tensor)]
+                for (k, _), info in zip(got, grad_info([g for _, g in got])):
+                    self.grads[k] = info
+        except Exception:  # an exotic gradient: its norm is read when the pass is built, or is "unknown"
+            pass
 
     def close(self) -> None:
         """Remove every pre-hook; nothing of ours stays on the user's graph."""
