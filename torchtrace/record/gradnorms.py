@@ -26,7 +26,8 @@ def grad_info(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any
             groups.setdefault((g.device, g.dtype), []).append(i)
     for (_, dtype), idx in groups.items():
         try:
-            norms = torch._foreach_norm([grads[i].detach() for i in idx], 2, dtype=_accumulate(dtype))
+            with torch.no_grad():  # (not a detach per gradient: after create_graph=True they have a graph)
+                norms = torch._foreach_norm([grads[i] for i in idx], 2, dtype=_accumulate(dtype))
         except (RuntimeError, NotImplementedError, TypeError):  # a dtype or torch without the fused kernel
             continue
         for i, n in zip(idx, norms):
