@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import torch
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+from torch.utils._python_dispatch import _disable_current_modes, is_traceable_wrapper_subclass
 
 from .gradnorms import grad_info
 
@@ -183,7 +183,8 @@ class AutogradTracker:
         """The gradients as this backward left them (``gradnorms``). It runs inside
         the user's backward: nothing may escape it (the build then reads ``.grad``)."""
         try:  # its reads are not ops of the pass (no dispatch mode sees them) and build no graph
-            with torch._C._DisableTorchDispatch(), torch.no_grad():
+            # (modes off, not Python dispatch: a wrapper subclass's gradient needs its own)
+            with _disable_current_modes(), torch.no_grad():
                 leaves = [(k, self.entries[k].variable) for k in dict.fromkeys(self.executed)
                           if k[0] == "acc" and k in self.entries]
                 got = [(k, v.grad) for k, v in leaves if isinstance(getattr(v, "grad", None), torch.Tensor)]
