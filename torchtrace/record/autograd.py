@@ -16,9 +16,8 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes, is_traceable_wrapper_subclass
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from .gradnorms import grad_info
 
 _ENGINE = torch.autograd.Variable._execution_engine
 
@@ -110,7 +109,7 @@ class AutogradTracker:
         self.executed: List[tuple] = []
         self.handles: List[Any] = []
         self.backward_ran = False
-        self.grads: Dict[tuple, tuple] = {}  # AccumulateGrad key -> grad_info when backward ended
+        self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
 
     def _held(self, node: Any) -> Optional[Entry]:
         """The Entry that holds this very wrapper, if any (no key computed)."""
@@ -180,18 +179,17 @@ class AutogradTracker:
             pass
 
     def _at_backward_end(self) -> None:
-        """The gradients as this backward left them (``gradnorms``). It runs inside
-        the user's backward: nothing may escape it (the build then reads ``.grad``)."""
-        try:  # its reads are not ops of the pass (no dispatch mode sees them) and build no graph
-            # (modes off, not Python dispatch: a wrapper subclass's gradient needs its own)
-            with _disable_current_modes(), torch.no_grad():
-                leaves = [(k, self.entries[k].variable) for k in dict.fromkeys(self.executed)
-                          if k[0] == "acc" and k in self.entries]
-                got = [(k, v.grad) for k, v in leaves if isinstance(getattr(v, "grad", None), torch.Tensor)]
-                for (k, _), info in zip(got, grad_info([g for _, g in got])):
-                    self.grads[k] = info
-        except Exception:  # an exotic gradient: its norm is read when the pass is built, or is "unknown"
-            pass
+        """The gradient tensors this backward left (``gradnorms``): references only,
+        no op (their norms are taken when the pass is built). It runs inside the
+        user's backward: nothing may escape it (the build then reads ``.grad``)."""
+        for k in dict.fromkeys(self.executed):
+            if k[0] == "acc" and k in self.entries:
+                try:
+                    g = getattr(self.entries[k].variable, "grad", None)
+                except Exception:  # an exotic leaf
+                    continue
+                if isinstance(g, torch.Tensor):
+                    self.grads[k] = g
 
     def close(self) -> None:
         """Remove every pre-hook; nothing of ours stays on the user's graph."""

@@ -1,12 +1,14 @@
-"""Gradient norms for the IR's ``autograd.grads``, taken when backward ends.
+"""Gradient norms for the IR's ``autograd.grads``.
 
-The gradients are read by a callback the autograd engine runs when each graph
-task finishes, not when the pass is built: in the usual loop the optimizer's
+The gradient tensors are taken by a callback the autograd engine runs when each
+graph task finishes (references only, no op inside the user's backward), and
+their norms when the pass is built: in the usual loop the optimizer's
 ``zero_grad()`` (after ``step()``, or at the top of the next step, before the
-forward that starts the next pass) has dropped every ``.grad`` by then. Dense
-gradients are reduced with one ``_foreach_norm`` per (device, dtype); the 0-d
-results stay where they are (backward gains no synchronisation) and are read
-with one ``tolist()`` per device when the pass is built.
+forward that starts the next pass) has dropped every ``.grad`` by then. A
+gradient changed in place before the build (``clip_grad_norm_``,
+``GradScaler.unscale_``) is read as it was left. Dense gradients are reduced
+with one ``_foreach_norm`` per (device, dtype) and read with one ``tolist()``
+per device: on an accelerator one synchronisation per group.
 """
 from __future__ import annotations
 
@@ -34,12 +36,6 @@ def grad_info(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any
             pending[i] = n
     return [(tuple(g.shape), str(g.dtype).replace("torch.", ""), _norm_one(g.detach()) if p is None else p)
             for g, p in zip(grads, pending)]
-
-
-def grad_now(variable: Any) -> Optional[Tuple[Tuple[int, ...], str, Any]]:
-    """``grad_info`` of a leaf's ``.grad`` as it is now (backward ran with no callback)."""
-    g = getattr(variable, "grad", None)
-    return grad_info([g])[0] if isinstance(g, torch.Tensor) else None
 
 
 def read_norms(pending: List[Any]) -> List[Any]:

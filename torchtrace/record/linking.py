@@ -16,8 +16,10 @@ import bisect
 import re
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+import torch
+
 from ..ir import AutogradNode, GradInfo
-from .gradnorms import grad_now, read_norms
+from .gradnorms import grad_info, read_norms
 from .mode import BACKWARD, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
@@ -176,7 +178,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
 
     vid_of = mode.vid_of
     nodes: List[AutogradNode] = []
-    with_grad: List[Tuple[int, str, tuple]] = []
+    with_grad: List[Tuple[int, str, Any]] = []
     executed_keys = set(tracker.executed)
     for e in entries:
         aid = e.aid
@@ -192,16 +194,20 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                 part._param_of_key[e.key] = param
             # (not for leaves nothing names: reentrant checkpoint's detached copies of its inputs)
             if tracker.backward_ran and e.key in executed_keys and vid is not None and param is not None:
-                got_grad = tracker.grads.get(e.key) or grad_now(e.variable)  # (taken when backward ended)
-                if got_grad is not None:
-                    with_grad.append((vid, param, got_grad))
+                g = tracker.grads.get(e.key)  # the tensor backward left; zero_grad() may have dropped .grad
+                if g is None:
+                    g = getattr(e.variable, "grad", None)
+                if isinstance(g, torch.Tensor):
+                    with_grad.append((vid, param, g))
         nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
                                   tracker.next_aids(e), saved.get(aid, 0), param, value))
     part.nodes = tuple(nodes)
     by_key = tracker.entries
     part.executed = tuple(by_key[k].aid for k in tracker.executed if k in by_key)
-    norms = read_norms([g[2] for _, _, g in with_grad])
-    part.grads = tuple(GradInfo(f"v{vid}", name, g[0], g[1], n) for (vid, name, g), n in zip(with_grad, norms))
+    infos = grad_info([g for _, _, g in with_grad])
+    norms = read_norms([i[2] for i in infos])
+    part.grads = tuple(GradInfo(f"v{vid}", name, i[0], i[1], n) for (vid, name, _), i, n in zip(with_grad, infos, norms))
+    tracker.grads.clear()  # (the references end with the build)
     if tracker.backward_ran:
         got = {id(e.variable) for e in entries if e.variable is not None and e.key in executed_keys}
         named = {gi.name for gi in part.grads}  # (a swapped-in tensor of that name: functional_call)
