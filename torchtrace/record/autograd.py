@@ -18,7 +18,6 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-
 _ENGINE = torch.autograd.Variable._execution_engine
 
 _SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}

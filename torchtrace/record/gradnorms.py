@@ -7,8 +7,8 @@ their norms when the pass is built: in the usual loop the optimizer's
 forward that starts the next pass) has dropped every ``.grad`` by then. A
 gradient changed in place before the build (``clip_grad_norm_``,
 ``GradScaler.unscale_``) is read as it was left. Dense gradients are reduced
-with one ``_foreach_norm`` per (device, dtype) and read with one ``tolist()``
-per device: on an accelerator one synchronisation per group.
+with one ``_foreach_norm`` and read with one ``tolist()`` per (device, dtype):
+on an accelerator one synchronisation per group, not one per parameter.
 """
 from __future__ import annotations
 
@@ -39,14 +39,14 @@ def grad_info(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any
 
 
 def read_norms(pending: List[Any]) -> List[Any]:
-    """The values of ``grad_info``'s pending norms: one ``tolist()`` per device."""
+    """The values of ``grad_info``'s pending norms: one ``tolist()`` per (device, dtype)."""
     out = list(pending)
-    by_device: Dict[Any, List[int]] = {}
+    groups: Dict[Any, List[int]] = {}
     for i, p in enumerate(pending):
         if isinstance(p, torch.Tensor):
-            by_device.setdefault(p.device, []).append(i)
-    for idx in by_device.values():
-        for i, x in zip(idx, torch.stack([pending[i].float() for i in idx]).tolist()):
+            groups.setdefault((p.device, p.dtype), []).append(i)
+    for idx in groups.values():
+        for i, x in zip(idx, torch.stack([pending[i] for i in idx]).tolist()):
             out[i] = _finite(x)
     return out
 
