@@ -19,11 +19,7 @@ FILE = "test_diff.py"
 
 
 def line_of(marker: str) -> int:
-    with open(__file__, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.rstrip().endswith(f"# LINE:{marker}"):
-                return i
-    raise LookupError(marker)
+    return zoo.marked_line(__file__, marker)
 
 
 class BranchLoop(nn.Module):

@@ -414,7 +414,7 @@ def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatc
     assert "record_errors" not in g.meta
     mul = [nd for nd in g.nodes if nd.op == "aten.mul.Tensor"]
     assert len(mul) == 1 and mul[0].phase == "backward"
-    wait = next(i for i, s in enumerate(open(__file__, encoding="utf-8"), 1) if "# LINE:" + "wait" in s)
+    wait = zoo.marked_line(__file__, "wait")
     assert (mul[0].source.file.endswith("test_recorder.py"), mul[0].source.line) == (True, wait)
 
 
@@ -470,7 +470,7 @@ def test_an_op_that_raised_is_recorded_with_its_inputs_and_error(tmp_path):
     assert raised[1]["error"] == f"RuntimeError: {plain.value}"
     assert mm.outputs == () and [g.value(v).shape for v in mm.inputs] == [(2, 4), (6, 4)]
     assert mm.inputs[0] in g.node(g.producers()[mm.inputs[0]]).outputs  # wired to m's output
-    line = next(i for i, s in enumerate(open(__file__, encoding="utf-8"), 1) if "# LINE:" + "raise" in s)
+    line = zoo.marked_line(__file__, "raise")
     assert mm.source.line == line and g.meta["error"] == "RuntimeError"
     assert f"{mm.id}    aten.mm" in str(g) and "!! raised RuntimeError: mat1 and mat2" in str(g)
     for text in (torchtrace.render(g, "text"), torchtrace.render(g, "terminal", width=300)):

@@ -140,13 +140,18 @@ class Branchy(nn.Module):
         return h
 
 
-def marker_line(marker: str) -> int:
-    """Line number in this file of the `# WITNESS:<marker>` comment."""
-    with open(__file__, encoding="utf-8") as f:
+def marked_line(path: str, marker: str, tag: str = "LINE") -> int:
+    """Line number in file ``path`` of the line that ends with `# <tag>:<marker>`."""
+    with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
-            if f"# WITNESS:{marker}" in line:
+            if line.rstrip().endswith(f"# {tag}:{marker}"):
                 return i
     raise LookupError(marker)
+
+
+def marker_line(marker: str) -> int:
+    """Line number in this file of the `# WITNESS:<marker>` comment."""
+    return marked_line(__file__, marker, "WITNESS")
 
 
 class MLP(nn.Module):

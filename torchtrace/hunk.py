@@ -55,16 +55,14 @@ class Hunk:
         """The first half of :attr:`explanation`: why, without the counts."""
         if self.kind == "changed":
             return f"{self.witness.describe()}; {self.detail()}" if self.witness is not None else self.detail()
+        side = " and ".join(x for x, ops in (("A", self.only_a), ("B", self.only_b)) if ops)
         if self.grads:
-            side = " and ".join(x for x, ops in (("A", self.only_a), ("B", self.only_b)) if ops)
             return f"gradient accumulated into an existing .grad in {side} " \
                    "(AccumulateGrad: autograd state, not a branch)"
         if self.recompute:
-            side = "A" if self.only_a else "B"
             return f"activation checkpointing in {side} recomputed the forward during backward " \
                    "(phase recompute; backward reads the recomputed tensors)"
         if self.casts:
-            side = "A" if self.only_a else "B"
             return f"dtype casts run only in {side}: .to()/.float() copy only when the dtype differs " \
                    f"(inputs/params {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
         if self.loop is not None and self.loop.via == "witness":
@@ -188,7 +186,7 @@ CASTS = ("aten._to_copy", "aten.to", "aten._to_copy.default", "aten.to.dtype", "
          "prims.convert_element_type", "prims.convert_element_type.default")
 
 
-def casts(rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[str, ...]:
+def casts(rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChange, ...]:
     """When ``rows`` are all dtype conversions on one side and aligned tensors
     changed dtype (``types``): those changes ("f32 → bf16"). ``x.float()`` on
     a tensor that already is f32 records no op."""

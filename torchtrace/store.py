@@ -82,12 +82,12 @@ class Store:
     def __init__(self, path: Union[str, Path], *, readonly: bool = False) -> None:
         self.path = Path(path)
         if readonly and not self.path.is_file():
-            base, _, ref = str(path).rpartition(":")
-            ref_given = bool(base) and ref.lstrip("-").isdigit() and Path(base).is_file()
+            ref = _sqlite_ref(str(path))  # `store.db:3`: a pass of a store, where the store is wanted
+            ref = ref if ref is not None and ref[1] else None
             raise UsageError("no trace store here", where=str(self.path), expected="a .db file written by "
                              "`torchtrace run` or torchtrace.Recorder",
-                             found="a pass reference (STORE:N), not a store" if ref_given else "no such file",
-                             fix=f"pass the store itself: {base}" if ref_given else
+                             found="a pass reference (STORE:N), not a store" if ref else "no such file",
+                             fix=f"pass the store itself: {ref[0]}" if ref else
                              "check the path (the default is ./torchtrace-out/trace.db)")
         if not readonly:
             try:

@@ -105,6 +105,15 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     # else (`for x, y in loader` collates the labels y with x: the loss reads y in the next
     # step, outside the call), until none is added (`idx = perm[a:b]` feeds both X[idx] and
     # Y[idx]); a statement is a code object's line (`xb, yb = X[i], Y[i]` is two instructions)
+    lines: Dict[Tuple[int, int], Tuple[int, int]] = {}  # (code, f_lasti) -> (code, line): backward's ops share one
+
+    def statement(ev: tuple) -> Tuple[int, int]:
+        key = (id(ev[E_CODE]), ev[E_LINE])
+        hit = lines.get(key)
+        if hit is None:
+            hit = lines[key] = (key[0], line_of(ev[E_CODE], ev[E_LINE]) if ev[E_CODE] is not None else -1)
+        return hit
+
     size = -1
     while len(prep) != size:
         size = len(prep)
@@ -113,10 +122,10 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
             if i not in prep and any(v in needed for v in ev[E_OUTS]) and feeds_only_prep(ev):
                 prep.add(i)
                 needed.update(ev[E_INS])
-        stmts = {(id(events[i][E_CODE]), _line(events[i])) for i in prep}
+        stmts = {statement(events[i]) for i in prep}
         for i in range(len(events) - 1, tail - 1, -1):
             ev = events[i]
-            if i not in prep and (id(ev[E_CODE]), _line(ev)) in stmts and feeds_only_prep(ev):
+            if i not in prep and statement(ev) in stmts and feeds_only_prep(ev):
                 prep.add(i)
                 needed.update(ev[E_INS])
     return prep
@@ -135,10 +144,6 @@ def _writes_state(ev: tuple, vmeta: List[tuple]) -> bool:
         if origin is not None and origin[0] == "ext":
             return True
     return False
-
-
-def _line(ev: tuple) -> int:
-    return line_of(ev[E_CODE], ev[E_LINE]) if ev[E_CODE] is not None else -1
 
 
 def drop_events(mode: Any, drop: Set[int]) -> None:

@@ -67,7 +67,6 @@ class FrameFilter:
             self.cache[id(code)] = hit
         return hit
 
-
     def user_frame_of(self, thread: int) -> Tuple[Optional[CodeType], int]:
         """(code, f_lasti) of thread ``thread``'s innermost user frame now, or (None, -1)."""
         f = sys._current_frames().get(thread)

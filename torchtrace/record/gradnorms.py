@@ -17,11 +17,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 
-def grad_info(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any]]:
-    """(shape, dtype, pending norm) per gradient: a 0-d tensor still to read, or
-    a finished value (a float, its str when not finite, ``"unknown"`` where the
-    gradient holds no numbers)."""
-    pending: List[Any] = [None] * len(grads)
+def grad_infos(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any]]:
+    """(shape, dtype, 2-norm) per gradient: a float, its str when not finite,
+    ``"unknown"`` where the gradient holds no numbers."""
+    norms: List[Any] = [None] * len(grads)
     groups: Dict[tuple, List[int]] = {}
     for i, g in enumerate(grads):
         if type(g) is torch.Tensor and g.layout is torch.strided and not g.is_meta:
@@ -29,26 +28,14 @@ def grad_info(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any
     for (_, dtype), idx in groups.items():
         try:
             with torch.no_grad():  # (not a detach per gradient: after create_graph=True they have a graph)
-                norms = torch._foreach_norm([grads[i] for i in idx], 2, dtype=_accumulate(dtype))
+                got = torch._foreach_norm([grads[i] for i in idx], 2, dtype=_accumulate(dtype))
+            values = torch.stack(got).tolist()
         except (RuntimeError, NotImplementedError, TypeError):  # a dtype or torch without the fused kernel
             continue
-        for i, n in zip(idx, norms):
-            pending[i] = n
-    return [(tuple(g.shape), str(g.dtype).replace("torch.", ""), _norm_one(g.detach()) if p is None else p)
-            for g, p in zip(grads, pending)]
-
-
-def read_norms(pending: List[Any]) -> List[Any]:
-    """The values of ``grad_info``'s pending norms: one ``tolist()`` per (device, dtype)."""
-    out = list(pending)
-    groups: Dict[Any, List[int]] = {}
-    for i, p in enumerate(pending):
-        if isinstance(p, torch.Tensor):
-            groups.setdefault((p.device, p.dtype), []).append(i)
-    for idx in groups.values():
-        for i, x in zip(idx, torch.stack([pending[i] for i in idx]).tolist()):
-            out[i] = _finite(x)
-    return out
+        for i, x in zip(idx, values):
+            norms[i] = _finite(x)
+    return [(tuple(g.shape), str(g.dtype).replace("torch.", ""), _norm_one(g.detach()) if n is None else n)
+            for g, n in zip(grads, norms)]
 
 
 def _norm_one(g: Any) -> Any:

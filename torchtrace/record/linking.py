@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 
 from ..ir import AutogradNode, GradInfo
-from .gradnorms import grad_info, read_norms
+from .gradnorms import grad_infos
 from .mode import BACKWARD, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
@@ -204,9 +204,8 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     part.nodes = tuple(nodes)
     by_key = tracker.entries
     part.executed = tuple(by_key[k].aid for k in tracker.executed if k in by_key)
-    infos = grad_info([g for _, _, g in with_grad])
-    norms = read_norms([i[2] for i in infos])
-    part.grads = tuple(GradInfo(f"v{vid}", name, i[0], i[1], n) for (vid, name, _), i, n in zip(with_grad, infos, norms))
+    part.grads = tuple(GradInfo(f"v{vid}", name, shape, dtype, norm) for (vid, name, _), (shape, dtype, norm)
+                       in zip(with_grad, grad_infos([g for _, _, g in with_grad])))
     tracker.grads.clear()  # (the references end with the build)
     if tracker.backward_ran:
         got = {id(e.variable) for e in entries if e.variable is not None and e.key in executed_keys}

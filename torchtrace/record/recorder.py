@@ -188,14 +188,14 @@ class Recorder:
         self._begin(root)
 
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
+        if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
+            return
         if self._generators:
             caller = frame  # (torch's module-call frames, then the caller's)
             while caller is not None and is_torch_internal(caller.f_code):
                 caller = caller.f_back
             if caller is not None and caller.f_code in self._generators:
                 return  # called by a root whose forward is a generator, as it yields: the same step
-        if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
-            return
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
             e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
