@@ -142,15 +142,11 @@ def ended(side: str, g: Graph, detail: bool = False) -> str:
     it (``meta.raised``), the op, its line and the error's text too."""
     error = g.meta.get("error")
     text = f"{side}'s pass ended with {error}"
-    raised = g.meta.get("raised") or ()
-    last = raised[-1] if detail and raised and isinstance(raised[-1], dict) else {}
-    message = str(last.get("error", ""))
-    if not message.startswith(f"{error}: "):
+    raised = list(g.raised().items()) if detail else []
+    nid, message = raised[-1] if raised else (None, "")
+    if nid is None or not message.startswith(f"{error}: "):
         return text
-    try:
-        n = g.node(last.get("node"))
-    except KeyError:
-        return text
+    n = g.node(nid)
     at = f" at {where(n.source.file, n.source.line)}" if n.source is not None else ""
     return f"{text} in `{n.short_op}`{at} ({message[len(error) + 2:]})"
 

@@ -225,6 +225,15 @@ class Graph:
             table = self._index["producers"] = {v: n.id for n in self.nodes for v in n.outputs}
         return table
 
+    def raised(self) -> Dict[str, str]:
+        """node id -> error, in order, of the ops that raised (``meta.raised``)."""
+        table = self._index.get("raised")
+        if table is None:
+            nodes = self._table("nodes")
+            table = self._index["raised"] = {r["node"]: str(r.get("error")) for r in self.meta.get("raised") or ()
+                                             if isinstance(r, dict) and r.get("node") in nodes}
+        return table
+
     def module_path(self, mid: Optional[str]) -> str:
         return "" if mid is None else self.module(mid).path
 

@@ -72,9 +72,8 @@ def node_line(g: "Graph", n: "Node") -> str:
     flags += [t for t in n.tags if t != "witness"] + (["witness"] if n.witness is not None else [])
     if flags:
         rhs += "  [" + ",".join(flags) + "]"
-    for r in g.meta.get("raised") or ():  # (a few at most)
-        if isinstance(r, dict) and r.get("node") == n.id:
-            rhs += f"  !! raised {r.get('error')}"
+    if n.id in g.raised():
+        rhs += f"  !! raised {g.raised()[n.id]}"
     where = []
     if n.module is not None:
         where.append(g.module(n.module).path or "<root>")

@@ -64,11 +64,10 @@ def _header(prep: Prepared) -> Text:
     t.append(f"\nshowing phase {sel.phase}: {len(sel.nodes)} ops")
     if sel.hidden:
         t.append(f" ({len(sel.hidden)} bookkeeping ops hidden)", style="dim")
-    for r in g.meta.get("raised") or ():  # the op that failed, and what it said
-        if isinstance(r, dict) and r.get("node") in {n.id for n in g.nodes}:
-            n = g.node(r["node"])
-            where = f" at {n.source.short()}" if n.source is not None else ""
-            t.append(f"\n!! raised {one_line(r.get('error'))}: `{n.short_op}`{where}", style="bold red")
+    for nid, error in g.raised().items():  # the op that failed, and what it said
+        n = g.node(nid)
+        where = f" at {n.source.short()}" if n.source is not None else ""
+        t.append(f"\n!! raised {one_line(error)}: `{n.short_op}`{where}", style="bold red")
     return t
 
 

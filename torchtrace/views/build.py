@@ -34,7 +34,7 @@ class Assembler:
         self.folds: List[str] = []
         self.rep_names: Dict[str, List[str]] = {}  # group key -> names of the calls a loop fold drew as it
         self.collapsed = 0
-        self.raised = {r.get("node"): r.get("error") for r in self.g.meta.get("raised") or () if isinstance(r, dict)}
+        self.raised = self.g.raised()
         self.chunked = 0
         self._edges: Optional[Tuple[List[Edge], List[Box]]] = None
 
