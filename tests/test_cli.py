@@ -155,6 +155,33 @@ def test_user_mistakes_give_clear_errors_without_traceback(args, code, words, tm
         assert w in res.stderr
 
 
+@pytest.mark.parametrize("args, words", [
+    (["render", "g.json", "-f", "gif"], ["'--format'", "'gif' is not one of", "torchtrace render --help"]),
+    (["run", "--every", "0", "s.py"], ["'--every'", "greater than or equal to 1", "torchtrace run --help"]),
+    (["render"], ["Missing argument", "torchtrace render --help"]),
+    (["render", "--no-such-option", "g.json"], ["No such option: --no-such-option"]),
+    (["no-such-command"], ["No such command 'no-such-command'", "torchtrace --help"]),
+])
+def test_usage_errors_are_one_error_line(args, words, tmp_path):
+    """A bad option value, a missing argument or an unknown command reads like
+    torchtrace's own errors: one ``error:`` line naming what was wrong, what is
+    accepted and where the help is; exit 2, no framed box."""
+    res = subprocess.run([EXE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "COLUMNS": "80"})
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for w in words:
+        assert w in lines[0]
+    assert res.stdout == ""
+
+
+def test_no_arguments_prints_the_help(tmp_path):
+    res = subprocess.run([EXE], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and "Usage: torchtrace" in res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "error:" not in res.stderr
+
+
 def test_bad_graph_file_is_reported(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "torchtrace.graph", "version": [9, 0]}')

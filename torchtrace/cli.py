@@ -247,7 +247,24 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
 
 
 def main() -> None:
-    app()
+    """The console script: a usage error (a bad option value, a missing argument,
+    an unknown command) prints the same one ``error:`` line as torchtrace's own
+    errors and exits 2, instead of click's framed box."""
+    try:
+        code = app(standalone_mode=False)
+    except Exception as e:  # click's exceptions, from typer's own copy of click or from click
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "Abort" in kinds:
+            err.print("Aborted!")
+            sys.exit(1)
+        if "ClickException" not in kinds:
+            raise
+        if "NoArgsIsHelpError" not in kinds:  # (that one: typer printed the help already)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if "UsageError" in kinds and ctx is not None else ""
+            err.print(Text.assemble(("error:", "bold red"), f" {e.format_message()}{hint}"), soft_wrap=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
