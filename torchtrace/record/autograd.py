@@ -133,8 +133,15 @@ class AutogradTracker:
 
     def next_aids(self, e: Entry) -> Tuple[str, ...]:
         """The IR ids of ``e``'s children that have an Entry, in edge order."""
-        kids = [self._held(k) or self.entries.get(node_key(k)) for k in e.kids]
-        return tuple(c.aid for c in kids if c is not None)
+        by_obj, out = self.by_obj, []
+        for k in e.kids:  # (``_held`` inlined: two kids per Node, every Node of the pass)
+            c = by_obj.get(id(k))
+            if c is None or c.node is not k:
+                c = self.entries.get(node_key(k))
+                if c is None:
+                    continue
+            out.append(c.aid)
+        return tuple(out)
 
     def walk(self, roots: Iterable[Any], hook: bool) -> None:
         entry = self.entry
