@@ -741,3 +741,31 @@ def test_a_damaged_store_is_an_error_not_a_traceback(tmp_path):
             assert "damaged trace store" in res.output and "Traceback" not in res.output
     with pytest.raises(torchtrace.TorchtraceError, match="damaged"):
         Store(tmp_path / "badwit.db", readonly=True).graph(0)
+
+
+def test_pass_labels_name_the_variable_each_root_was_called_through(tmp_path):
+    """A GAN's generator and discriminator are both `Sequential`: the root (the
+    class) reads alike, the label says which one ran (a local variable, or an
+    attribute of the caller's `self`); a root nothing names keeps its class."""
+    torch.manual_seed(0)
+    netG = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+    netD = nn.Sequential(nn.Linear(8, 1))
+
+    class Trainer:
+        def __init__(self) -> None:
+            self.critic = netD
+
+        def score(self, x: torch.Tensor) -> torch.Tensor:
+            return self.critic(x)
+
+    trainer = Trainer()
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(2):
+            fake = netG(torch.randn(3, 4))
+            trainer.score(fake.detach()).mean().backward()
+        [nn.Sequential(nn.Linear(8, 1))][0](fake.detach())
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+    assert [p.label for p in passes] == ["netG (Sequential) 0", "self.critic (Sequential) 1",
+                                         "netG (Sequential) 2", "self.critic (Sequential) 3", "Sequential 4"]
+    assert {p.root for p in passes} == {"Sequential"}

@@ -132,3 +132,21 @@ def local_name(t: Any, frame: Any) -> Optional[str]:
     except Exception:  # pragma: no cover - exotic frames
         return None
     return None
+
+
+def caller_name(obj: Any, frame: Any) -> Optional[str]:
+    """What the first frame outside torch calls ``obj``: a local variable
+    (``netG``) or an attribute of that frame's ``self`` (``self.critic``)."""
+    while frame is not None and is_torch_internal(frame.f_code):
+        frame = frame.f_back
+    name = local_name(obj, frame)
+    if name is None and frame is not None:
+        try:
+            attrs = getattr(frame.f_locals.get("self"), "__dict__", None)
+            for k, v in (attrs.items() if isinstance(attrs, dict) else ()):
+                if v is obj:
+                    return f"self.{k}"
+        except Exception:  # pragma: no cover - an exotic self
+            return None
+    return name
+

@@ -29,7 +29,7 @@ from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture, capture_options
 from .compiled import Uncompiled
-from .frames import is_torch_internal
+from .frames import caller_name, is_torch_internal
 
 _ACTIVE = threading.local()
 _task_id = torch._C._current_graph_task_id
@@ -145,7 +145,9 @@ class Recorder:
         self._boundary(root=None)
 
     # -- passes -------------------------------------------------------------------
-    def _begin(self, root: Optional[str]) -> None:
+    def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None) -> None:
+        """Start pass ``self.index`` at a call of a ``root`` class; ``name()``
+        says what the caller called it (only asked for a recorded pass)."""
         cap = self.capture
         assert cap is not None
         self._sampled = (self.index % self.every == 0
@@ -153,6 +155,8 @@ class Recorder:
         if self._sampled:
             cap.new_pass()
         self._root = root
+        called = name() if name is not None and self._sampled else None
+        self._root_label = root if called is None else f"{called} ({root})"  # `netD (Sequential)`
         self._pass_step = self._step
         self._t_start = time.perf_counter()
         cap.mode.off = not self._sampled
@@ -170,14 +174,15 @@ class Recorder:
         if not self._sampled or (not cap.mode.events and self._root is None):
             return
         wall = time.perf_counter() - self._t_start
-        label = f"{self._root or 'pass'} {self.index}"
+        label = f"{self._root_label or 'pass'} {self.index}"
         graph = cap.finish_pass(step=self._pass_step, root=self._root, error=error, label=label)
         stored = self.store.add(graph, wall_s=wall)
         self.recorded += 1
         if self.on_pass is not None:
             self.on_pass(graph, stored)
 
-    def _boundary(self, root: Optional[str], inputs: Iterable[Any] = ()) -> None:
+    def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
+                  name: Optional[Callable[[], Optional[str]]] = None) -> None:
         if self._sampled and inputs:
             # the ops that only built the next call's inputs (data loading) are left out of this step
             prep = input_prep(self.capture.mode, inputs)
@@ -185,7 +190,7 @@ class Recorder:
             drop_events(self.capture.mode, prep)
         self._finish()
         self.index += 1
-        self._begin(root)
+        self._begin(root, name)
 
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
@@ -201,13 +206,16 @@ class Recorder:
             e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
         if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
             return
+        def name() -> Optional[str]:
+            return caller_name(module, frame)
+
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
-            self._begin(root=type(module).__name__)
+            self._begin(root=type(module).__name__, name=name)
             return
         # the next call's inputs matter only to trim a recorded pass (kwargs cost an f_locals)
         self._boundary(root=type(module).__name__,
-                       inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else ())
+                       inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name)
 
     def _after_root(self, output: Any) -> None:
         if isinstance(output, types.GeneratorType):  # its body runs later, as the caller iterates
