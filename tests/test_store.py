@@ -264,7 +264,7 @@ def test_a_generator_forward_is_one_pass_per_step(tmp_path):
 
         def forward(self, x):
             for layer in self.layers:
-                x = layer(x)
+                x = layer(x) * 0.5
                 yield x
 
     m, x = Streaming(), torch.randn(2, 4)
@@ -277,6 +277,37 @@ def test_a_generator_forward_is_one_pass_per_step(tmp_path):
         assert [(p.step, p.root) for p in passes] == [(0, "Streaming"), (2, "Streaming")]
         g = store.graph(passes[1].idx)
     assert [g.module_path(n.module) for n in g.nodes if n.short_op == "addmm"] == ["layers.0", "layers.1", "layers.2"]
+    _assert_under_the_generator_call(g, "Streaming")
+
+
+def _assert_under_the_generator_call(g, root_type):
+    """The calls a generator forward's body makes, and its own ops, belong to
+    the generator's module call (they run after that call returned)."""
+    [root] = [c for c in g.modules if c.path == ""]
+    assert root.type == root_type
+    assert all(c.parent == root.id for c in g.modules if c.path.count(".") == 1), g.modules
+    body = [n for n in g.nodes if n.phase == "forward" and n.short_op == "mul.Tensor"]
+    assert body and all(n.module == root.id for n in body), [(n.op, n.module) for n in g.nodes]
+
+
+def test_a_generator_forward_under_trace_keeps_its_calls_under_it():
+    class Streaming(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x) * 0.5
+                yield x
+
+    m, x = Streaming(), torch.randn(2, 4)
+    with torchtrace.trace(m) as t:
+        outs = list(m(x))
+    _assert_under_the_generator_call(t.graph, "Streaming")
+    assert [t.graph.module_path(n.module) for n in t.graph.nodes if n.short_op == "addmm"] == [
+        "layers.0", "layers.1", "layers.2"]
+    assert torch.equal(outs[-1], list(m(x))[-1])
 
 
 @pytest.mark.parametrize("order", ["zero_grad first", "zero_grad after step"])

@@ -200,11 +200,15 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     args_of = _ArgsCache().get_args
     no_args: Dict[str, Any] = {}  # shared by this pass's ops without non-tensor arguments
     raised: List[Dict[str, str]] = []
+    # ops of a generator forward's own body run as its caller iterates, outside the call
+    in_generator = {code: entry[0] for code, (_, entry) in capture.scope.generators.items()}
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
         phase = PHASE_NAMES[ph]
         module = ev[E_MOD]
+        if module is None and in_generator and ev[E_CODE] is not None:
+            module = in_generator.get(id(ev[E_CODE]))
         if ph == BACKWARD:
             fwd = ag.forward_op_of(ev[E_ANODE])
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line

@@ -156,6 +156,7 @@ class Capture:
         if not built and self.mode.events:  # record_function markers still open carry over
             self.open_annotations = open_annotations(self.mode.events, self.open_annotations)
         self.mode.reset()
+        self.scope.new_pass()
         self.autograd.close()
         self.autograd.reset()
         self.seeds: List[Any] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import types
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -22,6 +23,7 @@ from .._memo import remember
 from .compiled import COMPILED_WRAPPER as _COMPILED
 from .compiled import is_compiled_in_place
 from .composite import see_autocast
+from .frames import is_torch_internal
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -55,6 +57,10 @@ class ModuleScope:
         # paths of calls whose parent does not hold the module (a ModuleList's items called
         # by the list's owner): they depend on this trace's roots, so they are kept here
         self.other_paths: Dict[tuple, tuple] = {}
+        # a call whose forward returned a generator: id(its code) -> (generator ref, the call's
+        # stack entry); the modules its body calls as the caller iterates belong under it
+        self.generators: Dict[int, Tuple[Any, tuple]] = {}
+        self.generator_children: set = set()  # call ids made under such a call
 
     def install(self) -> None:
         self.handles = [register_module_forward_pre_hook(self._pre),
@@ -76,8 +82,13 @@ class ModuleScope:
             return None
         if is_compiled_in_place(module):  # nn.Module.compile(): runs eagerly under the mode too
             cap.saw_compiled(module)
+        owner = None
         if self.depth == 0:
-            cap.on_root_call(module, args, frame if frame is not None else sys._getframe(1))
+            if frame is None:
+                frame = sys._getframe(1)
+            owner = self._generator_owner(frame) if self.generators else None
+            if owner is None:
+                cap.on_root_call(module, args, frame)
         self.depth += 1
         mode = cap.mode
         if mode.off:
@@ -91,6 +102,10 @@ class ModuleScope:
             e = _CHILD_PATHS.get(key)  # hit: still the same two modules, still under that attribute
             path = (e[2] if e is not None and e[0]() is module and e[1]() is parent[1]
                     and parent[1]._modules.get(e[3]) is module else self._path(key, module, parent))
+        elif owner is not None:  # the body of a generator forward, run as its caller iterates
+            parent = owner
+            path = self._path((id(owner[1]), owner[2], id(module)), module, owner)
+            self.generator_children.add(len(mode.mcalls))
         else:
             parent = None
             path = self.path_of(module, None)
@@ -109,8 +124,10 @@ class ModuleScope:
         stack = cap.mode.stack
         if stack and stack[-1][1] is module:  # the usual case: the innermost call returns
             self.depth -= 1
-            del stack[-1]
-            if not stack:
+            entry = stack.pop()
+            if type(output) is types.GeneratorType:
+                self.generators[id(output.gi_code)] = (weakref.ref(output), entry)
+            if not stack and entry[0] not in self.generator_children:
                 cap.on_root_return(output)
             return None
         if type(module).__name__ == _COMPILED:  # a torch.compile wrapper was never pushed
@@ -123,6 +140,21 @@ class ModuleScope:
                     cap.on_root_return(output)
                 break
         return None
+
+    def _generator_owner(self, frame: Any) -> Optional[tuple]:
+        """The stack entry of the call whose generator runs the first frame
+        outside torch above ``frame``, if that frame is a generator's we saw returned."""
+        while frame is not None and is_torch_internal(frame.f_code):
+            frame = frame.f_back
+        hit = self.generators.get(id(frame.f_code)) if frame is not None else None
+        if hit is None:
+            return None
+        gen = hit[0]()
+        return hit[1] if gen is not None and gen.gi_frame is frame else None
+
+    def new_pass(self) -> None:
+        self.generators.clear()
+        self.generator_children.clear()
 
     def _carried(self) -> bool:
         """Does this other thread run our recording? The autograd engine's device
