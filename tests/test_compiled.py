@@ -85,7 +85,7 @@ def test_compiled_code_runs_eagerly_in_a_trace_and_compiled_after_it(kind: str) 
         out = fn(*args)
     assert backend.runs == before  # the compiled graph did not run: the ops were recorded eagerly
     assert torch.equal(out, expected)
-    assert t.graph.meta["compiled_regions_ran_eager"] is (kind != "function")  # compiled.py: functions are not told apart
+    assert t.graph.meta["compiled_regions_ran_eager"] is True
     assert {"aten.tanh.default", "aten.relu.default"} & {n.op for n in t.graph.nodes}
 
     assert backend.ran(fn, *args)  # compiled again: nothing marked it "skip" for good
@@ -124,4 +124,27 @@ def test_recorder_records_compiled_models_and_gives_them_back(tmp_path: object, 
     finally:
         torch.compiler.set_stance("default")
     assert prior is not None and eval_frame._stance.stance == "default"
+    assert backend.ran(fn, *args)
+
+
+def test_a_compiled_function_is_told_from_its_uncompiled_self_and_the_watch_ends() -> None:
+    """A compiled function shares its code object (and Dynamo's cache) with the
+    plain function: only calls through the compiled one are compiled regions.
+    The wrapper on Dynamo's entry is gone after the block, also when it raised."""
+    from torch._dynamo import eval_frame
+
+    backend = Counted()
+    fn, eager, args, _ = _compiled("function", backend)
+    fn(*args)
+    dynamo_own = eval_frame._callback_from_stance
+    with torchtrace.trace() as t:
+        eager(*args)
+        assert eval_frame._callback_from_stance is not dynamo_own
+    assert t.graph.meta["compiled_regions_ran_eager"] is False
+    assert eval_frame._callback_from_stance is dynamo_own
+    with pytest.raises(ZeroDivisionError):
+        with torchtrace.trace():
+            fn(*args)
+            1 / 0
+    assert eval_frame._callback_from_stance is dynamo_own
     assert backend.ran(fn, *args)

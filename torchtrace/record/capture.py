@@ -23,7 +23,7 @@ from ..ir import Graph
 from .autograd import AutogradTracker, storage_ptrs
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
-from .compiled import force_eager, restore
+from .compiled import force_eager, restore, unwatch, watch
 from .composite import see_autocast
 from .frames import frame_filter, local_name
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
@@ -109,6 +109,7 @@ class Capture:
     def start(self, *, with_mode: bool = True) -> None:
         _STARTED.add(self)
         self._stance = force_eager()  # until stop(), sampled pass or not (compiled.py)
+        watch(id(self), self._saw_compiled_code)
         self.scope.install()
         self._installed = True
         if with_mode:
@@ -148,6 +149,7 @@ class Capture:
                 self.scope.remove()
                 self._installed = False
             self.autograd.close()
+            unwatch(id(self))
             restore(self._stance)
             self._stance = None
 
@@ -193,6 +195,10 @@ class Capture:
         self.compiled = True
         if self.on_compiled is not None:
             self.on_compiled(module)
+
+    def _saw_compiled_code(self) -> None:
+        if not self.mode.off:  # (a Recorder's unsampled pass: not this pass's)
+            self.compiled = True
 
     def note_fault(self, what: str, error: BaseException, stacklevel: int = 2) -> None:
         """Something torchtrace could not read (an exotic tensor, a private API that

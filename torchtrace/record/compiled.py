@@ -11,14 +11,18 @@ frames, and the user's own stance comes back when recording stops.
 
 The module hooks tell compiled modules apart: a ``torch.compile`` wrapper
 (``OptimizedModule``) and a module compiled in place (``nn.Module.compile()``).
-A compiled *function* is not told apart: Dynamo keeps its cache on the code
-object, which every uncompiled call of the same function (or every instance of
-a compiled module's class) shares, so that cache would name them too.
+A compiled *function* has no module call to see, and Dynamo's cache sits on the
+code object, which every uncompiled call of that function shares. What tells
+its calls apart is Dynamo's own entry: every call of compiled code asks
+``eval_frame._callback_from_stance`` for its callback (a compiler; ``None`` or
+``False`` for code that only disables Dynamo). While a Capture is started that
+function is wrapped to note such calls (``watch``), and put back when the last
+started Capture stops.
 """
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional
 
 _EVAL_FRAME = "torch._dynamo.eval_frame"
 COMPILED_WRAPPER = "OptimizedModule"  # the type name of torch.compile(module)'s wrapper
@@ -43,6 +47,37 @@ def restore(prior: Optional[Any]) -> None:
         sys.modules[_EVAL_FRAME]._set_stance(prior)
     except Exception:  # pragma: no cover - only inside a compiled region, which force_eager keeps out
         pass
+
+
+_WATCHERS: Dict[int, Callable[[], None]] = {}  # id(capture) -> its note "a compiled region ran"
+_WATCH: list = []  # (eval_frame module, Dynamo's function, ours) while any capture watches
+
+
+def watch(key: int, on_call: Callable[[], None]) -> None:
+    """Call ``on_call`` whenever compiled code is entered, until ``unwatch(key)``."""
+    _WATCHERS[key] = on_call
+    ef = sys.modules.get(_EVAL_FRAME)
+    original = getattr(ef, "_callback_from_stance", None)
+    if _WATCH or original is None:  # watched already, or no Dynamo (loaded: nothing compiled yet)
+        return
+
+    def _callback_from_stance(callback: Any) -> Any:
+        if callback is not None and callback is not False:  # a compiler: compiled code is entered
+            for note in list(_WATCHERS.values()):
+                note()
+        return original(callback)
+
+    ef._callback_from_stance = _callback_from_stance
+    _WATCH.append((ef, original, _callback_from_stance))
+
+
+def unwatch(key: int) -> None:
+    _WATCHERS.pop(key, None)
+    if _WATCHERS or not _WATCH:
+        return
+    ef, original, ours = _WATCH.pop()
+    if ef._callback_from_stance is ours:  # (else someone wrapped it after us: ours stays, a pass-through)
+        ef._callback_from_stance = original
 
 
 def is_compiled_in_place(module: Any) -> bool:
