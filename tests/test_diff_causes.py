@@ -158,3 +158,50 @@ def test_activation_checkpointing_is_said_to_be_that_in_the_recomputed_modules()
     assert d.why() == ["activation checkpointing in B recomputed the forward during backward (phase recompute; "
                        f"backward reads the recomputed tensors) \u2192 2 hunks, each {len(d.hunks[0].only_b)} ops "
                        "only in B (in `blocks.1`, `blocks.0`)"]
+
+
+def _gate_open(h: torch.Tensor) -> bool:
+    return bool(h.mean() > 0)  # LINE:gate
+
+
+class TwoGates(nn.Module):
+    """One helper reads the data at two call sites."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if _gate_open(h):  # LINE:first-gate
+            h = torch.relu(h)
+        h = self.b(h)
+        if _gate_open(h):  # LINE:second-gate
+            h = torch.tanh(h)
+        return h
+
+
+def test_a_helper_read_from_two_call_sites_names_the_call_site_and_is_no_loop(tmp_path):
+    """The helper's line read twice is not a loop that ran once more: each read
+    is told apart by the line that called the helper, and `why` names it."""
+    torch.manual_seed(0)
+    m = TwoGates()
+    graphs = {}
+    for _ in range(60):
+        with torchtrace.trace(m) as t:
+            m(torch.randn(2, 4))
+        graphs.setdefault(tuple(w.value for w in (n.witness for n in t.graph.nodes) if w is not None), t.graph)
+    a, b = graphs[(True, True)], graphs[(True, False)]
+    reads = [n.witness for n in a.nodes if n.witness is not None]
+    assert [(w.called_from[0].line, w.called_from[0].function) for w in reads] == [
+        (line_of("first-gate"), "TwoGates.forward"), (line_of("second-gate"), "TwoGates.forward")]
+    assert all(len(w.called_from) == 1 for w in reads)  # forward was called by Module.__call__: no caller
+    gate, second = line_of("gate"), line_of("second-gate")
+    assert torchtrace.diff(a, b).why() == [
+        f"`test_diff_causes.py:{gate}` (called from `test_diff_causes.py:{second}`) read True in A, False in B "
+        "\u2192 1 op only in A (in `<root>`)"]
+    torchtrace.save(a, tmp_path / "a.json")
+    back = torchtrace.load(tmp_path / "a.json")
+    assert [n.witness for n in back.nodes if n.witness is not None] == reads
+    assert torchtrace.diff(back, b).why() == torchtrace.diff(a, b).why()

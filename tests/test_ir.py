@@ -292,3 +292,16 @@ def test_fast_schema_check_accepts_exactly_what_the_oracle_accepts(graph):
         rejected += not want
         row[key] = old
     assert fast(d) and rejected > 300  # restored; and the corruptions do reach the checks
+
+
+@pytest.mark.parametrize("bad", [{"file": "m.py", "line": "7", "function": "f"}, "m.py:7", None])
+def test_a_bad_called_from_record_is_a_clear_error(graph, bad):
+    from torchtrace.errors import IRError
+    from torchtrace.serialize import graph_from_dict, graph_to_dict
+
+    d = json.loads(json.dumps(graph_to_dict(graph)))
+    node = next(n for n in d["nodes"] if n["witness"] is not None)
+    node["witness"]["called_from"] = [bad]
+    with pytest.raises(IRError, match="witness.called_from") as e:
+        graph_from_dict(d)
+    assert "expected" in str(e.value)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node
 
 Pair = Tuple[Optional[int], Optional[int]]
-Sig = Tuple[str, str, str, str, int]
+Sig = Tuple[Any, ...]  # (phase, module path, op, file, line[, a helper read's caller file, line])
 
 BOOKKEEPING = "autograd_internal"
 
@@ -37,10 +37,19 @@ def is_bookkeeping(n: "Node") -> bool:
     return BOOKKEEPING in n.tags or "annotation" in n.tags
 
 
+def _base(file: str) -> str:
+    return file.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def signature(g: "Graph", n: "Node") -> Sig:
     src = n.source
-    file = src.file.replace("\\", "/").rsplit("/", 1)[-1] if src is not None else ""
-    return (n.phase, g.module_path(n.module), n.op, file, src.line if src is not None else 0)
+    sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
+           src.line if src is not None else 0)
+    w = n.witness
+    if w is not None and w.called_from:
+        caller = w.called_from[0]  # a helper's read: one per call site (not a loop)
+        return (*sig, _base(caller.file), caller.line)
+    return sig
 
 
 _INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a path component that is a number: a ModuleList item
@@ -80,6 +89,18 @@ class Side:
         for i, k in enumerate(self.wkeys):
             if k is not None:
                 self.reads.setdefault(self.sigs[i], []).append(i)
+
+    @cached_property
+    def call_sites(self) -> Dict[Tuple[str, int], int]:
+        """(file, line) of a read -> how many lines called the helper it is in."""
+        sites: Dict[Tuple[str, int], set] = {}
+        for reads in self.reads.values():
+            for i in reads:
+                n = self.nodes[i]
+                if n.source is not None and n.witness.called_from:
+                    c = n.witness.called_from[0]
+                    sites.setdefault((n.source.file, n.source.line), set()).add((c.file, c.line))
+        return {k: len(v) for k, v in sites.items()}
 
     @cached_property
     def calls(self) -> Dict[str, int]:

@@ -65,14 +65,23 @@ class WitnessChange:
     node_b: str
     weak: bool = False
     call: Optional[Tuple[str, int, int]] = None  # a module called more than once: (path, call in A, call in B)
+    via: Optional[Tuple[str, str]] = None  # a helper read from several call sites: (call site in A, in B)
 
     @property
     def where(self) -> str:
         return where(self.file, self.line)
 
     def describe(self) -> str:
-        text = f"{self.where}{self._call()} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+        text = f"{self.where}{self._via()}{self._call()} read {read_str(self.a)} in A, {read_str(self.b)} in B"
         return text + " (a float: the nearest read that differs, maybe not the cause)" if self.weak else text
+
+    def _via(self) -> str:
+        """" (called from `model.py:40`)": the call site of a helper function that
+        read the data, when the pass read that line from more than one."""
+        if self.via is None:
+            return ""
+        ta, tb = self.via
+        return f" (called from {ta})" if ta == tb else f" (called from {ta} in A, {tb} in B)"
 
     def _call(self) -> str:
         """" (2nd call of `gate`)": which call of a module called several times per pass read it."""
@@ -86,13 +95,14 @@ class WitnessChange:
 
     def mirror(self) -> "WitnessChange":
         call = (self.call[0], self.call[2], self.call[1]) if self.call else None
-        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call)
+        via = (self.via[1], self.via[0]) if self.via else None
+        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call, via=via)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": _witness_dict(self.a), "b": _witness_dict(self.b),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak,
-                "call": list(self.call) if self.call else None}
+                "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None}
 
 
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
@@ -159,8 +169,13 @@ class Causes:
         if ca is not None or cb is not None:
             path = (ca or cb)[0]
             call = (path, ca[1] if ca and ca[0] == path else 0, cb[1] if cb and cb[0] == path else 0)
+        via = None
+        if src is not None and (self.A.call_sites.get((src.file, src.line), 0) > 1
+                                or self.B.call_sites.get((src.file, src.line), 0) > 1):
+            via = tuple(where(w.called_from[0].file, w.called_from[0].line) if w.called_from else "?"
+                        for w in (na.witness, nb.witness))
         return WitnessChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                             na.witness, nb.witness, na.id, nb.id, call=call)
+                             na.witness, nb.witness, na.id, nb.id, call=call, via=via)
 
     def explain(self, k0: int, k1: int) -> Tuple[Optional[WitnessChange], Optional[LoopChange]]:
         """The witness and the loop behind hunk ``k0:k1``. An `if` read inside

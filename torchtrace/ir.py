@@ -97,10 +97,13 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class Witness:
     """What Python read from tensor data: a scalar ``value`` (bool/int/float,
-    the result of ``.item()``/``bool(t)``) or a data-dependent output ``shape``."""
+    the result of ``.item()``/``bool(t)``) or a data-dependent output ``shape``;
+    ``called_from``: up to two user frames above the node's source, innermost
+    first (which call of a helper function read it)."""
 
     value: Any = None
     shape: Optional[Tuple[int, ...]] = None
+    called_from: Tuple[Source, ...] = ()  # the user frames that called the one at the node's source
 
     def describe(self) -> str:
         return f"shape {list(self.shape)}" if self.shape is not None else repr(self.value)

@@ -12,7 +12,7 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Tuple, Union
 
 import orjson
 
@@ -60,13 +60,18 @@ def _tree(g: Graph, arr: Callable[[Any], Any], share: bool) -> Dict[str, Any]:
                 sources[id(src)] = d  # the graph holds src alive meanwhile: its id stays its own
         return d
 
+    def witness(w: Any) -> Any:
+        d = {"shape": arr(w.shape)} if w.shape is not None else {"value": w.value}
+        if w.called_from:
+            d["called_from"] = [source(s) for s in w.called_from]
+        return d
+
     # witness and grad_fn are always written (null when absent): readers index them
     nodes = [{"id": n.id, "kind": n.kind, "op": n.op, "phase": n.phase, "module": n.module,
               "inputs": arr(n.inputs), "outputs": arr(n.outputs),
               "args": n.args if share and type(n.args) is dict else dict(n.args),
               "source": source(n.source), "tags": arr(n.tags),
-              "witness": None if n.witness is None else {"shape": arr(n.witness.shape)}
-              if n.witness.shape is not None else {"value": n.witness.value},
+              "witness": None if n.witness is None else witness(n.witness),
               "grad_fn": n.grad_fn} for n in g.nodes]
     ag = g.autograd
     return {
@@ -132,9 +137,20 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
 def _witness(d: Any) -> Any:
     if d is None:
         return None
+    via = _sources(d.get("called_from", []), "witness.called_from")
     if "shape" in d:
-        return Witness(shape=tuple(d["shape"]))
-    return Witness(value=d.get("value"))
+        return Witness(shape=tuple(d["shape"]), called_from=via)
+    return Witness(value=d.get("value"), called_from=via)
+
+
+def _sources(items: Any, where: str) -> Tuple[Source, ...]:
+    """A list of source records (a field the schema file leaves open: checked here)."""
+    if not isinstance(items, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("file"), str) and type(x.get("line")) is int
+            and isinstance(x.get("function"), str) for x in items):
+        raise IRError("bad source records", where=where, expected='a list of {"file": str, "line": int, '
+                      '"function": str}', found=repr(items)[:120], fix="re-export the graph with torchtrace")
+    return tuple(Source(x["file"], x["line"], x["function"]) for x in items)
 
 
 # -- files ---------------------------------------------------------------

@@ -199,7 +199,7 @@ class Store:
         with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
-            nodes = tuple(replace(n, witness=_witness(own[n.id])) if n.id in own else n for n in g.nodes)
+            nodes = tuple(replace(n, witness=_own_read(own[n.id], n.witness)) if n.id in own else n for n in g.nodes)
             autograd = g.autograd
             if isinstance(norms, list) and len(norms) == len(autograd.grads):
                 autograd = replace(autograd, grads=tuple(replace(gi, norm=x) for gi, x in zip(autograd.grads, norms)))
@@ -221,8 +221,11 @@ class Store:
         self.close()
 
 
-def _witness(d: Dict[str, Any]) -> Witness:
-    return Witness(shape=tuple(d["shape"])) if "shape" in d else Witness(value=d.get("value"))
+def _own_read(d: Dict[str, Any], stored: Optional[Witness]) -> Witness:
+    """A pass's own witness value (or shape), read where the stored graph read it."""
+    via = stored.called_from if stored is not None else ()
+    return (Witness(shape=tuple(d["shape"]), called_from=via) if "shape" in d
+            else Witness(value=d.get("value"), called_from=via))
 
 
 def _retry_locked(fn: Callable[[], Any], wait_s: float = 30.0) -> Any:

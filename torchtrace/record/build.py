@@ -235,10 +235,12 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             raised.append({"node": f"n{i}", "error": str(ev[E_EXTRA])})
             tags = tuple(t for t in tags if t != "witness")
         elif info.witness is not None:
+            read = ev[E_EXTRA]
+            via = () if read is None else tuple(_source(c, lasti) for c, lasti in read.callers)
             if info.witness == "value":
-                witness = Witness(value=jsonable(ev[E_EXTRA]))
+                witness = Witness(value=jsonable(read.value if read is not None else None), called_from=via)
             elif ev[E_OUTS] and reads_data(info, ev, vmeta):
-                witness = Witness(shape=vmeta[ev[E_OUTS][0]][V_SHAPE:])
+                witness = Witness(shape=vmeta[ev[E_OUTS][0]][V_SHAPE:], called_from=via)
             else:
                 tags = tuple(t for t in tags if t != "witness")
         ins = ev[E_INS]

@@ -150,3 +150,18 @@ def caller_name(obj: Any, frame: Any) -> Optional[str]:
             return None
     return name
 
+
+CALLERS = 2  # user frames kept above a read of tensor data (a helper's callers)
+
+
+def callers_of(frame: Any, internal: Any) -> Tuple[Tuple[CodeType, int], ...]:
+    """(code, f_lasti) of up to ``CALLERS`` user frames that called ``frame``
+    directly (``internal(code)``: not user code), innermost first: the call
+    sites of a helper function. A forward called through ``Module.__call__``,
+    a custom Function's backward run by the engine, a script's top level: none."""
+    out: List[Tuple[CodeType, int]] = []
+    frame = frame.f_back
+    while frame is not None and len(out) < CALLERS and not internal(frame.f_code):
+        out.append((frame.f_code, frame.f_lasti))
+        frame = frame.f_back
+    return tuple(out)

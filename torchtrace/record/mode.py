@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .compiled import mark_dynamo_skip
 from .composite import NOT_WHOLE, call_under_autocast, run_whole
-from .frames import engine_under_modes, is_autograd_engine
+from .frames import callers_of, engine_under_modes, is_autograd_engine
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
 
@@ -60,6 +60,17 @@ class Raised(str):
     def __new__(cls, error: BaseException) -> "Raised":
         text = str(error).strip().splitlines()
         return super().__new__(cls, f"{type(error).__name__}: {text[0][:300] if text else ''}".rstrip(": "))
+
+
+class Read:
+    """An event's ``extra`` for an op that hands tensor data to Python (a witness):
+    what it returned (None for a data-dependent shape) and who called the user
+    frame that issued it (``frames.callers_of``)."""
+
+    __slots__ = ("value", "callers")
+
+    def __init__(self, value: Any, callers: tuple) -> None:
+        self.value, self.callers = value, callers
 
 
 class RecordingMode(TorchDispatchMode):
@@ -229,6 +240,8 @@ class RecordingMode(TorchDispatchMode):
             self._fault(info, e, n_values)
             outs = ()
 
+        if info.witness is not None:  # rare: who called the helper that read the data
+            extra = Read(extra, callers_of(f, self.classify) if f is not None else ())
         stack = self.stack
         events = self.events
         events.append((info.index, ins, argv, kw, outs, seq, code, line, icode, ilasti,
