@@ -230,18 +230,21 @@ def test_the_backward_end_callback_never_raises_into_the_users_backward():
 
     from torchtrace.record.autograd import AutogradTracker
 
-    class Exotic:
+    class Exotic(nn.Parameter):
         @property
         def grad(self):
             raise RuntimeError("no gradient to read here")
 
     t = AutogradTracker()
-    good = torch.ones(2)
-    t.entries.update({("acc", 1): SimpleNamespace(variable=Exotic()),
-                      ("acc", 2): SimpleNamespace(variable=SimpleNamespace(grad=good))})
-    t.executed += [("acc", 1), ("acc", 2)]
-    t._at_backward_end()
-    assert t.grads == {("acc", 2): good}
+    p = nn.Parameter(torch.zeros(2))
+    p.grad = good = torch.ones(2)
+    leaf = torch.zeros(2, requires_grad=True)
+    leaf.grad = torch.ones(2)
+    t.entries.update({("acc", 1): SimpleNamespace(variable=Exotic(torch.zeros(1))),
+                      ("acc", 2): SimpleNamespace(variable=p), ("acc", 3): SimpleNamespace(variable=leaf)})
+    t.executed += [("acc", 1), ("acc", 2), ("acc", 3)]
+    t._at_backward_end(task=-1)
+    assert t.grads == {("acc", 2): good}  # parameters only: another leaf's .grad may flow on
 
 
 def test_unused_parameter_is_reported():
@@ -301,6 +304,44 @@ def test_reentrant_checkpoint_grads_are_the_named_tensors_only():
     assert None not in names  # three detached copies were listed as None
     assert set(names) == {"0.weight", "0.bias", "2.weight", "2.bias", "input"}  # x, as the model calls it
     assert {n.phase for n in t.graph.nodes} >= {"forward", "backward", "recompute"}
+
+
+def test_reentrant_checkpoint_runs_the_ops_it_runs_untraced():
+    """Reentrant checkpoint returns its detached inputs' .grad as the input's
+    gradient; AccumulateGrad takes that tensor when nothing else holds it. Held
+    (through the Nodes the recorder kept), it was copied: two extra ops, tagged
+    as accumulating into a .grad that did not exist."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def step(traced: bool) -> tuple:
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+        x = torch.randn(2, 4, requires_grad=True)
+        with Ops() as seen:
+            if traced:
+                with torchtrace.trace(m) as t:
+                    checkpoint(m, x, use_reentrant=True).sum().backward()
+            else:
+                checkpoint(m, x, use_reentrant=True).sum().backward()
+        return seen.ops, x.grad, [p.grad for p in m.parameters()], t.graph if traced else None
+
+    plain_ops, plain_x, plain_p, _ = step(False)
+    ops, gx, gp, g = step(True)
+    assert ops == plain_ops  # (the recorder's own reads are not ops: the outer mode sees what the user ran)
+    assert torch.equal(gx, plain_x) and all(torch.equal(a, b) for a, b in zip(gp, plain_p))
+    assert not [n.op for n in g.nodes if "accumulate_grad" in n.tags]
+    assert {"0.weight", "2.bias", "input"} <= {gi.name for gi in g.autograd.grads}
+    backward = [n for n in g.nodes if n.phase == "backward" and n.short_op == "mm"]
+    assert backward and all(n.module is not None for n in backward)  # still joined to their forward ops
 
 
 def test_autograd_grad_and_double_backward():

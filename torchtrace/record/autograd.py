@@ -13,14 +13,20 @@ pass ends. Node wrappers are held only until the pass is built.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 _ENGINE = torch.autograd.Variable._execution_engine
+_task_id = torch._C._current_graph_task_id
 
 _SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}
+
+
+def _dead() -> None:  # the leaf_ref of an AccumulateGrad Node without a tensor
+    return None
 
 
 def node_key(node: Any) -> tuple:
@@ -78,7 +84,7 @@ def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
 
 
 class Entry:
-    __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order", "aid")
+    __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order", "aid", "leaf_ref")
 
     def __init__(self, node: Any, key: tuple, order: int) -> None:
         self.node = node  # held: while it lives, torch hands out this same wrapper for the Node
@@ -92,12 +98,18 @@ class Entry:
         self.hooked = False
         self.order = order
         self.aid = ""  # its IR id, given when the pass is built
+        self.leaf_ref: Any = None  # the leaf, weakly, once the Node is let go (``release``)
+
+    def leaf(self) -> Any:
+        """The tensor an AccumulateGrad Node accumulates into (None: another Node, or gone)."""
+        return self.variable if self.leaf_ref is None else self.leaf_ref()
 
 
 class AutogradTracker:
     """Collects the Nodes reachable from a pass's outputs and backward roots."""
 
     def __init__(self) -> None:
+        self.on_release: Any = None  # called with {id(Node): key} of the Nodes let go (see release)
         self.reset()
 
     def reset(self) -> None:
@@ -109,6 +121,7 @@ class AutogradTracker:
         self.handles: List[Any] = []
         self.backward_ran = False
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
+        self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
 
     def _held(self, node: Any) -> Optional[Entry]:
         """The Entry that holds this very wrapper, if any (no key computed)."""
@@ -128,6 +141,8 @@ class AutogradTracker:
         return e  # (a second wrapper of a walked Node is not cached: nothing holds it)
 
     def key_of(self, node: Any) -> tuple:
+        if type(node) is tuple:  # a released leaf's Node, by its key
+            return node
         e = self._held(node)
         return e.key if e is not None else node_key(node)
 
@@ -137,7 +152,7 @@ class AutogradTracker:
         for k in e.kids:  # (``_held`` inlined: two kids per Node, every Node of the pass)
             c = by_obj.get(id(k))
             if c is None or c.node is not k:
-                c = self.entries.get(node_key(k))
+                c = self.entries.get(k if type(k) is tuple else node_key(k))  # (a key: a released leaf)
                 if c is None:
                     continue
             out.append(c.aid)
@@ -148,12 +163,13 @@ class AutogradTracker:
         stack = [r for r in roots if r is not None]
         seen: Set[int] = set()  # Entry orders visited by this walk
         while stack:
-            e = entry(stack.pop())
-            if e.order in seen:
+            x = stack.pop()
+            e = self.entries.get(x) if type(x) is tuple else entry(x)  # (a key: a released Node)
+            if e is None or e.order in seen:
                 continue
             seen.add(e.order)
             stack.extend(reversed(e.kids))
-            if hook and not e.hooked:
+            if hook and not e.hooked and e.node is not None:
                 e.hooked = True
                 self.handles.append(e.node.register_prehook(self._make_prehook(e.key)))
 
@@ -179,23 +195,56 @@ class AutogradTracker:
         self.walk([current, *roots], hook=True)
         if not was_hooked:  # its pre-hook time has passed: it is running now
             self.executed.append(key)
+        task = _task_id()
+        if task in self.open_tasks:  # (back in a task after a nested one: its callback is queued)
+            return
+        self.open_tasks[task] = bool(self.open_tasks)  # nested in another graph task?
         try:  # (inside the graph task: the engine runs it when the task ends)
-            _ENGINE.queue_callback(self._at_backward_end)
+            _ENGINE.queue_callback(lambda: self._at_backward_end(task))
         except RuntimeError:  # not inside one after all: the gradients are read when the pass is built
-            pass
+            del self.open_tasks[task]
 
-    def _at_backward_end(self) -> None:
-        """The gradient tensors this backward left (``gradnorms``): references only,
-        no op (their norms are taken when the pass is built). It runs inside the
-        user's backward: nothing may escape it (the build then reads ``.grad``)."""
+    def _at_backward_end(self, task: int) -> None:
+        """The gradient tensors this backward left on parameters (``gradnorms``):
+        references only, no op (their norms are taken when the pass is built). It
+        runs inside the user's backward: nothing may escape it (the build then reads
+        ``.grad``). At the end of a graph task nested in another (reentrant
+        checkpoint's backward, ``autograd.grad`` inside a backward) the Nodes are let
+        go (``release``)."""
         for k in dict.fromkeys(self.executed):
             if k[0] == "acc" and k in self.entries:
+                v = self.entries[k].variable
+                if not isinstance(v, torch.nn.Parameter):  # (see release: another leaf's .grad may flow on)
+                    continue
                 try:
-                    g = getattr(self.entries[k].variable, "grad", None)
+                    g = getattr(v, "grad", None)
                 except Exception:  # an exotic leaf
                     continue
                 if isinstance(g, torch.Tensor):
                     self.grads[k] = g
+        if self.open_tasks.pop(task, False):
+            self.release()
+
+    def release(self) -> None:
+        """Hold the walked Nodes by their keys from here on (and leaves other than
+        parameters weakly). A held Node holds the graph below it, down to its leaves,
+        and a leaf its ``.grad``: when that gradient flows on into the enclosing
+        backward (reentrant checkpoint returns its detached inputs' ``.grad``),
+        AccumulateGrad copies it instead of taking it, as it does for any gradient
+        something else still holds."""
+        keys: Dict[int, tuple] = {id(e.node): e.key for e in self.entries.values() if e.node is not None}
+        for e in self.entries.values():
+            e.kids = [k if type(k) is tuple else keys.get(id(k)) or node_key(k) for k in e.kids]
+            e.node = None
+            if e.seq is None and e.leaf_ref is None and not isinstance(e.variable, torch.nn.Parameter):
+                try:
+                    e.leaf_ref = weakref.ref(e.variable) if e.variable is not None else _dead
+                    e.variable = None
+                except TypeError:  # not weakly referable: it stays held
+                    pass
+        self.by_obj.clear()
+        if self.on_release is not None:  # the recorded events that hold Nodes too
+            self.on_release(keys)
 
     def close(self) -> None:
         """Remove every pre-hook; nothing of ours stays on the user's graph."""

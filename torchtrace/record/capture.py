@@ -93,6 +93,7 @@ class Capture:
         self.mode = RecordingMode(self)
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
+        self.autograd.on_release = self.mode.forget_nodes
         # pass boundaries (Recorder): (root module, args, the frame holding its kwargs: see call_kwargs)
         self.on_root: Optional[Callable[[torch.nn.Module, tuple, Any], None]] = None
         self.after_root: Optional[Callable[[Any], None]] = None

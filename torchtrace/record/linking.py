@@ -186,17 +186,18 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
         if op is not None:
             part.grad_fn_of.setdefault(op, aid)
         param = value = None
-        if e.variable is not None:
-            vid = vid_of(e.variable)
+        leaf = e.leaf()
+        if leaf is not None:
+            vid = vid_of(leaf)
             value = None if vid is None else f"v{vid}"
-            param = capture.name_of(e.variable)
+            param = capture.name_of(leaf)
             if param is not None:
                 part._param_of_key[e.key] = param
             # (not for leaves nothing names: reentrant checkpoint's detached copies of its inputs)
             if tracker.backward_ran and e.key in executed_keys and vid is not None and param is not None:
                 g = tracker.grads.get(e.key)  # the tensor backward left; zero_grad() may have dropped .grad
                 if g is None:
-                    g = getattr(e.variable, "grad", None)
+                    g = getattr(leaf, "grad", None)
                 if isinstance(g, torch.Tensor):
                     with_grad.append((vid, param, g))
         nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
@@ -208,7 +209,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                        in zip(with_grad, grad_infos([g for _, _, g in with_grad])))
     tracker.grads.clear()  # (the references end with the build)
     if tracker.backward_ran:
-        got = {id(e.variable) for e in entries if e.variable is not None and e.key in executed_keys}
+        got = {id(e.leaf()) for e in entries if e.leaf() is not None and e.key in executed_keys}
         named = {gi.name for gi in part.grads}  # (a swapped-in tensor of that name: functional_call)
         part.no_grad_params = tuple(name for p, name in capture.trainable_params()
                                     if id(p) not in got and name not in named)

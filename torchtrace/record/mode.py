@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .autograd import node_key
 from .compiled import mark_dynamo_skip
 from .composite import NOT_WHOLE, call_under_autocast, run_whole
 from .frames import callers_of, engine_under_modes, is_autograd_engine
@@ -397,6 +398,18 @@ class RecordingMode(TorchDispatchMode):
         if hit is None:
             hit = self.engine_codes[id(code)] = (code, is_autograd_engine(code))
         return hit[1]
+
+    def forget_nodes(self, keys: Dict[int, tuple]) -> None:
+        """Events hold the autograd Node that ran them: once the tracker lets go of
+        the Nodes (``AutogradTracker.release``), they hold its key instead."""
+        events = self.events
+        for i in range(len(events) - 1, -1, -1):
+            ev = events[i]
+            if ev[E_PHASE] != BACKWARD:
+                continue
+            node = ev[E_ANODE]
+            if node is not None and type(node) is not tuple:
+                events[i] = (*ev[:E_ANODE], keys.get(id(node)) or node_key(node), *ev[E_ANODE + 1:])
 
     def _fault(self, info: Any, error: Exception, n_values: Optional[int] = None) -> None:
         """Something torchtrace could not read (an exotic tensor, a private API
