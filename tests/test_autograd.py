@@ -344,6 +344,25 @@ def test_reentrant_checkpoint_runs_the_ops_it_runs_untraced():
     assert backward and all(n.module is not None for n in backward)  # still joined to their forward ops
 
 
+def test_checkpointing_the_whole_model_is_still_a_training_pass():
+    """Reentrant checkpoint runs the root's forward under no_grad: the pass's
+    grad mode was read there ("no_grad"), and diff blamed the grad mode for the
+    backward ops it then showed."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(6, 4, requires_grad=True)
+    graphs = []
+    for reentrant in (False, True):
+        with torchtrace.trace(net) as t:
+            checkpoint(net, x, use_reentrant=reentrant).sum().backward()
+        graphs.append(t.graph)
+    assert [g.meta["grad_mode"] for g in graphs] == ["train", "train"]
+    assert not any("grad mode" in w for w in torchtrace.diff(*graphs).why())
+    with torch.no_grad(), torchtrace.trace(net) as t:
+        net(x)
+    assert t.graph.meta["grad_mode"] == "no_grad"
+
+
 def test_autograd_grad_and_double_backward():
     x = torch.randn(3, requires_grad=True)
     with torchtrace.trace() as t:

@@ -205,3 +205,24 @@ def test_a_helper_read_from_two_call_sites_names_the_call_site_and_is_no_loop(tm
     back = torchtrace.load(tmp_path / "a.json")
     assert [n.witness for n in back.nodes if n.witness is not None] == reads
     assert torchtrace.diff(back, b).why() == torchtrace.diff(a, b).why()
+
+
+def test_a_loop_explanation_never_gives_equal_counts():
+    """The second backward of `for _ in range(n): net(x).sum().backward()` splits
+    into several hunks; one was put down to "the block ... ran 1x in A, 1x in B"."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(6, 4)
+
+    def step(n: int) -> Graph:
+        net.zero_grad(set_to_none=True)
+        with torchtrace.trace(net) as t:
+            for _ in range(n):
+                net(x).sum().backward()
+        return t.graph
+
+    d = torchtrace.diff(step(1), step(2))
+    assert d.why() and not d.structure_equal
+    for h in d.hunks:
+        if h.loop is not None:
+            assert h.loop.a != h.loop.b, h.loop.describe()

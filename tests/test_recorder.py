@@ -76,6 +76,55 @@ def test_dataflow_of_a_linear_layer_by_hand():
     assert g.outputs == addmm.outputs
 
 
+def test_outputs_in_a_returned_dataclass_and_of_plain_tensor_code():
+    """A forward may return a dataclass (its tensors are the outputs, and the
+    autograd graph is walked from them); plain tensor code's outputs are the
+    values the user holds, not autograd's detach of a saved output, so train and
+    no_grad give one structure."""
+    from dataclasses import dataclass
+
+    @dataclass(slots=True)
+    class Out:
+        logits: torch.Tensor
+        hidden: torch.Tensor
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> Out:
+            h = self.lin(x)
+            return Out(h.relu(), h)
+
+    m = M()
+    with torchtrace.trace(m) as t:
+        out = m(torch.randn(2, 4))
+    g = t.graph
+    relu = next(n for n in g.nodes if n.short_op == "relu")
+    addmm = next(n for n in g.nodes if n.short_op == "addmm")
+    assert g.outputs == (relu.outputs[0], addmm.outputs[0])
+    walk, stack = set(), [out.logits.grad_fn]  # oracle: torch's own graph from the returned tensors
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in walk:
+            walk.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    assert sorted(a.name for a in g.autograd.nodes) == sorted(fn.name() for fn in walk)
+
+    x = torch.randn(3, requires_grad=True)
+    graphs = []
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), torchtrace.trace() as t:
+            y = x.relu()
+            z = x.sigmoid()
+        graphs.append(t.graph)
+        producers = [g2.node(g2.producers()[v]).short_op for g2 in [t.graph] for v in t.graph.outputs]
+        assert producers == ["relu", "sigmoid"], (grad, producers)
+    assert graphs[0].fingerprints["structure"] == graphs[1].fingerprints["structure"]
+    assert torch.equal(y, x.relu()) and torch.equal(z, x.sigmoid())
+
+
 def test_inplace_views_and_out_variants():
     a = torch.zeros(4)
     b = torch.ones(4)

@@ -256,7 +256,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     capture.open_annotations = tuple(annotations)  # where the next pass starts
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase)
                     for k, (path, typ, call, parent, phase) in enumerate(mode.mcalls))
-    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive))
+    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes))
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))
@@ -293,9 +293,10 @@ def open_annotations(events: List[tuple], stack: Tuple[str, ...]) -> Tuple[str, 
     return tuple(out)
 
 
-def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any]) -> List[int]:
+def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any], nodes: List[Node]) -> List[int]:
     """What the traced call returned; for plain tensor code, the values still
-    alive at the end that no later op consumed."""
+    alive at the end that no later op consumed (autograd's own detach of a saved
+    output neither consumes it nor is one)."""
     if mode.outputs:
         seen, out = set(), []
         for v in mode.outputs:
@@ -303,6 +304,7 @@ def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any]) -> List[int]
                 seen.add(v)
                 out.append(v)
         return out
-    consumed = {v for ev in events for v in ev[E_INS]}
-    produced = [v for ev in events if ev[E_PHASE] == 0 for v in ev[E_OUTS]]
+    user = [ev for ev, n in zip(events, nodes) if "autograd_internal" not in n.tags]
+    consumed = {v for ev in user for v in ev[E_INS]}
+    produced = [v for ev in user if ev[E_PHASE] == 0 for v in ev[E_OUTS]]
     return [v for v in produced if v not in consumed and alive.get(v) is not None]

@@ -3,6 +3,7 @@ by parameter name, keyword arguments from the hook's frame, the tensors in a
 nested output."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -66,14 +67,22 @@ def call_kwargs(frame: Any) -> dict:
 
 
 def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
+    """The tensors in a call's output (or arguments): in lists, tuples, dicts and
+    dataclasses, four levels deep; not in other objects (a KV cache's tensors
+    are the model's state, not what the call computed)."""
     if isinstance(x, torch.Tensor):
         yield x
-    elif depth < 4 and isinstance(x, (list, tuple)):
+    elif depth >= 4:
+        return
+    elif isinstance(x, (list, tuple)):
         for v in x:
             yield from tensors_in(v, depth + 1)
-    elif depth < 4 and isinstance(x, dict):
+    elif isinstance(x, dict):
         for v in x.values():
             yield from tensors_in(v, depth + 1)
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        for f in dataclasses.fields(x):
+            yield from tensors_in(getattr(x, f.name, None), depth + 1)
 
 
 _PLAIN_MODULES = frozenset({"builtins", "torch", "numpy", "enum"})  # no tensors to name inside
@@ -99,6 +108,16 @@ def named_tensors(value: Any, name: str, depth: int = 0, budget: Optional[List[i
         for k, v in value.items():
             yield from named_tensors(v, f"{name}.{k}", depth + 1, budget)
     elif type(value).__module__ not in _PLAIN_MODULES and not isinstance(value, torch.nn.Module):
-        for k, v in list(getattr(value, "__dict__", {}).items())[:64]:
+        for k, v in _attributes(value)[:64]:
             if not k.startswith("_"):
-                yield from named_tensors(v, f"{name}.{k}", depth + 1, budget)
+                yield from named_tensors(v, f"{name}.{k}" if name else k, depth + 1, budget)
+
+
+def _attributes(value: Any) -> List[Tuple[str, Any]]:
+    """An object's attributes: its ``__dict__``, or a slotted dataclass's fields."""
+    d = getattr(value, "__dict__", None)
+    if isinstance(d, dict):
+        return list(d.items())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
+    return []

@@ -25,7 +25,7 @@ from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import force_eager, restore, unwatch, watch
 from .composite import see_autocast
-from .frames import frame_filter, local_name
+from .frames import called_by_torch, frame_filter, local_name
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 from .process import grad_mode, process_rank
@@ -281,7 +281,8 @@ class Capture:
         self.register_root(module)
         if not self.had_root_call:
             self.had_root_call = True
-            self.pass_grad_mode = grad_mode()
+            if not called_by_torch(frame):  # (checkpoint's no_grad forward: the pass's mode stays)
+                self.pass_grad_mode = grad_mode()
         mode = self.mode
         bound = bind_args(module.forward, args, kwargs)
         for t, path in (x for name, value in bound.items() for x in named_tensors(value, name)):

@@ -151,6 +151,18 @@ def caller_name(obj: Any, frame: Any) -> Optional[str]:
     return name
 
 
+_MODULE_PY = os.path.abspath(torch.nn.modules.module.__file__)
+
+
+def called_by_torch(frame: Any) -> bool:
+    """Was the module call whose hook frame is ``frame`` made by torch itself
+    (reentrant checkpoint runs the forward under ``no_grad``) rather than by
+    user code? ``nn.Module``'s own call frames are looked past."""
+    while frame is not None and frame.f_code.co_filename == _MODULE_PY:
+        frame = frame.f_back
+    return frame is not None and is_torch_internal(frame.f_code)
+
+
 CALLERS = 2  # user frames kept above a read of tensor data (a helper's callers)
 
 
