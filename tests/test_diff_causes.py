@@ -226,3 +226,38 @@ def test_a_loop_explanation_never_gives_equal_counts():
     for h in d.hunks:
         if h.loop is not None:
             assert h.loop.a != h.loop.b, h.loop.describe()
+
+
+class Picks(nn.Module):
+    """An `if` picks a Linear; a boolean mask read after it differs too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x) if x.sum() > 0 else self.b(x)  # LINE:pick
+        pos = h[h > 0]  # LINE:mask
+        return h.sum() + pos.sum()
+
+
+def test_a_backward_hunk_takes_the_cause_of_the_forward_ops_it_differentiates():
+    """The backward of `a` against that of `b` was put down to the mask read just
+    before backward (a mask cannot pick a Linear)."""
+    m = Picks()
+    graphs = []
+    for sign in (1, -1):
+        torch.manual_seed(0)
+        with torchtrace.trace(m) as t:
+            m(torch.rand(3, 4) * sign).backward()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    pick = f"`test_diff_causes.py:{line_of('pick')}` read True in A, False in B"
+    backward = [h for h in d.structural_hunks if all(n.phase == "backward" for n in (*h.only_a, *h.only_b))]
+    assert backward and all(h.cause == pick and h.backward_of is not None for h in backward)
+    assert {n.module and graphs[0].module(n.module).path for n in backward[0].only_a} == {"a"}
+    assert [w.split(" \u2192 ")[0] for w in d.why()] == [pick, pick]
+    assert "their backward: " in d.why()[1]
+    assert torchtrace.diff(graphs[1], graphs[0]).why()[1].startswith(
+        pick.replace("True in A, False in B", "False in A, True in B"))

@@ -19,7 +19,7 @@ hunks rather than forming one (so is an op called from another source line,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
@@ -287,10 +287,35 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
                               types=type_changes(value_pairs(A, B, changed)),
                               args=arg_changes(args_only(changed), reshaped(changed)), rewires=rewires(A, B, changed)))
+    hunks = _backward_like_forward(A, B, hunks)
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched)),
                      inputs, (A.ignored, B.ignored))
+
+
+def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
+    """A hunk of backward ops only takes the cause of the forward hunk whose ops
+    they differentiate (a backward op carries its forward op's module and line):
+    the branch that chose `self.a` over `self.b` decided their backward too, not
+    the read nearest before the backward hunk."""
+    def sites(h: Hunk) -> set:
+        return {(g.module_path(n.module), n.source.file, n.source.line)
+                for g, ops in ((A.graph, h.only_a), (B.graph, h.only_b)) for n in ops if n.source is not None}
+
+    forward = [(sites(h), h) for h in hunks if h.kind == "structural" and h.witness is not None
+               and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
+    out = []
+    for h in hunks:
+        ops = (*h.only_a, *h.only_b)
+        if forward and h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) \
+                and not (h.grads or h.recompute or h.stopped):
+            mine = sites(h)
+            owner = next((f for keys, f in forward if f.index < h.index and keys & mine), None)
+            if owner is not None:
+                h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
+        out.append(h)
+    return out
 
 
 def _module_path(g: Graph, n: Node) -> str:

@@ -49,6 +49,7 @@ class Hunk:
     grads: Tuple[str, ...] = ()  # the hunk is AccumulateGrad adding into these .grads, which existed on one side
     recompute: bool = False  # the hunk is activation checkpointing's recompute (phase ``recompute``), on one side
     casts: Tuple[TypeChange, ...] = ()  # the hunk is dtype casts (``.float()``) only on one side: the dtype changes
+    backward_of: Optional[int] = None  # the hunk is the backward of that (forward) hunk's ops: its cause
 
     @property
     def cause(self) -> str:
@@ -95,7 +96,7 @@ class Hunk:
             parts.append(plural(len(self.only_a), "op") + " only in A")
         if self.only_b:
             parts.append(plural(len(self.only_b), "op") + " only in B")
-        return ", ".join(parts)
+        return ("their backward: " if self.backward_of is not None else "") + ", ".join(parts)
 
     @property
     def explanation(self) -> str:
@@ -133,7 +134,7 @@ class Hunk:
                 "types": [t.to_dict() for t in self.types], "args": [a.to_dict() for a in self.args],
                 "inputs": [i.to_dict() for i in self.inputs], "rewires": [r.to_dict() for r in self.rewires],
                 "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
-                "casts": [t.to_dict() for t in self.casts],
+                "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "explanation": self.explanation}
 
 
