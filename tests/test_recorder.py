@@ -125,6 +125,59 @@ def test_outputs_in_a_returned_dataclass_and_of_plain_tensor_code():
     assert torch.equal(y, x.relu()) and torch.equal(z, x.sigmoid())
 
 
+def test_a_modules_own_forward_hooks_run_inside_its_call():
+    """torch runs the global forward hooks (torchtrace's) before a module's own:
+    a user hook that replaces the root's output, or runs ops, came after the call
+    had ended (the graph's output was the pre-hook value, the hook's op had no
+    module). The call now ends after them; nothing stays registered, also when a
+    hook raises; a module that calls itself again ends each call once."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    m.register_forward_pre_hook(lambda mod, args: (args[0] * 2,))
+    m.register_forward_hook(lambda mod, args, out: out + 100)
+    m[0].register_forward_hook(lambda mod, args, out: out.tanh())
+    x = torch.randn(3, 4)
+    expected = m(x)
+    own = {k: dict(v) for k, v in ((0, m._forward_hooks), (1, m[0]._forward_hooks))}
+    with torchtrace.trace(m) as t:
+        y = m(x)
+    assert torch.equal(y, expected)
+    g = t.graph
+    add = next(n for n in g.nodes if n.short_op == "add.Tensor")
+    tanh = next(n for n in g.nodes if n.short_op == "tanh")
+    assert g.outputs == add.outputs
+    assert g.module_path(add.module) == "" and g.module_path(tanh.module) == "0"
+    assert {0: dict(m._forward_hooks), 1: dict(m[0]._forward_hooks)} == own
+
+    def fail(mod, args, out):
+        raise ValueError("hook failed")
+
+    h = m[0].register_forward_hook(fail)
+    with pytest.raises(ValueError), torchtrace.trace(m) as t:
+        m(x)
+    h.remove()
+    assert {0: dict(m._forward_hooks), 1: dict(m[0]._forward_hooks)} == own
+    assert not _get_current_dispatch_mode_stack() and not nn_module._global_forward_hooks
+
+    class Again(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor, depth: int = 0) -> torch.Tensor:
+            return self.lin(x) if depth else self(x, depth + 1) * 3
+
+    a = Again()
+    a.register_forward_hook(lambda mod, args, out: out - 1)
+    with torchtrace.trace(a) as t:
+        out = a(x)
+    g = t.graph
+    assert [(c.path, c.call, c.parent) for c in g.modules] == [("", 0, None), ("", 1, "m0"), ("lin", 0, "m1")]
+    subs = [n for n in g.nodes if n.short_op == "sub.Tensor"]
+    assert [g.module(n.module).call for n in subs] == [1, 0] and g.outputs == subs[-1].outputs
+    assert torch.equal(out, a(x)) and len(a._forward_hooks) == 1
+
+
 def test_inplace_views_and_out_variants():
     a = torch.zeros(4)
     b = torch.ones(4)

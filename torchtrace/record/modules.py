@@ -61,15 +61,17 @@ class ModuleScope:
         # stack entry); the modules its body calls as the caller iterates belong under it
         self.generators: Dict[int, Tuple[Any, tuple]] = {}
         self.generator_children: set = set()  # call ids made under such a call
+        self.late: Dict[int, Any] = {}  # call id -> the hook that ends it after the module's own (see _pre)
 
     def install(self) -> None:
         self.handles = [register_module_forward_pre_hook(self._pre),
                         register_module_forward_hook(self._post, always_call=True)]
 
     def remove(self) -> None:
-        for h in self.handles:
+        for h in (*self.handles, *self.late.values()):
             h.remove()
         self.handles = []
+        self.late.clear()
 
     # -- hooks -----------------------------------------------------------------
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
@@ -115,7 +117,24 @@ class ModuleScope:
         mode.mcalls.append((path, typ, k, parent[0] if parent else None,
                             "forward" if _task_id() == -1 else "recompute"))
         stack.append((len(mode.mcalls) - 1, module, path))
+        if module._forward_hooks:  # its own forward hooks run after ours: the call ends after them
+            self._end_after_own_hooks(module, len(mode.mcalls) - 1)
         return None
+
+    def _end_after_own_hooks(self, module: torch.nn.Module, call: int) -> None:
+        """torch runs global forward hooks (ours) before a module's own: a hook of
+        the user's that replaces the output, or runs ops, would come after the
+        call ended. Such a call ends in a forward hook of its own, added last
+        (and removed when it runs; ``always_call``: also when the forward raised)."""
+        def end(mod: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
+            stack = self.capture.mode.stack
+            if not stack or stack[-1][0] != call or (_get_ident() != self.capture.tid and not self._carried()):
+                return None  # (a nested call of the same module, or another thread's)
+            self.late.pop(call).remove()
+            self._end(module, output)
+            return None
+
+        self.late[call] = module.register_forward_hook(end, always_call=True)
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture
@@ -123,12 +142,9 @@ class ModuleScope:
             return None
         stack = cap.mode.stack
         if stack and stack[-1][1] is module:  # the usual case: the innermost call returns
-            self.depth -= 1
-            entry = stack.pop()
-            if type(output) is types.GeneratorType:
-                self.generators[id(output.gi_code)] = (weakref.ref(output), entry)
-            if not stack and entry[0] not in self.generator_children:
-                cap.on_root_return(output)
+            if self.late and stack[-1][0] in self.late:
+                return None  # it ends after the module's own forward hooks
+            self._end(module, output)
             return None
         if type(module).__name__ == _COMPILED:  # a torch.compile wrapper was never pushed
             return None
@@ -140,6 +156,16 @@ class ModuleScope:
                     cap.on_root_return(output)
                 break
         return None
+
+    def _end(self, module: torch.nn.Module, output: Any) -> None:
+        """The innermost call, of ``module``, returned ``output``."""
+        stack = self.capture.mode.stack
+        self.depth -= 1
+        entry = stack.pop()
+        if type(output) is types.GeneratorType:
+            self.generators[id(output.gi_code)] = (weakref.ref(output), entry)
+        if not stack and entry[0] not in self.generator_children:
+            self.capture.on_root_return(output)
 
     def _generator_owner(self, frame: Any) -> Optional[tuple]:
         """The stack entry of the call whose generator runs the first frame
