@@ -372,3 +372,61 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_records(tm
     again = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0  # the lock went with the first run
     assert (out / "trace.prev.db").exists()
+
+
+def test_run_is_python_for_paths_errors_and_a_scripts_own_recorder(tmp_path):
+    """`torchtrace run` runs a script as `python` would: `__file__` absolute (a
+    script that changes folder still finds its files), a folder runs its
+    __main__.py, tracebacks show the script's frames and torch's but not
+    torchtrace's (an op that raised inside the recorder, a script that does not
+    compile), and a script's own Recorder stands aside (its steps label the run)."""
+    (tmp_path / "data.txt").write_text("42")
+    s = _script(tmp_path, """
+        import os, sys
+        from pathlib import Path
+        import torch, torchtrace
+        here = Path(__file__).parent
+        os.chdir("/")
+        m = torch.nn.Linear(2, 2)
+        with torchtrace.Recorder(here / "own.db") as rec:
+            for i in range(2):
+                rec.step(10 + i)
+                m(torch.ones(1, 2) * int((here / "data.txt").read_text())).sum().backward()
+        print("absolute", Path(__file__).is_absolute())
+    """)
+    res = subprocess.run([EXE, "run", "--out", "o", "s.py"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "absolute True" in res.stdout and "records this script already" in res.stderr
+    assert not (tmp_path / "own.db").exists()
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert [p.step for p in store.passes()] == [10, 11]
+    # the folder `run` wrote stands for its store
+    shown = subprocess.run([EXE, "show", str(tmp_path / "o") + ":1"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "Linear" in shown.stdout, shown.stderr
+
+    pkg = tmp_path / "app"
+    pkg.mkdir()
+    (pkg / "__main__.py").write_text("import torch\ntorch.nn.Linear(2, 3)(torch.ones(1, 3))\n")
+    res = subprocess.run([EXE, "run", "--out", "o2", "app"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 1 and "mat1 and mat2 shapes cannot be multiplied" in res.stderr
+    assert f'File "{pkg / "__main__.py"}", line 2' in res.stderr and "torch/nn/modules" in res.stderr
+    assert "torchtrace/" not in res.stderr.split("torchtrace: recorded")[0]  # (the summary names the store)
+    assert "runpy" not in res.stderr
+
+    (tmp_path / "bad.py").write_text("x = 1\ndef f(:\n")
+    res = subprocess.run([EXE, "run", "--out", "o3", "bad.py"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 1 and "SyntaxError" in res.stderr
+    assert "Traceback" not in res.stderr and "launch.py" not in res.stderr and 'bad.py", line 2' in res.stderr
+
+
+def test_next_hints_quote_paths_for_the_shell(tmp_path):
+    s = _script(tmp_path, "import torch\ntorch.nn.Linear(2, 2)(torch.ones(1, 2))\n")
+    out = tmp_path / "out dir ü"
+    res = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    hint = next(line for line in res.stderr.splitlines() if "next:" in line)
+    import shlex
+    first = hint.split("next:", 1)[1].split("|")[0].strip()
+    assert shlex.split(first) == ["torchtrace", "variants", str(out / "trace.db")]

@@ -305,3 +305,29 @@ def test_a_bad_called_from_record_is_a_clear_error(graph, bad):
     with pytest.raises(IRError, match="witness.called_from") as e:
         graph_from_dict(d)
     assert "expected" in str(e.value)
+
+
+def test_writes_follow_symlinks_and_write_special_files_in_place(tmp_path):
+    """`-o /dev/null` or `-o /dev/stdout` must not put a regular file where the
+    device was: only regular files are replaced atomically; a symlink's target
+    is the file written (the link stays a link)."""
+    import stat
+    import threading
+
+    from torchtrace.serialize import atomic_write
+
+    target = tmp_path / "real.dot"
+    target.write_text("old")
+    link = tmp_path / "link.dot"
+    link.symlink_to(target)
+    atomic_write(link, b"new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    atomic_write(fifo, b"through the pipe")
+    reader.join(timeout=10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import shlex
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from rich.table import Table
 
 from .errors import UsageError, WriteError
 from .ir import Graph
+from .store import RUN_STORE
 
-STORE_NAME = "trace.db"
+STORE_NAME = RUN_STORE
 
 
 @dataclass
@@ -136,9 +138,9 @@ def _exit_code(e: SystemExit, console: Console) -> int:
 
 def _check_script(script: str) -> Path:
     path = Path(script)
-    if not path.is_file():
-        raise UsageError("no such script", where=script, expected="a Python file to run",
-                         found="nothing there" if not path.exists() else "a folder",
+    if not path.is_file() and not (path / "__main__.py").is_file():  # (`python adir` runs adir/__main__.py)
+        raise UsageError("no such script", where=script, expected="a Python file to run (or a folder with __main__.py)",
+                         found="nothing there" if not path.exists() else "a folder without __main__.py",
                          fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
     return path
 
@@ -161,7 +163,8 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
     progress = _Progress(options, console)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *argv]
-    sys.path.insert(0, str(path.resolve().parent))
+    if path.is_file():  # (run_path puts a folder on sys.path itself)
+        sys.path.insert(0, str(path.resolve().parent))
     code = 0
     status = console.status("torchtrace: starting") if console.is_terminal and not worker else None
     # SIGTERM (a scheduler, or torchrun stopping the other ranks) ends the
@@ -172,21 +175,21 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
         if status is not None:
             progress.status = status
             status.start()
-        with Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
-                      skip=options.skip, on_pass=progress.on_pass,
-                      **({} if options.max_ops is None else {"max_ops": options.max_ops})):
-            runpy.run_path(str(path), run_name="__main__")
+        recorder = Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
+                            skip=options.skip, on_pass=progress.on_pass,
+                            **({} if options.max_ops is None else {"max_ops": options.max_ops}))
+        recorder.launched = True
+        with recorder:
+            runpy.run_path(os.path.abspath(path), run_name="__main__")  # (__file__ absolute, as python's)
     except SystemExit as e:
         code = _exit_code(e, console)
     except KeyboardInterrupt:
         code = 130
         console.print("KeyboardInterrupt", style="bold red")
-    except BaseException:  # the script's own error: show it as python would, without our frames
+    except BaseException as e:  # the script's own error: show it as python would, without our frames
         code = 1
-        etype, value, tb = sys.exc_info()
-        while tb is not None and not _is_script_frame(tb, path):
-            tb = tb.tb_next
-        traceback.print_exception(etype, value, tb or value.__traceback__)
+        print("".join(_without_our_frames(traceback.TracebackException.from_exception(e)).format()),
+              end="", file=sys.stderr)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
@@ -237,8 +240,18 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def _is_script_frame(tb: Any, script: Path) -> bool:
-    return Path(tb.tb_frame.f_code.co_filename).resolve() == script.resolve()
+_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(runpy.__file__), "<frozen runpy>")
+
+
+def _without_our_frames(te: traceback.TracebackException, depth: int = 0) -> traceback.TracebackException:
+    """The traceback python would print: torchtrace's frames (the launcher, the
+    recorder's handler an op raised in) and runpy's left out, in chained
+    exceptions too. A script that does not compile shows no frame at all."""
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not (f.filename or "").startswith(_OURS)])
+    for chained in (te.__cause__, te.__context__):
+        if chained is not None and depth < 32:
+            _without_our_frames(chained, depth + 1)
+    return te
 
 
 def _summary(console: Console, progress: _Progress, store: Path, script: Path, code: int) -> None:
@@ -256,8 +269,10 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
     for p in progress.renders:
         console.print(f"  wrote {p}", highlight=False, markup=False, soft_wrap=True)
     if n:
-        console.print(f"  next: torchtrace variants {store}  |  torchtrace show {store}:0  |  "
-                      f"torchtrace diff {store}:0 {store}:-1", highlight=False, markup=False, soft_wrap=True)
+        q = shlex.quote  # (pasted into a shell: a folder with spaces stays one argument)
+        console.print(f"  next: torchtrace variants {q(str(store))}  |  torchtrace show {q(f'{store}:0')}  |  "
+                      f"torchtrace diff {q(f'{store}:0')} {q(f'{store}:-1')}", highlight=False, markup=False,
+                      soft_wrap=True)
 
 
 if __name__ == "__main__":

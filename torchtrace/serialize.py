@@ -160,11 +160,23 @@ def dumps(g: Graph) -> str:
 
 
 def atomic_write(path: PathLike, data: bytes) -> None:
-    """Write ``data`` so that readers see the old file or the new one, never half."""
+    """Write ``data`` so that readers see the old file or the new one, never half.
+    A symlink is followed (the file it names is replaced); a path that is not a
+    regular file (``/dev/null``, ``/dev/stdout``, a FIFO) is written in place,
+    as ``open(path, "wb")`` would: replacing it would put a file where it was."""
     target = Path(path)
     if target.is_dir():
         raise WriteError("is a folder", where=str(target), expected="a file path to write", found="a folder",
                          fix="name a file inside it")
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    if target.exists() and not target.is_file():
+        try:
+            with open(target, "wb") as f:
+                f.write(data)
+        except OSError as e:
+            raise WriteError.of(target, e) from None
+        return
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

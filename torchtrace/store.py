@@ -73,6 +73,7 @@ _COLUMNS = ("id, rank, idx, step, label, root, started, wall_s, n_ops, n_forward
 
 
 _CANTOPEN = 14  # SQLITE_CANTOPEN
+RUN_STORE = "trace.db"  # the store `torchtrace run` writes in its --out folder
 
 
 class Store:
@@ -81,6 +82,8 @@ class Store:
 
     def __init__(self, path: Union[str, Path], *, readonly: bool = False) -> None:
         self.path = Path(path)
+        if readonly and self.path.is_dir() and (self.path / RUN_STORE).is_file():  # `torchtrace run`'s --out
+            self.path = self.path / RUN_STORE
         if readonly and not self.path.is_file():
             ref = _sqlite_ref(str(path))  # `store.db:3`: a pass of a store, where the store is wanted
             ref = ref if ref is not None and ref[1] else None
@@ -275,9 +278,22 @@ def _sqlite_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
     return None
 
 
+def _in_run_folder(ref: str) -> str:
+    """``OUT`` or ``OUT:3``, where OUT is the folder `torchtrace run --out` wrote:
+    the same reference to the store inside it."""
+    pieces = ref.split(":")
+    for k in range(len(pieces), 0, -1):
+        folder = Path(":".join(pieces[:k]))
+        if folder.is_dir() and (folder / RUN_STORE).is_file():
+            return ":".join([str(folder / RUN_STORE), *pieces[k:]])
+    return ref
+
+
 def open_graph(ref: str) -> Graph:
     """A graph from a CLI reference: ``file.json[.gz]``, ``store.db`` (its last
-    pass), ``store.db:IDX`` or ``store.db:RANK:IDX`` (negative IDX counts back)."""
+    pass), ``store.db:IDX`` or ``store.db:RANK:IDX`` (negative IDX counts back);
+    the folder `torchtrace run` wrote stands for the store in it."""
+    ref = _in_run_folder(ref)
     m = _REF.fullmatch(ref)
     if m is not None:
         path, parts = m.group("path"), [p for p in (m.group("a"), m.group("b")) if p is not None]

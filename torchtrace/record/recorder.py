@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import types
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
@@ -83,10 +84,19 @@ class Recorder:
         self._roots: Dict[int, Tuple[Any, bool]] = {}
         self._prep: frozenset = frozenset()  # the last input preparation dropped at a boundary
         self._root_handles: List[Any] = []
+        self.launched = False  # the Recorder of `torchtrace run` (a script's own one then stands aside)
+        self._outer: Optional["Recorder"] = None  # that one, while this one stands aside
 
     # -- lifecycle ----------------------------------------------------------------
     def __enter__(self) -> "Recorder":
-        if getattr(_ACTIVE, "recorder", None) is not None:
+        outer = getattr(_ACTIVE, "recorder", None)
+        if outer is not None and outer.launched:  # the script's own Recorder, under `torchtrace run`
+            warnings.warn("torchtrace: `torchtrace run` records this script already; this Recorder stores "
+                          "nothing (its step() and mark_step() label and cut the run's passes)", RuntimeWarning,
+                          stacklevel=2)
+            self._outer = outer
+            return self
+        if outer is not None:
             raise UsageError("a Recorder is already active in this thread", fix="nest no Recorders")
         self.store = self._store_arg if isinstance(self._store_arg, Store) else Store(self._store_arg)
         self.capture = Capture(skip=self._skip, max_ops=self._max_ops)
@@ -112,6 +122,9 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if self._outer is not None:
+            self._outer = None
+            return False
         _ACTIVE.recorder = None
         if self.capture is None:  # a forked child's copy (_detach_after_fork): nothing to store
             return False
@@ -131,6 +144,8 @@ class Recorder:
     # -- public -------------------------------------------------------------------
     def step(self, n: int) -> None:
         """Label the passes that start from now on with training step ``n``."""
+        if self._outer is not None:
+            return self._outer.step(n)
         try:
             self._step = operator.index(n)  # an int, a NumPy integer, a 0-dim integer tensor
         except TypeError:
@@ -139,6 +154,8 @@ class Recorder:
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""
+        if self._outer is not None:
+            return self._outer.mark_step()
         if self.capture is None:  # a forked child's copy
             return
         self._prelude = False
