@@ -381,7 +381,7 @@ def test_run_is_python_for_paths_errors_and_a_scripts_own_recorder(tmp_path):
     torchtrace's (an op that raised inside the recorder, a script that does not
     compile), and a script's own Recorder stands aside (its steps label the run)."""
     (tmp_path / "data.txt").write_text("42")
-    s = _script(tmp_path, """
+    _script(tmp_path, """
         import os, sys
         from pathlib import Path
         import torch, torchtrace
