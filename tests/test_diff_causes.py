@@ -2,6 +2,7 @@
 autograd state (a .grad that existed), recursion, nested loops."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -261,3 +262,26 @@ def test_a_backward_hunk_takes_the_cause_of_the_forward_ops_it_differentiates():
     assert "their backward: " in d.why()[1]
     assert torchtrace.diff(graphs[1], graphs[0]).why()[1].startswith(
         pick.replace("True in A, False in B", "False in A, True in B"))
+
+
+def test_a_pass_cut_off_at_max_ops_says_so_in_diff_and_views():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+
+    def record(**opts: object) -> object:
+        with torchtrace.trace(m, **opts) as t:
+            m(x)  # (one line for both passes)
+        return t
+
+    with pytest.warns(RuntimeWarning, match="max_ops=2"):
+        t = record(max_ops=2)
+    full = record()
+    cut = "A's pass was cut off after 2 ops (max_ops)"
+    d = torchtrace.diff(t.graph, full.graph)
+    assert d.why()[0] == f"{cut}: the ops after it were not recorded"
+    assert d.why()[1].startswith(f"{cut} before them \u2192 ")
+    assert torchtrace.diff(full.graph, t.graph).why()[0].startswith("B's pass was cut off after 2 ops")
+    assert "TRUNCATED: recording stopped after 2 ops" in torchtrace.render(t.graph, "text")
+    assert "truncated: recording stopped after 2 ops" in torchtrace.render(t.graph, "terminal")
+    assert "TRUNCATED" not in torchtrace.render(full.graph, "text")

@@ -27,7 +27,7 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
                        input_changes, producers, reshaped, rewires, significant)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import ACCUMULATE, Hunk, accumulated, casts, ended, recomputed, stopped
+from .hunk import ACCUMULATE, Hunk, accumulated, casts, cut_off, ended, recomputed, stopped
 from .ir import Graph, Node
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
@@ -158,6 +158,8 @@ class GraphDiff:
             # (dtype casts, one op here and three there, are one cause: counted together)
             groups.setdefault((h.cause, "" if h.casts else h.counts), []).append(h)
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
+        lines += [f"{cut_off(side, g)}: the ops after it were not recorded"
+                  for side, g in (("A", self.a), ("B", self.b)) if g.meta.get("truncated")]
         trained = any(n.phase in ("backward", "optimizer") for g in (self.a, self.b) for n in g.nodes)
         if self.grad_modes and trained:  # (a validation pass against a training one)
             lines.append(f"{self.grad_modes}: backward and optimizer ops run only under train")

@@ -152,13 +152,21 @@ def ended(side: str, g: Graph, detail: bool = False) -> str:
     return f"{text} in `{n.short_op}`{at} ({message[len(error) + 2:]})"
 
 
+def cut_off(side: str, g: Graph) -> str:
+    """"B's pass was cut off after 1000 ops (max_ops)": recording stopped there."""
+    return f"{side}'s pass was cut off after {plural(len(g.nodes), 'op')} (max_ops)"
+
+
 def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
-    """The side that raised, when ``rows`` run to the end of the diff with ops
-    only on the other side: they ran after the point where it stopped."""
-    if rows and all(p.status == "only_a" for p in rows) and B.graph.meta.get("error"):
-        return ended("B", B.graph)
-    if rows and all(p.status == "only_b" for p in rows) and A.graph.meta.get("error"):
-        return ended("A", A.graph)
+    """The side that raised or was cut off (``max_ops``), when ``rows`` run to
+    the end of the diff with ops only on the other side: they ran after the
+    point where it stopped."""
+    for status, side, g in (("only_a", "B", B.graph), ("only_b", "A", A.graph)):
+        if rows and all(p.status == status for p in rows):
+            if g.meta.get("error"):
+                return ended(side, g)
+            if g.meta.get("truncated"):
+                return cut_off(side, g)
     return None
 
 

@@ -64,6 +64,9 @@ def _header(prep: Prepared) -> Text:
     t.append(f"\nshowing phase {sel.phase}: {len(sel.nodes)} ops")
     if sel.hidden:
         t.append(f" ({len(sel.hidden)} bookkeeping ops hidden)", style="dim")
+    if g.meta.get("truncated"):
+        t.append(f"\n!! truncated: recording stopped after {len(g.nodes)} ops (max_ops); later ops are missing",
+                 style="bold red")
     for nid, error in g.raised().items():  # the op that failed, and what it said
         n = g.node(nid)
         where = f" at {n.source.short()}" if n.source is not None else ""

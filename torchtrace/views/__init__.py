@@ -89,6 +89,8 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     boxes = list(asm.boxes.values()) + extra
     sel, o = prep.sel, prep.opts
     notes: List[str] = []
+    if prep.graph.meta.get("truncated"):
+        notes.append(f"TRUNCATED: recording stopped after {len(prep.graph.nodes)} ops (max_ops); later ops are missing")
     if sel.out_of_phase:
         notes.append(f"phase {sel.phase}: {sel.out_of_phase} ops of other phases not shown")
     if o.focus is not None:
