@@ -373,6 +373,10 @@ def test_autograd_grad_and_double_backward():
     g = t.graph
     assert sum(n.phase == "backward" for n in g.nodes) > 3
     assert len(g.autograd.executed) >= 2
+    # the Nodes the first backward made (create_graph) are joined to the backward ops that made them
+    made_in_backward = [a for a in g.autograd.nodes if a.op is not None and g.node(a.op).phase == "backward"]
+    assert sorted(a.name for a in made_in_backward) == ["MulBackward0", "MulBackward1", "PowBackward0"]
+    assert all(a.op is not None for a in g.autograd.nodes if not a.name.endswith("AccumulateGrad"))
     g.validate()
 
 

@@ -20,7 +20,7 @@ import torch
 
 from ..ir import AutogradNode, GradInfo
 from .gradnorms import grad_infos
-from .mode import BACKWARD, E_PHASE, E_SEQ
+from .mode import E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 
@@ -128,7 +128,8 @@ def _counters(events: List[tuple]) -> Tuple[_Counter, _Counter]:
 
 def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tuple], infos: List[Any],
            copy_slices: Dict[int, int]) -> Optional[int]:
-    """The forward op that made Node ``seq``: the first op its thread's counter
+    """The op that made Node ``seq`` (a forward op; a backward op under
+    ``create_graph``): the first op its thread's counter
     reached after the Node, or one of the next few (autograd may run a ``clone``
     of an in-place op's input in between), whose name matches the Node's. A Node
     does not say which thread made it: the recording thread's ops are tried first
@@ -142,7 +143,7 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
             if seqs[j] - seq > _WINDOW:
                 break
             k = th.index[j]
-            if events[k][E_PHASE] != BACKWARD and names_match(infos[k].name, name):
+            if names_match(infos[k].name, name):  # (a backward op makes Nodes under create_graph)
                 return k
     return None
 
