@@ -497,3 +497,20 @@ def test_a_custom_function_node_is_not_guessed():
     assert g.node(names["SinBackward0"].op).op == "aten.sin.default"
     assert [n.op for n in g.nodes] == ["aten.mul.Tensor", "aten.sin.default"]
     assert y.requires_grad
+
+
+def test_a_vmapped_forward_keeps_its_autograd_graph():
+    """Under torch.func.vmap the caller holds the batched results, not tensors the
+    pass saw: the autograd graph was empty (no backward in the block)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    x = torch.randn(3, 4, requires_grad=True)
+    with torchtrace.trace(lin) as t:
+        out = torch.func.vmap(lin)(x)
+    walk, stack = set(), [out.grad_fn]  # oracle: torch's own graph from the result
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in walk:
+            walk.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    assert sorted(a.name for a in t.graph.autograd.nodes) == sorted(fn.name() for fn in walk)

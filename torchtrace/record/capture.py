@@ -26,6 +26,7 @@ from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import force_eager, restore, unwatch, watch
 from .composite import see_autocast
 from .frames import called_by_torch, frame_filter, local_name
+from .linking import hold_by_key
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 from .process import grad_mode, process_rank
@@ -93,7 +94,7 @@ class Capture:
         self.mode = RecordingMode(self)
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
-        self.autograd.on_release = self.mode.forget_nodes
+        self.autograd.on_release = lambda keys: hold_by_key(self.mode.events, keys)
         # pass boundaries (Recorder): (root module, args, the frame holding its kwargs: see call_kwargs)
         self.on_root: Optional[Callable[[torch.nn.Module, tuple, Any], None]] = None
         self.after_root: Optional[Callable[[Any], None]] = None
@@ -359,14 +360,10 @@ class Capture:
         vrefs = mode.vrefs
         refs = list(self.seeds) + list(mode.output_refs)
         refs += [vrefs[v] for ev in mode.events if ev[E_MOD] is None for v in ev[E_OUTS]]
-        roots, seen = [], set()
-        for r in refs:
-            t = r()
-            fn = getattr(t, "grad_fn", None) if t is not None else None
-            if fn is not None and id(fn) not in seen:
-                seen.add(id(fn))
-                roots.append(fn)
-        return roots
+        roots = _grad_fns(refs)
+        # nothing returned a tensor the pass saw (under torch.func.vmap the caller holds the
+        # batched results of the tensors recorded): every result still alive is a root
+        return roots or _grad_fns([vrefs[v] for ev in mode.events for v in ev[E_OUTS]])
 
     def name_of(self, t: Any) -> Optional[str]:
         e = self.names.get(id(t))
@@ -393,3 +390,16 @@ class Capture:
                 seen.add(id(p))
                 out.append((p, name))
         return out
+
+
+def _grad_fns(refs: List[Any]) -> List[Any]:
+    """The distinct grad_fns of the tensors still alive behind ``refs``."""
+    roots, seen = [], set()
+    for r in refs:
+        t = r()
+        fn = getattr(t, "grad_fn", None) if t is not None else None
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            roots.append(fn)
+    return roots
+

@@ -20,7 +20,8 @@ import torch
 
 from ..ir import AutogradNode, GradInfo
 from .gradnorms import grad_infos
-from .mode import E_SEQ
+from .autograd import node_key
+from .mode import BACKWARD, E_ANODE, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 
@@ -215,3 +216,14 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
         part.no_grad_params = tuple(name for p, name in capture.trainable_params()
                                     if id(p) not in got and name not in named)
     return part
+
+
+def hold_by_key(events: List[tuple], keys: Dict[int, tuple]) -> None:
+    """Events hold the autograd Node that ran them: once the tracker lets go of
+    the Nodes (``AutogradTracker.release``), they hold its key instead."""
+    for i in range(len(events) - 1, -1, -1):
+        ev = events[i]
+        node = ev[E_ANODE]
+        if ev[E_PHASE] == BACKWARD and node is not None and type(node) is not tuple:
+            events[i] = (*ev[:E_ANODE], keys.get(id(node)) or node_key(node), *ev[E_ANODE + 1:])
+

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .autograd import node_key
 from .compiled import mark_dynamo_skip
 from .composite import NOT_WHOLE, call_under_autocast, run_whole
+from .extras import Raised, Read
 from .frames import callers_of, engine_under_modes, is_autograd_engine
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
@@ -53,25 +53,6 @@ _ENGINE_ENTRIES = frozenset({"_engine_run_backward", "backward", "grad"})
 V_DTYPE, V_DEVICE, V_ORIGIN, V_SHAPE = range(4)  # shape = record[V_SHAPE:]
 # Event tuple fields (see build.py); E_LINE holds the user frame's f_lasti, not a line
 E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
-
-
-class Raised(str):
-    """An event's ``extra`` when its op raised: ``"RuntimeError: <first line>"``."""
-
-    def __new__(cls, error: BaseException) -> "Raised":
-        text = str(error).strip().splitlines()
-        return super().__new__(cls, f"{type(error).__name__}: {text[0][:300] if text else ''}".rstrip(": "))
-
-
-class Read:
-    """An event's ``extra`` for an op that hands tensor data to Python (a witness):
-    what it returned (None for a data-dependent shape) and who called the user
-    frame that issued it (``frames.callers_of``)."""
-
-    __slots__ = ("value", "callers")
-
-    def __init__(self, value: Any, callers: tuple) -> None:
-        self.value, self.callers = value, callers
 
 
 class RecordingMode(TorchDispatchMode):
@@ -398,18 +379,6 @@ class RecordingMode(TorchDispatchMode):
         if hit is None:
             hit = self.engine_codes[id(code)] = (code, is_autograd_engine(code))
         return hit[1]
-
-    def forget_nodes(self, keys: Dict[int, tuple]) -> None:
-        """Events hold the autograd Node that ran them: once the tracker lets go of
-        the Nodes (``AutogradTracker.release``), they hold its key instead."""
-        events = self.events
-        for i in range(len(events) - 1, -1, -1):
-            ev = events[i]
-            if ev[E_PHASE] != BACKWARD:
-                continue
-            node = ev[E_ANODE]
-            if node is not None and type(node) is not tuple:
-                events[i] = (*ev[:E_ANODE], keys.get(id(node)) or node_key(node), *ev[E_ANODE + 1:])
 
     def _fault(self, info: Any, error: Exception, n_values: Optional[int] = None) -> None:
         """Something torchtrace could not read (an exotic tensor, a private API
