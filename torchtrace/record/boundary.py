@@ -128,7 +128,35 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
             if i not in prep and statement(ev) in stmts and feeds_only_prep(ev):
                 prep.add(i)
                 needed.update(ev[E_INS])
+    if prep:
+        prep |= _unrelated(mode, tail, prep, outputs)
     return prep
+
+
+def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int]) -> Set[int]:
+    """With the next call's inputs found, the other tail ops that depend on
+    nothing this pass computed (only on outside tensors, the preparation and
+    each other) and that nothing of this pass reads: the next step's other data
+    (``yb = Y[idx]`` on a line of its own, the ``randint`` it shares with
+    ``X[idx]``). Only ops with a result: never a witness, a profiler marker, an
+    update of state, or a returned value."""
+    events = mode.events
+    made = {v: i for i, ev in enumerate(events) for v in ev[E_OUTS]}
+    free: Set[int] = set()
+    for i in range(tail, len(events)):
+        ev = events[i]
+        info = BY_INDEX[ev[E_INFO]]
+        if i in prep or not ev[E_OUTS] or info.annotation or reads_data(info, ev, mode.vmeta) \
+                or _writes_state(ev, mode.vmeta) or any(v in outputs for v in ev[E_OUTS]):
+            continue  # (a record_function marker: what a later op ran inside)
+        if all(made.get(v) is None or made[v] in free or made[v] in prep for v in ev[E_INS] if v >= 0):
+            free.add(i)
+    consumers = _consumers(events, tail)
+    size = -1
+    while len(free) != size:  # read by this pass (outside them): not the next step's
+        size = len(free)
+        free = {i for i in free if all(c in free or c in prep for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
+    return free
 
 
 def _writes_state(ev: tuple, vmeta: List[tuple]) -> bool:
