@@ -92,3 +92,18 @@ def test_casts_that_run_only_when_the_dtype_differs_are_said_to_be_that():
     casts = "dtype casts run only in B: .to()/.float() copy only when the dtype differs (inputs/params f32 \u2192 bf16)"
     assert d.why() == [f"{casts} \u2192 3 ops only in B in 3 hunks (in `<root>`)"]
     assert d.mirror().why()[0].startswith("dtype casts run only in A: ") and "bf16 \u2192 f32" in d.mirror().why()[0]
+
+
+def test_extra_inputs_are_counted_as_inputs_not_ops():
+    """`torch.stack` of 3 tensors against 5: one op with two more inputs (it said
+    "one more input, i64[2] (2 ops)")."""
+    def run(n: int):
+        with torchtrace.trace() as t:
+            outs = [torch.ones(2, dtype=torch.long) * i for i in range(n)]
+            torch.stack(outs)  # (one line for both passes)
+        return t.graph
+
+    d = torchtrace.diff(run(3), run(5))
+    [stack] = [h for h in d.changed_hunks if any(p.a.short_op == "stack" for p in h.changed)]
+    assert "B passes 2 more inputs, i64[2] each" in [t.describe() for t in stack.types]
+    assert "A passes 2 more inputs, i64[2] each" in [t.describe() for t in d.mirror().hunks[stack.index].types]

@@ -32,7 +32,7 @@ class TypeChange:
     dimensions; "dtype": the element type; "input"/"output": a tensor only
     one side passes to (returns from) an aligned op, ``a`` or ``b`` its type
     (``f32[2,1,8,8]``) and the other ``None``. ``count`` values changed so
-    (for "input"/"output": ops)."""
+    (for "input"/"output": the values only one side has, over all ops)."""
 
     kind: str
     a: Any
@@ -42,8 +42,10 @@ class TypeChange:
     def describe(self) -> str:
         if self.kind in EXTRA:
             side, t = ("B", self.b) if self.a is None else ("A", self.a)
-            verb = "passes one more input" if self.kind == "input" else "returns one more output"
-            return f"{side} {verb}, {t}" + (f" ({plural(self.count, 'op')})" if self.count > 1 else "")
+            verb = "passes" if self.kind == "input" else "returns"
+            if self.count == 1:
+                return f"{side} {verb} one more {self.kind}, {t}"
+            return f"{side} {verb} {self.count} more {self.kind}s, {t} each"
         a, b = (dtype_short(self.a), dtype_short(self.b)) if self.kind == "dtype" else (self.a, self.b)
         what = "" if self.kind == "dtype" else f"{self.kind} "
         return f"{what}{a} {ARROW} {b} in {plural(self.count, 'value')}"
