@@ -107,3 +107,30 @@ def test_extra_inputs_are_counted_as_inputs_not_ops():
     [stack] = [h for h in d.changed_hunks if any(p.a.short_op == "stack" for p in h.changed)]
     assert "B passes 2 more inputs, i64[2] each" in [t.describe() for t in stack.types]
     assert "A passes 2 more inputs, i64[2] each" in [t.describe() for t in d.mirror().hunks[stack.index].types]
+
+
+def test_a_shape_read_after_the_changed_ops_is_not_their_cause():
+    """A batch of 2 against 3, every row kept by `h[h.sum(1) > -100]`: the mask's
+    read comes after the Linear whose shapes changed; the input is the cause."""
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x).relu()
+            return h[h.sum(1) > -100].sum()
+
+    torch.manual_seed(0)
+    m = Masked()
+
+    def run(n: int):
+        x = torch.randn(n, 4)
+        with torchtrace.trace(m) as t:
+            m(x)  # (one line for both passes)
+        return t.graph
+
+    d = torchtrace.diff(run(2), run(3))
+    assert all(h.witness is None for h in d.changed_hunks if h.span[0] <= 2)
+    assert d.why()[0].startswith("same ops, other shapes") and "input `x` f32[2,4] \u2192 f32[3,4]" in d.why()[0]
+    assert "read shape" not in d.why()[0]

@@ -202,9 +202,10 @@ class Causes:
 
     def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """For a hunk of changed shapes: the data-dependent shape read
-        (``nonzero``, boolean indexing...) that differs, inside the hunk or
-        the nearest before it."""
-        inside = [e for e in self.differing if k0 <= e < k1] + \
+        (``nonzero``, boolean indexing...) that differs, at the hunk's first
+        row or the nearest before it (a read after changed ops did not change
+        them: both follow from something earlier, such as the inputs)."""
+        inside = [e for e in self.differing if e == k0] + \
             list(reversed([e for e in self.differing if e < k0]))
         for e in inside:
             i, j = self.pairs[e]
