@@ -331,3 +331,29 @@ def test_writes_follow_symlinks_and_write_special_files_in_place(tmp_path):
     atomic_write(fifo, b"through the pipe")
     reader.join(timeout=10)
     assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_writing_to_dev_stdout_writes_the_callers_stream(graph, tmp_path):
+    """`-o /dev/stdout` resolved to the file or pipe behind it and replaced that
+    file (a log the shell appended to lost its lines) or failed on a pipe; a
+    symlink loop was replaced by a file."""
+    import subprocess
+    import sys
+
+    from torchtrace.errors import WriteError
+    from torchtrace.serialize import atomic_write
+
+    log = tmp_path / "log.txt"
+    log.write_text("EARLIER\n")
+    code = "import sys; from torchtrace.serialize import atomic_write; print('first', flush=True); " \
+           "atomic_write('/dev/stdout', b'graph bytes\\n')"
+    with open(log, "ab") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=60)
+    assert log.read_text() == "EARLIER\nfirst\ngraph bytes\n"
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=60)
+    assert piped.stdout == b"first\ngraph bytes\n"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(WriteError):
+        atomic_write(tmp_path / "a", b"x")
+    assert (tmp_path / "a").is_symlink()

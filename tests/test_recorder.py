@@ -178,6 +178,49 @@ def test_a_modules_own_forward_hooks_run_inside_its_call():
     assert torch.equal(out, a(x)) and len(a._forward_hooks) == 1
 
 
+def test_own_forward_hooks_when_forward_raises_or_a_pass_ends_inside_the_call(tmp_path):
+    """The hook that ends a hooked module's call was removed while torch looped
+    over the module's hooks after the forward raised ("OrderedDict mutated during
+    iteration" replaced the user's error); a pass boundary inside the call left
+    such hooks on the module (a model holding them no longer pickles)."""
+    class Lazy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.register_forward_hook(lambda mod, args, out: out)  # registered late, then it fails
+            raise ValueError("forward raised")
+
+    m = Lazy()
+    m.register_forward_hook(lambda mod, args, out: out)
+    for nested in (False, True):
+        with pytest.raises(ValueError, match="forward raised"):
+            with torchtrace.trace(m), (torchtrace.trace(m) if nested else contextlib.nullcontext()):
+                m(torch.ones(1, 2))
+    assert all(h.__name__ == "<lambda>" for h in m._forward_hooks.values())
+
+    class Steps(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+            self.post = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.inner(x)
+            torchtrace.mark_step()  # a pass boundary inside the call
+            return self.post(h).relu()
+
+    s = Steps()
+    s.inner.register_forward_hook(lambda mod, args, out: out * 2)
+    s.post.register_forward_hook(lambda mod, args, out: out + 1)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            s(torch.ones(1, 2)).sum().backward()
+    assert [len(c._forward_hooks) for c in (s, s.inner, s.post)] == [0, 1, 1]
+    assert all(h.__name__ == "<lambda>" for c in (s.inner, s.post) for h in c._forward_hooks.values())
+
+
 def test_inplace_views_and_out_variants():
     a = torch.zeros(4)
     b = torch.ones(4)

@@ -6,13 +6,16 @@ Writes are atomic: a temporary file in the target folder, fsync, rename.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
+import re
+import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import orjson
 
@@ -168,9 +171,18 @@ def atomic_write(path: PathLike, data: bytes) -> None:
     if target.is_dir():
         raise WriteError("is a folder", where=str(target), expected="a file path to write", found="a folder",
                          fix="name a file inside it")
+    fd = _stream_fd(str(target))
+    if fd is not None:  # /dev/stdout, /dev/fd/3: the stream the caller opened (a pipe, a file it appends to)
+        _write_fd(fd, data, target)
+        return
     if target.is_symlink():
+        try:
+            os.stat(target)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise WriteError.of(target, e) from None
         target = Path(os.path.realpath(target))
-    if target.exists() and not target.is_file():
+    if target.exists() and not target.is_file():  # /dev/null, a FIFO: written as open() would
         try:
             with open(target, "wb") as f:
                 f.write(data)
@@ -197,6 +209,29 @@ def atomic_write(path: PathLike, data: bytes) -> None:
         if isinstance(e, OSError):  # e.g. the disk is full, or the rename is refused
             raise WriteError.of(target, e) from None
         raise
+
+
+_STREAMS = {"/dev/stdout": 1, "/dev/stderr": 2}
+_FD_PATH = re.compile(r"/(?:dev|proc/self)/fd/(\d+)")
+
+
+def _stream_fd(path: str) -> Optional[int]:
+    """The file descriptor ``path`` names (``/dev/stdout``, ``/dev/fd/N``), if it does."""
+    if path in _STREAMS:
+        return _STREAMS[path]
+    m = _FD_PATH.fullmatch(path)
+    return int(m.group(1)) if m else None
+
+
+def _write_fd(fd: int, data: bytes, target: Path) -> None:
+    if fd == 1:
+        sys.stdout.flush()  # (what was printed comes first)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        raise WriteError.of(target, e) from None
 
 
 def _file_mode(target: Path) -> int:

@@ -61,17 +61,26 @@ class ModuleScope:
         # stack entry); the modules its body calls as the caller iterates belong under it
         self.generators: Dict[int, Tuple[Any, tuple]] = {}
         self.generator_children: set = set()  # call ids made under such a call
-        self.late: Dict[int, Any] = {}  # call id -> the hook that ends it after the module's own (see _pre)
+        # id(stack entry) -> (entry, the hook that ends that call after the module's own; see _pre)
+        self.late: Dict[int, Tuple[tuple, Any]] = {}
+        self.spent: Dict[int, List[Any]] = {}  # id(module) -> such hooks that ran: removed at its next call
 
     def install(self) -> None:
         self.handles = [register_module_forward_pre_hook(self._pre),
                         register_module_forward_hook(self._post, always_call=True)]
 
     def remove(self) -> None:
-        for h in (*self.handles, *self.late.values()):
+        for h in self.handles:
             h.remove()
         self.handles = []
+        self._drop_late()
+
+    def _drop_late(self) -> None:
+        """Remove every hook that ends a call after the module's own (``_pre``)."""
+        for h in (*(h for _, h in self.late.values()), *(h for hs in self.spent.values() for h in hs)):
+            h.remove()
         self.late.clear()
+        self.spent.clear()
 
     # -- hooks -----------------------------------------------------------------
     def _pre(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any = None) -> None:
@@ -118,23 +127,28 @@ class ModuleScope:
                             "forward" if _task_id() == -1 else "recompute"))
         stack.append((len(mode.mcalls) - 1, module, path))
         if module._forward_hooks:  # its own forward hooks run after ours: the call ends after them
-            self._end_after_own_hooks(module, len(mode.mcalls) - 1)
+            self._end_after_own_hooks(module, stack[-1])
         return None
 
-    def _end_after_own_hooks(self, module: torch.nn.Module, call: int) -> None:
+    def _end_after_own_hooks(self, module: torch.nn.Module, entry: tuple) -> None:
         """torch runs global forward hooks (ours) before a module's own: a hook of
         the user's that replaces the output, or runs ops, would come after the
         call ended. Such a call ends in a forward hook of its own, added last
-        (and removed when it runs; ``always_call``: also when the forward raised)."""
+        (``always_call``: also when the forward raised). It is removed at the
+        module's next call or when recording stops, not while it runs: when the
+        forward raised, torch loops over the module's hooks dict itself."""
+        for h in self.spent.pop(id(module), ()):
+            h.remove()
+
         def end(mod: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
             stack = self.capture.mode.stack
-            if not stack or stack[-1][0] != call or (_get_ident() != self.capture.tid and not self._carried()):
-                return None  # (a nested call of the same module, or another thread's)
-            self.late.pop(call).remove()
+            if not stack or stack[-1] is not entry or (_get_ident() != self.capture.tid and not self._carried()):
+                return None  # (a nested call of the same module, another thread's, or one spent)
+            self.spent.setdefault(id(module), []).append(self.late.pop(id(entry))[1])
             self._end(module, output)
             return None
 
-        self.late[call] = module.register_forward_hook(end, always_call=True)
+        self.late[id(entry)] = (entry, module.register_forward_hook(end, always_call=True))
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture
@@ -142,7 +156,7 @@ class ModuleScope:
             return None
         stack = cap.mode.stack
         if stack and stack[-1][1] is module:  # the usual case: the innermost call returns
-            if self.late and stack[-1][0] in self.late:
+            if self.late and self.late.get(id(stack[-1]), (None,))[0] is stack[-1]:
                 return None  # it ends after the module's own forward hooks
             self._end(module, output)
             return None
@@ -179,6 +193,7 @@ class ModuleScope:
         return hit[1] if gen is not None and gen.gi_frame is frame else None
 
     def new_pass(self) -> None:
+        self._drop_late()  # (a pass boundary inside a call: the calls it ends belong to the old stack)
         self.generators.clear()
         self.generator_children.clear()
 
