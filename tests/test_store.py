@@ -811,3 +811,56 @@ def test_pass_labels_name_the_variable_each_root_was_called_through(tmp_path):
     assert [p.label for p in passes] == ["netG (Sequential) 0", "self.critic (Sequential) 1",
                                          "netG (Sequential) 2", "self.critic (Sequential) 3", "Sequential 4"]
     assert {p.root for p in passes} == {"Sequential"}
+
+
+def test_generator_forwards_called_twice_interleaved_or_through_helpers(tmp_path):
+    """Calls from a generator forward's body belong to the call whose generator
+    runs them: with two calls of one code interleaved (`zip(a(x), b(x))`), through
+    a helper function or a `yield from`. Its own ops go to its call only when one
+    call has that code (they cannot be told apart otherwise: never the wrong one)."""
+    def apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return layer(x)
+
+    class Gen(nn.Module):
+        def __init__(self, how: str) -> None:
+            super().__init__()
+            self.how = how
+            self.ls = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+
+        def _steps(self, x: torch.Tensor):
+            for layer in self.ls:
+                x = apply(layer, x) * 0.5
+                yield x
+
+        def forward(self, x: torch.Tensor):
+            if self.how == "yield from":
+                yield from self._steps(x)
+                return
+            for layer in self.ls:
+                x = (apply(layer, x) if self.how == "helper" else layer(x)) * 0.5
+                yield x
+
+    x = torch.randn(2, 4)
+    a, b = Gen("plain"), Gen("plain")
+    with torchtrace.trace() as t:
+        for ya, yb in zip(a(x), b(x)):
+            pass
+    g = t.graph
+    roots = [c for c in g.modules if c.parent is None]
+    assert len(roots) == 2 and all(c.path == "" or c.type == "Gen" for c in roots)
+    for root in roots:
+        kids = [c for c in g.modules if c.parent == root.id]
+        assert [c.path.split(".")[-2:] for c in kids] == [["ls", "0"], ["ls", "1"]]
+    assert all(n.module is None for n in g.nodes if n.short_op == "mul.Tensor")  # two calls: not told apart
+    for how in ("helper", "yield from"):
+        m = Gen(how)
+        with torchtrace.trace(m) as t:
+            outs = list(m(x))
+        [root] = [c for c in t.graph.modules if c.parent is None]
+        assert [c.parent for c in t.graph.modules if c is not root] == [root.id, root.id], how
+        with torchtrace.Recorder(tmp_path / f"{how}.db"):
+            for _ in range(2):
+                sum(o.sum() for o in m(x)).backward()
+        with Store(tmp_path / f"{how}.db", readonly=True) as store:
+            assert [p.root for p in store.passes()] == ["Gen", "Gen"]
+    assert torch.equal(outs[-1], list(m(x))[-1])

@@ -202,7 +202,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     no_args: Dict[str, Any] = {}  # shared by this pass's ops without non-tensor arguments
     raised: List[Dict[str, str]] = []
     # ops of a generator forward's own body run as its caller iterates, outside the call
-    in_generator = {code: entry[0] for code, (_, entry) in capture.scope.generators.items()}
+    in_generator = capture.scope.generator_calls()
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]

@@ -57,9 +57,9 @@ class ModuleScope:
         # paths of calls whose parent does not hold the module (a ModuleList's items called
         # by the list's owner): they depend on this trace's roots, so they are kept here
         self.other_paths: Dict[tuple, tuple] = {}
-        # a call whose forward returned a generator: id(its code) -> (generator ref, the call's
-        # stack entry); the modules its body calls as the caller iterates belong under it
-        self.generators: Dict[int, Tuple[Any, tuple]] = {}
+        # calls whose forward returned a generator: id(its code) -> [(generator ref, the call's
+        # stack entry)]; the modules its body calls as the caller iterates belong under it
+        self.generators: Dict[int, List[Tuple[Any, tuple]]] = {}
         self.generator_children: set = set()  # call ids made under such a call
         # id(stack entry) -> (entry, the hook that ends that call after the module's own; see _pre)
         self.late: Dict[int, Tuple[tuple, Any]] = {}
@@ -177,20 +177,28 @@ class ModuleScope:
         self.depth -= 1
         entry = stack.pop()
         if type(output) is types.GeneratorType:
-            self.generators[id(output.gi_code)] = (weakref.ref(output), entry)
+            self.generators.setdefault(id(output.gi_code), []).append((weakref.ref(output), entry))
         if not stack and entry[0] not in self.generator_children:
             self.capture.on_root_return(output)
 
     def _generator_owner(self, frame: Any) -> Optional[tuple]:
-        """The stack entry of the call whose generator runs the first frame
-        outside torch above ``frame``, if that frame is a generator's we saw returned."""
-        while frame is not None and is_torch_internal(frame.f_code):
+        """The stack entry of the call whose generator is running, if one is:
+        its frame is on the stack above ``frame`` (directly, or through a helper
+        function or a ``yield from`` it delegates to)."""
+        for _ in range(64):
+            if frame is None:
+                return None
+            for ref, entry in self.generators.get(id(frame.f_code), ()):
+                gen = ref()
+                if gen is not None and gen.gi_frame is frame:
+                    return entry
             frame = frame.f_back
-        hit = self.generators.get(id(frame.f_code)) if frame is not None else None
-        if hit is None:
-            return None
-        gen = hit[0]()
-        return hit[1] if gen is not None and gen.gi_frame is frame else None
+        return None
+
+    def generator_calls(self) -> Dict[int, int]:
+        """id(code) -> the call id of the one call whose forward is that generator
+        code (its own ops run outside the call; with two such calls they are not told apart)."""
+        return {code: calls[0][1][0] for code, calls in self.generators.items() if len(calls) == 1}
 
     def new_pass(self) -> None:
         self._drop_late()  # (a pass boundary inside a call: the calls it ends belong to the old stack)
