@@ -148,3 +148,38 @@ def test_a_compiled_function_is_told_from_its_uncompiled_self_and_the_watch_ends
             1 / 0
     assert eval_frame._callback_from_stance is dynamo_own
     assert backend.ran(fn, *args)
+
+
+def test_dynamo_loaded_inside_the_trace_is_guarded_from_the_next_root_call() -> None:
+    """`import torch` does not load Dynamo; the first `torch.compile` inside the
+    block (always so under `torchtrace run`) did, after recording started: the
+    stance stayed as it was and compiled calls were not noted."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch, torchtrace
+from torch import nn
+assert "torch._dynamo.eval_frame" not in sys.modules
+runs = []
+def backend(gm, inputs):
+    def run(*a):
+        runs.append(1)
+        return gm.forward(*a)
+    return run
+m = nn.Linear(4, 4)
+x = torch.randn(2, 4)
+def scale(t):
+    return torch.tanh(t) * 2
+with torchtrace.trace() as t:
+    f = torch.compile(scale, backend=backend)
+    out = f(m(x))
+    before = len(runs)
+    out = f(m(x))
+print(t.graph.meta["compiled_regions_ran_eager"], len(runs) == before)
+f(x); f(x)
+print(len(runs) > before)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "True", "True"], res.stdout

@@ -65,6 +65,18 @@ def _saved_storages(node: Any) -> List[Tuple[int, int]]:
     return out
 
 
+def grad_fns(refs: List[Any]) -> List[Any]:
+    """The distinct grad_fns of the tensors still alive behind ``refs``."""
+    roots, seen = [], set()
+    for r in refs:
+        t = r()
+        fn = getattr(t, "grad_fn", None) if t is not None else None
+        if fn is not None and id(fn) not in seen:
+            seen.add(id(fn))
+            roots.append(fn)
+    return roots
+
+
 def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
     """Data pointers of the storages behind ``t``: its own, or for a wrapper
     subclass with no storage of its own (DTensor, quantized wrappers) those of

@@ -20,10 +20,10 @@ from torch.utils._python_dispatch import _disable_current_modes, _get_current_di
 
 from ..errors import UsageError
 from ..ir import Graph
-from .autograd import AutogradTracker, storage_ptrs
+from .autograd import AutogradTracker, grad_fns, storage_ptrs
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
-from .compiled import force_eager, restore, unwatch, watch
+from .compiled import CompileGuard
 from .composite import see_autocast
 from .frames import called_by_torch, frame_filter, local_name
 from .linking import hold_by_key
@@ -101,7 +101,7 @@ class Capture:
         self.after_fork: Optional[Callable[[], None]] = None  # in a forked child, after stop()
         self.on_compiled: Optional[Callable[[torch.nn.Module], None]] = None  # a compiled module's call
         self._mode_pushed = False
-        self._stance: Any = None  # the compiler stance to restore at stop() (compiled.py)
+        self.compile_guard = CompileGuard(self._saw_compiled_code)  # while started (compiled.py)
         self._installed = False
         self.new_pass()
         if model is not None:
@@ -110,8 +110,7 @@ class Capture:
     # -- lifecycle ---------------------------------------------------------------
     def start(self, *, with_mode: bool = True) -> None:
         _STARTED.add(self)
-        self._stance = force_eager()  # until stop(), sampled pass or not (compiled.py)
-        watch(id(self), self._saw_compiled_code)
+        self.compile_guard.start()  # until stop(), sampled pass or not
         self.scope.install()
         self._installed = True
         if with_mode:
@@ -151,9 +150,7 @@ class Capture:
                 self.scope.remove()
                 self._installed = False
             self.autograd.close()
-            unwatch(id(self))
-            restore(self._stance)
-            self._stance = None
+            self.compile_guard.stop()
 
     def new_pass(self, *, built: bool = False) -> None:
         """Start a fresh pass; the records so far are dropped unless ``built``."""
@@ -274,6 +271,7 @@ class Capture:
         self.scope.other_paths.clear()
 
     def on_root_call(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any) -> None:
+        self.compile_guard.again()
         if self.on_root is not None:
             self.on_root(module, args, frame)
         if self.mode.off:
@@ -360,10 +358,10 @@ class Capture:
         vrefs = mode.vrefs
         refs = list(self.seeds) + list(mode.output_refs)
         refs += [vrefs[v] for ev in mode.events if ev[E_MOD] is None for v in ev[E_OUTS]]
-        roots = _grad_fns(refs)
+        roots = grad_fns(refs)
         # nothing returned a tensor the pass saw (under torch.func.vmap the caller holds the
         # batched results of the tensors recorded): every result still alive is a root
-        return roots or _grad_fns([vrefs[v] for ev in mode.events for v in ev[E_OUTS]])
+        return roots or grad_fns([vrefs[v] for ev in mode.events for v in ev[E_OUTS]])
 
     def name_of(self, t: Any) -> Optional[str]:
         e = self.names.get(id(t))
@@ -390,16 +388,4 @@ class Capture:
                 seen.add(id(p))
                 out.append((p, name))
         return out
-
-
-def _grad_fns(refs: List[Any]) -> List[Any]:
-    """The distinct grad_fns of the tensors still alive behind ``refs``."""
-    roots, seen = [], set()
-    for r in refs:
-        t = r()
-        fn = getattr(t, "grad_fn", None) if t is not None else None
-        if fn is not None and id(fn) not in seen:
-            seen.add(id(fn))
-            roots.append(fn)
-    return roots
 

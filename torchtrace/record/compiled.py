@@ -24,14 +24,14 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Dict, Optional
 
-_EVAL_FRAME = "torch._dynamo.eval_frame"
+EVAL_FRAME = "torch._dynamo.eval_frame"
 COMPILED_WRAPPER = "OptimizedModule"  # the type name of torch.compile(module)'s wrapper
 
 
 def force_eager() -> Optional[Any]:
     """Set the stance ``"force_eager"``; returns what to hand to ``restore``
     (None: nothing was changed)."""
-    ef = sys.modules.get(_EVAL_FRAME)
+    ef = sys.modules.get(EVAL_FRAME)
     if ef is None:  # Dynamo never loaded: nothing in this process was compiled
         return None
     try:
@@ -44,7 +44,7 @@ def restore(prior: Optional[Any]) -> None:
     if prior is None:
         return
     try:
-        sys.modules[_EVAL_FRAME]._set_stance(prior)
+        sys.modules[EVAL_FRAME]._set_stance(prior)
     except Exception:  # pragma: no cover - only inside a compiled region, which force_eager keeps out
         pass
 
@@ -56,7 +56,7 @@ _WATCH: list = []  # (eval_frame module, Dynamo's function, ours) while any capt
 def watch(key: int, on_call: Callable[[], None]) -> None:
     """Call ``on_call`` whenever compiled code is entered, until ``unwatch(key)``."""
     _WATCHERS[key] = on_call
-    ef = sys.modules.get(_EVAL_FRAME)
+    ef = sys.modules.get(EVAL_FRAME)
     original = getattr(ef, "_callback_from_stance", None)
     if _WATCH or original is None:  # watched already, or no Dynamo (loaded: nothing compiled yet)
         return
@@ -78,6 +78,37 @@ def unwatch(key: int) -> None:
     ef, original, ours = _WATCH.pop()
     if ef._callback_from_stance is ours:  # (else someone wrapped it after us: ours stays, a pass-through)
         ef._callback_from_stance = original
+
+
+class CompileGuard:
+    """One Capture's stance and watch (``force_eager``, ``watch``) while it is
+    started. Dynamo may load only after that (the first ``torch.compile`` inside
+    the block, always so under `torchtrace run`): ``again()``, at each root call
+    and compiled module's call, sets them once it is there."""
+
+    def __init__(self, on_compiled_code: Callable[[], None]) -> None:
+        self.note = on_compiled_code
+        self.stance: Any = None  # the stance to restore at stop()
+        self.guarded = True      # set, or tried with Dynamo loaded
+
+    def start(self) -> None:
+        self.stance = force_eager()
+        watch(id(self), self.note)
+        self.guarded = self.stance is not None
+
+    def again(self) -> None:
+        if self.guarded or EVAL_FRAME not in sys.modules:
+            return
+        self.guarded = True
+        if self.stance is None:
+            self.stance = force_eager()
+        watch(id(self), self.note)
+
+    def stop(self) -> None:
+        unwatch(id(self))
+        restore(self.stance)
+        self.stance = None
+        self.guarded = True
 
 
 def is_compiled_in_place(module: Any) -> bool:

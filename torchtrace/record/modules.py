@@ -23,7 +23,6 @@ from .._memo import remember
 from .compiled import COMPILED_WRAPPER as _COMPILED
 from .compiled import is_compiled_in_place
 from .composite import see_autocast
-from .frames import is_torch_internal
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -89,6 +88,7 @@ class ModuleScope:
             return None
         typ = type(module).__name__  # (a read per call: cheaper than any cache of it)
         if typ == _COMPILED:  # torch.compile wrapper: transparent
+            cap.compile_guard.again()
             cap.saw_compiled(module)
             return None
         if is_compiled_in_place(module):  # nn.Module.compile(): runs eagerly under the mode too
