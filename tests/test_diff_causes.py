@@ -285,3 +285,35 @@ def test_a_pass_cut_off_at_max_ops_says_so_in_diff_and_views():
     assert "TRUNCATED: recording stopped after 2 ops" in torchtrace.render(t.graph, "text")
     assert "truncated: recording stopped after 2 ops" in torchtrace.render(t.graph, "terminal")
     assert "TRUNCATED" not in torchtrace.render(full.graph, "text")
+
+
+class Repeats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        for _ in range(int(n.item())):
+            x = self.a(x)
+        return self.b(x)
+
+
+def test_their_backward_only_for_backward_ops_of_that_forward_hunk_on_its_side():
+    """A backward hunk takes a forward hunk's cause only when every op of it is
+    on the same side and differentiates ops of that hunk: with `a.bias` frozen
+    in B, A's bias-gradient ops are not the backward of B's extra loop pass."""
+    def run(n: int, freeze: bool = False) -> Graph:
+        torch.manual_seed(0)
+        m = Repeats()
+        m.a.bias.requires_grad_(not freeze)
+        with torchtrace.trace(m) as t:
+            m(torch.randn(2, 4), torch.tensor(n)).sum().backward()  # (one line for every pass)
+        return t.graph
+
+    plain = torchtrace.diff(run(1), run(2))
+    assert [h.backward_of is not None for h in plain.structural_hunks if h.only_a or h.only_b] == [
+        all(n.phase == "backward" for n in (*h.only_a, *h.only_b)) for h in plain.structural_hunks]
+    frozen = torchtrace.diff(run(1), run(2, freeze=True))
+    mixed = [h for h in frozen.structural_hunks if h.only_a and h.only_b]
+    assert mixed and all(h.backward_of is None and "their backward" not in h.explanation for h in mixed)

@@ -301,9 +301,9 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
     they differentiate (a backward op carries its forward op's module and line):
     the branch that chose `self.a` over `self.b` decided their backward too, not
     the read nearest before the backward hunk."""
-    def sites(h: Hunk) -> set:
-        return {(g.module_path(n.module), n.source.file, n.source.line)
-                for g, ops in ((A.graph, h.only_a), (B.graph, h.only_b)) for n in ops if n.source is not None}
+    def sites(h: Hunk) -> set:  # (side, module path, file, line) of its one-sided ops
+        return {(side, g.module_path(n.module), n.source.file if n.source else "", n.source.line if n.source else 0)
+                for side, g, ops in (("A", A.graph, h.only_a), ("B", B.graph, h.only_b)) for n in ops}
 
     forward = [(sites(h), h) for h in hunks if h.kind == "structural" and h.witness is not None
                and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
@@ -312,8 +312,8 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
         ops = (*h.only_a, *h.only_b)
         if forward and h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) \
                 and not (h.grads or h.recompute or h.stopped):
-            mine = sites(h)
-            owner = next((f for keys, f in forward if f.index < h.index and keys & mine), None)
+            mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
+            owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
             if owner is not None:
                 h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
         out.append(h)
