@@ -285,6 +285,8 @@ def test_a_pass_cut_off_at_max_ops_says_so_in_diff_and_views():
     assert "TRUNCATED: recording stopped after 2 ops" in torchtrace.render(t.graph, "text")
     assert "truncated: recording stopped after 2 ops" in torchtrace.render(t.graph, "terminal")
     assert "TRUNCATED" not in torchtrace.render(full.graph, "text")
+    exact = record(max_ops=len(full.graph.nodes))  # room for every op: nothing was cut off
+    assert not exact.graph.meta["truncated"] and len(exact.graph.nodes) == len(full.graph.nodes)
 
 
 class Repeats(nn.Module):

@@ -68,7 +68,7 @@ class RecordingMode(TorchDispatchMode):
     __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops",
                  "engine_codes", "external", "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts",
                  "outputs", "output_refs", "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user",
-                 "start_seq", "foreign")
+                 "start_seq", "foreign", "full")
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -110,6 +110,7 @@ class RecordingMode(TorchDispatchMode):
         self.engine_user: tuple = (None, -1)     # ... and the user frame it was called from
         self.start_seq = _get_seq()
         self.foreign = False  # is the op in flight inside a graph task run by another thread?
+        self.full = False  # max_ops recorded: the next op cuts the pass off (truncated)
 
     # -- the hot path ------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -123,6 +124,8 @@ class RecordingMode(TorchDispatchMode):
             if out is not NOT_WHOLE:
                 return out
         if self.off:
+            if self.full:
+                self._truncate()
             return info.call(*args, **kwargs)
 
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
@@ -228,8 +231,8 @@ class RecordingMode(TorchDispatchMode):
         events = self.events
         events.append((info.index, ins, argv, kw, outs, seq, code, line, icode, ilasti,
                        stack[-1][0] if stack else None, anode, phase, extra))
-        if len(events) >= self.max_ops:
-            self._truncate()
+        if len(events) >= self.max_ops:  # no more room: off, and cut off if another op comes
+            self.off = self.full = True
         return out
 
     def _read_args(self, info: Any, args: tuple, frame: Any) -> tuple:
@@ -391,7 +394,7 @@ class RecordingMode(TorchDispatchMode):
         self.capture.note_fault(info.name, error, stacklevel=4)
 
     def _truncate(self) -> None:
-        self.off = True
+        self.full = False
         self.capture.truncated = True
         warnings.warn(
             f"torchtrace: stopped recording after max_ops={self.capture.max_ops} ops; the graph is "
