@@ -114,9 +114,9 @@ class LoopFinder:
         before = _copies_before(sx, xs[0], unit)
         cx = before + inside + _copies_after(sx, xs[-1] + 1, unit)
         cy = _copies_before(sy, y, unit) + _copies_after(sy, y, unit)
-        if cx == cy or (cy == 0 and (inside < 2 or unit_len < 2)):
-            return None, k0  # as many copies (the others aligned elsewhere), or one op twice where
-            #                  the other side has none: not evidence of a loop
+        if cx == cy or (cy == 0 and (inside < 2 or unit_len < 2)) or len(xs) > abs(cx - cy) * unit_len:
+            return None, k0  # as many copies (the others aligned elsewhere), one op twice where the
+            #                  other side has none, or more ops than the extra copies hold: no loop
         scope = _scope(X, range(xs[0], xs[0] + unit_len))
         if self._total(X, scope, unit) == self._total(Y, scope, unit):
             return None, k0  # as many copies in all, in another order (recursion): no loop ran more times
