@@ -319,3 +319,38 @@ def test_their_backward_only_for_backward_ops_of_that_forward_hunk_on_its_side()
     frozen = torchtrace.diff(run(1), run(2, freeze=True))
     mixed = [h for h in frozen.structural_hunks if h.only_a and h.only_b]
     assert mixed and all(h.backward_of is None and "their backward" not in h.explanation for h in mixed)
+
+
+class Beam(nn.Module):
+    """Keeps the rows that beat a threshold until none is left: the `while` is on
+    a Python int (the shape), the data read is the boolean index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step = nn.Linear(4, 4)
+        self.score = nn.Linear(4, 1)
+
+    def forward(self, h: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+        t = 0
+        while h.shape[0] > 0 and t < 4:
+            h = torch.tanh(self.step(h))
+            h = h[self.score(h).squeeze(-1) > thr[t]]  # LINE:keep
+            t += 1
+        return h.sum()
+
+
+def test_a_loop_ended_by_a_shape_read_names_that_read():
+    """All rows die at the 3rd step in A, the 4th in B: the extra iteration was
+    put down to no read at all ("no tensor read decided it")."""
+    torch.manual_seed(0)
+    m, h0 = Beam(), torch.randn(3, 4)
+
+    def run(thr: list) -> Graph:
+        with torchtrace.trace(m) as t:
+            m(h0, torch.tensor(thr))  # (one line for both passes)
+        return t.graph
+
+    d = torchtrace.diff(run([-9., -9., 9., 9.]), run([-9., -9., -9., 9.]))
+    keep = f"`test_diff_causes.py:{line_of('keep')}`"
+    assert d.why()[0].startswith(f"{keep} read shape [0,4] in A, shape [3,4] in B"), d.why()
+    assert "no tensor read decided it" not in d.why()[0]

@@ -244,6 +244,22 @@ class Causes:
             for i, j in zip(ia, reads_b.get(sig, ())):
                 if self.A.wkeys[i] != self.B.wkeys[j]:
                     return self.witness_change(i, j)
+        return self._by_order(k0, k1)
+
+    def _by_order(self, k0: int, k1: int) -> Optional[WitnessChange]:
+        """A read inside the hunk on one side against the read of the same rank at
+        that line on the other, when they differ: the 3rd shape read of a `while`
+        whose condition is the shape (`h = h[s > t]` until `h` is empty), with the
+        extra iteration aligned before the other side's last read."""
+        for col, X, Y in ((0, self.A, self.B), (1, self.B, self.A)):
+            for p in self.pairs[k0:k1]:
+                x = p[col]
+                if x is None or X.wkeys[x] is None:
+                    continue
+                mine, theirs = X.reads[X.sigs[x]], Y.reads.get(X.sigs[x], [])
+                k = bisect.bisect_left(mine, x)
+                if k < len(theirs) and Y.wkeys[theirs[k]] != X.wkeys[x]:
+                    return self.witness_change(x, theirs[k]) if col == 0 else self.witness_change(theirs[k], x)
         return None
 
 def common_module(paths: Iterable[str]) -> str:
