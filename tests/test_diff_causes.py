@@ -354,3 +354,39 @@ def test_a_loop_ended_by_a_shape_read_names_that_read():
     keep = f"`test_diff_causes.py:{line_of('keep')}`"
     assert d.why()[0].startswith(f"{keep} read shape [0,4] in A, shape [3,4] in B"), d.why()
     assert "no tensor read decided it" not in d.why()[0]
+
+
+class ScoredTree(nn.Module):
+    """A node splits when its score is high; the left child sees its input rolled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(4, 1)
+        self.leaf = nn.Linear(4, 4)
+        self.merge = nn.Linear(8, 4)
+        with torch.no_grad():
+            self.score.weight.copy_(torch.tensor([[1., 0., 0., 0.]]))
+            self.score.bias.zero_()
+
+    def node(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        if depth < 3 and self.score(x).mean() > 0:  # LINE:split
+            left = self.node(torch.roll(x, 1, -1), depth + 1)
+            right = self.node(-x, depth + 1)
+            return self.merge(torch.cat([left, right], -1))
+        return torch.tanh(self.leaf(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.node(x, 0)
+
+
+def test_an_if_at_each_level_of_a_recursion_is_no_loop_count():
+    """The left child splits too in B: its extra `merge` was "`if` at ... ran 1x
+    in A, 2x in B" (an `if` is no loop; it read False in A, True in B)."""
+    m = ScoredTree()
+    graphs = []
+    for x in ([[1., 0., 0., -1.]], [[1., 0., 0., 1.]]):
+        graphs.append(_record(m, torch.tensor(x)))
+    why = torchtrace.diff(*graphs).why()
+    split = f"`test_diff_causes.py:{line_of('split')}`"
+    assert why and all(w.startswith(split) and "read False in A, True in B" in w for w in why), why
+    assert not any("ran 1\u00d7" in w for w in why)

@@ -195,8 +195,9 @@ class Causes:
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
         witness = self._nearest_before(min(start, k0)) or self._nearest_before(k0) or self._inside(k0, k1)
         if loop is None:  # the k-th run of a nested loop, when its own condition is the read that differs
-            run = self.loops.by_runs(k0, k1)
-            if run is not None and (witness is None or (witness.file, witness.line) == (run.file, run.line)):
+            run = self.loops.by_runs(k0, k1)  # (an `if` read at each level of a recursion is no loop)
+            if run is not None and run.keyword not in BRANCHES and (
+                    witness is None or (witness.file, witness.line) == (run.file, run.line)):
                 loop = run
         return witness, loop
 
