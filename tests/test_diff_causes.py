@@ -390,3 +390,31 @@ def test_an_if_at_each_level_of_a_recursion_is_no_loop_count():
     split = f"`test_diff_causes.py:{line_of('split')}`"
     assert why and all(w.startswith(split) and "read False in A, True in B" in w for w in why), why
     assert not any("ran 1\u00d7" in w for w in why)
+
+
+class Stale(nn.Module):
+    """Decides first, counts overflows (Python only), then uses the decision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Linear(4, 4)
+        self.small = nn.Linear(4, 4)
+        self.overflows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        use_big = bool(x.mean() > 0)  # LINE:decide
+        h = x * 2
+        if h.abs().max() > 1.0:  # LINE:count
+            self.overflows += 1
+        return self.big(h) if use_big else self.small(h)
+
+
+def test_two_reads_that_differ_just_before_a_hunk_are_both_named():
+    """The branch used a decision read earlier; a Python-only `if` read between
+    them differs too: the nearer one was named alone."""
+    m = Stale()
+    graphs = [_record(m, torch.full((1, 4), v)) for v in (0.6, -0.1)]
+    [why] = torchtrace.diff(*graphs).why()
+    count, decide = (f"`test_diff_causes.py:{line_of(k)}`" for k in ("count", "decide"))
+    assert why.startswith(f"{count} read True in A, False in B (or, read earlier, {decide} read True in A, "
+                          "False in B) \u2192 "), why

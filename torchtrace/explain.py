@@ -66,6 +66,7 @@ class WitnessChange:
     weak: bool = False
     call: Optional[Tuple[str, int, int]] = None  # a module called more than once: (path, call in A, call in B)
     via: Optional[Tuple[str, str]] = None  # a helper read from several call sites: (call site in A, in B)
+    also: Tuple[str, ...] = ()  # other reads that differ just as near (nothing only in A or B since)
 
     @property
     def where(self) -> str:
@@ -73,7 +74,13 @@ class WitnessChange:
 
     def describe(self) -> str:
         text = f"{self.where}{self._via()}{self._call()} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+        if self.also:
+            text += f" (or, read earlier, {' or '.join(self.also)})"
         return text + " (a float: the nearest read that differs, maybe not the cause)" if self.weak else text
+
+    def short(self) -> str:
+        """"`m.py:9` read False in A, True in B": the read alone (named as an alternative)."""
+        return f"{self.where}{self._via()} read {read_str(self.a)} in A, {read_str(self.b)} in B"
 
     def _via(self) -> str:
         """" (called from `model.py:40`)": the call site of a helper function that
@@ -102,7 +109,8 @@ class WitnessChange:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": _witness_dict(self.a), "b": _witness_dict(self.b),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak,
-                "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None}
+                "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
+                "also": list(self.also)}
 
 
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
@@ -229,7 +237,11 @@ class Causes:
         weak = e is None or (e != nearest and self.one_sided[nearest] > self.one_sided[e])
         i, j = self.pairs[nearest if weak else e]
         assert i is not None and j is not None
-        return replace(self.witness_change(i, j), weak=weak)
+        # other decisive reads that differ with nothing only in A or B since: just as likely the cause
+        also = [] if weak else [x for x in reversed(self.decisive[:at - 1])
+                                if self.one_sided[x] == self.one_sided[k0]][:2]
+        alts = tuple(self.witness_change(*self.pairs[x]).short() for x in also)
+        return replace(self.witness_change(i, j), weak=weak, also=alts)
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment
