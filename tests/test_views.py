@@ -303,3 +303,27 @@ def test_a_repeated_backward_is_not_called_a_loop():
     assert titles and all(x.startswith("backward of test_views.py:") and x.endswith("× 3") for x in titles), titles
     fwd = [c.title for c in build_view(t.graph, phase="forward", depth=0).clusters if c.kind == "loop"]
     assert all(x.startswith("loop ") for x in fwd)
+
+
+def test_a_loop_whose_body_starts_with_a_nested_loop_renders(dot_check):
+    """The inner loop's cluster got the outer one's id (both start at the same op):
+    a cluster that was its own parent, and rendering looped until memory ran out."""
+    import torch
+
+    w = torch.nn.Parameter(torch.randn(4))
+    x = torch.randn(4)
+    with torchtrace.trace() as t:
+        for _ in range(3):
+            for _ in range(2):
+                x = x * w
+                x = x - 1
+            x = x + 1
+    view = build_view(t.graph)
+    loops = [c for c in view.clusters if c.kind == "loop"]
+    assert len(loops) == 2 and len({c.id for c in loops}) == 2
+    inner = next(c for c in loops if c.repeat == 2)
+    assert inner.parent == next(c for c in loops if c.repeat == 3).id
+    text = torchtrace.render(t.graph, "text")
+    assert "× 3 {" in text and "× 2 {" in text
+    dot_check(torchtrace.render(t.graph, "dot"))
+    assert torchtrace.render(t.graph, "mermaid").count("subgraph") >= 2

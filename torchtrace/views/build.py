@@ -105,7 +105,11 @@ class Assembler:
                     names = [L.relative_path(p[j].path, parent.path) for p in pieces]  # type: ignore[union-attr]
                     if len(set(names)) > 1:
                         self.rep_names[it.key] = names
-            cid = f"loop.{rep_nodes[0].id}"
+            cid = base = f"loop.{rep_nodes[0].id}"
+            k = 1
+            while cid in self.cluster_parent:  # a loop nested in one whose body starts with it: the same op
+                k += 1
+                cid = f"{base}.{k}"
             title = L.loop_title(rep_nodes, r.reps)
             self.folds.append(title)
             self._cluster(Cluster(cid, "loop", title, cluster, rep_nodes[0].phase, r.reps,
@@ -273,7 +277,7 @@ class Assembler:
     def _common_cluster(self, clusters: List[Optional[str]]) -> Optional[str]:
         def chain(c: Optional[str]) -> List[Optional[str]]:
             out: List[Optional[str]] = []
-            while c is not None:
+            while c is not None and c not in out:  # (never a cycle: each cluster id is given once)
                 out.append(c)
                 c = self.cluster_parent.get(c)
             return out[::-1]
