@@ -97,10 +97,8 @@ def test_big_graphs_bound_dot_layout(viz_graph, dot_check):
 def test_a_fully_expanded_forward_and_backward_lays_out_in_seconds(viz_graph, dot_check):
     """Spline routing of a fully expanded 2-layer GPT-2 forward+backward (274
     boxes, 356 edges here) took 21 s; bounded, with straight edges, under 1 s."""
-    import time
-
     view = build_view(viz_graph("gpt2_2"), phase="both", depth=10, fold=False)
     assert len(view.boxes) > 250 and len(view.edges) > 300
-    t0 = time.perf_counter()
-    dot_check(digraph(view).source)
-    assert time.perf_counter() - t0 < 10
+    src = digraph(view).source
+    assert "splines=line" in src and "nslimit=2" in src
+    dot_check(src)

@@ -327,3 +327,39 @@ def test_a_loop_whose_body_starts_with_a_nested_loop_renders(dot_check):
     assert "× 3 {" in text and "× 2 {" in text
     dot_check(torchtrace.render(t.graph, "dot"))
     assert torchtrace.render(t.graph, "mermaid").count("subgraph") >= 2
+
+
+def test_looking_for_loops_in_a_long_flat_phase_is_bounded():
+    """One AdamW step with clipping of a tiny Whisper: the optimizer phase is a
+    flat list of ~900 ops of many parameter shapes, and looking for runs signed
+    2.4 million ops (6 s for one view). The search stops at a bound; the view is
+    still built and drawn."""
+    import os
+
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    from torchtrace.views import Prepared, view_options
+    from torchtrace.views.fold import MAX_PERIOD, WORK_MAX
+
+    torch.manual_seed(0)
+    cfg = transformers.WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100, num_mel_bins=8, max_source_positions=16,
+        max_target_positions=32, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    m = transformers.WhisperForConditionalGeneration(cfg).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    feats, labels = torch.randn(2, 8, 32), torch.randint(3, 100, (2, 6))
+    m(input_features=feats, labels=labels).loss.backward()
+    opt.step()
+    with torchtrace.trace(m) as t:
+        opt.zero_grad()
+        m(input_features=feats, labels=labels).loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+    prep = Prepared(t.graph, view_options(phase="optimizer"))
+    prep.assemble(0)
+    assert prep.folder.work <= WORK_MAX + MAX_PERIOD * 8 < 1_000_000  # (unbounded: 2.4 million)
+    assert build_view(t.graph, phase="optimizer").boxes and torchtrace.render(t.graph, "text", phase="optimizer")

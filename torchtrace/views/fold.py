@@ -23,6 +23,9 @@ from .select import Selection
 Item = Union[Node, Group]
 MAX_PERIOD = 256     # longest loop body (in items) looked for
 UNCHAINED_MIN = 4    # independent repeats (heads, list comprehensions) fold from here
+# ops signed while looking for runs, per view: a flat list of a thousand optimizer ops (one
+# AdamW step with clipping of a small model) signed 2.4 million, 6 s; past this, no more folds
+WORK_MAX = 400_000
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,14 @@ class Folder:
         self.sel = sel
         self._intern: Dict[tuple, int] = {}
         self._group_sig: Dict[str, int] = {}
+        self._pieces: Dict[tuple, int] = {}  # ids of a piece's items -> its signature
+        self.work = 0  # ops signed so far (WORK_MAX bounds the search for runs)
         self._runs: Dict[str, List[Run]] = {}
 
     # -- signatures -----------------------------------------------------
     def _sig_of_nodes(self, head: tuple, nodes: Sequence[Node]) -> int:
         sel, g = self.sel, self.sel.graph
+        self.work += len(nodes)
         local = {n.id: k for k, n in enumerate(nodes)}
         mods: Dict[Optional[str], int] = {}
         toks: List[tuple] = [head]
@@ -86,9 +92,13 @@ class Folder:
         return ("o", item.op, item.phase, src.file if src else None, src.line if src else None)
 
     def _piece_sig(self, items: Sequence[Item]) -> int:
-        nodes = [n for it in items for n in item_nodes(it)]
-        head = ("piece",) + tuple(("g", it.type, it.depth) if isinstance(it, Group) else ("o",) for it in items)
-        return self._sig_of_nodes(head, nodes)
+        key = tuple(map(id, items))  # (the items live as long as the view is built)
+        got = self._pieces.get(key)
+        if got is None:  # candidates overlap: a piece is asked for again by every period tried around it
+            nodes = [n for it in items for n in item_nodes(it)]
+            head = ("piece",) + tuple(("g", it.type, it.depth) if isinstance(it, Group) else ("o",) for it in items)
+            got = self._pieces[key] = self._sig_of_nodes(head, nodes)
+        return got
 
     # -- runs -------------------------------------------------------------
     def runs(self, items: Sequence[Item], cache_key: Optional[str] = None) -> List[Run]:
@@ -104,7 +114,7 @@ class Folder:
             where.setdefault(t, []).append(k)
         out: List[Run] = []
         i, n = 0, len(items)
-        while i < n - 1:
+        while i < n - 1 and self.work < WORK_MAX:
             best: Optional[Run] = None
             later = where[tok[i]]
             for j in later[bisect_right(later, i):]:
