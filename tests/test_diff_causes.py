@@ -418,3 +418,29 @@ def test_two_reads_that_differ_just_before_a_hunk_are_both_named():
     count, decide = (f"`test_diff_causes.py:{line_of(k)}`" for k in ("count", "decide"))
     assert why.startswith(f"{count} read True in A, False in B (or, read earlier, {decide} read True in A, "
                           "False in B) \u2192 "), why
+
+
+class Budgets(nn.Module):
+    """A `while` per layer, its count read from the data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(3))
+
+    def forward(self, x: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            n = budget[i]
+            while n > 0:  # LINE:budget
+                x = torch.tanh(layer(x))
+                n = n - 1
+        return x
+
+
+def test_a_while_inside_a_for_says_which_run_changed():
+    """Only the 2nd layer's `while` ran more: the count alone did not say which of
+    the loop's three runs changed."""
+    m, x = Budgets(), torch.ones(1, 2)
+    graphs = [_record(m, x, torch.tensor(b)) for b in ([1, 1, 1], [1, 3, 1])]
+    [why] = torchtrace.diff(*graphs).why()
+    at = f"`test_diff_causes.py:{line_of('budget')}`"
+    assert why.startswith(f"`while` at {at} ran 1\u00d7 in A, 3\u00d7 in B (the 2nd of its 3 runs) \u2192 "), why

@@ -97,7 +97,18 @@ class LoopFinder:
             if ia is None or ib is None:
                 continue
             w = self.witness_change(ia, ib)
-            yield w, LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0, _keyword(w.file, w.line))
+            yield w, LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0, _keyword(w.file, w.line),
+                                self._which_run(sig, exit_a, exit_b))
+
+    def _which_run(self, sig: Sig, exit_a: Optional[int], exit_b: Optional[int]) -> Optional[Tuple[int, int]]:
+        """(k, runs) when the loop at ``sig`` ran as many times on both sides (a
+        `while` inside a `for`) and the runs ending at these exits are both the k-th."""
+        ra, rb = self._runs(self.A, sig), self._runs(self.B, sig)
+        if len(ra) < 2 or len(ra) != len(rb):
+            return None
+        ka = next((k for k, r in enumerate(ra) if r[1] == exit_a), None)
+        kb = next((k for k, r in enumerate(rb) if r[1] == exit_b), None)
+        return (ka, len(ra)) if ka is not None and ka == kb else None
 
     def by_repeat(self, k0: int, k1: int) -> Tuple[Optional[LoopChange], int]:
         """A block that repeats more times on one side, and the merged row
