@@ -97,7 +97,7 @@ class Capture:
         self.autograd.on_release = lambda keys: hold_by_key(self.mode.events, keys)
         # pass boundaries (Recorder): (root module, args, the frame holding its kwargs: see call_kwargs)
         self.on_root: Optional[Callable[[torch.nn.Module, tuple, Any], None]] = None
-        self.after_root: Optional[Callable[[Any], None]] = None
+        self.after_root: Optional[Callable[[], None]] = None
         self.after_fork: Optional[Callable[[], None]] = None  # in a forked child, after stop()
         self.on_compiled: Optional[Callable[[torch.nn.Module], None]] = None  # a compiled module's call
         self._mode_pushed = False
@@ -303,7 +303,7 @@ class Capture:
             self._root_outputs(output)
         finally:
             if self.after_root is not None:
-                self.after_root(output)
+                self.after_root()
 
     def _root_outputs(self, output: Any) -> None:
         mode = self.mode

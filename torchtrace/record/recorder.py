@@ -14,11 +14,10 @@ import operator
 import sys
 import threading
 import time
-import types
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch.nn.utils.parametrize import ParametrizationList
@@ -30,7 +29,7 @@ from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture, capture_options
 from .compiled import Uncompiled
-from .frames import caller_name, is_torch_internal
+from .frames import caller_name
 
 _ACTIVE = threading.local()
 _task_id = torch._C._current_graph_task_id
@@ -108,7 +107,6 @@ class Recorder:
         # thread's dispatch keys out of step with the mode stack (compiled.py)
         self._uncompiled = Uncompiled()
         self.capture.on_compiled = self._uncompiled.add
-        self._generators: Set[Any] = set()  # code of root forwards that are generators
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
         try:
@@ -212,12 +210,6 @@ class Recorder:
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
             return
-        if self._generators:
-            caller = frame  # (torch's module-call frames, then the caller's)
-            while caller is not None and is_torch_internal(caller.f_code):
-                caller = caller.f_back
-            if caller is not None and caller.f_code in self._generators:
-                return  # called by a root whose forward is a generator, as it yields: the same step
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
             e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
@@ -234,9 +226,7 @@ class Recorder:
         self._boundary(root=type(module).__name__,
                        inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name)
 
-    def _after_root(self, output: Any) -> None:
-        if isinstance(output, types.GeneratorType):  # its body runs later, as the caller iterates
-            self._generators.add(output.gi_code)
+    def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:
             self.capture.mode.off = True
             self.capture.pop_mode()
