@@ -129,11 +129,12 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
                 prep.add(i)
                 needed.update(ev[E_INS])
     if prep:
-        prep |= _unrelated(mode, tail, prep, outputs)
+        prep |= _unrelated(mode, tail, prep, outputs, consumers)
     return prep
 
 
-def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int]) -> Set[int]:
+def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
+               consumers: Dict[int, List[int]]) -> Set[int]:
     """With the next call's inputs found, the other tail ops that depend on
     nothing this pass computed (only on outside tensors, the preparation and
     each other) and that nothing of this pass reads: the next step's other data
@@ -151,7 +152,6 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int]) -> Set[i
             continue  # (a record_function marker: what a later op ran inside)
         if all(made.get(v) is None or made[v] in free or made[v] in prep for v in ev[E_INS] if v >= 0):
             free.add(i)
-    consumers = _consumers(events, tail)
     size = -1
     while len(free) != size:  # read by this pass (outside them): not the next step's
         size = len(free)

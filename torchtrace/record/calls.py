@@ -80,9 +80,9 @@ def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
     elif isinstance(x, dict):
         for v in x.values():
             yield from tensors_in(v, depth + 1)
-    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
-        for f in dataclasses.fields(x):
-            yield from tensors_in(getattr(x, f.name, None), depth + 1)
+    else:
+        for _, v in _fields(x):
+            yield from tensors_in(v, depth + 1)
 
 
 _PLAIN_MODULES = frozenset({"builtins", "torch", "numpy", "enum"})  # no tensors to name inside
@@ -116,8 +116,11 @@ def named_tensors(value: Any, name: str, depth: int = 0, budget: Optional[List[i
 def _attributes(value: Any) -> List[Tuple[str, Any]]:
     """An object's attributes: its ``__dict__``, or a slotted dataclass's fields."""
     d = getattr(value, "__dict__", None)
-    if isinstance(d, dict):
-        return list(d.items())
+    return list(d.items()) if isinstance(d, dict) else _fields(value)
+
+
+def _fields(value: Any) -> List[Tuple[str, Any]]:
+    """A dataclass instance's fields, by name (none for anything else)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
     return []

@@ -92,16 +92,14 @@ class CompileGuard:
         self.guarded = True      # set, or tried with Dynamo loaded
 
     def start(self) -> None:
-        self.stance = force_eager()
-        watch(id(self), self.note)
-        self.guarded = self.stance is not None
+        self.guarded = False
+        self.again()
 
     def again(self) -> None:
         if self.guarded or EVAL_FRAME not in sys.modules:
             return
         self.guarded = True
-        if self.stance is None:
-            self.stance = force_eager()
+        self.stance = force_eager()
         watch(id(self), self.note)
 
     def stop(self) -> None:

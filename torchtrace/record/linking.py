@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import torch
 
 from ..ir import AutogradNode, GradInfo
-from .gradnorms import grad_infos
 from .autograd import node_key
+from .gradnorms import grad_infos
 from .mode import BACKWARD, E_ANODE, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
@@ -221,8 +221,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
 def hold_by_key(events: List[tuple], keys: Dict[int, tuple]) -> None:
     """Events hold the autograd Node that ran them: once the tracker lets go of
     the Nodes (``AutogradTracker.release``), they hold its key instead."""
-    for i in range(len(events) - 1, -1, -1):
-        ev = events[i]
+    for i, ev in enumerate(events):
         node = ev[E_ANODE]
         if ev[E_PHASE] == BACKWARD and node is not None and type(node) is not tuple:
             events[i] = (*ev[:E_ANODE], keys.get(id(node)) or node_key(node), *ev[E_ANODE + 1:])
