@@ -107,7 +107,7 @@ class WitnessChange:
 
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
-                "a": _witness_dict(self.a), "b": _witness_dict(self.b),
+                "a": self.a.read(), "b": self.b.read(),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
                 "also": list(self.also)}
@@ -132,9 +132,6 @@ def decisive(w: "Witness") -> bool:
         return True
     return w.value.is_integer()
 
-
-def _witness_dict(w: "Witness") -> Dict[str, Any]:
-    return {"shape": list(w.shape)} if w.shape is not None else {"value": w.value}
 
 
 # -- causes of a structural hunk -------------------------------------------

@@ -108,6 +108,10 @@ class Witness:
     def describe(self) -> str:
         return f"shape {list(self.shape)}" if self.shape is not None else repr(self.value)
 
+    def read(self) -> Dict[str, Any]:
+        """What was read, as JSON: ``{"shape": [...]}`` or ``{"value": ...}``."""
+        return {"shape": list(self.shape)} if self.shape is not None else {"value": self.value}
+
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: see the module docstring
 class Node:

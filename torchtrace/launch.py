@@ -29,8 +29,6 @@ from .errors import UsageError, WriteError
 from .ir import Graph
 from .store import RUN_STORE
 
-STORE_NAME = RUN_STORE
-
 
 @dataclass
 class RunOptions:
@@ -86,7 +84,7 @@ def _store_in(out: Path) -> Iterator[Path]:
     """The store path in ``out``, with the previous run's store moved aside,
     while this process holds the folder's lock: a second run into the same
     folder would move the first run's open store aside under it."""
-    path = out / STORE_NAME
+    path = out / RUN_STORE
     if out.exists() and not out.is_dir():
         raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
                          found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
@@ -152,7 +150,7 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
     the store and prints the summary)."""
     console = console or Console(stderr=True, emoji=False)
     path = _check_script(script)
-    with nullcontext(options.out / STORE_NAME) if worker else _store_in(options.out) as store_path:
+    with nullcontext(options.out / RUN_STORE) if worker else _store_in(options.out) as store_path:
         return _run(path, argv, options, console, worker, store_path)
 
 

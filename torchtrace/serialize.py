@@ -120,7 +120,7 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
                  phase=n["phase"], module=n["module"], args=dict(n["args"]),
                  source=None if n["source"] is None else
                  Source(n["source"]["file"], n["source"]["line"], n["source"]["function"]),
-                 tags=tuple(n["tags"]), witness=_witness(n.get("witness")), grad_fn=n.get("grad_fn"),
+                 tags=tuple(n["tags"]), witness=witness_from_dict(n.get("witness")), grad_fn=n.get("grad_fn"),
                  kind=n["kind"])
             for n in data["nodes"]),
         outputs=tuple(data["outputs"]),
@@ -137,7 +137,8 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
     return graph.validate()
 
 
-def _witness(d: Any) -> Any:
+def witness_from_dict(d: Any) -> Any:
+    """A node's ``witness`` from its JSON (None stays None)."""
     if d is None:
         return None
     via = _sources(d.get("called_from", []), "witness.called_from")

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import Graph, Witness
-from .serialize import decode, encode
+from .serialize import decode, encode, witness_from_dict
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -141,8 +141,7 @@ class Store:
         meta = graph.meta
         rank = int(meta.get("rank") or 0)
         fp = graph.fingerprints
-        witnesses: Dict[str, Any] = {n.id: ({"shape": list(n.witness.shape)} if n.witness.shape is not None
-                                            else {"value": n.witness.value}) for n in graph.witnesses()}
+        witnesses: Dict[str, Any] = {n.id: n.witness.read() for n in graph.witnesses()}
         if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
             witnesses["grads"] = [gi.norm for gi in graph.autograd.grads]
         phases = Counter(n.phase for n in graph.nodes)  # (optimizer and recompute ops are neither)
@@ -226,9 +225,7 @@ class Store:
 
 def _own_read(d: Dict[str, Any], stored: Optional[Witness]) -> Witness:
     """A pass's own witness value (or shape), read where the stored graph read it."""
-    via = stored.called_from if stored is not None else ()
-    return (Witness(shape=tuple(d["shape"]), called_from=via) if "shape" in d
-            else Witness(value=d.get("value"), called_from=via))
+    return replace(witness_from_dict(d), called_from=stored.called_from if stored is not None else ())
 
 
 def _retry_locked(fn: Callable[[], Any], wait_s: float = 30.0) -> Any:
