@@ -73,14 +73,17 @@ class WitnessChange:
         return where(self.file, self.line)
 
     def describe(self) -> str:
-        text = f"{self.where}{self._via()}{self._call()} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+        text = f"{self.where}{self._via()}{self._call()}{self._reads()}"
         if self.also:
             text += f" (or, read earlier, {' or '.join(self.also)})"
         return text + " (a float: the nearest read that differs, maybe not the cause)" if self.weak else text
 
     def short(self) -> str:
         """"`m.py:9` read False in A, True in B": the read alone (named as an alternative)."""
-        return f"{self.where}{self._via()} read {read_str(self.a)} in A, {read_str(self.b)} in B"
+        return f"{self.where}{self._via()}{self._reads()}"
+
+    def _reads(self) -> str:
+        return f" read {read_str(self.a)} in A, {read_str(self.b)} in B"
 
     def _via(self) -> str:
         """" (called from `model.py:40`)": the call site of a helper function that

@@ -83,6 +83,13 @@ def node_line(g: "Graph", n: "Node") -> str:
     return f"{line:<72}  # {'  '.join(where)}" if where else line
 
 
+def cut_off_note(g: "Graph") -> str:
+    """What a pass cut off at ``max_ops`` is missing ("" for a whole pass)."""
+    if not g.meta.get("truncated"):
+        return ""
+    return f"recording stopped after {len(g.nodes)} ops (max_ops); later ops are missing"
+
+
 def format_graph(g: "Graph") -> str:
     meta = g.meta
     head = [f"torchtrace.graph {len(g.nodes)} ops"]

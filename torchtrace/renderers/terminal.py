@@ -19,6 +19,7 @@ from rich.tree import Tree
 
 from ..errors import UsageError
 from ..ir import Graph, Node
+from ..textform import cut_off_note
 from ..views import Prepared, ViewOptions, view_options
 from ..views import labels as L
 from ..views.facts import boundary, param_count, saved_bytes
@@ -64,9 +65,8 @@ def _header(prep: Prepared) -> Text:
     t.append(f"\nshowing phase {sel.phase}: {len(sel.nodes)} ops")
     if sel.hidden:
         t.append(f" ({len(sel.hidden)} bookkeeping ops hidden)", style="dim")
-    if g.meta.get("truncated"):
-        t.append(f"\n!! truncated: recording stopped after {len(g.nodes)} ops (max_ops); later ops are missing",
-                 style="bold red")
+    if cut_off_note(g):
+        t.append(f"\n!! truncated: {cut_off_note(g)}", style="bold red")
     for nid, error in g.raised().items():  # the op that failed, and what it said
         n = g.node(nid)
         where = f" at {n.source.short()}" if n.source is not None else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from ..ir import Graph
+from ..textform import cut_off_note
 from .build import Assembler
 from .fold import Folder
 from .groups import Group, build_groups, iter_groups
@@ -89,8 +90,8 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     boxes = list(asm.boxes.values()) + extra
     sel, o = prep.sel, prep.opts
     notes: List[str] = []
-    if prep.graph.meta.get("truncated"):
-        notes.append(f"TRUNCATED: recording stopped after {len(prep.graph.nodes)} ops (max_ops); later ops are missing")
+    if cut_off_note(prep.graph):
+        notes.append(f"TRUNCATED: {cut_off_note(prep.graph)}")
     if sel.out_of_phase:
         notes.append(f"phase {sel.phase}: {sel.out_of_phase} ops of other phases not shown")
     if o.focus is not None:
