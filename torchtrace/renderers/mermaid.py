@@ -106,9 +106,7 @@ def fit(graph: Graph, options: ViewOptions, *, direction: str = "TB", edge_label
                              fix=f"leave {name} out to use Mermaid's default limit")
     view = build_view(graph, options)
     changes: Dict[str, str] = {}
-    # a depth past the deepest module path draws the same view: try depths from there down
-    deepest = 1 + max((m.path.count(".") + 1 for m in graph.modules if m.path), default=0)
-    depth = min(view.options["depth"], deepest)
+    depth = min(view.options["depth"], view.stats["full_depth"])  # (deeper draws the same view)
     for step, (key, what, opts, labels) in enumerate(_attempts(options, depth, edge_labels)):
         if step:
             changes[key] = what

@@ -106,5 +106,6 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
         notes.append(f"{asm.chunked} ops grouped into chunk boxes to stay within max_boxes={o.max_boxes}")
     resolved = {**as_dict(o), "depth": asm.depth, "phase": sel.phase}
     stats = {"ops": len(prep.graph.nodes), "shown": len(sel.nodes), "hidden": len(sel.hidden),
-             "boxes": len(boxes), "edges": len(edges), "clusters": len(asm.clusters), "folds": len(asm.folds)}
+             "boxes": len(boxes), "edges": len(edges), "clusters": len(asm.clusters), "folds": len(asm.folds),
+             "full_depth": prep.max_depth + 1}  # (the depth that expands every module call)
     return View(tuple(boxes), tuple(edges), tuple(asm.clusters), tuple(notes), resolved, stats)
