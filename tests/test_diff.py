@@ -76,10 +76,7 @@ class Repeat(nn.Module):
         return h.sum(-1)
 
 
-def record(model: nn.Module, *args: object, train: bool = False, label: str = None) -> Graph:
-    with torch.set_grad_enabled(train), torchtrace.trace(model, label=label) as t:
-        model(*args)
-    return t.graph
+record = zoo.record
 
 
 @pytest.fixture(scope="module")

@@ -80,10 +80,7 @@ class Tree(nn.Module):
         return self.node(x)
 
 
-def _record(m: nn.Module, *args: torch.Tensor) -> Graph:
-    with torch.no_grad(), torchtrace.trace(m) as t:
-        m(*args)
-    return t.graph
+_record = zoo.record
 
 
 def test_recursion_that_ran_a_block_as_often_is_no_loop_count():

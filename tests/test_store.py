@@ -253,20 +253,24 @@ def test_reading_a_parametrized_weight_is_not_a_pass(tmp_path):
         assert [(p.step, p.root) for p in store.passes()] == [(i, type(conv).__name__) for i in range(3)]
 
 
+class Streaming(nn.Module):
+    """A forward that yields (streaming outputs): it returns at once, and its
+    submodules run later, as the caller iterates, with no module call open."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x) * 0.5
+            yield x
+
+
 def test_a_generator_forward_is_one_pass_per_step(tmp_path):
     """A root whose forward yields (streaming outputs) returns at once; its
     submodules run later, as the caller iterates, with no module open. They are
     the same step, not a pass each."""
-    class Streaming(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = layer(x) * 0.5
-                yield x
-
     m, x = Streaming(), torch.randn(2, 4)
     with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:  # unsampled steps watch the roots only
         for i in range(4):
@@ -291,16 +295,6 @@ def _assert_under_the_generator_call(g, root_type):
 
 
 def test_a_generator_forward_under_trace_keeps_its_calls_under_it():
-    class Streaming(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
-
-        def forward(self, x):
-            for layer in self.layers:
-                x = layer(x) * 0.5
-                yield x
-
     m, x = Streaming(), torch.randn(2, 4)
     with torchtrace.trace(m) as t:
         outs = list(m(x))

@@ -163,3 +163,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+def record(model: nn.Module, *args: object, train: bool = False, label: str = None):
+    """The graph of one call of ``model`` (no autograd graph unless ``train``)."""
+    import torchtrace
+
+    with torch.set_grad_enabled(train), torchtrace.trace(model, label=label) as t:
+        model(*args)
+    return t.graph
+
