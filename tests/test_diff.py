@@ -271,6 +271,28 @@ def test_shape_reads_at_one_line_are_not_a_loop():
     assert all(h.loop is None for h in d.hunks)
 
 
+def test_a_loop_over_items_pairs_each_iteration_with_its_own():
+    m = Experts().eval()
+    eye = torch.eye(3)
+    any_line = line_of("any")
+    for sa, sb in (([0, 1], [0, 2]), ([0, 1], [1, 2])):  # the experts each token is routed to
+        d = torchtrace.diff(record(m, eye[sa]), record(m, eye[sb]))
+        hunks = d.structural_hunks
+        only_a = [e for e in (0, 1, 2) if e in sa and e not in sb]
+        only_b = [e for e in (0, 1, 2) if e in sb and e not in sa]
+        assert len(hunks) == len(only_a) + len(only_b), d.why()
+        for h in hunks:  # each hunk: one expert's iteration, blamed on that iteration's own read
+            paths = {d.a.module_path(n.module) for n in h.only_a} | {d.b.module_path(n.module) for n in h.only_b}
+            [path] = paths - {""}
+            e = int(path.rsplit(".", 1)[1])
+            assert h.witness.line == any_line
+            assert (h.witness.a.value, h.witness.b.value) == (e in sa, e in sb)
+            assert bool(h.only_a) == (e in only_a) and bool(h.only_b) == (e in only_b)
+            assert len(h.only_a or h.only_b) == 5  # index, t, addmm, view, index_put
+        assert d.why() == [f"`{FILE}:{any_line}` read {e in sa} in A, {e in sb} in B \u2192 5 ops only in "
+                           f"{'A' if e in sa else 'B'} (in `<root>`)" for e in sorted(only_a + only_b)]
+
+
 class PerClass(nn.Module):
     """A Python loop over the classes ``torch.unique`` finds, indexing each."""
 

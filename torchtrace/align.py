@@ -18,6 +18,7 @@ with the exit read in B), then the latest.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
@@ -155,7 +156,7 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pai
         suf += 1
     pairs: List[Pair] = [(k, k) for k in range(pre)]
     ia = jb = pre
-    for i, j in lcs(a[pre:n - suf], b[pre:m - suf]):
+    for i, j in iterations(a, b, pre, suf):
         i, j = i + pre, j + pre
         pairs.extend((x, None) for x in range(ia, i))
         pairs.extend((None, y) for y in range(jb, j))
@@ -170,6 +171,55 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pai
             _slide(pairs, seq, w_other, w_self, side, down)
     _group(pairs, 0, last=False)
     return pairs
+
+
+def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int) -> List[Tuple[int, int]]:
+    """A longest common subsequence of ``a`` and ``b`` between their common
+    prefix (``pre`` ops) and suffix (``suf``), as ``(i, j)`` pairs counted
+    from the prefix's end: ``lcs``'s, or, among the longest, one that pairs
+    the k-th occurrence of each repeated op in A with its k-th in B.
+
+    A Python loop over items repeats its body's ops once per item: when A and
+    B ran it as often, iteration k of A is iteration k of B (the same item),
+    even where another pairing is as long. With experts {0, 1} run in A and
+    {0, 2} in B, the plain LCS may pair expert 1's ops with expert 2's and
+    iteration 1's routing read with iteration 2's; this pairs each
+    iteration's reads with its own and leaves expert 1's ops only in A and
+    expert 2's only in B. Ops that occur as often in A as in B, at least
+    twice, become anchors, the op that occurs first in A first, each with
+    all of its occurrences or none, so that the anchors stay in order; the
+    stretches between anchors are aligned by ``lcs``. Used only when that
+    loses no match against the plain LCS."""
+    n, m = len(a) - suf, len(b) - suf
+    plain = lcs(a[pre:n], b[pre:m])
+    where_a: Dict[int, List[int]] = {}
+    where_b: Dict[int, List[int]] = {}
+    for i, c in enumerate(a):
+        where_a.setdefault(c, []).append(i)
+    for j, c in enumerate(b):
+        where_b.setdefault(c, []).append(j)
+    ai: List[int] = []  # anchors in order, positions in A and in B
+    bj: List[int] = []
+    for c, occ in where_a.items():  # in order of first occurrence in A
+        other = where_b.get(c, ())
+        if len(occ) < 2 or len(occ) != len(other):
+            continue
+        mine = [(i, j) for i, j in zip(occ, other) if pre <= i < n]  # the prefix and suffix pair k-th with k-th
+        slots = [bisect_left(ai, i) for i, _ in mine]
+        if all((s == 0 or bj[s - 1] < j) and (s == len(ai) or j < bj[s]) for s, (_, j) in zip(slots, mine)):
+            for s, (i, j) in sorted(zip(slots, mine), reverse=True):
+                ai.insert(s, i)
+                bj.insert(s, j)
+    if not ai:
+        return plain
+    out: List[Tuple[int, int]] = []
+    i0, j0 = pre, pre
+    for i1, j1 in zip(ai + [n], bj + [m]):
+        out.extend((i0 + x - pre, j0 + y - pre) for x, y in lcs(a[i0:i1], b[j0:j1]))
+        if i1 < n:
+            out.append((i1 - pre, j1 - pre))
+        i0, j0 = i1 + 1, j1 + 1
+    return out if len(out) == len(plain) else plain
 
 
 CHECKPOINT = 64  # LCS rows kept: every 64th, the others recomputed a block at a time
