@@ -441,3 +441,69 @@ def test_a_while_inside_a_for_says_which_run_changed():
     [why] = torchtrace.diff(*graphs).why()
     at = f"`test_diff_causes.py:{line_of('budget')}`"
     assert why.startswith(f"`while` at {at} ran 1\u00d7 in A, 3\u00d7 in B (the 2nd of its 3 runs) \u2192 "), why
+
+
+class DropNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.bn(self.fc(x))).sum()
+
+
+def _pass(m: nn.Module, x: torch.Tensor, train: bool, backward: bool = True) -> Graph:
+    m.train(train)
+    m.zero_grad(set_to_none=True)
+    with torchtrace.trace(m) as t:
+        loss = m(x)
+        if backward:
+            loss.backward()
+    return t.graph
+
+
+def test_module_training_flags_are_recorded_per_call():
+    m = DropNorm()
+    m.train()
+    m.bn.eval()  # frozen batch norm in a training model
+    with torchtrace.trace(m) as t:
+        m(torch.randn(3, 4))
+    flags = {c.path: c.training for c in t.graph.modules}
+    assert flags == {"": True, "fc": True, "bn": False, "drop": True}
+    assert {c["path"]: c["training"] for c in t.graph.to_dict()["modules"]} == flags
+    old = t.graph.to_dict()  # an IR 1.0 file has no flags: it loads, with none known
+    old["version"] = [1, 0]
+    for c in old["modules"]:
+        del c["training"]
+    assert {c.training for c in torchtrace.Graph.from_dict(old).modules} == {None}
+
+
+def test_train_against_eval_blames_the_modules_training_mode():
+    torch.manual_seed(0)
+    m, x = DropNorm(), torch.randn(3, 4)
+    a, b = _pass(m, x, train=True), _pass(m, x, train=False)
+    d = torchtrace.diff(a, b)
+    one_sided = [(s, n) for h in d.structural_hunks for s, ops in (("A", h.only_a), ("B", h.only_b)) for n in ops]
+    assert {g.module_path(n.module) for s, n in one_sided for g in [a if s == "A" else b]} == {"bn", "drop"}
+    assert all(h.trained == "A" for h in d.structural_hunks)
+    n_a = sum(s == "A" for s, _ in one_sided)
+    n_b = len(one_sided) - n_a
+    # dropout and its backward, batch norm's running-stat update: only in A; in B nothing extra
+    assert {"aten.bernoulli_.float", "aten.add_.Tensor"} <= {n.op for s, n in one_sided if s == "A"} and not n_b
+    hunks = len(d.structural_hunks)
+    assert d.why() == [f"modules in training mode in A, eval mode in B (`.train()`/`.eval()`) \u2192 "
+                       f"{n_a} ops only in A in {hunks} hunks (in `bn`, `drop`)"]
+    assert torchtrace.diff(b, a).why()[0].startswith("modules in training mode in B, eval mode in A")
+
+
+def test_a_backward_run_in_one_pass_only_is_said_to_be_that():
+    torch.manual_seed(0)
+    m, x = DropNorm().eval(), torch.randn(3, 4)
+    a, b = _pass(m, x, train=False), _pass(m, x, train=False, backward=False)
+    [h] = torchtrace.diff(a, b).structural_hunks
+    backward = [n for n in a.nodes if n.phase == "backward" and "autograd_internal" not in n.tags]
+    assert h.only_a == tuple(backward) and not h.only_b and h.ran == ("A", ("backward",))
+    assert torchtrace.diff(a, b).why() == [f"only A's pass ran backward \u2192 {len(backward)} ops only in A (in `<root>`)"]
+    assert torchtrace.diff(b, a).why() == [f"only B's pass ran backward \u2192 {len(backward)} ops only in B (in `<root>`)"]

@@ -224,7 +224,7 @@ def test_encoder_writes_the_json_form(graph, gpt2_graph):
     odd = 'q"u\\o\nte\t é 字 \u2028 \x01'
     hostile = Graph(
         meta={"label": odd, "step": 3, "nested": {"x": [1, 2.5, None, True]}},
-        modules=(ModuleCall("m0", "", odd, 0, None), ModuleCall("m1", "a.b", "Linear", 2, "m0", "backward")),
+        modules=(ModuleCall("m0", "", odd, 0, None), ModuleCall("m1", "a.b", "Linear", 2, "m0", "backward", True)),
         values=(Value("v0", (2, 3), "float32", "cpu", True, "input", odd, None),
                 Value("v1", (), "bfloat16", "meta", False, "activation", None, "v0", "v0"),
                 Value("v2", (0, 1), "int64", "cuda:0", False, "constant", None, None)),
@@ -244,7 +244,7 @@ def test_encoder_writes_the_json_form(graph, gpt2_graph):
     for g in (graph, gpt2_graph, hostile):
         text = dumps(g)
         assert json.loads(text) == g.to_dict()  # json, not orjson, reads it back: the oracle
-        assert text.startswith('{"format":"torchtrace.graph","version":[1,0],"meta":{')  # compact
+        assert text.startswith('{"format":"torchtrace.graph","version":[%d,%d],"meta":{' % VERSION)  # compact
     text = dumps(hostile)
     assert json.loads(text)["nodes"][0]["args"]["name"] == odd
     assert "é 字" in text  # UTF-8, not \\u escapes

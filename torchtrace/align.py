@@ -104,6 +104,11 @@ class Side:
         return {k: len(v) for k, v in sites.items()}
 
     @cached_property
+    def training(self) -> Dict[Tuple[str, int], Optional[bool]]:
+        """(module path, call index) -> ``module.training`` at that call."""
+        return {(m.path, m.call): m.training for m in self.graph.modules}
+
+    @cached_property
     def calls(self) -> Dict[str, int]:
         """How many times the pass called each module path."""
         out: Dict[str, int] = {}

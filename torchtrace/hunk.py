@@ -50,6 +50,8 @@ class Hunk:
     recompute: bool = False  # the hunk is activation checkpointing's recompute (phase ``recompute``), on one side
     casts: Tuple[TypeChange, ...] = ()  # the hunk is dtype casts (``.float()``) only on one side: the dtype changes
     backward_of: Optional[int] = None  # the hunk is the backward of that (forward) hunk's ops: its cause
+    ran: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, phases): only that side's pass ran those phases
+    trained: Optional[str] = None  # the side whose module calls ran in training mode (the other's in eval)
 
     @property
     def cause(self) -> str:
@@ -63,9 +65,15 @@ class Hunk:
         if self.recompute:
             return f"activation checkpointing in {side} recomputed the forward during backward " \
                    "(phase recompute; backward reads the recomputed tensors)"
+        if self.ran is not None:
+            side, phases = self.ran
+            return f"only {side}'s pass ran {' and '.join(PHASE_WORDS.get(p, p) for p in phases)}"
         if self.casts:
             return f"dtype casts run only in {side}: .to()/.float() copy only when the dtype differs " \
                    f"(inputs/params {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
+        if self.trained is not None:
+            other = "B" if self.trained == "A" else "A"
+            return f"modules in training mode in {self.trained}, eval mode in {other} (`.train()`/`.eval()`)"
         if self.loop is not None and self.loop.via == "witness":
             text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
@@ -123,7 +131,9 @@ class Hunk:
                        types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args),
                        inputs=tuple(i.mirror() for i in self.inputs),
                        rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped),
-                       casts=tuple(t.mirror() for t in self.casts))
+                       casts=tuple(t.mirror() for t in self.casts),
+                       ran=(_swap_sides(self.ran[0]), self.ran[1]) if self.ran else None,
+                       trained=_swap_sides(self.trained))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -135,6 +145,8 @@ class Hunk:
                 "inputs": [i.to_dict() for i in self.inputs], "rewires": [r.to_dict() for r in self.rewires],
                 "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
+                "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
+                "trained": self.trained,
                 "explanation": self.explanation}
 
 
@@ -178,6 +190,39 @@ def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
         return ()
     names = (g.value(n.inputs[0]).name if n.inputs else None for g, n in nodes)
     return tuple(dict.fromkeys(x or ".grad" for x in names))
+
+
+PHASE_WORDS = {"backward": "backward", "optimizer": "an optimizer step"}
+
+
+def ran_only(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """("A", ("backward",)) when ``rows`` are ops only in A, of phases (backward,
+    optimizer) that B's pass never ran: ``loss.backward()`` called in one pass only."""
+    for status, side, other in (("only_a", "A", B), ("only_b", "B", A)):
+        if rows and all(p.status == status for p in rows):
+            phases = tuple(dict.fromkeys((p.a if p.a is not None else p.b).phase for p in rows))
+            if all(ph in PHASE_WORDS for ph in phases) and not any(n.phase in phases for n in other.nodes):
+                return side, phases
+    return None
+
+
+def trained(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """"A" when every op of ``rows`` ran in a module call that was in training
+    mode in A and in eval mode in B (the same module call, by path and call
+    index); "B" the other way round."""
+    sides = set()
+    for p in rows:
+        for x, n in ((0, p.a), (1, p.b)):
+            if n is None:
+                continue
+            if n.module is None:
+                return None
+            m = (A, B)[x].graph.module(n.module)
+            mine, theirs = (A, B)[x].training.get((m.path, m.call)), (B, A)[x].training.get((m.path, m.call))
+            if mine is None or theirs is None or mine == theirs:
+                return None
+            sides.add(x if mine else 1 - x)
+    return "AB"[sides.pop()] if len(sides) == 1 else None
 
 
 def recomputed(rows: Sequence[OpPair]) -> bool:

@@ -33,7 +33,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 from .errors import IRError, NotInGraphError
 
 FORMAT = "torchtrace.graph"
-VERSION: Tuple[int, int] = (1, 0)
+VERSION: Tuple[int, int] = (1, 1)
 
 ROLES = ("input", "param", "buffer", "constant", "activation")
 PHASES = ("forward", "backward", "recompute", "optimizer")
@@ -64,6 +64,7 @@ class ModuleCall:
     call: int = 0
     parent: Optional[str] = None
     phase: str = "forward"
+    training: Optional[bool] = None  # ``module.training`` at the call (None: not recorded, IR 1.0)
 
 
 @dataclass(slots=True, unsafe_hash=True)  # not frozen: see the module docstring

@@ -43,6 +43,8 @@ def _tree(g: Graph, arr: Callable[[Any], Any], share: bool) -> Dict[str, Any]:
         d = {"id": m.id, "path": m.path, "type": m.type, "call": m.call, "parent": m.parent}
         if m.phase != "forward":
             d["phase"] = m.phase
+        if m.training is not None:
+            d["training"] = m.training
         modules.append(d)
     values = []
     for v in g.values:
@@ -111,7 +113,7 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
     graph = Graph(
         meta=dict(data["meta"]),
         modules=tuple(ModuleCall(m["id"], m["path"], m["type"], m["call"], m["parent"],
-                                 m.get("phase", "forward")) for m in data["modules"]),
+                                 m.get("phase", "forward"), m.get("training")) for m in data["modules"]),
         values=tuple(Value(v["id"], tuple(v["shape"]), v["dtype"], v["device"], v["requires_grad"],
                            v["role"], v["name"], v["alias_of"], v.get("version_of"))
                      for v in data["values"]),

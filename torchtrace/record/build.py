@@ -255,8 +255,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     if raised:  # ops that raised (the last one, if the block ended by it): node and error
         meta["raised"] = raised
     capture.open_annotations = tuple(annotations)  # where the next pass starts
-    modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase)
-                    for k, (path, typ, call, parent, phase) in enumerate(mode.mcalls))
+    modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase, training)
+                    for k, (path, typ, call, parent, phase, training) in enumerate(mode.mcalls))
     outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes))
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,

@@ -99,7 +99,7 @@ class RecordingMode(TorchDispatchMode):
         self.vmap: Dict[int, int] = {}  # id(tensor) -> value id (of its latest version)
         self.vrefs: List[Any] = []  # per value id: weakref to its tensor (plain ints in vmap: fewer GC-tracked objects)
         self.stack: List[tuple] = []   # open module calls: (call id, module, path)
-        self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase)
+        self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase, training)
         self.call_counts: Dict[int, int] = {}
         self.outputs: List[int] = []   # value ids returned by root module calls
         self.output_refs: List[Any] = []
