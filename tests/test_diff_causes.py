@@ -507,3 +507,47 @@ def test_a_backward_run_in_one_pass_only_is_said_to_be_that():
     assert h.only_a == tuple(backward) and not h.only_b and h.ran == ("A", ("backward",))
     assert torchtrace.diff(a, b).why() == [f"only A's pass ran backward \u2192 {len(backward)} ops only in A (in `<root>`)"]
     assert torchtrace.diff(b, a).why() == [f"only B's pass ran backward \u2192 {len(backward)} ops only in B (in `<root>`)"]
+
+
+def _runs(x: torch.Tensor, ns) -> torch.Tensor:
+    h = x
+    for n in ns:
+        k = torch.tensor(n)
+        while k > 0:  # LINE:runs
+            h = torch.tanh(h) * 2
+            k = k - 1
+        h = h + 1
+    return h
+
+
+def _refine(h: torch.Tensor, n: int) -> torch.Tensor:
+    k = torch.tensor(n)
+    while k > 0:  # LINE:refine
+        h = torch.tanh(h) * 2
+        k = k - 1
+    return h
+
+
+def _twice(x: torch.Tensor, ns) -> torch.Tensor:
+    return _refine(_refine(x, ns[0]) + 1, ns[1])
+
+
+@pytest.mark.parametrize("fn, marker", [(_runs, "runs"), (_twice, "refine")])
+def test_runs_of_a_loop_that_swap_counts_are_each_their_own_change(fn, marker):
+    """2 and 3 iterations in A, 3 and 2 in B: each run changed by one iteration (5 ops:
+    the read, tanh, mul, sub, the next test), never "ran 1x in A, 0x in B", and the ops
+    between the runs ran in both."""
+    x = torch.randn(2, 2)
+    graphs = []
+    for ns in ([2, 3], [3, 2]):
+        with torchtrace.trace() as t:
+            fn(x, ns)
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    where = f"`while` at `test_diff_causes.py:{line_of(marker)}`"
+    runs = (" (the 1st of its 2 runs)", " (the 2nd of its 2 runs)")
+    assert d.why() == [f"{where} ran 2\u00d7 in A, 3\u00d7 in B{runs[0]} \u2192 5 ops only in B (in `<root>`)",
+                       f"{where} ran 3\u00d7 in A, 2\u00d7 in B{runs[1]} \u2192 5 ops only in A (in `<root>`)"]
+    for h in d.structural_hunks:
+        assert sorted(n.short_op for n in h.only_a + h.only_b) == \
+            ["_local_scalar_dense", "gt.Scalar", "mul.Tensor", "sub.Tensor", "tanh"]
