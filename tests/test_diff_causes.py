@@ -551,3 +551,43 @@ def test_runs_of_a_loop_that_swap_counts_are_each_their_own_change(fn, marker):
     for h in d.structural_hunks:
         assert sorted(n.short_op for n in h.only_a + h.only_b) == \
             ["_local_scalar_dense", "gt.Scalar", "mul.Tensor", "sub.Tensor", "tanh"]
+
+
+def test_a_forward_called_from_another_line_is_the_same_ops():
+    """A training step and a validation step call the model from two lines: the
+    forward ran in both (only its line differs); backward and the optimizer step
+    ran only in the training step."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x, y = torch.randn(3, 4), torch.randn(3, 1)
+    with torchtrace.trace(m) as ta:
+        nn.functional.mse_loss(m(x), y).backward()  # LINE:train
+        opt.step()
+    with torch.no_grad(), torchtrace.trace(m) as tb:
+        nn.functional.mse_loss(m(x), y)  # LINE:val
+    d = torchtrace.diff(ta.graph, tb.graph)
+    later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer") and "autograd_internal" not in n.tags]
+    assert d.only_b == 0 and d.only_a == len(later)
+    assert d.moved == len(tb.graph.nodes)  # every op of B: the same op, another line
+    assert d.why()[1:] == [f"only A's pass ran backward and an optimizer step \u2192 {len(later)} ops only in A "
+                           "(in `<root>`)"]
+
+
+def _halve(x: torch.Tensor) -> torch.Tensor:
+    h = x * 2
+    if h.sum() > 0:  # LINE:halve
+        h = torch.tanh(h)
+    return h + 1
+
+
+def test_a_function_traced_from_two_lines_pairs_its_reads():
+    neg, pos = -torch.ones(2), torch.ones(2)
+    with torchtrace.trace() as ta:
+        _halve(neg)  # LINE:first
+    with torchtrace.trace() as tb:
+        _halve(pos)  # LINE:second
+    d = torchtrace.diff(ta.graph, tb.graph)
+    assert d.why() == [f"`test_diff_causes.py:{line_of('halve')}` read False in A, True in B \u2192 1 op only in B "
+                       "(in `<root>`)"]
+    assert f"B called from test_diff_causes.py:{line_of('second')}" in str(d)

@@ -128,15 +128,24 @@ class Side:
         return out
 
     @cached_property
+    def weaker(self) -> Tuple[List[Sig], List[Sig]]:
+        """Weaker signatures, for ops the alignment left unpaired (``refine``):
+        without a helper read's call site, then without the source line too."""
+        return [s[:5] for s in self.sigs], [s[:3] for s in self.sigs]
+
+    @cached_property
     def loop_sigs(self) -> List[Sig]:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
         return [loop_signature(s) for s in self.sigs]
 
 
 def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
-          wa: Sequence[Any] = (), wb: Sequence[Any] = ()) -> List[Pair]:
+          wa: Sequence[Any] = (), wb: Sequence[Any] = (),
+          weaker: Sequence[Tuple[Sequence[Hashable], Sequence[Hashable]]] = ()) -> List[Pair]:
     """Align two signature sequences; ``wa``/``wb`` are the witness keys
     (``None`` for ops that read nothing), used to place insertions in loops.
+    ``weaker``: pairs of key sequences (A's, B's), weakest last, that pair the
+    ops still left unpaired between two aligned ones (``refine``).
 
     Returns ``(i, j)`` pairs in merged order: ``(i, None)`` only in A,
     ``(None, j)`` only in B, ``(i, j)`` aligned.
@@ -147,8 +156,46 @@ def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
     ca = [order[s] for s in sa]
     cb = [order[s] for s in sb]
     if ca <= cb:
-        return _align(ca, cb, wa, wb)
-    return [(i, j) for j, i in _align(cb, ca, wb, wa)]
+        pairs = _align(ca, cb, wa, wb)
+        for ka, kb in weaker:
+            refine(pairs, ka, kb)
+        return pairs
+    pairs = _align(cb, ca, wb, wa)
+    for ka, kb in weaker:
+        refine(pairs, kb, ka)
+    return [(i, j) for j, i in pairs]
+
+
+def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) -> None:
+    """Pair, in each run of ops only in A or B, the ops whose weaker keys
+    ``ka``/``kb`` match (their longest common subsequence): the same op of the
+    same module called from another line (a validation step's forward against a
+    training step's, the same function traced from two lines) ran in both passes.
+    Such a pair is "changed" by its line alone; what stays unpaired is the hunk."""
+    k = 0
+    while k < len(pairs):
+        if pairs[k][0] is not None and pairs[k][1] is not None:
+            k += 1
+            continue
+        k1 = k
+        while k1 < len(pairs) and (pairs[k1][0] is None or pairs[k1][1] is None):
+            k1 += 1
+        xs = [i for i, j in pairs[k:k1] if j is None]
+        ys = [j for i, j in pairs[k:k1] if i is None]
+        order: Dict[Hashable, int] = {}
+        matches = lcs([order.setdefault(ka[i], len(order)) for i in xs],
+                      [order.setdefault(kb[j], len(order)) for j in ys]) if xs and ys else []
+        if matches:
+            run: List[Pair] = []
+            p0 = q0 = 0
+            for p, q in matches + [(len(xs), len(ys))]:
+                run += [(x, None) for x in xs[p0:p]] + [(None, y) for y in ys[q0:q]]
+                if p < len(xs):
+                    run.append((xs[p], ys[q]))
+                p0, q0 = p + 1, q + 1
+            pairs[k:k1] = run
+            k1 = k + len(run)
+        k = k1
 
 
 def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pair]:

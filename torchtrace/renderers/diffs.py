@@ -203,7 +203,11 @@ def _row(diff: "GraphDiff", p: "OpPair") -> str:
         return "  " + node_line(diff.a, p.a)
     if set(p.what) <= {"value", "line"}:  # not a change of its own: a read, or another call site
         notes = [f"B read {p.b.witness.describe()}"] if "value" in p.what and p.b.witness is not None else []
-        notes += [f"B at {p.b.source.short()}"] if "line" in p.what and p.b.source is not None else []
+        if "line" in p.what and p.b.source is not None:  # another line, or the same helper line called from another
+            wb = p.b.witness
+            same = p.a.source is not None and p.a.source.short() == p.b.source.short()
+            notes += [f"B called from {wb.called_from[0].short()}" if same and wb is not None and wb.called_from
+                      else f"B at {p.b.source.short()}"]
         return ("! " if "value" in p.what else "  ") + node_line(diff.a, p.a) + "  | " + ", ".join(notes)
     return "~ " + _changed_line(diff, p)
 
