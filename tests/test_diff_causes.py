@@ -415,6 +415,9 @@ def test_two_reads_that_differ_just_before_a_hunk_are_both_named():
     count, decide = (f"`test_diff_causes.py:{line_of(k)}`" for k in ("count", "decide"))
     assert why.startswith(f"{count} read True in A, False in B (or, read earlier, {decide} read True in A, "
                           "False in B) \u2192 "), why
+    [why] = torchtrace.diff(*reversed(graphs)).why()  # (computed the other way round, then mirrored)
+    assert why.startswith(f"{count} read False in A, True in B (or, read earlier, {decide} read False in A, "
+                          "True in B) \u2192 "), why
 
 
 class Budgets(nn.Module):

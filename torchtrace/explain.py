@@ -66,7 +66,7 @@ class WitnessChange:
     weak: bool = False
     call: Optional[Tuple[str, int, int]] = None  # a module called more than once: (path, call in A, call in B)
     via: Optional[Tuple[str, str]] = None  # a helper read from several call sites: (call site in A, in B)
-    also: Tuple[str, ...] = ()  # other reads that differ just as near (nothing only in A or B since)
+    also: Tuple["WitnessChange", ...] = ()  # other reads that differ just as near (nothing only in A or B since)
 
     @property
     def where(self) -> str:
@@ -75,7 +75,7 @@ class WitnessChange:
     def describe(self) -> str:
         text = f"{self.where}{self._via()}{self._call()}{self._reads()}"
         if self.also:
-            text += f" (or, read earlier, {' or '.join(self.also)})"
+            text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
         return text + " (a float: the nearest read that differs, maybe not the cause)" if self.weak else text
 
     def short(self) -> str:
@@ -106,14 +106,15 @@ class WitnessChange:
     def mirror(self) -> "WitnessChange":
         call = (self.call[0], self.call[2], self.call[1]) if self.call else None
         via = (self.via[1], self.via[0]) if self.via else None
-        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call, via=via)
+        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call, via=via,
+                       also=tuple(w.mirror() for w in self.also))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": self.a.read(), "b": self.b.read(),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
-                "also": list(self.also)}
+                "also": [w.short() for w in self.also]}
 
 
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
@@ -240,7 +241,7 @@ class Causes:
         # other decisive reads that differ with nothing only in A or B since: just as likely the cause
         also = [] if weak else [x for x in reversed(self.decisive[:at - 1])
                                 if self.one_sided[x] == self.one_sided[k0]][:2]
-        alts = tuple(self.witness_change(*self.pairs[x]).short() for x in also)
+        alts = tuple(self.witness_change(*self.pairs[x]) for x in also)
         return replace(self.witness_change(i, j), weak=weak, also=alts)
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
