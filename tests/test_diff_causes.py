@@ -301,7 +301,8 @@ class Repeats(nn.Module):
 def test_their_backward_only_for_backward_ops_of_that_forward_hunk_on_its_side():
     """A backward hunk takes a forward hunk's cause only when every op of it is
     on the same side and differentiates ops of that hunk: with `a.bias` frozen
-    in B, A's bias-gradient ops are not the backward of B's extra loop pass."""
+    in B, A's bias-gradient ops are not the backward of B's extra loop pass;
+    they are there because `a.bias` requires grad in A."""
     def run(n: int, freeze: bool = False) -> Graph:
         torch.manual_seed(0)
         m = Repeats()
@@ -314,8 +315,12 @@ def test_their_backward_only_for_backward_ops_of_that_forward_hunk_on_its_side()
     assert [h.backward_of is not None for h in plain.structural_hunks if h.only_a or h.only_b] == [
         all(n.phase == "backward" for n in (*h.only_a, *h.only_b)) for h in plain.structural_hunks]
     frozen = torchtrace.diff(run(1), run(2, freeze=True))
-    mixed = [h for h in frozen.structural_hunks if h.only_a and h.only_b]
-    assert mixed and all(h.backward_of is None and "their backward" not in h.explanation for h in mixed)
+    [bias] = [h for h in frozen.structural_hunks if h.only_a]  # A's bias-gradient ops: not B's loop's backward
+    assert [n.short_op for n in bias.only_a] == ["sum.dim_IntList", "view"] and not bias.only_b
+    assert bias.backward_of is None and bias.needs_grad == ("A", ("a.bias",))
+    assert bias.explanation.startswith("`a.bias` requires grad only in A (`requires_grad_`)")
+    assert all(h.backward_of is not None for h in frozen.structural_hunks
+               if h.only_b and all(n.phase == "backward" for n in h.only_b))
 
 
 class Beam(nn.Module):
@@ -594,3 +599,40 @@ def test_a_function_traced_from_two_lines_pairs_its_reads():
     assert d.why() == [f"`test_diff_causes.py:{line_of('halve')}` read False in A, True in B \u2192 1 op only in B "
                        "(in `<root>`)"]
     assert f"B called from test_diff_causes.py:{line_of('second')}" in str(d)
+
+
+def test_a_frozen_layer_is_said_to_be_that_and_its_backward_is_aligned():
+    """Layer 0 frozen in B: its gradient ops, the Tanh's backward before it and
+    layer 2's grad-input ops run only in A; layer 2's grad-weight ops run in
+    both and are paired with each other (not with A's grad-input ops, the same
+    ops at the same line)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.__name__.split(".")[0] != "detach"
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    x = torch.randn(4, 8)
+    graphs, counts = [], []
+    for frozen in (False, True):
+        m[0].requires_grad_(not frozen)
+        loss = m(x).sum()
+        with Count() as c:  # the oracle: backward ops that ran
+            c.n = 0
+            loss.backward()
+        counts.append(c.n)
+        m.zero_grad(set_to_none=True)
+        with torchtrace.trace(m) as t:
+            m(x).sum().backward()
+        m.zero_grad(set_to_none=True)
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    assert not d.changed_hunks and d.only_b == 0 and d.only_a == counts[0] - counts[1] == 9
+    assert d.why() == ["`0.weight`, `0.bias` require grad only in A (`requires_grad_`): backward computes the "
+                       "gradients that reach them only there \u2192 9 ops only in A in 2 hunks (in `2`, `<root>`)"]
+    [grad_input] = [h for h in d.structural_hunks if h.module == "2"]
+    assert [(n.short_op, [graphs[0].value(v).alias_of is not None for v in n.inputs]) for n in grad_input.only_a] \
+        == [("t", [True]), ("mm", [False, True])]  # t(weight), then grad @ weight.T

@@ -23,10 +23,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Node
+    from .ir import Graph, Node, Value
 
 Pair = Tuple[Optional[int], Optional[int]]
-Sig = Tuple[Any, ...]  # (phase, module path, op, file, line[, a helper read's caller file, line])
+Sig = Tuple[Any, ...]  # (phase, module path, op, file, line[, a helper read's caller file, line][, params read])
 
 BOOKKEEPING = "autograd_internal"
 
@@ -42,15 +42,31 @@ def _base(file: str) -> str:
     return file.replace("\\", "/").rsplit("/", 1)[-1]
 
 
+STATE = ("param", "buffer")
+
+
 def signature(g: "Graph", n: "Node") -> Sig:
     src = n.source
-    sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
-           src.line if src is not None else 0)
+    sig: Sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
+                src.line if src is not None else 0)
     w = n.witness
     if w is not None and w.called_from:
         caller = w.called_from[0]  # a helper's read: one per call site (not a loop)
-        return (*sig, _base(caller.file), caller.line)
-    return sig
+        sig += (_base(caller.file), caller.line)
+    # the parameters it reads: a Linear's backward computes the grad of its input from its weight,
+    # the grad of its weight from activations, with the same ops at the same line
+    state = tuple(v.name for v in map(lambda vid: _base_value(g, vid), n.inputs) if v.role in STATE)
+    return sig + (state,) if state else sig
+
+
+def _base_value(g: "Graph", vid: str) -> "Value":
+    """The value ``vid`` is a view of (``W.t()`` saved for backward: ``W``), or itself."""
+    v = g.value(vid)
+    for _ in range(8):
+        if v.alias_of is None:
+            break
+        v = g.value(v.alias_of)
+    return v
 
 
 _INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a path component that is a number: a ModuleList item
@@ -60,7 +76,10 @@ def loop_signature(sig: Sig) -> Sig:
     """``sig`` with the ModuleList indices of its module path made one (``h.0.attn``
     and ``h.1.attn`` -> ``h.#.attn``): the ops of ``for block in self.h`` repeat
     under this signature from one block to the next."""
-    return (sig[0], _INDEX.sub("#", sig[1]), *sig[2:]) if any(c.isdigit() for c in sig[1]) else sig
+    if not any(c.isdigit() for c in sig[1]):
+        return sig
+    return (sig[0], _INDEX.sub("#", sig[1]), *sig[2:5],
+            *(tuple(_INDEX.sub("#", x or "") for x in e) if isinstance(e, tuple) else e for e in sig[5:]))
 
 
 def witness_key(n: "Node") -> Any:
@@ -102,6 +121,11 @@ class Side:
                     c = n.witness.called_from[0]
                     sites.setdefault((n.source.file, n.source.line), set()).add((c.file, c.line))
         return {k: len(v) for k, v in sites.items()}
+
+    @cached_property
+    def trainable(self) -> Dict[str, bool]:
+        """Parameter name -> whether it required grad in the pass."""
+        return {v.name: v.requires_grad for v in self.graph.values if v.role == "param" and v.name}
 
     @cached_property
     def training(self) -> Dict[Tuple[str, int], Optional[bool]]:

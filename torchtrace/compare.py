@@ -27,7 +27,8 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
                        input_changes, producers, reshaped, rewires, significant)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import ACCUMULATE, Hunk, accumulated, casts, cut_off, ended, ran_only, recomputed, stopped, trained
+from .hunk import (ACCUMULATE, Hunk, accumulated, casts, cut_off, ended, needs_grad, ran_only, recomputed, stopped,
+                   trained)
 from .ir import Graph, Node
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
@@ -156,8 +157,8 @@ class GraphDiff:
         # ops only in A or B; else (the same ops, another dataflow) the ops that read from elsewhere
         for h in self.structural_hunks or (self.changed_hunks if self.kind == "structural" else ()):
             # (dtype casts, one op here and three there, are one cause: counted together; so are
-            # the ops of modules in training mode on one side)
-            groups.setdefault((h.cause, "" if h.casts or h.trained else h.counts), []).append(h)
+            # the ops of modules in training mode on one side, and the backward of frozen parameters)
+            groups.setdefault((h.cause, "" if h.casts or h.trained or h.needs_grad else h.counts), []).append(h)
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         lines += [f"{cut_off(side, g)}: the ops after it were not recorded"
                   for side, g in (("A", self.a), ("B", self.b)) if g.meta.get("truncated")]
@@ -174,7 +175,7 @@ class GraphDiff:
             names = list(dict.fromkeys(h.module or "<root>" for h in hunks))
             where = ", ".join(f"`{m}`" for m in names[:4])
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
-            if not counts:  # casts, train/eval: the ops of all its hunks
+            if not counts:  # casts, train/eval, frozen parameters: the ops of all its hunks
                 a, b = sum(len(h.only_a) for h in hunks), sum(len(h.only_b) for h in hunks)
                 counts = ", ".join(plural(k, "op") + f" only in {s}" for k, s in ((a, "A"), (b, "B")) if k)
                 counts += f" in {len(hunks)} hunks" if len(hunks) > 1 else ""
@@ -285,6 +286,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran_only(A, B, rows), trained=trained(A, B, rows),
+                              needs_grad=needs_grad(A, B, rows),
                               casts=casts(rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
@@ -313,7 +315,7 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
     for h in hunks:
         ops = (*h.only_a, *h.only_b)
         if forward and h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) \
-                and not (h.grads or h.recompute or h.stopped or h.ran or h.trained):
+                and not (h.grads or h.recompute or h.stopped or h.ran or h.trained or h.needs_grad):
             mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
             owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
             if owner is not None:

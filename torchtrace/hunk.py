@@ -52,6 +52,7 @@ class Hunk:
     backward_of: Optional[int] = None  # the hunk is the backward of that (forward) hunk's ops: its cause
     ran: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, phases): only that side's pass ran those phases
     trained: Optional[str] = None  # the side whose module calls ran in training mode (the other's in eval)
+    needs_grad: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, params): backward for params only it trains
 
     @property
     def cause(self) -> str:
@@ -71,6 +72,11 @@ class Hunk:
         if self.casts:
             return f"dtype casts run only in {side}: .to()/.float() copy only when the dtype differs " \
                    f"(inputs/params {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
+        if self.needs_grad is not None:
+            side, names = self.needs_grad
+            listed = ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            return f"{listed} require{'s' if len(names) == 1 else ''} grad only in {side} (`requires_grad_`): " \
+                   "backward computes the gradients that reach them only there"
         if self.trained is not None:
             other = "B" if self.trained == "A" else "A"
             return f"modules in training mode in {self.trained}, eval mode in {other} (`.train()`/`.eval()`)"
@@ -133,7 +139,8 @@ class Hunk:
                        rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped),
                        casts=tuple(t.mirror() for t in self.casts),
                        ran=(_swap_sides(self.ran[0]), self.ran[1]) if self.ran else None,
-                       trained=_swap_sides(self.trained))
+                       trained=_swap_sides(self.trained),
+                       needs_grad=(_swap_sides(self.needs_grad[0]), self.needs_grad[1]) if self.needs_grad else None)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -147,6 +154,8 @@ class Hunk:
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
                 "trained": self.trained,
+                "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
+                else None,
                 "explanation": self.explanation}
 
 
@@ -203,6 +212,17 @@ def ran_only(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tu
             phases = tuple(dict.fromkeys((p.a if p.a is not None else p.b).phase for p in rows))
             if all(ph in PHASE_WORDS for ph in phases) and not any(n.phase in phases for n in other.nodes):
                 return side, phases
+    return None
+
+
+def needs_grad(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """("A", ("0.weight", ...)) when ``rows`` are backward ops only in A and
+    parameters require grad in A that do not in B (a frozen layer)."""
+    for status, side, X, Y in (("only_a", "A", A, B), ("only_b", "B", B, A)):
+        if rows and all(p.status == status and (p.a or p.b).phase == "backward" for p in rows):
+            theirs = Y.trainable
+            names = tuple(x for x, rg in X.trainable.items() if rg and theirs.get(x) is False)
+            return (side, names) if names else None
     return None
 
 
