@@ -985,25 +985,35 @@ def test_exotic_tensors_never_break_the_users_program():
 
 
 def test_jagged_nested_tensors_save_and_record(tmp_path):
-    """A jagged NestedTensor's shape holds a symbolic size (j0): saved as -1, and a
-    Recorder's pass boundary no longer raises JSON's TypeError into the user's loop."""
+    """A jagged NestedTensor's shape holds a symbolic size (j0, a new one each
+    time one is built): the IR has -1 there, in memory as in the file, so two
+    identical passes are identical, and a Recorder stores them as one variant."""
     lin = nn.Linear(8, 4)
+    a, b = torch.randn(3, 8), torch.randn(5, 8)
 
     def step():
-        nt = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)], layout=torch.jagged)
+        nt = torch.nested.nested_tensor([a, b], layout=torch.jagged)
         return lin(nt).values().sum()
 
-    with torchtrace.trace(lin) as t:
-        step()
-    jagged = [v for v in t.graph.values if not all(isinstance(d, int) for d in v.shape)]
-    assert jagged  # torch hands the recorder symbolic sizes
-    loaded = torchtrace.load(torchtrace.save(t.graph, tmp_path / "g.json"))
-    shapes = {v.id: v.shape for v in loaded.values}
-    assert all(shapes[v.id] == tuple(-1 if not isinstance(d, int) else d for d in v.shape) for v in jagged)
+    step()  # (torch makes a dummy NestedTensor the first time one is built)
+    graphs = []
+    for _ in range(2):
+        with torchtrace.trace(lin) as t:
+            step()
+        graphs.append(t.graph)
+    g = graphs[0]
+    assert all(type(d) is int for v in g.values for d in v.shape)
+    jagged = [v for v in g.values if -1 in v.shape]
+    assert jagged and all(len(v.shape) == 3 and v.shape[1] == -1 for v in jagged)  # (2, j, 8)-like
+    assert torchtrace.diff(*graphs).is_empty and graphs[0].fingerprints == graphs[1].fingerprints
+    assert torchtrace.load(torchtrace.save(g, tmp_path / "g.json")) == g
     with torchtrace.Recorder(tmp_path / "t.db") as rec:
         for _ in range(3):
             step()
     assert rec.recorded == 3
+    from torchtrace.store import Store
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert len({(r.structure_fp, r.shapes_fp) for r in store.passes()}) == 1  # one variant
 
 
 def test_while_loop_on_item_is_one_witness_per_check():
@@ -1073,3 +1083,21 @@ def test_module_paths_follow_the_model_between_traces():
     del net.b
     net.items = nn.ModuleList([lin])
     assert paths() == ["", "items.0"]
+
+
+def test_torchs_own_dummy_nested_tensor_is_no_input():
+    """The first jagged NestedTensor of a process makes torch build a dummy one on
+    the meta device; built inside a trace, that was the call's `input0`. (A fresh
+    process: torch makes it once.)"""
+    import subprocess
+    import sys
+
+    code = ("import torch, torch.nn as nn, torchtrace\n"
+            "m = nn.Linear(4, 3)\n"
+            "with torchtrace.trace(m) as t:\n"
+            "    m(torch.nested.nested_tensor([torch.randn(2, 4), torch.randn(5, 4)], layout=torch.jagged))\n"
+            "print(sorted({v.role for v in t.graph.values if v.device == 'meta'} - {'activation'}))\n"
+            "print(sorted(v.name for v in t.graph.values if v.role == 'input'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "['constant']"  # torch's dummy: there, and not an input
+    assert out[1] == "[]"  # the call's argument is made inside the block: no input at all

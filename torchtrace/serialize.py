@@ -256,11 +256,11 @@ def encode(g: Graph, gz: bool = False) -> bytes:
         raw = orjson.dumps(_tree(g, tuple, share=True))
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         raw = json.dumps(graph_to_dict(g), separators=(",", ":"), ensure_ascii=False,
-                         allow_nan=False, default=_symbolic).encode("utf-8")
+                         allow_nan=False, default=symbolic_value).encode("utf-8")
     return gzip.compress(raw, mtime=0) if gz else raw
 
 
-def _symbolic(x: Any) -> Any:
+def symbolic_value(x: Any) -> Any:
     """A symbolic size (``torch.SymInt``: a jagged NestedTensor's shape holds one):
     its number where it has one, else -1, "no fixed size" (found without importing torch)."""
     kind = type(x).__name__

@@ -14,6 +14,7 @@ import torch
 from .._memo import Lazy, remember
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
+from ..serialize import symbolic_value
 from .boundary import reads_data
 from .extras import Raised
 from .frames import is_torch_internal, line_of
@@ -187,7 +188,14 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             rg = t.requires_grad if t is not None else bool(
                 values[version_of].requires_grad if 0 <= version_of < len(values) else False)
         root = alias_root.get(vid)
-        values.append(Value(vid_str[vid], rec[V_SHAPE:], text[dtype], text[rec[V_DEVICE]], bool(rg), role, name,
+        shape = rec[V_SHAPE:]
+        try:  # (a jagged NestedTensor's ragged size is a torch.SymInt, new each time one is built: -1)
+            plain = sum(shape).__class__ is int
+        except Exception:
+            plain = False
+        if not plain:
+            shape = tuple(s if s.__class__ is int else symbolic_value(s) for s in shape)
+        values.append(Value(vid_str[vid], shape, text[dtype], text[rec[V_DEVICE]], bool(rg), role, name,
                             None if root is None else vid_str[root],
                             None if version_of is None or version_of < 0 else vid_str[version_of]))
 

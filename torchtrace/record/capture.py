@@ -329,6 +329,8 @@ class Capture:
             return "constant", held[1] if held is not None else local_name(t, frame)
         name = local_name(t, frame)
         if name is None:
+            if t.device.type == "meta":  # torch's own (the dummy NestedTensor it makes once per process)
+                return "constant", None
             name = f"input{self.mode.n_inputs}"
             self.mode.n_inputs += 1
         return "input", name
