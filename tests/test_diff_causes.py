@@ -636,3 +636,52 @@ def test_a_frozen_layer_is_said_to_be_that_and_its_backward_is_aligned():
     [grad_input] = [h for h in d.structural_hunks if h.module == "2"]
     assert [(n.short_op, [graphs[0].value(v).alias_of is not None for v in n.inputs]) for n in grad_input.only_a] \
         == [("t", [True]), ("mm", [False, True])]  # t(weight), then grad @ weight.T
+
+
+@pytest.mark.parametrize("make, per_param, updated", [
+    (lambda p: torch.optim.Adam(p, lr=1e-2), 3, False),  # step, exp_avg, exp_avg_sq
+    (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), 2, True),  # momentum_buffer = clone(grad).detach()
+])
+def test_an_optimizers_first_step_is_said_to_make_its_state(make, per_param, updated):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = make(m.parameters())
+    x, y = torch.randn(8, 8), torch.randn(8, 1)
+    graphs = []
+    for _ in range(2):
+        with torchtrace.trace(m) as t:
+            nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    n_params = len(list(m.parameters()))
+    assert d.only_a == per_param * n_params
+    assert all(h.state is not None and h.state[0] == "A" for h in d.structural_hunks)
+    [why] = d.why()
+    assert why.startswith("the optimizer made its state in A (") and why.count(", B updated it") == updated
+
+
+def test_an_optimizer_step_only_one_pass_made_is_no_state():
+    """Optimizer ops that are not all tensor-making (a whole step) are not the
+    state. Without zero_grad, B's backward adds into the .grads A made: hunks of
+    their own next to A's optimizer ops, in both orientations (each hunk's span
+    holds its own ops)."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    graphs = []
+    for step in (True, False):
+        with torchtrace.trace(m) as t:
+            m(torch.ones(2, 4)).sum().backward()
+            if step:
+                opt.step()
+        graphs.append(t.graph)
+    for d in (torchtrace.diff(*graphs), torchtrace.diff(*reversed(graphs))):
+        for h in d.hunks:
+            rows = d.ops[h.span[0]:h.span[1]]
+            assert tuple(p.a for p in rows if p.status == "only_a") == h.only_a
+            assert tuple(p.b for p in rows if p.status == "only_b") == h.only_b
+    d = torchtrace.diff(*graphs)
+    assert [h.state for h in d.structural_hunks] == [None] * 3
+    assert d.why()[1] == "only A's pass ran an optimizer step \u2192 2 ops only in A (in `<root>`)"

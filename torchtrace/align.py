@@ -1,12 +1,15 @@
 """Sequence alignment of two graphs' ops in execution order, by op signature.
 
-An op's signature is ``(phase, module path, op, source file name, line)``:
-never ids, never shapes. Two passes of the same program have the same
-signature sequence; an ``if`` that took the other branch shows as a run of
-ops only in A or only in B.
+An op's signature is ``(phase, module path, op, source file name, line)``,
+plus the call site of a helper that read tensor data and the parameters the
+op reads: never ids, never shapes. Two passes of the same program have the
+same signature sequence; an ``if`` that took the other branch shows as a run
+of ops only in A or only in B.
 
 The alignment is a longest common subsequence of the signatures (after the
-common prefix and suffix), computed bit-parallel (``lcs``). It is symmetric
+common prefix and suffix), computed bit-parallel, iteration by iteration
+where a loop ran as often on both sides (``lcs.iterations``); ops left
+unpaired are then paired by weaker signatures (``refine``). It is symmetric
 by construction (``align(b, a)`` is the mirror of ``align(a, b)``):
 signatures are numbered in sorted order and the pair is always aligned in
 one canonical orientation, then swapped back. Pure
@@ -18,9 +21,10 @@ with the exit read in B), then the latest.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
+
+from .lcs import iterations, lcs
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node, Value
@@ -247,123 +251,6 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pai
             _slide(pairs, seq, w_other, w_self, side, down)
     _group(pairs, 0, last=False)
     return pairs
-
-
-SLACK = 10
-
-
-def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int) -> List[Tuple[int, int]]:
-    """A longest common subsequence of ``a`` and ``b`` between their common
-    prefix (``pre`` ops) and suffix (``suf``), as ``(i, j)`` pairs counted
-    from the prefix's end: ``lcs``'s, or, among the longest, one that pairs
-    the k-th occurrence of each repeated op in A with its k-th in B.
-
-    A Python loop over items repeats its body's ops once per item: when A and
-    B ran it as often, iteration k of A is iteration k of B (the same item),
-    even where another pairing is as long. With experts {0, 1} run in A and
-    {0, 2} in B, the plain LCS may pair expert 1's ops with expert 2's and
-    iteration 1's routing read with iteration 2's; this pairs each
-    iteration's reads with its own and leaves expert 1's ops only in A and
-    expert 2's only in B. Ops that occur as often in A as in B, at least
-    twice, become anchors, the op that occurs first in A first, each with
-    all of its occurrences or none, so that the anchors stay in order; the
-    stretches between anchors are aligned by ``lcs``. Used unless that loses
-    more than one match in ``SLACK`` (of the whole alignment) against the plain LCS."""
-    n, m = len(a) - suf, len(b) - suf
-    plain = lcs(a[pre:n], b[pre:m])
-    where_a: Dict[int, List[int]] = {}
-    where_b: Dict[int, List[int]] = {}
-    for i, c in enumerate(a):
-        where_a.setdefault(c, []).append(i)
-    for j, c in enumerate(b):
-        where_b.setdefault(c, []).append(j)
-    ai: List[int] = []  # anchors in order, positions in A and in B
-    bj: List[int] = []
-    for c, occ in where_a.items():  # in order of first occurrence in A
-        other = where_b.get(c, ())
-        if len(occ) < 2 or len(occ) != len(other):
-            continue
-        mine = [(i, j) for i, j in zip(occ, other) if pre <= i < n]  # the prefix and suffix pair k-th with k-th
-        slots = [bisect_left(ai, i) for i, _ in mine]
-        if all((s == 0 or bj[s - 1] < j) and (s == len(ai) or j < bj[s]) for s, (_, j) in zip(slots, mine)):
-            for s, (i, j) in sorted(zip(slots, mine), reverse=True):
-                ai.insert(s, i)
-                bj.insert(s, j)
-    if not ai:
-        return plain
-    out: List[Tuple[int, int]] = []
-    i0, j0 = pre, pre
-    for i1, j1 in zip(ai + [n], bj + [m]):
-        out.extend((i0 + x - pre, j0 + y - pre) for x, y in lcs(a[i0:i1], b[j0:j1]))
-        if i1 < n:
-            out.append((i1 - pre, j1 - pre))
-        i0, j0 = i1 + 1, j1 + 1
-    # (a plain LCS that crosses from one iteration into another can be a few matches longer: runs of
-    # a `while` inside a `for` that ran 2, 3 times in A and 3, 2 in B)
-    return out if len(plain) - len(out) <= (pre + suf + len(plain)) // SLACK else plain
-
-
-CHECKPOINT = 64  # LCS rows kept: every 64th, the others recomputed a block at a time
-
-
-def lcs(a: Sequence[int], b: Sequence[int]) -> List[Tuple[int, int]]:
-    """A longest common subsequence of ``a`` and ``b`` as ``(i, j)`` pairs.
-
-    Bit-parallel (Hyyro 2004): one row of the LCS table is an ``len(b)``-bit
-    integer whose zero bits mark where the row steps up, so a row costs a
-    few big-integer operations, and ``L[i][j]`` is the number of zero bits
-    below ``j`` in row ``i``. Loops that differ in every iteration make
-    ``difflib`` quadratic in Python; this stays at ``len(a) * len(b) / 64``
-    machine words. Every ``CHECKPOINT``-th row is kept; the traceback
-    recomputes the rows of one block at a time. Ties prefer a match, then
-    leaving an op of ``a`` unmatched (deletions before insertions)."""
-    n, m = len(a), len(b)
-    if not n or not m:
-        return []
-    masks: Dict[int, int] = {}
-    for j, c in enumerate(b):
-        masks[c] = masks.get(c, 0) | (1 << j)
-    full = (1 << m) - 1
-
-    def step(v: int, c: int) -> int:
-        u = v & masks.get(c, 0)
-        return ((v + u) | (v - u)) & full
-
-    saved = [full]  # row i * CHECKPOINT
-    v = full
-    for i, c in enumerate(a, 1):
-        v = step(v, c)
-        if i % CHECKPOINT == 0:
-            saved.append(v)
-    block: Dict[int, int] = {}
-
-    def row(i: int) -> int:
-        if i not in block:
-            block.clear()
-            base = (i // CHECKPOINT) * CHECKPOINT
-            v = saved[i // CHECKPOINT]
-            block[base] = v
-            for k in range(base, min(base + CHECKPOINT, n)):
-                v = step(v, a[k])
-                block[k + 1] = v
-        return block[i]
-
-    def length(i: int, j: int) -> int:
-        return (~row(i) & ((1 << j) - 1)).bit_count()
-
-    out: List[Tuple[int, int]] = []
-    i, j = n, m
-    here = length(i, j)
-    while i and j and here:
-        if a[i - 1] == b[j - 1] and length(i - 1, j - 1) == here - 1:
-            out.append((i - 1, j - 1))
-            i, j, here = i - 1, j - 1, here - 1
-        elif length(i, j - 1) == here:
-            j -= 1
-        else:
-            i -= 1
-    out.reverse()
-    return out
 
 
 def _group(pairs: List[Pair], side: int, last: bool) -> None:

@@ -181,9 +181,19 @@ def _arg_str(v: Any) -> str:
     return repr(v) if v is ABSENT else json.dumps(v, ensure_ascii=False)
 
 
+ACCUMULATE = "accumulate_grad"  # the tag of AccumulateGrad's add_ into a .grad that existed
+
+
+def accumulates(p: OpPair) -> bool:
+    n = p.a if p.a is not None else p.b
+    return n is not None and ACCUMULATE in n.tags
+
+
 def a_first(ops: List[OpPair]) -> Tuple[OpPair, ...]:
     """Within each run of ops only in A or B, A's come first (like ``-``
-    before ``+`` in a unified diff), whichever orientation aligned them."""
+    before ``+`` in a unified diff), whichever orientation aligned them.
+    AccumulateGrad's ops into a .grad that existed end a run (they are hunks of
+    their own), so a diff and its mirror cut the same runs."""
     out: List[OpPair] = []
     k = 0
     while k < len(ops):
@@ -192,7 +202,7 @@ def a_first(ops: List[OpPair]) -> Tuple[OpPair, ...]:
             k += 1
             continue
         k1 = k
-        while k1 < len(ops) and ops[k1].status in ("only_a", "only_b"):
+        while k1 < len(ops) and ops[k1].status in ("only_a", "only_b") and accumulates(ops[k1]) == accumulates(ops[k]):
             k1 += 1
         out.extend(p for p in ops[k:k1] if p.status == "only_a")
         out.extend(p for p in ops[k:k1] if p.status == "only_b")

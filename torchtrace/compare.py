@@ -23,12 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
-from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only, classify,
-                       input_changes, producers, reshaped, rewires, significant)
+from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, accumulates, arg_changes, args_only,
+                       classify, input_changes, producers, reshaped, rewires, significant)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import (ACCUMULATE, Hunk, accumulated, casts, cut_off, ended, needs_grad, ran_only, recomputed, stopped,
-                   trained)
+from .hunk import (Hunk, accumulated, casts, cut_off, ended, needs_grad, optimizer_state, ran_only, recomputed,
+                   stopped, trained)
 from .ir import Graph, Node
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
@@ -286,7 +286,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran_only(A, B, rows), trained=trained(A, B, rows),
-                              needs_grad=needs_grad(A, B, rows),
+                              needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows),
                               casts=casts(rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
@@ -315,7 +315,7 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
     for h in hunks:
         ops = (*h.only_a, *h.only_b)
         if forward and h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) \
-                and not (h.grads or h.recompute or h.stopped or h.ran or h.trained or h.needs_grad):
+                and not (h.grads or h.recompute or h.stopped or h.ran or h.trained or h.needs_grad or h.state):
             mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
             owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
             if owner is not None:
@@ -328,11 +328,6 @@ def _module_path(g: Graph, n: Node) -> str:
     return g.module_path(n.module)
 
 
-def _accumulates(p: OpPair) -> bool:
-    n = p.a if p.a is not None else p.b
-    return n is not None and ACCUMULATE in n.tags
-
-
 def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
     """Structural hunks: maximal runs of ops only in A or B. Changed hunks:
     runs of changed ops, merged across up to ``2 * CONTEXT`` unchanged ones."""
@@ -341,7 +336,7 @@ def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
         status = ops[k].status
         if status in ("only_a", "only_b"):
             k1 = k  # (AccumulateGrad's ops into a .grad that existed form hunks of their own)
-            while k1 < n and ops[k1].status in ("only_a", "only_b") and _accumulates(ops[k1]) == _accumulates(ops[k]):
+            while k1 < n and ops[k1].status in ("only_a", "only_b") and accumulates(ops[k1]) == accumulates(ops[k]):
                 k1 += 1
             yield "structural", k, k1
             k = k1

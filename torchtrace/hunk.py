@@ -12,13 +12,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .align import Side
-from .classify import ArgChange, InputChange, OpPair, Rewire
+from .classify import ACCUMULATE, ArgChange, InputChange, OpPair, Rewire
 from .explain import ARROW, LoopChange, WitnessChange, plural, where
 from .textform import dtype_short
 from .ir import Graph, Node
 from .typechange import TypeChange
 
-ACCUMULATE = "accumulate_grad"  # the tag of AccumulateGrad's add_ into a .grad that existed
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,7 @@ class Hunk:
     ran: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, phases): only that side's pass ran those phases
     trained: Optional[str] = None  # the side whose module calls ran in training mode (the other's in eval)
     needs_grad: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, params): backward for params only it trains
+    state: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, ops): the optimizer made its state there
 
     @property
     def cause(self) -> str:
@@ -69,6 +69,11 @@ class Hunk:
         if self.ran is not None:
             side, phases = self.ran
             return f"only {side}'s pass ran {' and '.join(PHASE_WORDS.get(p, p) for p in phases)}"
+        if self.state is not None:
+            side, ops = self.state
+            other = self.only_b if side == "A" else self.only_a
+            return f"the optimizer made its state in {side} ({', '.join(f'`{o}`' for o in ops)}: " \
+                   "its first step for these parameters)" + (f", {'B' if side == 'A' else 'A'} updated it" if other else "")
         if self.casts:
             return f"dtype casts run only in {side}: .to()/.float() copy only when the dtype differs " \
                    f"(inputs/params {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
@@ -140,6 +145,7 @@ class Hunk:
                        casts=tuple(t.mirror() for t in self.casts),
                        ran=(_swap_sides(self.ran[0]), self.ran[1]) if self.ran else None,
                        trained=_swap_sides(self.trained),
+                       state=(_swap_sides(self.state[0]), self.state[1]) if self.state else None,
                        needs_grad=(_swap_sides(self.needs_grad[0]), self.needs_grad[1]) if self.needs_grad else None)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -154,6 +160,7 @@ class Hunk:
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
                 "trained": self.trained,
+                "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
                 "explanation": self.explanation}
@@ -224,6 +231,25 @@ def needs_grad(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, 
             names = tuple(x for x, rg in X.trainable.items() if rg and theirs.get(x) is False)
             return (side, names) if names else None
     return None
+
+
+# ops that make a new tensor (``torch.zeros_like(p)``, ``torch.tensor(0.0)``, ``grad.clone().detach()``)
+MAKE = frozenset({"zeros_like", "zeros", "empty", "empty_like", "full", "full_like", "ones_like", "lift_fresh",
+                  "scalar_tensor", "clone", "detach", "_to_copy", "new_zeros", "new_empty", "new_full"})
+
+
+def optimizer_state(rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """("A", ("zeros_like", "lift_fresh")) when ``rows`` are optimizer ops and
+    A's are all ops that make tensors: the state an optimizer makes on its first
+    step (Adam's ``exp_avg``, ``exp_avg_sq``, ``step``; SGD's momentum buffer)."""
+    if not rows or any((p.a or p.b).phase != "optimizer" for p in rows):
+        return None
+    found = []
+    for side, ops in (("A", [p.a for p in rows if p.b is None]), ("B", [p.b for p in rows if p.a is None])):
+        names = [n.op.split(".")[1] if n.op.count(".") >= 1 else n.op for n in ops]
+        if names and all(x in MAKE for x in names):
+            found.append((side, tuple(dict.fromkeys(names))))
+    return found[0] if len(found) == 1 else None
 
 
 def trained(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
