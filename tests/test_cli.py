@@ -430,3 +430,47 @@ def test_next_hints_quote_paths_for_the_shell(tmp_path):
     import shlex
     first = hint.split("next:", 1)[1].split("|")[0].strip()
     assert shlex.split(first) == ["torchtrace", "variants", str(out / "trace.db")]
+
+
+def test_an_older_runs_log_never_lands_beside_the_previous_store(tmp_path):
+    """A run killed by SIGKILL leaves trace.db-wal; the next run moves it to
+    trace.prev.db-wal, and the run after that (whose trace.db had no log) left it
+    there, so SQLite applied the older run's pages to the previous run's store."""
+    from torchtrace.launch import _store_in
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "trace.db").write_bytes(b"previous run")
+    (out / "trace.prev.db").write_bytes(b"older run")
+    (out / "trace.prev.db-wal").write_bytes(b"older run's log")
+    (out / "trace.prev.db-shm").write_bytes(b"older run's index")
+    with _store_in(out) as path:
+        assert path == out / "trace.db" and not path.exists()
+    assert (out / "trace.prev.db").read_bytes() == b"previous run"
+    assert not (out / "trace.prev.db-wal").exists() and not (out / "trace.prev.db-shm").exists()
+
+
+def test_a_render_that_fails_never_stops_the_script(tmp_path):
+    """The render of a new variant runs inside the script's model call: a file
+    that cannot be written made the script exit 1 after its first step (0 under
+    python), with an extra pass that ended with the error. Without `dot`,
+    image renders are refused before the script runs."""
+    s = _script(tmp_path, """
+        import torch
+        m = torch.nn.Linear(2, 1)
+        for step in range(3):
+            m(torch.ones(1, 2)).sum().backward()
+            print("step", step)
+    """)
+    (tmp_path / "o" / "variant-0.txt").mkdir(parents=True)  # a folder where the render goes
+    res = subprocess.run([EXE, "run", "--out", "o", "--render", "text", str(s)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "step 0\nstep 1\nstep 2\n"
+    assert "recorded 3 passes in 2 variants" in res.stderr  # (the first pass has the model's setup)
+    assert "rendering stopped at variant-0:" in res.stderr and "is a folder" in res.stderr
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))  # python and torchtrace, no `dot`
+    res = subprocess.run([EXE, "run", "--out", "o2", "--render", "svg", str(s)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300, env=env)
+    assert res.returncode == 2 and res.stdout == "" and not (tmp_path / "o2").exists()
+    assert res.stderr.startswith("error: --render svg needs the Graphviz `dot` program")

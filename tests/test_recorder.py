@@ -1101,3 +1101,21 @@ def test_torchs_own_dummy_nested_tensor_is_no_input():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "['constant']"  # torch's dummy: there, and not an input
     assert out[1] == "[]"  # the call's argument is made inside the block: no input at all
+
+
+def test_torchtrace_warnings_never_raise_into_the_users_code():
+    """Under `-W error` a warning is an exception: the max_ops warning, issued in
+    the op that went over, killed the script inside its model. It now comes when
+    the pass is built, and where a filter makes it an error it is printed instead."""
+    import subprocess
+    import sys
+
+    code = ("import torch, torchtrace\n"
+            "m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))\n"
+            "with torchtrace.trace(m, max_ops=3) as t:\n"
+            "    y = m(torch.ones(2, 4))\n"
+            "print(len(t.graph.nodes), t.graph.meta['truncated'], y.shape)\n")
+    res = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "3 True torch.Size([2, 1])\n"
+    assert "stopped recording after max_ops=3 ops" in res.stderr

@@ -8,6 +8,7 @@ or a path that is not a graph or store this version reads) or 1 for a failure
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -112,6 +113,11 @@ def run(ctx: typer.Context,
     if render_fmt is Fmt.json:
         _fail(UsageError("--render json is not a render", expected="text, dot, svg, png, pdf, mermaid or markdown",
                          found="json", fix="graphs are in trace.db already; use `torchtrace export`"))
+    if render_fmt is not None and render_fmt.value in ("svg", "png", "pdf") and shutil.which("dot") is None:
+        # (checked before the script runs, not at its first variant)
+        _fail(UsageError(f"--render {render_fmt.value} needs the Graphviz `dot` program", expected="`dot` on PATH",
+                         found="no `dot` executable", fix="install Graphviz (apt-get install graphviz / brew install "
+                         "graphviz / conda install graphviz), or pass --render dot, mermaid or text"))
     options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
                          render=None if render_fmt is None else render_fmt.value, max_ops=max_ops)
     try:

@@ -50,6 +50,7 @@ class _Progress:
     passes: int = 0
     variants: Dict[str, List[int]] = field(default_factory=dict)   # structure fp -> pass indices
     renders: List[Path] = field(default_factory=list)
+    failed: Optional[str] = None  # why rendering stopped: said at the end, never raised into the script
     status: Any = None
 
     def __post_init__(self) -> None:
@@ -60,8 +61,11 @@ class _Progress:
         fp = graph.fingerprints["structure"]
         new = fp not in self.variants
         self.variants.setdefault(fp, []).append(index)
-        if new and self.options.render:
-            self.renders.append(self._render(graph, len(self.variants) - 1))
+        if new and self.options.render and self.failed is None:
+            try:  # (this runs inside the script's model call: its run must not depend on a render)
+                self.renders.append(self._render(graph, len(self.variants) - 1))
+            except Exception as e:
+                self.failed = f"variant-{len(self.variants) - 1}: {e}"
         if self.status is not None:
             self.status.update(f"torchtrace: {self.passes} passes, {len(self.variants)} variants "
                                f"(last: {graph.meta.get('label') or 'pass'}, {len(graph.nodes)} ops)")
@@ -97,6 +101,8 @@ def _store_in(out: Path) -> Iterator[Path]:
         _lock(fd, out)
         if path.exists():  # keep the previous run once, never append to it
             prev = out / "trace.prev.db"
+            for suffix in ("-wal", "-shm", ""):  # an older run's log left there would be applied to this one
+                Path(str(prev) + suffix).unlink(missing_ok=True)
             for suffix in ("", "-wal", "-shm"):
                 old = Path(str(path) + suffix)
                 if old.exists():
@@ -266,6 +272,8 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
         console.print(table)
     for p in progress.renders:
         console.print(f"  wrote {p}", highlight=False, markup=False, soft_wrap=True)
+    if progress.failed:
+        console.print(f"  rendering stopped at {progress.failed}", highlight=False, markup=False, soft_wrap=True)
     if n:
         q = shlex.quote  # (pasted into a shell: a folder with spaces stays one argument)
         console.print(f"  next: torchtrace variants {q(str(store))}  |  torchtrace show {q(f'{store}:0')}  |  "

@@ -76,6 +76,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_stop_in_forked_child)
 
 
+def warn(message: str, stacklevel: int = 3) -> None:
+    """A RuntimeWarning, under the user's filters, that never raises into their
+    code (``-W error`` turns it into an exception inside their model call):
+    then it is written to stderr instead."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+    except Exception:
+        print(message, file=sys.stderr)
+
+
 class Capture:
     def __init__(self, model: Optional[torch.nn.Module] = None, *, skip: Iterable[str] = (),
                  max_ops: Optional[int] = None) -> None:
@@ -174,6 +184,9 @@ class Capture:
         """Build the pass recorded so far into a Graph and start a fresh one."""
         full = self.meta()
         full.update(meta)
+        if self.truncated:
+            warn(f"torchtrace: stopped recording after max_ops={self.max_ops} ops; the graph is marked truncated "
+                 "(meta.truncated). Raise max_ops to record the whole pass.")
         with _disable_current_modes():  # building issues no op of the user's program
             graph = build_graph(self, self.mode, full)
         self.new_pass(built=True)
@@ -205,8 +218,8 @@ class Capture:
         self.faults += 1
         if self.faults == 1:
             self.first_fault = f"{what}: {type(error).__name__}: {error}"
-            warnings.warn(f"torchtrace: could not record all of {self.first_fault}; the graph misses "
-                          "that part (meta.record_errors)", RuntimeWarning, stacklevel=stacklevel)
+            warn(f"torchtrace: could not record all of {self.first_fault}; the graph misses "
+                 "that part (meta.record_errors)", stacklevel=stacklevel + 1)
 
     def fault_meta(self) -> Dict[str, Any]:
         return {"record_errors": {"count": self.faults, "first": self.first_fault}} if self.faults else {}

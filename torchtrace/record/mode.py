@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -395,8 +394,4 @@ class RecordingMode(TorchDispatchMode):
 
     def _truncate(self) -> None:
         self.full = False
-        self.capture.truncated = True
-        warnings.warn(
-            f"torchtrace: stopped recording after max_ops={self.capture.max_ops} ops; the graph is "
-            "marked truncated (meta.truncated). Raise max_ops to record the whole pass.",
-            RuntimeWarning, stacklevel=3)
+        self.capture.truncated = True  # (said when the pass is built: setup ops cut off here are no pass)

@@ -14,7 +14,6 @@ import operator
 import sys
 import threading
 import time
-import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -27,7 +26,7 @@ from ..ir import Graph
 from ..store import Store
 from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
-from .capture import Capture, capture_options
+from .capture import Capture, capture_options, warn
 from .compiled import Uncompiled
 from .frames import caller_name
 
@@ -90,9 +89,8 @@ class Recorder:
     def __enter__(self) -> "Recorder":
         outer = getattr(_ACTIVE, "recorder", None)
         if outer is not None and outer.launched:  # the script's own Recorder, under `torchtrace run`
-            warnings.warn("torchtrace: `torchtrace run` records this script already; this Recorder stores "
-                          "nothing (its step() and mark_step() label and cut the run's passes)", RuntimeWarning,
-                          stacklevel=2)
+            warn("torchtrace: `torchtrace run` records this script already; this Recorder stores "
+                 "nothing (its step() and mark_step() label and cut the run's passes)")
             self._outer = outer
             return self
         if outer is not None:
