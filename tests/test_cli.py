@@ -474,3 +474,69 @@ def test_a_render_that_fails_never_stops_the_script(tmp_path):
                          cwd=tmp_path, timeout=300, env=env)
     assert res.returncode == 2 and res.stdout == "" and not (tmp_path / "o2").exists()
     assert res.stderr.startswith("error: --render svg needs the Graphviz `dot` program")
+
+
+def test_huge_numbers_and_deep_json_are_clear_errors(recorded, tmp_path):
+    """SQLite's integers end at 2**63: a bigger pass index or rank was an
+    OverflowError traceback; JSON nested 5,000 deep a RecursionError."""
+    d, _ = recorded
+    db = d / "out" / "trace.db"
+    big = "9" * 20
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    for args, words in ((["show", f"{db}:{big}"], "no such pass"),
+                        (["variants", str(db), "--rank", big], "holds no pass"),
+                        (["show", str(deep)], "nested deeper than Python's recursion limit"),
+                        (["diff", f"{db}:0", str(deep)], "nested deeper than Python's recursion limit")):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and (res.exception is None or isinstance(res.exception, SystemExit)), args
+        assert res.output.startswith("error: ") and words in res.output, (args, res.output)
+
+
+def test_ctrl_c_ends_the_run_as_it_ends_python(tmp_path):
+    """python prints the KeyboardInterrupt's traceback and dies by SIGINT (a parent
+    sees -2); `torchtrace run` printed one word and exited 130. The passes are kept."""
+    s = _script(tmp_path, """
+        import torch
+        m = torch.nn.Linear(2, 2)
+        def train():
+            for _ in range(3):
+                m(torch.ones(1, 2)).sum().backward()
+            raise KeyboardInterrupt  # LINE:raise
+        train()
+    """)
+    ref = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == res.returncode == -signal.SIGINT
+    assert res.stderr.startswith(ref.stderr)  # the same traceback, then torchtrace's summary
+    assert "KeyboardInterrupt" in ref.stderr and "(interrupted)" in res.stderr
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 3
+
+
+def test_run_dash_m_runs_a_module_as_python_does_and_typos_are_no_scripts(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("X = 5\n")
+    (pkg / "train.py").write_text(textwrap.dedent("""
+        import sys, torch
+        from . import helper  # a relative import: only as a module
+        m = torch.nn.Linear(2, 2)
+        for _ in range(2):
+            m(torch.ones(1, 2)).sum().backward()
+        print(sys.argv, __name__, __package__, helper.X, sys.path[0])
+    """))
+    ref = subprocess.run([sys.executable, "-m", "pkg.train", "a", "--b"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", "o", "-m", "pkg.train", "a", "--b"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert ref.returncode == res.returncode == 0, res.stderr
+    assert res.stdout == ref.stdout  # argv[0] the module's file, __main__, the package, the cwd on sys.path
+    assert "recorded 2 passes" in res.stderr
+    for args, words in ((["run", "-m", "nope.x"], "nope.x: no such module"),
+                        (["run", "--max-pass", "3", "m.py"], "no such option: --max-pass"),
+                        (["run"], "no script to run")):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and res.output.startswith(f"error: {words}"), (args, res.output)

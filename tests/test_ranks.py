@@ -72,3 +72,31 @@ def test_ranks_that_agree_and_a_rank_that_stopped(tmp_path):
         for r in (0, 1):
             store.add(_as_rank(t.graph, r), idx=0)
         assert rank_report(store).agree
+
+
+def test_a_rank_that_raised_is_named_and_an_empty_store_is_an_error(tmp_path):
+    import torch
+    import torchtrace
+
+    m, x = torch.nn.Linear(3, 3), torch.randn(2, 3)
+    with torchtrace.trace(m) as t:
+        m(x).sum().backward()
+    full = t.graph
+    try:  # rank 1 raised before its backward
+        with torchtrace.trace(m) as t1:
+            m(x).sum()
+            raise ValueError("bad batch")
+    except ValueError:
+        pass
+    cut = t1.graph
+    assert cut.meta["error"] == "ValueError"
+    with Store(tmp_path / "t.db") as store:
+        store.add(_as_rank(full, 0), idx=0)
+        store.add(_as_rank(cut, 1), idx=0)
+        report = rank_report(store)
+    [d] = report.divergences
+    assert any(w.startswith("rank 1's pass ended with ValueError before them") for w in d.why), d.why
+    assert not any("A's" in w or "B's" in w for w in d.why)
+    Store(tmp_path / "empty.db").close()
+    out = CliRunner().invoke(app, ["ranks", str(tmp_path / "empty.db")])
+    assert out.exit_code == 2 and out.output.startswith("error: ") and "holds no pass" in out.output

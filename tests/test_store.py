@@ -503,8 +503,9 @@ def test_more_api_mistakes_are_torchtrace_errors(tmp_path):
     with pytest.raises(KeyError):  # a failed lookup is still a KeyError
         g.module("m99")
     with torchtrace.Recorder(tmp_path / "t.db") as rec:
-        with pytest.raises(torchtrace.TorchtraceError, match="step"):
-            rec.step("a")
+        for bad in ("a", 2 ** 63):  # (a step SQLite cannot keep raised at the next pass boundary, in the loop)
+            with pytest.raises(torchtrace.TorchtraceError, match="step"):
+                rec.step(bad)
         rec.step(np.int64(3))  # NumPy and tensor integers are integers
         rec.step(torch.tensor(4))
         m(torch.randn(1, 4))
@@ -858,3 +859,30 @@ def test_generator_forwards_called_twice_interleaved_or_through_helpers(tmp_path
         with Store(tmp_path / f"{how}.db", readonly=True) as store:
             assert [p.root for p in store.passes()] == ["Gen", "Gen"]
     assert torch.equal(outs[-1], list(m(x))[-1])
+
+
+def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypatch):
+    """Opened read-only, a WAL store needs its index file made beside it: in a
+    folder the reader cannot write, SQLite cannot open it ("unable to open database
+    file", every CLI command said "not a trace store"). It is then read as it is.
+    (Simulated: tests run as root, whom no folder refuses.)"""
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for _ in range(2):
+            m(torch.ones(1, 2))
+    assert rec.recorded == 2
+    real = sqlite3.connect
+    seen = []
+
+    def connect(database, *args, **kwargs):
+        seen.append(database)
+        if "mode=ro" in str(database):
+            e = sqlite3.OperationalError("unable to open database file")
+            e.sqlite_errorcode = 14  # SQLITE_CANTOPEN
+            raise e
+        return real(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [p.idx for p in store.passes()] == [0, 1] and len(store.graph(1).nodes) > 0
+    assert [u.rsplit("?", 1)[1] for u in seen] == ["mode=ro", "immutable=1"]

@@ -97,7 +97,8 @@ def main_options(version: bool = typer.Option(False, "--version", callback=_vers
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                "allow_interspersed_args": False})
 def run(ctx: typer.Context,
-        script: str = typer.Argument(..., help="the Python script to run (its own arguments follow it)"),
+        script: Optional[str] = typer.Argument(None, help="the Python script to run (its own arguments follow it)"),
+        module: Optional[str] = typer.Option(None, "-m", help="run a module as a script, like `python -m MODULE`"),
         out_dir: Path = typer.Option(Path("torchtrace-out"), "--out", "-o", help="folder for trace.db and renders"),
         max_passes: Optional[int] = typer.Option(None, "--max-passes", min=0, help="stop recording after N passes"),
         every: int = typer.Option(1, "--every", min=1, help="record every K-th pass"),
@@ -118,13 +119,27 @@ def run(ctx: typer.Context,
         _fail(UsageError(f"--render {render_fmt.value} needs the Graphviz `dot` program", expected="`dot` on PATH",
                          found="no `dot` executable", fix="install Graphviz (apt-get install graphviz / brew install "
                          "graphviz / conda install graphviz), or pass --render dot, mermaid or text"))
+    argv = list(ctx.args)
+    if module is not None:  # `-m pkg.mod ARGS`: the script's arguments are all that follows
+        argv = ([script] if script is not None else []) + argv
+    elif script is None:
+        _fail(UsageError("no script to run", expected="a script path or -m MODULE, then its arguments",
+                         found="nothing", fix="e.g. `torchtrace run train.py --lr 0.1`"))
+    elif script.startswith("-") and not Path(script).exists():  # an option of run's, mistyped
+        _fail(UsageError(f"no such option: {script}", expected="run's options before the script (see "
+                         "`torchtrace run --help`), then the script and its arguments", found=script,
+                         fix="check the spelling, e.g. --max-passes, --every, --out"))
     options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
-                         render=None if render_fmt is None else render_fmt.value, max_ops=max_ops)
+                         render=None if render_fmt is None else render_fmt.value, max_ops=max_ops, module=module)
     try:
         if nproc is not None:
-            code = run_distributed(script, list(ctx.args), options, nproc, console=err)
+            if module is not None:
+                raise UsageError("-m with --nproc-per-node", expected="a script path for a distributed run",
+                                 found=f"-m {module}", fix="pass the module's file, e.g. "
+                                 f"`torchtrace run --nproc-per-node {nproc} {module.replace('.', '/')}.py`")
+            code = run_distributed(script, argv, options, nproc, console=err)
         else:
-            code = run_script(script, list(ctx.args), options, console=err)
+            code = run_script(module if module is not None else script, argv, options, console=err)
     except TorchtraceError as e:
         _fail(e)
     raise typer.Exit(code)
@@ -233,6 +248,9 @@ def ranks(store: Path = typer.Argument(..., help="the trace store of a distribut
     try:
         with Store(store, readonly=True) as st:
             report = rank_report(st)
+        if not report.ranks:
+            raise UsageError("the store holds no pass", where=str(store), expected="passes of one or more ranks",
+                             found="none", fix="record with `torchtrace run --nproc-per-node N script.py`")
     except TorchtraceError as e:
         _fail(e)
     out.print(str(report), markup=False, soft_wrap=True)
@@ -270,7 +288,9 @@ def main() -> None:
             hint = f" (see `{ctx.command_path} --help`)" if "UsageError" in kinds and ctx is not None else ""
             err.print(Text.assemble(("error:", "bold red"), f" {e.format_message()}{hint}"), soft_wrap=True)
         sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    from .launch import exit_like_python  # (Ctrl-C in `torchtrace run`: death by SIGINT, as python's)
+
+    exit_like_python(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

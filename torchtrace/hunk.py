@@ -66,7 +66,7 @@ class Hunk:
         if self.recompute:
             return f"activation checkpointing in {side} recomputed the forward during backward " \
                    "(phase recompute; backward reads the recomputed tensors)"
-        if self.ran is not None:
+        if self.ran is not None and self.stopped is None:  # (not when the other pass raised before its backward)
             side, phases = self.ran
             return f"only {side}'s pass ran {' and '.join(PHASE_WORDS.get(p, p) for p in phases)}"
         if self.state is not None:

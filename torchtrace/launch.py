@@ -39,6 +39,7 @@ class RunOptions:
     skip: Sequence[str] = ()
     render: Optional[str] = None
     max_ops: Optional[int] = None
+    module: Optional[str] = None  # `-m MODULE`: the script is that module, run as `python -m` runs it
 
 
 @dataclass
@@ -149,13 +150,35 @@ def _check_script(script: str) -> Path:
     return path
 
 
+def _check_module(name: str) -> Path:
+    """The file of module ``name``, found as ``python -m`` finds it (the current
+    folder first; a package runs its ``__main__``)."""
+    import importlib.util
+
+    spec, why = None, "no module of that name"
+    sys.path.insert(0, os.getcwd())
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            spec, why = importlib.util.find_spec(f"{name}.__main__"), "a package without __main__"
+    except (ImportError, ValueError) as e:
+        spec, why = None, f"{type(e).__name__}: {e}"
+    finally:
+        sys.path.pop(0)
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        raise UsageError("no such module", where=name, expected="a module or package importable from here "
+                         "(the current folder or sys.path)", found=why,
+                         fix="check the name, and run from the folder `python -m` would run it from")
+    return Path(spec.origin)
+
+
 def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None,
                worker: bool = False) -> int:
     """Run ``script`` like ``python script argv...`` while recording; returns its
     exit status. ``worker``: one rank of a distributed run (the launcher made
     the store and prints the summary)."""
     console = console or Console(stderr=True, emoji=False)
-    path = _check_script(script)
+    path = _check_module(script) if options.module is not None else _check_script(script)
     with nullcontext(options.out / RUN_STORE) if worker else _store_in(options.out) as store_path:
         return _run(path, argv, options, console, worker, store_path)
 
@@ -184,14 +207,15 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
                             **({} if options.max_ops is None else {"max_ops": options.max_ops}))
         recorder.launched = True
         with recorder:
-            runpy.run_path(os.path.abspath(path), run_name="__main__")  # (__file__ absolute, as python's)
+            if options.module is not None:  # as `python -m`: sys.argv[0] the module's file, the cwd on sys.path
+                sys.path[0] = os.getcwd()
+                runpy.run_module(options.module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(os.path.abspath(path), run_name="__main__")  # (__file__ absolute, as python's)
     except SystemExit as e:
         code = _exit_code(e, console)
-    except KeyboardInterrupt:
-        code = 130
-        console.print("KeyboardInterrupt", style="bold red")
     except BaseException as e:  # the script's own error: show it as python would, without our frames
-        code = 1
+        code = INTERRUPTED if isinstance(e, KeyboardInterrupt) else 1  # (Ctrl-C: then die by SIGINT, as python)
         print("".join(_without_our_frames(traceback.TracebackException.from_exception(e)).format()),
               end="", file=sys.stderr)
     finally:
@@ -240,6 +264,20 @@ def _worker_main(args: Sequence[str]) -> int:
     return run_script(args[1], list(args[2:]), options, worker=True)
 
 
+INTERRUPTED = -signal.SIGINT  # the script ended by KeyboardInterrupt: exit as python does
+
+
+def exit_like_python(code: int) -> None:
+    """``sys.exit(code)``; after a KeyboardInterrupt, die by SIGINT as python
+    does (a shell or a parent process sees the signal, not an exit status)."""
+    if code == INTERRUPTED:
+        if os.name == "posix":
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        code = 128 + signal.SIGINT
+    sys.exit(code)
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -262,7 +300,8 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
     n = progress.passes
     console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
                   f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
-                  f"{escape(script.name)} (exit {code}) -> {escape(str(store))}", highlight=False, soft_wrap=True)
+                  f"{escape(script.name)} ({'interrupted' if code == INTERRUPTED else f'exit {code}'}) -> "
+                  f"{escape(str(store))}", highlight=False, soft_wrap=True)
     if progress.variants:
         table = Table(box=None, show_header=True, pad_edge=False)
         for col in ("variant", "structure", "passes", "first", "last"):
@@ -282,4 +321,4 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    exit_like_python(_worker_main(sys.argv[1:]))

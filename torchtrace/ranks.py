@@ -79,7 +79,7 @@ class RankReport:
 
     def __str__(self) -> str:
         counts = ", ".join(f"rank {r}: {self.passes[r]}" for r in self.ranks)
-        lines = [f"{len(self.ranks)} ranks; passes recorded: {counts}"]
+        lines = [f"{len(self.ranks)} rank{'s' if len(self.ranks) != 1 else ''}; passes recorded: {counts}"]
         if self.agree:
             lines.append("every rank built the same graphs and called the same collectives")
         for d in self.divergences:
@@ -126,6 +126,7 @@ def rank_report(store: Store) -> RankReport:
                 continue
             reported.add((kind, r))
             why = [w.replace(" in A", f" on rank {ref}").replace(" in B", f" on rank {r}")
+                   .replace("A's ", f"rank {ref}'s ").replace("B's ", f"rank {r}'s ")
                    for w in diff(ga, gb).why(errors=False)]  # said below, by rank
             errors = [f"rank {p.rank}'s pass ended with {p.error}" for p in (a, b) if p.error]
             divergences.append(Divergence(idx, a.step, ref, r, kind, first, why, errors))

@@ -302,6 +302,10 @@ def decode(raw: bytes, where: str) -> Graph:
     except json.JSONDecodeError as e:
         raise IRError("not valid JSON", where=f"{where}:{e.lineno}:{e.colno}", expected="a JSON document",
                       found=e.msg, fix="pass a .json or .json.gz file written by torchtrace.save()") from None
+    except RecursionError:
+        raise IRError("not a torchtrace graph", where=where, expected="a JSON object nested a few levels deep",
+                      found="JSON nested deeper than Python's recursion limit",
+                      fix="pass a .json or .json.gz file written by torchtrace.save()") from None
     return graph_from_dict(data, where=where)
 
 

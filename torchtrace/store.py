@@ -73,6 +73,7 @@ _COLUMNS = ("id, rank, idx, step, label, root, started, wall_s, n_ops, n_forward
 
 
 _CANTOPEN = 14  # SQLITE_CANTOPEN
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
 RUN_STORE = "trace.db"  # the store `torchtrace run` writes in its --out folder
 
 
@@ -100,8 +101,14 @@ class Store:
         # as_uri() escapes what a URI would read as syntax: '?', '#', '%' in folder names
         uri = f"{self.path.absolute().as_uri()}?mode=ro" if readonly else str(self.path)
         try:
-            self.db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            try:
+                self.db = self._connect(uri, readonly)
+            except sqlite3.OperationalError as e:
+                if not readonly or getattr(e, "sqlite_errorcode", None) != _CANTOPEN:
+                    raise
+                # a read-only folder: SQLite cannot make the WAL index beside the file; nothing can
+                # write there either, so the file is read as it is
+                self.db = self._connect(uri.replace("?mode=ro", "?immutable=1"), readonly)
             version, tables = _retry_locked(lambda: self._setup(readonly))
         except sqlite3.DatabaseError as e:
             if not readonly and getattr(e, "sqlite_errorcode", None) == _CANTOPEN:  # e.g. the path is a folder
@@ -115,6 +122,13 @@ class Store:
                           expected=f"store schema {SCHEMA_VERSION} with tables graphs and passes",
                           found=f"schema {version}, tables {sorted(tables)}",
                           fix="open it with the torchtrace version that wrote it, or re-record")
+
+    @staticmethod
+    def _connect(uri: str, readonly: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA busy_timeout = 30000")
+        db.execute("PRAGMA user_version")  # (opens the file: a folder that refuses the WAL index fails here)
+        return db
 
     def _setup(self, readonly: bool) -> Tuple[int, set]:
         if not readonly:
@@ -174,6 +188,8 @@ class Store:
                           fix="record it again; SQLite's `.recover` may save the passes that are intact") from None
 
     def passes(self, rank: Optional[int] = None) -> List[PassRecord]:
+        if rank is not None and not _INT64[0] <= rank <= _INT64[1]:  # (SQLite's integers: OverflowError)
+            return []
         sql = f"SELECT {_COLUMNS} FROM passes"
         with self._reading():
             rows = (self.db.execute(sql + " ORDER BY rank, idx") if rank is None else
@@ -186,11 +202,13 @@ class Store:
 
     def graph(self, idx: int, rank: int = 0) -> Graph:
         """The graph of pass ``idx`` (on ``rank``), with that pass's own meta and witness values."""
-        with self._reading():
-            row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
-                                  "JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
-                                  "WHERE p.rank = ? AND p.idx = ?",
-                                  (rank, idx)).fetchone()
+        row = None
+        if _INT64[0] <= idx <= _INT64[1] and _INT64[0] <= rank <= _INT64[1]:  # (SQLite's integers)
+            with self._reading():
+                row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
+                                      "JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
+                                      "WHERE p.rank = ? AND p.idx = ?",
+                                      (rank, idx)).fetchone()
         if row is None:
             have = [p.idx for p in self.passes(rank)]
             raise UsageError("no such pass", where=f"{self.path}:{idx}",

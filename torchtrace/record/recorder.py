@@ -143,10 +143,13 @@ class Recorder:
         if self._outer is not None:
             return self._outer.step(n)
         try:
-            self._step = operator.index(n)  # an int, a NumPy integer, a 0-dim integer tensor
+            step = operator.index(n)  # an int, a NumPy integer, a 0-dim integer tensor
         except TypeError:
-            raise UsageError("bad step", expected="an integer (the training step)", found=repr(n),
-                             fix="pass the loop counter, e.g. rec.step(i)") from None
+            step = None
+        if step is None or not -(2 ** 63) <= step < 2 ** 63:  # (the store keeps 64-bit integers)
+            raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
+                             found=repr(n), fix="pass the loop counter, e.g. rec.step(i)")
+        self._step = step
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""
