@@ -886,3 +886,27 @@ def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypat
     with Store(tmp_path / "t.db", readonly=True) as store:
         assert [p.idx for p in store.passes()] == [0, 1] and len(store.graph(1).nodes) > 0
     assert [u.rsplit("?", 1)[1] for u in seen] == ["mode=ro", "immutable=1"]
+
+
+def test_a_store_cut_short_is_said_to_be_damaged(tmp_path):
+    """A partial copy of a store was "not a trace store ... Fix: pass the trace.db
+    from `torchtrace run`": the file the user had passed."""
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for _ in range(3):
+            m(torch.ones(1, 2))
+    raw = (tmp_path / "t.db").read_bytes()
+    (tmp_path / "cut.db").write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store") as info:
+        with Store(tmp_path / "cut.db", readonly=True) as store:
+            store.passes()
+    assert ".recover" in str(info.value)
+    with pytest.raises(torchtrace.TorchtraceError, match="a trace store, not a graph file"):
+        torchtrace.load(tmp_path / "t.db")  # (was "not UTF-8 text")
+    db = sqlite3.connect(tmp_path / "t.db")  # another client rewrites a graph cell
+    db.execute("UPDATE graphs SET ir = 42")
+    db.commit()
+    db.close()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store"):
+            store.graph(0)

@@ -286,6 +286,11 @@ def save(graph: Graph, path: PathLike) -> Path:
 
 
 def decode(raw: bytes, where: str) -> Graph:
+    if raw[:16] == b"SQLite format 3\x00":
+        raise IRError("a trace store, not a graph file", where=where, expected="a .json or .json.gz graph file",
+                      found="an SQLite database (a trace store holds many passes)",
+                      fix=f"open one of its passes: `{where}:0` on the command line, or "
+                      f"torchtrace.store.Store(path).graph(0) in Python") from None
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)

@@ -73,6 +73,7 @@ _COLUMNS = ("id, rank, idx, step, label, root, started, wall_s, n_ops, n_forward
 
 
 _CANTOPEN = 14  # SQLITE_CANTOPEN
+_BUSY, _CORRUPT = 5, 11  # SQLITE_BUSY, SQLITE_CORRUPT
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 RUN_STORE = "trace.db"  # the store `torchtrace run` writes in its --out folder
 
@@ -115,6 +116,16 @@ class Store:
                 raise WriteError("cannot write a trace store here", where=str(self.path),
                                  expected="a path for a new or existing trace.db", found=str(e),
                                  fix="choose another path (--out DIR), or check the folder's permissions") from None
+            code = getattr(e, "sqlite_errorcode", None)
+            if code == _BUSY:  # another process holds the store (a writer mid-checkpoint, an sqlite3 shell)
+                raise IRError("the trace store is locked", where=str(self.path), expected="a store no other process "
+                              "holds an exclusive lock on", found=f"{e} (waited 30 s)",
+                              fix="wait for the other process (a run still recording, an sqlite3 shell) and retry "
+                              ) from None
+            if code == _CORRUPT:  # a partial copy, a damaged disk
+                raise IRError("damaged trace store", where=str(self.path), expected="a store as torchtrace wrote it",
+                              found=str(e), fix="copy it again, or record again; SQLite's `.recover` may save the "
+                              "passes that are intact") from None
             raise IRError("not a trace store", where=str(self.path), expected="an SQLite file written by torchtrace",
                           found=str(e), fix="pass the trace.db from `torchtrace run --out DIR`") from None
         if version != SCHEMA_VERSION or not {"graphs", "passes"} <= tables:
@@ -215,6 +226,9 @@ class Store:
                              expected=f"a pass index of rank {rank}: " + (f"0..{max(have)}" if have else "none stored"),
                              found=str(idx), fix="list the passes with `torchtrace variants STORE`")
         step, label, started, error, witnesses, blob = row
+        if not isinstance(blob, bytes):  # (a cell another SQLite client rewrote)
+            raise IRError("damaged trace store", where=f"{self.path}:{idx}", expected="the pass's graph as a BLOB",
+                          found=type(blob).__name__, fix="record it again") from None
         g = decode(blob, f"{self.path}:{idx}")
         with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")
