@@ -702,6 +702,36 @@ def test_one_tensor_passed_as_two_arguments_is_explained():
     assert torchtrace.variants([a, b])[1].why == why
 
 
+class Tree(nn.Module):
+    """A recursive net over a nested tuple of tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.leaf = nn.Linear(4, 4)
+        self.comb = nn.Linear(8, 4)
+
+    def node(self, t):
+        if isinstance(t, torch.Tensor):
+            return torch.tanh(self.leaf(t))
+        left, right = t
+        return torch.tanh(self.comb(torch.cat([self.node(left), self.node(right)], -1)))
+
+    def forward(self, tree):
+        return self.node(tree)
+
+
+def test_inputs_nested_otherwise_are_not_one_tensor_passed_twice():
+    """A's input `tree[0][1]` is B's `tree[0][0][1]`'s place: the names differ
+    because the nesting does, and A passed no tensor twice."""
+    m, xs = Tree(), [torch.randn(1, 4) for _ in range(4)]
+    a = record(m, ((xs[0], xs[1]), xs[2]))
+    b = record(m, (((xs[0], xs[1]), xs[2]), xs[3]))
+    d = torchtrace.diff(a, b)
+    rewired = [r for h in d.changed_hunks for r in h.rewires]
+    assert rewired and all(r.shared is None for r in rewired)
+    assert not any("passed one tensor as both" in w for w in d.why())
+
+
 def test_a_witness_that_read_other_data_without_effect_keeps_the_diff_empty():
     class Same(nn.Module):
         positive = None

@@ -895,6 +895,7 @@ def test_a_store_cut_short_is_said_to_be_damaged(tmp_path):
     with torchtrace.Recorder(tmp_path / "t.db") as rec:
         for _ in range(3):
             m(torch.ones(1, 2))
+    assert rec.recorded == 3
     raw = (tmp_path / "t.db").read_bytes()
     (tmp_path / "cut.db").write_bytes(raw[:len(raw) // 2])
     with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store") as info:

@@ -167,8 +167,9 @@ def rewires(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[Rewire, ...]:
             continue
         a, b = tuple(x for x, _ in diff), tuple(y for _, y in diff)
         shared = None
-        if len(diff) == 1:
-            shared = "A" if b[0] not in na and a[0] in nb else "B" if a[0] not in nb and b[0] in na else None
+        if len(diff) == 1:  # (one side's names all the other's: no other inputs, the same tensor twice)
+            shared = "A" if b[0] not in na and a[0] in nb and na <= nb else \
+                "B" if a[0] not in nb and b[0] in na and nb <= na else None
         out.append(Rewire(p.a.short_op, a, b, shared))
     return tuple(out)
 

@@ -71,12 +71,13 @@ class Hunk:
             return f"only {side}'s pass ran {' and '.join(PHASE_WORDS.get(p, p) for p in phases)}"
         if self.state is not None:
             side, ops = self.state
-            other = self.only_b if side == "A" else self.only_a
+            other_ops = self.only_b if side == "A" else self.only_a
+            updated = f", {'B' if side == 'A' else 'A'} updated it" if other_ops else ""
             return f"the optimizer made its state in {side} ({', '.join(f'`{o}`' for o in ops)}: " \
-                   "its first step for these parameters)" + (f", {'B' if side == 'A' else 'A'} updated it" if other else "")
+                   f"its first step for these parameters){updated}"
         if self.casts:
-            return f"dtype casts run only in {side}: .to()/.float() copy only when the dtype differs " \
-                   f"(inputs/params {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
+            return f"dtype casts run only in {side}: .to()/.float()/autocast copy only when the dtype differs " \
+                   f"(tensors {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
         if self.needs_grad is not None:
             side, names = self.needs_grad
             listed = ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

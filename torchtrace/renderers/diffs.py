@@ -103,10 +103,14 @@ def detail_lines(diff: "GraphDiff") -> List[str]:
     if diff.inputs:
         lines.append("inputs: " + "; ".join(i.describe() for i in diff.inputs))
     explained = {(h.witness.node_a, h.witness.node_b) for h in diff.hunks if h.witness is not None}
-    other = [w for w in diff.witnesses if (w.node_a, w.node_b) not in explained]
+    other: Dict[str, int] = {}  # (one line read alike in a loop, Adam's step per parameter: once, counted)
+    for w in diff.witnesses:
+        if (w.node_a, w.node_b) not in explained:
+            other[w.describe()] = other.get(w.describe(), 0) + 1
     if other:
-        lines.append("other reads that differ: " + "; ".join(w.describe() for w in other[:4])
-                     + (f"; {len(other) - 4} more" if len(other) > 4 else ""))
+        said = [f"{text} ({n}\u00d7)" if n > 1 else text for text, n in other.items()]
+        lines.append("other reads that differ: " + "; ".join(said[:4])
+                     + (f"; {len(said) - 4} more" if len(said) > 4 else ""))
     if any(diff.ignored):
         lines.append(f"left out: {diff.ignored[0]} bookkeeping op{'' if diff.ignored[0] == 1 else 's'} in A, "
                      f"{diff.ignored[1]} in B (autograd_internal)")
