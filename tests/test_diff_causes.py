@@ -688,3 +688,21 @@ def test_an_optimizer_step_only_one_pass_made_is_no_state():
     d = torchtrace.diff(*graphs)
     assert [h.state for h in d.structural_hunks] == [None] * 3
     assert d.why()[1] == "only A's pass ran an optimizer step \u2192 2 ops only in A (in `<root>`)"
+
+
+def test_runs_of_one_loop_that_changed_alike_are_one_line():
+    """An 8-layer halting loop gave 8 lines, one per run of the `while`."""
+    x = torch.randn(2, 2)
+
+    def graph(ns):
+        with torchtrace.trace() as t:
+            _runs(x, ns)
+        return t.graph
+
+    where = f"`while` at `test_diff_causes.py:{line_of('runs')}` ran 3\u00d7 in A, 2\u00d7 in B"
+    assert torchtrace.diff(graph([3, 3, 3, 2]), graph([2, 2, 2, 2])).why() == [
+        f"{where} (the 1st, 2nd and 3rd of its 4 runs) \u2192 3 hunks, each 5 ops only in A (in `<root>`)"]
+    assert torchtrace.diff(graph([3] * 4), graph([2] * 4)).why() == [
+        f"{where} (each of its 4 runs) \u2192 4 hunks, each 5 ops only in A (in `<root>`)"]
+    assert torchtrace.diff(graph([2, 3, 2, 2]), graph([2] * 4)).why() == [
+        f"{where} (the 2nd of its 4 runs) \u2192 5 ops only in A (in `<root>`)"]

@@ -31,6 +31,7 @@ from .hunk import (Hunk, accumulated, casts, cut_off, ended, needs_grad, optimiz
                    stopped, trained)
 from .ir import Graph, Node
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
+from .textform import ordinal
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
 
@@ -158,7 +159,9 @@ class GraphDiff:
         for h in self.structural_hunks or (self.changed_hunks if self.kind == "structural" else ()):
             # (dtype casts, one op here and three there, are one cause: counted together; so are
             # the ops of modules in training mode on one side, and the backward of frozen parameters)
-            groups.setdefault((h.cause, "" if h.casts or h.trained or h.needs_grad else h.counts), []).append(h)
+            # (and the runs of one loop statement that changed alike: one line that names them)
+            cause = h.cause if h.loop is None or h.loop.run is None else replace(h, loop=replace(h.loop, run=None)).cause
+            groups.setdefault((cause, "" if h.casts or h.trained or h.needs_grad else h.counts), []).append(h)
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         lines += [f"{cut_off(side, g)}: the ops after it were not recorded"
                   for side, g in (("A", self.a), ("B", self.b)) if g.meta.get("truncated")]
@@ -172,6 +175,7 @@ class GraphDiff:
             other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
             lines.append(f"same ops, {other} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), hunks in groups.items():
+            cause = _runs_said(cause, hunks)
             names = list(dict.fromkeys(h.module or "<root>" for h in hunks))
             where = ", ".join(f"`{m}`" for m in names[:4])
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
@@ -322,6 +326,26 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
                 h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
         out.append(h)
     return out
+
+
+def _runs_said(cause: str, hunks: Sequence[Hunk]) -> str:
+    """``cause`` (said without the loop's run) with the runs of the loop
+    statement its hunks changed: "(the 2nd of its 3 runs)", "(the 1st, 3rd and
+    4th of its 8 runs)", "(each of its 8 runs)"."""
+    loops = [h.loop for h in hunks if h.loop is not None and h.loop.run is not None]
+    if not loops:
+        return cause
+    ks = sorted({lc.run[0] for lc in loops})
+    total = loops[0].run[1]
+    if len(ks) == total > 1:
+        text = f"each of its {total} runs"
+    else:
+        names = [ordinal(k + 1) for k in ks]
+        names = names[:5] + [f"{len(names) - 5} more"] if len(names) > 6 else names
+        text = "the " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + \
+            f" of its {total} runs"
+    bare = replace(loops[0], run=None).describe()
+    return cause.replace(bare, f"{bare} ({text})", 1)
 
 
 def _module_path(g: Graph, n: Node) -> str:
