@@ -706,3 +706,19 @@ def test_runs_of_one_loop_that_changed_alike_are_one_line():
         f"{where} (each of its 4 runs) \u2192 4 hunks, each 5 ops only in A (in `<root>`)"]
     assert torchtrace.diff(graph([2, 3, 2, 2]), graph([2] * 4)).why() == [
         f"{where} (the 2nd of its 4 runs) \u2192 5 ops only in A (in `<root>`)"]
+
+
+def test_an_input_that_requires_grad_in_one_pass_is_said_to():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    graphs = []
+    for rg in (True, False):
+        x = torch.randn(3, 4, requires_grad=rg)
+        with torchtrace.trace(m) as t:
+            m(x).sum().backward()
+        m.zero_grad(set_to_none=True)
+        graphs.append(t.graph)
+    [h] = torchtrace.diff(*graphs).structural_hunks
+    assert [n.short_op for n in h.only_a] == ["t", "mm"] and not h.only_b  # the grad of x: g @ W0
+    assert h.explanation == ("`input` requires grad only in A (`requires_grad_`): backward computes the gradients "
+                             "that reach it only there \u2192 2 ops only in A (in `0`)")

@@ -128,8 +128,8 @@ class Side:
 
     @cached_property
     def trainable(self) -> Dict[str, bool]:
-        """Parameter name -> whether it required grad in the pass."""
-        return {v.name: v.requires_grad for v in self.graph.values if v.role == "param" and v.name}
+        """Parameter (and input) name -> whether it required grad in the pass."""
+        return {v.name: v.requires_grad for v in self.graph.values if v.role in ("param", "input") and v.name}
 
     @cached_property
     def training(self) -> Dict[Tuple[str, int], Optional[bool]]:

@@ -81,8 +81,9 @@ class Hunk:
         if self.needs_grad is not None:
             side, names = self.needs_grad
             listed = ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            return f"{listed} require{'s' if len(names) == 1 else ''} grad only in {side} (`requires_grad_`): " \
-                   "backward computes the gradients that reach them only there"
+            one = len(names) == 1
+            return f"{listed} require{'s' if one else ''} grad only in {side} (`requires_grad_`): " \
+                   f"backward computes the gradients that reach {'it' if one else 'them'} only there"
         if self.trained is not None:
             other = "B" if self.trained == "A" else "A"
             return f"modules in training mode in {self.trained}, eval mode in {other} (`.train()`/`.eval()`)"
