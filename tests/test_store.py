@@ -911,3 +911,20 @@ def test_a_store_cut_short_is_said_to_be_damaged(tmp_path):
     with Store(tmp_path / "t.db", readonly=True) as store:
         with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store"):
             store.graph(0)
+
+
+def test_every_k_counts_each_models_passes(tmp_path):
+    """Two models whose steps alternate (a GAN's generator and discriminator):
+    counted together, `every=2` sampled only the first one's passes. Counted per
+    model, both are sampled at steps 0, 2, 4."""
+    torch.manual_seed(0)
+    gen, disc = nn.Sequential(nn.Linear(2, 4)), nn.Sequential(nn.Linear(4, 1))
+    z, real = torch.randn(3, 2), torch.randn(3, 4)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+        for i in range(6):
+            rec.step(i)
+            gen(z).pow(2).mean().backward()  # one model's step
+            disc(real).mean().backward()  # the other's
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        roots = [(p.step, p.label.split(" (")[0]) for p in store.passes()]
+    assert roots == [(i, who) for i in (0, 2, 4) for who in ("gen", "disc")]

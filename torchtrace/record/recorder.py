@@ -50,7 +50,7 @@ class Recorder:
     """Context manager recording every root pass into a trace store.
 
     ``store``: a path (created with its folder) or an open ``Store``.
-    ``every``: record every k-th pass; ``max_passes``: stop after n recorded;
+    ``every``: record every k-th pass of each root model; ``max_passes``: stop after n recorded;
     ``backward=False``: record only up to the root module's return.
     ``on_pass(graph, index)`` is called after each pass is stored.
     """
@@ -107,8 +107,9 @@ class Recorder:
         self.capture.on_compiled = self._uncompiled.add
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
+        self._seen: Dict[Optional[int], int] = {}  # passes begun per root module (id; None: mark_step)
         try:
-            self._begin(root=None)
+            self._begin(root=None, count=False)
             self.capture.start(with_mode=self._sampled)
         except BaseException:
             self.capture.stop()
@@ -161,12 +162,18 @@ class Recorder:
         self._boundary(root=None)
 
     # -- passes -------------------------------------------------------------------
-    def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None) -> None:
+    def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None,
+               key: Optional[int] = None, count: bool = True) -> None:
         """Start pass ``self.index`` at a call of a ``root`` class; ``name()``
-        says what the caller called it (only asked for a recorded pass)."""
+        says what the caller called it (only asked for a recorded pass). ``every``
+        counts the passes of each root module (``key``, its id) apart: a GAN's
+        generator and discriminator steps alternate, and ``every=2`` samples both."""
         cap = self.capture
         assert cap is not None
-        self._sampled = (self.index % self.every == 0
+        k = self._seen.get(key, 0)
+        if count:
+            self._seen[key] = k + 1
+        self._sampled = (k % self.every == 0
                          and (self.max_passes is None or self.recorded < self.max_passes))
         if self._sampled:
             cap.new_pass()
@@ -198,7 +205,7 @@ class Recorder:
             self.on_pass(graph, stored)
 
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
-                  name: Optional[Callable[[], Optional[str]]] = None) -> None:
+                  name: Optional[Callable[[], Optional[str]]] = None, key: Optional[int] = None) -> None:
         if self._sampled and inputs:
             # the ops that only built the next call's inputs (data loading) are left out of this step
             prep = input_prep(self.capture.mode, inputs)
@@ -206,7 +213,7 @@ class Recorder:
             drop_events(self.capture.mode, prep)
         self._finish()
         self.index += 1
-        self._begin(root, name)
+        self._begin(root, name, key)
 
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
@@ -221,11 +228,12 @@ class Recorder:
 
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
-            self._begin(root=type(module).__name__, name=name)
+            self._begin(root=type(module).__name__, name=name, key=id(module))
             return
         # the next call's inputs matter only to trim a recorded pass (kwargs cost an f_locals)
         self._boundary(root=type(module).__name__,
-                       inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name)
+                       inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name,
+                       key=id(module))
 
     def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:
