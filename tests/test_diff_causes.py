@@ -722,3 +722,60 @@ def test_an_input_that_requires_grad_in_one_pass_is_said_to():
     assert [n.short_op for n in h.only_a] == ["t", "mm"] and not h.only_b  # the grad of x: g @ W0
     assert h.explanation == ("`input` requires grad only in A (`requires_grad_`): backward computes the gradients "
                              "that reach it only there \u2192 2 ops only in A (in `0`)")
+
+
+class Arms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        if x.mean() > 0:  # LINE:arms
+            h = h.exp()
+            h = h * 2
+        else:
+            h = h.sin()
+            h = h * 3
+        return self.out(h)
+
+
+def test_the_two_arms_of_an_if_share_no_op():
+    """`h * 2` in one arm and `h * 3` in the other are the same op of the same
+    module at two lines: not the same op called from elsewhere."""
+    torch.manual_seed(0)
+    m, x = Arms(), torch.randn(4, 8)
+    x = x - x.mean() + 1
+    d = torchtrace.diff(zoo.record(m, x), zoo.record(m, -x))
+    assert d.why() == [f"`test_diff_causes.py:{line_of('arms')}` read True in A, False in B \u2192 2 ops only in A, "
+                       "2 ops only in B (in `<root>`)"]
+    assert not d.changed_hunks
+
+
+class WhileInFor(nn.Module):
+    """A `for` with no op of its own at its head, around a `while`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, thresholds) -> torch.Tensor:
+        for t in thresholds:
+            y = x
+            while y.norm() < t:  # LINE:wif
+                y = self.f(y) * 0 + y * 2
+            x = y / y.norm() * 0.1
+        return x
+
+
+def test_runs_of_a_while_in_a_headless_for_are_paired_run_by_run():
+    """Each run's extra iteration is a hunk of its own (8 ops: the test, the
+    body); the ops after each run are paired with each other."""
+    torch.manual_seed(0)
+    m, x = WhileInFor(), torch.randn(2, 8)
+    x = x / x.norm() * 0.1
+    d = torchtrace.diff(zoo.record(m, x, [0.3, 0.7]), zoo.record(m, x, [0.7, 0.3]))
+    where = f"`while` at `test_diff_causes.py:{line_of('wif')}`"
+    assert d.why() == [f"{where} ran 2\u00d7 in A, 3\u00d7 in B (the 1st of its 2 runs) \u2192 8 ops only in B (in `<root>`)",
+                       f"{where} ran 3\u00d7 in A, 2\u00d7 in B (the 2nd of its 2 runs) \u2192 8 ops only in A (in `<root>`)"]
+    assert all(set(p.what) == {"args"} and p.a.short_op == "lt.Scalar" for h in d.changed_hunks for p in h.changed)

@@ -199,7 +199,8 @@ def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) ->
     ``ka``/``kb`` match (their longest common subsequence): the same op of the
     same module called from another line (a validation step's forward against a
     training step's, the same function traced from two lines) ran in both passes.
-    Such a pair is "changed" by its line alone; what stays unpaired is the hunk."""
+    Such a pair is "changed" by its line alone; what stays unpaired is the hunk.
+    Used only where every op of one side of the run pairs up."""
     k = 0
     while k < len(pairs):
         if pairs[k][0] is not None and pairs[k][1] is not None:
@@ -213,7 +214,9 @@ def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) ->
         order: Dict[Hashable, int] = {}
         matches = lcs([order.setdefault(ka[i], len(order)) for i in xs],
                       [order.setdefault(kb[j], len(order)) for j in ys]) if xs and ys else []
-        if matches:
+        # only where one side's ops all pair up: the same code called from elsewhere (with more on the
+        # other side); two arms of an `if` share an op or two, never all of one arm
+        if matches and len(matches) in (len(xs), len(ys)):
             run: List[Pair] = []
             p0 = q0 = 0
             for p, q in matches + [(len(xs), len(ys))]:

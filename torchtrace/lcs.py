@@ -26,10 +26,15 @@ def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int) -> List[T
     iteration 1's routing read with iteration 2's; this pairs each
     iteration's reads with its own and leaves expert 1's ops only in A and
     expert 2's only in B. Ops that occur as often in A as in B, at least
-    twice, become anchors, the op that occurs first in A first, each with
-    all of its occurrences or none, so that the anchors stay in order; the
-    stretches between anchors are aligned by ``lcs``. Used unless that loses
-    more than one match in ``SLACK`` (of the whole alignment) against the plain LCS."""
+    twice, become anchors, each with all of its occurrences or none, so that
+    the anchors stay in order; the stretches between anchors are aligned by
+    ``lcs``. Which ops anchor first: those that occur first in A (a loop's head
+    before its body), or those that occur fewest times (an outer loop's ops
+    before the inner loop's, where the outer one has no op of its own at its
+    head): the order that pairs more ops, then the one that leaves fewer gaps
+    with ops of both A and B (``_replaced``), then the first. Used unless that
+    loses more than one match in ``SLACK`` (of the whole alignment) against
+    the plain LCS."""
     n, m = len(a) - suf, len(b) - suf
     plain = lcs(a[pre:n], b[pre:m])
     where_a: Dict[int, List[int]] = {}
@@ -38,20 +43,43 @@ def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int) -> List[T
         where_a.setdefault(c, []).append(i)
     for j, c in enumerate(b):
         where_b.setdefault(c, []).append(j)
+    repeated = [(occ, where_b[c]) for c, occ in where_a.items()  # in order of first occurrence in A
+                if len(occ) >= 2 and len(occ) == len(where_b.get(c, ()))]
+    if not repeated:
+        return plain
+    best = max((_anchored(a, b, pre, n, m, order) for order in
+                (repeated, sorted(repeated, key=lambda r: len(r[0])))),
+               key=lambda pairs: (len(pairs), -_replaced(pairs, n - pre, m - pre)))  # (max: the first on a tie)
+    # (a plain LCS that crosses from one iteration into another can be a few matches longer: runs of
+    # a `while` inside a `for` that ran 2, 3 times in A and 3, 2 in B)
+    return best if len(plain) - len(best) <= (pre + suf + len(plain)) // SLACK else plain
+
+
+def _replaced(pairs: Sequence[Tuple[int, int]], n: int, m: int) -> int:
+    """How many gaps between the matches ``pairs`` (of sequences of ``n`` and
+    ``m`` ops) hold ops of both A and B: a pairing that leaves one iteration
+    only in A and another only in B has none, one that crosses iterations has
+    some (A's ops after a loop against B's extra iteration)."""
+    count, i0, j0 = 0, -1, -1
+    for i, j in [*pairs, (n, m)]:
+        count += i - i0 > 1 and j - j0 > 1
+        i0, j0 = i, j
+    return count
+
+
+def _anchored(a: Sequence[int], b: Sequence[int], pre: int, n: int, m: int,
+              repeated: Sequence[Tuple[List[int], List[int]]]) -> List[Tuple[int, int]]:
+    """The alignment of ``a[pre:n]`` with ``b[pre:m]`` through the anchors that
+    ``repeated`` (each op's positions in A and in B), taken in order, allow."""
     ai: List[int] = []  # anchors in order, positions in A and in B
     bj: List[int] = []
-    for c, occ in where_a.items():  # in order of first occurrence in A
-        other = where_b.get(c, ())
-        if len(occ) < 2 or len(occ) != len(other):
-            continue
+    for occ, other in repeated:
         mine = [(i, j) for i, j in zip(occ, other) if pre <= i < n]  # the prefix and suffix pair k-th with k-th
         slots = [bisect_left(ai, i) for i, _ in mine]
         if all((s == 0 or bj[s - 1] < j) and (s == len(ai) or j < bj[s]) for s, (_, j) in zip(slots, mine)):
             for s, (i, j) in sorted(zip(slots, mine), reverse=True):
                 ai.insert(s, i)
                 bj.insert(s, j)
-    if not ai:
-        return plain
     out: List[Tuple[int, int]] = []
     i0, j0 = pre, pre
     for i1, j1 in zip(ai + [n], bj + [m]):
@@ -59,9 +87,7 @@ def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int) -> List[T
         if i1 < n:
             out.append((i1 - pre, j1 - pre))
         i0, j0 = i1 + 1, j1 + 1
-    # (a plain LCS that crosses from one iteration into another can be a few matches longer: runs of
-    # a `while` inside a `for` that ran 2, 3 times in A and 3, 2 in B)
-    return out if len(plain) - len(out) <= (pre + suf + len(plain)) // SLACK else plain
+    return out
 
 
 CHECKPOINT = 64  # LCS rows kept: every 64th, the others recomputed a block at a time
