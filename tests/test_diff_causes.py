@@ -779,3 +779,26 @@ def test_runs_of_a_while_in_a_headless_for_are_paired_run_by_run():
     assert d.why() == [f"{where} ran 2\u00d7 in A, 3\u00d7 in B (the 1st of its 2 runs) \u2192 8 ops only in B (in `<root>`)",
                        f"{where} ran 3\u00d7 in A, 2\u00d7 in B (the 2nd of its 2 runs) \u2192 8 ops only in A (in `<root>`)"]
     assert all(set(p.what) == {"args"} and p.a.short_op == "lt.Scalar" for h in d.changed_hunks for p in h.changed)
+
+
+def test_an_optimizers_own_reads_explain_only_its_own_ops():
+    """Adam reads its step count (1 in A, 2 in B) for arithmetic: an op run after
+    `opt.step()` only in B is not its doing."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    graphs = []
+    for extra in (False, True, False):
+        with torchtrace.trace(m) as t:
+            loss = nn.functional.mse_loss(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if extra:
+                loss.item()
+        graphs.append(t.graph)
+    d = torchtrace.diff(graphs[1], graphs[2])  # steps 1 and 2: Adam's state exists in both
+    assert any(w.a.value != w.b.value for w in d.witnesses)  # the step counts differ
+    assert d.why() == ["no tensor read differs before it: decided by Python state (arguments, flags, caches) "
+                       "\u2192 1 op only in A (in `<root>`)"]

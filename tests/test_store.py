@@ -928,3 +928,29 @@ def test_every_k_counts_each_models_passes(tmp_path):
     with Store(tmp_path / "t.db", readonly=True) as store:
         roots = [(p.step, p.label.split(" (")[0]) for p in store.passes()]
     assert roots == [(i, who) for i in (0, 2, 4) for who in ("gen", "disc")]
+
+
+def test_code_after_the_last_step_is_said_to_be_that(tmp_path):
+    """The last pass runs on to the end of the block: a `print(loss.item())`
+    after the loop made it a variant of its own, blamed on Adam's step count,
+    read inside `opt.step()` (3 in A, 4 in B), which steers nothing but the
+    optimizer's own ops."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for i in range(4):
+            rec.step(i)
+            loss = nn.functional.mse_loss(m(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        final = loss.item()  # after the loop
+    assert final > 0
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        a, b = store.graph(2), store.graph(3)
+    assert b.meta["last"] is True and "last" not in a.meta
+    assert torchtrace.diff(a, b).why() == ["B's pass is the last one recorded: it ran on to the end of the script "
+                                           "(or of the Recorder block), past its last step \u2192 1 op only in B "
+                                           "(in `<root>`)"]

@@ -27,8 +27,8 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
                        classify, input_changes, producers, reshaped, rewires, significant)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import (Hunk, accumulated, casts, cut_off, ended, needs_grad, optimizer_state, ran_only, recomputed,
-                   stopped, trained)
+from .hunk import (Hunk, accumulated, casts, cut_off, ended, needs_grad, optimizer_state, ran_on, ran_only,
+                   recomputed, stopped, trained)
 from .ir import Graph, Node
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
 from .textform import ordinal
@@ -288,6 +288,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (),
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
+                              last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran_only(A, B, rows), trained=trained(A, B, rows),
                               needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows),
@@ -319,7 +320,7 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
     for h in hunks:
         ops = (*h.only_a, *h.only_b)
         if forward and h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) \
-                and not (h.grads or h.recompute or h.stopped or h.ran or h.trained or h.needs_grad or h.state):
+                and not (h.grads or h.recompute or h.stopped or h.ran or h.trained or h.needs_grad or h.state or h.last):
             mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
             owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
             if owner is not None:

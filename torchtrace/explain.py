@@ -151,6 +151,9 @@ class Causes:
             if i is not None and j is not None and A.wkeys[i] is not None and A.wkeys[i] != B.wkeys[j]]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness)]
+        # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside it
+        outside = [e for e in self.differing if A.nodes[pairs[e][0]].phase != "optimizer"]
+        self.outside = (outside, [e for e in self.decisive if e in set(outside)])
         # the index each side has reached at each merged position (next op of that side), and how
         # many ops before it are only in A or B
         self.next_a: List[int] = []
@@ -202,7 +205,10 @@ class Causes:
         loop, start = self.loops.by_repeat(k0, k1)
         # a loop's count is decided before its first pass (``for c in torch.unique(y)``), not by the
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
-        witness = self._nearest_before(min(start, k0)) or self._nearest_before(k0) or self._inside(k0, k1)
+        optimizer = any(n is not None and n.phase == "optimizer" for i, j in self.pairs[k0:k1] if i is None or j is None
+                        for n in (self.A.nodes[i] if i is not None else self.B.nodes[j],))
+        witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
+            self._inside(k0, k1)
         if loop is None:  # the k-th run of a nested loop, when its own condition is the read that differs
             run = self.loops.by_runs(k0, k1)  # (an `if` read at each level of a recursion is no loop)
             if run is not None and run.keyword not in BRANCHES and (
@@ -224,25 +230,33 @@ class Causes:
                 return self.witness_change(i, j)
         return None
 
-    def _nearest_before(self, k0: int) -> Optional[WitnessChange]:
+    def _nearest_before(self, k0: int, optimizer: bool = True) -> Optional[WitnessChange]:
         """The nearest aligned read before the hunk that returned other data:
         a decisive one (see ``decisive``), unless ops only in A or B lie
         between it and a nearer float read; else that float read, marked
-        ``weak``."""
-        at = bisect.bisect_left(self.decisive, k0)
-        e = self.decisive[at - 1] if at else None
-        nearest = self.differing[bisect.bisect_left(self.differing, k0) - 1] if self.differing and \
-            self.differing[0] < k0 else None
+        ``weak``. Without ``optimizer`` (the hunk has no optimizer op) the
+        optimizer's own reads are passed over."""
+        differing, decisive_ = (self.differing, self.decisive) if optimizer else self.outside
+        at = bisect.bisect_left(decisive_, k0)
+        e = decisive_[at - 1] if at else None
+        nearest = differing[bisect.bisect_left(differing, k0) - 1] if differing and differing[0] < k0 else None
         if nearest is None:
             return None
         weak = e is None or (e != nearest and self.one_sided[nearest] > self.one_sided[e])
         i, j = self.pairs[nearest if weak else e]
         assert i is not None and j is not None
         # other decisive reads that differ with nothing only in A or B since: just as likely the cause
-        also = [] if weak else [x for x in reversed(self.decisive[:at - 1])
-                                if self.one_sided[x] == self.one_sided[k0]][:2]
-        alts = tuple(self.witness_change(*self.pairs[x]) for x in also)
-        return replace(self.witness_change(i, j), weak=weak, also=alts)
+        also = [] if weak else [x for x in reversed(decisive_[:at - 1])
+                                if self.one_sided[x] == self.one_sided[k0]]
+        cause = self.witness_change(i, j)
+        alts: Dict[str, WitnessChange] = {}  # (one line read per parameter: said once)
+        for x in also:
+            w = self.witness_change(*self.pairs[x])
+            if w.short() != cause.short():
+                alts.setdefault(w.short(), w)
+            if len(alts) == 2:
+                break
+        return replace(cause, weak=weak, also=tuple(alts.values()))
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment

@@ -53,6 +53,7 @@ class Hunk:
     trained: Optional[str] = None  # the side whose module calls ran in training mode (the other's in eval)
     needs_grad: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, params): backward for params only it trains
     state: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, ops): the optimizer made its state there
+    last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
 
     @property
     def cause(self) -> str:
@@ -84,6 +85,9 @@ class Hunk:
             one = len(names) == 1
             return f"{listed} require{'s' if one else ''} grad only in {side} (`requires_grad_`): " \
                    f"backward computes the gradients that reach {'it' if one else 'them'} only there"
+        if self.last is not None:
+            return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
+                   "(or of the Recorder block), past its last step"
         if self.trained is not None:
             other = "B" if self.trained == "A" else "A"
             return f"modules in training mode in {self.trained}, eval mode in {other} (`.train()`/`.eval()`)"
@@ -146,7 +150,7 @@ class Hunk:
                        rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped),
                        casts=tuple(t.mirror() for t in self.casts),
                        ran=(_swap_sides(self.ran[0]), self.ran[1]) if self.ran else None,
-                       trained=_swap_sides(self.trained),
+                       trained=_swap_sides(self.trained), last=_swap_sides(self.last),
                        state=(_swap_sides(self.state[0]), self.state[1]) if self.state else None,
                        needs_grad=(_swap_sides(self.needs_grad[0]), self.needs_grad[1]) if self.needs_grad else None)
 
@@ -161,7 +165,7 @@ class Hunk:
                 "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
-                "trained": self.trained,
+                "trained": self.trained, "last": self.last,
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
@@ -197,6 +201,17 @@ def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
                 return ended(side, g)
             if g.meta.get("truncated"):
                 return cut_off(side, g)
+    return None
+
+
+def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """"B" when ``rows``, at the end of the diff, are ops only in B and B's pass
+    was a Recorder's last (``meta.last``: ended by the block's end, so it holds
+    what the script ran after its last step), A's not."""
+    for status, side, X, Y in (("only_a", "A", A, B), ("only_b", "B", B, A)):
+        if rows and all(p.status == status for p in rows) and X.graph.meta.get("last") \
+                and not Y.graph.meta.get("last"):
+            return side
     return None
 
 

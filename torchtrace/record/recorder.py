@@ -129,7 +129,7 @@ class Recorder:
             if self._prep and self._sampled:  # no next call: drop what repeats the last preparation
                 drop_events(self.capture.mode, repeated_prep(self.capture.mode, self._prep))
             # a run that never called a root module is one pass from start to exit
-            self._finish(error=exit_error(exc_type, exc))
+            self._finish(error=exit_error(exc_type, exc), last=True)
         finally:
             self._unwatch()
             self.capture.stop()
@@ -191,14 +191,15 @@ class Recorder:
                 cap.pop_mode()
                 self._watch()
 
-    def _finish(self, *, error: Optional[str] = None) -> None:
+    def _finish(self, *, error: Optional[str] = None, last: bool = False) -> None:
         cap = self.capture
         assert cap is not None and self.store is not None
         if not self._sampled or (not cap.mode.events and self._root is None):
             return
         wall = time.perf_counter() - self._t_start
         label = f"{self._root_label or 'pass'} {self.index}"
-        graph = cap.finish_pass(step=self._pass_step, root=self._root, error=error, label=label)
+        extra = {"last": True} if last and self.index else {}  # ended by the block's end, not by a next step
+        graph = cap.finish_pass(step=self._pass_step, root=self._root, error=error, label=label, **extra)
         stored = self.store.add(graph, wall_s=wall)
         self.recorded += 1
         if self.on_pass is not None:
