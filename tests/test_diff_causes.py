@@ -776,8 +776,10 @@ def test_runs_of_a_while_in_a_headless_for_are_paired_run_by_run():
     x = x / x.norm() * 0.1
     d = torchtrace.diff(zoo.record(m, x, [0.3, 0.7]), zoo.record(m, x, [0.7, 0.3]))
     where = f"`while` at `test_diff_causes.py:{line_of('wif')}`"
-    assert d.why() == [f"{where} ran 2\u00d7 in A, 3\u00d7 in B (the 1st of its 2 runs) \u2192 8 ops only in B (in `<root>`)",
-                       f"{where} ran 3\u00d7 in A, 2\u00d7 in B (the 2nd of its 2 runs) \u2192 8 ops only in A (in `<root>`)"]
+    assert d.why() == [f"{where} ran 2\u00d7 in A, 3\u00d7 in B (the 1st of its 2 runs) \u2192 8 ops only in B "
+                       "(in `<root>`)",
+                       f"{where} ran 3\u00d7 in A, 2\u00d7 in B (the 2nd of its 2 runs) \u2192 8 ops only in A "
+                       "(in `<root>`)"]
     assert all(set(p.what) == {"args"} and p.a.short_op == "lt.Scalar" for h in d.changed_hunks for p in h.changed)
 
 
@@ -802,3 +804,46 @@ def test_an_optimizers_own_reads_explain_only_its_own_ops():
     assert any(w.a.value != w.b.value for w in d.witnesses)  # the step counts differ
     assert d.why() == ["no tensor read differs before it: decided by Python state (arguments, flags, caches) "
                        "\u2192 1 op only in A (in `<root>`)"]
+
+
+def test_unfreezing_a_layer_names_it_for_its_backward_and_its_optimizer_steps():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(6, 4)
+    graphs = []
+    for frozen in (True, False):
+        m[0].requires_grad_(not frozen)
+        with torchtrace.trace(m) as t:
+            m(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    assert d.only_a == 0 and d.only_b > 0
+    assert all(h.needs_grad == ("B", ("0.weight", "0.bias")) for h in d.structural_hunks)
+    head = ("`0.weight`, `0.bias` require grad only in B (`requires_grad_`): backward computes the gradients that "
+            "reach them")
+    assert d.why() == [f"{head} only there \u2192 2 ops only in B (in `2`)",  # the grad of 2's input: t, mm
+                       f"{head} and the optimizer steps them only there \u2192 9 ops only in B (in `<root>`)"]
+
+
+def test_a_training_steps_backward_is_its_own_hunk_next_to_an_eval_passs_metrics():
+    """The eval pass's metric ops sat in one hunk with the training step's
+    backward and optimizer ops, and the whole hunk was put down to Python state."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torchtrace.trace(m) as ta:
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    with torch.no_grad(), torchtrace.trace(m) as tb:
+        out = m(x)
+        nn.functional.cross_entropy(out, y)
+        (out.argmax(-1) == y).float().mean()  # accuracy: only the eval pass computes it
+    d = torchtrace.diff(ta.graph, tb.graph)
+    later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer") and "autograd_internal" not in n.tags]
+    assert f"only A's pass ran backward and an optimizer step \u2192 {len(later)} ops only in A (in `<root>`)" in d.why()
+    metric = [h for h in d.structural_hunks if h.only_b]
+    assert metric and all(not h.only_a and h.ran is None for h in metric)

@@ -185,16 +185,20 @@ def _arg_str(v: Any) -> str:
 ACCUMULATE = "accumulate_grad"  # the tag of AccumulateGrad's add_ into a .grad that existed
 
 
-def accumulates(p: OpPair) -> bool:
+def run_key(p: OpPair) -> Tuple[bool, bool]:
+    """What ends a run of ops only in A or B where it changes: AccumulateGrad's
+    ops into a .grad that existed, and the step from forward ops to backward and
+    optimizer ops (a training step's backward against a validation pass's
+    metrics: two causes, two hunks)."""
     n = p.a if p.a is not None else p.b
-    return n is not None and ACCUMULATE in n.tags
+    return n is not None and ACCUMULATE in n.tags, n is not None and n.phase in ("backward", "optimizer")
 
 
 def a_first(ops: List[OpPair]) -> Tuple[OpPair, ...]:
     """Within each run of ops only in A or B, A's come first (like ``-``
     before ``+`` in a unified diff), whichever orientation aligned them.
-    AccumulateGrad's ops into a .grad that existed end a run (they are hunks of
-    their own), so a diff and its mirror cut the same runs."""
+    A run ends where ``run_key`` changes (each part is a hunk of its own), so a
+    diff and its mirror cut the same runs."""
     out: List[OpPair] = []
     k = 0
     while k < len(ops):
@@ -203,7 +207,7 @@ def a_first(ops: List[OpPair]) -> Tuple[OpPair, ...]:
             k += 1
             continue
         k1 = k
-        while k1 < len(ops) and ops[k1].status in ("only_a", "only_b") and accumulates(ops[k1]) == accumulates(ops[k]):
+        while k1 < len(ops) and ops[k1].status in ("only_a", "only_b") and run_key(ops[k1]) == run_key(ops[k]):
             k1 += 1
         out.extend(p for p in ops[k:k1] if p.status == "only_a")
         out.extend(p for p in ops[k:k1] if p.status == "only_b")

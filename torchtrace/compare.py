@@ -23,8 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
 
 from .align import Side, align
-from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, accumulates, arg_changes, args_only,
-                       classify, input_changes, producers, reshaped, rewires, significant)
+from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
+                       classify, input_changes, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError
 from .explain import Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import (Hunk, accumulated, casts, cut_off, ended, needs_grad, optimizer_state, ran_on, ran_only,
@@ -160,7 +160,8 @@ class GraphDiff:
             # (dtype casts, one op here and three there, are one cause: counted together; so are
             # the ops of modules in training mode on one side, and the backward of frozen parameters)
             # (and the runs of one loop statement that changed alike: one line that names them)
-            cause = h.cause if h.loop is None or h.loop.run is None else replace(h, loop=replace(h.loop, run=None)).cause
+            run_free = h if h.loop is None or h.loop.run is None else replace(h, loop=replace(h.loop, run=None))
+            cause = run_free.cause
             groups.setdefault((cause, "" if h.casts or h.trained or h.needs_grad else h.counts), []).append(h)
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         lines += [f"{cut_off(side, g)}: the ops after it were not recorded"
@@ -320,7 +321,7 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
     for h in hunks:
         ops = (*h.only_a, *h.only_b)
         if forward and h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) \
-                and not (h.grads or h.recompute or h.stopped or h.ran or h.trained or h.needs_grad or h.state or h.last):
+                and not h.own_cause:
             mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
             owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
             if owner is not None:
@@ -360,8 +361,8 @@ def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
     while k < n:
         status = ops[k].status
         if status in ("only_a", "only_b"):
-            k1 = k  # (AccumulateGrad's ops into a .grad that existed form hunks of their own)
-            while k1 < n and ops[k1].status in ("only_a", "only_b") and accumulates(ops[k1]) == accumulates(ops[k]):
+            k1 = k  # (AccumulateGrad's ops into a .grad that existed, backward and optimizer ops: hunks of their own)
+            while k1 < n and ops[k1].status in ("only_a", "only_b") and run_key(ops[k1]) == run_key(ops[k]):
                 k1 += 1
             yield "structural", k, k1
             k = k1

@@ -56,6 +56,14 @@ class Hunk:
     last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
 
     @property
+    def own_cause(self) -> bool:
+        """The hunk has a cause of its own, not a witness's: AccumulateGrad, a
+        recompute, a pass that stopped, ran more phases, trained, froze or made
+        optimizer state, or ran on past its last step."""
+        return bool(self.grads or self.recompute or self.stopped or self.ran or self.trained or self.needs_grad
+                    or self.state or self.last)
+
+    @property
     def cause(self) -> str:
         """The first half of :attr:`explanation`: why, without the counts."""
         if self.kind == "changed":
@@ -83,8 +91,12 @@ class Hunk:
             side, names = self.needs_grad
             listed = ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             one = len(names) == 1
-            return f"{listed} require{'s' if one else ''} grad only in {side} (`requires_grad_`): " \
-                   f"backward computes the gradients that reach {'it' if one else 'them'} only there"
+            them = "it" if one else "them"
+            phases = {n.phase for n in (*self.only_a, *self.only_b)}
+            what = {frozenset({"optimizer"}): f"the optimizer steps {them}",
+                    frozenset({"backward"}): f"backward computes the gradients that reach {them}"}.get(
+                frozenset(phases), f"backward computes the gradients that reach {them} and the optimizer steps {them}")
+            return f"{listed} require{'s' if one else ''} grad only in {side} (`requires_grad_`): {what} only there"
         if self.last is not None:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
                    "(or of the Recorder block), past its last step"
@@ -240,10 +252,10 @@ def ran_only(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tu
 
 
 def needs_grad(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
-    """("A", ("0.weight", ...)) when ``rows`` are backward ops only in A and
-    parameters require grad in A that do not in B (a frozen layer)."""
+    """("A", ("0.weight", ...)) when ``rows`` are backward or optimizer ops only
+    in A and parameters require grad in A that do not in B (a frozen layer)."""
     for status, side, X, Y in (("only_a", "A", A, B), ("only_b", "B", B, A)):
-        if rows and all(p.status == status and (p.a or p.b).phase == "backward" for p in rows):
+        if rows and all(p.status == status and (p.a or p.b).phase in ("backward", "optimizer") for p in rows):
             theirs = Y.trainable
             names = tuple(x for x, rg in X.trainable.items() if rg and theirs.get(x) is False)
             return (side, names) if names else None
