@@ -87,7 +87,7 @@ def test_casts_that_run_only_when_the_dtype_differs_are_said_to_be_that():
     x = torch.ones(2, 4)
     d = torchtrace.diff(_record(m, x), _record(half, x.to(torch.bfloat16)))
     casts = "dtype casts run only in B: .to()/.float()/autocast copy only when the dtype differs (tensors f32 \u2192 bf16)"
-    assert d.why() == [f"{casts} \u2192 3 ops only in B in 3 hunks (in `<root>`)"]
+    assert d.why() == [f"{casts} \u2192 3 hunks, each 1 op only in B (in `<root>`)"]
     assert d.mirror().why()[0].startswith("dtype casts run only in A: ") and "bf16 \u2192 f32" in d.mirror().why()[0]
 
 

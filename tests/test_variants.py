@@ -107,3 +107,33 @@ def test_a_store_is_grouped_by_its_fingerprints_and_reads_only_what_it_explains(
     assert [(v.structure, v.indices, v.why) for v in vs] == [(v.structure, v.indices, v.why) for v in expected]
     res = CliRunner().invoke(app, ["variants", str(tmp_path / "t.db")])
     assert res.exit_code == 0 and "2 variants in 12 passes" in res.output
+
+
+def test_a_new_variant_is_explained_against_the_same_models_last_pass(tmp_path):
+    """Two models whose steps alternate (a GAN): each one's first pass is said
+    to be that, not diffed against the other model's pass; a later variant of
+    one model is diffed against that model's own last pass."""
+    import torch.nn as nn
+
+    from torchtrace.families import store_variants
+    from torchtrace.store import Store
+
+    torch.manual_seed(0)
+    gen, disc = nn.Sequential(nn.Linear(2, 4)), nn.Sequential(nn.Linear(4, 1))
+    z, real = torch.randn(3, 2), torch.randn(3, 4)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for i in range(3):
+            gen(z).pow(2).mean().backward()
+            out = disc(real)
+            if i == 2:
+                out = out.relu()  # the discriminator's last step runs one op more
+            out.mean().backward()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        records, vs = store_variants(store)
+        assert [r.label.split(" (")[0] for r in records] == ["gen", "disc"] * 3
+        whys = [(v.previous, v.why) for v in vs]
+    assert whys[0] == (None, None)
+    assert whys[1] == (0, "the first pass of `disc (Sequential)` (the one before ran `gen (Sequential)`)")
+    later = [w for w in whys[2:]]
+    assert any(prev == 3 and "1 op only in B" in why for prev, why in later), whys  # pass 5 against pass 3
+    assert all("first pass of" not in why for _, why in later)

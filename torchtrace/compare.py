@@ -162,7 +162,7 @@ class GraphDiff:
             # (and the runs of one loop statement that changed alike: one line that names them)
             run_free = h if h.loop is None or h.loop.run is None else replace(h, loop=replace(h.loop, run=None))
             cause = run_free.cause
-            groups.setdefault((cause, "" if h.casts or h.trained or h.needs_grad else h.counts), []).append(h)
+            groups.setdefault((cause, "their backward" if h.backward_of is not None else ""), []).append(h)
         lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
         lines += [f"{cut_off(side, g)}: the ops after it were not recorded"
                   for side, g in (("A", self.a), ("B", self.b)) if g.meta.get("truncated")]
@@ -180,12 +180,13 @@ class GraphDiff:
             names = list(dict.fromkeys(h.module or "<root>" for h in hunks))
             where = ", ".join(f"`{m}`" for m in names[:4])
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
-            if not counts:  # casts, train/eval, frozen parameters: the ops of all its hunks
+            each = {h.counts for h in hunks}
+            if len(each) == 1:  # one hunk, or hunks alike: "12 hunks, each 3 ops only in B"
+                counts = f"{len(hunks)} hunks, each {hunks[0].counts}" if len(hunks) > 1 else hunks[0].counts
+            else:  # (casts, train/eval, a cause behind hunks of several sizes: the ops of all of them)
                 a, b = sum(len(h.only_a) for h in hunks), sum(len(h.only_b) for h in hunks)
-                counts = ", ".join(plural(k, "op") + f" only in {s}" for k, s in ((a, "A"), (b, "B")) if k)
-                counts += f" in {len(hunks)} hunks" if len(hunks) > 1 else ""
-            else:
-                counts = f"{len(hunks)} hunks, each {counts}" if len(hunks) > 1 else counts
+                counts = (f"{counts}: " if counts else "") + ", ".join(
+                    plural(k, "op") + f" only in {s}" for k, s in ((a, "A"), (b, "B")) if k) + f" in {len(hunks)} hunks"
             lines.append(f"{cause} \u2192 {counts} (in {where})")
         return lines or ([] if self.is_empty else [self.summary()])
 

@@ -163,7 +163,8 @@ def variants(graphs: Iterable[GraphLike]) -> Variants:
                          "IR dicts or paths", found=f"one {type(graphs).__name__}",
                          fix="pass e.g. variants([g1, g2, g3]); for a trace store use `torchtrace variants trace.db`")
     gs = [_graph(g, k) for k, g in enumerate(graphs)]
-    return grouped([_fps(g) for g in gs], gs.__getitem__)
+    models = [model_of(g.meta.get("label"), g.meta.get("root")) for g in gs]
+    return grouped([_fps(g) for g in gs], gs.__getitem__, models)
 
 
 def store_variants(store: Any, rank: int = 0) -> Tuple[List[Any], Variants]:
@@ -173,12 +174,26 @@ def store_variants(store: Any, rank: int = 0) -> Tuple[List[Any], Variants]:
     while it is open)."""
     records = store.passes(rank)
     graphs = Lazy(lambda k: store.graph(records[k].idx, records[k].rank))
-    return records, grouped([(p.structure_fp, p.shapes_fp) for p in records], graphs.__getitem__)
+    return records, grouped([(p.structure_fp, p.shapes_fp) for p in records], graphs.__getitem__,
+                            [model_of(p.label, p.root) for p in records])
 
 
-def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph]) -> Variants:
+def model_of(label: Optional[str], root: Optional[str]) -> Optional[str]:
+    """The model a Recorder pass ran, from its label (``netD (Sequential) 3``:
+    ``netD (Sequential)``) or its root class; ``None`` when neither says."""
+    if label and root and label.rsplit(" ", 1)[-1].isdigit() and f"({root})" in label:
+        return label.rsplit(" ", 1)[0]
+    return root
+
+
+def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph],
+            models: Sequence[Optional[str]] = ()) -> Variants:
     """Variants from each graph's (structure, shapes) fingerprints; ``graph_at(k)``
-    gives graph ``k`` when an explanation needs it."""
+    gives graph ``k`` when an explanation needs it. ``models``: the model each
+    graph ran (``model_of``): a new variant is explained against the last graph
+    before it of the same model (a GAN's discriminator against its own previous
+    step, not the generator's), and the first graph of a model says so."""
+    models = list(models) or [None] * len(keys)
     order: Dict[str, List[int]] = {}
     for k, (structure, _) in enumerate(keys):
         order.setdefault(structure, []).append(k)
@@ -197,10 +212,15 @@ def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph]) -
         first = idx[0]
         v = Variant(vi, structure, tuple(idx), tuple(svs), graph_at(first))
         if first > 0:
-            d = diff(graph_at(first - 1), graph_at(first))
-            why, witness, loop = _explain(d)
-            v = Variant(vi, structure, tuple(idx), tuple(svs), graph_at(first), first - 1, of[first - 1], why,
-                        witness, loop)
+            model = models[first]
+            prev = next((k for k in range(first - 1, -1, -1) if models[k] == model), None) if model else first - 1
+            if prev is None:  # the first pass of this model: another program than the one before it
+                why, witness, loop = (f"the first pass of `{model}` (the one before ran `{models[first - 1]}`)",
+                                      None, None)
+                prev = first - 1
+            else:
+                why, witness, loop = _explain(diff(graph_at(prev), graph_at(first)))
+            v = Variant(vi, structure, tuple(idx), tuple(svs), graph_at(first), prev, of[prev], why, witness, loop)
         out.append(v)
     return Variants(tuple(out), len(keys), tuple(of))
 
