@@ -847,3 +847,22 @@ def test_a_training_steps_backward_is_its_own_hunk_next_to_an_eval_passs_metrics
     assert f"only A's pass ran backward and an optimizer step \u2192 {len(later)} ops only in A (in `<root>`)" in d.why()
     metric = [h for h in d.structural_hunks if h.only_b]
     assert metric and all(not h.only_a and h.ran is None for h in metric)
+
+
+def test_packed_sequence_lengths_are_a_read_of_the_data():
+    """pack_padded_sequence reads the lengths in C++ (torch does not tag it as a
+    data-dependent shape): a GRU over other lengths runs another number of steps,
+    which was put down to Python state."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    gru, x = nn.GRU(3, 4, batch_first=True), torch.randn(2, 5, 3)
+    graphs = []
+    for lens in (torch.tensor([5, 3]), torch.tensor([4, 2])):
+        with torchtrace.trace(gru) as t:
+            gru(pack_padded_sequence(x, lens, batch_first=True))  # LINE:pack
+        graphs.append(t.graph)
+    [pack] = [n for n in graphs[0].nodes if n.short_op == "_pack_padded_sequence"]
+    assert "witness" in pack.tags and pack.witness.shape == (8, 3)  # 5 + 3 rows
+    [why] = torchtrace.diff(*graphs).why()
+    assert why.startswith(f"`test_diff_causes.py:{line_of('pack')}` read shape [8,3] in A, shape [6,3] in B")

@@ -28,6 +28,9 @@ def _tag(name: str) -> Optional[object]:
 
 _DATA_DEPENDENT = _tag("data_dependent_output")
 _DYNAMIC_SHAPE = _tag("dynamic_output_shape")
+# ops whose output shape comes from tensor data that torch does not tag so: pack_padded_sequence
+# reads the lengths in C++ (a GRU over packed batches runs as many steps as the longest one)
+_SHAPE_FROM_DATA = frozenset({"aten._pack_padded_sequence.default"})
 _RANDOM = _tag("nondeterministic_seeded")
 _INPLACE = _tag("inplace")
 # dispatch keys below a mode's: the backend (CPU, CUDA, SparseCPU, ...) is the highest of them
@@ -87,7 +90,7 @@ class OpInfo:
         self.witness: Optional[str] = None
         if (_DATA_DEPENDENT is not None and _DATA_DEPENDENT in func.tags) or self.name == "aten.is_nonzero.default":
             self.witness = "value"
-        elif _DYNAMIC_SHAPE is not None and _DYNAMIC_SHAPE in func.tags:
+        elif (_DYNAMIC_SHAPE is not None and _DYNAMIC_SHAPE in func.tags) or self.name in _SHAPE_FROM_DATA:
             self.witness = "shape"
         if self.witness is not None:
             tags.append("witness")
