@@ -190,6 +190,16 @@ class GraphDiff:
             lines.append(f"{cause} \u2192 {counts} (in {where})")
         return lines or ([] if self.is_empty else [self.summary()])
 
+    def other_reads(self) -> List[str]:
+        """The reads that differ and explain no hunk, each text once with a count
+        (one line read alike in a loop, Adam's step count per parameter: "(4×)")."""
+        explained = {(h.witness.node_a, h.witness.node_b) for h in self.hunks if h.witness is not None}
+        other: Dict[str, int] = {}
+        for w in self.witnesses:
+            if (w.node_a, w.node_b) not in explained:
+                other[w.describe()] = other.get(w.describe(), 0) + 1
+        return [f"{text} ({n}\u00d7)" if n > 1 else text for text, n in other.items()]
+
     def mirror(self) -> "GraphDiff":
         """The same comparison seen from B: ``diff(b, a)``."""
         return GraphDiff(self.b, self.a, a_first([p.mirror() for p in self.ops]),

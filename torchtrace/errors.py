@@ -5,6 +5,8 @@ so the CLI can print it as ``error: …`` without a traceback.
 """
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any, Optional
 
 __all__ = ["TorchtraceError", "IRError", "RenderError", "UsageError", "WriteError", "NotInGraphError"]
@@ -83,3 +85,13 @@ def exit_error(exc_type: Any, exc: Any) -> Optional[str]:
     if exc_type is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
         return None
     return exc_type.__name__
+
+
+def warn(message: str, stacklevel: int = 3) -> None:
+    """A RuntimeWarning, under the user's filters, that never raises into their
+    code (``-W error`` turns it into an exception inside their model call):
+    then it is written to stderr instead."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+    except Exception:
+        print(message, file=sys.stderr)

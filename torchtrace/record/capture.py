@@ -11,14 +11,13 @@ import os
 import platform
 import sys
 import threading
-import warnings
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode
 
-from ..errors import UsageError
+from ..errors import UsageError, warn
 from ..ir import Graph
 from .autograd import AutogradTracker, grad_fns, storage_ptrs
 from .build import build_graph, open_annotations
@@ -74,16 +73,6 @@ def _stop_in_forked_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_stop_in_forked_child)
-
-
-def warn(message: str, stacklevel: int = 3) -> None:
-    """A RuntimeWarning, under the user's filters, that never raises into their
-    code (``-W error`` turns it into an exception inside their model call):
-    then it is written to stderr instead."""
-    try:
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
-    except Exception:
-        print(message, file=sys.stderr)
 
 
 class Capture:

@@ -21,12 +21,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch.nn.utils.parametrize import ParametrizationList
 
-from ..errors import UsageError, exit_error
+from ..errors import UsageError, exit_error, warn
 from ..ir import Graph
 from ..store import Store
 from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
-from .capture import Capture, capture_options, warn
+from .capture import Capture, capture_options
 from .compiled import Uncompiled
 from .frames import caller_name
 

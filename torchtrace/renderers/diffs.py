@@ -102,13 +102,8 @@ def detail_lines(diff: "GraphDiff") -> List[str]:
                      + (f"; {len(diff.args) - 6} more" if len(diff.args) > 6 else ""))
     if diff.inputs:
         lines.append("inputs: " + "; ".join(i.describe() for i in diff.inputs))
-    explained = {(h.witness.node_a, h.witness.node_b) for h in diff.hunks if h.witness is not None}
-    other: Dict[str, int] = {}  # (one line read alike in a loop, Adam's step per parameter: once, counted)
-    for w in diff.witnesses:
-        if (w.node_a, w.node_b) not in explained:
-            other[w.describe()] = other.get(w.describe(), 0) + 1
-    if other:
-        said = [f"{text} ({n}\u00d7)" if n > 1 else text for text, n in other.items()]
+    said = diff.other_reads()
+    if said:
         lines.append("other reads that differ: " + "; ".join(said[:4])
                      + (f"; {len(said) - 4} more" if len(said) > 4 else ""))
     if any(diff.ignored):
