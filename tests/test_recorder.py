@@ -1119,3 +1119,25 @@ def test_torchtrace_warnings_never_raise_into_the_users_code():
     assert res.returncode == 0, res.stderr
     assert res.stdout == "3 True torch.Size([2, 1])\n"
     assert "stopped recording after max_ops=3 ops" in res.stderr
+
+
+def test_gradient_processing_before_the_step_is_optimizer_phase():
+    """clip_grad_norm_ between backward and opt.step() read the gradients as
+    phase forward: it was drawn in the forward view. A loss read after backward
+    stays forward."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with torchtrace.trace(m) as t:
+        loss = m(torch.randn(5, 4)).pow(2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)  # LINE:clip
+        loss.item()  # LINE:item
+        opt.step()
+    g = t.graph
+    clip = [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, "clip")]
+    assert clip and {n.phase for n in clip} == {"optimizer"}
+    assert {n.short_op for n in clip} & {"_foreach_norm", "linalg_vector_norm", "_foreach_mul_", "mul_.Tensor"}
+    [item] = [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, "item")]
+    assert item.phase == "forward"
+    assert all(n.phase == "forward" for n in g.nodes if n.module is not None and n.phase != "backward")

@@ -12,7 +12,8 @@ Vocabulary (closed; ``Graph.validate`` checks it):
 * ``Node.kind``: ``op`` (one aten/prims/c10d overload that ran).
 * ``Node.phase``: ``forward``, ``backward`` (run by the autograd engine),
   ``recompute`` (forward ops re-run by activation checkpointing during
-  backward), ``optimizer`` (inside ``Optimizer.step``).
+  backward), ``optimizer`` (inside ``Optimizer.step``, and ops computed from
+  the gradients outside any module after backward: ``clip_grad_norm_``).
 * ``Node.tags``: see ``TAGS``.
 
 Ids are ``v<k>``, ``n<k>``, ``m<k>``, ``a<k>`` in order of first appearance.

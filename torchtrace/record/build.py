@@ -211,6 +211,9 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     raised: List[Dict[str, str]] = []
     # ops of a generator forward's own body run as its caller iterates, outside the call
     in_generator = capture.scope.generator_calls()
+    # gradients: what backward made, and what was made from them outside any module after it
+    # (clip_grad_norm_, GradScaler.unscale_ before opt.step()): that processing is optimizer phase
+    from_grads: set = set()
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
@@ -219,6 +222,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if module is None and in_generator and ev[E_CODE] is not None:
             module = in_generator.get(id(ev[E_CODE]))
         if ph == BACKWARD:
+            from_grads.update(ev[E_OUTS])
             fwd = ag.forward_op_of(ev[E_ANODE])
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
                 module = events[fwd][E_MOD]
@@ -231,8 +235,10 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if info.annotation:
             _annotate(annotations, info, args)
             in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
-        elif in_optimizer and ph == 0 and module is None:  # (a closure's model call inside step: forward)
-            phase = "optimizer"
+        elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):
+            phase = "optimizer"  # (a closure's model call inside step: forward)
+            if not in_optimizer:
+                from_grads.update(ev[E_OUTS])
         tags = info.tags
         if info.is_detach and (_bookkeeping(events, infos, i, created)
                                or (ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]))):
