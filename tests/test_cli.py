@@ -540,3 +540,26 @@ def test_run_dash_m_runs_a_module_as_python_does_and_typos_are_no_scripts(tmp_pa
                         (["run"], "no script to run")):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and res.output.startswith(f"error: {words}"), (args, res.output)
+
+
+def test_run_cut_step_records_a_pass_per_mark_step(tmp_path):
+    """A model called on two views per step made two passes per step."""
+    s = _script(tmp_path, """
+        import torch, torchtrace
+        m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        x = torch.randn(6, 4)
+        for step in range(3):
+            torchtrace.mark_step()
+            loss = (m(x + 0.1) - m(x - 0.1)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    """)
+    for cut, passes in (("root", 7), ("step", 3)):  # (root: the data made before the first forward too)
+        res = subprocess.run([EXE, "run", "--cut", cut, "--out", str(tmp_path / cut), str(s)], capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        with Store(tmp_path / cut / "trace.db", readonly=True) as store:
+            assert len(store.passes()) == passes, (cut, res.stderr)
+    assert "recorded 3 passes in 1 variant" in res.stderr

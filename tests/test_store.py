@@ -954,3 +954,28 @@ def test_code_after_the_last_step_is_said_to_be_that(tmp_path):
     assert torchtrace.diff(a, b).why() == ["B's pass is the last one recorded: it ran on to the end of the script "
                                            "(or of the Recorder block), past its last step \u2192 1 op only in B "
                                            "(in `<root>`)"]
+
+
+def test_cut_at_step_makes_one_pass_per_step_whatever_the_calls(tmp_path):
+    """A cell called once per time step (or a model called on two views) made a
+    pass per call: `cut="step"` starts passes at `step()` / `mark_step()` only."""
+    torch.manual_seed(0)
+    cell, x = nn.GRUCell(3, 4), torch.randn(5, 2, 3)
+    with torchtrace.Recorder(tmp_path / "t.db", cut="step") as rec:
+        cell(x[0], torch.zeros(2, 4))  # setup before the first step: no pass
+        for i in range(3):
+            rec.step(i)
+            h = torch.zeros(2, 4)
+            for t in range(5):
+                h = cell(x[t], h)
+            h.sum().backward()
+            cell.zero_grad(set_to_none=True)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert [(p.step, p.label) for p in passes] == [(i, f"cell (GRUCell) {i}") for i in range(3)]
+        assert len({p.structure_fp for p in passes}) == 1
+        g = store.graph(1)
+    assert [c.call for c in g.modules if c.path == ""] == [0, 1, 2, 3, 4]  # five calls of the cell, one pass
+    assert {n.phase for n in g.nodes} == {"forward", "backward"}
+    with pytest.raises(torchtrace.TorchtraceError, match="cut"):
+        torchtrace.Recorder(tmp_path / "u.db", cut="steps")

@@ -32,6 +32,11 @@ out = Console(highlight=False, emoji=False)
 
 Phase = Enum("Phase", {p: p for p in PHASE_CHOICES}, type=str)  # the views' own list
 
+class Cut(str, Enum):
+    root = "root"
+    step = "step"
+
+
 class Fmt(str, Enum):
     text = "text"
     dot = "dot"
@@ -106,6 +111,8 @@ def run(ctx: typer.Context,
         skip: List[str] = typer.Option([], "--skip", help="source prefix to skip for lines, e.g. transformers/"),
         render_fmt: Optional[Fmt] = typer.Option(None, "--render", help="also write a render of each new variant"),
         max_ops: Optional[int] = typer.Option(None, "--max-ops", min=1, help="cap on ops recorded per pass"),
+        cut: Cut = typer.Option(Cut.root, "--cut", help="where passes start: at each root model call, or at "
+                                "each torchtrace.mark_step() (a model called twice per step)"),
         nproc: Optional[int] = typer.Option(None, "--nproc-per-node", min=1,
                                             help="start N ranks with torchrun; all record into one store")) -> None:
     """Run SCRIPT like `python SCRIPT ARGS...` and record every forward pass of its models."""
@@ -130,7 +137,8 @@ def run(ctx: typer.Context,
                          "`torchtrace run --help`), then the script and its arguments", found=script,
                          fix="check the spelling, e.g. --max-passes, --every, --out"))
     options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
-                         render=None if render_fmt is None else render_fmt.value, max_ops=max_ops, module=module)
+                         render=None if render_fmt is None else render_fmt.value, max_ops=max_ops, module=module,
+                         cut=cut.value)
     try:
         if nproc is not None:
             if module is not None:

@@ -39,6 +39,7 @@ class RunOptions:
     skip: Sequence[str] = ()
     render: Optional[str] = None
     max_ops: Optional[int] = None
+    cut: str = "root"  # "step": passes start at torchtrace.mark_step() only
     module: Optional[str] = None  # `-m MODULE`: the script is that module, run as `python -m` runs it
 
 
@@ -203,7 +204,7 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
             progress.status = status
             status.start()
         recorder = Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
-                            skip=options.skip, on_pass=progress.on_pass,
+                            skip=options.skip, on_pass=progress.on_pass, cut=options.cut,
                             **({} if options.max_ops is None else {"max_ops": options.max_ops}))
         recorder.launched = True
         with recorder:
@@ -241,7 +242,8 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
     with _store_in(options.out) as store_path:
         Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
         spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
-                           "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops})
+                           "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops,
+                           "cut": options.cut})
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "torchtrace.launch", spec, script, *argv]
         code = subprocess.call(cmd)
@@ -260,7 +262,7 @@ def _worker_main(args: Sequence[str]) -> int:
     spec = json.loads(args[0])
     options = RunOptions(out=Path(spec["out"]), max_passes=spec["max_passes"], every=spec["every"],
                          backward=spec["backward"], skip=tuple(spec["skip"]), render=None,
-                         max_ops=spec["max_ops"])
+                         max_ops=spec["max_ops"], cut=spec["cut"])
     return run_script(args[1], list(args[2:]), options, worker=True)
 
 

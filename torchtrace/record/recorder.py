@@ -53,12 +53,14 @@ class Recorder:
     ``every``: record every k-th pass of each root model; ``max_passes``: stop after n recorded;
     ``backward=False``: record only up to the root module's return.
     ``on_pass(graph, index)`` is called after each pass is stored.
+    ``cut="step"``: passes start at ``step()`` and ``mark_step()`` only, not at
+    each root call (a model called twice per step, a cell called per time step).
     """
 
     def __init__(self, store: Union[str, Path, Store] = "torchtrace-out/trace.db", *, every: int = 1,
                  max_passes: Optional[int] = None, backward: bool = True, skip: Iterable[str] = (),
                  max_ops: Optional[int] = DEFAULT_MAX_OPS,
-                 on_pass: Optional[Callable[[Graph, int], None]] = None) -> None:
+                 on_pass: Optional[Callable[[Graph, int], None]] = None, cut: str = "root") -> None:
         if not isinstance(store, (str, Path, Store)) and not hasattr(store, "__fspath__"):
             raise UsageError("bad store", expected="a path to a .db file (str or pathlib.Path) or a Store",
                              found=repr(store), fix="pass e.g. 'runs/trace.db' (or leave it out)")
@@ -68,6 +70,10 @@ class Recorder:
         if max_passes is not None and (not isinstance(max_passes, int) or max_passes < 0):
             raise UsageError("bad `max_passes`", expected="None or an integer >= 0", found=repr(max_passes),
                              fix="use max_passes=None for no limit")
+        if cut not in ("root", "step"):
+            raise UsageError("bad `cut`", expected="'root' (a pass per root model call) or 'step' (a pass per "
+                             "step() / mark_step())", found=repr(cut), fix="use cut='step' with rec.step(i)")
+        self.cut = cut
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
         self._skip, self._max_ops = capture_options(skip, max_ops)
@@ -151,6 +157,20 @@ class Recorder:
             raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
                              found=repr(n), fix="pass the loop counter, e.g. rec.step(i)")
         self._step = step
+        if self.cut == "step" and self.capture is not None:
+            self._cut(start=True)
+
+    def _cut(self, start: bool = False) -> None:
+        """Start the next pass here (``cut="step"``). What came before the first
+        cut was the setup when ``start`` (``step(i)`` at the top of the loop) or
+        when no model ran in it; else it is a pass (``mark_step()`` at the end of
+        each step)."""
+        if self._prelude and (start or self._root is None):
+            self._prelude = False
+            self._begin(root=None)
+        else:
+            self._prelude = False
+            self._boundary(root=None)
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""
@@ -158,6 +178,8 @@ class Recorder:
             return self._outer.mark_step()
         if self.capture is None:  # a forked child's copy
             return
+        if self.cut == "step":
+            return self._cut()
         self._prelude = False
         self._boundary(root=None)
 
@@ -227,6 +249,12 @@ class Recorder:
         def name() -> Optional[str]:
             return caller_name(module, frame)
 
+        if self.cut == "step":  # passes start at step(): the first root call of one names it
+            if self._root is None:
+                self._root = type(module).__name__
+                called = name() if self._sampled else None
+                self._root_label = self._root if called is None else f"{called} ({self._root})"
+            return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
             self._begin(root=type(module).__name__, name=name, key=id(module))
