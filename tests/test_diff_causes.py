@@ -866,3 +866,66 @@ def test_packed_sequence_lengths_are_a_read_of_the_data():
     assert "witness" in pack.tags and pack.witness.shape == (8, 3)  # 5 + 3 rows
     [why] = torchtrace.diff(*graphs).why()
     assert why.startswith(f"`test_diff_causes.py:{line_of('pack')}` read shape [8,3] in A, shape [6,3] in B")
+
+
+def test_a_validation_step_with_a_metric_pairs_its_forward_with_the_training_steps():
+    """Dropout only in the training step, a metric only in the validation step,
+    the forward called from two lines: the forward's ops pair up (they were 11 ops
+    only in A, 11 only in B, put down to Python state)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    m.train()
+    with torchtrace.trace(m) as ta:
+        nn.functional.cross_entropy(m(x), y).backward()
+    m.eval()
+    with torch.no_grad(), torchtrace.trace(m) as tb:
+        out = m(x)
+        nn.functional.cross_entropy(out, y)
+        (out.argmax(-1) == y).float().mean()
+    d = torchtrace.diff(ta.graph, tb.graph)
+    why = d.why()
+    assert "modules in training mode in A, eval mode in B (`.train()`/`.eval()`) \u2192 4 ops only in A (in `1`)" in why
+    metric = [h for h in d.structural_hunks if h.only_b]
+    assert [len(h.only_b) for h in metric] == [4] and not metric[0].only_a  # argmax, eq, _to_copy, mean
+    assert d.moved == 7  # t, addmm, relu, t, addmm, log_softmax, nll_loss: the same ops at another line
+
+
+def test_autocast_casts_of_a_weight_keep_its_backward_aligned():
+    """Under autocast a Linear's weight is cast first: the backward's `t(W)`
+    read the cast, no longer the weight, and was paired with `t(grad)`: a
+    made-up loop and shape changes. The cast carries the parameter's name."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.randn(4, 8), torch.randint(0, 4, (4,))
+    graphs = []
+    for amp in (False, True):
+        m.zero_grad(set_to_none=True)
+        with torchtrace.trace(m) as t:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                out = m(x)
+            nn.functional.cross_entropy(out.float(), y).backward()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    casts = [n for n in graphs[1].nodes if n.short_op == "_to_copy"]
+    assert d.only_a == 0 and d.only_b == len(casts) == 11
+    [why] = d.why()
+    assert why.startswith("dtype casts run only in B: ")
+    assert all(set(p.what) <= {"dtype", "line"} for h in d.changed_hunks for p in h.changed)
+
+
+def test_two_inputs_of_one_name_are_told_apart():
+    """Two models' calls in one pass each name their argument `input`: the
+    second one's was compared with the other pass's first."""
+    torch.manual_seed(0)
+    g_, d_ = nn.Sequential(nn.Linear(4, 2)), nn.Sequential(nn.Linear(2, 1))
+    real, z = torch.randn(3, 2), torch.randn(3, 4)
+    graphs = []
+    for second in (real, z):
+        with torchtrace.trace() as t:
+            d_(real).sum()
+            (d_ if second is real else g_)(second).sum()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    changed = [(i.name, i.describe()) for i in d.inputs]
+    assert [name for name, _ in changed] == ["input (2nd)"], changed

@@ -25,6 +25,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from .lcs import iterations, lcs
+from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node, Value
@@ -47,9 +48,11 @@ def _base(file: str) -> str:
 
 
 STATE = ("param", "buffer")
+CASTS = ("aten._to_copy", "aten.to", "aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout",
+         "prims.convert_element_type", "prims.convert_element_type.default")
 
 
-def signature(g: "Graph", n: "Node") -> Sig:
+def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None) -> Sig:
     src = n.source
     sig: Sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
                 src.line if src is not None else 0)
@@ -59,17 +62,19 @@ def signature(g: "Graph", n: "Node") -> Sig:
         sig += (_base(caller.file), caller.line)
     # the parameters it reads: a Linear's backward computes the grad of its input from its weight,
     # the grad of its weight from activations, with the same ops at the same line
-    state = tuple(v.name for v in map(lambda vid: _base_value(g, vid), n.inputs) if v.role in STATE)
+    state = tuple(v.name for v in (_base_value(g, vid, cast_of or {}) for vid in n.inputs) if v.role in STATE)
     return sig + (state,) if state else sig
 
 
-def _base_value(g: "Graph", vid: str) -> "Value":
-    """The value ``vid`` is a view of (``W.t()`` saved for backward: ``W``), or itself."""
+def _base_value(g: "Graph", vid: str, cast_of: Dict[str, str]) -> "Value":
+    """The value ``vid`` is a view or a cast of (``W.t()`` saved for backward,
+    autocast's ``W.to(bf16)``: ``W``), or itself."""
     v = g.value(vid)
     for _ in range(8):
-        if v.alias_of is None:
+        up = v.alias_of or cast_of.get(v.id)
+        if up is None:
             break
-        v = g.value(v.alias_of)
+        v = g.value(up)
     return v
 
 
@@ -106,7 +111,8 @@ class Side:
     def __init__(self, g: "Graph") -> None:
         self.graph = g
         self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
-        self.sigs: List[Sig] = [signature(g, n) for n in self.nodes]
+        cast_of = {n.outputs[0]: n.inputs[0] for n in g.nodes if n.op in CASTS and n.inputs and n.outputs}
+        self.sigs: List[Sig] = [signature(g, n, cast_of) for n in self.nodes]
         self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
         self.ignored = len(g.nodes) - len(self.nodes)
         self.reads: Dict[Sig, List[int]] = {}
@@ -127,9 +133,24 @@ class Side:
         return {k: len(v) for k, v in sites.items()}
 
     @cached_property
+    def named(self) -> Dict[str, "Value"]:
+        """Parameters and inputs by name, first versions; a name the pass gave
+        twice (two models' inputs both called `input`) gets its ordinal after
+        the first: `input (2nd)`."""
+        out: Dict[str, "Value"] = {}
+        for v in self.graph.values:
+            if v.role in ("param", "input") and v.name and v.version_of is None:
+                name, k = v.name, 1
+                while name in out:
+                    k += 1
+                    name = f"{v.name} ({ordinal(k)})"
+                out[name] = v
+        return out
+
+    @cached_property
     def trainable(self) -> Dict[str, bool]:
         """Parameter (and input) name -> whether it required grad in the pass."""
-        return {v.name: v.requires_grad for v in self.graph.values if v.role in ("param", "input") and v.name}
+        return {name: v.requires_grad for name, v in self.named.items()}
 
     @cached_property
     def training(self) -> Dict[Tuple[str, int], Optional[bool]]:
@@ -200,7 +221,7 @@ def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) ->
     same module called from another line (a validation step's forward against a
     training step's, the same function traced from two lines) ran in both passes.
     Such a pair is "changed" by its line alone; what stays unpaired is the hunk.
-    Used only where every op of one side of the run pairs up."""
+    Used only where most ops of the side with fewer in the run pair up."""
     k = 0
     while k < len(pairs):
         if pairs[k][0] is not None and pairs[k][1] is not None:
@@ -214,9 +235,9 @@ def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) ->
         order: Dict[Hashable, int] = {}
         matches = lcs([order.setdefault(ka[i], len(order)) for i in xs],
                       [order.setdefault(kb[j], len(order)) for j in ys]) if xs and ys else []
-        # only where one side's ops all pair up: the same code called from elsewhere (with more on the
-        # other side); two arms of an `if` share an op or two, never all of one arm
-        if matches and len(matches) in (len(xs), len(ys)):
+        # only where most ops of the side with fewer pair up: the same code called from elsewhere (with
+        # more on either side); two arms of an `if` share an op or two
+        if matches and 2 * len(matches) > min(len(xs), len(ys)):
             run: List[Pair] = []
             p0 = q0 = 0
             for p, q in matches + [(len(xs), len(ys))]:

@@ -342,10 +342,10 @@ def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange
     """Named inputs of the traced call whose type differs, then the unnamed
     tensors from outside the pass that aligned ops read with other types,
     counted by role and types."""
-    def named(g: "Graph") -> Dict[str, str]:
-        return {v.name: type_str(v) for v in g.values if v.role == "input" and v.name and v.version_of is None}
+    def named(s: "Side") -> Dict[str, str]:
+        return {name: type_str(v) for name, v in s.named.items() if v.role == "input"}
 
-    ta, tb = named(A.graph), named(B.graph)
+    ta, tb = named(A), named(B)
     out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]
            if ta.get(k) != tb.get(k)]
     counts: Counter = Counter()

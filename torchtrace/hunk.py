@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .align import Side
+from .align import CASTS, Side
 from .classify import ACCUMULATE, ArgChange, InputChange, OpPair, Rewire
 from .explain import ARROW, LoopChange, WitnessChange, plural, where
 from .textform import dtype_short
@@ -306,9 +306,6 @@ def recomputed(rows: Sequence[OpPair]) -> bool:
     sides = {p.a is None for p in rows}
     return bool(nodes) and len(sides) == 1 and all(n is not None and n.phase == "recompute" for n in nodes)
 
-
-CASTS = ("aten._to_copy", "aten.to", "aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout",
-         "prims.convert_element_type", "prims.convert_element_type.default")
 
 
 def casts(rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChange, ...]:
