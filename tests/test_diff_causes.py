@@ -844,7 +844,8 @@ def test_a_training_steps_backward_is_its_own_hunk_next_to_an_eval_passs_metrics
         (out.argmax(-1) == y).float().mean()  # accuracy: only the eval pass computes it
     d = torchtrace.diff(ta.graph, tb.graph)
     later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer") and "autograd_internal" not in n.tags]
-    assert f"only A's pass ran backward and an optimizer step \u2192 {len(later)} ops only in A (in `<root>`)" in d.why()
+    ran = "only A's pass ran backward and an optimizer step"
+    assert f"{ran} \u2192 {len(later)} ops only in A (in `<root>`)" in d.why()
     metric = [h for h in d.structural_hunks if h.only_b]
     assert metric and all(not h.only_a and h.ran is None for h in metric)
 

@@ -121,7 +121,7 @@ def test_a_new_variant_is_explained_against_the_same_models_last_pass(tmp_path):
     torch.manual_seed(0)
     gen, disc = nn.Sequential(nn.Linear(2, 4)), nn.Sequential(nn.Linear(4, 1))
     z, real = torch.randn(3, 2), torch.randn(3, 4)
-    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+    with torchtrace.Recorder(tmp_path / "t.db"):
         for i in range(3):
             gen(z).pow(2).mean().backward()
             out = disc(real)
