@@ -528,13 +528,15 @@ def test_run_dash_m_runs_a_module_as_python_does_and_typos_are_no_scripts(tmp_pa
             m(torch.ones(1, 2)).sum().backward()
         print(sys.argv, __name__, __package__, helper.X, sys.path[0])
     """))
-    ref = subprocess.run([sys.executable, "-m", "pkg.train", "a", "--b"], capture_output=True, text=True,
+    own = ["a", "--out", "ckpt", "--every", "3"]  # the module's arguments, run's option names among them
+    ref = subprocess.run([sys.executable, "-m", "pkg.train", *own], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
-    res = subprocess.run([EXE, "run", "--out", "o", "-m", "pkg.train", "a", "--b"], capture_output=True, text=True,
+    res = subprocess.run([EXE, "run", "--out", "o", "-m", "pkg.train", *own], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300)
     assert ref.returncode == res.returncode == 0, res.stderr
     assert res.stdout == ref.stdout  # argv[0] the module's file, __main__, the package, the cwd on sys.path
-    assert "recorded 2 passes" in res.stderr
+    assert "recorded 2 passes" in res.stderr and (tmp_path / "o" / "trace.db").exists()
+    assert not (tmp_path / "ckpt").exists()
     for args, words in ((["run", "-m", "nope.x"], "nope.x: no such module"),
                         (["run", "--max-pass", "3", "m.py"], "no such option: --max-pass"),
                         (["run"], "no script to run")):
@@ -563,3 +565,17 @@ def test_run_cut_step_records_a_pass_per_mark_step(tmp_path):
         with Store(tmp_path / cut / "trace.db", readonly=True) as store:
             assert len(store.passes()) == passes, (cut, res.stderr)
     assert "recorded 3 passes in 1 variant" in res.stderr
+
+
+def test_a_negative_exit_status_is_no_ctrl_c(tmp_path):
+    """`sys.exit(-2)` is status 254 under python; it read as the Ctrl-C marker."""
+    s = _script(tmp_path, """
+        import sys, torch
+        torch.nn.Linear(2, 2)(torch.ones(1, 2))
+        sys.exit(-2)
+    """)
+    ref = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == res.returncode == 254
+    assert "(exit 254)" in res.stderr and "interrupted" not in res.stderr

@@ -979,3 +979,29 @@ def test_cut_at_step_makes_one_pass_per_step_whatever_the_calls(tmp_path):
     assert {n.phase for n in g.nodes} == {"forward", "backward"}
     with pytest.raises(torchtrace.TorchtraceError, match="cut"):
         torchtrace.Recorder(tmp_path / "u.db", cut="steps")
+
+
+def test_read_only_stores_refuse_writes_and_never_drop_a_log(tmp_path, monkeypatch):
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            m(torch.ones(1, 2))
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        g = store.graph(0)
+        with pytest.raises(torchtrace.TorchtraceError, match="read-only"):  # (was sqlite3's OperationalError)
+            store.add(g)
+        assert store.graph(2).meta.get("last") is True and "last" not in store.graph(1).meta
+    # a read-only folder whose store still has its last writes in the WAL: an error, not fewer passes
+    (tmp_path / "t.db-wal").write_bytes(b"\0" * 32)
+    real = sqlite3.connect
+
+    def connect(database, *args, **kwargs):
+        if "mode=ro" in str(database):
+            e = sqlite3.OperationalError("unable to open database file")
+            e.sqlite_errorcode = 14  # SQLITE_CANTOPEN
+            raise e
+        return real(database, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(torchtrace.TorchtraceError, match="write-ahead log"):
+        Store(tmp_path / "t.db", readonly=True)

@@ -278,12 +278,30 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
         _fail(e)
 
 
+def _module_args_are_its_own(args: List[str]) -> List[str]:
+    """``run [opts] -m MODULE ARGS``: like ``python -m``, everything after the
+    module is the module's, options of ``run`` included (``--out``): a ``--`` is
+    put after the module's name so that click parses nothing there."""
+    if "run" not in args:
+        return args
+    import typer.main
+
+    takes_value = {o for p in typer.main.get_command(app).commands["run"].params  # type: ignore[attr-defined]
+                   if p.param_type_name == "option" and not getattr(p, "is_flag", False) for o in p.opts}
+    k = args.index("run") + 1
+    while k < len(args) and args[k].startswith("-") and args[k] != "--":
+        if args[k] == "-m" and k + 1 < len(args):
+            return args[:k + 2] + ["--"] + args[k + 2:] if args[k + 2:k + 3] != ["--"] else args
+        k += 2 if args[k] in takes_value else 1
+    return args
+
+
 def main() -> None:
     """The console script: a usage error (a bad option value, a missing argument,
     an unknown command) prints the same one ``error:`` line as torchtrace's own
     errors and exits 2, instead of click's framed box."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=_module_args_are_its_own(sys.argv[1:]), standalone_mode=False)
     except Exception as e:  # click's exceptions, from typer's own copy of click or from click
         kinds = {c.__name__ for c in type(e).__mro__}
         if "Abort" in kinds:

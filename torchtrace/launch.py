@@ -136,8 +136,8 @@ def _lock(fd: int, out: Path) -> None:
 def _exit_code(e: SystemExit, console: Console) -> int:
     if e.code is None:
         return 0
-    if isinstance(e.code, int):
-        return e.code
+    if isinstance(e.code, int):  # as the OS keeps it: sys.exit(-2) is 254 (never INTERRUPTED)
+        return e.code % 256
     console.print(str(e.code), markup=False, highlight=False)  # sys.exit("message") prints and returns 1
     return 1
 

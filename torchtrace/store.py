@@ -100,6 +100,7 @@ class Store:
             except OSError as e:
                 raise WriteError.of(self.path, e) from None
         # as_uri() escapes what a URI would read as syntax: '?', '#', '%' in folder names
+        self.readonly = readonly
         uri = f"{self.path.absolute().as_uri()}?mode=ro" if readonly else str(self.path)
         try:
             try:
@@ -108,7 +109,14 @@ class Store:
                 if not readonly or getattr(e, "sqlite_errorcode", None) != _CANTOPEN:
                     raise
                 # a read-only folder: SQLite cannot make the WAL index beside the file; nothing can
-                # write there either, so the file is read as it is
+                # write there either, so the file is read as it is -- unless its last writes are still in
+                # the WAL, which such a read would silently leave out
+                wal = Path(f"{self.path}-wal")
+                if wal.exists() and wal.stat().st_size > 0:
+                    raise IRError("the store's last passes are in its write-ahead log", where=str(wal),
+                                  expected="a folder SQLite may write its index into, to read the log",
+                                  found="a read-only folder", fix="copy the folder (trace.db with trace.db-wal) "
+                                  "somewhere writable and read the copy") from None
                 self.db = self._connect(uri.replace("?mode=ro", "?immutable=1"), readonly)
             version, tables = _retry_locked(lambda: self._setup(readonly))
         except sqlite3.DatabaseError as e:
@@ -163,12 +171,18 @@ class Store:
     # -- writing ---------------------------------------------------------------
     def add(self, graph: Graph, *, idx: Optional[int] = None, wall_s: Optional[float] = None) -> int:
         """Store one pass atomically; returns its pass index (per rank)."""
+        if self.readonly:
+            raise WriteError("cannot add a pass to a store opened read-only", where=str(self.path),
+                             expected="Store(path) (writable)", found="Store(path, readonly=True)",
+                             fix="open it with Store(path) to record into it")
         meta = graph.meta
         rank = int(meta.get("rank") or 0)
         fp = graph.fingerprints
         witnesses: Dict[str, Any] = {n.id: n.witness.read() for n in graph.witnesses()}
         if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
             witnesses["grads"] = [gi.norm for gi in graph.autograd.grads]
+        if meta.get("last"):  # (and whether it was the Recorder's last: not the stored graph's)
+            witnesses["last"] = True
         phases = Counter(n.phase for n in graph.nodes)  # (optimizer and recompute ops are neither)
         with self._transaction():
             if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ? AND rank = ?",
@@ -233,11 +247,15 @@ class Store:
         with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
+            last = own.pop("last", False) is True
             nodes = tuple(replace(n, witness=_own_read(own[n.id], n.witness)) if n.id in own else n for n in g.nodes)
             autograd = g.autograd
             if isinstance(norms, list) and len(norms) == len(autograd.grads):
                 autograd = replace(autograd, grads=tuple(replace(gi, norm=x) for gi, x in zip(autograd.grads, norms)))
         meta = dict(g.meta, step=step, label=label, created=started, error=error, pass_index=idx)
+        meta.pop("last", None)  # (the stored graph's may be another pass's)
+        if last:
+            meta["last"] = True
         return Graph(meta=meta, modules=g.modules, values=g.values, nodes=nodes, outputs=g.outputs,
                      autograd=autograd, fingerprints=g.fingerprints)
 

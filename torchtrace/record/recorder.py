@@ -46,6 +46,13 @@ def _is_model_call(module: torch.nn.Module) -> bool:
     return not isinstance(module, ParametrizationList) and next(module.parameters(), None) is not None
 
 
+def model_key(module: torch.nn.Module) -> Tuple[str, int]:
+    """What ``every`` counts passes by: the model's class and size. A GAN's two
+    ``Sequential``s are counted apart; a model built anew each step is the same
+    model (an object's id is no key: a new one takes a freed one's address)."""
+    return type(module).__qualname__, sum(p.numel() for p in module.parameters())
+
+
 class Recorder:
     """Context manager recording every root pass into a trace store.
 
@@ -85,7 +92,7 @@ class Recorder:
         # modules seen as roots: id -> (weakref, has parameters). While a pass is
         # not sampled, a pre-hook on each of them replaces the global module hooks,
         # so every other module call keeps torch's hook-free fast path.
-        self._roots: Dict[int, Tuple[Any, bool]] = {}
+        self._roots: Dict[int, Tuple[Any, bool, Tuple[str, int]]] = {}  # id -> (weakref, a model?, model_key)
         self._prep: frozenset = frozenset()  # the last input preparation dropped at a boundary
         self._root_handles: List[Any] = []
         self.launched = False  # the Recorder of `torchtrace run` (a script's own one then stands aside)
@@ -113,7 +120,7 @@ class Recorder:
         self.capture.on_compiled = self._uncompiled.add
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
-        self._seen: Dict[Optional[int], int] = {}  # passes begun per root module (id; None: mark_step)
+        self._seen: Dict[Optional[Tuple[str, int]], int] = {}  # passes begun per model (model_key; None: step())
         try:
             self._begin(root=None, count=False)
             self.capture.start(with_mode=self._sampled)
@@ -185,10 +192,10 @@ class Recorder:
 
     # -- passes -------------------------------------------------------------------
     def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None,
-               key: Optional[int] = None, count: bool = True) -> None:
+               key: Optional[Tuple[str, int]] = None, count: bool = True) -> None:
         """Start pass ``self.index`` at a call of a ``root`` class; ``name()``
         says what the caller called it (only asked for a recorded pass). ``every``
-        counts the passes of each root module (``key``, its id) apart: a GAN's
+        counts the passes of each model (``key``, ``model_key``) apart: a GAN's
         generator and discriminator steps alternate, and ``every=2`` samples both."""
         cap = self.capture
         assert cap is not None
@@ -228,7 +235,7 @@ class Recorder:
             self.on_pass(graph, stored)
 
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
-                  name: Optional[Callable[[], Optional[str]]] = None, key: Optional[int] = None) -> None:
+                  name: Optional[Callable[[], Optional[str]]] = None, key: Optional[Tuple[str, int]] = None) -> None:
         if self._sampled and inputs:
             # the ops that only built the next call's inputs (data loading) are left out of this step
             prep = input_prep(self.capture.mode, inputs)
@@ -243,7 +250,7 @@ class Recorder:
             return
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
-            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
+            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module), model_key(module))
         if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
             return
         def name() -> Optional[str]:
@@ -257,12 +264,12 @@ class Recorder:
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
-            self._begin(root=type(module).__name__, name=name, key=id(module))
+            self._begin(root=type(module).__name__, name=name, key=e[2])
             return
         # the next call's inputs matter only to trim a recorded pass (kwargs cost an f_locals)
         self._boundary(root=type(module).__name__,
                        inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name,
-                       key=id(module))
+                       key=e[2])
 
     def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:
@@ -286,7 +293,7 @@ class Recorder:
         assert cap is not None
         if self._root_handles:
             return  # already watching
-        roots = [r() for r, has in self._roots.values() if has]
+        roots = [r() for r, has, _ in self._roots.values() if has]
         roots = [m for m in roots if m is not None]
         if not roots:
             return  # nothing known to watch yet: keep the global hooks
