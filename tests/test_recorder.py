@@ -1141,3 +1141,20 @@ def test_gradient_processing_before_the_step_is_optimizer_phase():
     [item] = [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, "item")]
     assert item.phase == "forward"
     assert all(n.phase == "forward" for n in g.nodes if n.module is not None and n.phase != "backward")
+
+
+def test_a_gradient_penalty_stays_forward():
+    """autograd.grad(create_graph=True)'s results feed the loss (a gradient
+    penalty, MAML's inner step): forward ops, not gradient processing."""
+    torch.manual_seed(0)
+    d = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    x = torch.randn(5, 4, requires_grad=True)
+    with torchtrace.trace(d) as t:
+        out = d(x)
+        g, = torch.autograd.grad(out.sum(), x, create_graph=True)
+        gp = ((g.norm(2, dim=1) - 1) ** 2).mean()  # LINE:penalty
+        (out.mean() + gp).backward()
+    line = zoo.marked_line(__file__, "penalty")
+    ops = [n for n in t.graph.nodes if n.source is not None and n.source.line == line]
+    assert {n.phase for n in ops} == {"forward", "backward"}  # its ops, and their backward
+    assert not any(n.phase == "optimizer" for n in t.graph.nodes)

@@ -211,9 +211,10 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     raised: List[Dict[str, str]] = []
     # ops of a generator forward's own body run as its caller iterates, outside the call
     in_generator = capture.scope.generator_calls()
-    # gradients: what backward made, and what was made from them outside any module after it
-    # (clip_grad_norm_, GradScaler.unscale_ before opt.step()): that processing is optimizer phase
-    from_grads: set = set()
+    # the .grads backward left (not autograd.grad's results: a gradient penalty, MAML's inner step
+    # are forward), and what was made from them outside any module after it (clip_grad_norm_,
+    # GradScaler.unscale_ before opt.step()): that processing is optimizer phase
+    from_grads = set(grads)  # (and, below, what AccumulateGrad puts in .grad)
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
@@ -222,7 +223,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if module is None and in_generator and ev[E_CODE] is not None:
             module = in_generator.get(id(ev[E_CODE]))
         if ph == BACKWARD:
-            from_grads.update(ev[E_OUTS])
+            if ag.is_accumulate(ev[E_ANODE]):
+                from_grads.update(ev[E_OUTS])
             fwd = ag.forward_op_of(ev[E_ANODE])
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
                 module = events[fwd][E_MOD]
