@@ -1158,3 +1158,23 @@ def test_a_gradient_penalty_stays_forward():
     ops = [n for n in t.graph.nodes if n.source is not None and n.source.line == line]
     assert {n.phase for n in ops} == {"forward", "backward"}  # its ops, and their backward
     assert not any(n.phase == "optimizer" for n in t.graph.nodes)
+
+
+def test_a_hand_written_update_does_not_make_the_next_forward_optimizer_phase():
+    """`w -= lr * w.grad` is the update (optimizer phase); the next iteration's
+    forward reads the updated `w` and is forward again (it was optimizer)."""
+    torch.manual_seed(0)
+    w, x = torch.randn(4, 1, requires_grad=True), torch.randn(8, 4)
+    with torchtrace.trace() as t:
+        for _ in range(3):
+            loss = (x @ w).pow(2).mean()  # LINE:fwd
+            loss.backward()
+            with torch.no_grad():
+                w -= 0.1 * w.grad  # LINE:update
+                w.grad.zero_()
+    g = t.graph
+    fwd = [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, "fwd")
+           and n.phase != "backward"]
+    assert len(fwd) == 9 and {n.phase for n in fwd} == {"forward"}  # mm, pow, mean: three times
+    update = [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, "update")]
+    assert {n.phase for n in update} == {"optimizer"}

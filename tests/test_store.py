@@ -1005,3 +1005,22 @@ def test_read_only_stores_refuse_writes_and_never_drop_a_log(tmp_path, monkeypat
     monkeypatch.setattr(sqlite3, "connect", connect)
     with pytest.raises(torchtrace.TorchtraceError, match="write-ahead log"):
         Store(tmp_path / "t.db", readonly=True)
+
+
+@pytest.mark.parametrize("order", ["mark_at_end", "mark_then_step"])
+def test_cut_at_step_takes_a_mark_and_a_step_together_as_one_cut(tmp_path, order):
+    """`step(i)` and `mark_step()` both in a step made an empty pass between them,
+    which `every` counted: every=2 sampled all steps, or none."""
+    torch.manual_seed(0)
+    m, x = nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4)
+    with torchtrace.Recorder(tmp_path / "t.db", cut="step", every=2) as rec:
+        for i in range(6):
+            if order == "mark_then_step":
+                torchtrace.mark_step()
+            rec.step(i)
+            m(x).sum().backward()
+            m.zero_grad(set_to_none=True)
+            if order == "mark_at_end":
+                torchtrace.mark_step()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [p.step for p in store.passes()] == [0, 2, 4]

@@ -137,3 +137,38 @@ def test_a_new_variant_is_explained_against_the_same_models_last_pass(tmp_path):
     later = [w for w in whys[2:]]
     assert any(prev == 3 and "1 op only in B" in why for prev, why in later), whys  # pass 5 against pass 3
     assert all("first pass of" not in why for _, why in later)
+
+
+def test_one_model_called_through_two_names_is_one_model(tmp_path):
+    """`model` in the loop, `net` in an evaluate() helper: the same parameters,
+    so the eval pass is explained against the training pass."""
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from torchtrace.families import store_variants
+    from torchtrace.store import Store
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+
+    def evaluate(net):
+        net.eval()
+        with torch.no_grad():
+            F.mse_loss(net(x), y)
+        net.train()
+
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for i in range(2):
+            rec.step(i)
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        evaluate(model)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        records, vs = store_variants(store)
+        assert [r.label.split(" (")[0] for r in records] == ["model", "model", "net"]
+        last = vs.variant_of(2)
+        assert last.previous == 1 and "first pass of" not in last.why
+        assert "modules in training mode in A, eval mode in B" in last.why

@@ -214,6 +214,9 @@ def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph],
         if first > 0:
             model = models[first]
             prev = next((k for k in range(first - 1, -1, -1) if models[k] == model), None) if model else first - 1
+            if prev is None:  # (the same model called through another name: `net` in an evaluate() helper)
+                prev = next((k for k in range(first - 1, -1, -1) if _params(graph_at(k)) == _params(graph_at(first))),
+                            None)
             if prev is None:  # the first pass of this model: another program than the one before it
                 why, witness, loop = (f"the first pass of `{model}` (the one before ran `{models[first - 1]}`)",
                                       None, None)
@@ -223,6 +226,11 @@ def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph],
             v = Variant(vi, structure, tuple(idx), tuple(svs), graph_at(first), prev, of[prev], why, witness, loop)
         out.append(v)
     return Variants(tuple(out), len(keys), tuple(of))
+
+
+def _params(g: Graph) -> frozenset:
+    """A model's parameters as (name, shape): the same model, whatever the caller called it."""
+    return frozenset((v.name, v.shape) for v in g.values if v.role == "param")
 
 
 def _shape_why(graph_at: Callable[[int], Graph], prev: Optional[int], k: int) -> Optional[str]:

@@ -239,8 +239,10 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
         elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):
             phase = "optimizer"  # (a closure's model call inside step: forward)
-            if not in_optimizer:
-                from_grads.update(ev[E_OUTS])
+            ins = [v for v in ev[E_INS] if v >= 0]
+            if not in_optimizer and ins and (from_grads.issuperset(ins) if "inplace" not in info.tags
+                                             else ins[0] in from_grads):
+                from_grads.update(ev[E_OUTS])  # (gradients made from gradients; not `w -= lr * w.grad`'s w)
         tags = info.tags
         if info.is_detach and (_bookkeeping(events, infos, i, created)
                                or (ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]))):

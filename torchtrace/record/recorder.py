@@ -81,6 +81,7 @@ class Recorder:
             raise UsageError("bad `cut`", expected="'root' (a pass per root model call) or 'step' (a pass per "
                              "step() / mark_step())", found=repr(cut), fix="use cut='step' with rec.step(i)")
         self.cut = cut
+        self._cut_by: Optional[bool] = None  # what made the last cut: step() (True) or mark_step()
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
         self._skip, self._max_ops = capture_options(skip, max_ops)
@@ -172,12 +173,18 @@ class Recorder:
         cut was the setup when ``start`` (``step(i)`` at the top of the loop) or
         when no model ran in it; else it is a pass (``mark_step()`` at the end of
         each step)."""
-        if self._prelude and (start or self._root is None):
+        cap = self.capture
+        assert cap is not None
+        if start != self._cut_by and self._root is None and not cap.mode.events and not self._prelude:
+            # `mark_step()` then `step(i)` (or the other way) with nothing between them: one cut
+            self._pass_step = self._step
+        elif self._prelude and (start or self._root is None):
             self._prelude = False
             self._begin(root=None)
         else:
             self._prelude = False
             self._boundary(root=None)
+        self._cut_by = start
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""
