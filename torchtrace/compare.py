@@ -163,7 +163,8 @@ class GraphDiff:
             run_free = h if h.loop is None or h.loop.run is None else replace(h, loop=replace(h.loop, run=None))
             cause = run_free.cause
             groups.setdefault((cause, "their backward" if h.backward_of is not None else ""), []).append(h)
-        lines = [f"{e}: the ops after the raise are missing" for e in self.errors] if errors else []
+        said = {h.stopped for h in self.hunks if h.stopped and h.cause.startswith(h.stopped)}  # (a hunk says it)
+        lines = [f"{e}: the ops after the raise are missing" for e in self.errors if e not in said] if errors else []
         lines += [f"{cut_off(side, g)}: the ops after it were not recorded"
                   for side, g in (("A", self.a), ("B", self.b)) if g.meta.get("truncated")]
         trained = any(n.phase in ("backward", "optimizer") for g in (self.a, self.b) for n in g.nodes)
