@@ -575,7 +575,8 @@ def test_a_forward_called_from_another_line_is_the_same_ops():
     with torch.no_grad(), torchtrace.trace(m) as tb:
         nn.functional.mse_loss(m(x), y)  # LINE:val
     d = torchtrace.diff(ta.graph, tb.graph)
-    later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer") and "autograd_internal" not in n.tags]
+    later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer")
+             and not {"autograd_internal", "annotation"} & set(n.tags)]
     assert d.only_b == 0 and d.only_a == len(later)
     assert d.moved == len(tb.graph.nodes)  # every op of B: the same op, another line
     assert d.why()[1:] == [f"only A's pass ran backward and an optimizer step \u2192 {len(later)} ops only in A "
@@ -843,7 +844,8 @@ def test_a_training_steps_backward_is_its_own_hunk_next_to_an_eval_passs_metrics
         nn.functional.cross_entropy(out, y)
         (out.argmax(-1) == y).float().mean()  # accuracy: only the eval pass computes it
     d = torchtrace.diff(ta.graph, tb.graph)
-    later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer") and "autograd_internal" not in n.tags]
+    later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer")
+             and not {"autograd_internal", "annotation"} & set(n.tags)]
     ran = "only A's pass ran backward and an optimizer step"
     assert f"{ran} \u2192 {len(later)} ops only in A (in `<root>`)" in d.why()
     metric = [h for h in d.structural_hunks if h.only_b]
@@ -930,3 +932,24 @@ def test_two_inputs_of_one_name_are_told_apart():
     d = torchtrace.diff(*graphs)
     changed = [(i.name, i.describe()) for i in d.inputs]
     assert [name for name, _ in changed] == ["input (2nd)"], changed
+
+
+def test_train_against_eval_of_a_transformer_layer_names_the_mode():
+    """nn.TransformerEncoderLayer: `if self.training` (and grad mode) picks the
+    fused fast path or the submodules; the submodule calls exist on one side only,
+    so their own flags cannot be compared: the enclosing layer's are."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 1,
+                                  enable_nested_tensor=False)
+    x = torch.randn(2, 5, 16)
+    graphs = []
+    for train, grad in ((True, False), (False, False), (False, True)):
+        layer.train(train)
+        with torch.set_grad_enabled(grad), torchtrace.trace(layer) as t:
+            layer(x)
+        graphs.append(t.graph)
+    [why] = torchtrace.diff(graphs[0], graphs[1]).why()
+    assert why.startswith("modules in training mode in A, eval mode in B (`.train()`/`.eval()`) \u2192 ")
+    [why] = torchtrace.diff(graphs[2], graphs[1]).why()  # both eval: grad mode alone picks the path
+    assert why.startswith("grad mode train in A, no_grad in B: torch takes other paths (fused kernels) where no "
+                          "gradient is needed \u2192 ")

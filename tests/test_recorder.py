@@ -1178,3 +1178,14 @@ def test_a_hand_written_update_does_not_make_the_next_forward_optimizer_phase():
     assert len(fwd) == 9 and {n.phase for n in fwd} == {"forward"}  # mm, pow, mean: three times
     update = [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, "update")]
     assert {n.phase for n in update} == {"optimizer"}
+
+
+def test_optimizer_step_markers_are_optimizer_phase():
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    with torchtrace.trace(m) as t:
+        m(torch.randn(3, 4)).sum().backward()
+        opt.step()
+    marks = [n for n in t.graph.nodes if "annotation" in n.tags and n.phase != "backward"]
+    assert marks and {n.phase for n in marks} == {"optimizer"}

@@ -587,7 +587,8 @@ def test_an_optimizer_step_on_the_line_of_the_next_batch_stays_in_its_step(tmp_p
         passes = store.passes()
         graphs = [store.graph(p.idx) for p in passes]
         assert len({p.structure_fp for p in passes}) == 1
-    assert [[n.short_op for n in g.nodes if n.phase == "optimizer"] for g in graphs] == [["add_.Tensor"] * 2] * 3
+    steps = [[n.short_op for n in g.nodes if n.phase == "optimizer" and "annotation" not in n.tags] for g in graphs]
+    assert steps == [["add_.Tensor"] * 2] * 3
     assert not any(n.short_op == "randn" for g in graphs for n in g.nodes)  # the next batch: in no pass
 
 

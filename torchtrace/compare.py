@@ -289,6 +289,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     inputs = input_changes(A, B, matched)
     types = type_changes(value_pairs(A, B, matched))
     hunks: List[Hunk] = []
+    modes = (A.graph.meta.get("grad_mode"), B.graph.meta.get("grad_mode"))
+    modes = modes if None not in modes and modes[0] != modes[1] else None
     for kind, k0, k1 in _runs(ops):
         rows = ops[k0:k1]
         recompute = kind == "structural" and recomputed(rows)
@@ -304,7 +306,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran_only(A, B, rows), trained=trained(A, B, rows),
-                              needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows),
+                              needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows), grad_modes=modes,
                               casts=casts(rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))

@@ -54,6 +54,7 @@ class Hunk:
     needs_grad: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, params): backward for params only it trains
     state: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, ops): the optimizer made its state there
     last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
+    grad_modes: Optional[Tuple[str, str]] = None  # the passes' grad modes, when they differ (A's, B's)
 
     @property
     def own_cause(self) -> bool:
@@ -112,6 +113,10 @@ class Hunk:
             return f"{text}; {self.loop.describe()}" if self.loop is not None else text
         if self.stopped is not None:
             return f"{self.stopped} before them"
+        if self.grad_modes is not None and not self.inputs and all(  # (nn.TransformerEncoderLayer's fast path)
+                n.module is not None for n in (*self.only_a, *self.only_b)):  # (not the user's own code)
+            a, b = self.grad_modes
+            return f"grad mode {a} in A, {b} in B: torch takes other paths (fused kernels) where no gradient is needed"
         if self.inputs:  # `if x.shape[0] > 4`, `x.float()`: Python looked at the inputs' types, not their data
             what = "; ".join(i.describe() for i in self.inputs[:2])
             what += f"; {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
@@ -163,6 +168,7 @@ class Hunk:
                        casts=tuple(t.mirror() for t in self.casts),
                        ran=(_swap_sides(self.ran[0]), self.ran[1]) if self.ran else None,
                        trained=_swap_sides(self.trained), last=_swap_sides(self.last),
+                       grad_modes=(self.grad_modes[1], self.grad_modes[0]) if self.grad_modes else None,
                        state=(_swap_sides(self.state[0]), self.state[1]) if self.state else None,
                        needs_grad=(_swap_sides(self.needs_grad[0]), self.needs_grad[1]) if self.needs_grad else None)
 
@@ -284,7 +290,8 @@ def optimizer_state(rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ..
 def trained(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     """"A" when every op of ``rows`` ran in a module call that was in training
     mode in A and in eval mode in B (the same module call, by path and call
-    index); "B" the other way round."""
+    index; for a call only one side made, the nearest enclosing call both made:
+    `if self.training:` calling submodules); "B" the other way round."""
     sides = set()
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
@@ -292,8 +299,11 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
                 continue
             if n.module is None:
                 return None
-            m = (A, B)[x].graph.module(n.module)
-            mine, theirs = (A, B)[x].training.get((m.path, m.call)), (B, A)[x].training.get((m.path, m.call))
+            g, other = (A, B)[x].graph, (B, A)[x].training
+            m = g.module(n.module)
+            while m.parent is not None and (m.path, m.call) not in other:
+                m = g.module(m.parent)
+            mine, theirs = (A, B)[x].training.get((m.path, m.call)), other.get((m.path, m.call))
             if mine is None or theirs is None or mine == theirs:
                 return None
             sides.add(x if mine else 1 - x)

@@ -235,8 +235,11 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             source = _source(ev[E_CODE], ev[E_LINE])
         args = args_of(info, ev[E_ARGS], ev[E_KW]) if info.scalar_args or ev[E_KW] else no_args
         if info.annotation:
+            was = in_optimizer
             _annotate(annotations, info, args)
             in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
+            if ph == 0 and (was or in_optimizer):  # Optimizer.step's own markers: its phase
+                phase = "optimizer"
         elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):
             phase = "optimizer"  # (a closure's model call inside step: forward)
             ins = [v for v in ev[E_INS] if v >= 0]
