@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from .lcs import iterations, lcs
 from .textform import ordinal
@@ -204,15 +204,11 @@ def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
     order = {s: k for k, s in enumerate(sorted(set(sa) | set(sb), key=repr))}
     ca = [order[s] for s in sa]
     cb = [order[s] for s in sb]
-    if ca <= cb:
-        pairs = _align(ca, cb, wa, wb)
-        for ka, kb in weaker:
-            refine(pairs, ka, kb)
-        return pairs
-    pairs = _align(cb, ca, wb, wa)
+    flip = not ca <= cb
+    pairs = _align(cb, ca, wb, wa) if flip else _align(ca, cb, wa, wb)
     for ka, kb in weaker:
-        refine(pairs, kb, ka)
-    return [(i, j) for j, i in pairs]
+        refine(pairs, *((kb, ka) if flip else (ka, kb)))
+    return [(i, j) for j, i in pairs] if flip else pairs
 
 
 def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) -> None:
@@ -222,6 +218,30 @@ def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) ->
     training step's, the same function traced from two lines) ran in both passes.
     Such a pair is "changed" by its line alone; what stays unpaired is the hunk.
     Used only where most ops of the side with fewer in the run pair up."""
+    def paired(run: List[Pair]) -> List[Pair]:
+        xs = [i for i, j in run if j is None]
+        ys = [j for i, j in run if i is None]
+        order: Dict[Hashable, int] = {}
+        matches = lcs([order.setdefault(ka[i], len(order)) for i in xs],
+                      [order.setdefault(kb[j], len(order)) for j in ys]) if xs and ys else []
+        # only where most ops of the side with fewer pair up: the same code called from elsewhere (with
+        # more on either side); two arms of an `if` share an op or two
+        if not matches or 2 * len(matches) <= min(len(xs), len(ys)):
+            return run
+        out: List[Pair] = []
+        p0 = q0 = 0
+        for p, q in matches + [(len(xs), len(ys))]:
+            out += [(x, None) for x in xs[p0:p]] + [(None, y) for y in ys[q0:q]]
+            if p < len(xs):
+                out.append((xs[p], ys[q]))
+            p0, q0 = p + 1, q + 1
+        return out
+
+    _each_run(pairs, paired)
+
+
+def _each_run(pairs: List[Pair], edit: Callable[[List[Pair]], List[Pair]]) -> None:
+    """Replace each run of one-sided entries of ``pairs`` by ``edit(run)``."""
     k = 0
     while k < len(pairs):
         if pairs[k][0] is not None and pairs[k][1] is not None:
@@ -230,24 +250,9 @@ def refine(pairs: List[Pair], ka: Sequence[Hashable], kb: Sequence[Hashable]) ->
         k1 = k
         while k1 < len(pairs) and (pairs[k1][0] is None or pairs[k1][1] is None):
             k1 += 1
-        xs = [i for i, j in pairs[k:k1] if j is None]
-        ys = [j for i, j in pairs[k:k1] if i is None]
-        order: Dict[Hashable, int] = {}
-        matches = lcs([order.setdefault(ka[i], len(order)) for i in xs],
-                      [order.setdefault(kb[j], len(order)) for j in ys]) if xs and ys else []
-        # only where most ops of the side with fewer pair up: the same code called from elsewhere (with
-        # more on either side); two arms of an `if` share an op or two
-        if matches and 2 * len(matches) > min(len(xs), len(ys)):
-            run: List[Pair] = []
-            p0 = q0 = 0
-            for p, q in matches + [(len(xs), len(ys))]:
-                run += [(x, None) for x in xs[p0:p]] + [(None, y) for y in ys[q0:q]]
-                if p < len(xs):
-                    run.append((xs[p], ys[q]))
-                p0, q0 = p + 1, q + 1
-            pairs[k:k1] = run
-            k1 = k + len(run)
-        k = k1
+        run = edit(pairs[k:k1])
+        pairs[k:k1] = run
+        k += len(run)
 
 
 def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pair]:
@@ -281,18 +286,12 @@ def _group(pairs: List[Pair], side: int, last: bool) -> None:
     """Within each run of one-sided entries, put ``side``'s entries last
     (or first), keeping their order: the tail (head) of a one-sided run
     then touches the aligned block below (above) it."""
-    k = 0
-    while k < len(pairs):
-        if pairs[k][0] is not None and pairs[k][1] is not None:
-            k += 1
-            continue
-        k1 = k
-        while k1 < len(pairs) and (pairs[k1][0] is None or pairs[k1][1] is None):
-            k1 += 1
-        mine = [p for p in pairs[k:k1] if p[side] is not None]
-        theirs = [p for p in pairs[k:k1] if p[side] is None]
-        pairs[k:k1] = theirs + mine if last else mine + theirs
-        k = k1
+    def grouped(run: List[Pair]) -> List[Pair]:
+        mine = [p for p in run if p[side] is not None]
+        theirs = [p for p in run if p[side] is None]
+        return theirs + mine if last else mine + theirs
+
+    _each_run(pairs, grouped)
 
 
 def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int,
