@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .align import Side, align
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
@@ -139,8 +139,8 @@ class GraphDiff:
     @property
     def grad_modes(self) -> str:
         """"grad mode train in A, no_grad in B" when the passes ran under different ones."""
-        modes = (self.a.meta.get("grad_mode"), self.b.meta.get("grad_mode"))
-        return f"grad mode {modes[0]} in A, {modes[1]} in B" if None not in modes and modes[0] != modes[1] else ""
+        modes = differing_grad_modes(self.a, self.b)
+        return f"grad mode {modes[0]} in A, {modes[1]} in B" if modes else ""
 
     @property
     def errors(self) -> Tuple[str, ...]:
@@ -289,11 +289,10 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     inputs = input_changes(A, B, matched)
     types = type_changes(value_pairs(A, B, matched))
     hunks: List[Hunk] = []
-    modes = (A.graph.meta.get("grad_mode"), B.graph.meta.get("grad_mode"))
-    modes = modes if None not in modes and modes[0] != modes[1] else None
+    modes = differing_grad_modes(A.graph, B.graph)
     for kind, k0, k1 in _runs(ops):
         rows = ops[k0:k1]
-        recompute = kind == "structural" and recomputed(rows)
+        recompute = kind == "structural" and recomputed(A, B, rows)
         # (a checkpointed block's own ops are recomputed outside any module call: not the root's)
         module = common_module(path for p in rows for g, n in ((A.graph, p.a), (B.graph, p.b))
                                if n is not None for path in [_module_path(g, n)] if path or not recompute)
@@ -307,7 +306,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran_only(A, B, rows), trained=trained(A, B, rows),
                               needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows), grad_modes=modes,
-                              casts=casts(rows, types) if witness is None else ()))
+                              casts=casts(A, B, rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
@@ -318,6 +317,12 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched)),
                      inputs, (A.ignored, B.ignored))
+
+
+def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:
+    """The passes' grad modes (``meta.grad_mode``) when they differ."""
+    modes = (a.meta.get("grad_mode"), b.meta.get("grad_mode"))
+    return modes if None not in modes and modes[0] != modes[1] else None  # type: ignore[return-value]
 
 
 def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:

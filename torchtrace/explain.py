@@ -152,8 +152,8 @@ class Causes:
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness)]
         # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside it
-        outside = [e for e in self.differing if A.nodes[pairs[e][0]].phase != "optimizer"]
-        self.outside = (outside, [e for e in self.decisive if e in set(outside)])
+        self.outside = tuple([e for e in reads if A.nodes[pairs[e][0]].phase != "optimizer"]
+                             for reads in (self.differing, self.decisive))
         # the index each side has reached at each merged position (next op of that side), and how
         # many ops before it are only in A or B
         self.next_a: List[int] = []
@@ -205,8 +205,8 @@ class Causes:
         loop, start = self.loops.by_repeat(k0, k1)
         # a loop's count is decided before its first pass (``for c in torch.unique(y)``), not by the
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
-        optimizer = any(n is not None and n.phase == "optimizer" for i, j in self.pairs[k0:k1] if i is None or j is None
-                        for n in (self.A.nodes[i] if i is not None else self.B.nodes[j],))
+        optimizer = any((self.A.nodes[i] if j is None else self.B.nodes[j]).phase == "optimizer"
+                        for i, j in self.pairs[k0:k1] if i is None or j is None)
         witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
             self._inside(k0, k1)
         if loop is None:  # the k-th run of a nested loop, when its own condition is the read that differs

@@ -9,7 +9,7 @@ types (``if x.shape[0] > 4``); a Python-level loop; else Python state.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .align import CASTS, Side
 from .classify import ACCUMULATE, ArgChange, InputChange, OpPair, Rewire
@@ -82,7 +82,7 @@ class Hunk:
         if self.state is not None:
             side, ops = self.state
             other_ops = self.only_b if side == "A" else self.only_a
-            updated = f", {'B' if side == 'A' else 'A'} updated it" if other_ops else ""
+            updated = f", {_other(side)} updated it" if other_ops else ""
             return f"the optimizer made its state in {side} ({', '.join(f'`{o}`' for o in ops)}: " \
                    f"its first step for these parameters){updated}"
         if self.casts:
@@ -102,8 +102,8 @@ class Hunk:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
                    "(or of the Recorder block), past its last step"
         if self.trained is not None:
-            other = "B" if self.trained == "A" else "A"
-            return f"modules in training mode in {self.trained}, eval mode in {other} (`.train()`/`.eval()`)"
+            return f"modules in training mode in {self.trained}, eval mode in {_other(self.trained)} " \
+                   "(`.train()`/`.eval()`)"
         if self.loop is not None and self.loop.via == "witness":
             text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
@@ -166,11 +166,10 @@ class Hunk:
                        inputs=tuple(i.mirror() for i in self.inputs),
                        rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped),
                        casts=tuple(t.mirror() for t in self.casts),
-                       ran=(_swap_sides(self.ran[0]), self.ran[1]) if self.ran else None,
+                       ran=_swap_first(self.ran),
                        trained=_swap_sides(self.trained), last=_swap_sides(self.last),
                        grad_modes=(self.grad_modes[1], self.grad_modes[0]) if self.grad_modes else None,
-                       state=(_swap_sides(self.state[0]), self.state[1]) if self.state else None,
-                       needs_grad=(_swap_sides(self.needs_grad[0]), self.needs_grad[1]) if self.needs_grad else None)
+                       state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -209,28 +208,36 @@ def cut_off(side: str, g: Graph) -> str:
     return f"{side}'s pass was cut off after {plural(len(g.nodes), 'op')} (max_ops)"
 
 
+def sole(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Side, Side, List[Node]]]:
+    """("A", A, B, A's ops) when every row of ``rows`` is an op only in A
+    (("B", B, A, B's ops): only in B); else None."""
+    if rows and all(p.status == "only_a" for p in rows):
+        return "A", A, B, [p.a for p in rows]
+    if rows and all(p.status == "only_b" for p in rows):
+        return "B", B, A, [p.b for p in rows]
+    return None
+
+
 def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     """The side that raised or was cut off (``max_ops``), when ``rows`` run to
     the end of the diff with ops only on the other side: they ran after the
     point where it stopped."""
-    for status, side, g in (("only_a", "B", B.graph), ("only_b", "A", A.graph)):
-        if rows and all(p.status == status for p in rows):
-            if g.meta.get("error"):
-                return ended(side, g)
-            if g.meta.get("truncated"):
-                return cut_off(side, g)
-    return None
+    one = sole(A, B, rows)
+    if one is None:
+        return None
+    side, g = _other(one[0]), one[2].graph
+    if g.meta.get("error"):
+        return ended(side, g)
+    return cut_off(side, g) if g.meta.get("truncated") else None
 
 
 def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     """"B" when ``rows``, at the end of the diff, are ops only in B and B's pass
     was a Recorder's last (``meta.last``: ended by the block's end, so it holds
     what the script ran after its last step), A's not."""
-    for status, side, X, Y in (("only_a", "A", A, B), ("only_b", "B", B, A)):
-        if rows and all(p.status == status for p in rows) and X.graph.meta.get("last") \
-                and not Y.graph.meta.get("last"):
-            return side
-    return None
+    one = sole(A, B, rows)
+    return one[0] if one is not None and one[1].graph.meta.get("last") and not one[2].graph.meta.get("last") \
+        else None
 
 
 def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
@@ -249,23 +256,25 @@ PHASE_WORDS = {"backward": "backward", "optimizer": "an optimizer step"}
 def ran_only(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
     """("A", ("backward",)) when ``rows`` are ops only in A, of phases (backward,
     optimizer) that B's pass never ran: ``loss.backward()`` called in one pass only."""
-    for status, side, other in (("only_a", "A", B), ("only_b", "B", A)):
-        if rows and all(p.status == status for p in rows):
-            phases = tuple(dict.fromkeys((p.a if p.a is not None else p.b).phase for p in rows))
-            if all(ph in PHASE_WORDS for ph in phases) and not any(n.phase in phases for n in other.nodes):
-                return side, phases
+    one = sole(A, B, rows)
+    if one is None:
+        return None
+    side, _, other, ops = one
+    phases = tuple(dict.fromkeys(n.phase for n in ops))
+    if all(ph in PHASE_WORDS for ph in phases) and not any(n.phase in phases for n in other.nodes):
+        return side, phases
     return None
 
 
 def needs_grad(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
     """("A", ("0.weight", ...)) when ``rows`` are backward or optimizer ops only
     in A and parameters require grad in A that do not in B (a frozen layer)."""
-    for status, side, X, Y in (("only_a", "A", A, B), ("only_b", "B", B, A)):
-        if rows and all(p.status == status and (p.a or p.b).phase in ("backward", "optimizer") for p in rows):
-            theirs = Y.trainable
-            names = tuple(x for x, rg in X.trainable.items() if rg and theirs.get(x) is False)
-            return (side, names) if names else None
-    return None
+    one = sole(A, B, rows)
+    if one is None or any(n.phase not in ("backward", "optimizer") for n in one[3]):
+        return None
+    side, mine, theirs, _ = one
+    names = tuple(x for x, rg in mine.trainable.items() if rg and theirs.trainable.get(x) is False)
+    return (side, names) if names else None
 
 
 # ops that make a new tensor (``torch.zeros_like(p)``, ``torch.tensor(0.0)``, ``grad.clone().detach()``)
@@ -310,20 +319,19 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     return "AB"[sides.pop()] if len(sides) == 1 else None
 
 
-def recomputed(rows: Sequence[OpPair]) -> bool:
+def recomputed(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:
     """``rows`` are all activation checkpointing's recompute, on one side."""
-    nodes = [p.a if p.a is not None else p.b for p in rows]
-    sides = {p.a is None for p in rows}
-    return bool(nodes) and len(sides) == 1 and all(n is not None and n.phase == "recompute" for n in nodes)
+    one = sole(A, B, rows)
+    return one is not None and all(n.phase == "recompute" for n in one[3])
 
 
 
-def casts(rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChange, ...]:
+def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChange, ...]:
     """When ``rows`` are all dtype conversions on one side and aligned tensors
     changed dtype (``types``): those changes ("f32 → bf16"). ``x.float()`` on
     a tensor that already is f32 records no op."""
-    nodes = [p.a if p.a is not None else p.b for p in rows]
-    if not nodes or len({p.a is None for p in rows}) != 1 or any(n is None or n.op not in CASTS for n in nodes):
+    one = sole(A, B, rows)
+    if one is None or any(n.op not in CASTS for n in one[3]):
         return ()
     return tuple(t for t in types if t.kind == "dtype")
 
@@ -331,6 +339,15 @@ def casts(rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChan
 def _arity(p: OpPair) -> bool:
     """The op has as many inputs on both sides."""
     return p.a is not None and p.b is not None and len(p.a.inputs) == len(p.b.inputs)
+
+
+def _other(side: str) -> str:
+    return "B" if side == "A" else "A"
+
+
+def _swap_first(t: Optional[Tuple[str, Any]]) -> Optional[Tuple[str, Any]]:
+    """(side, what) with the side swapped."""
+    return None if t is None else (_other(t[0]), t[1])
 
 
 def _swap_sides(text: Optional[str]) -> Optional[str]:
