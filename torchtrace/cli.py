@@ -121,7 +121,7 @@ def run(ctx: typer.Context,
     if render_fmt is Fmt.json:
         _fail(UsageError("--render json is not a render", expected="text, dot, svg, png, pdf, mermaid or markdown",
                          found="json", fix="graphs are in trace.db already; use `torchtrace export`"))
-    if render_fmt is not None and render_fmt.value in ("svg", "png", "pdf") and shutil.which("dot") is None:
+    if render_fmt is not None and _needs_dot(render_fmt.value) and shutil.which("dot") is None:
         # (checked before the script runs, not at its first variant)
         _fail(UsageError(f"--render {render_fmt.value} needs the Graphviz `dot` program", expected="`dot` on PATH",
                          found="no `dot` executable", fix="install Graphviz (apt-get install graphviz / brew install "
@@ -276,6 +276,12 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
         err.print(f"wrote {output}")
     except TorchtraceError as e:
         _fail(e)
+
+
+def _needs_dot(fmt: str) -> bool:
+    from .renderers.dot import IMAGE_FORMATS
+
+    return fmt in IMAGE_FORMATS
 
 
 def _module_args_are_its_own(args: List[str]) -> List[str]:

@@ -215,8 +215,7 @@ def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph],
             model = models[first]
             prev = next((k for k in range(first - 1, -1, -1) if models[k] == model), None) if model else first - 1
             if prev is None:  # (the same model called through another name: `net` in an evaluate() helper)
-                prev = next((k for k in range(first - 1, -1, -1) if _params(graph_at(k)) == _params(graph_at(first))),
-                            None)
+                prev = _same_params(graph_at, models, first)
             if prev is None:  # the first pass of this model: another program than the one before it
                 why, witness, loop = (f"the first pass of `{model}` (the one before ran `{models[first - 1]}`)",
                                       None, None)
@@ -231,6 +230,18 @@ def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph],
 def _params(g: Graph) -> frozenset:
     """A model's parameters as (name, shape): the same model, whatever the caller called it."""
     return frozenset((v.name, v.shape) for v in g.values if v.role == "param")
+
+
+def _same_params(graph_at: Callable[[int], Graph], models: Sequence[Optional[str]], first: int) -> Optional[int]:
+    """The last graph before ``first`` whose model has its parameters, looking at
+    the last graph of each other model only (a store reads no more graphs)."""
+    mine, seen = _params(graph_at(first)), set()
+    for k in range(first - 1, -1, -1):
+        if models[k] not in seen:
+            seen.add(models[k])
+            if _params(graph_at(k)) == mine:
+                return k
+    return None
 
 
 def _shape_why(graph_at: Callable[[int], Graph], prev: Optional[int], k: int) -> Optional[str]:

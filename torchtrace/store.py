@@ -74,7 +74,13 @@ _COLUMNS = ("id, rank, idx, step, label, root, started, wall_s, n_ops, n_forward
 
 _CANTOPEN = 14  # SQLITE_CANTOPEN
 _BUSY, _CORRUPT = 5, 11  # SQLITE_BUSY, SQLITE_CORRUPT
-_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def fits_int64(x: int) -> bool:
+    """Can SQLite keep ``x`` (a 64-bit integer; a bigger one raises OverflowError)?"""
+    return -(2 ** 63) <= x < 2 ** 63
+
+
 RUN_STORE = "trace.db"  # the store `torchtrace run` writes in its --out folder
 
 
@@ -131,9 +137,7 @@ class Store:
                               fix="wait for the other process (a run still recording, an sqlite3 shell) and retry "
                               ) from None
             if code == _CORRUPT:  # a partial copy, a damaged disk
-                raise IRError("damaged trace store", where=str(self.path), expected="a store as torchtrace wrote it",
-                              found=str(e), fix="copy it again, or record again; SQLite's `.recover` may save the "
-                              "passes that are intact") from None
+                raise self._damaged(str(e)) from None
             raise IRError("not a trace store", where=str(self.path), expected="an SQLite file written by torchtrace",
                           found=str(e), fix="pass the trace.db from `torchtrace run --out DIR`") from None
         if version != SCHEMA_VERSION or not {"graphs", "passes"} <= tables:
@@ -208,12 +212,15 @@ class Store:
         try:
             yield
         except (sqlite3.DatabaseError, *errors) as e:
-            raise IRError("damaged trace store", where=str(self.path), expected="a store as torchtrace wrote it",
-                          found=f"{type(e).__name__}: {e}",
-                          fix="record it again; SQLite's `.recover` may save the passes that are intact") from None
+            raise self._damaged(f"{type(e).__name__}: {e}") from None
+
+    def _damaged(self, found: str, where: Optional[str] = None) -> IRError:
+        return IRError("damaged trace store", where=where or str(self.path), expected="a store as torchtrace wrote it",
+                       found=found, fix="copy it again, or record again; SQLite's `.recover` may save the passes "
+                       "that are intact")
 
     def passes(self, rank: Optional[int] = None) -> List[PassRecord]:
-        if rank is not None and not _INT64[0] <= rank <= _INT64[1]:  # (SQLite's integers: OverflowError)
+        if rank is not None and not fits_int64(rank):
             return []
         sql = f"SELECT {_COLUMNS} FROM passes"
         with self._reading():
@@ -228,7 +235,7 @@ class Store:
     def graph(self, idx: int, rank: int = 0) -> Graph:
         """The graph of pass ``idx`` (on ``rank``), with that pass's own meta and witness values."""
         row = None
-        if _INT64[0] <= idx <= _INT64[1] and _INT64[0] <= rank <= _INT64[1]:  # (SQLite's integers)
+        if fits_int64(idx) and fits_int64(rank):
             with self._reading():
                 row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
                                       "JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
@@ -241,8 +248,7 @@ class Store:
                              found=str(idx), fix="list the passes with `torchtrace variants STORE`")
         step, label, started, error, witnesses, blob = row
         if not isinstance(blob, bytes):  # (a cell another SQLite client rewrote)
-            raise IRError("damaged trace store", where=f"{self.path}:{idx}", expected="the pass's graph as a BLOB",
-                          found=type(blob).__name__, fix="record it again") from None
+            raise self._damaged(f"the pass's graph as {type(blob).__name__}, not a BLOB", f"{self.path}:{idx}")
         g = decode(blob, f"{self.path}:{idx}")
         with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")

@@ -23,7 +23,7 @@ from torch.nn.utils.parametrize import ParametrizationList
 
 from ..errors import UsageError, exit_error, warn
 from ..ir import Graph
-from ..store import Store
+from ..store import Store, fits_int64
 from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture, capture_options
@@ -161,7 +161,7 @@ class Recorder:
             step = operator.index(n)  # an int, a NumPy integer, a 0-dim integer tensor
         except TypeError:
             step = None
-        if step is None or not -(2 ** 63) <= step < 2 ** 63:  # (the store keeps 64-bit integers)
+        if step is None or not fits_int64(step):  # (the store keeps 64-bit integers)
             raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
                              found=repr(n), fix="pass the loop counter, e.g. rec.step(i)")
         self._step = step
@@ -213,9 +213,7 @@ class Recorder:
                          and (self.max_passes is None or self.recorded < self.max_passes))
         if self._sampled:
             cap.new_pass()
-        self._root = root
-        called = name() if name is not None and self._sampled else None
-        self._root_label = root if called is None else f"{called} ({root})"  # `netD (Sequential)`
+        self._name_root(root, name)
         self._pass_step = self._step
         self._t_start = time.perf_counter()
         cap.mode.off = not self._sampled
@@ -226,6 +224,13 @@ class Recorder:
             else:
                 cap.pop_mode()
                 self._watch()
+
+    def _name_root(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]]) -> None:
+        """The pass's root class and label (`netD (Sequential)`: ``name()`` is
+        asked only for a recorded pass)."""
+        self._root = root
+        called = name() if name is not None and self._sampled else None
+        self._root_label = root if called is None else f"{called} ({root})"
 
     def _finish(self, *, error: Optional[str] = None, last: bool = False) -> None:
         cap = self.capture
@@ -265,9 +270,7 @@ class Recorder:
 
         if self.cut == "step":  # passes start at step(): the first root call of one names it
             if self._root is None:
-                self._root = type(module).__name__
-                called = name() if self._sampled else None
-                self._root_label = self._root if called is None else f"{called} ({self._root})"
+                self._name_root(type(module).__name__, name)
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
