@@ -862,18 +862,10 @@ def test_generator_forwards_called_twice_interleaved_or_through_helpers(tmp_path
     assert torch.equal(outs[-1], list(m(x))[-1])
 
 
-def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypatch):
-    """Opened read-only, a WAL store needs its index file made beside it: in a
-    folder the reader cannot write, SQLite cannot open it ("unable to open database
-    file", every CLI command said "not a trace store"). It is then read as it is.
-    (Simulated: tests run as root, whom no folder refuses.)"""
-    m = nn.Linear(2, 2)
-    with torchtrace.Recorder(tmp_path / "t.db") as rec:
-        for _ in range(2):
-            m(torch.ones(1, 2))
-    assert rec.recorded == 2
-    real = sqlite3.connect
-    seen = []
+def _read_only_folder(monkeypatch) -> list:
+    """SQLite as in a folder the reader cannot write: a read-only open
+    (``mode=ro``) cannot make the WAL index. Returns the URIs opened."""
+    real, seen = sqlite3.connect, []
 
     def connect(database, *args, **kwargs):
         seen.append(database)
@@ -884,6 +876,20 @@ def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypat
         return real(database, *args, **kwargs)
 
     monkeypatch.setattr(sqlite3, "connect", connect)
+    return seen
+
+
+def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypatch):
+    """Opened read-only, a WAL store needs its index file made beside it: in a
+    folder the reader cannot write, SQLite cannot open it ("unable to open database
+    file", every CLI command said "not a trace store"). It is then read as it is.
+    (Simulated: tests run as root, whom no folder refuses.)"""
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for _ in range(2):
+            m(torch.ones(1, 2))
+    assert rec.recorded == 2
+    seen = _read_only_folder(monkeypatch)
     with Store(tmp_path / "t.db", readonly=True) as store:
         assert [p.idx for p in store.passes()] == [0, 1] and len(store.graph(1).nodes) > 0
     assert [u.rsplit("?", 1)[1] for u in seen] == ["mode=ro", "immutable=1"]
@@ -994,16 +1000,7 @@ def test_read_only_stores_refuse_writes_and_never_drop_a_log(tmp_path, monkeypat
         assert store.graph(2).meta.get("last") is True and "last" not in store.graph(1).meta
     # a read-only folder whose store still has its last writes in the WAL: an error, not fewer passes
     (tmp_path / "t.db-wal").write_bytes(b"\0" * 32)
-    real = sqlite3.connect
-
-    def connect(database, *args, **kwargs):
-        if "mode=ro" in str(database):
-            e = sqlite3.OperationalError("unable to open database file")
-            e.sqlite_errorcode = 14  # SQLITE_CANTOPEN
-            raise e
-        return real(database, *args, **kwargs)
-
-    monkeypatch.setattr(sqlite3, "connect", connect)
+    _read_only_folder(monkeypatch)
     with pytest.raises(torchtrace.TorchtraceError, match="write-ahead log"):
         Store(tmp_path / "t.db", readonly=True)
 
