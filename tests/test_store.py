@@ -1022,3 +1022,43 @@ def test_cut_at_step_takes_a_mark_and_a_step_together_as_one_cut(tmp_path, order
                 torchtrace.mark_step()
     with Store(tmp_path / "t.db", readonly=True) as store:
         assert [p.step for p in store.passes()] == [0, 2, 4]
+
+
+def test_every_k_counts_twin_models_apart(tmp_path):
+    """A student and its EMA teacher: same class, same size, alive together,
+    called alternately. Counted as one model, `every=2` sampled only the
+    student's passes; each is its own model (steps 0, 2, 4 of both)."""
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(4, 4))
+    teacher = nn.Sequential(nn.Linear(4, 4)).requires_grad_(False)
+    x = torch.randn(3, 4)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+        for i in range(6):
+            rec.step(i)
+            loss = (student(x) - teacher(x)).pow(2).mean()
+            loss.backward()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        roots = [(p.step, p.label.split(" (")[0]) for p in store.passes()]
+    assert roots == [(i, who) for i in (0, 2, 4) for who in ("student", "teacher")]
+
+
+
+def test_every_k_sees_a_model_built_anew_each_step(tmp_path):
+    """A model rebuilt every step is new to the Recorder in every step. While a
+    step is not sampled only the models seen so far were watched, so from the
+    first unsampled step on the rebuilt models' calls joined that pass. `step(i)`
+    watches the next model call, whichever it is: steps 0, 2, 4 are sampled,
+    each with its own backward."""
+    x = torch.randn(3, 4)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+        for i in range(6):
+            rec.step(i)
+            m = nn.Sequential(nn.Linear(4, 2))
+            m(x).sum().backward()
+            del m
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert [p.step for p in passes] == [0, 2, 4]
+        graphs = [store.graph(p.idx) for p in passes]
+    assert [sum(n.phase == "backward" for n in g.nodes) for g in graphs] == [
+        sum(n.phase == "backward" for n in graphs[0].nodes)] * 3

@@ -225,7 +225,7 @@ class Capture:
         if self._rename_at_root:
             self._rename_at_root = False
             if known != "" or len(self.root_paths) > 1:  # another root named the modules: start over
-                self._forget_names()
+                self.forget_names()
                 known = None
         if known is not None:
             return known
@@ -262,7 +262,7 @@ class Capture:
                 return e[1] if e is not None and e[0] is t else None
         return None
 
-    def _forget_names(self) -> None:
+    def forget_names(self) -> None:
         """Drop every root's names: a pass's paths and parameter names are relative
         to its own first root (a Recorder's pass of a model whose encoder was called
         first as a pass of its own, as ``generate()`` does)."""

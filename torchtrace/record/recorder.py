@@ -46,11 +46,33 @@ def _is_model_call(module: torch.nn.Module) -> bool:
     return not isinstance(module, ParametrizationList) and next(module.parameters(), None) is not None
 
 
-def model_key(module: torch.nn.Module) -> Tuple[str, int]:
-    """What ``every`` counts passes by: the model's class and size. A GAN's two
-    ``Sequential``s are counted apart; a model built anew each step is the same
-    model (an object's id is no key: a new one takes a freed one's address)."""
-    return type(module).__qualname__, sum(p.numel() for p in module.parameters())
+class ModelKeys:
+    """What ``every`` counts passes by: the model's class, size and slot. A GAN's
+    two ``Sequential``s differ in size; two models alike in both that are alive
+    together (a student and its EMA teacher) take two slots; a model built anew
+    each step takes the slot its freed predecessor left (an object's id is no key:
+    a new one takes a freed one's address)."""
+
+    def __init__(self) -> None:
+        self._slots: Dict[Tuple[str, int], List[Any]] = {}  # (class, size) -> weakrefs, by slot
+
+    def key(self, module: torch.nn.Module) -> Tuple[str, int, int]:
+        """Asked at a pass boundary after the previous pass was built and its
+        modules let go (``Recorder._finish``): a predecessor is free by then."""
+        kind = (type(module).__qualname__, sum(p.numel() for p in module.parameters()))
+        slots = self._slots.setdefault(kind, [])
+        free = None
+        for i, ref in enumerate(slots):
+            held = ref()
+            if held is module:
+                return (*kind, i)
+            if held is None and free is None:
+                free = i
+        if free is None:
+            free = len(slots)
+            slots.append(None)
+        slots[free] = weakref.ref(module)
+        return (*kind, free)
 
 
 class Recorder:
@@ -93,7 +115,8 @@ class Recorder:
         # modules seen as roots: id -> (weakref, has parameters). While a pass is
         # not sampled, a pre-hook on each of them replaces the global module hooks,
         # so every other module call keeps torch's hook-free fast path.
-        self._roots: Dict[int, Tuple[Any, bool, Tuple[str, int]]] = {}  # id -> (weakref, a model?, model_key)
+        self._roots: Dict[int, Tuple[Any, bool]] = {}  # id -> (weakref, a model?)
+        self._keys = ModelKeys()
         self._prep: frozenset = frozenset()  # the last input preparation dropped at a boundary
         self._root_handles: List[Any] = []
         self.launched = False  # the Recorder of `torchtrace run` (a script's own one then stands aside)
@@ -121,7 +144,7 @@ class Recorder:
         self.capture.on_compiled = self._uncompiled.add
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
-        self._seen: Dict[Optional[Tuple[str, int]], int] = {}  # passes begun per model (model_key; None: step())
+        self._seen: Dict[Optional[Tuple[str, int, int]], int] = {}  # passes begun per model (ModelKeys; None: step())
         try:
             self._begin(root=None, count=False)
             self.capture.start(with_mode=self._sampled)
@@ -167,6 +190,9 @@ class Recorder:
         self._step = step
         if self.cut == "step" and self.capture is not None:
             self._cut(start=True)
+        elif not self._sampled and self._root_handles:  # the step's first model call is seen, new or not
+            self.capture.scope.depth = 0  # (watched roots leave it at 1: no global post-hook closed them)
+            self._unwatch()
 
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
@@ -199,13 +225,14 @@ class Recorder:
 
     # -- passes -------------------------------------------------------------------
     def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None,
-               key: Optional[Tuple[str, int]] = None, count: bool = True) -> None:
+               model: Optional[torch.nn.Module] = None, count: bool = True) -> None:
         """Start pass ``self.index`` at a call of a ``root`` class; ``name()``
         says what the caller called it (only asked for a recorded pass). ``every``
-        counts the passes of each model (``key``, ``model_key``) apart: a GAN's
+        counts the passes of each ``model`` (``ModelKeys``) apart: a GAN's
         generator and discriminator steps alternate, and ``every=2`` samples both."""
         cap = self.capture
         assert cap is not None
+        key = None if model is None else self._keys.key(model)
         k = self._seen.get(key, 0)
         if count:
             self._seen[key] = k + 1
@@ -243,11 +270,13 @@ class Recorder:
         graph = cap.finish_pass(step=self._pass_step, root=self._root, error=error, label=label, **extra)
         stored = self.store.add(graph, wall_s=wall)
         self.recorded += 1
+        cap.forget_names()  # its modules are let go (a model built anew each step: see ModelKeys)
         if self.on_pass is not None:
             self.on_pass(graph, stored)
 
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
-                  name: Optional[Callable[[], Optional[str]]] = None, key: Optional[Tuple[str, int]] = None) -> None:
+                  name: Optional[Callable[[], Optional[str]]] = None,
+                  model: Optional[torch.nn.Module] = None) -> None:
         if self._sampled and inputs:
             # the ops that only built the next call's inputs (data loading) are left out of this step
             prep = input_prep(self.capture.mode, inputs)
@@ -255,14 +284,14 @@ class Recorder:
             drop_events(self.capture.mode, prep)
         self._finish()
         self.index += 1
-        self._begin(root, name, key)
+        self._begin(root, name, model)
 
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
             return
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
-            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module), model_key(module))
+            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
         if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
             return
         def name() -> Optional[str]:
@@ -274,12 +303,12 @@ class Recorder:
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
-            self._begin(root=type(module).__name__, name=name, key=e[2])
+            self._begin(root=type(module).__name__, name=name, model=module)
             return
         # the next call's inputs matter only to trim a recorded pass (kwargs cost an f_locals)
         self._boundary(root=type(module).__name__,
                        inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name,
-                       key=e[2])
+                       model=module)
 
     def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:
@@ -303,7 +332,7 @@ class Recorder:
         assert cap is not None
         if self._root_handles:
             return  # already watching
-        roots = [r() for r, has, _ in self._roots.values() if has]
+        roots = [r() for r, has in self._roots.values() if has]
         roots = [m for m in roots if m is not None]
         if not roots:
             return  # nothing known to watch yet: keep the global hooks
