@@ -953,3 +953,42 @@ def test_train_against_eval_of_a_transformer_layer_names_the_mode():
     [why] = torchtrace.diff(graphs[2], graphs[1]).why()  # both eval: grad mode alone picks the path
     assert why.startswith("grad mode train in A, no_grad in B: torch takes other paths (fused kernels) where no "
                           "gradient is needed \u2192 ")
+
+
+class LogsThenCounts(nn.Module):
+    """A truth value read into a logging call, then a branch on a Python
+    counter: the read differs between the passes but steers nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.calls = 0
+        self.log = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        h = self.fc(x)
+        self.log.append(bool(h.mean() > 0))  # LINE:logged
+        if self.calls % 2 == 0:
+            h = h * 2 + 1
+        return h.sum()
+
+
+def test_a_read_into_a_call_whose_result_is_unused_is_named_only_as_a_guess():
+    """Without the hedge the logging read was said to be the branch's cause,
+    with the certainty of an `if` on it."""
+    torch.manual_seed(0)
+    m = LogsThenCounts()
+    with torch.no_grad():
+        m.fc.weight.copy_(torch.eye(4))
+        m.fc.bias.zero_()
+    xa, xb = torch.ones(2, 4), -torch.ones(2, 4)
+    with torchtrace.trace(m) as ta:
+        m(xa)
+    with torchtrace.trace(m) as tb:
+        m(xb)
+    assert m.log == [True, False]
+    [h] = torchtrace.diff(ta.graph, tb.graph).hunks
+    assert h.witness.line == line_of("logged") and h.witness.weak, h.explanation
+    assert "read True in A, False in B (read into a call whose result is unused: the nearest read that differs, " \
+           "maybe not the cause)" in h.explanation

@@ -26,6 +26,8 @@ Rules (DESIGN.md, "diff"):
 from __future__ import annotations
 
 import bisect
+import linecache
+import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -34,7 +36,7 @@ from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .textform import ordinal, plural, shape_str, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Witness
+    from .ir import Graph, Node, Witness
 
 ARROW = "\u2192"
 __all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "plural", "where"]
@@ -76,7 +78,10 @@ class WitnessChange:
         text = f"{self.where}{self._via()}{self._call()}{self._reads()}"
         if self.also:
             text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
-        return text + " (a float: the nearest read that differs, maybe not the cause)" if self.weak else text
+        if not self.weak:
+            return text
+        why = "a float" if isinstance(self.a.value, float) else "read into a call whose result is unused"
+        return f"{text} ({why}: the nearest read that differs, maybe not the cause)"
 
     def short(self) -> str:
         """"`m.py:9` read False in A, True in B": the read alone (named as an alternative)."""
@@ -137,6 +142,24 @@ def decisive(w: "Witness") -> bool:
     return w.value.is_integer()
 
 
+# a statement that is a call (its result unused) converting tensor data in its arguments
+_CALL_STATEMENT = re.compile(r"^\s*[A-Za-z_][\w.]*\(.*(\.(item|tolist)\(|\bbool\()")
+_BRANCHES = re.compile(r"\b(if|elif|while|for|assert|and|or|not|lambda)\b")
+
+
+def kept_aside(n: "Node") -> bool:
+    """A truth value read in the arguments of a call whose result is unused
+    (``log.append(bool(h.mean() > 0))``, ``print(flag.item())``): logged or
+    stored, so it may steer nothing. Only when the line is readable here and
+    the read is not inside a helper the line called. (A read assigned to a
+    name, ``positive = bool(x.sum() > 0)``, is how an ``if`` below reads it.)"""
+    w, src = n.witness, n.source
+    if w is None or not isinstance(w.value, bool) or w.called_from or src is None:
+        return False
+    text = linecache.getline(src.file, src.line).split("#", 1)[0]
+    return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
+
+
 
 # -- causes of a structural hunk -------------------------------------------
 
@@ -150,7 +173,7 @@ class Causes:
             e for e, (i, j) in enumerate(pairs)
             if i is not None and j is not None and A.wkeys[i] is not None and A.wkeys[i] != B.wkeys[j]]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
-                                    and decisive(B.nodes[pairs[e][1]].witness)]
+                                    and decisive(B.nodes[pairs[e][1]].witness) and not kept_aside(A.nodes[pairs[e][0]])]
         # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside it
         self.outside = tuple([e for e in reads if A.nodes[pairs[e][0]].phase != "optimizer"]
                              for reads in (self.differing, self.decisive))
