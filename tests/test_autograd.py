@@ -110,6 +110,45 @@ def test_saved_bytes_exact_for_an_mlp():
     assert out.grad_fn.name() == "AddmmBackward0"
 
 
+def test_saved_bytes_leave_out_buffers():
+    """A Node that saves a view of a buffer (a causal mask) or BatchNorm's running
+    stats holds state that lives whether or not backward runs: it was counted as
+    activation memory (the mask's whole 64 KiB storage for 64 bytes of scores)."""
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("causal", torch.ones(256, 256, dtype=torch.bool).tril())
+            self.q = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            s = self.q(x) @ x.transpose(1, 2)
+            return torch.where(self.causal[:4, :4], s, -1e4)
+
+    m = nn.Sequential(Masked(), nn.Flatten(), nn.BatchNorm1d(16))
+    x = torch.randn(2, 4, 8)
+    with torchtrace.trace(m) as t:
+        out = m(x)
+    g = t.graph
+    buffers = {st.data_ptr() for st in (b.untyped_storage() for b in m.buffers())}
+    # an independent count: every storage the Nodes save, each once, without parameters and buffers
+    held, seen, stack = {}, set(), [out.grad_fn]
+    params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions)
+        for attr in dir(node):
+            if attr.startswith("_saved_") and isinstance(getattr(node, attr), torch.Tensor):
+                st = getattr(node, attr).untyped_storage()
+                held[st.data_ptr()] = st.nbytes()
+    assert buffers & set(held)  # the mask and the running stats are saved by Nodes
+    expected = sum(n for ptr, n in held.items() if ptr not in params and ptr not in buffers)
+    assert sum(a.saved_bytes for a in g.autograd.nodes) == expected
+    assert expected < 256 * 256
+
+
 def test_storage_shared_by_two_nodes_counts_once():
     x = torch.randn(16, 16, requires_grad=True)
     with torchtrace.trace() as t:

@@ -127,6 +127,23 @@ def test_recorder_records_compiled_models_and_gives_them_back(tmp_path: object, 
     assert backend.ran(fn, *args)
 
 
+def test_a_recorder_marks_the_passes_that_called_the_compiled_wrapper(tmp_path: object) -> None:
+    """The wrapper's hook runs before the call of the module it wraps, which
+    starts the pass: the mark landed on the pass before (the plain call's)."""
+    backend = Counted()
+    m = Block()
+    cm = torch.compile(m, backend=backend)
+    x = torch.randn(3, 4)
+    with Store(tmp_path / "t.db") as store:
+        with torchtrace.Recorder(store):
+            m(x)
+            cm(x).sum().backward()
+            m(x)
+            cm(x)
+        marks = [store.graph(p.idx).meta["compiled_regions_ran_eager"] for p in store.passes()]
+    assert marks == [False, True, False, True]
+
+
 def test_a_compiled_function_is_told_from_its_uncompiled_self_and_the_watch_ends() -> None:
     """A compiled function shares its code object (and Dynamo's cache) with the
     plain function: only calls through the compiled one are compiled regions.

@@ -1062,3 +1062,30 @@ def test_every_k_sees_a_model_built_anew_each_step(tmp_path):
         graphs = [store.graph(p.idx) for p in passes]
     assert [sum(n.phase == "backward" for n in g.nodes) for g in graphs] == [
         sum(n.phase == "backward" for n in graphs[0].nodes)] * 3
+
+
+def test_an_input_is_named_by_the_root_call_of_its_own_pass(tmp_path):
+    """`m.emb(x)` called on its own (a root of its own pass), then `m(x)`: the
+    tensor kept the name `input` from the first call, so the last pass differed
+    from the first one ("`embedding` reads `ids` in A, `input` in B")."""
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(50, 16)
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.emb(ids))
+
+    torch.manual_seed(0)
+    m = M()
+    a, x = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        m(a)
+        m.emb(x)
+        m(x)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        first, alone, last = (store.graph(p.idx) for p in store.passes())
+    assert [v.name for v in alone.values if v.role == "input"] == ["input"]
+    assert [v.name for v in last.values if v.role == "input"] == ["ids"]
+    assert last.fingerprints == first.fingerprints

@@ -1,7 +1,7 @@
 """Activation memory saved for backward, per module call.
 
 Each autograd Node's ``saved_bytes`` counts the storages it holds for
-backward (each storage once per pass, parameters excluded); a module call's
+backward (each storage once per pass, parameters and buffers excluded); a module call's
 total is the sum over the Nodes its forward ops created.
 """
 from __future__ import annotations

@@ -82,6 +82,8 @@ def fits_int64(x: int) -> bool:
 
 
 RUN_STORE = "trace.db"  # the store `torchtrace run` writes in its --out folder
+# meta that is the pass's own, kept per pass (passes that share a stored graph may differ in it)
+PER_PASS_META = ("compiled_regions_ran_eager", "grad_mode")
 
 
 class Store:
@@ -187,6 +189,7 @@ class Store:
             witnesses["grads"] = [gi.norm for gi in graph.autograd.grads]
         if meta.get("last"):  # (and whether it was the Recorder's last: not the stored graph's)
             witnesses["last"] = True
+        witnesses["meta"] = {k: meta[k] for k in PER_PASS_META if k in meta}
         phases = Counter(n.phase for n in graph.nodes)  # (optimizer and recompute ops are neither)
         with self._transaction():
             if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ? AND rank = ?",
@@ -254,6 +257,7 @@ class Store:
             own = json.loads(witnesses or "{}")
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
             last = own.pop("last", False) is True
+            flags = own.pop("meta", None)  # (stores before 2026-11-27 have none)
             nodes = tuple(replace(n, witness=_own_read(own[n.id], n.witness)) if n.id in own else n for n in g.nodes)
             autograd = g.autograd
             if isinstance(norms, list) and len(norms) == len(autograd.grads):
@@ -262,6 +266,8 @@ class Store:
         meta.pop("last", None)  # (the stored graph's may be another pass's)
         if last:
             meta["last"] = True
+        if isinstance(flags, dict):
+            meta.update((k, flags[k]) for k in PER_PASS_META if k in flags)
         return Graph(meta=meta, modules=g.modules, values=g.values, nodes=nodes, outputs=g.outputs,
                      autograd=autograd, fingerprints=g.fingerprints)
 

@@ -99,6 +99,7 @@ class Capture:
         self.after_root: Optional[Callable[[], None]] = None
         self.after_fork: Optional[Callable[[], None]] = None  # in a forked child, after stop()
         self.on_compiled: Optional[Callable[[torch.nn.Module], None]] = None  # a compiled module's call
+        self._compiled_root = False  # a compiled wrapper called at top level: its module's call starts a pass
         self._mode_pushed = False
         self.compile_guard = CompileGuard(self._saw_compiled_code)  # while started (compiled.py)
         self._installed = False
@@ -156,6 +157,7 @@ class Capture:
         if not built and self.mode.events:  # record_function markers still open carry over
             self.open_annotations = open_annotations(self.mode.events, self.open_annotations)
         self.mode.reset()
+        self.input_names.clear()  # (a tensor is named by the root call it is passed to in this pass)
         self.scope.new_pass()
         self.autograd.close()
         self.autograd.reset()
@@ -191,14 +193,21 @@ class Capture:
                 "truncated": self.truncated, "skip": list(self.skip),
                 **self.fault_meta()}
 
-    def saw_compiled(self, module: torch.nn.Module) -> None:
-        """A torch.compile'd module was called (it runs eagerly while recorded)."""
-        self.compiled = True
+    def saw_compiled(self, module: torch.nn.Module, at_top: bool = False) -> None:
+        """A torch.compile'd module was called (it runs eagerly while recorded);
+        ``at_top``: outside any module call, so the call it wraps, next, may start
+        a pass (``on_root_call`` marks that pass)."""
+        if at_top:
+            self._compiled_root = True
+        else:
+            self.compiled = True
         if self.on_compiled is not None:
             self.on_compiled(module)
 
     def _saw_compiled_code(self) -> None:
-        if not self.mode.off:  # (a Recorder's unsampled pass: not this pass's)
+        # (not for a Recorder's unsampled pass, nor for the pass that a compiled wrapper's
+        # module call is about to end: the pass it starts is marked in on_root_call)
+        if not self.mode.off and not self._compiled_root:
             self.compiled = True
 
     def note_fault(self, what: str, error: BaseException, stacklevel: int = 2) -> None:
@@ -276,6 +285,9 @@ class Capture:
         self.compile_guard.again()
         if self.on_root is not None:
             self.on_root(module, args, frame)
+        if self._compiled_root:  # (after the pass boundary: the pass this call is in)
+            self._compiled_root = False
+            self.compiled = True
         if self.mode.off:
             return
         kwargs = call_kwargs(frame)
@@ -383,7 +395,10 @@ class Capture:
         return None
 
     def param_storages(self) -> set:
-        return {ptr for p, _, role in self.names.values() if role == "param" for ptr in storage_ptrs(p)}
+        """The storages of the parameters and buffers: state that lives whether or not
+        backward runs (a causal-mask buffer or BatchNorm's running stats that a Node
+        saves are not activation memory)."""
+        return {ptr for p, _, role in self.names.values() if role in ("param", "buffer") for ptr in storage_ptrs(p)}
 
     def trainable_params(self) -> List[Tuple[Any, str]]:
         seen, out = set(), []

@@ -89,7 +89,7 @@ class ModuleScope:
         typ = type(module).__name__  # (a read per call: cheaper than any cache of it)
         if typ == _COMPILED:  # torch.compile wrapper: transparent
             cap.compile_guard.again()
-            cap.saw_compiled(module)
+            cap.saw_compiled(module, at_top=self.depth == 0)
             return None
         if is_compiled_in_place(module):  # nn.Module.compile(): runs eagerly under the mode too
             cap.saw_compiled(module)
