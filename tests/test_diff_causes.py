@@ -506,6 +506,36 @@ def test_train_against_eval_blames_the_modules_training_mode():
     assert torchtrace.diff(b, a).why()[0].startswith("modules in training mode in B, eval mode in A")
 
 
+class Masked(nn.Module):
+    """A mask argument used only when given (as transformers' attention_mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
+        h = self.fc(x)
+        if mask is not None:
+            h = h.masked_fill(mask == 0, 0.0)
+        return h
+
+
+def test_ops_of_an_input_given_with_eval_are_put_down_to_the_input():
+    """B passes a mask and runs in eval mode: the mask's ops ran in a module
+    call that was in training mode in A only, and were blamed on `.eval()`."""
+    torch.manual_seed(0)
+    m, x, mask = Masked(), torch.randn(3, 4), torch.ones(3, 4)
+    with torchtrace.trace(m) as ta:
+        m(x)
+    m.eval()
+    with torchtrace.trace(m) as tb:
+        m(x, mask=mask)
+    [h] = torchtrace.diff(ta.graph, tb.graph).structural_hunks
+    assert [n.short_op for n in h.only_b] == ["eq.Scalar", "masked_fill.Scalar"] and h.trained is None
+    assert h.explanation.startswith("no tensor read differs before it; input `mask` only in B (f32[3,4])"), \
+        h.explanation
+
+
 def test_a_backward_run_in_one_pass_only_is_said_to_be_that():
     torch.manual_seed(0)
     m, x = DropNorm().eval(), torch.randn(3, 4)

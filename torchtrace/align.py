@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .lcs import iterations, lcs
 from .textform import ordinal
@@ -145,6 +145,16 @@ class Side:
                     k += 1
                     name = f"{v.name} ({ordinal(k)})"
                 out[name] = v
+        return out
+
+    def downstream_of(self, names: Iterable[str]) -> Set[str]:
+        """The value ids computed (forward) from the named inputs ``names``, the
+        inputs included."""
+        out = {self.named[x].id for x in names if x in self.named}
+        if out:
+            for n in self.graph.nodes:
+                if n.phase == "forward" and not out.isdisjoint(n.inputs):
+                    out.update(n.outputs)
         return out
 
     @cached_property

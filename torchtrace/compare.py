@@ -304,7 +304,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
-                              ran=ran_only(A, B, rows), trained=trained(A, B, rows),
+                              ran=ran_only(A, B, rows), trained=trained(A, B, rows, inputs),
                               needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows), grad_modes=modes,
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:

@@ -296,17 +296,21 @@ def optimizer_state(rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ..
     return found[0] if len(found) == 1 else None
 
 
-def trained(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+def trained(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange] = ()) -> Optional[str]:
     """"A" when every op of ``rows`` ran in a module call that was in training
     mode in A and in eval mode in B (the same module call, by path and call
     index; for a call only one side made, the nearest enclosing call both made:
-    `if self.training:` calling submodules); "B" the other way round."""
+    `if self.training:` calling submodules); "B" the other way round. Not when
+    an op only on one side reads what was computed from an input only that side
+    passed (``attention_mask`` given with ``.eval()``): the input explains it."""
+    own = [A.downstream_of(i.name for i in inputs if i.name and i.b is None),
+           B.downstream_of(i.name for i in inputs if i.name and i.a is None)]
     sides = set()
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
             if n is None:
                 continue
-            if n.module is None:
+            if n.module is None or (p.a is None or p.b is None) and not own[x].isdisjoint(n.inputs):
                 return None
             g, other = (A, B)[x].graph, (B, A)[x].training
             m = g.module(n.module)
