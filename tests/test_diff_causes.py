@@ -536,6 +536,38 @@ def test_ops_of_an_input_given_with_eval_are_put_down_to_the_input():
         h.explanation
 
 
+def _guarded_step(m: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    opt.zero_grad()
+    loss = m(x).pow(2).mean()
+    if torch.isnan(loss).any():  # LINE:nan
+        return
+    loss.backward()
+    opt.step()
+
+
+def _traced(step, *args) -> Graph:
+    with torchtrace.trace(args[0]) as t:
+        step(*args)
+    return t.graph
+
+
+def test_a_read_that_skipped_backward_is_said_with_it():
+    """`if torch.isnan(loss).any(): return` skipped B's backward and optimizer
+    step: the read was only a marked row of the hunk, not its cause."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x, bad = torch.randn(8, 4), torch.randn(8, 4)
+    bad[0, 0] = float("nan")
+    a, b = _traced(_guarded_step, m, opt, x), _traced(_guarded_step, m, opt, bad)
+    [h] = torchtrace.diff(a, b).structural_hunks
+    assert h.ran == ("A", ("backward", "optimizer"))
+    assert h.cause == f"`test_diff_causes.py:{line_of('nan')}` read False in A, True in B: " \
+                      "only A's pass ran backward and an optimizer step"
+    assert torchtrace.diff(b, a).structural_hunks[0].cause.startswith(
+        f"`test_diff_causes.py:{line_of('nan')}` read True in A, False in B: only B's pass ran")
+
+
 def test_a_backward_run_in_one_pass_only_is_said_to_be_that():
     torch.manual_seed(0)
     m, x = DropNorm().eval(), torch.randn(3, 4)

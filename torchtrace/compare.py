@@ -298,13 +298,16 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                                if n is not None for path in [_module_path(g, n)] if path or not recompute)
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
+            ran = ran_only(A, B, rows)
+            if ran is not None:  # only a read right before it is said with it
+                witness, loop = causes.adjacent(k0), None
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (),
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
-                              ran=ran_only(A, B, rows), trained=trained(A, B, rows, inputs),
+                              ran=ran, trained=trained(A, B, rows, inputs),
                               needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows), grad_modes=modes,
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:

@@ -239,6 +239,16 @@ class Causes:
                 loop = run
         return witness, loop
 
+    def adjacent(self, k0: int) -> Optional[WitnessChange]:
+        """The nearest decisive read before row ``k0`` that differs, when no op
+        only in A or B lies between it and ``k0`` (its branch showed nothing
+        else): what skipped a step's backward (``if torch.isnan(loss).any():``)."""
+        at = bisect.bisect_left(self.decisive, k0)
+        e = self.decisive[at - 1] if at else None
+        if e is None or self.one_sided[e] != self.one_sided[k0]:
+            return None
+        return self.witness_change(*self.pairs[e])
+
     def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """For a hunk of changed shapes: the data-dependent shape read
         (``nonzero``, boolean indexing...) that differs, at the hunk's first

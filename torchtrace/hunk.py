@@ -78,7 +78,9 @@ class Hunk:
                    "(phase recompute; backward reads the recomputed tensors)"
         if self.ran is not None and self.stopped is None:  # (not when the other pass raised before its backward)
             side, phases = self.ran
-            return f"only {side}'s pass ran {' and '.join(PHASE_WORDS.get(p, p) for p in phases)}"
+            text = f"only {side}'s pass ran {' and '.join(PHASE_WORDS.get(p, p) for p in phases)}"
+            # (a read just before that went the other way: `if torch.isnan(loss).any(): return`)
+            return f"{self.witness.describe()}: {text}" if self.witness is not None else text
         if self.state is not None:
             side, ops = self.state
             other_ops = self.only_b if side == "A" else self.only_a
