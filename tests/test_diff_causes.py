@@ -1054,3 +1054,41 @@ def test_a_read_into_a_call_whose_result_is_unused_is_named_only_as_a_guess():
     assert h.witness.line == line_of("logged") and h.witness.weak, h.explanation
     assert "read True in A, False in B (read into a call whose result is unused: the nearest read that differs, " \
            "maybe not the cause)" in h.explanation
+
+
+class SameOpArms(nn.Module):
+    """Both arms of an `if` run the same op with other args."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if h.sum() > 0:  # LINE:same-op
+            h = h * 2.0
+        else:
+            h = h * 3.0
+        return h
+
+
+def test_two_arms_that_run_the_same_op_with_other_args_are_put_down_to_the_read():
+    """The graphs' structure is the same (it leaves out lines and args): the op's
+    other args were said as if a hyperparameter had changed, and the read that
+    chose the arm was listed among the reads that explain nothing."""
+    torch.manual_seed(0)
+    m = SameOpArms()
+    with torch.no_grad():
+        m.fc.weight.copy_(torch.eye(4))
+        m.fc.bias.zero_()
+    xa, xb = -torch.ones(2, 4), torch.ones(2, 4)
+    with torchtrace.trace(m) as ta:
+        m(xa)
+    with torchtrace.trace(m) as tb:
+        m(xb)
+    d = torchtrace.diff(ta.graph, tb.graph)
+    [h] = d.changed_hunks
+    assert h.witness.line == line_of("same-op") and (h.witness.a.value, h.witness.b.value) == (False, True)
+    assert d.why() == [f"`test_diff_causes.py:{line_of('same-op')}` read False in A, True in B \u2192 the same ops, "
+                       "from other lines, with other args (1 op changed): aten.mul.Tensor other=3.0 \u2192 2.0 (1 op)"]
+    assert not d.other_reads()

@@ -26,12 +26,12 @@ from .align import Side, align
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
                        classify, input_changes, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError
-from .explain import Causes, LoopChange, WitnessChange, common_module, plural
+from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import (Hunk, accumulated, casts, cut_off, ended, needs_grad, optimizer_state, ran_on, ran_only,
                    recomputed, stopped, trained)
 from .ir import Graph, Node
+from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
-from .textform import ordinal
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
 
@@ -171,13 +171,19 @@ class GraphDiff:
         if self.grad_modes and trained:  # (a validation pass against a training one)
             lines.append(f"{self.grad_modes}: backward and optimizer ops run only under train")
         if not groups and self.kind == "shapes":
-            reads = dict.fromkeys(h.witness.describe() for h in self.changed_hunks if h.witness is not None)
+            found = [h.witness for h in self.changed_hunks if h.witness is not None]
+            reads = dict.fromkeys(w.describe() for w in found if w.a.shape is not None)
+            arms = dict.fromkeys(w.describe() for w in found if w.a.shape is None)  # (see Causes.arm)
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
             what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
             other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
-            lines.append(f"same ops, {other} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
+            if arms:
+                lines.append(f"{'; '.join(arms)} {ARROW} the same ops, from other lines, with {other} "
+                             f"({plural(self.changed, 'op')} changed): {'; '.join(what)}")
+            else:
+                lines.append(f"same ops, {other} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), hunks in groups.items():
-            cause = _runs_said(cause, hunks)
+            cause = runs_said(cause, [h.loop for h in hunks if h.loop is not None])
             names = list(dict.fromkeys(h.module or "<root>" for h in hunks))
             where = ", ".join(f"`{m}`" for m in names[:4])
             where += f" and {len(names) - 4} more" if len(names) > 4 else ""
@@ -312,7 +318,9 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
-            hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), causes.shape_read(k0, k1),
+            witness = causes.shape_read(k0, k1) or (causes.arm(k0) if any(
+                {"args", "line"} <= set(p.what) for p in changed) else None)
+            hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), witness,
                               types=type_changes(value_pairs(A, B, changed)),
                               args=arg_changes(args_only(changed), reshaped(changed)), rewires=rewires(A, B, changed)))
     hunks = _backward_like_forward(A, B, hunks)
@@ -350,26 +358,6 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
                 h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
         out.append(h)
     return out
-
-
-def _runs_said(cause: str, hunks: Sequence[Hunk]) -> str:
-    """``cause`` (said without the loop's run) with the runs of the loop
-    statement its hunks changed: "(the 2nd of its 3 runs)", "(the 1st, 3rd and
-    4th of its 8 runs)", "(each of its 8 runs)"."""
-    loops = [h.loop for h in hunks if h.loop is not None and h.loop.run is not None]
-    if not loops:
-        return cause
-    ks = sorted({lc.run[0] for lc in loops})
-    total = loops[0].run[1]
-    if len(ks) == total > 1:
-        text = f"each of its {total} runs"
-    else:
-        names = [ordinal(k + 1) for k in ks]
-        names = names[:5] + [f"{len(names) - 5} more"] if len(names) > 6 else names
-        text = "the " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + \
-            f" of its {total} runs"
-    bare = replace(loops[0], run=None).describe()
-    return cause.replace(bare, f"{bare} ({text})", 1)
 
 
 def _module_path(g: Graph, n: Node) -> str:

@@ -249,6 +249,17 @@ class Causes:
             return None
         return self.witness_change(*self.pairs[e])
 
+    def arm(self, k0: int) -> Optional[WitnessChange]:
+        """For ops that ran with other args from another line (``h * 2.0`` in one
+        arm of an `if`, ``h * 3.0`` in the other): the decisive read right before
+        them that differs, read at the same line in both passes (lines that all
+        moved are edited code, not a branch)."""
+        w = self.adjacent(k0)
+        if w is None:
+            return None
+        a, b = self.A.graph.node(w.node_a).source, self.B.graph.node(w.node_b).source
+        return w if a is not None and b is not None and a.line == b.line else None
+
     def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """For a hunk of changed shapes: the data-dependent shape read
         (``nonzero``, boolean indexing...) that differs, at the hunk's first

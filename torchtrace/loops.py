@@ -289,3 +289,22 @@ def _keyword(file: str, line: int) -> Optional[str]:
     word = text.split(" ", 1)[0].rstrip(":") if text else ""
     return word if word in ("while", "for", "if", "elif", "assert") else None
 
+
+def runs_said(cause: str, changes: Sequence[LoopChange]) -> str:
+    """``cause`` (said without the loop's run) with the runs of the loop
+    statement that ``changes`` (the hunks with that cause) changed: "(the 2nd
+    of its 3 runs)", "(the 1st, 3rd and 4th of its 8 runs)", "(each of its 8 runs)"."""
+    loops = [lc for lc in changes if lc.run is not None]
+    if not loops:
+        return cause
+    ks = sorted({lc.run[0] for lc in loops})
+    total = loops[0].run[1]
+    if len(ks) == total > 1:
+        text = f"each of its {total} runs"
+    else:
+        names = [ordinal(k + 1) for k in ks]
+        names = names[:5] + [f"{len(names) - 5} more"] if len(names) > 6 else names
+        text = "the " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + \
+            f" of its {total} runs"
+    bare = replace(loops[0], run=None).describe()
+    return cause.replace(bare, f"{bare} ({text})", 1)
