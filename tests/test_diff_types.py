@@ -131,3 +131,26 @@ def test_a_shape_read_after_the_changed_ops_is_not_their_cause():
     assert all(h.witness is None for h in d.changed_hunks if h.span[0] <= 2)
     assert d.why()[0].startswith("same ops, other shapes") and "input `x` f32[2,4] \u2192 f32[3,4]" in d.why()[0]
     assert "read shape" not in d.why()[0]
+
+
+def test_an_output_torch_did_not_compute_is_paired_by_type():
+    """A frozen first layer: BatchNorm's backward computes no grad_input
+    (output_mask [False, True, True]) and returns two tensors, not three. Paired
+    by position, its weight gradient f32[8] was "one more output" and the
+    input gradient's f32[4,8] a "rank 2 → 1" change."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(4, 4)
+
+    def step() -> torchtrace.Graph:
+        m.zero_grad(set_to_none=True)
+        with torchtrace.trace(m) as t:
+            m(x).sum().backward()
+        return t.graph
+
+    a = step()
+    m[0].requires_grad_(False)
+    b = step()
+    [h] = [h for h in torchtrace.diff(a, b).changed_hunks if h.module == "1"]
+    assert [p.a.op for p in h.changed] == ["aten.native_batch_norm_backward.default"]
+    assert [t.describe() for t in h.types] == ["A returns one more output, f32[4,8]"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from itertools import zip_longest
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from .explain import ARROW, plural
 from .textform import dtype_short, shape_str
@@ -57,16 +57,40 @@ class TypeChange:
         return {"kind": self.kind, "a": self.a, "b": self.b, "count": self.count}
 
 
+def outputs_paired(A: "Side", B: "Side", xs: Sequence[str], ys: Sequence[str]) -> List[Tuple[Any, Any]]:
+    """An op's outputs paired by position, or, when one side has fewer and they
+    are, in order, of the types of some of the other's, with those: an output
+    torch did not compute is absent (``native_batch_norm_backward`` with
+    ``output_mask=[False, True, True]`` returns no grad_input)."""
+    if len(xs) != len(ys):
+        short, long_, flip = (xs, ys, False) if len(xs) < len(ys) else (ys, xs, True)
+        types = [((A, B)[flip].graph.value(v).shape, (A, B)[flip].graph.value(v).dtype) for v in short]
+        other = (B, A)[flip].graph
+        out: List[Tuple[Any, Any]] = []
+        k = 0
+        for v in long_:
+            w = other.value(v)
+            if k < len(types) and (w.shape, w.dtype) == types[k]:
+                out.append((short[k], v))
+                k += 1
+            else:
+                out.append((None, v))
+        if k == len(short):
+            return [(y, x) for x, y in out] if flip else out
+    return list(zip_longest(xs, ys))
+
+
 def value_pairs(A: "Side", B: "Side", rows: Iterable["OpPair"]) -> Iterator[ValuePair]:
-    """Each aligned tensor once: inputs with inputs, outputs with outputs;
-    a tensor only one side has is yielded with ``None`` for the other side
-    (once per op)."""
+    """Each aligned tensor once: inputs with inputs, outputs with outputs
+    (``outputs_paired``); a tensor only one side has is yielded with ``None``
+    for the other side (once per op)."""
     seen = set()
     for p in rows:
         if p.a is None or p.b is None:
             continue
-        for role, xs, ys in (("input", p.a.inputs, p.b.inputs), ("output", p.a.outputs, p.b.outputs)):
-            for x, y in zip_longest(xs, ys):
+        for role, pairs in (("input", zip_longest(p.a.inputs, p.b.inputs)),
+                            ("output", outputs_paired(A, B, p.a.outputs, p.b.outputs))):
+            for x, y in pairs:
                 if x is not None and y is not None:
                     if x in seen:
                         continue
