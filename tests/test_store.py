@@ -1089,3 +1089,17 @@ def test_an_input_is_named_by_the_root_call_of_its_own_pass(tmp_path):
     assert [v.name for v in alone.values if v.role == "input"] == ["input"]
     assert [v.name for v in last.values if v.role == "input"] == ["ids"]
     assert last.fingerprints == first.fingerprints
+
+
+def test_mark_step_before_each_model_call_numbers_passes_as_stored(tmp_path):
+    """`mark_step()` right before each model call: the empty pass between them
+    counted in the labels, so the stored passes 1, 2, 3 read `m (Linear) 2`, `4`, `6`."""
+    m = nn.Linear(2, 2)
+    x = torch.randn(1, 2)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            torchtrace.mark_step()
+            m(x).sum().backward()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = [p for p in store.passes() if p.root]
+    assert [p.label for p in passes] == [f"m (Linear) {p.idx}" for p in passes] and len(passes) == 3

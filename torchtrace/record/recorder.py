@@ -282,8 +282,11 @@ class Recorder:
             prep = input_prep(self.capture.mode, inputs)
             self._prep = signature(self.capture.mode, prep)
             drop_events(self.capture.mode, prep)
+        # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
+        # between mark_step() and that call), is no pass of its own: it takes no number
+        empty = self._root is None and (not self.capture.mode.events if self._sampled else root is not None)
         self._finish()
-        self.index += 1
+        self.index += not empty
         self._begin(root, name, model)
 
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
