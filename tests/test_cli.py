@@ -268,6 +268,27 @@ def test_run_renders_each_new_variant(tmp_path):
     assert (tmp_path / "o" / "variant-0.mmd").read_text().startswith("---\nconfig:")
 
 
+def test_a_new_run_moves_the_previous_runs_drawings_aside(tmp_path):
+    """The first run's variant-2.svg stayed beside the second run's store and read
+    as its drawing (the store itself had moved to trace.prev.db)."""
+    first = _script(tmp_path, """
+        import torch
+        for d in (2, 3):
+            torch.nn.Linear(d, 2)(torch.randn(1, d)).sum().backward()
+    """)
+    out = tmp_path / "o"
+    (out).mkdir()
+    (out / "variant-notes.txt").write_text("mine")  # not a drawing of ours: left alone
+    assert runner.invoke(app, ["run", "--out", str(out), "--render", "text", str(first)]).exit_code == 0
+    assert sorted(p.name for p in out.glob("variant-*")) == ["variant-0.txt", "variant-1.txt", "variant-notes.txt"]
+    assert runner.invoke(app, ["run", "--out", str(out), "--render", "mermaid", str(first)]).exit_code == 0
+    assert sorted(p.name for p in out.glob("*variant-*")) == [
+        "prev-variant-0.txt", "prev-variant-1.txt", "variant-0.mmd", "variant-1.mmd", "variant-notes.txt"]
+    assert runner.invoke(app, ["run", "--out", str(out), str(first)]).exit_code == 0
+    assert sorted(p.name for p in out.glob("*variant-*")) == ["prev-variant-0.mmd", "prev-variant-1.mmd",
+                                                              "variant-notes.txt"]
+
+
 def test_every_view_phase_is_a_cli_choice(tmp_path):
     """`--phase` takes what the views take: the optimizer's ops of a training
     step shown alone, no forward or backward op among them."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import shlex
 import signal
@@ -109,6 +110,7 @@ def _store_in(out: Path) -> Iterator[Path]:
                 old = Path(str(path) + suffix)
                 if old.exists():
                     os.replace(old, Path(str(prev) + suffix))
+            _renders_aside(out)
     except BaseException as e:
         os.close(fd)
         if isinstance(e, OSError):  # a store that cannot be moved aside
@@ -118,6 +120,20 @@ def _store_in(out: Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+_RENDER = re.compile(r"variant-\d+\.[a-z]+")  # what --render writes (``Launch._render``)
+
+
+def _renders_aside(out: Path) -> None:
+    """The previous run's drawings go with its store: ``prev-variant-0.svg``
+    (those of the run before it are dropped, as its store was)."""
+    for f in out.glob("prev-variant-*"):
+        if _RENDER.fullmatch(f.name[len("prev-"):]):
+            f.unlink()
+    for f in out.glob("variant-*"):
+        if _RENDER.fullmatch(f.name):
+            os.replace(f, out / f"prev-{f.name}")
 
 
 def _lock(fd: int, out: Path) -> None:
