@@ -568,6 +568,18 @@ def test_a_read_that_skipped_backward_is_said_with_it():
         f"`test_diff_causes.py:{line_of('nan')}` read True in A, False in B: only B's pass ran")
 
 
+def test_batch_norm_run_with_batch_statistics_in_one_pass_is_put_down_to_the_mode():
+    """The same `native_batch_norm` op with `training=True` in A, False in B: its
+    changed hunk named only the arg and the sizes, not `.train()`/`.eval()`."""
+    torch.manual_seed(0)
+    m, x = DropNorm(), torch.randn(3, 4)
+    d = torchtrace.diff(_pass(m, x, train=True), _pass(m, x, train=False))
+    [bn] = [h for h in d.changed_hunks if any(a.key == "training" for a in h.args)]
+    assert bn.trained == "A" and bn.cause.startswith("modules in training mode in A, eval mode in B"), bn.cause
+    x2 = torch.randn(5, 4)  # other shapes alone, in one mode: no mode named
+    assert all(h.trained is None for h in torchtrace.diff(_pass(m, x, train=True), _pass(m, x2, train=True)).hunks)
+
+
 def test_a_backward_run_in_one_pass_only_is_said_to_be_that():
     torch.manual_seed(0)
     m, x = DropNorm().eval(), torch.randn(3, 4)
@@ -1092,3 +1104,36 @@ def test_two_arms_that_run_the_same_op_with_other_args_are_put_down_to_the_read(
     assert d.why() == [f"`test_diff_causes.py:{line_of('same-op')}` read False in A, True in B \u2192 the same ops, "
                        "from other lines, with other args (1 op changed): aten.mul.Tensor other=3.0 \u2192 2.0 (1 op)"]
     assert not d.other_reads()
+
+
+class Prototypes(nn.Module):
+    """One prototype per class present in the batch, stacked after the loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        out = []
+        for c in torch.unique(y):  # LINE:classes
+            out.append(h[y == c].mean(0))
+        return torch.stack(out)
+
+
+def test_an_op_that_reads_a_loops_extra_results_follows_from_the_loop():
+    """`torch.stack(out)` reads one tensor more in A because the loop ran once
+    more: it was put down to the last iteration's `h[y == c]` shape read."""
+    torch.manual_seed(0)
+    m, x = Prototypes(), torch.randn(6, 4)
+    ya, yb = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 0, 0, 1, 1, 1])
+    with torchtrace.trace(m) as ta:
+        m(x, ya)
+    with torchtrace.trace(m) as tb:
+        m(x, yb)
+    d = torchtrace.diff(ta.graph, tb.graph)
+    [loop] = d.structural_hunks
+    [stack] = [h for h in d.changed_hunks if any(p.a.op == "aten.stack.default" for p in h.changed)]
+    assert loop.witness.line == line_of("classes") and (loop.loop.a, loop.loop.b) == (3, 2)
+    assert (stack.witness, stack.loop) == (loop.witness, loop.loop)
+    assert stack.cause.startswith(loop.cause + "; A passes one more input, f32[4]"), stack.cause

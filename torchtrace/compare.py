@@ -27,8 +27,8 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
                        classify, input_changes, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import (Hunk, accumulated, casts, cut_off, ended, needs_grad, optimizer_state, ran_on, ran_only,
-                   recomputed, stopped, trained)
+from .hunk import (Hunk, accumulated, casts, cut_off, ended, fed_by_one_sided, needs_grad, optimizer_state, ran_on,
+                   ran_only, recomputed, stopped, trained)
 from .ir import Graph, Node
 from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
@@ -320,10 +320,12 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             changed = tuple(p for p in rows if significant(p))
             witness = causes.shape_read(k0, k1) or (causes.arm(k0) if any(
                 {"args", "line"} <= set(p.what) for p in changed) else None)
+            args = arg_changes(args_only(changed), reshaped(changed))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), witness,
-                              types=type_changes(value_pairs(A, B, changed)),
-                              args=arg_changes(args_only(changed), reshaped(changed)), rewires=rewires(A, B, changed)))
-    hunks = _backward_like_forward(A, B, hunks)
+                              types=type_changes(value_pairs(A, B, changed)), args=args, rewires=rewires(A, B, changed),
+                              trained=trained(A, B, changed, inputs) if any(  # (BatchNorm's batch statistics)
+                                  a.key in ("training", "train") for a in args) else None))
+    hunks = fed_by_one_sided(A, B, _backward_like_forward(A, B, hunks))
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched)),

@@ -68,7 +68,12 @@ class Hunk:
     def cause(self) -> str:
         """The first half of :attr:`explanation`: why, without the counts."""
         if self.kind == "changed":
-            return f"{self.witness.describe()}; {self.detail()}" if self.witness is not None else self.detail()
+            said = [self.witness.describe()] if self.witness is not None else []
+            said += [self._trained()] if self.trained is not None else []  # (BatchNorm's `training` arg)
+            w = self.witness
+            if self.loop is not None and (w is None or (self.loop.file, self.loop.line) != (w.file, w.line)):
+                said.append(self.loop.describe())  # (changed ops that read a loop's extra results)
+            return "; ".join([*said, self.detail()])
         side = " and ".join(x for x, ops in (("A", self.only_a), ("B", self.only_b)) if ops)
         if self.grads:
             return f"gradient accumulated into an existing .grad in {side} " \
@@ -104,8 +109,7 @@ class Hunk:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
                    "(or of the Recorder block), past its last step"
         if self.trained is not None:
-            return f"modules in training mode in {self.trained}, eval mode in {_other(self.trained)} " \
-                   "(`.train()`/`.eval()`)"
+            return self._trained()
         if self.loop is not None and self.loop.via == "witness":
             text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
@@ -130,6 +134,10 @@ class Hunk:
         if self.loop is not None:
             return f"{self.loop.describe()} (no tensor read decided it)"
         return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
+
+    def _trained(self) -> str:
+        return f"modules in training mode in {self.trained}, eval mode in {_other(self.trained)} " \
+               "(`.train()`/`.eval()`)"
 
     @property
     def counts(self) -> str:
@@ -189,6 +197,23 @@ class Hunk:
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
                 "explanation": self.explanation}
+
+
+def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:
+    """A hunk of changed ops that read a tensor an op only on that side made
+    (``torch.stack(outs)`` after a loop that ran once more in A) follows from
+    the structural hunk of that op: its cause, not the nearest shape read."""
+    made: Dict[Tuple[int, str], Hunk] = {}  # (side, value id) -> the structural hunk whose op made it
+    for h in hunks:
+        if h.kind == "structural" and (h.witness is not None or h.loop is not None):
+            for x, ops in ((0, h.only_a), (1, h.only_b)):
+                made.update(((x, v), h) for n in ops for v in n.outputs)
+    out = []
+    for h in hunks:
+        owner = next((made[(x, v)] for p in h.changed for x, n in ((0, p.a), (1, p.b)) if n is not None
+                      for v in n.inputs if (x, v) in made), None) if made and h.kind == "changed" else None
+        out.append(h if owner is None else replace(h, witness=owner.witness, loop=owner.loop))
+    return out
 
 
 def ended(side: str, g: Graph, detail: bool = False) -> str:
