@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch.nn.utils.parametrize import ParametrizationList
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ..errors import UsageError, exit_error, warn
 from ..ir import Graph
@@ -55,24 +56,25 @@ class ModelKeys:
 
     def __init__(self) -> None:
         self._slots: Dict[Tuple[str, int], List[Any]] = {}  # (class, size) -> weakrefs, by slot
+        self._known: Dict[int, Tuple[Any, Tuple[str, int, int]]] = {}  # id -> (weakref, key): every root call
 
     def key(self, module: torch.nn.Module) -> Tuple[str, int, int]:
         """Asked at a pass boundary after the previous pass was built and its
         modules let go (``Recorder._finish``): a predecessor is free by then."""
+        hit = self._known.get(id(module))
+        if hit is not None and hit[0]() is module:
+            return hit[1]
         kind = (type(module).__qualname__, sum(p.numel() for p in module.parameters()))
         slots = self._slots.setdefault(kind, [])
-        free = None
-        for i, ref in enumerate(slots):
-            held = ref()
-            if held is module:
-                return (*kind, i)
-            if held is None and free is None:
-                free = i
+        free = next((i for i, ref in enumerate(slots) if ref() is None), None)
         if free is None:
             free = len(slots)
             slots.append(None)
         slots[free] = weakref.ref(module)
-        return (*kind, free)
+        if len(self._known) > 64:  # (models built anew each step leave dead entries)
+            self._known = {k: e for k, e in self._known.items() if e[0]() is not None}
+        key = self._known[id(module)] = (weakref.ref(module), (*kind, free))
+        return key[1]
 
 
 class Recorder:
@@ -118,7 +120,9 @@ class Recorder:
         self._roots: Dict[int, Tuple[Any, bool]] = {}  # id -> (weakref, a model?)
         self._keys = ModelKeys()
         self._prep: frozenset = frozenset()  # the last input preparation dropped at a boundary
-        self._root_handles: List[Any] = []
+        self._root_handles: Dict[int, Tuple[Any, Any]] = {}  # id -> (weakref, its pre-hook's handle)
+        self._armed: Any = None  # the global pre-hook step() sets while unsampled: the step's first model call
+        self._mortal = False  # a model seen as a root has died (models built anew each step): step() arms
         self.launched = False  # the Recorder of `torchtrace run` (a script's own one then stands aside)
         self._outer: Optional["Recorder"] = None  # that one, while this one stands aside
 
@@ -190,9 +194,8 @@ class Recorder:
         self._step = step
         if self.cut == "step" and self.capture is not None:
             self._cut(start=True)
-        elif not self._sampled and self._root_handles:  # the step's first model call is seen, new or not
-            self.capture.scope.depth = 0  # (watched roots leave it at 1: no global post-hook closed them)
-            self._unwatch()
+        elif not self._sampled and self._mortal and self._root_handles and self._armed is None:
+            self._armed = register_module_forward_pre_hook(self._first_call)  # (a model built anew: unwatched)
 
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
@@ -321,9 +324,7 @@ class Recorder:
     def _detach_after_fork(self) -> None:
         """In a forked child (its Capture already stopped): store nothing, ever."""
         _ACTIVE.recorder = None
-        for h in self._root_handles:  # the child's copies of the root modules' hook dicts
-            h.remove()
-        self._root_handles = []
+        self._unhook()  # the child's copies of the root modules' hook dicts
         self._uncompiled.restore()
         if not isinstance(self._store_arg, Store):
             _INHERITED.append(self.store)  # kept referenced: never closed by the child
@@ -333,30 +334,60 @@ class Recorder:
     def _watch(self) -> None:
         cap = self.capture
         assert cap is not None
-        if self._root_handles:
-            return  # already watching
-        roots = [r() for r, has in self._roots.values() if has]
-        roots = [m for m in roots if m is not None]
-        if not roots:
+        watched = self._root_handles
+        alive = [r() for r, has in self._roots.values() if has]
+        if None in alive:  # (dropped: a model built anew each step leaves one a step)
+            self._mortal = True
+            self._roots = {k: e for k, e in self._roots.items() if e[0]() is not None}
+            for k in [k for k, e in watched.items() if e[0]() is None]:
+                watched.pop(k)[1].remove()
+        roots = [m for m in alive if m is not None and not (id(m) in watched and watched[id(m)][0]() is m)]
+        if not roots and not watched:
             return  # nothing known to watch yet: keep the global hooks
-        cap.scope.remove()
-        self._root_handles = [m.register_forward_pre_hook(self._root_pre) for m in roots]
+        if cap.scope.handles:
+            cap.scope.remove()
+        for m in roots:
+            watched[id(m)] = (weakref.ref(m), m.register_forward_pre_hook(self._root_pre))
 
     def _unwatch(self) -> None:
-        for h in self._root_handles:
-            h.remove()
-        self._root_handles = []
+        self._unhook()
         cap = self.capture
         if cap is not None and cap._installed and not cap.scope.handles:
             cap.scope.install()
 
-    def _root_pre(self, module: torch.nn.Module, args: Any) -> None:
+    def _unhook(self) -> None:
+        for _, h in self._root_handles.values():
+            h.remove()
+        self._root_handles = {}
+        self._disarm()
+
+    def _first_call(self, module: torch.nn.Module, args: Any) -> None:
+        """Armed by ``step()`` while unsampled: the step's first model call starts
+        a pass even when the model is new (built anew each step), then disarms."""
+        cap = self.capture
+        if cap is None or threading.get_ident() != cap.tid:
+            return None
+        e = self._root_handles.get(id(module))
+        if e is None or e[0]() is not module:
+            if not _is_model_call(module):
+                return None  # a loss or a transform before the model: wait for it
+            self._disarm()
+            return self._root_pre(module, args, sys._getframe(1))
+        self._disarm()  # a watched root: its own pre-hook sees this call
+        return None
+
+    def _disarm(self) -> None:
+        if self._armed is not None:
+            self._armed.remove()
+            self._armed = None
+
+    def _root_pre(self, module: torch.nn.Module, args: Any, frame: Any = None) -> None:
         cap = self.capture
         if cap is None or threading.get_ident() != cap.tid:
             return None
         scope = cap.scope
         scope.depth = 0
-        scope._pre(module, args, sys._getframe(1))  # a pass boundary; opens the call if now sampled
+        scope._pre(module, args, frame or sys._getframe(1))  # a pass boundary; opens the call if now sampled
         if not self._sampled:
             scope.depth = 0  # no global post-hook will close it
         return None
