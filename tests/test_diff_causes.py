@@ -1137,3 +1137,39 @@ def test_an_op_that_reads_a_loops_extra_results_follows_from_the_loop():
     assert loop.witness.line == line_of("classes") and (loop.loop.a, loop.loop.b) == (3, 2)
     assert (stack.witness, stack.loop) == (loop.witness, loop.loop)
     assert stack.cause.startswith(loop.cause + "; A passes one more input, f32[4]"), stack.cause
+
+
+class Reordered(nn.Module):
+    """The same two ops at one line, in an order a flag decides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.swap = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        fns = [torch.sin, torch.exp] if self.swap else [torch.exp, torch.sin]
+        outs = [f(h) for f in fns]
+        return outs[0] + outs[1]
+
+
+def test_an_op_that_ran_in_another_order_is_said_to_have_moved():
+    """Paired in order, the `exp` that moved after `sin` is one op only in A and
+    one only in B: both hunks now say it ran in both passes."""
+    torch.manual_seed(0)
+    m, x = Reordered(), torch.randn(2, 4)
+    with torchtrace.trace(m) as ta:
+        m(x)
+    m.swap = True
+    with torchtrace.trace(m) as tb:
+        m(x)
+    d = torchtrace.diff(ta.graph, tb.graph)
+    hunks = d.structural_hunks
+    assert sorted((len(h.only_a), len(h.only_b)) for h in hunks) == [(0, 1), (1, 0)]
+    assert all(h.moved == ("exp",) and h.cause.endswith("`exp` ran in both, in another order") for h in hunks)
+    assert all(h.to_dict()["moved"] == ["exp"] for h in d.mirror().hunks)
+    m.swap, x2 = False, 2 * x
+    with torchtrace.trace(m) as tc:
+        m(x2)
+    assert not torchtrace.diff(ta.graph, tc.graph).structural_hunks

@@ -365,3 +365,26 @@ def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange
     return tuple(out)
 
 
+def moved(A: "Side", B: "Side", hunks: Sequence[Any]) -> List[Any]:
+    """Structural hunks that no read or own cause explains, whose every op only on
+    one side is matched, signature for signature, by an op only on the other side
+    elsewhere in the diff (the same op at the same line in both passes, in another
+    order: a gradient sum that a cast now precedes under autocast, a loop over a
+    reordered list) get ``moved``: the names of those ops."""
+    sig = (dict(zip((n.id for n in A.nodes), A.sigs)), dict(zip((n.id for n in B.nodes), B.sigs)))
+    seen: Tuple[Counter, Counter] = (Counter(), Counter())
+    for h in hunks:
+        if h.kind == "structural":
+            seen[0].update(sig[0][n.id] for n in h.only_a)
+            seen[1].update(sig[1][n.id] for n in h.only_b)
+    both = seen[0] & seen[1]
+    if not both:
+        return list(hunks)
+    out = []
+    for h in hunks:
+        keys = [sig[0][n.id] for n in h.only_a] + [sig[1][n.id] for n in h.only_b]
+        if h.kind == "structural" and keys and all(k in both for k in keys) and h.witness is None \
+                and h.loop is None and not h.own_cause:  # (a read that differs says more: which branch)
+            h = replace(h, moved=tuple(dict.fromkeys(n.short_op for n in (*h.only_a, *h.only_b))))
+        out.append(h)
+    return out

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .align import Side, align
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
-                       classify, input_changes, producers, reshaped, rewires, run_key, significant)
+                       classify, input_changes, moved, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import (Hunk, accumulated, casts, cut_off, ended, fed_by_one_sided, needs_grad, optimizer_state, ran_on,
@@ -325,7 +325,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               types=type_changes(value_pairs(A, B, changed)), args=args, rewires=rewires(A, B, changed),
                               trained=trained(A, B, changed, inputs) if any(  # (BatchNorm's batch statistics)
                                   a.key in ("training", "train") for a in args) else None))
-    hunks = fed_by_one_sided(A, B, _backward_like_forward(A, B, hunks))
+    hunks = moved(A, B, fed_by_one_sided(A, B, _backward_like_forward(A, B, hunks)))
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched)),

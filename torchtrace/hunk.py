@@ -55,6 +55,7 @@ class Hunk:
     state: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, ops): the optimizer made its state there
     last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
     grad_modes: Optional[Tuple[str, str]] = None  # the passes' grad modes, when they differ (A's, B's)
+    moved: Tuple[str, ...] = ()  # its ops ran on the other side too, elsewhere (``classify.moved``): their names
 
     @property
     def own_cause(self) -> bool:
@@ -67,6 +68,14 @@ class Hunk:
     @property
     def cause(self) -> str:
         """The first half of :attr:`explanation`: why, without the counts."""
+        text = self._cause()
+        if not self.moved:
+            return text
+        ops = ", ".join(f"`{x}`" for x in self.moved[:3]) + (f" and {len(self.moved) - 3} more" if len(self.moved) > 3
+                                                            else "")
+        return f"{text}; {ops} ran in both, in another order"
+
+    def _cause(self) -> str:
         if self.kind == "changed":
             said = [self.witness.describe()] if self.witness is not None else []
             said += [self._trained()] if self.trained is not None else []  # (BatchNorm's `training` arg)
@@ -192,7 +201,7 @@ class Hunk:
                 "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
-                "trained": self.trained, "last": self.last,
+                "trained": self.trained, "last": self.last, "moved": list(self.moved),
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
