@@ -276,3 +276,17 @@ def test_dot_diff_is_bounded_unless_a_level_is_asked_for():
     assert "collapsed to level" in auto and "collapsed to level" not in full
     svg = render_diff(d, "svg")  # laid out by the real `dot` (seconds; minutes at level 0)
     assert "<svg" in svg and "collapsed to level" in svg
+
+
+def test_collapsed_hunks_name_their_ops(structural):
+    """A hunk collapsed into one box listed the overloads (`Tensor, int`) for
+    the ops' names (`add.Tensor, transpose.int`)."""
+    from torchtrace.diffview import build_diff_view
+
+    view = build_diff_view(structural, level=3)
+    chunks = [b for b in view.view.boxes if b.kind == "chunk" and b.id != "why" and "only in" in b.title]
+    assert chunks
+    for b in chunks:
+        side = "a" if "only in A" in b.title else "b"
+        names = {getattr(p, side).short_op for p in structural.ops if p.status == f"only_{side}"}
+        assert set(b.lines[0].split(", ")) <= names, (b.lines[0], names)

@@ -173,3 +173,37 @@ def test_hostile_labels_parse_in_mermaid(mermaid_check, version):
     assert res["ok"], res["problems"]
     n = len(HOSTILE)
     assert res["model"] == {"nodes": 2 * n, "edges": n, "subgraphs": n}  # no label ate a node
+
+
+def test_names_with_line_breaks_keep_the_text_forms_one_line_per_op():
+    """A ModuleDict key with a line break, and a label with one: `print(g)`
+    and the text diff split their lines and showed a fake `# ...` line."""
+    import torch
+
+    import torchtrace
+
+    class Keyed(torch.nn.Module):
+        def __init__(self, extra: bool) -> None:
+            super().__init__()
+            keys = ["a", "b\n# INJECTED"] if extra else ["a"]
+            self.d = torch.nn.ModuleDict({k: torch.nn.Linear(2, 2) for k in keys})
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for m in self.d.values():
+                x = m(x)
+            return x
+
+    x = torch.randn(1, 2)
+    graphs = []
+    for extra in (False, True):
+        m = Keyed(extra)
+        with torchtrace.trace(m, label="run\n# LABEL") as t:
+            m(x)
+        graphs.append(t.graph)
+    g = graphs[1]
+    text = str(g)
+    assert len(text.split("\n")) == 1 + sum(1 for v in g.values if v.role != "activation") + len(g.nodes) + 1
+    d = torchtrace.diff(*graphs)
+    for out in (text, torchtrace.render(g, "text"), torchtrace.render(d, "text"), torchtrace.render(d, "markdown")):
+        assert not [line for line in out.split("\n") if line.lstrip("-+ ").startswith(("# INJECTED", "# LABEL"))]
+    assert "b\u23ce# INJECTED" in text and "run\u23ce# LABEL" in text

@@ -43,6 +43,13 @@ def test_unknown_option_lists_the_valid_ones(viz_graph):
         render(viz_graph("branchy"), "dot", width=80)  # a terminal option
 
 
+def test_a_hide_entry_that_is_not_a_tag_is_a_usage_error(viz_graph):
+    """`hide=[["view"]]` (a list in the list) raised `TypeError: unhashable type`."""
+    for bad in ([["view"]], [{"view": 1}], ["view", 3]):
+        with pytest.raises(UsageError, match="bad value in hide"):
+            render(viz_graph("branchy"), "text", hide=bad)
+
+
 def test_render_needs_a_graph():
     with pytest.raises(UsageError, match="needs a Graph or a GraphDiff"):
         render({"nodes": []}, "text")

@@ -6,6 +6,7 @@ import io
 import re
 
 import pytest
+import torch
 from rich.console import Console
 
 import torchtrace
@@ -62,3 +63,29 @@ def test_renderable_prints_to_a_console(viz_graph):
 def test_bad_width():
     with pytest.raises(UsageError, match="width"):
         torchtrace.render(torchtrace.Graph(), "terminal", width=10)
+
+
+class _WhileOverLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        i = 0
+        while i < 3 and x.sum() > -1e9:  # a loop with a read: its body is several items
+            x = self.layers[i](x).tanh()
+            i += 1
+        return x
+
+
+def test_a_loop_over_other_modules_names_them_all_and_a_focus_is_said():
+    """The tree named only the loop's first module (`layers.0 Linear`), where the
+    drawings name `layers.0…2`; a focused report did not say why ops were missing."""
+    m = _WhileOverLayers()
+    x = torch.randn(2, 4)
+    with torchtrace.trace(m) as t:
+        m(x)
+    out = torchtrace.render(t.graph, "terminal", width=120)
+    assert "layers.0…2 Linear" in out and "layers.0 Linear" not in out
+    focused = torchtrace.render(t.graph, "terminal", width=120, focus="layers.1").splitlines()[2]
+    assert focused.startswith("showing phase forward: ") and "in focus 'layers.1': 1 call(s)" in focused

@@ -1080,7 +1080,7 @@ def test_an_input_is_named_by_the_root_call_of_its_own_pass(tmp_path):
     torch.manual_seed(0)
     m = M()
     a, x = torch.randint(0, 50, (2, 8)), torch.randint(0, 50, (2, 8))
-    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+    with torchtrace.Recorder(tmp_path / "t.db"):
         m(a)
         m.emb(x)
         m(x)

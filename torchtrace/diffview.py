@@ -109,7 +109,7 @@ class _Builder:
             rows = [k for k in range(k0, k1) if self.d.ops[k].status == status]
             if rows:
                 nodes = [getattr(self.d.ops[k], side) for k in rows]
-                ops = ", ".join(dict.fromkeys(op_str(n.op).rsplit(".", 1)[-1] for n in nodes))
+                ops = ", ".join(dict.fromkeys(n.short_op for n in nodes))
                 title = f"{plural(len(rows), 'op')} only in {side.upper()}"
                 self._chunk(rows[0], rows[-1] + 1, status, title, (ops, h.cause), rows=rows)
 

@@ -7,10 +7,36 @@ Also the short names used by every renderer (``f32[2,3]``).
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from typing import TYPE_CHECKING, Any, Iterable, List
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node, Value
+
+_NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85]")
+
+
+def clean(text: object) -> str:
+    """Any object as printable text: line breaks normalised to ``\\n``, tabs to
+    spaces, other control characters and lone surrogates to U+FFFD."""
+    s = _NEWLINES.sub("\n", str(text)).replace("\t", " ")
+    out = []
+    for c in s:
+        if c == "\n" or c.isprintable() or c == " ":
+            out.append(c)
+        elif unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn"):
+            out.append("\ufffd")
+        else:  # format characters (zero-width joiners…) and separators are harmless
+            out.append(c)
+    return "".join(out)
+
+
+def one_line(text: object) -> str:
+    """``clean`` text for one line of a terminal tree or table cell: a line break
+    (a ``ModuleDict`` key may hold one) shows as ⏎ instead of breaking the layout."""
+    return clean(text).replace("\n", "\u23ce")
+
 
 DTYPE_SHORT = {
     "float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16",
@@ -76,7 +102,7 @@ def node_line(g: "Graph", n: "Node") -> str:
         rhs += f"  !! raised {g.raised()[n.id]}"
     where = []
     if n.module is not None:
-        where.append(g.module(n.module).path or "<root>")
+        where.append(one_line(g.module(n.module).path or "<root>"))
     if n.source is not None:
         where.append(n.source.short())
     line = f"{n.id:<5} {lhs}{rhs}"
@@ -95,13 +121,13 @@ def format_graph(g: "Graph") -> str:
     head = [f"torchtrace.graph {len(g.nodes)} ops"]
     for key in ("label", "step", "rank", "grad_mode"):
         if meta.get(key) is not None:
-            head.append(f"{key}={meta[key]}")
+            head.append(f"{key}={one_line(meta[key])}")
     if meta.get("truncated"):
         head.append("TRUNCATED")
     lines: List[str] = ["# " + " ".join(head)]
     for v in g.values:
         if v.role != "activation" and v.version_of is None:
-            name = f" {v.name}" if v.name else ""
+            name = f" {one_line(v.name)}" if v.name else ""
             lines.append(f"{v.role:<8} {v.id}:{type_str(v)}{name}")
     lines.extend(node_line(g, n) for n in g.nodes)
     if g.outputs:

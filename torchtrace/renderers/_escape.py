@@ -18,39 +18,17 @@ covers them all. The rules, each checked against the real tools:
 from __future__ import annotations
 
 import html
-import re
-import unicodedata
 from typing import Dict, Hashable
 
 from graphviz.quoting import nohtml
 
-__all__ = ["clean", "shorten", "dot_text", "dot_html", "mermaid_label", "mermaid_comment", "markdown_text",
+from ..textform import clean, one_line
+
+__all__ = ["clean", "one_line", "shorten", "dot_text", "dot_html", "mermaid_label", "mermaid_comment", "markdown_text",
            "html_text", "IdMaker", "safe_id"]
 
-_NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 _MERMAID_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,=")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-
-def clean(text: object) -> str:
-    """Any object as printable text: line breaks normalised to ``\\n``, tabs to
-    spaces, other control characters and lone surrogates to U+FFFD."""
-    s = _NEWLINES.sub("\n", str(text)).replace("\t", " ")
-    out = []
-    for c in s:
-        if c == "\n" or c.isprintable() or c == " ":
-            out.append(c)
-        elif unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn"):
-            out.append("\ufffd")
-        else:  # format characters (zero-width joiners…) and separators are harmless
-            out.append(c)
-    return "".join(out)
-
-
-def one_line(text: object) -> str:
-    """``clean`` text for one line of a terminal tree or table cell: a line break
-    (a ``ModuleDict`` key may hold one) shows as ⏎ instead of breaking the layout."""
-    return clean(text).replace("\n", "\u23ce")
 
 
 def shorten(text: str, limit: int) -> str:

@@ -25,7 +25,7 @@ from ..classify import ABSENT
 from ..fingerprint import canonical_json
 from ..textform import node_line, op_str, type_str
 from ..typechange import changed_what
-from ._escape import markdown_text
+from ._escape import markdown_text, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..compare import GraphDiff, Hunk, OpPair
@@ -87,7 +87,7 @@ def _label(g: "Graph", name: str = "") -> str:
     """``A calm (28 ops, structure 93a6…, shapes 06f5…)``; without ``name``: from the label on."""
     label = g.meta.get("label")
     fp = g.fingerprints
-    head = " ".join(x for x in (name, None if label is None else str(label)) if x)
+    head = " ".join(x for x in (name, None if label is None else one_line(label)) if x)
     counts = f"({len(g.nodes)} ops, structure {fp.get('structure', '?')}, shapes {fp.get('shapes', '?')})"
     return f"{head} {counts}" if head else counts
 
@@ -118,11 +118,11 @@ def render_text(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, max_c
     why = diff.why()
     if why:
         out += ["", "why:"]
-        out.extend(f"  {line}" for line in why)
+        out.extend(f"  {one_line(line)}" for line in why)
     details = detail_lines(diff)
     if details:
         out.append("")
-        out.extend(details)
+        out.extend(one_line(x) for x in details)
     if diff.kind != "identical" and not diff.hunks:
         out.append("the fingerprints differ but every op matches: the returned values differ")
     out.extend(body_lines(diff, context=context, max_ops=max_ops, max_changed=max_changed))
@@ -181,7 +181,7 @@ def body_lines(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, max_ch
                 out.append(_row(diff, diff.ops[k]))
                 k += 1
                 continue
-            out.append(f"# {h.index + 1}. {h.explanation}")
+            out.append(f"# {h.index + 1}. {one_line(h.explanation)}")
             cap = max_changed if h.kind == "changed" else max_ops
             end = h.span[1]
             for p in diff.ops[k:min(end, k + cap)]:
@@ -231,7 +231,7 @@ def _changed_line(diff: "GraphDiff", p: "OpPair") -> str:
     if "value" in p.what and a.witness is not None and b.witness is not None:
         parts.append(f"read {a.witness.describe()} {ARROW} {b.witness.describe()}")
     line = "  ".join(parts) + f"  [{','.join(p.what)}]"
-    where = [diff.a.module_path(a.module) or "<root>"] if a.module is not None else []
+    where = [one_line(diff.a.module_path(a.module) or "<root>")] if a.module is not None else []
     if a.source is not None:
         where.append(a.source.short())
     return f"{line:<72}  # {'  '.join(where)}" if where else line
@@ -251,11 +251,11 @@ def render_markdown(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, m
     why = diff.why()
     if why:
         out += ["", "**Why**", ""]
-        out.extend(f"- {markdown_text(line)}" for line in why)
+        out.extend(f"- {markdown_text(one_line(line))}" for line in why)
     details = detail_lines(diff)
     if details:
         out += ["", "**Details**", ""]
-        out.extend(f"- {markdown_text(line)}" for line in details)
+        out.extend(f"- {markdown_text(one_line(line))}" for line in details)
     if diff.hunks:
         text = "\n".join(body_lines(diff, context=context, max_ops=max_ops, max_changed=max_changed)).strip("\n")
         fence = "```"

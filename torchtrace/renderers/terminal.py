@@ -63,6 +63,8 @@ def _header(prep: Prepared) -> Text:
         facts.append(f"saved for backward {L.human_bytes(total_saved)}")
     t.append(" · ".join(facts))
     t.append(f"\nshowing phase {sel.phase}: {len(sel.nodes)} ops")
+    if sel.focus_calls:  # (the other ops are left out: say why)
+        t.append(f" in focus {one_line(repr(prep.opts.focus))}: {len(sel.focus_calls)} call(s)", style="bold")
     if sel.hidden:
         t.append(f" ({len(sel.hidden)} bookkeeping ops hidden)", style="dim")
     if cut_off_note(g):
@@ -123,9 +125,11 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
                 nodes = [n for it in body for n in item_nodes(it)]
                 loop = tree.add(Text(L.loop_title(nodes, r.reps), style="bold magenta")
                                 + Text(f"  {L.ops_word(len(nodes))} each", style="dim"))
-                for it in body:
-                    if isinstance(it, Group):
-                        add(loop.add(describe(it, grp, (), 1)), it)
+                for j, it in enumerate(body):
+                    if isinstance(it, Group):  # modules that differ per iteration: name them all, as the views do
+                        names = [L.relative_path(items[i + k * r.period + j].path, grp.path if grp.call else None)
+                                 for k in range(r.reps)]
+                        add(loop.add(describe(it, grp, names if len(set(names)) > 1 else (), 1)), it)
                 i = r.stop
                 continue
             if isinstance(items[i], Group):

@@ -93,7 +93,7 @@ def view_options(**opts: Any) -> ViewOptions:
                          found=repr(o.hide), fix="pass e.g. hide=['view'], or hide=() to show every op")
     hide = (o.hide,) if isinstance(o.hide, str) else tuple(o.hide or ())
     for tag in hide:
-        if tag not in TAGS:
+        if not isinstance(tag, str) or tag not in TAGS:
             raise UsageError("bad value in hide", expected="node tags from: " + ", ".join(TAGS), found=repr(tag),
                              fix=f"{_close(str(tag), TAGS)}pass hide=() to show every op")
     for name in ("fold", "params"):
