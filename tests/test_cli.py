@@ -514,6 +514,25 @@ def test_huge_numbers_and_deep_json_are_clear_errors(recorded, tmp_path):
         assert res.output.startswith("error: ") and words in res.output, (args, res.output)
 
 
+def test_sigterm_stores_the_pass_in_flight_then_dies_by_sigterm_as_python(tmp_path):
+    """torchrun stops the other ranks with SIGTERM: the pass in flight is stored,
+    and the process died by the signal (-15) as python does, not with exit 143."""
+    s = _script(tmp_path, """
+        import os, signal, torch
+        m = torch.nn.Linear(2, 2)
+        for i in range(3):
+            m(torch.ones(1, 2)).sum().backward()
+        os.kill(os.getpid(), signal.SIGTERM)
+    """)
+    ref = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == res.returncode == -signal.SIGTERM, res.stderr[-2000:]
+    assert "(terminated)" in res.stderr
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 3
+
+
 def test_ctrl_c_ends_the_run_as_it_ends_python(tmp_path):
     """python prints the KeyboardInterrupt's traceback and dies by SIGINT (a parent
     sees -2); `torchtrace run` printed one word and exited 130. The passes are kept."""

@@ -36,7 +36,7 @@ def test_two_ranks_diverge_and_the_report_says_where_and_why(tmp_path):
         report = rank_report(store)
     first = report.divergences[0]
     assert (first.idx, first.ref, first.other, first.kind) == (2, 0, 1, "collectives")
-    assert "#2: rank 0 calls nothing more; rank 1 calls c10d.allreduce_(float32[49], group of 2)" in first.collective
+    assert "#2: rank 0 calls nothing more; rank 1 calls c10d.allreduce_(float32[49], group of 2, reduce_op=SUM)" in first.collective
     src = script.read_text().splitlines()
     line = next(i for i, x in enumerate(src, 1) if "if x.max() > 2.5" in x)
     assert any(f"`ranks_diverge.py:{line}` read False on rank 0, True on rank 1" in w for w in first.why)
@@ -100,3 +100,77 @@ def test_a_rank_that_raised_is_named_and_an_empty_store_is_an_error(tmp_path):
     Store(tmp_path / "empty.db").close()
     out = CliRunner().invoke(app, ["ranks", str(tmp_path / "empty.db")])
     assert out.exit_code == 2 and out.output.startswith("error: ") and "holds no pass" in out.output
+
+
+def test_collectives_on_fresh_tensors_stay_in_their_step(tmp_path):
+    """A vote (`all_reduce` of a fresh flag) and a `barrier()` after backward
+    depend on nothing the step computed, so they were taken for the next step's
+    input preparation and dropped: every pass but the last lost them."""
+    import torch
+    import torch.distributed as dist
+
+    import torchtrace
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        m = torch.nn.Linear(4, 2)
+        with torchtrace.Recorder(tmp_path / "t.db") as rec:
+            for step in range(3):
+                rec.step(step)
+                m.zero_grad()
+                x = torch.ones(8, 4) * (step + 1)
+                m(x).sum().backward()
+                flag = torch.zeros(3)
+                dist.all_reduce(flag)  # "should we stop?"
+                dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        counts = [sum("collective" in n.tags for n in store.graph(p.idx).nodes) for p in store.passes()]
+        fps = {store.graph(p.idx).fingerprints["structure"] for p in store.passes()}
+    assert counts == [2, 2, 2] and len(fps) == 1, counts
+
+
+def test_ranks_that_reduce_otherwise_differ_and_a_rank_without_passes_is_named(tmp_path):
+    """SUM on one rank and MAX on the other hangs or corrupts a job: every
+    reduce op was recorded as `<...ReduceOp>` and the report said the ranks
+    agree. A rank that died before its first forward was not in the report."""
+    import torch
+    import torch.distributed as dist
+
+    import torchtrace
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        graphs = {}
+        for op in (dist.ReduceOp.SUM, dist.ReduceOp.MAX):
+            with torchtrace.trace() as t:
+                dist.all_reduce(torch.ones(3), op=op)
+            graphs[op] = t.graph
+    finally:
+        dist.destroy_process_group()
+    [n] = [n for n in graphs[dist.ReduceOp.MAX].nodes if "collective" in n.tags]
+    assert n.args["reduce_op"] == "MAX"
+    with Store(tmp_path / "t.db") as store:
+        store.add(_as_rank(graphs[dist.ReduceOp.SUM], 0), idx=0)
+        store.add(_as_rank(graphs[dist.ReduceOp.MAX], 1), idx=0)
+        [d] = rank_report(store).divergences
+    assert d.kind == "collectives" and "reduce_op=SUM" in d.collective and "reduce_op=MAX" in d.collective
+    with Store(tmp_path / "u.db") as store:
+        store.add(_as_rank(graphs[dist.ReduceOp.SUM], 0), idx=0)  # world size 2, rank 1 recorded nothing
+        report = rank_report(store)
+    assert report.ranks == [0, 1] and report.passes == {0: 1, 1: 0}
+    assert "rank 1 has no pass 0: it stopped (crashed or hung)" in str(report)
+    with Store(tmp_path / "v.db") as store:
+        store.add(graphs[dist.ReduceOp.SUM], idx=0)  # one process, no world size
+        report = rank_report(store)
+    assert report.agree and "one rank only" in str(report)
+
+
+def test_render_with_nproc_is_refused_not_ignored(tmp_path):
+    """`--render` with `--nproc-per-node` wrote nothing and said nothing."""
+    script = tmp_path / "s.py"
+    script.write_text("print('ran')\n")
+    res = CliRunner().invoke(app, ["run", "--nproc-per-node", "2", "--render", "text", "--out", str(tmp_path / "o"),
+                                   str(script)])
+    assert res.exit_code == 2 and "--render with --nproc-per-node" in res.output and "ran" not in res.output

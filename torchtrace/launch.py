@@ -229,6 +229,8 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
                 runpy.run_module(options.module, run_name="__main__", alter_sys=True)
             else:
                 runpy.run_path(os.path.abspath(path), run_name="__main__")  # (__file__ absolute, as python's)
+    except _Terminated:  # (the pass in flight is stored; then die by SIGTERM, as python does)
+        code = TERMINATED
     except SystemExit as e:
         code = _exit_code(e, console)
     except BaseException as e:  # the script's own error: show it as python would, without our frames
@@ -283,21 +285,31 @@ def _worker_main(args: Sequence[str]) -> int:
 
 
 INTERRUPTED = -signal.SIGINT  # the script ended by KeyboardInterrupt: exit as python does
+TERMINATED = -signal.SIGTERM  # ended by SIGTERM (torchrun stopping the other ranks): likewise
 
 
 def exit_like_python(code: int) -> None:
-    """``sys.exit(code)``; after a KeyboardInterrupt, die by SIGINT as python
-    does (a shell or a parent process sees the signal, not an exit status)."""
-    if code == INTERRUPTED:
+    """``sys.exit(code)``; after a KeyboardInterrupt or a SIGTERM, die by that
+    signal as python does (a shell or a parent process sees the signal, not an
+    exit status)."""
+    if code in (INTERRUPTED, TERMINATED):
+        sig = -code
         if os.name == "posix":
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
-        code = 128 + signal.SIGINT
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        code = 128 + sig
     sys.exit(code)
 
 
+_ENDED = {INTERRUPTED: "interrupted", TERMINATED: "terminated"}  # what the summary says of a signal
+
+
+class _Terminated(SystemExit):
+    """SIGTERM, raised in the script so that the pass in flight is stored."""
+
+
 def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    raise _Terminated(128 + signum)
 
 
 _OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(runpy.__file__), "<frozen runpy>")
@@ -318,7 +330,7 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
     n = progress.passes
     console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
                   f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
-                  f"{escape(script.name)} ({'interrupted' if code == INTERRUPTED else f'exit {code}'}) -> "
+                  f"{escape(script.name)} ({_ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store))}", highlight=False, soft_wrap=True)
     if progress.variants:
         table = Table(box=None, show_header=True, pad_edge=False)

@@ -15,18 +15,30 @@ from .compare import diff
 from .ir import Graph, Node
 from .store import PassRecord, Store
 
-Collective = Tuple[str, str, str]  # (op, group, input types)
+Collective = Tuple[str, str, str]  # (op, group and the other args that must match, input types)
+# functional collectives' own bookkeeping (no communication), and args each rank may set its own way
+_LOCAL = ("wait_tensor", "_wrap_tensor_autograd")
+_PER_RANK = ("async_op", "timeout")
 
 
 def collectives(g: Graph) -> List[Tuple[Collective, Node]]:
-    """The collective calls of a pass, in order, with what must match across ranks."""
+    """The collective calls of a pass, in order, with what must match across
+    ranks: the op, the input types, the process group (size, and name unless it
+    is the default group's) and the other args (reduce op, root rank)."""
     out = []
     for n in g.nodes:
-        if "collective" in n.tags:
-            group = next((f"group of {v['group_size']}" for v in n.args.values()
-                          if isinstance(v, dict) and "group_size" in v), "")
-            types = ", ".join(f"{g.value(v).dtype}{list(g.value(v).shape)}" for v in n.inputs)
-            out.append(((n.op, group, types), n))
+        if "collective" not in n.tags or n.short_op.split(".")[0] in _LOCAL:
+            continue
+        said = []
+        for k, v in n.args.items():
+            if isinstance(v, dict) and "group_size" in v:
+                name = v.get("group_name")
+                said.insert(0, f"group of {v['group_size']}" + (f" named {name!r}" if name not in (None, "", "0")
+                                                                 else ""))
+            elif k not in _PER_RANK:
+                said.append(f"{k}={v}")
+        types = ", ".join(f"{g.value(v).dtype}{list(g.value(v).shape)}" for v in n.inputs)
+        out.append(((n.op, ", ".join(said), types), n))
     return out
 
 
@@ -80,7 +92,9 @@ class RankReport:
     def __str__(self) -> str:
         counts = ", ".join(f"rank {r}: {self.passes[r]}" for r in self.ranks)
         lines = [f"{len(self.ranks)} rank{'s' if len(self.ranks) != 1 else ''}; passes recorded: {counts}"]
-        if self.agree:
+        if self.agree and len(self.ranks) < 2:
+            lines.append("one rank only (not a distributed run, or the others recorded nothing): nothing to compare")
+        elif self.agree:
             lines.append("every rank built the same graphs and called the same collectives")
         for d in self.divergences:
             lines.extend(d.lines())
@@ -108,8 +122,17 @@ def rank_report(store: Store) -> RankReport:
     counts = {r: len(by_rank[r]) for r in ranks}
     divergences: List[Divergence] = []
     reported: set = set()
+    if ranks:  # ranks of the run that recorded no pass at all (died before their first forward)
+        first = min(by_rank[ranks[0]].values(), key=lambda p: p.idx)
+        world = store.graph(first.idx, ranks[0]).meta.get("world_size")
+        for r in (range(world) if isinstance(world, int) and 0 < world <= 1 << 16 else ()):
+            if r not in by_rank:
+                counts[r] = 0
+                reported.add(("missing", r))
+                divergences.append(Divergence(first.idx, first.step, ranks[0], r, "missing"))
+        ranks = sorted(counts)
     for idx in sorted({i for passes in by_rank.values() for i in passes}):
-        present = [r for r in ranks if idx in by_rank[r]]
+        present = [r for r in ranks if idx in by_rank.get(r, ())]
         ref = present[0]
         for r in ranks:
             if r not in present and ("missing", r) not in reported:
@@ -125,7 +148,8 @@ def rank_report(store: Store) -> RankReport:
             if not kind or (kind, r) in reported:
                 continue
             reported.add((kind, r))
-            why = [w.replace(" in A", f" on rank {ref}").replace(" in B", f" on rank {r}")
+            why = [w.replace(" in A and B", f" on ranks {ref} and {r}")
+                   .replace(" in A", f" on rank {ref}").replace(" in B", f" on rank {r}")
                    .replace("A's ", f"rank {ref}'s ").replace("B's ", f"rank {r}'s ")
                    for w in diff(ga, gb).why(errors=False)]  # said below, by rank
             errors = [f"rank {p.rank}'s pass ended with {p.error}" for p in (a, b) if p.error]

@@ -53,7 +53,7 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
     outputs = set(mode.outputs)
     cands = {i for i in range(tail, len(events))
              if (events[i][E_INFO], events[i][E_CODE], events[i][E_LINE]) in sig
-             and not any(v in outputs for v in events[i][E_OUTS])}
+             and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode.vmeta)}
     consumers = _consumers(events, tail)
     changed = True
     while changed:
@@ -80,7 +80,7 @@ def reads_data(info: Any, ev: tuple, vmeta: List[tuple]) -> bool:
 def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     """Indices of the tail events whose outputs serve only to build ``tensors``
     (the next root call's arguments): after the last op inside a module call
-    or outside the forward phase, outside any module, never a witness, every
+    or outside the forward phase, outside any module, never one ``_kept``, every
     output consumed only by other such events (or being one of ``tensors``)."""
     events = mode.events
     needed: Set[int] = set()
@@ -95,10 +95,9 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     outputs = set(mode.outputs)
     prep: Set[int] = set()
 
-    def feeds_only_prep(ev: tuple) -> bool:  # a result, no witness, no update of state, not returned, read only by prep
+    def feeds_only_prep(ev: tuple) -> bool:  # a result, not kept (_kept), not returned, read only by prep
         outs = ev[E_OUTS]
-        return (bool(outs) and not reads_data(BY_INDEX[ev[E_INFO]], ev, mode.vmeta)
-                and not _writes_state(ev, mode.vmeta) and not any(v in outputs for v in outs)
+        return (bool(outs) and not _kept(ev, mode.vmeta) and not any(v in outputs for v in outs)
                 and all(c in prep for v in outs for c in consumers.get(v, ())))
 
     # the ops that made the inputs, and the other ops of those statements that feed nothing
@@ -139,16 +138,16 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
     nothing this pass computed (only on outside tensors, the preparation and
     each other) and that nothing of this pass reads: the next step's other data
     (``yb = Y[idx]`` on a line of its own, the ``randint`` it shares with
-    ``X[idx]``). Only ops with a result: never a witness, a profiler marker, an
-    update of state, or a returned value."""
+    ``X[idx]``). Only ops with a result: never one ``_kept``, a profiler marker,
+    or a returned value."""
     events = mode.events
     made = {v: i for i, ev in enumerate(events) for v in ev[E_OUTS]}
     free: Set[int] = set()
     for i in range(tail, len(events)):
         ev = events[i]
         info = BY_INDEX[ev[E_INFO]]
-        if i in prep or not ev[E_OUTS] or info.annotation or reads_data(info, ev, mode.vmeta) \
-                or _writes_state(ev, mode.vmeta) or any(v in outputs for v in ev[E_OUTS]):
+        if i in prep or not ev[E_OUTS] or info.annotation or _kept(ev, mode.vmeta) \
+                or any(v in outputs for v in ev[E_OUTS]):
             continue  # (a record_function marker: what a later op ran inside)
         if all(made.get(v) is None or made[v] in free or made[v] in prep for v in ev[E_INS] if v >= 0):
             free.add(i)
@@ -157,6 +156,14 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
         size = len(free)
         free = {i for i in free if all(c in free or c in prep for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
     return free
+
+
+def _kept(ev: tuple, vmeta: List[tuple]) -> bool:
+    """An op that is part of the step wherever it runs: a read of tensor data (a
+    witness), a collective (a vote, a barrier, a broadcast of a fresh tensor: what
+    the other ranks wait for), or a write to state (``_writes_state``)."""
+    info = BY_INDEX[ev[E_INFO]]
+    return reads_data(info, ev, vmeta) or "collective" in info.tags or _writes_state(ev, vmeta)
 
 
 def _writes_state(ev: tuple, vmeta: List[tuple]) -> bool:

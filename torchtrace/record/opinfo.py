@@ -224,10 +224,14 @@ def describe_objects(values: Any) -> Any:
 
 
 def describe_object(x: Any) -> Any:
-    try:  # a c10d ProcessGroup: what a rank report needs
+    name = x._type().qualified_name() if hasattr(x, "_type") else type(x).__name__
+    try:  # a c10d ProcessGroup and ReduceOp: what a rank report needs
         import torch.distributed as dist
 
+        if name.endswith("c10d.ReduceOp"):  # "SUM", "MAX"...: ranks that reduce otherwise hang or diverge
+            code = x.op()
+            return next((k for k, v in dist.ReduceOp.RedOpType.__members__.items() if int(v) == code), str(code))
         pg = dist.ProcessGroup.unbox(x)
         return {"group_size": pg.size(), "group_rank": pg.rank(), "group_name": getattr(pg, "group_name", "")}
     except Exception:
-        return f"<{x._type().qualified_name() if hasattr(x, '_type') else type(x).__name__}>"
+        return f"<{name}>"
