@@ -200,3 +200,24 @@ print(len(runs) > before)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["True", "True", "True"], res.stdout
+
+
+def test_traces_that_end_out_of_order_give_the_users_stance_back() -> None:
+    """Trace A entered, then B; A exited first. Each put back the stance it
+    found, so B's exit restored "force_eager" and compiled code ran eagerly for
+    the rest of the process."""
+    import torch._dynamo  # noqa: F401  (loaded: the stance is set at the traces' start)
+    from torch._dynamo import eval_frame
+
+    backend = Counted()
+    fn, _, args, _ = _compiled("function", backend)
+    m = Block()
+    a, b = torchtrace.trace(m), torchtrace.trace(m)
+    a.__enter__()
+    b.__enter__()
+    m(torch.randn(2, 4))
+    a.__exit__(None, None, None)
+    assert eval_frame._stance.stance == "force_eager"  # B still records
+    b.__exit__(None, None, None)
+    assert eval_frame._stance.stance == "default"
+    assert backend.ran(fn, *args)

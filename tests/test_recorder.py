@@ -1189,3 +1189,30 @@ def test_optimizer_step_markers_are_optimizer_phase():
         opt.step()
     marks = [n for n in t.graph.nodes if "annotation" in n.tags and n.phase != "backward"]
     assert marks and {n.phase for n in marks} == {"optimizer"}
+
+
+def test_a_user_mode_exited_inside_the_block_does_not_break_its_end():
+    """A mode entered before the trace and exited inside it: torch pops the top
+    mode, ours, so the trace's exit popped the user's mode and then raised
+    "trying to pop from empty mode stack". The modes below ours stay as they are."""
+    from torch.utils._python_dispatch import TorchDispatchMode, _pop_mode
+
+    class Counting(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    m, x = torch.nn.Linear(2, 2), torch.randn(1, 2)
+    user = Counting()
+    user.__enter__()
+    try:
+        t = torchtrace.trace(m)
+        t.__enter__()
+        m(x)
+        user.__exit__(None, None, None)  # pops ours: torch pops the top mode
+        t.__exit__(None, None, None)
+        assert _get_current_dispatch_mode_stack() == [user]
+        assert [n.op for n in t.graph.nodes][:2] == ["aten.t.default", "aten.addmm.default"]
+        assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
+    finally:
+        while torch._C._len_torch_dispatch_stack():
+            _pop_mode()

@@ -15,7 +15,8 @@ import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode, _pop_mode, _push_mode
+from torch.utils._python_dispatch import (_disable_current_modes, _get_current_dispatch_mode,
+                                          _get_current_dispatch_mode_stack, _pop_mode, _push_mode)
 
 from ..errors import UsageError, warn
 from ..ir import Graph
@@ -127,6 +128,12 @@ class Capture:
             return
         above = []
         if _get_current_dispatch_mode() is not self.mode:
+            if not any(m is self.mode for m in _get_current_dispatch_mode_stack()):
+                # gone already: a mode entered before ours was exited inside the block, and
+                # torch pops the top mode (ours) whichever exits; the modes below are left as they are
+                self._mode_pushed = False
+                self.mode.off = True
+                return
             # someone entered a mode inside ours and is still in it
             if not force:  # stay on the stack, recording nothing, until a pass boundary
                 self.mode.off = True

@@ -22,6 +22,7 @@ started Capture stops.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Callable, Dict, Optional
 
 EVAL_FRAME = "torch._dynamo.eval_frame"
@@ -80,6 +81,13 @@ def unwatch(key: int) -> None:
         ef._callback_from_stance = original
 
 
+# the guards holding "force_eager" and the user's stance they found: captures may overlap
+# in any order (two traces exited out of order, two threads), and only the last one out
+# puts the user's stance back
+_HELD: Dict[str, Any] = {"count": 0, "prior": None}
+_LOCK = threading.Lock()
+
+
 class CompileGuard:
     """One Capture's stance and watch (``force_eager``, ``watch``) while it is
     started. Dynamo may load only after that (the first ``torch.compile`` inside
@@ -88,7 +96,7 @@ class CompileGuard:
 
     def __init__(self, on_compiled_code: Callable[[], None]) -> None:
         self.note = on_compiled_code
-        self.stance: Any = None  # the stance to restore at stop()
+        self.holding = False     # counted in _HELD
         self.guarded = True      # set, or tried with Dynamo loaded
 
     def start(self) -> None:
@@ -99,13 +107,22 @@ class CompileGuard:
         if self.guarded or EVAL_FRAME not in sys.modules:
             return
         self.guarded = True
-        self.stance = force_eager()
+        with _LOCK:
+            if _HELD["count"] == 0:
+                _HELD["prior"] = force_eager()
+            _HELD["count"] += 1
+            self.holding = True
         watch(id(self), self.note)
 
     def stop(self) -> None:
         unwatch(id(self))
-        restore(self.stance)
-        self.stance = None
+        with _LOCK:
+            if self.holding:
+                self.holding = False
+                _HELD["count"] -= 1
+                if _HELD["count"] == 0:
+                    restore(_HELD["prior"])
+                    _HELD["prior"] = None
         self.guarded = True
 
 
