@@ -1103,3 +1103,26 @@ def test_mark_step_before_each_model_call_numbers_passes_as_stored(tmp_path):
     with Store(tmp_path / "t.db", readonly=True) as store:
         passes = [p for p in store.passes() if p.root]
     assert [p.label for p in passes] == [f"m (Linear) {p.idx}" for p in passes] and len(passes) == 3
+
+
+def test_an_on_pass_callback_that_raises_leaves_the_schedule_intact(tmp_path):
+    """The callback's error skipped the start of the next pass: an empty pass
+    was stored and the next one got the wrong step."""
+    calls = []
+
+    def on_pass(graph, index):
+        calls.append(index)
+        if len(calls) == 2:
+            raise ValueError("callback")
+
+    m, x = nn.Linear(4, 2), torch.randn(3, 4)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2, on_pass=on_pass) as rec:
+        for i in range(6):
+            rec.step(i)
+            try:
+                m(x).sum().backward()
+            except ValueError:  # raised by the callback at the boundary (this step's model call)
+                pass
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+    assert [(p.step, p.n_ops > 0) for p in passes] == [(0, True), (2, True), (4, True)]

@@ -288,9 +288,11 @@ class Recorder:
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
         # between mark_step() and that call), is no pass of its own: it takes no number
         empty = self._root is None and (not self.capture.mode.events if self._sampled else root is not None)
-        self._finish()
-        self.index += not empty
-        self._begin(root, name, model)
+        try:
+            self._finish()
+        finally:  # (an on_pass callback that raised: the next pass still starts here)
+            self.index += not empty
+            self._begin(root, name, model)
 
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
