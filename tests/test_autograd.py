@@ -553,3 +553,29 @@ def test_a_vmapped_forward_keeps_its_autograd_graph():
             walk.add(fn)
             stack.extend(f for f, _ in fn.next_functions)
     assert sorted(a.name for a in t.graph.autograd.nodes) == sorted(fn.name() for fn in walk)
+
+
+def test_a_users_leaf_hooks_are_not_autograds_accumulation():
+    """Hooks on a parameter run inside its AccumulateGrad Node: their ops were
+    tagged `accumulate_grad`, and a diff against the hook-free pass said
+    "gradient accumulated into an existing .grad" on the first backward."""
+    def run(hooked: bool):
+        torch.manual_seed(0)
+        m = nn.Linear(4, 2)
+        if hooked:
+            m.bias.register_hook(lambda g: g * 4)
+            m.weight.register_post_accumulate_grad_hook(lambda p: p.grad.mul_(0.5).__class__ and None)
+        with torchtrace.trace(m) as t:
+            m(torch.ones(3, 4)).sum().backward()
+        return t.graph, m
+
+    (a, _), (b, m) = run(False), run(True)
+    assert not [n for g in (a, b) for n in g.nodes if "accumulate_grad" in n.tags]
+    hooks = [n for n in b.nodes if n.phase == "backward" and n.op in ("aten.mul.Tensor", "aten.mul_.Tensor")]
+    assert len(hooks) == 2 and torch.equal(m.bias.grad, torch.full((2,), 12.0))
+    hunks = torchtrace.diff(a, b).structural_hunks
+    assert len(hunks) == 2 and not any(h.grads for h in hunks)
+    # a second backward without zero_grad: AccumulateGrad's own add is still tagged
+    with torchtrace.trace(m) as t:
+        m(torch.ones(3, 4)).sum().backward()
+    assert [n.op for n in t.graph.nodes if "accumulate_grad" in n.tags] == ["aten.add_.Tensor"] * 2

@@ -223,7 +223,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if module is None and in_generator and ev[E_CODE] is not None:
             module = in_generator.get(id(ev[E_CODE]))
         if ph == BACKWARD:
-            if ag.is_accumulate(ev[E_ANODE]):
+            if _accumulates(ag, ev):
                 from_grads.update(ev[E_OUTS])
             fwd = ag.forward_op_of(ev[E_ANODE])
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
@@ -248,9 +248,9 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                 from_grads.update(ev[E_OUTS])  # (gradients made from gradients; not `w -= lr * w.grad`'s w)
         tags = info.tags
         if info.is_detach and (_bookkeeping(events, infos, i, created)
-                               or (ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]))):
+                               or (ph == BACKWARD and _accumulates(ag, ev))):
             tags = (*tags, "autograd_internal")
-        elif ph == BACKWARD and ag.is_accumulate(ev[E_ANODE]):
+        elif ph == BACKWARD and _accumulates(ag, ev):
             tags = (*tags, "accumulate_grad")
         witness = None
         if type(ev[E_EXTRA]) is Raised:  # the op raised: no output, no read
@@ -284,12 +284,20 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                                    no_grad_params=ag.no_grad_params))
 
 
+def _accumulates(ag: AutogradPart, ev: tuple) -> bool:
+    """Is ``ev`` AccumulateGrad's own work (adding into an existing ``.grad``)? Not
+    an op of a hook the user put on the leaf (``p.register_hook``,
+    ``register_post_accumulate_grad_hook``): those run inside the same Node, from
+    the user's own code."""
+    return ag.is_accumulate(ev[E_ANODE]) and (ev[E_ICODE] is None or is_torch_internal(ev[E_ICODE]))
+
+
 def _grad_names(events: List[tuple], infos: List[Any], ag: AutogradPart) -> Dict[int, str]:
     """``fc.weight.grad``: the .grad tensors that AccumulateGrad added into (the
     first input of its ops other than its bookkeeping detach), by value id."""
     out: Dict[int, str] = {}
     for i, ev in enumerate(events):
-        if ev[E_PHASE] == BACKWARD and ev[E_INS] and not infos[i].is_detach and ag.is_accumulate(ev[E_ANODE]):
+        if ev[E_PHASE] == BACKWARD and ev[E_INS] and not infos[i].is_detach and _accumulates(ag, ev):
             param = ag.param_of(ev[E_ANODE])
             if param is not None and ev[E_INS][0] >= 0:
                 out.setdefault(ev[E_INS][0], f"{param}.grad")
