@@ -579,3 +579,25 @@ def test_a_users_leaf_hooks_are_not_autograds_accumulation():
     with torchtrace.trace(m) as t:
         m(torch.ones(3, 4)).sum().backward()
     assert [n.op for n in t.graph.nodes if "accumulate_grad" in n.tags] == ["aten.add_.Tensor"] * 2
+
+
+def test_saved_bytes_on_the_meta_device_and_of_a_free_parameter():
+    """Storages were told apart by data pointer, which is 0 for every storage on
+    the meta device (all of them merged with the parameters': 0 bytes saved); a
+    parameter no module holds was counted as activation memory."""
+    def saved(device: str) -> int:
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Sigmoid()).to(device)
+        x = torch.randn(32, 64, device=device)
+        with torchtrace.trace(m) as t:
+            out = m(x)
+        assert out.device.type == device
+        return sum(a.saved_bytes for a in t.graph.autograd.nodes)
+
+    assert saved("meta") == saved("cpu") == 3 * 32 * 64 * 4  # x, tanh's output, sigmoid's output
+    w = nn.Parameter(torch.randn(64, 64))
+    x = torch.randn(32, 64, requires_grad=True)
+    with torchtrace.trace() as t:
+        y = (x @ w).sum()
+    [mm] = [a for a in t.graph.autograd.nodes if a.name == "MmBackward0"]
+    assert mm.saved_bytes == 32 * 64 * 4 and y.requires_grad  # x only: w is a parameter

@@ -39,7 +39,8 @@ def node_key(node: Any) -> tuple:
 
 
 def _saved_storages(node: Any) -> List[Tuple[int, int]]:
-    """(data_ptr, nbytes) of each storage the Node holds for backward."""
+    """(storage key, nbytes) of each storage the Node holds for backward (the key:
+    ``storage_key``)."""
     attrs = _SAVED_ATTRS.get(type(node))
     if attrs is None:
         attrs = _SAVED_ATTRS[type(node)] = tuple(a for a in dir(node) if a.startswith("_raw_saved_"))
@@ -59,7 +60,7 @@ def _saved_storages(node: Any) -> List[Tuple[int, int]]:
             try:
                 if isinstance(data, torch.Tensor) and data.layout == torch.strided and data.numel():
                     st = data.untyped_storage()
-                    out.append((st.data_ptr(), st.nbytes()))
+                    out.append((st._cdata, st.nbytes()))
             except (RuntimeError, NotImplementedError):  # no storage to count (functorch wrappers, meta)
                 continue
     return out
@@ -78,13 +79,15 @@ def grad_fns(refs: List[Any]) -> List[Any]:
 
 
 def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
-    """Data pointers of the storages behind ``t``: its own, or for a wrapper
-    subclass with no storage of its own (DTensor, quantized wrappers) those of
-    the tensors it wraps (``__tensor_flatten__``)."""
+    """Keys of the storages behind ``t``: its own, or for a wrapper subclass with
+    no storage of its own (DTensor, quantized wrappers) those of the tensors it
+    wraps (``__tensor_flatten__``). A storage's key is its C++ object (views
+    share it), not its data pointer: every storage on the meta device, or under
+    FakeTensorMode, has data pointer 0."""
     if not isinstance(t, torch.Tensor):
         return []
     try:
-        return [t.untyped_storage().data_ptr()]
+        return [t.untyped_storage()._cdata]
     except (RuntimeError, NotImplementedError, TypeError):
         pass
     try:

@@ -404,8 +404,13 @@ class Capture:
     def param_storages(self) -> set:
         """The storages of the parameters and buffers: state that lives whether or not
         backward runs (a causal-mask buffer or BatchNorm's running stats that a Node
-        saves are not activation memory)."""
-        return {ptr for p, _, role in self.names.values() if role in ("param", "buffer") for ptr in storage_ptrs(p)}
+        saves are not activation memory), those of the roots' modules and those the
+        pass read from outside them (an ``nn.Parameter`` no module holds)."""
+        state = [p for p, _, role in self.names.values() if role in ("param", "buffer")]
+        mode = self.mode
+        state += [mode.vrefs[v]() for v, rec in enumerate(mode.vmeta)
+                  if rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ext" and rec[V_ORIGIN][1] in ("param", "buffer")]
+        return {ptr for p in state if p is not None for ptr in storage_ptrs(p)}
 
     def trainable_params(self) -> List[Tuple[Any, str]]:
         seen, out = set(), []
