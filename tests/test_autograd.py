@@ -601,3 +601,19 @@ def test_saved_bytes_on_the_meta_device_and_of_a_free_parameter():
         y = (x @ w).sum()
     [mm] = [a for a in t.graph.autograd.nodes if a.name == "MmBackward0"]
     assert mm.saved_bytes == 32 * 64 * 4 and y.requires_grad  # x only: w is a parameter
+
+
+def test_a_block_that_runs_only_backward_records_the_gradients():
+    """Forward outside the block, `loss.backward()` inside: every AccumulateGrad
+    ran, but no op read a parameter, so no gradient was recorded."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 1))
+    loss = m(torch.randn(5, 4)).sum()
+    with torchtrace.trace(m) as t:
+        loss.backward()
+    g = t.graph
+    grads = {gi.name: gi for gi in g.autograd.grads}
+    assert set(grads) == {name for name, _ in m.named_parameters()} and not g.autograd.no_grad_params
+    for name, p in m.named_parameters():
+        assert grads[name].norm == pytest.approx(p.grad.norm().item(), rel=1e-6)
+        assert g.value(grads[name].value).name == name and g.value(grads[name].value).role == "param"

@@ -191,8 +191,11 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
         leaf = e.leaf()
         if leaf is not None:
             vid = vid_of(leaf)
-            value = None if vid is None else f"v{vid}"
             param = capture.name_of(leaf)
+            if vid is None and param is not None and tracker.backward_ran and e.key in executed_keys:
+                # a block that ran only backward: no op read the parameter, its gradient is still this pass's
+                vid = mode.add_param(leaf, param)
+            value = None if vid is None else f"v{vid}"
             if param is not None:
                 part._param_of_key[e.key] = param
             # (not for leaves nothing names: reentrant checkpoint's detached copies of its inputs)

@@ -302,6 +302,11 @@ class RecordingMode(TorchDispatchMode):
         self.vmap[id(t)] = vid
         return vid
 
+    def add_param(self, t: Any, name: str) -> int:
+        """A value for parameter ``t`` that no op of the pass read (its gradient was
+        computed: a block that ran only backward)."""
+        return self._add_value(t, ("ext", "param", name, t.requires_grad))
+
     def vid_of(self, t: Any) -> Optional[int]:
         """The value id of tensor ``t`` if this pass has seen it, else None
         (the hot path inlines this for plain args)."""
