@@ -292,6 +292,9 @@ def _assert_under_the_generator_call(g, root_type):
     assert all(c.parent == root.id for c in g.modules if c.path.count(".") == 1), g.modules
     body = [n for n in g.nodes if n.phase == "forward" and n.short_op == "mul.Tensor"]
     assert body and all(n.module == root.id for n in body), [(n.op, n.module) for n in g.nodes]
+    # and their backward ops with them (a derivative takes its forward op's module)
+    grads = [n for n in g.nodes if n.phase == "backward" and n.short_op == "mul.Tensor"]
+    assert all(n.module == root.id for n in grads), [(n.op, n.module) for n in grads]
 
 
 def test_a_generator_forward_under_trace_keeps_its_calls_under_it():

@@ -219,15 +219,13 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         info = infos[i]
         ph = ev[E_PHASE]
         phase = PHASE_NAMES[ph]
-        module = ev[E_MOD]
-        if module is None and in_generator and ev[E_CODE] is not None:
-            module = in_generator.get(id(ev[E_CODE]))
+        module = _module(ev, in_generator)
         if ph == BACKWARD:
             if _accumulates(ag, ev):
                 from_grads.update(ev[E_OUTS])
             fwd = ag.forward_op_of(ev[E_ANODE])
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
-                module = events[fwd][E_MOD]
+                module = _module(events[fwd], in_generator)
                 source = _source(events[fwd][E_CODE], events[fwd][E_LINE])
             else:
                 source = _source(ev[E_CODE], ev[E_LINE])
@@ -282,6 +280,15 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))
+
+
+def _module(ev: tuple, in_generator: Dict[int, int]) -> Optional[int]:
+    """The module call an op ran in; the ops of a generator forward's own body run
+    as its caller iterates, outside the call (``ModuleScope.generator_calls``)."""
+    module = ev[E_MOD]
+    if module is None and in_generator and ev[E_CODE] is not None:
+        module = in_generator.get(id(ev[E_CODE]))
+    return module
 
 
 def _accumulates(ag: AutogradPart, ev: tuple) -> bool:
