@@ -1216,3 +1216,27 @@ def test_a_user_mode_exited_inside_the_block_does_not_break_its_end():
     finally:
         while torch._C._len_torch_dispatch_stack():
             _pop_mode()
+
+
+def test_a_users_torch_function_mode_sees_only_the_programs_calls():
+    """The build read tensors (`untyped_storage`, `numel`, Node edges) through the
+    user's TorchFunctionMode, which saw 24 calls where the program made 3."""
+    from torch.overrides import TorchFunctionMode
+
+    class Calls(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.calls.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    m, x = nn.Sequential(nn.Linear(4, 4), nn.Tanh()), torch.randn(3, 4)
+    seen = []
+    for traced in (False, True):
+        with Calls() as mode:
+            with torchtrace.trace(m) if traced else contextlib.nullcontext():
+                m(x).sum().backward()
+        seen.append(mode.calls)
+    assert seen[0] == seen[1] and len(seen[0]) >= 4

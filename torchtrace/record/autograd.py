@@ -174,6 +174,10 @@ class AutogradTracker:
         return tuple(out)
 
     def walk(self, roots: Iterable[Any], hook: bool) -> None:
+        with torch._C.DisableTorchFunction():  # (reads no TorchFunctionMode of the user's should see)
+            self._walk(roots, hook)
+
+    def _walk(self, roots: Iterable[Any], hook: bool) -> None:
         entry = self.entry
         stack = [r for r in roots if r is not None]
         seen: Set[int] = set()  # Entry orders visited by this walk

@@ -185,7 +185,8 @@ class Capture:
         if self.truncated:
             warn(f"torchtrace: stopped recording after max_ops={self.max_ops} ops; the graph is marked truncated "
                  "(meta.truncated). Raise max_ops to record the whole pass.")
-        with _disable_current_modes():  # building issues no op of the user's program
+        # building issues no op of the user's program, and no call a TorchFunctionMode of theirs sees
+        with _disable_current_modes(), torch._C.DisableTorchFunction():
             graph = build_graph(self, self.mode, full)
         self.new_pass(built=True)
         return graph
