@@ -1173,3 +1173,48 @@ def test_an_op_that_ran_in_another_order_is_said_to_have_moved():
     with torchtrace.trace(m) as tc:
         m(x2)
     assert not torchtrace.diff(ta.graph, tc.graph).structural_hunks
+
+
+def _logged_step(x: torch.Tensor, flag: bool, log: list) -> torch.Tensor:
+    h = x * 2
+    log.append(bool(h.mean() > 0))  # LINE:logged-in-a-function
+    if flag:
+        h = h.exp()
+    return h
+
+
+def test_a_read_into_an_unused_call_in_a_plain_function_is_a_guess_too():
+    """In a function called from user code (a training step) the read has a
+    caller (`called_from`), which had kept it a sure cause."""
+    log, graphs = [], []
+    for x, flag in ((torch.ones(3), False), (-torch.ones(3), True)):
+        with torchtrace.trace() as t:
+            _logged_step(x, flag, log)
+        graphs.append(t.graph)
+    [h] = torchtrace.diff(*graphs).structural_hunks
+    assert h.witness.line == line_of("logged-in-a-function") and h.witness.weak, h.explanation
+
+
+def test_a_read_with_other_ops_before_a_skipped_step_is_not_its_cause():
+    """Gradient accumulation steps every 2nd pass (Python state); a best-loss
+    check right before it differs too, but ops ran between them: it was named
+    as the reason the optimizer step ran."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    best, graphs = torch.tensor(float("inf")), []
+    x = torch.randn(8, 4)
+    xs = [x, 10 * x]  # the second loss is larger: the best-loss check reads True, then False
+    for i in range(2):
+        with torchtrace.trace(m) as t:
+            loss = m(xs[i]).pow(2).mean()
+            loss.backward()
+            if loss < best:
+                pass
+            best = torch.minimum(best, loss.detach())
+            if i % 2 == 1:
+                opt.step()
+                opt.zero_grad()
+        graphs.append(t.graph)
+    [h] = [h for h in torchtrace.diff(*graphs).structural_hunks if h.ran]
+    assert h.witness is None and h.cause == "only B's pass ran an optimizer step", h.cause

@@ -123,6 +123,11 @@ BAD = {
     "wrong format": (lambda d: d.update(format="torchviz"), ["not a torchtrace graph", "torchviz"]),
     "duplicate id": (lambda d: d["values"][1].update(id=d["values"][0]["id"]), ["duplicate id"]),
     "bad tag": (lambda d: d["nodes"][0].update(tags=["fancy"]), ["unknown tag", "fancy"]),
+    # inside a field that may be null: the field itself, not its parent ("source: expected integer or null")
+    "wrong type in a nullable record": (lambda d: d["nodes"][0]["source"].update(line="27"),
+                                        ["nodes[0].source.line", "expected integer", 'string "27"']),
+    # a problem found after the schema check names the file too (in a diff of two files: which one)
+    "duplicate node id": (lambda d: d["nodes"][3].update(id=d["nodes"][2]["id"]), ["bad.json: nodes[3].id"]),
 }
 
 
@@ -145,6 +150,7 @@ def test_malformed_graph_errors_name_the_problem(graph, tmp_path, case):
     (b"\x1f\x8b\x08garbage", ["corrupt gzip"]),
     (pickle.dumps({"format": "torchtrace.graph"}), ["not"]),
     (b"\xff\xfe\x00", ["UTF-8"]),
+    (b'{"format": "torchtrace.graph", "version": [1, ' + b"1" * 5000 + b"]}", ["not valid JSON", "4300 digits"]),
 ])
 def test_unreadable_files(tmp_path, data, words):
     with pytest.raises(torchtrace.TorchtraceError) as info:

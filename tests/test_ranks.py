@@ -174,3 +174,26 @@ def test_render_with_nproc_is_refused_not_ignored(tmp_path):
     res = CliRunner().invoke(app, ["run", "--nproc-per-node", "2", "--render", "text", "--out", str(tmp_path / "o"),
                                    str(script)])
     assert res.exit_code == 2 and "--render with --nproc-per-node" in res.output and "ran" not in res.output
+
+
+def test_per_rank_arguments_of_a_collective_are_not_a_divergence(tmp_path):
+    """`barrier(device_ids=[local_rank])` differs on every rank by design: it was
+    reported as "called different collectives ... where a job hangs"."""
+    import torch.distributed as dist
+
+    import torchtrace
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        graphs = []
+        for local in (0, 1):
+            with torchtrace.trace() as t:
+                dist.barrier(device_ids=[local])
+            graphs.append(t.graph)
+    finally:
+        dist.destroy_process_group()
+    with Store(tmp_path / "t.db") as store:
+        for r, g in enumerate(graphs):
+            store.add(_as_rank(g, r), idx=0)
+        report = rank_report(store)
+    assert not [d for d in report.divergences if d.kind == "collectives"], str(report)

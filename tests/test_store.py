@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -923,6 +924,36 @@ def test_a_store_cut_short_is_said_to_be_damaged(tmp_path):
             store.graph(0)
 
 
+@pytest.mark.parametrize("edit, found", [
+    ("DELETE FROM graphs", "no graph row for the pass"),  # was "no such pass"
+    ("UPDATE passes SET step = 'five'", "step, label, time or error has another type"),
+    ("UPDATE passes SET witnesses = '{\"meta\": {\"grad_mode\": \"bogus\"}}'", "per-pass meta"),
+])
+def test_a_store_other_clients_rewrote_is_said_to_be_damaged(tmp_path, edit, found):
+    """The pass rows are read into the graph's meta: unchecked, `export` wrote a
+    file that `show` then rejected, and a pass without its graph row was "no
+    such pass"."""
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        m(torch.ones(1, 2))
+    db = sqlite3.connect(tmp_path / "t.db")
+    db.execute(edit)
+    db.commit()
+    db.close()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store") as info:
+            store.graph(0)
+    assert found in str(info.value)
+
+
+def test_a_label_is_text():
+    """`trace(label=5)` wrote an int label, which the schema (and a store) reject."""
+    with torchtrace.trace(label=5) as t:
+        torch.ones(2) + 1
+    assert t.graph.meta["label"] == "5"
+    assert torchtrace.Graph.from_dict(t.graph.to_dict()).meta["label"] == "5"
+
+
 def test_every_k_counts_each_models_passes(tmp_path):
     """Two models whose steps alternate (a GAN's generator and discriminator):
     counted together, `every=2` sampled only the first one's passes. Counted per
@@ -1129,3 +1160,35 @@ def test_an_on_pass_callback_that_raises_leaves_the_schedule_intact(tmp_path):
     with Store(tmp_path / "t.db", readonly=True) as store:
         passes = store.passes()
     assert [(p.step, p.n_ops > 0) for p in passes] == [(0, True), (2, True), (4, True)]
+
+
+def test_every_k_with_a_model_built_inside_each_step_function(tmp_path):
+    """The model lives only inside `train_step()`, `mark_step()` ends each step.
+    Once every watched model had died nothing watched model calls any more (and
+    the module depth was left at 1): no model call was a pass boundary again."""
+    def train_step():
+        m = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        m(torch.randn(2, 4)).sum().backward()
+
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+        for i in range(8):
+            rec.step(i)
+            train_step()
+            rec.mark_step()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        modelled = [(p.step, p.n_backward > 0) for p in store.passes() if p.root]
+    assert modelled == [(0, True), (2, True), (4, True), (6, True)]
+
+
+def test_a_lazy_module_can_be_recorded_by_a_recorder(tmp_path):
+    """The model key summed `numel()` of uninitialised parameters: the user's
+    first call raised."""
+    m = nn.Sequential(nn.LazyLinear(4), nn.ReLU())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's own read of the uninitialised weight is a record fault)
+        with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+            for i in range(4):
+                rec.step(i)
+                m(torch.randn(2, 3)).sum().backward()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [p.step for p in store.passes()] == [0, 2]

@@ -57,6 +57,10 @@ def _error(schema: Dict[str, Any], data: Any, where: str, root: Dict[str, Any]) 
     if "anyOf" in schema:
         errors = [_error(s, data, where, root) for s in schema["anyOf"]]
         if all(errors):
+            # a branch whose type matched and that failed further in (an object's field) says where
+            inner = [e for e in errors if e is not None and e.where != where]
+            if inner:
+                return inner[0]
             wanted = " or ".join(e.expected or "?" for e in errors if e is not None)
             return _fail(where, wanted, data)
         return None

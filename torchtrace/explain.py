@@ -150,11 +150,11 @@ _BRANCHES = re.compile(r"\b(if|elif|while|for|assert|and|or|not|lambda)\b")
 def kept_aside(n: "Node") -> bool:
     """A truth value read in the arguments of a call whose result is unused
     (``log.append(bool(h.mean() > 0))``, ``print(flag.item())``): logged or
-    stored, so it may steer nothing. Only when the line is readable here and
-    the read is not inside a helper the line called. (A read assigned to a
-    name, ``positive = bool(x.sum() > 0)``, is how an ``if`` below reads it.)"""
+    stored, so it may steer nothing. Only when the line is readable here. (A
+    read assigned to a name, ``positive = bool(x.sum() > 0)``, is how an ``if``
+    below reads it; a helper's read is on its ``return bool(...)``: no call.)"""
     w, src = n.witness, n.source
-    if w is None or not isinstance(w.value, bool) or w.called_from or src is None:
+    if w is None or not isinstance(w.value, bool) or src is None:
         return False
     text = linecache.getline(src.file, src.line).split("#", 1)[0]
     return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
@@ -240,12 +240,11 @@ class Causes:
         return witness, loop
 
     def adjacent(self, k0: int) -> Optional[WitnessChange]:
-        """The nearest decisive read before row ``k0`` that differs, when no op
-        only in A or B lies between it and ``k0`` (its branch showed nothing
-        else): what skipped a step's backward (``if torch.isnan(loss).any():``)."""
+        """The decisive read that differs right before row ``k0``, no op between
+        them: what skipped a step's backward (``if torch.isnan(loss).any():``)."""
         at = bisect.bisect_left(self.decisive, k0)
         e = self.decisive[at - 1] if at else None
-        if e is None or self.one_sided[e] != self.one_sided[k0]:
+        if e is None or e != k0 - 1:  # (an op between them: the read steered something else)
             return None
         return self.witness_change(*self.pairs[e])
 

@@ -18,7 +18,7 @@ from .store import PassRecord, Store
 Collective = Tuple[str, str, str]  # (op, group and the other args that must match, input types)
 # functional collectives' own bookkeeping (no communication), and args each rank may set its own way
 _LOCAL = ("wait_tensor", "_wrap_tensor_autograd")
-_PER_RANK = ("async_op", "timeout")
+_PER_RANK = ("async_op", "timeout", "device_ids", "dstRank", "srcRank", "tag")  # (a send's peer, a barrier's GPU)
 
 
 def collectives(g: Graph) -> List[Tuple[Collective, Node]]:

@@ -136,7 +136,12 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
         ),
         fingerprints=dict(data["fingerprints"]),
     )
-    return graph.validate()
+    try:
+        return graph.validate()
+    except IRError as e:  # (its locations are inside the graph: say which file or pass)
+        if where is None or e.where is None:
+            raise
+        raise IRError(e.problem, where=f"{where}: {e.where}", expected=e.expected, found=e.found, fix=e.fix) from None
 
 
 def witness_from_dict(d: Any) -> Any:
@@ -310,6 +315,10 @@ def decode(raw: bytes, where: str) -> Graph:
     except RecursionError:
         raise IRError("not a torchtrace graph", where=where, expected="a JSON object nested a few levels deep",
                       found="JSON nested deeper than Python's recursion limit",
+                      fix="pass a .json or .json.gz file written by torchtrace.save()") from None
+    except ValueError as e:  # (an integer of more than 4,300 digits)
+        raise IRError("not valid JSON", where=where, expected="a JSON document with numbers Python can read",
+                      found=str(e).split(";")[0],
                       fix="pass a .json or .json.gz file written by torchtrace.save()") from None
     return graph_from_dict(data, where=where)
 

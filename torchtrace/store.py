@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
-from .ir import Graph, Witness
+from .ir import GRAD_MODES, Graph, Witness
 from .serialize import decode, encode, witness_from_dict
 
 SCHEMA_VERSION = 1
@@ -241,7 +241,7 @@ class Store:
         if fits_int64(idx) and fits_int64(rank):
             with self._reading():
                 row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
-                                      "JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
+                                      "LEFT JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
                                       "WHERE p.rank = ? AND p.idx = ?",
                                       (rank, idx)).fetchone()
         if row is None:
@@ -250,8 +250,12 @@ class Store:
                              expected=f"a pass index of rank {rank}: " + (f"0..{max(have)}" if have else "none stored"),
                              found=str(idx), fix="list the passes with `torchtrace variants STORE`")
         step, label, started, error, witnesses, blob = row
-        if not isinstance(blob, bytes):  # (a cell another SQLite client rewrote)
-            raise self._damaged(f"the pass's graph as {type(blob).__name__}, not a BLOB", f"{self.path}:{idx}")
+        if not isinstance(blob, bytes):  # (a cell another SQLite client rewrote, or a graph row deleted)
+            found = "no graph row for the pass" if blob is None else f"the pass's graph as {type(blob).__name__}"
+            raise self._damaged(f"{found}, not a BLOB", f"{self.path}:{idx}")
+        if not (isinstance(step, (int, type(None))) and all(isinstance(x, (str, type(None)))
+                                                             for x in (label, started, error))):
+            raise self._damaged("a pass row whose step, label, time or error has another type", f"{self.path}:{idx}")
         g = decode(blob, f"{self.path}:{idx}")
         with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")
@@ -267,6 +271,9 @@ class Store:
         if last:
             meta["last"] = True
         if isinstance(flags, dict):
+            if not isinstance(flags.get("compiled_regions_ran_eager", False), bool) or \
+                    flags.get("grad_mode", "train") not in GRAD_MODES:
+                raise self._damaged(f"per-pass meta {json.dumps(flags)[:200]}", f"{self.path}:{idx}")
             meta.update((k, flags[k]) for k in PER_PASS_META if k in flags)
         return Graph(meta=meta, modules=g.modules, values=g.values, nodes=nodes, outputs=g.outputs,
                      autograd=autograd, fingerprints=g.fingerprints)

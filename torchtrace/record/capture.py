@@ -102,6 +102,7 @@ class Capture:
         self.on_compiled: Optional[Callable[[torch.nn.Module], None]] = None  # a compiled module's call
         self._compiled_root = False  # a compiled wrapper called at top level: its module's call starts a pass
         self._mode_pushed = False
+        self._below: Any = None  # the mode under ours when it was pushed (pop_mode)
         self.compile_guard = CompileGuard(self._saw_compiled_code)  # while started (compiled.py)
         self._installed = False
         self.new_pass()
@@ -120,6 +121,8 @@ class Capture:
     def push_mode(self) -> None:
         if not self._mode_pushed:
             see_autocast(self.mode)
+            stack = _get_current_dispatch_mode_stack()
+            self._below = stack[-1] if stack else None
             self.mode.__enter__()
             self._mode_pushed = True
 
@@ -129,10 +132,12 @@ class Capture:
         above = []
         if _get_current_dispatch_mode() is not self.mode:
             if not any(m is self.mode for m in _get_current_dispatch_mode_stack()):
-                # gone already: a mode entered before ours was exited inside the block, and
-                # torch pops the top mode (ours) whichever exits; the modes below are left as they are
+                # gone already: the mode below ours was exited inside the block, and torch pops
+                # the top mode (ours) whichever exits; its exit is done here, as without us
                 self._mode_pushed = False
                 self.mode.off = True
+                if self._below is not None and _get_current_dispatch_mode() is self._below:
+                    _pop_mode()
                 return
             # someone entered a mode inside ours and is still in it
             if not force:  # stay on the stack, recording nothing, until a pass boundary

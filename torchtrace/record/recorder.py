@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
+from torch.nn.parameter import is_lazy
 from torch.nn.utils.parametrize import ParametrizationList
 from torch.nn.modules.module import register_module_forward_pre_hook
 
@@ -64,7 +65,7 @@ class ModelKeys:
         hit = self._known.get(id(module))
         if hit is not None and hit[0]() is module:
             return hit[1]
-        kind = (type(module).__qualname__, sum(p.numel() for p in module.parameters()))
+        kind = (type(module).__qualname__, sum(0 if is_lazy(p) else p.numel() for p in module.parameters()))
         slots = self._slots.setdefault(kind, [])
         free = next((i for i, ref in enumerate(slots) if ref() is None), None)
         if free is None:
@@ -194,7 +195,7 @@ class Recorder:
         self._step = step
         if self.cut == "step" and self.capture is not None:
             self._cut(start=True)
-        elif not self._sampled and self._mortal and self._root_handles and self._armed is None:
+        elif not self._sampled and self._mortal and self._armed is None and not self.capture.scope.handles:
             self._armed = register_module_forward_pre_hook(self._first_call)  # (a model built anew: unwatched)
 
     def _cut(self, start: bool = False) -> None:
@@ -344,10 +345,14 @@ class Recorder:
             for k in [k for k, e in watched.items() if e[0]() is None]:
                 watched.pop(k)[1].remove()
         roots = [m for m in alive if m is not None and not (id(m) in watched and watched[id(m)][0]() is m)]
-        if not roots and not watched:
-            return  # nothing known to watch yet: keep the global hooks
+        if not roots and not watched:  # nothing known to watch (yet, or any more): the global hooks
+            if cap._installed and not cap.scope.handles:
+                cap.scope.depth = 0
+                cap.scope.install()
+            return
         if cap.scope.handles:
             cap.scope.remove()
+            cap.scope.depth = 0  # (no global post-hook will close the calls open now)
         for m in roots:
             watched[id(m)] = (weakref.ref(m), m.register_forward_pre_hook(self._root_pre))
 
@@ -355,6 +360,7 @@ class Recorder:
         self._unhook()
         cap = self.capture
         if cap is not None and cap._installed and not cap.scope.handles:
+            cap.scope.depth = 0  # (a watched root's call left it open: no global post-hook closed it)
             cap.scope.install()
 
     def _unhook(self) -> None:

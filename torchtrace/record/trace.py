@@ -23,7 +23,7 @@ class Trace:
                              fix="pass the module whose params/inputs should be named, or nothing")
         skip, max_ops = capture_options(skip, max_ops)
         self._options = dict(model=model, skip=skip, max_ops=max_ops)
-        self._label = label
+        self._label = None if label is None else str(label)  # (the IR's label is text)
         self._capture: Optional[Capture] = None
         self._graph: Optional[Graph] = None
 
