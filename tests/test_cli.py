@@ -619,3 +619,24 @@ def test_a_negative_exit_status_is_no_ctrl_c(tmp_path):
                          timeout=300)
     assert ref.returncode == res.returncode == 254
     assert "(exit 254)" in res.stderr and "interrupted" not in res.stderr
+
+
+def test_a_graph_nested_too_deeply_to_show_is_an_error_not_a_traceback(tmp_path):
+    """A hand-made file whose module calls nest 990 deep loads; `show` raised
+    RecursionError from the views."""
+    import torch
+
+    import torchtrace
+
+    with torchtrace.trace() as t:
+        torch.ones(2) + 1
+    d = t.graph.to_dict()
+    depth = 990
+    d["modules"] = [{"id": f"m{k}", "path": ".".join(["a"] * k), "type": "M", "call": 0,
+                     "parent": None if k == 0 else f"m{k - 1}", "phase": "forward", "training": True}
+                    for k in range(depth)]
+    for n in d["nodes"]:
+        n["module"] = f"m{depth - 1}"
+    (tmp_path / "deep.json").write_text(json.dumps(d))
+    res = subprocess.run([EXE, "show", str(tmp_path / "deep.json")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: the graph nests too deeply to show"), res.stderr[-800:]

@@ -57,8 +57,12 @@ FocusOpt = typer.Option(None, "--focus", help="show only this module path, e.g. 
 
 
 def _fail(e: TorchtraceError) -> None:
-    err.print(Text.assemble(("error:", "bold red"), " ", str(e)), soft_wrap=True)
+    _say(e)
     raise typer.Exit(2 if isinstance(e, (UsageError, IRError)) else 1)
+
+
+def _say(e: TorchtraceError) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", str(e)), soft_wrap=True)
 
 
 def _view(depth: Optional[int], fold: bool, phase: Optional[Phase], focus: Optional[str]) -> dict:
@@ -312,6 +316,12 @@ def main() -> None:
     errors and exits 2, instead of click's framed box."""
     try:
         code = app(args=_module_args_are_its_own(sys.argv[1:]), standalone_mode=False)
+    except RecursionError:  # (a file that loads but nests module calls ~1,000 deep: hand-made)
+        e = IRError("the graph nests too deeply to show", expected="module calls nested at most a few hundred deep",
+                    found="deeper than Python's recursion limit",
+                    fix="check the file's modules[].parent chain; a recorded model does not nest so deep")
+        _say(e)
+        sys.exit(2)
     except Exception as e:  # click's exceptions, from typer's own copy of click or from click
         kinds = {c.__name__ for c in type(e).__mro__}
         if "Abort" in kinds:

@@ -51,14 +51,19 @@ def build_groups(sel: Selection) -> Group:
     stop = set(sel.focus_calls)
 
     def get(mid: str, phase: str) -> Group:
-        key = group_key(mid, phase)
-        grp = groups.get(key)
-        if grp is None:
-            call = g.module(mid)
-            parent = top if (call.parent is None or mid in stop) else get(call.parent, phase)
-            grp = groups[key] = Group(key, call, phase, parent)
-            parent.items.append(grp)
-        return grp
+        chain = []  # the calls up to the first with a group (a loop: files may nest ~1,000 deep)
+        while group_key(mid, phase) not in groups:
+            chain.append(mid)
+            parent = g.module(mid).parent
+            if parent is None or mid in stop:
+                break
+            mid = parent
+        for m in reversed(chain):
+            call = g.module(m)
+            parent_grp = top if (call.parent is None or m in stop) else groups[group_key(call.parent, phase)]
+            grp = groups[group_key(m, phase)] = Group(group_key(m, phase), call, phase, parent_grp)
+            parent_grp.items.append(grp)
+        return groups[group_key(chain[0] if chain else mid, phase)]
 
     for n in sel.nodes:
         grp = get(n.module, n.phase) if n.module is not None else top
