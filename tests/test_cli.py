@@ -217,6 +217,8 @@ def test_show_render_diff_variants_on_a_store(recorded, tmp_path):
     assert res.exit_code == 0 and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
     res = runner.invoke(app, ["diff", f"{db}:1", f"{db}:2"])
     assert res.exit_code == 0 and "identical" in res.output
+    res = runner.invoke(app, ["diff", f"{db}:0", f"{db}:1", "-f", "json"])  # offered by --help, was refused
+    assert res.exit_code == 0 and json.loads(res.output)["hunks"][0]["explanation"].startswith("gradient accumulated")
     res = runner.invoke(app, ["variants", str(db)])
     # pass 0 creates .grad; later passes accumulate into it (the script never zeroes them)
     assert res.exit_code == 0 and "2 variants in 4 passes" in res.output

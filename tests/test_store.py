@@ -20,6 +20,7 @@ from torch.nn.modules import module as nn_module
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 import torchtrace
+import zoo
 from torchtrace.store import Store, open_graph
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1192,3 +1193,21 @@ def test_a_lazy_module_can_be_recorded_by_a_recorder(tmp_path):
                 m(torch.randn(2, 3)).sum().backward()
     with Store(tmp_path / "t.db", readonly=True) as store:
         assert [p.step for p in store.passes()] == [0, 2]
+
+
+@pytest.mark.parametrize("skip", [(), ("transformers/",)])
+def test_every_decode_step_of_generate_is_one_variant(tmp_path, skip):
+    """The last decode step kept the position-ids update for a call that never
+    came (part of the steps' input preparation only: it was dropped only when all
+    of it repeated), so it was a variant of its own; with `--skip transformers/`
+    every op of generate() had one user line, and unrelated ops were taken for
+    preparation."""
+    m = zoo.gpt2()
+    ids = zoo.token_ids(6, batch=2)
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db", skip=skip):
+        out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, min_new_tokens=5,
+                         do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 11)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        fps = [store.graph(p.idx).fingerprints["structure"] for p in store.passes()]
+    assert len(fps) == 5 and len(set(fps[1:])) == 1 and fps[0] != fps[1], fps

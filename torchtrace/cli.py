@@ -8,6 +8,7 @@ or a path that is not a graph or store this version reads) or 1 for a failure
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from enum import Enum
@@ -202,7 +203,7 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
 @app.command()
 def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
          b: str = typer.Argument(..., help="graph B"),
-         fmt: Fmt = typer.Option(Fmt.text, "--format", "-f", help="text, dot, svg, mermaid or markdown"),
+         fmt: Fmt = typer.Option(Fmt.text, "--format", "-f", help="output format (json: the hunks and causes)"),
          output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of stdout")) -> None:
     """Explain why two passes built different graphs."""
     from .compare import diff as compare
@@ -212,6 +213,9 @@ def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
         d = compare(open_graph(a), open_graph(b))
         if fmt is Fmt.text and output is None:
             out.print(d, soft_wrap=True)  # GraphDiff.__rich__: the text form in colour
+            return
+        if fmt is Fmt.json:
+            _emit(json.dumps(d.to_dict(), indent=1, ensure_ascii=False) + "\n", output, "json")
             return
         from .renderers import render as draw
 

@@ -15,8 +15,9 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Set, Tuple
 
 import torch
 
-from .frames import line_of
-from .mode import E_CODE, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_DTYPE, V_ORIGIN
+from .frames import is_torch_internal, line_of
+from .mode import (E_CODE, E_ICODE, E_ILASTI, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_DTYPE,
+                   V_ORIGIN)
 from .opinfo import BY_INDEX
 
 
@@ -39,27 +40,35 @@ def _consumers(events: List[tuple], start: int) -> Dict[int, List[int]]:
     return consumers
 
 
+def _site(ev: tuple) -> Tuple[Any, int]:
+    """(code, instruction) of the innermost frame outside torch that ran the op, not
+    its attributed line: with `--skip transformers/` all of generate() is one line
+    of the user's, and every op of it would look alike."""
+    inner = ev[E_ICODE] is not None and not is_torch_internal(ev[E_ICODE])
+    return (ev[E_ICODE], ev[E_ILASTI]) if inner else (ev[E_CODE], ev[E_LINE])
+
+
 def signature(mode: Any, events: Iterable[int]) -> FrozenSet[Tuple[int, Any, int]]:
-    """What the preparation ops were: (op, code, instruction) of each."""
-    return frozenset((mode.events[i][E_INFO], mode.events[i][E_CODE], mode.events[i][E_LINE]) for i in events)
+    """What the preparation ops were: (op, code, instruction) of each (``_site``)."""
+    return frozenset((mode.events[i][E_INFO], *_site(mode.events[i])) for i in events)
 
 
 def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
     """At the end of a run there is no next call to read inputs from: the tail
-    ops that repeat the previous step's input preparation exactly (same ops,
-    same lines, feeding nothing else) are dropped the same way."""
+    ops that repeat ops of the previous step's input preparation (same op, same
+    line, feeding nothing else) are dropped the same way."""
     events = mode.events
     tail = _tail(events)
     outputs = set(mode.outputs)
     cands = {i for i in range(tail, len(events))
-             if (events[i][E_INFO], events[i][E_CODE], events[i][E_LINE]) in sig
+             if (events[i][E_INFO], *_site(events[i])) in sig
              and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode.vmeta)}
     consumers = _consumers(events, tail)
     changed = True
     while changed:
         keep = {i for i in cands if all(c in cands for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
         changed, cands = keep != cands, keep
-    return cands if len(cands) == len(sig) else set()
+    return cands  # (all of the preparation or part of it: generate()'s last step updates position ids only)
 
 
 _MASKS = (torch.bool, torch.uint8)
@@ -107,10 +116,11 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     lines: Dict[Tuple[int, int], Tuple[int, int]] = {}  # (code, f_lasti) -> (code, line): backward's ops share one
 
     def statement(ev: tuple) -> Tuple[int, int]:
-        key = (id(ev[E_CODE]), ev[E_LINE])
+        code, at = _site(ev)
+        key = (id(code), at)
         hit = lines.get(key)
         if hit is None:
-            hit = lines[key] = (key[0], line_of(ev[E_CODE], ev[E_LINE]) if ev[E_CODE] is not None else -1)
+            hit = lines[key] = (key[0], line_of(code, at) if code is not None else -1)
         return hit
 
     size = -1
