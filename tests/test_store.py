@@ -1211,3 +1211,27 @@ def test_every_decode_step_of_generate_is_one_variant(tmp_path, skip):
     with Store(tmp_path / "t.db", readonly=True) as store:
         fps = [store.graph(p.idx).fingerprints["structure"] for p in store.passes()]
     assert len(fps) == 5 and len(set(fps[1:])) == 1 and fps[0] != fps[1], fps
+
+
+def test_a_reader_waits_for_a_store_being_created(tmp_path):
+    """`torchtrace run` creates the file, then its tables: a reader in between
+    was told "not a torchtrace store (or a newer one): schema 0, tables []"."""
+    import threading
+
+    path = tmp_path / "t.db"
+    sqlite3.connect(path).close()  # the file exists, empty, as a writer has just made it
+
+    def create() -> None:
+        time.sleep(0.3)
+        Store(path).close()
+
+    writer = threading.Thread(target=create)
+    writer.start()
+    try:
+        with Store(path, readonly=True) as store:
+            assert store.passes() == []
+    finally:
+        writer.join()
+    (tmp_path / "other.db").write_bytes(b"")  # an empty file nothing creates: still an error, after a wait
+    with pytest.raises(torchtrace.TorchtraceError, match="not a torchtrace store"):
+        Store(tmp_path / "other.db", readonly=True)

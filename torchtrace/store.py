@@ -127,6 +127,11 @@ class Store:
                                   "somewhere writable and read the copy") from None
                 self.db = self._connect(uri.replace("?mode=ro", "?immutable=1"), readonly)
             version, tables = _retry_locked(lambda: self._setup(readonly))
+            for _ in range(40):  # an empty file: a writer may be creating it this very moment (2 s at most)
+                if not readonly or version or tables:
+                    break
+                time.sleep(0.05)
+                version, tables = _retry_locked(lambda: self._setup(readonly))
         except sqlite3.DatabaseError as e:
             if not readonly and getattr(e, "sqlite_errorcode", None) == _CANTOPEN:  # e.g. the path is a folder
                 raise WriteError("cannot write a trace store here", where=str(self.path),
