@@ -520,17 +520,22 @@ class Masked(nn.Module):
         return h
 
 
-def test_ops_of_an_input_given_with_eval_are_put_down_to_the_input():
-    """B passes a mask and runs in eval mode: the mask's ops ran in a module
-    call that was in training mode in A only, and were blamed on `.eval()`."""
+def _train_then_eval_with_mask(m: nn.Module):
+    """A pass in train mode without a mask against one in eval mode given one."""
     torch.manual_seed(0)
-    m, x, mask = Masked(), torch.randn(3, 4), torch.ones(3, 4)
+    x, mask = torch.randn(3, 4), torch.ones(3, 4)
     with torchtrace.trace(m) as ta:
         m(x)
     m.eval()
     with torchtrace.trace(m) as tb:
         m(x, mask=mask)
-    [h] = torchtrace.diff(ta.graph, tb.graph).structural_hunks
+    return torchtrace.diff(ta.graph, tb.graph)
+
+
+def test_ops_of_an_input_given_with_eval_are_put_down_to_the_input():
+    """B passes a mask and runs in eval mode: the mask's ops ran in a module
+    call that was in training mode in A only, and were blamed on `.eval()`."""
+    [h] = _train_then_eval_with_mask(Masked()).structural_hunks
     assert [n.short_op for n in h.only_b] == ["eq.Scalar", "masked_fill.Scalar"] and h.trained is None
     assert h.explanation.startswith("no tensor read differs before it; input `mask` only in B (f32[3,4])"), \
         h.explanation
@@ -1218,3 +1223,29 @@ def test_a_read_with_other_ops_before_a_skipped_step_is_not_its_cause():
         graphs.append(t.graph)
     [h] = [h for h in torchtrace.diff(*graphs).structural_hunks if h.ran]
     assert h.witness is None and h.cause == "only B's pass ran an optimizer step", h.cause
+
+
+class DropThenMask(nn.Module):
+    """Dropout (train mode only), then a mask used only when given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
+        h = self.drop(x)
+        if mask is not None:
+            h = h.masked_fill(mask == 0, 0.0)
+        return self.fc(h)
+
+
+def test_a_hunk_of_dropout_and_of_a_mask_given_with_eval_names_both():
+    """A train pass against an eval pass given a mask: one hunk holds the
+    dropout (A) and the mask's ops (B); it was put down to the mask alone."""
+    d = _train_then_eval_with_mask(DropThenMask())
+    [h] = [h for h in d.structural_hunks if h.only_a and h.only_b]
+    assert h.trained == "A" and [i.name for i in h.fed] == ["mask"]
+    assert h.cause == "modules in training mode in A, eval mode in B (`.train()`/`.eval()`); input `mask` only in " \
+                      "B (f32[3,4]) (ops computed from it)", h.cause
+    assert d.mirror().hunks[h.index].cause.startswith("modules in training mode in B, eval mode in A")

@@ -152,8 +152,8 @@ def run(ctx: typer.Context,
                                  f"`torchtrace run --nproc-per-node {nproc} {module.replace('.', '/')}.py`")
             if options.render is not None:  # (the ranks share one store: draw its variants afterwards)
                 raise UsageError("--render with --nproc-per-node", expected="one of them",
-                                 found=f"--render {options.render}", fix="record first, then draw each variant "
-                                 "with `torchtrace variants OUT/trace.db` and `torchtrace render OUT/trace.db:RANK:IDX`")
+                                 found=f"--render {options.render}", fix="record first, then draw each variant with "
+                                 "`torchtrace variants OUT/trace.db` and `torchtrace render OUT/trace.db:RANK:IDX`")
             code = run_distributed(script, argv, options, nproc, console=err)
         else:
             code = run_script(module if module is not None else script, argv, options, console=err)

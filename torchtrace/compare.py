@@ -27,8 +27,9 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
                        classify, input_changes, moved, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import (Hunk, accumulated, casts, cut_off, ended, fed_by_one_sided, needs_grad, optimizer_state, ran_on,
-                   ran_only, recomputed, stopped, trained)
+from .hunk import Hunk, cut_off, ended, fed_by_one_sided
+from .sided import (accumulated, casts, fed_by, needs_grad, optimizer_state, ran_on, ran_only, recomputed, stopped,
+                    trained)
 from .ir import Graph, Node
 from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
@@ -313,7 +314,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
-                              ran=ran, trained=trained(A, B, rows, inputs),
+                              ran=ran, trained=trained(A, B, rows, inputs), fed=fed_by(A, B, rows, inputs),
                               needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows), grad_modes=modes,
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:

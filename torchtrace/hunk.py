@@ -11,13 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .align import CASTS, Side
-from .classify import ACCUMULATE, ArgChange, InputChange, OpPair, Rewire
+from .align import Side
+from .classify import ArgChange, InputChange, OpPair, Rewire
 from .explain import ARROW, LoopChange, WitnessChange, plural, where
 from .textform import dtype_short
 from .ir import Graph, Node
 from .typechange import TypeChange
 
+
+PHASE_WORDS = {"backward": "backward", "optimizer": "an optimizer step"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Hunk:
     backward_of: Optional[int] = None  # the hunk is the backward of that (forward) hunk's ops: its cause
     ran: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, phases): only that side's pass ran those phases
     trained: Optional[str] = None  # the side whose module calls ran in training mode (the other's in eval)
+    fed: Tuple[InputChange, ...] = ()  # inputs only one side passed that some of its ops were computed from
     needs_grad: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, params): backward for params only it trains
     state: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, ops): the optimizer made its state there
     last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
@@ -98,7 +101,7 @@ class Hunk:
         if self.state is not None:
             side, ops = self.state
             other_ops = self.only_b if side == "A" else self.only_a
-            updated = f", {_other(side)} updated it" if other_ops else ""
+            updated = f", {other_side(side)} updated it" if other_ops else ""
             return f"the optimizer made its state in {side} ({', '.join(f'`{o}`' for o in ops)}: " \
                    f"its first step for these parameters){updated}"
         if self.casts:
@@ -145,8 +148,9 @@ class Hunk:
         return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
 
     def _trained(self) -> str:
-        return f"modules in training mode in {self.trained}, eval mode in {_other(self.trained)} " \
+        text = f"modules in training mode in {self.trained}, eval mode in {other_side(self.trained)} " \
                "(`.train()`/`.eval()`)"
+        return text + "".join(f"; {i.describe()} (ops computed from it)" for i in self.fed)
 
     @property
     def counts(self) -> str:
@@ -182,7 +186,7 @@ class Hunk:
                        witness=self.witness.mirror() if self.witness else None,
                        loop=self.loop.mirror() if self.loop else None,
                        types=tuple(t.mirror() for t in self.types), args=tuple(a.mirror() for a in self.args),
-                       inputs=tuple(i.mirror() for i in self.inputs),
+                       inputs=tuple(i.mirror() for i in self.inputs), fed=tuple(i.mirror() for i in self.fed),
                        rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped),
                        casts=tuple(t.mirror() for t in self.casts),
                        ran=_swap_first(self.ran),
@@ -201,7 +205,8 @@ class Hunk:
                 "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
-                "trained": self.trained, "last": self.last, "moved": list(self.moved),
+                "trained": self.trained, "fed": [i.to_dict() for i in self.fed], "last": self.last,
+                "moved": list(self.moved),
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
@@ -244,150 +249,18 @@ def cut_off(side: str, g: Graph) -> str:
     return f"{side}'s pass was cut off after {plural(len(g.nodes), 'op')} (max_ops)"
 
 
-def sole(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Side, Side, List[Node]]]:
-    """("A", A, B, A's ops) when every row of ``rows`` is an op only in A
-    (("B", B, A, B's ops): only in B); else None."""
-    if rows and all(p.status == "only_a" for p in rows):
-        return "A", A, B, [p.a for p in rows]
-    if rows and all(p.status == "only_b" for p in rows):
-        return "B", B, A, [p.b for p in rows]
-    return None
-
-
-def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
-    """The side that raised or was cut off (``max_ops``), when ``rows`` run to
-    the end of the diff with ops only on the other side: they ran after the
-    point where it stopped."""
-    one = sole(A, B, rows)
-    if one is None:
-        return None
-    side, g = _other(one[0]), one[2].graph
-    if g.meta.get("error"):
-        return ended(side, g)
-    return cut_off(side, g) if g.meta.get("truncated") else None
-
-
-def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
-    """"B" when ``rows``, at the end of the diff, are ops only in B and B's pass
-    was a Recorder's last (``meta.last``: ended by the block's end, so it holds
-    what the script ran after its last step), A's not."""
-    one = sole(A, B, rows)
-    return one[0] if one is not None and one[1].graph.meta.get("last") and not one[2].graph.meta.get("last") \
-        else None
-
-
-def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
-    """The .grads (``fc.weight.grad``) that ``rows``, when they are all
-    AccumulateGrad's ops (tag ``accumulate_grad``), added into."""
-    nodes = [(A.graph, p.a) if p.a is not None else (B.graph, p.b) for p in rows]
-    if not nodes or any(ACCUMULATE not in n.tags for _, n in nodes):
-        return ()
-    names = (g.value(n.inputs[0]).name if n.inputs else None for g, n in nodes)
-    return tuple(dict.fromkeys(x or ".grad" for x in names))
-
-
-PHASE_WORDS = {"backward": "backward", "optimizer": "an optimizer step"}
-
-
-def ran_only(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
-    """("A", ("backward",)) when ``rows`` are ops only in A, of phases (backward,
-    optimizer) that B's pass never ran: ``loss.backward()`` called in one pass only."""
-    one = sole(A, B, rows)
-    if one is None:
-        return None
-    side, _, other, ops = one
-    phases = tuple(dict.fromkeys(n.phase for n in ops))
-    if all(ph in PHASE_WORDS for ph in phases) and not any(n.phase in phases for n in other.nodes):
-        return side, phases
-    return None
-
-
-def needs_grad(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
-    """("A", ("0.weight", ...)) when ``rows`` are backward or optimizer ops only
-    in A and parameters require grad in A that do not in B (a frozen layer)."""
-    one = sole(A, B, rows)
-    if one is None or any(n.phase not in ("backward", "optimizer") for n in one[3]):
-        return None
-    side, mine, theirs, _ = one
-    names = tuple(x for x, rg in mine.trainable.items() if rg and theirs.trainable.get(x) is False)
-    return (side, names) if names else None
-
-
-# ops that make a new tensor (``torch.zeros_like(p)``, ``torch.tensor(0.0)``, ``grad.clone().detach()``)
-MAKE = frozenset({"zeros_like", "zeros", "empty", "empty_like", "full", "full_like", "ones_like", "lift_fresh",
-                  "scalar_tensor", "clone", "detach", "_to_copy", "new_zeros", "new_empty", "new_full"})
-
-
-def optimizer_state(rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
-    """("A", ("zeros_like", "lift_fresh")) when ``rows`` are optimizer ops and
-    A's are all ops that make tensors: the state an optimizer makes on its first
-    step (Adam's ``exp_avg``, ``exp_avg_sq``, ``step``; SGD's momentum buffer)."""
-    if not rows or any((p.a or p.b).phase != "optimizer" for p in rows):
-        return None
-    found = []
-    for side, ops in (("A", [p.a for p in rows if p.b is None]), ("B", [p.b for p in rows if p.a is None])):
-        names = [n.op.split(".")[1] if n.op.count(".") >= 1 else n.op for n in ops]
-        if names and all(x in MAKE for x in names):
-            found.append((side, tuple(dict.fromkeys(names))))
-    return found[0] if len(found) == 1 else None
-
-
-def trained(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange] = ()) -> Optional[str]:
-    """"A" when every op of ``rows`` ran in a module call that was in training
-    mode in A and in eval mode in B (the same module call, by path and call
-    index; for a call only one side made, the nearest enclosing call both made:
-    `if self.training:` calling submodules); "B" the other way round. Not when
-    an op only on one side reads what was computed from an input only that side
-    passed (``attention_mask`` given with ``.eval()``): the input explains it."""
-    own = [A.downstream_of(i.name for i in inputs if i.name and i.b is None),
-           B.downstream_of(i.name for i in inputs if i.name and i.a is None)]
-    sides = set()
-    for p in rows:
-        for x, n in ((0, p.a), (1, p.b)):
-            if n is None:
-                continue
-            if n.module is None or (p.a is None or p.b is None) and not own[x].isdisjoint(n.inputs):
-                return None
-            g, other = (A, B)[x].graph, (B, A)[x].training
-            m = g.module(n.module)
-            while m.parent is not None and (m.path, m.call) not in other:
-                m = g.module(m.parent)
-            mine, theirs = (A, B)[x].training.get((m.path, m.call)), other.get((m.path, m.call))
-            if mine is None or theirs is None or mine == theirs:
-                return None
-            sides.add(x if mine else 1 - x)
-    return "AB"[sides.pop()] if len(sides) == 1 else None
-
-
-def recomputed(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:
-    """``rows`` are all activation checkpointing's recompute, on one side."""
-    one = sole(A, B, rows)
-    return one is not None and all(n.phase == "recompute" for n in one[3])
-
-
-
-def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChange, ...]:
-    """When ``rows`` are all dtype conversions on one side and aligned tensors
-    changed dtype (``types``): those changes ("f32 → bf16"). ``x.float()`` on
-    a tensor that already is f32 records no op."""
-    one = sole(A, B, rows)
-    if one is None or any(n.op not in CASTS for n in one[3]):
-        return ()
-    return tuple(t for t in types if t.kind == "dtype")
-
-
 def _arity(p: OpPair) -> bool:
     """The op has as many inputs on both sides."""
     return p.a is not None and p.b is not None and len(p.a.inputs) == len(p.b.inputs)
 
 
-def _other(side: str) -> str:
+def other_side(side: str) -> str:
     return "B" if side == "A" else "A"
 
 
 def _swap_first(t: Optional[Tuple[str, Any]]) -> Optional[Tuple[str, Any]]:
     """(side, what) with the side swapped."""
-    return None if t is None else (_other(t[0]), t[1])
+    return None if t is None else (other_side(t[0]), t[1])
 
 
 def _swap_sides(text: Optional[str]) -> Optional[str]:

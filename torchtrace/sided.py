@@ -1,0 +1,168 @@
+"""Causes that only the ops of one side have, each a detector over a hunk's rows:
+a pass that stopped (raised, or cut off at ``max_ops``) or ran on past its last
+step, AccumulateGrad adding into an existing ``.grad``, backward or an optimizer
+step run in one pass only, parameters that require grad in one pass only, the
+optimizer's first step making its state, modules in training mode on one side,
+ops computed from an input only one side passed, activation checkpointing's
+recompute, dtype casts. ``compare`` asks them; ``Hunk.cause`` says what they found.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from .align import CASTS, Side
+from .classify import ACCUMULATE, InputChange, OpPair
+from .hunk import PHASE_WORDS, cut_off, ended, other_side
+from .ir import Node
+from .typechange import TypeChange
+
+
+def sole(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Side, Side, List[Node]]]:
+    """("A", A, B, A's ops) when every row of ``rows`` is an op only in A
+    (("B", B, A, B's ops): only in B); else None."""
+    if rows and all(p.status == "only_a" for p in rows):
+        return "A", A, B, [p.a for p in rows]
+    if rows and all(p.status == "only_b" for p in rows):
+        return "B", B, A, [p.b for p in rows]
+    return None
+
+
+def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """The side that raised or was cut off (``max_ops``), when ``rows`` run to
+    the end of the diff with ops only on the other side: they ran after the
+    point where it stopped."""
+    one = sole(A, B, rows)
+    if one is None:
+        return None
+    side, g = other_side(one[0]), one[2].graph
+    if g.meta.get("error"):
+        return ended(side, g)
+    return cut_off(side, g) if g.meta.get("truncated") else None
+
+
+def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """"B" when ``rows``, at the end of the diff, are ops only in B and B's pass
+    was a Recorder's last (``meta.last``: ended by the block's end, so it holds
+    what the script ran after its last step), A's not."""
+    one = sole(A, B, rows)
+    return one[0] if one is not None and one[1].graph.meta.get("last") and not one[2].graph.meta.get("last") \
+        else None
+
+
+def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
+    """The .grads (``fc.weight.grad``) that ``rows``, when they are all
+    AccumulateGrad's ops (tag ``accumulate_grad``), added into."""
+    nodes = [(A.graph, p.a) if p.a is not None else (B.graph, p.b) for p in rows]
+    if not nodes or any(ACCUMULATE not in n.tags for _, n in nodes):
+        return ()
+    names = (g.value(n.inputs[0]).name if n.inputs else None for g, n in nodes)
+    return tuple(dict.fromkeys(x or ".grad" for x in names))
+
+
+def ran_only(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """("A", ("backward",)) when ``rows`` are ops only in A, of phases (backward,
+    optimizer) that B's pass never ran: ``loss.backward()`` called in one pass only."""
+    one = sole(A, B, rows)
+    if one is None:
+        return None
+    side, _, other, ops = one
+    phases = tuple(dict.fromkeys(n.phase for n in ops))
+    if all(ph in PHASE_WORDS for ph in phases) and not any(n.phase in phases for n in other.nodes):
+        return side, phases
+    return None
+
+
+def needs_grad(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """("A", ("0.weight", ...)) when ``rows`` are backward or optimizer ops only
+    in A and parameters require grad in A that do not in B (a frozen layer)."""
+    one = sole(A, B, rows)
+    if one is None or any(n.phase not in ("backward", "optimizer") for n in one[3]):
+        return None
+    side, mine, theirs, _ = one
+    names = tuple(x for x, rg in mine.trainable.items() if rg and theirs.trainable.get(x) is False)
+    return (side, names) if names else None
+
+
+# ops that make a new tensor (``torch.zeros_like(p)``, ``torch.tensor(0.0)``, ``grad.clone().detach()``)
+MAKE = frozenset({"zeros_like", "zeros", "empty", "empty_like", "full", "full_like", "ones_like", "lift_fresh",
+                  "scalar_tensor", "clone", "detach", "_to_copy", "new_zeros", "new_empty", "new_full"})
+
+
+def optimizer_state(rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """("A", ("zeros_like", "lift_fresh")) when ``rows`` are optimizer ops and
+    A's are all ops that make tensors: the state an optimizer makes on its first
+    step (Adam's ``exp_avg``, ``exp_avg_sq``, ``step``; SGD's momentum buffer)."""
+    if not rows or any((p.a or p.b).phase != "optimizer" for p in rows):
+        return None
+    found = []
+    for side, ops in (("A", [p.a for p in rows if p.b is None]), ("B", [p.b for p in rows if p.a is None])):
+        names = [n.op.split(".")[1] if n.op.count(".") >= 1 else n.op for n in ops]
+        if names and all(x in MAKE for x in names):
+            found.append((side, tuple(dict.fromkeys(names))))
+    return found[0] if len(found) == 1 else None
+
+
+def _fed(A: Side, B: Side, inputs: Sequence[InputChange]) -> List[Dict[str, InputChange]]:
+    """Per side, value id -> the input only that side passed that it was computed from."""
+    out: List[Dict[str, InputChange]] = [{}, {}]
+    for x, side in ((0, A), (1, B)):
+        for i in inputs:
+            if i.name and (i.b, i.a)[x] is None:
+                out[x].update(dict.fromkeys(side.downstream_of((i.name,)), i))
+    return out
+
+
+def fed_by(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange]) -> Tuple[InputChange, ...]:
+    """The inputs only one side passed that ops only on that side in ``rows`` read
+    what was computed from (``attention_mask`` given in B: its mask's ops)."""
+    fed = _fed(A, B, inputs)
+    found = {}
+    for p in rows:
+        for x, n in ((0, p.a), (1, p.b)):
+            if n is not None and (p.a is None or p.b is None):
+                found.update((fed[x][v].name, fed[x][v]) for v in n.inputs if v in fed[x])
+    return tuple(found.values())
+
+
+def trained(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange] = ()) -> Optional[str]:
+    """"A" when every op of ``rows`` ran in a module call that was in training
+    mode in A and in eval mode in B (the same module call, by path and call
+    index; for a call only one side made, the nearest enclosing call both made:
+    `if self.training:` calling submodules); "B" the other way round. An op only
+    on one side that reads what was computed from an input only that side passed
+    (``attention_mask`` given with ``.eval()``) is the input's (``fed_by``), not
+    the mode's: it is left out, and a hunk of such ops alone has no mode cause."""
+    fed = _fed(A, B, inputs)
+    sides = set()
+    for p in rows:
+        for x, n in ((0, p.a), (1, p.b)):
+            if n is None or (p.a is None or p.b is None) and any(v in fed[x] for v in n.inputs):
+                continue
+            if n.module is None:
+                return None
+            g, other = (A, B)[x].graph, (B, A)[x].training
+            m = g.module(n.module)
+            while m.parent is not None and (m.path, m.call) not in other:
+                m = g.module(m.parent)
+            mine, theirs = (A, B)[x].training.get((m.path, m.call)), other.get((m.path, m.call))
+            if mine is None or theirs is None or mine == theirs:
+                return None
+            sides.add(x if mine else 1 - x)
+    return "AB"[sides.pop()] if len(sides) == 1 else None
+
+
+def recomputed(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:
+    """``rows`` are all activation checkpointing's recompute, on one side."""
+    one = sole(A, B, rows)
+    return one is not None and all(n.phase == "recompute" for n in one[3])
+
+
+
+def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChange, ...]:
+    """When ``rows`` are all dtype conversions on one side and aligned tensors
+    changed dtype (``types``): those changes ("f32 → bf16"). ``x.float()`` on
+    a tensor that already is f32 records no op."""
+    one = sole(A, B, rows)
+    if one is None or any(n.op not in CASTS for n in one[3]):
+        return ()
+    return tuple(t for t in types if t.kind == "dtype")
