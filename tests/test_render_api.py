@@ -85,3 +85,22 @@ def test_notebook_falls_back_to_mermaid_without_dot(viz_graph, monkeypatch, tmp_
     assert set(bundle) == {"text/plain", "text/markdown"}
     assert bundle["text/markdown"].startswith("```mermaid\n")
     assert notebook.svg(g) is None
+
+
+def test_an_image_of_a_view_too_big_for_dot_is_refused_with_a_way_out():
+    """`--depth 10 --no-fold --phase both` of a 4,000-op step kept `dot` busy
+    for minutes; the DOT source is still given."""
+    import torch
+
+    import torchtrace
+
+    x, y = torch.ones(2), torch.ones(2)
+    with torchtrace.trace() as t:
+        for _ in range(1100):
+            x = x + y
+    src = render(t.graph, "dot", fold=False, max_boxes=10000)
+    assert src.count("->") > 2000
+    with pytest.raises(RenderError, match="too many edges for `dot` to lay out") as err:
+        render(t.graph, "svg", fold=False, max_boxes=10000)
+    assert "format 'dot'" in str(err.value)
+    assert "<svg" in render(t.graph, "svg")  # folded (the default): one box for the loop

@@ -19,6 +19,7 @@ from ._escape import IdMaker, dot_html, dot_text, shorten
 from ._style import CLUSTER, MUTED, PALETTE, box_style, cluster_style, edge_color
 
 IMAGE_FORMATS = ("svg", "png", "pdf")
+MAX_LAYOUT_EDGES = 2000  # a graph view laid out as an image (a diff collapses to 500 itself)
 DIRECTIONS = ("TB", "LR", "BT", "RL")
 OPTIONS = ("direction",)
 LINE_WIDTH = 48        # characters per label line before it is cut with …
@@ -155,8 +156,15 @@ def render_graphviz(graph: Any, fmt: str, options: Any, *, direction: str = "TB"
     """``fmt`` "dot": DOT source (str); "svg": str; "png"/"pdf": bytes."""
     from ..views import build_view
 
-    dot = digraph(build_view(graph, options), direction=direction)
+    view = build_view(graph, options)
+    dot = digraph(view, direction=direction)
     if fmt == "dot":
         return dot.source
+    if len(view.edges) > MAX_LAYOUT_EDGES:  # (5,300 edges kept `dot` busy for minutes)
+        raise RenderError("too many edges for `dot` to lay out", expected=f"a view of at most {MAX_LAYOUT_EDGES:,} "
+                          "edges (the default view collapses to at most 50 boxes)",
+                          found=f"{len(view.edges):,} edges, {len(view.boxes):,} boxes",
+                          fix="draw less: a smaller depth, fold on, one phase, or a focus on a module; or take the "
+                          "DOT source (format 'dot') and run `dot` on it yourself")
     data = layout(dot, fmt)
     return data.decode("utf-8") if fmt == "svg" else data
