@@ -1249,3 +1249,45 @@ def test_a_hunk_of_dropout_and_of_a_mask_given_with_eval_names_both():
     assert h.cause == "modules in training mode in A, eval mode in B (`.train()`/`.eval()`); input `mask` only in " \
                       "B (f32[3,4]) (ops computed from it)", h.cause
     assert d.mirror().hunks[h.index].cause.startswith("modules in training mode in B, eval mode in A")
+
+
+class Routed(nn.Module):
+    """Two experts; a row goes to expert 0 when its first feature is positive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        route = (x[:, 0] <= 0).long()
+        for e, expert in enumerate(self.experts):
+            idx = (route == e).nonzero(as_tuple=True)[0]
+            if idx.numel():
+                out = out.index_add(0, idx, expert(x[idx]))
+        return out
+
+
+def test_optimizer_ops_for_parameters_without_a_gradient_say_so():
+    """Expert 1 got no token in A, so no gradient, and Adam skipped it: its
+    update was put down to a loop count or a shape read."""
+    torch.manual_seed(0)
+    m = Routed()
+    opt = torch.optim.Adam(m.parameters(), lr=0.01)
+    both, first_only = torch.randn(6, 4), torch.randn(6, 4).abs()
+    both[:3, 0], both[3:, 0] = 1.0, -1.0
+
+    def step(x: torch.Tensor) -> Graph:
+        with torchtrace.trace(m) as t:
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+        return t.graph
+
+    step(both)  # Adam's state for every parameter
+    a, b = step(first_only), step(both)
+    assert set(a.autograd.no_grad_params) == {"experts.1.weight", "experts.1.bias"}
+    [h] = [h for h in torchtrace.diff(a, b).structural_hunks if h.unused]
+    assert h.unused == ("B", ("experts.1.weight", "experts.1.bias"))
+    assert h.cause == "`experts.1.weight`, `experts.1.bias` got no gradient in A (no op of its pass used them): " \
+                      "the optimizer steps them only in B"

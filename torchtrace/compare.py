@@ -29,7 +29,7 @@ from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, cut_off, ended, fed_by_one_sided
 from .sided import (accumulated, casts, fed_by, needs_grad, optimizer_state, ran_on, ran_only, recomputed, stopped,
-                    trained)
+                    trained, unused)
 from .ir import Graph, Node
 from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
@@ -315,7 +315,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran, trained=trained(A, B, rows, inputs), fed=fed_by(A, B, rows, inputs),
-                              needs_grad=needs_grad(A, B, rows), state=optimizer_state(rows), grad_modes=modes,
+                              needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
+                              state=optimizer_state(rows), grad_modes=modes,
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))

@@ -55,6 +55,7 @@ class Hunk:
     trained: Optional[str] = None  # the side whose module calls ran in training mode (the other's in eval)
     fed: Tuple[InputChange, ...] = ()  # inputs only one side passed that some of its ops were computed from
     needs_grad: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, params): backward for params only it trains
+    unused: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, params): stepped there, no gradient on the other
     state: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, ops): the optimizer made its state there
     last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
     grad_modes: Optional[Tuple[str, str]] = None  # the passes' grad modes, when they differ (A's, B's)
@@ -66,6 +67,7 @@ class Hunk:
         recompute, a pass that stopped, ran more phases, trained, froze or made
         optimizer state, or ran on past its last step."""
         return bool(self.grads or self.recompute or self.stopped or self.ran or self.trained or self.needs_grad
+                    or self.unused
                     or self.state or self.last)
 
     @property
@@ -117,6 +119,11 @@ class Hunk:
                     frozenset({"backward"}): f"backward computes the gradients that reach {them}"}.get(
                 frozenset(phases), f"backward computes the gradients that reach {them} and the optimizer steps {them}")
             return f"{listed} require{'s' if one else ''} grad only in {side} (`requires_grad_`): {what} only there"
+        if self.unused is not None:
+            side, names = self.unused
+            listed = ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            return f"{listed} got no gradient in {other_side(side)} (no op of its pass used "\
+                   f"{'it' if len(names) == 1 else 'them'}): the optimizer steps them only in {side}"
         if self.last is not None:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
                    "(or of the Recorder block), past its last step"
@@ -192,7 +199,8 @@ class Hunk:
                        ran=_swap_first(self.ran),
                        trained=_swap_sides(self.trained), last=_swap_sides(self.last),
                        grad_modes=(self.grad_modes[1], self.grad_modes[0]) if self.grad_modes else None,
-                       state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad))
+                       state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad),
+                       unused=_swap_first(self.unused))
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -208,6 +216,7 @@ class Hunk:
                 "trained": self.trained, "fed": [i.to_dict() for i in self.fed], "last": self.last,
                 "moved": list(self.moved),
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
+                "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
                 "explanation": self.explanation}

@@ -83,6 +83,20 @@ def needs_grad(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, 
     return (side, names) if names else None
 
 
+def unused(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """("A", ("experts.2.weight", ...)) when ``rows`` are optimizer ops only in A
+    that update parameters which got no gradient in B (no op of B's pass used
+    them: the experts no token was routed to), so B's optimizer skipped them."""
+    one = sole(A, B, rows)
+    if one is None or any(n.phase != "optimizer" for n in one[3]):
+        return None
+    side, mine, theirs, ops = one
+    starved = set(theirs.graph.autograd.no_grad_params)
+    names = tuple(dict.fromkeys(v.name for n in ops for v in map(mine.graph.value, n.inputs)
+                                if v.role == "param" and v.name in starved)) if starved else ()
+    return (side, names) if names else None
+
+
 # ops that make a new tensor (``torch.zeros_like(p)``, ``torch.tensor(0.0)``, ``grad.clone().detach()``)
 MAKE = frozenset({"zeros_like", "zeros", "empty", "empty_like", "full", "full_like", "ones_like", "lift_fresh",
                   "scalar_tensor", "clone", "detach", "_to_copy", "new_zeros", "new_empty", "new_full"})
