@@ -1235,3 +1235,27 @@ def test_a_reader_waits_for_a_store_being_created(tmp_path):
     (tmp_path / "other.db").write_bytes(b"")  # an empty file nothing creates: still an error, after a wait
     with pytest.raises(torchtrace.TorchtraceError, match="not a torchtrace store"):
         Store(tmp_path / "other.db", readonly=True)
+
+
+def test_a_batch_that_feeds_two_views_is_the_next_steps_data(tmp_path):
+    """`x = X[i]` feeds the teacher's call and, through `x + noise`, the
+    student's: it fed something besides the next call's inputs, so nothing was
+    dropped, every pass but the last held the next step's batch, and the last
+    pass was a variant of its own."""
+    torch.manual_seed(0)
+    teacher, student = nn.Sequential(nn.Linear(4, 2)), nn.Sequential(nn.Linear(4, 2))
+    teacher.requires_grad_(False)
+    X = torch.randn(6, 3, 4)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for i in range(6):
+            rec.step(i)
+            x = X[i]
+            x1 = x + 0.1 * torch.randn_like(x)
+            target = teacher(x)
+            loss = (student(x1) - target).pow(2).mean()
+            student.zero_grad()
+            loss.backward()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        fps = [(p.label.split(" (")[0], store.graph(p.idx).fingerprints["structure"]) for p in store.passes()]
+    assert len({fp for who, fp in fps if who == "student"}) == 1, fps
+    assert len({fp for who, fp in fps if who == "teacher"}) == 1, fps

@@ -99,6 +99,7 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
             needed.add(vid)
     if not needed:
         return set()
+    wanted = set(needed)
     tail = _tail(events)
     consumers = _consumers(events, tail)
     outputs = set(mode.outputs)
@@ -138,8 +139,12 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
                 prep.add(i)
                 needed.update(ev[E_INS])
     if prep:
-        prep |= _unrelated(mode, tail, prep, outputs, consumers)
-    return prep
+        return prep | _unrelated(mode, tail, prep, outputs, consumers)
+    # the next call's inputs also feed the next step's other data (a second view, `x + noise`, for a
+    # later call): when every op that made them depends on nothing this pass computed, they go with it
+    free = _unrelated(mode, tail, set(), outputs, consumers)
+    makers = {i for i in range(tail, len(events)) if any(v in wanted for v in events[i][E_OUTS])}
+    return free if makers and makers <= free else set()
 
 
 def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
