@@ -7,7 +7,6 @@ removes everything it installed, whatever happened in between.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import platform
 import sys
 import threading
@@ -18,62 +17,19 @@ import torch
 from torch.utils._python_dispatch import (_disable_current_modes, _get_current_dispatch_mode,
                                           _get_current_dispatch_mode_stack, _pop_mode, _push_mode)
 
-from ..errors import UsageError, warn
+from ..errors import warn
 from ..ir import Graph
 from .autograd import AutogradTracker, grad_fns, storage_ptrs
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import CompileGuard
 from .composite import see_autocast
+from .fork import STARTED
 from .frames import called_by_torch, frame_filter, local_name
 from .linking import hold_by_key
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 from .process import grad_mode, process_rank
-
-def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[int]]:
-    """``skip`` and ``max_ops`` as ``trace()`` and ``Recorder`` take them, checked
-    before anything is installed: one prefix or an iterable of them; None or >= 1."""
-    if isinstance(skip, str):
-        skip = (skip,)
-    try:
-        prefixes = tuple(skip)
-    except TypeError:
-        prefixes = (None,)
-    if not all(isinstance(s, str) for s in prefixes):
-        raise UsageError("bad `skip`", expected="a source-path prefix or a list of them", found=repr(skip),
-                         fix="pass e.g. skip=['transformers/'] (or leave it out)")
-    if max_ops is not None and (not isinstance(max_ops, int) or isinstance(max_ops, bool) or max_ops < 1):
-        raise UsageError("bad `max_ops`", expected="None (no cap) or an integer >= 1", found=repr(max_ops),
-                         fix="pass e.g. max_ops=1_000_000, or None for no cap")
-    return prefixes, max_ops
-
-
-# Captures started and not yet stopped. A forked child (a DataLoader worker) stops
-# them at once: it inherits the mode stack and the global hooks, but its ops are
-# not the traced program's and nothing it recorded would ever be stored. Then each
-# capture's ``after_fork`` runs (the Recorder's goes inert there). The at-fork
-# callback stays registered for the process (os.register_at_fork has no removal);
-# with no capture started it does nothing.
-_STARTED: "weakref.WeakSet[Capture]" = weakref.WeakSet()
-
-
-def _stop_in_forked_child() -> None:
-    for cap in list(_STARTED):
-        cap.mode.off = True
-        if cap.tid != threading.get_ident():  # its mode is on a thread the child does not have
-            cap._mode_pushed = False
-        try:
-            cap.stop()  # the mode (on the forking thread), the global hooks, autograd pre-hooks
-            if cap.after_fork is not None:
-                cap.after_fork()
-        except Exception:  # pragma: no cover - never break the child over this
-            pass
-    _STARTED.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_stop_in_forked_child)
 
 
 class Capture:
@@ -111,7 +67,7 @@ class Capture:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, *, with_mode: bool = True) -> None:
-        _STARTED.add(self)
+        STARTED.add(self)
         self.compile_guard.start()  # until stop(), sampled pass or not
         self.scope.install()
         self._installed = True
@@ -154,7 +110,7 @@ class Capture:
 
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""
-        _STARTED.discard(self)
+        STARTED.discard(self)
         try:
             self.pop_mode(force=True)
         finally:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-from torch.nn.parameter import is_lazy
 from torch.nn.utils.parametrize import ParametrizationList
 from torch.nn.modules.module import register_module_forward_pre_hook
 
@@ -28,7 +27,9 @@ from ..ir import Graph
 from ..store import Store, fits_int64
 from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
-from .capture import Capture, capture_options
+from .capture import Capture
+from .modelkeys import ModelKeys
+from .options import capture_options
 from .compiled import Uncompiled
 from .frames import caller_name
 
@@ -46,36 +47,6 @@ def _is_model_call(module: torch.nn.Module) -> bool:
     weights, and not be a ``ParametrizationList`` (reading a parametrized
     ``weight`` -- weight_norm, an init, logging its norm -- calls one)."""
     return not isinstance(module, ParametrizationList) and next(module.parameters(), None) is not None
-
-
-class ModelKeys:
-    """What ``every`` counts passes by: the model's class, size and slot. A GAN's
-    two ``Sequential``s differ in size; two models alike in both that are alive
-    together (a student and its EMA teacher) take two slots; a model built anew
-    each step takes the slot its freed predecessor left (an object's id is no key:
-    a new one takes a freed one's address)."""
-
-    def __init__(self) -> None:
-        self._slots: Dict[Tuple[str, int], List[Any]] = {}  # (class, size) -> weakrefs, by slot
-        self._known: Dict[int, Tuple[Any, Tuple[str, int, int]]] = {}  # id -> (weakref, key): every root call
-
-    def key(self, module: torch.nn.Module) -> Tuple[str, int, int]:
-        """Asked at a pass boundary after the previous pass was built and its
-        modules let go (``Recorder._finish``): a predecessor is free by then."""
-        hit = self._known.get(id(module))
-        if hit is not None and hit[0]() is module:
-            return hit[1]
-        kind = (type(module).__qualname__, sum(0 if is_lazy(p) else p.numel() for p in module.parameters()))
-        slots = self._slots.setdefault(kind, [])
-        free = next((i for i, ref in enumerate(slots) if ref() is None), None)
-        if free is None:
-            free = len(slots)
-            slots.append(None)
-        slots[free] = weakref.ref(module)
-        if len(self._known) > 64:  # (models built anew each step leave dead entries)
-            self._known = {k: e for k, e in self._known.items() if e[0]() is not None}
-        key = self._known[id(module)] = (weakref.ref(module), (*kind, free))
-        return key[1]
 
 
 class Recorder:

@@ -7,7 +7,8 @@ import torch
 
 from ..errors import UsageError, exit_error
 from ..ir import Graph
-from .capture import Capture, capture_options
+from .capture import Capture
+from .options import capture_options
 
 
 class Trace:
