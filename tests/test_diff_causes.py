@@ -1291,3 +1291,34 @@ def test_optimizer_ops_for_parameters_without_a_gradient_say_so():
     assert h.unused == ("B", ("experts.1.weight", "experts.1.bias"))
     assert h.cause == "`experts.1.weight`, `experts.1.bias` got no gradient in A (no op of its pass used them): " \
                       "the optimizer steps them only in B"
+
+
+class PackedGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, True, False)  # LINE:pack-lengths
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
+        return out[out != 0].sum()  # LINE:mask-read
+
+
+def test_the_backward_of_a_packed_sequence_is_put_down_to_its_lengths():
+    """`pack_padded_sequence` runs once; its backward loops over the time steps.
+    That loop's count was put down to the nearest read before backward (a mask
+    read after the forward), not to the lengths the pack read."""
+    torch.manual_seed(0)
+    m = PackedGRU()
+    graphs = []
+    for lengths in ([5, 3, 2], [3, 2, 2]):
+        x = torch.randn(3, max(lengths), 4, requires_grad=True)  # (an embedding's output)
+        m.zero_grad()
+        with torchtrace.trace(m) as t:
+            m(x, torch.tensor(lengths)).backward()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    pack = [h for h in d.structural_hunks if (h.only_a or h.only_b)
+            and all(n.phase == "backward" and n.source.line == line_of("pack-lengths") for n in (*h.only_a, *h.only_b))]
+    assert pack and all(h.witness.line == line_of("pack-lengths") for h in pack), [h.explanation for h in pack]

@@ -327,8 +327,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               types=type_changes(value_pairs(A, B, changed)), args=args, rewires=rewires(A, B, changed),
                               trained=trained(A, B, changed, inputs) if any(  # (BatchNorm's batch statistics)
                                   a.key in ("training", "train") for a in args) else None))
-    hunks = moved(A, B, fed_by_one_sided(A, B, _backward_like_forward(A, B, hunks)))
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
+    hunks = moved(A, B, fed_by_one_sided(A, B, _backward_like_forward(A, B, hunks, witnesses)))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched)),
                      inputs, (A.ignored, B.ignored))
@@ -340,11 +340,13 @@ def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:
     return modes if None not in modes and modes[0] != modes[1] else None  # type: ignore[return-value]
 
 
-def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
+def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk], witnesses: Sequence[WitnessChange]) -> List[Hunk]:
     """A hunk of backward ops only takes the cause of the forward hunk whose ops
     they differentiate (a backward op carries its forward op's module and line):
     the branch that chose `self.a` over `self.b` decided their backward too, not
-    the read nearest before the backward hunk."""
+    the read nearest before the backward hunk. With no such hunk (the forward
+    op ran once on both sides: `pack_padded_sequence`, whose backward loops over
+    the time steps), a read that differs at the one line its ops come from."""
     def sites(h: Hunk) -> set:  # (side, module path, file, line) of its one-sided ops
         return {(side, g.module_path(n.module), n.source.file if n.source else "", n.source.line if n.source else 0)
                 for side, g, ops in (("A", A.graph, h.only_a), ("B", B.graph, h.only_b)) for n in ops}
@@ -354,12 +356,15 @@ def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk]) -> List[Hunk]:
     out = []
     for h in hunks:
         ops = (*h.only_a, *h.only_b)
-        if forward and h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) \
-                and not h.own_cause:
+        if h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) and not h.own_cause:
             mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
             owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
+            lines = {site[2:] for site in mine}
+            at = next((w for w in witnesses if len(lines) == 1 and (w.file, w.line) in lines), None)
             if owner is not None:
                 h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
+            elif at is not None:
+                h = replace(h, witness=at, inputs=(), casts=())
         out.append(h)
     return out
 
