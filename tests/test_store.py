@@ -1259,3 +1259,32 @@ def test_a_batch_that_feeds_two_views_is_the_next_steps_data(tmp_path):
         fps = [(p.label.split(" (")[0], store.graph(p.idx).fingerprints["structure"]) for p in store.passes()]
     assert len({fp for who, fp in fps if who == "student"}) == 1, fps
     assert len({fp for who, fp in fps if who == "teacher"}) == 1, fps
+
+
+@pytest.mark.parametrize("how", ["data", "state_dict"])
+def test_a_target_networks_update_through_views_stays_in_its_step(tmp_path, how):
+    """`p_t.data.mul_(...)` or a `state_dict()` value's `copy_`: a write into a view
+    of a parameter another pass stepped was not seen as a write to state, and the
+    update was dropped from every pass but the last as the next step's data."""
+    torch.manual_seed(0)
+    critic, actor, target = nn.Linear(4, 1), nn.Linear(4, 4), nn.Linear(4, 1)
+    target.load_state_dict(critic.state_dict())
+    s = torch.randn(8, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            critic(s).pow(2).mean().backward()
+            actor(s).mean().backward()
+            with torch.no_grad():
+                if how == "data":
+                    for p, p_t in zip(critic.parameters(), target.parameters()):
+                        p_t.data.mul_(0.995)
+                        p_t.data.add_(0.005 * p.data)
+                else:
+                    for ev, mv in zip(target.state_dict().values(), critic.state_dict().values()):
+                        ev.copy_(ev * 0.995 + 0.005 * mv)
+            s = torch.randn(8, 4)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        updates = [sum(n.phase == "forward" and n.short_op in ("mul_.Tensor", "add_.Tensor", "copy_")
+                       for n in store.graph(p.idx).nodes)
+                   for p in store.passes() if p.label.startswith("actor")]
+    assert len(updates) == 3 and len(set(updates)) == 1 and updates[0] >= 2, updates

@@ -62,7 +62,7 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
     outputs = set(mode.outputs)
     cands = {i for i in range(tail, len(events))
              if (events[i][E_INFO], *_site(events[i])) in sig
-             and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode.vmeta)}
+             and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode)}
     consumers = _consumers(events, tail)
     changed = True
     while changed:
@@ -107,7 +107,7 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
 
     def feeds_only_prep(ev: tuple) -> bool:  # a result, not kept (_kept), not returned, read only by prep
         outs = ev[E_OUTS]
-        return (bool(outs) and not _kept(ev, mode.vmeta) and not any(v in outputs for v in outs)
+        return (bool(outs) and not _kept(ev, mode) and not any(v in outputs for v in outs)
                 and all(c in prep for v in outs for c in consumers.get(v, ())))
 
     # the ops that made the inputs, and the other ops of those statements that feed nothing
@@ -161,7 +161,7 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
     for i in range(tail, len(events)):
         ev = events[i]
         info = BY_INDEX[ev[E_INFO]]
-        if i in prep or not ev[E_OUTS] or info.annotation or _kept(ev, mode.vmeta) \
+        if i in prep or not ev[E_OUTS] or info.annotation or _kept(ev, mode) \
                 or any(v in outputs for v in ev[E_OUTS]):
             continue  # (a record_function marker: what a later op ran inside)
         if all(made.get(v) is None or made[v] in free or made[v] in prep for v in ev[E_INS] if v >= 0):
@@ -173,26 +173,38 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
     return free
 
 
-def _kept(ev: tuple, vmeta: List[tuple]) -> bool:
+def _kept(ev: tuple, mode: Any) -> bool:
     """An op that is part of the step wherever it runs: a read of tensor data (a
     witness), a collective (a vote, a barrier, a broadcast of a fresh tensor: what
     the other ranks wait for), or a write to state (``_writes_state``)."""
     info = BY_INDEX[ev[E_INFO]]
-    return reads_data(info, ev, vmeta) or "collective" in info.tags or _writes_state(ev, vmeta)
+    return reads_data(info, ev, mode.vmeta) or "collective" in info.tags or _writes_state(ev, mode)
 
 
-def _writes_state(ev: tuple, vmeta: List[tuple]) -> bool:
+def _writes_state(ev: tuple, mode: Any) -> bool:
     """Does the op write in place to a tensor the pass did not make (a parameter
-    in ``opt.step()``, a buffer, an input)? Such a write is never input preparation,
-    even on the line that also builds the next batch (``opt.step(); x = next(it)``)."""
+    in ``opt.step()``, a buffer, an input), directly or through a view of it
+    (``p.data.mul_()``, a ``state_dict()`` value, ``p.detach().copy_()``: a target
+    network's or an EMA's update)? Such a write is never input preparation, even
+    on the line that also builds the next batch (``opt.step(); x = next(it)``)."""
     if not BY_INDEX[ev[E_INFO]].mutates:
         return False
+    vmeta, made = mode.vmeta, None
     for v in ev[E_OUTS]:
-        origin = vmeta[v][V_ORIGIN]
-        while origin is not None and origin[0] == "ver" and origin[1] >= 0:
-            origin = vmeta[origin[1]][V_ORIGIN]
-        if origin is not None and origin[0] == "ext":
-            return True
+        for _ in range(64):
+            origin = vmeta[v][V_ORIGIN]
+            if origin is not None and origin[0] == "ext":
+                return True
+            if origin is not None and origin[0] == "ver" and origin[1] >= 0:
+                v = origin[1]
+                continue
+            if made is None:  # (built once, on the first write into something the pass made)
+                made = {out: i for i, e in enumerate(mode.events) for out in e[E_OUTS]}
+            i = made.get(v)
+            if i is None or not BY_INDEX[mode.events[i][E_INFO]].view or not mode.events[i][E_INS] \
+                    or mode.events[i][E_INS][0] < 0:
+                break
+            v = mode.events[i][E_INS][0]  # a view: the tensor it views
     return False
 
 
