@@ -1288,3 +1288,22 @@ def test_a_target_networks_update_through_views_stays_in_its_step(tmp_path, how)
                        for n in store.graph(p.idx).nodes)
                    for p in store.passes() if p.label.startswith("actor")]
     assert len(updates) == 3 and len(set(updates)) == 1 and updates[0] >= 2, updates
+
+
+def test_a_validation_call_after_each_step_keeps_the_last_pass_alike(tmp_path):
+    """The next training batch is built after the validation call, so the last
+    boundary (train -> val) dropped no preparation; at the end of the run the
+    last validation pass kept the next batch's `randn` (5 ops against 4)."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 2)
+    xv = torch.randn(3, 4)
+    x = torch.randn(8, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(4):
+            m(x).pow(2).mean().backward()
+            with torch.no_grad():
+                m(xv)
+            x = torch.randn(8, 4)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        val = [store.graph(p.idx).fingerprints["structure"] for p in store.passes()][1::2]
+    assert len(val) == 4 and len(set(val)) == 1

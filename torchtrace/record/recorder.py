@@ -91,7 +91,9 @@ class Recorder:
         # so every other module call keeps torch's hook-free fast path.
         self._roots: Dict[int, Tuple[Any, bool]] = {}  # id -> (weakref, a model?)
         self._keys = ModelKeys()
-        self._prep: frozenset = frozenset()  # the last input preparation dropped at a boundary
+        # the input preparation dropped at the last boundaries (of each call: a step that calls
+        # two models, or a validation call, prepares the next batch before one of them only)
+        self._prep: Dict[frozenset, None] = {}
         self._root_handles: Dict[int, Tuple[Any, Any]] = {}  # id -> (weakref, its pre-hook's handle)
         self._armed: Any = None  # the global pre-hook step() sets while unsampled: the step's first model call
         self._mortal = False  # a model seen as a root has died (models built anew each step): step() arms
@@ -139,8 +141,8 @@ class Recorder:
         if self.capture is None:  # a forked child's copy (_detach_after_fork): nothing to store
             return False
         try:
-            if self._prep and self._sampled:  # no next call: drop what repeats the last preparation
-                drop_events(self.capture.mode, repeated_prep(self.capture.mode, self._prep))
+            if self._prep and self._sampled:  # no next call: drop what repeats the last preparations
+                drop_events(self.capture.mode, repeated_prep(self.capture.mode, frozenset().union(*self._prep)))
             # a run that never called a root module is one pass from start to exit
             self._finish(error=exit_error(exc_type, exc), last=True)
         finally:
@@ -255,7 +257,12 @@ class Recorder:
         if self._sampled and inputs:
             # the ops that only built the next call's inputs (data loading) are left out of this step
             prep = input_prep(self.capture.mode, inputs)
-            self._prep = signature(self.capture.mode, prep)
+            if prep:
+                sig = signature(self.capture.mode, prep)
+                self._prep.pop(sig, None)
+                self._prep[sig] = None
+                if len(self._prep) > 4:
+                    del self._prep[next(iter(self._prep))]
             drop_events(self.capture.mode, prep)
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
         # between mark_step() and that call), is no pass of its own: it takes no number
