@@ -1307,26 +1307,3 @@ def test_a_validation_call_after_each_step_keeps_the_last_pass_alike(tmp_path):
     with Store(tmp_path / "t.db", readonly=True) as store:
         val = [store.graph(p.idx).fingerprints["structure"] for p in store.passes()][1::2]
     assert len(val) == 4 and len(set(val)) == 1
-
-
-def _as_row(t: torch.Tensor) -> torch.Tensor:
-    return t.unsqueeze(0)
-
-
-def test_a_helper_that_builds_the_next_input_and_logs_keeps_the_logging(tmp_path):
-    """The helper's line made the logging `unsqueeze` (of this step's loss) a
-    statement of the next input's preparation: it was dropped from every pass."""
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10))
-    ids, hist = torch.tensor([1]), []
-    with torchtrace.Recorder(tmp_path / "t.db"):
-        for _ in range(3):
-            logits = m(ids)
-            loss = logits.logsumexp(-1).mean()
-            loss.backward()
-            hist.append(_as_row(loss.detach()))  # logging, through the helper
-            ids = _as_row(logits.argmax(-1)[0])  # the next input, through the same helper
-    with Store(tmp_path / "t.db", readonly=True) as store:
-        kept = [sum(n.short_op == "unsqueeze" and n.phase == "forward" for n in store.graph(p.idx).nodes)
-                for p in store.passes()]
-    assert kept == [1, 1, 1], kept

@@ -64,11 +64,9 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
              if (events[i][E_INFO], *_site(events[i])) in sig
              and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode)}
     consumers = _consumers(events, tail)
-    made = {v: i for i in range(tail, len(events)) for v in events[i][E_OUTS]}
     changed = True
-    while changed:  # feeding only each other, and reading nothing else the tail made (a helper's logging)
-        keep = {i for i in cands if all(c in cands for v in events[i][E_OUTS] for c in consumers.get(v, ()))
-                and all(made.get(v, -1) < tail or made[v] in cands for v in events[i][E_INS])}
+    while changed:
+        keep = {i for i in cands if all(c in cands for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
         changed, cands = keep != cands, keep
     return cands  # (all of the preparation or part of it: generate()'s last step updates position ids only)
 
@@ -103,7 +101,6 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
         return set()
     wanted = set(needed)
     tail = _tail(events)
-    made = {v: i for i in range(tail, len(events)) for v in events[i][E_OUTS]}  # the tail's values
     consumers = _consumers(events, tail)
     outputs = set(mode.outputs)
     prep: Set[int] = set()
@@ -138,9 +135,7 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
         stmts = {statement(events[i]) for i in prep}
         for i in range(len(events) - 1, tail - 1, -1):
             ev = events[i]
-            # (and reads nothing the step computed: a helper that also logs the loss is the step's)
-            if i not in prep and statement(ev) in stmts and feeds_only_prep(ev) and all(
-                    made.get(v, -1) < tail or made[v] in prep for v in ev[E_INS]):
+            if i not in prep and statement(ev) in stmts and feeds_only_prep(ev):
                 prep.add(i)
                 needed.update(ev[E_INS])
     if prep:
