@@ -1307,3 +1307,22 @@ def test_a_validation_call_after_each_step_keeps_the_last_pass_alike(tmp_path):
     with Store(tmp_path / "t.db", readonly=True) as store:
         val = [store.graph(p.idx).fingerprints["structure"] for p in store.passes()][1::2]
     assert len(val) == 4 and len(set(val)) == 1
+
+
+def test_a_manual_decode_loop_with_a_stop_check_records_one_graph_per_step(tmp_path):
+    """`ids = torch.cat([ids, nxt])` then `if (nxt == eos).all(): break`: the
+    argmax feeds both the next input and the check. A boundary rule (since
+    reverted) kept the `cat` in the last pass, which then differed."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Embedding(20, 8), nn.Linear(8, 20))
+    ids = torch.randint(0, 19, (1, 3))
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(5):
+            logits = m(ids)
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], -1)
+            if (nxt == 99).all():
+                break
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        fps = [store.graph(p.idx).fingerprints["structure"] for p in store.passes()]
+    assert len(fps) == 5 and len(set(fps)) == 1, fps
