@@ -17,14 +17,11 @@ class ModelKeys:
 
     def __init__(self) -> None:
         self._slots: Dict[Tuple[str, int], List[Any]] = {}  # (class, size) -> weakrefs, by slot
-        self._known: Dict[int, Tuple[Any, Tuple[str, int, int]]] = {}  # id -> (weakref, key): every root call
 
     def key(self, module: torch.nn.Module) -> Tuple[str, int, int]:
-        """Asked at a pass boundary after the previous pass was built and its
+        """Asked once per module object (the Recorder keeps the answer with its
+        roots), at a pass boundary after the previous pass was built and its
         modules let go (``Recorder._finish``): a predecessor is free by then."""
-        hit = self._known.get(id(module))
-        if hit is not None and hit[0]() is module:
-            return hit[1]
         kind = (type(module).__qualname__, sum(0 if is_lazy(p) else p.numel() for p in module.parameters()))
         slots = self._slots.setdefault(kind, [])
         free = next((i for i, ref in enumerate(slots) if ref() is None), None)
@@ -32,7 +29,4 @@ class ModelKeys:
             free = len(slots)
             slots.append(None)
         slots[free] = weakref.ref(module)
-        if len(self._known) > 64:  # (models built anew each step leave dead entries)
-            self._known = {k: e for k, e in self._known.items() if e[0]() is not None}
-        key = self._known[id(module)] = (weakref.ref(module), (*kind, free))
-        return key[1]
+        return (*kind, free)

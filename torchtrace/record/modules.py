@@ -65,6 +65,7 @@ class ModuleScope:
         self.spent: Dict[int, List[Any]] = {}  # id(module) -> such hooks that ran: removed at its next call
 
     def install(self) -> None:
+        self.depth = 0  # (no call is open to these hooks yet)
         self.handles = [register_module_forward_pre_hook(self._pre),
                         register_module_forward_hook(self._post, always_call=True)]
 
@@ -72,6 +73,7 @@ class ModuleScope:
         for h in self.handles:
             h.remove()
         self.handles = []
+        self.depth = 0  # (no post-hook will close the calls open now)
         self._drop_late()
 
     def _drop_late(self) -> None:

@@ -89,7 +89,8 @@ class Recorder:
         # modules seen as roots: id -> (weakref, has parameters). While a pass is
         # not sampled, a pre-hook on each of them replaces the global module hooks,
         # so every other module call keeps torch's hook-free fast path.
-        self._roots: Dict[int, Tuple[Any, bool]] = {}  # id -> (weakref, a model?)
+        # id -> (weakref, a model?, its ModelKeys key once a pass began at it)
+        self._roots: Dict[int, Tuple[Any, bool, Optional[Tuple[str, int, int]]]] = {}
         self._keys = ModelKeys()
         # the input preparation dropped at the last boundaries (of each call: a step that calls
         # two models, or a validation call, prepares the next batch before one of them only)
@@ -209,7 +210,7 @@ class Recorder:
         generator and discriminator steps alternate, and ``every=2`` samples both."""
         cap = self.capture
         assert cap is not None
-        key = None if model is None else self._keys.key(model)
+        key = None if model is None else self._model_key(model)
         k = self._seen.get(key, 0)
         if count:
             self._seen[key] = k + 1
@@ -228,6 +229,15 @@ class Recorder:
             else:
                 cap.pop_mode()
                 self._watch()
+
+    def _model_key(self, model: torch.nn.Module) -> Tuple[str, int, int]:
+        """``model``'s ``ModelKeys`` key, asked once per model object (at the first
+        pass that begins at it, after the pass before was built: see ModelKeys)."""
+        ref, has, key = self._roots[id(model)]
+        if key is None:
+            key = self._keys.key(model)
+            self._roots[id(model)] = (ref, has, key)
+        return key
 
     def _name_root(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]]) -> None:
         """The pass's root class and label (`netD (Sequential)`: ``name()`` is
@@ -278,7 +288,7 @@ class Recorder:
             return
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
-            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module))
+            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module), None)
         if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
             return
         def name() -> Optional[str]:
@@ -316,7 +326,7 @@ class Recorder:
         cap = self.capture
         assert cap is not None
         watched = self._root_handles
-        alive = [r() for r, has in self._roots.values() if has]
+        alive = [r() for r, has, _ in self._roots.values() if has]
         if None in alive:  # (dropped: a model built anew each step leaves one a step)
             self._mortal = True
             self._roots = {k: e for k, e in self._roots.items() if e[0]() is not None}
@@ -324,21 +334,21 @@ class Recorder:
                 watched.pop(k)[1].remove()
         roots = [m for m in alive if m is not None and not (id(m) in watched and watched[id(m)][0]() is m)]
         if not roots and not watched:  # nothing known to watch (yet, or any more): the global hooks
-            if cap._installed and not cap.scope.handles:
-                cap.scope.depth = 0
-                cap.scope.install()
+            self._global_hooks()
             return
         if cap.scope.handles:
             cap.scope.remove()
-            cap.scope.depth = 0  # (no global post-hook will close the calls open now)
         for m in roots:
             watched[id(m)] = (weakref.ref(m), m.register_forward_pre_hook(self._root_pre))
 
     def _unwatch(self) -> None:
         self._unhook()
+        self._global_hooks()
+
+    def _global_hooks(self) -> None:
+        """The global module hooks back, where a Capture is started without them."""
         cap = self.capture
         if cap is not None and cap._installed and not cap.scope.handles:
-            cap.scope.depth = 0  # (a watched root's call left it open: no global post-hook closed it)
             cap.scope.install()
 
     def _unhook(self) -> None:
