@@ -60,9 +60,10 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
     events = mode.events
     tail = _tail(events)
     outputs = set(mode.outputs)
+    made = _made(events)
     cands = {i for i in range(tail, len(events))
              if (events[i][E_INFO], *_site(events[i])) in sig
-             and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode)}
+             and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode, made)}
     consumers = _consumers(events, tail)
     changed = True
     while changed:
@@ -102,12 +103,13 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
     wanted = set(needed)
     tail = _tail(events)
     consumers = _consumers(events, tail)
+    made = _made(events)
     outputs = set(mode.outputs)
     prep: Set[int] = set()
 
     def feeds_only_prep(ev: tuple) -> bool:  # a result, not kept (_kept), not returned, read only by prep
         outs = ev[E_OUTS]
-        return (bool(outs) and not _kept(ev, mode) and not any(v in outputs for v in outs)
+        return (bool(outs) and not _kept(ev, mode, made) and not any(v in outputs for v in outs)
                 and all(c in prep for v in outs for c in consumers.get(v, ())))
 
     # the ops that made the inputs, and the other ops of those statements that feed nothing
@@ -139,16 +141,16 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
                 prep.add(i)
                 needed.update(ev[E_INS])
     if prep:
-        return prep | _unrelated(mode, tail, prep, outputs, consumers)
+        return prep | _unrelated(mode, tail, prep, outputs, consumers, made)
     # the next call's inputs also feed the next step's other data (a second view, `x + noise`, for a
     # later call): when every op that made them depends on nothing this pass computed, they go with it
-    free = _unrelated(mode, tail, set(), outputs, consumers)
+    free = _unrelated(mode, tail, set(), outputs, consumers, made)
     makers = {i for i in range(tail, len(events)) if any(v in wanted for v in events[i][E_OUTS])}
     return free if makers and makers <= free else set()
 
 
 def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
-               consumers: Dict[int, List[int]]) -> Set[int]:
+               consumers: Dict[int, List[int]], made: Dict[int, int]) -> Set[int]:
     """With the next call's inputs found, the other tail ops that depend on
     nothing this pass computed (only on outside tensors, the preparation and
     each other) and that nothing of this pass reads: the next step's other data
@@ -156,12 +158,11 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
     ``X[idx]``). Only ops with a result: never one ``_kept``, a profiler marker,
     or a returned value."""
     events = mode.events
-    made = {v: i for i, ev in enumerate(events) for v in ev[E_OUTS]}
     free: Set[int] = set()
     for i in range(tail, len(events)):
         ev = events[i]
         info = BY_INDEX[ev[E_INFO]]
-        if i in prep or not ev[E_OUTS] or info.annotation or _kept(ev, mode) \
+        if i in prep or not ev[E_OUTS] or info.annotation or _kept(ev, mode, made) \
                 or any(v in outputs for v in ev[E_OUTS]):
             continue  # (a record_function marker: what a later op ran inside)
         if all(made.get(v) is None or made[v] in free or made[v] in prep for v in ev[E_INS] if v >= 0):
@@ -173,15 +174,15 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
     return free
 
 
-def _kept(ev: tuple, mode: Any) -> bool:
+def _kept(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:
     """An op that is part of the step wherever it runs: a read of tensor data (a
     witness), a collective (a vote, a barrier, a broadcast of a fresh tensor: what
     the other ranks wait for), or a write to state (``_writes_state``)."""
     info = BY_INDEX[ev[E_INFO]]
-    return reads_data(info, ev, mode.vmeta) or "collective" in info.tags or _writes_state(ev, mode)
+    return reads_data(info, ev, mode.vmeta) or "collective" in info.tags or _writes_state(ev, mode, made)
 
 
-def _writes_state(ev: tuple, mode: Any) -> bool:
+def _writes_state(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:
     """Does the op write in place to a tensor the pass did not make (a parameter
     in ``opt.step()``, a buffer, an input), directly or through a view of it
     (``p.data.mul_()``, a ``state_dict()`` value, ``p.detach().copy_()``: a target
@@ -189,7 +190,7 @@ def _writes_state(ev: tuple, mode: Any) -> bool:
     on the line that also builds the next batch (``opt.step(); x = next(it)``)."""
     if not BY_INDEX[ev[E_INFO]].mutates:
         return False
-    vmeta, made = mode.vmeta, None
+    vmeta, events = mode.vmeta, mode.events
     for v in ev[E_OUTS]:
         for _ in range(64):
             origin = vmeta[v][V_ORIGIN]
@@ -198,14 +199,16 @@ def _writes_state(ev: tuple, mode: Any) -> bool:
             if origin is not None and origin[0] == "ver" and origin[1] >= 0:
                 v = origin[1]
                 continue
-            if made is None:  # (built once, on the first write into something the pass made)
-                made = {out: i for i, e in enumerate(mode.events) for out in e[E_OUTS]}
             i = made.get(v)
-            if i is None or not BY_INDEX[mode.events[i][E_INFO]].view or not mode.events[i][E_INS] \
-                    or mode.events[i][E_INS][0] < 0:
+            if i is None or not BY_INDEX[events[i][E_INFO]].view or not events[i][E_INS] or events[i][E_INS][0] < 0:
                 break
-            v = mode.events[i][E_INS][0]  # a view: the tensor it views
+            v = events[i][E_INS][0]  # a view: the tensor it views
     return False
+
+
+def _made(events: List[tuple]) -> Dict[int, int]:
+    """value id -> the event that made it."""
+    return {v: i for i, ev in enumerate(events) for v in ev[E_OUTS]}
 
 
 def drop_events(mode: Any, drop: Set[int]) -> None:
