@@ -116,7 +116,6 @@ class Side:
         self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
         self.ignored = len(g.nodes) - len(self.nodes)
         self.reads: Dict[Sig, List[int]] = {}
-        self._downstream: Dict[frozenset, Set[str]] = {}
         for i, k in enumerate(self.wkeys):
             if k is not None:
                 self.reads.setdefault(self.sigs[i], []).append(i)
@@ -150,17 +149,12 @@ class Side:
 
     def downstream_of(self, names: Iterable[str]) -> Set[str]:
         """The value ids computed (forward) from the named inputs ``names``, the
-        inputs included (cached: asked once per hunk)."""
-        key = frozenset(names)
-        hit = self._downstream.get(key)
-        if hit is not None:
-            return hit
-        out = {self.named[x].id for x in key if x in self.named}
+        inputs included."""
+        out = {self.named[x].id for x in names if x in self.named}
         if out:
             for n in self.graph.nodes:
                 if n.phase == "forward" and not out.isdisjoint(n.inputs):
                     out.update(n.outputs)
-        self._downstream[key] = out
         return out
 
     @cached_property

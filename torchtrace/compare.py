@@ -27,9 +27,9 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
                        classify, input_changes, moved, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import Hunk, cut_off, ended, fed_by_one_sided
-from .sided import (accumulated, casts, fed_by, needs_grad, optimizer_state, ran_on, ran_only, recomputed, stopped,
-                    trained, unused)
+from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
+from .sided import (accumulated, casts, fed_by, fed_values, needs_grad, optimizer_state, ran_on, ran_only,
+                    recomputed, stopped, trained, unused)
 from .ir import Graph, Node
 from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
@@ -178,11 +178,9 @@ class GraphDiff:
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
             what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
             other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
-            if arms:
-                lines.append(f"{'; '.join(arms)} {ARROW} the same ops, from other lines, with {other} "
-                             f"({plural(self.changed, 'op')} changed): {'; '.join(what)}")
-            else:
-                lines.append(f"same ops, {other} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
+            lead = f"{'; '.join(arms)} {ARROW} the same ops, from other lines, with {other}" if arms \
+                else f"same ops, {other}"
+            lines.append(f"{lead} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), hunks in groups.items():
             cause = runs_said(cause, [h.loop for h in hunks if h.loop is not None])
             names = list(dict.fromkeys(h.module or "<root>" for h in hunks))
@@ -297,6 +295,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     types = type_changes(value_pairs(A, B, matched))
     hunks: List[Hunk] = []
     modes = differing_grad_modes(A.graph, B.graph)
+    fed = fed_values(A, B, inputs)
     for kind, k0, k1 in _runs(ops):
         rows = ops[k0:k1]
         recompute = kind == "structural" and recomputed(A, B, rows)
@@ -314,7 +313,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
-                              ran=ran, trained=trained(A, B, rows, inputs), fed=fed_by(A, B, rows, inputs),
+                              ran=ran, trained=trained(A, B, rows, fed), fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
                               casts=casts(A, B, rows, types) if witness is None else ()))
@@ -325,10 +324,10 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             args = arg_changes(args_only(changed), reshaped(changed))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), witness,
                               types=type_changes(value_pairs(A, B, changed)), args=args, rewires=rewires(A, B, changed),
-                              trained=trained(A, B, changed, inputs) if any(  # (BatchNorm's batch statistics)
+                              trained=trained(A, B, changed, fed) if any(  # (BatchNorm's batch statistics)
                                   a.key in ("training", "train") for a in args) else None))
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
-    hunks = moved(A, B, fed_by_one_sided(A, B, _backward_like_forward(A, B, hunks, witnesses)))
+    hunks = moved(A, B, fed_by_one_sided(A, B, backward_like_forward(A, B, hunks, witnesses)))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched)),
                      inputs, (A.ignored, B.ignored))
@@ -338,35 +337,6 @@ def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:
     """The passes' grad modes (``meta.grad_mode``) when they differ."""
     modes = (a.meta.get("grad_mode"), b.meta.get("grad_mode"))
     return modes if None not in modes and modes[0] != modes[1] else None  # type: ignore[return-value]
-
-
-def _backward_like_forward(A: Side, B: Side, hunks: List[Hunk], witnesses: Sequence[WitnessChange]) -> List[Hunk]:
-    """A hunk of backward ops only takes the cause of the forward hunk whose ops
-    they differentiate (a backward op carries its forward op's module and line):
-    the branch that chose `self.a` over `self.b` decided their backward too, not
-    the read nearest before the backward hunk. With no such hunk (the forward
-    op ran once on both sides: `pack_padded_sequence`, whose backward loops over
-    the time steps), a read that differs at the one line its ops come from."""
-    def sites(h: Hunk) -> set:  # (side, module path, file, line) of its one-sided ops
-        return {(side, g.module_path(n.module), n.source.file if n.source else "", n.source.line if n.source else 0)
-                for side, g, ops in (("A", A.graph, h.only_a), ("B", B.graph, h.only_b)) for n in ops}
-
-    forward = [(sites(h), h) for h in hunks if h.kind == "structural" and h.witness is not None
-               and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
-    out = []
-    for h in hunks:
-        ops = (*h.only_a, *h.only_b)
-        if h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) and not h.own_cause:
-            mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
-            owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
-            lines = {site[2:] for site in mine}
-            at = next((w for w in witnesses if len(lines) == 1 and (w.file, w.line) in lines), None)
-            if owner is not None:
-                h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
-            elif at is not None:
-                h = replace(h, witness=at, inputs=(), casts=())
-        out.append(h)
-    return out
 
 
 def _module_path(g: Graph, n: Node) -> str:

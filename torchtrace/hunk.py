@@ -67,8 +67,7 @@ class Hunk:
         recompute, a pass that stopped, ran more phases, trained, froze or made
         optimizer state, or ran on past its last step."""
         return bool(self.grads or self.recompute or self.stopped or self.ran or self.trained or self.needs_grad
-                    or self.unused
-                    or self.state or self.last)
+                    or self.unused or self.state or self.last)
 
     @property
     def cause(self) -> str:
@@ -76,9 +75,7 @@ class Hunk:
         text = self._cause()
         if not self.moved:
             return text
-        ops = ", ".join(f"`{x}`" for x in self.moved[:3]) + (f" and {len(self.moved) - 3} more" if len(self.moved) > 3
-                                                            else "")
-        return f"{text}; {ops} ran in both, in another order"
+        return f"{text}; {_listed(self.moved)} ran in both, in another order"
 
     def _cause(self) -> str:
         if self.kind == "changed":
@@ -111,18 +108,17 @@ class Hunk:
                    f"(tensors {', '.join(f'{dtype_short(t.a)} {ARROW} {dtype_short(t.b)}' for t in self.casts)})"
         if self.needs_grad is not None:
             side, names = self.needs_grad
-            listed = ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             one = len(names) == 1
             them = "it" if one else "them"
             phases = {n.phase for n in (*self.only_a, *self.only_b)}
             what = {frozenset({"optimizer"}): f"the optimizer steps {them}",
                     frozenset({"backward"}): f"backward computes the gradients that reach {them}"}.get(
                 frozenset(phases), f"backward computes the gradients that reach {them} and the optimizer steps {them}")
-            return f"{listed} require{'s' if one else ''} grad only in {side} (`requires_grad_`): {what} only there"
+            return f"{_listed(names)} require{'s' if one else ''} grad only in {side} (`requires_grad_`): " \
+                   f"{what} only there"
         if self.unused is not None:
             side, names = self.unused
-            listed = ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            return f"{listed} got no gradient in {other_side(side)} (no op of its pass used "\
+            return f"{_listed(names)} got no gradient in {other_side(side)} (no op of its pass used "\
                    f"{'it' if len(names) == 1 else 'them'}): the optimizer steps them only in {side}"
         if self.last is not None:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
@@ -222,6 +218,36 @@ class Hunk:
                 "explanation": self.explanation}
 
 
+def backward_like_forward(A: Side, B: Side, hunks: Sequence[Hunk], witnesses: Sequence[WitnessChange]
+                          ) -> List[Hunk]:
+    """A hunk of backward ops only takes the cause of the forward hunk whose ops
+    they differentiate (a backward op carries its forward op's module and line):
+    the branch that chose `self.a` over `self.b` decided their backward too, not
+    the read nearest before the backward hunk. With no such hunk (the forward
+    op ran once on both sides: `pack_padded_sequence`, whose backward loops over
+    the time steps), a read that differs at the one line its ops come from."""
+    def sites(h: Hunk) -> set:  # (side, module path, file, line) of its one-sided ops
+        return {(side, g.module_path(n.module), n.source.file if n.source else "", n.source.line if n.source else 0)
+                for side, g, ops in (("A", A.graph, h.only_a), ("B", B.graph, h.only_b)) for n in ops}
+
+    forward = [(sites(h), h) for h in hunks if h.kind == "structural" and h.witness is not None
+               and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
+    out = []
+    for h in hunks:
+        ops = (*h.only_a, *h.only_b)
+        if h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) and not h.own_cause:
+            mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
+            owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
+            if owner is not None:
+                h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
+            else:
+                lines = {site[2:] for site in mine}
+                at = next((w for w in witnesses if len(lines) == 1 and (w.file, w.line) in lines), None)
+                h = h if at is None else replace(h, witness=at, inputs=(), casts=())
+        out.append(h)
+    return out
+
+
 def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:
     """A hunk of changed ops that read a tensor an op only on that side made
     (``torch.stack(outs)`` after a loop that ran once more in A) follows from
@@ -261,6 +287,11 @@ def cut_off(side: str, g: Graph) -> str:
 def _arity(p: OpPair) -> bool:
     """The op has as many inputs on both sides."""
     return p.a is not None and p.b is not None and len(p.a.inputs) == len(p.b.inputs)
+
+
+def _listed(names: Sequence[str]) -> str:
+    """"`a`, `b`, `c` and 2 more"."""
+    return ", ".join(f"`{x}`" for x in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def other_side(side: str) -> str:

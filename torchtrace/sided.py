@@ -116,8 +116,12 @@ def optimizer_state(rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ..
     return found[0] if len(found) == 1 else None
 
 
-def _fed(A: Side, B: Side, inputs: Sequence[InputChange]) -> List[Dict[str, InputChange]]:
-    """Per side, value id -> the input only that side passed that it was computed from."""
+Fed = List[Dict[str, InputChange]]  # per side: value id -> the input only that side passed it came from
+
+
+def fed_values(A: Side, B: Side, inputs: Sequence[InputChange]) -> Fed:
+    """Per side, value id -> the input only that side passed that it was computed
+    from (once per diff: ``fed_by`` and ``trained`` read it for every hunk)."""
     out: List[Dict[str, InputChange]] = [{}, {}]
     for x, side in ((0, A), (1, B)):
         for i in inputs:
@@ -126,10 +130,9 @@ def _fed(A: Side, B: Side, inputs: Sequence[InputChange]) -> List[Dict[str, Inpu
     return out
 
 
-def fed_by(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange]) -> Tuple[InputChange, ...]:
+def fed_by(rows: Sequence[OpPair], fed: Fed) -> Tuple[InputChange, ...]:
     """The inputs only one side passed that ops only on that side in ``rows`` read
     what was computed from (``attention_mask`` given in B: its mask's ops)."""
-    fed = _fed(A, B, inputs)
     found = {}
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
@@ -138,15 +141,14 @@ def fed_by(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChang
     return tuple(found.values())
 
 
-def trained(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange] = ()) -> Optional[str]:
+def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed) -> Optional[str]:
     """"A" when every op of ``rows`` ran in a module call that was in training
     mode in A and in eval mode in B (the same module call, by path and call
     index; for a call only one side made, the nearest enclosing call both made:
     `if self.training:` calling submodules); "B" the other way round. An op only
     on one side that reads what was computed from an input only that side passed
-    (``attention_mask`` given with ``.eval()``) is the input's (``fed_by``), not
-    the mode's: it is left out, and a hunk of such ops alone has no mode cause."""
-    fed = _fed(A, B, inputs)
+    (``fed``: ``attention_mask`` given with ``.eval()``) is the input's (``fed_by``),
+    not the mode's: it is left out, and a hunk of such ops alone has no mode cause."""
     sides = set()
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
