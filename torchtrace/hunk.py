@@ -5,6 +5,9 @@ The cause, most specific first: a loop whose condition read other data; the
 witness before the hunk whose value differs; the pass on the other side
 having ended with an exception first; the traced call's inputs having other
 types (``if x.shape[0] > 4``); a Python-level loop; else Python state.
+(``sided.py`` finds the causes only one side's ops have.) A hunk that follows
+from another takes its cause: the backward of its ops (``backward_like_forward``),
+ops that read what its ops made (``fed_by_one_sided``).
 """
 from __future__ import annotations
 

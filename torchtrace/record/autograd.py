@@ -40,7 +40,7 @@ def node_key(node: Any) -> tuple:
 
 def _saved_storages(node: Any) -> List[Tuple[int, int]]:
     """(storage key, nbytes) of each storage the Node holds for backward (the key:
-    ``storage_key``)."""
+    as ``storage_keys``)."""
     attrs = _SAVED_ATTRS.get(type(node))
     if attrs is None:
         attrs = _SAVED_ATTRS[type(node)] = tuple(a for a in dir(node) if a.startswith("_raw_saved_"))
@@ -78,7 +78,7 @@ def grad_fns(refs: List[Any]) -> List[Any]:
     return roots
 
 
-def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
+def storage_keys(t: Any, depth: int = 0) -> List[int]:
     """Keys of the storages behind ``t``: its own, or for a wrapper subclass with
     no storage of its own (DTensor, quantized wrappers) those of the tensors it
     wraps (``__tensor_flatten__``). A storage's key is its C++ object (views
@@ -95,7 +95,7 @@ def storage_ptrs(t: Any, depth: int = 0) -> List[int]:
                             if is_traceable_wrapper_subclass(t) else [])
     except Exception:  # a subclass whose flatten fails: its storage is unknown
         return []
-    return [p for x in inner for p in storage_ptrs(x, depth + 1)] if depth < 4 else []
+    return [p for x in inner for p in storage_keys(x, depth + 1)] if depth < 4 else []
 
 
 class Entry:

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import (_disable_current_modes, _get_current_d
 
 from ..errors import warn
 from ..ir import Graph
-from .autograd import AutogradTracker, grad_fns, storage_ptrs
+from .autograd import AutogradTracker, grad_fns, storage_keys
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import CompileGuard
@@ -372,7 +372,7 @@ class Capture:
         mode = self.mode
         state += [mode.vrefs[v]() for v, rec in enumerate(mode.vmeta)
                   if rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ext" and rec[V_ORIGIN][1] in ("param", "buffer")]
-        return {ptr for p in state if p is not None for ptr in storage_ptrs(p)}
+        return {ptr for p in state if p is not None for ptr in storage_keys(p)}
 
     def trainable_params(self) -> List[Tuple[Any, str]]:
         seen, out = set(), []
