@@ -908,6 +908,26 @@ def test_unfreezing_a_layer_names_it_for_its_backward_and_its_optimizer_steps():
                        f"{head} and the optimizer steps them only there \u2192 9 ops only in B (in `<root>`)"]
 
 
+def _train_step_then_validation(m: nn.Module, x: torch.Tensor, y: torch.Tensor, opt=None,
+                                switch_modes: bool = False):
+    """A training step's pass (backward, and a step of ``opt`` if given) against a
+    validation pass under no_grad that also computes the accuracy; with
+    ``switch_modes``, the model in train mode for the first, eval for the second."""
+    if switch_modes:
+        m.train()
+    with torchtrace.trace(m) as ta:
+        nn.functional.cross_entropy(m(x), y).backward()
+        if opt is not None:
+            opt.step()
+    if switch_modes:
+        m.eval()
+    with torch.no_grad(), torchtrace.trace(m) as tb:
+        out = m(x)
+        nn.functional.cross_entropy(out, y)
+        (out.argmax(-1) == y).float().mean()  # accuracy: only the validation pass computes it
+    return torchtrace.diff(ta.graph, tb.graph)
+
+
 def test_a_training_steps_backward_is_its_own_hunk_next_to_an_eval_passs_metrics():
     """The eval pass's metric ops sat in one hunk with the training step's
     backward and optimizer ops, and the whole hunk was put down to Python state."""
@@ -915,15 +935,8 @@ def test_a_training_steps_backward_is_its_own_hunk_next_to_an_eval_passs_metrics
     m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
-    with torchtrace.trace(m) as ta:
-        nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-    with torch.no_grad(), torchtrace.trace(m) as tb:
-        out = m(x)
-        nn.functional.cross_entropy(out, y)
-        (out.argmax(-1) == y).float().mean()  # accuracy: only the eval pass computes it
-    d = torchtrace.diff(ta.graph, tb.graph)
-    later = [n for n in ta.graph.nodes if n.phase in ("backward", "optimizer")
+    d = _train_step_then_validation(m, x, y, opt)
+    later = [n for n in d.a.nodes if n.phase in ("backward", "optimizer")
              and not {"autograd_internal", "annotation"} & set(n.tags)]
     ran = "only A's pass ran backward and an optimizer step"
     assert f"{ran} \u2192 {len(later)} ops only in A (in `<root>`)" in d.why()
@@ -957,15 +970,7 @@ def test_a_validation_step_with_a_metric_pairs_its_forward_with_the_training_ste
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.ReLU(), nn.Linear(16, 3))
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
-    m.train()
-    with torchtrace.trace(m) as ta:
-        nn.functional.cross_entropy(m(x), y).backward()
-    m.eval()
-    with torch.no_grad(), torchtrace.trace(m) as tb:
-        out = m(x)
-        nn.functional.cross_entropy(out, y)
-        (out.argmax(-1) == y).float().mean()
-    d = torchtrace.diff(ta.graph, tb.graph)
+    d = _train_step_then_validation(m, x, y, switch_modes=True)
     why = d.why()
     assert "modules in training mode in A, eval mode in B (`.train()`/`.eval()`) \u2192 4 ops only in A (in `1`)" in why
     metric = [h for h in d.structural_hunks if h.only_b]
