@@ -60,7 +60,7 @@ from harness import Empty, Timed, count_ops, interleave  # noqa: E402
 from torchtrace import serialize  # noqa: E402
 from torchtrace.record import autograd as tracker  # noqa: E402
 from torchtrace.record.capture import Capture  # noqa: E402
-from torchtrace.record.mode import _mark_dynamo_skip  # noqa: E402
+from torchtrace.record.compiled import mark_dynamo_skip  # noqa: E402
 
 
 class EmptySkip(TorchDispatchMode):
@@ -74,7 +74,7 @@ class EmptySkip(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-_mark_dynamo_skip(EmptySkip.__torch_dispatch__.__code__)
+mark_dynamo_skip(EmptySkip.__torch_dispatch__.__code__)
 
 
 def _between(setup: Callable[[], object], body: Callable[[], object],
