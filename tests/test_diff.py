@@ -503,9 +503,9 @@ class Checked(nn.Module):
         return self.out(h).relu()
 
 
-def _raising(m: nn.Module, x: torch.Tensor) -> Graph:
+def _raising(m: nn.Module, *x: torch.Tensor) -> Graph:
     with pytest.raises(Exception) as e, torchtrace.trace(m) as t:
-        m(x)  # LINE:raising
+        m(*x)  # LINE:raising
     assert t.graph.meta["error"] == e.type.__name__
     return t.graph
 
@@ -544,6 +544,35 @@ def test_a_pass_an_op_ended_names_the_op_and_its_error():
     assert d.errors == (f"B's pass ended with RuntimeError in `addmm` at `test_diff.py:{line_of('raising')}` "
                         f"({err[len('RuntimeError: '):]})",)
     assert d.why()[0] == d.errors[0] + ": the ops after the raise are missing"
+
+
+class Picks(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)[:, idx]  # LINE:picks
+        return self.b(h).relu()
+
+
+def test_an_op_that_raised_is_said_to_have_raised_not_to_return_less():
+    """The op that raised is aligned with the one that ran: it has no outputs
+    because it raised, which is no "A returns one more output" type change."""
+    torch.manual_seed(0)
+    m, x = Picks(), torch.randn(2, 4)
+    ok = record(m, x, torch.tensor([0, 1, 2, 3]))
+    bad = _raising(m, x, torch.tensor([0, 1, 2, 9]))
+    d = torchtrace.diff(ok, bad)
+    assert not [t for t in d.types if t.kind == "output"], d.types
+    [changed] = [h for h in d.hunks if h.kind == "changed"]
+    [pair] = changed.changed
+    assert pair.a.short_op == "index.Tensor" and pair.raised == ("B", bad.meta["raised"][-1]["error"])
+    assert changed.explanation.startswith("`index.Tensor` raised in B: IndexError: index 9 is out of bounds")
+    assert "returns" not in changed.explanation and "one more" not in str(d)
+    mirrored = [p for h in torchtrace.diff(bad, ok).hunks for p in h.changed]
+    assert [p.raised[0] for p in mirrored] == ["A"]
+    assert [p["raised"]["side"] for p in d.to_dict()["ops"] if "raised" in p] == ["B"]
 
 
 def test_an_inserted_block_is_one_hunk_and_the_rest_aligns():

@@ -1327,3 +1327,75 @@ def test_the_backward_of_a_packed_sequence_is_put_down_to_its_lengths():
     pack = [h for h in d.structural_hunks if (h.only_a or h.only_b)
             and all(n.phase == "backward" and n.source.line == line_of("pack-lengths") for n in (*h.only_a, *h.only_b))]
     assert pack and all(h.witness.line == line_of("pack-lengths") for h in pack), [h.explanation for h in pack]
+
+
+class MeanGate(nn.Module):
+    """A branch on the data; no module that behaves otherwise in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if x.mean() > 0:  # LINE:meangate
+            h = h.relu()
+        return h
+
+
+def test_a_read_right_before_the_ops_is_said_before_train_and_eval():
+    """A in training mode on a negative input, B in eval mode on a positive
+    one: the relu only B ran follows the read right before it. Both modes
+    differ too, and are named after it; with no read, the modes are the cause."""
+    torch.manual_seed(0)
+    m = MeanGate()
+    a = zoo.record(m.train(), -torch.ones(3, 4))
+    b = zoo.record(m.eval(), torch.ones(3, 4))
+    [h] = torchtrace.diff(a, b).hunks
+    assert h.trained == "A" and h.read_first and h.witness.line == line_of("meangate")
+    assert h.explanation == (f"`test_diff_causes.py:{line_of('meangate')}` read False in A, True in B (modules also "
+                             "in training mode in A, eval mode in B) \u2192 1 op only in B (in `<root>`)")
+    assert torchtrace.diff(b, a).hunks[0].explanation.startswith(
+        f"`test_diff_causes.py:{line_of('meangate')}` read True in A, False in B (modules also in training mode in B")
+    drop = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    [h] = torchtrace.diff(zoo.record(drop.train(), torch.ones(3, 4)), zoo.record(drop.eval(), torch.ones(3, 4))).hunks
+    assert not h.read_first and h.explanation.startswith("modules in training mode in A, eval mode in B")
+
+
+class TwoCauses(nn.Module):
+    """A branch on the data, a layer both passes run, then a Python flag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.extra = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if h.mean() > 0:  # LINE:twocauses
+            h = h.exp()
+        h = self.b(h)
+        if self.extra:
+            h = h.sigmoid()
+        return h
+
+
+def test_a_read_whose_branch_ended_before_the_hunk_is_only_a_guess():
+    """The read's own branch (exp) ran, then both passes ran `self.b`: the
+    sigmoid after it is not known to follow from that read (here a flag)."""
+    torch.manual_seed(0)
+    m = TwoCauses()
+    with torch.no_grad():
+        m.a.weight.copy_(torch.eye(4))
+        m.a.bias.zero_()
+    a = zoo.record(m, torch.ones(2, 4))
+    m.extra = True
+    b = zoo.record(m, -torch.ones(2, 4))
+    first, second = torchtrace.diff(a, b).hunks
+    read = f"`test_diff_causes.py:{line_of('twocauses')}` read True in A, False in B"
+    assert [n.short_op for n in first.only_a] == ["exp"] and not first.witness.weak
+    assert first.explanation == f"{read} \u2192 1 op only in A (in `<root>`)"
+    assert [n.short_op for n in second.only_b] == ["sigmoid"]
+    assert second.witness.weak and second.witness.merged
+    assert second.explanation == (f"{read} (its branch ended earlier and both passes ran the same ops since: the "
+                                  "nearest read that differs, maybe not the cause) \u2192 1 op only in B (in `<root>`)")

@@ -972,6 +972,35 @@ def test_every_k_counts_each_models_passes(tmp_path):
     assert roots == [(i, who) for i in (0, 2, 4) for who in ("gen", "disc")]
 
 
+class SignGate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if x.sum() > 0:  # LINE:signgate
+            h = h.tanh()
+        return h
+
+
+def test_the_last_pass_s_own_branch_is_the_read_not_the_end_of_the_run(tmp_path):
+    """The last pass's extra op ran inside the model's call: a branch of the
+    step, decided by the read before it, not code run after the last step."""
+    m = SignGate()
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db") as rec:
+        m(-torch.ones(2, 4))
+        m(torch.ones(2, 4))
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        a, b = store.graph(0), store.graph(1)
+    assert b.meta["last"] is True
+    [h] = torchtrace.diff(a, b).hunks
+    assert h.last is None and h.witness is not None
+    assert h.witness.line == zoo.marked_line(__file__, "signgate")
+    assert h.explanation == f"`test_store.py:{h.witness.line}` read False in A, True in B \u2192 1 op only in B " \
+                            "(in `<root>`)"
+
+
 def test_code_after_the_last_step_is_said_to_be_that(tmp_path):
     """The last pass runs on to the end of the block: a `print(loss.item())`
     after the loop made it a variant of its own, blamed on Adam's step count,

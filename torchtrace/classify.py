@@ -54,16 +54,20 @@ class OpPair:
     b: Optional[Node]
     status: str
     what: Tuple[str, ...] = ()
+    raised: Optional[Tuple[str, str]] = None  # ("B", its error) when the op raised on that side only
 
     def mirror(self) -> "OpPair":
         status = {"only_a": "only_b", "only_b": "only_a"}.get(self.status, self.status)
-        return OpPair(self.b, self.a, status, self.what)
+        raised = None if self.raised is None else ({"A": "B", "B": "A"}[self.raised[0]], self.raised[1])
+        return OpPair(self.b, self.a, status, self.what, raised)
 
     def to_dict(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"a": self.a.id if self.a else None, "b": self.b.id if self.b else None,
                              "status": self.status}
         if self.what:
             d["what"] = list(self.what)
+        if self.raised:
+            d["raised"] = {"side": self.raised[0], "error": self.raised[1]}
         return d
 
 
@@ -230,7 +234,11 @@ def classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
     what: List[str] = []
     # inputs with inputs, outputs with outputs (an input only one side passes is wiring, not a shape)
     shape_in, dtype_in = paired_types_differ(A, B, na.inputs[:len(nb.inputs)], nb.inputs[:len(na.inputs)])
-    shape_out, dtype_out = paired_types_differ(A, B, na.outputs, nb.outputs)
+    ea, eb = A.graph.raised().get(na.id), B.graph.raised().get(nb.id)
+    raised = None if (ea is None) == (eb is None) else ("A", ea) if ea is not None else ("B", eb)
+    if raised:  # (an op that raised has no outputs: that is not a type change)
+        what.append("raised")
+    shape_out, dtype_out = (False, False) if raised else paired_types_differ(A, B, na.outputs, nb.outputs)
     if shape_in or shape_out:
         what.append("shape")
     if dtype_in or dtype_out:
@@ -243,7 +251,7 @@ def classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
         what.append("value")
     if A.sigs[i] != B.sigs[j]:
         what.append("line")
-    return OpPair(na, nb, "changed" if what else "same", tuple(what))
+    return OpPair(na, nb, "changed" if what else "same", tuple(what), raised)
 
 
 def _rewired(A: Side, B: Side, made: Made, na: Node, nb: Node) -> bool:

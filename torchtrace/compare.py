@@ -307,13 +307,16 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             ran = ran_only(A, B, rows)
             if ran is not None:  # only a read right before it is said with it
                 witness, loop = causes.adjacent(k0), None
+            mode = trained(A, B, rows, fed)
+            first = causes.adjacent(k0) if mode is not None and loop is None else None
+            witness = first or witness  # (a read right before the ops says more than the modes of all of them)
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (),
                               stopped=stopped(A, B, rows) if k1 == len(ops) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
-                              ran=ran, trained=trained(A, B, rows, fed), fed=fed_by(rows, fed),
+                              ran=ran, trained=mode, read_first=first is not None, fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
                               casts=casts(A, B, rows, types) if witness is None else ()))

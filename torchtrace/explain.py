@@ -69,6 +69,7 @@ class WitnessChange:
     call: Optional[Tuple[str, int, int]] = None  # a module called more than once: (path, call in A, call in B)
     via: Optional[Tuple[str, str]] = None  # a helper read from several call sites: (call site in A, in B)
     also: Tuple["WitnessChange", ...] = ()  # other reads that differ just as near (nothing only in A or B since)
+    merged: bool = False  # weak because the branch it decided ended before: both passes ran the same ops since
 
     @property
     def where(self) -> str:
@@ -80,7 +81,8 @@ class WitnessChange:
             text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
         if not self.weak:
             return text
-        why = "a float" if isinstance(self.a.value, float) else "read into a call whose result is unused"
+        why = "its branch ended earlier and both passes ran the same ops since" if self.merged else \
+            "a float" if isinstance(self.a.value, float) else "read into a call whose result is unused"
         return f"{text} ({why}: the nearest read that differs, maybe not the cause)"
 
     def short(self) -> str:
@@ -117,7 +119,7 @@ class WitnessChange:
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": self.a.read(), "b": self.b.read(),
-                "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak,
+                "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
                 "also": [w.short() for w in self.also]}
 
@@ -287,6 +289,9 @@ class Causes:
             return None
         weak = e is None or (e != nearest and self.one_sided[nearest] > self.one_sided[e])
         i, j = self.pairs[nearest if weak else e]
+        # ops only in A or B after the read, then ops in both, then this hunk: the read's branch came
+        # and went (`if x.mean() > 0: h = h.exp()`), and what decided this one is not known
+        merged = self.one_sided[k0] > self.one_sided[(nearest if weak else e) + 1]
         assert i is not None and j is not None
         # other decisive reads that differ with nothing only in A or B since: just as likely the cause
         also = [] if weak else [x for x in reversed(decisive_[:at - 1])
@@ -299,7 +304,7 @@ class Causes:
                 alts.setdefault(w.short(), w)
             if len(alts) == 2:
                 break
-        return replace(cause, weak=weak, also=tuple(alts.values()))
+        return replace(cause, weak=weak or merged, merged=merged, also=tuple(alts.values()))
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment

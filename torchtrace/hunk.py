@@ -63,6 +63,7 @@ class Hunk:
     last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
     grad_modes: Optional[Tuple[str, str]] = None  # the passes' grad modes, when they differ (A's, B's)
     moved: Tuple[str, ...] = ()  # its ops ran on the other side too, elsewhere (``classify.moved``): their names
+    read_first: bool = False  # ``witness`` is a read right before it (no op between): said before ``trained``
 
     @property
     def own_cause(self) -> bool:
@@ -127,6 +128,9 @@ class Hunk:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
                    "(or of the Recorder block), past its last step"
         if self.trained is not None:
+            if self.read_first and self.witness is not None:  # (`if x.mean() > 0:` in a model run in eval mode)
+                return f"{self.witness.describe()} (modules also in training mode in {self.trained}, " \
+                       f"eval mode in {other_side(self.trained)})"
             return self._trained()
         if self.loop is not None and self.loop.via == "witness":
             text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
@@ -175,7 +179,8 @@ class Hunk:
         return f"{self.cause} \u2192 {self.counts} (in `{self.module or '<root>'}`)"
 
     def detail(self) -> str:
-        parts = [t.describe() for t in self.types[:3]]
+        parts = [_raised(p) for p in self.changed if p.raised][:2]
+        parts += [t.describe() for t in self.types[:3]]
         parts += [a.describe() for a in self.args[:3]]
         parts += [r.describe() for r in self.rewires]
         # (an op given one more input says so in ``types``; its wiring is that input)
@@ -212,7 +217,7 @@ class Hunk:
                 "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
-                "trained": self.trained, "fed": [i.to_dict() for i in self.fed], "last": self.last,
+                "trained": self.trained, "read_first": self.read_first, "fed": [i.to_dict() for i in self.fed], "last": self.last,
                 "moved": list(self.moved),
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,
@@ -310,3 +315,14 @@ def _swap_sides(text: Optional[str]) -> Optional[str]:
     if text is None:
         return None
     return ("B" if text[0] == "A" else "A") + text[1:]
+
+
+
+def _raised(p: OpPair) -> str:
+    """"`index` raised in B: IndexError: index 9 is out of bounds..." (its error's first line)."""
+    assert p.raised is not None
+    side, error = p.raised
+    n = p.a if side == "A" else p.b
+    lines = error.strip().splitlines()
+    first = lines[0] if lines else "an error"
+    return f"`{n.short_op if n else '?'}` raised in {side}: {first if len(first) <= 120 else first[:117] + '...'}"

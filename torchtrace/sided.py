@@ -43,10 +43,12 @@ def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
 def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     """"B" when ``rows``, at the end of the diff, are ops only in B and B's pass
     was a Recorder's last (``meta.last``: ended by the block's end, so it holds
-    what the script ran after its last step), A's not."""
+    what the script ran after its last step), A's not. Ops inside a module call
+    ran in the step itself, not after it (a branch of the model's last call)."""
     one = sole(A, B, rows)
-    return one[0] if one is not None and one[1].graph.meta.get("last") and not one[2].graph.meta.get("last") \
-        else None
+    if one is None or not one[1].graph.meta.get("last") or one[2].graph.meta.get("last"):
+        return None
+    return one[0] if all(n.module is None for n in one[3]) else None
 
 
 def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
