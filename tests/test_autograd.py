@@ -332,6 +332,32 @@ def test_checkpoint_recompute_is_tagged_with_right_scopes():
     assert torch.equal(x.grad, x.grad)  # backward completed
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_module_checkpoint_recomputes_is_no_output_of_the_traced_call(reentrant):
+    """Checkpoint's recompute calls ``b`` outside any module call, inside the
+    backward: not a call the user made, so what it returns is no output."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.c(checkpoint(lambda h: self.b(h).tanh(), self.a(x), use_reentrant=reentrant))
+
+    torch.manual_seed(0)
+    m = Net()
+    with torchtrace.trace(m) as t:
+        y = m(torch.randn(3, 4))
+        y.sum().backward()
+    g = t.graph
+    made = g.producers()
+    assert any(n.phase == "recompute" and g.module_path(n.module) == "b" for n in g.nodes)
+    assert [(g.node(made[v]).short_op, g.node(made[v]).phase, g.module_path(g.node(made[v]).module))
+            for v in g.outputs] == [("addmm", "forward", "c")]
+    assert g.value(g.outputs[0]).shape == tuple(y.shape)
+
+
 def test_reentrant_checkpoint_grads_are_the_named_tensors_only():
     """Reentrant checkpoint runs backward on detached copies of its inputs: leaves
     nothing names. The gradients listed are the parameters' and the input's."""

@@ -626,7 +626,8 @@ def test_a_dataloader_loop_records_one_graph_per_step(tmp_path):
     """`for x, y in loader` collates x and y in one statement; only x is the model's
     input. The labels' collate ops (a select per sample, a stack) stayed at the end of
     the step before: the last pass differed, and the select indices kept every step
-    out of the shared graph."""
+    out of the shared graph. Each epoch's seed draw, read at the `for` line, made
+    that epoch's last step a variant of its own."""
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(0)
@@ -634,14 +635,15 @@ def test_a_dataloader_loop_records_one_graph_per_step(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 2)), batch_size=16)
     with torchtrace.Recorder(tmp_path / "t.db"):
-        for x, y in loader:
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
+        for epoch in range(3):  # each epoch's iter(loader) draws a seed (random_, then .item()) at the `for`
+            for x, y in loader:
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
     with Store(tmp_path / "t.db", readonly=True) as store:
         passes = store.passes()
-        assert len(passes) == 4
+        assert len(passes) == 12
         assert len({p.structure_fp for p in passes}) == 1 and len({p.shapes_fp for p in passes}) == 1
         assert store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0] == 1
         g = store.graph(0)

@@ -126,6 +126,9 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
             hit = lines[key] = (key[0], line_of(code, at) if code is not None else -1)
         return hit
 
+    # reads of data that depends on nothing this pass computed (`iter(loader)` draws the workers'
+    # seed: `torch.empty((), dtype=torch.int64).random_().item()`): on a preparing statement, prep too
+    own_reads = _fresh_reads(mode, tail, made)
     size = -1
     while len(prep) != size:
         size = len(prep)
@@ -137,7 +140,7 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
         stmts = {statement(events[i]) for i in prep}
         for i in range(len(events) - 1, tail - 1, -1):
             ev = events[i]
-            if i not in prep and statement(ev) in stmts and feeds_only_prep(ev):
+            if i not in prep and statement(ev) in stmts and (feeds_only_prep(ev) or i in own_reads):
                 prep.add(i)
                 needed.update(ev[E_INS])
     if prep:
@@ -172,6 +175,23 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
         size = len(free)
         free = {i for i in free if all(c in free or c in prep for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
     return free
+
+
+def _fresh_reads(mode: Any, tail: int, made: Dict[int, int]) -> Set[int]:
+    """The tail's reads of tensor data (no collective, no write to state) whose
+    inputs depend on nothing this pass computed: made by tail ops that read only
+    tensors from outside the pass, and each other."""
+    events, fresh, reads = mode.events, set(), set()
+    for i in range(tail, len(events)):
+        ev = events[i]
+        info = BY_INDEX[ev[E_INFO]]
+        if info.annotation or not all(made.get(v) is None or made[v] in fresh for v in ev[E_INS] if v >= 0):
+            continue
+        if not reads_data(info, ev, mode.vmeta):
+            fresh.add(i)
+        elif "collective" not in info.tags and not _writes_state(ev, mode, made) and not ev[E_OUTS]:
+            reads.add(i)
+    return reads
 
 
 def _kept(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:

@@ -283,7 +283,8 @@ class Capture:
         if self.mode.off:
             return
         try:
-            self._root_outputs(output)
+            if torch._C._current_graph_task_id() == -1:  # (not checkpoint's recompute inside a backward)
+                self._root_outputs(output)
         finally:
             if self.after_root is not None:
                 self.after_root()
