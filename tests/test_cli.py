@@ -3,6 +3,7 @@ subprocesses of the console script, exit codes, and commands that must run
 without torch."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 import torchtrace
-from torchtrace.cli import app
+from torchtrace.cli import _module_args_are_its_own, app
 from torchtrace.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +77,22 @@ def test_export_and_render_json_round_trip(recorded, tmp_path):
     res = runner.invoke(app, ["render", f"{db}:2", "--format", "json"])
     assert res.exit_code == 0
     assert torchtrace.Graph.from_dict(json.loads(res.stdout)) == g
+    res = runner.invoke(app, ["render", f"{db}:2", "--format", "json", "-o", str(tmp_path / "r2.json.gz")])
+    assert res.exit_code == 0, res.output
+    with gzip.open(tmp_path / "r2.json.gz", "rt") as f:  # (it was plain JSON under a .gz name)
+        assert torchtrace.Graph.from_dict(json.load(f)) == g
+
+
+def test_output_that_cannot_be_written_is_one_error_line(recorded):
+    """`show > /dev/full` printed a traceback from rich's write."""
+    d, _ = recorded
+    for args in (["show", f"{d / 'out' / 'trace.db'}:0"], ["variants", str(d / "out" / "trace.db")], ["--version"]):
+        with open("/dev/full", "w") as full:
+            res = subprocess.run([EXE, *args], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+        assert res.returncode == 1, (args, res.stderr)
+        assert res.stderr.startswith("error: the output could not be written") and "Traceback" not in res.stderr, \
+            res.stderr
+        assert "No space left on device" in res.stderr and res.stderr.count("\n") == 1, res.stderr
 
 
 def _script(tmp_path, body: str) -> Path:
@@ -508,12 +525,16 @@ def test_huge_numbers_and_deep_json_are_clear_errors(recorded, tmp_path):
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 5000 + "]" * 5000)
     for args, words in ((["show", f"{db}:{big}"], "no such pass"),
-                        (["variants", str(db), "--rank", big], "holds no pass"),
+                        (["variants", str(db), "--rank", big], f"rank {big} recorded no pass; expected a rank of 0"),
+                        (["variants", str(db), "--rank", "1"], "rank 1 recorded no pass; expected a rank of 0"),
+                        (["show", f"{db}:1:0"], f"e.g. {db}:0:0"),
                         (["show", str(deep)], "nested deeper than Python's recursion limit"),
                         (["diff", f"{db}:0", str(deep)], "nested deeper than Python's recursion limit")):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and (res.exception is None or isinstance(res.exception, SystemExit)), args
         assert res.output.startswith("error: ") and words in res.output, (args, res.output)
+    res = subprocess.run([EXE, "show", f"{db}:0", "--depth", "-1"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: Invalid value for '--depth'"), res.stderr
 
 
 def test_sigterm_stores_the_pass_in_flight_then_dies_by_sigterm_as_python(tmp_path):
@@ -533,6 +554,69 @@ def test_sigterm_stores_the_pass_in_flight_then_dies_by_sigterm_as_python(tmp_pa
     assert "(terminated)" in res.stderr
     with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
         assert len(store.passes()) == 3
+
+
+def test_a_forked_child_is_terminated_as_under_python(tmp_path):
+    """A process the script forks inherits the run's SIGTERM handler: it raised
+    there too, so `Process.terminate()` ran the child's `finally`, gave exit 143,
+    and a worker that catches BaseException lived on."""
+    s = _script(tmp_path, """
+        import multiprocessing as mp, time, torch
+        def worker():
+            while True:
+                try:
+                    time.sleep(0.1)
+                except BaseException as e:
+                    print("caught", repr(e), flush=True)
+        if __name__ == "__main__":
+            torch.nn.Linear(2, 1)(torch.ones(1, 2)).sum().backward()
+            p = mp.get_context("fork").Process(target=worker)
+            p.start()
+            time.sleep(0.5)
+            p.terminate()
+            p.join(20)
+            print("alive", p.is_alive(), "exitcode", p.exitcode, flush=True)
+            if p.is_alive():
+                p.kill()
+    """)
+    ref = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == res.returncode == 0, res.stderr[-2000:]
+    assert ref.stdout == res.stdout == "alive False exitcode -15\n"
+
+
+def test_in_a_terminal_the_script_keeps_its_own_stdout(tmp_path):
+    """In a terminal, a live status line swapped the script's sys.stdout for
+    rich's proxy, whose encoding is None: `s.encode(sys.stdout.encoding)` raised."""
+    import pty
+
+    s = _script(tmp_path, """
+        import sys, torch
+        torch.nn.Linear(2, 1)(torch.ones(1, 2))
+        print("stdout", type(sys.stdout).__name__, sys.stdout.isatty(), "é".encode(sys.stdout.encoding))
+    """)
+    main, child = pty.openpty()
+    try:
+        proc = subprocess.Popen([EXE, "run", "--out", str(tmp_path / "o"), str(s)], stdin=child, stdout=child,
+                                stderr=child, close_fds=True)
+        os.close(child)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # (the pty closed: the process ended)
+                break
+            if not chunk:
+                break
+            out += chunk
+        code = proc.wait(timeout=300)
+    finally:
+        os.close(main)
+    text = out.decode("utf-8", "replace")
+    assert code == 0, text
+    assert "stdout TextIOWrapper True b'\\xc3\\xa9'" in text, text
+    assert "recorded 1 pass" in text
 
 
 def test_ctrl_c_ends_the_run_as_it_ends_python(tmp_path):
@@ -579,6 +663,16 @@ def test_run_dash_m_runs_a_module_as_python_does_and_typos_are_no_scripts(tmp_pa
     assert res.stdout == ref.stdout  # argv[0] the module's file, __main__, the package, the cwd on sys.path
     assert "recorded 2 passes" in res.stderr and (tmp_path / "o" / "trace.db").exists()
     assert not (tmp_path / "ckpt").exists()
+    # the module's own `--` is its own, and `-mMODULE` is `-m MODULE`, as python takes them
+    ref = subprocess.run([sys.executable, "-mpkg.train", "--", *own], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    res = subprocess.run([EXE, "run", "-oo2", "-mpkg.train", "--", *own], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert ref.returncode == res.returncode == 0, res.stderr
+    assert res.stdout == ref.stdout and "'--', 'a', '--out'" in ref.stdout
+    assert (tmp_path / "o2" / "trace.db").exists() and not (tmp_path / "ckpt").exists()
+    assert _module_args_are_its_own(["run", "-o", "d", "-m", "p.q", "--", "x"]) == \
+        ["run", "-o", "d", "-m", "p.q", "--", "--", "x"]
     for args, words in ((["run", "-m", "nope.x"], "nope.x: no such module"),
                         (["run", "--max-pass", "3", "m.py"], "no such option: --max-pass"),
                         (["run"], "no script to run")):

@@ -51,7 +51,7 @@ class Fmt(str, Enum):
 
 
 REF_HELP = "a graph: FILE.json[.gz], STORE.db (last pass), STORE.db:IDX or STORE.db:RANK:IDX"
-DepthOpt = typer.Option(None, "--depth", "-d", help="module depth to expand (deeper calls become one box)")
+DepthOpt = typer.Option(None, "--depth", "-d", min=0, help="module depth to expand (deeper calls become one box)")
 FoldOpt = typer.Option(True, "--fold/--no-fold", help="fold repeated blocks and loop iterations")
 PhaseOpt = typer.Option(None, "--phase", "-p", help="which ops to show")
 FocusOpt = typer.Option(None, "--focus", help="show only this module path, e.g. transformer.h.0")
@@ -81,7 +81,12 @@ def _emit(data: Any, output: Optional[Path], fmt: str) -> None:
     if output is not None:
         from .serialize import atomic_write
 
-        atomic_write(output, data if isinstance(data, bytes) else data.encode("utf-8"))
+        raw = data if isinstance(data, bytes) else data.encode("utf-8")
+        if output.suffix == ".gz":  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
+            import gzip
+
+            raw = gzip.compress(raw, mtime=0)
+        atomic_write(output, raw)
         err.print(f"wrote {output}")
     elif isinstance(data, bytes):
         if sys.stdout.isatty():
@@ -231,16 +236,15 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
     from rich.table import Table
 
     from .families import store_variants
-    from .store import Store
+    from .store import Store, no_pass_of_rank
 
     try:
         with Store(store, readonly=True) as st:
             records, vs = store_variants(st, rank)  # reads only the graphs the explanations need
+            if not records:
+                raise no_pass_of_rank(st, store, rank)
     except TorchtraceError as e:
         _fail(e)
-    if not records:
-        _fail(UsageError("the store holds no pass", where=f"{store} (rank {rank})", expected="recorded passes",
-                         found="none", fix="record with `torchtrace run script.py`"))
     table = Table(title=f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} passes of {store}",
                   title_justify="left", box=None, pad_edge=False)
     for col in ("variant", "structure", "passes", "pass range", "steps", "shape variants"):
@@ -308,8 +312,13 @@ def _module_args_are_its_own(args: List[str]) -> List[str]:
                    if p.param_type_name == "option" and not getattr(p, "is_flag", False) for o in p.opts}
     k = args.index("run") + 1
     while k < len(args) and args[k].startswith("-") and args[k] != "--":
-        if args[k] == "-m" and k + 1 < len(args):
-            return args[:k + 2] + ["--"] + args[k + 2:] if args[k + 2:k + 3] != ["--"] else args
+        if args[k].startswith("-m") and len(args[k]) > 2:  # `-mpkg.mod`, as python takes it
+            args = [*args[:k], "-m", args[k][2:], *args[k + 1:]]
+        if args[k] == "-m" and k + 1 < len(args):  # (the module's own `--` stays its own: click eats ours)
+            return args[:k + 2] + ["--"] + args[k + 2:]
+        if args[k].startswith("-o") and len(args[k]) > 2:  # `-oDIR`: one argument
+            k += 1
+            continue
         k += 2 if args[k] in takes_value else 1
     return args
 
@@ -326,6 +335,8 @@ def main() -> None:
                     fix="check the file's modules[].parent chain; a recorded model does not nest so deep")
         _say(e)
         sys.exit(2)
+    except OSError as e:  # our own output could not be written (`> /dev/full`, a closed pipe): no traceback
+        _output_failed(e)
     except Exception as e:  # click's exceptions, from typer's own copy of click or from click
         kinds = {c.__name__ for c in type(e).__mro__}
         if "Abort" in kinds:
@@ -341,6 +352,25 @@ def main() -> None:
     from .launch import exit_like_python  # (Ctrl-C in `torchtrace run`: death by SIGINT, as python's)
 
     exit_like_python(code if isinstance(code, int) else 0)
+
+
+def _output_failed(e: OSError) -> None:
+    """Standard output failed: a pipe whose reader left (`| head`) ends quietly, as
+    python's own tools do; anything else (a full disk) is one error line. Our
+    stdout then points at /dev/null, so that the flush at exit raises nothing."""
+    import errno
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # (no stdout file descriptor to point elsewhere)
+        pass
+    if e.errno == errno.EPIPE:
+        sys.exit(1)
+    _say(UsageError("the output could not be written", expected="a place to write the output to",
+                    found=f"{e.strerror or e} ({e.filename})" if e.filename else str(e.strerror or e),
+                    fix="write it to a file with -o PATH where there is space, or to a pipe"))
+    sys.exit(1)
 
 
 if __name__ == "__main__":

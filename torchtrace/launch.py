@@ -54,7 +54,6 @@ class _Progress:
     variants: Dict[str, List[int]] = field(default_factory=dict)   # structure fp -> pass indices
     renders: List[Path] = field(default_factory=list)
     failed: Optional[str] = None  # why rendering stopped: said at the end, never raised into the script
-    status: Any = None
 
     def __post_init__(self) -> None:
         self.folder = self.options.out.absolute()  # the script may chdir
@@ -69,9 +68,6 @@ class _Progress:
                 self.renders.append(self._render(graph, len(self.variants) - 1))
             except Exception as e:
                 self.failed = f"variant-{len(self.variants) - 1}: {e}"
-        if self.status is not None:
-            self.status.update(f"torchtrace: {self.passes} passes, {len(self.variants)} variants "
-                               f"(last: {graph.meta.get('label') or 'pass'}, {len(graph.nodes)} ops)")
 
     def _render(self, graph: Graph, k: int) -> Path:
         from .renderers import render
@@ -210,15 +206,13 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
     if path.is_file():  # (run_path puts a folder on sys.path itself)
         sys.path.insert(0, str(path.resolve().parent))
     code = 0
-    status = console.status("torchtrace: starting") if console.is_terminal and not worker else None
+    # (no live status line while the script runs: rich's would swap the script's sys.stdout for a proxy
+    # without an encoding, and redraw over its prompts; the summary comes at the end)
     # SIGTERM (a scheduler, or torchrun stopping the other ranks) ends the
     # script like an exception, so the pass in flight is stored too
-    old_term = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
-        else None
+    main = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _terminator(signal.getsignal(signal.SIGTERM))) if main else None
     try:
-        if status is not None:
-            progress.status = status
-            status.start()
         recorder = Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
                             skip=options.skip, on_pass=progress.on_pass, cut=options.cut,
                             **({} if options.max_ops is None else {"max_ops": options.max_ops}))
@@ -240,8 +234,6 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-        if status is not None:
-            status.stop()
         sys.argv, sys.path[:] = saved_argv, saved_path
     if not worker:
         _summary(console, progress, store_path, path, code)
@@ -308,8 +300,23 @@ class _Terminated(SystemExit):
     """SIGTERM, raised in the script so that the pass in flight is stored."""
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    raise _Terminated(128 + signum)
+def _terminator(before: Any) -> Any:
+    """The SIGTERM handler of the run: raises ``_Terminated`` in the script's
+    process; in a process the script forked (``multiprocessing``, a DataLoader
+    worker), which inherits it, does what ``before`` (the handler it replaced)
+    does, so that ``Process.terminate()`` works as under python."""
+    pid = os.getpid()
+
+    def terminate(signum: int, frame: Any) -> None:
+        if os.getpid() == pid:
+            raise _Terminated(128 + signum)
+        if callable(before):
+            before(signum, frame)
+        elif before != signal.SIG_IGN:  # the default (or a handler not set from Python): die by the signal
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return terminate
 
 
 _OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(runpy.__file__), "<frozen runpy>")
@@ -330,7 +337,7 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
     n = progress.passes
     console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
                   f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
-                  f"{escape(script.name)} ({_ENDED.get(code, f'exit {code}')}) -> "
+                  f"{escape(script.name or script.resolve().name)} ({_ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store))}", highlight=False, soft_wrap=True)
     if progress.variants:
         table = Table(box=None, show_header=True, pad_edge=False)

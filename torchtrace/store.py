@@ -382,9 +382,7 @@ def open_graph(ref: str) -> Graph:
     with Store(path, readonly=True) as store:
         passes = store.passes(rank)
         if not passes:
-            raise UsageError("the store holds no pass", where=f"{path} (rank {rank})",
-                             expected="at least one recorded pass", found="none",
-                             fix="record one with `torchtrace run script.py`")
+            raise no_pass_of_rank(store, path, rank)
         idx = int(parts[-1]) if parts else -1
         if idx < 0:
             if -idx > len(passes):
@@ -392,3 +390,16 @@ def open_graph(ref: str) -> Graph:
                                  fix="list the passes with `torchtrace variants STORE`")
             idx = passes[idx].idx
         return store.graph(idx, rank)
+
+
+def no_pass_of_rank(store: Store, path: Any, rank: int) -> UsageError:
+    """The error for a rank without passes: the ranks that have some, if any do."""
+    ranks = store.ranks()
+    if not ranks:
+        return UsageError("the store holds no pass", where=f"{path} (rank {rank})",
+                          expected="at least one recorded pass", found="none",
+                          fix="record one with `torchtrace run script.py`")
+    listed = ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
+    return UsageError(f"rank {rank} recorded no pass", where=str(path), expected=f"a rank of {listed}",
+                      found=f"rank {rank}", fix=f"name a rank that recorded passes, e.g. {path}:{ranks[0]}:0"
+                      f" (or --rank {ranks[0]})")
