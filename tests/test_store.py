@@ -990,7 +990,7 @@ def test_the_last_pass_s_own_branch_is_the_read_not_the_end_of_the_run(tmp_path)
     """The last pass's extra op ran inside the model's call: a branch of the
     step, decided by the read before it, not code run after the last step."""
     m = SignGate()
-    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db") as rec:
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db"):
         m(-torch.ones(2, 4))
         m(torch.ones(2, 4))
     with Store(tmp_path / "t.db", readonly=True) as store:
