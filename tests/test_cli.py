@@ -336,7 +336,8 @@ def test_every_view_phase_is_a_cli_choice(tmp_path):
 @pytest.mark.parametrize("args, code, words", [
     (["run", "--out", "s.py", "s.py"], 2, ["--out names a file", "Fix:"]),
     (["run", "--out", "s.py/deeper", "s.py"], 1, ["cannot write here", "s.py/deeper", "Fix:"]),
-    (["export", "g.json", "-o", "s.py/x.json"], 1, ["cannot write here", "Fix:"]),
+    (["export", "g.json", "-o", "s.py/x.json"], 1, ["cannot write here", "s.py is a file, not a folder", "Fix:"]),
+    (["render", "g.json", "-f", "text", "-o", "s.py/deeper/x.txt"], 1, ["s.py is a file, not a folder"]),
     (["render", "g.json", "-f", "mermaid", "-o", "."], 1, ["is a folder", "name a file"]),
 ])
 def test_unwritable_outputs_give_clear_errors_without_traceback(args, code, words, tmp_path):
@@ -352,6 +353,25 @@ def test_unwritable_outputs_give_clear_errors_without_traceback(args, code, word
     for w in words:
         assert w in res.stderr, res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "s.py"]  # no temporary file left
+
+
+def test_a_write_refused_names_the_path_given_not_our_temporary_file(tmp_path):
+    from torchtrace.errors import WriteError
+
+    e = WriteError.of(tmp_path / "x.svg", PermissionError(13, "Permission denied", str(tmp_path / ".x.svg.a6tq3.tmp")))
+    assert str(e).startswith(f"{tmp_path / 'x.svg'}: cannot write here") and ".tmp" not in str(e)
+    assert "found Permission denied." in str(e)
+
+
+def test_dash_o_dash_is_standard_output(tmp_path):
+    import torch
+
+    with torchtrace.trace() as t:
+        torch.ones(2).add(1)
+    torchtrace.save(t.graph, tmp_path / "g.json")
+    res = subprocess.run([EXE, "render", "g.json", "-f", "text", "-o", "-"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert res.returncode == 0 and "add.Tensor" in res.stdout and not (tmp_path / "-").exists(), res.stderr
 
 
 def test_a_failed_save_is_an_oserror_and_a_torchtrace_error(tmp_path):

@@ -78,6 +78,8 @@ def _view(depth: Optional[int], fold: bool, phase: Optional[Phase], focus: Optio
 
 
 def _emit(data: Any, output: Optional[Path], fmt: str) -> None:
+    if output is not None and str(output) == "-":  # `-o -`: standard output, as other tools take it
+        output = None
     if output is not None:
         from .serialize import atomic_write
 

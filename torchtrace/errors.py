@@ -5,6 +5,8 @@ so the CLI can print it as ``error: …`` without a traceback.
 """
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import warnings
 from typing import Any, Optional
@@ -67,6 +69,15 @@ class WriteError(TorchtraceError, OSError):
     def of(cls, path: object, error: OSError) -> "WriteError":
         reason = error.strerror or type(error).__name__
         bad = getattr(error, "filename", None)
+        name = os.path.basename(str(path))
+        if bad and os.path.basename(str(bad)).startswith(f".{name}.") and str(bad).endswith(".tmp"):
+            bad = None  # (our temporary file beside it: the path is what the user named)
+        if error.errno in (errno.EEXIST, errno.ENOTDIR):  # (`-o notes.txt/x.svg`)
+            up = os.path.dirname(str(path))
+            while up and not os.path.exists(up) and os.path.dirname(up) != up:
+                up = os.path.dirname(up)
+            if up and os.path.isfile(up):
+                reason, bad = f"{up} is a file, not a folder", None
         return cls("cannot write here", where=str(path), expected="a path whose folder exists or can be created",
                    found=f"{reason}{f' ({bad})' if bad and str(bad) != str(path) else ''}",
                    fix="choose another path (-o / --out), or create the folder and check its permissions")
