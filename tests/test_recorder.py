@@ -823,13 +823,20 @@ def test_trace_keeps_no_tensor_alive():
     assert len(t.graph.nodes) > 0
 
 
-def test_max_ops_truncates_with_a_clear_message():
+def test_max_ops_truncates_with_a_clear_message(tmp_path):
     m = zoo.gpt2()
     with pytest.warns(RuntimeWarning, match="max_ops=10"):
         with torchtrace.trace(m, max_ops=10) as t:
             out = m(zoo.token_ids())
     assert len(t.graph.nodes) == 10 and t.graph.meta["truncated"] is True
     assert out.logits.shape == (1, 8, 100)  # the model itself ran to the end
+    m = nn.Linear(2, 2)
+    with pytest.warns(RuntimeWarning, match="max_ops=1") as said:
+        with torchtrace.Recorder(tmp_path / "t.db", max_ops=1):
+            for _ in range(2):
+                m(torch.ones(1, 2))  # LINE:truncated
+    # at the user's line (the pass ends in the next call), not inside the recorder
+    assert [(w.filename, w.lineno) for w in said][:1] == [(__file__, zoo.marked_line(__file__, "truncated"))]
 
 
 def test_no_ops_from_torchtrace_itself():

@@ -103,6 +103,28 @@ def warn(message: str, stacklevel: int = 3) -> None:
     code (``-W error`` turns it into an exception inside their model call):
     then it is written to stderr instead."""
     try:
-        warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+        warnings.warn(message, RuntimeWarning, stacklevel=_user_level(stacklevel))
     except Exception:
         print(message, file=sys.stderr)
+
+
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)) + os.sep, "<frozen ")
+
+
+def _user_level(default: int) -> int:
+    """The stack level of the innermost frame outside torchtrace, torch and runpy
+    (a warning raised while a model call is recorded points at that call, not at
+    the recorder); ``default`` when there is none."""
+    import runpy
+
+    import torch
+    import typer  # (the CLI's frames: the end of `torchtrace run` finishes the last pass)
+
+    internal = (*_INTERNAL, *(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (torch, typer)),
+                os.path.abspath(runpy.__file__))
+    frame, level = sys._getframe(2), 2  # (the caller of ``warn``: stacklevel 2)
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(internal):
+            return level
+        frame, level = frame.f_back, level + 1
+    return default
