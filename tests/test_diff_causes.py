@@ -1397,5 +1397,67 @@ def test_a_read_whose_branch_ended_before_the_hunk_is_only_a_guess():
     assert first.explanation == f"{read} \u2192 1 op only in A (in `<root>`)"
     assert [n.short_op for n in second.only_b] == ["sigmoid"]
     assert second.witness.weak and second.witness.merged
-    assert second.explanation == (f"{read} (its branch ended earlier and both passes ran the same ops since: the "
+    assert second.explanation == (f"{read} (its `if` ended before these ops, and both passes ran the same ops since: the "
                                   "nearest read that differs, maybe not the cause) \u2192 1 op only in B (in `<root>`)")
+
+
+class PadLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, h: torch.Tensor, pad: torch.Tensor, has_pad: bool) -> torch.Tensor:
+        h = self.fc(h)
+        if has_pad:
+            h = h.masked_fill(pad[..., None], 0.0)
+        return h
+
+
+class PadNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(PadLayer() for _ in range(3))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        pad = ids == 0
+        has_pad = bool(pad.any())  # LINE:haspad
+        for layer in self.layers:
+            x = layer(x, pad, has_pad)
+        return x
+
+
+def test_a_read_kept_in_a_name_decides_every_if_that_reads_the_name():
+    """`has_pad = bool(...)`, read by an `if` in each layer: the layers' ops between
+    the hunks do not make the read a guess (only an `if`'s own read has a branch
+    that ends)."""
+    torch.manual_seed(0)
+    m, x = PadNet(), torch.randn(2, 5, 4)
+    d = torchtrace.diff(zoo.record(m, x, torch.ones(2, 5, dtype=torch.long)),
+                        zoo.record(m, x, torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])))
+    assert len(d.hunks) == 3 and not any(h.witness.weak for h in d.hunks)
+    assert d.why() == [f"`test_diff_causes.py:{line_of('haspad')}` read False in A, True in B \u2192 3 hunks, each "
+                       "2 ops only in B (in `layers.0`, `layers.1`, `layers.2`)"]
+
+
+class Counting(nn.Module):
+    """A bookkeeping read right before dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.drop, self.head = nn.Linear(8, 16), nn.Dropout(0.2), nn.Linear(16, 1)
+        self.active = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x).relu()
+        self.active += int((h > 0).sum())
+        return self.head(self.drop(h))
+
+
+def test_dropout_only_in_training_is_the_mode_even_right_after_a_read():
+    torch.manual_seed(0)
+    m = Counting()
+    a = zoo.record(m.train(), torch.randn(4, 8))
+    b = zoo.record(m.eval(), torch.randn(4, 8))
+    [h] = [h for h in torchtrace.diff(a, b).hunks if h.module == "drop"]
+    assert h.trained == "A" and not h.read_first
+    assert h.explanation.startswith("modules in training mode in A, eval mode in B")

@@ -1003,6 +1003,41 @@ def test_the_last_pass_s_own_branch_is_the_read_not_the_end_of_the_run(tmp_path)
                             "(in `<root>`)"
 
 
+def test_a_fresh_read_beside_the_next_batch_is_left_out_of_every_pass(tmp_path):
+    """`x = torch.randn(...); flag = torch.rand(()).item() < 2` prepares the next
+    step on one line: its read is preparation in every pass, the last one too
+    (where no next call exists, it made a variant of its own)."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        x = torch.randn(2, 4); flag = torch.rand(()).item() < 2  # noqa: E702
+        for _ in range(4):
+            m.zero_grad()
+            m(x).sum().backward()
+            x = torch.randn(2, 4); flag = torch.rand(()).item() < 2  # noqa: E702
+    assert flag
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) == 4 and len({p.structure_fp for p in passes}) == 1
+        assert not any(n.witness for n in store.graph(3).nodes)
+
+
+def test_a_metric_module_called_after_the_loop_is_code_after_the_last_step(tmp_path):
+    torch.manual_seed(0)
+    m, crit = nn.Linear(4, 1), nn.MSELoss()
+    preds = []
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            p = m(torch.randn(2, 4))
+            crit(p, torch.zeros(2, 1)).backward()
+            preds.append(p.detach())
+        nn.Softmax(0)(crit(torch.cat(preds), torch.zeros(6, 1)).reshape(1))
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        d = torchtrace.diff(store.graph(1), store.graph(2))
+    [h] = [h for h in d.hunks if h.kind == "structural"]
+    assert h.last == "B" and h.explanation.startswith("B's pass is the last one recorded")
+
+
 def test_code_after_the_last_step_is_said_to_be_that(tmp_path):
     """The last pass runs on to the end of the block: a `print(loss.item())`
     after the loop made it a variant of its own, blamed on Adam's step count,

@@ -28,8 +28,8 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
-from .sided import (accumulated, casts, fed_by, fed_values, needs_grad, optimizer_state, ran_on, ran_only,
-                    recomputed, stopped, trained, unused)
+from .sided import (accumulated, casts, fed_by, fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on,
+                    ran_only, recomputed, stopped, trained, unused)
 from .ir import Graph, Node
 from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
@@ -308,7 +308,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             if ran is not None:  # only a read right before it is said with it
                 witness, loop = causes.adjacent(k0), None
             mode = trained(A, B, rows, fed)
-            first = causes.adjacent(k0) if mode is not None and loop is None else None
+            first = causes.adjacent(k0) if mode is not None and loop is None and not in_modal_modules(A, B, rows) \
+                else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,

@@ -81,7 +81,7 @@ class WitnessChange:
             text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
         if not self.weak:
             return text
-        why = "its branch ended earlier and both passes ran the same ops since" if self.merged else \
+        why = "its `if` ended before these ops, and both passes ran the same ops since" if self.merged else \
             "a float" if isinstance(self.a.value, float) else "read into a call whose result is unused"
         return f"{text} ({why}: the nearest read that differs, maybe not the cause)"
 
@@ -161,6 +161,16 @@ def kept_aside(n: "Node") -> bool:
     text = linecache.getline(src.file, src.line).split("#", 1)[0]
     return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
 
+
+_IF = re.compile(r"^\s*(if|elif)\b")
+
+
+def read_by_if(n: "Node") -> bool:
+    """Is the read at an ``if``/``elif`` line (``if h.mean() > 0:``), whose
+    branch is that statement's body? A read kept in a name (``big = bool(...)``)
+    may steer any later ``if``. Only when the line is readable here."""
+    src = n.source
+    return src is not None and bool(_IF.match(linecache.getline(src.file, src.line)))
 
 
 # -- causes of a structural hunk -------------------------------------------
@@ -289,9 +299,9 @@ class Causes:
             return None
         weak = e is None or (e != nearest and self.one_sided[nearest] > self.one_sided[e])
         i, j = self.pairs[nearest if weak else e]
-        # ops only in A or B after the read, then ops in both, then this hunk: the read's branch came
-        # and went (`if x.mean() > 0: h = h.exp()`), and what decided this one is not known
-        merged = self.one_sided[k0] > self.one_sided[(nearest if weak else e) + 1]
+        # ops only in A or B after an `if`'s read, then ops in both, then this hunk: the read's branch
+        # came and went (`if x.mean() > 0: h = h.exp()`), and what decided this one is not known
+        merged = self.one_sided[k0] > self.one_sided[(nearest if weak else e) + 1] and read_by_if(self.A.nodes[i])
         assert i is not None and j is not None
         # other decisive reads that differ with nothing only in A or B since: just as likely the cause
         also = [] if weak else [x for x in reversed(decisive_[:at - 1])

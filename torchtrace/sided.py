@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .align import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
-from .ir import Node
+from .ir import Graph, Node
 from .typechange import TypeChange
 
 
@@ -43,12 +43,26 @@ def stopped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
 def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     """"B" when ``rows``, at the end of the diff, are ops only in B and B's pass
     was a Recorder's last (``meta.last``: ended by the block's end, so it holds
-    what the script ran after its last step), A's not. Ops inside a module call
-    ran in the step itself, not after it (a branch of the model's last call)."""
+    what the script ran after its last step), A's not. Ops inside a call of the
+    pass's root model ran in the step itself, not after it (a branch of the model's
+    last call); a loss or metric module called after the loop is not the model."""
     one = sole(A, B, rows)
     if one is None or not one[1].graph.meta.get("last") or one[2].graph.meta.get("last"):
         return None
-    return one[0] if all(n.module is None for n in one[3]) else None
+    g = one[1].graph
+    return one[0] if not any(_in_root_call(g, n.module) for n in one[3]) else None
+
+
+def _in_root_call(g: Graph, mid: Optional[str]) -> bool:
+    """Does module call ``mid`` lie inside a call of the pass's root model (path ``""``)?"""
+    for _ in range(1024):
+        if mid is None:
+            return False
+        m = g.module(mid)
+        if m.parent is None:
+            return m.path == ""
+        mid = m.parent
+    return True
 
 
 def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
@@ -167,6 +181,33 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed) -> Optional[str]
                 return None
             sides.add(x if mine else 1 - x)
     return "AB"[sides.pop()] if len(sides) == 1 else None
+
+
+# torch.nn modules whose forward runs other ops in training and in eval mode
+_MODAL = ("Dropout", "AlphaDropout", "FeatureAlphaDropout", "BatchNorm", "SyncBatchNorm", "InstanceNorm",
+          "LazyBatchNorm", "LazyInstanceNorm")
+
+
+def in_modal_modules(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:
+    """Does every op of ``rows`` run inside a module that behaves otherwise in
+    training mode (dropout, batch norm)? Then `.train()`/`.eval()` explains them
+    better than a read that happens to come right before."""
+    for p in rows:
+        for g, n in ((A.graph, p.a), (B.graph, p.b)):
+            if n is None:
+                continue
+            mid, modal = n.module, False
+            for _ in range(1024):
+                if mid is None:
+                    break
+                m = g.module(mid)
+                if m.type.startswith(_MODAL):
+                    modal = True
+                    break
+                mid = m.parent
+            if not modal:
+                return False
+    return bool(rows)
 
 
 def recomputed(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:

@@ -61,9 +61,10 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
     tail = _tail(events)
     outputs = set(mode.outputs)
     made = _made(events)
+    own_reads = _fresh_reads(mode, tail, made)  # (as ``input_prep`` takes them)
     cands = {i for i in range(tail, len(events))
-             if (events[i][E_INFO], *_site(events[i])) in sig
-             and not any(v in outputs for v in events[i][E_OUTS]) and not _kept(events[i], mode, made)}
+             if (events[i][E_INFO], *_site(events[i])) in sig and not any(v in outputs for v in events[i][E_OUTS])
+             and (i in own_reads or not _kept(events[i], mode, made))}
     consumers = _consumers(events, tail)
     changed = True
     while changed:
