@@ -652,6 +652,37 @@ def test_a_dataloader_loop_records_one_graph_per_step(tmp_path):
         assert ("input", "input") in names and ("constant", "y") in names  # y: read from outside the call
 
 
+def test_a_loader_iterated_on_lines_of_its_own_leaves_no_loading_in_the_steps(tmp_path):
+    """`it = iter(loader)` on its own line draws the workers' seed (random_, then
+    .item()) apart from the batches; a generator hands them on (as Lightning's
+    and accelerate's loaders do): the epoch's last step kept that draw."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.randn(8, 2)), batch_size=2, shuffle=True)
+
+    def batches():
+        it = iter(loader)
+        while True:
+            try:
+                yield next(it)
+            except StopIteration:
+                return
+
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for epoch in range(3):
+            for x, y in batches():
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) == 12 and len({p.structure_fp for p in passes}) == 1
+        assert not any(n.short_op in ("random_", "randperm") for p in passes for n in store.graph(p.idx).nodes)
+
+
 _OPEN_AT_ONCE = """
 import sys, time
 from torchtrace.ir import Graph

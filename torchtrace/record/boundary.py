@@ -11,9 +11,11 @@ buffers (the next pass then sees those tensors as its named inputs).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, FrozenSet, Iterable, List, Set, Tuple
 
 import torch
+import torch.utils.data
 
 from .frames import is_torch_internal, line_of
 from .mode import (E_CODE, E_ICODE, E_ILASTI, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_DTYPE,
@@ -70,7 +72,35 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
     while changed:
         keep = {i for i in cands if all(c in cands for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
         changed, cands = keep != cands, keep
-    return cands  # (all of the preparation or part of it: generate()'s last step updates position ids only)
+    # (all of the preparation or part of it: generate()'s last step updates position ids only)
+    return cands | _loader_ops(mode, tail, made, consumers, outputs)
+
+
+_DATA = os.path.dirname(os.path.abspath(torch.utils.data.__file__)) + os.sep
+
+
+def _loader_ops(mode: Any, tail: int, made: Dict[int, int], consumers: Dict[int, List[int]],
+                outputs: Set[int]) -> Set[int]:
+    """Tail ops a DataLoader's own code ran (``torch/utils/data``: ``iter(loader)``
+    drawing the workers' seed, a sampler's ``randperm``, a collate) that depend on
+    nothing this pass computed and that nothing else of it reads: data loading,
+    wherever the loop put the ``iter()`` or ``next()`` (its own line, a generator,
+    a framework's loader wrapper)."""
+    events = mode.events
+    ops: Set[int] = set()
+    for i in range(tail, len(events)):
+        ev = events[i]
+        code = ev[E_ICODE]
+        if code is None or not code.co_filename.startswith(_DATA) or any(v in outputs for v in ev[E_OUTS]) \
+                or "collective" in BY_INDEX[ev[E_INFO]].tags or _writes_state(ev, mode, made):
+            continue
+        if all(made.get(v) is None or made[v] in ops for v in ev[E_INS] if v >= 0):
+            ops.add(i)
+    size = -1
+    while len(ops) != size:  # (what else of the pass reads is not the loader's alone)
+        size = len(ops)
+        ops = {i for i in ops if all(c in ops for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
+    return ops
 
 
 _MASKS = (torch.bool, torch.uint8)
@@ -144,6 +174,7 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
             if i not in prep and statement(ev) in stmts and (feeds_only_prep(ev) or i in own_reads):
                 prep.add(i)
                 needed.update(ev[E_INS])
+    prep |= _loader_ops(mode, tail, made, consumers, outputs)
     if prep:
         return prep | _unrelated(mode, tail, prep, outputs, consumers, made)
     # the next call's inputs also feed the next step's other data (a second view, `x + noise`, for a
