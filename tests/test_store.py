@@ -620,6 +620,47 @@ def test_lbfgs_steps_are_optimizer_ops_in_every_pass(tmp_path):
         assert {n.phase for n in g.nodes if n.op == "aten.add_.Tensor"} == {"optimizer"}
     for g in graphs:
         assert {n.phase for n in g.nodes if n.op == "aten.addmm.default"} == {"forward"}  # the model, in step
+        # the loss the closure computes from the model's output is forward too
+        assert {n.phase for n in g.nodes if n.short_op in ("pow.Tensor_Scalar", "mean") and n.phase != "backward"} \
+            == {"forward"}, \
+            [(n.short_op, n.phase) for n in g.nodes]
+
+
+def test_a_step_that_a_sampled_pass_left_open_closes_in_an_unsampled_one(tmp_path):
+    """`opt.step(closure)` (Lightning's automatic optimization) and two eval calls
+    per step, every=2: a sampled pass ends inside the step, whose end comes in an
+    unsampled pass. The next sampled pass, an eval call, was taken to run inside
+    Optimizer.step: its loss was optimizer phase and it made a variant."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    x, y = torch.randn(4, 8), torch.randn(4, 1)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(m(x), y)
+        loss.backward()
+        return loss
+
+    with torchtrace.Recorder(tmp_path / "t.db", every=2):
+        for _ in range(6):
+            opt.step(closure)
+            with torch.no_grad():
+                nn.functional.mse_loss(m(x), y)
+                torch.zeros(()).add_(1)  # (computed from no model output)
+                nn.functional.mse_loss(m(x), y)
+                torch.zeros(()).add_(1)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        graphs = [store.graph(p.idx) for p in store.passes()]
+    evals = [g for g in graphs if g.meta["grad_mode"] == "no_grad"]
+    trains = [g for g in graphs if g.meta["grad_mode"] == "train"]
+    assert len(evals) >= 3 and len(trains) >= 3
+    for g in evals:
+        # (the next step's Optimizer.step and zero_grad markers open before its closure's call: at the end)
+        assert {n.phase for n in g.nodes if not n.op.startswith("profiler.")} == {"forward"}
+    assert len({g.fingerprints["structure"] for g in evals}) == 1
+    for g in trains:
+        assert {n.phase for n in g.nodes if n.short_op == "mse_loss"} == {"forward"}
 
 
 def test_a_dataloader_loop_records_one_graph_per_step(tmp_path):

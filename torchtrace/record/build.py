@@ -7,6 +7,7 @@ bookkeeping, optimizer phase), and the join of ops to autograd Nodes.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -215,6 +216,9 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     # are forward), and what was made from them outside any module after it (clip_grad_norm_,
     # GradScaler.unscale_ before opt.step()): that processing is optimizer phase
     from_grads = set(grads)  # (and, below, what AccumulateGrad puts in .grad)
+    # what a closure's model call inside Optimizer.step (LBFGS, Lightning) returned, and what was
+    # computed from it outside any module (the loss): forward, not the optimizer's
+    from_model: set = set()
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
@@ -238,12 +242,16 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
             if ph == 0 and (was or in_optimizer):  # Optimizer.step's own markers: its phase
                 phase = "optimizer"
+        elif ph == 0 and module is None and in_optimizer and from_model and not from_model.isdisjoint(ev[E_INS]):
+            from_model.update(ev[E_OUTS])  # (the closure's loss, from the model's output)
         elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):
             phase = "optimizer"  # (a closure's model call inside step: forward)
             ins = [v for v in ev[E_INS] if v >= 0]
             if not in_optimizer and ins and (from_grads.issuperset(ins) if "inplace" not in info.tags
                                              else ins[0] in from_grads):
                 from_grads.update(ev[E_OUTS])  # (gradients made from gradients; not `w -= lr * w.grad`'s w)
+        if in_optimizer and ph == 0 and module is not None:
+            from_model.update(ev[E_OUTS])
         tags = info.tags
         if info.is_detach and (_bookkeeping(events, infos, i, created)
                                or (ph == BACKWARD and _accumulates(ag, ev))):
@@ -328,6 +336,26 @@ def open_annotations(events: List[tuple], stack: Tuple[str, ...]) -> Tuple[str, 
         if info.annotation:
             _annotate(out, info, _args(info, ev[E_ARGS], ev[E_KW]))
     return tuple(out)
+
+
+_OPTIM_FILE = sys.modules[torch.optim.Optimizer.__module__].__file__
+
+
+def running_steps() -> Tuple[str, ...]:
+    """The ``Optimizer.step#...`` markers of the optimizer steps running on this
+    thread's stack, outermost first: what is open when a sampled pass follows an
+    unsampled one, whose markers were not recorded (a pass that starts in a
+    closure inside ``opt.step``, Lightning's and LBFGS's)."""
+    out = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "wrapper" and code.co_filename == _OPTIM_FILE:
+            name = frame.f_locals.get("profile_name")
+            if isinstance(name, str):
+                out.append(name)
+        frame = frame.f_back
+    return tuple(reversed(out))
 
 
 def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any], nodes: List[Node]) -> List[int]:

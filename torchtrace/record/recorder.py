@@ -25,6 +25,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from ..errors import UsageError, exit_error, warn
 from ..ir import Graph
 from ..store import Store, fits_int64
+from .build import running_steps
 from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture
@@ -217,6 +218,8 @@ class Recorder:
         self._sampled = (k % self.every == 0
                          and (self.max_passes is None or self.recorded < self.max_passes))
         if self._sampled:
+            if cap.mode.off:  # (the markers an unsampled pass opened or closed were not seen)
+                cap.open_annotations = running_steps()
             cap.new_pass()
         self._name_root(root, name)
         self._pass_step = self._step
