@@ -372,6 +372,10 @@ def test_dash_o_dash_is_standard_output(tmp_path):
     res = subprocess.run([EXE, "render", "g.json", "-f", "text", "-o", "-"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert res.returncode == 0 and "add.Tensor" in res.stdout and not (tmp_path / "-").exists(), res.stderr
+    res = subprocess.run([EXE, "export", "g.json", "-o", "-"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 0 and not (tmp_path / "-").exists(), res.stderr
+    assert torchtrace.Graph.from_dict(json.loads(res.stdout)) == torchtrace.load(tmp_path / "g.json")
 
 
 def test_a_failed_save_is_an_oserror_and_a_torchtrace_error(tmp_path):

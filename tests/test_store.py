@@ -626,6 +626,44 @@ def test_lbfgs_steps_are_optimizer_ops_in_every_pass(tmp_path):
             [(n.short_op, n.phase) for n in g.nodes]
 
 
+class Polyak(torch.optim.Optimizer):
+    """A step size from the closure's loss and the gradients' norm, and a module
+    the optimizer calls on the gradients: the optimizer's work, not the loss."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {})
+        self.squash = nn.Tanh()
+
+    @torch.no_grad()
+    def step(self, closure):
+        with torch.enable_grad():
+            loss = closure()
+        params = [p for g in self.param_groups for p in g["params"]]
+        lr = loss / sum(p.grad.pow(2).sum() for p in params).add(1e-8)
+        for p in params:
+            p.sub_(self.squash(p.grad) * lr)
+        return loss
+
+
+def test_an_optimizer_s_own_work_on_the_closure_s_loss_stays_optimizer_phase():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = Polyak(m.parameters())
+    x, y = torch.randn(6, 4), torch.randn(6, 1)
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(m(x), y)
+        loss.backward()
+        return loss
+
+    with torchtrace.trace(m) as t:
+        opt.step(closure)
+    phases = {(n.short_op, n.phase) for n in t.graph.nodes}
+    assert ("mse_loss", "forward") in phases
+    assert {ph for op, ph in phases if op in ("div.Tensor", "sub_.Tensor")} == {"optimizer"}, phases
+
+
 def test_a_step_that_a_sampled_pass_left_open_closes_in_an_unsampled_one(tmp_path):
     """`opt.step(closure)` (Lightning's automatic optimization) and two eval calls
     per step, every=2: a sampled pass ends inside the step, whose end comes in an
@@ -722,6 +760,31 @@ def test_a_loader_iterated_on_lines_of_its_own_leaves_no_loading_in_the_steps(tm
         passes = store.passes()
         assert len(passes) == 12 and len({p.structure_fp for p in passes}) == 1
         assert not any(n.short_op in ("random_", "randperm") for p in passes for n in store.graph(p.idx).nodes)
+
+
+def test_persistent_workers_leave_no_loading_in_the_steps(tmp_path):
+    """With workers, a pass's next inputs may be a batch an earlier pass rebuilt:
+    nothing of this pass made them, and the loader's own ops (a new epoch's seed
+    draw) stayed in the step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = DataLoader(TensorDataset(torch.randn(48, 4), torch.randn(48, 1)), batch_size=8, shuffle=True,
+                        num_workers=2, persistent_workers=True, multiprocessing_context="fork")
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for epoch in range(2):
+            for x, y in loader:
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+    del loader
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len(passes) == 12 and len({p.structure_fp for p in passes}) == 1
+        assert not any(n.short_op in ("random_", "randperm.generator")
+                       for p in passes for n in store.graph(p.idx).nodes)
 
 
 _OPEN_AT_ONCE = """

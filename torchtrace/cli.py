@@ -290,6 +290,11 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
     from .store import open_graph
 
     try:
+        if str(output) == "-":  # (standard output, as `render -o -`)
+            from .serialize import dumps
+
+            _emit(dumps(open_graph(ref)), None, "json")
+            return
         save(open_graph(ref), output)
         err.print(f"wrote {output}")
     except TorchtraceError as e:

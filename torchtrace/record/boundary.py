@@ -129,13 +129,13 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
         vid = mode.vid_of(t)
         if vid is not None:
             needed.add(vid)
-    if not needed:
-        return set()
     wanted = set(needed)
     tail = _tail(events)
     consumers = _consumers(events, tail)
     made = _made(events)
     outputs = set(mode.outputs)
+    if not needed:  # (the inputs come from before the pass: a worker's batch a pass before rebuilt)
+        return _loader_ops(mode, tail, made, consumers, outputs)
     prep: Set[int] = set()
 
     def feeds_only_prep(ev: tuple) -> bool:  # a result, not kept (_kept), not returned, read only by prep

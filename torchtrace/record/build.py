@@ -7,7 +7,6 @@ bookkeeping, optimizer phase), and the join of ops to autograd Nodes.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -23,9 +22,9 @@ from .linking import AutogradPart, build_autograd
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
 from .opinfo import BY_INDEX, describe_object
+from .optimizer import OPTIMIZER_PREFIX, ClosureLoss, annotate
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
-_OPTIMIZER_PREFIX = "Optimizer.step#"
 
 
 def jsonable(x: Any) -> Any:
@@ -203,7 +202,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     # -- nodes ---------------------------------------------------------------
     nodes: List[Node] = []
     annotations = list(capture.open_annotations)  # a pass can start inside opt.step (LBFGS's closure)
-    in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
+    in_optimizer = any(a.startswith(OPTIMIZER_PREFIX) for a in annotations)
     grad_fn_of = ag.grad_fn_of
     vid_at = vid_str.__getitem__
     mod_str = [f"m{k}" for k in range(len(mode.mcalls))]
@@ -216,9 +215,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     # are forward), and what was made from them outside any module after it (clip_grad_norm_,
     # GradScaler.unscale_ before opt.step()): that processing is optimizer phase
     from_grads = set(grads)  # (and, below, what AccumulateGrad puts in .grad)
-    # what a closure's model call inside Optimizer.step (LBFGS, Lightning) returned, and what was
-    # computed from it outside any module (the loss): forward, not the optimizer's
-    from_model: set = set()
+    closure = ClosureLoss(mode.mcalls, values)
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
@@ -238,20 +235,21 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         args = args_of(info, ev[E_ARGS], ev[E_KW]) if info.scalar_args or ev[E_KW] else no_args
         if info.annotation:
             was = in_optimizer
-            _annotate(annotations, info, args)
-            in_optimizer = any(a.startswith(_OPTIMIZER_PREFIX) for a in annotations)
+            annotate(annotations, info, args)
+            in_optimizer = any(a.startswith(OPTIMIZER_PREFIX) for a in annotations)
             if ph == 0 and (was or in_optimizer):  # Optimizer.step's own markers: its phase
                 phase = "optimizer"
-        elif ph == 0 and module is None and in_optimizer and from_model and not from_model.isdisjoint(ev[E_INS]):
-            from_model.update(ev[E_OUTS])  # (the closure's loss, from the model's output)
+        elif ph == 0 and module is None and in_optimizer and closure.is_loss(ev, from_grads):
+            pass  # (the loss a closure computes from the model's output inside step: forward)
         elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):
             phase = "optimizer"  # (a closure's model call inside step: forward)
+            closure.stepped.update(ev[E_OUTS])
             ins = [v for v in ev[E_INS] if v >= 0]
             if not in_optimizer and ins and (from_grads.issuperset(ins) if "inplace" not in info.tags
                                              else ins[0] in from_grads):
                 from_grads.update(ev[E_OUTS])  # (gradients made from gradients; not `w -= lr * w.grad`'s w)
         if in_optimizer and ph == 0 and module is not None:
-            from_model.update(ev[E_OUTS])
+            closure.model_op(module, ev[E_OUTS])
         tags = info.tags
         if info.is_detach and (_bookkeeping(events, infos, i, created)
                                or (ph == BACKWARD and _accumulates(ag, ev))):
@@ -319,14 +317,6 @@ def _grad_names(events: List[tuple], infos: List[Any], ag: AutogradPart) -> Dict
     return out
 
 
-def _annotate(stack: List[str], info: Any, args: Dict[str, Any]) -> None:
-    """A ``record_function`` marker: enter pushes its name, exit pops."""
-    if info.name.startswith("profiler._record_function_enter"):
-        stack.append(str(args.get("name", "")))
-    elif stack:
-        stack.pop()
-
-
 def open_annotations(events: List[tuple], stack: Tuple[str, ...]) -> Tuple[str, ...]:
     """The ``record_function`` markers open after ``events`` (a pass dropped
     unbuilt: the setup before a Recorder's first pass), from those open before."""
@@ -334,28 +324,8 @@ def open_annotations(events: List[tuple], stack: Tuple[str, ...]) -> Tuple[str, 
     for ev in events:
         info = BY_INDEX[ev[E_INFO]]
         if info.annotation:
-            _annotate(out, info, _args(info, ev[E_ARGS], ev[E_KW]))
+            annotate(out, info, _args(info, ev[E_ARGS], ev[E_KW]))
     return tuple(out)
-
-
-_OPTIM_FILE = sys.modules[torch.optim.Optimizer.__module__].__file__
-
-
-def running_steps() -> Tuple[str, ...]:
-    """The ``Optimizer.step#...`` markers of the optimizer steps running on this
-    thread's stack, outermost first: what is open when a sampled pass follows an
-    unsampled one, whose markers were not recorded (a pass that starts in a
-    closure inside ``opt.step``, Lightning's and LBFGS's)."""
-    out = []
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "wrapper" and code.co_filename == _OPTIM_FILE:
-            name = frame.f_locals.get("profile_name")
-            if isinstance(name, str):
-                out.append(name)
-        frame = frame.f_back
-    return tuple(reversed(out))
 
 
 def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any], nodes: List[Node]) -> List[int]:

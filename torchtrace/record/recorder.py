@@ -25,7 +25,7 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from ..errors import UsageError, exit_error, warn
 from ..ir import Graph
 from ..store import Store, fits_int64
-from .build import running_steps
+from .optimizer import running_steps
 from .boundary import drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture

@@ -1,0 +1,72 @@
+"""Which ops are the optimizer's: ``Optimizer.step``'s ``record_function``
+markers (open across passes: LBFGS's closure calls the model inside the step),
+the steps running on the stack, and the loss a closure computes inside a step.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List, Set, Tuple
+
+import torch
+
+from ..ir import Value
+from .mode import E_INS, E_OUTS
+
+OPTIMIZER_PREFIX = "Optimizer.step#"
+
+
+def annotate(stack: List[str], info: Any, args: Dict[str, Any]) -> None:
+    """A ``record_function`` marker: enter pushes its name, exit pops."""
+    if info.name.startswith("profiler._record_function_enter"):
+        stack.append(str(args.get("name", "")))
+    elif stack:
+        stack.pop()
+
+
+_OPTIM_FILE = sys.modules[torch.optim.Optimizer.__module__].__file__
+
+
+def running_steps() -> Tuple[str, ...]:
+    """The ``Optimizer.step#...`` markers of the optimizer steps running on this
+    thread's stack, outermost first: what is open when a sampled pass follows an
+    unsampled one, whose markers were not recorded (a pass that starts in a
+    closure inside ``opt.step``, Lightning's and LBFGS's)."""
+    out = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "wrapper" and code.co_filename == _OPTIM_FILE:
+            name = frame.f_locals.get("profile_name")
+            if isinstance(name, str):
+                out.append(name)
+        frame = frame.f_back
+    return tuple(reversed(out))
+
+
+class ClosureLoss:
+    """What a closure's call of the pass's root model (path ``""``) returned inside
+    ``Optimizer.step`` (LBFGS, Lightning's automatic optimization), and what is
+    computed from it outside any module, reading no gradient, parameter or value
+    of the step's own: the loss, forward. Not a step size made from the loss
+    (Polyak's), nor what a module the optimizer calls returns."""
+
+    def __init__(self, mcalls: List[tuple], values: List[Value]) -> None:
+        top: List[bool] = []
+        for path, _, _, parent, _, _ in mcalls:  # (a parent comes before its children)
+            top.append(path == "" if parent is None else top[parent])
+        self.in_root = top
+        self.params = {k for k, v in enumerate(values) if v.role == "param"}
+        self.made: Set[int] = set()
+        self.stepped: Set[int] = set()  # what the optimizer's own ops made
+
+    def model_op(self, module: int, outs: tuple) -> None:
+        if self.in_root[module]:
+            self.made.update(outs)
+
+    def is_loss(self, ev: tuple, grads: Set[int]) -> bool:
+        ins = ev[E_INS]
+        if not self.made or self.made.isdisjoint(ins) or any(
+                v in self.stepped or v in grads or v in self.params for v in ins):
+            return False
+        self.made.update(ev[E_OUTS])
+        return True
