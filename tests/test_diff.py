@@ -531,6 +531,23 @@ def test_a_pass_that_raised_is_said_first():
     assert torchtrace.diff(d.b, ok).to_dict() == d.mirror().to_dict()
 
 
+def test_every_op_after_the_raise_is_put_down_to_it():
+    """The raise came after the model call: the loss (forward) and its backward
+    are two hunks, and the first was put down to "Python state"."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    x = torch.randn(3, 4)
+    with torchtrace.trace(m) as t:
+        m(x).pow(2).mean().backward()
+    with pytest.raises(AssertionError), torchtrace.trace(m) as bad:
+        m(x)
+        raise AssertionError("stop")
+    d = torchtrace.diff(t.graph, bad.graph)
+    assert len(d.hunks) == 2 and all(h.stopped == "B's pass ended with AssertionError" for h in d.hunks)
+    assert d.why() == ["B's pass ended with AssertionError before them \u2192 23 ops only in A in 2 hunks "
+                       "(in `<root>`)"]
+
+
 def test_a_pass_an_op_ended_names_the_op_and_its_error():
     """A shape error: the failing op is recorded (meta.raised), and the diff says
     which op, where, and the error's text."""

@@ -314,7 +314,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (),
-                              stopped=stopped(A, B, rows) if k1 == len(ops) else None,
+                              stopped=stopped(A, B, rows) if k1 == len(ops) or causes.past_end(k0) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran, trained=mode, read_first=first is not None, fed=fed_by(rows, fed),

@@ -115,13 +115,11 @@ def _user_level(default: int) -> int:
     """The stack level of the innermost frame outside torchtrace, torch and runpy
     (a warning raised while a model call is recorded points at that call, not at
     the recorder); ``default`` when there is none."""
-    import runpy
-
-    import torch
-    import typer  # (the CLI's frames: the end of `torchtrace run` finishes the last pass)
-
-    internal = (*_INTERNAL, *(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (torch, typer)),
-                os.path.abspath(runpy.__file__))
+    # (torch's frames, and the CLI's: the end of `torchtrace run` finishes the last pass; not
+    # imported here: this layer never imports torch, and a module not loaded has no frame)
+    loaded = [sys.modules.get(name) for name in ("torch", "typer", "runpy")]
+    internal = (*_INTERNAL, *(os.path.dirname(os.path.abspath(m.__file__)) + os.sep if m.__name__ != "runpy"
+                              else os.path.abspath(m.__file__) for m in loaded if m is not None and m.__file__))
     frame, level = sys._getframe(2), 2  # (the caller of ``warn``: stacklevel 2)
     while frame is not None:
         if not frame.f_code.co_filename.startswith(internal):

@@ -207,6 +207,11 @@ class Causes:
         self.one_sided.append(lone)
         self.loops = LoopFinder(A, B, pairs, self.next_a, self.next_b, self.witness_change)
 
+    def past_end(self, k0: int) -> bool:
+        """Has one side run all its ops before row ``k0`` (what follows is only
+        the other's: all of it comes after the point where a raising pass stopped)?"""
+        return self.next_a[k0] == len(self.A.nodes) or self.next_b[k0] == len(self.B.nodes)
+
     def witness_change(self, i: int, j: int) -> WitnessChange:
         na, nb = self.A.nodes[i], self.B.nodes[j]
         src = na.source or nb.source
