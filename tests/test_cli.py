@@ -578,6 +578,7 @@ def test_sigterm_stores_the_pass_in_flight_then_dies_by_sigterm_as_python(tmp_pa
     assert "(terminated)" in res.stderr
     with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
         assert len(store.passes()) == 3
+        assert store.passes()[-1].error == "SIGTERM"  # (not the launcher's own exception class)
 
 
 def test_a_forked_child_is_terminated_as_under_python(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from torchtrace.cli import app
+from torchtrace.ir import Graph
 from torchtrace.ranks import rank_report
 from torchtrace.store import Store
 
@@ -68,6 +69,16 @@ def test_ranks_that_agree_and_a_rank_that_stopped(tmp_path):
     [d] = report.divergences
     assert (d.kind, d.idx, d.other) == ("missing", 2, 1)
     assert "rank 1 has no pass 2: it stopped (crashed or hung)" in str(report)
+    assert d.errors == []
+    with Store(tmp_path / "r.db") as store:  # its last pass ended with an exception: said with it
+        store.add(_as_rank(t.graph, 0), idx=0)
+        store.add(_as_rank(t.graph, 0), idx=1)
+        store.add(Graph(meta=dict(_as_rank(t.graph, 1).meta, error="ValueError"), modules=t.graph.modules,
+                        values=t.graph.values, nodes=t.graph.nodes, outputs=t.graph.outputs,
+                        autograd=t.graph.autograd), idx=0)
+        [d] = rank_report(store).divergences
+    assert (d.kind, d.idx, d.other) == ("missing", 1, 1) and d.errors == ["rank 1's pass 0 ended with ValueError"]
+    assert "  rank 1's pass 0 ended with ValueError" in d.lines()
     with Store(tmp_path / "u.db") as store:
         for r in (0, 1):
             store.add(_as_rank(t.graph, r), idx=0)
@@ -197,3 +208,77 @@ def test_per_rank_arguments_of_a_collective_are_not_a_divergence(tmp_path):
             store.add(_as_rank(g, r), idx=0)
         report = rank_report(store)
     assert not [d for d in report.divergences if d.kind == "collectives"], str(report)
+
+
+def test_sigterm_to_a_distributed_run_stops_its_ranks(tmp_path):
+    """`torchtrace run --nproc-per-node` waited on torchrun without passing a
+    SIGTERM on: it died, torchrun and the ranks ran on without the folder's lock."""
+    import os
+    import signal
+    import textwrap
+    import time
+
+    script = tmp_path / "slow.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time, torch, torch.distributed as dist
+        dist.init_process_group("gloo")
+        open(os.path.join({str(tmp_path)!r}, f"pid{{dist.get_rank()}}"), "w").write(str(os.getpid()))
+        m = torch.nn.Linear(2, 2)
+        for _ in range(120):
+            m(torch.ones(1, 2)).sum().backward()
+            dist.barrier()
+            time.sleep(0.5)
+        print("finished")
+    """))
+    proc = subprocess.Popen([EXE, "run", "--out", str(tmp_path / "o"), "--nproc-per-node", "2", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not all((tmp_path / f"pid{r}").exists() for r in (0, 1)) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    pids = [int((tmp_path / f"pid{r}").read_text()) for r in (0, 1)]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert "finished" not in out
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    assert not any(alive(p) for p in pids), err[-2000:]
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.ranks()) == 2  # what the ranks recorded before the signal is kept
+
+
+def test_a_send_and_its_recv_are_no_divergence(tmp_path):
+    """Point-to-point ops pair a send on one rank with a recv on another: they
+    were reported as different collectives, 'where a job hangs'."""
+    import textwrap
+
+    script = tmp_path / "p2p.py"
+    script.write_text(textwrap.dedent("""
+        import torch, torch.distributed as dist
+        dist.init_process_group("gloo")
+        m = torch.nn.Linear(3, 3)
+        for step in range(2):
+            m(torch.ones(2, 3)).sum().backward()
+            buf = m.weight.grad.clone()
+            if dist.get_rank() == 0:
+                dist.send(buf, dst=1)
+            else:
+                dist.recv(buf, src=0)
+            dist.all_reduce(buf)
+            m.zero_grad()
+        dist.destroy_process_group()
+    """))
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), "--nproc-per-node", "2", str(script)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        report = rank_report(store)
+        ops = {n.short_op for n in store.graph(0, 1).nodes}
+    assert "recv_" in ops and not any(d.kind == "collectives" for d in report.divergences), str(report)
+    assert "where a job hangs" not in res.stderr

@@ -1173,6 +1173,41 @@ def test_a_metric_module_called_after_the_loop_is_code_after_the_last_step(tmp_p
     assert h.last == "B" and h.explanation.startswith("B's pass is the last one recorded")
 
 
+def test_the_loss_on_the_line_that_builds_the_input_stays_in_its_step(tmp_path):
+    """An eval loop, `hits = m(torch.randn(...)).argmax(-1).eq(0).sum()`: the `randn`
+    before the call is the next step's data; what ran after the call on the same
+    line was taken for that too and left out of every pass but the last."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 3)
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            hits = m(torch.randn(2, 4)).argmax(-1).eq(0).sum()
+    assert hits.shape == ()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len({p.structure_fp for p in passes}) == 1
+        ops = [n.short_op for n in store.graph(0).nodes]
+    assert ops[-3:] == ["argmax", "eq.Scalar", "sum"] and "randn" not in ops, ops
+
+
+def test_a_last_pass_that_raised_did_not_run_on_past_its_step(tmp_path):
+    """The extra op ran in the step that then raised (a collective that timed
+    out): the pass stopped there, it did not run on to the end of the script."""
+    m = nn.Linear(4, 1)
+    with pytest.raises(ValueError), torchtrace.Recorder(tmp_path / "t.db"):
+        for i in range(3):
+            y = m(torch.ones(2, 4)).sum()
+            if i == 2:
+                y.neg()
+                raise ValueError("stop")
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        a, b = store.graph(1), store.graph(2)
+    assert b.meta["last"] is True and b.meta["error"] == "ValueError"
+    [h] = torchtrace.diff(a, b).hunks
+    assert h.last is None and [n.short_op for n in h.only_b] == ["neg"]
+    assert "last one recorded" not in h.explanation
+
+
 def test_code_after_the_last_step_is_said_to_be_that(tmp_path):
     """The last pass runs on to the end of the block: a `print(loss.item())`
     after the loop made it a variant of its own, blamed on Adam's step count,

@@ -95,7 +95,7 @@ def exit_error(exc_type: Any, exc: Any) -> Optional[str]:
     ``meta.error``: None when none did, or a clean ``sys.exit()`` (code 0 or None)."""
     if exc_type is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
         return None
-    return exc_type.__name__
+    return getattr(exc_type, "meta_name", None) or exc_type.__name__  # (the run's SIGTERM: "SIGTERM")
 
 
 def warn(message: str, stacklevel: int = 3) -> None:

@@ -256,7 +256,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                            "cut": options.cut})
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "torchtrace.launch", spec, script, *argv]
-        code = subprocess.call(cmd)
+        code = _wait_forwarding(subprocess.Popen(cmd))
         with Store(store_path, readonly=True) as store:
             report = rank_report(store)
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} (exit {code}) -> "
@@ -265,6 +265,27 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
     console.print(f"  next: torchtrace ranks {store_path}  |  torchtrace variants {store_path} --rank 1",
                   markup=False, highlight=False, soft_wrap=True)
     return code
+
+
+def _wait_forwarding(proc: "subprocess.Popen[bytes]") -> int:
+    """Wait for torchrun, passing it the SIGTERM or SIGHUP this process gets (a
+    scheduler stopping the job): torchrun then stops the ranks, as when it gets
+    the signal itself, and this process keeps the folder's lock until they are
+    gone. Ctrl-C reaches torchrun from the terminal (one process group): here it
+    is not passed on a second time."""
+    if threading.current_thread() is not threading.main_thread():
+        return proc.wait()
+
+    def forward(signum: int, frame: Any) -> None:
+        proc.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _worker_main(args: Sequence[str]) -> int:
@@ -298,6 +319,8 @@ _ENDED = {INTERRUPTED: "interrupted", TERMINATED: "terminated"}  # what the summ
 
 class _Terminated(SystemExit):
     """SIGTERM, raised in the script so that the pass in flight is stored."""
+
+    meta_name = "SIGTERM"  # what ``meta.error`` says
 
 
 def _terminator(before: Any) -> Any:

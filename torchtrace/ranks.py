@@ -16,8 +16,9 @@ from .ir import Graph, Node
 from .store import PassRecord, Store
 
 Collective = Tuple[str, str, str]  # (op, group and the other args that must match, input types)
-# functional collectives' own bookkeeping (no communication), and args each rank may set its own way
-_LOCAL = ("wait_tensor", "_wrap_tensor_autograd")
+# functional collectives' own bookkeeping (no communication), point-to-point ops (a send on one rank
+# pairs with a recv on another: not the same call on every rank), and args each rank may set its own way
+_LOCAL = ("wait_tensor", "_wrap_tensor_autograd", "send", "recv_", "recv_any_source_")
 _PER_RANK = ("async_op", "timeout", "device_ids", "dstRank", "srcRank", "tag")  # (a send's peer, a barrier's GPU)
 
 
@@ -137,7 +138,9 @@ def rank_report(store: Store) -> RankReport:
         for r in ranks:
             if r not in present and ("missing", r) not in reported:
                 reported.add(("missing", r))
-                divergences.append(Divergence(idx, by_rank[ref][idx].step, ref, r, "missing"))
+                last = max(by_rank[r].values(), key=lambda p: p.idx) if by_rank.get(r) else None
+                errors = [f"rank {r}'s pass {last.idx} ended with {last.error}"] if last and last.error else []
+                divergences.append(Divergence(idx, by_rank[ref][idx].step, ref, r, "missing", errors=errors))
         for r in present[1:]:
             a, b = by_rank[ref][idx], by_rank[r][idx]
             if a.shapes_fp == b.shapes_fp or {("collectives", r), ("structure", r)} <= reported:

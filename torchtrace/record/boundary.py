@@ -12,7 +12,7 @@ buffers (the next pass then sees those tensors as its named inputs).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, FrozenSet, Iterable, List, Set, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import torch
 import torch.utils.data
@@ -118,11 +118,23 @@ def reads_data(info: Any, ev: tuple, vmeta: List[tuple]) -> bool:
     return True
 
 
-def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
+def call_site(frame: Any) -> Optional[Tuple[Any, int]]:
+    """(code, f_lasti) of the innermost frame outside torch above ``frame``: where
+    the next root call is made."""
+    for _ in range(64):
+        if frame is None or not is_torch_internal(frame.f_code):
+            break
+        frame = frame.f_back
+    return None if frame is None else (frame.f_code, frame.f_lasti)
+
+
+def input_prep(mode: Any, tensors: Iterable[Any], site: Optional[Tuple[Any, int]] = None) -> Set[int]:
     """Indices of the tail events whose outputs serve only to build ``tensors``
     (the next root call's arguments): after the last op inside a module call
     or outside the forward phase, outside any module, never one ``_kept``, every
-    output consumed only by other such events (or being one of ``tensors``)."""
+    output consumed only by other such events (or being one of ``tensors``).
+    ``site``: the call's (code, f_lasti); on its line, what ran after the call
+    (`loss = model(x.float()).sum()`: the last step's ``sum``) is not preparation."""
     events = mode.events
     needed: Set[int] = set()
     for t in tensors:
@@ -155,6 +167,8 @@ def input_prep(mode: Any, tensors: Iterable[Any]) -> Set[int]:
         hit = lines.get(key)
         if hit is None:
             hit = lines[key] = (key[0], line_of(code, at) if code is not None else -1)
+            if site is not None and code is site[0] and at > site[1] and hit[1] == line_of(*site):
+                hit = lines[key] = (key[0], -2)  # (after the call, on its line: the step before's)
         return hit
 
     # reads of data that depends on nothing this pass computed (`iter(loader)` draws the workers'

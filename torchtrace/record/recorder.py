@@ -26,7 +26,7 @@ from ..errors import UsageError, exit_error, warn
 from ..ir import Graph
 from ..store import Store, fits_int64
 from .optimizer import running_steps
-from .boundary import drop_events, input_prep, repeated_prep, signature
+from .boundary import call_site, drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture
 from .modelkeys import ModelKeys
@@ -266,10 +266,10 @@ class Recorder:
 
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
                   name: Optional[Callable[[], Optional[str]]] = None,
-                  model: Optional[torch.nn.Module] = None) -> None:
+                  model: Optional[torch.nn.Module] = None, frame: Any = None) -> None:
         if self._sampled and inputs:
             # the ops that only built the next call's inputs (data loading) are left out of this step
-            prep = input_prep(self.capture.mode, inputs)
+            prep = input_prep(self.capture.mode, inputs, call_site(frame))
             if prep:
                 sig = signature(self.capture.mode, prep)
                 self._prep.pop(sig, None)
@@ -308,7 +308,7 @@ class Recorder:
         # the next call's inputs matter only to trim a recorded pass (kwargs cost an f_locals)
         self._boundary(root=type(module).__name__,
                        inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name,
-                       model=module)
+                       model=module, frame=frame)
 
     def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:
