@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from torchtrace.cli import app
@@ -210,7 +211,8 @@ def test_per_rank_arguments_of_a_collective_are_not_a_divergence(tmp_path):
     assert not [d for d in report.divergences if d.kind == "collectives"], str(report)
 
 
-def test_sigterm_to_a_distributed_run_stops_its_ranks(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_a_signal_to_a_distributed_run_stops_its_ranks(tmp_path, sig):
     """`torchtrace run --nproc-per-node` waited on torchrun without passing a
     SIGTERM on: it died, torchrun and the ranks ran on without the folder's lock."""
     import os
@@ -237,9 +239,11 @@ def test_sigterm_to_a_distributed_run_stops_its_ranks(tmp_path):
         time.sleep(0.2)
     time.sleep(2)
     pids = [int((tmp_path / f"pid{r}").read_text()) for r in (0, 1)]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=120)
     assert "finished" not in out
+    ended = (-signal.SIGINT, "(interrupted)") if sig == "SIGINT" else (-signal.SIGTERM, "(terminated)")
+    assert (proc.returncode, ended[1] in err) == (ended[0], True), err[-2000:]  # it dies by it, as python
 
     def alive(pid: int) -> bool:
         try:
@@ -251,6 +255,8 @@ def test_sigterm_to_a_distributed_run_stops_its_ranks(tmp_path):
     assert not any(alive(p) for p in pids), err[-2000:]
     with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
         assert len(store.ranks()) == 2  # what the ranks recorded before the signal is kept
+        errors = {p.error for r in (0, 1) for p in store.passes(r)[-1:]}  # the pass in flight is stored too
+    assert errors == ({"KeyboardInterrupt"} if sig == "SIGINT" else {"SIGTERM"}), errors
 
 
 def test_a_send_and_its_recv_are_no_divergence(tmp_path):

@@ -1190,22 +1190,52 @@ def test_the_loss_on_the_line_that_builds_the_input_stays_in_its_step(tmp_path):
     assert ops[-3:] == ["argmax", "eq.Scalar", "sum"] and "randn" not in ops, ops
 
 
+def test_after_the_call_on_its_lines_is_the_step_s_own_work(tmp_path):
+    """A call written over two lines (what follows it is on the line of the
+    input's preparation), and a decode loop on one line whose next input is made
+    after the call, beside a log of the step's entropy."""
+    torch.manual_seed(0)
+    m, lm = nn.Linear(4, 3), nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10))
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            out = m(
+                torch.randn(2, 4)).softmax(-1)
+    assert out.shape == (2, 3)
+    ids, ents = torch.zeros(1, 1, dtype=torch.long), []
+    with torch.no_grad(), torchtrace.Recorder(tmp_path / "u.db"):
+        for _ in range(4):
+            p = lm(ids)[:, -1].softmax(-1); ents.append(-(p * p.log()).sum()); ids = torch.cat([ids, p.argmax(-1, keepdim=True)], 1)  # noqa: E501,E702
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [[n.short_op for n in store.graph(p.idx).nodes] for p in store.passes()] == [["t", "addmm", "_softmax"]] * 3
+    with Store(tmp_path / "u.db", readonly=True) as store:
+        ops = [[n.short_op for n in store.graph(p.idx).nodes] for p in store.passes()]
+    assert len(ops) == 4 and all("log" in o and "sum" in o and "cat" not in o for o in ops), ops
+
+
 def test_a_last_pass_that_raised_did_not_run_on_past_its_step(tmp_path):
-    """The extra op ran in the step that then raised (a collective that timed
-    out): the pass stopped there, it did not run on to the end of the script."""
+    """The extra op ran in the step and raised (a collective that timed out):
+    the pass stopped there, it did not run on to the end of the script. Code
+    after the loop that then raises did run on."""
     m = nn.Linear(4, 1)
-    with pytest.raises(ValueError), torchtrace.Recorder(tmp_path / "t.db"):
+    with pytest.raises(RuntimeError), torchtrace.Recorder(tmp_path / "t.db"):
         for i in range(3):
             y = m(torch.ones(2, 4)).sum()
             if i == 2:
-                y.neg()
-                raise ValueError("stop")
-    with Store(tmp_path / "t.db", readonly=True) as store:
+                y.view(5)  # raises
+    with pytest.raises(ValueError), torchtrace.Recorder(tmp_path / "u.db"):
+        for i in range(3):
+            y = m(torch.ones(2, 4)).sum()
+        y.neg()
+        raise ValueError("after the loop")
+    with Store(tmp_path / "t.db", readonly=True) as store, Store(tmp_path / "u.db", readonly=True) as after:
         a, b = store.graph(1), store.graph(2)
-    assert b.meta["last"] is True and b.meta["error"] == "ValueError"
-    [h] = torchtrace.diff(a, b).hunks
-    assert h.last is None and [n.short_op for n in h.only_b] == ["neg"]
+        c, d = after.graph(1), after.graph(2)
+    assert b.meta["last"] is True and b.meta["error"] == "RuntimeError"
+    [h] = [h for h in torchtrace.diff(a, b).hunks if h.kind == "structural"]
+    assert h.last is None and [n.short_op for n in h.only_b] == ["view"]
     assert "last one recorded" not in h.explanation
+    [h] = torchtrace.diff(c, d).hunks
+    assert h.last == "B" and [n.short_op for n in h.only_b] == ["neg"]
 
 
 def test_code_after_the_last_step_is_said_to_be_that(tmp_path):

@@ -256,10 +256,11 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                            "cut": options.cut})
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "torchtrace.launch", spec, script, *argv]
-        code = _wait_forwarding(subprocess.Popen(cmd))
+        code = _wait_forwarding(subprocess.Popen(cmd, start_new_session=True))
         with Store(store_path, readonly=True) as store:
             report = rank_report(store)
-    console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} (exit {code}) -> "
+    console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} "
+                  f"({_ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
     console.print(str(report), markup=False, highlight=False, soft_wrap=True)
     console.print(f"  next: torchtrace ranks {store_path}  |  torchtrace variants {store_path} --rank 1",
@@ -268,24 +269,29 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
 
 
 def _wait_forwarding(proc: "subprocess.Popen[bytes]") -> int:
-    """Wait for torchrun, passing it the SIGTERM or SIGHUP this process gets (a
-    scheduler stopping the job): torchrun then stops the ranks, as when it gets
-    the signal itself, and this process keeps the folder's lock until they are
-    gone. Ctrl-C reaches torchrun from the terminal (one process group): here it
-    is not passed on a second time."""
+    """Wait for torchrun (started in a session of its own), passing it the
+    SIGINT, SIGTERM or SIGHUP this process gets (Ctrl-C, a scheduler stopping the
+    job, a closed terminal: SIGHUP as SIGTERM, so that the ranks store the pass in
+    flight): torchrun then stops the ranks, and this process keeps the folder's
+    lock until torchrun is gone. Each signal reaches torchrun once, from here
+    (in one process group it got a terminal's or ``kill 0``'s signal twice, and
+    a second one cut its shutdown short). Then this process ends by the first
+    such signal, as python does."""
     if threading.current_thread() is not threading.main_thread():
         return proc.wait()
+    got: List[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        proc.send_signal(signum)
+        got.append(signum)
+        proc.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        return proc.wait()
+        code = proc.wait()
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+    return code if not got else INTERRUPTED if got[0] == signal.SIGINT else TERMINATED
 
 
 def _worker_main(args: Sequence[str]) -> int:

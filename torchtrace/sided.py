@@ -47,10 +47,11 @@ def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     pass's root model ran in the step itself, not after it (a branch of the model's
     last call); a loss or metric module called after the loop is not the model."""
     one = sole(A, B, rows)
-    if one is None or not one[1].graph.meta.get("last") or one[2].graph.meta.get("last") \
-            or one[1].graph.meta.get("error"):  # (it stopped there, by an exception: it did not run on)
+    if one is None or not one[1].graph.meta.get("last") or one[2].graph.meta.get("last"):
         return None
     g = one[1].graph
+    if any(n.id in g.raised() for n in one[3]):  # (one of them raised: the step stopped there, no running on)
+        return None
     return one[0] if not any(_in_root_call(g, n.module) for n in one[3]) else None
 
 

@@ -128,6 +128,17 @@ def call_site(frame: Any) -> Optional[Tuple[Any, int]]:
     return None if frame is None else (frame.f_code, frame.f_lasti)
 
 
+def _lines_of(code: Any, lasti: int) -> Tuple[int, int]:
+    """The first and last line of the expression of instruction ``lasti`` (a call
+    written over several lines), or its one line where positions are unknown."""
+    line = line_of(code, lasti)
+    try:
+        start, end = list(code.co_positions())[lasti // 2][:2]
+    except (AttributeError, IndexError, TypeError):  # (no co_positions before Python 3.11)
+        return line, line
+    return (start, end) if start is not None and end is not None and start <= line <= end else (line, line)
+
+
 def input_prep(mode: Any, tensors: Iterable[Any], site: Optional[Tuple[Any, int]] = None) -> Set[int]:
     """Indices of the tail events whose outputs serve only to build ``tensors``
     (the next root call's arguments): after the last op inside a module call
@@ -160,6 +171,7 @@ def input_prep(mode: Any, tensors: Iterable[Any], site: Optional[Tuple[Any, int]
     # step, outside the call), until none is added (`idx = perm[a:b]` feeds both X[idx] and
     # Y[idx]); a statement is a code object's line (`xb, yb = X[i], Y[i]` is two instructions)
     lines: Dict[Tuple[int, int], Tuple[int, int]] = {}  # (code, f_lasti) -> (code, line): backward's ops share one
+    span = _lines_of(*site) if site is not None else (0, -1)
 
     def statement(ev: tuple) -> Tuple[int, int]:
         code, at = _site(ev)
@@ -167,8 +179,8 @@ def input_prep(mode: Any, tensors: Iterable[Any], site: Optional[Tuple[Any, int]
         hit = lines.get(key)
         if hit is None:
             hit = lines[key] = (key[0], line_of(code, at) if code is not None else -1)
-            if site is not None and code is site[0] and at > site[1] and hit[1] == line_of(*site):
-                hit = lines[key] = (key[0], -2)  # (after the call, on its line: the step before's)
+            if site is not None and code is site[0] and at > site[1] and span[0] <= hit[1] <= span[1]:
+                hit = lines[key] = (key[0], -2 - at)  # (after the call, on its lines: the step before's, each alone)
         return hit
 
     # reads of data that depends on nothing this pass computed (`iter(loader)` draws the workers'
