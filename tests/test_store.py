@@ -620,6 +620,8 @@ def test_lbfgs_steps_are_optimizer_ops_in_every_pass(tmp_path):
         assert {n.phase for n in g.nodes if n.op == "aten.add_.Tensor"} == {"optimizer"}
     for g in graphs:
         assert {n.phase for n in g.nodes if n.op == "aten.addmm.default"} == {"forward"}  # the model, in step
+        # LBFGS's own reads of the closure's loss (`float(orig_loss)`) are the optimizer's
+        assert {n.phase for n in g.nodes if n.short_op == "_local_scalar_dense"} == {"optimizer"}
         # the loss the closure computes from the model's output is forward too
         assert {n.phase for n in g.nodes if n.short_op in ("pow.Tensor_Scalar", "mean") and n.phase != "backward"} \
             == {"forward"}, \

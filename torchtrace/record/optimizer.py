@@ -4,13 +4,14 @@ the steps running on the stack, and the loss a closure computes inside a step.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Dict, List, Set, Tuple
 
 import torch
 
 from ..ir import Value
-from .mode import E_INS, E_OUTS
+from .mode import E_ICODE, E_INS, E_OUTS
 
 OPTIMIZER_PREFIX = "Optimizer.step#"
 
@@ -24,6 +25,7 @@ def annotate(stack: List[str], info: Any, args: Dict[str, Any]) -> None:
 
 
 _OPTIM_FILE = sys.modules[torch.optim.Optimizer.__module__].__file__
+_OPTIM_DIR = os.path.dirname(_OPTIM_FILE) + os.sep  # the optimizers' own code
 
 
 def running_steps() -> Tuple[str, ...]:
@@ -64,9 +66,11 @@ class ClosureLoss:
             self.made.update(outs)
 
     def is_loss(self, ev: tuple, grads: Set[int]) -> bool:
-        ins = ev[E_INS]
+        ins, code = ev[E_INS], ev[E_ICODE]
         if not self.made or self.made.isdisjoint(ins) or any(
                 v in self.stepped or v in grads or v in self.params for v in ins):
+            return False
+        if code is not None and code.co_filename.startswith(_OPTIM_DIR):  # (LBFGS's `float(orig_loss)`)
             return False
         self.made.update(ev[E_OUTS])
         return True
