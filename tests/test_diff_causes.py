@@ -1461,3 +1461,26 @@ def test_dropout_only_in_training_is_the_mode_even_right_after_a_read():
     [h] = [h for h in torchtrace.diff(a, b).hunks if h.module == "drop"]
     assert h.trained == "A" and not h.read_first
     assert h.explanation.startswith("modules in training mode in A, eval mode in B")
+
+
+def test_a_training_step_against_an_evaluation_from_another_line_pairs_the_model():
+    """The model called from the training step's line and from an evaluation's,
+    which counts hits after it: the model's ops pair (other lines), dropout is
+    put down to train/eval. They were all 'only in A' and 'only in B', as Python
+    state, when the evaluation's metric ops made half of its side."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x, y = torch.randn(8, 10), torch.randint(0, 3, (8,))
+    with torchtrace.trace(m) as t:
+        nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    m.eval()
+    with torch.no_grad(), torchtrace.trace(m) as e:
+        hits = (m(x).argmax(1) == y).float().sum().item()
+    assert 0 <= hits <= 8
+    d = torchtrace.diff(t.graph, e.graph)
+    paired = [p for p in d.ops if p.a is not None and p.b is not None and p.a.short_op == "addmm"]
+    assert len(paired) == 2, [(p.status, p.a and p.a.short_op, p.b and p.b.short_op) for p in d.ops]
+    [drop] = [h for h in d.hunks if h.module == "2"]
+    assert drop.trained == "A" and drop.explanation.startswith("modules in training mode in A, eval mode in B")
