@@ -1484,3 +1484,26 @@ def test_a_training_step_against_an_evaluation_from_another_line_pairs_the_model
     assert len(paired) == 2, [(p.status, p.a and p.a.short_op, p.b and p.b.short_op) for p in d.ops]
     [drop] = [h for h in d.hunks if h.module == "2"]
     assert drop.trained == "A" and drop.explanation.startswith("modules in training mode in A, eval mode in B")
+
+
+class FcAtEitherEnd(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 0:  # LINE:either
+            return self.fc(x).relu().exp().sin()
+        return self.fc(x.tanh().cos().abs())
+
+
+def test_an_arm_split_by_a_call_both_arms_make_is_still_the_if_s():
+    """The arms call `fc` at opposite ends; pairing the two calls splits A's arm,
+    and its ops after `fc` were said to follow an `if` that had "ended before"
+    (only ops paired across lines lay between: the passes never met again)."""
+    torch.manual_seed(0)
+    m = FcAtEitherEnd()
+    d = torchtrace.diff(zoo.record(m, torch.ones(2, 4)), zoo.record(m, -torch.ones(2, 4)))
+    read = f"`test_diff_causes.py:{line_of('either')}` read True in A, False in B"
+    assert all(h.witness is not None and not h.witness.weak for h in d.hunks if h.only_a or h.only_b), d.why()
+    assert any(w.startswith(read + " \u2192") for w in d.why()), d.why()
