@@ -459,6 +459,34 @@ def test_recorder_rejects_bad_options(tmp_path):
             torchtrace.Recorder(tmp_path / "t.db", max_ops=bad)
     with pytest.raises(torchtrace.TorchtraceError, match="skip"):
         torchtrace.Recorder(tmp_path / "t.db", skip=[3])
+    # (a bad on_pass failed at the first pass boundary, inside the model call; "no" read as True)
+    for kw, word in (({"on_pass": 3}, "on_pass"), ({"backward": "no"}, "backward"), ({"max_passes": True}, "max_passes")):
+        with pytest.raises(torchtrace.TorchtraceError, match=word):
+            torchtrace.Recorder(tmp_path / "t.db", **kw)
+
+
+def test_step_outside_the_recorder_s_block_is_an_error_and_installs_nothing(tmp_path):
+    """Before `with rec:` step() raised an AttributeError; after the block, with a
+    model that died, it installed a global module pre-hook that ran the closed
+    Recorder's pass boundary at the next module call."""
+    import gc
+
+    from torch.nn.modules import module as nn_module
+
+    rec = torchtrace.Recorder(tmp_path / "t.db", every=2)
+    with pytest.raises(torchtrace.TorchtraceError, match="not entered yet"):
+        rec.step(0)
+    with rec:
+        for i in range(4):
+            rec.step(i)
+            m = nn.Linear(4, 2)
+            m(torch.ones(1, 4)).sum().backward()
+            del m
+            gc.collect()
+    for call in (lambda: rec.step(10), rec.mark_step):
+        with pytest.raises(torchtrace.TorchtraceError, match="closed already"):
+            call()
+    assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
 
 
 def test_api_mistakes_are_torchtrace_errors_before_anything_runs(tmp_path):

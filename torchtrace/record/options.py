@@ -1,4 +1,4 @@
-"""The options ``trace()`` and ``Recorder`` share, checked before anything is installed."""
+"""The options of ``trace()`` and ``Recorder``, checked before anything is installed."""
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
@@ -22,3 +22,28 @@ def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[
         raise UsageError("bad `max_ops`", expected="None (no cap) or an integer >= 1", found=repr(max_ops),
                          fix="pass e.g. max_ops=1_000_000, or None for no cap")
     return prefixes, max_ops
+
+
+def recorder_options(store: Any, every: Any, max_passes: Any, backward: Any, on_pass: Any, cut: Any) -> None:
+    """``Recorder``'s own options, checked when it is made (a bad ``on_pass`` failed
+    at the first pass boundary, inside the user's model call)."""
+    from ..store import Store
+
+    if not isinstance(store, (str, Store)) and not hasattr(store, "__fspath__"):
+        raise UsageError("bad store", expected="a path to a .db file (str or pathlib.Path) or a Store",
+                         found=repr(store), fix="pass e.g. 'runs/trace.db' (or leave it out)")
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise UsageError("bad `every`", expected="an integer >= 1 (record every k-th pass)",
+                         found=repr(every), fix="use every=1 to record all passes")
+    if max_passes is not None and (not isinstance(max_passes, int) or isinstance(max_passes, bool) or max_passes < 0):
+        raise UsageError("bad `max_passes`", expected="None or an integer >= 0", found=repr(max_passes),
+                         fix="use max_passes=None for no limit")
+    if not isinstance(backward, bool):
+        raise UsageError("bad `backward`", expected="True or False (record backward and optimizer ops)",
+                         found=repr(backward), fix="pass backward=False to record forward passes only")
+    if on_pass is not None and not callable(on_pass):
+        raise UsageError("bad `on_pass`", expected="None or a function on_pass(graph, index)", found=repr(on_pass),
+                         fix="pass a function, e.g. on_pass=lambda g, i: print(i, len(g.nodes))")
+    if cut not in ("root", "step"):
+        raise UsageError("bad `cut`", expected="'root' (a pass per root model call) or 'step' (a pass per "
+                         "step() / mark_step())", found=repr(cut), fix="use cut='step' with rec.step(i)")

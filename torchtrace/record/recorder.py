@@ -30,7 +30,7 @@ from .boundary import call_site, drop_events, input_prep, repeated_prep, signatu
 from .calls import call_kwargs, tensors_in
 from .capture import Capture
 from .modelkeys import ModelKeys
-from .options import capture_options
+from .options import capture_options, recorder_options
 from .compiled import Uncompiled
 from .frames import caller_name
 
@@ -65,18 +65,7 @@ class Recorder:
                  max_passes: Optional[int] = None, backward: bool = True, skip: Iterable[str] = (),
                  max_ops: Optional[int] = DEFAULT_MAX_OPS,
                  on_pass: Optional[Callable[[Graph, int], None]] = None, cut: str = "root") -> None:
-        if not isinstance(store, (str, Path, Store)) and not hasattr(store, "__fspath__"):
-            raise UsageError("bad store", expected="a path to a .db file (str or pathlib.Path) or a Store",
-                             found=repr(store), fix="pass e.g. 'runs/trace.db' (or leave it out)")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise UsageError("bad `every`", expected="an integer >= 1 (record every k-th pass)",
-                             found=repr(every), fix="use every=1 to record all passes")
-        if max_passes is not None and (not isinstance(max_passes, int) or max_passes < 0):
-            raise UsageError("bad `max_passes`", expected="None or an integer >= 0", found=repr(max_passes),
-                             fix="use max_passes=None for no limit")
-        if cut not in ("root", "step"):
-            raise UsageError("bad `cut`", expected="'root' (a pass per root model call) or 'step' (a pass per "
-                             "step() / mark_step())", found=repr(cut), fix="use cut='step' with rec.step(i)")
+        recorder_options(store, every, max_passes, backward, on_pass, cut)
         self.cut = cut
         self._cut_by: Optional[bool] = None  # what made the last cut: step() (True) or mark_step()
         self._store_arg = store
@@ -100,6 +89,7 @@ class Recorder:
         self._armed: Any = None  # the global pre-hook step() sets while unsampled: the step's first model call
         self._mortal = False  # a model seen as a root has died (models built anew each step): step() arms
         self.launched = False  # the Recorder of `torchtrace run` (a script's own one then stands aside)
+        self._open = False  # inside its `with` block
         self._outer: Optional["Recorder"] = None  # that one, while this one stands aside
 
     # -- lifecycle ----------------------------------------------------------------
@@ -109,6 +99,7 @@ class Recorder:
             warn("torchtrace: `torchtrace run` records this script already; this Recorder stores "
                  "nothing (its step() and mark_step() label and cut the run's passes)")
             self._outer = outer
+            self._open = True
             return self
         if outer is not None:
             raise UsageError("a Recorder is already active in this thread", fix="nest no Recorders")
@@ -133,9 +124,11 @@ class Recorder:
             self._uncompiled.restore()
             raise
         _ACTIVE.recorder = self
+        self._open = True
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self._open = False
         if self._outer is not None:
             self._outer = None
             return False
@@ -158,6 +151,7 @@ class Recorder:
     # -- public -------------------------------------------------------------------
     def step(self, n: int) -> None:
         """Label the passes that start from now on with training step ``n``."""
+        self._check_open("step")
         if self._outer is not None:
             return self._outer.step(n)
         try:
@@ -172,6 +166,12 @@ class Recorder:
             self._cut(start=True)
         elif not self._sampled and self._mortal and self._armed is None and not self.capture.scope.handles:
             self._armed = register_module_forward_pre_hook(self._first_call)  # (a model built anew: unwatched)
+
+    def _check_open(self, what: str) -> None:
+        if not self._open:
+            raise UsageError(f"{what}() outside the Recorder's block", expected=f"rec.{what}(...) inside `with rec:`",
+                             found="a Recorder not entered yet" if self.store is None else "a Recorder closed already",
+                             fix=f"call rec.{what}() inside `with torchtrace.Recorder(...) as rec:`")
 
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
@@ -193,6 +193,7 @@ class Recorder:
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""
+        self._check_open("mark_step")
         if self._outer is not None:
             return self._outer.mark_step()
         if self.capture is None:  # a forked child's copy
