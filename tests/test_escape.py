@@ -2,6 +2,7 @@
 the real `dot` and the real Mermaid parser (11 and 12)."""
 from __future__ import annotations
 
+import html
 import re
 import xml.etree.ElementTree as ET
 
@@ -9,7 +10,7 @@ import graphviz
 import pytest
 from graphviz.quoting import quote
 
-from torchtrace.renderers._escape import (IdMaker, clean, dot_html, dot_text, html_text, mermaid_comment,
+from torchtrace.renderers._escape import (IdMaker, clean, dot_html, dot_text, dot_tooltip, html_text, mermaid_comment,
                                           mermaid_label, safe_id, shorten)
 from torchtrace.renderers.dot import LINE_WIDTH, html_label
 
@@ -146,7 +147,7 @@ def test_hostile_labels_survive_dot(dot_check):
     for k, s in enumerate(HOSTILE):
         with g.subgraph(name=f"cluster{k}") as c:
             c.attr(label=html_label(s))
-            c.node(f"n{k}", label=html_label(s), tooltip=dot_text(s))
+            c.node(f"n{k}", label=html_label(s), tooltip=dot_tooltip(s))
         g.node(f"m{k}", label="x")
         g.edge(f"n{k}", f"m{k}", label=dot_text(s))
     svg = dot_check(g.source)
@@ -157,6 +158,12 @@ def test_hostile_labels_survive_dot(dot_check):
         assert clusters[f"cluster{k}"] == _drawn(shorten(s, LINE_WIDTH)), s
         if s.strip():  # dot draws no text for a blank edge label
             assert edges[f"n{k}->m{k}"].strip() == want.strip(), s
+    # tooltips: Graphviz expanded `\N`/`\G`/`\L` there (node id, graph name, label) however escaped
+    titles = {k: v for k, v in re.findall(r'<g id="a_(node\d+)"><a xlink:title="([^"]*)"', svg)}
+    shown = [html.unescape(t) for t in titles.values()]
+    for s in HOSTILE:
+        if "\\" in s:
+            assert clean(s).replace("\\", "\u29f5") in shown, (s, shown)
 
 
 @pytest.mark.mermaid

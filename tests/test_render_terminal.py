@@ -44,6 +44,21 @@ def test_histogram_and_witnesses(viz_graph):
     lines = {zoo.marker_line(m) for m in ("if", "item", "while")}
     assert {int(re.search(r"zoo\.py:(\d+) in", ln).group(1)) for ln in rows} == lines
     assert any("True" in r for r in rows) and any("False" in r for r in rows)
+    assert all(r.rstrip().endswith("<root>") for r in rows)  # read in the root model's own forward
+
+
+def test_a_read_outside_any_module_call_is_not_the_root_s():
+    """A read in the training loop (an optimizer's, a logged loss) sat in a row
+    whose module said `<root>` though the pass had no module call around it."""
+    import torch
+
+    m = torch.nn.Linear(2, 1)
+    with torchtrace.trace(m) as t:
+        loss = m(torch.ones(1, 2)).sum()
+        loss.item()
+    out = torchtrace.render(t.graph, "terminal", phase="both")
+    [row] = [ln for ln in out[out.index("witnesses"):].splitlines() if "_local_scalar_dense" in ln]
+    assert row.rstrip().endswith("-") and "<root>" not in row, row
 
 
 def test_names_are_not_markup(viz_graph):

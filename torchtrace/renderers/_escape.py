@@ -24,8 +24,8 @@ from graphviz.quoting import nohtml
 
 from ..textform import clean, one_line
 
-__all__ = ["clean", "one_line", "shorten", "dot_text", "dot_html", "mermaid_label", "mermaid_comment", "markdown_text",
-           "html_text", "IdMaker", "safe_id"]
+__all__ = ["clean", "one_line", "shorten", "dot_text", "dot_tooltip", "dot_html", "mermaid_label", "mermaid_comment",
+           "markdown_text", "html_text", "IdMaker", "safe_id"]
 
 _MERMAID_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,=")
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
@@ -44,6 +44,13 @@ def dot_text(text: object) -> str:
     python-graphviz quotes it and escapes the quotes."""
     s = clean(text).replace("&", "&amp;").replace("\\", "\\\\").replace("\n", "\\n")
     return nohtml(s)
+
+
+def dot_tooltip(text: object) -> str:
+    """A DOT ``tooltip=`` value showing ``text``. Graphviz (2.43) unescapes a
+    tooltip and then still expands ``\\N``/``\\G``/``\\L`` in it, however the
+    backslash is escaped: a backslash is shown as U+29F5 (⧵) there."""
+    return dot_text(clean(text).replace("\\", "\u29f5"))
 
 
 def dot_html(text: object) -> str:

@@ -15,7 +15,7 @@ import graphviz
 
 from ..errors import RenderError, UsageError
 from ..views import SOURCE_KINDS, Box, Cluster, View
-from ._escape import IdMaker, dot_html, dot_text, shorten
+from ._escape import IdMaker, dot_html, dot_text, dot_tooltip, shorten
 from ._style import CLUSTER, MUTED, PALETTE, box_style, cluster_style, edge_color
 
 IMAGE_FORMATS = ("svg", "png", "pdf")
@@ -64,7 +64,7 @@ def box_attrs(b: Box) -> Dict[str, str]:
     fill, border, text = PALETTE[box_style(b)]
     attrs = {"label": html_label(b.title, b.lines), "shape": SHAPES[b.kind], "fillcolor": fill, "color": border,
              "fontcolor": text, "style": "filled" if b.kind != "op" else "rounded,filled",
-             "tooltip": dot_text(b.tooltip or b.title)}
+             "tooltip": dot_tooltip(b.tooltip or b.title)}
     if b.kind in SOURCE_KINDS and b.kind != "input":
         attrs["fontsize"] = "9"
     if b.repeat > 1:
@@ -81,7 +81,7 @@ def cluster_attrs(c: Cluster) -> Dict[str, str]:
     style = "rounded,filled" + (",dashed" if c.kind == "loop" or c.phase != "forward" else "")
     return {"label": html_label(c.title, title_size=10), "style": style, "fillcolor": fill, "color": border,
             "penwidth": "2" if c.repeat > 1 else "1", "labeljust": "l", "fontcolor": MUTED,
-            "tooltip": dot_text(c.tooltip or c.title)}
+            "tooltip": dot_tooltip(c.tooltip or c.title)}
 
 
 def digraph(view: View, *, direction: str = "TB", name: str = "torchtrace",

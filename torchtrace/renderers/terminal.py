@@ -165,7 +165,8 @@ def _witnesses(g: Graph, nodes: Sequence[Node]) -> Table:
         assert n.witness is not None
         where = f"{n.source.short()} in {n.source.function}" if n.source is not None else "?"
         table.add_row(Text(one_line(n.short_op)), Text(one_line(n.witness.describe()), style="bold red"),
-                      Text(one_line(where)), Text(one_line(g.module_path(n.module) or "<root>")))
+                      Text(one_line(where)),  # (outside any module call: "-", not the root's)
+                      Text(one_line("-" if n.module is None else g.module_path(n.module) or "<root>")))
     return table
 
 
