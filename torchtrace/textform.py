@@ -116,6 +116,14 @@ def cut_off_note(g: "Graph") -> str:
     return f"recording stopped after {len(g.nodes)} ops (max_ops); later ops are missing"
 
 
+def unrecorded_note(g: "Graph") -> str:
+    """What the recorder could not read in a pass (``meta.record_errors``), "" if nothing."""
+    errs = g.meta.get("record_errors")
+    if not isinstance(errs, dict) or not errs.get("count"):
+        return ""
+    return f"{errs['count']} op(s) not fully recorded (meta.record_errors), first: {one_line(str(errs.get('first')))}"
+
+
 def format_graph(g: "Graph") -> str:
     meta = g.meta
     head = [f"torchtrace.graph {len(g.nodes)} ops"]
@@ -125,6 +133,8 @@ def format_graph(g: "Graph") -> str:
     if meta.get("truncated"):
         head.append("TRUNCATED")
     lines: List[str] = ["# " + " ".join(head)]
+    if unrecorded_note(g):
+        lines.append(f"# {unrecorded_note(g)}")
     for v in g.values:
         if v.role != "activation" and v.version_of is None:
             name = f" {one_line(v.name)}" if v.name else ""

@@ -19,7 +19,7 @@ from rich.tree import Tree
 
 from ..errors import UsageError
 from ..ir import Graph, Node
-from ..textform import cut_off_note
+from ..textform import cut_off_note, unrecorded_note
 from ..views import Prepared, ViewOptions, view_options
 from ..views import labels as L
 from ..views.facts import boundary, param_count, saved_bytes
@@ -69,6 +69,8 @@ def _header(prep: Prepared) -> Text:
         t.append(f" ({len(sel.hidden)} bookkeeping ops hidden)", style="dim")
     if cut_off_note(g):
         t.append(f"\n!! truncated: {cut_off_note(g)}", style="bold red")
+    if unrecorded_note(g):
+        t.append(f"\n!! {unrecorded_note(g)}", style="bold red")
     for nid, error in g.raised().items():  # the op that failed, and what it said
         n = g.node(nid)
         where = f" at {n.source.short()}" if n.source is not None else ""

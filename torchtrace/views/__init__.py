@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from ..ir import Graph
-from ..textform import cut_off_note
+from ..textform import cut_off_note, unrecorded_note
 from .build import Assembler
 from .fold import Folder
 from .groups import Group, build_groups, iter_groups
@@ -92,6 +92,8 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     notes: List[str] = []
     if cut_off_note(prep.graph):
         notes.append(f"TRUNCATED: {cut_off_note(prep.graph)}")
+    if unrecorded_note(prep.graph):
+        notes.append(unrecorded_note(prep.graph))
     if sel.out_of_phase:
         notes.append(f"phase {sel.phase}: {sel.out_of_phase} ops of other phases not shown")
     if o.focus is not None:
