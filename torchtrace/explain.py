@@ -303,12 +303,12 @@ class Causes:
         if nearest is None:
             return None
         weak = e is None or (e != nearest and self.one_sided[nearest] > self.one_sided[e])
-        i, j = self.pairs[nearest if weak else e]
+        row = nearest if weak else e
+        i, j = self.pairs[row]
         # ops only in A or B after an `if`'s read, then ops in both, then this hunk: the read's branch
         # came and went (`if x.mean() > 0: h = h.exp()`), and what decided this one is not known
-        at = nearest if weak else e
-        merged = self.one_sided[k0] > self.one_sided[at + 1] and read_by_if(self.A.nodes[i]) and any(
-            x is not None and y is not None and self.A.sigs[x] == self.B.sigs[y] for x, y in self.pairs[at + 1:k0])
+        merged = self.one_sided[k0] > self.one_sided[row + 1] and read_by_if(self.A.nodes[i]) and any(
+            x is not None and y is not None and self.A.sigs[x] == self.B.sigs[y] for x, y in self.pairs[row + 1:k0])
         assert i is not None and j is not None
         # other decisive reads that differ with nothing only in A or B since: just as likely the cause
         also = [] if weak else [x for x in reversed(decisive_[:at - 1])
