@@ -304,12 +304,11 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                                if n is not None for path in [_module_path(g, n)] if path or not recompute)
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
-            ran = ran_only(A, B, rows)
+            ran, adjacent = ran_only(A, B, rows), causes.adjacent(k0)
             if ran is not None:  # only a read right before it is said with it
-                witness, loop = causes.adjacent(k0), None
+                witness, loop = adjacent, None
             mode = trained(A, B, rows, fed)
-            first = causes.adjacent(k0) if mode is not None and loop is None and not in_modal_modules(A, B, rows) \
-                else None
+            first = adjacent if mode is not None and loop is None and not in_modal_modules(A, B, rows) else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,

@@ -127,12 +127,7 @@ class WitnessChange:
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
     """The innermost module call around ``mid`` whose module the pass called
     more than once (``calls``: calls per path), as (path, call index)."""
-    while mid is not None:
-        m = g.module(mid)
-        if calls.get(m.path, 0) > 1:
-            return m.path, m.call
-        mid = m.parent
-    return None
+    return next(((m.path, m.call) for m in g.calls_around(mid) if calls.get(m.path, 0) > 1), None)
 
 
 def decisive(w: "Witness") -> bool:
@@ -155,11 +150,16 @@ def kept_aside(n: "Node") -> bool:
     stored, so it may steer nothing. Only when the line is readable here. (A
     read assigned to a name, ``positive = bool(x.sum() > 0)``, is how an ``if``
     below reads it; a helper's read is on its ``return bool(...)``: no call.)"""
-    w, src = n.witness, n.source
-    if w is None or not isinstance(w.value, bool) or src is None:
+    w = n.witness
+    if w is None or not isinstance(w.value, bool) or n.source is None:
         return False
-    text = linecache.getline(src.file, src.line).split("#", 1)[0]
+    text = _line_text(n).split("#", 1)[0]
     return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
+
+
+def _line_text(n: "Node") -> str:
+    """The source line an op was recorded at, as read here ("" when unreadable)."""
+    return linecache.getline(n.source.file, n.source.line) if n.source is not None else ""
 
 
 _IF = re.compile(r"^\s*(if|elif)\b")
@@ -169,8 +169,7 @@ def read_by_if(n: "Node") -> bool:
     """Is the read at an ``if``/``elif`` line (``if h.mean() > 0:``), whose
     branch is that statement's body? A read kept in a name (``big = bool(...)``)
     may steer any later ``if``. Only when the line is readable here."""
-    src = n.source
-    return src is not None and bool(_IF.match(linecache.getline(src.file, src.line)))
+    return bool(_IF.match(_line_text(n)))
 
 
 # -- causes of a structural hunk -------------------------------------------

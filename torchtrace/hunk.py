@@ -217,8 +217,8 @@ class Hunk:
                 "stopped": self.stopped, "grads": list(self.grads), "recompute": self.recompute,
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
-                "trained": self.trained, "read_first": self.read_first, "fed": [i.to_dict() for i in self.fed], "last": self.last,
-                "moved": list(self.moved),
+                "trained": self.trained, "read_first": self.read_first, "fed": [i.to_dict() for i in self.fed],
+                "last": self.last, "moved": list(self.moved),
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad

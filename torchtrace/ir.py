@@ -246,6 +246,14 @@ class Graph:
     def module_path(self, mid: Optional[str]) -> str:
         return "" if mid is None else self.module(mid).path
 
+    def calls_around(self, mid: Optional[str]) -> Iterator[ModuleCall]:
+        """Module call ``mid`` and the calls it ran inside, innermost first (a
+        valid graph's parents come before their children: no cycle)."""
+        while mid is not None:
+            m = self.module(mid)
+            yield m
+            mid = m.parent
+
     def witnesses(self) -> Iterator[Node]:
         return (n for n in self.nodes if n.witness is not None)
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .align import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
-from .ir import Graph, Node
+from .ir import Node
 from .typechange import TypeChange
 
 
@@ -52,19 +52,12 @@ def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     g = one[1].graph
     if any(n.id in g.raised() for n in one[3]):  # (one of them raised: the step stopped there, no running on)
         return None
-    return one[0] if not any(_in_root_call(g, n.module) for n in one[3]) else None
 
+    def in_model(n: Node) -> bool:  # (inside a call of the pass's root model, path "": the step's own)
+        calls = list(g.calls_around(n.module))
+        return bool(calls) and calls[-1].path == ""
 
-def _in_root_call(g: Graph, mid: Optional[str]) -> bool:
-    """Does module call ``mid`` lie inside a call of the pass's root model (path ``""``)?"""
-    for _ in range(1024):
-        if mid is None:
-            return False
-        m = g.module(mid)
-        if m.parent is None:
-            return m.path == ""
-        mid = m.parent
-    return True
+    return one[0] if not any(in_model(n) for n in one[3]) else None
 
 
 def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
@@ -194,22 +187,8 @@ def in_modal_modules(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:
     """Does every op of ``rows`` run inside a module that behaves otherwise in
     training mode (dropout, batch norm)? Then `.train()`/`.eval()` explains them
     better than a read that happens to come right before."""
-    for p in rows:
-        for g, n in ((A.graph, p.a), (B.graph, p.b)):
-            if n is None:
-                continue
-            mid, modal = n.module, False
-            for _ in range(1024):
-                if mid is None:
-                    break
-                m = g.module(mid)
-                if m.type.startswith(_MODAL):
-                    modal = True
-                    break
-                mid = m.parent
-            if not modal:
-                return False
-    return bool(rows)
+    return bool(rows) and all(any(m.type.startswith(_MODAL) for m in g.calls_around(n.module))
+                              for p in rows for g, n in ((A.graph, p.a), (B.graph, p.b)) if n is not None)
 
 
 def recomputed(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:

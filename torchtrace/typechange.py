@@ -88,9 +88,8 @@ def value_pairs(A: "Side", B: "Side", rows: Iterable["OpPair"]) -> Iterator[Valu
     for p in rows:
         if p.a is None or p.b is None:
             continue
-        raised = p.a.id in A.graph.raised() or p.b.id in B.graph.raised()  # (no outputs: not a type change)
-        for role, pairs in (("input", zip_longest(p.a.inputs, p.b.inputs)),
-                            ("output", () if raised else outputs_paired(A, B, p.a.outputs, p.b.outputs))):
+        for role, pairs in (("input", zip_longest(p.a.inputs, p.b.inputs)),  # (an op that raised has no outputs)
+                            ("output", () if p.raised else outputs_paired(A, B, p.a.outputs, p.b.outputs))):
             for x, y in pairs:
                 if x is not None and y is not None:
                     if x in seen:

@@ -11,8 +11,9 @@ buffers (the next pass then sees those tensors as its named inputs).
 """
 from __future__ import annotations
 
+import itertools
 import os
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import torch
 import torch.utils.data
@@ -68,12 +69,30 @@ def repeated_prep(mode: Any, sig: FrozenSet[Tuple[int, Any, int]]) -> Set[int]:
              if (events[i][E_INFO], *_site(events[i])) in sig and not any(v in outputs for v in events[i][E_OUTS])
              and (i in own_reads or not _kept(events[i], mode, made))}
     consumers = _consumers(events, tail)
-    changed = True
-    while changed:
-        keep = {i for i in cands if all(c in cands for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
-        changed, cands = keep != cands, keep
     # (all of the preparation or part of it: generate()'s last step updates position ids only)
-    return cands | _loader_ops(mode, tail, made, consumers, outputs)
+    return _read_only_within(events, cands, consumers) | _loader_ops(mode, tail, made, consumers, outputs)
+
+
+def _read_only_within(events: List[tuple], ops: Set[int], consumers: Dict[int, List[int]],
+                      also: AbstractSet[int] = frozenset()) -> Set[int]:
+    """The largest part of ``ops`` whose outputs only it (or ``also``) reads."""
+    size = -1
+    while len(ops) != size:
+        size = len(ops)
+        ops = {i for i in ops if all(c in ops or c in also for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
+    return ops
+
+
+def _from_outside(events: List[tuple], tail: int, made: Dict[int, int], admit: Any,
+                  base: AbstractSet[int] = frozenset()) -> Set[int]:
+    """The tail ops ``admit(i)`` takes whose inputs depend on nothing this pass
+    computed: tensors from outside the pass, ``base``'s results and each other's."""
+    out: Set[int] = set()
+    for i in range(tail, len(events)):
+        if admit(i) and all(made.get(v) is None or made[v] in out or made[v] in base
+                            for v in events[i][E_INS] if v >= 0):
+            out.add(i)
+    return out
 
 
 _DATA = os.path.dirname(os.path.abspath(torch.utils.data.__file__)) + os.sep
@@ -87,20 +106,15 @@ def _loader_ops(mode: Any, tail: int, made: Dict[int, int], consumers: Dict[int,
     wherever the loop put the ``iter()`` or ``next()`` (its own line, a generator,
     a framework's loader wrapper)."""
     events = mode.events
-    ops: Set[int] = set()
-    for i in range(tail, len(events)):
+
+    def loader(i: int) -> bool:
         ev = events[i]
         code = ev[E_ICODE]
-        if code is None or not code.co_filename.startswith(_DATA) or any(v in outputs for v in ev[E_OUTS]) \
-                or "collective" in BY_INDEX[ev[E_INFO]].tags or _writes_state(ev, mode, made):
-            continue
-        if all(made.get(v) is None or made[v] in ops for v in ev[E_INS] if v >= 0):
-            ops.add(i)
-    size = -1
-    while len(ops) != size:  # (what else of the pass reads is not the loader's alone)
-        size = len(ops)
-        ops = {i for i in ops if all(c in ops for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
-    return ops
+        return (code is not None and code.co_filename.startswith(_DATA) and not any(v in outputs for v in ev[E_OUTS])
+                and "collective" not in BY_INDEX[ev[E_INFO]].tags and not _writes_state(ev, mode, made))
+
+    # (what else of the pass reads is not the loader's alone)
+    return _read_only_within(events, _from_outside(events, tail, made, loader), consumers)
 
 
 _MASKS = (torch.bool, torch.uint8)
@@ -133,8 +147,8 @@ def _lines_of(code: Any, lasti: int) -> Tuple[int, int]:
     written over several lines), or its one line where positions are unknown."""
     line = line_of(code, lasti)
     try:
-        start, end = list(code.co_positions())[lasti // 2][:2]
-    except (AttributeError, IndexError, TypeError):  # (no co_positions before Python 3.11)
+        start, end = next(itertools.islice(code.co_positions(), lasti // 2, None))[:2]
+    except (AttributeError, StopIteration, TypeError):  # (no co_positions before Python 3.11)
         return line, line
     return (start, end) if start is not None and end is not None and start <= line <= end else (line, line)
 
@@ -219,37 +233,32 @@ def _unrelated(mode: Any, tail: int, prep: Set[int], outputs: Set[int],
     ``X[idx]``). Only ops with a result: never one ``_kept``, a profiler marker,
     or a returned value."""
     events = mode.events
-    free: Set[int] = set()
-    for i in range(tail, len(events)):
+
+    def result(i: int) -> bool:  # (a record_function marker: what a later op ran inside)
         ev = events[i]
-        info = BY_INDEX[ev[E_INFO]]
-        if i in prep or not ev[E_OUTS] or info.annotation or _kept(ev, mode, made) \
-                or any(v in outputs for v in ev[E_OUTS]):
-            continue  # (a record_function marker: what a later op ran inside)
-        if all(made.get(v) is None or made[v] in free or made[v] in prep for v in ev[E_INS] if v >= 0):
-            free.add(i)
-    size = -1
-    while len(free) != size:  # read by this pass (outside them): not the next step's
-        size = len(free)
-        free = {i for i in free if all(c in free or c in prep for v in events[i][E_OUTS] for c in consumers.get(v, ()))}
-    return free
+        return (i not in prep and bool(ev[E_OUTS]) and not BY_INDEX[ev[E_INFO]].annotation
+                and not _kept(ev, mode, made) and not any(v in outputs for v in ev[E_OUTS]))
+
+    # (read by this pass outside them: not the next step's)
+    return _read_only_within(events, _from_outside(events, tail, made, result, prep), consumers, prep)
 
 
 def _fresh_reads(mode: Any, tail: int, made: Dict[int, int]) -> Set[int]:
     """The tail's reads of tensor data (no collective, no write to state) whose
     inputs depend on nothing this pass computed: made by tail ops that read only
     tensors from outside the pass, and each other."""
-    events, fresh, reads = mode.events, set(), set()
-    for i in range(tail, len(events)):
-        ev = events[i]
-        info = BY_INDEX[ev[E_INFO]]
-        if info.annotation or not all(made.get(v) is None or made[v] in fresh for v in ev[E_INS] if v >= 0):
-            continue
-        if not reads_data(info, ev, mode.vmeta):
-            fresh.add(i)
-        elif "collective" not in info.tags and not _writes_state(ev, mode, made) and not ev[E_OUTS]:
-            reads.add(i)
-    return reads
+    events = mode.events
+
+    def fresh(i: int) -> bool:
+        info = BY_INDEX[events[i][E_INFO]]
+        return not info.annotation and not reads_data(info, events[i], mode.vmeta)
+
+    def read(i: int) -> bool:
+        ev, info = events[i], BY_INDEX[events[i][E_INFO]]
+        return (reads_data(info, ev, mode.vmeta) and not ev[E_OUTS] and "collective" not in info.tags
+                and not _writes_state(ev, mode, made))
+
+    return _from_outside(events, tail, made, read, _from_outside(events, tail, made, fresh))
 
 
 def _kept(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:

@@ -53,22 +53,23 @@ class ClosureLoss:
     (Polyak's), nor what a module the optimizer calls returns."""
 
     def __init__(self, mcalls: List[tuple], values: List[Value]) -> None:
-        top: List[bool] = []
-        for path, _, _, parent, _, _ in mcalls:  # (a parent comes before its children)
-            top.append(path == "" if parent is None else top[parent])
-        self.in_root = top
-        self.params = {k for k, v in enumerate(values) if v.role == "param"}
+        self._mcalls, self._values = mcalls, values
+        self._in_root: List[bool] = []  # (made when an optimizer step calls a module: most passes never do)
         self.made: Set[int] = set()
         self.stepped: Set[int] = set()  # what the optimizer's own ops made
 
     def model_op(self, module: int, outs: tuple) -> None:
-        if self.in_root[module]:
+        if not self._in_root:
+            for path, _, _, parent, _, _ in self._mcalls:  # (a parent comes before its children)
+                self._in_root.append(path == "" if parent is None else self._in_root[parent])
+        if self._in_root[module]:
             self.made.update(outs)
 
     def is_loss(self, ev: tuple, grads: Set[int]) -> bool:
         ins, code = ev[E_INS], ev[E_ICODE]
+        values = self._values
         if not self.made or self.made.isdisjoint(ins) or any(
-                v in self.stepped or v in grads or v in self.params for v in ins):
+                v in self.stepped or v in grads or values[v].role == "param" for v in ins if v >= 0):
             return False
         if code is not None and code.co_filename.startswith(_OPTIM_DIR):  # (LBFGS's `float(orig_loss)`)
             return False

@@ -25,14 +25,14 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from ..errors import UsageError, exit_error, warn
 from ..ir import Graph
 from ..store import Store, fits_int64
-from .optimizer import running_steps
 from .boundary import call_site, drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture
-from .modelkeys import ModelKeys
-from .options import capture_options, recorder_options
 from .compiled import Uncompiled
 from .frames import caller_name
+from .modelkeys import ModelKeys
+from .optimizer import running_steps
+from .options import capture_options, recorder_options
 
 _ACTIVE = threading.local()
 _task_id = torch._C._current_graph_task_id
