@@ -675,20 +675,25 @@ class Polyak(torch.optim.Optimizer):
         return loss
 
 
-def test_an_optimizer_s_own_work_on_the_closure_s_loss_stays_optimizer_phase():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    opt = Polyak(m.parameters())
-    x, y = torch.randn(6, 4), torch.randn(6, 1)
-
+def _mse_closure(opt: torch.optim.Optimizer, m: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """The closure `opt.step(closure)` calls (Lightning's automatic optimization, LBFGS)."""
     def closure():
         opt.zero_grad()
         loss = nn.functional.mse_loss(m(x), y)
         loss.backward()
         return loss
 
+    return closure
+
+
+def test_an_optimizer_s_own_work_on_the_closure_s_loss_stays_optimizer_phase():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = Polyak(m.parameters())
+    x, y = torch.randn(6, 4), torch.randn(6, 1)
+
     with torchtrace.trace(m) as t:
-        opt.step(closure)
+        opt.step(_mse_closure(opt, m, x, y))
     phases = {(n.short_op, n.phase) for n in t.graph.nodes}
     assert ("mse_loss", "forward") in phases
     assert {ph for op, ph in phases if op in ("div.Tensor", "sub_.Tensor")} == {"optimizer"}, phases
@@ -704,15 +709,9 @@ def test_a_step_that_a_sampled_pass_left_open_closes_in_an_unsampled_one(tmp_pat
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     x, y = torch.randn(4, 8), torch.randn(4, 1)
 
-    def closure():
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(m(x), y)
-        loss.backward()
-        return loss
-
     with torchtrace.Recorder(tmp_path / "t.db", every=2):
         for _ in range(6):
-            opt.step(closure)
+            opt.step(_mse_closure(opt, m, x, y))
             with torch.no_grad():
                 nn.functional.mse_loss(m(x), y)
                 torch.zeros(()).add_(1)  # (computed from no model output)

@@ -286,17 +286,11 @@ def ranks(store: Path = typer.Argument(..., help="the trace store of a distribut
 def export(ref: str = typer.Argument(..., help=REF_HELP),
            output: Path = typer.Option(..., "--output", "-o", help="FILE.json or FILE.json.gz")) -> None:
     """Write one pass as a torchtrace.graph JSON file."""
-    from .serialize import save
+    from .serialize import dumps
     from .store import open_graph
 
-    try:
-        if str(output) == "-":  # (standard output, as `render -o -`)
-            from .serialize import dumps
-
-            _emit(dumps(open_graph(ref)), None, "json")
-            return
-        save(open_graph(ref), output)
-        err.print(f"wrote {output}")
+    try:  # (as `render -f json`: `-o -` is standard output, a .gz name is gzipped)
+        _emit(dumps(open_graph(ref)), output, "json")
     except TorchtraceError as e:
         _fail(e)
 
