@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import shutil
@@ -71,11 +72,76 @@ def test_recorder_records_one_pass_per_step_with_phases(tmp_path):
         assert passes[2].n_forward == sum(n.phase == "forward" for n in g.nodes)
         assert passes[2].n_backward == sum(n.phase == "backward" for n in g.nodes)
         assert len({p.structure_fp for p in passes}) == 1
-        # one shared graph row, but each pass keeps its own witness values
+        # passes 0-4 share one graph row, but each keeps its own witness values; the last one (no next
+        # step's zero_grad markers) has a row of its own: every pass reads back the ops it ran
         rows = store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0]
-        assert rows == 1
+        assert rows == 2
+        assert [len(store.graph(p.idx).nodes) for p in passes] == [p.n_ops for p in passes]
         means = [next(n.witness.value for n in store.graph(i).witnesses()) for i in range(6)]
         assert len(set(means)) == 6
+
+
+class _TwoLines(nn.Module):
+    """The same ops from one line or another, with markers or without: equal
+    fingerprints (they leave out lines and markers), other graphs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.other_line = self.marked = False
+
+    def forward(self, x):
+        with torch.profiler.record_function("marked") if self.marked else contextlib.nullcontext():
+            h = self.fc(x)
+        if self.other_line:
+            return h.relu()  # LINE:other
+        return h.relu()  # LINE:usual
+
+
+def test_passes_that_fingerprints_cannot_tell_apart_read_back_their_own_graph(tmp_path):
+    model = _TwoLines()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for step in range(6):
+            rec.step(step)
+            opt.zero_grad()
+            model.other_line, model.marked = step == 2, step == 3
+            model(torch.randn(2, 4)).sum().backward()
+            opt.step()
+    usual, other = (zoo.marked_line(__file__, m) for m in ("usual", "other"))
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = store.passes()
+        assert len({p.shapes_fp for p in passes[:5]}) == 1  # (the last has no next step's zero_grad)
+        graphs = [store.graph(p.idx) for p in passes]
+        assert [len(g.nodes) for g in graphs] == [p.n_ops for p in passes]
+        lines = [[n.source.line for n in g.nodes if n.op == "aten.relu.default"] for g in graphs]
+        assert lines == [[usual], [usual], [other], [usual], [usual], [usual]]
+        markers = [[n.args.get("name") for n in g.nodes if n.op.startswith("profiler._record_function_enter")]
+                   for g in graphs]
+        assert [m.count("marked") for m in markers] == [0, 0, 0, 1, 0, 0]
+        # passes 0, 1 and 4 (their own gradients, times, labels) share one graph row
+        assert store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0] == 4
+        assert len({graphs[i].autograd.grads[0].norm for i in (0, 1, 4)}) == 3
+
+
+def test_a_store_written_before_graph_keys_still_reads(tmp_path):
+    model = Probe()
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for step in range(3):
+            rec.step(step)
+            model(torch.randn(2, 4))
+    db = sqlite3.connect(tmp_path / "t.db")  # as stores before 2026-11-27: graphs keyed by shapes_fp alone
+    with db:
+        [key] = {json.loads(w)["graph"] for (w,) in db.execute("SELECT witnesses FROM passes")}
+        db.execute("UPDATE graphs SET shapes_fp = ? WHERE shapes_fp = ?", (key.split(".")[0], key))
+        for id_, w in db.execute("SELECT id, witnesses FROM passes").fetchall():
+            own = json.loads(w)
+            del own["graph"]
+            db.execute("UPDATE passes SET witnesses = ? WHERE id = ?", (json.dumps(own), id_))
+    db.close()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        values = [next(n.witness.value for n in store.graph(p.idx).witnesses()) for p in store.passes()]
+        assert len(set(values)) == 3
 
 
 class _Encoder(torch.nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -263,6 +264,28 @@ def encode(g: Graph, gz: bool = False) -> bytes:
         raw = json.dumps(graph_to_dict(g), separators=(",", ":"), ensure_ascii=False,
                          allow_nan=False, default=symbolic_value).encode("utf-8")
     return gzip.compress(raw, mtime=0) if gz else raw
+
+
+def content_key(g: Graph, per_pass_meta: Tuple[str, ...]) -> str:
+    """A hash of everything in ``g`` but what each pass of a store keeps for
+    itself (``per_pass_meta``, what witnesses read, gradient norms): two passes
+    with equal fingerprints can still differ in what the fingerprints leave
+    out (source lines, ``record_function`` markers, autograd bookkeeping,
+    exception messages), and a store must not read one back as the other."""
+    tree = _tree(g, tuple, share=True)
+    tree["meta"] = {k: v for k, v in tree["meta"].items() if k not in per_pass_meta}
+    tree["nodes"] = [n if n["witness"] is None else {**n, "witness": _kind_only(n["witness"])} for n in tree["nodes"]]
+    tree["autograd"]["grads"] = [{**x, "norm": None} for x in tree["autograd"]["grads"]]
+    try:
+        raw = orjson.dumps(tree)
+    except TypeError:  # (what orjson refuses: see encode)
+        raw = json.dumps(tree, separators=(",", ":"), default=symbolic_value, skipkeys=True).encode("utf-8")
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _kind_only(w: Dict[str, Any]) -> Dict[str, Any]:
+    """A witness without what it read: which kind of read, and where from."""
+    return {"kind": "shape" if "shape" in w else "value", "called_from": w.get("called_from")}
 
 
 def symbolic_value(x: Any) -> Any:

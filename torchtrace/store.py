@@ -4,16 +4,21 @@ Schema (``PRAGMA user_version`` = ``SCHEMA_VERSION``), readable by any client::
 
     graphs(shapes_fp TEXT, rank INTEGER, structure_fp TEXT, n_ops INTEGER,
            created TEXT, ir BLOB, PRIMARY KEY(shapes_fp, rank))
-                                           -- gzipped IR JSON, one per shapes fingerprint and rank
+                                           -- gzipped IR JSON, one per distinct graph and rank
     passes(id INTEGER PRIMARY KEY, rank INTEGER, idx INTEGER, step INTEGER,
            label TEXT, root TEXT, started TEXT, wall_s REAL, n_ops INTEGER,
            n_forward INTEGER, n_backward INTEGER, truncated INTEGER,
            error TEXT, structure_fp TEXT, shapes_fp TEXT, witnesses TEXT,
            UNIQUE(rank, idx))
 
-A pass row points at the graph of its rank with its shapes fingerprint; ``witnesses``
-keeps that pass's own witness values (JSON ``{node id: value or shape}``),
-which ``graph()`` puts back on the shared graph. Each pass is one
+A graph row's ``shapes_fp`` is its key: the shapes fingerprint, a dot, and
+``serialize.content_key`` (passes with equal fingerprints can differ in what
+fingerprints leave out: source lines, markers). A pass row's ``witnesses``
+(JSON) names that key (``"graph"``) and keeps what is the pass's own: its
+witness values (``{node id: value or shape}``), gradient norms and per-pass
+meta, which ``graph()`` puts back on the shared graph. (Stores written before
+2026-11-27 have no ``"graph"``: their passes read the graph keyed by their
+shapes fingerprint alone.) Each pass is one
 transaction: a process killed mid-run loses at most the pass in flight.
 """
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
-from .serialize import decode, encode, witness_from_dict
+from .serialize import content_key, decode, encode, witness_from_dict
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -84,6 +89,8 @@ def fits_int64(x: int) -> bool:
 RUN_STORE = "trace.db"  # the store `torchtrace run` writes in its --out folder
 # meta that is the pass's own, kept per pass (passes that share a stored graph may differ in it)
 PER_PASS_META = ("compiled_regions_ran_eager", "grad_mode")
+# what each pass keeps for itself (its row and its witnesses column): not part of the stored graph's key
+_PASS_OWN = ("created", "label", "step", "error", "pass_index", "last", *PER_PASS_META)
 
 
 class Store:
@@ -195,12 +202,13 @@ class Store:
         if meta.get("last"):  # (and whether it was the Recorder's last: not the stored graph's)
             witnesses["last"] = True
         witnesses["meta"] = {k: meta[k] for k in PER_PASS_META if k in meta}
+        key = witnesses["graph"] = f"{fp['shapes']}.{content_key(graph, _PASS_OWN)}"
         phases = Counter(n.phase for n in graph.nodes)  # (optimizer and recompute ops are neither)
         with self._transaction():
             if self.db.execute("SELECT 1 FROM graphs WHERE shapes_fp = ? AND rank = ?",
-                               (fp["shapes"], rank)).fetchone() is None:
+                               (key, rank)).fetchone() is None:
                 self.db.execute("INSERT INTO graphs VALUES (?, ?, ?, ?, ?, ?)",
-                                (fp["shapes"], rank, fp["structure"], len(graph.nodes), meta.get("created"),
+                                (key, rank, fp["structure"], len(graph.nodes), meta.get("created"),
                                  encode(graph, gz=True)))
             if idx is None:
                 row = self.db.execute("SELECT MAX(idx) FROM passes WHERE rank = ?", (rank,)).fetchone()
@@ -245,16 +253,19 @@ class Store:
         row = None
         if fits_int64(idx) and fits_int64(rank):
             with self._reading():
-                row = self.db.execute("SELECT p.step, p.label, p.started, p.error, p.witnesses, g.ir FROM passes p "
-                                      "LEFT JOIN graphs g ON g.shapes_fp = p.shapes_fp AND g.rank = p.rank "
-                                      "WHERE p.rank = ? AND p.idx = ?",
-                                      (rank, idx)).fetchone()
+                row = self.db.execute("SELECT step, label, started, error, witnesses, shapes_fp FROM passes "
+                                      "WHERE rank = ? AND idx = ?", (rank, idx)).fetchone()
         if row is None:
             have = [p.idx for p in self.passes(rank)]
             raise UsageError("no such pass", where=f"{self.path}:{idx}",
                              expected=f"a pass index of rank {rank}: " + (f"0..{max(have)}" if have else "none stored"),
                              found=str(idx), fix="list the passes with `torchtrace variants STORE`")
-        step, label, started, error, witnesses, blob = row
+        step, label, started, error, witnesses, key = row
+        with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
+            own = json.loads(witnesses or "{}")
+            key = own.pop("graph", key)  # (stores before 2026-11-27 keep one graph per shapes fingerprint)
+            blob = self.db.execute("SELECT ir FROM graphs WHERE shapes_fp = ? AND rank = ?", (key, rank)).fetchone()
+        blob = blob and blob[0]
         if not isinstance(blob, bytes):  # (a cell another SQLite client rewrote, or a graph row deleted)
             found = "no graph row for the pass" if blob is None else f"the pass's graph as {type(blob).__name__}"
             raise self._damaged(f"{found}, not a BLOB", f"{self.path}:{idx}")
@@ -262,8 +273,7 @@ class Store:
                                                              for x in (label, started, error))):
             raise self._damaged("a pass row whose step, label, time or error has another type", f"{self.path}:{idx}")
         g = decode(blob, f"{self.path}:{idx}")
-        with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
-            own = json.loads(witnesses or "{}")
+        with self._reading(ValueError, TypeError, KeyError, AttributeError):
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
             last = own.pop("last", False) is True
             flags = own.pop("meta", None)  # (stores before 2026-11-27 have none)

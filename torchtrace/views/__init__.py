@@ -101,8 +101,8 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     if sel.hidden:
         notes.append(f"{len(sel.hidden)} ops tagged {', '.join(o.hide)} hidden")
     if asm.collapsed:
-        how = f"auto, max_boxes={o.max_boxes}" if auto else "given"
-        notes.append(f"depth {asm.depth} ({how}): {asm.collapsed} module calls collapsed into boxes")
+        how = f" (auto, max_boxes={o.max_boxes})" if auto else ""  # (a Mermaid fit's depth is not the user's)
+        notes.append(f"depth {asm.depth}{how}: {asm.collapsed} module calls collapsed into boxes")
     notes.extend(f"folded {f}" for f in asm.folds)
     if asm.chunked:
         notes.append(f"{asm.chunked} ops grouped into chunk boxes to stay within max_boxes={o.max_boxes}")
