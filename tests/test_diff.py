@@ -13,7 +13,8 @@ from torchtrace.compare import GraphDiff
 from torchtrace.errors import UsageError
 from torchtrace.classify import InputChange
 from torchtrace.typechange import TypeChange
-from torchtrace.ir import Graph
+from torchtrace.explain import read_str
+from torchtrace.ir import Graph, Witness
 
 FILE = "test_diff.py"
 
@@ -413,7 +414,7 @@ def test_an_item_read_that_steers_a_python_loop_is_named_with_the_loop():
     h = loops[-1]
     assert h.witness.line == zoo.marker_line("item") and (h.witness.a.value, h.witness.b.value) == (4.0, 8.0)
     assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 1, 2)
-    assert h.explanation.startswith(f"`zoo.py:{zoo.marker_line('item')}` read 4 in A, 8 in B; the block at")
+    assert h.explanation.startswith(f"`zoo.py:{zoo.marker_line('item')}` read 4.0 in A, 8.0 in B; the block at")
 
 
 class Logged(nn.Module):
@@ -590,6 +591,123 @@ def test_an_op_that_raised_is_said_to_have_raised_not_to_return_less():
     mirrored = [p for h in torchtrace.diff(bad, ok).hunks for p in h.changed]
     assert [p.raised[0] for p in mirrored] == ["A"]
     assert [p["raised"]["side"] for p in d.to_dict()["ops"] if "raised" in p] == ["B"]
+
+
+class Jittered(nn.Module):
+    """Cholesky of a kernel matrix; a singular one is retried with jitter."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = torch.exp(-torch.cdist(x, x) ** 2)
+        if bool(k.sum() > 4.5):  # a read before the try that differs too: not what decided the fallback
+            k = k * 1.0  # LINE:scaled
+        try:
+            chol = torch.linalg.cholesky(k)
+        except torch.linalg.LinAlgError:
+            chol = torch.linalg.cholesky(k + 1e-2 * torch.eye(k.shape[0]))  # LINE:jitter
+        return chol.sum()
+
+
+def test_ops_an_except_ran_are_put_down_to_the_op_that_raised():
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    ok = record(Jittered(), x)
+    singular = record(Jittered(), torch.cat([x, x[:1]]))  # a duplicate point: not positive-definite
+    d = torchtrace.diff(ok, singular)
+    scaled, fallback = [h for h in d.hunks if h.kind == "structural"]
+    assert {n.source.line for n in scaled.only_b} == {line_of("scaled")} and scaled.witness is not None
+    assert {n.source.line for n in fallback.only_b} == {line_of("jitter")} and not fallback.only_a
+    assert fallback.caught is not None and fallback.caught.a.short_op == "_linalg_check_errors"
+    assert fallback.witness is None
+    assert fallback.explanation.startswith("`_linalg_check_errors` raised in B: _LinAlgError: linalg.cholesky:")
+    assert "(caught: the program went on, down another path) \u2192 5 ops only in B" in fallback.explanation
+    mirrored = [h for h in torchtrace.diff(singular, ok).hunks if h.kind == "structural"][-1]
+    assert "raised in A" in mirrored.explanation and mirrored.to_dict()["caught"]["raised"]["side"] == "A"
+    assert fallback.explanation in str(torchtrace.variants([ok, singular]))
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if scale.item() == 0:  # LINE:scale
+            return x
+        return self.fc(x) * scale
+
+
+def test_a_whole_float_read_is_said_as_a_float():
+    m = Scaled()
+    d = torchtrace.diff(record(m, torch.ones(2, 4), torch.tensor(1.0)), record(m, torch.ones(2, 4), torch.tensor(0.0)))
+    assert d.why()[0].startswith(f"`test_diff.py:{line_of('scale')}` read 1.0 in A, 0.0 in B")
+    assert [read_str(Witness(value=v)) for v in (-3.0, 2.5e-7, 1e20, 0.333333333, float("inf"), 7, True)] == \
+        ["-3.0", "2.5e-07", "1e+20", "0.333333", "inf", "7", "True"]
+
+
+class TopK(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.fix = nn.Linear(4, 6), nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        k = int(mask.sum())  # LINE:k
+        h = self.enc(x)
+        if (x.abs() > 5).any():  # LINE:outliers
+            h = self.fix(h)
+        return h.topk(k, dim=-1).values * k
+
+
+def test_a_changed_argument_is_put_down_to_the_read_that_returned_its_values():
+    """``topk(k)``'s k=3 -> 2 is the read of k, not the `if` read nearer to it
+    (whose branch made the tensor topk reads): the read's values are the args'."""
+    torch.manual_seed(0)
+    m, x = TopK(), torch.randn(2, 4)
+    outlier = x.clone()
+    outlier[0, 0] = 9.0
+    a, b = record(m, x, torch.tensor([1, 1, 1, 0])), record(m, outlier, torch.tensor([1, 1, 0, 0]))
+    d = torchtrace.diff(a, b)
+    branch, changed = d.hunks
+    assert branch.kind == "structural" and branch.witness.line == line_of("outliers")
+    assert [p.a.short_op for p in changed.changed] == ["topk", "mul.Tensor"]
+    assert (changed.witness.line, changed.witness.passed) == (line_of("k"), "`topk`'s k")
+    assert changed.explanation.startswith(f"`test_diff.py:{line_of('k')}` read 3 in A, 2 in B (passed on as "
+                                          "`topk`'s k); size 3 \u2192 2")
+    assert torchtrace.diff(b, a).hunks[-1].explanation.startswith(
+        f"`test_diff.py:{line_of('k')}` read 2 in A, 3 in B (passed on as `topk`'s k); size 2 \u2192 3")
+
+
+class Flags(nn.Module):
+    """Two flags read up front, tested later in the other order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.pad_fix, self.big_fix = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        has_pad = bool((~mask).any())  # LINE:has_pad
+        is_big = bool(x.abs().max() > 3)  # LINE:is_big
+        h = self.enc(x)
+        if is_big:
+            h = self.big_fix(h)
+        h = torch.relu(h)
+        if has_pad:
+            h = self.pad_fix(h) * mask[..., None]
+        return h
+
+
+def test_a_read_kept_in_a_name_is_named_for_the_if_that_tests_the_name():
+    torch.manual_seed(0)
+    m = Flags()
+    x = torch.randn(3, 4).clamp(-1, 1)
+    big = x.clone()
+    big[0, 0] = 10.0
+    with torch.no_grad():
+        d = torchtrace.diff(record(m, x, torch.ones(3, dtype=torch.bool)),
+                            record(m, big, torch.tensor([True, True, False])))
+    big_fix, pad_fix = d.structural_hunks
+    assert (big_fix.module, big_fix.witness.line, big_fix.witness.also) == ("big_fix", line_of("is_big"), ())
+    assert (pad_fix.witness.line, pad_fix.witness.weak) == (line_of("has_pad"), False)
+    assert d.why() == [f"`test_diff.py:{line_of(k)}` read False in A, True in B \u2192 {n} ops only in B (in `{w}`)"
+                       for k, n, w in (("is_big", 2, "big_fix"), ("has_pad", 4, "<root>"))]
 
 
 def test_an_inserted_block_is_one_hunk_and_the_rest_aligns():

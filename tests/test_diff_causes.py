@@ -394,6 +394,38 @@ def test_an_if_at_each_level_of_a_recursion_is_no_loop_count():
     assert not any("ran 1\u00d7" in w for w in why)
 
 
+class SumTree(nn.Module):
+    """A node's two children's results are added on the line that calls them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split, self.leaf, self.l, self.r = (nn.Linear(4, 1), nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+
+    def node(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        if depth < 3 and self.split(x).mean() > 0:  # LINE:sum-split
+            return self.node(torch.tanh(self.l(x)), depth + 1) + self.node(torch.tanh(self.r(x)), depth + 1)
+        return self.leaf(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.node(x, 0)
+
+
+def test_the_op_joining_a_branch_s_results_takes_the_branch_s_read():
+    """The `+` after B's extra split reads only what that split's ops made: it is
+    the split's doing, not "Python state" (the reads since were paired alike)
+    nor a read whose `if` had ended."""
+    torch.manual_seed(0)
+    m = SumTree()
+    xs = [torch.randn(1, 4) for _ in range(24)]
+    d = torchtrace.diff(_record(m, xs[1]), _record(m, xs[23]))
+    split = f"`test_diff_causes.py:{line_of('sum-split')}`"
+    [joined] = [h for h in d.structural_hunks if [n.short_op for n in h.only_b] == ["add.Tensor"]]
+    assert joined.witness is not None and not joined.witness.weak
+    assert all(h.witness.line == line_of("sum-split") for h in d.structural_hunks)
+    assert d.why() == [f"{split} (called from `test_diff_causes.py:{line_of('sum-split') + 1}`) read False in A, "
+                       f"True in B \u2192 {d.only_b} ops only in B in 2 hunks (in `<root>`)"]
+
+
 class Stale(nn.Module):
     """Decides first, counts overflows (Python only), then uses the decision."""
 
@@ -742,7 +774,7 @@ def test_an_optimizers_first_step_is_said_to_make_its_state(make, per_param, upd
     assert why.startswith("the optimizer made its state in A (") and why.count(", B updated it") == updated
     if not updated:  # Adam reads its step count per parameter: one line, counted
         [other] = [line for line in str(d).splitlines() if line.startswith("other reads that differ: ")]
-        assert other.endswith(f"read 1 in A, 2 in B ({n_params}\u00d7)"), other
+        assert other.endswith(f"read 1.0 in A, 2.0 in B ({n_params}\u00d7)"), other
 
 
 def test_an_optimizer_step_only_one_pass_made_is_no_state():

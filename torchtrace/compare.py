@@ -174,12 +174,13 @@ class GraphDiff:
         if not groups and self.kind == "shapes":
             found = [h.witness for h in self.changed_hunks if h.witness is not None]
             reads = dict.fromkeys(w.describe() for w in found if w.a.shape is not None)
-            arms = dict.fromkeys(w.describe() for w in found if w.a.shape is None)  # (see Causes.arm)
+            arms = dict.fromkeys(w.describe() for w in found if w.a.shape is None and not w.passed)  # (Causes.arm)
+            passed = dict.fromkeys(w.describe() for w in found if w.passed)  # (Causes.passed_on)
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
             what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
             other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
             lead = f"{'; '.join(arms)} {ARROW} the same ops, from other lines, with {other}" if arms \
-                else f"same ops, {other}"
+                else f"{'; '.join(passed)} {ARROW} the same ops with {other}" if passed else f"same ops, {other}"
             lines.append(f"{lead} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")
         for (cause, counts), hunks in groups.items():
             cause = runs_said(cause, [h.loop for h in hunks if h.loop is not None])
@@ -304,6 +305,9 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                                if n is not None for path in [_module_path(g, n)] if path or not recompute)
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
+            caught = causes.caught(k0)  # (what an `except` ran: said before reads made earlier)
+            if caught is not None and loop is None:
+                witness = None
             ran, adjacent = ran_only(A, B, rows), causes.adjacent(k0)
             if ran is not None:  # only a read right before it is said with it
                 witness, loop = adjacent, None
@@ -319,10 +323,11 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               ran=ran, trained=mode, read_first=first is not None, fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
+                              caught=ops[caught] if caught is not None and loop is None else None,
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
-            witness = causes.shape_read(k0, k1) or (causes.arm(k0) if any(
+            witness = causes.shape_read(k0, k1) or causes.passed_on(k0, changed) or (causes.arm(k0) if any(
                 {"args", "line"} <= set(p.what) for p in changed) else None)
             args = arg_changes(args_only(changed), reshaped(changed))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), witness,

@@ -26,17 +26,16 @@ Rules (DESIGN.md, "diff"):
 from __future__ import annotations
 
 import bisect
-import linecache
-import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .align import Pair, Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
+from .sourcetext import guard_names, kept_aside, names_assigned, read_by_if
 from .textform import ordinal, plural, shape_str, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Node, Witness
+    from .ir import Graph, Witness
 
 ARROW = "\u2192"
 __all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "plural", "where"]
@@ -48,8 +47,9 @@ def read_str(w: "Witness") -> str:
     if w.shape is not None:
         return "shape " + shape_str(w.shape)
     v = w.value
-    if isinstance(v, float):
-        return f"{v:.6g}"
+    if isinstance(v, float):  # 6 digits; a whole number keeps its point (a float read is no count)
+        text = f"{v:.6g}"
+        return f"{text}.0" if text.lstrip("-").isdigit() else text
     return repr(v)
 
 
@@ -70,6 +70,7 @@ class WitnessChange:
     via: Optional[Tuple[str, str]] = None  # a helper read from several call sites: (call site in A, in B)
     also: Tuple["WitnessChange", ...] = ()  # other reads that differ just as near (nothing only in A or B since)
     merged: bool = False  # weak because the branch it decided ended before: both passes ran the same ops since
+    passed: Optional[str] = None  # the changed op argument its values are (``topk`` k=3 -> 2 after ``k = int(...)``)
 
     @property
     def where(self) -> str:
@@ -77,6 +78,8 @@ class WitnessChange:
 
     def describe(self) -> str:
         text = f"{self.where}{self._via()}{self._call()}{self._reads()}"
+        if self.passed:
+            text += f" (passed on as {self.passed})"
         if self.also:
             text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
         if not self.weak:
@@ -121,7 +124,7 @@ class WitnessChange:
                 "a": self.a.read(), "b": self.b.read(),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
-                "also": [w.short() for w in self.also]}
+                "also": [w.short() for w in self.also], "passed": self.passed}
 
 
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
@@ -137,39 +140,6 @@ def decisive(w: "Witness") -> bool:
     if w.shape is not None or not isinstance(w.value, float):
         return True
     return w.value.is_integer()
-
-
-# a statement that is a call (its result unused) converting tensor data in its arguments
-_CALL_STATEMENT = re.compile(r"^\s*[A-Za-z_][\w.]*\(.*(\.(item|tolist)\(|\bbool\()")
-_BRANCHES = re.compile(r"\b(if|elif|while|for|assert|and|or|not|lambda)\b")
-
-
-def kept_aside(n: "Node") -> bool:
-    """A truth value read in the arguments of a call whose result is unused
-    (``log.append(bool(h.mean() > 0))``, ``print(flag.item())``): logged or
-    stored, so it may steer nothing. Only when the line is readable here. (A
-    read assigned to a name, ``positive = bool(x.sum() > 0)``, is how an ``if``
-    below reads it; a helper's read is on its ``return bool(...)``: no call.)"""
-    w = n.witness
-    if w is None or not isinstance(w.value, bool) or n.source is None:
-        return False
-    text = _line_text(n).split("#", 1)[0]
-    return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
-
-
-def _line_text(n: "Node") -> str:
-    """The source line an op was recorded at, as read here ("" when unreadable)."""
-    return linecache.getline(n.source.file, n.source.line) if n.source is not None else ""
-
-
-_IF = re.compile(r"^\s*(if|elif)\b")
-
-
-def read_by_if(n: "Node") -> bool:
-    """Is the read at an ``if``/``elif`` line (``if h.mean() > 0:``), whose
-    branch is that statement's body? A read kept in a name (``big = bool(...)``)
-    may steer any later ``if``. Only when the line is readable here."""
-    return bool(_IF.match(_line_text(n)))
 
 
 # -- causes of a structural hunk -------------------------------------------
@@ -205,6 +175,20 @@ class Causes:
         self.next_b.append(ib)
         self.one_sided.append(lone)
         self.loops = LoopFinder(A, B, pairs, self.next_a, self.next_b, self.witness_change)
+        raised_a, raised_b = A.graph.raised(), B.graph.raised()  # ops that raised on one side only
+        self.raised: List[int] = [e for e, (i, j) in enumerate(pairs) if i is not None and j is not None
+                                  and (A.nodes[i].id in raised_a) != (B.nodes[j].id in raised_b)]
+
+    def caught(self, k0: int) -> Optional[int]:
+        """The row of the op that raised on one side only, nearest before row
+        ``k0`` with no read that differs since, where that side went on: the
+        program caught the exception, and the hunk is what its ``except`` ran."""
+        at = bisect.bisect_left(self.raised, k0)
+        if not at or self.past_end(k0):
+            return None
+        row = self.raised[at - 1]
+        read = bisect.bisect_left(self.differing, k0)
+        return row if not read or self.differing[read - 1] < row else None
 
     def past_end(self, k0: int) -> bool:
         """Has one side run all its ops before row ``k0`` (what follows is only
@@ -248,7 +232,9 @@ class Causes:
                         for i, j in self.pairs[k0:k1] if i is None or j is None)
         witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
             self._inside(k0, k1)
-        if loop is None:  # the k-th run of a nested loop, when its own condition is the read that differs
+        if loop is None:
+            witness = self._named_by_guard(k0, k1, witness)
+            # the k-th run of a nested loop, when its own condition is the read that differs
             run = self.loops.by_runs(k0, k1)  # (an `if` read at each level of a recursion is no loop)
             if run is not None and run.keyword not in BRANCHES and (
                     witness is None or (witness.file, witness.line) == (run.file, run.line)):
@@ -289,6 +275,25 @@ class Causes:
                 return self.witness_change(i, j)
         return None
 
+    def passed_on(self, k0: int, changed: Sequence[Any]) -> Optional[WitnessChange]:
+        """For changed ops whose arguments differ: the nearest read before them
+        that returned exactly those values (``k = int(mask.sum())`` read 3 in A,
+        2 in B, then ``h.topk(k)``: k=3 -> 2), whatever other reads lie between."""
+        wanted: Dict[Tuple[Any, Any], str] = {}
+        for p in changed:
+            if p.a is not None and p.b is not None:
+                for key, va in p.a.args.items():
+                    for pair in _numbers_changed(va, p.b.args.get(key)):
+                        wanted.setdefault(pair, f"`{p.a.short_op}`'s {key}")
+        if not wanted:
+            return None
+        for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):
+            i, j = self.pairs[e]
+            pair = (self.A.nodes[i].witness.value, self.B.nodes[j].witness.value)
+            if _number(pair[0]) and _number(pair[1]) and pair in wanted:
+                return replace(self.witness_change(i, j), passed=wanted[pair])
+        return None
+
     def _nearest_before(self, k0: int, optimizer: bool = True) -> Optional[WitnessChange]:
         """The nearest aligned read before the hunk that returned other data:
         a decisive one (see ``decisive``), unless ops only in A or B lie
@@ -322,6 +327,26 @@ class Causes:
                 break
         return replace(cause, weak=weak or merged, merged=merged, also=tuple(alts.values()))
 
+    def _named_by_guard(self, k0: int, k1: int, nearest: Optional[WitnessChange]) -> Optional[WitnessChange]:
+        """The read kept in the name that the `if` around the hunk's first op
+        tests (``has_pad = bool(...)`` ... ``if has_pad:``), the latest before
+        the hunk in that function, when it differs: it decided the hunk,
+        whichever read is nearer. Else ``nearest``."""
+        first = next((self.A.nodes[i] if j is None else self.B.nodes[j] for i, j in self.pairs[k0:k1]
+                      if i is None or j is None), None)
+        names = guard_names(first) if first is not None else frozenset()
+        if not names:
+            return nearest
+        at = first.source
+        for e in reversed(self.decisive[:bisect.bisect_left(self.decisive, k0)]):
+            i, j = self.pairs[e]
+            read = self.A.nodes[i]
+            if read.source is not None and (read.source.file, read.source.function) == (at.file, at.function) \
+                    and names_assigned(read) & names:
+                same = nearest is not None and nearest.node_a == read.id  # (then no other read is as likely)
+                return replace(nearest, also=(), weak=False, merged=False) if same else self.witness_change(i, j)
+        return nearest
+
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment
         did not pair: the k-th read in A against the k-th read in B."""
@@ -353,6 +378,20 @@ class Causes:
                 if k < len(theirs) and Y.wkeys[theirs[k]] != X.wkeys[x]:
                     return self.witness_change(x, theirs[k]) if col == 0 else self.witness_change(theirs[k], x)
         return None
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _numbers_changed(a: Any, b: Any) -> List[Tuple[Any, Any]]:
+    """The (A, B) numbers that differ between two argument values, element by
+    element in lists of one length (``size=[3, -1]`` against ``[2, -1]``)."""
+    if _number(a) and _number(b):
+        return [(a, b)] if a != b else []
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [pair for x, y in zip(a, b) for pair in _numbers_changed(x, y)]
+    return []
+
 
 def common_module(paths: Iterable[str]) -> str:
     """The deepest module path that contains all ``paths`` (``""`` = root)."""

@@ -64,6 +64,7 @@ class Hunk:
     grad_modes: Optional[Tuple[str, str]] = None  # the passes' grad modes, when they differ (A's, B's)
     moved: Tuple[str, ...] = ()  # its ops ran on the other side too, elsewhere (``classify.moved``): their names
     read_first: bool = False  # ``witness`` is a read right before it (no op between): said before ``trained``
+    caught: Optional[OpPair] = None  # an op before it raised on one side, and that pass went on (``except``)
 
     @property
     def own_cause(self) -> bool:
@@ -139,6 +140,8 @@ class Hunk:
         if self.witness is not None:
             text = self.witness.describe()
             return f"{text}; {self.loop.describe()}" if self.loop is not None else text
+        if self.caught is not None:
+            return f"{_raised(self.caught)} (caught: the program went on, down another path)"
         if self.stopped is not None:
             return f"{self.stopped} before them"
         if self.grad_modes is not None and not self.inputs and all(  # (nn.TransformerEncoderLayer's fast path)
@@ -204,7 +207,7 @@ class Hunk:
                        trained=_swap_sides(self.trained), last=_swap_sides(self.last),
                        grad_modes=(self.grad_modes[1], self.grad_modes[0]) if self.grad_modes else None,
                        state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad),
-                       unused=_swap_first(self.unused))
+                       unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -219,6 +222,7 @@ class Hunk:
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
                 "trained": self.trained, "read_first": self.read_first, "fed": [i.to_dict() for i in self.fed],
                 "last": self.last, "moved": list(self.moved),
+                "caught": self.caught.to_dict() if self.caught else None,
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
@@ -259,17 +263,27 @@ def backward_like_forward(A: Side, B: Side, hunks: Sequence[Hunk], witnesses: Se
 def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:
     """A hunk of changed ops that read a tensor an op only on that side made
     (``torch.stack(outs)`` after a loop that ran once more in A) follows from
-    the structural hunk of that op: its cause, not the nearest shape read."""
+    the structural hunk of that op: its cause, not the nearest shape read. So
+    do ops only on one side that read such a tensor, when nothing else
+    explains them (the ``+`` that joins two recursive calls a split read started)."""
     made: Dict[Tuple[int, str], Hunk] = {}  # (side, value id) -> the structural hunk whose op made it
+    out = []
     for h in hunks:
+        if h.kind == "changed":
+            owner = next((made[(x, v)] for p in h.changed for x, n in ((0, p.a), (1, p.b)) if n is not None
+                          for v in n.inputs if (x, v) in made), None)
+            mine = h.witness is not None and h.witness.passed is not None  # (its read is its arguments' values)
+        else:
+            owner = next((made[(x, v)] for x, ops in ((0, h.only_a), (1, h.only_b)) for n in ops
+                          for v in n.inputs if (x, v) in made), None)
+            mine = h.loop is not None or (h.witness is not None and not h.witness.weak) or h.own_cause or \
+                h.caught is not None or h.backward_of is not None
+        if owner is not None and not mine:
+            h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=())
+        out.append(h)
         if h.kind == "structural" and (h.witness is not None or h.loop is not None):
             for x, ops in ((0, h.only_a), (1, h.only_b)):
                 made.update(((x, v), h) for n in ops for v in n.outputs)
-    out = []
-    for h in hunks:
-        owner = next((made[(x, v)] for p in h.changed for x, n in ((0, p.a), (1, p.b)) if n is not None
-                      for v in n.inputs if (x, v) in made), None) if made and h.kind == "changed" else None
-        out.append(h if owner is None else replace(h, witness=owner.witness, loop=owner.loop))
     return out
 
 

@@ -1,0 +1,79 @@
+"""What a recorded op's source line says, read from the file at diff time
+(``linecache``; nothing when the file is not readable here): whether a read
+is logged or tested by an ``if``, which names it is assigned to, and which
+names the ``if`` around an op tests."""
+from __future__ import annotations
+
+import linecache
+import re
+from typing import TYPE_CHECKING, FrozenSet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ir import Node
+
+# a statement that is a call (its result unused) converting tensor data in its arguments
+_CALL_STATEMENT = re.compile(r"^\s*[A-Za-z_][\w.]*\(.*(\.(item|tolist)\(|\bbool\()")
+_BRANCHES = re.compile(r"\b(if|elif|while|for|assert|and|or|not|lambda)\b")
+
+
+def kept_aside(n: "Node") -> bool:
+    """A truth value read in the arguments of a call whose result is unused
+    (``log.append(bool(h.mean() > 0))``, ``print(flag.item())``): logged or
+    stored, so it may steer nothing. Only when the line is readable here. (A
+    read assigned to a name, ``positive = bool(x.sum() > 0)``, is how an ``if``
+    below reads it; a helper's read is on its ``return bool(...)``: no call.)"""
+    w = n.witness
+    if w is None or not isinstance(w.value, bool) or n.source is None:
+        return False
+    text = line_text(n).split("#", 1)[0]
+    return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
+
+
+def line_text(n: "Node") -> str:
+    """The source line an op was recorded at, as read here ("" when unreadable)."""
+    return linecache.getline(n.source.file, n.source.line) if n.source is not None else ""
+
+
+_IF = re.compile(r"^\s*(if|elif)\b")
+
+
+def read_by_if(n: "Node") -> bool:
+    """Is the read at an ``if``/``elif`` line (``if h.mean() > 0:``), whose
+    branch is that statement's body? A read kept in a name (``big = bool(...)``)
+    may steer any later ``if``. Only when the line is readable here."""
+    return bool(_IF.match(line_text(n)))
+
+
+_ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?::[^=]+)?=(?!=)")
+_NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
+_KEYWORDS = frozenset({"if", "elif", "and", "or", "not", "is", "in", "None", "True", "False", "lambda"})
+
+
+def names_assigned(n: "Node") -> FrozenSet[str]:
+    """The plain names the line of ``n`` assigns (``has_pad = bool(...)``:
+    ``has_pad``; ``a, b = ...``: both); none for attributes or subscripts."""
+    m = _ASSIGNED.match(line_text(n))
+    return frozenset(x.strip() for x in m.group(1).split(",")) if m else frozenset()
+
+
+def guard_names(n: "Node") -> FrozenSet[str]:
+    """The plain names tested by the ``if``/``elif`` whose body holds the line
+    of ``n`` (the nearest line above it that is indented less), when that
+    header is an ``if``: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
+    and ``x``; attribute reads (``self.flag``) give only their object."""
+    if n.source is None:
+        return frozenset()
+    text = line_text(n)
+    indent = len(text) - len(text.lstrip())
+    for line in range(n.source.line - 1, 0, -1):
+        above = linecache.getline(n.source.file, line)
+        stripped = above.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if len(above) - len(above.lstrip()) < indent:
+            m = _IF.match(above)
+            if not m:
+                return frozenset()
+            condition = above[m.end():].split("#", 1)[0]
+            return frozenset(_NAME.findall(condition)) - _KEYWORDS
+    return frozenset()
