@@ -777,6 +777,11 @@ def _fused(name, *contexts):
         "gru": lambda: (nn.GRU(8, 16, num_layers=2, bidirectional=True, batch_first=True), (torch.randn(2, 5, 8),)),
         "transformer": lambda: (nn.Transformer(32, 4, 1, 1, 64, batch_first=True).eval(),
                                 (torch.randn(2, 5, 32), torch.randn(2, 3, 32))),
+        "unbatched": lambda: (nn.Transformer(32, 4, 1, 1, 64, enable_nested_tensor=False).eval(),
+                              (torch.randn(5, 32), torch.randn(3, 32))),
+        # query, key and value apart: in_proj_weight.chunk(3), a composite view op inside a composite op
+        "mha": lambda: (nn.MultiheadAttention(8, 2).eval(), (torch.randn(3, 1, 8), torch.randn(4, 1, 8),
+                                                             torch.randn(4, 1, 8))),
     }[name]()
     with contextlib.ExitStack() as stack:
         for ctx in contexts:
@@ -784,7 +789,7 @@ def _fused(name, *contexts):
         plain = model(*args)
         with torchtrace.trace(model) as t:
             traced = model(*args)
-    return (plain[0], traced[0], t.graph) if name == "gru" else (plain, traced, t.graph)
+    return (plain[0], traced[0], t.graph) if name in ("gru", "mha") else (plain, traced, t.graph)
 
 
 @pytest.mark.parametrize("name,grad_mode", [("transformer", "no_grad"), ("transformer", "inference"),
@@ -796,7 +801,7 @@ def test_autocast_outputs_bitwise_equal(name, grad_mode):
     assert plain.dtype == traced.dtype and torch.equal(plain, traced)
 
 
-@pytest.mark.parametrize("name", ["gru", "transformer"])
+@pytest.mark.parametrize("name", ["gru", "transformer", "unbatched", "mha"])
 def test_inference_mode_outputs_bitwise_equal(name):
     # Under inference_mode composite ops reach the mode whole and the recorder runs
     # them in pieces. A mode's handler runs with ADInplaceOrView excluded: views made
@@ -808,6 +813,24 @@ def test_inference_mode_outputs_bitwise_equal(name):
         ops = {n.op for n in graph.nodes}
         assert "aten.mm.default" in ops and "aten.bmm.default" not in ops
     assert len(graph.nodes) > 20  # recorded in pieces, not as one opaque op
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_composite_view_ops_under_inference_mode_are_views_as_in_eager(requires_grad):
+    """``chunk``/``narrow`` reach the mode whole under inference_mode; their views get
+    their metadata once (made again by their pieces, torch refused them: RuntimeError)."""
+    base = torch.arange(12.0).reshape(4, 3).requires_grad_(requires_grad)
+
+    def views():
+        with torch.inference_mode():
+            return [*base.chunk(2), base.narrow(0, 1, 2), *base.unsafe_chunk(2)[:0], *base.split(3)]
+
+    plain = views()
+    with torchtrace.trace() as t:
+        traced = views()
+    assert [(v._is_view(), v._base is base, v.requires_grad, v.tolist()) for v in traced] == \
+        [(v._is_view(), v._base is base, v.requires_grad, v.tolist()) for v in plain]
+    assert {"aten.split.Tensor", "aten.slice.Tensor"} <= {n.op for n in t.graph.nodes}
 
 
 def test_trace_keeps_no_tensor_alive():

@@ -10,7 +10,7 @@ that the user's results stay what eager gives.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -20,6 +20,7 @@ from .opinfo import HigherOrderInfo
 _C = torch._C
 _FORCE_KEYS = getattr(_C, "_ForceDispatchKeyGuard", None)
 _SNAPSHOT = getattr(_C, "_RestorePythonTLSSnapshot", None)
+_ADIV = _C.DispatchKey.ADInplaceOrView
 _AUTOCAST_KEYS = tuple(getattr(_C.DispatchKey, n) for n in (
     "AutocastCPU", "AutocastCUDA", "AutocastXPU", "AutocastMPS", "AutocastHPU", "AutocastXLA", "AutocastIPU",
     "AutocastMTIA", "AutocastPrivateUse1") if hasattr(_C.DispatchKey, n))
@@ -57,7 +58,7 @@ def _passed_through(info: Any, on: tuple) -> tuple:
     return tuple(k for k in on if info.lacks_kernel(k))
 
 
-def _eager_keys(autocast: tuple, views: bool) -> Any:
+def _eager_keys(autocast: tuple, views: Optional[bool]) -> Any:
     """Dispatch the ops a kernel calls with the keys eager gives them.
 
     A mode's handler runs with every key above Python excluded: turn the
@@ -65,19 +66,25 @@ def _eager_keys(autocast: tuple, views: bool) -> Any:
     ops under inference_mode): views made inside a composite kernel otherwise
     lose their autograd metadata, and kernels that read it take another path
     (``matmul`` inside ``gru`` folds to ``mm`` when its weight requires grad
-    and runs ``bmm`` otherwise: different bits)."""
-    if _FORCE_KEYS is None or not (autocast or views):  # (no guard: torch < 2.1)
+    and runs ``bmm`` otherwise: different bits). ``views=False``: with
+    ADInplaceOrView off (a composite op that is itself a view, ``chunk``,
+    ``narrow``: torch gives the views it returns their metadata when they
+    leave the mode; made again by its pieces, torch refuses them). ``None``:
+    as it is."""
+    if _FORCE_KEYS is None or not (autocast or views is not None):  # (no guard: torch < 2.1)
         return contextlib.nullcontext()
     excluded = _C._dispatch_tls_local_exclude_set()
-    for k in autocast + ((_C.DispatchKey.ADInplaceOrView,) if views else ()):
+    for k in autocast + ((_ADIV,) if views else ()):
         excluded = excluded.remove(k)
+    if views is False:
+        excluded = excluded.add(_ADIV)
     return _FORCE_KEYS(_C._dispatch_tls_local_include_set(), excluded)
 
 
 def call_under_autocast(mode: Any, info: Any, args: tuple, kwargs: dict) -> Any:
     """Run an op (once the pass has seen autocast on) so that the ops its
     kernel calls get the user's autocast, as in eager."""
-    with _eager_keys(_passed_through(info, _autocast_on(mode)), False):
+    with _eager_keys(_passed_through(info, _autocast_on(mode)), None):
         return info.call(*args, **kwargs)
 
 
@@ -106,7 +113,7 @@ def run_composite(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) ->
     inner = _passed_through(info, _autocast_on(mode)) if mode.autocast else ()
     outer, mode.autocast_on = mode.autocast_on, inner  # the autocast keys on for its pieces
     try:
-        with mode, _eager_keys(inner, True):
+        with mode, _eager_keys(inner, not info.view):
             return func._op_dk(_C.DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
     finally:
         mode.autocast_on = outer
