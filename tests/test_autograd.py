@@ -445,6 +445,35 @@ def test_autograd_grad_and_double_backward():
     g.validate()
 
 
+class _Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * x ** 2 * g  # user code the engine runs, with grad on under create_graph
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_backward_code_of_the_users_in_a_graph_building_backward_is_no_recompute(create_graph):
+    """A custom Function's backward and a tensor hook run with grad enabled when
+    the backward builds a graph (a gradient penalty): backward phase, as without
+    create_graph; only checkpoint's re-run of forward code is recompute."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    x = torch.randn(3, 4, requires_grad=True)
+    with torchtrace.trace(lin) as t:
+        y = _Cube.apply(lin(x)).sum()
+        x.register_hook(lambda g: g * 2)
+        (gx,) = torch.autograd.grad(y, x, create_graph=create_graph)
+    phases = {n.phase for n in t.graph.nodes}
+    assert phases == {"forward", "backward"}
+    assert sum(n.phase == "backward" and n.short_op == "pow.Tensor_Scalar" for n in t.graph.nodes) == 1
+
+
 def test_trace_keeps_no_node_or_saved_tensor_alive():
     m = zoo.MLP(8, 16)
     kept = []

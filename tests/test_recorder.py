@@ -3,8 +3,10 @@ computed by hand, and the state torch is left in."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import gc
+import io
 import json
 import sys
 import warnings
@@ -176,6 +178,58 @@ def test_a_modules_own_forward_hooks_run_inside_its_call():
     subs = [n for n in g.nodes if n.short_op == "sub.Tensor"]
     assert [g.module(n.module).call for n in subs] == [1, 0] and g.outputs == subs[-1].outputs
     assert torch.equal(out, a(x)) and len(a._forward_hooks) == 1
+
+
+def _logged(mod, args, out):  # a user's forward hook at module level: picklable
+    return None
+
+
+def _saved(model: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    return buf.getvalue()
+
+
+def test_a_model_copied_or_saved_inside_a_trace_carries_nothing_of_torchtrace(tmp_path):
+    """The hook that ends a call after the module's own forward hooks sits in the
+    module's hook dict while the trace runs: a deep copy (an EMA) or ``torch.save``
+    of the model then took it along (it would end calls of a closed trace, and
+    could not be pickled). Copies get an inert stand-in made of builtins."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    m[0].register_forward_hook(_logged)
+    x = torch.randn(2, 4)
+    with torchtrace.trace(m):
+        m(x)
+        ema = copy.deepcopy(m)
+        saved = _saved(m)
+        ema(x)
+    assert b"torchtrace" not in saved and b"torchtrace" not in _saved(ema)
+    loaded = torch.load(io.BytesIO(saved), weights_only=False)
+    for other in (ema, loaded):
+        assert torch.equal(other(x), m(x))
+        assert not any("torchtrace" in type(h).__module__ + repr(h) for h in other[0]._forward_hooks.values())
+
+
+def test_a_model_copied_or_saved_in_a_skipped_step_carries_nothing_of_torchtrace(tmp_path):
+    """While ``every=K`` skips a step, the root model carries a pre-hook of the
+    Recorder's (no global hooks: torch's fast path): ``torch.save(model)`` and
+    ``copy.deepcopy(model)`` failed on the Recorder's SQLite connection."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    x = torch.randn(5, 4)
+    copies = []
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+        for step in range(4):
+            rec.step(step)
+            model(x).pow(2).mean().backward()
+            copies.append((len(model._forward_pre_hooks), copy.deepcopy(model), _saved(model)))
+    assert [n for n, _, _ in copies] == [0, 1, 0, 1]  # (a pre-hook in the skipped steps)
+    for _, copied, saved in copies:
+        assert b"torchtrace" not in saved
+        for other in (copied, torch.load(io.BytesIO(saved), weights_only=False)):
+            assert torch.equal(other(x), model(x))
+    assert not model._forward_pre_hooks and rec.recorded == 2
 
 
 def test_own_forward_hooks_when_forward_raises_or_a_pass_ends_inside_the_call(tmp_path):
@@ -836,6 +890,36 @@ def test_composite_view_ops_under_inference_mode_are_views_as_in_eager(requires_
     assert [(v._is_view(), v._base is base, v.requires_grad, v.tolist()) for v in traced] == \
         [(v._is_view(), v._base is base, v.requires_grad, v.tolist()) for v in plain]
     assert {"aten.split.Tensor", "aten.slice.Tensor"} <= {n.op for n in t.graph.nodes}
+
+
+class _Batch:
+    """A dict-backed argument: its ``__getattr__`` raises KeyError for a missing key."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, **kw):
+        object.__setattr__(self, "data", kw)
+
+    def __getattr__(self, k):
+        return self.data[k]
+
+
+class _ReadsBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, batch):
+        return self.lin(batch.x)
+
+
+def test_an_argument_whose_attribute_lookup_raises_is_passed_through():
+    """Naming the root call's inputs looks into its arguments' attributes; an
+    object whose ``__getattr__`` raises KeyError (for ``__dict__``) broke the call."""
+    m, batch = _ReadsBatch(), _Batch(x=torch.randn(3, 4))
+    with torchtrace.trace(m) as t:
+        y = m(batch)
+    assert torch.equal(y, m(batch)) and [n.short_op for n in t.graph.nodes] == ["t", "addmm"]
 
 
 def test_trace_keeps_no_tensor_alive():

@@ -19,7 +19,7 @@ import torch
 import torch.utils.data
 
 from .frames import is_torch_internal, line_of
-from .mode import (E_CODE, E_ICODE, E_ILASTI, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_DTYPE,
+from .mode import (E_ARGS, E_CODE, E_ICODE, E_ILASTI, E_INFO, E_INS, E_LINE, E_MOD, E_OUTS, E_PHASE, FORWARD, V_DTYPE,
                    V_ORIGIN)
 from .opinfo import BY_INDEX
 
@@ -106,17 +106,42 @@ def _loader_ops(mode: Any, tail: int, made: Dict[int, int], consumers: Dict[int,
     wherever the loop put the ``iter()`` or ``next()`` (its own line, a generator,
     a framework's loader wrapper)."""
     events = mode.events
+    markers = _loader_markers(events, tail)
 
     def loader(i: int) -> bool:
         ev = events[i]
         code = ev[E_ICODE]
-        return (code is not None and code.co_filename.startswith(_DATA) and not any(v in outputs for v in ev[E_OUTS])
-                and "collective" not in BY_INDEX[ev[E_INFO]].tags and not _writes_state(ev, mode, made))
+        return i in markers or (
+            code is not None and code.co_filename.startswith(_DATA) and not any(v in outputs for v in ev[E_OUTS])
+            and "collective" not in BY_INDEX[ev[E_INFO]].tags and not _writes_state(ev, mode, made))
 
     # (what else of the pass reads is not the loader's alone)
     return _read_only_within(events, _from_outside(events, tail, made, loader), consumers)
 
 
+def _loader_markers(events: List[tuple], tail: int) -> Set[int]:
+    """The tail's ``record_function`` markers of a DataLoader's ``__next__``
+    (``enumerate(DataLoader)#...``), enter and exit (paired by nesting): torch's
+    profiler code issues them, for the loader. (An epoch's end adds the
+    exhausted iterator's and the new one's first ``__next__``.)"""
+    out: Set[int] = set()
+    open_: List[Tuple[int, bool]] = []
+    for i in range(tail, len(events)):
+        info = BY_INDEX[events[i][E_INFO]]
+        if not info.annotation:
+            continue
+        argv = events[i][E_ARGS]
+        if info.name.startswith("profiler._record_function_enter"):
+            name = argv[0] if argv else None
+            open_.append((i, isinstance(name, str) and name.startswith(_LOADER_MARK)))
+        elif open_:
+            j, mine = open_.pop()
+            if mine:
+                out.update((i, j))
+    return out
+
+
+_LOADER_MARK = "enumerate(DataLoader)#"
 _MASKS = (torch.bool, torch.uint8)
 
 

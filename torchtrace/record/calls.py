@@ -114,9 +114,13 @@ def named_tensors(value: Any, name: str, depth: int = 0, budget: Optional[List[i
 
 
 def _attributes(value: Any) -> List[Tuple[str, Any]]:
-    """An object's attributes: its ``__dict__``, or a slotted dataclass's fields."""
-    d = getattr(value, "__dict__", None)
-    return list(d.items()) if isinstance(d, dict) else _fields(value)
+    """An object's attributes: its ``__dict__``, or a slotted dataclass's fields;
+    none where reading them raised (a ``__getattr__`` that raises KeyError)."""
+    try:
+        d = getattr(value, "__dict__", None)
+        return list(d.items()) if isinstance(d, dict) else _fields(value)
+    except Exception:
+        return []
 
 
 def _fields(value: Any) -> List[Tuple[str, Any]]:

@@ -23,6 +23,7 @@ from .autograd import AutogradTracker, grad_fns, storage_keys
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import CompileGuard
+from .keysync import KeySync
 from .composite import see_autocast
 from .fork import STARTED
 from .frames import called_by_torch, frame_filter, local_name
@@ -60,6 +61,7 @@ class Capture:
         self._mode_pushed = False
         self._below: Any = None  # the mode under ours when it was pushed (pop_mode)
         self.compile_guard = CompileGuard(self._saw_compiled_code)  # while started (compiled.py)
+        self.key_sync = KeySync()  # while started (keysync.py)
         self._installed = False
         self.new_pass()
         if model is not None:
@@ -69,6 +71,7 @@ class Capture:
     def start(self, *, with_mode: bool = True) -> None:
         STARTED.add(self)
         self.compile_guard.start()  # until stop(), sampled pass or not
+        self.key_sync.start()
         self.scope.install()
         self._installed = True
         if with_mode:
@@ -119,6 +122,7 @@ class Capture:
                 self._installed = False
             self.autograd.close()
             self.compile_guard.stop()
+            self.key_sync.stop()
 
     def new_pass(self, *, built: bool = False) -> None:
         """Start a fresh pass; the records so far are dropped unless ``built``."""

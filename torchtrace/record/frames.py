@@ -108,6 +108,21 @@ def is_autograd_engine(code: CodeType) -> bool:
     return code.co_filename.startswith(_AUTOGRAD_DIR)
 
 
+_CHECKPOINT_PY = os.path.join(_TORCH_DIR, "utils", "checkpoint.py")
+
+
+def in_checkpoint(frame: Any) -> bool:
+    """Is ``frame`` (an op issued in backward with grad enabled) under
+    ``torch.utils.checkpoint``, re-running forward code? Else it is backward
+    code of the user's (a custom Function's ``backward``, a tensor hook) in a
+    backward that builds a graph (``create_graph=True``)."""
+    while frame is not None:
+        if frame.f_code.co_filename == _CHECKPOINT_PY:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def line_of(code: Any, lasti: int) -> int:
     """The line of the instruction at byte offset ``lasti`` (what ``f_lineno``
     gives for a frame stopped there), from ``co_lines()`` (Python 3.10+)."""

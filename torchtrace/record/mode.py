@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .compiled import mark_dynamo_skip
 from .composite import NOT_WHOLE, call_under_autocast, run_whole
 from .extras import Raised, Read
-from .frames import callers_of, engine_under_modes, is_autograd_engine
+from .frames import callers_of, engine_under_modes, in_checkpoint, is_autograd_engine
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
 
@@ -139,7 +139,7 @@ class RecordingMode(TorchDispatchMode):
             else:
                 code = icode = f.f_code
                 line = ilasti = f.f_lasti
-                phase = FORWARD if anode is None else self._backward_phase(anode, icode)
+                phase = FORWARD if anode is None else self._backward_phase(anode, f)
             cache = self.filter_cache
             if f is not None and cache.get(id(icode)) is not False:  # not issued by user code itself: walk out
                 key = (id(f), ilasti)
@@ -365,7 +365,7 @@ class RecordingMode(TorchDispatchMode):
             self.engine_user = self.capture.frames.user_frame_of(self.capture.tid)
         return (*self.engine_user, phase)
 
-    def _backward_phase(self, anode: Any, icode: Any) -> int:
+    def _backward_phase(self, anode: Any, frame: Any) -> int:
         task = _task_id()
         if task != self.task:
             self.task = task
@@ -375,9 +375,10 @@ class RecordingMode(TorchDispatchMode):
             except Exception as e:  # the ops are still recorded; the autograd part is what is missing
                 self._fault(op_info(_DETACH), e)
         self.foreign = _get_ident() != self.capture.tid  # an engine device thread (CUDA's backward)
-        engine = icode is None or self._is_engine(icode)  # (None: issued by the engine's own C++)
-        # checkpoint re-runs forward code with grad enabled from inside a Node
-        return RECOMPUTE if not engine and _grad_enabled() else BACKWARD
+        engine = frame is None or self._is_engine(frame.f_code)  # (None: issued by the engine's own C++)
+        # checkpoint re-runs forward code with grad enabled from inside a Node (create_graph=True enables
+        # grad for the backward code of a custom Function or a hook, which is no recompute)
+        return RECOMPUTE if not engine and _grad_enabled() and in_checkpoint(frame) else BACKWARD
 
     def _is_engine(self, code: Any) -> bool:
         """Is ``code`` torch.autograd's own? Keyed by id (a code object's hash is

@@ -23,6 +23,7 @@ from .._memo import remember
 from .compiled import COMPILED_WRAPPER as _COMPILED
 from .compiled import is_compiled_in_place
 from .composite import see_autocast
+from .inert import ForwardHook
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -150,7 +151,7 @@ class ModuleScope:
             self._end(module, output)
             return None
 
-        self.late[id(entry)] = (entry, module.register_forward_hook(end, always_call=True))
+        self.late[id(entry)] = (entry, module.register_forward_hook(ForwardHook(end), always_call=True))
 
     def _post(self, module: torch.nn.Module, args: Tuple[Any, ...], output: Any) -> None:
         cap = self.capture

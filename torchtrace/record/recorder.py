@@ -30,6 +30,7 @@ from .calls import call_kwargs, tensors_in
 from .capture import Capture
 from .compiled import Uncompiled
 from .frames import caller_name
+from .inert import PreHook
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
 from .options import capture_options, recorder_options
@@ -343,7 +344,7 @@ class Recorder:
         if cap.scope.handles:
             cap.scope.remove()
         for m in roots:
-            watched[id(m)] = (weakref.ref(m), m.register_forward_pre_hook(self._root_pre))
+            watched[id(m)] = (weakref.ref(m), m.register_forward_pre_hook(PreHook(self._root_pre)))
 
     def _unwatch(self) -> None:
         self._unhook()
