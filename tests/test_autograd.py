@@ -474,6 +474,25 @@ def test_backward_code_of_the_users_in_a_graph_building_backward_is_no_recompute
     assert sum(n.phase == "backward" and n.short_op == "pow.Tensor_Scalar" for n in t.graph.nodes) == 1
 
 
+def test_an_optimizer_step_run_in_backward_is_optimizer_phase():
+    """PyTorch's "optimizer step in backward" recipe: each parameter's step runs
+    from its post-accumulate-grad hook, inside backward."""
+    torch.manual_seed(0)
+    m = nn.Linear(3, 2)
+    opts = {p: torch.optim.SGD([p], lr=0.1) for p in m.parameters()}
+    for p in m.parameters():
+        p.register_post_accumulate_grad_hook(lambda p: opts[p].step())
+    with torchtrace.trace(m) as t:
+        m(torch.randn(4, 3)).sum().backward()
+    nodes = t.graph.nodes
+    marks = [k for k, n in enumerate(nodes) if "annotation" in n.tags]
+    assert len(marks) == 4 and nodes[marks[0]].args["name"].startswith("Optimizer.step#")
+    inside = {k for a, b in zip(marks[::2], marks[1::2]) for k in range(a, b + 1)}
+    assert [n.phase for k, n in enumerate(nodes) if k in inside] == ["optimizer"] * len(inside)
+    assert [n.short_op for k, n in enumerate(nodes) if k in inside and "annotation" not in n.tags] == ["add_.Tensor"] * 2
+    assert {n.phase for k, n in enumerate(nodes) if k not in inside} == {"forward", "backward"}
+
+
 def test_trace_keeps_no_node_or_saved_tensor_alive():
     m = zoo.MLP(8, 16)
     kept = []

@@ -216,6 +216,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     # GradScaler.unscale_ before opt.step()): that processing is optimizer phase
     from_grads = set(grads)  # (and, below, what AccumulateGrad puts in .grad)
     closure = ClosureLoss(mode.mcalls, values)
+    stepping_in_backward = False
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
@@ -237,8 +238,13 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             was = in_optimizer
             annotate(annotations, info, args)
             in_optimizer = any(a.startswith(OPTIMIZER_PREFIX) for a in annotations)
-            if ph == 0 and (was or in_optimizer):  # Optimizer.step's own markers: its phase
-                phase = "optimizer"
+            # a step run by a hook in backward (post-accumulate-grad: "optimizer step in backward")
+            before, stepping_in_backward = stepping_in_backward, in_optimizer and (
+                stepping_in_backward or (ph == BACKWARD and not was))
+            if (ph == 0 and (was or in_optimizer)) or (ph == BACKWARD and (before or stepping_in_backward)):
+                phase = "optimizer"  # Optimizer.step's own markers: its phase
+        elif stepping_in_backward and ph == BACKWARD:
+            phase = "optimizer"
         elif ph == 0 and module is None and in_optimizer and closure.is_loss(ev, from_grads):
             pass  # (the loss a closure computes from the model's output inside step: forward)
         elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):
