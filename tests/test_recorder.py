@@ -922,6 +922,82 @@ def test_an_argument_whose_attribute_lookup_raises_is_passed_through():
     assert torch.equal(y, m(batch)) and [n.short_op for n in t.graph.nodes] == ["t", "addmm"]
 
 
+class _TwoViews(nn.Module):
+    """One BatchNorm over two views of a batch (siamese / two-view training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, a, b):
+        return self.bn(a) - self.bn(b)
+
+
+def test_batch_norm_s_running_statistics_are_written_in_training_only():
+    """``native_batch_norm`` updates its running statistics in training with no
+    alias annotation in its schema: they were recorded as only read."""
+    torch.manual_seed(0)
+    m, a, b = _TwoViews(), torch.randn(5, 4), torch.randn(5, 4)
+    before = m.bn.running_mean.clone()
+    with torchtrace.trace(m) as t:
+        m(a, b)
+    g = t.graph
+    assert not torch.equal(before, m.bn.running_mean)  # (the oracle: the buffer changed)
+    norms = [n for n in g.nodes if n.short_op == "native_batch_norm"]
+    for name in ("bn.running_mean", "bn.running_var"):
+        v0, v1, v2 = [v.id for v in g.values if v.name == name]
+        assert [g.value(v).version_of for v in (v0, v1, v2)] == [None, v0, v1]
+        assert v0 in norms[0].inputs and v1 in norms[0].outputs[3:]  # (after the three it returns)
+        assert v1 in norms[1].inputs and v2 in norms[1].outputs[3:]
+    m.eval()
+    with torchtrace.trace(m) as t:
+        m(a, b)
+    assert not [v for v in t.graph.values if v.version_of is not None and (v.name or "").startswith("bn.running")]
+    assert [len(n.outputs) for n in t.graph.nodes if n.short_op == "native_batch_norm"] == [3, 3]
+
+
+class _StaleViews(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, inp, cache):
+        x = self.lin(inp)
+        flat = x.view(-1)  # a view taken first, then its base written in place
+        x.relu_()
+        y = x.view(2, 4)  # a view of which a view is written
+        y[0].mul_(2)
+        kc = cache[1]  # a preallocated KV cache: a layer's slice, written at a position, read up to it
+        kc[2] = x[0]
+        return flat.sum(), y.sum(), kc[:3].sum()
+
+
+def test_a_read_through_an_alias_a_write_made_stale_depends_on_the_write():
+    """Writes gave new versions to the written tensor and its base only: a read
+    through another view of the storage was linked to the value before the write."""
+    torch.manual_seed(0)
+    with torch.no_grad(), torchtrace.trace() as t:
+        _StaleViews()(torch.randn(2, 4), torch.zeros(2, 4, 4))
+    g = t.graph
+    made = {v: n for n in g.nodes for v in n.outputs}
+
+    def ancestors(v: str) -> set:
+        seen, todo = set(), [v]
+        while todo:
+            n = made.get(todo.pop())
+            if n is not None and n.id not in seen:
+                seen.add(n.id)
+                todo.extend(n.inputs)
+        return seen
+
+    sums = [n for n in g.nodes if n.short_op == "sum"]
+    writes = [next(n.id for n in g.nodes if n.short_op == op) for op in ("relu_", "mul_.Tensor", "copy_")]
+    assert [w in ancestors(s.outputs[0]) for s, w in zip(sums, writes)] == [True, True, True]
+    fresh = g.value(sums[0].inputs[0])  # flat after the last write to x's storage (y[0].mul_): a version of flat
+    assert made[fresh.version_of].short_op == "view" and made[fresh.id].id == writes[1]
+    g.validate()
+
+
 def test_trace_keeps_no_tensor_alive():
     m = zoo.MLP(8, 16)
     x = torch.randn(4, 8)

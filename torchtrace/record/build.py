@@ -15,6 +15,7 @@ from .._memo import Lazy, remember
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from ..serialize import symbolic_value
+from .aliases import refresh_stale_reads
 from .boundary import reads_data
 from .extras import Raised
 from .frames import is_torch_internal, line_of
@@ -154,6 +155,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         origin = rec[V_ORIGIN]
         if origin is not None and origin[0] == "ver" and origin[1] in alias_root:
             alias_root[vid] = alias_root[origin[1]]
+    refresh_stale_reads(events, vmeta, mode.vrefs, alias_root, producer)
 
     alive = mode.live()
     try:

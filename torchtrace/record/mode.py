@@ -279,6 +279,9 @@ class RecordingMode(TorchDispatchMode):
             # written tensors already got their new version; never `in`: it would call Tensor.__eq__
             if isinstance(t, _Tensor) and not (mutated and any(t is m for m in mutated)):
                 outs.append(self._add_value(t, None))
+        if info.stat_writes is not None:  # batch norm's running statistics: after the outputs it returns
+            for t in info.stats_written(args, kwargs):
+                self._bump(t, outs)
         return tuple(outs)
 
     _dynamo_skip_marked = mark_dynamo_skip(__torch_dispatch__.__code__)

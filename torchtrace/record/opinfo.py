@@ -44,12 +44,17 @@ def _kind(type_str: str) -> int:
     return (TENSOR, TENSOR_LIST, TENSOR_LIST_LIST)[min(depth, 2)]
 
 
+# op -> (position of its `training` flag, or None: always; positions of the running statistics)
+_STAT_WRITES = {"aten::native_batch_norm": (5, (3, 4)), "aten::cudnn_batch_norm": (5, (3, 4)),
+                "aten::miopen_batch_norm": (5, (3, 4)), "aten::batch_norm_update_stats": (None, (1, 2))}
+
+
 class OpInfo:
     """Facts about one overload; slots for fast attribute access on the hot path."""
 
     __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "whole",
                  "no_kernel", "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call",
-                 "readers", "objects")
+                 "readers", "objects", "stat_writes")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
@@ -69,6 +74,8 @@ class OpInfo:
             # c10d ops write their tensor arguments but carry no alias annotation
             written = [i for i, k in enumerate(self.kinds) if k != NONTENSOR][:1]
         self.mutates: Tuple[int, ...] = tuple(written)
+        # batch norm's running statistics: written in training, with no alias annotation
+        self.stat_writes: Optional[Tuple[Optional[int], Tuple[int, ...]]] = _STAT_WRITES.get(schema.name)
         # a return that aliases an input without writing it: a view (view, t, select, split, detach)
         self.view = not written and any(r.alias_info is not None and not r.alias_info.is_write
                                         for r in schema.returns)
@@ -136,6 +143,13 @@ class OpInfo:
         if t is None:  # no tensor to tell the backend: a factory op
             return True
         return self.lacks_kernel((torch._C._dispatch_keys(t) & _BELOW_PYTHON).highestPriorityTypeId())
+
+    def stats_written(self, args: tuple, kwargs: dict) -> List[Any]:
+        """The running statistics this call updates (``stat_writes``: batch norm in training)."""
+        flag, stats = self.stat_writes
+        if flag is not None and not (args[flag] if flag < len(args) else kwargs.get(self.arg_names[flag])):
+            return []
+        return [args[i] for i in stats if i < len(args) and isinstance(args[i], torch.Tensor)]
 
     def reader(self, n: int) -> Any:
         """The positional-argument reader for calls with ``n`` args, made once."""
