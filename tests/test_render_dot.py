@@ -10,7 +10,7 @@ import pytest
 
 import torchtrace
 from torchtrace.errors import RenderError
-from torchtrace.renderers.dot import DotMissing, digraph
+from torchtrace.renderers.dot import LONG_SPANS, DotMissing, digraph, rank_spans
 from torchtrace.views import build_view
 
 pytestmark = pytest.mark.dot
@@ -92,6 +92,30 @@ def test_big_graphs_bound_dot_layout(viz_graph, dot_check):
     assert "nslimit=2" in src and "mclimit=0.5" in src and "splines=line" in src
     small = torchtrace.render(viz_graph("branchy"), "dot")
     assert "nslimit" not in small and "splines" not in small
+
+
+def _chain(n: int):
+    """``h = h * x`` n times: the edge from ``x`` to the k-th op skips k - 1 ranks."""
+    import torch
+
+    x = torch.ones(2)
+    with torchtrace.trace() as t:
+        h = x
+        for _ in range(n):
+            h = h * x
+    return t.graph
+
+
+def test_views_whose_edges_span_many_ranks_get_cheaper_layout_settings():
+    """Long edges become chains of virtual nodes in `dot`: a MobileNetV2
+    forward+backward view, unfolded (1,035 edges), took 97 s to lay out."""
+    for n in (3, 5, 40):
+        assert rank_spans(build_view(_chain(n), fold=False, max_boxes=None)) == n * (n - 1) // 2
+    long = build_view(_chain(420), fold=False, max_boxes=None)
+    assert rank_spans(long) > LONG_SPANS
+    assert "nslimit=0.01" in digraph(long).source and "mclimit=0.05" in digraph(long).source
+    short = build_view(_chain(300), fold=False, max_boxes=None)  # (big, spans below the bound)
+    assert "nslimit=2" in digraph(short).source
 
 
 def test_a_fully_expanded_forward_and_backward_lays_out_in_seconds(viz_graph, dot_check):
