@@ -474,6 +474,37 @@ def test_backward_code_of_the_users_in_a_graph_building_backward_is_no_recompute
     assert sum(n.phase == "backward" and n.short_op == "pow.Tensor_Scalar" for n in t.graph.nodes) == 1
 
 
+class _CheckpointFunction(torch.autograd.Function):
+    """Megatron-LM's / DeepSpeed's activation checkpointing: a Function whose
+    backward re-runs the forward with grad turned on."""
+
+    @staticmethod
+    def forward(ctx, run, x):
+        ctx.run = run
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return run(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        x = x.detach().requires_grad_()
+        with torch.enable_grad():
+            y = ctx.run(x)
+        torch.autograd.backward(y, g)
+        return None, x.grad
+
+
+def test_a_checkpoint_function_of_the_users_recomputes():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    x = torch.randn(2, 4, requires_grad=True)
+    with torchtrace.trace(lin) as t:
+        _CheckpointFunction.apply(lambda h: lin(h).tanh(), x).sum().backward()
+    recomputed = [n.short_op for n in t.graph.nodes if n.phase == "recompute"]
+    assert {"addmm", "tanh"} <= set(recomputed)
+
+
 def test_an_optimizer_step_run_in_backward_is_optimizer_phase():
     """PyTorch's "optimizer step in backward" recipe: each parameter's step runs
     from its post-accumulate-grad hook, inside backward."""

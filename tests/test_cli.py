@@ -581,6 +581,82 @@ def test_sigterm_stores_the_pass_in_flight_then_dies_by_sigterm_as_python(tmp_pa
         assert store.passes()[-1].error == "SIGTERM"  # (not the launcher's own exception class)
 
 
+def test_a_script_that_catches_sigterm_still_dies_by_it_as_under_python(tmp_path):
+    """The run's SIGTERM is an exception in the script so that the pass in flight
+    is stored; a script that caught it (`except BaseException`) went on and
+    exited 0, where python dies at once. (It still runs on until it ends, or for
+    `pyrun.GRACE_S`: only then does the run know that the exception was caught.)"""
+    s = _script(tmp_path, """
+        import os, signal, time, torch
+        torch.nn.Linear(2, 2)(torch.ones(1, 2))
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except BaseException as e:
+            print("caught", type(e).__name__)
+        print("still running")
+    """)
+    ref = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == res.returncode == -signal.SIGTERM and ref.stdout == "", res.stderr[-2000:]
+    assert len(Store(tmp_path / "o" / "trace.db", readonly=True).passes()) == 1
+
+
+PYTHON_ALIKE = {  # script -> what must match `python script` (stdout, stderr, exit status)
+    "excepthook": """
+        import sys
+        sys.excepthook = lambda t, e, tb: print("HOOK", t.__name__, e, file=sys.stderr)
+        raise ValueError("boom")
+    """,
+    "exit_message": """
+        import sys
+        sys.exit("a message long enough to pass the eighty columns a terminal is wide, in one line only")
+    """,
+    "exit_huge": "import sys; sys.exit(2 ** 70)",
+    "exit_long": "import sys; sys.exit(2 ** 40 + 3)",
+    "pep366": """
+        if __package__ is None:
+            print("package is None")
+        import sys
+        print(sum(p.endswith("bin") or p == "" for p in sys.path[:1]), __name__)
+    """,
+    "closed_stderr": "import sys; sys.stderr.close(); print('done')",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_ALIKE))
+def test_the_script_ends_as_under_python(tmp_path, name):
+    s = _script(tmp_path, PYTHON_ALIKE[name])
+    ref = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert (res.returncode, res.stdout) == (ref.returncode, ref.stdout)
+    assert res.stderr.startswith(ref.stderr) and "torchtrace: recorded" in res.stderr or name == "closed_stderr"
+
+
+def test_a_child_the_script_forks_prints_no_summary_and_holds_no_lock(tmp_path):
+    """A forked child that returns through `sys.exit` printed the run's summary;
+    one that outlives the run kept the folder's lock, so the next run was refused."""
+    s = _script(tmp_path, """
+        import os, sys, time, torch
+        torch.nn.Linear(2, 2)(torch.ones(1, 2))
+        if os.fork() == 0:
+            if len(sys.argv) > 1:
+                time.sleep(8)
+                os._exit(0)
+            sys.exit(0)
+        os.wait() if len(sys.argv) == 1 else None
+    """)
+    out = str(tmp_path / "o")
+    res = subprocess.run([EXE, "run", "--out", out, str(s)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stderr.count("torchtrace: recorded") == 1, res.stderr
+    lingering = subprocess.run([EXE, "run", "--out", out, str(s), "linger"], capture_output=True, text=True,
+                               timeout=300)
+    again = subprocess.run([EXE, "run", "--out", out, str(s)], capture_output=True, text=True, timeout=300)
+    assert lingering.returncode == again.returncode == 0, again.stderr
+
+
 def test_a_forked_child_is_terminated_as_under_python(tmp_path):
     """A process the script forks inherits the run's SIGTERM handler: it raised
     there too, so `Process.terminate()` ran the child's `finally`, gave exit 143,

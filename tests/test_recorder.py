@@ -208,7 +208,10 @@ def test_a_model_copied_or_saved_inside_a_trace_carries_nothing_of_torchtrace(tm
     loaded = torch.load(io.BytesIO(saved), weights_only=False)
     for other in (ema, loaded):
         assert torch.equal(other(x), m(x))
-        assert not any("torchtrace" in type(h).__module__ + repr(h) for h in other[0]._forward_hooks.values())
+        # the user's hook, and a no-op (Inert: torch.compile traces it) or builtins in place of ours
+        kinds = [type(h).__name__ for h in other[0]._forward_hooks.values()]
+        assert kinds[0] == "function" and set(kinds[1:]) <= {"Inert", "partial"} and len(kinds) == 2
+        assert [type(h).__name__ for h in loaded[0]._forward_hooks.values()][1:] == ["partial"]
 
 
 def test_a_model_copied_or_saved_in_a_skipped_step_carries_nothing_of_torchtrace(tmp_path):
@@ -882,7 +885,9 @@ def test_composite_view_ops_under_inference_mode_are_views_as_in_eager(requires_
 
     def views():
         with torch.inference_mode():
-            return [*base.chunk(2), base.narrow(0, 1, 2), *base.unsafe_chunk(2)[:0], *base.split(3)]
+            return [*base.chunk(2), base.narrow(0, 1, 2), *base.split(3), base.flatten(), base.reshape(12),
+                    base.movedim(0, 1), base.swapaxes(0, 1), base.unflatten(1, (1, 3)), *base.tensor_split(2),
+                    base.view_as(base), base.mT]
 
     plain = views()
     with torchtrace.trace() as t:
@@ -890,6 +895,15 @@ def test_composite_view_ops_under_inference_mode_are_views_as_in_eager(requires_
     assert [(v._is_view(), v._base is base, v.requires_grad, v.tolist()) for v in traced] == \
         [(v._is_view(), v._base is base, v.requires_grad, v.tolist()) for v in plain]
     assert {"aten.split.Tensor", "aten.slice.Tensor"} <= {n.op for n in t.graph.nodes}
+    if requires_grad:  # (a view shares its base's version counter: autograd sees a write through it)
+        with torchtrace.trace():
+            w = nn.Parameter(torch.ones(2, 3))
+            buf = torch.ones(2, 3)
+            loss = (w * buf).sum()
+            with torch.inference_mode():
+                buf.reshape(6).mul_(0.5)
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                loss.backward()
 
 
 class _Batch:

@@ -22,7 +22,8 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 import torchtrace
 import zoo
-from torchtrace.store import Store, open_graph
+from torchtrace.passref import open_graph
+from torchtrace.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,6 +124,24 @@ def test_passes_that_fingerprints_cannot_tell_apart_read_back_their_own_graph(tm
         # passes 0, 1 and 4 (their own gradients, times, labels) share one graph row
         assert store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0] == 4
         assert len({gi.norm for i in (0, 1, 4) for gi in graphs[i].autograd.grads if gi.name == "fc.weight"}) == 3
+
+
+def test_marker_names_are_each_pass_s_own_and_share_the_graph(tmp_path):
+    """A step number in a ``record_function`` name (``prof.step()``'s
+    ``ProfilerStep#N``) made every step a graph row of its own."""
+    model = Probe()
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for step in range(5):
+            rec.step(step)
+            with torch.profiler.record_function(f"train step {step}"):
+                model(torch.ones(2, 4)).sum().backward()
+                model.zero_grad(set_to_none=True)
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        names = [[n.args["name"] for n in store.graph(p.idx).nodes if n.args.get("name", "").startswith("train")]
+                 for p in store.passes()]
+        # (a marker entered before the model call opens in the pass before: passes start at the call)
+        assert names == [[f"train step {k + 1}"] for k in range(4)] + [[]]
+        assert store.db.execute("SELECT COUNT(*) FROM graphs").fetchone()[0] <= 2  # (the last pass may differ)
 
 
 def test_a_store_written_before_graph_keys_still_reads(tmp_path):

@@ -62,7 +62,7 @@ def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None) -
         sig += (_base(caller.file), caller.line)
     # the parameters it reads: a Linear's backward computes the grad of its input from its weight,
     # the grad of its weight from activations, with the same ops at the same line
-    state = tuple(v.name for v in (_base_value(g, vid, cast_of or {}) for vid in n.inputs) if v.role in STATE)
+    state = tuple(v.name or "" for v in (_base_value(g, vid, cast_of or {}) for vid in n.inputs) if v.role in STATE)
     return sig + (state,) if state else sig
 
 

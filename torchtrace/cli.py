@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from . import __version__
@@ -83,20 +84,25 @@ def _emit(data: Any, output: Optional[Path], fmt: str) -> None:
     if output is not None:
         from .serialize import atomic_write
 
-        raw = data if isinstance(data, bytes) else data.encode("utf-8")
+        raw = data if isinstance(data, bytes) else data.encode("utf-8", "backslashreplace")  # (a lone surrogate)
         if output.suffix == ".gz":  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
             import gzip
 
             raw = gzip.compress(raw, mtime=0)
         atomic_write(output, raw)
-        err.print(f"wrote {output}")
+        err.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
     elif isinstance(data, bytes):
         if sys.stdout.isatty():
             raise UsageError(f"{fmt} is binary", expected="--output FILE (or a pipe)", found="a terminal",
                              fix=f"add -o graph.{fmt}")
         sys.stdout.buffer.write(data)
     else:
-        sys.stdout.write(data if data.endswith("\n") else data + "\n")
+        text = data if data.endswith("\n") else data + "\n"
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # (a lone surrogate, or a terminal that cannot show the text)
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "backslashreplace"))
 
 
 def _version(value: bool) -> None:
@@ -173,7 +179,7 @@ def run(ctx: typer.Context,
 def show(ref: str = typer.Argument(..., help=REF_HELP), depth: Optional[int] = DepthOpt, fold: bool = FoldOpt,
          phase: Optional[Phase] = PhaseOpt, focus: Optional[str] = FocusOpt) -> None:
     """Show a graph in the terminal: module tree, op histogram, witnesses."""
-    from .store import open_graph
+    from .passref import open_graph
 
     try:
         graph = open_graph(ref)
@@ -191,13 +197,18 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
            depth: Optional[int] = DepthOpt, fold: bool = FoldOpt, phase: Optional[Phase] = PhaseOpt,
            focus: Optional[str] = FocusOpt) -> None:
     """Draw a graph as DOT/SVG/PNG/PDF, Mermaid, Markdown, text or JSON."""
-    from .store import open_graph
+    from .passref import open_graph
 
     try:
         graph = open_graph(ref)
         if fmt is Fmt.json:
             from .serialize import dumps
 
+            given = [o for o, v in (("--depth", depth), ("--no-fold", not fold), ("--phase", phase),
+                                    ("--focus", focus)) if v not in (None, False)]
+            if given:  # (the IR is the whole graph: a view option would be silently dropped)
+                raise UsageError("view options do not apply to json", expected="-f json alone (the whole graph)",
+                                 found=" ".join(given), fix="drop them, or draw the view in another format")
             _emit(dumps(graph), output, "json")
             return
         from .renderers import render as draw
@@ -214,7 +225,7 @@ def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
          output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of stdout")) -> None:
     """Explain why two passes built different graphs."""
     from .compare import diff as compare
-    from .store import open_graph
+    from .passref import open_graph
 
     try:
         d = compare(open_graph(a), open_graph(b))
@@ -238,17 +249,18 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
     from rich.table import Table
 
     from .families import store_variants
-    from .store import Store, no_pass_of_rank
+    from .passref import no_pass_of_rank
+    from .store import Store
 
     try:
         with Store(store, readonly=True) as st:
             records, vs = store_variants(st, rank)  # reads only the graphs the explanations need
             if not records:
-                raise no_pass_of_rank(st, store, rank)
+                raise no_pass_of_rank(st, store, rank, option=True)
     except TorchtraceError as e:
         _fail(e)
-    table = Table(title=f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} passes of {store}",
-                  title_justify="left", box=None, pad_edge=False)
+    title = f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} passes of {escape(str(store))}"
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for col in ("variant", "structure", "passes", "pass range", "steps", "shape variants"):
         table.add_column(col, justify="right" if col in ("variant", "passes") else "left")
     for v in vs:
@@ -287,7 +299,7 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
            output: Path = typer.Option(..., "--output", "-o", help="FILE.json or FILE.json.gz")) -> None:
     """Write one pass as a torchtrace.graph JSON file."""
     from .serialize import dumps
-    from .store import open_graph
+    from .passref import open_graph
 
     try:  # (as `render -f json`: `-o -` is standard output, a .gz name is gzipped)
         _emit(dumps(open_graph(ref)), output, "json")

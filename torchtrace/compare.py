@@ -179,6 +179,8 @@ class GraphDiff:
             what = list(reads) + [i.describe() for i in self.inputs[:2]]
             what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
             other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
+            if passed and self.inputs:  # (the inputs changed too: the read explains its args, not all)
+                what, passed = list(passed) + what, {}
             lead = f"{'; '.join(arms)} {ARROW} the same ops, from other lines, with {other}" if arms \
                 else f"{'; '.join(passed)} {ARROW} the same ops with {other}" if passed else f"same ops, {other}"
             lines.append(f"{lead} ({plural(self.changed, 'op')} changed): {'; '.join(what)}")

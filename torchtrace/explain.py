@@ -152,7 +152,8 @@ class Causes:
         # merged positions of aligned witness pairs whose reads differ, ascending
         self.differing: List[int] = [
             e for e, (i, j) in enumerate(pairs)
-            if i is not None and j is not None and A.wkeys[i] is not None and A.wkeys[i] != B.wkeys[j]]
+            if i is not None and j is not None and A.wkeys[i] is not None and B.wkeys[j] is not None
+            and A.wkeys[i] != B.wkeys[j]]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness) and not kept_aside(A.nodes[pairs[e][0]])]
         # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside it
@@ -180,14 +181,17 @@ class Causes:
                                   and (A.nodes[i].id in raised_a) != (B.nodes[j].id in raised_b)]
 
     def caught(self, k0: int) -> Optional[int]:
-        """The row of the op that raised on one side only, nearest before row
-        ``k0`` with no read that differs since, where that side went on: the
-        program caught the exception, and the hunk is what its ``except`` ran."""
+        """The row of the op that raised on one side only, right before row
+        ``k0`` (no read that differs, no op only in A or B since), where that
+        side went on: the program caught the exception, and the hunk is what
+        its ``except`` ran."""
         at = bisect.bisect_left(self.raised, k0)
         if not at or self.past_end(k0):
             return None
         row = self.raised[at - 1]
         read = bisect.bisect_left(self.differing, k0)
+        if self.one_sided[k0] != self.one_sided[row + 1]:  # (other ops only in A or B since: another cause's)
+            return None
         return row if not read or self.differing[read - 1] < row else None
 
     def past_end(self, k0: int) -> bool:

@@ -239,7 +239,9 @@ class Graph:
         table = self._index.get("raised")
         if table is None:
             nodes = self._table("nodes")
-            table = self._index["raised"] = {r["node"]: str(r.get("error")) for r in self.meta.get("raised") or ()
+            raised = self.meta.get("raised")
+            table = self._index["raised"] = {r["node"]: str(r.get("error")) for r in
+                                             (raised if isinstance(raised, list) else ())
                                              if isinstance(r, dict) and r.get("node") in nodes}
         return table
 

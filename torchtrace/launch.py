@@ -10,24 +10,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import runpy
 import shlex
 import signal
 import subprocess
 import sys
 import threading
-import traceback
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import UsageError, WriteError
+from .errors import TorchtraceError, UsageError, WriteError
 from .ir import Graph
+from .pyrun import (ENDED, INTERRUPTED, TERMINATED, Terminated, Terminator, check_module, check_script, execute,
+                    exit_like_python, exit_status, show_uncaught)
 from .store import RUN_STORE
 
 
@@ -112,10 +112,29 @@ def _store_in(out: Path) -> Iterator[Path]:
         if isinstance(e, OSError):  # a store that cannot be moved aside
             raise WriteError.of(out, e) from None
         raise
+    _HELD.add(fd)
     try:
         yield path
     finally:
-        os.close(fd)  # releases the lock
+        if fd in _HELD:  # (a process the script forked closed its copy already: _let_go)
+            _HELD.discard(fd)
+            os.close(fd)  # releases the lock
+
+
+_HELD: Set[int] = set()  # the lock files this process holds open: a process the script forks lets go of them
+
+
+def _let_go() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)  # (the lock stays the run's: its own descriptor holds it)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_let_go)
 
 
 _RENDER = re.compile(r"variant-\d+\.[a-z]+")  # what --render writes (``Launch._render``)
@@ -145,53 +164,13 @@ def _lock(fd: int, out: Path) -> None:
                          fix="pass another --out, or wait until that run ends") from None
 
 
-def _exit_code(e: SystemExit, console: Console) -> int:
-    if e.code is None:
-        return 0
-    if isinstance(e.code, int):  # as the OS keeps it: sys.exit(-2) is 254 (never INTERRUPTED)
-        return e.code % 256
-    console.print(str(e.code), markup=False, highlight=False)  # sys.exit("message") prints and returns 1
-    return 1
-
-
-def _check_script(script: str) -> Path:
-    path = Path(script)
-    if not path.is_file() and not (path / "__main__.py").is_file():  # (`python adir` runs adir/__main__.py)
-        raise UsageError("no such script", where=script, expected="a Python file to run (or a folder with __main__.py)",
-                         found="nothing there" if not path.exists() else "a folder without __main__.py",
-                         fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
-    return path
-
-
-def _check_module(name: str) -> Path:
-    """The file of module ``name``, found as ``python -m`` finds it (the current
-    folder first; a package runs its ``__main__``)."""
-    import importlib.util
-
-    spec, why = None, "no module of that name"
-    sys.path.insert(0, os.getcwd())
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations is not None:
-            spec, why = importlib.util.find_spec(f"{name}.__main__"), "a package without __main__"
-    except (ImportError, ValueError) as e:
-        spec, why = None, f"{type(e).__name__}: {e}"
-    finally:
-        sys.path.pop(0)
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-        raise UsageError("no such module", where=name, expected="a module or package importable from here "
-                         "(the current folder or sys.path)", found=why,
-                         fix="check the name, and run from the folder `python -m` would run it from")
-    return Path(spec.origin)
-
-
 def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None,
                worker: bool = False) -> int:
     """Run ``script`` like ``python script argv...`` while recording; returns its
     exit status. ``worker``: one rank of a distributed run (the launcher made
     the store and prints the summary)."""
     console = console or Console(stderr=True, emoji=False)
-    path = _check_module(script) if options.module is not None else _check_script(script)
+    path = check_module(script) if options.module is not None else check_script(script)
     with nullcontext(options.out / RUN_STORE) if worker else _store_in(options.out) as store_path:
         return _run(path, argv, options, console, worker, store_path)
 
@@ -203,41 +182,57 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
     progress = _Progress(options, console)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *argv]
-    if path.is_file():  # (run_path puts a folder on sys.path itself)
-        sys.path.insert(0, str(path.resolve().parent))
-    code = 0
+    code, pid, started, hook = 0, os.getpid(), False, sys.excepthook  # (the CLI's own hook: not the script's)
     # (no live status line while the script runs: rich's would swap the script's sys.stdout for a proxy
     # without an encoding, and redraw over its prompts; the summary comes at the end)
     # SIGTERM (a scheduler, or torchrun stopping the other ranks) ends the
     # script like an exception, so the pass in flight is stored too
     main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _terminator(signal.getsignal(signal.SIGTERM))) if main else None
+    terminator = Terminator(signal.getsignal(signal.SIGTERM)) if main else None
+    old_term = signal.signal(signal.SIGTERM, terminator) if terminator is not None else None
     try:
         recorder = Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
                             skip=options.skip, on_pass=progress.on_pass, cut=options.cut,
                             **({} if options.max_ops is None else {"max_ops": options.max_ops}))
         recorder.launched = True
         with recorder:
-            if options.module is not None:  # as `python -m`: sys.argv[0] the module's file, the cwd on sys.path
-                sys.path[0] = os.getcwd()
-                runpy.run_module(options.module, run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(os.path.abspath(path), run_name="__main__")  # (__file__ absolute, as python's)
-    except _Terminated:  # (the pass in flight is stored; then die by SIGTERM, as python does)
+            started = True
+            try:
+                execute(path, options.module)
+            finally:
+                if terminator is not None and sys.exc_info()[0] is Terminated:
+                    terminator.reached()  # (out of the script: the pass in flight is stored, then the death)
+        if terminator is not None and terminator.swallowed:  # the script caught it: python would have died
+            code = TERMINATED
+    except Terminated:  # (the pass in flight is stored; then die by SIGTERM, as python does)
         code = TERMINATED
     except SystemExit as e:
-        code = _exit_code(e, console)
+        code = exit_status(e)
+    except TorchtraceError as e:
+        if started:  # (the recorder's own trouble, before the script ran: ours to say)
+            show_uncaught(e, hook)
+            code = 1
+        else:
+            _say(console, f"[bold red]error[/]: {escape(str(e))}")
+            code = 2
     except BaseException as e:  # the script's own error: show it as python would, without our frames
         code = INTERRUPTED if isinstance(e, KeyboardInterrupt) else 1  # (Ctrl-C: then die by SIGINT, as python)
-        print("".join(_without_our_frames(traceback.TracebackException.from_exception(e)).format()),
-              end="", file=sys.stderr)
+        show_uncaught(e, hook)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         sys.argv, sys.path[:] = saved_argv, saved_path
-    if not worker:
-        _summary(console, progress, store_path, path, code)
+    if not worker and os.getpid() == pid:  # (not in a process the script forked: it ends as the script says)
+        _say(console, lambda: _summary(console, progress, store_path, path, code))
     return code
+
+
+def _say(console: Console, what: Any) -> None:
+    """Print to standard error, which the script may have closed (as python, nothing then)."""
+    try:
+        what() if callable(what) else console.print(what)
+    except (OSError, ValueError):
+        pass
 
 
 def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc: int, *,
@@ -248,7 +243,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
     from .store import Store
 
     console = console or Console(stderr=True, emoji=False)
-    _check_script(script)
+    check_script(script)
     with _store_in(options.out) as store_path:
         Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
         spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
@@ -260,7 +255,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
         with Store(store_path, readonly=True) as store:
             report = rank_report(store)
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} "
-                  f"({_ENDED.get(code, f'exit {code}')}) -> "
+                  f"({ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
     console.print(str(report), markup=False, highlight=False, soft_wrap=True)
     console.print(f"  next: torchtrace ranks {store_path}  |  torchtrace variants {store_path} --rank 1",
@@ -303,70 +298,11 @@ def _worker_main(args: Sequence[str]) -> int:
     return run_script(args[1], list(args[2:]), options, worker=True)
 
 
-INTERRUPTED = -signal.SIGINT  # the script ended by KeyboardInterrupt: exit as python does
-TERMINATED = -signal.SIGTERM  # ended by SIGTERM (torchrun stopping the other ranks): likewise
-
-
-def exit_like_python(code: int) -> None:
-    """``sys.exit(code)``; after a KeyboardInterrupt or a SIGTERM, die by that
-    signal as python does (a shell or a parent process sees the signal, not an
-    exit status)."""
-    if code in (INTERRUPTED, TERMINATED):
-        sig = -code
-        if os.name == "posix":
-            signal.signal(sig, signal.SIG_DFL)
-            os.kill(os.getpid(), sig)
-        code = 128 + sig
-    sys.exit(code)
-
-
-_ENDED = {INTERRUPTED: "interrupted", TERMINATED: "terminated"}  # what the summary says of a signal
-
-
-class _Terminated(SystemExit):
-    """SIGTERM, raised in the script so that the pass in flight is stored."""
-
-    meta_name = "SIGTERM"  # what ``meta.error`` says
-
-
-def _terminator(before: Any) -> Any:
-    """The SIGTERM handler of the run: raises ``_Terminated`` in the script's
-    process; in a process the script forked (``multiprocessing``, a DataLoader
-    worker), which inherits it, does what ``before`` (the handler it replaced)
-    does, so that ``Process.terminate()`` works as under python."""
-    pid = os.getpid()
-
-    def terminate(signum: int, frame: Any) -> None:
-        if os.getpid() == pid:
-            raise _Terminated(128 + signum)
-        if callable(before):
-            before(signum, frame)
-        elif before != signal.SIG_IGN:  # the default (or a handler not set from Python): die by the signal
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    return terminate
-
-
-_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(runpy.__file__), "<frozen runpy>")
-
-
-def _without_our_frames(te: traceback.TracebackException, depth: int = 0) -> traceback.TracebackException:
-    """The traceback python would print: torchtrace's frames (the launcher, the
-    recorder's handler an op raised in) and runpy's left out, in chained
-    exceptions too. A script that does not compile shows no frame at all."""
-    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not (f.filename or "").startswith(_OURS)])
-    for chained in (te.__cause__, te.__context__):
-        if chained is not None and depth < 32:
-            _without_our_frames(chained, depth + 1)
-    return te
-
-
 def _summary(console: Console, progress: _Progress, store: Path, script: Path, code: int) -> None:
     n = progress.passes
     console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
                   f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
-                  f"{escape(script.name or script.resolve().name)} ({_ENDED.get(code, f'exit {code}')}) -> "
+                  f"{escape(script.name or script.resolve().name)} ({ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store))}", highlight=False, soft_wrap=True)
     if progress.variants:
         table = Table(box=None, show_header=True, pad_edge=False)

@@ -177,6 +177,18 @@ def atomic_write(path: PathLike, data: bytes) -> None:
     regular file (``/dev/null``, ``/dev/stdout``, a FIFO) is written in place,
     as ``open(path, "wb")`` would: replacing it would put a file where it was."""
     target = Path(path)
+    try:
+        _write(target, data)
+    except WriteError:
+        raise
+    except OSError as e:  # (a name too long, checked on the way)
+        raise WriteError.of(target, e) from None
+    except ValueError as e:  # (a NUL in the name)
+        raise WriteError("cannot write there", where=repr(str(target)), expected="a file path", found=str(e),
+                         fix="name a file without NUL characters") from None
+
+
+def _write(target: Path, data: bytes) -> None:
     if target.is_dir():
         raise WriteError("is a folder", where=str(target), expected="a file path to write", found="a folder",
                          fix="name a file inside it")
@@ -261,20 +273,27 @@ def encode(g: Graph, gz: bool = False) -> bytes:
     try:
         raw = orjson.dumps(_tree(g, tuple, share=True))
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        raw = json.dumps(graph_to_dict(g), separators=(",", ":"), ensure_ascii=False,
-                         allow_nan=False, default=symbolic_value).encode("utf-8")
+        tree = graph_to_dict(g)
+        text = json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=symbolic_value)
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (`\ud800` in a file read back): escaped, as JSON allows
+            raw = json.dumps(tree, separators=(",", ":"), allow_nan=False, default=symbolic_value).encode("ascii")
     return gzip.compress(raw, mtime=0) if gz else raw
 
 
 def content_key(g: Graph, per_pass_meta: Tuple[str, ...]) -> str:
     """A hash of everything in ``g`` but what each pass of a store keeps for
-    itself (``per_pass_meta``, what witnesses read, gradient norms): two passes
+    itself (``per_pass_meta``, what witnesses read, gradient norms, the names of
+    ``record_function`` markers): two passes
     with equal fingerprints can still differ in what the fingerprints leave
     out (source lines, ``record_function`` markers, autograd bookkeeping,
     exception messages), and a store must not read one back as the other."""
     tree = _tree(g, tuple, share=True)
     tree["meta"] = {k: v for k, v in tree["meta"].items() if k not in per_pass_meta}
-    tree["nodes"] = [n if n["witness"] is None else {**n, "witness": _kind_only(n["witness"])} for n in tree["nodes"]]
+    tree["nodes"] = [n if n["witness"] is None and "annotation" not in n["tags"] else
+                     {**n, "witness": _kind_only(n["witness"])} if n["witness"] is not None else {**n, "args": {}}
+                     for n in tree["nodes"]]  # (markers' names are each pass's own: `ProfilerStep#7`)
     tree["autograd"]["grads"] = [{**x, "norm": None} for x in tree["autograd"]["grads"]]
     try:
         raw = orjson.dumps(tree)

@@ -46,6 +46,7 @@ def read_by_if(n: "Node") -> bool:
 
 _ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?::[^=]+)?=(?!=)")
 _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
+_LOOK_UP = 400  # lines above an op searched for the header of its block
 _KEYWORDS = frozenset({"if", "elif", "and", "or", "not", "is", "in", "None", "True", "False", "lambda"})
 
 
@@ -63,10 +64,14 @@ def guard_names(n: "Node") -> FrozenSet[str]:
     and ``x``; attribute reads (``self.flag``) give only their object."""
     if n.source is None:
         return frozenset()
-    text = line_text(n)
+    lines = linecache.getlines(n.source.file)
+    at = n.source.line
+    if not (isinstance(at, int) and 0 < at <= len(lines)):  # (an unreadable file, a line past its end)
+        return frozenset()
+    text = lines[at - 1]
     indent = len(text) - len(text.lstrip())
-    for line in range(n.source.line - 1, 0, -1):
-        above = linecache.getline(n.source.file, line)
+    for line in range(at - 1, max(0, at - _LOOK_UP), -1):
+        above = lines[line - 1]
         stripped = above.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -24,6 +24,7 @@ transaction: a process killed mid-run loses at most the pass in flight.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import time
@@ -37,7 +38,7 @@ from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
 from .serialize import content_key, decode, encode, witness_from_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: graph rows keyed by content (passes name theirs); 1 is read too
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS graphs(
     shapes_fp TEXT NOT NULL, rank INTEGER NOT NULL DEFAULT 0, structure_fp TEXT NOT NULL,
@@ -78,7 +79,7 @@ _COLUMNS = ("id, rank, idx, step, label, root, started, wall_s, n_ops, n_forward
 
 
 _CANTOPEN = 14  # SQLITE_CANTOPEN
-_BUSY, _CORRUPT = 5, 11  # SQLITE_BUSY, SQLITE_CORRUPT
+_BUSY, _READONLY, _CORRUPT = 5, 8, 11  # SQLITE_BUSY, SQLITE_READONLY, SQLITE_CORRUPT
 
 
 def fits_int64(x: int) -> bool:
@@ -99,16 +100,8 @@ class Store:
 
     def __init__(self, path: Union[str, Path], *, readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly and self.path.is_dir() and (self.path / RUN_STORE).is_file():  # `torchtrace run`'s --out
-            self.path = self.path / RUN_STORE
-        if readonly and not self.path.is_file():
-            ref = _sqlite_ref(str(path))  # `store.db:3`: a pass of a store, where the store is wanted
-            ref = ref if ref is not None and ref[1] else None
-            raise UsageError("no trace store here", where=str(self.path), expected="a .db file written by "
-                             "`torchtrace run` or torchtrace.Recorder",
-                             found="a pass reference (STORE:N), not a store" if ref else "no such file",
-                             fix=f"pass the store itself: {ref[0]}" if ref else
-                             "check the path (the default is ./torchtrace-out/trace.db)")
+        if readonly:
+            self._find(str(path))
         if not readonly:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +114,7 @@ class Store:
             try:
                 self.db = self._connect(uri, readonly)
             except sqlite3.OperationalError as e:
-                if not readonly or getattr(e, "sqlite_errorcode", None) != _CANTOPEN:
+                if not readonly or getattr(e, "sqlite_errorcode", None) not in (_CANTOPEN, _READONLY):
                     raise
                 # a read-only folder: SQLite cannot make the WAL index beside the file; nothing can
                 # write there either, so the file is read as it is -- unless its last writes are still in
@@ -145,6 +138,10 @@ class Store:
                                  expected="a path for a new or existing trace.db", found=str(e),
                                  fix="choose another path (--out DIR), or check the folder's permissions") from None
             code = getattr(e, "sqlite_errorcode", None)
+            if code == _CANTOPEN and not os.access(self.path, os.R_OK):
+                raise IRError("cannot read the trace store", where=str(self.path), expected="a file you may read",
+                              found="no read permission", fix="check its permissions (ls -l), or read a copy"
+                              ) from None
             if code == _BUSY:  # another process holds the store (a writer mid-checkpoint, an sqlite3 shell)
                 raise IRError("the trace store is locked", where=str(self.path), expected="a store no other process "
                               "holds an exclusive lock on", found=f"{e} (waited 30 s)",
@@ -154,11 +151,30 @@ class Store:
                 raise self._damaged(str(e)) from None
             raise IRError("not a trace store", where=str(self.path), expected="an SQLite file written by torchtrace",
                           found=str(e), fix="pass the trace.db from `torchtrace run --out DIR`") from None
-        if version != SCHEMA_VERSION or not {"graphs", "passes"} <= tables:
+        if version not in (1, SCHEMA_VERSION) or not {"graphs", "passes"} <= tables:
             raise IRError("not a torchtrace store (or a newer one)", where=str(self.path),
                           expected=f"store schema {SCHEMA_VERSION} with tables graphs and passes",
                           found=f"schema {version}, tables {sorted(tables)}",
                           fix="open it with the torchtrace version that wrote it, or re-record")
+
+    def _find(self, given: str) -> None:
+        """The store to read: ``path``, or the one in the folder `torchtrace run` wrote."""
+        try:
+            if self.path.is_dir() and (self.path / RUN_STORE).is_file():  # `torchtrace run`'s --out
+                self.path = self.path / RUN_STORE
+            if self.path.is_file():
+                return
+            there = "a folder with no trace.db" if self.path.is_dir() else \
+                "no such file" if not self.path.exists() else "not a regular file"
+        except OSError as e:  # (a name too long, ...)
+            there = e.strerror or str(e)
+        ref = _sqlite_ref(given)  # `store.db:3`: a pass of a store, where the store is wanted
+        ref = ref if ref is not None and ref[1] else None
+        raise UsageError("no trace store here", where=str(self.path), expected="a .db file written by "
+                         "`torchtrace run` or torchtrace.Recorder",
+                         found="a pass reference (STORE:N), not a store" if ref else there,
+                         fix=f"pass the store itself: {ref[0]}" if ref else
+                         "check the path (the default is ./torchtrace-out/trace.db)")
 
     @staticmethod
     def _connect(uri: str, readonly: bool) -> sqlite3.Connection:
@@ -199,6 +215,9 @@ class Store:
         witnesses: Dict[str, Any] = {n.id: n.witness.read() for n in graph.witnesses()}
         if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
             witnesses["grads"] = [gi.norm for gi in graph.autograd.grads]
+        markers = {n.id: n.args for n in graph.nodes if "annotation" in n.tags and n.args}
+        if markers:  # (their names: `ProfilerStep#7`, a step number in a record_function)
+            witnesses["markers"] = markers
         if meta.get("last"):  # (and whether it was the Recorder's last: not the stored graph's)
             witnesses["last"] = True
         witnesses["meta"] = {k: meta[k] for k in PER_PASS_META if k in meta}
@@ -246,7 +265,10 @@ class Store:
 
     def ranks(self) -> List[int]:
         with self._reading():
-            return [r[0] for r in self.db.execute("SELECT DISTINCT rank FROM passes ORDER BY rank")]
+            ranks = [r[0] for r in self.db.execute("SELECT DISTINCT rank FROM passes ORDER BY rank")]
+        if not all(type(r) is int for r in ranks):  # (a row another SQLite client rewrote)
+            raise self._damaged(f"pass rows with a rank that is no integer: {[r for r in ranks if type(r) is not int]}")
+        return ranks
 
     def graph(self, idx: int, rank: int = 0) -> Graph:
         """The graph of pass ``idx`` (on ``rank``), with that pass's own meta and witness values."""
@@ -277,7 +299,9 @@ class Store:
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
             last = own.pop("last", False) is True
             flags = own.pop("meta", None)  # (stores before 2026-11-27 have none)
-            nodes = tuple(replace(n, witness=_own_read(own[n.id], n.witness)) if n.id in own else n for n in g.nodes)
+            marks = own.pop("markers", None) or {}
+            nodes = tuple(replace(n, witness=_own_read(own[n.id], n.witness)) if n.id in own else
+                          replace(n, args=marks[n.id]) if n.id in marks else n for n in g.nodes)
             autograd = g.autograd
             if isinstance(norms, list) and len(norms) == len(autograd.grads):
                 autograd = replace(autograd, grads=tuple(replace(gi, norm=x) for gi, x in zip(autograd.grads, norms)))
@@ -357,59 +381,3 @@ def _sqlite_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
         except OSError:
             continue
     return None
-
-
-def _in_run_folder(ref: str) -> str:
-    """``OUT`` or ``OUT:3``, where OUT is the folder `torchtrace run --out` wrote:
-    the same reference to the store inside it."""
-    pieces = ref.split(":")
-    for k in range(len(pieces), 0, -1):
-        folder = Path(":".join(pieces[:k]))
-        if folder.is_dir() and (folder / RUN_STORE).is_file():
-            return ":".join([str(folder / RUN_STORE), *pieces[k:]])
-    return ref
-
-
-def open_graph(ref: str) -> Graph:
-    """A graph from a CLI reference: ``file.json[.gz]``, ``store.db`` (its last
-    pass), ``store.db:IDX`` or ``store.db:RANK:IDX`` (negative IDX counts back);
-    the folder `torchtrace run` wrote stands for the store in it."""
-    ref = _in_run_folder(ref)
-    m = _REF.fullmatch(ref)
-    if m is not None:
-        path, parts = m.group("path"), [p for p in (m.group("a"), m.group("b")) if p is not None]
-    else:
-        found = _sqlite_ref(ref)
-        if found is None:
-            from .serialize import load
-
-            return load(ref)
-        path, parts = found
-    if len(parts) > 2 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
-        raise UsageError("bad pass reference", where=ref, expected="STORE.db, STORE.db:IDX or STORE.db:RANK:IDX",
-                         found=":".join(parts), fix="use a pass index such as trace.db:3")
-    rank = int(parts[0]) if len(parts) == 2 else 0
-    with Store(path, readonly=True) as store:
-        passes = store.passes(rank)
-        if not passes:
-            raise no_pass_of_rank(store, path, rank)
-        idx = int(parts[-1]) if parts else -1
-        if idx < 0:
-            if -idx > len(passes):
-                raise UsageError("no such pass", where=ref, expected=f"-1..-{len(passes)}", found=str(idx),
-                                 fix="list the passes with `torchtrace variants STORE`")
-            idx = passes[idx].idx
-        return store.graph(idx, rank)
-
-
-def no_pass_of_rank(store: Store, path: Any, rank: int) -> UsageError:
-    """The error for a rank without passes: the ranks that have some, if any do."""
-    ranks = store.ranks()
-    if not ranks:
-        return UsageError("the store holds no pass", where=f"{path} (rank {rank})",
-                          expected="at least one recorded pass", found="none",
-                          fix="record one with `torchtrace run script.py`")
-    listed = ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
-    return UsageError(f"rank {rank} recorded no pass", where=str(path), expected=f"a rank of {listed}",
-                      found=f"rank {rank}", fix=f"name a rank that recorded passes, e.g. {path}:{ranks[0]}:0"
-                      f" (or --rank {ranks[0]})")

@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 _ENGINE = torch.autograd.Variable._execution_engine
+_grad_enabled = torch.is_grad_enabled
 _task_id = torch._C._current_graph_task_id
 
 _SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}
@@ -135,6 +136,9 @@ class AutogradTracker:
         self.executed: List[tuple] = []
         self.handles: List[Any] = []
         self.backward_ran = False
+        # grad mode the engine runs the last Node in (on under create_graph=True): code of the user's in
+        # a Node that turns grad on itself (a checkpoint Function's re-run of forward) is recompute
+        self.engine_grad = [True]
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
         self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
 
@@ -193,10 +197,11 @@ class AutogradTracker:
                 self.handles.append(e.node.register_prehook(self._make_prehook(e.key)))
 
     def _make_prehook(self, key: tuple) -> Any:
-        executed = self.executed
+        executed, engine_grad = self.executed, self.engine_grad
 
         def prehook(grad_outputs: Any) -> None:
             executed.append(key)
+            engine_grad[0] = _grad_enabled()
             return None
 
         return prehook

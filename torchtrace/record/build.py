@@ -349,5 +349,7 @@ def _outputs(mode: Any, events: List[tuple], alive: Dict[int, Any], nodes: List[
         return out
     user = [ev for ev, n in zip(events, nodes) if "autograd_internal" not in n.tags]
     consumed = {v for ev in user for v in ev[E_INS]}
+    # (and not a value a write superseded: a view read after a write reads its newer version, aliases.py)
+    consumed.update(rec[V_ORIGIN][1] for rec in mode.vmeta if rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ver")
     produced = [v for ev in user if ev[E_PHASE] == 0 for v in ev[E_OUTS]]
     return [v for v in produced if v not in consumed and alive.get(v) is not None]

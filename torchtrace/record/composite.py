@@ -58,6 +58,12 @@ def _passed_through(info: Any, on: tuple) -> tuple:
     return tuple(k for k in on if info.lacks_kernel(k))
 
 
+# composite view ops whose views torch gives their metadata as they leave the mode: made again by their
+# pieces under ADInplaceOrView, torch refuses them (RuntimeError); other composite views (flatten,
+# reshape, movedim...) need it, or they come out as no views (measured on torch 2.13)
+_VIEWS_MADE_ONCE = frozenset({"aten.chunk", "aten.narrow"})
+
+
 def _eager_keys(autocast: tuple, views: Optional[bool]) -> Any:
     """Dispatch the ops a kernel calls with the keys eager gives them.
 
@@ -67,10 +73,7 @@ def _eager_keys(autocast: tuple, views: Optional[bool]) -> Any:
     lose their autograd metadata, and kernels that read it take another path
     (``matmul`` inside ``gru`` folds to ``mm`` when its weight requires grad
     and runs ``bmm`` otherwise: different bits). ``views=False``: with
-    ADInplaceOrView off (a composite op that is itself a view, ``chunk``,
-    ``narrow``: torch gives the views it returns their metadata when they
-    leave the mode; made again by its pieces, torch refuses them). ``None``:
-    as it is."""
+    ADInplaceOrView off (``_VIEWS_MADE_ONCE``). ``None``: as it is."""
     if _FORCE_KEYS is None or not (autocast or views is not None):  # (no guard: torch < 2.1)
         return contextlib.nullcontext()
     excluded = _C._dispatch_tls_local_exclude_set()
@@ -113,7 +116,7 @@ def run_composite(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) ->
     inner = _passed_through(info, _autocast_on(mode)) if mode.autocast else ()
     outer, mode.autocast_on = mode.autocast_on, inner  # the autocast keys on for its pieces
     try:
-        with mode, _eager_keys(inner, not info.view):
+        with mode, _eager_keys(inner, info.name.rsplit(".", 1)[0] not in _VIEWS_MADE_ONCE):
             return func._op_dk(_C.DispatchKey.CompositeImplicitAutograd, *args, **kwargs)
     finally:
         mode.autocast_on = outer

@@ -10,6 +10,7 @@ mode set them to).
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional
 
 import torch
@@ -27,28 +28,45 @@ def sync_python_keys() -> None:
 
 
 class KeySync:
-    """Wraps ``torch.inference_mode.__exit__`` from ``start()`` to ``stop()``
-    (nested Captures: the first one's wrapper stays until it stops)."""
+    """Wraps ``torch.inference_mode.__exit__`` while any KeySync is started
+    (counted: traces that end out of order, or in other threads, keep it until
+    the last one stops)."""
+
+    _lock = threading.Lock()
+    _users = 0
+    _orig: Optional[Any] = None
 
     def __init__(self) -> None:
-        self._orig: Optional[Any] = None
+        self.started = False
 
     def start(self) -> None:
-        orig = _CLASS.__dict__.get("__exit__")
-        if self._orig is not None or orig is None or getattr(orig, "_torchtrace_sync", False):
+        if self.started:
             return
-        self._orig = orig
+        cls = KeySync
+        with cls._lock:
+            if cls._users == 0:
+                orig = _CLASS.__dict__.get("__exit__")
+                if orig is None:
+                    return
 
-        def __exit__(self_: Any, *exc: Any) -> Any:
-            try:
-                return orig(self_, *exc)
-            finally:
-                sync_python_keys()
+                def __exit__(self_: Any, *exc: Any) -> Any:
+                    try:
+                        return orig(self_, *exc)
+                    finally:
+                        sync_python_keys()
 
-        __exit__._torchtrace_sync = True  # type: ignore[attr-defined]
-        _CLASS.__exit__ = __exit__  # type: ignore[method-assign]
+                cls._orig = orig
+                _CLASS.__exit__ = __exit__  # type: ignore[method-assign]
+            cls._users += 1
+            self.started = True
 
     def stop(self) -> None:
-        if self._orig is not None:
-            _CLASS.__exit__ = self._orig  # type: ignore[method-assign]
-            self._orig = None
+        if not self.started:
+            return
+        cls = KeySync
+        with cls._lock:
+            self.started = False
+            cls._users -= 1
+            if cls._users == 0 and cls._orig is not None:
+                _CLASS.__exit__ = cls._orig  # type: ignore[method-assign]
+                cls._orig = None

@@ -379,9 +379,11 @@ class RecordingMode(TorchDispatchMode):
                 self._fault(op_info(_DETACH), e)
         self.foreign = _get_ident() != self.capture.tid  # an engine device thread (CUDA's backward)
         engine = frame is None or self._is_engine(frame.f_code)  # (None: issued by the engine's own C++)
-        # checkpoint re-runs forward code with grad enabled from inside a Node (create_graph=True enables
-        # grad for the backward code of a custom Function or a hook, which is no recompute)
-        return RECOMPUTE if not engine and _grad_enabled() and in_checkpoint(frame) else BACKWARD
+        # checkpoint re-runs forward code with grad enabled from inside a Node: torch.utils.checkpoint, or a
+        # Function of the user's that turns grad on itself (Megatron's); create_graph=True has the engine
+        # turn it on for the backward code of a custom Function or a hook, which is no recompute
+        return RECOMPUTE if not engine and _grad_enabled() and (
+            not self.capture.autograd.engine_grad[0] or in_checkpoint(frame)) else BACKWARD
 
     def _is_engine(self, code: Any) -> bool:
         """Is ``code`` torch.autograd's own? Keyed by id (a code object's hash is

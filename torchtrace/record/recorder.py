@@ -11,6 +11,7 @@ committed to the store at once. Passes that are not sampled (``every``,
 from __future__ import annotations
 
 import operator
+import sqlite3
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ import torch
 from torch.nn.utils.parametrize import ParametrizationList
 from torch.nn.modules.module import register_module_forward_pre_hook
 
-from ..errors import UsageError, exit_error, warn
+from ..errors import TorchtraceError, UsageError, exit_error, warn
 from ..ir import Graph
 from ..store import Store, fits_int64
 from .boundary import call_site, drop_events, input_prep, repeated_prep, signature
@@ -260,7 +261,13 @@ class Recorder:
         label = f"{self._root_label or 'pass'} {self.index}"
         extra = {"last": True} if last and self.index else {}  # ended by the block's end, not by a next step
         graph = cap.finish_pass(step=self._pass_step, root=self._root, error=error, label=label, **extra)
-        stored = self.store.add(graph, wall_s=wall)
+        try:
+            stored = self.store.add(graph, wall_s=wall)
+        except (sqlite3.Error, OSError, TorchtraceError) as e:  # (a full disk): not the script's error; stop
+            self.max_passes = self.recorded
+            warn(f"torchtrace: could not store pass {self.index} in {self.store.path} ({e}); recording stops "
+                 "here, the passes stored so far are kept")
+            return
         self.recorded += 1
         cap.forget_names()  # its modules are let go (a model built anew each step: see ModelKeys)
         if self.on_pass is not None:

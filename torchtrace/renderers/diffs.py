@@ -66,6 +66,11 @@ def render_diff(diff: "GraphDiff", fmt: str = "text", **opts: Any) -> Union[str,
             raise UsageError(f"unknown option {name!r} for a diff as {fmt!r}", expected="one of "
                              + ", ".join(OPTIONS[fmt]), found=repr(name),
                              fix=(f"did you mean {near[0]!r}? " if near else "") + "pass only the listed options")
+    for name in ("context", "max_ops", "max_changed"):  # (counts of rows: 0 and up)
+        value = opts.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UsageError(f"bad value for {name}", expected="an integer, 0 or more", found=repr(value),
+                             fix=f"pass e.g. {name}=3, or leave it out")
     if fmt in ("text", "terminal"):
         return render_text(diff, **opts)
     if fmt == "markdown":

@@ -1,0 +1,71 @@
+"""Pass references on the command line (``trace.db:3``, ``trace.db:1:3``,
+``runfolder:-1``, a graph file) and the errors for ones that name nothing."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .ir import Graph
+from .store import _REF, RUN_STORE, Store, _sqlite_ref
+
+
+def _in_run_folder(ref: str) -> str:
+    """``OUT`` or ``OUT:3``, where OUT is the folder `torchtrace run --out` wrote:
+    the same reference to the store inside it."""
+    pieces = ref.split(":")
+    for k in range(len(pieces), 0, -1):
+        folder = Path(":".join(pieces[:k]))
+        try:
+            if folder.is_dir() and (folder / RUN_STORE).is_file():
+                return ":".join([str(folder / RUN_STORE), *pieces[k:]])
+        except OSError:  # (a name too long: no folder, and not ours to say)
+            continue
+    return ref
+
+
+def open_graph(ref: str) -> Graph:
+    """A graph from a CLI reference: ``file.json[.gz]``, ``store.db`` (its last
+    pass), ``store.db:IDX`` or ``store.db:RANK:IDX`` (negative IDX counts back);
+    the folder `torchtrace run` wrote stands for the store in it."""
+    ref = _in_run_folder(ref)
+    m = _REF.fullmatch(ref)
+    if m is not None:
+        path, parts = m.group("path"), [p for p in (m.group("a"), m.group("b")) if p is not None]
+    else:
+        found = _sqlite_ref(ref)
+        if found is None:
+            from .serialize import load
+
+            return load(ref)
+        path, parts = found
+    if len(parts) > 2 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
+        raise UsageError("bad pass reference", where=ref, expected="STORE.db, STORE.db:IDX or STORE.db:RANK:IDX",
+                         found=":".join(parts), fix="use a pass index such as trace.db:3")
+    rank = int(parts[0]) if len(parts) == 2 else 0
+    with Store(path, readonly=True) as store:
+        passes = store.passes(rank)
+        if not passes:
+            raise no_pass_of_rank(store, path, rank)
+        idx = int(parts[-1]) if parts else -1
+        if idx < 0:
+            if -idx > len(passes):
+                raise UsageError("no such pass", where=ref, expected=f"-1..-{len(passes)}", found=str(idx),
+                                 fix="list the passes with `torchtrace variants STORE`")
+            idx = passes[idx].idx
+        return store.graph(idx, rank)
+
+
+def no_pass_of_rank(store: Store, path: Any, rank: int, option: bool = False) -> UsageError:
+    """The error for a rank without passes: the ranks that have some, if any do
+    (``option``: the command has ``--rank``)."""
+    ranks = store.ranks()
+    if not ranks:
+        return UsageError("the store holds no pass", where=f"{path} (rank {rank})",
+                          expected="at least one recorded pass", found="none",
+                          fix="record one with `torchtrace run script.py`")
+    listed = ", ".join(map(str, ranks[:8])) + (", ..." if len(ranks) > 8 else "")
+    return UsageError(f"rank {rank} recorded no pass", where=str(path), expected=f"a rank of {listed}",
+                      found=f"rank {rank}", fix="name a rank that recorded passes, e.g. "
+                      + (f"--rank {ranks[0]}" if option else f"{path}:{ranks[0]}:0"))

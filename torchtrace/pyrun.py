@@ -1,0 +1,177 @@
+"""Running a script as ``python`` would, for ``torchtrace run``: its
+``__main__`` globals, ``sys.path``, exit status, uncaught exceptions (through
+``sys.excepthook``), ``sys.exit("message")``, and death by SIGINT or SIGTERM.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .errors import UsageError
+
+INTERRUPTED = -signal.SIGINT  # the script ended by KeyboardInterrupt: exit as python does
+TERMINATED = -signal.SIGTERM  # ended by SIGTERM (torchrun stopping the other ranks): likewise
+ENDED = {INTERRUPTED: "interrupted", TERMINATED: "terminated"}  # what the summary says of a signal
+GRACE_S = 10.0  # how long a SIGTERM's exception may take to leave the script before the process dies
+
+
+def check_script(script: str) -> Path:
+    path = Path(script)
+    if not path.is_file() and not (path / "__main__.py").is_file():  # (`python adir` runs adir/__main__.py)
+        raise UsageError("no such script", where=script, expected="a Python file to run (or a folder with __main__.py)",
+                         found="nothing there" if not path.exists() else "a folder without __main__.py",
+                         fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
+    return path
+
+
+def check_module(name: str) -> Path:
+    """The file of module ``name``, found as ``python -m`` finds it (the current
+    folder first; a package runs its ``__main__``)."""
+    import importlib.util
+
+    spec, why = None, "no module of that name"
+    sys.path.insert(0, os.getcwd())
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            spec, why = importlib.util.find_spec(f"{name}.__main__"), "a package without __main__"
+    except (ImportError, ValueError) as e:
+        spec, why = None, f"{type(e).__name__}: {e}"
+    finally:
+        sys.path.pop(0)
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        raise UsageError("no such module", where=name, expected="a module or package importable from here "
+                         "(the current folder or sys.path)", found=why,
+                         fix="check the name, and run from the folder `python -m` would run it from")
+    return Path(spec.origin)
+
+
+def execute(path: Path, module: Optional[str]) -> None:
+    """Run the script (or ``python -m`` module) as ``__main__``. ``sys.path[0]``
+    is the script's folder (the current folder for a module), in place of the
+    launcher's own, as python sets it; a file runs with ``__package__`` None
+    (PEP 366: a script may set it to import relatively)."""
+    if module is not None:
+        sys.path[0:1] = [os.getcwd()]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return
+    if path.is_file():  # (a folder or zip: run_path puts it on sys.path itself)
+        sys.path[0:1] = [str(path.resolve().parent)]
+        run_code = getattr(runpy, "_run_module_code", None)
+        if run_code is not None:
+            name = os.path.abspath(path)  # (__file__ absolute, as python's)
+            with open(name, "rb") as f:
+                code = compile(f.read(), name, "exec", dont_inherit=True)
+            run_code(code, None, "__main__", pkg_name=None, script_name=name)
+            return
+    else:
+        sys.path[0:1] = []
+    runpy.run_path(os.path.abspath(path), run_name="__main__")
+
+
+def exit_status(e: SystemExit) -> int:
+    """The status python exits with for ``e``; ``sys.exit("message")`` prints it."""
+    if e.code is None:
+        return 0
+    if isinstance(e.code, int):  # as the OS keeps it: sys.exit(-2) is 254 (never INTERRUPTED)
+        return e.code % 256 if -2 ** 63 <= e.code < 2 ** 63 else 255  # (past a C long: -1, as python)
+    try:
+        print(e.code, file=sys.stderr)
+    except Exception:  # (a closed stderr, as python: the status stays 1)
+        pass
+    return 1
+
+
+def show_uncaught(e: BaseException, hook: Any = None) -> None:
+    """What python prints for an uncaught exception: ``sys.excepthook`` when the
+    script set one (another than ``hook``, the one before it ran), else the
+    traceback without torchtrace's and runpy's frames."""
+    try:
+        if sys.excepthook not in (sys.__excepthook__, hook):
+            sys.excepthook(type(e), e, e.__traceback__)
+            return
+        print("".join(_without_our_frames(traceback.TracebackException.from_exception(e)).format()),
+              end="", file=sys.stderr)
+    except Exception:  # (a closed stderr: nothing to print to)
+        pass
+
+
+def exit_like_python(code: int) -> None:
+    """``sys.exit(code)``; after a KeyboardInterrupt or a SIGTERM, die by that
+    signal as python does (a shell or a parent process sees the signal, not an
+    exit status)."""
+    if code in (INTERRUPTED, TERMINATED):
+        sig = -code
+        if os.name == "posix":
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        code = 128 + sig
+    sys.exit(code)
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised in the script so that the pass in flight is stored."""
+
+    meta_name = "SIGTERM"  # what ``meta.error`` says
+
+
+class Terminator:
+    """The SIGTERM handler of the run: raises ``Terminated`` in the script's
+    process. The script could catch it (``except BaseException``) and go on,
+    where python dies at once: unless ``reached()`` says that it got out of the
+    script within ``GRACE_S``, the process then dies by SIGTERM. In a process
+    the script forked (``multiprocessing``, a DataLoader worker), which inherits
+    the handler, it does what ``before`` (the handler it replaced) does, so that
+    ``Process.terminate()`` works as under python."""
+
+    def __init__(self, before: Any) -> None:
+        self.before, self.pid = before, os.getpid()
+        self.pending: Dict[str, threading.Timer] = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if os.getpid() == self.pid:
+            if "timer" not in self.pending:
+                timer = self.pending["timer"] = threading.Timer(GRACE_S, _die, (signum,))
+                timer.daemon = True
+                timer.start()
+            raise Terminated(128 + signum)
+        if callable(self.before):
+            self.before(signum, frame)
+        elif self.before != signal.SIG_IGN:  # the default (or a handler not set from Python): die by the signal
+            _die(signum)
+
+    def reached(self) -> None:
+        """The exception left the script: the run stores the pass, then dies by SIGTERM itself."""
+        timer = self.pending.pop("timer", None)
+        if timer is not None:
+            timer.cancel()
+
+    @property
+    def swallowed(self) -> bool:
+        """A SIGTERM came and its exception never left the script (it caught it)."""
+        return "timer" in self.pending
+
+
+def _die(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.abspath(runpy.__file__), "<frozen runpy>")
+
+
+def _without_our_frames(te: traceback.TracebackException, depth: int = 0) -> traceback.TracebackException:
+    """The traceback python would print: torchtrace's frames (the launcher, the
+    recorder's handler an op raised in) and runpy's left out, in chained
+    exceptions too. A script that does not compile shows no frame at all."""
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not (f.filename or "").startswith(_OURS)])
+    for chained in (te.__cause__, te.__context__):
+        if chained is not None and depth < 32:
+            _without_our_frames(chained, depth + 1)
+    return te
