@@ -1012,6 +1012,32 @@ def test_a_read_through_an_alias_a_write_made_stale_depends_on_the_write():
     g.validate()
 
 
+class _Skips(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x, scale):
+        if scale.item() == 0.0:
+            return x  # handed back untouched
+        return self.lin(x) * scale
+
+
+def test_an_input_returned_untouched_is_the_pass_s_output():
+    """No op read it, so it was no value: the graph returned nothing, and a diff
+    against a pass that used it said "input `x` only in A"."""
+    m, x = _Skips(), torch.randn(2, 4)
+    graphs = []
+    for scale in (1.0, 0.0):
+        with torchtrace.trace(m) as t:
+            m(x, torch.tensor(scale))
+        graphs.append(t.graph)
+    [out] = graphs[1].outputs
+    assert (graphs[1].value(out).role, graphs[1].value(out).name) == ("input", "x")
+    d = torchtrace.diff(*graphs)
+    assert not d.inputs and "only in A" not in str(d).split("@@")[0].replace("3 ops only in A", "")
+
+
 def test_trace_keeps_no_tensor_alive():
     m = zoo.MLP(8, 16)
     x = torch.randn(4, 8)

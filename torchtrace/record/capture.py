@@ -297,7 +297,9 @@ class Capture:
         mode = self.mode
         for t in tensors_in(output):
             vid = mode.vid_of(t)
-            if vid is not None:
+            if vid is None:  # returned untouched (an input handed back: `if skip: return x`): a value too
+                vid = mode._external(t, None, None)
+            if vid >= 0:
                 mode.outputs.append(vid)
                 mode.output_refs.append(mode.vrefs[vid])
 
