@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .align import Pair, Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .sourcetext import guard_names, kept_aside, names_assigned, read_by_if
-from .textform import ordinal, plural, shape_str, where
+from .textform import common_module, ordinal, plural, shape_str, where
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Witness
@@ -395,18 +395,3 @@ def _numbers_changed(a: Any, b: Any) -> List[Tuple[Any, Any]]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
         return [pair for x, y in zip(a, b) for pair in _numbers_changed(x, y)]
     return []
-
-
-def common_module(paths: Iterable[str]) -> str:
-    """The deepest module path that contains all ``paths`` (``""`` = root)."""
-    parts: Optional[List[str]] = None
-    for p in paths:
-        ps = p.split(".") if p else []
-        if parts is None:
-            parts = ps
-        else:
-            k = 0
-            while k < len(parts) and k < len(ps) and parts[k] == ps[k]:
-                k += 1
-            parts = parts[:k]
-    return ".".join(parts or [])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import TYPE_CHECKING, Any, Iterable, List
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node, Value
@@ -143,3 +143,18 @@ def format_graph(g: "Graph") -> str:
     if g.outputs:
         lines.append("return " + " ".join(g.outputs))
     return "\n".join(lines)
+
+
+def common_module(paths: Iterable[str]) -> str:
+    """The deepest module path that contains all ``paths`` (``""`` = root)."""
+    parts: Optional[List[str]] = None
+    for p in paths:
+        ps = p.split(".") if p else []
+        if parts is None:
+            parts = ps
+        else:
+            k = 0
+            while k < len(parts) and k < len(ps) and parts[k] == ps[k]:
+                k += 1
+            parts = parts[:k]
+    return ".".join(parts or [])
