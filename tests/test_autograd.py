@@ -472,6 +472,14 @@ def test_backward_code_of_the_users_in_a_graph_building_backward_is_no_recompute
     phases = {n.phase for n in t.graph.nodes}
     assert phases == {"forward", "backward"}
     assert sum(n.phase == "backward" and n.short_op == "pow.Tensor_Scalar" for n in t.graph.nodes) == 1
+    # a plain backward first, then a graph-building one whose first hook runs before any Node of its
+    # own: what the engine's grad mode was is the new task's, not the last one's
+    with torchtrace.trace(lin) as t:
+        lin(x).sum().backward()
+        out = lin(x)
+        out.register_hook(lambda g: g * 0.5)
+        torch.autograd.grad(out.sum(), x, create_graph=create_graph)
+    assert {n.phase for n in t.graph.nodes} == {"forward", "backward"}
 
 
 class _CheckpointFunction(torch.autograd.Function):

@@ -624,6 +624,35 @@ def test_ops_an_except_ran_are_put_down_to_the_op_that_raised():
     assert fallback.explanation in str(torchtrace.variants([ok, singular]))
 
 
+class Retried(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor, fail: bool) -> torch.Tensor:
+        h = self.lin(x)
+        try:
+            h = h.view(5, 5) if fail else h.view(2, 6)  # LINE:view
+            h = h.exp()
+        except RuntimeError:
+            h = h.flatten(1).abs()  # LINE:handler
+            h = h.exp()  # (both passes run an exp)
+            h = h.sigmoid()  # LINE:handler-end
+        return h.sum()
+
+
+def test_every_op_an_except_ran_is_put_down_to_the_raise():
+    """Ops of the `except` body after an op both passes ran are the raise's doing
+    too (found by the `except` clause's lines)."""
+    m, x = Retried(), torch.randn(2, 4)
+    a = record(m, x, False)
+    b = record(m, x, True)
+    hunks = [h for h in torchtrace.diff(a, b).hunks if h.kind == "structural"]
+    lines = [{n.source.line for n in h.only_b} for h in hunks]
+    assert {line_of("handler"), line_of("handler-end")} <= set().union(*lines)
+    assert all(h.caught is not None for h in hunks), [h.explanation for h in hunks]
+
+
 class Scaled(nn.Module):
     def __init__(self) -> None:
         super().__init__()

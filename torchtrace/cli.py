@@ -204,8 +204,8 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
         if fmt is Fmt.json:
             from .serialize import dumps
 
-            given = [o for o, v in (("--depth", depth), ("--no-fold", not fold), ("--phase", phase),
-                                    ("--focus", focus)) if v not in (None, False)]
+            given = [o for o, v in (("--depth", depth is not None), ("--no-fold", not fold),
+                                    ("--phase", phase is not None), ("--focus", focus is not None)) if v]
             if given:  # (the IR is the whole graph: a view option would be silently dropped)
                 raise UsageError("view options do not apply to json", expected="-f json alone (the whole graph)",
                                  found=" ".join(given), fix="drop them, or draw the view in another format")

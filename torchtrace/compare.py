@@ -307,7 +307,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                                if n is not None for path in [_module_path(g, n)] if path or not recompute)
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
-            caught = causes.caught(k0)  # (what an `except` ran: said before reads made earlier)
+            caught = causes.caught(k0, k1)  # (what an `except` ran: said before reads made earlier)
             if caught is not None and loop is None:
                 witness = None
             ran, adjacent = ran_only(A, B, rows), causes.adjacent(k0)

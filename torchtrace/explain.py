@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .align import Pair, Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
-from .sourcetext import guard_names, kept_aside, names_assigned, read_by_if
+from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_if
 from .textform import common_module, ordinal, plural, shape_str, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -179,20 +179,32 @@ class Causes:
         raised_a, raised_b = A.graph.raised(), B.graph.raised()  # ops that raised on one side only
         self.raised: List[int] = [e for e, (i, j) in enumerate(pairs) if i is not None and j is not None
                                   and (A.nodes[i].id in raised_a) != (B.nodes[j].id in raised_b)]
+        self.raised_in_a = raised_a
 
-    def caught(self, k0: int) -> Optional[int]:
-        """The row of the op that raised on one side only, right before row
-        ``k0`` (no read that differs, no op only in A or B since), where that
-        side went on: the program caught the exception, and the hunk is what
-        its ``except`` ran."""
+    def caught(self, k0: int, k1: int) -> Optional[int]:
+        """The row of the op that raised on one side only, before row ``k0`` with
+        no read that differs since, where that side went on: the program caught
+        the exception, and the hunk is what its ``except`` ran -- right after
+        the raise, or at lines of the ``except`` clauses of the ``try`` around it
+        (other ops only in A or B between them are another cause's)."""
         at = bisect.bisect_left(self.raised, k0)
         if not at or self.past_end(k0):
             return None
         row = self.raised[at - 1]
         read = bisect.bisect_left(self.differing, k0)
-        if self.one_sided[k0] != self.one_sided[row + 1]:  # (other ops only in A or B since: another cause's)
+        if read and self.differing[read - 1] > row:
             return None
-        return row if not read or self.differing[read - 1] < row else None
+        if self.one_sided[k0] == self.one_sided[row + 1]:
+            return row
+        i, j = self.pairs[row]
+        src = (self.A.nodes[i] if self.A.nodes[i].id in self.raised_in_a else self.B.nodes[j]).source
+        first = next((self.A.nodes[x] if y is None else self.B.nodes[y] for x, y in self.pairs[k0:k1]
+                      if x is None or y is None), None)
+        at_line = first.source if first is not None else None
+        if src is None or at_line is None or at_line.file != src.file:
+            return None
+        lo, hi = except_bodies(src.file, src.line)
+        return row if lo <= at_line.line <= hi else None
 
     def past_end(self, k0: int) -> bool:
         """Has one side run all its ops before row ``k0`` (what follows is only

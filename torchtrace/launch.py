@@ -202,8 +202,6 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
             finally:
                 if terminator is not None and sys.exc_info()[0] is Terminated:
                     terminator.reached()  # (out of the script: the pass in flight is stored, then the death)
-        if terminator is not None and terminator.swallowed:  # the script caught it: python would have died
-            code = TERMINATED
     except Terminated:  # (the pass in flight is stored; then die by SIGTERM, as python does)
         code = TERMINATED
     except SystemExit as e:
@@ -219,6 +217,9 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
         code = INTERRUPTED if isinstance(e, KeyboardInterrupt) else 1  # (Ctrl-C: then die by SIGINT, as python)
         show_uncaught(e, hook)
     finally:
+        if terminator is not None and terminator.swallowed:  # the script caught it: python would have died
+            terminator.reached()
+            code = TERMINATED
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         sys.argv, sys.path[:] = saved_argv, saved_path

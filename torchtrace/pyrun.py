@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -58,21 +59,29 @@ def execute(path: Path, module: Optional[str]) -> None:
     launcher's own, as python sets it; a file runs with ``__package__`` None
     (PEP 366: a script may set it to import relatively)."""
     if module is not None:
-        sys.path[0:1] = [os.getcwd()]
+        if not getattr(sys.flags, "safe_path", False):
+            sys.path[0:1] = [os.getcwd()]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
-    if path.is_file():  # (a folder or zip: run_path puts it on sys.path itself)
-        sys.path[0:1] = [str(path.resolve().parent)]
-        run_code = getattr(runpy, "_run_module_code", None)
-        if run_code is not None:
-            name = os.path.abspath(path)  # (__file__ absolute, as python's)
-            with open(name, "rb") as f:
-                code = compile(f.read(), name, "exec", dont_inherit=True)
-            run_code(code, None, "__main__", pkg_name=None, script_name=name)
-            return
-    else:
-        sys.path[0:1] = []
-    runpy.run_path(os.path.abspath(path), run_name="__main__")
+    name = os.path.abspath(path)  # (__file__ absolute, as python's)
+    source = path.is_file() and not zipfile.is_zipfile(name) and not _compiled(name)
+    if not getattr(sys.flags, "safe_path", False):  # (python -P adds no folder of the script's)
+        sys.path[0:1] = [str(path.resolve().parent)] if source or path.is_file() else []
+    run_code = getattr(runpy, "_run_module_code", None)
+    if source and run_code is not None:
+        with open(name, "rb") as f:
+            code = compile(f.read(), name, "exec", dont_inherit=True)
+        run_code(code, None, "__main__", pkg_name=None, script_name=name)
+        return
+    runpy.run_path(name, run_name="__main__")  # (a folder or zip with __main__.py, a .pyc: as python runs them)
+
+
+def _compiled(name: str) -> bool:
+    """Is the file compiled bytecode (a .pyc, which python runs as such)?"""
+    import importlib.util
+
+    with open(name, "rb") as f:
+        return f.read(4) == importlib.util.MAGIC_NUMBER
 
 
 def exit_status(e: SystemExit) -> int:
@@ -94,7 +103,10 @@ def show_uncaught(e: BaseException, hook: Any = None) -> None:
     traceback without torchtrace's and runpy's frames."""
     try:
         if sys.excepthook not in (sys.__excepthook__, hook):
-            sys.excepthook(type(e), e, e.__traceback__)
+            tb = e.__traceback__  # (from the script's own frames on, as python hands it)
+            while tb is not None and (tb.tb_frame.f_code.co_filename or "").startswith(_OURS):
+                tb = tb.tb_next
+            sys.excepthook(type(e), e.with_traceback(tb), tb)  # (hooks that format e.__traceback__ too)
             return
         print("".join(_without_our_frames(traceback.TracebackException.from_exception(e)).format()),
               end="", file=sys.stderr)
@@ -133,11 +145,14 @@ class Terminator:
     def __init__(self, before: Any) -> None:
         self.before, self.pid = before, os.getpid()
         self.pending: Dict[str, threading.Timer] = {}
+        self.dying = False
 
     def __call__(self, signum: int, frame: Any) -> None:
         if os.getpid() == self.pid:
+            if self.dying:  # (sent again by the timer: the grace is over)
+                _die(signum)
             if "timer" not in self.pending:
-                timer = self.pending["timer"] = threading.Timer(GRACE_S, _die, (signum,))
+                timer = self.pending["timer"] = threading.Timer(GRACE_S, self._again, (signum,))
                 timer.daemon = True
                 timer.start()
             raise Terminated(128 + signum)
@@ -145,6 +160,11 @@ class Terminator:
             self.before(signum, frame)
         elif self.before != signal.SIG_IGN:  # the default (or a handler not set from Python): die by the signal
             _die(signum)
+
+    def _again(self, signum: int) -> None:
+        """(In the timer's thread, where no handler may be set: the main thread dies.)"""
+        self.dying = True
+        os.kill(self.pid, signum)
 
     def reached(self) -> None:
         """The exception left the script: the run stores the pass, then dies by SIGTERM itself."""

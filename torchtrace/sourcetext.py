@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import linecache
 import re
-from typing import TYPE_CHECKING, FrozenSet
+from typing import TYPE_CHECKING, FrozenSet, List, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -82,3 +82,50 @@ def guard_names(n: "Node") -> FrozenSet[str]:
             condition = above[m.end():].split("#", 1)[0]
             return frozenset(_NAME.findall(condition)) - _KEYWORDS
     return frozenset()
+
+
+_HEADER = re.compile(r"^\s*(\w+)")
+_HANDLERS = ("except", "else", "finally")
+
+
+def except_bodies(file: str, line: int) -> Tuple[int, int]:
+    """The lines (first, last) of the ``except`` clauses of the ``try`` whose body
+    holds ``line``; (0, -1) when there is none, or the file is not readable here."""
+    lines = linecache.getlines(file)
+    if not (isinstance(line, int) and 0 < line <= len(lines)):
+        return 0, -1
+    indent = _indent(lines[line - 1])
+    at = line - 1
+    while at > 0 and indent > 0:  # up through the blocks around it, to a `try:` (not past a def or class)
+        at -= 1
+        text = lines[at]
+        if not text.strip() or text.lstrip().startswith("#") or _indent(text) >= indent:
+            continue
+        indent = _indent(text)
+        word = _HEADER.match(text)
+        if word is None or word.group(1) in ("def", "class"):
+            return 0, -1
+        if word.group(1) == "try":
+            return _handlers(lines, at, indent)
+    return 0, -1
+
+
+def _handlers(lines: List[str], at: int, indent: int) -> Tuple[int, int]:
+    first, last, inside = 0, -1, False
+    for k in range(at + 1, len(lines)):
+        text = lines[k]
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        if _indent(text) <= indent:
+            word = _HEADER.match(text)
+            if word is None or word.group(1) not in _HANDLERS:
+                break
+            inside = word.group(1) == "except"
+            first = first or (k + 1 if inside else 0)
+        elif inside:
+            last = k + 1
+    return first, last
+
+
+def _indent(text: str) -> int:
+    return len(text) - len(text.lstrip())

@@ -381,3 +381,11 @@ def _sqlite_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
         except OSError:
             continue
     return None
+
+
+def __getattr__(name: str) -> Any:  # (moved to passref.py: the names stay importable from here)
+    if name in ("open_graph", "no_pass_of_rank"):
+        from . import passref
+
+        return getattr(passref, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -136,9 +136,9 @@ class AutogradTracker:
         self.executed: List[tuple] = []
         self.handles: List[Any] = []
         self.backward_ran = False
-        # grad mode the engine runs the last Node in (on under create_graph=True): code of the user's in
-        # a Node that turns grad on itself (a checkpoint Function's re-run of forward) is recompute
-        self.engine_grad = [True]
+        # (graph task, grad mode) the engine ran the last hooked Node in (on under create_graph=True): code
+        # of the user's in a Node that turns grad on itself (a checkpoint Function's re-run) is recompute
+        self.engine_grad: List[Any] = [None]
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
         self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
 
@@ -201,7 +201,7 @@ class AutogradTracker:
 
         def prehook(grad_outputs: Any) -> None:
             executed.append(key)
-            engine_grad[0] = _grad_enabled()
+            engine_grad[0] = (_task_id(), _grad_enabled())
             return None
 
         return prehook
