@@ -622,6 +622,22 @@ PYTHON_ALIKE = {  # script -> what must match `python script` (stdout, stderr, e
         print(sum(p.endswith("bin") or p == "" for p in sys.path[:1]), __name__)
     """,
     "closed_stderr": "import sys; sys.stderr.close(); print('done')",
+    "excepthook_frames": """
+        import sys, traceback
+        sys.excepthook = lambda t, e, tb: print("".join(traceback.format_tb(tb)).count("File"), file=sys.stderr)
+        def f():
+            raise ValueError("boom")
+        f()
+    """,
+    "sigterm_then_exit": """
+        import os, signal, sys
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()
+        except BaseException:
+            pass
+        sys.exit(0)
+    """,
 }
 
 
@@ -632,7 +648,19 @@ def test_the_script_ends_as_under_python(tmp_path, name):
     res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
                          timeout=300)
     assert (res.returncode, res.stdout) == (ref.returncode, ref.stdout)
-    assert res.stderr.startswith(ref.stderr) and "torchtrace: recorded" in res.stderr or name == "closed_stderr"
+    assert res.stderr.startswith(ref.stderr) and "torchtrace: recorded" in res.stderr or name == "closed_stderr" \
+        or name == "sigterm_then_exit" and ref.stderr == res.stderr == ""
+
+
+def test_a_zipped_script_runs_as_under_python(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "app.zip", "w") as z:
+        z.writestr("__main__.py", "import torch\nprint(__name__, torch.nn.Linear(2, 1)(torch.ones(1, 2)).shape)\n")
+    ref = subprocess.run([sys.executable, str(tmp_path / "app.zip")], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(tmp_path / "app.zip")], capture_output=True,
+                         text=True, timeout=300)
+    assert (res.returncode, res.stdout) == (ref.returncode, ref.stdout) == (0, "__main__ torch.Size([1, 1])\n")
 
 
 def test_a_child_the_script_forks_prints_no_summary_and_holds_no_lock(tmp_path):
