@@ -28,8 +28,8 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
-from .sided import (accumulated, casts, fed_by, fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on,
-                    ran_only, recomputed, stopped, trained, unused)
+from .sided import (accumulated, casts, ended_before, fed_by, fed_values, in_modal_modules, needs_grad,
+                    optimizer_state, ran_on, ran_only, recomputed, stopped, trained, unused)
 from .ir import Graph, Node
 from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
@@ -321,6 +321,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               inputs=inputs if witness is None else (),
                               stopped=stopped(A, B, rows) if k1 == len(ops) or causes.past_end(k0) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
+                              short=ended_before(A, B, rows) if k1 == len(ops) and witness is None or
+                              k1 == len(ops) and witness.weak else None,
                               grads=accumulated(A, B, rows), recompute=recompute,
                               ran=ran, trained=mode, read_first=first is not None, fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),

@@ -354,7 +354,7 @@ class Causes:
         if not names:
             return nearest
         at = first.source
-        for e in reversed(self.decisive[:bisect.bisect_left(self.decisive, k0)]):
+        for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):  # (a float kept, compared)
             i, j = self.pairs[e]
             read = self.A.nodes[i]
             if read.source is not None and (read.source.file, read.source.function) == (at.file, at.function) \

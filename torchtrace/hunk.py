@@ -65,6 +65,7 @@ class Hunk:
     moved: Tuple[str, ...] = ()  # its ops ran on the other side too, elsewhere (``classify.moved``): their names
     read_first: bool = False  # ``witness`` is a read right before it (no op between): said before ``trained``
     caught: Optional[OpPair] = None  # an op before it raised on one side, and that pass went on (``except``)
+    short: Optional[str] = None  # the side whose pass was the Recorder's last: it ended before these ops
 
     @property
     def own_cause(self) -> bool:
@@ -72,7 +73,7 @@ class Hunk:
         recompute, a pass that stopped, ran more phases, trained, froze or made
         optimizer state, or ran on past its last step."""
         return bool(self.grads or self.recompute or self.stopped or self.ran or self.trained or self.needs_grad
-                    or self.unused or self.state or self.last)
+                    or self.unused or self.state or self.last or self.short)
 
     @property
     def cause(self) -> str:
@@ -125,6 +126,9 @@ class Hunk:
             side, names = self.unused
             return f"{_listed(names)} got no gradient in {other_side(side)} (no op of its pass used "\
                    f"{'it' if len(names) == 1 else 'them'}): the optimizer steps them only in {side}"
+        if self.short is not None:
+            return f"{self.short}'s pass is the last one recorded: it ends before what {other_side(self.short)}'s " \
+                   "pass ran after its step (the next step's first ops)"
         if self.last is not None:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
                    "(or of the Recorder block), past its last step"
@@ -204,7 +208,7 @@ class Hunk:
                        rewires=tuple(r.mirror() for r in self.rewires), stopped=_swap_sides(self.stopped),
                        casts=tuple(t.mirror() for t in self.casts),
                        ran=_swap_first(self.ran),
-                       trained=_swap_sides(self.trained), last=_swap_sides(self.last),
+                       trained=_swap_sides(self.trained), last=_swap_sides(self.last), short=_swap_sides(self.short),
                        grad_modes=(self.grad_modes[1], self.grad_modes[0]) if self.grad_modes else None,
                        state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad),
                        unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None)
@@ -221,7 +225,7 @@ class Hunk:
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
                 "trained": self.trained, "read_first": self.read_first, "fed": [i.to_dict() for i in self.fed],
-                "last": self.last, "moved": list(self.moved),
+                "last": self.last, "short": self.short, "moved": list(self.moved),
                 "caught": self.caught.to_dict() if self.caught else None,
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,

@@ -60,6 +60,20 @@ def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     return one[0] if not any(in_model(n) for n in one[3]) else None
 
 
+def ended_before(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """"B" when ``rows``, at the end of the diff, are ops only in A, outside its
+    root model's calls, and B's pass was a Recorder's last, A's not: what every
+    pass but the last runs after its step (the next step's ``zero_grad``, its
+    batch's draw), which the last one never reached."""
+    one = sole(A, B, rows)
+    if one is None or one[1].graph.meta.get("last") or not one[2].graph.meta.get("last"):
+        return None
+    g = one[1].graph
+    if any(n.id in g.raised() or any(c.path == "" for c in g.calls_around(n.module)) for n in one[3]):
+        return None
+    return "B" if one[0] == "A" else "A"
+
+
 def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:
     """The .grads (``fc.weight.grad``) that ``rows``, when they are all
     AccumulateGrad's ops (tag ``accumulate_grad``), added into."""

@@ -25,7 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .compiled import mark_dynamo_skip
-from .composite import NOT_WHOLE, call_under_autocast, run_whole
+from .composite import NOT_WHOLE, call_under_autocast, run_composite, run_whole
 from .extras import Raised, Read
 from .frames import callers_of, engine_under_modes, in_checkpoint, is_autograd_engine
 from .opinfo import _CACHE as _INFOS
@@ -40,6 +40,7 @@ _get_seq = torch._C._autograd._get_sequence_nr
 _current_node = torch._C._current_autograd_node
 _task_id = torch._C._current_graph_task_id
 _grad_enabled = torch.is_grad_enabled
+_PIECES = run_composite.__code__
 _getframe = sys._getframe
 _get_ident = threading.get_ident
 _ref = weakref.ref
@@ -130,7 +131,9 @@ class RecordingMode(TorchDispatchMode):
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
             try:
                 f = _getframe(1)
-            except ValueError:  # no Python frame below the handler: see _frameless
+                while f.f_code is _PIECES:  # a piece of a composite op: issued where that op was
+                    f = f.f_back.f_back.f_back  # (run_composite <- run_whole <- the handler <- its caller)
+            except (ValueError, AttributeError):  # no Python frame below the handler: see _frameless
                 f = None
             anode = _current_node()
             if f is None:
