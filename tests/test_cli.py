@@ -656,11 +656,13 @@ def test_a_zipped_script_runs_as_under_python(tmp_path):
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "app.zip", "w") as z:
-        z.writestr("__main__.py", "import torch\nprint(__name__, torch.nn.Linear(2, 1)(torch.ones(1, 2)).shape)\n")
+        z.writestr("__main__.py", "import sys, torch\nprint(__name__, torch.nn.Linear(2, 1)(torch.ones(1, 2)).shape)\n"
+                                  f"print(sys.path[0].endswith('app.zip'), {str(tmp_path)!r} in sys.path)\n")
     ref = subprocess.run([sys.executable, str(tmp_path / "app.zip")], capture_output=True, text=True, timeout=120)
     res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(tmp_path / "app.zip")], capture_output=True,
                          text=True, timeout=300)
-    assert (res.returncode, res.stdout) == (ref.returncode, ref.stdout) == (0, "__main__ torch.Size([1, 1])\n")
+    assert (res.returncode, res.stdout) == (ref.returncode, ref.stdout) == (0, "__main__ torch.Size([1, 1])\n"
+                                                                             "True False\n")
 
 
 def test_a_child_the_script_forks_prints_no_summary_and_holds_no_lock(tmp_path):

@@ -59,7 +59,45 @@ def test_a_float_read_kept_in_a_name_is_named_for_the_if_that_compares_it(tmp_pa
                 model.weight.mul_(1.1 if step % 2 else 0.8)
     why = str(_variants(tmp_path / "t.db"))
     line = zoo.marked_line(__file__, "kept")
-    assert f"`test_loop_variants.py:{line}` read" in why and "maybe not the cause" not in why, why
+    assert f"`test_loop_variants.py:{line}` read" in why, why  # (not the printed float, one line nearer)
+    assert "(a float kept in the name the `if` around these ops tests: maybe not the cause)" in why
+
+
+def test_a_float_kept_in_a_name_that_is_re_assigned_before_the_if_is_still_a_guess(tmp_path):
+    torch.manual_seed(0)
+    model, x = nn.Linear(4, 1), torch.randn(8, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for step in range(6):
+            with torch.no_grad():
+                out = model(x)
+                loss = out.pow(2).mean().item()
+                loss = float(step)  # (the name is re-assigned: the read is not what is compared)
+                if loss < 3:
+                    out = out.exp()
+                model.weight.mul_(1.1 if step % 2 else 0.8)
+    why = _variants(tmp_path / "t.db")
+    assert "maybe not the cause" in why, why
+
+
+def test_a_last_step_that_skips_its_own_work_is_not_said_to_end_early(tmp_path):
+    """Ops of the step after its model call that the last step skips (an EMA update
+    under `if step < 4`) are no "next step's first ops"; nor are those a last pass
+    lacks because it raised."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    ema = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for step in range(5):
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            if step < 4:
+                for e, p in zip(ema, model.parameters()):
+                    e.lerp_(p.detach(), 0.1)
+    why = _variants(tmp_path / "t.db")
+    assert "is the last one recorded" not in why and "Python state" in why, why
 
 
 def test_the_last_pass_that_ends_before_the_next_step_s_first_ops_says_so(tmp_path):

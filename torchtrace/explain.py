@@ -71,6 +71,7 @@ class WitnessChange:
     also: Tuple["WitnessChange", ...] = ()  # other reads that differ just as near (nothing only in A or B since)
     merged: bool = False  # weak because the branch it decided ended before: both passes ran the same ops since
     passed: Optional[str] = None  # the changed op argument its values are (``topk`` k=3 -> 2 after ``k = int(...)``)
+    named: bool = False  # kept in the name that the `if` around the hunk tests (``_named_by_guard``)
 
     @property
     def where(self) -> str:
@@ -84,6 +85,8 @@ class WitnessChange:
             text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
         if not self.weak:
             return text
+        if self.named:
+            return f"{text} (a float kept in the name the `if` around these ops tests: maybe not the cause)"
         why = "its `if` ended before these ops, and both passes ran the same ops since" if self.merged else \
             "a float" if isinstance(self.a.value, float) else "read into a call whose result is unused"
         return f"{text} ({why}: the nearest read that differs, maybe not the cause)"
@@ -124,7 +127,7 @@ class WitnessChange:
                 "a": self.a.read(), "b": self.b.read(),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
-                "also": [w.short() for w in self.also], "passed": self.passed}
+                "also": [w.short() for w in self.also], "passed": self.passed, "named": self.named}
 
 
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
@@ -359,8 +362,12 @@ class Causes:
             read = self.A.nodes[i]
             if read.source is not None and (read.source.file, read.source.function) == (at.file, at.function) \
                     and names_assigned(read) & names:
+                # a bool or a count kept in the name decided it; a float kept in it is compared to something
+                # (`if loss < best:`), maybe re-assigned first: named, still a guess
+                weak = not (decisive(read.witness) and decisive(self.B.nodes[j].witness))
                 same = nearest is not None and nearest.node_a == read.id  # (then no other read is as likely)
-                return replace(nearest, also=(), weak=False, merged=False) if same else self.witness_change(i, j)
+                return replace(nearest if same else self.witness_change(i, j), also=(), weak=weak, merged=False,
+                               named=True)
         return nearest
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:

@@ -64,9 +64,10 @@ def execute(path: Path, module: Optional[str]) -> None:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
     name = os.path.abspath(path)  # (__file__ absolute, as python's)
-    source = path.is_file() and not zipfile.is_zipfile(name) and not _compiled(name)
+    archive = not path.is_file() or zipfile.is_zipfile(name)  # (a folder or zip: run_path puts it first)
+    source = not archive and not _compiled(name)
     if not getattr(sys.flags, "safe_path", False):  # (python -P adds no folder of the script's)
-        sys.path[0:1] = [str(path.resolve().parent)] if source or path.is_file() else []
+        sys.path[0:1] = [] if archive else [str(path.resolve().parent)]
     run_code = getattr(runpy, "_run_module_code", None)
     if source and run_code is not None:
         with open(name, "rb") as f:

@@ -66,10 +66,15 @@ def ended_before(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     pass but the last runs after its step (the next step's ``zero_grad``, its
     batch's draw), which the last one never reached."""
     one = sole(A, B, rows)
-    if one is None or one[1].graph.meta.get("last") or not one[2].graph.meta.get("last"):
+    if one is None or one[1].graph.meta.get("last") or not one[2].graph.meta.get("last") or \
+            one[2].graph.meta.get("error"):  # (a last pass that raised: its error says why)
         return None
-    g = one[1].graph
-    if any(n.id in g.raised() or any(c.path == "" for c in g.calls_around(n.module)) for n in one[3]):
+    g, start = one[1].graph, next((n.source for n in one[2].graph.nodes if n.source is not None), None)
+    if start is None or any(n.id in g.raised() or any(c.path == "" for c in g.calls_around(n.module))
+                            for n in one[3]):
+        return None
+    # the next step's first ops: at lines before the one the last pass started at (its model call)
+    if not all(n.source is not None and n.source.file == start.file and n.source.line < start.line for n in one[3]):
         return None
     return "B" if one[0] == "A" else "A"
 
