@@ -199,18 +199,19 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
             started = True
             try:
                 execute(path, options.module)
-            finally:
-                if terminator is not None and sys.exc_info()[0] is Terminated:
-                    terminator.reached()  # (out of the script: the pass in flight is stored, then the death)
+            except Terminated:  # (out of the script: the pass in flight is stored, then the death)
+                if terminator is not None:
+                    terminator.reached()
+                raise
     except Terminated:  # (the pass in flight is stored; then die by SIGTERM, as python does)
         code = TERMINATED
     except SystemExit as e:
         code = exit_status(e)
     except TorchtraceError as e:
-        if started:  # (the recorder's own trouble, before the script ran: ours to say)
+        if started:  # (raised in the script: its own error, as python shows it)
             show_uncaught(e, hook)
             code = 1
-        else:
+        else:  # (the recorder's own trouble, before the script ran: ours to say)
             _say(console, f"[bold red]error[/]: {escape(str(e))}")
             code = 2
     except BaseException as e:  # the script's own error: show it as python would, without our frames

@@ -12,7 +12,7 @@ import threading
 import traceback
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from .errors import UsageError
 
@@ -145,17 +145,17 @@ class Terminator:
 
     def __init__(self, before: Any) -> None:
         self.before, self.pid = before, os.getpid()
-        self.pending: Dict[str, threading.Timer] = {}
+        self.timer: Optional[threading.Timer] = None  # (armed by a SIGTERM, until its exception leaves)
         self.dying = False
 
     def __call__(self, signum: int, frame: Any) -> None:
         if os.getpid() == self.pid:
             if self.dying:  # (sent again by the timer: the grace is over)
                 _die(signum)
-            if "timer" not in self.pending:
-                timer = self.pending["timer"] = threading.Timer(GRACE_S, self._again, (signum,))
-                timer.daemon = True
-                timer.start()
+            if self.timer is None:
+                self.timer = threading.Timer(GRACE_S, self._again, (signum,))
+                self.timer.daemon = True
+                self.timer.start()
             raise Terminated(128 + signum)
         if callable(self.before):
             self.before(signum, frame)
@@ -169,14 +169,14 @@ class Terminator:
 
     def reached(self) -> None:
         """The exception left the script: the run stores the pass, then dies by SIGTERM itself."""
-        timer = self.pending.pop("timer", None)
-        if timer is not None:
-            timer.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     @property
     def swallowed(self) -> bool:
         """A SIGTERM came and its exception never left the script (it caught it)."""
-        return "timer" in self.pending
+        return self.timer is not None
 
 
 def _die(signum: int) -> None:

@@ -267,19 +267,24 @@ def _file_mode(target: Path) -> int:
 
 def encode(g: Graph, gz: bool = False) -> bytes:
     """The graph's JSON bytes, gzipped if ``gz``. orjson writes them (C: with
-    the dict tree built, about a third of ``json.dumps``'s time, bench/parts.py);
-    what it refuses (an integer past 64 bits or a non-string key in ``meta``)
-    goes through ``json``, which writes the same document."""
-    try:
-        raw = orjson.dumps(_tree(g, tuple, share=True))
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        tree = graph_to_dict(g)
-        text = json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=symbolic_value)
-        try:
-            raw = text.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate (`\ud800` in a file read back): escaped, as JSON allows
-            raw = json.dumps(tree, separators=(",", ":"), allow_nan=False, default=symbolic_value).encode("ascii")
+    the dict tree built, about a third of ``json.dumps``'s time, bench/parts.py)."""
+    raw = _json_bytes(_tree(g, tuple, share=True))
     return gzip.compress(raw, mtime=0) if gz else raw
+
+
+def _json_bytes(tree: Dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of an IR tree: orjson; what it refuses (an integer past
+    64 bits, a non-string key in ``meta``, a lone surrogate) through ``json``,
+    which writes the same document (a lone surrogate escaped, as JSON allows)."""
+    try:
+        return orjson.dumps(tree)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        pass
+    text = json.dumps(tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=symbolic_value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(tree, separators=(",", ":"), allow_nan=False, default=symbolic_value).encode("ascii")
 
 
 def content_key(g: Graph, per_pass_meta: Tuple[str, ...]) -> str:
@@ -295,11 +300,7 @@ def content_key(g: Graph, per_pass_meta: Tuple[str, ...]) -> str:
                      {**n, "witness": _kind_only(n["witness"])} if n["witness"] is not None else {**n, "args": {}}
                      for n in tree["nodes"]]  # (markers' names are each pass's own: `ProfilerStep#7`)
     tree["autograd"]["grads"] = [{**x, "norm": None} for x in tree["autograd"]["grads"]]
-    try:
-        raw = orjson.dumps(tree)
-    except TypeError:  # (what orjson refuses: see encode)
-        raw = json.dumps(tree, separators=(",", ":"), default=symbolic_value, skipkeys=True).encode("utf-8")
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(_json_bytes(tree)).hexdigest()[:16]
 
 
 def _kind_only(w: Dict[str, Any]) -> Dict[str, Any]:

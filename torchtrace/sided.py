@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .align import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
-from .ir import Node
+from .ir import Graph, Node
 from .typechange import TypeChange
 
 
@@ -49,15 +49,13 @@ def ran_on(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     one = sole(A, B, rows)
     if one is None or not one[1].graph.meta.get("last") or one[2].graph.meta.get("last"):
         return None
-    g = one[1].graph
-    if any(n.id in g.raised() for n in one[3]):  # (one of them raised: the step stopped there, no running on)
-        return None
+    return None if _step_own(one[1].graph, one[3]) else one[0]
 
-    def in_model(n: Node) -> bool:  # (inside a call of the pass's root model, path "": the step's own)
-        calls = list(g.calls_around(n.module))
-        return bool(calls) and calls[-1].path == ""
 
-    return one[0] if not any(in_model(n) for n in one[3]) else None
+def _step_own(g: Graph, ops: Sequence[Node]) -> bool:
+    """Did one of ``ops`` raise (the step stopped there), or run inside a call of
+    the pass's root model (path ""): the step's own work, not what came after it?"""
+    return any(n.id in g.raised() or any(c.path == "" for c in g.calls_around(n.module)) for n in ops)
 
 
 def ended_before(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
@@ -69,14 +67,13 @@ def ended_before(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     if one is None or one[1].graph.meta.get("last") or not one[2].graph.meta.get("last") or \
             one[2].graph.meta.get("error"):  # (a last pass that raised: its error says why)
         return None
-    g, start = one[1].graph, next((n.source for n in one[2].graph.nodes if n.source is not None), None)
-    if start is None or any(n.id in g.raised() or any(c.path == "" for c in g.calls_around(n.module))
-                            for n in one[3]):
+    start = next((n.source for n in one[2].graph.nodes if n.source is not None), None)
+    if start is None or _step_own(one[1].graph, one[3]):
         return None
     # the next step's first ops: at lines before the one the last pass started at (its model call)
     if not all(n.source is not None and n.source.file == start.file and n.source.line < start.line for n in one[3]):
         return None
-    return "B" if one[0] == "A" else "A"
+    return other_side(one[0])
 
 
 def accumulated(A: Side, B: Side, rows: Sequence[OpPair]) -> Tuple[str, ...]:

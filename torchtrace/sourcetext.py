@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import linecache
 import re
-from typing import TYPE_CHECKING, FrozenSet, List, Tuple
+from typing import TYPE_CHECKING, Any, FrozenSet, Iterator, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -62,26 +62,12 @@ def guard_names(n: "Node") -> FrozenSet[str]:
     of ``n`` (the nearest line above it that is indented less), when that
     header is an ``if``: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
     and ``x``; attribute reads (``self.flag``) give only their object."""
-    if n.source is None:
+    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    header = next(_headers_around(lines, n.source.line, _LOOK_UP), None) if lines else None
+    m = _IF.match(header[1]) if header is not None else None
+    if m is None:
         return frozenset()
-    lines = linecache.getlines(n.source.file)
-    at = n.source.line
-    if not (isinstance(at, int) and 0 < at <= len(lines)):  # (an unreadable file, a line past its end)
-        return frozenset()
-    text = lines[at - 1]
-    indent = len(text) - len(text.lstrip())
-    for line in range(at - 1, max(0, at - _LOOK_UP), -1):
-        above = lines[line - 1]
-        stripped = above.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if len(above) - len(above.lstrip()) < indent:
-            m = _IF.match(above)
-            if not m:
-                return frozenset()
-            condition = above[m.end():].split("#", 1)[0]
-            return frozenset(_NAME.findall(condition)) - _KEYWORDS
-    return frozenset()
+    return frozenset(_NAME.findall(header[1][m.end():].split("#", 1)[0])) - _KEYWORDS
 
 
 _HEADER = re.compile(r"^\s*(\w+)")
@@ -91,30 +77,42 @@ _HANDLERS = ("except", "else", "finally")
 def except_bodies(file: str, line: int) -> Tuple[int, int]:
     """The lines (first, last) of the ``except`` clauses of the ``try`` whose body
     holds ``line``; (0, -1) when there is none, or the file is not readable here."""
-    lines = linecache.getlines(file)
-    if not (isinstance(line, int) and 0 < line <= len(lines)):
-        return 0, -1
-    indent = _indent(lines[line - 1])
-    at = line - 1
-    while at > 0 and indent > 0:  # up through the blocks around it, to a `try:` (not past a def or class)
-        at -= 1
-        text = lines[at]
-        if not text.strip() or text.lstrip().startswith("#") or _indent(text) >= indent:
-            continue
-        indent = _indent(text)
+    lines = _lines(file, line)
+    for at, text in _headers_around(lines, line) if lines else ():  # (not past a def or class)
         word = _HEADER.match(text)
         if word is None or word.group(1) in ("def", "class"):
-            return 0, -1
+            break
         if word.group(1) == "try":
-            return _handlers(lines, at, indent)
+            return _handlers(lines, at, _indent(text))
     return 0, -1
+
+
+def _lines(file: str, line: Any) -> Optional[List[str]]:
+    """The file's lines as read here, when ``line`` is one of them."""
+    lines = linecache.getlines(file)
+    return lines if isinstance(line, int) and 0 < line <= len(lines) else None
+
+
+def _headers_around(lines: List[str], line: int, limit: Optional[int] = None) -> Iterator[Tuple[int, str]]:
+    """(index, text) of the headers of the blocks around ``line`` (1-based),
+    innermost first: each line above it indented less than the last one seen
+    (within ``limit`` lines)."""
+    indent = _indent(lines[line - 1])
+    stop = -1 if limit is None else max(-1, line - 1 - limit)
+    for k in range(line - 2, stop, -1):
+        if indent == 0:
+            return
+        text = lines[k]
+        if not _blank(text) and _indent(text) < indent:
+            indent = _indent(text)
+            yield k, text
 
 
 def _handlers(lines: List[str], at: int, indent: int) -> Tuple[int, int]:
     first, last, inside = 0, -1, False
     for k in range(at + 1, len(lines)):
         text = lines[k]
-        if not text.strip() or text.lstrip().startswith("#"):
+        if _blank(text):
             continue
         if _indent(text) <= indent:
             word = _HEADER.match(text)
@@ -129,3 +127,9 @@ def _handlers(lines: List[str], at: int, indent: int) -> Tuple[int, int]:
 
 def _indent(text: str) -> int:
     return len(text) - len(text.lstrip())
+
+
+def _blank(text: str) -> bool:
+    """An empty or comment-only line."""
+    stripped = text.strip()
+    return not stripped or stripped.startswith("#")

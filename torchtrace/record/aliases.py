@@ -20,8 +20,7 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
                         alias_root: Dict[int, int], producer: Dict[int, int]) -> None:
     """Rewrite ``events`` (inputs and the writes' outputs), ``vmeta``, ``vrefs``,
     ``alias_root`` and ``producer`` in place; nothing when no op wrote."""
-    written = [v for v, rec in enumerate(vmeta) if rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ver"
-               and rec[V_ORIGIN][1] >= 0 and v in producer]
+    written = [v for v in range(len(vmeta)) if _written(vmeta, v) and v in producer]
     if not written:
         return
     writes: Dict[int, List[int]] = {}  # write op -> the versions it made

@@ -296,9 +296,7 @@ class Capture:
     def _root_outputs(self, output: Any) -> None:
         mode = self.mode
         for t in tensors_in(output):
-            vid = mode.vid_of(t)
-            if vid is None:  # returned untouched (an input handed back: `if skip: return x`): a value too
-                vid = mode._external(t, None, None)
+            vid = mode._vid(t, None, None)  # (one returned untouched, `if skip: return x`, is a value too)
             if vid >= 0:
                 mode.outputs.append(vid)
                 mode.output_refs.append(mode.vrefs[vid])

@@ -39,38 +39,39 @@ _PRE = (functools.partial, (dict.pop, {}))
 _FORWARD = (functools.partial, (type.__init__, int))
 
 
-class PreHook:
+class _Hook:
+    """One of torchtrace's hooks on a user's module: a deep copy or a pickle of
+    it is the no-op ``reduced`` makes."""
+
+    __slots__ = ("fn",)
+    reduced: Tuple[Any, ...] = ()
+
+    def __init__(self, fn: Callable[..., None]) -> None:
+        self.fn = fn
+
+    def __deepcopy__(self, memo: Any) -> Inert:
+        return Inert(self.reduced)
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return self.reduced
+
+
+class PreHook(_Hook):
     """A forward pre-hook ``fn(module, args, frame)``, given the frame of torch's
     call (``_call_impl``), as a hook called by torch would read it."""
 
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[Any, Tuple[Any, ...], Any], None]) -> None:
-        self.fn = fn
+    __slots__ = ()
+    reduced = _PRE
 
     def __call__(self, module: Any, args: Tuple[Any, ...]) -> None:
         return self.fn(module, args, sys._getframe(1))
 
-    def __deepcopy__(self, memo: Any) -> Inert:
-        return Inert(_PRE)
 
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return _PRE
-
-
-class ForwardHook:
+class ForwardHook(_Hook):
     """A forward hook ``fn(module, args, output)``."""
 
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[Any, Tuple[Any, ...], Any], None]) -> None:
-        self.fn = fn
+    __slots__ = ()
+    reduced = _FORWARD
 
     def __call__(self, module: Any, args: Tuple[Any, ...], output: Any) -> None:
         return self.fn(module, args, output)
-
-    def __deepcopy__(self, memo: Any) -> Inert:
-        return Inert(_FORWARD)
-
-    def __reduce__(self) -> Tuple[Any, ...]:
-        return _FORWARD

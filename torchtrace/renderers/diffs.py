@@ -66,11 +66,8 @@ def render_diff(diff: "GraphDiff", fmt: str = "text", **opts: Any) -> Union[str,
             raise UsageError(f"unknown option {name!r} for a diff as {fmt!r}", expected="one of "
                              + ", ".join(OPTIONS[fmt]), found=repr(name),
                              fix=(f"did you mean {near[0]!r}? " if near else "") + "pass only the listed options")
-    for name in ("context", "max_ops", "max_changed"):  # (counts of rows: 0 and up)
-        value = opts.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"bad value for {name}", expected="an integer, 0 or more", found=repr(value),
-                             fix=f"pass e.g. {name}=3, or leave it out")
+    for name in ("context", "max_ops", "max_changed"):  # (counts of rows)
+        _count(name, opts.get(name, 0))
     if fmt in ("text", "terminal"):
         return render_text(diff, **opts)
     if fmt == "markdown":
@@ -400,6 +397,13 @@ def _positive(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UsageError(f"bad value for {name}", expected="a positive integer", found=repr(value),
                          fix=f"leave {name} out to use Mermaid's default limit")
+    return value
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UsageError(f"bad value for {name}", expected="an integer, 0 or more", found=repr(value),
+                         fix=f"pass e.g. {name}=3, or leave it out")
     return value
 
 
