@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 import torchtrace
 from torchtrace.cli import _module_args_are_its_own, app
+from torchtrace.errors import WriteError
 from torchtrace.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -867,3 +868,36 @@ def test_a_graph_nested_too_deeply_to_show_is_an_error_not_a_traceback(tmp_path)
     (tmp_path / "deep.json").write_text(json.dumps(d))
     res = subprocess.run([EXE, "show", str(tmp_path / "deep.json")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith("error: the graph nests too deeply to show"), res.stderr[-800:]
+
+
+def test_an_output_path_ending_in_a_slash_names_a_folder_and_is_refused(recorded, tmp_path):
+    """`-o newdir/` once wrote a file named `newdir` (Path drops the slash);
+    torchtrace.save(g, "out/") too. Both are refused, and nothing is written."""
+    d, _ = recorded
+    db = d / "out" / "trace.db"
+    for args in (["render", f"{db}:0", "-f", "dot", "-o", f"{tmp_path}/newdir/"],
+                 ["export", f"{db}:0", "-o", f"{tmp_path}/newdir/"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1 and res.output.startswith("error: "), (args, res.output)
+        assert "names a folder" in res.output and "newdir/NAME" in res.output, res.output
+        assert not (tmp_path / "newdir").exists()
+    with Store(db, readonly=True) as store:
+        g = store.graph(0)
+    with pytest.raises(WriteError, match="names a folder"):
+        torchtrace.save(g, f"{tmp_path}/newdir/")
+    assert not (tmp_path / "newdir").exists()
+    (tmp_path / "there").mkdir()
+    res = runner.invoke(app, ["render", f"{db}:0", "-f", "dot", "-o", f"{tmp_path}/there/"])
+    assert res.exit_code == 1 and "is a folder" in res.output, res.output
+
+
+def test_a_bad_option_value_says_what_came():
+    for args, came in ((["show", "x.json", "--depth", "abc"], "found 'abc'"),
+                       (["show", "x.json", "--depth=-2"], "found '-2'"),
+                       (["show", "x.json", "-dxyz"], "found 'xyz'"),
+                       (["run", "--every", "0", "x.py"], "found '0'")):
+        res = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and res.stderr.startswith("error: Invalid value for "), res.stderr
+        assert came in res.stderr and "--help" in res.stderr, res.stderr
+    res = subprocess.run([EXE, "render", "x.json", "-f", "nope"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.count("'nope'") == 1, res.stderr  # (said once, by click)

@@ -1539,3 +1539,42 @@ def test_an_arm_split_by_a_call_both_arms_make_is_still_the_if_s():
     read = f"`test_diff_causes.py:{line_of('either')}` read True in A, False in B"
     assert all(h.witness is not None and not h.witness.weak for h in d.hunks if h.only_a or h.only_b), d.why()
     assert any(w.startswith(read + " \u2192") for w in d.why()), d.why()
+
+
+class ShapeGate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(x.abs().mean())  # LINE:scale
+        h = self.fc(x)
+        if x.shape[0] > 2:  # LINE:shapeif
+            h = h.relu()
+        return h * scale
+
+
+def test_an_if_that_tests_a_shape_is_put_down_to_the_inputs_not_to_a_float_read_before_it():
+    """A float read before the hunk differs in every pass; the `if` around the
+    hunk tests the input's shape, which differs: that is the cause."""
+    torch.manual_seed(0)
+    m = ShapeGate()
+    graphs = []
+    for n in (2, 5):
+        x = torch.randn(n, 4)
+        with torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    h = next(h for h in d.hunks if h.kind == "structural")
+    assert h.witness is None and h.shape_if == f"test_diff_causes.py:{line_of('shapeif')}"
+    assert h.explanation == (f"the `if` at `test_diff_causes.py:{line_of('shapeif')}` tests a shape; input `x` "
+                             "f32[2,4] \u2192 f32[5,4] (Python saw another shape or dtype) \u2192 1 op only in B "
+                             "(in `<root>`)")
+    assert h.to_dict()["shape_if"] == h.shape_if
+    # same shapes, other data: the float read is the only read that differs, named as a guess
+    x = torch.randn(5, 4) * 3
+    with torchtrace.trace(m) as t:
+        m(x)
+    d = torchtrace.diff(graphs[1], t.graph)
+    assert d.hunks and all(h.kind == "changed" and not h.shape_if for h in d.hunks)

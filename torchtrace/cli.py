@@ -78,14 +78,14 @@ def _view(depth: Optional[int], fold: bool, phase: Optional[Phase], focus: Optio
     return opts
 
 
-def _emit(data: Any, output: Optional[Path], fmt: str) -> None:
-    if output is not None and str(output) == "-":  # `-o -`: standard output, as other tools take it
+def _emit(data: Any, output: Optional[str], fmt: str) -> None:
+    if output == "-":  # `-o -`: standard output, as other tools take it
         output = None
     if output is not None:
         from .serialize import atomic_write
 
         raw = data if isinstance(data, bytes) else data.encode("utf-8", "backslashreplace")  # (a lone surrogate)
-        if output.suffix == ".gz":  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
+        if output.endswith(".gz"):  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
             import gzip
 
             raw = gzip.compress(raw, mtime=0)
@@ -193,7 +193,7 @@ def show(ref: str = typer.Argument(..., help=REF_HELP), depth: Optional[int] = D
 @app.command()
 def render(ref: str = typer.Argument(..., help=REF_HELP),
            fmt: Fmt = typer.Option(Fmt.svg, "--format", "-f", help="output format"),
-           output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of stdout"),
+           output: Optional[str] = typer.Option(None, "--output", "-o", help="write here instead of stdout"),
            depth: Optional[int] = DepthOpt, fold: bool = FoldOpt, phase: Optional[Phase] = PhaseOpt,
            focus: Optional[str] = FocusOpt) -> None:
     """Draw a graph as DOT/SVG/PNG/PDF, Mermaid, Markdown, text or JSON."""
@@ -222,7 +222,7 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
 def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
          b: str = typer.Argument(..., help="graph B"),
          fmt: Fmt = typer.Option(Fmt.text, "--format", "-f", help="output format (json: the hunks and causes)"),
-         output: Optional[Path] = typer.Option(None, "--output", "-o", help="write here instead of stdout")) -> None:
+         output: Optional[str] = typer.Option(None, "--output", "-o", help="write here instead of stdout")) -> None:
     """Explain why two passes built different graphs."""
     from .compare import diff as compare
     from .passref import open_graph
@@ -296,7 +296,7 @@ def ranks(store: Path = typer.Argument(..., help="the trace store of a distribut
 
 @app.command()
 def export(ref: str = typer.Argument(..., help=REF_HELP),
-           output: Path = typer.Option(..., "--output", "-o", help="FILE.json or FILE.json.gz")) -> None:
+           output: str = typer.Option(..., "--output", "-o", help="FILE.json or FILE.json.gz")) -> None:
     """Write one pass as a torchtrace.graph JSON file."""
     from .serialize import dumps
     from .passref import open_graph
@@ -360,11 +360,30 @@ def main() -> None:
         if "NoArgsIsHelpError" not in kinds:  # (that one: typer printed the help already)
             ctx = getattr(e, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if "UsageError" in kinds and ctx is not None else ""
-            err.print(Text.assemble(("error:", "bold red"), f" {e.format_message()}{hint}"), soft_wrap=True)
+            came = _given(getattr(e, "param", None), sys.argv[1:]) if "BadParameter" in kinds else None
+            msg = e.format_message()
+            found = f"; found {came!r}" if came is not None and repr(came) not in msg else ""
+            err.print(Text.assemble(("error:", "bold red"), f" {msg}{found}{hint}"), soft_wrap=True)
         sys.exit(e.exit_code)
     from .launch import exit_like_python  # (Ctrl-C in `torchtrace run`: death by SIGINT, as python's)
 
     exit_like_python(code if isinstance(code, int) else 0)
+
+
+def _given(param: Any, args: List[str]) -> Optional[str]:
+    """The value the command line gave the option ``param``, for an error that says
+    what came (`--depth abc`, `--depth=abc`, `-dabc`); None unless given once (a
+    script's own options after `run script.py` may use the same names)."""
+    came = []
+    for k, a in enumerate(args):
+        for opt in getattr(param, "opts", None) or ():
+            if a == opt and k + 1 < len(args):
+                came.append(args[k + 1])
+            elif a.startswith(f"{opt}=") and opt.startswith("--"):
+                came.append(a[len(opt) + 1:])
+            elif len(opt) == 2 and opt[1] != "-" and a.startswith(opt) and len(a) > 2 and not a.startswith("--"):
+                came.append(a[2:])
+    return came[0] if len(came) == 1 else None
 
 
 def _output_failed(e: OSError) -> None:

@@ -29,7 +29,7 @@ from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
 from .sided import (accumulated, casts, ended_before, fed_by, fed_values, in_modal_modules, needs_grad,
-                    optimizer_state, ran_on, ran_only, recomputed, stopped, trained, unused)
+                    optimizer_state, ran_on, ran_only, recomputed, shape_if, stopped, trained, unused)
 from .ir import Graph, Node
 from .loops import runs_said
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
@@ -316,9 +316,12 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             mode = trained(A, B, rows, fed)
             first = adjacent if mode is not None and loop is None and not in_modal_modules(A, B, rows) else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
+            tested = shape_if(rows, inputs) if witness is None or (
+                witness.weak and not witness.named and loop is None and ran is None) else ""
+            witness = None if tested else witness
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
-                              inputs=inputs if witness is None else (),
+                              inputs=inputs if witness is None else (), shape_if=tested,
                               stopped=stopped(A, B, rows) if k1 == len(ops) or causes.past_end(k0) else None,
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               short=ended_before(A, B, rows) if k1 == len(ops) and witness is None or

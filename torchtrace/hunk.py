@@ -66,6 +66,7 @@ class Hunk:
     read_first: bool = False  # ``witness`` is a read right before it (no op between): said before ``trained``
     caught: Optional[OpPair] = None  # an op before it raised on one side, and that pass went on (``except``)
     short: Optional[str] = None  # the side whose pass was the Recorder's last: it ended before these ops
+    shape_if: str = ""  # ``file:line`` of the `if` around it that tests a shape, when ``inputs`` changed shape
 
     @property
     def own_cause(self) -> bool:
@@ -159,6 +160,8 @@ class Hunk:
                 else "Python saw another shape or dtype"
             if self.loop is not None:
                 return f"{self.loop.describe()} (no tensor read decided it; {what}: {seen})"
+            if self.shape_if:
+                return f"the `if` at `{self.shape_if}` tests a shape; {what} ({seen})"
             return f"no tensor read differs before it; {what} ({seen})"
         if self.loop is not None:
             return f"{self.loop.describe()} (no tensor read decided it)"
@@ -225,7 +228,7 @@ class Hunk:
                 "casts": [t.to_dict() for t in self.casts], "backward_of": self.backward_of,
                 "ran": {"side": self.ran[0], "phases": list(self.ran[1])} if self.ran else None,
                 "trained": self.trained, "read_first": self.read_first, "fed": [i.to_dict() for i in self.fed],
-                "last": self.last, "short": self.short, "moved": list(self.moved),
+                "last": self.last, "short": self.short, "moved": list(self.moved), "shape_if": self.shape_if,
                 "caught": self.caught.to_dict() if self.caught else None,
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,

@@ -178,6 +178,9 @@ def atomic_write(path: PathLike, data: bytes) -> None:
     as ``open(path, "wb")`` would: replacing it would put a file where it was."""
     target = Path(path)
     try:
+        if str(path).endswith(("/", os.sep)) and not target.is_dir():  # (`-o newdir/`: Path drops the slash)
+            raise WriteError("names a folder", where=str(path), expected="a file path to write",
+                             found="a path ending in a slash", fix=f"name a file inside it: {path}NAME")
         _write(target, data)
     except WriteError:
         raise
@@ -329,7 +332,7 @@ def save(graph: Graph, path: PathLike) -> Path:
         raise UsageError("cannot save to this", expected="a file path (str or pathlib.Path)", found=repr(path),
                          fix="pass e.g. 'graph.json' or 'graph.json.gz'")
     target = Path(path)
-    atomic_write(target, encode(graph, gz=target.name.endswith(".gz")))
+    atomic_write(path, encode(graph, gz=target.name.endswith(".gz")))  # (the path as given: `"out/"` names a folder)
     return target
 
 

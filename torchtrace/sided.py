@@ -8,12 +8,14 @@ recompute, dtype casts. ``compare`` asks them; ``Hunk.cause`` says what they fou
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .align import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
 from .ir import Graph, Node
+from .sourcetext import shape_test
 from .typechange import TypeChange
 
 
@@ -222,3 +224,14 @@ def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange])
     if one is None or any(n.op not in CASTS for n in one[3]):
         return ()
     return tuple(t for t in types if t.kind == "dtype")
+
+
+def shape_if(rows: Sequence[OpPair], inputs: Sequence[InputChange]) -> str:
+    """``file:line`` of the ``if`` around the first op only one side ran, when it
+    tests a shape (``if x.shape[0] > 2:``) and an input's shape or dtype differs
+    (an input on both sides): the inputs decided it, not a float read before it."""
+    if not any(i.a is not None and i.b is not None for i in inputs):
+        return ""
+    first = next((p.a if p.status == "only_a" else p.b for p in rows if p.status in ("only_a", "only_b")), None)
+    line = shape_test(first) if first is not None else 0
+    return f"{os.path.basename(first.source.file)}:{line}" if line else ""

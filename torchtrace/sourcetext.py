@@ -57,17 +57,32 @@ def names_assigned(n: "Node") -> FrozenSet[str]:
     return frozenset(x.strip() for x in m.group(1).split(",")) if m else frozenset()
 
 
+_SHAPE_TEST = re.compile(r"\.(shape|ndim|size\(|dim\(|numel\()|\blen\(")
+
+
 def guard_names(n: "Node") -> FrozenSet[str]:
     """The plain names tested by the ``if``/``elif`` whose body holds the line
     of ``n`` (the nearest line above it that is indented less), when that
     header is an ``if``: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
     and ``x``; attribute reads (``self.flag``) give only their object."""
+    _, test = _if_test(n)
+    return frozenset(_NAME.findall(test)) - _KEYWORDS if test is not None else frozenset()
+
+
+def shape_test(n: "Node") -> int:
+    """The line of the ``if``/``elif`` whose body holds the line of ``n``, when
+    it tests a shape (``if x.shape[0] > 2:``, ``len(x)``, ``x.dim()``,
+    ``x.numel()``); else 0."""
+    at, test = _if_test(n)
+    return at if test is not None and _SHAPE_TEST.search(test) is not None else 0
+
+
+def _if_test(n: "Node") -> Tuple[int, Optional[str]]:
+    """The line and the test of the ``if``/``elif`` whose body holds the line of ``n``."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
     header = next(_headers_around(lines, n.source.line, _LOOK_UP), None) if lines else None
     m = _IF.match(header[1]) if header is not None else None
-    if m is None:
-        return frozenset()
-    return frozenset(_NAME.findall(header[1][m.end():].split("#", 1)[0])) - _KEYWORDS
+    return (header[0] + 1, header[1][m.end():].split("#", 1)[0]) if m is not None else (0, None)
 
 
 _HEADER = re.compile(r"^\s*(\w+)")
