@@ -9,6 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 import torchtrace
 import zoo
+from zoo import record
 from torchtrace.ir import Graph
 
 
@@ -1578,3 +1579,73 @@ def test_an_if_that_tests_a_shape_is_put_down_to_the_inputs_not_to_a_float_read_
         m(x)
     d = torchtrace.diff(graphs[1], t.graph)
     assert d.hunks and all(h.kind == "changed" and not h.shape_if for h in d.hunks)
+
+
+def _finite_prefix(fc: nn.Module, x: torch.Tensor) -> list:
+    outs = []
+    for c in x.chunk(4):
+        h = fc(c)
+        if not torch.isfinite(h).all():  # LINE:finite
+            break
+        outs.append(h.relu())
+    return outs
+
+
+def test_a_break_read_in_a_helper_called_from_another_line_in_each_pass_pairs_its_reads():
+    """The read's call site differs (a training step's line, an evaluation's),
+    one site in each pass: the reads still pair, and the loop's break is put
+    down to the read that differs, not to a loop count without a read."""
+    torch.manual_seed(0)
+    fc = nn.Linear(4, 4)
+    x = torch.randn(8, 4)
+    y = x.clone()
+    y[4, 0] = float("nan")  # the 3rd chunk: breaks there
+    with torch.no_grad(), torchtrace.trace(fc) as t:
+        _finite_prefix(fc, x)  # LINE:site_a
+    a = t.graph
+    with torch.no_grad(), torchtrace.trace(fc) as t:
+        _finite_prefix(fc, y)  # LINE:site_b
+    b = t.graph
+    assert {n.witness.called_from[0].line for n in a.nodes if n.witness} == {line_of("site_a")}
+    d = torchtrace.diff(a, b)
+    read = f"`test_diff_causes.py:{line_of('finite')}`"
+    assert d.why() == [f"{read} read True in A, False in B \u2192 10 ops only in A (in `<root>`)"]
+    assert torchtrace.diff(b, a).why() == [f"{read} read False in A, True in B \u2192 10 ops only in B (in `<root>`)"]
+
+
+def _refine_by_item(h: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    while budget.item() > 0:  # LINE:item_budget
+        h = torch.tanh(h) + h
+        budget = budget - 1
+    return h
+
+
+class TwoRefines(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.dec = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+        h = _refine_by_item(self.enc(x), b1)  # LINE:first_refine
+        return _refine_by_item(self.dec(h), b2)  # LINE:second_refine
+
+
+def test_a_while_on_a_number_read_counts_its_iterations_and_names_the_helper_s_call_site():
+    """`while budget.item() > 0` reads 3, 2, 1, 0: each value is new, yet the
+    loop ran 3 times (not "1x in A, 0x in B", which pairing the equal values 1
+    and 0 made); in a helper called from two lines, the call is named."""
+    torch.manual_seed(0)
+    m = TwoRefines().eval()
+    x = torch.randn(2, 4)
+    T = torch.tensor
+    a, b, c = (record(m, x, T(b1), T(b2)) for b1, b2 in ((2, 3), (2, 1), (4, 3)))
+    at = f"`while` at `test_diff_causes.py:{line_of('item_budget')}`"
+    site = "(called from `test_diff_causes.py:{}`)"
+    assert torchtrace.diff(a, b).why() == [
+        f"{at} {site.format(line_of('second_refine'))} ran 3\u00d7 in A, 1\u00d7 in B \u2192 8 ops only in A "
+        "(in `<root>`)"]
+    assert torchtrace.diff(a, c).why() == [
+        f"{at} {site.format(line_of('first_refine'))} ran 2\u00d7 in A, 4\u00d7 in B \u2192 8 ops only in B "
+        "(in `<root>`)"]
+    [h] = torchtrace.diff(c, a).hunks
+    assert (h.loop.a, h.loop.b) == (4, 2) and (h.witness.a.value, h.witness.b.value) == (4, 2)

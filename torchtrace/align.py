@@ -20,11 +20,14 @@ with the exit read in B), then the latest.
 """
 from __future__ import annotations
 
+import bisect
 import re
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Hashable, Iterable, List, Optional, Sequence, Set,
+                    Tuple)
 
 from .lcs import iterations, lcs
+from .sourcetext import while_body
 from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,12 +55,13 @@ CASTS = ("aten._to_copy", "aten.to", "aten._to_copy.default", "aten.to.dtype", "
          "prims.convert_element_type", "prims.convert_element_type.default")
 
 
-def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None) -> Sig:
+def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None,
+              one_site: FrozenSet[Tuple[str, int]] = frozenset()) -> Sig:
     src = n.source
     sig: Sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
                 src.line if src is not None else 0)
     w = n.witness
-    if w is not None and w.called_from:
+    if w is not None and w.called_from and (src is None or (src.file, src.line) not in one_site):
         caller = w.called_from[0]  # a helper's read: one per call site (not a loop)
         sig += (_base(caller.file), caller.line)
     # the parameters it reads: a Linear's backward computes the grad of its input from its weight,
@@ -108,11 +112,13 @@ class Side:
     """One graph as the diff sees it: its ops in order without bookkeeping
     ops, their signatures and witness keys."""
 
-    def __init__(self, g: "Graph") -> None:
+    def __init__(self, g: "Graph", one_site: FrozenSet[Tuple[str, int]] = frozenset()) -> None:
+        """``one_site``: lines of helpers' reads whose call site is left out of
+        their signatures (``one_call_site``)."""
         self.graph = g
         self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
         cast_of = {n.outputs[0]: n.inputs[0] for n in g.nodes if n.op in CASTS and n.inputs and n.outputs}
-        self.sigs: List[Sig] = [signature(g, n, cast_of) for n in self.nodes]
+        self.sigs: List[Sig] = [signature(g, n, cast_of, one_site) for n in self.nodes]
         self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
         self.ignored = len(g.nodes) - len(self.nodes)
         self.reads: Dict[Sig, List[int]] = {}
@@ -121,15 +127,40 @@ class Side:
                 self.reads.setdefault(self.sigs[i], []).append(i)
 
     @cached_property
+    def loop_keys(self) -> List[Any]:
+        """``wkeys`` as loops read them: a number read at a ``while`` line
+        (``while n.item() > 0``: 3, 2, 1, 0) becomes whether the loop went on:
+        the next op of that function's call is in its body, or that ``while``
+        again (read from the same call site)."""
+        keys = list(self.wkeys)
+        body: Dict[Tuple[str, int], Tuple[int, int]] = {}
+        where: Dict[Tuple[str, str, Optional[str]], List[int]] = {}
+        for i, n in enumerate(self.nodes):
+            w, src = n.witness, n.source
+            if w is None or src is None or w.shape is not None or isinstance(w.value, bool):
+                continue
+            first, last = body.setdefault((src.file, src.line), while_body(src.file, src.line))
+            if not first:
+                continue
+            if not where:
+                for k, m in enumerate(self.nodes):
+                    if m.source is not None:
+                        where.setdefault((m.source.file, m.source.function, m.module), []).append(k)
+            same = where[(src.file, src.function, n.module)]
+            at = bisect.bisect_right(same, i)
+            nxt = self.nodes[same[at]] if at < len(same) else None
+            keys[i] = ("bool", nxt is not None and src.line <= nxt.source.line <= last and (
+                nxt.source.line != src.line or nxt.witness is None or nxt.witness.called_from[:1] == w.called_from[:1]))
+        return keys
+
+    @cached_property
     def call_sites(self) -> Dict[Tuple[str, int], int]:
         """(file, line) of a read -> how many lines called the helper it is in."""
         sites: Dict[Tuple[str, int], set] = {}
-        for reads in self.reads.values():
-            for i in reads:
-                n = self.nodes[i]
-                if n.source is not None and n.witness.called_from:
-                    c = n.witness.called_from[0]
-                    sites.setdefault((n.source.file, n.source.line), set()).add((c.file, c.line))
+        for n in self.nodes:
+            if n.witness is not None and n.source is not None and n.witness.called_from:
+                c = n.witness.called_from[0]
+                sites.setdefault((n.source.file, n.source.line), set()).add((c.file, c.line))
         return {k: len(v) for k, v in sites.items()}
 
     @cached_property
@@ -197,6 +228,21 @@ class Side:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
         return [loop_signature(s) for s in self.sigs]
 
+
+def one_call_site(A: Side, B: Side) -> FrozenSet[Tuple[str, int]]:
+    """Lines of reads in a helper that each pass called from one line, another
+    in each (the model's forward called from a training step's line and from an
+    evaluation's): the call site tells no calls apart there, and would keep
+    the reads from pairing up."""
+    return frozenset(k for k in A.call_sites.keys() & B.call_sites.keys()
+                     if A.call_sites[k] == B.call_sites[k] == 1 and _site(A, k) != _site(B, k))
+
+
+def _site(s: Side, line: Tuple[str, int]) -> Tuple[str, int]:
+    n = next(n for n in s.nodes if n.witness is not None and n.witness.called_from and n.source is not None
+             and (n.source.file, n.source.line) == line)
+    c = n.witness.called_from[0]
+    return _base(c.file), c.line
 
 def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
           wa: Sequence[Any] = (), wb: Sequence[Any] = (),

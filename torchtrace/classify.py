@@ -249,7 +249,7 @@ def classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
         what.append("wiring")
     if A.wkeys[i] != B.wkeys[j]:
         what.append("value")
-    if A.sigs[i] != B.sigs[j]:
+    if A.sigs[i] != B.sigs[j] or _call_site(na) != _call_site(nb):  # (a helper's read: ``align.one_call_site``)
         what.append("line")
     return OpPair(na, nb, "changed" if what else "same", tuple(what), raised)
 
@@ -396,3 +396,8 @@ def moved(A: "Side", B: "Side", hunks: Sequence[Any]) -> List[Any]:
             h = replace(h, moved=tuple(dict.fromkeys(n.short_op for n in (*h.only_a, *h.only_b))))
         out.append(h)
     return out
+
+
+def _call_site(n: Node) -> Optional[Tuple[int, str]]:
+    w = n.witness
+    return (w.called_from[0].line, w.called_from[0].short()) if w is not None and w.called_from else None

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .align import Side, align
+from .align import Side, align, one_call_site
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
                        classify, input_changes, moved, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError
@@ -262,6 +262,9 @@ def diff(a: GraphLike, b: GraphLike) -> GraphDiff:
     """Compare two passes (``Graph``, IR dicts or file paths); see :class:`GraphDiff`."""
     ga, gb = _graph(a, "a"), _graph(b, "b")
     sa, sb = Side(ga), Side(gb)
+    one_site = one_call_site(sa, sb)
+    if one_site:  # (reads in a helper called from one line in each pass, another line in each)
+        sa, sb = Side(ga, one_site), Side(gb, one_site)
     if _orientation(sa) <= _orientation(sb):
         return _diff(sa, sb)
     return _diff(sb, sa).mirror()

@@ -78,7 +78,7 @@ class WitnessChange:
         return where(self.file, self.line)
 
     def describe(self) -> str:
-        text = f"{self.where}{self._via()}{self._call()}{self._reads()}"
+        text = f"{self.where}{self.called_from()}{self._call()}{self._reads()}"
         if self.passed:
             text += f" (passed on as {self.passed})"
         if self.also:
@@ -93,12 +93,12 @@ class WitnessChange:
 
     def short(self) -> str:
         """"`m.py:9` read False in A, True in B": the read alone (named as an alternative)."""
-        return f"{self.where}{self._via()}{self._reads()}"
+        return f"{self.where}{self.called_from()}{self._reads()}"
 
     def _reads(self) -> str:
         return f" read {read_str(self.a)} in A, {read_str(self.b)} in B"
 
-    def _via(self) -> str:
+    def called_from(self) -> str:
         """" (called from `model.py:40`)": the call site of a helper function that
         read the data, when the pass read that line from more than one."""
         if self.via is None:

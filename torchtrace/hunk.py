@@ -139,9 +139,10 @@ class Hunk:
                        f"eval mode in {other_side(self.trained)})"
             return self._trained()
         if self.loop is not None and self.loop.via == "witness":
-            text = self.loop.describe()  # and the `if` inside it that went the other way, if one did
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
-            return text if at_loop else f"{text}; {self.witness.describe()}"
+            if at_loop:  # (a helper's `while`, called from several lines: which call)
+                return self.loop.describe(self.witness.called_from() if self.witness is not None else "")
+            return f"{self.loop.describe()}; {self.witness.describe()}"  # and the `if` inside it that went the other way
         if self.witness is not None:
             text = self.witness.describe()
             return f"{text}; {self.loop.describe()}" if self.loop is not None else text

@@ -47,10 +47,11 @@ class LoopChange:
     keyword: Optional[str] = None
     run: Optional[Tuple[int, int]] = None  # (k, runs): the loop statement's k-th run of ``runs`` in the pass
 
-    def describe(self) -> str:
+    def describe(self, called_from: str = "") -> str:
+        """``called_from``: the call site of the helper whose condition read it (" (called from `m.py:9`)")."""
         if self.via == "witness":
-            head = f"`{self.keyword}` at {where(self.file, self.line)}" if self.keyword else \
-                f"the loop at {where(self.file, self.line)}"
+            head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}" if self.keyword else \
+                f"the loop at {where(self.file, self.line)}{called_from}"
         else:
             head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
         run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
@@ -84,16 +85,18 @@ class LoopFinder:
         for i, j in self.pairs[k0:k1]:
             for side, x in ((self.A, i), (self.B, j)):
                 if x is not None and side.wkeys[x] is not None and side.nodes[x].witness.shape is None:
-                    first.setdefault(side.sigs[x], side.wkeys[x])
+                    first.setdefault(side.sigs[x], side.loop_keys[x])
         for sig, rep in first.items():
             ra, exit_a = _run(self.A, sig, self.next_a[k0], rep)
             rb, exit_b = _run(self.B, sig, self.next_b[k0], rep)
             if len(ra) == len(rb):
                 continue
             k = min(len(ra), len(rb))
-            # the read that differs: a repeat on the longer side, the exit on the shorter
-            ia = ra[k] if k < len(ra) else exit_a
-            ib = rb[k] if k < len(rb) else exit_b
+            # the read that differs: a repeat on the longer side, the exit on the shorter; a number read
+            # (`while n.item() > 0`: 3, 2, 1, 0) at the loop's first read, which told how often it would run
+            counted = any(side.loop_keys[r[0]] != side.wkeys[r[0]] for side, r in ((self.A, ra), (self.B, rb)) if r)
+            ia = (ra[0] if ra else exit_a) if counted else ra[k] if k < len(ra) else exit_a
+            ib = (rb[0] if rb else exit_b) if counted else rb[k] if k < len(rb) else exit_b
             if ia is None or ib is None:
                 continue
             w = self.witness_change(ia, ib)
@@ -170,14 +173,14 @@ class LoopFinder:
             if not reads or side.nodes[reads[0]].witness.shape is not None:
                 self._cache[key] = []
                 return []
-            seen = Counter(side.wkeys[i] for i in reads) + Counter(
-                o.wkeys[i] for o in (self.A, self.B) if o is not side for i in o.reads.get(sig, []))
+            seen = Counter(side.loop_keys[i] for i in reads) + Counter(
+                o.loop_keys[i] for o in (self.A, self.B) if o is not side for i in o.reads.get(sig, []))
             rep = seen.most_common(1)[0][0]
             runs: List[Tuple[int, Optional[int], int]] = []
             first, count = None, 0
             for i in reads:
                 first = i if first is None else first
-                if side.wkeys[i] == rep:
+                if side.loop_keys[i] == rep:
                     count += 1
                     continue
                 runs.append((first, i, count))
@@ -248,13 +251,13 @@ def _run(side: Side, sig: Sig, pos: int, rep: Any) -> Tuple[List[int], Optional[
     Returns the run and the exit read (``None`` when the graph ends first)."""
     reads = side.reads.get(sig, [])
     at = bisect.bisect_left(reads, pos)
-    while at < len(reads) and side.wkeys[reads[at]] == rep:
+    while at < len(reads) and side.loop_keys[reads[at]] == rep:
         at += 1
     exit_ = reads[at] if at < len(reads) else None
     mod = side.nodes[exit_].module if exit_ is not None else (side.nodes[reads[at - 1]].module if at else None)
     run: List[int] = []
     k = at - 1
-    while k >= 0 and side.wkeys[reads[k]] == rep and side.nodes[reads[k]].module == mod:
+    while k >= 0 and side.loop_keys[reads[k]] == rep and side.nodes[reads[k]].module == mod:
         run.append(reads[k])
         k -= 1
     run.reverse()

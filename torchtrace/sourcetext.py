@@ -102,6 +102,24 @@ def except_bodies(file: str, line: int) -> Tuple[int, int]:
     return 0, -1
 
 
+_WHILE = re.compile(r"^\s*while\b")
+
+
+def while_body(file: str, line: int) -> Tuple[int, int]:
+    """The lines (first, last) of the body of the ``while`` at ``line``; (0, -1)
+    when that line is no ``while`` or the file is not readable here."""
+    lines = _lines(file, line)
+    if lines is None or not _WHILE.match(lines[line - 1]):
+        return 0, -1
+    indent, last = _indent(lines[line - 1]), line
+    for k in range(line, len(lines)):
+        if not _blank(lines[k]):
+            if _indent(lines[k]) <= indent:
+                break
+            last = k + 1
+    return line + 1, last
+
+
 def _lines(file: str, line: Any) -> Optional[List[str]]:
     """The file's lines as read here, when ``line`` is one of them."""
     lines = linecache.getlines(file)
