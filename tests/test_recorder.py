@@ -20,6 +20,7 @@ from torch.nn.modules import module as nn_module
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 import torchtrace
+from torchtrace.errors import UsageError
 import zoo
 
 BOOKKEEPING = {"<built-in function getitem>", "aten.detach.default"}
@@ -1481,3 +1482,91 @@ def test_a_users_torch_function_mode_sees_only_the_programs_calls():
                 m(x).sum().backward()
         seen.append(mode.calls)
     assert seen[0] == seen[1] and len(seen[0]) >= 4
+
+
+def test_a_root_call_returning_a_nested_tensor_runs_and_counts_what_was_not_read(tmp_path):
+    """A strided NestedTensor has no sizes: reading the root call's output
+    raised out of the user's `m(x)`; now the call returns it, and the graph
+    says what it could not record."""
+    m = nn.Linear(8, 4)
+    x = torch.nested.nested_tensor([torch.randn(2, 8), torch.randn(3, 8)])
+    plain = m(x).unbind()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torchtrace.trace(m) as t:
+            y = m(x)
+        with torchtrace.Recorder(tmp_path / "r.db") as rec:
+            rec.step(0)
+            m(x)
+    assert all(torch.equal(a, b) for a, b in zip(plain, y.unbind()))
+    assert t.graph.meta.get("error") is None and t.graph.meta["record_errors"]["count"] >= 1
+
+
+def test_misused_exits_are_refused_and_leave_the_open_recorder_alone(tmp_path):
+    """A second `__exit__` of a Recorder ended another Recorder's turn in the
+    thread (its mark_step() did nothing); a trace's raised a bare AssertionError."""
+    m, x = nn.Linear(2, 2), torch.randn(1, 2)
+    r1 = torchtrace.Recorder(tmp_path / "a.db")
+    with r1:
+        m(x)
+    with torchtrace.Recorder(tmp_path / "b.db") as r2:
+        with pytest.raises(UsageError, match="this Recorder is not open.*its block ended already"):
+            r1.__exit__(None, None, None)
+        torch.ones(3).add(1)
+        torchtrace.mark_step()
+        torch.ones(3).mul(2)
+        torchtrace.mark_step()
+        torch.ones(3).sub(2)
+        with pytest.raises(UsageError, match="already active"):
+            with torchtrace.Recorder(tmp_path / "c.db"):
+                pass
+    assert r2.recorded == 3
+    t = torchtrace.trace(m)
+    with pytest.raises(UsageError, match="this trace is not running.*never entered"):
+        t.__exit__(None, None, None)
+    with t:
+        m(x)
+    with pytest.raises(UsageError, match="this trace is not running.*ended already"):
+        t.__exit__(None, None, None)
+
+
+def test_every_cleanup_step_runs_when_one_is_interrupted(monkeypatch):
+    """A KeyboardInterrupt landing in the removal of the autograd hooks skipped
+    the steps after it: the inference_mode patch and the compiler stance stayed."""
+    import torch._dynamo.eval_frame as ef
+    from torchtrace.record.autograd import AutogradTracker
+
+    close, calls = AutogradTracker.close, []
+
+    def interrupted(self):
+        close(self)
+        if sys._getframe(1).f_code.co_name in ("stop", "_every"):  # (Capture.stop's call, not new_pass's)
+            calls.append(1)
+            if len(calls) == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(AutogradTracker, "close", interrupted)
+    m, x = nn.Linear(2, 2), torch.randn(1, 2)
+    exit_before, stance = torch.inference_mode.__exit__, ef._stance
+    with pytest.raises(KeyboardInterrupt):
+        with torchtrace.trace(m):
+            m(x).sum().backward()
+    assert calls and torch.inference_mode.__exit__ is exit_before and ef._stance is stance
+    assert not _get_current_dispatch_mode_stack() and not nn_module._global_forward_hooks
+
+
+def test_a_stance_the_user_sets_inside_the_block_is_kept():
+    import torch._dynamo.eval_frame as ef
+
+    before = ef._stance
+    m = nn.Linear(2, 2)
+    try:
+        with torchtrace.trace(m):
+            m(torch.ones(1, 2))
+            torch.compiler.set_stance("fail_on_recompile")
+        assert ef._stance.stance == "fail_on_recompile"
+    finally:
+        ef._set_stance(before)
+    with torchtrace.trace(m):
+        m(torch.ones(1, 2))
+    assert ef._stance is before

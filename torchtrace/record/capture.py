@@ -114,15 +114,14 @@ class Capture:
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""
         STARTED.discard(self)
-        try:
-            self.pop_mode(force=True)
-        finally:
-            if self._installed:
-                self.scope.remove()
-                self._installed = False
-            self.autograd.close()
-            self.compile_guard.stop()
-            self.key_sync.stop()
+        # each step runs even when one before it raised (a KeyboardInterrupt landing in one of them)
+        _every(lambda: self.pop_mode(force=True), self._remove_hooks, self.autograd.close, self.compile_guard.stop,
+               self.key_sync.stop)
+
+    def _remove_hooks(self) -> None:
+        if self._installed:
+            self.scope.remove()
+            self._installed = False
 
     def new_pass(self, *, built: bool = False) -> None:
         """Start a fresh pass; the records so far are dropped unless ``built``."""
@@ -296,7 +295,11 @@ class Capture:
     def _root_outputs(self, output: Any) -> None:
         mode = self.mode
         for t in tensors_in(output):
-            vid = mode._vid(t, None, None)  # (one returned untouched, `if skip: return x`, is a value too)
+            try:
+                vid = mode._vid(t, None, None)  # (one returned untouched, `if skip: return x`, is a value too)
+            except Exception as e:  # (a strided NestedTensor has no sizes): the call returns it all the same
+                self.note_fault("the root call's output", e, stacklevel=4)
+                continue
             if vid >= 0:
                 mode.outputs.append(vid)
                 mode.output_refs.append(mode.vrefs[vid])
@@ -387,3 +390,14 @@ class Capture:
                 out.append((p, name))
         return out
 
+
+def _every(*steps: Callable[[], Any]) -> None:
+    """Run every step; then raise the first exception one of them raised."""
+    error: Optional[BaseException] = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as e:
+            error = error or e
+    if error is not None:
+        raise error

@@ -36,16 +36,22 @@ def force_eager() -> Optional[Any]:
     if ef is None:  # Dynamo never loaded: nothing in this process was compiled
         return None
     try:
-        return ef._set_stance(ef.DynamoStance("force_eager"))
+        prior = ef._set_stance(ef.DynamoStance("force_eager"))
+        return prior, ef._stance
     except Exception:  # torch < 2.6 (no stances), or called inside a compiled region
         return None
 
 
-def restore(prior: Optional[Any]) -> None:
-    if prior is None:
+def restore(held: Optional[Any]) -> None:
+    """Put back the stance ``force_eager`` found, unless the user set one since
+    (``torch.compiler.set_stance`` inside the block): theirs stays."""
+    if held is None:
         return
+    prior, ours = held
+    ef = sys.modules[EVAL_FRAME]
     try:
-        sys.modules[EVAL_FRAME]._set_stance(prior)
+        if getattr(ef, "_stance", ours) is ours:
+            ef._set_stance(prior)
     except Exception:  # pragma: no cover - only inside a compiled region, which force_eager keeps out
         pass
 

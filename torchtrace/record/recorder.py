@@ -130,6 +130,10 @@ class Recorder:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if not self._open:  # (a second exit would end another Recorder's turn in this thread)
+            raise UsageError("this Recorder is not open", expected="__exit__ once, after __enter__",
+                             found="its block ended already" if self.capture is not None else "never entered",
+                             fix="use `with torchtrace.Recorder(...) as rec:`")
         self._open = False
         if self._outer is not None:
             self._outer = None

@@ -42,7 +42,10 @@ class Trace:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         capture, self._capture = self._capture, None
-        assert capture is not None
+        if capture is None:
+            raise UsageError("this trace is not running", expected="__exit__ once, after __enter__",
+                             found="ended already" if self._graph is not None else "never entered",
+                             fix="use `with torchtrace.trace(...) as t:`")
         try:
             capture.stop()
         finally:
