@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import torchtrace
@@ -501,7 +502,7 @@ def test_an_older_runs_log_never_lands_beside_the_previous_store(tmp_path):
     """A run killed by SIGKILL leaves trace.db-wal; the next run moves it to
     trace.prev.db-wal, and the run after that (whose trace.db had no log) left it
     there, so SQLite applied the older run's pages to the previous run's store."""
-    from torchtrace.launch import _store_in
+    from torchtrace.outdir import store_in as _store_in
 
     out = tmp_path / "o"
     out.mkdir()
@@ -511,8 +512,55 @@ def test_an_older_runs_log_never_lands_beside_the_previous_store(tmp_path):
     (out / "trace.prev.db-shm").write_bytes(b"older run's index")
     with _store_in(out) as path:
         assert path == out / "trace.db" and not path.exists()
+        assert not (out / "trace.prev.db-wal").exists() and not (out / "trace.prev.db-shm").exists()
+        _one_pass(path)
     assert (out / "trace.prev.db").read_bytes() == b"previous run"
     assert not (out / "trace.prev.db-wal").exists() and not (out / "trace.prev.db-shm").exists()
+    assert sorted(f.name for f in out.iterdir() if not f.name.startswith("trace.db")) == [
+        ".torchtrace.lock", "trace.prev.db"]
+
+
+def _one_pass(path: Path) -> None:
+    m = torch.nn.Linear(2, 2)
+    with torchtrace.trace(m) as t:
+        m(torch.ones(1, 2))
+    with Store(path) as store:
+        store.add(t.graph)
+
+
+def test_a_run_that_stores_no_pass_leaves_the_previous_runs_as_they_were(tmp_path):
+    """A script with a syntax error (or `run trace.db`, once) moved the good
+    trace.db aside and dropped the one before it: two failed runs lost it."""
+    good = _script(tmp_path, """
+        import torch
+        m = torch.nn.Linear(2, 1)
+        m(torch.ones(1, 2))
+    """)
+    bad = tmp_path / "bad.py"
+    bad.write_text("def (:\n")
+    out = tmp_path / "o"
+    for _ in range(2):
+        res = subprocess.run([EXE, "run", "--out", str(out), "--render", "text", str(good)], capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.name.endswith(("db", ".txt"))}
+    assert set(before) == {"trace.db", "trace.prev.db", "variant-0.txt", "prev-variant-0.txt"}
+    for _ in range(2):
+        res = subprocess.run([EXE, "run", "--out", str(out), str(bad)], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1 and "SyntaxError" in res.stderr, res.stderr
+        assert "no pass stored: the previous run's trace.db stays as it was" in res.stderr, res.stderr
+    with Store(out / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 1
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.name.endswith(("db", ".txt"))} == before
+    assert not list(out.glob(".old-*"))
+    for name, found in (("trace.db", "a trace store (SQLite)"), ("g.json.gz", "a gzipped file")):
+        if name == "g.json.gz":
+            with Store(out / "trace.db", readonly=True) as store:
+                torchtrace.save(store.graph(0), out / name)
+        res = subprocess.run([EXE, "run", "--out", str(out), str(out / name)], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 2 and res.stderr.startswith("error: ") and "not a script" in res.stderr
+        assert found in res.stderr and "torchtrace show" in res.stderr, res.stderr
 
 
 def test_a_render_that_fails_never_stops_the_script(tmp_path):

@@ -9,25 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import signal
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set
+from typing import Any, Dict, List, Optional, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import TorchtraceError, UsageError, WriteError
+from .errors import TorchtraceError
 from .ir import Graph
 from .pyrun import (ENDED, INTERRUPTED, TERMINATED, Terminated, Terminator, check_module, check_script, execute,
                     exit_like_python, exit_status, show_uncaught)
+from .outdir import PREV_STORE, store_in
 from .store import RUN_STORE
 
 
@@ -82,88 +82,6 @@ class _Progress:
         return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
 
 
-@contextmanager
-def _store_in(out: Path) -> Iterator[Path]:
-    """The store path in ``out``, with the previous run's store moved aside,
-    while this process holds the folder's lock: a second run into the same
-    folder would move the first run's open store aside under it."""
-    path = out / RUN_STORE
-    if out.exists() and not out.is_dir():
-        raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
-                         found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / ".torchtrace.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:  # a folder that cannot be made
-        raise WriteError.of(out, e) from None
-    try:
-        _lock(fd, out)
-        if path.exists():  # keep the previous run once, never append to it
-            prev = out / "trace.prev.db"
-            for suffix in ("-wal", "-shm", ""):  # an older run's log left there would be applied to this one
-                Path(str(prev) + suffix).unlink(missing_ok=True)
-            for suffix in ("", "-wal", "-shm"):
-                old = Path(str(path) + suffix)
-                if old.exists():
-                    os.replace(old, Path(str(prev) + suffix))
-            _renders_aside(out)
-    except BaseException as e:
-        os.close(fd)
-        if isinstance(e, OSError):  # a store that cannot be moved aside
-            raise WriteError.of(out, e) from None
-        raise
-    _HELD.add(fd)
-    try:
-        yield path
-    finally:
-        if fd in _HELD:  # (a process the script forked closed its copy already: _let_go)
-            _HELD.discard(fd)
-            os.close(fd)  # releases the lock
-
-
-_HELD: Set[int] = set()  # the lock files this process holds open: a process the script forks lets go of them
-
-
-def _let_go() -> None:
-    for fd in _HELD:
-        try:
-            os.close(fd)  # (the lock stays the run's: its own descriptor holds it)
-        except OSError:
-            pass
-    _HELD.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_let_go)
-
-
-_RENDER = re.compile(r"variant-\d+\.[a-z]+")  # what --render writes (``Launch._render``)
-
-
-def _renders_aside(out: Path) -> None:
-    """The previous run's drawings go with its store: ``prev-variant-0.svg``
-    (those of the run before it are dropped, as its store was)."""
-    for f in out.glob("prev-variant-*"):
-        if _RENDER.fullmatch(f.name[len("prev-"):]):
-            f.unlink()
-    for f in out.glob("variant-*"):
-        if _RENDER.fullmatch(f.name):
-            os.replace(f, out / f"prev-{f.name}")
-
-
-def _lock(fd: int, out: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no lock
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UsageError("another torchtrace run is recording into this folder", where=str(out),
-                         expected="an --out folder no other run is using", found="its lock held",
-                         fix="pass another --out, or wait until that run ends") from None
-
-
 def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None,
                worker: bool = False) -> int:
     """Run ``script`` like ``python script argv...`` while recording; returns its
@@ -171,7 +89,7 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
     the store and prints the summary)."""
     console = console or Console(stderr=True, emoji=False)
     path = check_module(script) if options.module is not None else check_script(script)
-    with nullcontext(options.out / RUN_STORE) if worker else _store_in(options.out) as store_path:
+    with nullcontext(options.out / RUN_STORE) if worker else store_in(options.out) as store_path:
         return _run(path, argv, options, console, worker, store_path)
 
 
@@ -246,7 +164,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
 
     console = console or Console(stderr=True, emoji=False)
     check_script(script)
-    with _store_in(options.out) as store_path:
+    with store_in(options.out) as store_path:
         Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
         spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
                            "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops,
@@ -317,6 +235,9 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
         console.print(f"  wrote {p}", highlight=False, markup=False, soft_wrap=True)
     if progress.failed:
         console.print(f"  rendering stopped at {progress.failed}", highlight=False, markup=False, soft_wrap=True)
+    if not n and (store.parent / PREV_STORE).exists():
+        console.print(f"  no pass stored: the previous run's {store.name} stays as it was", highlight=False,
+                      markup=False, soft_wrap=True)
     if n:
         q = shlex.quote  # (pasted into a shell: a folder with spaces stays one argument)
         console.print(f"  next: torchtrace variants {q(str(store))}  |  torchtrace show {q(f'{store}:0')}  |  "

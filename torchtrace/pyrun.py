@@ -28,7 +28,29 @@ def check_script(script: str) -> Path:
         raise UsageError("no such script", where=script, expected="a Python file to run (or a folder with __main__.py)",
                          found="nothing there" if not path.exists() else "a folder without __main__.py",
                          fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
+    kind = _recording(path)
+    if kind is not None:  # (`torchtrace run trace.db`: the command meant was another)
+        raise UsageError("not a script", where=script, expected="a Python file to run", found=kind,
+                         fix=f"read it with `torchtrace show {script}{':0' if 'store' in kind else ''}` "
+                         f"(or variants, diff)")
     return path
+
+
+_MAGIC = ((b"SQLite format 3\x00", "a trace store (SQLite)"), (b"\x1f\x8b", "a gzipped file (a saved graph?)"))
+
+
+def _recording(path: Path) -> Optional[str]:
+    """What a file torchtrace wrote is, when ``path`` is one: a store, a gzipped
+    or a JSON graph."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+    except OSError:
+        return None  # (python says why it cannot run it)
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "a torchtrace graph (JSON)" if head.lstrip().startswith(b"{") and b'"torchtrace.graph"' in head else None
 
 
 def check_module(name: str) -> Path:

@@ -1,0 +1,139 @@
+"""The folder ``torchtrace run`` records into: its lock, and the previous run's
+store and drawings set aside (``trace.prev.db``, ``prev-variant-K.*``) -- put
+back when the new run stores no pass (a script with a syntax error, a file
+that is not a script), so that failed runs never push a good trace out.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Set, Tuple
+
+from .errors import UsageError, WriteError
+from .store import RUN_STORE
+
+PREV_STORE = "trace.prev.db"
+_RENDER = re.compile(r"variant-\d+\.[a-z]+")  # what --render writes (``launch._Progress._render``)
+_SUFFIXES = ("", "-wal", "-shm")
+_OLD = ".old-"  # the run before the previous one, while this run may still be undone
+
+
+@contextmanager
+def store_in(out: Path) -> Iterator[Path]:
+    """The store path in ``out``, with the previous run's store moved aside,
+    while this process holds the folder's lock: a second run into the same
+    folder would move the first run's open store aside under it."""
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
+                         found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / ".torchtrace.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a folder that cannot be made
+        raise WriteError.of(out, e) from None
+    try:
+        _lock(fd, out)
+        moves = _aside(out)
+    except BaseException as e:
+        os.close(fd)
+        if isinstance(e, OSError):  # a store that cannot be moved aside
+            raise WriteError.of(out, e) from None
+        raise
+    _HELD.add(fd)
+    try:
+        yield out / RUN_STORE
+    finally:
+        try:
+            if fd in _HELD:  # (not in a process the script forked: the run's own end)
+                _settle(out, moves)
+        finally:
+            if fd in _HELD:  # (a process the script forked closed its copy already: _let_go)
+                _HELD.discard(fd)
+                os.close(fd)  # releases the lock
+
+
+def _aside(out: Path) -> List[Tuple[Path, Path]]:
+    """Move the previous run's store and drawings to their ``prev`` names, and
+    the ones there (the run before it) to hidden names; returns the moves made."""
+    for f in out.glob(f"{_OLD}*"):  # (a run killed before it settled)
+        f.unlink()
+    if not (out / RUN_STORE).exists():
+        return []
+    moves: List[Tuple[Path, Path]] = []
+
+    def move(src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+        moves.append((src, dst))
+
+    older = [out / f"{PREV_STORE}{s}" for s in _SUFFIXES] + \
+        [f for f in out.glob("prev-variant-*") if _RENDER.fullmatch(f.name[len("prev-"):])]
+    for f in older:  # (an older run's log left beside the previous store would be applied to it)
+        if f.exists():
+            move(f, out / f"{_OLD}{f.name}")
+    for s in _SUFFIXES:
+        if (out / f"{RUN_STORE}{s}").exists():
+            move(out / f"{RUN_STORE}{s}", out / f"{PREV_STORE}{s}")
+    for f in out.glob("variant-*"):
+        if _RENDER.fullmatch(f.name):
+            move(f, out / f"prev-{f.name}")
+    return moves
+
+
+def _settle(out: Path, moves: List[Tuple[Path, Path]]) -> None:
+    """Keep the moves when this run stored a pass; else undo them (the new
+    store, empty, goes)."""
+    if not moves:
+        return
+    if _stored_a_pass(out / RUN_STORE):
+        for f in out.glob(f"{_OLD}*"):
+            f.unlink()
+        return
+    for s in _SUFFIXES:
+        Path(f"{out / RUN_STORE}{s}").unlink(missing_ok=True)
+    for src, dst in reversed(moves):
+        os.replace(dst, src)
+
+
+def _stored_a_pass(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT 1 FROM passes LIMIT 1").fetchone() is not None
+        finally:
+            db.close()
+    except sqlite3.Error:  # (not a store we can read: keep what the run left, as it is)
+        return True
+
+
+_HELD: Set[int] = set()  # the lock files this process holds open: a process the script forks lets go of them
+
+
+def _let_go() -> None:
+    for fd in _HELD:
+        try:
+            os.close(fd)  # (the lock stays the run's: its own descriptor holds it)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_let_go)
+
+
+def _lock(fd: int, out: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError("another torchtrace run is recording into this folder", where=str(out),
+                         expected="an --out folder no other run is using", found="its lock held",
+                         fix="pass another --out, or wait until that run ends") from None
