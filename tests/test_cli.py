@@ -949,3 +949,42 @@ def test_a_bad_option_value_says_what_came():
         assert came in res.stderr and "--help" in res.stderr, res.stderr
     res = subprocess.run([EXE, "render", "x.json", "-f", "nope"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.count("'nope'") == 1, res.stderr  # (said once, by click)
+
+
+def test_the_output_s_extension_names_the_format_and_a_contradiction_is_refused(recorded, tmp_path):
+    """`render -o a.png` wrote SVG into it, `export -o x.svg` JSON."""
+    d, _ = recorded
+    db = d / "out" / "trace.db"
+    magic = {"a.png": b"\x89PNG", "a.pdf": b"%PDF", "a.svg": b"<?xml", "a.mmd": b"---", "a.dot": b"// torchtrace view"}
+    for name, head in magic.items():
+        if name in ("a.png", "a.pdf", "a.svg") and shutil.which("dot") is None:
+            continue
+        res = runner.invoke(app, ["render", f"{db}:0", "-o", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / name).read_bytes().lstrip().startswith(head), name
+    res = runner.invoke(app, ["diff", f"{db}:0", f"{db}:1", "-o", str(tmp_path / "d.json")])
+    assert res.exit_code == 0 and json.loads((tmp_path / "d.json").read_text())["kind"], res.output
+    for args, words in ((["render", f"{db}:0", "-f", "svg", "-o", str(tmp_path / "b.png")],
+                         "names another format than -f svg"),
+                        (["diff", f"{db}:0", f"{db}:1", "-f", "text", "-o", str(tmp_path / "b.svg")],
+                         "names another format than -f text"),
+                        (["export", f"{db}:0", "-o", str(tmp_path / "b.svg")], "export writes JSON")):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and res.output.startswith("error: ") and words in res.output, (args, res.output)
+        assert not (tmp_path / args[-1]).exists()
+    res = runner.invoke(app, ["render", f"{db}:0", "-f", "terminal", "-o", str(tmp_path / "t.txt")])
+    assert res.exit_code == 0, res.output
+
+
+def test_an_empty_skip_prefix_is_refused_before_anything_moves(tmp_path):
+    """`--skip ""` matched every file: every op lost its source line."""
+    s = _script(tmp_path, """
+        import torch
+        torch.nn.Linear(2, 1)(torch.ones(1, 2))
+    """)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), "--skip", "", str(s)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("error: an empty `skip` prefix"), res.stderr
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(torchtrace.errors.UsageError, match="empty `skip` prefix"):
+        torchtrace.trace(skip=["transformers/", " "])

@@ -833,7 +833,8 @@ def test_a_branch_on_the_input_shape_names_the_input_change():
     assert h.cause == f"{at}; input `x` f32[2,4] \u2192 f32[8,4] (Python saw another shape or dtype)"
     assert d.why() == [f"{h.cause} \u2192 5 ops only in B (in `big`)"]
     assert torchtrace.diff(record(m, torch.ones(8, 4)), record(m, torch.ones(2, 4))).why() == [
-        f"{at}; input `x` f32[8,4] \u2192 f32[2,4] (Python saw another shape or dtype) \u2192 5 ops only in A (in `big`)"]
+        f"{at}; input `x` f32[8,4] \u2192 f32[2,4] (Python saw another shape or dtype) \u2192 5 ops only in A "
+        "(in `big`)"]
     # a Python loop whose count comes from the shape: the block count, and the input
     [h] = torchtrace.diff(record(m, torch.ones(2, 5)), record(m, torch.ones(2, 7))).structural_hunks
     assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 2, 4)

@@ -9,6 +9,7 @@ or a path that is not a graph or store this version reads) or 1 for a failure
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from enum import Enum
@@ -127,7 +128,8 @@ def run(ctx: typer.Context,
         every: int = typer.Option(1, "--every", min=1, help="record every K-th pass"),
         backward: bool = typer.Option(True, "--backward/--no-backward", help="record backward and optimizer ops"),
         skip: List[str] = typer.Option([], "--skip", help="source prefix to skip for lines, e.g. transformers/"),
-        render_fmt: Optional[Fmt] = typer.Option(None, "--render", help="also write a render of each new variant"),
+        render_fmt: Optional[Fmt] = typer.Option(None, "--render",
+                                                 help="also write a render of each new variant (any format but json)"),
         max_ops: Optional[int] = typer.Option(None, "--max-ops", min=1, help="cap on ops recorded per pass"),
         cut: Cut = typer.Option(Cut.root, "--cut", help="where passes start: at each root model call, or at "
                                 "each torchtrace.mark_step() (a model called twice per step)"),
@@ -137,7 +139,8 @@ def run(ctx: typer.Context,
     from .launch import RunOptions, run_distributed, run_script
 
     if render_fmt is Fmt.json:
-        _fail(UsageError("--render json is not a render", expected="text, dot, svg, png, pdf, mermaid or markdown",
+        _fail(UsageError("--render json is not a render",
+                         expected="text, dot, svg, png, pdf, mermaid, markdown or terminal",
                          found="json", fix="graphs are in trace.db already; use `torchtrace export`"))
     if render_fmt is not None and _needs_dot(render_fmt.value) and shutil.which("dot") is None:
         # (checked before the script runs, not at its first variant)
@@ -192,7 +195,8 @@ def show(ref: str = typer.Argument(..., help=REF_HELP), depth: Optional[int] = D
 
 @app.command()
 def render(ref: str = typer.Argument(..., help=REF_HELP),
-           fmt: Fmt = typer.Option(Fmt.svg, "--format", "-f", help="output format"),
+           given: Optional[Fmt] = typer.Option(None, "--format", "-f",
+                                               help="output format [default: from -o's extension, else svg]"),
            output: Optional[str] = typer.Option(None, "--output", "-o", help="write here instead of stdout"),
            depth: Optional[int] = DepthOpt, fold: bool = FoldOpt, phase: Optional[Phase] = PhaseOpt,
            focus: Optional[str] = FocusOpt) -> None:
@@ -200,6 +204,7 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
     from .passref import open_graph
 
     try:
+        fmt = _format(given, output, Fmt.svg)
         graph = open_graph(ref)
         if fmt is Fmt.json:
             from .serialize import dumps
@@ -221,13 +226,15 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
 @app.command()
 def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
          b: str = typer.Argument(..., help="graph B"),
-         fmt: Fmt = typer.Option(Fmt.text, "--format", "-f", help="output format (json: the hunks and causes)"),
+         given: Optional[Fmt] = typer.Option(None, "--format", "-f", help="output format (json: the hunks and "
+                                             "causes) [default: from -o's extension, else text]"),
          output: Optional[str] = typer.Option(None, "--output", "-o", help="write here instead of stdout")) -> None:
     """Explain why two passes built different graphs."""
     from .compare import diff as compare
     from .passref import open_graph
 
     try:
+        fmt = _format(given, output, Fmt.text)
         d = compare(open_graph(a), open_graph(b))
         if fmt is Fmt.text and output is None:
             out.print(d, soft_wrap=True)  # GraphDiff.__rich__: the text form in colour
@@ -302,9 +309,36 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
     from .passref import open_graph
 
     try:  # (as `render -f json`: `-o -` is standard output, a .gz name is gzipped)
+        name = output[:-3] if output.endswith(".gz") else output
+        ext = os.path.splitext(name)[1].lower() if name != "-" else ""
+        if ext not in ("", ".json"):  # (`export -o graph.svg`: JSON in a file named for a drawing)
+            raise UsageError("export writes JSON", expected="-o FILE.json or FILE.json.gz (- for standard output)",
+                             found=f"a {ext} file",
+                             fix=f"name it *.json, or draw it: torchtrace render {ref} -o {output}")
         _emit(dumps(open_graph(ref)), output, "json")
     except TorchtraceError as e:
         _fail(e)
+
+
+_EXTENSIONS = {".svg": (Fmt.svg,), ".png": (Fmt.png,), ".pdf": (Fmt.pdf,), ".dot": (Fmt.dot,), ".gv": (Fmt.dot,),
+               ".mmd": (Fmt.mermaid,), ".mermaid": (Fmt.mermaid,), ".md": (Fmt.markdown,),
+               ".txt": (Fmt.text, Fmt.terminal), ".json": (Fmt.json,)}
+
+
+def _format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> Fmt:
+    """The format: ``-f``'s, else the one ``-o``'s extension names (``graph.png``),
+    else ``default``; an extension of another format than ``-f`` is refused
+    (``-f svg -o graph.png`` would write SVG into a .png)."""
+    name = output[:-3] if output and output.endswith(".gz") else output
+    ext = os.path.splitext(name)[1].lower() if name and name != "-" else ""
+    named = _EXTENSIONS.get(ext, ())
+    if given is None:
+        return named[0] if named else default
+    if named and given not in named:
+        raise UsageError(f"-o {output} names another format than -f {given.value}",
+                         expected=f"a file name for {given.value} (or no -f: the extension decides)",
+                         found=f"a {ext} file", fix=f"drop -f, or name the file *.{given.value}")
+    return given
 
 
 def _needs_dot(fmt: str) -> bool:

@@ -142,7 +142,8 @@ class Hunk:
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
             if at_loop:  # (a helper's `while`, called from several lines: which call)
                 return self.loop.describe(self.witness.called_from() if self.witness is not None else "")
-            return f"{self.loop.describe()}; {self.witness.describe()}"  # and the `if` inside it that went the other way
+            # and the `if` inside it that went the other way
+            return f"{self.loop.describe()}; {self.witness.describe()}"
         if self.witness is not None:
             text = self.witness.describe()
             return f"{text}; {self.loop.describe()}" if self.loop is not None else text

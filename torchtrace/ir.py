@@ -47,7 +47,8 @@ TAGS = {
     "factory": "creates a tensor from no tensor input",
     "collective": "a c10d / functional collective",
     "autograd_internal": "autograd bookkeeping (detach of saved outputs, AccumulateGrad)",
-    "accumulate_grad": "AccumulateGrad adding a gradient into a .grad that already existed",
+    "accumulate_grad": "AccumulateGrad's own work: adding a gradient into a .grad that already existed, or copying "
+                       "one it cannot take over as it is into a new .grad",
     "witness": "hands tensor data to Python or has a data-dependent output shape",
     "annotation": "a torch.profiler.record_function marker",
 }

@@ -82,6 +82,13 @@ class _Progress:
         return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
 
 
+def _check_options(options: RunOptions) -> None:
+    """The Recorder's options, checked before anything in the folder moves."""
+    from .record.options import capture_options
+
+    capture_options(options.skip, options.max_ops)
+
+
 def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None,
                worker: bool = False) -> int:
     """Run ``script`` like ``python script argv...`` while recording; returns its
@@ -89,6 +96,7 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
     the store and prints the summary)."""
     console = console or Console(stderr=True, emoji=False)
     path = check_module(script) if options.module is not None else check_script(script)
+    _check_options(options)
     with nullcontext(options.out / RUN_STORE) if worker else store_in(options.out) as store_path:
         return _run(path, argv, options, console, worker, store_path)
 
@@ -164,6 +172,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
 
     console = console or Console(stderr=True, emoji=False)
     check_script(script)
+    _check_options(options)
     with store_in(options.out) as store_path:
         Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
         spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,

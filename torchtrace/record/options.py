@@ -18,6 +18,9 @@ def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[
     if not all(isinstance(s, str) for s in prefixes):
         raise UsageError("bad `skip`", expected="a source-path prefix or a list of them", found=repr(skip),
                          fix="pass e.g. skip=['transformers/'] (or leave it out)")
+    if any(not s.strip() for s in prefixes):  # (every path starts with "": no line would be the user's)
+        raise UsageError("an empty `skip` prefix", expected="source-path prefixes such as 'transformers/'",
+                         found=repr(skip), fix="drop the empty prefix: it matches every file, so no op gets a line")
     if max_ops is not None and (not isinstance(max_ops, int) or isinstance(max_ops, bool) or max_ops < 1):
         raise UsageError("bad `max_ops`", expected="None (no cap) or an integer >= 1", found=repr(max_ops),
                          fix="pass e.g. max_ops=1_000_000, or None for no cap")
