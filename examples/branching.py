@@ -66,4 +66,7 @@ def main(fmt: str = "text") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    try:
+        main(*sys.argv[1:2])
+    except torchtrace.TorchtraceError as e:  # (`python examples/branching.py svgg`: say why, no traceback)
+        sys.exit(f"error: {e}")

@@ -988,3 +988,25 @@ def test_an_empty_skip_prefix_is_refused_before_anything_moves(tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(torchtrace.errors.UsageError, match="empty `skip` prefix"):
         torchtrace.trace(skip=["transformers/", " "])
+
+
+def test_references_and_paths_that_name_nothing_say_so(recorded, tmp_path):
+    d, _ = recorded
+    db = d / "out" / "trace.db"
+    graph = tmp_path / "g.json"
+    assert runner.invoke(app, ["export", f"{db}:0", "-o", str(graph)]).exit_code == 0
+    for args, words in ((["show", f"{graph}:3"], "a graph file holds one pass; expected FILE.json[.gz] alone"),
+                        (["show", f"{graph}:3"], f"Fix: drop it: {graph}"),
+                        (["show", f"{db}:"], "found nothing after ':'"),
+                        (["show", ""], "no graph named"),
+                        (["render", f"{db}:0", "-o", " "], "an empty output path"),
+                        (["run", "--out", "-", "x.py"], "--out names no folder")):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and res.output.startswith("error: ") and words in res.output, (args, res.output)
+    assert not (Path.cwd() / "-").exists()
+
+
+def test_an_example_given_a_bad_format_says_why_without_a_traceback():
+    example = Path(__file__).parent.parent / "examples" / "branching.py"
+    res = subprocess.run([sys.executable, str(example), "bogus"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and res.stderr.startswith("error: unknown diff format 'bogus'"), res.stderr

@@ -1742,3 +1742,21 @@ def test_a_manual_decode_loop_with_a_stop_check_records_one_graph_per_step(tmp_p
     with Store(tmp_path / "t.db", readonly=True) as store:
         fps = [store.graph(p.idx).fingerprints["structure"] for p in store.passes()]
     assert len(fps) == 5 and len(set(fps)) == 1, fps
+
+
+def test_the_readme_s_query_joins_each_pass_to_its_own_graph(tmp_path):
+    """README: a pass's graph is the graphs row keyed by its witnesses' "graph"."""
+    from torchtrace.store import Store
+
+    m = nn.Linear(2, 2)
+    with Store(tmp_path / "t.db") as store:
+        for n in (1, 3, 1):
+            with torchtrace.trace(m) as t:
+                m(torch.ones(n, 2))
+            store.add(t.graph)
+    db = sqlite3.connect(tmp_path / "t.db")
+    rows = db.execute("SELECT p.idx, g.n_ops, g.shapes_fp, p.shapes_fp FROM passes p JOIN graphs g ON g.shapes_fp = "
+                      "json_extract(p.witnesses, '$.graph') AND g.rank = p.rank ORDER BY p.idx").fetchall()
+    db.close()
+    assert [r[0] for r in rows] == [0, 1, 2] and all(r[1] == len(t.graph.nodes) for r in rows)
+    assert rows[0][2] == rows[2][2] != rows[1][2] and all(r[2].startswith(f"{r[3]}.") for r in rows)

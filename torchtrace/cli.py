@@ -82,6 +82,9 @@ def _view(depth: Optional[int], fold: bool, phase: Optional[Phase], focus: Optio
 def _emit(data: Any, output: Optional[str], fmt: str) -> None:
     if output == "-":  # `-o -`: standard output, as other tools take it
         output = None
+    if output is not None and not output.strip():
+        raise UsageError("an empty output path", expected="-o FILE (or - for standard output)", found=repr(output),
+                         fix="name a file, e.g. -o graph.svg")
     if output is not None:
         from .serialize import atomic_write
 
@@ -157,6 +160,9 @@ def run(ctx: typer.Context,
         _fail(UsageError(f"no such option: {script}", expected="run's options before the script (see "
                          "`torchtrace run --help`), then the script and its arguments", found=script,
                          fix="check the spelling, e.g. --max-passes, --every, --out"))
+    if str(out_dir) in ("-", ""):  # (`-o -` is standard output elsewhere; a store needs a folder)
+        _fail(UsageError("--out names no folder", expected="a folder for trace.db (made if missing)",
+                         found=repr(str(out_dir)), fix="e.g. --out runs/exp1 (the default is torchtrace-out)"))
     options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
                          render=None if render_fmt is None else render_fmt.value, max_ops=max_ops, module=module,
                          cut=cut.value)

@@ -29,6 +29,9 @@ def open_graph(ref: str) -> Graph:
     """A graph from a CLI reference: ``file.json[.gz]``, ``store.db`` (its last
     pass), ``store.db:IDX`` or ``store.db:RANK:IDX`` (negative IDX counts back);
     the folder `torchtrace run` wrote stands for the store in it."""
+    if not ref.strip():
+        raise UsageError("no graph named", expected="FILE.json[.gz], STORE.db[:IDX] or a `torchtrace run` folder",
+                         found=repr(ref), fix="e.g. torchtrace-out/trace.db:0")
     ref = _in_run_folder(ref)
     m = _REF.fullmatch(ref)
     if m is not None:
@@ -38,11 +41,13 @@ def open_graph(ref: str) -> Graph:
         if found is None:
             from .serialize import load
 
+            _not_a_pass_of_a_file(ref)
             return load(ref)
         path, parts = found
     if len(parts) > 2 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
         raise UsageError("bad pass reference", where=ref, expected="STORE.db, STORE.db:IDX or STORE.db:RANK:IDX",
-                         found=":".join(parts), fix="use a pass index such as trace.db:3")
+                         found=repr(":".join(parts)) if any(p.strip() for p in parts) else "nothing after ':'",
+                         fix="use a pass index such as trace.db:3")
     rank = int(parts[0]) if len(parts) == 2 else 0
     with Store(path, readonly=True) as store:
         passes = store.passes(rank)
@@ -55,6 +60,19 @@ def open_graph(ref: str) -> Graph:
                                  fix="list the passes with `torchtrace variants STORE`")
             idx = passes[idx].idx
         return store.graph(idx, rank)
+
+
+def _not_a_pass_of_a_file(ref: str) -> None:
+    """``graph.json:3``: a graph file holds one pass; the index names nothing."""
+    m = re.fullmatch(r"(.+?)((?::-?\d*){1,2})", ref)
+    try:
+        if m is None or Path(ref).exists() or not Path(m.group(1)).is_file():
+            return
+    except OSError:  # (a name too long)
+        return
+    raise UsageError("a graph file holds one pass", where=ref, expected="FILE.json[.gz] alone (STORE.db:IDX picks a "
+                     "pass of a store)", found=f"a pass index ({m.group(2)}) after a graph file",
+                     fix=f"drop it: {m.group(1)}")
 
 
 def no_pass_of_rank(store: Store, path: Any, rank: int, option: bool = False) -> UsageError:

@@ -279,7 +279,7 @@ class Store:
                                       "WHERE rank = ? AND idx = ?", (rank, idx)).fetchone()
         if row is None:
             have = [p.idx for p in self.passes(rank)]
-            raise UsageError("no such pass", where=f"{self.path}:{idx}",
+            raise UsageError("no such pass", where=f"{self.path}:{f'{rank}:' if rank else ''}{idx}",
                              expected=f"a pass index of rank {rank}: " + (f"0..{max(have)}" if have else "none stored"),
                              found=str(idx), fix="list the passes with `torchtrace variants STORE`")
         step, label, started, error, witnesses, key = row
