@@ -1649,3 +1649,33 @@ def test_a_while_on_a_number_read_counts_its_iterations_and_names_the_helper_s_c
         "(in `<root>`)"]
     [h] = torchtrace.diff(c, a).hunks
     assert (h.loop.a, h.loop.b) == (4, 2) and (h.witness.a.value, h.witness.b.value) == (4, 2)
+
+
+def _accumulating_step(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = nn.functional.mse_loss(m(x), y)
+    if torch.isnan(loss):  # LINE:nan_skip
+        return
+    loss.backward()
+
+
+def test_a_skipped_backward_is_one_cause_with_the_read_even_where_grads_would_accumulate():
+    """A's backward adds into .grads that existed (gradient accumulation); B's
+    pass skipped backward on a NaN loss. The AccumulateGrad ops were put down
+    to "autograd state, not a branch", and the hunks after the first lost the read."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    x, y = torch.randn(4, 4), torch.randn(4, 1)
+    _accumulating_step(m, x, y)  # the .grads exist from here on
+    graphs = []
+    for target in (y, y * float("nan")):
+        with torchtrace.trace(m) as t:
+            _accumulating_step(m, x, target)
+        graphs.append(t.graph)
+    a, b = graphs
+    assert any("accumulate_grad" in n.tags for n in a.nodes)
+    d = torchtrace.diff(a, b)
+    backward = [n for n in a.nodes if n.phase == "backward" and "autograd_internal" not in n.tags]
+    [why] = d.why()
+    assert why.startswith(f"`test_diff_causes.py:{line_of('nan_skip')}` read False in A, True in B: only A's pass "
+                          f"ran backward \u2192 {len(backward)} ops only in A in "), why
+    assert not any(h.grads for h in d.hunks)

@@ -314,8 +314,9 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             if caught is not None and loop is None:
                 witness = None
             ran, adjacent = ran_only(A, B, rows), causes.adjacent(k0)
-            if ran is not None:  # only a read right before it is said with it
-                witness, loop = adjacent, None
+            if ran is not None:  # only a read right before it is said with it (or before the run it goes on)
+                before = hunks[-1] if hunks and hunks[-1].span[1] == k0 and hunks[-1].ran == ran else None
+                witness, loop = adjacent or (before.witness if before is not None else None), None
             mode = trained(A, B, rows, fed)
             first = adjacent if mode is not None and loop is None and not in_modal_modules(A, B, rows) else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
@@ -329,7 +330,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               last=ran_on(A, B, rows) if k1 == len(ops) else None,
                               short=ended_before(A, B, rows) if k1 == len(ops) and witness is None or
                               k1 == len(ops) and witness.weak else None,
-                              grads=accumulated(A, B, rows), recompute=recompute,
+                              grads=accumulated(A, B, rows) if ran is None else (), recompute=recompute,
                               ran=ran, trained=mode, read_first=first is not None, fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
