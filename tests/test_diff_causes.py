@@ -1679,3 +1679,36 @@ def test_a_skipped_backward_is_one_cause_with_the_read_even_where_grads_would_ac
     assert why.startswith(f"`test_diff_causes.py:{line_of('nan_skip')}` read False in A, True in B: only A's pass "
                           f"ran backward \u2192 {len(backward)} ops only in A in "), why
     assert not any(h.grads for h in d.hunks)
+
+
+class Scatter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
+        h = self.lin(x)
+        idx = mask.nonzero().squeeze(1)  # LINE:scatter_read
+        out = torch.zeros_like(h)
+        out[idx] = h[idx].view(len(idx), -1)  # one statement: two views when len(idx) == 1
+        for _ in range(n):
+            out = torch.tanh(out)  # LINE:one_op_loop
+        return out
+
+
+def test_one_op_twice_from_a_line_in_no_loop_is_no_loop_but_a_one_op_loop_is():
+    torch.manual_seed(0)
+    m = Scatter()
+    x = torch.randn(8, 4)
+
+    def run(sel, n):
+        mask = torch.zeros(8, dtype=torch.bool)
+        mask[sel] = True
+        return record(m, x, mask, n)
+
+    [h] = torchtrace.diff(run([2], 1), run([1, 2, 5], 1)).structural_hunks
+    assert h.loop is None and h.explanation == (
+        f"`test_diff_causes.py:{line_of('scatter_read')}` read shape [1,1] in A, shape [3,1] in B \u2192 1 op only "
+        "in A (in `<root>`)")
+    [h] = torchtrace.diff(run([1, 2], 2), run([1, 2], 3)).structural_hunks
+    assert (h.loop.via, h.loop.line, h.loop.a, h.loop.b) == ("repeat", line_of("one_op_loop"), 2, 3)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .align import Pair, Side, Sig
+from .sourcetext import in_loop
 from .textform import ordinal, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -128,9 +129,11 @@ class LoopFinder:
         before = _copies_before(sx, xs[0], unit)
         cx = before + inside + _copies_after(sx, xs[-1] + 1, unit)
         cy = _copies_before(sy, y, unit) + _copies_after(sy, y, unit)
-        if cx == cy or (cy == 0 and (inside < 2 or unit_len < 2)) or len(xs) > abs(cx - cy) * unit_len:
+        if cx == cy or (cy == 0 and (inside < 2 or unit_len < 2)) or len(xs) > abs(cx - cy) * unit_len or \
+                unit_len == 1 and _one_statement(X, xs[0]):
             return None, k0  # as many copies (the others aligned elsewhere), one op twice where the
-            #                  other side has none, or more ops than the extra copies hold: no loop
+            #                  other side has none, more ops than the extra copies hold, or one op twice
+            #                  from a line in no loop: no loop
         scope = _scope(X, range(xs[0], xs[0] + unit_len))
         if self._total(X, scope, unit) == self._total(Y, scope, unit):
             return None, k0  # as many copies in all, in another order (recursion): no loop ran more times
@@ -205,6 +208,17 @@ class LoopFinder:
                     t += 1
             self._cache[key] = count
         return self._cache[key]
+
+
+def _one_statement(side: Side, i: int) -> bool:
+    """Is op ``i`` repeated by its own line (``x[idx] = v.view(1, -1)`` runs two
+    views), not by a loop: its neighbours of the same signature are in the same
+    module call, at a line in no ``for``/``while``?"""
+    n = side.nodes[i]
+    if n.source is None or in_loop(n.source.file, n.source.line) is not False:
+        return False
+    return all(side.nodes[k].module == n.module for k in (i - 1, i + 1)
+               if 0 <= k < len(side.nodes) and side.loop_sigs[k] == side.loop_sigs[i])
 
 
 def _scope(side: Side, ops: Iterable[int]) -> Optional[Tuple[str, int]]:

@@ -102,6 +102,27 @@ def except_bodies(file: str, line: int) -> Tuple[int, int]:
     return 0, -1
 
 
+_LOOP = re.compile(r"^\s*(?:async\s+)?(?:for|while)\b")
+_COMPREHENSION = re.compile(r"\bfor\b.+\bin\b")
+
+
+def in_loop(file: str, line: int) -> Optional[bool]:
+    """Is ``line`` inside a ``for``/``while`` of its function (or a comprehension
+    on it)? None when the file is not readable here."""
+    lines = _lines(file, line)
+    if lines is None:
+        return None
+    if _LOOP.match(lines[line - 1]) or _COMPREHENSION.search(lines[line - 1].split("#", 1)[0]):
+        return True
+    for _, text in _headers_around(lines, line):
+        word = _HEADER.match(text)
+        if word is not None and word.group(1) in ("def", "class"):
+            return False
+        if _LOOP.match(text):
+            return True
+    return False
+
+
 _WHILE = re.compile(r"^\s*while\b")
 
 
