@@ -1712,3 +1712,28 @@ def test_one_op_twice_from_a_line_in_no_loop_is_no_loop_but_a_one_op_loop_is():
         "in A (in `<root>`)")
     [h] = torchtrace.diff(run([1, 2], 2), run([1, 2], 3)).structural_hunks
     assert (h.loop.via, h.loop.line, h.loop.a, h.loop.b) == ("repeat", line_of("one_op_loop"), 2, 3)
+
+
+class FloatCount(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, extra: int = 0) -> torch.Tensor:
+        for _ in range(int(k.item()) + extra):  # LINE:float_count
+            x = torch.relu(self.cell(x))
+        return x
+
+
+def test_a_float_read_whose_integer_part_is_the_loop_count_is_named_without_a_hedge():
+    torch.manual_seed(0)
+    m = FloatCount()
+    x = torch.randn(2, 4)
+    a, b = record(m, x, torch.tensor(1.5)), record(m, x, torch.tensor(2.75))
+    [h] = torchtrace.diff(a, b).structural_hunks
+    assert not h.witness.weak and (h.loop.a, h.loop.b) == (1, 2)
+    assert h.explanation.startswith(f"`test_diff_causes.py:{line_of('float_count')}` read 1.5 in A, 2.75 in B; the "
+                                    "block at "), h.explanation
+    # a float whose integer parts are not the counts (3 and 5: Python added to them) stays a guess
+    [h] = torchtrace.diff(record(m, x, torch.tensor(1.5), 2), record(m, x, torch.tensor(2.75), 3)).structural_hunks
+    assert (h.loop.a, h.loop.b) == (3, 5) and h.witness.weak

@@ -1,16 +1,18 @@
 """Why two aligned graphs differ: the witness that decided a hunk (loop
 counts are found by ``loops.py``).
 
-Every record here is a frozen dataclass with a ``mirror()`` (A and B swapped)
-and a ``describe()`` that writes the sentence shown to users; the sentences
-are built from the fields, so a mirrored diff reads correctly.
+The records (``readchange.WitnessChange``, ``loops.LoopChange``) are frozen
+dataclasses with a ``mirror()`` (A and B swapped) and a ``describe()`` that
+writes the sentence shown to users; the sentences are built from the fields,
+so a mirrored diff reads correctly.
 
 Rules (DESIGN.md, "diff"):
 
 * a hunk whose ops contain scalar reads at one line that ran a different
   number of times (``while k > 0`` reading True 3x then False, against 5x) is
   a loop count change: "`while` at `model.py:57` ran 3x in A, 5x in B"; an
-  `if` read inside it that differs is named with it;
+  `if` read inside it that differs is named with it; numbers read at a
+  ``while`` (``while n.item() > 0``) count by whether the loop went on;
 * otherwise the nearest aligned witness before the hunk whose value differs
   explains it: "`model.py:42` read True in A, False in B". A float read (a
   logged loss differs every step) gives way to an earlier decisive read
@@ -19,130 +21,37 @@ Rules (DESIGN.md, "diff"):
   (``if peak > 1.5``), is the nearer cause;
 * a run of ops that repeats a block just before it, without a witness at
   its line, is a Python-level loop ("the block at `m.py:9` ran 2x in A, 3x in B");
-  the read that explains it is the nearest one before the loop's first pass;
+  the read that explains it is the nearest one before the loop's first pass
+  (a float whose integer part is the count, ``range(int(n.item()))``, named
+  without a hedge);
 * a hunk with no read inside it, in the k-th run of a loop statement that
   runs several times a pass, is that run's count change (``loops.by_runs``).
 """
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, replace
+import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .align import Pair, Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
+from .readchange import WitnessChange, decisive, read_str
 from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_if
-from .textform import common_module, ordinal, plural, shape_str, where
+from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Witness
+    from .ir import Graph
 
 ARROW = "\u2192"
-__all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "plural", "where"]
-
-
-# -- records ---------------------------------------------------------------
-
-def read_str(w: "Witness") -> str:
-    if w.shape is not None:
-        return "shape " + shape_str(w.shape)
-    v = w.value
-    if isinstance(v, float):  # 6 digits; a whole number keeps its point (a float read is no count)
-        text = f"{v:.6g}"
-        return f"{text}.0" if text.lstrip("-").isdigit() else text
-    return repr(v)
-
-
-@dataclass(frozen=True)
-class WitnessChange:
-    """A data read at the same line (the same aligned op) that returned
-    different data in A and B: the branch it steered went different ways."""
-
-    file: str
-    line: int
-    function: str
-    a: "Witness"
-    b: "Witness"
-    node_a: str
-    node_b: str
-    weak: bool = False
-    call: Optional[Tuple[str, int, int]] = None  # a module called more than once: (path, call in A, call in B)
-    via: Optional[Tuple[str, str]] = None  # a helper read from several call sites: (call site in A, in B)
-    also: Tuple["WitnessChange", ...] = ()  # other reads that differ just as near (nothing only in A or B since)
-    merged: bool = False  # weak because the branch it decided ended before: both passes ran the same ops since
-    passed: Optional[str] = None  # the changed op argument its values are (``topk`` k=3 -> 2 after ``k = int(...)``)
-    named: bool = False  # kept in the name that the `if` around the hunk tests (``_named_by_guard``)
-
-    @property
-    def where(self) -> str:
-        return where(self.file, self.line)
-
-    def describe(self) -> str:
-        text = f"{self.where}{self.called_from()}{self._call()}{self._reads()}"
-        if self.passed:
-            text += f" (passed on as {self.passed})"
-        if self.also:
-            text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
-        if not self.weak:
-            return text
-        if self.named:
-            return f"{text} (a float kept in the name the `if` around these ops tests: maybe not the cause)"
-        why = "its `if` ended before these ops, and both passes ran the same ops since" if self.merged else \
-            "a float" if isinstance(self.a.value, float) else "read into a call whose result is unused"
-        return f"{text} ({why}: the nearest read that differs, maybe not the cause)"
-
-    def short(self) -> str:
-        """"`m.py:9` read False in A, True in B": the read alone (named as an alternative)."""
-        return f"{self.where}{self.called_from()}{self._reads()}"
-
-    def _reads(self) -> str:
-        return f" read {read_str(self.a)} in A, {read_str(self.b)} in B"
-
-    def called_from(self) -> str:
-        """" (called from `model.py:40`)": the call site of a helper function that
-        read the data, when the pass read that line from more than one."""
-        if self.via is None:
-            return ""
-        ta, tb = self.via
-        return f" (called from {ta})" if ta == tb else f" (called from {ta} in A, {tb} in B)"
-
-    def _call(self) -> str:
-        """" (2nd call of `gate`)": which call of a module called several times per pass read it."""
-        if self.call is None:
-            return ""
-        path, a, b = self.call
-        path = path or "<root>"
-        if a == b:
-            return f" ({ordinal(a + 1)} call of `{path}`)"
-        return f" (call {a + 1} of `{path}` in A, {b + 1} in B)"
-
-    def mirror(self) -> "WitnessChange":
-        call = (self.call[0], self.call[2], self.call[1]) if self.call else None
-        via = (self.via[1], self.via[0]) if self.via else None
-        return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call, via=via,
-                       also=tuple(w.mirror() for w in self.also))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"file": self.file, "line": self.line, "function": self.function,
-                "a": self.a.read(), "b": self.b.read(),
-                "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
-                "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
-                "also": [w.short() for w in self.also], "passed": self.passed, "named": self.named}
+__all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "decisive", "plural",
+           "read_str", "where"]
 
 
 def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Optional[Tuple[str, int]]:
     """The innermost module call around ``mid`` whose module the pass called
     more than once (``calls``: calls per path), as (path, call index)."""
     return next(((m.path, m.call) for m in g.calls_around(mid) if calls.get(m.path, 0) > 1), None)
-
-
-def decisive(w: "Witness") -> bool:
-    """A read that steers control flow by itself: a bool (``if``/``while``),
-    an int or an integral float (a count), a data-dependent shape. Other
-    floats (a logged loss) differ every step and decide nothing on their own."""
-    if w.shape is not None or not isinstance(w.value, float):
-        return True
-    return w.value.is_integer()
 
 
 # -- causes of a structural hunk -------------------------------------------
@@ -251,6 +160,8 @@ class Causes:
                         for i, j in self.pairs[k0:k1] if i is None or j is None)
         witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
             self._inside(k0, k1)
+        if loop is not None and witness is not None and witness.weak and _counts(witness, loop):
+            witness = replace(witness, weak=False)  # (`for _ in range(int(n.item()))`: the float is the count)
         if loop is None:
             witness = self._named_by_guard(k0, k1, witness)
             # the k-th run of a nested loop, when its own condition is the read that differs
@@ -401,6 +312,15 @@ class Causes:
                 if k < len(theirs) and Y.wkeys[theirs[k]] != X.wkeys[x]:
                     return self.witness_change(x, theirs[k]) if col == 0 else self.witness_change(theirs[k], x)
         return None
+
+def _counts(w: WitnessChange, loop: LoopChange) -> bool:
+    """Did the float read give the loop's counts (its floor, ceiling or rounding
+    on both sides: ``range(int(n.item()))``)?"""
+    a, b = w.a.value, w.b.value
+    if not (isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b)):
+        return False
+    return any((f(a), f(b)) == (loop.a, loop.b) for f in (math.floor, math.ceil, round))
+
 
 def _number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
