@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .align import Side, is_bookkeeping
+from .side import Side, is_bookkeeping
 from .explain import ARROW, plural
 from .fingerprint import canonical_args, canonical_json
 from .textform import op_str, type_str

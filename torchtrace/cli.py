@@ -9,7 +9,6 @@ or a path that is not a graph or store this version reads) or 1 for a failure
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from enum import Enum
@@ -17,11 +16,11 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
 from . import __version__
+from .cliout import Fmt, emit, err, json_name, out, output_format
 from .errors import IRError, TorchtraceError, UsageError
 from .views.options import PHASE_CHOICES
 
@@ -29,8 +28,6 @@ app = typer.Typer(
     name="torchtrace", no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
     help="Record, show and explain the graphs PyTorch actually builds.",
     context_settings={"help_option_names": ["-h", "--help"]})
-err = Console(stderr=True, highlight=False, emoji=False)
-out = Console(highlight=False, emoji=False)
 
 
 Phase = Enum("Phase", {p: p for p in PHASE_CHOICES}, type=str)  # the views' own list
@@ -38,18 +35,6 @@ Phase = Enum("Phase", {p: p for p in PHASE_CHOICES}, type=str)  # the views' own
 class Cut(str, Enum):
     root = "root"
     step = "step"
-
-
-class Fmt(str, Enum):
-    text = "text"
-    dot = "dot"
-    svg = "svg"
-    png = "png"
-    pdf = "pdf"
-    mermaid = "mermaid"
-    markdown = "markdown"
-    terminal = "terminal"
-    json = "json"
 
 
 REF_HELP = "a graph: FILE.json[.gz], STORE.db (last pass), STORE.db:IDX or STORE.db:RANK:IDX"
@@ -77,36 +62,6 @@ def _view(depth: Optional[int], fold: bool, phase: Optional[Phase], focus: Optio
     if focus is not None:
         opts["focus"] = focus
     return opts
-
-
-def _emit(data: Any, output: Optional[str], fmt: str) -> None:
-    if output == "-":  # `-o -`: standard output, as other tools take it
-        output = None
-    if output is not None and not output.strip():
-        raise UsageError("an empty output path", expected="-o FILE (or - for standard output)", found=repr(output),
-                         fix="name a file, e.g. -o graph.svg")
-    if output is not None:
-        from .serialize import atomic_write
-
-        raw = data if isinstance(data, bytes) else data.encode("utf-8", "backslashreplace")  # (a lone surrogate)
-        if output.endswith(".gz"):  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
-            import gzip
-
-            raw = gzip.compress(raw, mtime=0)
-        atomic_write(output, raw)
-        err.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
-    elif isinstance(data, bytes):
-        if sys.stdout.isatty():
-            raise UsageError(f"{fmt} is binary", expected="--output FILE (or a pipe)", found="a terminal",
-                             fix=f"add -o graph.{fmt}")
-        sys.stdout.buffer.write(data)
-    else:
-        text = data if data.endswith("\n") else data + "\n"
-        try:
-            sys.stdout.write(text)
-        except UnicodeEncodeError:  # (a lone surrogate, or a terminal that cannot show the text)
-            sys.stdout.flush()
-            sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "backslashreplace"))
 
 
 def _version(value: bool) -> None:
@@ -210,7 +165,7 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
     from .passref import open_graph
 
     try:
-        fmt = _format(given, output, Fmt.svg)
+        fmt = output_format(given, output, Fmt.svg)
         graph = open_graph(ref)
         if fmt is Fmt.json:
             from .serialize import dumps
@@ -220,11 +175,11 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
             if given:  # (the IR is the whole graph: a view option would be silently dropped)
                 raise UsageError("view options do not apply to json", expected="-f json alone (the whole graph)",
                                  found=" ".join(given), fix="drop them, or draw the view in another format")
-            _emit(dumps(graph), output, "json")
+            emit(dumps(graph), output, "json")
             return
         from .renderers import render as draw
 
-        _emit(draw(graph, fmt.value, **_view(depth, fold, phase, focus)), output, fmt.value)
+        emit(draw(graph, fmt.value, **_view(depth, fold, phase, focus)), output, fmt.value)
     except TorchtraceError as e:
         _fail(e)
 
@@ -240,17 +195,17 @@ def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
     from .passref import open_graph
 
     try:
-        fmt = _format(given, output, Fmt.text)
+        fmt = output_format(given, output, Fmt.text)
         d = compare(open_graph(a), open_graph(b))
         if fmt is Fmt.text and output is None:
             out.print(d, soft_wrap=True)  # GraphDiff.__rich__: the text form in colour
             return
         if fmt is Fmt.json:
-            _emit(json.dumps(d.to_dict(), indent=1, ensure_ascii=False) + "\n", output, "json")
+            emit(json.dumps(d.to_dict(), indent=1, ensure_ascii=False) + "\n", output, "json")
             return
         from .renderers import render as draw
 
-        _emit(draw(d, fmt.value), output, fmt.value)
+        emit(draw(d, fmt.value), output, fmt.value)
     except TorchtraceError as e:
         _fail(e)
 
@@ -315,36 +270,10 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
     from .passref import open_graph
 
     try:  # (as `render -f json`: `-o -` is standard output, a .gz name is gzipped)
-        name = output[:-3] if output.endswith(".gz") else output
-        ext = os.path.splitext(name)[1].lower() if name != "-" else ""
-        if ext not in ("", ".json"):  # (`export -o graph.svg`: JSON in a file named for a drawing)
-            raise UsageError("export writes JSON", expected="-o FILE.json or FILE.json.gz (- for standard output)",
-                             found=f"a {ext} file",
-                             fix=f"name it *.json, or draw it: torchtrace render {ref} -o {output}")
-        _emit(dumps(open_graph(ref)), output, "json")
+        json_name(output, ref)
+        emit(dumps(open_graph(ref)), output, "json")
     except TorchtraceError as e:
         _fail(e)
-
-
-_EXTENSIONS = {".svg": (Fmt.svg,), ".png": (Fmt.png,), ".pdf": (Fmt.pdf,), ".dot": (Fmt.dot,), ".gv": (Fmt.dot,),
-               ".mmd": (Fmt.mermaid,), ".mermaid": (Fmt.mermaid,), ".md": (Fmt.markdown,),
-               ".txt": (Fmt.text, Fmt.terminal), ".json": (Fmt.json,)}
-
-
-def _format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> Fmt:
-    """The format: ``-f``'s, else the one ``-o``'s extension names (``graph.png``),
-    else ``default``; an extension of another format than ``-f`` is refused
-    (``-f svg -o graph.png`` would write SVG into a .png)."""
-    name = output[:-3] if output and output.endswith(".gz") else output
-    ext = os.path.splitext(name)[1].lower() if name and name != "-" else ""
-    named = _EXTENSIONS.get(ext, ())
-    if given is None:
-        return named[0] if named else default
-    if named and given not in named:
-        raise UsageError(f"-o {output} names another format than -f {given.value}",
-                         expected=f"a file name for {given.value} (or no -f: the extension decides)",
-                         found=f"a {ext} file", fix=f"drop -f, or name the file *.{given.value}")
-    return given
 
 
 def _needs_dot(fmt: str) -> bool:

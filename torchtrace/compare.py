@@ -22,7 +22,8 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from .align import Side, align, one_call_site
+from .align import align
+from .side import Side, one_call_site
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
                        classify, input_changes, moved, producers, reshaped, rewires, run_key, significant)
 from .errors import UsageError

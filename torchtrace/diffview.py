@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple
 
-from .align import is_bookkeeping
+from .side import is_bookkeeping
 from .explain import ARROW, common_module, plural
 from .textform import op_str, type_str
 from .views import Box, Cluster, Edge, View

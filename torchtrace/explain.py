@@ -34,7 +34,8 @@ import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-from .align import Pair, Side, Sig
+from .align import Pair
+from .side import Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .readchange import WitnessChange, decisive, read_str
 from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_if

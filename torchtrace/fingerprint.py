@@ -25,7 +25,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from ._memo import Lazy, TextMemo
-from .align import is_bookkeeping
+from .side import is_bookkeeping
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .align import Side
+from .side import Side
 from .classify import ArgChange, InputChange, OpPair, Rewire
 from .explain import ARROW, LoopChange, WitnessChange, plural, where
 from .textform import dtype_short

@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from .align import Pair, Side, Sig
+from .align import Pair
+from .side import Side, Sig
 from .sourcetext import in_loop
 from .textform import ordinal, plural, where
 

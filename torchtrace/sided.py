@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .align import CASTS, Side
+from .side import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
 from .ir import Graph, Node

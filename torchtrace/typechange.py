@@ -17,7 +17,7 @@ from .explain import ARROW, plural
 from .textform import dtype_short, shape_str
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .align import Side
+    from .side import Side
     from .classify import OpPair
 
 Shape = Tuple[int, ...]

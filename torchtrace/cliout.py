@@ -1,0 +1,92 @@
+"""Where a command's output goes: its format (``-f``, or the one ``-o``'s
+extension names), a file written atomically (gzipped for ``.gz``), or
+standard output (``-o -``; binary formats only to a pipe)."""
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from typing import Any, Optional
+
+from rich.console import Console
+
+from .errors import UsageError
+
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)
+
+
+class Fmt(str, Enum):
+    text = "text"
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+    pdf = "pdf"
+    mermaid = "mermaid"
+    markdown = "markdown"
+    terminal = "terminal"
+    json = "json"
+
+
+_EXTENSIONS = {".svg": (Fmt.svg,), ".png": (Fmt.png,), ".pdf": (Fmt.pdf,), ".dot": (Fmt.dot,), ".gv": (Fmt.dot,),
+               ".mmd": (Fmt.mermaid,), ".mermaid": (Fmt.mermaid,), ".md": (Fmt.markdown,),
+               ".txt": (Fmt.text, Fmt.terminal), ".json": (Fmt.json,)}
+
+
+def output_format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> Fmt:
+    """The format: ``-f``'s, else the one ``-o``'s extension names (``graph.png``),
+    else ``default``; an extension of another format than ``-f`` is refused
+    (``-f svg -o graph.png`` would write SVG into a .png)."""
+    ext = _extension(output)
+    named = _EXTENSIONS.get(ext, ())
+    if given is None:
+        return named[0] if named else default
+    if named and given not in named:
+        raise UsageError(f"-o {output} names another format than -f {given.value}",
+                         expected=f"a file name for {given.value} (or no -f: the extension decides)",
+                         found=f"a {ext} file", fix=f"drop -f, or name the file *.{given.value}")
+    return given
+
+
+def _extension(output: Optional[str]) -> str:
+    """``.png`` for ``graph.PNG``, ``.json`` for ``graph.json.gz``; "" for none or ``-``."""
+    name = output[:-3] if output and output.endswith(".gz") else output
+    return os.path.splitext(name)[1].lower() if name and name != "-" else ""
+
+
+def json_name(output: str, ref: str) -> None:
+    """``export -o graph.svg`` would write JSON into a file named for a drawing."""
+    ext = _extension(output)
+    if ext not in ("", ".json"):
+        raise UsageError("export writes JSON", expected="-o FILE.json or FILE.json.gz (- for standard output)",
+                         found=f"a {ext} file", fix=f"name it *.json, or draw it: torchtrace render {ref} -o {output}")
+
+
+def emit(data: Any, output: Optional[str], fmt: str) -> None:
+    if output == "-":  # `-o -`: standard output, as other tools take it
+        output = None
+    if output is not None and not output.strip():
+        raise UsageError("an empty output path", expected="-o FILE (or - for standard output)", found=repr(output),
+                         fix="name a file, e.g. -o graph.svg")
+    if output is not None:
+        from .serialize import atomic_write
+
+        raw = data if isinstance(data, bytes) else data.encode("utf-8", "backslashreplace")  # (a lone surrogate)
+        if output.endswith(".gz"):  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
+            import gzip
+
+            raw = gzip.compress(raw, mtime=0)
+        atomic_write(output, raw)
+        err.print(f"wrote {output}", markup=False, highlight=False, soft_wrap=True)
+    elif isinstance(data, bytes):
+        if sys.stdout.isatty():
+            raise UsageError(f"{fmt} is binary", expected="--output FILE (or a pipe)", found="a terminal",
+                             fix=f"add -o graph.{fmt}")
+        sys.stdout.buffer.write(data)
+    else:
+        text = data if data.endswith("\n") else data + "\n"
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # (a lone surrogate, or a terminal that cannot show the text)
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text.encode(sys.stdout.encoding or "utf-8", "backslashreplace"))

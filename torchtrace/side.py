@@ -1,0 +1,226 @@
+"""One graph as the diff sees it (``Side``): its ops in execution order
+without bookkeeping, each op's signature (what the alignment pairs by: phase,
+module path, op, source line, a helper read's call site, the parameters it
+reads; never ids or shapes) and witness key (what a read returned)."""
+from __future__ import annotations
+
+import bisect
+import re
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+
+from .sourcetext import while_body
+from .textform import ordinal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ir import Graph, Node, Value
+
+Sig = Tuple[Any, ...]  # (phase, module path, op, file, line[, a helper read's caller file, line][, params read])
+
+BOOKKEEPING = "autograd_internal"
+
+
+def is_bookkeeping(n: "Node") -> bool:
+    """Autograd bookkeeping (detach of saved outputs) and profiler markers
+    (``record_function``, e.g. ``Optimizer.zero_grad#SGD.zero_grad``): they
+    compute nothing, so they are left out of diffs and fingerprints."""
+    return BOOKKEEPING in n.tags or "annotation" in n.tags
+
+
+def _base(file: str) -> str:
+    return file.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+STATE = ("param", "buffer")
+CASTS = ("aten._to_copy", "aten.to", "aten._to_copy.default", "aten.to.dtype", "aten.to.dtype_layout",
+         "prims.convert_element_type", "prims.convert_element_type.default")
+
+
+def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None,
+              one_site: FrozenSet[Tuple[str, int]] = frozenset()) -> Sig:
+    src = n.source
+    sig: Sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
+                src.line if src is not None else 0)
+    w = n.witness
+    if w is not None and w.called_from and (src is None or (src.file, src.line) not in one_site):
+        caller = w.called_from[0]  # a helper's read: one per call site (not a loop)
+        sig += (_base(caller.file), caller.line)
+    # the parameters it reads: a Linear's backward computes the grad of its input from its weight,
+    # the grad of its weight from activations, with the same ops at the same line
+    state = tuple(v.name or "" for v in (_base_value(g, vid, cast_of or {}) for vid in n.inputs) if v.role in STATE)
+    return sig + (state,) if state else sig
+
+
+def _base_value(g: "Graph", vid: str, cast_of: Dict[str, str]) -> "Value":
+    """The value ``vid`` is a view or a cast of (``W.t()`` saved for backward,
+    autocast's ``W.to(bf16)``: ``W``), or itself."""
+    v = g.value(vid)
+    for _ in range(8):
+        up = v.alias_of or cast_of.get(v.id)
+        if up is None:
+            break
+        v = g.value(up)
+    return v
+
+
+_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a path component that is a number: a ModuleList item
+
+
+def loop_signature(sig: Sig) -> Sig:
+    """``sig`` with the ModuleList indices of its module path made one (``h.0.attn``
+    and ``h.1.attn`` -> ``h.#.attn``): the ops of ``for block in self.h`` repeat
+    under this signature from one block to the next."""
+    if not any(c.isdigit() for c in sig[1]):
+        return sig
+    return (sig[0], _INDEX.sub("#", sig[1]), *sig[2:5],
+            *(tuple(_INDEX.sub("#", x or "") for x in e) if isinstance(e, tuple) else e for e in sig[5:]))
+
+
+def witness_key(n: "Node") -> Any:
+    """What a witness read, as a comparable key; ``None`` for other ops."""
+    w = n.witness
+    if w is None:
+        return None
+    if w.shape is not None:
+        return ("shape", tuple(w.shape))
+    v = w.value
+    if isinstance(v, float) and v != v:  # NaN reads equal NaN
+        return ("nan",)
+    return (type(v).__name__, v)
+
+
+class Side:
+    """One graph as the diff sees it: its ops in order without bookkeeping
+    ops, their signatures and witness keys."""
+
+    def __init__(self, g: "Graph", one_site: FrozenSet[Tuple[str, int]] = frozenset()) -> None:
+        """``one_site``: lines of helpers' reads whose call site is left out of
+        their signatures (``one_call_site``)."""
+        self.graph = g
+        self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
+        cast_of = {n.outputs[0]: n.inputs[0] for n in g.nodes if n.op in CASTS and n.inputs and n.outputs}
+        self.sigs: List[Sig] = [signature(g, n, cast_of, one_site) for n in self.nodes]
+        self.wkeys: List[Any] = [witness_key(n) for n in self.nodes]
+        self.ignored = len(g.nodes) - len(self.nodes)
+        self.reads: Dict[Sig, List[int]] = {}
+        for i, k in enumerate(self.wkeys):
+            if k is not None:
+                self.reads.setdefault(self.sigs[i], []).append(i)
+
+    @cached_property
+    def loop_keys(self) -> List[Any]:
+        """``wkeys`` as loops read them: a number read at a ``while`` line
+        (``while n.item() > 0``: 3, 2, 1, 0) becomes whether the loop went on:
+        the next op of that function's call is in its body, or that ``while``
+        again (read from the same call site)."""
+        keys = list(self.wkeys)
+        body: Dict[Tuple[str, int], Tuple[int, int]] = {}
+        where: Dict[Tuple[str, str, Optional[str]], List[int]] = {}
+        for i, n in enumerate(self.nodes):
+            w, src = n.witness, n.source
+            if w is None or src is None or w.shape is not None or isinstance(w.value, bool):
+                continue
+            first, last = body.setdefault((src.file, src.line), while_body(src.file, src.line))
+            if not first:
+                continue
+            if not where:
+                for k, m in enumerate(self.nodes):
+                    if m.source is not None:
+                        where.setdefault((m.source.file, m.source.function, m.module), []).append(k)
+            same = where[(src.file, src.function, n.module)]
+            at = bisect.bisect_right(same, i)
+            nxt = self.nodes[same[at]] if at < len(same) else None
+            keys[i] = ("bool", nxt is not None and src.line <= nxt.source.line <= last and (
+                nxt.source.line != src.line or nxt.witness is None or nxt.witness.called_from[:1] == w.called_from[:1]))
+        return keys
+
+    @cached_property
+    def call_sites(self) -> Dict[Tuple[str, int], int]:
+        """(file, line) of a read -> how many lines called the helper it is in."""
+        sites: Dict[Tuple[str, int], set] = {}
+        for n in self.nodes:
+            if n.witness is not None and n.source is not None and n.witness.called_from:
+                c = n.witness.called_from[0]
+                sites.setdefault((n.source.file, n.source.line), set()).add((c.file, c.line))
+        return {k: len(v) for k, v in sites.items()}
+
+    @cached_property
+    def named(self) -> Dict[str, "Value"]:
+        """Parameters and inputs by name, first versions; a name the pass gave
+        twice (two models' inputs both called `input`) gets its ordinal after
+        the first: `input (2nd)`."""
+        out: Dict[str, "Value"] = {}
+        for v in self.graph.values:
+            if v.role in ("param", "input") and v.name and v.version_of is None:
+                name, k = v.name, 1
+                while name in out:
+                    k += 1
+                    name = f"{v.name} ({ordinal(k)})"
+                out[name] = v
+        return out
+
+    def downstream_of(self, names: Iterable[str]) -> Set[str]:
+        """The value ids computed (forward) from the named inputs ``names``, the
+        inputs included."""
+        out = {self.named[x].id for x in names if x in self.named}
+        if out:
+            for n in self.graph.nodes:
+                if n.phase == "forward" and not out.isdisjoint(n.inputs):
+                    out.update(n.outputs)
+        return out
+
+    @cached_property
+    def trainable(self) -> Dict[str, bool]:
+        """Parameter (and input) name -> whether it required grad in the pass."""
+        return {name: v.requires_grad for name, v in self.named.items()}
+
+    @cached_property
+    def training(self) -> Dict[Tuple[str, int], Optional[bool]]:
+        """(module path, call index) -> ``module.training`` at that call."""
+        return {(m.path, m.call): m.training for m in self.graph.modules}
+
+    @cached_property
+    def calls(self) -> Dict[str, int]:
+        """How many times the pass called each module path."""
+        out: Dict[str, int] = {}
+        for m in self.graph.modules:
+            out[m.path] = out.get(m.path, 0) + 1
+        return out
+
+    @cached_property
+    def sources(self) -> Dict[str, str]:
+        """value id -> the value bookkeeping ops (a chain of detaches) passed
+        through to it: checkpoint's recompute reads ``detach(weight)``."""
+        out: Dict[str, str] = {}
+        for n in self.graph.nodes:
+            if is_bookkeeping(n) and n.inputs:
+                src = out.get(n.inputs[0], n.inputs[0])
+                out.update((v, src) for v in n.outputs)
+        return out
+
+    @cached_property
+    def weaker(self) -> Tuple[List[Sig], List[Sig]]:
+        """Weaker signatures, for ops the alignment left unpaired (``refine``):
+        without a helper read's call site, then without the source line too."""
+        return [s[:5] for s in self.sigs], [s[:3] for s in self.sigs]
+
+    @cached_property
+    def loop_sigs(self) -> List[Sig]:
+        """The signatures as loops repeat them (``loop_signature``), made on first use."""
+        return [loop_signature(s) for s in self.sigs]
+
+
+def one_call_site(A: Side, B: Side) -> FrozenSet[Tuple[str, int]]:
+    """Lines of reads in a helper that each pass called from one line, another
+    in each (the model's forward called from a training step's line and from an
+    evaluation's): the call site tells no calls apart there, and would keep
+    the reads from pairing up."""
+    return frozenset(k for k in A.call_sites.keys() & B.call_sites.keys()
+                     if A.call_sites[k] == B.call_sites[k] == 1 and _site(A, k) != _site(B, k))
+
+
+def _site(s: Side, line: Tuple[str, int]) -> Tuple[str, int]:
+    n = next(n for n in s.nodes if n.witness is not None and n.witness.called_from and n.source is not None
+             and (n.source.file, n.source.line) == line)
+    c = n.witness.called_from[0]
+    return _base(c.file), c.line
