@@ -1737,3 +1737,88 @@ def test_a_float_read_whose_integer_part_is_the_loop_count_is_named_without_a_he
     # a float whose integer parts are not the counts (3 and 5: Python added to them) stays a guess
     [h] = torchtrace.diff(record(m, x, torch.tensor(1.5), 2), record(m, x, torch.tensor(2.75), 3)).structural_hunks
     assert (h.loop.a, h.loop.b) == (3, 5) and h.witness.weak
+
+
+class PadOrLog(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, log: bool = False) -> torch.Tensor:
+        n = x.shape[0]
+        h = self.fc(x)
+        if n < 4:  # LINE:pad_by_name
+            h = torch.cat([h, h.new_zeros(4 - n, 4)])
+        if log:
+            h = h * 1.0  # LINE:flag_logged
+        return h
+
+
+def test_a_shape_tested_through_a_name_is_named_and_no_shape_test_says_python_state():
+    """`n = x.shape[0]` ... `if n < 4:` tests the shape; a flag's `if` with
+    another input shape is Python state (the shape was named as the cause)."""
+    torch.manual_seed(0)
+    m = PadOrLog()
+    at = f"the `if` at `test_diff_causes.py:{line_of('pad_by_name')}` tests a shape"
+    [h] = torchtrace.diff(record(m, torch.randn(4, 4)), record(m, torch.randn(2, 4))).structural_hunks
+    assert h.cause.startswith(f"{at}; input `x` f32[4,4] \u2192 f32[2,4]"), h.cause
+    [h] = torchtrace.diff(record(m, torch.randn(4, 4)), record(m, torch.randn(5, 4), True)).structural_hunks
+    assert h.only_b[0].source.line == line_of("flag_logged")
+    assert h.cause == ("no tensor read differs before it: decided by Python state (no `if` around these ops tests "
+                       "a shape); the inputs differ too: input `x` f32[4,4] \u2192 f32[5,4]"), h.cause
+
+
+def _early_stop_step(m: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, best: list) -> None:
+    loss = m(x).square().mean()
+    if loss > best[0]:  # LINE:plateau
+        return
+    best[0] = loss.item()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_a_skipped_backward_takes_the_read_that_skipped_the_ops_right_before_it():
+    """`if loss > best: return` ... `best = loss.item()`, then backward: the
+    backward hunk had no cause (the read was said only for `.item()`)."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    graphs = []
+    for best in ([float("inf")], [-1.0]):
+        with torchtrace.trace(m) as t:
+            _early_stop_step(m, opt, x, best)
+        graphs.append(t.graph)
+    why = torchtrace.diff(*graphs).why()
+    read = f"`test_diff_causes.py:{line_of('plateau')}` read False in A, True in B"
+    assert len(why) == 2 and why[0].startswith(f"{read} \u2192 1 op only in A"), why
+    assert why[1].startswith(f"{read}: only A's pass ran backward and an optimizer step"), why
+
+
+def _skip_on_inf(m: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, scale: float) -> None:
+    loss = m(x).mean()
+    opt.zero_grad()
+    (loss * scale).backward()
+    if not torch.isfinite(m.weight.grad).all():  # LINE:inf_check
+        return
+    opt.step()
+    loss.item()
+
+
+def test_a_read_of_the_gradients_that_an_if_tests_is_a_cause_for_the_ops_after_the_step():
+    """The read is computed from the gradients (phase optimizer), and reads of
+    that phase were passed over for other phases' hunks: the `.item()` after
+    the skipped step was put down to "Python state"."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    graphs = []
+    for scale in (1.0, float("inf")):
+        with torchtrace.trace(m) as t:
+            _skip_on_inf(m, opt, x, scale)
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    read = f"`test_diff_causes.py:{line_of('inf_check')}` read True in A, False in B"
+    assert d.why() and all(w.startswith(read) for w in d.why()), d.why()

@@ -315,14 +315,17 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             if caught is not None and loop is None:
                 witness = None
             ran, adjacent = ran_only(A, B, rows), causes.adjacent(k0)
-            if ran is not None:  # only a read right before it is said with it (or before the run it goes on)
-                before = hunks[-1] if hunks and hunks[-1].span[1] == k0 and hunks[-1].ran == ran else None
-                witness, loop = adjacent or (before.witness if before is not None else None), None
+            if ran is not None:  # only a read right before it is said with it, or the cause of the ops only
+                # that side ran right before it (`if loss > best: break` ... `best = loss.item()`, then backward)
+                before = hunks[-1] if hunks and hunks[-1].span[1] == k0 and _one_side(hunks[-1]) == ran[0] else None
+                carried = before.witness if before is not None and before.witness is not None and (
+                    not before.witness.weak) else None
+                witness, loop = adjacent or carried, None
             mode = trained(A, B, rows, fed)
             first = adjacent if mode is not None and loop is None and not in_modal_modules(A, B, rows) else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
             tested = shape_if(rows, inputs) if witness is None or (
-                witness.weak and not witness.named and loop is None and ran is None) else ""
+                witness.weak and not witness.named and loop is None and ran is None) else None
             witness = None if tested else witness
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
@@ -361,6 +364,13 @@ def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:
 
 def _module_path(g: Graph, n: Node) -> str:
     return g.module_path(n.module)
+
+
+def _one_side(h: Hunk) -> Optional[str]:
+    """"A" or "B" for a structural hunk of ops only that side ran."""
+    if h.kind != "structural" or bool(h.only_a) == bool(h.only_b):
+        return None
+    return "A" if h.only_a else "B"
 
 
 def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:

@@ -38,7 +38,7 @@ from .align import Pair
 from .side import Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .readchange import WitnessChange, decisive, read_str
-from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_if
+from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,9 +69,10 @@ class Causes:
             and A.wkeys[i] != B.wkeys[j]]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness) and not kept_aside(A.nodes[pairs[e][0]])]
-        # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside it
-        self.outside = tuple([e for e in reads if A.nodes[pairs[e][0]].phase != "optimizer"]
-                             for reads in (self.differing, self.decisive))
+        # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside
+        # it, and those an `if` or `while` tests (`if not torch.isfinite(p.grad).all(): continue`)
+        self.outside = tuple([e for e in reads if A.nodes[pairs[e][0]].phase != "optimizer"
+                              or read_by_branch(A.nodes[pairs[e][0]])] for reads in (self.differing, self.decisive))
         # the index each side has reached at each merged position (next op of that side), and how
         # many ops before it are only in A or B
         self.next_a: List[int] = []

@@ -66,7 +66,8 @@ class Hunk:
     read_first: bool = False  # ``witness`` is a read right before it (no op between): said before ``trained``
     caught: Optional[OpPair] = None  # an op before it raised on one side, and that pass went on (``except``)
     short: Optional[str] = None  # the side whose pass was the Recorder's last: it ended before these ops
-    shape_if: str = ""  # ``file:line`` of the `if` around it that tests a shape, when ``inputs`` changed shape
+    # when ``inputs`` changed shape: ``file:line`` of the `if` around it that tests one, "" when none does
+    shape_if: Optional[str] = None
 
     @property
     def own_cause(self) -> bool:
@@ -164,6 +165,9 @@ class Hunk:
                 return f"{self.loop.describe()} (no tensor read decided it; {what}: {seen})"
             if self.shape_if:
                 return f"the `if` at `{self.shape_if}` tests a shape; {what} ({seen})"
+            if self.shape_if == "" and all(i.a is not None and i.b is not None for i in self.inputs):
+                return f"no tensor read differs before it: decided by Python state (no `if` around these ops " \
+                       f"tests a shape); the inputs differ too: {what}"
             return f"no tensor read differs before it; {what} ({seen})"
         if self.loop is not None:
             return f"{self.loop.describe()} (no tensor read decided it)"

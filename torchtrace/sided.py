@@ -226,12 +226,16 @@ def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange])
     return tuple(t for t in types if t.kind == "dtype")
 
 
-def shape_if(rows: Sequence[OpPair], inputs: Sequence[InputChange]) -> str:
-    """``file:line`` of the ``if`` around the first op only one side ran, when it
-    tests a shape (``if x.shape[0] > 2:``) and an input's shape or dtype differs
-    (an input on both sides): the inputs decided it, not a float read before it."""
+def shape_if(rows: Sequence[OpPair], inputs: Sequence[InputChange]) -> Optional[str]:
+    """When an input's shape or dtype differs (an input on both sides): ``file:line``
+    of the ``if`` around the first op only one side ran, when it tests a shape
+    (``if x.shape[0] > 2:``: the inputs decided it, not a float read before it);
+    "" when no ``if`` around it tests one (the shape is no known cause); None
+    when that is not known (no such input, or the source is not readable here)."""
     if not any(i.a is not None and i.b is not None for i in inputs):
-        return ""
+        return None
     first = next((p.a if p.status == "only_a" else p.b for p in rows if p.status in ("only_a", "only_b")), None)
-    line = shape_test(first) if first is not None else 0
+    line = shape_test(first) if first is not None else None
+    if line is None:
+        return None
     return f"{os.path.basename(first.source.file)}:{line}" if line else ""

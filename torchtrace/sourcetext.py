@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import linecache
 import re
-from typing import TYPE_CHECKING, Any, FrozenSet, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -44,6 +44,12 @@ def read_by_if(n: "Node") -> bool:
     return bool(_IF.match(line_text(n)))
 
 
+def read_by_branch(n: "Node") -> bool:
+    """Is the read at an ``if``/``elif``/``while`` line: a decision of the user's code?"""
+    return bool(_BRANCH_LINE.match(line_text(n)))
+
+
+_BRANCH_LINE = re.compile(r"^\s*(if|elif|while)\b")
 _ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?::[^=]+)?=(?!=)")
 _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 _LOOK_UP = 400  # lines above an op searched for the header of its block
@@ -57,32 +63,75 @@ def names_assigned(n: "Node") -> FrozenSet[str]:
     return frozenset(x.strip() for x in m.group(1).split(",")) if m else frozenset()
 
 
-_SHAPE_TEST = re.compile(r"\.(shape|ndim|size\(|dim\(|numel\()|\blen\(")
+# a test of a tensor's shape or type: what Python sees of an input without reading its data
+_SHAPE_TEST = re.compile(r"\.(shape|ndim|size\(|dim\(|numel\(|dtype|is_floating_point\(|is_complex\()|\blen\(")
 
 
 def guard_names(n: "Node") -> FrozenSet[str]:
     """The plain names tested by the ``if``/``elif`` whose body holds the line
-    of ``n`` (the nearest line above it that is indented less), when that
-    header is an ``if``: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
-    and ``x``; attribute reads (``self.flag``) give only their object."""
-    _, test = _if_test(n)
+    of ``n`` (the nearest line above it that is indented less; for an ``else``,
+    the tests of its ``if`` chain): ``if has_pad and x.dim() > 2:`` gives
+    ``has_pad`` and ``x``; attribute reads (``self.flag``) give only their object."""
+    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    _, test = _if_test(lines, n.source.line) if lines else (0, None)
     return frozenset(_NAME.findall(test)) - _KEYWORDS if test is not None else frozenset()
 
 
-def shape_test(n: "Node") -> int:
-    """The line of the ``if``/``elif`` whose body holds the line of ``n``, when
-    it tests a shape (``if x.shape[0] > 2:``, ``len(x)``, ``x.dim()``,
-    ``x.numel()``); else 0."""
-    at, test = _if_test(n)
-    return at if test is not None and _SHAPE_TEST.search(test) is not None else 0
-
-
-def _if_test(n: "Node") -> Tuple[int, Optional[str]]:
-    """The line and the test of the ``if``/``elif`` whose body holds the line of ``n``."""
+def shape_test(n: "Node") -> Optional[int]:
+    """The line of the ``if`` whose body (or ``else``) holds the line of ``n``,
+    when it tests a shape or a type (``if x.shape[0] > 2:``, ``len(x)``,
+    ``x.dim()``, ``x.dtype``), itself or through a name assigned from one in its
+    function (``n = x.shape[0]`` ... ``if n < 8:``); 0 when no ``if`` is around
+    it or it tests neither; None when the file is not readable here."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    header = next(_headers_around(lines, n.source.line, _LOOK_UP), None) if lines else None
-    m = _IF.match(header[1]) if header is not None else None
-    return (header[0] + 1, header[1][m.end():].split("#", 1)[0]) if m is not None else (0, None)
+    if lines is None:
+        return None
+    at, test = _if_test(lines, n.source.line)
+    if test is None:
+        return 0
+    if _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test)):
+        return at
+    return 0
+
+
+def _if_test(lines: List[str], line: int) -> Tuple[int, Optional[str]]:
+    """The line and the test of the ``if``/``elif`` whose body holds ``line``;
+    for an ``else``, the ``if`` chain's first line and all its tests."""
+    header = next(_headers_around(lines, line, _LOOK_UP), None)
+    if header is None:
+        return 0, None
+    m = _IF.match(header[1])
+    if m is not None:
+        return header[0] + 1, header[1][m.end():].split("#", 1)[0]
+    if _HEADER.match(header[1]) is None or _HEADER.match(header[1]).group(1) != "else":
+        return 0, None
+    tests, indent = [], _indent(header[1])
+    for k in range(header[0] - 1, -1, -1):  # up the chain: `elif`s, then its `if`
+        text = lines[k]
+        if _blank(text) or _indent(text) > indent:
+            continue
+        m = _IF.match(text) if _indent(text) == indent else None
+        if m is None:
+            return 0, None  # (a `for`/`while`/`try`'s else: no test)
+        tests.append(text[m.end():].split("#", 1)[0])
+        if m.group(1) == "if":
+            return k + 1, " and ".join(reversed(tests))
+    return 0, None
+
+
+def _shape_names(lines: List[str], line: int) -> Set[str]:
+    """Names assigned from a shape or type (or from such names) in the lines of
+    the function that holds ``line``, above it: ``b, t = x.shape``, ``n = b * t``."""
+    start = next((k for k, text in _headers_around(lines, line) if _HEADER.match(text) is not None
+                  and _HEADER.match(text).group(1) in ("def", "async")), -1) + 1
+    out: Set[str] = set()
+    for k in range(start, line - 1):
+        m = _ASSIGNED.match(lines[k])
+        if m is not None:
+            rhs = lines[k][m.end():].split("#", 1)[0]
+            if _SHAPE_TEST.search(rhs) or not out.isdisjoint(_NAME.findall(rhs)):
+                out.update(x.strip() for x in m.group(1).split(","))
+    return out
 
 
 _HEADER = re.compile(r"^\s*(\w+)")
