@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import torchtrace
 from torchtrace.cli import _module_args_are_its_own, app
 from torchtrace.errors import WriteError
+from torchtrace.outdir import store_in as _store_in
 from torchtrace.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -502,7 +503,6 @@ def test_an_older_runs_log_never_lands_beside_the_previous_store(tmp_path):
     """A run killed by SIGKILL leaves trace.db-wal; the next run moves it to
     trace.prev.db-wal, and the run after that (whose trace.db had no log) left it
     there, so SQLite applied the older run's pages to the previous run's store."""
-    from torchtrace.outdir import store_in as _store_in
 
     out = tmp_path / "o"
     out.mkdir()
@@ -1010,3 +1010,25 @@ def test_an_example_given_a_bad_format_says_why_without_a_traceback():
     example = Path(__file__).parent.parent / "examples" / "branching.py"
     res = subprocess.run([sys.executable, str(example), "bogus"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and res.stderr.startswith("error: unknown diff format 'bogus'"), res.stderr
+
+
+def test_setting_the_previous_run_aside_touches_only_its_own_files(tmp_path):
+    """A review found `.old-*` files of the user's deleted (and a `.old-*` folder
+    failing every run), and the check for a stored pass leaving -wal/-shm files."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".old-notes.txt").write_text("keep")
+    (out / ".old-dir").mkdir()
+    for _ in range(3):
+        with _store_in(out) as path:
+            _one_pass(path)
+    assert (out / ".old-notes.txt").read_text() == "keep" and (out / ".old-dir").is_dir()
+    assert sorted(f.name for f in out.iterdir()) == [".old-dir", ".old-notes.txt", ".torchtrace.lock", "trace.db",
+                                                     "trace.prev.db"]
+
+
+def test_a_gz_name_in_capitals_is_gzipped_json(recorded, tmp_path):
+    d, _ = recorded
+    res = runner.invoke(app, ["export", f"{d / 'out' / 'trace.db'}:0", "-o", str(tmp_path / "g.json.GZ")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(gzip.decompress((tmp_path / "g.json.GZ").read_bytes()))["format"] == "torchtrace.graph"

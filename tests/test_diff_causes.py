@@ -1822,3 +1822,68 @@ def test_a_read_of_the_gradients_that_an_if_tests_is_a_cause_for_the_ops_after_t
     d = torchtrace.diff(*graphs)
     read = f"`test_diff_causes.py:{line_of('inf_check')}` read True in A, False in B"
     assert d.why() and all(w.startswith(read) for w in d.why()), d.why()
+
+
+class BudgetRuns(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, budgets: list) -> torch.Tensor:
+        h = self.fc(x)
+        for b in budgets:
+            while b.item() > 0:  # LINE:budget_runs
+                h = torch.tanh(h) + h
+                b = b - 1
+        return h
+
+
+def _act(h: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(h)
+
+
+class ActLoop(nn.Module):
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for _ in range(n):
+            x = _act(x)
+        return x
+
+
+def test_a_number_while_entered_anew_by_an_outer_loop_counts_each_run_and_a_helpers_op_repeats():
+    """A review of the `while n.item() > 0` counting: an outer loop's next run
+    reads the `while` at once (its exit read is no iteration), and one op a
+    helper runs per call of a loop is still a loop."""
+    torch.manual_seed(0)
+    m = BudgetRuns().eval()
+    x = torch.randn(2, 4)
+    T = torch.tensor
+    at = f"`while` at `test_diff_causes.py:{line_of('budget_runs')}`"
+    why = torchtrace.diff(record(m, x, [T(0), T(2)]), record(m, x, [T(0), T(3)])).why()
+    assert why == [f"{at} ran 2\u00d7 in A, 3\u00d7 in B (the 2nd of its 2 runs) \u2192 4 ops only in B (in `<root>`)"]
+    why = torchtrace.diff(record(m, x, [T(2), T(3)]), record(m, x, [T(2), T(1)])).why()
+    assert why == [f"{at} ran 3\u00d7 in A, 1\u00d7 in B (the 2nd of its 2 runs) \u2192 8 ops only in A (in `<root>`)"]
+    [h] = torchtrace.diff(record(ActLoop(), x, 2), record(ActLoop(), x, 4)).structural_hunks
+    assert (h.loop.via, h.loop.a, h.loop.b) == ("repeat", 2, 4)
+
+
+class SameShapeTest(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(x.abs().mean())
+        h = self.fc(x)
+        if x.dim() == 2:
+            h = h * 2
+            h = h.relu() if scale > 1.0 else h
+        return h * scale
+
+
+def test_a_shape_if_that_went_the_same_way_in_both_passes_is_not_named():
+    """`if x.dim() == 2` holds in both passes (the branch's other op ran in
+    both); the op only B ran is decided on its own line: not the shape."""
+    torch.manual_seed(0)
+    m = SameShapeTest()
+    [h] = torchtrace.diff(record(m, torch.randn(3, 4) * 0.1), record(m, torch.randn(5, 4) * 10)).structural_hunks
+    assert not h.shape_if and h.witness is not None and h.witness.weak, h.explanation

@@ -115,7 +115,7 @@ def run(ctx: typer.Context,
         _fail(UsageError(f"no such option: {script}", expected="run's options before the script (see "
                          "`torchtrace run --help`), then the script and its arguments", found=script,
                          fix="check the spelling, e.g. --max-passes, --every, --out"))
-    if str(out_dir) in ("-", ""):  # (`-o -` is standard output elsewhere; a store needs a folder)
+    if str(out_dir) == "-":  # (`-o -` is standard output elsewhere; a store needs a folder)
         _fail(UsageError("--out names no folder", expected="a folder for trace.db (made if missing)",
                          found=repr(str(out_dir)), fix="e.g. --out runs/exp1 (the default is torchtrace-out)"))
     options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),

@@ -50,7 +50,7 @@ def output_format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> 
 
 def _extension(output: Optional[str]) -> str:
     """``.png`` for ``graph.PNG``, ``.json`` for ``graph.json.gz``; "" for none or ``-``."""
-    name = output[:-3] if output and output.endswith(".gz") else output
+    name = output[:-3] if output and output.lower().endswith(".gz") else output
     return os.path.splitext(name)[1].lower() if name and name != "-" else ""
 
 
@@ -72,7 +72,7 @@ def emit(data: Any, output: Optional[str], fmt: str) -> None:
         from .serialize import atomic_write
 
         raw = data if isinstance(data, bytes) else data.encode("utf-8", "backslashreplace")  # (a lone surrogate)
-        if output.endswith(".gz"):  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
+        if output.lower().endswith(".gz"):  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)
             import gzip
 
             raw = gzip.compress(raw, mtime=0)

@@ -324,7 +324,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             mode = trained(A, B, rows, fed)
             first = adjacent if mode is not None and loop is None and not in_modal_modules(A, B, rows) else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
-            tested = shape_if(rows, inputs) if witness is None or (
+            tested = shape_if(A, B, rows, inputs) if witness is None or (
                 witness.weak and not witness.named and loop is None and ran is None) else None
             witness = None if tested else witness
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),

@@ -182,13 +182,18 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                "-m", "torchtrace.launch", spec, script, *argv]
         code = _wait_forwarding(subprocess.Popen(cmd, start_new_session=True))
         with Store(store_path, readonly=True) as store:
-            report = rank_report(store)
+            report, stored = rank_report(store), bool(store.ranks())
+            kept = not stored and (store_path.parent / PREV_STORE).exists()
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} "
                   f"({ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
     console.print(str(report), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"  next: torchtrace ranks {store_path}  |  torchtrace variants {store_path} --rank 1",
-                  markup=False, highlight=False, soft_wrap=True)
+    if kept:
+        console.print(f"  no pass stored: the previous run's {store_path.name} stays as it was", highlight=False,
+                      markup=False, soft_wrap=True)
+    elif stored:
+        console.print(f"  next: torchtrace ranks {store_path}  |  torchtrace variants {store_path} --rank 1",
+                      markup=False, highlight=False, soft_wrap=True)
     return code
 
 

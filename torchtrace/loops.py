@@ -212,11 +212,12 @@ class LoopFinder:
 
 
 def _one_statement(side: Side, i: int) -> bool:
-    """Is op ``i`` repeated by its own line (``x[idx] = v.view(1, -1)`` runs two
-    views), not by a loop: its neighbours of the same signature are in the same
-    module call, at a line in no ``for``/``while``?"""
+    """Is view op ``i`` repeated by its own line (``x[idx] = v.view(1, -1)``:
+    indexing views the value again), not by a loop: its neighbours of the same
+    signature are in the same module call, at a line in no ``for``/``while``?
+    (Other ops repeat at such a line when a caller's loop calls its function.)"""
     n = side.nodes[i]
-    if n.source is None or in_loop(n.source.file, n.source.line) is not False:
+    if "view" not in n.tags or n.source is None or in_loop(n.source.file, n.source.line) is not False:
         return False
     return all(side.nodes[k].module == n.module for k in (i - 1, i + 1)
                if 0 <= k < len(side.nodes) and side.loop_sigs[k] == side.loop_sigs[i])

@@ -18,7 +18,7 @@ from .store import RUN_STORE
 PREV_STORE = "trace.prev.db"
 _RENDER = re.compile(r"variant-\d+\.[a-z]+")  # what --render writes (``launch._Progress._render``)
 _SUFFIXES = ("", "-wal", "-shm")
-_OLD = ".old-"  # the run before the previous one, while this run may still be undone
+_OLD = ".torchtrace-older-"  # the run before the previous one's files, while this run may still be undone
 
 
 @contextmanager
@@ -58,8 +58,7 @@ def store_in(out: Path) -> Iterator[Path]:
 def _aside(out: Path) -> List[Tuple[Path, Path]]:
     """Move the previous run's store and drawings to their ``prev`` names, and
     the ones there (the run before it) to hidden names; returns the moves made."""
-    for f in out.glob(f"{_OLD}*"):  # (a run killed before it settled)
-        f.unlink()
+    _drop_older(out)  # (a run killed before it settled)
     if not (out / RUN_STORE).exists():
         return []
     moves: List[Tuple[Path, Path]] = []
@@ -88,8 +87,7 @@ def _settle(out: Path, moves: List[Tuple[Path, Path]]) -> None:
     if not moves:
         return
     if _stored_a_pass(out / RUN_STORE):
-        for f in out.glob(f"{_OLD}*"):
-            f.unlink()
+        _drop_older(out)
         return
     for s in _SUFFIXES:
         Path(f"{out / RUN_STORE}{s}").unlink(missing_ok=True)
@@ -97,11 +95,20 @@ def _settle(out: Path, moves: List[Tuple[Path, Path]]) -> None:
         os.replace(dst, src)
 
 
+def _drop_older(out: Path) -> None:
+    """The files ``_aside`` hid: ours by name (a store's, or a drawing's), nothing else."""
+    for f in out.glob(f"{_OLD}*"):
+        name = f.name[len(_OLD):]
+        if f.is_file() and (name in {f"{PREV_STORE}{s}" for s in _SUFFIXES} or
+                            name.startswith("prev-") and _RENDER.fullmatch(name[len("prev-"):])):
+            f.unlink()
+
+
 def _stored_a_pass(path: Path) -> bool:
     if not path.exists():
         return False
-    try:
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:  # (read-write, as the run left it: the last connection to close takes its -wal and -shm files away)
+        db = sqlite3.connect(path)
         try:
             return db.execute("SELECT 1 FROM passes LIMIT 1").fetchone() is not None
         finally:

@@ -91,6 +91,8 @@ class RankReport:
         return not self.divergences
 
     def __str__(self) -> str:
+        if not self.ranks:
+            return "no rank recorded a pass"
         counts = ", ".join(f"rank {r}: {self.passes[r]}" for r in self.ranks)
         lines = [f"{len(self.ranks)} rank{'s' if len(self.ranks) != 1 else ''}; passes recorded: {counts}"]
         if self.agree and len(self.ranks) < 2:

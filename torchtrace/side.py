@@ -4,7 +4,6 @@ module path, op, source line, a helper read's call site, the parameters it
 reads; never ids or shapes) and witness key (what a read returned)."""
 from __future__ import annotations
 
-import bisect
 import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
@@ -110,29 +109,39 @@ class Side:
     @cached_property
     def loop_keys(self) -> List[Any]:
         """``wkeys`` as loops read them: a number read at a ``while`` line
-        (``while n.item() > 0``: 3, 2, 1, 0) becomes whether the loop went on:
-        the next op of that function's call is in its body, or that ``while``
-        again (read from the same call site)."""
+        (``while n.item() > 0``: 3, 2, 1, 0) becomes whether the loop went on."""
         keys = list(self.wkeys)
         body: Dict[Tuple[str, int], Tuple[int, int]] = {}
-        where: Dict[Tuple[str, str, Optional[str]], List[int]] = {}
         for i, n in enumerate(self.nodes):
             w, src = n.witness, n.source
             if w is None or src is None or w.shape is not None or isinstance(w.value, bool):
                 continue
             first, last = body.setdefault((src.file, src.line), while_body(src.file, src.line))
-            if not first:
-                continue
-            if not where:
-                for k, m in enumerate(self.nodes):
-                    if m.source is not None:
-                        where.setdefault((m.source.file, m.source.function, m.module), []).append(k)
-            same = where[(src.file, src.function, n.module)]
-            at = bisect.bisect_right(same, i)
-            nxt = self.nodes[same[at]] if at < len(same) else None
-            keys[i] = ("bool", nxt is not None and src.line <= nxt.source.line <= last and (
-                nxt.source.line != src.line or nxt.witness is None or nxt.witness.called_from[:1] == w.called_from[:1]))
+            if first:
+                keys[i] = ("bool", self._went_on(i, last))
         return keys
+
+    def _went_on(self, i: int, last: int) -> bool:
+        """Did the ``while`` whose condition read op ``i`` run its body again? The
+        next op of that function's call (same file, function, module call; the
+        condition's own ops passed over) is in its body; or it is that ``while``'s
+        read again, from the same call site, with ops run between (the body
+        called out; a loop entered anew reads at once: an outer loop's next run)."""
+        n = self.nodes[i]
+        src, key = n.source, (n.source.file, n.source.function, n.module)
+        between = False
+        for m in self.nodes[i + 1:]:
+            at = m.source
+            if at is None or (at.file, at.function, m.module) != key:
+                between = True
+                continue
+            if src.line < at.line <= last:
+                return True
+            if at.line != src.line:
+                return False
+            if m.witness is not None:
+                return between and m.witness.called_from[:1] == n.witness.called_from[:1]
+        return False
 
     @cached_property
     def call_sites(self) -> Dict[Tuple[str, int], int]:

@@ -64,7 +64,8 @@ def names_assigned(n: "Node") -> FrozenSet[str]:
 
 
 # a test of a tensor's shape or type: what Python sees of an input without reading its data
-_SHAPE_TEST = re.compile(r"\.(shape|ndim|size\(|dim\(|numel\(|dtype|is_floating_point\(|is_complex\()|\blen\(")
+_SHAPE_TEST = re.compile(r"\.(?:(?:shape|ndim|dtype)\b|(?:size|dim|numel|is_floating_point|is_complex)\()")
+_TERNARY = re.compile(r"\bif\b.+\belse\b")
 
 
 def guard_names(n: "Node") -> FrozenSet[str]:
@@ -77,21 +78,22 @@ def guard_names(n: "Node") -> FrozenSet[str]:
     return frozenset(_NAME.findall(test)) - _KEYWORDS if test is not None else frozenset()
 
 
-def shape_test(n: "Node") -> Optional[int]:
-    """The line of the ``if`` whose body (or ``else``) holds the line of ``n``,
-    when it tests a shape or a type (``if x.shape[0] > 2:``, ``len(x)``,
-    ``x.dim()``, ``x.dtype``), itself or through a name assigned from one in its
-    function (``n = x.shape[0]`` ... ``if n < 8:``); 0 when no ``if`` is around
-    it or it tests neither; None when the file is not readable here."""
+def shape_test(n: "Node") -> Optional[Tuple[int, int, int]]:
+    """(line of the ``if``, first and last line of the branch that holds ``n``)
+    when the ``if`` whose body (or ``else``) holds the line of ``n`` tests a
+    shape or a type (``if x.shape[0] > 2:``, ``x.dim()``, ``x.dtype``), itself or
+    through a name assigned from one in its function (``n = x.shape[0]`` ...
+    ``if n < 8:``); (0, 0, 0) when no ``if`` is around it or it tests neither;
+    None when that is not known: the file is not readable here, or the line
+    itself decides (``h.relu() if s > 1 else h``)."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    if lines is None:
+    if lines is None or _TERNARY.search(lines[n.source.line - 1].split("#", 1)[0]):
         return None
     at, test = _if_test(lines, n.source.line)
-    if test is None:
-        return 0
-    if _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test)):
-        return at
-    return 0
+    if test is None or not (_SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))):
+        return 0, 0, 0
+    branch = next(_headers_around(lines, n.source.line, _LOOK_UP))[0] + 1
+    return at, branch + 1, _last_of_block(lines, branch)
 
 
 def _if_test(lines: List[str], line: int) -> Tuple[int, Optional[str]]:
@@ -181,13 +183,18 @@ def while_body(file: str, line: int) -> Tuple[int, int]:
     lines = _lines(file, line)
     if lines is None or not _WHILE.match(lines[line - 1]):
         return 0, -1
+    return line + 1, _last_of_block(lines, line)
+
+
+def _last_of_block(lines: List[str], line: int) -> int:
+    """The last line of the body of the block whose header is at ``line`` (1-based)."""
     indent, last = _indent(lines[line - 1]), line
     for k in range(line, len(lines)):
         if not _blank(lines[k]):
             if _indent(lines[k]) <= indent:
                 break
             last = k + 1
-    return line + 1, last
+    return last
 
 
 def _lines(file: str, line: Any) -> Optional[List[str]]:
