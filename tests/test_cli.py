@@ -1032,3 +1032,37 @@ def test_a_gz_name_in_capitals_is_gzipped_json(recorded, tmp_path):
     res = runner.invoke(app, ["export", f"{d / 'out' / 'trace.db'}:0", "-o", str(tmp_path / "g.json.GZ")])
     assert res.exit_code == 0, res.output
     assert json.loads(gzip.decompress((tmp_path / "g.json.GZ").read_bytes()))["format"] == "torchtrace.graph"
+
+
+def test_the_script_s_main_module_is_python_s_until_the_process_ends(tmp_path):
+    """`__main__` was put back to torchtrace's when the body ended: an atexit
+    handler pickling a class of the script failed and left a broken file; the
+    globals lacked python's (`__builtins__` a dict, no `__annotations__`); and the
+    summary went into a file the script had made its sys.stderr."""
+    s = _script(tmp_path, """
+        import atexit, pickle, sys, builtins, torch
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(2, 1)
+            def forward(self, x):
+                return self.fc(x)
+        net = Net()
+        net(torch.ones(1, 2))
+        __builtins__.marker = 1  # (line_profiler's shim does this)
+        print(__annotations__ == {}, __builtins__ is builtins, type(__loader__).__name__)
+        atexit.register(lambda: torch.save(net, "final.pt"))
+        sys.stderr = open("log.txt", "w")
+        print("to the file", file=sys.stderr)
+    """)
+    for cmd in ([sys.executable, str(s)], [EXE, "run", "--out", str(tmp_path / "o"), str(s)]):
+        for f in ("final.pt", "log.txt"):
+            (tmp_path / f).unlink(missing_ok=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert res.returncode == 0 and res.stdout == "True True SourceFileLoader\n", (cmd, res.stdout, res.stderr)
+        assert (tmp_path / "log.txt").read_text() == "to the file\n"
+        import zipfile
+
+        with zipfile.ZipFile(tmp_path / "final.pt") as z:  # (a torch.save file: complete, not cut off)
+            assert z.testzip() is None and any(n.endswith("data.pkl") for n in z.namelist())
+    assert "recorded 1 pass" in res.stderr, res.stderr

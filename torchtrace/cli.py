@@ -131,9 +131,9 @@ def run(ctx: typer.Context,
                 raise UsageError("--render with --nproc-per-node", expected="one of them",
                                  found=f"--render {options.render}", fix="record first, then draw each variant with "
                                  "`torchtrace variants OUT/trace.db` and `torchtrace render OUT/trace.db:RANK:IDX`")
-            code = run_distributed(script, argv, options, nproc, console=err)
-        else:
-            code = run_script(module if module is not None else script, argv, options, console=err)
+            code = run_distributed(script, argv, options, nproc)
+        else:  # (the summary goes to standard error as it is now: the script may set sys.stderr to its own file)
+            code = run_script(module if module is not None else script, argv, options)
     except TorchtraceError as e:
         _fail(e)
     raise typer.Exit(code)
@@ -309,6 +309,9 @@ def main() -> None:
     """The console script: a usage error (a bad option value, a missing argument,
     an unknown command) prints the same one ``error:`` line as torchtrace's own
     errors and exits 2, instead of click's framed box."""
+    from . import pyrun
+
+    pyrun.KEEP_MAIN = True  # (`run`: the script's module stays __main__ for its atexit handlers and threads)
     try:
         code = app(args=_module_args_are_its_own(sys.argv[1:]), standalone_mode=False)
     except RecursionError:  # (a file that loads but nests module calls ~1,000 deep: hand-made)

@@ -94,7 +94,7 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
     """Run ``script`` like ``python script argv...`` while recording; returns its
     exit status. ``worker``: one rank of a distributed run (the launcher made
     the store and prints the summary)."""
-    console = console or Console(stderr=True, emoji=False)
+    console = console or Console(file=sys.stderr, highlight=False, emoji=False)  # (now: the script may swap it)
     path = check_module(script) if options.module is not None else check_script(script)
     _check_options(options)
     with nullcontext(options.out / RUN_STORE) if worker else store_in(options.out) as store_path:
@@ -170,7 +170,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
     from .ranks import rank_report
     from .store import Store
 
-    console = console or Console(stderr=True, emoji=False)
+    console = console or Console(file=sys.stderr, highlight=False, emoji=False)
     check_script(script)
     _check_options(options)
     with store_in(options.out) as store_path:

@@ -75,28 +75,61 @@ def check_module(name: str) -> Path:
     return Path(spec.origin)
 
 
+KEEP_MAIN = False  # the console script: the script's module stays ``__main__`` until the process ends
+
+
 def execute(path: Path, module: Optional[str]) -> None:
-    """Run the script (or ``python -m`` module) as ``__main__``. ``sys.path[0]``
+    """Run the script (or ``python -m`` module) in a new ``__main__`` module, with
+    the globals python gives one (``__builtins__`` the module, ``__loader__``,
+    ``__annotations__``...). It stays ``sys.modules["__main__"]`` after the body
+    ends, as under python, for atexit handlers and threads that pickle the script's
+    classes (under ``KEEP_MAIN``; in-process callers get theirs back). ``sys.path[0]``
     is the script's folder (the current folder for a module), in place of the
-    launcher's own, as python sets it; a file runs with ``__package__`` None
-    (PEP 366: a script may set it to import relatively)."""
-    if module is not None:
-        if not getattr(sys.flags, "safe_path", False):
-            sys.path[0:1] = [os.getcwd()]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        return
+    launcher's own; a file runs with ``__package__`` None (PEP 366)."""
+    safe = getattr(sys.flags, "safe_path", False)  # (python -P adds no folder of the script's)
     name = os.path.abspath(path)  # (__file__ absolute, as python's)
-    archive = not path.is_file() or zipfile.is_zipfile(name)  # (a folder or zip: run_path puts it first)
-    source = not archive and not _compiled(name)
-    if not getattr(sys.flags, "safe_path", False):  # (python -P adds no folder of the script's)
-        sys.path[0:1] = [] if archive else [str(path.resolve().parent)]
-    run_code = getattr(runpy, "_run_module_code", None)
-    if source and run_code is not None:
+    archive = module is None and (not path.is_file() or zipfile.is_zipfile(name))  # (run_path puts it first)
+    if not safe:
+        sys.path[0:1] = [os.getcwd()] if module is not None else [] if archive else [str(path.resolve().parent)]
+    if archive or (module is None and _compiled(name)):
+        runpy.run_path(name, run_name="__main__")  # (a folder or zip with __main__.py, a .pyc: as python runs them)
+        return
+    launcher = sys.modules.get("__main__")
+    main = _new_main(launcher)
+    sys.modules["__main__"] = main
+    try:
+        if module is not None:
+            as_main = getattr(runpy, "_run_module_as_main", None)
+            if as_main is None:  # pragma: no cover - a Python without it
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            else:  # (what `python -m` runs: the module's code in sys.modules["__main__"]'s globals)
+                as_main(module, alter_argv=False)
+            return
         with open(name, "rb") as f:
             code = compile(f.read(), name, "exec", dont_inherit=True)
-        run_code(code, None, "__main__", pkg_name=None, script_name=name)
-        return
-    runpy.run_path(name, run_name="__main__")  # (a folder or zip with __main__.py, a .pyc: as python runs them)
+        main.__dict__.update(__file__=name, __cached__=None)
+        if hasattr(launcher, "__loader__"):
+            import importlib.machinery
+
+            main.__loader__ = importlib.machinery.SourceFileLoader("__main__", name)
+        exec(code, main.__dict__)
+    finally:
+        if not KEEP_MAIN and launcher is not None:
+            sys.modules["__main__"] = launcher
+
+
+def _new_main(launcher: Any) -> Any:
+    """A module ``__main__`` with the globals python gives a script's (those of
+    the launcher's own ``__main__``, which python ran as a script: ``__builtins__``,
+    ``__annotations__`` where this Python makes one)."""
+    import builtins
+    import types
+
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__builtins__=builtins, __package__=None, __spec__=None)
+    if launcher is not None and "__annotations__" in vars(launcher):
+        main.__annotations__ = {}
+    return main
 
 
 def _compiled(name: str) -> bool:
