@@ -1066,3 +1066,25 @@ def test_the_script_s_main_module_is_python_s_until_the_process_ends(tmp_path):
         with zipfile.ZipFile(tmp_path / "final.pt") as z:  # (a torch.save file: complete, not cut off)
             assert z.testzip() is None and any(n.endswith("data.pkl") for n in z.namelist())
     assert "recorded 1 pass" in res.stderr, res.stderr
+
+
+def test_torch_is_imported_by_the_script_itself_so_what_it_reads_at_import_is_the_script_s(tmp_path):
+    """`os.environ["OMP_NUM_THREADS"] = "1"` above `import torch`: torchtrace
+    imported torch before the script, so torch ran with 2 threads (and other
+    sums); the recorder now starts when the script imports torch."""
+    s = _script(tmp_path, """
+        import os, sys
+        print("torch" in sys.modules)
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+        print(torch.get_num_threads(), torch.__loader__ is torch.__spec__.loader, type(torch.__loader__).__name__)
+        torch.nn.Linear(2, 2)(torch.ones(1, 2))
+    """)
+    plain = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout == plain.stdout == "False\n1 True SourceFileLoader\n", (
+        res.stdout, plain.stdout, res.stderr)
+    assert "recorded 1 pass" in res.stderr, res.stderr
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert [n.short_op for n in store.graph(0).nodes][-2:] == ["t", "addmm"]

@@ -28,6 +28,7 @@ from .ir import Graph
 from .pyrun import (ENDED, INTERRUPTED, TERMINATED, Terminated, Terminator, check_module, check_script, execute,
                     exit_like_python, exit_status, show_uncaught)
 from .outdir import PREV_STORE, store_in
+from .whentorch import WhenTorch
 from .store import RUN_STORE
 
 
@@ -84,7 +85,7 @@ class _Progress:
 
 def _check_options(options: RunOptions) -> None:
     """The Recorder's options, checked before anything in the folder moves."""
-    from .record.options import capture_options
+    from .options import capture_options
 
     capture_options(options.skip, options.max_ops)
 
@@ -103,8 +104,6 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console
 
 def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console, worker: bool,
          store_path: Path) -> int:
-    from .record.recorder import Recorder
-
     progress = _Progress(options, console)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *argv]
@@ -116,12 +115,17 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
     main = threading.current_thread() is threading.main_thread()
     terminator = Terminator(signal.getsignal(signal.SIGTERM)) if main else None
     old_term = signal.signal(signal.SIGTERM, terminator) if terminator is not None else None
+    def recorder() -> Any:  # (made once torch is imported: the script may set what torch reads at import)
+        from .record.recorder import Recorder
+
+        made = Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
+                        skip=options.skip, on_pass=progress.on_pass, cut=options.cut,
+                        **({} if options.max_ops is None else {"max_ops": options.max_ops}))
+        made.launched = True
+        return made
+
     try:
-        recorder = Recorder(store_path, every=options.every, max_passes=options.max_passes, backward=options.backward,
-                            skip=options.skip, on_pass=progress.on_pass, cut=options.cut,
-                            **({} if options.max_ops is None else {"max_ops": options.max_ops}))
-        recorder.launched = True
-        with recorder:
+        with WhenTorch(recorder):
             started = True
             try:
                 execute(path, options.module)

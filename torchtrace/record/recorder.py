@@ -34,7 +34,7 @@ from .frames import caller_name
 from .inert import PreHook
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
-from .options import capture_options, recorder_options
+from ..options import capture_options, recorder_options
 
 _ACTIVE = threading.local()
 _task_id = torch._C._current_graph_task_id

@@ -8,7 +8,7 @@ import torch
 from ..errors import UsageError, exit_error
 from ..ir import Graph
 from .capture import Capture
-from .options import capture_options
+from ..options import capture_options
 
 
 class Trace:

@@ -1,9 +1,10 @@
-"""The options of ``trace()`` and ``Recorder``, checked before anything is installed."""
+"""The options of ``trace()`` and ``Recorder`` (and so of ``torchtrace run``), checked before anything
+is installed (and before torch is imported: `torchtrace run` checks them first)."""
 from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
-from ..errors import UsageError
+from .errors import UsageError
 
 
 def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[int]]:
@@ -30,7 +31,7 @@ def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[
 def recorder_options(store: Any, every: Any, max_passes: Any, backward: Any, on_pass: Any, cut: Any) -> None:
     """``Recorder``'s own options, checked when it is made (a bad ``on_pass`` failed
     at the first pass boundary, inside the user's model call)."""
-    from ..store import Store
+    from .store import Store
 
     if not isinstance(store, (str, Store)) and not hasattr(store, "__fspath__"):
         raise UsageError("bad store", expected="a path to a .db file (str or pathlib.Path) or a Store",
