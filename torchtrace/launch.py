@@ -108,6 +108,7 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *argv]
     code, pid, started, hook = 0, os.getpid(), False, sys.excepthook  # (the CLI's own hook: not the script's)
+    sys.excepthook = sys.__excepthook__  # (what python gives the script)
     # (no live status line while the script runs: rich's would swap the script's sys.stdout for a proxy
     # without an encoding, and redraw over its prompts; the summary comes at the end)
     # SIGTERM (a scheduler, or torchrun stopping the other ranks) ends the
@@ -154,6 +155,8 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         sys.argv, sys.path[:] = saved_argv, saved_path
+        if sys.excepthook is sys.__excepthook__:  # (a hook the script set stays, as under python)
+            sys.excepthook = hook
     if not worker and os.getpid() == pid:  # (not in a process the script forked: it ends as the script says)
         _say(console, lambda: _summary(console, progress, store_path, path, code))
     return code
