@@ -1088,3 +1088,26 @@ def test_torch_is_imported_by_the_script_itself_so_what_it_reads_at_import_is_th
     assert "recorded 1 pass" in res.stderr, res.stderr
     with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
         assert [n.short_op for n in store.graph(0).nodes][-2:] == ["t", "addmm"]
+
+
+def test_forked_workers_that_import_torch_first_record_nothing(tmp_path):
+    """The finder that starts the recorder at `import torch` was inherited by
+    forked workers: four workers wrote their passes into the run's store."""
+    s = _script(tmp_path, """
+        import multiprocessing as mp
+        def work(i):
+            import torch
+            return tuple(torch.nn.Linear(3, 2)(torch.ones(1, 3)).shape)
+        if __name__ == "__main__":
+            with mp.get_context("fork").Pool(2) as p:
+                print(p.map(work, range(4)))
+            import torch
+            torch.nn.Linear(2, 2)(torch.ones(1, 2))
+    """)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout == "[(1, 2), (1, 2), (1, 2), (1, 2)]\n", res.stderr
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 1  # (the main process's own model call; the workers' Linear(3, 2): none)
+        assert [n.short_op for n in store.graph(0).nodes][-2:] == ["t", "addmm"]
+        assert tuple(store.graph(0).values[0].shape) == (2, 2)

@@ -1887,3 +1887,105 @@ def test_a_shape_if_that_went_the_same_way_in_both_passes_is_not_named():
     m = SameShapeTest()
     [h] = torchtrace.diff(record(m, torch.randn(3, 4) * 0.1), record(m, torch.randn(5, 4) * 10)).structural_hunks
     assert not h.shape_if and h.witness is not None and h.witness.weak, h.explanation
+
+
+class ShapeLayouts(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, layout: str, flag: bool = True) -> torch.Tensor:
+        h = self.fc(x)
+        if layout == "one-line":
+            if x.shape[0] < 8: h = h * 2  # LINE:one_line_if
+        elif layout == "black":
+            if (  # LINE:black_if
+                x.shape[0] < 8
+                and flag
+            ):
+                h = h * 2
+        elif layout == "for":
+            if x.shape[0] < 8:  # LINE:for_in_if
+                for _ in range(2):
+                    h = h * 2
+        return h
+
+
+def test_a_shape_if_is_found_on_one_line_over_several_and_around_a_loop_and_no_if_is_no_claim():
+    """A second review: `if c: stmt` on one line, a condition over several
+    lines, a `for` inside the branch; and an input shape that changes ops
+    inside torch (nn.Linear of a 3-D input) with no `if` at all is no "Python state"."""
+    torch.manual_seed(0)
+    m = ShapeLayouts()
+    for layout, marker in (("one-line", "one_line_if"), ("black", "black_if"), ("for", "for_in_if")):
+        [h] = torchtrace.diff(record(m, torch.randn(4, 4), layout),
+                              record(m, torch.randn(10, 4), layout)).structural_hunks
+        assert h.cause.startswith(f"the `if` at `test_diff_causes.py:{line_of(marker)}` tests a shape"), (layout, h.cause)
+    lin = nn.Linear(4, 4)
+    d = torchtrace.diff(record(lin, torch.randn(2, 4)), record(lin, torch.randn(3, 2, 4)))
+    assert d.structural_hunks and all(h.cause.startswith("no tensor read differs before it; input `input`")
+                                      for h in d.structural_hunks), d.why()
+
+
+class ReadInShapeIf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        if x.shape[0] > 2 and x.abs().mean().item() > 0.5:  # LINE:read_in_shape_if
+            h = h * 2
+        return h
+
+
+def test_a_read_in_the_shape_if_s_own_test_stays_the_cause():
+    torch.manual_seed(0)
+    m = ReadInShapeIf()
+    [h] = torchtrace.diff(record(m, torch.randn(4, 4) * 0.01), record(m, torch.randn(10, 4) * 10)).structural_hunks
+    assert not h.shape_if and h.witness is not None and h.witness.line == line_of("read_in_shape_if"), h.cause
+
+
+class LoggedThenLoop(nn.Module):
+    def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        x.abs().sum().item()  # a logged float whose integer part happens to be k
+        for _ in range(k):
+            x = torch.tanh(x)
+        return x
+
+
+def test_a_float_that_feeds_no_loop_stays_a_guess_even_when_its_integer_part_is_the_count():
+    [h] = torchtrace.diff(record(LoggedThenLoop(), torch.full((2, 4), 2.2 / 8), 2),
+                          record(LoggedThenLoop(), torch.full((2, 4), 3.1 / 8), 3)).structural_hunks
+    assert (h.loop.a, h.loop.b) == (2, 3) and h.witness.weak, h.explanation
+
+
+def _drain(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    while n.item() > 0:  # LINE:drain
+        x = torch.tanh(x)
+        n = n - 1
+    return x
+
+
+class DrainTwice(nn.Module):
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        for _ in range(2):
+            x = _drain(x, n)
+            x = x + 1
+        return x
+
+
+class OneLineWhile(nn.Module):
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        while n.item() > 0: x = torch.tanh(x); n = n - 1  # LINE:one_line_while
+        return x
+
+
+def test_a_number_while_in_a_helper_called_again_and_one_on_one_line_count_their_iterations():
+    x, T = torch.randn(2, 4), torch.tensor
+    why = torchtrace.diff(record(DrainTwice(), x, T(2)), record(DrainTwice(), x, T(3))).why()
+    assert why == [f"`while` at `test_diff_causes.py:{line_of('drain')}` ran 2\u00d7 in A, 3\u00d7 in B (each of its 2 "
+                   "runs) \u2192 2 hunks, each 3 ops only in B (in `<root>`)"], why
+    why = torchtrace.diff(record(OneLineWhile(), x, T(2)), record(OneLineWhile(), x, T(4))).why()
+    assert why == [f"`while` at `test_diff_causes.py:{line_of('one_line_while')}` ran 2\u00d7 in A, 4\u00d7 in B "
+                   "\u2192 6 ops only in B (in `<root>`)"], why

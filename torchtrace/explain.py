@@ -38,7 +38,8 @@ from .align import Pair
 from .side import Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .readchange import WitnessChange, decisive, read_str
-from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
+from .sourcetext import (except_bodies, feeds_loop, guard_names, kept_aside, names_assigned, read_by_branch,
+                         read_by_if)
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,7 +163,8 @@ class Causes:
                         for i, j in self.pairs[k0:k1] if i is None or j is None)
         witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
             self._inside(k0, k1)
-        if loop is not None and witness is not None and witness.weak and _counts(witness, loop):
+        if loop is not None and witness is not None and witness.weak and _counts(witness, loop) and \
+                feeds_loop(self.A.graph.node(witness.node_a), loop.file, loop.line):
             witness = replace(witness, weak=False)  # (`for _ in range(int(n.item()))`: the float is the count)
         if loop is None:
             witness = self._named_by_guard(k0, k1, witness)
@@ -316,8 +318,8 @@ class Causes:
         return None
 
 def _counts(w: WitnessChange, loop: LoopChange) -> bool:
-    """Did the float read give the loop's counts (its floor, ceiling or rounding
-    on both sides: ``range(int(n.item()))``)?"""
+    """Are the loop's counts the float read's floor, ceiling or rounding on both
+    sides (``range(int(n.item()))``)? (``sourcetext.feeds_loop``: read for that loop)"""
     a, b = w.a.value, w.b.value
     if not (isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b)):
         return False

@@ -118,7 +118,7 @@ class Side:
                 continue
             first, last = body.setdefault((src.file, src.line), while_body(src.file, src.line))
             if first:
-                keys[i] = ("bool", self._went_on(i, last))
+                keys[i] = ("bool", self._went_on(i, last))  # (last == the line: `while c: body` on one line)
         return keys
 
     def _went_on(self, i: int, last: int) -> bool:
@@ -126,12 +126,16 @@ class Side:
         next op of that function's call (same file, function, module call; the
         condition's own ops passed over) is in its body; or it is that ``while``'s
         read again, from the same call site, with ops run between (the body
-        called out; a loop entered anew reads at once: an outer loop's next run)."""
+        called out; a loop entered anew reads at once: an outer loop's next run),
+        none of them in the function that called the helper (its next call)."""
         n = self.nodes[i]
         src, key = n.source, (n.source.file, n.source.function, n.module)
+        caller = n.witness.called_from[0] if n.witness.called_from else None
         between = False
         for m in self.nodes[i + 1:]:
             at = m.source
+            if caller is not None and at is not None and (at.file, at.function) == (caller.file, caller.function):
+                return False  # (back in the caller: the helper returned)
             if at is None or (at.file, at.function, m.module) != key:
                 between = True
                 continue
@@ -141,6 +145,8 @@ class Side:
                 return False
             if m.witness is not None:
                 return between and m.witness.called_from[:1] == n.witness.called_from[:1]
+            if last == src.line:  # (a body on the `while` line itself: its ops come before the next read)
+                return True
         return False
 
     @cached_property

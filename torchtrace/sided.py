@@ -227,12 +227,14 @@ def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange])
 
 
 def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange]) -> Optional[str]:
-    """When an input's shape or dtype differs (an input on both sides): ``file:line``
-    of the ``if`` around the first op only one side ran, when it tests a shape
-    (``if x.shape[0] > 2:``: the inputs decided it, not a float read before it)
-    and the other side ran nothing in that branch (else the ``if`` went the same
-    way); "" when no ``if`` around it tests one (the shape is no known cause);
-    None when that is not known (no such input, or the source is not readable here)."""
+    """When an input's shape or dtype differs (an input on both sides), and the
+    other side ran nothing in the branch of the ``if`` around the first op only
+    one side ran (that ``if`` went another way there): ``file:line`` of the ``if``
+    when it tests a shape (``if x.shape[0] > 2:``: the inputs decided it, not a
+    float read before it); "" when it tests none (the shape is no known cause).
+    None otherwise: no such input or ``if``, the ``if`` went the same way (the
+    ops changed inside torch: ``nn.Linear`` of a 3-D input), or the source is
+    not readable here."""
     if not any(i.a is not None and i.b is not None for i in inputs):
         return None
     p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
@@ -241,10 +243,8 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     if found is None:
         return None
     at, lo, hi = found
-    if not at:
-        return ""
     src, other = first.source, B if p.status == "only_a" else A
     if any(n.source is not None and (n.source.file, n.source.function) == (src.file, src.function)
            and lo <= n.source.line <= hi for n in other.nodes):
         return None  # (the other pass ran that branch too: the `if` went the same way there)
-    return f"{os.path.basename(src.file)}:{at}"
+    return f"{os.path.basename(src.file)}:{at}" if at else ""

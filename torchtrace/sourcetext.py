@@ -74,51 +74,85 @@ def guard_names(n: "Node") -> FrozenSet[str]:
     the tests of its ``if`` chain): ``if has_pad and x.dim() > 2:`` gives
     ``has_pad`` and ``x``; attribute reads (``self.flag``) give only their object."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    _, test = _if_test(lines, n.source.line) if lines else (0, None)
-    return frozenset(_NAME.findall(test)) - _KEYWORDS if test is not None else frozenset()
+    found = _if_test(lines, n.source.line) if lines else None
+    return frozenset(_NAME.findall(found[1])) - _KEYWORDS if found is not None else frozenset()
 
 
 def shape_test(n: "Node") -> Optional[Tuple[int, int, int]]:
-    """(line of the ``if``, first and last line of the branch that holds ``n``)
-    when the ``if`` whose body (or ``else``) holds the line of ``n`` tests a
-    shape or a type (``if x.shape[0] > 2:``, ``x.dim()``, ``x.dtype``), itself or
-    through a name assigned from one in its function (``n = x.shape[0]`` ...
-    ``if n < 8:``); (0, 0, 0) when no ``if`` is around it or it tests neither;
-    None when that is not known: the file is not readable here, or the line
-    itself decides (``h.relu() if s > 1 else h``)."""
+    """(line of the ``if``, first and last line of its branch that holds ``n``)
+    for the ``if`` around the line of ``n`` (through ``for``/``with``/``try``
+    blocks inside its branch; for an ``else``, its ``if`` chain): ``if`` line 0
+    when it tests no shape or type. A test of a shape or type is ``x.shape``,
+    ``x.dim()``, ``x.dtype``..., itself or through a name assigned from one in
+    its function (``n = x.shape[0]`` ... ``if n < 8:``). None when no ``if`` is
+    around it, the file is not readable here, or the line itself decides
+    (``h.relu() if s > 1 else h``)."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    if lines is None or _TERNARY.search(lines[n.source.line - 1].split("#", 1)[0]):
+    if lines is None or _TERNARY.search(_code(lines[n.source.line - 1])):
         return None
-    at, test = _if_test(lines, n.source.line)
-    if test is None or not (_SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))):
-        return 0, 0, 0
-    branch = next(_headers_around(lines, n.source.line, _LOOK_UP))[0] + 1
-    return at, branch + 1, _last_of_block(lines, branch)
+    found = _if_test(lines, n.source.line)
+    if found is None:
+        return None
+    at, test, lo, hi = found
+    shape = _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))
+    return (at if shape else 0), lo, hi
 
 
-def _if_test(lines: List[str], line: int) -> Tuple[int, Optional[str]]:
-    """The line and the test of the ``if``/``elif`` whose body holds ``line``;
-    for an ``else``, the ``if`` chain's first line and all its tests."""
-    header = next(_headers_around(lines, line, _LOOK_UP), None)
-    if header is None:
-        return 0, None
-    m = _IF.match(header[1])
-    if m is not None:
-        return header[0] + 1, header[1][m.end():].split("#", 1)[0]
-    if _HEADER.match(header[1]) is None or _HEADER.match(header[1]).group(1) != "else":
-        return 0, None
-    tests, indent = [], _indent(header[1])
-    for k in range(header[0] - 1, -1, -1):  # up the chain: `elif`s, then its `if`
+def _if_test(lines: List[str], line: int) -> Optional[Tuple[int, str, int, int]]:
+    """(line, test) of the ``if``/``elif`` around ``line`` and the lines (first,
+    last) of its branch that holds it: an ``if`` on the line itself, or the
+    nearest around it through ``for``/``while``/``with``/``try`` blocks; for an
+    ``else``, the chain's first line and all its tests."""
+    m = _IF.match(lines[line - 1])
+    if m is not None and _code(lines[line - 1][m.end():]).split(":", 1)[-1].strip():  # `if c: stmt` on one line
+        return line, _code(lines[line - 1][m.end():]).split(":", 1)[0], 0, -1
+    for k, text in _headers_around(lines, line, _LOOK_UP):
+        k, text = _statement(lines, k)
+        word = _HEADER.match(text)
+        m = _IF.match(text)
+        if m is not None:
+            return k + 1, _code(text[m.end():]), k + 2, _last_of_block(lines, k + 1)
+        if word is None or word.group(1) in ("def", "class"):
+            return None
+        if word.group(1) == "else":
+            chain = _chain(lines, k)
+            if chain is not None:
+                return chain[0], chain[1], k + 2, _last_of_block(lines, k + 1)
+    return None
+
+
+def _chain(lines: List[str], at: int) -> Optional[Tuple[int, str]]:
+    """The first line and the tests of the ``if`` chain of the ``else`` at index
+    ``at``; None for a ``for``/``while``/``try``'s ``else``."""
+    tests, indent = [], _indent(lines[at])
+    for k in range(at - 1, -1, -1):  # up the chain: `elif`s, then its `if`
         text = lines[k]
         if _blank(text) or _indent(text) > indent:
             continue
+        k, text = _statement(lines, k)
         m = _IF.match(text) if _indent(text) == indent else None
         if m is None:
-            return 0, None  # (a `for`/`while`/`try`'s else: no test)
-        tests.append(text[m.end():].split("#", 1)[0])
+            return None
+        tests.append(_code(text[m.end():]))
         if m.group(1) == "if":
             return k + 1, " and ".join(reversed(tests))
-    return 0, None
+    return None
+
+
+def _statement(lines: List[str], k: int) -> Tuple[int, str]:
+    """The statement that line index ``k`` ends, when it closes a bracket a line
+    above opened (``if (`` ... ``):``): its first line's index and its lines joined."""
+    if not lines[k].lstrip().startswith((")", "]", "}")):
+        return k, lines[k]
+    indent = _indent(lines[k])
+    for j in range(k - 1, max(-1, k - _LOOK_UP), -1):
+        if not _blank(lines[j]) and _indent(lines[j]) <= indent and not lines[j].lstrip().startswith((")", "]", "}")):
+            return j, " ".join(_code(x).strip() for x in lines[j:k + 1])
+    return k, lines[k]
+
+
+def _code(text: str) -> str:
+    return text.split("#", 1)[0]
 
 
 def _shape_names(lines: List[str], line: int) -> Set[str]:
@@ -155,6 +189,33 @@ def except_bodies(file: str, line: int) -> Tuple[int, int]:
 
 _LOOP = re.compile(r"^\s*(?:async\s+)?(?:for|while)\b")
 _COMPREHENSION = re.compile(r"\bfor\b.+\bin\b")
+
+
+def loop_header(file: str, line: int) -> Optional[Tuple[int, str]]:
+    """(line, text) of the ``for``/``while`` whose body holds ``line`` (or that is
+    at ``line``), in its function; None when none is, or the file is not readable."""
+    lines = _lines(file, line)
+    if lines is None:
+        return None
+    if _LOOP.match(lines[line - 1]):
+        return line, _code(lines[line - 1])
+    for k, text in _headers_around(lines, line):
+        word = _HEADER.match(text)
+        if word is not None and word.group(1) in ("def", "class"):
+            return None
+        if _LOOP.match(text):
+            return k + 1, _code(text)
+    return None
+
+
+def feeds_loop(read: "Node", file: str, line: int) -> bool:
+    """Does the read give the loop around ``file:line`` its count: it is at that
+    loop's header (``for _ in range(int(n.item())):``), or its line assigns a name
+    the header uses (``k = int(n.item())`` ... ``for _ in range(k):``)?"""
+    header = loop_header(file, line)
+    if header is None or read.source is None or read.source.file != file:
+        return False
+    return read.source.line == header[0] or not names_assigned(read).isdisjoint(_NAME.findall(header[1]))
 
 
 def in_loop(file: str, line: int) -> Optional[bool]:

@@ -10,6 +10,7 @@ wraps torch's loader for that one import; the module's ``__loader__`` and
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any, Callable, ContextManager, Optional
@@ -26,7 +27,7 @@ class WhenTorch:
         self.make = make
         self.entered: Optional[ContextManager[Any]] = None
         self._finder: Optional[_TorchFinder] = None
-        self._thread = threading.get_ident()
+        self._thread, self._pid = threading.get_ident(), os.getpid()
 
     def __enter__(self) -> "WhenTorch":
         if "torch" in sys.modules:
@@ -49,6 +50,8 @@ class WhenTorch:
 
     def _on_import(self) -> None:
         self._remove_finder()
+        if os.getpid() != self._pid:  # (a forked child, a DataLoader worker: records nothing, as the design says)
+            return
         if threading.get_ident() != self._thread:  # (the recording is the main thread's: its mode is thread-local)
             warn("torchtrace: the script imported torch first in another thread; nothing is recorded "
                  "(import torch in the main thread first)")
