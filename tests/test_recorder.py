@@ -1570,3 +1570,24 @@ def test_a_stance_the_user_sets_inside_the_block_is_kept():
     with torchtrace.trace(m):
         m(torch.ones(1, 2))
     assert ef._stance is before
+
+
+def test_an_op_whose_event_an_interrupt_cut_off_leaves_a_valid_graph():
+    """SIGINT to a distributed run landed between an op's output value and its
+    event: the stored pass had an activation without producer, and reading it
+    (the run's rank report) failed. Its output is a constant now."""
+    import weakref as _weakref
+
+    from torchtrace.validate import validate_graph
+
+    m, x = nn.Linear(2, 2), torch.randn(1, 2)
+    lost = torch.ones(3)
+    with torchtrace.trace(m) as t:
+        m(x)
+        mode = t._capture.mode
+        mode.vmeta.append((lost.dtype, lost.device, None, *lost.shape))  # the op's output, then the interrupt
+        mode.vrefs.append(_weakref.ref(lost))
+        mode.vmap[id(lost)] = len(mode.vmeta) - 1
+    g = t.graph
+    validate_graph(g)
+    assert g.values[-1].role == "constant" and [n.short_op for n in g.nodes] == ["t", "addmm"]

@@ -189,8 +189,12 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                "-m", "torchtrace.launch", spec, script, *argv]
         code = _wait_forwarding(subprocess.Popen(cmd, start_new_session=True))
         with Store(store_path, readonly=True) as store:
-            report, stored = rank_report(store), bool(store.ranks())
+            stored = bool(store.ranks())
             kept = not stored and (store_path.parent / PREV_STORE).exists()
+            try:
+                report: Any = rank_report(store)
+            except TorchtraceError as e:  # (a damaged pass: the run's own end is still said)
+                report = f"no rank report: {e}"
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} "
                   f"({ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)

@@ -179,6 +179,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             op = producer.get(vid)
             rg = t.requires_grad if t is not None else (
                 op is not None and op in created and (dtype.is_floating_point or dtype.is_complex))
+            if op is None:  # (an op's output whose event a KeyboardInterrupt cut off: no producer to name)
+                role = "constant"
         elif origin[0] == "ext":
             role, name, rg = origin[1], origin[2], origin[3]
             name = name or grads.get(vid)
