@@ -1893,34 +1893,56 @@ class ShapeLayouts(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 4)
+        self.n, self.flag = 0, True
 
     def forward(self, x: torch.Tensor, layout: str, flag: bool = True) -> torch.Tensor:
         h = self.fc(x)
         if layout == "one-line":
+            h = h + 1  # (the block ran in both passes: the `if` below did too)
             if x.shape[0] < 8: h = h * 2  # LINE:one_line_if
         elif layout == "black":
+            h = h + 1
             if (  # LINE:black_if
                 x.shape[0] < 8
                 and flag
             ):
                 h = h * 2
-        elif layout == "for":
-            if x.shape[0] < 8:  # LINE:for_in_if
-                for _ in range(2):
+        elif layout == "with":
+            h = h + 1
+            if x.shape[0] < 8:  # LINE:with_in_if
+                with torch.no_grad():
                     h = h * 2
+        elif layout == "for":
+            h = h + 1
+            if x.shape[0] < 8:
+                for _ in range(self.n):  # (Python state: 0 iterations, then 2)
+                    h = h * 2
+            self.n = 2
+        elif layout == "flag":
+            if self.flag:
+                if x.dim() == 2: h = h.relu()  # (the outer flag decides: that `if` held in both)
+            self.flag = False
         return h
 
 
 def test_a_shape_if_is_found_on_one_line_over_several_and_around_a_loop_and_no_if_is_no_claim():
-    """A second review: `if c: stmt` on one line, a condition over several
-    lines, a `for` inside the branch; and an input shape that changes ops
-    inside torch (nn.Linear of a 3-D input) with no `if` at all is no "Python state"."""
+    """Reviews: `if c: stmt` on one line, a condition over several lines, a
+    `with` inside the branch; not a shape `if` around a loop that Python state ran
+    0 times, nor one inside a flag's `if` that held in one pass only; and an input
+    shape that changes ops inside torch (nn.Linear of a 3-D input) with no `if`
+    at all is no "Python state"."""
     torch.manual_seed(0)
-    m = ShapeLayouts()
-    for layout, marker in (("one-line", "one_line_if"), ("black", "black_if"), ("for", "for_in_if")):
+    for layout, marker in (("one-line", "one_line_if"), ("black", "black_if"), ("with", "with_in_if"),
+                           ("for", None), ("flag", None)):
+        m = ShapeLayouts()
+        rows = 6 if layout == "for" else 10  # (the `if` holds in both passes there)
         [h] = torchtrace.diff(record(m, torch.randn(4, 4), layout),
-                              record(m, torch.randn(10, 4), layout)).structural_hunks
-        assert h.cause.startswith(f"the `if` at `test_diff_causes.py:{line_of(marker)}` tests a shape"), (layout, h.cause)
+                              record(m, torch.randn(rows, 4), layout)).structural_hunks
+        if marker is None:
+            assert not h.shape_if and "tests a shape" not in h.cause, (layout, h.cause)
+            continue
+        at = f"the `if` at `test_diff_causes.py:{line_of(marker)}` tests a shape"
+        assert h.cause.startswith(at), (layout, h.cause)
     lin = nn.Linear(4, 4)
     d = torchtrace.diff(record(lin, torch.randn(2, 4)), record(lin, torch.randn(3, 2, 4)))
     assert d.structural_hunks and all(h.cause.startswith("no tensor read differs before it; input `input`")
@@ -1989,3 +2011,56 @@ def test_a_number_while_in_a_helper_called_again_and_one_on_one_line_count_their
     why = torchtrace.diff(record(OneLineWhile(), x, T(2)), record(OneLineWhile(), x, T(4))).why()
     assert why == [f"`while` at `test_diff_causes.py:{line_of('one_line_while')}` ran 2\u00d7 in A, 4\u00d7 in B "
                    "\u2192 6 ops only in B (in `<root>`)"], why
+
+
+class GuardThroughWith(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(x.abs().sum().item())
+        h = x * 2
+        if n > 0:
+            with torch.autocast("cpu", enabled=False):
+                ok = bool(h.mean() > 0)  # LINE:guard_ok
+                if not ok:
+                    return h
+                h = h.relu()
+        return h + 1
+
+
+def _shrink(h: torch.Tensor, depth: int) -> torch.Tensor:
+    if depth:
+        h = _shrink(h, depth - 1)
+    while h.abs().sum().item() > 1:  # LINE:shrink
+        h = h * 0.5
+    return h
+
+
+class Shrunk(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _shrink(x * 2, 1) + 1
+
+
+class CountMethod(nn.Module):
+    def count(self, x: torch.Tensor) -> int:
+        return int(x.mean().item())  # LINE:count_method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * 2
+        for _ in range(self.count(x)):
+            h = h.relu() + 1
+        return h + 1
+
+
+def test_third_review_an_outer_if_a_recursive_while_and_a_returned_count():
+    """The read inside a `with` decides, not the outer `if`'s name; a recursive
+    helper's `while` counts each call's run; a helper returning the count names it."""
+    a, b = record(GuardThroughWith(), torch.arange(8.).reshape(2, 4)), \
+        record(GuardThroughWith(), -torch.arange(8.).reshape(2, 4) * 3)
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith(f"`test_diff_causes.py:{line_of('guard_ok')}` read True in A, False in B"), why
+    why = torchtrace.diff(record(Shrunk(), torch.ones(2, 4)), record(Shrunk(), torch.ones(2, 4) * 4)).why()
+    at = f"`while` at `test_diff_causes.py:{line_of('shrink')}` (called from "
+    assert len(why) == 1 and why[0].startswith(at), why
+    assert "ran 4\u00d7 in A, 6\u00d7 in B" in why[0], why
+    [h] = torchtrace.diff(record(CountMethod(), torch.ones(2, 4) * 2.3),
+                          record(CountMethod(), torch.ones(2, 4) * 4.6)).structural_hunks
+    assert h.witness.line == line_of("count_method") and not h.witness.weak, h.explanation

@@ -131,6 +131,8 @@ class Side:
         n = self.nodes[i]
         src, key = n.source, (n.source.file, n.source.function, n.module)
         caller = n.witness.called_from[0] if n.witness.called_from else None
+        if caller is not None and (caller.file, caller.function) == (src.file, src.function):
+            caller = None  # (a recursive helper: its caller's ops are its own)
         between = False
         for m in self.nodes[i + 1:]:
             at = m.source

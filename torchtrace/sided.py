@@ -228,13 +228,13 @@ def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange])
 
 def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputChange]) -> Optional[str]:
     """When an input's shape or dtype differs (an input on both sides), and the
-    other side ran nothing in the branch of the ``if`` around the first op only
-    one side ran (that ``if`` went another way there): ``file:line`` of the ``if``
-    when it tests a shape (``if x.shape[0] > 2:``: the inputs decided it, not a
-    float read before it); "" when it tests none (the shape is no known cause).
-    None otherwise: no such input or ``if``, the ``if`` went the same way (the
-    ops changed inside torch: ``nn.Linear`` of a 3-D input), or the source is
-    not readable here."""
+    ``if`` around the first op only one side ran went another way on the other
+    side (it ran the ``if``'s block, or another branch of it, and nothing in this
+    branch): ``file:line`` of the ``if`` when it tests a shape (``if x.shape[0] > 2:``:
+    the inputs decided it, not a float read before it); "" when it tests none (the
+    shape is no known cause). None otherwise: no such input or ``if``, the ``if``
+    went the same way or did not run there (the ops changed inside torch:
+    ``nn.Linear`` of a 3-D input), or the source is not readable here."""
     if not any(i.a is not None and i.b is not None for i in inputs):
         return None
     p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
@@ -242,9 +242,16 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     found = shape_test(first) if first is not None else None
     if found is None:
         return None
-    at, lo, hi = found
     src, other = first.source, B if p.status == "only_a" else A
-    if any(n.source is not None and (n.source.file, n.source.function) == (src.file, src.function)
-           and lo <= n.source.line <= hi for n in other.nodes):
+    lines = [n.source.line for n in other.nodes
+             if n.source is not None and (n.source.file, n.source.function) == (src.file, src.function)]
+
+    def ran(lo: int, hi: int) -> bool:
+        return any(lo <= x <= hi for x in lines)
+
+    (lo, hi), (b0, b1) = found.branch, found.block
+    if ran(lo, hi):
         return None  # (the other pass ran that branch too: the `if` went the same way there)
-    return f"{os.path.basename(src.file)}:{at}" if at else ""
+    if not any(b0 <= x <= b1 and not (lo <= x <= hi) for x in lines):
+        return None  # (nothing says the other pass ran the `if` at all)
+    return f"{os.path.basename(src.file)}:{found.line}" if found.line else ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import linecache
 import re
-from typing import TYPE_CHECKING, Any, FrozenSet, Iterator, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, FrozenSet, Iterator, List, NamedTuple, Optional, Set, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -78,47 +78,89 @@ def guard_names(n: "Node") -> FrozenSet[str]:
     return frozenset(_NAME.findall(found[1])) - _KEYWORDS if found is not None else frozenset()
 
 
-def shape_test(n: "Node") -> Optional[Tuple[int, int, int]]:
-    """(line of the ``if``, first and last line of its branch that holds ``n``)
-    for the ``if`` around the line of ``n`` (through ``for``/``with``/``try``
-    blocks inside its branch; for an ``else``, its ``if`` chain): ``if`` line 0
-    when it tests no shape or type. A test of a shape or type is ``x.shape``,
-    ``x.dim()``, ``x.dtype``..., itself or through a name assigned from one in
-    its function (``n = x.shape[0]`` ... ``if n < 8:``). None when no ``if`` is
-    around it, the file is not readable here, or the line itself decides
-    (``h.relu() if s > 1 else h``)."""
+class ShapeIf(NamedTuple):
+    """The ``if`` around an op (``shape_test``): its line (0 when it tests no shape
+    or type), the lines of the branch that holds the op, and of the block the
+    ``if`` statement is in (its other branches too)."""
+
+    line: int
+    branch: Tuple[int, int]
+    block: Tuple[int, int]
+
+
+def shape_test(n: "Node") -> Optional[ShapeIf]:
+    """The ``if`` around the line of ``n`` (through ``with``/``try`` blocks in its
+    branch; for an ``else``, its ``if`` chain) and whether it tests a shape or a
+    type: ``x.shape``, ``x.dim()``, ``x.dtype``..., itself or through a name
+    assigned from one in its function (``n = x.shape[0]`` ... ``if n < 8:``).
+    None when no ``if`` is around it, the file is not readable here, or the line
+    itself decides (``h.relu() if s > 1 else h``)."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
     if lines is None or _TERNARY.search(_code(lines[n.source.line - 1])):
         return None
-    found = _if_test(lines, n.source.line)
+    found = _if_test(lines, n.source.line, through=("with", "try", "except", "finally"))
     if found is None:
         return None
     at, test, lo, hi = found
     shape = _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))
-    return (at if shape else 0), lo, hi
+    return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at))
 
 
-def _if_test(lines: List[str], line: int) -> Optional[Tuple[int, str, int, int]]:
+def _if_test(lines: List[str], line: int, through: Tuple[str, ...] = ()) -> Optional[Tuple[int, str, int, int]]:
     """(line, test) of the ``if``/``elif`` around ``line`` and the lines (first,
-    last) of its branch that holds it: an ``if`` on the line itself, or the
-    nearest around it through ``for``/``while``/``with``/``try`` blocks; for an
-    ``else``, the chain's first line and all its tests."""
+    last) of its branch that holds it: an ``if`` on the line itself (``if c: x``),
+    or the nearest around it, through blocks of the kinds ``through`` names; for
+    an ``else``, the chain's first line and all its tests."""
     m = _IF.match(lines[line - 1])
-    if m is not None and _code(lines[line - 1][m.end():]).split(":", 1)[-1].strip():  # `if c: stmt` on one line
-        return line, _code(lines[line - 1][m.end():]).split(":", 1)[0], 0, -1
+    colon = _header_colon(lines[line - 1]) if m is not None else None
+    if colon is not None and _code(lines[line - 1][colon + 1:]).strip():  # `if c: stmt` on one line
+        return line, lines[line - 1][m.end():colon], line, line
     for k, text in _headers_around(lines, line, _LOOK_UP):
         k, text = _statement(lines, k)
         word = _HEADER.match(text)
         m = _IF.match(text)
         if m is not None:
             return k + 1, _code(text[m.end():]), k + 2, _last_of_block(lines, k + 1)
-        if word is None or word.group(1) in ("def", "class"):
-            return None
-        if word.group(1) == "else":
+        if word is not None and word.group(1) == "else":
             chain = _chain(lines, k)
             if chain is not None:
                 return chain[0], chain[1], k + 2, _last_of_block(lines, k + 1)
+        if word is None or word.group(1) not in through:
+            return None
     return None
+
+
+def _header_colon(text: str) -> Optional[int]:
+    """The index of the colon that ends a block header (outside brackets and
+    strings, not a walrus' ``:=``), or None (a header going on below)."""
+    depth, quote, k = 0, "", 0
+    while k < len(text):
+        c = text[k]
+        if quote:
+            if c == "\\":
+                k += 1
+            elif c == quote:
+                quote = ""
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return None
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == ":" and depth == 0 and text[k + 1:k + 2] != "=":
+            return k
+        k += 1
+    return None
+
+
+def _block_of(lines: List[str], at: int) -> Tuple[int, int]:
+    """The lines (first, last) of the block that holds the statement at line ``at``."""
+    header = next(_headers_around(lines, at), None)
+    if header is None:
+        return 1, len(lines)
+    return header[0] + 2, _last_of_block(lines, header[0] + 1)
 
 
 def _chain(lines: List[str], at: int) -> Optional[Tuple[int, str]]:
@@ -191,6 +233,9 @@ _LOOP = re.compile(r"^\s*(?:async\s+)?(?:for|while)\b")
 _COMPREHENSION = re.compile(r"\bfor\b.+\bin\b")
 
 
+_RETURN = re.compile(r"^\s*return\b")
+
+
 def loop_header(file: str, line: int) -> Optional[Tuple[int, str]]:
     """(line, text) of the ``for``/``while`` whose body holds ``line`` (or that is
     at ``line``), in its function; None when none is, or the file is not readable."""
@@ -215,6 +260,8 @@ def feeds_loop(read: "Node", file: str, line: int) -> bool:
     header = loop_header(file, line)
     if header is None or read.source is None or read.source.file != file:
         return False
+    if _RETURN.match(line_text(read)):  # (a helper that returns the count: `return int(n.item())`)
+        return True
     return read.source.line == header[0] or not names_assigned(read).isdisjoint(_NAME.findall(header[1]))
 
 
