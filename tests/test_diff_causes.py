@@ -2064,3 +2064,47 @@ def test_third_review_an_outer_if_a_recursive_while_and_a_returned_count():
     [h] = torchtrace.diff(record(CountMethod(), torch.ones(2, 4) * 2.3),
                           record(CountMethod(), torch.ones(2, 4) * 4.6)).structural_hunks
     assert h.witness.line == line_of("count_method") and not h.witness.weak, h.explanation
+
+
+class PadGuardThroughWith(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple:
+        has_pad = bool(x.min() < 0)  # LINE:has_pad_with
+        big = bool(x.abs().max() > 2)
+        h = x * 2
+        if has_pad:
+            with torch.autocast("cpu", enabled=False):
+                h = h.relu()
+        return h + 1, big
+
+
+def _scale(h: torch.Tensor) -> float:
+    return h.abs().mean().item()
+
+
+class ScaledLoop(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * _scale(x)
+        for _ in range(x.shape[0]):
+            h = h.relu() + 1
+        return h
+
+
+class WholeBodyIf(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # LINE:whole_body_if
+            return x.sum(0).relu()
+        return x
+
+
+def test_fourth_review_guards_through_blocks_returned_floats_and_a_forward_that_is_one_if():
+    """The name an `if` tests decides the ops in a `with` inside it (an unused
+    nearer read was named); a helper returning a float that is no count stays a
+    guess; a forward whose whole body is a shape `if` ran in both passes."""
+    [why] = torchtrace.diff(record(PadGuardThroughWith(), torch.randn(2, 4) - 3),
+                            record(PadGuardThroughWith(), torch.rand(2, 4) + 1)).why()
+    assert why.startswith(f"`test_diff_causes.py:{line_of('has_pad_with')}` read True in A, False in B"), why
+    [h] = torchtrace.diff(record(ScaledLoop(), torch.ones(2, 4) * 2.3),
+                          record(ScaledLoop(), torch.ones(3, 4) * 3.6)).structural_hunks
+    assert h.witness is not None and h.witness.weak, h.explanation
+    [h] = torchtrace.diff(record(WholeBodyIf(), torch.randn(2, 2, 4)), record(WholeBodyIf(), torch.randn(2, 4))).hunks
+    assert h.shape_if == f"test_diff_causes.py:{line_of('whole_body_if')}", h.explanation

@@ -266,12 +266,15 @@ class Causes:
         tests (``has_pad = bool(...)`` ... ``if has_pad:``), the latest before
         the hunk in that function, when it differs: it decided the hunk,
         whichever read is nearer. Else ``nearest``."""
-        first = next((self.A.nodes[i] if j is None else self.B.nodes[j] for i, j in self.pairs[k0:k1]
-                      if i is None or j is None), None)
-        names = guard_names(first) if first is not None else frozenset()
-        if not names:
+        pair = next(((i, j) for i, j in self.pairs[k0:k1] if i is None or j is None), None)
+        if pair is None:
             return nearest
+        first, other = (self.A.nodes[pair[0]], self.B) if pair[1] is None else (self.B.nodes[pair[1]], self.A)
+        names, lo, hi = guard_names(first)
         at = first.source
+        if not names or any(n.source is not None and (n.source.file, n.source.function) == (at.file, at.function)
+                            and lo <= n.source.line <= hi for n in other.nodes):
+            return nearest  # (no `if` tests a name, or the other pass ran its branch too: it went the same way)
         for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):  # (a float kept, compared)
             i, j = self.pairs[e]
             read = self.A.nodes[i]

@@ -242,7 +242,7 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     found = shape_test(first) if first is not None else None
     if found is None:
         return None
-    src, other = first.source, B if p.status == "only_a" else A
+    src, (mine, other) = first.source, (A, B) if p.status == "only_a" else (B, A)
     lines = [n.source.line for n in other.nodes
              if n.source is not None and (n.source.file, n.source.function) == (src.file, src.function)]
 
@@ -252,6 +252,7 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     (lo, hi), (b0, b1) = found.branch, found.block
     if ran(lo, hi):
         return None  # (the other pass ran that branch too: the `if` went the same way there)
-    if not any(b0 <= x <= b1 and not (lo <= x <= hi) for x in lines):
-        return None  # (nothing says the other pass ran the `if` at all)
+    called = found.top and first.module is not None and mine.graph.module_path(first.module) in other.calls
+    if not called and not any(b0 <= x <= b1 and not (lo <= x <= hi) for x in lines):
+        return None  # (nothing says the other pass ran the `if`: neither its block, nor its module's forward)
     return f"{os.path.basename(src.file)}:{found.line}" if found.line else ""

@@ -68,14 +68,20 @@ _SHAPE_TEST = re.compile(r"\.(?:(?:shape|ndim|dtype)\b|(?:size|dim|numel|is_floa
 _TERNARY = re.compile(r"\bif\b.+\belse\b")
 
 
-def guard_names(n: "Node") -> FrozenSet[str]:
-    """The plain names tested by the ``if``/``elif`` whose body holds the line
-    of ``n`` (the nearest line above it that is indented less; for an ``else``,
-    the tests of its ``if`` chain): ``if has_pad and x.dim() > 2:`` gives
-    ``has_pad`` and ``x``; attribute reads (``self.flag``) give only their object."""
+def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
+    """The plain names tested by the ``if``/``elif`` around the line of ``n`` (the
+    nearest header above it, through ``with``/``try``/``for``/``while`` blocks in
+    its branch; for an ``else``, the tests of its ``if`` chain), and the lines
+    (first, last) of that branch: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
+    and ``x``; attribute reads (``self.flag``) give only their object."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    found = _if_test(lines, n.source.line) if lines else None
-    return frozenset(_NAME.findall(found[1])) - _KEYWORDS if found is not None else frozenset()
+    found = _if_test(lines, n.source.line, _BLOCKS + ("for", "while", "async")) if lines else None
+    if found is None:
+        return frozenset(), 0, -1
+    return frozenset(_NAME.findall(found[1])) - _KEYWORDS, found[2], found[3]
+
+
+_BLOCKS = ("with", "try", "except", "finally")
 
 
 class ShapeIf(NamedTuple):
@@ -86,6 +92,7 @@ class ShapeIf(NamedTuple):
     line: int
     branch: Tuple[int, int]
     block: Tuple[int, int]
+    top: bool  # the ``if`` is a statement of its function's own body (not nested in another block)
 
 
 def shape_test(n: "Node") -> Optional[ShapeIf]:
@@ -98,12 +105,14 @@ def shape_test(n: "Node") -> Optional[ShapeIf]:
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
     if lines is None or _TERNARY.search(_code(lines[n.source.line - 1])):
         return None
-    found = _if_test(lines, n.source.line, through=("with", "try", "except", "finally"))
+    found = _if_test(lines, n.source.line, through=_BLOCKS)
     if found is None:
         return None
     at, test, lo, hi = found
     shape = _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))
-    return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at))
+    header = next(_headers_around(lines, at), None)
+    top = header is not None and _HEADER.match(header[1]) is not None and _HEADER.match(header[1]).group(1) == "def"
+    return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at), top)
 
 
 def _if_test(lines: List[str], line: int, through: Tuple[str, ...] = ()) -> Optional[Tuple[int, str, int, int]]:
@@ -233,7 +242,7 @@ _LOOP = re.compile(r"^\s*(?:async\s+)?(?:for|while)\b")
 _COMPREHENSION = re.compile(r"\bfor\b.+\bin\b")
 
 
-_RETURN = re.compile(r"^\s*return\b")
+_RETURN_COUNT = re.compile(r"^\s*return\s+(?:int|round|math\.floor|math\.ceil)\(")
 
 
 def loop_header(file: str, line: int) -> Optional[Tuple[int, str]]:
@@ -260,7 +269,7 @@ def feeds_loop(read: "Node", file: str, line: int) -> bool:
     header = loop_header(file, line)
     if header is None or read.source is None or read.source.file != file:
         return False
-    if _RETURN.match(line_text(read)):  # (a helper that returns the count: `return int(n.item())`)
+    if _RETURN_COUNT.match(line_text(read)):  # (a helper that returns the count: `return int(n.item())`)
         return True
     return read.source.line == header[0] or not names_assigned(read).isdisjoint(_NAME.findall(header[1]))
 
