@@ -1111,3 +1111,19 @@ def test_forked_workers_that_import_torch_first_record_nothing(tmp_path):
         assert len(store.passes()) == 1  # (the main process's own model call; the workers' Linear(3, 2): none)
         assert [n.short_op for n in store.graph(0).nodes][-2:] == ["t", "addmm"]
         assert tuple(store.graph(0).values[0].shape) == (2, 2)
+
+
+def test_a_module_s_packages_run_their_init_with_the_module_s_argv(tmp_path):
+    """`run -m pkg.tool` imported `pkg` to find the module, before the run:
+    its `__init__` saw torchtrace's argv, and an error there was a traceback of ours."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import sys\nprint('init', sys.argv[1:])\n")
+    (pkg / "tool.py").write_text("import sys, torch\nprint('tool', sys.argv[1:])\n"
+                                 "torch.nn.Linear(2, 2)(torch.ones(1, 2))\n")
+    plain = subprocess.run([sys.executable, "-m", "pkg.tool", "a"], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), "-m", "pkg.tool", "a"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout == plain.stdout == "init ['a']\ntool ['a']\n", (res.stdout, res.stderr)
+    assert "recorded 1 pass" in res.stderr

@@ -55,15 +55,14 @@ def _recording(path: Path) -> Optional[str]:
 
 def check_module(name: str) -> Path:
     """The file of module ``name``, found as ``python -m`` finds it (the current
-    folder first; a package runs its ``__main__``)."""
-    import importlib.util
-
+    folder first; a package runs its ``__main__``), without running any of its
+    packages' ``__init__`` (they run when the module does, with its ``sys.argv``)."""
     spec, why = None, "no module of that name"
     sys.path.insert(0, os.getcwd())
     try:
-        spec = importlib.util.find_spec(name)
+        spec = _locate(name)
         if spec is not None and spec.submodule_search_locations is not None:
-            spec, why = importlib.util.find_spec(f"{name}.__main__"), "a package without __main__"
+            spec, why = _locate(f"{name}.__main__"), "a package without __main__"
     except (ImportError, ValueError) as e:
         spec, why = None, f"{type(e).__name__}: {e}"
     finally:
@@ -76,6 +75,28 @@ def check_module(name: str) -> Path:
 
 
 KEEP_MAIN = False  # the console script: the script's module stays ``__main__`` until the process ends
+
+
+def _locate(name: str) -> Any:
+    """The spec of module ``name`` (dotted), found on ``sys.path`` by the path
+    finder alone, a package at a time: nothing is imported."""
+    import importlib.machinery
+    import importlib.util
+
+    if not name or any(not part.isidentifier() for part in name.split(".")):
+        raise ValueError(f"not a module name: {name!r}")
+    spec, path = None, None
+    for part in name.split("."):
+        if spec is not None and spec.submodule_search_locations is None:
+            return None  # (a module, not a package, with a name after it)
+        full = part if spec is None else f"{spec.name}.{part}"
+        if path is None and part in sys.builtin_module_names:
+            return importlib.util.find_spec(part)
+        spec = importlib.machinery.PathFinder.find_spec(full, path)
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+    return spec
 
 
 def execute(path: Path, module: Optional[str]) -> None:
