@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from .side import Side, is_bookkeeping
+from .side import Side, call_site, is_bookkeeping
 from .explain import ARROW, plural
 from .fingerprint import canonical_args, canonical_json
 from .textform import op_str, type_str
@@ -249,7 +249,7 @@ def classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
         what.append("wiring")
     if A.wkeys[i] != B.wkeys[j]:
         what.append("value")
-    if A.sigs[i] != B.sigs[j] or _call_site(na) != _call_site(nb):  # (a helper's read: ``align.one_call_site``)
+    if A.sigs[i] != B.sigs[j] or call_site(na) != call_site(nb):  # (a helper's read: ``side.one_call_site``)
         what.append("line")
     return OpPair(na, nb, "changed" if what else "same", tuple(what), raised)
 
@@ -397,7 +397,3 @@ def moved(A: "Side", B: "Side", hunks: Sequence[Any]) -> List[Any]:
         out.append(h)
     return out
 
-
-def _call_site(n: Node) -> Optional[Tuple[int, str]]:
-    w = n.witness
-    return (w.called_from[0].line, w.called_from[0].short()) if w is not None and w.called_from else None

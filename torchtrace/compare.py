@@ -262,10 +262,8 @@ GraphLike = Union[Graph, Dict[str, Any], str, "os.PathLike[str]"]
 def diff(a: GraphLike, b: GraphLike) -> GraphDiff:
     """Compare two passes (``Graph``, IR dicts or file paths); see :class:`GraphDiff`."""
     ga, gb = _graph(a, "a"), _graph(b, "b")
-    sa, sb = Side(ga), Side(gb)
-    one_site = one_call_site(sa, sb)
-    if one_site:  # (reads in a helper called from one line in each pass, another line in each)
-        sa, sb = Side(ga, one_site), Side(gb, one_site)
+    one_site = one_call_site(ga, gb)  # (reads in a helper called from one line in each pass, another in each)
+    sa, sb = Side(ga, one_site), Side(gb, one_site)
     if _orientation(sa) <= _orientation(sb):
         return _diff(sa, sb)
     return _diff(sb, sa).mirror()

@@ -136,8 +136,8 @@ class Causes:
             path = (ca or cb)[0]
             call = (path, ca[1] if ca and ca[0] == path else 0, cb[1] if cb and cb[0] == path else 0)
         via = None
-        if src is not None and (self.A.call_sites.get((src.file, src.line), 0) > 1
-                                or self.B.call_sites.get((src.file, src.line), 0) > 1):
+        if src is not None and (len(self.A.call_sites.get((src.file, src.line), ())) > 1
+                                or len(self.B.call_sites.get((src.file, src.line), ())) > 1):
             via = tuple(where(w.called_from[0].file, w.called_from[0].line) if w.called_from else "?"
                         for w in (na.witness, nb.witness))
         return WitnessChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
@@ -272,8 +272,7 @@ class Causes:
         first, other = (self.A.nodes[pair[0]], self.B) if pair[1] is None else (self.B.nodes[pair[1]], self.A)
         names, lo, hi = guard_names(first)
         at = first.source
-        if not names or any(n.source is not None and (n.source.file, n.source.function) == (at.file, at.function)
-                            and lo <= n.source.line <= hi for n in other.nodes):
+        if not names or other.ran_lines(at.file, at.function, lo, hi):
             return nearest  # (no `if` tests a name, or the other pass ran its branch too: it went the same way)
         for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):  # (a float kept, compared)
             i, j = self.pairs[e]

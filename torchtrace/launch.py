@@ -83,6 +83,12 @@ class _Progress:
         return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
 
 
+def _stderr_now() -> Console:
+    """A console on standard error as it is now, before the script runs: the
+    summary goes there even when the script points ``sys.stderr`` at its own file."""
+    return Console(file=sys.stderr, highlight=False, emoji=False)
+
+
 def _check_options(options: RunOptions) -> None:
     """The Recorder's options, checked before anything in the folder moves."""
     from .options import capture_options
@@ -90,12 +96,11 @@ def _check_options(options: RunOptions) -> None:
     capture_options(options.skip, options.max_ops)
 
 
-def run_script(script: str, argv: Sequence[str], options: RunOptions, *, console: Optional[Console] = None,
-               worker: bool = False) -> int:
+def run_script(script: str, argv: Sequence[str], options: RunOptions, *, worker: bool = False) -> int:
     """Run ``script`` like ``python script argv...`` while recording; returns its
     exit status. ``worker``: one rank of a distributed run (the launcher made
     the store and prints the summary)."""
-    console = console or Console(file=sys.stderr, highlight=False, emoji=False)  # (now: the script may swap it)
+    console = _stderr_now()
     path = check_module(script) if options.module is not None else check_script(script)
     _check_options(options)
     with nullcontext(options.out / RUN_STORE) if worker else store_in(options.out) as store_path:
@@ -170,14 +175,13 @@ def _say(console: Console, what: Any) -> None:
         pass
 
 
-def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc: int, *,
-                    console: Optional[Console] = None) -> int:
+def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc: int) -> int:
     """``torchtrace run --nproc-per-node N``: start N ranks through
     ``torch.distributed.run`` (torchrun); every rank records into one store."""
     from .ranks import rank_report
     from .store import Store
 
-    console = console or Console(file=sys.stderr, highlight=False, emoji=False)
+    console = _stderr_now()
     check_script(script)
     _check_options(options)
     with store_in(options.out) as store_path:

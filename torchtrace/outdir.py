@@ -67,10 +67,8 @@ def _aside(out: Path) -> List[Tuple[Path, Path]]:
         os.replace(src, dst)
         moves.append((src, dst))
 
-    older = [out / f"{PREV_STORE}{s}" for s in _SUFFIXES] + \
-        [f for f in out.glob("prev-variant-*") if _RENDER.fullmatch(f.name[len("prev-"):])]
-    for f in older:  # (an older run's log left beside the previous store would be applied to it)
-        if f.exists():
+    for f in list(out.iterdir()):  # (an older run's log left beside the previous store would be applied to it)
+        if _previous(f.name) and f.is_file():
             move(f, out / f"{_OLD}{f.name}")
     for s in _SUFFIXES:
         if (out / f"{RUN_STORE}{s}").exists():
@@ -98,10 +96,15 @@ def _settle(out: Path, moves: List[Tuple[Path, Path]]) -> None:
 def _drop_older(out: Path) -> None:
     """The files ``_aside`` hid: ours by name (a store's, or a drawing's), nothing else."""
     for f in out.glob(f"{_OLD}*"):
-        name = f.name[len(_OLD):]
-        if f.is_file() and (name in {f"{PREV_STORE}{s}" for s in _SUFFIXES} or
-                            name.startswith("prev-") and _RENDER.fullmatch(name[len("prev-"):])):
+        if f.is_file() and _previous(f.name[len(_OLD):]):
             f.unlink()
+
+
+def _previous(name: str) -> bool:
+    """Is ``name`` a file of the previous run that a run sets aside: its store
+    (``trace.prev.db`` and its log) or a drawing (``prev-variant-0.svg``)?"""
+    return name in {f"{PREV_STORE}{s}" for s in _SUFFIXES} or \
+        name.startswith("prev-") and _RENDER.fullmatch(name[len("prev-"):]) is not None
 
 
 def _stored_a_pass(path: Path) -> bool:

@@ -36,18 +36,17 @@ def check_script(script: str) -> Path:
     return path
 
 
-_MAGIC = ((b"SQLite format 3\x00", "a trace store (SQLite)"), (b"\x1f\x8b", "a gzipped file (a saved graph?)"))
-
-
 def _recording(path: Path) -> Optional[str]:
     """What a file torchtrace wrote is, when ``path`` is one: a store, a gzipped
     or a JSON graph."""
+    from .serialize import GZIP_MAGIC, SQLITE_HEADER
+
     try:
         with open(path, "rb") as f:
             head = f.read(200)
     except OSError:
         return None  # (python says why it cannot run it)
-    for magic, kind in _MAGIC:
+    for magic, kind in ((SQLITE_HEADER, "a trace store (SQLite)"), (GZIP_MAGIC, "a gzipped file (a saved graph?)")):
         if head.startswith(magic):
             return kind
     return "a torchtrace graph (JSON)" if head.lstrip().startswith(b"{") and b'"torchtrace.graph"' in head else None
@@ -74,9 +73,6 @@ def check_module(name: str) -> Path:
     return Path(spec.origin)
 
 
-KEEP_MAIN = False  # the console script: the script's module stays ``__main__`` until the process ends
-
-
 def _locate(name: str) -> Any:
     """The spec of module ``name`` (dotted), found on ``sys.path`` by the path
     finder alone, a package at a time: nothing is imported."""
@@ -97,6 +93,9 @@ def _locate(name: str) -> Any:
             return None
         path = spec.submodule_search_locations
     return spec
+
+
+KEEP_MAIN = False  # the console script: the script's module stays ``__main__`` until the process ends
 
 
 def execute(path: Path, module: Optional[str]) -> None:

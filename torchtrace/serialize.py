@@ -26,7 +26,8 @@ from .ir import (FORMAT, VERSION, Autograd, AutogradNode, GradInfo, Graph, Modul
                  Value, Witness, check_version)
 
 PathLike = Union[str, "os.PathLike[str]"]
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
+SQLITE_HEADER = b"SQLite format 3\x00"  # (the first bytes of a trace store)
 
 
 def graph_to_dict(g: Graph) -> Dict[str, Any]:
@@ -337,12 +338,12 @@ def save(graph: Graph, path: PathLike) -> Path:
 
 
 def decode(raw: bytes, where: str) -> Graph:
-    if raw[:16] == b"SQLite format 3\x00":
+    if raw.startswith(SQLITE_HEADER):
         raise IRError("a trace store, not a graph file", where=where, expected="a .json or .json.gz graph file",
                       found="an SQLite database (a trace store holds many passes)",
                       fix=f"open one of its passes: `{where}:0` on the command line, or "
                       f"torchtrace.store.Store(path).graph(0) in Python") from None
-    if raw[:2] == _GZIP_MAGIC:
+    if raw[:2] == GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:

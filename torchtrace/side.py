@@ -8,7 +8,7 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
-from .sourcetext import while_body
+from .sourcetext import while_end
 from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,14 +40,32 @@ def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None,
     src = n.source
     sig: Sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
                 src.line if src is not None else 0)
-    w = n.witness
-    if w is not None and w.called_from and (src is None or (src.file, src.line) not in one_site):
-        caller = w.called_from[0]  # a helper's read: one per call site (not a loop)
-        sig += (_base(caller.file), caller.line)
+    site = call_site(n)
+    if site is not None and (src is None or (src.file, src.line) not in one_site):
+        sig += site  # (a helper's read: one per call site, not a loop)
     # the parameters it reads: a Linear's backward computes the grad of its input from its weight,
     # the grad of its weight from activations, with the same ops at the same line
     state = tuple(v.name or "" for v in (_base_value(g, vid, cast_of or {}) for vid in n.inputs) if v.role in STATE)
     return sig + (state,) if state else sig
+
+
+def call_site(n: "Node") -> Optional[Tuple[str, int]]:
+    """(file name, line) of the user's line that called the helper function in
+    which ``n`` read tensor data; None for other ops and reads."""
+    w = n.witness
+    if w is None or not w.called_from:
+        return None
+    return _base(w.called_from[0].file), w.called_from[0].line
+
+
+def call_sites(nodes: Iterable["Node"]) -> Dict[Tuple[str, int], FrozenSet[Tuple[str, int]]]:
+    """(file, line) of each read in a helper -> the lines that called the helper."""
+    sites: Dict[Tuple[str, int], Set[Tuple[str, int]]] = {}
+    for n in nodes:
+        site = call_site(n)
+        if site is not None and n.source is not None:
+            sites.setdefault((n.source.file, n.source.line), set()).add(site)
+    return {k: frozenset(v) for k, v in sites.items()}
 
 
 def _base_value(g: "Graph", vid: str, cast_of: Dict[str, str]) -> "Value":
@@ -111,13 +129,13 @@ class Side:
         """``wkeys`` as loops read them: a number read at a ``while`` line
         (``while n.item() > 0``: 3, 2, 1, 0) becomes whether the loop went on."""
         keys = list(self.wkeys)
-        body: Dict[Tuple[str, int], Tuple[int, int]] = {}
+        ends: Dict[Tuple[str, int], int] = {}
         for i, n in enumerate(self.nodes):
             w, src = n.witness, n.source
             if w is None or src is None or w.shape is not None or isinstance(w.value, bool):
                 continue
-            first, last = body.setdefault((src.file, src.line), while_body(src.file, src.line))
-            if first:
+            last = ends.setdefault((src.file, src.line), while_end(src.file, src.line))
+            if last:
                 keys[i] = ("bool", self._went_on(i, last))  # (last == the line: `while c: body` on one line)
         return keys
 
@@ -130,7 +148,7 @@ class Side:
         none of them in the function that called the helper (its next call)."""
         n = self.nodes[i]
         src, key = n.source, (n.source.file, n.source.function, n.module)
-        caller = n.witness.called_from[0] if n.witness.called_from else None
+        caller = n.witness.called_from[0] if n.witness.called_from else None  # (file, function: not ``call_site``)
         if caller is not None and (caller.file, caller.function) == (src.file, src.function):
             caller = None  # (a recursive helper: its caller's ops are its own)
         between = False
@@ -146,20 +164,29 @@ class Side:
             if at.line != src.line:
                 return False
             if m.witness is not None:
-                return between and m.witness.called_from[:1] == n.witness.called_from[:1]
+                return between and call_site(m) == call_site(n)
             if last == src.line:  # (a body on the `while` line itself: its ops come before the next read)
                 return True
         return False
 
     @cached_property
-    def call_sites(self) -> Dict[Tuple[str, int], int]:
-        """(file, line) of a read -> how many lines called the helper it is in."""
-        sites: Dict[Tuple[str, int], set] = {}
+    def call_sites(self) -> Dict[Tuple[str, int], FrozenSet[Tuple[str, int]]]:
+        """(file, line) of a read in a helper -> the lines that called the helper (``call_sites``)."""
+        return call_sites(self.nodes)
+
+    @cached_property
+    def _lines_run(self) -> Dict[Tuple[str, str], List[int]]:
+        """(file, function) -> the source lines of the ops the pass ran there."""
+        out: Dict[Tuple[str, str], List[int]] = {}
         for n in self.nodes:
-            if n.witness is not None and n.source is not None and n.witness.called_from:
-                c = n.witness.called_from[0]
-                sites.setdefault((n.source.file, n.source.line), set()).add((c.file, c.line))
-        return {k: len(v) for k, v in sites.items()}
+            if n.source is not None:
+                out.setdefault((n.source.file, n.source.function), []).append(n.source.line)
+        return out
+
+    def ran_lines(self, file: str, function: str, lo: int, hi: int, but: Tuple[int, int] = (0, -1)) -> bool:
+        """Did the pass run an op at a line ``lo``..``hi`` of that function, outside ``but``
+        (a branch of an ``if``: did it run there, or the ``if``'s block around it)?"""
+        return any(lo <= x <= hi and not but[0] <= x <= but[1] for x in self._lines_run.get((file, function), ()))
 
     @cached_property
     def named(self) -> Dict[str, "Value"]:
@@ -227,17 +254,10 @@ class Side:
         return [loop_signature(s) for s in self.sigs]
 
 
-def one_call_site(A: Side, B: Side) -> FrozenSet[Tuple[str, int]]:
+def one_call_site(a: "Graph", b: "Graph") -> FrozenSet[Tuple[str, int]]:
     """Lines of reads in a helper that each pass called from one line, another
     in each (the model's forward called from a training step's line and from an
     evaluation's): the call site tells no calls apart there, and would keep
     the reads from pairing up."""
-    return frozenset(k for k in A.call_sites.keys() & B.call_sites.keys()
-                     if A.call_sites[k] == B.call_sites[k] == 1 and _site(A, k) != _site(B, k))
-
-
-def _site(s: Side, line: Tuple[str, int]) -> Tuple[str, int]:
-    n = next(n for n in s.nodes if n.witness is not None and n.witness.called_from and n.source is not None
-             and (n.source.file, n.source.line) == line)
-    c = n.witness.called_from[0]
-    return _base(c.file), c.line
+    sa, sb = call_sites(a.nodes), call_sites(b.nodes)
+    return frozenset(k for k in sa.keys() & sb.keys() if len(sa[k]) == len(sb[k]) == 1 and sa[k] != sb[k])

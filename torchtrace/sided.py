@@ -243,16 +243,9 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     if found is None:
         return None
     src, (mine, other) = first.source, (A, B) if p.status == "only_a" else (B, A)
-    lines = [n.source.line for n in other.nodes
-             if n.source is not None and (n.source.file, n.source.function) == (src.file, src.function)]
-
-    def ran(lo: int, hi: int) -> bool:
-        return any(lo <= x <= hi for x in lines)
-
-    (lo, hi), (b0, b1) = found.branch, found.block
-    if ran(lo, hi):
+    if other.ran_lines(src.file, src.function, *found.branch):
         return None  # (the other pass ran that branch too: the `if` went the same way there)
     called = found.top and first.module is not None and mine.graph.module_path(first.module) in other.calls
-    if not called and not any(b0 <= x <= b1 and not (lo <= x <= hi) for x in lines):
+    if not called and not other.ran_lines(src.file, src.function, *found.block, but=found.branch):
         return None  # (nothing says the other pass ran the `if`: neither its block, nor its module's forward)
     return f"{os.path.basename(src.file)}:{found.line}" if found.line else ""

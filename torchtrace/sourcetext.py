@@ -25,7 +25,7 @@ def kept_aside(n: "Node") -> bool:
     w = n.witness
     if w is None or not isinstance(w.value, bool) or n.source is None:
         return False
-    text = line_text(n).split("#", 1)[0]
+    text = _code(line_text(n))
     return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
 
 
@@ -111,7 +111,7 @@ def shape_test(n: "Node") -> Optional[ShapeIf]:
     at, test, lo, hi = found
     shape = _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))
     header = next(_headers_around(lines, at), None)
-    top = header is not None and _HEADER.match(header[1]) is not None and _HEADER.match(header[1]).group(1) == "def"
+    top = header is not None and _word(header[1]) == "def"
     return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at), top)
 
 
@@ -126,15 +126,15 @@ def _if_test(lines: List[str], line: int, through: Tuple[str, ...] = ()) -> Opti
         return line, lines[line - 1][m.end():colon], line, line
     for k, text in _headers_around(lines, line, _LOOK_UP):
         k, text = _statement(lines, k)
-        word = _HEADER.match(text)
+        word = _word(text)
         m = _IF.match(text)
         if m is not None:
             return k + 1, _code(text[m.end():]), k + 2, _last_of_block(lines, k + 1)
-        if word is not None and word.group(1) == "else":
+        if word == "else":
             chain = _chain(lines, k)
             if chain is not None:
                 return chain[0], chain[1], k + 2, _last_of_block(lines, k + 1)
-        if word is None or word.group(1) not in through:
+        if word not in through:
             return None
     return None
 
@@ -209,13 +209,12 @@ def _code(text: str) -> str:
 def _shape_names(lines: List[str], line: int) -> Set[str]:
     """Names assigned from a shape or type (or from such names) in the lines of
     the function that holds ``line``, above it: ``b, t = x.shape``, ``n = b * t``."""
-    start = next((k for k, text in _headers_around(lines, line) if _HEADER.match(text) is not None
-                  and _HEADER.match(text).group(1) in ("def", "async")), -1) + 1
+    start = next((k for k, text in _headers_around(lines, line) if _word(text) in ("def", "async")), -1) + 1
     out: Set[str] = set()
     for k in range(start, line - 1):
         m = _ASSIGNED.match(lines[k])
         if m is not None:
-            rhs = lines[k][m.end():].split("#", 1)[0]
+            rhs = _code(lines[k][m.end():])
             if _SHAPE_TEST.search(rhs) or not out.isdisjoint(_NAME.findall(rhs)):
                 out.update(x.strip() for x in m.group(1).split(","))
     return out
@@ -225,23 +224,27 @@ _HEADER = re.compile(r"^\s*(\w+)")
 _HANDLERS = ("except", "else", "finally")
 
 
+def _word(text: str) -> str:
+    """The first word of a line (a block header's keyword), or ""."""
+    m = _HEADER.match(text)
+    return m.group(1) if m is not None else ""
+
+
 def except_bodies(file: str, line: int) -> Tuple[int, int]:
     """The lines (first, last) of the ``except`` clauses of the ``try`` whose body
     holds ``line``; (0, -1) when there is none, or the file is not readable here."""
     lines = _lines(file, line)
     for at, text in _headers_around(lines, line) if lines else ():  # (not past a def or class)
-        word = _HEADER.match(text)
-        if word is None or word.group(1) in ("def", "class"):
+        word = _word(text)
+        if word in ("", "def", "class"):
             break
-        if word.group(1) == "try":
+        if word == "try":
             return _handlers(lines, at, _indent(text))
     return 0, -1
 
 
 _LOOP = re.compile(r"^\s*(?:async\s+)?(?:for|while)\b")
 _COMPREHENSION = re.compile(r"\bfor\b.+\bin\b")
-
-
 _RETURN_COUNT = re.compile(r"^\s*return\s+(?:int|round|math\.floor|math\.ceil)\(")
 
 
@@ -254,8 +257,7 @@ def loop_header(file: str, line: int) -> Optional[Tuple[int, str]]:
     if _LOOP.match(lines[line - 1]):
         return line, _code(lines[line - 1])
     for k, text in _headers_around(lines, line):
-        word = _HEADER.match(text)
-        if word is not None and word.group(1) in ("def", "class"):
+        if _word(text) in ("def", "class"):
             return None
         if _LOOP.match(text):
             return k + 1, _code(text)
@@ -280,27 +282,19 @@ def in_loop(file: str, line: int) -> Optional[bool]:
     lines = _lines(file, line)
     if lines is None:
         return None
-    if _LOOP.match(lines[line - 1]) or _COMPREHENSION.search(lines[line - 1].split("#", 1)[0]):
-        return True
-    for _, text in _headers_around(lines, line):
-        word = _HEADER.match(text)
-        if word is not None and word.group(1) in ("def", "class"):
-            return False
-        if _LOOP.match(text):
-            return True
-    return False
+    return bool(_COMPREHENSION.search(_code(lines[line - 1]))) or loop_header(file, line) is not None
 
 
 _WHILE = re.compile(r"^\s*while\b")
 
 
-def while_body(file: str, line: int) -> Tuple[int, int]:
-    """The lines (first, last) of the body of the ``while`` at ``line``; (0, -1)
-    when that line is no ``while`` or the file is not readable here."""
+def while_end(file: str, line: int) -> int:
+    """The last line of the body of the ``while`` at ``line`` (``line`` itself for a
+    body on that line); 0 when that line is no ``while`` or the file is not readable here."""
     lines = _lines(file, line)
     if lines is None or not _WHILE.match(lines[line - 1]):
-        return 0, -1
-    return line + 1, _last_of_block(lines, line)
+        return 0
+    return _last_of_block(lines, line)
 
 
 def _last_of_block(lines: List[str], line: int) -> int:
@@ -342,10 +336,10 @@ def _handlers(lines: List[str], at: int, indent: int) -> Tuple[int, int]:
         if _blank(text):
             continue
         if _indent(text) <= indent:
-            word = _HEADER.match(text)
-            if word is None or word.group(1) not in _HANDLERS:
+            word = _word(text)
+            if word not in _HANDLERS:
                 break
-            inside = word.group(1) == "except"
+            inside = word == "except"
             first = first or (k + 1 if inside else 0)
         elif inside:
             last = k + 1

@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
-from .serialize import content_key, decode, encode, witness_from_dict
+from .serialize import SQLITE_HEADER, content_key, decode, encode, witness_from_dict
 
 SCHEMA_VERSION = 2  # 2: graph rows keyed by content (passes name theirs); 1 is read too
 _SCHEMA = """
@@ -365,9 +365,6 @@ class _Tx:
 _REF = re.compile(r"(?P<path>.+?\.db)(?::(?P<a>[^:]*))?(?::(?P<b>[^:]*))?")
 
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def _sqlite_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
     """A store under another name than ``*.db`` (``run.sqlite``, ``run.sqlite:3``):
     (path, [rank,] idx parts) when the file is an SQLite database, else None."""
@@ -376,7 +373,7 @@ def _sqlite_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
         path = ":".join(pieces[:k])
         try:
             with open(path, "rb") as f:
-                if f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER:
+                if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
                     return path, pieces[k:]
         except OSError:
             continue
