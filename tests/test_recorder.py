@@ -1552,6 +1552,7 @@ def test_every_cleanup_step_runs_when_one_is_interrupted(monkeypatch):
         with torchtrace.trace(m):
             m(x).sum().backward()
     assert calls and torch.inference_mode.__exit__ is exit_before and ef._stance is stance
+    assert "data" not in torch.Tensor.__dict__  # (the `.data` setter, patches.py)
     assert not _get_current_dispatch_mode_stack() and not nn_module._global_forward_hooks
 
 
@@ -1591,3 +1592,82 @@ def test_an_op_whose_event_an_interrupt_cut_off_leaves_a_valid_graph():
     g = t.graph
     validate_graph(g)
     assert g.values[-1].role == "constant" and [n.short_op for n in g.nodes] == ["t", "addmm"]
+
+
+def test_a_lazy_modules_first_call_is_recorded_whole():
+    """A LazyLinear materializes its parameters on its first call: `.data` of an
+    UninitializedParameter (a `detach` whose input raises on `.shape`) made every
+    such op a record error, and the parameter lost its name. The result is the
+    untraced one, bit for bit."""
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.LazyLinear(2))
+
+    x = torch.randn(3, 5)
+    want = build()(x)
+    m = build()
+    with torchtrace.trace(m) as t:
+        got = m(x)
+    assert torch.equal(got, want)
+    g = t.graph
+    assert "record_errors" not in g.meta
+    vals = {v.id: v for v in g.values}
+    inits = [n for n in g.nodes if n.op == "aten.uniform_.default"]
+    assert [vals[n.outputs[0]].name for n in inits] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert [vals[n.outputs[0]].shape for n in inits] == [(4, 5), (4,), (2, 4), (2,)]
+    addmm = [n for n in g.nodes if n.op == "aten.addmm.default"]
+    assert [vals[addmm[i].inputs[0]].name for i in range(2)] == ["0.bias", "2.bias"]
+    assert addmm[1].inputs[1] == g.nodes[g.nodes.index(addmm[0]) + 1].outputs[0]  # relu's output
+
+
+def test_data_swapped_under_a_tensor_is_read_as_it_is_now():
+    """`t.data = other` is no op a dispatch mode sees: after `model.double()` (or
+    `p.data = ...` in a pruning pre-hook) inside a trace, the pass read the
+    parameters as the values they were, f32 and their old shapes. The values now
+    say what the tensors are (the real tensors are the oracle)."""
+    m, x = nn.Linear(4, 3), torch.randn(2, 4)
+
+    def prune(mod, args):
+        mod.weight.data = mod.weight.data[:2].clone()
+        mod.bias.data = mod.bias.data[:2].clone()
+
+    seen = {}
+
+    def keep(mod, args, out):
+        seen[len(seen)] = (mod.weight.dtype, tuple(mod.weight.shape), out.dtype, tuple(out.shape))
+
+    m.register_forward_hook(keep)
+    with torchtrace.trace(m) as t:
+        m(x)
+        m.double()
+        m(x.double())
+        h = m.register_forward_pre_hook(prune)
+        m(x.double())
+        h.remove()
+    g = t.graph
+    vals = {v.id: v for v in g.values}
+    addmm = [n for n in g.nodes if n.op == "aten.addmm.default"]
+    weights = [vals[n.inputs[0]] for n in g.nodes if n.op == "aten.t.default"]
+    assert [w.name for w in weights] == ["weight"] * 3
+    assert [(w.dtype, w.shape) for w in weights] == [(str(d).replace("torch.", ""), s) for d, s, _, _ in seen.values()]
+    assert [(vals[n.outputs[0]].dtype, vals[n.outputs[0]].shape) for n in addmm] == [
+        (str(d).replace("torch.", ""), s) for _, _, d, s in seen.values()]
+    assert [vals[n.inputs[0]].shape for n in addmm] == [(3,), (3,), (2,)]
+    assert "data" not in torch.Tensor.__dict__  # the patch is gone with the trace
+
+
+def test_the_data_patch_stays_until_the_last_trace_ends_and_goes_on_errors():
+    m, x = nn.Linear(2, 2), torch.randn(1, 2)
+    outer = torchtrace.trace(m)
+    outer.__enter__()
+    try:
+        with pytest.raises(ValueError), torchtrace.trace(m):
+            assert "data" in torch.Tensor.__dict__
+            raise ValueError("user error")
+        assert "data" in torch.Tensor.__dict__  # the outer trace still holds it
+        p = nn.Parameter(torch.zeros(3))
+        p.data = torch.ones(5)
+        assert torch.equal(p, torch.ones(5)) and type(p) is nn.Parameter and torch.equal(p.data, torch.ones(5))
+    finally:
+        outer.__exit__(None, None, None)
+    assert "data" not in torch.Tensor.__dict__

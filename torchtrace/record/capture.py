@@ -23,7 +23,7 @@ from .autograd import AutogradTracker, grad_fns, storage_keys
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, named_tensors, tensors_in
 from .compiled import CompileGuard
-from .keysync import KeySync
+from .patches import Patches
 from .composite import see_autocast
 from .fork import STARTED
 from .frames import called_by_torch, frame_filter, local_name
@@ -61,7 +61,7 @@ class Capture:
         self._mode_pushed = False
         self._below: Any = None  # the mode under ours when it was pushed (pop_mode)
         self.compile_guard = CompileGuard(self._saw_compiled_code)  # while started (compiled.py)
-        self.key_sync = KeySync()  # while started (keysync.py)
+        self.patches = Patches()  # while started (patches.py)
         self._installed = False
         self.new_pass()
         if model is not None:
@@ -71,7 +71,7 @@ class Capture:
     def start(self, *, with_mode: bool = True) -> None:
         STARTED.add(self)
         self.compile_guard.start()  # until stop(), sampled pass or not
-        self.key_sync.start()
+        self.patches.start()
         self.scope.install()
         self._installed = True
         if with_mode:
@@ -116,7 +116,7 @@ class Capture:
         STARTED.discard(self)
         # each step runs even when one before it raised (a KeyboardInterrupt landing in one of them)
         _every(lambda: self.pop_mode(force=True), self._remove_hooks, self.autograd.close, self.compile_guard.stop,
-               self.key_sync.stop)
+               self.patches.stop)
 
     def _remove_hooks(self) -> None:
         if self._installed:

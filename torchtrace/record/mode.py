@@ -303,7 +303,11 @@ class RecordingMode(TorchDispatchMode):
     def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
         """A new value for tensor ``t`` (the hot path inlines this for fresh outputs)."""
         vid = len(self.vmeta)
-        self.vmeta.append((t.dtype, t.device, origin, *t.shape))
+        try:
+            shape = t.shape
+        except RuntimeError:  # a lazy module's UninitializedParameter: the empty tensor it holds
+            shape = t.size()
+        self.vmeta.append((t.dtype, t.device, origin, *shape))
         self.vrefs.append(ref if ref is not None else _ref(t))
         self.vmap[id(t)] = vid
         return vid
@@ -312,6 +316,11 @@ class RecordingMode(TorchDispatchMode):
         """A value for parameter ``t`` that no op of the pass read (its gradient was
         computed: a block that ran only backward)."""
         return self._add_value(t, ("ext", "param", name, t.requires_grad))
+
+    def forget(self, t: Any) -> None:
+        """``t.data = other`` (patches.py): its next read is a new value."""
+        if self.vid_of(t) is not None:
+            del self.vmap[id(t)]
 
     def vid_of(self, t: Any) -> Optional[int]:
         """The value id of tensor ``t`` if this pass has seen it, else None

@@ -1,0 +1,117 @@
+"""The two torch class attributes torchtrace swaps while any capture is started.
+
+* ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
+  dispatch keys as they were on entry, and those say whether a dispatch mode
+  is on (the Python keys). A Recorder that takes its mode off or puts it on
+  inside such a block (a pass boundary at an evaluation's model call, with
+  ``every=K``) would leave the keys out of step with the mode stack: the next
+  op then fails in torch ("Hit Python dispatch key but no arguments had
+  PyInterpreter") or skips the mode. Each exit sets the Python keys from the
+  mode stack again (what pushing and popping a mode set them to).
+* ``torch.Tensor.data``: ``t.data = other`` swaps a tensor's data with no op a
+  dispatch mode sees. ``Module.to()``/``.double()``/``.half()`` do it to every
+  parameter, a lazy module's first call to its own, and older pruning and
+  weight-drop code in forward pre-hooks. A pass would keep reading the tensor
+  as the value it was (its old shape and dtype). On set, every started capture
+  forgets the tensor: its next read is a new value, as it is now.
+
+Counted: traces that end out of order, or in other threads, keep a patch until
+the last one stops; then the class is as it was.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any, Callable, List, Optional
+
+import torch
+
+from .fork import STARTED
+
+_C = torch._C
+_KEYS = tuple(getattr(_C.DispatchKey, k) for k in ("Python", "PythonTLSSnapshot") if hasattr(_C.DispatchKey, k))
+_MISSING = object()
+
+
+def sync_python_keys() -> None:
+    """The Python dispatch keys on exactly when a dispatch mode is on the stack."""
+    on = _C._len_torch_dispatch_stack() > 0
+    for k in _KEYS:
+        _C._dispatch_tls_set_dispatch_key_included(k, on)
+
+
+class ClassPatch:
+    """``owner.name`` set to ``make(the attribute it replaces)`` while held at
+    least once (``make`` returns None: nothing to patch)."""
+
+    def __init__(self, owner: type, name: str, make: Callable[[Any], Optional[Any]]) -> None:
+        self.owner, self.name, self.make = owner, name, make
+        self._lock = threading.Lock()
+        self._users = 0
+        self._orig: Any = _MISSING  # what owner.__dict__ held (_MISSING: inherited or absent)
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._users == 0:
+                new = self.make(inspect.getattr_static(self.owner, self.name, None))
+                if new is None:
+                    return False
+                self._orig = self.owner.__dict__.get(self.name, _MISSING)
+                setattr(self.owner, self.name, new)
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                if self._orig is _MISSING:
+                    delattr(self.owner, self.name)
+                else:
+                    setattr(self.owner, self.name, self._orig)
+
+
+def _synced_exit(orig: Any) -> Optional[Callable[..., Any]]:
+    if orig is None:
+        return None
+
+    def __exit__(self_: Any, *exc: Any) -> Any:
+        try:
+            return orig(self_, *exc)
+        finally:
+            sync_python_keys()
+    return __exit__
+
+
+def _forgetting_data(orig: Any) -> Optional[property]:
+    if orig is None or not hasattr(orig, "__set__"):
+        return None
+    get, put = orig.__get__, orig.__set__
+
+    def data(self: torch.Tensor) -> torch.Tensor:
+        return get(self, type(self))
+
+    def set_data(self: torch.Tensor, new: torch.Tensor) -> None:
+        put(self, new)
+        for cap in list(STARTED):
+            cap.mode.forget(self)
+    return property(data, set_data, doc=getattr(orig, "__doc__", None))
+
+
+PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _synced_exit),
+           ClassPatch(torch.Tensor, "data", _forgetting_data))
+
+
+class Patches:
+    """One capture's hold on :data:`PATCHES`, from start() to stop()."""
+
+    def __init__(self) -> None:
+        self.held: List[ClassPatch] = []
+
+    def start(self) -> None:
+        if not self.held:
+            self.held = [p for p in PATCHES if p.acquire()]
+
+    def stop(self) -> None:
+        while self.held:
+            self.held.pop().release()
