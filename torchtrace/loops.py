@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from .align import Pair
-from .side import Side, Sig
+from .side import Loop, Side, Sig
 from .sourcetext import in_loop
 from .textform import ordinal, plural, where
 
@@ -102,8 +102,29 @@ class LoopFinder:
             if ia is None or ib is None:
                 continue
             w = self.witness_change(ia, ib)
-            yield w, LoopChange(w.file, w.line, w.function, len(ra), len(rb), "witness", 0, _keyword(w.file, w.line),
-                                self._which_run(sig, exit_a, exit_b))
+            a, b, file, line, function, keyword = len(ra), len(rb), w.file, w.line, w.function, _keyword(w.file, w.line)
+            loop, ended = self._body_loop(self.A, ia, ((self.A, exit_a), (self.B, exit_b)))
+            if ended:  # the loop the read ended: in its body, each run's exit read is in a run of the body more
+                file, function, line, keyword = loop[0], loop[1], loop[2], loop[4]
+                if not loop[5]:
+                    a, b = a + (exit_a is not None), b + (exit_b is not None)
+            elif loop is not None:
+                keyword = "if"
+            yield w, LoopChange(file, line, function, a, b, "witness", 0, keyword, self._which_run(sig, exit_a, exit_b))
+
+    def _body_loop(self, side: Side, i: int, exits: Sequence[Tuple[Side, Optional[int]]]
+                   ) -> Tuple[Optional[Loop], bool]:
+        """The loop around read ``i`` when its line is no loop's header nor an
+        ``if`` (``Side.loop_of``), and whether the exit reads ``exits`` ((side,
+        read), at least one) each ended it. A loop that went on after one
+        (``v = bool(m[i])`` ... ``if v:`` in a ``for``) makes the read each
+        iteration's branch, no loop's count."""
+        src = side.nodes[i].source
+        loop = side.loop_of(i) if src is not None and _keyword(src.file, src.line) not in BRANCHES else None
+        if loop is None:
+            return None, False
+        return loop, loop[5] or any(e is not None for _, e in exits) and all(
+            e is None or s.left_loop(e, loop) for s, e in exits)
 
     def _which_run(self, sig: Sig, exit_a: Optional[int], exit_b: Optional[int]) -> Optional[Tuple[int, int]]:
         """(k, runs) when the loop at ``sig`` ran as many times on both sides (a
@@ -163,6 +184,9 @@ class LoopFinder:
                 src = X.nodes[rx[k][0]].source
                 file, line = (src.file, src.line) if src else ("?", 0)
                 a, b = (rx[k][2], ry[k][2]) if col == 0 else (ry[k][2], rx[k][2])
+                body, ended = self._body_loop(X, rx[k][0], [(S, r[1]) for S, rs in ((X, rx), (Y, ry)) for r in rs])
+                if body is not None and not ended:
+                    continue  # (each iteration's branch)
                 return LoopChange(file, line, src.function if src else "?", a, b, "witness", 0,
                                   _keyword(file, line), (k, len(rx)) if len(rx) > 1 else None)
         return None

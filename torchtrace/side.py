@@ -8,13 +8,14 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
-from .sourcetext import while_end
+from .sourcetext import loop_span, while_end
 from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node, Value
 
 Sig = Tuple[Any, ...]  # (phase, module path, op, file, line[, a helper read's caller file, line][, params read])
+Loop = Tuple[str, str, int, int, str, bool]  # file, function, header line, last line, keyword, header calls the read
 
 BOOKKEEPING = "autograd_internal"
 
@@ -137,7 +138,42 @@ class Side:
             last = ends.setdefault((src.file, src.line), while_end(src.file, src.line))
             if last:
                 keys[i] = ("bool", self._went_on(i, last))  # (last == the line: `while c: body` on one line)
+                continue
+            loop = self.loop_of(i)  # (`go = n.item() > 0` in the body of `while go:`)
+            if loop is not None and loop[4] == "while" and not loop[5]:
+                keys[i] = ("bool", not self.left_loop(i, loop))
         return keys
+
+    def loop_of(self, i: int) -> Optional[Loop]:
+        """The loop whose count read ``i`` may decide, when the read is not at that
+        loop's own header: the loop around it in its function (``done = bool(...)``
+        in the body of ``while not done:``), else the loop around the line that
+        called the helper it is in (``if stop(n): break``), or at that line
+        (``while unfinished():``, the last field True)."""
+        n = self.nodes[i]
+        src, w = n.source, n.witness
+        if src is None or w is None:
+            return None
+        own = loop_span(src.file, src.line)
+        if own is not None:
+            return None if own[0] == src.line else (src.file, src.function, *own, False)
+        c = w.called_from[0] if w.called_from else None
+        span = loop_span(c.file, c.line) if c is not None else None
+        return None if span is None else (c.file, c.function, *span, span[0] == c.line)
+
+    def left_loop(self, i: int, loop: Loop) -> bool:
+        """After read ``i``, did that call of the loop's function go on past the
+        loop's lines before it read at ``i``'s signature again (the loop ended)?"""
+        file, function, first, last = loop[:4]
+        mod, sig = self.nodes[i].module, self.sigs[i]
+        for k in range(i + 1, len(self.nodes)):
+            if self.wkeys[k] is not None and self.sigs[k] == sig:
+                return False
+            at = self.nodes[k].source
+            if at is not None and self.nodes[k].module == mod and (at.file, at.function) == (file, function) and \
+                    not first <= at.line <= last:
+                return True
+        return True
 
     def _went_on(self, i: int, last: int) -> bool:
         """Did the ``while`` whose condition read op ``i`` run its body again? The

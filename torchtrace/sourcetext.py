@@ -244,6 +244,7 @@ def except_bodies(file: str, line: int) -> Tuple[int, int]:
 
 
 _LOOP = re.compile(r"^\s*(?:async\s+)?(?:for|while)\b")
+_WHILE = re.compile(r"^\s*while\b")
 _COMPREHENSION = re.compile(r"\bfor\b.+\bin\b")
 _RETURN_COUNT = re.compile(r"^\s*return\s+(?:int|round|math\.floor|math\.ceil)\(")
 
@@ -276,6 +277,17 @@ def feeds_loop(read: "Node", file: str, line: int) -> bool:
     return read.source.line == header[0] or not names_assigned(read).isdisjoint(_NAME.findall(header[1]))
 
 
+def loop_span(file: str, line: int) -> Optional[Tuple[int, int, str]]:
+    """(header line, last line of its body, ``for``/``while``) of the loop at
+    ``line`` or the innermost one of its function whose body holds it; None
+    when there is none or the file is not readable here."""
+    lines = _lines(file, line)
+    header = loop_header(file, line) if lines is not None else None
+    if lines is None or header is None:
+        return None
+    return header[0], _last_of_block(lines, header[0]), "while" if _WHILE.match(header[1]) else "for"
+
+
 def in_loop(file: str, line: int) -> Optional[bool]:
     """Is ``line`` inside a ``for``/``while`` of its function (or a comprehension
     on it)? None when the file is not readable here."""
@@ -283,9 +295,6 @@ def in_loop(file: str, line: int) -> Optional[bool]:
     if lines is None:
         return None
     return bool(_COMPREHENSION.search(_code(lines[line - 1]))) or loop_header(file, line) is not None
-
-
-_WHILE = re.compile(r"^\s*while\b")
 
 
 def while_end(file: str, line: int) -> int:

@@ -1,0 +1,122 @@
+"""torchtrace.diff: loops ended by a read in their body (a done flag, a number
+compared and kept, a helper with ``break``), as in transformers' ``generate``."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchtrace
+import zoo
+from torchtrace.ir import Graph
+
+
+def line_of(marker: str) -> int:
+    return zoo.marked_line(__file__, marker)
+
+
+def stop(c: torch.Tensor) -> bool:
+    return bool(c <= 0)  # LINE:helper_read
+
+
+class Loops(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, cnt: torch.Tensor, kind: str) -> torch.Tensor:
+        if kind == "flag":
+            done = False
+            while not done:  # LINE:flag_while
+                x = self.l(x)
+                cnt = cnt - 1
+                done = bool(cnt <= 0)  # LINE:flag_read
+        elif kind == "number":
+            go = True
+            while go:  # LINE:number_while
+                x = self.l(x)
+                cnt = cnt - 1
+                go = cnt.item() > 0  # LINE:number_read
+        elif kind == "helper":
+            for _ in range(10):  # LINE:helper_for
+                x = self.l(x)
+                cnt = cnt - 1
+                if stop(cnt):
+                    break
+        else:  # a read in the body that decides no count: each iteration's own `if`
+            for i in range(4):
+                v = bool(cnt[i] > 0)  # LINE:per_item
+                if v:
+                    x = self.l(x)
+        return x
+
+
+def _run(m: nn.Module, n, kind: str, x: torch.Tensor) -> Graph:
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(x, torch.tensor(n), kind)
+    return t.graph
+
+
+@pytest.mark.parametrize("kind, loop, read, values", [
+    ("flag", "`while` at `test_diff_loops.py:{flag_while}`", "flag_read", ("True", "False", "False", "True")),
+    ("number", "`while` at `test_diff_loops.py:{number_while}`", "number_read", ("2", "4", "4", "0")),
+    ("helper", "`for` at `test_diff_loops.py:{helper_for}`", "helper_read", ("True", "False", "False", "True")),
+])
+def test_a_loop_ended_by_a_read_in_its_body_is_named_with_its_iterations(kind, loop, read, values):
+    """The loop used to be "the loop at" the read's line (a helper's `return`),
+    with a count one short (2x for 3 iterations), or 0x/1x for a number read."""
+    torch.manual_seed(0)
+    m, x = Loops(), torch.randn(2, 4)
+    head = loop.format(**{k: line_of(k) for k in ("flag_while", "number_while", "helper_for")})
+    at = f"`test_diff_loops.py:{line_of(read)}`"
+    three, five, one = _run(m, 3, kind, x), _run(m, 5, kind, x), _run(m, 1, kind, x)
+    per = 5 if kind != "number" else 4  # ops per iteration (the number read's `gt` is Python's)
+    assert torchtrace.diff(three, five).why() == [
+        f"{head} ran 3\u00d7 in A, 5\u00d7 in B; {at} read {values[0]} in A, {values[1]} in B "
+        f"\u2192 {2 * per} ops only in B (in `<root>`)"]
+    assert torchtrace.diff(five, one).why() == [
+        f"{head} ran 5\u00d7 in A, 1\u00d7 in B; {at} read {values[2]} in A, {values[3]} in B "
+        f"\u2192 {4 * per} ops only in A (in `<root>`)"]
+
+
+def test_a_read_that_each_iteration_branches_on_is_still_no_loop_count():
+    torch.manual_seed(0)
+    m = Loops()
+    x = torch.randn(2, 4)
+    why = " ".join(torchtrace.diff(_run(m, [1, -1, 1, 1], "items", x), _run(m, [1, 1, -1, 1], "items", x)).why())
+    assert f"test_diff_loops.py:{line_of('per_item')}` read" in why
+    assert "\u00d7 in A" not in why  # no loop ran more times
+
+
+def test_generate_names_its_decode_loop_and_its_iterations():
+    """transformers' `generate` ends its `while` by a read in a stopping
+    criterion it calls from the loop's body: the loop was "the loop at
+    utils.py:396", 2x for 3 steps, and 5x against 0x for an eos at the first
+    step (6 steps against 1)."""
+    import inspect
+
+    from transformers.generation import utils
+
+    m, ids = zoo.gpt2(n_layer=1), torch.tensor([[1, 2, 3]])
+
+    def generate(**kw):
+        with torchtrace.trace(m) as t:
+            out = m.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, do_sample=False, **kw)
+        return t.graph, out
+
+    def loop_of(d):
+        (h,) = d.structural_hunks
+        return h.loop.keyword, h.loop.file, h.loop.a, h.loop.b
+
+    three, out = generate(max_new_tokens=3, eos_token_id=None)
+    five, _ = generate(max_new_tokens=5, eos_token_id=None)
+    src = inspect.getsourcefile(utils)
+    assert loop_of(torchtrace.diff(three, five)) == ("while", src, 3, 5)
+    first = int(out[0, 3])  # greedy: the first new token, made the eos
+    (ended, o1), (ran, o6) = (generate(max_new_tokens=6, eos_token_id=e) for e in (first, (first + 1) % 100))
+    assert o1.shape[1] == 4 and o6.shape[1] == 9
+    assert loop_of(torchtrace.diff(ran, ended)) == ("while", src, 6, 1)
+    d = torchtrace.diff(ran, ended)
+    line = d.structural_hunks[0].loop.line
+    assert inspect.getsource(utils).splitlines()[0] and open(src).read().splitlines()[line - 1].strip().startswith(
+        "while ")
