@@ -1204,18 +1204,24 @@ def test_a_mode_entered_inside_the_block_and_left_open_keeps_working():
 
 
 def test_exotic_tensors_never_break_the_users_program():
+    from torch._higher_order_ops.while_loop import while_loop
+
     x = torch.randn(4, 3, requires_grad=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with torchtrace.trace() as t:
-            nt = torch.nested.nested_tensor([torch.randn(2), torch.randn(3)])   # no sizes to read
+            nt = torch.nested.nested_tensor([torch.randn(2), torch.randn(3)])   # no sizes: -1 where ragged
             gx = torch.func.grad(lambda r: r.sin().sum())(x)                    # functorch wrappers
             m = torch.nn.Linear(3, 2, device="meta")                             # no data at all
             m(torch.randn(4, 3, device="meta", requires_grad=True)).sum().backward()
+            with torch.no_grad():  # inner ops torchtrace does not see
+                while_loop(lambda i, y: i < 3, lambda i, y: (i + 1, y * 2), (torch.tensor(0), torch.ones(2)))
     assert nt.is_nested and torch.allclose(gx, x.cos())
     g = t.graph.validate()
     assert "aten.cos.default" in {n.op for n in g.nodes}
-    assert g.meta["record_errors"]["count"] >= 1 and "nested" in g.meta["record_errors"]["first"]
+    made = next(n for n in g.nodes if n.short_op.startswith("_nested_tensor_from_tensor_list"))
+    assert g.value(made.outputs[0]).shape == (2, -1)
+    assert g.meta["record_errors"]["count"] == 1 and "while_loop" in g.meta["record_errors"]["first"]
     assert any("could not record" in str(w.message) for w in caught)
     assert {gi.norm for gi in g.autograd.grads} == {"unknown"}  # meta gradients hold no numbers
     # every view says what is missing, as it says a truncated pass is (they said nothing)
@@ -1484,10 +1490,10 @@ def test_a_users_torch_function_mode_sees_only_the_programs_calls():
     assert seen[0] == seen[1] and len(seen[0]) >= 4
 
 
-def test_a_root_call_returning_a_nested_tensor_runs_and_counts_what_was_not_read(tmp_path):
+def test_a_root_call_returning_a_nested_tensor_runs_and_is_recorded(tmp_path):
     """A strided NestedTensor has no sizes: reading the root call's output
     raised out of the user's `m(x)`; now the call returns it, and the graph
-    says what it could not record."""
+    holds it, its ragged size -1."""
     m = nn.Linear(8, 4)
     x = torch.nested.nested_tensor([torch.randn(2, 8), torch.randn(3, 8)])
     plain = m(x).unbind()
@@ -1499,7 +1505,11 @@ def test_a_root_call_returning_a_nested_tensor_runs_and_counts_what_was_not_read
             rec.step(0)
             m(x)
     assert all(torch.equal(a, b) for a, b in zip(plain, y.unbind()))
-    assert t.graph.meta.get("error") is None and t.graph.meta["record_errors"]["count"] >= 1
+    g = t.graph
+    assert g.meta.get("error") is None and "record_errors" not in g.meta
+    (lin,) = [n for n in g.nodes if n.op == "aten.linear.default"]
+    assert g.outputs == lin.outputs and g.value(lin.outputs[0]).shape == (2, -1, 4)
+    assert [g.value(v).shape for v in lin.inputs] == [(2, -1, 8), (4, 8), (4,)]
 
 
 def test_misused_exits_are_refused_and_leave_the_open_recorder_alone(tmp_path):
@@ -1671,3 +1681,29 @@ def test_the_data_patch_stays_until_the_last_trace_ends_and_goes_on_errors():
     finally:
         outer.__exit__(None, None, None)
     assert "data" not in torch.Tensor.__dict__
+
+
+def test_the_fast_path_of_a_transformer_encoder_with_a_padding_mask_is_recorded_whole():
+    """In eval, `nn.TransformerEncoder` with a key padding mask packs the batch
+    into a strided NestedTensor, which has no `.shape`: every op on it was a
+    record error and the graph kept 6 ops. Its ragged dim is now -1; the ops
+    are the ones torch's profiler sees, and the output is the untraced one."""
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, batch_first=True), 2).eval()
+    x, pad = torch.randn(2, 5, 8), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's "nested tensors are a prototype")
+        with torch.profiler.profile() as prof:
+            want = enc(x, src_key_padding_mask=pad)
+        with torchtrace.trace(enc) as t:
+            got = enc(x, src_key_padding_mask=pad)
+    assert torch.equal(got, want)
+    g = t.graph
+    assert "record_errors" not in g.meta
+    top = [e.name for e in prof.events() if e.name.startswith("aten::") and not any(
+        p.name.startswith("aten::") for p in [e.cpu_parent] if p is not None)]
+    assert [n.op.split(".")[1] for n in g.nodes] == [name[len("aten::"):] for name in top]
+    fwd = [n for n in g.nodes if n.short_op.startswith("_transformer_encoder_layer_fwd")]
+    assert len(fwd) == 2 and fwd[1].inputs[0] == fwd[0].outputs[0]
+    assert [g.value(n.outputs[0]).shape for n in fwd] == [(2, -1, 8)] * 2
+    assert g.outputs == [n for n in g.nodes if n.short_op.startswith("to_padded_tensor")][0].outputs

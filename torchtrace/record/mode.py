@@ -55,6 +55,16 @@ V_DTYPE, V_DEVICE, V_ORIGIN, V_SHAPE = range(4)  # shape = record[V_SHAPE:]
 E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
 
 
+def _odd_shape(t: Any) -> Tuple[int, ...]:
+    """The shape of a tensor whose ``.shape`` raises: a strided NestedTensor's
+    (its components' number, then each dim's size, -1 where they differ), a
+    lazy module's UninitializedParameter's (the empty tensor it holds)."""
+    if t.is_nested:
+        sizes = t._nested_tensor_size().tolist()  # (an op the handler issues: not recorded)
+        return (len(sizes), *(col[0] if len(set(col)) == 1 else -1 for col in zip(*sizes)))
+    return tuple(t.size())
+
+
 class RecordingMode(TorchDispatchMode):
     """Appends ``(op info index, ins, args, kwargs, outs, seq, code, line, icode,
     ilasti, module_call, autograd_node, phase, extra)`` per op to ``self.events``."""
@@ -223,9 +233,12 @@ class RecordingMode(TorchDispatchMode):
                 outs = self._outputs(info, args, kwargs, out)
                 if info.witness is not None and not isinstance(out, (_Tensor, tuple, list)):
                     extra = out
-        except Exception as e:  # e.g. a nested tensor has no sizes: the op is kept, its outputs are not
-            self._fault(info, e, n_values)
-            outs = ()
+        except Exception:  # an odd tensor (a strided NestedTensor has no sizes): the slow path reads it
+            try:
+                outs = self._outputs(info, args, kwargs, out)
+            except Exception as e:  # the op is kept, its outputs are not
+                self._fault(info, e, n_values)
+                outs = ()
 
         if info.witness is not None:  # rare: who called the helper that read the data
             extra = Read(extra, callers_of(f, self.classify) if f is not None else ())
@@ -305,8 +318,8 @@ class RecordingMode(TorchDispatchMode):
         vid = len(self.vmeta)
         try:
             shape = t.shape
-        except RuntimeError:  # a lazy module's UninitializedParameter: the empty tensor it holds
-            shape = t.size()
+        except RuntimeError:
+            shape = _odd_shape(t)
         self.vmeta.append((t.dtype, t.device, origin, *shape))
         self.vrefs.append(ref if ref is not None else _ref(t))
         self.vmap[id(t)] = vid
