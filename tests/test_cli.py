@@ -1127,3 +1127,35 @@ def test_a_module_s_packages_run_their_init_with_the_module_s_argv(tmp_path):
                          text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0 and res.stdout == plain.stdout == "init ['a']\ntool ['a']\n", (res.stdout, res.stderr)
     assert "recorded 1 pass" in res.stderr
+
+
+def test_an_output_over_an_input_or_a_store_is_refused_and_nothing_is_lost(recorded, tmp_path):
+    """`render trace.db:0 -o trace.db` (an unknown extension became SVG) and
+    `diff a.json b.json -o a.json` replaced what they read, with exit 0."""
+    d, _ = recorded
+    db = tmp_path / "trace.db"
+    shutil.copy(d / "out" / "trace.db", db)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for k, path in enumerate((a, b)):
+        assert runner.invoke(app, ["export", f"{db}:{k}", "-o", str(path)]).exit_code == 0
+    before = {p: p.read_bytes() for p in (db, a, b)}
+    cases = ((["render", f"{db}:0", "-o", str(db)], "no format has the extension .db"),
+             (["render", f"{db}:0", "-f", "text", "-o", str(db)], "names the file this command reads"),
+             (["render", str(d / "out") + ":1", "-f", "dot", "-o", str(d / "out" / "trace.db")],
+              "names the file this command reads"),
+             (["render", str(a), "-f", "json", "-o", str(a)], "names the file this command reads"),
+             (["diff", str(a), str(b), "-o", str(b)], "names the file this command reads"),
+             (["diff", str(a), f"{db}:1", "-f", "mermaid", "-o", str(db)], "names the file this command reads"),
+             (["render", str(a), "-f", "mermaid", "-o", str(d / "out" / "trace.db")], "names a trace store"),
+             (["export", str(a), "-o", str(a)], "names the file this command reads"),
+             (["render", str(a), "-o", str(tmp_path / "g.jpg")], "no format has the extension .jpg"))
+    for args, words in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 and res.output.startswith("error: ") and words in res.output, (args, res.output)
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "g.jpg").exists()
+    with Store(d / "out" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 4
+    res = runner.invoke(app, ["render", str(a), "-f", "mermaid", "-o", str(tmp_path / "g.jpg")])  # -f: the user's call
+    assert res.exit_code == 0 and (tmp_path / "g.jpg").read_text().startswith("---"), res.output
+    res = runner.invoke(app, ["render", str(a), "-f", "mermaid", "-o", str(tmp_path / "g.jpg")])  # its own output
+    assert res.exit_code == 0, res.output

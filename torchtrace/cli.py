@@ -175,11 +175,11 @@ def render(ref: str = typer.Argument(..., help=REF_HELP),
             if given:  # (the IR is the whole graph: a view option would be silently dropped)
                 raise UsageError("view options do not apply to json", expected="-f json alone (the whole graph)",
                                  found=" ".join(given), fix="drop them, or draw the view in another format")
-            emit(dumps(graph), output, "json")
+            emit(dumps(graph), output, "json", (ref,))
             return
         from .renderers import render as draw
 
-        emit(draw(graph, fmt.value, **_view(depth, fold, phase, focus)), output, fmt.value)
+        emit(draw(graph, fmt.value, **_view(depth, fold, phase, focus)), output, fmt.value, (ref,))
     except TorchtraceError as e:
         _fail(e)
 
@@ -201,11 +201,11 @@ def diff(a: str = typer.Argument(..., help="graph A (" + REF_HELP + ")"),
             out.print(d, soft_wrap=True)  # GraphDiff.__rich__: the text form in colour
             return
         if fmt is Fmt.json:
-            emit(json.dumps(d.to_dict(), indent=1, ensure_ascii=False) + "\n", output, "json")
+            emit(json.dumps(d.to_dict(), indent=1, ensure_ascii=False) + "\n", output, "json", (a, b))
             return
         from .renderers import render as draw
 
-        emit(draw(d, fmt.value), output, fmt.value)
+        emit(draw(d, fmt.value), output, fmt.value, (a, b))
     except TorchtraceError as e:
         _fail(e)
 
@@ -271,7 +271,7 @@ def export(ref: str = typer.Argument(..., help=REF_HELP),
 
     try:  # (as `render -f json`: `-o -` is standard output, a .gz name is gzipped)
         json_name(output, ref)
-        emit(dumps(open_graph(ref)), output, "json")
+        emit(dumps(open_graph(ref)), output, "json", (ref,))
     except TorchtraceError as e:
         _fail(e)
 

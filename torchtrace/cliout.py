@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import sys
 from enum import Enum
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from rich.console import Console
 
@@ -39,6 +40,10 @@ def output_format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> 
     (``-f svg -o graph.png`` would write SVG into a .png)."""
     ext = _extension(output)
     named = _EXTENSIONS.get(ext, ())
+    if given is None and ext and not named:  # (`-o trace.db`, `-o graph.jpg`: no format to write there)
+        raise UsageError(f"-o {output}: no format has the extension {ext}",
+                         expected="-o FILE with one of " + " ".join(sorted(_EXTENSIONS)) + " (or -f FORMAT)",
+                         found=f"a {ext} file", fix=f"name it *.{default.value}, or give -f")
     if given is None:
         return named[0] if named else default
     if named and given not in named:
@@ -54,6 +59,31 @@ def _extension(output: Optional[str]) -> str:
     return os.path.splitext(name)[1].lower() if name and name != "-" else ""
 
 
+def _keeps_inputs(output: str, reads: Sequence[str]) -> None:
+    """``-o`` naming the store or graph file the command reads, or any trace
+    store, would replace it with the output: every pass in it lost."""
+    from .passref import ref_file
+    from .serialize import SQLITE_HEADER
+
+    target = Path(output)
+    try:
+        if not target.is_file():
+            return
+        same = next((r for r in reads for f in [ref_file(r)] if f is not None and os.path.samefile(f, target)), None)
+        with open(target, "rb") as fh:
+            store = fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:  # (not readable: the write says what is wrong)
+        return
+    if same is not None:
+        raise UsageError(f"-o {output} names the file this command reads ({same})", expected="-o another file",
+                         found="an input of this command: writing there would replace it",
+                         fix="write it elsewhere, e.g. -o graph.svg")
+    if store:
+        raise UsageError(f"-o {output} names a trace store", expected="-o a new file, or an earlier output",
+                         found="an SQLite trace store: writing there would lose its passes",
+                         fix="write it elsewhere, e.g. -o graph.svg")
+
+
 def json_name(output: str, ref: str) -> None:
     """``export -o graph.svg`` would write JSON into a file named for a drawing."""
     ext = _extension(output)
@@ -62,13 +92,16 @@ def json_name(output: str, ref: str) -> None:
                          found=f"a {ext} file", fix=f"name it *.json, or draw it: torchtrace render {ref} -o {output}")
 
 
-def emit(data: Any, output: Optional[str], fmt: str) -> None:
+def emit(data: Any, output: Optional[str], fmt: str, reads: Sequence[str] = ()) -> None:
+    """Write ``data``; ``reads``: the references the command read (``-o`` must
+    not replace one of their files)."""
     if output == "-":  # `-o -`: standard output, as other tools take it
         output = None
     if output is not None and not output.strip():
         raise UsageError("an empty output path", expected="-o FILE (or - for standard output)", found=repr(output),
                          fix="name a file, e.g. -o graph.svg")
     if output is not None:
+        _keeps_inputs(output, reads)
         from .serialize import atomic_write
 
         raw = data if isinstance(data, bytes) else data.encode("utf-8", "backslashreplace")  # (a lone surrogate)

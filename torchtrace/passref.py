@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .errors import UsageError
 from .ir import Graph
@@ -60,6 +60,19 @@ def open_graph(ref: str) -> Graph:
                                  fix="list the passes with `torchtrace variants STORE`")
             idx = passes[idx].idx
         return store.graph(idx, rank)
+
+
+def ref_file(ref: str) -> Optional[Path]:
+    """The file a reference reads (the store of ``trace.db:3``, a graph file), if there is one."""
+    ref = _in_run_folder(ref)
+    for k in range(3):  # (a path, then without `:IDX`, then without `:RANK:IDX`)
+        path = Path(ref.rsplit(":", k)[0]) if k else Path(ref)
+        try:
+            if path.is_file():
+                return path
+        except OSError:  # (a name too long)
+            return None
+    return None
 
 
 def _not_a_pass_of_a_file(ref: str) -> None:
