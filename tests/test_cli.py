@@ -432,10 +432,18 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_records(tm
                                 timeout=120)
         assert second.returncode == 2 and "another torchtrace run is recording into this folder" in second.stderr
         assert not (out / "trace.prev.db").exists()
+        # a Recorder of another process put its pass among the run's, which then were off by one
+        with pytest.raises(torchtrace.errors.UsageError, match="a `torchtrace run` is recording into this store"):
+            with torchtrace.Recorder(out / "trace.db"):
+                torch.nn.Linear(2, 2)(torch.randn(1, 2))
+        with torchtrace.Recorder(out / "mine.db"):  # (another store in that folder is the user's)
+            torch.nn.Linear(2, 2)(torch.randn(1, 2))
     finally:
         flag.write_text("")
         _, err = first.communicate(timeout=120)
     assert first.returncode == 0 and "recorded 2 passes" in err, err
+    with Store(out / "trace.db", readonly=True) as store:
+        assert [(p.idx, p.label) for p in store.passes()] == [(0, "m (Linear) 0"), (1, "m (Linear) 1")]
     again = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0  # the lock went with the first run
     assert (out / "trace.prev.db").exists()

@@ -136,6 +136,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_let_go)
 
 
+def refuse_if_a_run_records(store: Path) -> None:
+    """A Recorder (of another process, or another thread of the run's) on the
+    store of a folder whose lock a `torchtrace run` holds: its passes would land
+    among the run's, with the run's indices."""
+    if store.name not in (RUN_STORE, PREV_STORE):
+        return
+    try:
+        import fcntl
+
+        fd = os.open(store.parent / ".torchtrace.lock", os.O_RDONLY)
+    except (ImportError, OSError):  # (not POSIX, or no run ever recorded there)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError("a `torchtrace run` is recording into this store", where=str(store),
+                         expected="a store no run is recording into", found="its folder's lock held",
+                         fix="pass the Recorder another store, or wait until that run ends") from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # (and with it the shared lock taken to look)
+
+
 def _lock(fd: int, out: Path) -> None:
     try:
         import fcntl

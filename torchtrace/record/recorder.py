@@ -35,6 +35,7 @@ from .inert import PreHook
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
 from ..options import capture_options, recorder_options
+from ..outdir import refuse_if_a_run_records
 
 _ACTIVE = threading.local()
 _task_id = torch._C._current_graph_task_id
@@ -105,6 +106,8 @@ class Recorder:
             return self
         if outer is not None:
             raise UsageError("a Recorder is already active in this thread", fix="nest no Recorders")
+        if not isinstance(self._store_arg, Store) and not self.launched:
+            refuse_if_a_run_records(Path(self._store_arg))
         self.store = self._store_arg if isinstance(self._store_arg, Store) else Store(self._store_arg)
         self.capture = Capture(skip=self._skip, max_ops=self._max_ops)
         self.capture.on_root = self._on_root
