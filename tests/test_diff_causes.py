@@ -1363,36 +1363,78 @@ def test_the_backward_of_a_packed_sequence_is_put_down_to_its_lengths():
 
 
 class MeanGate(nn.Module):
-    """A branch on the data; no module that behaves otherwise in eval mode."""
+    """A branch on the data; no module that behaves otherwise in eval mode
+    (unless ``gate`` is one)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 4)
+        self.gate = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
         if x.mean() > 0:  # LINE:meangate
-            h = h.relu()
+            h = h.relu() if self.gate is None else self.gate(h).relu()
         return h
 
 
 def test_a_read_right_before_the_ops_is_said_before_train_and_eval():
     """A in training mode on a negative input, B in eval mode on a positive
-    one: the relu only B ran follows the read right before it. Both modes
-    differ too, and are named after it; with no read, the modes are the cause."""
+    one: the relu only B ran follows the read right before it. The modes differ
+    too, but nothing there runs otherwise in training, so they are not named
+    (they were); with no read, and a dropout, the modes are the cause."""
     torch.manual_seed(0)
     m = MeanGate()
     a = zoo.record(m.train(), -torch.ones(3, 4))
     b = zoo.record(m.eval(), torch.ones(3, 4))
     [h] = torchtrace.diff(a, b).hunks
+    assert h.trained is None and h.witness.line == line_of("meangate")
+    assert h.explanation == (f"`test_diff_causes.py:{line_of('meangate')}` read False in A, True in B "
+                             "\u2192 1 op only in B (in `<root>`)")
+    assert torchtrace.diff(b, a).hunks[0].explanation.startswith(
+        f"`test_diff_causes.py:{line_of('meangate')}` read True in A, False in B \u2192")
+    m.gate = nn.BatchNorm1d(4)  # the branch runs a batch norm too: the modes could decide ops, and are named after
+    [h] = torchtrace.diff(zoo.record(m.train(), -torch.ones(3, 4)), zoo.record(m.eval(), torch.ones(3, 4))).hunks
     assert h.trained == "A" and h.read_first and h.witness.line == line_of("meangate")
     assert h.explanation == (f"`test_diff_causes.py:{line_of('meangate')}` read False in A, True in B (modules also "
-                             "in training mode in A, eval mode in B) \u2192 1 op only in B (in `<root>`)")
-    assert torchtrace.diff(b, a).hunks[0].explanation.startswith(
-        f"`test_diff_causes.py:{line_of('meangate')}` read True in A, False in B (modules also in training mode in B")
+                             "in training mode in A, eval mode in B) \u2192 3 ops only in B (in `<root>`)")
     drop = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
     [h] = torchtrace.diff(zoo.record(drop.train(), torch.ones(3, 4)), zoo.record(drop.eval(), torch.ones(3, 4))).hunks
     assert not h.read_first and h.explanation.startswith("modules in training mode in A, eval mode in B")
+
+
+class Deepens(nn.Module):
+    """A Python flag picks a layer; an `if self.training:` picks a scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.deep = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        if self.training:
+            h = h * 2  # LINE:train_scale
+        h = h - 1  # (both passes: two hunks)
+        if self.deep:
+            h = h + torch.relu(self.b(h))  # LINE:deep
+        return h
+
+
+def test_a_flag_flipped_with_train_is_not_put_down_to_the_mode():
+    """Nothing `.train()` could decide ran in the deep branch: it was "modules in
+    training mode in B" (the flag, flipped at the same time, is Python state)."""
+    torch.manual_seed(0)
+    m, x = Deepens(), torch.randn(4, 8)
+    a = zoo.record(m.eval(), x)
+    m.deep = True
+    b = zoo.record(m.train(), x)
+    hunks = torchtrace.diff(a, b).structural_hunks
+    by_line = {h.only_b[0].source.line: h for h in hunks}
+    assert set(by_line) == {line_of("train_scale"), line_of("deep")}
+    assert by_line[line_of("train_scale")].trained == "B"
+    assert by_line[line_of("deep")].trained is None
+    assert "decided by Python state" in by_line[line_of("deep")].explanation
 
 
 class TwoCauses(nn.Module):

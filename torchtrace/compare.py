@@ -347,8 +347,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             args = arg_changes(args_only(changed), reshaped(changed))
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), witness,
                               types=type_changes(value_pairs(A, B, changed)), args=args, rewires=rewires(A, B, changed),
-                              trained=trained(A, B, changed, fed) if any(  # (BatchNorm's batch statistics)
-                                  a.key in ("training", "train") for a in args) else None))
+                              trained=trained(A, B, changed, fed, by_args=True) if any(  # (BatchNorm's batch
+                                  a.key in ("training", "train") for a in args) else None))  # statistics, an LSTM's)
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     hunks = moved(A, B, fed_by_one_sided(A, B, backward_like_forward(A, B, hunks, witnesses)))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,

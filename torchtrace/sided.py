@@ -15,7 +15,7 @@ from .side import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
 from .ir import Graph, Node
-from .sourcetext import shape_test
+from .sourcetext import shape_test, tests_training
 from .typechange import TypeChange
 
 
@@ -170,14 +170,17 @@ def fed_by(rows: Sequence[OpPair], fed: Fed) -> Tuple[InputChange, ...]:
     return tuple(found.values())
 
 
-def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed) -> Optional[str]:
+def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = False) -> Optional[str]:
     """"A" when every op of ``rows`` ran in a module call that was in training
     mode in A and in eval mode in B (the same module call, by path and call
     index; for a call only one side made, the nearest enclosing call both made:
     `if self.training:` calling submodules); "B" the other way round. An op only
     on one side that reads what was computed from an input only that side passed
     (``fed``: ``attention_mask`` given with ``.eval()``) is the input's (``fed_by``),
-    not the mode's: it is left out, and a hunk of such ops alone has no mode cause."""
+    not the mode's: it is left out, and a hunk of such ops alone has no mode cause.
+    Training mode must be able to decide one of the ops (``_modal``; ``by_args``:
+    a ``training`` argument differs): an ``if self.deep:`` flipped together with
+    ``.train()`` is not the mode's doing."""
     sides = set()
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
@@ -193,7 +196,23 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed) -> Optional[str]
             if mine is None or theirs is None or mine == theirs:
                 return None
             sides.add(x if mine else 1 - x)
-    return "AB"[sides.pop()] if len(sides) == 1 else None
+    if len(sides) != 1 or not by_args and not any(_modal(g, n) for p in rows
+                                                  for g, n in ((A.graph, p.a), (B.graph, p.b)) if n is not None):
+        return None
+    return "AB"[sides.pop()]
+
+
+_MODAL_OPS = ("dropout", "bernoulli", "batch_norm", "rrelu")
+# torch.nn modules whose fast path (fused kernels) runs only in eval
+_FAST_PATHS = ("TransformerEncoder", "TransformerDecoder", "MultiheadAttention")
+
+
+def _modal(g: Graph, n: Node) -> bool:
+    """Can training mode decide op ``n``: a dropout or batch norm op (or its
+    backward), an op in a module that runs otherwise in training (``_MODAL``,
+    ``_FAST_PATHS``), or one whose line ``training`` decides (``tests_training``)?"""
+    return any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
+        m.type.startswith(_MODAL + _FAST_PATHS) for m in g.calls_around(n.module))
 
 
 # torch.nn modules whose forward runs other ops in training and in eval mode

@@ -82,6 +82,29 @@ def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
 
 
 _BLOCKS = ("with", "try", "except", "finally")
+_TRAINING = re.compile(r"\btraining\b")
+
+
+def tests_training(n: "Node") -> bool:
+    """Does ``training`` decide whether, or how, the line of ``n`` runs: the
+    line reads it (``F.dropout(x, training=self.training)``, ``a if self.training
+    else b``), or an ``if``/``elif`` around it tests it (at any depth of its
+    function, through other blocks; an ``else`` of such an ``if`` too)? False
+    when the line is not readable here."""
+    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    if lines is None:
+        return False
+    line = n.source.line
+    if _TRAINING.search(_code(lines[line - 1])):
+        return True
+    for _ in range(16):
+        found = _if_test(lines, line, _BLOCKS + ("for", "while", "async"))
+        if found is None or found[0] >= line:
+            return False
+        if _TRAINING.search(found[1]):
+            return True
+        line = found[0]
+    return False
 
 
 class ShapeIf(NamedTuple):
