@@ -1760,3 +1760,32 @@ def test_the_readme_s_query_joins_each_pass_to_its_own_graph(tmp_path):
     db.close()
     assert [r[0] for r in rows] == [0, 1, 2] and all(r[1] == len(t.graph.nodes) for r in rows)
     assert rows[0][2] == rows[2][2] != rows[1][2] and all(r[2].startswith(f"{r[3]}.") for r in rows)
+
+
+def test_every_k_samples_a_teacher_called_only_after_unsampled_micro_batches(tmp_path):
+    """Two micro-batches a step and an EMA teacher after them: with every=2 the
+    teacher was only ever called while the student's second (unsampled) pass
+    ran, so no hook saw it and it was never recorded. The ends of some unsampled
+    root calls are probed (a fraction, in turn at every position of a step):
+    the teacher is found within a few steps, then sampled every 2nd of its own
+    passes; the student's passes are as before."""
+    import copy
+
+    torch.manual_seed(0)
+    m = nn.Linear(4, 4)
+    ema = copy.deepcopy(m).requires_grad_(False)
+    opt = torch.optim.SGD(m.parameters(), 0.1)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+        for step in range(40):
+            rec.step(step)
+            for _ in range(2):
+                m(torch.randn(2, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            with torch.no_grad():
+                ema(torch.randn(2, 4))
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        passes = [(p.label.split(" ")[0], p.step) for p in store.passes()]
+    assert [s for name, s in passes if name == "m"] == list(range(40))  # its 1st micro-batch of each step
+    teacher = [s for name, s in passes if name == "ema"]
+    assert teacher and teacher[0] < 20 and teacher == list(range(teacher[0], 40, 2))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import operator
 import sqlite3
-import sys
 import threading
 import time
 import weakref
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
-from torch.nn.utils.parametrize import ParametrizationList
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ..errors import TorchtraceError, UsageError, exit_error, warn
@@ -31,9 +29,9 @@ from .calls import call_kwargs, tensors_in
 from .capture import Capture
 from .compiled import Uncompiled
 from .frames import caller_name
-from .inert import PreHook
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
+from .watch import Watcher, is_model_call
 from ..options import capture_options, recorder_options
 from ..outdir import refuse_if_a_run_records
 
@@ -46,14 +44,7 @@ DEFAULT_MAX_OPS = 500_000
 _INHERITED: List[Any] = []
 
 
-def _is_model_call(module: torch.nn.Module) -> bool:
-    """Can a call of ``module`` outside any other start a pass? It must hold
-    weights, and not be a ``ParametrizationList`` (reading a parametrized
-    ``weight`` -- weight_norm, an init, logging its norm -- calls one)."""
-    return not isinstance(module, ParametrizationList) and next(module.parameters(), None) is not None
-
-
-class Recorder:
+class Recorder(Watcher):
     """Context manager recording every root pass into a trace store.
 
     ``store``: a path (created with its folder) or an open ``Store``.
@@ -79,18 +70,14 @@ class Recorder:
         self.capture: Optional[Capture] = None
         self.recorded = 0         # passes stored
         self._step: Optional[int] = None
-        # modules seen as roots: id -> (weakref, has parameters). While a pass is
-        # not sampled, a pre-hook on each of them replaces the global module hooks,
-        # so every other module call keeps torch's hook-free fast path.
-        # id -> (weakref, a model?, its ModelKeys key once a pass began at it)
+        # modules seen as roots: id -> (weakref, a model?, its ModelKeys key once a pass
+        # began at it). While a pass is not sampled, a pre-hook on each watches it (watch.py)
         self._roots: Dict[int, Tuple[Any, bool, Optional[Tuple[str, int, int]]]] = {}
         self._keys = ModelKeys()
         # the input preparation dropped at the last boundaries (of each call: a step that calls
         # two models, or a validation call, prepares the next batch before one of them only)
         self._prep: Dict[frozenset, None] = {}
-        self._root_handles: Dict[int, Tuple[Any, Any]] = {}  # id -> (weakref, its pre-hook's handle)
-        self._armed: Any = None  # the global pre-hook step() sets while unsampled: the step's first model call
-        self._mortal = False  # a model seen as a root has died (models built anew each step): step() arms
+        self._init_watcher()  # (watch.py)
         self.launched = False  # the Recorder of `torchtrace run` (a script's own one then stands aside)
         self._open = False  # inside its `with` block
         self._outer: Optional["Recorder"] = None  # that one, while this one stands aside
@@ -242,6 +229,8 @@ class Recorder:
             else:
                 cap.pop_mode()
                 self._watch()
+                if model is not None:
+                    self._probe_end(model)
 
     def _model_key(self, model: torch.nn.Module) -> Tuple[str, int, int]:
         """``model``'s ``ModelKeys`` key, asked once per model object (at the first
@@ -307,7 +296,7 @@ class Recorder:
             return
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
-            e = self._roots[id(module)] = (weakref.ref(module), _is_model_call(module), None)
+            e = self._roots[id(module)] = (weakref.ref(module), is_model_call(module), None)
         if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
             return
         def name() -> Optional[str]:
@@ -339,73 +328,6 @@ class Recorder:
         if not isinstance(self._store_arg, Store):
             _INHERITED.append(self.store)  # kept referenced: never closed by the child
         self.store = self.capture = None
-
-    # -- passes that are not sampled: no global module hooks ------------------------
-    def _watch(self) -> None:
-        cap = self.capture
-        assert cap is not None
-        watched = self._root_handles
-        alive = [r() for r, has, _ in self._roots.values() if has]
-        if None in alive:  # (dropped: a model built anew each step leaves one a step)
-            self._mortal = True
-            self._roots = {k: e for k, e in self._roots.items() if e[0]() is not None}
-            for k in [k for k, e in watched.items() if e[0]() is None]:
-                watched.pop(k)[1].remove()
-        roots = [m for m in alive if m is not None and not (id(m) in watched and watched[id(m)][0]() is m)]
-        if not roots and not watched:  # nothing known to watch (yet, or any more): the global hooks
-            self._global_hooks()
-            return
-        if cap.scope.handles:
-            cap.scope.remove()
-        for m in roots:
-            watched[id(m)] = (weakref.ref(m), m.register_forward_pre_hook(PreHook(self._root_pre)))
-
-    def _unwatch(self) -> None:
-        self._unhook()
-        self._global_hooks()
-
-    def _global_hooks(self) -> None:
-        """The global module hooks back, where a Capture is started without them."""
-        cap = self.capture
-        if cap is not None and cap._installed and not cap.scope.handles:
-            cap.scope.install()
-
-    def _unhook(self) -> None:
-        for _, h in self._root_handles.values():
-            h.remove()
-        self._root_handles = {}
-        self._disarm()
-
-    def _first_call(self, module: torch.nn.Module, args: Any) -> None:
-        """Armed by ``step()`` while unsampled: the step's first model call starts
-        a pass even when the model is new (built anew each step), then disarms."""
-        cap = self.capture
-        if cap is None or threading.get_ident() != cap.tid:
-            return None
-        e = self._root_handles.get(id(module))
-        if e is None or e[0]() is not module:
-            if not _is_model_call(module):
-                return None  # a loss or a transform before the model: wait for it
-            self._disarm()
-            return self._root_pre(module, args, sys._getframe(1))
-        self._disarm()  # a watched root: its own pre-hook sees this call
-        return None
-
-    def _disarm(self) -> None:
-        if self._armed is not None:
-            self._armed.remove()
-            self._armed = None
-
-    def _root_pre(self, module: torch.nn.Module, args: Any, frame: Any = None) -> None:
-        cap = self.capture
-        if cap is None or threading.get_ident() != cap.tid:
-            return None
-        scope = cap.scope
-        scope.depth = 0
-        scope._pre(module, args, frame or sys._getframe(1))  # a pass boundary; opens the call if now sampled
-        if not self._sampled:
-            scope.depth = 0  # no global post-hook will close it
-        return None
 
 
 def mark_step() -> None:
