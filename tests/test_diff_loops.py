@@ -120,3 +120,39 @@ def test_generate_names_its_decode_loop_and_its_iterations():
     line = d.structural_hunks[0].loop.line
     assert inspect.getsource(utils).splitlines()[0] and open(src).read().splitlines()[line - 1].strip().startswith(
         "while ")
+
+
+class Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, reps: list) -> torch.Tensor:
+        for r in reps:
+            n = torch.tensor(r)
+            while n > 0:  # LINE:nested_while
+                x = torch.tanh(self.l(x))
+                n = n - 1
+        return x
+
+
+@pytest.mark.parametrize("a, b, said", [
+    ([3, 1], [1, 3], [(3, 1, "1st of its 2"), (1, 3, "2nd of its 2")]),
+    ([3, 1], [2, 2], [(3, 2, "1st of its 2"), (1, 2, "2nd of its 2")]),
+    ([3, 1, 2], [1, 2, 3], [(3, 1, "1st of its 3"), (1, 2, "2nd of its 3")]),
+])
+def test_runs_of_a_while_whose_counts_swap_name_each_run_s_counts(a, b, said):
+    """With as many iterations in all, the alignment pairs the bodies across the
+    runs' ends: a hunk holds one run's exit read and the next run's start. It
+    said "ran 0x in A, 1x in B" and "1x in A, 0x in B"."""
+    torch.manual_seed(0)
+    m, x = Nested(), torch.randn(2, 4)
+    graphs = []
+    for reps in (a, b):
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x, reps)
+        graphs.append(t.graph)
+    head = f"`while` at `test_diff_loops.py:{line_of('nested_while')}`"
+    assert torchtrace.diff(*graphs).why() == [
+        f"{head} ran {ca}\u00d7 in A, {cb}\u00d7 in B (the {run} runs) \u2192 3 ops only in {'B' if k == 0 else 'A'} "
+        "(in `<root>`)" for k, (ca, cb, run) in enumerate(said)]

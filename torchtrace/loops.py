@@ -83,12 +83,16 @@ class LoopFinder:
         of times before their exit read. A data-dependent shape is no loop
         condition: ``out[mask] = expert(x[mask])`` reads [1,3] in two
         iterations of a loop whose `if mask.any()` decides them."""
-        first: Dict[Sig, Any] = {}
+        first: Dict[Sig, Tuple[Any, Side, int]] = {}
         for i, j in self.pairs[k0:k1]:
             for side, x in ((self.A, i), (self.B, j)):
                 if x is not None and side.wkeys[x] is not None and side.nodes[x].witness.shape is None:
-                    first.setdefault(side.sigs[x], side.loop_keys[x])
-        for sig, rep in first.items():
+                    first.setdefault(side.sigs[x], (side.loop_keys[x], side, x))
+        for sig, (rep, side, x) in first.items():
+            ended = self._run_ended(sig, side, x, k0)
+            if ended is not None:
+                yield ended
+                continue
             ra, exit_a = _run(self.A, sig, self.next_a[k0], rep)
             rb, exit_b = _run(self.B, sig, self.next_b[k0], rep)
             if len(ra) == len(rb):
@@ -102,15 +106,50 @@ class LoopFinder:
             if ia is None or ib is None:
                 continue
             w = self.witness_change(ia, ib)
-            a, b, file, line, function, keyword = len(ra), len(rb), w.file, w.line, w.function, _keyword(w.file, w.line)
-            loop, ended = self._body_loop(self.A, ia, ((self.A, exit_a), (self.B, exit_b)))
-            if ended:  # the loop the read ended: in its body, each run's exit read is in a run of the body more
-                file, function, line, keyword = loop[0], loop[1], loop[2], loop[4]
-                if not loop[5]:
-                    a, b = a + (exit_a is not None), b + (exit_b is not None)
-            elif loop is not None:
-                keyword = "if"
-            yield w, LoopChange(file, line, function, a, b, "witness", 0, keyword, self._which_run(sig, exit_a, exit_b))
+            yield w, self._loop_change(w, ia, len(ra), len(rb), ((self.A, exit_a), (self.B, exit_b)),
+                                       self._which_run(sig, exit_a, exit_b))
+
+    def _run_ended(self, sig: Sig, X: Side, x: int, k0: int) -> Optional[Tuple["WitnessChange", LoopChange]]:
+        """When the hunk's first read at ``sig`` is the exit read of a run on its
+        side (a `while` inside a `for`, its runs aligned across their ends when
+        their counts swap, [3, 1] against [1, 3]): the change of the k-th runs'
+        counts, with the read of the side whose k-th run went on at the place
+        where the other's ended. The k-th: the run that ended there, when the other
+        side's went on; else the other side's run at the hunk (it went on there)."""
+        Y = self.B if X is self.A else self.A
+        rx, ry = self._runs(X, sig), self._runs(Y, sig)
+        k = next((k for k, r in enumerate(rx) if r[1] == x), None)
+        if k is None or len(rx) != len(ry):
+            return None
+        if ry[k][2] <= rx[k][2]:
+            at = (self.next_b if Y is self.B else self.next_a)[k0]
+            k = next((k for k, r in enumerate(ry) if r[1] is not None and r[0] <= at <= r[1]), None)
+            if k is None or rx[k][2] == ry[k][2]:
+                return None
+        ra, rb = (rx, ry) if X is self.A else (ry, rx)
+        short, long_, rs, rl = (self.A, self.B, ra, rb) if ra[k][2] < rb[k][2] else (self.B, self.A, rb, ra)
+        reads = long_.reads[sig]
+        ended, went_on = rs[k][1], reads[reads.index(rl[k][0]) + rs[k][2]]  # (its read where the short one ended)
+        ia, ib = (ended, went_on) if short is self.A else (went_on, ended)
+        w = self.witness_change(ia, ib)
+        return w, self._loop_change(w, ia, ra[k][2], rb[k][2], ((self.A, ra[k][1]), (self.B, rb[k][1])),
+                                    (k, len(rx)) if len(rx) > 1 else None)
+
+    def _loop_change(self, w: "WitnessChange", ia: int, a: int, b: int, exits: Sequence[Tuple[Side, Optional[int]]],
+                     run: Optional[Tuple[int, int]]) -> LoopChange:
+        """The loop that the reads of ``w`` counted ``a``/``b`` times: at their line,
+        or the loop whose body holds them (``_body_loop``: each run's exit read is
+        in one run of the body more)."""
+        file, line, function, keyword = w.file, w.line, w.function, _keyword(w.file, w.line)
+        loop, ended = self._body_loop(self.A, ia, exits)
+        if ended:
+            file, function, line, keyword = loop[0], loop[1], loop[2], loop[4]
+            if not loop[5]:
+                ea, eb = (e for s, e in sorted(exits, key=lambda se: se[0] is not self.A))
+                a, b = a + (ea is not None), b + (eb is not None)
+        elif loop is not None:
+            keyword = "if"
+        return LoopChange(file, line, function, a, b, "witness", 0, keyword, run)
 
     def _body_loop(self, side: Side, i: int, exits: Sequence[Tuple[Side, Optional[int]]]
                    ) -> Tuple[Optional[Loop], bool]:
