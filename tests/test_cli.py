@@ -1167,3 +1167,5 @@ def test_an_output_over_an_input_or_a_store_is_refused_and_nothing_is_lost(recor
     assert res.exit_code == 0 and (tmp_path / "g.jpg").read_text().startswith("---"), res.output
     res = runner.invoke(app, ["render", str(a), "-f", "mermaid", "-o", str(tmp_path / "g.jpg")])  # its own output
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["diff", str(a), str(b), "-o", str(tmp_path / "why.log")])  # text goes anywhere
+    assert res.exit_code == 0 and (tmp_path / "why.log").read_text().startswith("--- A"), res.output

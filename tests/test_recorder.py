@@ -1667,7 +1667,7 @@ def test_data_swapped_under_a_tensor_is_read_as_it_is_now():
 
 
 def test_the_data_patch_stays_until_the_last_trace_ends_and_goes_on_errors():
-    m, x = nn.Linear(2, 2), torch.randn(1, 2)
+    m = nn.Linear(2, 2)
     outer = torchtrace.trace(m)
     outer.__enter__()
     try:
@@ -1678,6 +1678,8 @@ def test_the_data_patch_stays_until_the_last_trace_ends_and_goes_on_errors():
         p = nn.Parameter(torch.zeros(3))
         p.data = torch.ones(5)
         assert torch.equal(p, torch.ones(5)) and type(p) is nn.Parameter and torch.equal(p.data, torch.ones(5))
+        with pytest.raises(RuntimeError, match="Deleting tensor data is not allowed"):  # (torch's own error)
+            del p.data
     finally:
         outer.__exit__(None, None, None)
     assert "data" not in torch.Tensor.__dict__

@@ -40,7 +40,7 @@ def output_format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> 
     (``-f svg -o graph.png`` would write SVG into a .png)."""
     ext = _extension(output)
     named = _EXTENSIONS.get(ext, ())
-    if given is None and ext and not named:  # (`-o trace.db`, `-o graph.jpg`: no format to write there)
+    if given is None and ext and not named and default is not Fmt.text:  # (`-o graph.jpg`: SVG would go there)
         raise UsageError(f"-o {output}: no format has the extension {ext}",
                          expected="-o FILE with one of " + " ".join(sorted(_EXTENSIONS)) + " (or -f FORMAT)",
                          found=f"a {ext} file", fix=f"name it *.{default.value}, or give -f")

@@ -15,7 +15,7 @@ from .side import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
 from .ir import Graph, Node
-from .sourcetext import shape_test, tests_training
+from .sourcetext import decided_by_a_flag, shape_test, tests_training
 from .typechange import TypeChange
 
 
@@ -208,10 +208,12 @@ _FAST_PATHS = ("TransformerEncoder", "TransformerDecoder", "MultiheadAttention")
 
 
 def _modal(g: Graph, n: Node) -> bool:
-    """Can training mode decide op ``n``: a dropout or batch norm op (or its
-    backward), an op in a module that runs otherwise in training (``_MODAL``,
-    ``_FAST_PATHS``), or one whose line ``training`` decides (``tests_training``)?"""
-    return any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
+    """Can training mode have decided op ``n``: yes unless a plain flag's ``if``
+    ran it (``decided_by_a_flag``: ``if self.deep:``), and then still for a
+    dropout or batch norm op (or its backward), an op in a module that runs
+    otherwise in training (``_MODAL``, ``_FAST_PATHS``), or one whose line an
+    ``if`` further out on ``training`` decides (``tests_training``)."""
+    return not decided_by_a_flag(n) or any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
         m.type.startswith(_MODAL + _FAST_PATHS) for m in g.calls_around(n.module))
 
 

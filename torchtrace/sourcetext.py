@@ -232,15 +232,37 @@ def _code(text: str) -> str:
 def _shape_names(lines: List[str], line: int) -> Set[str]:
     """Names assigned from a shape or type (or from such names) in the lines of
     the function that holds ``line``, above it: ``b, t = x.shape``, ``n = b * t``."""
+    return _names_from(lines, line, _SHAPE_TEST)
+
+
+def _names_from(lines: List[str], line: int, read: "re.Pattern[str]") -> Set[str]:
+    """Names assigned from an expression ``read`` matches (or from such names) in
+    the lines of the function that holds ``line``, above it."""
     start = next((k for k, text in _headers_around(lines, line) if _word(text) in ("def", "async")), -1) + 1
     out: Set[str] = set()
     for k in range(start, line - 1):
         m = _ASSIGNED.match(lines[k])
         if m is not None:
             rhs = _code(lines[k][m.end():])
-            if _SHAPE_TEST.search(rhs) or not out.isdisjoint(_NAME.findall(rhs)):
+            if read.search(rhs) or not out.isdisjoint(_NAME.findall(rhs)):
                 out.update(x.strip() for x in m.group(1).split(","))
     return out
+
+
+_CALL = re.compile(r"[\w\])]\s*\(")
+
+
+def decided_by_a_flag(n: "Node") -> bool:
+    """Is the line of ``n`` in a branch of the nearest ``if`` around it (through
+    other blocks) whose test is a plain flag (``if self.deep:``, ``if not
+    use_cache:``): no call in it (a method may read anything), no ``training``
+    read, directly or through a name assigned from it above in that function
+    (``noisy = self.training and ...``)? False when the line is not readable here."""
+    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    found = _if_test(lines, n.source.line, _BLOCKS + ("for", "while", "async")) if lines else None
+    if found is None or _CALL.search(found[1]) or _TRAINING.search(found[1]):
+        return False
+    return _names_from(lines, found[0], _TRAINING).isdisjoint(_NAME.findall(found[1]))
 
 
 _HEADER = re.compile(r"^\s*(\w+)")

@@ -86,7 +86,7 @@ def _synced_exit(orig: Any) -> Optional[Callable[..., Any]]:
 def _forgetting_data(orig: Any) -> Optional[property]:
     if orig is None or not hasattr(orig, "__set__"):
         return None
-    get, put = orig.__get__, orig.__set__
+    get, put, drop = orig.__get__, orig.__set__, getattr(orig, "__delete__", None)
 
     def data(self: torch.Tensor) -> torch.Tensor:
         return get(self, type(self))
@@ -95,7 +95,12 @@ def _forgetting_data(orig: Any) -> Optional[property]:
         put(self, new)
         for cap in list(STARTED):
             cap.mode.forget(self)
-    return property(data, set_data, doc=getattr(orig, "__doc__", None))
+
+    def del_data(self: torch.Tensor) -> None:  # (torch's own error, as without the patch)
+        if drop is None:
+            raise AttributeError("can't delete attribute 'data'")
+        drop(self)
+    return property(data, set_data, del_data, doc=getattr(orig, "__doc__", None))
 
 
 PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _synced_exit),
