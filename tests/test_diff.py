@@ -151,21 +151,24 @@ class EarlyExit(nn.Module):
 
     def forward(self, x):
         score = x.sum()
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.layers):  # LINE:layers
             x = torch.tanh(layer(x))
             if score > (3.0, 2.0, 1.0, -1e9)[i]:  # LINE:exit
                 return x
         return x
 
 
-def test_an_early_exit_is_explained_by_the_read_not_as_a_loop():
+def test_an_early_exit_is_explained_by_the_read_and_the_loop_it_ended():
+    """It said "`if` at ... ran 0x in A, 3x in B"; then only the read. The `if`
+    returns from the loop: the loop it ended is named, with its iterations."""
     m = EarlyExit()
     a = record(m, torch.full((1, 4), 2.0))  # exits after layer 0 (read True at once)
     b = record(m, torch.full((1, 4), 0.1))  # reads False 3 times, exits after layer 3
     [h] = torchtrace.diff(a, b).hunks
-    assert h.loop is None  # was "`if` at ... ran 0x in A, 3x in B"
+    assert (h.loop.keyword, h.loop.line, h.loop.a, h.loop.b) == ("for", line_of("layers"), 1, 4)
     assert (h.witness.line, h.witness.a.value, h.witness.b.value) == (line_of("exit"), True, False)
-    assert h.explanation.startswith(f"`{FILE}:{line_of('exit')}` read True in A, False in B")
+    assert h.explanation.startswith(f"`for` at `{FILE}:{line_of('layers')}` ran 1\u00d7 in A, 4\u00d7 in B; "
+                                    f"`{FILE}:{line_of('exit')}` read True in A, False in B")
 
 
 def test_a_loop_that_runs_3_vs_5_times_is_a_loop_count_difference(model):

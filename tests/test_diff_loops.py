@@ -37,6 +37,12 @@ class Loops(nn.Module):
                 x = self.l(x)
                 cnt = cnt - 1
                 go = cnt.item() > 0  # LINE:number_read
+        elif kind == "break":
+            while True:  # LINE:break_while
+                x = self.l(x)
+                cnt = cnt - 1
+                if cnt.item() <= 0:  # LINE:break_read
+                    break
         elif kind == "helper":
             for _ in range(10):  # LINE:helper_for
                 x = self.l(x)
@@ -61,16 +67,17 @@ def _run(m: nn.Module, n, kind: str, x: torch.Tensor) -> Graph:
     ("flag", "`while` at `test_diff_loops.py:{flag_while}`", "flag_read", ("True", "False", "False", "True")),
     ("number", "`while` at `test_diff_loops.py:{number_while}`", "number_read", ("2", "4", "4", "0")),
     ("helper", "`for` at `test_diff_loops.py:{helper_for}`", "helper_read", ("True", "False", "False", "True")),
+    ("break", "`while` at `test_diff_loops.py:{break_while}`", "break_read", ("2", "4", "4", "0")),
 ])
 def test_a_loop_ended_by_a_read_in_its_body_is_named_with_its_iterations(kind, loop, read, values):
     """The loop used to be "the loop at" the read's line (a helper's `return`),
     with a count one short (2x for 3 iterations), or 0x/1x for a number read."""
     torch.manual_seed(0)
     m, x = Loops(), torch.randn(2, 4)
-    head = loop.format(**{k: line_of(k) for k in ("flag_while", "number_while", "helper_for")})
+    head = loop.format(**{k: line_of(k) for k in ("flag_while", "number_while", "helper_for", "break_while")})
     at = f"`test_diff_loops.py:{line_of(read)}`"
     three, five, one = _run(m, 3, kind, x), _run(m, 5, kind, x), _run(m, 1, kind, x)
-    per = 5 if kind != "number" else 4  # ops per iteration (the number read's `gt` is Python's)
+    per = 5 if kind not in ("number", "break") else 4  # ops per iteration (a number read's compare is Python's)
     assert torchtrace.diff(three, five).why() == [
         f"{head} ran 3\u00d7 in A, 5\u00d7 in B; {at} read {values[0]} in A, {values[1]} in B "
         f"\u2192 {2 * per} ops only in B (in `<root>`)"]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 
 from .align import Pair
 from .side import Loop, Side, Sig
-from .sourcetext import in_loop
+from .sourcetext import exits_loop, in_loop
 from .textform import ordinal, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -159,7 +159,8 @@ class LoopFinder:
         (``v = bool(m[i])`` ... ``if v:`` in a ``for``) makes the read each
         iteration's branch, no loop's count."""
         src = side.nodes[i].source
-        loop = side.loop_of(i) if src is not None and _keyword(src.file, src.line) not in BRANCHES else None
+        loop = side.loop_of(i) if src is not None and (_keyword(src.file, src.line) not in BRANCHES or
+                                                       exits_loop(src.file, src.line)) else None
         if loop is None:
             return None, False
         return loop, loop[5] or any(e is not None for _, e in exits) and all(

@@ -8,7 +8,7 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
-from .sourcetext import loop_span, while_end
+from .sourcetext import exits_loop, loop_span, while_end
 from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -139,8 +139,8 @@ class Side:
             if last:
                 keys[i] = ("bool", self._went_on(i, last))  # (last == the line: `while c: body` on one line)
                 continue
-            loop = self.loop_of(i)  # (`go = n.item() > 0` in the body of `while go:`)
-            if loop is not None and loop[4] == "while" and not loop[5]:
+            loop = self.loop_of(i)  # (`go = n.item() > 0` in the body of `while go:`, `if n.item() == 0: break`)
+            if loop is not None and not loop[5] and (loop[4] == "while" or exits_loop(src.file, src.line)):
                 keys[i] = ("bool", not self.left_loop(i, loop))
         return keys
 

@@ -333,6 +333,21 @@ def loop_span(file: str, line: int) -> Optional[Tuple[int, int, str]]:
     return header[0], _last_of_block(lines, header[0]), "while" if _WHILE.match(header[1]) else "for"
 
 
+_EXIT = re.compile(r"^\s*(?:break|return)\b")
+
+
+def exits_loop(file: str, line: int) -> bool:
+    """Is ``line`` an ``if``/``elif`` whose branch leaves the loop around it
+    (``if done: break``, ``if k.item() == 0: return x``, on one line or below)?"""
+    lines = _lines(file, line)
+    if lines is None or not _IF.match(lines[line - 1]):
+        return False
+    colon = _header_colon(lines[line - 1])
+    if colon is not None and _code(lines[line - 1][colon + 1:]).strip():  # `if c: break` on one line
+        return bool(_EXIT.match(lines[line - 1][colon + 1:]))
+    return any(_EXIT.match(_code(lines[k])) for k in range(line, _last_of_block(lines, line)))
+
+
 def in_loop(file: str, line: int) -> Optional[bool]:
     """Is ``line`` inside a ``for``/``while`` of its function (or a comprehension
     on it)? None when the file is not readable here."""
