@@ -1460,6 +1460,49 @@ def test_training_read_through_a_name_or_a_method_is_still_the_mode(via_method):
     assert why.startswith("modules in training mode in A, eval mode in B"), why
 
 
+def add_noise(x: torch.Tensor, train: bool) -> torch.Tensor:
+    if train:
+        x = x + 0.1 * torch.tanh(x)
+    return x
+
+
+class Jitter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            x = x + torch.tanh(x)
+        return x
+
+
+class TrainOnly(nn.Module):
+    """`training` handed to a helper as `train`; a submodule called only in training."""
+
+    def __init__(self, jitter: bool) -> None:
+        super().__init__()
+        self.l, self.jitter = nn.Linear(4, 4), Jitter() if jitter else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.l(x)
+        if self.jitter is None:
+            return add_noise(x, self.training)
+        if self.training:
+            x = self.jitter(x)
+        return x
+
+
+@pytest.mark.parametrize("jitter", [False, True])
+def test_training_handed_on_or_deciding_a_submodule_call_is_the_mode(jitter):
+    """(A second review: both were put down to Python state; the submodule's own
+    `if self.enabled:` is a flag, but the call only training made is the decision.)"""
+    m, x = TrainOnly(jitter), torch.randn(3, 4)
+    a, b = zoo.record(m.train(), x), zoo.record(m.eval(), x)
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith("modules in training mode in A, eval mode in B"), why
+
+
 def test_gpt2_train_against_eval_is_the_mode_alone():
     """With sdpa attention, training's dropout makes another layout: a `clone`
     per attention layer in a hunk of its own, which was put down to Python state."""

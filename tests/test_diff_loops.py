@@ -163,3 +163,71 @@ def test_runs_of_a_while_whose_counts_swap_name_each_run_s_counts(a, b, said):
     assert torchtrace.diff(*graphs).why() == [
         f"{head} ran {ca}\u00d7 in A, {cb}\u00d7 in B (the {run} runs) \u2192 3 ops only in {'B' if k == 0 else 'A'} "
         "(in `<root>`)" for k, (ca, cb, run) in enumerate(said)]
+
+
+L4 = nn.Linear(4, 4)
+
+
+def step_until(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    while True:  # LINE:helper_while
+        x = L4(x)
+        n = n - 1
+        if n.item() <= 0:  # LINE:helper_break
+            break
+    return x
+
+
+def calls_per_run(x: torch.Tensor, ns: torch.Tensor) -> torch.Tensor:
+    for i in range(3):
+        x = step_until(x, ns[i]) * 2
+    return x
+
+
+def nested_return(x: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    for i in range(3):
+        x = x * 2
+        for j in range(3):
+            x = torch.tanh(x)
+            if stop[i, j] > 0:  # LINE:nested_return
+                return x
+    return x
+
+
+def per_item_named(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    for i in range(4):
+        ok = bool(m[i] > 0)  # LINE:per_item_named
+        if ok:
+            x = torch.tanh(x)
+    return x
+
+
+def _traced(fn, *args) -> Graph:
+    with torch.no_grad(), torchtrace.trace() as t:
+        fn(*args)
+    return t.graph
+
+
+def test_review_a_helper_s_loop_per_call_an_inner_loop_s_return_and_a_named_last_item_branch():
+    """(A review of the fixes above.) A helper's `while` called from a loop was
+    counted over all its calls (6x against 8x) with the same value read on both
+    sides; a `return` from a nested `for` summed the inner loop's runs (2x against
+    8x); a per-item branch kept in a name that differs at the last item was "the
+    loop at" its line."""
+    x = torch.randn(2, 4)
+    d = torchtrace.diff(_traced(calls_per_run, x, torch.tensor([2, 2, 2])),
+                        _traced(calls_per_run, x, torch.tensor([2, 4, 2])))
+    assert d.why() == [f"`while` at `test_diff_loops.py:{line_of('helper_while')}` ran 2\u00d7 in A, 4\u00d7 in B "
+                       f"(the 2nd of its 3 runs); `test_diff_loops.py:{line_of('helper_break')}` read 1 in A, 3 in B "
+                       "\u2192 8 ops only in B (in `<root>`)"]
+
+    def stop_at(i, j):
+        s = torch.zeros(3, 3)
+        s[i, j] = 1
+        return _traced(nested_return, torch.ones(2), s)
+
+    [why] = torchtrace.diff(stop_at(0, 1), stop_at(2, 1)).why()
+    assert why.startswith(f"`test_diff_loops.py:{line_of('nested_return')}` read True in A, False in B"), why
+    [why] = torchtrace.diff(_traced(per_item_named, torch.ones(2), torch.tensor([1, 1, 1, 1])),
+                            _traced(per_item_named, torch.ones(2), torch.tensor([1, 1, 1, -1]))).why()
+    assert why == f"`test_diff_loops.py:{line_of('per_item_named')}` read True in A, False in B " \
+                  "\u2192 1 op only in A (in `<root>`)"

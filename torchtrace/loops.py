@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 
 from .align import Pair
 from .side import Loop, Side, Sig
-from .sourcetext import exits_loop, in_loop
+from .sourcetext import can_leave, exits_loop, in_loop
 from .textform import ordinal, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,6 +107,8 @@ class LoopFinder:
                 continue
             w = self.witness_change(ia, ib)
             yield w, self._loop_change(w, ia, len(ra), len(rb), ((self.A, exit_a), (self.B, exit_b)),
+                                       ((self.A, ra + [exit_a] * (exit_a is not None)),
+                                        (self.B, rb + [exit_b] * (exit_b is not None))),
                                        self._which_run(sig, exit_a, exit_b))
 
     def _run_ended(self, sig: Sig, X: Side, x: int, k0: int) -> Optional[Tuple["WitnessChange", LoopChange]]:
@@ -132,16 +134,17 @@ class LoopFinder:
         ended, went_on = rs[k][1], reads[reads.index(rl[k][0]) + rs[k][2]]  # (its read where the short one ended)
         ia, ib = (ended, went_on) if short is self.A else (went_on, ended)
         w = self.witness_change(ia, ib)
-        return w, self._loop_change(w, ia, ra[k][2], rb[k][2], ((self.A, ra[k][1]), (self.B, rb[k][1])),
+        runs = [(S, _reads_of(S, sig, r[k])) for S, r in ((self.A, ra), (self.B, rb))]
+        return w, self._loop_change(w, ia, ra[k][2], rb[k][2], ((self.A, ra[k][1]), (self.B, rb[k][1])), runs,
                                     (k, len(rx)) if len(rx) > 1 else None)
 
     def _loop_change(self, w: "WitnessChange", ia: int, a: int, b: int, exits: Sequence[Tuple[Side, Optional[int]]],
-                     run: Optional[Tuple[int, int]]) -> LoopChange:
+                     runs: Sequence[Tuple[Side, Sequence[int]]], run: Optional[Tuple[int, int]]) -> LoopChange:
         """The loop that the reads of ``w`` counted ``a``/``b`` times: at their line,
         or the loop whose body holds them (``_body_loop``: each run's exit read is
         in one run of the body more)."""
         file, line, function, keyword = w.file, w.line, w.function, _keyword(w.file, w.line)
-        loop, ended = self._body_loop(self.A, ia, exits)
+        loop, ended = self._body_loop(self.A, ia, exits, runs)
         if ended:
             file, function, line, keyword = loop[0], loop[1], loop[2], loop[4]
             if not loop[5]:
@@ -151,20 +154,22 @@ class LoopFinder:
             keyword = "if"
         return LoopChange(file, line, function, a, b, "witness", 0, keyword, run)
 
-    def _body_loop(self, side: Side, i: int, exits: Sequence[Tuple[Side, Optional[int]]]
-                   ) -> Tuple[Optional[Loop], bool]:
+    def _body_loop(self, side: Side, i: int, exits: Sequence[Tuple[Side, Optional[int]]],
+                   runs: Sequence[Tuple[Side, Sequence[int]]]) -> Tuple[Optional[Loop], bool]:
         """The loop around read ``i`` when its line is no loop's header nor an
-        ``if`` (``Side.loop_of``), and whether the exit reads ``exits`` ((side,
-        read), at least one) each ended it. A loop that went on after one
-        (``v = bool(m[i])`` ... ``if v:`` in a ``for``) makes the read each
-        iteration's branch, no loop's count."""
+        ``if`` that does not leave it (``Side.loop_of``), and whether the reads
+        ``runs`` ((side, reads) up to the exit) were one run of it each, ended by
+        the exit reads ``exits`` ((side, read), at least one). A loop that went on
+        after one (``v = bool(m[i])`` ... ``if v:`` in a ``for``), or a ``for``
+        without ``break`` or ``return``, makes the read each iteration's branch."""
         src = side.nodes[i].source
         loop = side.loop_of(i) if src is not None and (_keyword(src.file, src.line) not in BRANCHES or
                                                        exits_loop(src.file, src.line)) else None
         if loop is None:
             return None, False
         return loop, loop[5] or any(e is not None for _, e in exits) and all(
-            e is None or s.left_loop(e, loop) for s, e in exits)
+            e is None or s.left_loop(e, loop) for s, e in exits) and all(s.one_run(r, loop) for s, r in runs) and (
+            loop[4] == "while" or can_leave(loop[0], loop[2]))
 
     def _which_run(self, sig: Sig, exit_a: Optional[int], exit_b: Optional[int]) -> Optional[Tuple[int, int]]:
         """(k, runs) when the loop at ``sig`` ran as many times on both sides (a
@@ -224,7 +229,8 @@ class LoopFinder:
                 src = X.nodes[rx[k][0]].source
                 file, line = (src.file, src.line) if src else ("?", 0)
                 a, b = (rx[k][2], ry[k][2]) if col == 0 else (ry[k][2], rx[k][2])
-                body, ended = self._body_loop(X, rx[k][0], [(S, r[1]) for S, rs in ((X, rx), (Y, ry)) for r in rs])
+                body, ended = self._body_loop(X, rx[k][0], [(S, r[1]) for S, rs in ((X, rx), (Y, ry)) for r in rs],
+                                              [(S, _reads_of(S, sig, r)) for S, rs in ((X, rx), (Y, ry)) for r in rs])
                 if body is not None and not ended:
                     continue  # (each iteration's branch)
                 return LoopChange(file, line, src.function if src else "?", a, b, "witness", 0,
@@ -342,6 +348,13 @@ def _run(side: Side, sig: Sig, pos: int, rep: Any) -> Tuple[List[int], Optional[
         k -= 1
     run.reverse()
     return run, exit_
+
+
+def _reads_of(side: Side, sig: Sig, run: Tuple[int, Optional[int], int]) -> List[int]:
+    """The reads of a run (``LoopFinder._runs``: first read, exit read, repeats), its exit included."""
+    reads = side.reads[sig]
+    at = reads.index(run[0])
+    return reads[at:at + run[2] + (run[1] is not None)]
 
 
 def _period(seq: Sequence[Any]) -> int:

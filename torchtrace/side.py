@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .sourcetext import exits_loop, loop_span, while_end
 from .textform import ordinal
@@ -162,18 +162,35 @@ class Side:
         return None if span is None else (c.file, c.function, *span, span[0] == c.line)
 
     def left_loop(self, i: int, loop: Loop) -> bool:
-        """After read ``i``, did that call of the loop's function go on past the
-        loop's lines before it read at ``i``'s signature again (the loop ended)?"""
-        file, function, first, last = loop[:4]
-        mod, sig = self.nodes[i].module, self.sigs[i]
+        """After read ``i``, did ``loop`` end (``_ends_loop``) before a read at
+        ``i``'s signature came again?"""
+        sig = self.sigs[i]
         for k in range(i + 1, len(self.nodes)):
             if self.wkeys[k] is not None and self.sigs[k] == sig:
                 return False
-            at = self.nodes[k].source
-            if at is not None and self.nodes[k].module == mod and (at.file, at.function) == (file, function) and \
-                    not first <= at.line <= last:
+            if self._ends_loop(i, k, loop):
                 return True
         return True
+
+    def one_run(self, reads: Sequence[int], loop: Loop) -> bool:
+        """Are ``reads`` (of one signature, in order) in one run of ``loop``: it did
+        not end between two of them (a `for` that ran out, a helper that returned)?"""
+        return not any(self._ends_loop(r, k, loop) for r, s in zip(reads, reads[1:]) for k in range(r + 1, s))
+
+    def _ends_loop(self, i: int, k: int, loop: Loop) -> bool:
+        """Does op ``k``, after read ``i``, show that ``loop`` ended: an op of the
+        loop's function (in ``i``'s module call) at a line outside the loop; or,
+        for a loop in the helper that read ``i`` is in, an op of the function that
+        called the helper (it returned)?"""
+        at, n = self.nodes[k].source, self.nodes[i]
+        if at is None:
+            return False
+        file, function, first, last = loop[:4]
+        if (at.file, at.function) == (file, function):
+            return self.nodes[k].module == n.module and not first <= at.line <= last
+        c = n.witness.called_from[0] if n.witness is not None and n.witness.called_from else None
+        return c is not None and (c.file, c.function) == (at.file, at.function) and \
+            (n.source.file, n.source.function) == (file, function)
 
     def _went_on(self, i: int, last: int) -> bool:
         """Did the ``while`` whose condition read op ``i`` run its body again? The

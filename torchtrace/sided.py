@@ -181,7 +181,7 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = 
     Training mode must be able to decide one of the ops (``_modal``; ``by_args``:
     a ``training`` argument differs): an ``if self.deep:`` flipped together with
     ``.train()`` is not the mode's doing."""
-    sides = set()
+    sides, modal, own_level = set(), by_args, False
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
             if n is None or (p.a is None or p.b is None) and any(v in fed[x] for v in n.inputs):
@@ -190,16 +190,18 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = 
                 return None
             g, other = (A, B)[x].graph, (B, A)[x].training
             m = g.module(n.module)
+            both = (m.path, m.call) in other  # (else a call only this side made: its caller's `if` decided it)
             while m.parent is not None and (m.path, m.call) not in other:
                 m = g.module(m.parent)
             mine, theirs = (A, B)[x].training.get((m.path, m.call)), other.get((m.path, m.call))
             if mine is None or theirs is None or mine == theirs:
                 return None
             sides.add(x if mine else 1 - x)
-    if len(sides) != 1 or not by_args and not any(_modal(g, n) for p in rows
-                                                  for g, n in ((A.graph, p.a), (B.graph, p.b)) if n is not None):
-        return None
-    return "AB"[sides.pop()]
+            own_level = own_level or both
+            modal = modal or both and _modal(g, n)
+    # ops in calls only one side made go by the ops around those calls; with none (`if self.training:
+    # self.jitter(x)`, whose own forward has a flag's `if`), what decided the call is not known here
+    return "AB"[sides.pop()] if len(sides) == 1 and (modal or not own_level) else None
 
 
 _MODAL_OPS = ("dropout", "bernoulli", "batch_norm", "rrelu")

@@ -82,7 +82,7 @@ def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
 
 
 _BLOCKS = ("with", "try", "except", "finally")
-_TRAINING = re.compile(r"\btraining\b")
+_TRAINING = re.compile(r"\w*train\w*")  # (`self.training`, a `train` or `is_training` argument)
 
 
 def tests_training(n: "Node") -> bool:
@@ -334,6 +334,7 @@ def loop_span(file: str, line: int) -> Optional[Tuple[int, int, str]]:
 
 
 _EXIT = re.compile(r"^\s*(?:break|return)\b")
+_LEAVES = re.compile(r"(?:^|:)\s*(?:break|return)\b")
 
 
 def exits_loop(file: str, line: int) -> bool:
@@ -346,6 +347,13 @@ def exits_loop(file: str, line: int) -> bool:
     if colon is not None and _code(lines[line - 1][colon + 1:]).strip():  # `if c: break` on one line
         return bool(_EXIT.match(lines[line - 1][colon + 1:]))
     return any(_EXIT.match(_code(lines[k])) for k in range(line, _last_of_block(lines, line)))
+
+
+def can_leave(file: str, header: int) -> bool:
+    """Can the loop at ``header`` end early: does its body hold a ``break`` or a
+    ``return``? (Else a ``for`` ends only when its items run out.)"""
+    lines = _lines(file, header)
+    return lines is not None and any(_LEAVES.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
 
 
 def in_loop(file: str, line: int) -> Optional[bool]:
