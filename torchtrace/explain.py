@@ -38,8 +38,8 @@ from .align import Pair
 from .side import Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .readchange import WitnessChange, decisive, read_str
-from .sourcetext import (except_bodies, feeds_loop, guard_names, kept_aside, names_assigned, read_by_branch,
-                         read_by_if)
+from .sourceloops import feeds_loop
+from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -321,7 +321,7 @@ class Causes:
 
 def _counts(w: WitnessChange, loop: LoopChange) -> bool:
     """Are the loop's counts the float read's floor, ceiling or rounding on both
-    sides (``range(int(n.item()))``)? (``sourcetext.feeds_loop``: read for that loop)"""
+    sides (``range(int(n.item()))``)? (``sourceloops.feeds_loop``: read for that loop)"""
     a, b = w.a.value, w.b.value
     if not (isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b)):
         return False

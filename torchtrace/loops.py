@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 
 from .align import Pair
 from .side import Loop, Side, Sig
-from .sourcetext import can_leave, exits_loop, in_loop
+from .sourceloops import can_leave, exits_loop, in_loop
 from .textform import ordinal, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -8,7 +8,7 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .sourcetext import exits_loop, loop_span, while_end
+from .sourceloops import exits_loop, loop_span, while_end
 from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,7 +1,7 @@
 """What a recorded op's source line says, read from the file at diff time
 (``linecache``; nothing when the file is not readable here): whether a read
 is logged or tested by an ``if``, which names it is assigned to, and which
-names the ``if`` around an op tests."""
+names the ``if`` around an op tests (the loops around a line: sourceloops.py)."""
 from __future__ import annotations
 
 import linecache
@@ -286,92 +286,6 @@ def except_bodies(file: str, line: int) -> Tuple[int, int]:
         if word == "try":
             return _handlers(lines, at, _indent(text))
     return 0, -1
-
-
-_LOOP = re.compile(r"^\s*(?:async\s+)?(?:for|while)\b")
-_WHILE = re.compile(r"^\s*while\b")
-_COMPREHENSION = re.compile(r"\bfor\b.+\bin\b")
-_RETURN_COUNT = re.compile(r"^\s*return\s+(?:int|round|math\.floor|math\.ceil)\(")
-
-
-def loop_header(file: str, line: int) -> Optional[Tuple[int, str]]:
-    """(line, text) of the ``for``/``while`` whose body holds ``line`` (or that is
-    at ``line``), in its function; None when none is, or the file is not readable."""
-    lines = _lines(file, line)
-    if lines is None:
-        return None
-    if _LOOP.match(lines[line - 1]):
-        return line, _code(lines[line - 1])
-    for k, text in _headers_around(lines, line):
-        if _word(text) in ("def", "class"):
-            return None
-        if _LOOP.match(text):
-            return k + 1, _code(text)
-    return None
-
-
-def feeds_loop(read: "Node", file: str, line: int) -> bool:
-    """Does the read give the loop around ``file:line`` its count: it is at that
-    loop's header (``for _ in range(int(n.item())):``), or its line assigns a name
-    the header uses (``k = int(n.item())`` ... ``for _ in range(k):``)?"""
-    header = loop_header(file, line)
-    if header is None or read.source is None or read.source.file != file:
-        return False
-    if _RETURN_COUNT.match(line_text(read)):  # (a helper that returns the count: `return int(n.item())`)
-        return True
-    return read.source.line == header[0] or not names_assigned(read).isdisjoint(_NAME.findall(header[1]))
-
-
-def loop_span(file: str, line: int) -> Optional[Tuple[int, int, str]]:
-    """(header line, last line of its body, ``for``/``while``) of the loop at
-    ``line`` or the innermost one of its function whose body holds it; None
-    when there is none or the file is not readable here."""
-    lines = _lines(file, line)
-    header = loop_header(file, line) if lines is not None else None
-    if lines is None or header is None:
-        return None
-    return header[0], _last_of_block(lines, header[0]), "while" if _WHILE.match(header[1]) else "for"
-
-
-_EXIT = re.compile(r"^\s*(?:break|return)\b")
-_LEAVES = re.compile(r"(?:^|:)\s*(?:break|return)\b")
-
-
-def exits_loop(file: str, line: int) -> bool:
-    """Is ``line`` an ``if``/``elif`` whose branch leaves the loop around it
-    (``if done: break``, ``if k.item() == 0: return x``, on one line or below)?"""
-    lines = _lines(file, line)
-    if lines is None or not _IF.match(lines[line - 1]):
-        return False
-    colon = _header_colon(lines[line - 1])
-    if colon is not None and _code(lines[line - 1][colon + 1:]).strip():  # `if c: break` on one line
-        return bool(_EXIT.match(lines[line - 1][colon + 1:]))
-    return any(_EXIT.match(_code(lines[k])) for k in range(line, _last_of_block(lines, line)))
-
-
-def can_leave(file: str, header: int) -> bool:
-    """Can the loop at ``header`` end early: does its body hold a ``break`` or a
-    ``return``? (Else a ``for`` ends only when its items run out.)"""
-    lines = _lines(file, header)
-    return lines is not None and any(_LEAVES.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
-
-
-def in_loop(file: str, line: int) -> Optional[bool]:
-    """Is ``line`` inside a ``for``/``while`` of its function (or a comprehension
-    on it)? None when the file is not readable here."""
-    lines = _lines(file, line)
-    if lines is None:
-        return None
-    return bool(_COMPREHENSION.search(_code(lines[line - 1]))) or loop_header(file, line) is not None
-
-
-def while_end(file: str, line: int) -> int:
-    """The last line of the body of the ``while`` at ``line`` (``line`` itself for a
-    body on that line); 0 when that line is no ``while`` or the file is not readable here."""
-    lines = _lines(file, line)
-    if lines is None or not _WHILE.match(lines[line - 1]):
-        return 0
-    return _last_of_block(lines, line)
 
 
 def _last_of_block(lines: List[str], line: int) -> int:
