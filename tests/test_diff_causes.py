@@ -1503,6 +1503,51 @@ def test_training_handed_on_or_deciding_a_submodule_call_is_the_mode(jitter):
     assert why.startswith("modules in training mode in A, eval mode in B"), why
 
 
+class Flags(nn.Module):
+    """Flags only: a submodule called in a flag's branch, a flag whose name holds
+    "train" in another word; and (``drop``) a dropout called only in training
+    next to `training` handed to a helper under another name."""
+
+    def __init__(self, drop: bool) -> None:
+        super().__init__()
+        self.l, self.extra = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.drop = nn.Dropout(0.1) if drop else None
+        self.deep = self.pretrained = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.l(x)
+        if self.drop is not None:
+            if self.training:
+                x = self.drop(x)
+            return add_noise_if(x, self.training)
+        if self.deep:
+            x = self.extra(x)
+        x = x * 3
+        if self.pretrained:
+            x = torch.tanh(x)
+        return x
+
+
+def add_noise_if(x: torch.Tensor, enabled: bool) -> torch.Tensor:
+    if enabled:
+        x = x + 0.1 * torch.tanh(x)
+    return x
+
+
+def test_third_review_flags_with_submodules_or_train_in_a_name_and_a_dropout_only_training_called():
+    m, x = Flags(drop=False), torch.randn(3, 4)
+    m.deep = m.pretrained = True
+    a = zoo.record(m.train(), x)
+    m.deep = m.pretrained = False
+    b = zoo.record(m.eval(), x)
+    assert torchtrace.diff(a, b).why() == [
+        "no tensor read differs before it: decided by Python state (arguments, flags, caches) "
+        "\u2192 3 ops only in A in 2 hunks (in `extra`, `<root>`)"]
+    m = Flags(drop=True)
+    [why] = torchtrace.diff(zoo.record(m.train(), x), zoo.record(m.eval(), x)).why()
+    assert why.startswith("modules in training mode in A, eval mode in B"), why
+
+
 def test_gpt2_train_against_eval_is_the_mode_alone():
     """With sdpa attention, training's dropout makes another layout: a `clone`
     per attention layer in a hunk of its own, which was put down to Python state."""

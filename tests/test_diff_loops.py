@@ -231,3 +231,19 @@ def test_review_a_helper_s_loop_per_call_an_inner_loop_s_return_and_a_named_last
                             _traced(per_item_named, torch.ones(2), torch.tensor([1, 1, 1, -1]))).why()
     assert why == f"`test_diff_loops.py:{line_of('per_item_named')}` read True in A, False in B " \
                   "\u2192 1 op only in A (in `<root>`)"
+
+
+def each_at_once(x: torch.Tensor, ns: list) -> torch.Tensor:
+    for n in ns:  # (no op of this function between the helper's calls)
+        x = step_until(x, n)
+    return x
+
+
+def test_a_helper_s_loop_called_again_at_once_names_the_read_that_differs():
+    """(A third review.) With no op of the caller between the calls, the runs of
+    the helper's loop cannot be told apart: it said "ran 6x in A, 7x in B" with a
+    read of 1 on both sides as the cause. The read that differs is named."""
+    x, t = torch.randn(2, 4), torch.tensor
+    [why] = torchtrace.diff(_traced(each_at_once, x, [t(2), t(2), t(2)]),
+                            _traced(each_at_once, x, [t(2), t(2), t(3)])).why()
+    assert why.startswith(f"`test_diff_loops.py:{line_of('helper_break')}` read 1 in A, 2 in B"), why

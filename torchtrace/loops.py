@@ -103,8 +103,8 @@ class LoopFinder:
             counted = any(side.loop_keys[r[0]] != side.wkeys[r[0]] for side, r in ((self.A, ra), (self.B, rb)) if r)
             ia = (ra[0] if ra else exit_a) if counted else ra[k] if k < len(ra) else exit_a
             ib = (rb[0] if rb else exit_b) if counted else rb[k] if k < len(rb) else exit_b
-            if ia is None or ib is None:
-                continue
+            if ia is None or ib is None or self.A.wkeys[ia] == self.B.wkeys[ib]:
+                continue  # (reads alike: the runs are not what they seem, a helper's loop called again at once)
             w = self.witness_change(ia, ib)
             yield w, self._loop_change(w, ia, len(ra), len(rb), ((self.A, exit_a), (self.B, exit_b)),
                                        ((self.A, ra + [exit_a] * (exit_a is not None)),

@@ -181,7 +181,7 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = 
     Training mode must be able to decide one of the ops (``_modal``; ``by_args``:
     a ``training`` argument differs): an ``if self.deep:`` flipped together with
     ``.train()`` is not the mode's doing."""
-    sides, modal, own_level = set(), by_args, False
+    sides, modal = set(), by_args
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
             if n is None or (p.a is None or p.b is None) and any(v in fed[x] for v in n.inputs):
@@ -190,18 +190,14 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = 
                 return None
             g, other = (A, B)[x].graph, (B, A)[x].training
             m = g.module(n.module)
-            both = (m.path, m.call) in other  # (else a call only this side made: its caller's `if` decided it)
             while m.parent is not None and (m.path, m.call) not in other:
                 m = g.module(m.parent)
             mine, theirs = (A, B)[x].training.get((m.path, m.call)), other.get((m.path, m.call))
             if mine is None or theirs is None or mine == theirs:
                 return None
             sides.add(x if mine else 1 - x)
-            own_level = own_level or both
-            modal = modal or both and _modal(g, n)
-    # ops in calls only one side made go by the ops around those calls; with none (`if self.training:
-    # self.jitter(x)`, whose own forward has a flag's `if`), what decided the call is not known here
-    return "AB"[sides.pop()] if len(sides) == 1 and (modal or not own_level) else None
+            modal = modal or _modal(g, n, (B, A)[x])
+    return "AB"[sides.pop()] if len(sides) == 1 and modal else None
 
 
 _MODAL_OPS = ("dropout", "bernoulli", "batch_norm", "rrelu")
@@ -209,13 +205,17 @@ _MODAL_OPS = ("dropout", "bernoulli", "batch_norm", "rrelu")
 _FAST_PATHS = ("TransformerEncoder", "TransformerDecoder", "MultiheadAttention")
 
 
-def _modal(g: Graph, n: Node) -> bool:
+def _modal(g: Graph, n: Node, other: Side) -> bool:
     """Can training mode have decided op ``n``: yes unless a plain flag's ``if``
-    ran it (``decided_by_a_flag``: ``if self.deep:``), and then still for a
-    dropout or batch norm op (or its backward), an op in a module that runs
-    otherwise in training (``_MODAL``, ``_FAST_PATHS``), or one whose line an
-    ``if`` further out on ``training`` decides (``tests_training``)."""
-    return not decided_by_a_flag(n) or any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
+    ran it (``decided_by_a_flag``: ``if self.deep:``) in a function that the
+    ``other`` pass ran too (else what called that function decided: `if
+    self.training: self.jitter(x)`), and then still for a dropout or batch norm
+    op (or its backward), an op in a module that runs otherwise in training
+    (``_MODAL``, ``_FAST_PATHS``), or one whose line an ``if`` further out on
+    ``training`` decides (``tests_training``)."""
+    src = n.source
+    flag = src is not None and decided_by_a_flag(n) and other.ran_lines(src.file, src.function, 0, 1 << 30)
+    return not flag or any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
         m.type.startswith(_MODAL + _FAST_PATHS) for m in g.calls_around(n.module))
 
 

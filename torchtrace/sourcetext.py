@@ -82,7 +82,7 @@ def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
 
 
 _BLOCKS = ("with", "try", "except", "finally")
-_TRAINING = re.compile(r"\w*train\w*")  # (`self.training`, a `train` or `is_training` argument)
+_TRAINING = re.compile(r"\b(?:is_)?train(?:ing)?\b")  # (`self.training`, a `train` or `is_training` argument)
 
 
 def tests_training(n: "Node") -> bool:
