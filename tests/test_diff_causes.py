@@ -1548,6 +1548,37 @@ def test_third_review_flags_with_submodules_or_train_in_a_name_and_a_dropout_onl
     assert why.startswith("modules in training mode in A, eval mode in B"), why
 
 
+class Adapted(nn.Module):
+    """A flag's `if` calls a submodule whose own forward tests a flag; a string
+    argument `mode == "train"` picks a branch."""
+
+    def __init__(self, adapter: bool) -> None:
+        super().__init__()
+        self.l, self.adapter, self.use_adapter = nn.Linear(4, 4), Jitter(), adapter
+
+    def forward(self, x: torch.Tensor, mode: str = "eval") -> torch.Tensor:
+        x = self.l(x)
+        if self.use_adapter:
+            x = self.adapter(x)
+        if mode == "train":
+            x = torch.tanh(x)
+        return x * 2
+
+
+def test_fourth_review_a_flag_deciding_a_submodule_call_and_a_string_train_are_python_state():
+    """Both were put down to the mode (the call only one pass made, whose own
+    `if` is a flag, counted as the mode's; `"train"` matched as a word)."""
+    x = torch.randn(3, 4)
+    a = zoo.record(Adapted(adapter=True).train(), x)
+    b = zoo.record(Adapted(adapter=False).eval(), x)
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith("no tensor read differs before it: decided by Python state"), why
+    m = Adapted(adapter=False)
+    a, b = zoo.record(m.train(), x, "train"), zoo.record(m.eval(), x, "eval")
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith("no tensor read differs before it: decided by Python state"), why
+
+
 def test_gpt2_train_against_eval_is_the_mode_alone():
     """With sdpa attention, training's dropout makes another layout: a `clone`
     per attention layer in a hunk of its own, which was put down to Python state."""

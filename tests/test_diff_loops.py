@@ -247,3 +247,28 @@ def test_a_helper_s_loop_called_again_at_once_names_the_read_that_differs():
     [why] = torchtrace.diff(_traced(each_at_once, x, [t(2), t(2), t(2)]),
                             _traced(each_at_once, x, [t(2), t(2), t(3)])).why()
     assert why.startswith(f"`test_diff_loops.py:{line_of('helper_break')}` read 1 in A, 2 in B"), why
+
+
+def steps(x: torch.Tensor, n: torch.Tensor):
+    while True:  # LINE:gen_while
+        x = L4(x)
+        n = n - 1
+        yield x
+        if n.item() <= 0:  # LINE:gen_read
+            break
+
+
+def consume(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    out = x
+    for y in steps(x, n):
+        out = out + y  # (the caller runs between two iterations)
+    return torch.tanh(out)
+
+
+def test_a_generator_s_loop_is_not_ended_by_its_caller_s_ops_between_yields():
+    """(A fourth review.) The caller's op at each `yield` was taken for the
+    helper having returned: the loop count was lost."""
+    x = torch.randn(2, 4)
+    [why] = torchtrace.diff(_traced(consume, x, torch.tensor(3)), _traced(consume, x, torch.tensor(5))).why()
+    assert why.startswith(f"`while` at `test_diff_loops.py:{line_of('gen_while')}` ran 3\u00d7 in A, 5\u00d7 in B; "
+                          f"`test_diff_loops.py:{line_of('gen_read')}` read 2 in A, 4 in B"), why

@@ -8,11 +8,11 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .sourceloops import exits_loop, loop_span, while_end
+from .sourceloops import exits_loop, loop_span, while_end, yields
 from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Node, Value
+    from .ir import Graph, Node, Source, Value
 
 Sig = Tuple[Any, ...]  # (phase, module path, op, file, line[, a helper read's caller file, line][, params read])
 Loop = Tuple[str, str, int, int, str, bool]  # file, function, header line, last line, keyword, header calls the read
@@ -190,7 +190,7 @@ class Side:
             return self.nodes[k].module == n.module and not first <= at.line <= last
         c = n.witness.called_from[0] if n.witness is not None and n.witness.called_from else None
         return c is not None and (c.file, c.function) == (at.file, at.function) and \
-            (n.source.file, n.source.function) == (file, function)
+            (n.source.file, n.source.function) == (file, function) and not yields(file, first)
 
     def _went_on(self, i: int, last: int) -> bool:
         """Did the ``while`` whose condition read op ``i`` run its body again? The
@@ -221,6 +221,15 @@ class Side:
             if last == src.line:  # (a body on the `while` line itself: its ops come before the next read)
                 return True
         return False
+
+    @cached_property
+    def source_of_call(self) -> Dict[str, "Source"]:
+        """Module call id -> the source of its first op (a line of its forward)."""
+        out: Dict[str, "Source"] = {}
+        for n in self.nodes:
+            if n.module is not None and n.source is not None:
+                out.setdefault(n.module, n.source)
+        return out
 
     @cached_property
     def call_sites(self) -> Dict[Tuple[str, int], FrozenSet[Tuple[str, int]]]:

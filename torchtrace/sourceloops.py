@@ -81,6 +81,16 @@ def can_leave(file: str, header: int) -> bool:
     return lines is not None and any(_LEAVES.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
 
 
+_YIELD = re.compile(r"\byield\b")
+
+
+def yields(file: str, header: int) -> bool:
+    """Does the body of the loop at ``header`` ``yield`` (a generator: its caller
+    runs between two iterations)?"""
+    lines = _lines(file, header)
+    return lines is not None and any(_YIELD.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
+
+
 def in_loop(file: str, line: int) -> Optional[bool]:
     """Is ``line`` inside a ``for``/``while`` of its function (or a comprehension
     on it)? None when the file is not readable here."""

@@ -83,6 +83,12 @@ def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
 
 _BLOCKS = ("with", "try", "except", "finally")
 _TRAINING = re.compile(r"\b(?:is_)?train(?:ing)?\b")  # (`self.training`, a `train` or `is_training` argument)
+_STRING = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _reads_training(text: str) -> bool:
+    """Does code ``text`` read ``training`` (not a string: ``mode == "train"``)?"""
+    return bool(_TRAINING.search(_STRING.sub("''", text)))
 
 
 def tests_training(n: "Node") -> bool:
@@ -95,13 +101,13 @@ def tests_training(n: "Node") -> bool:
     if lines is None:
         return False
     line = n.source.line
-    if _TRAINING.search(_code(lines[line - 1])):
+    if _reads_training(_code(lines[line - 1])):
         return True
     for _ in range(16):
         found = _if_test(lines, line, _BLOCKS + ("for", "while", "async"))
         if found is None or found[0] >= line:
             return False
-        if _TRAINING.search(found[1]):
+        if _reads_training(found[1]):
             return True
         line = found[0]
     return False
@@ -243,7 +249,7 @@ def _names_from(lines: List[str], line: int, read: "re.Pattern[str]") -> Set[str
     for k in range(start, line - 1):
         m = _ASSIGNED.match(lines[k])
         if m is not None:
-            rhs = _code(lines[k][m.end():])
+            rhs = _STRING.sub("''", _code(lines[k][m.end():]))
             if read.search(rhs) or not out.isdisjoint(_NAME.findall(rhs)):
                 out.update(x.strip() for x in m.group(1).split(","))
     return out
@@ -260,9 +266,34 @@ def decided_by_a_flag(n: "Node") -> bool:
     (``noisy = self.training and ...``)? False when the line is not readable here."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
     found = _if_test(lines, n.source.line, _BLOCKS + ("for", "while", "async")) if lines else None
-    if found is None or _CALL.search(found[1]) or _TRAINING.search(found[1]):
-        return False
-    return _names_from(lines, found[0], _TRAINING).isdisjoint(_NAME.findall(found[1]))
+    return found is not None and _flag_test(lines, found[0], found[1])
+
+
+def _flag_test(lines: List[str], at: int, test: str) -> bool:
+    """Is ``test``, of the ``if`` at line ``at``, a plain flag (``decided_by_a_flag``)?"""
+    return not _CALL.search(test) and not _reads_training(test) and \
+        _names_from(lines, at, _TRAINING).isdisjoint(_NAME.findall(_STRING.sub("''", test)))
+
+
+def call_guard(file: str, line: int, attr: str) -> Optional[bool]:
+    """The ``if`` around the call of ``.attr`` (``self.adapter(x)``) in the
+    function that holds ``line``: True when it reads ``training``, False when it
+    tests a plain flag (``decided_by_a_flag``); None when there is no such call
+    or ``if``, it tests something else, or the file is not readable here."""
+    lines = _lines(file, line)
+    start = next((k for k, text in _headers_around(lines, line) if _word(text) in ("def", "async")), None) \
+        if lines is not None else None
+    if start is None:
+        return None
+    used = re.compile(r"\." + re.escape(attr) + r"\b")
+    at = next((k + 1 for k in range(start + 1, _last_of_block(lines, start + 1)) if used.search(_code(lines[k]))), 0)
+    found = _if_test(lines, at, _BLOCKS + ("for", "while", "async")) if at else None
+    if found is None:
+        return None
+    if _reads_training(found[1]) or not _names_from(lines, found[0], _TRAINING).isdisjoint(
+            _NAME.findall(_STRING.sub("''", found[1]))):
+        return True
+    return False if _flag_test(lines, found[0], found[1]) else None
 
 
 _HEADER = re.compile(r"^\s*(\w+)")
