@@ -77,8 +77,7 @@ def exits_loop(file: str, line: int) -> bool:
 def can_leave(file: str, header: int) -> bool:
     """Can the loop at ``header`` end early: does its body hold a ``break`` or a
     ``return``? (Else a ``for`` ends only when its items run out.)"""
-    lines = _lines(file, header)
-    return lines is not None and any(_LEAVES.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
+    return _in_body(file, header, _LEAVES)
 
 
 _YIELD = re.compile(r"\byield\b")
@@ -87,8 +86,13 @@ _YIELD = re.compile(r"\byield\b")
 def yields(file: str, header: int) -> bool:
     """Does the body of the loop at ``header`` ``yield`` (a generator: its caller
     runs between two iterations)?"""
+    return _in_body(file, header, _YIELD)
+
+
+def _in_body(file: str, header: int, pattern: "re.Pattern[str]") -> bool:
+    """Does a line of the body of the block at ``header`` match ``pattern``?"""
     lines = _lines(file, header)
-    return lines is not None and any(_YIELD.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
+    return lines is not None and any(pattern.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
 
 
 def in_loop(file: str, line: int) -> Optional[bool]:
