@@ -92,7 +92,8 @@ def yields(file: str, header: int) -> bool:
 def _in_body(file: str, header: int, pattern: "re.Pattern[str]") -> bool:
     """Does a line of the body of the block at ``header`` match ``pattern``?"""
     lines = _lines(file, header)
-    return lines is not None and any(pattern.search(_code(lines[k])) for k in range(header, _last_of_block(lines, header)))
+    return lines is not None and any(pattern.search(_code(lines[k]))
+                                     for k in range(header, _last_of_block(lines, header)))
 
 
 def in_loop(file: str, line: int) -> Optional[bool]:
