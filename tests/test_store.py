@@ -1202,6 +1202,8 @@ def test_a_store_cut_short_is_said_to_be_damaged(tmp_path):
     assert ".recover" in str(info.value)
     with pytest.raises(torchtrace.TorchtraceError, match="a trace store, not a graph file"):
         torchtrace.load(tmp_path / "t.db")  # (was "not UTF-8 text")
+    with pytest.raises(torchtrace.TorchtraceError, match=r"a pass reference, not a file.*Store\(.*\)\.graph\(1\)"):
+        torchtrace.diff(f"{tmp_path / 't.db'}:1", f"{tmp_path / 't.db'}:2")  # (was "no such file")
     db = sqlite3.connect(tmp_path / "t.db")  # another client rewrites a graph cell
     db.execute("UPDATE graphs SET ir = 42")
     db.commit()

@@ -380,6 +380,11 @@ def load(path: PathLike) -> Graph:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
+        store, _, idx = str(path).rpartition(":")
+        if store and idx.lstrip("-").isdigit() and Path(store).is_file():  # (`trace.db:3`: a CLI pass reference)
+            raise IRError("a pass reference, not a file", where=str(p), expected="a graph file (.json or .json.gz)",
+                          found=f"pass {idx} of {store}", fix=f"torchtrace.store.Store({store!r}).graph({idx}) "
+                          "reads that pass in Python (`STORE:IDX` is for the command line)") from None
         raise IRError("no such file", where=str(p), expected="a graph file (.json or .json.gz)",
                       found="nothing at that path", fix="check the path") from None
     except IsADirectoryError:
