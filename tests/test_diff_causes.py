@@ -1579,6 +1579,39 @@ def test_fourth_review_a_flag_deciding_a_submodule_call_and_a_string_train_are_p
     assert why.startswith("no tensor read differs before it: decided by Python state"), why
 
 
+class TwoCallLines(nn.Module):
+    """A submodule called at two lines (under a flag that stays off, and under
+    `training`), and `training` handed on in keyword arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.adapter, self.pre = nn.Linear(4, 4), Jitter(), False
+
+    def forward(self, x: torch.Tensor, **kw: bool) -> torch.Tensor:
+        if self.pre:
+            x = self.adapter(x)
+        x = self.l(x) * 2
+        if self.training:
+            x = self.adapter(x)
+        if kw["training"]:
+            x = torch.tanh(x)
+        return x
+
+
+def test_fifth_review_a_submodule_called_at_two_lines_and_training_as_a_key_are_the_mode():
+    """The guard was read at the first line naming the submodule (a flag, off in
+    both passes); `kw["training"]` lost its key to string stripping."""
+    m, x = TwoCallLines(), torch.randn(3, 4)
+    graphs = []
+    for train in (True, False):
+        m.train(train)
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x, training=train)
+        graphs.append(t.graph)
+    why = torchtrace.diff(*graphs).why()
+    assert why and all(w.startswith("modules in training mode in A, eval mode in B") for w in why), why
+
+
 def test_gpt2_train_against_eval_is_the_mode_alone():
     """With sdpa attention, training's dropout makes another layout: a `clone`
     per attention layer in a hunk of its own, which was put down to Python state."""

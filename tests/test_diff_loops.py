@@ -272,3 +272,28 @@ def test_a_generator_s_loop_is_not_ended_by_its_caller_s_ops_between_yields():
     [why] = torchtrace.diff(_traced(consume, x, torch.tensor(3)), _traced(consume, x, torch.tensor(5))).why()
     assert why.startswith(f"`while` at `test_diff_loops.py:{line_of('gen_while')}` ran 3\u00d7 in A, 5\u00d7 in B; "
                           f"`test_diff_loops.py:{line_of('gen_read')}` read 2 in A, 4 in B"), why
+
+
+def step_until_logged(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    while True:  # LINE:logged_while
+        x = L4(x)
+        n = n - 1
+        note = "yield"  # (text, not a generator)
+        if n.item() <= 0:
+            break
+    return x if note else x
+
+
+def calls_logged(x: torch.Tensor, ns: list) -> torch.Tensor:
+    out = x
+    for n in ns:
+        out = out + step_until_logged(x, n)
+    return out
+
+
+def test_a_yield_in_text_does_not_make_a_helper_a_generator():
+    x, t = torch.randn(2, 4), torch.tensor
+    [why] = torchtrace.diff(_traced(calls_logged, x, [t(2), t(2), t(2)]),
+                            _traced(calls_logged, x, [t(2), t(4), t(2)])).why()
+    assert why.startswith(f"`while` at `test_diff_loops.py:{line_of('logged_while')}` ran 2\u00d7 in A, 4\u00d7 in B "
+                          "(the 2nd of its 3 runs)"), why

@@ -80,7 +80,7 @@ def can_leave(file: str, header: int) -> bool:
     return _in_body(file, header, _LEAVES)
 
 
-_YIELD = re.compile(r"\byield\b")
+_YIELD = re.compile(r"^\s*(?:\w+\s*=\s*)?yield\b|[=(]\s*yield\b")  # (a statement or value, not text)
 
 
 def yields(file: str, header: int) -> bool:

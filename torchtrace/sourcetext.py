@@ -83,12 +83,13 @@ def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
 
 _BLOCKS = ("with", "try", "except", "finally")
 _TRAINING = re.compile(r"\b(?:is_)?train(?:ing)?\b")  # (`self.training`, a `train` or `is_training` argument)
-_STRING = re.compile(r"'[^']*'|\"[^\"]*\"")
+# a string compared (`mode == "train"`): no read of training (`kw["training"]` is one)
+_STRING = re.compile(r"(?:==|!=)\s*(?:'[^']*'|\"[^\"]*\")|(?:'[^']*'|\"[^\"]*\")\s*(?:==|!=)")
 
 
 def _reads_training(text: str) -> bool:
-    """Does code ``text`` read ``training`` (not a string: ``mode == "train"``)?"""
-    return bool(_TRAINING.search(_STRING.sub("''", text)))
+    """Does code ``text`` read ``training`` (not a string compared: ``mode == "train"``)?"""
+    return bool(_TRAINING.search(_STRING.sub("==", text)))
 
 
 def tests_training(n: "Node") -> bool:
@@ -249,7 +250,7 @@ def _names_from(lines: List[str], line: int, read: "re.Pattern[str]") -> Set[str
     for k in range(start, line - 1):
         m = _ASSIGNED.match(lines[k])
         if m is not None:
-            rhs = _STRING.sub("''", _code(lines[k][m.end():]))
+            rhs = _STRING.sub("==", _code(lines[k][m.end():]))
             if read.search(rhs) or not out.isdisjoint(_NAME.findall(rhs)):
                 out.update(x.strip() for x in m.group(1).split(","))
     return out
@@ -272,7 +273,7 @@ def decided_by_a_flag(n: "Node") -> bool:
 def _flag_test(lines: List[str], at: int, test: str) -> bool:
     """Is ``test``, of the ``if`` at line ``at``, a plain flag (``decided_by_a_flag``)?"""
     return not _CALL.search(test) and not _reads_training(test) and \
-        _names_from(lines, at, _TRAINING).isdisjoint(_NAME.findall(_STRING.sub("''", test)))
+        _names_from(lines, at, _TRAINING).isdisjoint(_NAME.findall(_STRING.sub("==", test)))
 
 
 def call_guard(file: str, line: int, attr: str) -> Optional[bool]:
@@ -286,12 +287,18 @@ def call_guard(file: str, line: int, attr: str) -> Optional[bool]:
     if start is None:
         return None
     used = re.compile(r"\." + re.escape(attr) + r"\b")
-    at = next((k + 1 for k in range(start + 1, _last_of_block(lines, start + 1)) if used.search(_code(lines[k]))), 0)
-    found = _if_test(lines, at, _BLOCKS + ("for", "while", "async")) if at else None
+    guards = [_guard(lines, k + 1) for k in range(start + 1, _last_of_block(lines, start + 1))
+              if used.search(_code(lines[k]))]  # (each line that may call it: all must say the same)
+    return guards[0] if guards and all(g == guards[0] for g in guards) else None
+
+
+def _guard(lines: List[str], at: int) -> Optional[bool]:
+    """``call_guard`` of the ``if`` around line ``at``."""
+    found = _if_test(lines, at, _BLOCKS + ("for", "while", "async"))
     if found is None:
         return None
     if _reads_training(found[1]) or not _names_from(lines, found[0], _TRAINING).isdisjoint(
-            _NAME.findall(_STRING.sub("''", found[1]))):
+            _NAME.findall(_STRING.sub("==", found[1]))):
         return True
     return False if _flag_test(lines, found[0], found[1]) else None
 
