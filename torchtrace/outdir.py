@@ -143,31 +143,37 @@ def refuse_if_a_run_records(store: Path) -> None:
     if store.name not in (RUN_STORE, PREV_STORE):
         return
     try:
-        import fcntl
-
         fd = os.open(store.parent / ".torchtrace.lock", os.O_RDONLY)
-    except (ImportError, OSError):  # (not POSIX, or no run ever recorded there)
+    except OSError:  # (no run ever recorded there)
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise UsageError("a `torchtrace run` is recording into this store", where=str(store),
-                         expected="a store no run is recording into", found="its folder's lock held",
-                         fix="pass the Recorder another store, or wait until that run ends") from None
-    except OSError:
-        pass
+        held = not _flock(fd, shared=True)
+    except OSError:  # (a file system without locks: nothing to say)
+        held = False
     finally:
         os.close(fd)  # (and with it the shared lock taken to look)
+    if held:
+        raise UsageError("a `torchtrace run` is recording into this store", where=str(store),
+                         expected="a store no run is recording into", found="its folder's lock held",
+                         fix="pass the Recorder another store, or wait until that run ends")
 
 
 def _lock(fd: int, out: Path) -> None:
+    if not _flock(fd, shared=False):
+        raise UsageError("another torchtrace run is recording into this folder", where=str(out),
+                         expected="an --out folder no other run is using", found="its lock held",
+                         fix="pass another --out, or wait until that run ends")
+
+
+def _flock(fd: int, shared: bool) -> bool:
+    """Take the lock on ``fd`` without waiting: False when another holder has it
+    (True too where there is no ``flock``: not POSIX)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
-        return
+        return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UsageError("another torchtrace run is recording into this folder", where=str(out),
-                         expected="an --out folder no other run is using", found="its lock held",
-                         fix="pass another --out, or wait until that run ends") from None
+        return False
+    return True
