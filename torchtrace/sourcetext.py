@@ -75,13 +75,14 @@ def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
     (first, last) of that branch: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
     and ``x``; attribute reads (``self.flag``) give only their object."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    found = _if_test(lines, n.source.line, _BLOCKS + ("for", "while", "async")) if lines else None
+    found = _if_test(lines, n.source.line, _THROUGH) if lines else None
     if found is None:
         return frozenset(), 0, -1
     return frozenset(_NAME.findall(found[1])) - _KEYWORDS, found[2], found[3]
 
 
 _BLOCKS = ("with", "try", "except", "finally")
+_THROUGH = _BLOCKS + ("for", "while", "async")  # (the blocks a guard's branch may hold around an op)
 _TRAINING = re.compile(r"\b(?:is_)?train(?:ing)?\b")  # (`self.training`, a `train` or `is_training` argument)
 # a string compared (`mode == "train"`): no read of training (`kw["training"]` is one)
 _STRING = re.compile(r"(?:==|!=)\s*(?:'[^']*'|\"[^\"]*\")|(?:'[^']*'|\"[^\"]*\")\s*(?:==|!=)")
@@ -105,7 +106,7 @@ def tests_training(n: "Node") -> bool:
     if _reads_training(_code(lines[line - 1])):
         return True
     for _ in range(16):
-        found = _if_test(lines, line, _BLOCKS + ("for", "while", "async"))
+        found = _if_test(lines, line, _THROUGH)
         if found is None or found[0] >= line:
             return False
         if _reads_training(found[1]):
@@ -236,6 +237,11 @@ def _code(text: str) -> str:
     return text.split("#", 1)[0]
 
 
+def _def_of(lines: List[str], line: int) -> int:
+    """The index of the ``def`` line of the function that holds ``line``; -1 for none."""
+    return next((k for k, text in _headers_around(lines, line) if _word(text) in ("def", "async")), -1)
+
+
 def _shape_names(lines: List[str], line: int) -> Set[str]:
     """Names assigned from a shape or type (or from such names) in the lines of
     the function that holds ``line``, above it: ``b, t = x.shape``, ``n = b * t``."""
@@ -245,7 +251,7 @@ def _shape_names(lines: List[str], line: int) -> Set[str]:
 def _names_from(lines: List[str], line: int, read: "re.Pattern[str]") -> Set[str]:
     """Names assigned from an expression ``read`` matches (or from such names) in
     the lines of the function that holds ``line``, above it."""
-    start = next((k for k, text in _headers_around(lines, line) if _word(text) in ("def", "async")), -1) + 1
+    start = _def_of(lines, line) + 1
     out: Set[str] = set()
     for k in range(start, line - 1):
         m = _ASSIGNED.match(lines[k])
@@ -266,14 +272,20 @@ def decided_by_a_flag(n: "Node") -> bool:
     read, directly or through a name assigned from it above in that function
     (``noisy = self.training and ...``)? False when the line is not readable here."""
     lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    found = _if_test(lines, n.source.line, _BLOCKS + ("for", "while", "async")) if lines else None
+    found = _if_test(lines, n.source.line, _THROUGH) if lines else None
     return found is not None and _flag_test(lines, found[0], found[1])
 
 
 def _flag_test(lines: List[str], at: int, test: str) -> bool:
     """Is ``test``, of the ``if`` at line ``at``, a plain flag (``decided_by_a_flag``)?"""
-    return not _CALL.search(test) and not _reads_training(test) and \
-        _names_from(lines, at, _TRAINING).isdisjoint(_NAME.findall(_STRING.sub("==", test)))
+    return not _CALL.search(test) and not _training_test(lines, at, test)
+
+
+def _training_test(lines: List[str], at: int, test: str) -> bool:
+    """Does ``test``, of the ``if`` at line ``at``, read ``training``, directly or
+    through a name assigned from it above in its function?"""
+    return _reads_training(test) or not _names_from(lines, at, _TRAINING).isdisjoint(
+        _NAME.findall(_STRING.sub("==", test)))
 
 
 def call_guard(file: str, line: int, attr: str) -> Optional[bool]:
@@ -282,9 +294,8 @@ def call_guard(file: str, line: int, attr: str) -> Optional[bool]:
     tests a plain flag (``decided_by_a_flag``); None when there is no such call
     or ``if``, it tests something else, or the file is not readable here."""
     lines = _lines(file, line)
-    start = next((k for k, text in _headers_around(lines, line) if _word(text) in ("def", "async")), None) \
-        if lines is not None else None
-    if start is None:
+    start = _def_of(lines, line) if lines is not None else -1
+    if start < 0:
         return None
     used = re.compile(r"\." + re.escape(attr) + r"\b")
     guards = [_guard(lines, k + 1) for k in range(start + 1, _last_of_block(lines, start + 1))
@@ -294,13 +305,10 @@ def call_guard(file: str, line: int, attr: str) -> Optional[bool]:
 
 def _guard(lines: List[str], at: int) -> Optional[bool]:
     """``call_guard`` of the ``if`` around line ``at``."""
-    found = _if_test(lines, at, _BLOCKS + ("for", "while", "async"))
+    found = _if_test(lines, at, _THROUGH)
     if found is None:
         return None
-    if _reads_training(found[1]) or not _names_from(lines, found[0], _TRAINING).isdisjoint(
-            _NAME.findall(_STRING.sub("==", found[1]))):
-        return True
-    return False if _flag_test(lines, found[0], found[1]) else None
+    return True if _training_test(lines, found[0], found[1]) else None if _CALL.search(found[1]) else False
 
 
 _HEADER = re.compile(r"^\s*(\w+)")
