@@ -59,6 +59,16 @@ def call_site(n: "Node") -> Optional[Tuple[str, int]]:
     return _base(w.called_from[0].file), w.called_from[0].line
 
 
+def _caller(n: "Node") -> Optional[Tuple[str, str]]:
+    """(file, function) of the user frame that called the helper in which read
+    ``n`` ran (not ``call_site``: the function, not the line); None when there is
+    none, or it is the helper itself (recursion: its caller's ops are its own)."""
+    c = n.witness.called_from[0] if n.witness is not None and n.witness.called_from else None
+    if c is None or n.source is None or (c.file, c.function) == (n.source.file, n.source.function):
+        return None
+    return c.file, c.function
+
+
 def call_sites(nodes: Iterable["Node"]) -> Dict[Tuple[str, int], FrozenSet[Tuple[str, int]]]:
     """(file, line) of each read in a helper -> the lines that called the helper."""
     sites: Dict[Tuple[str, int], Set[Tuple[str, int]]] = {}
@@ -188,9 +198,8 @@ class Side:
         file, function, first, last = loop[:4]
         if (at.file, at.function) == (file, function):
             return self.nodes[k].module == n.module and not first <= at.line <= last
-        c = n.witness.called_from[0] if n.witness is not None and n.witness.called_from else None
-        return c is not None and (c.file, c.function) == (at.file, at.function) and \
-            (n.source.file, n.source.function) == (file, function) and not yields(file, first)
+        return _caller(n) == (at.file, at.function) and (n.source.file, n.source.function) == (file, function) \
+            and not yields(file, first)
 
     def _went_on(self, i: int, last: int) -> bool:
         """Did the ``while`` whose condition read op ``i`` run its body again? The
@@ -200,14 +209,11 @@ class Side:
         called out; a loop entered anew reads at once: an outer loop's next run),
         none of them in the function that called the helper (its next call)."""
         n = self.nodes[i]
-        src, key = n.source, (n.source.file, n.source.function, n.module)
-        caller = n.witness.called_from[0] if n.witness.called_from else None  # (file, function: not ``call_site``)
-        if caller is not None and (caller.file, caller.function) == (src.file, src.function):
-            caller = None  # (a recursive helper: its caller's ops are its own)
+        src, key, caller = n.source, (n.source.file, n.source.function, n.module), _caller(n)
         between = False
         for m in self.nodes[i + 1:]:
             at = m.source
-            if caller is not None and at is not None and (at.file, at.function) == (caller.file, caller.function):
+            if caller is not None and at is not None and (at.file, at.function) == caller:
                 return False  # (back in the caller: the helper returned)
             if at is None or (at.file, at.function, m.module) != key:
                 between = True
@@ -244,6 +250,10 @@ class Side:
             if n.source is not None:
                 out.setdefault((n.source.file, n.source.function), []).append(n.source.line)
         return out
+
+    def ran(self, file: str, function: str) -> bool:
+        """Did the pass run an op in that function?"""
+        return (file, function) in self._lines_run
 
     def ran_lines(self, file: str, function: str, lo: int, hi: int, but: Tuple[int, int] = (0, -1)) -> bool:
         """Did the pass run an op at a line ``lo``..``hi`` of that function, outside ``but``

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .side import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
-from .ir import Graph, Node
+from .ir import Graph, ModuleCall, Node
 from .sourcetext import call_guard, decided_by_a_flag, shape_test, tests_training
 from .typechange import TypeChange
 
@@ -188,15 +188,16 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = 
                 continue
             if n.module is None:
                 return None
-            g, other = (A, B)[x].graph, (B, A)[x].training
-            m = g.module(n.module)
+            side, them = (A, B)[x], (B, A)[x]
+            g, other = side.graph, them.training
+            m, child = g.module(n.module), None  # (child: the outermost call around n that only this side made)
             while m.parent is not None and (m.path, m.call) not in other:
-                m = g.module(m.parent)
-            mine, theirs = (A, B)[x].training.get((m.path, m.call)), other.get((m.path, m.call))
+                m, child = g.module(m.parent), m
+            mine, theirs = side.training.get((m.path, m.call)), other.get((m.path, m.call))
             if mine is None or theirs is None or mine == theirs:
                 return None
             sides.add(x if mine else 1 - x)
-            modal = modal or _modal((A, B)[x], n, (B, A)[x])
+            modal = modal or _modal(side, n, them, child)
     return "AB"[sides.pop()] if len(sides) == 1 and modal else None
 
 
@@ -205,36 +206,32 @@ _MODAL_OPS = ("dropout", "bernoulli", "batch_norm", "rrelu")
 _FAST_PATHS = ("TransformerEncoder", "TransformerDecoder", "MultiheadAttention")
 
 
-def _modal(side: Side, n: Node, other: Side) -> bool:
+def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall]) -> bool:
     """Can training mode have decided op ``n``: yes unless a plain flag's ``if``
     ran it (``decided_by_a_flag``: ``if self.deep:``) in a function the ``other``
     pass ran too, or, in a function only this pass ran (a submodule's forward),
-    unless a plain flag's ``if`` made the call of that submodule (``_call_guard``:
-    ``if self.use_adapter: self.adapter(x)``, where ``if self.training:`` would be
-    the mode); and then still for a dropout or batch norm op (or its backward), an
-    op in a module that runs otherwise in training (``_MODAL``, ``_FAST_PATHS``),
-    or one whose line an ``if`` further out on ``training`` decides (``tests_training``)."""
-    g, src = side.graph, n.source
+    unless a plain flag's ``if`` made the call ``child`` of that submodule
+    (``_call_guard``: ``if self.use_adapter: self.adapter(x)``, where ``if
+    self.training:`` would be the mode); and then still for a dropout or batch
+    norm op (or its backward), an op in a module that runs otherwise in training
+    (``_MODAL``, ``_FAST_PATHS``), or one whose line an ``if`` further out on
+    ``training`` decides (``tests_training``)."""
+    src = n.source
     flag = src is not None and decided_by_a_flag(n) and (
-        other.ran_lines(src.file, src.function, 0, 1 << 30) or _call_guard(side, n, other) is False)
+        other.ran(src.file, src.function) or child is not None and _call_guard(side, child) is False)
     return not flag or any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
-        m.type.startswith(_MODAL + _FAST_PATHS) for m in g.calls_around(n.module))
+        m.type.startswith(_MODAL + _FAST_PATHS) for m in side.graph.calls_around(n.module))
 
 
-def _call_guard(side: Side, n: Node, other: Side) -> Optional[bool]:
-    """``call_guard`` of the outermost module call around ``n`` that only this
-    pass made, in its parent's forward (found by an op of the parent's call)."""
-    g = side.graph
-    m = g.module(n.module) if n.module is not None else None
-    while m is not None and m.parent is not None and (g.module(m.parent).path, g.module(m.parent).call) \
-            not in other.training:
-        m = g.module(m.parent)
-    if m is None or m.parent is None or (m.path, m.call) in other.training:
+def _call_guard(side: Side, child: ModuleCall) -> Optional[bool]:
+    """``call_guard`` of the module call ``child`` in its parent's forward (found
+    by an op of the parent's own call)."""
+    at = side.source_of_call.get(child.parent) if child.parent is not None else None
+    if at is None:
         return None
-    at = side.source_of_call.get(m.parent)
-    parent = g.module(m.parent).path
-    attr = m.path[len(parent) + 1:].split(".")[0] if parent else m.path.split(".")[0]
-    return call_guard(at.file, at.line, attr) if at is not None and attr else None
+    parent = side.graph.module(child.parent).path
+    attr = (child.path[len(parent) + 1:] if parent else child.path).split(".")[0]
+    return call_guard(at.file, at.line, attr) if attr else None
 
 
 # torch.nn modules whose forward runs other ops in training and in eval mode

@@ -137,4 +137,3 @@ class Watcher:
         if not self._sampled:
             scope.depth = 0  # no global post-hook will close it
         return None
-
