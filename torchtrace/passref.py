@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional, Tuple
 
 from .errors import UsageError
 from .ir import Graph
@@ -33,17 +33,13 @@ def open_graph(ref: str) -> Graph:
         raise UsageError("no graph named", expected="FILE.json[.gz], STORE.db[:IDX] or a `torchtrace run` folder",
                          found=repr(ref), fix="e.g. torchtrace-out/trace.db:0")
     ref = _in_run_folder(ref)
-    m = _REF.fullmatch(ref)
-    if m is not None:
-        path, parts = m.group("path"), [p for p in (m.group("a"), m.group("b")) if p is not None]
-    else:
-        found = _sqlite_ref(ref)
-        if found is None:
-            from .serialize import load
+    found = _store_ref(ref)
+    if found is None:
+        from .serialize import load
 
-            _not_a_pass_of_a_file(ref)
-            return load(ref)
-        path, parts = found
+        _not_a_pass_of_a_file(ref)
+        return load(ref)
+    path, parts = found
     if len(parts) > 2 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
         raise UsageError("bad pass reference", where=ref, expected="STORE.db, STORE.db:IDX or STORE.db:RANK:IDX",
                          found=repr(":".join(parts)) if any(p.strip() for p in parts) else "nothing after ':'",
@@ -62,17 +58,23 @@ def open_graph(ref: str) -> Graph:
         return store.graph(idx, rank)
 
 
+def _store_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
+    """(store path, [rank,] idx parts) of a reference to a store's pass; None for a graph file."""
+    m = _REF.fullmatch(ref)
+    if m is not None:
+        return m.group("path"), [p for p in (m.group("a"), m.group("b")) if p is not None]
+    return _sqlite_ref(ref)
+
+
 def ref_file(ref: str) -> Optional[Path]:
     """The file a reference reads (the store of ``trace.db:3``, a graph file), if there is one."""
     ref = _in_run_folder(ref)
-    for k in range(3):  # (a path, then without `:IDX`, then without `:RANK:IDX`)
-        path = Path(ref.rsplit(":", k)[0]) if k else Path(ref)
-        try:
-            if path.is_file():
-                return path
-        except OSError:  # (a name too long)
-            return None
-    return None
+    found = _store_ref(ref)
+    path = Path(found[0] if found is not None else ref)
+    try:
+        return path if path.is_file() else None
+    except OSError:  # (a name too long)
+        return None
 
 
 def _not_a_pass_of_a_file(ref: str) -> None:
