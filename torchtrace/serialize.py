@@ -380,11 +380,15 @@ def load(path: PathLike) -> Graph:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        store, _, idx = str(path).rpartition(":")
-        if store and idx.lstrip("-").isdigit() and Path(store).is_file():  # (`trace.db:3`: a CLI pass reference)
+        from .passref import _store_ref
+
+        found = _store_ref(str(path))  # (`trace.db:3`: a pass reference, as the command line takes them)
+        if found is not None and 0 < len(found[1]) <= 2 and all(x.lstrip("-").isdigit() for x in found[1]) \
+                and Path(found[0]).is_file():
+            store, args = found[0], ", ".join(reversed(found[1]))  # (idx[, rank])
             raise IRError("a pass reference, not a file", where=str(p), expected="a graph file (.json or .json.gz)",
-                          found=f"pass {idx} of {store}", fix=f"torchtrace.store.Store({store!r}).graph({idx}) "
-                          "reads that pass in Python (`STORE:IDX` is for the command line)") from None
+                          found=f"pass {found[1][-1]} of {store}", fix=f"torchtrace.store.Store({store!r})."
+                          f"graph({args}) reads that pass in Python (`STORE:IDX` is for the command line)") from None
         raise IRError("no such file", where=str(p), expected="a graph file (.json or .json.gz)",
                       found="nothing at that path", fix="check the path") from None
     except IsADirectoryError:
