@@ -297,3 +297,30 @@ def test_a_yield_in_text_does_not_make_a_helper_a_generator():
                             _traced(calls_logged, x, [t(2), t(4), t(2)])).why()
     assert why.startswith(f"`while` at `test_diff_loops.py:{line_of('logged_while')}` ran 2\u00d7 in A, 4\u00d7 in B "
                           "(the 2nd of its 3 runs)"), why
+
+
+def two_capped_loops(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    for i in range(10):  # LINE:cap_a_for
+        x = L4(x)
+        if i >= a.item():  # LINE:cap_a
+            break
+    for j in range(10):  # LINE:cap_b_for
+        x = torch.relu(x)
+        if j >= b.item():  # LINE:cap_b
+            break
+    return x
+
+
+def test_two_loops_in_a_row_each_ended_by_its_own_read_are_both_named():
+    """Both loops ran one more iteration in B. Their extra ops were one hunk,
+    named by the second loop only; and where the second loop alone ran longer,
+    its hunk named the first loop's read (the nearest before its first pass)."""
+    x, t = torch.randn(2, 4), torch.tensor
+    at = {k: f"`test_diff_loops.py:{line_of(k)}`" for k in ("cap_a", "cap_b", "cap_a_for", "cap_b_for")}
+    first = f"`for` at {at['cap_a_for']} ran 2\u00d7 in A, 3\u00d7 in B; {at['cap_a']} read 1 in A, 2 in B"
+    second = f"`for` at {at['cap_b_for']} ran 2\u00d7 in A, 3\u00d7 in B; {at['cap_b']} read 1 in A, 2 in B"
+    both = torchtrace.diff(_traced(two_capped_loops, x, t(1), t(1)), _traced(two_capped_loops, x, t(2), t(2)))
+    assert both.why() == [f"{first} \u2192 3 ops only in B (in `<root>`)",
+                          f"{second} \u2192 2 ops only in B (in `<root>`)"]
+    [one] = torchtrace.diff(_traced(two_capped_loops, x, t(2), t(1)), _traced(two_capped_loops, x, t(2), t(2))).why()
+    assert one == f"{second} \u2192 2 ops only in B (in `<root>`)"

@@ -937,14 +937,15 @@ def test_persistent_workers_leave_no_loading_in_the_steps(tmp_path):
 
 
 _OPEN_AT_ONCE = """
-import sys, time
+import os, sys, time
 from torchtrace.ir import Graph
 from torchtrace.store import Store
-path, start = sys.argv[1], float(sys.argv[2])
-assert time.time() < start, "started too late to race"
-time.sleep(start - time.time())
+path, rank = sys.argv[1], int(sys.argv[2])
+open(f"{path}.ready{rank}", "w").close()  # a barrier: all 8 are up (torch imported) before any opens the store
+while sum(os.path.exists(f"{path}.ready{r}") for r in range(8)) < 8:
+    time.sleep(0.001)
 with Store(path) as store:
-    store.add(Graph(meta={"rank": int(sys.argv[3]), "world_size": 8}))
+    store.add(Graph(meta={"rank": rank, "world_size": 8}))
 """
 
 
@@ -953,8 +954,7 @@ def test_ranks_opening_a_new_store_at_once_all_get_in(tmp_path):
     # wait for the lock that switching a new file to WAL takes
     for attempt in range(3):
         path = tmp_path / f"t{attempt}.db"
-        start = time.time() + 1.5  # all processes are up and waiting by then
-        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(path), str(start), str(r)],
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(path), str(r)],
                                   stderr=subprocess.PIPE, text=True) for r in range(8)]
         errors = [p.communicate(timeout=120)[1] for p in procs]
         assert [p.returncode for p in procs] == [0] * 8, "\n".join(e for e in errors if e)[-3000:]

@@ -180,8 +180,31 @@ def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[A
             prev = seq[pairs[k - 1][side]]
             k1 = next((e + 1 for e in range(k1 - 1, k - 1, -1) if seq[pairs[e][side]] == prev), k)
         if k < k1:
-            k1 = _move(pairs, seq, w_other, w_self, side, k, k1)
+            moved = _move(pairs, seq, w_other, w_self, side, k, k1)
+            cut = _two_loops(pairs, seq, side, k, k1) if down and moved == k1 == end else None
+            k1 = moved if cut is None else _move(pairs, seq, w_other, w_self, side, cut, k1)
         k = max(k1, end)
+
+
+def _two_loops(pairs: List[Pair], seq: List[int], side: int, k: int, k1: int) -> Optional[int]:
+    """Where the one-sided run ``pairs[k:k1]``, aligned on both ends, splits
+    into a copy of the ops right above it and a copy of those right below it:
+    one more iteration of each of two loops in a row (each ended by its own
+    read). The tail then moves on its own, into the second loop."""
+    j0, j1 = pairs[k][side], pairs[k1 - 1][side] + 1
+    if (j0 and seq[j0 - 1] == seq[j1 - 1]) or (j1 < len(seq) and seq[j0] == seq[j1]):
+        return None  # (it could move whole: one loop's iterations)
+    for cut in range(k + 1, k1):
+        head, tail = cut - k, k1 - cut
+        if not set(seq[j0:j0 + head]).isdisjoint(seq[j0 + head:j1]):
+            continue  # (ops of one loop body on both sides of the cut)
+        above = all(k - head + t >= 0 and None not in pairs[k - head + t] and pairs[k - head + t][side] == j0 - head + t
+                    and seq[j0 - head + t] == seq[j0 + t] for t in range(head))
+        below = all(k1 + t < len(pairs) and None not in pairs[k1 + t] and pairs[k1 + t][side] == j1 + t
+                    and seq[j1 + t] == seq[j0 + head + t] for t in range(tail))
+        if above and below:
+            return cut
+    return None
 
 
 def _move(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int,

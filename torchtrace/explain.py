@@ -38,7 +38,7 @@ from .align import Pair
 from .side import Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .readchange import WitnessChange, decisive, read_str
-from .sourceloops import feeds_loop
+from .sourceloops import exits_loop, feeds_loop, loop_span
 from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
 from .textform import common_module, plural, where
 
@@ -161,6 +161,9 @@ class Causes:
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
         optimizer = any((self.A.nodes[i] if j is None else self.B.nodes[j]).phase == "optimizer"
                         for i, j in self.pairs[k0:k1] if i is None or j is None)
+        ended = self._exit_read(loop, start, k0)
+        if ended is not None:
+            return ended
         witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
             self._inside(k0, k1)
         if loop is not None and witness is not None and witness.weak and _counts(witness, loop) and \
@@ -174,6 +177,26 @@ class Causes:
                     witness is None or (witness.file, witness.line) == (run.file, run.line)):
                 loop = run
         return witness, loop
+
+    def _exit_read(self, loop: Optional[LoopChange], start: int,
+                   k0: int) -> Optional[Tuple[WitnessChange, LoopChange]]:
+        """A repeated block's loop ended by a read in its body: the latest
+        decisive read that differs between the block's first copy and the hunk,
+        whose `if` leaves the loop around the block (``if i >= n.item(): break``),
+        and that loop named by its header. Not a read before the loop: a second
+        loop after one that ran longer was blamed on the first one's read."""
+        if loop is None or start >= k0:
+            return None
+        span = loop_span(loop.file, loop.line)
+        if span is None:
+            return None
+        reads = self.decisive
+        for e in reversed(reads[bisect.bisect_left(reads, start):bisect.bisect_left(reads, k0)]):
+            src = self.A.nodes[self.pairs[e][0]].source
+            if src is not None and src.file == loop.file and span[0] <= src.line <= span[1] \
+                    and exits_loop(src.file, src.line):
+                return self.witness_change(*self.pairs[e]), replace(loop, line=span[0], via="witness", keyword=span[2])
+        return None
 
     def adjacent(self, k0: int) -> Optional[WitnessChange]:
         """The decisive read that differs right before row ``k0``, no op between
