@@ -324,3 +324,76 @@ def test_two_loops_in_a_row_each_ended_by_its_own_read_are_both_named():
                           f"{second} \u2192 2 ops only in B (in `<root>`)"]
     [one] = torchtrace.diff(_traced(two_capped_loops, x, t(2), t(1)), _traced(two_capped_loops, x, t(2), t(2))).why()
     assert one == f"{second} \u2192 2 ops only in B (in `<root>`)"
+
+
+def converge(x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
+    h = x
+    if kind == "if":
+        for _ in range(20):  # LINE:conv_for
+            nh = torch.tanh(L4(h)) * scale + h * (1 - scale)
+            delta = (nh - h).abs().max().item()  # LINE:conv_read
+            h = nh
+            if delta < 0.05:
+                break
+    else:
+        delta = 1e9
+        while delta >= 0.05:  # LINE:conv_while
+            nh = torch.tanh(L4(h)) * scale + h * (1 - scale)
+            delta = (nh - h).abs().max().item()  # LINE:conv_read_while
+            h = nh
+    return h
+
+
+@pytest.mark.parametrize("kind, loop, read", [("if", "`for` at {conv_for}", "conv_read"),
+                                              ("while", "`while` at {conv_while}", "conv_read_while")])
+def test_a_convergence_loop_ended_by_a_float_is_named_without_a_hedge(kind, loop, read):
+    """`delta = d.item()` ... `if delta < tol: break` (or `while delta >= tol:`):
+    it was "read 0.09 in A, 0.1 in B (a float: the nearest read that differs,
+    maybe not the cause); the block at ... ran 4x in A, 5x in B"."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    graphs = {s: _traced(converge, x, s, kind) for s in (0.3, 0.2)}
+    count = {s: sum(n.op == "aten.tanh.default" for n in g.nodes) for s, g in graphs.items()}
+    assert count[0.3] < count[0.2]  # (a slower step converges later)
+    [why] = torchtrace.diff(graphs[0.3], graphs[0.2]).why()
+    head = loop.format(**{k: f"`test_diff_loops.py:{line_of(k)}`" for k in ("conv_for", "conv_while")})
+    assert why.startswith(f"{head} ran {count[0.3]}\u00d7 in A, {count[0.2]}\u00d7 in B; "
+                          f"`test_diff_loops.py:{line_of(read)}` read "), why
+    assert "maybe not the cause" not in why
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.l(x))
+
+
+class EarlyExit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block() for _ in range(4)])
+
+    def forward(self, x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks:  # LINE:exit_for
+            x = b(x)
+            if x.mean() > threshold:  # LINE:exit_read
+                break
+        return x
+
+
+def test_an_early_exit_that_one_pass_never_takes_names_the_loop_not_the_block_s_line():
+    """The body is a submodule call: the loop was "the block at" a line of
+    Block.forward, 1x in A, 4x in B."""
+    torch.manual_seed(0)
+    m, x = EarlyExit().eval(), torch.randn(2, 4)
+    graphs = []
+    for threshold in (-9.0, 9.0):  # breaks after the first block; never breaks
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x, torch.tensor(threshold))
+        graphs.append(t.graph)
+    [why] = torchtrace.diff(*graphs).why()
+    assert why.startswith(f"`for` at `test_diff_loops.py:{line_of('exit_for')}` ran 1\u00d7 in A, 4\u00d7 in B; "
+                          f"`test_diff_loops.py:{line_of('exit_read')}` read True in A, False in B"), why

@@ -38,7 +38,7 @@ from .align import Pair
 from .side import Side, Sig
 from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
 from .readchange import WitnessChange, decisive, read_str
-from .sourceloops import exits_loop, feeds_loop, loop_span
+from .sourceloops import ended_by, feeds_loop
 from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
 from .textform import common_module, plural, where
 
@@ -161,7 +161,7 @@ class Causes:
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs
         optimizer = any((self.A.nodes[i] if j is None else self.B.nodes[j]).phase == "optimizer"
                         for i, j in self.pairs[k0:k1] if i is None or j is None)
-        ended = self._exit_read(loop, start, k0)
+        ended = self._exit_read(loop, start, k0, k1)
         if ended is not None:
             return ended
         witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
@@ -178,24 +178,26 @@ class Causes:
                 loop = run
         return witness, loop
 
-    def _exit_read(self, loop: Optional[LoopChange], start: int,
-                   k0: int) -> Optional[Tuple[WitnessChange, LoopChange]]:
-        """A repeated block's loop ended by a read in its body: the latest
-        decisive read that differs between the block's first copy and the hunk,
-        whose `if` leaves the loop around the block (``if i >= n.item(): break``),
-        and that loop named by its header. Not a read before the loop: a second
-        loop after one that ran longer was blamed on the first one's read."""
+    def _exit_read(self, loop: Optional[LoopChange], start: int, k0: int,
+                   k1: int) -> Optional[Tuple[WitnessChange, LoopChange]]:
+        """A repeated block's loop ended by a read in its body: the latest read
+        that differs between the block's first copy and the hunk, that the
+        hunk's extra iterations made too, and that ends its loop
+        (``sourceloops.ended_by``: ``if i >= n.item(): break``, ``delta =
+        d.item()`` ... ``if delta < tol: break``), with that loop named by its
+        header. Not a read before the loop (a second loop after one that ran
+        longer was blamed on the first one's read), nor a float's hedge."""
         if loop is None or start >= k0:
             return None
-        span = loop_span(loop.file, loop.line)
-        if span is None:
-            return None
-        reads = self.decisive
+        made = {self.A.sigs[i] if j is None else self.B.sigs[j] for i, j in self.pairs[k0:k1] if i is None or j is None}
+        reads = self.differing
         for e in reversed(reads[bisect.bisect_left(reads, start):bisect.bisect_left(reads, k0)]):
-            src = self.A.nodes[self.pairs[e][0]].source
-            if src is not None and src.file == loop.file and span[0] <= src.line <= span[1] \
-                    and exits_loop(src.file, src.line):
-                return self.witness_change(*self.pairs[e]), replace(loop, line=span[0], via="witness", keyword=span[2])
+            i, j = self.pairs[e]
+            span = ended_by(self.A.nodes[i]) if self.A.sigs[i] in made else None
+            if span is not None:
+                src = self.A.nodes[i].source
+                return self.witness_change(i, j), replace(loop, file=src.file, function=src.function, line=span[0],
+                                                          via="witness", keyword=span[2])
         return None
 
     def adjacent(self, k0: int) -> Optional[WitnessChange]:

@@ -74,6 +74,36 @@ def exits_loop(file: str, line: int) -> bool:
     return any(_EXIT.match(_code(lines[k])) for k in range(line, _last_of_block(lines, line)))
 
 
+def ended_by(read: "Node") -> Optional[Tuple[int, int, str]]:
+    """The loop (as ``loop_span``) that a read in its body can end: the read is
+    at an ``if`` that leaves it (``if x.mean() > t: break``), or it assigns a
+    name that such an ``if`` below it, or the loop's ``while`` header, tests
+    (``delta = d.item()`` ... ``if delta < tol: break``; ``while delta >= tol:``)."""
+    src = read.source
+    span = loop_span(src.file, src.line) if src is not None else None
+    if src is None or span is None or span[0] == src.line:
+        return None
+    if exits_loop(src.file, src.line):
+        return span
+    names = names_assigned(read)
+    lines = _lines(src.file, src.line)
+    if not names or lines is None:
+        return None
+    if span[2] == "while" and not names.isdisjoint(_NAME.findall(_code(lines[span[0] - 1]))):
+        return span
+    for k in range(src.line + 1, span[1] + 1):
+        if _IF.match(lines[k - 1]) and not names.isdisjoint(_NAME.findall(_test(lines[k - 1]))) \
+                and exits_loop(src.file, k):
+            return span
+    return None
+
+
+def _test(text: str) -> str:
+    """The test of an ``if`` line (up to its colon)."""
+    colon = _header_colon(text)
+    return _code(text if colon is None else text[:colon])
+
+
 def can_leave(file: str, header: int) -> bool:
     """Can the loop at ``header`` end early: does its body hold a ``break`` or a
     ``return``? (Else a ``for`` ends only when its items run out.)"""
