@@ -235,6 +235,31 @@ def test_grad_norms_of_every_dtype_and_of_sparse_grads(dtype):
         assert grads[name].norm == pytest.approx(want, rel=1e-6 if dtype == torch.float64 else 1e-2)
 
 
+def test_a_nan_or_inf_gradient_norm_is_a_float_in_memory_and_after_a_round_trip(tmp_path):
+    """The check a user writes for an exploding layer, `math.isnan(gi.norm)`,
+    raised TypeError: the norm was the string 'nan'. JSON has no NaN: strings there."""
+    import json
+    import math
+
+    from torchtrace.store import Store
+    m = nn.ModuleDict({"a": nn.Linear(3, 1), "b": nn.Linear(3, 1)})
+    x = torch.tensor([[1.0, float("nan"), 0.0]])
+    with torchtrace.trace(m) as t:
+        (m["a"](x) + m["b"](torch.full((1, 3), 1e38)) * 1e38).sum().backward()
+    with Store(tmp_path / "t.db") as store:
+        store.add(t.graph)
+    path = torchtrace.save(t.graph, tmp_path / "g.json")
+    stored = json.loads(path.read_text())["autograd"]["grads"]
+    assert {x["name"]: x["norm"] for x in stored}["a.weight"] == "nan"
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        from_store = store.graph(0)
+    for g in (t.graph, torchtrace.load(path), from_store):
+        norms = {gi.name: gi.norm for gi in g.autograd.grads}
+        assert all(isinstance(v, float) for v in norms.values()), norms
+        assert math.isnan(norms["a.weight"]) and norms["b.weight"] == math.inf
+        assert norms["a.bias"] == pytest.approx(m["a"].bias.grad.norm().item())
+
+
 def test_functional_call_parameters_keep_their_names_and_grads():
     """torch.func.functional_call swaps the module's parameters for the call
     (ensembles, meta-learning): the swapped-in tensors are the parameters of that

@@ -164,7 +164,7 @@ class GradInfo:
     name: Optional[str]
     shape: Tuple[int, ...]
     dtype: str
-    norm: float
+    norm: Optional[float]  # NaN/inf as floats (strings in JSON); None: the gradient holds no numbers (meta)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import errno
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -94,7 +95,7 @@ def _tree(g: Graph, arr: Callable[[Any], Any], share: bool) -> Dict[str, Any]:
                        "param": a.param, "value": a.value} for a in ag.nodes],
             "executed": arr(ag.executed),
             "grads": [{"value": x.value, "name": x.name, "shape": arr(x.shape), "dtype": x.dtype,
-                       "norm": x.norm} for x in ag.grads],
+                       "norm": norm_json(x.norm)} for x in ag.grads],
             "no_grad_params": arr(ag.no_grad_params),
         },
         "fingerprints": dict(g.fingerprints),
@@ -132,7 +133,7 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
             nodes=tuple(AutogradNode(a["id"], a["name"], a["op"], tuple(a["next"]), a["saved_bytes"],
                                      a.get("param"), a.get("value")) for a in ag["nodes"]),
             executed=tuple(ag["executed"]),
-            grads=tuple(GradInfo(x["value"], x["name"], tuple(x["shape"]), x["dtype"], x["norm"])
+            grads=tuple(GradInfo(x["value"], x["name"], tuple(x["shape"]), x["dtype"], norm_from_json(x["norm"]))
                         for x in ag.get("grads", ())),
             no_grad_params=tuple(ag.get("no_grad_params", ())),
         ),
@@ -144,6 +145,18 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
         if where is None or e.where is None:
             raise
         raise IRError(e.problem, where=f"{where}: {e.where}", expected=e.expected, found=e.found, fix=e.fix) from None
+
+
+def norm_json(x: Optional[float]) -> Any:
+    """A gradient norm for JSON, which has no NaN or inf: those as strings."""
+    return x if x is None or math.isfinite(x) else str(x)
+
+
+def norm_from_json(x: Any) -> Optional[float]:
+    """The norm ``norm_json`` wrote ("nan", "inf"; "unknown" in files before 2026-11-27: None)."""
+    if isinstance(x, str):
+        return float(x) if x in ("nan", "inf", "-inf") else None
+    return x
 
 
 def witness_from_dict(d: Any) -> Any:

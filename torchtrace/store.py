@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
-from .serialize import SQLITE_HEADER, content_key, decode, encode, witness_from_dict
+from .serialize import SQLITE_HEADER, content_key, decode, encode, norm_from_json, norm_json, witness_from_dict
 
 SCHEMA_VERSION = 2  # 2: graph rows keyed by content (passes name theirs); 1 is read too
 _SCHEMA = """
@@ -214,7 +214,7 @@ class Store:
         fp = graph.fingerprints
         witnesses: Dict[str, Any] = {n.id: n.witness.read() for n in graph.witnesses()}
         if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
-            witnesses["grads"] = [gi.norm for gi in graph.autograd.grads]
+            witnesses["grads"] = [norm_json(gi.norm) for gi in graph.autograd.grads]
         markers = {n.id: n.args for n in graph.nodes if "annotation" in n.tags and n.args}
         if markers:  # (their names: `ProfilerStep#7`, a step number in a record_function)
             witnesses["markers"] = markers
@@ -304,7 +304,8 @@ class Store:
                           replace(n, args=marks[n.id]) if n.id in marks else n for n in g.nodes)
             autograd = g.autograd
             if isinstance(norms, list) and len(norms) == len(autograd.grads):
-                autograd = replace(autograd, grads=tuple(replace(gi, norm=x) for gi, x in zip(autograd.grads, norms)))
+                autograd = replace(autograd, grads=tuple(replace(gi, norm=norm_from_json(x))
+                                                            for gi, x in zip(autograd.grads, norms)))
         meta = dict(g.meta, step=step, label=label, created=started, error=error, pass_index=idx)
         meta.pop("last", None)  # (the stored graph's may be another pass's)
         if last:

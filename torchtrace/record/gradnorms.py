@@ -18,8 +18,8 @@ import torch
 
 
 def grad_infos(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any]]:
-    """(shape, dtype, 2-norm) per gradient: a float, its str when not finite,
-    ``"unknown"`` where the gradient holds no numbers."""
+    """(shape, dtype, 2-norm) per gradient: a float (NaN or inf as such), None
+    where the gradient holds no numbers."""
     norms: List[Any] = [None] * len(grads)
     groups: Dict[tuple, List[int]] = {}
     for i, g in enumerate(grads):
@@ -33,26 +33,23 @@ def grad_infos(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, An
         except (RuntimeError, NotImplementedError, TypeError):  # a dtype or torch without the fused kernel
             continue
         for i, x in zip(idx, values):
-            norms[i] = _finite(x)
+            norms[i] = x
     return [(tuple(g.shape), str(g.dtype).replace("torch.", ""), _norm_one(g.detach()) if n is None else n)
             for g, n in zip(grads, norms)]
 
 
 def _norm_one(g: Any) -> Any:
-    """One gradient's 2-norm, or ``"unknown"`` where it holds no numbers (meta,
-    a wrapper subclass) or no kernel computes it."""
+    """One gradient's 2-norm, or None where it holds no numbers (meta, a
+    wrapper subclass) or no kernel computes it."""
     try:
         if g.layout is torch.sparse_coo:  # (nn.Embedding(sparse=True)): its values' norm
             g = g.coalesce().values()
-        return _finite(float(torch.linalg.vector_norm(g, dtype=_accumulate(g.dtype))))
+        return float(torch.linalg.vector_norm(g, dtype=_accumulate(g.dtype)))
     except (RuntimeError, NotImplementedError):
-        return "unknown"
+        return None
 
 
 def _accumulate(dtype: torch.dtype) -> Optional[torch.dtype]:
     """fp16/bf16/fp8 gradients are summed in fp32; fp32, fp64 and complex in their own type."""
     return torch.float32 if dtype.is_floating_point and dtype.itemsize < 4 else None
 
-
-def _finite(x: float) -> Any:
-    return x if x == x and abs(x) != float("inf") else str(x)
