@@ -327,6 +327,11 @@ def test_unused_parameter_is_reported():
     with torchtrace.trace(m) as t:
         m(x).sum().backward()
     assert t.graph.autograd.no_grad_params == ("unused.weight", "unused.bias")
+    # torch.autograd.grad returns the gradients and accumulates none: every parameter was listed
+    with torchtrace.trace(m) as t:
+        got = torch.autograd.grad(m(x).sum(), [p for p in m.parameters() if p.requires_grad], allow_unused=True)
+    assert [g is None for g in got] == [False, False, True, True]  # (the oracle: torch's own answer)
+    assert t.graph.autograd.no_grad_params == ("unused.weight", "unused.bias")
 
 
 def test_checkpoint_recompute_is_tagged_with_right_scopes():

@@ -214,7 +214,10 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                        in zip(with_grad, grad_infos([g for _, _, g in with_grad])))
     tracker.grads.clear()  # (the references end with the build)
     if tracker.backward_ran:
-        got = {id(e.leaf()) for e in entries if e.leaf() is not None and e.key in executed_keys}
+        # torch.autograd.grad returns the gradients and runs no AccumulateGrad: when no backward of the
+        # pass accumulated, a parameter whose AccumulateGrad its graph reaches got one
+        accumulated = any(k[0] == "acc" for k in executed_keys)
+        got = {id(e.leaf()) for e in entries if e.leaf() is not None and (e.key in executed_keys or not accumulated)}
         named = {gi.name for gi in part.grads}  # (a swapped-in tensor of that name: functional_call)
         part.no_grad_params = tuple(name for p, name in capture.trainable_params()
                                     if id(p) not in got and name not in named)
