@@ -311,6 +311,37 @@ def test_the_backward_end_callback_never_raises_into_the_users_backward():
     assert t.grads == {("acc", 2): good}  # parameters only: another leaf's .grad may flow on
 
 
+def test_nodes_another_thread_made_stay_their_own_and_the_graph_stays_acyclic():
+    """Sequence numbers count per thread: features computed in a worker thread
+    have Nodes with the same numbers and names as the pass's own. They were
+    merged into one Node whose `next` held itself."""
+    import threading
+
+    torch.manual_seed(0)
+    enc, head = nn.Linear(4, 4), nn.Linear(4, 2)
+    x, box = torch.randn(2, 4), {}
+    worker = threading.Thread(target=lambda: box.update(feat=enc(x)))
+    worker.start()
+    worker.join()
+    with torchtrace.trace(head) as t:
+        y = head(box["feat"])
+    stack, nodes = [y.grad_fn], {}  # the oracle: torch's own graph
+    while stack:
+        n = stack.pop()
+        if id(n) not in nodes:
+            nodes[id(n)] = n
+            stack.extend(f for f, _ in n.next_functions if f is not None)
+    g = t.graph
+    assert sorted(a.name for a in g.autograd.nodes) == sorted(n.name() for n in nodes.values())
+    assert sum(len(a.next) for a in g.autograd.nodes) == sum(
+        sum(f is not None for f, _ in n.next_functions) for n in nodes.values())
+    assert not any(a.id in a.next for a in g.autograd.nodes)
+    addmm = [a for a in g.autograd.nodes if a.name == "AddmmBackward0"]
+    assert [a.op for a in addmm].count(None) == 1  # the worker's: no op of this pass made it
+    [own] = [a for a in addmm if a.op is not None]
+    assert g.node(own.op).op == "aten.addmm.default" and g.node(own.op).grad_fn == own.id
+
+
 def test_unused_parameter_is_reported():
     class WithUnused(nn.Module):
         def __init__(self):

@@ -141,6 +141,8 @@ class AutogradTracker:
         self.engine_grad: List[Any] = [None]
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
         self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
+        # (sequence nr, name) of Nodes that another Node had too: sequence numbers count per thread
+        self.twins: Set[tuple] = set()
 
     def _held(self, node: Any) -> Optional[Entry]:
         """The Entry that holds this very wrapper, if any (no key computed)."""
@@ -154,6 +156,9 @@ class AutogradTracker:
             return e
         key = node_key(node)
         e = self.entries.get(key)
+        if e is not None and e.node is not None and e.node is not node:  # a held Node is its own wrapper: not it
+            self.twins.add(key)  # (made by another thread: a feature extractor run in a worker, a device thread)
+            key, e = (*key, len(self.entries)), None
         if e is None:
             e = self.entries[key] = Entry(node, key, len(self.entries))
             self.by_obj[id(node)] = e

@@ -21,7 +21,7 @@ import torch
 from ..ir import AutogradNode, GradInfo
 from .autograd import node_key
 from .gradnorms import grad_infos
-from .mode import BACKWARD, E_ANODE, E_PHASE, E_SEQ
+from .mode import BACKWARD, E_ANODE, E_OUTS, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 
@@ -149,6 +149,13 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
+def _made(mode: Any, ev: tuple, node: Any) -> bool:
+    """Is ``node`` the grad_fn of one of the op's outputs that are still alive
+    (the one way to tell which of two Nodes of the same number made it)?"""
+    refs = mode.vrefs
+    return node is not None and any(getattr(refs[v](), "grad_fn", None) is node for v in ev[E_OUTS])
+
+
 def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any]) -> AutogradPart:
     tracker = capture.autograd
     part = AutogradPart(tracker)
@@ -161,7 +168,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     for e in entries:
         if e.seq is not None:
             i = _op_of(e.seq, e.name, threads, events, infos, copy_slices)
-            if i is not None:
+            if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)):
                 linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
     for k, e in enumerate(entries):
