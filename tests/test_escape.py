@@ -214,3 +214,23 @@ def test_names_with_line_breaks_keep_the_text_forms_one_line_per_op():
     for out in (text, torchtrace.render(g, "text"), torchtrace.render(d, "text"), torchtrace.render(d, "markdown")):
         assert not [line for line in out.split("\n") if line.lstrip("-+ ").startswith(("# INJECTED", "# LABEL"))]
     assert "b\u23ce# INJECTED" in text and "run\u23ce# LABEL" in text
+
+
+@pytest.mark.dot
+def test_a_fold_note_with_control_characters_is_clean_in_the_dot_comment(dot_check):
+    """A ModuleDict key with a NUL in a fold's note reached DOT's `//` comment
+    raw: dot said "syntax error in line 2" and render(g, "svg") blamed torchtrace."""
+    import torch
+    import torch.nn as nn
+
+    import torchtrace
+    keys = [f"x\x00\x1b{i}" for i in range(5)]
+    m = nn.ModuleDict({k: nn.Linear(4, 4) for k in keys})
+    with torchtrace.trace(m) as t:
+        x = torch.randn(2, 4)
+        for k in keys:
+            x = m[k](x)
+    src = torchtrace.render(t.graph, "dot")
+    first = src.splitlines()[0]
+    assert first.startswith("// torchtrace view:") and "Linear × 5" in first and clean(first) == first
+    dot_check(src)

@@ -126,3 +126,12 @@ def test_a_fully_expanded_forward_and_backward_lays_out_in_seconds(viz_graph, do
     src = digraph(view).source
     assert "splines=line" in src and "nslimit=2" in src
     dot_check(src)
+
+
+@pytest.mark.dot
+def test_an_empty_view_says_so_in_the_drawing(viz_graph, dot_check):
+    """`phase="optimizer"` on a forward-only graph: the SVG was blank (the reason
+    only in a `//` comment), where Mermaid draws a note."""
+    svg = dot_check(torchtrace.render(viz_graph("cell_loop"), "dot", phase="optimizer"))
+    texts = [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text")]
+    assert texts == ["nothing to draw: no ops in this view"]

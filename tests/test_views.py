@@ -70,9 +70,40 @@ def test_python_loop_over_a_module_folds(viz_graph):
     view = build_view(viz_graph("cell_loop"))
     loops = [c for c in view.clusters if c.kind == "loop"]
     assert len(loops) == 1 and loops[0].repeat == 6 and loops[0].title.endswith("× 6")
+    assert loops[0].note == "index differs"  # (x[:, t])
     assert sum("LSTMCell" in t for t in titles(view)) == 1
     [wit] = [b for b in view.boxes if b.witness]
     assert wit.lines[0] in ("read True", "read False") and wit.lines[1].startswith("conftest.py:")
+
+
+def test_a_fold_of_blocks_that_ran_with_other_arguments_says_which_differ(viz_graph, dot_check):
+    """A conv stack with dilations 1, 2, 4, 8 folded into "Block x 4" as if the
+    four blocks were the same; GPT-2's blocks, which are, get no note."""
+    import torch
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self, d: int) -> None:
+            super().__init__()
+            self.conv, self.act = nn.Conv1d(4, 4, 3, padding=d, dilation=d), nn.LeakyReLU(0.1 * d)
+
+        def forward(self, x):
+            return x + self.act(self.conv(x))
+
+    m = nn.Sequential(*[Block(d) for d in (1, 2, 4, 8)])
+    with torchtrace.trace(m) as t:
+        m(torch.randn(1, 4, 32))
+    for depth in (1, 2):  # a frame around the block's ops; a collapsed box
+        view = build_view(t.graph, depth=depth)
+        said = [c.note for c in view.clusters if c.repeat == 4] + [
+            line for b in view.boxes if b.repeat == 4 for line in b.lines if "differ" in line]
+        assert said == ["padding, dilation, negative_slope differ"], (depth, said)
+    assert "padding, dilation, negative_slope differ" in torchtrace.render(t.graph, "text")
+    assert "padding, dilation, negative#95;slope differ" in torchtrace.render(t.graph, "mermaid")
+    assert "padding, dilation, negative_slope differ" in dot_check(torchtrace.render(t.graph, "dot"))
+    gpt2 = build_view(viz_graph("gpt2_2"))
+    assert any(c.repeat == 2 for c in gpt2.clusters) or any(b.repeat == 2 for b in gpt2.boxes)
+    assert not any(c.note for c in gpt2.clusters) and not any("differ" in x for b in gpt2.boxes for x in b.lines)
 
 
 def test_loop_of_plain_ops_folds(viz_graph):

@@ -15,6 +15,7 @@ import graphviz
 
 from ..errors import RenderError, UsageError
 from ..views import SOURCE_KINDS, Box, Cluster, View
+from ..textform import one_line
 from ._escape import IdMaker, dot_html, dot_text, dot_tooltip, shorten
 from ._style import CLUSTER, MUTED, PALETTE, box_style, cluster_style, edge_color
 
@@ -83,7 +84,8 @@ def box_attrs(b: Box) -> Dict[str, str]:
 def cluster_attrs(c: Cluster) -> Dict[str, str]:
     fill, border = CLUSTER[cluster_style(c)]
     style = "rounded,filled" + (",dashed" if c.kind == "loop" or c.phase != "forward" else "")
-    return {"label": html_label(c.title, title_size=10), "style": style, "fillcolor": fill, "color": border,
+    return {"label": html_label(c.title, (c.note,) if c.note else (), title_size=10), "style": style,
+            "fillcolor": fill, "color": border,
             "penwidth": "2" if c.repeat > 1 else "1", "labeljust": "l", "fontcolor": MUTED,
             "tooltip": dot_tooltip(c.tooltip or c.title)}
 
@@ -101,7 +103,7 @@ def digraph(view: View, *, direction: str = "TB", name: str = "torchtrace",
         if rank_spans(view) > LONG_SPANS:
             graph_attr.update(nslimit="0.01", mclimit="0.05")
     comment = "torchtrace view: " + "; ".join(view.notes) if view.notes else "torchtrace view"
-    dot = graphviz.Digraph(name=name, comment=comment.replace("\n", " "), graph_attr=graph_attr,
+    dot = graphviz.Digraph(name=name, comment=one_line(comment), graph_attr=graph_attr,
                            node_attr={"fontname": "Helvetica", "fontsize": "10", "margin": "0.12,0.04",
                                       "height": "0.3"},
                            edge_attr={"fontname": "Helvetica", "fontsize": "8", "fontcolor": MUTED,
@@ -122,6 +124,9 @@ def digraph(view: View, *, direction: str = "TB", name: str = "torchtrace",
                     fill(inner, item.id)
 
     fill(dot, None)
+    if not view.boxes:  # (an empty SVG says nothing: the reason was only in the comment)
+        dot.node(node_id("empty"), label=dot_text("nothing to draw: no ops in this view"), shape="plaintext",
+                 fontcolor=MUTED)
     kinds = {b.id: b.kind for b in view.boxes}
     phases = {b.id: b.phase for b in view.boxes}
     for e in view.edges:

@@ -61,7 +61,7 @@ def flowchart(view: View, *, direction: str = "TB", edge_labels: bool = True,
                 used.setdefault(key, []).append(nid)
             else:
                 sid = sub_id(item.id)
-                out.append(f'{indent}subgraph {sid} ["{_label(item.title)}"]')
+                out.append(f'{indent}subgraph {sid} ["{_label(item.title, (item.note,) if item.note else ())}"]')
                 emit(item.id, indent + "  ")
                 out.append(f"{indent}end")
                 fill, stroke = CLUSTER[cluster_style(item)]

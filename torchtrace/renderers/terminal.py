@@ -83,7 +83,7 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
     saved = saved_bytes(g)
     root = Tree(Text("module calls", style="bold"), guide_style="dim")
 
-    def describe(grp: Group, parent: Group, names: Sequence[str], repeat: int) -> Text:
+    def describe(grp: Group, parent: Group, names: Sequence[str], repeat: int, note: str = "") -> Text:
         name = L.range_name(list(names)) if names else L.relative_path(grp.path, parent.path if parent.call else None)
         t = Text()
         t.append(one_line(name or "<root>"), style="bold")
@@ -106,6 +106,8 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
         if wit:
             facts.append(f"{wit} witness" + ("es" if wit > 1 else ""))
         t.append("  " + one_line(" · ".join(facts)) + (" each" if repeat > 1 else ""), style="dim")
+        if note:
+            t.append(f" · {one_line(note)}", style="yellow")
         return t
 
     def add(tree: Tree, grp: Group) -> None:
@@ -119,14 +121,18 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
             if r is not None and r.period == 1 and isinstance(items[i], Group):
                 first = items[i]
                 names = [L.relative_path(items[i + k].path, grp.path if grp.call else None) for k in range(r.reps)]
-                add(tree.add(describe(first, grp, names, r.reps)), first)
+                note = L.args_differ([item_nodes(items[i + k]) for k in range(r.reps)])
+                add(tree.add(describe(first, grp, names, r.reps, note)), first)
                 i = r.stop
                 continue
             if r is not None:  # a loop over several items: its first iteration, marked
                 body = items[i: i + r.period]
                 nodes = [n for it in body for n in item_nodes(it)]
+                note = L.args_differ([[n for it in items[i + k * r.period: i + (k + 1) * r.period]
+                                       for n in item_nodes(it)] for k in range(r.reps)])
                 loop = tree.add(Text(L.loop_title(nodes, r.reps), style="bold magenta")
-                                + Text(f"  {L.ops_word(len(nodes))} each", style="dim"))
+                                + Text(f"  {L.ops_word(len(nodes))} each", style="dim")
+                                + Text(f" · {note}" if note else "", style="yellow"))
                 for j, it in enumerate(body):
                     if isinstance(it, Group):  # modules that differ per iteration: name them all, as the views do
                         names = [L.relative_path(items[i + k * r.period + j].path, grp.path if grp.call else None)

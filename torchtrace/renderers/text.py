@@ -50,7 +50,7 @@ def view_text(view: View) -> str:
                 parts.append("<- " + ", ".join(reads[item.id]))
             lines.append(pad + clean("  ".join(parts)).replace("\n", " "))
         else:
-            lines.append(pad + clean(item.title).replace("\n", " ") + " {")
+            lines.append(pad + clean(item.title + (f" | {item.note}" if item.note else "")).replace("\n", " ") + " {")
             depth_open.append(depth)
     while depth_open:
         lines.append("  " * depth_open.pop() + "}")

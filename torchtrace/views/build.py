@@ -91,14 +91,16 @@ class Assembler:
                 if k:
                     self.alias[n.id] = n0.id
         first = pieces[0][0]
+        note = L.args_differ([[n for it in piece for n in item_nodes(it)] for piece in pieces])
         if r.period == 1 and isinstance(first, Group):
             names = [L.relative_path(p[0].path, parent.path) for p in pieces]  # type: ignore[union-attr]
-            self.folds.append(f"{L.range_name(names)} {first.type} × {r.reps}")
-            self._group(first, cluster, parent, r.reps, names)
+            self.folds.append(f"{L.range_name(names)} {first.type} × {r.reps}" + (f" ({note})" if note else ""))
+            self._group(first, cluster, parent, r.reps, names, note)
         elif r.period == 1:
             assert isinstance(first, Node)
-            self.folds.append(f"{first.short_op} × {r.reps} ({L.line_span([first])})")
-            self._op(first, cluster, r.reps)
+            where = "; ".join(x for x in (L.line_span([first]), note) if x)
+            self.folds.append(f"{first.short_op} × {r.reps} ({where})")
+            self._op(first, cluster, r.reps, note=note)
         else:
             for j, it in enumerate(pieces[0]):  # modules that differ per iteration: name them all
                 if isinstance(it, Group):
@@ -111,10 +113,10 @@ class Assembler:
                 k += 1
                 cid = f"{base}.{k}"
             title = L.loop_title(rep_nodes, r.reps)
-            self.folds.append(title)
+            self.folds.append(title + (f" ({note})" if note else ""))
             self._cluster(Cluster(cid, "loop", title, cluster, rep_nodes[0].phase, r.reps,
                                   tooltip=f"{r.reps} iterations of {len(rep_nodes)} ops; one is drawn",
-                                  order=self._order(rep_nodes[0])))
+                                  order=self._order(rep_nodes[0]), note=note))
             self._items(pieces[0], self.folder.runs(pieces[0]), cid, parent)
 
     def _cluster(self, c: Cluster) -> None:
@@ -124,8 +126,9 @@ class Assembler:
     def _order(self, n: Node) -> int:
         return 2 * self.sel.pos[n.id]
 
-    def _op(self, n: Node, cluster: Optional[str], repeat: int = 1, module: str = "") -> None:
-        """An op box; ``module`` names the one-op module call it stands for."""
+    def _op(self, n: Node, cluster: Optional[str], repeat: int = 1, module: str = "", note: str = "") -> None:
+        """An op box; ``module`` names the one-op module call it stands for;
+        ``note`` says which arguments differ between the repeats it stands for."""
         shapes = L.type_list(self.g, n.outputs)
         lines = [f"{n.short_op} → {shapes}" if module and shapes else n.short_op if module else shapes]
         if n.witness is not None:
@@ -135,7 +138,7 @@ class Assembler:
         if (n.witness is not None or n.id in self.raised) and n.source is not None:
             lines.append(n.source.short())
         title = (module or n.short_op) + (f" × {repeat}" if repeat > 1 else "")
-        self.boxes[n.id] = Box(n.id, "op", title, tuple(x for x in lines if x), cluster, n.phase, repeat,
+        self.boxes[n.id] = Box(n.id, "op", title, tuple(x for x in (*lines, note) if x), cluster, n.phase, repeat,
                                n.witness is not None, node_line(self.g, n), (n.id,), self._order(n))
         self.box_of[n.id] = n.id
 
@@ -149,7 +152,7 @@ class Assembler:
             self.box_of[n.id] = bid
 
     def _group(self, grp: Group, cluster: Optional[str], parent: Group, repeat: int = 1,
-               names: Optional[List[str]] = None) -> None:
+               names: Optional[List[str]] = None, note: str = "") -> None:
         names = names or self.rep_names.get(grp.key)
         name = L.range_name(names) if names else L.relative_path(grp.path, parent.path if parent.call else None)
         name_type = " · ".join(x for x in (name, grp.type) if x)
@@ -158,7 +161,7 @@ class Assembler:
         tip = f"{grp.path or '<root>'} ({grp.type}, call {grp.call.call if grp.call else 0}, {grp.phase})"
         if len(grp.items) == 1 and isinstance(grp.items[0], Node):
             # a frame around one op says nothing the op box cannot say
-            self._op(grp.items[0], cluster, repeat, module=name_type)
+            self._op(grp.items[0], cluster, repeat, module=name_type, note=note)
             return
         if grp.depth >= self.depth:
             self.collapsed += 1
@@ -166,7 +169,7 @@ class Assembler:
             params = param_count(self.g, grp.nodes)
             counts = L.ops_word(len(grp.nodes)) + (f" · {L.human(params)} params" if params else "")
             flow = " → ".join(x for x in (L.type_list(self.g, ins), L.type_list(self.g, outs)) if x)
-            lines = [counts, flow, *L.witness_lines(grp.nodes), phase_note]
+            lines = [counts, flow, *L.witness_lines(grp.nodes), phase_note, note]
             self.boxes[grp.key] = Box(grp.key, "module", title, tuple(x for x in lines if x), cluster, grp.phase,
                                       repeat, any(n.witness is not None for n in grp.nodes),
                                       tip + "\n" + L.op_mix(grp.nodes, 6), tuple(n.id for n in grp.nodes),
@@ -176,7 +179,8 @@ class Assembler:
             return
         if phase_note:
             title += f" · {phase_note}"
-        self._cluster(Cluster(grp.key, "module", title, cluster, grp.phase, repeat, tip, self._order(grp.nodes[0])))
+        self._cluster(Cluster(grp.key, "module", title, cluster, grp.phase, repeat, tip, self._order(grp.nodes[0]),
+                              note))
         self._container(grp, grp.key)
 
     # -- edges ----------------------------------------------------------------

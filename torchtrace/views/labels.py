@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..ir import Graph, Node
 from ..textform import type_str
@@ -88,6 +88,22 @@ def op_mix(nodes: Sequence[Node], limit: int = 3) -> str:
     counts = Counter(n.short_op for n in nodes)
     top = [f"{op} ×{c}" if c > 1 else op for op, c in counts.most_common(limit)]
     return ", ".join(top) + ("…" if len(counts) > limit else "")
+
+
+def args_differ(pieces: Sequence[Sequence[Node]], limit: int = 3) -> str:
+    """``dilation, padding differ``: the non-tensor arguments that are not
+    the same in every folded piece (a loop's index, a conv stack's dilations),
+    or "" when the pieces ran with the same ones."""
+    keys: Dict[str, None] = {}
+    for nodes in zip(*pieces):
+        first = nodes[0].args
+        for n in nodes[1:]:
+            if n.args != first:
+                keys.update(dict.fromkeys(k for k in (*first, *n.args) if first.get(k) != n.args.get(k)))
+    if not keys:
+        return ""
+    names = list(keys)
+    return f"{', '.join(names[:limit])}{'…' if len(names) > limit else ''} differ{'s' if len(names) == 1 else ''}"
 
 
 def loop_title(nodes: Sequence[Node], reps: int) -> str:

@@ -67,6 +67,7 @@ class Cluster:
     repeat: int = 1
     tooltip: str = ""
     order: int = 0
+    note: str = ""  # under the title: which arguments differ between the folded repeats
 
 
 @dataclass(frozen=True)
