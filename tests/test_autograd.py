@@ -342,6 +342,54 @@ def test_nodes_another_thread_made_stay_their_own_and_the_graph_stays_acyclic():
     assert g.node(own.op).op == "aten.addmm.default" and g.node(own.op).grad_fn == own.id
 
 
+def test_each_backward_op_names_the_autograd_node_that_ran_it(tmp_path):
+    """Issue 3: backward ops "each attributed to its autograd node". The oracle:
+    our own pre-hook on every Node and a dispatch mode, logging into one list,
+    so each op belongs to the Node whose pre-hook fired last."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    log: list = []
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            log.append(("op", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    with torchtrace.trace(m) as t:
+        loss = m(x).sum()
+        stack, nodes = [loss.grad_fn], {}
+        while stack:
+            n = stack.pop()
+            if id(n) not in nodes:
+                nodes[id(n)] = n
+                stack.extend(f for f, _ in n.next_functions if f is not None)
+        handles = [n.register_prehook(lambda g, n=n: log.append(("node", n.name()))) for n in nodes.values()]
+        with Ops():
+            loss.backward()
+        for h in handles:
+            h.remove()
+    want, current = [], None
+    for kind, name in log:
+        if kind == "node":
+            current = name
+        elif current is not None:  # (the gradient seed, `ones_like`, is made before the engine runs)
+            want.append((name, current))
+    g = t.graph
+    backward = [n for n in g.nodes if n.phase == "backward"]
+    got = [(n.op, g.autograd_node(n.autograd_node).name if n.autograd_node else None) for n in backward]
+    assert got == want
+    assert all(n.autograd_node is None for n in g.nodes if n.phase != "backward")
+    for a in {n.autograd_node for n in backward if n.autograd_node}:  # and through the Node, the op that made it
+        node = g.autograd_node(a)
+        assert (node.op is None) == node.name.endswith("AccumulateGrad") and (
+            node.op is None or g.node(node.op).phase == "forward")
+    path = torchtrace.save(g, tmp_path / "g.json")
+    assert [n.autograd_node for n in torchtrace.load(path).nodes] == [n.autograd_node for n in g.nodes]
+
+
 def test_unused_parameter_is_reported():
     class WithUnused(nn.Module):
         def __init__(self):

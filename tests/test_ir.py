@@ -244,7 +244,7 @@ def test_encoder_writes_the_json_form(graph, gpt2_graph):
                                  AutogradNode("a1", "torch::autograd::AccumulateGrad", None, (), 0, odd, "v0")),
                           executed=("a0", "a1"),
                           grads=(GradInfo("v0", odd, (2, 3), "float32", 0.25),
-                                 GradInfo("v1", None, (), "float32", "nan")),
+                                 GradInfo("v1", None, (), "float32", float("nan"))),
                           no_grad_params=(odd, "w")),
     )
     for g in (graph, gpt2_graph, hostile):
@@ -253,6 +253,7 @@ def test_encoder_writes_the_json_form(graph, gpt2_graph):
         assert text.startswith('{"format":"torchtrace.graph","version":[%d,%d],"meta":{' % VERSION)  # compact
     text = dumps(hostile)
     assert json.loads(text)["nodes"][0]["args"]["name"] == odd
+    assert [x["norm"] for x in json.loads(text)["autograd"]["grads"]] == [0.25, "nan"]  # (JSON has no NaN)
     assert "é 字" in text  # UTF-8, not \\u escapes
     assert json.loads(dumps(Graph(meta={"x": float("nan")})))["meta"]["x"] is None  # NaN is not JSON
     # what orjson refuses goes through json: a 70-bit integer, a non-string key

@@ -34,7 +34,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 from .errors import IRError, NotInGraphError
 
 FORMAT = "torchtrace.graph"
-VERSION: Tuple[int, int] = (1, 1)
+VERSION: Tuple[int, int] = (1, 2)
 
 ROLES = ("input", "param", "buffer", "constant", "activation")
 PHASES = ("forward", "backward", "recompute", "optimizer")
@@ -130,6 +130,7 @@ class Node:
     witness: Optional[Witness] = None
     grad_fn: Optional[str] = None
     kind: str = "op"
+    autograd_node: Optional[str] = None  # a backward op's: the autograd Node whose backward ran it
 
     @property
     def short_op(self) -> str:

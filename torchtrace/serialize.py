@@ -81,6 +81,9 @@ def _tree(g: Graph, arr: Callable[[Any], Any], share: bool) -> Dict[str, Any]:
               "source": source(n.source), "tags": arr(n.tags),
               "witness": None if n.witness is None else witness(n.witness),
               "grad_fn": n.grad_fn} for n in g.nodes]
+    for d, n in zip(nodes, g.nodes):  # (since 1.2; only on backward ops: it costs the other ops no bytes)
+        if n.autograd_node is not None:
+            d["autograd_node"] = n.autograd_node
     ag = g.autograd
     return {
         "format": FORMAT,
@@ -126,7 +129,7 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
                  source=None if n["source"] is None else
                  Source(n["source"]["file"], n["source"]["line"], n["source"]["function"]),
                  tags=tuple(n["tags"]), witness=witness_from_dict(n.get("witness")), grad_fn=n.get("grad_fn"),
-                 kind=n["kind"])
+                 kind=n["kind"], autograd_node=n.get("autograd_node"))
             for n in data["nodes"]),
         outputs=tuple(data["outputs"]),
         autograd=Autograd(

@@ -74,6 +74,7 @@ def validate_graph(g: Graph) -> None:
                           found=list(n.tags), fix=_FIX)
         _ref(n.module, modules, f"{where}.module", "module call")
         _ref(n.grad_fn, anodes, f"{where}.grad_fn", "autograd node")
+        _ref(n.autograd_node, anodes, f"{where}.autograd_node", "autograd node")
         for k, vid in enumerate(n.inputs):
             _ref(vid, values, f"{where}.inputs[{k}]", "value")
             if g.values[values[vid]].role == "activation" and vid not in produced:

@@ -55,6 +55,7 @@ class AutogradPart:
 
     def __init__(self, tracker: Any) -> None:
         self._key = tracker.key_of  # a Node wrapper -> its key (cached by the Entries that hold them)
+        self._entries = tracker.entries
         self.created_by_op: Set[int] = set()
         self.grad_fn_of: Dict[int, str] = {}
         self.nodes: Tuple[AutogradNode, ...] = ()
@@ -63,6 +64,11 @@ class AutogradPart:
         self.no_grad_params: Tuple[str, ...] = ()
         self._op_of_key: Dict[tuple, int] = {}
         self._param_of_key: Dict[tuple, str] = {}
+
+    def aid_of(self, anode: Any) -> Optional[str]:
+        """The IR id of the Node a backward op ran in (None: no Node, or one not walked)."""
+        e = None if anode is None else self._entries.get(self._key(anode))
+        return e.aid if e is not None and e.aid else None
 
     def forward_op_of(self, anode: Any) -> Optional[int]:
         return None if anode is None else self._op_of_key.get(self._key(anode))
