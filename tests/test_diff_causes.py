@@ -1623,6 +1623,23 @@ def test_gpt2_train_against_eval_is_the_mode_alone():
     assert len(why) == 1 and why[0].startswith("modules in training mode in A, eval mode in B"), why
 
 
+def test_gpt2_train_against_eval_with_backward_is_the_mode_alone():
+    """The backward of a reshape both passes ran (`clone`, `_unsafe_view` against
+    `view`: the layout training's attention made) is inside `if is_cross_attention:
+    ... else:`; that plain flag took the blame away from the mode: "decided by
+    Python state". The `if` went the same way in both passes: they ran that line."""
+    m, ids = zoo.gpt2(n_layer=2), torch.randint(0, 100, (2, 8))
+    graphs = []
+    for train in (True, False):
+        m.train(train).zero_grad(set_to_none=True)
+        with torchtrace.trace(m) as t:
+            m(ids).logits.sum().backward()
+        graphs.append(t.graph)
+    m.eval().zero_grad(set_to_none=True)
+    why = torchtrace.diff(*graphs).why()
+    assert len(why) == 1 and why[0].startswith("modules in training mode in A, eval mode in B"), why
+
+
 class TwoCauses(nn.Module):
     """A branch on the data, a layer both passes run, then a Python flag."""
 
