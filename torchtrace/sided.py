@@ -219,8 +219,9 @@ def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall]) -> boo
     src = n.source
     # (an `if` around a line the other pass ran too went the same way there: the op differs for another
     # reason, a backward op for the layout of the gradient that reached it)
-    flag = src is not None and decided_by_a_flag(n) and not other.ran_lines(src.file, src.function, src.line, src.line) \
-        and (other.ran(src.file, src.function) or child is not None and _call_guard(side, child) is False)
+    flag = src is not None and decided_by_a_flag(n) and not other.ran_lines(
+        src.file, src.function, src.line, src.line) and (
+        other.ran(src.file, src.function) or child is not None and _call_guard(side, child) is False)
     return not flag or any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
         m.type.startswith(_MODAL + _FAST_PATHS) for m in side.graph.calls_around(n.module))
 
