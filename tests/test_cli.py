@@ -53,6 +53,41 @@ def recorded(tmp_path_factory):
     return d, res
 
 
+def test_run_on_a_terminal_says_how_far_it_is_while_the_script_runs(tmp_path):
+    """Issue 6: "a rich progress line while it runs". Nothing was printed before
+    the summary. On a terminal, a line (never redrawn over the script's output)
+    at the first pass and at each new variant; none when standard error is a file."""
+    import pty
+
+    script = tmp_path / "loop.py"
+    script.write_text("import torch\nm = torch.nn.Linear(4, 4)\nfor i in range(6):\n"
+                      "    print('step', i, flush=True)\n    m(torch.randn(2, 4)).sum().backward()\n"
+                      "print('SCRIPT-END', flush=True)\n")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([EXE, "run", "--out", str(tmp_path / "o"), str(script)], stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True, cwd=tmp_path)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # (the terminal closed: the run ended)
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    text = out.decode()
+    during, _, after = text.partition("SCRIPT-END")
+    assert "torchtrace: 1 pass recorded, 1 variant (new: variant-0 at pass 0)" in during, text
+    assert "step 5\r\n" in during  # the script's own lines, whole
+    assert "recorded 6 passes" in after
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o2"), str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert "pass recorded" not in res.stderr and "recorded 6 passes" in res.stderr
+
+
 def test_run_is_like_python_and_records_every_pass(recorded):
     d, res = recorded
     assert "done ['4', '--flag'] __main__" in res.stdout  # argv and __name__ as with `python`

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,17 +48,23 @@ class RunOptions:
 
 @dataclass
 class _Progress:
-    """Counts passes and variants as they are stored; writes variant renders."""
+    """Counts passes and variants as they are stored; writes variant renders; on
+    a terminal, says how far the run is: a line (never redrawn over the script's
+    own output) at the first pass, at each new variant, and every ``EVERY_S``."""
 
     options: RunOptions
     console: Console
+    live: bool = False
     passes: int = 0
     variants: Dict[str, List[int]] = field(default_factory=dict)   # structure fp -> pass indices
     renders: List[Path] = field(default_factory=list)
     failed: Optional[str] = None  # why rendering stopped: said at the end, never raised into the script
 
+    EVERY_S = 10.0
+
     def __post_init__(self) -> None:
         self.folder = self.options.out.absolute()  # the script may chdir
+        self.said = -self.EVERY_S
 
     def on_pass(self, graph: Graph, index: int) -> None:
         self.passes += 1
@@ -69,6 +76,12 @@ class _Progress:
                 self.renders.append(self._render(graph, len(self.variants) - 1))
             except Exception as e:
                 self.failed = f"variant-{len(self.variants) - 1}: {e}"
+        now = time.monotonic()
+        if self.live and (new or now - self.said >= self.EVERY_S):
+            self.said = now
+            n, k = self.passes, len(self.variants)
+            _say(self.console, f"[dim]torchtrace: {n} pass{'es' * (n != 1)} recorded, {k} variant{'s' * (k != 1)}"
+                               f"{f' (new: variant-{k - 1} at pass {index})' if new else ''}[/dim]")
 
     def _render(self, graph: Graph, k: int) -> Path:
         from .renderers import render
@@ -109,7 +122,7 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, worker:
 
 def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console, worker: bool,
          store_path: Path) -> int:
-    progress = _Progress(options, console)
+    progress = _Progress(options, console, live=console.is_terminal and not worker)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *argv]
     code, pid, started, hook = 0, os.getpid(), False, sys.excepthook  # (the CLI's own hook: not the script's)
