@@ -1017,6 +1017,10 @@ def test_the_output_s_extension_names_the_format_and_a_contradiction_is_refused(
         assert not (tmp_path / args[-1]).exists()
     res = runner.invoke(app, ["render", f"{db}:0", "-f", "terminal", "-o", str(tmp_path / "t.txt")])
     assert res.exit_code == 0, res.output
+    # export's fix names a render only for a drawing's extension (render refuses `-o snap.db` too)
+    said = {ext: runner.invoke(app, ["export", f"{db}:0", "-o", str(tmp_path / f"snap{ext}")]).output
+            for ext in (".svg", ".db")}
+    assert "draw it: torchtrace render" in said[".svg"] and "torchtrace render" not in said[".db"], said
 
 
 def test_an_empty_skip_prefix_is_refused_before_anything_moves(tmp_path):

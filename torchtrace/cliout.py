@@ -89,7 +89,8 @@ def json_name(output: str, ref: str) -> None:
     ext = _extension(output)
     if ext not in ("", ".json"):
         raise UsageError("export writes JSON", expected="-o FILE.json or FILE.json.gz (- for standard output)",
-                         found=f"a {ext} file", fix=f"name it *.json, or draw it: torchtrace render {ref} -o {output}")
+                         found=f"a {ext} file", fix="name it *.json" + (
+                             f", or draw it: torchtrace render {ref} -o {output}" if ext in _EXTENSIONS else ""))
 
 
 def emit(data: Any, output: Optional[str], fmt: str, reads: Sequence[str] = ()) -> None:

@@ -261,6 +261,9 @@ class Store:
         with self._reading():
             rows = (self.db.execute(sql + " ORDER BY rank, idx") if rank is None else
                     self.db.execute(sql + " WHERE rank = ? ORDER BY idx", (rank,))).fetchall()
+        odd = [r[2] for r in rows if type(r[1]) is not int or type(r[2]) is not int]
+        if odd:  # (a row another SQLite client rewrote: `max()` of the indices, `0–abc` in a table)
+            raise self._damaged(f"pass rows whose rank or index is no integer: {odd[:3]}")
         return [PassRecord(*r[:11], bool(r[11]), *r[12:]) for r in rows]
 
     def ranks(self) -> List[int]:
