@@ -198,6 +198,18 @@ def test_one_op_module_is_one_box_not_a_frame(viz_graph):
     assert "wte · Embedding" not in [c.title for c in view.clusters]
 
 
+def test_a_small_flat_graph_is_chunked_by_source_line_not_in_pairs():
+    """60 ops from 20 lines, 3 a line: the default view cut them into chunks of
+    2 ops each, pairing ops of two lines; a chunk is now a line's ops."""
+    ops = [(("mul", "add", "sub")[k % 3], [k - 1], 10 + k // 3) for k in range(60)]
+    view = build_view(make_graph(ops))
+    assert len(view.boxes) <= 50
+    chunks = [b for b in view.boxes if b.kind == "chunk"]
+    assert len(chunks) == 20 and all(len(b.nodes) == 3 for b in chunks)
+    by_id = {f"n{k}": 10 + k // 3 for k in range(60)}
+    assert all(len({by_id[n] for n in b.nodes}) == 1 for b in chunks)
+
+
 def test_huge_flat_graph_is_chunked():
     ops = [("add" if k % 3 else "mul", [k - 1], 10 + k) for k in range(3000)]
     view = build_view(make_graph(ops))

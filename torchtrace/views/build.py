@@ -69,14 +69,23 @@ class Assembler:
         n_ops = sum(1 for u in units if isinstance(u, Node))
         if self.chunk is None or n_ops <= self.chunk:
             return units
-        size = -(-n_ops // self.chunk)
+        # a chunk per source line first (consecutive ops of one line: what the code says); only when
+        # there are still too many, lines together, up to ``size`` ops a chunk (a line's ops kept whole)
         out: List[Unit] = []
         for u in units:
             last = out[-1] if out else None
-            if isinstance(u, Node) and isinstance(last, tuple) and len(last) < size:
+            if isinstance(u, Node) and isinstance(last, tuple) and _line_of(last[-1]) == _line_of(u) is not None:
                 out[-1] = last + (u,)
             else:
                 out.append((u,) if isinstance(u, Node) else u)
+        if sum(1 for u in out if isinstance(u, tuple)) > self.chunk:
+            size, lines, out = -(-n_ops // self.chunk), out, []
+            for u in lines:
+                last = out[-1] if out else None
+                if isinstance(u, tuple) and isinstance(last, tuple) and len(last) + len(u) <= max(size, len(u)):
+                    out[-1] = last + u
+                else:
+                    out.append(u)
         self.chunked += sum(len(u) for u in out if isinstance(u, tuple) and len(u) > 1)
         return [u[0] if isinstance(u, tuple) and len(u) == 1 else u for u in out]
 
@@ -293,3 +302,8 @@ class Assembler:
                 break
             common = level[0]
         return common
+
+
+def _line_of(n: Node) -> Optional[tuple]:
+    """(file, line, phase) of an op, for chunks by line (None: no source line)."""
+    return None if n.source is None else (n.source.file, n.source.line, n.phase)
