@@ -1203,6 +1203,33 @@ def test_a_mode_entered_inside_the_block_and_left_open_keeps_working():
     assert Counter.n == 2 and [n.op for n in t.graph.nodes] == ["aten.add.Tensor"]
 
 
+def test_a_tensor_subclass_keeps_the_dataflow_of_a_plain_tensor():
+    """`Tensor.__torch_function__` re-wraps each result (`as_subclass`: no op the
+    mode sees): every re-wrapped result was a new constant, relu's input had no
+    producer and the graph fell apart. The oracle: the same model on a plain tensor."""
+    class Tagged(torch.Tensor):
+        pass
+
+    def edges(g):
+        prod = g.producers()
+        return [(n.op, tuple(prod.get(v) for v in n.inputs)) for n in g.nodes]
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    graphs, outs = [], []
+    for inp in (x, x.as_subclass(Tagged)):
+        with torchtrace.trace(m) as t:
+            outs.append(m(inp).sum() * 2)
+        graphs.append(t.graph)
+    plain, tagged = graphs
+    assert type(outs[1]) is Tagged and torch.equal(outs[0], outs[1].as_subclass(torch.Tensor))
+    assert edges(tagged) == edges(plain)
+    assert [v.role for v in tagged.values] == [v.role for v in plain.values]
+    assert not any(v.role == "constant" for v in tagged.values)
+    assert all(tagged.producers().get(v) for v in tagged.outputs) and len(tagged.outputs) == len(plain.outputs)
+
+
 def test_exotic_tensors_never_break_the_users_program():
     from torch._higher_order_ops.while_loop import while_loop
 

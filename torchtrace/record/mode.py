@@ -30,6 +30,7 @@ from .extras import Raised, Read
 from .frames import callers_of, engine_under_modes, in_checkpoint, is_autograd_engine
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
+from .rewrap import rewrapped
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -78,7 +79,7 @@ class RecordingMode(TorchDispatchMode):
     __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops",
                  "engine_codes", "external", "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts",
                  "outputs", "output_refs", "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user",
-                 "start_seq", "foreign", "full")
+                 "start_seq", "foreign", "full", "rewraps")
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -108,6 +109,7 @@ class RecordingMode(TorchDispatchMode):
         self.vmeta: List[tuple] = []   # per value id: (dtype, device, origin, *shape), see V_*
         self.vmap: Dict[int, int] = {}  # id(tensor) -> value id (of its latest version)
         self.vrefs: List[Any] = []  # per value id: weakref to its tensor (plain ints in vmap: fewer GC-tracked objects)
+        self.rewraps: Dict[int, tuple] = {}  # id(subclass tensor) -> (weakref, value id it re-wraps): rewrap.py
         self.stack: List[tuple] = []   # open module calls: (call id, module, path)
         self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase, training)
         self.call_counts: Dict[int, int] = {}
@@ -307,9 +309,16 @@ class RecordingMode(TorchDispatchMode):
         """First sight of a tensor no op of this pass produced."""
         if not isinstance(t, _Tensor):
             return -1
+        seen = self.rewraps.get(id(t))
+        if seen is not None and seen[0]() is t:
+            return seen[1]
         known = self.names.get(id(t))  # params and buffers: most outside tensors
         if known is not None and known[0] is t:
             return self._add_value(t, ("ext", known[2], known[1], t.requires_grad))
+        same = rewrapped(t, self.vrefs, self.vmap)
+        if same is not None:
+            self.rewraps[id(t)] = (_ref(t), same)
+            return same
         role, name = self.capture.classify_external(t, frame, info)
         return self._add_value(t, ("ext", role, name, t.requires_grad))
 
