@@ -685,7 +685,8 @@ def test_sequence_numbers_of_two_threads_are_joined_apart():
     from types import SimpleNamespace
 
     from torchtrace.record import linking
-    from torchtrace.record.mode import BACKWARD, E_PHASE, E_SEQ, FORWARD, RECOMPUTE
+    from torchtrace.record.enginephase import BACKWARD, FORWARD, RECOMPUTE
+    from torchtrace.record.mode import E_PHASE, E_SEQ
 
     def ev(seq, phase):
         e = [None] * 14

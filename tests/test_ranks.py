@@ -256,7 +256,10 @@ def test_a_signal_to_a_distributed_run_stops_its_ranks(tmp_path, sig):
     with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
         assert len(store.ranks()) == 2  # what the ranks recorded before the signal is kept
         errors = {p.error for r in (0, 1) for p in store.passes(r)[-1:]}  # the pass in flight is stored too
-    assert errors == ({"KeyboardInterrupt"} if sig == "SIGINT" else {"SIGTERM"}), errors
+    # (a rank the signal reached while it stored a finished pass, before the next began, has no pass in
+    # flight: its last pass ended well -- seen once in a loaded full run)
+    said = "KeyboardInterrupt" if sig == "SIGINT" else "SIGTERM"
+    assert said in errors and errors <= {said, None}, errors
 
 
 def test_a_send_and_its_recv_are_no_divergence(tmp_path):

@@ -598,6 +598,7 @@ def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatc
     import _thread
     import time
 
+    from torchtrace.record import enginephase
     from torchtrace.record import mode as mode_mod
 
     m = nn.Linear(3, 2)
@@ -606,7 +607,7 @@ def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatc
         args = (torch.ones(2), torch.full((2,), 3.0))
         rec = _get_current_dispatch_mode_stack()[-1]
         monkeypatch.setattr(mode_mod, "_current_node", lambda: y.grad_fn)  # as inside backward's task
-        monkeypatch.setattr(mode_mod, "_task_id", lambda: 7)
+        monkeypatch.setattr(enginephase, "_task_id", lambda: 7)
         n = len(rec.events)
         _thread.start_new_thread(rec.__torch_dispatch__, (torch.ops.aten.mul.Tensor, (), args, None))
         deadline = time.monotonic() + 10  # (where the handler fails, no event comes)

@@ -20,8 +20,9 @@ from .boundary import reads_data
 from .extras import Raised
 from .frames import is_torch_internal, line_of
 from .linking import AutogradPart, build_autograd
+from .enginephase import RECOMPUTE
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
-                   E_LINE, E_MOD, E_OUTS, E_PHASE, RECOMPUTE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
+                   E_LINE, E_MOD, E_OUTS, E_PHASE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
 from .opinfo import BY_INDEX, describe_object
 from .optimizer import OPTIMIZER_PREFIX, ClosureLoss, annotate
 

@@ -17,7 +17,6 @@ a dead or different object fails the identity check and is treated as new.
 from __future__ import annotations
 
 import sys
-import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
@@ -25,9 +24,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .compiled import mark_dynamo_skip
+from .enginephase import BACKWARD, FORWARD, EnginePhase
 from .composite import NOT_WHOLE, call_under_autocast, run_composite, run_whole
 from .extras import Raised, Read
-from .frames import callers_of, engine_under_modes, in_checkpoint, is_autograd_engine
+from .frames import callers_of, engine_under_modes
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
 from .rewrap import rewrapped
@@ -35,18 +35,13 @@ from .rewrap import rewrapped
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
 
-FORWARD, BACKWARD, RECOMPUTE = 0, 1, 2
 
 _get_seq = torch._C._autograd._get_sequence_nr
 _current_node = torch._C._current_autograd_node
-_task_id = torch._C._current_graph_task_id
-_grad_enabled = torch.is_grad_enabled
 _PIECES = run_composite.__code__
 _getframe = sys._getframe
-_get_ident = threading.get_ident
 _ref = weakref.ref
 _Tensor = torch.Tensor
-_DETACH = torch.ops.aten.detach.default  # stands for autograd's own work in fault reports
 
 # torch.autograd's Python frames that call into the engine: alive for a whole graph task
 _ENGINE_ENTRIES = frozenset({"_engine_run_backward", "backward", "grad"})
@@ -66,7 +61,7 @@ def _odd_shape(t: Any) -> Tuple[int, ...]:
     return tuple(t.size())
 
 
-class RecordingMode(TorchDispatchMode):
+class RecordingMode(EnginePhase, TorchDispatchMode):
     """Appends ``(op info index, ins, args, kwargs, outs, seq, code, line, icode,
     ilasti, module_call, autograd_node, phase, extra)`` per op to ``self.events``."""
 
@@ -386,46 +381,6 @@ class RecordingMode(TorchDispatchMode):
                 self._bump(base, outs)
                 self.inplace_on_view.add(len(self.events))
         return tuple(written)
-
-    def _frameless(self, anode: Any) -> tuple:
-        """(code, f_lasti, phase) of an op whose handler is its thread's bottom
-        frame: issued from C++ in a thread that runs no Python code -- the
-        autograd engine's device threads, where CUDA runs backward (the engine
-        carries the mode stack there). Its line is the user line that started
-        the graph task in the thread that records, found once per task."""
-        if anode is None:  # no graph task: nothing to attribute it to
-            return None, -1, FORWARD
-        phase = self._backward_phase(anode, None)
-        key = ("frameless", self.task)
-        if self.engine_frame != key:
-            self.engine_frame = key
-            self.engine_user = self.capture.frames.user_frame_of(self.capture.tid)
-        return (*self.engine_user, phase)
-
-    def _backward_phase(self, anode: Any, frame: Any) -> int:
-        task = _task_id()
-        if task != self.task:
-            self.task = task
-            self.engine_frame = None
-            try:
-                self.capture.autograd.on_backward_start(anode, self.capture.backward_roots())
-            except Exception as e:  # the ops are still recorded; the autograd part is what is missing
-                self._fault(op_info(_DETACH), e)
-        self.foreign = _get_ident() != self.capture.tid  # an engine device thread (CUDA's backward)
-        engine = frame is None or self._is_engine(frame.f_code)  # (None: issued by the engine's own C++)
-        # checkpoint re-runs forward code with grad enabled from inside a Node: torch.utils.checkpoint, or a
-        # Function of the user's that turns grad on itself (Megatron's); create_graph=True has the engine
-        # turn it on for the backward code of a custom Function or a hook, which is no recompute
-        return RECOMPUTE if not engine and _grad_enabled() and (
-            self.capture.autograd.engine_grad[0] == (task, False) or in_checkpoint(frame)) else BACKWARD
-
-    def _is_engine(self, code: Any) -> bool:
-        """Is ``code`` torch.autograd's own? Keyed by id (a code object's hash is
-        recomputed on every lookup); the held code keeps its id from being reused."""
-        hit = self.engine_codes.get(id(code))
-        if hit is None:
-            hit = self.engine_codes[id(code)] = (code, is_autograd_engine(code))
-        return hit[1]
 
     def _fault(self, info: Any, error: Exception, n_values: Optional[int] = None) -> None:
         """Something torchtrace could not read (an exotic tensor, a private API
