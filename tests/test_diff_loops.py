@@ -397,3 +397,14 @@ def test_an_early_exit_that_one_pass_never_takes_names_the_loop_not_the_block_s_
     [why] = torchtrace.diff(*graphs).why()
     assert why.startswith(f"`for` at `test_diff_loops.py:{line_of('exit_for')}` ran 1\u00d7 in A, 4\u00d7 in B; "
                           f"`test_diff_loops.py:{line_of('exit_read')}` read True in A, False in B"), why
+
+
+def test_a_block_that_is_one_module_call_is_named_by_the_call_not_a_line_inside_it():
+    """GPT-2 with 2 layers against 3: "the block at `modeling_gpt2.py:...`" named
+    the first op's line, deep inside the block, not what repeated."""
+    ids = torch.randint(0, 100, (1, 6))
+    a, b = (zoo.record(zoo.gpt2(n_layer=n), ids) for n in (2, 3))
+    per_block = sum(1 for n in b.nodes if (b.module(n.module).path if n.module else "").startswith("transformer.h.2"))
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith(f"`transformer.h.*` (GPT2Block, {per_block} ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
+

@@ -19,10 +19,10 @@ import bisect
 import linecache
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .align import Pair
-from .side import Loop, Side, Sig
+from .side import Loop, Side, Sig, call_scope, calls_under, one_call
 from .sourceloops import can_leave, exits_loop, in_loop
 from .textform import ordinal, plural, where
 
@@ -48,12 +48,15 @@ class LoopChange:
     period: int
     keyword: Optional[str] = None
     run: Optional[Tuple[int, int]] = None  # (k, runs): the loop statement's k-th run of ``runs`` in the pass
+    calls: Optional[Tuple[str, str]] = None  # ("encoder.layer.*", "BertLayer"): the block is one module call
 
     def describe(self, called_from: str = "") -> str:
         """``called_from``: the call site of the helper whose condition read it (" (called from `m.py:9`)")."""
         if self.via == "witness":
             head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}" if self.keyword else \
                 f"the loop at {where(self.file, self.line)}{called_from}"
+        elif self.calls is not None:  # (its first op's line is inside the module: the loop calls it)
+            head = f"`{self.calls[0]}` ({self.calls[1]}, {plural(self.period, 'op')})"
         else:
             head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
         run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
@@ -65,7 +68,7 @@ class LoopChange:
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
                 "via": self.via, "period": self.period, "keyword": self.keyword,
-                "run": list(self.run) if self.run else None}
+                "run": list(self.run) if self.run else None, "calls": list(self.calls) if self.calls else None}
 
 
 class LoopFinder:
@@ -201,7 +204,7 @@ class LoopFinder:
             return None, k0  # as many copies (the others aligned elsewhere), one op twice where the
             #                  other side has none, more ops than the extra copies hold, or one op twice
             #                  from a line in no loop: no loop
-        scope = _scope(X, range(xs[0], xs[0] + unit_len))
+        scope = call_scope(X, range(xs[0], xs[0] + unit_len))
         if self._total(X, scope, unit) == self._total(Y, scope, unit):
             return None, k0  # as many copies in all, in another order (recursion): no loop ran more times
         src = X.nodes[xs[0]].source
@@ -209,7 +212,7 @@ class LoopFinder:
         reached = self.next_a if X is self.A else self.next_b
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
         return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                          a, b, "repeat", unit_len), start
+                          a, b, "repeat", unit_len, calls=one_call(X, scope, xs[0], unit_len)), start
 
     def by_runs(self, k0: int, k1: int) -> Optional[LoopChange]:
         """The loop whose k-th run (of the runs its statement made in the pass:
@@ -269,7 +272,7 @@ class LoopFinder:
         the module call ``scope`` (path, call; ``None``: the whole pass)."""
         key = (id(side), scope, tuple(unit))
         if key not in self._cache:
-            inside = _calls_under(side, scope)
+            inside = calls_under(side, scope)
             seq = [s for s, n in zip(side.loop_sigs, side.nodes) if inside is None or n.module in inside]
             count, t, p = 0, 0, len(unit)
             while t + p <= len(seq):
@@ -291,43 +294,6 @@ def _one_statement(side: Side, i: int) -> bool:
         return False
     return all(side.nodes[k].module == n.module for k in (i - 1, i + 1)
                if 0 <= k < len(side.nodes) and side.loop_sigs[k] == side.loop_sigs[i])
-
-
-def _scope(side: Side, ops: Iterable[int]) -> Optional[Tuple[str, int]]:
-    """(path, call) of the innermost module call around all of ``ops``."""
-    g = side.graph
-    common: Optional[List[str]] = None
-    for i in ops:
-        chain: List[str] = []
-        mid = side.nodes[i].module
-        while mid is not None:
-            chain.append(mid)
-            mid = g.module(mid).parent
-        chain.reverse()
-        if common is None:
-            common = chain
-        else:
-            k = 0
-            while k < min(len(common), len(chain)) and common[k] == chain[k]:
-                k += 1
-            common = common[:k]
-    if not common:
-        return None
-    m = g.module(common[-1])
-    return m.path, m.call
-
-
-def _calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[str]]:
-    """The ids of the module call ``scope`` and the calls inside it (``None``:
-    no scope; empty: no such call on this side)."""
-    if scope is None:
-        return None
-    out: Set[str] = set()
-    for m in side.graph.modules:  # (parents come before their children)
-        if (m.path, m.call) == scope or m.parent in out:
-            out.add(m.id)
-    return out
-
 
 
 def _run(side: Side, sig: Sig, pos: int, rep: Any) -> Tuple[List[int], Optional[int]]:

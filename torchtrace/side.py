@@ -333,3 +333,52 @@ def one_call_site(a: "Graph", b: "Graph") -> FrozenSet[Tuple[str, int]]:
     the reads from pairing up."""
     sa, sb = call_sites(a.nodes), call_sites(b.nodes)
     return frozenset(k for k in sa.keys() & sb.keys() if len(sa[k]) == len(sb[k]) == 1 and sa[k] != sb[k])
+
+
+def call_scope(side: Side, ops: Iterable[int]) -> Optional[Tuple[str, int]]:
+    """(path, call) of the innermost module call around all of ``ops``."""
+    g = side.graph
+    common: Optional[List[str]] = None
+    for i in ops:
+        chain: List[str] = []
+        mid = side.nodes[i].module
+        while mid is not None:
+            chain.append(mid)
+            mid = g.module(mid).parent
+        chain.reverse()
+        if common is None:
+            common = chain
+        else:
+            k = 0
+            while k < min(len(common), len(chain)) and common[k] == chain[k]:
+                k += 1
+            common = common[:k]
+    if not common:
+        return None
+    m = g.module(common[-1])
+    return m.path, m.call
+
+
+def one_call(side: Side, scope: Optional[Tuple[str, int]], first: int, n: int) -> Optional[Tuple[str, str]]:
+    """(path, type) of the module call that is the block ``first``..``first + n``
+    exactly (no op of it before or after), its path's last index as ``*``
+    (``encoder.layer.*``: a ModuleList's blocks); None when there is none."""
+    inside = calls_under(side, scope)
+    if not inside or not scope or not scope[0]:  # (the root's own ops: no call to name)
+        return None
+    if any(0 <= i < len(side.nodes) and side.nodes[i].module in inside for i in (first - 1, first + n)):
+        return None
+    m = next(m for m in side.graph.modules if (m.path, m.call) == scope)
+    return re.sub(r"\.\d+$", ".*", m.path), m.type
+
+
+def calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[str]]:
+    """The ids of the module call ``scope`` and the calls inside it (``None``:
+    no scope; empty: no such call on this side)."""
+    if scope is None:
+        return None
+    out: Set[str] = set()
+    for m in side.graph.modules:  # (parents come before their children)
+        if (m.path, m.call) == scope or m.parent in out:
+            out.add(m.id)
+    return out
