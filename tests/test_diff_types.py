@@ -154,3 +154,30 @@ def test_an_output_torch_did_not_compute_is_paired_by_type():
     [h] = [h for h in torchtrace.diff(a, b).changed_hunks if h.module == "1"]
     assert [p.a.op for p in h.changed] == ["aten.native_batch_norm_backward.default"]
     assert [t.describe() for t in h.types] == ["A returns one more output, f32[4,8]"]
+
+
+class TopK(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.k = nn.Linear(4, 4), 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        kept = h[h[:, 0] > 0]  # a shape read
+        return h.topk(self.k, dim=-1)[0].sum() + kept.view(int((h[:, 0] > 0).sum()), 2, 2).sum()
+
+
+def test_an_argument_that_decided_new_shapes_is_named_and_sizes_that_follow_a_read_are_not():
+    """`topk(self.k)` with k 2 -> 3, the same inputs: the why said only "size 2 -> 3
+    in 2 values". Integer args of resized ops stay out where the inputs changed or
+    a read of data explains the shapes (a view's sizes after boolean indexing)."""
+    torch.manual_seed(0)
+    m, x = TopK(), torch.randn(6, 4)
+    a = zoo.record(m, x)
+    m.k = 3
+    b = zoo.record(m, x)
+    [why] = torchtrace.diff(a, b).why()
+    assert why.endswith("size 2 \u2192 3 in 2 values; aten.topk k=2 \u2192 3 (1 op)"), why
+    m.k = 2
+    [why] = torchtrace.diff(a, zoo.record(m, -x)).why()
+    assert "read shape" in why and "aten.view size" not in why, why

@@ -344,7 +344,9 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             changed = tuple(p for p in rows if significant(p))
             witness = causes.shape_read(k0, k1) or causes.passed_on(k0, changed) or (causes.arm(k0) if any(
                 {"args", "line"} <= set(p.what) for p in changed) else None)
-            args = arg_changes(args_only(changed), reshaped(changed))
+            # (integer args of resized ops are sizes that follow the shapes, unless no input changed and
+            # no read of data explains them: then an argument decided the new shapes, `topk(self.k)`, k 2 -> 3)
+            args = arg_changes(args_only(changed), reshaped(changed) if inputs or witness is not None else None)
             hunks.append(Hunk(len(hunks), kind, module, (), (), changed, (k0, k1), witness,
                               types=type_changes(value_pairs(A, B, changed)), args=args, rewires=rewires(A, B, changed),
                               trained=trained(A, B, changed, fed, by_args=True) if any(  # (BatchNorm's batch
@@ -352,7 +354,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
     hunks = moved(A, B, fed_by_one_sided(A, B, backward_like_forward(A, B, hunks, witnesses)))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
-                     types, arg_changes(args_only(matched), reshaped(matched)),
+                     types, arg_changes(args_only(matched), reshaped(matched) if inputs or witnesses else None),
                      inputs, (A.ignored, B.ignored))
 
 
