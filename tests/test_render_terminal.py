@@ -104,3 +104,21 @@ def test_a_loop_over_other_modules_names_them_all_and_a_focus_is_said():
     assert "layers.0…2 Linear" in out and "layers.0 Linear" not in out
     focused = torchtrace.render(t.graph, "terminal", width=120, focus="layers.1").splitlines()[2]
     assert focused.startswith("showing phase forward: ") and "in focus 'layers.1': 1 call(s)" in focused
+
+
+def test_a_call_s_outputs_are_listed_in_the_order_it_returned_them():
+    """`return logits, mask` with the mask computed first read "→ b8[2,4], f32[2,4]"."""
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            mask = x > 0
+            return self.lin(x), mask
+
+    m = M()
+    with torchtrace.trace(m) as t:
+        m(torch.randn(2, 4))
+    [row] = [line for line in torchtrace.render(t.graph, "terminal").splitlines() if "<root>" in line]
+    assert "→ f32[2,4], b8[2,4]" in row, row
