@@ -465,7 +465,7 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_records(tm
             time.sleep(0.1)
         second = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True,
                                 timeout=120)
-        assert second.returncode == 2 and "another torchtrace run is recording into this folder" in second.stderr
+        assert second.returncode == 2 and "another torchtrace run, or a Recorder," in second.stderr
         assert not (out / "trace.prev.db").exists()
         # a Recorder of another process put its pass among the run's, which then were off by one
         with pytest.raises(torchtrace.errors.UsageError, match="a `torchtrace run` is recording into this store"):
@@ -482,6 +482,41 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_records(tm
     again = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0  # the lock went with the first run
     assert (out / "trace.prev.db").exists()
+
+
+def test_a_run_is_refused_while_a_recorder_of_another_process_records_into_its_store(tmp_path):
+    """`torchtrace run -o DIR` moved a live Recorder's DIR/trace.db (with its -wal and
+    -shm) aside to trace.prev.db, and the Recorder's later passes landed there."""
+    flag, out = tmp_path / "go", tmp_path / "runs"
+    s = _script(tmp_path, f"""
+        import os, time, torch, torchtrace
+        m = torch.nn.Linear(2, 2)
+        with torchtrace.Recorder({str(out / "trace.db")!r}):
+            m(torch.randn(1, 2))
+            open({str(tmp_path / "started")!r}, "w").close()
+            while not os.path.exists({str(flag)!r}):
+                time.sleep(0.05)
+            m(torch.randn(1, 2))
+    """)
+    recorder = subprocess.Popen([sys.executable, str(s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "started").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        run = subprocess.run([EXE, "run", "--out", str(out), str(s)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and "or a Recorder, is recording into this folder" in run.stderr, run.stderr
+        assert not (out / "trace.prev.db").exists()
+        with torchtrace.Recorder(out / "trace.db"):  # (Recorders share it: the ranks of a job do)
+            torch.nn.Linear(2, 2)(torch.randn(1, 2))
+    finally:
+        flag.write_text("")
+        recorder.communicate(timeout=120)
+    assert recorder.returncode == 0
+    with Store(out / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 3
+    again = subprocess.run([EXE, "run", "--out", str(out), str(_script(tmp_path, "print(1)"))], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0, again.stderr  # the hold went with the Recorder
 
 
 def test_run_is_python_for_paths_errors_and_a_scripts_own_recorder(tmp_path):

@@ -10,7 +10,7 @@ import re
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Set, Tuple
+from typing import Iterator, List, Optional, Set, Tuple
 
 from .errors import UsageError, WriteError
 from .store import RUN_STORE
@@ -136,33 +136,53 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_let_go)
 
 
-def refuse_if_a_run_records(store: Path) -> None:
-    """A Recorder (of another process, or another thread of the run's) on the
-    store of a folder whose lock a `torchtrace run` holds: its passes would land
-    among the run's, with the run's indices."""
+def hold_against_runs(store: Path) -> Optional[int]:
+    """A Recorder's shared hold on the lock of the folder of a store a `torchtrace
+    run` would record into or move aside (``trace.db``): refused while a run holds
+    the lock (the Recorder's passes would land among the run's, with the run's
+    indices), and a run started meanwhile is refused (it would move the live store
+    aside under the Recorder). Ranks' Recorders share it. Returns the descriptor for
+    ``let_go``; None when there is nothing to hold (another name, no folder, no
+    write access: then it only looks)."""
     if store.name not in (RUN_STORE, PREV_STORE):
-        return
+        return None
+    lock = store.parent / ".torchtrace.lock"
     try:
-        fd = os.open(store.parent / ".torchtrace.lock", os.O_RDONLY)
-    except OSError:  # (no run ever recorded there)
-        return
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        keep = True
+    except OSError:
+        try:
+            fd, keep = os.open(lock, os.O_RDONLY), False
+        except OSError:  # (no run ever recorded there)
+            return None
     try:
         held = not _flock(fd, shared=True)
     except OSError:  # (a file system without locks: nothing to say)
-        held = False
-    finally:
+        held, keep = False, False
+    if held or not keep:
         os.close(fd)  # (and with it the shared lock taken to look)
     if held:
         raise UsageError("a `torchtrace run` is recording into this store", where=str(store),
                          expected="a store no run is recording into", found="its folder's lock held",
                          fix="pass the Recorder another store, or wait until that run ends")
+    if not keep:
+        return None
+    _HELD.add(fd)  # (a process the script forks lets go of it)
+    return fd
+
+
+def let_go(fd: Optional[int]) -> None:
+    """End a ``hold_against_runs`` (not in a forked child: it closed its copy)."""
+    if fd is not None and fd in _HELD:
+        _HELD.discard(fd)
+        os.close(fd)
 
 
 def _lock(fd: int, out: Path) -> None:
     if not _flock(fd, shared=False):
-        raise UsageError("another torchtrace run is recording into this folder", where=str(out),
-                         expected="an --out folder no other run is using", found="its lock held",
-                         fix="pass another --out, or wait until that run ends")
+        raise UsageError("another torchtrace run, or a Recorder, is recording into this folder", where=str(out),
+                         expected="an --out folder no other run or Recorder is using", found="its lock held",
+                         fix="pass another --out, or wait until that run or Recorder ends")
 
 
 def _flock(fd: int, shared: bool) -> bool:

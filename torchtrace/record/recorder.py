@@ -33,7 +33,7 @@ from .modelkeys import ModelKeys
 from .optimizer import running_steps
 from .watch import Watcher, is_model_call
 from ..options import capture_options, recorder_options
-from ..outdir import refuse_if_a_run_records
+from ..outdir import hold_against_runs, let_go
 
 _ACTIVE = threading.local()
 _task_id = torch._C._current_graph_task_id
@@ -81,6 +81,7 @@ class Recorder(Watcher):
         self.launched = False  # the Recorder of `torchtrace run` (a script's own one then stands aside)
         self._open = False  # inside its `with` block
         self._outer: Optional["Recorder"] = None  # that one, while this one stands aside
+        self._hold: Optional[int] = None  # the shared hold on a run folder's lock (outdir.hold_against_runs)
 
     # -- lifecycle ----------------------------------------------------------------
     def __enter__(self) -> "Recorder":
@@ -93,9 +94,14 @@ class Recorder(Watcher):
             return self
         if outer is not None:
             raise UsageError("a Recorder is already active in this thread", fix="nest no Recorders")
-        if not isinstance(self._store_arg, Store) and not self.launched:
-            refuse_if_a_run_records(Path(self._store_arg))
         self.store = self._store_arg if isinstance(self._store_arg, Store) else Store(self._store_arg)
+        try:  # (after the store opened: a run's store exists already, and a new folder is made)
+            self._hold = hold_against_runs(Path(self._store_arg)) if not (
+                isinstance(self._store_arg, Store) or self.launched) else None
+        except BaseException:
+            if not isinstance(self._store_arg, Store):
+                self.store.close()
+            raise
         self.capture = Capture(skip=self._skip, max_ops=self._max_ops)
         self.capture.on_root = self._on_root
         self.capture.after_root = self._after_root
@@ -114,6 +120,7 @@ class Recorder(Watcher):
         except BaseException:
             self.capture.stop()
             self._uncompiled.restore()
+            let_go(self._hold)
             raise
         _ACTIVE.recorder = self
         self._open = True
@@ -142,6 +149,7 @@ class Recorder(Watcher):
             self._uncompiled.restore()
             if not isinstance(self._store_arg, Store) and self.store is not None:
                 self.store.close()
+            let_go(self._hold)
         return False
 
     # -- public -------------------------------------------------------------------
