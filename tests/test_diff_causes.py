@@ -1640,6 +1640,37 @@ def test_gpt2_train_against_eval_with_backward_is_the_mode_alone():
     assert len(why) == 1 and why[0].startswith("modules in training mode in A, eval mode in B"), why
 
 
+class FollowsMode(nn.Module):
+    """A layer whose `deep` flag follows `.train()` (or not)."""
+
+    def __init__(self, follows: bool) -> None:
+        super().__init__()
+        self.l, self.deep, self.follows = nn.Linear(4, 4), True, follows
+
+    def train(self, mode: bool = True) -> "FollowsMode":
+        super().train(mode)
+        self.deep = mode if self.follows else self.deep
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.l(x)
+        if self.deep:
+            x = torch.relu(x)
+        return x
+
+
+def test_a_flag_flipped_with_train_in_one_layer_is_python_state_though_another_layer_ran_its_line():
+    """(A review.) The other pass ran the `if self.deep:` branch's line in another
+    layer: that took the hunk from the flag and gave it to training mode."""
+    m = nn.Sequential(FollowsMode(False), FollowsMode(True))
+    graphs = []
+    for train in (True, False):
+        m.train(train)
+        graphs.append(zoo.record(m, torch.ones(2, 4)))
+    [why] = torchtrace.diff(*graphs).why()
+    assert why.startswith("no tensor read differs before it: decided by Python state"), why
+
+
 class TwoCauses(nn.Module):
     """A branch on the data, a layer both passes run, then a Python flag."""
 

@@ -408,3 +408,82 @@ def test_a_block_that_is_one_module_call_is_named_by_the_call_not_a_line_inside_
     [why] = torchtrace.diff(a, b).why()
     assert why.startswith(f"`transformer.h.*` (GPT2Block, {per_block} ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
 
+
+
+W4 = torch.randn(4, 4) * 0.3
+
+
+def counted_with_a_float_exit(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    for _ in range(int(n.item())):  # LINE:count_read
+        x = torch.tanh(x @ W4)
+        if x.abs().max().item() > 1e6:  # (never true)
+            break
+    return x
+
+
+def inner_exit(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    for _ in range(int(n.item())):  # LINE:outer_count
+        for _ in range(5):
+            x = torch.tanh(x @ W4)
+            if x.abs().max().item() > 1e6:  # (never true: each inner loop runs 5x)
+                break
+        x = x * 2
+    return x
+
+
+def break_of_a_nested_loop(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    for _ in range(int(n.item())):  # LINE:nested_count
+        x = torch.tanh(x @ W4)
+        if x.abs().max().item() > 0:
+            for _ in range(2):
+                x = x + 1
+                break  # (leaves the inner loop, not this one)
+    return x
+
+
+@pytest.mark.parametrize("fn, marker", [(counted_with_a_float_exit, "count_read"), (inner_exit, "outer_count"),
+                                        (break_of_a_nested_loop, "nested_count")])
+def test_a_count_read_before_the_loop_is_not_taken_by_a_read_in_its_body(fn, marker):
+    """(A review.) A differing float in the loop's body, at an `if` that breaks,
+    took the blame from the count read before the loop: that `if` never went the
+    exit way, an inner loop's `break` was taken for the outer loop's, and a `break`
+    of a loop inside the `if` for a `break` of the loop around it."""
+    torch.manual_seed(0)
+    xa, xb = torch.randn(2, 4), torch.randn(2, 4)
+    [why] = torchtrace.diff(_traced(fn, xa, torch.tensor(2)), _traced(fn, xb, torch.tensor(3))).why()
+    assert why.startswith(f"`test_diff_loops.py:{line_of(marker)}` read 2 in A, 3 in B; the block at "), why
+
+
+class Enc(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.l(x))
+
+
+class Refine(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.dec = Enc(), Enc()
+
+    def forward(self, x: torch.Tensor, refine: bool) -> torch.Tensor:
+        x = self.enc(x)
+        if refine:  # no loop anywhere: the repeated calls are straight-line code
+            x = self.enc(x)
+            x = self.dec(x)
+        return self.dec(x)
+
+
+def test_straight_line_code_that_calls_modules_again_is_not_split_into_two_loops():
+    """(A review.) The split of two loops in a row fired on an `if` around two
+    module calls: "`enc` (Enc, 3 ops) ran 1x in A, 2x in B" and the same for `dec`."""
+    m = Refine()
+    graphs = []
+    for refine in (False, True):
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(torch.ones(2, 4), refine)
+        graphs.append(t.graph)
+    [why] = torchtrace.diff(*graphs).why()
+    assert why.startswith("no tensor read differs before it: decided by Python state"), why

@@ -31,11 +31,13 @@ Pair = Tuple[Optional[int], Optional[int]]
 
 def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
           wa: Sequence[Any] = (), wb: Sequence[Any] = (),
-          weaker: Sequence[Tuple[Sequence[Hashable], Sequence[Hashable]]] = ()) -> List[Pair]:
+          weaker: Sequence[Tuple[Sequence[Hashable], Sequence[Hashable]]] = (),
+          looped: Tuple[Sequence[bool], Sequence[bool]] = ((), ())) -> List[Pair]:
     """Align two signature sequences; ``wa``/``wb`` are the witness keys
     (``None`` for ops that read nothing), used to place insertions in loops.
     ``weaker``: pairs of key sequences (A's, B's), weakest last, that pair the
-    ops still left unpaired between two aligned ones (``refine``).
+    ops still left unpaired between two aligned ones (``refine``). ``looped``:
+    per op, is its line inside a ``for``/``while`` (A's, B's; see ``_two_loops``).
 
     Returns ``(i, j)`` pairs in merged order: ``(i, None)`` only in A,
     ``(None, j)`` only in B, ``(i, j)`` aligned.
@@ -46,7 +48,8 @@ def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
     ca = [order[s] for s in sa]
     cb = [order[s] for s in sb]
     flip = not ca <= cb
-    pairs = _align(cb, ca, wb, wa) if flip else _align(ca, cb, wa, wb)
+    la, lb = looped
+    pairs = _align(cb, ca, wb, wa, lb, la) if flip else _align(ca, cb, wa, wb, la, lb)
     for ka, kb in weaker:
         refine(pairs, *((kb, ka) if flip else (ka, kb)))
     return [(i, j) for j, i in pairs] if flip else pairs
@@ -110,7 +113,8 @@ def _each_run(pairs: List[Pair], edit: Callable[[List[Pair]], List[Pair]]) -> No
         k += len(run)
 
 
-def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pair]:
+def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any], la: Sequence[bool] = (),
+           lb: Sequence[bool] = ()) -> List[Pair]:
     n, m = len(a), len(b)
     pre = 0
     while pre < n and pre < m and a[pre] == b[pre]:
@@ -129,10 +133,10 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any]) -> List[Pai
     pairs.extend((x, None) for x in range(ia, n - suf))
     pairs.extend((None, y) for y in range(jb, m - suf))
     pairs.extend((n - suf + k, m - suf + k) for k in range(suf))
-    for side, seq, w_other, w_self in ((1, b, wa, wb), (0, a, wb, wa)):
+    for side, seq, w_other, w_self, looped in ((1, b, wa, wb, lb), (0, a, wb, wa, la)):
         for down in (True, False):
             _group(pairs, side, last=down)
-            _slide(pairs, seq, w_other, w_self, side, down)
+            _slide(pairs, seq, w_other, w_self, side, down, looped)
     _group(pairs, 0, last=False)
     return pairs
 
@@ -150,7 +154,7 @@ def _group(pairs: List[Pair], side: int, last: bool) -> None:
 
 
 def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int,
-           down: bool) -> None:
+           down: bool, looped: Sequence[bool] = ()) -> None:
     """Move runs of ops only on ``side`` (1: only in B, 0: only in A) to the
     best of their equally long positions (see the module docstring). A run
     that touches the other side's run is split: its longest tail (``down``)
@@ -181,16 +185,19 @@ def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[A
             k1 = next((e + 1 for e in range(k1 - 1, k - 1, -1) if seq[pairs[e][side]] == prev), k)
         if k < k1:
             moved = _move(pairs, seq, w_other, w_self, side, k, k1)
-            cut = _two_loops(pairs, seq, side, k, k1) if down and moved == k1 == end else None
+            cut = _two_loops(pairs, seq, side, k, k1, looped) if down and moved == k1 == end else None
             k1 = moved if cut is None else _move(pairs, seq, w_other, w_self, side, cut, k1)
         k = max(k1, end)
 
 
-def _two_loops(pairs: List[Pair], seq: List[int], side: int, k: int, k1: int) -> Optional[int]:
+def _two_loops(pairs: List[Pair], seq: List[int], side: int, k: int, k1: int,
+               looped: Sequence[bool]) -> Optional[int]:
     """Where the one-sided run ``pairs[k:k1]``, aligned on both ends, splits
     into a copy of the ops right above it and a copy of those right below it:
     one more iteration of each of two loops in a row (each ended by its own
-    read). The tail then moves on its own, into the second loop."""
+    read). The tail then moves on its own, into the second loop. Each part must
+    hold an op whose line is in a loop (``looped``): straight-line code that
+    calls a module twice (`if refine: x = self.enc(x)`) repeats its ops too."""
     j0, j1 = pairs[k][side], pairs[k1 - 1][side] + 1
     if (j0 and seq[j0 - 1] == seq[j1 - 1]) or (j1 < len(seq) and seq[j0] == seq[j1]):
         return None  # (it could move whole: one loop's iterations)
@@ -198,6 +205,8 @@ def _two_loops(pairs: List[Pair], seq: List[int], side: int, k: int, k1: int) ->
         head, tail = cut - k, k1 - cut
         if not set(seq[j0:j0 + head]).isdisjoint(seq[j0 + head:j1]):
             continue  # (ops of one loop body on both sides of the cut)
+        if not (any(looped[j0:j0 + head]) and any(looped[j0 + head:j1])):
+            continue
         above = all(k - head + t >= 0 and None not in pairs[k - head + t] and pairs[k - head + t][side] == j0 - head + t
                     and seq[j0 - head + t] == seq[j0 + t] for t in range(head))
         below = all(k1 + t < len(pairs) and None not in pairs[k1 + t] and pairs[k1 + t][side] == j1 + t

@@ -181,24 +181,58 @@ class Causes:
     def _exit_read(self, loop: Optional[LoopChange], start: int, k0: int,
                    k1: int) -> Optional[Tuple[WitnessChange, LoopChange]]:
         """A repeated block's loop ended by a read in its body: the latest read
-        that differs between the block's first copy and the hunk, that the
-        hunk's extra iterations made too, and that ends its loop
-        (``sourceloops.ended_by``: ``if i >= n.item(): break``, ``delta =
-        d.item()`` ... ``if delta < tol: break``), with that loop named by its
-        header. Not a read before the loop (a second loop after one that ran
-        longer was blamed on the first one's read), nor a float's hedge."""
+        that differs between the block's first copy and the hunk, made once per
+        extra iteration in the hunk, that ends its loop (``sourceloops.ended_by``:
+        ``if i >= n.item(): break``, ``delta = d.item()`` ... ``if delta < tol:
+        break``), with that loop named by its header. Not when a read before the
+        loop gave its count (``range(int(n.item()))``), nor for a float that
+        cannot have gone another way than the reads that went on (``_parted``).
+        Else a second loop after one that ran longer was blamed on the first's read."""
         if loop is None or start >= k0:
             return None
-        made = {self.A.sigs[i] if j is None else self.B.sigs[j] for i, j in self.pairs[k0:k1] if i is None or j is None}
-        reads = self.differing
+        one_sided = [self.A.sigs[i] if j is None else self.B.sigs[j] for i, j in self.pairs[k0:k1]
+                     if i is None or j is None]
+        reads, seen = self.differing, set()
         for e in reversed(reads[bisect.bisect_left(reads, start):bisect.bisect_left(reads, k0)]):
             i, j = self.pairs[e]
-            span = ended_by(self.A.nodes[i]) if self.A.sigs[i] in made else None
-            if span is not None:
-                src = self.A.nodes[i].source
-                return self.witness_change(i, j), replace(loop, file=src.file, function=src.function, line=span[0],
-                                                          via="witness", keyword=span[2])
+            read = self.A.nodes[i]
+            if self.A.sigs[i] in seen or one_sided.count(self.A.sigs[i]) != abs(loop.a - loop.b):
+                continue  # (an earlier iteration's read, which went on; an inner loop's read: several a copy)
+            seen.add(self.A.sigs[i])
+            span = ended_by(read)
+            parted = self._parted(e, start, k1, loop) if span is not None else None
+            if parted is None:
+                continue
+            before = self._nearest_before(min(start, k0))
+            if before is not None and feeds_loop(self.A.graph.node(before.node_a), read.source.file, span[0]):
+                return None  # (the count was read before the loop)
+            return replace(self.witness_change(i, j), weak=not parted), replace(
+                loop, file=read.source.file, function=read.source.function, line=span[0], via="witness",
+                keyword=span[2])
         return None
+
+    def _parted(self, e: int, start: int, k1: int, loop: LoopChange) -> Optional[bool]:
+        """Can the shorter pass's read at row ``e`` have gone the exit way? True
+        for a bool or count read; for a float, when it lies below or above every
+        read at its line that went on (both passes' before it, the other pass's
+        after), as ``if d < tol:`` parts them: True when the longer pass's last read
+        lies on its side too (it ended the same way), False (a guess, said so)
+        when not (that pass may have run out of items); None when it cannot."""
+        i, j = self.pairs[e]
+        short, x = (0, i) if loop.a < loop.b else (1, j)
+        exit_value = (self.A, self.B)[short].nodes[x].witness.value
+        if not isinstance(exit_value, float):
+            return True
+        sig = self.A.sigs[i]
+        went_on = [S.nodes[y].witness.value for row in range(start, k1) if row != e for S, y in
+                   ((self.A, self.pairs[row][0]), (self.B, self.pairs[row][1]))
+                   if y is not None and S.sigs[y] == sig and S.wkeys[y] is not None]
+        last = went_on.pop() if went_on else None  # (the longer pass's last read, in the hunk)
+        numbers = [v for v in went_on if isinstance(v, (int, float))]
+        if not numbers or min(numbers) <= exit_value <= max(numbers):
+            return None
+        below = exit_value < min(numbers)
+        return isinstance(last, (int, float)) and (last < min(numbers) if below else last > max(numbers))
 
     def adjacent(self, k0: int) -> Optional[WitnessChange]:
         """The decisive read that differs right before row ``k0``, no op between

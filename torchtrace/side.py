@@ -8,7 +8,7 @@ import re
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
-from .sourceloops import exits_loop, loop_span, while_end, yields
+from .sourceloops import exits_loop, in_loop, loop_span, while_end, yields
 from .textform import ordinal
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -250,6 +250,26 @@ class Side:
             if n.source is not None:
                 out.setdefault((n.source.file, n.source.function), []).append(n.source.line)
         return out
+
+    @cached_property
+    def looped(self) -> List[bool]:
+        """Per op: is its line inside a ``for``/``while`` of its function (``align._two_loops``)?"""
+        memo: Dict[Tuple[str, int], bool] = {}
+        out = []
+        for n in self.nodes:
+            key = (n.source.file, n.source.line) if n.source is not None else ("", 0)
+            if key not in memo:
+                memo[key] = n.source is not None and in_loop(*key) is True
+            out.append(memo[key])
+        return out
+
+    @cached_property
+    def call_lines(self) -> Set[Tuple[str, int, str, int, str]]:
+        """(module path, call, file, line, phase) of every op with a source line."""
+        g = self.graph
+        return {(g.module(n.module).path, g.module(n.module).call, n.source.file, n.source.line, n.phase)
+                if n.module is not None else ("", -1, n.source.file, n.source.line, n.phase)
+                for n in self.nodes if n.source is not None}
 
     def ran(self, file: str, function: str) -> bool:
         """Did the pass run an op in that function?"""

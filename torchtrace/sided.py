@@ -217,13 +217,20 @@ def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall]) -> boo
     (``_MODAL``, ``_FAST_PATHS``), or one whose line an ``if`` further out on
     ``training`` decides (``tests_training``)."""
     src = n.source
-    # (an `if` around a line the other pass ran too went the same way there: the op differs for another
-    # reason, a backward op for the layout of the gradient that reached it)
-    flag = src is not None and decided_by_a_flag(n) and not other.ran_lines(
-        src.file, src.function, src.line, src.line) and (
+    flag = src is not None and decided_by_a_flag(n) and not _same_backward_line(side, n, other) and (
         other.ran(src.file, src.function) or child is not None and _call_guard(side, child) is False)
     return not flag or any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
         m.type.startswith(_MODAL + _FAST_PATHS) for m in side.graph.calls_around(n.module))
+
+
+def _same_backward_line(side: Side, n: Node, other: Side) -> bool:
+    """Did the other pass run backward at backward op ``n``'s line in the same module
+    call? Then the `if` around that line went the same way in both passes, and the
+    op differs for the layout of the gradient that reached it (training's attention)."""
+    if n.phase != "backward" or n.source is None or n.module is None:
+        return False
+    m = side.graph.module(n.module)
+    return (m.path, m.call, n.source.file, n.source.line, "backward") in other.call_lines
 
 
 def _call_guard(side: Side, child: ModuleCall) -> Optional[bool]:

@@ -71,7 +71,19 @@ def exits_loop(file: str, line: int) -> bool:
     colon = _header_colon(lines[line - 1])
     if colon is not None and _code(lines[line - 1][colon + 1:]).strip():  # `if c: break` on one line
         return bool(_EXIT.match(lines[line - 1][colon + 1:]))
-    return any(_EXIT.match(_code(lines[k])) for k in range(line, _last_of_block(lines, line)))
+    inner = None  # the indent of a loop inside the branch: a `break` in its body leaves that loop
+    for k in range(line, _last_of_block(lines, line)):
+        text = _code(lines[k])
+        if not text.strip():
+            continue
+        indent = len(text) - len(text.lstrip())
+        if inner is not None and indent <= inner:
+            inner = None
+        if _EXIT.match(text) and (inner is None or text.lstrip().startswith("return")):
+            return True
+        if inner is None and _LOOP.match(text):
+            inner = indent
+    return False
 
 
 def ended_by(read: "Node") -> Optional[Tuple[int, int, str]]:
