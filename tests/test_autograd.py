@@ -340,6 +340,17 @@ def test_nodes_another_thread_made_stay_their_own_and_the_graph_stays_acyclic():
     assert [a.op for a in addmm].count(None) == 1  # the worker's: no op of this pass made it
     [own] = [a for a in addmm if a.op is not None]
     assert g.node(own.op).op == "aten.addmm.default" and g.node(own.op).grad_fn == own.id
+    # (a review) with the pass's results dead by the build (only a loss kept), its own Nodes stay linked
+    deep = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    worker = threading.Thread(target=lambda: box.update(feat=nn.Sequential(nn.Linear(4, 4), nn.Tanh())(x)))
+    worker.start()
+    worker.join()
+    with torchtrace.trace(deep) as t:
+        deep(box["feat"]).sum().backward()
+    g = t.graph
+    made = [n for n in g.nodes if n.phase == "forward" and n.short_op in ("addmm", "tanh", "t", "sum")]
+    assert made and all(n.grad_fn is not None for n in made), [(n.id, n.op) for n in made if n.grad_fn is None]
+    assert sum(a.op is None and not a.name.endswith("AccumulateGrad") for a in g.autograd.nodes) == 3  # the worker's
 
 
 def test_each_backward_op_names_the_autograd_node_that_ran_it(tmp_path):
@@ -406,11 +417,15 @@ def test_unused_parameter_is_reported():
     with torchtrace.trace(m) as t:
         m(x).sum().backward()
     assert t.graph.autograd.no_grad_params == ("unused.weight", "unused.bias")
-    # torch.autograd.grad returns the gradients and accumulates none: every parameter was listed
-    with torchtrace.trace(m) as t:
-        got = torch.autograd.grad(m(x).sum(), [p for p in m.parameters() if p.requires_grad], allow_unused=True)
-    assert [g is None for g in got] == [False, False, True, True]  # (the oracle: torch's own answer)
-    assert t.graph.autograd.no_grad_params == ("unused.weight", "unused.bias")
+    # torch.autograd.grad returns the gradients and accumulates none: every parameter was listed. The
+    # oracle: torch's own answer, for all parameters, some of them, and the input alone (a saliency map)
+    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    xg = x.clone().requires_grad_()
+    for asked in (named, named[:1], []):
+        with torchtrace.trace(m) as t:
+            got = torch.autograd.grad(m(xg).sum(), [p for _, p in asked] + [xg], allow_unused=True)
+        want = tuple(n for n, p in named if n not in {a for (a, _), g in zip(asked, got) if g is not None})
+        assert t.graph.autograd.no_grad_params == want, (len(asked), want)
 
 
 def test_checkpoint_recompute_is_tagged_with_right_scopes():

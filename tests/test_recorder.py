@@ -1230,6 +1230,25 @@ def test_a_tensor_subclass_keeps_the_dataflow_of_a_plain_tensor():
     assert not any(v.role == "constant" for v in tagged.values)
     assert all(tagged.producers().get(v) for v in tagged.outputs) and len(tagged.outputs) == len(plain.outputs)
 
+    # (a review) two inputs that are views of one storage stay two inputs; a detach's or a view's
+    # re-wrapped result is the detach's or the view's, not the tensor it was taken from
+    def two(q, k):
+        return q * 2 + k
+
+    def taken(y):
+        z, w = y.detach(), y.view(4, 3)
+        return (y * 2 - z).sum() + (w + 1).sum()
+
+    q = torch.randn(3, 4).as_subclass(Tagged)
+    for fn, args in ((two, (q.requires_grad_(), q.detach())), (taken, (torch.randn(3, 4).as_subclass(Tagged),))):
+        graphs = []
+        for cast in (lambda a: a.as_subclass(torch.Tensor), lambda a: a):
+            with torchtrace.trace() as t:
+                fn(*[cast(a) for a in args])
+            graphs.append(t.graph)
+        assert edges(graphs[1]) == edges(graphs[0]), fn.__name__
+        assert [v.role for v in graphs[1].values] == [v.role for v in graphs[0].values], fn.__name__
+
 
 def test_exotic_tensors_never_break_the_users_program():
     from torch._higher_order_ops.while_loop import while_loop

@@ -50,7 +50,9 @@ class RunOptions:
 class _Progress:
     """Counts passes and variants as they are stored; writes variant renders; on
     a terminal, says how far the run is: a line (never redrawn over the script's
-    own output) at the first pass, at each new variant, and every ``EVERY_S``."""
+    own output) at the first pass, at each new variant, and every ``EVERY_S`` when
+    the script's standard output goes elsewhere (on the same terminal a line
+    may land inside one the script has half written: only the rare ones then)."""
 
     options: RunOptions
     console: Console
@@ -65,6 +67,7 @@ class _Progress:
     def __post_init__(self) -> None:
         self.folder = self.options.out.absolute()  # the script may chdir
         self.said = -self.EVERY_S
+        self.periodic = self.live and not _same_terminal()
 
     def on_pass(self, graph: Graph, index: int) -> None:
         self.passes += 1
@@ -77,7 +80,7 @@ class _Progress:
             except Exception as e:
                 self.failed = f"variant-{len(self.variants) - 1}: {e}"
         now = time.monotonic()
-        if self.live and (new or now - self.said >= self.EVERY_S):
+        if self.live and (new or (self.periodic and now - self.said >= self.EVERY_S)):
             self.said = now
             n, k = self.passes, len(self.variants)
             _say(self.console, f"[dim]torchtrace: {n} pass{'es' * (n != 1)} recorded, {k} variant{'s' * (k != 1)}"
@@ -94,6 +97,14 @@ class _Progress:
         name = f"variant-{k}.{ext}"
         atomic_write(self.folder / name, data if isinstance(data, bytes) else data.encode("utf-8"))
         return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
+
+
+def _same_terminal() -> bool:
+    """Do standard output and standard error go to one terminal?"""
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.fstat(sys.stderr.fileno()))
+    except (OSError, ValueError, AttributeError):  # (closed, or replaced by an object without a descriptor)
+        return True
 
 
 def _stderr_now() -> Console:

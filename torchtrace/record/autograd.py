@@ -13,6 +13,8 @@ pass ends. Node wrappers are held only until the pass is built.
 """
 from __future__ import annotations
 
+import os
+import sys
 import weakref
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 
@@ -65,6 +67,23 @@ def _saved_storages(node: Any) -> List[Tuple[int, int]]:
             except (RuntimeError, NotImplementedError):  # no storage to count (functorch wrappers, meta)
                 continue
     return out
+
+
+def _grad_inputs() -> List[Any]:
+    """The tensors the ``torch.autograd.grad`` call running this backward returns
+    the gradients of (its ``inputs``, read from its frame on this thread's stack:
+    no AccumulateGrad runs for them); [] under ``backward()``."""
+    f = sys._getframe(1)
+    while f is not None:
+        code = f.f_code
+        if code.co_name == "grad" and code.co_filename.endswith(_GRAD_FILE):
+            got = f.f_locals.get("t_inputs")
+            return list(got) if isinstance(got, tuple) else []
+        f = f.f_back
+    return []
+
+
+_GRAD_FILE = os.path.join("torch", "autograd", "__init__.py")
 
 
 def grad_fns(refs: List[Any]) -> List[Any]:
@@ -141,6 +160,7 @@ class AutogradTracker:
         self.engine_grad: List[Any] = [None]
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
         self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
+        self.grad_inputs: Dict[int, Any] = {}  # id -> parameter torch.autograd.grad was asked the gradient of
         # (sequence nr, name) of Nodes that another Node had too: sequence numbers count per thread
         self.twins: Set[tuple] = set()
 
@@ -216,6 +236,7 @@ class AutogradTracker:
         backward op of each graph task (``current`` is the Node running): no
         Node has released its saved tensors yet, so saved bytes are exact."""
         self.backward_ran = True
+        self.grad_inputs.update((id(p), p) for p in _grad_inputs() if isinstance(p, torch.nn.Parameter))
         if current is None:  # called at the gradient seed, before the engine starts
             self.walk(roots, hook=True)
             return

@@ -286,7 +286,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                           tuple([vid_str[v] for v in ins if v >= 0]),
                           tuple(map(vid_at, ev[E_OUTS])), phase,
                           None if module is None else mod_str[module], args, source, tags, witness,
-                          grad_fn_of.get(i), "op", ag.aid_of(ev[E_ANODE]) if ph == BACKWARD else None))
+                          grad_fn_of.get(i), "op", ag.aid_of(ev[E_ANODE]) if phase == "backward" else None))
 
     if raised:  # ops that raised (the last one, if the block ended by it): node and error
         meta["raised"] = raised

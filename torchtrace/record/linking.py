@@ -162,6 +162,30 @@ def _made(mode: Any, ev: tuple, node: Any) -> bool:
     return node is not None and any(getattr(refs[v](), "grad_fn", None) is node for v in ev[E_OUTS])
 
 
+def _outside(tracker: Any, mode: Any) -> Set[tuple]:
+    """Keys of the Nodes reachable from the grad_fn of a tensor the pass got from
+    outside: made before the pass (or by another thread, whose sequence numbers
+    may be the pass's: ``AutogradTracker.twins``), by no op of it."""
+    from .mode import V_ORIGIN
+
+    stack: List[Any] = []
+    for rec, ref in zip(mode.vmeta, mode.vrefs):
+        if rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ext":
+            t = ref()
+            fn = getattr(t, "grad_fn", None) if t is not None else None
+            if fn is not None:
+                stack.append(fn)
+    seen: Set[tuple] = set()
+    while stack:
+        x = stack.pop()
+        e = tracker.entries.get(x) if type(x) is tuple else tracker.by_obj.get(id(x))
+        if e is None or e.key in seen or (type(x) is not tuple and e.node is not x):
+            continue
+        seen.add(e.key)
+        stack.extend(e.kids)
+    return seen
+
+
 def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any]) -> AutogradPart:
     tracker = capture.autograd
     part = AutogradPart(tracker)
@@ -171,10 +195,12 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
 
     entries = list(tracker.entries.values())
     linked: Dict[tuple, int] = {}
+    outside = _outside(tracker, mode)  # (older than the pass: no op of it made them)
     for e in entries:
-        if e.seq is not None:
+        if e.seq is not None and e.key not in outside:
             i = _op_of(e.seq, e.name, threads, events, infos, copy_slices)
-            if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)):
+            if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
+                                  or any(k[:2] == e.key[:2] for k in outside)):
                 linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
     for k, e in enumerate(entries):
@@ -227,10 +253,9 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                        in zip(with_grad, grad_infos([g for _, _, g in with_grad])))
     tracker.grads.clear()  # (the references end with the build)
     if tracker.backward_ran:
-        # torch.autograd.grad returns the gradients and runs no AccumulateGrad: when no backward of the
-        # pass accumulated, a parameter whose AccumulateGrad its graph reaches got one
-        accumulated = any(k[0] == "acc" for k in executed_keys)
-        got = {id(e.leaf()) for e in entries if e.leaf() is not None and (e.key in executed_keys or not accumulated)}
+        # (torch.autograd.grad returns the gradients of its inputs and runs no AccumulateGrad for them)
+        reached = {id(e.leaf()): e.key for e in entries if e.leaf() is not None}
+        got = {leaf for leaf, key in reached.items() if key in executed_keys or leaf in tracker.grad_inputs}
         named = {gi.name for gi in part.grads}  # (a swapped-in tensor of that name: functional_call)
         part.no_grad_params = tuple(name for p, name in capture.trainable_params()
                                     if id(p) not in got and name not in named)

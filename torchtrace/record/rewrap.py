@@ -8,13 +8,13 @@ the value of a recent one that is the same view of the same storage.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-LOOK_BACK = 64  # values searched, latest first: the re-wrap comes right after the op that made the result
+LAST_OPS = 4  # ops searched, latest first: the re-wrap comes right after the op that made the result
 
 
 def _view(t: Any) -> Optional[tuple]:
@@ -24,22 +24,30 @@ def _view(t: Any) -> Optional[tuple]:
         return None
 
 
-def rewrapped(t: Any, vrefs: List[Any], vmap: Dict[int, int]) -> Optional[int]:
-    """The value id (its latest version) of a recent tensor that ``t``, a plain
-    subclass instance seen for the first time, re-wraps; None if there is none.
-    Of several (autograd's own ``detach`` of a result it saves is the same view),
-    the earliest: the op's result itself."""
+def rewrapped(t: Any, mode: Any) -> Optional[int]:
+    """The value id of the op result that ``t``, a plain subclass instance seen
+    for the first time (no named input, attribute or parameter), re-wraps: an
+    output of one of the last few ops, of ``t``'s dtype and shape, the same view
+    of the same storage while it lives (a result that was itself a view dies
+    once wrapped: the wrap keeps its base). A ``detach``'s result for one that
+    needs grad is autograd's own detach of the result it saves: passed over."""
     if type(t) in _PLAIN or is_traceable_wrapper_subclass(t):
         return None
-    key = _view(t)
+    from .mode import E_INFO, E_OUTS, V_DTYPE, V_ORIGIN, V_SHAPE
+    from .opinfo import BY_INDEX
+
+    key, events, vmeta, vrefs = _view(t), mode.events, mode.vmeta, mode.vrefs
     if key is None:
         return None
-    found = None
-    for v in range(len(vrefs) - 1, max(-1, len(vrefs) - 1 - LOOK_BACK), -1):
-        o = vrefs[v]()
-        if o is None or o is t:
-            continue
-        latest = vmap.get(id(o))
-        if latest is not None and vrefs[latest]() is o and _view(o) == key:
-            found = latest
-    return found
+    for back in range(1, min(LAST_OPS, len(events)) + 1):
+        ev = events[-back]
+        for v in ev[E_OUTS]:
+            rec = vmeta[v]
+            if (rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ext") or rec[V_DTYPE] != t.dtype or \
+                    tuple(rec[V_SHAPE:]) != key[2]:
+                continue
+            o = vrefs[v]()
+            if (o is not None and _view(o) != key) or (t.requires_grad and BY_INDEX[ev[E_INFO]].is_detach):
+                continue  # (another tensor; a detach's result needs no grad: autograd's own detach of the result)
+            return v
+    return None
