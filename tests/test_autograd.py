@@ -399,6 +399,16 @@ def test_each_backward_op_names_the_autograd_node_that_ran_it(tmp_path):
             node.op is None or g.node(node.op).phase == "forward")
     path = torchtrace.save(g, tmp_path / "g.json")
     assert [n.autograd_node for n in torchtrace.load(path).nodes] == [n.autograd_node for n in g.nodes]
+    # (a review) an optimizer step in a post-accumulate-grad hook is phase optimizer: no backward op
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    handles = [p.register_post_accumulate_grad_hook(lambda p: (opt.step(), opt.zero_grad(), None)[2])
+               for p in m.parameters()]
+    with torchtrace.trace(m) as t:
+        m(x).sum().backward()
+    for h in handles:
+        h.remove()
+    assert any(n.phase == "optimizer" for n in t.graph.nodes)
+    assert all(n.autograd_node is None for n in t.graph.nodes if n.phase != "backward")
 
 
 def test_unused_parameter_is_reported():
