@@ -310,11 +310,12 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
         known = self.names.get(id(t))  # params and buffers: most outside tensors
         if known is not None and known[0] is t:
             return self._add_value(t, ("ext", known[2], known[1], t.requires_grad))
-        same = rewrapped(t, self) if self.capture.named_role(t, frame) is None else None
+        named = self.capture.named_role(t, frame)  # (once: a parameter's adopts its root)
+        same = rewrapped(t, self) if named is None else None
         if same is not None:  # (a subclass's re-wrap of an op's result: rewrap.py)
             self.rewraps[id(t)] = (_ref(t), same)
             return same
-        role, name = self.capture.classify_external(t, frame, info)
+        role, name = named if named is not None else self.capture.classify_external(t, frame, info)
         return self._add_value(t, ("ext", role, name, t.requires_grad))
 
     def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
