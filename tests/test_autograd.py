@@ -411,6 +411,23 @@ def test_each_backward_op_names_the_autograd_node_that_ran_it(tmp_path):
     assert all(n.autograd_node is None for n in t.graph.nodes if n.phase != "backward")
 
 
+def test_an_in_place_op_on_an_outside_tensor_keeps_the_pass_s_own_nodes_linked():
+    """(A review.) Nodes reachable from an outside tensor's grad_fn are older than
+    the pass; read at build time, after `e.mul_(2)` in the pass, that grad_fn was
+    the pass's own MulBackward0, which then lost its op."""
+    torch.manual_seed(0)
+    enc, head = nn.Linear(4, 4), nn.Linear(4, 2)
+    e = enc(torch.randn(2, 4))
+    with torchtrace.trace(head) as t:
+        e.mul_(2)
+        head(e)
+    g = t.graph
+    linked = {a.name: g.node(a.op).op if a.op is not None else None for a in g.autograd.nodes
+              if not a.name.endswith("AccumulateGrad")}
+    assert linked["MulBackward0"] == "aten.mul_.Tensor"
+    assert [a.op for a in g.autograd.nodes if a.name == "AddmmBackward0"].count(None) == 1  # enc's, made before
+
+
 def test_unused_parameter_is_reported():
     class WithUnused(nn.Module):
         def __init__(self):

@@ -165,7 +165,10 @@ def test_runs_of_a_while_whose_counts_swap_name_each_run_s_counts(a, b, said):
         "(in `<root>`)" for k, (ca, cb, run) in enumerate(said)]
 
 
-L4 = nn.Linear(4, 4)
+with torch.random.fork_rng():  # (the same weights in every process: counts below depend on them)
+    torch.manual_seed(4)
+    L4 = nn.Linear(4, 4)
+    W4 = torch.randn(4, 4) * 0.3
 
 
 def step_until(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -344,6 +347,23 @@ def converge(x: torch.Tensor, scale: float, kind: str) -> torch.Tensor:
     return h
 
 
+def diverge(x: torch.Tensor, scale: float) -> torch.Tensor:
+    h, delta = x, 0.0
+    while delta <= 3.0:  # LINE:diverge_while
+        h = h * scale + 0.1
+        delta = h.abs().max().item()  # LINE:diverge_read
+    return h
+
+
+def test_a_float_loop_one_pass_leaves_after_its_first_iteration_is_named():
+    """(A review.) A: 1 iteration (3.85 ends it), B: 2 (2.85 went on, 3.235 ends
+    it): the read that went on in B at A's exit was left out of the comparison."""
+    x = torch.full((2, 4), 2.5)
+    [why] = torchtrace.diff(_traced(diverge, x, 1.5), _traced(diverge, x, 1.1)).why()
+    assert why.startswith(f"`while` at `test_diff_loops.py:{line_of('diverge_while')}` ran 1\u00d7 in A, 2\u00d7 in B; "
+                          f"`test_diff_loops.py:{line_of('diverge_read')}` read 3.85 in A, 2.85 in B"), why
+
+
 @pytest.mark.parametrize("kind, loop, read", [("if", "`for` at {conv_for}", "conv_read"),
                                               ("while", "`while` at {conv_while}", "conv_read_while")])
 def test_a_convergence_loop_ended_by_a_float_is_named_without_a_hedge(kind, loop, read):
@@ -409,8 +429,6 @@ def test_a_block_that_is_one_module_call_is_named_by_the_call_not_a_line_inside_
     assert why.startswith(f"`transformer.h.*` (GPT2Block, {per_block} ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
 
 
-
-W4 = torch.randn(4, 4) * 0.3
 
 
 def counted_with_a_float_exit(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:

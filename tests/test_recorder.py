@@ -1239,8 +1239,13 @@ def test_a_tensor_subclass_keeps_the_dataflow_of_a_plain_tensor():
         z, w = y.detach(), y.view(4, 3)
         return (y * 2 - z).sum() + (w + 1).sum()
 
+    def late(a):  # (a result first read five ops after it was made)
+        p = a.sin()
+        return p + a.cos().exp().tanh().abs().neg()
+
     q = torch.randn(3, 4).as_subclass(Tagged)
-    for fn, args in ((two, (q.requires_grad_(), q.detach())), (taken, (torch.randn(3, 4).as_subclass(Tagged),))):
+    for fn, args in ((two, (q.requires_grad_(), q.detach())), (taken, (torch.randn(3, 4).as_subclass(Tagged),)),
+                     (late, (torch.randn(3, 4).as_subclass(Tagged),))):
         graphs = []
         for cast in (lambda a: a.as_subclass(torch.Tensor), lambda a: a):
             with torchtrace.trace() as t:

@@ -224,9 +224,9 @@ class Causes:
         if not isinstance(exit_value, float):
             return True
         sig = self.A.sigs[i]
-        went_on = [S.nodes[y].witness.value for row in range(start, k1) if row != e for S, y in
-                   ((self.A, self.pairs[row][0]), (self.B, self.pairs[row][1]))
-                   if y is not None and S.sigs[y] == sig and S.wkeys[y] is not None]
+        went_on = [S.nodes[y].witness.value for row in range(start, k1) for side, (S, y) in
+                   enumerate(((self.A, self.pairs[row][0]), (self.B, self.pairs[row][1])))
+                   if y is not None and (row, side) != (e, short) and S.sigs[y] == sig and S.wkeys[y] is not None]
         last = went_on.pop() if went_on else None  # (the longer pass's last read, in the hunk)
         numbers = [v for v in went_on if isinstance(v, (int, float))]
         if not numbers or min(numbers) <= exit_value <= max(numbers):

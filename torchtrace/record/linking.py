@@ -163,18 +163,10 @@ def _made(mode: Any, ev: tuple, node: Any) -> bool:
 
 
 def _outside(tracker: Any, mode: Any) -> Set[tuple]:
-    """Keys of the Nodes reachable from the grad_fn of a tensor the pass got from
-    outside: made before the pass (or by another thread, whose sequence numbers
-    may be the pass's: ``AutogradTracker.twins``), by no op of it."""
-    from .mode import V_ORIGIN
-
-    stack: List[Any] = []
-    for rec, ref in zip(mode.vmeta, mode.vrefs):
-        if rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ext":
-            t = ref()
-            fn = getattr(t, "grad_fn", None) if t is not None else None
-            if fn is not None:
-                stack.append(fn)
+    """Keys of the Nodes reachable from the grad_fn an outside tensor had when the
+    pass first read it: made before the pass (or by another thread, whose sequence
+    numbers may be the pass's: ``AutogradTracker.twins``), by no op of it."""
+    stack: List[Any] = list(mode.ext_fns)
     seen: Set[tuple] = set()
     while stack:
         x = stack.pop()

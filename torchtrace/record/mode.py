@@ -30,7 +30,6 @@ from .extras import Raised, Read
 from .frames import callers_of, engine_under_modes
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
-from .rewrap import rewrapped
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -42,6 +41,7 @@ _PIECES = run_composite.__code__
 _getframe = sys._getframe
 _ref = weakref.ref
 _Tensor = torch.Tensor
+_no_subclass_tf = torch._C.DisableTorchFunctionSubclass
 
 # torch.autograd's Python frames that call into the engine: alive for a whole graph task
 _ENGINE_ENTRIES = frozenset({"_engine_run_backward", "backward", "grad"})
@@ -74,7 +74,7 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
     __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops",
                  "engine_codes", "external", "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts",
                  "outputs", "output_refs", "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user",
-                 "start_seq", "foreign", "full", "rewraps")
+                 "start_seq", "foreign", "full", "rewraps", "ext_fns")
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -104,7 +104,8 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
         self.vmeta: List[tuple] = []   # per value id: (dtype, device, origin, *shape), see V_*
         self.vmap: Dict[int, int] = {}  # id(tensor) -> value id (of its latest version)
         self.vrefs: List[Any] = []  # per value id: weakref to its tensor (plain ints in vmap: fewer GC-tracked objects)
-        self.rewraps: Dict[int, tuple] = {}  # id(subclass tensor) -> (weakref, value id it re-wraps): rewrap.py
+        self.rewraps: Dict[int, tuple] = {}  # id(subclass tensor) -> (weakref, value id it re-wraps): note_rewrap
+        self.ext_fns: List[Any] = []  # grad_fns of the outside tensors the pass read (held until it is built)
         self.stack: List[tuple] = []   # open module calls: (call id, module, path)
         self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase, training)
         self.call_counts: Dict[int, int] = {}
@@ -310,13 +311,22 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
         known = self.names.get(id(t))  # params and buffers: most outside tensors
         if known is not None and known[0] is t:
             return self._add_value(t, ("ext", known[2], known[1], t.requires_grad))
-        named = self.capture.named_role(t, frame)  # (once: a parameter's adopts its root)
-        same = rewrapped(t, self) if named is None else None
-        if same is not None:  # (a subclass's re-wrap of an op's result: rewrap.py)
-            self.rewraps[id(t)] = (_ref(t), same)
-            return same
-        role, name = named if named is not None else self.capture.classify_external(t, frame, info)
+        role, name = self.capture.classify_external(t, frame, info)
+        if t.requires_grad:  # (its Nodes are older than the pass: linking.py links none to its ops)
+            with _no_subclass_tf():
+                fn = t.grad_fn
+            if fn is not None:
+                self.ext_fns.append(fn)
         return self._add_value(t, ("ext", role, name, t.requires_grad))
+
+    def note_rewrap(self, out: Any, src: Any) -> None:
+        """``src.as_subclass(cls)`` made ``out`` (patches.py): the same value."""
+        v = self.vid_of(src)
+        if v is None:
+            seen = self.rewraps.get(id(src))
+            v = seen[1] if seen is not None and seen[0]() is src else None
+        if v is not None:
+            self.rewraps[id(out)] = (_ref(out), v)
 
     def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
         """A new value for tensor ``t`` (the hot path inlines this for fresh outputs)."""

@@ -1,4 +1,4 @@
-"""The two torch class attributes torchtrace swaps while any capture is started.
+"""The three torch class attributes torchtrace swaps while any capture is started.
 
 * ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
   dispatch keys as they were on entry, and those say whether a dispatch mode
@@ -14,6 +14,11 @@
   weight-drop code in forward pre-hooks. A pass would keep reading the tensor
   as the value it was (its old shape and dtype). On set, every started capture
   forgets the tensor: its next read is a new value, as it is now.
+* ``torch.Tensor.as_subclass``: ``Tensor.__torch_function__`` returns each
+  result of an op on a ``torch.Tensor`` subclass re-wrapped as the subclass,
+  a new tensor over the same data that no op the mode sees makes. Every started
+  capture takes the re-wrap for the value it wraps (read as a new constant, the
+  dataflow fell apart).
 
 Counted: traces that end out of order, or in other threads, keep a patch until
 the last one stops; then the class is as it was.
@@ -103,8 +108,21 @@ def _forgetting_data(orig: Any) -> Optional[property]:
     return property(data, set_data, del_data, doc=getattr(orig, "__doc__", None))
 
 
+def _noting_rewraps(orig: Any) -> Optional[Callable[..., Any]]:
+    if orig is None:
+        return None
+
+    def as_subclass(self: torch.Tensor, cls: type) -> torch.Tensor:
+        out = orig(self, cls)
+        for cap in list(STARTED):
+            cap.mode.note_rewrap(out, self)
+        return out
+    return as_subclass
+
+
 PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _synced_exit),
-           ClassPatch(torch.Tensor, "data", _forgetting_data))
+           ClassPatch(torch.Tensor, "data", _forgetting_data),
+           ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps))
 
 
 class Patches:
