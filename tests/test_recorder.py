@@ -8,7 +8,9 @@ import difflib
 import gc
 import io
 import json
+import subprocess
 import sys
+import textwrap
 import warnings
 import weakref
 
@@ -1253,6 +1255,22 @@ def test_a_tensor_subclass_keeps_the_dataflow_of_a_plain_tensor():
             graphs.append(t.graph)
         assert edges(graphs[1]) == edges(graphs[0]), fn.__name__
         assert [v.role for v in graphs[1].values] == [v.role for v in graphs[0].values], fn.__name__
+
+
+def test_an_outside_nested_tensor_that_requires_grad_is_read_without_hanging():
+    """(A review.) Reading the grad_fn of an outside tensor inside the handler hung
+    forever for a jagged NestedTensor (its __torch_function__ was in progress)."""
+    code = textwrap.dedent("""
+        import torch, torch.nn as nn, torchtrace
+        nt = torch.nested.nested_tensor([torch.randn(2, 4), torch.randn(3, 4)], layout=torch.jagged,
+                                        requires_grad=True)
+        lin = nn.Linear(4, 4)
+        with torchtrace.trace(lin) as t:
+            lin(nt * 2)
+        print(len(t.graph.nodes), t.graph.meta.get("record_errors"))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.split()[1] == "None", res.stderr[-2000:]
 
 
 def test_exotic_tensors_never_break_the_users_program():

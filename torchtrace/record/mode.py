@@ -41,7 +41,7 @@ _PIECES = run_composite.__code__
 _getframe = sys._getframe
 _ref = weakref.ref
 _Tensor = torch.Tensor
-_no_subclass_tf = torch._C.DisableTorchFunctionSubclass
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # torch.autograd's Python frames that call into the engine: alive for a whole graph task
 _ENGINE_ENTRIES = frozenset({"_engine_run_backward", "backward", "grad"})
@@ -312,9 +312,8 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
         if known is not None and known[0] is t:
             return self._add_value(t, ("ext", known[2], known[1], t.requires_grad))
         role, name = self.capture.classify_external(t, frame, info)
-        if t.requires_grad:  # (its Nodes are older than the pass: linking.py links none to its ops)
-            with _no_subclass_tf():
-                fn = t.grad_fn
+        if t.requires_grad and type(t) in _PLAIN:  # (its Nodes are older than the pass: linking.py links none
+            fn = t.grad_fn                           # to its ops; a wrapper subclass's grad_fn is not read here)
             if fn is not None:
                 self.ext_fns.append(fn)
         return self._add_value(t, ("ext", role, name, t.requires_grad))
