@@ -302,7 +302,8 @@ class Capture:
                 continue
             if vid >= 0:
                 mode.outputs.append(vid)
-                mode.output_refs.append(mode.vrefs[vid])
+                # (the tensor returned, whose grad_fn a subclass's re-wrap makes its own: AliasBackward0)
+                mode.output_refs.append(weakref.ref(t) if mode.vrefs[vid]() is not t else mode.vrefs[vid])
 
     # -- lookups used by the mode and the builder ------------------------------------------
     def named_role(self, t: torch.Tensor, frame: Any) -> Optional[Tuple[str, Optional[str]]]:
