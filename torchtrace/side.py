@@ -266,9 +266,8 @@ class Side:
     @cached_property
     def call_lines(self) -> Set[Tuple[str, int, str, int, str]]:
         """(module path, call, file, line, phase) of every op with a source line."""
-        g = self.graph
-        return {(g.module(n.module).path, g.module(n.module).call, n.source.file, n.source.line, n.phase)
-                if n.module is not None else ("", -1, n.source.file, n.source.line, n.phase)
+        calls = {m.id: (m.path, m.call) for m in self.graph.modules}
+        return {(*calls.get(n.module, ("", -1)), n.source.file, n.source.line, n.phase)
                 for n in self.nodes if n.source is not None}
 
     def ran(self, file: str, function: str) -> bool:

@@ -306,9 +306,9 @@ class Capture:
                 mode.output_refs.append(weakref.ref(t) if mode.vrefs[vid]() is not t else mode.vrefs[vid])
 
     # -- lookups used by the mode and the builder ------------------------------------------
-    def named_role(self, t: torch.Tensor, frame: Any) -> Optional[Tuple[str, Optional[str]]]:
-        """(role, name) of an outside tensor that is a root call's named input, a
-        module's attribute or a parameter; None for any other."""
+    def classify_external(self, t: torch.Tensor, frame: Any, info: Any) -> Tuple[str, Optional[str]]:
+        """(role, name) of an outside tensor that is not a registered param or
+        buffer (``RecordingMode._external`` looks those up in ``names`` first)."""
         e2 = self.input_names.get(id(t))
         if e2 is not None and e2[0]() is t:
             return "input", e2[1]
@@ -317,15 +317,6 @@ class Capture:
             return held
         if isinstance(t, torch.nn.Parameter):
             return "param", self._adopt_root_of(t) or local_name(t, frame)
-        return None
-
-    def classify_external(self, t: torch.Tensor, frame: Any, info: Any) -> Tuple[str, Optional[str]]:
-        """(role, name) of an outside tensor that is not a registered param or
-        buffer (``RecordingMode._external`` looks those up in ``names`` first)."""
-        named = self.named_role(t, frame)
-        if named is not None:
-            return named
-        held = self._held_by_module(t)
         if self.had_root_call or (info is not None and info.name.startswith("aten.lift_fresh")):
             return "constant", held[1] if held is not None else local_name(t, frame)
         name = local_name(t, frame)

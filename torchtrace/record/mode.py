@@ -305,25 +305,29 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
         """First sight of a tensor no op of this pass produced."""
         if not isinstance(t, _Tensor):
             return -1
-        seen = self.rewraps.get(id(t))
-        if seen is not None and seen[0]() is t:
-            return seen[1]
+        v = self._rewrap_of(t)
+        if v is not None:
+            return v
         known = self.names.get(id(t))  # params and buffers: most outside tensors
         if known is not None and known[0] is t:
             return self._add_value(t, ("ext", known[2], known[1], t.requires_grad))
         role, name = self.capture.classify_external(t, frame, info)
-        if t.requires_grad and type(t) in _PLAIN:  # (its Nodes are older than the pass: linking.py links none
-            fn = t.grad_fn                           # to its ops; a wrapper subclass's grad_fn is not read here)
+        rg = t.requires_grad
+        if rg and type(t) in _PLAIN:  # (its Nodes are older than the pass: linking.py links none to its
+            fn = t.grad_fn             # ops; a wrapper subclass's grad_fn is not read here)
             if fn is not None:
                 self.ext_fns.append(fn)
-        return self._add_value(t, ("ext", role, name, t.requires_grad))
+        return self._add_value(t, ("ext", role, name, rg))
+
+    def _rewrap_of(self, t: Any) -> Optional[int]:
+        """The value a subclass's re-wrap ``t`` stands for (``note_rewrap``), if it is one."""
+        seen = self.rewraps.get(id(t))
+        return seen[1] if seen is not None and seen[0]() is t else None
 
     def note_rewrap(self, out: Any, src: Any) -> None:
         """``src.as_subclass(cls)`` made ``out`` (patches.py): the same value."""
         v = self.vid_of(src)
-        if v is None:
-            seen = self.rewraps.get(id(src))
-            v = seen[1] if seen is not None and seen[0]() is src else None
+        v = self._rewrap_of(src) if v is None else v
         if v is not None:
             self.rewraps[id(out)] = (_ref(out), v)
 

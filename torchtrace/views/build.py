@@ -2,7 +2,7 @@
 one walk decides every box and frame, then dataflow becomes edges."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..ir import Node
 from ..textform import node_line, type_str
@@ -71,21 +71,11 @@ class Assembler:
             return units
         # a chunk per source line first (consecutive ops of one line: what the code says); only when
         # there are still too many, lines together, up to ``size`` ops a chunk (a line's ops kept whole)
-        out: List[Unit] = []
-        for u in units:
-            last = out[-1] if out else None
-            if isinstance(u, Node) and isinstance(last, tuple) and _line_of(last[-1]) == _line_of(u) is not None:
-                out[-1] = last + (u,)
-            else:
-                out.append((u,) if isinstance(u, Node) else u)
+        out = _merged([(u,) if isinstance(u, Node) else u for u in units],
+                      lambda a, b: _line_of(a[-1]) == _line_of(b[0]) is not None)
         if sum(1 for u in out if isinstance(u, tuple)) > self.chunk:
-            size, lines, out = -(-n_ops // self.chunk), out, []
-            for u in lines:
-                last = out[-1] if out else None
-                if isinstance(u, tuple) and isinstance(last, tuple) and len(last) + len(u) <= max(size, len(u)):
-                    out[-1] = last + u
-                else:
-                    out.append(u)
+            size = -(-n_ops // self.chunk)
+            out = _merged(out, lambda a, b: len(a) + len(b) <= max(size, len(b)))
         self.chunked += sum(len(u) for u in out if isinstance(u, tuple) and len(u) > 1)
         return [u[0] if isinstance(u, tuple) and len(u) == 1 else u for u in out]
 
@@ -307,3 +297,14 @@ class Assembler:
 def _line_of(n: Node) -> Optional[tuple]:
     """(file, line, phase) of an op, for chunks by line (None: no source line)."""
     return None if n.source is None else (n.source.file, n.source.line, n.phase)
+
+
+def _merged(units: List[Unit], joins: Callable[[tuple, tuple], bool]) -> List[Unit]:
+    """``units`` with each run of op tuples that ``joins`` (the last so far, the next) made one tuple."""
+    out: List[Unit] = []
+    for u in units:
+        if out and isinstance(u, tuple) and isinstance(out[-1], tuple) and joins(out[-1], u):
+            out[-1] = out[-1] + u
+        else:
+            out.append(u)
+    return out

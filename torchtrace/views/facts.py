@@ -31,12 +31,13 @@ def boundary(sel: Selection, nodes: Sequence[Node]) -> Tuple[List[str], List[str
     outs = [v for n in nodes for v in n.outputs if v in used_outside]
     if not outs and nodes and nodes[-1].outputs:
         outs = [nodes[-1].outputs[0]]
-    returned: Dict[str, int] = {}  # what the traced call returned, in its order (`return logits, mask`)
-    for k, o in enumerate(g.outputs):
-        for nid, vid in sel.origins(o):
-            returned.setdefault(vid, k)
-    if len(outs) > 1 and all(v in returned for v in outs):
-        outs.sort(key=returned.__getitem__)
+    if len(outs) > 1:  # what the traced call returned, in its order (`return logits, mask`)
+        returned: Dict[str, int] = {}
+        for k, o in enumerate(g.outputs):
+            for nid, vid in sel.origins(o):
+                returned.setdefault(vid, k)
+        if all(v in returned for v in outs):
+            outs.sort(key=returned.__getitem__)
     return list(ins), outs
 
 
