@@ -198,13 +198,7 @@ def test_executed_order_matches_prehooks_and_grads_are_reported():
     with torchtrace.trace(m) as t:
         loss = m(x).pow(2).mean()
         # an independent record of the order: our own pre-hooks on every Node
-        stack, nodes = [loss.grad_fn], {}
-        while stack:
-            n = stack.pop()
-            if id(n) not in nodes:
-                nodes[id(n)] = n
-                stack.extend(f for f, _ in n.next_functions if f is not None)
-        handles = [n.register_prehook(lambda g, n=n: seen.append(n.name())) for n in nodes.values()]
+        handles = [n.register_prehook(lambda g, n=n: seen.append(n.name())) for n in zoo.autograd_nodes(loss.grad_fn)]
         loss.backward()
         for h in handles:
             h.remove()
@@ -325,16 +319,11 @@ def test_nodes_another_thread_made_stay_their_own_and_the_graph_stays_acyclic():
     worker.join()
     with torchtrace.trace(head) as t:
         y = head(box["feat"])
-    stack, nodes = [y.grad_fn], {}  # the oracle: torch's own graph
-    while stack:
-        n = stack.pop()
-        if id(n) not in nodes:
-            nodes[id(n)] = n
-            stack.extend(f for f, _ in n.next_functions if f is not None)
+    nodes = zoo.autograd_nodes(y.grad_fn)  # the oracle: torch's own graph
     g = t.graph
-    assert sorted(a.name for a in g.autograd.nodes) == sorted(n.name() for n in nodes.values())
+    assert sorted(a.name for a in g.autograd.nodes) == sorted(n.name() for n in nodes)
     assert sum(len(a.next) for a in g.autograd.nodes) == sum(
-        sum(f is not None for f, _ in n.next_functions) for n in nodes.values())
+        sum(f is not None for f, _ in n.next_functions) for n in nodes)
     assert not any(a.id in a.next for a in g.autograd.nodes)
     addmm = [a for a in g.autograd.nodes if a.name == "AddmmBackward0"]
     assert [a.op for a in addmm].count(None) == 1  # the worker's: no op of this pass made it
@@ -371,13 +360,8 @@ def test_each_backward_op_names_the_autograd_node_that_ran_it(tmp_path):
     x = torch.randn(3, 4)
     with torchtrace.trace(m) as t:
         loss = m(x).sum()
-        stack, nodes = [loss.grad_fn], {}
-        while stack:
-            n = stack.pop()
-            if id(n) not in nodes:
-                nodes[id(n)] = n
-                stack.extend(f for f, _ in n.next_functions if f is not None)
-        handles = [n.register_prehook(lambda g, n=n: log.append(("node", n.name()))) for n in nodes.values()]
+        handles = [n.register_prehook(lambda g, n=n: log.append(("node", n.name())))
+                   for n in zoo.autograd_nodes(loss.grad_fn)]
         with Ops():
             loss.backward()
         for h in handles:

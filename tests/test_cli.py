@@ -53,32 +53,39 @@ def recorded(tmp_path_factory):
     return d, res
 
 
+def _on_a_terminal(cmd: list, cwd=None) -> tuple:
+    """(exit status, what it wrote) of ``cmd`` run with a pty for its standard streams."""
+    import pty
+
+    main, child = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdin=child, stdout=child, stderr=child, close_fds=True, cwd=cwd)
+        os.close(child)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # (the pty closed: the process ended)
+                break
+            if not chunk:
+                break
+            out += chunk
+        code = proc.wait(timeout=300)
+    finally:
+        os.close(main)
+    return code, out.decode("utf-8", "replace")
+
+
 def test_run_on_a_terminal_says_how_far_it_is_while_the_script_runs(tmp_path):
     """Issue 6: "a rich progress line while it runs". Nothing was printed before
     the summary. On a terminal, a line (never redrawn over the script's output)
     at the first pass and at each new variant; none when standard error is a file."""
-    import pty
-
     script = tmp_path / "loop.py"
     script.write_text("import torch\nm = torch.nn.Linear(4, 4)\nfor i in range(6):\n"
                       "    print('step', i, flush=True)\n    m(torch.randn(2, 4)).sum().backward()\n"
                       "print('SCRIPT-END', flush=True)\n")
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([EXE, "run", "--out", str(tmp_path / "o"), str(script)], stdin=slave, stdout=slave,
-                            stderr=slave, close_fds=True, cwd=tmp_path)
-    os.close(slave)
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # (the terminal closed: the run ended)
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    assert proc.wait(timeout=300) == 0
-    text = out.decode()
+    code, text = _on_a_terminal([EXE, "run", "--out", str(tmp_path / "o"), str(script)], cwd=tmp_path)
+    assert code == 0, text
     during, _, after = text.partition("SCRIPT-END")
     assert "torchtrace: 1 pass recorded, 1 variant (new: variant-0 at pass 0)" in during, text
     assert "step 5\r\n" in during  # the script's own lines, whole
@@ -847,31 +854,12 @@ def test_a_forked_child_is_terminated_as_under_python(tmp_path):
 def test_in_a_terminal_the_script_keeps_its_own_stdout(tmp_path):
     """In a terminal, a live status line swapped the script's sys.stdout for
     rich's proxy, whose encoding is None: `s.encode(sys.stdout.encoding)` raised."""
-    import pty
-
     s = _script(tmp_path, """
         import sys, torch
         torch.nn.Linear(2, 1)(torch.ones(1, 2))
         print("stdout", type(sys.stdout).__name__, sys.stdout.isatty(), "é".encode(sys.stdout.encoding))
     """)
-    main, child = pty.openpty()
-    try:
-        proc = subprocess.Popen([EXE, "run", "--out", str(tmp_path / "o"), str(s)], stdin=child, stdout=child,
-                                stderr=child, close_fds=True)
-        os.close(child)
-        out = b""
-        while True:
-            try:
-                chunk = os.read(main, 4096)
-            except OSError:  # (the pty closed: the process ended)
-                break
-            if not chunk:
-                break
-            out += chunk
-        code = proc.wait(timeout=300)
-    finally:
-        os.close(main)
-    text = out.decode("utf-8", "replace")
+    code, text = _on_a_terminal([EXE, "run", "--out", str(tmp_path / "o"), str(s)])
     assert code == 0, text
     assert "stdout TextIOWrapper True b'\\xc3\\xa9'" in text, text
     assert "recorded 1 pass" in text

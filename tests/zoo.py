@@ -173,3 +173,15 @@ def record(model: nn.Module, *args: object, train: bool = False, label: str = No
         model(*args)
     return t.graph
 
+
+
+def autograd_nodes(*roots) -> list:
+    """Every autograd Node reachable from ``roots`` through ``next_functions``
+    (torch's own graph: the oracle for the IR's autograd part), each once."""
+    stack, nodes = list(roots), {}
+    while stack:
+        n = stack.pop()
+        if n is not None and id(n) not in nodes:
+            nodes[id(n)] = n
+            stack.extend(f for f, _ in n.next_functions)
+    return list(nodes.values())
