@@ -429,6 +429,38 @@ def test_a_block_that_is_one_module_call_is_named_by_the_call_not_a_line_inside_
     assert why.startswith(f"`transformer.h.*` (GPT2Block, {per_block} ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
 
 
+def test_a_list_whose_first_block_differs_counts_every_block_of_it():
+    """T5's first block computes the position bias the others reuse, so only
+    blocks 1.. repeat: 2 blocks against 3 read "ran 1x in A, 2x in B"."""
+    ids = torch.randint(0, 100, (1, 6))
+    kw = dict(input_ids=ids, decoder_input_ids=ids[:, :4])
+    a, b = (zoo.record(zoo.t5(n_layer=n), **kw) for n in (2, 3))
+    whys = torchtrace.diff(a, b).why()
+    assert [w.split(" ran ")[0] + " ran " + w.split(" ran ")[1].split(" (")[0] for w in whys] == [
+        f"`{s}.block.*` (T5Block, {sum(1 for n in b.nodes if n.module and b.module(n.module).path.startswith(s + '.block.2'))}"
+        f" ops) ran 2\u00d7 in A, 3\u00d7 in B" for s in ("encoder", "decoder")], whys
+
+
+class SharedBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(4, 4), nn.ReLU())])
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for _ in range(n):
+            x = self.blocks[0](x)
+        return x
+
+
+def test_one_module_called_again_is_named_by_its_own_path():
+    """``self.blocks[0]`` called n times was "`blocks.*`", as if other blocks ran."""
+    torch.manual_seed(0)
+    m, x = SharedBlock(), torch.randn(2, 4)
+    a, b = (zoo.record(m, x, n) for n in (2, 3))
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith("`blocks.0` (Sequential, 3 ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
+
+
 
 
 def counted_with_a_float_exit(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:

@@ -152,6 +152,34 @@ def test_fold_keeps_edges_from_outside_into_every_iteration():
     assert {(e.src, e.dst) for e in view.edges} == {("n0", "n1"), ("v:v0", "n1"), ("n1", "out:v6")}
 
 
+def test_parameters_drawn_for_a_fold_are_named_for_every_block_it_stands_for():
+    """Eval ``nn.TransformerEncoder`` runs one fused op per layer, so its folded
+    box takes layer 0's parameters as inputs: they read ``layers.0.norm1.weight``
+    beside "layers.0…2 × 3". Same for a loop over one-op modules."""
+    import torch
+
+    class Norms(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norms = torch.nn.ModuleList([torch.nn.LayerNorm(4) for _ in range(3)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for n in self.norms:
+                x = torch.tanh(n(x))
+            return x
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    enc = torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False).eval()
+    norms = Norms()
+    for model, block, x in ((enc, enc.layers, torch.randn(1, 5, 16)), (norms, norms.norms, torch.randn(2, 4))):
+        with torch.no_grad(), torchtrace.trace(model) as t:
+            model(x)
+        params = sorted(b.title for b in build_view(t.graph).boxes if b.kind == "param")
+        head = "layers" if model is enc else "norms"
+        assert params == sorted(f"{head}.0…2.{n}" for n, _ in block[0].named_parameters()), params
+
+
 # -- depth ---------------------------------------------------------------------------------------
 def test_depth_zero_is_one_box(viz_graph):
     view = build_view(viz_graph("bert"), depth=0)

@@ -165,12 +165,12 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def record(model: nn.Module, *args: object, train: bool = False, label: str = None):
+def record(model: nn.Module, *args: object, train: bool = False, label: str = None, **kwargs: object):
     """The graph of one call of ``model`` (no autograd graph unless ``train``)."""
     import torchtrace
 
     with torch.set_grad_enabled(train), torchtrace.trace(model, label=label) as t:
-        model(*args)
+        model(*args, **kwargs)
     return t.graph
 
 

@@ -208,11 +208,15 @@ class LoopFinder:
         if self._total(X, scope, unit) == self._total(Y, scope, unit):
             return None, k0  # as many copies in all, in another order (recursion): no loop ran more times
         src = X.nodes[xs[0]].source
+        calls = one_call(X, scope, xs[0], unit_len)
+        if calls is not None:  # (the list's first blocks may differ from the rest: T5's first holds the bias)
+            nx, ny = _list_calls(X, scope), _list_calls(Y, scope, X)
+            cx, cy = (nx, ny) if nx - ny == cx - cy else (cx, cy)
         a, b = (cx, cy) if X is self.A else (cy, cx)
         reached = self.next_a if X is self.A else self.next_b
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
         return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                          a, b, "repeat", unit_len, calls=one_call(X, scope, xs[0], unit_len)), start
+                          a, b, "repeat", unit_len, calls=calls), start
 
     def by_runs(self, k0: int, k1: int) -> Optional[LoopChange]:
         """The loop whose k-th run (of the runs its statement made in the pass:
@@ -282,6 +286,21 @@ class LoopFinder:
                     t += 1
             self._cache[key] = count
         return self._cache[key]
+
+
+def _list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Side] = None) -> int:
+    """How many blocks of the list whose block is the call ``scope`` on ``other``
+    (default ``side``) ``side``'s call of their parent made: the calls with the
+    same parent and type, of the same module or a path that differs in its
+    last index only (``encoder.block.0..2``)."""
+    g = (other or side).graph
+    m = next(m for m in g.modules if (m.path, m.call) == scope)
+    parent = g.module(m.parent) if m.parent is not None else None
+    where_ = (parent.path, parent.call) if parent is not None else None
+    head = m.path.rpartition(".")[0]
+    ids = {p.id for p in side.graph.modules if (p.path, p.call) == where_}
+    return sum(1 for c in side.graph.modules if c.type == m.type and (c.parent in ids if where_ else c.parent is None)
+               and (c.path == m.path or c.path.rpartition(".")[0] == head and c.path.rpartition(".")[2].isdigit()))
 
 
 def _one_statement(side: Side, i: int) -> bool:

@@ -388,7 +388,9 @@ def one_call(side: Side, scope: Optional[Tuple[str, int]], first: int, n: int) -
     if any(0 <= i < len(side.nodes) and side.nodes[i].module in inside for i in (first - 1, first + n)):
         return None
     m = next(m for m in side.graph.modules if (m.path, m.call) == scope)
-    return re.sub(r"\.\d+$", ".*", m.path), m.type
+    head = re.sub(r"\.\d+$", ".*", m.path)  # (a module called again keeps its own path)
+    return (head if any(c.path != m.path and re.sub(r"\.\d+$", ".*", c.path) == head and c.parent == m.parent
+                        for c in side.graph.modules) else m.path), m.type
 
 
 def calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[str]]:

@@ -33,6 +33,7 @@ class Assembler:
         self.runs_of: Dict[str, Dict[int, int]] = {}  # node id -> {fold number: piece index}
         self.folds: List[str] = []
         self.rep_names: Dict[str, List[str]] = {}  # group key -> names of the calls a loop fold drew as it
+        self.folded: Dict[str, List[str]] = {}  # path of a module call a fold drew -> paths of all it stands for
         self.collapsed = 0
         self.raised = self.g.raised()
         self.chunked = 0
@@ -93,6 +94,7 @@ class Assembler:
         note = L.args_differ([[n for it in piece for n in item_nodes(it)] for piece in pieces])
         if r.period == 1 and isinstance(first, Group):
             names = [L.relative_path(p[0].path, parent.path) for p in pieces]  # type: ignore[union-attr]
+            self.folded[first.path] = [p[0].path for p in pieces]  # type: ignore[union-attr]
             self.folds.append(f"{L.range_name(names)} {first.type} × {r.reps}" + (f" ({note})" if note else ""))
             self._group(first, cluster, parent, r.reps, names, note)
         elif r.period == 1:
@@ -106,6 +108,7 @@ class Assembler:
                     names = [L.relative_path(p[j].path, parent.path) for p in pieces]  # type: ignore[union-attr]
                     if len(set(names)) > 1:
                         self.rep_names[it.key] = names
+                        self.folded[it.path] = [p[j].path for p in pieces]  # type: ignore[union-attr]
             cid = base = f"loop.{rep_nodes[0].id}"
             k = 1
             while cid in self.cluster_parent:  # a loop nested in one whose body starts with it: the same op
@@ -265,9 +268,21 @@ class Assembler:
             order -= 10**9  # traced inputs come first
         else:
             cluster = self._common_cluster(clusters)
-            title = L.relative_path(val.name or val.role, self._cluster_path(cluster)) if val.name else val.role
+            base = self._cluster_path(cluster)
+            title = L.relative_path(self._folded_name(val.name, base), base) if val.name else val.role
         return Box("v:" + vid, kind, title, (type_str(val),), cluster, "forward",
                    tooltip=f"{val.role} {vid}: {type_str(val)}" + (f" {val.name}" if val.name else ""), order=order)
+
+    def _folded_name(self, name: str, base: Optional[str]) -> str:
+        """A parameter's name with the folds it is drawn for outside of, in the
+        cluster of ``base``: ``layers.0.norm.weight`` of a one-op call folded
+        with layers 1 and 2 is ``layers.0…2.norm.weight``."""
+        inside = "" if base is None else base + "."
+        for path in sorted(self.folded, key=len, reverse=True):  # (inner folds first)
+            paths = self.folded[path]
+            if name.startswith(path + ".") and len(set(paths)) > 1 and not inside.startswith(path + "."):
+                name = L.range_name(paths) + name[len(path):]
+        return name
 
     def _cluster_path(self, cid: Optional[str]) -> Optional[str]:
         while cid is not None and cid.startswith("loop."):
