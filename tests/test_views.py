@@ -3,6 +3,7 @@ hidden bookkeeping, focus -- on recorded models and on small hand-built graphs."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -265,6 +266,26 @@ def test_backward_view_marks_forward_values():
     g = make_graph(ops, phases=["forward", "backward"])
     view = build_view(g, phase="backward")
     assert [b.title for b in view.boxes if b.kind == "input"] == ["forward value"]
+
+
+def test_a_backward_box_counts_the_parameters_whose_gradients_it_computes():
+    """Its ops read saved tensors, not parameters: boxes said "16 ops" with no
+    params. Each backward box counts what its forward call read, as the
+    forward box does; the terminal tree says the same."""
+    import torch
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(),
+                            torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2)))
+    with torchtrace.trace(m) as t:
+        m(torch.randn(3, 4)).sum().backward()
+    want = {name: sum(p.numel() for p in sub.parameters()) for name, sub in (("0", m[0]), ("2", m[2]))}
+    for phase in ("forward", "backward"):
+        boxes = {b.title.split(" · ")[0]: b for b in build_view(t.graph, phase=phase, depth=1).boxes
+                 if b.kind == "module"}
+        assert {k: boxes[k].lines[0].split(" · ")[1] for k in want} == {k: f"{n} params" for k, n in want.items()}
+    tree = torchtrace.render(t.graph, "terminal", phase="backward")
+    assert all(re.search(rf"^\W*{k} \w+ \[backward\]  \d+ ops · {n} params", tree, re.M) for k, n in want.items()), tree
 
 
 def test_bookkeeping_is_hidden_but_dataflow_kept():

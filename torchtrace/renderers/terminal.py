@@ -22,7 +22,7 @@ from ..ir import Graph, Node
 from ..textform import cut_off_note, unrecorded_note
 from ..views import Prepared, ViewOptions, view_options
 from ..views import labels as L
-from ..views.facts import boundary, param_count, saved_bytes
+from ..views.facts import boundary, group_params, saved_bytes
 from ..views.fold import item_nodes
 from ..views.groups import Group
 from ._escape import one_line
@@ -93,7 +93,7 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
         if grp.phase != "forward":
             t.append(f" [{grp.phase}]", style="yellow")
         facts = [L.ops_word(len(grp.nodes))]
-        params = param_count(g, grp.nodes)
+        params = group_params(g, grp)
         if params:
             facts.append(f"{L.human(params)} params")
         outs = L.type_list(g, boundary(sel, grp.nodes)[1])

@@ -7,7 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from ..ir import Node
 from ..textform import node_line, type_str
 from . import labels as L
-from .facts import boundary, param_count
+from .facts import boundary, group_params
 from .fold import Folder, Item, Run, item_nodes
 from .groups import Group
 from .model import Box, Cluster, Edge
@@ -168,7 +168,7 @@ class Assembler:
         if grp.depth >= self.depth:
             self.collapsed += 1
             ins, outs = boundary(self.sel, grp.nodes)
-            params = param_count(self.g, grp.nodes)
+            params = group_params(self.g, grp)
             counts = L.ops_word(len(grp.nodes)) + (f" · {L.human(params)} params" if params else "")
             flow = " → ".join(x for x in (L.type_list(self.g, ins), L.type_list(self.g, outs)) if x)
             lines = [counts, flow, *L.witness_lines(grp.nodes), phase_note, note]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Set, Tuple
 
 from ..ir import Graph, Node
+from .groups import Group
 from .labels import numel
 from .select import Selection
 
@@ -39,6 +40,19 @@ def boundary(sel: Selection, nodes: Sequence[Node]) -> Tuple[List[str], List[str
         if all(v in returned for v in outs):
             outs.sort(key=returned.__getitem__)
     return list(ins), outs
+
+
+def group_params(g: Graph, grp: Group) -> int:
+    """Elements of the parameters a module-call group stands for: those its
+    ops read; for a backward (or recompute) group, those its call's forward
+    read -- the gradients it computes (its own ops read saved tensors)."""
+    if grp.phase == "forward" or grp.call is None:
+        return param_count(g, grp.nodes)
+    calls = {grp.call.id}
+    for m in g.modules:  # (parents come before their children)
+        if m.parent in calls:
+            calls.add(m.id)
+    return param_count(g, [n for n in g.nodes if n.phase == "forward" and n.module in calls])
 
 
 def param_count(g: Graph, nodes: Sequence[Node]) -> int:
