@@ -2384,3 +2384,40 @@ def test_fourth_review_guards_through_blocks_returned_floats_and_a_forward_that_
     assert h.witness is not None and h.witness.weak, h.explanation
     [h] = torchtrace.diff(record(WholeBodyIf(), torch.randn(2, 2, 4)), record(WholeBodyIf(), torch.randn(2, 4))).hunks
     assert h.shape_if == f"test_diff_causes.py:{line_of('whole_body_if')}", h.explanation
+
+
+def test_the_same_ops_returning_more_values_names_the_values():
+    """BERT with ``output_attentions`` runs the same ops and returns the attention
+    probabilities too: the diff said "same ops, other dataflow: 0 ops changed"
+    and, in its body, that "the returned values differ"."""
+    m, ids = zoo.bert(), torch.randint(0, 100, (1, 6))
+    m.set_attn_implementation("eager")
+    a, b = (record(m, ids, output_attentions=flag) for flag in (False, True))
+    probs = [n for n in b.nodes if n.op == "aten._softmax.default"]
+    assert len(probs) == 2 and len(b.outputs) == len(a.outputs) + 2
+    d = torchtrace.diff(a, b)
+    assert d.summary() == "structure differs: same ops, other returned values: 0 ops changed"
+    [why] = d.why()
+    assert why == "only B returned 2 values: " + ", ".join(
+        f"`_softmax` f32[1,2,6,6] in `{b.module(n.module).path}` (`modeling_bert.py:{n.source.line}`)"
+        for n in probs) + f" ({len(a.outputs)} in A, {len(b.outputs)} in B)"
+    assert "the returned values differ" not in str(d) and why in str(d)
+    assert torchtrace.diff(b, a).why() == [why.replace("only B", "only A").replace(
+        f"({len(a.outputs)} in A, {len(b.outputs)} in B)", f"({len(b.outputs)} in A, {len(a.outputs)} in B)")]
+
+
+class SwapOrPick(nn.Module):
+    def forward(self, x: torch.Tensor, how: str):
+        y, z = torch.tanh(x), torch.sigmoid(x)  # LINE:swap
+        return {"yz": (y, z), "zy": (z, y), "y": (y,), "z": (z,)}[how]
+
+
+@pytest.mark.parametrize("how, want", [
+    ("zy", "the same 2 values returned in another order"),
+    ("z", "only B returned 1 value: `sigmoid` f32[3] ({where}); only A returned 1 value: `tanh` f32[3] ({where})"),
+])
+def test_the_same_ops_returning_other_values_says_which(how, want):
+    x, m = torch.randn(3), SwapOrPick()
+    first = "yz" if how == "zy" else "y"
+    graphs = [record(m, x, h) for h in (first, how)]
+    assert torchtrace.diff(*graphs).why() == [want.format(where=f"`test_diff_causes.py:{line_of('swap')}`")]

@@ -29,10 +29,11 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
-from .sided import (accumulated, casts, ended_before, fed_by, fed_values, in_modal_modules, needs_grad,
-                    optimizer_state, ran_on, ran_only, recomputed, shape_if, stopped, trained, unused)
-from .ir import Graph, Node
+from .sided import (accumulated, casts, differing_grad_modes, ended_before, fed_by, fed_values, in_modal_modules,
+                    needs_grad, optimizer_state, ran_on, ran_only, recomputed, shape_if, stopped, trained, unused)
+from .ir import Graph
 from .loops import runs_said
+from .returned import returned_change
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
@@ -131,7 +132,8 @@ class GraphDiff:
             differ = f"{changed_what(self.types)} differ" if self.types or self.inputs else "args differ"  # (Adam's lr)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
         if not self.structural_hunks:
-            return f"structure differs: same ops, other dataflow: {plural(self.changed, 'op')} changed"
+            other = "other returned values" if not self.changed and self.returned else "other dataflow"
+            return f"structure differs: same ops, {other}: {plural(self.changed, 'op')} changed"
         hunks = plural(len(self.hunks), "hunk")  # as many as the text numbers: "# 1." .. "# 5."
         if self.changed_hunks:
             hunks += f" ({len(self.structural_hunks)} structural, {len(self.changed_hunks)} changed)"
@@ -198,7 +200,12 @@ class GraphDiff:
                 counts = (f"{counts}: " if counts else "") + ", ".join(
                     plural(k, "op") + f" only in {s}" for k, s in ((a, "A"), (b, "B")) if k) + f" in {len(hunks)} hunks"
             lines.append(f"{cause} \u2192 {counts} (in {where})")
-        return lines or ([] if self.is_empty else [self.summary()])
+        return lines or ([] if self.is_empty else [self.returned or self.summary()])
+
+    @property
+    def returned(self) -> Optional[str]:
+        """How the values the traced call returned differ ("only B returned 2 values: ..."), or None."""
+        return returned_change(self.a, self.b, self.ops)
 
     def other_reads(self) -> List[str]:
         """The reads that differ and explain no hunk, each text once with a count
@@ -227,7 +234,7 @@ class GraphDiff:
                 "hunks": [h.to_dict() for h in self.hunks], "ops": [p.to_dict() for p in self.ops],
                 "witnesses": [w.to_dict() for w in self.witnesses], "types": [t.to_dict() for t in self.types],
                 "args": [x.to_dict() for x in self.args], "inputs": [i.to_dict() for i in self.inputs],
-                "ignored": list(self.ignored)}
+                "ignored": list(self.ignored), "returned": self.returned}
 
     def __iter__(self) -> Iterator[Hunk]:
         return iter(self.hunks)
@@ -306,7 +313,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
         recompute = kind == "structural" and recomputed(A, B, rows)
         # (a checkpointed block's own ops are recomputed outside any module call: not the root's)
         module = common_module(path for p in rows for g, n in ((A.graph, p.a), (B.graph, p.b))
-                               if n is not None for path in [_module_path(g, n)] if path or not recompute)
+                               if n is not None for path in [g.module_path(n.module)] if path or not recompute)
         if kind == "structural":
             witness, loop = causes.explain(k0, k1)
             caught = causes.caught(k0, k1)  # (what an `except` ran: said before reads made earlier)
@@ -356,16 +363,6 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched) if inputs or witnesses else None),
                      inputs, (A.ignored, B.ignored))
-
-
-def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:
-    """The passes' grad modes (``meta.grad_mode``) when they differ."""
-    modes = (a.meta.get("grad_mode"), b.meta.get("grad_mode"))
-    return modes if None not in modes and modes[0] != modes[1] else None  # type: ignore[return-value]
-
-
-def _module_path(g: Graph, n: Node) -> str:
-    return g.module_path(n.module)
 
 
 def _one_side(h: Hunk) -> Optional[str]:

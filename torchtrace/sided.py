@@ -297,3 +297,9 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     if not called and not other.ran_lines(src.file, src.function, *found.block, but=found.branch):
         return None  # (nothing says the other pass ran the `if`: neither its block, nor its module's forward)
     return f"{os.path.basename(src.file)}:{found.line}" if found.line else ""
+
+
+def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:
+    """The passes' grad modes (``meta.grad_mode``) when they differ."""
+    modes = (a.meta.get("grad_mode"), b.meta.get("grad_mode"))
+    return modes if None not in modes and modes[0] != modes[1] else None  # type: ignore[return-value]
