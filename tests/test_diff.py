@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import pytest
 
@@ -1087,3 +1088,21 @@ def test_steps_whose_floats_differ_are_an_args_difference():
     assert d.summary().startswith("same structure, args differ:")
     assert d.why()[0].startswith("same ops, other args (")
 
+
+
+class ThreeArgs(nn.Module):
+    def forward(self, x: torch.Tensor, slope: float, e: int, top: float) -> torch.Tensor:
+        return torch.clamp(F.leaky_relu(x, slope).pow(e), max=top)
+
+
+def test_an_args_summary_lists_changes_in_the_order_they_ran_and_counts_the_rest():
+    """Three ops with other args: the summary and the why named two, sorted by
+    op name (clamp before leaky_relu), and said nothing of the third."""
+    m, x = ThreeArgs(), torch.randn(3, 4)
+    a, b = (record(m, x, *args) for args in ((0.1, 2, 1.0), (0.2, 3, 2.0)))
+    d = torchtrace.diff(a, b)
+    said = "aten.leaky_relu negative_slope=0.1 \u2192 0.2 (1 op); aten.pow.Tensor_Scalar exponent=2 \u2192 3 (1 op); " \
+           "1 more arg change"
+    assert d.summary() == f"same structure, args differ: 3 ops changed ({said})"
+    assert d.why() == [f"same ops, other args (3 ops changed): {said}"]
+    assert [x.op for x in d.args] == ["aten.leaky_relu.default", "aten.pow.Tensor_Scalar", "aten.clamp.default"]

@@ -328,7 +328,7 @@ def arg_changes(nodes: Iterable[Tuple["Node", "Node"]], resized: Any = None) -> 
             if _canon(va) != _canon(vb):
                 counts[(na.op, key, _canon(va), _canon(vb))] += 1
     out = []
-    for (op, key, ca, cb), c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+    for (op, key, ca, cb), c in sorted(counts.items(), key=lambda kv: -kv[1]):  # (ties in the order they ran)
         out.append(ArgChange(op, key, _uncanon(ca), _uncanon(cb), c))
     return tuple(out)
 

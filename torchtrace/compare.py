@@ -34,6 +34,7 @@ from .sided import (accumulated, casts, differing_grad_modes, ended_before, fed_
 from .ir import Graph
 from .loops import runs_said
 from .returned import returned_change
+from .textform import listed
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
 __all__ = ["diff", "GraphDiff", "Hunk", "OpPair"]
@@ -128,7 +129,7 @@ class GraphDiff:
             notes += [self.grad_modes] if self.grad_modes else []
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
-            what = "; ".join(t.describe() for t in self.types[:2]) or "; ".join(a.describe() for a in self.args[:2])
+            what = "; ".join(listed(self.types, 2, "type change") or listed(self.args, 2, "arg change"))
             differ = f"{changed_what(self.types)} differ" if self.types or self.inputs else "args differ"  # (Adam's lr)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
         if not self.structural_hunks:
@@ -179,8 +180,8 @@ class GraphDiff:
             reads = dict.fromkeys(w.describe() for w in found if w.a.shape is not None)
             arms = dict.fromkeys(w.describe() for w in found if w.a.shape is None and not w.passed)  # (Causes.arm)
             passed = dict.fromkeys(w.describe() for w in found if w.passed)  # (Causes.passed_on)
-            what = list(reads) + [i.describe() for i in self.inputs[:2]]
-            what += [t.describe() for t in self.types[:3]] + [a.describe() for a in self.args[:2]]
+            what = list(reads) + listed(self.inputs, 2, "input") + listed(self.types, 3, "type change") + \
+                listed(self.args, 2, "arg change")
             other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
             if passed and self.inputs:  # (the inputs changed too: the read explains its args, not all)
                 what, passed = list(passed) + what, {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph, Node, Value
@@ -49,6 +49,12 @@ DTYPE_SHORT = {
 def plural(k: int, word: str) -> str:
     """``1 op``, ``2 ops``, ``3 hunks``, ``2 witness reads``."""
     return f"{k} {word}{'' if k == 1 else ('es' if word.endswith(('ch', 'sh', 's', 'x')) else 's')}"
+
+
+def listed(changes: Sequence[Any], k: int, noun: str) -> List[str]:
+    """The first ``k`` of ``changes`` described, then how many more (``1 more arg change``)."""
+    return [c.describe() for c in changes[:k]] + ([f"{plural(len(changes) - k, f'more {noun}')}"]
+                                                   if len(changes) > k else [])
 
 
 def where(file: str, line: int) -> str:
