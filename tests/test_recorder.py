@@ -1215,7 +1215,7 @@ def test_a_tensor_subclass_keeps_the_dataflow_of_a_plain_tensor():
 
     def edges(g):
         prod = g.producers()
-        return [(n.op, tuple(prod.get(v) for v in n.inputs)) for n in g.nodes]
+        return [(n.op, tuple(prod.get(v) for v in n.inputs), len(n.outputs)) for n in g.nodes]
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -1249,9 +1249,15 @@ def test_a_tensor_subclass_keeps_the_dataflow_of_a_plain_tensor():
         p = a.sin()
         return p + a.cos().exp().tanh().abs().neg()
 
+    def written(a):  # (an in-place op on a re-wrap: one new version, not three; read after through both)
+        y = a * 2
+        y.add_(1)
+        return y.relu() + a.mul_(3).view(4, 3).t()
+
     q = torch.randn(3, 4).as_subclass(Tagged)
     for fn, args in ((two, (q.requires_grad_(), q.detach())), (taken, (torch.randn(3, 4).as_subclass(Tagged),)),
-                     (late, (torch.randn(3, 4).as_subclass(Tagged),))):
+                     (late, (torch.randn(3, 4).as_subclass(Tagged),)),
+                     (written, (torch.randn(3, 4).as_subclass(Tagged),))):
         graphs = []
         for cast in (lambda a: a.as_subclass(torch.Tensor), lambda a: a):
             with torchtrace.trace() as t:

@@ -379,8 +379,8 @@ class Capture:
         pass read from outside them (an ``nn.Parameter`` no module holds)."""
         state = [p for p, _, role in self.names.values() if role in ("param", "buffer")]
         mode = self.mode
-        state += [mode.vrefs[v]() for v, rec in enumerate(mode.vmeta)
-                  if rec[V_ORIGIN] is not None and rec[V_ORIGIN][0] == "ext" and rec[V_ORIGIN][1] in ("param", "buffer")]
+        state += [mode.vrefs[v]() for v, rec in enumerate(mode.vmeta) if rec[V_ORIGIN] is not None
+                  and rec[V_ORIGIN][0] == "ext" and rec[V_ORIGIN][1] in ("param", "buffer")]
         return {ptr for p in state if p is not None for ptr in storage_keys(p)}
 
     def trainable_params(self) -> List[Tuple[Any, str]]:

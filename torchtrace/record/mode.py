@@ -30,6 +30,7 @@ from .extras import Raised, Read
 from .frames import callers_of, engine_under_modes
 from .opinfo import _CACHE as _INFOS
 from .opinfo import NONTENSOR, TENSOR, TENSOR_LIST, describe_objects, op_info
+from .writes import Writes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .capture import Capture
@@ -48,7 +49,8 @@ _ENGINE_ENTRIES = frozenset({"_engine_run_backward", "backward", "grad"})
 # Value record fields: (dtype, device, origin, *shape) -- flat, one tuple per value
 V_DTYPE, V_DEVICE, V_ORIGIN, V_SHAPE = range(4)  # shape = record[V_SHAPE:]
 # Event tuple fields (see build.py); E_LINE holds the user frame's f_lasti, not a line
-E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE, E_EXTRA = range(14)
+(E_INFO, E_INS, E_ARGS, E_KW, E_OUTS, E_SEQ, E_CODE, E_LINE, E_ICODE, E_ILASTI, E_MOD, E_ANODE, E_PHASE,
+ E_EXTRA) = range(14)
 
 
 def _odd_shape(t: Any) -> Tuple[int, ...]:
@@ -61,7 +63,7 @@ def _odd_shape(t: Any) -> Tuple[int, ...]:
     return tuple(t.size())
 
 
-class RecordingMode(EnginePhase, TorchDispatchMode):
+class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
     """Appends ``(op info index, ins, args, kwargs, outs, seq, code, line, icode,
     ilasti, module_call, autograd_node, phase, extra)`` per op to ``self.events``."""
 
@@ -281,23 +283,6 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
             argv = describe_objects(argv)  # (freeing a ProcessGroupGloo late, under the GIL, deadlocks)
         return tuple(ins), tuple(argv) if scalars else ()
 
-    def _outputs(self, info: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
-        """Value ids for the outputs of an op that writes, returns several
-        tensors, or returns no tensor."""
-        outs: List[int] = []
-        mutated = self._versions(info, args, kwargs, outs) if info.mutates else ()
-        tensors = [out] if isinstance(out, _Tensor) else [
-            x for o in out for x in (o if type(o) is list else (o,))  # c10d returns Tensor[][]
-        ] if type(out) is tuple or type(out) is list else []
-        for t in tensors:
-            # written tensors already got their new version; never `in`: it would call Tensor.__eq__
-            if isinstance(t, _Tensor) and not (mutated and any(t is m for m in mutated)):
-                outs.append(self._add_value(t, None))
-        if info.stat_writes is not None:  # batch norm's running statistics: after the outputs it returns
-            for t in info.stats_written(args, kwargs):
-                self._bump(t, outs)
-        return tuple(outs)
-
     _dynamo_skip_marked = mark_dynamo_skip(__torch_dispatch__.__code__)
 
     # -- slow paths ----------------------------------------------------------
@@ -318,18 +303,6 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
             if fn is not None:
                 self.ext_fns.append(fn)
         return self._add_value(t, ("ext", role, name, rg))
-
-    def _rewrap_of(self, t: Any) -> Optional[int]:
-        """The value a subclass's re-wrap ``t`` stands for (``note_rewrap``), if it is one."""
-        seen = self.rewraps.get(id(t))
-        return seen[1] if seen is not None and seen[0]() is t else None
-
-    def note_rewrap(self, out: Any, src: Any) -> None:
-        """``src.as_subclass(cls)`` made ``out`` (patches.py): the same value."""
-        v = self.vid_of(src)
-        v = self._rewrap_of(src) if v is None else v
-        if v is not None:
-            self.rewraps[id(out)] = (_ref(out), v)
 
     def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
         """A new value for tensor ``t`` (the hot path inlines this for fresh outputs)."""
@@ -368,33 +341,6 @@ class RecordingMode(EnginePhase, TorchDispatchMode):
         """value id -> its tensor (None if dead), for the latest version of every tensor seen."""
         vrefs = self.vrefs
         return {v: vrefs[v]() for v in self.vmap.values()}
-
-    def _bump(self, t: Any, outs: List[int]) -> None:
-        old = self._vid(t, None, None)
-        outs.append(self._add_value(t, ("ver", old), self.vrefs[old] if old >= 0 else None))
-
-    def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int]) -> tuple:
-        """In-place / out= / collective writes: each written tensor gets a new
-        value version (and so does the base of a written view)."""
-        written: List[Any] = []
-        names = info.arg_names
-        for i in info.mutates:
-            a = args[i] if i < len(args) else kwargs.get(names[i])
-            if isinstance(a, _Tensor):
-                written.append(a)
-            elif isinstance(a, (list, tuple)):
-                for x in a:
-                    if isinstance(x, _Tensor):
-                        written.append(x)
-                    elif isinstance(x, (list, tuple)):
-                        written.extend(y for y in x if isinstance(y, _Tensor))
-        for t in written:
-            self._bump(t, outs)
-            base = t._base
-            if base is not None:  # the write is visible through the base too
-                self._bump(base, outs)
-                self.inplace_on_view.add(len(self.events))
-        return tuple(written)
 
     def _fault(self, info: Any, error: Exception, n_values: Optional[int] = None) -> None:
         """Something torchtrace could not read (an exotic tensor, a private API

@@ -1,0 +1,89 @@
+"""Value versions: what an op wrote (in place, ``out=``, a collective's
+buffers, batch norm's running statistics) becomes a new version of the value
+it overwrote, and a tensor subclass's ``as_subclass`` re-wrap stands for the
+value it re-wraps, before and after a write through it. A mixin of
+``RecordingMode`` (mode.py), off the hot path: only ops that write, or return
+several tensors or none, come here."""
+from __future__ import annotations
+
+import weakref
+from typing import Any, List, Optional
+
+import torch
+
+_ref = weakref.ref
+_Tensor = torch.Tensor
+
+
+class Writes:
+    """The mode's version and re-wrap bookkeeping (its slots hold the state)."""
+
+    __slots__ = ()
+
+    def _outputs(self, info: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
+        """Value ids for the outputs of an op that writes, returns several
+        tensors, or returns no tensor."""
+        outs: List[int] = []
+        mutated = self._versions(info, args, kwargs, outs) if info.mutates else ()
+        tensors = [out] if isinstance(out, _Tensor) else [
+            x for o in out for x in (o if type(o) is list else (o,))  # c10d returns Tensor[][]
+        ] if type(out) is tuple or type(out) is list else []
+        for t in tensors:
+            # written tensors already got their new version; never `in`: it would call Tensor.__eq__
+            if isinstance(t, _Tensor) and not (mutated and any(t is m for m in mutated)):
+                outs.append(self._add_value(t, None))
+        if info.stat_writes is not None:  # batch norm's running statistics: after the outputs it returns
+            for t in info.stats_written(args, kwargs):
+                self._bump(t, outs)
+        return tuple(outs)
+
+    def _rewrap_of(self, t: Any) -> Optional[int]:
+        """The value a subclass's re-wrap ``t`` stands for (``note_rewrap``), if it is one."""
+        seen = self.rewraps.get(id(t))
+        return seen[1] if seen is not None and seen[0]() is t else None
+
+    def _rewrap_source(self, t: Any) -> Any:
+        """The tensor whose value the re-wrap ``t`` stands for, while it lives
+        (None: ``t`` is no re-wrap, or a value of its own)."""
+        v = self._rewrap_of(t) if self.vid_of(t) is None else None
+        return self.vrefs[v]() if v is not None else None
+
+    def note_rewrap(self, out: Any, src: Any) -> None:
+        """``src.as_subclass(cls)`` made ``out`` (patches.py): the same value."""
+        v = self.vid_of(src)
+        v = self._rewrap_of(src) if v is None else v
+        if v is not None:
+            self.rewraps[id(out)] = (_ref(out), v)
+
+    def _bump(self, t: Any, outs: List[int]) -> None:
+        old = self._vid(t, None, None)
+        outs.append(self._add_value(t, ("ver", old), self.vrefs[old] if old >= 0 else None))
+
+    def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int]) -> tuple:
+        """In-place / out= / collective writes: each written tensor gets a new
+        value version (and so does the base of a written view)."""
+        written: List[Any] = []
+        names = info.arg_names
+        for i in info.mutates:
+            a = args[i] if i < len(args) else kwargs.get(names[i])
+            if isinstance(a, _Tensor):
+                written.append(a)
+            elif isinstance(a, (list, tuple)):
+                for x in a:
+                    if isinstance(x, _Tensor):
+                        written.append(x)
+                    elif isinstance(x, (list, tuple)):
+                        written.extend(y for y in x if isinstance(y, _Tensor))
+        for t in written:
+            src = self._rewrap_source(t) if self.rewraps else None
+            if src is not None:  # a subclass's re-wrap: the write makes its value's next version
+                self._bump(src, outs)
+                self.rewraps[id(t)] = (_ref(t), outs[-1])
+                t = src
+            else:
+                self._bump(t, outs)
+            base = t._base
+            if base is not None:  # the write is visible through the base too
+                self._bump(base, outs)
+                self.inplace_on_view.add(len(self.events))
+        return tuple(written)
