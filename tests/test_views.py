@@ -285,7 +285,8 @@ def test_a_backward_box_counts_the_parameters_whose_gradients_it_computes():
                  if b.kind == "module"}
         assert {k: boxes[k].lines[0].split(" · ")[1] for k in want} == {k: f"{n} params" for k, n in want.items()}
     tree = torchtrace.render(t.graph, "terminal", phase="backward")
-    assert all(re.search(rf"^\W*{k} \w+ \[backward\]  \d+ ops · {n} params", tree, re.M) for k, n in want.items()), tree
+    assert all(re.search(rf"^\W*{k} \w+ \[backward\]  \d+ ops · {n} params", tree, re.M)
+               for k, n in want.items()), tree
 
 
 def test_bookkeeping_is_hidden_but_dataflow_kept():
