@@ -866,3 +866,35 @@ def test_a_block_that_runs_only_backward_records_the_gradients():
     for name, p in m.named_parameters():
         assert grads[name].norm == pytest.approx(p.grad.norm().item(), rel=1e-6)
         assert g.value(grads[name].value).name == name and g.value(grads[name].value).role == "param"
+
+
+class LoggingMode(torch.utils._python_dispatch.TorchDispatchMode):
+    """A user's own dispatch mode that hands every op on (as DebugMode or a FLOP counter does)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("user_mode", ["logging", "flops"])
+def test_a_users_dispatch_mode_around_backward_changes_nothing_recorded(user_mode):
+    """With the user's mode above ours, backward's seed `ones_like` came from the
+    mode's frame: it was recorded as forward, the root Node (which runs no op) was
+    missing from `executed`, and every op's line was the mode's own."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lin, x = nn.Linear(4, 3), torch.randn(2, 4)
+    graphs = []
+    for mode in (None, LoggingMode() if user_mode == "logging" else FlopCounterMode(display=False)):
+        lin.zero_grad(set_to_none=True)
+        with torchtrace.trace(lin) as t:
+            with mode if mode is not None else torch.enable_grad():
+                a = lin(x)  # LINE:fwd
+                (a.sum() + a.mean()).backward()  # LINE:bwd
+        graphs.append(t.graph)
+    plain, moded = graphs
+    executed = lambda g: [{a.id: a.name for a in g.autograd.nodes}[k] for k in g.autograd.executed]  # noqa: E731
+    assert executed(moded) == executed(plain) and executed(plain)[0] == "AddBackward0", executed(moded)
+    rows = lambda g: [(n.op, n.phase, n.source.line if n.source else None) for n in g.nodes]  # noqa: E731
+    assert rows(moded) == rows(plain)
+    assert {r[2] for r in rows(plain) if r[1] == "forward"} == {zoo.marked_line(__file__, "fwd"),
+                                                               zoo.marked_line(__file__, "bwd")}

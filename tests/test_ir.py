@@ -5,6 +5,7 @@ import copy
 import gzip
 import hashlib
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -123,6 +124,7 @@ BAD = {
     "wrong format": (lambda d: d.update(format="torchviz"), ["not a torchtrace graph", "torchviz"]),
     "duplicate id": (lambda d: d["values"][1].update(id=d["values"][0]["id"]), ["duplicate id"]),
     "bad tag": (lambda d: d["nodes"][0].update(tags=["fancy"]), ["unknown tag", "fancy"]),
+    "negative size": (lambda d: d["values"][0].update(shape=[-3, 2]), ["values[0].shape", "bad shape", "[-3, 2]"]),
     # inside a field that may be null: the field itself, not its parent ("source: expected integer or null")
     "wrong type in a nullable record": (lambda d: d["nodes"][0]["source"].update(line="27"),
                                         ["nodes[0].source.line", "expected integer", 'string "27"']),
@@ -141,6 +143,24 @@ def test_malformed_graph_errors_name_the_problem(graph, tmp_path, case):
     for w in words:
         assert w in msg, f"{case}: {w!r} not in {msg!r}"
     assert "Fix:" in msg and "expected" in msg
+
+
+@pytest.mark.parametrize("norm, ok", [(1.5, True), ("nan", True), ("inf", True), (None, True), ("unknown", True),
+                                      ("banana", False), (-2.0, False)])
+def test_a_gradient_norm_is_a_number_nan_inf_or_null(tmp_path, norm, ok):
+    """A norm of "banana" loaded as None, silently."""
+    lin = torch.nn.Linear(2, 2)
+    with torchtrace.trace(lin) as t:
+        lin(torch.randn(1, 2)).sum().backward()
+    d = json.loads(json.dumps(t.graph.to_dict()))
+    d["autograd"]["grads"][0]["norm"] = norm
+    path = _write(tmp_path, d)
+    if ok:
+        got = torchtrace.load(path).autograd.grads[0].norm
+        assert got is None if norm in (None, "unknown") else got == float(norm) or math.isnan(got)
+        return
+    with pytest.raises(torchtrace.TorchtraceError, match=r"autograd\.grads\[0\]\.norm: bad gradient norm"):
+        torchtrace.load(path)
 
 
 @pytest.mark.parametrize("data, words", [

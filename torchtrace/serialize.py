@@ -136,8 +136,9 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
             nodes=tuple(AutogradNode(a["id"], a["name"], a["op"], tuple(a["next"]), a["saved_bytes"],
                                      a.get("param"), a.get("value")) for a in ag["nodes"]),
             executed=tuple(ag["executed"]),
-            grads=tuple(GradInfo(x["value"], x["name"], tuple(x["shape"]), x["dtype"], norm_from_json(x["norm"]))
-                        for x in ag.get("grads", ())),
+            grads=tuple(GradInfo(x["value"], x["name"], tuple(x["shape"]), x["dtype"],
+                                 norm_from_json(x["norm"], f"{where}.autograd.grads[{k}].norm"))
+                        for k, x in enumerate(ag.get("grads", ()))),
             no_grad_params=tuple(ag.get("no_grad_params", ())),
         ),
         fingerprints=dict(data["fingerprints"]),
@@ -155,10 +156,15 @@ def norm_json(x: Optional[float]) -> Any:
     return x if x is None or math.isfinite(x) else str(x)
 
 
-def norm_from_json(x: Any) -> Optional[float]:
+def norm_from_json(x: Any, where: str = "norm") -> Optional[float]:
     """The norm ``norm_json`` wrote ("nan", "inf"; "unknown" in files before 2026-11-27: None)."""
     if isinstance(x, str):
-        return float(x) if x in ("nan", "inf", "-inf") else None
+        if x in ("nan", "inf", "-inf"):
+            return float(x)
+        if x != "unknown":
+            raise IRError("bad gradient norm", where=where, expected='a number, "nan", "inf" or null',
+                          found=repr(x), fix="write norms as torchtrace.save() does")
+        return None
     return x
 
 

@@ -6,7 +6,7 @@ resolvable, values produced once and before use, closed vocabularies.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from .errors import IRError
 from .ir import GRAD_MODES, PHASES, ROLES, TAGS, Graph
@@ -41,6 +41,12 @@ def _ref(ref: Optional[str], table: Dict[str, int], where: str, what: str) -> No
                       found=repr(ref), fix=_FIX)
 
 
+def _shape(shape: Any, where: str) -> None:
+    if any(type(d) is not int or d < -1 for d in shape):
+        raise IRError("bad shape", where=where, expected="sizes >= 0 (-1: a ragged size, no fixed number)",
+                      found=repr(list(shape)), fix=_FIX)
+
+
 def validate_graph(g: Graph) -> None:
     values = _ids(g.values, "v", "values")
     nodes = _ids(g.nodes, "n", "nodes")
@@ -58,6 +64,7 @@ def validate_graph(g: Graph) -> None:
                           found=repr(v.role), fix=_FIX)
         _ref(v.alias_of, values, f"values[{i}].alias_of", "value")
         _ref(v.version_of, values, f"values[{i}].version_of", "value")
+        _shape(v.shape, f"values[{i}].shape")
 
     produced: Dict[str, str] = {}
     for i, n in enumerate(g.nodes):
@@ -103,6 +110,10 @@ def validate_graph(g: Graph) -> None:
         _ref(aid, anodes, f"autograd.executed[{k}]", "autograd node")
     for k, gi in enumerate(g.autograd.grads):
         _ref(gi.value, values, f"autograd.grads[{k}].value", "value")
+        _shape(gi.shape, f"autograd.grads[{k}].shape")
+        if gi.norm is not None and (type(gi.norm) not in (int, float) or gi.norm < 0):
+            raise IRError("bad gradient norm", where=f"autograd.grads[{k}].norm",
+                          expected="a norm >= 0 (a float; NaN or inf) or None", found=repr(gi.norm), fix=_FIX)
     mode = g.meta.get("grad_mode")
     if mode is not None and mode not in GRAD_MODES:
         raise IRError("unknown grad mode", where="meta.grad_mode", expected=" | ".join(GRAD_MODES),

@@ -59,7 +59,8 @@ class FrameFilter:
         hit = self.cache.get(id(code))
         if hit is None:
             name = code.co_filename
-            hit = name.startswith(self.absolute) or any(s in name for s in self.segments) or _stdlib(name)
+            hit = name.startswith(self.absolute) or any(s in name for s in self.segments) or _stdlib(name) or \
+                code.co_name == _MODE_HANDLER  # (another dispatch mode's or a subclass's: the op is the caller's)
             if len(self.held) >= _MAX_CODES:  # code made on the fly (exec, recompiles): start over
                 self.cache.clear()
                 self.held.clear()
@@ -93,13 +94,30 @@ def is_torch_internal(code: CodeType) -> bool:
 
 def engine_under_modes(frame: Any) -> bool:
     """Is ``frame`` -- past the frames of other dispatch modes (a ``trace()``
-    inside a Recorder hands its ops on to the Recorder's mode) -- torch.autograd's?"""
-    while frame is not None and frame.f_code.co_filename.startswith(_MODE_DIRS):
-        frame = frame.f_back
-    return frame is not None and is_autograd_engine(frame.f_code)
+    inside a Recorder hands its ops on to the Recorder's mode; a user's
+    ``FlopCounterMode`` or logging mode above ours) and torch's own wrappers
+    around them -- torch.autograd's?"""
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_AUTOGRAD_DIR):
+            return True
+        if name.startswith(_MODE_DIRS):
+            frame = frame.f_back
+            continue
+        handler = frame  # a mode of the user's own: its handler, maybe through a helper or two
+        for _ in range(_HELPERS):
+            if handler is None or handler.f_code.co_name == _MODE_HANDLER:
+                break
+            handler = handler.f_back
+        if handler is None or handler.f_code.co_name != _MODE_HANDLER:
+            return False
+        frame = handler.f_back
+    return False
 
 
-_MODE_DIRS = (_OWN_DIR, os.path.join(_TORCH_DIR, "utils") + os.sep, os.path.join(_TORCH_DIR, "_ops.py"))
+_MODE_DIRS = (_OWN_DIR, _TORCH_DIR)
+_MODE_HANDLER = "__torch_dispatch__"
+_HELPERS = 4  # frames between a mode's handler and the op it hands on
 
 
 def is_autograd_engine(code: CodeType) -> bool:
