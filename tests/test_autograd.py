@@ -370,12 +370,12 @@ def test_each_backward_op_names_the_autograd_node_that_ran_it(tmp_path):
     for kind, name in log:
         if kind == "node":
             current = name
-        elif current is not None:  # (the gradient seed, `ones_like`, is made before the engine runs)
+        else:  # (the gradient seed, `ones_like`, is made before the engine runs: in no Node)
             want.append((name, current))
     g = t.graph
     backward = [n for n in g.nodes if n.phase == "backward"]
     got = [(n.op, g.autograd_node(n.autograd_node).name if n.autograd_node else None) for n in backward]
-    assert got == want
+    assert got == want and got[0] == ("aten.ones_like.default", None)
     assert all(n.autograd_node is None for n in g.nodes if n.phase != "backward")
     for a in {n.autograd_node for n in backward if n.autograd_node}:  # and through the Node, the op that made it
         node = g.autograd_node(a)
