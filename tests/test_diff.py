@@ -929,6 +929,31 @@ def test_inputs_nested_otherwise_are_not_one_tensor_passed_twice():
     assert not any("passed one tensor as both" in w for w in d.why())
 
 
+class FlagList(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.alt = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x, flags):
+        for f in flags:
+            if f.item():
+                x = self.alt(x)
+            x = torch.tanh(self.lin(x))
+        return x
+
+
+def test_a_longer_list_of_inputs_is_not_one_tensor_passed_twice():
+    """3 flags in A, 4 in B: "A passed one tensor as both `flags[2]` and
+    `flags[3]`" -- A has no `flags[3]`, and its three flags are three tensors."""
+    torch.manual_seed(0)
+    m, x = FlagList(), torch.randn(1, 3)
+    a, b = (record(m, x, [torch.tensor(v) for v in flags]) for flags in ([0, 0, 0], [0, 1, 0, 0]))
+    d = torchtrace.diff(a, b)
+    rewired = [r for h in d.changed_hunks for r in h.rewires]
+    assert ("_local_scalar_dense", ("flags[2]",), ("flags[3]",)) in [(r.op, r.a, r.b) for r in rewired]
+    assert all(r.shared is None for r in rewired) and "passed one tensor as both" not in str(d)
+
+
 def test_a_witness_that_read_other_data_without_effect_keeps_the_diff_empty():
     class Same(nn.Module):
         positive = None
@@ -1106,3 +1131,17 @@ def test_an_args_summary_lists_changes_in_the_order_they_ran_and_counts_the_rest
     assert d.summary() == f"same structure, args differ: 3 ops changed ({said})"
     assert d.why() == [f"same ops, other args (3 ops changed): {said}"]
     assert [x.op for x in d.args] == ["aten.leaky_relu.default", "aten.pow.Tensor_Scalar", "aten.clamp.default"]
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_a_pass_of_no_op_with_another_input_shape_says_which_input():
+    """An identity called with f32[2] and f32[3]: "0 ops changed ()" and "the
+    returned values differ"; it is the input that changed."""
+    a, b = (record(Identity(), torch.randn(n)) for n in (2, 3))
+    d = torchtrace.diff(a, b)
+    assert d.summary() == "same structure, shapes differ: 0 ops changed (input `x` f32[2] \u2192 f32[3])"
+    assert "returned values differ" not in str(d)

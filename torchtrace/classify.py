@@ -171,11 +171,19 @@ def rewires(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[Rewire, ...]:
             continue
         a, b = tuple(x for x, _ in diff), tuple(y for _, y in diff)
         shared = None
-        if len(diff) == 1:  # (one side's names all the other's: no other inputs, the same tensor twice)
+        if len(diff) == 1 and (_container(a[0]) is None or _container(a[0]) != _container(b[0])):
+            # (one side's names all the other's: no other inputs, the same tensor twice; not two items of one
+            # list, `flags[2]` against `flags[3]`: a longer list)
             shared = "A" if b[0] not in na and a[0] in nb and na <= nb else \
                 "B" if a[0] not in nb and b[0] in na and nb <= na else None
         out.append(Rewire(p.a.short_op, a, b, shared))
     return tuple(out)
+
+
+def _container(name: str) -> Optional[str]:
+    """``flags`` for an input named ``flags[2]`` or ``batch.ids[0]`` -> ``batch.ids``; None for a plain name."""
+    head, bracket, _ = name.rpartition("[")
+    return head if bracket else None
 
 
 def _input_names(g: "Graph") -> set:

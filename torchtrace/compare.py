@@ -129,9 +129,10 @@ class GraphDiff:
             notes += [self.grad_modes] if self.grad_modes else []
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
-            what = "; ".join(listed(self.types, 2, "type change") or listed(self.args, 2, "arg change"))
+            what = "; ".join(listed(self.types, 2, "type change") or listed(self.args, 2, "arg change") or
+                             listed(self.inputs, 2, "input"))  # (inputs only: an identity's)
             differ = f"{changed_what(self.types)} differ" if self.types or self.inputs else "args differ"  # (Adam's lr)
-            return f"same structure, {differ}: {plural(self.changed, 'op')} changed ({what})"
+            return f"same structure, {differ}: {plural(self.changed, 'op')} changed" + (f" ({what})" if what else "")
         if not self.structural_hunks:
             other = "other returned values" if not self.changed and self.returned else "other dataflow"
             return f"structure differs: same ops, {other}: {plural(self.changed, 'op')} changed"

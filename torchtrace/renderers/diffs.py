@@ -125,7 +125,7 @@ def render_text(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, max_c
     if details:
         out.append("")
         out.extend(one_line(x) for x in details)
-    if diff.kind != "identical" and not diff.hunks and not diff.returned:
+    if diff.kind != "identical" and not diff.hunks and not (diff.returned or diff.types or diff.args or diff.inputs):
         out.append("the fingerprints differ but every op matches: the returned values differ")
     out.extend(body_lines(diff, context=context, max_ops=max_ops, max_changed=max_changed))
     return "\n".join(out) + "\n"
