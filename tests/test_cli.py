@@ -566,6 +566,13 @@ def test_run_is_python_for_paths_errors_and_a_scripts_own_recorder(tmp_path):
     assert "torchtrace/" not in res.stderr.split("torchtrace: recorded")[0]  # (the summary names the store)
     assert "runpy" not in res.stderr
 
+    (pkg / "__main__.py").write_text("import sys\nprint(sys.argv, sys.path[0] == __file__.rsplit('/', 1)[0])\n")
+    for typed in ("app", str(pkg)):  # (sys.argv[0] as typed, as python gives it; sys.path[0] the folder)
+        res = subprocess.run([EXE, "run", "--out", "o4", typed, "x"], capture_output=True, text=True, cwd=tmp_path,
+                             timeout=120)
+        plain = subprocess.run([sys.executable, typed, "x"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert res.returncode == 0 and res.stdout == plain.stdout == f"[{typed!r}, 'x'] True\n", res.stderr
+
     (tmp_path / "bad.py").write_text("x = 1\ndef f(:\n")
     res = subprocess.run([EXE, "run", "--out", "o3", "bad.py"], capture_output=True, text=True, cwd=tmp_path,
                          timeout=120)
@@ -603,6 +610,29 @@ def test_an_older_runs_log_never_lands_beside_the_previous_store(tmp_path):
     assert not (out / "trace.prev.db-wal").exists() and not (out / "trace.prev.db-shm").exists()
     assert sorted(f.name for f in out.iterdir() if not f.name.startswith("trace.db")) == [
         ".torchtrace.lock", "trace.prev.db"]
+
+
+def test_a_run_killed_before_its_first_pass_does_not_push_the_last_good_trace_out(tmp_path):
+    """SIGKILL before the first pass leaves an empty trace.db and the good one
+    as trace.prev.db (the run never settled); the next run moved the empty
+    store onto trace.prev.db, and the good trace was gone."""
+    from torchtrace import outdir
+
+    out = tmp_path / "o"
+    with _store_in(out) as path:
+        _one_pass(path)
+    (out / "variant-0.txt").write_text("good")
+    good = (out / "trace.db").read_bytes()
+    outdir._aside(out)  # what the killed run did before it died ...
+    Store(out / "trace.db").close()  # ... and its store, made, with no pass
+    (out / "variant-0.txt").write_text("")
+    with _store_in(out) as path:  # the next run
+        _one_pass(path)
+        _one_pass(path)
+    assert (out / "trace.prev.db").read_bytes() == good
+    assert (out / "prev-variant-0.txt").read_text() == "good"
+    with Store(out / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 2
 
 
 def _one_pass(path: Path) -> None:

@@ -1219,6 +1219,7 @@ def test_a_store_cut_short_is_said_to_be_damaged(tmp_path):
     ("UPDATE passes SET witnesses = json_set(witnesses, '$.meta.grad_mode', 'bogus')", "per-pass meta"),
     ("UPDATE passes SET witnesses = json_set(witnesses, '$.graph', 'elsewhere')", "no graph row for the pass"),
     ("UPDATE passes SET idx = 'abc'", "rank or index is no integer"),  # was a TypeError from `max()` (CLI: a traceback)
+    ("UPDATE graphs SET ir = X'00112233'", "the pass's graph: not valid JSON"),  # was "pass a .json file"
 ])
 def test_a_store_other_clients_rewrote_is_said_to_be_damaged(tmp_path, edit, found):
     """The pass rows are read into the graph's meta: unchecked, `export` wrote a

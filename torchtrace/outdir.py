@@ -58,7 +58,7 @@ def store_in(out: Path) -> Iterator[Path]:
 def _aside(out: Path) -> List[Tuple[Path, Path]]:
     """Move the previous run's store and drawings to their ``prev`` names, and
     the ones there (the run before it) to hidden names; returns the moves made."""
-    _drop_older(out)  # (a run killed before it settled)
+    _after_a_kill(out)
     if not (out / RUN_STORE).exists():
         return []
     moves: List[Tuple[Path, Path]] = []
@@ -91,6 +91,41 @@ def _settle(out: Path, moves: List[Tuple[Path, Path]]) -> None:
         Path(f"{out / RUN_STORE}{s}").unlink(missing_ok=True)
     for src, dst in reversed(moves):
         os.replace(dst, src)
+
+
+def _after_a_kill(out: Path) -> None:
+    """Settle what a run killed before it settled left: its store holds no pass
+    (killed before the first) -- put the previous run's files back, as
+    ``_settle`` would have, so the next run does not push the last good trace
+    out for it --, or some -- keep it, and drop the files it hid."""
+    store = out / RUN_STORE
+    if not (store.exists() and _no_pass(store)):
+        _drop_older(out)
+        return
+    for s in _SUFFIXES:
+        Path(f"{store}{s}").unlink(missing_ok=True)
+    for s in _SUFFIXES:
+        if (out / f"{PREV_STORE}{s}").exists():
+            os.replace(out / f"{PREV_STORE}{s}", out / f"{RUN_STORE}{s}")
+    for f in out.glob("prev-variant-*"):
+        if f.is_file() and _RENDER.fullmatch(f.name[len("prev-"):]):
+            os.replace(f, out / f.name[len("prev-"):])
+    for f in out.glob(f"{_OLD}*"):
+        if f.is_file() and _previous(f.name[len(_OLD):]):
+            os.replace(f, out / f.name[len(_OLD):])
+
+
+def _no_pass(path: Path) -> bool:
+    """Is ``path`` a store that holds no pass (an empty file, no passes table, or no row in it)?"""
+    try:
+        db = sqlite3.connect(path)
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            return "passes" not in tables or db.execute("SELECT 1 FROM passes LIMIT 1").fetchone() is None
+        finally:
+            db.close()
+    except sqlite3.Error:  # (not a store we can read: not ours to drop)
+        return False
 
 
 def _drop_older(out: Path) -> None:

@@ -111,9 +111,12 @@ def execute(path: Path, module: Optional[str]) -> None:
     archive = module is None and (not path.is_file() or zipfile.is_zipfile(name))  # (run_path puts it first)
     if not safe:
         sys.path[0:1] = [os.getcwd()] if module is not None else [] if archive else [str(path.resolve().parent)]
-    if archive or (module is None and _compiled(name)):
-        runpy.run_path(name, run_name="__main__")  # (a folder or zip with __main__.py, a .pyc: as python runs them)
+    if module is None and not archive and _compiled(name):
+        runpy.run_path(name, run_name="__main__")  # (a .pyc: as python runs it)
         return
+    if archive:  # (a folder or zip: its __main__ module, from it, as python runs it: sys.argv[0] as typed)
+        sys.path.insert(0, name)
+        module = "__main__"
     launcher = sys.modules.get("__main__")
     main = _new_main(launcher)
     sys.modules["__main__"] = main

@@ -297,7 +297,10 @@ class Store:
         if not (isinstance(step, (int, type(None))) and all(isinstance(x, (str, type(None)))
                                                              for x in (label, started, error))):
             raise self._damaged("a pass row whose step, label, time or error has another type", f"{self.path}:{idx}")
-        g = decode(blob, f"{self.path}:{idx}")
+        try:
+            g = decode(blob, f"{self.path}:{idx}")
+        except IRError as e:  # (bytes another client wrote: the store is damaged, it is no file of the user's)
+            raise self._damaged(f"the pass's graph: {e.problem}; {e.found}", e.where) from None
         with self._reading(ValueError, TypeError, KeyError, AttributeError):
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
             last = own.pop("last", False) is True
