@@ -180,6 +180,15 @@ def test_parameters_drawn_for_a_fold_are_named_for_every_block_it_stands_for():
         head = "layers" if model is enc else "norms"
         assert params == sorted(f"{head}.0…2.{n}" for n, _ in block[0].named_parameters()), params
 
+    stack = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(4)])  # an optimizer's loop over parameters
+    opt = torch.optim.AdamW(stack.parameters(), lr=1e-3, foreach=False)
+    with torchtrace.trace(stack) as t:
+        stack(torch.randn(2, 8)).sum().backward()
+        opt.step()
+    view = build_view(t.graph, phase="optimizer")
+    assert [c.repeat for c in view.clusters if c.kind == "loop"] == [4, 4], view.clusters
+    assert sorted(b.title for b in view.boxes if b.kind == "param") == ["0…3.bias", "0…3.weight"]
+
 
 # -- depth ---------------------------------------------------------------------------------------
 def test_depth_zero_is_one_box(viz_graph):

@@ -33,7 +33,7 @@ class Assembler:
         self.runs_of: Dict[str, Dict[int, int]] = {}  # node id -> {fold number: piece index}
         self.folds: List[str] = []
         self.rep_names: Dict[str, List[str]] = {}  # group key -> names of the calls a loop fold drew as it
-        self.folded: Dict[str, List[str]] = {}  # path of a module call a fold drew -> paths of all it stands for
+        self.param_names: Dict[str, List[str]] = {}  # a parameter drawn for a fold -> names of all it stands for
         self.collapsed = 0
         self.raised = self.g.raised()
         self.chunked = 0
@@ -90,11 +90,11 @@ class Assembler:
                 self.runs_of.setdefault(n.id, {})[fold_no] = k
                 if k:
                     self.alias[n.id] = n0.id
+                    self._stands_for(n0, n)
         first = pieces[0][0]
         note = L.args_differ([[n for it in piece for n in item_nodes(it)] for piece in pieces])
         if r.period == 1 and isinstance(first, Group):
             names = [L.relative_path(p[0].path, parent.path) for p in pieces]  # type: ignore[union-attr]
-            self.folded[first.path] = [p[0].path for p in pieces]  # type: ignore[union-attr]
             self.folds.append(f"{L.range_name(names)} {first.type} × {r.reps}" + (f" ({note})" if note else ""))
             self._group(first, cluster, parent, r.reps, names, note)
         elif r.period == 1:
@@ -108,7 +108,6 @@ class Assembler:
                     names = [L.relative_path(p[j].path, parent.path) for p in pieces]  # type: ignore[union-attr]
                     if len(set(names)) > 1:
                         self.rep_names[it.key] = names
-                        self.folded[it.path] = [p[j].path for p in pieces]  # type: ignore[union-attr]
             cid = base = f"loop.{rep_nodes[0].id}"
             k = 1
             while cid in self.cluster_parent:  # a loop nested in one whose body starts with it: the same op
@@ -120,6 +119,14 @@ class Assembler:
                                   tooltip=f"{r.reps} iterations of {len(rep_nodes)} ops; one is drawn",
                                   order=self._order(rep_nodes[0]), note=note))
             self._items(pieces[0], self.folder.runs(pieces[0]), cid, parent)
+
+    def _stands_for(self, n0: Node, n: Node) -> None:
+        """Folded op ``n`` is drawn as ``n0``: the parameters it reads are named
+        with those ``n0`` reads (an optimizer's loop over parameters: `0…3.weight`)."""
+        for v0, v in zip(n0.inputs, n.inputs):
+            val = self.g.value(v)
+            if v != v0 and val.role in ("param", "buffer") and val.name:
+                self.param_names.setdefault(v0, [self.g.value(v0).name or ""]).append(val.name)
 
     def _cluster(self, c: Cluster) -> None:
         self.clusters.append(c)
@@ -269,20 +276,12 @@ class Assembler:
         else:
             cluster = self._common_cluster(clusters)
             base = self._cluster_path(cluster)
-            title = L.relative_path(self._folded_name(val.name, base), base) if val.name else val.role
+            inside = bool(base and val.name and val.name.startswith(base + "."))  # (its frame names the fold)
+            name = L.range_name(list(dict.fromkeys(self.param_names[vid]))) if vid in self.param_names and not inside \
+                else val.name
+            title = L.relative_path(name, base) if name else val.role
         return Box("v:" + vid, kind, title, (type_str(val),), cluster, "forward",
                    tooltip=f"{val.role} {vid}: {type_str(val)}" + (f" {val.name}" if val.name else ""), order=order)
-
-    def _folded_name(self, name: str, base: Optional[str]) -> str:
-        """A parameter's name with the folds it is drawn for outside of, in the
-        cluster of ``base``: ``layers.0.norm.weight`` of a one-op call folded
-        with layers 1 and 2 is ``layers.0…2.norm.weight``."""
-        inside = "" if base is None else base + "."
-        for path in sorted(self.folded, key=len, reverse=True):  # (inner folds first)
-            paths = self.folded[path]
-            if name.startswith(path + ".") and len(set(paths)) > 1 and not inside.startswith(path + "."):
-                name = L.range_name(paths) + name[len(path):]
-        return name
 
     def _cluster_path(self, cid: Optional[str]) -> Optional[str]:
         while cid is not None and cid.startswith("loop."):

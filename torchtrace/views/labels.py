@@ -60,6 +60,14 @@ def range_name(names: Sequence[str]) -> str:
         return ""
     if len(set(names)) == 1:
         return names[0]
+    dotted = [n.split(".") for n in names]  # (one dotted part that counts: `0.weight`..`3.weight` -> `0…3.weight`)
+    if len({len(d) for d in dotted}) == 1:
+        cols = [k for k in range(len(dotted[0])) if len({d[k] for d in dotted}) > 1]
+        if len(cols) == 1 and all(d[cols[0]].isdigit() for d in dotted) and cols[0] < len(dotted[0]) - 1:
+            idx = [int(d[cols[0]]) for d in dotted]
+            step = 1 if idx[1] > idx[0] else -1
+            if idx == list(range(idx[0], idx[0] + step * len(idx), step)):
+                return ".".join([*dotted[0][:cols[0]], f"{idx[0]}…{idx[-1]}", *dotted[0][cols[0] + 1:]])
     parts = [_INDEXED.match(n) for n in names]
     if all(parts) and len({m.group(1) for m in parts}) == 1:  # type: ignore[union-attr]
         idx = [int(m.group(2)) for m in parts]  # type: ignore[union-attr]
