@@ -465,3 +465,18 @@ def test_looking_for_loops_in_a_long_flat_phase_is_bounded():
     prep.assemble(0)
     assert prep.folder.work <= WORK_MAX + MAX_PERIOD * 8 < 1_000_000  # (unbounded: 2.4 million)
     assert build_view(t.graph, phase="optimizer").boxes and torchtrace.render(t.graph, "text", phase="optimizer")
+
+
+def test_a_box_budget_too_small_for_depth_one_draws_the_model_as_one_box(viz_graph):
+    """A budget depth 1 cannot meet even in chunks (DistilBERT, `max_boxes=5`: 13
+    boxes) drew depth 1 and said it stayed within it; depth 0 draws fewer."""
+    g = viz_graph("bert")
+    whole = build_view(g, depth=0)
+    for budget, met in ((len(whole.boxes), True), (len(whole.boxes) - 1, False)):
+        view = build_view(g, max_boxes=budget)
+        assert view.options["depth"] == 0 and len(view.boxes) == len(whole.boxes)
+        note = f"max_boxes={budget} cannot be met: {len(whole.boxes)} boxes is the fewest this view draws"
+        assert (note in view.notes) is not met and not any("to stay within" in n for n in view.notes)
+    roomy = build_view(g, max_boxes=len(whole.boxes) + 40)
+    assert roomy.options["depth"] >= 1 and len(roomy.boxes) <= len(whole.boxes) + 40
+    assert not any("cannot be met" in n for n in roomy.notes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from ..ir import Graph
-from ..textform import cut_off_note, unrecorded_note
+from ..textform import cut_off_note, plural, unrecorded_note
 from .build import Assembler
 from .fold import Folder
 from .groups import Group, build_groups, iter_groups
@@ -78,6 +78,9 @@ def _choose(prep: Prepared) -> tuple:
                 asm = chunked
                 break
             limit //= 2
+        if _size(asm) > o.max_boxes and asm.depth > 0:  # (the whole model as one box, if that draws fewer)
+            whole = prep.assemble(0)
+            asm = whole if _size(whole) < _size(asm) else asm
     return asm, auto
 
 
@@ -102,10 +105,12 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
         notes.append(f"{len(sel.hidden)} ops tagged {', '.join(o.hide)} hidden")
     if asm.collapsed:
         how = f" (auto, max_boxes={o.max_boxes})" if auto else ""  # (a Mermaid fit's depth is not the user's)
-        notes.append(f"depth {asm.depth}{how}: {asm.collapsed} module calls collapsed into boxes")
+        notes.append(f"depth {asm.depth}{how}: {plural(asm.collapsed, 'module call')} collapsed into boxes")
     notes.extend(f"folded {f}" for f in asm.folds)
     if asm.chunked:
         notes.append(f"{asm.chunked} ops grouped into chunk boxes to stay within max_boxes={o.max_boxes}")
+    if auto and o.max_boxes is not None and _size(asm) > o.max_boxes:
+        notes.append(f"max_boxes={o.max_boxes} cannot be met: {_size(asm)} boxes is the fewest this view draws")
     resolved = {**as_dict(o), "depth": asm.depth, "phase": sel.phase}
     stats = {"ops": len(prep.graph.nodes), "shown": len(sel.nodes), "hidden": len(sel.hidden),
              "boxes": len(boxes), "edges": len(edges), "clusters": len(asm.clusters), "folds": len(asm.folds),
