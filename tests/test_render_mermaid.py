@@ -66,7 +66,7 @@ def test_every_diagram_is_within_mermaid_limits(diagrams, parsed):
         assert r["textSize"] <= MAX_CHARS and text_size(text) == r["textSize"], name
 
 
-def test_diagrams_that_had_to_shrink_say_so(diagrams, parsed):
+def test_diagrams_that_had_to_shrink_say_so(diagrams, parsed, viz_graph):
     deep = diagrams["gpt2_48/deep"]
     assert "%% collapsed to fit Mermaid limits (500 edges, 50000 chars):" in deep
     flat = diagrams["flat_3000/max_boxes=None"]
@@ -75,6 +75,9 @@ def test_diagrams_that_had_to_shrink_say_so(diagrams, parsed):
     tight = diagrams["tight_limits"]
     assert "edge labels dropped" in tight and parsed["mermaid"]["tight_limits"]["model"]["edges"] <= 20
     assert "graph too large for Mermaid" in diagrams["placeholder"]
+    shown = sum(1 for n in viz_graph("gpt2_2").nodes if n.phase == "forward" and "autograd_internal" not in n.tags)
+    assert f"{shown} ops in this view" in diagrams["placeholder"]  # (all of it: the fix was cut off)
+    assert "render fmt=#39;svg#39; instead" in diagrams["placeholder"], diagrams["placeholder"]
     assert "collapsed to fit" not in diagrams["gpt2_12/default"]
 
 

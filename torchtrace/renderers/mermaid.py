@@ -115,7 +115,7 @@ def fit(graph: Graph, options: ViewOptions, *, direction: str = "TB", edge_label
         text = flowchart(view, direction=direction, edge_labels=labels, comments=head)
         if len(view.edges) <= max_edges and text_size(text) <= max_chars:
             return text
-    return _placeholder(graph, max_edges, max_chars)
+    return _placeholder(view.stats["shown"], max_edges, max_chars)
 
 
 Attempt = Tuple[str, str, ViewOptions, bool]
@@ -154,11 +154,10 @@ def _header(view: View, changes: List[str], max_edges: int, max_chars: int) -> T
     return tuple(head)
 
 
-def _placeholder(graph: Graph, max_edges: int, max_chars: int) -> str:
-    """Last resort (a pathological graph): one box that says why."""
-    msg = f"graph too large for Mermaid: {len(graph.nodes)} ops; render fmt='svg' instead"
-    return flowchart(View((Box("x", "chunk", msg),), (), ()),
-                     comments=(f"no view fits {max_edges} edges / {max_chars} chars",))
+def _placeholder(shown: int, max_edges: int, max_chars: int) -> str:
+    """Last resort (a pathological graph): one box that says why (in lines: a title is cut short)."""
+    box = Box("x", "chunk", "graph too large for Mermaid", (f"{shown} ops in this view", "render fmt='svg' instead"))
+    return flowchart(View((box,), (), ()), comments=(f"no view fits {max_edges} edges / {max_chars} chars",))
 
 
 def render_mermaid(graph: Graph, options: ViewOptions, *, markdown: bool = False, direction: str = "TB",
