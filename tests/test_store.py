@@ -228,6 +228,35 @@ def test_sampling_every_and_max_passes(tmp_path):
     assert not nn_module._global_forward_pre_hooks and not nn_module._global_forward_hooks
 
 
+def test_unsampled_calls_of_the_model_take_the_short_way_and_sample_the_same(tmp_path, monkeypatch):
+    """A call of the model that begins a pass not sampled, after one not sampled
+    either, skips the boundary's bookkeeping (~15 µs of a 0.5 ms step, 5 % in
+    all): only the calls that begin or end a sampled pass go the full way, and
+    the passes sampled are the same. (A second model called in between, and
+    step(), take the full way.)"""
+    from torchtrace.record.recorder import Recorder
+
+    full: list = []
+    orig = Recorder._on_root
+    monkeypatch.setattr(Recorder, "_on_root", lambda self, module, *a: (full.append(module), orig(self, module, *a))[1])
+    m, ema = nn.Linear(2, 2), nn.Linear(2, 2)
+    with Recorder(tmp_path / "t.db", every=4) as rec:
+        for i in range(12):
+            m(torch.ones(1, 2)).sum().backward()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        assert [p.label for p in store.passes()] == ["m (Linear) 0", "m (Linear) 4", "m (Linear) 8"]
+    assert len(full) == 6  # calls 0, 1, 4, 5, 8, 9
+    with Recorder(tmp_path / "s.db", every=3) as rec:
+        for i in range(9):
+            rec.step(i)
+            m(torch.ones(1, 2)).sum().backward()
+            if i % 2:
+                ema(torch.ones(1, 2))
+    with Store(tmp_path / "s.db", readonly=True) as store:
+        assert [(p.step, p.root) for p in store.passes()] == [(0, "Linear"), (3, "Linear"), (3, "Linear"),
+                                                               (6, "Linear")]
+
+
 @pytest.mark.parametrize("sampling", [dict(every=2), dict(every=3), dict(max_passes=1)])
 def test_a_pass_boundary_inside_inference_mode_leaves_the_dispatch_keys_in_step(tmp_path, sampling):
     """An evaluation under ``torch.inference_mode()`` whose model call turns the

@@ -9,7 +9,7 @@ import sys
 import threading
 import types
 import weakref
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
@@ -34,6 +34,7 @@ class Watcher:
 
     capture: Any
     _sampled: bool
+    _unsampled_again: Callable[[torch.nn.Module], bool]
     _roots: Dict[int, Tuple[Any, bool, Any]]
 
     def _init_watcher(self) -> None:
@@ -130,6 +131,8 @@ class Watcher:
     def _root_pre(self, module: torch.nn.Module, args: Any, frame: Any = None) -> None:
         cap = self.capture
         if cap is None or threading.get_ident() != cap.tid:
+            return None
+        if not self._sampled and self._unsampled_again(module):  # (the common case: recorder.py)
             return None
         scope = cap.scope
         scope.depth = 0
