@@ -538,3 +538,25 @@ def test_straight_line_code_that_calls_modules_again_is_not_split_into_two_loops
         graphs.append(t.graph)
     [why] = torchtrace.diff(*graphs).why()
     assert why.startswith("no tensor read differs before it: decided by Python state"), why
+
+
+def bounded_by_a_read(h: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    k = 0
+    while k < n.item():  # LINE:bound_read
+        h = torch.sin(h) * 2
+        k += 1
+    return h
+
+
+def test_a_while_that_reads_its_bound_each_time_is_named_by_its_header():
+    """`while k < n.item():` reads 3 (or 5) every time: no read ends it, so it was
+    "the block at" the body's line, its read counted in the block's ops."""
+    x, graphs = torch.randn(2, 4), []
+    for n in (3, 5):
+        with torchtrace.trace() as t:
+            bounded_by_a_read(x, torch.tensor(n))
+        graphs.append(t.graph)
+    [why] = torchtrace.diff(*graphs).why()
+    at = f"`test_diff_loops.py:{line_of('bound_read')}`"
+    assert why.startswith(f"{at} read 3 in A, 5 in B; `while` at {at} ran 3\u00d7 in A, 5\u00d7 in B "
+                          "\u2192 6 ops only in B"), why

@@ -57,6 +57,8 @@ class LoopChange:
                 f"the loop at {where(self.file, self.line)}{called_from}"
         elif self.calls is not None:  # (its first op's line is inside the module: the loop calls it)
             head = f"`{self.calls[0]}` ({self.calls[1]}, {plural(self.period, 'op')})"
+        elif self.keyword is not None:  # (a `while` that reads its bound each time it tests it)
+            head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}"
         else:
             head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
         run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
@@ -208,6 +210,11 @@ class LoopFinder:
         if self._total(X, scope, unit) == self._total(Y, scope, unit):
             return None, k0  # as many copies in all, in another order (recursion): no loop ran more times
         src = X.nodes[xs[0]].source
+        keyword = None
+        for n in X.nodes[xs[0]:xs[0] + unit_len]:  # (`while k < n.item():` reads its count each time: its header)
+            if n.witness is not None and n.source is not None and _keyword(n.source.file, n.source.line) == "while":
+                src, keyword = n.source, "while"
+                break
         calls = one_call(X, scope, xs[0], unit_len)
         if calls is not None:  # (the list's first blocks may differ from the rest: T5's first holds the bias)
             nx, ny = _list_calls(X, scope), _list_calls(Y, scope, X)
@@ -216,7 +223,7 @@ class LoopFinder:
         reached = self.next_a if X is self.A else self.next_b
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
         return LoopChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                          a, b, "repeat", unit_len, calls=calls), start
+                          a, b, "repeat", unit_len, keyword, calls=calls), start
 
     def by_runs(self, k0: int, k1: int) -> Optional[LoopChange]:
         """The loop whose k-th run (of the runs its statement made in the pass:
