@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .align import Pair
-from .side import Loop, Side, Sig, call_scope, calls_under, one_call
+from .blockcalls import call_scope, calls_under, list_calls, one_call
+from .side import Loop, Side, Sig
 from .sourceloops import can_leave, exits_loop, in_loop
 from .textform import ordinal, plural, where
 
@@ -217,7 +218,7 @@ class LoopFinder:
                 break
         calls = one_call(X, scope, xs[0], unit_len)
         if calls is not None:  # (the list's first blocks may differ from the rest: T5's first holds the bias)
-            nx, ny = _list_calls(X, scope), _list_calls(Y, scope, X)
+            nx, ny = list_calls(X, scope), list_calls(Y, scope, X)
             cx, cy = (nx, ny) if nx - ny == cx - cy else (cx, cy)
         a, b = (cx, cy) if X is self.A else (cy, cx)
         reached = self.next_a if X is self.A else self.next_b
@@ -293,21 +294,6 @@ class LoopFinder:
                     t += 1
             self._cache[key] = count
         return self._cache[key]
-
-
-def _list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Side] = None) -> int:
-    """How many blocks of the list whose block is the call ``scope`` on ``other``
-    (default ``side``) ``side``'s call of their parent made: the calls with the
-    same parent and type, of the same module or a path that differs in its
-    last index only (``encoder.block.0..2``)."""
-    g = (other or side).graph
-    m = next(m for m in g.modules if (m.path, m.call) == scope)
-    parent = g.module(m.parent) if m.parent is not None else None
-    where_ = (parent.path, parent.call) if parent is not None else None
-    head = m.path.rpartition(".")[0]
-    ids = {p.id for p in side.graph.modules if (p.path, p.call) == where_}
-    return sum(1 for c in side.graph.modules if c.type == m.type and (c.parent in ids if where_ else c.parent is None)
-               and (c.path == m.path or c.path.rpartition(".")[0] == head and c.path.rpartition(".")[2].isdigit()))
 
 
 def _one_statement(side: Side, i: int) -> bool:

@@ -1,0 +1,76 @@
+"""The module call a block of ops is: the innermost call around some ops, the
+call that is a block exactly (a ModuleList's block: ``encoder.layer.*``), and
+how many blocks of its list a call of their parent ran. ``loops.py`` names a
+repeated block by them."""
+from __future__ import annotations
+
+import re
+from typing import Iterable, List, Optional, Set, Tuple
+
+from .side import Side
+
+
+def call_scope(side: Side, ops: Iterable[int]) -> Optional[Tuple[str, int]]:
+    """(path, call) of the innermost module call around all of ``ops``."""
+    g = side.graph
+    common: Optional[List[str]] = None
+    for i in ops:
+        chain: List[str] = []
+        mid = side.nodes[i].module
+        while mid is not None:
+            chain.append(mid)
+            mid = g.module(mid).parent
+        chain.reverse()
+        if common is None:
+            common = chain
+        else:
+            k = 0
+            while k < min(len(common), len(chain)) and common[k] == chain[k]:
+                k += 1
+            common = common[:k]
+    if not common:
+        return None
+    m = g.module(common[-1])
+    return m.path, m.call
+
+
+def one_call(side: Side, scope: Optional[Tuple[str, int]], first: int, n: int) -> Optional[Tuple[str, str]]:
+    """(path, type) of the module call that is the block ``first``..``first + n``
+    exactly (no op of it before or after), its path's last index as ``*``
+    (``encoder.layer.*``: a ModuleList's blocks); None when there is none."""
+    inside = calls_under(side, scope)
+    if not inside or not scope or not scope[0]:  # (the root's own ops: no call to name)
+        return None
+    if any(0 <= i < len(side.nodes) and side.nodes[i].module in inside for i in (first - 1, first + n)):
+        return None
+    m = next(m for m in side.graph.modules if (m.path, m.call) == scope)
+    head = re.sub(r"\.\d+$", ".*", m.path)  # (a module called again keeps its own path)
+    return (head if any(c.path != m.path and re.sub(r"\.\d+$", ".*", c.path) == head and c.parent == m.parent
+                        for c in side.graph.modules) else m.path), m.type
+
+
+def calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[str]]:
+    """The ids of the module call ``scope`` and the calls inside it (``None``:
+    no scope; empty: no such call on this side)."""
+    if scope is None:
+        return None
+    out: Set[str] = set()
+    for m in side.graph.modules:  # (parents come before their children)
+        if (m.path, m.call) == scope or m.parent in out:
+            out.add(m.id)
+    return out
+
+
+def list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Side] = None) -> int:
+    """How many blocks of the list whose block is the call ``scope`` on ``other``
+    (default ``side``) ``side``'s call of their parent made: the calls with the
+    same parent and type, of the same module or a path that differs in its
+    last index only (``encoder.block.0..2``)."""
+    g = (other or side).graph
+    m = next(m for m in g.modules if (m.path, m.call) == scope)
+    parent = g.module(m.parent) if m.parent is not None else None
+    where_ = (parent.path, parent.call) if parent is not None else None
+    head = m.path.rpartition(".")[0]
+    ids = {p.id for p in side.graph.modules if (p.path, p.call) == where_}
+    return sum(1 for c in side.graph.modules if c.type == m.type and (c.parent in ids if where_ else c.parent is None)
+               and (c.path == m.path or c.path.rpartition(".")[0] == head and c.path.rpartition(".")[2].isdigit()))
