@@ -952,6 +952,10 @@ def test_a_longer_list_of_inputs_is_not_one_tensor_passed_twice():
     rewired = [r for h in d.changed_hunks for r in h.rewires]
     assert ("_local_scalar_dense", ("flags[2]",), ("flags[3]",)) in [(r.op, r.a, r.b) for r in rewired]
     assert all(r.shared is None for r in rewired) and "passed one tensor as both" not in str(d)
+    same = torch.tensor(0)  # (a list that holds one tensor twice: said, from the pass's own record)
+    a, b = (record(m, x, flags) for flags in ([same, same, same], [same, torch.tensor(0), same]))
+    assert a.meta["input_aliases"] == {"flags[1]": "flags[0]", "flags[2]": "flags[0]"}
+    assert {r.shared for h in torchtrace.diff(a, b).changed_hunks for r in h.rewires} == {"A"}
 
 
 def test_a_witness_that_read_other_data_without_effect_keeps_the_diff_empty():

@@ -127,69 +127,6 @@ class InputChange:
         return {"name": self.name, "a": self.a, "b": self.b, "role": self.role, "count": self.count}
 
 
-@dataclass(frozen=True)
-class Rewire:
-    """An aligned op that reads other named inputs of the traced call:
-    ``a`` in A, ``b`` in B (the names at the positions that differ).
-    ``shared``: the side that passed one tensor for two arguments (``m(x, x)``:
-    it has no input named as the other side's, which has both names)."""
-
-    op: str
-    a: Tuple[str, ...]
-    b: Tuple[str, ...]
-    shared: Optional[str] = None
-
-    def describe(self) -> str:
-        reads = f"`{self.op}` reads {_names(self.a)} in A, {_names(self.b)} in B"
-        if self.shared is None:
-            return reads
-        one, two = (self.a[0], self.b[0]) if self.shared == "A" else (self.b[0], self.a[0])
-        return f"{self.shared} passed one tensor as both `{one}` and `{two}`, " \
-               f"{'B' if self.shared == 'A' else 'A'} passed two: {reads}"
-
-    def mirror(self) -> "Rewire":
-        return replace(self, a=self.b, b=self.a, shared={"A": "B", "B": "A"}.get(self.shared or ""))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"op": self.op, "a": list(self.a), "b": list(self.b), "shared": self.shared}
-
-
-def _names(names: Tuple[str, ...]) -> str:
-    return ", ".join(f"`{n}`" for n in names)
-
-
-def rewires(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[Rewire, ...]:
-    """The rewired ops of ``rows`` that read other named inputs of the traced call."""
-    na, nb = _input_names(A.graph), _input_names(B.graph)
-    out = []
-    for p in rows:
-        if p.a is None or p.b is None or "wiring" not in p.what:
-            continue
-        xs = [(A.graph.value(x), B.graph.value(y)) for x, y in zip(p.a.inputs, p.b.inputs)]
-        diff = [(va.name, vb.name) for va, vb in xs if va.role == vb.role == "input" and va.name != vb.name]
-        if not diff or not all(a and b for a, b in diff):
-            continue
-        a, b = tuple(x for x, _ in diff), tuple(y for _, y in diff)
-        shared = None
-        if len(diff) == 1 and (_container(a[0]) is None or _container(a[0]) != _container(b[0])):
-            # (one side's names all the other's: no other inputs, the same tensor twice; not two items of one
-            # list, `flags[2]` against `flags[3]`: a longer list)
-            shared = "A" if b[0] not in na and a[0] in nb and na <= nb else \
-                "B" if a[0] not in nb and b[0] in na and nb <= na else None
-        out.append(Rewire(p.a.short_op, a, b, shared))
-    return tuple(out)
-
-
-def _container(name: str) -> Optional[str]:
-    """``flags`` for an input named ``flags[2]`` or ``batch.ids[0]`` -> ``batch.ids``; None for a plain name."""
-    head, bracket, _ = name.rpartition("[")
-    return head if bracket else None
-
-
-def _input_names(g: "Graph") -> set:
-    return {v.name for v in g.values if v.role == "input" and v.name}
-
-
 def _arg_str(v: Any) -> str:
     return repr(v) if v is ABSENT else json.dumps(v, ensure_ascii=False)
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from .align import align
 from .side import Side, one_call_site
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
-                       classify, input_changes, moved, producers, reshaped, rewires, run_key, significant)
+                       classify, input_changes, moved, producers, reshaped, run_key, significant)
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
@@ -34,6 +34,7 @@ from .sided import (accumulated, casts, differing_grad_modes, ended_before, fed_
 from .ir import Graph
 from .loops import runs_said
 from .returned import returned_change
+from .rewires import rewires
 from .textform import listed
 from .typechange import TypeChange, changed_what, type_changes, value_pairs
 
@@ -300,7 +301,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
         # the same ops in the same modules, from other source lines (the code was edited): pair them
         pairs: List[Row] = [(k, k) for k in range(len(A.sigs))]
     else:
-        pairs = align(A.sigs, B.sigs, A.wkeys, B.wkeys, tuple(zip(A.weaker, B.weaker)), (A.looped, B.looped))
+        pairs = align(A.align_sigs, B.align_sigs, A.wkeys, B.wkeys, tuple(zip(A.weaker, B.weaker)),
+                      (A.looped, B.looped), {*A.run_ends.values(), *B.run_ends.values()})
     made = (producers(A, pairs, 0), producers(B, pairs, 1))
     ops = a_first([classify(A, B, pairs[e], made) for e in range(len(pairs))])
     causes = Causes(A, B, pairs)

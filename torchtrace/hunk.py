@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .side import Side
-from .classify import ArgChange, InputChange, OpPair, Rewire
+from .classify import ArgChange, InputChange, OpPair
+from .rewires import Rewire
 from .explain import ARROW, LoopChange, WitnessChange, plural, where
 from .textform import dtype_short
 from .ir import Graph, Node

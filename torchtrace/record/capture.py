@@ -129,6 +129,7 @@ class Capture:
             self.open_annotations = open_annotations(self.mode.events, self.open_annotations)
         self.mode.reset()
         self.input_names.clear()  # (a tensor is named by the root call it is passed to in this pass)
+        self.input_aliases: Dict[str, str] = {}  # an input's other name -> its name (one tensor passed twice)
         self.scope.new_pass()
         self.autograd.close()
         self.autograd.reset()
@@ -162,7 +163,7 @@ class Capture:
         return {"torch": torch.__version__, "torchtrace": __version__, "python": platform.python_version(),
                 "created": self.created, "label": None, "step": None, "rank": rank, "world_size": world,
                 "grad_mode": self.pass_grad_mode, "compiled_regions_ran_eager": self.compiled,
-                "truncated": self.truncated, "skip": list(self.skip),
+                "truncated": self.truncated, "skip": list(self.skip), "input_aliases": dict(self.input_aliases),
                 **self.fault_meta()}
 
     def saw_compiled(self, module: torch.nn.Module, at_top: bool = False) -> None:
@@ -274,6 +275,8 @@ class Capture:
             e = self.input_names.get(id(t))
             if e is None or e[0]() is not t:  # new, or an entry left by a dead tensor with this id
                 self.input_names[id(t)] = (weakref.ref(t), path)
+            elif e[1] != path:  # (`m(x, x)`: the diff says so)
+                self.input_aliases.setdefault(path, e[1])
             vid = mode.vid_of(t)
             if vid is not None:  # read before the call (`m(ids, labels=ids.clone())`): named by the forward
                 rec = mode.vmeta[vid]
