@@ -20,7 +20,7 @@ with the exit read in B), then the latest.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Dict, FrozenSet, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 from .lcs import iterations, lcs
 from .side import CASTS, Side, Sig, is_bookkeeping, one_call_site
@@ -32,15 +32,12 @@ Pair = Tuple[Optional[int], Optional[int]]
 def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
           wa: Sequence[Any] = (), wb: Sequence[Any] = (),
           weaker: Sequence[Tuple[Sequence[Hashable], Sequence[Hashable]]] = (),
-          looped: Tuple[Sequence[bool], Sequence[bool]] = ((), ()),
-          anchors: Collection[Hashable] = ()) -> List[Pair]:
+          looped: Tuple[Sequence[bool], Sequence[bool]] = ((), ())) -> List[Pair]:
     """Align two signature sequences; ``wa``/``wb`` are the witness keys
     (``None`` for ops that read nothing), used to place insertions in loops.
     ``weaker``: pairs of key sequences (A's, B's), weakest last, that pair the
     ops still left unpaired between two aligned ones (``refine``). ``looped``:
     per op, is its line inside a ``for``/``while`` (A's, B's; see ``_two_loops``).
-    ``anchors``: signatures whose k-th op in A is the k-th in B where both have
-    as many (a ``while``'s exits: ``Side.run_ends``; ``lcs.iterations``).
 
     Returns ``(i, j)`` pairs in merged order: ``(i, None)`` only in A,
     ``(None, j)`` only in B, ``(i, j)`` aligned.
@@ -52,8 +49,7 @@ def align(sa: Sequence[Hashable], sb: Sequence[Hashable],
     cb = [order[s] for s in sb]
     flip = not ca <= cb
     la, lb = looped
-    strong = frozenset(order[s] for s in anchors if s in order)
-    pairs = _align(cb, ca, wb, wa, lb, la, strong) if flip else _align(ca, cb, wa, wb, la, lb, strong)
+    pairs = _align(cb, ca, wb, wa, lb, la) if flip else _align(ca, cb, wa, wb, la, lb)
     for ka, kb in weaker:
         refine(pairs, *((kb, ka) if flip else (ka, kb)))
     return [(i, j) for j, i in pairs] if flip else pairs
@@ -118,7 +114,7 @@ def _each_run(pairs: List[Pair], edit: Callable[[List[Pair]], List[Pair]]) -> No
 
 
 def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any], la: Sequence[bool] = (),
-           lb: Sequence[bool] = (), strong: FrozenSet[int] = frozenset()) -> List[Pair]:
+           lb: Sequence[bool] = ()) -> List[Pair]:
     n, m = len(a), len(b)
     pre = 0
     while pre < n and pre < m and a[pre] == b[pre]:
@@ -128,7 +124,7 @@ def _align(a: List[int], b: List[int], wa: List[Any], wb: List[Any], la: Sequenc
         suf += 1
     pairs: List[Pair] = [(k, k) for k in range(pre)]
     ia = jb = pre
-    for i, j in iterations(a, b, pre, suf, strong):
+    for i, j in iterations(a, b, pre, suf):
         i, j = i + pre, j + pre
         pairs.extend((x, None) for x in range(ia, i))
         pairs.extend((None, y) for y in range(jb, j))

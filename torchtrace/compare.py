@@ -301,8 +301,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
         # the same ops in the same modules, from other source lines (the code was edited): pair them
         pairs: List[Row] = [(k, k) for k in range(len(A.sigs))]
     else:
-        pairs = align(A.align_sigs, B.align_sigs, A.wkeys, B.wkeys, tuple(zip(A.weaker, B.weaker)),
-                      (A.looped, B.looped), {*A.run_ends.values(), *B.run_ends.values()})
+        pairs = align(A.sigs, B.sigs, A.wkeys, B.wkeys, tuple(zip(A.weaker, B.weaker)), (A.looped, B.looped))
     made = (producers(A, pairs, 0), producers(B, pairs, 1))
     ops = a_first([classify(A, B, pairs[e], made) for e in range(len(pairs))])
     causes = Causes(A, B, pairs)

@@ -7,14 +7,13 @@ of B (see its docstring). ``align.py`` builds the diff's alignment on them.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import AbstractSet, Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 
 SLACK = 10
 
 
-def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int,
-               strong: AbstractSet[int] = frozenset()) -> List[Tuple[int, int]]:
+def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int) -> List[Tuple[int, int]]:
     """A longest common subsequence of ``a`` and ``b`` between their common
     prefix (``pre`` ops) and suffix (``suf``), as ``(i, j)`` pairs counted
     from the prefix's end: ``lcs``'s, or, among the longest, one that pairs
@@ -33,13 +32,9 @@ def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int,
     before its body), or those that occur fewest times (an outer loop's ops
     before the inner loop's, where the outer one has no op of its own at its
     head): the order that pairs more ops, then the one that leaves fewer gaps
-    with ops of both A and B (``_replaced``), then the first; ``strong`` ops
-    (a ``while``'s exits) anchor before any other in either order. Used unless
-    that loses more than one match in ``SLACK`` (of the whole alignment) against
-    the plain LCS -- and always when it pairs a ``strong`` op the plain one
-    leaves unpaired: the plain LCS then pairs one run of a `while` inside a
-    `for` with another run (runs of 3 and 1 iterations in A, 1 and 3 in B: two
-    iterations of A's first run with two of B's second)."""
+    with ops of both A and B (``_replaced``), then the first. Used unless that
+    loses more than one match in ``SLACK`` (of the whole alignment) against
+    the plain LCS."""
     n, m = len(a) - suf, len(b) - suf
     plain = lcs(a[pre:n], b[pre:m])
     where_a: Dict[int, List[int]] = {}
@@ -52,18 +47,9 @@ def iterations(a: Sequence[int], b: Sequence[int], pre: int, suf: int,
                 if len(occ) >= 2 and len(occ) == len(where_b.get(c, ()))]
     if not repeated:
         return plain
-    def first(order: List[Tuple[List[int], List[int]]]) -> List[Tuple[List[int], List[int]]]:
-        return sorted(order, key=lambda r: a[r[0][0]] not in strong)  # (stable: the strong ones first)
-
-    best = max((_anchored(a, b, pre, n, m, first(order)) for order in
+    best = max((_anchored(a, b, pre, n, m, order) for order in
                 (repeated, sorted(repeated, key=lambda r: len(r[0])))),
                key=lambda pairs: (len(pairs), -_replaced(pairs, n - pre, m - pre)))  # (max: the first on a tie)
-
-    def exits(pairs: List[Tuple[int, int]]) -> Set[int]:
-        return {i for i, _ in pairs if a[pre + i] in strong}
-
-    if strong and exits(best) - exits(plain):
-        return best
     # (a plain LCS that crosses from one iteration into another can be a few matches longer: runs of
     # a `while` inside a `for` that ran 2, 3 times in A and 3, 2 in B)
     return best if len(plain) - len(best) <= (pre + suf + len(plain)) // SLACK else plain

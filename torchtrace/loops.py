@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 from .align import Pair
 from .blockcalls import call_scope, calls_under, list_calls, one_call
 from .side import Loop, Side, Sig
-from .sourceloops import can_leave, exits_loop, in_loop
+from .sourceloops import can_leave, exits_loop, in_loop, while_end
 from .textform import ordinal, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
     from .explain import WitnessChange
+    from .ir import Node, Source
 
 TIMES = "\u00d7"
 BRANCHES = ("if", "elif", "assert")
@@ -211,11 +212,8 @@ class LoopFinder:
         if self._total(X, scope, unit) == self._total(Y, scope, unit):
             return None, k0  # as many copies in all, in another order (recursion): no loop ran more times
         src = X.nodes[xs[0]].source
-        keyword = None
-        for n in X.nodes[xs[0]:xs[0] + unit_len]:  # (`while k < n.item():` reads its count each time: its header)
-            if n.witness is not None and n.source is not None and _keyword(n.source.file, n.source.line) == "while":
-                src, keyword = n.source, "while"
-                break
+        header = _while_read_by(X.nodes[xs[0]:xs[0] + unit_len])
+        src, keyword = (header, "while") if header is not None else (src, None)
         calls = one_call(X, scope, xs[0], unit_len)
         if calls is not None:  # (the list's first blocks may differ from the rest: T5's first holds the bias)
             nx, ny = list_calls(X, scope), list_calls(Y, scope, X)
@@ -294,6 +292,21 @@ class LoopFinder:
                     t += 1
             self._cache[key] = count
         return self._cache[key]
+
+
+def _while_read_by(unit: Sequence["Node"]) -> Optional["Source"]:
+    """The ``while`` header whose one iteration the repeated ``unit`` is, when its
+    condition reads data each time without a read that ends it (``while k <
+    n.item():``): one read at that line, and every op of its function in the
+    unit inside that ``while`` (not a ``for`` whose body holds a ``while``)."""
+    heads = [n.source for n in unit if n.witness is not None and n.source is not None and
+             while_end(n.source.file, n.source.line)]
+    if len(heads) != 1:
+        return None
+    head, last = heads[0], while_end(heads[0].file, heads[0].line)
+    inside = all(head.line <= n.source.line <= last for n in unit
+                 if n.source is not None and (n.source.file, n.source.function) == (head.file, head.function))
+    return head if inside else None
 
 
 def _one_statement(side: Side, i: int) -> bool:

@@ -340,29 +340,6 @@ class Side:
         return [s[:5] for s in self.sigs], [s[:3] for s in self.sigs]
 
     @cached_property
-    def run_ends(self) -> Dict[int, Sig]:
-        """The reads at a ``while`` header after which the loop did not go on (its
-        exits), by op, with the signature the alignment pairs them by: an exit
-        pairs with an exit, and the k-th with the k-th where both passes ran the
-        ``while`` as often (runs of a `while` inside a `for`, [3, 1] against [1, 3])."""
-        out: Dict[int, Sig] = {}
-        ends: Dict[Tuple[str, int], int] = {}
-        for i, n in enumerate(self.nodes):
-            w, src = n.witness, n.source
-            if w is None or src is None or w.shape is not None:
-                continue
-            last = ends.setdefault((src.file, src.line), while_end(src.file, src.line))
-            if last and not self._went_on(i, last):
-                out[i] = (*self.sigs[i], "while exit")
-        return out
-
-    @cached_property
-    def align_sigs(self) -> List[Sig]:
-        """``sigs`` as the alignment pairs ops: a ``while``'s exits as exits (``run_ends``)."""
-        ends = self.run_ends
-        return [ends.get(i, s) for i, s in enumerate(self.sigs)] if ends else self.sigs
-
-    @cached_property
     def loop_sigs(self) -> List[Sig]:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
         return [loop_signature(s) for s in self.sigs]
