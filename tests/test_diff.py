@@ -1149,3 +1149,11 @@ def test_a_pass_of_no_op_with_another_input_shape_says_which_input():
     d = torchtrace.diff(a, b)
     assert d.summary() == "same structure, shapes differ: 0 ops changed (input `x` f32[2] \u2192 f32[3])"
     assert "returned values differ" not in str(d)
+
+
+def test_a_pass_of_no_op_with_another_input_dtype_says_dtypes():
+    """(A review.) f32[3] against f64[3] read "shapes differ"."""
+    a, b = (record(Identity(), torch.zeros(3, dtype=dt)) for dt in (torch.float32, torch.float64))
+    d = torchtrace.diff(a, b)
+    assert d.summary() == "same structure, dtypes differ: 0 ops changed (input `x` f32[3] \u2192 f64[3])"
+    assert d.why() == ["same ops, other dtypes (0 ops changed): input `x` f32[3] \u2192 f64[3]"]

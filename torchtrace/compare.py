@@ -132,7 +132,8 @@ class GraphDiff:
         if self.kind == "shapes":
             what = "; ".join(listed(self.types, 2, "type change") or listed(self.args, 2, "arg change") or
                              listed(self.inputs, 2, "input"))  # (inputs only: an identity's)
-            differ = f"{changed_what(self.types)} differ" if self.types or self.inputs else "args differ"  # (Adam's lr)
+            differ = f"{changed_what(self.types, self.inputs)} differ" if self.types or self.inputs else \
+                "args differ"  # (Adam's lr)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed" + (f" ({what})" if what else "")
         if not self.structural_hunks:
             other = "other returned values" if not self.changed and self.returned else "other dataflow"
@@ -184,7 +185,7 @@ class GraphDiff:
             passed = dict.fromkeys(w.describe() for w in found if w.passed)  # (Causes.passed_on)
             what = list(reads) + listed(self.inputs, 2, "input") + listed(self.types, 3, "type change") + \
                 listed(self.args, 2, "arg change")
-            other = f"other {changed_what(self.types)}" if self.types or self.inputs else "other args"
+            other = f"other {changed_what(self.types, self.inputs)}" if self.types or self.inputs else "other args"
             if passed and self.inputs:  # (the inputs changed too: the read explains its args, not all)
                 what, passed = list(passed) + what, {}
             lead = f"{'; '.join(arms)} {ARROW} the same ops, from other lines, with {other}" if arms \

@@ -133,8 +133,14 @@ def _extra(da: Optional[str], sa: Optional[Shape], db: Optional[str], sb: Option
     return a, b
 
 
-def changed_what(types: Sequence[TypeChange]) -> str:
-    """"shapes", "dtypes" or "shapes and dtypes": what ``types`` say changed."""
-    dtypes = any(t.kind == "dtype" for t in types)
-    shapes = any(t.kind != "dtype" for t in types)
+def changed_what(types: Sequence[TypeChange], inputs: Sequence[Any] = ()) -> str:
+    """"shapes", "dtypes" or "shapes and dtypes": what ``types`` say changed (or,
+    with none, the ``inputs``' changes: ``f32[3]`` against ``f64[3]`` is a dtype's)."""
+    if not types and inputs:
+        pairs = [(i.a.partition("["), i.b.partition("[")) for i in inputs if i.a and i.b]
+        dtypes = any(a[0] != b[0] for a, b in pairs)
+        shapes = any(a[1:] != b[1:] for a, b in pairs) or len(pairs) < len(inputs)
+    else:
+        dtypes = any(t.kind == "dtype" for t in types)
+        shapes = any(t.kind != "dtype" for t in types)
     return "shapes and dtypes" if dtypes and shapes else "dtypes" if dtypes else "shapes"
