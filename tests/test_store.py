@@ -257,6 +257,32 @@ def test_unsampled_calls_of_the_model_take_the_short_way_and_sample_the_same(tmp
                                                                (6, "Linear")]
 
 
+def test_a_model_built_after_another_was_let_go_still_starts_its_pass(tmp_path):
+    """(A review of the short way for unsampled calls.) A helper model let go while
+    another's unsampled calls followed each other went unnoticed: a model built
+    later, before the next sampled pass, began no pass of its own."""
+    import gc
+
+    def helper(width: int) -> nn.Module:  # (a frame whose locals torchtrace reads for a name, and that ends)
+        probe = nn.Linear(2, width)
+        probe(torch.ones(1, 2))
+        return probe
+
+    m, kept = nn.Linear(2, 2), []
+    with torchtrace.Recorder(tmp_path / "h.db", every=4) as rec:
+        for i in range(6):
+            rec.step(i)
+            if i in (0, 3):
+                kept.append(helper(1 if i == 0 else 3))
+            m(torch.ones(1, 2)).sum().backward()
+            if i == 1:  # (the first helper is let go between two unsampled calls of m)
+                kept.clear()
+                gc.collect()
+    with Store(tmp_path / "h.db", readonly=True) as store:
+        assert [(p.step, p.label) for p in store.passes()] == [
+            (0, "probe (Linear) 0"), (0, "m (Linear) 1"), (3, "probe (Linear) 4"), (4, "m (Linear) 6")]
+
+
 @pytest.mark.parametrize("sampling", [dict(every=2), dict(every=3), dict(max_passes=1)])
 def test_a_pass_boundary_inside_inference_mode_leaves_the_dispatch_keys_in_step(tmp_path, sampling):
     """An evaluation under ``torch.inference_mode()`` whose model call turns the
@@ -1265,6 +1291,24 @@ def test_a_store_other_clients_rewrote_is_said_to_be_damaged(tmp_path, edit, fou
         with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store") as info:
             store.graph(0)
     assert found in str(info.value)
+
+
+@pytest.mark.parametrize("norm", ["abc", -1.0, [1, 2], True])
+def test_a_pass_row_with_a_gradient_norm_that_is_no_norm_is_a_damaged_store(tmp_path, norm):
+    """(A review.) "abc" raised an IRError that named no store; -1 and a list loaded as norms."""
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        m(torch.ones(1, 2)).sum().backward()
+    db = sqlite3.connect(tmp_path / "t.db")
+    own = json.loads(db.execute("SELECT witnesses FROM passes").fetchone()[0])
+    own["grads"] = [norm] * len(own["grads"])
+    db.execute("UPDATE passes SET witnesses = ?", (json.dumps(own),))
+    db.commit()
+    db.close()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store") as info:
+            store.graph(0)
+    assert "a gradient norm" in str(info.value) and str(tmp_path / "t.db") in str(info.value)
 
 
 def test_a_label_is_text():

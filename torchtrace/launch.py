@@ -128,14 +128,15 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, worker:
     path = check_module(script) if options.module is not None else check_script(script)
     _check_options(options)
     with nullcontext(options.out / RUN_STORE) if worker else store_in(options.out) as store_path:
-        return _run(path, argv, options, console, worker, store_path)
+        return _run(path, argv, options, console, worker, store_path,
+                    str(path) if options.module is not None else script)  # (sys.argv[0] as typed: `./app/`)
 
 
 def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console, worker: bool,
-         store_path: Path) -> int:
+         store_path: Path, argv0: str) -> int:
     progress = _Progress(options, console, live=console.is_terminal and not worker)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
-    sys.argv = [str(path), *argv]
+    sys.argv = [argv0, *argv]
     code, pid, started, hook = 0, os.getpid(), False, sys.excepthook  # (the CLI's own hook: not the script's)
     sys.excepthook = sys.__excepthook__  # (what python gives the script)
     # (no live status line while the script runs: rich's would swap the script's sys.stdout for a proxy

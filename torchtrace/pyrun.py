@@ -114,8 +114,9 @@ def execute(path: Path, module: Optional[str]) -> None:
     if module is None and not archive and _compiled(name):
         runpy.run_path(name, run_name="__main__")  # (a .pyc: as python runs it)
         return
-    if archive:  # (a folder or zip: its __main__ module, from it, as python runs it: sys.argv[0] as typed)
-        sys.path.insert(0, name)
+    if archive:  # (a folder or zip: its __main__ module, from it, as python runs it: sys.argv[0] as typed,
+        typed = sys.argv[0] if sys.argv and Path(sys.argv[0]) == path else str(path)  # sys.path[0] unnormalized)
+        sys.path.insert(0, typed if os.path.isabs(typed) else os.path.join(os.getcwd(), typed))
         module = "__main__"
     launcher = sys.modules.get("__main__")
     main = _new_main(launcher)

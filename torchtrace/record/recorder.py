@@ -254,6 +254,8 @@ class Recorder(Watcher):
         assert cap is not None
         if _task_id() != -1 or cap.scope.generators or cap._compiled_root or is_compiled_in_place(module):
             return False
+        if any(r() is None for r, has, _ in self._roots.values() if has):
+            return False  # (a root died: ``_watch`` notes it, and step() arms a model built anew)
         key = last[2]
         k = self._seen.get(key, 0)
         if k % self.every == 0 and (self.max_passes is None or self.recorded < self.max_passes):
