@@ -956,6 +956,11 @@ def test_a_longer_list_of_inputs_is_not_one_tensor_passed_twice():
     a, b = (record(m, x, flags) for flags in ([same, same, same], [same, torch.tensor(0), same]))
     assert a.meta["input_aliases"] == {"flags[1]": "flags[0]", "flags[2]": "flags[0]"}
     assert {r.shared for h in torchtrace.diff(a, b).changed_hunks for r in h.rewires} == {"A"}
+    pair, u, v = Pair(), torch.ones(1, 4), torch.zeros(1, 4)
+    with torchtrace.trace(pair) as t:  # (a review) two calls, each with its own tensors: no alias
+        pair(u, v)
+        pair(v, u)
+    assert t.graph.meta["input_aliases"] == {}
 
 
 def test_a_witness_that_read_other_data_without_effect_keeps_the_diff_empty():

@@ -581,3 +581,24 @@ def test_a_for_whose_body_holds_a_while_is_not_named_as_that_while():
     assert f"`while` at `test_diff_loops.py:{line_of('inner_while')}`" not in why, why
     assert why.startswith(f"the block at `test_diff_loops.py:{line_of('for_body')}` (9 ops) ran 2\u00d7 in A, "
                           "3\u00d7 in B"), why
+
+
+class Newton(nn.Module):
+    def forward(self, x: torch.Tensor, tol: float) -> torch.Tensor:
+        d = torch.tensor(1.0)
+        while d.item() > tol:  # LINE:newton_while
+            x2 = 0.5 * (x + 2.0 / x)
+            d = (x2 - x).abs().max()
+            x = x2
+        return x
+
+
+def test_a_convergence_loop_with_another_tolerance_is_not_said_to_read_nothing():
+    """(A review.) The tolerance is a Python float, each pass's reads converge
+    alike: the `while` was said to run "(no tensor read decided it)", though its
+    condition reads a tensor at each test."""
+    m, x = Newton(), torch.full((2,), 5.0)
+    a, b = (zoo.record(m, x, tol) for tol in (1e-1, 1e-6))
+    [why] = torchtrace.diff(a, b).why()
+    assert f"`while` at `test_diff_loops.py:{line_of('newton_while')}` ran" in why, why
+    assert "no tensor read decided it" not in why, why

@@ -163,7 +163,7 @@ class Hunk:
             seen = "Python saw other inputs" if any(i.a is None or i.b is None for i in self.inputs) \
                 else "Python saw another shape or dtype"
             if self.loop is not None:
-                return f"{self.loop.describe()} (no tensor read decided it; {what}: {seen})"
+                return f"{self.loop.describe()} ({self._undecided()}; {what}: {seen})"
             if self.shape_if:
                 return f"the `if` at `{self.shape_if}` tests a shape; {what} ({seen})"
             if self.shape_if == "" and all(i.a is not None and i.b is not None for i in self.inputs):
@@ -171,8 +171,15 @@ class Hunk:
                        f"tests a shape); the inputs differ too: {what}"
             return f"no tensor read differs before it; {what} ({seen})"
         if self.loop is not None:
-            return f"{self.loop.describe()} (no tensor read decided it)"
+            return f"{self.loop.describe()} ({self._undecided()})"
         return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
+
+    def _undecided(self) -> str:
+        """Why no read is named for a loop: a ``while`` named by its header reads at each test (a float
+        that converges: which read ended it is not told), other loops read nothing."""
+        loop = self.loop
+        return "its condition reads tensor data at each test" if loop is not None and loop.via == "repeat" and \
+            loop.keyword == "while" else "no tensor read decided it"
 
     def _trained(self) -> str:
         text = f"modules in training mode in {self.trained}, eval mode in {other_side(self.trained)} " \

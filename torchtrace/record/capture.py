@@ -271,12 +271,13 @@ class Capture:
                 self.pass_grad_mode = grad_mode()
         mode = self.mode
         bound = bind_args(module.forward, args, kwargs)
+        call: Dict[int, str] = {}  # this call's names (`m(x, x)`: the diff says so; not a second call's)
         for t, path in (x for name, value in bound.items() for x in named_tensors(value, name)):
             e = self.input_names.get(id(t))
             if e is None or e[0]() is not t:  # new, or an entry left by a dead tensor with this id
                 self.input_names[id(t)] = (weakref.ref(t), path)
-            elif e[1] != path:  # (`m(x, x)`: the diff says so)
-                self.input_aliases.setdefault(path, e[1])
+            if call.setdefault(id(t), path) != path:
+                self.input_aliases.setdefault(path, call[id(t)])
             vid = mode.vid_of(t)
             if vid is not None:  # read before the call (`m(ids, labels=ids.clone())`): named by the forward
                 rec = mode.vmeta[vid]
