@@ -103,7 +103,7 @@ def emit(data: Any, output: Optional[str], fmt: str, reads: Sequence[str] = ()) 
                          fix="name a file, e.g. -o graph.svg")
     if output is not None:
         _keeps_inputs(output, reads)
-        from .serialize import atomic_write
+        from .filewrite import atomic_write
 
         raw = data if isinstance(data, bytes) else data.encode("utf-8", "backslashreplace")  # (a lone surrogate)
         if output.lower().endswith(".gz"):  # (`-o graph.json.gz`: gzip, as `export` and `torchtrace.save` write it)

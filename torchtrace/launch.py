@@ -91,7 +91,7 @@ class _Progress:
 
         fmt = self.options.render
         ext = {"markdown": "md", "mermaid": "mmd", "text": "txt"}.get(fmt, fmt)
-        from .serialize import atomic_write
+        from .filewrite import atomic_write
 
         data = render(graph, fmt)
         name = f"variant-{k}.{ext}"
