@@ -164,6 +164,18 @@ def norm_from_json(x: Any, where: str = "norm") -> Optional[float]:
     return x
 
 
+def stored_norm(x: Any) -> Optional[float]:
+    """A pass's gradient norm as a store keeps it (``norm_json``); anything else
+    is a ValueError (``Store._reading`` makes that a damaged store)."""
+    try:
+        v = norm_from_json(x)
+    except IRError:
+        v = x
+    if v is not None and (isinstance(v, (bool, str)) or not isinstance(v, (int, float)) or v < 0):
+        raise ValueError(f"a gradient norm {x!r}, not a number >= 0, 'nan', 'inf' or null")
+    return v
+
+
 def witness_from_dict(d: Any) -> Any:
     """A node's ``witness`` from its JSON (None stays None)."""
     if d is None:

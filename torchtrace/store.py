@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
-from .serialize import SQLITE_HEADER, content_key, decode, encode, norm_from_json, norm_json, witness_from_dict
+from .serialize import SQLITE_HEADER, content_key, decode, encode, norm_json, stored_norm, witness_from_dict
 
 SCHEMA_VERSION = 2  # 2: graph rows keyed by content (passes name theirs); 1 is read too
 _SCHEMA = """
@@ -51,18 +51,6 @@ CREATE TABLE IF NOT EXISTS passes(
     witnesses TEXT, UNIQUE(rank, idx));
 CREATE INDEX IF NOT EXISTS passes_structure ON passes(structure_fp);
 """
-
-
-def _stored_norm(x: Any) -> Optional[float]:
-    """A pass's gradient norm as the store keeps it (``norm_json``); anything else
-    is a ValueError (``Store._reading``: a damaged store)."""
-    try:
-        v = norm_from_json(x)
-    except IRError:
-        v = x
-    if v is not None and (isinstance(v, (bool, str)) or not isinstance(v, (int, float)) or v < 0):
-        raise ValueError(f"a gradient norm {x!r}, not a number >= 0, 'nan', 'inf' or null")
-    return v
 
 
 @dataclass(frozen=True)
@@ -322,7 +310,7 @@ class Store:
                           replace(n, args=marks[n.id]) if n.id in marks else n for n in g.nodes)
             autograd = g.autograd
             if isinstance(norms, list) and len(norms) == len(autograd.grads):
-                autograd = replace(autograd, grads=tuple(replace(gi, norm=_stored_norm(x))
+                autograd = replace(autograd, grads=tuple(replace(gi, norm=stored_norm(x))
                                                             for gi, x in zip(autograd.grads, norms)))
         meta = dict(g.meta, step=step, label=label, created=started, error=error, pass_index=idx)
         meta.pop("last", None)  # (the stored graph's may be another pass's)
