@@ -256,7 +256,7 @@ class GraphDiff:
 
     def __rich__(self) -> Any:
         """``rich.print(diff)``: the text rendering, in colour."""
-        from .renderers.diffs import render_rich
+        from .renderers.difftext import render_rich
 
         return render_rich(self)
 
