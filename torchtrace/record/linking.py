@@ -188,11 +188,12 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     entries = list(tracker.entries.values())
     linked: Dict[tuple, int] = {}
     outside = _outside(tracker, mode)  # (older than the pass: no op of it made them)
+    outside_twins = {k[:2] for k in outside}
     for e in entries:
         if e.seq is not None and e.key not in outside:
             i = _op_of(e.seq, e.name, threads, events, infos, copy_slices)
             if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
-                                  or any(k[:2] == e.key[:2] for k in outside)):
+                                  or e.key[:2] in outside_twins):
                 linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
     for k, e in enumerate(entries):
@@ -246,8 +247,8 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     tracker.grads.clear()  # (the references end with the build)
     if tracker.backward_ran:
         # (torch.autograd.grad returns the gradients of its inputs and runs no AccumulateGrad for them)
-        reached = {id(e.leaf()): e.key for e in entries if e.leaf() is not None}
-        got = {leaf for leaf, key in reached.items() if key in executed_keys or leaf in tracker.grad_inputs}
+        got = {id(leaf) for e in entries for leaf in (e.leaf(),)
+               if leaf is not None and (e.key in executed_keys or id(leaf) in tracker.grad_inputs)}
         named = {gi.name for gi in part.grads}  # (a swapped-in tensor of that name: functional_call)
         part.no_grad_params = tuple(name for p, name in capture.trainable_params()
                                     if id(p) not in got and name not in named)

@@ -222,8 +222,7 @@ class Recorder(Watcher):
         k = self._seen.get(key, 0)
         if count:
             self._seen[key] = k + 1
-        self._sampled = (k % self.every == 0
-                         and (self.max_passes is None or self.recorded < self.max_passes))
+        self._sampled = self._samples(k)
         if self._sampled:
             if cap.mode.off:  # (the markers an unsampled pass opened or closed were not seen)
                 cap.open_annotations = running_steps()
@@ -242,6 +241,10 @@ class Recorder(Watcher):
                 if model is not None:
                     self._probe_end(model)
 
+    def _samples(self, k: int) -> bool:
+        """Is a model's ``k``-th pass (from 0) recorded?"""
+        return k % self.every == 0 and (self.max_passes is None or self.recorded < self.max_passes)
+
     def _unsampled_again(self, module: torch.nn.Module) -> bool:
         """While a pass is not sampled, a call of the model the pass began at that
         begins another one not sampled either: what ``_on_root``, ``_boundary`` and
@@ -258,7 +261,7 @@ class Recorder(Watcher):
             return False  # (a root died: ``_watch`` notes it, and step() arms a model built anew)
         key = last[2]
         k = self._seen.get(key, 0)
-        if k % self.every == 0 and (self.max_passes is None or self.recorded < self.max_passes):
+        if self._samples(k):
             return False  # (this call's pass is sampled)
         cap.compile_guard.again()
         cap.scope.depth = 0
