@@ -54,11 +54,8 @@ def calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[st
     no scope; empty: no such call on this side)."""
     if scope is None:
         return None
-    out: Set[str] = set()
-    for m in side.graph.modules:  # (parents come before their children)
-        if (m.path, m.call) == scope or m.parent in out:
-            out.add(m.id)
-    return out
+    g = side.graph
+    return next((g.calls_under(m.id) for m in g.modules if (m.path, m.call) == scope), set())
 
 
 def list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Side] = None) -> int:

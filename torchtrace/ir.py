@@ -29,7 +29,7 @@ against 0.28 µs for a ``Node``, 0.73 against 0.2 for a ``ModuleCall``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 
 from .errors import IRError, NotInGraphError
 
@@ -168,6 +168,11 @@ class GradInfo:
     norm: Optional[float]  # NaN/inf as floats (strings in JSON); None: the gradient holds no numbers (meta)
 
 
+def is_norm(x: Any) -> bool:
+    """A gradient norm as ``GradInfo.norm`` holds it: a number >= 0 (NaN and inf too), or None."""
+    return x is None or (type(x) in (int, float) and not x < 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Autograd:
     nodes: Tuple[AutogradNode, ...] = ()
@@ -257,6 +262,14 @@ class Graph:
             m = self.module(mid)
             yield m
             mid = m.parent
+
+    def calls_under(self, mid: str) -> Set[str]:
+        """The ids of module call ``mid`` and of every call inside it."""
+        out = {mid}
+        for m in self.modules:  # (parents come before their children)
+            if m.parent in out:
+                out.add(m.id)
+        return out
 
     def witnesses(self) -> Iterator[Node]:
         return (n for n in self.nodes if n.witness is not None)

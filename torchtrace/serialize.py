@@ -21,7 +21,7 @@ from . import _jsonschema
 from .errors import IRError, UsageError
 from .filewrite import PathLike, atomic_write
 from .ir import (FORMAT, VERSION, Autograd, AutogradNode, GradInfo, Graph, ModuleCall, Node, Source,
-                 Value, Witness, check_version)
+                 Value, Witness, check_version, is_norm)
 
 GZIP_MAGIC = b"\x1f\x8b"
 SQLITE_HEADER = b"SQLite format 3\x00"  # (the first bytes of a trace store)
@@ -171,7 +171,7 @@ def stored_norm(x: Any) -> Optional[float]:
         v = norm_from_json(x)
     except IRError:
         v = x
-    if v is not None and (isinstance(v, (bool, str)) or not isinstance(v, (int, float)) or v < 0):
+    if not is_norm(v):
         raise ValueError(f"a gradient norm {x!r}, not a number >= 0, 'nan', 'inf' or null")
     return v
 

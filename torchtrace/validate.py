@@ -9,7 +9,7 @@ import re
 from typing import Any, Dict, Iterable, Optional
 
 from .errors import IRError
-from .ir import GRAD_MODES, PHASES, ROLES, TAGS, Graph
+from .ir import GRAD_MODES, PHASES, ROLES, TAGS, Graph, is_norm
 
 _FIX = "re-record the pass, or repair the file so that every id it mentions is defined"
 
@@ -111,7 +111,7 @@ def validate_graph(g: Graph) -> None:
     for k, gi in enumerate(g.autograd.grads):
         _ref(gi.value, values, f"autograd.grads[{k}].value", "value")
         _shape(gi.shape, f"autograd.grads[{k}].shape")
-        if gi.norm is not None and (type(gi.norm) not in (int, float) or gi.norm < 0):
+        if not is_norm(gi.norm):
             raise IRError("bad gradient norm", where=f"autograd.grads[{k}].norm",
                           expected="a norm >= 0 (a float; NaN or inf) or None", found=repr(gi.norm), fix=_FIX)
     mode = g.meta.get("grad_mode")

@@ -48,10 +48,7 @@ def group_params(g: Graph, grp: Group) -> int:
     read -- the gradients it computes (its own ops read saved tensors)."""
     if grp.phase == "forward" or grp.call is None:
         return param_count(g, grp.nodes)
-    calls = {grp.call.id}
-    for m in g.modules:  # (parents come before their children)
-        if m.parent in calls:
-            calls.add(m.id)
+    calls = g.calls_under(grp.call.id)
     return param_count(g, [n for n in g.nodes if n.phase == "forward" and n.module in calls])
 
 
