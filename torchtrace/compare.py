@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .align import align
@@ -206,7 +207,7 @@ class GraphDiff:
             lines.append(f"{cause} \u2192 {counts} (in {where})")
         return lines or ([] if self.is_empty else [self.returned or self.summary()])
 
-    @property
+    @cached_property
     def returned(self) -> Optional[str]:
         """How the values the traced call returned differ ("only B returned 2 values: ..."), or None."""
         return returned_change(self.a, self.b, self.ops)

@@ -54,13 +54,12 @@ class LoopChange:
 
     def describe(self, called_from: str = "") -> str:
         """``called_from``: the call site of the helper whose condition read it (" (called from `m.py:9`)")."""
-        if self.via == "witness":
-            head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}" if self.keyword else \
-                f"the loop at {where(self.file, self.line)}{called_from}"
-        elif self.calls is not None:  # (its first op's line is inside the module: the loop calls it)
+        if self.via == "repeat" and self.calls is not None:  # (its first op's line is inside the module)
             head = f"`{self.calls[0]}` ({self.calls[1]}, {plural(self.period, 'op')})"
-        elif self.keyword is not None:  # (a `while` that reads its bound each time it tests it)
+        elif self.keyword is not None:  # (a repeat's: a `while` that reads its bound each time it tests it)
             head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}"
+        elif self.via == "witness":
+            head = f"the loop at {where(self.file, self.line)}{called_from}"
         else:
             head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
         run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""

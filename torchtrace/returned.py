@@ -43,12 +43,12 @@ def _keys(g: "Graph", vids: Sequence[str], to_a: Optional[Dict[str, str]]) -> Li
     """Each value as (its producer, on A's side, and output index); a value no
     op made (an input, a parameter) by its role and name. ``to_a``: B's op ids
     to A's (None: the values are A's)."""
-    made = {v: (n.id, k) for n in g.nodes for k, v in enumerate(n.outputs)}
+    made = g.producers()
     out: List[Key] = []
     for v in vids:
-        if v in made:
-            nid, k = made[v]
-            out.append((nid if to_a is None else to_a.get(nid, f"{nid}?"), k, ""))
+        nid = made.get(v)
+        if nid is not None:
+            out.append((nid if to_a is None else to_a.get(nid, f"{nid}?"), g.node(nid).outputs.index(v), ""))
         else:
             val = g.value(v)
             out.append((None, 0, f"{val.role}:{val.name or v}"))
@@ -56,14 +56,15 @@ def _keys(g: "Graph", vids: Sequence[str], to_a: Optional[Dict[str, str]]) -> Li
 
 
 def _values(g: "Graph", vids: Sequence[str]) -> str:
-    made = {v: n for n in g.nodes for v in n.outputs}
+    made = g.producers()
     names = []
     for v in vids[:SHOWN]:
-        val, n = g.value(v), made.get(v)
-        if n is None:
+        val = g.value(v)
+        if v not in made:
             names.append(f"{val.role} `{val.name or v}` {type_str(val)}")
             continue
-        mod = g.module(n.module).path if n.module is not None else ""
+        n = g.node(made[v])
+        mod = g.module_path(n.module)
         names.append(f"`{n.short_op}` {type_str(val)}" + (f" in `{mod}`" if mod else "") +
                      (f" ({where(n.source.file, n.source.line)})" if n.source is not None else ""))
     more = f" and {len(vids) - SHOWN} more" if len(vids) > SHOWN else ""

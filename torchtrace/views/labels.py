@@ -65,16 +65,20 @@ def range_name(names: Sequence[str]) -> str:
         cols = [k for k in range(len(dotted[0])) if len({d[k] for d in dotted}) > 1]
         if len(cols) == 1 and all(d[cols[0]].isdigit() for d in dotted) and cols[0] < len(dotted[0]) - 1:
             idx = [int(d[cols[0]]) for d in dotted]
-            step = 1 if idx[1] > idx[0] else -1
-            if idx == list(range(idx[0], idx[0] + step * len(idx), step)):
+            if _consecutive(idx):
                 return ".".join([*dotted[0][:cols[0]], f"{idx[0]}…{idx[-1]}", *dotted[0][cols[0] + 1:]])
     parts = [_INDEXED.match(n) for n in names]
     if all(parts) and len({m.group(1) for m in parts}) == 1:  # type: ignore[union-attr]
         idx = [int(m.group(2)) for m in parts]  # type: ignore[union-attr]
-        step = 1 if len(idx) < 2 or idx[1] > idx[0] else -1  # backward runs count down
-        if idx == list(range(idx[0], idx[0] + step * len(idx), step)):
+        if _consecutive(idx):
             return f"{names[0]}…{idx[-1]}"
     return f"{names[0]} (+{len(names) - 1} more)"
+
+
+def _consecutive(idx: List[int]) -> bool:
+    """Indices one apart, up (0, 1, 2) or down (backward runs: 2, 1, 0)?"""
+    step = 1 if len(idx) < 2 or idx[1] > idx[0] else -1
+    return idx == list(range(idx[0], idx[0] + step * len(idx), step))
 
 
 def witness_line(n: Node) -> str:
