@@ -504,19 +504,10 @@ def test_a_count_read_before_the_loop_is_not_taken_by_a_read_in_its_body(fn, mar
     assert why.startswith(f"`test_diff_loops.py:{line_of(marker)}` read 2 in A, 3 in B; the block at "), why
 
 
-class Enc(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.l = nn.Linear(4, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.l(x))
-
-
 class Refine(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.enc, self.dec = Enc(), Enc()
+        self.enc, self.dec = Block(), Block()
 
     def forward(self, x: torch.Tensor, refine: bool) -> torch.Tensor:
         x = self.enc(x)
@@ -528,7 +519,7 @@ class Refine(nn.Module):
 
 def test_straight_line_code_that_calls_modules_again_is_not_split_into_two_loops():
     """(A review.) The split of two loops in a row fired on an `if` around two
-    module calls: "`enc` (Enc, 3 ops) ran 1x in A, 2x in B" and the same for `dec`."""
+    module calls: "`enc` (Block, 3 ops) ran 1x in A, 2x in B" and the same for `dec`."""
     m = Refine()
     graphs = []
     for refine in (False, True):

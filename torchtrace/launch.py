@@ -159,7 +159,7 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
         with WhenTorch(recorder):
             started = True
             try:
-                execute(path, options.module)
+                execute(path, options.module, argv0)
             except Terminated:  # (out of the script: the pass in flight is stored, then the death)
                 if terminator is not None:
                     terminator.reached()

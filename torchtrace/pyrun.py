@@ -98,14 +98,15 @@ def _locate(name: str) -> Any:
 KEEP_MAIN = False  # the console script: the script's module stays ``__main__`` until the process ends
 
 
-def execute(path: Path, module: Optional[str]) -> None:
+def execute(path: Path, module: Optional[str], typed: Optional[str] = None) -> None:
     """Run the script (or ``python -m`` module) in a new ``__main__`` module, with
     the globals python gives one (``__builtins__`` the module, ``__loader__``,
     ``__annotations__``...). It stays ``sys.modules["__main__"]`` after the body
     ends, as under python, for atexit handlers and threads that pickle the script's
     classes (under ``KEEP_MAIN``; in-process callers get theirs back). ``sys.path[0]``
     is the script's folder (the current folder for a module), in place of the
-    launcher's own; a file runs with ``__package__`` None (PEP 366)."""
+    launcher's own; a file runs with ``__package__`` None (PEP 366). ``typed``:
+    the path as the user typed it (``./app/``: a folder's ``sys.path[0]``, as python's)."""
     safe = getattr(sys.flags, "safe_path", False)  # (python -P adds no folder of the script's)
     name = os.path.abspath(path)  # (__file__ absolute, as python's)
     archive = module is None and (not path.is_file() or zipfile.is_zipfile(name))  # (run_path puts it first)
@@ -114,8 +115,8 @@ def execute(path: Path, module: Optional[str]) -> None:
     if module is None and not archive and _compiled(name):
         runpy.run_path(name, run_name="__main__")  # (a .pyc: as python runs it)
         return
-    if archive:  # (a folder or zip: its __main__ module, from it, as python runs it: sys.argv[0] as typed,
-        typed = sys.argv[0] if sys.argv and Path(sys.argv[0]) == path else str(path)  # sys.path[0] unnormalized)
+    if archive:  # (a folder or zip: its __main__ module, from it, as python runs it, sys.path[0] not normalised)
+        typed = typed or str(path)
         sys.path.insert(0, typed if os.path.isabs(typed) else os.path.join(os.getcwd(), typed))
         module = "__main__"
     launcher = sys.modules.get("__main__")
