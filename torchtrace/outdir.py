@@ -87,8 +87,7 @@ def _settle(out: Path, moves: List[Tuple[Path, Path]]) -> None:
     if _stored_a_pass(out / RUN_STORE):
         _drop_older(out)
         return
-    for s in _SUFFIXES:
-        Path(f"{out / RUN_STORE}{s}").unlink(missing_ok=True)
+    _drop_run_store(out)
     for src, dst in reversed(moves):
         os.replace(dst, src)
 
@@ -102,8 +101,7 @@ def _after_a_kill(out: Path) -> None:
     if not (store.exists() and _no_pass(store)):
         _drop_older(out)
         return
-    for s in _SUFFIXES:
-        Path(f"{store}{s}").unlink(missing_ok=True)
+    _drop_run_store(out)
     for s in _SUFFIXES:
         if (out / f"{PREV_STORE}{s}").exists():
             os.replace(out / f"{PREV_STORE}{s}", out / f"{RUN_STORE}{s}")
@@ -113,6 +111,12 @@ def _after_a_kill(out: Path) -> None:
     for f in out.glob(f"{_OLD}*"):
         if f.is_file() and _previous(f.name[len(_OLD):]):
             os.replace(f, out / f.name[len(_OLD):])
+
+
+def _drop_run_store(out: Path) -> None:
+    """This run's store, with its log and index (a run that stored no pass)."""
+    for s in _SUFFIXES:
+        Path(f"{out / RUN_STORE}{s}").unlink(missing_ok=True)
 
 
 def _no_pass(path: Path) -> bool:
