@@ -624,6 +624,43 @@ def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatc
     assert (mul[0].source.file.endswith("test_recorder.py"), mul[0].source.line) == (True, wait)
 
 
+def test_ops_in_a_device_thread_under_a_users_mode_get_the_backward_line(monkeypatch):
+    """A dispatch mode above ours (FlopCounterMode, a ``trace()`` handing its ops
+    on to a Recorder) runs its handler in the engine's device thread too: there
+    the frames below ours are all the modes' own. Seen on an H100: every CUDA
+    backward op under FlopCounterMode had no source line. Emulated on CPU as in
+    the test above, with a user mode's handler as the thread's target."""
+    import _thread
+    import time
+
+    from torchtrace.record import enginephase
+    from torchtrace.record import mode as mode_mod
+
+    m = nn.Linear(3, 2)
+    y = m(torch.ones(1, 3)).sum()
+
+    class UserMode:  # the handler of a mode above ours, handing the op on
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return rec.__torch_dispatch__(func, types, args, kwargs)
+
+    with torchtrace.trace(m) as t:
+        args = (torch.ones(2), torch.full((2,), 3.0))
+        rec = _get_current_dispatch_mode_stack()[-1]
+        monkeypatch.setattr(mode_mod, "_current_node", lambda: y.grad_fn)  # as inside backward's task
+        monkeypatch.setattr(enginephase, "_task_id", lambda: 7)
+        n = len(rec.events)
+        _thread.start_new_thread(UserMode().__torch_dispatch__, (torch.ops.aten.mul.Tensor, (), args, None))
+        deadline = time.monotonic() + 10
+        while len(rec.events) == n and time.monotonic() < deadline:
+            time.sleep(0.001)  # LINE:modewait
+        monkeypatch.undo()
+    g = t.graph.validate()
+    mul = [nd for nd in g.nodes if nd.op == "aten.mul.Tensor"]
+    assert len(mul) == 1 and mul[0].phase == "backward" and mul[0].source is not None
+    wait = zoo.marked_line(__file__, "modewait")
+    assert (mul[0].source.file.endswith("test_recorder.py"), mul[0].source.line) == (True, wait)
+
+
 def test_module_calls_in_a_thread_that_carries_the_mode_are_scoped():
     """The autograd engine's device threads carry the recording thread's mode
     (CUDA runs backward, and checkpoint's recompute, there): module calls in such

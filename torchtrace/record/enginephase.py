@@ -34,11 +34,18 @@ class EnginePhase:
         if anode is None:  # no graph task: nothing to attribute it to
             return None, -1, FORWARD
         phase = self._backward_phase(anode, None)
+        return (*self._task_user(), phase)
+
+    def _task_user(self) -> tuple:
+        """(code, f_lasti) of the user line in the recording thread that started
+        this graph task: the line of an op issued in an engine device thread
+        whose own frames are all internal (a dispatch mode's above ours, a
+        ``trace()`` handing its ops on to a Recorder), or that has none."""
         key = ("frameless", self.task)
         if self.engine_frame != key:
             self.engine_frame = key
             self.engine_user = self.capture.frames.user_frame_of(self.capture.tid)
-        return (*self.engine_user, phase)
+        return self.engine_user
 
     def _backward_phase(self, anode: Any, frame: Any) -> int:
         task = _task_id()

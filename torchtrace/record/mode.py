@@ -171,6 +171,8 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
                         f = f.f_back
                     if f is not None:  # f_lineno scans the line table (O(offset)); build.py maps f_lasti to a line
                         code, line = f.f_code, f.f_lasti
+                    elif anode is not None and self.foreign:  # a device thread: only modes' frames below ours
+                        code, line = self._task_user()
                     else:
                         code, line = None, -1
                     if anode is not None and icode.co_name in _ENGINE_ENTRIES and self._is_engine(icode):
