@@ -394,6 +394,42 @@ def test_witnesses_values_and_lines():
     assert all(n.source.file == zoo.__file__ and "witness" in n.tags for n in t.graph.witnesses())
 
 
+class TruthTests(nn.Module):
+    """Truth tests of tensors that are not bool: Python reads bool(t)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x, k):
+        s = self.fc(x).sum()
+        n = 0
+        while k:  # LINE:truth-while
+            k = k - 1
+            n += 1
+        if s:  # LINE:truth-if
+            n += 1
+        first = not s  # LINE:truth-not
+        c = s.item()  # LINE:truth-item
+        return s * n + first + c
+
+
+def test_a_truth_test_of_a_tensor_records_what_python_read():
+    """``if s:`` on a float tensor reads ``bool(s)`` (through
+    ``_local_scalar_dense``, which returns the number): the witness said
+    1.03 where Python read True, and two runs that took the same branch read
+    different values. ``.item()`` keeps its number."""
+    m = TruthTests()
+    with torch.no_grad():
+        s = m.fc(torch.ones(2, 4)).sum().item()
+    with torchtrace.trace(m) as t:
+        m(torch.ones(2, 4), torch.tensor(2))
+    line = {k: zoo.marked_line(__file__, f"truth-{k}") for k in ("while", "if", "not", "item")}
+    got = [(n.source.line, n.witness.value) for n in t.graph.witnesses()]
+    assert got == [(line["while"], True), (line["while"], True), (line["while"], False), (line["if"], s != 0),
+                   (line["not"], s != 0), (line["item"], s)]
+
+
 def test_data_dependent_shapes_are_witnesses():
     x = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0])
     with torchtrace.trace() as t:
@@ -1090,6 +1126,23 @@ def test_trace_keeps_no_tensor_alive():
     gc.collect()
     assert [r() for r in refs] == [None, None]
     assert len(t.graph.nodes) > 0
+
+
+def test_naming_an_outside_tensor_keeps_no_deleted_local_alive():
+    """An outside tensor is named by the local variable that holds it. That read
+    ``frame.f_locals``, which before Python 3.13 leaves a copy of the frame's
+    locals on the frame: a tensor deleted after the block stayed alive until the
+    function returned. The names now come from the frame without that copy."""
+    m = nn.Linear(4, 4)
+    w2 = torch.randn(4, 4)
+    big = torch.randn(256, 256)
+    ref = weakref.ref(big)
+    with torchtrace.trace(m) as t:
+        m(torch.ones(2, 4)) @ w2
+    del big
+    gc.collect()
+    assert ref() is None
+    assert "w2" in {v.name for v in t.graph.values if v.role == "constant"}
 
 
 def test_max_ops_truncates_with_a_clear_message(tmp_path):

@@ -26,7 +26,8 @@ from .compiled import CompileGuard
 from .patches import Patches
 from .composite import see_autocast
 from .fork import STARTED
-from .frames import called_by_torch, frame_filter, local_name
+from .framelocals import local_name
+from .frames import called_by_torch, frame_filter
 from .linking import hold_by_key
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
 from .modules import ModuleScope

@@ -8,6 +8,7 @@ lookups; ``traceback.extract_stack`` would cost 40-100 µs per op.
 from __future__ import annotations
 
 import bisect
+import dis
 import os
 import sys
 import sysconfig
@@ -17,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 
 from .._memo import remember
+from .framelocals import local_name, local_value
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -154,19 +156,6 @@ def line_of(code: Any, lasti: int) -> int:
     return lines[k] if k >= 0 else code.co_firstlineno
 
 
-def local_name(t: Any, frame: Any) -> Optional[str]:
-    """The name a frame's local variable gives ``t``, if any."""
-    if frame is None:
-        return None
-    try:
-        for k, v in frame.f_locals.items():
-            if v is t:
-                return k
-    except Exception:  # pragma: no cover - exotic frames
-        return None
-    return None
-
-
 def caller_name(obj: Any, frame: Any) -> Optional[str]:
     """What the first frame outside torch calls ``obj``: a local variable
     (``netG``) or an attribute of that frame's ``self`` (``self.critic``)."""
@@ -175,13 +164,30 @@ def caller_name(obj: Any, frame: Any) -> Optional[str]:
     name = local_name(obj, frame)
     if name is None and frame is not None:
         try:
-            attrs = getattr(frame.f_locals.get("self"), "__dict__", None)
+            attrs = getattr(local_value(frame, "self"), "__dict__", None)
             for k, v in (attrs.items() if isinstance(attrs, dict) else ()):
                 if v is obj:
                     return f"self.{k}"
         except Exception:  # pragma: no cover - an exotic self
             return None
     return name
+
+
+_TRUTH_TESTS = frozenset(i for i, name in enumerate(dis.opname) if name in {
+    "POP_JUMP_IF_FALSE", "POP_JUMP_IF_TRUE", "POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_FORWARD_IF_TRUE",
+    "POP_JUMP_BACKWARD_IF_FALSE", "POP_JUMP_BACKWARD_IF_TRUE", "JUMP_IF_FALSE_OR_POP", "JUMP_IF_TRUE_OR_POP",
+    "UNARY_NOT", "TO_BOOL"})
+
+
+def truth_tested(code: Any, lasti: int) -> bool:
+    """Is the instruction at ``lasti`` a truth test (``if t:``, ``while t:``,
+    ``not t``, ``t and x``, ``assert t``)? Then Python read ``bool(t)``, not
+    the number ``_local_scalar_dense`` returned. (``co_code`` is the code as
+    compiled, without the interpreter's specialised or instrumented forms.)"""
+    try:
+        return code is not None and lasti >= 0 and code.co_code[lasti] in _TRUTH_TESTS
+    except (AttributeError, IndexError, TypeError):
+        return False
 
 
 _MODULE_PY = os.path.abspath(torch.nn.modules.module.__file__)

@@ -1,0 +1,95 @@
+"""The names a running frame's local variables give an object, read without
+``frame.f_locals``.
+
+Before Python 3.13 (PEP 667) ``frame.f_locals`` of a function's frame copies
+its locals into a dict the frame keeps until its locals are read again or it
+returns: a tensor the user deletes after a trace (``del big``) stayed alive
+until then, because naming an outside tensor had read that frame. Here a
+function's locals are compared by address, read from the interpreter's frame
+record without making a reference (no snapshot, no reference held), once its
+layout has been checked on a probe frame; where it does not check out, locals
+go unnamed. Python 3.13+ reads ``f_locals`` (a view of the frame, no copy); a
+module's or a class body's frame reads its namespace dict, which is no copy.
+"""
+from __future__ import annotations
+
+import ctypes
+import sys
+from typing import Any, Iterator, Optional, Tuple
+
+_CO_OPTIMIZED = 0x1  # a function's frame: its locals live in the frame record, not a dict
+_PTR = ctypes.sizeof(ctypes.c_void_p)
+# The interpreter frame record behind a frame object (``struct _frame.f_frame``, after
+# PyObject_HEAD and f_back) and, in it, the offsets of f_code, frame_obj and localsplus:
+# Include/internal/pycore_frame.h of 3.11 and 3.12.
+_LAYOUTS = {(3, 11): (3 * _PTR, 4 * _PTR, 5 * _PTR, 9 * _PTR), (3, 12): (3 * _PTR, 0, 6 * _PTR, 9 * _PTR)}
+
+
+def _words(addr: int, n: int) -> Tuple[int, ...]:
+    return tuple(x or 0 for x in (ctypes.c_void_p * n).from_address(addr))
+
+
+def _record(frame: Any, layout: Tuple[int, int, int, int]) -> int:
+    """The address of ``frame``'s locals, or 0 where the record does not name
+    this frame and its code (then nothing is read)."""
+    f_frame, code_at, frame_at, locals_at = layout
+    rec = _words(id(frame) + f_frame, 1)[0]
+    if not rec:
+        return 0
+    head = _words(rec, locals_at // _PTR)
+    return rec + locals_at if head[code_at // _PTR] == id(frame.f_code) and head[frame_at // _PTR] == id(
+        frame) else 0
+
+
+def _probe_layout() -> Optional[Tuple[int, int, int, int]]:
+    layout = _LAYOUTS.get(sys.version_info[:2])
+    if layout is None or hasattr(sys, "_is_gil_enabled") or hasattr(sys, "gettotalrefcount"):
+        return None  # another layout (free-threaded, debug build): no names
+    marks = (object(), object(), object())
+
+    def probe(a: Any, b: Any, c: Any) -> Tuple[int, ...]:
+        frame = sys._getframe()
+        at = _record(frame, layout)
+        return _words(at, 3) if at else ()
+
+    try:
+        return layout if probe(*marks) == tuple(id(m) for m in marks) else None
+    except Exception:  # pragma: no cover - a runtime without ctypes' pythonapi
+        return None
+
+
+_LAYOUT = _probe_layout() if sys.version_info < (3, 13) else None
+
+
+def local_name(obj: Any, frame: Any) -> Optional[str]:
+    """The name of a local variable of ``frame`` that holds ``obj``, if any."""
+    for name, value in _slots(frame):
+        if value == id(obj):
+            return name
+    return None
+
+
+def local_value(frame: Any, name: str) -> Any:
+    """The value of ``frame``'s local variable ``name`` (None if unbound or unread)."""
+    for k, value in _slots(frame):
+        if k == name:  # alive while its frame runs (and we run inside it): a new reference to it
+            return ctypes.cast(value, ctypes.py_object).value if value else None
+    return None
+
+
+def _slots(frame: Any) -> Iterator[Tuple[str, int]]:
+    """(name, address of the value) of the frame's locals, 0 where unbound."""
+    if frame is None:
+        return
+    try:
+        code = frame.f_code
+        if not code.co_flags & _CO_OPTIMIZED or sys.version_info >= (3, 13):
+            # a namespace dict, or (3.13+) a view of the frame: (the ids of objects the dict holds)
+            pairs = [(k, id(v)) for k, v in frame.f_locals.items()]
+        else:
+            at = _record(frame, _LAYOUT) if _LAYOUT is not None else 0
+            names = code.co_varnames  # the first slots of localsplus (cells hold cell objects)
+            pairs = list(zip(names, _words(at, len(names)))) if at else []
+    except Exception:  # pragma: no cover - exotic frames
+        return
+    yield from pairs
