@@ -18,7 +18,7 @@ from ..serialize import symbolic_value
 from .aliases import refresh_stale_reads
 from .boundary import reads_data
 from .extras import Raised
-from .frames import is_torch_internal, line_of
+from .frames import is_torch_internal, line_of, truth_tested
 from .linking import AutogradPart, build_autograd
 from .enginephase import RECOMPUTE
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
@@ -275,7 +275,10 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             read = ev[E_EXTRA]
             via = () if read is None else tuple(_source(c, lasti) for c, lasti in read.callers)
             if info.witness == "value":
-                witness = Witness(value=jsonable(read.value if read is not None else None), called_from=via)
+                value = read.value if read is not None else None
+                if type(value) in (int, float) and truth_tested(ev[E_CODE], ev[E_LINE]):  # `if t:` read bool(t)
+                    value = bool(value)
+                witness = Witness(value=jsonable(value), called_from=via)
             elif ev[E_OUTS] and reads_data(info, ev, vmeta):
                 witness = Witness(shape=vmeta[ev[E_OUTS][0]][V_SHAPE:], called_from=via)
             else:
