@@ -461,6 +461,33 @@ def test_one_module_called_again_is_named_by_its_own_path():
     assert why.startswith("`blocks.0` (Sequential, 3 ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
 
 
+class FirstBlockLooped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block() for _ in range(3)])
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for _ in range(n):
+            x = self.blocks[0](x)
+        for b in self.blocks[1:]:
+            x = b(x)
+        return x
+
+
+def test_a_block_called_again_before_its_siblings_is_named_by_its_own_count():
+    """``blocks[0]`` called n times, then ``blocks[1]`` and ``blocks[2]``: the
+    diff read "`blocks.*` ran 4x in A, 5x in B", the list's calls, where the
+    loop that ran more is blocks.0's (2x against 3x). Its siblings' calls are
+    no loop: 0 against 1 call of blocks.0 stays the list's count."""
+    torch.manual_seed(0)
+    m, x = FirstBlockLooped(), torch.randn(2, 4)
+    a, b, none = (zoo.record(m, x, n) for n in (2, 3, 0))
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith("`blocks.0` (Block, 3 ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
+    [why] = torchtrace.diff(none, zoo.record(m, x, 1)).why()
+    assert why.startswith("`blocks.*` (Block, 3 ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
+
+
 
 
 def counted_with_a_float_exit(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:

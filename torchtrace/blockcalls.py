@@ -58,11 +58,12 @@ def calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[st
     return next((g.calls_under(m.id) for m in g.modules if (m.path, m.call) == scope), set())
 
 
-def list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Side] = None) -> int:
+def list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Side] = None,
+               own: bool = False) -> int:
     """How many blocks of the list whose block is the call ``scope`` on ``other``
     (default ``side``) ``side``'s call of their parent made: the calls with the
     same parent and type, of the same module or a path that differs in its
-    last index only (``encoder.block.0..2``)."""
+    last index only (``encoder.block.0..2``); with ``own``, of the same module only."""
     g = (other or side).graph
     m = next(m for m in g.modules if (m.path, m.call) == scope)
     parent = g.module(m.parent) if m.parent is not None else None
@@ -70,4 +71,5 @@ def list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Sid
     head = m.path.rpartition(".")[0]
     ids = {p.id for p in side.graph.modules if (p.path, p.call) == where_}
     return sum(1 for c in side.graph.modules if c.type == m.type and (c.parent in ids if where_ else c.parent is None)
-               and (c.path == m.path or c.path.rpartition(".")[0] == head and c.path.rpartition(".")[2].isdigit()))
+               and (c.path == m.path or not own and c.path.rpartition(".")[0] == head
+                    and c.path.rpartition(".")[2].isdigit()))

@@ -215,8 +215,12 @@ class LoopFinder:
         src, keyword = (header, "while") if header is not None else (src, None)
         calls = one_call(X, scope, xs[0], unit_len)
         if calls is not None:  # (the list's first blocks may differ from the rest: T5's first holds the bias)
+            ox, oy = list_calls(X, scope, own=True), list_calls(Y, scope, X, own=True)
             nx, ny = list_calls(X, scope), list_calls(Y, scope, X)
-            cx, cy = (nx, ny) if nx - ny == cx - cy else (cx, cy)
+            if max(ox, oy) > 1 and ox - oy == cx - cy:  # one block called again (`blocks[0]` in a loop): its count
+                cx, cy, calls = ox, oy, (scope[0], calls[1])
+            elif nx - ny == cx - cy:
+                cx, cy = nx, ny
         a, b = (cx, cy) if X is self.A else (cy, cx)
         reached = self.next_a if X is self.A else self.next_b
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op
