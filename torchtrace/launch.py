@@ -86,6 +86,21 @@ class _Progress:
             _say(self.console, f"[dim]torchtrace: {n} pass{'es' * (n != 1)} recorded, {k} variant{'s' * (k != 1)}"
                                f"{f' (new: variant-{k - 1} at pass {index})' if new else ''}[/dim]")
 
+    def settle(self, store: Path) -> None:
+        """Count the passes and variants as the store holds them, where it holds
+        more: a Ctrl-C between a pass's commit and ``on_pass`` left one uncounted."""
+        from .store import Store
+
+        try:
+            with Store(store, readonly=True) as st:
+                rows = st.passes()
+        except Exception:  # (no store: the run stored no pass; a damaged one: the counts as they were)
+            return
+        if len(rows) > self.passes:
+            self.passes, self.variants = len(rows), {}
+            for r in rows:
+                self.variants.setdefault(r.structure_fp, []).append(r.idx)
+
     def _render(self, graph: Graph, k: int) -> Path:
         from .renderers import render
 
@@ -273,6 +288,7 @@ def _worker_main(args: Sequence[str]) -> int:
 
 
 def _summary(console: Console, progress: _Progress, store: Path, script: Path, code: int) -> None:
+    progress.settle(store)
     n = progress.passes
     console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
                   f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
