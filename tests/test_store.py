@@ -1866,3 +1866,47 @@ def test_every_k_samples_a_teacher_called_only_after_unsampled_micro_batches(tmp
     assert [s for name, s in passes if name == "m"] == list(range(40))  # its 1st micro-batch of each step
     teacher = [s for name, s in passes if name == "ema"]
     assert teacher and teacher[0] < 20 and teacher == list(range(teacher[0], 40, 2))
+
+
+RECORD_ONE = """
+import sys, warnings, torch, torchtrace
+warnings.simplefilter("always")
+m = torch.nn.Linear(2, 2)
+with torchtrace.Recorder(sys.argv[1]):
+    m(torch.ones(1, 2)).sum().backward()
+"""
+
+
+def test_a_second_process_recording_the_same_rank_into_a_store_is_refused(tmp_path):
+    """Two runs started with one store path (the default ``Recorder()``) wrote
+    their passes into one rank's sequence, interleaved, which ``variants`` and
+    ``diff`` read as one run. A process's pass of a rank another live process
+    writes is refused (the Recorder warns and stops; the script runs on);
+    other ranks (a distributed run's) and a later process are accepted."""
+    from torchtrace.store import Store
+
+    path = tmp_path / "t.db"
+    m = nn.Linear(2, 2)
+    with torchtrace.trace(m) as t:
+        m(torch.ones(1, 2))
+    script = tmp_path / "one.py"
+    script.write_text(RECORD_ONE)
+
+    def other(rank=None):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+        env.update({"RANK": str(rank), "WORLD_SIZE": "2"} if rank is not None else {})
+        return subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    with Store(path) as st:
+        st.add(t.graph)  # this process now writes rank 0
+        refused, rank1 = other(), other(rank=1)
+        assert refused.returncode == 0 and "another process is recording rank 0 into this store" in refused.stderr, \
+            refused.stderr
+        assert rank1.returncode == 0 and "could not store" not in rank1.stderr, rank1.stderr
+        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (1, 0)]
+        st.add(t.graph)  # (its own next pass)
+    later = other()
+    assert later.returncode == 0 and "could not store" not in later.stderr, later.stderr
+    with Store(path) as st:
+        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (0, 1), (0, 2), (1, 0)]

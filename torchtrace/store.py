@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
+from .rankclaim import RankClaims
 from .serialize import SQLITE_HEADER, content_key, decode, encode, norm_json, stored_norm, witness_from_dict
 
 SCHEMA_VERSION = 2  # 2: graph rows keyed by content (passes name theirs); 1 is read too
@@ -100,6 +101,7 @@ class Store:
 
     def __init__(self, path: Union[str, Path], *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self._claims = RankClaims(self.path)  # (the ranks this process writes: taken at their first add)
         if readonly:
             self._find(str(path))
         if not readonly:
@@ -211,6 +213,7 @@ class Store:
                              fix="open it with Store(path) to record into it")
         meta = graph.meta
         rank = int(meta.get("rank") or 0)
+        self._claims.claim(rank)
         fp = graph.fingerprints
         witnesses: Dict[str, Any] = {n.id: n.witness.read() for n in graph.witnesses()}
         if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
@@ -330,6 +333,7 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+        self._claims.close()
 
     def __enter__(self) -> "Store":
         return self

@@ -1,0 +1,65 @@
+"""One writing process per rank of a trace store.
+
+The ranks of a distributed run share one store, so a store takes passes from
+many processes. Two processes that record the same rank into it (two training
+runs started with the default ``Recorder()`` path) would interleave their
+passes into one sequence that ``variants`` and ``diff`` then read as one run.
+The first process to store a pass of rank r holds a lock on byte r of
+``<store>-writers`` until it closes the store or dies; another process's pass
+of that rank is refused with a ``WriteError`` (a Recorder then stops with a
+warning, the script runs on). The lock is POSIX ``lockf``, so the processes of
+one machine are told apart, and those of several on a file system that keeps
+such locks across machines (NFS with lockd); elsewhere nothing is refused.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Set
+
+from .errors import WriteError
+
+_MAX_RANK = 1 << 40  # (a byte offset: ranks past it are no real process's, nothing to hold)
+
+
+class RankClaims:
+    """The ranks this process writes into the store at ``store``."""
+
+    def __init__(self, store: Path) -> None:
+        self.path = Path(f"{store}-writers")
+        self.fd: Optional[int] = None
+        self.held: Set[int] = set()
+        self.pid = os.getpid()
+
+    def claim(self, rank: int) -> None:
+        """Hold rank ``rank`` for this process, or raise WriteError when another holds it."""
+        if self.pid != os.getpid():  # (a forked child holds none of its parent's locks)
+            self.pid, self.held = os.getpid(), set()
+        if rank in self.held or not 0 <= rank < _MAX_RANK:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no locks
+            return
+        if self.fd is None:
+            try:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # (a folder we may not write beside the store: SQLite says what is wrong)
+                return
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rank)
+        except (BlockingIOError, PermissionError):  # (EAGAIN / EACCES: another process holds it)
+            raise WriteError(f"another process is recording rank {rank} into this store", where=str(self.path.parent
+                             / self.path.name[:-len("-writers")]), expected="one process per rank",
+                             found=f"rank {rank} held (by {self.path.name})",
+                             fix="give each run its own store (Recorder(path), torchtrace run --out), or set "
+                                 "RANK for the processes of one distributed run") from None
+        except OSError:  # (a file system without locks)
+            return
+        self.held.add(rank)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # (and with it its locks)
+            self.fd = None
+            self.held.clear()
