@@ -430,6 +430,31 @@ def test_a_truth_test_of_a_tensor_records_what_python_read():
                    (line["not"], s != 0), (line["item"], s)]
 
 
+def test_a_number_a_library_s_bool_compares_is_recorded_as_read(tmp_path):
+    """(A review.) The truth test is the reading frame's, not the user line's:
+    ``if batch:`` whose ``__bool__`` (in a skipped library) reads ``n.item() > 5``
+    read the number 3.0, and the branch went False; it was recorded as True."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "batchlib.py").write_text(textwrap.dedent("""
+        class Batch:
+            def __init__(self, n):
+                self.n = n
+            def __bool__(self):
+                return self.n.item() > 5
+    """))
+    sys.path.insert(0, str(lib))
+    try:
+        import batchlib
+    finally:
+        sys.path.remove(str(lib))
+    m = nn.Identity()
+    with torchtrace.trace(m, skip=[str(lib)]) as t:
+        if batchlib.Batch(m(torch.tensor(3.0))):
+            pass
+    assert [n.witness.value for n in t.graph.witnesses()] == [3.0]
+
+
 def test_data_dependent_shapes_are_witnesses():
     x = torch.tensor([1.0, -2.0, 3.0, -4.0, 5.0])
     with torchtrace.trace() as t:
@@ -1143,6 +1168,29 @@ def test_naming_an_outside_tensor_keeps_no_deleted_local_alive():
     gc.collect()
     assert ref() is None
     assert "w2" in {v.name for v in t.graph.values if v.role == "constant"}
+
+
+def test_locals_that_a_closure_uses_are_named():
+    """(A review.) Read from the frame record, a local that a closure uses lives
+    in a cell and a closure's own outer names are free variables: neither was
+    named (``self`` a lambda captures gave no ``self.critic``)."""
+    m = nn.Identity()
+
+    def f():
+        bias = torch.ones(3)
+        scale = torch.full((3,), 2.0)
+        keep = lambda: scale  # noqa: E731  (makes `scale` a cell of f)
+
+        def inner(x):
+            return x + bias  # (`bias`: a free variable of inner)
+
+        with torchtrace.trace(m) as t:
+            inner(m(torch.zeros(3)))
+            m(torch.zeros(3)) * scale
+        keep()
+        return t.graph
+
+    assert sorted(v.name for v in f().values if v.role == "constant") == ["bias", "scale"]
 
 
 def test_max_ops_truncates_with_a_clear_message(tmp_path):

@@ -276,7 +276,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             via = () if read is None else tuple(_source(c, lasti) for c, lasti in read.callers)
             if info.witness == "value":
                 value = read.value if read is not None else None
-                if type(value) in (int, float) and truth_tested(ev[E_CODE], ev[E_LINE]):  # `if t:` read bool(t)
+                if type(value) in (int, float) and truth_tested(ev[E_ICODE], ev[E_ILASTI]):  # `if t:`: bool(t)
                     value = bool(value)
                 witness = Witness(value=jsonable(value), called_from=via)
             elif ev[E_OUTS] and reads_data(info, ev, vmeta):

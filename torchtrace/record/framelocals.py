@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from typing import Any, Iterator, Optional, Tuple
+import types
+from typing import Any, List, Optional, Tuple
 
 _CO_OPTIMIZED = 0x1  # a function's frame: its locals live in the frame record, not a dict
 _PTR = ctypes.sizeof(ctypes.c_void_p)
@@ -43,8 +44,8 @@ def _record(frame: Any, layout: Tuple[int, int, int, int]) -> int:
 
 def _probe_layout() -> Optional[Tuple[int, int, int, int]]:
     layout = _LAYOUTS.get(sys.version_info[:2])
-    if layout is None or hasattr(sys, "_is_gil_enabled") or hasattr(sys, "gettotalrefcount"):
-        return None  # another layout (free-threaded, debug build): no names
+    if layout is None or sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
+        return None  # another layout (not CPython, a debug build): no names
     marks = (object(), object(), object())
 
     def probe(a: Any, b: Any, c: Any) -> Tuple[int, ...]:
@@ -63,33 +64,48 @@ _LAYOUT = _probe_layout() if sys.version_info < (3, 13) else None
 
 def local_name(obj: Any, frame: Any) -> Optional[str]:
     """The name of a local variable of ``frame`` that holds ``obj``, if any."""
-    for name, value in _slots(frame):
-        if value == id(obj):
+    target = id(obj)
+    for name, addr, _ in _slots(frame):
+        if addr == target:
             return name
     return None
 
 
 def local_value(frame: Any, name: str) -> Any:
     """The value of ``frame``'s local variable ``name`` (None if unbound or unread)."""
-    for k, value in _slots(frame):
-        if k == name:  # alive while its frame runs (and we run inside it): a new reference to it
-            return ctypes.cast(value, ctypes.py_object).value if value else None
+    for k, addr, value in _slots(frame):
+        if k == name:
+            if value is not None or not addr:
+                return value
+            # a slot of the running frame (we run inside it): its value is alive; a new reference to it
+            return ctypes.cast(addr, ctypes.py_object).value
     return None
 
 
-def _slots(frame: Any) -> Iterator[Tuple[str, int]]:
-    """(name, address of the value) of the frame's locals, 0 where unbound."""
+_CELL = id(types.CellType)
+
+
+def _slots(frame: Any) -> List[Tuple[str, int, Any]]:
+    """(name, address of the value, the value or None) of the frame's locals,
+    address 0 where unbound; a cell variable's (a closure's, or one a closure
+    uses) is the address of what its cell holds."""
     if frame is None:
-        return
+        return []
     try:
         code = frame.f_code
         if not code.co_flags & _CO_OPTIMIZED or sys.version_info >= (3, 13):
-            # a namespace dict, or (3.13+) a view of the frame: (the ids of objects the dict holds)
-            pairs = [(k, id(v)) for k, v in frame.f_locals.items()]
-        else:
-            at = _record(frame, _LAYOUT) if _LAYOUT is not None else 0
-            names = code.co_varnames  # the first slots of localsplus (cells hold cell objects)
-            pairs = list(zip(names, _words(at, len(names)))) if at else []
+            # a namespace dict, or (3.13+) a view of the frame: the values themselves, held by the list
+            return [(k, id(v), v) for k, v in frame.f_locals.items()]
+        at = _record(frame, _LAYOUT) if _LAYOUT is not None else 0
+        if not at:
+            return []
+        # localsplus: the locals (args first), the cells that are no argument, the free variables
+        names = code.co_varnames + tuple(c for c in code.co_cellvars if c not in code.co_varnames) + code.co_freevars
+        out = []
+        for name, addr in zip(names, _words(at, len(names))):
+            if addr and _words(addr + _PTR, 1)[0] == _CELL:  # (ob_type; a cell's ob_ref follows its header)
+                addr = _words(addr + 2 * _PTR, 1)[0]
+            out.append((name, addr, None))
+        return out
     except Exception:  # pragma: no cover - exotic frames
-        return
-    yield from pairs
+        return []

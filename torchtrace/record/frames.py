@@ -180,10 +180,12 @@ _TRUTH_TESTS = frozenset(i for i, name in enumerate(dis.opname) if name in {
 
 
 def truth_tested(code: Any, lasti: int) -> bool:
-    """Is the instruction at ``lasti`` a truth test (``if t:``, ``while t:``,
-    ``not t``, ``t and x``, ``assert t``)? Then Python read ``bool(t)``, not
-    the number ``_local_scalar_dense`` returned. (``co_code`` is the code as
-    compiled, without the interpreter's specialised or instrumented forms.)"""
+    """Is the instruction at ``lasti`` -- of the frame that issued the read, not
+    the user frame it is shown at: a library's ``__bool__`` may read a number
+    and compare it -- a truth test (``if t:``, ``while t:``, ``not t``,
+    ``t and x``, ``assert t``)? Then Python read ``bool(t)``, not the number
+    ``_local_scalar_dense`` returned. (``bool(t)`` is a call: its number stays.
+    ``co_code`` is the code as compiled, without specialised or instrumented forms.)"""
     try:
         return code is not None and lasti >= 0 and code.co_code[lasti] in _TRUTH_TESTS
     except (AttributeError, IndexError, TypeError):
