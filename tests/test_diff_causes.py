@@ -408,7 +408,7 @@ class SumTree(nn.Module):
         return self.leaf(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.node(x, 0)
+        return self.node(x, 0)  # LINE:sum-root
 
 
 def test_the_op_joining_a_branch_s_results_takes_the_branch_s_read():
@@ -423,7 +423,8 @@ def test_the_op_joining_a_branch_s_results_takes_the_branch_s_read():
     [joined] = [h for h in d.structural_hunks if [n.short_op for n in h.only_b] == ["add.Tensor"]]
     assert joined.witness is not None and not joined.witness.weak
     assert all(h.witness.line == line_of("sum-split") for h in d.structural_hunks)
-    assert d.why() == [f"{split} (called from `test_diff_causes.py:{line_of('sum-split') + 1}`) read False in A, "
+    called = f"`test_diff_causes.py:{line_of('sum-split') + 1}`, from `test_diff_causes.py:{line_of('sum-root')}`"
+    assert d.why() == [f"{split} (called from {called}) read False in A, "
                        f"True in B \u2192 {d.only_b} ops only in B in 2 hunks (in `<root>`)"]
 
 

@@ -235,6 +235,36 @@ def test_review_a_helper_s_loop_per_call_an_inner_loop_s_return_and_a_named_last
                   "\u2192 1 op only in A (in `<root>`)"
 
 
+def above(h: torch.Tensor, t: float) -> bool:
+    return bool(h.mean() > t)  # LINE:two_level_read
+
+
+def maybe_tanh(h: torch.Tensor, t: float) -> torch.Tensor:
+    if above(h, t):  # LINE:two_level_if
+        h = torch.tanh(h @ W4)
+    return h
+
+
+def twice_through_a_helper(x: torch.Tensor, ts: tuple) -> torch.Tensor:
+    h = maybe_tanh(x, ts[0])  # LINE:two_level_first
+    return maybe_tanh(h, ts[1])  # LINE:two_level_second
+
+
+def test_a_helper_called_through_another_from_two_lines_is_no_loop():
+    """A read in a helper that a second helper calls, called from two lines: the
+    reads had one call site (the inner one) and read as "the loop at" the read's
+    line, 1x in A, 2x in B. Every frame of ``called_from`` tells the calls apart."""
+    x = torch.ones(1, 4)
+    [why] = torchtrace.diff(_traced(twice_through_a_helper, x, (-9.0, 9.0)),
+                            _traced(twice_through_a_helper, x, (-9.0, -9.0))).why()
+    f = "test_diff_loops.py"
+    assert why.startswith(f"`{f}:{line_of('two_level_read')}` (called from `{f}:{line_of('two_level_if')}`, from "
+                          f"`{f}:{line_of('two_level_second')}`) read False in A, True in B"), why
+    [why] = torchtrace.diff(_traced(twice_through_a_helper, x, (9.0, -9.0)),
+                            _traced(twice_through_a_helper, x, (-9.0, -9.0))).why()
+    assert f"from `{f}:{line_of('two_level_first')}`) read False in A, True in B" in why, why
+
+
 def each_at_once(x: torch.Tensor, ns: list) -> torch.Tensor:
     for n in ns:  # (no op of this function between the helper's calls)
         x = step_until(x, n)
@@ -472,6 +502,60 @@ class FirstBlockLooped(nn.Module):
         for b in self.blocks[1:]:
             x = b(x)
         return x
+
+
+class PrefixTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block() for _ in range(3)])
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for _ in range(2):
+            for b in self.blocks[:n]:
+                x = b(x)
+        return x
+
+
+class Group(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class SharedGroups(nn.Module):
+    """ALBERT's layout: groups of one layer each, group k % groups called in turn."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = nn.ModuleList([Group() for _ in range(groups)])
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for k in range(n):
+            x = self.groups[k % len(self.groups)](x)
+        return x
+
+
+def test_shared_groups_and_a_list_run_twice_count_the_calls_that_ran():
+    """(A review.) ALBERT's one group called 2x against 3x read "`groups.0.layers.0`
+    ran 0x in A, 1x in B": each layer call has another group call as parent, and
+    the list's count took the parent call's (absent in A). With a group per layer,
+    the layer is named with the group's index starred. A list's first n blocks
+    run twice is the list's count, not the count of a block one side never called."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    one, three = SharedGroups(1), SharedGroups(3)
+    [why] = torchtrace.diff(zoo.record(one, x, 2), zoo.record(one, x, 3)).why()
+    assert why.startswith("`groups.0.layers.0` (Block, 3 ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
+    [why] = torchtrace.diff(zoo.record(three, x, 2), zoo.record(three, x, 3)).why()
+    assert why.startswith("`groups.*.layers.0` (Block, 3 ops) ran 2\u00d7 in A, 3\u00d7 in B"), why
+    m = PrefixTwice()
+    [why] = torchtrace.diff(zoo.record(m, x, 2), zoo.record(m, x, 3)).why()
+    assert why.startswith("`blocks.*` (Block, 3 ops) ran 4\u00d7 in A, 6\u00d7 in B"), why
 
 
 def test_a_block_called_again_before_its_siblings_is_named_by_its_own_count():

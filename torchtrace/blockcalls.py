@@ -45,8 +45,20 @@ def one_call(side: Side, scope: Optional[Tuple[str, int]], first: int, n: int) -
         return None
     m = next(m for m in side.graph.modules if (m.path, m.call) == scope)
     head = re.sub(r"\.\d+$", ".*", m.path)  # (a module called again keeps its own path)
-    return (head if any(c.path != m.path and re.sub(r"\.\d+$", ".*", c.path) == head and c.parent == m.parent
-                        for c in side.graph.modules) else m.path), m.type
+    if any(c.path != m.path and re.sub(r"\.\d+$", ".*", c.path) == head and c.parent == m.parent
+           for c in side.graph.modules):
+        return head, m.type
+    return _starred(m.path, {c.path for c in side.graph.modules if c.type == m.type}), m.type
+
+
+def _starred(path: str, alike: Set[str]) -> str:
+    """``path`` with a ``*`` for each index in which calls of its type differ
+    from it, their paths otherwise the same: the layer of a list of groups that
+    each hold one (ALBERT's ``albert_layer_groups.*.albert_layers.0``)."""
+    parts = path.split(".")
+    others = [q for q in (p.split(".") for p in alike if p != path) if len(q) == len(parts) and all(
+        a == b or a.isdigit() and b.isdigit() for a, b in zip(parts, q))]
+    return ".".join("*" if any(q[k] != a for q in others) else a for k, a in enumerate(parts))
 
 
 def calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[str]]:

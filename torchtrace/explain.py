@@ -138,7 +138,7 @@ class Causes:
         via = None
         if src is not None and (len(self.A.call_sites.get((src.file, src.line), ())) > 1
                                 or len(self.B.call_sites.get((src.file, src.line), ())) > 1):
-            via = tuple(where(w.called_from[0].file, w.called_from[0].line) if w.called_from else "?"
+            via = tuple(", from ".join(where(c.file, c.line) for c in w.called_from) if w.called_from else "?"
                         for w in (na.witness, nb.witness))
         return WitnessChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
                              na.witness, nb.witness, na.id, nb.id, call=call, via=via)

@@ -217,10 +217,11 @@ class LoopFinder:
         if calls is not None:  # (the list's first blocks may differ from the rest: T5's first holds the bias)
             ox, oy = list_calls(X, scope, own=True), list_calls(Y, scope, X, own=True)
             nx, ny = list_calls(X, scope), list_calls(Y, scope, X)
-            if max(ox, oy) > 1 and ox - oy == cx - cy:  # one block called again (`blocks[0]` in a loop): its count
+            if min(ox, oy) and max(ox, oy) > 1 and ox - oy == cx - cy:  # a block called again on both sides
+                # (`blocks[0]` in a loop): its count (one the other side never called ran in another loop)
                 cx, cy, calls = ox, oy, (scope[0], calls[1])
-            elif nx - ny == cx - cy:
-                cx, cy = nx, ny
+            elif nx - ny == cx - cy and min(nx, ny):  # (0: the parent's call is not on that side -- ALBERT
+                cx, cy = nx, ny                          # calls one group again: each layer call has its own)
         a, b = (cx, cy) if X is self.A else (cy, cx)
         reached = self.next_a if X is self.A else self.next_b
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op

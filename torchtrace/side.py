@@ -50,13 +50,15 @@ def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None,
     return sig + (state,) if state else sig
 
 
-def call_site(n: "Node") -> Optional[Tuple[str, int]]:
-    """(file name, line) of the user's line that called the helper function in
-    which ``n`` read tensor data; None for other ops and reads."""
+def call_site(n: "Node") -> Optional[Tuple[Any, ...]]:
+    """(file name, line, ...) of the user's lines that called the helper function
+    in which ``n`` read tensor data, innermost first (``witness.called_from``: a
+    helper called through another from two lines is two sites, no loop); None
+    for other ops and reads."""
     w = n.witness
     if w is None or not w.called_from:
         return None
-    return _base(w.called_from[0].file), w.called_from[0].line
+    return tuple(x for c in w.called_from for x in (_base(c.file), c.line))
 
 
 def _caller(n: "Node") -> Optional[Tuple[str, str]]:
@@ -69,9 +71,9 @@ def _caller(n: "Node") -> Optional[Tuple[str, str]]:
     return c.file, c.function
 
 
-def call_sites(nodes: Iterable["Node"]) -> Dict[Tuple[str, int], FrozenSet[Tuple[str, int]]]:
+def call_sites(nodes: Iterable["Node"]) -> Dict[Tuple[str, int], FrozenSet[Tuple[Any, ...]]]:
     """(file, line) of each read in a helper -> the lines that called the helper."""
-    sites: Dict[Tuple[str, int], Set[Tuple[str, int]]] = {}
+    sites: Dict[Tuple[str, int], Set[Tuple[Any, ...]]] = {}
     for n in nodes:
         site = call_site(n)
         if site is not None and n.source is not None:
@@ -238,7 +240,7 @@ class Side:
         return out
 
     @cached_property
-    def call_sites(self) -> Dict[Tuple[str, int], FrozenSet[Tuple[str, int]]]:
+    def call_sites(self) -> Dict[Tuple[str, int], FrozenSet[Tuple[Any, ...]]]:
         """(file, line) of a read in a helper -> the lines that called the helper (``call_sites``)."""
         return call_sites(self.nodes)
 
