@@ -609,7 +609,7 @@ def test_an_older_runs_log_never_lands_beside_the_previous_store(tmp_path):
     assert (out / "trace.prev.db").read_bytes() == b"previous run"
     assert not (out / "trace.prev.db-wal").exists() and not (out / "trace.prev.db-shm").exists()
     assert sorted(f.name for f in out.iterdir() if not f.name.startswith("trace.db")) == [
-        ".torchtrace.lock", "trace.prev.db"]
+        ".torchtrace.lock", ".trace.db.writers", "trace.prev.db"]
 
 
 def test_a_run_killed_before_its_first_pass_does_not_push_the_last_good_trace_out(tmp_path):
@@ -1123,8 +1123,8 @@ def test_setting_the_previous_run_aside_touches_only_its_own_files(tmp_path):
         with _store_in(out) as path:
             _one_pass(path)
     assert (out / ".old-notes.txt").read_text() == "keep" and (out / ".old-dir").is_dir()
-    assert sorted(f.name for f in out.iterdir()) == [".old-dir", ".old-notes.txt", ".torchtrace.lock", "trace.db",
-                                                     "trace.prev.db"]
+    assert sorted(f.name for f in out.iterdir()) == [".old-dir", ".old-notes.txt", ".torchtrace.lock",
+                                                     ".trace.db.writers", "trace.db", "trace.prev.db"]
 
 
 def test_a_gz_name_in_capitals_is_gzipped_json(recorded, tmp_path):

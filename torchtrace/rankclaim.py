@@ -5,7 +5,9 @@ many processes. Two processes that record the same rank into it (two training
 runs started with the default ``Recorder()`` path) would interleave their
 passes into one sequence that ``variants`` and ``diff`` then read as one run.
 The first process to store a pass of rank r holds a lock on byte r of
-``<store>-writers`` until it closes the store or dies; another process's pass
+``.<store name>.writers`` beside it until it closes the store or dies (the file
+stays: removing it while another process opens it would give the two processes
+two files to lock); another process's pass
 of that rank is refused with a ``WriteError`` (a Recorder then stops with a
 warning, the script runs on). The lock is POSIX ``lockf``, so the processes of
 one machine are told apart, and those of several on a file system that keeps
@@ -26,7 +28,8 @@ class RankClaims:
     """The ranks this process writes into the store at ``store``."""
 
     def __init__(self, store: Path) -> None:
-        self.path = Path(f"{store}-writers")
+        self.path = store.parent / f".{store.name}.writers"  # (hidden; never removed: see above)
+        self.store = store
         self.fd: Optional[int] = None
         self.held: Set[int] = set()
         self.pid = os.getpid()
@@ -49,8 +52,7 @@ class RankClaims:
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rank)
         except (BlockingIOError, PermissionError):  # (EAGAIN / EACCES: another process holds it)
-            raise WriteError(f"another process is recording rank {rank} into this store", where=str(self.path.parent
-                             / self.path.name[:-len("-writers")]), expected="one process per rank",
+            raise WriteError(f"another process is recording rank {rank} into this store", where=str(self.store), expected="one process per rank",
                              found=f"rank {rank} held (by {self.path.name})",
                              fix="give each run its own store (Recorder(path), torchtrace run --out), or set "
                                  "RANK for the processes of one distributed run") from None
