@@ -1193,6 +1193,52 @@ def test_locals_that_a_closure_uses_are_named():
     assert sorted(v.name for v in f().values if v.role == "constant") == ["bias", "scale"]
 
 
+def test_a_module_outside_the_root_is_not_named_like_one_of_its_children():
+    """A module the root does not hold is named by its class (``LayerNorm``); a
+    root child called ``self.LayerNorm`` (as in transformers' BERT) had that
+    path too: two module calls and four parameters under two names."""
+    helper = nn.LayerNorm(4)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.LayerNorm = nn.LayerNorm(4)
+
+        def forward(self, x):
+            return helper(self.LayerNorm(x))
+
+    m = Block()
+    with torchtrace.trace(m) as t:
+        m(torch.randn(2, 4)).sum().backward()
+    g = t.graph.validate()
+    assert [c.path for c in g.modules] == ["", "LayerNorm", "LayerNorm#1"]
+    assert sorted(x.name for x in g.autograd.grads) == ["LayerNorm#1.bias", "LayerNorm#1.weight", "LayerNorm.bias",
+                                                        "LayerNorm.weight"]
+
+
+def test_checkpoint_s_recompute_does_not_rename_the_root_s_input():
+    """Non-reentrant checkpoint re-runs ``self.a(x)`` inside backward as a call
+    of its own: the root's input was renamed after ``Sequential.forward``'s
+    parameter (``input``) once the block held a backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    class CK(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Linear(6, 6), nn.GELU())
+            self.b = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(checkpoint(self.a, x, use_reentrant=False))
+
+    m, x = CK(), torch.randn(3, 6, requires_grad=True)
+    with torchtrace.trace(m) as t:
+        m(x).sum().backward()
+    g = t.graph.validate()
+    assert [v.name for v in g.values if v.role == "input"] == ["x"]
+    assert any(n.phase == "recompute" for n in g.nodes)
+
+
 def test_max_ops_truncates_with_a_clear_message(tmp_path):
     m = zoo.gpt2()
     with pytest.warns(RuntimeWarning, match="max_ops=10"):

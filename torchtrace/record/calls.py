@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import weakref
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
+
+from .mode import V_ORIGIN
 
 _SIGNATURES: Dict[Any, Optional[Tuple[inspect.Signature, Tuple[str, ...]]]] = {}
 
@@ -128,3 +131,24 @@ def _fields(value: Any) -> List[Tuple[str, Any]]:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
     return []
+
+
+def name_inputs(bound: Dict[str, Any], names: Dict[int, Tuple[Any, str]], aliases: Dict[str, str],
+                mode: Any) -> None:
+    """Name the tensors a root call was passed (``bound``: by parameter name) in
+    ``names`` (id -> (weakref, path)); a tensor passed as two inputs of this call
+    goes in ``aliases`` (`m(x, x)`: the diff says so; not a second call's); one the
+    pass read before the call (`m(ids, labels=ids.clone())`) is named by the forward."""
+    call: Dict[int, str] = {}
+    for t, path in (x for name, value in bound.items() for x in named_tensors(value, name)):
+        e = names.get(id(t))
+        if e is None or e[0]() is not t:  # new, or an entry left by a dead tensor with this id
+            names[id(t)] = (weakref.ref(t), path)
+        if call.setdefault(id(t), path) != path:
+            aliases.setdefault(path, call[id(t)])
+        vid = mode.vid_of(t)
+        if vid is not None:
+            rec = mode.vmeta[vid]
+            origin = rec[V_ORIGIN]
+            if origin is not None and origin[0] == "ext" and origin[1] == "input" and len(origin) == 4:
+                mode.vmeta[vid] = (*rec[:V_ORIGIN], (*origin[:2], path, origin[3], "signature"), *rec[V_ORIGIN + 1:])

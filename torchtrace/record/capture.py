@@ -21,7 +21,7 @@ from ..errors import warn
 from ..ir import Graph
 from .autograd import AutogradTracker, grad_fns, storage_keys
 from .build import build_graph, open_annotations
-from .calls import bind_args, call_kwargs, named_tensors, tensors_in
+from .calls import bind_args, call_kwargs, name_inputs, tensors_in
 from .compiled import CompileGuard
 from .patches import Patches
 from .composite import see_autocast
@@ -216,8 +216,8 @@ class Capture:
             if not self.root_paths:
                 path = ""
             else:
-                base = type(module).__name__
-                taken = set(self.root_paths.values())
+                base = type(module).__name__  # (not a path of the modules named: the root's `self.LayerNorm`)
+                taken = set(self.root_paths.values()).union(*self.module_paths.values())
                 path = base if base not in taken else next(
                     f"{base}#{k}" for k in range(1, 10**6) if f"{base}#{k}" not in taken)
         self.root_paths[id(module)] = path
@@ -270,22 +270,9 @@ class Capture:
             self.had_root_call = True
             if not called_by_torch(frame):  # (checkpoint's no_grad forward: the pass's mode stays)
                 self.pass_grad_mode = grad_mode()
-        mode = self.mode
-        bound = bind_args(module.forward, args, kwargs)
-        call: Dict[int, str] = {}  # this call's names (`m(x, x)`: the diff says so; not a second call's)
-        for t, path in (x for name, value in bound.items() for x in named_tensors(value, name)):
-            e = self.input_names.get(id(t))
-            if e is None or e[0]() is not t:  # new, or an entry left by a dead tensor with this id
-                self.input_names[id(t)] = (weakref.ref(t), path)
-            if call.setdefault(id(t), path) != path:
-                self.input_aliases.setdefault(path, call[id(t)])
-            vid = mode.vid_of(t)
-            if vid is not None:  # read before the call (`m(ids, labels=ids.clone())`): named by the forward
-                rec = mode.vmeta[vid]
-                origin = rec[V_ORIGIN]
-                if origin is not None and origin[0] == "ext" and origin[1] == "input" and len(origin) == 4:
-                    mode.vmeta[vid] = (*rec[:V_ORIGIN], (*origin[:2], path, origin[3], "signature"),
-                                       *rec[V_ORIGIN + 1:])
+        if torch._C._current_graph_task_id() != -1:  # checkpoint's recompute in backward: named by the forward
+            return
+        name_inputs(bind_args(module.forward, args, kwargs), self.input_names, self.input_aliases, self.mode)
 
     def on_root_return(self, output: Any) -> None:
         if self.mode.off:
