@@ -898,3 +898,40 @@ def test_a_users_dispatch_mode_around_backward_changes_nothing_recorded(user_mod
     assert rows(moded) == rows(plain)
     assert {r[2] for r in rows(plain) if r[1] == "forward"} == {zoo.marked_line(__file__, "fwd"),
                                                                zoo.marked_line(__file__, "bwd")}
+
+
+def test_a_gradient_sum_the_engine_runs_between_nodes_is_no_node_s():
+    """``a`` read twice: the engine adds the second Node's gradient for it into
+    ExpBackward0's input buffer while that Node is still the current one; the
+    add was said to be MulBackward0's backward. Oracle: which Node's pre/post
+    hooks it ran between, under a logging dispatch mode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def oracle_nodes(x):
+        a = x.exp()
+        y = (a * 2 + a * 3).sum()
+        current, seen = [], []
+
+        class Log(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                seen.append((func.__name__, current[-1] if current else None))
+                return func(*args, **(kwargs or {}))
+
+        for fn in zoo.autograd_nodes(y.grad_fn):
+            fn.register_prehook(lambda go, fn=fn: current.append(fn.name()))
+            fn.register_hook(lambda gi, go: current.pop() and None)
+        with Log():
+            y.backward()
+        return seen
+
+    x = torch.randn(4, requires_grad=True)
+    with torchtrace.trace() as t:
+        a = x.exp()
+        (a * 2 + a * 3).sum().backward()
+    g = t.graph.validate()
+    got = [(n.op.split(".")[1], g.autograd_node(n.autograd_node).name if n.autograd_node else None)
+           for n in g.nodes if n.phase == "backward" and n.op != "aten.ones_like.default"]
+    want = [(op.split(".")[0], node) for op, node in oracle_nodes(x.detach().requires_grad_())
+            if not op.startswith("ones_like")]
+    assert [w for o, w in got if o == "add"] == [None]
+    assert [w for _, w in got][:-1] == [w for _, w in want][:-1]  # (the last: a first .grad or an accumulation)

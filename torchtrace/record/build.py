@@ -222,15 +222,17 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     from_grads = set(grads)  # (and, below, what AccumulateGrad puts in .grad)
     closure = ClosureLoss(mode.mcalls, values)
     stepping_in_backward = False
+    sums = ag.engine_sums(events, infos)
     for i, ev in enumerate(events):
         info = infos[i]
         ph = ev[E_PHASE]
         phase = PHASE_NAMES[ph]
         module = _module(ev, in_generator)
+        anode = None if i in sums else ev[E_ANODE]  # (a gradient sum the engine ran between Nodes: no Node's)
         if ph == BACKWARD:
             if _accumulates(ag, ev):
                 from_grads.update(ev[E_OUTS])
-            fwd = ag.forward_op_of(ev[E_ANODE])
+            fwd = ag.forward_op_of(ev[E_ANODE])  # (a sum's: where the gradient it adds was made)
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
                 module = _module(events[fwd], in_generator)
                 source = _source(events[fwd][E_CODE], events[fwd][E_LINE])
@@ -289,7 +291,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                           tuple([vid_str[v] for v in ins if v >= 0]),
                           tuple(map(vid_at, ev[E_OUTS])), phase,
                           None if module is None else mod_str[module], args, source, tags, witness,
-                          grad_fn_of.get(i), "op", ag.aid_of(ev[E_ANODE]) if phase == "backward" else None))
+                          grad_fn_of.get(i), "op", ag.aid_of(anode) if phase == "backward" else None))
 
     if raised:  # ops that raised (the last one, if the block ended by it): node and error
         meta["raised"] = raised

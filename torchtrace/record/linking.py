@@ -21,9 +21,10 @@ import torch
 from ..ir import AutogradNode, GradInfo
 from .autograd import node_key
 from .gradnorms import grad_infos
-from .mode import BACKWARD, E_ANODE, E_OUTS, E_PHASE, E_SEQ
+from .mode import BACKWARD, E_ANODE, E_INS, E_OUTS, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
+_SUMS = ("aten.add.Tensor", "aten.add_.Tensor")  # how the engine sums two gradients for one input
 
 
 def _stem(s: str) -> str:
@@ -72,6 +73,27 @@ class AutogradPart:
 
     def forward_op_of(self, anode: Any) -> Optional[int]:
         return None if anode is None else self._op_of_key.get(self._key(anode))
+
+    def engine_sums(self, events: List[tuple], infos: List[Any]) -> Set[int]:
+        """The backward ``add`` events no Node ran: the engine sums two gradients
+        for one input of a Node (``a`` read twice: ``a*2 + a*3``) into that Node's
+        input buffer between Nodes, while the Node that made the second is still
+        the current one. Such an add reads a gradient another Node made, one that
+        is no input of the current Node (its maker is no parent of it)."""
+        made: Dict[int, Any] = {}  # value -> the Entry of the Node whose backward op made it
+        out: Set[int] = set()
+        for i, ev in enumerate(events):
+            e = self._entries.get(self._key(ev[E_ANODE])) if ev[E_PHASE] == BACKWARD and ev[E_ANODE] is not None \
+                else None
+            if e is None:
+                continue
+            if infos[i].name in _SUMS and any(
+                    m is not None and m is not e and not any(k is e.node for k in m.kids)
+                    for m in (made.get(v) for v in ev[E_INS])):
+                out.add(i)
+            for v in ev[E_OUTS]:
+                made[v] = e
+        return out
 
     def is_accumulate(self, anode: Any) -> bool:
         return anode is not None and self._key(anode)[0] == "acc"
