@@ -781,7 +781,9 @@ def test_a_custom_function_node_is_not_guessed():
         y = Double.apply(x).sin()
     g = t.graph
     names = {a.name: a for a in g.autograd.nodes}
-    assert names["DoubleBackward"].op is None          # no aten op made it: left unlinked
+    # no aten op of its name made it: not guessed by name, but joined to the op its forward issued
+    # that made its output (see test_a_custom_function_s_node_is_linked_to_the_op_that_made_its_output)
+    assert g.node(names["DoubleBackward"].op).op == "aten.mul.Tensor"
     assert g.node(names["SinBackward0"].op).op == "aten.sin.default"
     assert [n.op for n in g.nodes] == ["aten.mul.Tensor", "aten.sin.default"]
     assert y.requires_grad
@@ -935,3 +937,39 @@ def test_a_gradient_sum_the_engine_runs_between_nodes_is_no_node_s():
             if not op.startswith("ones_like")]
     assert [w for o, w in got if o == "add"] == [None]
     assert [w for _, w in got][:-1] == [w for _, w in want][:-1]  # (the last: a first .grad or an accumulation)
+
+
+class Rectify(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        y = x * 1.0
+        return y.clamp(min=0)  # LINE:custom-clamp
+
+    @staticmethod
+    def backward(ctx, go):
+        (x,) = ctx.saved_tensors
+        return go * (x > 0)
+
+
+def test_a_custom_function_s_node_is_linked_to_the_op_that_made_its_output():
+    """A custom ``autograd.Function``'s Node (``RectifyBackward``) has no aten op
+    of its name: it was linked to none, and its output's op had no grad_fn. The
+    op is the one that made the output (alive or not): the last op its
+    ``forward`` issued. Oracle: ``y.grad_fn``."""
+    x = torch.randn(4, requires_grad=True)
+    for keep in (True, False):
+        with torchtrace.trace() as t:
+            y = Rectify.apply(x * 2)
+            z = y.exp().sum()
+            if not keep:
+                del y
+            z.backward()
+        g = t.graph.validate()
+        [node] = [a for a in g.autograd.nodes if a.name == "RectifyBackward"]
+        op = g.node(node.op)
+        assert op.short_op == "clamp" and op.grad_fn == node.id, (keep, op)
+        assert op.source.line == zoo.marked_line(__file__, "custom-clamp")
+        mine = [n for n in g.nodes if n.autograd_node == node.id]
+        assert mine and all(n.source.line == op.source.line for n in mine)  # its backward: at its forward's line
+    assert Rectify.apply(x).grad_fn.name() == "RectifyBackward"

@@ -21,7 +21,7 @@ import torch
 from ..ir import AutogradNode, GradInfo
 from .autograd import node_key
 from .gradnorms import grad_infos
-from .mode import BACKWARD, E_ANODE, E_INS, E_OUTS, E_PHASE, E_SEQ
+from .mode import BACKWARD, E_ANODE, E_CODE, E_ICODE, E_INS, E_OUTS, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 _SUMS = ("aten.add.Tensor", "aten.add_.Tensor")  # how the engine sums two gradients for one input
@@ -177,6 +177,32 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
+_CUSTOM = torch.autograd.function.BackwardCFunction  # a custom autograd.Function's Node
+
+
+def _custom_op(node: Any, seq: int, threads: Tuple[_Counter, ...], events: List[tuple], mode: Any) -> Optional[int]:
+    """The op that made the output of a custom ``autograd.Function`` whose Node
+    is ``node``: its forward runs under no_grad, so its ops read the counter
+    its Node moved, and none moves it; of them, the last whose output still has
+    this Node as grad_fn, or else the last that the Function's ``forward`` issued."""
+    code = getattr(getattr(getattr(type(node), "_forward_cls", None), "forward", None), "__code__", None)
+    for th in threads:
+        seqs = th.seqs
+        i = bisect.bisect_right(seqs, seq)
+        run: List[int] = []
+        for j in range(i, len(seqs)):
+            if seqs[j] != seqs[i]:
+                break
+            run.append(th.index[j])
+        alive = [k for k in run if _made(mode, events[k], node)]
+        if alive:
+            return alive[-1]
+        mine = [k for k in run if code is not None and code in (events[k][E_CODE], events[k][E_ICODE])]
+        if mine:
+            return mine[-1]
+    return None
+
+
 def _made(mode: Any, ev: tuple, node: Any) -> bool:
     """Is ``node`` the grad_fn of one of the op's outputs that are still alive
     (the one way to tell which of two Nodes of the same number made it)?"""
@@ -213,7 +239,8 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     outside_twins = {k[:2] for k in outside}
     for e in entries:
         if e.seq is not None and e.key not in outside:
-            i = _op_of(e.seq, e.name, threads, events, infos, copy_slices)
+            i = _op_of(e.seq, e.name, threads, events, infos, copy_slices) if not isinstance(
+                e.node, _CUSTOM) else _custom_op(e.node, e.seq, threads, events, mode)
             if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
                                   or e.key[:2] in outside_twins):
                 linked[e.key] = i
