@@ -241,6 +241,20 @@ def test_validate_rejects_use_before_definition(graph):
         torchtrace.Graph.from_dict(d)
 
 
+@pytest.mark.parametrize("field", ["alias_of", "version_of"])
+def test_validate_rejects_a_value_whose_chain_leads_back_to_it(graph, field):
+    """A value that is its own base (or version), or two that are each other's,
+    loaded: a walk up the chain never ends."""
+    d = graph.to_dict()
+    a, b = d["values"][1], d["values"][2]
+    a[field] = a["id"]
+    with pytest.raises(torchtrace.TorchtraceError, match=f"{field} leads back to the value"):
+        torchtrace.Graph.from_dict(d)
+    a[field], b[field] = b["id"], a["id"]
+    with pytest.raises(torchtrace.TorchtraceError, match=f"{a['id']} -> {b['id']} -> {a['id']}"):
+        torchtrace.Graph.from_dict(d)
+
+
 def test_encoder_writes_the_json_form(graph, gpt2_graph):
     from types import MappingProxyType
 

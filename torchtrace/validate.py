@@ -65,6 +65,18 @@ def validate_graph(g: Graph) -> None:
         _ref(v.alias_of, values, f"values[{i}].alias_of", "value")
         _ref(v.version_of, values, f"values[{i}].version_of", "value")
         _shape(v.shape, f"values[{i}].shape")
+    for field in ("alias_of", "version_of"):  # (a chain back to itself: renderers and diff would walk it forever)
+        ends: set = set()  # values whose chain is known to end
+        for i, v in enumerate(g.values):
+            seen, up = [v.id], getattr(v, field)
+            while up is not None and up not in ends:
+                if up in seen:
+                    raise IRError(f"{field} leads back to the value", where=f"values[{i}].{field}",
+                                  expected=f"a chain of {field} that ends at a value of its own",
+                                  found=" -> ".join([*seen, up]), fix=_FIX)
+                seen.append(up)
+                up = getattr(g.values[values[up]], field)
+            ends.update(seen)
 
     produced: Dict[str, str] = {}
     for i, n in enumerate(g.nodes):
