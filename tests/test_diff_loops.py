@@ -151,12 +151,15 @@ def _nested(reps: list):
     return t.graph
 
 
-@pytest.mark.parametrize("a, b, changed", [([3, 1], [1, 3], [0, 1]), ([3, 1], [2, 2], [0, 1])])
+@pytest.mark.parametrize("a, b, changed", [([3, 1], [1, 3], [0, 1]), ([3, 1], [2, 2], [0, 1]),
+                                           ([1, 0], [0, 1], [0, 1]), ([2, 0, 1], [0, 2, 1], [0, 1])])
 def test_runs_of_a_while_whose_counts_swap_name_each_run_s_counts(a, b, changed):
     """With as many iterations in all, the alignment pairs the bodies across the
     runs' ends: a hunk holds one run's exit read and the next run's start. It
-    said "ran 0x in A, 1x in B" and "1x in A, 0x in B". (Each hunk's ops can
-    still pair across runs: README, Limits.)"""
+    said "ran 0x in A, 1x in B" and "1x in A, 0x in B". Runs of 0 iterations
+    read the exit value most: [1, 0] against [0, 1] read "0x in A, 1x in B"
+    and "2x in A, 1x in B" (the runs were split at the wrong value). (Each
+    hunk's ops can still pair across runs: README, Limits.)"""
     head = f"`while` at `test_diff_loops.py:{line_of('nested_while')}`"
     whys = torchtrace.diff(_nested(a), _nested(b)).why()
     assert [w.split(" \u2192 ")[0] for w in whys] == [

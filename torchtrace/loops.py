@@ -267,6 +267,10 @@ class LoopFinder:
             seen = Counter(side.loop_keys[i] for i in reads) + Counter(
                 o.loop_keys[i] for o in (self.A, self.B) if o is not side for i in o.reads.get(sig, []))
             rep = seen.most_common(1)[0][0]
+            last = side.nodes[reads[-1]].source
+            if len(seen) == 2 and last is not None and _keyword(last.file, last.line) == "while":
+                # (a `while` whose runs often did 0 iterations reads its exit value most: its last read is one)
+                rep = next(k for k in seen if k != side.loop_keys[reads[-1]])
             runs: List[Tuple[int, Optional[int], int]] = []
             first, count = None, 0
             for i in reads:

@@ -177,7 +177,7 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
-_CUSTOM = torch.autograd.function.BackwardCFunction  # a custom autograd.Function's Node
+CUSTOM = torch.autograd.function.BackwardCFunction  # a custom autograd.Function's Node
 
 
 def _custom_op(node: Any, seq: int, threads: Tuple[_Counter, ...], events: List[tuple], mode: Any) -> Optional[int]:
@@ -240,7 +240,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     for e in entries:
         if e.seq is not None and e.key not in outside:
             i = _op_of(e.seq, e.name, threads, events, infos, copy_slices) if not isinstance(
-                e.node, _CUSTOM) else _custom_op(e.node, e.seq, threads, events, mode)
+                e.node, CUSTOM) else _custom_op(e.node, e.seq, threads, events, mode)
             if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
                                   or e.key[:2] in outside_twins):
                 linked[e.key] = i
