@@ -973,3 +973,47 @@ def test_a_custom_function_s_node_is_linked_to_the_op_that_made_its_output():
         mine = [n for n in g.nodes if n.autograd_node == node.id]
         assert mine and all(n.source.function.endswith("backward") for n in mine)  # (its own code, own lines)
     assert Rectify.apply(x).grad_fn.name() == "RectifyBackward"
+
+
+class Shift(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h):
+        return h * 1.0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g + 0.01  # (its own add)
+
+
+class ShiftNet(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.inp, self.mid, self.out = nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8), nn.Tanh()), nn.Linear(8, 8)
+        self.pos = nn.Parameter(torch.randn(4, 8))
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        h = Shift.apply(self.inp(x)) + self.pos  # (AddBackward0 hands the gradient on without an op)
+        return self.out(checkpoint(self.mid, h, use_reentrant=self.reentrant))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_node_s_own_adds_are_not_taken_for_the_engine_s_sums(reentrant):
+    """(A review.) After a reentrant checkpoint the walked Nodes are held by key:
+    every add that read another Node's gradient was taken for an engine sum
+    (AccumulateGrad's into a kept .grad, a custom backward's own); and a Node
+    that hands a gradient on without an op (`x + pos`) hid the real parent."""
+    m = ShiftNet(reentrant)
+    x = torch.randn(4, 8)
+    m(x).sum().backward()
+    m.zero_grad(set_to_none=False)  # (.grad kept: AccumulateGrad adds into it)
+    with torchtrace.trace(m) as t:
+        m(x).pow(2).sum().backward()
+    g = t.graph.validate()
+    adds = [(n.short_op, g.autograd_node(n.autograd_node).name if n.autograd_node else None)
+            for n in g.nodes if n.phase == "backward" and n.op.startswith("aten.add")]
+    assert ("add.Tensor", "ShiftBackward") in adds
+    assert all(name == "torch::autograd::AccumulateGrad" for op, name in adds if op == "add_.Tensor")
+    assert len([a for a in adds if a[0] == "add_.Tensor"]) == len(list(m.parameters()))

@@ -238,36 +238,6 @@ def test_review_a_helper_s_loop_per_call_an_inner_loop_s_return_and_a_named_last
                   "\u2192 1 op only in A (in `<root>`)"
 
 
-def above(h: torch.Tensor, t: float) -> bool:
-    return bool(h.mean() > t)  # LINE:two_level_read
-
-
-def maybe_tanh(h: torch.Tensor, t: float) -> torch.Tensor:
-    if above(h, t):  # LINE:two_level_if
-        h = torch.tanh(h @ W4)
-    return h
-
-
-def twice_through_a_helper(x: torch.Tensor, ts: tuple) -> torch.Tensor:
-    h = maybe_tanh(x, ts[0])  # LINE:two_level_first
-    return maybe_tanh(h, ts[1])  # LINE:two_level_second
-
-
-def test_a_helper_called_through_another_from_two_lines_is_no_loop():
-    """A read in a helper that a second helper calls, called from two lines: the
-    reads had one call site (the inner one) and read as "the loop at" the read's
-    line, 1x in A, 2x in B. Every frame of ``called_from`` tells the calls apart."""
-    x = torch.ones(1, 4)
-    [why] = torchtrace.diff(_traced(twice_through_a_helper, x, (-9.0, 9.0)),
-                            _traced(twice_through_a_helper, x, (-9.0, -9.0))).why()
-    f = "test_diff_loops.py"
-    assert why.startswith(f"`{f}:{line_of('two_level_read')}` (called from `{f}:{line_of('two_level_if')}`, from "
-                          f"`{f}:{line_of('two_level_second')}`) read False in A, True in B"), why
-    [why] = torchtrace.diff(_traced(twice_through_a_helper, x, (9.0, -9.0)),
-                            _traced(twice_through_a_helper, x, (-9.0, -9.0))).why()
-    assert f"from `{f}:{line_of('two_level_first')}`) read False in A, True in B" in why, why
-
-
 def each_at_once(x: torch.Tensor, ns: list) -> torch.Tensor:
     for n in ns:  # (no op of this function between the helper's calls)
         x = step_until(x, n)
@@ -559,6 +529,65 @@ def test_shared_groups_and_a_list_run_twice_count_the_calls_that_ran():
     m = PrefixTwice()
     [why] = torchtrace.diff(zoo.record(m, x, 2), zoo.record(m, x, 3)).why()
     assert why.startswith("`blocks.*` (Block, 3 ops) ran 4\u00d7 in A, 6\u00d7 in B"), why
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Block(), Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class PairGroups(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups = nn.ModuleList([Pair() for _ in range(3)])
+
+    def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for g in self.groups[:n]:
+            x = g(x)
+        return x
+
+
+class Repeats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn, self.mlp = Block(), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, reps: int) -> torch.Tensor:
+        for _ in range(reps):
+            x = self.attn(x)
+        return self.mlp(x)
+
+
+class RepeatLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([Repeats() for _ in range(3)])
+
+    def forward(self, x: torch.Tensor, reps: tuple) -> torch.Tensor:
+        for layer, r in zip(self.layers, reps):
+            x = layer(x, r)
+        return x
+
+
+def test_a_block_s_name_stars_the_indices_its_counted_calls_differ_in():
+    """(A review.) Groups of two layers, 2 against 3 groups: "`groups.2.layers.*`
+    ran 4x in A, 6x in B" named the group only B ran for every group's layers; and
+    layer 1's block run 0x against 2x was "`layers.*.attn`", though the other
+    layers' ran alike on both sides."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    m = PairGroups()
+    [why] = torchtrace.diff(zoo.record(m, x, 2), zoo.record(m, x, 3)).why()
+    assert why.startswith("`groups.*.layers.*` (Block, 3 ops) ran 4\u00d7 in A, 6\u00d7 in B"), why
+    m = RepeatLayers()
+    [why] = torchtrace.diff(zoo.record(m, x, (1, 0, 1)), zoo.record(m, x, (1, 2, 1))).why()
+    assert why.startswith("`layers.1.attn` (Block, 3 ops) ran 0\u00d7 in A, 2\u00d7 in B"), why
 
 
 def test_a_block_called_again_before_its_siblings_is_named_by_its_own_count():

@@ -1900,13 +1900,31 @@ def test_a_second_process_recording_the_same_rank_into_a_store_is_refused(tmp_pa
 
     with Store(path) as st:
         st.add(t.graph)  # this process now writes rank 0
+        with Store(path) as again:  # (another Store of it in this process: closing its lock file dropped ours)
+            again.add(t.graph)
         refused, rank1 = other(), other(rank=1)
         assert refused.returncode == 0 and "another process is recording rank 0 into this store" in refused.stderr, \
             refused.stderr
         assert rank1.returncode == 0 and "could not store" not in rank1.stderr, rank1.stderr
-        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (1, 0)]
+        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (0, 1), (1, 0)]
         st.add(t.graph)  # (its own next pass)
     later = other()
     assert later.returncode == 0 and "could not store" not in later.stderr, later.stderr
     with Store(path) as st:
-        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (0, 1), (0, 2), (1, 0)]
+        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
+
+
+def test_a_store_s_rank_lock_stays_beside_it_after_a_chdir(tmp_path, monkeypatch):
+    """(A review.) The lock file's path was kept relative and opened at the first
+    pass: after the script's chdir no lock was taken (or one elsewhere)."""
+    from torchtrace.store import Store
+
+    m = nn.Linear(2, 2)
+    with torchtrace.trace(m) as t:
+        m(torch.ones(1, 2))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    with Store("runs/t.db") as st:
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        st.add(t.graph)
+    assert (tmp_path / "runs" / ".t.db.writers").exists() and not any((tmp_path / "elsewhere").iterdir())

@@ -45,20 +45,31 @@ def one_call(side: Side, scope: Optional[Tuple[str, int]], first: int, n: int) -
         return None
     m = next(m for m in side.graph.modules if (m.path, m.call) == scope)
     head = re.sub(r"\.\d+$", ".*", m.path)  # (a module called again keeps its own path)
-    if any(c.path != m.path and re.sub(r"\.\d+$", ".*", c.path) == head and c.parent == m.parent
-           for c in side.graph.modules):
-        return head, m.type
-    return _starred(m.path, {c.path for c in side.graph.modules if c.type == m.type}), m.type
+    return (head if any(c.path != m.path and re.sub(r"\.\d+$", ".*", c.path) == head and c.parent == m.parent
+                        for c in side.graph.modules) else m.path), m.type
 
 
-def _starred(path: str, alike: Set[str]) -> str:
-    """``path`` with a ``*`` for each index in which calls of its type differ
-    from it, their paths otherwise the same: the layer of a list of groups that
-    each hold one (ALBERT's ``albert_layer_groups.*.albert_layers.0``)."""
-    parts = path.split(".")
-    others = [q for q in (p.split(".") for p in alike if p != path) if len(q) == len(parts) and all(
-        a == b or a.isdigit() and b.isdigit() for a, b in zip(parts, q))]
-    return ".".join("*" if any(q[k] != a for q in others) else a for k, a in enumerate(parts))
+def starred(side: Side, name: str, typ: str) -> str:
+    """``name`` (a block's path, maybe with its last index starred) with a ``*``
+    for each index in which the calls of its type differ, their paths otherwise
+    the same: the layers of a list of groups (ALBERT's
+    ``albert_layer_groups.*.albert_layers.0``, groups of two: ``groups.*.layers.*``)."""
+    parts = name.split(".")
+    others = [q for q in (c.path.split(".") for c in side.graph.modules if c.type == typ)
+              if len(q) == len(parts) and all(a == b or a == "*" or a.isdigit() and b.isdigit()
+                                               for a, b in zip(parts, q))]
+    return ".".join("*" if a == "*" or any(q[k] != a for q in others) else a for k, a in enumerate(parts))
+
+
+def parent_call_on(side: Side, scope: Tuple[str, int], other: Side) -> bool:
+    """Does ``side`` hold the call that made the module call ``scope`` of ``other``
+    (the root's calls: always)?"""
+    g = other.graph
+    m = next(m for m in g.modules if (m.path, m.call) == scope)
+    if m.parent is None:
+        return True
+    parent = g.module(m.parent)
+    return any((p.path, p.call) == (parent.path, parent.call) for p in side.graph.modules)
 
 
 def calls_under(side: Side, scope: Optional[Tuple[str, int]]) -> Optional[Set[str]]:

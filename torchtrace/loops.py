@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .align import Pair
-from .blockcalls import call_scope, calls_under, list_calls, one_call
+from .blockcalls import call_scope, calls_under, list_calls, one_call, parent_call_on, starred
 from .side import Loop, Side, Sig
 from .sourceloops import can_leave, exits_loop, in_loop, while_end
 from .textform import ordinal, plural, where
@@ -220,8 +220,10 @@ class LoopFinder:
             if min(ox, oy) and max(ox, oy) > 1 and ox - oy == cx - cy:  # a block called again on both sides
                 # (`blocks[0]` in a loop): its count (one the other side never called ran in another loop)
                 cx, cy, calls = ox, oy, (scope[0], calls[1])
-            elif nx - ny == cx - cy and min(nx, ny):  # (0: the parent's call is not on that side -- ALBERT
-                cx, cy = nx, ny                          # calls one group again: each layer call has its own)
+            elif not parent_call_on(Y, scope, X):  # each copy has a parent call of its own (ALBERT calls one
+                calls = (starred(X, *calls), calls[1])  # group again, or groups of layers): the copies it counted
+            elif nx - ny == cx - cy:
+                cx, cy = nx, ny
         a, b = (cx, cy) if X is self.A else (cy, cx)
         reached = self.next_a if X is self.A else self.next_b
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Set
+from typing import Dict, Optional, Set
 
 from .errors import WriteError
 
@@ -25,7 +25,22 @@ _MAX_RANK = 1 << 40  # (a byte offset: ranks past it are no real process's, noth
 
 
 class RankClaims:
-    """The ranks this process writes into the store at ``store``."""
+    """The ranks this process writes into the store at ``store``: one per store
+    file and process (``of``), shared by its Store objects, since closing any
+    descriptor of a file drops every POSIX lock the process holds on it."""
+
+    _OPEN: Dict[str, "RankClaims"] = {}
+
+    @classmethod
+    def of(cls, store: Path) -> "RankClaims":
+        """The claims of the store at ``store`` (its path as the caller meant it
+        now: a later ``chdir`` moves nothing), one more user of them."""
+        key = os.path.abspath(store)
+        claims = cls._OPEN.get(key)
+        if claims is None or claims.pid != os.getpid():
+            claims = cls._OPEN[key] = cls(Path(key))
+        claims.users += 1
+        return claims
 
     def __init__(self, store: Path) -> None:
         self.path = store.parent / f".{store.name}.writers"  # (hidden; never removed: see above)
@@ -33,11 +48,12 @@ class RankClaims:
         self.fd: Optional[int] = None
         self.held: Set[int] = set()
         self.pid = os.getpid()
+        self.users = 0
 
     def claim(self, rank: int) -> None:
         """Hold rank ``rank`` for this process, or raise WriteError when another holds it."""
         if self.pid != os.getpid():  # (a forked child holds none of its parent's locks)
-            self.pid, self.held = os.getpid(), set()
+            self.pid, self.held, self.fd = os.getpid(), set(), None
         if rank in self.held or not 0 <= rank < _MAX_RANK:
             return
         try:
@@ -52,16 +68,22 @@ class RankClaims:
         try:
             fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, rank)
         except (BlockingIOError, PermissionError):  # (EAGAIN / EACCES: another process holds it)
-            raise WriteError(f"another process is recording rank {rank} into this store", where=str(self.store), expected="one process per rank",
-                             found=f"rank {rank} held (by {self.path.name})",
+            raise WriteError(f"another process is recording rank {rank} into this store", where=str(self.store),
+                             expected="one process per rank", found=f"rank {rank} held (by {self.path.name})",
                              fix="give each run its own store (Recorder(path), torchtrace run --out), or set "
                                  "RANK for the processes of one distributed run") from None
         except OSError:  # (a file system without locks)
             return
         self.held.add(rank)
 
-    def close(self) -> None:
-        if self.fd is not None:
+    def release(self) -> None:
+        """One user fewer; the last lets the ranks go."""
+        self.users -= 1
+        if self.users > 0:
+            return
+        if self._OPEN.get(str(self.store)) is self:
+            del self._OPEN[str(self.store)]
+        if self.fd is not None and self.pid == os.getpid():
             os.close(self.fd)  # (and with it its locks)
-            self.fd = None
-            self.held.clear()
+        self.fd = None
+        self.held.clear()

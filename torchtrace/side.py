@@ -51,14 +51,14 @@ def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None,
 
 
 def call_site(n: "Node") -> Optional[Tuple[Any, ...]]:
-    """(file name, line, ...) of the user's lines that called the helper function
-    in which ``n`` read tensor data, innermost first (``witness.called_from``: a
-    helper called through another from two lines is two sites, no loop); None
-    for other ops and reads."""
+    """(file name, line) of the user's line that called the helper function in
+    which ``n`` read tensor data; None for other ops and reads. (Not the frames
+    above it: a loop whose helper is reached from other lines on some iterations
+    -- recursion, a peeled first step -- is one loop.)"""
     w = n.witness
     if w is None or not w.called_from:
         return None
-    return tuple(x for c in w.called_from for x in (_base(c.file), c.line))
+    return _base(w.called_from[0].file), w.called_from[0].line
 
 
 def _caller(n: "Node") -> Optional[Tuple[str, str]]:

@@ -101,7 +101,7 @@ class Store:
 
     def __init__(self, path: Union[str, Path], *, readonly: bool = False) -> None:
         self.path = Path(path)
-        self._claims = RankClaims(self.path)  # (the ranks this process writes: taken at their first add)
+        self._claims: Optional[RankClaims] = RankClaims.of(self.path)  # (the ranks this process writes)
         if readonly:
             self._find(str(path))
         if not readonly:
@@ -213,7 +213,8 @@ class Store:
                              fix="open it with Store(path) to record into it")
         meta = graph.meta
         rank = int(meta.get("rank") or 0)
-        self._claims.claim(rank)
+        if self._claims is not None:  # (None: closed; the write below says so)
+            self._claims.claim(rank)
         fp = graph.fingerprints
         witnesses: Dict[str, Any] = {n.id: n.witness.read() for n in graph.witnesses()}
         if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
@@ -333,7 +334,9 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
-        self._claims.close()
+        if self._claims is not None:  # (once: a second close must not let another Store's ranks go)
+            self._claims.release()
+            self._claims = None
 
     def __enter__(self) -> "Store":
         return self

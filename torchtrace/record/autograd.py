@@ -119,7 +119,8 @@ def storage_keys(t: Any, depth: int = 0) -> List[int]:
 
 
 class Entry:
-    __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order", "aid", "leaf_ref")
+    __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order", "aid", "leaf_ref",
+                 "custom")
 
     def __init__(self, node: Any, key: tuple, order: int) -> None:
         self.node = node  # held: while it lives, torch hands out this same wrapper for the Node
@@ -134,6 +135,7 @@ class Entry:
         self.order = order
         self.aid = ""  # its IR id, given when the pass is built
         self.leaf_ref: Any = None  # the leaf, weakly, once the Node is let go (``release``)
+        self.custom = isinstance(node, torch.autograd.function.BackwardCFunction)  # a custom Function's
 
     def leaf(self) -> Any:
         """The tensor an AccumulateGrad Node accumulates into (None: another Node, or gone)."""

@@ -270,8 +270,8 @@ class Capture:
             self.had_root_call = True
             if not called_by_torch(frame):  # (checkpoint's no_grad forward: the pass's mode stays)
                 self.pass_grad_mode = grad_mode()
-        if torch._C._current_graph_task_id() != -1:  # checkpoint's recompute in backward: named by the forward
-            return
+        if torch._C._current_graph_task_id() != -1 and called_by_torch(frame):  # checkpoint's recompute in
+            return                                                                # backward: named by the forward
         name_inputs(bind_args(module.forward, args, kwargs), self.input_names, self.input_aliases, self.mode)
 
     def on_root_return(self, output: Any) -> None:

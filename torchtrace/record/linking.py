@@ -24,7 +24,7 @@ from .gradnorms import grad_infos
 from .mode import BACKWARD, E_ANODE, E_CODE, E_ICODE, E_INS, E_OUTS, E_PHASE, E_SEQ
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
-_SUMS = ("aten.add.Tensor", "aten.add_.Tensor")  # how the engine sums two gradients for one input
+_SUMS = ("aten.add.Tensor",)  # how the engine sums two gradients for one input (out of place)
 
 
 def _stem(s: str) -> str:
@@ -78,22 +78,41 @@ class AutogradPart:
         """The backward ``add`` events no Node ran: the engine sums two gradients
         for one input of a Node (``a`` read twice: ``a*2 + a*3``) into that Node's
         input buffer between Nodes, while the Node that made the second is still
-        the current one. Such an add reads a gradient another Node made, one that
-        is no input of the current Node (its maker is no parent of it)."""
-        made: Dict[int, Any] = {}  # value -> the Entry of the Node whose backward op made it
+        the current one. Such an add reads a gradient another Node made that is no
+        input of the current Node: its maker reaches the current Node through no
+        Node, or only through Nodes that pass a gradient on without an op of their
+        own (a same-shape ``AddBackward0``). Nodes by key (a reentrant checkpoint's
+        inner backward lets the Node objects go); AccumulateGrad's own work is not
+        one, nor an add in or after a custom Function's backward."""
+        key = self._key
+        ran = {key(ev[E_ANODE]) for ev in events if ev[E_PHASE] == BACKWARD and ev[E_ANODE] is not None}
+        # (a custom Function's backward is the user's code, and may run a backward of its own inside:
+        # reentrant checkpoint; neither its ops nor what it hands on are told apart here)
+        custom = {k for k, e in self._entries.items() if e.custom}
+        made: Dict[int, tuple] = {}  # value -> the key of the Node whose backward op made it
         out: Set[int] = set()
         for i, ev in enumerate(events):
-            e = self._entries.get(self._key(ev[E_ANODE])) if ev[E_PHASE] == BACKWARD and ev[E_ANODE] is not None \
-                else None
-            if e is None:
+            if ev[E_PHASE] != BACKWARD or ev[E_ANODE] is None:
                 continue
-            if infos[i].name in _SUMS and any(
-                    m is not None and m is not e and not any(k is e.node for k in m.kids)
+            k = key(ev[E_ANODE])
+            if infos[i].name in _SUMS and k[0] != "acc" and k not in custom and any(
+                    m is not None and m != k and m not in custom and not self._feeds(m, k, ran)
                     for m in (made.get(v) for v in ev[E_INS])):
                 out.add(i)
             for v in ev[E_OUTS]:
-                made[v] = e
+                made[v] = k
         return out
+
+    def _feeds(self, parent: tuple, child: tuple, ran: Set[tuple], depth: int = 4) -> bool:
+        """Does the Node ``parent`` reach ``child``, directly or through Nodes that ran no op?"""
+        e = self._entries.get(parent)
+        if e is None:
+            return True  # (not walked: say nothing)
+        for kid in e.kids:
+            kk = self._key(kid)
+            if kk == child or (depth and kk not in ran and self._feeds(kk, child, ran, depth - 1)):
+                return True
+        return False
 
     def is_accumulate(self, anode: Any) -> bool:
         return anode is not None and self._key(anode)[0] == "acc"
