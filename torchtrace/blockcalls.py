@@ -96,3 +96,21 @@ def list_calls(side: Side, scope: Optional[Tuple[str, int]], other: Optional[Sid
     return sum(1 for c in side.graph.modules if c.type == m.type and (c.parent in ids if where_ else c.parent is None)
                and (c.path == m.path or not own and c.path.rpartition(".")[0] == head
                     and c.path.rpartition(".")[2].isdigit()))
+
+
+def block_counts(X: Side, Y: Side, scope: Tuple[str, int], calls: Tuple[str, str], cx: int,
+                 cy: int) -> Tuple[int, int, Tuple[str, str]]:
+    """The counts on ``X`` and ``Y`` of the block that is the call ``scope`` of
+    ``X`` (``cx``/``cy``: the copies of its ops that repeat), and its name: a
+    block called again on both sides (`blocks[0]` in a loop) by its own calls (one
+    the other side never called ran in another loop); one whose copies each have
+    a parent call of their own (ALBERT calls one group again, or groups of layers)
+    by the copies, every index they differ in starred; else a list's by every
+    block of it (the first blocks may differ from the rest: T5's first holds the bias)."""
+    ox, oy = list_calls(X, scope, own=True), list_calls(Y, scope, X, own=True)
+    if min(ox, oy) and max(ox, oy) > 1 and ox - oy == cx - cy:
+        return ox, oy, (scope[0], calls[1])
+    if not parent_call_on(Y, scope, X):
+        return cx, cy, (starred(X, *calls), calls[1])
+    nx, ny = list_calls(X, scope), list_calls(Y, scope, X)
+    return (nx, ny, calls) if nx - ny == cx - cy else (cx, cy, calls)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .align import Pair
-from .blockcalls import call_scope, calls_under, list_calls, one_call, parent_call_on, starred
+from .blockcalls import block_counts, call_scope, calls_under, one_call
 from .side import Loop, Side, Sig
 from .sourceloops import can_leave, exits_loop, in_loop, while_end
 from .textform import ordinal, plural, where
@@ -214,16 +214,8 @@ class LoopFinder:
         header = _while_read_by(X.nodes[xs[0]:xs[0] + unit_len])
         src, keyword = (header, "while") if header is not None else (src, None)
         calls = one_call(X, scope, xs[0], unit_len)
-        if calls is not None:  # (the list's first blocks may differ from the rest: T5's first holds the bias)
-            ox, oy = list_calls(X, scope, own=True), list_calls(Y, scope, X, own=True)
-            nx, ny = list_calls(X, scope), list_calls(Y, scope, X)
-            if min(ox, oy) and max(ox, oy) > 1 and ox - oy == cx - cy:  # a block called again on both sides
-                # (`blocks[0]` in a loop): its count (one the other side never called ran in another loop)
-                cx, cy, calls = ox, oy, (scope[0], calls[1])
-            elif not parent_call_on(Y, scope, X):  # each copy has a parent call of its own (ALBERT calls one
-                calls = (starred(X, *calls), calls[1])  # group again, or groups of layers): the copies it counted
-            elif nx - ny == cx - cy:
-                cx, cy = nx, ny
+        if calls is not None:
+            cx, cy, calls = block_counts(X, Y, scope, calls, cx, cy)
         a, b = (cx, cy) if X is self.A else (cy, cx)
         reached = self.next_a if X is self.A else self.next_b
         start = bisect.bisect_left(reached, xs[0] - before * unit_len + 1) - 1  # the merged row of that op

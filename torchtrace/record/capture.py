@@ -309,7 +309,9 @@ class Capture:
             return held
         if isinstance(t, torch.nn.Parameter):
             return "param", self._adopt_root_of(t) or local_name(t, frame)
-        if self.had_root_call or (info is not None and info.name.startswith("aten.lift_fresh")):
+        if info is not None and info.name.startswith("aten.lift_fresh"):  # torch.tensor(...)'s data: no local
+            return "constant", held[1] if held is not None else None
+        if self.had_root_call:
             return "constant", held[1] if held is not None else local_name(t, frame)
         name = local_name(t, frame)
         if name is None:

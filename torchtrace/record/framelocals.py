@@ -13,10 +13,11 @@ module's or a class body's frame reads its namespace dict, which is no copy.
 """
 from __future__ import annotations
 
+import array
 import ctypes
 import sys
 import types
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 _CO_OPTIMIZED = 0x1  # a function's frame: its locals live in the frame record, not a dict
 _PTR = ctypes.sizeof(ctypes.c_void_p)
@@ -26,8 +27,15 @@ _PTR = ctypes.sizeof(ctypes.c_void_p)
 _LAYOUTS = {(3, 11): (3 * _PTR, 4 * _PTR, 5 * _PTR, 9 * _PTR), (3, 12): (3 * _PTR, 0, 6 * _PTR, 9 * _PTR)}
 
 
-def _words(addr: int, n: int) -> Tuple[int, ...]:
-    return tuple(x or 0 for x in (ctypes.c_void_p * n).from_address(addr))
+_WORD = "Q" if _PTR == 8 else "L"
+
+
+def _words(addr: int, n: int) -> "array.array[int]":
+    """``n`` pointer-sized words at ``addr``: one copy of the bytes (a ctypes
+    array type per length costs ten times as much)."""
+    out = array.array(_WORD)
+    out.frombytes(ctypes.string_at(addr, _PTR * n))
+    return out
 
 
 def _record(frame: Any, layout: Tuple[int, int, int, int]) -> int:
@@ -51,7 +59,7 @@ def _probe_layout() -> Optional[Tuple[int, int, int, int]]:
     def probe(a: Any, b: Any, c: Any) -> Tuple[int, ...]:
         frame = sys._getframe()
         at = _record(frame, layout)
-        return _words(at, 3) if at else ()
+        return tuple(_words(at, 3)) if at else ()
 
     try:
         return layout if probe(*marks) == tuple(id(m) for m in marks) else None
@@ -83,6 +91,21 @@ def local_value(frame: Any, name: str) -> Any:
 
 
 _CELL = id(types.CellType)
+_NAMES: Dict[int, Tuple[Any, Tuple[str, ...], Tuple[int, ...]]] = {}  # id(code) -> (code, names, cell slots)
+
+
+def _names(code: Any) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
+    """The names of ``code``'s localsplus slots: the locals (args first), the cells
+    that are no argument, the free variables; and which slots hold cells."""
+    hit = _NAMES.get(id(code))  # (by id: a code object's hash reads all of it, every time)
+    if hit is None or hit[0] is not code:
+        if len(_NAMES) > 4096:  # (codes made at run time, one per call: let them go)
+            _NAMES.clear()
+        local = code.co_varnames
+        cells = set(code.co_cellvars) | set(code.co_freevars)
+        names = local + tuple(c for c in code.co_cellvars if c not in local) + code.co_freevars
+        hit = _NAMES[id(code)] = (code, names, tuple(k for k, n in enumerate(names) if n in cells))
+    return hit[1], hit[2]
 
 
 def _slots(frame: Any) -> List[Tuple[str, int, Any]]:
@@ -99,13 +122,11 @@ def _slots(frame: Any) -> List[Tuple[str, int, Any]]:
         at = _record(frame, _LAYOUT) if _LAYOUT is not None else 0
         if not at:
             return []
-        # localsplus: the locals (args first), the cells that are no argument, the free variables
-        names = code.co_varnames + tuple(c for c in code.co_cellvars if c not in code.co_varnames) + code.co_freevars
-        out = []
-        for name, addr in zip(names, _words(at, len(names))):
-            if addr and _words(addr + _PTR, 1)[0] == _CELL:  # (ob_type; a cell's ob_ref follows its header)
-                addr = _words(addr + 2 * _PTR, 1)[0]
-            out.append((name, addr, None))
-        return out
+        names, cells = _names(code)
+        addrs = _words(at, len(names)) if names else array.array(_WORD)
+        for k in cells:  # (ob_type, then a cell's ob_ref after its header; before MAKE_CELL ran: the value)
+            if addrs[k] and _words(addrs[k] + _PTR, 1)[0] == _CELL:
+                addrs[k] = _words(addrs[k] + 2 * _PTR, 1)[0]
+        return [(name, addr, None) for name, addr in zip(names, addrs)]
     except Exception:  # pragma: no cover - exotic frames
         return []
