@@ -189,6 +189,19 @@ def test_parameters_drawn_for_a_fold_are_named_for_every_block_it_stands_for():
     assert [c.repeat for c in view.clusters if c.kind == "loop"] == [4, 4], view.clusters
     assert sorted(b.title for b in view.boxes if b.kind == "param") == ["0…3.bias", "0…3.weight"]
 
+    class Outer(torch.nn.Module):  # (a frame around folded one-op blocks: `body`, not one of theirs)
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(*[torch.nn.Conv2d(2, 2, 3, padding=1) for _ in range(4)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    outer = Outer()
+    with torch.no_grad(), torchtrace.trace(outer) as t:
+        outer(torch.randn(1, 2, 5, 5))
+    assert sorted(b.title for b in build_view(t.graph).boxes if b.kind == "param") == ["0…3.bias", "0…3.weight"]
+
 
 # -- depth ---------------------------------------------------------------------------------------
 def test_depth_zero_is_one_box(viz_graph):

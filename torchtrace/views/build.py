@@ -276,12 +276,23 @@ class Assembler:
         else:
             cluster = self._common_cluster(clusters)
             base = self._cluster_path(cluster)
-            inside = bool(base and val.name and val.name.startswith(base + "."))  # (its frame names the fold)
+            # (drawn in the frame of the folded blocks, `0…3 · Block × 4`, that frame names the fold; in a
+            # frame around them, `body`, around folded one-op blocks, the name does: `0…3.weight`)
+            inside = bool(base and val.name and val.name.startswith(base + ".")) and self._folded_frame(cluster)
             name = L.range_name(list(dict.fromkeys(self.param_names[vid]))) if vid in self.param_names and not inside \
                 else val.name
             title = L.relative_path(name, base) if name else val.role
         return Box("v:" + vid, kind, title, (type_str(val),), cluster, "forward",
                    tooltip=f"{val.role} {vid}: {type_str(val)}" + (f" {val.name}" if val.name else ""), order=order)
+
+    def _folded_frame(self, cid: Optional[str]) -> bool:
+        """Is the frame ``cid``, or a module frame around it, one drawn for folded blocks?"""
+        folded = {c.id for c in self.clusters if c.repeat > 1 and c.kind == "module"}
+        while cid is not None:
+            if cid in folded:
+                return True
+            cid = self.cluster_parent.get(cid)
+        return False
 
     def _cluster_path(self, cid: Optional[str]) -> Optional[str]:
         while cid is not None and cid.startswith("loop."):
