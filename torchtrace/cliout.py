@@ -59,6 +59,9 @@ def _extension(output: Optional[str]) -> str:
     return os.path.splitext(name)[1].lower() if name and name != "-" else ""
 
 
+_COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a store
+
+
 def _keeps_inputs(output: str, reads: Sequence[str]) -> None:
     """``-o`` naming the store or graph file the command reads, or any trace
     store, would replace it with the output: every pass in it lost."""
@@ -72,6 +75,11 @@ def _keeps_inputs(output: str, reads: Sequence[str]) -> None:
         same = next((r for r in reads for f in [ref_file(r)] if f is not None and os.path.samefile(f, target)), None)
         with open(target, "rb") as fh:
             store = fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+        for suffix in _COMPANIONS:  # a store's write-ahead log holds its last passes until a checkpoint
+            owner = target.with_name(target.name[:-len(suffix)])
+            if not store and target.name.endswith(suffix) and owner.is_file():
+                with open(owner, "rb") as fh:
+                    store = fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
     except OSError:  # (not readable: the write says what is wrong)
         return
     if same is not None:
@@ -79,7 +87,8 @@ def _keeps_inputs(output: str, reads: Sequence[str]) -> None:
                          found="an input of this command: writing there would replace it",
                          fix="write it elsewhere, e.g. -o graph.svg")
     if store:
-        raise UsageError(f"-o {output} names a trace store", expected="-o a new file, or an earlier output",
+        raise UsageError(f"-o {output} names a trace store or one of its files",
+                         expected="-o a new file, or an earlier output",
                          found="an SQLite trace store: writing there would lose its passes",
                          fix="write it elsewhere, e.g. -o graph.svg")
 
