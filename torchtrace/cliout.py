@@ -76,8 +76,8 @@ def _keeps_inputs(output: str, reads: Sequence[str]) -> None:
         with open(target, "rb") as fh:
             store = fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
         for suffix in _COMPANIONS:  # a store's write-ahead log holds its last passes until a checkpoint
-            owner = target.with_name(target.name[:-len(suffix)])
-            if not store and target.name.endswith(suffix) and owner.is_file():
+            owner = Path(output[:-len(suffix)]) if output.endswith(suffix) else None
+            if not store and owner is not None and owner.is_file():
                 with open(owner, "rb") as fh:
                     store = fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
     except OSError:  # (not readable: the write says what is wrong)
