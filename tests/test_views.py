@@ -203,6 +203,27 @@ def test_parameters_drawn_for_a_fold_are_named_for_every_block_it_stands_for():
     assert sorted(b.title for b in build_view(t.graph).boxes if b.kind == "param") == ["0…3.bias", "0…3.weight"]
 
 
+def test_the_inputs_of_a_fold_are_named_for_every_repeat():
+    """One encoder applied to four inputs folds into `enc × 4`: only the first
+    repeat's input (`a`) was drawn, `b`..`d` nowhere, with no word of them."""
+    import torch
+
+    class MultiView(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+        def forward(self, a, b, c, d):
+            return torch.stack([self.enc(v) for v in (a, b, c, d)]).mean(0)
+
+    m, xs = MultiView(), [torch.randn(2, 4) for _ in range(4)]
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(*xs)
+    view = build_view(t.graph)
+    assert any(c.repeat == 4 for c in view.clusters), view.clusters
+    assert [b.title for b in view.boxes if b.kind == "input"] == ["a (+3 more)"]
+
+
 # -- depth ---------------------------------------------------------------------------------------
 def test_depth_zero_is_one_box(viz_graph):
     view = build_view(viz_graph("bert"), depth=0)

@@ -121,11 +121,12 @@ class Assembler:
             self._items(pieces[0], self.folder.runs(pieces[0]), cid, parent)
 
     def _stands_for(self, n0: Node, n: Node) -> None:
-        """Folded op ``n`` is drawn as ``n0``: the parameters it reads are named
-        with those ``n0`` reads (an optimizer's loop over parameters: `0…3.weight`)."""
+        """Folded op ``n`` is drawn as ``n0``: the parameters and inputs it reads are
+        named with those ``n0`` reads (an optimizer's loop over parameters: `0…3.weight`;
+        one encoder applied to inputs `a`..`d`: `a (+3 more)`)."""
         for v0, v in zip(n0.inputs, n.inputs):
             val = self.g.value(v)
-            if v != v0 and val.role in ("param", "buffer") and val.name:
+            if v != v0 and val.role in ("param", "buffer", "input") and val.name:
                 self.param_names.setdefault(v0, [self.g.value(v0).name or ""]).append(val.name)
 
     def _cluster(self, c: Cluster) -> None:
@@ -270,8 +271,9 @@ class Assembler:
             ph = self.sel.other_phase(vid)
             title = f"{ph} value" if ph else "input"
             cluster = None
-        elif val.role == "input":
-            title, cluster = val.name or "input", None
+        elif val.role == "input":  # (a fold's: every input it stands for, `a (+3 more)`)
+            title = L.range_name(list(dict.fromkeys(self.param_names[vid]))) if vid in self.param_names else val.name
+            title, cluster = title or "input", None
             order -= 10**9  # traced inputs come first
         else:
             cluster = self._common_cluster(clusters)
