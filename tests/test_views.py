@@ -514,3 +514,26 @@ def test_a_box_budget_too_small_for_depth_one_draws_the_model_as_one_box(viz_gra
     roomy = build_view(g, max_boxes=len(whole.boxes) + 40)
     assert roomy.options["depth"] >= 1 and len(roomy.boxes) <= len(whole.boxes) + 40
     assert not any("cannot be met" in n for n in roomy.notes)
+
+
+def test_a_returned_input_or_parameter_gets_an_output_box():
+    """A model that returns its input and a parameter beside a result: the IR has
+    three outputs, the drawing had one."""
+    import torch
+
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return x, self.fc(x), self.fc.weight
+
+    m, x = M(), torch.randn(2, 4)
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(x)
+    view = build_view(t.graph)
+    outs = {b.id: b for b in view.boxes if b.kind == "output"}
+    assert len(outs) == len(t.graph.outputs) == 3
+    fed = {e.dst: view.box(e.src).kind for e in view.edges if e.dst in outs}
+    assert sorted(fed.values()) == ["input", "op", "param"], fed

@@ -243,15 +243,19 @@ class Assembler:
                     phase_of.setdefault((src, dst), n.phase)
         extra = [self._source_box(vid, consumers) for vid, consumers in sources.items()]
         for k, vid in enumerate(self.g.outputs):
+            val = self.g.value(vid)
+            box = Box(f"out:{vid}", "output", (val.name if val.role == "activation" else None) or "output",
+                      (type_str(val),), None, "forward", tooltip=f"output {vid}: {type_str(val)}", order=10**9 + k)
             for nid, v in self.sel.origins(vid):
                 if nid is None:
                     continue
-                oid = f"out:{vid}"
-                val = self.g.value(vid)
-                extra.append(Box(oid, "output", val.name or "output", (type_str(val),), None, "forward",
-                                 tooltip=f"output {vid}: {type_str(val)}", order=10**9 + k))
-                flows.setdefault((self.box_of[self.final(nid)], oid), []).append(v)
+                extra.append(box)
+                flows.setdefault((self.box_of[self.final(nid)], box.id), []).append(v)
                 break
+            else:
+                if vid in sources:  # returned as it came in (the input, a parameter): from its own box
+                    extra.append(box)
+                    flows.setdefault(("v:" + vid, box.id), []).append(vid)
         edges = [Edge(s, d, tuple(dict.fromkeys(vs)), L.type_list(self.g, dict.fromkeys(vs)),
                       phase_of.get((s, d), "forward")) for (s, d), vs in flows.items()]
         return edges, list({b.id: b for b in extra}.values())
