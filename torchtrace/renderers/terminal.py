@@ -19,7 +19,7 @@ from rich.tree import Tree
 
 from ..errors import UsageError
 from ..ir import Graph, Node
-from ..textform import cut_off_note, unrecorded_note
+from ..textform import cut_off_note, plural, unrecorded_note
 from ..views import Prepared, ViewOptions, view_options
 from ..views import labels as L
 from ..views.facts import boundary, group_params, saved_bytes
@@ -56,7 +56,7 @@ def _header(prep: Prepared) -> Text:
         t.append(f" {one_line(label)}", style="bold cyan")
     split = " (" + ", ".join(f"{c} {p}" for p, c in phases.items()) + ")" if phases else ""
     t.append(f" · {len(g.nodes)} ops{split}\n")
-    facts = [f"{len(g.values)} values", f"{len(g.modules)} module calls"]
+    facts = [plural(len(g.values), "value"), plural(len(g.modules), "module call")]
     facts += [f"{key} {one_line(g.meta[key])}" for key in ("grad_mode", "step", "rank") if g.meta.get(key) is not None]
     total_saved = sum(a.saved_bytes for a in g.autograd.nodes)
     if total_saved:
@@ -66,7 +66,7 @@ def _header(prep: Prepared) -> Text:
     if sel.focus_calls:  # (the other ops are left out: say why)
         t.append(f" in focus {one_line(repr(prep.opts.focus))}: {len(sel.focus_calls)} call(s)", style="bold")
     if sel.hidden:
-        t.append(f" ({len(sel.hidden)} bookkeeping ops hidden)", style="dim")
+        t.append(f" ({plural(len(sel.hidden), 'bookkeeping op')} hidden)", style="dim")
     if cut_off_note(g):
         t.append(f"\n!! truncated: {cut_off_note(g)}", style="bold red")
     if unrecorded_note(g):
@@ -160,7 +160,7 @@ def _histogram(nodes: Sequence[Node], phase: str) -> Table:
     rest = counts.most_common()[HISTOGRAM_ROWS:]
     if rest:
         n = sum(c for _, c in rest)
-        table.add_row(Text(f"… {len(rest)} more ops", style="dim"), str(n), f"{100 * n / total:.1f}%")
+        table.add_row(Text(f"… {plural(len(rest), 'more op')}", style="dim"), str(n), f"{100 * n / total:.1f}%")
     return table
 
 

@@ -102,7 +102,7 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     if o.focus is not None:
         notes.append(f"focus {o.focus!r}: {len(sel.focus_calls)} call(s)")
     if sel.hidden:
-        notes.append(f"{len(sel.hidden)} ops tagged {', '.join(o.hide)} hidden")
+        notes.append(f"{plural(len(sel.hidden), 'op')} tagged {', '.join(o.hide)} hidden")
     if asm.collapsed:
         how = f" (auto, max_boxes={o.max_boxes})" if auto else ""  # (a Mermaid fit's depth is not the user's)
         notes.append(f"depth {asm.depth}{how}: {plural(asm.collapsed, 'module call')} collapsed into boxes")
