@@ -122,3 +122,35 @@ def test_a_call_s_outputs_are_listed_in_the_order_it_returned_them():
         m(torch.randn(2, 4))
     [row] = [line for line in torchtrace.render(t.graph, "terminal").splitlines() if "<root>" in line]
     assert "→ f32[2,4], b8[2,4]" in row, row
+
+
+def test_an_empty_view_says_there_is_nothing_to_draw():
+    """`show --phase backward` of a forward pass printed an empty module tree and
+    an empty table; the diagrams say "nothing to draw" (README)."""
+    m = torch.nn.Linear(3, 2)
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(torch.ones(1, 3))
+    text = torchtrace.render(t.graph, "terminal", phase="backward")
+    assert "nothing to draw: no ops in this view" in text and "module calls" not in text.split("\n", 3)[-1]
+    assert "nothing to draw" not in torchtrace.render(t.graph, "terminal")
+
+
+def test_a_recompute_group_counts_the_parameters_it_reads():
+    """Checkpoint's recompute re-runs forward code that reads the block's
+    parameters: its group showed no count, forward and backward groups did."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return checkpoint(self.block, x, use_reentrant=False).sum()
+
+    m = Net()
+    with torchtrace.trace(m) as t:
+        m(torch.ones(2, 4, requires_grad=True)).backward()
+    text = torchtrace.render(t.graph, "terminal", phase="backward", width=160)
+    [line] = [ln for ln in text.splitlines() if "[recompute]" in ln]
+    assert "16 params" in line, line  # (it re-ran only `t` of the weight: what backward saved)

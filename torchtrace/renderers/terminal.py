@@ -36,6 +36,8 @@ def renderable(graph: Graph, options: Optional[ViewOptions] = None, **opts: Any)
     ``phase``, ``focus``, ``hide`` as for the diagrams."""
     o = options if options is not None else view_options(**opts)
     prep = Prepared(graph, o.with_(max_boxes=None))
+    if not prep.sel.nodes:  # (as the diagrams say it: no empty tree and table)
+        return RichGroup(_header(prep), Text("nothing to draw: no ops in this view", style="bold"))
     parts: List[RenderableType] = [_header(prep), _tree(prep, o.depth), _histogram(prep.sel.nodes, prep.sel.phase)]
     wit = [n for n in prep.sel.nodes if n.witness is not None]
     if wit:

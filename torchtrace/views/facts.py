@@ -44,9 +44,10 @@ def boundary(sel: Selection, nodes: Sequence[Node]) -> Tuple[List[str], List[str
 
 def group_params(g: Graph, grp: Group) -> int:
     """Elements of the parameters a module-call group stands for: those its
-    ops read; for a backward (or recompute) group, those its call's forward
-    read -- the gradients it computes (its own ops read saved tensors)."""
-    if grp.phase == "forward" or grp.call is None:
+    ops read (a recompute group's re-run forward code reads them too); for a
+    backward group, those its call's forward read -- the gradients it computes
+    (its own ops read saved tensors)."""
+    if grp.phase in ("forward", "recompute") or grp.call is None:
         return param_count(g, grp.nodes)
     calls = g.calls_under(grp.call.id)
     return param_count(g, [n for n in g.nodes if n.phase == "forward" and n.module in calls])
