@@ -66,20 +66,16 @@ def _keeps_inputs(output: str, reads: Sequence[str]) -> None:
     """``-o`` naming the store or graph file the command reads, or any trace
     store, would replace it with the output: every pass in it lost."""
     from .passref import ref_file
-    from .serialize import SQLITE_HEADER
+    from .serialize import is_sqlite
 
     target = Path(output)
     try:
         if not target.is_file():
             return
         same = next((r for r in reads for f in [ref_file(r)] if f is not None and os.path.samefile(f, target)), None)
-        with open(target, "rb") as fh:
-            store = fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-        for suffix in _COMPANIONS:  # a store's write-ahead log holds its last passes until a checkpoint
-            owner = Path(output[:-len(suffix)]) if output.endswith(suffix) else None
-            if not store and owner is not None and owner.is_file():
-                with open(owner, "rb") as fh:
-                    store = fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+        # (or a file of one: its write-ahead log holds its last passes until a checkpoint)
+        owner = next((output[:-len(s)] for s in _COMPANIONS if output.endswith(s)), None)
+        store = is_sqlite(target) or (owner is not None and os.path.isfile(owner) and is_sqlite(owner))
     except OSError:  # (not readable: the write says what is wrong)
         return
     if same is not None:

@@ -27,6 +27,13 @@ GZIP_MAGIC = b"\x1f\x8b"
 SQLITE_HEADER = b"SQLite format 3\x00"  # (the first bytes of a trace store)
 
 
+def is_sqlite(path: PathLike) -> bool:
+    """Does the file at ``path`` begin as an SQLite database (a trace store) does?
+    (OSError as ``open`` raises it.)"""
+    with open(path, "rb") as fh:
+        return fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
 def graph_to_dict(g: Graph) -> Dict[str, Any]:
     """The JSON form of ``g`` as plain dicts and lists (a fresh tree: the
     caller may edit it)."""

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
 from .rankclaim import RankClaims
-from .serialize import SQLITE_HEADER, content_key, decode, encode, norm_json, stored_norm, witness_from_dict
+from .serialize import content_key, decode, encode, is_sqlite, norm_json, stored_norm, witness_from_dict
 
 SCHEMA_VERSION = 2  # 2: graph rows keyed by content (passes name theirs); 1 is read too
 _SCHEMA = """
@@ -386,9 +386,8 @@ def _sqlite_ref(ref: str) -> Optional[Tuple[str, List[str]]]:
     for k in range(len(pieces), 0, -1):  # the longest prefix that is a file is the path
         path = ":".join(pieces[:k])
         try:
-            with open(path, "rb") as f:
-                if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
-                    return path, pieces[k:]
+            if is_sqlite(path):
+                return path, pieces[k:]
         except OSError:
             continue
     return None

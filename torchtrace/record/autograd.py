@@ -118,6 +118,9 @@ def storage_keys(t: Any, depth: int = 0) -> List[int]:
     return [p for x in inner for p in storage_keys(x, depth + 1)] if depth < 4 else []
 
 
+_CUSTOM = torch.autograd.function.BackwardCFunction  # the Node class of every custom autograd.Function
+
+
 class Entry:
     __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order", "aid", "leaf_ref",
                  "custom")
@@ -135,7 +138,7 @@ class Entry:
         self.order = order
         self.aid = ""  # its IR id, given when the pass is built
         self.leaf_ref: Any = None  # the leaf, weakly, once the Node is let go (``release``)
-        self.custom = isinstance(node, torch.autograd.function.BackwardCFunction)  # a custom Function's
+        self.custom = isinstance(node, _CUSTOM)  # a custom autograd.Function's (held past ``release``)
 
     def leaf(self) -> Any:
         """The tensor an AccumulateGrad Node accumulates into (None: another Node, or gone)."""

@@ -19,7 +19,7 @@ from .aliases import refresh_stale_reads
 from .boundary import reads_data
 from .extras import Raised
 from .frames import is_torch_internal, line_of, truth_tested
-from .linking import CUSTOM, AutogradPart, build_autograd
+from .linking import AutogradPart, build_autograd
 from .enginephase import RECOMPUTE
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
@@ -235,8 +235,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             fwd = ag.forward_op_of(ev[E_ANODE])  # (a sum's: where the gradient it adds was made)
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
                 module = _module(events[fwd], in_generator)
-                source = _source(events[fwd][E_CODE], events[fwd][E_LINE]) if not isinstance(
-                    ev[E_ANODE], CUSTOM) else _source(ev[E_CODE], ev[E_LINE])  # (a custom backward: its own)
+                source = _source(events[fwd][E_CODE], events[fwd][E_LINE]) if not ag.is_custom(
+                    ev[E_ANODE]) else _source(ev[E_CODE], ev[E_LINE])  # (a custom backward: its own)
             else:
                 source = _source(ev[E_CODE], ev[E_LINE])
         else:

@@ -19,6 +19,8 @@ import sys
 import types
 from typing import Any, Dict, List, Optional, Tuple
 
+from .._memo import remember
+
 _CO_OPTIMIZED = 0x1  # a function's frame: its locals live in the frame record, not a dict
 _PTR = ctypes.sizeof(ctypes.c_void_p)
 # The interpreter frame record behind a frame object (``struct _frame.f_frame``, after
@@ -99,12 +101,10 @@ def _names(code: Any) -> Tuple[Tuple[str, ...], Tuple[int, ...]]:
     that are no argument, the free variables; and which slots hold cells."""
     hit = _NAMES.get(id(code))  # (by id: a code object's hash reads all of it, every time)
     if hit is None or hit[0] is not code:
-        if len(_NAMES) > 4096:  # (codes made at run time, one per call: let them go)
-            _NAMES.clear()
         local = code.co_varnames
         cells = set(code.co_cellvars) | set(code.co_freevars)
         names = local + tuple(c for c in code.co_cellvars if c not in local) + code.co_freevars
-        hit = _NAMES[id(code)] = (code, names, tuple(k for k, n in enumerate(names) if n in cells))
+        hit = remember(_NAMES, id(code), (code, names, tuple(k for k, n in enumerate(names) if n in cells)))
     return hit[1], hit[2]
 
 

@@ -114,6 +114,11 @@ class AutogradPart:
                 return True
         return False
 
+    def is_custom(self, anode: Any) -> bool:
+        """Is ``anode`` a custom autograd.Function's Node (its backward: the user's code)?"""
+        e = None if anode is None else self._entries.get(self._key(anode))
+        return e is not None and e.custom
+
     def is_accumulate(self, anode: Any) -> bool:
         return anode is not None and self._key(anode)[0] == "acc"
 
@@ -196,9 +201,6 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
-CUSTOM = torch.autograd.function.BackwardCFunction  # a custom autograd.Function's Node
-
-
 def _custom_op(node: Any, seq: int, threads: Tuple[_Counter, ...], events: List[tuple], mode: Any) -> Optional[int]:
     """The op that made the output of a custom ``autograd.Function`` whose Node
     is ``node``: its forward runs under no_grad, so its ops read the counter
@@ -258,8 +260,8 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     outside_twins = {k[:2] for k in outside}
     for e in entries:
         if e.seq is not None and e.key not in outside:
-            i = _op_of(e.seq, e.name, threads, events, infos, copy_slices) if not isinstance(
-                e.node, CUSTOM) else _custom_op(e.node, e.seq, threads, events, mode)
+            i = _op_of(e.seq, e.name, threads, events, infos, copy_slices) if not e.custom else _custom_op(
+                e.node, e.seq, threads, events, mode)
             if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
                                   or e.key[:2] in outside_twins):
                 linked[e.key] = i

@@ -2,7 +2,7 @@
 one walk decides every box and frame, then dataflow becomes edges."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from ..ir import Node
 from ..textform import node_line, type_str
@@ -33,7 +33,8 @@ class Assembler:
         self.runs_of: Dict[str, Dict[int, int]] = {}  # node id -> {fold number: piece index}
         self.folds: List[str] = []
         self.rep_names: Dict[str, List[str]] = {}  # group key -> names of the calls a loop fold drew as it
-        self.param_names: Dict[str, List[str]] = {}  # a parameter drawn for a fold -> names of all it stands for
+        self.fold_names: Dict[str, List[str]] = {}  # a param/input drawn for a fold -> names of all it stands for
+        self.folded_frames: Set[str] = set()  # module frames drawn for folded blocks
         self.collapsed = 0
         self.raised = self.g.raised()
         self.chunked = 0
@@ -127,10 +128,12 @@ class Assembler:
         for v0, v in zip(n0.inputs, n.inputs):
             val = self.g.value(v)
             if v != v0 and val.role in ("param", "buffer", "input") and val.name:
-                self.param_names.setdefault(v0, [self.g.value(v0).name or ""]).append(val.name)
+                self.fold_names.setdefault(v0, [self.g.value(v0).name or ""]).append(val.name)
 
     def _cluster(self, c: Cluster) -> None:
         self.clusters.append(c)
+        if c.repeat > 1 and c.kind == "module":
+            self.folded_frames.add(c.id)
         self.cluster_parent[c.id] = c.parent
 
     def _order(self, n: Node) -> int:
@@ -276,8 +279,7 @@ class Assembler:
             title = f"{ph} value" if ph else "input"
             cluster = None
         elif val.role == "input":  # (a fold's: every input it stands for, `a (+3 more)`)
-            title = L.range_name(list(dict.fromkeys(self.param_names[vid]))) if vid in self.param_names else val.name
-            title, cluster = title or "input", None
+            title, cluster = self._fold_name(vid) or val.name or "input", None
             order -= 10**9  # traced inputs come first
         else:
             cluster = self._common_cluster(clusters)
@@ -285,17 +287,20 @@ class Assembler:
             # (drawn in the frame of the folded blocks, `0…3 · Block × 4`, that frame names the fold; in a
             # frame around them, `body`, around folded one-op blocks, the name does: `0…3.weight`)
             inside = bool(base and val.name and val.name.startswith(base + ".")) and self._folded_frame(cluster)
-            name = L.range_name(list(dict.fromkeys(self.param_names[vid]))) if vid in self.param_names and not inside \
-                else val.name
+            name = (None if inside else self._fold_name(vid)) or val.name
             title = L.relative_path(name, base) if name else val.role
         return Box("v:" + vid, kind, title, (type_str(val),), cluster, "forward",
                    tooltip=f"{val.role} {vid}: {type_str(val)}" + (f" {val.name}" if val.name else ""), order=order)
 
+    def _fold_name(self, vid: str) -> Optional[str]:
+        """The names of every value a fold's source box ``vid`` stands for (``_stands_for``)."""
+        names = self.fold_names.get(vid)
+        return L.range_name(list(dict.fromkeys(names))) if names else None
+
     def _folded_frame(self, cid: Optional[str]) -> bool:
         """Is the frame ``cid``, or a module frame around it, one drawn for folded blocks?"""
-        folded = {c.id for c in self.clusters if c.repeat > 1 and c.kind == "module"}
         while cid is not None:
-            if cid in folded:
+            if cid in self.folded_frames:
                 return True
             cid = self.cluster_parent.get(cid)
         return False
