@@ -490,9 +490,9 @@ class PrefixTwice(nn.Module):
 
 
 class Group(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, layers: int = 1) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([Block()])
+        self.layers = nn.ModuleList([Block() for _ in range(layers)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -531,21 +531,10 @@ def test_shared_groups_and_a_list_run_twice_count_the_calls_that_ran():
     assert why.startswith("`blocks.*` (Block, 3 ops) ran 4\u00d7 in A, 6\u00d7 in B"), why
 
 
-class Pair(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList([Block(), Block()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
 class PairGroups(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.groups = nn.ModuleList([Pair() for _ in range(3)])
+        self.groups = nn.ModuleList([Group(2) for _ in range(3)])
 
     def forward(self, x: torch.Tensor, n: int) -> torch.Tensor:
         for g in self.groups[:n]:

@@ -652,12 +652,11 @@ def test_a_failed_read_of_the_autograd_graph_keeps_the_ops(monkeypatch):
     assert g.meta["record_errors"]["first"] == "the autograd graph: RuntimeError: cannot read this Node"
 
 
-def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatch):
-    """On CUDA the autograd engine runs backward in its device thread, where the
-    mode's handler is the bottom Python frame (sys._getframe(1) raises: every
-    backward op was a record error). Emulated on CPU: the handler run directly
-    as a new thread's target, inside a graph task, while the recording thread
-    waits at a known line. The op is recorded as backward, at that line."""
+def _mul_in_a_device_thread(monkeypatch, handler):
+    """A ``mul`` issued as in the autograd engine's device thread: ``handler(rec)``
+    (the recording mode's ``__torch_dispatch__``, or a mode's above it) run
+    directly as a new thread's target, inside a graph task, while the recording
+    thread waits at a known line (LINE:wait). The graph, validated."""
     import _thread
     import time
 
@@ -672,12 +671,20 @@ def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatc
         monkeypatch.setattr(mode_mod, "_current_node", lambda: y.grad_fn)  # as inside backward's task
         monkeypatch.setattr(enginephase, "_task_id", lambda: 7)
         n = len(rec.events)
-        _thread.start_new_thread(rec.__torch_dispatch__, (torch.ops.aten.mul.Tensor, (), args, None))
+        _thread.start_new_thread(handler(rec), (torch.ops.aten.mul.Tensor, (), args, None))
         deadline = time.monotonic() + 10  # (where the handler fails, no event comes)
         while len(rec.events) == n and time.monotonic() < deadline:
             time.sleep(0.001)  # LINE:wait
         monkeypatch.undo()
-    g = t.graph.validate()
+    return t.graph.validate()
+
+
+def test_ops_from_a_thread_with_no_python_frame_get_the_backward_line(monkeypatch):
+    """On CUDA the autograd engine runs backward in its device thread, where the
+    mode's handler is the bottom Python frame (sys._getframe(1) raises: every
+    backward op was a record error). Emulated on CPU: the handler as the thread's
+    target. The op is recorded as backward, at the line the recording thread waits at."""
+    g = _mul_in_a_device_thread(monkeypatch, lambda rec: rec.__torch_dispatch__)
     assert "record_errors" not in g.meta
     mul = [nd for nd in g.nodes if nd.op == "aten.mul.Tensor"]
     assert len(mul) == 1 and mul[0].phase == "backward"
@@ -691,34 +698,18 @@ def test_ops_in_a_device_thread_under_a_users_mode_get_the_backward_line(monkeyp
     the frames below ours are all the modes' own. Seen on an H100: every CUDA
     backward op under FlopCounterMode had no source line. Emulated on CPU as in
     the test above, with a user mode's handler as the thread's target."""
-    import _thread
-    import time
-
-    from torchtrace.record import enginephase
-    from torchtrace.record import mode as mode_mod
-
-    m = nn.Linear(3, 2)
-    y = m(torch.ones(1, 3)).sum()
 
     class UserMode:  # the handler of a mode above ours, handing the op on
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return rec.__torch_dispatch__(func, types, args, kwargs)
+        def __init__(self, rec):
+            self.rec = rec
 
-    with torchtrace.trace(m) as t:
-        args = (torch.ones(2), torch.full((2,), 3.0))
-        rec = _get_current_dispatch_mode_stack()[-1]
-        monkeypatch.setattr(mode_mod, "_current_node", lambda: y.grad_fn)  # as inside backward's task
-        monkeypatch.setattr(enginephase, "_task_id", lambda: 7)
-        n = len(rec.events)
-        _thread.start_new_thread(UserMode().__torch_dispatch__, (torch.ops.aten.mul.Tensor, (), args, None))
-        deadline = time.monotonic() + 10
-        while len(rec.events) == n and time.monotonic() < deadline:
-            time.sleep(0.001)  # LINE:modewait
-        monkeypatch.undo()
-    g = t.graph.validate()
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return self.rec.__torch_dispatch__(func, types, args, kwargs)
+
+    g = _mul_in_a_device_thread(monkeypatch, lambda rec: UserMode(rec).__torch_dispatch__)
     mul = [nd for nd in g.nodes if nd.op == "aten.mul.Tensor"]
     assert len(mul) == 1 and mul[0].phase == "backward" and mul[0].source is not None
-    wait = zoo.marked_line(__file__, "modewait")
+    wait = zoo.marked_line(__file__, "wait")
     assert (mul[0].source.file.endswith("test_recorder.py"), mul[0].source.line) == (True, wait)
 
 
