@@ -725,3 +725,151 @@ def test_a_convergence_loop_with_another_tolerance_is_not_said_to_read_nothing()
     [why] = torchtrace.diff(a, b).why()
     assert f"`while` at `test_diff_loops.py:{line_of('newton_while')}` ran" in why, why
     assert "no tensor read decided it" not in why, why
+
+
+class Flagged(nn.Module):
+    """A `while` whose first test reads no tensor data: the step module returns
+    the flag (`done = False` ... `while not done:`), or a Python count
+    short-circuits it (`k < 1 or ...`); and, as controls, a `while` that reads
+    before its first iteration, and a step peeled before the loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def step(self, x: torch.Tensor, thr: float):
+        x = torch.tanh(self.l(x)) + x
+        return x, x.norm() > thr
+
+    def forward(self, x: torch.Tensor, thr: float, kind: str, reps: int = 1) -> torch.Tensor:
+        if kind == "flag":
+            done = False
+            while not done:  # LINE:flag_tensor_while
+                x, done = self.step(x, thr)
+        elif kind == "short":
+            k = 0
+            while k < 1 or x.norm() <= thr:  # LINE:short_while
+                x, _ = self.step(x, thr)
+                k += 1
+        elif kind == "reads":
+            while x.norm() <= thr:  # LINE:reads_while
+                x, _ = self.step(x, thr)
+        elif kind == "peeled":
+            x, done = self.step(x, thr)
+            while not done:  # LINE:peeled_while
+                x, done = self.step(x, thr)
+        else:
+            for _ in range(reps):
+                done = False
+                while not done:  # LINE:inner_flag_while
+                    x, done = self.step(x, thr)
+                x = x / x.norm()
+        return x
+
+
+def _flagged(kind: str, thr: float, reps: int = 1):
+    torch.manual_seed(0)
+    m = Flagged()
+    calls = []
+    hook = m.l.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.zeros(1, 4)
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(x, thr, kind, reps)
+    hook.remove()
+    return t.graph, len(calls)
+
+
+def _thresholds() -> tuple:
+    """Thresholds between the norms after 2 and 3 steps, and after 4 and 5."""
+    torch.manual_seed(0)
+    m, h, norms = Flagged(), torch.zeros(1, 4), []
+    with torch.no_grad():
+        for _ in range(6):
+            h, _ = m.step(h, 0.0)
+            norms.append(h.norm().item())
+    assert all(a < b for a, b in zip(norms, norms[1:])), norms
+    return (norms[1] + norms[2]) / 2, (norms[3] + norms[4]) / 2
+
+
+@pytest.mark.parametrize("kind, marker, peeled", [("flag", "flag_tensor_while", 0), ("short", "short_while", 0),
+                                                  ("reads", "reads_while", 0), ("peeled", "peeled_while", 1)])
+def test_a_while_whose_first_test_reads_nothing_is_counted_by_its_iterations(kind, marker, peeled):
+    """`done = False` ... `while not done: x, done = step(x)` reads `done` once per
+    iteration, after it: the count was one short ("ran 2x in A, 4x in B" for 3 and
+    5 steps). The same when `k < 1 or x.norm() <= t` short-circuits the first test.
+    A `while` that reads before every iteration, and one after a peeled first step,
+    keep reads - 1."""
+    (a, na), (b, nb) = (_flagged(kind, thr) for thr in _thresholds())
+    if kind != "reads":  # (that one reads before the first step: one step fewer)
+        assert (na, nb) == (3, 5)
+    why = torchtrace.diff(a, b).why()
+    assert why[0].startswith(f"`while` at `test_diff_loops.py:{line_of(marker)}` "
+                             f"ran {na - peeled}\u00d7 in A, {nb - peeled}\u00d7 in B"), why
+
+
+def test_the_runs_of_a_flagged_while_in_a_for_are_counted_by_their_iterations():
+    """The same `while not done:` run once per item of a `for`: each run's count."""
+    lo, hi = _thresholds()
+    (a, na), (b, nb) = _flagged("inner", lo, 2), _flagged("inner", hi, 2)
+    assert (na, nb) == (4, 8)  # 3 + 1 steps against 5 + 3
+    head = f"`while` at `test_diff_loops.py:{line_of('inner_flag_while')}`"
+    assert [w.split(" \u2192 ")[0] for w in torchtrace.diff(a, b).why()] == [
+        f"{head} ran 3\u00d7 in A, 5\u00d7 in B (the 1st of its 2 runs)",
+        f"{head} ran 1\u00d7 in A, 3\u00d7 in B (the 2nd of its 2 runs)"]
+
+
+_EARLY_EXIT = '''
+import torch, torch.nn as nn
+
+
+class ACT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(5)])
+        self.halt = nn.Linear(4, 1)
+
+    def forward(self, x, thr, reps):
+        for r in reps:
+            n = torch.tensor(r)
+            while n > 0:  # LINE:gone_while
+                x = torch.tanh(self.layers[0](x))
+                n = n - 1
+        for i, layer in enumerate(self.layers):
+            x = torch.tanh(layer(x))
+            if torch.sigmoid(self.halt(x)).mean() > thr[i]:  # LINE:gone_exit
+                break
+        return x
+'''
+
+
+def test_a_loop_whose_source_is_not_readable_here_is_counted_by_its_reads(tmp_path, monkeypatch):
+    """A diff made where the model's file is gone (another machine, another
+    checkout) cannot tell a `while` header's reads (one more than its
+    iterations) from a `break` in its body (as many): it said "the loop at
+    `m.py:11` ran 2x in A, 4x in B" for 3 and 5 iterations, and dropped the read.
+    It now counts the reads, says why, and names the read."""
+    import importlib
+    import linecache
+    (tmp_path / "gone_model.py").write_text(_EARLY_EXIT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("gone_model")
+    torch.manual_seed(0)
+    m, x = mod.ACT(), torch.randn(2, 4)
+
+    def run(thr, reps):
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x, torch.tensor(thr), reps)
+        return t.graph
+    a, b = run([1., 1., 0., 1., 1.], [2, 1]), run([1., 1., 1., 1., 0.], [2, 3])
+    line = zoo.marked_line(str(tmp_path / "gone_model.py"), "gone_exit")
+    loop = zoo.marked_line(str(tmp_path / "gone_model.py"), "gone_while")
+    assert [w.split(";")[0] for w in torchtrace.diff(a, b).why()] == [
+        f"`while` at `gone_model.py:{loop}` ran 1\u00d7 in A, 3\u00d7 in B (the 2nd of its 2 runs) \u2192 12 ops only in B "
+        f"(in `<root>`)", f"`for` at `gone_model.py:{line - 2}` ran 3\u00d7 in A, 5\u00d7 in B"]
+    (tmp_path / "gone_model.py").unlink()
+    linecache.clearcache()
+    assert [w.split(" \u2192 ")[0] for w in torchtrace.diff(a, b).why()] == [
+        f"`gone_model.py:{loop}` read 2\u00d7 in A, 4\u00d7 in B, in a loop whose source is not readable here "
+        f"(the 2nd of its 2 runs); `gone_model.py:{loop}` read False in A, True in B",
+        f"`gone_model.py:{line}` read 3\u00d7 in A, 5\u00d7 in B, in a loop whose source is not readable here; "
+        f"`gone_model.py:{line}` read True in A, False in B"]

@@ -1105,6 +1105,29 @@ def test_a_read_through_an_alias_a_write_made_stale_depends_on_the_write():
     g.validate()
 
 
+def test_a_parameter_made_in_the_pass_is_an_alias_of_its_data():
+    """`nn.Parameter(a)` makes a tensor over `a`'s data with no op: it was a value
+    of its own, so a write through it left a later read of `a` wired to the op
+    that made `a` (the value before the write). No patch outlives the block."""
+    x = torch.randn(3)
+    with torchtrace.trace() as t:
+        a = x * 2
+        p = nn.Parameter(a)
+        assert "_make_subclass" in torch.Tensor.__dict__
+        with torch.no_grad():
+            p.add_(1)  # LINE:write
+        b = a + 1  # LINE:read
+    assert "_make_subclass" not in torch.Tensor.__dict__
+    assert torch.equal(b, x * 2 + 2) and type(p) is nn.Parameter and p.requires_grad
+    g = t.graph
+    [mul] = [n for n in g.nodes if n.short_op == "mul.Tensor"]
+    [write] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "write")]
+    [read] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "read")]
+    assert g.value(write.inputs[0]).alias_of == mul.outputs[0]
+    assert read.inputs[0] in write.outputs and g.value(read.inputs[0]).version_of == mul.outputs[0]
+    g.validate()
+
+
 class _Skips(nn.Module):
     def __init__(self):
         super().__init__()
@@ -1691,6 +1714,27 @@ def test_optimizer_step_markers_are_optimizer_phase():
         opt.step()
     marks = [n for n in t.graph.nodes if "annotation" in n.tags and n.phase != "backward"]
     assert marks and {n.phase for n in marks} == {"optimizer"}
+
+
+@pytest.mark.parametrize("set_to_none", [False, True])
+def test_zero_grad_is_optimizer_phase(set_to_none):
+    """Optimizer.zero_grad's markers and, with set_to_none=False, its zero_ of each
+    .grad took the phase around them: forward at the top of a step, drawn in the
+    forward view. The next forward is forward again."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(3, 4)
+    m(x).sum().backward()
+    with torchtrace.trace(m) as t:
+        opt.zero_grad(set_to_none=set_to_none)  # LINE:zero
+        m(x).sum().backward()
+        opt.step()
+    line = zoo.marked_line(__file__, "zero")
+    zero = [n for n in t.graph.nodes if n.source is not None and n.source.line == line]
+    assert len(zero) == (2 if set_to_none else 6) and {n.phase for n in zero} == {"optimizer"}
+    assert [n.short_op for n in zero if "annotation" not in n.tags] == ([] if set_to_none else ["zero_"] * 4)
+    assert {n.phase for n in t.graph.nodes if n.module is not None and n.phase != "backward"} == {"forward"}
 
 
 def test_a_user_mode_exited_inside_the_block_does_not_break_its_end():

@@ -141,7 +141,8 @@ class Hunk:
                        f"eval mode in {other_side(self.trained)})"
             return self._trained()
         if self.loop is not None and self.loop.via == "witness":
-            at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
+            at_loop = self.witness is None or (self.witness.file, self.witness.line) == (
+                self.loop.file, self.loop.line) and self.loop.readable
             if at_loop:  # (a helper's `while`, called from several lines: which call)
                 return self.loop.describe(self.witness.called_from() if self.witness is not None else "")
             # and the `if` inside it that went the other way

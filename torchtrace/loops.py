@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 from .align import Pair
 from .blockcalls import block_counts, call_scope, calls_under, one_call
 from .side import Loop, Side, Sig
-from .sourceloops import can_leave, exits_loop, in_loop, while_end
+from .sourceloops import can_leave, exits_loop, first_test_reads_nothing, in_loop, while_end
 from .textform import ordinal, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,6 +51,7 @@ class LoopChange:
     keyword: Optional[str] = None
     run: Optional[Tuple[int, int]] = None  # (k, runs): the loop statement's k-th run of ``runs`` in the pass
     calls: Optional[Tuple[str, str]] = None  # ("encoder.layer.*", "BertLayer"): the block is one module call
+    readable: bool = True  # is its source readable here (else: which loop, and its count, are not known)
 
     def describe(self, called_from: str = "") -> str:
         """``called_from``: the call site of the helper whose condition read it (" (called from `m.py:9`)")."""
@@ -58,6 +59,10 @@ class LoopChange:
             head = f"`{self.calls[0]}` ({self.calls[1]}, {plural(self.period, 'op')})"
         elif self.keyword is not None:  # (a repeat's: a `while` that reads its bound each time it tests it)
             head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}"
+        elif not self.readable:  # (`a`, `b`: its reads, the exit's included; a header reads once more)
+            run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
+            return f"{where(self.file, self.line)}{called_from} read {self.a}{TIMES} in A, {self.b}{TIMES} in B, " \
+                   f"in a loop whose source is not readable here{run}"
         elif self.via == "witness":
             head = f"the loop at {where(self.file, self.line)}{called_from}"
         else:
@@ -71,7 +76,8 @@ class LoopChange:
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
                 "via": self.via, "period": self.period, "keyword": self.keyword,
-                "run": list(self.run) if self.run else None, "calls": list(self.calls) if self.calls else None}
+                "run": list(self.run) if self.run else None, "calls": list(self.calls) if self.calls else None,
+                "readable": self.readable}
 
 
 class LoopFinder:
@@ -150,6 +156,10 @@ class LoopFinder:
         or the loop whose body holds them (``_body_loop``: each run's exit read is
         in one run of the body more)."""
         file, line, function, keyword = w.file, w.line, w.function, _keyword(w.file, w.line)
+        if not linecache.getlines(file):  # (a header's reads are its count + 1, an exit's in its body its count)
+            ea, eb = (e for s, e in sorted(exits, key=lambda se: se[0] is not self.A))
+            return LoopChange(file, line, function, a + (ea is not None), b + (eb is not None), "witness", 0,
+                              run=run, readable=False)
         loop, ended = self._body_loop(self.A, ia, exits, runs)
         if ended:
             file, function, line, keyword = loop[0], loop[1], loop[2], loop[4]
@@ -158,6 +168,8 @@ class LoopFinder:
                 a, b = a + (ea is not None), b + (eb is not None)
         elif loop is not None:
             keyword = "if"
+        elif keyword == "while" and first_test_reads_nothing(file, line):
+            a, b = a + 1, b + 1  # (`done = False` ... `while not done:`: no read before the first iteration)
         return LoopChange(file, line, function, a, b, "witness", 0, keyword, run)
 
     def _body_loop(self, side: Side, i: int, exits: Sequence[Tuple[Side, Optional[int]]],
@@ -240,6 +252,13 @@ class LoopFinder:
                 src = X.nodes[rx[k][0]].source
                 file, line = (src.file, src.line) if src else ("?", 0)
                 a, b = (rx[k][2], ry[k][2]) if col == 0 else (ry[k][2], rx[k][2])
+                if _keyword(file, line) == "while" and first_test_reads_nothing(file, line):
+                    a, b = a + 1, b + 1
+                elif not linecache.getlines(file):  # (not readable here: its reads, as _loop_change says)
+                    ea, eb = (rx[k][1], ry[k][1]) if col == 0 else (ry[k][1], rx[k][1])
+                    return LoopChange(file, line, src.function if src else "?", a + (ea is not None),
+                                      b + (eb is not None), "witness", 0, run=(k, len(rx)) if len(rx) > 1 else None,
+                                      readable=False)
                 body, ended = self._body_loop(X, rx[k][0], [(S, r[1]) for S, rs in ((X, rx), (Y, ry)) for r in rs],
                                               [(S, _reads_of(S, sig, r)) for S, rs in ((X, rx), (Y, ry)) for r in rs])
                 if body is not None and not ended:

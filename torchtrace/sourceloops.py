@@ -4,11 +4,14 @@ whose body holds a line, where its body ends, whether a read gives its count,
 and whether an ``if`` leaves it (``break``/``return``)."""
 from __future__ import annotations
 
+import ast
+import operator
 import re
-from typing import TYPE_CHECKING, Optional, Tuple
+import textwrap
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from .sourcetext import _IF, _NAME, _code, _header_colon, _headers_around, _last_of_block, _lines, _word, line_text, \
-    names_assigned
+from .sourcetext import _IF, _NAME, _code, _def_of, _header_colon, _headers_around, _last_of_block, _lines, _word, \
+    line_text, names_assigned
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -154,3 +157,87 @@ def while_end(file: str, line: int) -> int:
     if lines is None or not _WHILE.match(lines[line - 1]):
         return 0
     return _last_of_block(lines, line)
+
+
+_UNKNOWN = object()
+_COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+            ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Is: operator.is_, ast.IsNot: operator.is_not}
+
+
+def first_test_reads_nothing(file: str, line: int) -> bool:
+    """Does the ``while`` at ``line`` enter its first iteration on Python values
+    alone: its test is decided by constants assigned above it in its block
+    (``done = False`` ... ``while not done:``; ``k = 0`` ... ``while k < 1 or x.norm() <= t:``)?
+    Then its reads, one per later test, are as many as its iterations, not one more."""
+    lines = _lines(file, line)
+    if lines is None or not _WHILE.match(lines[line - 1]):
+        return False
+    top = _def_of(lines, line)
+    if top < 0:
+        return False
+    first = top + 1
+    try:
+        tree = ast.parse(textwrap.dedent("".join(lines[top:_last_of_block(lines, first)])))
+    except (SyntaxError, ValueError):
+        return False
+    for body in _bodies(tree):
+        at = next((k for k, s in enumerate(body) if isinstance(s, ast.While) and s.lineno + top == line), None)
+        if at is not None:
+            known = _constants_before(body[:at])
+            value = _constant(body[at].test, known)
+            return value is not _UNKNOWN and bool(value)
+    return False
+
+
+def _bodies(tree: ast.AST) -> Iterator[List[ast.stmt]]:
+    """Every statement list (block body) in ``tree``."""
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            block = getattr(node, name, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                yield block
+
+
+def _constants_before(stmts: List[ast.stmt]) -> Dict[str, Any]:
+    """Names that the statements ``stmts`` leave bound to a constant (``done = False``)."""
+    known: Dict[str, Any] = {}
+    for s in stmts:
+        const = s.value if isinstance(s, (ast.Assign, ast.AnnAssign)) and isinstance(s.value, ast.Constant) else None
+        targets = s.targets if isinstance(s, ast.Assign) else [s.target] if isinstance(s, ast.AnnAssign) else []
+        for n in (t for node in [s] for t in ast.walk(node)):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                known[n.id] = _UNKNOWN  # (assigned otherwise, or in a block: not known)
+        if const is not None and all(isinstance(t, ast.Name) for t in targets):
+            known.update((t.id, const.value) for t in targets)
+    return known
+
+
+def _constant(e: ast.expr, known: Dict[str, Any]) -> Any:
+    """The value of test ``e`` when Python values alone decide it, else ``_UNKNOWN``."""
+    if isinstance(e, ast.Constant):
+        return e.value
+    if isinstance(e, ast.Name):
+        return known.get(e.id, _UNKNOWN)
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.Not):
+        v = _constant(e.operand, known)
+        return v if v is _UNKNOWN else not v
+    if isinstance(e, ast.BoolOp):  # (short-circuits: `k < 1 or x.norm() <= t` with k = 0)
+        for operand in e.values:
+            v = _constant(operand, known)
+            if v is _UNKNOWN or bool(v) == isinstance(e.op, ast.Or):
+                return v
+        return v
+    if isinstance(e, ast.Compare) and all(type(op) in _COMPARE for op in e.ops):
+        left = _constant(e.left, known)
+        for op, right in zip(e.ops, e.comparators):
+            right = _constant(right, known)
+            if left is _UNKNOWN or right is _UNKNOWN:
+                return _UNKNOWN
+            try:
+                if not _COMPARE[type(op)](left, right):
+                    return False
+            except TypeError:
+                return _UNKNOWN
+            left = right
+        return True
+    return _UNKNOWN

@@ -24,7 +24,7 @@ from .enginephase import RECOMPUTE
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
 from .opinfo import BY_INDEX, describe_object
-from .optimizer import OPTIMIZER_PREFIX, ClosureLoss, annotate
+from .optimizer import ClosureLoss, annotate, open_marks
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
 
@@ -152,6 +152,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             root = alias_root.get(ins[0], ins[0])
             for v in outs:
                 alias_root[v] = root
+    for vid, src in mode.made_aliases.items():  # (nn.Parameter(t) made in the pass: an alias of t)
+        alias_root[vid] = alias_root.get(src, src)
     for vid, rec in enumerate(vmeta):
         origin = rec[V_ORIGIN]
         if origin is not None and origin[0] == "ver" and origin[1] in alias_root:
@@ -207,7 +209,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     # -- nodes ---------------------------------------------------------------
     nodes: List[Node] = []
     annotations = list(capture.open_annotations)  # a pass can start inside opt.step (LBFGS's closure)
-    in_optimizer = any(a.startswith(OPTIMIZER_PREFIX) for a in annotations)
+    in_optimizer, zeroing = open_marks(annotations)
     grad_fn_of = ag.grad_fn_of
     vid_at = vid_str.__getitem__
     mod_str = [f"m{k}" for k in range(len(mode.mcalls))]
@@ -243,16 +245,19 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             source = _source(ev[E_CODE], ev[E_LINE])
         args = args_of(info, ev[E_ARGS], ev[E_KW]) if info.scalar_args or ev[E_KW] else no_args
         if info.annotation:
-            was = in_optimizer
+            was, was_zeroing = in_optimizer, zeroing
             annotate(annotations, info, args)
-            in_optimizer = any(a.startswith(OPTIMIZER_PREFIX) for a in annotations)
+            in_optimizer, zeroing = open_marks(annotations)
             # a step run by a hook in backward (post-accumulate-grad: "optimizer step in backward")
             before, stepping_in_backward = stepping_in_backward, in_optimizer and (
                 stepping_in_backward or (ph == BACKWARD and not was))
-            if (ph == 0 and (was or in_optimizer)) or (ph == BACKWARD and (before or stepping_in_backward)):
-                phase = "optimizer"  # Optimizer.step's own markers: its phase
+            if (ph == 0 and (was or in_optimizer or was_zeroing or zeroing)) or (
+                    ph == BACKWARD and (before or stepping_in_backward)):
+                phase = "optimizer"  # Optimizer.step's and zero_grad's own markers: their phase
         elif stepping_in_backward and ph == BACKWARD:
             phase = "optimizer"
+        elif zeroing and ph == 0:
+            phase = "optimizer"  # (zero_grad(set_to_none=False)'s zero_ of each .grad)
         elif ph == 0 and module is None and in_optimizer and closure.is_loss(ev, from_grads):
             pass  # (the loss a closure computes from the model's output inside step: forward)
         elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):

@@ -14,6 +14,7 @@ from ..ir import Value
 from .mode import E_ICODE, E_INS, E_OUTS
 
 OPTIMIZER_PREFIX = "Optimizer.step#"
+ZERO_GRAD_PREFIX = "Optimizer.zero_grad#"  # (its ops, `zero_` of each .grad with set_to_none=False: optimizer)
 
 
 def annotate(stack: List[str], info: Any, args: Dict[str, Any]) -> None:
@@ -22,6 +23,12 @@ def annotate(stack: List[str], info: Any, args: Dict[str, Any]) -> None:
         stack.append(str(args.get("name", "")))
     elif stack:
         stack.pop()
+
+
+def open_marks(stack: List[str]) -> Tuple[bool, bool]:
+    """Whether an ``Optimizer.step`` and whether an ``Optimizer.zero_grad`` is open."""
+    return (any(a.startswith(OPTIMIZER_PREFIX) for a in stack),
+            any(a.startswith(ZERO_GRAD_PREFIX) for a in stack))
 
 
 _OPTIM_FILE = sys.modules[torch.optim.Optimizer.__module__].__file__
