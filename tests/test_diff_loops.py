@@ -869,7 +869,62 @@ def test_a_loop_whose_source_is_not_readable_here_is_counted_by_its_reads(tmp_pa
     (tmp_path / "gone_model.py").unlink()
     linecache.clearcache()
     assert [w.split(" \u2192 ")[0] for w in torchtrace.diff(a, b).why()] == [
-        f"`gone_model.py:{loop}` read 2\u00d7 in A, 4\u00d7 in B, in a loop whose source is not readable here "
-        f"(the 2nd of its 2 runs); `gone_model.py:{loop}` read False in A, True in B",
-        f"`gone_model.py:{line}` read 3\u00d7 in A, 5\u00d7 in B, in a loop whose source is not readable here; "
-        f"`gone_model.py:{line}` read True in A, False in B"]
+        f"`gone_model.py:{loop}` read False in A, True in B; in a loop whose source is not readable here, "
+        f"it read 2\u00d7 in A, 4\u00d7 in B (the 2nd of its 2 runs)",
+        f"`gone_model.py:{line}` read True in A, False in B; in a loop whose source is not readable here, "
+        f"it read 3\u00d7 in A, 5\u00d7 in B"]
+
+
+class Ponder(nn.Module):
+    """Halts after `thr + 1` iterations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, thr: torch.Tensor) -> torch.Tensor:
+        for i in range(6):  # LINE:ponder_for
+            x = torch.tanh(self.cell(x))
+            if x.mean() * 0 + i >= thr:  # LINE:ponder_read
+                break
+        return x
+
+
+class TwoPonders(nn.Module):
+    def __init__(self, shared: bool) -> None:
+        super().__init__()
+        self.enc = Ponder()
+        self.dec = self.enc if shared else Ponder()
+        self.shared = shared
+
+    def forward(self, x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+        if self.shared:  # one module called twice, an op between the calls
+            return self.enc(torch.relu(self.enc(x, t1)), t2)
+        return self.dec(self.enc(x, t1), t2)  # two modules, no op between their calls
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_one_loop_in_two_module_calls_is_counted_per_call(shared):
+    """(An audit.) Two `Ponder`s called one after the other, their loops run
+    2x/2x in A and 4x/5x in B: one hunk of 40 ops named one count ("2x in A,
+    5x in B"), A's second loop paired with B's first one's extra iterations. One
+    module called twice: its first call's count was not named (the loop's run
+    was not seen to end at the next call)."""
+    torch.manual_seed(0)
+    m, x, t = TwoPonders(shared), torch.randn(2, 4), torch.tensor
+
+    def run(t1: float, t2: float) -> Graph:
+        with torch.no_grad(), torchtrace.trace(m) as tr:
+            m(x, t(t1), t(t2))
+        return tr.graph
+    d = torchtrace.diff(run(1, 1), run(3, 4))
+    head = f"`for` at `test_diff_loops.py:{line_of('ponder_for')}`"
+    read = f"`test_diff_loops.py:{line_of('ponder_read')}`"
+    runs = [" (the 1st of its 2 runs)", " (the 2nd of its 2 runs)"] if shared else ["", ""]
+    calls = [" (1st call of `enc`)", " (2nd call of `enc`)"] if shared else ["", ""]
+    where = ["enc", "enc"] if shared else ["enc", "dec"]
+    assert d.why() == [f"{head} ran 2\u00d7 in A, 4\u00d7 in B{runs[0]}; {read}{calls[0]} read True in A, False in B "
+                       f"\u2192 16 ops only in B (in `{where[0]}`)",
+                       f"{head} ran 2\u00d7 in A, 5\u00d7 in B{runs[1]}; {read}{calls[1]} read True in A, False in B "
+                       f"\u2192 24 ops only in B (in `{where[1]}`)"]
+    assert not any(p.status == "changed" for p in d.ops)  # (each iteration paired with its own)

@@ -122,7 +122,8 @@ def test_the_text_reads_like_a_unified_diff_with_the_explanation_first(structura
         "  `router.py:31` read False in A, True in B \u2192 2 ops only in A, 5 ops only in B (in `<root>`)",
         "  `while` at `router.py:35` ran 3\u00d7 in A, 5\u00d7 in B \u2192 10 ops only in B (in `<root>`)"
         if _readable("/src/router.py") else
-        "  the loop at `router.py:35` ran 3\u00d7 in A, 5\u00d7 in B \u2192 10 ops only in B (in `<root>`)"]
+        "  `router.py:35` read False in A, True in B; in a loop whose source is not readable here, it read "
+        "4\u00d7 in A, 6\u00d7 in B \u2192 10 ops only in B (in `<root>`)"]
     minus = [x for x in lines if x.startswith("- ")]
     plus = [x for x in lines if x.startswith("+ ")]
     assert len(minus) == 2 and len(plus) == 15

@@ -1105,29 +1105,6 @@ def test_a_read_through_an_alias_a_write_made_stale_depends_on_the_write():
     g.validate()
 
 
-def test_a_parameter_made_in_the_pass_is_an_alias_of_its_data():
-    """`nn.Parameter(a)` makes a tensor over `a`'s data with no op: it was a value
-    of its own, so a write through it left a later read of `a` wired to the op
-    that made `a` (the value before the write). No patch outlives the block."""
-    x = torch.randn(3)
-    with torchtrace.trace() as t:
-        a = x * 2
-        p = nn.Parameter(a)
-        assert "_make_subclass" in torch.Tensor.__dict__
-        with torch.no_grad():
-            p.add_(1)  # LINE:write
-        b = a + 1  # LINE:read
-    assert "_make_subclass" not in torch.Tensor.__dict__
-    assert torch.equal(b, x * 2 + 2) and type(p) is nn.Parameter and p.requires_grad
-    g = t.graph
-    [mul] = [n for n in g.nodes if n.short_op == "mul.Tensor"]
-    [write] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "write")]
-    [read] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "read")]
-    assert g.value(write.inputs[0]).alias_of == mul.outputs[0]
-    assert read.inputs[0] in write.outputs and g.value(read.inputs[0]).version_of == mul.outputs[0]
-    g.validate()
-
-
 class _Skips(nn.Module):
     def __init__(self):
         super().__init__()

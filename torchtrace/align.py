@@ -186,7 +186,11 @@ def _slide(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[A
         if k < k1:
             moved = _move(pairs, seq, w_other, w_self, side, k, k1)
             cut = _two_loops(pairs, seq, side, k, k1, looped) if down and moved == k1 == end else None
-            k1 = moved if cut is None else _move(pairs, seq, w_other, w_self, side, cut, k1)
+            if cut is None:
+                k1 = moved
+            else:  # (each part placed on its own: the tail in the second loop, the head in the first)
+                k1 = _move(pairs, seq, w_other, w_self, side, cut, k1)
+                _move(pairs, seq, w_other, w_self, side, k, cut)
         k = max(k1, end)
 
 
@@ -207,13 +211,26 @@ def _two_loops(pairs: List[Pair], seq: List[int], side: int, k: int, k1: int,
             continue  # (ops of one loop body on both sides of the cut)
         if not (any(looped[j0:j0 + head]) and any(looped[j0 + head:j1])):
             continue
-        above = all(k - head + t >= 0 and None not in pairs[k - head + t] and pairs[k - head + t][side] == j0 - head + t
-                    and seq[j0 - head + t] == seq[j0 + t] for t in range(head))
-        below = all(k1 + t < len(pairs) and None not in pairs[k1 + t] and pairs[k1 + t][side] == j1 + t
-                    and seq[j1 + t] == seq[j0 + head + t] for t in range(tail))
-        if above and below:
+        if _repeats(pairs, seq, side, k, j0, head, -1) and _repeats(pairs, seq, side, k1, j0 + head, tail, 1):
             return cut
     return None
+
+
+def _repeats(pairs: List[Pair], seq: List[int], side: int, e: int, j: int, length: int, way: int) -> bool:
+    """Are the ``length`` ops ``seq[j:j + length]`` (one-sided, from entry ``e`` on
+    when ``way`` is -1, up to entry ``e`` when 1) iterations of the loop whose
+    aligned ops are right above (-1) or below (1) them: they repeat with some
+    period ``p``, and the ``p`` aligned ops next to them are one such iteration
+    (a run of 3 extra iterations below 2 aligned ones)."""
+    for p in range(1, length + 1):
+        if any(seq[j + t] != seq[j + t + p] for t in range(length - p)):
+            continue  # (not that period)
+        near = [e - p + t for t in range(p)] if way < 0 else [e + t for t in range(p)]
+        at = [j - p + t for t in range(p)] if way < 0 else [j + length + t for t in range(p)]
+        if all(0 <= x < len(pairs) and None not in pairs[x] and pairs[x][side] == y for x, y in zip(near, at)) and \
+                all(seq[y] == seq[j + t] for t, y in enumerate(at)):
+            return True
+    return False
 
 
 def _move(pairs: List[Pair], seq: List[int], w_other: List[Any], w_self: List[Any], side: int,

@@ -141,8 +141,9 @@ class Hunk:
                        f"eval mode in {other_side(self.trained)})"
             return self._trained()
         if self.loop is not None and self.loop.via == "witness":
-            at_loop = self.witness is None or (self.witness.file, self.witness.line) == (
-                self.loop.file, self.loop.line) and self.loop.readable
+            if not self.loop.readable and self.witness is not None:  # (its count is told by the read's line)
+                return f"{self.witness.describe()}; {self.loop.describe()}"
+            at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
             if at_loop:  # (a helper's `while`, called from several lines: which call)
                 return self.loop.describe(self.witness.called_from() if self.witness is not None else "")
             # and the `if` inside it that went the other way

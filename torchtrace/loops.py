@@ -61,8 +61,8 @@ class LoopChange:
             head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}"
         elif not self.readable:  # (`a`, `b`: its reads, the exit's included; a header reads once more)
             run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
-            return f"{where(self.file, self.line)}{called_from} read {self.a}{TIMES} in A, {self.b}{TIMES} in B, " \
-                   f"in a loop whose source is not readable here{run}"
+            return f"in a loop whose source is not readable here, it read {self.a}{TIMES} in A, " \
+                   f"{self.b}{TIMES} in B{run}"
         elif self.via == "witness":
             head = f"the loop at {where(self.file, self.line)}{called_from}"
         else:

@@ -199,9 +199,26 @@ class Side:
             return False
         file, function, first, last = loop[:4]
         if (at.file, at.function) == (file, function):
-            return self.nodes[k].module == n.module and not first <= at.line <= last
+            mk = self.nodes[k].module
+            if mk != n.module:  # (another call of the loop's module: a run of its own; not a call inside
+                # this one, a recursion or a submodule called at the loop's lines, nor the one around it)
+                return not (self._called_in(mk, n.module) or self._called_in(n.module, mk))
+            return not first <= at.line <= last
         return _caller(n) == (at.file, at.function) and (n.source.file, n.source.function) == (file, function) \
             and not yields(file, first)
+
+    def _called_in(self, inner: Optional[str], outer: Optional[str]) -> bool:
+        """Is module call ``inner`` made inside module call ``outer`` (None: outside any)?"""
+        if outer is None:
+            return True
+        parents = self._parents
+        while inner is not None and inner != outer:
+            inner = parents.get(inner)
+        return inner is not None
+
+    @cached_property
+    def _parents(self) -> Dict[str, Optional[str]]:
+        return {m.id: m.parent for m in self.graph.modules}
 
     def _went_on(self, i: int, last: int) -> bool:
         """Did the ``while`` whose condition read op ``i`` run its body again? The

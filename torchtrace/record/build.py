@@ -152,8 +152,6 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             root = alias_root.get(ins[0], ins[0])
             for v in outs:
                 alias_root[v] = root
-    for vid, src in mode.made_aliases.items():  # (nn.Parameter(t) made in the pass: an alias of t)
-        alias_root[vid] = alias_root.get(src, src)
     for vid, rec in enumerate(vmeta):
         origin = rec[V_ORIGIN]
         if origin is not None and origin[0] == "ver" and origin[1] in alias_root:

@@ -76,7 +76,7 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
     __slots__ = ("capture", "names", "filter_cache", "classify", "off", "autocast", "autocast_on", "max_ops",
                  "engine_codes", "external", "events", "vmeta", "vmap", "vrefs", "stack", "mcalls", "call_counts",
                  "outputs", "output_refs", "inplace_on_view", "n_inputs", "task", "engine_frame", "engine_user",
-                 "start_seq", "foreign", "full", "rewraps", "aliases", "made_aliases", "ext_fns")
+                 "start_seq", "foreign", "full", "rewraps", "ext_fns")
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -107,8 +107,6 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
         self.vmap: Dict[int, int] = {}  # id(tensor) -> value id (of its latest version)
         self.vrefs: List[Any] = []  # per value id: weakref to its tensor (plain ints in vmap: fewer GC-tracked objects)
         self.rewraps: Dict[int, tuple] = {}  # id(subclass tensor) -> (weakref, value id it re-wraps): note_rewrap
-        self.aliases: Dict[int, tuple] = {}  # id(tensor) -> (weakref, value id it aliases): note_alias
-        self.made_aliases: Dict[int, int] = {}  # value id of such a tensor -> the value id it aliases
         self.ext_fns: List[Any] = []  # grad_fns of the outside tensors the pass read (held until it is built)
         self.stack: List[tuple] = []   # open module calls: (call id, module, path)
         self.mcalls: List[tuple] = []  # (path, type, call index, parent call id, phase, training)
@@ -306,10 +304,7 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
             fn = t.grad_fn             # ops; a wrapper subclass's grad_fn is not read here)
             if fn is not None:
                 self.ext_fns.append(fn)
-        vid = self._add_value(t, ("ext", role, name, rg))
-        if self.aliases:
-            self._made_alias(t, vid)
-        return vid
+        return self._add_value(t, ("ext", role, name, rg))
 
     def _add_value(self, t: Any, origin: Any, ref: Any = None) -> int:
         """A new value for tensor ``t`` (the hot path inlines this for fresh outputs)."""

@@ -1,4 +1,4 @@
-"""The four torch class attributes torchtrace swaps while any capture is started.
+"""The three torch class attributes torchtrace swaps while any capture is started.
 
 * ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
   dispatch keys as they were on entry, and those say whether a dispatch mode
@@ -19,10 +19,6 @@
   a new tensor over the same data that no op the mode sees makes. Every started
   capture takes the re-wrap for the value it wraps (read as a new constant, the
   dataflow fell apart).
-* ``torch.Tensor._make_subclass``: ``nn.Parameter(t)`` (and ``Buffer(t)``) makes a
-  new tensor over ``t``'s data with no op the mode sees. Every started capture
-  notes it as an alias of ``t``'s value: a write through the parameter is then a
-  write to what later reads of ``t`` see.
 
 Counted: traces that end out of order, or in other threads, keep a patch until
 the last one stops; then the class is as it was.
@@ -124,23 +120,9 @@ def _noting_rewraps(orig: Any) -> Optional[Callable[..., Any]]:
     return as_subclass
 
 
-def _noting_aliases(orig: Any) -> Optional[Any]:
-    make = orig.__func__ if isinstance(orig, staticmethod) else None
-    if make is None:
-        return None
-
-    def _make_subclass(cls: type, data: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        out = make(cls, data, *args, **kwargs)
-        for cap in list(STARTED):
-            cap.mode.note_alias(out, data)
-        return out
-    return staticmethod(_make_subclass)
-
-
 PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _synced_exit),
            ClassPatch(torch.Tensor, "data", _forgetting_data),
-           ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps),
-           ClassPatch(torch.Tensor, "_make_subclass", _noting_aliases))
+           ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps))
 
 
 class Patches:

@@ -1,8 +1,7 @@
 """Value versions: what an op wrote (in place, ``out=``, a collective's
 buffers, batch norm's running statistics) becomes a new version of the value
-it overwrote, a tensor subclass's ``as_subclass`` re-wrap stands for the
-value it re-wraps, before and after a write through it, and an ``nn.Parameter``
-made over a value is an alias of it. A mixin of
+it overwrote, and a tensor subclass's ``as_subclass`` re-wrap stands for the
+value it re-wraps, before and after a write through it. A mixin of
 ``RecordingMode`` (mode.py), off the hot path: only ops that write, or return
 several tensors or none, come here."""
 from __future__ import annotations
@@ -55,21 +54,6 @@ class Writes:
         v = self._rewrap_of(src) if v is None else v
         if v is not None:
             self.rewraps[id(out)] = (_ref(out), v)
-
-    def note_alias(self, out: Any, src: Any) -> None:
-        """``nn.Parameter(src)`` (``Tensor._make_subclass``, patches.py) made ``out``:
-        a new tensor over ``src``'s data that no op the mode sees makes. Its value,
-        made when it is first read, is an alias of ``src``'s (``alias_of``): a write
-        through it makes reads of ``src`` after it read the write."""
-        v = self.vid_of(src)
-        v = self._rewrap_of(src) if v is None else v
-        if v is not None:
-            self.aliases[id(out)] = (_ref(out), v)
-
-    def _made_alias(self, t: Any, vid: int) -> None:
-        seen = self.aliases.pop(id(t), None)
-        if seen is not None and seen[0]() is t:
-            self.made_aliases[vid] = seen[1]
 
     def _bump(self, t: Any, outs: List[int]) -> None:
         old = self._vid(t, None, None)
