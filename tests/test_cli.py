@@ -767,6 +767,38 @@ def test_a_script_that_catches_sigterm_still_dies_by_it_as_under_python(tmp_path
     assert len(Store(tmp_path / "o" / "trace.db", readonly=True).passes()) == 1
 
 
+def test_sigterm_ends_a_script_inside_a_long_c_call(tmp_path):
+    """Python runs the run's SIGTERM handler between bytecodes: a script inside one
+    long C call (here a hash of 10^9 rounds, minutes; a hung collective) ran on
+    until the call returned, where python dies at once. The signal is now heard
+    as it comes, and the process dies by it after `pyrun.GRACE_S`; the finished
+    passes are kept."""
+    from torchtrace.pyrun import GRACE_S
+    s = _script(tmp_path, """
+        import hashlib, sys, torch
+        m = torch.nn.Linear(2, 2)
+        for i in range(2):
+            m(torch.ones(1, 2))
+        print("in C", flush=True)
+        hashlib.pbkdf2_hmac("sha256", b"x", b"salt", 10 ** 9)
+    """)
+    proc = subprocess.Popen([EXE, "run", "--out", str(tmp_path / "o"), str(s)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "in C\n"
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=GRACE_S + 60)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGTERM and took < GRACE_S + 20, (proc.returncode, took)
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) >= 1  # (the first call's pass; the second was in flight)
+
+
 PYTHON_ALIKE = {  # script -> what must match `python script` (stdout, stderr, exit status)
     "excepthook": """
         import sys

@@ -161,6 +161,8 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
     main = threading.current_thread() is threading.main_thread()
     terminator = Terminator(signal.getsignal(signal.SIGTERM)) if main else None
     old_term = signal.signal(signal.SIGTERM, terminator) if terminator is not None else None
+    if terminator is not None:
+        terminator.watch.start()
     def recorder() -> Any:  # (made once torch is imported: the script may set what torch reads at import)
         from .record.recorder import Recorder
 
@@ -197,6 +199,8 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
         if terminator is not None and terminator.swallowed:  # the script caught it: python would have died
             terminator.reached()
             code = TERMINATED
+        if terminator is not None:
+            terminator.watch.stop()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         sys.argv, sys.path[:] = saved_argv, saved_path

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UsageError
+from .termwatch import Watch, die_by
 
 INTERRUPTED = -signal.SIGINT  # the script ended by KeyboardInterrupt: exit as python does
 TERMINATED = -signal.SIGTERM  # ended by SIGTERM (torchrun stopping the other ranks): likewise
@@ -226,32 +227,31 @@ class Terminator:
     def __init__(self, before: Any) -> None:
         self.before, self.pid = before, os.getpid()
         self.timer: Optional[threading.Timer] = None  # (armed by a SIGTERM, until its exception leaves)
-        self.dying = False
+        self._lock = threading.Lock()
+        self.watch = Watch(self._arm)  # (arms it as the signal comes, while the script is in a long C call too)
 
     def __call__(self, signum: int, frame: Any) -> None:
         if os.getpid() == self.pid:
-            if self.dying:  # (sent again by the timer: the grace is over)
-                _die(signum)
-            if self.timer is None:
-                self.timer = threading.Timer(GRACE_S, self._again, (signum,))
-                self.timer.daemon = True
-                self.timer.start()
+            self._arm()
             raise Terminated(128 + signum)
         if callable(self.before):
             self.before(signum, frame)
         elif self.before != signal.SIG_IGN:  # the default (or a handler not set from Python): die by the signal
             _die(signum)
 
-    def _again(self, signum: int) -> None:
-        """(In the timer's thread, where no handler may be set: the main thread dies.)"""
-        self.dying = True
-        os.kill(self.pid, signum)
+    def _arm(self) -> None:
+        with self._lock:
+            if self.timer is None:
+                self.timer = threading.Timer(GRACE_S, die_by, (signal.SIGTERM,))
+                self.timer.daemon = True
+                self.timer.start()
 
     def reached(self) -> None:
         """The exception left the script: the run stores the pass, then dies by SIGTERM itself."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        with self._lock:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
 
     @property
     def swallowed(self) -> bool:
