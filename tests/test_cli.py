@@ -767,6 +767,27 @@ def test_a_script_that_catches_sigterm_still_dies_by_it_as_under_python(tmp_path
     assert len(Store(tmp_path / "o" / "trace.db", readonly=True).passes()) == 1
 
 
+def test_a_script_that_changes_folder_before_importing_torch_records_into_out(tmp_path):
+    """`os.chdir(...)` above `import torch` (the recorder opens the store at the
+    import): the passes went to `<new folder>/o/trace.db`, the summary named
+    `o/trace.db`, which did not exist, and the previous run's store stayed moved aside."""
+    (tmp_path / "elsewhere").mkdir()
+    first = _script(tmp_path, """
+        import torch
+        torch.nn.Linear(2, 2)(torch.ones(1, 2))
+    """)
+    moving = tmp_path / "moving.py"
+    moving.write_text(f"import os\nos.chdir({str(tmp_path / 'elsewhere')!r})\n" + first.read_text())
+    for s in (first, moving):
+        res = subprocess.run([EXE, "run", "--out", "o", str(s)], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path)
+        assert res.returncode == 0 and "-> o/trace.db" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "elsewhere" / "o").exists()
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 1
+    assert (tmp_path / "o" / "trace.prev.db").exists()
+
+
 def test_sigterm_ends_a_script_inside_a_long_c_call(tmp_path):
     """Python runs the run's SIGTERM handler between bytecodes: a script inside one
     long C call (here a hash of 10^9 rounds, minutes; a hung collective) ran on

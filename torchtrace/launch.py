@@ -142,7 +142,7 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, worker:
     console = _stderr_now()
     path = check_module(script) if options.module is not None else check_script(script)
     _check_options(options)
-    with nullcontext(options.out / RUN_STORE) if worker else store_in(options.out) as store_path:
+    with nullcontext(Path(os.path.abspath(options.out)) / RUN_STORE) if worker else store_in(options.out) as store_path:
         return _run(path, argv, options, console, worker, store_path,
                     str(path) if options.module is not None else script)  # (sys.argv[0] as typed: `./app/`)
 
@@ -207,7 +207,7 @@ def _run(path: Path, argv: Sequence[str], options: RunOptions, console: Console,
         if sys.excepthook is sys.__excepthook__:  # (a hook the script set stays, as under python)
             sys.excepthook = hook
     if not worker and os.getpid() == pid:  # (not in a process the script forked: it ends as the script says)
-        _say(console, lambda: _summary(console, progress, store_path, path, code))
+        _say(console, lambda: _summary(console, progress, store_path, options.out / RUN_STORE, path, code))
     return code
 
 
@@ -230,7 +230,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
     _check_options(options)
     with store_in(options.out) as store_path:
         Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment
-        spec = json.dumps({"out": str(options.out), "max_passes": options.max_passes, "every": options.every,
+        spec = json.dumps({"out": str(store_path.parent), "max_passes": options.max_passes, "every": options.every,
                            "backward": options.backward, "skip": list(options.skip), "max_ops": options.max_ops,
                            "cut": options.cut})
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -243,6 +243,7 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                 report: Any = rank_report(store)
             except TorchtraceError as e:  # (a damaged pass: the run's own end is still said)
                 report = f"no rank report: {e}"
+    store_path = options.out / RUN_STORE  # (said as the user wrote --out)
     console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} "
                   f"({ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
@@ -291,8 +292,9 @@ def _worker_main(args: Sequence[str]) -> int:
     return run_script(args[1], list(args[2:]), options, worker=True)
 
 
-def _summary(console: Console, progress: _Progress, store: Path, script: Path, code: int) -> None:
-    progress.settle(store)
+def _summary(console: Console, progress: _Progress, path: Path, store: Path, script: Path, code: int) -> None:
+    """``path``: the store, absolute; ``store``: its path as the user wrote ``--out`` (their shell's folder)."""
+    progress.settle(path)
     n = progress.passes
     console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
                   f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
@@ -309,7 +311,7 @@ def _summary(console: Console, progress: _Progress, store: Path, script: Path, c
         console.print(f"  wrote {p}", highlight=False, markup=False, soft_wrap=True)
     if progress.failed:
         console.print(f"  rendering stopped at {progress.failed}", highlight=False, markup=False, soft_wrap=True)
-    if not n and (store.parent / PREV_STORE).exists():
+    if not n and (path.parent / PREV_STORE).exists():
         console.print(f"  no pass stored: the previous run's {store.name} stays as it was", highlight=False,
                       markup=False, soft_wrap=True)
     if n:

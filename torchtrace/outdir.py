@@ -25,10 +25,13 @@ _OLD = ".torchtrace-older-"  # the run before the previous one's files, while th
 def store_in(out: Path) -> Iterator[Path]:
     """The store path in ``out``, with the previous run's store moved aside,
     while this process holds the folder's lock: a second run into the same
-    folder would move the first run's open store aside under it."""
+    folder would move the first run's open store aside under it. The path is
+    absolute: a script that changes its folder before ``import torch`` (when
+    the recorder opens the store) records into the folder ``--out`` named."""
     if out.exists() and not out.is_dir():
         raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
                          found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
+    out = Path(os.path.abspath(out))
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / ".torchtrace.lock", os.O_RDWR | os.O_CREAT, 0o644)
