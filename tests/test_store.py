@@ -22,8 +22,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 import torchtrace
 import zoo
+from torchtrace.errors import IRError
 from torchtrace.passref import open_graph
-from torchtrace.store import Store
+from torchtrace.store import SCHEMA_VERSION, Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -994,7 +995,7 @@ def test_persistent_workers_leave_no_loading_in_the_steps(tmp_path):
 _OPEN_AT_ONCE = """
 import os, sys, time
 from torchtrace.ir import Graph
-from torchtrace.store import Store
+from torchtrace.store import SCHEMA_VERSION, Store
 path, rank = sys.argv[1], int(sys.argv[2])
 open(f"{path}.ready{rank}", "w").close()  # a barrier: all 8 are up (torch imported) before any opens the store
 while sum(os.path.exists(f"{path}.ready{r}") for r in range(8)) < 8:
@@ -1928,3 +1929,27 @@ def test_a_store_s_rank_lock_stays_beside_it_after_a_chdir(tmp_path, monkeypatch
         monkeypatch.chdir(tmp_path / "elsewhere")
         st.add(t.graph)
     assert (tmp_path / "runs" / ".t.db.writers").exists() and not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.mark.parametrize("version, table", [(5, "users"), (SCHEMA_VERSION + 1, "graphs")])
+def test_a_writer_leaves_a_file_that_is_no_store_of_its_schema_as_it_was(tmp_path, version, table):
+    """Another app's SQLite database, or a store of a newer schema: a Recorder
+    (and Store) wrote into it, set its `user_version` to 2 and its journal to
+    WAL. It is now refused, with the file as it was."""
+    path = tmp_path / "app.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(f"CREATE TABLE {table} (x)")
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    m = nn.Linear(2, 2)
+    with pytest.raises(IRError, match="not a torchtrace store") as e:
+        with torchtrace.Recorder(path):
+            m(torch.ones(1, 2))
+    assert "record into a new path" in str(e.value)
+    assert path.read_bytes() == before and not Path(f"{path}-wal").exists()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == version
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    db.close()

@@ -157,7 +157,9 @@ class Store:
             raise IRError("not a torchtrace store (or a newer one)", where=str(self.path),
                           expected=f"store schema {SCHEMA_VERSION} with tables graphs and passes",
                           found=f"schema {version}, tables {sorted(tables)}",
-                          fix="open it with the torchtrace version that wrote it, or re-record")
+                          fix="open it with the torchtrace version that wrote it, or re-record" if readonly else
+                          "record into a new path: torchtrace writes only into its own stores (this file is left "
+                          "as it was)")
 
     def _find(self, given: str) -> None:
         """The store to read: ``path``, or the one in the folder `torchtrace run` wrote."""
@@ -186,20 +188,29 @@ class Store:
         return db
 
     def _setup(self, readonly: bool) -> Tuple[int, set]:
-        if not readonly:
+        if not readonly and self._ours(*self._found()):  # (another app's database, a newer store: untouched)
             # switching to WAL takes an exclusive lock that SQLite does not wait for
             # (no busy handler): ranks that open a new store at once must not all try
             if self.db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = NORMAL")
             with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                if self._ours(*self._found()):
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return self._found()
+
+    def _found(self) -> Tuple[int, set]:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         return version, tables
+
+    @staticmethod
+    def _ours(version: int, tables: set) -> bool:
+        """A new file, or a store of a schema this version writes."""
+        return (version == 0 and not tables) or (version in (1, SCHEMA_VERSION) and {"graphs", "passes"} <= tables)
 
     def _transaction(self) -> "_Tx":
         return _Tx(self.db)
