@@ -221,3 +221,28 @@ def test_traces_that_end_out_of_order_give_the_users_stance_back() -> None:
     b.__exit__(None, None, None)
     assert eval_frame._stance.stance == "default"
     assert backend.ran(fn, *args)
+
+
+def test_a_compiled_module_called_under_warnings_as_errors_runs_as_without_the_trace():
+    """torch.compile's wrapper warns at each call while any global module hook is
+    on, and torchtrace's are: a script (or pytest) that turns warnings into errors
+    failed under the trace. The filter that quiets it is gone after the block, and
+    the script's own filters are as they were."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 4)
+    cm = torch.compile(m, backend="eager")
+    x = torch.ones(2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        want = cm(x)
+        before = list(warnings.filters)
+        with torchtrace.trace(m) as t:
+            got = cm(x)
+        assert warnings.filters == before
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda *a: None)
+        try:  # (the warning itself is torch's, and stays for hooks of the user's own)
+            with pytest.raises(UserWarning, match="global hooks"):
+                cm(x)
+        finally:
+            handle.remove()
+    assert torch.equal(got, want) and [n.short_op for n in t.graph.nodes] == ["t", "addmm"]

@@ -1,4 +1,5 @@
-"""The three torch class attributes torchtrace swaps while any capture is started.
+"""What torchtrace changes in torch while any capture is started: three class
+attributes, and one warning filter.
 
 * ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
   dispatch keys as they were on entry, and those say whether a dispatch mode
@@ -20,6 +21,12 @@
   capture takes the re-wrap for the value it wraps (read as a new constant, the
   dataflow fell apart).
 
+* The warning ``torch.compile(module)``'s wrapper gives at each call while any
+  global module hook is on: torchtrace's are (module scope), and they take the
+  wrapper for its module. The script's own ``warnings.simplefilter("error")``
+  (pytest's ``-W error``) made its compiled model fail under ``torchtrace run``.
+  The filter goes in front while held and is taken out after, by identity.
+
 Counted: traces that end out of order, or in other threads, keep a patch until
 the last one stops; then the class is as it was.
 """
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import warnings
 from typing import Any, Callable, List, Optional
 
 import torch
@@ -125,15 +133,46 @@ PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _sync
            ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps))
 
 
+class QuietWarning:
+    """A ``warnings`` filter that ignores ``message`` (a regex) while held at least once."""
+
+    def __init__(self, message: str, category: type) -> None:
+        self.message, self.category = message, category
+        self._lock = threading.Lock()
+        self._users = 0
+        self._filter: Any = None
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._users == 0:
+                warnings.filterwarnings("ignore", message=self.message, category=self.category)
+                self._filter = warnings.filters[0]
+            self._users += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                for k, f in enumerate(warnings.filters):
+                    if f is self._filter:  # (the script may have put filters in front of ours since)
+                        del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
+                        break
+                self._filter = None
+
+
+HOOKED_COMPILE = QuietWarning(r"Using `torch\.compile\(module\)` when there are global hooks", UserWarning)
+
+
 class Patches:
     """One capture's hold on :data:`PATCHES`, from start() to stop()."""
 
     def __init__(self) -> None:
-        self.held: List[ClassPatch] = []
+        self.held: List[Any] = []
 
     def start(self) -> None:
         if not self.held:
-            self.held = [p for p in PATCHES if p.acquire()]
+            self.held = [p for p in (*PATCHES, HOOKED_COMPILE) if p.acquire()]
 
     def stop(self) -> None:
         while self.held:
