@@ -290,6 +290,20 @@ def test_show_render_diff_variants_on_a_store(recorded, tmp_path):
     assert f"pass the store itself: {db}" in res.output
 
 
+def test_commands_print_on_a_console_that_cannot_encode_their_arrows(recorded):
+    """On an ASCII (or cp1252) console, show, variants and diff died with rich's
+    UnicodeEncodeError and a traceback; the characters are now escaped."""
+    d, _ = recorded
+    db = d / "out" / "trace.db"
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    for args in (["show", f"{db}:1"], ["variants", str(db)], ["diff", f"{db}:0", f"{db}:1"]):
+        res = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120, env=env)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, (args, res.stderr[-2000:])
+        assert res.stdout.isascii() and res.stdout.strip(), args
+        if args[0] == "diff":
+            assert "\\u2192" in res.stdout  # (the arrow of "-> 1 op changed", escaped)
+
+
 def test_train_loop_example_reports_the_switch(tmp_path):
     res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(ROOT / "examples" / "train_loop.py")],
                          capture_output=True, text=True, timeout=300)

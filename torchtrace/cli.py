@@ -71,9 +71,23 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def main_options(ctx: typer.Context,
+                 version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                               help="print the version and exit")) -> None:
     """Record with `torchtrace run script.py`; look with show, render, diff, variants."""
+    if ctx.invoked_subcommand != "run":  # (the script's own streams stay as python gives them)
+        _tolerant_streams()
+
+
+def _tolerant_streams() -> None:
+    """Characters the console's encoding lacks (`→` on an ASCII or cp1252 one) are
+    written escaped (``\u2192``), where rich raised UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.errors == "strict":
+                stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # (not a text file of io's, or closed)
+            pass
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
