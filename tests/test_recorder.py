@@ -1985,3 +1985,30 @@ def test_the_fast_path_of_a_transformer_encoder_with_a_padding_mask_is_recorded_
     assert len(fwd) == 2 and fwd[1].inputs[0] == fwd[0].outputs[0]
     assert [g.value(n.outputs[0]).shape for n in fwd] == [(2, -1, 8)] * 2
     assert g.outputs == [n for n in g.nodes if n.short_op.startswith("to_padded_tensor")][0].outputs
+
+
+def test_a_trace_ended_in_another_thread_is_refused_and_ends_in_its_own():
+    """Its dispatch mode is on the entering thread's stack: an exit from another
+    thread ended the trace there and left the mode on for the rest of the process."""
+    import threading
+    m, x = nn.Linear(2, 2), torch.ones(1, 2)
+    t = torchtrace.trace(m)
+    t.__enter__()
+    try:
+        m(x)
+        errors = []
+
+        def end() -> None:
+            try:
+                t.__exit__(None, None, None)
+            except UsageError as e:
+                errors.append(e)
+        th = threading.Thread(target=end)
+        th.start()
+        th.join()
+        assert len(errors) == 1 and "another thread" in str(errors[0])
+        m(x)  # (still recording)
+    finally:
+        t.__exit__(None, None, None)
+    assert torch._C._len_torch_dispatch_stack() == 0
+    assert [n.short_op for n in t.graph.nodes] == ["t", "addmm"] * 2

@@ -1,6 +1,7 @@
 """``torchtrace.trace``: record one pass inside a ``with`` block."""
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterable, Optional
 
 import torch
@@ -41,7 +42,13 @@ class Trace:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
-        capture, self._capture = self._capture, None
+        capture = self._capture
+        if capture is not None and threading.get_ident() != capture.tid:  # (its dispatch mode is that thread's)
+            raise UsageError("a trace ended in another thread than the one it started in",
+                             expected="__exit__ in the thread that entered the trace", found="another thread",
+                             fix="end the `with torchtrace.trace(...)` block in the thread that began it; "
+                             "the trace goes on recording until then")
+        self._capture = None
         if capture is None:
             raise UsageError("this trace is not running", expected="__exit__ once, after __enter__",
                              found="ended already" if self._graph is not None else "never entered",
