@@ -1105,6 +1105,61 @@ def test_a_read_through_an_alias_a_write_made_stale_depends_on_the_write():
     g.validate()
 
 
+class _SetupView(nn.Module):
+    """A KV cache read through a view taken at setup, written through one taken in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("cache", torch.zeros(2, 8, 4))
+        self.k = self.cache[0]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, pos: int) -> torch.Tensor:
+        self.cache[0, pos].copy_(x)  # LINE:setup_write
+        x.mul_(2)  # LINE:input_write
+        return self.k[:pos + 1].sum(0) + y  # LINE:setup_read
+
+
+def test_a_read_through_an_alias_made_before_the_pass_depends_on_the_pass_s_write():
+    """(An audit.) Tensors that share a storage and were made before the block (a
+    view taken at setup, `w = lin.weight.detach()`, `m(x, x[0])`) came in as values
+    of their own: a read of one after a write to another was wired to the input,
+    as if the write had not happened. The values computed are torch's either way."""
+    torch.manual_seed(0)
+    m, x, pos = _SetupView(), torch.ones(3, 4), 3
+    base, lin = torch.zeros(2, 4), nn.Linear(2, 2)
+    row, wd = base[0], lin.weight.detach()
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        out = m(x[0], x[0], pos)  # (two views of one row: the second reads the first's write)
+        base.add_(1)  # LINE:base_write
+        r = row * 3  # LINE:row_read
+        lin.weight.mul_(0.5)  # LINE:weight_write
+        s = wd.sum()  # LINE:weight_read
+    assert torch.equal(out, torch.full((4,), 3.0)) and torch.equal(r, torch.full((4,), 3.0))
+    assert torch.equal(s, lin.weight.sum())
+    g = t.graph
+    made = {v: n for n in g.nodes for v in n.outputs}
+
+    def ancestors(v: str) -> set:
+        seen, todo = set(), [v]
+        while todo:
+            n = made.get(todo.pop())
+            if n is not None and n.id not in seen:
+                seen.add(n.id)
+                todo.extend(n.inputs)
+        return seen
+
+    def at(marker: str) -> list:
+        return [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, marker)]
+    [read_add] = [n for n in at("setup_read") if n.short_op == "add.Tensor"]
+    [copy] = [n for n in at("setup_write") if n.short_op == "copy_"]
+    [mul] = at("input_write")
+    assert {copy.id, mul.id} <= ancestors(read_add.outputs[0])  # (k's keys after the copy, y after x.mul_)
+    [row_read], [add] = at("row_read"), at("base_write")
+    [weight_read], [weight_write] = at("weight_read"), at("weight_write")
+    assert add.id in ancestors(row_read.outputs[0]) and weight_write.id in ancestors(weight_read.outputs[0])
+    g.validate()
+
+
 class _Skips(nn.Module):
     def __init__(self):
         super().__init__()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
 
+from .autograd import storage_keys
 from .mode import E_INS, E_OUTS, V_ORIGIN
 
 
@@ -23,6 +24,7 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
     written = [v for v in range(len(vmeta)) if _written(vmeta, v) and v in producer]
     if not written:
         return
+    _outside_aliases(written, vmeta, vrefs, alias_root)
     writes: Dict[int, List[int]] = {}  # write op -> the versions it made
     for v in written:
         writes.setdefault(producer[v], []).append(v)
@@ -67,6 +69,46 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
             events[i] = (*ev[:E_INS], tuple(new), *ev[E_INS + 1:])
         for v in writes.get(i, ()):
             last[storage_of(v)] = i
+
+
+def _outside_aliases(written: List[int], vmeta: List[tuple], vrefs: List[Any], alias_root: Dict[int, int]) -> None:
+    """Tensors made before the pass that share a storage the pass wrote (a view
+    taken at setup, ``k = cache[0]``; ``w = lin.weight.detach()``; ``m(x, x[0])``)
+    came in as values of their own: each becomes an alias of the written one, so
+    that its reads after the write depend on it. Only outside values that are
+    alive are compared (a storage's key: ``storage_keys``)."""
+    def base(v: int) -> int:
+        while _written(vmeta, v):
+            v = vmeta[v][V_ORIGIN][1]
+        return alias_root.get(v, v)
+
+    bases = {b for b in map(base, written) if _outside(vmeta, b)}
+    if not bases:
+        return
+    outside = [v for v in range(len(vmeta)) if _outside(vmeta, v) and v not in alias_root]
+    keys: Dict[int, int] = {}  # storage -> the written base that holds it
+    of: Dict[int, int] = {}
+    for v in outside:
+        t = vrefs[v]()
+        k = storage_keys(t) if t is not None else []
+        if k:
+            of[v] = k[0]
+            if v in bases:
+                keys.setdefault(k[0], v)
+    joined = False
+    for v, k in of.items():
+        b = keys.get(k)
+        if b is not None and b != v:
+            alias_root[v] = joined = b
+    if joined is not False:  # (their versions too: a write through one is a write of the base)
+        for v in range(len(vmeta)):
+            if v not in alias_root and _written(vmeta, v) and vmeta[v][V_ORIGIN][1] in alias_root:
+                alias_root[v] = alias_root[vmeta[v][V_ORIGIN][1]]
+
+
+def _outside(vmeta: List[tuple], v: int) -> bool:
+    origin = vmeta[v][V_ORIGIN]
+    return origin is not None and origin[0] == "ext"
 
 
 def _written(vmeta: List[tuple], v: int) -> bool:
