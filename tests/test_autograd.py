@@ -806,6 +806,28 @@ def test_a_vmapped_forward_keeps_its_autograd_graph():
     assert sorted(a.name for a in t.graph.autograd.nodes) == sorted(fn.name() for fn in walk)
 
 
+@pytest.mark.parametrize("transform", ["vmap", "grad"])
+def test_a_root_called_under_torch_func_returns_and_reads_the_values_the_pass_made(transform):
+    """(An audit.) Under torch.func a root call's arguments and results are wrappers
+    around the tensors the dispatch mode sees: the graph returned a "constant" no op
+    made (vmap: with the per-example shape [2] of a [5, 2] result) and the input
+    came in as a constant."""
+    from torch.func import functional_call, grad, vmap
+    torch.manual_seed(0)
+    m, x = nn.Linear(4, 2), torch.randn(5, 4)
+    with torchtrace.trace(m) as t:
+        if transform == "vmap":
+            vmap(m)(x)
+        else:
+            grad(lambda p, x: functional_call(m, p, (x,)).sum())(dict(m.named_parameters()), x)
+    g = t.graph
+    [out] = g.outputs
+    assert g.value(out).shape == (5, 2) and g.node(g.producers()[out]).op == (
+        "aten.addmm.default" if transform == "grad" else "aten.add.Tensor")
+    assert [(v.role, v.name, v.shape) for v in g.values if v.role == "input"] == [("input", "input", (5, 4))]
+    g.validate()
+
+
 def test_a_users_leaf_hooks_are_not_autograds_accumulation():
     """Hooks on a parameter run inside its AccumulateGrad Node: their ops were
     tagged `accumulate_grad`, and a diff against the hook-free pass said

@@ -1355,7 +1355,7 @@ def test_the_summary_counts_the_passes_the_store_holds(tmp_path):
     for r in rows[:2]:  # (the third pass's count was cut off)
         progress.variants.setdefault(r.structure_fp, []).append(r.idx)
     progress.passes = 2
-    _summary(console, progress, store, Path("s.py"), INTERRUPTED)
+    _summary(console, progress, store, store, Path("s.py"), INTERRUPTED)
     lines = console.export_text().splitlines()
     k = len({r.structure_fp for r in rows})
     assert f"recorded 3 passes in {k} variant" in lines[0], lines

@@ -69,12 +69,27 @@ def call_kwargs(frame: Any) -> dict:
     return {}
 
 
+_FUNCTORCH = getattr(torch._C, "_functorch", None)
+
+
+def physical(t: torch.Tensor) -> torch.Tensor:
+    """The tensor a dispatch mode sees for ``t``: under ``torch.func`` a module
+    call's arguments and results are wrappers (vmap's BatchedTensor, with the
+    per-example shape; grad's GradTrackingTensor) around it."""
+    try:
+        while _FUNCTORCH.is_functorch_wrapped_tensor(t):
+            t = _FUNCTORCH.get_unwrapped(t)
+    except (AttributeError, RuntimeError):  # (no functorch here; a wrapper whose level is gone)
+        pass
+    return t
+
+
 def tensors_in(x: Any, depth: int = 0) -> Iterable[torch.Tensor]:
     """The tensors in a call's output (or arguments): in lists, tuples, dicts and
     dataclasses, four levels deep; not in other objects (a KV cache's tensors
-    are the model's state, not what the call computed)."""
+    are the model's state, not what the call computed). Each as the mode sees it."""
     if isinstance(x, torch.Tensor):
-        yield x
+        yield physical(x)
     elif depth >= 4:
         return
     elif isinstance(x, (list, tuple)):
@@ -101,7 +116,7 @@ def named_tensors(value: Any, name: str, depth: int = 0, budget: Optional[List[i
         budget = [512]
     budget[0] -= 1
     if isinstance(value, torch.Tensor):
-        yield value, name
+        yield physical(value), name
     elif depth >= 4 or budget[0] < 0:
         return
     elif isinstance(value, (list, tuple)):
