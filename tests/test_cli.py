@@ -344,6 +344,12 @@ def test_run_renders_each_new_variant(tmp_path):
     files = sorted(p.name for p in (tmp_path / "o").glob("variant-*"))
     assert files == ["variant-0.mmd"]  # batch size 3 is a shape variant, not a new structure
     assert (tmp_path / "o" / "variant-0.mmd").read_text().startswith("---\nconfig:")
+    res = runner.invoke(app, ["run", "--out", str(tmp_path / "t"), "--render", "terminal", str(s)])
+    assert res.exit_code == 0 and [p.name for p in (tmp_path / "t").glob("variant-*")] == ["variant-0.txt"]
+    s.write_text("import torch\ntorch.nn.Linear(2, 2)(torch.ones(1, 2))\n")
+    assert runner.invoke(app, ["run", "--out", str(tmp_path / "one"), str(s)]).exit_code == 0
+    res = runner.invoke(app, ["variants", str(tmp_path / "one")])
+    assert res.exit_code == 0 and "1 variant in 1 pass of" in res.output, res.output
 
 
 def test_a_new_run_moves_the_previous_runs_drawings_aside(tmp_path):
@@ -1167,7 +1173,8 @@ def test_references_and_paths_that_name_nothing_say_so(recorded, tmp_path):
                         (["show", f"{db}:"], "found nothing after ':'"),
                         (["show", ""], "no graph named"),
                         (["render", f"{db}:0", "-o", " "], "an empty output path"),
-                        (["run", "--out", "-", "x.py"], "--out names no folder")):
+                        (["run", "--out", "-", "x.py"], "--out names no folder"),
+                        (["run", "--out", "", "x.py"], "--out names no folder")):  # (an unset $OUT: not ".")
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and res.output.startswith("error: ") and words in res.output, (args, res.output)
     assert not (Path.cwd() / "-").exists()

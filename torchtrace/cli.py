@@ -95,7 +95,7 @@ def _tolerant_streams() -> None:
 def run(ctx: typer.Context,
         script: Optional[str] = typer.Argument(None, help="the Python script to run (its own arguments follow it)"),
         module: Optional[str] = typer.Option(None, "-m", help="run a module as a script, like `python -m MODULE`"),
-        out_dir: Path = typer.Option(Path("torchtrace-out"), "--out", "-o", help="folder for trace.db and renders"),
+        out_dir: str = typer.Option("torchtrace-out", "--out", "-o", help="folder for trace.db and renders"),
         max_passes: Optional[int] = typer.Option(None, "--max-passes", min=0, help="stop recording after N passes"),
         every: int = typer.Option(1, "--every", min=1, help="record every K-th pass"),
         backward: bool = typer.Option(True, "--backward/--no-backward", help="record backward and optimizer ops"),
@@ -129,10 +129,10 @@ def run(ctx: typer.Context,
         _fail(UsageError(f"no such option: {script}", expected="run's options before the script (see "
                          "`torchtrace run --help`), then the script and its arguments", found=script,
                          fix="check the spelling, e.g. --max-passes, --every, --out"))
-    if str(out_dir) == "-":  # (`-o -` is standard output elsewhere; a store needs a folder)
+    if out_dir.strip() in ("-", ""):  # (`-o -` is standard output elsewhere; `--out ''`, an unset $OUT)
         _fail(UsageError("--out names no folder", expected="a folder for trace.db (made if missing)",
-                         found=repr(str(out_dir)), fix="e.g. --out runs/exp1 (the default is torchtrace-out)"))
-    options = RunOptions(out=out_dir, max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
+                         found=repr(out_dir), fix="e.g. --out runs/exp1 (the default is torchtrace-out)"))
+    options = RunOptions(out=Path(out_dir), max_passes=max_passes, every=every, backward=backward, skip=tuple(skip),
                          render=None if render_fmt is None else render_fmt.value, max_ops=max_ops, module=module,
                          cut=cut.value)
     try:
@@ -241,7 +241,8 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
                 raise no_pass_of_rank(st, store, rank, option=True)
     except TorchtraceError as e:
         _fail(e)
-    title = f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} passes of {escape(str(store))}"
+    title = f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} pass{'es' * (len(records) != 1)} of " \
+        f"{escape(str(store))}"
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for col in ("variant", "structure", "passes", "pass range", "steps", "shape variants"):
         table.add_column(col, justify="right" if col in ("variant", "passes") else "left")

@@ -105,7 +105,7 @@ class _Progress:
         from .renderers import render
 
         fmt = self.options.render
-        ext = {"markdown": "md", "mermaid": "mmd", "text": "txt"}.get(fmt, fmt)
+        ext = {"markdown": "md", "mermaid": "mmd", "text": "txt", "terminal": "txt"}.get(fmt, fmt)
         from .filewrite import atomic_write
 
         data = render(graph, fmt)
