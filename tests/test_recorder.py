@@ -1160,6 +1160,20 @@ def test_a_read_through_an_alias_made_before_the_pass_depends_on_the_pass_s_writ
     g.validate()
 
 
+def test_the_base_of_a_view_first_seen_through_a_write_is_named_by_its_variable():
+    """(An audit.) `r = b3[1]` before the block, `r.fill_(5)` in it: `b3`, first
+    seen as the written view's base, was named `input0`."""
+    b3 = torch.zeros(3)
+    r = b3[1]
+    with torchtrace.trace() as t:
+        r.fill_(5)
+        s = b3.sum()
+    g = t.graph
+    assert s.item() == 5.0
+    assert [(v.name, v.shape) for v in g.values if v.role == "input"] == [("r", ()), ("r", ()), ("b3", (3,)),
+                                                                        ("b3", (3,))]
+
+
 class _Skips(nn.Module):
     def __init__(self):
         super().__init__()

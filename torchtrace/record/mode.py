@@ -232,12 +232,12 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
                 self.vmap[id(out)] = n_values
                 outs = (n_values,)
             else:
-                outs = self._outputs(info, args, kwargs, out)
+                outs = self._outputs(info, args, kwargs, out, f)
                 if info.witness is not None and not isinstance(out, (_Tensor, tuple, list)):
                     extra = out
         except Exception:  # an odd tensor (a strided NestedTensor has no sizes): the slow path reads it
             try:
-                outs = self._outputs(info, args, kwargs, out)
+                outs = self._outputs(info, args, kwargs, out, f)
             except Exception as e:  # the op is kept, its outputs are not
                 self._fault(info, e, n_values)
                 outs = ()

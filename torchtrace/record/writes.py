@@ -20,11 +20,11 @@ class Writes:
 
     __slots__ = ()
 
-    def _outputs(self, info: Any, args: tuple, kwargs: dict, out: Any) -> tuple:
+    def _outputs(self, info: Any, args: tuple, kwargs: dict, out: Any, frame: Any = None) -> tuple:
         """Value ids for the outputs of an op that writes, returns several
         tensors, or returns no tensor."""
         outs: List[int] = []
-        mutated = self._versions(info, args, kwargs, outs) if info.mutates else ()
+        mutated = self._versions(info, args, kwargs, outs, frame) if info.mutates else ()
         tensors = [out] if isinstance(out, _Tensor) else [
             x for o in out for x in (o if type(o) is list else (o,))  # c10d returns Tensor[][]
         ] if type(out) is tuple or type(out) is list else []
@@ -34,7 +34,7 @@ class Writes:
                 outs.append(self._add_value(t, None))
         if info.stat_writes is not None:  # batch norm's running statistics: after the outputs it returns
             for t in info.stats_written(args, kwargs):
-                self._bump(t, outs)
+                self._bump(t, outs, frame)
         return tuple(outs)
 
     def _rewrap_of(self, t: Any) -> Optional[int]:
@@ -55,11 +55,11 @@ class Writes:
         if v is not None:
             self.rewraps[id(out)] = (_ref(out), v)
 
-    def _bump(self, t: Any, outs: List[int]) -> None:
-        old = self._vid(t, None, None)
+    def _bump(self, t: Any, outs: List[int], frame: Any = None) -> None:
+        old = self._vid(t, frame, None)  # (a view's base seen first here: named by the user's local, `frame`)
         outs.append(self._add_value(t, ("ver", old), self.vrefs[old] if old >= 0 else None))
 
-    def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int]) -> tuple:
+    def _versions(self, info: Any, args: tuple, kwargs: dict, outs: List[int], frame: Any = None) -> tuple:
         """In-place / out= / collective writes: each written tensor gets a new
         value version (and so does the base of a written view)."""
         written: List[Any] = []
@@ -77,13 +77,13 @@ class Writes:
         for t in written:
             src = self._rewrap_source(t) if self.rewraps else None
             if src is not None:  # a subclass's re-wrap: the write makes its value's next version
-                self._bump(src, outs)
+                self._bump(src, outs, frame)
                 self.rewraps[id(t)] = (_ref(t), outs[-1])
                 t = src
             else:
-                self._bump(t, outs)
+                self._bump(t, outs, frame)
             base = t._base
             if base is not None:  # the write is visible through the base too
-                self._bump(base, outs)
+                self._bump(base, outs, frame)
                 self.inplace_on_view.add(len(self.events))
         return tuple(written)
