@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 import torchtrace
 import zoo
-from torchtrace.errors import IRError
+from torchtrace.errors import IRError, WriteError
 from torchtrace.passref import open_graph
 from torchtrace.store import SCHEMA_VERSION, Store
 
@@ -1899,20 +1899,25 @@ def test_a_second_process_recording_the_same_rank_into_a_store_is_refused(tmp_pa
         return subprocess.run([sys.executable, str(script), str(path)], capture_output=True, text=True, env=env,
                               timeout=300)
 
+    import dataclasses
+    rank2 = dataclasses.replace(t.graph, meta={**t.graph.meta, "rank": 2, "world_size": 3})
     with Store(path) as st:
         st.add(t.graph)  # this process now writes rank 0
         with Store(path) as again:  # (another Store of it in this process: closing its lock file dropped ours)
-            again.add(t.graph)
+            again.add(rank2)
+            with pytest.raises(WriteError, match="another Recorder of this process is recording rank 0"):
+                again.add(t.graph)  # (two open writers of one rank in one process: two threads' Recorders)
         refused, rank1 = other(), other(rank=1)
         assert refused.returncode == 0 and "another process is recording rank 0 into this store" in refused.stderr, \
             refused.stderr
         assert rank1.returncode == 0 and "could not store" not in rank1.stderr, rank1.stderr
-        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (0, 1), (1, 0)]
+        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (1, 0), (2, 0)]
         st.add(t.graph)  # (its own next pass)
     later = other()
     assert later.returncode == 0 and "could not store" not in later.stderr, later.stderr
-    with Store(path) as st:
-        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
+    with Store(path) as st:  # (a later Store of this process, the first closed: its ranks are free)
+        st.add(rank2)
+        assert [(p.rank, p.idx) for p in st.passes()] == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1)]
 
 
 def test_a_store_s_rank_lock_stays_beside_it_after_a_chdir(tmp_path, monkeypatch):

@@ -16,8 +16,9 @@ such locks across machines (NFS with lockd); elsewhere nothing is refused.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
-from typing import Dict, Optional, Set
+from typing import Any, Dict, Optional, Set
 
 from .errors import WriteError
 
@@ -49,12 +50,25 @@ class RankClaims:
         self.held: Set[int] = set()
         self.pid = os.getpid()
         self.users = 0
+        self.writers: Dict[int, Any] = {}  # rank -> weakref to the open Store of this process that writes it
 
-    def claim(self, rank: int) -> None:
-        """Hold rank ``rank`` for this process, or raise WriteError when another holds it."""
+    def claim(self, rank: int, writer: object) -> None:
+        """Hold rank ``rank`` for this process and ``writer`` (a Store), or raise
+        WriteError when another process holds it, or another writer of this one
+        that is still open (two Recorders of two threads, one nested in another)."""
         if self.pid != os.getpid():  # (a forked child holds none of its parent's locks)
-            self.pid, self.held, self.fd = os.getpid(), set(), None
-        if rank in self.held or not 0 <= rank < _MAX_RANK:
+            self.pid, self.held, self.fd, self.writers = os.getpid(), set(), None, {}
+        if not 0 <= rank < _MAX_RANK:
+            return
+        first = self.writers.get(rank)
+        if first is None or first() is None:  # (free, or its Store was dropped without a close)
+            self.writers[rank] = first = weakref.ref(writer)
+        if first() is not writer:
+            raise WriteError(f"another Recorder of this process is recording rank {rank} into this store",
+                             where=str(self.store), expected="one writer per rank at a time",
+                             found=f"rank {rank} held by a store still open", fix="give each Recorder its own "
+                             "path, or close the first before the second records")
+        if rank in self.held:
             return
         try:
             import fcntl
@@ -76,8 +90,10 @@ class RankClaims:
             return
         self.held.add(rank)
 
-    def release(self) -> None:
-        """One user fewer; the last lets the ranks go."""
+    def release(self, writer: object) -> None:
+        """One user (``writer``) fewer; the last lets the ranks go."""
+        for rank in [r for r, w in self.writers.items() if w() is writer]:
+            del self.writers[rank]
         self.users -= 1
         if self.users > 0:
             return

@@ -225,7 +225,7 @@ class Store:
         meta = graph.meta
         rank = int(meta.get("rank") or 0)
         if self._claims is not None:  # (None: closed; the write below says so)
-            self._claims.claim(rank)
+            self._claims.claim(rank, self)
         fp = graph.fingerprints
         witnesses: Dict[str, Any] = {n.id: n.witness.read() for n in graph.witnesses()}
         if graph.autograd.grads:  # per pass too: passes that share a stored graph have their own gradients
@@ -346,7 +346,7 @@ class Store:
     def close(self) -> None:
         self.db.close()
         if self._claims is not None:  # (once: a second close must not let another Store's ranks go)
-            self._claims.release()
+            self._claims.release(self)
             self._claims = None
 
     def __enter__(self) -> "Store":
