@@ -808,6 +808,22 @@ def test_a_script_that_changes_folder_before_importing_torch_records_into_out(tm
     assert (tmp_path / "o" / "trace.prev.db").exists()
 
 
+def test_max_ops_is_said_once_at_the_script_s_line(tmp_path):
+    """Every pass cut at --max-ops was said again, the last at a line of torchtrace's own."""
+    s = _script(tmp_path, """
+        import torch
+        m = torch.nn.Linear(2, 2)
+        for i in range(3):
+            m(torch.ones(1, 2)).sum().backward()
+    """)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), "--max-ops", "3", str(s)], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and res.stderr.count("stopped recording after max_ops=3") == 1, res.stderr
+    assert f"{s}:5: RuntimeWarning" in res.stderr and "torchtrace/record" not in res.stderr, res.stderr
+    with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
+        assert len(store.passes()) == 3
+
+
 def test_sigterm_ends_a_script_inside_a_long_c_call(tmp_path):
     """Python runs the run's SIGTERM handler between bytecodes: a script inside one
     long C call (here a hash of 10^9 rounds, minutes; a hung collective) ran on

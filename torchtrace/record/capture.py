@@ -40,6 +40,7 @@ class Capture:
         self.frames = frame_filter(skip)
         self.skip = tuple(str(s) for s in skip)
         self.max_ops = max_ops if max_ops is not None and max_ops > 0 else sys.maxsize
+        self._said_truncated = False
         self.tid = threading.get_ident()
         self.names: Dict[int, Tuple[Any, str, str]] = {}      # id -> (tensor, qualified name, role)
         self.input_names: Dict[int, Tuple[Any, str]] = {}     # id -> (weakref, name)
@@ -148,9 +149,10 @@ class Capture:
         """Build the pass recorded so far into a Graph and start a fresh one."""
         full = self.meta()
         full.update(meta)
-        if self.truncated:
+        if self.truncated and not self._said_truncated:  # (once: a Recorder's every pass may be cut)
+            self._said_truncated = True
             warn(f"torchtrace: stopped recording after max_ops={self.max_ops} ops; the graph is marked truncated "
-                 "(meta.truncated). Raise max_ops to record the whole pass.")
+                 "(meta.truncated), as is each later pass cut there. Raise max_ops to record the whole pass.")
         # building issues no op of the user's program, and no call a TorchFunctionMode of theirs sees
         with _disable_current_modes(), torch._C.DisableTorchFunction():
             graph = build_graph(self, self.mode, full)
