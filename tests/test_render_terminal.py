@@ -154,3 +154,36 @@ def test_a_recompute_group_counts_the_parameters_it_reads():
     text = torchtrace.render(t.graph, "terminal", phase="backward", width=160)
     [line] = [ln for ln in text.splitlines() if "[recompute]" in ln]
     assert "16 params" in line, line  # (it re-ran only `t` of the weight: what backward saved)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.l(x))
+
+
+class _EncDec(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = torch.nn.ModuleList([_Block() for _ in range(3)])
+        self.dec = _Block()
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.enc:
+            x = b(x)
+        return self.head(self.dec(x))
+
+
+def test_a_fold_names_every_module_it_holds():
+    """Three encoder blocks and a decoder block of one type, in a row, fold into one
+    box: it read `enc.0 (+3 more)`, as if the decoder were a fourth encoder block."""
+    m = _EncDec()
+    with torchtrace.trace(m) as t:
+        m(torch.randn(2, 4))
+    text = torchtrace.render(t.graph, "text")
+    assert "enc.0…2, dec · _Block × 4" in text and "(+3 more)" not in text
+    assert "enc.0…2, dec _Block × 4" in torchtrace.render(t.graph, "terminal", width=160)

@@ -55,9 +55,24 @@ def relative_path(path: str, parent_path: Optional[str]) -> str:
 
 def range_name(names: Sequence[str]) -> str:
     """Names of folded instances: ``h.0``…``h.47`` -> ``h.0…47``; equal names
-    (one module called in a loop) stay one name."""
+    (one module called in a loop) stay one name; runs of such names one after
+    another are listed (``enc.0…2, dec``), up to three, else the first and a count."""
     if not names:
         return ""
+    runs: List[List[str]] = []
+    for n in names:
+        if runs and _compress([*runs[-1], n]) is not None:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    said = [_compress(r) or r[0] for r in runs]
+    if len(said) <= 3:
+        return ", ".join(said)
+    return f"{said[0]} (+{len(names) - len(runs[0])} more)"
+
+
+def _compress(names: Sequence[str]) -> Optional[str]:
+    """One name for ``names`` when they are one name or one counted range, else None."""
     if len(set(names)) == 1:
         return names[0]
     dotted = [n.split(".") for n in names]  # (one dotted part that counts: `0.weight`..`3.weight` -> `0…3.weight`)
@@ -72,7 +87,7 @@ def range_name(names: Sequence[str]) -> str:
         idx = [int(m.group(2)) for m in parts]  # type: ignore[union-attr]
         if _consecutive(idx):
             return f"{names[0]}…{idx[-1]}"
-    return f"{names[0]} (+{len(names) - 1} more)"
+    return None
 
 
 def _consecutive(idx: List[int]) -> bool:
