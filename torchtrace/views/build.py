@@ -237,31 +237,62 @@ class Assembler:
                         continue  # between two iterations of one fold: drawn once as the fold
                     src = self.box_of[self.final(nid)]
                 else:
-                    if any(path_n.values()) or not self._wants_source(vid, dst):
-                        continue
+                    if (any(path_n.values()) and self._drawn_as_first(n, vid)) or not self._wants_source(vid, dst):
+                        continue  # (a later iteration's: the first's source stands for it, `a (+3 more)`)
                     src = "v:" + vid
                     sources.setdefault(vid, []).append(dst)
                 if src != dst:
                     flows.setdefault((src, dst), []).append(vid)
                     phase_of.setdefault((src, dst), n.phase)
-        extra = [self._source_box(vid, consumers) for vid, consumers in sources.items()]
-        for k, vid in enumerate(self.g.outputs):
+        extra: List[Box] = []
+        for k, (vid, title) in enumerate(self._outputs()):
             val = self.g.value(vid)
-            box = Box(f"out:{vid}", "output", (val.name if val.role == "activation" else None) or "output",
+            box = Box(f"out:{vid}", "output", title or (val.name if val.role == "activation" else None) or "output",
                       (type_str(val),), None, "forward", tooltip=f"output {vid}: {type_str(val)}", order=10**9 + k)
-            for nid, v in self.sel.origins(vid):
-                if nid is None:
+            extra.append(box)
+            origins = self.sel.origins(vid)
+            made = next(((nid, v) for nid, v in origins if nid is not None), None)
+            if made is not None:
+                flows.setdefault((self.box_of[self.final(made[0])], box.id), []).append(made[1])
+                continue
+            v = origins[0][1] if origins else vid  # (seen through hidden ops: `x.view(-1)` with views hidden)
+            if v not in sources:
+                if self.g.value(v).role == "activation":  # (made outside the view: outside the focus)
+                    extra.pop()
                     continue
-                extra.append(box)
-                flows.setdefault((self.box_of[self.final(nid)], box.id), []).append(v)
-                break
-            else:
-                if vid in sources:  # returned as it came in (the input, a parameter): from its own box
-                    extra.append(box)
-                    flows.setdefault(("v:" + vid, box.id), []).append(vid)
+                sources[v] = []  # (an input or parameter returned as it came in: its own box)
+            flows.setdefault(("v:" + v, box.id), []).append(v)
+        extra[:0] = [self._source_box(vid, consumers) for vid, consumers in sources.items()]
         edges = [Edge(s, d, tuple(dict.fromkeys(vs)), L.type_list(self.g, dict.fromkeys(vs)),
                       phase_of.get((s, d), "forward")) for (s, d), vs in flows.items()]
         return edges, list({b.id: b for b in extra}.values())
+
+    def _drawn_as_first(self, n: Node, vid: str) -> bool:
+        """Is outside value ``vid``, read by ``n`` in a later piece of a fold, drawn
+        through the op that stands for ``n`` (which reads an outside value there
+        too)? Not when that op reads an activation there (the encoder of `h`, `2h`,
+        `3h`, then of an input `b`: `b` must be drawn)."""
+        n0 = self.g.node(self.final(n.id))
+        for v0, v in zip(n0.inputs, n.inputs):
+            if v == vid:
+                return all(nid is None for nid, _ in self.sel.origins(v0))
+        return True
+
+    def _outputs(self) -> List[Tuple[str, Optional[str]]]:
+        """(value id, title) of the output boxes: what the traced calls returned,
+        where the view shows the forward; in a focus, also what the focused
+        calls made that ops outside them read ("to `decoder`")."""
+        out: List[Tuple[str, Optional[str]]] = []
+        if self.sel.shows("forward"):
+            out = [(vid, None) for vid in self.g.outputs]
+        if self.sel.focus_calls:
+            said = {vid for vid, _ in out}
+            for vid, reader in self.sel.leaving():
+                if vid not in said:
+                    said.add(vid)
+                    path = self.g.module(reader.module).path if reader.module is not None else ""
+                    out.append((vid, f"to {path or '<root>'}" if reader.module is not None else "to the caller"))
+        return out
 
     def _wants_source(self, vid: str, consumer: str) -> bool:
         val = self.g.value(vid)
@@ -272,7 +303,7 @@ class Assembler:
     def _source_box(self, vid: str, consumers: List[str]) -> Box:
         val = self.g.value(vid)
         clusters = [self.boxes[c].cluster for c in consumers]
-        order = min(self.boxes[c].order for c in consumers) - 1
+        order = min((self.boxes[c].order for c in consumers), default=10**9) - 1
         kind = val.role if val.role in ("input", "param", "buffer", "constant") else "input"
         if val.role == "activation":
             ph = self.sel.other_phase(vid)

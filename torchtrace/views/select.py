@@ -99,6 +99,22 @@ class Selection:
                         self._readers.setdefault(src, []).append((n.id, vid))
         return self._readers.get(nid, [])
 
+    def shows(self, phase: str) -> bool:
+        return phase in self._phases
+
+    def leaving(self) -> List[Tuple[str, Node]]:
+        """(value id, the first op outside the view that reads it) for what the
+        shown ops made and an op of their phase outside the focus reads."""
+        made = {v: n.phase for n in self.nodes for v in n.outputs}
+        first: Dict[str, Node] = {}
+        for n in self.graph.nodes:
+            if n.id in self.shown or n.id in self.hidden:
+                continue
+            for v in n.inputs:
+                if made.get(v) == n.phase and v not in first:
+                    first[v] = n
+        return sorted(first.items(), key=lambda vn: self.pos[self._producers[vn[0]]])
+
     def other_phase(self, vid: str) -> Optional[str]:
         """The phase of the op that made ``vid`` when the view filters that phase out."""
         p = self._producers.get(vid)
