@@ -115,8 +115,13 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
     def add(tree: Tree, grp: Group) -> None:
         if depth is not None and grp.depth + 1 > depth:
             return
-        items = grp.items
-        runs = {r.start: r for r in prep.folder.runs(items, cache_key=grp.key)} if prep.opts.fold else {}
+        add_items(tree, grp.items, grp, None)
+
+    def add_items(tree: Tree, items: Sequence[Any], grp: Group, outer: Optional[tuple]) -> None:
+        """``items`` of ``grp`` (or of a loop's first iteration: ``outer`` is (the
+        items, where the loop starts, its period, its repeats)), folded as the views fold."""
+        key = grp.key if outer is None else None
+        runs = {r.start: r for r in prep.folder.runs(items, cache_key=key)} if prep.opts.fold else {}
         i = 0
         while i < len(items):
             r = runs.get(i)
@@ -135,15 +140,17 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
                 loop = tree.add(Text(L.loop_title(nodes, r.reps), style="bold magenta")
                                 + Text(f"  {L.ops_word(len(nodes))} each", style="dim")
                                 + Text(f" · {note}" if note else "", style="yellow"))
-                for j, it in enumerate(body):
-                    if isinstance(it, Group):  # modules that differ per iteration: name them all, as the views do
-                        names = [L.relative_path(items[i + k * r.period + j].path, grp.path if grp.call else None)
-                                 for k in range(r.reps)]
-                        add(loop.add(describe(it, grp, names if len(set(names)) > 1 else (), 1)), it)
+                add_items(loop, body, grp, (items, i, r.period, r.reps))  # (a loop inside it folds too)
                 i = r.stop
                 continue
             if isinstance(items[i], Group):
-                add(tree.add(describe(items[i], grp, (), 1)), items[i])
+                names: Sequence[str] = ()
+                if outer is not None:  # modules that differ per iteration: name them all, as the views do
+                    every, i0, period, reps = outer
+                    names = [L.relative_path(every[i0 + k * period + i].path, grp.path if grp.call else None)
+                             for k in range(reps)]
+                    names = names if len(set(names)) > 1 else ()
+                add(tree.add(describe(items[i], grp, names, 1)), items[i])
             i += 1
 
     add(root, prep.top)
