@@ -808,6 +808,25 @@ def test_a_script_that_changes_folder_before_importing_torch_records_into_out(tm
     assert (tmp_path / "o" / "trace.prev.db").exists()
 
 
+def test_a_script_with_its_own_sigterm_handler_runs_on_after_the_signal(tmp_path):
+    """(A review.) The run's watch armed its grace clock on any SIGTERM: a script
+    that handles SIGTERM itself was killed 10 s later, where python runs it on."""
+    from torchtrace.pyrun import GRACE_S
+    s = _script(tmp_path, f"""
+        import os, signal, time, torch
+        got = []
+        signal.signal(signal.SIGTERM, lambda *a: got.append(1))
+        m = torch.nn.Linear(2, 2)
+        m(torch.ones(1, 2))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep({GRACE_S} + 2)
+        print("finished", got)
+    """)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout == "finished [1]\n", (res.returncode, res.stderr[-2000:])
+
+
 def test_max_ops_is_said_once_at_the_script_s_line(tmp_path):
     """Every pass cut at --max-ops was said again, the last at a line of torchtrace's own."""
     s = _script(tmp_path, """
@@ -822,6 +841,25 @@ def test_max_ops_is_said_once_at_the_script_s_line(tmp_path):
     assert f"{s}:5: RuntimeWarning" in res.stderr and "torchtrace/record" not in res.stderr, res.stderr
     with Store(tmp_path / "o" / "trace.db", readonly=True) as store:
         assert len(store.passes()) == 3
+
+
+def test_an_out_folder_through_a_link_and_dotdot_holds_the_store_and_its_drawings(tmp_path):
+    """(A review.) `-o link/../x`: the OS takes `..` from where the link points;
+    os.path.abspath from the link's own folder. The store and the drawing went
+    to two folders (the drawing failed), and the summary named neither."""
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "link").symlink_to("../real/sub")
+    s = _script(tmp_path, """
+        import torch
+        torch.nn.Linear(2, 2)(torch.ones(1, 2))
+    """)
+    res = subprocess.run([EXE, "run", "--render", "text", "-o", "link/../x", str(s)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path / "work")
+    assert res.returncode == 0 and "-> link/../x/trace.db" in res.stderr, res.stderr[-2000:]
+    assert "wrote link/../x/variant-0.txt" in res.stderr and "rendering stopped" not in res.stderr
+    assert {p.name for p in (tmp_path / "real" / "x").iterdir()} >= {"trace.db", "variant-0.txt"}
+    assert not (tmp_path / "work" / "x").exists()
 
 
 def test_sigterm_ends_a_script_inside_a_long_c_call(tmp_path):

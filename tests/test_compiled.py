@@ -246,3 +246,17 @@ def test_a_compiled_module_called_under_warnings_as_errors_runs_as_without_the_t
         finally:
             handle.remove()
     assert torch.equal(got, want) and [n.short_op for n in t.graph.nodes] == ["t", "addmm"]
+
+
+def test_a_trace_started_at_each_step_keeps_the_warnings_said_once():
+    """(A review.) The filter was put in with filterwarnings(), which resets every
+    module's memory of the warnings it showed: a warning of the model's, shown
+    once without tracing, came back at every traced step."""
+    m = nn.Linear(2, 2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        for _ in range(4):
+            with torchtrace.trace(m):
+                warnings.warn("a model's own warning")  # (one line: one warning, said once)
+                m(torch.ones(1, 2))
+    assert [str(w.message) for w in seen] == ["a model's own warning"]

@@ -828,7 +828,11 @@ class ACT(nn.Module):
         self.layers = nn.ModuleList([nn.Linear(4, 4) for _ in range(5)])
         self.halt = nn.Linear(4, 1)
 
-    def forward(self, x, thr, reps):
+    def forward(self, x, thr, reps, count=0):
+        c = torch.tensor(count)
+        while c.item() > 0:  # LINE:gone_count
+            x = torch.tanh(self.layers[1](x))
+            c = c - 1
         for r in reps:
             n = torch.tensor(r)
             while n > 0:  # LINE:gone_while
@@ -863,6 +867,7 @@ def test_a_loop_whose_source_is_not_readable_here_is_counted_by_its_reads(tmp_pa
     a, b = run([1., 1., 0., 1., 1.], [2, 1]), run([1., 1., 1., 1., 0.], [2, 3])
     line = zoo.marked_line(str(tmp_path / "gone_model.py"), "gone_exit")
     loop = zoo.marked_line(str(tmp_path / "gone_model.py"), "gone_while")
+    count = zoo.marked_line(str(tmp_path / "gone_model.py"), "gone_count")
     assert [w.split(";")[0] for w in torchtrace.diff(a, b).why()] == [
         f"`while` at `gone_model.py:{loop}` ran 1\u00d7 in A, 3\u00d7 in B (the 2nd of its 2 runs) \u2192 12 ops only in B "
         f"(in `<root>`)", f"`for` at `gone_model.py:{line - 2}` ran 3\u00d7 in A, 5\u00d7 in B"]
@@ -873,6 +878,15 @@ def test_a_loop_whose_source_is_not_readable_here_is_counted_by_its_reads(tmp_pa
         f"it read 2\u00d7 in A, 4\u00d7 in B (the 2nd of its 2 runs)",
         f"`gone_model.py:{line}` read True in A, False in B; in a loop whose source is not readable here, "
         f"it read 3\u00d7 in A, 5\u00d7 in B"]
+    # (a number read, `while c.item() > 0`: 3, 2, 1, 0 against 5, ..., 0; no count is said for it)
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(x, torch.tensor([1., 1., 1., 1., 0.]), [], 3)
+    three = t.graph
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        m(x, torch.tensor([1., 1., 1., 1., 0.]), [], 5)
+    [why] = torchtrace.diff(three, t.graph).why()
+    assert why.startswith(f"`gone_model.py:{count}` read 3 in A, 5 in B; in a loop whose source is not readable "
+                          "here \u2192"), why
 
 
 class Ponder(nn.Module):
@@ -928,3 +942,34 @@ def test_one_loop_in_two_module_calls_is_counted_per_call(shared):
                        f"{head} ran 2\u00d7 in A, 5\u00d7 in B{runs[1]}; {read}{calls[1]} read True in A, False in B "
                        f"\u2192 24 ops only in B (in `{where[1]}`)"]
     assert not any(p.status == "changed" for p in d.ops)  # (each iteration paired with its own)
+
+
+class NestedPonders(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Ponder()
+
+    def forward(self, x: torch.Tensor, t_out: torch.Tensor, t_in: torch.Tensor) -> torch.Tensor:
+        for i in range(8):  # LINE:outer_for
+            x = self.inner(x, t_in)
+            if x.mean() * 0 + i >= t_out:  # LINE:outer_read
+                break
+        return x
+
+
+def test_a_hunk_with_an_iteration_more_of_an_outer_loop_names_that_loop():
+    """(A review.) The outer loop ran 3x in A, 4x in B, the inner loop of each call
+    1x against 3x: the hunk that holds the outer loop's extra iteration (and the
+    first call's extra inner iterations) named the inner loop, and the outer
+    loop's count was said nowhere."""
+    torch.manual_seed(0)
+    m, x, t = NestedPonders(), torch.randn(2, 4), torch.tensor
+
+    def run(t_out: float, t_in: float) -> Graph:
+        with torch.no_grad(), torchtrace.trace(m) as tr:
+            m(x, t(t_out), t(t_in))
+        return tr.graph
+    whys = [w.split(";")[0] for w in torchtrace.diff(run(2, 0), run(3, 2)).why()]
+    outer, inner = (f"`for` at `test_diff_loops.py:{line_of(k)}`" for k in ("outer_for", "ponder_for"))
+    assert whys == [f"{outer} ran 3\u00d7 in A, 4\u00d7 in B", f"{inner} ran 1\u00d7 in A, 3\u00d7 in B",
+                    f"{inner} ran 1\u00d7 in A, 3\u00d7 in B"], whys

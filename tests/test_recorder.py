@@ -1160,6 +1160,20 @@ def test_a_read_through_an_alias_made_before_the_pass_depends_on_the_pass_s_writ
     g.validate()
 
 
+def test_views_of_one_flat_buffer_that_do_not_overlap_stay_apart():
+    """(A review.) Parameters kept as views of one flat buffer (FSDP's): a write to
+    the first is no write of the second, whose later read keeps its own value."""
+    flat = torch.zeros(8)
+    p0, p1 = flat[:4], flat[4:]
+    with torchtrace.trace() as t:
+        p0.add_(1)  # LINE:flat_write
+        s = p1.sum()  # LINE:flat_read
+    g = t.graph
+    [read] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "flat_read")]
+    [write] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "flat_write")]
+    assert s.item() == 0.0 and g.producers().get(read.inputs[0]) is None and len(write.outputs) == 2  # (p0, flat)
+
+
 def test_the_base_of_a_view_first_seen_through_a_write_is_named_by_its_variable():
     """(An audit.) `r = b3[1]` before the block, `r.fill_(5)` in it: `b3`, first
     seen as the written view's base, was named `input0`."""

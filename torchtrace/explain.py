@@ -150,12 +150,14 @@ class Causes:
         inside the same hunk, if any, the loop (an iteration more, whose `if`
         went the other way)."""
         branch: Optional[WitnessChange] = None
-        for w, loop in self.loops.by_witness(k0, k1):
+        loops: List[Tuple[int, int, WitnessChange, LoopChange]] = []  # (the outermost: a caller's loop, one more
+        for w, loop in self.loops.by_witness(k0, k1):  # iteration of it, before the inner loop it calls)
             if loop.keyword not in BRANCHES:
-                return branch or w, loop
-            branch = branch or w
-        if branch is not None:
-            return branch, None
+                loops.append((self.A.module_depth(w.node_a), len(loops), branch or w, loop))
+            else:
+                branch = branch or w
+        if loops or branch is not None:
+            return min(loops)[2:] if loops else (branch, None)
         loop, start = self.loops.by_repeat(k0, k1)
         # a loop's count is decided before its first pass (``for c in torch.unique(y)``), not by the
         # reads its earlier passes made (``h[y == c]``): those are named only when nothing before differs

@@ -58,6 +58,9 @@ def _write(target: Path, data: bytes) -> None:
         except OSError as e:
             raise WriteError.of(target, e) from None
         return
+    if ".." in target.parts:  # (mkstemp names its file by abspath, which takes `link/..` as the link's folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target = Path(os.path.realpath(target.parent)) / target.name
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

@@ -142,7 +142,7 @@ def run_script(script: str, argv: Sequence[str], options: RunOptions, *, worker:
     console = _stderr_now()
     path = check_module(script) if options.module is not None else check_script(script)
     _check_options(options)
-    with nullcontext(Path(os.path.abspath(options.out)) / RUN_STORE) if worker else store_in(options.out) as store_path:
+    with nullcontext(options.out.absolute() / RUN_STORE) if worker else store_in(options.out) as store_path:
         return _run(path, argv, options, console, worker, store_path,
                     str(path) if options.module is not None else script)  # (sys.argv[0] as typed: `./app/`)
 

@@ -61,6 +61,8 @@ class LoopChange:
             head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}"
         elif not self.readable:  # (`a`, `b`: its reads, the exit's included; a header reads once more)
             run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
+            if self.a < 0:  # (a number read: its runs are not told apart by a value that ends them)
+                return f"in a loop whose source is not readable here{run}"
             return f"in a loop whose source is not readable here, it read {self.a}{TIMES} in A, " \
                    f"{self.b}{TIMES} in B{run}"
         elif self.via == "witness":
@@ -101,6 +103,8 @@ class LoopFinder:
                 if x is not None and side.wkeys[x] is not None and side.nodes[x].witness.shape is None:
                     first.setdefault(side.sigs[x], (side.loop_keys[x], side, x))
         for sig, (rep, side, x) in first.items():
+            if self._whole_run(sig, side, k0, k1):
+                continue  # (a call of the loop that only one side made: not its count, the caller's loop)
             ended = self._run_ended(sig, side, x, k0)
             if ended is not None:
                 yield ended
@@ -122,6 +126,20 @@ class LoopFinder:
                                        ((self.A, ra + [exit_a] * (exit_a is not None)),
                                         (self.B, rb + [exit_b] * (exit_b is not None))),
                                        self._which_run(sig, exit_a, exit_b))
+
+    def _whole_run(self, sig: Sig, X: Side, k0: int, k1: int) -> bool:
+        """Does the hunk hold, on ``X``'s side only, a whole call of a module
+        with a whole run of the reads at ``sig`` in it (an inner loop of a call
+        that one more iteration of its caller's loop made)?"""
+        col = 0 if X is self.A else 1
+        mine = {p[col] for p in self.pairs[k0:k1] if p[col] is not None and p[1 - col] is None}
+        for first, exit_, _ in self._runs(X, sig):
+            if first in mine and exit_ in mine:
+                mod = X.nodes[first].module
+                if mod is not None and X.nodes[exit_].module == mod and \
+                        all(k in mine for k, n in enumerate(X.nodes) if n.module == mod):
+                    return True
+        return False
 
     def _run_ended(self, sig: Sig, X: Side, x: int, k0: int) -> Optional[Tuple["WitnessChange", LoopChange]]:
         """When the hunk's first read at ``sig`` is the exit read of a run on its
@@ -158,8 +176,9 @@ class LoopFinder:
         file, line, function, keyword = w.file, w.line, w.function, _keyword(w.file, w.line)
         if not linecache.getlines(file):  # (a header's reads are its count + 1, an exit's in its body its count)
             ea, eb = (e for s, e in sorted(exits, key=lambda se: se[0] is not self.A))
-            return LoopChange(file, line, function, a + (ea is not None), b + (eb is not None), "witness", 0,
-                              run=run, readable=False)
+            known = isinstance(self.A.nodes[ia].witness.value, bool)
+            return LoopChange(file, line, function, a + (ea is not None) if known else -1,
+                              b + (eb is not None) if known else -1, "witness", 0, run=run, readable=False)
         loop, ended = self._body_loop(self.A, ia, exits, runs)
         if ended:
             file, function, line, keyword = loop[0], loop[1], loop[2], loop[4]
@@ -256,9 +275,10 @@ class LoopFinder:
                     a, b = a + 1, b + 1
                 elif not linecache.getlines(file):  # (not readable here: its reads, as _loop_change says)
                     ea, eb = (rx[k][1], ry[k][1]) if col == 0 else (ry[k][1], rx[k][1])
-                    return LoopChange(file, line, src.function if src else "?", a + (ea is not None),
-                                      b + (eb is not None), "witness", 0, run=(k, len(rx)) if len(rx) > 1 else None,
-                                      readable=False)
+                    known = isinstance(X.nodes[rx[k][0]].witness.value, bool)
+                    return LoopChange(file, line, src.function if src else "?", a + (ea is not None) if known else -1,
+                                      b + (eb is not None) if known else -1, "witness", 0,
+                                      run=(k, len(rx)) if len(rx) > 1 else None, readable=False)
                 body, ended = self._body_loop(X, rx[k][0], [(S, r[1]) for S, rs in ((X, rx), (Y, ry)) for r in rs],
                                               [(S, _reads_of(S, sig, r)) for S, rs in ((X, rx), (Y, ry)) for r in rs])
                 if body is not None and not ended:

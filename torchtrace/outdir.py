@@ -31,7 +31,7 @@ def store_in(out: Path) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise UsageError("--out names a file", where=str(out), expected="a folder (made if missing) for trace.db",
                          found="a file", fix=f"pass a folder, e.g. --out {out.stem or 'trace'}-out")
-    out = Path(os.path.abspath(out))
+    out = out.absolute()  # (not abspath: `link/..` is where the OS takes it, as --render and the summary do)
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / ".torchtrace.lock", os.O_RDWR | os.O_CREAT, 0o644)

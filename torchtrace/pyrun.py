@@ -228,7 +228,7 @@ class Terminator:
         self.before, self.pid = before, os.getpid()
         self.timer: Optional[threading.Timer] = None  # (armed by a SIGTERM, until its exception leaves)
         self._lock = threading.Lock()
-        self.watch = Watch(self._arm)  # (arms it as the signal comes, while the script is in a long C call too)
+        self.watch = Watch(self._heard)  # (arms it as the signal comes, while the script is in a long C call too)
 
     def __call__(self, signum: int, frame: Any) -> None:
         if os.getpid() == self.pid:
@@ -238,6 +238,12 @@ class Terminator:
             self.before(signum, frame)
         elif self.before != signal.SIG_IGN:  # the default (or a handler not set from Python): die by the signal
             _die(signum)
+
+    def _heard(self) -> None:
+        """(The watch's thread.) Only while this is the SIGTERM handler: a script that
+        set its own handles the signal itself, as under python."""
+        if signal.getsignal(signal.SIGTERM) is self:
+            self._arm()
 
     def _arm(self) -> None:
         with self._lock:

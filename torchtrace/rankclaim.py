@@ -36,7 +36,7 @@ class RankClaims:
     def of(cls, store: Path) -> "RankClaims":
         """The claims of the store at ``store`` (its path as the caller meant it
         now: a later ``chdir`` moves nothing), one more user of them."""
-        key = os.path.abspath(store)
+        key = str(Path(store).absolute())  # (not abspath: `link/..` is where the OS takes it)
         claims = cls._OPEN.get(key)
         if claims is None or claims.pid != os.getpid():
             claims = cls._OPEN[key] = cls(Path(key))

@@ -207,6 +207,13 @@ class Side:
         return _caller(n) == (at.file, at.function) and (n.source.file, n.source.function) == (file, function) \
             and not yields(file, first)
 
+    def module_depth(self, nid: str) -> int:
+        """How many module calls hold op ``nid``."""
+        mid, depth = self.graph.node(nid).module, 0
+        while mid is not None:
+            mid, depth = self._parents.get(mid), depth + 1
+        return depth
+
     def _called_in(self, inner: Optional[str], outer: Optional[str]) -> bool:
         """Is module call ``inner`` made inside module call ``outer`` (None: outside any)?"""
         if outer is None:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import ast
 import operator
 import re
-import textwrap
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from .sourcetext import _IF, _NAME, _code, _def_of, _header_colon, _headers_around, _last_of_block, _lines, _word, \
-    line_text, names_assigned
+from ._memo import remember
+from .sourcetext import _IF, _NAME, _code, _header_colon, _headers_around, _last_of_block, _lines, _word, line_text, \
+    names_assigned
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -160,6 +160,7 @@ def while_end(file: str, line: int) -> int:
 
 
 _UNKNOWN = object()
+_TREES: Dict[str, Tuple[List[str], Optional[ast.Module]]] = {}  # file -> (its lines, their syntax tree)
 _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
             ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Is: operator.is_, ast.IsNot: operator.is_not}
 
@@ -172,16 +173,17 @@ def first_test_reads_nothing(file: str, line: int) -> bool:
     lines = _lines(file, line)
     if lines is None or not _WHILE.match(lines[line - 1]):
         return False
-    top = _def_of(lines, line)
-    if top < 0:
+    tree = _TREES.get(file)
+    if tree is None or tree[0] is not lines:  # (the file's text as linecache holds it now)
+        try:
+            parsed: Optional[ast.Module] = ast.parse("".join(lines))
+        except (SyntaxError, ValueError):
+            parsed = None
+        tree = remember(_TREES, file, (lines, parsed), limit=32)
+    if tree[1] is None:
         return False
-    first = top + 1
-    try:
-        tree = ast.parse(textwrap.dedent("".join(lines[top:_last_of_block(lines, first)])))
-    except (SyntaxError, ValueError):
-        return False
-    for body in _bodies(tree):
-        at = next((k for k, s in enumerate(body) if isinstance(s, ast.While) and s.lineno + top == line), None)
+    for body in _bodies(tree[1]):
+        at = next((k for k, s in enumerate(body) if isinstance(s, ast.While) and s.lineno == line), None)
         if at is not None:
             known = _constants_before(body[:at])
             value = _constant(body[at].test, known)

@@ -11,7 +11,9 @@ that op): the read depends on the write, as the data does.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
 
 from .autograd import storage_keys
 from .mode import E_INS, E_OUTS, V_ORIGIN
@@ -24,10 +26,10 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
     written = [v for v in range(len(vmeta)) if _written(vmeta, v) and v in producer]
     if not written:
         return
-    _outside_aliases(written, vmeta, vrefs, alias_root)
-    writes: Dict[int, List[int]] = {}  # write op -> the versions it made
+    writes: Dict[int, List[int]] = {}  # write op -> the versions it made (the written tensor's first)
     for v in written:
         writes.setdefault(producer[v], []).append(v)
+    _outside_aliases(written, writes, vmeta, vrefs, alias_root)
     storage: Dict[int, int] = {}
 
     def storage_of(v: int) -> int:
@@ -71,39 +73,74 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
             last[storage_of(v)] = i
 
 
-def _outside_aliases(written: List[int], vmeta: List[tuple], vrefs: List[Any], alias_root: Dict[int, int]) -> None:
+def _outside_aliases(written: List[int], writes: Dict[int, List[int]], vmeta: List[tuple], vrefs: List[Any],
+                     alias_root: Dict[int, int]) -> None:
     """Tensors made before the pass that share a storage the pass wrote (a view
     taken at setup, ``k = cache[0]``; ``w = lin.weight.detach()``; ``m(x, x[0])``)
     came in as values of their own: each becomes an alias of the written one, so
     that its reads after the write depend on it. Only outside values that are
     alive are compared (a storage's key: ``storage_keys``)."""
+    first: Dict[int, int] = {}  # version -> the value it is a version of, first (memo: chains can be long)
+
     def base(v: int) -> int:
-        while _written(vmeta, v):
+        chain = []
+        while v not in first and _written(vmeta, v):
+            chain.append(v)
             v = vmeta[v][V_ORIGIN][1]
-        return alias_root.get(v, v)
+        root = first.get(v, v)
+        for c in chain:
+            first[c] = root
+        return alias_root.get(root, root)
 
     bases = {b for b in map(base, written) if _outside(vmeta, b)}
     if not bases:
         return
-    outside = [v for v in range(len(vmeta)) if _outside(vmeta, v) and v not in alias_root]
-    keys: Dict[int, int] = {}  # storage -> the written base that holds it
-    of: Dict[int, int] = {}
-    for v in outside:
-        t = vrefs[v]()
-        k = storage_keys(t) if t is not None else []
-        if k:
-            of[v] = k[0]
-            if v in bases:
-                keys.setdefault(k[0], v)
+    spans: Dict[int, Tuple[int, int, int]] = {}  # outside value -> (storage, first byte, end byte)
+    for v, rec in enumerate(vmeta):
+        origin = rec[V_ORIGIN]
+        if origin is not None and origin[0] == "ext" and v not in alias_root:
+            t = vrefs[v]()
+            span = _span(t) if t is not None else None
+            if span is not None:
+                spans[v] = span
+    held: Dict[int, List[Tuple[int, int, int]]] = {}  # storage -> (first byte, end byte, written base)
+    for vs in writes.values():  # (the bytes the op wrote: its tensor's, also for the base of a view it wrote)
+        t = vrefs[vs[0]]()
+        span = _span(t) if t is not None else None
+        for w in vs:
+            b = base(w)
+            got = span if span is not None else spans.get(b)
+            if b in bases and got is not None:
+                held.setdefault(got[0], []).append((got[1], got[2], b))
     joined = False
-    for v, k in of.items():
-        b = keys.get(k)
-        if b is not None and b != v:
+    for v, (st, lo, hi) in spans.items():  # (bytes both touch: not the next parameter of a flat buffer)
+        b = next((b for blo, bhi, b in held.get(st, ()) if b != v and lo < bhi and blo < hi), None)
+        if b is not None:
             alias_root[v] = joined = b
     if joined is not False:  # (their versions too: a write through one is a write of the base)
-        for v in range(len(vmeta)):
-            if v not in alias_root and _written(vmeta, v) and vmeta[v][V_ORIGIN][1] in alias_root:
-                alias_root[v] = alias_root[vmeta[v][V_ORIGIN][1]]
+        for v in written:
+            origin = vmeta[v][V_ORIGIN][1]
+            if v not in alias_root and origin in alias_root:
+                alias_root[v] = alias_root[origin]
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _span(t: Any) -> Optional[Tuple[int, int, int]]:
+    """(storage key, first byte, end byte) of what tensor ``t`` can touch; for a
+    tensor that is no plain strided one (a subclass, sparse), its first storage
+    (``storage_keys``), all of it."""
+    try:
+        if type(t) in _PLAIN and t.layout is torch.strided:
+            size = t.element_size()
+            last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if n > 0) if t.numel() else -1
+            lo = t.storage_offset() * size
+            return t.untyped_storage()._cdata, lo, lo + (last + 1) * size
+    except (RuntimeError, NotImplementedError):
+        pass
+    keys = storage_keys(t)
+    return (keys[0], 0, 1 << 62) if keys else None
 
 
 def _outside(vmeta: List[tuple], v: int) -> bool:

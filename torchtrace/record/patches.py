@@ -33,6 +33,7 @@ the last one stops; then the class is as it was.
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 import warnings
 from typing import Any, Callable, List, Optional
@@ -144,9 +145,9 @@ class QuietWarning:
 
     def acquire(self) -> bool:
         with self._lock:
-            if self._users == 0:
-                warnings.filterwarnings("ignore", message=self.message, category=self.category)
-                self._filter = warnings.filters[0]
+            if self._users == 0:  # (put in place, not by filterwarnings(): that resets every "once" memory)
+                self._filter = ("ignore", re.compile(self.message, re.I), self.category, None, 0)
+                warnings.filters.insert(0, self._filter)
             self._users += 1
             return True
 
