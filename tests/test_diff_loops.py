@@ -869,8 +869,8 @@ def test_a_loop_whose_source_is_not_readable_here_is_counted_by_its_reads(tmp_pa
     loop = zoo.marked_line(str(tmp_path / "gone_model.py"), "gone_while")
     count = zoo.marked_line(str(tmp_path / "gone_model.py"), "gone_count")
     assert [w.split(";")[0] for w in torchtrace.diff(a, b).why()] == [
-        f"`while` at `gone_model.py:{loop}` ran 1\u00d7 in A, 3\u00d7 in B (the 2nd of its 2 runs) \u2192 12 ops only in B "
-        f"(in `<root>`)", f"`for` at `gone_model.py:{line - 2}` ran 3\u00d7 in A, 5\u00d7 in B"]
+        f"`while` at `gone_model.py:{loop}` ran 1\u00d7 in A, 3\u00d7 in B (the 2nd of its 2 runs) "
+        f"\u2192 12 ops only in B (in `<root>`)", f"`for` at `gone_model.py:{line - 2}` ran 3\u00d7 in A, 5\u00d7 in B"]
     (tmp_path / "gone_model.py").unlink()
     linecache.clearcache()
     assert [w.split(" \u2192 ")[0] for w in torchtrace.diff(a, b).why()] == [
