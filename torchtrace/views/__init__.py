@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 from ..ir import Graph
-from ..textform import cut_off_note, plural, unrecorded_note
+from ..textform import cut_off_note, one_line, plural, unrecorded_note
 from .build import Assembler
 from .fold import Folder
 from .groups import Group, build_groups, iter_groups
@@ -106,7 +106,7 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     if asm.collapsed:
         how = f" (auto, max_boxes={o.max_boxes})" if auto else ""  # (a Mermaid fit's depth is not the user's)
         notes.append(f"depth {asm.depth}{how}: {plural(asm.collapsed, 'module call')} collapsed into boxes")
-    notes.extend(f"folded {f}" for f in asm.folds)
+    notes.extend(f"folded {one_line(f)}" for f in asm.folds)  # (a ModuleDict key may hold a line break)
     if asm.chunked:
         notes.append(f"{asm.chunked} ops grouped into chunk boxes to stay within max_boxes={o.max_boxes}")
     if auto and o.max_boxes is not None and _size(asm) > o.max_boxes:
