@@ -1958,3 +1958,30 @@ def test_a_writer_leaves_a_file_that_is_no_store_of_its_schema_as_it_was(tmp_pat
     assert db.execute("PRAGMA user_version").fetchone()[0] == version
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
     db.close()
+
+
+def test_differentiable_work_between_two_models_stays_in_the_step(tmp_path):
+    """(An audit.) A VAE's `z = mu + eps * std` between its encoder and decoder
+    (two root models) builds the decoder's input, so it was taken for the next
+    call's data and recorded in no pass, though the step's backward goes
+    through it. Ops whose results require grad are the step's own work."""
+    from torchtrace.store import Store
+
+    torch.manual_seed(0)
+    enc, dec = nn.Linear(8, 8), nn.Linear(4, 8)
+    opt = torch.optim.SGD([*enc.parameters(), *dec.parameters()], lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(2):
+            x = torch.randn(16, 8)
+            mu, logvar = enc(x).chunk(2, -1)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # LINE:reparam
+            loss = (dec(z) - x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    line = zoo.marked_line(__file__, "reparam")
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        graphs = [g for _, g in st.graphs()]
+    ops = [[n.short_op for n in g.nodes if n.source is not None and n.source.line == line and n.phase == "forward"]
+           for g in graphs]
+    assert [("randn_like" in o, "exp" in o, "add.Tensor" in o) for o in ops] == [(True, True, True), (False,) * 3] * 2

@@ -203,7 +203,7 @@ def input_prep(mode: Any, tensors: Iterable[Any], site: Optional[Tuple[Any, int]
     def feeds_only_prep(ev: tuple) -> bool:  # a result, not kept (_kept), not returned, read only by prep
         outs = ev[E_OUTS]
         return (bool(outs) and not _kept(ev, mode, made) and not any(v in outputs for v in outs)
-                and all(c in prep for v in outs for c in consumers.get(v, ())))
+                and all(c in prep for v in outs for c in consumers.get(v, ())) and not _differentiable(ev, mode))
 
     # the ops that made the inputs, and the other ops of those statements that feed nothing
     # else (`for x, y in loader` collates the labels y with x: the loss reads y in the next
@@ -292,6 +292,18 @@ def _kept(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:
     the other ranks wait for), or a write to state (``_writes_state``)."""
     info = BY_INDEX[ev[E_INFO]]
     return reads_data(info, ev, mode.vmeta) or "collective" in info.tags or _writes_state(ev, mode, made)
+
+
+def _differentiable(ev: tuple, mode: Any) -> bool:
+    """Does the op make a tensor that requires grad: the step's own work, which its
+    backward goes through (a VAE's `z = mu + eps * std` between encoder and
+    decoder, a gradient penalty's interpolation), never the next batch's loading?"""
+    refs = mode.vrefs
+    for v in ev[E_OUTS]:
+        t = refs[v]()
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def _writes_state(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:
