@@ -2422,3 +2422,30 @@ def test_the_same_ops_returning_other_values_says_which(how, want):
     first = "yz" if how == "zy" else "y"
     graphs = [record(m, x, h) for h in (first, how)]
     assert torchtrace.diff(*graphs).why() == [want.format(where=f"`test_diff_causes.py:{line_of('swap')}`")]
+
+
+def _adam_step(m: nn.Module, oa, ob, second: bool) -> Graph:
+    with torchtrace.trace(m) as t:
+        m(torch.ones(8, 4)).pow(2).mean().backward()
+        if second:
+            ob.step()  # LINE:second_opt
+        else:
+            oa.step()  # LINE:first_opt
+        oa.zero_grad()
+    return t.graph
+
+
+def test_a_read_paired_across_two_lines_names_each_side_s_line():
+    """(An audit.) Two Adams stepped on two lines: their step counts' reads pair
+    up, and "`m.py:11` read 3.0 in A, 1.0 in B" named A's line for B's read,
+    which line 11 never made."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    oa, ob = torch.optim.Adam(m.parameters()), torch.optim.Adam(m.parameters())
+    for _ in range(2):
+        _adam_step(m, oa, ob, False)
+    a, b = _adam_step(m, oa, ob, False), _adam_step(m, oa, ob, True)
+    first, second = (f"`test_diff_causes.py:{line_of(k)}`" for k in ("first_opt", "second_opt"))
+    text = str(torchtrace.diff(a, b))
+    assert f"{first} read 3.0 in A, {second} read 1.0 in B" in text, text
+    assert f"{second} read 1.0 in A, {first} read 3.0 in B" in str(torchtrace.diff(b, a))

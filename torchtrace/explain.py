@@ -140,8 +140,10 @@ class Causes:
                                 or len(self.B.call_sites.get((src.file, src.line), ())) > 1):
             via = tuple(", from ".join(where(c.file, c.line) for c in w.called_from) if w.called_from else "?"
                         for w in (na.witness, nb.witness))
+        at_b = None if na.source is None or nb.source is None or (nb.source.file, nb.source.line) == (
+            na.source.file, na.source.line) else (nb.source.file, nb.source.line)  # (`oa.step()` against `ob.step()`)
         return WitnessChange(src.file if src else "?", src.line if src else 0, src.function if src else "?",
-                             na.witness, nb.witness, na.id, nb.id, call=call, via=via)
+                             na.witness, nb.witness, na.id, nb.id, call=call, via=via, at_b=at_b)
 
     def explain(self, k0: int, k1: int) -> Tuple[Optional[WitnessChange], Optional[LoopChange]]:
         """The witness and the loop behind hunk ``k0:k1``. An `if` read inside

@@ -41,6 +41,7 @@ class WitnessChange:
     merged: bool = False  # weak because the branch it decided ended before: both passes ran the same ops since
     passed: Optional[str] = None  # the changed op argument its values are (``topk`` k=3 -> 2 after ``k = int(...)``)
     named: bool = False  # kept in the name that the `if` around the hunk tests (``_named_by_guard``)
+    at_b: Optional[Tuple[str, int]] = None  # B's (file, line) where the aligned read ran at another line
 
     @property
     def where(self) -> str:
@@ -65,6 +66,8 @@ class WitnessChange:
         return f"{self.where}{self.called_from()}{self._reads()}"
 
     def _reads(self) -> str:
+        if self.at_b is not None:  # ("`r.py:11` read 3.0 in A, `r.py:13` read 1.0 in B": each side's line)
+            return f" read {read_str(self.a)} in A, {where(*self.at_b)} read {read_str(self.b)} in B"
         return f" read {read_str(self.a)} in A, {read_str(self.b)} in B"
 
     def called_from(self) -> str:
@@ -88,15 +91,17 @@ class WitnessChange:
     def mirror(self) -> "WitnessChange":
         call = (self.call[0], self.call[2], self.call[1]) if self.call else None
         via = (self.via[1], self.via[0]) if self.via else None
+        at = dict(file=self.at_b[0], line=self.at_b[1], at_b=(self.file, self.line)) if self.at_b else {}
         return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call, via=via,
-                       also=tuple(w.mirror() for w in self.also))
+                       also=tuple(w.mirror() for w in self.also), **at)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": self.a.read(), "b": self.b.read(),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
-                "also": [w.short() for w in self.also], "passed": self.passed, "named": self.named}
+                "also": [w.short() for w in self.also], "passed": self.passed, "named": self.named,
+                "line_b": list(self.at_b) if self.at_b else None}
 
 
 def decisive(w: "Witness") -> bool:
