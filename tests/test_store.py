@@ -1492,6 +1492,29 @@ def test_code_after_the_last_step_is_said_to_be_that(tmp_path):
                                            "(in `<root>`)"]
 
 
+def test_code_after_the_last_step_is_said_to_be_that_when_the_next_step_starts_with_ops(tmp_path):
+    """(An audit.) With `zero_grad(set_to_none=False)` at the top of the loop every
+    pass but the last ends with the next step's zero_ ops: the last pass's code
+    after the loop was then followed by those ops only in A, not at the end of
+    the diff, and was put down to "Python state"."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-2)
+    x = torch.randn(8, 4)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(3):
+            m.zero_grad(set_to_none=False)
+            m(x).pow(2).mean().backward()
+            opt.step()
+        kept = [p.detach().clone() for p in m.parameters()]  # after the loop
+    assert len(kept) == 2
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        a, b = store.graph(1), store.graph(2)
+    why = torchtrace.diff(a, b).why()
+    assert why[0].startswith("B's pass is the last one recorded: it ran on to the end of the script"), why
+    assert all("Python state" not in w for w in why), why
+
+
 def test_cut_at_step_makes_one_pass_per_step_whatever_the_calls(tmp_path):
     """A cell called once per time step (or a model called on two views) made a
     pass per call: `cut="step"` starts passes at `step()` / `mark_step()` only."""
