@@ -33,7 +33,7 @@ from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
 from .sided import (accumulated, casts, differing_grad_modes, ended_before, fed_by, fed_values, in_modal_modules,
                     needs_grad, optimizer_state, ran_on, ran_only, recomputed, shape_if, stopped, trained, unused)
 from .ir import Graph
-from .loops import runs_said
+from .loopchange import runs_said
 from .returned import returned_change
 from .rewires import rewires
 from .textform import listed

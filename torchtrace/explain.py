@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .align import Pair
 from .side import Side, Sig
-from .loops import BRANCHES, TIMES, LoopChange, LoopFinder
+from .loopchange import BRANCHES, TIMES, LoopChange
+from .loops import LoopFinder
 from .readchange import WitnessChange, decisive, read_str
 from .sourceloops import ended_by, feeds_loop
 from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if

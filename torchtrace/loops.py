@@ -18,69 +18,17 @@ from __future__ import annotations
 import bisect
 import linecache
 from collections import Counter
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .align import Pair
 from .blockcalls import block_counts, call_scope, calls_under, one_call
 from .side import Loop, Side, Sig
-from .sourceloops import can_leave, exits_loop, first_test_reads_nothing, in_loop, while_end
-from .textform import ordinal, plural, where
+from .sourceloops import can_leave, exits_loop, first_test_reads_nothing, in_loop, keyword_at, while_end
+from .loopchange import BRANCHES, LoopChange
 
 if TYPE_CHECKING:  # pragma: no cover
     from .explain import WitnessChange
     from .ir import Node, Source
-
-TIMES = "\u00d7"
-BRANCHES = ("if", "elif", "assert")
-
-@dataclass(frozen=True)
-class LoopChange:
-    """A loop that ran a different number of times. ``via="witness"``: the
-    loop condition read tensor data at ``line`` (``count`` = reads before the
-    exit read); ``via="repeat"``: a block of ``period`` ops starting at ``line``
-    repeats (a Python-level loop, no tensor read at its condition)."""
-
-    file: str
-    line: int
-    function: str
-    a: int
-    b: int
-    via: str
-    period: int
-    keyword: Optional[str] = None
-    run: Optional[Tuple[int, int]] = None  # (k, runs): the loop statement's k-th run of ``runs`` in the pass
-    calls: Optional[Tuple[str, str]] = None  # ("encoder.layer.*", "BertLayer"): the block is one module call
-    readable: bool = True  # is its source readable here (else: which loop, and its count, are not known)
-
-    def describe(self, called_from: str = "") -> str:
-        """``called_from``: the call site of the helper whose condition read it (" (called from `m.py:9`)")."""
-        if self.via == "repeat" and self.calls is not None:  # (its first op's line is inside the module)
-            head = f"`{self.calls[0]}` ({self.calls[1]}, {plural(self.period, 'op')})"
-        elif self.keyword is not None:  # (a repeat's: a `while` that reads its bound each time it tests it)
-            head = f"`{self.keyword}` at {where(self.file, self.line)}{called_from}"
-        elif not self.readable:  # (`a`, `b`: its reads, the exit's included; a header reads once more)
-            run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
-            if self.a < 0:  # (a number read: its runs are not told apart by a value that ends them)
-                return f"in a loop whose source is not readable here{run}"
-            return f"in a loop whose source is not readable here, it read {self.a}{TIMES} in A, " \
-                   f"{self.b}{TIMES} in B{run}"
-        elif self.via == "witness":
-            head = f"the loop at {where(self.file, self.line)}{called_from}"
-        else:
-            head = f"the block at {where(self.file, self.line)} ({plural(self.period, 'op')})"
-        run = f" (the {ordinal(self.run[0] + 1)} of its {self.run[1]} runs)" if self.run else ""
-        return f"{head} ran {self.a}{TIMES} in A, {self.b}{TIMES} in B{run}"
-
-    def mirror(self) -> "LoopChange":
-        return replace(self, a=self.b, b=self.a)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"file": self.file, "line": self.line, "function": self.function, "a": self.a, "b": self.b,
-                "via": self.via, "period": self.period, "keyword": self.keyword,
-                "run": list(self.run) if self.run else None, "calls": list(self.calls) if self.calls else None,
-                "readable": self.readable}
-
 
 class LoopFinder:
     """Finds the loop behind a hunk of one alignment; ``witness(i, j)`` makes
@@ -173,7 +121,7 @@ class LoopFinder:
         """The loop that the reads of ``w`` counted ``a``/``b`` times: at their line,
         or the loop whose body holds them (``_body_loop``: each run's exit read is
         in one run of the body more)."""
-        file, line, function, keyword = w.file, w.line, w.function, _keyword(w.file, w.line)
+        file, line, function, keyword = w.file, w.line, w.function, keyword_at(w.file, w.line)
         if not linecache.getlines(file):  # (a header's reads are its count + 1, an exit's in its body its count)
             ea, eb = (e for s, e in sorted(exits, key=lambda se: se[0] is not self.A))
             known = isinstance(self.A.nodes[ia].witness.value, bool)
@@ -200,7 +148,7 @@ class LoopFinder:
         after one (``v = bool(m[i])`` ... ``if v:`` in a ``for``), or a ``for``
         without ``break`` or ``return``, makes the read each iteration's branch."""
         src = side.nodes[i].source
-        loop = side.loop_of(i) if src is not None and (_keyword(src.file, src.line) not in BRANCHES or
+        loop = side.loop_of(i) if src is not None and (keyword_at(src.file, src.line) not in BRANCHES or
                                                        exits_loop(src.file, src.line)) else None
         if loop is None:
             return None, False
@@ -271,7 +219,7 @@ class LoopFinder:
                 src = X.nodes[rx[k][0]].source
                 file, line = (src.file, src.line) if src else ("?", 0)
                 a, b = (rx[k][2], ry[k][2]) if col == 0 else (ry[k][2], rx[k][2])
-                if _keyword(file, line) == "while" and first_test_reads_nothing(file, line):
+                if keyword_at(file, line) == "while" and first_test_reads_nothing(file, line):
                     a, b = a + 1, b + 1
                 elif not linecache.getlines(file):  # (not readable here: its reads, as _loop_change says)
                     ea, eb = (rx[k][1], ry[k][1]) if col == 0 else (ry[k][1], rx[k][1])
@@ -284,7 +232,7 @@ class LoopFinder:
                 if body is not None and not ended:
                     continue  # (each iteration's branch)
                 return LoopChange(file, line, src.function if src else "?", a, b, "witness", 0,
-                                  _keyword(file, line), (k, len(rx)) if len(rx) > 1 else None)
+                                  keyword_at(file, line), (k, len(rx)) if len(rx) > 1 else None)
         return None
 
     def _runs(self, side: Side, sig: Sig) -> List[Tuple[int, Optional[int], int]]:
@@ -301,7 +249,7 @@ class LoopFinder:
                 o.loop_keys[i] for o in (self.A, self.B) if o is not side for i in o.reads.get(sig, []))
             rep = seen.most_common(1)[0][0]
             last = side.nodes[reads[-1]].source
-            if len(seen) == 2 and last is not None and _keyword(last.file, last.line) == "while":
+            if len(seen) == 2 and last is not None and keyword_at(last.file, last.line) == "while":
                 # (a `while` whose runs often did 0 iterations reads its exit value most: its last read is one)
                 rep = next(k for k in seen if k != side.loop_keys[reads[-1]])
             runs: List[Tuple[int, Optional[int], int]] = []
@@ -411,28 +359,3 @@ def _copies_after(seq: Sequence[Any], start: int, unit: Sequence[Any]) -> int:
     return c
 
 
-def _keyword(file: str, line: int) -> Optional[str]:
-    """``while``/``for``/``if`` when the source line is readable here, for wording only."""
-    text = linecache.getline(file, line).strip()
-    word = text.split(" ", 1)[0].rstrip(":") if text else ""
-    return word if word in ("while", "for", "if", "elif", "assert") else None
-
-
-def runs_said(cause: str, changes: Sequence[LoopChange]) -> str:
-    """``cause`` (said without the loop's run) with the runs of the loop
-    statement that ``changes`` (the hunks with that cause) changed: "(the 2nd
-    of its 3 runs)", "(the 1st, 3rd and 4th of its 8 runs)", "(each of its 8 runs)"."""
-    loops = [lc for lc in changes if lc.run is not None]
-    if not loops:
-        return cause
-    ks = sorted({lc.run[0] for lc in loops})
-    total = loops[0].run[1]
-    if len(ks) == total > 1:
-        text = f"each of its {total} runs"
-    else:
-        names = [ordinal(k + 1) for k in ks]
-        names = names[:5] + [f"{len(names) - 5} more"] if len(names) > 6 else names
-        text = "the " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]) + \
-            f" of its {total} runs"
-    bare = replace(loops[0], run=None).describe()
-    return cause.replace(bare, f"{bare} ({text})", 1)

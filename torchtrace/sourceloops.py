@@ -5,6 +5,7 @@ and whether an ``if`` leaves it (``break``/``return``)."""
 from __future__ import annotations
 
 import ast
+import linecache
 import operator
 import re
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
@@ -243,3 +244,10 @@ def _constant(e: ast.expr, known: Dict[str, Any]) -> Any:
             left = right
         return True
     return _UNKNOWN
+
+
+def keyword_at(file: str, line: int) -> Optional[str]:
+    """``while``/``for``/``if`` when the source line is readable here, for wording only."""
+    text = linecache.getline(file, line).strip()
+    word = text.split(" ", 1)[0].rstrip(":") if text else ""
+    return word if word in ("while", "for", "if", "elif", "assert") else None
