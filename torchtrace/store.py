@@ -32,11 +32,12 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
 from .rankclaim import RankClaims
+from .sqlitetx import Tx, retry_locked
 from .serialize import content_key, decode, encode, is_sqlite, norm_json, stored_norm, witness_from_dict
 
 SCHEMA_VERSION = 2  # 2: graph rows keyed by content (passes name theirs); 1 is read too
@@ -128,12 +129,12 @@ class Store:
                                   found="a read-only folder", fix="copy the folder (trace.db with trace.db-wal) "
                                   "somewhere writable and read the copy") from None
                 self.db = self._connect(uri.replace("?mode=ro", "?immutable=1"), readonly)
-            version, tables = _retry_locked(lambda: self._setup(readonly))
+            version, tables = retry_locked(lambda: self._setup(readonly))
             for _ in range(40):  # an empty file: a writer may be creating it this very moment (2 s at most)
                 if not readonly or version or tables:
                     break
                 time.sleep(0.05)
-                version, tables = _retry_locked(lambda: self._setup(readonly))
+                version, tables = retry_locked(lambda: self._setup(readonly))
         except sqlite3.DatabaseError as e:
             if not readonly and getattr(e, "sqlite_errorcode", None) == _CANTOPEN:  # e.g. the path is a folder
                 raise WriteError("cannot write a trace store here", where=str(self.path),
@@ -212,8 +213,8 @@ class Store:
         """A new file, or a store of a schema this version writes."""
         return (version == 0 and not tables) or (version in (1, SCHEMA_VERSION) and {"graphs", "passes"} <= tables)
 
-    def _transaction(self) -> "_Tx":
-        return _Tx(self.db)
+    def _transaction(self) -> Tx:
+        return Tx(self.db)
 
     # -- writing ---------------------------------------------------------------
     def add(self, graph: Graph, *, idx: Optional[int] = None, wall_s: Optional[float] = None) -> int:
@@ -359,32 +360,6 @@ class Store:
 def _own_read(d: Dict[str, Any], stored: Optional[Witness]) -> Witness:
     """A pass's own witness value (or shape), read where the stored graph read it."""
     return replace(witness_from_dict(d), called_from=stored.called_from if stored is not None else ())
-
-
-def _retry_locked(fn: Callable[[], Any], wait_s: float = 30.0) -> Any:
-    """``fn()``, retried while SQLite answers "database is locked" without
-    waiting itself (opening a new WAL store while another process sets it up)."""
-    deadline = time.monotonic() + wait_s
-    delay = 0.01
-    while True:
-        try:
-            return fn()
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-
-class _Tx:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 _REF = re.compile(r"(?P<path>.+?\.db)(?::(?P<a>[^:]*))?(?::(?P<b>[^:]*))?")
