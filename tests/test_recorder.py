@@ -1728,6 +1728,29 @@ def test_gradient_processing_before_the_step_is_optimizer_phase():
     assert all(n.phase == "forward" for n in g.nodes if n.module is not None and n.phase != "backward")
 
 
+def test_grad_scaler_s_unscaling_is_optimizer_phase_and_its_loss_scaling_forward():
+    """(An audit.) `scaler.unscale_(opt)` computes the inverse scale (`reciprocal`,
+    `full`) before the fused unscale op: those ops were phase forward, drawn in the
+    forward view; `scaler.scale(loss)` is the loss's, forward."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    x = torch.randn(8, 4)
+    with torchtrace.trace(m) as t:
+        loss = m(x).pow(2).mean()
+        scaler.scale(loss).backward()  # LINE:scale
+        scaler.unscale_(opt)  # LINE:unscale
+        scaler.step(opt)
+        scaler.update()
+    g = t.graph
+    def at(marker: str) -> list:
+        return [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, marker)]
+    unscale = [n for n in at("unscale") if n.short_op in ("reciprocal", "full")]
+    assert len(unscale) == 2 and {n.phase for n in unscale} == {"optimizer"}
+    assert [n.short_op for n in at("scale") if n.phase == "forward"][-1] == "mul.Tensor"
+
+
 def test_a_gradient_penalty_stays_forward():
     """autograd.grad(create_graph=True)'s results feed the loss (a gradient
     penalty, MAML's inner step): forward ops, not gradient processing."""

@@ -24,7 +24,7 @@ from .enginephase import RECOMPUTE
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
                    E_LINE, E_MOD, E_OUTS, E_PHASE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
 from .opinfo import BY_INDEX, describe_object
-from .optimizer import ClosureLoss, annotate, open_marks
+from .optimizer import ClosureLoss, annotate, open_marks, scaler_step
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
 
@@ -254,8 +254,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                 phase = "optimizer"  # Optimizer.step's and zero_grad's own markers: their phase
         elif stepping_in_backward and ph == BACKWARD:
             phase = "optimizer"
-        elif zeroing and ph == 0:
-            phase = "optimizer"  # (zero_grad(set_to_none=False)'s zero_ of each .grad)
+        elif (zeroing or scaler_step(ev[E_ICODE])) and ph == 0:
+            phase = "optimizer"  # (zero_grad(set_to_none=False)'s zero_ of each .grad; GradScaler.unscale_'s prep)
         elif ph == 0 and module is None and in_optimizer and closure.is_loss(ev, from_grads):
             pass  # (the loss a closure computes from the model's output inside step: forward)
         elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):

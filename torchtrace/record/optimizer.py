@@ -31,6 +31,18 @@ def open_marks(stack: List[str]) -> Tuple[bool, bool]:
             any(a.startswith(ZERO_GRAD_PREFIX) for a in stack))
 
 
+try:  # GradScaler's own work on the gradients (unscale_, step, update; not scale(): the loss, forward)
+    import torch.amp.grad_scaler as _grad_scaler
+    _SCALER = (_grad_scaler.__file__, frozenset({"unscale_", "_unscale_grads_", "step", "_maybe_opt_step", "update"}))
+except ImportError:  # pragma: no cover - torch < 2.3
+    _SCALER = ("", frozenset())
+
+
+def scaler_step(code: Any) -> bool:
+    """Is ``code`` (an op's innermost frame) ``GradScaler``'s unscaling or update?"""
+    return code is not None and code.co_name in _SCALER[1] and code.co_filename == _SCALER[0]
+
+
 _OPTIM_FILE = sys.modules[torch.optim.Optimizer.__module__].__file__
 _OPTIM_DIR = os.path.dirname(_OPTIM_FILE) + os.sep  # the optimizers' own code
 
