@@ -2435,17 +2435,59 @@ def _adam_step(m: nn.Module, oa, ob, second: bool) -> Graph:
     return t.graph
 
 
-def test_a_read_paired_across_two_lines_names_each_side_s_line():
-    """(An audit.) Two Adams stepped on two lines: their step counts' reads pair
-    up, and "`m.py:11` read 3.0 in A, 1.0 in B" named A's line for B's read,
-    which line 11 never made."""
+def test_a_read_paired_across_two_lines_is_no_read_that_differs():
+    """(Audits.) Two Adams stepped on two lines: their step counts' reads pair up,
+    and "`m.py:11` read 3.0 in A, 1.0 in B" named A's line for B's read, which
+    line 11 never made; two arms of an `if` whose reads pair up were blamed on
+    them. Reads of two statements are no read that went another way: each op's
+    row names both lines, and no cause or "other reads" line names them."""
     torch.manual_seed(0)
     m = nn.Linear(4, 1)
     oa, ob = torch.optim.Adam(m.parameters()), torch.optim.Adam(m.parameters())
     for _ in range(2):
         _adam_step(m, oa, ob, False)
     a, b = _adam_step(m, oa, ob, False), _adam_step(m, oa, ob, True)
-    first, second = (f"`test_diff_causes.py:{line_of(k)}`" for k in ("first_opt", "second_opt"))
-    text = str(torchtrace.diff(a, b))
-    assert f"{first} read 3.0 in A, {second} read 1.0 in B" in text, text
-    assert f"{second} read 1.0 in A, {first} read 3.0 in B" in str(torchtrace.diff(b, a))
+    first, second = (f"test_diff_causes.py:{line_of(k)}" for k in ("first_opt", "second_opt"))
+    for d, (la, lb, va, vb) in ((torchtrace.diff(a, b), (first, second, "3.0", "1.0")),
+                                (torchtrace.diff(b, a), (second, first, "1.0", "3.0"))):
+        text = str(d)
+        rows = [line for line in text.splitlines() if line.startswith("! ")]
+        assert len(rows) == 2 and all(f"-> {va}" in r and f"# {la}" in r and f"B read {vb}, B at {lb}" in r
+                                      for r in rows), rows
+        assert "other reads that differ" not in text and all("read" not in w for w in d.why()), d.why()
+
+
+class _TwoArms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+        self.beams = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(3):
+            if self.beams == 1:
+                h = self.l(x)
+                x = h.argmax(-1, keepdim=True).float().expand(-1, 4)
+                done = bool(h.max() == 1e9)  # LINE:arm_a
+            else:
+                h = self.l(x.repeat(2, 1))
+                x = h.topk(2, -1).values.sum(-1, keepdim=True)[:2].expand(-1, 4)
+                done = not bool(h.max() != 1e9)  # LINE:arm_b
+            if done:
+                break
+        return x
+
+
+def test_two_arms_of_a_flag_whose_reads_pair_up_are_put_down_to_python_state():
+    """(An audit: greedy against beam search in `generate`.) Each arm reads at its
+    own line; the reads paired up and every iteration after the first was blamed
+    on "`m.py:8` read False in A, `m.py:11` read True in B"."""
+    torch.manual_seed(0)
+    m, x = _TwoArms(), torch.randn(2, 4)
+    with torchtrace.trace(m) as ta:
+        m(x)
+    m.beams = 2
+    with torchtrace.trace(m) as tb:
+        m(x)
+    why = torchtrace.diff(ta.graph, tb.graph).why()
+    assert len(why) == 1 and why[0].startswith("no tensor read differs before it: decided by Python state"), why

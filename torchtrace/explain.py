@@ -44,7 +44,7 @@ from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, 
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph
+    from .ir import Graph, Node
 
 ARROW = "\u2192"
 __all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "decisive", "plural",
@@ -65,10 +65,10 @@ class Causes:
     def __init__(self, A: Side, B: Side, pairs: Sequence[Pair]) -> None:
         self.A, self.B, self.pairs = A, B, pairs
         # merged positions of aligned witness pairs whose reads differ, ascending
-        self.differing: List[int] = [
+        self.differing: List[int] = [  # (a read paired with one at another line is another statement: no cause)
             e for e, (i, j) in enumerate(pairs)
             if i is not None and j is not None and A.wkeys[i] is not None and B.wkeys[j] is not None
-            and A.wkeys[i] != B.wkeys[j]]
+            and A.wkeys[i] != B.wkeys[j] and _same_line(A.nodes[i], B.nodes[j])]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness) and not kept_aside(A.nodes[pairs[e][0]])]
         # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside
@@ -404,3 +404,7 @@ def _numbers_changed(a: Any, b: Any) -> List[Tuple[Any, Any]]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
         return [pair for x, y in zip(a, b) for pair in _numbers_changed(x, y)]
     return []
+
+
+def _same_line(a: "Node", b: "Node") -> bool:
+    return a.source is None or b.source is None or (a.source.file, a.source.line) == (b.source.file, b.source.line)
