@@ -2008,3 +2008,26 @@ def test_differentiable_work_between_two_models_stays_in_the_step(tmp_path):
     ops = [[n.short_op for n in g.nodes if n.source is not None and n.source.line == line and n.phase == "forward"]
            for g in graphs]
     assert [("randn_like" in o, "exp" in o, "add.Tensor" in o) for o in ops] == [(True, True, True), (False,) * 3] * 2
+
+
+def test_an_embedding_table_indexed_for_the_next_batch_stays_data_loading(tmp_path):
+    """(A review of the fix above.) `x = emb[ids]` before the model call, with `emb`
+    a parameter the step updates: its result requires grad, but it reads only
+    what comes from outside the step's forward, so it is the next call's data:
+    every pass holds the same ops (it was kept at each pass's end but the last)."""
+    from torchtrace.store import Store
+
+    torch.manual_seed(0)
+    emb = nn.Parameter(torch.randn(50, 8))
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD([emb, *model.parameters()], lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for _ in range(4):
+            ids = torch.randint(0, 50, (4,))
+            x = emb[ids]
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        assert len({p.structure_fp for p in st.passes()}) == 1

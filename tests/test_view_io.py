@@ -91,3 +91,28 @@ def test_a_focus_draws_where_its_results_go_and_a_backward_view_no_forward_outpu
     assert [o.split()[1:4] for o in outs] == [["to", "<root>", "f32[3,4]"]] * 2, outs
     assert boxes(g, "out", phase="backward") == [] and boxes(g, "out", phase="optimizer") == []
     assert len(boxes(g, "out", phase="both")) == len(boxes(g, "out")) == len(g.outputs) == 1
+
+
+class Looped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Linear(4, 4)
+        self.o = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ys = []
+        for _ in range(5):
+            x = self.b(x)
+            ys.append(x)
+        return self.o(sum(ys))
+
+
+def test_a_focus_on_a_module_called_in_a_loop_draws_one_output_for_the_fold():
+    """(A review.) Focus on `b`, called 5x and folded into one box: five identical
+    "to <root>" boxes hung off it; unfolded, one per call."""
+    torch.manual_seed(0)
+    g = traced(Looped(), torch.randn(2, 4))
+    assert len(boxes(g, "out", focus="b")) == 1
+    assert len(boxes(g, "out", focus="b", fold=False)) == 5
+    from torchtrace.views.labels import range_name
+    assert range_name(["bs.0", "bs.0", "o", "bs.1", "bs.1", "o"]) == "bs.0 (+3 more)"  # (runs of names after it)

@@ -101,7 +101,7 @@ class WitnessChange:
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
                 "also": [w.short() for w in self.also], "passed": self.passed, "named": self.named,
-                "line_b": list(self.at_b) if self.at_b else None}
+                "at_b": {"file": self.at_b[0], "line": self.at_b[1]} if self.at_b else None}
 
 
 def decisive(w: "Witness") -> bool:

@@ -200,10 +200,12 @@ def input_prep(mode: Any, tensors: Iterable[Any], site: Optional[Tuple[Any, int]
         return _loader_ops(mode, tail, made, consumers, outputs)
     prep: Set[int] = set()
 
+    glue = _step_glue(mode, tail, made)
+
     def feeds_only_prep(ev: tuple) -> bool:  # a result, not kept (_kept), not returned, read only by prep
         outs = ev[E_OUTS]
         return (bool(outs) and not _kept(ev, mode, made) and not any(v in outputs for v in outs)
-                and all(c in prep for v in outs for c in consumers.get(v, ())) and not _differentiable(ev, mode))
+                and all(c in prep for v in outs for c in consumers.get(v, ())) and not any(v in glue for v in outs))
 
     # the ops that made the inputs, and the other ops of those statements that feed nothing
     # else (`for x, y in loader` collates the labels y with x: the loss reads y in the next
@@ -294,16 +296,25 @@ def _kept(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:
     return reads_data(info, ev, mode.vmeta) or "collective" in info.tags or _writes_state(ev, mode, made)
 
 
-def _differentiable(ev: tuple, mode: Any) -> bool:
-    """Does the op make a tensor that requires grad: the step's own work, which its
-    backward goes through (a VAE's `z = mu + eps * std` between encoder and
-    decoder, a gradient penalty's interpolation), never the next batch's loading?"""
-    refs = mode.vrefs
-    for v in ev[E_OUTS]:
-        t = refs[v]()
-        if t is not None and t.requires_grad:
-            return True
-    return False
+def _step_glue(mode: Any, tail: int, made: Dict[int, int]) -> Set[int]:
+    """Values of tail ops that require grad and come from what the step computed
+    before the tail (a VAE's `z = mu + eps * std` between its encoder and
+    decoder, a gradient penalty's interpolation of a fake): the step's own work,
+    which its backward goes through, never the next call's data. (An embedding
+    table's `emb[ids]` for the next batch reads only outside tensors: data.)"""
+    events, refs = mode.events, mode.vrefs
+    ours = {v for v, i in made.items() if i < tail and events[i][E_PHASE] == FORWARD  # (forward results: not
+            and not BY_INDEX[events[i][E_INFO]].mutates}                          # the optimizer's updates)
+    glue: Set[int] = set()
+    for i in range(tail, len(events)):
+        ev = events[i]
+        if any(v in ours for v in ev[E_INS]):
+            ours.update(ev[E_OUTS])
+            for v in ev[E_OUTS]:
+                t = refs[v]()
+                if t is not None and t.requires_grad:
+                    glue.add(v)
+    return glue
 
 
 def _writes_state(ev: tuple, mode: Any, made: Dict[int, int]) -> bool:

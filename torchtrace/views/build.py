@@ -287,11 +287,15 @@ class Assembler:
             out = [(vid, None) for vid in self.g.outputs]
         if self.sel.focus_calls:
             said = {vid for vid, _ in out}
+            drawn = set()  # (box, title): one output per box and reader (a folded call's iterations: one)
             for vid, reader in self.sel.leaving():
-                if vid not in said:
+                path = self.g.module(reader.module).path if reader.module is not None else ""
+                title = f"to {path or '<root>'}" if reader.module is not None else "to the caller"
+                key = (self.box_of[self.final(self.sel.producer(vid))], title)
+                if vid not in said and key not in drawn:
                     said.add(vid)
-                    path = self.g.module(reader.module).path if reader.module is not None else ""
-                    out.append((vid, f"to {path or '<root>'}" if reader.module is not None else "to the caller"))
+                    drawn.add(key)
+                    out.append((vid, title))
         return out
 
     def _wants_source(self, vid: str, consumer: str) -> bool:

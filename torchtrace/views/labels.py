@@ -68,7 +68,7 @@ def range_name(names: Sequence[str]) -> str:
     said = [_compress(r) or r[0] for r in runs]
     if len(said) <= 3:
         return ", ".join(said)
-    return f"{said[0]} (+{len(names) - len(runs[0])} more)"
+    return f"{said[0]} (+{len(runs) - 1} more)"  # (more names, or runs of names, after the first)
 
 
 def _compress(names: Sequence[str]) -> Optional[str]:

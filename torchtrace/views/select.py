@@ -99,6 +99,9 @@ class Selection:
                         self._readers.setdefault(src, []).append((n.id, vid))
         return self._readers.get(nid, [])
 
+    def producer(self, vid: str) -> str:
+        return self._producers[vid]
+
     def shows(self, phase: str) -> bool:
         return phase in self._phases
 
