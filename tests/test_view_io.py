@@ -116,3 +116,16 @@ def test_a_focus_on_a_module_called_in_a_loop_draws_one_output_for_the_fold():
     assert len(boxes(g, "out", focus="b", fold=False)) == 5
     from torchtrace.views.labels import range_name
     assert range_name(["bs.0", "bs.0", "o", "bs.1", "bs.1", "o"]) == "bs.0 (+3 more)"  # (runs of names after it)
+
+
+def test_a_focus_draws_no_output_for_a_value_made_outside_it():
+    """(A review.) T5's encoder output is a graph output that the decoder's blocks
+    read: a focus on `decoder.block.0` drew it as an output of its own."""
+    import zoo
+    torch.manual_seed(0)
+    m = zoo.t5()
+    ids = torch.randint(0, 100, (1, 6))
+    with torchtrace.trace(m) as t:
+        m(input_ids=ids, decoder_input_ids=ids)
+    outs = boxes(t.graph, "out", focus="decoder.block.0")
+    assert outs and all(o.split()[1] == "to" for o in outs), outs

@@ -256,10 +256,10 @@ class Assembler:
                 flows.setdefault((self.box_of[self.final(made[0])], box.id), []).append(made[1])
                 continue
             v = origins[0][1] if origins else vid  # (seen through hidden ops: `x.view(-1)` with views hidden)
+            if self.g.value(v).role == "activation":  # (made outside the view: outside the focus, which
+                extra.pop()                           # may read it, `encoder_hidden_states`: no output of its)
+                continue
             if v not in sources:
-                if self.g.value(v).role == "activation":  # (made outside the view: outside the focus)
-                    extra.pop()
-                    continue
                 sources[v] = []  # (an input or parameter returned as it came in: its own box)
             flows.setdefault(("v:" + v, box.id), []).append(v)
         extra[:0] = [self._source_box(vid, consumers) for vid, consumers in sources.items()]
