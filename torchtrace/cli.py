@@ -244,7 +244,7 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
     title = f"{len(vs)} variant{'s' * (len(vs) != 1)} in {len(records)} pass{'es' * (len(records) != 1)} of " \
         f"{escape(str(store))}"
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-    for col in ("variant", "structure", "passes", "pass range", "steps", "shape variants"):
+    for col in ("variant", "structure", "passes", "pass range", "steps", "shape/arg variants"):
         table.add_column(col, justify="right" if col in ("variant", "passes") else "left")
     for v in vs:
         idx = [records[i].idx for i in v.indices]
