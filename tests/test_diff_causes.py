@@ -2491,3 +2491,38 @@ def test_two_arms_of_a_flag_whose_reads_pair_up_are_put_down_to_python_state():
         m(x)
     why = torchtrace.diff(ta.graph, tb.graph).why()
     assert len(why) == 1 and why[0].startswith("no tensor read differs before it: decided by Python state"), why
+
+
+class _LossKinds(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 1)
+        self.kind, self.n = "reg", 1
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.l(x)
+        if self.kind == "reg":
+            if self.n == 1:
+                loss = nn.functional.mse_loss(out.squeeze(), y.squeeze())
+            else:
+                loss = nn.functional.mse_loss(out, y)
+        else:
+            loss = nn.functional.cross_entropy(out.view(-1, self.n), y.view(-1))
+        return loss
+
+
+def test_a_flag_s_arm_with_an_if_inside_is_python_state_though_an_input_s_dtype_differs():
+    """(An audit: BERT's problem_type, regression against classification.) The
+    first op only A ran sits in an `if` nested in the flag's arm, an `if` B never
+    reached: the diff said the labels' dtype decided it ("Python saw another
+    shape or dtype"); the `if` around it, on the flag, tests no shape."""
+    torch.manual_seed(0)
+    m, x = _LossKinds(), torch.randn(3, 4)
+    with torchtrace.trace(m) as ta:
+        m(x, torch.tensor([0.5, 1.0, 0.0]))
+    m.kind = "cls"
+    with torchtrace.trace(m) as tb:
+        m(x, torch.tensor([0, 0, 0]))
+    [why] = torchtrace.diff(ta.graph, tb.graph).why()
+    assert why.startswith("no tensor read differs before it: decided by Python state (no `if` around these ops "
+                          "tests a shape); the inputs differ too: input `y` f32[3] \u2192 i64[3]"), why

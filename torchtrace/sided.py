@@ -288,15 +288,17 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
     first = None if p is None else p.a if p.status == "only_a" else p.b
     found = shape_test(first) if first is not None else None
-    if found is None:
-        return None
-    src, (mine, other) = first.source, (A, B) if p.status == "only_a" else (B, A)
-    if other.ran_lines(src.file, src.function, *found.branch):
-        return None  # (the other pass ran that branch too: the `if` went the same way there)
-    called = found.top and first.module is not None and mine.graph.module_path(first.module) in other.calls
-    if not called and not other.ran_lines(src.file, src.function, *found.block, but=found.branch):
-        return None  # (nothing says the other pass ran the `if`: neither its block, nor its module's forward)
-    return f"{os.path.basename(src.file)}:{found.line}" if found.line else ""
+    for _ in range(8):  # (the `if` around it when the other pass did not reach this one: nested arms)
+        if found is None:
+            return None
+        src, (mine, other) = first.source, (A, B) if p.status == "only_a" else (B, A)
+        if other.ran_lines(src.file, src.function, *found.branch):
+            return None  # (the other pass ran that branch too: the `if` went the same way there)
+        called = found.top and first.module is not None and mine.graph.module_path(first.module) in other.calls
+        if called or other.ran_lines(src.file, src.function, *found.block, but=found.branch):
+            return f"{os.path.basename(src.file)}:{found.line}" if found.line else ""
+        found = shape_test(first, found.header) if found.header > 1 and not found.top else None
+    return None  # (nothing says the other pass ran the `if`: neither its block, nor its module's forward)
 
 
 def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:

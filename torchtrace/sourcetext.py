@@ -124,26 +124,29 @@ class ShapeIf(NamedTuple):
     branch: Tuple[int, int]
     block: Tuple[int, int]
     top: bool  # the ``if`` is a statement of its function's own body (not nested in another block)
+    header: int = 0  # the line of the ``if`` (an ``if`` around it is looked for from there)
 
 
-def shape_test(n: "Node") -> Optional[ShapeIf]:
+def shape_test(n: "Node", line: Optional[int] = None) -> Optional[ShapeIf]:
     """The ``if`` around the line of ``n`` (through ``with``/``try`` blocks in its
     branch; for an ``else``, its ``if`` chain) and whether it tests a shape or a
     type: ``x.shape``, ``x.dim()``, ``x.dtype``..., itself or through a name
     assigned from one in its function (``n = x.shape[0]`` ... ``if n < 8:``).
     None when no ``if`` is around it, the file is not readable here, or the line
-    itself decides (``h.relu() if s > 1 else h``)."""
-    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    if lines is None or _TERNARY.search(_code(lines[n.source.line - 1])):
+    itself decides (``h.relu() if s > 1 else h``). ``line``: another line of
+    ``n``'s file to start from (an ``if``'s own, for the one around it)."""
+    line = line if line is not None else n.source.line if n.source is not None else 0
+    lines = _lines(n.source.file, line) if n.source is not None else None
+    if lines is None or _TERNARY.search(_code(lines[line - 1])):
         return None
-    found = _if_test(lines, n.source.line, through=_BLOCKS)
+    found = _if_test(lines, line, through=_BLOCKS)
     if found is None:
         return None
     at, test, lo, hi = found
     shape = _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))
     header = next(_headers_around(lines, at), None)
     top = header is not None and _word(header[1]) == "def"
-    return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at), top)
+    return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at), top, at)
 
 
 def _if_test(lines: List[str], line: int, through: Tuple[str, ...] = ()) -> Optional[Tuple[int, str, int, int]]:
