@@ -2518,11 +2518,12 @@ def test_a_flag_s_arm_with_an_if_inside_is_python_state_though_an_input_s_dtype_
     shape or dtype"); the `if` around it, on the flag, tests no shape."""
     torch.manual_seed(0)
     m, x = _LossKinds(), torch.randn(3, 4)
+    y_reg, y_cls = torch.tensor([0.5, 1.0, 0.0]), torch.tensor([0, 0, 0])
     with torchtrace.trace(m) as ta:
-        m(x, torch.tensor([0.5, 1.0, 0.0]))
+        m(x, y_reg)
     m.kind = "cls"
     with torchtrace.trace(m) as tb:
-        m(x, torch.tensor([0, 0, 0]))
+        m(x, y_cls)
     [why] = torchtrace.diff(ta.graph, tb.graph).why()
     assert why.startswith("no tensor read differs before it: decided by Python state (no `if` around these ops "
                           "tests a shape); the inputs differ too: input `y` f32[3] \u2192 i64[3]"), why
