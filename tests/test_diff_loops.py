@@ -973,3 +973,44 @@ def test_a_hunk_with_an_iteration_more_of_an_outer_loop_names_that_loop():
     outer, inner = (f"`for` at `test_diff_loops.py:{line_of(k)}`" for k in ("outer_for", "ponder_for"))
     assert whys == [f"{outer} ran 3\u00d7 in A, 4\u00d7 in B", f"{inner} ran 1\u00d7 in A, 3\u00d7 in B",
                     f"{inner} ran 1\u00d7 in A, 3\u00d7 in B"], whys
+
+
+class _Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        for _ in range(k):
+            x = torch.relu(self.l(x))  # LINE:inner_body
+        return x
+
+
+class _Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Inner()
+        self.o = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, n: int, k: int) -> torch.Tensor:
+        for _ in range(n):  # LINE:outer_loop
+            x = self.o(self.inner(x, k))
+        return x
+
+
+def test_an_outer_loop_s_extra_iteration_is_named_by_its_own_loop():
+    """(A review.) An extra iteration of a loop whose body starts in a submodule
+    (which loops itself) was "the block at `m.py:6` (11 ops) ran 2x in A, 3x in
+    B": the inner loop's line with the outer loop's count."""
+    torch.manual_seed(0)
+    m, x = _Outer(), torch.randn(2, 4)
+
+    def run(n: int, k: int) -> Graph:
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x, n, k)
+        return t.graph
+    [why] = torchtrace.diff(run(2, 3), run(3, 3)).why()
+    assert why.startswith(f"`for` at `test_diff_loops.py:{line_of('outer_loop')}` ran 2\u00d7 in A, 3\u00d7 in B"), why
+    whys = torchtrace.diff(run(2, 3), run(2, 4)).why()
+    assert whys[0].startswith(f"the block at `test_diff_loops.py:{line_of('inner_body')}` (3 ops) ran 3\u00d7 in A, "
+                              "4\u00d7 in B"), whys

@@ -18,12 +18,13 @@ from __future__ import annotations
 import bisect
 import linecache
 from collections import Counter
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .align import Pair
 from .blockcalls import block_counts, call_scope, calls_under, one_call
 from .side import Loop, Side, Sig
-from .sourceloops import can_leave, exits_loop, first_test_reads_nothing, in_loop, keyword_at, while_end
+from .sourceloops import can_leave, exits_loop, first_test_reads_nothing, in_loop, keyword_at, loop_span, while_end
 from .loopchange import BRANCHES, LoopChange
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -193,6 +194,8 @@ class LoopFinder:
         header = _while_read_by(X.nodes[xs[0]:xs[0] + unit_len])
         src, keyword = (header, "while") if header is not None else (src, None)
         calls = one_call(X, scope, xs[0], unit_len)
+        if header is None and calls is None:
+            src, keyword = _scope_loop(X, scope, X.nodes[xs[0]:xs[0] + unit_len]) or (src, None)
         if calls is not None:
             cx, cy, calls = block_counts(X, Y, scope, calls, cx, cy)
         a, b = (cx, cy) if X is self.A else (cy, cx)
@@ -281,6 +284,23 @@ class LoopFinder:
                     t += 1
             self._cache[key] = count
         return self._cache[key]
+
+
+def _scope_loop(side: Side, scope: Optional[Tuple[str, int]], unit: Sequence["Node"]
+                ) -> Optional[Tuple["Source", str]]:
+    """The loop of the module call ``scope`` whose iteration ``unit`` is, when its
+    first op is another module's (an inner module's loop would be named: the block
+    at its line, counted by the outer loop): the ``for``/``while`` around the first
+    op at a line of the scope module's own code."""
+    if scope is None:
+        return None
+    kind = next((m.type for m in side.graph.modules if (m.path, m.call) == scope), None)
+    own = next((n.source for n in unit if n.source is not None and kind is not None
+                and n.source.function.startswith(f"{kind}.")), None)
+    span = loop_span(own.file, own.line) if own is not None else None
+    if span is None or unit[0].source == own:
+        return None
+    return replace(own, line=span[0]), span[2]
 
 
 def _while_read_by(unit: Sequence["Node"]) -> Optional["Source"]:
