@@ -1741,14 +1741,19 @@ def test_grad_scaler_s_unscaling_is_optimizer_phase_and_its_loss_scaling_forward
         loss = m(x).pow(2).mean()
         scaler.scale(loss).backward()  # LINE:scale
         scaler.unscale_(opt)  # LINE:unscale
-        scaler.step(opt)
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)  # LINE:scaler_clip
+        scaler.step(opt)  # LINE:scaler_step
         scaler.update()
     g = t.graph
+
     def at(marker: str) -> list:
         return [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, marker)]
     unscale = [n for n in at("unscale") if n.short_op in ("reciprocal", "full")]
     assert len(unscale) == 2 and {n.phase for n in unscale} == {"optimizer"}
     assert [n.short_op for n in at("scale") if n.phase == "forward"][-1] == "mul.Tensor"
+    # (a review: the scaler's branch came before the one that follows the gradients it unscaled)
+    assert at("scaler_clip") and {n.phase for n in at("scaler_clip")} == {"optimizer"}
+    assert {n.phase for n in at("scaler_step") if n.witness is not None} == {"optimizer"}
 
 
 def test_a_gradient_penalty_stays_forward():

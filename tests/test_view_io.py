@@ -129,3 +129,33 @@ def test_a_focus_draws_no_output_for_a_value_made_outside_it():
         m(input_ids=ids, decoder_input_ids=ids)
     outs = boxes(t.graph, "out", focus="decoder.block.0")
     assert outs and all(o.split()[1] == "to" for o in outs), outs
+
+
+class _Split(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor):
+        a, b = self.lin(x).chunk(2, -1)
+        return a, b
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = _Split()
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.enc(x)
+        return self.head(a).sum() * self.head(b).sum()
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_a_focus_draws_each_value_that_leaves_it(depth):
+    """(A review of the one-output-per-fold rule.) Two results of one box, both
+    read by `head`, drew one output."""
+    torch.manual_seed(0)
+    g = traced(_TwoHeads(), torch.randn(2, 4))
+    assert [o.split()[1:3] for o in boxes(g, "out", focus="enc", depth=depth)] == [["to", "head"]] * 2

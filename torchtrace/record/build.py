@@ -254,11 +254,12 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                 phase = "optimizer"  # Optimizer.step's and zero_grad's own markers: their phase
         elif stepping_in_backward and ph == BACKWARD:
             phase = "optimizer"
-        elif (zeroing or scaler_step(ev[E_ICODE])) and ph == 0:
-            phase = "optimizer"  # (zero_grad(set_to_none=False)'s zero_ of each .grad; GradScaler.unscale_'s prep)
+        elif zeroing and ph == 0:
+            phase = "optimizer"  # (zero_grad(set_to_none=False)'s zero_ of each .grad)
         elif ph == 0 and module is None and in_optimizer and closure.is_loss(ev, from_grads):
             pass  # (the loss a closure computes from the model's output inside step: forward)
-        elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])):
+        elif ph == 0 and module is None and (in_optimizer or from_grads and not from_grads.isdisjoint(ev[E_INS])
+                                             or scaler_step(ev[E_ICODE])):  # (GradScaler.unscale_'s inverse scale)
             phase = "optimizer"  # (a closure's model call inside step: forward)
             closure.stepped.update(ev[E_OUTS])
             ins = [v for v in ev[E_INS] if v >= 0]

@@ -287,11 +287,12 @@ class Assembler:
             out = [(vid, None) for vid in self.g.outputs]
         if self.sel.focus_calls:
             said = {vid for vid, _ in out}
-            drawn = set()  # (box, title): one output per box and reader (a folded call's iterations: one)
+            drawn = set()  # (the op drawn, which output): a folded call's iterations make one output box
             for vid, reader in self.sel.leaving():
                 path = self.g.module(reader.module).path if reader.module is not None else ""
                 title = f"to {path or '<root>'}" if reader.module is not None else "to the caller"
-                key = (self.box_of[self.final(self.sel.producer(vid))], title)
+                made = self.sel.producer(vid)
+                key = (self.final(made), self.g.node(made).outputs.index(vid))
                 if vid not in said and key not in drawn:
                     said.add(vid)
                     drawn.add(key)
