@@ -2527,3 +2527,54 @@ def test_a_flag_s_arm_with_an_if_inside_is_python_state_though_an_input_s_dtype_
     [why] = torchtrace.diff(ta.graph, tb.graph).why()
     assert why.startswith("no tensor read differs before it: decided by Python state (no `if` around these ops "
                           "tests a shape); the inputs differ too: input `y` f32[3] \u2192 i64[3]"), why
+
+
+_SKIPPED_LIB = '''
+import torch, torch.nn as nn
+
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.sum() > 0:
+            h = self.b(h).relu()
+        return h.mean()
+'''
+
+
+def _train_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)  # LINE:lib_train
+
+
+def _eval_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)  # LINE:lib_eval
+
+
+def test_a_skipped_library_s_read_named_by_two_callers_lines_is_still_the_cause(tmp_path, monkeypatch):
+    """(A review of the rule that reads at two lines are two statements.) A read in
+    a library the trace skips is named by the user's line that called it: a
+    training and an evaluation step give two lines for one read, which must stay
+    the cause."""
+    import importlib
+    (tmp_path / "skippedlib").mkdir()
+    (tmp_path / "skippedlib" / "__init__.py").write_text("")
+    (tmp_path / "skippedlib" / "m.py").write_text(_SKIPPED_LIB)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.manual_seed(0)
+    model = importlib.import_module("skippedlib.m").M()
+    x1, x2 = torch.full((2, 4), 1.0), torch.full((2, 4), -1.0)
+    graphs = []
+    for step, x in ((_train_step, x1), (_eval_step, x2)):
+        with torchtrace.trace(model, skip=["skippedlib/"]) as t:
+            step(model, x)
+        graphs.append(t.graph)
+    reads = [n.witness.value for g in graphs for n in g.nodes if n.witness is not None]
+    assert len(reads) == 2 and reads[0] != reads[1]
+    [why] = torchtrace.diff(*graphs).why()
+    a, b = (f"`test_diff_causes.py:{line_of(k)}`" for k in ("lib_train", "lib_eval"))
+    assert why.startswith(f"{a} read {reads[0]} in A, {b} read {reads[1]} in B \u2192"), why

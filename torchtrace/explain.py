@@ -30,6 +30,7 @@ Rules (DESIGN.md, "diff"):
 from __future__ import annotations
 
 import bisect
+import linecache
 import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -407,4 +408,11 @@ def _numbers_changed(a: Any, b: Any) -> List[Tuple[Any, Any]]:
 
 
 def _same_line(a: "Node", b: "Node") -> bool:
-    return a.source is None or b.source is None or (a.source.file, a.source.line) == (b.source.file, b.source.line)
+    """Are reads ``a`` and ``b``, aligned, one read: at one line, or at lines of two
+    functions (a skipped library's read, named by the two callers' lines), or of one
+    text? Not two statements of one function (two arms of an `if`, each reading)."""
+    sa, sb = a.source, b.source
+    if sa is None or sb is None or (sa.file, sa.line) == (sb.file, sb.line) or sa.function != sb.function:
+        return True
+    text = linecache.getline(sa.file, sa.line).strip()
+    return bool(text) and text == linecache.getline(sb.file, sb.line).strip()
