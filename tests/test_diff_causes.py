@@ -2578,3 +2578,31 @@ def test_a_skipped_library_s_read_named_by_two_callers_lines_is_still_the_cause(
     [why] = torchtrace.diff(*graphs).why()
     a, b = (f"`test_diff_causes.py:{line_of(k)}`" for k in ("lib_train", "lib_eval"))
     assert why.startswith(f"{a} read {reads[0]} in A, {b} read {reads[1]} in B \u2192"), why
+
+
+class _ShapeThenFlag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, flag: bool) -> torch.Tensor:
+        h = self.a(x)
+        if x.shape[-1] == 4:  # LINE:outer_shape_if
+            if flag:
+                h = self.b(h)
+        return h.sum()
+
+
+def test_an_outer_if_on_a_shape_that_went_the_same_way_is_not_named():
+    """(A review of the walk to the `if` around a nested one.) The outer `if` tests
+    a shape and went the same way in both passes (B ran no op inside it): it was
+    named ("the `if` at m.py:7 tests a shape"), where the inner flag decided."""
+    torch.manual_seed(0)
+    m, xa, xb = _ShapeThenFlag(), torch.randn(2, 4), torch.randn(3, 4)
+    with torchtrace.trace(m) as ta:
+        m(xa, True)
+    with torchtrace.trace(m) as tb:
+        m(xb, False)
+    [why] = torchtrace.diff(ta.graph, tb.graph).why()
+    assert f"test_diff_causes.py:{line_of('outer_shape_if')}" not in why and "tests a shape" not in why, why

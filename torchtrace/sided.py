@@ -15,6 +15,7 @@ from .side import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
 from .ir import Graph, ModuleCall, Node
+from .sourceloops import if_statement_end
 from .sourcetext import call_guard, decided_by_a_flag, shape_test, tests_training
 from .typechange import TypeChange
 
@@ -288,14 +289,16 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
     first = None if p is None else p.a if p.status == "only_a" else p.b
     found = shape_test(first) if first is not None else None
-    for _ in range(8):  # (the `if` around it when the other pass did not reach this one: nested arms)
+    for level in range(8):  # (the `if` around it when the other pass did not reach this one: nested arms)
         if found is None:
             return None
         src, (mine, other) = first.source, (A, B) if p.status == "only_a" else (B, A)
         if other.ran_lines(src.file, src.function, *found.branch):
             return None  # (the other pass ran that branch too: the `if` went the same way there)
         called = found.top and first.module is not None and mine.graph.module_path(first.module) in other.calls
-        if called or other.ran_lines(src.file, src.function, *found.block, but=found.branch):
+        # (an `if` around the first one: only when the other pass ran another arm of it, its `elif`/`else`)
+        where = found.block if not level else (found.header, if_statement_end(src.file, found.header))
+        if (called and not level) or other.ran_lines(src.file, src.function, *where, but=found.branch):
             return f"{os.path.basename(src.file)}:{found.line}" if found.line else ""
         found = shape_test(first, found.header) if found.header > 1 and not found.top else None
     return None  # (nothing says the other pass ran the `if`: neither its block, nor its module's forward)

@@ -251,3 +251,22 @@ def keyword_at(file: str, line: int) -> Optional[str]:
     text = linecache.getline(file, line).strip()
     word = text.split(" ", 1)[0].rstrip(":") if text else ""
     return word if word in ("while", "for", "if", "elif", "assert") else None
+
+
+def if_statement_end(file: str, header: int) -> int:
+    """The last line of the ``if`` statement at ``header``, its ``elif``/``else``
+    arms included; ``header`` when the file is not readable here."""
+    lines = _lines(file, header)
+    if lines is None:
+        return header
+    indent, end = len(lines[header - 1]) - len(lines[header - 1].lstrip()), _last_of_block(lines, header)
+    k = end
+    while k < len(lines):
+        text = lines[k]
+        if not text.strip() or text.lstrip().startswith("#"):
+            k += 1
+            continue
+        if len(text) - len(text.lstrip()) != indent or _word(text) not in ("elif", "else"):
+            break
+        end = k = _last_of_block(lines, k + 1)
+    return end
