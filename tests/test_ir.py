@@ -398,3 +398,49 @@ def test_writing_to_dev_stdout_writes_the_callers_stream(graph, tmp_path):
     with pytest.raises(WriteError):
         atomic_write(tmp_path / "a", b"x")
     assert (tmp_path / "a").is_symlink()
+
+
+def test_a_hand_built_graph_whose_module_calls_form_a_cycle_is_refused_by_render():
+    """(An audit.) `Graph(...)` is not validated; rendering one whose module calls
+    are each other's parent looped for good, taking memory without bound."""
+    import subprocess
+    import sys
+    code = ("import torchtrace as tt\nfrom torchtrace.ir import Node, ModuleCall\n"
+            "g = tt.Graph(modules=(ModuleCall('m0', '', 'M', 0, 'm1'), ModuleCall('m1', 'a', 'M', 0, 'm0')),\n"
+            "             nodes=(Node(id='n0', op='aten.add.Tensor', module='m1'),))\n"
+            "try:\n    tt.render(g, 'text')\nexcept tt.errors.IRError as e:\n    print('refused:', e.problem)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.startswith("refused: module call before its parent"), res.stderr
+
+
+def test_non_finite_numbers_from_another_json_writer_load_as_the_ir_writes_them(graph, tmp_path):
+    """(An audit.) Python's json writes NaN and Infinity, which load read as floats
+    and save (orjson) then wrote as null: a round trip lost them. They load as the
+    strings the recorder writes ("nan", "inf"); a value JSON cannot hold is refused
+    by save with an IRError (a bare TypeError before)."""
+    d = graph.to_dict()
+    d["nodes"][0]["args"] = {"a": float("nan"), "b": float("-inf")}
+    (tmp_path / "nan.json").write_text(json.dumps(d))
+    g = torchtrace.load(tmp_path / "nan.json")
+    torchtrace.save(g, tmp_path / "again.json")
+    assert g.nodes[0].args == torchtrace.load(tmp_path / "again.json").nodes[0].args == {"a": "nan", "b": "-inf"}
+    d["nodes"][0]["args"] = {"t": b"ab"}
+    with pytest.raises(torchtrace.errors.IRError, match="a value JSON cannot hold"):
+        torchtrace.save(torchtrace.Graph.from_dict(d), tmp_path / "b.json")
+
+
+def test_save_refuses_a_read_only_file_as_open_would(graph, tmp_path, monkeypatch):
+    """(An audit.) The atomic write renames a temporary file over the target, which
+    a read-only file does not stop: its content was replaced where `open(path, "w")`
+    is refused. (The test runs as root, whom no mode stops: the check asks
+    `os.access`, as open() would, and this test makes it say no.)"""
+    from torchtrace import filewrite
+    target = tmp_path / "ro.json"
+    target.write_text("PRECIOUS")
+    target.chmod(0o444)
+    real = os.access
+    monkeypatch.setattr(filewrite.os, "access", lambda p, mode: False if Path(p) == target else real(p, mode))
+    with pytest.raises(torchtrace.errors.WriteError, match="read-only"):
+        torchtrace.save(graph, target)
+    assert target.read_text() == "PRECIOUS"
+    torchtrace.save(graph, tmp_path / "other.json")  # (a writable path is written)

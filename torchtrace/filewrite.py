@@ -58,6 +58,8 @@ def _write(target: Path, data: bytes) -> None:
         except OSError as e:
             raise WriteError.of(target, e) from None
         return
+    if target.exists() and not os.access(target, os.W_OK):  # (the rename below would pass over it)
+        raise WriteError.of(target, PermissionError(errno.EACCES, "the file is read-only", str(target)))
     if ".." in target.parts:  # (mkstemp names its file by abspath, which takes `link/..` as the link's folder)
         target.parent.mkdir(parents=True, exist_ok=True)
         target = Path(os.path.realpath(target.parent)) / target.name

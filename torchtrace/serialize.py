@@ -264,6 +264,9 @@ def symbolic_value(x: Any) -> Any:
         return -1 if kind == "SymInt" else None
 
 
+_NON_FINITE = {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}  # (JSON has none: the IR writes strings)
+
+
 def save(graph: Graph, path: PathLike) -> Path:
     """Write ``graph`` as JSON (``.json``) or gzipped JSON (``.json.gz``), atomically."""
     if not isinstance(graph, Graph):
@@ -273,7 +276,13 @@ def save(graph: Graph, path: PathLike) -> Path:
         raise UsageError("cannot save to this", expected="a file path (str or pathlib.Path)", found=repr(path),
                          fix="pass e.g. 'graph.json' or 'graph.json.gz'")
     target = Path(path)
-    atomic_write(path, encode(graph, gz=target.name.endswith(".gz")))  # (the path as given: `"out/"` names a folder)
+    try:
+        raw = encode(graph, gz=target.name.endswith(".gz"))
+    except (TypeError, ValueError) as e:  # (a hand-built graph holding what JSON cannot: bytes, a set, NaN)
+        raise IRError("the graph holds a value JSON cannot hold", expected="JSON values in args and meta "
+                      "(numbers, strings, lists, dicts; non-finite numbers as the strings 'nan', 'inf')",
+                      found=str(e), fix="replace that value in the graph (Graph.from_dict of its to_dict())") from None
+    atomic_write(path, raw)  # (the path as given: `"out/"` names a folder)
     return target
 
 
@@ -291,7 +300,7 @@ def decode(raw: bytes, where: str) -> Graph:
                           found=str(e), fix="re-export the graph; the file was cut short or damaged") from None
     try:
         text = raw.decode("utf-8")
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_NON_FINITE.__getitem__)  # (`NaN` from another writer: as ours)
     except UnicodeDecodeError as e:
         raise IRError("not UTF-8 text", where=where, expected="a JSON file (UTF-8)",
                       found=f"undecodable byte at offset {e.start}",

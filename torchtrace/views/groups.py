@@ -53,6 +53,8 @@ def build_groups(sel: Selection) -> Group:
     def get(mid: str, phase: str) -> Group:
         chain = []  # the calls up to the first with a group (a loop: files may nest ~1,000 deep)
         while group_key(mid, phase) not in groups:
+            if mid in chain:  # (a hand-built Graph never validated: validate() says where)
+                g.validate()
             chain.append(mid)
             parent = g.module(mid).parent
             if parent is None or mid in stop:
