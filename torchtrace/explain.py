@@ -30,7 +30,6 @@ Rules (DESIGN.md, "diff"):
 from __future__ import annotations
 
 import bisect
-import linecache
 import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -39,13 +38,13 @@ from .align import Pair
 from .side import Side, Sig
 from .loopchange import BRANCHES, TIMES, LoopChange
 from .loops import LoopFinder
-from .readchange import WitnessChange, decisive, read_str
+from .readchange import WitnessChange, decisive, read_str, same_read
 from .sourceloops import ended_by, feeds_loop
 from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Node
+    from .ir import Graph
 
 ARROW = "\u2192"
 __all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "decisive", "plural",
@@ -69,7 +68,7 @@ class Causes:
         self.differing: List[int] = [  # (a read paired with one at another line is another statement: no cause)
             e for e, (i, j) in enumerate(pairs)
             if i is not None and j is not None and A.wkeys[i] is not None and B.wkeys[j] is not None
-            and A.wkeys[i] != B.wkeys[j] and _same_line(A.nodes[i], B.nodes[j])]
+            and A.wkeys[i] != B.wkeys[j] and same_read(A.nodes[i], B.nodes[j])]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness) and not kept_aside(A.nodes[pairs[e][0]])]
         # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside
@@ -405,14 +404,3 @@ def _numbers_changed(a: Any, b: Any) -> List[Tuple[Any, Any]]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
         return [pair for x, y in zip(a, b) for pair in _numbers_changed(x, y)]
     return []
-
-
-def _same_line(a: "Node", b: "Node") -> bool:
-    """Are reads ``a`` and ``b``, aligned, one read: at one line, or at lines of two
-    functions (a skipped library's read, named by the two callers' lines), or of one
-    text? Not two statements of one function (two arms of an `if`, each reading)."""
-    sa, sb = a.source, b.source
-    if sa is None or sb is None or (sa.file, sa.line) == (sb.file, sb.line) or sa.function != sb.function:
-        return True
-    text = linecache.getline(sa.file, sa.line).strip()
-    return bool(text) and text == linecache.getline(sb.file, sb.line).strip()

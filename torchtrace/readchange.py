@@ -3,13 +3,14 @@ is said: "`model.py:42` read True in A, False in B", with the call site of a
 helper, the call of a module called several times, and the hedges of a guess."""
 from __future__ import annotations
 
+import linecache
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from .textform import ordinal, shape_str, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Witness
+    from .ir import Node, Witness
 
 
 def read_str(w: "Witness") -> str:
@@ -111,3 +112,14 @@ def decisive(w: "Witness") -> bool:
     if w.shape is not None or not isinstance(w.value, float):
         return True
     return w.value.is_integer()
+
+
+def same_read(a: "Node", b: "Node") -> bool:
+    """Are reads ``a`` and ``b``, aligned, one read: at one line, or at lines of two
+    functions (a skipped library's read, named by the two callers' lines), or of one
+    text? Not two statements of one function (two arms of an `if`, each reading)."""
+    sa, sb = a.source, b.source
+    if sa is None or sb is None or (sa.file, sa.line) == (sb.file, sb.line) or sa.function != sb.function:
+        return True
+    text = linecache.getline(sa.file, sa.line).strip()
+    return bool(text) and text == linecache.getline(sb.file, sb.line).strip()
