@@ -291,3 +291,13 @@ def test_collapsed_hunks_name_their_ops(structural):
         side = "a" if "only in A" in b.title else "b"
         names = {getattr(p, side).short_op for p in structural.ops if p.status == f"only_{side}"}
         assert set(b.lines[0].split(", ")) <= names, (b.lines[0], names)
+
+
+def test_a_markdown_diff_whose_diagram_cannot_fit_keeps_its_text(structural):
+    """(An audit.) The markdown form raised when its Mermaid diagram could not fit
+    (max_chars), losing the explanation with it; `diagram=` took any value."""
+    md = render_diff(structural, "markdown", max_chars=500)
+    assert "**Why**" in md and "```mermaid" not in md and "_(no diagram: the diff does not fit" in md
+    assert "```mermaid" in render_diff(structural, "markdown")
+    with pytest.raises(UsageError, match="diagram takes True or False"):
+        render_diff(structural, "markdown", diagram="no")

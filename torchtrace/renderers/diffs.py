@@ -83,6 +83,9 @@ def render_diff(diff: "GraphDiff", fmt: str = "text", **opts: Any) -> Union[str,
 
 def render_markdown(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, max_changed: int = 8,
                     diagram: bool = True, **opts: Any) -> str:
+    if not isinstance(diagram, bool):
+        raise UsageError("diagram takes True or False", expected="a bool (draw the Mermaid diagram or not)",
+                         found=repr(diagram), fix="pass diagram=False to leave the diagram out")
     out = [f"**torchtrace diff**: {diff.summary()}", ""]
     out.append(f"- A: {markdown_text(label(diff.a))}")
     out.append(f"- B: {markdown_text(label(diff.b))}")
@@ -101,7 +104,12 @@ def render_markdown(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, m
             fence += "`"
         out += ["", fence + "diff", text, fence]
         if diagram:
-            out += ["", "```mermaid", render_mermaid(diff, context=context, **opts).rstrip("\n"), "```"]
+            try:
+                drawn = render_mermaid(diff, context=context, **opts).rstrip("\n")
+            except RenderError as e:  # (too big for one diagram: the text above still says it all)
+                out += ["", f"_(no diagram: {markdown_text(e.problem)}; {markdown_text(e.found or '')})_"]
+            else:
+                out += ["", "```mermaid", drawn, "```"]
     return "\n".join(out) + "\n"
 
 
