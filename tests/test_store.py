@@ -2031,3 +2031,23 @@ def test_an_embedding_table_indexed_for_the_next_batch_stays_data_loading(tmp_pa
             opt.step()
     with Store(tmp_path / "t.db", readonly=True) as st:
         assert len({p.structure_fp for p in st.passes()}) == 1
+
+
+def test_a_step_that_is_no_integer_and_an_unknown_call_id_are_refused(tmp_path):
+    """(An audit.) `rec.step(True)` was step 1 (where `every=True` is refused), and
+    `Graph.calls_under("m99")` answered {"m99"} where every other lookup raises."""
+    from torchtrace.errors import NotInGraphError, UsageError
+
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        for bad in (True, "a", 1.5, 2 ** 70):
+            with pytest.raises(UsageError, match="bad step"):
+                rec.step(bad)
+        rec.step(3)
+        m(torch.ones(1, 2))
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        g = st.graph(0)
+        assert [p.step for p in st.passes()] == [3]
+    assert g.calls_under("m0") == {"m0"}
+    with pytest.raises(NotInGraphError, match="no such id in modules"):
+        g.calls_under("m99")

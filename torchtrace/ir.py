@@ -265,7 +265,7 @@ class Graph:
 
     def calls_under(self, mid: str) -> Set[str]:
         """The ids of module call ``mid`` and of every call inside it."""
-        out = {mid}
+        out = {self.module(mid).id}  # (an unknown id: NotInGraphError, as the other lookups)
         for m in self.modules:  # (parents come before their children)
             if m.parent in out:
                 out.add(m.id)

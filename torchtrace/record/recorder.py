@@ -160,8 +160,8 @@ class Recorder(Watcher):
         if self._outer is not None:
             return self._outer.step(n)
         try:
-            step = operator.index(n)  # an int, a NumPy integer, a 0-dim integer tensor
-        except TypeError:
+            step = operator.index(n) if not isinstance(n, bool) else None  # an int, a NumPy integer, a 0-dim
+        except TypeError:                                                  # integer tensor; not a bool
             step = None
         if step is None or not fits_int64(step):  # (the store keeps 64-bit integers)
             raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
