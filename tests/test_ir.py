@@ -444,3 +444,12 @@ def test_save_refuses_a_read_only_file_as_open_would(graph, tmp_path, monkeypatc
         torchtrace.save(graph, target)
     assert target.read_text() == "PRECIOUS"
     torchtrace.save(graph, tmp_path / "other.json")  # (a writable path is written)
+
+
+@pytest.mark.parametrize("field, value", [("meta", 3), ("nodes", [1]), ("outputs", ("v0", 3)), ("autograd", None),
+                                          ("values", "v0")])
+def test_a_hand_built_graph_with_a_field_of_another_kind_says_which(field, value):
+    """(An audit.) `Graph(meta=3)` and `Graph(nodes=[1])` raised bare
+    AttributeErrors from deep inside (the fingerprint)."""
+    with pytest.raises(torchtrace.errors.UsageError, match=rf"Graph\({field}=\.\.\.\) holds something else"):
+        torchtrace.Graph(**{field: value})

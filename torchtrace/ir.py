@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 
-from .errors import IRError, NotInGraphError
+from .errors import IRError, NotInGraphError, UsageError
 
 FORMAT = "torchtrace.graph"
 VERSION: Tuple[int, int] = (1, 2)
@@ -181,6 +181,12 @@ class Autograd:
     no_grad_params: Tuple[str, ...] = ()
 
 
+_FIELDS = (("meta", None), ("modules", ModuleCall), ("values", Value), ("nodes", Node), ("outputs", str),
+           ("autograd", None))
+_EXPECTED = {"meta": "a dict", "modules": "a tuple of ModuleCall", "values": "a tuple of Value",
+             "nodes": "a tuple of Node", "outputs": "a tuple of value ids (str)", "autograd": "an Autograd record"}
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Graph:
     """One recorded pass. ``str(graph)`` is the canonical text form."""
@@ -196,6 +202,14 @@ class Graph:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {})
+        for name, kind in _FIELDS:  # (a hand-built Graph: say which field holds what, not an AttributeError later)
+            got = getattr(self, name)
+            if (not isinstance(got, Autograd) if name == "autograd" else not isinstance(got, Mapping)
+                    if name == "meta" else not isinstance(got, (tuple, list)) or any(not isinstance(x, kind)
+                                                                                     for x in got)):
+                raise UsageError(f"Graph({name}=...) holds something else than it takes",
+                                 expected=_EXPECTED[name], found=repr(got)[:80],
+                                 fix="build graphs with torchtrace.trace, torchtrace.load or Graph.from_dict")
         if not self.fingerprints:
             from .fingerprint import fingerprints
 
