@@ -52,8 +52,6 @@ class LoopFinder:
                 if x is not None and side.wkeys[x] is not None and side.nodes[x].witness.shape is None:
                     first.setdefault(side.sigs[x], (side.loop_keys[x], side, x))
         for sig, (rep, side, x) in first.items():
-            if self._whole_run(sig, side, k0, k1):
-                continue  # (a call of the loop that only one side made: not its count, the caller's loop)
             ended = self._run_ended(sig, side, x, k0)
             if ended is not None:
                 yield ended
@@ -75,20 +73,6 @@ class LoopFinder:
                                        ((self.A, ra + [exit_a] * (exit_a is not None)),
                                         (self.B, rb + [exit_b] * (exit_b is not None))),
                                        self._which_run(sig, exit_a, exit_b))
-
-    def _whole_run(self, sig: Sig, X: Side, k0: int, k1: int) -> bool:
-        """Does the hunk hold, on ``X``'s side only, a whole call of a module
-        with a whole run of the reads at ``sig`` in it (an inner loop of a call
-        that one more iteration of its caller's loop made)?"""
-        col = 0 if X is self.A else 1
-        mine = {p[col] for p in self.pairs[k0:k1] if p[col] is not None and p[1 - col] is None}
-        for first, exit_, _ in self._runs(X, sig):
-            if first in mine and exit_ in mine:
-                mod = X.nodes[first].module
-                if mod is not None and X.nodes[exit_].module == mod and \
-                        all(k in mine for k, n in enumerate(X.nodes) if n.module == mod):
-                    return True
-        return False
 
     def _run_ended(self, sig: Sig, X: Side, x: int, k0: int) -> Optional[Tuple["WitnessChange", LoopChange]]:
         """When the hunk's first read at ``sig`` is the exit read of a run on its

@@ -207,7 +207,7 @@ def _constants_before(stmts: List[ast.stmt]) -> Dict[str, Any]:
     for s in stmts:
         const = s.value if isinstance(s, (ast.Assign, ast.AnnAssign)) and isinstance(s.value, ast.Constant) else None
         targets = s.targets if isinstance(s, ast.Assign) else [s.target] if isinstance(s, ast.AnnAssign) else []
-        for n in (t for node in [s] for t in ast.walk(node)):
+        for n in ast.walk(s):
             if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
                 known[n.id] = _UNKNOWN  # (assigned otherwise, or in a block: not known)
         if const is not None and all(isinstance(t, ast.Name) for t in targets):
