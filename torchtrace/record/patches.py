@@ -54,24 +54,18 @@ def sync_python_keys() -> None:
         _C._dispatch_tls_set_dispatch_key_included(k, on)
 
 
-class ClassPatch:
-    """``owner.name`` set to ``make(the attribute it replaces)`` while held at
-    least once (``make`` returns None: nothing to patch)."""
+class Held:
+    """Something put in place while held at least once, counted under a lock:
+    ``_put()`` at the first hold (False: nothing to put), ``_take()`` at the last release."""
 
-    def __init__(self, owner: type, name: str, make: Callable[[Any], Optional[Any]]) -> None:
-        self.owner, self.name, self.make = owner, name, make
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._orig: Any = _MISSING  # what owner.__dict__ held (_MISSING: inherited or absent)
 
     def acquire(self) -> bool:
         with self._lock:
-            if self._users == 0:
-                new = self.make(inspect.getattr_static(self.owner, self.name, None))
-                if new is None:
-                    return False
-                self._orig = self.owner.__dict__.get(self.name, _MISSING)
-                setattr(self.owner, self.name, new)
+            if self._users == 0 and not self._put():
+                return False
             self._users += 1
             return True
 
@@ -79,10 +73,37 @@ class ClassPatch:
         with self._lock:
             self._users -= 1
             if self._users == 0:
-                if self._orig is _MISSING:
-                    delattr(self.owner, self.name)
-                else:
-                    setattr(self.owner, self.name, self._orig)
+                self._take()
+
+    def _put(self) -> bool:
+        raise NotImplementedError
+
+    def _take(self) -> None:
+        raise NotImplementedError
+
+
+class ClassPatch(Held):
+    """``owner.name`` set to ``make(the attribute it replaces)`` while held at
+    least once (``make`` returns None: nothing to patch)."""
+
+    def __init__(self, owner: type, name: str, make: Callable[[Any], Optional[Any]]) -> None:
+        super().__init__()
+        self.owner, self.name, self.make = owner, name, make
+        self._orig: Any = _MISSING  # what owner.__dict__ held (_MISSING: inherited or absent)
+
+    def _put(self) -> bool:
+        new = self.make(inspect.getattr_static(self.owner, self.name, None))
+        if new is None:
+            return False
+        self._orig = self.owner.__dict__.get(self.name, _MISSING)
+        setattr(self.owner, self.name, new)
+        return True
+
+    def _take(self) -> None:
+        if self._orig is _MISSING:
+            delattr(self.owner, self.name)
+        else:
+            setattr(self.owner, self.name, self._orig)
 
 
 def _synced_exit(orig: Any) -> Optional[Callable[..., Any]]:
@@ -134,32 +155,25 @@ PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _sync
            ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps))
 
 
-class QuietWarning:
+class QuietWarning(Held):
     """A ``warnings`` filter that ignores ``message`` (a regex) while held at least once."""
 
     def __init__(self, message: str, category: type) -> None:
+        super().__init__()
         self.message, self.category = message, category
-        self._lock = threading.Lock()
-        self._users = 0
         self._filter: Any = None
 
-    def acquire(self) -> bool:
-        with self._lock:
-            if self._users == 0:  # (put in place, not by filterwarnings(): that resets every "once" memory)
-                self._filter = ("ignore", re.compile(self.message, re.I), self.category, None, 0)
-                warnings.filters.insert(0, self._filter)
-            self._users += 1
-            return True
+    def _put(self) -> bool:  # (in place, not by filterwarnings(): that resets every "once" memory)
+        self._filter = ("ignore", re.compile(self.message, re.I), self.category, None, 0)
+        warnings.filters.insert(0, self._filter)
+        return True
 
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0:
-                for k, f in enumerate(warnings.filters):
-                    if f is self._filter:  # (the script may have put filters in front of ours since)
-                        del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
-                        break
-                self._filter = None
+    def _take(self) -> None:
+        for k, f in enumerate(warnings.filters):
+            if f is self._filter:  # (the script may have put filters in front of ours since)
+                del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
+                break
+        self._filter = None
 
 
 HOOKED_COMPILE = QuietWarning(r"Using `torch\.compile\(module\)` when there are global hooks", UserWarning)
@@ -169,7 +183,7 @@ class Patches:
     """One capture's hold on :data:`PATCHES`, from start() to stop()."""
 
     def __init__(self) -> None:
-        self.held: List[Any] = []
+        self.held: List[Held] = []
 
     def start(self) -> None:
         if not self.held:
