@@ -1079,6 +1079,18 @@ class _StaleViews(nn.Module):
         return flat.sum(), y.sum(), kc[:3].sum()
 
 
+def _ancestors(g, v: str) -> set:
+    """The ids of the ops value ``v`` was computed from, through the dataflow."""
+    made = {o: n for n in g.nodes for o in n.outputs}
+    seen, todo = set(), [v]
+    while todo:
+        n = made.get(todo.pop())
+        if n is not None and n.id not in seen:
+            seen.add(n.id)
+            todo.extend(n.inputs)
+    return seen
+
+
 def test_a_read_through_an_alias_a_write_made_stale_depends_on_the_write():
     """Writes gave new versions to the written tensor and its base only: a read
     through another view of the storage was linked to the value before the write."""
@@ -1088,18 +1100,9 @@ def test_a_read_through_an_alias_a_write_made_stale_depends_on_the_write():
     g = t.graph
     made = {v: n for n in g.nodes for v in n.outputs}
 
-    def ancestors(v: str) -> set:
-        seen, todo = set(), [v]
-        while todo:
-            n = made.get(todo.pop())
-            if n is not None and n.id not in seen:
-                seen.add(n.id)
-                todo.extend(n.inputs)
-        return seen
-
     sums = [n for n in g.nodes if n.short_op == "sum"]
     writes = [next(n.id for n in g.nodes if n.short_op == op) for op in ("relu_", "mul_.Tensor", "copy_")]
-    assert [w in ancestors(s.outputs[0]) for s, w in zip(sums, writes)] == [True, True, True]
+    assert [w in _ancestors(g, s.outputs[0]) for s, w in zip(sums, writes)] == [True, True, True]
     fresh = g.value(sums[0].inputs[0])  # flat after the last write to x's storage (y[0].mul_): a version of flat
     assert made[fresh.version_of].short_op == "view" and made[fresh.id].id == writes[1]
     g.validate()
@@ -1137,26 +1140,17 @@ def test_a_read_through_an_alias_made_before_the_pass_depends_on_the_pass_s_writ
     assert torch.equal(out, torch.full((4,), 3.0)) and torch.equal(r, torch.full((4,), 3.0))
     assert torch.equal(s, lin.weight.sum())
     g = t.graph
-    made = {v: n for n in g.nodes for v in n.outputs}
-
-    def ancestors(v: str) -> set:
-        seen, todo = set(), [v]
-        while todo:
-            n = made.get(todo.pop())
-            if n is not None and n.id not in seen:
-                seen.add(n.id)
-                todo.extend(n.inputs)
-        return seen
 
     def at(marker: str) -> list:
         return [n for n in g.nodes if n.source is not None and n.source.line == zoo.marked_line(__file__, marker)]
     [read_add] = [n for n in at("setup_read") if n.short_op == "add.Tensor"]
     [copy] = [n for n in at("setup_write") if n.short_op == "copy_"]
     [mul] = at("input_write")
-    assert {copy.id, mul.id} <= ancestors(read_add.outputs[0])  # (k's keys after the copy, y after x.mul_)
+    assert {copy.id, mul.id} <= _ancestors(g, read_add.outputs[0])  # (k's keys after the copy, y after x.mul_)
     [row_read], [add] = at("row_read"), at("base_write")
     [weight_read], [weight_write] = at("weight_read"), at("weight_write")
-    assert add.id in ancestors(row_read.outputs[0]) and weight_write.id in ancestors(weight_read.outputs[0])
+    assert add.id in _ancestors(g, row_read.outputs[0])
+    assert weight_write.id in _ancestors(g, weight_read.outputs[0])
     g.validate()
 
 
