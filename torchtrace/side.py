@@ -209,23 +209,11 @@ class Side:
 
     def module_depth(self, nid: str) -> int:
         """How many module calls hold op ``nid``."""
-        mid, depth = self.graph.node(nid).module, 0
-        while mid is not None:
-            mid, depth = self._parents.get(mid), depth + 1
-        return depth
+        return sum(1 for _ in self.graph.calls_around(self.graph.node(nid).module))
 
     def _called_in(self, inner: Optional[str], outer: Optional[str]) -> bool:
         """Is module call ``inner`` made inside module call ``outer`` (None: outside any)?"""
-        if outer is None:
-            return True
-        parents = self._parents
-        while inner is not None and inner != outer:
-            inner = parents.get(inner)
-        return inner is not None
-
-    @cached_property
-    def _parents(self) -> Dict[str, Optional[str]]:
-        return {m.id: m.parent for m in self.graph.modules}
+        return outer is None or any(m.id == outer for m in self.graph.calls_around(inner))
 
     def _went_on(self, i: int, last: int) -> bool:
         """Did the ``while`` whose condition read op ``i`` run its body again? The
