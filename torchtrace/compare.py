@@ -313,6 +313,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     hunks: List[Hunk] = []
     modes = differing_grad_modes(A.graph, B.graph)
     fed = fed_values(A, B, inputs)
+    # (after the last op both passes ran: what a Recorder's last pass ran past its step, the other's next step)
+    end = 1 + max((k for k, p in enumerate(ops) if p.status not in ("only_a", "only_b")), default=-1)
     for kind, k0, k1 in _runs(ops):
         rows = ops[k0:k1]
         recompute = kind == "structural" and recomputed(A, B, rows)
@@ -343,8 +345,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (), shape_if=tested,
                               stopped=stopped(A, B, rows) if k1 == len(ops) or causes.past_end(k0) else None,
-                              last=ran_on(A, B, rows) if _at_end(ops, k1) else None,
-                              short=ended_before(A, B, rows) if _at_end(ops, k1) and (
+                              last=ran_on(A, B, rows) if k1 >= end else None,
+                              short=ended_before(A, B, rows) if k1 >= end and (
                                   witness is None or witness.weak) else None,
                               grads=accumulated(A, B, rows) if ran is None else (), recompute=recompute,
                               ran=ran, trained=mode, read_first=first is not None, fed=fed_by(rows, fed),
@@ -375,12 +377,6 @@ def _one_side(h: Hunk) -> Optional[str]:
     if h.kind != "structural" or bool(h.only_a) == bool(h.only_b):
         return None
     return "A" if h.only_a else "B"
-
-
-def _at_end(ops: Sequence[OpPair], k1: int) -> bool:
-    """Do both passes run no op in common after row ``k1`` (what a Recorder's last
-    pass ran after its step, the other's next step's first ops: each one-sided)?"""
-    return all(p.status in ("only_a", "only_b") for p in ops[k1:])
 
 
 def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
