@@ -109,9 +109,7 @@ class LoopFinder:
         file, line, function, keyword = w.file, w.line, w.function, keyword_at(w.file, w.line)
         if not linecache.getlines(file):  # (a header's reads are its count + 1, an exit's in its body its count)
             ea, eb = (e for s, e in sorted(exits, key=lambda se: se[0] is not self.A))
-            known = isinstance(self.A.nodes[ia].witness.value, bool)
-            return LoopChange(file, line, function, a + (ea is not None) if known else -1,
-                              b + (eb is not None) if known else -1, "witness", 0, run=run, readable=False)
+            return _unreadable(file, line, function, a, b, ea, eb, self.A.nodes[ia], run)
         loop, ended = self._body_loop(self.A, ia, exits, runs)
         if ended:
             file, function, line, keyword = loop[0], loop[1], loop[2], loop[4]
@@ -210,10 +208,8 @@ class LoopFinder:
                     a, b = a + 1, b + 1
                 elif not linecache.getlines(file):  # (not readable here: its reads, as _loop_change says)
                     ea, eb = (rx[k][1], ry[k][1]) if col == 0 else (ry[k][1], rx[k][1])
-                    known = isinstance(X.nodes[rx[k][0]].witness.value, bool)
-                    return LoopChange(file, line, src.function if src else "?", a + (ea is not None) if known else -1,
-                                      b + (eb is not None) if known else -1, "witness", 0,
-                                      run=(k, len(rx)) if len(rx) > 1 else None, readable=False)
+                    return _unreadable(file, line, src.function if src else "?", a, b, ea, eb, X.nodes[rx[k][0]],
+                                       (k, len(rx)) if len(rx) > 1 else None)
                 body, ended = self._body_loop(X, rx[k][0], [(S, r[1]) for S, rs in ((X, rx), (Y, ry)) for r in rs],
                                               [(S, _reads_of(S, sig, r)) for S, rs in ((X, rx), (Y, ry)) for r in rs])
                 if body is not None and not ended:
@@ -268,6 +264,16 @@ class LoopFinder:
                     t += 1
             self._cache[key] = count
         return self._cache[key]
+
+
+def _unreadable(file: str, line: int, function: str, a: int, b: int, exit_a: Optional[int], exit_b: Optional[int],
+                read: "Node", run: Optional[Tuple[int, int]]) -> LoopChange:
+    """A loop whose source is not readable here, counted by its reads: ``a``/``b``
+    repeats, plus each side's exit read (a header reads once more than it runs, an
+    exit in its body as often); no count for a number read (-1)."""
+    known = isinstance(read.witness.value, bool)
+    return LoopChange(file, line, function, a + (exit_a is not None) if known else -1,
+                      b + (exit_b is not None) if known else -1, "witness", 0, run=run, readable=False)
 
 
 def _scope_loop(side: Side, scope: Optional[Tuple[str, int]], unit: Sequence["Node"]
