@@ -98,8 +98,9 @@ def _forget_in_child() -> None:
         if watch._fds is not None:
             r, w, _ = watch._fds
             try:
-                if signal.set_wakeup_fd(-1) != w:
-                    signal.set_wakeup_fd(-1)
+                now = signal.set_wakeup_fd(-1)
+                if now != w:  # (one the script set since is its own: it stays)
+                    signal.set_wakeup_fd(now)
             except (ValueError, OSError):
                 pass
             for fd in (r, w):
