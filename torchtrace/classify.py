@@ -114,6 +114,8 @@ class InputChange:
     def describe(self) -> str:
         if not self.name:
             return f"{plural(self.count, self.role)} {self.a} {ARROW} {self.b}"
+        if self.role != "input":
+            return f"{self.role} `{self.name}` {self.a} {ARROW} {self.b}"
         if self.a is None:
             return f"input `{self.name}` only in B ({self.b})"
         if self.b is None:
@@ -302,6 +304,7 @@ def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange
     out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]
            if ta.get(k) != tb.get(k)]
     counts: Counter = Counter()
+    names: Dict[Tuple[str, str, str], str] = {}
     seen = set()
     for p in rows:
         if p.a is None or p.b is None:
@@ -313,8 +316,10 @@ def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange
             seen.add(x)
             if type_str(va) != type_str(vb):
                 counts[(va.role, type_str(va), type_str(vb))] += 1
+                names[(va.role, type_str(va), type_str(vb))] = va.name if va.name == vb.name else ""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    out += [InputChange("", a, b, role, c) for (role, a, b), c in ranked]
+    # (one param or buffer of its kind is named: "buffer `cache` f32[1,4] → f32[3,4]")
+    out += [InputChange(names[key] or "" if c == 1 else "", key[1], key[2], key[0], c) for key, c in ranked]
     return tuple(out)
 
 

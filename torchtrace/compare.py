@@ -132,7 +132,7 @@ class GraphDiff:
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(listed(self.types, 2, "type change") or listed(self.args, 2, "arg change") or
-                             listed(self.inputs, 2, "input"))  # (inputs only: an identity's)
+                             listed(self.inputs, 2, "input change"))  # (inputs only: an identity's)
             differ = f"{changed_what(self.types, self.inputs)} differ" if self.types or self.inputs else \
                 "args differ"  # (Adam's lr)
             return f"same structure, {differ}: {plural(self.changed, 'op')} changed" + (f" ({what})" if what else "")
@@ -182,9 +182,9 @@ class GraphDiff:
         if not groups and self.kind == "shapes":
             found = [h.witness for h in self.changed_hunks if h.witness is not None]
             reads = dict.fromkeys(w.describe() for w in found if w.a.shape is not None)
-            arms = dict.fromkeys(w.describe() for w in found if w.a.shape is None and not w.passed)  # (Causes.arm)
-            passed = dict.fromkeys(w.describe() for w in found if w.passed)  # (Causes.passed_on)
-            what = list(reads) + listed(self.inputs, 2, "input") + listed(self.types, 3, "type change") + \
+            arms = dict.fromkeys(w.describe() for w in found if w.a.shape is None and not (w.passed or w.steered))
+            passed = dict.fromkeys(w.describe() for w in found if w.passed or w.steered)  # (passed_on, steered)
+            what = list(reads) + listed(self.inputs, 2, "input change") + listed(self.types, 3, "type change") + \
                 listed(self.args, 2, "arg change")
             other = f"other {changed_what(self.types, self.inputs)}" if self.types or self.inputs else "other args"
             if passed and self.inputs:  # (the inputs changed too: the read explains its args, not all)
@@ -357,7 +357,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
         else:
             changed = tuple(p for p in rows if significant(p))
             witness = causes.shape_read(k0, k1) or causes.passed_on(k0, changed) or (causes.arm(k0) if any(
-                {"args", "line"} <= set(p.what) for p in changed) else None)
+                {"args", "line"} <= set(p.what) for p in changed) else None) or (causes.steered(k0, changed) if not inputs and all(
+                    {"wiring", "args"} & set(p.what) and not {"shape", "dtype"} & set(p.what) for p in changed) else None)
             # (integer args of resized ops are sizes that follow the shapes, unless no input changed and
             # no read of data explains them: then an argument decided the new shapes, `topk(self.k)`, k 2 -> 3)
             args = arg_changes(args_only(changed), reshaped(changed) if inputs or witness is not None else None)

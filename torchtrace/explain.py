@@ -32,9 +32,10 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .align import Pair
+from .changecause import ChangedCauses, number
 from .side import Side, Sig
 from .loopchange import BRANCHES, TIMES, LoopChange
 from .loops import LoopFinder
@@ -59,7 +60,7 @@ def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Opti
 
 # -- causes of a structural hunk -------------------------------------------
 
-class Causes:
+class Causes(ChangedCauses):
     """Finds the witness and loop behind each hunk of one alignment."""
 
     def __init__(self, A: Side, B: Side, pairs: Sequence[Pair]) -> None:
@@ -169,8 +170,8 @@ class Causes:
         ended = self._exit_read(loop, start, k0, k1)
         if ended is not None:
             return ended
-        witness = self._nearest_before(min(start, k0), optimizer) or self._nearest_before(k0, optimizer) or \
-            self._inside(k0, k1)
+        witness = self._counted(loop, min(start, k0)) or self._nearest_before(min(start, k0), optimizer) or \
+            self._nearest_before(k0, optimizer) or self._inside(k0, k1)
         if loop is not None and witness is not None and witness.weak and _counts(witness, loop) and \
                 feeds_loop(self.A.graph.node(witness.node_a), loop.file, loop.line):
             witness = replace(witness, weak=False)  # (`for _ in range(int(n.item()))`: the float is the count)
@@ -182,6 +183,18 @@ class Causes:
                     witness is None or (witness.file, witness.line) == (run.file, run.line)):
                 loop = run
         return witness, loop
+
+    def _counted(self, loop: Optional[LoopChange], start: int) -> Optional[WitnessChange]:
+        """The read before a loop's first pass that returned its counts, whatever
+        reads lie between (``ks = [int(k.item()) for k in steps]`` read up front,
+        then ``for k in ks: for _ in range(k):``)."""
+        if loop is None:
+            return None
+        for e in reversed(self.differing[:bisect.bisect_left(self.differing, start)]):
+            w = self.witness_change(*self.pairs[e])
+            if number(w.a.value) and number(w.b.value) and (w.a.value, w.b.value) == (loop.a, loop.b):
+                return w
+        return None
 
     def _exit_read(self, loop: Optional[LoopChange], start: int, k0: int,
                    k1: int) -> Optional[Tuple[WitnessChange, LoopChange]]:
@@ -239,59 +252,6 @@ class Causes:
         below = exit_value < min(numbers)
         return isinstance(last, (int, float)) and (last < min(numbers) if below else last > max(numbers))
 
-    def adjacent(self, k0: int) -> Optional[WitnessChange]:
-        """The decisive read that differs right before row ``k0``, no op between
-        them: what skipped a step's backward (``if torch.isnan(loss).any():``)."""
-        at = bisect.bisect_left(self.decisive, k0)
-        e = self.decisive[at - 1] if at else None
-        if e is None or e != k0 - 1:  # (an op between them: the read steered something else)
-            return None
-        return self.witness_change(*self.pairs[e])
-
-    def arm(self, k0: int) -> Optional[WitnessChange]:
-        """For ops that ran with other args from another line (``h * 2.0`` in one
-        arm of an `if`, ``h * 3.0`` in the other): the decisive read right before
-        them that differs, read at the same line in both passes (lines that all
-        moved are edited code, not a branch)."""
-        w = self.adjacent(k0)
-        if w is None:
-            return None
-        a, b = self.A.graph.node(w.node_a).source, self.B.graph.node(w.node_b).source
-        return w if a is not None and b is not None and a.line == b.line else None
-
-    def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
-        """For a hunk of changed shapes: the data-dependent shape read
-        (``nonzero``, boolean indexing...) that differs, at the hunk's first
-        row or the nearest before it (a read after changed ops did not change
-        them: both follow from something earlier, such as the inputs)."""
-        inside = [e for e in self.differing if e == k0] + \
-            list(reversed([e for e in self.differing if e < k0]))
-        for e in inside:
-            i, j = self.pairs[e]
-            assert i is not None and j is not None
-            if self.A.nodes[i].witness.shape is not None and self.B.nodes[j].witness.shape is not None:
-                return self.witness_change(i, j)
-        return None
-
-    def passed_on(self, k0: int, changed: Sequence[Any]) -> Optional[WitnessChange]:
-        """For changed ops whose arguments differ: the nearest read before them
-        that returned exactly those values (``k = int(mask.sum())`` read 3 in A,
-        2 in B, then ``h.topk(k)``: k=3 -> 2), whatever other reads lie between."""
-        wanted: Dict[Tuple[Any, Any], str] = {}
-        for p in changed:
-            if p.a is not None and p.b is not None:
-                for key, va in p.a.args.items():
-                    for pair in _numbers_changed(va, p.b.args.get(key)):
-                        wanted.setdefault(pair, f"`{p.a.short_op}`'s {key}")
-        if not wanted:
-            return None
-        for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):
-            i, j = self.pairs[e]
-            pair = (self.A.nodes[i].witness.value, self.B.nodes[j].witness.value)
-            if _number(pair[0]) and _number(pair[1]) and pair in wanted:
-                return replace(self.witness_change(i, j), passed=wanted[pair])
-        return None
-
     def _nearest_before(self, k0: int, optimizer: bool = True) -> Optional[WitnessChange]:
         """The nearest aligned read before the hunk that returned other data:
         a decisive one (see ``decisive``), unless ops only in A or B lie
@@ -341,8 +301,7 @@ class Causes:
         for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):  # (a float kept, compared)
             i, j = self.pairs[e]
             read = self.A.nodes[i]
-            if read.source is not None and (read.source.file, read.source.function) == (at.file, at.function) \
-                    and names_assigned(read) & names:
+            if names_assigned(read, at.file, at.function) & names:  # (or a helper's read it returned: `f = check(x)`)
                 # a bool or a count kept in the name decided it; a float kept in it is compared to something
                 # (`if loss < best:`), maybe re-assigned first: named, still a guess
                 weak = not (decisive(read.witness) and decisive(self.B.nodes[j].witness))
@@ -391,16 +350,3 @@ def _counts(w: WitnessChange, loop: LoopChange) -> bool:
         return False
     return any((f(a), f(b)) == (loop.a, loop.b) for f in (math.floor, math.ceil, round))
 
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _numbers_changed(a: Any, b: Any) -> List[Tuple[Any, Any]]:
-    """The (A, B) numbers that differ between two argument values, element by
-    element in lists of one length (``size=[3, -1]`` against ``[2, -1]``)."""
-    if _number(a) and _number(b):
-        return [(a, b)] if a != b else []
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-        return [pair for x, y in zip(a, b) for pair in _numbers_changed(x, y)]
-    return []

@@ -210,8 +210,9 @@ class Hunk:
         parts += [a.describe() for a in self.args[:3]]
         parts += [r.describe() for r in self.rewires]
         # (an op given one more input says so in ``types``; its wiring is that input)
-        if sum("wiring" in p.what and _arity(p) for p in self.changed) > len(self.rewires):
-            parts.append("inputs come from other ops")
+        rest = sum("wiring" in p.what and _arity(p) for p in self.changed) - len(self.rewires)
+        if rest > 0:
+            parts.append(f"{plural(rest, 'more op')} read from other ops" if self.rewires else "inputs come from other ops")
         more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
         if more > 0:
             parts.append(f"{more} more")
@@ -299,7 +300,10 @@ def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:
         else:
             owner = next((made[(x, v)] for x, ops in ((0, h.only_a), (1, h.only_b)) for n in ops
                           for v in n.inputs if (x, v) in made), None)
-            mine = h.loop is not None or (h.witness is not None and not h.witness.weak) or h.own_cause or \
+            # (a block that repeats with no read or input change to explain it is no cause of its own: the `+`
+            # joining two recursive calls looks like one, when only one side split)
+            mine = (h.loop is not None and (h.loop.via != "repeat" or h.witness is not None or bool(h.inputs))) or \
+                (h.witness is not None and not h.witness.weak) or h.own_cause or \
                 h.caught is not None or h.backward_of is not None
         if owner is not None and not mine:
             h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=())

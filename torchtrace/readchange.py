@@ -43,6 +43,7 @@ class WitnessChange:
     passed: Optional[str] = None  # the changed op argument its values are (``topk`` k=3 -> 2 after ``k = int(...)``)
     named: bool = False  # kept in the name that the `if` around the hunk tests (``_named_by_guard``)
     at_b: Optional[Tuple[str, int]] = None  # B's (file, line) where the aligned read ran at another line
+    steered: bool = False  # weak: the nearest before ops that read other tensors or args, the same ops since
 
     @property
     def where(self) -> str:
@@ -59,6 +60,7 @@ class WitnessChange:
         if self.named:
             return f"{text} (a float kept in the name the `if` around these ops tests: maybe not the cause)"
         why = "its `if` ended before these ops, and both passes ran the same ops since" if self.merged else \
+            "both passes ran the same ops since" if self.steered else \
             "a float" if isinstance(self.a.value, float) else "read into a call whose result is unused"
         return f"{text} ({why}: the nearest read that differs, maybe not the cause)"
 
@@ -102,6 +104,7 @@ class WitnessChange:
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
                 "also": [w.short() for w in self.also], "passed": self.passed, "named": self.named,
+                "steered": self.steered,
                 "at_b": {"file": self.at_b[0], "line": self.at_b[1]} if self.at_b else None}
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
 
+from .textform import where
+
 if TYPE_CHECKING:  # pragma: no cover
     from .classify import OpPair
-    from .ir import Graph
+    from .ir import Graph, Value
     from .side import Side
 
 
@@ -23,8 +25,11 @@ class Rewire:
     a: Tuple[str, ...]
     b: Tuple[str, ...]
     shared: Optional[str] = None
+    made: bool = False  # ``a``/``b`` say which ops made the tensors read ("`c.2`'s `addmm`"), not input names
 
     def describe(self) -> str:
+        if self.made:
+            return f"`{self.op}` reads what {', '.join(self.a)} made in A, {', '.join(self.b)} in B"
         reads = f"`{self.op}` reads {_names(self.a)} in A, {_names(self.b)} in B"
         if self.shared is None:
             return reads
@@ -36,7 +41,25 @@ class Rewire:
         return replace(self, a=self.b, b=self.a, shared={"A": "B", "B": "A"}.get(self.shared or ""))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"op": self.op, "a": list(self.a), "b": list(self.b), "shared": self.shared}
+        return {"op": self.op, "a": list(self.a), "b": list(self.b), "shared": self.shared, "made": self.made}
+
+
+MADE = 2  # rewired ops said by what made their inputs, per hunk
+
+
+def _maker(g: "Graph", v: "Value") -> str:
+    """"`c.2`'s `addmm`", "`mul` at `m.py:9`" (made in the root's own code), "`x`"
+    (a named input, parameter or buffer): where the tensor ``v`` came from."""
+    if v.role != "activation" and v.name:
+        return f"`{v.name}`"
+    nid = g.producers().get(v.id)
+    if nid is None:
+        return f"a {v.role}"
+    n = g.node(nid)
+    path = g.module_path(n.module)
+    if path:
+        return f"`{path}`'s `{n.short_op}`"
+    return f"`{n.short_op}`" + (f" at {where(n.source.file, n.source.line)}" if n.source is not None else "")
 
 
 def _names(names: Tuple[str, ...]) -> str:
@@ -44,15 +67,23 @@ def _names(names: Tuple[str, ...]) -> str:
 
 
 def rewires(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[Rewire, ...]:
-    """The rewired ops of ``rows`` that read other named inputs of the traced call."""
+    """The rewired ops of ``rows`` that read other named inputs of the traced call;
+    of the others, the first ``MADE`` whose inputs other ops made (``h = h1 if ...
+    else h2``: "`mul` reads what `a`'s `addmm` made in A, `b`'s `addmm` in B")."""
     na, nb = _input_names(A.graph), _input_names(B.graph)
     out = []
+    made = 0
     for p in rows:
         if p.a is None or p.b is None or "wiring" not in p.what:
             continue
         xs = [(A.graph.value(x), B.graph.value(y)) for x, y in zip(p.a.inputs, p.b.inputs)]
         diff = [(va.name, vb.name) for va, vb in xs if va.role == vb.role == "input" and va.name != vb.name]
         if not diff or not all(a and b for a, b in diff):
+            texts = [(_maker(A.graph, va), _maker(B.graph, vb)) for va, vb in xs]
+            texts = [(a, b) for a, b in texts if a != b]
+            if texts and made < MADE and len(p.a.inputs) == len(p.b.inputs):
+                made += 1
+                out.append(Rewire(p.a.short_op, tuple(a for a, _ in texts), tuple(b for _, b in texts), made=True))
             continue
         a, b = tuple(x for x, _ in diff), tuple(y for _, y in diff)
         shared = None

@@ -56,10 +56,19 @@ _LOOK_UP = 400  # lines above an op searched for the header of its block
 _KEYWORDS = frozenset({"if", "elif", "and", "or", "not", "is", "in", "None", "True", "False", "lambda"})
 
 
-def names_assigned(n: "Node") -> FrozenSet[str]:
+def names_assigned(n: "Node", file: str = None, function: str = None) -> FrozenSet[str]:
     """The plain names the line of ``n`` assigns (``has_pad = bool(...)``:
-    ``has_pad``; ``a, b = ...``: both); none for attributes or subscripts."""
-    m = _ASSIGNED.match(line_text(n))
+    ``has_pad``; ``a, b = ...``: both); none for attributes or subscripts.
+    With ``file``/``function``: the line of ``n`` there, or else of the
+    innermost caller there that led to the read (``flag = check(x)``, with
+    ``check`` reading: ``flag``); none when neither is in that function."""
+    if file is None or n.source is not None and (n.source.file, n.source.function) == (file, function):
+        text = line_text(n)
+    else:
+        caller = next((f for f in (n.witness.called_from if n.witness is not None else ())
+                       if (f.file, f.function) == (file, function)), None)
+        text = linecache.getline(file, caller.line) if caller is not None else ""
+    m = _ASSIGNED.match(text)
     return frozenset(x.strip() for x in m.group(1).split(",")) if m else frozenset()
 
 

@@ -1,0 +1,126 @@
+"""Why aligned ops ran with other arguments, shapes or inputs (a diff's
+"changed" hunk): the read that returned those values, the data-dependent
+shape read, the `if` whose arm ran them, or -- hedged -- the nearest decisive
+read before them when both passes ran the same ops since.
+
+A mixin of ``explain.Causes``: it reads that class's alignment tables
+(``pairs``, ``differing``, ``decisive``, ``one_sided``) and its
+``witness_change``.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+from .readchange import WitnessChange
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .align import Pair
+    from .side import Side
+
+
+class ChangedCauses:
+    A: "Side"
+    B: "Side"
+    pairs: Sequence["Pair"]
+    differing: List[int]
+    decisive: List[int]
+    one_sided: List[int]
+    outside: Tuple[List[int], List[int]]
+
+    def witness_change(self, i: int, j: int) -> WitnessChange:  # pragma: no cover (Causes's)
+        raise NotImplementedError
+
+    def adjacent(self, k0: int) -> Optional[WitnessChange]:
+        """The decisive read that differs right before row ``k0``, no op between
+        them: what skipped a step's backward (``if torch.isnan(loss).any():``)."""
+        at = bisect.bisect_left(self.decisive, k0)
+        e = self.decisive[at - 1] if at else None
+        if e is None or e != k0 - 1:  # (an op between them: the read steered something else)
+            return None
+        return self.witness_change(*self.pairs[e])
+
+    def arm(self, k0: int) -> Optional[WitnessChange]:
+        """For ops that ran with other args from another line (``h * 2.0`` in one
+        arm of an `if`, ``h * 3.0`` in the other): the decisive read before them
+        that differs, read at the same line in both passes (lines that all moved
+        are edited code, not a branch), with only the arm's other ops between
+        them: ops both passes ran, each at another line (``self.c(h) * 2``)."""
+        at = bisect.bisect_left(self.decisive, k0)
+        if not at:
+            return None
+        e = self.decisive[at - 1]
+        for i, j in self.pairs[e + 1:k0]:
+            a = self.A.nodes[i].source if i is not None else None
+            b = self.B.nodes[j].source if j is not None else None
+            if a is None or b is None or (a.file, a.line) == (b.file, b.line):
+                return None  # (an op between them ran in both at one line, or in one only: not the arm's)
+        w = self.witness_change(*self.pairs[e])
+        a, b = self.A.graph.node(w.node_a).source, self.B.graph.node(w.node_b).source
+        return w if a is not None and b is not None and a.line == b.line else None
+
+    def steered(self, k0: int, changed: Sequence[Any]) -> Optional[WitnessChange]:
+        """For ops that read other tensors or ran with other args at one line
+        (``best = cands[int(s.argmax())]``, ``scale = 2.0 if ... else 3.0``): the
+        nearest decisive read that differs before them, when both passes ran the
+        same ops since -- the likeliest cause, hedged (it may have steered
+        nothing that ran an op). Not for an optimizer's ops, nor its reads (Adam's
+        step count): its floats change every step."""
+        if any(p.a.phase == "optimizer" for p in changed):
+            return None
+        decisive_ = self.outside[1]
+        at = bisect.bisect_left(decisive_, k0)
+        if not at:
+            return None
+        e = decisive_[at - 1]
+        if self.one_sided[e] != self.one_sided[k0]:
+            return None
+        return replace(self.witness_change(*self.pairs[e]), weak=True, steered=True)
+
+    def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
+        """For a hunk of changed shapes: the data-dependent shape read
+        (``nonzero``, boolean indexing...) that differs, at the hunk's first
+        row or the nearest before it (a read after changed ops did not change
+        them: both follow from something earlier, such as the inputs)."""
+        inside = [e for e in self.differing if e == k0] + \
+            list(reversed([e for e in self.differing if e < k0]))
+        for e in inside:
+            i, j = self.pairs[e]
+            assert i is not None and j is not None
+            if self.A.nodes[i].witness.shape is not None and self.B.nodes[j].witness.shape is not None:
+                return self.witness_change(i, j)
+        return None
+
+    def passed_on(self, k0: int, changed: Sequence[Any]) -> Optional[WitnessChange]:
+        """For changed ops whose arguments differ: the nearest read before them
+        that returned exactly those values (``k = int(mask.sum())`` read 3 in A,
+        2 in B, then ``h.topk(k)``: k=3 -> 2), whatever other reads lie between."""
+        wanted: Dict[Tuple[Any, Any], str] = {}
+        for p in changed:
+            if p.a is not None and p.b is not None:
+                for key, va in p.a.args.items():
+                    for pair in _numbers_changed(va, p.b.args.get(key)):
+                        wanted.setdefault(pair, f"`{p.a.short_op}`'s {key}")
+        if not wanted:
+            return None
+        for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):
+            i, j = self.pairs[e]
+            pair = (self.A.nodes[i].witness.value, self.B.nodes[j].witness.value)
+            if number(pair[0]) and number(pair[1]) and pair in wanted:
+                return replace(self.witness_change(i, j), passed=wanted[pair])
+        return None
+
+
+def number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _numbers_changed(a: Any, b: Any) -> List[Tuple[Any, Any]]:
+    """The (A, B) numbers that differ between two argument values, element by
+    element in lists of one length (``size=[3, -1]`` against ``[2, -1]``)."""
+    if number(a) and number(b):
+        return [(a, b)] if a != b else []
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [pair for x, y in zip(a, b) for pair in _numbers_changed(x, y)]
+    return []
