@@ -241,3 +241,36 @@ def test_one_buffer_or_parameter_whose_type_changed_is_named():
     assert [i.describe() for i in d.inputs] == ["input `x` f32[2,4] \u2192 f64[2,4]", "param `l.weight` f32[4,4] \u2192 "
                                                 "f64[4,4]", "param `l.bias` f32[4] \u2192 f64[4]"]
     assert "1 more input change" in d.why()[0]
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        pos = h[h > 0]  # (a shape read: it names the hunk of changed shapes and args)
+        while n > 0:
+            h = h * 2
+            n = n - 1
+        scale = h.abs().mean().item()  # LINE:scale
+        return h.sum() * scale + pos.sum()
+
+
+def test_a_read_kept_by_a_hunk_whose_cause_is_another_is_still_listed():
+    """Gradients accumulated into `.grad`s that existed are their own cause; the
+    float read before them was kept as those hunks' witness, unsaid, and so left
+    out of "other reads that differ" too: named nowhere (the changed args are
+    in a hunk the shape read names)."""
+    torch.manual_seed(0)
+    m = Scaled()
+    graphs = []
+    for x, n in ((torch.randn(3, 4), torch.tensor(2)), (torch.randn(3, 4) + 2, torch.tensor(3))):
+        with torchtrace.trace(m) as t:
+            m(x, n).backward()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    assert any("AccumulateGrad" in w for w in d.why())
+    [other] = d.other_reads()
+    assert other.startswith(f"`test_diff_steered.py:{line_of('scale')}` read ")

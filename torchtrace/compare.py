@@ -215,7 +215,8 @@ class GraphDiff:
     def other_reads(self) -> List[str]:
         """The reads that differ and explain no hunk, each text once with a count
         (one line read alike in a loop, Adam's step count per parameter: "(4×)")."""
-        explained = {(h.witness.node_a, h.witness.node_b) for h in self.hunks if h.witness is not None}
+        explained = {(h.witness.node_a, h.witness.node_b) for h in self.hunks  # (a hunk whose cause is
+                     if h.witness is not None and h.witness.where in h.cause}     # another's keeps it unsaid)
         other: Dict[str, int] = {}
         for w in self.witnesses:
             if (w.node_a, w.node_b) not in explained:

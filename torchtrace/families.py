@@ -217,8 +217,8 @@ def grouped(keys: Sequence[Tuple[str, str]], graph_at: Callable[[int], Graph],
             if prev is None:  # (the same model called through another name: `net` in an evaluate() helper)
                 prev = _same_params(graph_at, models, first)
             if prev is None:  # the first pass of this model: another program than the one before it
-                why, witness, loop = (f"the first pass of `{model}` (the one before ran `{models[first - 1]}`)",
-                                      None, None)
+                before = f"ran `{models[first - 1]}`" if models[first - 1] else "ran no model"
+                why, witness, loop = f"the first pass of `{model}` (the one before {before})", None, None
                 prev = first - 1
             else:
                 why, witness, loop = _explain(diff(graph_at(prev), graph_at(first)))

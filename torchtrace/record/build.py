@@ -230,8 +230,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         module = _module(ev, in_generator)
         anode = None if i in sums else ev[E_ANODE]  # (a gradient sum the engine ran between Nodes: no Node's)
         if ph == BACKWARD:
-            if _accumulates(ag, ev):
-                from_grads.update(ev[E_OUTS])
+            if _accumulates(ag, ev) or ("inplace" in info.tags and ev[E_INS] and ev[E_INS][0] in from_grads):
+                from_grads.update(ev[E_OUTS])  # (and a hook's write into a .grad: `p.grad.mul_(0.5)`)
             fwd = ag.forward_op_of(ev[E_ANODE])  # (a sum's: where the gradient it adds was made)
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
                 module = _module(events[fwd], in_generator)

@@ -125,6 +125,14 @@ class Capture:
             self.scope.remove()
             self._installed = False
 
+    def dispose(self) -> None:
+        """Let go of the model once recording is over: the capture sits in a cycle
+        with its mode, which only the cyclic GC frees (``del model`` freed nothing)."""
+        self.forget_names()
+        self.input_names.clear()
+        self._roots_seen.clear()
+        self.mode.reset()
+
     def new_pass(self, *, built: bool = False) -> None:
         """Start a fresh pass; the records so far are dropped unless ``built``."""
         if not built and self.mode.events:  # record_function markers still open carry over

@@ -126,8 +126,8 @@ class ModuleScope:
         counts = mode.call_counts
         k = counts.get(id(module), 0)
         counts[id(module)] = k + 1
-        mode.mcalls.append((path, typ, k, parent[0] if parent else None,
-                            "forward" if _task_id() == -1 else "recompute", module.training))
+        mode.mcalls.append((path, typ, k, parent[0] if parent else None,  # (a frozen ScriptModule has no `training`)
+                            "forward" if _task_id() == -1 else "recompute", getattr(module, "training", None)))
         stack.append((len(mode.mcalls) - 1, module, path))
         if module._forward_hooks:  # its own forward hooks run after ours: the call ends after them
             self._end_after_own_hooks(module, stack[-1])

@@ -1,4 +1,4 @@
-"""What torchtrace changes in torch while any capture is started: three class
+"""What torchtrace changes in torch while any capture is started: four class
 attributes, and one warning filter.
 
 * ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
@@ -20,6 +20,12 @@ attributes, and one warning filter.
   a new tensor over the same data that no op the mode sees makes. Every started
   capture takes the re-wrap for the value it wraps (read as a new constant, the
   dataflow fell apart).
+* ``torch.autocast.__enter__``: autocast entered inside a pass, where no module
+  pre-hook runs after it (functional code, a forward's own ``with``), is noted
+  by every started capture (``composite.see_autocast``): a dispatch mode's
+  handler runs with autocast's keys off and cannot tell. Unnoted, ops that
+  autocast passes through (``affine_grid``, ``einsum`` under inference_mode)
+  ran their pieces in float32 where eager gives bfloat16.
 
 * The warning ``torch.compile(module)``'s wrapper gives at each call while any
   global module hook is on: torchtrace's are (module scope), and they take the
@@ -40,6 +46,7 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
+from .composite import see_autocast
 from .fork import STARTED
 
 _C = torch._C
@@ -150,9 +157,22 @@ def _noting_rewraps(orig: Any) -> Optional[Callable[..., Any]]:
     return as_subclass
 
 
+def _noting_autocast(orig: Any) -> Optional[Callable[..., Any]]:
+    if orig is None:
+        return None
+
+    def __enter__(self_: Any) -> Any:
+        out = orig(self_)
+        for cap in list(STARTED):
+            see_autocast(cap.mode)
+        return out
+    return __enter__
+
+
 PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _synced_exit),
            ClassPatch(torch.Tensor, "data", _forgetting_data),
-           ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps))
+           ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps),
+           ClassPatch(torch.amp.autocast_mode.autocast, "__enter__", _noting_autocast))
 
 
 class QuietWarning(Held):

@@ -114,6 +114,7 @@ class Recorder(Watcher):
         self.capture.on_compiled = self._uncompiled.add
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
+        self._setup: Optional[Tuple[Graph, float]] = None  # (built, start) before a first mark_step (mark_step)
         self._seen: Dict[Optional[Tuple[str, int, int]], int] = {}  # passes begun per model (ModelKeys; None: step())
         try:
             self._begin(root=None, count=False)
@@ -147,6 +148,7 @@ class Recorder(Watcher):
         finally:
             self._unwatch()
             self.capture.stop()
+            self.capture.dispose()
             self._uncompiled.restore()
             if not isinstance(self._store_arg, Store) and self.store is not None:
                 self.store.close()
@@ -205,6 +207,12 @@ class Recorder(Watcher):
             return
         if self.cut == "step":
             return self._cut()
+        if self._prelude and self._root is None and self._sampled and self.capture.mode.events:
+            # at the top of the first step, what came before is setup if a model call follows; plain
+            # tensor code cut by hand keeps it as its first pass: built now, stored at the next cut
+            self._setup = (self._build(), self._t_start)
+            self._prelude = False
+            return self._begin(root=None, count=False)
         self._prelude = False
         self._boundary(root=None)
 
@@ -287,15 +295,30 @@ class Recorder(Watcher):
         called = name() if name is not None and self._sampled else None
         self._root_label = root if called is None else f"{called} ({root})"
 
+    def _build(self, error: Optional[str] = None, last: bool = False) -> Graph:
+        label = f"{self._root_label or 'pass'} {self.index}"
+        extra = {"last": True} if last and self.index else {}  # ended by the block's end, not by a next step
+        return self.capture.finish_pass(step=self._pass_step, root=self._root, error=error, label=label, **extra)
+
+    def _setup_cut(self, model_call: bool) -> None:
+        """What came before a first ``mark_step()`` (``_setup``): setup, dropped,
+        when a model call starts the next pass; else a pass, stored first."""
+        setup, self._setup = self._setup, None
+        if setup is not None and not model_call:
+            self._store(setup[0], time.perf_counter() - setup[1])
+            self.index += 1
+
     def _finish(self, *, error: Optional[str] = None, last: bool = False) -> None:
         cap = self.capture
         assert cap is not None and self.store is not None
+        self._setup_cut(model_call=False)
         if not self._sampled or (not cap.mode.events and self._root is None):
             return
         wall = time.perf_counter() - self._t_start
-        label = f"{self._root_label or 'pass'} {self.index}"
-        extra = {"last": True} if last and self.index else {}  # ended by the block's end, not by a next step
-        graph = cap.finish_pass(step=self._pass_step, root=self._root, error=error, label=label, **extra)
+        self._store(self._build(error, last), wall)
+
+    def _store(self, graph: Graph, wall: float) -> None:
+        assert self.store is not None and self.capture is not None
         try:
             stored = self.store.add(graph, wall_s=wall)
         except (sqlite3.Error, OSError, TorchtraceError) as e:  # (a full disk): not the script's error; stop
@@ -304,7 +327,7 @@ class Recorder(Watcher):
                  "here, the passes stored so far are kept")
             return
         self.recorded += 1
-        cap.forget_names()  # its modules are let go (a model built anew each step: see ModelKeys)
+        self.capture.forget_names()  # its modules are let go (a model built anew each step: see ModelKeys)
         if self.on_pass is not None:
             self.on_pass(graph, stored)
 
@@ -321,6 +344,7 @@ class Recorder(Watcher):
                 if len(self._prep) > 4:
                     del self._prep[next(iter(self._prep))]
             drop_events(self.capture.mode, prep)
+        self._setup_cut(model_call=root is not None)
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
         # between mark_step() and that call), is no pass of its own: it takes no number
         empty = self._root is None and (not self.capture.mode.events if self._sampled else root is not None)

@@ -56,8 +56,10 @@ class Trace:
         try:
             capture.stop()
         finally:
-            self._graph = capture.finish_pass(label=self._label,
-                                              error=exit_error(exc_type, exc))
+            try:
+                self._graph = capture.finish_pass(label=self._label, error=exit_error(exc_type, exc))
+            finally:
+                capture.dispose()
         return False
 
     @property

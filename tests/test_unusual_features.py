@@ -1,0 +1,137 @@
+"""Recording where PyTorch is used in less common ways (a 2026-11-27 audit):
+autocast entered inside the pass, frozen TorchScript, a model let go after its
+trace, a hook that scales `.grad` before gradient clipping, `mark_step()` at
+the top of each step. Each was wrong before its fix; the tests say how."""
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchtrace
+from torchtrace.store import Store
+
+
+class AutocastInside(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.randn(2, 2, 3))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # (after torchtrace's module pre-hook ran)
+            return F.affine_grid(self.theta, [2, 3, 4, 4], align_corners=False), torch.einsum("bij,bjk->bik", x, y)
+
+
+@pytest.mark.parametrize("grad_mode", [torch.enable_grad, torch.no_grad, torch.inference_mode])
+def test_autocast_entered_inside_the_pass_keeps_results_bitwise_equal(grad_mode):
+    """A dispatch mode's handler runs with autocast's keys off and cannot see that
+    the user turned autocast on; nothing told the recorder when no module call
+    followed (functional code, a forward's own `with`): `affine_grid` (and, under
+    inference_mode, `einsum`) ran its pieces in float32 where eager gives bfloat16."""
+    torch.manual_seed(0)
+    m = AutocastInside()
+    x, y = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    theta = torch.randn(2, 2, 3)
+    with grad_mode():
+        plain = m(x, y)
+        with torchtrace.trace(m):
+            traced = m(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain_f = F.affine_grid(theta, [2, 3, 4, 4], align_corners=False)
+        with torchtrace.trace() as t:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                traced_f = F.affine_grid(theta, [2, 3, 4, 4], align_corners=False)
+    for p, q in [*zip(plain, traced), (plain_f, traced_f)]:
+        assert p.dtype == q.dtype == torch.bfloat16 and torch.equal(p, q)
+    assert "aten.affine_grid_generator.default" in [n.op for n in t.graph.nodes]
+    assert torch.amp.autocast_mode.autocast.__enter__.__name__ == "__enter__"
+    assert "__enter__" in vars(torch.amp.autocast_mode.autocast)  # torch's own again (no patch left behind)
+    assert vars(torch.amp.autocast_mode.autocast)["__enter__"].__module__.startswith("torch")
+
+
+def test_a_frozen_torchscript_module_is_recorded():
+    """`torch.jit.freeze` leaves a ScriptModule without `training`: the module
+    pre-hook read it and the call raised AttributeError inside the trace."""
+    torch.manual_seed(0)
+    m = torch.jit.freeze(torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()))
+    x = torch.randn(3, 4)
+    plain = m(x)
+    with torchtrace.trace() as t:
+        traced = m(x)
+    assert torch.equal(plain, traced)
+    g = t.graph.validate()
+    assert [c.training for c in g.modules] == [None]
+    assert {"aten.relu.default"} <= {n.op for n in g.nodes}
+
+
+@pytest.mark.parametrize("recorder", [False, True])
+def test_a_model_is_freed_by_refcount_once_its_trace_ended(recorder, tmp_path):
+    """The finished capture sat in a reference cycle with its mode and held every
+    parameter and module it had named: `del model` freed nothing until the cyclic
+    GC ran (a GPU's weights stayed allocated after `del`)."""
+    model, x = nn.Linear(64, 64), torch.randn(2, 64)
+    gc.disable()
+    try:
+        if recorder:
+            with torchtrace.Recorder(tmp_path / "t.db") as rec:
+                model(x).sum().backward()
+            keep = rec
+        else:
+            with torchtrace.trace(model) as t:
+                model(x).sum().backward()
+            keep = t.graph
+            del t  # (the trace object holds the model it was given, as any call's arguments)
+        w = weakref.ref(model.weight)
+        del model
+        assert w() is None
+    finally:
+        gc.enable()
+    assert keep is not None
+
+
+def test_clip_grad_norm_after_a_hook_that_scales_a_grad_is_optimizer_phase():
+    """A post-accumulate-grad hook's `p.grad.mul_(0.5)` made a new version of the
+    .grad in backward: clipping read it, was not taken for gradient processing,
+    and its ops after `_foreach_norm` were phase forward."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    def halve(p: torch.Tensor) -> None:
+        p.grad.mul_(0.5)
+
+    handle = m[2].bias.register_post_accumulate_grad_hook(halve)
+    try:
+        with torchtrace.trace(m) as t:
+            m(x).sum().backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 0.1)
+    finally:
+        handle.remove()
+    clip = [n for n in t.graph.nodes if n.module is None and n.phase != "backward" and n.short_op != "sum"]
+    assert len(clip) >= 6 and {n.phase for n in clip} == {"optimizer"}, [(n.short_op, n.phase) for n in clip]
+    hooked = [n for n in t.graph.nodes if n.short_op == "mul_.Tensor" and n.phase == "backward"]
+    assert len(hooked) == 1
+
+
+def test_mark_step_at_the_top_of_each_step_makes_no_setup_pass(tmp_path):
+    """With the default cut, `mark_step()` first thing in each step stored the
+    setup before it (the model's init) as pass 0, and `variants` said "the one
+    before ran `None`"."""
+    torch.manual_seed(0)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        m = nn.Linear(4, 2)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        for _ in range(3):
+            torchtrace.mark_step()
+            loss = m(torch.randn(5, 4)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        passes = list(st.passes())
+        graphs = [g for _, g in st.graphs()]
+    assert len(passes) == 3 and len({p.structure_fp for p in passes}) == 1
+    assert all(g.modules and g.modules[0].type == "Linear" for g in graphs)
