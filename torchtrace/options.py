@@ -2,9 +2,11 @@
 is installed (and before torch is imported: `torchtrace run` checks them first)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from .errors import UsageError
+from .errors import UsageError, WriteError
 
 
 def capture_options(skip: Any, max_ops: Any) -> Tuple[Tuple[str, ...], Optional[int]]:
@@ -36,6 +38,8 @@ def recorder_options(store: Any, every: Any, max_passes: Any, backward: Any, on_
     if not isinstance(store, (str, Store)) and not hasattr(store, "__fspath__"):
         raise UsageError("bad store", expected="a path to a .db file (str or pathlib.Path) or a Store",
                          found=repr(store), fix="pass e.g. 'runs/trace.db' (or leave it out)")
+    if not isinstance(store, Store):
+        check_store_path(store)
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise UsageError("bad `every`", expected="an integer >= 1 (record every k-th pass)",
                          found=repr(every), fix="use every=1 to record all passes")
@@ -51,3 +55,24 @@ def recorder_options(store: Any, every: Any, max_passes: Any, backward: Any, on_
     if cut not in ("root", "step"):
         raise UsageError("bad `cut`", expected="'root' (a pass per root model call) or 'step' (a pass per "
                          "step() / mark_step())", found=repr(cut), fix="use cut='step' with rec.step(i)")
+
+
+def check_store_path(path: Any) -> None:
+    """Refuse a folder as a store to write: SQLite cannot open one ("unable to open database
+    file", which never said why), and ``"newdir/"`` lost its slash in ``Path`` and became
+    a store *file* named ``newdir``. Checked when a ``Recorder`` is made and when a ``Store``
+    opens for writing; the fix names a file inside the folder (a Python path, not a CLI flag)."""
+    from .store import RUN_STORE
+
+    raw = os.fsdecode(os.fspath(path))
+    try:
+        is_dir = Path(raw).is_dir()
+    except (OSError, ValueError):  # (a name too long, a NUL: opening the store says so)
+        return
+    expected = f"a trace store file to create or add to, such as {RUN_STORE}"
+    if is_dir:
+        raise WriteError("is a folder", where=raw, expected=expected, found="a folder",
+                         fix=f"give a store file inside it, such as {Path(raw) / RUN_STORE}")
+    if raw.endswith(("/", os.sep)):
+        raise WriteError("names a folder", where=raw, expected=expected, found="a path ending in a slash",
+                         fix=f"name a store file inside it, such as {raw}{RUN_STORE}")

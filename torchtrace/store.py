@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import IRError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
+from .options import check_store_path
 from .rankclaim import RankClaims
 from .sqlitetx import Tx, retry_locked
 from .serialize import content_key, decode, encode, is_sqlite, norm_json, stored_norm, witness_from_dict
@@ -101,6 +102,8 @@ class Store:
     requires it to exist and never writes."""
 
     def __init__(self, path: Union[str, Path], *, readonly: bool = False) -> None:
+        if not readonly:  # (a folder: SQLite's "unable to open" never said so; "new/" made a file `new`)
+            check_store_path(path)
         self.path = Path(path)
         self._claims: Optional[RankClaims] = RankClaims.of(self.path)  # (the ranks this process writes)
         if readonly:
@@ -136,10 +139,11 @@ class Store:
                 time.sleep(0.05)
                 version, tables = retry_locked(lambda: self._setup(readonly))
         except sqlite3.DatabaseError as e:
-            if not readonly and getattr(e, "sqlite_errorcode", None) == _CANTOPEN:  # e.g. the path is a folder
+            if not readonly and getattr(e, "sqlite_errorcode", None) == _CANTOPEN:  # (a folder made meanwhile)
+                check_store_path(self.path)
                 raise WriteError("cannot write a trace store here", where=str(self.path),
                                  expected="a path for a new or existing trace.db", found=str(e),
-                                 fix="choose another path (--out DIR), or check the folder's permissions") from None
+                                 fix="choose another path, or check the folder's permissions") from None
             code = getattr(e, "sqlite_errorcode", None)
             if code == _CANTOPEN and not os.access(self.path, os.R_OK):
                 raise IRError("cannot read the trace store", where=str(self.path), expected="a file you may read",

@@ -138,6 +138,8 @@ def format_graph(g: "Graph") -> str:
             head.append(f"{key}={one_line(meta[key])}")
     if meta.get("truncated"):
         head.append("TRUNCATED")
+    if meta.get("error"):  # (the ops before the raise only)
+        head.append(f"ENDED WITH {one_line(str(meta['error']))}")
     lines: List[str] = ["# " + " ".join(head)]
     if unrecorded_note(g):
         lines.append(f"# {unrecorded_note(g)}")

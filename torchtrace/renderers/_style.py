@@ -26,6 +26,7 @@ CLUSTER = {
 }
 EDGE = {"forward": "#5b6b80", "backward": "#c77c2b", "other": "#7d62b3", "source": "#b0b0b0"}
 MUTED = "#5f6b7a"
+ALERT = "#c0392b"  # what a drawing of an incomplete pass says at its top (a witness's red)
 
 
 def box_style(b: Box) -> str:

@@ -17,7 +17,7 @@ from ..errors import RenderError, UsageError
 from ..views import SOURCE_KINDS, Box, Cluster, View
 from ..textform import one_line
 from ._escape import IdMaker, dot_html, dot_text, dot_tooltip, shorten
-from ._style import CLUSTER, MUTED, PALETTE, box_style, cluster_style, edge_color
+from ._style import ALERT, CLUSTER, MUTED, PALETTE, box_style, cluster_style, edge_color
 
 IMAGE_FORMATS = ("svg", "png", "pdf")
 MAX_LAYOUT_EDGES = 2000  # a graph view laid out as an image (a diff collapses to 500 itself)
@@ -139,7 +139,17 @@ def digraph(view: View, *, direction: str = "TB", name: str = "torchtrace",
         if extra_edge is not None:
             attrs.update(extra_edge(e))
         dot.edge(node_id(e.src), node_id(e.dst), **attrs)
+    _alert(dot, view)
     return dot
+
+
+def _alert(dot: graphviz.Digraph, view: View) -> None:
+    """Draw the view's alerts (a pass cut off, or ended by an exception) as the graph's title:
+    the comment holding the notes is not drawn, and the image of the ops before a raise
+    reads as a whole step. Set after the clusters, which would otherwise inherit it."""
+    if view.alerts:
+        dot.attr(label=dot_text("\n".join(shorten(a, 2 * LINE_WIDTH) for a in view.alerts)), labelloc="t",
+                 fontcolor=ALERT, fontsize="11")
 
 
 def to_dot(view: View, *, direction: str = "TB") -> str:
@@ -173,7 +183,7 @@ def layout(dot: graphviz.Digraph, fmt: str) -> bytes:
         raise RenderError("unknown image format", expected="one of " + ", ".join(IMAGE_FORMATS),
                           found=repr(fmt), fix="pick one of the listed formats")
     try:
-        return dot.pipe(format=fmt)
+        return dot.pipe(format=fmt, quiet=True)  # (its stderr is quoted in the error; echoed, it lands in a script's)
     except graphviz.ExecutableNotFound:
         raise DotMissing(f"rendering {fmt} needs the Graphviz `dot` program", expected="`dot` on PATH",
                           found="no `dot` executable", fix=INSTALL_FIX) from None

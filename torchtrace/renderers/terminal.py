@@ -20,7 +20,7 @@ from rich.tree import Tree
 from ..errors import UsageError
 from ..ir import Graph, Node
 from ..textform import cut_off_note, plural, unrecorded_note
-from ..views import Prepared, ViewOptions, view_options
+from ..views import Prepared, ViewOptions, ended_by, view_options
 from ..views import labels as L
 from ..views.facts import boundary, group_params, saved_bytes
 from ..views.fold import item_nodes
@@ -71,6 +71,8 @@ def _header(prep: Prepared) -> Text:
         t.append(f" ({plural(len(sel.hidden), 'bookkeeping op')} hidden)", style="dim")
     if cut_off_note(g):
         t.append(f"\n!! truncated: {cut_off_note(g)}", style="bold red")
+    if ended_by(g):  # (else the tree of the ops before the raise reads as a whole step)
+        t.append(f"\n!! pass ended with {ended_by(g)}: the ops after the raise did not run", style="bold red")
     if unrecorded_note(g):
         t.append(f"\n!! {unrecorded_note(g)}", style="bold red")
     for nid, error in g.raised().items():  # the op that failed, and what it said

@@ -20,7 +20,15 @@ from .options import BOOKKEEPING, PHASE_CHOICES, VIEW_OPTIONS, ViewOptions, as_d
 from .select import Selection
 
 __all__ = ["build_view", "View", "Box", "Edge", "Cluster", "ViewOptions", "view_options", "VIEW_OPTIONS",
-           "PHASE_CHOICES", "BOOKKEEPING", "BOX_KINDS", "SOURCE_KINDS", "CLUSTER_KINDS", "Prepared"]
+           "PHASE_CHOICES", "BOOKKEEPING", "BOX_KINDS", "SOURCE_KINDS", "CLUSTER_KINDS", "Prepared", "ended_by"]
+
+
+def ended_by(graph: Graph) -> str:
+    """The exception that ended the pass (``meta.error``: "FloatingPointError"), "" for a
+    pass that ran to its end. Such a pass holds only the ops before the raise: every view
+    says so, as it says a truncated one is cut off, or its drawing reads as a whole step."""
+    error = graph.meta.get("error")
+    return one_line(str(error)) if error else ""
 
 
 class Prepared:
@@ -92,9 +100,12 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     edges, extra = asm.edges()
     boxes = list(asm.boxes.values()) + extra
     sel, o = prep.sel, prep.opts
-    notes: List[str] = []
+    alerts: List[str] = []  # (what the pass is missing: the drawings show these, not only in comments)
     if cut_off_note(prep.graph):
-        notes.append(f"TRUNCATED: {cut_off_note(prep.graph)}")
+        alerts.append(f"TRUNCATED: {cut_off_note(prep.graph)}")
+    if ended_by(prep.graph):
+        alerts.append(f"ENDED WITH {ended_by(prep.graph)}: the ops after the raise did not run")
+    notes: List[str] = list(alerts)
     if unrecorded_note(prep.graph):
         notes.append(unrecorded_note(prep.graph))
     if sel.out_of_phase:
@@ -115,4 +126,4 @@ def _finish(prep: Prepared, asm: Assembler, auto: bool) -> View:
     stats = {"ops": len(prep.graph.nodes), "shown": len(sel.nodes), "hidden": len(sel.hidden),
              "boxes": len(boxes), "edges": len(edges), "clusters": len(asm.clusters), "folds": len(asm.folds),
              "full_depth": prep.max_depth + 1}  # (the depth that expands every module call)
-    return View(tuple(boxes), tuple(edges), tuple(asm.clusters), tuple(notes), resolved, stats)
+    return View(tuple(boxes), tuple(edges), tuple(asm.clusters), tuple(notes), resolved, stats, tuple(alerts))

@@ -73,7 +73,9 @@ class Cluster:
 @dataclass(frozen=True)
 class View:
     """What to draw, with ``notes`` saying what was hidden, collapsed or folded
-    and ``options`` the resolved view options (``depth`` is a number here)."""
+    and ``options`` the resolved view options (``depth`` is a number here).
+    ``alerts`` are the notes that say the pass is incomplete (cut off at ``max_ops``,
+    ended by an exception): a drawing shows them, where other notes stay comments."""
 
     boxes: Tuple[Box, ...]
     edges: Tuple[Edge, ...]
@@ -81,6 +83,7 @@ class View:
     notes: Tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     stats: Mapping[str, int] = field(default_factory=dict)
+    alerts: Tuple[str, ...] = ()
 
     def children(self) -> Dict[Optional[str], Tuple[List[Cluster], List[Box]]]:
         """cluster id (``None`` = top level) -> (child clusters, boxes), in order."""
