@@ -135,3 +135,45 @@ def test_mark_step_at_the_top_of_each_step_makes_no_setup_pass(tmp_path):
         graphs = [g for _, g in st.graphs()]
     assert len(passes) == 3 and len({p.structure_fp for p in passes}) == 1
     assert all(g.modules and g.modules[0].type == "Linear" for g in graphs)
+
+
+@pytest.mark.parametrize("max_passes, every, steps", [(1, 1, [None]), (2, 1, [None, 0]), (None, 2, [None, 0, 2, 4]),
+                                                      (1, 2, [None])])
+def test_plain_tensor_code_cut_at_the_top_of_each_step_keeps_the_schedule(tmp_path, max_passes, every, steps):
+    """(A review of the fix above.) Plain tensor code with `mark_step()` at the top
+    of each step keeps its setup as pass 0: `max_passes` counts it (one pass too
+    many was stored), and `every` counts from the first step (steps 0 and 1 were
+    both stored, then every other one off by one)."""
+    stored = []
+    with torchtrace.Recorder(tmp_path / "t.db", max_passes=max_passes, every=every,
+                             on_pass=lambda g, i: stored.append(g.meta.get("step"))) as rec:
+        w = torch.randn(4, 4)
+        for i in range(6):
+            rec.step(i)
+            torchtrace.mark_step()
+            (torch.randn(2, 4) @ w).relu().sum()
+    assert stored == steps and rec.recorded == len(steps)
+
+
+def test_an_on_pass_error_at_the_stored_setup_keeps_the_next_pass_apart(tmp_path):
+    """The callback raising while the setup was stored skipped the pass it ended:
+    two steps were one pass, with a label repeated."""
+    calls = []
+
+    def on_pass(g, i):
+        calls.append(i)
+        if len(calls) == 1:
+            raise RuntimeError("callback")
+
+    with torchtrace.Recorder(tmp_path / "t.db", on_pass=on_pass):
+        w = torch.randn(4, 4)
+        for i in range(3):
+            try:
+                torchtrace.mark_step()
+            except RuntimeError:
+                pass
+            (torch.randn(2, 4) @ w).relu() * (i + 1)
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        got = [(p.label, len(g.nodes)) for p, (_, g) in zip(st.passes(), st.graphs())]
+    assert [label for label, _ in got] == ["pass 0", "pass 1", "pass 2", "pass 3"]
+    assert [n for _, n in got][1:] == [4, 4, 4]

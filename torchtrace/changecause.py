@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .readchange import WitnessChange
+from .sourcetext import _NAME, line_text, names_assigned
 
 if TYPE_CHECKING:  # pragma: no cover
     from .align import Pair
@@ -51,11 +52,13 @@ class ChangedCauses:
         if not at:
             return None
         e = self.decisive[at - 1]
+        arm = self._lines(k0)  # (the changed op's statement, `self.c(h) * 2`, in A and in B)
         for i, j in self.pairs[e + 1:k0]:
             a = self.A.nodes[i].source if i is not None else None
             b = self.B.nodes[j].source if j is not None else None
-            if a is None or b is None or (a.file, a.line) == (b.file, b.line):
-                return None  # (an op between them ran in both at one line, or in one only: not the arm's)
+            if a is None or b is None or (a.file, a.line) == (b.file, b.line) or arm != (
+                    (a.file, a.line), (b.file, b.line)):
+                return None  # (an op between them not of the changed op's statement in each pass: not the arm's)
         w = self.witness_change(*self.pairs[e])
         a, b = self.A.graph.node(w.node_a).source, self.B.graph.node(w.node_b).source
         return w if a is not None and b is not None and a.line == b.line else None
@@ -76,7 +79,20 @@ class ChangedCauses:
         e = decisive_[at - 1]
         if self.one_sided[e] != self.one_sided[k0]:
             return None
+        read = self.A.nodes[self.pairs[e][0]]
+        at_ops = {(p.a.source.file, p.a.source.line) for p in changed if p.a.source is not None}
+        words = {w for p in changed for w in _NAME.findall(line_text(p.a))}
+        if read.source is None or (read.source.file, read.source.line) not in at_ops and not (
+                names_assigned(read) & words):
+            return None  # (its value reaches none of these ops' lines: it steered something else)
         return replace(self.witness_change(*self.pairs[e]), weak=True, steered=True)
+
+    def _lines(self, k: int) -> Optional[Tuple[Tuple[str, int], Tuple[str, int]]]:
+        """((file, line) in A, in B) of the ops aligned at row ``k`` (None: not both known)."""
+        i, j = self.pairs[k]
+        a = self.A.nodes[i].source if i is not None else None
+        b = self.B.nodes[j].source if j is not None else None
+        return None if a is None or b is None else ((a.file, a.line), (b.file, b.line))
 
     def shape_read(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """For a hunk of changed shapes: the data-dependent shape read

@@ -190,10 +190,12 @@ class Causes(ChangedCauses):
         then ``for k in ks: for _ in range(k):``)."""
         if loop is None:
             return None
+        lines = set()
         for e in reversed(self.differing[:bisect.bisect_left(self.differing, start)]):
             w = self.witness_change(*self.pairs[e])
             if number(w.a.value) and number(w.b.value) and (w.a.value, w.b.value) == (loop.a, loop.b):
-                return w
+                return w if lines <= {(w.file, w.line)} else None
+            lines.add((w.file, w.line))  # (a read between, at another line, may be the count's own)
         return None
 
     def _exit_read(self, loop: Optional[LoopChange], start: int, k0: int,
@@ -298,17 +300,29 @@ class Causes(ChangedCauses):
         at = first.source
         if not names or other.ran_lines(at.file, at.function, lo, hi):
             return nearest  # (no `if` tests a name, or the other pass ran its branch too: it went the same way)
-        for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):  # (a float kept, compared)
-            i, j = self.pairs[e]
-            read = self.A.nodes[i]
-            if names_assigned(read, at.file, at.function) & names:  # (or a helper's read it returned: `f = check(x)`)
-                # a bool or a count kept in the name decided it; a float kept in it is compared to something
-                # (`if loss < best:`), maybe re-assigned first: named, still a guess
-                weak = not (decisive(read.witness) and decisive(self.B.nodes[j].witness))
-                same = nearest is not None and nearest.node_a == read.id  # (then no other read is as likely)
-                return replace(nearest if same else self.witness_change(i, j), also=(), weak=weak, merged=False,
-                               named=True)
-        return nearest
+        # (a float kept, compared; or a helper's read it returned: `flag = check(x)`)
+        kept = [e for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)])
+                if names_assigned(self.A.nodes[self.pairs[e][0]], at.file, at.function) & names]
+        if not kept:
+            return nearest
+        e, read = kept[0], self.A.nodes[self.pairs[kept[0]][0]]
+        # `flag, n = check(x)`: which of the helper's reads went into the tested name is not known; a bool, for
+        # `if flag:`, likeliest
+        several = read.source is not None and (read.source.file, read.source.function) != (at.file, at.function) \
+            and len(names_assigned(read, at.file, at.function)) > 1
+        if several:
+            e = next((x for x in kept if self._bools(x)), e)
+        i, j = self.pairs[e]
+        read = self.A.nodes[i]
+        # a bool or a count kept in the name decided it; a float kept in it is compared to something
+        # (`if loss < best:`), maybe re-assigned first: named, still a guess
+        weak = not (decisive(read.witness) and decisive(self.B.nodes[j].witness)) or (several and not self._bools(e))
+        same = nearest is not None and nearest.node_a == read.id  # (then no other read is as likely)
+        return replace(nearest if same else self.witness_change(i, j), also=(), weak=weak, merged=False, named=True)
+
+    def _bools(self, e: int) -> bool:
+        i, j = self.pairs[e]
+        return isinstance(self.A.nodes[i].witness.value, bool) and isinstance(self.B.nodes[j].witness.value, bool)
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment

@@ -25,11 +25,11 @@ class Rewire:
     a: Tuple[str, ...]
     b: Tuple[str, ...]
     shared: Optional[str] = None
-    made: bool = False  # ``a``/``b`` say which ops made the tensors read ("`c.2`'s `addmm`"), not input names
+    made: bool = False  # ``a``/``b`` say where the tensors read came from ("what `c.2`'s `addmm` made"), not names
 
     def describe(self) -> str:
         if self.made:
-            return f"`{self.op}` reads what {', '.join(self.a)} made in A, {', '.join(self.b)} in B"
+            return f"`{self.op}` reads {', '.join(self.a)} in A, {', '.join(self.b)} in B"
         reads = f"`{self.op}` reads {_names(self.a)} in A, {_names(self.b)} in B"
         if self.shared is None:
             return reads
@@ -48,18 +48,19 @@ MADE = 2  # rewired ops said by what made their inputs, per hunk
 
 
 def _maker(g: "Graph", v: "Value") -> str:
-    """"`c.2`'s `addmm`", "`mul` at `m.py:9`" (made in the root's own code), "`x`"
-    (a named input, parameter or buffer): where the tensor ``v`` came from."""
+    """"what `c.2`'s `addmm` made", "what `mul` at `m.py:9` made" (the root's own
+    code), "param `p`" (a named input, parameter or buffer): where ``v`` came from."""
     if v.role != "activation" and v.name:
-        return f"`{v.name}`"
+        return f"{v.role} `{v.name}`"
     nid = g.producers().get(v.id)
     if nid is None:
         return f"a {v.role}"
     n = g.node(nid)
     path = g.module_path(n.module)
     if path:
-        return f"`{path}`'s `{n.short_op}`"
-    return f"`{n.short_op}`" + (f" at {where(n.source.file, n.source.line)}" if n.source is not None else "")
+        return f"what `{path}`'s `{n.short_op}` made"
+    return f"what `{n.short_op}`" + (f" at {where(n.source.file, n.source.line)}" if n.source is not None else "") \
+        + " made"
 
 
 def _names(names: Tuple[str, ...]) -> str:

@@ -114,7 +114,7 @@ class Recorder(Watcher):
         self.capture.on_compiled = self._uncompiled.add
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
-        self._setup: Optional[Tuple[Graph, float]] = None  # (built, start) before a first mark_step (mark_step)
+        self._setup: Optional[Tuple[Graph, float]] = None  # (built, wall) before a first mark_step (mark_step)
         self._seen: Dict[Optional[Tuple[str, int, int]], int] = {}  # passes begun per model (ModelKeys; None: step())
         try:
             self._begin(root=None, count=False)
@@ -210,9 +210,9 @@ class Recorder(Watcher):
         if self._prelude and self._root is None and self._sampled and self.capture.mode.events:
             # at the top of the first step, what came before is setup if a model call follows; plain
             # tensor code cut by hand keeps it as its first pass: built now, stored at the next cut
-            self._setup = (self._build(), self._t_start)
+            self._setup = (self._build(), time.perf_counter() - self._t_start)
             self._prelude = False
-            return self._begin(root=None, count=False)
+            return self._begin(root=None)
         self._prelude = False
         self._boundary(root=None)
 
@@ -251,7 +251,8 @@ class Recorder(Watcher):
 
     def _samples(self, k: int) -> bool:
         """Is a model's ``k``-th pass (from 0) recorded?"""
-        return k % self.every == 0 and (self.max_passes is None or self.recorded < self.max_passes)
+        pending = self._setup is not None  # (a setup built, stored at the next cut unless a model call drops it)
+        return k % self.every == 0 and (self.max_passes is None or self.recorded + pending < self.max_passes)
 
     def _unsampled_again(self, module: torch.nn.Module) -> bool:
         """While a pass is not sampled, a call of the model the pass began at that
@@ -300,22 +301,18 @@ class Recorder(Watcher):
         extra = {"last": True} if last and self.index else {}  # ended by the block's end, not by a next step
         return self.capture.finish_pass(step=self._pass_step, root=self._root, error=error, label=label, **extra)
 
-    def _setup_cut(self, model_call: bool) -> None:
-        """What came before a first ``mark_step()`` (``_setup``): setup, dropped,
-        when a model call starts the next pass; else a pass, stored first."""
-        setup, self._setup = self._setup, None
-        if setup is not None and not model_call:
-            self._store(setup[0], time.perf_counter() - setup[1])
-            self.index += 1
-
     def _finish(self, *, error: Optional[str] = None, last: bool = False) -> None:
         cap = self.capture
         assert cap is not None and self.store is not None
-        self._setup_cut(model_call=False)
-        if not self._sampled or (not cap.mode.events and self._root is None):
-            return
-        wall = time.perf_counter() - self._t_start
-        self._store(self._build(error, last), wall)
+        setup, self._setup = self._setup, None  # (set aside by a first mark_step(), and no model call came)
+        try:
+            if setup is not None:
+                self.index += 1
+                self._store(*setup)
+        finally:  # (an on_pass callback that raised: this pass is still stored)
+            if self._sampled and (cap.mode.events or self._root is not None):
+                wall = time.perf_counter() - self._t_start
+                self._store(self._build(error, last), wall)
 
     def _store(self, graph: Graph, wall: float) -> None:
         assert self.store is not None and self.capture is not None
@@ -344,10 +341,11 @@ class Recorder(Watcher):
                 if len(self._prep) > 4:
                     del self._prep[next(iter(self._prep))]
             drop_events(self.capture.mode, prep)
-        self._setup_cut(model_call=root is not None)
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
         # between mark_step() and that call), is no pass of its own: it takes no number
         empty = self._root is None and (not self.capture.mode.events if self._sampled else root is not None)
+        if root is not None:  # (what a first mark_step() set aside was setup: a model call follows it)
+            self._setup = None
         try:
             self._finish()
         finally:  # (an on_pass callback that raised: the next pass still starts here)
