@@ -9,6 +9,7 @@ or a path that is not a graph or store this version reads) or 1 for a failure
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from enum import Enum
@@ -31,6 +32,8 @@ app = typer.Typer(
 
 
 Phase = Enum("Phase", {p: p for p in PHASE_CHOICES}, type=str)  # the views' own list
+# what `run --render` draws: every format but json (graphs are in trace.db already: `torchtrace export`)
+RenderFmt = Enum("RenderFmt", {f.value: f.value for f in Fmt if f is not Fmt.json}, type=str)
 
 class Cut(str, Enum):
     root = "root"
@@ -100,8 +103,8 @@ def run(ctx: typer.Context,
         every: int = typer.Option(1, "--every", min=1, help="record every K-th pass"),
         backward: bool = typer.Option(True, "--backward/--no-backward", help="record backward and optimizer ops"),
         skip: List[str] = typer.Option([], "--skip", help="source prefix to skip for lines, e.g. transformers/"),
-        render_fmt: Optional[Fmt] = typer.Option(None, "--render",
-                                                 help="also write a render of each new variant (any format but json)"),
+        render_fmt: Optional[RenderFmt] = typer.Option(None, "--render",
+                                                       help="also write a drawing of each new variant"),
         max_ops: Optional[int] = typer.Option(None, "--max-ops", min=1, help="cap on ops recorded per pass"),
         cut: Cut = typer.Option(Cut.root, "--cut", help="where passes start: at each root model call, or at "
                                 "each torchtrace.mark_step() (a model called twice per step)"),
@@ -110,10 +113,6 @@ def run(ctx: typer.Context,
     """Run SCRIPT like `python SCRIPT ARGS...` and record every forward pass of its models."""
     from .launch import RunOptions, run_distributed, run_script
 
-    if render_fmt is Fmt.json:
-        _fail(UsageError("--render json is not a render",
-                         expected="text, dot, svg, png, pdf, mermaid, markdown or terminal",
-                         found="json", fix="graphs are in trace.db already; use `torchtrace export`"))
     if render_fmt is not None and _needs_dot(render_fmt.value) and shutil.which("dot") is None:
         # (checked before the script runs, not at its first variant)
         _fail(UsageError(f"--render {render_fmt.value} needs the Graphviz `dot` program", expected="`dot` on PATH",
@@ -125,7 +124,7 @@ def run(ctx: typer.Context,
     elif script is None:
         _fail(UsageError("no script to run", expected="a script path or -m MODULE, then its arguments",
                          found="nothing", fix="e.g. `torchtrace run train.py --lr 0.1`"))
-    elif script.startswith("-") and not Path(script).exists():  # an option of run's, mistyped
+    elif script.startswith("-") and not os.path.lexists(script):  # an option of run's, mistyped (or too long)
         _fail(UsageError(f"no such option: {script}", expected="run's options before the script (see "
                          "`torchtrace run --help`), then the script and its arguments", found=script,
                          fix="check the spelling, e.g. --max-passes, --every, --out"))

@@ -28,7 +28,7 @@ from .errors import TorchtraceError
 from .ir import Graph
 from .pyrun import (ENDED, INTERRUPTED, TERMINATED, Terminated, Terminator, check_module, check_script, execute,
                     exit_like_python, exit_status, show_uncaught)
-from .outdir import PREV_STORE, store_in
+from .outdir import PREV_STORE, claim_drawing, store_in
 from .whentorch import WhenTorch
 from .store import RUN_STORE
 
@@ -110,6 +110,7 @@ class _Progress:
 
         data = render(graph, fmt)
         name = f"variant-{k}.{ext}"
+        claim_drawing(self.folder, name)  # (listed first: the next run moves only the drawings a run listed)
         atomic_write(self.folder / name, data if isinstance(data, bytes) else data.encode("utf-8"))
         return self.options.out / name  # as the user wrote --out: their shell's cwd has not moved
 

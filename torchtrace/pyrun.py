@@ -24,11 +24,21 @@ GRACE_S = 10.0  # how long a SIGTERM's exception may take to leave the script be
 
 
 def check_script(script: str) -> Path:
+    """The script to run, checked as python checks it before running it: any
+    path that is no folder is a script (a FIFO from ``<(...)``, ``/dev/null``:
+    python runs them), a folder runs its ``__main__.py``; a store or a saved
+    graph is refused (the command meant was another)."""
     path = Path(script)
-    if not path.is_file() and not (path / "__main__.py").is_file():  # (`python adir` runs adir/__main__.py)
-        raise UsageError("no such script", where=script, expected="a Python file to run (or a folder with __main__.py)",
-                         found="nothing there" if not path.exists() else "a folder without __main__.py",
-                         fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
+    try:
+        if path.is_dir():  # (`python adir` runs adir/__main__.py)
+            if not (path / "__main__.py").is_file():
+                raise _no_script(script, "a folder without __main__.py")
+        elif not path.exists():
+            raise _no_script(script, "nothing there")
+    except OSError as e:  # (a name too long, a folder that may not be searched: python cannot open it either)
+        raise UsageError("cannot open the script", where=script, expected="a Python file to run",
+                         found=e.strerror or str(e), fix="check the path (its length, its folders' permissions)"
+                         ) from None
     kind = _recording(path)
     if kind is not None:  # (`torchtrace run trace.db`: the command meant was another)
         raise UsageError("not a script", where=script, expected="a Python file to run", found=kind,
@@ -37,11 +47,19 @@ def check_script(script: str) -> Path:
     return path
 
 
+def _no_script(script: str, found: str) -> UsageError:
+    """Nothing python could run at ``script`` (``found`` says what is there instead)."""
+    return UsageError("no such script", where=script, expected="a Python file to run (or a folder with __main__.py)",
+                      found=found, fix="give the path of the script, e.g. `torchtrace run train.py --lr 0.1`")
+
+
 def _recording(path: Path) -> Optional[str]:
     """What a file torchtrace wrote is, when ``path`` is one: a store, a gzipped
     or a JSON graph."""
     from .serialize import GZIP_MAGIC, SQLITE_HEADER
 
+    if not _regular(path):  # (a FIFO can be read once: what is read here, python would not run)
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(200)
@@ -110,10 +128,11 @@ def execute(path: Path, module: Optional[str], typed: Optional[str] = None) -> N
     the path as the user typed it (``./app/``: a folder's ``sys.path[0]``, as python's)."""
     safe = getattr(sys.flags, "safe_path", False)  # (python -P adds no folder of the script's)
     name = os.path.abspath(path)  # (__file__ absolute, as python's)
-    archive = module is None and (not path.is_file() or zipfile.is_zipfile(name))  # (run_path puts it first)
+    regular = _regular(path)  # (else a FIFO or a device: read once, by compile below, as python reads it)
+    archive = module is None and (path.is_dir() or regular and zipfile.is_zipfile(name))  # (run_path: first)
     if not safe:
         sys.path[0:1] = [os.getcwd()] if module is not None else [] if archive else [str(path.resolve().parent)]
-    if module is None and not archive and _compiled(name):
+    if module is None and not archive and regular and _compiled(name):
         runpy.run_path(name, run_name="__main__")  # (a .pyc: as python runs it)
         return
     if archive:  # (a folder or zip: its __main__ module, from it, as python runs it, sys.path[0] not normalised)
@@ -132,7 +151,10 @@ def execute(path: Path, module: Optional[str], typed: Optional[str] = None) -> N
                 as_main(module, alter_argv=False)
             return
         with open(name, "rb") as f:
-            code = compile(f.read(), name, "exec", dont_inherit=True)
+            source = f.read()
+        if not regular:  # (a FIFO: opened again for a line, it would wait for a writer that has gone)
+            _remember_lines(name, source)
+        code = compile(source, name, "exec", dont_inherit=True)
         main.__dict__.update(__file__=name, __cached__=None)
         if hasattr(launcher, "__loader__"):
             import importlib.machinery
@@ -156,6 +178,30 @@ def _new_main(launcher: Any) -> Any:
     if launcher is not None and "__annotations__" in vars(launcher):
         main.__annotations__ = {}
     return main
+
+
+def _remember_lines(name: str, source: bytes) -> None:
+    """Keep the lines of a script that can be read only once in ``linecache``,
+    where tracebacks and the recorder's source lines read them (an entry
+    without a modification time: never read again from the file)."""
+    import io
+    import linecache
+    import tokenize
+
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(source).readline)[0]
+        lines = io.TextIOWrapper(io.BytesIO(source), encoding=encoding).readlines()  # (as linecache splits)
+    except (SyntaxError, UnicodeDecodeError, LookupError):  # (compile says why)
+        return
+    linecache.cache[name] = (len(source), None, lines, name)
+
+
+def _regular(path: Path) -> bool:
+    """Is ``path`` a regular file, which may be read more than once?"""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _compiled(name: str) -> bool:
