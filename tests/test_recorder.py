@@ -1166,6 +1166,47 @@ def test_views_of_one_flat_buffer_that_do_not_overlap_stay_apart():
     [read] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "flat_read")]
     [write] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "flat_write")]
     assert s.item() == 0.0 and g.producers().get(read.inputs[0]) is None and len(write.outputs) == 2  # (p0, flat)
+    g.validate()  # (a write through a view of an outside base made their alias_of point at each other)
+
+
+class _SliceWriter(nn.Module):
+    def __init__(self, kc: torch.Tensor) -> None:
+        super().__init__()
+        self.lin, self.kc = nn.Linear(8, 8), kc
+
+    def forward(self, h: torch.Tensor, pos: int) -> torch.Tensor:
+        self.kc[:, pos] = self.lin(h)
+        return self.kc.sum(1)
+
+
+@pytest.mark.parametrize("write", ["out", "copy_", "add_", "slice"])
+def test_a_write_through_a_view_made_before_the_pass_keeps_the_graph_valid_and_wired(write, tmp_path):
+    """(An audit.) `view = buf[10:42]` before the block, written in it (`mul(out=)`,
+    `copy_`, `add_`; DDP's gradient buckets are such views): the view and its base,
+    both written, became each other's `alias_of` -- a graph `validate()` refused,
+    that could not be saved -- and a read of the base did not depend on the write.
+    Also a KV cache's layer slice taken at setup (`kc = cache[0]`)."""
+    buf = torch.zeros(100)
+    view, x = buf[10:42], torch.randn(32)
+    kc = torch.zeros(2, 4, 16, 8)[0]
+    m, h = _SliceWriter(kc), torch.randn(4, 8)
+    with torch.no_grad(), torchtrace.trace() as t:
+        if write == "out":
+            torch.mul(x, 2.0, out=view)
+        elif write == "copy_":
+            view.copy_(x)
+        elif write == "add_":
+            view.add_(x)
+        else:
+            y = m(h, 3)
+        if write != "slice":
+            y = buf.sum()
+    g = t.graph.validate()
+    torchtrace.save(g, tmp_path / "g.json")
+    assert torchtrace.load(tmp_path / "g.json") == g
+    [read] = [n for n in g.nodes if n.short_op.startswith("sum")]
+    [wrote] = [n for n in g.nodes if "inplace" in n.tags or n.op == "aten.mul.out"]
+    assert wrote.id in _ancestors(g, read.outputs[0]) and y.sum().item() != 0.0
 
 
 def test_the_base_of_a_view_first_seen_through_a_write_is_named_by_its_variable():

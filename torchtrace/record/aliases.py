@@ -112,11 +112,23 @@ def _outside_aliases(written: List[int], writes: Dict[int, List[int]], vmeta: Li
             got = span if span is not None else spans.get(b)
             if b in bases and got is not None:
                 held.setdefault(got[0], []).append((got[1], got[2], b))
+    def root_of(x: int) -> int:
+        while x in alias_root:
+            x = alias_root[x]
+        return x
+
+    def width(x: int) -> int:
+        return spans[x][2] - spans[x][1] if x in spans else -1
+
     joined = False
-    for v, (st, lo, hi) in spans.items():  # (bytes both touch: not the next parameter of a flat buffer)
-        b = next((b for blo, bhi, b in held.get(st, ()) if b != v and lo < bhi and blo < hi), None)
+    # narrowest first, each to the widest written base whose bytes it touches (a view made at setup to its
+    # base, both written: the base stays the root), never to one that leads back to it (no alias cycle)
+    for v in sorted(spans, key=lambda x: (width(x), x)):
+        st, lo, hi = spans[v]
+        b = max((b for blo, bhi, b in held.get(st, ()) if lo < bhi and blo < hi and root_of(b) != v),
+                key=lambda x: (width(x), -x), default=None)  # (bytes both touch: not the next parameter)
         if b is not None:
-            alias_root[v] = joined = b
+            alias_root[v] = joined = root_of(b)
     if joined is not False:  # (their versions too: a write through one is a write of the base)
         for v in written:
             origin = vmeta[v][V_ORIGIN][1]
