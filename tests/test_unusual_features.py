@@ -177,3 +177,25 @@ def test_an_on_pass_error_at_the_stored_setup_keeps_the_next_pass_apart(tmp_path
         got = [(p.label, len(g.nodes)) for p, (_, g) in zip(st.passes(), st.graphs())]
     assert [label for label, _ in got] == ["pass 0", "pass 1", "pass 2", "pass 3"]
     assert [n for _, n in got][1:] == [4, 4, 4]
+
+
+def test_parameters_read_under_torch_func_grad_keep_their_names():
+    """(An audit.) Under `torch.func.grad(loss)(params, x)` with `functional_call`,
+    the module's slots hold functorch wrappers of the tensors the mode sees: every
+    parameter was a nameless constant, where plain `functional_call` names them."""
+    from torch.func import functional_call, grad
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    params = {k: v.detach().clone().requires_grad_() for k, v in net.named_parameters()}
+    x = torch.randn(5, 4)
+
+    def loss(p, x):
+        return functional_call(net, p, (x,)).pow(2).mean()
+
+    plain = grad(loss)(params, x)
+    with torchtrace.trace(net) as t:
+        traced = grad(loss)(params, x)
+    assert all(torch.equal(plain[k], traced[k]) for k in plain)
+    named = {v.name: v.shape for v in t.graph.values if v.role == "param"}
+    assert named == {k: tuple(p.shape) for k, p in params.items()}

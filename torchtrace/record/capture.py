@@ -21,7 +21,7 @@ from ..errors import warn
 from ..ir import Graph
 from .autograd import AutogradTracker, grad_fns, storage_keys
 from .build import build_graph, open_annotations
-from .calls import bind_args, call_kwargs, name_inputs, tensors_in
+from .calls import bind_args, call_kwargs, name_inputs, physical, tensors_in
 from .compiled import CompileGuard
 from .patches import Patches
 from .composite import see_autocast
@@ -341,8 +341,8 @@ class Capture:
             return None
         _, module, path = stack[-1]
         for role, slots in (("param", module._parameters), ("buffer", module._buffers), ("constant", vars(module))):
-            for k, v in slots.items():
-                if v is t:
+            for k, v in slots.items():  # (under torch.func.grad the slots hold wrappers of what the mode sees)
+                if v is t or isinstance(v, torch.Tensor) and physical(v) is t:
                     return role, f"{path}.{k}" if path else k
         return None
 
