@@ -997,6 +997,61 @@ def test_a_custom_function_s_node_is_linked_to_the_op_that_made_its_output():
     assert Rectify.apply(x).grad_fn.name() == "RectifyBackward"
 
 
+def _gelu(x: torch.Tensor) -> torch.Tensor:  # (a helper the Function's forward calls, as transformers' Bloom does)
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+class HelperGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _gelu(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * 0.5 + x * 0
+
+
+class HelperGeluNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(HelperGelu.apply(self.a(x)))
+
+
+@pytest.mark.parametrize("reentrant_checkpoint", [False, True])
+def test_a_custom_function_whose_forward_calls_a_helper_keeps_its_op_after_backward(reentrant_checkpoint):
+    """(An audit.) The Function's ops are the helper's (not `forward`'s own lines)
+    and its output died with backward (a saved input of `b`, freed): the Node was
+    linked to no op, and its backward ops ran in no module call. So was reentrant
+    checkpoint's (transformers' gradient checkpointing). The link is read when
+    backward begins, while the output lives. Oracle: `grad_fn` of the output."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    net, x = HelperGeluNet(), torch.randn(3, 4)
+    mid = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    with torchtrace.trace(net) as t:
+        if reentrant_checkpoint:
+            y = checkpoint(mid, net.a(x), use_reentrant=True)
+            name = y.grad_fn.name()
+            net.b(y).sum().backward()
+            del y
+        else:
+            name = "HelperGeluBackward"
+            net(x).sum().backward()
+    g = t.graph.validate()
+    [node] = [a for a in g.autograd.nodes if a.name == name]
+    assert node.op is not None and g.node(node.op).grad_fn == node.id
+    assert g.node(node.op).short_op == ("tanh" if reentrant_checkpoint else "mul.Tensor")
+    if not reentrant_checkpoint:  # (its backward ops run in the module call of its forward)
+        mine = [n for n in g.nodes if n.autograd_node == node.id]
+        assert mine and {g.module_path(n.module) for n in mine} == {""} and all(n.module for n in mine)
+
+
 class Shift(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h):

@@ -123,7 +123,7 @@ _CUSTOM = torch.autograd.function.BackwardCFunction  # the Node class of every c
 
 class Entry:
     __slots__ = ("node", "key", "name", "seq", "kids", "storages", "variable", "hooked", "order", "aid", "leaf_ref",
-                 "custom")
+                 "custom", "made")
 
     def __init__(self, node: Any, key: tuple, order: int) -> None:
         self.node = node  # held: while it lives, torch hands out this same wrapper for the Node
@@ -139,6 +139,7 @@ class Entry:
         self.aid = ""  # its IR id, given when the pass is built
         self.leaf_ref: Any = None  # the leaf, weakly, once the Node is let go (``release``)
         self.custom = isinstance(node, _CUSTOM)  # a custom autograd.Function's (held past ``release``)
+        self.made: Any = None  # a custom Function's: where its op was found when backward began (linking.py)
 
     def leaf(self) -> Any:
         """The tensor an AccumulateGrad Node accumulates into (None: another Node, or gone)."""
@@ -150,6 +151,9 @@ class AutogradTracker:
 
     def __init__(self) -> None:
         self.on_release: Any = None  # called with {id(Node): key} of the Nodes let go (see release)
+        # (Node, sequence nr) -> where the op that made a custom Function's output is, read when backward
+        # starts, while that output is alive (linking.custom_run_at)
+        self.find_custom: Any = None
         self.reset()
 
     def reset(self) -> None:
@@ -226,6 +230,14 @@ class AutogradTracker:
                 e.hooked = True
                 self.handles.append(e.node.register_prehook(self._make_prehook(e.key)))
 
+    def _find_custom(self) -> None:
+        """Note where each custom Function's op is while its output lives (see ``find_custom``)."""
+        if self.find_custom is None:
+            return
+        for e in self.entries.values():
+            if e.custom and e.made is None and e.node is not None:
+                e.made = self.find_custom(e.node, e.seq) or False
+
     def _make_prehook(self, key: tuple) -> Any:
         executed, engine_grad = self.executed, self.engine_grad
 
@@ -244,10 +256,12 @@ class AutogradTracker:
         self.grad_inputs.update((id(p), p) for p in _grad_inputs() if isinstance(p, torch.nn.Parameter))
         if current is None:  # called at the gradient seed, before the engine starts
             self.walk(roots, hook=True)
+            self._find_custom()
             return
         key = self.key_of(current)
         was_hooked = key in self.entries and self.entries[key].hooked
         self.walk([current, *roots], hook=True)
+        self._find_custom()
         if not was_hooked:  # its pre-hook time has passed: it is running now
             self.executed.append(key)
         task = _task_id()

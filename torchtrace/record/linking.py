@@ -201,26 +201,49 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
-def _custom_op(node: Any, seq: int, threads: Tuple[_Counter, ...], events: List[tuple], mode: Any) -> Optional[int]:
+def _custom_op(node: Any, seq: int, threads: Tuple[_Counter, ...], events: List[tuple], mode: Any,
+               made: Any = None) -> Optional[int]:
     """The op that made the output of a custom ``autograd.Function`` whose Node
     is ``node``: its forward runs under no_grad, so its ops read the counter
     its Node moved, and none moves it; of them, the last whose output still has
-    this Node as grad_fn, or else the last that the Function's ``forward`` issued."""
+    this Node as grad_fn, or the one found so when backward began (``made``:
+    ``custom_run_at``; the output is often gone since, a saved input freed), or
+    else the last that the Function's ``forward`` issued."""
     code = getattr(getattr(getattr(type(node), "_forward_cls", None), "forward", None), "__code__", None)
-    for th in threads:
-        seqs = th.seqs
-        i = bisect.bisect_right(seqs, seq)
-        run: List[int] = []
-        for j in range(i, len(seqs)):
-            if seqs[j] != seqs[i]:
-                break
-            run.append(th.index[j])
+    for t, th in enumerate(threads):
+        run = _run_after(th, seq)
         alive = [k for k in run if _made(mode, events[k], node)]
         if alive:
             return alive[-1]
+        if made and made[0] == t and made[1] < len(run) and events[run[made[1]]][E_SEQ] == made[2]:
+            return run[made[1]]
         mine = [k for k in run if code is not None and code in (events[k][E_CODE], events[k][E_ICODE])]
         if mine:
             return mine[-1]
+    return None
+
+
+def _run_after(th: _Counter, seq: int) -> List[int]:
+    """The events of one thread that read the first sequence number after ``seq``."""
+    seqs = th.seqs
+    i = bisect.bisect_right(seqs, seq)
+    run: List[int] = []
+    for j in range(i, len(seqs)):
+        if seqs[j] != seqs[i]:
+            break
+        run.append(th.index[j])
+    return run
+
+
+def custom_run_at(mode: Any, node: Any, seq: int) -> Optional[Tuple[int, int, int]]:
+    """(thread, place in its run, sequence number read) of the op whose output a
+    custom Function's Node ``node`` is the grad_fn of, while that output lives."""
+    events = mode.events
+    for t, th in enumerate(_counters(events)):
+        run = _run_after(th, seq)
+        alive = [k for k, i in enumerate(run) if _made(mode, events[i], node)]
+        if alive:
+            return t, alive[-1], events[run[alive[-1]]][E_SEQ]
     return None
 
 
@@ -261,7 +284,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
     for e in entries:
         if e.seq is not None and e.key not in outside:
             i = _op_of(e.seq, e.name, threads, events, infos, copy_slices) if not e.custom else _custom_op(
-                e.node, e.seq, threads, events, mode)
+                e.node, e.seq, threads, events, mode, e.made)
             if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
                                   or e.key[:2] in outside_twins):
                 linked[e.key] = i
