@@ -172,6 +172,7 @@ class AutogradTracker:
         self.grad_inputs: Dict[int, Any] = {}  # id -> parameter torch.autograd.grad was asked the gradient of
         # (sequence nr, name) of Nodes that another Node had too: sequence numbers count per thread
         self.twins: Set[tuple] = set()
+        self.customs: List[Entry] = []  # custom Functions' Entries made since the last ``_find_custom``
 
     def _held(self, node: Any) -> Optional[Entry]:
         """The Entry that holds this very wrapper, if any (no key computed)."""
@@ -191,6 +192,8 @@ class AutogradTracker:
         if e is None:
             e = self.entries[key] = Entry(node, key, len(self.entries))
             self.by_obj[id(node)] = e
+            if e.custom:
+                self.customs.append(e)
         return e  # (a second wrapper of a walked Node is not cached: nothing holds it)
 
     def key_of(self, node: Any) -> tuple:
@@ -234,9 +237,10 @@ class AutogradTracker:
         """Note where each custom Function's op is while its output lives (see ``find_custom``)."""
         if self.find_custom is None:
             return
-        for e in self.entries.values():
-            if e.custom and e.made is None and e.node is not None:
+        for e in self.customs:
+            if e.made is None and e.node is not None:
                 e.made = self.find_custom(e.node, e.seq) or False
+        self.customs = []
 
     def _make_prehook(self, key: tuple) -> Any:
         executed, engine_grad = self.executed, self.engine_grad
