@@ -1169,6 +1169,38 @@ def test_views_of_one_flat_buffer_that_do_not_overlap_stay_apart():
     g.validate()  # (a write through a view of an outside base made their alias_of point at each other)
 
 
+def test_a_foreach_step_and_chains_of_views_of_one_buffer_keep_their_own_writes():
+    """(A review.) `_foreach_add_` writes several parameters in one op: each
+    written version took the first tensor's bytes, so `0.weight` became an alias
+    of `1.weight`, and a read of it depended on `1.weight`'s later write. And
+    parameters cut from one buffer (v in b, b overlapping c) joined in two steps:
+    a read of v missed the write to b."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    grads = [torch.ones_like(p) for p in m.parameters()]
+    with torch.no_grad(), torchtrace.trace(m) as t:
+        torch._foreach_add_(list(m.parameters()), grads)
+        m[1].weight.mul_(0.5)  # LINE:other_write
+        y = m[0].weight * 2  # LINE:foreach_read
+    g = t.graph.validate()
+    assert all(v.alias_of is None for v in g.values if v.role == "param")
+    [read] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "foreach_read")]
+    [other] = [n for n in g.nodes if n.source.line == zoo.marked_line(__file__, "other_write")]
+    deps = _ancestors(g, read.outputs[0])
+    assert other.id not in deps and any(g.node(n).op == "aten._foreach_add_.List" for n in deps)
+    assert torch.equal(y, m[0].weight * 2)
+
+    buf = torch.zeros(10)
+    v, b, c = buf[0:2], buf[0:6], buf[3:10]
+    with torch.no_grad(), torchtrace.trace() as t:
+        b.add_(1)
+        s = v.sum()
+    g = t.graph.validate()
+    [add] = [n for n in g.nodes if n.short_op == "add_.Tensor"]
+    [read] = [n for n in g.nodes if n.short_op == "sum"]
+    assert add.id in _ancestors(g, read.outputs[0]) and s.item() == 2.0 and c is not None
+
+
 class _SliceWriter(nn.Module):
     def __init__(self, kc: torch.Tensor) -> None:
         super().__init__()

@@ -104,12 +104,16 @@ def _outside_aliases(written: List[int], writes: Dict[int, List[int]], vmeta: Li
             if span is not None:
                 spans[v] = span
     held: Dict[int, List[Tuple[int, int, int]]] = {}  # storage -> (first byte, end byte, written base)
-    for vs in writes.values():  # (the bytes the op wrote: its tensor's, also for the base of a view it wrote)
-        t = vrefs[vs[0]]()
-        span = _span(t) if t is not None else None
+    for vs in writes.values():  # (the bytes the op wrote: each written tensor's; for the base of a view it
+        own = []                 # wrote, the narrowest written span inside the base's: a foreach op writes many)
         for w in vs:
+            t = vrefs[w]()
+            own.append(_span(t) if t is not None else None)
+        for w, sw in zip(vs, own):
             b = base(w)
-            got = span if span is not None else spans.get(b)
+            inner = [x for x in own if x is not None and sw is not None and x != sw and x[0] == sw[0]
+                     and sw[1] <= x[1] and x[2] <= sw[2]]
+            got = min(inner, key=lambda x: x[2] - x[1]) if inner else sw if sw is not None else spans.get(b)
             if b in bases and got is not None:
                 held.setdefault(got[0], []).append((got[1], got[2], b))
     def root_of(x: int) -> int:
@@ -129,6 +133,9 @@ def _outside_aliases(written: List[int], writes: Dict[int, List[int]], vmeta: Li
                 key=lambda x: (width(x), -x), default=None)  # (bytes both touch: not the next parameter)
         if b is not None:
             alias_root[v] = joined = root_of(b)
+    for v in spans:  # (one joined before its own target was joined on: to the root it leads to)
+        if v in alias_root:
+            alias_root[v] = root_of(v)
     if joined is not False:  # (their versions too: a write through one is a write of the base)
         for v in written:
             origin = vmeta[v][V_ORIGIN][1]

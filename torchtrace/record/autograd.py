@@ -151,8 +151,8 @@ class AutogradTracker:
 
     def __init__(self) -> None:
         self.on_release: Any = None  # called with {id(Node): key} of the Nodes let go (see release)
-        # (Node, sequence nr) -> where the op that made a custom Function's output is, read when backward
-        # starts, while that output is alive (linking.custom_run_at)
+        # [(Node, sequence nr)] -> where the ops that made custom Functions' outputs are, read when backward
+        # starts, while those outputs are alive (linking.custom_runs_at)
         self.find_custom: Any = None
         self.reset()
 
@@ -235,12 +235,11 @@ class AutogradTracker:
 
     def _find_custom(self) -> None:
         """Note where each custom Function's op is while its output lives (see ``find_custom``)."""
-        if self.find_custom is None:
-            return
-        for e in self.customs:
-            if e.made is None and e.node is not None:
-                e.made = self.find_custom(e.node, e.seq) or False
+        pending = [e for e in self.customs if e.made is None and e.node is not None]
         self.customs = []
+        if pending and self.find_custom is not None:
+            for e, made in zip(pending, self.find_custom([(e.node, e.seq) for e in pending])):
+                e.made = made or False
 
     def _make_prehook(self, key: tuple) -> Any:
         executed, engine_grad = self.executed, self.engine_grad

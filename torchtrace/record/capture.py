@@ -28,7 +28,7 @@ from .composite import see_autocast
 from .fork import STARTED
 from .framelocals import local_name
 from .frames import called_by_torch, frame_filter
-from .linking import custom_run_at, hold_by_key
+from .linking import custom_runs_at, hold_by_key
 from .mode import E_MOD, E_OUTS, V_ORIGIN, RecordingMode
 from .modules import ModuleScope
 from .process import grad_mode, process_rank
@@ -54,7 +54,7 @@ class Capture:
         self.scope = ModuleScope(self)
         self.autograd = AutogradTracker()
         self.autograd.on_release = lambda keys: hold_by_key(self.mode.events, keys)
-        self.autograd.find_custom = lambda node, seq: custom_run_at(self.mode, node, seq)
+        self.autograd.find_custom = lambda nodes: custom_runs_at(self.mode, nodes)
         # pass boundaries (Recorder): (root module, args, the frame holding its kwargs: see call_kwargs)
         self.on_root: Optional[Callable[[torch.nn.Module, tuple, Any], None]] = None
         self.after_root: Optional[Callable[[], None]] = None

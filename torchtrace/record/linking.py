@@ -235,16 +235,23 @@ def _run_after(th: _Counter, seq: int) -> List[int]:
     return run
 
 
-def custom_run_at(mode: Any, node: Any, seq: int) -> Optional[Tuple[int, int, int]]:
-    """(thread, place in its run, sequence number read) of the op whose output a
-    custom Function's Node ``node`` is the grad_fn of, while that output lives."""
+def custom_runs_at(mode: Any, nodes: List[Tuple[Any, int]]) -> List[Optional[Tuple[int, int, int]]]:
+    """For each (Node, sequence nr) of a custom Function: (thread, place in its
+    run, sequence number read) of the op whose output the Node is the grad_fn
+    of, while that output lives."""
     events = mode.events
-    for t, th in enumerate(_counters(events)):
-        run = _run_after(th, seq)
-        alive = [k for k, i in enumerate(run) if _made(mode, events[i], node)]
-        if alive:
-            return t, alive[-1], events[run[alive[-1]]][E_SEQ]
-    return None
+    threads = _counters(events)  # (once for all of them: each is a walk of every event)
+    out: List[Optional[Tuple[int, int, int]]] = []
+    for node, seq in nodes:
+        found = None
+        for t, th in enumerate(threads):
+            run = _run_after(th, seq)
+            alive = [k for k, i in enumerate(run) if _made(mode, events[i], node)]
+            if alive:
+                found = (t, alive[-1], events[run[alive[-1]]][E_SEQ])
+                break
+        out.append(found)
+    return out
 
 
 def _made(mode: Any, ev: tuple, node: Any) -> bool:
