@@ -196,6 +196,21 @@ def test_run_takes_a_pipe_and_dev_null_as_python_does(tmp_path):
     assert res.returncode == 2 and "a folder without __main__.py" in res.stderr, res.stderr
 
 
+def test_an_endless_device_and_a_pipe_for_several_ranks_are_refused_as_python_would(tmp_path):
+    """(A review.) `torchtrace run /dev/zero` read the device without end (memory
+    until the OOM killer), where python stops at the first NUL; and with
+    `--nproc-per-node 2` a pipe was taken, the folder moved aside, and every rank
+    died with a traceback: each rank reads the script, a pipe can be read once."""
+    ref = subprocess.run([sys.executable, "/dev/zero"], capture_output=True, text=True, timeout=60)
+    res = _torchtrace("run", "--out", "o", "/dev/zero", cwd=tmp_path, timeout=60)
+    assert res.returncode == ref.returncode == 1 and "null bytes" in res.stderr and "null bytes" in ref.stderr
+    fifo = tmp_path / "script.fifo"
+    os.mkfifo(fifo)
+    res = _torchtrace("run", "--nproc-per-node", "2", "--out", "o2", str(fifo), cwd=tmp_path, timeout=60)
+    assert res.returncode == 2 and "a script every rank can read" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o2").exists()
+
+
 def test_a_path_too_long_names_the_path_and_the_os_error(tmp_path):
     """They read "the output could not be written ... Fix: write it to a file with -o PATH"."""
     long = "a" * 300

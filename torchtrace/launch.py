@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import TorchtraceError
+from .errors import TorchtraceError, UsageError
 from .ir import Graph
 from .pyrun import (ENDED, INTERRUPTED, TERMINATED, Terminated, Terminator, check_module, check_script, execute,
-                    exit_like_python, exit_status, show_uncaught)
+                    exit_like_python, exit_status, is_regular, show_uncaught)
 from .outdir import PREV_STORE, claim_drawing, store_in
 from .whentorch import WhenTorch
 from .store import RUN_STORE
@@ -227,7 +227,11 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
     from .store import Store
 
     console = _stderr_now()
-    check_script(script)
+    path = check_script(script)
+    if not (path.is_dir() or is_regular(path)):  # (every rank reads the script: a FIFO can be read once)
+        raise UsageError("a script every rank can read", where=script, expected="a regular file (or a folder with "
+                         "__main__.py) with --nproc-per-node", found="a pipe or a device, which can be read once",
+                         fix="save the script to a file and run that")
     _check_options(options)
     with store_in(options.out) as store_path:
         Store(store_path).close()  # made (WAL, schema) once here, not by every rank at the same moment

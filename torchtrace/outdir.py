@@ -79,7 +79,8 @@ def claim_drawing(folder: Path, name: str) -> None:
         return
     if os.path.lexists(folder / name):
         raise UsageError(f"the --out folder holds a {name} torchtrace did not write", where=str(folder),
-                         expected="none: the drawing of a new variant is written to that name", found="a file",
+                         expected="none: the drawing of a new variant is written to that name",
+                         found="a file (yours, or an older torchtrace's, from before runs listed their drawings)",
                          fix="move it elsewhere, or pass another --out (it is left as it was)")
     atomic_write(folder / _drawings(RUN_STORE), "".join(f"{n}\n" for n in [*listed, name]).encode())
 

@@ -58,7 +58,7 @@ def _recording(path: Path) -> Optional[str]:
     or a JSON graph."""
     from .serialize import GZIP_MAGIC, SQLITE_HEADER
 
-    if not _regular(path):  # (a FIFO can be read once: what is read here, python would not run)
+    if not is_regular(path):  # (a FIFO can be read once: what is read here, python would not run)
         return None
     try:
         with open(path, "rb") as f:
@@ -128,7 +128,7 @@ def execute(path: Path, module: Optional[str], typed: Optional[str] = None) -> N
     the path as the user typed it (``./app/``: a folder's ``sys.path[0]``, as python's)."""
     safe = getattr(sys.flags, "safe_path", False)  # (python -P adds no folder of the script's)
     name = os.path.abspath(path)  # (__file__ absolute, as python's)
-    regular = _regular(path)  # (else a FIFO or a device: read once, by compile below, as python reads it)
+    regular = is_regular(path)  # (else a FIFO or a device: read once, by compile below, as python reads it)
     archive = module is None and (path.is_dir() or regular and zipfile.is_zipfile(name))  # (run_path: first)
     if not safe:
         sys.path[0:1] = [os.getcwd()] if module is not None else [] if archive else [str(path.resolve().parent)]
@@ -151,7 +151,7 @@ def execute(path: Path, module: Optional[str], typed: Optional[str] = None) -> N
                 as_main(module, alter_argv=False)
             return
         with open(name, "rb") as f:
-            source = f.read()
+            source = f.read() if regular else _read_stream(f)
         if not regular:  # (a FIFO: opened again for a line, it would wait for a writer that has gone)
             _remember_lines(name, source)
         code = compile(source, name, "exec", dont_inherit=True)
@@ -196,7 +196,23 @@ def _remember_lines(name: str, source: bytes) -> None:
     linecache.cache[name] = (len(source), None, lines, name)
 
 
-def _regular(path: Path) -> bool:
+def _read_stream(f: Any, cap: int = 1 << 28) -> bytes:
+    """A FIFO's or a device's bytes, up to the first NUL (compile then says "source
+    code cannot contain null bytes", as python does at once for ``/dev/zero``) or
+    ``cap`` bytes: such a file may never end."""
+    chunks, size = [], 0
+    while size < cap:
+        chunk = f.read(1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if b"\0" in chunk:
+            break
+    return b"".join(chunks)
+
+
+def is_regular(path: Path) -> bool:
     """Is ``path`` a regular file, which may be read more than once?"""
     try:
         return path.is_file()
