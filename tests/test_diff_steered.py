@@ -238,8 +238,9 @@ def test_one_buffer_or_parameter_whose_type_changed_is_named():
     two.double()
     g64 = _pass(two, torch.randn(2, 4, dtype=torch.float64))
     d = torchtrace.diff(g32, g64)
-    assert [i.describe() for i in d.inputs] == ["input `x` f32[2,4] \u2192 f64[2,4]", "param `l.weight` f32[4,4] \u2192 "
-                                                "f64[4,4]", "param `l.bias` f32[4] \u2192 f64[4]"]
+    assert [i.describe() for i in d.inputs] == ["input `x` f32[2,4] \u2192 f64[2,4]",
+                                                "param `l.weight` f32[4,4] \u2192 f64[4,4]",
+                                                "param `l.bias` f32[4] \u2192 f64[4]"]
     assert "1 more input change" in d.why()[0]
 
 
