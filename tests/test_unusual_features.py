@@ -199,3 +199,47 @@ def test_parameters_read_under_torch_func_grad_keep_their_names():
     assert all(torch.equal(plain[k], traced[k]) for k in plain)
     named = {v.name: v.shape for v in t.graph.values if v.role == "param"}
     assert named == {k: tuple(p.shape) for k, p in params.items()}
+
+
+def test_torch_tensor_of_numpy_or_tensor_data_records_one_op_sequence_in_every_grad_mode():
+    """(An audit.) Under inference_mode, `torch.tensor(array)` (and of a tensor)
+    ends with a `detach_` of its copy that was not taken for bookkeeping: the
+    modes recorded different op sequences and a diff blamed fused kernels."""
+    import numpy as np
+
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = torch.tensor(np.array([1, 0, 1]), dtype=torch.bool)
+            return self.l(x).masked_fill(mask, 0.0) + torch.tensor(x[0].detach(), dtype=torch.float64).sum()
+
+    m, x = Masked(), torch.randn(2, 3)
+    graphs = []
+    for mode in (torch.enable_grad, torch.no_grad, torch.inference_mode):
+        with mode(), torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    ops = [[n.op for n in g.nodes if "autograd_internal" not in n.tags] for g in graphs]
+    assert ops[0] == ops[1] == ops[2]
+    assert torchtrace.diff(graphs[1], graphs[2]).is_empty
+    with torch.inference_mode(), torchtrace.trace() as t:
+        y = torch.ones(3).detach().double().detach_()  # (the user's own: kept)
+    assert [n.short_op for n in t.graph.nodes][-1] == "detach_" and y.dtype == torch.float64
+
+
+def test_checkpoint_recompute_ops_are_tagged_recompute():
+    """(An audit.) Issue #3 asks for recompute ops "tagged `recompute`": they had
+    only the phase."""
+    from torch.utils.checkpoint import checkpoint
+
+    m, x = nn.Sequential(nn.Linear(4, 4), nn.Tanh()), torch.randn(2, 4, requires_grad=True)
+    with torchtrace.trace(m) as t:
+        checkpoint(m, x, use_reentrant=False).sum().backward()
+    g = t.graph.validate()
+    again = [n for n in g.nodes if n.phase == "recompute"]
+    assert again and all("recompute" in n.tags for n in again)
+    assert not any("recompute" in n.tags for n in g.nodes if n.phase != "recompute")
+    assert "recompute,recompute" not in str(g)

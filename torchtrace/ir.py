@@ -51,6 +51,7 @@ TAGS = {
                        "one it cannot take over as it is into a new .grad",
     "witness": "hands tensor data to Python or has a data-dependent output shape",
     "annotation": "a torch.profiler.record_function marker",
+    "recompute": "forward code that activation checkpointing re-runs in backward (also its phase)",
 }
 
 

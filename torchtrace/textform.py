@@ -101,7 +101,7 @@ def node_line(g: "Graph", n: "Node") -> str:
     if n.witness is not None:
         rhs += f" -> {n.witness.describe()}"
     flags = [n.phase] if n.phase != "forward" else []
-    flags += [t for t in n.tags if t != "witness"] + (["witness"] if n.witness is not None else [])
+    flags += [t for t in n.tags if t != "witness" and t != n.phase] + (["witness"] if n.witness is not None else [])
     if flags:
         rhs += "  [" + ",".join(flags) + "]"
     if n.id in g.raised():

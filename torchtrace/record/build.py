@@ -121,8 +121,12 @@ def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) ->
     if i == 0:
         return False
     prev = events[i - 1]
-    if infos[i - 1].name.startswith("aten.lift_fresh") and ev[E_INS][:1] == prev[E_OUTS][:1]:
-        return True  # torch.tensor(...) makes its result a leaf (seen under inference_mode)
+    if ev[E_INS][:1] == prev[E_OUTS][:1] and (infos[i - 1].name.startswith("aten.lift_fresh") or (
+            infos[i - 1].name == "aten._to_copy.default" and i > 1 and _same_place(events[i - 2], prev)
+            and (infos[i - 2].name.startswith("aten.lift_fresh") or infos[i - 2].is_detach)
+            and prev[E_INS][:1] == events[i - 2][E_OUTS][:1])):
+        return True  # torch.tensor(...) makes its result a leaf (seen under inference_mode), after a copy of
+        # numpy data or of a tensor (`lift_fresh`/`detach`, `_to_copy`, then this `detach_`)
     # issued inside the autograd kernel of an earlier op of the same Python
     # instruction (saving its outputs), detaching one of that op's fresh outputs
     j = i - 1
@@ -131,6 +135,11 @@ def _bookkeeping(events: List[tuple], infos: List[Any], i: int, created: Any) ->
     src = events[j]
     return (src[E_ICODE] is ev[E_ICODE] and src[E_ILASTI] == ev[E_ILASTI]
             and bool(ev[E_INS]) and ev[E_INS][0] in src[E_OUTS] and j in created)
+
+
+def _same_place(a: tuple, b: tuple) -> bool:
+    """Issued by one Python instruction (one call: ``torch.tensor(...)``)?"""
+    return a[E_ICODE] is b[E_ICODE] and a[E_ILASTI] == b[E_ILASTI]
 
 
 def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
@@ -274,6 +283,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             tags = (*tags, "autograd_internal")
         elif ph == BACKWARD and _accumulates(ag, ev):
             tags = (*tags, "accumulate_grad")
+        if ph == RECOMPUTE:  # (checkpoint's re-run of forward: its phase, and a tag that says so too)
+            tags = (*tags, "recompute")
         witness = None
         if type(ev[E_EXTRA]) is Raised:  # the op raised: no output, no read
             raised.append({"node": f"n{i}", "error": str(ev[E_EXTRA])})
