@@ -243,3 +243,24 @@ def test_checkpoint_recompute_ops_are_tagged_recompute():
     assert again and all("recompute" in n.tags for n in again)
     assert not any("recompute" in n.tags for n in g.nodes if n.phase != "recompute")
     assert "recompute,recompute" not in str(g)
+
+
+def test_grad_scaler_unscale_copies_of_the_inverse_scale_are_optimizer_phase():
+    """(An audit.) `unscale_`'s per-device copies of the inverse scale
+    (`_MultiDeviceReplicator.get`: `_to_copy`) were phase forward."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    x = torch.randn(8, 4)
+    with torchtrace.trace(model) as t:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().pow(2).mean()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # LINE:unscale
+        scaler.step(opt)
+        scaler.update()
+    import zoo
+    line = zoo.marked_line(__file__, "unscale")
+    at = [n for n in t.graph.nodes if n.source is not None and n.source.line == line]
+    assert any(n.short_op == "_to_copy" for n in at) and {n.phase for n in at} == {"optimizer"}

@@ -31,9 +31,11 @@ def open_marks(stack: List[str]) -> Tuple[bool, bool]:
             any(a.startswith(ZERO_GRAD_PREFIX) for a in stack))
 
 
-try:  # GradScaler's own work on the gradients (unscale_, step, update; not scale(): the loss, forward)
+try:  # GradScaler's own work on the gradients (unscale_, step, update; not scale(): the loss, forward; `get`:
+    # the per-device copies of the inverse scale unscale_ makes -- scale() of a list of outputs uses it too)
     import torch.amp.grad_scaler as _grad_scaler
-    _SCALER = (_grad_scaler.__file__, frozenset({"unscale_", "_unscale_grads_", "step", "_maybe_opt_step", "update"}))
+    _SCALER = (_grad_scaler.__file__, frozenset({"unscale_", "_unscale_grads_", "step", "_maybe_opt_step", "update",
+                                                     "get"}))
 except ImportError:  # pragma: no cover - torch < 2.3
     _SCALER = ("", frozenset())
 
