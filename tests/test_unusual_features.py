@@ -264,3 +264,31 @@ def test_grad_scaler_unscale_copies_of_the_inverse_scale_are_optimizer_phase():
     line = zoo.marked_line(__file__, "unscale")
     at = [n for n in t.graph.nodes if n.source is not None and n.source.line == line]
     assert any(n.short_op == "_to_copy" for n in at) and {n.phase for n in at} == {"optimizer"}
+
+
+@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("where", ["top", "end", "none"])
+def test_mark_step_and_a_zero_grad_before_the_model_call_make_one_pass_per_step(tmp_path, where, every):
+    """(An audit.) With the default cut, `mark_step()` then `opt.zero_grad()` (or
+    any op) before the model call cut twice: each step was two passes, the first
+    holding zero_grad's markers, and a mark at the end labelled the next step's
+    pass with the step before. The model call now names the pass the mark began,
+    and `every` counts the same steps wherever the mark is."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db", every=every) as rec:
+        for i in range(6):
+            rec.step(i)
+            if where == "top":
+                torchtrace.mark_step()
+            x, y = torch.randn(8, 4), torch.randn(8, 1)
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            if where == "end":
+                torchtrace.mark_step()
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        passes = list(st.passes())
+    assert [(p.step, p.root) for p in passes] == [(i, "Linear") for i in range(0, 6, every)]
+    assert len({p.structure_fp for p in passes}) == 1

@@ -31,6 +31,7 @@ from .compiled import Uncompiled, is_compiled_in_place
 from .frames import caller_name
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
+from .handcuts import HandCuts
 from .watch import Watcher, is_model_call
 from ..options import capture_options, recorder_options
 from ..outdir import hold_against_runs, let_go
@@ -44,7 +45,7 @@ DEFAULT_MAX_OPS = 500_000
 _INHERITED: List[Any] = []
 
 
-class Recorder(Watcher):
+class Recorder(Watcher, HandCuts):
     """Context manager recording every root pass into a trace store.
 
     ``store``: a path (created with its folder) or an open ``Store``.
@@ -115,6 +116,7 @@ class Recorder(Watcher):
         self.index = 0            # the pass in flight, in the sampling schedule
         self._prelude = True      # pass 0 holds the setup until the first root call or mark_step()
         self._setup: Optional[Tuple[Graph, float]] = None  # (built, wall) before a first mark_step (mark_step)
+        self._marked = False  # the pass in flight was begun by mark_step(): its first model call names it
         self._seen: Dict[Optional[Tuple[str, int, int]], int] = {}  # passes begun per model (ModelKeys; None: step())
         try:
             self._begin(root=None, count=False)
@@ -180,42 +182,6 @@ class Recorder(Watcher):
                              found="a Recorder not entered yet" if self.store is None else "a Recorder closed already",
                              fix=f"call rec.{what}() inside `with torchtrace.Recorder(...) as rec:`")
 
-    def _cut(self, start: bool = False) -> None:
-        """Start the next pass here (``cut="step"``). What came before the first
-        cut was the setup when ``start`` (``step(i)`` at the top of the loop) or
-        when no model ran in it; else it is a pass (``mark_step()`` at the end of
-        each step)."""
-        cap = self.capture
-        assert cap is not None
-        if start != self._cut_by and self._root is None and not cap.mode.events and not self._prelude:
-            # `mark_step()` then `step(i)` (or the other way) with nothing between them: one cut
-            self._pass_step = self._step
-        elif self._prelude and (start or self._root is None):
-            self._prelude = False
-            self._begin(root=None)
-        else:
-            self._prelude = False
-            self._boundary(root=None)
-        self._cut_by = start
-
-    def mark_step(self) -> None:
-        """End the current pass here and start the next one."""
-        self._check_open("mark_step")
-        if self._outer is not None:
-            return self._outer.mark_step()
-        if self.capture is None:  # a forked child's copy
-            return
-        if self.cut == "step":
-            return self._cut()
-        if self._prelude and self._root is None and self._sampled and self.capture.mode.events:
-            # at the top of the first step, what came before is setup if a model call follows; plain
-            # tensor code cut by hand keeps it as its first pass: built now, stored at the next cut
-            self._setup = (self._build(), time.perf_counter() - self._t_start)
-            self._prelude = False
-            return self._begin(root=None)
-        self._prelude = False
-        self._boundary(root=None)
-
     # -- passes -------------------------------------------------------------------
     def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None,
                model: Optional[torch.nn.Module] = None, count: bool = True) -> None:
@@ -225,6 +191,7 @@ class Recorder(Watcher):
         generator and discriminator steps alternate, and ``every=2`` samples both."""
         cap = self.capture
         assert cap is not None
+        self._marked = False  # (mark_step sets it after)
         key = None if model is None else self._model_key(model)
         self._last_root = self._roots[id(model)] if model is not None and count else None  # (_unsampled_again)
         k = self._seen.get(key, 0)
@@ -331,16 +298,7 @@ class Recorder(Watcher):
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
                   name: Optional[Callable[[], Optional[str]]] = None,
                   model: Optional[torch.nn.Module] = None, frame: Any = None) -> None:
-        if self._sampled and inputs:
-            # the ops that only built the next call's inputs (data loading) are left out of this step
-            prep = input_prep(self.capture.mode, inputs, call_site(frame))
-            if prep:
-                sig = signature(self.capture.mode, prep)
-                self._prep.pop(sig, None)
-                self._prep[sig] = None
-                if len(self._prep) > 4:
-                    del self._prep[next(iter(self._prep))]
-            drop_events(self.capture.mode, prep)
+        self._trim(inputs, frame)
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
         # between mark_step() and that call), is no pass of its own: it takes no number
         empty = self._root is None and (not self.capture.mode.events if self._sampled else root is not None)
@@ -351,6 +309,18 @@ class Recorder(Watcher):
         finally:  # (an on_pass callback that raised: the next pass still starts here)
             self.index += not empty
             self._begin(root, name, model)
+
+    def _trim(self, inputs: Iterable[Any], frame: Any) -> None:
+        """Leave out the ops that only built the next call's inputs (data loading)."""
+        if self._sampled and inputs:
+            prep = input_prep(self.capture.mode, inputs, call_site(frame))
+            if prep:
+                sig = signature(self.capture.mode, prep)
+                self._prep.pop(sig, None)
+                self._prep[sig] = None
+                if len(self._prep) > 4:
+                    del self._prep[next(iter(self._prep))]
+            drop_events(self.capture.mode, prep)
 
     def _on_root(self, module: torch.nn.Module, args: tuple = (), frame: Any = None) -> None:
         if _task_id() != -1:  # called by backward (checkpoint's recompute): part of the step, never a root
@@ -372,9 +342,11 @@ class Recorder(Watcher):
             self._begin(root=type(module).__name__, name=name, model=module)
             return
         # the next call's inputs matter only to trim a recorded pass (kwargs cost an f_locals)
-        self._boundary(root=type(module).__name__,
-                       inputs=tensors_in((args, call_kwargs(frame))) if self._sampled else (), name=name,
-                       model=module, frame=frame)
+        inputs = tensors_in((args, call_kwargs(frame))) if self._sampled else ()
+        if self._marked and self._root is None:  # a pass mark_step() began: the call names it, cuts no more
+            self._marked = self._setup = None  # (`zero_grad()` before it made a pass of its own each step;
+            return self._join(module, name, inputs, frame)  # what the first mark_step() set aside was setup)
+        self._boundary(root=type(module).__name__, inputs=inputs, name=name, model=module, frame=frame)
 
     def _after_root(self) -> None:
         if not self.backward and self._sampled and self.capture is not None:
