@@ -292,3 +292,30 @@ def test_mark_step_and_a_zero_grad_before_the_model_call_make_one_pass_per_step(
         passes = list(st.passes())
     assert [(p.step, p.root) for p in passes] == [(i, "Linear") for i in range(0, 6, every)]
     assert len({p.structure_fp for p in passes}) == 1
+
+
+def test_a_mark_step_at_the_top_of_a_dataloader_loop_leaves_the_fetch_out(tmp_path):
+    """(An audit.) `for x, y in loader: mark_step()`: the fetch of each batch ran
+    before the mark, and every pass held the next batch's loading (20 ops at the
+    `for` line) but the last: two variants where one step ran."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8, shuffle=True)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        for x, y in loader:  # LINE:fetch
+            torchtrace.mark_step()
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    import zoo
+    fetch = zoo.marked_line(__file__, "fetch")
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        graphs = [g for _, g in st.graphs()]
+        fps = [p.structure_fp for p in st.passes()]
+    assert len(graphs) == 4 and len(set(fps[:3])) == 1
+    assert not any(n.source is not None and n.source.line == fetch and n.phase == "forward"
+                   for g in graphs[:3] for n in g.nodes)

@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from .boundary import drop_events, input_prep
+
 
 class HandCuts:
     capture: Any  # (Recorder's: its Capture, pass state and schedule)
@@ -58,6 +60,8 @@ class HandCuts:
             self._begin(root=None)
         else:
             self._prelude = False
+            if self._sampled:  # (`for x, y in loader: mark_step()`: the batch fetched for the next step)
+                drop_events(self.capture.mode, input_prep(self.capture.mode, ()))
             self._boundary(root=None)
         self._marked = True
 
