@@ -319,3 +319,22 @@ def test_a_mark_step_at_the_top_of_a_dataloader_loop_leaves_the_fetch_out(tmp_pa
     assert len(graphs) == 4 and len(set(fps[:3])) == 1
     assert not any(n.source is not None and n.source.line == fetch and n.phase == "forward"
                    for g in graphs[:3] for n in g.nodes)
+
+
+def test_cut_step_with_every_counts_the_first_pass(tmp_path):
+    """(An audit.) `cut="step"`, `every=2`, `mark_step()` at the end of each step: the
+    first pass (begun at the Recorder's start) was not counted, so steps 0, 1, 3, 5
+    were recorded."""
+    torch.manual_seed(0)
+    enc = nn.Linear(4, 4)
+    opt = torch.optim.SGD(enc.parameters(), lr=0.1)
+    with torchtrace.Recorder(tmp_path / "t.db", cut="step", every=2):
+        for i in range(6):
+            a = torch.randn(8, 4)
+            loss = (enc(a) - enc(a + 0.1)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            torchtrace.mark_step()
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        assert [p.label for p in st.passes()] == ["enc (Linear) 0", "enc (Linear) 2", "enc (Linear) 4"]

@@ -25,6 +25,7 @@ class HandCuts:
     _sampled: bool
     _marked: Any
     _setup: Any
+    _seen: Any
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
         cut was the setup when ``start`` (``step(i)`` at the top of the loop) or
@@ -39,6 +40,8 @@ class HandCuts:
             self._prelude = False
             self._begin(root=None)
         else:
+            if self._prelude:  # (kept as the first pass: it counts for `every`, as every pass after it)
+                self._seen[None] = self._seen.get(None, 0) + 1
             self._prelude = False
             self._boundary(root=None)
         self._cut_by = start
