@@ -357,9 +357,11 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:
             changed = tuple(p for p in rows if significant(p))
+            steerable = not inputs and all({"wiring", "args"} & set(p.what) and not {"shape", "dtype"} & set(p.what)
+                                           for p in changed)  # (other tensors read, or other args: no type change)
             witness = causes.shape_read(k0, k1) or causes.passed_on(k0, changed) or (causes.arm(k0) if any(
-                {"args", "line"} <= set(p.what) for p in changed) else None) or (causes.steered(k0, changed) if not inputs and all(
-                    {"wiring", "args"} & set(p.what) and not {"shape", "dtype"} & set(p.what) for p in changed) else None)
+                {"args", "line"} <= set(p.what) for p in changed) else None) or (
+                causes.steered(k0, changed) if steerable else None)
             # (integer args of resized ops are sizes that follow the shapes, unless no input changed and
             # no read of data explains them: then an argument decided the new shapes, `topk(self.k)`, k 2 -> 3)
             args = arg_changes(args_only(changed), reshaped(changed) if inputs or witness is not None else None)

@@ -212,7 +212,8 @@ class Hunk:
         # (an op given one more input says so in ``types``; its wiring is that input)
         rest = sum("wiring" in p.what and _arity(p) for p in self.changed) - len(self.rewires)
         if rest > 0:
-            parts.append(f"{plural(rest, 'more op')} read from other ops" if self.rewires else "inputs come from other ops")
+            parts.append(f"{plural(rest, 'more op')} read from other ops" if self.rewires
+                         else "inputs come from other ops")
         more = len(self.types) + len(self.args) - min(3, len(self.types)) - min(3, len(self.args))
         if more > 0:
             parts.append(f"{more} more")
