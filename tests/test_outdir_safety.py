@@ -12,26 +12,16 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-import torch
 
-import torchtrace
 from torchtrace import outdir
 from torchtrace.errors import UsageError
 from torchtrace.outdir import store_in
-from torchtrace.store import Store
+from test_cli import _one_pass  # (one pass of a Linear, stored at a path)
 
 
 def _torchtrace(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torchtrace", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def _one_pass(path: Path) -> None:
-    m = torch.nn.Linear(2, 2)
-    with torchtrace.trace(m) as t:
-        m(torch.ones(1, 2))
-    with Store(path) as store:
-        store.add(t.graph)
 
 
 _RUNS = count()
