@@ -7,7 +7,9 @@ x.view(-1); x.relu_(); flat.sum()``), or the view a written view was cut
 from (a preallocated KV cache: ``kc = cache[layer]; kc[pos] = k; kc[:pos + 1]``).
 After the pass, each read of such a value is pointed at a new version of it,
 made by the last write to its storage before the read (one more output of
-that op): the read depends on the write, as the data does.
+that op): the read depends on the write, as the data does. A tensor pointed at
+another storage (``set_``, ``t.data = ...``: ``rebound``, setdata.py) shares
+that storage from then on; doing so writes no storage.
 """
 from __future__ import annotations
 
@@ -19,17 +21,20 @@ from .autograd import storage_keys
 from .mode import E_INS, E_OUTS, V_ORIGIN
 
 
-def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any],
-                        alias_root: Dict[int, int], producer: Dict[int, int]) -> None:
+def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any], alias_root: Dict[int, int],
+                        producer: Dict[int, int], rebound: Optional[Dict[int, Optional[int]]] = None) -> None:
     """Rewrite ``events`` (inputs and the writes' outputs), ``vmeta``, ``vrefs``,
-    ``alias_root`` and ``producer`` in place; nothing when no op wrote."""
-    written = [v for v in range(len(vmeta)) if _written(vmeta, v) and v in producer]
+    ``alias_root`` and ``producer`` in place; nothing when no op wrote.
+    ``rebound``: value -> the value whose storage it shares from then on
+    (``setdata.rebound_values``; its ``alias_root`` says so already)."""
+    rebound = rebound or {}
+    written = [v for v in range(len(vmeta)) if _written(vmeta, v) and v in producer and v not in rebound]
     if not written:
         return
     writes: Dict[int, List[int]] = {}  # write op -> the versions it made (the written tensor's first)
     for v in written:
         writes.setdefault(producer[v], []).append(v)
-    _outside_aliases(written, writes, vmeta, vrefs, alias_root)
+    _outside_aliases(written, writes, vmeta, vrefs, alias_root, rebound)
     storage: Dict[int, int] = {}
 
     def storage_of(v: int) -> int:
@@ -37,7 +42,7 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
         if s is None:
             r = alias_root.get(v, v)
             origin = vmeta[r][V_ORIGIN]
-            s = storage_of(origin[1]) if _written(vmeta, r) else r
+            s = storage_of(origin[1]) if _written(vmeta, r) and r not in rebound else r
             storage[v] = s
         return s
 
@@ -74,17 +79,27 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
 
 
 def _outside_aliases(written: List[int], writes: Dict[int, List[int]], vmeta: List[tuple], vrefs: List[Any],
-                     alias_root: Dict[int, int]) -> None:
+                     alias_root: Dict[int, int], rebound: Dict[int, Optional[int]]) -> None:
     """Tensors made before the pass that share a storage the pass wrote (a view
     taken at setup, ``k = cache[0]``; ``w = lin.weight.detach()``; ``m(x, x[0])``)
     came in as values of their own: each becomes an alias of the written one, so
     that its reads after the write depend on it. Only outside values that are
-    alive are compared (a storage's key: ``storage_keys``)."""
+    alive are compared (a storage's key: ``storage_keys``), and only while their
+    tensor shows their storage: not one pointed at another since (``rebound``)."""
     first: Dict[int, int] = {}  # version -> the value it is a version of, first (memo: chains can be long)
+    moved: Dict[int, int] = {}  # id of a tensor pointed at another storage -> the last value that did so
+    for r in rebound:
+        t = vrefs[r]()
+        if t is not None and moved.get(id(t), -1) < r:
+            moved[id(t)] = r
+
+    def span_of(v: int) -> Optional[Tuple[int, int, int]]:
+        t = vrefs[v]()
+        return _span(t) if t is not None and moved.get(id(t), -1) <= v else None
 
     def base(v: int) -> int:
         chain = []
-        while v not in first and _written(vmeta, v):
+        while v not in first and _written(vmeta, v) and v not in rebound:
             chain.append(v)
             v = vmeta[v][V_ORIGIN][1]
         root = first.get(v, v)
@@ -99,16 +114,12 @@ def _outside_aliases(written: List[int], writes: Dict[int, List[int]], vmeta: Li
     for v, rec in enumerate(vmeta):
         origin = rec[V_ORIGIN]
         if origin is not None and origin[0] == "ext" and v not in alias_root:
-            t = vrefs[v]()
-            span = _span(t) if t is not None else None
+            span = span_of(v)
             if span is not None:
                 spans[v] = span
     held: Dict[int, List[Tuple[int, int, int]]] = {}  # storage -> (first byte, end byte, written base)
     for vs in writes.values():  # (the bytes the op wrote: each written tensor's; for the base of a view it
-        own = []                 # wrote, the narrowest written span inside the base's: a foreach op writes many)
-        for w in vs:
-            t = vrefs[w]()
-            own.append(_span(t) if t is not None else None)
+        own = [span_of(w) for w in vs]  # wrote, the narrowest written span inside the base's: foreach writes many)
         for w, sw in zip(vs, own):
             b = base(w)
             inner = [x for x in own if x is not None and sw is not None and x != sw and x[0] == sw[0]

@@ -25,6 +25,7 @@ from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI
                    E_LINE, E_MOD, E_OUTS, E_PHASE, V_DEVICE, V_DTYPE, V_ORIGIN, V_SHAPE)
 from .opinfo import BY_INDEX, describe_object
 from .optimizer import ClosureLoss, annotate, open_marks, scaler_step
+from .setdata import rebound_values
 
 PHASE_NAMES = {0: "forward", BACKWARD: "backward", RECOMPUTE: "recompute"}
 
@@ -161,11 +162,18 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             root = alias_root.get(ins[0], ins[0])
             for v in outs:
                 alias_root[v] = root
+    rebound = rebound_values(events, infos, vmeta, producer)  # (set_, `t.data = ...`: another storage now)
     for vid, rec in enumerate(vmeta):
         origin = rec[V_ORIGIN]
-        if origin is not None and origin[0] == "ver" and origin[1] in alias_root:
+        if vid in rebound:
+            src = rebound[vid]
+            if src is None:
+                alias_root.pop(vid, None)
+            else:
+                alias_root[vid] = alias_root.get(src, src)
+        elif origin is not None and origin[0] == "ver" and origin[1] in alias_root:
             alias_root[vid] = alias_root[origin[1]]
-    refresh_stale_reads(events, vmeta, mode.vrefs, alias_root, producer)
+    refresh_stale_reads(events, vmeta, mode.vrefs, alias_root, producer, rebound)
 
     alive = mode.live()
     try:
@@ -185,7 +193,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         dtype, origin = rec[V_DTYPE], rec[V_ORIGIN]
         role, name, version_of = "activation", None, None
         t = alive.get(vid)
-        if origin is None:
+        if origin is None or origin[0] == "data":  # (a tensor the pass made, pointed at new data: setdata.py)
             op = producer.get(vid)
             rg = t.requires_grad if t is not None else (
                 op is not None and op in created and (dtype.is_floating_point or dtype.is_complex))

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import threading
 import warnings
 from typing import Any, Callable, List, Optional
@@ -48,6 +49,7 @@ import torch
 
 from .composite import see_autocast
 from .fork import STARTED
+from .setdata import note_data
 
 _C = torch._C
 _KEYS = tuple(getattr(_C.DispatchKey, k) for k in ("Python", "PythonTLSSnapshot") if hasattr(_C.DispatchKey, k))
@@ -135,8 +137,10 @@ def _forgetting_data(orig: Any) -> Optional[property]:
 
     def set_data(self: torch.Tensor, new: torch.Tensor) -> None:
         put(self, new)
-        for cap in list(STARTED):
-            cap.mode.forget(self)
+        if STARTED:
+            frame = sys._getframe(1)
+            for cap in list(STARTED):
+                note_data(cap, self, new, frame)
 
     def del_data(self: torch.Tensor) -> None:  # (torch's own error, as without the patch)
         if drop is None:

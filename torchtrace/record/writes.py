@@ -11,6 +11,8 @@ from typing import Any, List, Optional
 
 import torch
 
+from .autograd import storage_keys
+
 _ref = weakref.ref
 _Tensor = torch.Tensor
 
@@ -84,6 +86,16 @@ class Writes:
                 self._bump(t, outs, frame)
             base = t._base
             if base is not None:  # the write is visible through the base too
-                self._bump(base, outs, frame)
+                if _shares(t, base):  # (unless either was pointed at another storage since: set_, `.data =`)
+                    self._bump(base, outs, frame)
                 self.inplace_on_view.add(len(self.events))
         return tuple(written)
+
+
+def _shares(a: Any, b: Any) -> bool:
+    """Do tensors ``a`` and ``b`` share a storage (or is either's unknown)?"""
+    try:
+        return a.untyped_storage()._cdata == b.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError, TypeError):  # (a wrapper subclass: the storages it wraps)
+        ka, kb = storage_keys(a), storage_keys(b)
+        return not ka or not kb or not set(ka).isdisjoint(kb)
