@@ -30,6 +30,7 @@ class Assembler:
         self.cluster_parent: Dict[str, Optional[str]] = {}
         self.box_of: Dict[str, str] = {}          # representative node id -> box id
         self.alias: Dict[str, str] = {}           # folded node id -> node it maps onto
+        self.fold_params: Dict[str, List[str]] = {}  # optimizer op id -> params the ops a fold drew as it update
         self.runs_of: Dict[str, Dict[int, int]] = {}  # node id -> {fold number: piece index}
         self.folds: List[str] = []
         self.rep_names: Dict[str, List[str]] = {}  # group key -> names of the calls a loop fold drew as it
@@ -71,15 +72,26 @@ class Assembler:
         n_ops = sum(1 for u in units if isinstance(u, Node))
         if self.chunk is None or n_ops <= self.chunk:
             return units
-        # a chunk per source line first (consecutive ops of one line: what the code says); only when
-        # there are still too many, lines together, up to ``size`` ops a chunk (a line's ops kept whole)
-        out = _merged([(u,) if isinstance(u, Node) else u for u in units],
-                      lambda a, b: _line_of(a[-1]) == _line_of(b[0]) is not None)
+        # a chunk per source line first (consecutive ops of one line: what the code says), an optimizer step's
+        # (one line) per module whose parameters they update, then the module around it (`h.0.attn`, `h.0`)
+        # while there are too many; then lines together, up to ``size`` ops a chunk (a line's ops kept whole)
+        ops = [(u,) if isinstance(u, Node) else u for u in units]
+        deepest = max((len(L.module_parts(self.sel.updated_param(u))) for u in units if isinstance(u, Node)),
+                      default=0)
+        for level in range(deepest, -1, -1):
+            out = _merged(ops, lambda a, b: self._chunk_key(a[-1], level) == self._chunk_key(b[0], level) is not None)
+            if sum(1 for u in out if isinstance(u, tuple)) <= self.chunk:
+                break
         if sum(1 for u in out if isinstance(u, tuple)) > self.chunk:
             size = -(-n_ops // self.chunk)
             out = _merged(out, lambda a, b: len(a) + len(b) <= max(size, len(b)))
         self.chunked += sum(len(u) for u in out if isinstance(u, tuple) and len(u) > 1)
         return [u[0] if isinstance(u, tuple) and len(u) == 1 else u for u in out]
+
+    def _chunk_key(self, n: Node, level: int) -> Optional[tuple]:
+        """What one chunk's ops share: their line, the first ``level`` parts of their parameter's module path."""
+        line = _line_of(n)
+        return None if line is None else (*line, *L.module_parts(self.sel.updated_param(n))[:level])
 
     def _fold(self, items: Sequence[Item], r: Run, cluster: Optional[str], parent: Group) -> None:
         pieces = [items[r.start + k * r.period: r.start + (k + 1) * r.period] for k in range(r.reps)]
@@ -91,6 +103,8 @@ class Assembler:
                 self.runs_of.setdefault(n.id, {})[fold_no] = k
                 if k:
                     self.alias[n.id] = n0.id
+                    more = [self.sel.updated_param(n), *self.fold_params.get(n.id, ())]  # (n's own folds' too)
+                    self.fold_params.setdefault(n0.id, []).extend(p for p in more if p is not None)
                     self._stands_for(n0, n)
         first = pieces[0][0]
         note = L.args_differ([[n for it in piece for n in item_nodes(it)] for piece in pieces])
@@ -157,7 +171,8 @@ class Assembler:
 
     def _chunk(self, nodes: Tuple[Node, ...], cluster: Optional[str]) -> None:
         bid = f"chunk.{nodes[0].id}"
-        lines = [L.op_mix(nodes), L.line_span(nodes), *L.witness_lines(nodes)]
+        params = [p for n in nodes for p in (self.sel.updated_param(n), *self.fold_params.get(n.id, ())) if p]
+        lines = [L.updates(params), L.op_mix(nodes), L.line_span(nodes), *L.witness_lines(nodes)]
         self.boxes[bid] = Box(bid, "chunk", L.ops_word(len(nodes)), tuple(x for x in lines if x), cluster,
                               nodes[0].phase, 1, any(n.witness is not None for n in nodes),
                               f"ops {nodes[0].id}…{nodes[-1].id}", tuple(n.id for n in nodes), self._order(nodes[0]))
@@ -287,16 +302,19 @@ class Assembler:
             out = [(vid, None) for vid in self.g.outputs]
         if self.sel.focus_calls:
             said = {vid for vid, _ in out}
-            drawn = set()  # (the op drawn, which output): a folded call's iterations make one output box
-            for vid, reader in self.sel.leaving():
-                path = self.g.module(reader.module).path if reader.module is not None else ""
-                title = f"to {path or '<root>'}" if reader.module is not None else "to the caller"
-                made = self.sel.producer(vid)
-                key = (self.final(made), self.g.node(made).outputs.index(vid))
-                if vid not in said and key not in drawn:
-                    said.add(vid)
-                    drawn.add(key)
-                    out.append((vid, title))
+            # (the op drawn, which output) -> the value drawn, the parameters whose .grad AccumulateGrad
+            # makes of it (`h.0.fc.weight`), where else it goes: a folded call's iterations make one box
+            drawn: Dict[Tuple[str, int], Tuple[str, List[str], List[Optional[str]]]] = {}
+            for vid, grads, paths in self.sel.leaving():
+                if vid not in said:
+                    made = self.sel.producer(vid)
+                    key = (self.final(made), self.g.node(made).outputs.index(vid))
+                    _, all_grads, all_paths = drawn.setdefault(key, (vid, [], []))
+                    all_grads.extend(grads)
+                    all_paths.extend(paths)
+            for vid, grads, paths in drawn.values():
+                grad = f"{L.range_name(list(dict.fromkeys(grads)))}.grad" if grads else ""
+                out.append((vid, ", ".join(x for x in (grad, L.to_readers(paths) if paths else "") if x)))
         return out
 
     def _wants_source(self, vid: str, consumer: str) -> bool:

@@ -23,8 +23,11 @@ from .select import Selection
 Item = Union[Node, Group]
 MAX_PERIOD = 256     # longest loop body (in items) looked for
 UNCHAINED_MIN = 4    # independent repeats (heads, list comprehensions) fold from here
-# ops signed while looking for runs, per view: a flat list of a thousand optimizer ops (one
-# AdamW step with clipping of a small model) signed 2.4 million, 6 s; past this, no more folds
+# ops signed while looking for runs: a flat list of a thousand optimizer ops (one AdamW step with
+# clipping of a small model) signed 2.4 million, 6 s. One container's search (a module call's
+# children, the top level with a whole optimizer step) stops past SEARCH_MAX, so that it cannot
+# starve the others' (the blocks of the forward and backward); all of a view's stop past WORK_MAX
+SEARCH_MAX = 100_000
 WORK_MAX = 400_000
 
 
@@ -86,10 +89,14 @@ class Folder:
         return got
 
     def _token(self, item: Item) -> tuple:
+        """What equal items share: a group's signature; an op's name, phase, line and output
+        types (a piece's signature holds them too: an optimizer's per-parameter ops of other
+        shapes are no candidates to sign, the most of its search)."""
         if isinstance(item, Group):
             return ("g", self.group_sig(item))
-        src = item.source
-        return ("o", item.op, item.phase, src.file if src else None, src.line if src else None)
+        src, g = item.source, self.sel.graph
+        return ("o", item.op, item.phase, src.file if src else None, src.line if src else None,
+                tuple(type_str(g.value(v)) for v in item.outputs))
 
     def _piece_sig(self, items: Sequence[Item]) -> int:
         key = tuple(map(id, items))  # (the items live as long as the view is built)
@@ -114,7 +121,8 @@ class Folder:
             where.setdefault(t, []).append(k)
         out: List[Run] = []
         i, n = 0, len(items)
-        while i < n - 1 and self.work < WORK_MAX:
+        stop = min(self.work + SEARCH_MAX, WORK_MAX)
+        while i < n - 1 and self.work < stop:
             best: Optional[Run] = None
             later = where[tok[i]]
             for j in later[bisect_right(later, i):]:

@@ -96,6 +96,52 @@ def _consecutive(idx: List[int]) -> bool:
     return idx == list(range(idx[0], idx[0] + step * len(idx), step))
 
 
+def to_readers(paths: Sequence[Optional[str]], limit: int = 3) -> str:
+    """Where a value leaving a focus goes: the module paths of the ops that read it (None:
+    code outside any module, the caller). ``to decoder``; a reader inside another one is
+    said by it (``to h.1``, not ``to h.1.ln_1, h.1``); several under one module are named
+    under it, a few of them: ``to layer.0: attn.q, attn.k, attn.v (+2 more)``."""
+    named = list(dict.fromkeys(p for p in paths if p is not None))
+    named = ["<root>"] if "" in named else [p for p in named if not any(p.startswith(q + ".") for q in named)]
+    one = _compress(named) if len(named) > 1 else None  # (`h.0…2`)
+    parts = [n.split(".") for n in ([one] if one else named)]
+    common = len(_common(parts)) if len(parts) > 1 else 0
+    if common and common == min(map(len, parts)):  # (each keeps a name of its own after it)
+        common -= 1
+    head = ".".join(parts[0][:common]) + ": " if common else ""
+    said = [".".join(x[common:]) for x in parts] + (["the caller"] if None in paths else [])
+    more = ""
+    if len(said) > limit + 1:
+        said, more = said[:limit], f" (+{len(said) - limit} more)"
+    return f"to {head}{', '.join(said)}{more}"
+
+
+def updates(params: Sequence[str]) -> str:
+    """The parameters an optimizer's ops update: ``updates h.0.attn.c_attn.weight``,
+    ``updates 12 params of h.0``, a loop's ``updates 96 params of h.0…47.ln_1``."""
+    params = list(dict.fromkeys(params))
+    if len(params) < 2:
+        return f"updates {params[0]}" if params else ""
+    mods = list(dict.fromkeys(".".join(module_parts(p)) for p in params))
+    where = _compress(mods) or ".".join(_common([m.split(".") for m in mods]))
+    return f"updates {len(params)} params" + (f" of {where}" if where else "")
+
+
+def module_parts(param: Optional[str]) -> List[str]:
+    """``h.0.attn.c_attn.weight`` -> ``["h", "0", "attn", "c_attn"]``: the path of its module."""
+    return param.split(".")[:-1] if param else []
+
+
+def _common(parts: Sequence[Sequence[str]]) -> List[str]:
+    """The parts all of ``parts`` begin with."""
+    out: List[str] = []
+    for col in zip(*parts):
+        if len(set(col)) > 1:
+            break
+        out.append(col[0])
+    return out
+
+
 def witness_line(n: Node) -> str:
     where = f" at {n.source.short()}" if n.source is not None else ""
     assert n.witness is not None

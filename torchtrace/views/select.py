@@ -38,7 +38,7 @@ class Selection:
         in_focus: Optional[Set[str]] = None
         if opts.focus is not None:
             self.focus_calls, in_focus = _focus(graph, opts.focus)
-        hide = set(opts.hide)
+        hide = self.hide = set(opts.hide)
         self.pos: Dict[str, int] = {}
         self.nodes: List[Node] = []
         self.hidden: Dict[str, Node] = {}
@@ -59,6 +59,8 @@ class Selection:
         self._phases = phases
         self._origins: Dict[str, Tuple[Origin, ...]] = {}
         self._readers: Optional[Dict[str, List[Tuple[str, str]]]] = None
+        self._outside_readers: Optional[Dict[str, List[Node]]] = None
+        self._updated: Optional[Dict[str, str]] = None
 
     def origins(self, vid: str) -> Tuple[Origin, ...]:
         """Where value ``vid`` comes from, seen through hidden ops."""
@@ -105,18 +107,92 @@ class Selection:
     def shows(self, phase: str) -> bool:
         return phase in self._phases
 
-    def leaving(self) -> List[Tuple[str, Node]]:
-        """(value id, the first op outside the view that reads it) for what the
-        shown ops made and an op of their phase outside the focus reads."""
-        made = {v: n.phase for n in self.nodes for v in n.outputs}
-        first: Dict[str, Node] = {}
-        for n in self.graph.nodes:
-            if n.id in self.shown or n.id in self.hidden:
+    def leaving(self) -> List[Tuple[str, List[str], List[Optional[str]]]]:
+        """(value id, the parameters whose ``.grad`` AccumulateGrad makes of it, the module
+        paths of the other ops that read it, None for those outside any module) for what
+        the shown ops made and an op of their phase outside the focus reads. A reader the
+        view's ``hide`` tags cover is seen through to the ops that read what it made."""
+        out = []
+        for n in self.nodes:
+            for v in n.outputs:
+                readers = self._seen_through(self._outside(v, n.phase))
+                if readers:
+                    params = [self.grad_of(r) for r in readers]
+                    paths = [None if r.module is None else self.graph.module(r.module).path
+                             for r, p in zip(readers, params) if p is None]
+                    out.append((v, [p for p in params if p is not None], paths))
+        return out
+
+    def _outside(self, vid: str, phase: str) -> List[Node]:
+        """The ops of ``phase`` outside the view (not hidden in it) that read ``vid``."""
+        if self._outside_readers is None:
+            self._outside_readers = {}
+            for n in self.graph.nodes:
+                if n.id not in self.shown and n.id not in self.hidden:
+                    for v in dict.fromkeys(n.inputs):
+                        self._outside_readers.setdefault(v, []).append(n)
+        return [r for r in self._outside_readers.get(vid, ()) if r.phase == phase]
+
+    def _seen_through(self, readers: List[Node]) -> List[Node]:
+        """``readers``, each hidden one (not AccumulateGrad's) replaced by the readers of
+        what it made, where it has some."""
+        out: Dict[str, Node] = {}
+        todo, seen = readers[::-1], set()
+        while todo:
+            n = todo.pop()
+            if n.id in seen:
                 continue
-            for v in n.inputs:
-                if made.get(v) == n.phase and v not in first:
-                    first[v] = n
-        return sorted(first.items(), key=lambda vn: self.pos[self._producers[vn[0]]])
+            seen.add(n.id)
+            nxt = [r for v in n.outputs for r in self._outside(v, n.phase)] if self.hide.intersection(n.tags) else []
+            if nxt and self.grad_of(n) is None:
+                todo.extend(nxt[::-1])
+            else:
+                out.setdefault(n.id, n)
+        return list(out.values())
+
+    def grad_of(self, n: Node) -> Optional[str]:
+        """The parameter whose ``.grad`` AccumulateGrad's op ``n`` fills, else None."""
+        if n.autograd_node is None or n.phase != "backward":
+            return None
+        a = self.graph.autograd_node(n.autograd_node)
+        return a.param if a.name.endswith("AccumulateGrad") else None
+
+    def updated_param(self, node: Node) -> Optional[str]:
+        """The parameter whose update shown optimizer op ``node`` is part of: the one parameter
+        its inputs come from (the parameter, its ``.grad``, the state made from it, `exp_avg`).
+        An op that reads none (`state["step"] += 1`) goes with the next op that has one; an op
+        that reads several (clip_grad_norm_'s norm of every gradient) with none."""
+        if node.phase != "optimizer":
+            return None
+        if self._updated is None:
+            self._updated = {}
+            param_of: Dict[str, str] = {}  # value id -> parameter name
+            waiting: List[str] = []
+            for n in self.graph.nodes:
+                grad_of = self.grad_of(n)
+                if grad_of is not None:
+                    param_of.update(dict.fromkeys(n.outputs, grad_of))
+                if n.phase != "optimizer" or n.module is not None or n.id not in self.shown:
+                    continue
+                names = {p for p in (self._param_of(v, param_of) for v in n.inputs) if p is not None}
+                if not names:
+                    waiting.append(n.id)
+                    continue
+                if len(names) == 1:
+                    [name] = names
+                    param_of.update(dict.fromkeys(n.outputs, name))
+                    self._updated.update(dict.fromkeys([*waiting, n.id], name))
+                waiting = []
+        return self._updated.get(node.id)
+
+    def _param_of(self, vid: Optional[str], known: Dict[str, str]) -> Optional[str]:
+        """The parameter ``vid`` is, or is a new version or a view of (``known``: of other values)."""
+        while vid is not None and vid not in known:
+            val = self.graph.value(vid)
+            if val.role == "param" and val.name:
+                return val.name
+            vid = val.version_of or val.alias_of  # (a new version of a .grad, a view of a state)
+        return None if vid is None else known[vid]
 
     def other_phase(self, vid: str) -> Optional[str]:
         """The phase of the op that made ``vid`` when the view filters that phase out."""
