@@ -7,7 +7,8 @@ amber, unchanged runs collapsed into one box).
 default 3); text/markdown: ``max_ops`` and ``max_changed`` (rows shown per
 structural / changed hunk); dot/svg/mermaid: ``direction``, ``level`` (how
 much to collapse, see ``diffview``; dot/svg without it: collapsed until at most
-``DOT_MAX_EDGES`` edges); mermaid: ``max_edges``, ``max_chars``
+``DOT_MAX_EDGES`` edges; an image over ``dot.MAX_LAYOUT_EDGES`` is refused, as a
+graph view's is, the DOT text never); mermaid: ``max_edges``, ``max_chars``
 (collapse further until the diagram fits); markdown: ``diagram`` (include
 the Mermaid drawing, default True). The drawings are a ``views.View``
 (``diffview``) drawn by ``dot.digraph`` and ``mermaid.flowchart``; all DOT
@@ -68,9 +69,14 @@ def render_diff(diff: "GraphDiff", fmt: str = "text", **opts: Any) -> Union[str,
         return render_markdown(diff, **opts)
     if fmt == "mermaid":
         return render_mermaid(diff, **opts)
-    from .dot import layout
+    from ..diffview import LEVELS
+    from .dot import check_layout_size, layout
 
-    dot = digraph(diff, **opts)
+    dv = _dot_view(diff, **opts)
+    if fmt != "dot":  # (the text is never capped)
+        check_layout_size(dv.view, default=f"without a level, a diff collapses to at most {DOT_MAX_EDGES} edges",
+                          fix=f"draw less: a higher level (up to {LEVELS - 1}), or leave level out")
+    dot = digraph(diff, dv=dv, **opts)
     if fmt == "dot":
         return dot.source
     data = layout(dot, fmt)
@@ -128,22 +134,30 @@ def _title(diff: "GraphDiff", notes: Sequence[str] = ()) -> List[str]:
 DOT_MAX_EDGES = 500
 
 
-def digraph(diff: "GraphDiff", *, context: int = 3, direction: str = "TB", level: Optional[int] = None,
-            **_: Any) -> Any:
-    """The diff as a ``graphviz.Digraph``: ops only in B green, only in A
-    red (dashed edges), changed amber, unchanged runs as grey folders. Without
-    a ``level``, the most detailed level with at most ``DOT_MAX_EDGES`` edges."""
+def _dot_view(diff: "GraphDiff", *, context: int = 3, level: Optional[int] = None, **_: Any) -> Any:
+    """The ``DiffView`` drawn by ``digraph``: without a ``level``, the most
+    detailed level with at most ``DOT_MAX_EDGES`` edges."""
     from ..diffview import LEVELS, build_diff_view
+
+    if level is not None:
+        return build_diff_view(diff, context=context, level=_level(level))
+    for lv in range(LEVELS):  # (the view's notes say how far it collapsed)
+        dv = build_diff_view(diff, context=context, level=lv)
+        if len(dv.view.edges) <= DOT_MAX_EDGES:
+            break
+    return dv
+
+
+def digraph(diff: "GraphDiff", *, context: int = 3, direction: str = "TB", level: Optional[int] = None,
+            dv: Any = None, **_: Any) -> Any:
+    """The diff as a ``graphviz.Digraph``: ops only in B green, only in A
+    red (dashed edges), changed amber, unchanged runs as grey folders. ``dv``:
+    the ``DiffView`` to draw, when the caller built it (see ``_dot_view``)."""
     from ._escape import dot_text
     from .dot import digraph as view_digraph
 
-    if level is None:  # (the view's notes say how far it collapsed)
-        for lv in range(LEVELS):
-            dv = build_diff_view(diff, context=context, level=lv)
-            if len(dv.view.edges) <= DOT_MAX_EDGES:
-                break
-    else:
-        dv = build_diff_view(diff, context=context, level=_level(level))
+    if dv is None:
+        dv = _dot_view(diff, context=context, level=level)
 
     def box(b: Any) -> Dict[str, str]:
         status = dv.status[b.id]

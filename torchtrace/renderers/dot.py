@@ -20,7 +20,7 @@ from ._escape import IdMaker, dot_html, dot_text, dot_tooltip, shorten
 from ._style import ALERT, CLUSTER, MUTED, PALETTE, box_style, cluster_style, edge_color
 
 IMAGE_FORMATS = ("svg", "png", "pdf")
-MAX_LAYOUT_EDGES = 2000  # a graph view laid out as an image (a diff collapses to 500 itself)
+MAX_LAYOUT_EDGES = 2000  # a view (graph or diff) laid out as an image: check_layout_size
 DIRECTIONS = ("TB", "LR", "BT", "RL")
 OPTIONS = ("direction",)
 LINE_WIDTH = 48        # characters per label line before it is cut with …
@@ -194,6 +194,17 @@ def layout(dot: graphviz.Digraph, fmt: str) -> bytes:
                           fix="report this as a torchtrace bug with the DOT source (fmt='dot')") from None
 
 
+def check_layout_size(view: View, *, default: str, fix: str) -> None:
+    """Refuse an image of a view over ``MAX_LAYOUT_EDGES`` edges (5,300 kept `dot` busy for
+    minutes); ``default`` says how small the view is without options, ``fix`` how to draw less.
+    DOT text (format "dot") is never capped."""
+    if len(view.edges) > MAX_LAYOUT_EDGES:
+        raise RenderError("too many edges for `dot` to lay out",
+                          expected=f"a view of at most {MAX_LAYOUT_EDGES:,} edges ({default})",
+                          found=f"{len(view.edges):,} edges, {len(view.boxes):,} boxes",
+                          fix=f"{fix}; or take the DOT source (format 'dot') and run `dot` on it yourself")
+
+
 def render_graphviz(graph: Any, fmt: str, options: Any, *, direction: str = "TB") -> Any:
     """``fmt`` "dot": DOT source (str); "svg": str; "png"/"pdf": bytes."""
     from ..views import build_view
@@ -202,11 +213,7 @@ def render_graphviz(graph: Any, fmt: str, options: Any, *, direction: str = "TB"
     dot = digraph(view, direction=direction)
     if fmt == "dot":
         return dot.source
-    if len(view.edges) > MAX_LAYOUT_EDGES:  # (5,300 edges kept `dot` busy for minutes)
-        raise RenderError("too many edges for `dot` to lay out", expected=f"a view of at most {MAX_LAYOUT_EDGES:,} "
-                          "edges (the default view collapses to at most 50 boxes)",
-                          found=f"{len(view.edges):,} edges, {len(view.boxes):,} boxes",
-                          fix="draw less: a smaller depth, fold on, one phase, or a focus on a module; or take the "
-                          "DOT source (format 'dot') and run `dot` on it yourself")
+    check_layout_size(view, default="the default view collapses to at most 50 boxes",
+                      fix="draw less: a smaller depth, fold on, one phase, or a focus on a module")
     data = layout(dot, fmt)
     return data.decode("utf-8") if fmt == "svg" else data

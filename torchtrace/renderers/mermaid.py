@@ -6,11 +6,13 @@ label through ``_escape.mermaid_label``. The layout is pinned to dagre so 11
 and 12 draw alike. Mermaid refuses more than 500 edges or 50,000 characters
 and a Markdown host cannot raise that: ``fit`` drops edge labels, then
 parameters, then collapses depth, until the diagram fits, and says so in a
-``%%`` comment.
+``%%`` comment. An explicit ``depth`` that does not fit gives way to shallower
+depths only down to the default view's (never coarser than it, unless that
+does not fit either), and no view is built twice.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Tuple
 
 from ..errors import UsageError
 from ..ir import Graph
@@ -104,47 +106,112 @@ def fit(graph: Graph, options: ViewOptions, *, direction: str = "TB", edge_label
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UsageError(f"bad value for {name}", expected="a positive integer", found=repr(value),
                              fix=f"leave {name} out to use Mermaid's default limit")
-    view = build_view(graph, options)
-    changes: Dict[str, str] = {}
-    depth = min(view.options["depth"], view.stats["full_depth"])  # (deeper draws the same view)
-    for step, (key, what, opts, labels) in enumerate(_attempts(options, depth, edge_labels)):
-        if step:
-            changes[key] = what
-            view = build_view(graph, opts)
-        head = _header(view, list(changes.values()), max_edges, max_chars)
-        text = flowchart(view, direction=direction, edge_labels=labels, comments=head)
-        if len(view.edges) <= max_edges and text_size(text) <= max_chars:
-            return text
-    return _placeholder(view.stats["shown"], max_edges, max_chars)
+    fitter = _Fit(graph, direction, max_edges, max_chars)
+    for attempt in fitter.attempts(options, edge_labels):
+        if fitter.fits(attempt):
+            return fitter.draw(attempt)
+    return _placeholder(fitter.shown, max_edges, max_chars)
 
 
-Attempt = Tuple[str, str, ViewOptions, bool]
+Attempt = Tuple[Tuple[str, ...], ViewOptions, bool]  # (what changed, options, edge labels)
 
 
-def _attempts(o: ViewOptions, depth: int, edge_labels: bool) -> List[Attempt]:
-    """Ever smaller versions of the view: (what changed, its text, options, edge labels)."""
-    steps: List[Attempt] = [("", "", o, edge_labels)]
-    if edge_labels:
-        steps.append(("labels", "edge labels dropped", o, False))
-    if not o.fold:
-        o = o.with_(fold=True)
-        steps.append(("fold", "fold turned on", o, False))
-    if o.params:
-        o = o.with_(params=False)
-        steps.append(("params", "parameters not drawn", o, False))
-    for d in range(depth - 1, 0, -1):
-        steps.append(("depth", f"depth {depth} -> {d}", o.with_(depth=d), False))
-    budget = o.max_boxes or 400
-    while budget > 2:  # automatic depth (1 at most here) chunks long runs of ops
-        budget //= 2
-        steps.append(("chunk", f"ops grouped into chunks (max_boxes={budget})",
-                      o.with_(depth=None, max_boxes=budget), False))
-    if depth > 0:
-        steps.append(("depth", f"depth {depth} -> 0", o.with_(depth=0, max_boxes=2), False))
-    return steps
+class _Fit:
+    """Ever smaller versions of a view until one fits. Each set of options is
+    built once (a view of thousands of ops takes seconds to build)."""
+
+    def __init__(self, graph: Graph, direction: str, max_edges: int, max_chars: int) -> None:
+        self.graph, self.direction, self.max_edges, self.max_chars = graph, direction, max_edges, max_chars
+        self.views: Dict[ViewOptions, View] = {}
+        self.tried: Dict[Tuple[ViewOptions, bool], bool] = {}
+        self.shown = 0
+
+    def view(self, o: ViewOptions) -> View:
+        if o not in self.views:
+            self.views[o] = build_view(self.graph, o)
+            self.shown = self.views[o].stats["shown"]
+        return self.views[o]
+
+    def draw(self, attempt: Attempt) -> str:
+        changes, o, labels = attempt
+        view = self.view(o)
+        return flowchart(view, direction=self.direction, edge_labels=labels,
+                         comments=_header(view, changes, self.max_edges, self.max_chars))
+
+    def fits(self, attempt: Attempt) -> bool:
+        """(The ``%%`` header does not count: the answer depends on the options only.)"""
+        _, o, labels = attempt
+        if (o, labels) not in self.tried:
+            view = self.view(o)
+            self.tried[(o, labels)] = (len(view.edges) <= self.max_edges
+                                       and text_size(self.draw(attempt)) <= self.max_chars)
+        return self.tried[(o, labels)]
+
+    def attempts(self, o: ViewOptions, edge_labels: bool) -> Iterator[Attempt]:
+        """An explicit depth that does not fit is tried shallower only while that is still
+        more detailed than the default view (automatic depth), which comes next, then what
+        the default view would shrink to: never coarser than the default view."""
+        if o.depth is None:
+            yield from self.shrink(o, edge_labels)
+            return
+        depth = min(o.depth, self.view(o).stats["full_depth"])  # (deeper draws the same view)
+        changes, lean = yield from self.lighter(o, edge_labels)
+        auto = self.view(o.with_(depth=None))
+        chunked = any(b.kind == "chunk" for b in auto.boxes)  # (then its depth unchunked is more detailed)
+        shallower = [((*changes, f"depth {o.depth} -> {d}"), lean.with_(depth=d), False)
+                     for d in range(auto.options["depth"] + 1 - chunked, depth)]
+        best = self.deepest(shallower)
+        if best is not None:
+            yield best
+        yield from self.shrink(o.with_(depth=None), edge_labels, (f"depth {o.depth} -> automatic (the default view)",))
+
+    def deepest(self, shallow_first: List[Attempt]) -> Optional[Attempt]:
+        """The deepest that fits, by bisection (a shallower view is taken to be no larger)."""
+        lo, hi, best = 0, len(shallow_first) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2 if best is not None else lo  # (the shallowest first: most often none fits)
+            if self.fits(shallow_first[mid]):
+                best, lo = shallow_first[mid], mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    def lighter(self, o: ViewOptions, edge_labels: bool,
+                changes: Tuple[str, ...] = ()) -> Generator[Attempt, None, Tuple[Tuple[str, ...], ViewOptions]]:
+        """The view as asked, then without edge labels, folded, without parameters;
+        returns the last changes and options."""
+        yield changes, o, edge_labels
+        if edge_labels:
+            changes = (*changes, "edge labels dropped")
+            yield changes, o, False
+        if not o.fold:
+            o, changes = o.with_(fold=True), (*changes, "fold turned on")
+            yield changes, o, False
+        if o.params:
+            view, o = self.view(o), o.with_(params=False)
+            if any(b.kind in ("param", "buffer", "constant") for b in view.boxes):
+                changes = (*changes, "parameters not drawn")
+                yield changes, o, False
+            else:  # (the same view: not built again)
+                self.views.setdefault(o, view)
+        return changes, o
+
+    def shrink(self, o: ViewOptions, edge_labels: bool, before: Tuple[str, ...] = ()) -> Iterator[Attempt]:
+        """The default view (automatic depth), then shallower, then chunked."""
+        depth = min(self.view(o).options["depth"], self.view(o).stats["full_depth"])
+        changes, o = yield from self.lighter(o, edge_labels, before)
+        for d in range(depth - 1, 0, -1):
+            yield (*changes, f"depth {depth} -> {d}"), o.with_(depth=d), False
+        budget = o.max_boxes or 400
+        while budget > 2:  # automatic depth (1 at most here) chunks long runs of ops
+            budget //= 2
+            what = f"ops grouped into chunks (max_boxes={budget})"
+            yield (*changes, what), o.with_(depth=None, max_boxes=budget), False
+        if depth > 0:
+            yield (*changes, f"depth {depth} -> 0"), o.with_(depth=0, max_boxes=2), False
 
 
-def _header(view: View, changes: List[str], max_edges: int, max_chars: int) -> Tuple[str, ...]:
+def _header(view: View, changes: Tuple[str, ...], max_edges: int, max_chars: int) -> Tuple[str, ...]:
     head = [f"torchtrace view: {view.stats['shown']} of {view.stats['ops']} ops, "
             f"{len(view.boxes)} boxes, {len(view.edges)} edges"]
     if changes:
