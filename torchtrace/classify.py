@@ -171,6 +171,31 @@ def significant(p: OpPair) -> bool:
     return p.status == "changed" and not set(p.what) <= {"value", "line"}
 
 
+def hunk_runs(ops: Sequence[OpPair], context: int) -> Iterator[Tuple[str, int, int]]:
+    """Structural hunks: maximal runs of ops only in A or B. Changed hunks:
+    runs of changed ops, merged across up to ``2 * context`` unchanged ones."""
+    k, n = 0, len(ops)
+    while k < n:
+        status = ops[k].status
+        if status in ("only_a", "only_b"):
+            k1 = k  # (AccumulateGrad's ops into a .grad that existed, backward and optimizer ops: hunks of their own)
+            while k1 < n and ops[k1].status in ("only_a", "only_b") and run_key(ops[k1]) == run_key(ops[k]):
+                k1 += 1
+            yield "structural", k, k1
+            k = k1
+        elif significant(ops[k]):
+            last = k
+            k1 = k + 1
+            while k1 < n and ops[k1].status not in ("only_a", "only_b") and k1 - last <= 2 * context:
+                if significant(ops[k1]):
+                    last = k1
+                k1 += 1
+            yield "changed", k, last + 1
+            k = last + 1
+        else:
+            k += 1
+
+
 def classify(A: Side, B: Side, row: Row, made: Made) -> OpPair:
     i, j = row
     if j is None:
@@ -298,7 +323,9 @@ def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange
     tensors from outside the pass that aligned ops read with other types,
     counted by role and types."""
     def named(s: "Side") -> Dict[str, str]:
-        return {name: type_str(v) for name, v in s.named.items() if v.role == "input"}
+        out = {name: type_str(v) for name, v in s.named.items() if v.role == "input"}
+        out.update((alias, out[name]) for alias, name in s.aliases.items() if name in out)  # (`labels=input_ids`)
+        return out
 
     ta, tb = named(A), named(B)
     out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]

@@ -21,17 +21,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .align import align
 from .side import Side, one_call_site
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
-                       classify, input_changes, moved, producers, reshaped, run_key, significant)
+                       classify, hunk_runs, input_changes, moved, producers, reshaped, significant)
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
-from .sided import (accumulated, casts, differing_grad_modes, ended_before, fed_by, fed_values, in_modal_modules,
-                    needs_grad, optimizer_state, ran_on, ran_only, recomputed, shape_if, stopped, trained, unused)
+from .sided import (accumulated, casts, differing_grad_modes, ended_before, fed_by, fed_not_read, fed_values,
+                    in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only, recomputed, retyped, shape_if,
+                    stopped, trained, unused)
 from .ir import Graph
 from .loopchange import runs_said
 from .returned import returned_change
@@ -316,7 +317,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     fed = fed_values(A, B, inputs)
     # (after the last op both passes ran: what a Recorder's last pass ran past its step, the other's next step)
     end = 1 + max((k for k, p in enumerate(ops) if p.status not in ("only_a", "only_b")), default=-1)
-    for kind, k0, k1 in _runs(ops):
+    for kind, k0, k1 in hunk_runs(ops, CONTEXT):
         rows = ops[k0:k1]
         recompute = kind == "structural" and recomputed(A, B, rows)
         # (a checkpointed block's own ops are recomputed outside any module call: not the root's)
@@ -334,7 +335,13 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                 carried = before.witness if before is not None and before.witness is not None and (
                     not before.witness.weak) else None
                 witness, loop = adjacent or carried, None
-            mode = trained(A, B, rows, fed)
+            if loop is None and ran is None and fed_not_read(A, B, rows, fed, witness):
+                witness = None  # (`labels` passed only in A: its loss is the input's, not an earlier read's)
+            swapped = retyped(A, B, rows) if loop is None else None
+            # (training mode needs a sign that it decided these ops when a loop count, other input types or
+            # another module class can explain them)
+            mode = trained(A, B, rows, fed, strict=loop is not None or swapped is not None or any(
+                i.a is not None and i.b is not None for i in inputs))
             first = adjacent if mode is not None and loop is None and not in_modal_modules(A, B, rows) else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
             tested = shape_if(A, B, rows, inputs) if witness is None or (
@@ -350,7 +357,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               short=ended_before(A, B, rows) if k1 >= end and (
                                   witness is None or witness.weak) else None,
                               grads=accumulated(A, B, rows) if ran is None else (), recompute=recompute,
-                              ran=ran, trained=mode, read_first=first is not None, fed=fed_by(rows, fed),
+                              ran=ran, trained=mode, retyped=swapped, read_first=first is not None,
+                              fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
                               caught=ops[caught] if caught is not None and loop is None else None,
@@ -381,30 +389,3 @@ def _one_side(h: Hunk) -> Optional[str]:
     if h.kind != "structural" or bool(h.only_a) == bool(h.only_b):
         return None
     return "A" if h.only_a else "B"
-
-
-def _runs(ops: Sequence[OpPair]) -> Iterator[Tuple[str, int, int]]:
-    """Structural hunks: maximal runs of ops only in A or B. Changed hunks:
-    runs of changed ops, merged across up to ``2 * CONTEXT`` unchanged ones."""
-    k, n = 0, len(ops)
-    while k < n:
-        status = ops[k].status
-        if status in ("only_a", "only_b"):
-            k1 = k  # (AccumulateGrad's ops into a .grad that existed, backward and optimizer ops: hunks of their own)
-            while k1 < n and ops[k1].status in ("only_a", "only_b") and run_key(ops[k1]) == run_key(ops[k]):
-                k1 += 1
-            yield "structural", k, k1
-            k = k1
-        elif significant(ops[k]):
-            last = k
-            k1 = k + 1
-            while k1 < n and ops[k1].status not in ("only_a", "only_b") and k1 - last <= 2 * CONTEXT:
-                if significant(ops[k1]):
-                    last = k1
-                k1 += 1
-            yield "changed", k, last + 1
-            k = last + 1
-        else:
-            k += 1
-
-

@@ -69,6 +69,7 @@ class Hunk:
     short: Optional[str] = None  # the side whose pass was the Recorder's last: it ended before these ops
     # when ``inputs`` changed shape: ``file:line`` of the `if` around it that tests one, "" when none does
     shape_if: Optional[str] = None
+    retyped: Optional[Tuple[str, str, str]] = None  # (module path, class in A, in B): another module there
 
     @property
     def own_cause(self) -> bool:
@@ -76,7 +77,7 @@ class Hunk:
         recompute, a pass that stopped, ran more phases, trained, froze or made
         optimizer state, or ran on past its last step."""
         return bool(self.grads or self.recompute or self.stopped or self.ran or self.trained or self.needs_grad
-                    or self.unused or self.state or self.last or self.short)
+                    or self.unused or self.state or self.last or self.short or self.retyped)
 
     @property
     def cause(self) -> str:
@@ -135,6 +136,10 @@ class Hunk:
         if self.last is not None:
             return f"{self.last}'s pass is the last one recorded: it ran on to the end of the script " \
                    "(or of the Recorder block), past its last step"
+        if self.retyped is not None:
+            path, a, b = self.retyped
+            return f"the traced model is `{a}` in A, `{b}` in B" if not path else \
+                f"`{path}` is `{a}` in A, `{b}` in B (another module class)"
         if self.trained is not None:
             if self.read_first and self.witness is not None:  # (`if x.mean() > 0:` in a model run in eval mode)
                 return f"{self.witness.describe()} (modules also in training mode in {self.trained}, " \
@@ -162,6 +167,8 @@ class Hunk:
         if self.inputs:  # `if x.shape[0] > 4`, `x.float()`: Python looked at the inputs' types, not their data
             what = "; ".join(i.describe() for i in self.inputs[:2])
             what += f"; {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
+            if self.fed and self.loop is None:  # (`labels` given in A: the ops computed from it)
+                return "; ".join(f"{i.describe()} (ops computed from it)" for i in self.fed)
             seen = "Python saw other inputs" if any(i.a is None or i.b is None for i in self.inputs) \
                 else "Python saw another shape or dtype"
             if self.loop is not None:
@@ -232,7 +239,8 @@ class Hunk:
                        trained=_swap_sides(self.trained), last=_swap_sides(self.last), short=_swap_sides(self.short),
                        grad_modes=(self.grad_modes[1], self.grad_modes[0]) if self.grad_modes else None,
                        state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad),
-                       unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None)
+                       unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None,
+                       retyped=(self.retyped[0], self.retyped[2], self.retyped[1]) if self.retyped else None)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,
@@ -248,6 +256,7 @@ class Hunk:
                 "trained": self.trained, "read_first": self.read_first, "fed": [i.to_dict() for i in self.fed],
                 "last": self.last, "short": self.short, "moved": list(self.moved), "shape_if": self.shape_if,
                 "caught": self.caught.to_dict() if self.caught else None,
+                "retyped": dict(zip(("module", "a", "b"), self.retyped)) if self.retyped else None,
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad

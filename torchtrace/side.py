@@ -308,6 +308,13 @@ class Side:
                 out[name] = v
         return out
 
+    @cached_property
+    def aliases(self) -> Dict[str, str]:
+        """An input's other name -> its name, for a tensor passed as two inputs
+        (``model(input_ids=x, labels=x)``: ``labels`` -> ``input_ids``)."""
+        found = self.graph.meta.get("input_aliases")
+        return {k: v for k, v in found.items() if v in self.named} if isinstance(found, dict) else {}
+
     def downstream_of(self, names: Iterable[str]) -> Set[str]:
         """The value ids computed (forward) from the named inputs ``names``, the
         inputs included."""
@@ -327,6 +334,14 @@ class Side:
     def training(self) -> Dict[Tuple[str, int], Optional[bool]]:
         """(module path, call index) -> ``module.training`` at that call."""
         return {(m.path, m.call): m.training for m in self.graph.modules}
+
+    @cached_property
+    def types(self) -> Dict[str, str]:
+        """Module path -> the class of its first call."""
+        out: Dict[str, str] = {}
+        for m in self.graph.modules:
+            out.setdefault(m.path, m.type)
+        return out
 
     @cached_property
     def calls(self) -> Dict[str, int]:

@@ -9,7 +9,7 @@ recompute, dtype casts. ``compare`` asks them; ``Hunk.cause`` says what they fou
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .side import CASTS, Side
 from .classify import ACCUMULATE, InputChange, OpPair
@@ -155,8 +155,9 @@ def fed_values(A: Side, B: Side, inputs: Sequence[InputChange]) -> Fed:
     out: List[Dict[str, InputChange]] = [{}, {}]
     for x, side in ((0, A), (1, B)):
         for i in inputs:
-            if i.name and (i.b, i.a)[x] is None:
-                out[x].update(dict.fromkeys(side.downstream_of((i.name,)), i))
+            if i.name and (i.b, i.a)[x] is None:  # (a second name of an input: the ops that read it as passed)
+                same = side.aliases.get(i.name)
+                out[x].update(dict.fromkeys({side.named[same].id} if same else side.downstream_of((i.name,)), i))
     return out
 
 
@@ -171,7 +172,38 @@ def fed_by(rows: Sequence[OpPair], fed: Fed) -> Tuple[InputChange, ...]:
     return tuple(found.values())
 
 
-def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = False) -> Optional[str]:
+def retyped(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[Tuple[str, str, str]]:
+    """(module path, its class in A, in B) for the outermost module call around the
+    first op only one side ran in a module call, whose path both passes called with another class
+    (a config that swaps an MLP for a SwiGLU one; two models traced): that is
+    why the ops differ."""
+    first = next(((x, n) for p in rows for x, n in ((0, p.a), (1, p.b)) if n is not None and n.module is not None
+                  and (p.a is None or p.b is None)), None)
+    if first is None:
+        return None
+    x, n = first
+    types = (A.types, B.types)
+    found = None
+    for m in (A, B)[x].graph.calls_around(n.module):
+        a, b = types[0].get(m.path), types[1].get(m.path)
+        if a is not None and b is not None and a != b:
+            found = (m.path, a, b)
+    return found
+
+
+def fed_not_read(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, witness: Any) -> bool:
+    """Do ops only on one side in ``rows`` read what an input only that side passed
+    computed (``labels`` given in A: the loss), while ``witness``, a read both sides
+    made, read nothing of it (an MoE's routing before the loss)? Then the input
+    decided them, not the read."""
+    if witness is None or witness.named or not fed_by(rows, fed):
+        return False
+    return not any(v in fed[x] for x, (side, nid) in enumerate(((A, witness.node_a), (B, witness.node_b)))
+                   for v in side.graph.node(nid).inputs)
+
+
+def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = False,
+            strict: bool = False) -> Optional[str]:
     """"A" when every op of ``rows`` ran in a module call that was in training
     mode in A and in eval mode in B (the same module call, by path and call
     index; for a call only one side made, the nearest enclosing call both made:
@@ -181,7 +213,9 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = 
     not the mode's: it is left out, and a hunk of such ops alone has no mode cause.
     Training mode must be able to decide one of the ops (``_modal``; ``by_args``:
     a ``training`` argument differs): an ``if self.deep:`` flipped together with
-    ``.train()`` is not the mode's doing."""
+    ``.train()`` is not the mode's doing. ``strict`` (``_modal``): only a sign that
+    training decides one of the ops counts (a loop count, other input shapes or
+    another module class are at hand to explain them)."""
     sides, modal = set(), by_args
     for p in rows:
         for x, n in ((0, p.a), (1, p.b)):
@@ -198,7 +232,7 @@ def trained(A: Side, B: Side, rows: Sequence[OpPair], fed: Fed, by_args: bool = 
             if mine is None or theirs is None or mine == theirs:
                 return None
             sides.add(x if mine else 1 - x)
-            modal = modal or _modal(side, n, them, child)
+            modal = modal or _modal(side, n, them, child, strict)
     return "AB"[sides.pop()] if len(sides) == 1 and modal else None
 
 
@@ -207,7 +241,7 @@ _MODAL_OPS = ("dropout", "bernoulli", "batch_norm", "rrelu")
 _FAST_PATHS = ("TransformerEncoder", "TransformerDecoder", "MultiheadAttention")
 
 
-def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall]) -> bool:
+def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall], strict: bool = False) -> bool:
     """Can training mode have decided op ``n``: yes unless a plain flag's ``if``
     ran it (``decided_by_a_flag``: ``if self.deep:``) in a function the ``other``
     pass ran too, or, in a function only this pass ran (a submodule's forward),
@@ -216,11 +250,13 @@ def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall]) -> boo
     self.training:`` would be the mode); and then still for a dropout or batch
     norm op (or its backward), an op in a module that runs otherwise in training
     (``_MODAL``, ``_FAST_PATHS``), or one whose line an ``if`` further out on
-    ``training`` decides (``tests_training``)."""
+    ``training`` decides (``tests_training``). ``strict``: only for those, or a call
+    only this pass made under an ``if`` on ``training`` (another cause is at hand)."""
     src = n.source
     flag = src is not None and decided_by_a_flag(n) and not _same_backward_line(side, n, other) and (
         other.ran(src.file, src.function) or child is not None and _call_guard(side, child) is False)
-    return not flag or any(s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
+    return not flag and not strict or child is not None and _call_guard(side, child) is True or any(
+        s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
         m.type.startswith(_MODAL + _FAST_PATHS) for m in side.graph.calls_around(n.module))
 
 

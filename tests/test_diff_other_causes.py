@@ -1,0 +1,146 @@
+"""Causes a diff names before the nearest read or `.train()`/`.eval()`: an input
+only one pass was given (also as a second name of one tensor: `labels=input_ids`),
+another module class at one path, another model; and training mode, where a loop
+count or other input shapes explain the ops, only with a sign that it decided them."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchtrace
+
+
+class Routed(nn.Module):
+    """An MoE-like routing read in the forward, then a loss from `labels` when given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.a, self.b, self.head = nn.Embedding(16, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 16)
+
+    def forward(self, ids, labels=None):
+        h = self.emb(ids)
+        hit = (h.sum(-1) > 0).nonzero()  # (a read: its shape differs with the ids)
+        h = h + self.a(h)[hit[:, 0], hit[:, 1]].sum() * self.b(h)
+        logits = self.head(h)
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits[:, :-1].reshape(-1, 16), labels[:, 1:].reshape(-1))
+
+
+def _why(m, a_kwargs, b_kwargs):
+    with torch.no_grad():
+        with torchtrace.trace(m) as ta:
+            m(**a_kwargs)
+        with torchtrace.trace(m) as tb:
+            m(**b_kwargs)
+    return torchtrace.diff(ta.graph, tb.graph)
+
+
+def _ids(seed):
+    return torch.randint(0, 16, (2, 6), generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_loss_from_labels_only_one_pass_got_is_the_inputs_not_an_earlier_read():
+    """(Audit: GraniteMoe's loss was put down to the last expert's routing read.)"""
+    torch.manual_seed(0)
+    m = Routed()
+    xa, xb = _ids(1), _ids(2)
+    d = _why(m, {"ids": xa, "labels": xa.clone()}, {"ids": xb})
+    assert any(w.file.endswith("test_diff_other_causes.py") for w in d.witnesses)  # (the routing read differs)
+    [h] = [h for h in d.structural_hunks if h.only_a and not h.only_b]
+    assert "cross_entropy" in "".join(n.op for n in h.only_a) or any("log_softmax" in n.op for n in h.only_a)
+    assert h.witness is None and h.explanation.startswith(
+        "input `labels` only in A (i64[2,6]) (ops computed from it)"), h.explanation
+
+
+def test_labels_passed_as_the_same_tensor_as_the_ids_are_an_input_only_one_pass_got():
+    """`model(input_ids=x, labels=x)`, HF's causal-LM call, against `model(input_ids=x)`:
+    one tensor under two names (`meta.input_aliases`); was "Python state"."""
+    torch.manual_seed(0)
+    m = Routed()
+    x = _ids(1)
+    d = _why(m, {"ids": x, "labels": x}, {"ids": x})
+    [h] = d.structural_hunks
+    assert h.explanation.startswith("input `labels` only in A (i64[2,6]) (ops computed from it)"), h.explanation
+
+
+class Stack(nn.Module):
+    def __init__(self, n: int, act: type = nn.GELU) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), act(), nn.Dropout(0.0)) for _ in range(n))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def _pair(ma, mb, xa, xb, train_a=True):
+    with torchtrace.trace(ma.train(train_a)) as ta:
+        ma(xa)
+    with torchtrace.trace(mb.eval()) as tb:
+        mb(xb)
+    return torchtrace.diff(ta.graph, tb.graph).why()
+
+
+def test_train_against_eval_of_one_more_layer_is_the_loop_count():
+    """(Audit: Dinov2, 2 layers in train mode against 3 in eval, was put down to the mode.)"""
+    x = torch.randn(2, 8)
+    why = _pair(Stack(2), Stack(3), x, x)
+    assert why == _pair(Stack(2), Stack(3), x, x, train_a=False)
+    assert len(why) == 1 and "ran 2× in A, 3× in B (no tensor read decided it)" in why[0], why
+
+
+def test_another_module_class_at_one_path_is_named():
+    """A config that swaps one block for another (Dinov2's `use_swiglu_ffn`): the class at
+    that path, in train against eval (was the mode) and in eval against eval (was Python state)."""
+    x = torch.randn(2, 8)
+    torch.manual_seed(0)
+    for train_a in (True, False):
+        why = _pair(Stack(1, nn.GELU), Stack(1, nn.SiLU), x, x, train_a=train_a)
+        assert why == ["`layers.0.1` is `GELU` in A, `SiLU` in B (another module class) "
+                       "\u2192 1 op only in A, 1 op only in B (in `layers.0.1`)"], why
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv1d(1, 4, 3), nn.Linear(24, 4)
+
+    def forward(self, x):
+        return self.head(F.gelu(self.conv(x)).flatten(1))
+
+
+def test_two_models_are_named_as_two_models():
+    """Passes of two unrelated models (`trace()` graphs carry no label): was the mode
+    (train against eval) or Python state."""
+    for train_a in (True, False):
+        why = _pair(MLP(), CNN(), torch.randn(2, 8), torch.randn(2, 1, 8), train_a=train_a)
+        assert len(why) == 1 and why[0].startswith("the traced model is `MLP` in A, `CNN` in B \u2192"), why
+        mirrored = _pair(CNN(), MLP(), torch.randn(2, 1, 8), torch.randn(2, 8), train_a=train_a)
+        assert mirrored[0].startswith("the traced model is `CNN` in A, `MLP` in B \u2192"), mirrored
+
+
+def test_train_against_eval_of_another_image_size_is_the_input():
+    """(Audit: Dinov2's interpolated position embeddings for a 24-pixel image, in eval,
+    against 32 in training, were put down to the mode.) The mode stays the cause of
+    training's own ops: its dropout."""
+    torch.manual_seed(0)
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       image_size=16, patch_size=8)
+    m = Dinov2Model(cfg)
+    a, b = torch.randn(1, 3, 16, 16), torch.randn(1, 3, 24, 24)
+    why = _pair(m, m, a, b)
+    assert why == _pair(m, m, a, b, train_a=False), why
+    assert any("input `pixel_values` f32[1,3,16,16] \u2192 f32[1,3,24,24]" in w for w in why), why
+    assert not any("training mode" in w for w in why), why
