@@ -123,3 +123,26 @@ def test_a_mermaid_depth_too_big_shrinks_to_the_deepest_that_fits(monkeypatch, m
     default = torchtrace.render(g, "mermaid", max_boxes=4, max_edges=12)
     assert "\n%% depth 1 (auto, max_boxes=4)" in default and _edges(default) == 3
     assert all(r["ok"] for r in mermaid_check([text, default]))
+
+
+@pytest.mark.parametrize("opts", [{"phase": "backward"}, {"phase": "both", "params": True},
+                                  {"focus": "transformer.h.1", "phase": "backward"}])
+def test_the_text_view_lists_every_box_before_a_line_reads_it(opts):
+    """(Audit: a backward view's saved forward values were listed after the frames that
+    read them: `<- b1, in5` twenty lines before `in5` was named.)"""
+    import zoo
+
+    m, ids = zoo.gpt2(n_layer=2), zoo.token_ids(8)
+    with torchtrace.trace(m) as t:
+        m(ids).logits.sum().backward()
+    text = torchtrace.render(t.graph, "text", **opts)
+    named, late, reads = set(), [], 0
+    for line in text.splitlines():
+        for ref in re.findall(r"<- (.*)$", line)[0].split(", ") if "<- " in line else ():
+            reads += 1
+            if ref not in named:
+                late.append((ref, line.strip()[:60]))
+        found = re.match(r"\s*([a-z]+\d+)\s", line)
+        if found:
+            named.add(found.group(1))
+    assert reads > 10 and not late, late[:5]

@@ -9,7 +9,7 @@ each box naming the boxes it reads. Deterministic and diff-friendly.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 from ..ir import Graph
 from ..views import Box, View, ViewOptions, build_view
@@ -18,10 +18,43 @@ from ._escape import IdMaker, clean
 PREFIX = {"input": "in", "param": "p", "buffer": "p", "constant": "p", "output": "out"}
 
 
+def _in_reading_order(view: View) -> List[Tuple[int, Any]]:
+    """``view.walk()``, with each input, parameter or constant box moved up among
+    the items of its frame to just before the first one that reads it (a backward
+    view's saved forward values, a tied embedding drawn where both its readers
+    are, came after the frames that read them): every box is named before use."""
+    readers: Dict[str, List[str]] = {}
+    for e in view.edges:
+        readers.setdefault(e.src, []).append(e.dst)
+    walked = list(view.walk())
+
+    def level(lo: int, hi: int, depth: int) -> List[Tuple[int, Any]]:
+        starts = [k for k in range(lo, hi) if walked[k][0] == depth] + [hi]
+        groups = [(a, b) for a, b in zip(starts, starts[1:])]
+        where = {walked[k][1].id: g for g, (a, b) in enumerate(groups) for k in range(a, b)}
+        order = []
+        for g, (a, b) in enumerate(groups):
+            item = walked[a][1]
+            first = min((where[d] for d in readers.get(item.id, ()) if d in where), default=g) \
+                if b == a + 1 and isinstance(item, Box) and item.kind in _SOURCES else g
+            order.append((first - 0.5 if first < g else g, g))
+        out: List[Tuple[int, Any]] = []
+        for _, g in sorted(order):
+            a, b = groups[g]
+            out += [walked[a]] + level(a + 1, b, depth + 1)
+        return out
+
+    return level(0, len(walked), 0)
+
+
+_SOURCES = ("input", "param", "buffer", "constant")
+
+
 def view_text(view: View) -> str:
     makers: Dict[str, IdMaker] = {}
     ids: Dict[str, str] = {}
-    for _, item in view.walk():  # number boxes in drawing order
+    walked = _in_reading_order(view)
+    for _, item in walked:  # number boxes in drawing order
         if isinstance(item, Box):
             prefix = PREFIX.get(item.kind, "b")
             ids[item.id] = makers.setdefault(prefix, IdMaker(prefix))(item.id)
@@ -36,7 +69,7 @@ def view_text(view: View) -> str:
             f"{len(view.boxes)} boxes, {len(view.edges)} edges")
     lines = [head] + [f"# {clean(n)}" for n in view.notes]
     depth_open: List[int] = []
-    for depth, item in view.walk():
+    for depth, item in walked:
         while depth_open and depth_open[-1] >= depth:
             lines.append("  " * depth_open.pop() + "}")
         pad = "  " * depth
