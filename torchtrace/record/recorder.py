@@ -31,7 +31,7 @@ from .compiled import Uncompiled, is_compiled_in_place
 from .frames import caller_name
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
-from .handcuts import HandCuts, Site
+from .handcuts import HandCuts
 from .watch import Watcher, is_model_call
 from ..options import capture_options, recorder_options
 from ..outdir import hold_against_runs, let_go
@@ -62,6 +62,7 @@ class Recorder(Watcher, HandCuts):
                  on_pass: Optional[Callable[[Graph, int], None]] = None, cut: str = "root") -> None:
         recorder_options(store, every, max_passes, backward, on_pass, cut)
         self.cut = cut
+        self._cut_by: Optional[bool] = None  # what made the last cut: step() (True) or mark_step()
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
         self._skip, self._max_ops = capture_options(skip, max_ops)
@@ -117,7 +118,6 @@ class Recorder(Watcher, HandCuts):
         self._setup: Optional[Tuple[Graph, float]] = None  # (built, wall) before a first mark_step (mark_step)
         self._marked = False  # the pass in flight was begun by mark_step(): its first model call names it
         self._seen: Dict[Optional[Tuple[str, int, int]], int] = {}  # passes begun per model (ModelKeys; None: step())
-        self._gaps = {}  # per hand cut: was the last pass it began empty? (handcuts.py)
         try:
             self._begin(root=None, count=False)
             self.capture.start(with_mode=self._sampled)
@@ -143,9 +143,7 @@ class Recorder(Watcher, HandCuts):
         if self.capture is None:  # a forked child's copy (_detach_after_fork): nothing to store
             return False
         try:
-            # no next call: drop what repeats the last preparations, and after a hand cut the loader's
-            # fetch (`for x, y in loader: ...; mark_step()`: the exhausted iterator's)
-            if (self._prep or self._from is not None) and self._sampled:
+            if self._prep and self._sampled:  # no next call: drop what repeats the last preparations
                 drop_events(self.capture.mode, repeated_prep(self.capture.mode, frozenset().union(*self._prep)))
             # a run that never called a root module is one pass from start to exit
             self._finish(error=exit_error(exc_type, exc), last=True)
@@ -186,29 +184,20 @@ class Recorder(Watcher, HandCuts):
 
     # -- passes -------------------------------------------------------------------
     def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None,
-               model: Optional[torch.nn.Module] = None, count: bool = True, cut: Optional[Site] = None) -> None:
+               model: Optional[torch.nn.Module] = None, count: bool = True) -> None:
         """Start pass ``self.index`` at a call of a ``root`` class; ``name()``
         says what the caller called it (only asked for a recorded pass). ``every``
         counts the passes of each ``model`` (``ModelKeys``) apart: a GAN's
-        generator and discriminator steps alternate, and ``every=2`` samples both.
-        ``cut``: the site of the hand cut that began it (``handcuts.cut_site``)."""
+        generator and discriminator steps alternate, and ``every=2`` samples both."""
         cap = self.capture
         assert cap is not None
         self._marked = False  # (mark_step sets it after)
         key = None if model is None else self._model_key(model)
         self._last_root = self._roots[id(model)] if model is not None and count else None  # (_unsampled_again)
-        # begun by a hand cut whose last pass was empty: a gap, not counted; by one not seen yet: if not
-        # sampled, recorded to see whether it is (HandCuts._settle)
-        self._from = cut
-        known = self._gaps.get(cut) if cut is not None and model is None else False
-        self._gap = known is True
-        count = count and not self._gap
         k = self._seen.get(key, 0)
         if count:
             self._seen[key] = k + 1
         self._sampled = self._samples(k)
-        self._trial = known is None and not self._sampled and self._samples(0)  # (while passes are still to record)
-        self._sampled = self._sampled or self._trial
         if self._sampled:
             if cap.mode.off:  # (the markers an unsampled pass opened or closed were not seen)
                 cap.open_annotations = running_steps()
@@ -288,9 +277,7 @@ class Recorder(Watcher, HandCuts):
                 self.index += 1
                 self._store(*setup)
         finally:  # (an on_pass callback that raised: this pass is still stored)
-            if self._trial:  # (recorded only to see whether it was empty: never stored)
-                cap.new_pass()
-            elif self._sampled and (cap.mode.events or self._root is not None):
+            if self._sampled and (cap.mode.events or self._root is not None):
                 wall = time.perf_counter() - self._t_start
                 self._store(self._build(error, last), wall)
 
@@ -310,20 +297,18 @@ class Recorder(Watcher, HandCuts):
 
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
                   name: Optional[Callable[[], Optional[str]]] = None,
-                  model: Optional[torch.nn.Module] = None, frame: Any = None, cut: Optional[Site] = None) -> None:
+                  model: Optional[torch.nn.Module] = None, frame: Any = None) -> None:
         self._trim(inputs, frame)
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
-        # between mark_step() and that call), or begun as a gap by a hand cut, is no pass of its own:
-        # it takes no number
-        empty = self._root is None and (not self.capture.mode.events if self._sampled
-                                        else root is not None or self._gap)
+        # between mark_step() and that call), is no pass of its own: it takes no number
+        empty = self._root is None and (not self.capture.mode.events if self._sampled else root is not None)
         if root is not None:  # (what a first mark_step() set aside was setup: a model call follows it)
             self._setup = None
         try:
             self._finish()
         finally:  # (an on_pass callback that raised: the next pass still starts here)
             self.index += not empty
-            self._begin(root, name, model, cut=cut)
+            self._begin(root, name, model)
 
     def _trim(self, inputs: Iterable[Any], frame: Any) -> None:
         """Leave out the ops that only built the next call's inputs (data loading)."""
@@ -349,9 +334,8 @@ class Recorder(Watcher, HandCuts):
             return caller_name(module, frame)
 
         if self.cut == "step":  # passes start at step(): the first root call of one names it
-            if self._root is None:  # (what a first mark_step() set aside was setup: a model call follows it)
+            if self._root is None:
                 self._name_root(type(module).__name__, name)
-                self._setup = None
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
