@@ -26,18 +26,29 @@ class HandCuts:
     _marked: Any
     _setup: Any
     _seen: Any
+    _hand_cut: bool  # a hand cut was made: the loader's last fetch at the block's end is loading too
+
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
-        cut was the setup when ``start`` (``step(i)`` at the top of the loop) or
-        when no model ran in it; else it is a pass (``mark_step()`` at the end of
-        each step)."""
+        cut was the setup when ``start`` (``step(i)`` at the top of the loop); a
+        model call in it made it the first step (``mark_step()`` at its end), a
+        pass; plain tensor code before a first ``mark_step()`` is set aside as
+        the default cut does (stored as the first pass unless a model call
+        follows). A DataLoader's fetch before a cut is data loading: left out."""
         cap = self.capture
         assert cap is not None
+        if self._sampled:  # (`for x, y in loader: ... mark_step()`: the fetch before the next step is loading)
+            between = start and self._cut_by is False and self._root is None and not self._prelude
+            # (a step's `mark_step()`, then code with no model call before the next `step(i)`: no step's work)
+            drop_events(cap.mode, set(range(len(cap.mode.events))) if between else input_prep(cap.mode, ()))
+        self._hand_cut = True
         if start != self._cut_by and self._root is None and not cap.mode.events and not self._prelude:
             # `mark_step()` then `step(i)` (or the other way) with nothing between them: one cut
             self._pass_step = self._step
         elif self._prelude and (start or self._root is None):
             self._prelude = False
+            if not start and cap.mode.events and self._sampled:  # plain code's first step, or setup: set aside
+                self._setup = (self._build(), time.perf_counter() - self._t_start)
             self._begin(root=None)
         else:
             if self._prelude:  # (kept as the first pass: it counts for `every`, as every pass after it)
@@ -53,6 +64,7 @@ class HandCuts:
             return self._outer.mark_step()
         if self.capture is None:  # a forked child's copy
             return
+        self._hand_cut = True
         if self.cut == "step":
             return self._cut()
         if self._prelude and self._root is None and self._sampled and self.capture.mode.events:

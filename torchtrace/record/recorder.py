@@ -63,6 +63,7 @@ class Recorder(Watcher, HandCuts):
         recorder_options(store, every, max_passes, backward, on_pass, cut)
         self.cut = cut
         self._cut_by: Optional[bool] = None  # what made the last cut: step() (True) or mark_step()
+        self._hand_cut = False  # a step() or mark_step() cut a pass (HandCuts)
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
         self._skip, self._max_ops = capture_options(skip, max_ops)
@@ -143,7 +144,9 @@ class Recorder(Watcher, HandCuts):
         if self.capture is None:  # a forked child's copy (_detach_after_fork): nothing to store
             return False
         try:
-            if self._prep and self._sampled:  # no next call: drop what repeats the last preparations
+            # no next call: drop what repeats the last preparations, and after a hand cut the loader's
+            # fetch (`for x, y in loader: ...; mark_step()`: the exhausted iterator's)
+            if (self._prep or self._hand_cut) and self._sampled:
                 drop_events(self.capture.mode, repeated_prep(self.capture.mode, frozenset().union(*self._prep)))
             # a run that never called a root module is one pass from start to exit
             self._finish(error=exit_error(exc_type, exc), last=True)
@@ -336,6 +339,7 @@ class Recorder(Watcher, HandCuts):
         if self.cut == "step":  # passes start at step(): the first root call of one names it
             if self._root is None:
                 self._name_root(type(module).__name__, name)
+                self._setup = None  # (what a first mark_step() set aside was setup: a model call follows it)
             return
         if self._prelude:  # setup before the first forward is not a pass: pass 0 starts here
             self._prelude = False
