@@ -153,25 +153,24 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
 
     # -- value links: views alias their input's base; versions keep the base --
     alias_root: Dict[int, int] = {}
-    producer: Dict[int, int] = {}
+    producer = {v: i for i, ev in enumerate(events) for v in ev[E_OUTS]}
+    rebound = rebound_values(events, infos, vmeta, producer)  # (set_, `t.data = ...`: another storage now)
     for i, ev in enumerate(events):
         info, ins, outs = infos[i], ev[E_INS], ev[E_OUTS]
-        for v in outs:
-            producer[v] = i
         if info.view and ins:
             root = alias_root.get(ins[0], ins[0])
             for v in outs:
                 alias_root[v] = root
-    rebound = rebound_values(events, infos, vmeta, producer)  # (set_, `t.data = ...`: another storage now)
+        for v in outs:  # (before the views taken of it after: they share the storage it points at now)
+            if v in rebound:
+                src = rebound[v]
+                if src is None:
+                    alias_root.pop(v, None)
+                else:
+                    alias_root[v] = alias_root.get(src, src)
     for vid, rec in enumerate(vmeta):
         origin = rec[V_ORIGIN]
-        if vid in rebound:
-            src = rebound[vid]
-            if src is None:
-                alias_root.pop(vid, None)
-            else:
-                alias_root[vid] = alias_root.get(src, src)
-        elif origin is not None and origin[0] == "ver" and origin[1] in alias_root:
+        if vid not in rebound and origin is not None and origin[0] == "ver" and origin[1] in alias_root:
             alias_root[vid] = alias_root[origin[1]]
     refresh_stale_reads(events, vmeta, mode.vrefs, alias_root, producer, rebound)
 

@@ -135,8 +135,16 @@ def _forgetting_data(orig: Any) -> Optional[property]:
     def data(self: torch.Tensor) -> torch.Tensor:
         return get(self, type(self))
 
+    inner = threading.local()  # (a subclass's __torch_function__ runs this setter again inside torch's)
+
     def set_data(self: torch.Tensor, new: torch.Tensor) -> None:
-        put(self, new)
+        if getattr(inner, "on", False):
+            return put(self, new)
+        inner.on = True
+        try:
+            put(self, new)
+        finally:
+            inner.on = False
         if STARTED:
             frame = sys._getframe(1)
             for cap in list(STARTED):
