@@ -146,3 +146,22 @@ def test_the_text_view_lists_every_box_before_a_line_reads_it(opts):
         if found:
             named.add(found.group(1))
     assert reads > 10 and not late, late[:5]
+
+
+def test_a_mermaid_depth_that_cannot_fit_unfolded_ends_at_the_deepest_folded_depth_that_fits():
+    """(A review: `depth=3, fold=False` at 30 edges on a 12-layer GPT-2 ended at depth 1,
+    12 boxes, although depth 2 folded, without parameters, fits: 25 boxes. The depths
+    below the default view were counted from the unfolded view's.)"""
+    import zoo
+
+    m, ids = zoo.gpt2(n_layer=12).train(), zoo.token_ids(8)
+    with torchtrace.trace(m) as t:
+        m(ids, labels=ids)
+    got = torchtrace.render(t.graph, "mermaid", depth=3, fold=False, max_edges=30)
+    fits = torchtrace.render(t.graph, "mermaid", depth=2, params=False, edge_labels=False, max_edges=30)
+    assert "collapsed to fit" not in fits  # (depth 2, folded, no parameters: fits as it is)
+
+    def boxes(text: str) -> str:
+        return re.search(r"torchtrace view: \d+ of \d+ ops, (\d+) boxes", text).group(1)
+
+    assert boxes(got) == boxes(fits) and got.count("-->") <= 30, got.splitlines()[:3]

@@ -116,6 +116,9 @@ def fit(graph: Graph, options: ViewOptions, *, direction: str = "TB", edge_label
 Attempt = Tuple[Tuple[str, ...], ViewOptions, bool]  # (what changed, options, edge labels)
 
 
+_PARAM_KINDS = ("param", "buffer", "constant")
+
+
 class _Fit:
     """Ever smaller versions of a view until one fits. Each set of options is
     built once (a view of thousands of ops takes seconds to build)."""
@@ -156,7 +159,7 @@ class _Fit:
             return
         depth = min(o.depth, self.view(o).stats["full_depth"])  # (deeper draws the same view)
         changes, lean = yield from self.lighter(o, edge_labels)
-        auto = self.view(o.with_(depth=None))
+        auto = self.view(self.lean(o.with_(depth=None)))  # (the default view lightened: fold on, no params)
         chunked = any(b.kind == "chunk" for b in auto.boxes)  # (then its depth unchunked is more detailed)
         shallower = [((*changes, f"depth {o.depth} -> {d}"), lean.with_(depth=d), False)
                      for d in range(auto.options["depth"] + 1 - chunked, depth)]
@@ -176,6 +179,15 @@ class _Fit:
                 hi = mid - 1
         return best
 
+    def lean(self, o: ViewOptions) -> ViewOptions:
+        """``o`` folded and without parameters (their view is ``o``'s folded one when it drew none)."""
+        o = o.with_(fold=True)
+        if o.params:
+            view, o = self.view(o), o.with_(params=False)
+            if not any(b.kind in _PARAM_KINDS for b in view.boxes):
+                self.views.setdefault(o, view)
+        return o
+
     def lighter(self, o: ViewOptions, edge_labels: bool,
                 changes: Tuple[str, ...] = ()) -> Generator[Attempt, None, Tuple[Tuple[str, ...], ViewOptions]]:
         """The view as asked, then without edge labels, folded, without parameters;
@@ -189,7 +201,7 @@ class _Fit:
             yield changes, o, False
         if o.params:
             view, o = self.view(o), o.with_(params=False)
-            if any(b.kind in ("param", "buffer", "constant") for b in view.boxes):
+            if any(b.kind in _PARAM_KINDS for b in view.boxes):
                 changes = (*changes, "parameters not drawn")
                 yield changes, o, False
             else:  # (the same view: not built again)
@@ -198,8 +210,8 @@ class _Fit:
 
     def shrink(self, o: ViewOptions, edge_labels: bool, before: Tuple[str, ...] = ()) -> Iterator[Attempt]:
         """The default view (automatic depth), then shallower, then chunked."""
-        depth = min(self.view(o).options["depth"], self.view(o).stats["full_depth"])
         changes, o = yield from self.lighter(o, edge_labels, before)
+        depth = min(self.view(o).options["depth"], self.view(o).stats["full_depth"])  # (of the lightened view)
         for d in range(depth - 1, 0, -1):
             yield (*changes, f"depth {depth} -> {d}"), o.with_(depth=d), False
         budget = o.max_boxes or 400
