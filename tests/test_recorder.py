@@ -38,7 +38,8 @@ def _first(out):
 
 def _norm(ops):
     # make_fx lifts constants with lift_fresh_copy where eager runs lift_fresh; from torch 2.14 on it
-    # also adds an `alias` of an op's output that is returned as is (SDPA's, the pooler's): no kernel runs it
+    # also adds an `alias` of an op's output that is returned as is (SDPA's, the pooler's), which a dispatch
+    # mode does not see; an alias is a view that does nothing, so it is left out on both sides
     return [o.replace("lift_fresh_copy", "lift_fresh") for o in ops if o not in BOOKKEEPING | {"aten.alias.default"}]
 
 
