@@ -38,7 +38,6 @@ the last one stops; then the class is as it was.
 """
 from __future__ import annotations
 
-import inspect
 import re
 import sys
 import threading
@@ -99,12 +98,16 @@ class ClassPatch(Held):
         super().__init__()
         self.owner, self.name, self.make = owner, name, make
         self._orig: Any = _MISSING  # what owner.__dict__ held (_MISSING: inherited or absent)
+        self._made: Any = (_MISSING, None)  # (the attribute replaced last, what make() made of it)
 
     def _put(self) -> bool:
-        new = self.make(inspect.getattr_static(self.owner, self.name, None))
+        self._orig = self.owner.__dict__.get(self.name, _MISSING)
+        old = next((k.__dict__[self.name] for k in self.owner.__mro__ if self.name in k.__dict__), None)
+        if self._made[0] is not old:  # (a trace per step puts the same patch back each time: made once)
+            self._made = (old, self.make(old))
+        new = self._made[1]
         if new is None:
             return False
-        self._orig = self.owner.__dict__.get(self.name, _MISSING)
         setattr(self.owner, self.name, new)
         return True
 
