@@ -144,3 +144,59 @@ def test_train_against_eval_of_another_image_size_is_the_input():
     assert why == _pair(m, m, a, b, train_a=False), why
     assert any("input `pixel_values` f32[1,3,16,16] \u2192 f32[1,3,24,24]" in w for w in why), why
     assert not any("training mode" in w for w in why), why
+
+
+class Scaled(nn.Module):
+    """A read right before ops only one pass ran, then a loss from `labels`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.head, self.scale = nn.Embedding(16, 8), nn.Linear(8, 16), nn.Linear(8, 16)
+
+    def forward(self, ids, labels=None):
+        h = self.emb(ids)
+        logits = self.head(h)
+        if h.sum() > 0:  # LINE:scaled_read
+            logits = logits * self.scale(h).sigmoid()
+        if labels is None:
+            return logits
+        return F.cross_entropy(logits.reshape(-1, 16), labels.reshape(-1))
+
+
+def test_a_read_right_before_a_hunk_stays_its_cause_when_an_input_only_one_pass_got_follows():
+    """(A review: the read's branch and the loss from `labels` make one hunk; the whole
+    hunk was put down to `labels`, and the read that chose the branch was named nowhere.)"""
+    import zoo
+
+    torch.manual_seed(0)
+    m = Scaled()
+    ids = [_ids(s) for s in range(40)]
+    with torch.no_grad():
+        pos = next(x for x in ids if m.emb(x).sum() > 0)
+        neg = next(x for x in ids if m.emb(x).sum() <= 0)
+    d = _why(m, {"ids": pos, "labels": pos}, {"ids": neg})
+    line = zoo.marked_line(__file__, "scaled_read")
+    assert d.why()[0].startswith(f"`test_diff_other_causes.py:{line}` read True in A, False in B"), d.why()
+
+
+class NoisyByMethod(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def _noisy(self) -> bool:
+        return self.training
+
+    def forward(self, x):
+        x = self.l(x)
+        if self._noisy():
+            x = x + 0.1 * torch.tanh(x)
+        return x.relu()
+
+
+def test_training_read_through_a_method_is_the_mode_when_the_batch_size_differs_too():
+    """(A review: with other input shapes only a sign counted, and an `if` that calls a
+    method is none: "decided by Python state".)"""
+    m = NoisyByMethod()
+    why = _pair(m, m, torch.randn(2, 4), torch.randn(3, 4))
+    assert len(why) == 1 and why[0].startswith("modules in training mode in A, eval mode in B"), why

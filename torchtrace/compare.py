@@ -335,7 +335,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                 carried = before.witness if before is not None and before.witness is not None and (
                     not before.witness.weak) else None
                 witness, loop = adjacent or carried, None
-            if loop is None and ran is None and fed_not_read(A, B, rows, fed, witness):
+            if loop is None and ran is None and adjacent is None and fed_not_read(A, B, rows, fed, witness):
                 witness = None  # (`labels` passed only in A: its loss is the input's, not an earlier read's)
             swapped = retyped(A, B, rows) if loop is None else None
             # (training mode needs a sign that it decided these ops when a loop count, other input types or

@@ -16,7 +16,7 @@ from .classify import ACCUMULATE, InputChange, OpPair
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
 from .ir import Graph, ModuleCall, Node
 from .sourceloops import if_statement_end
-from .sourcetext import call_guard, decided_by_a_flag, shape_test, tests_training
+from .sourcetext import call_guard, decided_by_a_call, decided_by_a_flag, shape_test, tests_training
 from .typechange import TypeChange
 
 
@@ -250,12 +250,14 @@ def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall], strict
     self.training:`` would be the mode); and then still for a dropout or batch
     norm op (or its backward), an op in a module that runs otherwise in training
     (``_MODAL``, ``_FAST_PATHS``), or one whose line an ``if`` further out on
-    ``training`` decides (``tests_training``). ``strict``: only for those, or a call
-    only this pass made under an ``if`` on ``training`` (another cause is at hand)."""
+    ``training`` decides (``tests_training``). ``strict``: only for those, a call
+    only this pass made under an ``if`` on ``training``, or an ``if`` whose test
+    calls a method (``if self._noisy():``) around the op (another cause is at hand)."""
     src = n.source
     flag = src is not None and decided_by_a_flag(n) and not _same_backward_line(side, n, other) and (
         other.ran(src.file, src.function) or child is not None and _call_guard(side, child) is False)
-    return not flag and not strict or child is not None and _call_guard(side, child) is True or any(
+    return not flag and (not strict or decided_by_a_call(n)) or child is not None and _call_guard(
+        side, child) is True or any(
         s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
         m.type.startswith(_MODAL + _FAST_PATHS) for m in side.graph.calls_around(n.module))
 

@@ -288,6 +288,15 @@ def decided_by_a_flag(n: "Node") -> bool:
     return found is not None and _flag_test(lines, found[0], found[1])
 
 
+def decided_by_a_call(n: "Node") -> bool:
+    """Is the line of ``n`` in a branch of an ``if`` whose test calls something
+    (``if self._noisy():``: a method may read ``training``)? False when the
+    line is not readable here."""
+    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    found = _if_test(lines, n.source.line, _THROUGH) if lines else None
+    return found is not None and bool(_CALL.search(found[1]))
+
+
 def _flag_test(lines: List[str], at: int, test: str) -> bool:
     """Is ``test``, of the ``if`` at line ``at``, a plain flag (``decided_by_a_flag``)?"""
     return not _CALL.search(test) and not _training_test(lines, at, test)

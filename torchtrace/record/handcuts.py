@@ -38,9 +38,7 @@ class HandCuts:
         cap = self.capture
         assert cap is not None
         if self._sampled:  # (`for x, y in loader: ... mark_step()`: the fetch before the next step is loading)
-            between = start and self._cut_by is False and self._root is None and not self._prelude
-            # (a step's `mark_step()`, then code with no model call before the next `step(i)`: no step's work)
-            drop_events(cap.mode, set(range(len(cap.mode.events))) if between else input_prep(cap.mode, ()))
+            drop_events(cap.mode, input_prep(cap.mode, ()))
         self._hand_cut = True
         if start != self._cut_by and self._root is None and not cap.mode.events and not self._prelude:
             # `mark_step()` then `step(i)` (or the other way) with nothing between them: one cut
