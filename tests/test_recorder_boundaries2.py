@@ -90,3 +90,18 @@ def test_cut_step_keeps_the_first_step_of_plain_tensor_code(tmp_path, where):
     # the first pass holds step 0's ops as every other holds its step's (and, marked at the end, the setup)
     first = stored[0][2]
     assert first[-len(body):] == body and first[:-len(body)] == ([] if where == "step_at_top" else ["randn", "randn"])
+
+
+def test_cut_step_with_a_step_and_a_mark_at_the_top_keeps_every_step(tmp_path):
+    """(A review: a first version of the fix above took the ops between a `mark_step()`
+    and the next `rec.step(i)` for loading between two steps, and dropped them: with both
+    at the top of the step, that is the whole step.)"""
+    with torchtrace.Recorder(tmp_path / "t.db", cut="step") as rec:
+        w = torch.randn(4, 4)
+        for i in range(4):
+            x = torch.randn(2, 4)
+            rec.step(i)
+            torchtrace.mark_step()
+            (x @ w).mul(100 + i).sum()
+    stored = [(step, held) for step, held, _ in _stored(tmp_path / "t.db") if held]
+    assert stored == [(i, [i]) for i in range(4)], stored
