@@ -470,22 +470,13 @@ def test_looking_for_loops_in_a_long_flat_phase_is_bounded():
     flat list of ~900 ops of many parameter shapes, and looking for runs signed
     2.4 million ops (6 s for one view). The search stops at a bound; the view is
     still built and drawn."""
-    import os
-
     import torch
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
+    import zoo
     from torchtrace.views import Prepared, view_options
     from torchtrace.views.fold import MAX_PERIOD, WORK_MAX
 
-    torch.manual_seed(0)
-    cfg = transformers.WhisperConfig(
-        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100, num_mel_bins=8, max_source_positions=16,
-        max_target_positions=32, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0)
-    m = transformers.WhisperForConditionalGeneration(cfg).train()
+    m = zoo.whisper()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     feats, labels = torch.randn(2, 8, 32), torch.randint(3, 100, (2, 6))
     m(input_features=feats, labels=labels).loss.backward()

@@ -31,14 +31,7 @@ def _step(m: nn.Module, loss, clip: bool = False, backwards: int = 1):
 def whisper_step():
     """A tiny Whisper's step with clipping: ~1,150 optimizer ops over parameters of many
     shapes, two encoder and two decoder layers."""
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.WhisperConfig(
-        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100, num_mel_bins=8, max_source_positions=16,
-        max_target_positions=32, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0)
-    m = transformers.WhisperForConditionalGeneration(cfg).train()
+    m = zoo.whisper()
     feats, labels = torch.randn(2, 8, 32), torch.randint(3, 100, (2, 6))
     return _step(m, lambda m: m(input_features=feats, labels=labels).loss, clip=True)
 

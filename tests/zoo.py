@@ -74,6 +74,18 @@ def causal_lm(arch: str) -> nn.Module:
     return getattr(t, model)(getattr(t, config)(**kw)).eval()
 
 
+def whisper() -> nn.Module:
+    """A tiny random-weight Whisper (two encoder and two decoder layers), in train
+    mode; its inputs: ``torch.randn(2, 8, 32)`` features, labels of ids 3..99."""
+    t = _hf()
+    torch.manual_seed(0)
+    cfg = t.WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100, num_mel_bins=8, max_source_positions=16,
+        max_target_positions=32, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    return t.WhisperForConditionalGeneration(cfg).train()
+
+
 def token_ids(n: int = 8, batch: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 100, (batch, n), generator=g)

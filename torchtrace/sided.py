@@ -254,10 +254,10 @@ def _modal(side: Side, n: Node, other: Side, child: Optional[ModuleCall], strict
     only this pass made under an ``if`` on ``training``, or an ``if`` whose test
     calls a method (``if self._noisy():``) around the op (another cause is at hand)."""
     src = n.source
+    guard = _call_guard(side, child) if child is not None else None
     flag = src is not None and decided_by_a_flag(n) and not _same_backward_line(side, n, other) and (
-        other.ran(src.file, src.function) or child is not None and _call_guard(side, child) is False)
-    return not flag and (not strict or decided_by_a_call(n)) or child is not None and _call_guard(
-        side, child) is True or any(
+        other.ran(src.file, src.function) or guard is False)
+    return not flag and (not strict or decided_by_a_call(n)) or guard is True or any(
         s in n.op for s in _MODAL_OPS) or tests_training(n) or any(
         m.type.startswith(_MODAL + _FAST_PATHS) for m in side.graph.calls_around(n.module))
 

@@ -283,8 +283,7 @@ def decided_by_a_flag(n: "Node") -> bool:
     use_cache:``): no call in it (a method may read anything), no ``training``
     read, directly or through a name assigned from it above in that function
     (``noisy = self.training and ...``)? False when the line is not readable here."""
-    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    found = _if_test(lines, n.source.line, _THROUGH) if lines else None
+    lines, found = _if_around(n)
     return found is not None and _flag_test(lines, found[0], found[1])
 
 
@@ -292,9 +291,14 @@ def decided_by_a_call(n: "Node") -> bool:
     """Is the line of ``n`` in a branch of an ``if`` whose test calls something
     (``if self._noisy():``: a method may read ``training``)? False when the
     line is not readable here."""
-    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
-    found = _if_test(lines, n.source.line, _THROUGH) if lines else None
+    found = _if_around(n)[1]
     return found is not None and bool(_CALL.search(found[1]))
+
+
+def _if_around(n: "Node") -> Tuple[Optional[List[str]], Optional[Tuple[int, str, int, int]]]:
+    """``n``'s file's lines and ``_if_test`` of its line through other blocks (None: unreadable)."""
+    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    return lines, _if_test(lines, n.source.line, _THROUGH) if lines else None
 
 
 def _flag_test(lines: List[str], at: int, test: str) -> bool:

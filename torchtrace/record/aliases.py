@@ -22,12 +22,11 @@ from .mode import E_INS, E_OUTS, V_ORIGIN
 
 
 def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any], alias_root: Dict[int, int],
-                        producer: Dict[int, int], rebound: Optional[Dict[int, Optional[int]]] = None) -> None:
+                        producer: Dict[int, int], rebound: Dict[int, Optional[int]]) -> None:
     """Rewrite ``events`` (inputs and the writes' outputs), ``vmeta``, ``vrefs``,
     ``alias_root`` and ``producer`` in place; nothing when no op wrote.
     ``rebound``: value -> the value whose storage it shares from then on
     (``setdata.rebound_values``; its ``alias_root`` says so already)."""
-    rebound = rebound or {}
     written = [v for v in range(len(vmeta)) if _written(vmeta, v) and v in producer and v not in rebound]
     if not written:
         return

@@ -37,8 +37,7 @@ class HandCuts:
         follows). A DataLoader's fetch before a cut is data loading: left out."""
         cap = self.capture
         assert cap is not None
-        if self._sampled:  # (`for x, y in loader: ... mark_step()`: the fetch before the next step is loading)
-            drop_events(cap.mode, input_prep(cap.mode, ()))
+        self._drop_fetch()
         self._hand_cut = True
         if start != self._cut_by and self._root is None and not cap.mode.events and not self._prelude:
             # `mark_step()` then `step(i)` (or the other way) with nothing between them: one cut
@@ -46,7 +45,7 @@ class HandCuts:
         elif self._prelude and (start or self._root is None):
             self._prelude = False
             if not start and cap.mode.events and self._sampled:  # plain code's first step, or setup: set aside
-                self._setup = (self._build(), time.perf_counter() - self._t_start)
+                self._set_aside()
             self._begin(root=None)
         else:
             if self._prelude:  # (kept as the first pass: it counts for `every`, as every pass after it)
@@ -62,21 +61,31 @@ class HandCuts:
             return self._outer.mark_step()
         if self.capture is None:  # a forked child's copy
             return
-        self._hand_cut = True
         if self.cut == "step":
             return self._cut()
+        self._hand_cut = True
         if self._prelude and self._root is None and self._sampled and self.capture.mode.events:
             # at the top of the first step, what came before is setup if a model call follows; plain
             # tensor code cut by hand keeps it as its first pass: built now, stored at the next cut
-            self._setup = (self._build(), time.perf_counter() - self._t_start)
+            self._set_aside()
             self._prelude = False
             self._begin(root=None)
         else:
             self._prelude = False
-            if self._sampled:  # (`for x, y in loader: mark_step()`: the batch fetched for the next step)
-                drop_events(self.capture.mode, input_prep(self.capture.mode, ()))
+            self._drop_fetch()
             self._boundary(root=None)
         self._marked = True
+
+    def _set_aside(self) -> None:
+        """What ran before the first hand cut: built now, stored as the first pass at the
+        next cut unless a model call follows (then it was setup)."""
+        self._setup = (self._build(), time.perf_counter() - self._t_start)
+
+    def _drop_fetch(self) -> None:
+        """A DataLoader's fetch of the next batch before a cut is data loading: left out
+        (`for x, y in loader: ... mark_step()`)."""
+        if self._sampled:
+            drop_events(self.capture.mode, input_prep(self.capture.mode, ()))
 
     def _join(self, module: torch.nn.Module, name: Callable[[], Optional[str]], inputs: Iterable[Any],
               frame: Any) -> None:

@@ -33,8 +33,7 @@ def note_data(capture: Any, t: Any, new: Any, frame: Any = None) -> None:
     if mode.off or threading.get_ident() != capture.tid:  # (ops of other threads are not recorded)
         return
     try:
-        src = mode.vid_of(new)
-        src = mode._rewrap_of(new) if src is None else src
+        src = mode.seen_as(new)
         j = None if src is None else _maker(mode.events, src)
         if j is None:  # (made before the pass, or by no op of it)
             return

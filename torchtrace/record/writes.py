@@ -50,10 +50,14 @@ class Writes:
         v = self._rewrap_of(t) if self.vid_of(t) is None else None
         return self.vrefs[v]() if v is not None else None
 
+    def seen_as(self, t: Any) -> Optional[int]:
+        """The value id of ``t``, or of the value its re-wrap stands for; None if unseen."""
+        v = self.vid_of(t)
+        return self._rewrap_of(t) if v is None else v
+
     def note_rewrap(self, out: Any, src: Any) -> None:
         """``src.as_subclass(cls)`` made ``out`` (patches.py): the same value."""
-        v = self.vid_of(src)
-        v = self._rewrap_of(src) if v is None else v
+        v = self.seen_as(src)
         if v is not None:
             self.rewraps[id(out)] = (_ref(out), v)
 
@@ -93,7 +97,8 @@ class Writes:
 
 
 def _shares(a: Any, b: Any) -> bool:
-    """Do tensors ``a`` and ``b`` share a storage (or is either's unknown)?"""
+    """Do tensors ``a`` and ``b`` share a storage (or is either's unknown)? (On the path of every
+    in-place write to a view: plain tensors' keys compared here, 0.5 µs less than ``storage_keys``.)"""
     try:
         return a.untyped_storage()._cdata == b.untyped_storage()._cdata
     except (RuntimeError, NotImplementedError, TypeError):  # (a wrapper subclass: the storages it wraps)

@@ -116,9 +116,6 @@ def fit(graph: Graph, options: ViewOptions, *, direction: str = "TB", edge_label
 Attempt = Tuple[Tuple[str, ...], ViewOptions, bool]  # (what changed, options, edge labels)
 
 
-_PARAM_KINDS = ("param", "buffer", "constant")
-
-
 class _Fit:
     """Ever smaller versions of a view until one fits. Each set of options is
     built once (a view of thousands of ops takes seconds to build)."""
@@ -184,7 +181,7 @@ class _Fit:
         o = o.with_(fold=True)
         if o.params:
             view, o = self.view(o), o.with_(params=False)
-            if not any(b.kind in _PARAM_KINDS for b in view.boxes):
+            if not any(b.kind in ("param", "buffer", "constant") for b in view.boxes):
                 self.views.setdefault(o, view)
         return o
 
@@ -200,12 +197,10 @@ class _Fit:
             o, changes = o.with_(fold=True), (*changes, "fold turned on")
             yield changes, o, False
         if o.params:
-            view, o = self.view(o), o.with_(params=False)
-            if any(b.kind in _PARAM_KINDS for b in view.boxes):
+            folded, o = o, self.lean(o)
+            if self.views.get(o) is not self.views[folded]:  # (else it drew none: the same view, not built again)
                 changes = (*changes, "parameters not drawn")
                 yield changes, o, False
-            else:  # (the same view: not built again)
-                self.views.setdefault(o, view)
         return changes, o
 
     def shrink(self, o: ViewOptions, edge_labels: bool, before: Tuple[str, ...] = ()) -> Iterator[Attempt]:

@@ -30,13 +30,13 @@ def _in_reading_order(view: View) -> List[Tuple[int, Any]]:
 
     def level(lo: int, hi: int, depth: int) -> List[Tuple[int, Any]]:
         starts = [k for k in range(lo, hi) if walked[k][0] == depth] + [hi]
-        groups = [(a, b) for a, b in zip(starts, starts[1:])]
+        groups = list(zip(starts, starts[1:]))
         where = {walked[k][1].id: g for g, (a, b) in enumerate(groups) for k in range(a, b)}
         order = []
         for g, (a, b) in enumerate(groups):
             item = walked[a][1]
             first = min((where[d] for d in readers.get(item.id, ()) if d in where), default=g) \
-                if b == a + 1 and isinstance(item, Box) and item.kind in _SOURCES else g
+                if b == a + 1 and isinstance(item, Box) and item.kind in PREFIX and item.kind != "output" else g
             order.append((first - 0.5 if first < g else g, g))
         out: List[Tuple[int, Any]] = []
         for _, g in sorted(order):
@@ -45,9 +45,6 @@ def _in_reading_order(view: View) -> List[Tuple[int, Any]]:
         return out
 
     return level(0, len(walked), 0)
-
-
-_SOURCES = ("input", "param", "buffer", "constant")
 
 
 def view_text(view: View) -> str:
