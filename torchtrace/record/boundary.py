@@ -119,6 +119,22 @@ def _loader_ops(mode: Any, tail: int, made: Dict[int, int], consumers: Dict[int,
     return _read_only_within(events, _from_outside(events, tail, made, loader), consumers)
 
 
+def loader_head(mode: Any) -> List[int]:
+    """The ops a pass begins with that a DataLoader ran (its ``__next__`` markers and
+    what its own code issued, no collective, no write to state): a pass cut by hand at
+    the end of each step begins with the loading of its batch."""
+    events = mode.events
+    markers, made = _loader_markers(events, 0), _made(events)
+    head: List[int] = []
+    for i, ev in enumerate(events):
+        code = ev[E_ICODE]
+        if i not in markers and (code is None or not code.co_filename.startswith(_DATA)
+                                 or "collective" in BY_INDEX[ev[E_INFO]].tags or _writes_state(ev, mode, made)):
+            break
+        head.append(i)
+    return head
+
+
 def _loader_markers(events: List[tuple], tail: int) -> Set[int]:
     """The tail's ``record_function`` markers of a DataLoader's ``__next__``
     (``enumerate(DataLoader)#...``), enter and exit (paired by nesting): torch's

@@ -21,7 +21,7 @@ from .._memo import remember
 from .framelocals import local_name, local_value
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _AUTOGRAD_DIR = os.path.join(_TORCH_DIR, "autograd") + os.sep
 # The standard library (copy, contextlib, functools, multiprocessing, ...) is never the
 # line a user wants to see: `copy.deepcopy(model)` belongs to the line that called it.
@@ -44,7 +44,7 @@ class FrameFilter:
     """Classifies code objects as internal (skipped) or user code."""
 
     def __init__(self, skip: Iterable[str] = ()) -> None:
-        absolute, segments = [_TORCH_DIR, _OWN_DIR], []
+        absolute, segments = [_TORCH_DIR, OWN_DIR], []
         for s in skip:
             s = _normalise(str(s))
             (absolute if os.path.isabs(s) else segments).append(s)
@@ -117,7 +117,7 @@ def engine_under_modes(frame: Any) -> bool:
     return False
 
 
-_MODE_DIRS = (_OWN_DIR, _TORCH_DIR)
+_MODE_DIRS = (OWN_DIR, _TORCH_DIR)
 _MODE_HANDLER = "__torch_dispatch__"
 _HELPERS = 4  # frames between a mode's handler and the op it hands on
 

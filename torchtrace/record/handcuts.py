@@ -6,15 +6,41 @@ call starts a pass too: after a ``mark_step()`` the first model call names the
 pass the mark began instead of cutting again (``zero_grad()`` between them
 made a pass of its own each step), and a ``mark_step()`` at the top of the
 first step sets the setup before it aside, dropped when a model call follows.
+
+Two cuts with nothing run between them are one (``mark_step()`` at the end of a
+step and again at the top of the next, ``step(i)`` after a closing mark). A pass
+that is not sampled records nothing, so what ran between two cuts is learnt
+from the sampled passes, per pair of call sites; until one was seen, the way
+back to the top of a loop (a cut at an earlier instruction of the same frame
+than the one before) is taken to run nothing of its own.
 """
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
-from .boundary import drop_events, input_prep
+from .._memo import remember
+from .boundary import drop_events, input_prep, loader_head
+from .framelocals import local_name
+from .frames import OWN_DIR
+from .mode import E_CODE, E_INS, E_LINE, E_OUTS, V_ORIGIN
+
+Site = Tuple[int, Any, int]  # (id of the frame, its code, f_lasti) of the user's call of a cut
+
+
+def user_frame() -> Any:
+    """The innermost frame outside torchtrace: the user's call of ``mark_step()`` or ``step(i)``."""
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(OWN_DIR):
+        f = f.f_back
+    return f
+
+
+def _site(f: Any) -> Site:
+    return (0, None, -1) if f is None else (id(f), f.f_code, f.f_lasti)
 
 
 class HandCuts:
@@ -27,6 +53,10 @@ class HandCuts:
     _setup: Any
     _seen: Any
     _hand_cut: bool  # a hand cut was made: the loader's last fetch at the block's end is loading too
+    _cut_at: Optional[Site]  # the cut that began the pass in flight (None: the block's start, a model call)
+    _ran: Dict[tuple, tuple]  # (site, site) -> (ran ops between them?, the two codes): learnt from sampled passes
+    _setup_tail: Optional[Tuple[Any, int]]  # (code, f_lasti) of the last op the first mark set aside
+    _step_at: Optional[int]  # the number of ops the pass in flight had run when step(i) was called
 
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
@@ -37,22 +67,30 @@ class HandCuts:
         follows). A DataLoader's fetch before a cut is data loading: left out."""
         cap = self.capture
         assert cap is not None
-        self._drop_fetch()
+        frame = user_frame()
+        site = _site(frame)
+        self._drop_fetch(frame)
         self._hand_cut = True
-        if start != self._cut_by and self._root is None and not cap.mode.events and not self._prelude:
-            # `mark_step()` then `step(i)` (or the other way) with nothing between them: one cut
-            self._pass_step = self._step
-        elif self._prelude and (start or self._root is None):
+        if self._prelude and (start or self._root is None):
             self._prelude = False
             if not start and cap.mode.events and self._sampled:  # plain code's first step, or setup: set aside
                 self._set_aside()
             self._begin(root=None)
+            self._cut_by = start
+        elif start and self._cut_by is False:  # step(i) after a closing mark: it names the pass the mark began
+            if self._root is None and self._sampled:  # what ran between them (a batch made by hand) is no
+                drop_events(cap.mode, set(range(len(cap.mode.events))))  # step's, as the code before step(0)
+            self._again()
+        elif not self._prelude and self._nothing_since(site):
+            self._again()  # (`step(i)` then `mark_step()` with nothing between them: the step began the pass)
         else:
             if self._prelude:  # (kept as the first pass: it counts for `every`, as every pass after it)
                 self._seen[None] = self._seen.get(None, 0) + 1
             self._prelude = False
+            self._setup_was_a_step()
             self._boundary(root=None)
-        self._cut_by = start
+            self._cut_by = start
+        self._cut_at = site
 
     def mark_step(self) -> None:
         """End the current pass here and start the next one."""
@@ -63,29 +101,104 @@ class HandCuts:
             return
         if self.cut == "step":
             return self._cut()
+        frame = user_frame()
+        site = _site(frame)
         self._hand_cut = True
+        self._relabel()
+        self._drop_fetch(frame)
         if self._prelude and self._root is None and self._sampled and self.capture.mode.events:
             # at the top of the first step, what came before is setup if a model call follows; plain
             # tensor code cut by hand keeps it as its first pass: built now, stored at the next cut
             self._set_aside()
             self._prelude = False
             self._begin(root=None)
+        elif not self._prelude and self._nothing_since(site):
+            self._again()  # (at the end of a step and again at the top of the next)
         else:
             self._prelude = False
-            self._drop_fetch()
+            self._setup_was_a_step()
             self._boundary(root=None)
         self._marked = True
+        self._cut_at = site
+
+    def _nothing_since(self, site: Site) -> bool:
+        """Did nothing run since the cut that began the pass in flight? A sampled pass's
+        records say, and teach the answer for that pair of call sites; an unsampled one
+        asks what was learnt, else whether the loop went back to its top (see above)."""
+        prev = self._cut_at
+        key = (prev and (id(prev[1]), prev[2]), id(site[1]), site[2])
+        if self._sampled:
+            ran = bool(self.capture.mode.events) or self._root is not None
+            remember(self._ran, key, (ran, prev and prev[1], site[1]), 256)  # (codes held: their ids stay theirs)
+            return not ran
+        if self._root is not None:
+            return False
+        learnt = self._ran.get(key)
+        if learnt is not None:
+            return not learnt[0]
+        return prev is not None and prev[0] == site[0] and prev[1] is site[1] and site[2] < prev[2]
+
+    def _again(self) -> None:
+        """A cut that starts no pass: the pass in flight goes on, with the step given since."""
+        self._pass_step = self._step
+        if not self.capture.mode.events:
+            self._t_start = time.perf_counter()
+
+    def _setup_was_a_step(self) -> None:
+        """Plain code cut only at the end of each step: what the first cut set aside
+        was step 0, not setup, when the pass in flight ran the op that ended it (the
+        same code, the same instruction). It then counts for ``every``, and the pass
+        in flight is the next step: dropped where the schedule skips that one."""
+        tail, self._setup_tail = self._setup_tail, None
+        if tail is None or self._setup is None or self._root is not None or not self._sampled:
+            return
+        if not any(ev[E_CODE] is tail[0] and ev[E_LINE] == tail[1] for ev in self.capture.mode.events):
+            return
+        self._seen[None] = self._seen.get(None, 0) + 1
+        if not self._samples(self._seen[None] - 1):
+            self._sampled = False
+            self.capture.new_pass()
 
     def _set_aside(self) -> None:
         """What ran before the first hand cut: built now, stored as the first pass at the
         next cut unless a model call follows (then it was setup)."""
+        last = self.capture.mode.events[-1]
+        self._setup_tail = (last[E_CODE], last[E_LINE])
         self._setup = (self._build(), time.perf_counter() - self._t_start)
 
-    def _drop_fetch(self) -> None:
+    def _drop_fetch(self, frame: Any) -> None:
         """A DataLoader's fetch of the next batch before a cut is data loading: left out
-        (`for x, y in loader: ... mark_step()`)."""
+        (`for x, y in loader: ... mark_step()`), as is the fetch a pass begins with."""
         if self._sampled:
             drop_events(self.capture.mode, input_prep(self.capture.mode, ()))
+            self.drop_loading_head(frame)
+
+    def drop_loading_head(self, frame: Any) -> None:
+        """The DataLoader's fetch a pass begins with (a cut at the end of each step) is
+        left out; what it made is the pass's input, named as ``frame`` (the loop) names it."""
+        mode = self.capture.mode
+        head = loader_head(mode)
+        if not head:
+            return
+        taken = set(head)
+        read = {v for i, ev in enumerate(mode.events) if i not in taken for v in ev[E_INS]}
+        for v in (v for i in head for v in mode.events[i][E_OUTS] if v in read):
+            t = mode.vrefs[v]()
+            name = local_name(t, frame) if t is not None and frame is not None else None
+            if name is None:
+                name, mode.n_inputs = f"input{mode.n_inputs}", mode.n_inputs + 1
+            rec = mode.vmeta[v]
+            origin = ("ext", "input", name, t is not None and t.requires_grad)
+            mode.vmeta[v] = (*rec[:V_ORIGIN], origin, *rec[V_ORIGIN + 1:])
+        drop_events(mode, taken)
+
+    def _relabel(self) -> None:
+        """A pass no model call began takes the step ``step(i)`` gave inside it when
+        ops ran after that call (`rec.step(i)` at the top, `mark_step()` at the end,
+        a batch made by hand between them); `rec.step(i); mark_step()` at the top
+        gives the step to the pass the mark begins."""
+        if self._step_at is not None and self._root is None and len(self.capture.mode.events) > self._step_at:
+            self._pass_step = self._step
 
     def _join(self, module: torch.nn.Module, name: Callable[[], Optional[str]], inputs: Iterable[Any],
               frame: Any) -> None:

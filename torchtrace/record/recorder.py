@@ -31,7 +31,7 @@ from .compiled import Uncompiled, is_compiled_in_place
 from .frames import caller_name
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
-from .handcuts import HandCuts
+from .handcuts import HandCuts, user_frame
 from .watch import Watcher, is_model_call
 from ..options import capture_options, recorder_options
 from ..outdir import hold_against_runs, let_go
@@ -64,6 +64,8 @@ class Recorder(Watcher, HandCuts):
         self.cut = cut
         self._cut_by: Optional[bool] = None  # what made the last cut: step() (True) or mark_step()
         self._hand_cut = False  # a step() or mark_step() cut a pass (HandCuts)
+        self._cut_at = self._setup_tail = self._step_at = None  # (HandCuts)
+        self._ran: Dict[tuple, tuple] = {}
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
         self._skip, self._max_ops = capture_options(skip, max_ops)
@@ -148,6 +150,8 @@ class Recorder(Watcher, HandCuts):
             # fetch (`for x, y in loader: ...; mark_step()`: the exhausted iterator's)
             if (self._prep or self._hand_cut) and self._sampled:
                 drop_events(self.capture.mode, repeated_prep(self.capture.mode, frozenset().union(*self._prep)))
+                if self._hand_cut:
+                    self.drop_loading_head(user_frame())
             # a run that never called a root module is one pass from start to exit
             self._finish(error=exit_error(exc_type, exc), last=True)
         finally:
@@ -176,6 +180,8 @@ class Recorder(Watcher, HandCuts):
         self._step = step
         if self.cut == "step" and self.capture is not None:
             self._cut(start=True)
+        elif self._root is None and self._sampled and self.capture is not None:
+            self._step_at = len(self.capture.mode.events)  # (a pass no model call began: see HandCuts._relabel)
         elif not self._sampled and self._mortal and self._armed is None and not self.capture.scope.handles:
             self._armed = register_module_forward_pre_hook(self._first_call)  # (a model built anew: unwatched)
 
@@ -195,6 +201,7 @@ class Recorder(Watcher, HandCuts):
         cap = self.capture
         assert cap is not None
         self._marked = False  # (mark_step sets it after)
+        self._cut_at = self._step_at = None  # (a hand cut sets the first after; step() the second)
         key = None if model is None else self._model_key(model)
         self._last_root = self._roots[id(model)] if model is not None and count else None  # (_unsampled_again)
         k = self._seen.get(key, 0)

@@ -1,0 +1,132 @@
+"""Passes cut by hand in plain tensor code (no model call decides the schedule):
+`mark_step()` at the end, at the top, or both, `rec.step(i)` with the default cut
+and with `cut="step"`, a DataLoader's fetch, and `every=K`.
+
+Each step multiplies by `100 + i`: the `mul` a stored pass holds says which step's
+ops it holds, whatever its label says. Before the fix (2026-11-28 audit list in
+README Limits): marks only at the end with `every=2` stored steps 0, 1, 3, 5; marks
+at the top and the end stored every step; `cut="step"` with `rec.step(i)` and
+`mark_step()` stored only step 0; the default cut labelled each pass with the step
+before; a DataLoader loop cut at the end began each pass with its batch's fetch."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import torchtrace
+from torchtrace.store import Store
+
+STEPS = 6
+
+
+def _held(graph) -> List[int]:
+    """The steps whose ops a pass holds (its forward `mul` by the integer `100 + i`)."""
+    return [n.args["other"] - 100 for n in graph.nodes
+            if n.short_op == "mul.Tensor" and type(n.args.get("other")) is int and n.phase == "forward"]
+
+
+def _stored(path) -> List[Tuple[Optional[int], List[int], List[str]]]:
+    with Store(path, readonly=True) as st:
+        return [(p.step, _held(g), [n.short_op for n in g.nodes]) for p, (_, g) in zip(st.passes(), st.graphs())]
+
+
+def _loop(path, every: int, top: bool, end: bool, step: bool, cut: str = "root", loader: bool = False,
+          setup: bool = False) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(4, 4, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.1)
+    data = torch.randn(STEPS, 3, 4)
+    batches = DataLoader(data, batch_size=None) if loader else list(data)
+    with torchtrace.Recorder(path, every=every, cut=cut) as rec:
+        if setup:
+            torch.zeros(4).exp()
+        for i, x in enumerate(batches):
+            if step:
+                rec.step(i)
+            if top:
+                torchtrace.mark_step()
+            opt.zero_grad()
+            (x @ w).relu().mul(100 + i).sum().backward()
+            opt.step()
+            if end:
+                torchtrace.mark_step()
+
+
+PATTERNS = {  # name -> (top, end, step, cut)
+    "mark at the end": (False, True, False, "root"),
+    "mark at the top": (True, False, False, "root"),
+    "marks at the top and the end": (True, True, False, "root"),
+    "step(i), mark at the end": (False, True, True, "root"),
+    "cut=step, step(i) and mark at the top": (True, False, True, "step"),
+    "cut=step, step(i), mark at the end": (False, True, True, "step"),
+    "cut=step, step(i) and marks at the top and the end": (True, True, True, "step"),
+    "step(i) and marks at the top and the end": (True, True, True, "root"),
+}
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+def test_every_samples_the_same_steps_wherever_the_marks_are(tmp_path, pattern, every):
+    top, end, step, cut = PATTERNS[pattern]
+    _loop(tmp_path / "t.db", every, top, end, step, cut)
+    sampled = list(range(0, STEPS, every))
+    stored = _stored(tmp_path / "t.db")
+    assert [held for _, held, _ in stored] == [[i] for i in sampled]
+    if step:  # each pass has the step of the ops it holds
+        assert [s for s, _, _ in stored] == sampled
+
+
+@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("pattern", ["mark at the end", "marks at the top and the end", "step(i), mark at the end",
+                                     "cut=step, step(i), mark at the end"])
+def test_a_dataloader_fetch_that_begins_a_pass_is_left_out(tmp_path, pattern, every):
+    """A mark at the end of each step: the next batch is fetched after it, at the
+    top of the next pass (and `iter()` of the loader before the first). It is data
+    loading: no op of any pass, and the batch is the pass's input `x`."""
+    top, end, step, cut = PATTERNS[pattern]
+    _loop(tmp_path / "t.db", every, top, end, step, cut, loader=True)
+    stored = _stored(tmp_path / "t.db")
+    assert [held for _, held, _ in stored] == [[i] for i in range(0, STEPS, every)]
+    plain = ["matmul", "relu", "mul.Tensor"]
+    for _, _, ops in stored:
+        assert "select.int" not in ops and "randperm" not in ops, ops
+        assert [op for op in ops if op in plain or op.startswith("mm")][:2] == ["mm", "relu"], ops
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        for _, g in st.graphs():
+            names = [v.name for v in g.values if v.role == "input"]
+            assert names.count("x") == 1 and not any(n.startswith("input") for n in names), names
+
+
+def test_setup_before_a_mark_at_the_top_is_still_its_own_first_pass(tmp_path):
+    """Plain code with setup before the loop and a mark at the top: the setup is
+    the first pass, outside the schedule; with marks at the end the first pass
+    holds the setup and step 0, and counts as step 0."""
+    _loop(tmp_path / "top.db", 2, True, False, False, setup=True)
+    stored = _stored(tmp_path / "top.db")
+    assert [held for _, held, _ in stored] == [[], [0], [2], [4]]
+    assert stored[0][2] == ["zeros", "exp"]
+    _loop(tmp_path / "end.db", 2, False, True, False, setup=True)
+    assert [held for _, held, _ in _stored(tmp_path / "end.db")] == [[0], [2], [4]]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+@pytest.mark.parametrize("cut", ["root", "step"])
+def test_a_batch_made_by_hand_between_a_closing_mark_and_the_next_step(tmp_path, cut, every):
+    """`x = torch.randn(...)` between a step's closing `mark_step()` and the next
+    `rec.step(i)`: with `cut="step"` it was a pass of its own (and with `every=2`
+    only those were stored); it is left out, as the code before `step(0)` is. With
+    the default cut it is part of the step it feeds, labelled with that step."""
+    w = torch.randn(4, 4, requires_grad=True)
+    with torchtrace.Recorder(tmp_path / "t.db", every=every, cut=cut) as rec:
+        for i in range(4):
+            x = torch.randn(3, 4)
+            rec.step(i)
+            (x @ w).relu().mul(100 + i).sum().backward()
+            torchtrace.mark_step()
+    stored = _stored(tmp_path / "t.db")
+    sampled = list(range(0, 4, every))
+    assert [(s, held) for s, held, _ in stored] == [(i, [i]) for i in sampled]
+    assert {ops[0] for _, _, ops in stored} == {"mm" if cut == "step" else "randn"}
