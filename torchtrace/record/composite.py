@@ -103,9 +103,7 @@ def run_whole(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) -> Any
         return run_higher_order(mode, info, args, kwargs)
     if not info.runs_composite(args):
         return NOT_WHOLE
-    if mode.off:
-        return info.call(*args, **kwargs)
-    return run_composite(mode, info, func, args, kwargs)
+    return run_composite(mode, info, func, args, kwargs)  # (off too: its pieces run as in eager, unrecorded)
 
 
 def run_composite(mode: Any, info: Any, func: Any, args: tuple, kwargs: dict) -> Any:

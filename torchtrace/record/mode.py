@@ -133,10 +133,10 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
             out = run_whole(self, info, func, args, kwargs)
             if out is not NOT_WHOLE:
                 return out
-        if self.off:
+        if self.off:  # (on the stack, recording nothing: the op still runs as in eager, below)
             if self.full:
                 self._truncate()
-            return info.call(*args, **kwargs)
+            return call_under_autocast(self, info, args, kwargs) if self.autocast else info.call(*args, **kwargs)
 
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
             try:

@@ -74,6 +74,8 @@ class OpInfo:
             # c10d ops write their tensor arguments but carry no alias annotation
             written = [i for i, k in enumerate(self.kinds) if k != NONTENSOR][:1]
         self.mutates: Tuple[int, ...] = tuple(written)
+        if self.name.startswith("aten._foreach_") and written and self.kinds[written[0]] == TENSOR_LIST:
+            self.call = _versioned(self.call, written[0])
         # batch norm's running statistics: written in training, with no alias annotation
         self.stat_writes: Optional[Tuple[Optional[int], Tuple[int, ...]]] = _STAT_WRITES.get(schema.name)
         # a return that aliases an input without writing it: a view (view, t, select, split, detach)
@@ -157,6 +159,23 @@ class OpInfo:
         if r is None:  # (none for TorchScript-object arguments: _read_args describes them)
             r = self.readers[n] = _make_reader(self.kinds[:n]) if n <= len(self.kinds) and not self.objects else False
         return r
+
+
+def _versioned(call: Any, slot: int) -> Any:
+    """``call`` of an in-place foreach op, bumping the version of each tensor it
+    wrote as eager does: its kernel writes them below the dispatch mode, where
+    autograd's ADInplaceOrView key is off (under any mode, versions stayed put,
+    and autograd missed "modified by an inplace operation" after ``opt.step()``)."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tensors = [t for t in (args[slot] if slot < len(args) else ()) if isinstance(t, torch.Tensor)
+                   and not t.is_inference()]
+        before = [t._version for t in tensors]
+        out = call(*args, **kwargs)
+        stale = [t for t, v in zip(tensors, before) if t._version == v]
+        if stale:
+            torch.autograd.graph.increment_version(stale)
+        return out
+    return run
 
 
 def _make_reader(kinds: Tuple[int, ...]) -> Any:

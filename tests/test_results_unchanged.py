@@ -1,0 +1,93 @@
+"""Results a trace must not change (a 2026-11-28 audit): version counters after
+in-place foreach ops, and ops run while the recording mode stays on the stack
+recording nothing (past `max_ops`). Each case failed before its fix."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchtrace
+
+
+def _stale_weight_backward() -> str:
+    """A GAN-style bug: backward through an output whose weight `opt.step()`
+    (foreach) has updated since. Eager raises; the message is returned."""
+    torch.manual_seed(0)
+    d = nn.Linear(4, 1)
+    opt = torch.optim.SGD(d.parameters(), lr=0.5, foreach=True)
+    x = torch.randn(8, 4, requires_grad=True)
+    out = d(x)
+    out.mean().backward(retain_graph=True)
+    opt.step()
+    try:
+        (-out.mean()).backward()
+    except RuntimeError as e:
+        return str(e).split(":")[0]
+    return "no error"
+
+
+def test_a_foreach_step_bumps_versions_so_autograd_still_sees_the_stale_weight():
+    plain = _stale_weight_backward()
+    assert plain == "one of the variables needed for gradient computation has been modified by an inplace operation"
+    with torchtrace.trace():
+        traced = _stale_weight_backward()
+    assert traced == plain  # (before: "no error", and x.grad came from the updated weight)
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW])
+def test_foreach_optimizer_steps_leave_the_versions_eager_leaves(opt_cls):
+    def run():
+        torch.manual_seed(0)
+        m = nn.Linear(3, 2)
+        opt = opt_cls(m.parameters(), lr=0.1, foreach=True)
+        for _ in range(2):
+            m(torch.randn(4, 3)).sum().backward()
+            opt.step()
+        state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t) and t.dim()]
+        return [p._version for p in m.parameters()], [t._version for t in state], [p.detach() for p in m.parameters()]
+
+    versions, state_versions, params = run()
+    with torchtrace.trace():
+        t_versions, t_state_versions, t_params = run()
+    assert min(versions) > 0
+    assert (t_versions, t_state_versions) == (versions, state_versions)
+    assert all(torch.equal(a, b) for a, b in zip(params, t_params))
+
+
+def _autocast_and_inference_work():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(5, 7, batch_first=True)
+    theta, a, b = torch.randn(2, 2, 3), torch.randn(3, 4, 5), torch.randn(3, 5, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grid = F.affine_grid(theta, (2, 1, 4, 4), align_corners=False)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lstm(a)[0]
+        prod = torch.einsum("bij,bjk->bik", a, b)
+    return grid, out, prod
+
+
+def test_ops_past_max_ops_run_as_in_eager():
+    """Past `max_ops` the mode stays on the stack, recording nothing; it ran each op
+    plainly, without the autocast and composite handling eager needs: `affine_grid`,
+    an LSTM and `einsum` under autocast came out float32 instead of bfloat16."""
+    ref = _autocast_and_inference_work()
+    assert [t.dtype for t in ref] == [torch.bfloat16] * 3
+    with pytest.warns(RuntimeWarning, match="max_ops=3"):
+        with torchtrace.trace(max_ops=3) as t:
+            for _ in range(3):
+                torch.ones(2) + 1
+            got = _autocast_and_inference_work()
+    assert t.graph.meta["truncated"] and len(t.graph.nodes) == 3
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype and torch.equal(g, r)
+
+
+def test_a_foreach_write_past_max_ops_bumps_versions_too():
+    p = [torch.zeros(3), torch.zeros(2)]
+    with pytest.warns(RuntimeWarning, match="max_ops=1"):
+        with torchtrace.trace(max_ops=1):
+            torch.ones(2) + 1
+            torch._foreach_add_(p, 1.0)
+    assert [t._version for t in p] == [1, 1]
