@@ -304,6 +304,32 @@ def test_commands_print_on_a_console_that_cannot_encode_their_arrows(recorded):
             assert "\\u2192" in res.stdout  # (the arrow of "-> 1 op changed", escaped)
 
 
+@pytest.mark.parametrize("encoding", ["ascii", "cp1252"])
+def test_files_written_to_standard_output_are_utf8_whatever_the_console(tmp_path, encoding):
+    """DOT, JSON, Mermaid and `export -o -` sent to a pipe were written in the
+    console's encoding: with cp1252 (Python's on a Windows pipe) every module label's
+    `·` became a byte `dot` refused, and JSON with an ASCII console held `\\xe9` escapes
+    that no JSON reader takes. They are file contents: UTF-8, as with `-o FILE`."""
+    m = torch.nn.Sequential()
+    m.add_module("café", torch.nn.Linear(2, 2))
+    with torchtrace.trace(m) as t:
+        m(torch.ones(1, 2))
+    torchtrace.save(t.graph, tmp_path / "g.json")
+    env = {**os.environ, "PYTHONIOENCODING": encoding}
+    outs = {}
+    for name, args in (("dot", ["render", "g.json", "-f", "dot"]), ("json", ["render", "g.json", "-f", "json"]),
+                       ("mermaid", ["render", "g.json", "-f", "mermaid"]), ("export", ["export", "g.json", "-o", "-"])):
+        res = subprocess.run([EXE, *args], capture_output=True, timeout=120, env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr.decode(errors="replace")[-2000:]
+        outs[name] = res.stdout.decode("utf-8")  # (raised UnicodeDecodeError for cp1252)
+    assert "café · Linear" in outs["dot"] and "café" in outs["mermaid"]
+    assert json.loads(outs["json"])["modules"][1]["path"] == "café"
+    (tmp_path / "back.json").write_text(outs["export"], encoding="utf-8")
+    assert torchtrace.load(tmp_path / "back.json") == t.graph
+    check = subprocess.run(["dot", "-Tsvg"], input=outs["dot"].encode(), capture_output=True, timeout=60)
+    assert check.returncode == 0 and not check.stderr, check.stderr
+
+
 def test_train_loop_example_reports_the_switch(tmp_path):
     res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(ROOT / "examples" / "train_loop.py")],
                          capture_output=True, text=True, timeout=300)
