@@ -200,3 +200,32 @@ def test_training_read_through_a_method_is_the_mode_when_the_batch_size_differs_
     m = NoisyByMethod()
     why = _pair(m, m, torch.randn(2, 4), torch.randn(3, 4))
     assert len(why) == 1 and why[0].startswith("modules in training mode in A, eval mode in B"), why
+
+
+def _as_recorded_by(graph, version, rename):
+    """``graph`` as another torch would have recorded it: ``meta.torch`` and some ops' names."""
+    import dataclasses
+
+    from torchtrace.fingerprint import fingerprints
+    nodes = [dataclasses.replace(n, op=rename.get(n.op, n.op)) for n in graph.nodes]
+    other = dataclasses.replace(graph, nodes=nodes, meta={**graph.meta, "torch": version})
+    return dataclasses.replace(other, fingerprints=fingerprints(other))
+
+
+def test_another_torch_version_is_named_not_python_state():
+    """Two passes recorded by two torch versions (an upgrade): an op that changed
+    with torch was put down to "decided by Python state" and the versions were
+    never mentioned (a 2026-11-28 audit)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 1))
+    with torchtrace.trace(m) as t:
+        m(torch.randn(2, 4))
+    a = t.graph
+    b = _as_recorded_by(a, "2.4.0+cu121", {"aten.gelu.default": "aten.gelu_v2.default"})
+    d = torchtrace.diff(a, b)
+    mine = a.meta["torch"]
+    assert [h.cause for h in d.hunks] == [f"torch {mine} in A, 2.4.0+cu121 in B: torch's own code may run other "
+                                         "ops (no tensor read differs before it)"]
+    assert "Python state" not in str(d)
+    same = torchtrace.diff(a, _as_recorded_by(a, "2.4.0+cu121", {}))
+    assert same.summary() == f"identical (recorded by torch {mine} in A, 2.4.0+cu121 in B)"

@@ -130,6 +130,7 @@ class GraphDiff:
             notes += [f"{plural(self.moved, 'op')} at other source lines"] if self.moved else []
             # (train, no_grad and inference_mode run the same ops; only the autograd graph differs)
             notes += [self.grad_modes] if self.grad_modes else []
+            notes += [self.torch_versions] if self.torch_versions else []
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
             what = "; ".join(listed(self.types, 2, "type change") or listed(self.args, 2, "arg change") or
@@ -151,6 +152,12 @@ class GraphDiff:
         """"grad mode train in A, no_grad in B" when the passes ran under different ones."""
         modes = differing_grad_modes(self.a, self.b)
         return f"grad mode {modes[0]} in A, {modes[1]} in B" if modes else ""
+
+    @property
+    def torch_versions(self) -> str:
+        """"recorded by torch 2.13.0 in A, 2.4.0 in B" when the passes' torch versions differ."""
+        v = differing_grad_modes(self.a, self.b, "torch")
+        return f"recorded by torch {v[0]} in A, {v[1]} in B" if v else ""
 
     @property
     def errors(self) -> Tuple[str, ...]:
@@ -180,6 +187,9 @@ class GraphDiff:
         trained = any(n.phase in ("backward", "optimizer") for g in (self.a, self.b) for n in g.nodes)
         if self.grad_modes and trained:  # (a validation pass against a training one)
             lines.append(f"{self.grad_modes}: backward and optimizer ops run only under train")
+        if self.torch_versions and not any(h.cause.startswith("torch ") for h in self.hunks):  # (an upgrade can
+            # change any op: said also where a read explains each hunk)
+            lines.append(f"{self.torch_versions}: torch's own code may run other ops")
         if not groups and self.kind == "shapes":
             found = [h.witness for h in self.changed_hunks if h.witness is not None]
             reads = dict.fromkeys(w.describe() for w in found if w.a.shape is not None)
@@ -361,6 +371,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
+                              torch_versions=differing_grad_modes(A.graph, B.graph, "torch"),
                               caught=ops[caught] if caught is not None and loop is None else None,
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:

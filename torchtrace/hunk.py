@@ -63,6 +63,7 @@ class Hunk:
     state: Optional[Tuple[str, Tuple[str, ...]]] = None  # (side, ops): the optimizer made its state there
     last: Optional[str] = None  # the side whose pass was the Recorder's last: it ran on to the block's end
     grad_modes: Optional[Tuple[str, str]] = None  # the passes' grad modes, when they differ (A's, B's)
+    torch_versions: Optional[Tuple[str, str]] = None  # the torch versions that recorded them, when they differ
     moved: Tuple[str, ...] = ()  # its ops ran on the other side too, elsewhere (``classify.moved``): their names
     read_first: bool = False  # ``witness`` is a read right before it (no op between): said before ``trained``
     caught: Optional[OpPair] = None  # an op before it raised on one side, and that pass went on (``except``)
@@ -181,6 +182,9 @@ class Hunk:
             return f"no tensor read differs before it; {what} ({seen})"
         if self.loop is not None:
             return f"{self.loop.describe()} ({self._undecided()})"
+        if self.torch_versions is not None:  # (an upgrade: torch's own Python and kernels chose the ops)
+            a, b = self.torch_versions
+            return f"torch {a} in A, {b} in B: torch's own code may run other ops (no tensor read differs before it)"
         return "no tensor read differs before it: decided by Python state (arguments, flags, caches)"
 
     def _undecided(self) -> str:
@@ -238,6 +242,7 @@ class Hunk:
                        ran=_swap_first(self.ran),
                        trained=_swap_sides(self.trained), last=_swap_sides(self.last), short=_swap_sides(self.short),
                        grad_modes=(self.grad_modes[1], self.grad_modes[0]) if self.grad_modes else None,
+                       torch_versions=self.torch_versions[::-1] if self.torch_versions else None,  # type: ignore
                        state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad),
                        unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None,
                        retyped=(self.retyped[0], self.retyped[2], self.retyped[1]) if self.retyped else None)
