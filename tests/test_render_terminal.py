@@ -187,3 +187,18 @@ def test_a_fold_names_every_module_it_holds():
     text = torchtrace.render(t.graph, "text")
     assert "enc.0…2, dec · _Block × 4" in text and "(+3 more)" not in text
     assert "enc.0…2, dec _Block × 4" in torchtrace.render(t.graph, "terminal", width=160)
+
+
+def test_a_folded_run_of_blocks_that_saved_different_bytes_gives_the_range():
+    """Four Linear+ReLU blocks: the first also saves the input they share (each
+    storage is counted once per pass), 64 B against 32 B. The folded line said
+    "saved 64 B each" (256 B, more than the root's 160 B): it gives the range."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()) for _ in range(4)])
+    with torchtrace.trace(m) as t:
+        m(torch.randn(2, 4)).sum().backward()
+    text = torchtrace.render(t.graph, "terminal", depth=1)
+    assert "saved 160 B" in text and "× 4" in text
+    assert "saved 32 B–64 B each" in text, text
+    unfolded = torchtrace.render(t.graph, "terminal", depth=1, fold=False)
+    assert [int(b) for b in re.findall(r"saved (\d+) B", unfolded)] == [160, 64, 32, 32, 32]

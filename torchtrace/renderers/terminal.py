@@ -87,7 +87,8 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
     saved = saved_bytes(g)
     root = Tree(Text("module calls", style="bold"), guide_style="dim")
 
-    def describe(grp: Group, parent: Group, names: Sequence[str], repeat: int, note: str = "") -> Text:
+    def describe(grp: Group, parent: Group, names: Sequence[str], repeat: int, note: str = "",
+                 members: Sequence[Group] = ()) -> Text:
         name = L.range_name(list(names)) if names else L.relative_path(grp.path, parent.path if parent.call else None)
         t = Text()
         t.append(one_line(name or "<root>"), style="bold")
@@ -103,9 +104,10 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
         outs = L.type_list(g, boundary(sel, grp.nodes)[1])
         if outs:
             facts.append(f"→ {outs}")
-        nbytes = sum(saved.get(n.id, 0) for n in grp.nodes)
-        if nbytes:
-            facts.append(f"saved {L.human_bytes(nbytes)}")
+        per = sorted({sum(saved.get(n.id, 0) for n in m.nodes) for m in members or (grp,)})
+        if per[-1]:  # (a folded run's blocks: the first also saves the input they share, counted once)
+            facts.append(f"saved {L.human_bytes(per[-1])}" if len(per) == 1
+                         else f"saved {L.human_bytes(per[0])}–{L.human_bytes(per[-1])}")
         wit = sum(1 for n in grp.nodes if n.witness is not None)
         if wit:
             facts.append(f"{wit} witness" + ("es" if wit > 1 else ""))
@@ -131,7 +133,7 @@ def _tree(prep: Prepared, depth: Optional[int]) -> Tree:
                 first = items[i]
                 names = [L.relative_path(items[i + k].path, grp.path if grp.call else None) for k in range(r.reps)]
                 note = L.args_differ([item_nodes(items[i + k]) for k in range(r.reps)])
-                add(tree.add(describe(first, grp, names, r.reps, note)), first)
+                add(tree.add(describe(first, grp, names, r.reps, note, items[i: r.stop])), first)
                 i = r.stop
                 continue
             if r is not None:  # a loop over several items: its first iteration, marked
