@@ -91,3 +91,25 @@ def test_a_foreach_write_past_max_ops_bumps_versions_too():
             torch.ones(2) + 1
             torch._foreach_add_(p, 1.0)
     assert [t._version for t in p] == [1, 1]
+
+
+def test_a_trace_ended_inside_catch_warnings_leaves_no_working_filter():
+    """torchtrace silences torch.compile's "global hooks" warning while it holds its
+    hooks. A trace ended inside a `warnings.catch_warnings()` entered after it (pytest
+    wraps each test so) left the filter in for good: the block put back the list it
+    had saved. The entry it puts back is inert, and the next trace takes it out."""
+    import warnings
+
+    before = list(warnings.filters)
+    t = torchtrace.trace()
+    t.__enter__()
+    torch.ones(2) + 1
+    with warnings.catch_warnings():
+        t.__exit__(None, None, None)
+    message = "Using `torch.compile(module)` when there are global hooks on modules (a test)"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.warn(message, UserWarning)
+    assert [str(w.message) for w in seen] == [message]
+    with torchtrace.trace():
+        torch.ones(2) + 1
+    assert warnings.filters == before

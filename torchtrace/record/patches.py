@@ -31,7 +31,8 @@ attributes, and one warning filter.
   global module hook is on: torchtrace's are (module scope), and they take the
   wrapper for its module. The script's own ``warnings.simplefilter("error")``
   (pytest's ``-W error``) made its compiled model fail under ``torchtrace run``.
-  The filter goes in front while held and is taken out after, by identity.
+  The filter goes in front while held and is taken out after; it matches only while held (a
+  `catch_warnings()` left after the release puts an inert copy back, taken out at the next hold).
 
 Counted: traces that end out of order, or in other threads, keep a patch until
 the last one stops; then the class is as it was.
@@ -190,6 +191,18 @@ PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _sync
            ClassPatch(torch.amp.autocast_mode.autocast, "__enter__", _noting_autocast))
 
 
+class _WhileHeld:
+    """A filter's message pattern that matches only while its ``QuietWarning`` is
+    held: a ``warnings.catch_warnings()`` entered after the hold and left after the
+    release puts back the list it saved, our entry in it; that entry is inert."""
+
+    def __init__(self, owner: "QuietWarning", pattern: str) -> None:
+        self.owner, self.pattern = owner, re.compile(pattern, re.I)
+
+    def match(self, text: str) -> Any:
+        return self.owner._filter is not None and self.pattern.match(text)
+
+
 class QuietWarning(Held):
     """A ``warnings`` filter that ignores ``message`` (a regex) while held at least once."""
 
@@ -199,16 +212,21 @@ class QuietWarning(Held):
         self._filter: Any = None
 
     def _put(self) -> bool:  # (in place, not by filterwarnings(): that resets every "once" memory)
-        self._filter = ("ignore", re.compile(self.message, re.I), self.category, None, 0)
+        self._sweep()
+        self._filter = ("ignore", _WhileHeld(self, self.message), self.category, None, 0)
         warnings.filters.insert(0, self._filter)
         return True
 
     def _take(self) -> None:
-        for k, f in enumerate(warnings.filters):
-            if f is self._filter:  # (the script may have put filters in front of ours since)
-                del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
-                break
         self._filter = None
+        self._sweep()  # (the script may have put filters in front of ours since)
+
+    @staticmethod
+    def _sweep() -> None:
+        """Take out ours, and any a ``catch_warnings`` put back (an ignored warning left
+        no registry entry to reset)."""
+        warnings.filters[:] = [f for f in warnings.filters
+                               if not (isinstance(f[1], _WhileHeld) and f is not f[1].owner._filter)]
 
 
 HOOKED_COMPILE = QuietWarning(r"Using `torch\.compile\(module\)` when there are global hooks", UserWarning)
