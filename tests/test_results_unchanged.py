@@ -1,6 +1,7 @@
-"""Results a trace must not change (a 2026-11-28 audit): version counters after
-in-place foreach ops, and ops run while the recording mode stays on the stack
-recording nothing (past `max_ops`). Each case failed before its fix."""
+"""What a trace must not change or leave behind (a 2026-11-28 audit): version
+counters after in-place foreach ops, ops run while the recording mode stays on the
+stack recording nothing (past `max_ops`), a warning filter put back by a
+`catch_warnings()`, and a Ctrl-C during the teardown. Each failed before its fix."""
 from __future__ import annotations
 
 import pytest
@@ -113,3 +114,37 @@ def test_a_trace_ended_inside_catch_warnings_leaves_no_working_filter():
     with torchtrace.trace():
         torch.ones(2) + 1
     assert warnings.filters == before
+
+
+def test_ctrl_c_during_the_teardown_leaves_nothing_installed(monkeypatch):
+    """A SIGINT that lands while a trace takes its hooks out (here: in the middle
+    of removing the global module hooks) raised KeyboardInterrupt there, and the
+    hooks stayed in for good (a 2026-11-28 audit). The interrupt is held back until
+    the teardown is whole, then raised."""
+    import os
+    import signal
+
+    from torch.nn.modules import module as M
+
+    from torchtrace.record.capture import Capture
+
+    remove = Capture._remove_hooks
+
+    def interrupted(self):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands here
+        for _ in range(10000):  # (Python runs the handler at the next bytecodes)
+            pass
+        remove(self)
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(Capture, "_remove_hooks", interrupted)
+        m = nn.Linear(4, 2)
+        with pytest.raises(KeyboardInterrupt):
+            with torchtrace.trace(m):
+                m(torch.randn(3, 4))
+        assert not M._global_forward_pre_hooks and not M._global_forward_hooks
+        assert "data" not in torch.Tensor.__dict__
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -26,6 +26,7 @@ from .compiled import CompileGuard
 from .patches import Patches
 from .composite import see_autocast
 from .fork import STARTED
+from .interrupts import Uninterrupted
 from .framelocals import local_name
 from .frames import called_by_torch, frame_filter
 from .linking import custom_runs_at, hold_by_key
@@ -75,8 +76,8 @@ class Capture:
         STARTED.add(self)
         self.compile_guard.start()  # until stop(), sampled pass or not
         self.patches.start()
+        self._installed = True  # (before: an interrupt between the two hooks' registrations leaves neither)
         self.scope.install()
-        self._installed = True
         if with_mode:
             self.push_mode()
 
@@ -116,10 +117,11 @@ class Capture:
 
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""
-        STARTED.discard(self)
-        # each step runs even when one before it raised (a KeyboardInterrupt landing in one of them)
-        _every(lambda: self.pop_mode(force=True), self._remove_hooks, self.autograd.close, self.compile_guard.stop,
-               self.patches.stop)
+        with Uninterrupted():
+            STARTED.discard(self)
+            # each step runs even when one before it raised (a KeyboardInterrupt landing in one of them)
+            _every(lambda: self.pop_mode(force=True), self._remove_hooks, self.autograd.close,
+                   self.compile_guard.stop, self.patches.stop)
 
     def _remove_hooks(self) -> None:
         if self._installed:
@@ -398,11 +400,14 @@ class Capture:
 
 
 def _every(*steps: Callable[[], Any]) -> None:
-    """Run every step; then raise the first exception one of them raised."""
-    error: Optional[BaseException] = None
-    for step in steps:
+    """Run every step, also when one before it raised or a KeyboardInterrupt landed
+    between two (the inner loop is left for the outer one, which takes it up again);
+    then raise the first exception."""
+    pending, error = list(steps), None
+    while pending:
         try:
-            step()
+            while pending:
+                pending.pop(0)()
         except BaseException as e:
             error = error or e
     if error is not None:

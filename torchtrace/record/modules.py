@@ -67,13 +67,14 @@ class ModuleScope:
 
     def install(self) -> None:
         self.depth = 0  # (no call is open to these hooks yet)
-        self.handles = [register_module_forward_pre_hook(self._pre),
-                        register_module_forward_hook(self._post, always_call=True)]
+        self.handles = []  # (filled one by one: remove() takes out what an interrupt left half done)
+        self.handles.append(register_module_forward_pre_hook(self._pre))
+        self.handles.append(register_module_forward_hook(self._post, always_call=True))
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        while self.handles:
+            self.handles[-1].remove()  # (twice is harmless: removed at most once)
+            self.handles.pop()
         self.depth = 0  # (no post-hook will close the calls open now)
         self._drop_late()
 
