@@ -175,3 +175,25 @@ def test_reading_a_run_folder_still_finds_its_store(tmp_path):
     for ref in (tmp_path, f"{tmp_path}{os.sep}"):
         with Store(ref, readonly=True) as store:
             assert store.path == db and len(store.graph(0).nodes) > 0
+
+
+def test_one_module_at_two_positions_of_a_sequential_takes_each_position_in_turn():
+    """`act = nn.Tanh(); nn.Sequential(lin, act, lin2, act)`: both calls of `act`
+    were named `1` (its first name), so the drawing sent the data back to position
+    1. The k-th call of a module its caller holds under several names takes the k-th."""
+    act = nn.Tanh()
+    net = nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act, nn.Sequential(act, nn.Linear(4, 2), act))
+    seen = []
+    handle = nn.modules.module.register_module_forward_pre_hook(lambda m, a: seen.append(type(m).__name__))
+    try:
+        net(torch.randn(2, 4))
+    finally:
+        handle.remove()
+    with torchtrace.trace(net) as t:
+        net(torch.randn(2, 4))
+    calls = [(m.path, m.type) for m in t.graph.modules]
+    assert [ty for _, ty in calls] == seen
+    assert [p for p, _ in calls] == ["", "0", "1", "2", "3", "4", "4.0", "4.1", "4.2"]
+    tanh_nodes = [n.module for n in t.graph.nodes if n.short_op == "tanh"]
+    path_of = {m.id: m.path for m in t.graph.modules}
+    assert [path_of[c] for c in tanh_nodes] == ["1", "3", "4.0", "4.2"]

@@ -225,7 +225,13 @@ class ModuleScope:
         e = self.other_paths.get(key)  # a call seen before in this trace (a ModuleList item: every pass)
         if e is not None and e[0]() is module and e[1]() is pmod:
             return e[2]
-        name = next((n for n, c in pmod._modules.items() if c is module), None)
+        names = [n for n, c in pmod._modules.items() if c is module]
+        if len(names) > 1:  # one module under several names (`act` twice in a Sequential): the k-th call of it
+            paths = [f"{ppath}.{n}" if ppath else n for n in names]  # under this call takes the k-th (not cached)
+            mcalls = self.capture.mode.mcalls
+            k = sum(1 for c in mcalls[parent[0] + 1:] if c[3] == parent[0] and c[0] in paths)
+            return paths[k % len(paths)]
+        name = names[0] if names else None
         if name is not None:
             path = f"{ppath}.{name}" if ppath else name
             remember(_CHILD_PATHS, key, (weakref.ref(module), weakref.ref(pmod), path, name), _MAX_ENTRIES)
