@@ -123,16 +123,22 @@ def loader_head(mode: Any) -> List[int]:
     """The ops a pass begins with that a DataLoader ran (its ``__next__`` markers and
     what its own code issued, no collective, no write to state): a pass cut by hand at
     the end of each step begins with the loading of its batch."""
-    events = mode.events
-    markers, made = _loader_markers(events, 0), _made(events)
+    events, end = mode.events, 0
+    while end < len(events) and (BY_INDEX[events[end][E_INFO]].annotation or _from_loader(events[end])):
+        end += 1  # (the candidates: a model's pass ends this at its first op, whatever its length)
+    markers, made = _loader_markers(events[:end], 0), _made(events[:end])
     head: List[int] = []
-    for i, ev in enumerate(events):
-        code = ev[E_ICODE]
-        if i not in markers and (code is None or not code.co_filename.startswith(_DATA)
-                                 or "collective" in BY_INDEX[ev[E_INFO]].tags or _writes_state(ev, mode, made)):
+    for i, ev in enumerate(events[:end]):
+        if i not in markers and (not _from_loader(ev) or "collective" in BY_INDEX[ev[E_INFO]].tags
+                                 or _writes_state(ev, mode, made)):
             break
         head.append(i)
     return head
+
+
+def _from_loader(ev: tuple) -> bool:
+    code = ev[E_ICODE]
+    return code is not None and code.co_filename.startswith(_DATA)
 
 
 def _loader_markers(events: List[tuple], tail: int) -> Set[int]:
