@@ -218,13 +218,15 @@ class QuietWarning(Held):
         return True
 
     def _take(self) -> None:
-        self._filter = None
-        self._sweep()  # (the script may have put filters in front of ours since)
+        for k, f in enumerate(warnings.filters):
+            if f is self._filter:  # (the script may have put filters in front of ours since)
+                del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
+                break
+        self._filter = None  # (a copy a catch_warnings() puts back is inert: swept at the next hold)
 
     @staticmethod
     def _sweep() -> None:
-        """Take out ours, and any a ``catch_warnings`` put back (an ignored warning left
-        no registry entry to reset)."""
+        """Take out the inert copies a ``catch_warnings`` put back."""
         warnings.filters[:] = [f for f in warnings.filters
                                if not (isinstance(f[1], _WhileHeld) and f is not f[1].owner._filter)]
 
