@@ -330,6 +330,20 @@ def test_files_written_to_standard_output_are_utf8_whatever_the_console(tmp_path
     assert check.returncode == 0 and not check.stderr, check.stderr
 
 
+def test_emit_writes_text_where_standard_output_has_no_bytes_layer(capsys):
+    """`emit` to a `sys.stdout` with no `.buffer` (`redirect_stdout(io.StringIO())`, a
+    notebook's stream) writes the text, as before UTF-8 went to the bytes layer."""
+    import contextlib
+    import io
+
+    from torchtrace.cliout import emit
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        emit("digraph { a -> b }", None, "dot")
+    assert buf.getvalue() == "digraph { a -> b }\n"
+
+
 def test_train_loop_example_reports_the_switch(tmp_path):
     res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(ROOT / "examples" / "train_loop.py")],
                          capture_output=True, text=True, timeout=300)

@@ -197,3 +197,24 @@ def test_one_module_at_two_positions_of_a_sequential_takes_each_position_in_turn
     tanh_nodes = [n.module for n in t.graph.nodes if n.short_op == "tanh"]
     path_of = {m.id: m.path for m in t.graph.modules}
     assert [path_of[c] for c in tanh_nodes] == ["1", "3", "4.0", "4.2"]
+
+
+def test_an_alias_of_a_module_called_twice_by_its_first_name_keeps_that_name():
+    """`self.relu = self.act` (an alias kept for old checkpoints), forward calling
+    `self.act` twice: both calls are `act`. Taking a holder's names in turn is for a
+    Sequential, which calls its positions in order (a review found the alias named)."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act = nn.ReLU()
+            self.fc = nn.Linear(4, 4)
+            self.relu = self.act
+
+        def forward(self, x):
+            return self.act(self.fc(self.act(x)))
+
+    m = Block()
+    with torchtrace.trace(m) as t:
+        m(torch.randn(2, 4))
+    assert [(c.path, c.type) for c in t.graph.modules] == [("", "Block"), ("act", "ReLU"), ("fc", "Linear"),
+                                                           ("act", "ReLU")]

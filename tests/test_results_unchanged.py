@@ -148,3 +148,39 @@ def test_ctrl_c_during_the_teardown_leaves_nothing_installed(monkeypatch):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_during_a_recorders_teardown_lets_all_of_it_run(monkeypatch, tmp_path):
+    """The same in `Recorder.__exit__`: the held-back interrupt, raised at the end of
+    the capture's stop, skipped what the Recorder's exit does after it (letting the
+    model go, putting compiled models back, closing the store) (a review)."""
+    import os
+    import signal
+
+    from torchtrace.record.capture import Capture
+
+    remove = Capture._remove_hooks
+
+    def interrupted(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10000):
+            pass
+        remove(self)
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        monkeypatch.setattr(Capture, "_remove_hooks", interrupted)
+        m = nn.Linear(4, 2)
+        rec = torchtrace.Recorder(tmp_path / "t.db")
+        with pytest.raises(KeyboardInterrupt):
+            with rec:
+                m(torch.randn(3, 4)).sum().backward()
+        assert not rec.capture.names  # (dispose() ran: the model is let go)
+        with pytest.raises(Exception, match="closed"):  # (the store was closed)
+            rec.store.db.execute("select 1")
+    finally:
+        signal.signal(signal.SIGINT, old)
+    from torchtrace.store import Store
+
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        assert len(st.passes()) == 1

@@ -122,8 +122,9 @@ def emit(data: Any, output: Optional[str], fmt: str, reads: Sequence[str] = ()) 
             raise UsageError(f"{fmt} is binary", expected="--output FILE (or a pipe)", found="a terminal",
                              fix=f"add -o graph.{fmt}")
         sys.stdout.buffer.write(data)
-    elif fmt != "text":  # a file's content (DOT, JSON, Mermaid, Markdown): UTF-8, as -o writes it, whatever
-        sys.stdout.flush()  # the console's encoding (cp1252 turned `·` into a byte `dot` refused)
+    elif fmt not in ("text", "terminal") and hasattr(sys.stdout, "buffer"):  # a file's content (DOT, JSON,
+        sys.stdout.flush()  # Mermaid, Markdown): UTF-8, as -o writes it, whatever the console's encoding (cp1252
+        # turned `·` into a byte `dot` refused)
         sys.stdout.buffer.write((data if data.endswith("\n") else data + "\n").encode("utf-8", "backslashreplace"))
         sys.stdout.buffer.flush()
     else:

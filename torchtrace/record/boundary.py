@@ -126,6 +126,8 @@ def loader_head(mode: Any) -> List[int]:
     events, end = mode.events, 0
     while end < len(events) and (BY_INDEX[events[end][E_INFO]].annotation or _from_loader(events[end])):
         end += 1  # (the candidates: a model's pass ends this at its first op, whatever its length)
+    if any(_from_loader(ev) for ev in events[end:]):  # (more fetches later, gradient accumulation's: all kept,
+        return []                                       # not the first alone)
     markers, made = _loader_markers(events[:end], 0), _made(events[:end])
     head: List[int] = []
     for i, ev in enumerate(events[:end]):

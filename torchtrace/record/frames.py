@@ -156,6 +156,32 @@ def line_of(code: Any, lasti: int) -> int:
     return lines[k] if k >= 0 else code.co_firstlineno
 
 
+_ENDS_BODY: Dict[Tuple[int, int], Tuple[Any, bool]] = {}
+_STOPS = ("CALL", "PRECALL", "RETURN", "YIELD", "RAISE", "RERAISE", "SEND")
+
+
+def ends_loop_body(code: Any, lasti: int) -> bool:
+    """Is the call at instruction ``lasti`` the last statement of a loop's body: does
+    the code go back to the loop's top right after it, calling nothing on the way (a
+    ``for``'s jump back, a ``while``'s test)?"""
+    key = (id(code), lasti)
+    hit = _ENDS_BODY.get(key)
+    if hit is None or hit[0] is not code:
+        found = False
+        for ins in dis.get_instructions(code):
+            if ins.offset <= lasti:
+                continue
+            if ins.opname.startswith(_STOPS):
+                break
+            if "JUMP" in ins.opname or ins.opcode in dis.hasjrel or ins.opcode in dis.hasjabs:
+                found = isinstance(ins.argval, int) and ins.argval <= lasti
+                break
+        hit = _ENDS_BODY[key] = (code, found)
+        if len(_ENDS_BODY) > 4096:
+            _ENDS_BODY.clear()
+    return hit[1]
+
+
 def caller_name(obj: Any, frame: Any) -> Optional[str]:
     """What the first frame outside torch calls ``obj``: a local variable
     (``netG``) or an attribute of that frame's ``self`` (``self.critic``)."""

@@ -25,8 +25,8 @@ import torch
 from .._memo import remember
 from .boundary import drop_events, input_prep, loader_head
 from .framelocals import local_name
-from .frames import OWN_DIR
-from .mode import E_CODE, E_INS, E_LINE, E_OUTS, V_ORIGIN
+from .frames import OWN_DIR, ends_loop_body
+from .mode import E_INS, E_OUTS, V_ORIGIN
 
 Site = Tuple[int, Any, int]  # (id of the frame, its code, f_lasti) of the user's call of a cut
 
@@ -55,8 +55,8 @@ class HandCuts:
     _hand_cut: bool  # a hand cut was made: the loader's last fetch at the block's end is loading too
     _cut_at: Optional[Site]  # the cut that began the pass in flight (None: the block's start, a model call)
     _ran: Dict[tuple, tuple]  # (site, site) -> (ran ops between them?, the two codes): learnt from sampled passes
-    _setup_tail: Optional[Tuple[Any, int]]  # (code, f_lasti) of the last op the first mark set aside
     _step_at: Optional[int]  # the number of ops the pass in flight had run when step(i) was called
+    _between: bool  # the pass in flight runs between a step's closing mark and the next step(i) (cut="step")
 
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
@@ -74,21 +74,23 @@ class HandCuts:
         if self._prelude and (start or self._root is None):
             self._prelude = False
             if not start and cap.mode.events and self._sampled:  # plain code's first step, or setup: set aside
-                self._set_aside()
+                self._set_aside(frame)
             self._begin(root=None)
             self._cut_by = start
-        elif start and self._cut_by is False:  # step(i) after a closing mark: it names the pass the mark began
-            if self._root is None and self._sampled:  # what ran between them (a batch made by hand) is no
-                drop_events(cap.mode, set(range(len(cap.mode.events))))  # step's, as the code before step(0)
-            self._again()
+        elif start and self._cut_by is False and (self._between or not self._nothing_since(site)):
+            self._boundary(root=None)  # step(i) after a closing mark: what ran between them (an evaluation)
+            self._cut_by = start       # was a pass of its own, if anything ran
+        elif start and self._cut_by is False:
+            self._again()  # (`mark_step(); rec.step(i)`: one cut)
         elif not self._prelude and self._nothing_since(site):
             self._again()  # (`step(i)` then `mark_step()` with nothing between them: the step began the pass)
         else:
             if self._prelude:  # (kept as the first pass: it counts for `every`, as every pass after it)
                 self._seen[None] = self._seen.get(None, 0) + 1
             self._prelude = False
-            self._setup_was_a_step()
-            self._boundary(root=None)
+            # a mark that closes a step step(i) began: what runs until the next step(i) is between two
+            # steps, not counted by `every`, and recorded where the step before it was
+            self._boundary(root=None, between=not start and self._cut_by is True)
             self._cut_by = start
         self._cut_at = site
 
@@ -109,14 +111,13 @@ class HandCuts:
         if self._prelude and self._root is None and self._sampled and self.capture.mode.events:
             # at the top of the first step, what came before is setup if a model call follows; plain
             # tensor code cut by hand keeps it as its first pass: built now, stored at the next cut
-            self._set_aside()
+            self._set_aside(frame)
             self._prelude = False
             self._begin(root=None)
         elif not self._prelude and self._nothing_since(site):
             self._again()  # (at the end of a step and again at the top of the next)
         else:
             self._prelude = False
-            self._setup_was_a_step()
             self._boundary(root=None)
         self._marked = True
         self._cut_at = site
@@ -144,27 +145,14 @@ class HandCuts:
         if not self.capture.mode.events:
             self._t_start = time.perf_counter()
 
-    def _setup_was_a_step(self) -> None:
-        """Plain code cut only at the end of each step: what the first cut set aside
-        was step 0, not setup, when the pass in flight ran the op that ended it (the
-        same code, the same instruction). It then counts for ``every``, and the pass
-        in flight is the next step: dropped where the schedule skips that one."""
-        tail, self._setup_tail = self._setup_tail, None
-        if tail is None or self._setup is None or self._root is not None or not self._sampled:
-            return
-        if not any(ev[E_CODE] is tail[0] and ev[E_LINE] == tail[1] for ev in self.capture.mode.events):
-            return
-        self._seen[None] = self._seen.get(None, 0) + 1
-        if not self._samples(self._seen[None] - 1):
-            self._sampled = False
-            self.capture.new_pass()
-
-    def _set_aside(self) -> None:
+    def _set_aside(self, frame: Any) -> None:
         """What ran before the first hand cut: built now, stored as the first pass at the
-        next cut unless a model call follows (then it was setup)."""
-        last = self.capture.mode.events[-1]
-        self._setup_tail = (last[E_CODE], last[E_LINE])
+        next cut unless a model call follows (then it was setup). A cut that is the last
+        statement of a loop's body ends a step: what it sets aside was step 0, counted
+        for ``every`` (a mark at the top leaves the setup outside the schedule)."""
         self._setup = (self._build(), time.perf_counter() - self._t_start)
+        if frame is not None and ends_loop_body(frame.f_code, frame.f_lasti):
+            self._seen[None] = self._seen.get(None, 0) + 1
 
     def _drop_fetch(self, frame: Any) -> None:
         """A DataLoader's fetch of the next batch before a cut is data loading: left out

@@ -64,6 +64,7 @@ class ModuleScope:
         # id(stack entry) -> (entry, the hook that ends that call after the module's own; see _pre)
         self.late: Dict[int, Tuple[tuple, Any]] = {}
         self.spent: Dict[int, List[Any]] = {}  # id(module) -> such hooks that ran: removed at its next call
+        self.nth: Dict[Tuple[int, int], int] = {}  # (Sequential's call id, id(module)) -> its calls of it so far
 
     def install(self) -> None:
         self.depth = 0  # (no call is open to these hooks yet)
@@ -208,6 +209,7 @@ class ModuleScope:
         self._drop_late()  # (a pass boundary inside a call: the calls it ends belong to the old stack)
         self.generators.clear()
         self.generator_children.clear()
+        self.nth.clear()
 
     def _carried(self) -> bool:
         """Does this other thread run our recording? The autograd engine's device
@@ -226,11 +228,11 @@ class ModuleScope:
         if e is not None and e[0]() is module and e[1]() is pmod:
             return e[2]
         names = [n for n, c in pmod._modules.items() if c is module]
-        if len(names) > 1:  # one module under several names (`act` twice in a Sequential): the k-th call of it
-            paths = [f"{ppath}.{n}" if ppath else n for n in names]  # under this call takes the k-th (not cached)
-            mcalls = self.capture.mode.mcalls
-            k = sum(1 for c in mcalls[parent[0] + 1:] if c[3] == parent[0] and c[0] in paths)
-            return paths[k % len(paths)]
+        if len(names) > 1 and isinstance(pmod, torch.nn.Sequential):  # one module at two positions (`act`
+            k = self.nth.get((parent[0], id(module)), 0)  # twice): a Sequential calls them in order (not cached)
+            self.nth[(parent[0], id(module))] = k + 1
+            name = names[k % len(names)]
+            return f"{ppath}.{name}" if ppath else name
         name = names[0] if names else None
         if name is not None:
             path = f"{ppath}.{name}" if ppath else name

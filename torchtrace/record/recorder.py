@@ -32,6 +32,7 @@ from .frames import caller_name
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
 from .handcuts import HandCuts, user_frame
+from .interrupts import Uninterrupted
 from .watch import Watcher, is_model_call
 from ..options import capture_options, recorder_options
 from ..outdir import hold_against_runs, let_go
@@ -64,7 +65,8 @@ class Recorder(Watcher, HandCuts):
         self.cut = cut
         self._cut_by: Optional[bool] = None  # what made the last cut: step() (True) or mark_step()
         self._hand_cut = False  # a step() or mark_step() cut a pass (HandCuts)
-        self._cut_at = self._setup_tail = self._step_at = None  # (HandCuts)
+        self._cut_at = self._step_at = None  # (HandCuts)
+        self._between = False
         self._ran: Dict[tuple, tuple] = {}
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
@@ -125,9 +127,10 @@ class Recorder(Watcher, HandCuts):
             self._begin(root=None, count=False)
             self.capture.start(with_mode=self._sampled)
         except BaseException:
-            self.capture.stop()
-            self._uncompiled.restore()
-            let_go(self._hold)
+            with Uninterrupted():
+                self.capture.stop()
+                self._uncompiled.restore()
+                let_go(self._hold)
             raise
         _ACTIVE.recorder = self
         self._open = True
@@ -155,13 +158,14 @@ class Recorder(Watcher, HandCuts):
             # a run that never called a root module is one pass from start to exit
             self._finish(error=exit_error(exc_type, exc), last=True)
         finally:
-            self._unwatch()
-            self.capture.stop()
-            self.capture.dispose()
-            self._uncompiled.restore()
-            if not isinstance(self._store_arg, Store) and self.store is not None:
-                self.store.close()
-            let_go(self._hold)
+            with Uninterrupted():  # (a Ctrl-C here is raised once all of it ran)
+                self._unwatch()
+                self.capture.stop()
+                self.capture.dispose()
+                self._uncompiled.restore()
+                if not isinstance(self._store_arg, Store) and self.store is not None:
+                    self.store.close()
+                let_go(self._hold)
         return False
 
     # -- public -------------------------------------------------------------------
@@ -193,7 +197,7 @@ class Recorder(Watcher, HandCuts):
 
     # -- passes -------------------------------------------------------------------
     def _begin(self, root: Optional[str], name: Optional[Callable[[], Optional[str]]] = None,
-               model: Optional[torch.nn.Module] = None, count: bool = True) -> None:
+               model: Optional[torch.nn.Module] = None, count: bool = True, between: bool = False) -> None:
         """Start pass ``self.index`` at a call of a ``root`` class; ``name()``
         says what the caller called it (only asked for a recorded pass). ``every``
         counts the passes of each ``model`` (``ModelKeys``) apart: a GAN's
@@ -207,7 +211,9 @@ class Recorder(Watcher, HandCuts):
         k = self._seen.get(key, 0)
         if count:
             self._seen[key] = k + 1
-        self._sampled = self._samples(k)
+        # (between two steps: not counted, recorded where the step before was)
+        self._sampled = self._sampled and self._samples(0) if between else self._samples(k)
+        self._between = between
         if self._sampled:
             if cap.mode.off:  # (the markers an unsampled pass opened or closed were not seen)
                 cap.open_annotations = running_steps()
@@ -307,7 +313,7 @@ class Recorder(Watcher, HandCuts):
 
     def _boundary(self, root: Optional[str], inputs: Iterable[Any] = (),
                   name: Optional[Callable[[], Optional[str]]] = None,
-                  model: Optional[torch.nn.Module] = None, frame: Any = None) -> None:
+                  model: Optional[torch.nn.Module] = None, frame: Any = None, between: bool = False) -> None:
         self._trim(inputs, frame)
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
         # between mark_step() and that call), is no pass of its own: it takes no number
@@ -318,7 +324,7 @@ class Recorder(Watcher, HandCuts):
             self._finish()
         finally:  # (an on_pass callback that raised: the next pass still starts here)
             self.index += not empty
-            self._begin(root, name, model)
+            self._begin(root, name, model, count=not between, between=between)
 
     def _trim(self, inputs: Iterable[Any], frame: Any) -> None:
         """Leave out the ops that only built the next call's inputs (data loading)."""
