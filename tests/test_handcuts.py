@@ -180,7 +180,7 @@ def test_cut_step_gradient_accumulation_keeps_both_fetches_alike(tmp_path):
     loader = DataLoader(torch.randn(16, 4), batch_size=2)
     w = torch.randn(4, 4, requires_grad=True)
     it = iter(loader)
-    with torchtrace.Recorder(tmp_path / "t.db", cut="step") as rec:
+    with torchtrace.Recorder(tmp_path / "t.db", cut="step"):
         for i in range(3):
             for _ in range(2):
                 x = next(it)
