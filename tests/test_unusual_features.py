@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import torchtrace
+import zoo
 from torchtrace.store import Store
 
 
@@ -338,3 +339,19 @@ def test_cut_step_with_every_counts_the_first_pass(tmp_path):
             torchtrace.mark_step()
     with Store(tmp_path / "t.db", readonly=True) as st:
         assert [p.label for p in st.passes()] == ["enc (Linear) 0", "enc (Linear) 2", "enc (Linear) 4"]
+
+
+def test_an_op_issued_through_a_typing_extensions_deprecated_wrapper_is_the_callers_line():
+    """torch 2.13 wraps `all_gather_into_tensor` and `reduce_scatter_tensor` in
+    `typing_extensions.deprecated`: the collective's line read `typing_extensions.py:3140`
+    (a 2026-11-28 audit). The backport counts as the standard library."""
+    import warnings
+
+    import typing_extensions
+
+    old_relu = typing_extensions.deprecated("old")(torch.nn.functional.relu)
+    with torchtrace.trace() as t, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        old_relu(torch.ones(2))  # LINE:call
+    (relu,) = [n for n in t.graph.nodes if n.short_op == "relu"]
+    assert (relu.source.file, relu.source.line) == (__file__, zoo.marked_line(__file__, "call"))

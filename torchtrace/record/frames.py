@@ -32,8 +32,13 @@ _FROZEN = "<frozen "  # frozen stdlib modules (runpy, importlib)
 
 
 def _stdlib(filename: str) -> bool:
-    return (filename.startswith(_FROZEN)
+    return (filename.startswith(_FROZEN) or filename.endswith(_TYPING_BACKPORT)
             or (filename.startswith(_STDLIB) and not any(p in filename for p in _PACKAGES)))
+
+
+# typing's backport, installed as a package: its `@deprecated` wraps torch's own functions
+# (`all_gather_into_tensor` on torch 2.13), and the line is the caller's
+_TYPING_BACKPORT = os.sep + "typing_extensions.py"
 
 
 def _normalise(prefix: str) -> str:
