@@ -291,3 +291,44 @@ def test_a_send_and_its_recv_are_no_divergence(tmp_path):
         ops = {n.short_op for n in store.graph(0, 1).nodes}
     assert "recv_" in ops and not any(d.kind == "collectives" for d in report.divergences), str(report)
     assert "where a job hangs" not in res.stderr
+
+
+def test_a_pass_only_one_rank_runs_that_calls_no_collective_is_no_divergence(tmp_path):
+    """Rank 0 alone evaluates every second step (`if rank == 0:` under `no_grad`): it
+    has more passes, and the ranks were paired pass by pass, so a job that finished
+    was reported as "called different collectives: this is where a job hangs" (a
+    2026-11-28 audit). The passes that call collectives are paired in order."""
+    import torch
+    import torch.distributed as dist
+
+    import torchtrace
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        m = torch.nn.Linear(3, 3)
+        with torchtrace.trace(m) as t:
+            y = m(torch.randn(2, 3))
+            dist.all_reduce(y)
+            y.sum().backward()
+        train = t.graph
+    finally:
+        dist.destroy_process_group()
+    with torchtrace.trace(m) as t, torch.no_grad():
+        m(torch.ones(2, 3))
+    evaluate = t.graph
+    with Store(tmp_path / "t.db") as store:
+        rank0 = [train, train, evaluate, train, train, evaluate]
+        for idx, g in enumerate(rank0):
+            store.add(_as_rank(g, 0), idx=idx)
+        for idx in range(4):
+            store.add(_as_rank(train, 1), idx=idx)
+        report = rank_report(store)
+    assert report.agree and report.passes == {0: 6, 1: 4}, str(report)
+    assert "the passes that call collectives agree on every rank" in str(report)
+    with Store(tmp_path / "s.db") as store:  # rank 1 stopped after its third training pass: still said
+        for idx, g in enumerate(rank0):
+            store.add(_as_rank(g, 0), idx=idx)
+        for idx in range(3):
+            store.add(_as_rank(train, 1), idx=idx)
+        [d] = rank_report(store).divergences
+    assert (d.kind, d.idx, d.other) == ("missing", 4, 1)

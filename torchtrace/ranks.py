@@ -64,9 +64,12 @@ class Divergence:
     collective: str = ""           # the first differing collective call, described
     why: List[str] = field(default_factory=list)
     errors: List[str] = field(default_factory=list)  # "rank 1's pass ended with RuntimeError"
+    other_idx: Optional[int] = None  # the other rank's pass compared, where its number differs
 
     def lines(self) -> List[str]:
         at = f"pass {self.idx}" + (f" (step {self.step})" if self.step is not None else "")
+        if self.other_idx is not None and self.other_idx != self.idx:
+            at += f" (rank {self.other}'s pass {self.other_idx})"
         head = {"missing": f"rank {self.other} has no {at}: it stopped (crashed or hung) before rank {self.ref}",
                 "structure": f"ranks {self.ref} and {self.other} built different graphs in {at} "
                              "(same collectives)",
@@ -85,6 +88,7 @@ class RankReport:
     ranks: List[int]
     passes: Dict[int, int]
     divergences: List[Divergence]
+    by_collectives: bool = False  # the ranks recorded other numbers of passes: those calling collectives compared
 
     @property
     def agree(self) -> bool:
@@ -97,6 +101,9 @@ class RankReport:
         lines = [f"{len(self.ranks)} rank{'s' if len(self.ranks) != 1 else ''}; passes recorded: {counts}"]
         if self.agree and len(self.ranks) < 2:
             lines.append("one rank only (not a distributed run, or the others recorded nothing): nothing to compare")
+        elif self.agree and self.by_collectives:
+            lines.append("the passes that call collectives agree on every rank (the same graphs, the same "
+                         "collectives); the ranks' other passes, which call none, are not compared")
         elif self.agree:
             lines.append("every rank built the same graphs and called the same collectives")
         for d in self.divergences:
@@ -134,9 +141,11 @@ def rank_report(store: Store) -> RankReport:
                 reported.add(("missing", r))
                 divergences.append(Divergence(first.idx, first.step, ranks[0], r, "missing"))
         ranks = sorted(counts)
-    for idx in sorted({i for passes in by_rank.values() for i in passes}):
-        present = [r for r in ranks if idx in by_rank.get(r, ())]
+    slots, by_collectives = _slots(store, by_rank)
+    for slot in slots:
+        present = [r for r in ranks if r in slot]
         ref = present[0]
+        idx = slot[ref]
         for r in ranks:
             if r not in present and ("missing", r) not in reported:
                 reported.add(("missing", r))
@@ -144,10 +153,10 @@ def rank_report(store: Store) -> RankReport:
                 errors = [f"rank {r}'s pass {last.idx} ended with {last.error}"] if last and last.error else []
                 divergences.append(Divergence(idx, by_rank[ref][idx].step, ref, r, "missing", errors=errors))
         for r in present[1:]:
-            a, b = by_rank[ref][idx], by_rank[r][idx]
+            a, b = by_rank[ref][idx], by_rank[r][slot[r]]
             if a.shapes_fp == b.shapes_fp or {("collectives", r), ("structure", r)} <= reported:
                 continue
-            ga, gb = store.graph(idx, ref), store.graph(idx, r)
+            ga, gb = store.graph(idx, ref), store.graph(b.idx, r)
             first = _first_difference(collectives(ga), collectives(gb), ref, r)
             kind = "collectives" if first else "structure" if a.structure_fp != b.structure_fp else ""
             if not kind or (kind, r) in reported:
@@ -158,6 +167,21 @@ def rank_report(store: Store) -> RankReport:
                    .replace("A's ", f"rank {ref}'s ").replace("B's ", f"rank {r}'s ")
                    for w in diff(ga, gb).why(errors=False)]  # said below, by rank
             errors = [f"rank {p.rank}'s pass ended with {p.error}" for p in (a, b) if p.error]
-            divergences.append(Divergence(idx, a.step, ref, r, kind, first, why, errors))
+            divergences.append(Divergence(idx, a.step, ref, r, kind, first, why, errors, b.idx))
     divergences.sort(key=lambda d: (d.kind != "collectives", d.idx))
-    return RankReport(ranks, counts, divergences)
+    return RankReport(ranks, counts, divergences, by_collectives)
+
+
+def _slots(store: Store, by_rank: Dict[int, Dict[int, PassRecord]]) -> Tuple[List[Dict[int, int]], bool]:
+    """The passes compared across ranks: {rank: its pass idx} per slot, and whether
+    only those calling collectives are. Pass by pass where every rank recorded as many
+    passes; else the passes that call collectives, in order (what the ranks must do
+    alike: an evaluation under `if rank == 0` calls none, and is no divergence)."""
+    by_idx = [{r: i for r, p in by_rank.items() if i in p} for i in sorted({i for p in by_rank.values() for i in p})]
+    if len({len(p) for p in by_rank.values()}) <= 1:
+        return by_idx, False
+    synced = {r: [i for i in sorted(p) if collectives(store.graph(i, r))] for r, p in by_rank.items()}
+    if not any(synced.values()):  # (no collective at all: ranks that run alone, pass by pass)
+        return by_idx, False
+    n = max(len(s) for s in synced.values())
+    return [{r: s[k] for r, s in synced.items() if k < len(s)} for k in range(n)], True
