@@ -26,6 +26,7 @@ def test_two_ranks_diverge_and_the_report_says_where_and_why(tmp_path):
     # rank 1 ends up waiting in an all_reduce rank 0 never joins: gloo reports the lost peer
     assert res.returncode == 1, res.stderr[-3000:]
     assert "called different collectives in pass 2" in res.stderr, res.stderr[-6000:]
+    assert "2 ranks of ranks_diverge.py" in res.stderr and "trace.db --rank 1" in res.stderr  # (the next: hint)
     db = tmp_path / "o" / "trace.db"
     with Store(db, readonly=True) as store:
         assert store.ranks() == [0, 1]

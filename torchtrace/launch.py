@@ -242,14 +242,15 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                "-m", "torchtrace.launch", spec, script, *argv]
         code = _wait_forwarding(subprocess.Popen(cmd, start_new_session=True))
         with Store(store_path, readonly=True) as store:
-            stored = bool(store.ranks())
+            ranks = store.ranks()
+            stored = bool(ranks)
             kept = not stored and (store_path.parent / PREV_STORE).exists()
             try:
                 report: Any = rank_report(store)
             except TorchtraceError as e:  # (a damaged pass: the run's own end is still said)
                 report = f"no rank report: {e}"
     store_path = options.out / RUN_STORE  # (said as the user wrote --out)
-    console.print(f"[bold]torchtrace[/]: {nproc} ranks of {escape(Path(script).name)} "
+    console.print(f"[bold]torchtrace[/]: {nproc} rank{'s' if nproc != 1 else ''} of {escape(Path(script).name)} "
                   f"({ENDED.get(code, f'exit {code}')}) -> "
                   f"{escape(str(store_path))}", highlight=False, soft_wrap=True)
     console.print(str(report), markup=False, highlight=False, soft_wrap=True)
@@ -257,8 +258,9 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
         console.print(f"  no pass stored: the previous run's {store_path.name} stays as it was", highlight=False,
                       markup=False, soft_wrap=True)
     elif stored:
-        console.print(f"  next: torchtrace ranks {store_path}  |  torchtrace variants {store_path} --rank 1",
-                      markup=False, highlight=False, soft_wrap=True)
+        other = next((r for r in ranks if r != 0), None)  # (a rank that recorded: --rank of one that did not fails)
+        more = f"  |  torchtrace variants {store_path} --rank {other}" if other is not None else ""
+        console.print(f"  next: torchtrace ranks {store_path}{more}", markup=False, highlight=False, soft_wrap=True)
     return code
 
 
