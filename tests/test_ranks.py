@@ -333,3 +333,41 @@ def test_a_pass_only_one_rank_runs_that_calls_no_collective_is_no_divergence(tmp
             store.add(_as_rank(train, 1), idx=idx)
         [d] = rank_report(store).divergences
     assert (d.kind, d.idx, d.other) == ("missing", 4, 1)
+
+
+def test_collectives_in_groups_of_their_own_are_no_divergence(tmp_path):
+    """Tensor-parallel ranks all-reduce in their own groups (`new_group([0, 1])` and
+    `new_group([2, 3])`, or a group of one rank): the groups' names differ across
+    ranks, and each rank's call in its own group was reported as "where a job hangs"
+    (a 2026-11-28 audit). Names are said, not compared; a group of one waits for no one."""
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    import torchtrace
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        with torchtrace.trace() as t:
+            y = torch.ones(3)
+            dist.all_reduce(y)
+        g = t.graph
+    finally:
+        dist.destroy_process_group()
+
+    def in_group(graph, size, name):
+        nodes = [dataclasses.replace(n, args={k: dict(v, group_size=size, group_name=name)
+                                              if isinstance(v, dict) and "group_size" in v else v
+                                              for k, v in n.args.items()}) for n in graph.nodes]
+        return dataclasses.replace(graph, nodes=nodes)
+
+    with Store(tmp_path / "t.db") as store:
+        store.add(_as_rank(in_group(g, 2, "1"), 0), idx=0)
+        store.add(_as_rank(in_group(g, 2, "2"), 1), idx=0)
+        assert rank_report(store).agree
+    with Store(tmp_path / "u.db") as store:  # (another group size is a divergence, named with each group)
+        store.add(_as_rank(in_group(g, 2, "1"), 0), idx=0)
+        store.add(_as_rank(in_group(g, 4, "2"), 1), idx=0)
+        [d] = rank_report(store).divergences
+    assert d.kind == "collectives" and "group '1' of 2" in d.collective and "group '2' of 4" in d.collective

@@ -32,12 +32,12 @@ def collectives(g: Graph) -> List[Tuple[Collective, Node]]:
             continue
         said = []
         for k, v in n.args.items():
-            if isinstance(v, dict) and "group_size" in v:
-                name = v.get("group_name")
-                said.insert(0, f"group of {v['group_size']}" + (f" named {name!r}" if name not in (None, "", "0")
-                                                                 else ""))
+            if isinstance(v, dict) and "group_size" in v:  # (not its name: tensor- and pipeline-parallel ranks
+                said.insert(0, f"group of {v['group_size']}")  # call the same collective in groups of their own)
             elif k not in _PER_RANK:
                 said.append(f"{k}={v}")
+        if said and said[0] == "group of 1":  # (a group of one rank waits for no other)
+            continue
         types = ", ".join(f"{g.value(v).dtype}{list(g.value(v).shape)}" for v in n.inputs)
         out.append(((n.op, ", ".join(said), types), n))
     return out
@@ -49,7 +49,9 @@ def _where(n: Node) -> str:
 
 def _call(c: Collective, n: Node) -> str:
     op = c[0][:-len(".default")] if c[0].endswith(".default") else c[0]
-    return f"{op}({c[2]}{', ' + c[1] if c[1] else ''}){_where(n)}"
+    name = next((v.get("group_name") for v in n.args.values() if isinstance(v, dict) and "group_size" in v), None)
+    said = c[1].replace("group of", f"group {name!r} of", 1) if name not in (None, "", "0") else c[1]
+    return f"{op}({c[2]}{', ' + said if said else ''}){_where(n)}"
 
 
 @dataclass
