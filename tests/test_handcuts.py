@@ -189,3 +189,55 @@ def test_cut_step_gradient_accumulation_keeps_both_fetches_alike(tmp_path):
     stored = _stored(tmp_path / "t.db")
     assert [held for _, held, _ in stored] == [[i, i] for i in range(3)]
     assert len({ops.count("select.int") for _, _, ops in stored} | {0}) == 2  # (the same count in every pass)
+
+
+@pytest.mark.parametrize("layout", ["break", "log", "with", "helper"])
+def test_a_mark_at_the_end_followed_by_more_code_still_ends_step_0(tmp_path, layout):
+    """Plain code, `every=2`, a mark at the end of each step with code after it (a
+    `break` guard, a logging `if`, the body in a `with`, the mark in a helper of the
+    user's): the first pass is step 0 (a review found a first version recording steps
+    0, 1, 3, 5 for these)."""
+    import contextlib
+
+    def end_step():
+        torchtrace.mark_step()
+
+    w = torch.randn(4, 4, requires_grad=True)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2):
+        for i in range(6):
+            with contextlib.nullcontext() if layout == "with" else contextlib.nullcontext():
+                (torch.ones(3, 4) @ w).relu().mul(100 + i).sum().backward()
+                if layout == "helper":
+                    end_step()
+                else:
+                    torchtrace.mark_step()
+            if layout == "break" and i == 99:
+                break
+            if layout == "log" and i % 50 == 49:
+                print(i)
+    assert [held for _, held, _ in _stored(tmp_path / "t.db")] == [[0], [2], [4]]
+
+
+def test_a_mark_at_the_top_followed_only_by_operators_keeps_the_setup_apart(tmp_path):
+    w = torch.randn(4, 4, requires_grad=True)
+    b = torch.zeros(4)
+    with torchtrace.Recorder(tmp_path / "t.db", every=2):
+        torch.ones(2).mul(1)
+        for i in range(6):
+            torchtrace.mark_step()
+            y = (torch.ones(3, 4) @ w) * (100 + i) + b
+    assert [held for _, held, _ in _stored(tmp_path / "t.db")] == [[-99], [0], [2], [4]]  # (the setup's mul(1))
+    del y
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_cut_step_pass_numbers_count_steps_not_the_gaps_between_them(tmp_path, every):
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 4)
+    with torchtrace.Recorder(tmp_path / "t.db", cut="step", every=every) as rec:
+        for i in range(7):
+            rec.step(i)
+            m(torch.randn(3, 4)).sum().backward()
+            torchtrace.mark_step()
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        assert [(p.step, p.label) for p in st.passes()] == [(i, f"m (Linear) {i}") for i in range(0, 7, every)]

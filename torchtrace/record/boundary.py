@@ -119,23 +119,31 @@ def _loader_ops(mode: Any, tail: int, made: Dict[int, int], consumers: Dict[int,
     return _read_only_within(events, _from_outside(events, tail, made, loader), consumers)
 
 
-def loader_head(mode: Any) -> List[int]:
-    """The ops a pass begins with that a DataLoader ran (its ``__next__`` markers and
-    what its own code issued, no collective, no write to state): a pass cut by hand at
-    the end of each step begins with the loading of its batch."""
-    events, end = mode.events, 0
-    while end < len(events) and (BY_INDEX[events[end][E_INFO]].annotation or _from_loader(events[end])):
-        end += 1  # (the candidates: a model's pass ends this at its first op, whatever its length)
-    if any(_from_loader(ev) for ev in events[end:]):  # (more fetches later, gradient accumulation's: all kept,
-        return []                                       # not the first alone)
-    markers, made = _loader_markers(events[:end], 0), _made(events[:end])
-    head: List[int] = []
-    for i, ev in enumerate(events[:end]):
-        if i not in markers and (not _from_loader(ev) or "collective" in BY_INDEX[ev[E_INFO]].tags
-                                 or _writes_state(ev, mode, made)):
-            break
-        head.append(i)
-    return head
+def loader_fetch(mode: Any) -> List[int]:
+    """The one DataLoader fetch of a pass cut by hand (its ``__next__`` markers and
+    what the loader's own code issued, from tensors the pass did not compute, with no
+    collective and no write to state), wherever it runs: a cut at the end of each step
+    leaves the next batch's loading at the start of the next pass, or after an
+    evaluation there. None where the pass fetches more than once (gradient
+    accumulation's micro-batches: all kept alike)."""
+    events = mode.events
+    loading = [i for i, ev in enumerate(events) if _from_loader(ev)]
+    if not loading:
+        return []
+    markers = _loader_markers(events, 0)
+    lo, hi = loading[0], loading[-1]
+    while lo > 0 and lo - 1 in markers:
+        lo -= 1
+    while hi + 1 < len(events) and hi + 1 in markers:
+        hi += 1
+    run = range(lo, hi + 1)
+    made = _made(events)
+    for i in run:
+        ev = events[i]
+        if (i not in markers and not _from_loader(ev)) or "collective" in BY_INDEX[ev[E_INFO]].tags or \
+                _writes_state(ev, mode, made) or any(v >= 0 and made.get(v, lo) < lo for v in ev[E_INS]):
+            return []
+    return list(run)
 
 
 def _from_loader(ev: tuple) -> bool:

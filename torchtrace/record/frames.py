@@ -162,25 +162,22 @@ def line_of(code: Any, lasti: int) -> int:
 
 
 _ENDS_BODY: Dict[Tuple[int, int], Tuple[Any, bool]] = {}
-_STOPS = ("CALL", "PRECALL", "RETURN", "YIELD", "RAISE", "RERAISE", "SEND")
 
 
 def ends_loop_body(code: Any, lasti: int) -> bool:
-    """Is the call at instruction ``lasti`` the last statement of a loop's body: does
-    the code go back to the loop's top right after it, calling nothing on the way (a
-    ``for``'s jump back, a ``while``'s test)?"""
+    """Is the call at instruction ``lasti`` the last statement of a ``for`` loop's body:
+    is its result dropped and the loop's jump back to its top next? (Anything else in
+    between, a test, a ``with``'s exit, an operator, says nothing: False.)"""
     key = (id(code), lasti)
     hit = _ENDS_BODY.get(key)
     if hit is None or hit[0] is not code:
         found = False
         for ins in dis.get_instructions(code):
-            if ins.offset <= lasti:
+            if ins.offset <= lasti or ins.opname in ("POP_TOP", "NOP", "CACHE", "EXTENDED_ARG"):
                 continue
-            if ins.opname.startswith(_STOPS):
-                break
-            if "JUMP" in ins.opname or ins.opcode in dis.hasjrel or ins.opcode in dis.hasjabs:
-                found = isinstance(ins.argval, int) and ins.argval <= lasti
-                break
+            found = ins.opname in ("JUMP_BACKWARD", "JUMP_BACKWARD_NO_INTERRUPT", "JUMP_ABSOLUTE") and \
+                isinstance(ins.argval, int) and ins.argval <= lasti
+            break
         hit = _ENDS_BODY[key] = (code, found)
         if len(_ENDS_BODY) > 4096:
             _ENDS_BODY.clear()

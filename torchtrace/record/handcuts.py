@@ -23,10 +23,10 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 import torch
 
 from .._memo import remember
-from .boundary import drop_events, input_prep, loader_head
+from .boundary import drop_events, input_prep, loader_fetch
 from .framelocals import local_name
 from .frames import OWN_DIR, ends_loop_body
-from .mode import E_INS, E_OUTS, V_ORIGIN
+from .mode import E_CODE, E_INS, E_LINE, E_OUTS, V_ORIGIN
 
 Site = Tuple[int, Any, int]  # (id of the frame, its code, f_lasti) of the user's call of a cut
 
@@ -57,6 +57,7 @@ class HandCuts:
     _ran: Dict[tuple, tuple]  # (site, site) -> (ran ops between them?, the two codes): learnt from sampled passes
     _step_at: Optional[int]  # the number of ops the pass in flight had run when step(i) was called
     _between: bool  # the pass in flight runs between a step's closing mark and the next step(i) (cut="step")
+    _setup_sites: Any  # what the first cut set aside ran: (its ops' sites, its last op's, the codes held)
 
     def _cut(self, start: bool = False) -> None:
         """Start the next pass here (``cut="step"``). What came before the first
@@ -88,6 +89,7 @@ class HandCuts:
             if self._prelude:  # (kept as the first pass: it counts for `every`, as every pass after it)
                 self._seen[None] = self._seen.get(None, 0) + 1
             self._prelude = False
+            self._setup_was_a_step()
             # a mark that closes a step step(i) began: what runs until the next step(i) is between two
             # steps, not counted by `every`, and recorded where the step before it was
             self._boundary(root=None, between=not start and self._cut_by is True)
@@ -118,6 +120,7 @@ class HandCuts:
             self._again()  # (at the end of a step and again at the top of the next)
         else:
             self._prelude = False
+            self._setup_was_a_step()
             self._boundary(root=None)
         self._marked = True
         self._cut_at = site
@@ -149,23 +152,48 @@ class HandCuts:
         """What ran before the first hand cut: built now, stored as the first pass at the
         next cut unless a model call follows (then it was setup). A cut that is the last
         statement of a loop's body ends a step: what it sets aside was step 0, counted
-        for ``every`` (a mark at the top leaves the setup outside the schedule)."""
-        self._setup = (self._build(), time.perf_counter() - self._t_start)
+        for ``every`` (a mark at the top leaves the setup outside the schedule); where
+        the code does not say, the next cut compares the two passes (``_setup_was_a_step``)."""
+        events = self.capture.mode.events
+        self._setup_sites = None
         if frame is not None and ends_loop_body(frame.f_code, frame.f_lasti):
             self._seen[None] = self._seen.get(None, 0) + 1
+        else:
+            self._setup_sites = ({_op_site(ev) for ev in events}, _op_site(events[-1]), [ev[E_CODE] for ev in events])
+        self._setup = (self._build(), time.perf_counter() - self._t_start)
+
+    def _setup_was_a_step(self) -> None:
+        """What the first cut set aside was step 0, not setup, when the pass in flight,
+        the next step, ran the op that ended it and began with an op it ran too (a mark at
+        the end of each step; at the top, the setup's last op, a batch made above the
+        mark, runs in every step, but the step's first op did not run in the setup). It
+        then counts for ``every``, and the pass in flight is dropped where the schedule
+        skips that step."""
+        sites, self._setup_sites = self._setup_sites, None
+        events = self.capture.mode.events
+        if sites is None or self._setup is None or self._root is not None or not self._sampled or not events:
+            return
+        aside, last, _ = sites
+        if last not in {_op_site(ev) for ev in events} or _op_site(events[0]) not in aside:
+            return
+        self._seen[None] = self._seen.get(None, 0) + 1
+        if not self._samples(self._seen[None] - 1):
+            self._sampled = False
+            self.capture.new_pass()
 
     def _drop_fetch(self, frame: Any) -> None:
         """A DataLoader's fetch of the next batch before a cut is data loading: left out
         (`for x, y in loader: ... mark_step()`), as is the fetch a pass begins with."""
         if self._sampled:
             drop_events(self.capture.mode, input_prep(self.capture.mode, ()))
-            self.drop_loading_head(frame)
+            self.drop_loading(frame)
 
-    def drop_loading_head(self, frame: Any) -> None:
-        """The DataLoader's fetch a pass begins with (a cut at the end of each step) is
-        left out; what it made is the pass's input, named as ``frame`` (the loop) names it."""
+    def drop_loading(self, frame: Any) -> None:
+        """The DataLoader's fetch of a pass cut by hand (at its start, where a cut at the end
+        of each step leaves it) is left out; what it made is the pass's input, named as
+        ``frame`` (the loop) names it."""
         mode = self.capture.mode
-        head = loader_head(mode)
+        head = loader_fetch(mode)
         if not head:
             return
         taken = set(head)
@@ -202,3 +230,8 @@ class HandCuts:
         self._trim(inputs, frame)
         self._name_root(type(module).__name__, name)
         self._pass_step = self._step  # (`rec.step(i)` since the mark: the step of the call)
+
+
+def _op_site(ev: tuple) -> Tuple[int, int]:
+    """(id of the user code, instruction) that issued a recorded op."""
+    return id(ev[E_CODE]), ev[E_LINE]

@@ -67,6 +67,7 @@ class Recorder(Watcher, HandCuts):
         self._hand_cut = False  # a step() or mark_step() cut a pass (HandCuts)
         self._cut_at = self._step_at = None  # (HandCuts)
         self._between = False
+        self._setup_sites = None
         self._ran: Dict[tuple, tuple] = {}
         self._store_arg = store
         self.every, self.max_passes, self.backward = every, max_passes, backward
@@ -154,7 +155,7 @@ class Recorder(Watcher, HandCuts):
             if (self._prep or self._hand_cut) and self._sampled:
                 drop_events(self.capture.mode, repeated_prep(self.capture.mode, frozenset().union(*self._prep)))
                 if self._hand_cut:
-                    self.drop_loading_head(user_frame())
+                    self.drop_loading(user_frame())
             # a run that never called a root module is one pass from start to exit
             self._finish(error=exit_error(exc_type, exc), last=True)
         finally:
@@ -317,7 +318,8 @@ class Recorder(Watcher, HandCuts):
         self._trim(inputs, frame)
         # a pass without a model that recorded nothing, or that a model call ends unsampled (the gap
         # between mark_step() and that call), is no pass of its own: it takes no number
-        empty = self._root is None and (not self.capture.mode.events if self._sampled else root is not None)
+        empty = self._root is None and (not self.capture.mode.events if self._sampled  # (unsampled and between
+                                        else root is not None or self._between)        # two steps: no number)
         if root is not None:  # (what a first mark_step() set aside was setup: a model call follows it)
             self._setup = None
         try:
