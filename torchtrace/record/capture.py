@@ -26,7 +26,7 @@ from .compiled import CompileGuard
 from .patches import Patches
 from .composite import see_autocast
 from .fork import STARTED
-from .interrupts import Uninterrupted
+from .interrupts import Uninterrupted, every as _every
 from .framelocals import local_name
 from .frames import called_by_torch, frame_filter
 from .linking import custom_runs_at, hold_by_key
@@ -397,18 +397,3 @@ class Capture:
                 seen.add(id(p))
                 out.append((p, name))
         return out
-
-
-def _every(*steps: Callable[[], Any]) -> None:
-    """Run every step, also when one before it raised or a KeyboardInterrupt landed
-    between two (the inner loop is left for the outer one, which takes it up again);
-    then raise the first exception."""
-    pending, error = list(steps), None
-    while pending:
-        try:
-            while pending:
-                pending.pop(0)()
-        except BaseException as e:
-            error = error or e
-    if error is not None:
-        raise error

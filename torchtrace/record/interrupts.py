@@ -1,4 +1,5 @@
-"""Ctrl-C held back while torchtrace takes its hooks, mode and patches out.
+"""Ctrl-C held back while torchtrace takes its hooks, mode and patches out, and
+teardown steps that each run whatever the one before did.
 
 A KeyboardInterrupt that lands between two steps of a capture's teardown would
 leave the steps after it undone for good (global module hooks, class patches: a
@@ -13,7 +14,7 @@ from __future__ import annotations
 import _signal  # (signal's wrappers convert to enums: signal.getsignal took 14 µs, this 0.1)
 import signal
 import threading
-from typing import Any
+from typing import Any, Callable
 
 _SIGINT = int(signal.SIGINT)
 
@@ -37,3 +38,18 @@ class Uninterrupted:
             if self._came and exc_type is None:
                 raise KeyboardInterrupt
         return False
+
+
+def every(*steps: Callable[[], Any]) -> None:
+    """Run every step, also when one before it raised or a KeyboardInterrupt landed
+    between two (the inner loop is left for the outer one, which takes it up again);
+    then raise the first exception."""
+    pending, error = list(steps), None
+    while pending:
+        try:
+            while pending:
+                pending.pop(0)()
+        except BaseException as e:
+            error = error or e
+    if error is not None:
+        raise error
