@@ -339,7 +339,7 @@ def test_collectives_in_groups_of_their_own_are_no_divergence(tmp_path):
     """Tensor-parallel ranks all-reduce in their own groups (`new_group([0, 1])` and
     `new_group([2, 3])`, or a group of one rank): the groups' names differ across
     ranks, and each rank's call in its own group was reported as "where a job hangs"
-    (a 2026-11-28 audit). Names are said, not compared; a group of one waits for no one."""
+    (a 2026-11-28 audit). Names are said, not compared."""
     import dataclasses
 
     import torch

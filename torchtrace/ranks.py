@@ -36,8 +36,6 @@ def collectives(g: Graph) -> List[Tuple[Collective, Node]]:
                 said.insert(0, f"group of {v['group_size']}")  # call the same collective in groups of their own)
             elif k not in _PER_RANK:
                 said.append(f"{k}={v}")
-        if said and said[0] == "group of 1":  # (a group of one rank waits for no other)
-            continue
         types = ", ".join(f"{g.value(v).dtype}{list(g.value(v).shape)}" for v in n.inputs)
         out.append(((n.op, ", ".join(said), types), n))
     return out
