@@ -2006,7 +2006,7 @@ def test_every_cleanup_step_runs_when_one_is_interrupted(monkeypatch):
 
     def interrupted(self):
         close(self)
-        if sys._getframe(1).f_code.co_name in ("stop", "_every"):  # (Capture.stop's call, not new_pass's)
+        if sys._getframe(1).f_code.co_name in ("stop", "every"):  # (Capture.stop's call, not new_pass's)
             calls.append(1)
             if len(calls) == 1:
                 raise KeyboardInterrupt
