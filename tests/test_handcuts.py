@@ -10,27 +10,19 @@ at the top and the end stored every step; `cut="step"` with `rec.step(i)` and
 before; a DataLoader loop cut at the end began each pass with its batch's fetch."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 import torchtrace
+import zoo
 from torchtrace.store import Store
 
 STEPS = 6
 
 
-def _held(graph) -> List[int]:
-    """The steps whose ops a pass holds (its forward `mul` by the integer `100 + i`)."""
-    return [n.args["other"] - 100 for n in graph.nodes
-            if n.short_op == "mul.Tensor" and type(n.args.get("other")) is int and n.phase == "forward"]
-
-
-def _stored(path) -> List[Tuple[Optional[int], List[int], List[str]]]:
-    with Store(path, readonly=True) as st:
-        return [(p.step, _held(g), [n.short_op for n in g.nodes]) for p, (_, g) in zip(st.passes(), st.graphs())]
+_held, _stored = zoo.held_steps, zoo.stored_steps
 
 
 def _loop(path, every: int, top: bool, end: bool, step: bool, cut: str = "root", loader: bool = False,

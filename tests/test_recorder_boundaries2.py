@@ -7,7 +7,6 @@ Each step multiplies by `100 + i`: the `mul` a stored pass holds says which
 step's ops it holds, whatever its label or step says."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
 
 import pytest
 import torch
@@ -19,16 +18,7 @@ import zoo
 from torchtrace.store import Store
 
 
-def _held(graph) -> List[int]:
-    """The steps whose ops a pass holds (its forward `mul` by the integer `100 + i`)."""
-    return [n.args["other"] - 100 for n in graph.nodes
-            if n.short_op == "mul.Tensor" and type(n.args.get("other")) is int and n.phase == "forward"]
-
-
-def _stored(path) -> List[Tuple[Optional[int], List[int], List[str]]]:
-    """(step, steps held, ops) of each stored pass."""
-    with Store(path, readonly=True) as st:
-        return [(p.step, _held(g), [n.short_op for n in g.nodes]) for p, (_, g) in zip(st.passes(), st.graphs())]
+_held, _stored = zoo.held_steps, zoo.stored_steps
 
 
 @pytest.mark.parametrize("every", [1, 2])

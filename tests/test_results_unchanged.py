@@ -116,15 +116,12 @@ def test_a_trace_ended_inside_catch_warnings_leaves_no_working_filter():
     assert warnings.filters == before
 
 
-def test_ctrl_c_during_the_teardown_leaves_nothing_installed(monkeypatch):
-    """A SIGINT that lands while a trace takes its hooks out (here: in the middle
-    of removing the global module hooks) raised KeyboardInterrupt there, and the
-    hooks stayed in for good (a 2026-11-28 audit). The interrupt is held back until
-    the teardown is whole, then raised."""
+@pytest.fixture
+def ctrl_c_in_teardown(monkeypatch):
+    """A SIGINT sent while the capture takes its global module hooks out, with
+    Python's own SIGINT handler in place (as in a script)."""
     import os
     import signal
-
-    from torch.nn.modules import module as M
 
     from torchtrace.record.capture import Capture
 
@@ -137,50 +134,42 @@ def test_ctrl_c_during_the_teardown_leaves_nothing_installed(monkeypatch):
         remove(self)
 
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        monkeypatch.setattr(Capture, "_remove_hooks", interrupted)
-        m = nn.Linear(4, 2)
-        with pytest.raises(KeyboardInterrupt):
-            with torchtrace.trace(m):
-                m(torch.randn(3, 4))
-        assert not M._global_forward_pre_hooks and not M._global_forward_hooks
-        assert "data" not in torch.Tensor.__dict__
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    finally:
-        signal.signal(signal.SIGINT, old)
+    monkeypatch.setattr(Capture, "_remove_hooks", interrupted)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
-def test_ctrl_c_during_a_recorders_teardown_lets_all_of_it_run(monkeypatch, tmp_path):
+def test_ctrl_c_during_the_teardown_leaves_nothing_installed(ctrl_c_in_teardown):
+    """A SIGINT that lands while a trace takes its hooks out (here: in the middle
+    of removing the global module hooks) raised KeyboardInterrupt there, and the
+    hooks stayed in for good (a 2026-11-28 audit). The interrupt is held back until
+    the teardown is whole, then raised."""
+    import signal
+
+    from torch.nn.modules import module as M
+
+    m = nn.Linear(4, 2)
+    with pytest.raises(KeyboardInterrupt):
+        with torchtrace.trace(m):
+            m(torch.randn(3, 4))
+    assert not M._global_forward_pre_hooks and not M._global_forward_hooks
+    assert "data" not in torch.Tensor.__dict__
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_a_recorders_teardown_lets_all_of_it_run(ctrl_c_in_teardown, tmp_path):
     """The same in `Recorder.__exit__`: the held-back interrupt, raised at the end of
     the capture's stop, skipped what the Recorder's exit does after it (letting the
     model go, putting compiled models back, closing the store) (a review)."""
-    import os
-    import signal
-
-    from torchtrace.record.capture import Capture
-
-    remove = Capture._remove_hooks
-
-    def interrupted(self):
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(10000):
-            pass
-        remove(self)
-
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        monkeypatch.setattr(Capture, "_remove_hooks", interrupted)
-        m = nn.Linear(4, 2)
-        rec = torchtrace.Recorder(tmp_path / "t.db")
-        with pytest.raises(KeyboardInterrupt):
-            with rec:
-                m(torch.randn(3, 4)).sum().backward()
-        assert not rec.capture.names  # (dispose() ran: the model is let go)
-        with pytest.raises(Exception, match="closed"):  # (the store was closed)
-            rec.store.db.execute("select 1")
-    finally:
-        signal.signal(signal.SIGINT, old)
     from torchtrace.store import Store
 
+    m = nn.Linear(4, 2)
+    rec = torchtrace.Recorder(tmp_path / "t.db")
+    with pytest.raises(KeyboardInterrupt):
+        with rec:
+            m(torch.randn(3, 4)).sum().backward()
+    assert not rec.capture.names  # (dispose() ran: the model is let go)
+    with pytest.raises(Exception, match="closed"):  # (the store was closed)
+        rec.store.db.execute("select 1")
     with Store(tmp_path / "t.db", readonly=True) as st:
         assert len(st.passes()) == 1

@@ -197,3 +197,18 @@ def autograd_nodes(*roots) -> list:
             nodes[id(n)] = n
             stack.extend(f for f, _ in n.next_functions)
     return list(nodes.values())
+
+
+def held_steps(graph) -> list:
+    """The steps whose ops a pass holds: Recorder tests multiply by ``100 + i`` in step ``i``
+    (the forward `mul` by that integer), whatever the pass's label or step says."""
+    return [n.args["other"] - 100 for n in graph.nodes
+            if n.short_op == "mul.Tensor" and type(n.args.get("other")) is int and n.phase == "forward"]
+
+
+def stored_steps(path) -> list:
+    """(step, steps held, ops) of each pass stored at ``path``."""
+    from torchtrace.store import Store
+
+    with Store(path, readonly=True) as st:
+        return [(p.step, held_steps(g), [n.short_op for n in g.nodes]) for p, (_, g) in zip(st.passes(), st.graphs())]

@@ -330,8 +330,7 @@ class Capture:
         if name is None:
             if t.device.type == "meta":  # torch's own (the dummy NestedTensor it makes once per process)
                 return "constant", None
-            name = f"input{self.mode.n_inputs}"
-            self.mode.n_inputs += 1
+            name = self.mode.next_input_name()
         return "input", name
 
     def _held_by_module(self, t: torch.Tensor) -> Optional[Tuple[str, str]]:

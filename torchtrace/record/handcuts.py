@@ -78,11 +78,12 @@ class HandCuts:
                 self._set_aside(frame)
             self._begin(root=None)
             self._cut_by = start
-        elif start and self._cut_by is False and (self._between or not self._nothing_since(site)):
-            self._boundary(root=None)  # step(i) after a closing mark: what ran between them (an evaluation)
-            self._cut_by = start       # was a pass of its own, if anything ran
-        elif start and self._cut_by is False:
-            self._again()  # (`mark_step(); rec.step(i)`: one cut)
+        elif start and self._cut_by is False:  # step(i) after a mark
+            if self._between or not self._nothing_since(site):  # a closing one: what ran between them (an
+                self._boundary(root=None)                        # evaluation) was a pass of its own
+                self._cut_by = start
+            else:
+                self._again()  # (`mark_step(); rec.step(i)`: one cut)
         elif not self._prelude and self._nothing_since(site):
             self._again()  # (`step(i)` then `mark_step()` with nothing between them: the step began the pass)
         else:
@@ -200,9 +201,7 @@ class HandCuts:
         read = {v for i, ev in enumerate(mode.events) if i not in taken for v in ev[E_INS]}
         for v in (v for i in head for v in mode.events[i][E_OUTS] if v in read):
             t = mode.vrefs[v]()
-            name = local_name(t, frame) if t is not None and frame is not None else None
-            if name is None:
-                name, mode.n_inputs = f"input{mode.n_inputs}", mode.n_inputs + 1
+            name = (local_name(t, frame) if t is not None and frame is not None else None) or mode.next_input_name()
             rec = mode.vmeta[v]
             origin = ("ext", "input", name, t is not None and t.requires_grad)
             mode.vmeta[v] = (*rec[:V_ORIGIN], origin, *rec[V_ORIGIN + 1:])

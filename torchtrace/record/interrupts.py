@@ -41,14 +41,12 @@ class Uninterrupted:
 
 
 def every(*steps: Callable[[], Any]) -> None:
-    """Run every step, also when one before it raised or a KeyboardInterrupt landed
-    between two (the inner loop is left for the outer one, which takes it up again);
-    then raise the first exception."""
-    pending, error = list(steps), None
-    while pending:
+    """Run every step, also when one before it raised; then raise the first exception.
+    (A Ctrl-C between two steps: run them under ``Uninterrupted``.)"""
+    error: Any = None
+    for step in steps:
         try:
-            while pending:
-                pending.pop(0)()
+            step()
         except BaseException as e:
             error = error or e
     if error is not None:

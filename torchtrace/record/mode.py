@@ -318,6 +318,11 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
         self.vmap[id(t)] = vid
         return vid
 
+    def next_input_name(self) -> str:
+        """``input0``, ``input1``, ...: an input no local variable names."""
+        self.n_inputs += 1
+        return f"input{self.n_inputs - 1}"
+
     def add_param(self, t: Any, name: str) -> int:
         """A value for parameter ``t`` that no op of the pass read (its gradient was
         computed: a block that ran only backward)."""

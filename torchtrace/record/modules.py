@@ -73,9 +73,9 @@ class ModuleScope:
         self.handles.append(register_module_forward_hook(self._post, always_call=True))
 
     def remove(self) -> None:
-        while self.handles:
-            self.handles[-1].remove()  # (twice is harmless: removed at most once)
-            self.handles.pop()
+        for h in self.handles:
+            h.remove()
+        self.handles = []
         self.depth = 0  # (no post-hook will close the calls open now)
         self._drop_late()
 

@@ -245,9 +245,5 @@ class Patches:
             self.held = [p for p in (*PATCHES, HOOKED_COMPILE) if p.acquire()]
 
     def stop(self) -> None:
-        if self.held:  # (the rest in a finally: an interrupt in one release leaves none of the others)
-            try:
-                self.held[-1].release()
-            finally:
-                self.held.pop()
-                self.stop()
+        while self.held:
+            self.held.pop().release()
