@@ -30,9 +30,9 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
-from .sided import (accumulated, casts, differing_grad_modes, ended_before, fed_by, fed_not_read, fed_values,
-                    in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only, recomputed, retyped, shape_if,
-                    stopped, trained, unused)
+from .sided import (accumulated, casts, differing_grad_modes, differing_meta, ended_before, fed_by, fed_not_read,
+                    fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only, recomputed, retyped,
+                    shape_if, stopped, trained, unused)
 from .ir import Graph
 from .loopchange import runs_said
 from .returned import returned_change
@@ -156,7 +156,7 @@ class GraphDiff:
     @property
     def torch_versions(self) -> str:
         """"recorded by torch 2.13.0 in A, 2.4.0 in B" when the passes' torch versions differ."""
-        v = differing_grad_modes(self.a, self.b, "torch")
+        v = differing_meta(self.a, self.b, "torch")
         return f"recorded by torch {v[0]} in A, {v[1]} in B" if v else ""
 
     @property
@@ -371,7 +371,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
-                              torch_versions=differing_grad_modes(A.graph, B.graph, "torch"),
+                              torch_versions=differing_meta(A.graph, B.graph, "torch"),
                               caught=ops[caught] if caught is not None and loop is None else None,
                               casts=casts(A, B, rows, types) if witness is None else ()))
         else:

@@ -342,7 +342,11 @@ def shape_if(A: Side, B: Side, rows: Sequence[OpPair], inputs: Sequence[InputCha
     return None  # (nothing says the other pass ran the `if`: neither its block, nor its module's forward)
 
 
-def differing_grad_modes(a: Graph, b: Graph, key: str = "grad_mode") -> Optional[Tuple[str, str]]:
-    """The passes' grad modes (``meta.grad_mode``), or another meta ``key``'s values, when they differ."""
-    modes = (a.meta.get(key), b.meta.get(key))
-    return modes if None not in modes and modes[0] != modes[1] else None  # type: ignore[return-value]
+def differing_meta(a: Graph, b: Graph, key: str) -> Optional[Tuple[str, str]]:
+    """The passes' ``meta[key]`` (A's, B's) when they differ: grad modes, torch versions."""
+    values = (a.meta.get(key), b.meta.get(key))
+    return values if None not in values and values[0] != values[1] else None  # type: ignore[return-value]
+
+
+def differing_grad_modes(a: Graph, b: Graph) -> Optional[Tuple[str, str]]:
+    return differing_meta(a, b, "grad_mode")
