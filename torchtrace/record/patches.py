@@ -43,7 +43,7 @@ import re
 import sys
 import threading
 import warnings
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -64,25 +64,9 @@ def sync_python_keys() -> None:
 
 
 class Held:
-    """Something put in place while held at least once, counted under a lock:
-    ``_put()`` at the first hold (False: nothing to put), ``_take()`` at the last release."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-
-    def acquire(self) -> bool:
-        with self._lock:
-            if self._users == 0 and not self._put():
-                return False
-            self._users += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self._users == 0:
-                self._take()
+    """Something put in place while any capture is started: ``_put()`` when the
+    first one starts (False: nothing to put), ``_take()`` when the last one stops
+    (``Patches``, which counts the captures under one lock)."""
 
     def _put(self) -> bool:
         raise NotImplementedError
@@ -96,14 +80,14 @@ class ClassPatch(Held):
     least once (``make`` returns None: nothing to patch)."""
 
     def __init__(self, owner: type, name: str, make: Callable[[Any], Optional[Any]]) -> None:
-        super().__init__()
         self.owner, self.name, self.make = owner, name, make
         self._orig: Any = _MISSING  # what owner.__dict__ held (_MISSING: inherited or absent)
         self._made: Any = (_MISSING, None)  # (the attribute replaced last, what make() made of it)
 
     def _put(self) -> bool:
-        self._orig = self.owner.__dict__.get(self.name, _MISSING)
-        old = next((k.__dict__[self.name] for k in self.owner.__mro__ if self.name in k.__dict__), None)
+        self._orig = old = self.owner.__dict__.get(self.name, _MISSING)
+        if old is _MISSING:  # inherited (torch.Tensor's `data`), or absent (None: nothing to wrap)
+            old = next((d[self.name] for d in map(vars, self.owner.__mro__[1:]) if self.name in d), None)
         if self._made[0] is not old:  # (a trace per step puts the same patch back each time: made once)
             self._made = (old, self.make(old))
         new = self._made[1]
@@ -207,13 +191,15 @@ class QuietWarning(Held):
     """A ``warnings`` filter that ignores ``message`` (a regex) while held at least once."""
 
     def __init__(self, message: str, category: type) -> None:
-        super().__init__()
-        self.message, self.category = message, category
+        self.category = category
+        self._matcher = _WhileHeld(self, message)
         self._filter: Any = None
+        self._left: Any = None  # the filter list ours was taken out of (see _put)
 
     def _put(self) -> bool:  # (in place, not by filterwarnings(): that resets every "once" memory)
-        self._sweep()
-        self._filter = ("ignore", _WhileHeld(self, self.message), self.category, None, 0)
+        if warnings.filters is not self._left:  # a catch_warnings() put a list back since: ours may be in it
+            self._sweep()
+        self._filter = ("ignore", self._matcher, self.category, None, 0)
         warnings.filters.insert(0, self._filter)
         return True
 
@@ -223,6 +209,7 @@ class QuietWarning(Held):
                 del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
                 break
         self._filter = None  # (a copy a catch_warnings() puts back is inert: swept at the next hold)
+        self._left = warnings.filters
 
     @staticmethod
     def _sweep() -> None:
@@ -234,16 +221,45 @@ class QuietWarning(Held):
 HOOKED_COMPILE = QuietWarning(r"Using `torch\.compile\(module\)` when there are global hooks", UserWarning)
 
 
+_HOLD = {"captures": 0, "put": []}  # captures started, and what the first one put in place
+_HOLD_LOCK = threading.Lock()
+
+
 class Patches:
-    """One capture's hold on :data:`PATCHES`, from start() to stop()."""
+    """One capture's hold on :data:`PATCHES` and :data:`HOOKED_COMPILE`, from
+    start() to stop(): the first capture to start puts them in place, the last
+    one to stop takes them out."""
 
     def __init__(self) -> None:
-        self.held: List[Held] = []
+        self.holding = False
 
     def start(self) -> None:
-        if not self.held:
-            self.held = [p for p in (*PATCHES, HOOKED_COMPILE) if p.acquire()]
+        with _HOLD_LOCK:
+            if self.holding:
+                return
+            if _HOLD["captures"] == 0:
+                put = _HOLD["put"] = []
+                try:
+                    for p in (*PATCHES, HOOKED_COMPILE):
+                        if p._put():
+                            put.append(p)
+                except BaseException:  # (none half in place: take back what went in)
+                    _take_all()
+                    raise
+            _HOLD["captures"] += 1
+            self.holding = True
 
     def stop(self) -> None:
-        while self.held:
-            self.held.pop().release()
+        with _HOLD_LOCK:
+            if not self.holding:
+                return
+            self.holding = False
+            _HOLD["captures"] -= 1
+            if _HOLD["captures"] == 0:
+                _take_all()
+
+
+def _take_all() -> None:
+    put = _HOLD["put"]
+    while put:
+        put.pop()._take()
