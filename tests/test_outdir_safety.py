@@ -181,6 +181,10 @@ def test_run_takes_a_pipe_and_dev_null_as_python_does(tmp_path):
     assert "recorded 1 pass in 1 variant from script.fifo (exit 1)" in res.stderr
     res = _torchtrace("run", "--out", "o", os.devnull, cwd=tmp_path, timeout=120)
     assert res.returncode == 0 and "recorded 0 passes" in res.stderr, res.stderr
+    assert "no pass stored: the previous run's trace.db stays as it was" in res.stderr, res.stderr
+    res = _torchtrace("run", "--out", "o2", os.devnull, cwd=tmp_path, timeout=120)
+    # (no torch op ran, no store before: none was made, and the summary names none as written)
+    assert not (tmp_path / "o2" / "trace.db").exists() and "; no store written at o2/trace.db" in res.stderr
     (tmp_path / "adir").mkdir()
     res = _torchtrace("run", "--out", "o", "adir", cwd=tmp_path, timeout=120)
     assert res.returncode == 2 and "a folder without __main__.py" in res.stderr, res.stderr

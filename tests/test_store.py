@@ -279,9 +279,9 @@ def test_a_model_built_after_another_was_let_go_still_starts_its_pass(tmp_path):
             if i == 1:  # (the first helper is let go between two unsampled calls of m)
                 kept.clear()
                 gc.collect()
-    with Store(tmp_path / "h.db", readonly=True) as store:
-        assert [(p.step, p.label) for p in store.passes()] == [
-            (0, "probe (Linear) 0"), (0, "m (Linear) 1"), (3, "probe (Linear) 4"), (4, "m (Linear) 6")]
+    with Store(tmp_path / "h.db", readonly=True) as store:  # (every=4 samples steps 0 and 4, whole: the
+        assert [(p.step, p.label) for p in store.passes()] == [  # second helper's pass 4 is not sampled)
+            (0, "probe (Linear) 0"), (0, "m (Linear) 1"), (4, "m (Linear) 6")]
 
 
 @pytest.mark.parametrize("sampling", [dict(every=2), dict(every=3), dict(max_passes=1)])
@@ -289,13 +289,12 @@ def test_a_pass_boundary_inside_inference_mode_leaves_the_dispatch_keys_in_step(
     """An evaluation under ``torch.inference_mode()`` whose model call turns the
     recording off or on: the mode left at its exit what it found at its entry,
     the dispatch keys said a mode was on when none was (or the reverse), and the
-    next op failed inside torch (INTERNAL ASSERT)."""
+    next op failed inside torch (INTERNAL ASSERT). No ``rec.step(i)``: with it, ``every``
+    samples steps, whole, and the evaluation's call never turns the recording off or on."""
     def run(rec=None):
         torch.manual_seed(0)
         model, out = nn.Linear(4, 2), []
         for step in range(5):
-            if rec is not None:
-                rec.step(step)
             x = torch.randn(3, 4)
             model(x).sum().backward()
             with torch.inference_mode():
@@ -1869,16 +1868,23 @@ def test_every_k_samples_a_teacher_called_only_after_unsampled_micro_batches(tmp
     ran, so no hook saw it and it was never recorded. The ends of some unsampled
     root calls are probed (a fraction, in turn at every position of a step):
     the teacher is found within a few steps, then sampled every 2nd of its own
-    passes; the student's passes are as before."""
+    passes; the student's passes are as before. (Without ``rec.step(i)``: with it,
+    ``every`` samples steps, whole, and sees the teacher's call in them.)"""
     import copy
 
+    class Tagged(nn.Linear):  # (its forward multiplies by 100 + the step: zoo.held_steps)
+        tag = 100
+
+        def forward(self, x):
+            return super().forward(x) * self.tag
+
     torch.manual_seed(0)
-    m = nn.Linear(4, 4)
+    m = Tagged(4, 4)
     ema = copy.deepcopy(m).requires_grad_(False)
     opt = torch.optim.SGD(m.parameters(), 0.1)
-    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+    with torchtrace.Recorder(tmp_path / "t.db", every=2):
         for step in range(40):
-            rec.step(step)
+            m.tag = ema.tag = 100 + step
             for _ in range(2):
                 m(torch.randn(2, 4)).sum().backward()
             opt.step()
@@ -1886,7 +1892,7 @@ def test_every_k_samples_a_teacher_called_only_after_unsampled_micro_batches(tmp
             with torch.no_grad():
                 ema(torch.randn(2, 4))
     with Store(tmp_path / "t.db", readonly=True) as store:
-        passes = [(p.label.split(" ")[0], p.step) for p in store.passes()]
+        passes = [(p.label.split(" ")[0], zoo.held_steps(g)[0]) for p, (_, g) in zip(store.passes(), store.graphs())]
     assert [s for name, s in passes if name == "m"] == list(range(40))  # its 1st micro-batch of each step
     teacher = [s for name, s in passes if name == "ema"]
     assert teacher and teacher[0] < 20 and teacher == list(range(teacher[0], 40, 2))

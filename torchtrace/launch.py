@@ -305,8 +305,9 @@ def _summary(console: Console, progress: _Progress, path: Path, store: Path, scr
     n = progress.passes
     console.print(f"[bold]torchtrace[/]: recorded {n} pass{'es' if n != 1 else ''} in "
                   f"{len(progress.variants)} variant{'s' if len(progress.variants) != 1 else ''} from "
-                  f"{escape(script.name or script.resolve().name)} ({ENDED.get(code, f'exit {code}')}) -> "
-                  f"{escape(str(store))}", highlight=False, soft_wrap=True)
+                  f"{escape(script.name or script.resolve().name)} ({ENDED.get(code, f'exit {code}')})"
+                  + (f" -> {escape(str(store))}" if path.exists() else f"; no store written at {escape(str(store))}"),
+                  highlight=False, soft_wrap=True)
     if progress.variants:
         table = Table(box=None, show_header=True, pad_edge=False)
         for col in ("variant", "structure", "passes", "first", "last"):

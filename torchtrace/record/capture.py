@@ -372,11 +372,10 @@ class Capture:
             if adopted is not None:
                 return adopted
         vid = self.mode.vid_of(t)
-        if vid is not None:
-            origin = self.mode.vmeta[vid][V_ORIGIN]
-            if origin is not None and origin[0] == "ext":
-                return origin[2]
-        return None
+        origin = None if vid is None else self.mode.vmeta[vid][V_ORIGIN]
+        while origin is not None and origin[0] == "ver" and origin[1] >= 0:  # (written in the pass: opt.step())
+            origin = self.mode.vmeta[origin[1]][V_ORIGIN]
+        return origin[2] if origin is not None and origin[0] == "ext" else None
 
     def param_storages(self) -> set:
         """The storages of the parameters and buffers: state that lives whether or not

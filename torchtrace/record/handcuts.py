@@ -223,7 +223,7 @@ class HandCuts:
         key = self._model_key(module)
         self._seen[None] = max(self._seen.get(None, 1) - 1, 0)
         k = self._seen.get(key, 0)
-        if self._samples(k) != self._sampled:
+        if self._samples(self._ordinal(key, k)) != self._sampled:
             return self._begin(root=type(module).__name__, name=name, model=module)
         self._seen[key] = k + 1
         self._trim(inputs, frame)

@@ -50,7 +50,8 @@ class Recorder(Watcher, HandCuts):
     """Context manager recording every root pass into a trace store.
 
     ``store``: a path (created with its folder) or an open ``Store``.
-    ``every``: record every k-th pass of each root model; ``max_passes``: stop after n recorded;
+    ``every``: record every k-th step ``step(i)`` labelled, all its passes (without ``step()``
+    calls: every k-th pass of each root model); ``max_passes``: stop after n recorded;
     ``backward=False``: record only up to the root module's return.
     ``on_pass(graph, index)`` is called after each pass is stored.
     ``cut="step"``: passes start at ``step()`` and ``mark_step()`` only, not at
@@ -77,6 +78,8 @@ class Recorder(Watcher, HandCuts):
         self.capture: Optional[Capture] = None
         self.recorded = 0         # passes stored
         self._step: Optional[int] = None
+        self._steps = 0  # which step this is for `every`: the steps step() gave, in order (_ordinal)
+        self._step_used = False  # a model's pass began in it
         # modules seen as roots: id -> (weakref, a model?, its ModelKeys key once a pass
         # began at it). While a pass is not sampled, a pre-hook on each watches it (watch.py)
         self._roots: Dict[int, Tuple[Any, bool, Optional[Tuple[str, int, int]]]] = {}
@@ -175,13 +178,17 @@ class Recorder(Watcher, HandCuts):
         self._check_open("step")
         if self._outer is not None:
             return self._outer.step(n)
-        try:
-            step = operator.index(n) if not isinstance(n, bool) else None  # an int, a NumPy integer, a 0-dim
-        except TypeError:                                                  # integer tensor; not a bool
+        try:  # an int, a NumPy integer, a 0-dim integer tensor (read with no mode: no op of the user's pass)
+            with torch._C._DisableTorchDispatch():
+                step = operator.index(n) if not isinstance(n, bool) else None
+        except TypeError:  # (not a bool)
             step = None
         if step is None or not fits_int64(step):  # (the store keeps 64-bit integers)
             raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
                              found=repr(n), fix="pass the loop counter, e.g. rec.step(i)")
+        if step != self._step and self._step_used:
+            self._steps += 1
+            self._step_used = False
         self._step = step
         if self.cut == "step" and self.capture is not None:
             self._cut(start=True)
@@ -213,7 +220,7 @@ class Recorder(Watcher, HandCuts):
         if count:
             self._seen[key] = k + 1
         # (between two steps: not counted, recorded where the step before was)
-        self._sampled = self._sampled and self._samples(0) if between else self._samples(k)
+        self._sampled = self._sampled and self._samples(0) if between else self._samples(self._ordinal(key, k))
         self._between = between
         if self._sampled:
             if cap.mode.off:  # (the markers an unsampled pass opened or closed were not seen)
@@ -232,6 +239,17 @@ class Recorder(Watcher, HandCuts):
                 self._watch()
                 if model is not None:
                     self._probe_end(model)
+
+    def _ordinal(self, key: Optional[Tuple[str, int, int]], k: int) -> int:
+        """What ``every`` counts for the ``k``-th pass of model ``key``: once
+        ``step(i)`` has labelled the steps, the step (every pass of a sampled step
+        is recorded: each micro-batch of a gradient accumulation, an evaluation
+        after the step, a GAN's two models); before that, and for passes no
+        model began (``HandCuts``), the model's own passes."""
+        if key is None:
+            return k
+        self._step_used = True
+        return k if self._step is None else self._steps
 
     def _samples(self, k: int) -> bool:
         """Is a model's ``k``-th pass (from 0) recorded?"""
@@ -254,7 +272,7 @@ class Recorder(Watcher, HandCuts):
             return False  # (a root died: ``_watch`` notes it, and step() arms a model built anew)
         key = last[2]
         k = self._seen.get(key, 0)
-        if self._samples(k):
+        if self._samples(self._ordinal(key, k)):
             return False  # (this call's pass is sampled)
         cap.compile_guard.again()
         cap.scope.depth = 0

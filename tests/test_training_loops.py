@@ -1,0 +1,129 @@
+"""Recorder in training loops as users write them (a 2026-11-28 audit):
+`every=K` with `rec.step(i)` samples steps, whole; the step's own read of a
+tensor counter is no op of the pass; a parameter outside any module gets its
+gradient entry."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import torchtrace
+from torchtrace.store import Store
+from zoo import held_steps
+
+
+class Tagged(nn.Module):
+    """A linear layer whose forward multiplies by ``100 + step`` (``zoo.held_steps`` reads it back)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+        self.tag = 100
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.tag
+
+
+def _passes(path) -> list:
+    """(step label, steps held, phases that ran, training?) of each pass stored at ``path``."""
+    with Store(path, readonly=True) as st:
+        return [(p.step, held_steps(g), {n.phase for n in g.nodes}, g.nodes[0].phase == "forward"
+                 and any(n.phase == "backward" for n in g.nodes)) for p, (_, g) in zip(st.passes(), st.graphs())]
+
+
+def _train(tmp_path, *, steps: int, every: int, accum: int = 1, evaluate: bool = False, at_end: bool = False):
+    torch.manual_seed(0)
+    model = Tagged()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "t.db"
+    with torchtrace.Recorder(path, every=every) as rec:
+        for i in range(steps):
+            if not at_end:
+                rec.step(i)
+            model.tag = 100 + i
+            for _ in range(accum):  # (gradient accumulation: a model call per micro-batch)
+                model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            if evaluate:
+                with torch.no_grad():
+                    model(torch.randn(3, 4))
+            if at_end:
+                rec.step(i + 1)
+    return _passes(path)
+
+
+def test_every_with_steps_records_each_micro_batch_of_the_sampled_steps(tmp_path):
+    """Before: `every=4` counted model calls, so with 4 micro-batches a step every
+    step's first micro-batch was recorded and no pass ever held `opt.step()`."""
+    passes = _train(tmp_path, steps=8, every=4, accum=4)
+    assert [(p[0], p[1]) for p in passes] == [(s, [s]) for s in (0, 0, 0, 0, 4, 4, 4, 4)]
+    # the step's last micro-batch pass holds the optimizer's update, the others do not
+    assert ["optimizer" in p[2] for p in passes] == [False, False, False, True] * 2
+
+
+def test_every_with_steps_keeps_the_evaluation_after_a_step_with_it(tmp_path):
+    """Before: train 0, eval 1, train 3, eval 4, train 6 (`every` counted the eval calls)."""
+    passes = _train(tmp_path, steps=7, every=3, evaluate=True)
+    assert [(p[0], p[1], p[3]) for p in passes] == [
+        (s, [s], training) for s in (0, 3, 6) for training in (True, False)]
+
+
+def test_every_with_the_step_given_at_the_loops_end_samples_steps_0_k_2k(tmp_path):
+    passes = _train(tmp_path, steps=6, every=2, at_end=True)
+    assert [p[1] for p in passes] == [[0], [2], [4]]
+    assert [p[0] for p in passes] == [None, 2, 4]
+
+
+def test_without_steps_every_still_counts_each_models_passes(tmp_path):
+    torch.manual_seed(0)
+    gen, disc = Tagged(), nn.Sequential(nn.Linear(2, 4), Tagged())
+    path = tmp_path / "gan.db"
+    with torchtrace.Recorder(path, every=2):
+        for i in range(4):
+            gen.tag = disc[1].tag = 100 + i
+            disc(gen(torch.randn(3, 4))).sum().backward()
+    with Store(path, readonly=True) as st:
+        roots = [(p.root, held_steps(g)) for p, (_, g) in zip(st.passes(), st.graphs())]
+    # each model's passes 0 and 2: both models of steps 0 and 2
+    assert [r[1] for r in roots] == [[0], [0], [2], [2]], roots
+
+
+def test_a_tensor_step_counter_is_no_op_of_the_users_pass(tmp_path):
+    """`rec.step(gstep)` with a 0-dim tensor: its read (`_local_scalar_dense`) was
+    recorded into the step before, as a witness whose value differed every pass."""
+    torch.manual_seed(0)
+    model = Tagged()
+    gstep = torch.zeros((), dtype=torch.long)
+    path = tmp_path / "t.db"
+    with torchtrace.Recorder(path) as rec:
+        for i in range(3):
+            rec.step(gstep)
+            model(torch.randn(2, 4)).sum().backward()
+            model.zero_grad()
+            gstep += 1
+    with Store(path, readonly=True) as st:
+        got = [(p.step, [n.op for n in g.nodes if n.witness is not None or "scalar" in n.op])
+               for p, (_, g) in zip(st.passes(), st.graphs())]
+        a, b = st.graph(0), st.graph(1)
+    assert got == [(0, []), (1, []), (2, [])]
+    assert torchtrace.diff(a, b).kind == "identical", torchtrace.diff(a, b)
+
+
+def test_a_parameter_outside_any_module_gets_its_gradient_entry(tmp_path):
+    """A learnable temperature next to the model, updated by the optimizer inside
+    the pass: its value's latest version is the update's; the entry was missing."""
+    torch.manual_seed(0)
+    net = nn.Linear(4, 4)
+    temp = nn.Parameter(torch.full((), 1.5))
+    opt = torch.optim.SGD([*net.parameters(), temp], lr=0.1)
+    x = torch.randn(8, 4)
+    with torchtrace.trace(net) as t:
+        loss = (net(x) * temp).pow(2).mean()
+        loss.backward()
+        grad = temp.grad.clone()
+        opt.step()
+    grads = {gi.name: gi for gi in t.graph.autograd.grads}
+    assert set(grads) == {"weight", "bias", "temp"}
+    assert grads["temp"].norm == float(grad.abs()) and grads["temp"].shape == ()
+    assert "temp" not in t.graph.autograd.no_grad_params
