@@ -351,6 +351,47 @@ def test_focus_on_a_module(viz_graph):
     assert view.clusters[0].title == "transformer.h.1.attn · GPT2Attention"
 
 
+def test_focus_with_phase_optimizer_shows_the_updates_of_its_parameters():
+    """Optimizer ops run in no module call: a focus on a module with
+    ``phase="optimizer"`` was empty. It shows the ops that update the module's
+    parameters: as many as an Adam step over those parameters alone runs
+    (counted by a dispatch mode of the test's own)."""
+    import torch
+    import torch.nn as nn
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):  # (the step's own profiler markers update no parameter)
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.namespace != "profiler"
+            return func(*args, **(kwargs or {}))
+
+    def step(params):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2)))
+        m(torch.randn(3, 4)).sum().backward()
+        return m, torch.optim.Adam(params(m), foreach=False)
+
+    m, opt = step(lambda m: m.parameters())
+    with torchtrace.trace(m) as t:
+        m(torch.randn(3, 4)).sum().backward()
+        opt.step()
+    g = t.graph
+    shown = {}
+    for focus in ("2.1", "2", "0"):
+        view = build_view(g, focus=focus, phase="optimizer")
+        shown[focus] = {nid for b in view.boxes for nid in b.nodes}
+    _, alone = step(lambda m: m[2][1].parameters())
+    with Count():
+        alone.step()
+    assert len(shown["2.1"]) == Count.n > 0
+    assert shown["2.1"] < shown["2"] and not shown["2"] & shown["0"] and len(shown["0"]) == Count.n
+    assert all(g.node(n).phase == "optimizer" for ids in shown.values() for n in ids)
+    forward = {nid for b in build_view(g, focus="2.1").boxes for nid in b.nodes}  # (forward: as before)
+    assert forward and all(g.module(g.node(n).module).path == "2.1" for n in forward)
+
+
 def test_unknown_focus_lists_paths(viz_graph):
     with pytest.raises(UsageError) as err:
         build_view(viz_graph("gpt2_2"), focus="transformer.h.9.atn")

@@ -43,12 +43,16 @@ class Selection:
         self.nodes: List[Node] = []
         self.hidden: Dict[str, Node] = {}
         self.out_of_phase = 0
+        # a focus's optimizer ops: those that update its parameters (they run in no module call)
+        updates = self._updates(None) if in_focus is not None and "optimizer" in phases else {}
+        under = f"{opts.focus}." if opts.focus else ""
         for k, n in enumerate(graph.nodes):
             self.pos[n.id] = k
             if n.phase not in phases:
                 self.out_of_phase += 1
                 continue
-            if in_focus is not None and n.module not in in_focus:
+            if in_focus is not None and n.module not in in_focus and not (
+                    n.id in updates and updates[n.id].startswith(under)):
                 continue
             if hide.intersection(n.tags):
                 self.hidden[n.id] = n
@@ -165,25 +169,31 @@ class Selection:
         if node.phase != "optimizer":
             return None
         if self._updated is None:
-            self._updated = {}
-            param_of: Dict[str, str] = {}  # value id -> parameter name
-            waiting: List[str] = []
-            for n in self.graph.nodes:
-                grad_of = self.grad_of(n)
-                if grad_of is not None:
-                    param_of.update(dict.fromkeys(n.outputs, grad_of))
-                if n.phase != "optimizer" or n.module is not None or n.id not in self.shown:
-                    continue
-                names = {p for p in (self._param_of(v, param_of) for v in n.inputs) if p is not None}
-                if not names:
-                    waiting.append(n.id)
-                    continue
-                if len(names) == 1:
-                    [name] = names
-                    param_of.update(dict.fromkeys(n.outputs, name))
-                    self._updated.update(dict.fromkeys([*waiting, n.id], name))
-                waiting = []
+            self._updated = self._updates(self.shown)
         return self._updated.get(node.id)
+
+    def _updates(self, among: Optional[Set[str]]) -> Dict[str, str]:
+        """optimizer op id -> the parameter it updates (``updated_param``), for the ops
+        ``among`` (None: every optimizer op outside a module call)."""
+        updated: Dict[str, str] = {}
+        param_of: Dict[str, str] = {}  # value id -> parameter name
+        waiting: List[str] = []
+        for n in self.graph.nodes:
+            grad_of = self.grad_of(n)
+            if grad_of is not None:
+                param_of.update(dict.fromkeys(n.outputs, grad_of))
+            if n.phase != "optimizer" or n.module is not None or (among is not None and n.id not in among):
+                continue
+            names = {p for p in (self._param_of(v, param_of) for v in n.inputs) if p is not None}
+            if not names:
+                waiting.append(n.id)
+                continue
+            if len(names) == 1:
+                [name] = names
+                param_of.update(dict.fromkeys(n.outputs, name))
+                updated.update(dict.fromkeys([*waiting, n.id], name))
+            waiting = []
+        return updated
 
     def _param_of(self, vid: Optional[str], known: Dict[str, str]) -> Optional[str]:
         """The parameter ``vid`` is, or is a new version or a view of (``known``: of other values)."""
