@@ -31,13 +31,17 @@ def _passes(path) -> list:
                  and any(n.phase == "backward" for n in g.nodes)) for p, (_, g) in zip(st.passes(), st.graphs())]
 
 
-def _train(tmp_path, *, steps: int, every: int, accum: int = 1, evaluate: bool = False, at_end: bool = False):
+def _train(tmp_path, *, steps: int, every: int, accum: int = 1, evaluate: bool = False, at_end: bool = False,
+           first: int = 0, evaluate_first: bool = False):
     torch.manual_seed(0)
     model = Tagged()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    path = tmp_path / "t.db"
+    path = tmp_path / f"t{first}{evaluate_first}.db"
     with torchtrace.Recorder(path, every=every) as rec:
-        for i in range(steps):
+        if evaluate_first:  # (before the first step(): counted as the model's passes)
+            with torch.no_grad():
+                model(torch.randn(3, 4))
+        for i in range(first, first + steps):
             if not at_end:
                 rec.step(i)
             model.tag = 100 + i
@@ -73,6 +77,17 @@ def test_every_with_the_step_given_at_the_loops_end_samples_steps_0_k_2k(tmp_pat
     passes = _train(tmp_path, steps=6, every=2, at_end=True)
     assert [p[1] for p in passes] == [[0], [2], [4]]
     assert [p[0] for p in passes] == [None, 2, 4]
+
+
+def test_every_samples_steps_by_their_number(tmp_path):
+    """A run resumed at step 1003, and one that evaluates before training: steps
+    1005 and 1010; 0, 3 and 6 (the evaluation before the first step() is a pass
+    of its own, the model's first)."""
+    passes = _train(tmp_path, steps=10, every=5, first=1003)
+    assert [(p[0], p[1]) for p in passes] == [(1005, [1005]), (1010, [1010])]
+    passes = _train(tmp_path, steps=7, every=3, evaluate_first=True)
+    assert [(p[0], p[1], p[3]) for p in passes] == [(None, [0], False), (0, [0], True), (3, [3], True),
+                                                    (6, [6], True)]
 
 
 def test_without_steps_every_still_counts_each_models_passes(tmp_path):

@@ -50,8 +50,9 @@ class Recorder(Watcher, HandCuts):
     """Context manager recording every root pass into a trace store.
 
     ``store``: a path (created with its folder) or an open ``Store``.
-    ``every``: record every k-th step ``step(i)`` labelled, all its passes (without ``step()``
-    calls: every k-th pass of each root model); ``max_passes``: stop after n recorded;
+    ``every``: record the steps ``step(i)`` gives whose number is a multiple of k, all
+    their passes (without ``step()`` calls: every k-th pass of each root model);
+    ``max_passes``: stop after n recorded;
     ``backward=False``: record only up to the root module's return.
     ``on_pass(graph, index)`` is called after each pass is stored.
     ``cut="step"``: passes start at ``step()`` and ``mark_step()`` only, not at
@@ -78,8 +79,6 @@ class Recorder(Watcher, HandCuts):
         self.capture: Optional[Capture] = None
         self.recorded = 0         # passes stored
         self._step: Optional[int] = None
-        self._steps = 0  # which step this is for `every`: the steps step() gave, in order (_ordinal)
-        self._step_used = False  # a model's pass began in it
         # modules seen as roots: id -> (weakref, a model?, its ModelKeys key once a pass
         # began at it). While a pass is not sampled, a pre-hook on each watches it (watch.py)
         self._roots: Dict[int, Tuple[Any, bool, Optional[Tuple[str, int, int]]]] = {}
@@ -186,9 +185,6 @@ class Recorder(Watcher, HandCuts):
         if step is None or not fits_int64(step):  # (the store keeps 64-bit integers)
             raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
                              found=repr(n), fix="pass the loop counter, e.g. rec.step(i)")
-        if step != self._step and self._step_used:
-            self._steps += 1
-            self._step_used = False
         self._step = step
         if self.cut == "step" and self.capture is not None:
             self._cut(start=True)
@@ -242,14 +238,12 @@ class Recorder(Watcher, HandCuts):
 
     def _ordinal(self, key: Optional[Tuple[str, int, int]], k: int) -> int:
         """What ``every`` counts for the ``k``-th pass of model ``key``: once
-        ``step(i)`` has labelled the steps, the step (every pass of a sampled step
-        is recorded: each micro-batch of a gradient accumulation, an evaluation
-        after the step, a GAN's two models); before that, and for passes no
-        model began (``HandCuts``), the model's own passes."""
-        if key is None:
-            return k
-        self._step_used = True
-        return k if self._step is None else self._steps
+        ``step(i)`` has labelled the steps, the step's number (every pass of steps
+        0, K, 2K... is recorded: each micro-batch of a gradient accumulation, an
+        evaluation after the step, a GAN's two models; a run resumed at step 1003
+        records 1100, 1200...); before that, and for passes no model began
+        (``HandCuts``), the model's own passes."""
+        return k if key is None or self._step is None else self._step
 
     def _samples(self, k: int) -> bool:
         """Is a model's ``k``-th pass (from 0) recorded?"""
