@@ -157,6 +157,49 @@ def test_ctrl_c_during_the_teardown_leaves_nothing_installed(ctrl_c_in_teardown)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_ctrl_c_while_a_trace_puts_its_patches_in_leaves_none_behind(monkeypatch):
+    """A SIGINT that lands while a trace's start puts its class patches in (here:
+    right after `torch.Tensor.data`'s): the patch stayed in for good, counted by no
+    capture. The start runs whole, the interrupt comes after it, and the trace's
+    failed start takes everything out."""
+    import os
+    import signal
+    import warnings
+
+    from torch.nn.modules import module as M
+
+    from torchtrace.record import patches
+
+    data = next(p for p in patches.PATCHES if p.name == "data")
+    put = type(data)._put
+
+    def interrupted(self):
+        done = put(self)
+        if self is data:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands here
+            for _ in range(10000):  # (Python runs the handler at the next bytecodes)
+                pass
+        return done
+
+    filters = list(warnings.filters)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(type(data), "_put", interrupted)
+    try:
+        m = nn.Linear(4, 2)
+        with pytest.raises(KeyboardInterrupt):
+            with torchtrace.trace(m):
+                m(torch.randn(3, 4))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert "data" not in torch.Tensor.__dict__ and "as_subclass" not in torch.Tensor.__dict__
+    assert not M._global_forward_pre_hooks and not M._global_forward_hooks and warnings.filters == filters
+    monkeypatch.undo()
+    x = torch.randn(3, 4)
+    with torchtrace.trace(m) as t:  # (and the next trace puts them in and takes them out again)
+        m(x)
+    assert [n.short_op for n in t.graph.nodes] == ["t", "addmm"] and "data" not in torch.Tensor.__dict__
+
+
 def test_ctrl_c_during_a_recorders_teardown_lets_all_of_it_run(ctrl_c_in_teardown, tmp_path):
     """The same in `Recorder.__exit__`: the held-back interrupt, raised at the end of
     the capture's stop, skipped what the Recorder's exit does after it (letting the

@@ -73,13 +73,14 @@ class Capture:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, *, with_mode: bool = True) -> None:
-        STARTED.add(self)
-        self.compile_guard.start()  # until stop(), sampled pass or not
-        self.patches.start()
-        self._installed = True  # (before: an interrupt between the two hooks' registrations leaves neither)
-        self.scope.install()
-        if with_mode:
-            self.push_mode()
+        with Uninterrupted():  # (a Ctrl-C between two steps: stop() undoes what is marked done)
+            STARTED.add(self)
+            self.compile_guard.start()  # until stop(), sampled pass or not
+            self.patches.start()
+            self._installed = True  # (before: an interrupt between the two hooks' registrations leaves neither)
+            self.scope.install()
+            if with_mode:
+                self.push_mode()
 
     def push_mode(self) -> None:
         if not self._mode_pushed:
