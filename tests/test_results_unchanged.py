@@ -116,6 +116,31 @@ def test_a_trace_ended_inside_catch_warnings_leaves_no_working_filter():
     assert warnings.filters == before
 
 
+def test_a_catch_warnings_left_in_a_later_trace_leaves_no_filter_behind():
+    """(A review.) A `catch_warnings()` entered in one trace and left in the next puts
+    back a list holding the first trace's filter; the sweep of such copies was skipped
+    from then on, and one more stayed at each repetition."""
+    import warnings
+
+    from torchtrace.record.patches import _WhileHeld
+
+    before = list(warnings.filters)
+    for _ in range(3):
+        first = torchtrace.trace()
+        first.__enter__()
+        caught = warnings.catch_warnings()
+        caught.__enter__()
+        first.__exit__(None, None, None)
+        second = torchtrace.trace()
+        second.__enter__()
+        caught.__exit__(None, None, None)
+        second.__exit__(None, None, None)
+        with torchtrace.trace():
+            torch.ones(2) * 2
+    assert not [f for f in warnings.filters if isinstance(f[1], _WhileHeld)]
+    assert warnings.filters == before
+
+
 @pytest.fixture
 def ctrl_c_in_teardown(monkeypatch):
     """A SIGINT sent while the capture takes its global module hooks out, with

@@ -90,6 +90,39 @@ def test_every_samples_steps_by_their_number(tmp_path):
                                                     (6, [6], True)]
 
 
+def test_a_sampled_step_whose_first_call_is_a_model_not_seen_yet_is_recorded_whole(tmp_path):
+    """(A review.) Unsampled steps watch only the models seen so far: a model first
+    called at a sampled step, before the one seen, ran with no pass to record it."""
+    torch.manual_seed(0)
+    m, v = Tagged(), Tagged()
+    path = tmp_path / "t.db"
+    with torchtrace.Recorder(path, every=2) as rec:
+        for i in range(8):
+            rec.step(i)
+            m.tag = v.tag = 100 + i
+            if i >= 4:
+                with torch.no_grad():
+                    v(torch.randn(2, 4))
+            m(torch.randn(2, 4)).sum().backward()
+    with Store(path, readonly=True) as st:
+        got = [(p.step, p.label.split(" ")[0], held_steps(g)) for p, (_, g) in zip(st.passes(), st.graphs())]
+    assert got == [(0, "m", [0]), (2, "m", [2]), (4, "v", [4]), (4, "m", [4]), (6, "v", [6]), (6, "m", [6])]
+
+
+def test_a_step_counter_that_is_a_tensor_subclass_is_read_as_without_tracing(tmp_path):
+    """(A review.) Read with every dispatch off, a wrapper subclass's own dispatch
+    was off too (`data is not allocated yet`); the mode is off for the read instead."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    m = Tagged()
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        rec.step(TwoTensor(torch.tensor(3), torch.tensor(3)))
+        m(torch.randn(2, 4))
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        [(p, (_, g))] = zip(st.passes(), st.graphs())
+    assert p.step == 3 and [n.short_op for n in g.nodes] == ["t", "addmm", "mul.Tensor"]
+
+
 def test_without_steps_every_still_counts_each_models_passes(tmp_path):
     torch.manual_seed(0)
     gen, disc = Tagged(), nn.Sequential(nn.Linear(2, 4), Tagged())

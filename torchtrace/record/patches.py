@@ -207,9 +207,9 @@ class QuietWarning(Held):
         for k, f in enumerate(warnings.filters):
             if f is self._filter:  # (the script may have put filters in front of ours since)
                 del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
+                self._left = warnings.filters  # (not found: a catch_warnings() put another list back)
                 break
         self._filter = None  # (a copy a catch_warnings() puts back is inert: swept at the next hold)
-        self._left = warnings.filters
 
     @staticmethod
     def _sweep() -> None:

@@ -177,11 +177,17 @@ class Recorder(Watcher, HandCuts):
         self._check_open("step")
         if self._outer is not None:
             return self._outer.step(n)
-        try:  # an int, a NumPy integer, a 0-dim integer tensor (read with no mode: no op of the user's pass)
-            with torch._C._DisableTorchDispatch():
-                step = operator.index(n) if not isinstance(n, bool) else None
+        mode = self.capture.mode if self.capture is not None else None
+        off = mode is not None and mode.off
+        try:  # an int, a NumPy integer, a 0-dim integer tensor (read with the mode off: no op of the user's pass)
+            if mode is not None:
+                mode.off = True
+            step = operator.index(n) if not isinstance(n, bool) else None
         except TypeError:  # (not a bool)
             step = None
+        finally:
+            if mode is not None:
+                mode.off = off
         if step is None or not fits_int64(step):  # (the store keeps 64-bit integers)
             raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
                              found=repr(n), fix="pass the loop counter, e.g. rec.step(i)")
@@ -190,8 +196,9 @@ class Recorder(Watcher, HandCuts):
             self._cut(start=True)
         elif self._root is None and self._sampled and self.capture is not None:
             self._step_at = len(self.capture.mode.events)  # (a pass no model call began: see HandCuts._relabel)
-        elif not self._sampled and self._mortal and self._armed is None and not self.capture.scope.handles:
-            self._armed = register_module_forward_pre_hook(self._first_call)  # (a model built anew: unwatched)
+        elif not self._sampled and (self._mortal or self._samples(step)) and self._armed is None \
+                and not self.capture.scope.handles:  # (a model built anew, or a sampled step's first call of
+            self._armed = register_module_forward_pre_hook(self._first_call)  # a model not seen yet: unwatched)
 
     def _check_open(self, what: str) -> None:
         if not self._open:
