@@ -4,6 +4,7 @@ tensor counter is no op of the pass; a parameter outside any module gets its
 gradient entry."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -121,6 +122,57 @@ def test_a_step_counter_that_is_a_tensor_subclass_is_read_as_without_tracing(tmp
     with Store(tmp_path / "t.db", readonly=True) as st:
         [(p, (_, g))] = zip(st.passes(), st.graphs())
     assert p.step == 3 and [n.short_op for n in g.nodes] == ["t", "addmm", "mul.Tensor"]
+
+
+@pytest.mark.parametrize("mark", [False, True])
+def test_every_with_cut_at_step_samples_steps_by_their_number_too(tmp_path, mark):
+    """(A review.) `cut="step"` counted its passes: a run resumed at step 1003 with
+    every=100 recorded 1003 and 1103. With `mark_step()` just before each `step(i)`
+    the mark's cut (with the step before's number) and the step's are one."""
+    net = nn.Linear(4, 2)
+    path = tmp_path / "t.db"
+    with torchtrace.Recorder(path, every=100, cut="step") as rec:
+        for i in range(1003, 1203):
+            if mark:
+                torchtrace.mark_step()
+            rec.step(i)
+            net(torch.randn(3, 4)).sum().backward()
+    with Store(path, readonly=True) as st:
+        assert [p.step for p in st.passes()] == [1100, 1200]
+
+
+def test_step_called_inside_the_models_forward_cuts_no_pass_there(tmp_path):
+    """(A review.) A model that keeps the step counter calls `rec.step()` in its own
+    forward: arming the first-call hook there made its next submodule call a pass of
+    its own (`Linear 4`), and the step was recorded again at the model's next call."""
+    class Net(nn.Module):
+        def __init__(self, rec):
+            super().__init__()
+            self.a, self.b, self.i, self.rec = nn.Linear(4, 8), nn.Linear(8, 2), 0, rec
+
+        def forward(self, x):
+            self.rec.step(self.i)
+            self.i += 1
+            return self.b(torch.relu(self.a(x)))
+
+    path = tmp_path / "t.db"
+    with torchtrace.Recorder(path, every=3) as rec:
+        net = Net(rec)
+        for _ in range(7):
+            net(torch.randn(3, 4)).sum().backward()
+    with Store(path, readonly=True) as st:
+        got = [(p.root, p.n_ops) for p in st.passes()]
+    assert len(got) == 3 and {root for root, _ in got} == {"Net"} and len({n for _, n in got}) == 1
+
+
+@pytest.mark.parametrize("bad", [True, torch.tensor(True), torch.tensor([7]), torch.tensor(2.0),
+                                 torch.empty((), dtype=torch.int64, device="meta")])
+def test_a_step_that_is_no_integer_is_refused_clearly(tmp_path, bad):
+    """(A review.) A bool tensor was taken for step 1, a one-element vector for its
+    value, and a meta tensor raised torch's own error."""
+    with torchtrace.Recorder(tmp_path / "t.db") as rec:
+        with pytest.raises(torchtrace.TorchtraceError, match="bad step"):
+            rec.step(bad)
 
 
 def test_without_steps_every_still_counts_each_models_passes(tmp_path):

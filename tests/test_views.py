@@ -376,6 +376,7 @@ def test_focus_with_phase_optimizer_shows_the_updates_of_its_parameters():
     m, opt = step(lambda m: m.parameters())
     with torchtrace.trace(m) as t:
         m(torch.randn(3, 4)).sum().backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1e9)  # (reads every gradient: the root's alone)
         opt.step()
     g = t.graph
     shown = {}
@@ -388,6 +389,8 @@ def test_focus_with_phase_optimizer_shows_the_updates_of_its_parameters():
     assert len(shown["2.1"]) == Count.n > 0
     assert shown["2.1"] < shown["2"] and not shown["2"] & shown["0"] and len(shown["0"]) == Count.n
     assert all(g.node(n).phase == "optimizer" for ids in shown.values() for n in ids)
+    root = {nid for b in build_view(g, focus="", phase="optimizer").boxes for nid in b.nodes}
+    assert root == {nid for b in build_view(g, phase="optimizer").boxes for nid in b.nodes} > shown["2"] | shown["0"]
     forward = {nid for b in build_view(g, focus="2.1").boxes for nid in b.nodes}  # (forward: as before)
     assert forward and all(g.module(g.node(n).module).path == "2.1" for n in forward)
 

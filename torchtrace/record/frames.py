@@ -232,6 +232,18 @@ def called_by_torch(frame: Any) -> bool:
     return frame is not None and is_torch_internal(frame.f_code)
 
 
+def inside_module_call(frame: Any) -> bool:
+    """Is ``frame`` (or a frame below it) running inside a module's call (its
+    forward, a hook of it)? ``nn.Module``'s own call frames tell."""
+    while frame is not None:
+        if frame.f_code.co_filename == _MODULE_PY and frame.f_code.co_name in _CALL_FRAMES:
+            return True
+        frame = frame.f_back
+    return False
+
+
+_CALL_FRAMES = frozenset({"_call_impl", "_wrapped_call_impl", "inner"})
+
 CALLERS = 2  # user frames kept above a read of tensor data (a helper's callers)
 
 

@@ -144,10 +144,15 @@ class HandCuts:
         return prev is not None and prev[0] == site[0] and prev[1] is site[1] and site[2] < prev[2]
 
     def _again(self) -> None:
-        """A cut that starts no pass: the pass in flight goes on, with the step given since."""
+        """A cut that starts no pass: the pass in flight goes on, with the step given since.
+        With ``cut="step"`` a pass that has run nothing yet (`mark_step(); rec.step(i)`)
+        is sampled by that step's number, not by the number of the step before."""
         self._pass_step = self._step
         if not self.capture.mode.events:
             self._t_start = time.perf_counter()
+            if self.cut == "step" and self._root is None and not self._between and self._step is not None \
+                    and self._samples(self._step) != self._sampled:
+                self._begin(root=None, count=False)
 
     def _set_aside(self, frame: Any) -> None:
         """What ran before the first hand cut: built now, stored as the first pass at the

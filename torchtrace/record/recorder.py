@@ -10,8 +10,8 @@ committed to the store at once. Passes that are not sampled (``every``,
 """
 from __future__ import annotations
 
-import operator
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -23,14 +23,15 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ..errors import TorchtraceError, UsageError, exit_error, warn
 from ..ir import Graph
-from ..store import Store, fits_int64
+from ..store import Store
 from .boundary import call_site, drop_events, input_prep, repeated_prep, signature
 from .calls import call_kwargs, tensors_in
 from .capture import Capture
 from .compiled import Uncompiled, is_compiled_in_place
-from .frames import caller_name
+from .frames import caller_name, inside_module_call
 from .modelkeys import ModelKeys
 from .optimizer import running_steps
+from .stepnumber import step_number
 from .handcuts import HandCuts, user_frame
 from .interrupts import Uninterrupted
 from .watch import Watcher, is_model_call
@@ -173,32 +174,23 @@ class Recorder(Watcher, HandCuts):
 
     # -- public -------------------------------------------------------------------
     def step(self, n: int) -> None:
-        """Label the passes that start from now on with training step ``n``."""
+        """Label the passes that start from now on with training step ``n`` (with
+        ``every=K``: steps whose number is a multiple of K are recorded, all their
+        passes; give the training step, not the epoch)."""
         self._check_open("step")
         if self._outer is not None:
             return self._outer.step(n)
-        mode = self.capture.mode if self.capture is not None else None
-        off = mode is not None and mode.off
-        try:  # an int, a NumPy integer, a 0-dim integer tensor (read with the mode off: no op of the user's pass)
-            if mode is not None:
-                mode.off = True
-            step = operator.index(n) if not isinstance(n, bool) else None
-        except TypeError:  # (not a bool)
-            step = None
-        finally:
-            if mode is not None:
-                mode.off = off
-        if step is None or not fits_int64(step):  # (the store keeps 64-bit integers)
-            raise UsageError("bad step", expected="an integer of at most 64 bits (the training step)",
-                             found=repr(n), fix="pass the loop counter, e.g. rec.step(i)")
+        step = step_number(n, self.capture.mode if self.capture is not None else None)
         self._step = step
         if self.cut == "step" and self.capture is not None:
             self._cut(start=True)
         elif self._root is None and self._sampled and self.capture is not None:
             self._step_at = len(self.capture.mode.events)  # (a pass no model call began: see HandCuts._relabel)
         elif not self._sampled and (self._mortal or self._samples(step)) and self._armed is None \
-                and not self.capture.scope.handles:  # (a model built anew, or a sampled step's first call of
-            self._armed = register_module_forward_pre_hook(self._first_call)  # a model not seen yet: unwatched)
+                and not self.capture.scope.handles and _task_id() == -1 and not inside_module_call(sys._getframe(1)):
+            # (a model built anew, or a sampled step's first call of a model not seen yet: unwatched; not
+            # from inside a model's call or a backward, whose next module call is no model's)
+            self._armed = register_module_forward_pre_hook(self._first_call)
 
     def _check_open(self, what: str) -> None:
         if not self._open:
@@ -248,9 +240,10 @@ class Recorder(Watcher, HandCuts):
         ``step(i)`` has labelled the steps, the step's number (every pass of steps
         0, K, 2K... is recorded: each micro-batch of a gradient accumulation, an
         evaluation after the step, a GAN's two models; a run resumed at step 1003
-        records 1100, 1200...); before that, and for passes no model began
+        records 1100, 1200...; with ``cut="step"`` each step's pass); before
+        that, and for passes no model began in plain code cut by hand
         (``HandCuts``), the model's own passes."""
-        return k if key is None or self._step is None else self._step
+        return k if self._step is None or (key is None and self.cut != "step") else self._step
 
     def _samples(self, k: int) -> bool:
         """Is a model's ``k``-th pass (from 0) recorded?"""

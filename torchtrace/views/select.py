@@ -43,7 +43,8 @@ class Selection:
         self.nodes: List[Node] = []
         self.hidden: Dict[str, Node] = {}
         self.out_of_phase = 0
-        # a focus's optimizer ops: those that update its parameters (they run in no module call)
+        # a focus's optimizer ops: those that update its parameters (they run in no module call); the
+        # root's: all of them (a foreach op or a clipping of all gradients updates no one module's)
         updates = self._updates(None) if in_focus is not None and "optimizer" in phases else {}
         under = f"{opts.focus}." if opts.focus else ""
         for k, n in enumerate(graph.nodes):
@@ -52,7 +53,8 @@ class Selection:
                 self.out_of_phase += 1
                 continue
             if in_focus is not None and n.module not in in_focus and not (
-                    n.id in updates and updates[n.id].startswith(under)):
+                    n.id in updates and updates[n.id].startswith(under)
+                    or not under and n.phase == "optimizer" and n.module is None):
                 continue
             if hide.intersection(n.tags):
                 self.hidden[n.id] = n
