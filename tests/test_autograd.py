@@ -648,6 +648,47 @@ def test_a_checkpoint_function_of_the_users_recomputes():
     assert {"addmm", "tanh"} <= set(recomputed)
 
 
+class _Reversible(torch.autograd.Function):
+    """Reformer's reversible layers, in short: the forward keeps no activation, the
+    backward re-runs each block with grad on and backpropagates through it (a
+    nested backward per block)."""
+
+    @staticmethod
+    def forward(ctx, x, blocks):
+        ctx.blocks = blocks
+        with torch.no_grad():
+            for b in blocks:
+                x = b(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        for b in reversed(ctx.blocks):
+            with torch.enable_grad():
+                x = y.detach().requires_grad_()
+                out = b(x)
+            torch.autograd.backward(out, g)
+            g, y = x.grad, x.detach()
+        return g, None
+
+
+def test_each_block_a_reversible_layer_re_runs_is_recompute():
+    """(A 2026-11-28 audit, on Reformer.) The first block's re-run was recompute and
+    every later one backward: the nested backward of the first made the engine's
+    last Node another graph task's."""
+    torch.manual_seed(0)
+    blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(3))
+    x = torch.randn(2, 8, requires_grad=True)
+    with torchtrace.trace(blocks) as t:
+        _Reversible.apply(x, list(blocks)).sum().backward()
+    g = t.graph
+    rerun = [n for n in g.nodes if n.short_op in ("addmm", "tanh") and n.phase != "forward"]
+    assert [n.phase for n in rerun] == ["recompute"] * 6
+    assert [g.module(n.module).path for n in rerun] == [f"{k}.{j}" for k in (2, 1, 0) for j in (0, 1)]
+
+
 def test_an_optimizer_step_run_in_backward_is_optimizer_phase():
     """PyTorch's "optimizer step in backward" recipe: each parameter's step runs
     from its post-accumulate-grad hook, inside backward."""

@@ -164,9 +164,10 @@ class AutogradTracker:
         self.executed: List[tuple] = []
         self.handles: List[Any] = []
         self.backward_ran = False
-        # (graph task, grad mode) the engine ran the last hooked Node in (on under create_graph=True): code
-        # of the user's in a Node that turns grad on itself (a checkpoint Function's re-run) is recompute
-        self.engine_grad: List[Any] = [None]
+        # graph task -> the grad mode the engine ran its last hooked Node in (on under create_graph=True):
+        # code of the user's in a Node that turns grad on itself (a checkpoint Function's re-run) is
+        # recompute, also after a backward that Node ran inside (a reversible layer's, per block)
+        self.engine_grad: Dict[int, bool] = {}
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
         self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
         self.grad_inputs: Dict[int, Any] = {}  # id -> parameter torch.autograd.grad was asked the gradient of
@@ -246,7 +247,7 @@ class AutogradTracker:
 
         def prehook(grad_outputs: Any) -> None:
             executed.append(key)
-            engine_grad[0] = (_task_id(), _grad_enabled())
+            engine_grad[_task_id()] = _grad_enabled()
             return None
 
         return prehook

@@ -62,7 +62,7 @@ class EnginePhase:
         # Function of the user's that turns grad on itself (Megatron's); create_graph=True has the engine
         # turn it on for the backward code of a custom Function or a hook, which is no recompute
         return RECOMPUTE if not engine and _grad_enabled() and (
-            self.capture.autograd.engine_grad[0] == (task, False) or in_checkpoint(frame)) else BACKWARD
+            self.capture.autograd.engine_grad.get(task) is False or in_checkpoint(frame)) else BACKWARD
 
     def _is_engine(self, code: Any) -> bool:
         """Is ``code`` torch.autograd's own? Keyed by id (a code object's hash is
