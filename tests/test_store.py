@@ -2057,3 +2057,24 @@ def test_a_step_that_is_no_integer_and_an_unknown_call_id_are_refused(tmp_path):
     assert g.calls_under("m0") == {"m0"}
     with pytest.raises(NotInGraphError, match="no such id in modules"):
         g.calls_under("m99")
+
+
+def test_a_recorder_whose_start_fails_closes_the_store_it_opened(tmp_path, monkeypatch):
+    """(A review.) A Recorder given a path whose capture failed to start raised, and
+    left the store it had opened open: its connection, and its claim on the rank."""
+    from torchtrace.record.capture import Capture
+
+    def failing(self, **kwargs):
+        raise RuntimeError("start failed (a test)")
+
+    monkeypatch.setattr(Capture, "start", failing)
+    rec = torchtrace.Recorder(tmp_path / "t.db")
+    with pytest.raises(RuntimeError, match="start failed"):
+        rec.__enter__()
+    with pytest.raises(Exception, match="closed"):
+        rec.store.db.execute("select 1")
+    monkeypatch.undo()
+    with torchtrace.Recorder(tmp_path / "t.db"):  # (the same path records again)
+        nn.Linear(2, 2)(torch.ones(1, 2))
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        assert len(st.passes()) == 1

@@ -135,6 +135,8 @@ class Recorder(Watcher, HandCuts):
                 self.capture.stop()
                 self._uncompiled.restore()
                 let_go(self._hold)
+                if not isinstance(self._store_arg, Store):  # (one it opened: closed, its lock let go)
+                    self.store.close()
             raise
         _ACTIVE.recorder = self
         self._open = True
