@@ -1872,14 +1872,8 @@ def test_every_k_samples_a_teacher_called_only_after_unsampled_micro_batches(tmp
     ``every`` samples steps, whole, and sees the teacher's call in them.)"""
     import copy
 
-    class Tagged(nn.Linear):  # (its forward multiplies by 100 + the step: zoo.held_steps)
-        tag = 100
-
-        def forward(self, x):
-            return super().forward(x) * self.tag
-
     torch.manual_seed(0)
-    m = Tagged(4, 4)
+    m = zoo.Tagged(4, 4)  # (its forward multiplies by 100 + the step: zoo.held_steps)
     ema = copy.deepcopy(m).requires_grad_(False)
     opt = torch.optim.SGD(m.parameters(), 0.1)
     with torchtrace.Recorder(tmp_path / "t.db", every=2):

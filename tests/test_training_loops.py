@@ -10,19 +10,7 @@ import torch.nn as nn
 
 import torchtrace
 from torchtrace.store import Store
-from zoo import held_steps
-
-
-class Tagged(nn.Module):
-    """A linear layer whose forward multiplies by ``100 + step`` (``zoo.held_steps`` reads it back)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 2)
-        self.tag = 100
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x) * self.tag
+from zoo import Tagged, held_steps
 
 
 def _passes(path) -> list:

@@ -199,6 +199,19 @@ def autograd_nodes(*roots) -> list:
     return list(nodes.values())
 
 
+class Tagged(nn.Linear):
+    """A linear layer whose forward multiplies by ``tag``: ``100 + i`` in step ``i``
+    (``held_steps`` reads it back)."""
+
+    tag = 100
+
+    def __init__(self, in_features: int = 4, out_features: int = 2) -> None:
+        super().__init__(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.tag
+
+
 def held_steps(graph) -> list:
     """The steps whose ops a pass holds: Recorder tests multiply by ``100 + i`` in step ``i``
     (the forward `mul` by that integer), whatever the pass's label or step says."""

@@ -36,10 +36,8 @@ def force_eager() -> Optional[Any]:
     if ef is None:  # Dynamo never loaded: nothing in this process was compiled
         return None
     try:
-        ours = _FORCE_EAGER.get(id(ef))
-        if ours is None:  # (made once: a stance per capture cost a dataclass and an import per pass)
-            ours = _FORCE_EAGER[id(ef)] = (ef, ef.DynamoStance("force_eager"))
-        return _swap_stance(ef, ours[1]), ours[1]
+        prior = ef._set_stance(ef.DynamoStance("force_eager"))
+        return prior, ef._stance
     except Exception:  # torch < 2.6 (no stances), or called inside a compiled region
         return None
 
@@ -53,34 +51,13 @@ def restore(held: Optional[Any]) -> None:
     ef = sys.modules[EVAL_FRAME]
     try:
         if getattr(ef, "_stance", ours) is ours:
-            _swap_stance(ef, prior)
+            ef._set_stance(prior)
     except Exception:  # pragma: no cover - only inside a compiled region, which force_eager keeps out
         pass
 
 
-def _swap_stance(ef: Any, stance: Any) -> Any:
-    """``eval_frame._set_stance(stance)``: its check (not inside a compiled region)
-    and its assignment, without the import it runs on each call."""
-    get_callback = _CALLBACK_GETTER.get(id(ef))
-    if get_callback is None:
-        from torch._C._dynamo.eval_frame import get_eval_frame_callback as get_callback
-        if not isinstance(getattr(ef, "_stance", None), ef.DynamoStance):  # pragma: no cover - another layout
-            return ef._set_stance(stance)
-        _CALLBACK_GETTER[id(ef)] = get_callback
-    callback = get_callback()
-    if callback is not False and callback is not None:
-        raise RuntimeError("attempted to set_stance in a torch.compile region")
-    prior = ef._stance
-    ef._stance = stance
-    return prior
-
-
-_FORCE_EAGER: Dict[int, Any] = {}  # id(eval_frame module) -> (it, the "force_eager" stance we set)
-_CALLBACK_GETTER: Dict[int, Any] = {}  # id(eval_frame module) -> get_eval_frame_callback
-
 _WATCHERS: Dict[int, Callable[[], None]] = {}  # id(capture) -> its note "a compiled region ran"
 _WATCH: list = []  # (eval_frame module, Dynamo's function, ours) while any capture watches
-_WRAPPERS: Dict[int, Any] = {}  # id(Dynamo's function) -> (it, our wrapper of it)
 
 
 def watch(key: int, on_call: Callable[[], None]) -> None:
@@ -90,16 +67,15 @@ def watch(key: int, on_call: Callable[[], None]) -> None:
     original = getattr(ef, "_callback_from_stance", None)
     if _WATCH or original is None:  # watched already, or no Dynamo (loaded: nothing compiled yet)
         return
-    ours = _WRAPPERS.get(id(original))
-    if ours is None or ours[0] is not original:  # (made once per Dynamo function, not per pass)
-        def _callback_from_stance(callback: Any) -> Any:
-            if callback is not None and callback is not False:  # a compiler: compiled code is entered
-                for note in list(_WATCHERS.values()):
-                    note()
-            return original(callback)
-        ours = _WRAPPERS[id(original)] = (original, _callback_from_stance)
-    ef._callback_from_stance = ours[1]
-    _WATCH.append((ef, original, ours[1]))
+
+    def _callback_from_stance(callback: Any) -> Any:
+        if callback is not None and callback is not False:  # a compiler: compiled code is entered
+            for note in list(_WATCHERS.values()):
+                note()
+        return original(callback)
+
+    ef._callback_from_stance = _callback_from_stance
+    _WATCH.append((ef, original, _callback_from_stance))
 
 
 def unwatch(key: int) -> None:

@@ -194,11 +194,9 @@ class QuietWarning(Held):
         self.category = category
         self._matcher = _WhileHeld(self, message)
         self._filter: Any = None
-        self._left: Any = None  # the filter list ours was taken out of (see _put)
 
     def _put(self) -> bool:  # (in place, not by filterwarnings(): that resets every "once" memory)
-        if warnings.filters is not self._left:  # a catch_warnings() put a list back since: ours may be in it
-            self._sweep()
+        self._sweep()
         self._filter = ("ignore", self._matcher, self.category, None, 0)
         warnings.filters.insert(0, self._filter)
         return True
@@ -207,7 +205,6 @@ class QuietWarning(Held):
         for k, f in enumerate(warnings.filters):
             if f is self._filter:  # (the script may have put filters in front of ours since)
                 del warnings.filters[k]  # (an ignored warning left no registry entry to reset)
-                self._left = warnings.filters  # (not found: a catch_warnings() put another list back)
                 break
         self._filter = None  # (a copy a catch_warnings() puts back is inert: swept at the next hold)
 
@@ -221,7 +218,8 @@ class QuietWarning(Held):
 HOOKED_COMPILE = QuietWarning(r"Using `torch\.compile\(module\)` when there are global hooks", UserWarning)
 
 
-_HOLD = {"captures": 0, "put": []}  # captures started, and what the first one put in place
+_HOLDERS: set = set()  # the started captures' Patches: the first puts them in place, the last takes them out
+_PUT: list = []  # what the first one put in place
 _HOLD_LOCK = threading.Lock()
 
 
@@ -230,36 +228,27 @@ class Patches:
     start() to stop(): the first capture to start puts them in place, the last
     one to stop takes them out."""
 
-    def __init__(self) -> None:
-        self.holding = False
-
     def start(self) -> None:
         with _HOLD_LOCK:
-            if self.holding:
+            if self in _HOLDERS:
                 return
-            if _HOLD["captures"] == 0:
-                put = _HOLD["put"] = []
+            if not _HOLDERS:
                 try:
-                    for p in (*PATCHES, HOOKED_COMPILE):
-                        if p._put():
-                            put.append(p)
+                    _PUT.extend(p for p in (*PATCHES, HOOKED_COMPILE) if p._put())
                 except BaseException:  # (none half in place: take back what went in)
                     _take_all()
                     raise
-            _HOLD["captures"] += 1
-            self.holding = True
+            _HOLDERS.add(self)
 
     def stop(self) -> None:
         with _HOLD_LOCK:
-            if not self.holding:
+            if self not in _HOLDERS:
                 return
-            self.holding = False
-            _HOLD["captures"] -= 1
-            if _HOLD["captures"] == 0:
+            _HOLDERS.discard(self)
+            if not _HOLDERS:
                 _take_all()
 
 
 def _take_all() -> None:
-    put = _HOLD["put"]
-    while put:
-        put.pop()._take()
+    while _PUT:
+        _PUT.pop()._take()
