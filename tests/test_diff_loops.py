@@ -1014,3 +1014,30 @@ def test_an_outer_loop_s_extra_iteration_is_named_by_its_own_loop():
     whys = torchtrace.diff(run(2, 3), run(2, 4)).why()
     assert whys[0].startswith(f"the block at `test_diff_loops.py:{line_of('inner_body')}` (3 ops) ran 3\u00d7 in A, "
                               "4\u00d7 in B"), whys
+
+
+def test_a_model_of_torch_s_called_from_two_lines_counts_its_steps_on_both_sides():
+    """An ``nn.GRU`` has no line of the user's inside it: its ops carry the line that
+    called it. Called from two lines over 6 and 4 time steps, B's steps at its own
+    line are still the same block (they read "6× in A, 0× in B")."""
+    torch.manual_seed(0)
+    m = nn.GRU(4, 5)
+    xa, xb = torch.randn(6, 2, 4), torch.randn(4, 2, 4)
+    with torchtrace.trace(m) as ta:
+        m(xa)  # LINE:gru_a
+    with torchtrace.trace(m) as tb:
+        m(xb)  # LINE:gru_b
+    steps = [sum(n.op == "aten.addmm.default" for n in t.graph.nodes) for t in (ta, tb)]
+    assert steps == [7, 5]  # (one per time step, and one for the input projection)
+    lines = [{n.source.line for n in t.graph.nodes if n.module is not None} for t in (ta, tb)]
+    assert lines == [{line_of("gru_a")}, {line_of("gru_b")}]
+    for d, (a, b) in ((torchtrace.diff(ta.graph, tb.graph), (6, 4)), (torchtrace.diff(tb.graph, ta.graph), (4, 6))):
+        why = d.why()
+        assert len(why) == 1 and f"ran {a}× in A, {b}× in B" in why[0], why
+        assert "input `input` f32[" in why[0], why
+    same = [torchtrace.trace(m) for _ in range(2)]
+    with same[0]:
+        m(xa)
+    with same[1]:
+        m(xa)
+    assert torchtrace.diff(same[0].graph, same[1].graph).why() == []

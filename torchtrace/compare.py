@@ -24,6 +24,7 @@ from functools import cached_property
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .align import align
+from .entrylines import relined
 from .side import Side, one_call_site
 from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
                        classify, hunk_runs, input_changes, moved, producers, reshaped, significant)
@@ -287,7 +288,8 @@ def diff(a: GraphLike, b: GraphLike) -> GraphDiff:
     """Compare two passes (``Graph``, IR dicts or file paths); see :class:`GraphDiff`."""
     ga, gb = _graph(a, "a"), _graph(b, "b")
     one_site = one_call_site(ga, gb)  # (reads in a helper called from one line in each pass, another in each)
-    sa, sb = Side(ga, one_site), Side(gb, one_site)
+    # (B's loops keep A's line where a model of torch's was called from two lines)
+    sa, sb = Side(ga, one_site), Side(gb, one_site, relined(ga, gb))
     if _orientation(sa) <= _orientation(sb):
         return _diff(sa, sb)
     return _diff(sb, sa).mirror()

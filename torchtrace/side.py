@@ -123,10 +123,13 @@ class Side:
     """One graph as the diff sees it: its ops in order without bookkeeping
     ops, their signatures and witness keys."""
 
-    def __init__(self, g: "Graph", one_site: FrozenSet[Tuple[str, int]] = frozenset()) -> None:
+    def __init__(self, g: "Graph", one_site: FrozenSet[Tuple[str, int]] = frozenset(),
+                 relined: Optional[Dict[str, Tuple[str, int]]] = None) -> None:
         """``one_site``: lines of helpers' reads whose call site is left out of
-        their signatures (``one_call_site``)."""
+        their signatures (``one_call_site``); ``relined``: op id -> the line its
+        loop signature takes (``entrylines.relined``)."""
         self.graph = g
+        self._relined = relined or {}
         self.nodes: List["Node"] = [n for n in g.nodes if not is_bookkeeping(n)]
         cast_of = {n.outputs[0]: n.inputs[0] for n in g.nodes if n.op in CASTS and n.inputs and n.outputs}
         self.sigs: List[Sig] = [signature(g, n, cast_of, one_site) for n in self.nodes]
@@ -371,7 +374,9 @@ class Side:
     @cached_property
     def loop_sigs(self) -> List[Sig]:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
-        return [loop_signature(s) for s in self.sigs]
+        moved = self._relined
+        return [loop_signature(s if n.id not in moved else (*s[:3], _base(moved[n.id][0]), moved[n.id][1], *s[5:]))
+                for s, n in zip(self.sigs, self.nodes)]
 
 
 def one_call_site(a: "Graph", b: "Graph") -> FrozenSet[Tuple[str, int]]:
