@@ -351,21 +351,29 @@ def test_focus_on_a_module(viz_graph):
     assert view.clusters[0].title == "transformer.h.1.attn · GPT2Attention"
 
 
-def test_focus_with_phase_optimizer_shows_the_updates_of_its_parameters():
-    """Optimizer ops run in no module call: a focus on a module with
-    ``phase="optimizer"`` was empty. It shows the ops that update the module's
-    parameters: as many as an Adam step over those parameters alone runs
-    (counted by a dispatch mode of the test's own)."""
-    import torch
-    import torch.nn as nn
+def _ops_of_a_step(opt) -> int:
+    """The ops ``opt.step()`` runs, counted by a dispatch mode of the test's own
+    (the step's own profiler markers update no parameter)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Count(TorchDispatchMode):  # (the step's own profiler markers update no parameter)
+    class Count(TorchDispatchMode):
         n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             Count.n += func.namespace != "profiler"
             return func(*args, **(kwargs or {}))
+
+    with Count():
+        opt.step()
+    return Count.n
+
+
+def test_focus_with_phase_optimizer_shows_the_updates_of_its_parameters():
+    """Optimizer ops run in no module call: a focus on a module with
+    ``phase="optimizer"`` was empty. It shows the ops that update the module's
+    parameters: as many as an Adam step over those parameters alone runs."""
+    import torch
+    import torch.nn as nn
 
     def step(params):
         torch.manual_seed(0)
@@ -383,16 +391,42 @@ def test_focus_with_phase_optimizer_shows_the_updates_of_its_parameters():
     for focus in ("2.1", "2", "0"):
         view = build_view(g, focus=focus, phase="optimizer")
         shown[focus] = {nid for b in view.boxes for nid in b.nodes}
-    _, alone = step(lambda m: m[2][1].parameters())
-    with Count():
-        alone.step()
-    assert len(shown["2.1"]) == Count.n > 0
-    assert shown["2.1"] < shown["2"] and not shown["2"] & shown["0"] and len(shown["0"]) == Count.n
+    n = _ops_of_a_step(step(lambda m: m[2][1].parameters())[1])
+    assert len(shown["2.1"]) == n > 0
+    assert shown["2.1"] < shown["2"] and not shown["2"] & shown["0"] and len(shown["0"]) == n
     assert all(g.node(n).phase == "optimizer" for ids in shown.values() for n in ids)
     root = {nid for b in build_view(g, focus="", phase="optimizer").boxes for nid in b.nodes}
     assert root == {nid for b in build_view(g, phase="optimizer").boxes for nid in b.nodes} > shown["2"] | shown["0"]
     forward = {nid for b in build_view(g, focus="2.1").boxes for nid in b.nodes}  # (forward: as before)
     assert forward and all(g.module(g.node(n).module).path == "2.1" for n in forward)
+
+
+def test_focus_with_phase_optimizer_shows_the_updates_of_a_tied_weight():
+    """GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``, named by the module
+    that registered it first: a focus on ``lm_head`` with ``phase="optimizer"``
+    showed none of its updates. It shows the updates of the parameters the focus
+    reads: an AdamW step over that one weight."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def step(params):
+        torch.manual_seed(0)
+        m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+        x = torch.randint(0, 50, (1, 6))
+        m(x, labels=x).loss.backward()
+        return m, x, torch.optim.AdamW(params(m), foreach=False)
+
+    m, x, opt = step(lambda m: m.parameters())
+    assert m.lm_head.weight is m.transformer.wte.weight
+    with torchtrace.trace(m) as t:
+        m(x, labels=x).loss.backward()
+        opt.step()
+    g = t.graph
+    shown = {f: {nid for b in build_view(g, focus=f, phase="optimizer").boxes for nid in b.nodes}
+             for f in ("lm_head", "transformer.wte", "transformer.wpe")}
+    n = _ops_of_a_step(step(lambda m: [m.transformer.wte.weight])[2])
+    assert len(shown["lm_head"]) == n > 0 and shown["lm_head"] == shown["transformer.wte"]
+    assert len(shown["transformer.wpe"]) == n and not shown["transformer.wpe"] & shown["lm_head"]
 
 
 def test_unknown_focus_lists_paths(viz_graph):

@@ -47,13 +47,14 @@ class Selection:
         # root's: all of them (a foreach op or a clipping of all gradients updates no one module's)
         updates = self._updates(None) if in_focus is not None and "optimizer" in phases else {}
         under = f"{opts.focus}." if opts.focus else ""
+        mine = self._read_by(in_focus) if updates and under else set()  # (a tied weight: `lm_head` reads `wte`'s)
         for k, n in enumerate(graph.nodes):
             self.pos[n.id] = k
             if n.phase not in phases:
                 self.out_of_phase += 1
                 continue
             if in_focus is not None and n.module not in in_focus and not (
-                    n.id in updates and updates[n.id].startswith(under)
+                    n.id in updates and (updates[n.id].startswith(under) or updates[n.id] in mine)
                     or not under and n.phase == "optimizer" and n.module is None):
                 continue
             if hide.intersection(n.tags):
@@ -196,6 +197,12 @@ class Selection:
                 updated.update(dict.fromkeys([*waiting, n.id], name))
             waiting = []
         return updated
+
+    def _read_by(self, calls: Set[str]) -> Set[str]:
+        """The names of the parameters that ops in the module calls ``calls`` read."""
+        value = self.graph.value
+        return {v.name for n in self.graph.nodes if n.module in calls for v in map(value, n.inputs)
+                if v.role == "param" and v.name}
 
     def _param_of(self, vid: Optional[str], known: Dict[str, str]) -> Optional[str]:
         """The parameter ``vid`` is, or is a new version or a view of (``known``: of other values)."""
