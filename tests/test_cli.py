@@ -1126,6 +1126,39 @@ def test_run_dash_m_runs_a_module_as_python_does_and_typos_are_no_scripts(tmp_pa
         assert res.exit_code == 2 and res.output.startswith(f"error: {words}"), (args, res.output)
 
 
+def test_run_leaves_a_script_as_much_room_to_recurse_as_python(tmp_path):
+    """(An audit.) The command line's and torchtrace's own frames below the script
+    (about 20) came off the recursion limit: a recursion 980 deep that python ran
+    raised RecursionError under `torchtrace run`."""
+    s = _script(tmp_path, """
+        import sys
+
+        def room(n=0):
+            try:
+                return room(n + 1)
+            except RecursionError:
+                return n
+        print(room(), sys.getrecursionlimit() >= 1000)
+    """)
+    ref = subprocess.run([sys.executable, str(s)], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o"), str(s)], capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == res.returncode == 0, res.stderr
+    assert res.stdout == ref.stdout and int(ref.stdout.split()[0]) > 900, (ref.stdout, res.stdout)
+
+
+def test_run_dash_m_of_a_package_without_main_says_so(tmp_path, monkeypatch):
+    """(An audit.) "pkg: no such module ... found a package without __main__": python
+    says the package cannot be run directly; the fix names a module of it."""
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["run", "-m", "pkg"])
+    assert res.exit_code == 2 and res.output.startswith("error: pkg: a package without __main__"), res.output
+    assert "no such module" not in res.output and "add pkg/__main__.py" in " ".join(res.output.split())
+    assert not (tmp_path / "torchtrace_out").exists() and not list(tmp_path.glob("*.db"))
+
+
 def test_run_cut_step_records_a_pass_per_mark_step(tmp_path):
     """A model called on two views per step made two passes per step."""
     s = _script(tmp_path, """
@@ -1231,13 +1264,21 @@ def test_the_output_s_extension_names_the_format_and_a_contradiction_is_refused(
     res = runner.invoke(app, ["diff", f"{db}:0", f"{db}:1", "-o", str(tmp_path / "d.json")])
     assert res.exit_code == 0 and json.loads((tmp_path / "d.json").read_text())["kind"], res.output
     for args, words in ((["render", f"{db}:0", "-f", "svg", "-o", str(tmp_path / "b.png")],
-                         "names another format than -f svg"),
+                         "names another format than -f svg; expected a file name for svg (or no -f: the "
+                         "extension decides); found a .png file. Fix: drop -f, or name the file *.svg"),
                         (["diff", f"{db}:0", f"{db}:1", "-f", "text", "-o", str(tmp_path / "b.svg")],
-                         "names another format than -f text"),
+                         "names another format than -f text; expected a file name for text (or no -f: the "
+                         "extension decides); found a .svg file. Fix: drop -f, or name the file *.txt"),
+                        (["render", f"{db}:0", "-f", "markdown", "-o", str(tmp_path / "b.txt")],
+                         "Fix: drop -f, or name the file *.md"),  # (was *.markdown, *.text: no format's)
                         (["export", f"{db}:0", "-o", str(tmp_path / "b.svg")], "export writes JSON")):
         res = runner.invoke(app, args)
-        assert res.exit_code == 2 and res.output.startswith("error: ") and words in res.output, (args, res.output)
+        said = " ".join(res.output.split())
+        assert res.exit_code == 2 and res.output.startswith("error: ") and words in said, (args, res.output)
         assert not (tmp_path / args[-1]).exists()
+        if "*." in words:  # the name the fix gives is taken, without -f
+            named = str(tmp_path / f"fixed.{words.rsplit('*.', 1)[1]}")
+            assert runner.invoke(app, [*args[:-4], "-o", named]).exit_code == 0 and os.path.getsize(named)
     res = runner.invoke(app, ["render", f"{db}:0", "-f", "terminal", "-o", str(tmp_path / "t.txt")])
     assert res.exit_code == 0, res.output
     # export's fix names a render only for a drawing's extension (render refuses `-o snap.db` too)

@@ -366,7 +366,8 @@ def test_checkpoint_recompute_in_backward_is_part_of_the_step(tmp_path, how):
 
     if how == "gpt2":
         m = zoo.gpt2().train()
-        m.gradient_checkpointing_enable({"use_reentrant": False})
+        enable = getattr(m, "activation_checkpointing_enable", None) or m.gradient_checkpointing_enable  # (v5.x name)
+        enable({"use_reentrant": False})
         x = zoo.token_ids(8)
         step = lambda: m(x, labels=x).loss.backward()  # noqa: E731
     else:
@@ -1274,7 +1275,7 @@ def test_a_store_cut_short_is_said_to_be_damaged(tmp_path):
     ("UPDATE passes SET witnesses = json_set(witnesses, '$.meta.grad_mode', 'bogus')", "per-pass meta"),
     ("UPDATE passes SET witnesses = json_set(witnesses, '$.graph', 'elsewhere')", "no graph row for the pass"),
     ("UPDATE passes SET idx = 'abc'", "rank or index is no integer"),  # was a TypeError from `max()` (CLI: a traceback)
-    ("UPDATE graphs SET ir = X'00112233'", "the pass's graph: not valid JSON"),  # was "pass a .json file"
+    ("UPDATE graphs SET ir = X'00112233'", "the pass's graph (at 1:1): not valid JSON"),  # was "pass a .json file"
 ])
 def test_a_store_other_clients_rewrote_is_said_to_be_damaged(tmp_path, edit, found):
     """The pass rows are read into the graph's meta: unchecked, `export` wrote a
@@ -1291,6 +1292,32 @@ def test_a_store_other_clients_rewrote_is_said_to_be_damaged(tmp_path, edit, fou
         with pytest.raises(torchtrace.TorchtraceError, match="damaged trace store") as info:
             store.graph(0)
     assert found in str(info.value)
+
+
+def test_a_stored_graph_of_a_newer_major_version_says_upgrade_not_damaged(tmp_path):
+    """(An audit.) A graph a newer torchtrace wrote was a "damaged trace store" at
+    `t.db:0.version` (a JSON position read as part of the pass reference)."""
+    import gzip
+    m = nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "t.db"):
+        m(torch.ones(1, 2))
+    db = sqlite3.connect(tmp_path / "t.db")
+    for key, ir in db.execute("SELECT shapes_fp, ir FROM graphs").fetchall():
+        g = json.loads(gzip.decompress(ir))
+        g["version"] = [99, 0]
+        db.execute("UPDATE graphs SET ir = ? WHERE shapes_fp = ?", (gzip.compress(json.dumps(g).encode()), key))
+    db.commit()
+    db.close()
+    with Store(tmp_path / "t.db", readonly=True) as store:
+        with pytest.raises(torchtrace.TorchtraceError, match="unsupported major version") as info:
+            store.graph(0)
+    assert info.value.where == f"{tmp_path / 't.db'}:0" and "upgrade torchtrace" in str(info.value)
+    assert "damaged" not in str(info.value)
+    from typer.testing import CliRunner
+
+    from torchtrace.cli import app
+    res = CliRunner().invoke(app, ["show", str(tmp_path / "t.db")])
+    assert res.exit_code == 2 and "upgrade torchtrace" in res.output and "Traceback" not in res.output, res.output
 
 
 @pytest.mark.parametrize("norm", ["abc", -1.0, [1, 2], True])

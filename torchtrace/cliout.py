@@ -34,6 +34,11 @@ _EXTENSIONS = {".svg": (Fmt.svg,), ".png": (Fmt.png,), ".pdf": (Fmt.pdf,), ".dot
                ".txt": (Fmt.text, Fmt.terminal), ".json": (Fmt.json,)}
 
 
+def _name_for(fmt: Fmt) -> str:
+    """``*.md`` for markdown: a file name whose extension selects ``fmt``."""
+    return "*" + next((ext for ext, fmts in _EXTENSIONS.items() if fmt in fmts), f".{fmt.value}")
+
+
 def output_format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> Fmt:
     """The format: ``-f``'s, else the one ``-o``'s extension names (``graph.png``),
     else ``default``; an extension of another format than ``-f`` is refused
@@ -43,13 +48,13 @@ def output_format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> 
     if given is None and ext and not named and default is not Fmt.text:  # (`-o graph.jpg`: SVG would go there)
         raise UsageError(f"-o {output}: no format has the extension {ext}",
                          expected="-o FILE with one of " + " ".join(sorted(_EXTENSIONS)) + " (or -f FORMAT)",
-                         found=f"a {ext} file", fix=f"name it *.{default.value}, or give -f")
+                         found=f"a {ext} file", fix=f"name it {_name_for(default)}, or give -f")
     if given is None:
         return named[0] if named else default
     if named and given not in named:
         raise UsageError(f"-o {output} names another format than -f {given.value}",
                          expected=f"a file name for {given.value} (or no -f: the extension decides)",
-                         found=f"a {ext} file", fix=f"drop -f, or name the file *.{given.value}")
+                         found=f"a {ext} file", fix=f"drop -f, or name the file {_name_for(given)}")
     return given
 
 

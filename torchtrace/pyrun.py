@@ -80,7 +80,13 @@ def check_module(name: str) -> Path:
     try:
         spec = _locate(name)
         if spec is not None and spec.submodule_search_locations is not None:
-            spec, why = _locate(f"{name}.__main__"), "a package without __main__"
+            spec = _locate(f"{name}.__main__")
+            if spec is None:  # (as python says: "'pkg' is a package and cannot be directly executed")
+                raise UsageError("a package without __main__", where=name,
+                                 expected=f"a module, or a package with a __main__.py (python runs {name}.__main__)",
+                                 found=f"the package {name}, which has no __main__ module",
+                                 fix=f"name the module of {name} to run (`-m {name}.train`), or add "
+                                     f"{name}/__main__.py")
     except (ImportError, ValueError) as e:
         spec, why = None, f"{type(e).__name__}: {e}"
     finally:
@@ -118,6 +124,39 @@ KEEP_MAIN = False  # the console script: the script's module stays ``__main__`` 
 
 
 def execute(path: Path, module: Optional[str], typed: Optional[str] = None) -> None:
+    """:func:`_execute`, with as much room to recurse as under python: the frames
+    below the script's (the command line's, torchtrace's: about 20) are added to
+    the recursion limit while it runs (a script that recursed 980 deep raised
+    RecursionError here)."""
+    limit = sys.getrecursionlimit()
+    extra = limit - _room() + _MAIN_DEPTH
+    sys.setrecursionlimit(limit + extra)
+    try:
+        _execute(path, module, typed)
+    finally:
+        if sys.getrecursionlimit() == limit + extra:  # (unless the script set its own)
+            sys.setrecursionlimit(limit)
+
+
+_MAIN_DEPTH = 1  # (a script's module level under python: it ran 998 calls deep of 1000, 995 under -m)
+
+
+def _room() -> int:
+    """How many nested Python calls fit on top of the caller's."""
+    n = 0
+
+    def down() -> None:
+        nonlocal n
+        n += 1
+        down()
+    try:
+        down()
+    except RecursionError:
+        pass
+    return n
+
+
+def _execute(path: Path, module: Optional[str], typed: Optional[str] = None) -> None:
     """Run the script (or ``python -m`` module) in a new ``__main__`` module, with
     the globals python gives one (``__builtins__`` the module, ``__loader__``,
     ``__annotations__``...). It stays ``sys.modules["__main__"]`` after the body

@@ -317,10 +317,14 @@ class Store:
         if not (isinstance(step, (int, type(None))) and all(isinstance(x, (str, type(None)))
                                                              for x in (label, started, error))):
             raise self._damaged("a pass row whose step, label, time or error has another type", f"{self.path}:{idx}")
+        ref = f"{self.path}:{f'{rank}:' if rank else ''}{idx}"  # (as a pass reference is written)
         try:
-            g = decode(blob, f"{self.path}:{idx}")
-        except IRError as e:  # (bytes another client wrote: the store is damaged, it is no file of the user's)
-            raise self._damaged(f"the pass's graph: {e.problem}; {e.found}", e.where) from None
+            g = decode(blob, ref)
+        except IRError as e:
+            if e.problem == "unsupported major version":  # (a newer torchtrace's graph: no damage)
+                raise IRError(e.problem, where=ref, expected=e.expected, found=e.found, fix=e.fix) from None
+            at = (e.where or "")[len(ref):].lstrip(".:")  # (bytes another client wrote: the store is damaged)
+            raise self._damaged(f"the pass's graph{f' (at {at})' if at else ''}: {e.problem}; {e.found}", ref) from None
         with self._reading(ValueError, TypeError, KeyError, AttributeError):
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
             last = own.pop("last", False) is True
