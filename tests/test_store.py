@@ -1294,30 +1294,37 @@ def test_a_store_other_clients_rewrote_is_said_to_be_damaged(tmp_path, edit, fou
     assert found in str(info.value)
 
 
-def test_a_stored_graph_of_a_newer_major_version_says_upgrade_not_damaged(tmp_path):
+@pytest.mark.parametrize("major, said", [(99, "upgrade torchtrace"), (0, "damaged trace store")])
+def test_a_stored_graph_of_a_newer_major_version_says_upgrade_not_damaged(tmp_path, major, said):
     """(An audit.) A graph a newer torchtrace wrote was a "damaged trace store" at
-    `t.db:0.version` (a JSON position read as part of the pass reference)."""
+    `t.db:0.version` (a JSON position read as part of the pass reference). A major
+    no torchtrace wrote (0) is damage, with no advice to upgrade."""
     import gzip
+
+    from typer.testing import CliRunner
+
+    from torchtrace.cli import app
     m = nn.Linear(2, 2)
     with torchtrace.Recorder(tmp_path / "t.db"):
         m(torch.ones(1, 2))
     db = sqlite3.connect(tmp_path / "t.db")
     for key, ir in db.execute("SELECT shapes_fp, ir FROM graphs").fetchall():
         g = json.loads(gzip.decompress(ir))
-        g["version"] = [99, 0]
+        g["version"] = [major, 0]
         db.execute("UPDATE graphs SET ir = ? WHERE shapes_fp = ?", (gzip.compress(json.dumps(g).encode()), key))
     db.commit()
     db.close()
     with Store(tmp_path / "t.db", readonly=True) as store:
-        with pytest.raises(torchtrace.TorchtraceError, match="unsupported major version") as info:
+        with pytest.raises(torchtrace.TorchtraceError, match="unsupported major version|damaged") as info:
             store.graph(0)
-    assert info.value.where == f"{tmp_path / 't.db'}:0" and "upgrade torchtrace" in str(info.value)
-    assert "damaged" not in str(info.value)
-    from typer.testing import CliRunner
-
-    from torchtrace.cli import app
+    assert info.value.where == f"{tmp_path / 't.db'}:0" and said in str(info.value), str(info.value)
+    assert ("damaged" in str(info.value)) == (major == 0) and ("upgrade" in str(info.value)) == (major == 99)
     res = CliRunner().invoke(app, ["show", str(tmp_path / "t.db")])
-    assert res.exit_code == 2 and "upgrade torchtrace" in res.output and "Traceback" not in res.output, res.output
+    assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
+    (tmp_path / "g.json").write_text(json.dumps(g))  # a graph file: the same advice
+    with pytest.raises(torchtrace.TorchtraceError) as info:
+        torchtrace.load(tmp_path / "g.json")
+    assert ("upgrade" in str(info.value)) == (major == 99) and "re-record" in str(info.value)
 
 
 @pytest.mark.parametrize("norm", ["abc", -1.0, [1, 2], True])

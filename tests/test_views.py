@@ -429,6 +429,35 @@ def test_focus_with_phase_optimizer_shows_the_updates_of_a_tied_weight():
     assert len(shown["transformer.wpe"]) == n and not shown["transformer.wpe"] & shown["lm_head"]
 
 
+def test_focus_with_phase_optimizer_follows_a_weight_passed_in_as_a_view():
+    """(A review.) A head given ``emb.weight.t()``, a view made outside it, reads the
+    weight through the view: its focus shows the weight's update (SGD: one op)."""
+    import torch
+    import torch.nn as nn
+
+    class Head(nn.Module):
+        def forward(self, h, w):
+            return h @ w
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(10, 4), Head()
+
+        def forward(self, x):
+            return self.head(self.emb(x), self.emb.weight.t()).sum()
+
+    torch.manual_seed(0)
+    m = Net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, foreach=False)
+    with torchtrace.trace(m) as t:
+        m(torch.randint(0, 10, (2, 3))).backward()
+        opt.step()
+    shown = {f: [n for b in build_view(t.graph, focus=f, phase="optimizer").boxes for n in b.nodes]
+             for f in ("head", "emb")}
+    assert [t.graph.node(n).op for n in shown["head"]] == ["aten.add_.Tensor"] and shown["head"] == shown["emb"]
+
+
 def test_unknown_focus_lists_paths(viz_graph):
     with pytest.raises(UsageError) as err:
         build_view(viz_graph("gpt2_2"), focus="transformer.h.9.atn")

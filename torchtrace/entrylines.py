@@ -3,54 +3,61 @@
 Ops inside a module of torch's own (``nn.GRU``, ``nn.TransformerEncoder``) have no
 frame of the user's below the module call: their source line is the line that
 called the model. Two passes of one such model called from two lines (a training
-step's ``m(x)`` and an evaluation's) would share no op signature, and a loop inside
-the model (a GRU's time steps: 6 in A, 4 in B) would read as "6× in A, 0× in B".
-``relined`` gives B's ops in such a call A's line, for the loop signatures only.
+step's ``m(x)`` and an evaluation's) share no loop signature, and a loop inside the
+model (a GRU's time steps: 6 in A, 4 in B) read as "6× in A, 0× in B".
+``relined`` gives B's forward ops in such calls A's line, for the loop signatures
+only (the alignment pairs ops at other lines by itself: ``align.refine``). B is
+moved onto A, never both: one side's lines are the ones the diff names.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph
 
-Line = Tuple[str, int]
-Call = Tuple[str, int]  # (module path, k): the k-th top-level call of that path in the pass
+Line = Tuple[str, int]  # (file name, line), as a signature holds it
 
 
-def _top_calls(g: "Graph") -> Dict[str, Call]:
-    """Module-call id -> the top-level call it is in."""
-    top: Dict[str, Call] = {}
-    seen: Dict[str, int] = {}
+def _base(file: str) -> str:
+    return file.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def _top_calls(g: "Graph") -> Dict[str, str]:
+    """Module-call id -> the id of the top-level call it is in."""
+    top: Dict[str, str] = {}
     for m in g.modules:  # (in entry order: a parent before its children)
-        if m.parent is None or m.parent not in top:
-            k = seen[m.path] = seen.get(m.path, -1) + 1
-            top[m.id] = (m.path, k)
-        else:
-            top[m.id] = top[m.parent]
+        top[m.id] = top.get(m.parent, m.id) if m.parent is not None else m.id
     return top
 
 
-def one_line_calls(g: "Graph") -> Dict[Call, Optional[Line]]:
-    """Each top-level call -> the (file, line) every op in it ran at (None: ops
-    at several lines, the model's own code)."""
+def _call_lines(g: "Graph") -> Dict[str, Set[Optional[Line]]]:
+    """Module path -> the lines its top-level calls' forward ops ran at, one per
+    call whose every forward op ran at one line (None for a call of the model's own
+    code: ops at several lines)."""
     top = _top_calls(g)
-    lines: Dict[Call, Optional[Line]] = {}
+    at: Dict[str, Optional[Line]] = {}
     for n in g.nodes:
-        if n.module in top:
-            here = (n.source.file, n.source.line) if n.source is not None else None
-            if lines.setdefault(top[n.module], here) != here:
-                lines[top[n.module]] = None
+        if n.module in top and n.phase == "forward":
+            here = (_base(n.source.file), n.source.line) if n.source is not None else None
+            if at.setdefault(top[n.module], here) != here:
+                at[top[n.module]] = None
+    paths = {m.id: m.path for m in g.modules}
+    lines: Dict[str, Set[Optional[Line]]] = {}
+    for call, line in at.items():
+        lines.setdefault(paths[call], set()).add(line)
     return lines
 
 
 def relined(a: "Graph", b: "Graph") -> Dict[str, Line]:
-    """B's op id -> A's line, for the ops of a top-level call that ran at one line
-    on both sides, another line on each (the line that called the model)."""
-    la, lb = one_line_calls(a), one_line_calls(b)
-    moved = {c: la[c] for c in la.keys() & lb.keys() if la[c] is not None and lb[c] is not None and la[c] != lb[c]}
+    """B's forward op id -> A's line, for the top-level calls of a module path that
+    ran at one line in A and at another one line in B (several lines on a side: the
+    calls cannot be told apart, and none moves)."""
+    la, lb = _call_lines(a), _call_lines(b)
+    moved = {path: next(iter(la[path])) for path in la.keys() & lb.keys()
+             if len(la[path]) == len(lb[path]) == 1 and None not in la[path] | lb[path] and la[path] != lb[path]}
     if not moved:
         return {}
-    top = _top_calls(b)
-    return {n.id: moved[top[n.module]] for n in b.nodes  # type: ignore[misc]
-            if n.module in top and top[n.module] in moved}
+    top, paths = _top_calls(b), {m.id: m.path for m in b.modules}
+    return {n.id: moved[paths[top[n.module]]] for n in b.nodes  # type: ignore[misc]
+            if n.module in top and n.phase == "forward" and paths[top[n.module]] in moved}

@@ -53,6 +53,10 @@ class IRError(TorchtraceError):
     """A graph file or dict does not follow the torchtrace.graph format."""
 
 
+class NewerVersionError(IRError):
+    """A graph of a newer major version than this torchtrace reads."""
+
+
 class RenderError(TorchtraceError):
     """A graph cannot be drawn as asked (unknown format, missing binary, …)."""
 

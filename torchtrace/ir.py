@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Mapping, Optional, Set, Tuple
 
-from .errors import IRError, NotInGraphError, UsageError
+from .errors import IRError, NewerVersionError, NotInGraphError, UsageError
 
 FORMAT = "torchtrace.graph"
 VERSION: Tuple[int, int] = (1, 2)
@@ -339,9 +339,11 @@ def check_version(version: Any, where: str) -> Tuple[int, int]:
         raise IRError("bad version", where=f"{where}.version", expected="[major, minor] integers",
                       found=repr(version), fix="write the version as a two-integer list such as [1, 0]")
     if version[0] != VERSION[0]:
-        raise IRError(
+        newer = version[0] > VERSION[0]
+        raise (NewerVersionError if newer else IRError)(
             "unsupported major version", where=f"{where}.version",
             expected=f"major version {VERSION[0]} (this torchtrace reads {FORMAT} {VERSION[0]}.x)",
             found=f"{version[0]}.{version[1]}",
-            fix="upgrade torchtrace to read newer files, or re-record the graph with this version")
+            fix="upgrade torchtrace to read newer files, or re-record the graph with this version" if newer else
+            "re-record the graph: no torchtrace writes that version (the file was edited or damaged)")
     return (version[0], version[1])

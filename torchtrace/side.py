@@ -50,6 +50,11 @@ def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None,
     return sig + (state,) if state else sig
 
 
+def at_line(sig: Sig, line: Tuple[str, int]) -> Sig:
+    """``sig`` with another (file name, line) in place of its own."""
+    return (*sig[:3], *line, *sig[5:])
+
+
 def call_site(n: "Node") -> Optional[Tuple[Any, ...]]:
     """(file name, line) of the user's line that called the helper function in
     which ``n`` read tensor data; None for other ops and reads. (Not the frames
@@ -375,8 +380,7 @@ class Side:
     def loop_sigs(self) -> List[Sig]:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
         moved = self._relined
-        return [loop_signature(s if n.id not in moved else (*s[:3], _base(moved[n.id][0]), moved[n.id][1], *s[5:]))
-                for s, n in zip(self.sigs, self.nodes)]
+        return [loop_signature(s if n.id not in moved else at_line(s, moved[n.id])) for s, n in zip(self.sigs, self.nodes)]
 
 
 def one_call_site(a: "Graph", b: "Graph") -> FrozenSet[Tuple[str, int]]:

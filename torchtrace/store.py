@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
-from .errors import IRError, UsageError, WriteError
+from .errors import IRError, NewerVersionError, UsageError, WriteError
 from .ir import GRAD_MODES, Graph, Witness
 from .options import check_store_path
 from .rankclaim import RankClaims
@@ -306,6 +306,7 @@ class Store:
                              expected=f"a pass index of rank {rank}: " + (f"0..{max(have)}" if have else "none stored"),
                              found=str(idx), fix="list the passes with `torchtrace variants STORE`")
         step, label, started, error, witnesses, key = row
+        ref = f"{self.path}:{f'{rank}:' if rank else ''}{idx}"  # (as a pass reference is written)
         with self._reading(ValueError, TypeError, KeyError, AttributeError):  # this pass's witness values
             own = json.loads(witnesses or "{}")
             key = own.pop("graph", key)  # (stores before 2026-11-27 keep one graph per shapes fingerprint)
@@ -313,17 +314,16 @@ class Store:
         blob = blob and blob[0]
         if not isinstance(blob, bytes):  # (a cell another SQLite client rewrote, or a graph row deleted)
             found = "no graph row for the pass" if blob is None else f"the pass's graph as {type(blob).__name__}"
-            raise self._damaged(f"{found}, not a BLOB", f"{self.path}:{idx}")
+            raise self._damaged(f"{found}, not a BLOB", ref)
         if not (isinstance(step, (int, type(None))) and all(isinstance(x, (str, type(None)))
                                                              for x in (label, started, error))):
-            raise self._damaged("a pass row whose step, label, time or error has another type", f"{self.path}:{idx}")
-        ref = f"{self.path}:{f'{rank}:' if rank else ''}{idx}"  # (as a pass reference is written)
+            raise self._damaged("a pass row whose step, label, time or error has another type", ref)
         try:
             g = decode(blob, ref)
+        except NewerVersionError as e:  # (a newer torchtrace's graph: no damage)
+            raise NewerVersionError(e.problem, where=ref, expected=e.expected, found=e.found, fix=e.fix) from None
         except IRError as e:
-            if e.problem == "unsupported major version":  # (a newer torchtrace's graph: no damage)
-                raise IRError(e.problem, where=ref, expected=e.expected, found=e.found, fix=e.fix) from None
-            at = (e.where or "")[len(ref):].lstrip(".:")  # (bytes another client wrote: the store is damaged)
+            at = (e.where or "")[len(ref):].lstrip(".: ")  # (bytes another client wrote: the store is damaged)
             raise self._damaged(f"the pass's graph{f' (at {at})' if at else ''}: {e.problem}; {e.found}", ref) from None
         with self._reading(ValueError, TypeError, KeyError, AttributeError):
             norms = own.pop("grads", None)  # and gradient norms (stores before 2026-11-26 have none)
@@ -343,7 +343,7 @@ class Store:
         if isinstance(flags, dict):
             if not isinstance(flags.get("compiled_regions_ran_eager", False), bool) or \
                     flags.get("grad_mode", "train") not in GRAD_MODES:
-                raise self._damaged(f"per-pass meta {json.dumps(flags)[:200]}", f"{self.path}:{idx}")
+                raise self._damaged(f"per-pass meta {json.dumps(flags)[:200]}", ref)
             meta.update((k, flags[k]) for k in PER_PASS_META if k in flags)
         return Graph(meta=meta, modules=g.modules, values=g.values, nodes=nodes, outputs=g.outputs,
                      autograd=autograd, fingerprints=g.fingerprints)

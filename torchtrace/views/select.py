@@ -199,10 +199,11 @@ class Selection:
         return updated
 
     def _read_by(self, calls: Set[str]) -> Set[str]:
-        """The names of the parameters that ops in the module calls ``calls`` read."""
-        value = self.graph.value
-        return {v.name for n in self.graph.nodes if n.module in calls for v in map(value, n.inputs)
-                if v.role == "param" and v.name}
+        """The names of the parameters that ops in the module calls ``calls`` read
+        (or a view of: ``head(h, emb.weight.t())``)."""
+        names = {self._param_of(v, {}) for n in self.graph.nodes if n.module in calls for v in n.inputs}
+        names.discard(None)
+        return names  # type: ignore[return-value]
 
     def _param_of(self, vid: Optional[str], known: Dict[str, str]) -> Optional[str]:
         """The parameter ``vid`` is, or is a new version or a view of (``known``: of other values)."""
