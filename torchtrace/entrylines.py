@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 
+from .side import base_name
+
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Graph
 
 Line = Tuple[str, int]  # (file name, line), as a signature holds it
-
-
-def _base(file: str) -> str:
-    return file.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _top_calls(g: "Graph") -> Dict[str, str]:
@@ -39,7 +37,7 @@ def _call_lines(g: "Graph") -> Dict[str, Set[Optional[Line]]]:
     at: Dict[str, Optional[Line]] = {}
     for n in g.nodes:
         if n.module in top and n.phase == "forward":
-            here = (_base(n.source.file), n.source.line) if n.source is not None else None
+            here = (base_name(n.source.file), n.source.line) if n.source is not None else None
             if at.setdefault(top[n.module], here) != here:
                 at[top[n.module]] = None
     paths = {m.id: m.path for m in g.modules}

@@ -27,7 +27,8 @@ def is_bookkeeping(n: "Node") -> bool:
     return BOOKKEEPING in n.tags or "annotation" in n.tags
 
 
-def _base(file: str) -> str:
+def base_name(file: str) -> str:
+    """The file name of a path (as signatures hold it: `model.py`, on any OS)."""
     return file.replace("\\", "/").rsplit("/", 1)[-1]
 
 
@@ -39,7 +40,7 @@ CASTS = ("aten._to_copy", "aten.to", "aten._to_copy.default", "aten.to.dtype", "
 def signature(g: "Graph", n: "Node", cast_of: Optional[Dict[str, str]] = None,
               one_site: FrozenSet[Tuple[str, int]] = frozenset()) -> Sig:
     src = n.source
-    sig: Sig = (n.phase, g.module_path(n.module), n.op, _base(src.file) if src is not None else "",
+    sig: Sig = (n.phase, g.module_path(n.module), n.op, base_name(src.file) if src is not None else "",
                 src.line if src is not None else 0)
     site = call_site(n)
     if site is not None and (src is None or (src.file, src.line) not in one_site):
@@ -63,7 +64,7 @@ def call_site(n: "Node") -> Optional[Tuple[Any, ...]]:
     w = n.witness
     if w is None or not w.called_from:
         return None
-    return _base(w.called_from[0].file), w.called_from[0].line
+    return base_name(w.called_from[0].file), w.called_from[0].line
 
 
 def _caller(n: "Node") -> Optional[Tuple[str, str]]:
