@@ -1135,3 +1135,22 @@ def test_a_node_s_own_adds_are_not_taken_for_the_engine_s_sums(reentrant):
     assert ("add.Tensor", "ShiftBackward") in adds
     assert all(name == "torch::autograd::AccumulateGrad" for op, name in adds if op == "add_.Tensor")
     assert len([a for a in adds if a[0] == "add_.Tensor"]) == len(list(m.parameters()))
+
+
+def test_a_torch_without_saved_tensor_data_is_warned_about_once(monkeypatch):
+    """torch 2.4 and 2.6 have no ``SavedTensor.data``: saved_bytes read 0 there (measured),
+    and 2.6 crashed in a reentrant checkpoint's custom Function. A trace says so, once."""
+    import warnings
+
+    from torchtrace.record import autograd as rec_autograd
+    assert rec_autograd._OLD_TORCH is not hasattr(torch._C._autograd.SavedTensor, "data")
+    monkeypatch.setattr(rec_autograd, "_OLD_TORCH", True)
+    monkeypatch.setattr(rec_autograd, "_warned_old", [])
+    m = torch.nn.Linear(2, 2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with torchtrace.trace(m):
+                m(torch.ones(1, 2))
+    said = [str(w.message) for w in seen if "SavedTensor.data" in str(w.message)]
+    assert len(said) == 1 and torch.__version__ in said[0] and "saved_bytes read 0" in said[0], said

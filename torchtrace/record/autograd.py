@@ -21,11 +21,28 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
+from ..errors import warn
+
 _ENGINE = torch.autograd.Variable._execution_engine
 _grad_enabled = torch.is_grad_enabled
 _task_id = torch._C._current_graph_task_id
 
 _SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}
+# torch without SavedTensor.data (2.4 and 2.6 lack it; 2.13 has it): a saved tensor cannot be read
+# without running its unpack hook, so saved_bytes read 0; and torch 2.6 crashed reading a custom
+# Function's Node after its backward (a reentrant checkpoint)
+_OLD_TORCH = not hasattr(getattr(torch._C._autograd, "SavedTensor", None), "data")
+_warned_old: List[bool] = []
+
+
+def warn_if_old_torch() -> None:
+    """Say once per process that this torch lacks what the autograd record reads."""
+    if _OLD_TORCH and not _warned_old:
+        _warned_old.append(True)
+        warn(f"torchtrace is verified on torch 2.13 and 2.14; torch {torch.__version__} has no "
+             "SavedTensor.data: every autograd node's saved_bytes read 0, and a custom autograd.Function "
+             "under a reentrant checkpoint can crash the process (seen on torch 2.6). Fix: pip install "
+             "'torch>=2.13'")
 
 
 def _dead() -> None:  # the leaf_ref of an AccumulateGrad Node without a tensor
@@ -35,7 +52,10 @@ def _dead() -> None:  # the leaf_ref of an AccumulateGrad Node without a tensor
 def node_key(node: Any) -> tuple:
     """Identity of a C++ Node that survives re-wrapping: (sequence nr, name),
     or the leaf tensor for AccumulateGrad (whose sequence nr is UINT64_MAX)."""
-    name = node.name()
+    try:
+        name = node.name()
+    except RuntimeError:  # (torch < 2.7: a custom Function's Node whose backward ran refuses `name`)
+        name = type(node).__name__
     if name.endswith("AccumulateGrad"):
         return ("acc", id(node.variable))
     return (node._sequence_nr(), name)

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import (_disable_current_modes, _get_current_d
 
 from ..errors import warn
 from ..ir import Graph
-from .autograd import AutogradTracker, grad_fns, storage_keys
+from .autograd import AutogradTracker, grad_fns, storage_keys, warn_if_old_torch
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, name_inputs, physical, tensors_in
 from .compiled import CompileGuard
@@ -38,6 +38,7 @@ from .process import grad_mode, process_rank
 class Capture:
     def __init__(self, model: Optional[torch.nn.Module] = None, *, skip: Iterable[str] = (),
                  max_ops: Optional[int] = None) -> None:
+        warn_if_old_torch()
         self.frames = frame_filter(skip)
         self.skip = tuple(str(s) for s in skip)
         self.max_ops = max_ops if max_ops is not None and max_ops > 0 else sys.maxsize
