@@ -29,8 +29,7 @@ _task_id = torch._C._current_graph_task_id
 
 _SAVED_ATTRS: Dict[type, Tuple[str, ...]] = {}
 # torch without SavedTensor.data (2.4 and 2.6 lack it; 2.13 has it): a saved tensor cannot be read
-# without running its unpack hook, so saved_bytes read 0; and torch 2.6 crashed reading a custom
-# Function's Node after its backward (a reentrant checkpoint)
+# without running its unpack hook, so saved_bytes read 0
 _OLD_TORCH = not hasattr(getattr(torch._C._autograd, "SavedTensor", None), "data")
 _warned_old: List[bool] = []
 
@@ -40,8 +39,8 @@ def warn_if_old_torch() -> None:
     if _OLD_TORCH and not _warned_old:
         _warned_old.append(True)
         warn(f"torchtrace is verified on torch 2.13 and 2.14; torch {torch.__version__} has no "
-             "SavedTensor.data: every autograd node's saved_bytes read 0, and a custom autograd.Function "
-             "under a reentrant checkpoint can crash the process (seen on torch 2.6). Fix: pip install "
+             "SavedTensor.data: every autograd node's saved_bytes read 0, and the backward of a custom "
+             "autograd.Function under a reentrant checkpoint is linked to no Node. Fix: pip install "
              "'torch>=2.13'")
 
 
@@ -54,8 +53,8 @@ def node_key(node: Any) -> tuple:
     or the leaf tensor for AccumulateGrad (whose sequence nr is UINT64_MAX)."""
     try:
         name = node.name()
-    except RuntimeError:  # (torch < 2.7: a custom Function's Node whose backward ran refuses `name`)
-        name = type(node).__name__
+    except RuntimeError:  # a custom Function's Node torch has let go (a reentrant checkpoint's inner
+        return ("released", type(node).__name__, id(node))  # backward): torch 2.6 crashed on any more
     if name.endswith("AccumulateGrad"):
         return ("acc", id(node.variable))
     return (node._sequence_nr(), name)
