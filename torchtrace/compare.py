@@ -288,8 +288,7 @@ def diff(a: GraphLike, b: GraphLike) -> GraphDiff:
     """Compare two passes (``Graph``, IR dicts or file paths); see :class:`GraphDiff`."""
     ga, gb = _graph(a, "a"), _graph(b, "b")
     one_site = one_call_site(ga, gb)  # (reads in a helper called from one line in each pass, another in each)
-    # (B's loops keep A's line where a model of torch's was called from two lines)
-    sa, sb = Side(ga, one_site), Side(gb, one_site, relined(ga, gb))
+    sa, sb = Side(ga, one_site), Side(gb, one_site, relined(ga, gb))  # (B's loops: A's lines, see entrylines)
     if _orientation(sa) <= _orientation(sb):
         return _diff(sa, sb)
     return _diff(sb, sa).mirror()

@@ -381,7 +381,8 @@ class Side:
     def loop_sigs(self) -> List[Sig]:
         """The signatures as loops repeat them (``loop_signature``), made on first use."""
         moved = self._relined
-        return [loop_signature(s if n.id not in moved else at_line(s, moved[n.id])) for s, n in zip(self.sigs, self.nodes)]
+        return [loop_signature(s if n.id not in moved else at_line(s, moved[n.id]))
+                for s, n in zip(self.sigs, self.nodes)]
 
 
 def one_call_site(a: "Graph", b: "Graph") -> FrozenSet[Tuple[str, int]]:
