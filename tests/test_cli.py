@@ -284,10 +284,17 @@ def test_show_render_diff_variants_on_a_store(recorded, tmp_path):
     res = runner.invoke(app, ["variants", str(db)])
     # pass 0 creates .grad; later passes accumulate into it (the script never zeroes them)
     assert res.exit_code == 0 and "2 variants in 4 passes" in res.output
-    assert "variant 1 from pass 1, vs pass 0" in res.output
+    assert "variant 1 from pass 1, vs pass 0" in res.output and "1–3" in res.output
     res = runner.invoke(app, ["variants", f"{db}:1"])  # a pass, where the store is wanted
     assert res.exit_code == 2 and "a pass reference (STORE:N), not a store" in res.output
     assert f"pass the store itself: {db}" in res.output
+
+
+def test_the_variants_table_lists_passes_and_steps_as_ranges():
+    """(An audit.) Passes {0, 1, 3} read "0–3", a single step "4–4"."""
+    from torchtrace.textform import number_ranges
+    assert [number_ranges(x) for x in ([0, 1, 3], [4, 4], [], range(10), [1, 3, 5, 7, 9])] == \
+        ["0–1, 3", "4", "", "0–9", "1, 3, 5, … (+2 runs)"]
 
 
 def test_commands_print_on_a_console_that_cannot_encode_their_arrows(recorded):

@@ -24,6 +24,7 @@ from . import __version__
 from .cliout import Fmt, emit, err, json_name, out, output_format
 from .errors import IRError, TorchtraceError, UsageError
 from .views.options import PHASE_CHOICES
+from .textform import number_ranges
 
 app = typer.Typer(
     name="torchtrace", no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False,
@@ -249,8 +250,8 @@ def variants(store: Path = typer.Argument(..., help="a trace store (trace.db)"),
     for v in vs:
         idx = [records[i].idx for i in v.indices]
         steps = [records[i].step for i in v.indices if records[i].step is not None]
-        table.add_row(str(v.index), v.structure, str(v.count), f"{idx[0]}–{idx[-1]}" if len(idx) > 1 else str(idx[0]),
-                      f"{min(steps)}–{max(steps)}" if steps else "-", str(len(v.shapes)))
+        table.add_row(str(v.index), v.structure, str(v.count), number_ranges(idx),
+                      number_ranges(steps) if steps else "-", str(len(v.shapes)))
     out.print(table)
     for v in vs:
         if v.why:

@@ -62,6 +62,19 @@ def where(file: str, line: int) -> str:
     return f"`{file.replace(chr(92), '/').rsplit('/', 1)[-1]}:{line}`"
 
 
+def number_ranges(numbers: Iterable[int], most: int = 3) -> str:
+    """``0–1, 3`` for 0, 1, 3; ``4`` for 4 alone; past ``most`` runs, the rest as
+    ``… (+2 runs)``."""
+    runs: List[List[int]] = []
+    for k in sorted(set(numbers)):
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    text = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs[:most])
+    return text + (f", … (+{len(runs) - most} runs)" if len(runs) > most else "")
+
+
 def ordinal(k: int) -> str:
     """``1st``, ``2nd``, ``11th``."""
     return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
