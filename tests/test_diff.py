@@ -1033,6 +1033,23 @@ def test_gpt2_decode_steps_at_different_cache_lengths_differ_only_in_shapes(gpt2
         assert all(set(p.what) <= {"shape", "args"} for p in d.ops if p.status == "changed")
 
 
+def test_train_and_eval_without_dropout_are_identical_and_the_summary_says_so():
+    """(An audit.) A model with no dropout or BatchNorm runs the same ops in train() and
+    eval(): "identical", with nothing said of the modes."""
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    x = torch.randn(2, 4)
+    graphs = []
+    for train in (True, False):
+        m.train(train)
+        with torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    assert torchtrace.diff(*graphs).summary() == "identical (modules in training mode in A, eval mode in B)"
+    assert torchtrace.diff(graphs[1], graphs[0]).summary() == \
+        "identical (modules in training mode in B, eval mode in A)"
+    assert torchtrace.diff(graphs[1], graphs[1]).summary() == "identical"
+
+
 def test_grad_modes_give_the_same_ops_and_the_summary_says_so():
     """train, no_grad and inference_mode record the same ops: identical, and the
     summary names the grad modes (the autograd graph is what differs)."""

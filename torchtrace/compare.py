@@ -31,9 +31,9 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
-from .sided import (accumulated, casts, differing_grad_modes, differing_meta, ended_before, fed_by, fed_not_read,
-                    fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only, recomputed, retyped,
-                    shape_if, stopped, trained, unused)
+from .sided import (accumulated, casts, differing_grad_modes, differing_meta, differing_training, ended_before, fed_by,
+                    fed_not_read, fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only,
+                    recomputed, retyped, shape_if, stopped, trained, unused)
 from .ir import Graph
 from .loopchange import runs_said
 from .returned import returned_change
@@ -131,6 +131,7 @@ class GraphDiff:
             notes += [f"{plural(self.moved, 'op')} at other source lines"] if self.moved else []
             # (train, no_grad and inference_mode run the same ops; only the autograd graph differs)
             notes += [self.grad_modes] if self.grad_modes else []
+            notes += [t for t in [differing_training(self.a, self.b)] if t]  # (no dropout: the same ops)
             notes += [self.torch_versions] if self.torch_versions else []
             return "identical" + (f" ({'; '.join(notes)})" if notes else "")
         if self.kind == "shapes":
