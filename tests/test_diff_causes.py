@@ -2605,3 +2605,51 @@ def test_an_outer_if_on_a_shape_that_went_the_same_way_is_not_named():
         m(xb, False)
     [why] = torchtrace.diff(ta.graph, tb.graph).why()
     assert f"test_diff_causes.py:{line_of('outer_shape_if')}" not in why and "tests a shape" not in why, why
+
+
+class TopOneMoE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(4, 4, bias=False)
+        self.experts = nn.ModuleList([nn.Linear(4, 4) for _ in range(4)])
+        with torch.no_grad():
+            self.gate.weight.copy_(torch.eye(4))  # token e one-hot on e: routed to expert e
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = self.gate(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            mask = top == e
+            if mask.any():  # LINE:routed
+                out[mask] = expert(x[mask])
+        return out
+
+
+def test_the_backward_of_two_experts_each_takes_its_own_read():
+    """(An audit.) Experts {0, 1} in A, {0, 2} in B, with backward: the backward of
+    expert 1 (only in A) and of expert 2 (only in B) were one hunk, put down to
+    expert 2's read alone ("read False in A, True in B → 6 ops only in A, 6 only in B")."""
+    torch.manual_seed(0)
+    m = TopOneMoE()
+    graphs = []
+    for experts in ([0, 1, 1], [0, 2, 2]):
+        x = torch.zeros(3, 4)
+        x[range(3), experts] = 5.0
+        m.zero_grad(set_to_none=True)
+        with torchtrace.trace(m) as t:
+            m(x).sum().backward()
+        graphs.append(t.graph)
+    at = f"`test_diff_causes.py:{line_of('routed')}`"
+    for d, (one, two) in ((torchtrace.diff(*graphs), ("1", "2")), (torchtrace.diff(*graphs[::-1]), ("2", "1"))):
+        theirs = [h for h in d.hunks if h.backward_of is not None]
+        assert [(h.module, bool(h.only_a), bool(h.only_b)) for h in theirs] == \
+            [(f"experts.{one}", True, False), (f"experts.{two}", False, True)], d.why()
+        for h in theirs:
+            assert h.explanation.startswith(f"{at} read {'True in A, False' if h.only_a else 'False in A, True'} in B"
+                                            f" \u2192 their backward: 6 ops only in {'A' if h.only_a else 'B'}"), \
+                h.explanation
+            owner = d.hunks[h.backward_of]  # the forward hunk of the same expert, on the same side
+            assert bool(owner.only_a) == bool(h.only_a) and owner.witness == h.witness
+        assert [h.index for h in d.hunks] == list(range(len(d.hunks)))
+        assert "# 5." in str(d) and d.to_dict()["hunks"][-1]["index"] == len(d.hunks) - 1
+        assert d.mirror().to_dict() == torchtrace.diff(d.b, d.a).to_dict()  # (cut again in the other order)

@@ -30,7 +30,8 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
                        classify, hunk_runs, input_changes, moved, producers, reshaped, significant)
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
-from .hunk import Hunk, backward_like_forward, cut_off, ended, fed_by_one_sided
+from .backwardcause import backward_like_forward, cut_diff, uncut
+from .hunk import Hunk, cut_off, ended, fed_by_one_sided
 from .sided import (accumulated, casts, differing_grad_modes, differing_meta, differing_training, ended_before, fed_by,
                     fed_not_read, fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only,
                     recomputed, retyped, shape_if, stopped, trained, unused)
@@ -238,6 +239,9 @@ class GraphDiff:
 
     def mirror(self) -> "GraphDiff":
         """The same comparison seen from B: ``diff(b, a)``."""
+        hunks = uncut(self.hunks)  # (halves of a backward hunk: cut again in B's row order)
+        if len(hunks) != len(self.hunks):
+            return cut_diff(replace(self, hunks=tuple(hunks)).mirror())
         return GraphDiff(self.b, self.a, a_first([p.mirror() for p in self.ops]),
                          tuple(h.mirror() for h in self.hunks),
                          tuple(w.mirror() for w in self.witnesses), tuple(t.mirror() for t in self.types),
@@ -290,9 +294,7 @@ def diff(a: GraphLike, b: GraphLike) -> GraphDiff:
     ga, gb = _graph(a, "a"), _graph(b, "b")
     one_site = one_call_site(ga, gb)  # (reads in a helper called from one line in each pass, another in each)
     sa, sb = Side(ga, one_site), Side(gb, one_site, relined(ga, gb))  # (B's loops: A's lines, see entrylines)
-    if _orientation(sa) <= _orientation(sb):
-        return _diff(sa, sb)
-    return _diff(sb, sa).mirror()
+    return cut_diff(_diff(sa, sb) if _orientation(sa) <= _orientation(sb) else _diff(sb, sa).mirror())
 
 
 def _orientation(s: Side) -> Tuple[Any, ...]:
@@ -391,7 +393,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               trained=trained(A, B, changed, fed, by_args=True) if any(  # (BatchNorm's batch
                                   a.key in ("training", "train") for a in args) else None))  # statistics, an LSTM's)
     witnesses = tuple(causes.witness_change(i, j) for i, j in (pairs[e] for e in causes.differing))
-    hunks = moved(A, B, fed_by_one_sided(A, B, backward_like_forward(A, B, hunks, witnesses)))
+    hunks = moved(A, B, fed_by_one_sided(A, B, backward_like_forward(A.graph, B.graph, hunks, witnesses)))
     return GraphDiff(A.graph, B.graph, ops, tuple(hunks), witnesses,
                      types, arg_changes(args_only(matched), reshaped(matched) if inputs or witnesses else None),
                      inputs, (A.ignored, B.ignored))

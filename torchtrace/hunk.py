@@ -6,7 +6,7 @@ witness before the hunk whose value differs; the pass on the other side
 having ended with an exception first; the traced call's inputs having other
 types (``if x.shape[0] > 4``); a Python-level loop; else Python state.
 (``sided.py`` finds the causes only one side's ops have.) A hunk that follows
-from another takes its cause: the backward of its ops (``backward_like_forward``),
+from another takes its cause: the backward of its ops (``backwardcause.py``),
 ops that read what its ops made (``fed_by_one_sided``).
 """
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Hunk:
     # when ``inputs`` changed shape: ``file:line`` of the `if` around it that tests one, "" when none does
     shape_if: Optional[str] = None
     retyped: Optional[Tuple[str, str, str]] = None  # (module path, class in A, in B): another module there
+    cut: bool = False  # one half of a backward hunk cut in two (``backwardcause.cut_backward``)
 
     @property
     def own_cause(self) -> bool:
@@ -267,36 +268,6 @@ class Hunk:
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
                 "explanation": self.explanation}
-
-
-def backward_like_forward(A: Side, B: Side, hunks: Sequence[Hunk], witnesses: Sequence[WitnessChange]
-                          ) -> List[Hunk]:
-    """A hunk of backward ops only takes the cause of the forward hunk whose ops
-    they differentiate (a backward op carries its forward op's module and line):
-    the branch that chose `self.a` over `self.b` decided their backward too, not
-    the read nearest before the backward hunk. With no such hunk (the forward
-    op ran once on both sides: `pack_padded_sequence`, whose backward loops over
-    the time steps), a read that differs at the one line its ops come from."""
-    def sites(h: Hunk) -> set:  # (side, module path, file, line) of its one-sided ops
-        return {(side, g.module_path(n.module), n.source.file if n.source else "", n.source.line if n.source else 0)
-                for side, g, ops in (("A", A.graph, h.only_a), ("B", B.graph, h.only_b)) for n in ops}
-
-    forward = [(sites(h), h) for h in hunks if h.kind == "structural" and h.witness is not None
-               and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
-    out = []
-    for h in hunks:
-        ops = (*h.only_a, *h.only_b)
-        if h.kind == "structural" and ops and all(n.phase == "backward" for n in ops) and not h.own_cause:
-            mine = sites(h)  # every op of it differentiates an op only on the same side of one forward hunk
-            owner = next((f for keys, f in forward if f.index < h.index and mine <= keys), None)
-            if owner is not None:
-                h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=(), backward_of=owner.index)
-            else:
-                lines = {site[2:] for site in mine}
-                at = next((w for w in witnesses if len(lines) == 1 and (w.file, w.line) in lines), None)
-                h = h if at is None else replace(h, witness=at, inputs=(), casts=())
-        out.append(h)
-    return out
 
 
 def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:
