@@ -293,8 +293,8 @@ def test_show_render_diff_variants_on_a_store(recorded, tmp_path):
 def test_the_variants_table_lists_passes_and_steps_as_ranges():
     """(An audit.) Passes {0, 1, 3} read "0–3", a single step "4–4"."""
     from torchtrace.textform import number_ranges
-    assert [number_ranges(x) for x in ([0, 1, 3], [4, 4], [], range(10), [1, 3, 5, 7, 9])] == \
-        ["0–1, 3", "4", "", "0–9", "1, 3, 5, … (+2 runs)"]
+    assert [number_ranges(x) for x in ([0, 1, 3], [4, 4], [], range(10), [1, 3, 5, 7], [1, 3, 5, 7, 9])] == \
+        ["0–1, 3", "4", "", "0–9", "1, 3, 5, 7", "1, 3, 5, … (+2 more)"]
 
 
 def test_commands_print_on_a_console_that_cannot_encode_their_arrows(recorded):

@@ -1048,6 +1048,15 @@ def test_train_and_eval_without_dropout_are_identical_and_the_summary_says_so():
     assert torchtrace.diff(graphs[1], graphs[0]).summary() == \
         "identical (modules in training mode in B, eval mode in A)"
     assert torchtrace.diff(graphs[1], graphs[1]).summary() == "identical"
+    modes = []
+    for linear, relu in ((True, False), (False, True)):  # (the Linear in one mode, the ReLU in the other)
+        m[0].train(linear)
+        m[1].train(relu)
+        with torchtrace.trace(m) as t:
+            m(x)
+        modes.append(t.graph)
+    assert "modules in training mode in A, eval mode in B)" in torchtrace.diff(modes[0], graphs[1]).summary()
+    assert "modules in other training modes (`.train()`/`.eval()`))" in torchtrace.diff(*modes).summary()
 
 
 def test_grad_modes_give_the_same_ops_and_the_summary_says_so():

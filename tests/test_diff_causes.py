@@ -2608,12 +2608,12 @@ def test_an_outer_if_on_a_shape_that_went_the_same_way_is_not_named():
 
 
 class TopOneMoE(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, n: int = 4) -> None:
         super().__init__()
-        self.gate = nn.Linear(4, 4, bias=False)
-        self.experts = nn.ModuleList([nn.Linear(4, 4) for _ in range(4)])
+        self.gate = nn.Linear(n, n, bias=False)
+        self.experts = nn.ModuleList([nn.Linear(n, n) for _ in range(n)])
         with torch.no_grad():
-            self.gate.weight.copy_(torch.eye(4))  # token e one-hot on e: routed to expert e
+            self.gate.weight.copy_(torch.eye(n))  # token e one-hot on e: routed to expert e
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top = self.gate(x).argmax(-1)
@@ -2625,20 +2625,46 @@ class TopOneMoE(nn.Module):
         return out
 
 
+def _moe_steps(m: nn.Module, routes, steps: int = 1):
+    graphs = []
+    for experts in routes:
+        x = torch.zeros(len(experts), len(m.experts))
+        x[range(len(experts)), experts] = 5.0
+        m.zero_grad(set_to_none=True)
+        with torchtrace.trace(m) as t:
+            for _ in range(steps):
+                m(x).sum().backward()
+        graphs.append(t.graph)
+    return graphs
+
+
+def test_the_backward_of_experts_on_both_sides_is_cut_per_expert_and_step():
+    """(A review.) Experts {0, 2, 4} in A, {1, 3} in B: the backward hunk (A's
+    experts, then B's) is cut per expert; in a trace of two steps each step's
+    backward takes its own step's reads (it took the first step's)."""
+    torch.manual_seed(0)
+    d = torchtrace.diff(*_moe_steps(TopOneMoE(5), ([0, 2, 4], [1, 3])))
+    theirs = [h for h in d.hunks if h.backward_of is not None]
+    assert {"experts.0", "experts.2", "experts.3", "experts.1"} <= {h.module for h in theirs}, d.why()
+    for h in theirs:  # each the backward of the forward hunk that ran its expert, on its side
+        owner = d.hunks[h.backward_of]
+        g, ops = (d.a, owner.only_a) if h.only_a else (d.b, owner.only_b)
+        assert owner.index < h.index and ops and h.module in {g.module_path(n.module) for n in ops}
+        assert owner.witness == h.witness
+    d = torchtrace.diff(*_moe_steps(TopOneMoE(), ([0, 1], [0, 2]), steps=2))
+    theirs = [h for h in d.hunks if h.backward_of is not None]
+    # (the root's k-th call read it: each step's backward, its own step's)
+    calls = [h.witness.call[1] for h in theirs]
+    assert calls[:2] == [0, 0] and set(calls[2:]) == {1}, d.why()
+    assert all(d.hunks[h.backward_of].witness.call == h.witness.call for h in theirs)
+
+
 def test_the_backward_of_two_experts_each_takes_its_own_read():
     """(An audit.) Experts {0, 1} in A, {0, 2} in B, with backward: the backward of
     expert 1 (only in A) and of expert 2 (only in B) were one hunk, put down to
     expert 2's read alone ("read False in A, True in B → 6 ops only in A, 6 only in B")."""
     torch.manual_seed(0)
-    m = TopOneMoE()
-    graphs = []
-    for experts in ([0, 1, 1], [0, 2, 2]):
-        x = torch.zeros(3, 4)
-        x[range(3), experts] = 5.0
-        m.zero_grad(set_to_none=True)
-        with torchtrace.trace(m) as t:
-            m(x).sum().backward()
-        graphs.append(t.graph)
+    graphs = _moe_steps(TopOneMoE(), ([0, 1, 1], [0, 2, 2]))
     at = f"`test_diff_causes.py:{line_of('routed')}`"
     for d, (one, two) in ((torchtrace.diff(*graphs), ("1", "2")), (torchtrace.diff(*graphs[::-1]), ("2", "1"))):
         theirs = [h for h in d.hunks if h.backward_of is not None]

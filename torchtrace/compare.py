@@ -239,7 +239,7 @@ class GraphDiff:
 
     def mirror(self) -> "GraphDiff":
         """The same comparison seen from B: ``diff(b, a)``."""
-        hunks = uncut(self.hunks)  # (halves of a backward hunk: cut again in B's row order)
+        hunks = uncut(self.hunks)  # (pieces of a backward hunk: cut again in B's row order)
         if len(hunks) != len(self.hunks):
             return cut_diff(replace(self, hunks=tuple(hunks)).mirror())
         return GraphDiff(self.b, self.a, a_first([p.mirror() for p in self.ops]),

@@ -71,7 +71,7 @@ class Hunk:
     # when ``inputs`` changed shape: ``file:line`` of the `if` around it that tests one, "" when none does
     shape_if: Optional[str] = None
     retyped: Optional[Tuple[str, str, str]] = None  # (module path, class in A, in B): another module there
-    cut: bool = False  # one half of a backward hunk cut in two (``backwardcause.cut_backward``)
+    whole: Optional["Hunk"] = None  # a piece of that backward hunk, cut in pieces (``backwardcause.cut_diff``)
 
     @property
     def own_cause(self) -> bool:

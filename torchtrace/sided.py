@@ -356,9 +356,9 @@ def differing_training(a: Graph, b: Graph) -> str:
     """"modules in training mode in A, eval mode in B" when a module call both
     passes made ran in ``.train()`` on one side and ``.eval()`` on the other."""
     ta = {(m.path, m.call): m.training for m in a.modules}
-    first = next((ta[k] for m in b.modules for k in [(m.path, m.call)]
-                  if ta.get(k) is not None and m.training is not None and ta[k] != m.training), None)
-    if first is None:
-        return ""
-    side, other = ("A", "B") if first else ("B", "A")
+    differ = {ta[k] for m in b.modules for k in [(m.path, m.call)]
+              if ta.get(k) is not None and m.training is not None and ta[k] != m.training}
+    if len(differ) != 1:  # (none, or some modules in training mode in A and others in B)
+        return "modules in other training modes (`.train()`/`.eval()`)" if differ else ""
+    side, other = ("A", "B") if differ == {True} else ("B", "A")
     return f"modules in training mode in {side}, eval mode in {other}"

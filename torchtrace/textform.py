@@ -63,16 +63,17 @@ def where(file: str, line: int) -> str:
 
 
 def number_ranges(numbers: Iterable[int], most: int = 3) -> str:
-    """``0–1, 3`` for 0, 1, 3; ``4`` for 4 alone; past ``most`` runs, the rest as
-    ``… (+2 runs)``."""
+    """``0–1, 3`` for 0, 1, 3; ``4`` for 4 alone; past ``most`` runs (and one more),
+    the rest as ``… (+2 more)``."""
     runs: List[List[int]] = []
     for k in sorted(set(numbers)):
         if runs and k == runs[-1][1] + 1:
             runs[-1][1] = k
         else:
             runs.append([k, k])
-    text = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs[:most])
-    return text + (f", … (+{len(runs) - most} runs)" if len(runs) > most else "")
+    shown = runs if len(runs) <= most + 1 else runs[:most]
+    text = ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in shown)
+    return text + (f", … (+{len(runs) - most} more)" if len(shown) < len(runs) else "")
 
 
 def ordinal(k: int) -> str:
