@@ -245,41 +245,24 @@ def test_a_loop_that_ran_once_more_with_an_if_inside_names_both():
     assert d.why()[0] == f"{inner} \u2192 2 hunks, each 2 ops only in A, 2 ops only in B (in `<root>`)"
 
 
-class Experts(nn.Module):
-    """Top-1 routing: each expert runs on the tokens routed to it, if any."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.router = nn.Linear(3, 3, bias=False)
-        self.experts = nn.ModuleList(nn.Linear(3, 3) for _ in range(3))
-        with torch.no_grad():
-            self.router.weight.copy_(torch.eye(3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        choice = self.router(x).argmax(-1)
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            mask = choice == e
-            if mask.any():  # LINE:any
-                out[mask] = expert(x[mask])  # LINE:index
-        return out
+ANY = zoo.marked_line(zoo.__file__, "experts_any")  # zoo.Experts' `if mask.any():`
 
 
 def test_shape_reads_at_one_line_are_not_a_loop():
-    m = Experts().eval()
+    m = zoo.Experts().eval()
     eye = torch.eye(3)
     d = torchtrace.diff(record(m, eye[[0, 1]]), record(m, eye[[1, 1]]))  # experts {0, 1} vs {1, 1}
     first = d.structural_hunks[0]
     assert "experts.0" in {d.a.module_path(n.module) for n in first.only_a}
     assert first.loop is None  # was "the loop at :index ran 2x in A, 0x in B"
-    assert (first.witness.line, first.witness.a.value, first.witness.b.value) == (line_of("any"), True, False)
+    assert (first.witness.line, first.witness.a.value, first.witness.b.value) == (ANY, True, False)
     assert all(h.loop is None for h in d.hunks)
 
 
 def test_a_loop_over_items_pairs_each_iteration_with_its_own():
-    m = Experts().eval()
+    m = zoo.Experts().eval()
     eye = torch.eye(3)
-    any_line = line_of("any")
+    any_line = ANY
     for sa, sb in (([0, 1], [0, 2]), ([0, 1], [1, 2])):  # the experts each token is routed to
         d = torchtrace.diff(record(m, eye[sa]), record(m, eye[sb]))
         hunks = d.structural_hunks
@@ -294,7 +277,7 @@ def test_a_loop_over_items_pairs_each_iteration_with_its_own():
             assert (h.witness.a.value, h.witness.b.value) == (e in sa, e in sb)
             assert bool(h.only_a) == (e in only_a) and bool(h.only_b) == (e in only_b)
             assert len(h.only_a or h.only_b) == 5  # index, t, addmm, view, index_put
-        assert d.why() == [f"`{FILE}:{any_line}` read {e in sa} in A, {e in sb} in B \u2192 5 ops only in "
+        assert d.why() == [f"`zoo.py:{any_line}` read {e in sa} in A, {e in sb} in B \u2192 5 ops only in "
                            f"{'A' if e in sa else 'B'} (in `<root>`)" for e in sorted(only_a + only_b)]
 
 

@@ -2607,24 +2607,6 @@ def test_an_outer_if_on_a_shape_that_went_the_same_way_is_not_named():
     assert f"test_diff_causes.py:{line_of('outer_shape_if')}" not in why and "tests a shape" not in why, why
 
 
-class TopOneMoE(nn.Module):
-    def __init__(self, n: int = 4) -> None:
-        super().__init__()
-        self.gate = nn.Linear(n, n, bias=False)
-        self.experts = nn.ModuleList([nn.Linear(n, n) for _ in range(n)])
-        with torch.no_grad():
-            self.gate.weight.copy_(torch.eye(n))  # token e one-hot on e: routed to expert e
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top = self.gate(x).argmax(-1)
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            mask = top == e
-            if mask.any():  # LINE:routed
-                out[mask] = expert(x[mask])
-        return out
-
-
 def _moe_steps(m: nn.Module, routes, steps: int = 1):
     graphs = []
     for experts in routes:
@@ -2643,7 +2625,7 @@ def test_the_backward_of_experts_on_both_sides_is_cut_per_expert_and_step():
     experts, then B's) is cut per expert; in a trace of two steps each step's
     backward takes its own step's reads (it took the first step's)."""
     torch.manual_seed(0)
-    d = torchtrace.diff(*_moe_steps(TopOneMoE(5), ([0, 2, 4], [1, 3])))
+    d = torchtrace.diff(*_moe_steps(zoo.Experts(5), ([0, 2, 4], [1, 3])))
     theirs = [h for h in d.hunks if h.backward_of is not None]
     assert {"experts.0", "experts.2", "experts.3", "experts.1"} <= {h.module for h in theirs}, d.why()
     for h in theirs:  # each the backward of the forward hunk that ran its expert, on its side
@@ -2651,7 +2633,7 @@ def test_the_backward_of_experts_on_both_sides_is_cut_per_expert_and_step():
         g, ops = (d.a, owner.only_a) if h.only_a else (d.b, owner.only_b)
         assert owner.index < h.index and ops and h.module in {g.module_path(n.module) for n in ops}
         assert owner.witness == h.witness
-    d = torchtrace.diff(*_moe_steps(TopOneMoE(), ([0, 1], [0, 2]), steps=2))
+    d = torchtrace.diff(*_moe_steps(zoo.Experts(4), ([0, 1], [0, 2]), steps=2))
     theirs = [h for h in d.hunks if h.backward_of is not None]
     # (the root's k-th call read it: each step's backward, its own step's)
     calls = [h.witness.call[1] for h in theirs]
@@ -2664,8 +2646,8 @@ def test_the_backward_of_two_experts_each_takes_its_own_read():
     expert 1 (only in A) and of expert 2 (only in B) were one hunk, put down to
     expert 2's read alone ("read False in A, True in B → 6 ops only in A, 6 only in B")."""
     torch.manual_seed(0)
-    graphs = _moe_steps(TopOneMoE(), ([0, 1, 1], [0, 2, 2]))
-    at = f"`test_diff_causes.py:{line_of('routed')}`"
+    graphs = _moe_steps(zoo.Experts(4), ([0, 1, 1], [0, 2, 2]))
+    at = f"`zoo.py:{zoo.marked_line(zoo.__file__, 'experts_any')}`"
     for d, (one, two) in ((torchtrace.diff(*graphs), ("1", "2")), (torchtrace.diff(*graphs[::-1]), ("2", "1"))):
         theirs = [h for h in d.hunks if h.backward_of is not None]
         assert [(h.module, bool(h.only_a), bool(h.only_b)) for h in theirs] == \

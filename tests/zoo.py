@@ -166,6 +166,27 @@ def marker_line(marker: str) -> int:
     return marked_line(__file__, marker, "WITNESS")
 
 
+class Experts(nn.Module):
+    """Top-1 routing: each expert runs on the tokens routed to it, if any (token e,
+    one-hot on e, goes to expert e)."""
+
+    def __init__(self, n: int = 3) -> None:
+        super().__init__()
+        self.router = nn.Linear(n, n, bias=False)
+        self.experts = nn.ModuleList(nn.Linear(n, n) for _ in range(n))
+        with torch.no_grad():
+            self.router.weight.copy_(torch.eye(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        choice = self.router(x).argmax(-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            mask = choice == e
+            if mask.any():  # LINE:experts_any
+                out[mask] = expert(x[mask])
+        return out
+
+
 class MLP(nn.Module):
     def __init__(self, d_in: int = 256, d_hidden: int = 1024) -> None:
         super().__init__()
