@@ -2661,3 +2661,33 @@ def test_the_backward_of_two_experts_each_takes_its_own_read():
         assert [h.index for h in d.hunks] == list(range(len(d.hunks)))
         assert "# 5." in str(d) and d.to_dict()["hunks"][-1]["index"] == len(d.hunks) - 1
         assert d.mirror().to_dict() == torchtrace.diff(d.b, d.a).to_dict()  # (cut again in the other order)
+
+
+class MaskOrNot(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
+        h = x.relu() if mask is None else x.masked_fill(mask == 0, 0.0)  # (no mask: another path)
+        return self.fc(h)
+
+
+def test_ops_run_because_an_input_was_not_given_are_not_computed_from_it():
+    """(An audit.) GPT-2 without `attention_mask` against with one: A's own ops
+    (transformers' checks when no mask is given) were said to be computed from
+    the mask only B was given."""
+    torch.manual_seed(0)
+    m, x = MaskOrNot(), torch.randn(3, 4)
+    graphs = []
+    for kw in ({}, {"mask": torch.ones(3, 4)}):
+        with torchtrace.trace(m) as t:
+            m(x, **kw)
+        graphs.append(t.graph)
+    [h] = torchtrace.diff(*graphs).structural_hunks
+    assert [n.short_op for n in h.only_a] == ["relu"] and [n.short_op for n in h.only_b] == [
+        "eq.Scalar", "masked_fill.Scalar"]
+    assert h.explanation.startswith("input `mask` only in B (f32[3,4]) (B's ops computed from it, A's run "
+                                    "without it)"), h.explanation
+    [h] = torchtrace.diff(*graphs[::-1]).structural_hunks
+    assert "(A's ops computed from it, B's run without it)" in h.explanation, h.explanation

@@ -170,7 +170,7 @@ class Hunk:
             what = "; ".join(i.describe() for i in self.inputs[:2])
             what += f"; {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
             if self.fed and self.loop is None:  # (`labels` given in A: the ops computed from it)
-                return "; ".join(f"{i.describe()} (ops computed from it)" for i in self.fed)
+                return "; ".join(f"{i.describe()} ({self._fed_ops(i)})" for i in self.fed)
             seen = "Python saw other inputs" if any(i.a is None or i.b is None for i in self.inputs) \
                 else "Python saw another shape or dtype"
             if self.loop is not None:
@@ -198,7 +198,15 @@ class Hunk:
     def _trained(self) -> str:
         text = f"modules in training mode in {self.trained}, eval mode in {other_side(self.trained)} " \
                "(`.train()`/`.eval()`)"
-        return text + "".join(f"; {i.describe()} (ops computed from it)" for i in self.fed)
+        return text + "".join(f"; {i.describe()} (ops computed from it)" for i in self.fed)  # (the rest: the modes)
+
+    def _fed_ops(self, i: InputChange) -> str:
+        """What an input one side passed did: that side's ops were computed from it; the other
+        side's ops ran without it (transformers' checks when no `attention_mask` is given)."""
+        given = "A" if i.a is not None else "B"
+        if not (self.only_b if given == "A" else self.only_a):
+            return "ops computed from it"
+        return f"{given}'s ops computed from it, {other_side(given)}'s run without it"
 
     @property
     def counts(self) -> str:
