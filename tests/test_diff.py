@@ -1039,7 +1039,7 @@ def test_train_and_eval_without_dropout_are_identical_and_the_summary_says_so():
             m(x)
         modes.append(t.graph)
     assert "modules in training mode in A, eval mode in B)" in torchtrace.diff(modes[0], graphs[1]).summary()
-    assert "modules in other training modes (`.train()`/`.eval()`))" in torchtrace.diff(*modes).summary()
+    assert "modules in other training modes)" in torchtrace.diff(*modes).summary()
 
 
 def test_grad_modes_give_the_same_ops_and_the_summary_says_so():

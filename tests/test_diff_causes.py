@@ -2627,12 +2627,13 @@ def test_the_backward_of_experts_on_both_sides_is_cut_per_expert_and_step():
     torch.manual_seed(0)
     d = torchtrace.diff(*_moe_steps(zoo.Experts(5), ([0, 2, 4], [1, 3])))
     theirs = [h for h in d.hunks if h.backward_of is not None]
-    assert {"experts.0", "experts.2", "experts.3", "experts.1"} <= {h.module for h in theirs}, d.why()
-    for h in theirs:  # each the backward of the forward hunk that ran its expert, on its side
-        owner = d.hunks[h.backward_of]
-        g, ops = (d.a, owner.only_a) if h.only_a else (d.b, owner.only_b)
-        assert owner.index < h.index and ops and h.module in {g.module_path(n.module) for n in ops}
-        assert owner.witness == h.witness
+    assert {"experts.1", "experts.2", "experts.3", "experts.4"} <= {h.module for h in theirs}, d.why()
+    held = {(side, n.id): h.index for h in d.hunks for side, ops in (("A", h.only_a), ("B", h.only_b)) for n in ops}
+    for h in theirs:  # the oracle: each op's autograd Node, the forward op that made it, the hunk that holds it
+        owners = {held[side, g.autograd_node(n.autograd_node).op]
+                  for side, g, ops in (("A", d.a, h.only_a), ("B", d.b, h.only_b)) for n in ops}
+        assert owners == {h.backward_of} and h.backward_of < h.index, (h.index, owners, h.backward_of)
+        assert d.hunks[h.backward_of].witness == h.witness and not (h.only_a and h.only_b)
     d = torchtrace.diff(*_moe_steps(zoo.Experts(4), ([0, 1], [0, 2]), steps=2))
     theirs = [h for h in d.hunks if h.backward_of is not None]
     # (the root's k-th call read it: each step's backward, its own step's)

@@ -30,20 +30,49 @@ def _sites(g: Graph, side: str, nodes: Sequence[Node]) -> set:
 
 
 class _Owners:
-    """The forward hunks with a read for their cause, and which one backward ops differentiate."""
+    """The forward hunks with a read for their cause, and which one backward ops
+    differentiate: the hunk that holds the forward op of the autograd Node that ran
+    them, else (no such link) the first whose one-sided ops ran at their module and line."""
 
     def __init__(self, a: Graph, b: Graph, hunks: Sequence[Hunk]) -> None:
         self.a, self.b = a, b
         self.forward = [(self.sites(h), h) for h in hunks if h.kind == "structural" and h.witness is not None
                         and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
+        self._holder: Dict[Tuple[str, str], Hunk] = {}  # (side, forward op id) -> its hunk
+        for _, f in self.forward:
+            self._holder.update({**{("A", n.id): f for n in f.only_a}, **{("B", n.id): f for n in f.only_b}})
 
     def sites(self, h: Hunk) -> set:
         return _sites(self.a, "A", h.only_a) | _sites(self.b, "B", h.only_b)
 
-    def of(self, mine: set, before: int) -> Optional[Hunk]:
-        """The nearest forward hunk before hunk ``before`` whose one-sided ops hold
-        every site of ``mine`` (the step's own: a trace of two steps runs the same lines twice)."""
-        return next((f for keys, f in reversed(self.forward) if f.index < before and mine <= keys), None)
+    def of(self, h: Hunk) -> Optional[Hunk]:
+        """The one forward hunk before ``h`` that every op of ``h`` differentiates: the
+        hunk of their Nodes' forward ops, when they have one, that also holds the sites of
+        the others; else the first whose sites hold all of ``h``'s."""
+        ops = [("A", n) for n in h.only_a] + [("B", n) for n in h.only_b]
+        linked = {id(f): f for f in (self._linked(side, n) for side, n in ops) if f is not None}
+        if len(linked) == 1:
+            [f] = linked.values()
+            loose = {s for side, n in ops if self._linked(side, n) is None
+                     for s in _sites(self.a if side == "A" else self.b, side, [n])}
+            return f if f.index < h.index and loose <= self.sites(f) else None
+        mine = self.sites(h)
+        return None if linked else next((f for keys, f in self.forward if f.index < h.index and mine <= keys), None)
+
+    def of_op(self, side: str, n: Node, before: int) -> Optional[Hunk]:
+        """The forward hunk before hunk ``before`` whose op ``n`` differentiates."""
+        f = self._linked(side, n)
+        if f is None:
+            mine = _sites(self.a if side == "A" else self.b, side, [n])
+            f = next((f for keys, f in self.forward if mine <= keys), None)
+        return f if f is not None and f.index < before else None
+
+    def _linked(self, side: str, n: Node) -> Optional[Hunk]:
+        """The forward hunk that holds the forward op of the Node that ran ``n``."""
+        if n.autograd_node is None:
+            return None
+        g = self.a if side == "A" else self.b
+        return self._holder.get((side, g.autograd_node(n.autograd_node).op))
 
 
 def _is_backward(h: Hunk) -> bool:
@@ -65,12 +94,11 @@ def backward_like_forward(a: Graph, b: Graph, hunks: Sequence[Hunk],
     out = []
     for h in hunks:
         if _is_backward(h):
-            mine = owners.sites(h)
-            f = owners.of(mine, h.index)
+            f = owners.of(h)
             if f is not None:
                 h = _caused(h, f)
             else:
-                lines = {site[2:] for site in mine}
+                lines = {site[2:] for site in owners.sites(h)}
                 at = next((w for w in witnesses if len(lines) == 1 and (w.file, w.line) in lines), None)
                 h = h if at is None else replace(h, witness=at, inputs=(), casts=())
         out.append(h)
@@ -99,8 +127,7 @@ def _pieces(h: Hunk, ops: Sequence[OpPair], owners: _Owners) -> Optional[List[Hu
         return None
     found = []
     for p in rows:
-        side, g, n = ("A", owners.a, p.a) if p.status == "only_a" else ("B", owners.b, p.b)
-        f = owners.of(_sites(g, side, [n]), h.index)
+        f = owners.of_op("A", p.a, h.index) if p.status == "only_a" else owners.of_op("B", p.b, h.index)
         if f is None:
             return None
         found.append(f)
@@ -121,7 +148,7 @@ def uncut(hunks: Sequence[Hunk]) -> List[Hunk]:
     the other side's row order: ``diff(b, a)`` is ``diff(a, b).mirror()``)."""
     out: List[Tuple[int, Hunk]] = []
     for h in hunks:
-        if h.whole is not None and out and out[-1][1] is h.whole:
+        if h.whole is not None and out and (out[-1][1] is h.whole or out[-1][1] == h.whole):
             continue
         out.append((h.index, h.whole if h.whole is not None else h))
     return _numbered(out) if len(out) != len(hunks) else list(hunks)
@@ -132,5 +159,5 @@ def _numbered(out: Sequence[Tuple[int, Hunk]]) -> Tuple[Hunk, ...]:
     new: Dict[int, int] = {}
     for k, (old, _) in enumerate(out):
         new.setdefault(old, k)
-    return tuple(replace(h, index=k, backward_of=new.get(h.backward_of) if h.backward_of is not None else None)
+    return tuple(replace(h, index=k, backward_of=new[h.backward_of] if h.backward_of is not None else None)
                  for k, (_, h) in enumerate(out))

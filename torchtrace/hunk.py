@@ -11,7 +11,7 @@ ops that read what its ops made (``fed_by_one_sided``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .side import Side
@@ -71,7 +71,8 @@ class Hunk:
     # when ``inputs`` changed shape: ``file:line`` of the `if` around it that tests one, "" when none does
     shape_if: Optional[str] = None
     retyped: Optional[Tuple[str, str, str]] = None  # (module path, class in A, in B): another module there
-    whole: Optional["Hunk"] = None  # a piece of that backward hunk, cut in pieces (``backwardcause.cut_diff``)
+    # a piece of that backward hunk, cut in pieces (``backwardcause.cut_diff``)
+    whole: Optional["Hunk"] = field(default=None, repr=False, compare=False)
 
     @property
     def own_cause(self) -> bool:
@@ -254,7 +255,8 @@ class Hunk:
                        torch_versions=self.torch_versions[::-1] if self.torch_versions else None,  # type: ignore
                        state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad),
                        unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None,
-                       retyped=(self.retyped[0], self.retyped[2], self.retyped[1]) if self.retyped else None)
+                       retyped=(self.retyped[0], self.retyped[2], self.retyped[1]) if self.retyped else None,
+                       whole=None)  # (a piece's hunk is A's: ``GraphDiff.mirror`` cuts the mirror again)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"index": self.index, "kind": self.kind, "module": self.module,

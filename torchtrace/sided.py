@@ -359,6 +359,6 @@ def differing_training(a: Graph, b: Graph) -> str:
     differ = {ta[k] for m in b.modules for k in [(m.path, m.call)]
               if ta.get(k) is not None and m.training is not None and ta[k] != m.training}
     if len(differ) != 1:  # (none, or some modules in training mode in A and others in B)
-        return "modules in other training modes (`.train()`/`.eval()`)" if differ else ""
+        return "modules in other training modes" if differ else ""
     side, other = ("A", "B") if differ == {True} else ("B", "A")
     return f"modules in training mode in {side}, eval mode in {other}"
