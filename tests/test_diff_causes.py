@@ -2620,6 +2620,20 @@ def _moe_steps(m: nn.Module, routes, steps: int = 1):
     return graphs
 
 
+def _owned_as_autograd_says(d) -> int:
+    """Each backward hunk's ``backward_of`` against the oracle: its ops' autograd Nodes,
+    the forward ops that made them, the hunks that hold those (None: an op both passes
+    ran, the line's other ops decide). Returns how many."""
+    held = {(side, n.id): h.index for h in d.hunks for side, ops in (("A", h.only_a), ("B", h.only_b)) for n in ops}
+    theirs = [h for h in d.hunks if h.backward_of is not None]
+    for h in theirs:
+        owners = {held.get((side, g.autograd_node(n.autograd_node).op))
+                  for side, g, ops in (("A", d.a, h.only_a), ("B", d.b, h.only_b)) for n in ops}
+        assert owners - {None} == {h.backward_of} and h.backward_of < h.index, (h.index, owners, h.backward_of)
+        assert d.hunks[h.backward_of].witness == h.witness
+    return len(theirs)
+
+
 def test_the_backward_of_experts_on_both_sides_is_cut_per_expert_and_step():
     """(A review.) Experts {0, 2, 4} in A, {1, 3} in B: the backward hunk (A's
     experts, then B's) is cut per expert; in a trace of two steps each step's
@@ -2628,12 +2642,11 @@ def test_the_backward_of_experts_on_both_sides_is_cut_per_expert_and_step():
     d = torchtrace.diff(*_moe_steps(zoo.Experts(5), ([0, 2, 4], [1, 3])))
     theirs = [h for h in d.hunks if h.backward_of is not None]
     assert {"experts.1", "experts.2", "experts.3", "experts.4"} <= {h.module for h in theirs}, d.why()
-    held = {(side, n.id): h.index for h in d.hunks for side, ops in (("A", h.only_a), ("B", h.only_b)) for n in ops}
-    for h in theirs:  # the oracle: each op's autograd Node, the forward op that made it, the hunk that holds it
-        owners = {held[side, g.autograd_node(n.autograd_node).op]
-                  for side, g, ops in (("A", d.a, h.only_a), ("B", d.b, h.only_b)) for n in ops}
-        assert owners == {h.backward_of} and h.backward_of < h.index, (h.index, owners, h.backward_of)
-        assert d.hunks[h.backward_of].witness == h.witness and not (h.only_a and h.only_b)
+    _owned_as_autograd_says(d)
+    assert not any(h.only_a and h.only_b for h in theirs)
+    one_sided = torchtrace.diff(*_moe_steps(zoo.Experts(5), ([0, 1], [0, 0])))  # (no piece: expert 0's shape)
+    assert _owned_as_autograd_says(one_sided) == 2  # expert 1's (its read) and expert 0's (the shape of x[mask])
+    assert {h.witness.a.shape for h in one_sided.hunks if h.backward_of is not None} == {None, (1, 5)}
     d = torchtrace.diff(*_moe_steps(zoo.Experts(4), ([0, 1], [0, 2]), steps=2))
     theirs = [h for h in d.hunks if h.backward_of is not None]
     # (the root's k-th call read it: each step's backward, its own step's)
