@@ -45,16 +45,18 @@ class _Owners:
     def sites(self, h: Hunk) -> set:
         return _sites(self.a, "A", h.only_a) | _sites(self.b, "B", h.only_b)
 
+    def _site(self, side: str, n: Node) -> set:
+        return _sites(self.a if side == "A" else self.b, side, [n])
+
     def of(self, h: Hunk) -> Optional[Hunk]:
         """The one forward hunk before ``h`` that every op of ``h`` differentiates: the
         hunk of their Nodes' forward ops, when they have one, that also holds the sites of
         the others; else the first whose sites hold all of ``h``'s."""
-        ops = [("A", n) for n in h.only_a] + [("B", n) for n in h.only_b]
-        linked = {id(f): f for f in (self._linked(side, n) for side, n in ops) if f is not None}
+        links = [(side, n, self._linked(side, n)) for side, ops in (("A", h.only_a), ("B", h.only_b)) for n in ops]
+        linked = {id(f): f for _, _, f in links if f is not None}
         if len(linked) == 1:
             [f] = linked.values()
-            loose = {s for side, n in ops if self._linked(side, n) is None
-                     for s in _sites(self.a if side == "A" else self.b, side, [n])}
+            loose = set().union(*(self._site(side, n) for side, n, g in links if g is None))
             return f if f.index < h.index and loose <= self.sites(f) else None
         mine = self.sites(h)
         return None if linked else next((f for keys, f in self.forward if f.index < h.index and mine <= keys), None)
@@ -63,7 +65,7 @@ class _Owners:
         """The forward hunk before hunk ``before`` whose op ``n`` differentiates."""
         f = self._linked(side, n)
         if f is None:
-            mine = _sites(self.a if side == "A" else self.b, side, [n])
+            mine = self._site(side, n)
             f = next((f for keys, f in self.forward if mine <= keys), None)
         return f if f is not None and f.index < before else None
 

@@ -16,34 +16,29 @@ from typing import TYPE_CHECKING, Dict, Optional, Set, Tuple
 from .side import base_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph
+    from .ir import Graph, ModuleCall
 
 Line = Tuple[str, int]  # (file name, line), as a signature holds it
 
 
-def _top_calls(g: "Graph") -> Dict[str, str]:
-    """Module-call id -> the id of the top-level call it is in."""
-    top: Dict[str, str] = {}
-    for m in g.modules:  # (in entry order: a parent before its children)
-        top[m.id] = top.get(m.parent, m.id) if m.parent is not None else m.id
-    return top
+def _tops(g: "Graph") -> Dict[str, "ModuleCall"]:
+    """Module-call id -> the top-level call it is in (the last of ``calls_around``)."""
+    return {m.id: [*g.calls_around(m.id)][-1] for m in g.modules}
 
 
-def _call_lines(g: "Graph") -> Dict[str, Set[Optional[Line]]]:
+def _call_lines(g: "Graph", top: Dict[str, "ModuleCall"]) -> Dict[str, Set[Optional[Line]]]:
     """Module path -> the lines its top-level calls' forward ops ran at, one per
     call whose every forward op ran at one line (None for a call of the model's own
     code: ops at several lines)."""
-    top = _top_calls(g)
     at: Dict[str, Optional[Line]] = {}
     for n in g.nodes:
         if n.module in top and n.phase == "forward":
             here = (base_name(n.source.file), n.source.line) if n.source is not None else None
-            if at.setdefault(top[n.module], here) != here:
-                at[top[n.module]] = None
-    paths = {m.id: m.path for m in g.modules}
+            if at.setdefault(top[n.module].id, here) != here:
+                at[top[n.module].id] = None
     lines: Dict[str, Set[Optional[Line]]] = {}
     for call, line in at.items():
-        lines.setdefault(paths[call], set()).add(line)
+        lines.setdefault(g.module(call).path, set()).add(line)
     return lines
 
 
@@ -51,11 +46,9 @@ def relined(a: "Graph", b: "Graph") -> Dict[str, Line]:
     """B's forward op id -> A's line, for the top-level calls of a module path that
     ran at one line in A and at another one line in B (several lines on a side: the
     calls cannot be told apart, and none moves)."""
-    la, lb = _call_lines(a), _call_lines(b)
+    tb = _tops(b)
+    la, lb = _call_lines(a, _tops(a)), _call_lines(b, tb)
     moved = {path: next(iter(la[path])) for path in la.keys() & lb.keys()
              if len(la[path]) == len(lb[path]) == 1 and None not in la[path] | lb[path] and la[path] != lb[path]}
-    if not moved:
-        return {}
-    top, paths = _top_calls(b), {m.id: m.path for m in b.modules}
-    return {n.id: moved[paths[top[n.module]]] for n in b.nodes  # type: ignore[misc]
-            if n.module in top and n.phase == "forward" and paths[top[n.module]] in moved}
+    return {n.id: moved[tb[n.module].path] for n in b.nodes  # type: ignore[misc]
+            if n.module in tb and n.phase == "forward" and tb[n.module].path in moved}
