@@ -2192,3 +2192,34 @@ def test_a_trace_ended_in_another_thread_is_refused_and_ends_in_its_own():
         t.__exit__(None, None, None)
     assert torch._C._len_torch_dispatch_stack() == 0
     assert [n.short_op for n in t.graph.nodes] == ["t", "addmm"] * 2
+
+
+def test_a_trace_nested_in_another_gives_the_outer_graph_the_tags_a_lone_trace_gives():
+    """(A 2026-11-28 audit.) The outer trace saw every op as issued by the inner
+    trace's handler, torchtrace's own code: autograd's own detaches lost
+    `autograd_internal`, AccumulateGrad's `add_` lost `accumulate_grad`, and a
+    user's `.detach()` right after an op could pass for autograd's. Its structure
+    fingerprint differed from a lone trace of the same step, and so did a
+    Recorder's stored pass with a trace() inside it."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    m(x).sum().backward()  # (.grad exists: AccumulateGrad adds into it)
+
+    def step():
+        h = m[0](x)
+        kept = h.detach()  # the user's own detach, right after the op that made h
+        (m[2](m[1](h)).log_softmax(-1).sum() + kept.sum()).backward()
+
+    with torchtrace.trace(m) as lone:
+        step()
+    with torchtrace.trace(m) as outer:
+        with torchtrace.trace(m) as inner:
+            step()
+    tags = [[(n.op, n.phase, n.tags) for n in t.graph.nodes] for t in (lone, inner, outer)]
+    assert tags[0] == tags[1] == tags[2]
+    assert any("autograd_internal" in t for _, ph, t in tags[0] if ph == "backward")
+    assert any("accumulate_grad" in t for _, _, t in tags[0])
+    user = [t for op, ph, t in tags[0] if op == "aten.detach.default" and ph == "forward"]
+    assert ("view",) in user  # (the user's detach is no bookkeeping, in any of the three)
+    assert lone.graph.fingerprints == outer.graph.fingerprints

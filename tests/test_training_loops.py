@@ -4,6 +4,8 @@ tensor counter is no op of the pass; a parameter outside any module gets its
 gradient entry."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -215,3 +217,52 @@ def test_a_parameter_outside_any_module_gets_its_gradient_entry(tmp_path):
     assert set(grads) == {"weight", "bias", "temp"}
     assert grads["temp"].norm == float(grad.abs()) and grads["temp"].shape == ()
     assert "temp" not in t.graph.autograd.no_grad_params
+
+
+def _norms(g) -> dict:
+    return {gi.name: gi.norm for gi in g.autograd.grads}
+
+
+@pytest.mark.parametrize("zero", ["optimizer", "module"])
+def test_grad_norms_are_read_before_the_next_step_s_zero_grad_zeroes_them(tmp_path, zero):
+    """(A 2026-11-28 audit.) With `rec.step(i)` and `zero_grad(set_to_none=False)`
+    at the top of the loop, the default cut puts the next step's zero_grad at the
+    end of each pass: it zeroed the gradients in place before the pass was built,
+    and every sampled step stored norms of 0. They are now read before it runs."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    xs = torch.randn(6, 3, 4)
+    want = {}
+    with torchtrace.Recorder(tmp_path / "t.db", every=2) as rec:
+        for i in range(6):
+            rec.step(i)
+            (opt if zero == "optimizer" else m).zero_grad(set_to_none=False)
+            m(xs[i]).pow(2).mean().backward()
+            want[i] = {n: float(torch.linalg.vector_norm(p.grad)) for n, p in m.named_parameters()}
+            opt.step()
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        got = {p.step: _norms(g) for p, g in st.graphs()}
+    assert sorted(got) == [0, 2, 4]
+    for i, norms in got.items():
+        assert norms == pytest.approx(want[i], rel=1e-6) and min(norms.values()) > 0, (i, norms)
+
+
+def test_a_second_backward_after_a_zero_grad_gives_its_own_norms_and_clipping_still_counts():
+    """Read before a zero_grad, the norms are read again after a later backward
+    (LBFGS's closure: zero_grad, backward, per evaluation), and a gradient changed
+    in place after the last backward (clip_grad_norm_) is read as it was left."""
+    torch.manual_seed(0)
+    m = nn.Linear(4, 2)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(5, 4)
+    with torchtrace.trace(m) as t:
+        m(x).sum().backward()
+        opt.zero_grad(set_to_none=False)
+        (3 * m(x)).pow(2).sum().backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 0.5)
+        want = {n: float(torch.linalg.vector_norm(p.grad)) for n, p in m.named_parameters()}
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    assert _norms(t.graph) == pytest.approx(want, rel=1e-6)
+    assert math.hypot(*want.values()) == pytest.approx(0.5, rel=1e-4)  # (clipped: the total norm is 0.5)

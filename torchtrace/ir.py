@@ -101,7 +101,8 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class Witness:
     """What Python read from tensor data: a scalar ``value`` (bool/int/float,
-    the result of ``.item()``/``bool(t)``) or a data-dependent output ``shape``;
+    the result of ``.item()``/``bool(t)``; text for a ``tolist()``/``numpy()`` of
+    more than one number: ``"[3, 1, 2]"``) or a data-dependent output ``shape``;
     ``called_from``: up to two user frames above the node's source, innermost
     first (which call of a helper function read it)."""
 
@@ -109,8 +110,10 @@ class Witness:
     shape: Optional[Tuple[int, ...]] = None
     called_from: Tuple[Source, ...] = ()  # the user frames that called the one at the node's source
 
-    def describe(self) -> str:
-        return f"shape {list(self.shape)}" if self.shape is not None else repr(self.value)
+    def describe(self) -> str:  # (a text value -- a tolist() read, a NaN -- as it reads, unquoted)
+        if self.shape is not None:
+            return f"shape {list(self.shape)}"
+        return self.value if isinstance(self.value, str) else repr(self.value)
 
     def read(self) -> Dict[str, Any]:
         """What was read, as JSON: ``{"shape": [...]}`` or ``{"value": ...}``."""

@@ -20,7 +20,7 @@ def read_str(w: "Witness") -> str:
     if isinstance(v, float):  # 6 digits; a whole number keeps its point (a float read is no count)
         text = f"{v:.6g}"
         return f"{text}.0" if text.lstrip("-").isdigit() else text
-    return repr(v)
+    return v if isinstance(v, str) else repr(v)  # (text: a tolist() read, "nan")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ import weakref
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, cast
 
 import torch
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+from torch.utils._python_dispatch import _disable_current_modes, is_traceable_wrapper_subclass
 
 from ..errors import warn
+from .gradnorms import grad_infos
 
 _ENGINE = torch.autograd.Variable._execution_engine
 _grad_enabled = torch.is_grad_enabled
@@ -188,6 +189,7 @@ class AutogradTracker:
         # recompute, also after a backward that Node ran inside (a reversible layer's, per block)
         self.engine_grad: Dict[int, bool] = {}
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
+        self.norms: Dict[tuple, tuple] = {}  # key -> (shape, dtype, norm) of grads[key], read before a zero_grad()
         self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
         self.grad_inputs: Dict[int, Any] = {}  # id -> parameter torch.autograd.grad was asked the gradient of
         # (sequence nr, name) of Nodes that another Node had too: sequence numbers count per thread
@@ -314,8 +316,23 @@ class AutogradTracker:
                     continue
                 if isinstance(g, torch.Tensor):
                     self.grads[k] = g
+        self.norms = {}  # (these gradients are read at the build, or before a zero_grad() zeroes them)
         if self.open_tasks.pop(task, False):
             self.release()
+
+    def read_norms(self) -> None:
+        """Read the norms of the gradients backward left now, before ``zero_grad()``
+        runs (patches.py): with ``set_to_none=False`` it zeroes them in place, and the
+        next step's, at the top of its loop, is still in this pass under the default cut."""
+        if self.grads and not self.norms:
+            keys = list(self.grads)
+            with _disable_current_modes(), torch._C.DisableTorchFunction():  # (no op of it is recorded)
+                self.norms = dict(zip(keys, grad_infos([self.grads[k] for k in keys])))
+
+    def norm_of(self, key: tuple, grad: Any) -> Optional[tuple]:
+        """(shape, dtype, norm) read before a ``zero_grad()``, if ``grad`` is what it read."""
+        got = self.norms.get(key)
+        return got if got is not None and self.grads.get(key) is grad else None
 
     def release(self) -> None:
         """Hold the walked Nodes by their keys from here on (and leaves other than

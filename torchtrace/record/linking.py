@@ -312,7 +312,7 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
 
     vid_of = mode.vid_of
     nodes: List[AutogradNode] = []
-    with_grad: List[Tuple[int, str, Any]] = []
+    with_grad: List[Tuple[int, str, Any, tuple]] = []  # (value, parameter name, gradient, Node key)
     executed_keys = set(tracker.executed)
     for e in entries:
         aid = e.aid
@@ -336,15 +336,18 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                 if g is None:
                     g = getattr(leaf, "grad", None)
                 if isinstance(g, torch.Tensor):
-                    with_grad.append((vid, param, g))
+                    with_grad.append((vid, param, g, e.key))
         nodes.append(AutogradNode(aid, e.name, None if op is None else f"n{op}",
                                   tracker.next_aids(e), saved.get(aid, 0), param, value))
     part.nodes = tuple(nodes)
     by_key = tracker.entries
     part.executed = tuple(by_key[k].aid for k in tracker.executed if k in by_key)
-    part.grads = tuple(GradInfo(f"v{vid}", name, shape, dtype, norm) for (vid, name, _), (shape, dtype, norm)
-                       in zip(with_grad, grad_infos([g for _, _, g in with_grad])))
+    read = [tracker.norm_of(key, g) for _, _, g, key in with_grad]  # (read before a zero_grad(), or now)
+    now = iter(grad_infos([g for (_, _, g, _), r in zip(with_grad, read) if r is None]))
+    part.grads = tuple(GradInfo(f"v{vid}", name, *(r if r is not None else next(now)))
+                       for (vid, name, _, _), r in zip(with_grad, read))
     tracker.grads.clear()  # (the references end with the build)
+    tracker.norms = {}
     if tracker.backward_ran:
         # (torch.autograd.grad returns the gradients of its inputs and runs no AccumulateGrad for them)
         got = {id(leaf) for e in entries for leaf in (e.leaf(),)

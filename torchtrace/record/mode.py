@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 _get_seq = torch._C._autograd._get_sequence_nr
 _current_node = torch._C._current_autograd_node
 _PIECES = run_composite.__code__
+_AUTOCAST_CALL = call_under_autocast.__code__
 _getframe = sys._getframe
 _ref = weakref.ref
 _Tensor = torch.Tensor
@@ -141,8 +142,12 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
         try:  # nothing torchtrace does may break the user's op: on error record less, run it anyway
             try:
                 f = _getframe(1)
-                while f.f_code is _PIECES:  # a piece of a composite op: issued where that op was
-                    f = f.f_back.f_back.f_back  # (run_composite <- run_whole <- the handler <- its caller)
+                code = f.f_code
+                # a piece of a composite op: issued where that op was (run_composite <- run_whole <- the
+                # handler <- its caller); an op a nested trace's mode hands on: issued where it was issued
+                while code is _PIECES or code is _HANDLER or code is _AUTOCAST_CALL:
+                    f = f.f_back.f_back.f_back if code is _PIECES else f.f_back
+                    code = f.f_code
             except (ValueError, AttributeError):  # no Python frame below the handler: see _frameless
                 f = None
             anode = _current_node()
@@ -243,6 +248,10 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
                 outs = ()
 
         if info.witness is not None:  # rare: who called the helper that read the data
+            if info.handed is not None:  # (a tolist()/numpy() read: what it handed Python, issued where it was)
+                extra, caller, lasti = info.handed()
+                if caller is not None:
+                    icode, ilasti = caller, lasti
             extra = Read(extra, callers_of(f, self.classify) if f is not None else ())
         stack = self.stack
         events = self.events
@@ -362,3 +371,6 @@ class RecordingMode(EnginePhase, Writes, TorchDispatchMode):
     def _truncate(self) -> None:
         self.full = False
         self.capture.truncated = True  # (said when the pass is built: setup ops cut off here are no pass)
+
+
+_HANDLER = RecordingMode.__torch_dispatch__.__code__  # (a nested trace's mode hands its ops on to ours from it)

@@ -10,6 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from .dataread import take_handed
+
 # Argument kinds, aligned with the schema: how to find tensors in an argument.
 NONTENSOR, TENSOR, TENSOR_LIST, TENSOR_LIST_LIST = 0, 1, 2, 3
 
@@ -54,7 +56,7 @@ class OpInfo:
 
     __slots__ = ("index", "name", "arg_names", "kinds", "kw_kinds", "mutates", "view", "tags", "whole",
                  "no_kernel", "witness", "is_detach", "is_seed", "annotation", "scalar_args", "func", "call",
-                 "readers", "objects", "stat_writes")
+                 "readers", "objects", "stat_writes", "handed")
 
     def __init__(self, func: "torch._ops.OpOverload") -> None:
         schema = func._schema
@@ -101,6 +103,10 @@ class OpInfo:
             self.witness = "value"
         elif (_DYNAMIC_SHAPE is not None and _DYNAMIC_SHAPE in func.tags) or self.name in _SHAPE_FROM_DATA:
             self.witness = "shape"
+        # torchtrace's own ops (dataread): a tolist()/numpy() read; what it handed Python comes from the wrapper
+        self.handed = take_handed if namespace == "torchtrace" else None
+        if self.handed is not None:
+            self.witness = "value"
         if self.witness is not None:
             tags.append("witness")
         self.tags: Tuple[str, ...] = tuple(tags)

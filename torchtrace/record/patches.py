@@ -1,4 +1,4 @@
-"""What torchtrace changes in torch while any capture is started: four class
+"""What torchtrace changes in torch while any capture is started: eight class
 attributes, and one warning filter.
 
 * ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
@@ -26,6 +26,12 @@ attributes, and one warning filter.
   handler runs with autocast's keys off and cannot tell. Unnoted, ops that
   autocast passes through (``affine_grid``, ``einsum`` under inference_mode)
   ran their pieces in float32 where eager gives bfloat16.
+* ``torch.Tensor.tolist`` and ``torch.Tensor.numpy``: reads of tensor data that
+  reach no dispatcher; each call is recorded as a witness (``dataread``).
+* ``torch.optim.Optimizer.zero_grad`` and ``torch.nn.Module.zero_grad``: the norms
+  of the gradients the pass's backward left are read first (``AutogradTracker.read_norms``):
+  ``set_to_none=False`` zeroes them in place, and with the default cut the next
+  step's ``zero_grad()`` at the top of a loop is still in the pass.
 
 * The warning ``torch.compile(module)``'s wrapper gives at each call while any
   global module hook is on: torchtrace's are (module scope), and they take the
@@ -48,6 +54,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .composite import see_autocast
+from .dataread import noting_reads
 from .fork import STARTED
 from .setdata import note_data
 
@@ -169,10 +176,26 @@ def _noting_autocast(orig: Any) -> Optional[Callable[..., Any]]:
     return __enter__
 
 
+def _reading_norms_first(orig: Any) -> Optional[Callable[..., Any]]:
+    if orig is None:
+        return None
+
+    def zero_grad(self_: Any, *args: Any, **kwargs: Any) -> Any:
+        for cap in list(STARTED):
+            cap.autograd.read_norms()
+        return orig(self_, *args, **kwargs)
+    zero_grad.__doc__ = getattr(orig, "__doc__", None)
+    return zero_grad
+
+
 PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _synced_exit),
            ClassPatch(torch.Tensor, "data", _forgetting_data),
            ClassPatch(torch.Tensor, "as_subclass", _noting_rewraps),
-           ClassPatch(torch.amp.autocast_mode.autocast, "__enter__", _noting_autocast))
+           ClassPatch(torch.amp.autocast_mode.autocast, "__enter__", _noting_autocast),
+           ClassPatch(torch.Tensor, "tolist", noting_reads("tolist")),
+           ClassPatch(torch.Tensor, "numpy", noting_reads("numpy")),
+           ClassPatch(torch.optim.Optimizer, "zero_grad", _reading_norms_first),
+           ClassPatch(torch.nn.Module, "zero_grad", _reading_norms_first))
 
 
 class _WhileHeld:

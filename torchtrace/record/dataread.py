@@ -1,0 +1,164 @@
+"""Reads of tensor data that reach no dispatcher: ``Tensor.tolist()`` and
+``Tensor.numpy()`` (NumPy's ``np.asarray(t)`` calls the latter).
+
+``t.item()``, ``bool(t)`` and ``int(t)`` run ``aten._local_scalar_dense``, which
+the dispatch mode sees and records as a witness. ``tolist()`` reads the data in
+C++ with no op at all, and ``numpy()`` runs only a ``detach``: a branch on
+``lengths.tolist()`` or on ``t.numpy()`` was invisible. While a capture is
+started both methods are wrapped (``patches.PATCHES``). When a call returns and a
+capture's recording mode is the innermost dispatch mode of this thread, the
+wrapper issues an op of torchtrace's own, ``torchtrace::tolist`` or
+``torchtrace::numpy``: a no-op whose one input is the tensor read. The mode
+records it as any op (the value read, module call, source line) and as a witness
+whose value is what the call handed to Python (``handed_value``).
+
+The ops are defined once per process, at the first such read. Their autograd
+kernel is a fallthrough: no autograd Node is made and the thread's sequence
+number does not move (a custom op without one moves it), so the user's autograd
+graph is as without the trace. They are issued under
+``DisableTorchFunctionSubclass``: a tensor subclass's ``__torch_function__``
+never sees them.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import sys
+import threading
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .fork import STARTED
+
+_SHOWN = 8  # a read of up to this many numbers keeps them all in its witness; past it, a digest
+_MAX_TEXT = 200  # (and past this many characters of text)
+_LOCK = threading.Lock()
+_OPS: dict = {}  # method name -> torch.ops.torchtrace.<name>.default, once defined
+_LIB: list = []  # the torch.library.Library that holds them (alive for the process)
+_INSIDE = threading.local()  # a wrapped method is running on this thread
+_HANDED = threading.local()  # the read in flight on this thread (``take_handed``)
+
+
+def _op(name: str) -> Any:
+    op = _OPS.get(name)
+    if op is not None:
+        return op
+    with _LOCK:
+        if not hasattr(torch.ops.torchtrace, name):  # (defined already: a reloaded torchtrace)
+            if not _LIB:
+                _LIB.append(torch.library.Library("torchtrace", "FRAGMENT"))
+            lib = _LIB[0]
+            lib.define(f"{name}(Tensor self) -> ()")
+            lib.impl(name, _nothing, "CompositeExplicitAutograd")
+            lib.impl(name, torch.library.fallthrough_kernel, "Autograd")
+        op = _OPS[name] = getattr(torch.ops.torchtrace, name).default
+    return op
+
+
+def _nothing(self: torch.Tensor) -> None:
+    return None
+
+
+def take_handed() -> Tuple[Any, Any, int]:
+    """(the value, code object and ``f_lasti`` of the frame that called the read) of
+    the read whose op the mode is handling: the op is issued where the read was, as
+    the ops a method of torch's issues are (None, None, -1: an op of ours issued by
+    hand). Nested traces' modes each read it."""
+    return getattr(_HANDED, "value", None) or (None, None, -1)
+
+
+def _digest(data: bytes, n: int) -> str:
+    return f"<{n} values, sha256 {hashlib.sha256(data).hexdigest()[:12]}>"
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """The data of ``t`` as bytes, read with every dispatch mode and subclass
+    handler off (nothing of this is recorded) and grad off (no Node is made)."""
+    with torch._C._DisableTorchDispatch(), torch.no_grad():
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        return bytes(_numpy(flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat))
+
+
+_numpy = torch._C.TensorBase.numpy  # (torch's own, not the wrapper: this read is ours)
+
+
+def handed_value(t: torch.Tensor, out: Any) -> Any:
+    """What a read handed to Python, as a witness value: a 0-dim tensor's number
+    (as ``.item()`` reads it); else the numbers as text (``[3, 1, 2]``, floats in the
+    fewest digits that give back the same value in the tensor's dtype) for up to 8 of
+    them, else their count and a digest of the data that tells two reads apart
+    (``<1024 values, sha256 3fa2c1d09e4b>``)."""
+    got = out.tolist() if hasattr(out, "tobytes") else out  # (a NumPy array: its numbers)
+    if t.dim() == 0:
+        return got
+    n = t.numel()
+    if n <= _SHOWN:
+        text = _text(got, _ROUND_TRIP.get(t.dtype))
+        if len(text) <= _MAX_TEXT:
+            return text
+    if hasattr(out, "tobytes"):
+        return _digest(out.tobytes(), n)
+    try:
+        return _digest(_tensor_bytes(t), n)
+    except Exception:  # no bytes to read (a wrapper subclass): the text itself
+        return _digest(repr(out).encode(), n)
+
+
+# struct formats that hold a float of these dtypes exactly (bfloat16's values are float32's)
+_ROUND_TRIP = {torch.float32: "f", torch.bfloat16: "f", torch.float16: "e"}
+
+
+def _text(x: Any, fmt: Optional[str]) -> str:
+    if isinstance(x, list):
+        return "[" + ", ".join(_text(i, fmt) for i in x) + "]"
+    if fmt is None or type(x) is not float or not math.isfinite(x):
+        return repr(x)
+    exact = struct.pack(fmt, x)
+    for digits in range(1, 10):  # the shortest text that reads back as the same float32 (float16)
+        text = f"{x:.{digits}g}"
+        if struct.pack(fmt, float(text)) == exact:
+            return text if any(c in text for c in ".e") else text + ".0"
+    return repr(x)
+
+
+def _note(name: str, t: Any, out: Any, caller: Any) -> None:
+    """Issue ``torchtrace::<name>`` on ``t`` if a started capture records on this thread."""
+    top = _get_current_dispatch_mode()
+    if top is None or not isinstance(t, torch.Tensor) or not any(cap.mode is top for cap in list(STARTED)):
+        return  # (no capture of ours innermost: a mode of the user's above it, or its handler running)
+    try:
+        value = handed_value(t, out)
+    except Exception:  # (never fail the user's read over its witness value)
+        value = None
+    _HANDED.value = (value, caller.f_code, caller.f_lasti)
+    try:
+        with torch._C.DisableTorchFunctionSubclass():
+            _op(name)(t)
+    finally:
+        _HANDED.value = None
+
+
+def noting_reads(name: str) -> Callable[[Any], Optional[Callable[..., Any]]]:
+    """``make`` for a ``ClassPatch`` of ``torch.Tensor.<name>``: the method, then the read noted."""
+    def make(orig: Any) -> Optional[Callable[..., Any]]:
+        if orig is None:
+            return None
+
+        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if getattr(_INSIDE, "on", False):  # (a subclass's __torch_function__ calls this again inside)
+                return orig(self, *args, **kwargs)
+            _INSIDE.on = True
+            try:
+                out = orig(self, *args, **kwargs)
+            finally:
+                _INSIDE.on = False
+            if STARTED:
+                _note(name, self, out, sys._getframe(1))
+            return out
+        read.__name__ = read.__qualname__ = name
+        read.__doc__ = getattr(orig, "__doc__", None)
+        return read
+    return make
