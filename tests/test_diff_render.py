@@ -301,3 +301,12 @@ def test_a_markdown_diff_whose_diagram_cannot_fit_keeps_its_text(structural):
     assert "```mermaid" in render_diff(structural, "markdown")
     with pytest.raises(UsageError, match="diagram takes True or False"):
         render_diff(structural, "markdown", diagram="no")
+
+
+@pytest.mark.parametrize("bad", [{"direction": "XY"}, {"level": -1}, {"max_edges": 0}, {"max_chars": "x"}])
+def test_a_markdown_diff_checks_the_diagram_options_without_a_diagram_too(structural, bad):
+    """(A 2026-11-28 audit.) With `diagram=False` (or no hunk) a bad value went unreported."""
+    with pytest.raises(UsageError, match="bad value|takes"):
+        torchtrace.render(structural, "markdown", diagram=False, **bad)
+    with pytest.raises(UsageError, match="bad value|takes"):
+        torchtrace.render(structural, "markdown", **bad)

@@ -29,7 +29,7 @@ HOSTILE = [
 @pytest.mark.parametrize("raw, expected", [
     ("a\r\nb", "a\nb"), ("a\rb", "a\nb"), ("a\u2028b", "a\nb"), ("a\tb", "a b"), ("\x00x", "\ufffdx"),
     ("\x1b[31m", "\ufffd[31m"), ("\ud800", "\ufffd"), ("ü 名前 🚀", "ü 名前 🚀"), (123, "123"),
-    ("zero\u200bwidth", "zero\u200bwidth"),
+    ("zero\u200bwidth", "zero\u200bwidth"), ("ab\u202ecd", "ab\ufffdcd"), ("\u2066x\u2069", "\ufffdx\ufffd"),
 ])
 def test_clean(raw, expected):
     assert clean(raw) == expected

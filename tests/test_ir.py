@@ -453,3 +453,51 @@ def test_a_hand_built_graph_with_a_field_of_another_kind_says_which(field, value
     AttributeErrors from deep inside (the fingerprint)."""
     with pytest.raises(torchtrace.errors.UsageError, match=rf"Graph\({field}=\.\.\.\) holds something else"):
         torchtrace.Graph(**{field: value})
+
+
+def test_save_refuses_a_trace_store_and_its_files_and_keeps_every_pass(graph, tmp_path):
+    """(A 2026-11-28 audit.) `save(g, "runs/trace.db")` replaced a whole store with
+    one graph, silently; the command line's `-o` already refused that."""
+    from torchtrace.errors import UsageError
+    from torchtrace.store import Store
+
+    m = torch.nn.Linear(2, 2)
+    with torchtrace.Recorder(tmp_path / "trace.db") as rec:
+        for i in range(3):
+            rec.step(i)
+            m(torch.ones(1, 2))
+    (tmp_path / "trace.db-wal").write_bytes(b"")  # (SQLite's log beside it, as while a run records)
+    before = (tmp_path / "trace.db").read_bytes()
+    for name in ("trace.db", "trace.db-wal"):
+        with pytest.raises(UsageError, match="trace store.*would lose its passes"):
+            torchtrace.save(graph, tmp_path / name)
+    assert (tmp_path / "trace.db").read_bytes() == before
+    with Store(tmp_path / "trace.db", readonly=True) as st:
+        assert len(st.passes()) == 3
+    torchtrace.save(graph, tmp_path / "g.json")
+    torchtrace.save(graph, tmp_path / "g.json")  # (a graph file of its own is written over, as before)
+
+
+def test_save_checks_the_meta_a_user_edited_against_the_schema_load_reads(graph, tmp_path):
+    """(A 2026-11-28 audit.) `g.meta` is a plain dict: `g.meta["step"] = "epoch-3"` went
+    through save() into a file load() refused."""
+    g = copy.deepcopy(graph)
+    g.meta["step"] = "epoch-3"
+    with pytest.raises(torchtrace.errors.IRError, match=r"meta\.step: .*expected integer or null; "
+                       r'found string "epoch-3"'):
+        torchtrace.save(g, tmp_path / "g.json")
+    assert not (tmp_path / "g.json").exists()
+    g.meta["step"] = 3
+    assert torchtrace.load(torchtrace.save(g, tmp_path / "g.json")).meta["step"] == 3
+
+
+def test_a_nul_in_a_path_is_an_error_that_says_so(graph):
+    with pytest.raises(torchtrace.errors.IRError, match="not a usable path.*NUL"):
+        torchtrace.load("graph\x00.json")
+    with pytest.raises(torchtrace.errors.IRError, match="not a usable path"):
+        torchtrace.diff(graph, "graph\x00.json")
+
+
+def test_a_gz_name_in_capitals_is_gzipped_too(graph, tmp_path):
+    path = torchtrace.save(graph, tmp_path / "G.JSON.GZ")
+    assert path.read_bytes()[:2] == b"\x1f\x8b" and torchtrace.load(path) == graph

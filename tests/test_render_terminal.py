@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn as nn
 from rich.console import Console
 
 import torchtrace
@@ -202,3 +203,20 @@ def test_a_folded_run_of_blocks_that_saved_different_bytes_gives_the_range():
     assert "saved 32 B–64 B each" in text, text
     unfolded = torchtrace.render(t.graph, "terminal", depth=1, fold=False)
     assert [int(b) for b in re.findall(r"saved (\d+) B", unfolded)] == [160, 64, 32, 32, 32]
+
+
+def test_an_optimizer_view_has_no_empty_module_heading_and_names_the_hidden_tags():
+    """(A 2026-11-28 audit.) Optimizer ops run outside any module call: the report
+    printed a "module calls" heading with nothing under it, and called the hidden
+    `record_function` markers "bookkeeping ops"."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with torchtrace.trace(m) as t:
+        m(torch.randn(3, 4)).sum().backward()
+        opt.step()
+    text = torchtrace.render(t.graph, "terminal", phase="optimizer")
+    assert "\nmodule calls" not in text and "add_.Tensor" in text
+    assert "showing phase optimizer: 4 ops (2 ops tagged annotation hidden)" in text
+    forward = torchtrace.render(t.graph, "terminal", phase="backward")
+    assert "\nmodule calls" in forward and "tagged autograd_internal hidden" in forward

@@ -193,6 +193,12 @@ def _fast() -> Callable[[Any], bool]:
     return _compile(root, ref)
 
 
+def check_field(name: str, value: Any) -> Optional[IRError]:
+    """Where ``value`` breaks the schema of the graph's top-level field ``name``, if it does."""
+    root = graph_schema()
+    return _error(root["properties"][name], value, name, root)
+
+
 def check(data: Any, where: str = "graph") -> None:
     """Raise IRError for the first place where ``data`` breaks the schema."""
     if _fast()(data):

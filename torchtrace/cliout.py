@@ -64,23 +64,18 @@ def _extension(output: Optional[str]) -> str:
     return os.path.splitext(name)[1].lower() if name and name != "-" else ""
 
 
-_COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a store
-
-
 def _keeps_inputs(output: str, reads: Sequence[str]) -> None:
     """``-o`` naming the store or graph file the command reads, or any trace
     store, would replace it with the output: every pass in it lost."""
     from .passref import ref_file
-    from .serialize import is_sqlite
+    from .serialize import is_store
 
     target = Path(output)
     try:
         if not target.is_file():
             return
         same = next((r for r in reads for f in [ref_file(r)] if f is not None and os.path.samefile(f, target)), None)
-        # (or a file of one: its write-ahead log holds its last passes until a checkpoint)
-        owner = next((output[:-len(s)] for s in _COMPANIONS if output.endswith(s)), None)
-        store = is_sqlite(target) or (owner is not None and os.path.isfile(owner) and is_sqlite(owner))
+        store = is_store(output)  # (or a file of one: its write-ahead log holds its last passes)
     except OSError:  # (not readable: the write says what is wrong)
         return
     if same is not None:

@@ -34,6 +34,20 @@ def is_sqlite(path: PathLike) -> bool:
         return fh.read(len(SQLITE_HEADER)) == SQLITE_HEADER
 
 
+STORE_FILES = ("-wal", "-shm", "-journal")  # SQLite's files beside a store
+
+
+def is_store(path: PathLike) -> bool:
+    """Is there a trace store at ``path``, or is ``path`` one of SQLite's files
+    beside one (its write-ahead log holds its last passes until a checkpoint)?
+    (OSError where the file cannot be read.)"""
+    text = os.fspath(path)
+    if not os.path.isfile(text):
+        return False
+    owner = next((text[:-len(s)] for s in STORE_FILES if text.endswith(s)), None)
+    return is_sqlite(text) or (owner is not None and os.path.isfile(owner) and is_sqlite(owner))
+
+
 def graph_to_dict(g: Graph) -> Dict[str, Any]:
     """The JSON form of ``g`` as plain dicts and lists (a fresh tree: the
     caller may edit it)."""
@@ -276,8 +290,19 @@ def save(graph: Graph, path: PathLike) -> Path:
         raise UsageError("cannot save to this", expected="a file path (str or pathlib.Path)", found=repr(path),
                          fix="pass e.g. 'graph.json' or 'graph.json.gz'")
     target = Path(path)
+    bad = _jsonschema.check_field("meta", graph.meta)  # (the part of a Graph edited in place: g.meta["step"] = ...)
+    if bad is not None:
+        raise IRError("this graph's meta would not load back", where=bad.where, expected=bad.expected,
+                      found=bad.found, fix="set that field to a value of the expected type before saving")
     try:
-        raw = encode(graph, gz=target.name.endswith(".gz"))
+        if is_store(path):
+            raise UsageError(f"{path} is a trace store or one of its files", expected="a new graph file, or one "
+                             "written by torchtrace.save()", found="an SQLite trace store: writing there would lose "
+                             "its passes", fix="save to another file, e.g. 'graph.json.gz'")
+    except OSError:  # (not readable: the write says what is wrong)
+        pass
+    try:
+        raw = encode(graph, gz=target.name.lower().endswith(".gz"))
     except (TypeError, ValueError) as e:  # (a hand-built graph holding what JSON cannot: bytes, a set, NaN)
         raise IRError("the graph holds a value JSON cannot hold", expected="JSON values in args and meta "
                       "(numbers, strings, lists, dicts; non-finite numbers as the strings 'nan', 'inf')",
@@ -328,6 +353,9 @@ def load(path: PathLike) -> Graph:
     p = Path(path)
     try:
         raw = p.read_bytes()
+    except ValueError as e:  # (a NUL in the path)
+        raise IRError("not a usable path", where=repr(str(path)), expected="a file path",
+                      found=str(e), fix="name the file without NUL characters") from None
     except FileNotFoundError:
         from .passref import _store_ref
 

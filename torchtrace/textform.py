@@ -17,15 +17,19 @@ if TYPE_CHECKING:  # pragma: no cover
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85]")
 
 
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def clean(text: object) -> str:
     """Any object as printable text: line breaks normalised to ``\\n``, tabs to
-    spaces, other control characters and lone surrogates to U+FFFD."""
+    spaces, other control characters, lone surrogates and the bidirectional
+    overrides and isolates (which would draw the rest of a label reversed) to U+FFFD."""
     s = _NEWLINES.sub("\n", str(text)).replace("\t", " ")
     out = []
     for c in s:
         if c == "\n" or c.isprintable() or c == " ":
             out.append(c)
-        elif unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn"):
+        elif unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") or c in _BIDI:
             out.append("\ufffd")
         else:  # format characters (zero-width joiners…) and separators are harmless
             out.append(c)

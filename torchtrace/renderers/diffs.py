@@ -92,6 +92,7 @@ def render_markdown(diff: "GraphDiff", *, context: int = 3, max_ops: int = 40, m
     if not isinstance(diagram, bool):
         raise UsageError("diagram takes True or False", expected="a bool (draw the Mermaid diagram or not)",
                          found=repr(diagram), fix="pass diagram=False to leave the diagram out")
+    _mermaid_options(**opts)  # (checked whether or not a diagram is drawn)
     out = [f"**torchtrace diff**: {diff.summary()}", ""]
     out.append(f"- A: {markdown_text(label(diff.a))}")
     out.append(f"- B: {markdown_text(label(diff.b))}")
@@ -200,11 +201,10 @@ def render_mermaid(diff: "GraphDiff", *, context: int = 3, direction: str = "TB"
     ``max_chars`` characters (Mermaid's defaults, which Markdown hosts
     cannot raise). Removed edges are dashed red, added ones green."""
     from ..diffview import LEVELS, build_diff_view
-    from .mermaid import MAX_CHARS, MAX_EDGES, text_size
+    from .mermaid import text_size
 
-    max_edges = MAX_EDGES if max_edges is None else _positive("max_edges", max_edges)
-    max_chars = MAX_CHARS if max_chars is None else _positive("max_chars", max_chars)
-    for lv in range(_level(level), LEVELS):
+    direction, level, max_edges, max_chars = _mermaid_options(direction, level, max_edges, max_chars)
+    for lv in range(level, LEVELS):
         dv = build_diff_view(diff, context=context, level=lv)
         text = _mermaid(diff, dv, direction, edge_labels=lv == 0)
         if len(dv.view.edges) <= max_edges and text_size(text) <= max_chars:
@@ -249,6 +249,17 @@ def _wrapped(lines: Sequence[str], most: int = 12) -> Tuple[str, ...]:
     out = [piece for line in lines for piece in
            (textwrap.wrap(line, LINE_WIDTH, subsequent_indent="  ", break_on_hyphens=False) or [""])]
     return tuple(out if len(out) <= most else out[: most - 1] + ["…"])
+
+
+def _mermaid_options(direction: str = "TB", level: int = 0, max_edges: Optional[int] = None,
+                     max_chars: Optional[int] = None) -> Tuple[str, int, int, int]:
+    """A diff's Mermaid options, checked, with the defaults filled in."""
+    from .dot import check_direction
+    from .mermaid import MAX_CHARS, MAX_EDGES
+
+    return (check_direction(direction), _level(level),
+            MAX_EDGES if max_edges is None else _positive("max_edges", max_edges),
+            MAX_CHARS if max_chars is None else _positive("max_chars", max_chars))
 
 
 def _positive(name: str, value: Any) -> int:

@@ -38,7 +38,9 @@ def renderable(graph: Graph, options: Optional[ViewOptions] = None, **opts: Any)
     prep = Prepared(graph, o.with_(max_boxes=None))
     if not prep.sel.nodes:  # (as the diagrams say it: no empty tree and table)
         return RichGroup(_header(prep), Text("nothing to draw: no ops in this view", style="bold"))
-    parts: List[RenderableType] = [_header(prep), _tree(prep, o.depth), _histogram(prep.sel.nodes, prep.sel.phase)]
+    tree = _tree(prep, o.depth)  # (no heading over nothing: optimizer ops run outside any module call)
+    parts: List[RenderableType] = [_header(prep), *([tree] if tree.children else []),
+                                   _histogram(prep.sel.nodes, prep.sel.phase)]
     wit = [n for n in prep.sel.nodes if n.witness is not None]
     if wit:
         parts.append(_witnesses(graph, wit))
@@ -68,7 +70,8 @@ def _header(prep: Prepared) -> Text:
     if sel.focus_calls:  # (the other ops are left out: say why)
         t.append(f" in focus {one_line(repr(prep.opts.focus))}: {len(sel.focus_calls)} call(s)", style="bold")
     if sel.hidden:
-        t.append(f" ({plural(len(sel.hidden), 'bookkeeping op')} hidden)", style="dim")
+        tags = sorted({tag for n in sel.hidden.values() for tag in n.tags if tag in prep.opts.hide})
+        t.append(f" ({plural(len(sel.hidden), 'op')} tagged {', '.join(tags)} hidden)", style="dim")
     if cut_off_note(g):
         t.append(f"\n!! truncated: {cut_off_note(g)}", style="bold red")
     if ended_by(g):  # (else the tree of the ops before the raise reads as a whole step)
