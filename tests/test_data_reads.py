@@ -235,3 +235,44 @@ def test_nested_traces_each_record_the_read_once():
             assert x.tolist() == [2, 7]
     for t in (inner, outer):
         assert [(n.op, n.witness.value) for n in _reads(t.graph)] == [("torchtrace.tolist.default", "[2, 7]")]
+
+
+def test_a_mode_of_the_user_s_around_the_trace_gets_no_op_of_ours_and_reads_still_work():
+    """(A review.) A FakeTensorMode, or any mode that takes aten ops only, entered
+    before the trace got `torchtrace.tolist` and refused it: `x.tolist()` raised."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    class AtenOnly(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace != "aten":
+                raise NotImplementedError(f"{func} is not an aten op")
+            return func(*args, **(kwargs or {}))
+
+    for mode in (AtenOnly(), FakeTensorMode()):
+        x = torch.tensor([1, 2, 3])
+        with mode:
+            with torchtrace.trace() as t:
+                assert x.tolist() == [1, 2, 3]
+        assert not _reads(t.graph)
+
+
+def test_reads_of_float16_extremes_bfloat16_and_conjugates_say_what_was_read():
+    half = torch.tensor([1.0, -65504.0], dtype=torch.float16)  # (float16's max: "7e+04" overflows it)
+    text = handed_value(half, half.tolist())
+    assert torch.equal(torch.tensor(ast.literal_eval(text), dtype=torch.float16), half)
+    bf = torch.tensor([0.1, 1 / 3], dtype=torch.bfloat16)
+    assert handed_value(bf, bf.tolist()) == "[0.1, 0.334]"  # (the fewest digits that give the bfloat16 back)
+    z = torch.arange(10.0) * (1 + 1j)
+    assert handed_value(z.conj(), z.conj().tolist()) == handed_value(z.conj().resolve_conj(), z.conj().tolist())
+    big = torch.zeros(2_000_000)  # (8 MB: counted, not digested)
+    assert handed_value(big, big.numpy()) == "<2000000 values>"
+
+
+def test_a_trace_s_own_read_of_a_nested_tensor_s_sizes_is_no_read_of_the_program():
+    """The inner trace's handler reads a strided NestedTensor's sizes with tolist():
+    the outer trace recorded it as the program's read."""
+    with torchtrace.trace() as outer:
+        with torchtrace.trace():
+            nt = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(4, 3)])
+            (nt * 2).sin()
+    assert not _reads(outer.graph)

@@ -266,3 +266,25 @@ def test_a_second_backward_after_a_zero_grad_gives_its_own_norms_and_clipping_st
         opt.zero_grad(set_to_none=False)
     assert _norms(t.graph) == pytest.approx(want, rel=1e-6)
     assert math.hypot(*want.values()) == pytest.approx(0.5, rel=1e-4)  # (clipped: the total norm is 0.5)
+
+
+def test_a_zero_grad_reads_the_norms_of_its_own_parameters_only_and_autograd_grad_keeps_them():
+    """(Review of the fix above.) The first zero_grad read every gradient: a second
+    optimizer's clip_grad_norm_ after it was missed. And a torch.autograd.grad after
+    the zero_grad (a saliency map) threw the read norms away, leaving zeros."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(5, 4, requires_grad=True)
+    opts = [torch.optim.SGD(m[0].parameters(), lr=0.1), torch.optim.SGD(m[2].parameters(), lr=0.1)]
+    want = {}
+    with torchtrace.trace(m) as t:
+        m(x).pow(2).sum().backward()
+        for k, opt in zip((0, 2), opts):
+            torch.nn.utils.clip_grad_norm_(m[k].parameters(), 0.01)
+            want.update({f"{k}.{n}": float(torch.linalg.vector_norm(p.grad)) for n, p in m[k].named_parameters()})
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+        torch.autograd.grad(m(x).sum(), x)
+    got = _norms(t.graph)
+    assert {k: got[k] for k in want} == pytest.approx(want, rel=1e-6)
+    assert max(want.values()) <= 0.01 + 1e-6  # (both groups clipped)

@@ -191,6 +191,10 @@ class AutogradTracker:
         self.grads: Dict[tuple, Any] = {}  # AccumulateGrad key -> the .grad backward left (until the build)
         self.norms: Dict[tuple, tuple] = {}  # key -> (shape, dtype, norm) of grads[key], read before a zero_grad()
         self.open_tasks: Dict[int, bool] = {}  # graph tasks whose end callback is queued -> nested?
+        # graph task -> len(executed) when the last task before it ended: its Nodes (and those of tasks
+        # nested in it) are the ones executed from there on
+        self.task_start: Dict[int, int] = {}
+        self.last_end = 0
         self.grad_inputs: Dict[int, Any] = {}  # id -> parameter torch.autograd.grad was asked the gradient of
         # (sequence nr, name) of Nodes that another Node had too: sequence numbers count per thread
         self.twins: Set[tuple] = set()
@@ -293,6 +297,7 @@ class AutogradTracker:
         if task in self.open_tasks:  # (back in a task after a nested one: its callback is queued)
             return
         self.open_tasks[task] = bool(self.open_tasks)  # nested in another graph task?
+        self.task_start[task] = self.last_end
         try:  # (inside the graph task: the engine runs it when the task ends)
             _ENGINE.queue_callback(lambda: self._at_backward_end(task))
         except RuntimeError:  # not inside one after all: the gradients are read when the pass is built
@@ -305,6 +310,8 @@ class AutogradTracker:
         ``.grad``). At the end of a graph task nested in another (reentrant
         checkpoint's backward, ``autograd.grad`` inside a backward) the Nodes are let
         go (``release``)."""
+        ran = set(self.executed[self.task_start.pop(task, 0):])
+        self.last_end = len(self.executed)
         for k in dict.fromkeys(self.executed):
             if k[0] == "acc" and k in self.entries:
                 v = self.entries[k].variable
@@ -316,18 +323,22 @@ class AutogradTracker:
                     continue
                 if isinstance(g, torch.Tensor):
                     self.grads[k] = g
-        self.norms = {}  # (these gradients are read at the build, or before a zero_grad() zeroes them)
+                    if k in ran:  # (read again: at the build, or before a zero_grad() zeroes it)
+                        self.norms.pop(k, None)
         if self.open_tasks.pop(task, False):
             self.release()
 
-    def read_norms(self) -> None:
-        """Read the norms of the gradients backward left now, before ``zero_grad()``
-        runs (patches.py): with ``set_to_none=False`` it zeroes them in place, and the
-        next step's, at the top of its loop, is still in this pass under the default cut."""
-        if self.grads and not self.norms:
-            keys = list(self.grads)
+    def read_norms(self, params: Iterable[Any]) -> None:
+        """Read the norms of the gradients backward left on ``params`` now, before a
+        ``zero_grad()`` of theirs runs (patches.py): with ``set_to_none=False`` it zeroes
+        them in place, and the next step's, at the top of its loop, is still in this pass
+        under the default cut. Each is read once, until a backward adds to it again."""
+        if not self.grads:
+            return
+        keys = [k for k in (("acc", id(p)) for p in params) if k in self.grads and k not in self.norms]
+        if keys:
             with _disable_current_modes(), torch._C.DisableTorchFunction():  # (no op of it is recorded)
-                self.norms = dict(zip(keys, grad_infos([self.grads[k] for k in keys])))
+                self.norms.update(zip(keys, grad_infos([self.grads[k] for k in keys])))
 
     def norm_of(self, key: tuple, grad: Any) -> Optional[tuple]:
         """(shape, dtype, norm) read before a ``zero_grad()``, if ``grad`` is what it read."""

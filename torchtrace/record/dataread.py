@@ -5,9 +5,9 @@
 the dispatch mode sees and records as a witness. ``tolist()`` reads the data in
 C++ with no op at all, and ``numpy()`` runs only a ``detach``: a branch on
 ``lengths.tolist()`` or on ``t.numpy()`` was invisible. While a capture is
-started both methods are wrapped (``patches.PATCHES``). When a call returns and a
-capture's recording mode is the innermost dispatch mode of this thread, the
-wrapper issues an op of torchtrace's own, ``torchtrace::tolist`` or
+started both methods are wrapped (``patches.PATCHES``). When a call returns and
+every dispatch mode on this thread's stack is a capture's (a mode of the user's would
+get an op it never gets without a trace: FakeTensorMode refuses it), the wrapper issues an op of torchtrace's own, ``torchtrace::tolist`` or
 ``torchtrace::numpy``: a no-op whose one input is the tensor read. The mode
 records it as any op (the value read, module call, source line) and as a witness
 whose value is what the call handed to Python (``handed_value``).
@@ -26,12 +26,13 @@ import math
 import struct
 import sys
 import threading
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from .fork import STARTED
+from .frames import OWN_DIR
 
 _SHOWN = 8  # a read of up to this many numbers keeps them all in its witness; past it, a digest
 _MAX_TEXT = 200  # (and past this many characters of text)
@@ -70,16 +71,17 @@ def take_handed() -> Tuple[Any, Any, int]:
     return getattr(_HANDED, "value", None) or (None, None, -1)
 
 
-def _digest(data: bytes, n: int) -> str:
+def _digest(data: Any, n: int) -> str:
     return f"<{n} values, sha256 {hashlib.sha256(data).hexdigest()[:12]}>"
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    """The data of ``t`` as bytes, read with every dispatch mode and subclass
-    handler off (nothing of this is recorded) and grad off (no Node is made)."""
+def _tensor_data(t: torch.Tensor) -> Any:
+    """The numbers of ``t`` as a buffer of bytes (its conjugate and negative bits
+    resolved), read with every dispatch mode and subclass handler off (nothing of
+    this is recorded) and grad off (no Node is made)."""
     with torch._C._DisableTorchDispatch(), torch.no_grad():
-        flat = t.detach().cpu().contiguous().reshape(-1)
-        return bytes(_numpy(flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat))
+        flat = t.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+        return _numpy(flat.view(torch.uint8) if flat.dtype != torch.uint8 else flat)
 
 
 _numpy = torch._C.TensorBase.numpy  # (torch's own, not the wrapper: this read is ours)
@@ -90,45 +92,65 @@ def handed_value(t: torch.Tensor, out: Any) -> Any:
     (as ``.item()`` reads it); else the numbers as text (``[3, 1, 2]``, floats in the
     fewest digits that give back the same value in the tensor's dtype) for up to 8 of
     them, else their count and a digest of the data that tells two reads apart
-    (``<1024 values, sha256 3fa2c1d09e4b>``)."""
-    got = out.tolist() if hasattr(out, "tobytes") else out  # (a NumPy array: its numbers)
-    if t.dim() == 0:
-        return got
+    (``<1024 values, sha256 3fa2c1d09e4b>``); past 4 MiB of data, the count alone."""
+    array = hasattr(out, "tobytes")  # (numpy(): a NumPy array)
     n = t.numel()
-    if n <= _SHOWN:
+    if t.dim() == 0 or n <= _SHOWN:
+        got = out.tolist() if array else out
+        if t.dim() == 0:
+            return got
         text = _text(got, _ROUND_TRIP.get(t.dtype))
         if len(text) <= _MAX_TEXT:
             return text
-    if hasattr(out, "tobytes"):
-        return _digest(out.tobytes(), n)
+    if n * t.element_size() > _MAX_DIGESTED:
+        return f"<{n} values>"
+    if array and out.flags.c_contiguous:
+        return _digest(out.data, n)
     try:
-        return _digest(_tensor_bytes(t), n)
+        return _digest(_tensor_data(t), n)
     except Exception:  # no bytes to read (a wrapper subclass): the text itself
         return _digest(repr(out).encode(), n)
 
 
-# struct formats that hold a float of these dtypes exactly (bfloat16's values are float32's)
-_ROUND_TRIP = {torch.float32: "f", torch.bfloat16: "f", torch.float16: "e"}
+_MAX_DIGESTED = 4 << 20  # bytes: sha256 takes a few ms for them
 
 
-def _text(x: Any, fmt: Optional[str]) -> str:
+def _bf16(x: float) -> int:
+    """The bits of ``x`` rounded to bfloat16 (through float32, nearest even, as torch rounds it)."""
+    b = struct.unpack("<I", struct.pack("<f", x))[0]
+    return (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+
+
+# what a float is once stored in these dtypes: two floats that give the same are one number to it
+_ROUND_TRIP: Dict[torch.dtype, Callable[[float], Any]] = {
+    torch.float32: lambda x: struct.pack("<f", x), torch.float16: lambda x: struct.pack("<e", x),
+    torch.bfloat16: _bf16}
+
+
+def _text(x: Any, stored: Optional[Callable[[float], Any]]) -> str:
     if isinstance(x, list):
-        return "[" + ", ".join(_text(i, fmt) for i in x) + "]"
-    if fmt is None or type(x) is not float or not math.isfinite(x):
+        return "[" + ", ".join(_text(i, stored) for i in x) + "]"
+    if stored is None or type(x) is not float or not math.isfinite(x):
         return repr(x)
-    exact = struct.pack(fmt, x)
-    for digits in range(1, 10):  # the shortest text that reads back as the same float32 (float16)
+    exact = stored(x)
+    for digits in range(1, 10):  # the shortest text that reads back as the same number of the dtype
         text = f"{x:.{digits}g}"
-        if struct.pack(fmt, float(text)) == exact:
-            return text if any(c in text for c in ".e") else text + ".0"
+        try:
+            if stored(float(text)) == exact:
+                return text if any(c in text for c in ".e") else text + ".0"
+        except OverflowError:  # (float16's 65504 as 7e+04)
+            continue
     return repr(x)
 
 
 def _note(name: str, t: Any, out: Any, caller: Any) -> None:
     """Issue ``torchtrace::<name>`` on ``t`` if a started capture records on this thread."""
-    top = _get_current_dispatch_mode()
-    if top is None or not isinstance(t, torch.Tensor) or not any(cap.mode is top for cap in list(STARTED)):
-        return  # (no capture of ours innermost: a mode of the user's above it, or its handler running)
+    ours = {id(cap.mode) for cap in list(STARTED)}
+    modes = _get_current_dispatch_mode_stack()
+    if not modes or not isinstance(t, torch.Tensor) or any(id(m) not in ours for m in modes) \
+            or caller.f_code.co_filename.startswith(OWN_DIR):
+        return  # (only our modes on the stack: a mode of the user's would get an op it never gets without us;
+        # and not torchtrace's own read, a trace's handler reading a NestedTensor's sizes)
     try:
         value = handed_value(t, out)
     except Exception:  # (never fail the user's read over its witness value)
@@ -137,6 +159,8 @@ def _note(name: str, t: Any, out: Any, caller: Any) -> None:
     try:
         with torch._C.DisableTorchFunctionSubclass():
             _op(name)(t)
+    except Exception:  # (nor over recording it)
+        pass
     finally:
         _HANDED.value = None
 

@@ -181,8 +181,14 @@ def _reading_norms_first(orig: Any) -> Optional[Callable[..., Any]]:
         return None
 
     def zero_grad(self_: Any, *args: Any, **kwargs: Any) -> Any:
-        for cap in list(STARTED):
-            cap.autograd.read_norms()
+        if STARTED:
+            try:  # (the parameters it zeroes: an optimizer's groups, a module's own and its children's)
+                params = ([p for group in self_.param_groups for p in group["params"]]
+                          if isinstance(self_, torch.optim.Optimizer) else list(self_.parameters()))
+            except Exception:  # (an odd optimizer or module: its norms are read at the build, as before)
+                params = []
+            for cap in list(STARTED):
+                cap.autograd.read_norms(params)
         return orig(self_, *args, **kwargs)
     zero_grad.__doc__ = getattr(orig, "__doc__", None)
     return zero_grad
