@@ -6,8 +6,9 @@ the dispatch mode sees and records as a witness. ``tolist()`` reads the data in
 C++ with no op at all, and ``numpy()`` runs only a ``detach``: a branch on
 ``lengths.tolist()`` or on ``t.numpy()`` was invisible. While a capture is
 started both methods are wrapped (``patches.PATCHES``). When a call returns and
-every dispatch mode on this thread's stack is a capture's (a mode of the user's would
-get an op it never gets without a trace: FakeTensorMode refuses it), the wrapper issues an op of torchtrace's own, ``torchtrace::tolist`` or
+every dispatch mode on this thread's stack is a capture's (a mode of the user's
+would get an op it never gets without a trace: FakeTensorMode refuses it), the
+wrapper issues an op of torchtrace's own, ``torchtrace::tolist`` or
 ``torchtrace::numpy``: a no-op whose one input is the tensor read. The mode
 records it as any op (the value read, module call, source line) and as a witness
 whose value is what the call handed to Python (``handed_value``).
