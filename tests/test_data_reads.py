@@ -268,6 +268,7 @@ def test_reads_of_float16_extremes_bfloat16_and_conjugates_say_what_was_read():
     assert handed_value(big, big.numpy()) == "<2000000 values>"
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_a_trace_s_own_read_of_a_nested_tensor_s_sizes_is_no_read_of_the_program():
     """The inner trace's handler reads a strided NestedTensor's sizes with tolist():
     the outer trace recorded it as the program's read."""
