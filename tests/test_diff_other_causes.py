@@ -229,3 +229,29 @@ def test_another_torch_version_is_named_not_python_state():
     assert "Python state" not in str(d)
     same = torchtrace.diff(a, _as_recorded_by(a, "2.4.0+cu121", {}))
     assert same.summary() == f"identical (recorded by torch {mine} in A, 2.4.0+cu121 in B)"
+
+
+def test_an_input_one_side_passed_is_no_cause_of_what_it_reaches_only_through_ops_both_ran():
+    """(A 2026-11-28 audit.) Llama with grouped-query attention, prefill against a
+    decode step: both layers' attention takes the same other branch, and layer 1's
+    hunk was put down to `cache.layers[0].values`, which reaches layer 1 only through
+    ops both passes ran (the residual stream). Both layers now read alike."""
+    from zoo import llama
+
+    model = llama()
+    ids = torch.randint(1, 100, (2, 6), generator=torch.Generator().manual_seed(1))
+    am = torch.ones(2, 6, dtype=torch.long)
+    am[1, :2] = 0
+    with torch.no_grad():
+        with torchtrace.trace(model) as t0:
+            out = model(ids, attention_mask=am, use_cache=True)
+        tok = out.logits[:, -1:].argmax(-1)
+        with torchtrace.trace(model) as t1:
+            model(tok, attention_mask=torch.cat([am, torch.ones(2, 1, dtype=torch.long)], 1),
+                  past_key_values=out.past_key_values, use_cache=True)
+    hunks = [h for h in torchtrace.diff(t0.graph, t1.graph).hunks if h.module.endswith("self_attn")]
+    by_layer = {}
+    for h in hunks:
+        by_layer.setdefault(h.module.split(".")[2], []).append(h.explanation.replace(h.module, "<attn>"))
+    assert sorted(by_layer) == ["0", "1"] and by_layer["0"] == by_layer["1"], by_layer
+    assert not any("cache" in e and "computed from it" in e for e in by_layer["1"]), by_layer

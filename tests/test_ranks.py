@@ -371,3 +371,39 @@ def test_collectives_in_groups_of_their_own_are_no_divergence(tmp_path):
         store.add(_as_rank(in_group(g, 4, "2"), 1), idx=0)
         [d] = rank_report(store).divergences
     assert d.kind == "collectives" and "group '1' of 2" in d.collective and "group '2' of 4" in d.collective
+
+
+def test_a_rank_stopped_mid_run_is_set_against_what_the_other_rank_called_instead(tmp_path):
+    """(A 2026-11-28 audit.) Rank 1 skips the loss all_reduce of step 1; its next
+    gradient all_reduce meets rank 0's pending one of another size, and gloo aborts
+    rank 0 inside that pass, which is lost. The report said only that rank 0 had
+    stopped; it now says what rank 1 called in that pass against rank 0's last one."""
+    import torch
+    import torch.distributed as dist
+
+    import torchtrace
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        graphs = []
+        for skip in (False, True):
+            with torchtrace.trace() as t:
+                flat, loss = torch.ones(49), torch.tensor(2.0)
+                dist.all_reduce(flat)
+                if not skip:
+                    dist.all_reduce(loss)
+            graphs.append(t.graph)
+    finally:
+        dist.destroy_process_group()
+    full, skipped = graphs
+    with Store(tmp_path / "t.db") as store:
+        store.add(_as_rank(full, 0), idx=0)  # (rank 0's pass 1 was lost with it)
+        for idx, g in enumerate((full, skipped, full)):
+            store.add(_as_rank(g, 1), idx=idx)
+        report = rank_report(store)
+    [d] = report.divergences
+    assert (d.kind, d.idx, d.ref, d.other) == ("missing", 1, 1, 0)
+    assert "rank 0 has no pass 1: it stopped (crashed or hung) before rank 1" in str(report)
+    [why] = d.why
+    assert why.startswith("rank 1's pass 1 called other collectives than rank 0's last pass, 0: #2: rank 0 calls "
+                          "c10d.allreduce_(float32[], group of") and "; rank 1 calls nothing more" in why, why

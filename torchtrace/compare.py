@@ -328,7 +328,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     types = type_changes(value_pairs(A, B, matched))
     hunks: List[Hunk] = []
     modes = differing_grad_modes(A.graph, B.graph)
-    fed = fed_values(A, B, inputs)
+    fed = fed_values(A, B, inputs, ops)
     # (after the last op both passes ran: what a Recorder's last pass ran past its step, the other's next step)
     end = 1 + max((k for k, p in enumerate(ops) if p.status not in ("only_a", "only_b")), default=-1)
     for kind, k0, k1 in hunk_runs(ops, CONTEXT):

@@ -151,7 +151,8 @@ def rank_report(store: Store) -> RankReport:
                 reported.add(("missing", r))
                 last = max(by_rank[r].values(), key=lambda p: p.idx) if by_rank.get(r) else None
                 errors = [f"rank {r}'s pass {last.idx} ended with {last.error}"] if last and last.error else []
-                divergences.append(Divergence(idx, by_rank[ref][idx].step, ref, r, "missing", errors=errors))
+                divergences.append(Divergence(idx, by_rank[ref][idx].step, ref, r, "missing", errors=errors,
+                                              why=_since_last(store, ref, idx, r, last)))
         for r in present[1:]:
             a, b = by_rank[ref][idx], by_rank[r][slot[r]]
             if a.shapes_fp == b.shapes_fp or {("collectives", r), ("structure", r)} <= reported:
@@ -170,6 +171,19 @@ def rank_report(store: Store) -> RankReport:
             divergences.append(Divergence(idx, a.step, ref, r, kind, first, why, errors, b.idx))
     divergences.sort(key=lambda d: (d.kind != "collectives", d.idx))
     return RankReport(ranks, counts, divergences, by_collectives)
+
+
+def _since_last(store: Store, ref: int, idx: int, r: int, last: Optional[PassRecord]) -> List[str]:
+    """A rank that stopped mid-run (gloo aborts a rank whose collective meets another
+    size): what rank ``ref`` called in the pass ``r`` has not, against the last pass ``r``
+    recorded (a loop's steps call the same collectives)."""
+    if last is None or last.error:
+        return []
+    first = _first_difference(collectives(store.graph(last.idx, r)), collectives(store.graph(idx, ref)), r, ref)
+    if not first:
+        return []
+    return [f"rank {ref}'s pass {idx} called other collectives than rank {r}'s last pass, {last.idx}: {first} "
+            f"(a rank stopped by a collective the other skipped or changed)"]
 
 
 def _slots(store: Store, by_rank: Dict[int, Dict[int, PassRecord]]) -> Tuple[List[Dict[int, int]], bool]:

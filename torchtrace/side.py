@@ -324,13 +324,13 @@ class Side:
         found = self.graph.meta.get("input_aliases")
         return {k: v for k, v in found.items() if v in self.named} if isinstance(found, dict) else {}
 
-    def downstream_of(self, names: Iterable[str]) -> Set[str]:
+    def downstream_of(self, names: Iterable[str], through: Optional[Set[str]] = None) -> Set[str]:
         """The value ids computed (forward) from the named inputs ``names``, the
-        inputs included."""
+        inputs included; with ``through``, by those ops only (node ids)."""
         out = {self.named[x].id for x in names if x in self.named}
         if out:
             for n in self.graph.nodes:
-                if n.phase == "forward" and not out.isdisjoint(n.inputs):
+                if n.phase == "forward" and not out.isdisjoint(n.inputs) and (through is None or n.id in through):
                     out.update(n.outputs)
         return out
 

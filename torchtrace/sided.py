@@ -149,15 +149,19 @@ def optimizer_state(rows: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ..
 Fed = List[Dict[str, InputChange]]  # per side: value id -> the input only that side passed it came from
 
 
-def fed_values(A: Side, B: Side, inputs: Sequence[InputChange]) -> Fed:
+def fed_values(A: Side, B: Side, inputs: Sequence[InputChange], ops: Sequence[OpPair]) -> Fed:
     """Per side, value id -> the input only that side passed that it was computed
-    from (once per diff: ``fed_by`` and ``trained`` read it for every hunk)."""
+    from through ops only that side ran (once per diff: ``fed_by`` and ``trained``
+    read it for every hunk). An op both sides ran stops it: its result is there
+    without the input too (a decode step's KV cache reaches every later layer
+    through the residual stream, and decides none of their branches)."""
     out: List[Dict[str, InputChange]] = [{}, {}]
     for x, side in ((0, A), (1, B)):
+        own = {n.id for p in ops for n in [(p.a, p.b)[x]] if n is not None and (p.b, p.a)[x] is None}
         for i in inputs:
             if i.name and (i.b, i.a)[x] is None:  # (a second name of an input: the ops that read it as passed)
                 same = side.aliases.get(i.name)
-                out[x].update(dict.fromkeys({side.named[same].id} if same else side.downstream_of((i.name,)), i))
+                out[x].update(dict.fromkeys({side.named[same].id} if same else side.downstream_of((i.name,), own), i))
     return out
 
 
