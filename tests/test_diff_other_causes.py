@@ -255,3 +255,31 @@ def test_an_input_one_side_passed_is_no_cause_of_what_it_reaches_only_through_op
         by_layer.setdefault(h.module.split(".")[2], []).append(h.explanation.replace(h.module, "<attn>"))
     assert sorted(by_layer) == ["0", "1"] and by_layer["0"] == by_layer["1"], by_layer
     assert not any("cache" in e and "computed from it" in e for e in by_layer["1"]), by_layer
+
+
+class _Labelled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, labels=None):
+        logits = self.fc(x)
+        t = F.one_hot(labels, 3).float() if labels is not None else torch.zeros_like(logits)
+        d = logits - t  # (both passes run this op)
+        if labels is not None:
+            return (d ** 2).mean()
+        return d
+
+
+def test_an_input_one_side_passed_still_feeds_ops_one_op_both_ran_away():
+    """(Review of the fix above.) `labels` reach the loss only A ran through one
+    `sub` both ran: still "ops computed from it", not "Python saw other inputs"."""
+    m, x = _Labelled(), torch.randn(3, 4)
+    graphs = []
+    for kw in ({"labels": torch.tensor([0, 2, 1])}, {}):
+        with torchtrace.trace(m) as t:
+            m(x, **kw)
+        graphs.append(t.graph)
+    why = torchtrace.diff(*graphs).why()
+    assert why and all("input `labels` only in A" in w and "computed from it" in w for w in why), why

@@ -407,3 +407,30 @@ def test_a_rank_stopped_mid_run_is_set_against_what_the_other_rank_called_instea
     [why] = d.why
     assert why.startswith("rank 1's pass 1 called other collectives than rank 0's last pass, 0: #2: rank 0 calls "
                           "c10d.allreduce_(float32[], group of") and "; rank 1 calls nothing more" in why, why
+
+
+def test_a_rank_with_fewer_passes_is_not_set_against_another_kind_of_pass(tmp_path):
+    """(Review.) An evaluation that reduces its metric on rank 0 only, after the
+    training steps both ranks ran: no line saying a collective was skipped."""
+    import torch
+    import torch.distributed as dist
+
+    import torchtrace
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        graphs = []
+        for size in (49, 3):
+            with torchtrace.trace() as t:
+                dist.all_reduce(torch.ones(size))
+            graphs.append(t.graph)
+    finally:
+        dist.destroy_process_group()
+    train, evaluate = graphs
+    with Store(tmp_path / "t.db") as store:
+        for idx, g in enumerate((train, train, evaluate)):
+            store.add(_as_rank(g, 0), idx=idx)
+        for idx in range(2):
+            store.add(_as_rank(train, 1), idx=idx)
+        [d] = rank_report(store).divergences
+    assert (d.kind, d.idx, d.other) == ("missing", 2, 1) and d.why == []

@@ -176,11 +176,13 @@ def rank_report(store: Store) -> RankReport:
 def _since_last(store: Store, ref: int, idx: int, r: int, last: Optional[PassRecord]) -> List[str]:
     """A rank that stopped mid-run (gloo aborts a rank whose collective meets another
     size): what rank ``ref`` called in the pass ``r`` has not, against the last pass ``r``
-    recorded (a loop's steps call the same collectives)."""
+    recorded, where both begin with the same collective (the same step of a loop, which
+    parted inside; not an evaluation against a training step)."""
     if last is None or last.error:
         return []
-    first = _first_difference(collectives(store.graph(last.idx, r)), collectives(store.graph(idx, ref)), r, ref)
-    if not first:
+    was, now = collectives(store.graph(last.idx, r)), collectives(store.graph(idx, ref))
+    first = _first_difference(was, now, r, ref)
+    if not first or not was or not now or was[0][0] != now[0][0]:  # (another kind of pass: an evaluation)
         return []
     return [f"rank {ref}'s pass {idx} called other collectives than rank {r}'s last pass, {last.idx}: {first} "
             f"(a rank stopped by a collective the other skipped or changed)"]

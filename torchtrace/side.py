@@ -326,13 +326,19 @@ class Side:
 
     def downstream_of(self, names: Iterable[str], through: Optional[Set[str]] = None) -> Set[str]:
         """The value ids computed (forward) from the named inputs ``names``, the
-        inputs included; with ``through``, by those ops only (node ids)."""
-        out = {self.named[x].id for x in names if x in self.named}
-        if out:
+        inputs included; with ``through`` (node ids), by those ops and at most one
+        op outside it on the way (``labels`` -> one_hot -> a ``sub`` both sides ran ->
+        the loss only one side ran; not a KV cache through a whole layer)."""
+        hops = {self.named[x].id: 0 for x in names if x in self.named}
+        if hops:
             for n in self.graph.nodes:
-                if n.phase == "forward" and not out.isdisjoint(n.inputs) and (through is None or n.id in through):
-                    out.update(n.outputs)
-        return out
+                if n.phase == "forward":
+                    got = [hops[v] for v in n.inputs if v in hops]
+                    h = min(got, default=2) + (0 if through is None or n.id in through else 1)
+                    if h <= 1:
+                        for v in n.outputs:
+                            hops[v] = min(h, hops.get(v, h))
+        return set(hops)
 
     @cached_property
     def trainable(self) -> Dict[str, bool]:

@@ -151,10 +151,11 @@ Fed = List[Dict[str, InputChange]]  # per side: value id -> the input only that 
 
 def fed_values(A: Side, B: Side, inputs: Sequence[InputChange], ops: Sequence[OpPair]) -> Fed:
     """Per side, value id -> the input only that side passed that it was computed
-    from through ops only that side ran (once per diff: ``fed_by`` and ``trained``
-    read it for every hunk). An op both sides ran stops it: its result is there
-    without the input too (a decode step's KV cache reaches every later layer
-    through the residual stream, and decides none of their branches)."""
+    from through ops only that side ran, and at most one op both sides ran (once per
+    diff: ``fed_by`` and ``trained`` read it for every hunk). Further ops both sides
+    ran stop it: their results are there without the input too (a decode step's KV
+    cache reaches every later layer through the residual stream, and decides none of
+    their branches)."""
     out: List[Dict[str, InputChange]] = [{}, {}]
     for x, side in ((0, A), (1, B)):
         own = {n.id for p in ops for n in [(p.a, p.b)[x]] if n is not None and (p.b, p.a)[x] is None}
