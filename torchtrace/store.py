@@ -208,9 +208,12 @@ class Store:
         return self._found()
 
     def _found(self) -> Tuple[int, set]:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        return version, tables
+        """(schema version, tables), read in one statement: one snapshot, so a reader never sees
+        a writer's tables without the version the same transaction set (two reads did: schema 0)."""
+        rows = self.db.execute("SELECT (SELECT user_version FROM pragma_user_version), name FROM "
+                               "(SELECT NULL AS name UNION ALL SELECT name FROM sqlite_master WHERE type='table')"
+                               ).fetchall()
+        return rows[0][0], {name for _, name in rows if name is not None}
 
     @staticmethod
     def _ours(version: int, tables: set) -> bool:
