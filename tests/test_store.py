@@ -2106,3 +2106,48 @@ def test_a_recorder_whose_start_fails_closes_the_store_it_opened(tmp_path, monke
         nn.Linear(2, 2)(torch.ones(1, 2))
     with Store(tmp_path / "t.db", readonly=True) as st:
         assert len(st.passes()) == 1
+
+
+def test_a_reader_sees_a_new_store_s_tables_and_version_together(tmp_path, monkeypatch):
+    """(A flaky CI run.) The reader read the version and the tables in two
+    statements: a writer that committed between them showed it the tables of a
+    store of "schema 0", which it refused. A writer's commit lands here right
+    after the reader's first statement that reads the version."""
+    from torchtrace import store as S
+
+    path = tmp_path / "t.db"
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("BEGIN IMMEDIATE")
+    for statement in S._SCHEMA.split(";"):
+        if statement.strip():
+            writer.execute(statement)
+    writer.execute(f"PRAGMA user_version = {S.SCHEMA_VERSION}")  # (not committed yet)
+
+    class Rows(list):
+        def fetchone(self):
+            return self[0] if self else None
+
+        def fetchall(self):
+            return list(self)
+
+    class Racing(sqlite3.Connection):
+        def execute(self, sql, *args):
+            out = super().execute(sql, *args)
+            if "user_version" in sql and writer.in_transaction:
+                rows = Rows(out.fetchall())  # (the statement has read its snapshot)
+                writer.execute("COMMIT")
+                return rows
+            return out
+
+    def racing(uri, readonly):
+        db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None, factory=Racing)
+        db.execute("PRAGMA busy_timeout = 30000")
+        return db
+
+    monkeypatch.setattr(S.Store, "_connect", staticmethod(racing))
+    try:
+        with Store(path, readonly=True) as store:
+            assert store.passes() == [] and not writer.in_transaction
+    finally:
+        writer.close()
