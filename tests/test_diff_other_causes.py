@@ -283,3 +283,39 @@ def test_an_input_one_side_passed_still_feeds_ops_one_op_both_ran_away():
         graphs.append(t.graph)
     why = torchtrace.diff(*graphs).why()
     assert why and all("input `labels` only in A" in w and "computed from it" in w for w in why), why
+
+
+FLAG = False
+
+
+class _ElifShape(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.lin(x)
+        q_length = x.shape[1]
+        if FLAG:
+            h = h * 2
+        elif q_length == 1:  # LINE:elif
+            h = h.reshape(h.shape[0], -1)
+        else:
+            h = h.unsqueeze(2).expand(-1, -1, 2, -1).reshape(h.shape[0], -1)
+        return h
+
+
+def test_a_shape_test_in_an_elif_is_named_by_the_elif_s_line():
+    """(A 2026-11-28 audit.) The op in the `else` took the line of the chain's
+    `if FLAG:`, which tests no shape."""
+    import zoo
+
+    m = _ElifShape().eval()
+    graphs = []
+    for x in (torch.randn(2, 6, 8), torch.randn(2, 1, 8)):
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    why = torchtrace.diff(*graphs).why()
+    line = zoo.marked_line(__file__, "elif")
+    assert why and why[0].startswith(f"the `if` at `test_diff_other_causes.py:{line}` tests a shape"), why

@@ -152,7 +152,11 @@ def shape_test(n: "Node", line: Optional[int] = None) -> Optional[ShapeIf]:
     if found is None:
         return None
     at, test, lo, hi = found
-    shape = _SHAPE_TEST.search(test) or not _shape_names(lines, at).isdisjoint(_NAME.findall(test))
+    names = _shape_names(lines, at)
+    tests = [(k + 1, _code(t[m.end():])) for k in range(at - 1, lo - 2)  # (an `else`: each test of its chain)
+             for t in [lines[k]] for m in [_IF.match(t)] if m is not None and _indent(t) == _indent(lines[at - 1])]
+    at = next((k for k, t in tests if _SHAPE_TEST.search(t) or not names.isdisjoint(_NAME.findall(t))), 0) or at
+    shape = _SHAPE_TEST.search(test) or not names.isdisjoint(_NAME.findall(test))
     header = next(_headers_around(lines, at), None)
     top = header is not None and _word(header[1]) == "def"
     return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at), top, at)
