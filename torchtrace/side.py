@@ -332,12 +332,11 @@ class Side:
         hops = {self.named[x].id: 0 for x in names if x in self.named}
         if hops:
             for n in self.graph.nodes:
-                if n.phase == "forward":
-                    got = [hops[v] for v in n.inputs if v in hops]
-                    h = min(got, default=2) + (0 if through is None or n.id in through else 1)
-                    if h <= 1:
-                        for v in n.outputs:
-                            hops[v] = min(h, hops.get(v, h))
+                got = [hops[v] for v in n.inputs if v in hops] if n.phase == "forward" else ()
+                h = min(got) + (0 if through is None or n.id in through else 1) if got else 2
+                if h <= 1:
+                    for v in n.outputs:
+                        hops[v] = min(h, hops.get(v, h))
         return set(hops)
 
     @cached_property

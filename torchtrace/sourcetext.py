@@ -153,13 +153,15 @@ def shape_test(n: "Node", line: Optional[int] = None) -> Optional[ShapeIf]:
         return None
     at, test, lo, hi = found
     names = _shape_names(lines, at)
-    tests = [(k + 1, _code(t[m.end():])) for k in range(at - 1, lo - 2)  # (an `else`: each test of its chain)
+
+    def shaped(t: str) -> bool:
+        return bool(_SHAPE_TEST.search(t)) or not names.isdisjoint(_NAME.findall(t))
+    chain = [(k + 1, _code(t[m.end():])) for k in range(at - 1, lo - 2)  # (an `else`: each test of its chain)
              for t in [lines[k]] for m in [_IF.match(t)] if m is not None and _indent(t) == _indent(lines[at - 1])]
-    at = next((k for k, t in tests if _SHAPE_TEST.search(t) or not names.isdisjoint(_NAME.findall(t))), 0) or at
-    shape = _SHAPE_TEST.search(test) or not names.isdisjoint(_NAME.findall(test))
+    at = next((k for k, t in chain if shaped(t)), at)  # (the `elif` that tests the shape)
     header = next(_headers_around(lines, at), None)
     top = header is not None and _word(header[1]) == "def"
-    return ShapeIf(at if shape else 0, (lo, hi), _block_of(lines, at), top, at)
+    return ShapeIf(at if shaped(test) else 0, (lo, hi), _block_of(lines, at), top, at)
 
 
 def _if_test(lines: List[str], line: int, through: Tuple[str, ...] = ()) -> Optional[Tuple[int, str, int, int]]:

@@ -57,8 +57,13 @@ def node_key(node: Any) -> tuple:
     except RuntimeError:  # a custom Function's Node torch has let go (a reentrant checkpoint's inner
         return ("released", type(node).__name__, id(node))  # backward): torch 2.6 crashed on any more
     if name.endswith("AccumulateGrad"):
-        return ("acc", id(node.variable))
+        return acc_key(node.variable)
     return (node._sequence_nr(), name)
+
+
+def acc_key(leaf: Any) -> tuple:
+    """The key of the AccumulateGrad Node of ``leaf`` (a parameter)."""
+    return ("acc", id(leaf))
 
 
 def _saved_storages(node: Any) -> List[Tuple[int, int]]:
@@ -335,7 +340,7 @@ class AutogradTracker:
         under the default cut. Each is read once, until a backward adds to it again."""
         if not self.grads:
             return
-        keys = [k for k in (("acc", id(p)) for p in params) if k in self.grads and k not in self.norms]
+        keys = [k for k in map(acc_key, params) if k in self.grads and k not in self.norms]
         if keys:
             with _disable_current_modes(), torch._C.DisableTorchFunction():  # (no op of it is recorded)
                 self.norms.update(zip(keys, grad_infos([self.grads[k] for k in keys])))
