@@ -260,3 +260,73 @@ def test_a_trace_started_at_each_step_keeps_the_warnings_said_once():
                 warnings.warn("a model's own warning")  # (one line: one warning, said once)
                 m(torch.ones(1, 2))
     assert [str(w.message) for w in seen] == ["a model's own warning"]
+
+
+def test_dynamo_first_loaded_after_the_root_call_is_guarded_at_once() -> None:
+    """(An audit.) `torch.compile(f)` first called after the model call, with no
+    root call after it: the stance was set only at root calls, so `f` ran under the
+    mode unguarded. The pass said no compiled code ran, and Dynamo had skipped `f`'s
+    frame for good (it ran eagerly after the block too). Likewise `torch.cond`, which
+    loads Dynamo and compiles its branches."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch, torchtrace
+from torch import nn
+assert "torch._dynamo.eval_frame" not in sys.modules
+runs = []
+def backend(gm, inputs):
+    def run(*a):
+        runs.append(1)
+        return gm.forward(*a)
+    return run
+m = nn.Linear(4, 4)
+x = torch.randn(2, 4)
+def scale(t):
+    return torch.tanh(t) * 2
+with torchtrace.trace(m) as t:
+    y = m(x)
+    f = torch.compile(scale, backend=backend)
+    out = f(y)
+print(t.graph.meta["compiled_regions_ran_eager"], runs == [], sys.meta_path[0].__class__.__name__)
+f(x); f(x)
+print(len(runs) == 2)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:2] + res.stdout.split()[3:] == ["True", "True", "True"], res.stdout
+    assert res.stdout.split()[2] != "DynamoImport", res.stdout  # (the finder is gone after the block)
+
+
+class _CondOnActivation(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.w = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor, operand: str) -> torch.Tensor:
+        h = self.lin(x)
+        a = h if operand == "activation" else self.w
+        return torch.cond(h.sum() > 0, lambda t: t.sin(), lambda t: t.cos() * 2, (a,))
+
+
+def test_torch_cond_on_an_operand_that_needs_a_gradient_gets_the_clear_error() -> None:
+    """(An audit.) With an operand that requires grad, eager `torch.cond` runs
+    through its autograd Function, whose forward runs the op with grad off: the
+    check of the grad mode passed, the forward was recorded, and `backward()`
+    failed deep in torch ("object of type 'bool' has no len()")."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    m, x = _CondOnActivation(), torch.rand(3, 4)
+    with pytest.raises(torchtrace.TorchtraceError, match="with autograd on"):
+        with torchtrace.trace(m):
+            m(x, "activation")
+    assert torch._C._len_torch_dispatch_stack() == 0
+    with torch.no_grad():  # (a parameter as the operand: needs no gradient under no_grad)
+        plain = m(x, "parameter")
+        with torchtrace.trace(m) as t:
+            traced = m(x, "parameter")
+    assert torch.equal(plain, traced)
+    assert [n.op for n in t.graph.nodes][-1] in ("aten.sin.default", "aten.mul.Tensor")

@@ -355,3 +355,34 @@ def test_an_op_issued_through_a_typing_extensions_deprecated_wrapper_is_the_call
         old_relu(torch.ones(2))  # LINE:call
     (relu,) = [n for n in t.graph.nodes if n.short_op == "relu"]
     assert (relu.source.file, relu.source.line) == (__file__, zoo.marked_line(__file__, "call"))
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_recorder_samples_a_scripted_model_and_leaves_its_results_alone(tmp_path, every):
+    """(An audit.) Between sampled steps a Recorder watches each root model with a
+    forward pre-hook of its own, and a `torch.jit.script` module refuses one: the
+    first unsampled step raised "register_forward_pre_hook is not supported on
+    ScriptModules" in the user's loop. Such a model is watched by the global hooks."""
+    def train(rec=None):
+        torch.manual_seed(0)
+        m = torch.jit.script(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        losses = []
+        for i in range(5):
+            if rec is not None:
+                rec.step(i)
+            opt.zero_grad()
+            loss = m(torch.randn(3, 4)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return torch.stack(losses), [p.detach().clone() for p in m.parameters()]
+
+    plain = train()
+    with torchtrace.Recorder(tmp_path / "t.db", every=every) as rec:
+        traced = train(rec)
+    assert torch.equal(plain[0], traced[0]) and all(map(torch.equal, plain[1], traced[1]))
+    with Store(tmp_path / "t.db", readonly=True) as st:
+        passes = list(st.passes())
+    assert [p.step for p in passes] == list(range(0, 5, every))
+    assert torch._C._len_torch_dispatch_stack() == 0

@@ -40,7 +40,7 @@ from .side import Side, Sig
 from .loopchange import BRANCHES, TIMES, LoopChange
 from .loops import LoopFinder
 from .readchange import WitnessChange, decisive, read_str, same_read
-from .sourceloops import ended_by, feeds_loop
+from .sourceloops import accumulates, ended_by, feeds_loop
 from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
 from .textform import common_module, plural, where
 
@@ -240,14 +240,23 @@ class Causes(ChangedCauses):
         when not (that pass may have run out of items); None when it cannot."""
         i, j = self.pairs[e]
         short, x = (0, i) if loop.a < loop.b else (1, j)
-        exit_value = (self.A, self.B)[short].nodes[x].witness.value
-        if not isinstance(exit_value, float):
+        if not isinstance((self.A, self.B)[short].nodes[x].witness.value, float):
             return True
         sig = self.A.sigs[i]
-        went_on = [S.nodes[y].witness.value for row in range(start, k1) for side, (S, y) in
-                   enumerate(((self.A, self.pairs[row][0]), (self.B, self.pairs[row][1])))
-                   if y is not None and (row, side) != (e, short) and S.sigs[y] == sig and S.wkeys[y] is not None]
+        reads = {(row, side): S.nodes[y].witness.value for row in range(start, k1) for side, (S, y) in
+                 enumerate(((self.A, self.pairs[row][0]), (self.B, self.pairs[row][1])))
+                 if y is not None and S.sigs[y] == sig and S.wkeys[y] is not None}
+        if accumulates(self.A.nodes[i]):  # (`total += p.item()` ... `while total < 0.99:`: the totals part them)
+            total = [0.0, 0.0]
+            for (row, side), v in reads.items():
+                if not isinstance(v, (int, float)):
+                    return None
+                total[side] = reads[row, side] = total[side] + v
+        exit_value = reads.pop((e, short), None)
+        went_on = list(reads.values())
         last = went_on.pop() if went_on else None  # (the longer pass's last read, in the hunk)
+        if exit_value is None:
+            return None
         numbers = [v for v in went_on if isinstance(v, (int, float))]
         if not numbers or min(numbers) <= exit_value <= max(numbers):
             return None

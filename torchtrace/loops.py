@@ -64,8 +64,14 @@ class LoopFinder:
             # the read that differs: a repeat on the longer side, the exit on the shorter; a number read
             # (`while n.item() > 0`: 3, 2, 1, 0) at the loop's first read, which told how often it would run
             counted = any(side.loop_keys[r[0]] != side.wkeys[r[0]] for side, r in ((self.A, ra), (self.B, rb)) if r)
-            ia = (ra[0] if ra else exit_a) if counted else ra[k] if k < len(ra) else exit_a
-            ib = (rb[0] if rb else exit_b) if counted else rb[k] if k < len(rb) else exit_b
+            if counted:  # (or, when all before it are alike, the shorter side's exit: `if tok.item() == eos:
+                #             break` read 0, 0, 1 against 0, 0, 0, 0, 1; not a read that went on on both sides)
+                d = next((d for d, (x, y) in enumerate(zip(ra + [exit_a], rb + [exit_b]))
+                          if x is None or y is None or self.A.wkeys[x] != self.B.wkeys[y]), None)
+                ia, ib = ((ra + [exit_a])[d], (rb + [exit_b])[d]) if d in (0, k) else (None, None)
+            else:
+                ia = ra[k] if k < len(ra) else exit_a
+                ib = rb[k] if k < len(rb) else exit_b
             if ia is None or ib is None or self.A.wkeys[ia] == self.B.wkeys[ib]:
                 continue  # (reads alike: the runs are not what they seem, a helper's loop called again at once)
             w = self.witness_change(ia, ib)

@@ -166,6 +166,15 @@ _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.
             ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Is: operator.is_, ast.IsNot: operator.is_not}
 
 
+_ACCUMULATES = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\+=|=\s*\1\s*\+)")
+
+
+def accumulates(read: "Node") -> bool:
+    """Does the read's line add what it read to a running total (``total += p.item()``,
+    ``total = total + p.item()``), which the loop then tests rather than the read itself?"""
+    return bool(_ACCUMULATES.match(line_text(read)))
+
+
 def first_test_reads_nothing(file: str, line: int) -> bool:
     """Does the ``while`` at ``line`` enter its first iteration on Python values
     alone: its test is decided by constants assigned above it in its block

@@ -50,7 +50,8 @@ def read_by_branch(n: "Node") -> bool:
 
 
 _BRANCH_LINE = re.compile(r"^\s*(if|elif|while)\b")
-_ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?::[^=]+)?=(?!=)")
+# (`x = ...`, `a, b = ...`, `x: float = ...`, and augmented: `total += p.item()`)
+_ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?::[^=]+|\*\*|//|>>|<<|[-+*/%&|^@])?=(?!=)")
 _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 _LOOK_UP = 400  # lines above an op searched for the header of its block
 _KEYWORDS = frozenset({"if", "elif", "and", "or", "not", "is", "in", "None", "True", "False", "lambda"})

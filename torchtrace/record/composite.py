@@ -10,6 +10,7 @@ that the user's results stay what eager gives.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any, Optional
 
 import torch
@@ -134,7 +135,7 @@ def run_higher_order(mode: Any, info: Any, args: tuple, kwargs: dict) -> Any:
     dispatch mode Dynamo does not compile, and those parameters would get no
     gradient (measured with an empty mode). Rather than change the user's
     training silently, say so."""
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or _for_autograd():
         raise UsageError(
             f"cannot trace {info.name} with autograd on",
             expected="torch.cond / torch higher-order ops traced under torch.no_grad() or inference_mode",
@@ -147,3 +148,18 @@ def run_higher_order(mode: Any, info: Any, args: tuple, kwargs: dict) -> Any:
             return (true_fn if pred else false_fn)(*operands)
     mode._fault(info, NotImplementedError("its inner ops are not recorded"))
     return info.call(*args, **kwargs)
+
+
+def _for_autograd(depth: int = 16) -> bool:
+    """Is this call inside the forward of a higher-order op's own autograd Function
+    (``CondAutogradOp``, which runs it with grad off) for a graph autograd records:
+    one that needs an input's gradient (``ctx.needs_input_grad``; all False when the
+    op was called under ``no_grad``)?"""
+    f = sys._getframe(2)
+    while f is not None and depth:
+        if f.f_code.co_name == "forward":
+            needs = getattr(f.f_locals.get("ctx"), "needs_input_grad", None)
+            if isinstance(needs, tuple):
+                return any(needs)
+        f, depth = f.f_back, depth - 1
+    return False

@@ -1,5 +1,5 @@
 """What torchtrace changes in torch while any capture is started: seven class
-attributes, and one warning filter.
+attributes, one warning filter, and (until Dynamo is loaded) an import finder.
 
 * ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
   dispatch keys as they were on entry, and those say whether a dispatch mode
@@ -43,11 +43,17 @@ attributes, and one warning filter.
   The filter goes in front while held and is taken out after; it matches only while held (a
   `catch_warnings()` left after the release puts an inert copy back, taken out at the next hold).
 
+* A finder first on ``sys.meta_path`` while Dynamo is not loaded: when its
+  ``eval_frame`` module is imported (``torch.compile`` or ``torch.cond`` first called
+  inside a pass, after the model call), every started capture sets its stance and
+  watch at once (``DynamoImport``), as it does at a root call.
+
 Counted: traces that end out of order, or in other threads, keep a patch until
 the last one stops; then the class is as it was.
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
 import threading
@@ -56,6 +62,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .compiled import EVAL_FRAME
 from .composite import see_autocast
 from .dataread import noting_reads
 from .fork import STARTED
@@ -245,7 +252,61 @@ class QuietWarning(Held):
                                if not (isinstance(f[1], _WhileHeld) and f is not f[1].owner._filter)]
 
 
+class _ThenGuard:
+    """A loader that runs Dynamo's ``eval_frame`` module, then sets every started
+    capture's stance and watch (``CompileGuard.again``); the rest is its own loader's."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # (get_source, get_code, is_package: inspect and linecache)
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        for cap in list(STARTED):
+            cap.compile_guard.again()
+
+
+class DynamoImport(Held):
+    """Dynamo loaded inside a pass where no root call follows (``torch.compile(f)``
+    after the model call, ``torch.cond``, which compiles its branches) ran its
+    compiled code under the mode with no stance: Dynamo skipped those frames for
+    good (pytorch#190286), and the pass said no compiled code ran. While held and
+    Dynamo is not loaded, a finder first on ``sys.meta_path`` hands its
+    ``eval_frame`` module a loader that guards every started capture (``_ThenGuard``)."""
+
+    def __init__(self) -> None:
+        self._busy = False
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != EVAL_FRAME or self._busy:
+            return None
+        self._busy = True  # (the finders after this one find it)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._busy = False
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ThenGuard(spec.loader)
+        return spec
+
+    def _put(self) -> bool:
+        if EVAL_FRAME in sys.modules:
+            return False
+        sys.meta_path.insert(0, self)
+        return True
+
+    def _take(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
 HOOKED_COMPILE = QuietWarning(r"Using `torch\.compile\(module\)` when there are global hooks", UserWarning)
+DYNAMO_IMPORT = DynamoImport()
 
 
 _HOLDERS: set = set()  # the started captures' Patches: the first puts them in place, the last takes them out
@@ -264,7 +325,7 @@ class Patches:
                 return
             if not _HOLDERS:
                 try:
-                    _PUT.extend(p for p in (*PATCHES, HOOKED_COMPILE) if p._put())
+                    _PUT.extend(p for p in (*PATCHES, HOOKED_COMPILE, DYNAMO_IMPORT) if p._put())
                 except BaseException:  # (none half in place: take back what went in)
                     _take_all()
                     raise

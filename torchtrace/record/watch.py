@@ -57,6 +57,9 @@ class Watcher:
         if not roots and not watched:  # nothing known to watch (yet, or any more): the global hooks
             self._global_hooks()
             return
+        if any(isinstance(m, torch.jit.ScriptModule) for m in roots):  # (refuses hooks of its own: the global ones)
+            self._unwatch()
+            return
         if cap.scope.handles:
             cap.scope.remove()
         for m in roots:
