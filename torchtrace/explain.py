@@ -105,16 +105,19 @@ class Causes(ChangedCauses):
         the raise, or at lines of the ``except`` clauses of the ``try`` around it
         (other ops only in A or B between them are another cause's)."""
         at = bisect.bisect_left(self.raised, k0)
-        if not at or self.past_end(k0):
+        if not at:
             return None
         row = self.raised[at - 1]
+        i, j = self.pairs[row]
+        in_a = self.A.nodes[i].id in self.raised_in_a
+        if (self.next_a[k0] == len(self.A.nodes)) if in_a else (self.next_b[k0] == len(self.B.nodes)):
+            return None  # (the pass that raised ran nothing after it: it stopped, the other went on)
         read = bisect.bisect_left(self.differing, k0)
         if read and self.differing[read - 1] > row:
             return None
         if self.one_sided[k0] == self.one_sided[row + 1]:
             return row
-        i, j = self.pairs[row]
-        src = (self.A.nodes[i] if self.A.nodes[i].id in self.raised_in_a else self.B.nodes[j]).source
+        src = (self.A.nodes[i] if in_a else self.B.nodes[j]).source
         first = next((self.A.nodes[x] if y is None else self.B.nodes[y] for x, y in self.pairs[k0:k1]
                       if x is None or y is None), None)
         at_line = first.source if first is not None else None

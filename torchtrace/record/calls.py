@@ -148,6 +148,23 @@ def _fields(value: Any) -> List[Tuple[str, Any]]:
     return []
 
 
+def unread_inputs(names: Dict[int, Tuple[Any, str]], mode: Any) -> List[Dict[str, Any]]:
+    """The named inputs of the pass's root calls that no op read (``meta.unread_inputs``:
+    name, shape, dtype): a mask that ``if self.use_mask:`` skipped was passed all the same,
+    which a diff against a pass that read it must not take for an input only one pass had."""
+    out = []
+    for ref, name in names.values():
+        t = ref()
+        if t is None or mode.vid_of(t) is not None:
+            continue
+        try:
+            shape = [s if s.__class__ is int else -1 for s in t.shape]
+        except Exception:  # (a tensor subclass without sizes)
+            continue
+        out.append({"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")})
+    return out
+
+
 def name_inputs(bound: Dict[str, Any], names: Dict[int, Tuple[Any, str]], aliases: Dict[str, str],
                 mode: Any) -> None:
     """Name the tensors a root call was passed (``bound``: by parameter name) in

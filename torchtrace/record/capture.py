@@ -21,7 +21,7 @@ from ..errors import warn
 from ..ir import Graph
 from .autograd import AutogradTracker, grad_fns, storage_keys, warn_if_old_torch
 from .build import build_graph, open_annotations
-from .calls import bind_args, call_kwargs, name_inputs, physical, tensors_in
+from .calls import bind_args, call_kwargs, name_inputs, physical, tensors_in, unread_inputs
 from .compiled import CompileGuard
 from .patches import Patches
 from .composite import see_autocast
@@ -176,11 +176,15 @@ class Capture:
         from .. import __version__
 
         rank, world = process_rank()
-        return {"torch": torch.__version__, "torchtrace": __version__, "python": platform.python_version(),
+        meta = {"torch": torch.__version__, "torchtrace": __version__, "python": platform.python_version(),
                 "created": self.created, "label": None, "step": None, "rank": rank, "world_size": world,
                 "grad_mode": self.pass_grad_mode, "compiled_regions_ran_eager": self.compiled,
                 "truncated": self.truncated, "skip": list(self.skip), "input_aliases": dict(self.input_aliases),
                 **self.fault_meta()}
+        unread = unread_inputs(self.input_names, self.mode)
+        if unread:
+            meta["unread_inputs"] = unread
+        return meta
 
     def saw_compiled(self, module: torch.nn.Module, at_top: bool = False) -> None:
         """A torch.compile'd module was called (it runs eagerly while recorded);
