@@ -177,7 +177,7 @@ class Hunk:
             if self.loop is not None:
                 return f"{self.loop.describe()} ({self._undecided()}; {what}: {seen})"
             if self.shape_if:
-                return f"the `if` at `{self.shape_if}` tests a shape; {what} ({seen})"
+                return f"the `if` at `{self.shape_if}` tests {_tested(self.inputs)}; {what} ({seen})"
             if self.shape_if == "" and all(i.a is not None and i.b is not None for i in self.inputs):
                 return f"no tensor read differs before it: decided by Python state (no `if` around these ops " \
                        f"tests a shape); the inputs differ too: {what}"
@@ -363,3 +363,12 @@ def _raised(p: OpPair) -> str:
     lines = error.strip().splitlines()
     first = lines[0] if lines else "an error"
     return f"`{n.short_op if n else '?'}` raised in {side}: {first if len(first) <= 120 else first[:117] + '...'}"
+
+
+def _tested(inputs: Sequence["InputChange"]) -> str:
+    """What an ``if`` that saw these input changes tests: "a dtype" when only
+    dtypes changed (``if not x.is_floating_point():``), "a shape" when only shapes."""
+    pairs = [(i.a, i.b) for i in inputs if i.a is not None and i.b is not None]
+    dtype = any(a.split("[")[0] != b.split("[")[0] for a, b in pairs)
+    shape = len(pairs) < len(inputs) or any(a[a.find("["):] != b[b.find("["):] for a, b in pairs)
+    return "a dtype" if dtype and not shape else "a shape or dtype" if dtype else "a shape"
