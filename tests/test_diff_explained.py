@@ -1,5 +1,6 @@
 """torchtrace.diff (a 2026-11-28 audit of diff explanations): ops that an
-``except`` ran at the end of a pass, after an op raised there only."""
+``except`` ran at the end of a pass, after an op raised there only; an ``if``
+that tests a dtype."""
 from __future__ import annotations
 
 import torch
@@ -74,3 +75,27 @@ def test_a_pass_that_stopped_at_its_raise_is_not_said_to_have_caught_it():
         pass
     d = torchtrace.diff(ok, t.graph)
     assert all(h.caught is None for h in d.hunks), [h.explanation for h in d.hunks]
+
+
+class ToFloat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # LINE:dtype_if
+            x = x.float() / 255.0
+        return self.l(x)
+
+
+def test_an_if_that_saw_only_a_dtype_change_tests_a_dtype():
+    """It said "the `if` at ... tests a shape; input `x` f32[2,4] → u8[2,4]"."""
+    torch.manual_seed(0)
+    m = ToFloat()
+    [why] = torchtrace.diff(_traced(m, torch.rand(2, 4)),
+                            _traced(m, torch.randint(0, 255, (2, 4), dtype=torch.uint8))).why()
+    assert why.startswith(f"the `if` at `test_diff_explained.py:{line_of('dtype_if')}` tests a dtype; "
+                          "input `x` f32[2,4] \u2192 u8[2,4]"), why
+    [why] = torchtrace.diff(_traced(m, torch.rand(2, 4)),
+                            _traced(m, torch.randint(0, 255, (3, 4), dtype=torch.uint8))).why()
+    assert "tests a shape or dtype; " in why, why
