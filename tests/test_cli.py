@@ -1471,11 +1471,13 @@ def test_an_output_over_an_input_or_a_store_is_refused_and_nothing_is_lost(recor
              (["diff", str(a), f"{db}:1", "-f", "mermaid", "-o", str(db)], "names the file this command reads"),
              (["render", str(a), "-f", "mermaid", "-o", str(d / "out" / "trace.db")], "names a trace store"),
              (["export", str(a), "-o", str(a)], "names the file this command reads"),
-             (["render", str(a), "-o", str(tmp_path / "g.jpg")], "no format has the extension .jpg"))
+             (["render", str(a), "-o", str(tmp_path / "g.jpg")], "no format has the extension .jpg"),
+             (["render", str(a), "-o", str(tmp_path / "g")], "the name has no extension"))  # (an audit: wrote SVG)
     for args, words in cases:
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and res.output.startswith("error: ") and words in res.output, (args, res.output)
     assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "g.jpg").exists()
+    assert not (tmp_path / "g").exists()
     with Store(d / "out" / "trace.db", readonly=True) as store:
         assert len(store.passes()) == 4
     res = runner.invoke(app, ["render", str(a), "-f", "mermaid", "-o", str(tmp_path / "g.jpg")])  # -f: the user's call

@@ -1209,14 +1209,30 @@ def test_generator_forwards_called_twice_interleaved_or_through_helpers(tmp_path
     assert torch.equal(outs[-1], list(m(x))[-1])
 
 
-def _read_only_folder(monkeypatch) -> list:
+def _read_only_folder(monkeypatch, code: int = 14) -> list:
     """SQLite as in a folder the reader cannot write: a read-only open
-    (``mode=ro``) cannot make the WAL index. Returns the URIs opened."""
+    (``mode=ro``) cannot make the WAL index. Returns the URIs opened. ``code``:
+    SQLITE_CANTOPEN at the connect, or (1544, as a user not root meets it)
+    SQLITE_READONLY_DIRECTORY at the first statement."""
     real, seen = sqlite3.connect, []
+
+    class Refusing:
+        def __init__(self, db) -> None:
+            self.db = db
+
+        def execute(self, sql, *args):
+            e = sqlite3.OperationalError("attempt to write a readonly database")
+            e.sqlite_errorcode = code
+            raise e
+
+        def close(self):
+            self.db.close()
 
     def connect(database, *args, **kwargs):
         seen.append(database)
         if "mode=ro" in str(database):
+            if code != 14:
+                return Refusing(real(database, *args, **kwargs))
             e = sqlite3.OperationalError("unable to open database file")
             e.sqlite_errorcode = 14  # SQLITE_CANTOPEN
             raise e
@@ -1226,7 +1242,8 @@ def _read_only_folder(monkeypatch) -> list:
     return seen
 
 
-def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code", [14, 1544])
+def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypatch, code):
     """Opened read-only, a WAL store needs its index file made beside it: in a
     folder the reader cannot write, SQLite cannot open it ("unable to open database
     file", every CLI command said "not a trace store"). It is then read as it is.
@@ -1236,7 +1253,7 @@ def test_a_store_in_a_folder_the_reader_cannot_write_is_read(tmp_path, monkeypat
         for _ in range(2):
             m(torch.ones(1, 2))
     assert rec.recorded == 2
-    seen = _read_only_folder(monkeypatch)
+    seen = _read_only_folder(monkeypatch, code)
     with Store(tmp_path / "t.db", readonly=True) as store:
         assert [p.idx for p in store.passes()] == [0, 1] and len(store.graph(1).nodes) > 0
     assert [u.rsplit("?", 1)[1] for u in seen] == ["mode=ro", "immutable=1"]

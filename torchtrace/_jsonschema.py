@@ -31,7 +31,7 @@ def graph_schema() -> Dict[str, Any]:
     return json.loads(text)
 
 
-def _describe(x: Any) -> str:
+def describe(x: Any) -> str:
     if x is None:
         return "null"
     kind = {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(x))
@@ -45,7 +45,7 @@ def _describe(x: Any) -> str:
 
 def _fail(where: str, expected: str, found: Any) -> IRError:
     return IRError("does not match the torchtrace.graph schema", where=where, expected=expected,
-                   found=_describe(found),
+                   found=describe(found),
                    fix="re-export the graph with torchtrace.save(), or correct this field by hand")
 
 

@@ -125,10 +125,12 @@ def _tree(g: Graph, arr: Callable[[Any], Any], share: bool) -> Dict[str, Any]:
 def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
     if not isinstance(data, dict):
         raise IRError("not a torchtrace graph", where=where, expected="a JSON object",
-                      found=type(data).__name__, fix="pass the object written by torchtrace.save()")
+                      found=_jsonschema.describe(data), fix="pass the object written by torchtrace.save()")
     if data.get("format") != FORMAT:
+        keys = ", ".join(map(str, list(data)[:6])) + (", ..." if len(data) > 6 else "")
         raise IRError("not a torchtrace graph", where=f"{where}.format", expected=repr(FORMAT),
-                      found=repr(data.get("format", "<missing>")),
+                      found=repr(data["format"]) if "format" in data else
+                      f"no 'format' field (an object with {keys or 'no fields'})",
                       fix="load a file written by torchtrace.save() or `torchtrace export`")
     check_version(data.get("version"), where)
     _jsonschema.check(data, where)
@@ -323,6 +325,10 @@ def decode(raw: bytes, where: str) -> Graph:
         except (OSError, EOFError, zlib.error) as e:
             raise IRError("corrupt gzip data", where=where, expected="a complete .json.gz file",
                           found=str(e), fix="re-export the graph; the file was cut short or damaged") from None
+    if not raw.strip():
+        raise IRError("an empty file", where=where, expected="a JSON document",
+                      found=f"{len(raw)} bytes{' of white space' if raw else ''}",
+                      fix="pass a .json or .json.gz file written by torchtrace.save()")
     try:
         text = raw.decode("utf-8")
         data = json.loads(text, parse_constant=_NON_FINITE.__getitem__)  # (`NaN` from another writer: as ours)

@@ -120,7 +120,8 @@ class Store:
             try:
                 self.db = self._connect(uri, readonly)
             except sqlite3.OperationalError as e:
-                if not readonly or getattr(e, "sqlite_errorcode", None) not in (_CANTOPEN, _READONLY):
+                # (the primary code: SQLite gives an extended one, SQLITE_READONLY_DIRECTORY = 8 | 6 << 8)
+                if not readonly or (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF not in (_CANTOPEN, _READONLY):
                     raise
                 # a read-only folder: SQLite cannot make the WAL index beside the file; nothing can
                 # write there either, so the file is read as it is -- unless its last writes are still in
@@ -188,8 +189,12 @@ class Store:
     @staticmethod
     def _connect(uri: str, readonly: bool) -> sqlite3.Connection:
         db = sqlite3.connect(uri, uri=readonly, timeout=30.0, isolation_level=None)
-        db.execute("PRAGMA busy_timeout = 30000")
-        db.execute("PRAGMA user_version")  # (opens the file: a folder that refuses the WAL index fails here)
+        try:
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.execute("PRAGMA user_version")  # (opens the file: a folder that refuses the WAL index fails here)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _setup(self, readonly: bool) -> Tuple[int, set]:
