@@ -656,6 +656,15 @@ def test_next_hints_quote_paths_for_the_shell(tmp_path):
     import shlex
     first = hint.split("next:", 1)[1].split("|")[0].strip()
     assert shlex.split(first) == ["torchtrace", "variants", str(out / "trace.db")]
+    # (an audit: `--out ./-d` was said as `-d/trace.db`, which the command reads as an option)
+    res = subprocess.run([EXE, "run", "--out", "./-d", str(s)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    hint = next(line for line in res.stderr.splitlines() if "next:" in line)
+    show = hint.split("|")[1].strip()
+    assert shlex.split(show) == ["torchtrace", "show", "./-d/trace.db:0"], hint
+    assert subprocess.run(shlex.split(show), capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PATH": f"{os.path.dirname(EXE)}:{os.environ['PATH']}"}).returncode == 0
 
 
 def test_an_older_runs_log_never_lands_beside_the_previous_store(tmp_path):

@@ -259,8 +259,9 @@ def run_distributed(script: str, argv: Sequence[str], options: RunOptions, nproc
                       markup=False, soft_wrap=True)
     elif stored:
         other = next((r for r in ranks if r != 0), None)  # (a rank that recorded: --rank of one that did not fails)
-        more = f"  |  torchtrace variants {store_path} --rank {other}" if other is not None else ""
-        console.print(f"  next: torchtrace ranks {store_path}{more}", markup=False, highlight=False, soft_wrap=True)
+        more = f"  |  torchtrace variants {shell_arg(str(store_path))} --rank {other}" if other is not None else ""
+        console.print(f"  next: torchtrace ranks {shell_arg(str(store_path))}{more}", markup=False, highlight=False,
+                      soft_wrap=True)
     return code
 
 
@@ -323,10 +324,16 @@ def _summary(console: Console, progress: _Progress, path: Path, store: Path, scr
         console.print(f"  no pass stored: the previous run's {store.name} stays as it was", highlight=False,
                       markup=False, soft_wrap=True)
     if n:
-        q = shlex.quote  # (pasted into a shell: a folder with spaces stays one argument)
+        q = shell_arg
         console.print(f"  next: torchtrace variants {q(str(store))}  |  torchtrace show {q(f'{store}:0')}  |  "
                       f"torchtrace diff {q(f'{store}:0')} {q(f'{store}:-1')}", highlight=False, markup=False,
                       soft_wrap=True)
+
+
+def shell_arg(text: str) -> str:
+    """A path as one shell argument that no command reads as an option: quoted
+    (a folder with spaces), and ``./`` before one that starts with ``-``."""
+    return shlex.quote(f"./{text}" if text.startswith("-") else text)
 
 
 if __name__ == "__main__":
