@@ -103,7 +103,8 @@ def run(ctx: typer.Context,
         max_passes: Optional[int] = typer.Option(None, "--max-passes", min=0, help="stop recording after N passes"),
         every: int = typer.Option(1, "--every", min=1, help="record every K-th pass of each model "
                                   "(a script that calls rec.step(i): steps whose number is a multiple of K)"),
-        backward: bool = typer.Option(True, "--backward/--no-backward", help="record backward and optimizer ops (--no-backward: each pass ends where its root call returns)"),
+        backward: bool = typer.Option(True, "--backward/--no-backward", help="record backward and optimizer ops "
+                                      "(--no-backward: each pass ends where its root call returns)"),
         skip: List[str] = typer.Option([], "--skip", help="source prefix to skip for lines, e.g. transformers/"),
         render_fmt: Optional[RenderFmt] = typer.Option(None, "--render",
                                                        help="also write a drawing of each new variant"),
