@@ -21,7 +21,7 @@ import torch
 from ..ir import AutogradNode, GradInfo
 from .autograd import node_key
 from .gradnorms import grad_infos
-from .mode import BACKWARD, E_ANODE, E_CODE, E_ICODE, E_INS, E_OUTS, E_PHASE, E_SEQ
+from .mode import BACKWARD, E_ANODE, E_CODE, E_ICODE, E_INS, E_OUTS, E_PHASE, E_SEQ, V_ORIGIN
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 _SUMS = ("aten.add.Tensor",)  # how the engine sums two gradients for one input (out of place)
@@ -201,6 +201,31 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
+_REBUILT = "AsStridedBackward0"
+
+
+def _rebuilt_view_op(seq: int, th: _Counter, events: List[tuple], infos: List[Any],
+                     vmeta: List[tuple]) -> Optional[int]:
+    """The view op whose output's Node torch made anew, an ``AsStridedBackward0``, when
+    the view was read after an in-place write to its base (``v = h[:, :3]; h.mul_(2);
+    v * 3``): the Node takes its number as the op that reads the view makes its own, so
+    that op is the first past it; of that op's inputs (their first versions), the one a
+    view op made last."""
+    i = bisect.bisect_right(th.seqs, seq)
+    if i == len(th.seqs):
+        return None
+    reader = th.index[i]
+    firsts = set()
+    for v in events[reader][E_INS]:
+        while 0 <= v < len(vmeta) and vmeta[v][V_ORIGIN] is not None and vmeta[v][V_ORIGIN][0] == "ver":
+            v = vmeta[v][V_ORIGIN][1]  # (a view's read refreshed after the write: a version of it)
+        firsts.add(v)
+    for k in range(reader - 1, -1, -1):
+        if infos[k].view and not firsts.isdisjoint(events[k][E_OUTS]):
+            return k
+    return None
+
+
 def _custom_op(node: Any, seq: int, threads: Tuple[_Counter, ...], events: List[tuple], mode: Any,
                made: Any = None) -> Optional[int]:
     """The op that made the output of a custom ``autograd.Function`` whose Node
@@ -294,6 +319,11 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
                 e.node, e.seq, threads, events, mode, e.made)
             if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
                                   or e.key[:2] in outside_twins):
+                linked[e.key] = i
+    for e in entries:  # (torch's Node for a view read after an in-place write to its base: the view op's)
+        if e.name == _REBUILT and e.key not in linked and e.seq is not None and e.key not in outside:
+            i = _rebuilt_view_op(e.seq, threads[0], events, infos, mode.vmeta)
+            if i is not None:
                 linked[e.key] = i
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
     for k, e in enumerate(entries):
