@@ -97,3 +97,25 @@ def test_a_halting_loop_that_adds_up_its_reads_is_named_without_a_hedge(kind, he
     assert why.startswith(f"`{keyword}` at `test_diff_loop_exits.py:{line_of(head)}` ran {n[0]}\u00d7 in A, "
                           f"{n[1]}\u00d7 in B; `test_diff_loop_exits.py:{line_of(read)}` read "), why
     assert "maybe not the cause" not in why
+
+
+def capped(x: torch.Tensor, cap: int) -> torch.Tensor:
+    n = 0
+    while n < cap and x.norm() > 1.0:  # LINE:capped_while
+        x = L4(x) * 0.5
+        n += 1
+    return x
+
+
+def test_a_while_left_by_its_python_test_on_one_side_is_counted():
+    """`while n < cap and x.norm() > 1:` left by `n < cap` after 2 iterations in A
+    (no read there) and by the norm after 3 in B. It was "no tensor read differs
+    before it: decided by Python state → 9 ops only in B", with no loop named: A's
+    last read (True) was taken for its exit."""
+    x = torch.full((2, 4), 10.0)
+    a, b = _traced(capped, x, 2), _traced(capped, x, 10)
+    n = (_count(a, "aten.addmm.default"), _count(b, "aten.addmm.default"))
+    assert n == (2, 3)
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith(f"`while` at `test_diff_loop_exits.py:{line_of('capped_while')}` ran 2\u00d7 in A, 3\u00d7 "
+                          "in B (no tensor read differs: decided by Python state) \u2192 "), why

@@ -152,8 +152,10 @@ class Hunk:
             if not self.loop.readable and self.witness is not None:  # (its count is told by the read's line)
                 return f"{self.witness.describe()}; {self.loop.describe()}"
             at_loop = self.witness is None or (self.witness.file, self.witness.line) == (self.loop.file, self.loop.line)
+            if at_loop and self.witness is None:  # (`while n < cap and x.norm() > 1:` left by `n` on one side)
+                return f"{self.loop.describe()} (no tensor read differs: decided by Python state)"
             if at_loop:  # (a helper's `while`, called from several lines: which call)
-                return self.loop.describe(self.witness.called_from() if self.witness is not None else "")
+                return self.loop.describe(self.witness.called_from())
             # and the `if` inside it that went the other way
             return f"{self.loop.describe()}; {self.witness.describe()}"
         if self.witness is not None:

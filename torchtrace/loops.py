@@ -204,7 +204,7 @@ class LoopFinder:
             for sig in X.reads:
                 rx, ry = self._runs(X, sig), self._runs(Y, sig)
                 k = next((k for k, (first, exit_, _) in enumerate(rx)
-                          if first <= xs[0] and (exit_ is None or xs[-1] < exit_)), None)
+                          if first <= xs[0] and (exit_ is None or xs[-1] <= exit_)), None)
                 if k is None or len(rx) != len(ry) or rx[k][2] == ry[k][2]:
                     continue
                 src = X.nodes[rx[k][0]].source
@@ -238,9 +238,11 @@ class LoopFinder:
                 o.loop_keys[i] for o in (self.A, self.B) if o is not side for i in o.reads.get(sig, []))
             rep = seen.most_common(1)[0][0]
             last = side.nodes[reads[-1]].source
-            if len(seen) == 2 and last is not None and keyword_at(last.file, last.line) == "while":
-                # (a `while` whose runs often did 0 iterations reads its exit value most: its last read is one)
-                rep = next(k for k in seen if k != side.loop_keys[reads[-1]])
+            ends = {o.loop_keys[o.reads[sig][-1]] for o in (self.A, self.B) if o.reads.get(sig)}
+            if len(seen) == 2 and len(ends) == 1 and last is not None and keyword_at(last.file, last.line) == "while":
+                # (a `while` whose runs often did 0 iterations reads its exit value most: its last read is one;
+                # not where the two passes' last reads differ: `while n < cap and x.norm() > 1:` left by `n`)
+                rep = next(k for k in seen if k not in ends)
             runs: List[Tuple[int, Optional[int], int]] = []
             first, count = None, 0
             for i in reads:
