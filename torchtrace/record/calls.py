@@ -12,25 +12,35 @@ import torch
 
 from .mode import V_ORIGIN
 
-_SIGNATURES: Dict[Any, Optional[Tuple[inspect.Signature, Tuple[str, ...]]]] = {}
+# held weakly: a forward set on the instance (accelerate's `functools.partial(new_forward, module)`, a
+# closure) holds its module, which a plain dict kept alive with its parameters and gradients for good
+_SIGNATURES: "weakref.WeakKeyDictionary[Any, Optional[Tuple[inspect.Signature, Tuple[str, ...]]]]" = \
+    weakref.WeakKeyDictionary()
 
 
 def _signature(fn: Any) -> Optional[Tuple[inspect.Signature, Tuple[str, ...]]]:
     """(signature, names of the leading plain positional parameters), per function."""
     key = getattr(fn, "__func__", fn)
-    if key not in _SIGNATURES:
-        try:
-            sig = inspect.signature(fn)
-            plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            names = []
-            for p in sig.parameters.values():
-                if p.kind not in plain:
-                    break
-                names.append(p.name)
-            _SIGNATURES[key] = (sig, tuple(names))
-        except (TypeError, ValueError):
-            _SIGNATURES[key] = None
-    return _SIGNATURES[key]
+    try:
+        return _SIGNATURES[key]
+    except KeyError:
+        pass
+    except TypeError:  # (not weakly referable: read each time)
+        key = None
+    try:
+        sig = inspect.signature(fn)
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        names = []
+        for p in sig.parameters.values():
+            if p.kind not in plain:
+                break
+            names.append(p.name)
+        found: Optional[Tuple[inspect.Signature, Tuple[str, ...]]] = (sig, tuple(names))
+    except (TypeError, ValueError):
+        found = None
+    if key is not None:
+        _SIGNATURES[key] = found
+    return found
 
 
 def bind_args(fn: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, Any]:

@@ -240,7 +240,11 @@ class Capture:
                 path = base if base not in taken else next(
                     f"{base}#{k}" for k in range(1, 10**6) if f"{base}#{k}" not in taken)
         self.root_paths[id(module)] = path
-        self._roots_seen[id(module)] = weakref.ref(module)
+        seen = self._roots_seen
+        if len(seen) % 64 == 63:  # (a model built anew each step: let the dead ones go)
+            for k in [k for k, r in seen.items() if r() is None]:
+                del seen[k]
+        seen[id(module)] = weakref.ref(module)
         prefix = f"{path}." if path else ""
         for name, m in module.named_modules(remove_duplicate=False):
             full = f"{prefix}{name}" if name else path
