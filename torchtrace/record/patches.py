@@ -191,12 +191,13 @@ def _reading_norms_first(orig: Any) -> Optional[Callable[..., Any]]:
         return None
 
     def zero_grad(self_: Any, *args: Any, **kwargs: Any) -> Any:
-        if STARTED:
+        holding = [cap for cap in list(STARTED) if cap.autograd.grads] if STARTED else ()  # (an unsampled step: none)
+        if holding:
             try:  # (the parameters it zeroes)
                 params = [p for group in self_.param_groups for p in group["params"]]
             except Exception:  # (an odd optimizer: its norms are read at the build, as before)
                 params = []
-            for cap in list(STARTED):
+            for cap in holding:
                 cap.autograd.read_norms(params)
         return orig(self_, *args, **kwargs)
     zero_grad.__doc__ = getattr(orig, "__doc__", None)
