@@ -1524,3 +1524,14 @@ def test_the_summary_counts_the_passes_the_store_holds(tmp_path):
     k = len({r.structure_fp for r in rows})
     assert f"recorded 3 passes in {k} variant" in lines[0], lines
     assert sum(int(line.split()[2]) for line in lines[2:2 + k]) == 3, lines
+
+
+def test_an_output_name_without_extension_is_refused_but_a_device_is_written(tmp_path):
+    """(A review.) The refusal of `-o NAME` with no extension took `/dev/stdout` too."""
+    from torchtrace.cliout import Fmt, output_format
+
+    assert output_format(None, "/dev/stdout", Fmt.svg) is Fmt.svg
+    assert output_format(None, "/dev/null", Fmt.svg) is Fmt.svg
+    with pytest.raises(torchtrace.TorchtraceError, match="or write to standard output with -o -"):
+        output_format(None, str(tmp_path / "g"), Fmt.svg)
+    assert output_format(None, str(tmp_path / "g"), Fmt.text) is Fmt.text  # (text goes anywhere)

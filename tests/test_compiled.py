@@ -291,6 +291,9 @@ with torchtrace.trace(m) as t:
     out = f(y)
 print(t.graph.meta["compiled_regions_ran_eager"], runs == [], sys.meta_path[0].__class__.__name__)
 f(x); f(x)
+import copy, pickle
+loader = sys.modules["torch._dynamo.eval_frame"].__loader__  # (ours, for good: copied and pickled as its own)
+copy.copy(loader), copy.deepcopy(loader), pickle.loads(pickle.dumps(loader))
 print(len(runs) == 2)
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -330,3 +333,55 @@ def test_torch_cond_on_an_operand_that_needs_a_gradient_gets_the_clear_error() -
             traced = m(x, "parameter")
     assert torch.equal(plain, traced)
     assert [n.op for n in t.graph.nodes][-1] in ("aten.sin.default", "aten.mul.Tensor")
+
+
+def test_the_dynamo_finder_imports_nothing_itself() -> None:
+    """(A review.) It found Dynamo's module by `importlib.util.find_spec`, which
+    imports the package: under the import lock, while another thread held the
+    package's lock, two threads loading Dynamo at once hung for good."""
+    import subprocess
+    import sys
+
+    code = """
+import os, sys, torch
+from torchtrace.record.patches import DynamoImport, _ThenGuard
+assert "torch._dynamo" not in sys.modules
+finder = DynamoImport()
+sys.meta_path.insert(0, finder)
+try:
+    spec = finder.find_spec("torch._dynamo.eval_frame", [os.path.join(torch.__path__[0], "_dynamo")])
+finally:
+    sys.meta_path.remove(finder)
+print(type(spec.loader) is _ThenGuard, "torch._dynamo" not in sys.modules, finder.find_spec("json", None) is None)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "True", "True"], res.stdout
+
+
+class _Gate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x * 2
+        return torch.cond(y.sum() > 0, lambda t: t.sin(), lambda t: t.cos(), (y,))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2
+
+
+def test_torch_cond_in_a_function_s_own_forward_is_recorded() -> None:
+    """(A review.) Grad is off in a custom Function's forward and its operands need no
+    gradient there; the check for torch's own autograd Function took the user's for it
+    (its `ctx.needs_input_grad` is True) and refused the pass."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    lin, x = nn.Linear(4, 4), torch.randn(3, 4)
+    plain = _Gate.apply(lin(x))
+    with torchtrace.trace(lin) as t:
+        out = _Gate.apply(lin(x))
+        out.sum().backward()
+    assert torch.equal(plain, out)
+    assert any(n.op in ("aten.sin.default", "aten.cos.default") for n in t.graph.nodes)

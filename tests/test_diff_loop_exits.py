@@ -119,3 +119,25 @@ def test_a_while_left_by_its_python_test_on_one_side_is_counted():
     [why] = torchtrace.diff(a, b).why()
     assert why.startswith(f"`while` at `test_diff_loop_exits.py:{line_of('capped_while')}` ran 2\u00d7 in A, 3\u00d7 "
                           "in B (no tensor read differs: decided by Python state) \u2192 "), why
+
+
+def halting_per_layer(x: torch.Tensor, biases) -> torch.Tensor:
+    h = x
+    for bias in biases:
+        total = 0.0
+        while total < 0.99:
+            h = torch.tanh(L4(h))
+            p = torch.sigmoid(HALT(h) + bias).mean()
+            total += p.item()  # LINE:layer_read
+    return h
+
+
+def test_halting_loops_inside_another_loop_keep_the_hedge():
+    """(A review.) The totals were summed across the runs of the inner `while`
+    (Python sets `total = 0.0` before each), and a read that ended nothing was
+    named unhedged."""
+    x = torch.randn(2, 4)
+    a = _traced(halting_per_layer, x, [torch.tensor(3.0), torch.tensor(3.0)])
+    b = _traced(halting_per_layer, x, [torch.tensor(-1.5), torch.tensor(3.0)])
+    [why] = torchtrace.diff(a, b).why()
+    assert "maybe not the cause" in why, why

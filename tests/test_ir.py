@@ -168,6 +168,8 @@ def test_a_gradient_norm_is_a_number_nan_inf_or_null(tmp_path, norm, ok):
     (b"", ["an empty file", "found 0 bytes"]),
     (b" \n", ["an empty file", "2 bytes of white space"]),
     (b"null", ["not a torchtrace graph", "found null"]),  # (was "found NoneType")
+    (b'{"format": null}', ["not a torchtrace graph", "found null"]),
+    (gzip.compress(b""), ["an empty file once unzipped", "found 0 bytes"]),
     (b'{"a": {}, "ops": []}', ["no 'format' field (an object with a, ops)"]),  # (was "found '<missing>'")
     (gzip.compress(b"[1, 2]"), ["not a torchtrace graph", "JSON object", "found array"]),
     (b"\x1f\x8b\x08garbage", ["corrupt gzip"]),

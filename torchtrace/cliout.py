@@ -50,10 +50,12 @@ def output_format(given: Optional[Fmt], output: Optional[str], default: Fmt) -> 
                          expected="-o FILE with one of " + " ".join(sorted(_EXTENSIONS)) + " (or -f FORMAT)",
                          found=f"a {ext} file", fix=f"name it {_name_for(default)}, or give -f")
     if given is None and not ext and output not in (None, "-") and default is not Fmt.text and output.strip() \
-            and not output.endswith(("/", os.sep)) and not os.path.isdir(output):  # (those: said below)
+            and not output.endswith(("/", os.sep)) and not os.path.isdir(output) \
+            and not output.startswith(("/dev/", "/proc/")):  # (a folder: said below; `/dev/stdout`: the default)
         raise UsageError(f"-o {output}: the name has no extension to name a format",
                          expected="-o FILE with one of " + " ".join(sorted(_EXTENSIONS)) + " (or -f FORMAT)",
-                         found=f"{output!r}", fix=f"name it {_name_for(default).replace('*', output)}, or give -f")
+                         found=f"{output!r}", fix=f"name it {_name_for(default).replace('*', output)}, give -f, "
+                         "or write to standard output with -o -")
     if given is None:
         return named[0] if named else default
     if named and given not in named:

@@ -129,7 +129,7 @@ def graph_from_dict(data: Any, *, where: str = "graph") -> Graph:
     if data.get("format") != FORMAT:
         keys = ", ".join(map(str, list(data)[:6])) + (", ..." if len(data) > 6 else "")
         raise IRError("not a torchtrace graph", where=f"{where}.format", expected=repr(FORMAT),
-                      found=repr(data["format"]) if "format" in data else
+                      found=_jsonschema.describe(data["format"]) if "format" in data else
                       f"no 'format' field (an object with {keys or 'no fields'})",
                       fix="load a file written by torchtrace.save() or `torchtrace export`")
     check_version(data.get("version"), where)
@@ -319,15 +319,16 @@ def decode(raw: bytes, where: str) -> Graph:
                       found="an SQLite database (a trace store holds many passes)",
                       fix=f"open one of its passes: `{where}:0` on the command line, or "
                       f"torchtrace.store.Store(path).graph(0) in Python") from None
-    if raw[:2] == GZIP_MAGIC:
+    gunzipped = raw[:2] == GZIP_MAGIC
+    if gunzipped:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
             raise IRError("corrupt gzip data", where=where, expected="a complete .json.gz file",
                           found=str(e), fix="re-export the graph; the file was cut short or damaged") from None
     if not raw.strip():
-        raise IRError("an empty file", where=where, expected="a JSON document",
-                      found=f"{len(raw)} bytes{' of white space' if raw else ''}",
+        raise IRError("an empty file" if not gunzipped else "an empty file once unzipped", where=where,
+                      expected="a JSON document", found=f"{len(raw)} bytes{' of white space' if raw else ''}",
                       fix="pass a .json or .json.gz file written by torchtrace.save()")
     try:
         text = raw.decode("utf-8")

@@ -171,8 +171,20 @@ _ACCUMULATES = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\+=|=\s*\1\s*\+)")
 
 def accumulates(read: "Node") -> bool:
     """Does the read's line add what it read to a running total (``total += p.item()``,
-    ``total = total + p.item()``), which the loop then tests rather than the read itself?"""
-    return bool(_ACCUMULATES.match(line_text(read)))
+    ``total = total + p.item()``), which the loop then tests rather than the read itself,
+    in a loop that runs once per call (not inside another loop of its function, which may
+    set the total anew before each run: its reads are not one sum)?"""
+    src = read.source
+    span = loop_span(src.file, src.line) if src is not None else None
+    if span is None or not _ACCUMULATES.match(line_text(read)):
+        return False
+    lines = _lines(src.file, span[0])
+    for _, text in _headers_around(lines, span[0]) if lines is not None else ():
+        if _word(text) in ("def", "class"):
+            return True
+        if _LOOP.match(text):
+            return False
+    return True
 
 
 def first_test_reads_nothing(file: str, line: int) -> bool:

@@ -10,6 +10,7 @@ that the user's results stay what eager gives.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any, Optional
 
@@ -157,9 +158,13 @@ def _for_autograd(depth: int = 16) -> bool:
     op was called under ``no_grad``)?"""
     f = sys._getframe(2)
     while f is not None and depth:
-        if f.f_code.co_name == "forward":
+        code = f.f_code
+        if code.co_name == "forward" and "ctx" in code.co_varnames:  # (the nearest Function's forward)
             needs = getattr(f.f_locals.get("ctx"), "needs_input_grad", None)
-            if isinstance(needs, tuple):
-                return any(needs)
+            # (torch's own, not a Function of the user's that calls torch.cond in its forward, grad off)
+            return _HOPS in code.co_filename and isinstance(needs, tuple) and any(needs)
         f, depth = f.f_back, depth - 1
     return False
+
+
+_HOPS = os.path.join("torch", "_higher_order_ops", "")

@@ -53,7 +53,6 @@ the last one stops; then the class is as it was.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 import threading
@@ -261,6 +260,8 @@ class _ThenGuard:
         self._loader = loader
 
     def __getattr__(self, name: str) -> Any:  # (get_source, get_code, is_package: inspect and linecache)
+        if name == "_loader" or name.startswith("__"):  # (copy and pickle make one without __init__)
+            raise AttributeError(name)
         return getattr(self._loader, name)
 
     def create_module(self, spec: Any) -> Any:
@@ -280,20 +281,20 @@ class DynamoImport(Held):
     Dynamo is not loaded, a finder first on ``sys.meta_path`` hands its
     ``eval_frame`` module a loader that guards every started capture (``_ThenGuard``)."""
 
-    def __init__(self) -> None:
-        self._busy = False
-
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != EVAL_FRAME or self._busy:
+        if name != EVAL_FRAME:
             return None
-        self._busy = True  # (the finders after this one find it)
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            self._busy = False
-        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _ThenGuard(spec.loader)
-        return spec
+        # the finders after this one, as the import system asks them (no import of the package here: the
+        # import lock is held, and another thread may hold the package's)
+        finders = sys.meta_path[sys.meta_path.index(self) + 1:] if self in sys.meta_path else []
+        for finder in finders:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _ThenGuard(spec.loader)
+                return spec
+        return None
 
     def _put(self) -> bool:
         if EVAL_FRAME in sys.modules:
