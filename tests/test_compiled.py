@@ -8,6 +8,8 @@ running eagerly for the rest of the process. That is what these tests catch.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -167,14 +169,8 @@ def test_a_compiled_function_is_told_from_its_uncompiled_self_and_the_watch_ends
     assert backend.ran(fn, *args)
 
 
-def test_dynamo_loaded_inside_the_trace_is_guarded_from_the_next_root_call() -> None:
-    """`import torch` does not load Dynamo; the first `torch.compile` inside the
-    block (always so under `torchtrace run`) did, after recording started: the
-    stance stayed as it was and compiled calls were not noted."""
-    import subprocess
-    import sys
-
-    code = """
+# a process where Dynamo is not loaded yet (`import torch` does not load it), a model, a backend that counts runs
+_FRESH = """
 import sys, torch, torchtrace
 from torch import nn
 assert "torch._dynamo.eval_frame" not in sys.modules
@@ -188,7 +184,20 @@ m = nn.Linear(4, 4)
 x = torch.randn(2, 4)
 def scale(t):
     return torch.tanh(t) * 2
-with torchtrace.trace() as t:
+"""
+
+
+def _fresh_process(code: str) -> "subprocess.CompletedProcess[str]":
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_dynamo_loaded_inside_the_trace_is_guarded_from_the_next_root_call() -> None:
+    """`import torch` does not load Dynamo; the first `torch.compile` inside the
+    block (always so under `torchtrace run`) did, after recording started: the
+    stance stayed as it was and compiled calls were not noted."""
+    code = _FRESH + """with torchtrace.trace() as t:
     f = torch.compile(scale, backend=backend)
     out = f(m(x))
     before = len(runs)
@@ -197,8 +206,7 @@ print(t.graph.meta["compiled_regions_ran_eager"], len(runs) == before)
 f(x); f(x)
 print(len(runs) > before)
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    res = _fresh_process(code)
     assert res.stdout.split() == ["True", "True", "True"], res.stdout
 
 
@@ -268,24 +276,7 @@ def test_dynamo_first_loaded_after_the_root_call_is_guarded_at_once() -> None:
     mode unguarded. The pass said no compiled code ran, and Dynamo had skipped `f`'s
     frame for good (it ran eagerly after the block too). Likewise `torch.cond`, which
     loads Dynamo and compiles its branches."""
-    import subprocess
-    import sys
-
-    code = """
-import sys, torch, torchtrace
-from torch import nn
-assert "torch._dynamo.eval_frame" not in sys.modules
-runs = []
-def backend(gm, inputs):
-    def run(*a):
-        runs.append(1)
-        return gm.forward(*a)
-    return run
-m = nn.Linear(4, 4)
-x = torch.randn(2, 4)
-def scale(t):
-    return torch.tanh(t) * 2
-with torchtrace.trace(m) as t:
+    code = _FRESH + """with torchtrace.trace(m) as t:
     y = m(x)
     f = torch.compile(scale, backend=backend)
     out = f(y)
@@ -296,8 +287,7 @@ loader = sys.modules["torch._dynamo.eval_frame"].__loader__  # (ours, for good: 
 copy.copy(loader), copy.deepcopy(loader), pickle.loads(pickle.dumps(loader))
 print(len(runs) == 2)
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    res = _fresh_process(code)
     assert res.stdout.split()[:2] + res.stdout.split()[3:] == ["True", "True", "True"], res.stdout
     assert res.stdout.split()[2] != "DynamoImport", res.stdout  # (the finder is gone after the block)
 
@@ -339,9 +329,6 @@ def test_the_dynamo_finder_imports_nothing_itself() -> None:
     """(A review.) It found Dynamo's module by `importlib.util.find_spec`, which
     imports the package: under the import lock, while another thread held the
     package's lock, two threads loading Dynamo at once hung for good."""
-    import subprocess
-    import sys
-
     code = """
 import os, sys, torch
 from torchtrace.record.patches import DynamoImport, _ThenGuard
@@ -354,8 +341,7 @@ finally:
     sys.meta_path.remove(finder)
 print(type(spec.loader) is _ThenGuard, "torch._dynamo" not in sys.modules, finder.find_spec("json", None) is None)
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    res = _fresh_process(code)
     assert res.stdout.split() == ["True", "True", "True"], res.stdout
 
 
