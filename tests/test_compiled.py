@@ -371,3 +371,35 @@ def test_torch_cond_in_a_function_s_own_forward_is_recorded() -> None:
         out.sum().backward()
     assert torch.equal(plain, out)
     assert any(n.op in ("aten.sin.default", "aten.cos.default") for n in t.graph.nodes)
+
+
+def test_a_compiled_model_built_anew_each_step_under_every_k_trains_as_without() -> None:
+    """(A review.) The pass boundary at the model inside the `torch.compile` wrapper
+    popped the mode inside Dynamo's frame wrapper, which put the dispatch keys back as
+    they were when the call began: the step's backward failed in torch ("Hit Python
+    dispatch key but no arguments had PyInterpreter")."""
+    import tempfile
+
+    def train(rec=None):
+        torch.manual_seed(0)
+        losses = []
+        for i in range(4):
+            if rec is not None:
+                rec.step(i)
+            m = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1)), backend="eager")
+            opt = torch.optim.SGD(m.parameters(), lr=0.1)
+            loss = m(torch.randn(2, 4)).sum()
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+            python_key = torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Python)
+            assert python_key == (torch._C._len_torch_dispatch_stack() > 0)
+        return torch.stack(losses)
+
+    plain = train()
+    with tempfile.TemporaryDirectory() as d:
+        with torchtrace.Recorder(f"{d}/t.db", every=3) as rec:
+            traced = train(rec)
+        with Store(f"{d}/t.db", readonly=True) as st:
+            assert [p.step for p in st.passes()][:1] == [0]
+    assert torch.equal(plain, traced)

@@ -22,8 +22,8 @@ from ..ir import Graph
 from .autograd import AutogradTracker, grad_fns, storage_keys, warn_if_old_torch
 from .build import build_graph, open_annotations
 from .calls import bind_args, call_kwargs, name_inputs, physical, tensors_in, unread_inputs
-from .compiled import CompileGuard
-from .patches import Patches
+from .compiled import CompileGuard, after_compiled_call
+from .patches import Patches, sync_python_keys
 from .composite import see_autocast
 from .fork import STARTED
 from .interrupts import Uninterrupted, every as _every
@@ -90,6 +90,7 @@ class Capture:
             self._below = stack[-1] if stack else None
             self.mode.__enter__()
             self._mode_pushed = True
+            after_compiled_call(sync_python_keys)
 
     def pop_mode(self, *, force: bool = False) -> None:
         if not self._mode_pushed:
@@ -116,6 +117,7 @@ class Capture:
         finally:
             for m in reversed(above):
                 _push_mode(m)
+            after_compiled_call(sync_python_keys)
 
     def stop(self) -> None:
         """Remove the mode, the module hooks and any autograd pre-hooks."""

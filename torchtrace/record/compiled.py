@@ -179,3 +179,25 @@ def mark_dynamo_skip(code: Any) -> bool:
         return True
     except Exception:  # older/newer torch without it: keep torch's own wrapper
         return False
+
+
+def after_compiled_call(then: Callable[[], None], depth: int = 48) -> None:
+    """Call ``then`` when the ``torch.compile(module)`` call running now returns, if
+    one is (a one-shot forward hook on its wrapper). Dynamo's frame wrapper puts the
+    thread's dispatch keys back as they were when the call began: a mode pushed or
+    popped inside (a Recorder's pass boundary at the model inside) leaves them out of
+    step with the mode stack, and the next op fails in torch ("Hit Python dispatch key
+    but no arguments had PyInterpreter") or skips the mode."""
+    f = sys._getframe(1)
+    while f is not None and depth:
+        if f.f_code.co_name == "_call_impl":
+            module = f.f_locals.get("self")
+            if type(module).__name__ == COMPILED_WRAPPER:
+                handle: Any = None
+
+                def once(*_: Any) -> None:
+                    handle.remove()
+                    then()
+                handle = module.register_forward_hook(once, always_call=True)
+                return
+        f, depth = f.f_back, depth - 1
