@@ -21,7 +21,8 @@ import torch
 from ..ir import AutogradNode, GradInfo
 from .autograd import node_key
 from .gradnorms import grad_infos
-from .mode import BACKWARD, E_ANODE, E_CODE, E_ICODE, E_INS, E_OUTS, E_PHASE, E_SEQ, V_ORIGIN
+from .mode import BACKWARD, E_ANODE, E_CODE, E_ICODE, E_INS, E_OUTS, E_PHASE, E_SEQ
+from .rebuilt import REBUILT, link_rebuilt
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 _SUMS = ("aten.add.Tensor",)  # how the engine sums two gradients for one input (out of place)
@@ -201,57 +202,6 @@ def _op_of(seq: int, name: str, threads: Tuple[_Counter, ...], events: List[tupl
     return None
 
 
-_REBUILT = "AsStridedBackward0"
-
-
-def _link_rebuilt(rebuilt: List[Any], th: _Counter, events: List[tuple], infos: List[Any],
-                  vmeta: List[tuple]) -> Dict[tuple, int]:
-    """Entry key -> the view op, for the Nodes torch made anew (``AsStridedBackward0``)
-    for views read after an in-place write to their base (``v = h[:, :3]; h.mul_(2);
-    v * 3``). Such a Node takes its number as the op that reads the view makes its own,
-    so that op is the first past it. Its stale inputs: those a view op made from a tensor
-    written in place after it, before the reader (not ``W.t()`` read beside). The Nodes
-    one reader made, in order, take its stale inputs in argument order (torch rebuilds
-    them so); where the counts differ, none is linked."""
-    def first(v: int) -> int:
-        while 0 <= v < len(vmeta) and vmeta[v][V_ORIGIN] is not None and vmeta[v][V_ORIGIN][0] == "ver":
-            v = vmeta[v][V_ORIGIN][1]  # (a read refreshed after a write: a version of it)
-        return v
-
-    producer: Dict[int, int] = {}
-    for k, ev in enumerate(events):
-        for v in ev[E_OUTS]:
-            producer.setdefault(v, k)
-
-    def root(v: int) -> int:  # (a view's base, through views of views, back to what was written)
-        v = first(v)
-        for _ in range(64):
-            k = producer.get(v)
-            if k is None or not infos[k].view or not events[k][E_INS]:
-                break
-            v = first(events[k][E_INS][0])
-        return v
-
-    by_reader: Dict[int, List[Any]] = {}
-    for e in rebuilt:
-        i = bisect.bisect_right(th.seqs, e.seq)
-        if i < len(th.seqs):
-            by_reader.setdefault(th.index[i], []).append(e)
-    out: Dict[tuple, int] = {}
-    for reader, nodes in by_reader.items():
-        stale = []
-        for v in (first(v) for v in events[reader][E_INS]):
-            k = producer.get(v)
-            if k is None or k >= reader or not infos[k].view or not events[k][E_INS] or k in stale:
-                continue
-            base = root(events[k][E_INS][0])
-            if any(infos[j].mutates and any(root(w) == base for w in events[j][E_OUTS]) for j in range(k + 1, reader)):
-                stale.append(k)
-        if len(stale) == len(nodes):
-            out.update((e.key, k) for e, k in zip(sorted(nodes, key=lambda e: e.seq), stale))
-    return out
-
-
 def _custom_op(node: Any, seq: int, threads: Tuple[_Counter, ...], events: List[tuple], mode: Any,
                made: Any = None) -> Optional[int]:
     """The op that made the output of a custom ``autograd.Function`` whose Node
@@ -346,10 +296,10 @@ def build_autograd(capture: Any, mode: Any, events: List[tuple], infos: List[Any
             if i is not None and (e.key[:2] not in tracker.twins or _made(mode, events[i], e.node)
                                   or e.key[:2] in outside_twins):
                 linked[e.key] = i
-    rebuilt = [e for e in entries if e.name == _REBUILT and e.key not in linked and e.seq is not None
+    rebuilt = [e for e in entries if e.name == REBUILT and e.key not in linked and e.seq is not None
                and e.key not in outside]  # (torch's Node for a view read after an in-place write to its base)
     if rebuilt:
-        linked.update(_link_rebuilt(rebuilt, threads[0], events, infos, mode.vmeta))
+        linked.update(link_rebuilt(rebuilt, threads[0], events, infos, mode.vmeta))
     entries.sort(key=lambda e: (0, linked[e.key], e.order) if e.key in linked else (1, 0, e.order))
     for k, e in enumerate(entries):
         e.aid = f"a{k}"
