@@ -141,3 +141,23 @@ def test_halting_loops_inside_another_loop_keep_the_hedge():
     b = _traced(halting_per_layer, x, [torch.tensor(-1.5), torch.tensor(3.0)])
     [why] = torchtrace.diff(a, b).why()
     assert "maybe not the cause" in why, why
+
+
+def greedy(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    for t in range(8):  # LINE:greedy_for
+        x = L4(x)
+        if tokens[t].item() == 7:  # LINE:greedy_read
+            break
+    return x
+
+
+def test_a_decode_whose_tokens_differ_before_the_end_token_is_counted_whole():
+    """(A review.) A reads 5, 3, 7 (the end), B 5, 2, 9, 4, 7: it said "ran 2× in A,
+    4× in B": the first, equal, iteration was not counted."""
+    x = torch.randn(1, 4)
+    a = _traced(greedy, x, torch.tensor([5, 3, 7, 0, 0, 0, 0, 0]))
+    b = _traced(greedy, x, torch.tensor([5, 2, 9, 4, 7, 0, 0, 0]))
+    assert (_count(a, "aten.addmm.default"), _count(b, "aten.addmm.default")) == (3, 5)
+    [why] = torchtrace.diff(a, b).why()
+    assert why.startswith(f"`for` at `test_diff_loop_exits.py:{line_of('greedy_for')}` ran 3\u00d7 in A, 5\u00d7 in B; "
+                          f"`test_diff_loop_exits.py:{line_of('greedy_read')}` read 3 in A, 2 in B \u2192 "), why

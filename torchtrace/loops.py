@@ -64,11 +64,15 @@ class LoopFinder:
             # the read that differs: a repeat on the longer side, the exit on the shorter; a number read
             # (`while n.item() > 0`: 3, 2, 1, 0) at the loop's first read, which told how often it would run
             counted = any(side.loop_keys[r[0]] != side.wkeys[r[0]] for side, r in ((self.A, ra), (self.B, rb)) if r)
-            if counted:  # (or, when all before it are alike, the shorter side's exit: `if tok.item() == eos:
-                #             break` read 0, 0, 1 against 0, 0, 0, 0, 1; not a read that went on on both sides)
+            if counted:  # (or the first pair that differs: `if tok.item() == eos: break` read 0, 0, 1 against
+                #             0, 0, 0, 0, 1, or 5, 3, 7 against 5, 2, 9, 4, 7; not where an exit value was read
+                #             inside the runs: a helper's loop called again at once, its runs read as one)
                 d = next((d for d, (x, y) in enumerate(zip(ra + [exit_a], rb + [exit_b]))
                           if x is None or y is None or self.A.wkeys[x] != self.B.wkeys[y]), None)
-                ia, ib = ((ra + [exit_a])[d], (rb + [exit_b])[d]) if d in (0, k) else (None, None)
+                ends = {S.wkeys[e] for S, e in ((self.A, exit_a), (self.B, exit_b)) if e is not None}
+                merged = any(S.wkeys[x] in ends for S, r in ((self.A, ra), (self.B, rb)) for x in r)
+                ia, ib = ((ra + [exit_a])[d], (rb + [exit_b])[d]) if d in (0, k) or (
+                    d is not None and not merged) else (None, None)
             else:
                 ia = ra[k] if k < len(ra) else exit_a
                 ib = rb[k] if k < len(rb) else exit_b
