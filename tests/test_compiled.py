@@ -377,7 +377,8 @@ def test_a_compiled_model_built_anew_each_step_under_every_k_trains_as_without()
     """(A review.) The pass boundary at the model inside the `torch.compile` wrapper
     popped the mode inside Dynamo's frame wrapper, which put the dispatch keys back as
     they were when the call began: the step's backward failed in torch ("Hit Python
-    dispatch key but no arguments had PyInterpreter")."""
+    dispatch key but no arguments had PyInterpreter"). Then only the first sampled step
+    was recorded: a new wrapper's call took the unsampled step's watch, not its model's."""
     import tempfile
 
     def train(rec=None):
@@ -401,5 +402,5 @@ def test_a_compiled_model_built_anew_each_step_under_every_k_trains_as_without()
         with torchtrace.Recorder(f"{d}/t.db", every=3) as rec:
             traced = train(rec)
         with Store(f"{d}/t.db", readonly=True) as st:
-            assert [p.step for p in st.passes()][:1] == [0]
+            assert [(p.step, p.root) for p in st.passes()] == [(0, "Sequential"), (3, "Sequential")]
     assert torch.equal(plain, traced)

@@ -15,6 +15,7 @@ import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.nn.utils.parametrize import ParametrizationList
 
+from .compiled import COMPILED_WRAPPER
 from .inert import ForwardHook, PreHook
 
 _task_id = torch._C._current_graph_task_id
@@ -115,6 +116,9 @@ class Watcher:
         (built anew each step, or first called then), then disarms."""
         cap = self.capture
         if cap is None or threading.get_ident() != cap.tid:
+            return None
+        if type(module).__name__ == COMPILED_WRAPPER:  # (torch.compile(model) built anew: the model inside is
+            self._uncompiled.add(module)               # the call to watch; its next calls skip Dynamo's wrapper)
             return None
         e = self._root_handles.get(id(module))
         if e is None or e[0]() is not module:
