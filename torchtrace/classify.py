@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional,
 from .side import Side, call_site, is_bookkeeping
 from .explain import ARROW, plural
 from .fingerprint import canonical_args, canonical_json
-from .textform import dtype_short, op_str, shape_str, type_str
+from .textform import op_str, type_str, type_text
 from .typechange import paired_types_differ
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -322,7 +322,7 @@ def unread_inputs(meta: Dict[str, Any]) -> Dict[str, str]:
     """``meta.unread_inputs`` (inputs passed, read by no op: ``if self.use_mask:``
     skipped the mask) by name: their types; entries not of that form are left out."""
     found = meta.get("unread_inputs")
-    return {u["name"]: f"{dtype_short(u['dtype'])}{shape_str(u['shape'])}" for u in found
+    return {u["name"]: type_text(u["dtype"], u["shape"]) for u in found
             if isinstance(u, dict) and isinstance(u.get("name"), str) and isinstance(u.get("dtype"), str)
             and isinstance(u.get("shape"), list) and all(type(d) is int for d in u["shape"])} \
         if isinstance(found, list) else {}

@@ -95,7 +95,17 @@ def shape_str(shape: Iterable[int]) -> str:
 
 def type_str(v: "Value") -> str:
     """``f32[2,3]``"""
-    return f"{dtype_short(v.dtype)}{shape_str(v.shape)}"
+    return type_text(v.dtype, v.shape)
+
+
+def type_text(dtype: str, shape: Iterable[int]) -> str:
+    """``f32[2,3]`` from an IR dtype and shape."""
+    return f"{dtype_short(dtype)}{shape_str(shape)}"
+
+
+def ir_name(x: Any) -> str:
+    """A torch dtype or device as the IR writes it (``float32``, ``cuda:0``)."""
+    return str(x).replace("torch.", "")
 
 
 def op_str(op: str) -> str:

@@ -27,7 +27,7 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
     ``alias_root`` and ``producer`` in place; nothing when no op wrote.
     ``rebound``: value -> the value whose storage it shares from then on
     (``setdata.rebound_values``; its ``alias_root`` says so already)."""
-    written = [v for v in range(len(vmeta)) if _written(vmeta, v) and v in producer and v not in rebound]
+    written = [v for v in range(len(vmeta)) if is_version(vmeta, v) and v in producer and v not in rebound]
     if not written:
         return
     writes: Dict[int, List[int]] = {}  # write op -> the versions it made (the written tensor's first)
@@ -41,7 +41,7 @@ def refresh_stale_reads(events: List[tuple], vmeta: List[tuple], vrefs: List[Any
         if s is None:
             r = alias_root.get(v, v)
             origin = vmeta[r][V_ORIGIN]
-            s = storage_of(origin[1]) if _written(vmeta, r) and r not in rebound else r
+            s = storage_of(origin[1]) if is_version(vmeta, r) and r not in rebound else r
             storage[v] = s
         return s
 
@@ -98,7 +98,7 @@ def _outside_aliases(written: List[int], writes: Dict[int, List[int]], vmeta: Li
 
     def base(v: int) -> int:
         chain = []
-        while v not in first and _written(vmeta, v) and v not in rebound:
+        while v not in first and is_version(vmeta, v) and v not in rebound:
             chain.append(v)
             v = vmeta[v][V_ORIGIN][1]
         root = first.get(v, v)
@@ -177,6 +177,7 @@ def _outside(vmeta: List[tuple], v: int) -> bool:
     return origin is not None and origin[0] == "ext"
 
 
-def _written(vmeta: List[tuple], v: int) -> bool:
+def is_version(vmeta: List[tuple], v: int) -> bool:
+    """Is value ``v`` a version of another, written in place by an op of the pass?"""
     origin = vmeta[v][V_ORIGIN]
     return origin is not None and origin[0] == "ver" and origin[1] >= 0

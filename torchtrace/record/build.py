@@ -15,6 +15,7 @@ from .._memo import Lazy, remember
 from ..fingerprint import strip_addresses
 from ..ir import Autograd, Graph, ModuleCall, Node, Source, Value, Witness
 from ..serialize import symbolic_value
+from ..textform import ir_name
 from .aliases import refresh_stale_reads
 from .boundary import reads_data
 from .extras import Raised
@@ -86,11 +87,6 @@ class _ArgsCache(dict):
         if a is None:
             a = self[key] = _args(info, argv, kw)
         return a
-
-
-def _ir_name(x: Any) -> str:
-    """dtype / device -> its IR string (``float32``, ``cuda:0``)."""
-    return str(x).replace("torch.", "")
 
 
 # (id(code), f_lasti) -> (code, Source), kept across passes (a training loop records
@@ -185,7 +181,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
 
     grads = _grad_names(events, infos, ag)
     vid_str = [f"v{i}" for i in range(len(vmeta))]
-    text = Lazy(_ir_name)
+    text = Lazy(ir_name)
     values: List[Value] = []
     version_role: Dict[int, Tuple[str, Optional[str]]] = {}
     for vid, rec in enumerate(vmeta):

@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from ..textform import ir_name
 from .mode import V_ORIGIN
 
 # held weakly: a forward set on the instance (accelerate's `functools.partial(new_forward, module)`, a
@@ -171,7 +172,7 @@ def unread_inputs(names: Dict[int, Tuple[Any, str]], mode: Any) -> List[Dict[str
             shape = [s if s.__class__ is int else -1 for s in t.shape]
         except Exception:  # (a tensor subclass without sizes)
             continue
-        out.append({"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")})
+        out.append({"name": name, "shape": shape, "dtype": ir_name(t.dtype)})
     return out
 
 

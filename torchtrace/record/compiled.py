@@ -188,6 +188,8 @@ def after_compiled_call(then: Callable[[], None], depth: int = 48) -> None:
     popped inside (a Recorder's pass boundary at the model inside) leaves them out of
     step with the mode stack, and the next op fails in torch ("Hit Python dispatch key
     but no arguments had PyInterpreter") or skips the mode."""
+    if EVAL_FRAME not in sys.modules:  # (no compiled call can be running: no frames to walk)
+        return
     f = sys._getframe(1)
     while f is not None and depth:
         if f.f_code.co_name == "_call_impl":

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from ..textform import ir_name
+
 
 def grad_infos(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, Any]]:
     """(shape, dtype, 2-norm) per gradient: a float (NaN or inf as such), None
@@ -34,7 +36,7 @@ def grad_infos(grads: List[torch.Tensor]) -> List[Tuple[Tuple[int, ...], str, An
             continue
         for i, x in zip(idx, values):
             norms[i] = x
-    return [(tuple(g.shape), str(g.dtype).replace("torch.", ""), _norm_one(g.detach()) if n is None else n)
+    return [(tuple(g.shape), ir_name(g.dtype), _norm_one(g.detach()) if n is None else n)
             for g, n in zip(grads, norms)]
 
 

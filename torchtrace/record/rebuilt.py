@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 from typing import Any, Dict, List
 
+from .aliases import is_version
 from .mode import E_INS, E_OUTS, V_ORIGIN
 
 REBUILT = "AsStridedBackward0"  # the Node torch makes anew for a stale view
@@ -22,7 +23,7 @@ def link_rebuilt(rebuilt: List[Any], th: Any, events: List[tuple], infos: List[A
     one reader made, in order, take its stale inputs in argument order (torch rebuilds
     them so); where the counts differ, none is linked."""
     def first(v: int) -> int:
-        while 0 <= v < len(vmeta) and vmeta[v][V_ORIGIN] is not None and vmeta[v][V_ORIGIN][0] == "ver":
+        while 0 <= v < len(vmeta) and is_version(vmeta, v):
             v = vmeta[v][V_ORIGIN][1]  # (a read refreshed after a write: a version of it)
         return v
 

@@ -359,11 +359,8 @@ class Recorder(Watcher, HandCuts):
             return
         e = self._roots.get(id(module))
         if e is None or e[0]() is not module:
-            if len(self._roots) % 64 == 63:  # (a model built anew each step: the dead let go, as _watch does)
-                dead = [k for k, d in self._roots.items() if d[0]() is None]
-                self._mortal = self._mortal or bool(dead)
-                for k in dead:
-                    del self._roots[k]
+            if len(self._roots) % 64 == 63:  # (models built anew each step, every step sampled: no _watch)
+                self._drop_dead_roots()
             e = self._roots[id(module)] = (weakref.ref(module), is_model_call(module), None)
         if not e[1]:  # a loss function, a wrapper without weights, a parametrization: part of the pass
             return

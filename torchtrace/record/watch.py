@@ -50,8 +50,7 @@ class Watcher:
         watched = self._root_handles
         alive = [r() for r, has, _ in self._roots.values() if has]
         if None in alive:  # (dropped: a model built anew each step leaves one a step)
-            self._mortal = True
-            self._roots = {k: e for k, e in self._roots.items() if e[0]() is not None}
+            self._drop_dead_roots()
             for k in [k for k, e in watched.items() if e[0]() is None]:
                 watched.pop(k)[1].remove()
         roots = [m for m in alive if m is not None and not (id(m) in watched and watched[id(m)][0]() is m)]
@@ -65,6 +64,14 @@ class Watcher:
             cap.scope.remove()
         for m in roots:
             watched[id(m)] = (weakref.ref(m), m.register_forward_pre_hook(PreHook(self._root_pre)))
+
+    def _drop_dead_roots(self) -> None:
+        """Let go of the roots that died; a model among them (one built anew each step)
+        makes ``step()`` arm the first-call hook from here on (``_mortal``)."""
+        dead = [k for k, e in self._roots.items() if e[0]() is None]
+        self._mortal = self._mortal or any(self._roots[k][1] for k in dead)
+        for k in dead:
+            del self._roots[k]
 
     def _unwatch(self) -> None:
         self._unhook()
