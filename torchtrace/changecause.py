@@ -14,7 +14,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .readchange import WitnessChange
-from .sourcetext import _NAME, line_text, names_assigned
+from .sourceblocks import line_text
+from .sourcetext import _NAME, names_assigned
 
 if TYPE_CHECKING:  # pragma: no cover
     from .align import Pair

@@ -11,8 +11,8 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from ._memo import remember
-from .sourcetext import _IF, _NAME, _code, _header_colon, _headers_around, _last_of_block, _lines, _word, line_text, \
-    names_assigned
+from .sourceblocks import code_of, file_lines, first_word, header_colon, headers_around, last_of_block, line_text
+from .sourcetext import _IF, _NAME, names_assigned
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -26,16 +26,16 @@ _RETURN_COUNT = re.compile(r"^\s*return\s+(?:int|round|math\.floor|math\.ceil)\(
 def loop_header(file: str, line: int) -> Optional[Tuple[int, str]]:
     """(line, text) of the ``for``/``while`` whose body holds ``line`` (or that is
     at ``line``), in its function; None when none is, or the file is not readable."""
-    lines = _lines(file, line)
+    lines = file_lines(file, line)
     if lines is None:
         return None
     if _LOOP.match(lines[line - 1]):
-        return line, _code(lines[line - 1])
-    for k, text in _headers_around(lines, line):
-        if _word(text) in ("def", "class"):
+        return line, code_of(lines[line - 1])
+    for k, text in headers_around(lines, line):
+        if first_word(text) in ("def", "class"):
             return None
         if _LOOP.match(text):
-            return k + 1, _code(text)
+            return k + 1, code_of(text)
     return None
 
 
@@ -55,11 +55,11 @@ def loop_span(file: str, line: int) -> Optional[Tuple[int, int, str]]:
     """(header line, last line of its body, ``for``/``while``) of the loop at
     ``line`` or the innermost one of its function whose body holds it; None
     when there is none or the file is not readable here."""
-    lines = _lines(file, line)
+    lines = file_lines(file, line)
     header = loop_header(file, line) if lines is not None else None
     if lines is None or header is None:
         return None
-    return header[0], _last_of_block(lines, header[0]), "while" if _WHILE.match(header[1]) else "for"
+    return header[0], last_of_block(lines, header[0]), "while" if _WHILE.match(header[1]) else "for"
 
 
 _EXIT = re.compile(r"^\s*(?:break|return)\b")
@@ -69,15 +69,15 @@ _LEAVES = re.compile(r"(?:^|:)\s*(?:break|return)\b")
 def exits_loop(file: str, line: int) -> bool:
     """Is ``line`` an ``if``/``elif`` whose branch leaves the loop around it
     (``if done: break``, ``if k.item() == 0: return x``, on one line or below)?"""
-    lines = _lines(file, line)
+    lines = file_lines(file, line)
     if lines is None or not _IF.match(lines[line - 1]):
         return False
-    colon = _header_colon(lines[line - 1])
-    if colon is not None and _code(lines[line - 1][colon + 1:]).strip():  # `if c: break` on one line
+    colon = header_colon(lines[line - 1])
+    if colon is not None and code_of(lines[line - 1][colon + 1:]).strip():  # `if c: break` on one line
         return bool(_EXIT.match(lines[line - 1][colon + 1:]))
     inner = None  # the indent of a loop inside the branch: a `break` in its body leaves that loop
-    for k in range(line, _last_of_block(lines, line)):
-        text = _code(lines[k])
+    for k in range(line, last_of_block(lines, line)):
+        text = code_of(lines[k])
         if not text.strip():
             continue
         indent = len(text) - len(text.lstrip())
@@ -102,10 +102,10 @@ def ended_by(read: "Node") -> Optional[Tuple[int, int, str]]:
     if exits_loop(src.file, src.line):
         return span
     names = names_assigned(read)
-    lines = _lines(src.file, src.line)
+    lines = file_lines(src.file, src.line)
     if not names or lines is None:
         return None
-    if span[2] == "while" and not names.isdisjoint(_NAME.findall(_code(lines[span[0] - 1]))):
+    if span[2] == "while" and not names.isdisjoint(_NAME.findall(code_of(lines[span[0] - 1]))):
         return span
     for k in range(src.line + 1, span[1] + 1):
         if _IF.match(lines[k - 1]) and not names.isdisjoint(_NAME.findall(_test(lines[k - 1]))) \
@@ -116,8 +116,8 @@ def ended_by(read: "Node") -> Optional[Tuple[int, int, str]]:
 
 def _test(text: str) -> str:
     """The test of an ``if`` line (up to its colon)."""
-    colon = _header_colon(text)
-    return _code(text if colon is None else text[:colon])
+    colon = header_colon(text)
+    return code_of(text if colon is None else text[:colon])
 
 
 def can_leave(file: str, header: int) -> bool:
@@ -137,27 +137,27 @@ def yields(file: str, header: int) -> bool:
 
 def _in_body(file: str, header: int, pattern: "re.Pattern[str]") -> bool:
     """Does a line of the body of the block at ``header`` match ``pattern``?"""
-    lines = _lines(file, header)
-    return lines is not None and any(pattern.search(_code(lines[k]))
-                                     for k in range(header, _last_of_block(lines, header)))
+    lines = file_lines(file, header)
+    return lines is not None and any(pattern.search(code_of(lines[k]))
+                                     for k in range(header, last_of_block(lines, header)))
 
 
 def in_loop(file: str, line: int) -> Optional[bool]:
     """Is ``line`` inside a ``for``/``while`` of its function (or a comprehension
     on it)? None when the file is not readable here."""
-    lines = _lines(file, line)
+    lines = file_lines(file, line)
     if lines is None:
         return None
-    return bool(_COMPREHENSION.search(_code(lines[line - 1]))) or loop_header(file, line) is not None
+    return bool(_COMPREHENSION.search(code_of(lines[line - 1]))) or loop_header(file, line) is not None
 
 
 def while_end(file: str, line: int) -> int:
     """The last line of the body of the ``while`` at ``line`` (``line`` itself for a
     body on that line); 0 when that line is no ``while`` or the file is not readable here."""
-    lines = _lines(file, line)
+    lines = file_lines(file, line)
     if lines is None or not _WHILE.match(lines[line - 1]):
         return 0
-    return _last_of_block(lines, line)
+    return last_of_block(lines, line)
 
 
 _UNKNOWN = object()
@@ -178,9 +178,9 @@ def accumulates(read: "Node") -> bool:
     span = loop_span(src.file, src.line) if src is not None else None
     if span is None or not _ACCUMULATES.match(line_text(read)):
         return False
-    lines = _lines(src.file, span[0])
-    for _, text in _headers_around(lines, span[0]) if lines is not None else ():
-        if _word(text) in ("def", "class"):
+    lines = file_lines(src.file, span[0])
+    for _, text in headers_around(lines, span[0]) if lines is not None else ():
+        if first_word(text) in ("def", "class"):
             return True
         if _LOOP.match(text):
             return False
@@ -192,7 +192,7 @@ def first_test_reads_nothing(file: str, line: int) -> bool:
     alone: its test is decided by constants assigned above it in its block
     (``done = False`` ... ``while not done:``; ``k = 0`` ... ``while k < 1 or x.norm() <= t:``)?
     Then its reads, one per later test, are as many as its iterations, not one more."""
-    lines = _lines(file, line)
+    lines = file_lines(file, line)
     if lines is None or not _WHILE.match(lines[line - 1]):
         return False
     tree = _TREES.get(file)
@@ -277,17 +277,17 @@ def keyword_at(file: str, line: int) -> Optional[str]:
 def if_statement_end(file: str, header: int) -> int:
     """The last line of the ``if`` statement at ``header``, its ``elif``/``else``
     arms included; ``header`` when the file is not readable here."""
-    lines = _lines(file, header)
+    lines = file_lines(file, header)
     if lines is None:
         return header
-    indent, end = len(lines[header - 1]) - len(lines[header - 1].lstrip()), _last_of_block(lines, header)
+    indent, end = len(lines[header - 1]) - len(lines[header - 1].lstrip()), last_of_block(lines, header)
     k = end
     while k < len(lines):
         text = lines[k]
         if not text.strip() or text.lstrip().startswith("#"):
             k += 1
             continue
-        if len(text) - len(text.lstrip()) != indent or _word(text) not in ("elif", "else"):
+        if len(text) - len(text.lstrip()) != indent or first_word(text) not in ("elif", "else"):
             break
-        end = k = _last_of_block(lines, k + 1)
+        end = k = last_of_block(lines, k + 1)
     return end

@@ -1,12 +1,16 @@
 """What a recorded op's source line says, read from the file at diff time
 (``linecache``; nothing when the file is not readable here): whether a read
 is logged or tested by an ``if``, which names it is assigned to, and which
-names the ``if`` around an op tests (the loops around a line: sourceloops.py)."""
+names the ``if`` around an op tests (the loops around a line: sourceloops.py;
+the lines and blocks both read: sourceblocks.py)."""
 from __future__ import annotations
 
 import linecache
 import re
-from typing import TYPE_CHECKING, Any, FrozenSet, Iterator, List, NamedTuple, Optional, Set, Tuple
+from typing import TYPE_CHECKING, FrozenSet, List, NamedTuple, Optional, Set, Tuple
+
+from .sourceblocks import LOOK_UP, block_of, code_of, def_of, file_lines, first_word, header_colon, headers_around, \
+    indent_of, is_blank, last_of_block, line_text, statement_at
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Node
@@ -25,13 +29,8 @@ def kept_aside(n: "Node") -> bool:
     w = n.witness
     if w is None or not isinstance(w.value, bool) or n.source is None:
         return False
-    text = _code(line_text(n))
+    text = code_of(line_text(n))
     return bool(_CALL_STATEMENT.match(text)) and not _BRANCHES.search(text)
-
-
-def line_text(n: "Node") -> str:
-    """The source line an op was recorded at, as read here ("" when unreadable)."""
-    return linecache.getline(n.source.file, n.source.line) if n.source is not None else ""
 
 
 _IF = re.compile(r"^\s*(if|elif)\b")
@@ -53,7 +52,6 @@ _BRANCH_LINE = re.compile(r"^\s*(if|elif|while)\b")
 # (`x = ...`, `a, b = ...`, `x: float = ...`, and augmented: `total += p.item()`)
 _ASSIGNED = re.compile(r"^\s*([A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?::[^=]+|\*\*|//|>>|<<|[-+*/%&|^@])?=(?!=)")
 _NAME = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
-_LOOK_UP = 400  # lines above an op searched for the header of its block
 _KEYWORDS = frozenset({"if", "elif", "and", "or", "not", "is", "in", "None", "True", "False", "lambda"})
 
 
@@ -84,7 +82,7 @@ def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
     its branch; for an ``else``, the tests of its ``if`` chain), and the lines
     (first, last) of that branch: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
     and ``x``; attribute reads (``self.flag``) give only their object."""
-    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     found = _if_test(lines, n.source.line, _THROUGH) if lines else None
     if found is None:
         return frozenset(), 0, -1
@@ -109,11 +107,11 @@ def tests_training(n: "Node") -> bool:
     else b``), or an ``if``/``elif`` around it tests it (at any depth of its
     function, through other blocks; an ``else`` of such an ``if`` too)? False
     when the line is not readable here."""
-    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     if lines is None:
         return False
     line = n.source.line
-    if _reads_training(_code(lines[line - 1])):
+    if _reads_training(code_of(lines[line - 1])):
         return True
     for _ in range(16):
         found = _if_test(lines, line, _THROUGH)
@@ -146,8 +144,8 @@ def shape_test(n: "Node", line: Optional[int] = None) -> Optional[ShapeIf]:
     itself decides (``h.relu() if s > 1 else h``). ``line``: another line of
     ``n``'s file to start from (an ``if``'s own, for the one around it)."""
     line = line if line is not None else n.source.line if n.source is not None else 0
-    lines = _lines(n.source.file, line) if n.source is not None else None
-    if lines is None or _TERNARY.search(_code(lines[line - 1])):
+    lines = file_lines(n.source.file, line) if n.source is not None else None
+    if lines is None or _TERNARY.search(code_of(lines[line - 1])):
         return None
     found = _if_test(lines, line, through=_BLOCKS)
     if found is None:
@@ -157,12 +155,12 @@ def shape_test(n: "Node", line: Optional[int] = None) -> Optional[ShapeIf]:
 
     def shaped(t: str) -> bool:
         return bool(_SHAPE_TEST.search(t)) or not names.isdisjoint(_NAME.findall(t))
-    chain = [(k + 1, _code(t[m.end():])) for k in range(at - 1, lo - 2)  # (an `else`: each test of its chain)
-             for t in [lines[k]] for m in [_IF.match(t)] if m is not None and _indent(t) == _indent(lines[at - 1])]
+    chain = [(k + 1, code_of(t[m.end():])) for k in range(at - 1, lo - 2)  # (an `else`: each test of its chain)
+             for t in [lines[k]] for m in [_IF.match(t)] if m is not None and indent_of(t) == indent_of(lines[at - 1])]
     at = next((k for k, t in chain if shaped(t)), at)  # (the `elif` that tests the shape)
-    header = next(_headers_around(lines, at), None)
-    top = header is not None and _word(header[1]) == "def"
-    return ShapeIf(at if shaped(test) else 0, (lo, hi), _block_of(lines, at), top, at)
+    header = next(headers_around(lines, at), None)
+    top = header is not None and first_word(header[1]) == "def"
+    return ShapeIf(at if shaped(test) else 0, (lo, hi), block_of(lines, at), top, at)
 
 
 def _if_test(lines: List[str], line: int, through: Tuple[str, ...] = ()) -> Optional[Tuple[int, str, int, int]]:
@@ -171,94 +169,40 @@ def _if_test(lines: List[str], line: int, through: Tuple[str, ...] = ()) -> Opti
     or the nearest around it, through blocks of the kinds ``through`` names; for
     an ``else``, the chain's first line and all its tests."""
     m = _IF.match(lines[line - 1])
-    colon = _header_colon(lines[line - 1]) if m is not None else None
-    if colon is not None and _code(lines[line - 1][colon + 1:]).strip():  # `if c: stmt` on one line
+    colon = header_colon(lines[line - 1]) if m is not None else None
+    if colon is not None and code_of(lines[line - 1][colon + 1:]).strip():  # `if c: stmt` on one line
         return line, lines[line - 1][m.end():colon], line, line
-    for k, text in _headers_around(lines, line, _LOOK_UP):
-        k, text = _statement(lines, k)
-        word = _word(text)
+    for k, text in headers_around(lines, line, LOOK_UP):
+        k, text = statement_at(lines, k)
+        word = first_word(text)
         m = _IF.match(text)
         if m is not None:
-            return k + 1, _code(text[m.end():]), k + 2, _last_of_block(lines, k + 1)
+            return k + 1, code_of(text[m.end():]), k + 2, last_of_block(lines, k + 1)
         if word == "else":
             chain = _chain(lines, k)
             if chain is not None:
-                return chain[0], chain[1], k + 2, _last_of_block(lines, k + 1)
+                return chain[0], chain[1], k + 2, last_of_block(lines, k + 1)
         if word not in through:
             return None
     return None
 
 
-def _header_colon(text: str) -> Optional[int]:
-    """The index of the colon that ends a block header (outside brackets and
-    strings, not a walrus' ``:=``), or None (a header going on below)."""
-    depth, quote, k = 0, "", 0
-    while k < len(text):
-        c = text[k]
-        if quote:
-            if c == "\\":
-                k += 1
-            elif c == quote:
-                quote = ""
-        elif c in "\"'":
-            quote = c
-        elif c == "#":
-            return None
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == ":" and depth == 0 and text[k + 1:k + 2] != "=":
-            return k
-        k += 1
-    return None
-
-
-def _block_of(lines: List[str], at: int) -> Tuple[int, int]:
-    """The lines (first, last) of the block that holds the statement at line ``at``."""
-    header = next(_headers_around(lines, at), None)
-    if header is None:
-        return 1, len(lines)
-    return header[0] + 2, _last_of_block(lines, header[0] + 1)
-
-
 def _chain(lines: List[str], at: int) -> Optional[Tuple[int, str]]:
     """The first line and the tests of the ``if`` chain of the ``else`` at index
     ``at``; None for a ``for``/``while``/``try``'s ``else``."""
-    tests, indent = [], _indent(lines[at])
+    tests, indent = [], indent_of(lines[at])
     for k in range(at - 1, -1, -1):  # up the chain: `elif`s, then its `if`
         text = lines[k]
-        if _blank(text) or _indent(text) > indent:
+        if is_blank(text) or indent_of(text) > indent:
             continue
-        k, text = _statement(lines, k)
-        m = _IF.match(text) if _indent(text) == indent else None
+        k, text = statement_at(lines, k)
+        m = _IF.match(text) if indent_of(text) == indent else None
         if m is None:
             return None
-        tests.append(_code(text[m.end():]))
+        tests.append(code_of(text[m.end():]))
         if m.group(1) == "if":
             return k + 1, " and ".join(reversed(tests))
     return None
-
-
-def _statement(lines: List[str], k: int) -> Tuple[int, str]:
-    """The statement that line index ``k`` ends, when it closes a bracket a line
-    above opened (``if (`` ... ``):``): its first line's index and its lines joined."""
-    if not lines[k].lstrip().startswith((")", "]", "}")):
-        return k, lines[k]
-    indent = _indent(lines[k])
-    for j in range(k - 1, max(-1, k - _LOOK_UP), -1):
-        if not _blank(lines[j]) and _indent(lines[j]) <= indent and not lines[j].lstrip().startswith((")", "]", "}")):
-            return j, " ".join(_code(x).strip() for x in lines[j:k + 1])
-    return k, lines[k]
-
-
-def _code(text: str) -> str:
-    return text.split("#", 1)[0]
-
-
-def _def_of(lines: List[str], line: int) -> int:
-    """The index of the ``def`` line of the function that holds ``line``; -1 for none."""
-    return next((k for k, text in _headers_around(lines, line) if _word(text) in ("def", "async")), -1)
 
 
 def _shape_names(lines: List[str], line: int) -> Set[str]:
@@ -270,12 +214,12 @@ def _shape_names(lines: List[str], line: int) -> Set[str]:
 def _names_from(lines: List[str], line: int, read: "re.Pattern[str]") -> Set[str]:
     """Names assigned from an expression ``read`` matches (or from such names) in
     the lines of the function that holds ``line``, above it."""
-    start = _def_of(lines, line) + 1
+    start = def_of(lines, line) + 1
     out: Set[str] = set()
     for k in range(start, line - 1):
         m = _ASSIGNED.match(lines[k])
         if m is not None:
-            rhs = _STRING.sub("==", _code(lines[k][m.end():]))
+            rhs = _STRING.sub("==", code_of(lines[k][m.end():]))
             if read.search(rhs) or not out.isdisjoint(_NAME.findall(rhs)):
                 out.update(x.strip() for x in m.group(1).split(","))
     return out
@@ -304,7 +248,7 @@ def decided_by_a_call(n: "Node") -> bool:
 
 def _if_around(n: "Node") -> Tuple[Optional[List[str]], Optional[Tuple[int, str, int, int]]]:
     """``n``'s file's lines and ``_if_test`` of its line through other blocks (None: unreadable)."""
-    lines = _lines(n.source.file, n.source.line) if n.source is not None else None
+    lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     return lines, _if_test(lines, n.source.line, _THROUGH) if lines else None
 
 
@@ -325,13 +269,13 @@ def call_guard(file: str, line: int, attr: str) -> Optional[bool]:
     function that holds ``line``: True when it reads ``training``, False when it
     tests a plain flag (``decided_by_a_flag``); None when there is no such call
     or ``if``, it tests something else, or the file is not readable here."""
-    lines = _lines(file, line)
-    start = _def_of(lines, line) if lines is not None else -1
+    lines = file_lines(file, line)
+    start = def_of(lines, line) if lines is not None else -1
     if start < 0:
         return None
     used = re.compile(r"\." + re.escape(attr) + r"\b")
-    guards = [_guard(lines, k + 1) for k in range(start + 1, _last_of_block(lines, start + 1))
-              if used.search(_code(lines[k]))]  # (each line that may call it: all must say the same)
+    guards = [_guard(lines, k + 1) for k in range(start + 1, last_of_block(lines, start + 1))
+              if used.search(code_of(lines[k]))]  # (each line that may call it: all must say the same)
     return guards[0] if guards and all(g == guards[0] for g in guards) else None
 
 
@@ -343,69 +287,30 @@ def _guard(lines: List[str], at: int) -> Optional[bool]:
     return True if _training_test(lines, found[0], found[1]) else None if _CALL.search(found[1]) else False
 
 
-_HEADER = re.compile(r"^\s*(\w+)")
 _HANDLERS = ("except", "else", "finally")
-
-
-def _word(text: str) -> str:
-    """The first word of a line (a block header's keyword), or ""."""
-    m = _HEADER.match(text)
-    return m.group(1) if m is not None else ""
 
 
 def except_bodies(file: str, line: int) -> Tuple[int, int]:
     """The lines (first, last) of the ``except`` clauses of the ``try`` whose body
     holds ``line``; (0, -1) when there is none, or the file is not readable here."""
-    lines = _lines(file, line)
-    for at, text in _headers_around(lines, line) if lines else ():  # (not past a def or class)
-        word = _word(text)
+    lines = file_lines(file, line)
+    for at, text in headers_around(lines, line) if lines else ():  # (not past a def or class)
+        word = first_word(text)
         if word in ("", "def", "class"):
             break
         if word == "try":
-            return _handlers(lines, at, _indent(text))
+            return _handlers(lines, at, indent_of(text))
     return 0, -1
-
-
-def _last_of_block(lines: List[str], line: int) -> int:
-    """The last line of the body of the block whose header is at ``line`` (1-based)."""
-    indent, last = _indent(lines[line - 1]), line
-    for k in range(line, len(lines)):
-        if not _blank(lines[k]):
-            if _indent(lines[k]) <= indent:
-                break
-            last = k + 1
-    return last
-
-
-def _lines(file: str, line: Any) -> Optional[List[str]]:
-    """The file's lines as read here, when ``line`` is one of them."""
-    lines = linecache.getlines(file)
-    return lines if isinstance(line, int) and 0 < line <= len(lines) else None
-
-
-def _headers_around(lines: List[str], line: int, limit: Optional[int] = None) -> Iterator[Tuple[int, str]]:
-    """(index, text) of the headers of the blocks around ``line`` (1-based),
-    innermost first: each line above it indented less than the last one seen
-    (within ``limit`` lines)."""
-    indent = _indent(lines[line - 1])
-    stop = -1 if limit is None else max(-1, line - 1 - limit)
-    for k in range(line - 2, stop, -1):
-        if indent == 0:
-            return
-        text = lines[k]
-        if not _blank(text) and _indent(text) < indent:
-            indent = _indent(text)
-            yield k, text
 
 
 def _handlers(lines: List[str], at: int, indent: int) -> Tuple[int, int]:
     first, last, inside = 0, -1, False
     for k in range(at + 1, len(lines)):
         text = lines[k]
-        if _blank(text):
+        if is_blank(text):
             continue
-        if _indent(text) <= indent:
-            word = _word(text)
+        if indent_of(text) <= indent:
+            word = first_word(text)
             if word not in _HANDLERS:
                 break
             inside = word == "except"
@@ -415,11 +320,3 @@ def _handlers(lines: List[str], at: int, indent: int) -> Tuple[int, int]:
     return first, last
 
 
-def _indent(text: str) -> int:
-    return len(text) - len(text.lstrip())
-
-
-def _blank(text: str) -> bool:
-    """An empty or comment-only line."""
-    stripped = text.strip()
-    return not stripped or stripped.startswith("#")
