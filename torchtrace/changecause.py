@@ -112,20 +112,32 @@ class ChangedCauses:
     def passed_on(self, k0: int, changed: Sequence[Any]) -> Optional[WitnessChange]:
         """For changed ops whose arguments differ: the nearest read before them
         that returned exactly those values (``k = int(mask.sum())`` read 3 in A,
-        2 in B, then ``h.topk(k)``: k=3 -> 2), whatever other reads lie between."""
+        2 in B, then ``h.topk(k)``: k=3 -> 2), whatever other reads lie between;
+        else the nearest number read into a name that such an op's line uses
+        (``n = int(...)``, then ``h[:, :1 + n % 4]``: end=3 -> 1)."""
         wanted: Dict[Tuple[Any, Any], str] = {}
+        used: Dict[str, str] = {}  # a name on the line of an op whose number args differ -> the first such arg
         for p in changed:
             if p.a is not None and p.b is not None:
                 for key, va in p.a.args.items():
                     for pair in _numbers_changed(va, p.b.args.get(key)):
                         wanted.setdefault(pair, f"`{p.a.short_op}`'s {key}")
+                        for name in _NAME.findall(line_text(p.a)) if p.a.source is not None else ():
+                            used.setdefault(name, wanted[pair])
         if not wanted:
             return None
-        for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)]):
+        before = list(reversed(self.differing[:bisect.bisect_left(self.differing, k0)]))
+        for e in before:
             i, j = self.pairs[e]
             pair = (self.A.nodes[i].witness.value, self.B.nodes[j].witness.value)
             if number(pair[0]) and number(pair[1]) and pair in wanted:
                 return replace(self.witness_change(i, j), passed=wanted[pair])
+        for e in before:
+            i, j = self.pairs[e]
+            read = self.A.nodes[i]
+            name = next((x for x in sorted(names_assigned(read)) if x in used), None)
+            if name is not None and number(read.witness.value) and number(self.B.nodes[j].witness.value):
+                return replace(self.witness_change(i, j), passed=f"`{name}`, in {used[name]}")
         return None
 
 

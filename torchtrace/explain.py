@@ -45,7 +45,7 @@ from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, 
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph
+    from .ir import Graph, Node
 
 ARROW = "\u2192"
 __all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "decisive", "plural",
@@ -59,6 +59,8 @@ def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Opti
 
 
 # -- causes of a structural hunk -------------------------------------------
+_GUARDS_READ = 8  # the lines of a hunk's one-sided ops whose `if`s are read for a kept read
+
 
 class Causes(ChangedCauses):
     """Finds the witness and loop behind each hunk of one alignment."""
@@ -303,20 +305,55 @@ class Causes(ChangedCauses):
         """The read kept in the name that the `if` around the hunk's first op
         tests (``has_pad = bool(...)`` ... ``if has_pad:``), the latest before
         the hunk in that function, when it differs: it decided the hunk,
-        whichever read is nearer. Else ``nearest``."""
-        pair = next(((i, j) for i, j in self.pairs[k0:k1] if i is None or j is None), None)
-        if pair is None:
+        whichever read is nearer. Else ``nearest``. The `if`s around the
+        hunk's other lines name theirs too (``if big:`` ... ``if spiky:``, two
+        flags read up front): the latest of them is named, the others as
+        read earlier."""
+        found: Dict[int, Tuple[bool, Optional[WitnessChange]]] = {}  # row of the read -> (weak, change to name)
+        seen = set()
+        for i, j in self.pairs[k0:k1]:
+            if i is not None and j is not None:
+                continue
+            first, other = (self.A.nodes[i], self.B) if j is None else (self.B.nodes[j], self.A)
+            at = first.source
+            if at is None or (at.file, at.line) in seen or len(seen) == _GUARDS_READ:
+                continue
+            seen.add((at.file, at.line))
+            got = self._guard_read(first, other, k0, nearest)
+            if got is None and not found:
+                return nearest  # (the hunk's first op has no `if` of its own that a kept read decided)
+            if got is not None:
+                found.setdefault(got[0], got[1:])
+        if not found:
             return nearest
-        first, other = (self.A.nodes[pair[0]], self.B) if pair[1] is None else (self.B.nodes[pair[1]], self.A)
-        names, lo, hi = guard_names(first)
+        rows = sorted(found, reverse=True)
+        weak, named = found[rows[0]]
+        also = tuple(w for w in (found[e][1] or self.witness_change(*self.pairs[e]) for e in rows[1:])
+                     if w.short() != (named or nearest).short())
+        if named is None:  # (the `if` read tensor data itself: that read)
+            return replace(nearest, also=also or nearest.also)
+        same = nearest is not None and nearest.node_a == named.node_a  # (then no other read is as likely)
+        return replace(nearest if same else named, also=also, weak=weak, merged=False, named=True)
+
+    def _guard_read(self, first: "Node", other: Side, k0: int, nearest: Optional[WitnessChange]) -> Optional[
+            Tuple[int, bool, Optional[WitnessChange]]]:
+        """For an op only one side ran: (row, weak, change) of the read kept in
+        the name its `if` tests (``_named_by_guard``); (row, False, None) when
+        that `if` read tensor data itself and it is ``nearest`` (``if best >
+        1.5:``); None when no `if` tests a name, the other pass ran its branch
+        too, or no read before ``k0`` went into the name."""
+        names, lo, hi, test = guard_names(first)
         at = first.source
         if not names or other.ran_lines(at.file, at.function, lo, hi):
-            return nearest  # (no `if` tests a name, or the other pass ran its branch too: it went the same way)
+            return None  # (no `if` tests a name, or the other pass ran its branch too: it went the same way)
+        if nearest is not None and (nearest.file, nearest.function) == (at.file, at.function) \
+                and test <= nearest.line < lo:
+            return self.differing[bisect.bisect_left(self.differing, k0) - 1], False, None
         # (a float kept, compared; or a helper's read it returned: `flag = check(x)`)
         kept = [e for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)])
                 if names_assigned(self.A.nodes[self.pairs[e][0]], at.file, at.function) & names]
         if not kept:
-            return nearest
+            return None
         e, read = kept[0], self.A.nodes[self.pairs[kept[0]][0]]
         # `flag, n = check(x)`: which of the helper's reads went into the tested name is not known; a bool, for
         # `if flag:`, likeliest
@@ -329,8 +366,7 @@ class Causes(ChangedCauses):
         # a bool or a count kept in the name decided it; a float kept in it is compared to something
         # (`if loss < best:`), maybe re-assigned first: named, still a guess
         weak = not (decisive(read.witness) and decisive(self.B.nodes[j].witness)) or (several and not self._bools(e))
-        same = nearest is not None and nearest.node_a == read.id  # (then no other read is as likely)
-        return replace(nearest if same else self.witness_change(i, j), also=(), weak=weak, merged=False, named=True)
+        return e, weak, self.witness_change(i, j)
 
     def _bools(self, e: int) -> bool:
         i, j = self.pairs[e]

@@ -76,17 +76,18 @@ _SHAPE_TEST = re.compile(r"\.(?:(?:shape|ndim|dtype)\b|(?:size|dim|numel|is_floa
 _TERNARY = re.compile(r"\bif\b.+\belse\b")
 
 
-def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int]:
+def guard_names(n: "Node") -> Tuple[FrozenSet[str], int, int, int]:
     """The plain names tested by the ``if``/``elif`` around the line of ``n`` (the
     nearest header above it, through ``with``/``try``/``for``/``while`` blocks in
-    its branch; for an ``else``, the tests of its ``if`` chain), and the lines
-    (first, last) of that branch: ``if has_pad and x.dim() > 2:`` gives ``has_pad``
-    and ``x``; attribute reads (``self.flag``) give only their object."""
+    its branch; for an ``else``, the tests of its ``if`` chain), the lines
+    (first, last) of that branch, and the line of that ``if`` (0: none):
+    ``if has_pad and x.dim() > 2:`` gives ``has_pad`` and ``x``; attribute reads
+    (``self.flag``) give only their object."""
     lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     found = _if_test(lines, n.source.line, _THROUGH) if lines else None
     if found is None:
-        return frozenset(), 0, -1
-    return frozenset(_NAME.findall(found[1])) - _KEYWORDS, found[2], found[3]
+        return frozenset(), 0, -1, 0
+    return frozenset(_NAME.findall(found[1])) - _KEYWORDS, found[2], found[3], found[0]
 
 
 _BLOCKS = ("with", "try", "except", "finally")

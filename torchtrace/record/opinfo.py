@@ -33,6 +33,9 @@ _DYNAMIC_SHAPE = _tag("dynamic_output_shape")
 # ops whose output shape comes from tensor data that torch does not tag so: pack_padded_sequence
 # reads the lengths in C++ (a GRU over packed batches runs as many steps as the longest one)
 _SHAPE_FROM_DATA = frozenset({"aten._pack_padded_sequence.default"})
+# ops that hand Python a value read from tensor data that torch does not tag so: TransformerEncoder's
+# fast path branches on whether its padding mask is left-aligned
+_VALUE_FROM_DATA = frozenset({"aten.is_nonzero.default", "aten._nested_tensor_from_mask_left_aligned.default"})
 _RANDOM = _tag("nondeterministic_seeded")
 _INPLACE = _tag("inplace")
 # dispatch keys below a mode's: the backend (CPU, CUDA, SparseCPU, ...) is the highest of them
@@ -99,7 +102,7 @@ class OpInfo:
         if namespace in _ANNOTATION_NAMESPACES:
             tags.append("annotation")
         self.witness: Optional[str] = None
-        if (_DATA_DEPENDENT is not None and _DATA_DEPENDENT in func.tags) or self.name == "aten.is_nonzero.default":
+        if (_DATA_DEPENDENT is not None and _DATA_DEPENDENT in func.tags) or self.name in _VALUE_FROM_DATA:
             self.witness = "value"
         elif (_DYNAMIC_SHAPE is not None and _DYNAMIC_SHAPE in func.tags) or self.name in _SHAPE_FROM_DATA:
             self.witness = "shape"

@@ -1,0 +1,141 @@
+"""torchtrace.diff: which read is named when several differ -- the `if` that
+reads tensor data itself, a number read into a name that a changed op's
+arguments are computed from -- and reads that torch makes without tagging the
+op (TransformerEncoder's padding-mask test)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+import torchtrace
+import zoo
+from zoo import record
+
+
+def line_of(marker: str) -> int:
+    return zoo.marked_line(__file__, marker)
+
+
+def where(marker: str) -> str:
+    return f"`test_diff_reads_named.py:{line_of(marker)}`"
+
+
+class MaxThenIf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        best = max([x[0, 0], x[0, 1]])  # LINE:max
+        if best > 1.5:  # LINE:if
+            h = h.relu()
+        return h
+
+
+def test_an_if_that_reads_tensor_data_itself_is_named_before_the_read_that_made_its_name():
+    torch.manual_seed(0)
+    m = MaxThenIf()
+    a, b = record(m, torch.tensor([[1., 2, 3, 4]])), record(m, torch.tensor([[0., -2, 0, 0]]))
+    # both lines read (Python compares two 0-d tensors at `max`, then one with 1.5 at the `if`)
+    assert [n.source.line for n in a.witnesses()] == [line_of("max"), line_of("if")]
+    d = torchtrace.diff(a, b)
+    assert d.why() == [f"{where('if')} read True in A, False in B (or, read earlier, {where('max')} read True in A, "
+                       "False in B) \u2192 1 op only in A (in `<root>`)"]
+
+
+class SliceByCount(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if gate.item() > 0:  # LINE:gate
+            h = h * 3
+        n = int((x > 0).sum())  # LINE:count
+        return h[:, :1 + n % 4]
+
+
+def _slice_hunk(d):
+    return next(h for h in d.hunks if h.kind == "changed" and any(p.a.short_op == "slice.Tensor" for p in h.changed))
+
+
+def test_a_number_read_into_a_name_that_a_changed_slice_bound_uses_is_named():
+    torch.manual_seed(0)
+    m = SliceByCount()
+    x1, x2 = torch.tensor([[1., 1, -1, -1]]), torch.tensor([[-1., -1, -1, -1]])  # n = 2 (end 3), n = 0 (end 1)
+    one = torch.tensor(1.)
+    d = torchtrace.diff(record(m, x1, one), record(m, x2, one))
+    h = _slice_hunk(d)
+    assert h.witness is not None and h.witness.line == line_of("count") and not h.witness.weak
+    assert d.why() == [f"{where('count')} read 2 in A, 0 in B (passed on as `n`, in `slice.Tensor`'s end) \u2192 the "
+                       "same ops with other shapes (1 op changed): size 3 \u2192 1 in 1 value"]
+    # the gate read differs too, and steered the `mul` only in A: the slice's end is still the count's
+    d = torchtrace.diff(record(m, x1, one), record(m, x2, -one))
+    hunks = [(h.kind, h.witness.line if h.witness else None) for h in d.hunks]
+    assert hunks == [("structural", line_of("gate")), ("changed", line_of("count"))]
+
+
+def test_transformer_encoders_padding_mask_test_is_a_witness():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True, dropout=0.0)
+    enc = nn.TransformerEncoder(layer, 2).eval()
+    x = torch.randn(2, 5, 16)
+    left = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])  # left-aligned: the nested fast path
+    other = torch.tensor([[False] * 5, [True] + [False] * 4])  # not: the dense path
+    graphs = []
+    for mask in (left, other):
+        with torch.no_grad():
+            want = enc(x, src_key_padding_mask=mask)
+            with torchtrace.trace(enc) as t:
+                got = enc(x, src_key_padding_mask=mask)  # LINE:enc
+        assert torch.equal(want, got)
+        graphs.append(t.graph)
+    reads = [[(n.short_op, n.witness.value) for n in g.witnesses()
+              if n.short_op == "_nested_tensor_from_mask_left_aligned"] for g in graphs]
+    assert reads == [[("_nested_tensor_from_mask_left_aligned", True)],
+                     [("_nested_tensor_from_mask_left_aligned", False)]]
+    why = torchtrace.diff(*graphs).why()
+    assert why and why[0].startswith(f"{where('enc')} read True in A, False in B \u2192 "), why
+
+
+class TwoFlags(nn.Module):
+    """Two flags read up front, then an `if` on each: both `if`s' ops can fall in one hunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.f(x)
+        big = bool(h.mean() > 0)  # LINE:big
+        spiky = bool(h.max() > 5)  # LINE:spiky
+        if big:
+            h = torch.tanh(h)
+        if spiky:
+            h = h * 0.5
+        return h
+
+
+def _flags(m: TwoFlags, x: torch.Tensor, b0: float, b1: float = 0.0):
+    with torch.no_grad():
+        m.f.weight.zero_()
+        m.f.bias.zero_()
+        m.f.bias[0], m.f.bias[1] = b0, b1
+        h = m.f(x)
+        flags = (bool(h.mean() > 0), bool(h.max() > 5))
+    return flags, record(m, x)
+
+
+def test_the_ifs_of_two_flags_read_up_front_each_name_their_read():
+    torch.manual_seed(0)
+    m, x = TwoFlags(), torch.randn(2, 8)
+    (fa, a), (fb, b) = _flags(m, x, 10.0), _flags(m, x, -1.0)
+    assert (fa, fb) == ((True, True), (False, False))  # both `if`s ran in A only: one hunk of tanh and mul
+    spiky, big = f"{where('spiky')} read True in A, False in B", f"{where('big')} read True in A, False in B"
+    assert torchtrace.diff(a, b).why() == [f"{spiky} (or, read earlier, {big}) \u2192 2 ops only in A (in `<root>`)"]
+    (fa, a), (fb, b) = _flags(m, x, 1.0), _flags(m, x, 6.0, -8.0)
+    assert (fa, fb) == ((True, False), (False, True))  # tanh only in A, mul only in B
+    assert torchtrace.diff(a, b).why() == [f"{where('spiky')} read False in A, True in B (or, read earlier, {big}) "
+                                           "\u2192 1 op only in A, 1 op only in B (in `<root>`)"]
