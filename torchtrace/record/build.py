@@ -191,7 +191,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
         if origin is None or origin[0] == "data":  # (a tensor the pass made, pointed at new data: setdata.py)
             op = producer.get(vid)
             rg = t.requires_grad if t is not None else (
-                op is not None and op in created and (dtype.is_floating_point or dtype.is_complex))
+                op is not None and op in created and (dtype.is_floating_point or dtype.is_complex)
+                and ag.differentiable(op, events[op][E_OUTS], vid))
             if op is None:  # (an op's output whose event a KeyboardInterrupt cut off: no producer to name)
                 role = "constant"
         elif origin[0] == "ext":
@@ -247,8 +248,10 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             fwd = ag.forward_op_of(ev[E_ANODE])  # (a sum's: where the gradient it adds was made)
             if fwd is not None:  # a derivative formula: belongs to its forward op's module and line
                 module = _module(events[fwd], in_generator)
-                source = _source(events[fwd][E_CODE], events[fwd][E_LINE]) if not ag.is_custom(
-                    ev[E_ANODE]) else _source(ev[E_CODE], ev[E_LINE])  # (a custom backward: its own)
+                # (a custom backward's op, or a hook's the Node ran -- `h.register_hook(lambda g: g * 2)`, a
+                # saved tensor's unpack hook --: the user's own code, its own line)
+                own = ag.is_custom(ev[E_ANODE]) or not (ev[E_ICODE] is None or is_torch_internal(ev[E_ICODE]))
+                source = _source(ev[E_CODE], ev[E_LINE]) if own else _source(events[fwd][E_CODE], events[fwd][E_LINE])
             else:
                 source = _source(ev[E_CODE], ev[E_LINE])
         else:

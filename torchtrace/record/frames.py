@@ -41,6 +41,11 @@ def _stdlib(filename: str) -> bool:
 _TYPING_BACKPORT = os.sep + "typing_extensions.py"
 
 
+# functions the standard library writes as text and runs with exec (a dataclass's `__eq__`, `__init__`:
+# ``__create_fn__.<locals>.__eq__``, file "<string>"): the line is the one that compared or built it
+_GENERATED = "__create_fn__."
+
+
 def _normalise(prefix: str) -> str:
     return prefix if prefix.endswith(("/", os.sep)) or prefix.endswith(".py") else prefix + os.sep
 
@@ -67,7 +72,8 @@ class FrameFilter:
         if hit is None:
             name = code.co_filename
             hit = name.startswith(self.absolute) or any(s in name for s in self.segments) or _stdlib(name) or \
-                code.co_name == _MODE_HANDLER  # (another dispatch mode's or a subclass's: the op is the caller's)
+                code.co_name == _MODE_HANDLER or (  # (another dispatch mode's or a subclass's: the op is the caller's)
+                    name == "<string>" and getattr(code, "co_qualname", "").startswith(_GENERATED))
             if len(self.held) >= _MAX_CODES:  # code made on the fly (exec, recompiles): start over
                 self.cache.clear()
                 self.held.clear()

@@ -65,6 +65,7 @@ class AutogradPart:
         self.grads: Tuple[GradInfo, ...] = ()
         self.no_grad_params: Tuple[str, ...] = ()
         self._op_of_key: Dict[tuple, int] = {}
+        self._key_of_op: Optional[Dict[int, tuple]] = None
         self._param_of_key: Dict[tuple, str] = {}
 
     def aid_of(self, anode: Any) -> Optional[str]:
@@ -114,6 +115,21 @@ class AutogradPart:
             if kk == child or (depth and kk not in ran and self._feeds(kk, child, ran, depth - 1)):
                 return True
         return False
+
+    def differentiable(self, op: int, outs: tuple, vid: int) -> bool:
+        """Is output ``vid`` of op ``op`` (which made a Node) one autograd gives a
+        gradient? Not those past the Node's inputs (``native_layer_norm``'s mean and
+        rstd, ``nll_loss_forward``'s total weight: the trailing outputs marked
+        non-differentiable); for a tensor gone by the build, whose flag cannot be read."""
+        if len(outs) < 2:
+            return True
+        if self._key_of_op is None:
+            self._key_of_op = {i: k for k, i in self._op_of_key.items()}
+        e = self._entries.get(self._key_of_op.get(op))
+        try:
+            return e is None or e.node is None or outs.index(vid) < len(e.node._input_metadata)
+        except Exception:  # (no such field before torch 2.1, or an odd Node): as before
+            return True
 
     def is_custom(self, anode: Any) -> bool:
         """Is ``anode`` a custom autograd.Function's Node (its backward: the user's code)?"""

@@ -40,6 +40,15 @@ _CHILD_PATHS: Dict[tuple, tuple] = {}
 _MAX_ENTRIES = 50000  # above any model's module count: a bound, not an eviction policy
 
 
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
+
+
+def _inner_prefixes(path: str, n: int) -> List[str]:
+    """The paths between the first ``n`` parts of ``path`` and ``path`` itself."""
+    parts = path.split(".")
+    return [".".join(parts[:k]) for k in range(max(n, 1), len(parts))]
+
+
 def _common_prefix(a: str, b: str) -> int:
     n = 0
     for x, y in zip(a.split("."), b.split(".")):
@@ -251,4 +260,13 @@ class ModuleScope:
             return self.capture.register_root(module)
         if parent is None or len(paths) == 1:
             return paths[0]
-        return max(paths, key=lambda p: _common_prefix(p, parent[2]))
+        best = max(_common_prefix(p, parent[2]) for p in paths)
+        near = [p for p in paths if _common_prefix(p, parent[2]) == best]
+        if len(near) == 1:
+            return near[0]
+        # as near: the path through the fewest modules the caller did not call, containers aside (the
+        # caller's `self.ml[0](x)` names `ml.0`, not `a.sub` of a submodule `a` that holds it too)
+        cap = self.capture
+        kinds = {q: type(m) for m in cap._held for q in cap.module_paths.get(id(m), ())}
+        return min(near, key=lambda p: sum(not issubclass(kinds.get(q, _CONTAINERS[0]), _CONTAINERS)
+                                           for q in _inner_prefixes(p, best)))
