@@ -162,3 +162,35 @@ def test_to_readers_names_a_few_and_counts_the_rest():
     assert to_readers([f"heads.{k}" for k in range(5)]) == "to heads.0…4"
     assert to_readers(["a.q", "a.k", "a.v", "b", "c"]) == "to a.q, a.k, a.v (+2 more)"
     assert to_readers(["x.attn.q", "x.attn.k", "x.out"]) == "to x: attn.q, attn.k, out"
+
+
+class _Cell(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.lin(x) + h)  # LINE:cell
+
+
+class _Unrolled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = _Cell()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(2, 8)
+        xs = x.unbind(1)
+        for t in range(len(xs)):
+            h = self.cell(xs[t], h) * 0.5  # LINE:body
+        return h
+
+
+def test_a_folded_loops_title_names_the_loops_own_lines_not_those_of_the_modules_it_calls():
+    torch.manual_seed(0)
+    m = _Unrolled()
+    g = zoo.record(m, torch.randn(2, 5, 8))
+    body, cell = zoo.marked_line(__file__, "body"), zoo.marked_line(__file__, "cell")
+    assert {n.source.line for n in g.nodes} >= {body, cell}  # (ops at both lines, one iteration's apart)
+    titles = [line for line in torchtrace.render(g, "mermaid").splitlines() if line.startswith("%% folded")]
+    assert titles == [f"%% folded loop test_views_limits_fold.py:{body} × 5"]

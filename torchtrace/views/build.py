@@ -128,7 +128,8 @@ class Assembler:
             while cid in self.cluster_parent:  # a loop nested in one whose body starts with it: the same op
                 k += 1
                 cid = f"{base}.{k}"
-            title = L.loop_title(rep_nodes, r.reps)
+            own = [it for it in pieces[0] if isinstance(it, Node)]  # (the loop's own lines, not its modules')
+            title = L.loop_title(rep_nodes, r.reps, own)
             self.folds.append(title + (f" ({note})" if note else ""))
             self._cluster(Cluster(cid, "loop", title, cluster, rep_nodes[0].phase, r.reps,
                                   tooltip=f"{r.reps} iterations of {len(rep_nodes)} ops; one is drawn",

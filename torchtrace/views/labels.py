@@ -179,12 +179,14 @@ def args_differ(pieces: Sequence[Sequence[Node]], limit: int = 3) -> str:
     return f"{', '.join(names[:limit])}{'…' if len(names) > limit else ''} differ{'s' if len(names) == 1 else ''}"
 
 
-def loop_title(nodes: Sequence[Node], reps: int) -> str:
-    """``loop model.py:31 × 50``; a repeat of backward (and recompute) ops is the
-    backward of that code run again, not a loop at its lines: ``backward of
-    model.py:7 × 3`` (reentrant checkpoint's recompute-then-backward per block,
-    or the backward of a forward loop)."""
-    span = line_span(nodes)
+def loop_title(nodes: Sequence[Node], reps: int, own: Sequence[Node] = ()) -> str:
+    """``loop model.py:31 × 50``, at the lines of ``own`` (the ops run by the
+    loop's code itself, outside the module calls in it) when there are any; a
+    repeat of backward (and recompute) ops is the backward of that code run
+    again, not a loop at its lines: ``backward of model.py:7 × 3`` (reentrant
+    checkpoint's recompute-then-backward per block, or the backward of a
+    forward loop)."""
+    span = line_span(own) or line_span(nodes)
     if not any(n.phase in ("backward", "recompute") for n in nodes):
         return f"loop {span} × {reps}" if span else f"loop × {reps}"
     return f"backward of {span} × {reps}" if span else f"backward × {reps}"
