@@ -139,3 +139,24 @@ def test_the_ifs_of_two_flags_read_up_front_each_name_their_read():
     assert (fa, fb) == ((True, False), (False, True))  # tanh only in A, mul only in B
     assert torchtrace.diff(a, b).why() == [f"{where('spiky')} read False in A, True in B (or, read earlier, {big}) "
                                            "\u2192 1 op only in A, 1 op only in B (in `<root>`)"]
+
+
+class NoisyWhenTraining(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if torch.is_grad_enabled():  # LINE:grad_if
+            h = h + 0.01 * torch.randn_like(h)
+        return self.b(torch.relu(h))
+
+
+def test_the_users_own_if_on_grad_mode_is_named_not_torchs_fused_kernels():
+    torch.manual_seed(0)
+    m, x = NoisyWhenTraining(), torch.randn(2, 8)
+    a = record(m, x, train=True)
+    b = record(m, x)  # (under no_grad)
+    assert torchtrace.diff(a, b).why() == [f"grad mode train in A, no_grad in B: the `if` at {where('grad_if')} tests it "
+                                           "\u2192 3 ops only in A (in `<root>`)"]

@@ -130,3 +130,33 @@ def test_a_module_called_through_its_callers_container_takes_that_path_not_anoth
         g = zoo.record(m, torch.randn(2, 4))
         paths = {c.id: c.path for c in g.modules}
         assert [(c.path, paths.get(c.parent)) for c in g.modules] == want
+
+
+class Raises(nn.Module):
+    def __init__(self, after: bool) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+        self.after = after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        if not self.after:
+            raise ValueError("boom")
+        return h
+
+
+def test_a_root_call_that_raised_returned_nothing_and_one_that_returned_keeps_its_output():
+    for after, want in ((False, 0), (True, 1)):
+        m = Raises(after)
+        try:
+            with torchtrace.trace(m) as t:
+                out = m(torch.randn(2, 4))
+                raise KeyError("after the call")  # (the block raises either way)
+        except (ValueError, KeyError) as e:
+            assert type(e) is (KeyError if after else ValueError)
+        g = t.graph
+        assert g.meta["error"] == ("KeyError" if after else "ValueError")
+        assert len(g.outputs) == want
+        if after:
+            assert g.value(g.outputs[0]).shape == tuple(out.shape)
+        assert ("output" in torchtrace.render(g, "mermaid")) == after

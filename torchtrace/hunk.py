@@ -18,6 +18,7 @@ from .side import Side
 from .classify import ArgChange, InputChange, OpPair
 from .rewires import Rewire
 from .explain import ARROW, LoopChange, WitnessChange, plural, where
+from .sourcetext import grad_mode_test
 from .textform import dtype_short
 from .ir import Graph, Node
 from .typechange import TypeChange
@@ -165,6 +166,10 @@ class Hunk:
             return f"{_raised(self.caught)} (caught: the program went on, down another path)"
         if self.stopped is not None:
             return f"{self.stopped} before them"
+        tested = self._grad_mode_test() if self.grad_modes is not None and not self.inputs else None
+        if tested is not None:  # (the user's own `if torch.is_grad_enabled():`)
+            a, b = self.grad_modes
+            return f"grad mode {a} in A, {b} in B: the `if` at {tested} tests it"
         if self.grad_modes is not None and not self.inputs and all(  # (nn.TransformerEncoderLayer's fast path)
                 n.module is not None for n in (*self.only_a, *self.only_b)):  # (not the user's own code)
             a, b = self.grad_modes
@@ -197,6 +202,12 @@ class Hunk:
         loop = self.loop
         return "its condition reads tensor data at each test" if loop is not None and loop.via == "repeat" and \
             loop.keyword == "while" else "no tensor read decided it"
+
+    def _grad_mode_test(self) -> Optional[str]:
+        """`file:line` of the user's `if` that tests grad mode around the first op only one side ran."""
+        n = next(iter((*self.only_a, *self.only_b)), None)
+        line = grad_mode_test(n) if n is not None else None
+        return where(n.source.file, line) if line is not None else None
 
     def _trained(self) -> str:
         text = f"modules in training mode in {self.trained}, eval mode in {other_side(self.trained)} " \

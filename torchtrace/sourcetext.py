@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import linecache
 import re
-from typing import TYPE_CHECKING, FrozenSet, List, NamedTuple, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Callable, FrozenSet, List, NamedTuple, Optional, Set, Tuple
 
 from .sourceblocks import LOOK_UP, block_of, code_of, def_of, file_lines, first_word, header_colon, headers_around, \
     indent_of, is_blank, last_of_block, line_text, statement_at
@@ -108,20 +108,34 @@ def tests_training(n: "Node") -> bool:
     else b``), or an ``if``/``elif`` around it tests it (at any depth of its
     function, through other blocks; an ``else`` of such an ``if`` too)? False
     when the line is not readable here."""
+    return _tested_by(n, _reads_training) is not None
+
+
+_GRAD_MODE = re.compile(r"\b(?:is_grad_enabled|is_inference_mode_enabled|requires_grad)\b")
+
+
+def grad_mode_test(n: "Node") -> Optional[int]:
+    """The line of the ``if``/``elif`` around ``n`` (or of ``n`` itself) that tests
+    grad mode (``if torch.is_grad_enabled():``, ``if x.requires_grad:``), as
+    ``tests_training`` finds one; None when none does, or the line is not readable."""
+    return _tested_by(n, lambda text: bool(_GRAD_MODE.search(text)))
+
+
+def _tested_by(n: "Node", reads: Callable[[str], bool]) -> Optional[int]:
     lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     if lines is None:
-        return False
+        return None
     line = n.source.line
-    if _reads_training(code_of(lines[line - 1])):
-        return True
+    if reads(code_of(lines[line - 1])):
+        return line
     for _ in range(16):
         found = _if_test(lines, line, _THROUGH)
         if found is None or found[0] >= line:
-            return False
-        if _reads_training(found[1]):
-            return True
+            return None
+        if reads(found[1]):
+            return found[0]
         line = found[0]
-    return False
+    return None
 
 
 class ShapeIf(NamedTuple):

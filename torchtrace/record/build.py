@@ -320,7 +320,9 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     capture.open_annotations = tuple(annotations)  # where the next pass starts
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase, training)
                     for k, (path, typ, call, parent, phase, training) in enumerate(mode.mcalls))
-    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes))
+    # (a root call that raised returned nothing: not the values its traceback still holds)
+    raised_root = bool(meta.get("error")) and capture.had_root_call
+    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes)) if not raised_root or mode.outputs else ()
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))
