@@ -4,6 +4,7 @@ the user's program computes (torchtrace/record/dataread.py)."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import sys
 
 import numpy as np
@@ -277,3 +278,60 @@ def test_a_trace_s_own_read_of_a_nested_tensor_s_sizes_is_no_read_of_the_program
             nt = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(4, 3)])
             (nt * 2).sin()
     assert not _reads(outer.graph)
+
+
+class Printing(nn.Module):
+    """Prints its activation, then branches on the text of another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        print(h)
+        if "nan" in str(h * 1):
+            h = torch.nan_to_num(h)
+        return h
+
+
+def test_a_tensors_printed_text_is_a_read_of_the_numbers_it_shows(capsys):
+    torch.manual_seed(0)
+    m = Printing()
+    graphs = []
+    for x in (torch.randn(2, 4), torch.full((2, 4), float("nan"))):
+        with torchtrace.trace(m) as t:
+            out = m(x)
+        assert "tensor([[" in capsys.readouterr().out  # (printed as without a trace)
+        assert torch.equal(out, m(x))  # (nan_to_num'd in the second pass)
+        capsys.readouterr()
+        graphs.append(t.graph)
+        reads = [n for n in t.graph.witnesses() if n.op == "torchtrace.repr.default"]
+        assert [n.source.line for n in reads] == [_line(Printing.forward, "print(h)"), _line(Printing.forward, '"nan"')]
+        assert t.graph.value(reads[0].inputs[0]).shape == (2, 4)
+    # the numbers, as a tolist() read gives them (not the text's `grad_fn=<AddmmBackward0>`): bit for bit
+    first = next(n for n in graphs[0].witnesses() if n.op == "torchtrace.repr.default")
+    torch.manual_seed(0)
+    m2, x = Printing(), torch.randn(2, 4)
+    assert torch.equal(torch.tensor(ast.literal_eval(first.witness.value), dtype=torch.float32), m2.fc(x).detach())
+    nan = next(n for n in graphs[1].witnesses() if n.op == "torchtrace.repr.default")
+    assert nan.witness.value == "[[nan, nan, nan, nan], [nan, nan, nan, nan]]"
+    line = _line(Printing.forward, '"nan"')
+    why = torchtrace.diff(*graphs).why()
+    assert len(why) == 1 and why[0].startswith(f"`test_data_reads.py:{line}` read ") and \
+        why[0].endswith("\u2192 1 op only in B (in `<root>`)") and "read earlier" not in why[0], why  # (not the print)
+
+
+def test_the_text_of_a_meta_tensor_is_no_read_and_that_of_a_parameter_is():
+    p = nn.Parameter(torch.ones(2))
+    with torchtrace.trace() as t:
+        text = repr(torch.ones(2, device="meta"))
+        shown = f"{p}"
+    assert "meta" in text and shown.startswith("Parameter containing:")
+    assert [(n.op, n.witness.value) for n in t.graph.witnesses()] == [("torchtrace.repr.default", "[1.0, 1.0]")]
+    sparse = torch.eye(2).to_sparse()
+    with torchtrace.trace() as t:
+        text = str(sparse)  # (no numbers to read as a list: the text, on one line)
+    line = " ".join(text.split())  # (past 80 characters: its digest)
+    assert len(line) > 80 and [n.witness.value for n in t.graph.witnesses()] == [
+        f"<4 values, sha256 {hashlib.sha256(line.encode()).hexdigest()[:12]}>"]

@@ -160,3 +160,78 @@ def test_the_users_own_if_on_grad_mode_is_named_not_torchs_fused_kernels():
     b = record(m, x)  # (under no_grad)
     assert torchtrace.diff(a, b).why() == [f"grad mode train in A, no_grad in B: the `if` at {where('grad_if')} tests it "
                                            "\u2192 3 ops only in A (in `<root>`)"]
+
+
+class PrintThenFlag(nn.Module):
+    """Prints its activation, then a Python flag (or grad mode) decides a relu."""
+
+    def __init__(self, flag: bool) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+        self.flag = flag
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        print(h)
+        if self.flag:
+            h = h.relu()
+        if torch.is_grad_enabled():  # LINE:print_grad_if
+            h = h * 2
+        return h
+
+
+def test_a_print_is_never_named_for_what_python_state_or_grad_mode_decided(capsys):
+    torch.manual_seed(0)
+    m, x = PrintThenFlag(False), torch.randn(2, 4)
+    a = record(m, x)
+    m.flag = True
+    b = record(m, x * 2)  # (other data printed, and the flag flipped)
+    assert torchtrace.diff(a, b).why() == ["no tensor read differs before it: decided by Python state (arguments, "
+                                           "flags, caches) \u2192 1 op only in B (in `<root>`)"]
+    m.flag = False
+    a, b = record(m, x), record(m, x, train=True)  # (the same numbers printed, `grad_fn=...` only in B's text)
+    reads = [[n.witness.value for n in g.witnesses()] for g in (a, b)]
+    assert reads[0] == reads[1] and len(reads[0]) == 1
+    assert torchtrace.diff(a, b).why() == [f"grad mode no_grad in A, train in B: the `if` at {where('print_grad_if')} "
+                                           "tests it \u2192 1 op only in B (in `<root>`)"]
+    capsys.readouterr()
+
+
+class KeptText(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        self.text = str(h)  # LINE:kept_text
+        if "nan" in self.text:
+            h = torch.nan_to_num(h)
+        return h
+
+
+def test_a_tensors_text_kept_in_an_attribute_is_named_for_the_branch_it_decides():
+    torch.manual_seed(0)
+    m = KeptText()
+    d = torchtrace.diff(record(m, torch.ones(2, 4)), record(m, torch.full((2, 4), float("nan"))))
+    why = d.why()
+    assert len(why) == 1 and why[0].startswith(f"{where('kept_text')} read [[") and "maybe not" not in why[0], why
+    assert why[0].endswith("[[nan, nan, nan, nan], [nan, nan, nan, nan]] in B \u2192 1 op only in B (in `<root>`)")
+
+
+class CountTested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        h = self.l(x)
+        n = int((x > 0).sum())
+        return h[:, :k] if n > 0 else h  # (`n` only picks the arm, the same in both passes)
+
+
+def test_a_count_read_into_a_name_the_ops_line_only_tests_is_not_named_for_its_args():
+    torch.manual_seed(0)
+    m = CountTested()
+    d = torchtrace.diff(record(m, torch.tensor([[1., 1, -1, -1]]), 3), record(m, torch.tensor([[1., 1, 1, -1]]), 1))
+    assert d.why() == ["same ops, other shapes (1 op changed): size 3 \u2192 1 in 1 value"]

@@ -28,6 +28,7 @@ class Hooked(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.l(x)  # LINE:linear
         h.register_hook(lambda g: g * 2)  # LINE:tensor_hook
+        h.register_hook(lambda g: nn.functional.normalize(g, dim=-1))  # LINE:torch_fn_hook
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t + 0):  # LINE:unpack
             h = h.tanh()  # LINE:tanh
         return self.l2(h)
@@ -42,6 +43,7 @@ def test_ops_a_backward_hook_runs_are_at_the_hooks_line_and_formulas_at_their_fo
     back = [n for n in t.graph.nodes if n.phase == "backward"]
     at = {(n.short_op, n.source.line) for n in back}
     assert ("mul.Tensor", line_of("tensor_hook")) in at  # `g * 2`
+    assert {("linalg_vector_norm", line_of("torch_fn_hook")), ("div.Tensor", line_of("torch_fn_hook"))} <= at
     assert ("add.Tensor", line_of("unpack")) in at  # `t + 0`
     assert ("tanh_backward", line_of("tanh")) in at and ("mm", line_of("linear")) in at
     assert not any(n.short_op in ("mul.Tensor", "add.Tensor") and n.source.line in (line_of("linear"), line_of("tanh"))
@@ -96,6 +98,18 @@ def test_outputs_autograd_marks_non_differentiable_keep_requires_grad_false_afte
         "aten.native_layer_norm.default", "aten.nll_loss_forward.default"}
 
 
+def test_several_differentiable_outputs_keep_requires_grad_true_when_gone():
+    x = torch.randn(3, 3, requires_grad=True)
+    with torchtrace.trace() as t:
+        P, L, U = torch.linalg.lu(x)
+        (L.sum() + U.sum()).backward()
+        del P, U  # (gone by the build: their flags are not read)
+    assert [P.requires_grad for P in torch.linalg.lu(x)] == [False, True, True]
+    values = {v.id: v for v in t.graph.values}
+    lu = next(n for n in t.graph.nodes if n.op == "aten.linalg_lu.default")
+    assert [values[o].requires_grad for o in lu.outputs][1:] == [True, True]  # (P, gone too, is not known)
+
+
 class Holder(nn.Module):
     def __init__(self, sub: nn.Module) -> None:
         super().__init__()
@@ -143,6 +157,28 @@ class Raises(nn.Module):
         if not self.after:
             raise ValueError("boom")
         return h
+
+
+class Stores(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> None:
+        self.out = self.l(x)
+
+
+def test_a_root_call_that_returned_none_before_the_block_raised_keeps_the_plain_code_outputs():
+    m = Stores()
+    try:
+        with torchtrace.trace(m) as t:
+            m(torch.randn(2, 4))
+            logits = m.out * 2
+            raise RuntimeError("after")
+    except RuntimeError:
+        pass
+    assert t.graph.meta["error"] == "RuntimeError"
+    assert [t.graph.value(v).shape for v in t.graph.outputs] == [tuple(logits.shape)]
 
 
 def test_a_root_call_that_raised_returned_nothing_and_one_that_returned_keeps_its_output():

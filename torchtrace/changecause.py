@@ -10,11 +10,12 @@ A mixin of ``explain.Causes``: it reads that class's alignment tables
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .readchange import WitnessChange
-from .sourceblocks import line_text
+from .sourceblocks import code_of, line_text
 from .sourcetext import _NAME, names_assigned
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,8 +123,8 @@ class ChangedCauses:
                 for key, va in p.a.args.items():
                     for pair in _numbers_changed(va, p.b.args.get(key)):
                         wanted.setdefault(pair, f"`{p.a.short_op}`'s {key}")
-                        for name in _NAME.findall(line_text(p.a)) if p.a.source is not None else ():
-                            used.setdefault(name, wanted[pair])
+                        for name in _NAME.findall(_TESTS.sub(" ", code_of(line_text(p.a)))) if p.a.source else ():
+                            used.setdefault(name, wanted[pair])  # (not the names a test reads: `... if n > 0 else`)
         if not wanted:
             return None
         before = list(reversed(self.differing[:bisect.bisect_left(self.differing, k0)]))
@@ -139,6 +140,10 @@ class ChangedCauses:
             if name is not None and number(read.witness.value) and number(self.B.nodes[j].witness.value):
                 return replace(self.witness_change(i, j), passed=f"`{name}`, in {used[name]}")
         return None
+
+
+# the tests on a line: a conditional expression's (`h[:, :k] if n > 0 else h`), a one-line `if`'s
+_TESTS = re.compile(r"\bif\b.*?(?:\belse\b|$)|^\s*(?:if|elif|while)\b[^:]*:")
 
 
 def number(x: Any) -> bool:

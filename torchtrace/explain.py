@@ -41,7 +41,8 @@ from .loopchange import BRANCHES, TIMES, LoopChange
 from .loops import LoopFinder
 from .readchange import WitnessChange, decisive, read_str, same_read
 from .sourceloops import accumulates, ended_by, feeds_loop
-from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, read_by_branch, read_by_if
+from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, printed_aside, read_by_branch, \
+    read_by_if
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,7 +72,7 @@ class Causes(ChangedCauses):
         self.differing: List[int] = [  # (a read paired with one at another line is another statement: no cause)
             e for e, (i, j) in enumerate(pairs)
             if i is not None and j is not None and A.wkeys[i] is not None and B.wkeys[j] is not None
-            and A.wkeys[i] != B.wkeys[j] and same_read(A.nodes[i], B.nodes[j])]
+            and A.wkeys[i] != B.wkeys[j] and same_read(A.nodes[i], B.nodes[j]) and not printed_aside(A.nodes[i])]
         self.decisive: List[int] = [e for e in self.differing if decisive(A.nodes[pairs[e][0]].witness)
                                     and decisive(B.nodes[pairs[e][1]].witness) and not kept_aside(A.nodes[pairs[e][0]])]
         # an optimizer's reads (Adam's step count) steer only its own ops: for other hunks, the reads outside
@@ -348,7 +349,8 @@ class Causes(ChangedCauses):
             return None  # (no `if` tests a name, or the other pass ran its branch too: it went the same way)
         if nearest is not None and (nearest.file, nearest.function) == (at.file, at.function) \
                 and test <= nearest.line < lo:
-            return self.differing[bisect.bisect_left(self.differing, k0) - 1], False, None
+            row = next((e for e in self.differing if self.A.nodes[self.pairs[e][0]].id == nearest.node_a), k0)
+            return row, False, None
         # (a float kept, compared; or a helper's read it returned: `flag = check(x)`)
         kept = [e for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)])
                 if names_assigned(self.A.nodes[self.pairs[e][0]], at.file, at.function) & names]

@@ -20,13 +20,35 @@ _CALL_STATEMENT = re.compile(r"^\s*[A-Za-z_][\w.]*\(.*(\.(item|tolist)\(|\bbool\
 _BRANCHES = re.compile(r"\b(if|elif|while|for|assert|and|or|not|lambda)\b")
 
 
+_PRINTED = "torchtrace.repr.default"  # (a tensor's text read: print(t), str(t), f"{t}")
+
+
+# a return, or an assignment to names, attributes or items (`self.text = str(h)`, `log[k] += ...`)
+_TAKES = re.compile(r"^\s*(?:return|yield)\b|^\s*[A-Za-z_][\w.]*(?:\[[^\]]*\])?(?:\s*,\s*[A-Za-z_][\w.]*"
+                    r"(?:\[[^\]]*\])?)*\s*(?::[^=]+)?(?:\*\*|//|>>|<<|[-+*/%&|^@])?=(?!=)")
+
+
+def printed_aside(n: "Node") -> bool:
+    """Is ``n`` a tensor's text read (``print(h)``, ``log.info("%s", h)``) at a line
+    where no test, assignment or ``return`` takes the text: a log, which steers
+    nothing? Also when the line is not readable here."""
+    if n.op != _PRINTED:
+        return False
+    text = code_of(line_text(n))
+    return not (_BRANCHES.search(text) or _TAKES.search(text))
+
+
 def kept_aside(n: "Node") -> bool:
     """A truth value read in the arguments of a call whose result is unused
     (``log.append(bool(h.mean() > 0))``, ``print(flag.item())``): logged or
-    stored, so it may steer nothing. Only when the line is readable here. (A
+    stored, so it may steer nothing; and a tensor's text (``print(h)``) read
+    where no test or name takes it (also when the line is not readable here).
+    Otherwise only when the line is readable here. (A
     read assigned to a name, ``positive = bool(x.sum() > 0)``, is how an ``if``
     below reads it; a helper's read is on its ``return bool(...)``: no call.)"""
     w = n.witness
+    if w is not None and n.op == _PRINTED:  # (a tensor's text: logged, unless a test, a name or a return takes it)
+        return printed_aside(n)
     if w is None or not isinstance(w.value, bool) or n.source is None:
         return False
     text = code_of(line_text(n))
@@ -111,24 +133,26 @@ def tests_training(n: "Node") -> bool:
     return _tested_by(n, _reads_training) is not None
 
 
-_GRAD_MODE = re.compile(r"\b(?:is_grad_enabled|is_inference_mode_enabled|requires_grad)\b")
+_GRAD_MODE = re.compile(r"\b(?:is_grad_enabled|is_inference_mode_enabled)\b")
 
 
 def grad_mode_test(n: "Node") -> Optional[int]:
-    """The line of the ``if``/``elif`` around ``n`` (or of ``n`` itself) that tests
-    grad mode (``if torch.is_grad_enabled():``, ``if x.requires_grad:``), as
-    ``tests_training`` finds one; None when none does, or the line is not readable."""
-    return _tested_by(n, lambda text: bool(_GRAD_MODE.search(text)))
+    """The line of the nearest ``if``/``elif`` around ``n`` (or of ``n`` itself),
+    when it tests grad mode (``if torch.is_grad_enabled():``); None when it tests
+    something else, there is none, or the line is not readable here."""
+    return _tested_by(n, lambda text: bool(_GRAD_MODE.search(text)), depth=1)
 
 
-def _tested_by(n: "Node", reads: Callable[[str], bool]) -> Optional[int]:
+def _tested_by(n: "Node", reads: Callable[[str], bool], depth: int = 16) -> Optional[int]:
+    """The line of ``n``, or of the first of the ``depth`` nearest ``if``s around it,
+    whose text ``reads``."""
     lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     if lines is None:
         return None
     line = n.source.line
     if reads(code_of(lines[line - 1])):
         return line
-    for _ in range(16):
+    for _ in range(depth):
         found = _if_test(lines, line, _THROUGH)
         if found is None or found[0] >= line:
             return None

@@ -19,7 +19,7 @@ from ..textform import ir_name
 from .aliases import refresh_stale_reads
 from .boundary import reads_data
 from .extras import Raised
-from .frames import is_torch_internal, line_of, truth_tested
+from .frames import is_autograd_engine, is_torch_internal, line_of, truth_tested
 from .linking import AutogradPart, build_autograd
 from .enginephase import RECOMPUTE
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
@@ -250,7 +250,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                 module = _module(events[fwd], in_generator)
                 # (a custom backward's op, or a hook's the Node ran -- `h.register_hook(lambda g: g * 2)`, a
                 # saved tensor's unpack hook --: the user's own code, its own line)
-                own = ag.is_custom(ev[E_ANODE]) or not (ev[E_ICODE] is None or is_torch_internal(ev[E_ICODE]))
+                own = ag.is_custom(ev[E_ANODE]) or not (ev[E_ICODE] is None or is_autograd_engine(ev[E_ICODE]))
                 source = _source(ev[E_CODE], ev[E_LINE]) if own else _source(events[fwd][E_CODE], events[fwd][E_LINE])
             else:
                 source = _source(ev[E_CODE], ev[E_LINE])
@@ -321,8 +321,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase, training)
                     for k, (path, typ, call, parent, phase, training) in enumerate(mode.mcalls))
     # (a root call that raised returned nothing: not the values its traceback still holds)
-    raised_root = bool(meta.get("error")) and capture.had_root_call
-    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes)) if not raised_root or mode.outputs else ()
+    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes)) if not capture.root_raised else ()
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))

@@ -156,6 +156,7 @@ class Capture:
         self.first_fault: Optional[str] = None
         self.compiled = False
         self.had_root_call = False
+        self.root_raised = False  # the last root call raised (its post-hook ran with the exception in flight)
         self._rename_at_root = not self._fixed_root  # names relative to this pass's first root
         self.pass_grad_mode = grad_mode()
         self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -300,6 +301,7 @@ class Capture:
         name_inputs(bind_args(module.forward, args, kwargs), self.input_names, self.input_aliases, self.mode)
 
     def on_root_return(self, output: Any) -> None:
+        self.root_raised = output is None and sys.exc_info()[1] is not None
         if self.mode.off:
             return
         try:

@@ -1,5 +1,7 @@
 """Reads of tensor data that reach no dispatcher: ``Tensor.tolist()`` and
-``Tensor.numpy()`` (NumPy's ``np.asarray(t)`` calls the latter).
+``Tensor.numpy()`` (NumPy's ``np.asarray(t)`` calls the latter), and the text
+of a tensor (``print(t)``, ``str(t)``: torch reads the data with every mode
+off).
 
 ``t.item()``, ``bool(t)`` and ``int(t)`` run ``aten._local_scalar_dense``, which
 the dispatch mode sees and records as a witness. ``tolist()`` reads the data in
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
 import sys
 import threading
@@ -37,6 +40,7 @@ from .frames import OWN_DIR
 
 _SHOWN = 8  # a read of up to this many numbers keeps them all in its witness; past it, a digest
 _MAX_TEXT = 200  # (and past this many characters of text)
+_MAX_SHOWN_TEXT = 80  # (a tensor's printed text: the diff shows it whole)
 _LOCK = threading.Lock()
 _OPS: dict = {}  # method name -> torch.ops.torchtrace.<name>.default, once defined
 _LIB: list = []  # the torch.library.Library that holds them (alive for the process)
@@ -86,6 +90,7 @@ def _tensor_data(t: torch.Tensor) -> Any:
 
 
 _numpy = torch._C.TensorBase.numpy  # (torch's own, not the wrapper: this read is ours)
+_tolist = torch._C.TensorBase.tolist
 
 
 def handed_value(t: torch.Tensor, out: Any) -> Any:
@@ -94,8 +99,16 @@ def handed_value(t: torch.Tensor, out: Any) -> Any:
     fewest digits that give back the same value in the tensor's dtype) for up to 8 of
     them, else their count and a digest of the data that tells two reads apart
     (``<1024 values, sha256 3fa2c1d09e4b>``); past 4 MiB of data, the count alone."""
-    array = hasattr(out, "tobytes")  # (numpy(): a NumPy array)
     n = t.numel()
+    if isinstance(out, str):  # the text of a print/str/repr: the numbers it shows, as a tolist() read's
+        try:  # (not its autograd note, `grad_fn=<AddmmBackward0>`: no data)
+            if t.dim() == 0 or n <= _SHOWN:
+                return handed_value(t, _tolist(t))
+            return f"<{n} values>" if n * t.element_size() > _MAX_DIGESTED else _digest(_tensor_data(t), n)
+        except Exception:  # (no numbers to read: a sparse or quantized tensor's text, on one line)
+            text = " ".join(out.split())
+            return text if len(text) <= _MAX_SHOWN_TEXT else _digest(text.encode(), n)
+    array = hasattr(out, "tobytes")  # (numpy(): a NumPy array)
     if t.dim() == 0 or n <= _SHOWN:
         got = out.tolist() if array else out
         if t.dim() == 0:
@@ -164,6 +177,29 @@ def _note(name: str, t: Any, out: Any, caller: Any) -> None:
         pass
     finally:
         _HANDED.value = None
+
+
+def noting_text(orig: Any) -> Optional[Callable[..., Any]]:
+    """``make`` for a patch of ``torch._tensor_str._str``, which ``Tensor.__repr__``
+    calls (so ``print(t)``, ``str(t)``, ``f"{t}"``): the text, then the read noted
+    as ``torchtrace::repr`` at the first caller outside torch. Not for a meta
+    tensor (no data to read)."""
+    if orig is None:
+        return None
+
+    def _str(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        out = orig(self, *args, **kwargs)
+        if STARTED and type(out) is str and not getattr(_INSIDE, "on", False) and not self.is_meta:
+            f = sys._getframe(1)
+            while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR):
+                f = f.f_back
+            if f is not None:
+                _note("repr", self, out, f)
+        return out
+    return _str
+
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 def noting_reads(name: str) -> Callable[[Any], Optional[Callable[..., Any]]]:

@@ -118,16 +118,18 @@ class AutogradPart:
 
     def differentiable(self, op: int, outs: tuple, vid: int) -> bool:
         """Is output ``vid`` of op ``op`` (which made a Node) one autograd gives a
-        gradient? Not those past the Node's inputs (``native_layer_norm``'s mean and
-        rstd, ``nll_loss_forward``'s total weight: the trailing outputs marked
-        non-differentiable); for a tensor gone by the build, whose flag cannot be read."""
+        gradient? Where the Node takes one gradient for several outputs, only the
+        first (``native_layer_norm``'s mean and rstd, ``nll_loss_forward``'s total
+        weight, SDPA's logsumexp: marked non-differentiable); with more, which ones
+        is not known here (``linalg_lu``'s P is not, its L and U are): all. For a
+        tensor gone by the build, whose flag cannot be read."""
         if len(outs) < 2:
             return True
         if self._key_of_op is None:
             self._key_of_op = {i: k for k, i in self._op_of_key.items()}
         e = self._entries.get(self._key_of_op.get(op))
         try:
-            return e is None or e.node is None or outs.index(vid) < len(e.node._input_metadata)
+            return e is None or e.node is None or len(e.node._input_metadata) != 1 or outs.index(vid) == 0
         except Exception:  # (no such field before torch 2.1, or an odd Node): as before
             return True
 

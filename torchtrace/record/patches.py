@@ -1,5 +1,5 @@
 """What torchtrace changes in torch while any capture is started: seven class
-attributes, one warning filter, and (until Dynamo is loaded) an import finder.
+attributes and one module attribute, one warning filter, and (until Dynamo is loaded) an import finder.
 
 * ``torch.inference_mode.__exit__``: the block puts back, on exit, the thread's
   dispatch keys as they were on entry, and those say whether a dispatch mode
@@ -27,7 +27,8 @@ attributes, one warning filter, and (until Dynamo is loaded) an import finder.
   autocast passes through (``affine_grid``, ``einsum`` under inference_mode)
   ran their pieces in float32 where eager gives bfloat16.
 * ``torch.Tensor.tolist`` and ``torch.Tensor.numpy``: reads of tensor data that
-  reach no dispatcher; each call is recorded as a witness (``dataread``).
+  reach no dispatcher; each call is recorded as a witness (``dataread``). So is
+  the text of a tensor, through ``torch._tensor_str._str`` (a module attribute).
 * ``torch.optim.Optimizer.zero_grad``: the norms of the gradients the pass's
   backward left on its parameters are read first (``AutogradTracker.read_norms``):
   ``set_to_none=False`` zeroes them in place, and with the default cut the next
@@ -63,7 +64,7 @@ import torch
 
 from .compiled import EVAL_FRAME
 from .composite import see_autocast
-from .dataread import noting_reads
+from .dataread import noting_reads, noting_text
 from .fork import STARTED
 from .setdata import note_data
 
@@ -209,6 +210,7 @@ PATCHES = (ClassPatch(torch.autograd.grad_mode.inference_mode, "__exit__", _sync
            ClassPatch(torch.amp.autocast_mode.autocast, "__enter__", _noting_autocast),
            ClassPatch(torch.Tensor, "tolist", noting_reads("tolist")),
            ClassPatch(torch.Tensor, "numpy", noting_reads("numpy")),
+           ClassPatch(torch._tensor_str, "_str", noting_text),  # (a module's attribute: no type cache to drop)
            ClassPatch(torch.optim.Optimizer, "zero_grad", _reading_norms_first))
 
 
