@@ -25,7 +25,9 @@ Rules (DESIGN.md, "diff"):
   (a float whose integer part is the count, ``range(int(n.item()))``, named
   without a hedge);
 * a hunk with no read inside it, in the k-th run of a loop statement that
-  runs several times a pass, is that run's count change (``loops.by_runs``).
+  runs several times a pass, is that run's count change (``loops.by_runs``);
+* an `if` around the hunk's ops that tests a name kept from a read names that
+  read (``guardcause.py``).
 """
 from __future__ import annotations
 
@@ -36,17 +38,17 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .align import Pair
 from .changecause import ChangedCauses, number
+from .guardcause import GuardCauses
 from .side import Side, Sig
 from .loopchange import BRANCHES, TIMES, LoopChange
 from .loops import LoopFinder
 from .readchange import WitnessChange, decisive, read_str, same_read
 from .sourceloops import accumulates, ended_by, feeds_loop
-from .sourcetext import except_bodies, guard_names, kept_aside, names_assigned, printed_aside, read_by_branch, \
-    read_by_if
+from .sourcetext import except_bodies, kept_aside, printed_aside, read_by_branch, read_by_if
 from .textform import common_module, plural, where
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ir import Graph, Node
+    from .ir import Graph
 
 ARROW = "\u2192"
 __all__ = ["ARROW", "TIMES", "Causes", "LoopChange", "WitnessChange", "common_module", "decisive", "plural",
@@ -60,10 +62,7 @@ def repeated_call(g: "Graph", mid: Optional[str], calls: Dict[str, int]) -> Opti
 
 
 # -- causes of a structural hunk -------------------------------------------
-_GUARDS_READ = 8  # the lines of a hunk's one-sided ops whose `if`s are read for a kept read
-
-
-class Causes(ChangedCauses):
+class Causes(ChangedCauses, GuardCauses):
     """Finds the witness and loop behind each hunk of one alignment."""
 
     def __init__(self, A: Side, B: Side, pairs: Sequence[Pair]) -> None:
@@ -301,78 +300,6 @@ class Causes(ChangedCauses):
             if len(alts) == 2:
                 break
         return replace(cause, weak=weak or merged, merged=merged, also=tuple(alts.values()))
-
-    def _named_by_guard(self, k0: int, k1: int, nearest: Optional[WitnessChange]) -> Optional[WitnessChange]:
-        """The read kept in the name that the `if` around the hunk's first op
-        tests (``has_pad = bool(...)`` ... ``if has_pad:``), the latest before
-        the hunk in that function, when it differs: it decided the hunk,
-        whichever read is nearer. Else ``nearest``. The `if`s around the
-        hunk's other lines name theirs too (``if big:`` ... ``if spiky:``, two
-        flags read up front): the latest of them is named, the others as
-        read earlier."""
-        found: Dict[int, Tuple[bool, Optional[WitnessChange]]] = {}  # row of the read -> (weak, change to name)
-        seen = set()
-        for i, j in self.pairs[k0:k1]:
-            if i is not None and j is not None:
-                continue
-            first, other = (self.A.nodes[i], self.B) if j is None else (self.B.nodes[j], self.A)
-            at = first.source
-            if at is None or (at.file, at.line) in seen or len(seen) == _GUARDS_READ:
-                continue
-            seen.add((at.file, at.line))
-            got = self._guard_read(first, other, k0, nearest)
-            if got is None and not found:
-                return nearest  # (the hunk's first op has no `if` of its own that a kept read decided)
-            if got is not None:
-                found.setdefault(got[0], got[1:])
-        if not found:
-            return nearest
-        rows = sorted(found, reverse=True)
-        weak, named = found[rows[0]]
-        also = tuple(w for w in (found[e][1] or self.witness_change(*self.pairs[e]) for e in rows[1:])
-                     if w.short() != (named or nearest).short())
-        if named is None:  # (the `if` read tensor data itself: that read)
-            return replace(nearest, also=also or nearest.also)
-        same = nearest is not None and nearest.node_a == named.node_a  # (then no other read is as likely)
-        return replace(nearest if same else named, also=also, weak=weak, merged=False, named=True)
-
-    def _guard_read(self, first: "Node", other: Side, k0: int, nearest: Optional[WitnessChange]) -> Optional[
-            Tuple[int, bool, Optional[WitnessChange]]]:
-        """For an op only one side ran: (row, weak, change) of the read kept in
-        the name its `if` tests (``_named_by_guard``); (row, False, None) when
-        that `if` read tensor data itself and it is ``nearest`` (``if best >
-        1.5:``); None when no `if` tests a name, the other pass ran its branch
-        too, or no read before ``k0`` went into the name."""
-        names, lo, hi, test = guard_names(first)
-        at = first.source
-        if not names or other.ran_lines(at.file, at.function, lo, hi):
-            return None  # (no `if` tests a name, or the other pass ran its branch too: it went the same way)
-        if nearest is not None and (nearest.file, nearest.function) == (at.file, at.function) \
-                and test <= nearest.line < lo:
-            row = next((e for e in self.differing if self.A.nodes[self.pairs[e][0]].id == nearest.node_a), k0)
-            return row, False, None
-        # (a float kept, compared; or a helper's read it returned: `flag = check(x)`)
-        kept = [e for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)])
-                if names_assigned(self.A.nodes[self.pairs[e][0]], at.file, at.function) & names]
-        if not kept:
-            return None
-        e, read = kept[0], self.A.nodes[self.pairs[kept[0]][0]]
-        # `flag, n = check(x)`: which of the helper's reads went into the tested name is not known; a bool, for
-        # `if flag:`, likeliest
-        several = read.source is not None and (read.source.file, read.source.function) != (at.file, at.function) \
-            and len(names_assigned(read, at.file, at.function)) > 1
-        if several:
-            e = next((x for x in kept if self._bools(x)), e)
-        i, j = self.pairs[e]
-        read = self.A.nodes[i]
-        # a bool or a count kept in the name decided it; a float kept in it is compared to something
-        # (`if loss < best:`), maybe re-assigned first: named, still a guess
-        weak = not (decisive(read.witness) and decisive(self.B.nodes[j].witness)) or (several and not self._bools(e))
-        return e, weak, self.witness_change(i, j)
-
-    def _bools(self, e: int) -> bool:
-        i, j = self.pairs[e]
-        return isinstance(self.A.nodes[i].witness.value, bool) and isinstance(self.B.nodes[j].witness.value, bool)
 
     def _inside(self, k0: int, k1: int) -> Optional[WitnessChange]:
         """Reads at the same line on both sides of the hunk that the alignment
