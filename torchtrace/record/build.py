@@ -19,7 +19,7 @@ from ..textform import ir_name
 from .aliases import refresh_stale_reads
 from .boundary import reads_data
 from .extras import Raised
-from .frames import is_autograd_engine, is_torch_internal, line_of, truth_tested
+from .frames import is_torch_internal, line_of, runs_formula, truth_tested
 from .linking import AutogradPart, build_autograd
 from .enginephase import RECOMPUTE
 from .mode import (BACKWARD, E_ANODE, E_ARGS, E_CODE, E_EXTRA, E_ICODE, E_ILASTI, E_INFO, E_INS, E_KW,
@@ -250,7 +250,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
                 module = _module(events[fwd], in_generator)
                 # (a custom backward's op, or a hook's the Node ran -- `h.register_hook(lambda g: g * 2)`, a
                 # saved tensor's unpack hook --: the user's own code, its own line)
-                own = ag.is_custom(ev[E_ANODE]) or not (ev[E_ICODE] is None or is_autograd_engine(ev[E_ICODE]))
+                own = ag.is_custom(ev[E_ANODE]) or not runs_formula(ev[E_ICODE])
                 source = _source(ev[E_CODE], ev[E_LINE]) if own else _source(events[fwd][E_CODE], events[fwd][E_LINE])
             else:
                 source = _source(ev[E_CODE], ev[E_LINE])

@@ -133,6 +133,17 @@ _MODE_HANDLER = "__torch_dispatch__"
 _HELPERS = 4  # frames between a mode's handler and the op it hands on
 
 
+def runs_formula(code: Optional[CodeType]) -> bool:
+    """Is a backward op whose innermost Python code is ``code`` a derivative formula:
+    no Python below it (C++, a device thread), torch.autograd's own code, or torch's
+    op call that a dispatch mode above ours hands it on by (``torch/_ops.py``)? Not
+    a hook's code, nor the torch functions a hook calls (``F.normalize``)."""
+    return code is None or is_autograd_engine(code) or code.co_filename == _OPS_FILE
+
+
+_OPS_FILE = os.path.join(_TORCH_DIR, "_ops.py")
+
+
 def is_autograd_engine(code: CodeType) -> bool:
     """Frames of torch.autograd itself: a backward op issued with one of these
     innermost runs a derivative formula (not user code inside backward)."""
