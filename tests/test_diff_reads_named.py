@@ -235,3 +235,79 @@ def test_a_count_read_into_a_name_the_ops_line_only_tests_is_not_named_for_its_a
     m = CountTested()
     d = torchtrace.diff(record(m, torch.tensor([[1., 1, -1, -1]]), 3), record(m, torch.tensor([[1., 1, 1, -1]]), 1))
     assert d.why() == ["same ops, other shapes (1 op changed): size 3 \u2192 1 in 1 value"]
+
+
+class Logged(nn.Module):
+    """Logs its activation in several styles, then a flag decides a relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+        self.flag, self.verbose = False, True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        print("is it not finite? or fine? for step:", h)
+        print(h) if self.verbose else None
+        print(
+            h)
+        if self.flag:
+            h = h.relu()
+        return h
+
+
+def test_prints_with_branch_words_in_their_text_or_a_conditional_around_them_are_logs(capsys):
+    torch.manual_seed(0)
+    m, x = Logged(), torch.randn(2, 4)
+    a = record(m, x)
+    m.flag = True
+    b = record(m, x * 2)
+    assert len(list(a.witnesses())) == 3
+    assert torchtrace.diff(a, b).why() == ["no tensor read differs before it: decided by Python state (arguments, "
+                                           "flags, caches) \u2192 1 op only in B (in `<root>`)"]
+    capsys.readouterr()
+
+
+class GradGated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.noisy = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if torch.is_grad_enabled():  # LINE:outer_grad
+            if self.noisy:
+                h = h + 0.01 * torch.randn_like(h)
+        if h.requires_grad:  # LINE:act_flag
+            h = h * 2
+        return h
+
+
+def test_a_grad_mode_if_around_a_flags_if_and_an_activations_requires_grad_are_named():
+    torch.manual_seed(0)
+    m, x = GradGated(), torch.randn(2, 8)
+    why = torchtrace.diff(record(m, x, train=True), record(m, x)).why()
+    assert why == [f"grad mode train in A, no_grad in B: the `if` at {where('outer_grad')} tests it \u2192 4 ops only "
+                   "in A (in `<root>`)"], why
+
+
+class CountedSlice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        n = int((x > 0).sum())  # LINE:n_read
+        return torch.stack([h[:, i] for i in range(8) if i % 2], 1)[:, :1 + n % 4]
+
+
+def test_a_comprehensions_if_does_not_hide_the_names_after_it():
+    torch.manual_seed(0)
+    m = CountedSlice()
+    x1 = torch.tensor([[1., 1] + [-1.] * 6])
+    x2 = torch.tensor([[1.] * 5 + [-1.] * 3])
+    why = torchtrace.diff(record(m, x1), record(m, x2)).why()
+    assert len(why) == 1 and why[0].startswith(f"{where('n_read')} read 2 in A, 5 in B (passed on as `n`, in "
+                                               "`slice.Tensor`'s end)"), why

@@ -196,3 +196,47 @@ def test_a_root_call_that_raised_returned_nothing_and_one_that_returned_keeps_it
         if after:
             assert g.value(g.outputs[0]).shape == tuple(out.shape)
         assert ("output" in torchtrace.render(g, "mermaid")) == after
+
+
+class Checkpointed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.utils.checkpoint.checkpoint(self.a, x, use_reentrant=False))
+
+
+def test_a_checkpoints_recompute_stopping_by_raising_is_no_root_call_that_raised():
+    m = Checkpointed()
+    with torchtrace.trace(m) as t:
+        y = m(torch.randn(4, 8))
+        y.sum().backward()  # (the recompute calls `a` again, and stops it by raising, in backward)
+    assert t.graph.meta.get("error") is None and [t.graph.value(v).shape for v in t.graph.outputs] == [(4, 8)]
+
+
+def test_a_root_call_returning_none_inside_an_except_block_did_not_raise():
+    m = Stores()
+    try:
+        raise KeyError("handled")
+    except KeyError:
+        with torchtrace.trace(m) as t:
+            m(torch.randn(2, 4))  # (an exception is being handled: not this call's)
+            out = m.out * 2
+    assert [t.graph.value(v).shape for v in t.graph.outputs] == [tuple(out.shape)]
+
+
+def test_gone_outputs_autograd_marks_non_differentiable_after_the_first_ones():
+    a = torch.randn(3, 3, requires_grad=True)
+    b = torch.randn(3, 2)
+    keep = Keep()
+    with keep:
+        torch.ops.aten._linalg_slogdet(a)
+        torch.linalg.lstsq(a, b)
+    want = {op: [o.requires_grad for o in out] for op, out in keep.outs if isinstance(out, tuple)}
+    with torchtrace.trace() as t:  # (a result of each kept: the pass's autograd graph holds their Nodes)
+        kept = torch.ops.aten._linalg_slogdet(a)[1] * 2, torch.linalg.lstsq(a, b)[0] * 2
+    assert all(k.requires_grad for k in kept)
+    values = {v.id: v for v in t.graph.values}
+    got = {n.op: [values[o].requires_grad for o in n.outputs] for n in t.graph.nodes if n.op in want}
+    assert got == want and len(got) == 2, (got, want)

@@ -143,7 +143,7 @@ class ChangedCauses:
 
 
 # the tests on a line: a conditional expression's (`h[:, :k] if n > 0 else h`), a one-line `if`'s
-_TESTS = re.compile(r"\bif\b.*?(?:\belse\b|$)|^\s*(?:if|elif|while)\b[^:]*:")
+_TESTS = re.compile(r"\bif\b[^\]]*?\belse\b|^\s*(?:if|elif|while)\b[^:]*:")
 
 
 def number(x: Any) -> bool:

@@ -23,19 +23,23 @@ _BRANCHES = re.compile(r"\b(if|elif|while|for|assert|and|or|not|lambda)\b")
 _PRINTED = "torchtrace.repr.default"  # (a tensor's text read: print(t), str(t), f"{t}")
 
 
-# a return, or an assignment to names, attributes or items (`self.text = str(h)`, `log[k] += ...`)
-_TAKES = re.compile(r"^\s*(?:return|yield)\b|^\s*[A-Za-z_][\w.]*(?:\[[^\]]*\])?(?:\s*,\s*[A-Za-z_][\w.]*"
-                    r"(?:\[[^\]]*\])?)*\s*(?::[^=]+)?(?:\*\*|//|>>|<<|[-+*/%&|^@])?=(?!=)")
+_CALLED = re.compile(r"^\s*[A-Za-z_][\w.]*\(")  # a statement that is a call (`print(h)`, `log.info(...)`)
+_GOES_ON = ("(", "[", "{", ",", "\\", "=")  # (a line ending so goes on below)
 
 
 def printed_aside(n: "Node") -> bool:
-    """Is ``n`` a tensor's text read (``print(h)``, ``log.info("%s", h)``) at a line
-    where no test, assignment or ``return`` takes the text: a log, which steers
-    nothing? Also when the line is not readable here."""
+    """Is ``n`` a tensor's text read (``print(h)``, ``log.info("%s", h)``) at a
+    statement that is a call, its result unused (a conditional expression around
+    it aside): a log, which steers nothing? Also when the line is not readable
+    here; not on a line of a longer statement (``text = (`` ... ``str(h)``), a
+    test, an assignment or a ``return``."""
     if n.op != _PRINTED:
         return False
-    text = code_of(line_text(n))
-    return not (_BRANCHES.search(text) or _TAKES.search(text))
+    lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
+    if lines is None:
+        return True
+    above = next((code_of(t).rstrip() for t in reversed(lines[:n.source.line - 1]) if code_of(t).strip()), "")
+    return bool(_CALLED.match(code_of(lines[n.source.line - 1]))) and not above.endswith(_GOES_ON)
 
 
 def kept_aside(n: "Node") -> bool:
@@ -133,26 +137,27 @@ def tests_training(n: "Node") -> bool:
     return _tested_by(n, _reads_training) is not None
 
 
-_GRAD_MODE = re.compile(r"\b(?:is_grad_enabled|is_inference_mode_enabled)\b")
+# grad mode, or an activation's flag that follows it (`h.requires_grad`; not a parameter's: always on)
+_GRAD_MODE = re.compile(r"\b(?:is_grad_enabled|is_inference_mode_enabled)\b|(?<!weight)(?<!bias)(?<!param)(?<!\bp)"
+                        r"\.requires_grad\b")
 
 
 def grad_mode_test(n: "Node") -> Optional[int]:
-    """The line of the nearest ``if``/``elif`` around ``n`` (or of ``n`` itself),
-    when it tests grad mode (``if torch.is_grad_enabled():``); None when it tests
-    something else, there is none, or the line is not readable here."""
-    return _tested_by(n, lambda text: bool(_GRAD_MODE.search(text)), depth=1)
+    """The line of the ``if``/``elif`` around ``n`` (or of ``n`` itself) that tests
+    grad mode (``if torch.is_grad_enabled():``, ``if h.requires_grad:``), as
+    ``tests_training`` finds one; None when none does, or the line is not readable."""
+    return _tested_by(n, lambda text: bool(_GRAD_MODE.search(text)))
 
 
-def _tested_by(n: "Node", reads: Callable[[str], bool], depth: int = 16) -> Optional[int]:
-    """The line of ``n``, or of the first of the ``depth`` nearest ``if``s around it,
-    whose text ``reads``."""
+def _tested_by(n: "Node", reads: Callable[[str], bool]) -> Optional[int]:
+    """The line of ``n``, or of the nearest ``if`` around it (through 16), whose text ``reads``."""
     lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     if lines is None:
         return None
     line = n.source.line
     if reads(code_of(lines[line - 1])):
         return line
-    for _ in range(depth):
+    for _ in range(16):
         found = _if_test(lines, line, _THROUGH)
         if found is None or found[0] >= line:
             return None

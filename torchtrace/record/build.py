@@ -192,7 +192,7 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
             op = producer.get(vid)
             rg = t.requires_grad if t is not None else (
                 op is not None and op in created and (dtype.is_floating_point or dtype.is_complex)
-                and ag.differentiable(op, events[op][E_OUTS], vid))
+                and ag.differentiable(op, infos[op].name, events[op][E_OUTS], vid))
             if op is None:  # (an op's output whose event a KeyboardInterrupt cut off: no producer to name)
                 role = "constant"
         elif origin[0] == "ext":

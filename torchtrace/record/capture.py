@@ -156,7 +156,8 @@ class Capture:
         self.first_fault: Optional[str] = None
         self.compiled = False
         self.had_root_call = False
-        self.root_raised = False  # the last root call raised (its post-hook ran with the exception in flight)
+        self.root_raised = False  # the last root call raised (its post-hook ran with a new exception in flight)
+        self._exc_at_root: Any = None  # the exception being handled when it began (called inside an `except`)
         self._rename_at_root = not self._fixed_root  # names relative to this pass's first root
         self.pass_grad_mode = grad_mode()
         self.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -283,6 +284,8 @@ class Capture:
 
     def on_root_call(self, module: torch.nn.Module, args: Tuple[Any, ...], frame: Any) -> None:
         self.compile_guard.again()
+        if torch._C._current_graph_task_id() == -1:  # (not checkpoint's recompute, which may stop by raising)
+            self._exc_at_root = sys.exc_info()[1]
         if self.on_root is not None:
             self.on_root(module, args, frame)
         if self._compiled_root:  # (after the pass boundary: the pass this call is in)
@@ -301,7 +304,9 @@ class Capture:
         name_inputs(bind_args(module.forward, args, kwargs), self.input_names, self.input_aliases, self.mode)
 
     def on_root_return(self, output: Any) -> None:
-        self.root_raised = output is None and sys.exc_info()[1] is not None
+        if torch._C._current_graph_task_id() == -1:
+            exc = sys.exc_info()[1]
+            self.root_raised = output is None and exc is not None and exc is not self._exc_at_root
         if self.mode.off:
             return
         try:

@@ -189,7 +189,8 @@ def noting_text(orig: Any) -> Optional[Callable[..., Any]]:
 
     def _str(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         out = orig(self, *args, **kwargs)
-        if STARTED and type(out) is str and not getattr(_INSIDE, "on", False) and not self.is_meta:
+        if STARTED and type(out) is str and not getattr(_INSIDE, "on", False) and not self.is_meta \
+                and getattr(self, "fake_mode", None) is None:  # (a FakeTensor printed outside its mode: no data)
             f = sys._getframe(1)
             while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR):
                 f = f.f_back

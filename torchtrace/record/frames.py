@@ -134,14 +134,15 @@ _HELPERS = 4  # frames between a mode's handler and the op it hands on
 
 
 def runs_formula(code: Optional[CodeType]) -> bool:
-    """Is a backward op whose innermost Python code is ``code`` a derivative formula:
-    no Python below it (C++, a device thread), torch.autograd's own code, or torch's
-    op call that a dispatch mode above ours hands it on by (``torch/_ops.py``)? Not
-    a hook's code, nor the torch functions a hook calls (``F.normalize``)."""
-    return code is None or is_autograd_engine(code) or code.co_filename == _OPS_FILE
+    """Is a backward op whose innermost Python code is ``code`` autograd's own work
+    on its Node: no Python below it (C++, a device thread), torch.autograd's code,
+    torch's op call that a dispatch mode above ours hands it on by (``_ops.py``),
+    or checkpoint's unpack hook? Not a user's hook, nor the torch functions a hook
+    calls (``F.normalize``)."""
+    return code is None or is_autograd_engine(code) or code.co_filename in _FORMULA_FILES
 
 
-_OPS_FILE = os.path.join(_TORCH_DIR, "_ops.py")
+_FORMULA_FILES = frozenset(os.path.join(_TORCH_DIR, *p) for p in (("_ops.py",), ("utils", "checkpoint.py")))
 
 
 def is_autograd_engine(code: CodeType) -> bool:

@@ -26,6 +26,7 @@ from .rebuilt import REBUILT, link_rebuilt
 
 _BACKWARD_SUFFIX = re.compile(r"Backward\d*$")
 _SUMS = ("aten.add.Tensor",)  # how the engine sums two gradients for one input (out of place)
+_P_FIRST = frozenset({"aten.linalg_lu.default", "aten.lu_unpack.default"})  # (a permutation, then the factors)
 
 
 def _stem(s: str) -> str:
@@ -116,22 +117,25 @@ class AutogradPart:
                 return True
         return False
 
-    def differentiable(self, op: int, outs: tuple, vid: int) -> bool:
+    def differentiable(self, op: int, name: str, outs: tuple, vid: int) -> bool:
         """Is output ``vid`` of op ``op`` (which made a Node) one autograd gives a
-        gradient? Where the Node takes one gradient for several outputs, only the
+        gradient, for a tensor gone by the build, whose flag cannot be read? The
+        Node takes a gradient for each differentiable output, and torch lists those
         first (``native_layer_norm``'s mean and rstd, ``nll_loss_forward``'s total
-        weight, SDPA's logsumexp: marked non-differentiable); with more, which ones
-        is not known here (``linalg_lu``'s P is not, its L and U are): all. For a
-        tensor gone by the build, whose flag cannot be read."""
+        weight, ``_linalg_slogdet``'s LU are not), but for ``linalg_lu`` and
+        ``lu_unpack``, whose P comes first."""
         if len(outs) < 2:
             return True
         if self._key_of_op is None:
             self._key_of_op = {i: k for k, i in self._op_of_key.items()}
         e = self._entries.get(self._key_of_op.get(op))
         try:
-            return e is None or e.node is None or len(e.node._input_metadata) != 1 or outs.index(vid) == 0
+            n = len(e.node._input_metadata) if e is not None and e.node is not None else len(outs)
+            k = outs.index(vid)
         except Exception:  # (no such field before torch 2.1, or an odd Node): as before
             return True
+        return k >= len(outs) - n if name in _P_FIRST else k < n
+
 
     def is_custom(self, anode: Any) -> bool:
         """Is ``anode`` a custom autograd.Function's Node (its backward: the user's code)?"""
