@@ -158,8 +158,9 @@ def test_the_users_own_if_on_grad_mode_is_named_not_torchs_fused_kernels():
     m, x = NoisyWhenTraining(), torch.randn(2, 8)
     a = record(m, x, train=True)
     b = record(m, x)  # (under no_grad)
-    assert torchtrace.diff(a, b).why() == [f"grad mode train in A, no_grad in B: the `if` at {where('grad_if')} tests it "
-                                           "\u2192 3 ops only in A (in `<root>`)"]
+    assert torchtrace.diff(a, b).why() == [
+        f"grad mode train in A, no_grad in B: the `if` at {where('grad_if')} tests it "
+        "\u2192 3 ops only in A (in `<root>`)"]
 
 
 class PrintThenFlag(nn.Module):
