@@ -940,7 +940,14 @@ class LoggingMode(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("user_mode", ["logging", "flops"])
+class RedispatchMode(torch.utils._python_dispatch.TorchDispatchMode):
+    """One that hands ops on by the overload's C++ call (no torch/_ops.py frame between)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func._op(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("user_mode", ["logging", "flops", "redispatch"])
 def test_a_users_dispatch_mode_around_backward_changes_nothing_recorded(user_mode):
     """With the user's mode above ours, backward's seed `ones_like` came from the
     mode's frame: it was recorded as forward, the root Node (which runs no op) was
@@ -949,7 +956,8 @@ def test_a_users_dispatch_mode_around_backward_changes_nothing_recorded(user_mod
 
     lin, x = nn.Linear(4, 3), torch.randn(2, 4)
     graphs = []
-    for mode in (None, LoggingMode() if user_mode == "logging" else FlopCounterMode(display=False)):
+    modes = {"logging": LoggingMode, "redispatch": RedispatchMode, "flops": lambda: FlopCounterMode(display=False)}
+    for mode in (None, modes[user_mode]()):
         lin.zero_grad(set_to_none=True)
         with torchtrace.trace(lin) as t:
             with mode if mode is not None else torch.enable_grad():

@@ -240,3 +240,26 @@ def test_gone_outputs_autograd_marks_non_differentiable_after_the_first_ones():
     values = {v.id: v for v in t.graph.values}
     got = {n.op: [values[o].requires_grad for o in n.outputs] for n in t.graph.nodes if n.op in want}
     assert got == want and len(got) == 2, (got, want)
+
+
+class MaybeRaises(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, boom: bool = False) -> torch.Tensor:
+        h = self.l(x)
+        if boom:
+            raise ValueError("boom")
+        return h
+
+
+def test_a_root_call_that_raised_keeps_what_an_earlier_root_call_returned():
+    m, x = MaybeRaises(), torch.randn(2, 4)
+    with torchtrace.trace(m) as t:
+        y1 = m(x)
+        try:
+            m(x, boom=True)
+        except ValueError:
+            pass
+    assert [t.graph.value(v).shape for v in t.graph.outputs] == [tuple(y1.shape)]

@@ -321,7 +321,8 @@ def build_graph(capture: Any, mode: Any, meta: Dict[str, Any]) -> Graph:
     modules = tuple(ModuleCall(f"m{k}", path, typ, call, None if parent is None else f"m{parent}", phase, training)
                     for k, (path, typ, call, parent, phase, training) in enumerate(mode.mcalls))
     # (a root call that raised returned nothing: not the values its traceback still holds)
-    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes)) if not capture.root_raised else ()
+    outputs = tuple(f"v{v}" for v in _outputs(mode, events, alive, nodes)) if not capture.root_raised or \
+        mode.outputs else ()  # (what root calls before it returned stays)
     return Graph(meta=meta, modules=modules, values=tuple(values), nodes=tuple(nodes), outputs=outputs,
                  autograd=Autograd(nodes=ag.nodes, executed=ag.executed, grads=ag.grads,
                                    no_grad_params=ag.no_grad_params))

@@ -136,10 +136,11 @@ _HELPERS = 4  # frames between a mode's handler and the op it hands on
 def runs_formula(code: Optional[CodeType]) -> bool:
     """Is a backward op whose innermost Python code is ``code`` autograd's own work
     on its Node: no Python below it (C++, a device thread), torch.autograd's code,
-    torch's op call that a dispatch mode above ours hands it on by (``_ops.py``),
-    or checkpoint's unpack hook? Not a user's hook, nor the torch functions a hook
+    a dispatch mode above ours that hands it on (its handler, or torch's op call
+    ``_ops.py``), or checkpoint's unpack hook? Not a user's hook, nor the torch functions a hook
     calls (``F.normalize``)."""
-    return code is None or is_autograd_engine(code) or code.co_filename in _FORMULA_FILES
+    return code is None or is_autograd_engine(code) or code.co_filename in _FORMULA_FILES or \
+        code.co_name == _MODE_HANDLER  # (a mode's handler that hands the op on by `func._op(...)`)
 
 
 _FORMULA_FILES = frozenset(os.path.join(_TORCH_DIR, *p) for p in (("_ops.py",), ("utils", "checkpoint.py")))
