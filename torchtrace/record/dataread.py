@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
 import sys
 import threading
@@ -36,7 +35,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from .fork import STARTED
-from .frames import OWN_DIR
+from .frames import OWN_DIR, is_torch_internal
 
 _SHOWN = 8  # a read of up to this many numbers keeps them all in its witness; past it, a digest
 _MAX_TEXT = 200  # (and past this many characters of text)
@@ -192,15 +191,12 @@ def noting_text(orig: Any) -> Optional[Callable[..., Any]]:
         if STARTED and type(out) is str and not getattr(_INSIDE, "on", False) and not self.is_meta \
                 and getattr(self, "fake_mode", None) is None:  # (a FakeTensor printed outside its mode: no data)
             f = sys._getframe(1)
-            while f is not None and f.f_code.co_filename.startswith(_TORCH_DIR):
+            while f is not None and is_torch_internal(f.f_code):
                 f = f.f_back
             if f is not None:
                 _note("repr", self, out, f)
         return out
     return _str
-
-
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 
 
 def noting_reads(name: str) -> Callable[[Any], Optional[Callable[..., Any]]]:

@@ -137,8 +137,8 @@ def runs_formula(code: Optional[CodeType]) -> bool:
     """Is a backward op whose innermost Python code is ``code`` autograd's own work
     on its Node: no Python below it (C++, a device thread), torch.autograd's code,
     a dispatch mode above ours that hands it on (its handler, or torch's op call
-    ``_ops.py``), or checkpoint's unpack hook? Not a user's hook, nor the torch functions a hook
-    calls (``F.normalize``)."""
+    ``_ops.py``), or checkpoint's unpack hook? Not a user's hook, nor the torch
+    functions a hook calls (``F.normalize``)."""
     return code is None or is_autograd_engine(code) or code.co_filename in _FORMULA_FILES or \
         code.co_name == _MODE_HANDLER  # (a mode's handler that hands the op on by `func._op(...)`)
 

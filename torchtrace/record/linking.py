@@ -136,7 +136,6 @@ class AutogradPart:
             return True
         return k >= len(outs) - n if name in _P_FIRST else k < n
 
-
     def is_custom(self, anode: Any) -> bool:
         """Is ``anode`` a custom autograd.Function's Node (its backward: the user's code)?"""
         e = None if anode is None else self._entries.get(self._key(anode))
