@@ -134,11 +134,38 @@ def test_the_ifs_of_two_flags_read_up_front_each_name_their_read():
     (fa, a), (fb, b) = _flags(m, x, 10.0), _flags(m, x, -1.0)
     assert (fa, fb) == ((True, True), (False, False))  # both `if`s ran in A only: one hunk of tanh and mul
     spiky, big = f"{where('spiky')} read True in A, False in B", f"{where('big')} read True in A, False in B"
-    assert torchtrace.diff(a, b).why() == [f"{spiky} (or, read earlier, {big}) \u2192 2 ops only in A (in `<root>`)"]
+    others = "(and, for other ops of these,"
+    assert torchtrace.diff(a, b).why() == [f"{big} {others} {spiky}) \u2192 2 ops only in A (in `<root>`)"]
     (fa, a), (fb, b) = _flags(m, x, 1.0), _flags(m, x, 6.0, -8.0)
     assert (fa, fb) == ((True, False), (False, True))  # tanh only in A, mul only in B
-    assert torchtrace.diff(a, b).why() == [f"{where('spiky')} read False in A, True in B (or, read earlier, {big}) "
-                                           "\u2192 1 op only in A, 1 op only in B (in `<root>`)"]
+    # (B's mul aligns before A's tanh: its `if`'s read is named first)
+    assert torchtrace.diff(a, b).why() == [f"{where('spiky')} read False in A, True in B {others} {big}) \u2192 1 op "
+                                           "only in A, 1 op only in B (in `<root>`)"]
+
+
+class NestedFlags(nn.Module):
+    """A flag read up front decides a block; a count read after it decides nothing (the same in both)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        flag = bool(x.sum() > 0)  # LINE:outer_flag
+        n = int((x > 0).sum())
+        if flag:
+            h = h.relu()
+            if n > 1:
+                h = h * 2
+        return h
+
+
+def test_an_if_inside_a_branch_the_other_pass_never_entered_names_nothing_more():
+    torch.manual_seed(0)
+    m = NestedFlags()
+    d = torchtrace.diff(record(m, torch.tensor([[1., 2, 3, 4]])), record(m, torch.tensor([[-5., 1, 1, 1]])))
+    assert d.why() == [f"{where('outer_flag')} read True in A, False in B \u2192 2 ops only in A (in `<root>`)"]
 
 
 class NoisyWhenTraining(nn.Module):
@@ -312,3 +339,49 @@ def test_a_comprehensions_if_does_not_hide_the_names_after_it():
     why = torchtrace.diff(record(m, x1), record(m, x2)).why()
     assert len(why) == 1 and why[0].startswith(f"{where('n_read')} read 2 in A, 5 in B (passed on as `n`, in "
                                                "`slice.Tensor`'s end)"), why
+
+
+class OneLinePrints(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+        self.verbose, self.deep = True, True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        if self.verbose: print(h)  # noqa: E701
+        for row in h: print(row)  # noqa: E701
+        if self.deep:
+            h = h.relu()
+        return h
+
+
+def test_prints_in_one_line_blocks_are_logs_too(capsys):
+    torch.manual_seed(0)
+    m, x = OneLinePrints(), torch.randn(2, 4)
+    a = record(m, x)
+    m.deep = False
+    b = record(m, x * 2)
+    assert len(list(a.witnesses())) == 3
+    assert torchtrace.diff(a, b).why() == ["no tensor read differs before it: decided by Python state (arguments, "
+                                           "flags, caches) \u2192 1 op only in A (in `<root>`)"]
+    capsys.readouterr()
+
+
+class Reassigned(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        n = int((x > 0).sum())
+        self.seen = n
+        n = k + 1
+        return self.fc(x)[:, :n]
+
+
+def test_a_count_whose_name_is_assigned_again_before_the_op_is_not_named_for_it():
+    torch.manual_seed(0)
+    m = Reassigned()
+    d = torchtrace.diff(record(m, torch.tensor([[1., 1, 1, 1]]), 1), record(m, torch.tensor([[1., 1, 1, -1]]), 2))
+    assert d.why() == ["same ops, other shapes (1 op changed): size 2 \u2192 3 in 1 value"]

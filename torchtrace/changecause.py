@@ -15,8 +15,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .readchange import WitnessChange
-from .sourceblocks import code_of, line_text
-from .sourcetext import _NAME, names_assigned
+from .sourceblocks import code_of, file_lines, line_text
+from .sourcetext import _NAME, names_assigned, names_at
 
 if TYPE_CHECKING:  # pragma: no cover
     from .align import Pair
@@ -117,14 +117,14 @@ class ChangedCauses:
         else the nearest number read into a name that such an op's line uses
         (``n = int(...)``, then ``h[:, :1 + n % 4]``: end=3 -> 1)."""
         wanted: Dict[Tuple[Any, Any], str] = {}
-        used: Dict[str, str] = {}  # a name on the line of an op whose number args differ -> the first such arg
+        used: Dict[str, Tuple[str, Any]] = {}  # a name on the line of an op whose number args differ -> (arg, op)
         for p in changed:
             if p.a is not None and p.b is not None:
                 for key, va in p.a.args.items():
                     for pair in _numbers_changed(va, p.b.args.get(key)):
                         wanted.setdefault(pair, f"`{p.a.short_op}`'s {key}")
                         for name in _NAME.findall(_TESTS.sub(" ", code_of(line_text(p.a)))) if p.a.source else ():
-                            used.setdefault(name, wanted[pair])  # (not the names a test reads: `... if n > 0 else`)
+                            used.setdefault(name, (wanted[pair], p.a))  # (not those a test reads: `... if n > 0 else`)
         if not wanted:
             return None
         before = list(reversed(self.differing[:bisect.bisect_left(self.differing, k0)]))
@@ -136,10 +136,21 @@ class ChangedCauses:
         for e in before:
             i, j = self.pairs[e]
             read = self.A.nodes[i]
-            name = next((x for x in sorted(names_assigned(read)) if x in used), None)
+            name = next((x for x in sorted(names_assigned(read)) if x in used and _kept(read, x, used[x][1])), None)
             if name is not None and number(read.witness.value) and number(self.B.nodes[j].witness.value):
-                return replace(self.witness_change(i, j), passed=f"`{name}`, in {used[name]}")
+                return replace(self.witness_change(i, j), passed=f"`{name}`, in {used[name][0]}")
         return None
+
+
+def _kept(read: Any, name: str, op: Any) -> bool:
+    """Does ``name``, assigned at the line of ``read``, still hold that value at the
+    line of ``op``: the same function, and no line between them assigns it again?"""
+    a, b = read.source, op.source
+    if a is None or b is None or (a.file, a.function) != (b.file, b.function) or a.line >= b.line:
+        return False
+    lines = file_lines(a.file, b.line)
+    return lines is not None and not any(
+        name in names_at(lines[k]) for k in range(a.line, b.line - 1))  # (lines a.line+1 .. b.line-1)
 
 
 # the tests on a line: a conditional expression's (`h[:, :k] if n > 0 else h`), a one-line `if`'s

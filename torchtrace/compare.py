@@ -31,7 +31,7 @@ from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, a
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .backwardcause import backward_like_forward, cut_diff, uncut
-from .hunk import Hunk, cut_off, ended, fed_by_one_sided
+from .hunk import Hunk, cut_off, ended, fed_by_one_sided, grad_mode_if
 from .sided import (accumulated, casts, differing_grad_modes, differing_meta, differing_training, ended_before, fed_by,
                     fed_not_read, fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only,
                     recomputed, retyped, shape_if, stopped, trained, unused)
@@ -375,6 +375,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                               fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,
+                              grad_if=grad_mode_if(A, B, rows) if modes else None,
                               torch_versions=differing_meta(A.graph, B.graph, "torch"),
                               caught=ops[caught] if caught is not None and loop is None else None,
                               casts=casts(A, B, rows, types) if witness is None else ()))

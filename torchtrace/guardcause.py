@@ -38,42 +38,46 @@ class GuardCauses:
         tests (``has_pad = bool(...)`` ... ``if has_pad:``), the latest before
         the hunk in that function, when it differs: it decided the hunk,
         whichever read is nearer. Else ``nearest``. The `if`s around the
-        hunk's other lines name theirs too (``if big:`` ... ``if spiky:``, two
-        flags read up front): the latest of them is named, the others as
-        read earlier."""
+        hunk's other lines, outside the branches already found, name theirs
+        too (``if big:`` ... ``if spiky:``, two flags read up front), as
+        deciding other ops of the hunk."""
         found: Dict[int, Tuple[bool, Optional[WitnessChange]]] = {}  # row of the read -> (weak, change to name)
+        branches: List[Tuple[str, str, int, int]] = []  # (file, function, first, last line) of the `if`s found
         seen = set()
         for i, j in self.pairs[k0:k1]:
             if i is not None and j is not None:
                 continue
             first, other = (self.A.nodes[i], self.B) if j is None else (self.B.nodes[j], self.A)
             at = first.source
-            if at is None or (at.file, at.line) in seen or len(seen) == _GUARDS_READ:
-                continue
+            if at is None or (at.file, at.line) in seen or len(seen) == _GUARDS_READ or any(
+                    (at.file, at.function) == b[:2] and b[2] <= at.line <= b[3] for b in branches):
+                continue  # (an op in a branch found: what decided that branch decided it)
             seen.add((at.file, at.line))
             got = self._guard_read(first, other, k0, nearest)
             if got is None and not found:
                 return nearest  # (the hunk's first op has no `if` of its own that a kept read decided)
             if got is not None:
-                found.setdefault(got[0], got[1:])
+                found.setdefault(got[0], got[1:3])
+                branches.append((at.file, at.function, *got[3]))
         if not found:
             return nearest
-        rows = sorted(found, reverse=True)
+        rows = list(found)  # (the first op's first)
         weak, named = found[rows[0]]
-        also = tuple(w for w in (found[e][1] or self.witness_change(*self.pairs[e]) for e in rows[1:])
-                     if w.short() != (named or nearest).short())
+        main = named or nearest
+        others = tuple(w for w in (found[e][1] or self.witness_change(*self.pairs[e]) for e in rows[1:])
+                       if w.short() != main.short())
         if named is None:  # (the `if` read tensor data itself: that read)
-            return replace(nearest, also=also or nearest.also)
+            return replace(nearest, others=others)
         same = nearest is not None and nearest.node_a == named.node_a  # (then no other read is as likely)
-        return replace(nearest if same else named, also=also, weak=weak, merged=False, named=True)
+        return replace(nearest if same else named, also=(), others=others, weak=weak, merged=False, named=True)
 
     def _guard_read(self, first: "Node", other: Side, k0: int, nearest: Optional[WitnessChange]) -> Optional[
-            Tuple[int, bool, Optional[WitnessChange]]]:
-        """For an op only one side ran: (row, weak, change) of the read kept in
-        the name its `if` tests (``_named_by_guard``); (row, False, None) when
-        that `if` read tensor data itself and it is ``nearest`` (``if best >
-        1.5:``); None when no `if` tests a name, the other pass ran its branch
-        too, or no read before ``k0`` went into the name."""
+            Tuple[int, bool, Optional[WitnessChange], Tuple[int, int]]]:
+        """For an op only one side ran: (row, weak, change, the lines of its
+        branch) of the read kept in the name its `if` tests (``_named_by_guard``);
+        change None when that `if` read tensor data itself and it is ``nearest``
+        (``if best > 1.5:``); None when no `if` tests a name, the other pass ran
+        its branch too, or no read before ``k0`` went into the name."""
         names, lo, hi, test = guard_names(first)
         at = first.source
         if not names or other.ran_lines(at.file, at.function, lo, hi):
@@ -81,7 +85,7 @@ class GuardCauses:
         if nearest is not None and (nearest.file, nearest.function) == (at.file, at.function) \
                 and test <= nearest.line < lo:
             row = next((e for e in self.differing if self.A.nodes[self.pairs[e][0]].id == nearest.node_a), k0)
-            return row, False, None
+            return row, False, None, (lo, hi)
         # (a float kept, compared; or a helper's read it returned: `flag = check(x)`)
         kept = [e for e in reversed(self.differing[:bisect.bisect_left(self.differing, k0)])
                 if names_assigned(self.A.nodes[self.pairs[e][0]], at.file, at.function) & names]
@@ -99,7 +103,7 @@ class GuardCauses:
         # a bool or a count kept in the name decided it; a float kept in it is compared to something
         # (`if loss < best:`), maybe re-assigned first: named, still a guess
         weak = not (decisive(read.witness) and decisive(self.B.nodes[j].witness)) or (several and not self._bools(e))
-        return e, weak, self.witness_change(i, j)
+        return e, weak, self.witness_change(i, j), (lo, hi)
 
     def _bools(self, e: int) -> bool:
         i, j = self.pairs[e]

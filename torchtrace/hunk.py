@@ -71,6 +71,7 @@ class Hunk:
     short: Optional[str] = None  # the side whose pass was the Recorder's last: it ended before these ops
     # when ``inputs`` changed shape: ``file:line`` of the `if` around it that tests one, "" when none does
     shape_if: Optional[str] = None
+    grad_if: Optional[str] = None  # `file:line` of the user's `if` on grad mode whose branch one pass ran
     retyped: Optional[Tuple[str, str, str]] = None  # (module path, class in A, in B): another module there
     # a piece of that backward hunk, cut in pieces (``backwardcause.cut_diff``)
     whole: Optional["Hunk"] = field(default=None, repr=False, compare=False)
@@ -166,10 +167,9 @@ class Hunk:
             return f"{_raised(self.caught)} (caught: the program went on, down another path)"
         if self.stopped is not None:
             return f"{self.stopped} before them"
-        tested = self._grad_mode_test() if self.grad_modes is not None and not self.inputs else None
-        if tested is not None:  # (the user's own `if torch.is_grad_enabled():`)
+        if self.grad_modes is not None and not self.inputs and self.grad_if:  # (`if torch.is_grad_enabled():`)
             a, b = self.grad_modes
-            return f"grad mode {a} in A, {b} in B: the `if` at {tested} tests it"
+            return f"grad mode {a} in A, {b} in B: the `if` at {self.grad_if} tests it"
         if self.grad_modes is not None and not self.inputs and all(  # (nn.TransformerEncoderLayer's fast path)
                 n.module is not None for n in (*self.only_a, *self.only_b)):  # (not the user's own code)
             a, b = self.grad_modes
@@ -202,12 +202,6 @@ class Hunk:
         loop = self.loop
         return "its condition reads tensor data at each test" if loop is not None and loop.via == "repeat" and \
             loop.keyword == "while" else "no tensor read decided it"
-
-    def _grad_mode_test(self) -> Optional[str]:
-        """`file:line` of the user's `if` that tests grad mode around the first op only one side ran."""
-        n = next(iter((*self.only_a, *self.only_b)), None)
-        line = grad_mode_test(n) if n is not None else None
-        return where(n.source.file, line) if line is not None else None
 
     def _trained(self) -> str:
         text = f"modules in training mode in {self.trained}, eval mode in {other_side(self.trained)} " \
@@ -291,6 +285,18 @@ class Hunk:
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
                 "explanation": self.explanation}
+
+
+def grad_mode_if(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """`file:line` of the user's `if` that tests grad mode around the first op only
+    one side ran, when the other pass ran nothing in its branch (else it went the
+    same way, and something inside it decided the op)."""
+    p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
+    n, other = (p.a, B) if p is not None and p.status == "only_a" else (p.b if p else None, A)
+    found = grad_mode_test(n) if n is not None and n.source is not None else None
+    if found is None or other.ran_lines(n.source.file, n.source.function, found[1], found[2]):
+        return None
+    return where(n.source.file, found[0])
 
 
 def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:

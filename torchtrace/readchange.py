@@ -39,6 +39,7 @@ class WitnessChange:
     call: Optional[Tuple[str, int, int]] = None  # a module called more than once: (path, call in A, call in B)
     via: Optional[Tuple[str, str]] = None  # a helper read from several call sites: (call site in A, in B)
     also: Tuple["WitnessChange", ...] = ()  # other reads that differ just as near (nothing only in A or B since)
+    others: Tuple["WitnessChange", ...] = ()  # the reads kept in names other `if`s of the hunk's ops test
     merged: bool = False  # weak because the branch it decided ended before: both passes ran the same ops since
     passed: Optional[str] = None  # the changed op argument its values are (``topk`` k=3 -> 2 after ``k = int(...)``)
     named: bool = False  # kept in the name that the `if` around the hunk tests (``_named_by_guard``)
@@ -55,6 +56,8 @@ class WitnessChange:
             text += f" (passed on as {self.passed})"
         if self.also:
             text += f" (or, read earlier, {' or '.join(w.short() for w in self.also)})"
+        if self.others:
+            text += f" (and, for other ops of these, {' and '.join(w.short() for w in self.others)})"
         if not self.weak:
             return text
         if self.named:
@@ -96,14 +99,16 @@ class WitnessChange:
         via = (self.via[1], self.via[0]) if self.via else None
         at = dict(file=self.at_b[0], line=self.at_b[1], at_b=(self.file, self.line)) if self.at_b else {}
         return replace(self, a=self.b, b=self.a, node_a=self.node_b, node_b=self.node_a, call=call, via=via,
-                       also=tuple(w.mirror() for w in self.also), **at)
+                       also=tuple(w.mirror() for w in self.also), others=tuple(w.mirror() for w in self.others),
+                       **at)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"file": self.file, "line": self.line, "function": self.function,
                 "a": self.a.read(), "b": self.b.read(),
                 "node_a": self.node_a, "node_b": self.node_b, "weak": self.weak, "merged": self.merged,
                 "call": list(self.call) if self.call else None, "via": list(self.via) if self.via else None,
-                "also": [w.short() for w in self.also], "passed": self.passed, "named": self.named,
+                "also": [w.short() for w in self.also], "others": [w.short() for w in self.others],
+                "passed": self.passed, "named": self.named,
                 "steered": self.steered,
                 "at_b": {"file": self.at_b[0], "line": self.at_b[1]} if self.at_b else None}
 

@@ -25,6 +25,8 @@ _PRINTED = "torchtrace.repr.default"  # (a tensor's text read: print(t), str(t),
 
 _CALLED = re.compile(r"^\s*[A-Za-z_][\w.]*\(")  # a statement that is a call (`print(h)`, `log.info(...)`)
 _GOES_ON = ("(", "[", "{", ",", "\\", "=")  # (a line ending so goes on below)
+# a one-line block's header that calls nothing, before its statement (`for row in h: print(row)`)
+_HEADER_FIRST = re.compile(r"^\s*(?:(?:if|elif|while|for|with|except)\b[^():]*|else|try|finally):")
 
 
 def printed_aside(n: "Node") -> bool:
@@ -39,7 +41,8 @@ def printed_aside(n: "Node") -> bool:
     if lines is None:
         return True
     above = next((code_of(t).rstrip() for t in reversed(lines[:n.source.line - 1]) if code_of(t).strip()), "")
-    return bool(_CALLED.match(code_of(lines[n.source.line - 1]))) and not above.endswith(_GOES_ON)
+    text = _HEADER_FIRST.sub("", code_of(lines[n.source.line - 1]), count=1)  # (`if self.verbose: print(h)`)
+    return bool(_CALLED.match(text)) and not above.endswith(_GOES_ON)
 
 
 def kept_aside(n: "Node") -> bool:
@@ -93,6 +96,11 @@ def names_assigned(n: "Node", file: str = None, function: str = None) -> FrozenS
         caller = next((f for f in (n.witness.called_from if n.witness is not None else ())
                        if (f.file, f.function) == (file, function)), None)
         text = linecache.getline(file, caller.line) if caller is not None else ""
+    return names_at(text)
+
+
+def names_at(text: str) -> FrozenSet[str]:
+    """The plain names the statement ``text`` assigns."""
     m = _ASSIGNED.match(text)
     return frozenset(x.strip() for x in m.group(1).split(",")) if m else frozenset()
 
@@ -142,27 +150,29 @@ _GRAD_MODE = re.compile(r"\b(?:is_grad_enabled|is_inference_mode_enabled)\b|(?<!
                         r"\.requires_grad\b")
 
 
-def grad_mode_test(n: "Node") -> Optional[int]:
-    """The line of the ``if``/``elif`` around ``n`` (or of ``n`` itself) that tests
-    grad mode (``if torch.is_grad_enabled():``, ``if h.requires_grad:``), as
+def grad_mode_test(n: "Node") -> Optional[Tuple[int, int, int]]:
+    """(its line, the first and last line of its branch) of the ``if``/``elif``
+    around ``n`` that tests grad mode (``if torch.is_grad_enabled():``, ``if
+    h.requires_grad:``), or of ``n``'s own line when that tests it, as
     ``tests_training`` finds one; None when none does, or the line is not readable."""
     return _tested_by(n, lambda text: bool(_GRAD_MODE.search(text)))
 
 
-def _tested_by(n: "Node", reads: Callable[[str], bool]) -> Optional[int]:
-    """The line of ``n``, or of the nearest ``if`` around it (through 16), whose text ``reads``."""
+def _tested_by(n: "Node", reads: Callable[[str], bool]) -> Optional[Tuple[int, int, int]]:
+    """(line, first, last line of its branch) of ``n``'s own line, or of the nearest
+    ``if`` around it (through 16), whose text ``reads``."""
     lines = file_lines(n.source.file, n.source.line) if n.source is not None else None
     if lines is None:
         return None
     line = n.source.line
     if reads(code_of(lines[line - 1])):
-        return line
+        return line, line, line
     for _ in range(16):
         found = _if_test(lines, line, _THROUGH)
         if found is None or found[0] >= line:
             return None
         if reads(found[1]):
-            return found[0]
+            return found[0], found[2], found[3]
         line = found[0]
     return None
 
