@@ -385,3 +385,42 @@ def test_a_count_whose_name_is_assigned_again_before_the_op_is_not_named_for_it(
     m = Reassigned()
     d = torchtrace.diff(record(m, torch.tensor([[1., 1, 1, 1]]), 1), record(m, torch.tensor([[1., 1, 1, -1]]), 2))
     assert d.why() == ["same ops, other shapes (1 op changed): size 2 \u2192 3 in 1 value"]
+
+
+class Trimmed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = int((x > 0).sum())  # LINE:trimmed_read
+        n = n - 1
+        if n > 2:
+            n = 2
+        return self.fc(x)[:, :n]
+
+
+def test_a_count_assigned_again_from_itself_is_still_named_for_the_op():
+    torch.manual_seed(0)
+    m = Trimmed()
+    d = torchtrace.diff(record(m, torch.tensor([[1., 1, -1, -1]])), record(m, torch.tensor([[1., 1, 1, 1]])))
+    assert d.why() == [f"{where('trimmed_read')} read 2 in A, 4 in B (passed on as `n`, in `slice.Tensor`'s end) "
+                       "\u2192 the same ops with other shapes (1 op changed): size 1 \u2192 2 in 1 value"]
+
+
+class GradTernary(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.l(x)
+        return (h * 2) if torch.is_grad_enabled() else h.relu()  # LINE:grad_ternary
+
+
+def test_a_grad_mode_conditional_expression_on_the_ops_line_is_named():
+    torch.manual_seed(0)
+    m, x = GradTernary(), torch.randn(2, 4)
+    assert torchtrace.diff(record(m, x, train=True), record(m, x)).why() == [
+        f"grad mode train in A, no_grad in B: the `if` at {where('grad_ternary')} tests it \u2192 1 op only in A, "
+        "1 op only in B (in `<root>`)"]

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from .readchange import WitnessChange
-from .sourceblocks import code_of, file_lines, line_text
+from .sourceblocks import code_of, file_lines, headers_around, line_text
 from .sourcetext import _NAME, names_assigned, names_at
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,14 +143,23 @@ class ChangedCauses:
 
 
 def _kept(read: Any, name: str, op: Any) -> bool:
-    """Does ``name``, assigned at the line of ``read``, still hold that value at the
-    line of ``op``: the same function, and no line between them assigns it again?"""
+    """Does ``name``, assigned at the line of ``read``, still hold a value made from
+    it at the line of ``op``: the same function, and no line between them assigns it
+    anew (``n = k + 1``; not ``n = n - 1``, nor ``n = 3`` under ``if n > 3:``)?"""
     a, b = read.source, op.source
     if a is None or b is None or (a.file, a.function) != (b.file, b.function) or a.line >= b.line:
         return False
     lines = file_lines(a.file, b.line)
     return lines is not None and not any(
-        name in names_at(lines[k]) for k in range(a.line, b.line - 1))  # (lines a.line+1 .. b.line-1)
+        name in names_at(lines[k]) and _anew(lines, k, name) for k in range(a.line, b.line - 1))
+
+
+def _anew(lines: List[str], k: int, name: str) -> bool:
+    """Does the assignment at line index ``k`` give ``name`` a value not made from it:
+    ``name`` is neither on its right-hand side nor tested by the ``if`` it is in?"""
+    rhs = code_of(lines[k]).split("=", 1)[-1]
+    header = next(headers_around(lines, k + 1), None)
+    return name not in _NAME.findall(rhs) and (header is None or name not in _NAME.findall(code_of(header[1])))
 
 
 # the tests on a line: a conditional expression's (`h[:, :k] if n > 0 else h`), a one-line `if`'s
