@@ -292,10 +292,14 @@ def grad_mode_if(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
     one side ran, when the other pass ran nothing in its branch (else it went the
     same way, and something inside it decided the op)."""
     p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
-    n, other = (p.a, B) if p is not None and p.status == "only_a" else (p.b if p else None, A)
-    found = grad_mode_test(n) if n is not None and n.source is not None else None
-    own_line = found is not None and found[0] == n.source.line  # (`h * 2 if torch.is_grad_enabled() else h`)
-    if found is None or not own_line and other.ran_lines(n.source.file, n.source.function, found[1], found[2]):
+    if p is None:
+        return None
+    n, other = (p.a, B) if p.status == "only_a" else (p.b, A)
+    found = grad_mode_test(n)
+    if found is None:
+        return None
+    own_line = found[0] == n.source.line  # (`h * 2 if torch.is_grad_enabled() else h`: whichever ran there)
+    if not own_line and other.ran_lines(n.source.file, n.source.function, found[1], found[2]):
         return None
     return where(n.source.file, found[0])
 

@@ -48,14 +48,11 @@ def printed_aside(n: "Node") -> bool:
 def kept_aside(n: "Node") -> bool:
     """A truth value read in the arguments of a call whose result is unused
     (``log.append(bool(h.mean() > 0))``, ``print(flag.item())``): logged or
-    stored, so it may steer nothing; and a tensor's text (``print(h)``) read
-    where no test or name takes it (also when the line is not readable here).
-    Otherwise only when the line is readable here. (A
+    stored, so it may steer nothing. Only when the line is readable here. (A
     read assigned to a name, ``positive = bool(x.sum() > 0)``, is how an ``if``
-    below reads it; a helper's read is on its ``return bool(...)``: no call.)"""
+    below reads it; a helper's read is on its ``return bool(...)``: no call.
+    A tensor's printed text: ``printed_aside``.)"""
     w = n.witness
-    if w is not None and n.op == _PRINTED:  # (a tensor's text: logged, unless a test, a name or a return takes it)
-        return printed_aside(n)
     if w is None or not isinstance(w.value, bool) or n.source is None:
         return False
     text = code_of(line_text(n))

@@ -304,13 +304,14 @@ class Capture:
         name_inputs(bind_args(module.forward, args, kwargs), self.input_names, self.input_aliases, self.mode)
 
     def on_root_return(self, output: Any) -> None:
-        if torch._C._current_graph_task_id() == -1:
+        outside = torch._C._current_graph_task_id() == -1  # (not checkpoint's recompute inside a backward)
+        if outside:
             exc = sys.exc_info()[1]
             self.root_raised = output is None and exc is not None and exc is not self._exc_at_root
         if self.mode.off:
             return
         try:
-            if torch._C._current_graph_task_id() == -1:  # (not checkpoint's recompute inside a backward)
+            if outside:
                 self._root_outputs(output)
         finally:
             if self.after_root is not None:
