@@ -93,6 +93,9 @@ def test_run_on_a_terminal_says_how_far_it_is_while_the_script_runs(tmp_path):
     res = subprocess.run([EXE, "run", "--out", str(tmp_path / "o2"), str(script)], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path)
     assert "pass recorded" not in res.stderr and "recorded 6 passes" in res.stderr
+    for out in ("o", "o2"):  # (audit: the summary's read-only connection, closing last, left SQLite's -wal, -shm)
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == [".torchtrace.lock", ".trace.db.writers",
+                                                                      "trace.db"]
 
 
 def test_run_is_like_python_and_records_every_pass(recorded):

@@ -265,6 +265,11 @@ def test_reads_of_float16_extremes_bfloat16_and_conjugates_say_what_was_read():
     assert handed_value(bf, bf.tolist()) == "[0.1, 0.334]"  # (the fewest digits that give the bfloat16 back)
     z = torch.arange(10.0) * (1 + 1j)
     assert handed_value(z.conj(), z.conj().tolist()) == handed_value(z.conj().resolve_conj(), z.conj().tolist())
+    # (audit: complex64 parts were written in float64's digits, where float32 reads take float32's)
+    c = torch.tensor([3.064304828643799 + 0j, -0.005192190408706665 - 0.5924021005630493j, 2.5j, complex(-0.0, 1.0)])
+    text = handed_value(c, c.tolist())
+    assert text == "[(3.0643048+0j), (-0.0051921904-0.5924021j), 2.5j, (-0+1j)]", text
+    assert torch.equal(torch.tensor([complex(x) for x in text[1:-1].split(", ")], dtype=torch.complex64), c)
     big = torch.zeros(2_000_000)  # (8 MB: counted, not digested)
     assert handed_value(big, big.numpy()) == "<2000000 values>"
 

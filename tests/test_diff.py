@@ -12,7 +12,7 @@ import torchtrace
 import zoo
 from torchtrace.compare import GraphDiff
 from torchtrace.errors import UsageError
-from torchtrace.classify import InputChange
+from torchtrace.inputchange import InputChange
 from torchtrace.typechange import TypeChange
 from torchtrace.explain import read_str
 from torchtrace.ir import Graph, Witness

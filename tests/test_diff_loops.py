@@ -1041,3 +1041,55 @@ def test_a_model_of_torch_s_called_from_two_lines_counts_its_steps_on_both_sides
     with same[1]:
         m(xa)
     assert torchtrace.diff(same[0].graph, same[1].graph).why() == []
+
+
+class Recurrence(nn.Module):
+    """transformers' RWKV CPU recurrence: a parameter and each step's input read twice per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decay, self.first = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(k)
+        num, den, mx = torch.zeros_like(k[:, 0]), torch.zeros_like(k[:, 0]), torch.zeros_like(k[:, 0]) - 1e38
+        decay = -torch.exp(self.decay)
+        for t in range(k.shape[1]):
+            ck, cv = k[:, t], v[:, t]  # LINE:recurrence_body
+            m = torch.maximum(mx, ck + self.first)  # LINE:recurrence_max
+            e1 = torch.exp(mx - m)
+            e2 = torch.exp(ck + self.first - m)
+            numerator = e1 * num + e2 * cv
+            denominator = e1 * den + e2
+            out[:, t] = numerator / denominator
+            ms = torch.maximum(mx + decay, ck)
+            e1 = torch.exp(mx + decay - ms)
+            e2 = torch.exp(ck - ms)
+            num = e1 * num + e2 * cv
+            den = e1 * den + e2
+            mx = ms
+        return out
+
+
+def test_the_engines_gradient_sums_in_a_longer_loops_backward_are_that_loops_not_a_block_of_their_own():
+    """(Audit: RWKV at sequence 8 against 12: the autograd engine's `add` of a step's two
+    gradients of `ck` was "the block at `m.py:19` (1 op) ran 1x in A, 2x in B", a plain
+    statement in the loop's body.)"""
+    torch.manual_seed(0)
+    m = Recurrence()
+    graphs = []
+    for steps in (8, 12):
+        k, v = torch.randn(2, steps, 4), torch.randn(2, steps, 4)
+        m.zero_grad(set_to_none=True)
+        with torchtrace.trace(m) as t:
+            m(k, v).sum().backward()
+        graphs.append(t.graph)
+    d = torchtrace.diff(*graphs)
+    loop_line = line_of("recurrence_body")  # ("the block at": its first line)
+    assert all(f"test_diff_loops.py:{line_of('recurrence_max')}`" not in w for w in d.why()), d.why()
+    for h in d.structural_hunks:
+        assert h.loop is not None and (h.loop.line, h.loop.a, h.loop.b) == (loop_line, 8, 12), h.explanation
+    ours = sum(len(h.only_b) for h in d.structural_hunks if all(n.phase == "backward" for n in h.only_b))
+    backward = [len([n for n in g.nodes if n.phase == "backward" and "autograd_internal" not in n.tags])
+                for g in graphs]
+    assert ours == backward[1] - backward[0] and not any(h.only_a for h in d.structural_hunks)

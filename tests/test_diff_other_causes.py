@@ -319,3 +319,159 @@ def test_a_shape_test_in_an_elif_is_named_by_the_elif_s_line():
     why = torchtrace.diff(*graphs).why()
     line = zoo.marked_line(__file__, "elif")
     assert why and why[0].startswith(f"the `if` at `test_diff_other_causes.py:{line}` tests a shape"), why
+
+
+class Headed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(16, 32), nn.Linear(32, 8, bias=False)
+        self.noise = nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        h = self.head(torch.relu(self.body(x)))
+        if self.training:
+            h = h + self.noise
+        return h
+
+
+def test_a_head_swapped_for_one_with_a_bias_is_its_parameters_not_training_mode():
+    """(Audit: `m.head = nn.Linear(..., bias=True)` on a model in eval mode -- a fresh
+    module is in training mode -- was put down to `.train()`/`.eval()`; with the head
+    in eval too, to Python state.) Linear's ops do not depend on the mode."""
+    torch.manual_seed(0)
+    m, x = Headed().eval(), torch.randn(4, 16)
+    with torch.no_grad():
+        with torchtrace.trace(m) as ta:
+            m(x)
+        m.head = nn.Linear(32, 8, bias=True)
+        assert m.head.training and [n for n, _ in m.head.named_parameters()] == ["weight", "bias"]
+        with torchtrace.trace(m) as tb:
+            m(x)
+        m.head.eval()
+        with torchtrace.trace(m) as tc:
+            m(x)
+    for b in (tb, tc):
+        d = torchtrace.diff(ta.graph, b.graph)
+        [h] = d.structural_hunks
+        assert [n.op for n in h.only_a] == ["aten.mm.default"] and [n.op for n in h.only_b] == ["aten.addmm.default"]
+        assert h.params == ("B", "head", ("head.bias",)), h.explanation
+        assert h.explanation.startswith("`head` reads param `head.bias` only in B, called in both passes"), \
+            h.explanation
+        assert "training mode" not in str(d) and d.mirror().structural_hunks[0].params == ("A", "head", ("head.bias",))
+
+
+def test_a_parameter_read_under_if_self_training_stays_the_modes():
+    torch.manual_seed(0)
+    m, x = Headed(), torch.randn(4, 16)
+    with torch.no_grad():
+        with torchtrace.trace(m) as ta:
+            m(x)
+        m.eval()
+        with torchtrace.trace(m) as tb:
+            m(x)
+    [h] = torchtrace.diff(ta.graph, tb.graph).structural_hunks
+    assert h.params is None and h.trained == "A", h.explanation
+
+
+class TiedLM(nn.Module):
+    def __init__(self, tie: bool) -> None:
+        super().__init__()
+        self.emb, self.head = nn.Embedding(64, 32), nn.Linear(32, 64, bias=False)
+        if tie:
+            self.head.weight = self.emb.weight
+
+    def forward(self, ids):
+        return self.head(torch.tanh(self.emb(ids)))
+
+
+def test_tied_weights_extra_gradient_sum_is_put_down_to_the_parameters_readers():
+    """(Audit: the engine's add of the head's and the embedding's gradients for one
+    tied weight was "decided by Python state".) Checked against a counting mode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    graphs, adds = [], []
+    for tie in (True, False):
+        torch.manual_seed(0)
+        m = TiedLM(tie)
+        with torchtrace.trace(m) as t:
+            F.cross_entropy(m(ids).flatten(0, 1), ids.flatten()).backward()
+        graphs.append(t.graph)
+        m.zero_grad(set_to_none=True)
+        with Count() as c:
+            F.cross_entropy(m(ids).flatten(0, 1), ids.flatten()).backward()
+        adds.append(c.ops.count("aten.add.Tensor"))
+    assert adds[0] == adds[1] + 1  # (the oracle: one more add when tied)
+    d = torchtrace.diff(*graphs)
+    [h] = [h for h in d.structural_hunks if all(n.phase == "backward" for n in (*h.only_a, *h.only_b))]
+    assert [n.op for n in h.only_a] == ["aten.add.Tensor"] and not h.only_b
+    assert h.summed == ("emb.weight", 2, 1), h.explanation
+    assert h.explanation.startswith("param `emb.weight` is read by 2 forward ops in A, 1 in B"), h.explanation
+    assert d.mirror().structural_hunks[-1].summed == ("emb.weight", 1, 2)
+
+
+def test_a_tensor_from_outside_read_only_after_the_ops_is_no_shape_cause_of_them():
+    """(Audit: `generate(num_beams=2)` against greedy decoding: each strategy's own state
+    tensor, read after the branch the Python argument chose, was named as the shape
+    Python saw.)"""
+    torch.manual_seed(0)
+    m, x = nn.Linear(8, 16).eval(), torch.randn(2, 8)
+    state = {1: torch.ones(2, dtype=torch.long), 2: torch.ones(1, 1, dtype=torch.bool)}
+
+    def run(num_beams):
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            logits = m(x)
+            if num_beams == 1:
+                logits.argmax(-1) * state[1]
+            else:
+                logits.log_softmax(-1).view(1, -1).topk(2)
+            (logits[:, 0] > 100) & state[num_beams]
+        return t.graph
+
+    d = torchtrace.diff(run(1), run(2))
+    [h] = d.structural_hunks
+    assert h.late and h.explanation.startswith(
+        "no tensor read differs before it: decided by Python state; the inputs differ too, read only after "
+        "these ops: 1 constant i64[2] → b8[1,1]"), h.explanation
+
+
+class Masked(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.Linear(8, 8)
+
+    def forward(self, x, attention_mask):
+        return self.p(x) * attention_mask[..., None]
+
+
+def test_a_mask_made_inside_the_block_is_no_input_only_the_other_pass_had():
+    """(Audit: `m(x, attention_mask=torch.ones(2, 4))` inside the block against a mask made
+    before it read "input `attention_mask` only in A": both passes passed one.)"""
+    torch.manual_seed(0)
+    m, x = Masked().eval(), torch.randn(2, 4, 8)
+    pad = torch.ones(2, 4)
+    pad[1, :2] = 0
+    with torch.no_grad():
+        with torchtrace.trace(m) as ta:
+            m(x, attention_mask=pad)
+        with torchtrace.trace(m) as tb:
+            m(x, attention_mask=torch.ones(2, 4))
+    d = torchtrace.diff(ta.graph, tb.graph)
+    [h] = d.structural_hunks
+    assert [n.op for n in h.only_b] == ["aten.ones.default"] and not h.only_a
+    assert h.explanation.startswith(
+        "input `attention_mask` passed in to A's pass (f32[2,4]), made inside B's by `ones` → 1 op only in B"), \
+        h.explanation
+    assert [i.made for i in d.inputs] == ["ones"] and "`attention_mask` only in A" not in str(d)
+    back = torchtrace.diff(tb.graph, ta.graph)
+    assert back.structural_hunks[0].explanation.startswith(
+        "input `attention_mask` passed in to B's pass (f32[2,4]), made inside A's by `ones` → 1 op only in A")

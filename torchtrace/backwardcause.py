@@ -6,7 +6,10 @@ the read nearest before the backward hunk.
 Backward runs in reverse, so the backward of forward hunks side by side, some
 only in A and some only in B (a mixture of experts' experts {0, 1} against
 {0, 2}), can be one hunk: A's ops of one forward hunk, then B's of another.
-``cut_backward`` cuts it into pieces, each the backward of its own forward hunk.
+``cut_diff`` cuts it into pieces, each the backward of its own forward hunk.
+
+Ops that read what a one-sided hunk's ops made take its cause too
+(``fed_by_one_sided``: ``torch.stack(outs)`` after a loop that ran once more).
 """
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ from .classify import OpPair
 from .explain import WitnessChange
 from .hunk import Hunk
 from .ir import Graph, Node
+from .paramcause import gradient_sum
 from .textform import common_module
 
 if TYPE_CHECKING:  # pragma: no cover
     from .compare import GraphDiff
+    from .side import Side
 
 
 def _sites(g: Graph, side: str, nodes: Sequence[Node]) -> set:
@@ -34,10 +39,12 @@ class _Owners:
     differentiate: the hunk that holds the forward op of the autograd Node that ran
     them, else (no such link) the first whose one-sided ops ran at their module and line."""
 
-    def __init__(self, a: Graph, b: Graph, hunks: Sequence[Hunk]) -> None:
+    def __init__(self, a: Graph, b: Graph, hunks: Sequence[Hunk], loops: bool = False) -> None:
+        """``loops``: the forward hunks with a loop count for their cause instead."""
         self.a, self.b = a, b
-        self.forward = [(self.sites(h), h) for h in hunks if h.kind == "structural" and h.witness is not None
-                        and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
+        self.forward = [(self.sites(h), h) for h in hunks if h.kind == "structural" and (
+            h.loop is not None and h.witness is None if loops else h.witness is not None)
+            and all(n.phase == "forward" for n in (*h.only_a, *h.only_b))]
         self._holder: Dict[Tuple[str, str], Hunk] = {}  # (side, forward op id) -> its hunk
         for _, f in self.forward:
             self._holder.update({**{("A", n.id): f for n in f.only_a}, **{("B", n.id): f for n in f.only_b}})
@@ -91,18 +98,21 @@ def backward_like_forward(a: Graph, b: Graph, hunks: Sequence[Hunk],
     """Each backward hunk with the cause of the forward hunk whose ops it
     differentiates. With no such hunk (the forward op ran once on both sides:
     `pack_padded_sequence`, whose backward loops over the time steps), a read that
-    differs at the one line its ops come from."""
-    owners = _Owners(a, b, hunks)
+    differs at the one line its ops come from; with no read, the forward hunk with a
+    loop count for its cause (the engine's gradient sums of a tensor each extra
+    iteration read), else the parameter whose readers' gradients they sum."""
+    owners, loops = _Owners(a, b, hunks), _Owners(a, b, hunks, loops=True)
     out = []
     for h in hunks:
         if _is_backward(h):
-            f = owners.of(h)
+            f = owners.of(h) or (loops.of(h) if h.witness is None and h.loop is None else None)
             if f is not None:
                 h = _caused(h, f)
             else:
                 lines = {site[2:] for site in owners.sites(h)}
                 at = next((w for w in witnesses if len(lines) == 1 and (w.file, w.line) in lines), None)
-                h = h if at is None else replace(h, witness=at, inputs=(), casts=())
+                h = replace(h, witness=at, inputs=(), casts=()) if at is not None else \
+                    replace(h, summed=summed) if (summed := gradient_sum(a, b, h.only_a, h.only_b)) is not None else h
         out.append(h)
     return out
 
@@ -163,3 +173,33 @@ def _numbered(out: Sequence[Tuple[int, Hunk]]) -> Tuple[Hunk, ...]:
         new.setdefault(old, k)
     return tuple(replace(h, index=k, backward_of=new[h.backward_of] if h.backward_of is not None else None)
                  for k, (_, h) in enumerate(out))
+
+
+def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:
+    """A hunk of changed ops that read a tensor an op only on that side made
+    (``torch.stack(outs)`` after a loop that ran once more in A) follows from
+    the structural hunk of that op: its cause, not the nearest shape read. So
+    do ops only on one side that read such a tensor, when nothing else
+    explains them (the ``+`` that joins two recursive calls a split read started)."""
+    made: Dict[Tuple[int, str], Hunk] = {}  # (side, value id) -> the structural hunk whose op made it
+    out = []
+    for h in hunks:
+        if h.kind == "changed":
+            owner = next((made[(x, v)] for p in h.changed for x, n in ((0, p.a), (1, p.b)) if n is not None
+                          for v in n.inputs if (x, v) in made), None)
+            mine = h.witness is not None and h.witness.passed is not None  # (its read is its arguments' values)
+        else:
+            owner = next((made[(x, v)] for x, ops in ((0, h.only_a), (1, h.only_b)) for n in ops
+                          for v in n.inputs if (x, v) in made), None)
+            # (a block that repeats with no read or input change to explain it is no cause of its own: the `+`
+            # joining two recursive calls looks like one, when only one side split)
+            mine = (h.loop is not None and (h.loop.via != "repeat" or h.witness is not None or bool(h.inputs))) or \
+                (h.witness is not None and not h.witness.weak) or h.own_cause or \
+                h.caught is not None or h.backward_of is not None
+        if owner is not None and not mine:
+            h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=())
+        out.append(h)
+        if h.kind == "structural" and (h.witness is not None or h.loop is not None):
+            for x, ops in ((0, h.only_a), (1, h.only_b)):
+                made.update(((x, v), h) for n in ops for v in n.outputs)
+    return out

@@ -3,8 +3,8 @@
 An aligned pair of ops is ``same`` or ``changed``; ``what`` names how:
 ``shape``, ``dtype``, ``args``, ``wiring`` (an input comes from another op),
 ``value`` (a witness read other data), ``line`` (another call site). The
-summaries count args by key and the traced call's named inputs (tensor
-types: ``typechange.py``).
+summaries count args by key (the traced call's named inputs:
+``inputchange.py``; tensor types: ``typechange.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional,
 from .side import Side, call_site, is_bookkeeping
 from .explain import ARROW, plural
 from .fingerprint import canonical_args, canonical_json
-from .textform import op_str, type_str, type_text
+from .textform import op_str
 from .typechange import paired_types_differ
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,37 +96,6 @@ class ArgChange:
         if self.b is not ABSENT:
             d["b"] = self.b
         return d
-
-
-@dataclass(frozen=True)
-class InputChange:
-    """A tensor from outside the pass whose type differs: a named input of
-    the traced call (``None``: absent on that side), or -- ``name`` empty --
-    ``count`` unnamed tensors of ``role`` (a KV cache passed in an object
-    shows as constants)."""
-
-    name: str
-    a: Optional[str]
-    b: Optional[str]
-    role: str = "input"
-    count: int = 1
-
-    def describe(self) -> str:
-        if not self.name:
-            return f"{plural(self.count, self.role)} {self.a} {ARROW} {self.b}"
-        if self.role != "input":
-            return f"{self.role} `{self.name}` {self.a} {ARROW} {self.b}"
-        if self.a is None:
-            return f"input `{self.name}` only in B ({self.b})"
-        if self.b is None:
-            return f"input `{self.name}` only in A ({self.a})"
-        return f"input `{self.name}` {self.a} {ARROW} {self.b}"
-
-    def mirror(self) -> "InputChange":
-        return replace(self, a=self.b, b=self.a)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"name": self.name, "a": self.a, "b": self.b, "role": self.role, "count": self.count}
 
 
 def _arg_str(v: Any) -> str:
@@ -316,49 +285,6 @@ def _canon(v: Any) -> str:
 
 def _uncanon(s: str) -> Any:
     return ABSENT if s == "\0absent" else json.loads(s)
-
-
-def unread_inputs(meta: Dict[str, Any]) -> Dict[str, str]:
-    """``meta.unread_inputs`` (inputs passed, read by no op: ``if self.use_mask:``
-    skipped the mask) by name: their types; entries not of that form are left out."""
-    found = meta.get("unread_inputs")
-    return {u["name"]: type_text(u["dtype"], u["shape"]) for u in found
-            if isinstance(u, dict) and isinstance(u.get("name"), str) and isinstance(u.get("dtype"), str)
-            and isinstance(u.get("shape"), list) and all(type(d) is int for d in u["shape"])} \
-        if isinstance(found, list) else {}
-
-
-def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange, ...]:
-    """Named inputs of the traced call whose type differs, then the unnamed
-    tensors from outside the pass that aligned ops read with other types,
-    counted by role and types."""
-    def named(s: "Side") -> Dict[str, str]:
-        out = unread_inputs(s.graph.meta)
-        out.update((name, type_str(v)) for name, v in s.named.items() if v.role == "input")
-        out.update((alias, out[name]) for alias, name in s.aliases.items() if name in out)  # (`labels=input_ids`)
-        return out
-
-    ta, tb = named(A), named(B)
-    out = [InputChange(k, ta.get(k), tb.get(k)) for k in list(ta) + [k for k in tb if k not in ta]
-           if ta.get(k) != tb.get(k)]
-    counts: Counter = Counter()
-    names: Dict[Tuple[str, str, str], str] = {}
-    seen = set()
-    for p in rows:
-        if p.a is None or p.b is None:
-            continue
-        for x, y in zip(p.a.inputs, p.b.inputs):
-            va, vb = A.graph.value(x), B.graph.value(y)
-            if x in seen or va.role in ("activation", "input") or va.role != vb.role:
-                continue
-            seen.add(x)
-            if type_str(va) != type_str(vb):
-                counts[(va.role, type_str(va), type_str(vb))] += 1
-                names[(va.role, type_str(va), type_str(vb))] = va.name if va.name == vb.name else ""
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    # (one param or buffer of its kind is named: "buffer `cache` f32[1,4] → f32[3,4]")
-    out += [InputChange(names[key] or "" if c == 1 else "", key[1], key[2], key[0], c) for key, c in ranked]
-    return tuple(out)
 
 
 def moved(A: "Side", B: "Side", hunks: Sequence[Any]) -> List[Any]:

@@ -26,16 +26,19 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from .align import align
 from .entrylines import relined
 from .side import Side, one_call_site
-from .classify import (STATUSES, ArgChange, InputChange, OpPair, Row, a_first, arg_changes, args_only,
-                       classify, hunk_runs, input_changes, moved, producers, reshaped, significant)
+from .classify import (STATUSES, ArgChange, OpPair, Row, a_first, arg_changes, args_only, classify, hunk_runs,
+                       moved, producers, reshaped, significant)
+from .inputchange import InputChange, input_changes
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
-from .backwardcause import backward_like_forward, cut_diff, uncut
-from .hunk import Hunk, cut_off, ended, fed_by_one_sided, grad_mode_if
+from .backwardcause import backward_like_forward, cut_diff, fed_by_one_sided, uncut
+from .guardcause import grad_mode_if
+from .hunk import Hunk, cut_off, ended
 from .sided import (accumulated, casts, differing_grad_modes, differing_meta, differing_training, ended_before, fed_by,
                     fed_not_read, fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only,
                     recomputed, retyped, shape_if, stopped, trained, unused)
 from .ir import Graph
+from .paramcause import own_params, params_of
 from .loopchange import runs_said
 from .returned import returned_change
 from .rewires import rewires
@@ -324,11 +327,12 @@ def _diff(A: Side, B: Side) -> GraphDiff:
     ops = a_first([classify(A, B, pairs[e], made) for e in range(len(pairs))])
     causes = Causes(A, B, pairs)
     matched = [p for p in ops if p.a is not None and p.b is not None]
-    inputs = input_changes(A, B, matched)
+    inputs = input_changes(A, B, ops)
     types = type_changes(value_pairs(A, B, matched))
     hunks: List[Hunk] = []
     modes = differing_grad_modes(A.graph, B.graph)
     fed = fed_values(A, B, inputs, ops)
+    params = own_params(A, B, ops)
     # (after the last op both passes ran: what a Recorder's last pass ran past its step, the other's next step)
     end = 1 + max((k for k, p in enumerate(ops) if p.status not in ("only_a", "only_b")), default=-1)
     for kind, k0, k1 in hunk_runs(ops, CONTEXT):
@@ -352,10 +356,13 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             if loop is None and ran is None and adjacent is None and fed_not_read(A, B, rows, fed, witness):
                 witness = None  # (`labels` passed only in A: its loss is the input's, not an earlier read's)
             swapped = retyped(A, B, rows) if loop is None else None
-            # (training mode needs a sign that it decided these ops when a loop count, other input types or
-            # another module class can explain them)
-            mode = trained(A, B, rows, fed, strict=loop is not None or swapped is not None or any(
-                i.a is not None and i.b is not None for i in inputs))
+            reparams = params_of(A, B, rows, params) if loop is None and swapped is None and witness is None \
+                else None
+            # (training mode needs a sign that it decided these ops when a loop count, other input types,
+            # another module class or other parameters can explain them)
+            mode = trained(A, B, rows, fed, strict=loop is not None or swapped is not None or reparams is not None
+                           or any(i.a is not None and i.b is not None for i in inputs))
+            reparams = None if mode is not None else reparams  # (`if self.training:` around them: the mode's)
             first = adjacent if mode is not None and loop is None and not in_modal_modules(A, B, rows) else None
             witness = first or witness  # (a read right before the ops says more than the modes of all of them)
             tested = shape_if(A, B, rows, inputs) if witness is None or (
@@ -366,12 +373,14 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (), shape_if=tested,
+                              late=bool(inputs) and all(i.role != "input" and i.at >= k1 for i in inputs),
                               stopped=stopped(A, B, rows) if k1 == len(ops) or causes.past_end(k0) else None,
                               last=ran_on(A, B, rows) if k1 >= end else None,
                               short=ended_before(A, B, rows) if k1 >= end and (
                                   witness is None or witness.weak) else None,
                               grads=accumulated(A, B, rows) if ran is None else (), recompute=recompute,
-                              ran=ran, trained=mode, retyped=swapped, read_first=first is not None,
+                              ran=ran, trained=mode, retyped=swapped, params=reparams,
+                              read_first=first is not None,
                               fed=fed_by(rows, fed),
                               needs_grad=needs_grad(A, B, rows), unused=unused(A, B, rows),
                               state=optimizer_state(rows), grad_modes=modes,

@@ -3,6 +3,7 @@ kept in that name (``has_pad = bool(...)`` ... ``if has_pad:``), the latest
 before the hunk in that function, decided them, whichever read is nearer; or
 the `if` read tensor data itself (``if best > 1.5:``). The `if`s of each line
 of the hunk's one-sided ops are read (two flags read up front, two `if`s).
+``grad_mode_if``: the user's `if` on grad mode around them.
 
 A mixin of ``explain.Causes``: it reads that class's alignment tables
 (``pairs``, ``differing``) and its ``witness_change``.
@@ -14,10 +15,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from .readchange import WitnessChange, decisive
-from .sourcetext import guard_names, names_assigned
+from .sourcetext import grad_mode_test, guard_names, names_assigned
+from .textform import where
 
 if TYPE_CHECKING:  # pragma: no cover
     from .align import Pair
+    from .classify import OpPair
     from .ir import Node
     from .side import Side
 
@@ -108,3 +111,20 @@ class GuardCauses:
     def _bools(self, e: int) -> bool:
         i, j = self.pairs[e]
         return isinstance(self.A.nodes[i].witness.value, bool) and isinstance(self.B.nodes[j].witness.value, bool)
+
+
+def grad_mode_if(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
+    """`file:line` of the user's `if` that tests grad mode around the first op only
+    one side ran, when the other pass ran nothing in its branch (else it went the
+    same way, and something inside it decided the op)."""
+    p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
+    if p is None:
+        return None
+    n, other = (p.a, B) if p.status == "only_a" else (p.b, A)
+    found = grad_mode_test(n)
+    if found is None:
+        return None
+    own_line = found[0] == n.source.line  # (`h * 2 if torch.is_grad_enabled() else h`: whichever ran there)
+    if not own_line and other.ran_lines(n.source.file, n.source.function, found[1], found[2]):
+        return None
+    return where(n.source.file, found[0])

@@ -6,19 +6,18 @@ witness before the hunk whose value differs; the pass on the other side
 having ended with an exception first; the traced call's inputs having other
 types (``if x.shape[0] > 4``); a Python-level loop; else Python state.
 (``sided.py`` finds the causes only one side's ops have.) A hunk that follows
-from another takes its cause: the backward of its ops (``backwardcause.py``),
-ops that read what its ops made (``fed_by_one_sided``).
+from another takes its cause: the backward of its ops, ops that read what its
+ops made (``backwardcause.py``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from .side import Side
-from .classify import ArgChange, InputChange, OpPair
+from .classify import ArgChange, OpPair
+from .inputchange import InputChange
 from .rewires import Rewire
 from .explain import ARROW, LoopChange, WitnessChange, plural, where
-from .sourcetext import grad_mode_test
 from .textform import dtype_short
 from .ir import Graph, Node
 from .typechange import TypeChange
@@ -73,6 +72,10 @@ class Hunk:
     shape_if: Optional[str] = None
     grad_if: Optional[str] = None  # `file:line` of the user's `if` on grad mode whose branch one pass ran
     retyped: Optional[Tuple[str, str, str]] = None  # (module path, class in A, in B): another module there
+    # (side, module path, params): ops only that side ran read params of that module the other pass never read
+    params: Optional[Tuple[str, str, Tuple[str, ...]]] = None
+    late: bool = False  # ``inputs`` are all tensors from outside the pass that ops only after it read
+    summed: Optional[Tuple[str, int, int]] = None  # (param, its forward readers in A, in B): the engine's grad sum
     # a piece of that backward hunk, cut in pieces (``backwardcause.cut_diff``)
     whole: Optional["Hunk"] = field(default=None, repr=False, compare=False)
 
@@ -82,7 +85,8 @@ class Hunk:
         recompute, a pass that stopped, ran more phases, trained, froze or made
         optimizer state, or ran on past its last step."""
         return bool(self.grads or self.recompute or self.stopped or self.ran or self.trained or self.needs_grad
-                    or self.unused or self.state or self.last or self.short or self.retyped)
+                    or self.unused or self.state or self.last or self.short or self.retyped
+                    or self.params or self.summed)
 
     @property
     def cause(self) -> str:
@@ -145,6 +149,15 @@ class Hunk:
             path, a, b = self.retyped
             return f"the traced model is `{a}` in A, `{b}` in B" if not path else \
                 f"`{path}` is `{a}` in A, `{b}` in B (another module class)"
+        if self.summed is not None:
+            param, ra, rb = self.summed
+            return f"param `{param}` is read by {plural(ra, 'forward op')} in A, {rb} in B: " \
+                   "autograd sums the gradients of its readers"
+        if self.params is not None:
+            side, path, names = self.params
+            who, many = f"`{path}`" if path else "the traced model", "s" if len(names) > 1 else ""
+            return f"{who} reads param{many} {_listed(names)} only in {side}, called in both passes " \
+                   "(its parameters differ, or which of them it uses)"
         if self.trained is not None:
             if self.read_first and self.witness is not None:  # (`if x.mean() > 0:` in a model run in eval mode)
                 return f"{self.witness.describe()} (modules also in training mode in {self.trained}, " \
@@ -179,6 +192,12 @@ class Hunk:
             what += f"; {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
             if self.fed and self.loop is None:  # (`labels` given in A: the ops computed from it)
                 return "; ".join(f"{i.describe()} ({self._fed_ops(i)})" for i in self.fed)
+            if all(i.made for i in self.inputs) and self.loop is None and all(
+                    n.module is None for n in (*self.only_a, *self.only_b)):  # (`m(x, mask=torch.ones(2, 4))`)
+                return what
+            if self.late and self.loop is None:  # (a strategy's own state, read after the branch it took)
+                return f"no tensor read differs before it: decided by Python state; the inputs differ too, " \
+                       f"read only after these ops: {what}"
             seen = "Python saw other inputs" if any(i.a is None or i.b is None for i in self.inputs) \
                 else "Python saw another shape or dtype"
             if self.loop is not None:
@@ -263,6 +282,8 @@ class Hunk:
                        state=_swap_first(self.state), needs_grad=_swap_first(self.needs_grad),
                        unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None,
                        retyped=(self.retyped[0], self.retyped[2], self.retyped[1]) if self.retyped else None,
+                       summed=(self.summed[0], self.summed[2], self.summed[1]) if self.summed else None,
+                       params=(other_side(self.params[0]), *self.params[1:]) if self.params else None,  # type: ignore
                        whole=None)  # (a piece's hunk is A's: ``GraphDiff.mirror`` cuts the mirror again)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -280,58 +301,14 @@ class Hunk:
                 "last": self.last, "short": self.short, "moved": list(self.moved), "shape_if": self.shape_if,
                 "caught": self.caught.to_dict() if self.caught else None,
                 "retyped": dict(zip(("module", "a", "b"), self.retyped)) if self.retyped else None,
+                "summed": dict(zip(("param", "a", "b"), self.summed)) if self.summed else None,
+                "params": {"side": self.params[0], "module": self.params[1], "params": list(self.params[2])}
+                if self.params else None,
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad
                 else None,
                 "explanation": self.explanation}
-
-
-def grad_mode_if(A: Side, B: Side, rows: Sequence[OpPair]) -> Optional[str]:
-    """`file:line` of the user's `if` that tests grad mode around the first op only
-    one side ran, when the other pass ran nothing in its branch (else it went the
-    same way, and something inside it decided the op)."""
-    p = next((p for p in rows if p.status in ("only_a", "only_b")), None)
-    if p is None:
-        return None
-    n, other = (p.a, B) if p.status == "only_a" else (p.b, A)
-    found = grad_mode_test(n)
-    if found is None:
-        return None
-    own_line = found[0] == n.source.line  # (`h * 2 if torch.is_grad_enabled() else h`: whichever ran there)
-    if not own_line and other.ran_lines(n.source.file, n.source.function, found[1], found[2]):
-        return None
-    return where(n.source.file, found[0])
-
-
-def fed_by_one_sided(A: Side, B: Side, hunks: Sequence[Hunk]) -> List[Hunk]:
-    """A hunk of changed ops that read a tensor an op only on that side made
-    (``torch.stack(outs)`` after a loop that ran once more in A) follows from
-    the structural hunk of that op: its cause, not the nearest shape read. So
-    do ops only on one side that read such a tensor, when nothing else
-    explains them (the ``+`` that joins two recursive calls a split read started)."""
-    made: Dict[Tuple[int, str], Hunk] = {}  # (side, value id) -> the structural hunk whose op made it
-    out = []
-    for h in hunks:
-        if h.kind == "changed":
-            owner = next((made[(x, v)] for p in h.changed for x, n in ((0, p.a), (1, p.b)) if n is not None
-                          for v in n.inputs if (x, v) in made), None)
-            mine = h.witness is not None and h.witness.passed is not None  # (its read is its arguments' values)
-        else:
-            owner = next((made[(x, v)] for x, ops in ((0, h.only_a), (1, h.only_b)) for n in ops
-                          for v in n.inputs if (x, v) in made), None)
-            # (a block that repeats with no read or input change to explain it is no cause of its own: the `+`
-            # joining two recursive calls looks like one, when only one side split)
-            mine = (h.loop is not None and (h.loop.via != "repeat" or h.witness is not None or bool(h.inputs))) or \
-                (h.witness is not None and not h.witness.weak) or h.own_cause or \
-                h.caught is not None or h.backward_of is not None
-        if owner is not None and not mine:
-            h = replace(h, witness=owner.witness, loop=owner.loop, inputs=(), casts=())
-        out.append(h)
-        if h.kind == "structural" and (h.witness is not None or h.loop is not None):
-            for x, ops in ((0, h.only_a), (1, h.only_b)):
-                made.update(((x, v), h) for n in ops for v in n.outputs)
-    return out
 
 
 def ended(side: str, g: Graph, detail: bool = False) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -96,6 +97,7 @@ class _Progress:
                 rows = st.passes()
         except Exception:  # (no store: the run stored no pass; a damaged one: the counts as they were)
             return
+        _let_go(store)
         if len(rows) > self.passes:
             self.passes, self.variants = len(rows), {}
             for r in rows:
@@ -289,6 +291,19 @@ def _wait_forwarding(proc: "subprocess.Popen[bytes]") -> int:
         for sig, handler in old.items():
             signal.signal(sig, handler)
     return code if not got else INTERRUPTED if got[0] == signal.SIGINT else TERMINATED
+
+
+def _let_go(store: Path) -> None:
+    """Close the store as a writer would, the last of its connections: SQLite then removes
+    its ``-wal`` and ``-shm`` files, which a read-only connection closing last leaves."""
+    try:
+        db = sqlite3.connect(str(store))
+        try:
+            db.execute("PRAGMA schema_version").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:  # (a store on a read-only mount: they stay, as after any reader)
+        pass
 
 
 def _worker_main(args: Sequence[str]) -> int:

@@ -12,7 +12,8 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .side import CASTS, Side
-from .classify import ACCUMULATE, InputChange, OpPair
+from .classify import ACCUMULATE, OpPair
+from .inputchange import InputChange
 from .hunk import PHASE_WORDS, cut_off, ended, other_side
 from .ir import Graph, ModuleCall, Node
 from .sourceloops import if_statement_end

@@ -138,11 +138,18 @@ def _bf16(x: float) -> int:
 _ROUND_TRIP: Dict[torch.dtype, Callable[[float], Any]] = {
     torch.float32: lambda x: struct.pack("<f", x), torch.float16: lambda x: struct.pack("<e", x),
     torch.bfloat16: _bf16}
+_ROUND_TRIP.update({torch.complex64: _ROUND_TRIP[torch.float32], torch.complex32: _ROUND_TRIP[torch.float16]})
 
 
 def _text(x: Any, stored: Optional[Callable[[float], Any]]) -> str:
     if isinstance(x, list):
         return "[" + ", ".join(_text(i, stored) for i in x) + "]"
+    if stored is not None and type(x) is complex:  # (as Python writes it, each part in its dtype's digits)
+        re, im = (_text(p, stored) for p in (x.real, x.imag))
+        re, im = (p[:-2] if p.endswith(".0") else p for p in (re, im))
+        if x.real == 0 and math.copysign(1, x.real) > 0:
+            return f"{im}j"
+        return f"({re}{'' if im.startswith('-') else '+'}{im}j)"
     if stored is None or type(x) is not float or not math.isfinite(x):
         return repr(x)
     exact = stored(x)
