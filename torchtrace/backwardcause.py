@@ -20,7 +20,7 @@ from .classify import OpPair
 from .explain import WitnessChange
 from .hunk import Hunk
 from .ir import Graph, Node
-from .paramcause import gradient_sum
+from .paramcause import gradient_sum, reader_hunk
 from .textform import common_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,10 +111,23 @@ def backward_like_forward(a: Graph, b: Graph, hunks: Sequence[Hunk],
             else:
                 lines = {site[2:] for site in owners.sites(h)}
                 at = next((w for w in witnesses if len(lines) == 1 and (w.file, w.line) in lines), None)
-                h = replace(h, witness=at, inputs=(), casts=()) if at is not None else \
-                    replace(h, summed=summed) if (summed := gradient_sum(a, b, h.only_a, h.only_b)) is not None else h
+                h = replace(h, witness=at, inputs=(), casts=()) if at is not None else _summed(a, b, h, out)
         out.append(h)
     return out
+
+
+def _summed(a: Graph, b: Graph, h: Hunk, before: Sequence[Hunk]) -> Hunk:
+    """``h`` when it is the engine's sums of a parameter's gradients: with the cause of
+    the forward hunk whose ops, only on that side, read the parameter once more (an `if`
+    that adds a penalty on it), else said to be those sums (tied weights)."""
+    summed = gradient_sum(a, b, h.only_a, h.only_b)
+    if summed is None:
+        return h
+    more = 0 if summed[1] > summed[2] else 1
+    f = reader_hunk((a, b)[more], summed[0], more, [f for f in before if f.kind == "structural"])
+    if f is None:
+        return replace(h, summed=summed)
+    return _caused(h, f) if f.witness is not None or f.loop is not None else h
 
 
 def cut_diff(d: "GraphDiff") -> "GraphDiff":

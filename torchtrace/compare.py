@@ -28,7 +28,7 @@ from .entrylines import relined
 from .side import Side, one_call_site
 from .classify import (STATUSES, ArgChange, OpPair, Row, a_first, arg_changes, args_only, classify, hunk_runs,
                        moved, producers, reshaped, significant)
-from .inputchange import InputChange, input_changes
+from .inputchange import InputChange, input_changes, read_after
 from .errors import UsageError
 from .explain import ARROW, Causes, LoopChange, WitnessChange, common_module, plural
 from .backwardcause import backward_like_forward, cut_diff, fed_by_one_sided, uncut
@@ -356,8 +356,8 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             if loop is None and ran is None and adjacent is None and fed_not_read(A, B, rows, fed, witness):
                 witness = None  # (`labels` passed only in A: its loss is the input's, not an earlier read's)
             swapped = retyped(A, B, rows) if loop is None else None
-            reparams = params_of(A, B, rows, params) if loop is None and swapped is None and witness is None \
-                else None
+            reparams = params_of(A, B, rows, params, ops[:k0]) if loop is None and swapped is None and \
+                witness is None and not any(i.a is not None and i.b is not None for i in inputs) else None
             # (training mode needs a sign that it decided these ops when a loop count, other input types,
             # another module class or other parameters can explain them)
             mode = trained(A, B, rows, fed, strict=loop is not None or swapped is not None or reparams is not None
@@ -373,7 +373,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             hunks.append(Hunk(len(hunks), kind, module, tuple(p.a for p in rows if p.status == "only_a"),
                               tuple(p.b for p in rows if p.status == "only_b"), (), (k0, k1), witness, loop,
                               inputs=inputs if witness is None else (), shape_if=tested,
-                              late=bool(inputs) and all(i.role != "input" and i.at >= k1 for i in inputs),
+                              late=read_after(A, B, rows, inputs, k1),
                               stopped=stopped(A, B, rows) if k1 == len(ops) or causes.past_end(k0) else None,
                               last=ran_on(A, B, rows) if k1 >= end else None,
                               short=ended_before(A, B, rows) if k1 >= end and (

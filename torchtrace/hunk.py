@@ -72,8 +72,8 @@ class Hunk:
     shape_if: Optional[str] = None
     grad_if: Optional[str] = None  # `file:line` of the user's `if` on grad mode whose branch one pass ran
     retyped: Optional[Tuple[str, str, str]] = None  # (module path, class in A, in B): another module there
-    # (side, module path, params): ops only that side ran read params of that module the other pass never read
-    params: Optional[Tuple[str, str, Tuple[str, ...]]] = None
+    # (module path, params in A, in B): ops only that side ran read params of that module the other never read
+    params: Optional[Tuple[str, Tuple[str, ...], Tuple[str, ...]]] = None
     late: bool = False  # ``inputs`` are all tensors from outside the pass that ops only after it read
     summed: Optional[Tuple[str, int, int]] = None  # (param, its forward readers in A, in B): the engine's grad sum
     # a piece of that backward hunk, cut in pieces (``backwardcause.cut_diff``)
@@ -154,10 +154,12 @@ class Hunk:
             return f"param `{param}` is read by {plural(ra, 'forward op')} in A, {rb} in B: " \
                    "autograd sums the gradients of its readers"
         if self.params is not None:
-            side, path, names = self.params
-            who, many = f"`{path}`" if path else "the traced model", "s" if len(names) > 1 else ""
-            return f"{who} reads param{many} {_listed(names)} only in {side}, called in both passes " \
-                   "(its parameters differ, or which of them it uses)"
+            path, in_a, in_b = self.params
+            many = "s" if len(in_a or in_b) > 1 else ""
+            said = " and ".join(f"{_listed(names)} only in {side}" for side, names in (("A", in_a), ("B", in_b))
+                                if names)
+            return f"{f'`{path}`' if path else 'the traced model'} reads param{many} {said}, called in both " \
+                   "passes (its parameters differ, or which of them it uses)"
         if self.trained is not None:
             if self.read_first and self.witness is not None:  # (`if x.mean() > 0:` in a model run in eval mode)
                 return f"{self.witness.describe()} (modules also in training mode in {self.trained}, " \
@@ -192,18 +194,18 @@ class Hunk:
             what += f"; {len(self.inputs) - 2} more" if len(self.inputs) > 2 else ""
             if self.fed and self.loop is None:  # (`labels` given in A: the ops computed from it)
                 return "; ".join(f"{i.describe()} ({self._fed_ops(i)})" for i in self.fed)
-            if all(i.made for i in self.inputs) and self.loop is None and all(
-                    n.module is None for n in (*self.only_a, *self.only_b)):  # (`m(x, mask=torch.ones(2, 4))`)
+            if all(i.made for i in self.inputs) and self.loop is None and any(  # (`m(x, mask=torch.ones(2, 4))`)
+                    n.id in i.makers for i in self.inputs for n in (self.only_a if i.a is None else self.only_b)):
                 return what
-            if self.late and self.loop is None:  # (a strategy's own state, read after the branch it took)
-                return f"no tensor read differs before it: decided by Python state; the inputs differ too, " \
-                       f"read only after these ops: {what}"
             seen = "Python saw other inputs" if any(i.a is None or i.b is None for i in self.inputs) \
                 else "Python saw another shape or dtype"
             if self.loop is not None:
                 return f"{self.loop.describe()} ({self._undecided()}; {what}: {seen})"
             if self.shape_if:
                 return f"the `if` at `{self.shape_if}` tests {_tested(self.inputs)}; {what} ({seen})"
+            if self.late:  # (a strategy's own state, read after the branch it took)
+                return f"no tensor read differs before it: decided by Python state; the inputs differ too, " \
+                       f"read only after these ops: {what}"
             if self.shape_if == "" and all(i.a is not None and i.b is not None for i in self.inputs):
                 return f"no tensor read differs before it: decided by Python state (no `if` around these ops " \
                        f"tests a shape); the inputs differ too: {what}"
@@ -283,7 +285,7 @@ class Hunk:
                        unused=_swap_first(self.unused), caught=self.caught.mirror() if self.caught else None,
                        retyped=(self.retyped[0], self.retyped[2], self.retyped[1]) if self.retyped else None,
                        summed=(self.summed[0], self.summed[2], self.summed[1]) if self.summed else None,
-                       params=(other_side(self.params[0]), *self.params[1:]) if self.params else None,  # type: ignore
+                       params=(self.params[0], self.params[2], self.params[1]) if self.params else None,
                        whole=None)  # (a piece's hunk is A's: ``GraphDiff.mirror`` cuts the mirror again)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -302,8 +304,8 @@ class Hunk:
                 "caught": self.caught.to_dict() if self.caught else None,
                 "retyped": dict(zip(("module", "a", "b"), self.retyped)) if self.retyped else None,
                 "summed": dict(zip(("param", "a", "b"), self.summed)) if self.summed else None,
-                "params": {"side": self.params[0], "module": self.params[1], "params": list(self.params[2])}
-                if self.params else None,
+                "params": {"module": self.params[0], "a": list(self.params[1]), "b": list(self.params[2])}
+                if self.params else None, "late": self.late,
                 "state": {"side": self.state[0], "ops": list(self.state[1])} if self.state else None,
                 "unused": {"side": self.unused[0], "params": list(self.unused[1])} if self.unused else None,
                 "needs_grad": {"side": self.needs_grad[0], "params": list(self.needs_grad[1])} if self.needs_grad

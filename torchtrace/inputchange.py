@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Sequence, Tuple
 
 from .explain import ARROW, plural
 from .side import Side
@@ -29,6 +29,7 @@ class InputChange:
     count: int = 1
     at: int = field(default=-1, compare=False)  # the first row that reads one with its other type (-1: a named input)
     made: Optional[str] = None  # the op that made it inside the other pass (`m(x, mask=torch.ones(2, 4))`)
+    makers: Tuple[str, ...] = field(default=(), compare=False)  # that op and the views and writes after it: ids
 
     def describe(self) -> str:
         if not self.name:
@@ -63,10 +64,12 @@ def unread_inputs(meta: Dict[str, Any]) -> Dict[str, str]:
         if isinstance(found, list) else {}
 
 
-def _made(A: Side, B: Side, rows: Iterable[OpPair], name: str) -> Optional[str]:
+def _made(A: Side, B: Side, rows: Iterable[OpPair], name: str) -> Tuple[Optional[str], Tuple[str, ...]]:
     """The op that made, inside the other pass, what it passed where one pass read
     input ``name`` (the first aligned op that reads it, at the same place), when
-    that op ran outside any module call: ``m(x, attention_mask=torch.ones(2, 4))``."""
+    that op ran outside any module call (``m(x, attention_mask=torch.ones(2, 4))``;
+    back through the views and in-place writes after it: ``a = torch.ones(2, 4);
+    a[1, :2] = 0``), and the ids of those ops."""
     for x, side in ((0, A), (1, B)):
         v = side.named.get(name)
         if v is None:
@@ -77,10 +80,15 @@ def _made(A: Side, B: Side, rows: Iterable[OpPair], name: str) -> Optional[str]:
             if mine is None or theirs is None or v.id not in mine.inputs:
                 continue
             k = mine.inputs.index(v.id)
-            maker = other.producers().get(theirs.inputs[k]) if k < len(theirs.inputs) else None
-            n = other.node(maker) if maker is not None else None
-            return n.short_op if n is not None and n.module is None and n.phase == "forward" else None
-    return None
+            chain = []
+            made = other.producers().get(theirs.inputs[k]) if k < len(theirs.inputs) else None
+            while made is not None and other.node(made).module is None and other.node(made).phase == "forward":
+                n = other.node(made)
+                chain.append(n)
+                made = other.producers().get(n.inputs[0]) if n.inputs and {"view", "inplace"} & set(n.tags) \
+                    else None
+            return (chain[-1].short_op, tuple(n.id for n in chain)) if chain else (None, ())
+    return None, ()
 
 
 def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange, ...]:
@@ -94,8 +102,9 @@ def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange
         return out
 
     ta, tb = named(A), named(B)
-    out = [InputChange(k, ta.get(k), tb.get(k), made=_made(A, B, rows, k) if None in (ta.get(k), tb.get(k)) else None)
-           for k in list(ta) + [k for k in tb if k not in ta] if ta.get(k) != tb.get(k)]
+    out = [InputChange(k, ta.get(k), tb.get(k), made=made, makers=makers)
+           for k in list(ta) + [k for k in tb if k not in ta] if ta.get(k) != tb.get(k)
+           for made, makers in [_made(A, B, rows, k) if None in (ta.get(k), tb.get(k)) else (None, ())]]
     counts: Counter = Counter()
     names: Dict[Tuple[str, str, str], str] = {}
     first: Dict[Tuple[str, str, str], int] = {}
@@ -117,3 +126,20 @@ def input_changes(A: Side, B: Side, rows: Iterable[OpPair]) -> Tuple[InputChange
     out += [InputChange(names[key] or "" if c == 1 else "", key[1], key[2], key[0], c, first[key])
             for key, c in ranked]
     return tuple(out)
+
+
+def read_after(A: Side, B: Side, rows: Sequence["OpPair"], inputs: Sequence[InputChange], end: int) -> bool:
+    """Are ``inputs`` all tensors from outside the pass (params, buffers, constants)
+    that aligned ops read with their other types only from row ``end`` on, and that
+    no op only one side ran in ``rows`` reads (a strategy's own state tensor, read
+    after the branch a Python argument chose)? Then they are no cause of ``rows``."""
+    if not inputs or any(i.role == "input" or i.at < end for i in inputs):
+        return False
+    for x, side in ((0, A), (1, B)):
+        types = {(i.role, (i.a, i.b)[x]) for i in inputs}
+        for p in rows:
+            n = (p.a, p.b)[x]
+            if n is not None and (p.a is None or p.b is None) and any(
+                    (v.role, type_str(v)) in types for v in map(side.graph.value, n.inputs)):
+                return False
+    return True

@@ -4,7 +4,7 @@ and the autograd engine summing the gradients of a parameter that more ops read
 in one pass (tied weights)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classify import OpPair
@@ -12,13 +12,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from .side import Side
 
 
-def own_params(A: Side, B: Side, ops: Sequence[OpPair]) -> Dict[str, Tuple[str, Tuple[str, ...]]]:
-    """Module path -> (side, parameter names) where ops only that side ran read
-    parameters of their own module call that the other pass never read, in a
-    module both passes called with the same class (``m.head = nn.Linear(32, 8,
-    bias=True)`` for a head without bias: B's ``addmm`` reads ``head.bias``, where
-    A's ``mm`` read none): the module's parameters, or the ones it uses, differ."""
-    found: Dict[str, Tuple[str, List[str]]] = {}
+def own_params(A: Side, B: Side, ops: Sequence[OpPair]) -> Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+    """Module path -> (names in A, names in B) of the parameters of its own that ops only
+    that side ran read and the other pass never read, for a module both passes called
+    with the same class (``m.head = nn.Linear(32, 8, bias=True)`` for a head without
+    bias: B's ``addmm`` reads ``head.bias``, where A's ``mm`` read none): the module's
+    parameters, or the ones it uses, differ."""
+    found: Dict[str, Tuple[List[str], List[str]]] = {}
     for p in ops:
         if p.a is not None and p.b is not None:
             continue
@@ -30,22 +30,35 @@ def own_params(A: Side, B: Side, ops: Sequence[OpPair]) -> Dict[str, Tuple[str, 
         for v in n.inputs:
             val = side.graph.value(v)
             if val.role == "param" and val.name and val.name not in other.named and \
-                    val.name.rpartition(".")[0] == path and found.setdefault(path, ("AB"[x], []))[0] == "AB"[x] \
-                    and val.name not in found[path][1]:
-                found[path][1].append(val.name)
-    return {path: (side, tuple(names)) for path, (side, names) in found.items()}
+                    val.name.rpartition(".")[0] == path and val.name not in found.setdefault(path, ([], []))[x]:
+                found[path][x].append(val.name)
+    return {path: (tuple(a), tuple(b)) for path, (a, b) in found.items()}
 
 
-def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Dict[str, Tuple[str, Tuple[str, ...]]]
-              ) -> Optional[Tuple[str, str, Tuple[str, ...]]]:
-    """(side, module path, parameter names) of ``own_params`` when every op only one
-    side ran in ``rows`` ran in such a module (the ``view`` before B's ``addmm`` too)."""
+def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]],
+              before: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
+    """(module path, names in A, names in B) of ``own_params`` when every op only one
+    side ran in ``rows`` ran in such a module (the ``view`` before B's ``addmm`` too),
+    and no op ``before`` them outside that module made a tensor of another shape or
+    dtype (`x = torch.randn(4, 8)` in the block, then `if x.shape[0] > 2: h = h * self.w`)."""
     paths = {g.module_path(n.module) if n.module is not None else None for p in rows if p.a is None or p.b is None
              for g, n in ((A.graph, p.a), (B.graph, p.b)) if n is not None}
     if len(paths) != 1 or None in paths:
         return None
     [path] = paths
-    return (found[path][0], path, found[path][1]) if path in found else None
+    inside = (path + ".") if path else ""
+    if path not in found or any(p.status == "changed" and {"shape", "dtype"} & set(p.what) and (
+            p.a.module is None or not (A.graph.module_path(p.a.module) + ".").startswith(inside)) for p in before):
+        return None
+    return (path, *found[path])  # type: ignore[return-value]
+
+
+def reader_hunk(g: Graph, param: str, side: int, hunks: Sequence[Any]) -> Optional[Any]:
+    """The first forward hunk whose ops only side ``side`` (0: A) ran read ``param``:
+    the extra reader whose gradient the engine sums (`if self.reg: y = y + (self.w ** 2).sum()`)."""
+    return next((h for h in hunks if any(n.phase == "forward" and any(
+        g.value(v).role == "param" and g.value(v).name == param for v in n.inputs)
+        for n in (h.only_a, h.only_b)[side])), None)
 
 
 def gradient_sum(a: Graph, b: Graph, only_a: Sequence[Node], only_b: Sequence[Node]
