@@ -605,3 +605,74 @@ def test_only_the_hunk_that_made_the_mask_is_put_down_to_it():
 
 
 _PAD = torch.ones(2, 4)
+
+
+class ScaledLoss(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.scale = nn.Linear(8, 8), nn.Parameter(torch.ones(8))
+        self.act = False
+
+    def forward(self, x, labels=None):
+        if self.act:
+            x = torch.tanh(x)
+        h = self.l(x)
+        if labels is not None or x.shape[0] > 2:
+            h = h * self.scale
+            return (h - labels).pow(2).mean() if labels is not None else h
+        return h
+
+
+def test_a_parameter_only_one_pass_read_gives_way_to_inputs_made_tensors_and_other_lines():
+    """(Second review: the parameter cause took the loss branch of `labels` given only in B,
+    a `tanh` of another `if` in its module, and a branch on a tensor `torch.cat` made only
+    in B; a buffer of another type read only after the head hid it.)"""
+    torch.manual_seed(0)
+    m, x, y = ScaledLoss().eval(), torch.randn(2, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        with torchtrace.trace(m) as ta:
+            m(x)
+        with torchtrace.trace(m) as tb:
+            m(x, labels=y)
+        with torchtrace.trace(m) as tc:
+            m(torch.cat([x, x]))
+        m.act = True
+        with torchtrace.trace(m) as td:
+            m(x, labels=y)
+    [h] = torchtrace.diff(ta.graph, tb.graph).structural_hunks
+    assert h.params is None and h.explanation.startswith("input `labels` only in B (f32[2,8]) (ops computed from it)")
+    assert all(h.params is None for h in torchtrace.diff(ta.graph, tc.graph).structural_hunks)
+    hunks = torchtrace.diff(tb.graph, td.graph).structural_hunks
+    assert [n.op for h in hunks for n in h.only_b] == ["aten.tanh.default"] and hunks[0].params is None
+
+    class Stats(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(8, 16), nn.Linear(16, 4, bias=False)
+            self.register_buffer("stats", torch.zeros(1, 4))
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(x))) + self.stats.mean(0)
+
+    s = Stats().eval()
+    with torch.no_grad():
+        with torchtrace.trace(s) as ta:
+            s(x)
+        s.head, s.stats = nn.Linear(16, 4, bias=True).eval(), torch.zeros(3, 4)
+        with torchtrace.trace(s) as tb:
+            s(x)
+    [h] = torchtrace.diff(ta.graph, tb.graph).structural_hunks
+    assert h.params == ("head", (), ("head.bias",)), h.explanation
+
+
+def test_a_bias_set_to_none_in_a_torch_container_called_from_two_lines_is_its_parameter():
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        with torchtrace.trace(m) as ta:
+            m(x)
+        m[2].bias = None
+        with torchtrace.trace(m) as tb:
+            m(x)
+    [h] = torchtrace.diff(ta.graph, tb.graph).structural_hunks
+    assert h.params == ("2", ("2.bias",), ()), h.explanation

@@ -38,7 +38,7 @@ from .sided import (accumulated, casts, differing_grad_modes, differing_meta, di
                     fed_not_read, fed_values, in_modal_modules, needs_grad, optimizer_state, ran_on, ran_only,
                     recomputed, retyped, shape_if, stopped, trained, unused)
 from .ir import Graph
-from .paramcause import own_params, params_of
+from .paramcause import blocks_params, own_params, params_of
 from .loopchange import runs_said
 from .returned import returned_change
 from .rewires import rewires
@@ -357,7 +357,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
                 witness = None  # (`labels` passed only in A: its loss is the input's, not an earlier read's)
             swapped = retyped(A, B, rows) if loop is None else None
             reparams = params_of(A, B, rows, params, ops[:k0]) if loop is None and swapped is None and \
-                witness is None and not any(i.a is not None and i.b is not None for i in inputs) else None
+                witness is None and not blocks_params(inputs, k1) and not fed_by(rows, fed) else None
             # (training mode needs a sign that it decided these ops when a loop count, other input types,
             # another module class or other parameters can explain them)
             mode = trained(A, B, rows, fed, strict=loop is not None or swapped is not None or reparams is not None

@@ -4,7 +4,7 @@ and the autograd engine summing the gradients of a parameter that more ops read
 in one pass (tied weights)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from .classify import OpPair
@@ -12,13 +12,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .side import Side
 
 
-def own_params(A: Side, B: Side, ops: Sequence[OpPair]) -> Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]:
-    """Module path -> (names in A, names in B) of the parameters of its own that ops only
-    that side ran read and the other pass never read, for a module both passes called
-    with the same class (``m.head = nn.Linear(32, 8, bias=True)`` for a head without
-    bias: B's ``addmm`` reads ``head.bias``, where A's ``mm`` read none): the module's
-    parameters, or the ones it uses, differ."""
-    found: Dict[str, Tuple[List[str], List[str]]] = {}
+Found = Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...], FrozenSet[Tuple[str, int]]]]
+
+
+def own_params(A: Side, B: Side, ops: Sequence[OpPair]) -> Found:
+    """Module path -> (names in A, names in B, the lines that read them) of the parameters
+    of its own that ops only that side ran read and the other pass never read, for a
+    module both passes called with the same class (``m.head = nn.Linear(32, 8,
+    bias=True)`` for a head without bias: B's ``addmm`` reads ``head.bias``, where A's
+    ``mm`` read none): the module's parameters, or the ones it uses, differ."""
+    found: Dict[str, Tuple[List[str], List[str], Set[Tuple[str, int]]]] = {}
     for p in ops:
         if p.a is not None and p.b is not None:
             continue
@@ -30,27 +33,43 @@ def own_params(A: Side, B: Side, ops: Sequence[OpPair]) -> Dict[str, Tuple[Tuple
         for v in n.inputs:
             val = side.graph.value(v)
             if val.role == "param" and val.name and val.name not in other.named and \
-                    val.name.rpartition(".")[0] == path and val.name not in found.setdefault(path, ([], []))[x]:
-                found[path][x].append(val.name)
-    return {path: (tuple(a), tuple(b)) for path, (a, b) in found.items()}
+                    val.name.rpartition(".")[0] == path:
+                names = found.setdefault(path, ([], [], set()))
+                names[2].add(side.line(n))
+                if val.name not in names[x]:
+                    names[x].append(val.name)
+    return {path: (tuple(a), tuple(b), frozenset(lines)) for path, (a, b, lines) in found.items()}
 
 
-def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]],
-              before: Sequence[OpPair]) -> Optional[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
+def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, before: Sequence[OpPair]
+              ) -> Optional[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
     """(module path, names in A, names in B) of ``own_params`` when every op only one
-    side ran in ``rows`` ran in such a module (the ``view`` before B's ``addmm`` too),
-    and no op ``before`` them outside that module made a tensor of another shape or
-    dtype (`x = torch.randn(4, 8)` in the block, then `if x.shape[0] > 2: h = h * self.w`)."""
-    paths = {g.module_path(n.module) if n.module is not None else None for p in rows if p.a is None or p.b is None
-             for g, n in ((A.graph, p.a), (B.graph, p.b)) if n is not None}
-    if len(paths) != 1 or None in paths:
+    side ran in ``rows`` ran in such a module at a line that reads them (the ``view``
+    of `F.linear` before B's ``addmm``, A's ``mm``; not the ``tanh`` of another `if`),
+    and no op ``before`` them outside that module ran on one side only or made a tensor
+    of another shape or dtype (`x = torch.cat([x, x])` in the block, then `if
+    x.shape[0] > 2: h = h * self.w`)."""
+    ops = [(side, n) for p in rows if p.a is None or p.b is None for side, n in ((A, p.a), (B, p.b)) if n is not None]
+    paths = {side.graph.module_path(n.module) if n.module is not None else None for side, n in ops}
+    if len(paths) != 1 or None in paths or next(iter(paths)) not in found:
         return None
     [path] = paths
+    in_a, in_b, lines = found[path]
     inside = (path + ".") if path else ""
-    if path not in found or any(p.status == "changed" and {"shape", "dtype"} & set(p.what) and (
-            p.a.module is None or not (A.graph.module_path(p.a.module) + ".").startswith(inside)) for p in before):
+    if any(side.line(n) not in lines for side, n in ops) or any(
+            (p.status in ("only_a", "only_b") or p.status == "changed" and {"shape", "dtype"} & set(p.what)) and (
+                n.module is None or not (g.module_path(n.module) + ".").startswith(inside))
+            for p in before for g, n in [(A.graph, p.a) if p.a is not None else (B.graph, p.b)]):
         return None
-    return (path, *found[path])  # type: ignore[return-value]
+    return path, in_a, in_b
+
+
+def blocks_params(inputs: Sequence[Any], end: int) -> bool:
+    """Do ``inputs`` explain a hunk ending at row ``end`` better than a module's own
+    parameters: one only one pass passed (not one it made in the block), or one of
+    another type read before ``end`` (a buffer read only after the hunk is not)?"""
+    return any((i.a is None or i.b is None) and i.made is None or i.a is not None and i.b is not None and (
+        i.role == "input" or i.at < end) for i in inputs)
 
 
 def reader_hunk(g: Graph, param: str, side: int, hunks: Sequence[Any]) -> Optional[Any]:

@@ -146,6 +146,10 @@ class Side:
             if k is not None:
                 self.reads.setdefault(self.sigs[i], []).append(i)
 
+    def line(self, n: "Node") -> Tuple[str, int]:
+        """(file name, line) of op ``n``, as the other pass's would read (``relined``)."""
+        return self._relined.get(n.id) or ((base_name(n.source.file), n.source.line) if n.source else ("", 0))
+
     @cached_property
     def loop_keys(self) -> List[Any]:
         """``wkeys`` as loops read them: a number read at a ``while`` line
