@@ -676,3 +676,49 @@ def test_a_bias_set_to_none_in_a_torch_container_called_from_two_lines_is_its_pa
             m(x)
     [h] = torchtrace.diff(ta.graph, tb.graph).structural_hunks
     assert h.params == ("2", ("2.bias",), ()), h.explanation
+
+
+class BodyHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(8, 16, bias=False), nn.Linear(16, 4, bias=False)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)))
+
+
+def test_a_swapped_module_is_its_parameter_after_other_swaps_and_unrelated_ops_and_from_two_lines():
+    """(Third review: any op only one pass ran before the module -- another swapped
+    module's `addmm`, an unrelated `x.norm()` -- took the parameter cause away; and
+    backward ops of torch's own container called from two lines missed it, so that
+    `diff(b, a)` was no mirror of `diff(a, b)`.)"""
+    torch.manual_seed(0)
+    m, x = BodyHead().eval(), torch.randn(2, 8)
+    with torch.no_grad():
+        with torchtrace.trace(m) as ta:
+            m(x)
+        m.head = nn.Linear(16, 4).eval()
+        with torchtrace.trace(m) as tb:
+            x.norm()
+            m(x)
+        m.body = nn.Linear(8, 16).eval()
+        with torchtrace.trace(m) as tc:
+            m(x)
+    assert [h.params for h in torchtrace.diff(ta.graph, tb.graph).structural_hunks] == [
+        None, ("head", (), ("head.bias",))]
+    assert [h.params for h in torchtrace.diff(ta.graph, tc.graph).structural_hunks] == [
+        ("body", (), ("body.bias",)), ("head", (), ("head.bias",))]
+
+    seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4, bias=False))
+    seq(x).sum().backward()  # (the .grads exist in both passes)
+    with torchtrace.trace(seq) as ta:
+        seq(x).sum().backward()
+    seq[2] = nn.Linear(8, 4)
+    seq[2].weight.grad, seq[2].bias.grad = torch.zeros(4, 8), torch.zeros(4)
+    with torchtrace.trace(seq) as tb:
+        out = seq(x)
+        out.sum().backward()
+    d = torchtrace.diff(ta.graph, tb.graph)
+    mine = [h for h in d.structural_hunks if h.module == "2"]
+    assert len(mine) == 3 and all(h.params == ("2", (), ("2.bias",)) for h in mine), [h.explanation for h in mine]
+    assert torchtrace.diff(tb.graph, ta.graph).why() == d.mirror().why()

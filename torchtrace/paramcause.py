@@ -46,21 +46,25 @@ def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, before: Se
     """(module path, names in A, names in B) of ``own_params`` when every op only one
     side ran in ``rows`` ran in such a module at a line that reads them (the ``view``
     of `F.linear` before B's ``addmm``, A's ``mm``; not the ``tanh`` of another `if`),
-    and no op ``before`` them outside that module ran on one side only or made a tensor
-    of another shape or dtype (`x = torch.cat([x, x])` in the block, then `if
-    x.shape[0] > 2: h = h * self.w`)."""
+    and no op ``before`` them outside that module, on one side only or making a tensor of
+    another shape or dtype, made what the module's ops read (`x = torch.cat([x, x])` in
+    the block, then `if x.shape[0] > 2: h = h * self.w`)."""
     ops = [(side, n) for p in rows if p.a is None or p.b is None for side, n in ((A, p.a), (B, p.b)) if n is not None]
     paths = {side.graph.module_path(n.module) if n.module is not None else None for side, n in ops}
     if len(paths) != 1 or None in paths or next(iter(paths)) not in found:
         return None
     [path] = paths
     in_a, in_b, lines = found[path]
-    inside = (path + ".") if path else ""
-    if any(side.line(n) not in lines for side, n in ops) or any(
-            (p.status in ("only_a", "only_b") or p.status == "changed" and {"shape", "dtype"} & set(p.what)) and (
-                n.module is None or not (g.module_path(n.module) + ".").startswith(inside))
-            for p in before for g, n in [(A.graph, p.a) if p.a is not None else (B.graph, p.b)]):
+    if any(side.line(n) not in lines for side, n in ops):
         return None
+    inside = (path + ".") if path else ""
+    for x, side in ((0, A), (1, B)):  # (what the module's ops read, made before them on one side or in another type)
+        g = side.graph
+        mine = {n.id for n in g.nodes if n.module is not None and (g.module_path(n.module) + ".").startswith(inside)}
+        read = {v for n in g.nodes if n.id in mine for v in n.inputs}
+        if any(n is not None and n.id not in mine and (p.a is None or p.b is None or {"shape", "dtype"} & set(p.what))
+               and p.status != "same" and read.intersection(n.outputs) for p in before for n in [(p.a, p.b)[x]]):
+            return None
     return path, in_a, in_b
 
 

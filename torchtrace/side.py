@@ -147,8 +147,12 @@ class Side:
                 self.reads.setdefault(self.sigs[i], []).append(i)
 
     def line(self, n: "Node") -> Tuple[str, int]:
-        """(file name, line) of op ``n``, as the other pass's would read (``relined``)."""
-        return self._relined.get(n.id) or ((base_name(n.source.file), n.source.line) if n.source else ("", 0))
+        """(file name, line) of op ``n``, as the other pass's would read (``relined``; a
+        backward op's as its forward op's, whose line it carries)."""
+        got = self._relined.get(n.id)
+        if got is None and n.autograd_node is not None and self._relined:
+            got = self._relined.get(self.graph.autograd_node(n.autograd_node).op or "")
+        return got or ((base_name(n.source.file), n.source.line) if n.source else ("", 0))
 
     @cached_property
     def loop_keys(self) -> List[Any]:

@@ -153,14 +153,28 @@ def _text(x: Any, stored: Optional[Callable[[float], Any]]) -> str:
     if stored is None or type(x) is not float or not math.isfinite(x):
         return repr(x)
     exact = stored(x)
-    for digits in range(1, 10):  # the shortest text that reads back as the same number of the dtype
-        text = f"{x:.{digits}g}"
+
+    def back(digits: int) -> bool:
         try:
-            if stored(float(text)) == exact:
-                return text if any(c in text for c in ".e") else text + ".0"
+            return stored(float(f"{x:.{digits}g}")) == exact
         except OverflowError:  # (float16's 65504 as 7e+04)
-            continue
-    return repr(x)
+            return False
+
+    # the shortest text that reads back as the same number of the dtype: found by halving, as
+    # a text of more digits is as near to ``x`` at least; one by one from 1 for a power of two,
+    # whose neighbour below is nearer than the one above (a text past it may miss)
+    if math.frexp(x)[0] in (0.5, -0.5):
+        digits = next((d for d in range(1, 10) if back(d)), 0)
+    else:
+        lo, hi = 1, 9
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if back(mid) else (mid + 1, hi)
+        digits = lo if back(lo) else 0
+    if not digits:
+        return repr(x)
+    text = f"{x:.{digits}g}"
+    return text if any(c in text for c in ".e") else text + ".0"
 
 
 def _note(name: str, t: Any, out: Any, caller: Any) -> None:

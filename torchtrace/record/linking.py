@@ -94,28 +94,32 @@ class AutogradPart:
         custom = {k for k, e in self._entries.items() if e.custom}
         made: Dict[int, tuple] = {}  # value -> the key of the Node whose backward op made it
         out: Set[int] = set()
+        kids: Dict[tuple, Optional[Tuple[Set[tuple], List[tuple]]]] = {}  # (a cat's Node: N kids, N sums)
         for i, ev in enumerate(events):
             if ev[E_PHASE] != BACKWARD or ev[E_ANODE] is None:
                 continue
             k = key(ev[E_ANODE])
             if infos[i].name in _SUMS and k[0] != "acc" and k not in custom and any(
-                    m is not None and m != k and m not in custom and not self._feeds(m, k, ran)
+                    m is not None and m != k and m not in custom and not self._feeds(m, k, ran, kids)
                     for m in (made.get(v) for v in ev[E_INS])):
                 out.add(i)
             for v in ev[E_OUTS]:
                 made[v] = k
         return out
 
-    def _feeds(self, parent: tuple, child: tuple, ran: Set[tuple], depth: int = 4) -> bool:
-        """Does the Node ``parent`` reach ``child``, directly or through Nodes that ran no op?"""
-        e = self._entries.get(parent)
-        if e is None:
+    def _feeds(self, parent: tuple, child: tuple, ran: Set[tuple],
+               kids: Dict[tuple, Optional[Tuple[Set[tuple], List[tuple]]]], depth: int = 4) -> bool:
+        """Does the Node ``parent`` reach ``child``, directly or through Nodes that ran no op?
+        (``kids``: per Node, its children's keys and those of the ones that ran none.)"""
+        if parent not in kids:
+            e = self._entries.get(parent)
+            keys = None if e is None else [self._key(kid) for kid in e.kids]
+            kids[parent] = None if keys is None else (set(keys), [kk for kk in keys if kk not in ran])
+        found = kids[parent]
+        if found is None:
             return True  # (not walked: say nothing)
-        for kid in e.kids:
-            kk = self._key(kid)
-            if kk == child or (depth and kk not in ran and self._feeds(kk, child, ran, depth - 1)):
-                return True
-        return False
+        return child in found[0] or bool(depth) and any(self._feeds(kk, child, ran, kids, depth - 1)
+                                                        for kk in found[1])
 
     def differentiable(self, op: int, name: str, outs: tuple, vid: int) -> bool:
         """Is output ``vid`` of op ``op`` (which made a Node) one autograd gives a

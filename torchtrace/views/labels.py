@@ -60,8 +60,8 @@ def range_name(names: Sequence[str]) -> str:
     if not names:
         return ""
     runs: List[List[str]] = []
-    for n in names:
-        if runs and _compress([*runs[-1], n]) is not None:
+    for n in names:  # (a run that compresses goes on when its last two names and the next one do: linear)
+        if runs and _compress([*runs[-1][-2:], n]) is not None:
             runs[-1].append(n)
         else:
             runs.append([n])
