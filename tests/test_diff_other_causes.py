@@ -722,3 +722,36 @@ def test_a_swapped_module_is_its_parameter_after_other_swaps_and_unrelated_ops_a
     mine = [h for h in d.structural_hunks if h.module == "2"]
     assert len(mine) == 3 and all(h.params == ("2", (), ("2.bias",)) for h in mine), [h.explanation for h in mine]
     assert torchtrace.diff(tb.graph, ta.graph).why() == d.mirror().why()
+
+
+def test_modules_in_a_row_that_each_took_a_bias_are_each_their_parameter():
+    """(Fourth review: the first module's one-sided `addmm` made what the second reads, of
+    the same type in both passes, and took the second's cause away; so did a `roll` against
+    a `flip` of the same shape before the second call of a head.)"""
+    torch.manual_seed(0)
+    seq, x = nn.Sequential(nn.Linear(8, 16, bias=False), nn.Linear(16, 4, bias=False)).eval(), torch.randn(2, 8)
+
+    def traced(m):
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x)
+        return t.graph
+
+    before = traced(seq)
+    seq[0], seq[1] = nn.Linear(8, 16).eval(), nn.Linear(16, 4).eval()
+    assert [h.params for h in torchtrace.diff(before, traced(seq)).structural_hunks] == [
+        ("0", (), ("0.bias",)), ("1", (), ("1.bias",))]
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head, self.roll = nn.Linear(8, 4, bias=False), False
+
+        def forward(self, x):
+            return self.head(x) + self.head(x.roll(1, 0) if self.roll else x.flip(0))
+
+    m = Twice().eval()
+    before = traced(m)
+    m.head, m.roll = nn.Linear(8, 4).eval(), True
+    hunks = torchtrace.diff(before, traced(m)).structural_hunks
+    assert hunks[-1].params == ("head", (), ("head.bias",)), [h.explanation for h in hunks]
+    assert all(h.params is None for h in hunks if any(n.op == "aten.roll.default" for n in h.only_b))

@@ -356,7 +356,7 @@ def _diff(A: Side, B: Side) -> GraphDiff:
             if loop is None and ran is None and adjacent is None and fed_not_read(A, B, rows, fed, witness):
                 witness = None  # (`labels` passed only in A: its loss is the input's, not an earlier read's)
             swapped = retyped(A, B, rows) if loop is None else None
-            reparams = params_of(A, B, rows, params, ops[:k0]) if loop is None and swapped is None and \
+            reparams = params_of(A, B, rows, params, ops, k0) if loop is None and swapped is None and \
                 witness is None and not blocks_params(inputs, k1) and not fed_by(rows, fed) else None
             # (training mode needs a sign that it decided these ops when a loop count, other input types,
             # another module class or other parameters can explain them)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
+from .textform import type_str
+
 if TYPE_CHECKING:  # pragma: no cover
     from .classify import OpPair
     from .ir import Graph, Node
@@ -41,29 +43,36 @@ def own_params(A: Side, B: Side, ops: Sequence[OpPair]) -> Found:
     return {path: (tuple(a), tuple(b), frozenset(lines)) for path, (a, b, lines) in found.items()}
 
 
-def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, before: Sequence[OpPair]
+def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, ops: Sequence[OpPair], k0: int
               ) -> Optional[Tuple[str, Tuple[str, ...], Tuple[str, ...]]]:
     """(module path, names in A, names in B) of ``own_params`` when every op only one
     side ran in ``rows`` ran in such a module at a line that reads them (the ``view``
     of `F.linear` before B's ``addmm``, A's ``mm``; not the ``tanh`` of another `if`),
-    and no op ``before`` them outside that module, on one side only or making a tensor of
-    another shape or dtype, made what the module's ops read (`x = torch.cat([x, x])` in
-    the block, then `if x.shape[0] > 2: h = h * self.w`)."""
-    ops = [(side, n) for p in rows if p.a is None or p.b is None for side, n in ((A, p.a), (B, p.b)) if n is not None]
-    paths = {side.graph.module_path(n.module) if n.module is not None else None for side, n in ops}
+    and the module's ops read nothing that an op before row ``k0``, outside the module,
+    made on one side only or in another type, of a shape or dtype the other pass's module
+    read none of (`x = torch.cat([x, x])` in the block, then `if x.shape[0] > 2: h = h *
+    self.w`; not the output of a module before it that took a bias too)."""
+    ones = [(side, n) for p in rows if p.a is None or p.b is None for side, n in ((A, p.a), (B, p.b)) if n is not None]
+    paths = {side.graph.module_path(n.module) if n.module is not None else None for side, n in ones}
     if len(paths) != 1 or None in paths or next(iter(paths)) not in found:
         return None
     [path] = paths
     in_a, in_b, lines = found[path]
-    if any(side.line(n) not in lines for side, n in ops):
+    if any(side.line(n) not in lines for side, n in ones):
         return None
     inside = (path + ".") if path else ""
-    for x, side in ((0, A), (1, B)):  # (what the module's ops read, made before them on one side or in another type)
-        g = side.graph
-        mine = {n.id for n in g.nodes if n.module is not None and (g.module_path(n.module) + ".").startswith(inside)}
-        read = {v for n in g.nodes if n.id in mine for v in n.inputs}
-        if any(n is not None and n.id not in mine and (p.a is None or p.b is None or {"shape", "dtype"} & set(p.what))
-               and p.status != "same" and read.intersection(n.outputs) for p in before for n in [(p.a, p.b)[x]]):
+    within = [{n.id for n in g.nodes if n.module is not None and (g.module_path(n.module) + ".").startswith(inside)}
+              for g in (A.graph, B.graph)]
+    for x, side in ((0, A), (1, B)):
+        g, other = side.graph, (B, A)[x].graph
+        made = {v for p in ops[:k0] for n in [(p.a, p.b)[x]] if n is not None and n.id not in within[x] and (
+            p.a is None or p.b is None or p.status == "changed" and {"shape", "dtype"} & set(p.what))
+            for v in n.outputs}
+        if not made:
+            continue
+        theirs = {type_str(other.value(v)) for n in other.nodes if n.id in within[1 - x] for v in n.inputs}
+        if any(v in made and type_str(g.value(v)) not in theirs
+               for n in g.nodes if n.id in within[x] for v in n.inputs):
             return None
     return path, in_a, in_b
 
