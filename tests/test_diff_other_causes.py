@@ -755,3 +755,56 @@ def test_modules_in_a_row_that_each_took_a_bias_are_each_their_parameter():
     hunks = torchtrace.diff(before, traced(m)).structural_hunks
     assert hunks[-1].params == ("head", (), ("head.bias",)), [h.explanation for h in hunks]
     assert all(h.params is None for h in hunks if any(n.op == "aten.roll.default" for n in h.only_b))
+
+
+class InnerIf(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.l, self.w = nn.Linear(8, n), nn.Parameter(torch.ones(n))
+
+    def forward(self, x):
+        h = self.l(x)
+        if x.shape[0] > 2:
+            h = h * self.w
+        return h
+
+
+def test_a_tensor_made_in_one_pass_blocks_the_parameter_cause_by_what_the_paired_op_read():
+    """(Fifth review: a `torch.cat` only B made, of the shape of A's square weight, got
+    through because A's module read that type somewhere; and a second call's made input
+    took the first call's cause away.)"""
+    x = torch.randn(2, 8)
+
+    class Outer(nn.Module):
+        def __init__(self, dup: bool) -> None:
+            super().__init__()
+            self.inner, self.dup = InnerIf(8), dup
+
+        def forward(self, x):
+            return self.inner(torch.cat([x, x, x, x]) if self.dup else x)
+
+    graphs = []
+    for dup in (False, True):
+        torch.manual_seed(1)
+        m = Outer(dup)
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    assert all(h.params is None for h in torchtrace.diff(*graphs).structural_hunks)
+
+    class TwoCalls(nn.Module):
+        def __init__(self, bias: bool) -> None:
+            super().__init__()
+            self.head, self.bias = nn.Linear(8, 5, bias=bias), bias
+
+        def forward(self, x):
+            return self.head(x).sum() + self.head(x.repeat(2, 1) if self.bias else x.flip(0)).sum()
+
+    graphs = []
+    for bias in (False, True):
+        m = TwoCalls(bias)
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    hunks = [h for h in torchtrace.diff(*graphs).structural_hunks if h.module == "head"]
+    assert [h.params for h in hunks] == [("head", (), ("head.bias",)), None], [h.explanation for h in hunks]

@@ -48,10 +48,10 @@ def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, ops: Seque
     """(module path, names in A, names in B) of ``own_params`` when every op only one
     side ran in ``rows`` ran in such a module at a line that reads them (the ``view``
     of `F.linear` before B's ``addmm``, A's ``mm``; not the ``tanh`` of another `if`),
-    and the module's ops read nothing that an op before row ``k0``, outside the module,
-    made on one side only or in another type, of a shape or dtype the other pass's module
-    read none of (`x = torch.cat([x, x])` in the block, then `if x.shape[0] > 2: h = h *
-    self.w`; not the output of a module before it that took a bias too)."""
+    and the ops of that module call read nothing that an op before row ``k0``, outside it,
+    made on one side only or in another type, unlike the other pass (`x = torch.cat([x,
+    x])` in the block, then `if x.shape[0] > 2: h = h * self.w`; not the output of a
+    module before it that took a bias too: ``_read_otherwise``)."""
     ones = [(side, n) for p in rows if p.a is None or p.b is None for side, n in ((A, p.a), (B, p.b)) if n is not None]
     paths = {side.graph.module_path(n.module) if n.module is not None else None for side, n in ones}
     if len(paths) != 1 or None in paths or next(iter(paths)) not in found:
@@ -60,21 +60,44 @@ def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, ops: Seque
     in_a, in_b, lines = found[path]
     if any(side.line(n) not in lines for side, n in ones):
         return None
-    inside = (path + ".") if path else ""
-    within = [{n.id for n in g.nodes if n.module is not None and (g.module_path(n.module) + ".").startswith(inside)}
+    calls = {(m.path, m.call) for side, n in ones for m in [side.graph.module(n.module)]}
+    within = [{n.id for n in g.nodes if n.module is not None and any((m.path, m.call) in calls
+                                                                     for m in g.calls_around(n.module))}
               for g in (A.graph, B.graph)]
     for x, side in ((0, A), (1, B)):
         g, other = side.graph, (B, A)[x].graph
         made = {v for p in ops[:k0] for n in [(p.a, p.b)[x]] if n is not None and n.id not in within[x] and (
             p.a is None or p.b is None or p.status == "changed" and {"shape", "dtype"} & set(p.what))
             for v in n.outputs}
-        if not made:
-            continue
-        theirs = {type_str(other.value(v)) for n in other.nodes if n.id in within[1 - x] for v in n.inputs}
-        if any(v in made and type_str(g.value(v)) not in theirs
-               for n in g.nodes if n.id in within[x] for v in n.inputs):
+        if made and _read_otherwise(g, other, made, within, x, ops):
             return None
     return path, in_a, in_b
+
+
+def _read_otherwise(g: Graph, other: Graph, made: Set[str], within: List[Set[str]], x: int,
+                    ops: Sequence[OpPair]) -> bool:
+    """Does an op of the module call (``within``, on side ``x``) read a value of ``made``
+    unlike the other pass: another type, or a parameter or buffer, where the paired op read it, or, for
+    an op only this side ran, than any input of the other pass's ops in that call?"""
+    def kind(graph: Graph, v: str) -> Tuple[str, str]:  # (a parameter or buffer, else any tensor: `x.float()`)
+        val = graph.value(v)
+        return val.role if val.role in ("param", "buffer") else "", type_str(val)
+
+    theirs = None
+    for p in ops:
+        n, them = (p.a, p.b) if x == 0 else (p.b, p.a)
+        if n is None or n.id not in within[x] or not made.intersection(n.inputs):
+            continue
+        if them is not None:
+            if any(v in made and (k >= len(them.inputs) or kind(g, v) != kind(other, them.inputs[k]))
+                   for k, v in enumerate(n.inputs)):
+                return True
+            continue
+        if theirs is None:
+            theirs = {kind(other, v) for m in other.nodes if m.id in within[1 - x] for v in m.inputs}
+        if any(v in made and kind(g, v) not in theirs for v in n.inputs):
+            return True
+    return False
 
 
 def blocks_params(inputs: Sequence[Any], end: int) -> bool:
