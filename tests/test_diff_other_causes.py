@@ -808,3 +808,51 @@ def test_a_tensor_made_in_one_pass_blocks_the_parameter_cause_by_what_the_paired
         graphs.append(t.graph)
     hunks = [h for h in torchtrace.diff(*graphs).structural_hunks if h.module == "head"]
     assert [h.params for h in hunks] == [("head", (), ("head.bias",)), None], [h.explanation for h in hunks]
+
+
+def test_a_modules_extra_first_call_and_swapped_inputs_leave_the_shared_calls_parameter_named():
+    """(Sixth review: B's extra first call of `head`, on a made tensor, blocked the call
+    both passes made -- call 0 in A, 1 in B; `torch.add(e, x)` against `torch.add(x, e)`
+    with a made `x` was read as a buffer against another tensor.)"""
+    x = torch.randn(2, 8)
+
+    class Extra(nn.Module):
+        def __init__(self, b: bool) -> None:
+            super().__init__()
+            self.head, self.b = nn.Linear(8, 8, bias=b), b
+
+        def forward(self, x):
+            r = self.head(x.repeat(2, 1)).sum() if self.b else 0
+            return self.head(x).sum() + r
+
+    class Swapped(nn.Module):
+        def __init__(self, b: bool) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 8))
+            self.bias = nn.Parameter(torch.zeros(4)) if b else None
+            self.register_buffer("e", torch.ones(2, 8))
+
+        def forward(self, x):
+            t = torch.add(x, self.e) if self.bias is not None else torch.add(self.e, x)
+            return F.linear(t, self.weight, self.bias)
+
+    class Outer(nn.Module):
+        def __init__(self, b: bool) -> None:
+            super().__init__()
+            self.head, self.b = Swapped(b), b
+
+        def forward(self, x):
+            return self.head(x.flip(0) if self.b else x)
+
+    for make, module in ((Extra, "head"), (Outer, "head")):
+        graphs = []
+        for b in (False, True):
+            torch.manual_seed(0)
+            m = make(b)
+            with torch.no_grad(), torchtrace.trace(m) as t:
+                m(x)
+            graphs.append(t.graph)
+        d = torchtrace.diff(*graphs)
+        mine = [h for h in d.structural_hunks if h.module == module]
+        assert mine and all(h.params == (module, (), (f"{module}.bias",)) for h in mine), [h.explanation for h in mine]
+        assert torchtrace.diff(graphs[1], graphs[0]).why() == d.mirror().why()

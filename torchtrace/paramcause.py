@@ -4,6 +4,7 @@ and the autograd engine summing the gradients of a parameter that more ops read
 in one pass (tied weights)."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from .textform import type_str
@@ -60,10 +61,12 @@ def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, ops: Seque
     in_a, in_b, lines = found[path]
     if any(side.line(n) not in lines for side, n in ones):
         return None
-    calls = {(m.path, m.call) for side, n in ones for m in [side.graph.module(n.module)]}
-    within = [{n.id for n in g.nodes if n.module is not None and any((m.path, m.call) in calls
+    # (each side's own calls: B's extra first call of a module is not A's first)
+    calls = [{(m.path, m.call) for s, n in ones if s is side for m in [side.graph.module(n.module)]} for side in (A, B)]
+    calls = [mine or theirs for mine, theirs in zip(calls, calls[::-1])]
+    within = [{n.id for n in g.nodes if n.module is not None and any((m.path, m.call) in keys
                                                                      for m in g.calls_around(n.module))}
-              for g in (A.graph, B.graph)]
+              for g, keys in zip((A.graph, B.graph), calls)]
     for x, side in ((0, A), (1, B)):
         g, other = side.graph, (B, A)[x].graph
         made = {v for p in ops[:k0] for n in [(p.a, p.b)[x]] if n is not None and n.id not in within[x] and (
@@ -77,7 +80,7 @@ def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, ops: Seque
 def _read_otherwise(g: Graph, other: Graph, made: Set[str], within: List[Set[str]], x: int,
                     ops: Sequence[OpPair]) -> bool:
     """Does an op of the module call (``within``, on side ``x``) read a value of ``made``
-    unlike the other pass: another type, or a parameter or buffer, where the paired op read it, or, for
+    unlike the other pass: other types, or parameters or buffers, than the paired op read, or, for
     an op only this side ran, than any input of the other pass's ops in that call?"""
     def kind(graph: Graph, v: str) -> Tuple[str, str]:  # (a parameter or buffer, else any tensor: `x.float()`)
         val = graph.value(v)
@@ -88,9 +91,8 @@ def _read_otherwise(g: Graph, other: Graph, made: Set[str], within: List[Set[str
         n, them = (p.a, p.b) if x == 0 else (p.b, p.a)
         if n is None or n.id not in within[x] or not made.intersection(n.inputs):
             continue
-        if them is not None:
-            if any(v in made and (k >= len(them.inputs) or kind(g, v) != kind(other, them.inputs[k]))
-                   for k, v in enumerate(n.inputs)):
+        if them is not None:  # (as a multiset: `torch.add(e, x)` against `torch.add(x, e)`)
+            if Counter(kind(g, v) for v in n.inputs) != Counter(kind(other, v) for v in them.inputs):
                 return True
             continue
         if theirs is None:
