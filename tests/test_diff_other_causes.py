@@ -783,14 +783,7 @@ def test_a_tensor_made_in_one_pass_blocks_the_parameter_cause_by_what_the_paired
         def forward(self, x):
             return self.inner(torch.cat([x, x, x, x]) if self.dup else x)
 
-    graphs = []
-    for dup in (False, True):
-        torch.manual_seed(1)
-        m = Outer(dup)
-        with torch.no_grad(), torchtrace.trace(m) as t:
-            m(x)
-        graphs.append(t.graph)
-    assert all(h.params is None for h in torchtrace.diff(*graphs).structural_hunks)
+    assert all(h.params is None for h in torchtrace.diff(*_both(Outer, x, seed=1)).structural_hunks)
 
     class TwoCalls(nn.Module):
         def __init__(self, bias: bool) -> None:
@@ -800,13 +793,7 @@ def test_a_tensor_made_in_one_pass_blocks_the_parameter_cause_by_what_the_paired
         def forward(self, x):
             return self.head(x).sum() + self.head(x.repeat(2, 1) if self.bias else x.flip(0)).sum()
 
-    graphs = []
-    for bias in (False, True):
-        m = TwoCalls(bias)
-        with torch.no_grad(), torchtrace.trace(m) as t:
-            m(x)
-        graphs.append(t.graph)
-    hunks = [h for h in torchtrace.diff(*graphs).structural_hunks if h.module == "head"]
+    hunks = [h for h in torchtrace.diff(*_both(TwoCalls, x)).structural_hunks if h.module == "head"]
     assert [h.params for h in hunks] == [("head", (), ("head.bias",)), None], [h.explanation for h in hunks]
 
 
@@ -845,14 +832,20 @@ def test_a_modules_extra_first_call_and_swapped_inputs_leave_the_shared_calls_pa
             return self.head(x.flip(0) if self.b else x)
 
     for make, module in ((Extra, "head"), (Outer, "head")):
-        graphs = []
-        for b in (False, True):
-            torch.manual_seed(0)
-            m = make(b)
-            with torch.no_grad(), torchtrace.trace(m) as t:
-                m(x)
-            graphs.append(t.graph)
+        graphs = _both(make, x)
         d = torchtrace.diff(*graphs)
         mine = [h for h in d.structural_hunks if h.module == module]
         assert mine and all(h.params == (module, (), (f"{module}.bias",)) for h in mine), [h.explanation for h in mine]
         assert torchtrace.diff(graphs[1], graphs[0]).why() == d.mirror().why()
+
+
+def _both(make, x, seed=0):
+    """The graphs of ``make(False)(x)`` and ``make(True)(x)``, each model built from ``seed``."""
+    graphs = []
+    for flag in (False, True):
+        torch.manual_seed(seed)
+        m = make(flag)
+        with torch.no_grad(), torchtrace.trace(m) as t:
+            m(x)
+        graphs.append(t.graph)
+    return graphs
