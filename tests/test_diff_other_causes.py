@@ -849,3 +849,31 @@ def _both(make, x, seed=0):
             m(x)
         graphs.append(t.graph)
     return graphs
+
+
+class Extended(nn.Module):
+    def __init__(self, b: bool) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(8))
+        self.extra = nn.Parameter(torch.ones(1, 8)) if b else None
+
+    def forward(self, x, z):
+        h = x * self.w
+        if self.extra is not None:
+            h = torch.cat([h, self.extra])
+        return torch.cat([h, z])
+
+
+def test_a_tensor_whose_shape_the_parameter_changed_inside_the_call_does_not_block_it():
+    """(Seventh review: the `cat` after the parameter's own `cat` read `h` of another shape,
+    inside the call, beside a made `z` of the same type in both passes: blocked.)"""
+    class Outer(nn.Module):
+        def __init__(self, b: bool) -> None:
+            super().__init__()
+            self.head, self.b = Extended(b), b
+
+        def forward(self, x):
+            return self.head(x, x.amax(0, keepdim=True) if self.b else x.sum(0, keepdim=True))
+
+    [h] = [h for h in torchtrace.diff(*_both(Outer, torch.randn(2, 8))).structural_hunks if h.module == "head"]
+    assert h.params == ("head", (), ("head.extra",)), h.explanation

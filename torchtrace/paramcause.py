@@ -80,7 +80,8 @@ def params_of(A: Side, B: Side, rows: Sequence[OpPair], found: Found, ops: Seque
 def _read_otherwise(g: Graph, other: Graph, made: Set[str], within: List[Set[str]], x: int,
                     ops: Sequence[OpPair]) -> bool:
     """Does an op of the module call (``within``, on side ``x``) read a value of ``made``
-    unlike the other pass: other types, or parameters or buffers, than the paired op read, or, for
+    unlike the other pass: another type, or role (parameter, buffer), than the paired op read there
+    (unless its inputs are the same in another order), or, for
     an op only this side ran, than any input of the other pass's ops in that call?"""
     def kind(graph: Graph, v: str) -> Tuple[str, str]:  # (a parameter or buffer, else any tensor: `x.float()`)
         val = graph.value(v)
@@ -91,8 +92,10 @@ def _read_otherwise(g: Graph, other: Graph, made: Set[str], within: List[Set[str
         n, them = (p.a, p.b) if x == 0 else (p.b, p.a)
         if n is None or n.id not in within[x] or not made.intersection(n.inputs):
             continue
-        if them is not None:  # (as a multiset: `torch.add(e, x)` against `torch.add(x, e)`)
-            if Counter(kind(g, v) for v in n.inputs) != Counter(kind(other, v) for v in them.inputs):
+        if them is not None:  # (where it read them, or the same inputs in another order: `add(e, x)`, `add(x, e)`)
+            if any(v in made and (k >= len(them.inputs) or kind(g, v) != kind(other, them.inputs[k]))
+                   for k, v in enumerate(n.inputs)) and \
+                    Counter(kind(g, v) for v in n.inputs) != Counter(kind(other, v) for v in them.inputs):
                 return True
             continue
         if theirs is None:
