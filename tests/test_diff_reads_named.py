@@ -285,14 +285,8 @@ class Logged(nn.Module):
 
 
 def test_prints_with_branch_words_in_their_text_or_a_conditional_around_them_are_logs(capsys):
-    torch.manual_seed(0)
-    m, x = Logged(), torch.randn(2, 4)
-    a = record(m, x)
-    m.flag = True
-    b = record(m, x * 2)
-    assert len(list(a.witnesses())) == 3
-    assert torchtrace.diff(a, b).why() == ["no tensor read differs before it: decided by Python state (arguments, "
-                                           "flags, caches) \u2192 1 op only in B (in `<root>`)"]
+    assert _logged_why(Logged, "flag", True) == ["no tensor read differs before it: decided by Python state "
+                                                 "(arguments, flags, caches) \u2192 1 op only in B (in `<root>`)"]
     capsys.readouterr()
 
 
@@ -357,14 +351,9 @@ class OneLinePrints(nn.Module):
 
 
 def test_prints_in_one_line_blocks_are_logs_too(capsys):
-    torch.manual_seed(0)
-    m, x = OneLinePrints(), torch.randn(2, 4)
-    a = record(m, x)
-    m.deep = False
-    b = record(m, x * 2)
-    assert len(list(a.witnesses())) == 3
-    assert torchtrace.diff(a, b).why() == ["no tensor read differs before it: decided by Python state (arguments, "
-                                           "flags, caches) \u2192 1 op only in A (in `<root>`)"]
+    assert _logged_why(OneLinePrints, "deep", False) == ["no tensor read differs before it: decided by Python "
+                                                         "state (arguments, flags, caches) \u2192 1 op only in A "
+                                                         "(in `<root>`)"]
     capsys.readouterr()
 
 
@@ -424,3 +413,14 @@ def test_a_grad_mode_conditional_expression_on_the_ops_line_is_named():
     assert torchtrace.diff(record(m, x, train=True), record(m, x)).why() == [
         f"grad mode train in A, no_grad in B: the `if` at {where('grad_ternary')} tests it \u2192 1 op only in A, "
         "1 op only in B (in `<root>`)"]
+
+
+def _logged_why(make, flag, value):
+    """The why-lines of a model that prints its activation three times, against itself
+    with ``flag`` set to ``value`` and another input (the prints read other numbers)."""
+    torch.manual_seed(0)
+    m, x = make(), torch.randn(2, 4)
+    a = record(m, x)
+    setattr(m, flag, value)
+    assert len(list(a.witnesses())) == 3
+    return torchtrace.diff(a, record(m, x * 2)).why()

@@ -357,7 +357,6 @@ def _swap_sides(text: Optional[str]) -> Optional[str]:
     return ("B" if text[0] == "A" else "A") + text[1:]
 
 
-
 def _raised(p: OpPair) -> str:
     """"`index` raised in B: IndexError: index 9 is out of bounds..." (its error's first line)."""
     assert p.raised is not None

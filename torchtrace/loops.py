@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 from .align import Pair
 from .blockcalls import block_counts, call_scope, calls_under, one_call
-from .side import Loop, Side, Sig
+from .side import Loop, Side, Sig, is_engine_sum
 from .sourceloops import can_leave, exits_loop, first_test_reads_nothing, in_loop, keyword_at, loop_span, while_end
 from .loopchange import BRANCHES, LoopChange
 
@@ -175,7 +175,7 @@ class LoopFinder:
         cx = before + inside + _copies_after(sx, xs[-1] + 1, unit)
         cy = _copies_before(sy, y, unit) + _copies_after(sy, y, unit)
         if cx == cy or (cy == 0 and (inside < 2 or unit_len < 2)) or len(xs) > abs(cx - cy) * unit_len or \
-                unit_len == 1 and (_one_statement(X, xs[0]) or _engine_sum(X.nodes[xs[0]])):
+                unit_len == 1 and (_one_statement(X, xs[0]) or is_engine_sum(X.nodes[xs[0]])):
             return None, k0  # as many copies (the others aligned elsewhere), one op twice where the
             #                  other side has none, more ops than the extra copies hold, or one op twice
             #                  from a line in no loop or from no line (the engine's gradient sums): no loop
@@ -318,12 +318,6 @@ def _while_read_by(unit: Sequence["Node"]) -> Optional["Source"]:
     inside = all(head.line <= n.source.line <= last for n in unit
                  if n.source is not None and (n.source.file, n.source.function) == (head.file, head.function))
     return head if inside else None
-
-
-def _engine_sum(n: "Node") -> bool:
-    """Is ``n`` the autograd engine adding two gradients of one tensor (no Node ran it):
-    its line is a reader's, not a statement that ran again."""
-    return n.phase == "backward" and n.op == "aten.add.Tensor" and n.autograd_node is None
 
 
 def _one_statement(side: Side, i: int) -> bool:

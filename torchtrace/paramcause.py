@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
+from .side import is_engine_sum
 from .textform import type_str
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,9 +117,8 @@ def blocks_params(inputs: Sequence[Any], end: int) -> bool:
 def reader_hunk(g: Graph, param: str, side: int, hunks: Sequence[Any]) -> Optional[Any]:
     """The first forward hunk whose ops only side ``side`` (0: A) ran read ``param``:
     the extra reader whose gradient the engine sums (`if self.reg: y = y + (self.w ** 2).sum()`)."""
-    return next((h for h in hunks if any(n.phase == "forward" and any(
-        g.value(v).role == "param" and g.value(v).name == param for v in n.inputs)
-        for n in (h.only_a, h.only_b)[side])), None)
+    return next((h for h in hunks if any(n.phase == "forward" and _reads(g, n, param)
+                                         for n in (h.only_a, h.only_b)[side])), None)
 
 
 def gradient_sum(a: Graph, b: Graph, only_a: Sequence[Node], only_b: Sequence[Node]
@@ -129,29 +129,35 @@ def gradient_sum(a: Graph, b: Graph, only_a: Sequence[Node], only_b: Sequence[No
     more readers on that side."""
     found = set()
     for g, ops in ((a, only_a), (b, only_b)):
-        for n in ops:
-            if n.op != "aten.add.Tensor" or n.autograd_node is not None:
-                return None
-            found.add(_fed_param(g, n))
+        if not all(map(is_engine_sum, ops)):
+            return None
+        users: Dict[str, Node] = {}  # value -> the first backward op that reads it
+        for m in g.nodes:
+            if m.phase == "backward":
+                for v in m.inputs:
+                    users.setdefault(v, m)
+        found.update(_fed_param(g, n, users) for n in ops)
     if len(found) != 1 or None in found:
         return None
     [param] = found
-    readers = [sum(1 for n in g.nodes if n.phase == "forward" and any(
-        g.value(v).role == "param" and g.value(v).name == param for v in n.inputs)) for g in (a, b)]
+    readers = [sum(1 for n in g.nodes if n.phase == "forward" and _reads(g, n, param)) for g in (a, b)]
     more = "A" if only_a else "B"
     return (param, *readers) if readers[0] != readers[1] and (readers[0] > readers[1]) == (more == "A") \
         else None  # type: ignore[return-value]
 
 
-def _fed_param(g: Graph, n: Node) -> Optional[str]:
+def _reads(g: Graph, n: Node, param: str) -> bool:
+    return any(g.value(v).role == "param" and g.value(v).name == param for v in n.inputs)
+
+
+def _fed_param(g: Graph, n: Node, users: Dict[str, Node]) -> Optional[str]:
     """The parameter whose ``AccumulateGrad`` takes what engine add ``n`` made
     (through further adds of the engine)."""
     for _ in range(64):
-        user = next((m for m in g.nodes if m.phase == "backward" and n.outputs and n.outputs[0] in m.inputs), None)
+        user = users.get(n.outputs[0]) if n.outputs else None
         if user is None:
             return None
-        if user.op == "aten.add.Tensor" and user.autograd_node is None:
-            n = user
-            continue
-        return g.autograd_node(user.autograd_node).param if user.autograd_node is not None else None
+        if not is_engine_sum(user):
+            return g.autograd_node(user.autograd_node).param if user.autograd_node is not None else None
+        n = user
     return None

@@ -27,6 +27,12 @@ def is_bookkeeping(n: "Node") -> bool:
     return BOOKKEEPING in n.tags or "annotation" in n.tags
 
 
+def is_engine_sum(n: "Node") -> bool:
+    """The autograd engine adding two gradients of one tensor between Nodes (no Node ran
+    it): its line is a reader's, and it runs once per extra reader of that tensor."""
+    return n.phase == "backward" and n.op == "aten.add.Tensor" and n.autograd_node is None
+
+
 def base_name(file: str) -> str:
     """The file name of a path (as signatures hold it: `model.py`, on any OS)."""
     return file.replace("\\", "/").rsplit("/", 1)[-1]

@@ -308,7 +308,6 @@ def recomputed(A: Side, B: Side, rows: Sequence[OpPair]) -> bool:
     return one is not None and all(n.phase == "recompute" for n in one[3])
 
 
-
 def casts(A: Side, B: Side, rows: Sequence[OpPair], types: Sequence[TypeChange]) -> Tuple[TypeChange, ...]:
     """When ``rows`` are all dtype conversions on one side and aligned tensors
     changed dtype (``types``): those changes ("f32 → bf16"). ``x.float()`` on

@@ -35,7 +35,7 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from .fork import STARTED
-from .frames import OWN_DIR, is_torch_internal
+from .frames import OWN_DIR, outside_torch
 
 _SHOWN = 8  # a read of up to this many numbers keeps them all in its witness; past it, a digest
 _MAX_TEXT = 200  # (and past this many characters of text)
@@ -145,11 +145,10 @@ def _text(x: Any, stored: Optional[Callable[[float], Any]]) -> str:
     if isinstance(x, list):
         return "[" + ", ".join(_text(i, stored) for i in x) + "]"
     if stored is not None and type(x) is complex:  # (as Python writes it, each part in its dtype's digits)
-        re, im = (_text(p, stored) for p in (x.real, x.imag))
-        re, im = (p[:-2] if p.endswith(".0") else p for p in (re, im))
+        real, imag = (t[:-2] if t.endswith(".0") else t for t in (_text(p, stored) for p in (x.real, x.imag)))
         if x.real == 0 and math.copysign(1, x.real) > 0:
-            return f"{im}j"
-        return f"({re}{'' if im.startswith('-') else '+'}{im}j)"
+            return f"{imag}j"
+        return f"({real}{'' if imag.startswith('-') else '+'}{imag}j)"
     if stored is None or type(x) is not float or not math.isfinite(x):
         return repr(x)
     exact = stored(x)
@@ -211,9 +210,7 @@ def noting_text(orig: Any) -> Optional[Callable[..., Any]]:
         out = orig(self, *args, **kwargs)
         if STARTED and type(out) is str and not getattr(_INSIDE, "on", False) and not self.is_meta \
                 and getattr(self, "fake_mode", None) is None:  # (a FakeTensor printed outside its mode: no data)
-            f = sys._getframe(1)
-            while f is not None and is_torch_internal(f.f_code):
-                f = f.f_back
+            f = outside_torch(sys._getframe(1))
             if f is not None:
                 _note("repr", self, out, f)
         return out

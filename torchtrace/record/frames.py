@@ -203,11 +203,17 @@ def ends_loop_body(code: Any, lasti: int) -> bool:
     return hit[1]
 
 
+def outside_torch(frame: Any) -> Any:
+    """``frame``, or the first frame that called it from outside torch (None: none did)."""
+    while frame is not None and is_torch_internal(frame.f_code):
+        frame = frame.f_back
+    return frame
+
+
 def caller_name(obj: Any, frame: Any) -> Optional[str]:
     """What the first frame outside torch calls ``obj``: a local variable
     (``netG``) or an attribute of that frame's ``self`` (``self.critic``)."""
-    while frame is not None and is_torch_internal(frame.f_code):
-        frame = frame.f_back
+    frame = outside_torch(frame)
     name = local_name(obj, frame)
     if name is None and frame is not None:
         try:
